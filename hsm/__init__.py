@@ -1,0 +1,40 @@
+"""HSM layer: signing keys kept in a PKCS#11 token, usable as ``cryptography`` keys."""
+
+from hsm._config import DEFAULT_MODULE, HsmConfig, KeyType, PinSource
+from hsm._errors import (
+    HsmConfigError,
+    HsmError,
+    KeyExists,
+    KeyExportRefused,
+    KeyNotFound,
+    LoginFailed,
+    SigningFailed,
+    TokenNotFound,
+    UnsupportedAlgorithm,
+)
+from hsm._keys import HsmEcPrivateKey, HsmPrivateKey, HsmRsaPrivateKey
+from hsm._softhsm import init_softhsm_token
+from hsm._token import Hsm, KeyInfo, TokenInfo
+
+__all__ = [
+    "DEFAULT_MODULE",
+    "Hsm",
+    "HsmConfig",
+    "HsmConfigError",
+    "HsmEcPrivateKey",
+    "HsmError",
+    "HsmPrivateKey",
+    "HsmRsaPrivateKey",
+    "KeyExists",
+    "KeyExportRefused",
+    "KeyInfo",
+    "KeyNotFound",
+    "KeyType",
+    "LoginFailed",
+    "PinSource",
+    "SigningFailed",
+    "TokenInfo",
+    "TokenNotFound",
+    "UnsupportedAlgorithm",
+    "init_softhsm_token",
+]

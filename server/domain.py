@@ -1,0 +1,209 @@
+"""The vocabulary of the law as code: certificate kinds, loss causes, statuses.
+
+Wire values (protobuf enums, CRL reason codes, the LossCause CRL-entry extension)
+are the IntEnum values here, so translating is a plain int conversion.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from cryptography import x509
+from cryptography.x509.oid import ObjectIdentifier
+
+# Private arc for jpki-va's own OIDs (a UUID OID under 2.25, ITU-T X.667: needs no
+# registration and cannot collide).
+ARC = "2.25.236596762878449458762717213103481541297"
+OID_LOSS_CAUSE = ObjectIdentifier(f"{ARC}.1")  # CRL entry extension: ENUMERATED LossCause
+OID_SNAPSHOT_SIGNING = ObjectIdentifier(f"{ARC}.2")  # EKU of the snapshot-signer certificate
+OID_VERIFIER_TOKEN_SIGNING = ObjectIdentifier(f"{ARC}.3")  # EKU of the verifier-token key
+OID_POLICY_BASE = f"{ARC}.10"  # certificate policy per kind: ARC.10.<kind>
+
+
+class CertKind(enum.IntEnum):
+    """The four kinds of personal certificate (vocabulary: DESIGN §1)."""
+
+    CARD_SIGN = 1
+    CARD_AUTH = 2
+    MOBILE_SIGN = 3
+    MOBILE_AUTH = 4
+
+    @property
+    def is_signing(self) -> bool:
+        return self in (CertKind.CARD_SIGN, CertKind.MOBILE_SIGN)
+
+    @property
+    def is_mobile(self) -> bool:
+        return self in (CertKind.MOBILE_SIGN, CertKind.MOBILE_AUTH)
+
+    @property
+    def slug(self) -> str:
+        """Lower-case name with dashes, used in CLI options, file names and URLs."""
+        return self.name.lower().replace("_", "-")
+
+    @classmethod
+    def from_slug(cls, text: str) -> CertKind:
+        try:
+            return cls[text.strip().upper().replace("-", "_")]
+        except KeyError:
+            names = ", ".join(k.slug for k in cls)
+            raise ValueError(f"unknown certificate kind {text!r} (expected {names})") from None
+
+
+class LossCause(enum.IntEnum):
+    """Why a certificate lost effect, in the law's terms (DESIGN §1)."""
+
+    HOLDER_REQUEST = 1
+    RESIDENT_CHANGE = 2
+    RECORD_ERROR = 3
+    ISSUER_KEY_COMPROMISE = 4
+    CARD_CERT_LOST_EFFECT = 5
+
+    @property
+    def slug(self) -> str:
+        return self.name.lower().replace("_", "-")
+
+    @classmethod
+    def from_slug(cls, text: str) -> LossCause:
+        try:
+            return cls[text.strip().upper().replace("-", "_")]
+        except KeyError:
+            names = ", ".join(c.slug for c in cls)
+            raise ValueError(f"unknown loss cause {text!r} (expected one of {names})") from None
+
+
+class CrlReason(enum.IntEnum):
+    """RFC 5280 CRLReason with the RFC's own numbers."""
+
+    UNSPECIFIED = 0
+    KEY_COMPROMISE = 1
+    CA_COMPROMISE = 2
+    AFFILIATION_CHANGED = 3
+    SUPERSEDED = 4
+    CESSATION_OF_OPERATION = 5
+    CERTIFICATE_HOLD = 6
+    REMOVE_FROM_CRL = 8
+    PRIVILEGE_WITHDRAWN = 9
+    AA_COMPROMISE = 10
+
+    @property
+    def slug(self) -> str:
+        return self.name.lower().replace("_", "-")
+
+    @classmethod
+    def from_slug(cls, text: str) -> CrlReason:
+        try:
+            return cls[text.strip().upper().replace("-", "_")]
+        except KeyError:
+            names = ", ".join(r.slug for r in cls)
+            raise ValueError(f"unknown CRL reason {text!r} (expected one of {names})") from None
+
+    def to_x509(self) -> x509.ReasonFlags:
+        return _TO_X509[self]
+
+    @classmethod
+    def from_x509(cls, flag: x509.ReasonFlags) -> CrlReason:
+        return _FROM_X509[flag]
+
+
+_TO_X509 = {
+    CrlReason.UNSPECIFIED: x509.ReasonFlags.unspecified,
+    CrlReason.KEY_COMPROMISE: x509.ReasonFlags.key_compromise,
+    CrlReason.CA_COMPROMISE: x509.ReasonFlags.ca_compromise,
+    CrlReason.AFFILIATION_CHANGED: x509.ReasonFlags.affiliation_changed,
+    CrlReason.SUPERSEDED: x509.ReasonFlags.superseded,
+    CrlReason.CESSATION_OF_OPERATION: x509.ReasonFlags.cessation_of_operation,
+    CrlReason.CERTIFICATE_HOLD: x509.ReasonFlags.certificate_hold,
+    CrlReason.REMOVE_FROM_CRL: x509.ReasonFlags.remove_from_crl,
+    CrlReason.PRIVILEGE_WITHDRAWN: x509.ReasonFlags.privilege_withdrawn,
+    CrlReason.AA_COMPROMISE: x509.ReasonFlags.aa_compromise,
+}
+_FROM_X509 = {v: k for k, v in _TO_X509.items()}
+
+
+class Status(enum.IntEnum):
+    """What a verifier is told about one certificate at one time."""
+
+    GOOD = 1
+    REVOKED = 2
+    UNKNOWN = 3
+    EXPIRED = 4
+    NOT_YET_VALID = 5
+
+
+@dataclass(frozen=True, slots=True)
+class Loss:
+    """A recorded loss of effect. Loss is final (第15条 etc.): never undone."""
+
+    time: datetime
+    cause: LossCause
+    reason: CrlReason
+
+
+@dataclass(frozen=True, slots=True)
+class StatusRecord:
+    """What the index holds for one issued certificate: enough for one-get answers."""
+
+    kind: CertKind
+    serial: int
+    not_before: datetime
+    not_after: datetime
+    partition: str
+    issuer_key_id: bytes
+    loss: Loss | None
+
+    def status_at(self, when: datetime) -> Status:
+        """The status at `when`; a loss recorded later than `when` does not count yet."""
+        if self.loss is not None and self.loss.time <= when:
+            return Status.REVOKED
+        if when < self.not_before:
+            return Status.NOT_YET_VALID
+        if when > self.not_after:
+            return Status.EXPIRED
+        return Status.GOOD
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def serial_from_bytes(data: bytes) -> int:
+    """A serial number given as unsigned big-endian bytes; RFC 5280 allows 1..20 octets."""
+    if not 1 <= len(data) <= 20:
+        raise ValueError(f"serial must be 1 to 20 octets, got {len(data)}")
+    value = int.from_bytes(data, "big")
+    if value == 0:
+        raise ValueError("serial must be positive")
+    return value
+
+
+def serial_from_hex(text: str) -> int:
+    cleaned = text.strip().lower().removeprefix("0x").replace(":", "")
+    try:
+        data = bytes.fromhex(cleaned if len(cleaned) % 2 == 0 else "0" + cleaned)
+    except ValueError:
+        raise ValueError(f"serial {text!r} is not hexadecimal") from None
+    return serial_from_bytes(data)
+
+
+def serial_to_bytes(serial: int) -> bytes:
+    return serial.to_bytes(max(1, (serial.bit_length() + 7) // 8), "big")
+
+
+def serial_hex(serial: int) -> str:
+    return serial_to_bytes(serial).hex().upper()
+
+
+def record_key(kind: CertKind, serial: int) -> bytes:
+    """The key of a certificate in the registry and in the index.
+
+    Fixed width, so byte order is (kind, numeric serial) order and bulk loads can
+    append sorted keys.
+    """
+    return bytes([kind]) + serial.to_bytes(20, "big")
+
+
+def parse_record_key(key: bytes) -> tuple[CertKind, int]:
+    return CertKind(key[0]), int.from_bytes(key[1:21], "big")

@@ -1,0 +1,142 @@
+"""What every jpki-va gRPC server shares: error mapping, health, reflection.
+
+Domain code raises its own exceptions and never imports grpc; the interceptor here
+turns them into gRPC statuses with a message, and turns anything unexpected into
+INTERNAL without a stack trace for the client (the trace goes to the log).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent import futures
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+log = logging.getLogger(__name__)
+
+ErrorMap = Sequence[tuple[type[BaseException], grpc.StatusCode]]
+
+
+def _status_for(exc: BaseException, mapping: ErrorMap) -> grpc.StatusCode | None:
+    for cls, code in mapping:
+        if isinstance(exc, cls):
+            return code
+    return None
+
+
+def _aborted(exc: BaseException, context: grpc.ServicerContext) -> bool:
+    """True when the servicer already set a status (context.abort raised)."""
+    # ServicerContext.code() exists at run time (grpcio >= 1.38); the stubs lack it.
+    return isinstance(exc, grpc.RpcError) or context.code() is not None  # type: ignore[attr-defined]
+
+
+class ErrorMappingInterceptor(grpc.ServerInterceptor[Any, Any]):
+    def __init__(self, mapping: ErrorMap) -> None:
+        self._mapping = mapping
+
+    def _abort(self, exc: BaseException, context: grpc.ServicerContext, method: str) -> None:
+        code = _status_for(exc, self._mapping)
+        if code is None:
+            log.exception("unexpected error in %s", method)
+            context.abort(grpc.StatusCode.INTERNAL, "internal error")
+        context.abort(code, str(exc) or type(exc).__name__)
+
+    def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler[Any, Any] | None],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
+        handler = continuation(details)
+        if handler is None:
+            return None
+        method = details.method
+        if handler.unary_unary is not None:
+            inner_uu = handler.unary_unary
+
+            def unary_unary(request: Any, context: grpc.ServicerContext) -> Any:
+                try:
+                    return inner_uu(request, context)
+                except Exception as exc:
+                    if _aborted(exc, context):
+                        raise
+                    self._abort(exc, context, method)
+                    raise
+
+            return grpc.unary_unary_rpc_method_handler(
+                unary_unary, handler.request_deserializer, handler.response_serializer
+            )
+        if handler.unary_stream is not None or handler.stream_stream is not None:
+            inner = handler.unary_stream or handler.stream_stream
+            assert inner is not None
+
+            def streaming(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+                try:
+                    yield from inner(request, context)
+                except Exception as exc:
+                    if _aborted(exc, context):
+                        raise
+                    self._abort(exc, context, method)
+                    raise
+
+            make = (
+                grpc.unary_stream_rpc_method_handler
+                if handler.unary_stream is not None
+                else grpc.stream_stream_rpc_method_handler
+            )
+            return make(streaming, handler.request_deserializer, handler.response_serializer)
+        return handler
+
+
+def build_server(
+    *,
+    max_workers: int,
+    mapping: ErrorMap,
+    options: Iterable[tuple[str, Any]] = (),
+) -> grpc.Server:
+    return grpc.server(
+        futures.ThreadPoolExecutor(max_workers=max_workers),
+        interceptors=[ErrorMappingInterceptor(mapping)],
+        options=list(options),
+    )
+
+
+def add_health_and_reflection(
+    server: grpc.Server, service_names: Sequence[str]
+) -> health.HealthServicer:
+    """Standard grpc.health.v1 (starting NOT_SERVING) and server reflection."""
+    servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+    for name in ("", *service_names):
+        servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+    reflection.enable_server_reflection(
+        (*service_names, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+    )
+    return servicer
+
+
+def set_serving(servicer: health.HealthServicer, names: Sequence[str], serving: bool) -> None:
+    status = (
+        health_pb2.HealthCheckResponse.SERVING
+        if serving
+        else health_pb2.HealthCheckResponse.NOT_SERVING
+    )
+    for name in ("", *names):
+        servicer.set(name, status)
+
+
+def bind(server: grpc.Server, address: str, credentials: grpc.ServerCredentials | None) -> int:
+    """Bind and return the port; refuses plaintext anywhere but loopback."""
+    host = address.rsplit(":", 1)[0].strip("[]")
+    if credentials is None:
+        if host not in ("127.0.0.1", "localhost", "::1"):
+            raise ValueError(f"plaintext is allowed only on loopback, not on {host}")
+        port = server.add_insecure_port(address)
+    else:
+        port = server.add_secure_port(address, credentials)
+    if port == 0:
+        raise OSError(f"cannot listen on {address}")
+    return int(port)

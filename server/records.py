@@ -1,0 +1,112 @@
+"""Binary issued-certificate records: the snapshot file format and the index value.
+
+A snapshot's records file is a header line and then fixed-width records sorted by key,
+so the index builder can stream it into LMDB with append=True. The index value is
+the record plus the revocation read from the CRLs, packed for a one-`get` answer.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterable, Iterator
+from datetime import UTC, datetime
+from typing import BinaryIO
+
+from server.domain import CertKind, CrlReason, Loss, LossCause, StatusRecord, parse_record_key
+
+MAGIC = b"JPKIVA-RECORDS/1\n"
+KEY_SIZE = 21
+# key, not_before, not_after, partition (municipality code), issuer ordinal
+_FILE_RECORD = struct.Struct(f"<{KEY_SIZE}sqqIH")
+FILE_RECORD_SIZE = _FILE_RECORD.size
+# not_before, not_after, partition, issuer ordinal, revoked_at, cause, reason
+_VALUE = struct.Struct("<qqIHqBB")
+VALUE_SIZE = _VALUE.size
+
+
+def _ts(when: datetime) -> int:
+    return int(when.timestamp())
+
+
+def _dt(seconds: int) -> datetime:
+    return datetime.fromtimestamp(seconds, UTC)
+
+
+def partition_number(partition: str) -> int:
+    """Municipality codes are six digits; stored as an integer."""
+    if len(partition) != 6 or not partition.isdigit():
+        raise ValueError(f"municipality code must be six digits, got {partition!r}")
+    return int(partition)
+
+
+def partition_text(number: int) -> str:
+    return f"{number:06d}"
+
+
+def encode_file_record(
+    key: bytes, not_before: datetime, not_after: datetime, partition: str, issuer_ordinal: int
+) -> bytes:
+    return _FILE_RECORD.pack(
+        key, _ts(not_before), _ts(not_after), partition_number(partition), issuer_ordinal
+    )
+
+
+def write_records(out: BinaryIO, records: Iterable[bytes]) -> int:
+    """Write encoded records (already sorted by key); returns how many."""
+    out.write(MAGIC)
+    count = 0
+    previous = b""
+    for record in records:
+        key = record[:KEY_SIZE]
+        if key <= previous:
+            raise ValueError("records must be written in strictly increasing key order")
+        previous = key
+        out.write(record)
+        count += 1
+    return count
+
+
+def read_records(data: memoryview | bytes) -> Iterator[tuple[bytes, int, int, int, int]]:
+    """(key, not_before, not_after, partition, issuer ordinal) for each record."""
+    if bytes(data[: len(MAGIC)]) != MAGIC:
+        raise ValueError("not a jpki-va records file")
+    body = data[len(MAGIC) :]
+    if len(body) % FILE_RECORD_SIZE:
+        raise ValueError("records file is truncated")
+    yield from _FILE_RECORD.iter_unpack(body)
+
+
+def pack_value(
+    not_before: int,
+    not_after: int,
+    partition: int,
+    issuer_ordinal: int,
+    revoked_at: int = 0,
+    cause: int = 0,
+    reason: int = 0,
+) -> bytes:
+    return _VALUE.pack(not_before, not_after, partition, issuer_ordinal, revoked_at, cause, reason)
+
+
+def with_loss(value: bytes, revoked_at: int, cause: int, reason: int) -> bytes:
+    nb, na, part, ordinal, _, _, _ = _VALUE.unpack(value)
+    return _VALUE.pack(nb, na, part, ordinal, revoked_at, cause, reason)
+
+
+def unpack_value(key: bytes, value: bytes, issuer_key_ids: list[bytes]) -> StatusRecord:
+    kind, serial = parse_record_key(key)
+    nb, na, part, ordinal, revoked_at, cause, reason = _VALUE.unpack(value)
+    loss = (
+        None
+        if cause == 0
+        else Loss(time=_dt(revoked_at), cause=LossCause(cause), reason=CrlReason(reason))
+    )
+    return StatusRecord(
+        kind=CertKind(kind),
+        serial=serial,
+        not_before=_dt(nb),
+        not_after=_dt(na),
+        partition=partition_text(part),
+        issuer_key_id=issuer_key_ids[ordinal],
+        loss=loss,
+    )

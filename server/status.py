@@ -1,0 +1,189 @@
+"""Status sources: one small interface, the index behind it, layers over it.
+
+Every answer about one certificate goes through `StatusSource.status`; the gRPC
+servicer and the OCSP responder only translate its answers. Layers (issuer
+compromise, response caches) wrap a source and are sources themselves.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Protocol
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+
+from server.domain import CertKind, Status, StatusRecord
+from server.index import Index, IssuerEntry, current_index
+
+log = logging.getLogger(__name__)
+
+
+class NotReady(Exception):
+    """No index is loaded yet: the worker cannot answer."""
+
+
+class BadRequest(ValueError):
+    """The request names no certificate we can look up (malformed or foreign)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    kind: CertKind
+    serial: int
+    status: Status
+    record: StatusRecord | None
+    as_of: datetime
+    sequence: int
+    # Validity of the information: the thisUpdate/nextUpdate of the CRL it came from.
+    this_update: datetime
+    next_update: datetime
+
+
+class StatusSource(Protocol):
+    def status(self, kind: CertKind, serial: int, as_of: datetime) -> Answer: ...
+
+
+class IndexHolder:
+    """The index a worker reads now; follows the `current` pointer of the index root.
+
+    Swapping is one reference assignment, so a request sees either the old or the
+    new index. A replaced index is closed only after a grace period, when no
+    request that started on it can still be reading.
+    """
+
+    GRACE_SECONDS = 30.0
+
+    def __init__(self, index_root: Path) -> None:
+        self._root = index_root
+        self._index: Index | None = None
+        self._retired: list[tuple[float, Index]] = []
+        self._lock = threading.Lock()
+
+    def get(self) -> Index:
+        index = self._index
+        if index is None:
+            raise NotReady("no index loaded yet")
+        return index
+
+    @property
+    def loaded(self) -> bool:
+        return self._index is not None
+
+    def refresh(self) -> bool:
+        """Open the index `current` points at, if it changed; True when swapped."""
+        with self._lock:
+            self._close_retired()
+            target = current_index(self._root)
+            if target is None or (self._index is not None and self._index.path == target):
+                return False
+            try:
+                fresh = Index(target)
+            except Exception:
+                log.exception("cannot open index %s; keeping the previous one", target)
+                return False
+            old, self._index = self._index, fresh
+            if old is not None:
+                self._retired.append((time.monotonic(), old))
+            log.info("serving index %s (sequence %d)", target.name, fresh.sequence)
+            return True
+
+    def _close_retired(self) -> None:
+        now = time.monotonic()
+        keep = []
+        for retired_at, index in self._retired:
+            if now - retired_at > self.GRACE_SECONDS:
+                index.close()
+            else:
+                keep.append((retired_at, index))
+        self._retired = keep
+
+    def close(self) -> None:
+        with self._lock:
+            for _, index in self._retired:
+                index.close()
+            self._retired = []
+            if self._index is not None:
+                self._index.close()
+                self._index = None
+
+
+class IndexStatusSource:
+    """Answers from the LMDB index: one `get` per certificate."""
+
+    def __init__(self, holder: IndexHolder) -> None:
+        self._holder = holder
+
+    def status(self, kind: CertKind, serial: int, as_of: datetime) -> Answer:
+        index = self._holder.get()
+        record = index.get(kind, serial)
+        if record is None:
+            return Answer(
+                kind,
+                serial,
+                Status.UNKNOWN,
+                None,
+                as_of,
+                index.sequence,
+                index.created_at,
+                index.next_update,
+            )
+        times = index.crl_times(record)
+        this_update = index.created_at if times is None else times.this_update
+        next_update = index.next_update if times is None else times.next_update
+        return Answer(
+            kind,
+            serial,
+            record.status_at(as_of),
+            record,
+            as_of,
+            index.sequence,
+            this_update,
+            next_update,
+        )
+
+
+class Resolver:
+    """Turns a certificate or an RFC 6960 CertID into (kind, serial) via the issuers."""
+
+    def __init__(self, holder: IndexHolder) -> None:
+        self._holder = holder
+
+    def issuer_for_certificate(self, cert: x509.Certificate) -> IssuerEntry:
+        try:
+            aki = cert.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier).value
+        except x509.ExtensionNotFound:
+            raise BadRequest("certificate has no authority key identifier") from None
+        if aki.key_identifier is None:
+            raise BadRequest("certificate's authority key identifier has no key id")
+        # Generations share one name: match the issuer by key, never by name.
+        issuer = self._holder.get().issuers.get(aki.key_identifier)
+        if issuer is None:
+            raise BadRequest("certificate was not issued by an issuer this responder serves")
+        try:
+            cert.verify_directly_issued_by(issuer.certificate)
+        except (ValueError, TypeError, InvalidSignature):
+            raise BadRequest("certificate signature does not verify with its issuer") from None
+        return issuer
+
+    def from_certificate(self, der: bytes) -> tuple[CertKind, int]:
+        try:
+            cert = x509.load_der_x509_certificate(der)
+        except ValueError as exc:
+            raise BadRequest(f"certificate is not DER X.509: {exc}") from None
+        return self.issuer_for_certificate(cert).kind, cert.serial_number
+
+    def issuer_by_hash(
+        self, algorithm: str, name_hash: bytes, key_hash: bytes
+    ) -> IssuerEntry | None:
+        if algorithm not in ("sha1", "sha256"):
+            raise BadRequest(f"unsupported CertID hash algorithm {algorithm!r}")
+        expected = 20 if algorithm == "sha1" else 32
+        if len(name_hash) != expected or len(key_hash) != expected:
+            raise BadRequest(f"CertID hashes must be {expected} octets for {algorithm}")
+        return self._holder.get().issuer_by_hash(algorithm, name_hash, key_hash)

@@ -1,0 +1,148 @@
+"""StatusService: translates between protobuf and the status source. Nothing else."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime
+
+import grpc
+from cryptography.hazmat.primitives.serialization import Encoding
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from protos import va_pb2, va_pb2_grpc
+from server.clock import Clock
+from server.domain import CertKind, Status, serial_from_bytes, serial_to_bytes
+from server.ocsp import OcspResponder
+from server.status import Answer, BadRequest, IndexHolder, Resolver, StatusSource
+
+MAX_BATCH = 10_000
+
+
+def timestamp(when: datetime) -> Timestamp:
+    ts = Timestamp()
+    ts.FromDatetime(when)
+    return ts
+
+
+def answer_to_pb(answer: Answer) -> va_pb2.CertificateStatus:
+    out = va_pb2.CertificateStatus(
+        kind=int(answer.kind),  # type: ignore[arg-type]
+        serial=serial_to_bytes(answer.serial),
+        status=int(answer.status),  # type: ignore[arg-type]
+        as_of=timestamp(answer.as_of),
+        index_sequence=answer.sequence,
+    )
+    record = answer.record
+    if record is not None:
+        out.not_before.CopyFrom(timestamp(record.not_before))
+        out.not_after.CopyFrom(timestamp(record.not_after))
+        out.partition = record.partition
+        out.issuer_key_id = record.issuer_key_id
+        if answer.status is Status.REVOKED and record.loss is not None:
+            out.revocation.time.CopyFrom(timestamp(record.loss.time))
+            out.revocation.cause = int(record.loss.cause)  # type: ignore[assignment]
+            out.revocation.reason = int(record.loss.reason)  # type: ignore[assignment]
+    return out
+
+
+class StatusServicer(va_pb2_grpc.StatusServiceServicer):
+    def __init__(
+        self,
+        source: StatusSource,
+        resolver: Resolver,
+        ocsp: OcspResponder,
+        holder: IndexHolder,
+        clock: Clock,
+    ) -> None:
+        self._source = source
+        self._resolver = resolver
+        self._ocsp = ocsp
+        self._holder = holder
+        self._clock = clock
+
+    def _answer(self, request: va_pb2.CheckRequest) -> Answer:
+        as_of = (
+            request.as_of.ToDatetime(tzinfo=UTC) if request.HasField("as_of") else self._clock.now()
+        )
+        ref = request.cert
+        which = ref.WhichOneof("ref")
+        if which == "kind_serial":
+            if ref.kind_serial.kind == va_pb2.CERT_KIND_UNSPECIFIED:
+                raise BadRequest("certificate kind is required")
+            kind = CertKind(ref.kind_serial.kind)
+            serial = _serial(ref.kind_serial.serial)
+        elif which == "certificate_der":
+            kind, serial = self._resolver.from_certificate(ref.certificate_der)
+        elif which == "cert_id":
+            cid = ref.cert_id
+            issuer = self._resolver.issuer_by_hash(
+                cid.hash_algorithm.lower(), cid.issuer_name_hash, cid.issuer_key_hash
+            )
+            serial = _serial(cid.serial)
+            if issuer is None:
+                # Not an issuer we answer for: the certificate is unknown to us.
+                index = self._holder.get()
+                return Answer(
+                    CertKind.CARD_SIGN,
+                    serial,
+                    Status.UNKNOWN,
+                    None,
+                    as_of,
+                    index.sequence,
+                    index.created_at,
+                    index.next_update,
+                )
+            kind = issuer.kind
+        else:
+            raise BadRequest("no certificate given (kind_serial, certificate_der or cert_id)")
+        return self._source.status(kind, serial, as_of)
+
+    def Check(
+        self, request: va_pb2.CheckRequest, context: grpc.ServicerContext
+    ) -> va_pb2.CheckResponse:
+        return va_pb2.CheckResponse(status=answer_to_pb(self._answer(request)))
+
+    def CheckStream(
+        self,
+        request_iterator: Iterator[va_pb2.CheckBatchRequest],
+        context: grpc.ServicerContext,
+    ) -> Iterator[va_pb2.CheckBatchResponse]:
+        for batch in request_iterator:
+            if not batch.requests:
+                raise BadRequest("empty batch")
+            if len(batch.requests) > MAX_BATCH:
+                raise BadRequest(f"batch of {len(batch.requests)} exceeds {MAX_BATCH}")
+            results = []
+            for request in batch.requests:
+                try:
+                    results.append(va_pb2.CheckResult(status=answer_to_pb(self._answer(request))))
+                except (BadRequest, ValueError) as exc:
+                    results.append(va_pb2.CheckResult(error=str(exc)))
+            yield va_pb2.CheckBatchResponse(results=results)
+
+    def Ocsp(
+        self, request: va_pb2.OcspRequest, context: grpc.ServicerContext
+    ) -> va_pb2.OcspResponse:
+        return va_pb2.OcspResponse(der=self._ocsp.respond(request.der))
+
+    def ListIssuers(
+        self, request: va_pb2.ListIssuersRequest, context: grpc.ServicerContext
+    ) -> va_pb2.ListIssuersResponse:
+        index = self._holder.get()
+        return va_pb2.ListIssuersResponse(
+            issuers=[
+                va_pb2.Issuer(
+                    kind=int(entry.kind),  # type: ignore[arg-type]
+                    key_id=entry.key_id,
+                    certificate_der=entry.certificate.public_bytes(Encoding.DER),
+                )
+                for entry in index.issuers.values()
+            ]
+        )
+
+
+def _serial(raw: bytes) -> int:
+    try:
+        return serial_from_bytes(raw)
+    except ValueError as exc:
+        raise BadRequest(str(exc)) from None
