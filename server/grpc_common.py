@@ -10,13 +10,18 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent import futures
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 log = logging.getLogger(__name__)
+
+if TYPE_CHECKING:
+    _Interceptor = grpc.ServerInterceptor[Any, Any]
+else:  # the stubs make it generic; the runtime class is not subscriptable
+    _Interceptor = grpc.ServerInterceptor
 
 ErrorMap = Sequence[tuple[type[BaseException], grpc.StatusCode]]
 
@@ -34,7 +39,7 @@ def _aborted(exc: BaseException, context: grpc.ServicerContext) -> bool:
     return isinstance(exc, grpc.RpcError) or context.code() is not None  # type: ignore[attr-defined]
 
 
-class ErrorMappingInterceptor(grpc.ServerInterceptor[Any, Any]):
+class ErrorMappingInterceptor(_Interceptor):
     def __init__(self, mapping: ErrorMap) -> None:
         self._mapping = mapping
 

@@ -13,7 +13,7 @@ import logging
 import mmap
 import os
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -73,6 +73,7 @@ class IssuerEntry:
     kind: CertKind
     key_id: bytes
     certificate: x509.Certificate
+    active: bool = False  # the newest generation of its kind
 
 
 def build_index(snapshot: VerifiedSnapshot, index_root: Path) -> Path:
@@ -223,6 +224,11 @@ class Index:
             kid = key_id(cert.public_key())
             if kid in kinds:
                 self.issuers[kid] = IssuerEntry(kinds[kid], kid, cert)
+        for kind in CertKind:
+            generations = [e for e in self.issuers.values() if e.kind is kind]
+            if generations:
+                newest = max(generations, key=lambda e: e.certificate.not_valid_before_utc)
+                self.issuers[newest.key_id] = replace(newest, active=True)
         self._crl_times: dict[tuple[CertKind, bytes, str], CrlTimes] = {}
         for c in meta["crls"]:
             times = CrlTimes(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,9 +50,21 @@ class Publisher:
         self._root = snapshot_root
         self._clock = clock
         self._settings = settings
+        # One publish at a time: the periodic one and an operator's may coincide.
+        self._lock = threading.Lock()
+
+    def publish_if_changed(self) -> PublishedSnapshot | None:
+        with self._lock:
+            with self._registry.read() as tx:
+                changed = tx.meta("published_mark") != tx.change_mark().encode()
+            return self._publish_full() if changed else None
 
     def publish_full(self) -> PublishedSnapshot:
         """A full snapshot: every issuance record, one CRL per (kind, generation, partition)."""
+        with self._lock:
+            return self._publish_full()
+
+    def _publish_full(self) -> PublishedSnapshot:
         now = self._clock.now()
         issuers = self._authority.issuers()
         ordinals = {r.key_id: i for i, r in enumerate(issuers)}
@@ -60,6 +73,7 @@ class Publisher:
         # One read transaction: the records and the CRLs describe the same moment.
         with self._registry.read() as tx:
             event_sequence = tx.counter("event")
+            mark = tx.change_mark()
             for rec in tx.certificates():
                 scope = (rec.kind, rec.issuer_key_id, rec.partition)
                 bucket = entries[scope]  # every partition gets a CRL, even an empty one
@@ -112,6 +126,8 @@ class Publisher:
         except BaseException:
             builder.abort()
             raise
+        with self._registry.write() as wtx:
+            wtx.set_meta("published_mark", mark.encode())
         log.info(
             "published full snapshot %d: %d records, %d CRLs",
             sequence,

@@ -203,6 +203,11 @@ class RegistryTxn:
         keys: list[str] = [] if raw is None else json.loads(bytes(raw))["certs"]
         keys.append(record.key.hex())
         self._txn.put(holder_key, _dumps({"certs": keys}), db=self._db["holders"])
+        self.next_counter("issued")
+
+    def change_mark(self) -> str:
+        """Changes whenever a certificate is issued or loses effect."""
+        return f"{self.counter('issued')}:{self.counter('event')}"
 
     def certificates(self, kind: CertKind | None = None) -> Iterator[CertificateRecord]:
         """Every issuance record in key order (kind, serial)."""

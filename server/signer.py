@@ -213,6 +213,9 @@ class Signer:
         del full
         return self._publisher.publish_full()
 
+    def publish_if_changed(self) -> PublishedSnapshot | None:
+        return self._publisher.publish_if_changed()
+
     # the responder's delegated OCSP signer --------------------------------------------
     def ocsp_signer_certificates(
         self, csr_der: bytes, key_ids: list[bytes]

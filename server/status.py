@@ -34,7 +34,7 @@ class BadRequest(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class Answer:
-    kind: CertKind
+    kind: CertKind | None  # None: a CertID of an issuer we do not answer for
     serial: int
     status: Status
     record: StatusRecord | None

@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 
 import grpc
+from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -26,7 +27,7 @@ def timestamp(when: datetime) -> Timestamp:
 
 def answer_to_pb(answer: Answer) -> va_pb2.CertificateStatus:
     out = va_pb2.CertificateStatus(
-        kind=int(answer.kind),  # type: ignore[arg-type]
+        kind=0 if answer.kind is None else int(answer.kind),  # type: ignore[arg-type]
         serial=serial_to_bytes(answer.serial),
         status=int(answer.status),  # type: ignore[arg-type]
         as_of=timestamp(answer.as_of),
@@ -53,7 +54,9 @@ class StatusServicer(va_pb2_grpc.StatusServiceServicer):
         ocsp: OcspResponder,
         holder: IndexHolder,
         clock: Clock,
+        roots: list[x509.Certificate],
     ) -> None:
+        self._roots = roots
         self._source = source
         self._resolver = resolver
         self._ocsp = ocsp
@@ -83,7 +86,7 @@ class StatusServicer(va_pb2_grpc.StatusServiceServicer):
                 # Not an issuer we answer for: the certificate is unknown to us.
                 index = self._holder.get()
                 return Answer(
-                    CertKind.CARD_SIGN,
+                    None,
                     serial,
                     Status.UNKNOWN,
                     None,
@@ -130,14 +133,16 @@ class StatusServicer(va_pb2_grpc.StatusServiceServicer):
     ) -> va_pb2.ListIssuersResponse:
         index = self._holder.get()
         return va_pb2.ListIssuersResponse(
+            root_certificate_der=self._roots[0].public_bytes(Encoding.DER) if self._roots else b"",
             issuers=[
                 va_pb2.Issuer(
                     kind=int(entry.kind),  # type: ignore[arg-type]
                     key_id=entry.key_id,
                     certificate_der=entry.certificate.public_bytes(Encoding.DER),
+                    active=entry.active,
                 )
                 for entry in index.issuers.values()
-            ]
+            ],
         )
 
 

@@ -1,0 +1,252 @@
+"""VaClient: a synchronous, typed client of the verifier-facing gRPC API."""
+
+from __future__ import annotations
+
+import ipaddress
+from datetime import UTC, datetime
+from types import TracebackType
+from typing import Self
+
+import grpc
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.x509 import ocsp
+from google.protobuf import timestamp_pb2
+
+from client._errors import ProtocolError, translating_rpc_errors
+from client._models import CertIdRef, CertificateStatus, IssuerInfo, IssuerSet, OcspResult
+from client._ocsp import build_request, parse_certificate
+from protos import va_pb2, va_pb2_grpc
+from server.domain import CertKind, serial_from_bytes, serial_hex, serial_to_bytes
+
+DEFAULT_TIMEOUT = 5.0
+
+
+def is_loopback_target(target: str) -> bool:
+    """Whether a gRPC target names this machine (127.0.0.0/8, ::1, localhost, unix socket)."""
+    if target.startswith(("unix:", "unix-abstract:")):
+        return True
+    for prefix in ("dns:///", "dns:", "ipv4:", "ipv6:"):
+        if target.startswith(prefix):
+            target = target.removeprefix(prefix)
+            break
+    if "," in target:  # ipv4:/ipv6: address lists: every address must be local
+        return all(is_loopback_target(part) for part in target.split(","))
+    if target.startswith("["):
+        host = target[1:].partition("]")[0]
+    elif target.count(":") > 1:  # a bare IPv6 address without a port
+        host = target
+    else:
+        host = target.partition(":")[0]
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class VaClient:
+    """Client of StatusService.
+
+    TLS (or mTLS) is the norm: pass ``credentials`` from ``grpc.ssl_channel_credentials``.
+    Plaintext needs ``insecure=True`` and a loopback target, because verifiers are
+    identified by their client certificate and status answers must not be spoofable.
+    """
+
+    def __init__(
+        self,
+        target: str,
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+        credentials: grpc.ChannelCredentials | None = None,
+        insecure: bool = False,
+    ) -> None:
+        if timeout <= 0:
+            raise ValueError(f"timeout must be positive, got {timeout}")
+        if credentials is not None and insecure:
+            raise ValueError("pass either credentials or insecure=True, not both")
+        if credentials is None:
+            if not insecure:
+                raise ValueError(
+                    "refusing a plaintext channel: pass credentials, or insecure=True for loopback"
+                )
+            if not is_loopback_target(target):
+                raise ValueError(f"plaintext is only allowed to a loopback address, not {target!r}")
+            self._channel = grpc.insecure_channel(target)
+        else:
+            self._channel = grpc.secure_channel(target, credentials)
+        self._stub = va_pb2_grpc.StatusServiceStub(self._channel)
+        self.target = target
+        self.timeout = timeout
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def _deadline(self, timeout: float | None) -> float:
+        return self.timeout if timeout is None else timeout
+
+    def check(
+        self,
+        *,
+        kind: CertKind | None = None,
+        serial: int | None = None,
+        certificate: x509.Certificate | bytes | None = None,
+        cert_id: CertIdRef | None = None,
+        as_of: datetime | None = None,
+        timeout: float | None = None,
+    ) -> CertificateStatus:
+        """The status of one certificate, named by exactly one of: kind and serial,
+        the certificate itself (object, DER or PEM), or an RFC 6960 CertID."""
+        request = va_pb2.CheckRequest(cert=_cert_ref(kind, serial, certificate, cert_id))
+        if as_of is not None:
+            request.as_of.CopyFrom(_timestamp(as_of))
+        with translating_rpc_errors():
+            response = self._stub.Check(request, timeout=self._deadline(timeout))
+        if not response.HasField("status"):
+            raise ProtocolError("Check answered without a status")
+        return CertificateStatus.from_proto(response.status)
+
+    def ocsp(self, request_der: bytes, *, timeout: float | None = None) -> bytes:
+        """Send a DER OCSPRequest, return the DER OCSPResponse (also for error statuses)."""
+        with translating_rpc_errors():
+            response = self._stub.Ocsp(
+                va_pb2.OcspRequest(der=request_der), timeout=self._deadline(timeout)
+            )
+        return response.der
+
+    def issuers(self, *, timeout: float | None = None) -> IssuerSet:
+        """The root and every issuing-CA generation the responder answers for."""
+        with translating_rpc_errors():
+            response = self._stub.ListIssuers(
+                va_pb2.ListIssuersRequest(), timeout=self._deadline(timeout)
+            )
+        return IssuerSet.from_proto(response)
+
+    def ocsp_for(
+        self,
+        *,
+        certificate: x509.Certificate | bytes | None = None,
+        issuer: x509.Certificate | IssuerInfo | None = None,
+        kind: CertKind | None = None,
+        serial: int | None = None,
+        timeout: float | None = None,
+    ) -> OcspResult:
+        """Build an OCSP request (SHA-1 CertID) for a certificate, or for kind and serial,
+        send it through StatusService.Ocsp and parse the answer.
+
+        Without ``issuer`` the issuer comes from ``issuers()``: by the certificate's
+        authority key identifier, or by the ``issuer_key_id`` that ``check`` reports for
+        kind and serial. LookupError when the responder lists no such issuer.
+        """
+        issuer_cert = issuer.certificate if isinstance(issuer, IssuerInfo) else issuer
+        if certificate is not None:
+            if kind is not None or serial is not None:
+                raise ValueError("name the certificate either by itself or by kind and serial")
+            cert = _as_certificate(certificate)
+            if issuer_cert is None:
+                found = self.issuers(timeout=timeout).for_certificate(cert)
+                if found is None:
+                    raise LookupError(
+                        "the responder lists no issuer whose key id matches the "
+                        "certificate's authority key identifier"
+                    )
+                issuer_cert = found.certificate
+            request_der = build_request(issuer=issuer_cert, certificate=cert)
+        elif kind is not None and serial is not None:
+            if issuer_cert is None:
+                issuer_cert = self._issuer_of(kind, serial, timeout)
+            request_der = build_request(issuer=issuer_cert, serial=serial)
+        else:
+            raise ValueError("ocsp_for needs certificate=, or kind= and serial=")
+        der = self.ocsp(request_der, timeout=timeout)
+        try:
+            response = ocsp.load_der_ocsp_response(der)
+        except ValueError as error:
+            raise ProtocolError(f"Ocsp answered bytes that are no OCSPResponse: {error}") from None
+        return OcspResult(der=der, response=response, request_der=request_der)
+
+    def _issuer_of(self, kind: CertKind, serial: int, timeout: float | None) -> x509.Certificate:
+        # Only the responder knows which generation issued a serial, and generations
+        # share a DN, so ask for the key id and look that key up.
+        key_id = self.check(kind=kind, serial=serial, timeout=timeout).issuer_key_id
+        name = f"{kind.name} serial {serial_hex(serial)}"
+        issuers = self.issuers(timeout=timeout)
+        if not key_id:
+            # A serial the responder does not know: ask the kind's active generation,
+            # which answers "unknown" for it.
+            active = issuers.active_for(kind)
+            if active is None:
+                raise LookupError(f"the responder knows no issuer of {name}")
+            return active.certificate
+        found = issuers.find(key_id)
+        if found is None:
+            raise LookupError(f"the responder lists no issuer with key id {key_id.hex()} ({name})")
+        return found.certificate
+
+
+def _cert_ref(
+    kind: CertKind | None,
+    serial: int | None,
+    certificate: x509.Certificate | bytes | None,
+    cert_id: CertIdRef | None,
+) -> va_pb2.CertRef:
+    by_serial = kind is not None or serial is not None
+    if sum((by_serial, certificate is not None, cert_id is not None)) != 1:
+        raise ValueError("name the certificate exactly one way: kind+serial, certificate, cert_id")
+    if certificate is not None:
+        return va_pb2.CertRef(certificate_der=_certificate_der(certificate))
+    if cert_id is not None:
+        _check_serial(cert_id.serial)
+        return va_pb2.CertRef(cert_id=cert_id.to_proto())
+    if kind is None or serial is None:
+        raise ValueError("kind and serial go together")
+    _check_serial(serial)
+    return va_pb2.CertRef(
+        kind_serial=va_pb2.KindSerial(
+            kind=va_pb2.CertKind.ValueType(CertKind(kind)), serial=serial_to_bytes(serial)
+        )
+    )
+
+
+def _check_serial(serial: int) -> None:
+    # Catch what the server would refuse anyway (RFC 5280: positive, at most 20 octets)
+    # before spending a round trip.
+    if serial <= 0:
+        raise ValueError(f"serial must be positive, got {serial}")
+    serial_from_bytes(serial_to_bytes(serial))
+
+
+def _certificate_der(certificate: x509.Certificate | bytes) -> bytes:
+    if isinstance(certificate, x509.Certificate):
+        return certificate.public_bytes(serialization.Encoding.DER)
+    if certificate.lstrip().startswith(b"-----BEGIN"):
+        return parse_certificate(certificate).public_bytes(serialization.Encoding.DER)
+    # DER is passed through unparsed: the server is the judge of what it accepts.
+    return certificate
+
+
+def _as_certificate(certificate: x509.Certificate | bytes) -> x509.Certificate:
+    if isinstance(certificate, x509.Certificate):
+        return certificate
+    return parse_certificate(certificate)
+
+
+def _timestamp(when: datetime) -> timestamp_pb2.Timestamp:
+    if when.tzinfo is None or when.utcoffset() is None:
+        # A naive time is ambiguous (UTC or JST?) for a legal status question.
+        raise ValueError("as_of must be an aware datetime (with a time zone)")
+    stamp = timestamp_pb2.Timestamp()
+    stamp.FromDatetime(when.astimezone(UTC))
+    return stamp

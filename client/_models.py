@@ -1,0 +1,229 @@
+"""Typed results of the client, converted from (and to) the protobuf messages."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+from cryptography import x509
+from cryptography.x509 import ocsp
+from google.protobuf import timestamp_pb2
+
+from client._errors import ProtocolError
+from client._ocsp import DEFAULT_HASH, issuer_hashes, parse_certificate
+from protos import va_pb2
+from server.domain import (
+    CertKind,
+    CrlReason,
+    LossCause,
+    Status,
+    serial_from_bytes,
+    serial_hex,
+    serial_to_bytes,
+)
+
+_E = TypeVar("_E", CertKind, LossCause, CrlReason, Status)
+
+
+@dataclass(frozen=True, slots=True)
+class CertIdRef:
+    """A certificate named as in RFC 6960: issuer name/key hashes and serial."""
+
+    issuer_name_hash: bytes
+    issuer_key_hash: bytes
+    serial: int
+    hash_algorithm: str = DEFAULT_HASH
+
+    @classmethod
+    def for_issuer(
+        cls, issuer: x509.Certificate, serial: int, hash_algorithm: str = DEFAULT_HASH
+    ) -> CertIdRef:
+        name_hash, key_hash = issuer_hashes(issuer, hash_algorithm)
+        return cls(name_hash, key_hash, serial, hash_algorithm)
+
+    def to_proto(self) -> va_pb2.CertId:
+        return va_pb2.CertId(
+            hash_algorithm=self.hash_algorithm,
+            issuer_name_hash=self.issuer_name_hash,
+            issuer_key_hash=self.issuer_key_hash,
+            serial=serial_to_bytes(self.serial),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Revocation:
+    """When and why a certificate lost effect."""
+
+    time: datetime
+    cause: LossCause
+    reason: CrlReason
+
+
+@dataclass(frozen=True, slots=True)
+class CertificateStatus:
+    """The answer to one status query.
+
+    ``kind`` is None only when the server could not tell the kind (an UNKNOWN answer
+    about a CertID of an issuer it does not answer for).
+    """
+
+    kind: CertKind | None
+    serial: int
+    status: Status
+    not_before: datetime | None
+    not_after: datetime | None
+    revocation: Revocation | None
+    partition: str
+    issuer_key_id: bytes
+    as_of: datetime | None
+    index_sequence: int
+
+    @classmethod
+    def from_proto(cls, msg: va_pb2.CertificateStatus) -> CertificateStatus:
+        revocation = None
+        if msg.HasField("revocation"):
+            time = _time(msg.revocation, "time")
+            if time is None:
+                raise ProtocolError("revocation without a time")
+            revocation = Revocation(
+                time=time,
+                cause=_enum(LossCause, msg.revocation.cause, "loss cause"),
+                reason=_enum(CrlReason, msg.revocation.reason, "CRL reason"),
+            )
+        try:
+            serial = serial_from_bytes(msg.serial)
+        except ValueError as error:
+            raise ProtocolError(f"bad serial in answer: {error}") from None
+        return cls(
+            kind=None
+            if msg.kind == va_pb2.CERT_KIND_UNSPECIFIED
+            else _enum(CertKind, msg.kind, "certificate kind"),
+            serial=serial,
+            status=_enum(Status, msg.status, "status"),
+            not_before=_time(msg, "not_before"),
+            not_after=_time(msg, "not_after"),
+            revocation=revocation,
+            partition=msg.partition,
+            issuer_key_id=msg.issuer_key_id,
+            as_of=_time(msg, "as_of"),
+            index_sequence=msg.index_sequence,
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready dict: serial and key id as upper-case hex, times ISO 8601, enums by name."""
+        return {
+            "kind": None if self.kind is None else self.kind.name,
+            "serial": serial_hex(self.serial),
+            "status": self.status.name,
+            "not_before": _iso(self.not_before),
+            "not_after": _iso(self.not_after),
+            "revocation": None
+            if self.revocation is None
+            else {
+                "time": _iso(self.revocation.time),
+                "cause": self.revocation.cause.name,
+                "reason": self.revocation.reason.name,
+            },
+            "partition": self.partition,
+            "issuer_key_id": self.issuer_key_id.hex().upper(),
+            "as_of": _iso(self.as_of),
+            "index_sequence": self.index_sequence,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class IssuerInfo:
+    """One issuing-CA generation (kind None: the root)."""
+
+    kind: CertKind | None
+    key_id: bytes
+    certificate: x509.Certificate
+    active: bool
+
+
+@dataclass(frozen=True, slots=True)
+class IssuerSet:
+    """The root and the issuing-CA generations a responder answers for."""
+
+    root: x509.Certificate | None
+    issuers: tuple[IssuerInfo, ...]
+
+    @classmethod
+    def from_proto(cls, msg: va_pb2.ListIssuersResponse) -> IssuerSet:
+        root = _certificate(msg.root_certificate_der) if msg.root_certificate_der else None
+        issuers = tuple(
+            IssuerInfo(
+                kind=None
+                if item.kind == va_pb2.CERT_KIND_UNSPECIFIED
+                else _enum(CertKind, item.kind, "certificate kind"),
+                key_id=item.key_id,
+                certificate=_certificate(item.certificate_der),
+                active=item.active,
+            )
+            for item in msg.issuers
+        )
+        return cls(root=root, issuers=issuers)
+
+    def __iter__(self) -> Iterator[IssuerInfo]:
+        return iter(self.issuers)
+
+    def __len__(self) -> int:
+        return len(self.issuers)
+
+    def active_for(self, kind: CertKind) -> IssuerInfo | None:
+        """The generation of `kind` that issues new certificates now."""
+        return next((i for i in self.issuers if i.kind is kind and i.active), None)
+
+    def find(self, key_id: bytes) -> IssuerInfo | None:
+        return next((i for i in self.issuers if i.key_id == key_id), None)
+
+    def for_certificate(self, certificate: x509.Certificate) -> IssuerInfo | None:
+        """The issuer whose key id is the certificate's authority key identifier.
+
+        Never by name: issuer generations share one distinguished name (DESIGN §8).
+        """
+        try:
+            aki = certificate.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier)
+        except x509.ExtensionNotFound:
+            return None
+        key_id = aki.value.key_identifier
+        return None if key_id is None else self.find(key_id)
+
+
+@dataclass(frozen=True, slots=True)
+class OcspResult:
+    """An OCSP response as received (``der``) and parsed (``response``)."""
+
+    der: bytes
+    response: ocsp.OCSPResponse
+    request_der: bytes
+
+
+def _enum(cls: type[_E], value: int, what: str) -> _E:
+    try:
+        return cls(value)
+    except ValueError:
+        raise ProtocolError(f"unknown {what} value {value} in answer") from None
+
+
+def _time(msg: Any, field: str) -> datetime | None:
+    # proto3 message fields have presence: an unset Timestamp means "no such time".
+    if not msg.HasField(field):
+        return None
+    stamp: timestamp_pb2.Timestamp = getattr(msg, field)
+    return stamp.ToDatetime(tzinfo=UTC)
+
+
+def _iso(when: datetime | None) -> str | None:
+    if when is None:
+        return None
+    return when.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def _certificate(der: bytes) -> x509.Certificate:
+    try:
+        return parse_certificate(der)
+    except ValueError as error:
+        raise ProtocolError(f"unparsable certificate in answer: {error}") from None

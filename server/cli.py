@@ -1,0 +1,191 @@
+"""`jpki-va`: one command, with subcommands for every role.
+
+argv -> a validated Config -> the role's composition root. Errors in input are one
+line on stderr and exit code 2; nothing prints a traceback at a user.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import hsm
+from client._cli import add_commands
+from server import demo
+from server.config import (
+    PIN_ENV,
+    ConfigError,
+    ResponderConfig,
+    SignerConfig,
+    hsm_config,
+    load_toml,
+    merge,
+)
+from server.responder_app import serve
+from server.signer_app import start_signer
+
+EXIT_USAGE = 2
+
+
+def _add_hsm_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("HSM (PKCS#11)")
+    group.add_argument("--hsm-module", help=f"PKCS#11 module (default {hsm.DEFAULT_MODULE})")
+    group.add_argument("--hsm-token", help="token label")
+    group.add_argument("--hsm-pin-env", help=f"environment variable with the PIN ({PIN_ENV})")
+    group.add_argument("--hsm-pin-file", help="file whose first line is the PIN")
+    group.add_argument("--softhsm2-conf", help="SOFTHSM2_CONF for the embedded SoftHSM2")
+
+
+def _hsm_from(args: argparse.Namespace, file_values: dict[str, Any]) -> hsm.HsmConfig:
+    table = file_values.get("hsm", {})
+    token = args.hsm_token or table.get("token_label")
+    if not token:
+        raise ConfigError("--hsm-token is required")
+    return hsm_config(
+        module=args.hsm_module or table.get("module") or hsm.DEFAULT_MODULE,
+        token_label=token,
+        pin_env=args.hsm_pin_env or table.get("pin_env"),
+        pin_file=args.hsm_pin_file or table.get("pin_file"),
+        softhsm2_conf=args.softhsm2_conf or table.get("softhsm2_conf"),
+    )
+
+
+def signer_config(args: argparse.Namespace) -> SignerConfig:
+    file_values = load_toml(args.config)
+    values = merge(
+        file_values,
+        {
+            "data_dir": args.data_dir,
+            "listen": args.listen,
+            "base_url": args.base_url,
+            "publish_interval": args.publish_interval,
+            "insecure_loopback": args.insecure_loopback or None,
+            "bootstrap": args.bootstrap or None,
+        },
+        SignerConfig,
+    )
+    values.pop("hsm", None)
+    if "data_dir" not in values:
+        raise ConfigError("--data-dir is required")
+    values["data_dir"] = Path(values["data_dir"])
+    try:
+        return SignerConfig(hsm=_hsm_from(args, file_values), **values)
+    except TypeError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def responder_config(args: argparse.Namespace) -> ResponderConfig:
+    values = merge(
+        load_toml(args.config),
+        {
+            "snapshot_dir": args.snapshots,
+            "state_dir": args.state_dir,
+            "trust_anchors": args.trust_anchor,
+            "listen": args.listen,
+            "workers": args.workers,
+            "signer": args.signer,
+            "insecure_loopback": args.insecure_loopback or None,
+            "poll_interval": args.poll_interval,
+        },
+        ResponderConfig,
+    )
+    for required, flag in (("snapshot_dir", "--snapshots"), ("state_dir", "--state-dir")):
+        if required not in values:
+            raise ConfigError(f"{flag} is required")
+    values["snapshot_dir"] = Path(values["snapshot_dir"])
+    values["state_dir"] = Path(values["state_dir"])
+    values["trust_anchors"] = tuple(Path(p) for p in values.get("trust_anchors") or ())
+    try:
+        return ResponderConfig(**values)
+    except TypeError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def run_signer(args: argparse.Namespace) -> int:
+    app = start_signer(signer_config(args))
+    print(f"signer listening on port {app.port}", flush=True)
+    try:
+        app.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        app.stop()
+    return 0
+
+
+def run_responder(args: argparse.Namespace) -> int:
+    config = responder_config(args)
+    serve(config, ready=lambda port: print(f"responder listening on port {port}", flush=True))
+    return 0
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    return demo.run(args.dir, args.port, stop=threading.Event(), reset=args.reset)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="jpki-va",
+        description="Validation authority for JPKI-style personal certificates.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    demo = sub.add_parser("demo", help="set up and run everything on loopback")
+    demo.add_argument("--dir", type=Path, default=Path("jpki-va-demo"))
+    demo.add_argument("--port", type=int, default=50051, help="responder gRPC port")
+    demo.add_argument("--reset", action="store_true", help="recreate the directory")
+    demo.set_defaults(func=run_demo)
+
+    signer = sub.add_parser("signer", help="run the signer (registry + HSM signatures)")
+    signer.add_argument("--config", type=Path, help="TOML file with these settings")
+    signer.add_argument("--data-dir", help="registry and snapshots live here")
+    signer.add_argument("--listen", help="HOST:PORT (default 127.0.0.1:50052)")
+    signer.add_argument("--base-url", help="public URL of the responder's HTTP endpoint")
+    signer.add_argument("--publish-interval", type=float, help="seconds between snapshots")
+    signer.add_argument("--bootstrap", action="store_true", help="create a missing CA hierarchy")
+    signer.add_argument("--insecure-loopback", action="store_true", help="plaintext on loopback")
+    _add_hsm_options(signer)
+    signer.set_defaults(func=run_signer)
+
+    responder = sub.add_parser("responder", help="run the responder (gRPC status, OCSP)")
+    responder.add_argument("--config", type=Path, help="TOML file with these settings")
+    responder.add_argument("--snapshots", help="directory the signer publishes snapshots in")
+    responder.add_argument("--state-dir", help="index and OCSP key live here")
+    responder.add_argument(
+        "--trust-anchor", action="append", help="root certificate (PEM/DER); repeatable"
+    )
+    responder.add_argument("--listen", help="HOST:PORT (default 127.0.0.1:50051)")
+    responder.add_argument("--workers", type=int, help="gRPC worker processes (default: CPUs)")
+    responder.add_argument("--signer", help="signer HOST:PORT for OCSP-signer certificates")
+    responder.add_argument("--poll-interval", type=float, help="seconds between snapshot scans")
+    responder.add_argument("--insecure-loopback", action="store_true", help="plaintext on loopback")
+    responder.set_defaults(func=run_responder)
+
+    add_commands(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        code = args.func(args)
+    except (ConfigError, hsm.HsmError) as exc:
+        print(f"jpki-va {args.command}: {exc}", file=sys.stderr)
+        code = EXIT_USAGE
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()

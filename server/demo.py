@@ -1,0 +1,311 @@
+"""`jpki-va demo`: the whole loop on loopback, for a new user's first minutes.
+
+Creates a SoftHSM2 token, the CA hierarchy, a few holders' certificates (some in
+effect, some that lost effect by different causes), publishes a snapshot, starts
+the signer and the responder, writes demo.json for scripts and serves until
+interrupted.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+import shutil
+import sys
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
+
+import hsm
+from protos import signer_pb2, signer_pb2_grpc, va_pb2
+from server.config import ResponderConfig, SignerConfig
+from server.domain import CertKind, CrlReason, LossCause
+from server.responder_app import Responder
+from server.signer_app import SignerApp, start_signer
+
+log = logging.getLogger(__name__)
+
+TOKEN_LABEL = "jpki-va-demo"  # noqa: S105 (a token label, not a secret)
+DEMO_FILE = "demo.json"
+
+
+@dataclass(frozen=True)
+class DemoHolder:
+    slug: str
+    resident_code: str
+    municipality: str
+    name: str
+    address: str
+    birth_date: str
+    sex: str
+
+
+HOLDERS = (
+    DemoHolder("taro", "12345678901", "131016", "山田 太郎", "千代田区1-1", "1980-04-01", "男"),
+    DemoHolder("hanako", "23456789012", "271004", "佐藤 花子", "大阪市北区2-2", "1992-11-23", "女"),
+    DemoHolder("jiro", "34567890123", "131016", "鈴木 次郎", "千代田区3-3", "1975-07-07", "男"),
+)
+# (holder, kind, loss to record: (cause, reason) or None)
+LOSSES = {
+    ("hanako", CertKind.CARD_SIGN): (LossCause.HOLDER_REQUEST, CrlReason.KEY_COMPROMISE),
+    ("jiro", CertKind.CARD_AUTH): (LossCause.RECORD_ERROR, None),
+}
+
+
+def _pem(cert: x509.Certificate) -> bytes:
+    return cert.public_bytes(serialization.Encoding.PEM)
+
+
+class _Setup:
+    """Issues the demo's certificates through the signer's gRPC API."""
+
+    def __init__(self, directory: Path, stub: signer_pb2_grpc.SignerServiceStub) -> None:
+        self.dir = directory
+        self.stub = stub
+        self.certs_dir = directory / "certs"
+        self.certs_dir.mkdir(exist_ok=True)
+        self.entries: list[dict[str, Any]] = []
+        self.serials: dict[tuple[str, CertKind], bytes] = {}
+        self.keys: dict[tuple[str, CertKind], rsa.RSAPrivateKey] = {}
+
+    def _issuer_file(self, der: bytes) -> str:
+        cert = x509.load_der_x509_certificate(der)
+        kid = x509.SubjectKeyIdentifier.from_public_key(cert.public_key()).digest.hex()[:8]
+        path = self.certs_dir / f"issuer-{kid}.pem"
+        path.write_bytes(_pem(cert))
+        return path.relative_to(self.dir).as_posix()
+
+    def issue(self, holder: DemoHolder, kind: CertKind) -> None:
+        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        spki = key.public_key().public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+        request = signer_pb2.IssueCertificateRequest(
+            kind=int(kind),  # type: ignore[arg-type]
+            resident_code=holder.resident_code,
+            municipality_code=holder.municipality,
+            holder=signer_pb2.HolderInfo(
+                name=holder.name,
+                address=holder.address,
+                birth_date=holder.birth_date,
+                sex=holder.sex,
+            ),
+            public_key_der=spki,
+        )
+        if kind.is_mobile:
+            # 第16条の2, 第35条の2: the application is signed with the CARD_SIGN key.
+            card_key = self.keys[(holder.slug, CertKind.CARD_SIGN)]
+            request.card_serial = self.serials[(holder.slug, CertKind.CARD_SIGN)]
+            request.application_signature = card_key.sign(spki, padding.PKCS1v15(), hashes.SHA256())
+        reply = self.stub.IssueCertificate(request, timeout=30)
+        name = f"{holder.slug}-{kind.slug}"
+        cert = x509.load_der_x509_certificate(reply.certificate_der)
+        (self.certs_dir / f"{name}.pem").write_bytes(_pem(cert))
+        key_path = self.certs_dir / f"{name}.key.pem"
+        key_path.touch(mode=0o600)
+        key_path.write_bytes(
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+        )
+        self.serials[(holder.slug, kind)] = reply.serial
+        self.keys[(holder.slug, kind)] = key
+        self.entries.append(
+            {
+                "name": name,
+                "kind": kind.name,
+                "serial": reply.serial.hex().upper(),
+                "cert": f"certs/{name}.pem",
+                "key": f"certs/{name}.key.pem",
+                "issuer": self._issuer_file(reply.issuer_certificate_der),
+                "expected": {"status": "GOOD", "cause": None, "reason": None},
+            }
+        )
+
+    def lose(self, holder: str, kind: CertKind, cause: LossCause, reason: CrlReason | None) -> None:
+        reply = self.stub.RecordLoss(
+            signer_pb2.RecordLossRequest(
+                kind=int(kind),  # type: ignore[arg-type]
+                serial=self.serials[(holder, kind)],
+                cause=int(cause),  # type: ignore[arg-type]
+                reason=int(reason) if reason is not None else 0,  # type: ignore[arg-type]
+            ),
+            timeout=30,
+        )
+        by_serial = {e["serial"]: e for e in self.entries}
+        for change in reply.changes:
+            entry = by_serial[change.serial.hex().upper()]
+            entry["expected"] = {
+                "status": "REVOKED",
+                "cause": LossCause(change.cause).name,
+                "reason": CrlReason(change.reason).name,
+            }
+
+
+def _create(directory: Path, port: int, signer_port: int, http_port: int) -> dict[str, Any]:
+    """A fresh demo directory: token, hierarchy, certificates, first snapshot."""
+    directory.mkdir(parents=True)
+    token_dir = directory / "hsm"
+    user_pin, so_pin = secrets.token_hex(8), secrets.token_hex(8)
+    conf = hsm.init_softhsm_token(token_dir, TOKEN_LABEL, so_pin=so_pin, user_pin=user_pin)
+    for name, pin in (("user.pin", user_pin), ("so.pin", so_pin)):
+        path = token_dir / name
+        path.touch(mode=0o600)
+        path.write_text(pin + "\n")
+    return {
+        "responder": f"127.0.0.1:{port}",
+        "signer": f"127.0.0.1:{signer_port}",
+        "http": f"http://127.0.0.1:{http_port}",
+        "root": "certs/root.pem",
+        "hsm": {
+            "module": hsm.DEFAULT_MODULE,
+            "softhsm2_conf": conf.relative_to(directory).as_posix(),
+            "token_label": TOKEN_LABEL,
+            "pin_file": "hsm/user.pin",
+        },
+        "certs": [],
+    }
+
+
+def _start(directory: Path, info: dict[str, Any], bootstrap: bool) -> SignerApp:
+    hsm_info = info["hsm"]
+    config = SignerConfig(
+        data_dir=directory / "signer",
+        hsm=hsm.HsmConfig(
+            module=hsm_info["module"],
+            token_label=hsm_info["token_label"],
+            pin=hsm.PinSource(file=str(directory / hsm_info["pin_file"])),
+            softhsm2_conf=str(directory / hsm_info["softhsm2_conf"]),
+        ),
+        listen=info["signer"],
+        base_url=info["http"],
+        insecure_loopback=True,
+        publish_interval=2.0,
+        bootstrap=bootstrap,
+    )
+    return start_signer(config)
+
+
+def _populate(directory: Path, info: dict[str, Any], signer: SignerApp) -> None:
+    with grpc.insecure_channel(info["signer"]) as channel:
+        stub = signer_pb2_grpc.SignerServiceStub(channel)
+        issuers = stub.ListIssuers(va_pb2.ListIssuersRequest(), timeout=30)
+        certs_dir = directory / "certs"
+        certs_dir.mkdir(exist_ok=True)
+        root = x509.load_der_x509_certificate(issuers.root_certificate_der)
+        (certs_dir / "root.pem").write_bytes(_pem(root))
+        setup = _Setup(directory, stub)
+        for holder in HOLDERS:
+            for kind in CertKind:
+                setup.issue(holder, kind)
+        for (holder_slug, kind), (cause, reason) in LOSSES.items():
+            setup.lose(holder_slug, kind, cause, reason)
+        stub.PublishSnapshot(signer_pb2.PublishSnapshotRequest(full=True), timeout=60)
+        info["certs"] = setup.entries
+    del signer
+
+
+def _print_help(directory: Path, info: dict[str, Any]) -> None:
+    d = directory
+    first = info["certs"][0]
+    revoked = next(c for c in info["certs"] if c["expected"]["status"] == "REVOKED")
+    lines = [
+        "",
+        f"jpki-va demo is serving: responder {info['responder']}, signer {info['signer']}",
+        f"Everything lives in {d}/ (demo.json lists every certificate). Try:",
+        "",
+        f"  jpki-va check --server {info['responder']} --insecure-loopback "
+        f"--cert {d}/{first['cert']}",
+        f"  jpki-va check --server {info['responder']} --insecure-loopback "
+        f"--kind {CertKind[revoked['kind']].slug} --serial {revoked['serial']} --json",
+        f"  jpki-va check --server {info['responder']} --insecure-loopback "
+        f"--cert {d}/{revoked['cert']} --ocsp-out resp.der",
+        f"  openssl ocsp -respin resp.der -issuer {d}/{revoked['issuer']} "
+        f"-cert {d}/{revoked['cert']} -CAfile {d}/{info['root']} -resp_text",
+        f"  jpki-va check --server {info['responder']} --insecure-loopback "
+        "--kind card-sign --serial 0123456789ABCDEF   # never issued: UNKNOWN",
+        "",
+        "Press Ctrl-C to stop.",
+    ]
+    print("\n".join(lines), flush=True)
+
+
+def run(
+    directory: Path,
+    port: int,
+    *,
+    stop: threading.Event,
+    reset: bool = False,
+    signer_port: int | None = None,
+    http_port: int = 8080,
+    workers: int | None = None,
+    ready: Callable[[dict[str, Any]], None] | None = None,
+) -> int:
+    directory = directory.resolve()
+    state = directory / DEMO_FILE
+    info: dict[str, Any] | None = None
+    if directory.exists() and not reset:
+        try:
+            info = json.loads(state.read_text())
+        except (OSError, ValueError):
+            print(f"{directory} is incomplete; recreating it", file=sys.stderr)
+    if info is None:
+        if directory.exists():
+            shutil.rmtree(directory)
+        info = _create(directory, port, signer_port or port + 1, http_port)
+        fresh = True
+    else:
+        fresh = False
+        print(f"reusing {directory} (--reset to recreate)", file=sys.stderr)
+    signer = _start(directory, info, bootstrap=fresh)
+    responder: Responder | None = None
+    runner: threading.Thread | None = None
+    try:
+        if fresh:
+            _populate(directory, info, signer)
+        responder = Responder(
+            ResponderConfig(
+                snapshot_dir=signer.config.snapshot_dir,
+                state_dir=directory / "responder",
+                trust_anchors=(directory / info["root"],),
+                listen=info["responder"],
+                signer=info["signer"],
+                insecure_loopback=True,
+                poll_interval=0.5,
+                **({"workers": workers} if workers else {}),
+            )
+        )
+        responder.start()
+        runner = threading.Thread(target=responder.run, args=(stop,), daemon=True)
+        runner.start()
+        tmp = state.with_suffix(".tmp")
+        tmp.write_text(json.dumps(info, indent=2, ensure_ascii=False) + "\n")
+        tmp.replace(state)
+        cwd = Path.cwd()
+        shown = directory.relative_to(cwd) if directory.is_relative_to(cwd) else directory
+        _print_help(shown, info)
+        if ready is not None:
+            ready(info)
+        try:
+            while not stop.wait(0.5):
+                pass
+        except KeyboardInterrupt:
+            stop.set()
+    finally:
+        stop.set()
+        if runner is not None:
+            runner.join()
+        if responder is not None:
+            responder.shutdown()
+        signer.stop()
+    return 0

@@ -1,0 +1,108 @@
+"""The signer's composition root: config in, a running SignerService out."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import grpc
+
+import hsm
+from protos import signer_pb2, signer_pb2_grpc
+from server import grpc_common
+from server.authority import Authority, AuthorityError, AuthoritySettings, bootstrap
+from server.clock import Clock, SystemClock
+from server.config import SignerConfig
+from server.profiles import ProfileSettings
+from server.publisher import Publisher
+from server.registry import Registry, RegistryError
+from server.signer import Conflict, InvalidRequest, NotFound, PreconditionFailed, Signer
+from server.signer_servicer import SignerServicer
+
+log = logging.getLogger(__name__)
+
+SERVICE = signer_pb2.DESCRIPTOR.services_by_name["SignerService"].full_name
+
+SIGNER_ERRORS: grpc_common.ErrorMap = (
+    (InvalidRequest, grpc.StatusCode.INVALID_ARGUMENT),
+    (NotFound, grpc.StatusCode.NOT_FOUND),
+    (Conflict, grpc.StatusCode.FAILED_PRECONDITION),
+    (PreconditionFailed, grpc.StatusCode.FAILED_PRECONDITION),
+    (AuthorityError, grpc.StatusCode.FAILED_PRECONDITION),
+    (RegistryError, grpc.StatusCode.FAILED_PRECONDITION),
+    (hsm.HsmError, grpc.StatusCode.UNAVAILABLE),
+)
+
+
+@dataclass
+class SignerApp:
+    """Everything the signer process owns, for an orderly start and stop."""
+
+    config: SignerConfig
+    token: hsm.Hsm
+    registry: Registry
+    signer: Signer
+    server: grpc.Server
+    port: int
+    health: object
+    _stop: threading.Event
+    _publisher_thread: threading.Thread | None = None
+
+    def stop(self, grace: float = 2.0) -> None:
+        self._stop.set()
+        grpc_common.set_serving(self.health, [SERVICE], False)  # type: ignore[arg-type]
+        self.server.stop(grace).wait()
+        if self._publisher_thread is not None:
+            self._publisher_thread.join()
+        self.registry.close()
+        self.token.close()
+
+    def wait(self) -> None:
+        self.server.wait_for_termination()
+
+
+def start_signer(config: SignerConfig, clock: Clock | None = None) -> SignerApp:
+    clock = clock or SystemClock()
+    token = hsm.Hsm.open(config.hsm)
+    registry = Registry(config.registry_dir)
+    try:
+        if config.bootstrap:
+            for created in bootstrap(token, registry, clock, AuthoritySettings()):
+                log.info("created %s", created)
+        authority = Authority(token, registry)
+        authority.root()  # refuse to start without a hierarchy
+        settings = ProfileSettings(base_url=config.base_url)
+        publisher = Publisher(registry, authority, config.snapshot_dir, clock, settings)
+        signer = Signer(registry, authority, publisher, clock, settings)
+        server = grpc_common.build_server(max_workers=config.grpc_workers, mapping=SIGNER_ERRORS)
+        signer_pb2_grpc.add_SignerServiceServicer_to_server(SignerServicer(signer), server)
+        health = grpc_common.add_health_and_reflection(server, [SERVICE])
+        port = grpc_common.bind(server, config.listen, None)
+        server.start()
+    except BaseException:
+        registry.close()
+        token.close()
+        raise
+    grpc_common.set_serving(health, [SERVICE], True)
+    stop = threading.Event()
+    app = SignerApp(config, token, registry, signer, server, port, health, stop)
+    if config.publish_interval > 0:
+        app._publisher_thread = threading.Thread(
+            target=_publish_loop,
+            args=(signer.publish_if_changed, stop, config.publish_interval),
+            name="publisher",
+            daemon=True,
+        )
+        app._publisher_thread.start()
+    log.info("signer listening on %s", config.listen.rsplit(":", 1)[0] + f":{port}")
+    return app
+
+
+def _publish_loop(publish: Callable[[], object], stop: threading.Event, interval: float) -> None:
+    while not stop.wait(interval):
+        try:
+            publish()
+        except Exception:
+            log.exception("periodic publish failed; will retry")

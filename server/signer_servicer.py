@@ -1,0 +1,134 @@
+"""SignerService: translates between protobuf and the signer's domain service."""
+
+from __future__ import annotations
+
+import grpc
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from protos import signer_pb2, signer_pb2_grpc, va_pb2
+from server.domain import CertKind, CrlReason, LossCause, serial_from_bytes, serial_to_bytes
+from server.profiles import Holder
+from server.registry import IssuerRecord, LossEvent
+from server.signer import InvalidRequest, IssueRequest, Signer
+from server.status_servicer import timestamp
+
+
+def _kind(value: int) -> CertKind:
+    if value == va_pb2.CERT_KIND_UNSPECIFIED:
+        raise InvalidRequest("certificate kind is required")
+    try:
+        return CertKind(value)
+    except ValueError:
+        raise InvalidRequest(f"unknown certificate kind {value}") from None
+
+
+def _serial(raw: bytes) -> int:
+    try:
+        return serial_from_bytes(raw)
+    except ValueError as exc:
+        raise InvalidRequest(str(exc)) from None
+
+
+def loss_to_pb(event: LossEvent) -> signer_pb2.LossOfEffect:
+    return signer_pb2.LossOfEffect(
+        kind=int(event.kind),  # type: ignore[arg-type]
+        serial=serial_to_bytes(event.serial),
+        cause=int(event.loss.cause),  # type: ignore[arg-type]
+        reason=int(event.loss.reason),  # type: ignore[arg-type]
+        time=timestamp(event.loss.time),
+    )
+
+
+def issuer_to_pb(record: IssuerRecord) -> va_pb2.Issuer:
+    return va_pb2.Issuer(
+        kind=0 if record.kind is None else int(record.kind),  # type: ignore[arg-type]
+        key_id=record.key_id,
+        certificate_der=record.certificate_der,
+        active=record.active,
+    )
+
+
+class SignerServicer(signer_pb2_grpc.SignerServiceServicer):
+    def __init__(self, signer: Signer) -> None:
+        self._signer = signer
+
+    def IssueCertificate(
+        self, request: signer_pb2.IssueCertificateRequest, context: grpc.ServicerContext
+    ) -> signer_pb2.IssueCertificateResponse:
+        holder = request.holder
+        record, issuer_cert = self._signer.issue(
+            IssueRequest(
+                kind=_kind(request.kind),
+                resident_code=request.resident_code,
+                municipality_code=request.municipality_code,
+                holder=Holder(
+                    name=holder.name,
+                    address=holder.address,
+                    birth_date=holder.birth_date,
+                    sex=holder.sex,
+                ),
+                public_key_der=request.public_key_der,
+                card_serial=_serial(request.card_serial) if request.card_serial else None,
+                application_signature=request.application_signature,
+            )
+        )
+        return signer_pb2.IssueCertificateResponse(
+            certificate_der=record.certificate_der,
+            serial=serial_to_bytes(record.serial),
+            issuer_certificate_der=issuer_cert.public_bytes(Encoding.DER),
+        )
+
+    def RecordLoss(
+        self, request: signer_pb2.RecordLossRequest, context: grpc.ServicerContext
+    ) -> signer_pb2.RecordLossResponse:
+        if request.cause == va_pb2.LOSS_CAUSE_UNSPECIFIED:
+            raise InvalidRequest("loss cause is required")
+        try:
+            cause = LossCause(request.cause)
+            reason = CrlReason(request.reason) if request.reason else None
+        except ValueError as exc:
+            raise InvalidRequest(str(exc)) from None
+        events = self._signer.record_loss(
+            _kind(request.kind), _serial(request.serial), cause, reason
+        )
+        return signer_pb2.RecordLossResponse(changes=[loss_to_pb(e) for e in events])
+
+    def PublishSnapshot(
+        self, request: signer_pb2.PublishSnapshotRequest, context: grpc.ServicerContext
+    ) -> signer_pb2.PublishSnapshotResponse:
+        published = self._signer.publish(full=request.full)
+        return signer_pb2.PublishSnapshotResponse(
+            sequence=published.sequence,
+            name=published.path.name,
+            crl_count=published.crl_count,
+            record_count=published.record_count,
+        )
+
+    def IssueOcspSignerCertificate(
+        self,
+        request: signer_pb2.IssueOcspSignerCertificateRequest,
+        context: grpc.ServicerContext,
+    ) -> signer_pb2.IssueOcspSignerCertificateResponse:
+        issued = self._signer.ocsp_signer_certificates(
+            request.csr_der, list(request.issuer_key_ids)
+        )
+        return signer_pb2.IssueOcspSignerCertificateResponse(
+            certificates=[
+                signer_pb2.OcspSignerCertificate(
+                    kind=0 if issuer.kind is None else int(issuer.kind),  # type: ignore[arg-type]
+                    issuer_key_id=issuer.key_id,
+                    certificate_der=cert.public_bytes(Encoding.DER),
+                    issuer_certificate_der=issuer.certificate_der,
+                )
+                for issuer, cert in issued
+            ]
+        )
+
+    def ListIssuers(
+        self, request: va_pb2.ListIssuersRequest, context: grpc.ServicerContext
+    ) -> va_pb2.ListIssuersResponse:
+        root, issuers = self._signer.issuers()
+        return va_pb2.ListIssuersResponse(
+            root_certificate_der=root.certificate_der,
+            issuers=[issuer_to_pb(r) for r in issuers],
+        )
