@@ -26,6 +26,7 @@ if _REPO_ROOT not in sys.path:
     sys.path.insert(0, _REPO_ROOT)
 
 from hsm import DEFAULT_MODULE, Hsm, HsmConfig, PinSource, init_softhsm_token  # noqa: E402
+from tests.support import Pki, start_pki  # noqa: E402
 
 SOFTHSM_TEST_TOKEN_LABEL = "jpki-va-test"
 
@@ -56,3 +57,14 @@ def hsm(softhsm_token: HsmConfig) -> Iterator[Hsm]:
     """An open Hsm on ``softhsm_token``, logged in for the whole session."""
     with Hsm.open(softhsm_token) as opened:
         yield opened
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory, softhsm_token: HsmConfig) -> Iterator[Pki]:
+    """A running signer and responder (one worker) on 127.0.0.1, per test module."""
+    directory = tmp_path_factory.mktemp("pki")
+    running = start_pki(directory, softhsm_token)
+    try:
+        yield running
+    finally:
+        running.close()

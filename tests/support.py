@@ -1,0 +1,194 @@
+"""A real signer and responder on 127.0.0.1 for tests, and helpers to drive them.
+
+Everything is real: the session's SoftHSM2 token, LMDB environments in a temporary
+directory, gRPC servers on loopback ports, a spawned responder worker process.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TypeVar
+
+import grpc
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
+
+import hsm
+from protos import signer_pb2, signer_pb2_grpc, va_pb2, va_pb2_grpc
+from server.config import ResponderConfig, SignerConfig
+from server.domain import CertKind
+from server.responder_app import Responder
+from server.signer_app import SignerApp, start_signer
+
+T = TypeVar("T")
+
+
+def wait_for(predicate: Callable[[], T | None], what: str, timeout: float = 30.0) -> T:
+    """Poll until predicate returns a truthy value (bounded: fails after timeout)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def openssl(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["openssl", *args], capture_output=True, text=True, check=check)
+
+
+@dataclass
+class Issued:
+    kind: CertKind
+    serial: int
+    certificate: x509.Certificate
+    issuer: x509.Certificate
+    key: rsa.RSAPrivateKey
+
+    def pem_files(self, directory: Path, name: str) -> tuple[Path, Path]:
+        cert = directory / f"{name}.pem"
+        issuer = directory / f"{name}-issuer.pem"
+        cert.write_bytes(self.certificate.public_bytes(serialization.Encoding.PEM))
+        issuer.write_bytes(self.issuer.public_bytes(serialization.Encoding.PEM))
+        return cert, issuer
+
+
+@dataclass
+class Pki:
+    """A running signer + responder pair and stubs to talk to them."""
+
+    directory: Path
+    signer: SignerApp
+    responder: Responder
+    signer_stub: signer_pb2_grpc.SignerServiceStub
+    status_stub: va_pb2_grpc.StatusServiceStub
+    root: x509.Certificate
+    root_file: Path
+    _channels: list[grpc.Channel] = field(default_factory=list)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _runner: threading.Thread | None = None
+    _counter: int = 0
+
+    @property
+    def responder_address(self) -> str:
+        return f"127.0.0.1:{self.responder.port}"
+
+    def issue(
+        self,
+        kind: CertKind,
+        *,
+        resident_code: str | None = None,
+        municipality: str = "131016",
+        card: Issued | None = None,
+    ) -> Issued:
+        self._counter += 1
+        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        spki = key.public_key().public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+        request = signer_pb2.IssueCertificateRequest(
+            kind=int(kind),  # type: ignore[arg-type]
+            resident_code=resident_code or f"{90000000000 + self._counter:011d}",
+            municipality_code=municipality,
+            holder=signer_pb2.HolderInfo(
+                name="試験 太郎", address="千代田区1-1", birth_date="1990-01-01", sex="男"
+            ),
+            public_key_der=spki,
+        )
+        if card is not None:
+            request.card_serial = card.serial.to_bytes(8, "big")
+            request.application_signature = card.key.sign(spki, padding.PKCS1v15(), hashes.SHA256())
+        reply = self.signer_stub.IssueCertificate(request, timeout=30)
+        return Issued(
+            kind=kind,
+            serial=int.from_bytes(reply.serial, "big"),
+            certificate=x509.load_der_x509_certificate(reply.certificate_der),
+            issuer=x509.load_der_x509_certificate(reply.issuer_certificate_der),
+            key=key,
+        )
+
+    def publish_and_wait(self) -> int:
+        """Publish a full snapshot and wait until the responder serves it."""
+        reply = self.signer_stub.PublishSnapshot(
+            signer_pb2.PublishSnapshotRequest(full=True), timeout=60
+        )
+        self.wait_sequence(reply.sequence)
+        return reply.sequence
+
+    def wait_sequence(self, sequence: int) -> None:
+        def served() -> bool:
+            try:
+                answer = self.status_stub.Check(
+                    va_pb2.CheckRequest(
+                        cert=va_pb2.CertRef(kind_serial=va_pb2.KindSerial(kind=1, serial=b"\x01"))
+                    ),
+                    timeout=5,
+                )
+            except grpc.RpcError:
+                return False
+            return answer.status.index_sequence >= sequence
+
+        wait_for(served, f"responder to serve snapshot {sequence}")
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._runner is not None:
+            self._runner.join()
+        self.responder.shutdown()
+        for channel in self._channels:
+            channel.close()
+        self.signer.stop()
+
+
+def start_pki(directory: Path, hsm_config: hsm.HsmConfig, *, workers: int = 1) -> Pki:
+    signer = start_signer(
+        SignerConfig(
+            data_dir=directory / "signer",
+            hsm=hsm_config,
+            listen="127.0.0.1:0",
+            insecure_loopback=True,
+            publish_interval=0,
+            bootstrap=True,
+        )
+    )
+    channel = grpc.insecure_channel(f"127.0.0.1:{signer.port}")
+    signer_stub = signer_pb2_grpc.SignerServiceStub(channel)
+    root_der = signer_stub.ListIssuers(va_pb2.ListIssuersRequest(), timeout=30)
+    root = x509.load_der_x509_certificate(root_der.root_certificate_der)
+    root_file = directory / "root.pem"
+    root_file.write_bytes(root.public_bytes(serialization.Encoding.PEM))
+    responder = Responder(
+        ResponderConfig(
+            snapshot_dir=signer.config.snapshot_dir,
+            state_dir=directory / "responder",
+            trust_anchors=(root_file,),
+            listen="127.0.0.1:0",
+            workers=workers,
+            signer=f"127.0.0.1:{signer.port}",
+            insecure_loopback=True,
+            poll_interval=0.1,
+        )
+    )
+    responder.start()
+    status_channel = grpc.insecure_channel(f"127.0.0.1:{responder.port}")
+    pki = Pki(
+        directory=directory,
+        signer=signer,
+        responder=responder,
+        signer_stub=signer_stub,
+        status_stub=va_pb2_grpc.StatusServiceStub(status_channel),
+        root=root,
+        root_file=root_file,
+        _channels=[channel, status_channel],
+    )
+    pki._runner = threading.Thread(target=responder.run, args=(pki._stop,), daemon=True)
+    pki._runner.start()
+    return pki
