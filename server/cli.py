@@ -25,6 +25,7 @@ from server.config import (
     hsm_config,
     load_toml,
     merge,
+    parse_duration,
 )
 from server.responder_app import serve
 from server.signer_app import start_signer
@@ -63,7 +64,11 @@ def signer_config(args: argparse.Namespace) -> SignerConfig:
             "data_dir": args.data_dir,
             "listen": args.listen,
             "base_url": args.base_url,
-            "publish_interval": args.publish_interval,
+            "full_interval": args.full_interval,
+            "delta_interval": args.delta_interval,
+            "retention_issuance_record": args.retention_issuance_record,
+            "retention_loss_record": args.retention_loss_record,
+            "retention_crl_file": args.retention_crl_file,
             "insecure_loopback": args.insecure_loopback or None,
             "bootstrap": args.bootstrap or None,
         },
@@ -73,6 +78,15 @@ def signer_config(args: argparse.Namespace) -> SignerConfig:
     if "data_dir" not in values:
         raise ConfigError("--data-dir is required")
     values["data_dir"] = Path(values["data_dir"])
+    for name in (
+        "full_interval",
+        "delta_interval",
+        "retention_issuance_record",
+        "retention_loss_record",
+        "retention_crl_file",
+    ):
+        if name in values:
+            values[name] = parse_duration(values[name], name.replace("_", " "))
     try:
         return SignerConfig(hsm=_hsm_from(args, file_values), **values)
     except TypeError as exc:
@@ -147,7 +161,18 @@ def build_parser() -> argparse.ArgumentParser:
     signer.add_argument("--data-dir", help="registry and snapshots live here")
     signer.add_argument("--listen", help="HOST:PORT (default 127.0.0.1:50052)")
     signer.add_argument("--base-url", help="public URL of the responder's HTTP endpoint")
-    signer.add_argument("--publish-interval", type=float, help="seconds between snapshots")
+    signer.add_argument(
+        "--full-interval", metavar="DURATION", help="between full snapshots (default 24h)"
+    )
+    signer.add_argument(
+        "--delta-interval",
+        metavar="DURATION",
+        help="between delta snapshots while anything changed (default 5s; 0: on request)",
+    )
+    retention = signer.add_argument_group("retention periods (保存期間; e.g. 3650d)")
+    retention.add_argument("--retention-issuance-record", metavar="DURATION")
+    retention.add_argument("--retention-loss-record", metavar="DURATION")
+    retention.add_argument("--retention-crl-file", metavar="DURATION")
     signer.add_argument("--bootstrap", action="store_true", help="create a missing CA hierarchy")
     signer.add_argument("--insecure-loopback", action="store_true", help="plaintext on loopback")
     _add_hsm_options(signer)

@@ -270,8 +270,8 @@ class Publisher:
                 bucket.append(CrlEntry(rec.serial, rec.loss.time, rec.loss.cause, rec.loss.reason))
         content.entries = dict(entries)
         for event in tx.events_since(0):
-            rec = retained.get((event.kind, event.serial))
-            if rec is not None and rec.loss is not None and self._loss_retained(rec, now):
+            lost = retained.get((event.kind, event.serial))
+            if lost is not None and lost.loss is not None and self._loss_retained(lost, now):
                 content.events.append(event_line(event))
         self._full_links_and_consents(tx, retained, holders, content)
         return content
@@ -361,8 +361,8 @@ class Publisher:
                 scope = (event.kind, event.issuer_key_id, event.partition)
                 if _scope_name(scope) not in state.crl_base:
                     return None  # cannot happen while new partitions force a full
-                rec = tx.certificate(event.kind, event.serial)
-                if rec is None or not self._retained(rec, now):
+                lost = tx.certificate(event.kind, event.serial)
+                if lost is None or not self._retained(lost, now):
                     continue
                 entries[scope].append(
                     CrlEntry(event.serial, event.loss.time, event.loss.cause, event.loss.reason)

@@ -20,17 +20,25 @@ from typing import Any
 
 import grpc
 from cryptography import x509
+from prometheus_client import CollectorRegistry
 
 from protos import signer_pb2, signer_pb2_grpc, va_pb2, va_pb2_grpc
 from server import grpc_common
 from server.clock import Clock, SystemClock
 from server.config import ResponderConfig
 from server.index import Index, current_index
-from server.ingest import Ingester
+from server.ingest import Ingester, IngestMetrics
 from server.ocsp import OcspResponder
 from server.ocsp_keys import OcspKeyStore
 from server.snapshot import SnapshotVerifier
-from server.status import BadRequest, IndexHolder, IndexStatusSource, NotReady, Resolver
+from server.status import (
+    BadRequest,
+    IndexHolder,
+    IndexStatusSource,
+    IssuerCompromiseSource,
+    NotReady,
+    Resolver,
+)
 from server.status_servicer import StatusServicer
 
 log = logging.getLogger(__name__)
@@ -78,7 +86,7 @@ def worker_main(config: ResponderConfig, port: int, ready: Any, stop: ProcessEve
     holder = IndexHolder(config.index_dir)
     holder.refresh()
     keystore = OcspKeyStore(config.ocsp_dir)
-    source = IndexStatusSource(holder)
+    source = IssuerCompromiseSource(IndexStatusSource(holder), holder)
     resolver = Resolver(holder)
     ocsp = OcspResponder(source, resolver, keystore.current, clock)
     roots = load_anchors(config)
@@ -116,7 +124,8 @@ def renew_ocsp_certificates(config: ResponderConfig, keystore: OcspKeyStore, clo
         return False
     index = Index(path)
     try:
-        issuer_ids = set(index.issuers)
+        # A compromised generation gets no new delegated certificate (第14条).
+        issuer_ids = set(index.issuers) - set(index.compromises)
     finally:
         index.close()
     if not keystore.needs_renewal(issuer_ids, clock.now()):
@@ -143,7 +152,16 @@ class Responder:
         self._clock = clock or SystemClock()
         self._ctx = multiprocessing.get_context("spawn")
         self._verifier = SnapshotVerifier(load_anchors(config), self._clock)
-        self._ingester = Ingester(config.snapshot_dir, config.index_dir, self._verifier)
+        # The responder's own metrics registry (served by whoever exposes metrics).
+        self.metrics_registry = CollectorRegistry()
+        self.ingest_metrics = IngestMetrics(self.metrics_registry)
+        self._ingester = Ingester(
+            config.snapshot_dir,
+            config.index_dir,
+            self._verifier,
+            metrics=self.ingest_metrics,
+            clock=self._clock,
+        )
         self._keystore = OcspKeyStore(config.ocsp_dir)
         self._ready = self._ctx.Queue()
         self._worker_stop = self._ctx.Event()

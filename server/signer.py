@@ -350,9 +350,11 @@ class Signer:
         try:
             with self._registry.write() as tx:
                 tx.put_compromise(compromise)
-                count = sum(1 for r in tx.certificates(kind) if r.issuer_key_id == key_id)
         except AlreadyCompromised as exc:
             raise Conflict(str(exc)) from None
+        # Counted after the commit, so the count does not hold the registry's writer.
+        with self._registry.read() as tx:
+            count = sum(1 for r in tx.certificates(kind) if r.issuer_key_id == key_id)
         log.warning(
             "issuer %s generation %s compromised: %d certificates lost effect",
             kind.name,
@@ -437,6 +439,10 @@ class Signer:
             issuers = [r for r in issuers if r.key_id in wanted]
         else:
             issuers = [r for r in issuers if r.certificate.not_valid_after_utc > now]
+        # A compromised key certifies nothing more (第14条); its generation is answered
+        # through the compromise and the root's ARL.
+        compromised = self.compromises()
+        issuers = [r for r in issuers if r.key_id not in compromised]
         out = []
         for issuer in issuers:
             cert = profiles.ocsp_signer_certificate(
@@ -452,3 +458,7 @@ class Signer:
 
     def issuers(self) -> tuple[IssuerRecord, list[IssuerRecord]]:
         return self._authority.root(), self._authority.issuers()
+
+    def compromises(self) -> dict[bytes, Compromise]:
+        with self._registry.read() as tx:
+            return dict(tx.compromises())

@@ -6,6 +6,7 @@ import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import timedelta
 
 import grpc
 
@@ -74,7 +75,9 @@ def start_signer(config: SignerConfig, clock: Clock | None = None) -> SignerApp:
         authority = Authority(token, registry)
         authority.root()  # refuse to start without a hierarchy
         settings = ProfileSettings(base_url=config.base_url)
-        publisher = Publisher(registry, authority, config.snapshot_dir, clock, settings)
+        publisher = Publisher(
+            registry, authority, config.snapshot_dir, clock, settings, config.retention
+        )
         signer = Signer(registry, authority, publisher, clock, settings)
         server = grpc_common.build_server(max_workers=config.grpc_workers, mapping=SIGNER_ERRORS)
         signer_pb2_grpc.add_SignerServiceServicer_to_server(SignerServicer(signer), server)
@@ -88,10 +91,11 @@ def start_signer(config: SignerConfig, clock: Clock | None = None) -> SignerApp:
     grpc_common.set_serving(health, [SERVICE], True)
     stop = threading.Event()
     app = SignerApp(config, token, registry, signer, server, port, health, stop)
-    if config.publish_interval > 0:
+    if config.delta_interval > 0:
+        full_interval = timedelta(seconds=config.full_interval)
         app._publisher_thread = threading.Thread(
             target=_publish_loop,
-            args=(signer.publish_if_changed, stop, config.publish_interval),
+            args=(lambda: signer.publish_scheduled(full_interval), stop, config.delta_interval),
             name="publisher",
             daemon=True,
         )
@@ -101,6 +105,7 @@ def start_signer(config: SignerConfig, clock: Clock | None = None) -> SignerApp:
 
 
 def _publish_loop(publish: Callable[[], object], stop: threading.Event, interval: float) -> None:
+    """Every `interval`: the move-out sweep, then a full or delta snapshot as due."""
     while not stop.wait(interval):
         try:
             publish()

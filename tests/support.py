@@ -155,7 +155,7 @@ def start_pki(directory: Path, hsm_config: hsm.HsmConfig, *, workers: int = 1) -
             hsm=hsm_config,
             listen="127.0.0.1:0",
             insecure_loopback=True,
-            publish_interval=0,
+            delta_interval=0,
             bootstrap=True,
         )
     )
