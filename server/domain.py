@@ -44,6 +44,8 @@ _DESCRIPTIONS = {
     "CertKind": "certificate kind",
     "LossCause": "loss cause",
     "CrlReason": "CRL reason",
+    "LinkType": "link type",
+    "ResidentEvent": "resident event",
 }
 
 
@@ -111,17 +113,13 @@ _TO_X509 = {
 _FROM_X509 = {v: k for k, v in _TO_X509.items()}
 
 
-class LinkType(enum.IntEnum):
+class LinkType(_Slugged):
     """Correspondences between a holder's certificates (DESIGN §1), and renewal."""
 
     CARD_SIGN_MOBILE_SIGN = 1  # 対応署名用電子証明書の発行の番号
     CARD_AUTH_CARD_SIGN = 2  # 対応証明書の発行の番号
     CARD_AUTH_MOBILE_AUTH = 3  # 対応利用者証明用電子証明書の発行の番号
     RENEWAL = 4  # old -> new certificate of the same kind and holder
-
-    @property
-    def slug(self) -> str:
-        return self.name.lower().replace("_", "-")
 
 
 @dataclass(frozen=True, slots=True, order=True)

@@ -20,18 +20,17 @@ Japan time at the start of day 31. Dates in resident records are Japanese dates.
 
 from __future__ import annotations
 
-import enum
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta, timezone
 
-from server.domain import CertKind
+from server.domain import CertKind, _Slugged
 from server.law.errors import Refused
 
 JST = timezone(timedelta(hours=9), "JST")
 MOVE_OUT_GRACE_DAYS = 30
 
 
-class ResidentEvent(enum.IntEnum):
+class ResidentEvent(_Slugged):
     """What happened to a resident record; wire values of the signer API."""
 
     NAME_CHANGE = 1
@@ -41,18 +40,6 @@ class ResidentEvent(enum.IntEnum):
     RECORD_DELETED = 5
     MOVE_OUT = 6
     MOVE_IN = 7
-
-    @property
-    def slug(self) -> str:
-        return self.name.lower().replace("_", "-")
-
-    @classmethod
-    def from_slug(cls, text: str) -> ResidentEvent:
-        try:
-            return cls[text.strip().upper().replace("-", "_")]
-        except KeyError:
-            names = ", ".join(e.slug for e in cls)
-            raise ValueError(f"unknown resident event {text!r} (expected one of {names})") from None
 
     @property
     def is_amendment(self) -> bool:
