@@ -27,6 +27,7 @@ from server.config import (
     merge,
     parse_duration,
 )
+from server.registry_cli import add_commands as add_registry_commands
 from server.responder_app import serve
 from server.signer_app import start_signer
 
@@ -198,6 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
     responder.set_defaults(func=run_responder)
 
     add_commands(sub)
+    add_registry_commands(sub)
     return parser
 
 
