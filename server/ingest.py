@@ -90,7 +90,7 @@ class Ingester:
         self._metrics = metrics or IngestMetrics(CollectorRegistry())
         self._clock = clock or SystemClock()
         self._refused: set[str] = set()
-        self._seen: set[str] | None = None  # snapshot names present at start
+        self._seen: set[str] | None = None  # snapshots present at start, or ingested
         self._live: tuple[Path, int, int] | None = None  # path, sequence, event sequence
         index_root.mkdir(parents=True, exist_ok=True)
 
@@ -185,6 +185,7 @@ class Ingester:
             return None
         publish_index(self._root, built)
         published_at = self._clock.now()
+        self._seen = (self._seen or set()) | {path.name}
         self._prune()
         losses = 0
         if previous is not None:

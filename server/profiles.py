@@ -75,10 +75,6 @@ class ProfileSettings:
         """Where the partition's current delta CRL is (the certificates' freshestCRL)."""
         return f"{self.base_url}/crl/{kind.slug}/{issuer_key_id.hex()[:16]}/{partition}.delta.crl"
 
-    @property
-    def arl_url(self) -> str:
-        return f"{self.base_url}/crl/root.arl"
-
 
 def key_id(public_key: CertificatePublicKeyTypes) -> bytes:
     """RFC 5280 method 1 key identifier; issuer generations are told apart by it."""
@@ -504,7 +500,6 @@ def crl(
 
 
 def authority_revocation_list(
-    settings: ProfileSettings,
     root_key: CertificateIssuerPrivateKeyTypes,
     root_cert: x509.Certificate,
     *,
@@ -527,8 +522,11 @@ def authority_revocation_list(
         )
         .add_extension(x509.CRLNumber(number), False)
         .add_extension(
+            # No distribution point name: issuing-CA certificates carry no CRLDP, and
+            # RFC 5280 §6.3.3 (and OpenSSL) match such certificates only to a CRL
+            # whose IDP names none.
             x509.IssuingDistributionPoint(
-                full_name=[x509.UniformResourceIdentifier(settings.arl_url)],
+                full_name=None,
                 relative_name=None,
                 only_contains_user_certs=False,
                 only_contains_ca_certs=True,

@@ -306,7 +306,6 @@ class Publisher:
     ) -> None:
         root = self._authority.root()
         arl = profiles.authority_revocation_list(
-            self._settings,
             self._authority.key(root),
             root.certificate,
             number=number,

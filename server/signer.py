@@ -346,7 +346,8 @@ class Signer:
             raise InvalidRequest(
                 f"generation {key_id.hex()} issues {issuer.kind.name}, not {kind.name}"
             )
-        compromise = Compromise(key_id, kind, self._clock.now())
+        # Whole seconds: the ARL, which vouches for the time, has no finer resolution.
+        compromise = Compromise(key_id, kind, self._clock.now().replace(microsecond=0))
         try:
             with self._registry.write() as tx:
                 tx.put_compromise(compromise)
