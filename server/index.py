@@ -470,6 +470,7 @@ class _Meta:
 
     version: bytes
     sequence: int
+    full_sequence: int
     created_at: datetime
     event_sequence: int
     crl_times: dict[tuple[CertKind, bytes, str], CrlTimes]
@@ -535,6 +536,7 @@ class Index:
         return _Meta(
             version=version,
             sequence=meta["sequence"],
+            full_sequence=meta["full_sequence"],
             created_at=datetime.fromisoformat(meta["created_at"]),
             event_sequence=meta["event_sequence"],
             crl_times=crl_times,
@@ -554,6 +556,11 @@ class Index:
     @property
     def sequence(self) -> int:
         return self._meta.sequence
+
+    @property
+    def full_sequence(self) -> int:
+        """The full snapshot the index was built from (deltas since then build on it)."""
+        return self._meta.full_sequence
 
     @property
     def created_at(self) -> datetime:

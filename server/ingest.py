@@ -19,7 +19,7 @@ import threading
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
@@ -65,6 +65,16 @@ class IngestMetrics:
 
 
 @dataclass(frozen=True)
+class _Live:
+    """What the live index reflects."""
+
+    path: Path
+    sequence: int
+    full_sequence: int
+    event_sequence: int
+
+
+@dataclass(frozen=True)
 class IngestResult:
     sequence: int
     path: Path
@@ -91,21 +101,23 @@ class Ingester:
         self._clock = clock or SystemClock()
         self._refused: set[str] = set()
         self._seen: set[str] | None = None  # snapshots present at start, or ingested
-        self._live: tuple[Path, int, int] | None = None  # path, sequence, event sequence
+        self._live: _Live | None = None
         index_root.mkdir(parents=True, exist_ok=True)
 
     @property
     def metrics(self) -> IngestMetrics:
         return self._metrics
 
-    def _live_state(self) -> tuple[Path, int, int] | None:
+    def _live_state(self) -> _Live | None:
         current = current_index(self._root)
         if current is None:
             return None
-        if self._live is None or self._live[0] != current:
+        if self._live is None or self._live.path != current:
             index = Index(current)
             try:
-                self._live = (current, index.sequence, index.event_sequence)
+                self._live = _Live(
+                    current, index.sequence, index.full_sequence, index.event_sequence
+                )
             finally:
                 index.close()
         return self._live
@@ -114,7 +126,7 @@ class Ingester:
     def sequence(self) -> int:
         """The snapshot sequence the live index reflects (a full or its latest delta)."""
         live = self._live_state()
-        return 0 if live is None else live[1]
+        return 0 if live is None else live.sequence
 
     def pending(self) -> list[Path]:
         """Snapshots newer than the live index, oldest first."""
@@ -145,30 +157,51 @@ class Ingester:
         log.error("refused snapshot %s: %s", path.name, why)
 
     @staticmethod
-    def _type(path: Path) -> str | None:
-        """The snapshot's type as its manifest says, before verification (to choose)."""
+    def _peek(path: Path) -> dict[str, Any]:
+        """The manifest as it says, BEFORE verification: only to choose what to verify."""
         try:
-            kind = json.loads((path / MANIFEST).read_bytes()).get("type")
-        except (OSError, ValueError, AttributeError):
-            return None
+            data = json.loads((path / MANIFEST).read_bytes())
+        except (OSError, ValueError):
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    def _type(self, path: Path) -> str | None:
+        kind = self._peek(path).get("type")
         return kind if isinstance(kind, str) else None
 
+    def _follows(self, path: Path) -> bool:
+        """Whether a delta says it follows the live index (verified again when applied)."""
+        live = self._live_state()
+        manifest = self._peek(path)
+        return (
+            live is not None
+            and manifest.get("base_sequence") == live.full_sequence
+            and manifest.get("previous_sequence") == live.sequence
+        )
+
     def poll_once(self) -> IngestResult | None:
-        """Ingest the newest acceptable full snapshot, then every delta that follows."""
+        """Ingest the newest acceptable full snapshot, then every delta that follows.
+
+        A delta that does not follow the live index yet (one before it is missing)
+        stays pending: it is applied if the missing one arrives, and superseded by
+        the next full snapshot otherwise.
+        """
         pending = self.pending()
         result = None
         for path in reversed([p for p in pending if self._type(p) != "delta"]):
             result = self._ingest_full(path)
             if result is not None:
                 break
-        live = self.sequence
-        for path in self.pending():
-            if self._type(path) != "delta" or (snapshot_sequence(path) or 0) <= live:
-                continue
-            applied = self._ingest_delta(path)
-            if applied is None:
-                continue
-            result, live = applied, applied.sequence
+        progress = True
+        while progress:
+            progress = False
+            for path in self.pending():
+                if self._type(path) != "delta" or not self._follows(path):
+                    continue
+                applied = self._ingest_delta(path)
+                if applied is not None:
+                    result, progress = applied, True
+                    break
         return result
 
     def _ingest_full(self, path: Path) -> IngestResult | None:
@@ -191,7 +224,7 @@ class Ingester:
         if previous is not None:
             # Losses a full snapshot brings first (no delta could carry them).
             for event in snapshot_events(snapshot):
-                if event.sequence > previous[2]:
+                if event.sequence > previous.event_sequence:
                     self._observe(event.recorded_at, published_at)
                     losses += 1
         self._metrics.snapshots.labels("full").inc()
@@ -204,7 +237,7 @@ class Ingester:
             return None  # a delta needs a live full index
         try:
             snapshot = self._verifier.verify(path)
-            applied = apply_delta(snapshot, live[0])
+            applied = apply_delta(snapshot, live.path)
         except DeltaNotApplicable as exc:
             self._refuse(path, f"{exc}; waiting for the next full snapshot")
             return None
@@ -212,7 +245,9 @@ class Ingester:
             self._refuse(path, str(exc))
             return None
         published_at = self._clock.now()
-        self._live = (live[0], applied.sequence, snapshot.manifest.event_sequence)
+        self._live = _Live(
+            live.path, applied.sequence, live.full_sequence, snapshot.manifest.event_sequence
+        )
         for loss in applied.losses:
             self._observe_loss(loss, published_at)
         self._metrics.snapshots.labels("delta").inc()
@@ -222,7 +257,7 @@ class Ingester:
             applied.records,
             len(applied.losses),
         )
-        return IngestResult(applied.sequence, live[0], "delta", len(applied.losses))
+        return IngestResult(applied.sequence, live.path, "delta", len(applied.losses))
 
     def _observe_loss(self, loss: AppliedLoss, published_at: datetime) -> None:
         if loss.recorded_at is not None:
