@@ -313,15 +313,15 @@ class Signer:
         if notice is None or not move_out_lapsed(notice.planned_date, now):
             return []
         deadline = move_out_deadline(notice.planned_date)
-        loss = Loss(deadline, LossCause.RESIDENT_CHANGE, DEFAULT_REASON[LossCause.RESIDENT_CHANGE])
         events: list[LossEvent] = []
         for record in tx.holder_certificates(resident_code):
-            if (
-                record.kind is CertKind.CARD_AUTH
-                and record.loss is None
-                and record.not_before <= deadline < record.not_after
-            ):
-                events.extend(self._end(tx, record, loss, now))
+            if record.kind is CertKind.CARD_AUTH and record.loss is None:
+                # In law it ended at the deadline; one issued after that ends as issued.
+                when = max(deadline, record.not_before)
+                if when < record.not_after:
+                    reason = DEFAULT_REASON[LossCause.RESIDENT_CHANGE]
+                    loss = Loss(when, LossCause.RESIDENT_CHANGE, reason)
+                    events.extend(self._end(tx, record, loss, now))
         tx.clear_move_out(resident_code)
         return events
 

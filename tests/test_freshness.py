@@ -86,8 +86,7 @@ def test_loss_freshness_p99_under_10_seconds_for_1000_losses(pki: Pki) -> None:
     p99 = next(
         bound
         for bound in (*FRESHNESS_BUCKETS, float("inf"))
-        if (metrics.get_sample_value(f"{METRIC}_bucket", {"le": _le(bound)}) or 0)
-        >= 0.99 * LOSSES
+        if (metrics.get_sample_value(f"{METRIC}_bucket", {"le": _le(bound)}) or 0) >= 0.99 * LOSSES
     )
     total = metrics.get_sample_value(f"{METRIC}_sum") or 0.0
     print(f"recorded {LOSSES} losses in {recording:.1f} s; freshness p99 <= {p99} s, "
