@@ -19,6 +19,7 @@ from multiprocessing.synchronize import Event as ProcessEvent
 from typing import Any
 
 import grpc
+import lmdb
 from cryptography import x509
 from prometheus_client import CollectorRegistry
 
@@ -184,7 +185,8 @@ class Responder:
             log.exception("ingest failed; will retry")
         try:
             renew_ocsp_certificates(self.config, self._keystore, self._clock)
-        except (grpc.RpcError, OSError, ValueError) as exc:
+        except (grpc.RpcError, OSError, ValueError, lmdb.Error) as exc:
+            # lmdb.Error: the index is open elsewhere in this process; next round.
             log.warning("cannot renew OCSP-signer certificates: %s", exc)
 
     def start(self) -> int:

@@ -9,13 +9,15 @@ from __future__ import annotations
 import subprocess
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
+import lmdb
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
@@ -25,6 +27,7 @@ from protos import signer_pb2, signer_pb2_grpc, va_pb2, va_pb2_grpc
 from server.clock import Clock
 from server.config import ResponderConfig, SignerConfig
 from server.domain import CertKind
+from server.index import Index, current_index
 from server.responder_app import Responder
 from server.signer_app import SignerApp, start_signer
 
@@ -134,6 +137,26 @@ class Pki:
         if as_of is not None:
             request.as_of.FromDatetime(as_of)
         return self.status_stub.Check(request, timeout=10).status
+
+    @contextmanager
+    def live_index(self) -> Iterator[Index]:
+        """The responder's live index, read in this process.
+
+        LMDB allows one handle per environment and process, and the responder's
+        housekeeping (in this process too) opens it briefly: retry until free.
+        """
+
+        def attempt() -> Index | None:
+            try:
+                return Index(current_index(self.responder.config.index_dir))  # type: ignore[arg-type]
+            except lmdb.Error:
+                return None
+
+        index = wait_for(attempt, "the live index to be free", timeout=10)
+        try:
+            yield index
+        finally:
+            index.close()
 
     def publish_and_wait(self, *, full: bool = True) -> int:
         """Publish a full (or delta) snapshot and wait until the responder serves it."""

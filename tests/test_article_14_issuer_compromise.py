@@ -17,7 +17,6 @@ from cryptography.hazmat.primitives import serialization
 from hsm import HsmConfig
 from protos import signer_pb2, va_pb2
 from server.domain import CertKind, CrlReason, LossCause, serial_to_bytes
-from server.index import Index, current_index
 from tests.support import Issued, Pki, openssl, start_pki
 
 
@@ -101,13 +100,10 @@ def test_article_14_issuer_key_compromise_ends_what_the_key_signed(
     with pki.signer.registry.read() as tx:
         stored = tx.stored_certificate(CertKind.CARD_SIGN, card.serial)
         assert stored is not None and stored.loss is None
-    index = Index(current_index(pki.responder.config.index_dir))  # type: ignore[arg-type]
-    try:
+    with pki.live_index() as index:
         record = index.get(CertKind.CARD_SIGN, card.serial)
         assert record is not None and record.loss is None
         assert generation in index.compromises
-    finally:
-        index.close()
 
     # Announced: the responder lists the generation with its compromise time.
     listed = pki.status_stub.ListIssuers(va_pb2.ListIssuersRequest(), timeout=10)

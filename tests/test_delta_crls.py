@@ -195,15 +195,12 @@ def test_responder_applies_deltas_records_and_losses(pki: Pki, world: World) -> 
     assert pki.check(CertKind.CARD_AUTH, world.revoked_in_delta2.serial).status == (
         va_pb2.CERT_STATUS_REVOKED
     )
-    index = Index(current_index(pki.responder.config.index_dir))  # type: ignore[arg-type]
-    try:
+    with pki.live_index() as index:
         sequences = [e.sequence for e in index.events_since(0)]
         assert sequences == sorted(sequences) and len(sequences) == 2
         assert [e.serial for e in index.events_since(sequences[0])] == [
             world.revoked_in_delta2.serial
         ]
-    finally:
-        index.close()
 
 
 def test_a_delta_that_does_not_follow_waits_for_the_next_full(

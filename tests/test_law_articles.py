@@ -20,7 +20,6 @@ from hsm import HsmConfig
 from protos import signer_pb2, va_pb2
 from server.clock import FixedClock
 from server.domain import CertKind, CrlReason, LinkType, LossCause, serial_to_bytes
-from server.index import Index, current_index
 from server.law.resident_change import JST, ResidentEvent, move_out_deadline
 from tests.support import Issued, Pki, openssl, start_pki
 
@@ -307,11 +306,8 @@ def test_article_35_2_mobile_auth_needs_card_auth_in_effect_and_a_signing_user(
     mobile = pki.issue(CertKind.MOBILE_AUTH, resident_code=code, card=card_sign, key=shared_key)
     pki.publish_and_wait(full=False)
     assert _status(pki, clock, mobile).status == GOOD
-    index = Index(current_index(pki.responder.config.index_dir))  # type: ignore[arg-type]
-    try:
+    with pki.live_index() as index:
         links = index.links(CertKind.MOBILE_AUTH, mobile.serial)
-    finally:
-        index.close()
     # The CARD_AUTH ↔ MOBILE_AUTH correspondence travels in the snapshot.
     assert any(
         link.type is LinkType.CARD_AUTH_MOBILE_AUTH and link.a_serial == card_auth.serial
@@ -367,11 +363,8 @@ def test_renewal_supersedes_the_previous_certificate_and_links_them(
     assert old.status == REVOKED
     assert CrlReason(old.revocation.reason) is CrlReason.SUPERSEDED
     assert pki.check(CertKind.CARD_SIGN, new_serial, clock.now()).status == GOOD
-    index = Index(current_index(pki.responder.config.index_dir))  # type: ignore[arg-type]
-    try:
+    with pki.live_index() as index:
         links = index.links(CertKind.CARD_SIGN, holder.card_sign.serial)
-    finally:
-        index.close()
     assert any(
         link.type is LinkType.RENEWAL
         and (link.a_serial, link.b_serial) == (holder.card_sign.serial, new_serial)
@@ -394,16 +387,13 @@ def test_article_18_3_consent_per_verifier_grant_and_withdraw(
         )
 
     def index_view() -> tuple[bool, bool, object]:
-        index = Index(current_index(pki.responder.config.index_dir))  # type: ignore[arg-type]
-        try:
+        with pki.live_index() as index:
             serial = holder.card_sign.serial
             return (
                 index.consent(CertKind.CARD_SIGN, serial, "bank-a"),
                 index.consent(CertKind.CARD_SIGN, serial, "bank-b"),
                 index.signing_record(CertKind.CARD_SIGN, serial),
             )
-        finally:
-            index.close()
 
     with pytest.raises(grpc.RpcError) as info:
         consent(False)

@@ -18,7 +18,6 @@ from hsm import HsmConfig
 from protos import signer_pb2, va_pb2
 from server.clock import FixedClock
 from server.domain import CertKind, serial_to_bytes
-from server.index import Index, current_index
 from server.profiles import DEFAULT_VALIDITY
 from tests.support import Pki, start_pki
 
@@ -59,11 +58,8 @@ def _crl_serials(pki: Pki) -> set[int]:
 
 
 def _events(pki: Pki) -> list[int]:
-    index = Index(current_index(pki.responder.config.index_dir))  # type: ignore[arg-type]
-    try:
+    with pki.live_index() as index:
         return [e.serial for e in index.events_since(0)]
-    finally:
-        index.close()
 
 
 def test_retention_periods_end_publication(pki: Pki, clock: FixedClock) -> None:
