@@ -26,7 +26,7 @@ from server import profiles
 from server.authority import Authority
 from server.clock import Clock
 from server.domain import CertKind, Link, LinkType
-from server.law.correspondence import holder_links
+from server.law.correspondence import LinkSubject, holder_links
 from server.law.issuer_compromise import Compromise
 from server.law.retention import RetentionPolicy
 from server.profiles import CrlEntry, ProfileSettings
@@ -139,12 +139,6 @@ class Publisher:
         self._lock = threading.Lock()
 
     # entry points ---------------------------------------------------------------------
-    def publish_if_changed(self) -> PublishedSnapshot | None:
-        with self._lock:
-            if not self._changed():
-                return None
-            return self._publish_delta() or self._publish_full()
-
     def publish_full(self) -> PublishedSnapshot:
         """A full snapshot: every record in retention, one CRL per partition."""
         with self._lock:
@@ -247,13 +241,19 @@ class Publisher:
         compromises = tx.compromises()
         content = _Content()
         entries: dict[Scope, list[CrlEntry]] = defaultdict(list)
-        retained: dict[tuple[CertKind, int], CertificateRecord] = {}
-        holders: dict[str, list[CertificateRecord]] = defaultdict(list)
+        # Only small values per certificate: a full snapshot walks every record.
+        retained: set[tuple[CertKind, int]] = set()
+        losses_kept: set[tuple[CertKind, int]] = set()
+        holders: dict[str, list[LinkSubject]] = defaultdict(list)
+        consenting: dict[str, list[str]] = defaultdict(list)
+        for consent in tx.consents():
+            if consent.in_effect:
+                consenting[consent.resident_code].append(consent.verifier)
         for rec in tx.certificates():
             if not self._retained(rec, now):
                 continue
-            retained[(rec.kind, rec.serial)] = rec
-            holders[rec.resident_code].append(rec)
+            retained.add((rec.kind, rec.serial))
+            holders[rec.resident_code].append(LinkSubject.of(rec))
             content.records.append(
                 encode_file_record(
                     rec.key,
@@ -263,38 +263,28 @@ class Publisher:
                     ordinals[rec.issuer_key_id],
                 )
             )
+            if rec.kind.is_signing and rec.resident_code in consenting:
+                content.signing_records[rec.serial] = signing_record_line(rec)
+                for verifier in consenting[rec.resident_code]:
+                    content.consents.append(consent_line(rec, verifier, True))
+            loss_kept = rec.loss is not None and self._loss_retained(rec, now)
+            if loss_kept:
+                losses_kept.add((rec.kind, rec.serial))
             if rec.issuer_key_id in compromises:
                 continue  # that key signs nothing more; the compromise answers for it
             bucket = entries[(rec.kind, rec.issuer_key_id, rec.partition)]  # even if empty
-            if rec.loss is not None and self._loss_retained(rec, now):
+            if rec.loss is not None and loss_kept:
                 bucket.append(CrlEntry(rec.serial, rec.loss.time, rec.loss.cause, rec.loss.reason))
         content.entries = dict(entries)
-        for event in tx.events_since(0):
-            lost = retained.get((event.kind, event.serial))
-            if lost is not None and lost.loss is not None and self._loss_retained(lost, now):
-                content.events.append(event_line(event))
-        self._full_links_and_consents(tx, retained, holders, content)
+        content.events = [
+            event_line(e) for e in tx.events_since(0) if (e.kind, e.serial) in losses_kept
+        ]
+        for subjects in holders.values():
+            content.links |= holder_links(subjects)
+        for old, new in tx.renewals():
+            if old in retained and new in retained:
+                content.links.add(Link(LinkType.RENEWAL, *old, *new))
         return content
-
-    @staticmethod
-    def _full_links_and_consents(
-        tx: RegistryTxn,
-        retained: dict[tuple[CertKind, int], CertificateRecord],
-        holders: dict[str, list[CertificateRecord]],
-        content: _Content,
-    ) -> None:
-        for records in holders.values():
-            content.links |= holder_links(records)
-        for (old_kind, old_serial), new in tx.renewals():
-            if (old_kind, old_serial) in retained and new in retained:
-                content.links.add(Link(LinkType.RENEWAL, old_kind, old_serial, *new))
-        for consent in tx.consents():
-            if not consent.in_effect:
-                continue
-            for rec in holders.get(consent.resident_code, []):
-                if rec.kind.is_signing:
-                    content.signing_records[rec.serial] = signing_record_line(rec)
-                    content.consents.append(consent_line(rec, consent.verifier, True))
 
     def _add_arl(
         self,

@@ -53,14 +53,6 @@ class AlreadyCompromised(RegistryError):
     pass
 
 
-class UnknownResident(RegistryError):
-    """No certificate was ever issued to this resident code."""
-
-
-class NoConsent(RegistryError):
-    pass
-
-
 @dataclass(frozen=True)
 class LossTrigger:
     """What ended a card certificate whose loss cascaded to a mobile one (第16条の13)."""

@@ -15,9 +15,35 @@ validity period has not passed are returned, belong to the serving side.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from datetime import datetime
+from typing import NamedTuple
 
 from server.domain import CertKind, Link, LinkType
 from server.registry import CertificateRecord
+
+
+class LinkSubject(NamedTuple):
+    """What the correspondences need of a certificate (small: a full snapshot holds many)."""
+
+    kind: CertKind
+    serial: int
+    not_before: datetime
+    not_after: datetime
+    lost_at: datetime | None
+    card_serial: int | None
+
+    @classmethod
+    def of(cls, record: CertificateRecord) -> LinkSubject:
+        lost_at = None if record.loss is None else record.loss.time
+        return cls(
+            record.kind,
+            record.serial,
+            record.not_before,
+            record.not_after,
+            lost_at,
+            record.card_serial,
+        )
+
 
 _MOBILE_LINK = {
     CertKind.MOBILE_SIGN: (LinkType.CARD_SIGN_MOBILE_SIGN, CertKind.CARD_SIGN),
@@ -25,15 +51,15 @@ _MOBILE_LINK = {
 }
 
 
-def _in_effect_overlap(a: CertificateRecord, b: CertificateRecord) -> bool:
-    a_end = a.not_after if a.loss is None else min(a.not_after, a.loss.time)
-    b_end = b.not_after if b.loss is None else min(b.not_after, b.loss.time)
+def _in_effect_overlap(a: LinkSubject, b: LinkSubject) -> bool:
+    a_end = a.not_after if a.lost_at is None else min(a.not_after, a.lost_at)
+    b_end = b.not_after if b.lost_at is None else min(b.not_after, b.lost_at)
     return max(a.not_before, b.not_before) < min(a_end, b_end)
 
 
-def holder_links(records: Iterable[CertificateRecord]) -> set[Link]:
+def holder_links(certificates: Iterable[CertificateRecord | LinkSubject]) -> set[Link]:
     """Every correspondence among one holder's certificates."""
-    records = list(records)
+    records = [c if isinstance(c, LinkSubject) else LinkSubject.of(c) for c in certificates]
     links: set[Link] = set()
     for r in records:
         mobile = _MOBILE_LINK.get(r.kind)
