@@ -23,6 +23,7 @@ from server.domain import CertKind
 from server.registry import IssuerRecord, Registry, RegistryTxn
 
 _SNAPSHOT_SIGNER = "snapshot_signer"
+_VERIFIER_TOKEN_SIGNER = "verifier_token_signer"  # noqa: S105 (a registry key)
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,9 @@ class AuthoritySettings:
 
     def snapshot_label(self) -> str:
         return f"{self.label_prefix}-snapshot"
+
+    def verifier_token_label(self) -> str:
+        return f"{self.label_prefix}-verifier-token"
 
 
 class AuthorityError(Exception):
@@ -89,18 +93,26 @@ class Authority:
         return self._hsm.key(record.key_label)
 
     def snapshot_signer(self) -> tuple[CertificateIssuerPrivateKeyTypes, x509.Certificate]:
+        return self._signer(_SNAPSHOT_SIGNER, "snapshot key")
+
+    def verifier_token_signer(self) -> tuple[CertificateIssuerPrivateKeyTypes, x509.Certificate]:
+        return self._signer(_VERIFIER_TOKEN_SIGNER, "verifier-token key")
+
+    def _signer(
+        self, meta: str, what: str
+    ) -> tuple[CertificateIssuerPrivateKeyTypes, x509.Certificate]:
         with self._registry.read() as tx:
-            raw = tx.meta(_SNAPSHOT_SIGNER)
+            raw = tx.meta(meta)
         if raw is None:
-            raise AuthorityError("no snapshot key: run the key ceremony (bootstrap) first")
+            raise AuthorityError(f"no {what}: run the key ceremony (bootstrap) first")
         data = json.loads(raw)
         cert = x509.load_der_x509_certificate(base64.b64decode(data["certificate"]))
         return self._hsm.key(data["label"]), cert
 
 
-def _put_snapshot_signer(tx: RegistryTxn, label: str, cert: x509.Certificate) -> None:
+def _put_signer(tx: RegistryTxn, meta: str, label: str, cert: x509.Certificate) -> None:
     der = base64.b64encode(cert.public_bytes(Encoding.DER)).decode()
-    tx.set_meta(_SNAPSHOT_SIGNER, json.dumps({"label": label, "certificate": der}).encode())
+    tx.set_meta(meta, json.dumps({"label": label, "certificate": der}).encode())
 
 
 def bootstrap(
@@ -117,6 +129,7 @@ def bootstrap(
     with registry.read() as tx:
         records = tx.issuers()
         snapshot_meta = tx.meta(_SNAPSHOT_SIGNER)
+        token_meta = tx.meta(_VERIFIER_TOKEN_SIGNER)
     root = next((r for r in records if r.kind is None), None)
     if root is None:
         key = token.find_or_generate(settings.root_label(), settings.ca_key_type)
@@ -165,6 +178,19 @@ def bootstrap(
             now + settings.issuer_validity,
         )
         with registry.write() as wtx:
-            _put_snapshot_signer(wtx, label, cert)
+            _put_signer(wtx, _SNAPSHOT_SIGNER, label, cert)
         created.append(f"snapshot signer ({label})")
+    if token_meta is None:
+        label = settings.verifier_token_label()
+        key = token.find_or_generate(label, settings.snapshot_key_type)
+        cert = profiles.verifier_token_signer_certificate(
+            root_key,
+            root_cert,
+            key.public_key(),
+            now - timedelta(minutes=5),
+            now + settings.issuer_validity,
+        )
+        with registry.write() as wtx:
+            _put_signer(wtx, _VERIFIER_TOKEN_SIGNER, label, cert)
+        created.append(f"verifier-token signer ({label})")
     return created

@@ -26,12 +26,16 @@ def _is_loopback(address: str) -> bool:
     return host in ("127.0.0.1", "localhost", "::1")
 
 
-def _check_listen(address: str, insecure_loopback: bool, name: str) -> None:
+def _check_listen(address: str, insecure_loopback: bool, name: str, tls: bool = False) -> None:
     if ":" not in address:
         raise ConfigError(f"{name}: expected HOST:PORT, got {address!r}")
     port = address.rsplit(":", 1)[1]
     if not port.isdigit() or not 0 <= int(port) <= 65535:
         raise ConfigError(f"{name}: bad port in {address!r}")
+    if tls:
+        if insecure_loopback:
+            raise ConfigError(f"{name}: choose TLS (--tls-cert ...) or --insecure-loopback")
+        return
     if not insecure_loopback:
         raise ConfigError(
             f"{name}: TLS is not configured; plaintext needs --insecure-loopback "
@@ -59,6 +63,38 @@ def hsm_config(
 
 
 @dataclass(frozen=True)
+class TlsFiles:
+    """Server certificate chain and key, and the CA that issues client certificates."""
+
+    cert: Path
+    key: Path
+    client_ca: Path
+
+    def __post_init__(self) -> None:
+        for option, path in (("--tls-cert", self.cert), ("--tls-key", self.key)):
+            if not path.is_file():
+                raise ConfigError(f"{option} {path} does not exist")
+        if not self.client_ca.is_file():
+            raise ConfigError(f"--client-ca {self.client_ca} does not exist")
+
+    def read(self) -> tuple[bytes, bytes, bytes]:
+        try:
+            return self.cert.read_bytes(), self.key.read_bytes(), self.client_ca.read_bytes()
+        except OSError as exc:
+            raise ConfigError(f"cannot read TLS files: {exc}") from None
+
+
+def tls_files(cert: str | None, key: str | None, client_ca: str | None) -> TlsFiles | None:
+    given = [v is not None for v in (cert, key, client_ca)]
+    if not any(given):
+        return None
+    if not all(given):
+        raise ConfigError("--tls-cert, --tls-key and --client-ca go together (mTLS)")
+    assert cert is not None and key is not None and client_ca is not None
+    return TlsFiles(Path(cert), Path(key), Path(client_ca))
+
+
+@dataclass(frozen=True)
 class SignerConfig:
     data_dir: Path
     hsm: hsm.HsmConfig
@@ -68,9 +104,18 @@ class SignerConfig:
     publish_interval: float = 5.0  # seconds; 0 publishes only on request
     bootstrap: bool = False  # create a missing CA hierarchy (the embedded default's ceremony)
     grpc_workers: int = 8
+    tls: TlsFiles | None = None
+    operator_certs: tuple[Path, ...] = ()  # client certificates allowed registry operations
 
     def __post_init__(self) -> None:
-        _check_listen(self.listen, self.insecure_loopback, "signer listen")
+        _check_listen(
+            self.listen, self.insecure_loopback, "signer listen", tls=self.tls is not None
+        )
+        if self.tls is not None and not self.operator_certs:
+            raise ConfigError("with TLS, name the operators' client certificates (--operator-cert)")
+        for path in self.operator_certs:
+            if not path.is_file():
+                raise ConfigError(f"--operator-cert {path} does not exist")
         if self.publish_interval < 0:
             raise ConfigError("publish interval must be >= 0")
         if self.grpc_workers < 1:
@@ -84,6 +129,10 @@ class SignerConfig:
     def snapshot_dir(self) -> Path:
         return self.data_dir / "snapshots"
 
+    @property
+    def ledger_dir(self) -> Path:
+        return self.data_dir / "ledger"
+
 
 @dataclass(frozen=True)
 class ResponderConfig:
@@ -94,12 +143,18 @@ class ResponderConfig:
     workers: int = field(default_factory=lambda: os.cpu_count() or 1)
     signer: str | None = None  # where to get delegated OCSP-signer certificates
     insecure_loopback: bool = False
+    tls: TlsFiles | None = None
     poll_interval: float = 1.0
     grpc_threads: int = 16
     grace_seconds: float = 5.0
+    crl_retention_days: float = 365.0  # 保存期間 of CRL files; set by cabinet order
 
     def __post_init__(self) -> None:
-        _check_listen(self.listen, self.insecure_loopback, "responder listen")
+        _check_listen(
+            self.listen, self.insecure_loopback, "responder listen", tls=self.tls is not None
+        )
+        if self.crl_retention_days <= 0:
+            raise ConfigError("CRL retention must be > 0 days")
         if self.workers < 1:
             raise ConfigError("workers must be >= 1")
         if not self.trust_anchors:
@@ -120,6 +175,14 @@ class ResponderConfig:
     def ocsp_dir(self) -> Path:
         return self.state_dir / "ocsp"
 
+    @property
+    def ledger_dir(self) -> Path:
+        return self.state_dir / "ledger"
+
+    @property
+    def crl_archive_dir(self) -> Path:
+        return self.state_dir / "crls"
+
 
 def load_toml(path: Path | None) -> dict[str, Any]:
     """Settings from a TOML file; keys are the option names with underscores."""
@@ -135,7 +198,7 @@ def load_toml(path: Path | None) -> dict[str, Any]:
 def merge(file_values: dict[str, Any], cli_values: dict[str, Any], cls: type) -> dict[str, Any]:
     """CLI values that were given override the file; unknown file keys are errors."""
     known = {f.name for f in fields(cls)}
-    unknown = set(file_values) - known - {"hsm"}
+    unknown = set(file_values) - known - {"hsm", "tls"}
     if unknown:
         raise ConfigError(f"unknown settings in config file: {', '.join(sorted(unknown))}")
     merged = dict(file_values)

@@ -23,7 +23,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from server.domain import CertKind, StatusRecord, record_key
+from server.domain import CertKind, StatusRecord, Verifier, record_key
 from server.profiles import crl_entry_cause, crl_entry_reason, key_id
 from server.records import (
     pack_value,
@@ -66,6 +66,19 @@ class CrlTimes:
     number: int
     this_update: datetime
     next_update: datetime
+
+
+class VerifierTable:
+    """The verifier registry of one index: by id and by client-certificate fingerprint."""
+
+    def __init__(self, entries: list[dict[str, Any]]) -> None:
+        self.by_id: dict[str, Verifier] = {}
+        self.by_fingerprint: dict[bytes, Verifier] = {}
+        for entry in entries:
+            verifier = Verifier.from_json(entry)
+            self.by_id[verifier.id] = verifier
+            for fingerprint in verifier.cert_fingerprints:
+                self.by_fingerprint[fingerprint] = verifier
 
 
 @dataclass(frozen=True)
@@ -173,6 +186,8 @@ def _build(snapshot: VerifiedSnapshot, path: Path) -> None:
                 b"".join(c.public_bytes(Encoding.PEM) for c in snapshot.issuers),
                 db=meta_db,
             )
+            verifiers = [v.to_json() for v in snapshot.verifiers()]
+            txn.put(b"verifiers", json.dumps(verifiers).encode(), db=meta_db)
         env.sync(True)
     finally:
         env.close()
@@ -211,6 +226,7 @@ class Index:
         with self._env.begin() as txn:
             raw_meta = txn.get(b"manifest", db=meta_db)
             issuer_pem = txn.get(b"issuers", db=meta_db)
+            raw_verifiers = txn.get(b"verifiers", db=meta_db)
         if raw_meta is None or issuer_pem is None:
             raise ValueError(f"{path} is not a complete index")
         meta = json.loads(bytes(raw_meta))
@@ -238,6 +254,9 @@ class Index:
             )
             scope = (CertKind[c["kind"]], bytes.fromhex(c["issuer_key_id"]), c["partition"])
             self._crl_times[scope] = times
+        self.verifiers = VerifierTable(
+            [] if raw_verifiers is None else json.loads(bytes(raw_verifiers))
+        )
         self.next_update = min(
             (t.next_update for t in self._crl_times.values()),
             default=datetime.fromtimestamp(0, UTC),
@@ -258,6 +277,11 @@ class Index:
         if raw is None:
             return None
         return self.issuers.get(self.issuer_key_ids[raw[1]])
+
+    @property
+    def current_crls(self) -> dict[tuple[CertKind, bytes, str], CrlTimes]:
+        """(kind, issuer key id, partition) -> the CRL this index was built from."""
+        return dict(self._crl_times)
 
     def crl_times(self, record: StatusRecord) -> CrlTimes | None:
         return self._crl_times.get((record.kind, record.issuer_key_id, record.partition))

@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509 import ocsp
 
 from server.clock import Clock
-from server.domain import Status
+from server.domain import CertKind, Status
 from server.status import BadRequest, NotReady, Resolver, StatusSource
 
 log = logging.getLogger(__name__)
@@ -54,6 +54,21 @@ class OcspResponder:
         self._resolver = resolver
         self._signer = signer
         self._clock = clock
+
+    def issuer_kinds(self, der: bytes) -> list[CertKind]:
+        """The kinds of the certificates a request asks about, by their CertIDs' issuers.
+
+        Empty for a malformed request or foreign issuers: `respond` answers those
+        with an error status and no status information.
+        """
+        try:
+            request = ocsp.load_der_ocsp_request(der)
+            issuer = self._resolver.issuer_by_hash(
+                request.hash_algorithm.name, request.issuer_name_hash, request.issuer_key_hash
+            )
+        except (ValueError, x509.DuplicateExtension, x509.UnsupportedGeneralNameType):
+            return []
+        return [] if issuer is None else [issuer.kind]
 
     def respond(self, der: bytes) -> bytes:
         try:
@@ -120,6 +135,11 @@ class OcspResponder:
         if nonce is not None:
             builder = builder.add_extension(x509.OCSPNonce(nonce), False)
         return builder.sign(signer.key, hashes.SHA256()).public_bytes(Encoding.DER)
+
+
+def is_successful(der: bytes) -> bool:
+    """Whether a DER OCSPResponse we built carries status information."""
+    return ocsp.load_der_ocsp_response(der).response_status is ocsp.OCSPResponseStatus.SUCCESSFUL
 
 
 def _nonce(request: ocsp.OCSPRequest) -> bytes | None:

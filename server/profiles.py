@@ -26,6 +26,7 @@ from server.domain import (
     OID_LOSS_CAUSE,
     OID_POLICY_BASE,
     OID_SNAPSHOT_SIGNING,
+    OID_VERIFIER_TOKEN_SIGNING,
     CertKind,
     CrlReason,
     LossCause,
@@ -205,6 +206,35 @@ def snapshot_signer_certificate(
             key_id(root_key.public_key()),
         )
         .add_extension(x509.ExtendedKeyUsage([OID_SNAPSHOT_SIGNING]), True)
+        .sign(root_key, signature_hash(root_key))
+    )
+
+
+def verifier_token_signer_certificate(
+    root_key: CertificateIssuerPrivateKeyTypes,
+    root_cert: x509.Certificate,
+    public_key: CertificatePublicKeyTypes,
+    not_before: datetime,
+    not_after: datetime,
+) -> x509.Certificate:
+    """The certificate of the HSM key that signs verifier tokens (第38条の3)."""
+    return (
+        _leaf_builder(
+            root_cert,
+            x509.Name(
+                [
+                    x509.NameAttribute(NameOID.COUNTRY_NAME, "JP"),
+                    x509.NameAttribute(NameOID.ORGANIZATION_NAME, ORGANIZATION),
+                    x509.NameAttribute(NameOID.COMMON_NAME, "JPKI-VA Verifier Token Signer"),
+                ]
+            ),
+            public_key,
+            x509.random_serial_number(),
+            not_before,
+            min(not_after, root_cert.not_valid_after_utc),
+            key_id(root_key.public_key()),
+        )
+        .add_extension(x509.ExtendedKeyUsage([OID_VERIFIER_TOKEN_SIGNING]), True)
         .sign(root_key, signature_hash(root_key))
     )
 

@@ -9,38 +9,70 @@ delegated OCSP-signer certificates fresh; it never serves requests itself.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import multiprocessing
 import signal
 import socket
 import threading
+import time
 from collections.abc import Callable
+from datetime import timedelta
 from multiprocessing.synchronize import Event as ProcessEvent
 from typing import Any
 
 import grpc
 from cryptography import x509
 
-from protos import signer_pb2, signer_pb2_grpc, va_pb2, va_pb2_grpc
+from protos import (
+    crl_pb2,
+    crl_pb2_grpc,
+    signer_pb2,
+    signer_pb2_grpc,
+    va_pb2,
+    va_pb2_grpc,
+    verifiers_pb2,
+    verifiers_pb2_grpc,
+)
 from server import grpc_common
+from server.access import Gate, NoIdentity, UnknownVerifier
 from server.clock import Clock, SystemClock
 from server.config import ResponderConfig
+from server.crl_archive import CrlArchive, CrlNotFound
+from server.crl_servicer import CrlServicer
+from server.crls import CrlFiles
+from server.grpc_identity import caller_of, server_credentials
 from server.index import Index, current_index
 from server.ingest import Ingester
+from server.law.entitlements import NotEntitled
+from server.ledger import Ledger, LedgerError
 from server.ocsp import OcspResponder
 from server.ocsp_keys import OcspKeyStore
 from server.snapshot import SnapshotVerifier
 from server.status import BadRequest, IndexHolder, IndexStatusSource, NotReady, Resolver
 from server.status_servicer import StatusServicer
+from server.token_check import TokenChecker
+from server.verifier_token_servicer import VerifierTokenServicer
 
 log = logging.getLogger(__name__)
 
 SERVICE = va_pb2.DESCRIPTOR.services_by_name["StatusService"].full_name
+SERVICES = (
+    SERVICE,
+    crl_pb2.DESCRIPTOR.services_by_name["CrlService"].full_name,
+    verifiers_pb2.DESCRIPTOR.services_by_name["VerifierTokenService"].full_name,
+)
 STATUS_ERRORS: grpc_common.ErrorMap = (
+    (NoIdentity, grpc.StatusCode.UNAUTHENTICATED),
+    (UnknownVerifier, grpc.StatusCode.PERMISSION_DENIED),
+    (NotEntitled, grpc.StatusCode.PERMISSION_DENIED),
+    (CrlNotFound, grpc.StatusCode.NOT_FOUND),
     (BadRequest, grpc.StatusCode.INVALID_ARGUMENT),
     (ValueError, grpc.StatusCode.INVALID_ARGUMENT),
     (NotReady, grpc.StatusCode.UNAVAILABLE),
+    (LedgerError, grpc.StatusCode.UNAVAILABLE),
 )
+LEDGER_SYNC_SECONDS = 1.0  # how much of the counts a machine crash could lose
 READY_TIMEOUT = 60.0
 
 
@@ -78,32 +110,53 @@ def worker_main(config: ResponderConfig, port: int, ready: Any, stop: ProcessEve
     holder = IndexHolder(config.index_dir)
     holder.refresh()
     keystore = OcspKeyStore(config.ocsp_dir)
+    ledger = Ledger(config.ledger_dir)
+    archive = CrlArchive(config.crl_archive_dir)
     source = IndexStatusSource(holder)
     resolver = Resolver(holder)
     ocsp = OcspResponder(source, resolver, keystore.current, clock)
     roots = load_anchors(config)
+    gate = Gate(lambda: holder.get().verifiers, ledger, clock)
+    caller = functools.partial(caller_of, insecure_loopback=config.insecure_loopback)
     server = grpc_common.build_server(
         max_workers=config.grpc_threads,
         mapping=STATUS_ERRORS,
         options=[("grpc.so_reuseport", 1)],
     )
     va_pb2_grpc.add_StatusServiceServicer_to_server(
-        StatusServicer(source, resolver, ocsp, holder, clock, roots), server
+        StatusServicer(source, resolver, ocsp, holder, clock, roots, gate, caller), server
     )
-    health = grpc_common.add_health_and_reflection(server, [SERVICE])
-    grpc_common.bind(server, f"{config.listen.rsplit(':', 1)[0]}:{port}", None)
+    crl_pb2_grpc.add_CrlServiceServicer_to_server(
+        CrlServicer(CrlFiles(holder, archive), gate, caller), server
+    )
+    verifiers_pb2_grpc.add_VerifierTokenServiceServicer_to_server(
+        VerifierTokenServicer(
+            TokenChecker(roots, lambda: holder.get().verifiers, clock), gate, caller
+        ),
+        server,
+    )
+    health = grpc_common.add_health_and_reflection(server, SERVICES)
+    credentials = None if config.tls is None else server_credentials(*config.tls.read())
+    grpc_common.bind(server, f"{config.listen.rsplit(':', 1)[0]}:{port}", credentials)
     server.start()
     serving = holder.loaded
-    grpc_common.set_serving(health, [SERVICE], serving)
+    grpc_common.set_serving(health, SERVICES, serving)
     ready.put(port)
+    synced = time.monotonic()
     while not stop.wait(0.2):
         holder.refresh()
         if holder.loaded and not serving:
             serving = True
-            grpc_common.set_serving(health, [SERVICE], True)
+            grpc_common.set_serving(health, SERVICES, True)
+        if time.monotonic() - synced > LEDGER_SYNC_SECONDS:
+            ledger.sync()
+            synced = time.monotonic()
     # Health first, so balancers stop sending; then let in-flight calls finish.
-    grpc_common.set_serving(health, [SERVICE], False)
+    grpc_common.set_serving(health, SERVICES, False)
     server.stop(config.grace_seconds).wait()
+    ledger.sync()
+    ledger.close()
+    archive.close()
     holder.close()
 
 
@@ -143,7 +196,14 @@ class Responder:
         self._clock = clock or SystemClock()
         self._ctx = multiprocessing.get_context("spawn")
         self._verifier = SnapshotVerifier(load_anchors(config), self._clock)
-        self._ingester = Ingester(config.snapshot_dir, config.index_dir, self._verifier)
+        self._archive = CrlArchive(config.crl_archive_dir)
+        self._ingester = Ingester(
+            config.snapshot_dir,
+            config.index_dir,
+            self._verifier,
+            self._archive,
+            (self._clock, timedelta(days=config.crl_retention_days)),
+        )
         self._keystore = OcspKeyStore(config.ocsp_dir)
         self._ready = self._ctx.Queue()
         self._worker_stop = self._ctx.Event()
@@ -201,6 +261,7 @@ class Responder:
             if proc.is_alive():
                 proc.terminate()
                 proc.join(5)
+        self._archive.close()
 
 
 def serve(

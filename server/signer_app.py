@@ -2,30 +2,40 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import grpc
+from cryptography import x509
 
 import hsm
 from protos import signer_pb2, signer_pb2_grpc
 from server import grpc_common
+from server.access import NotOperator, Operators
 from server.authority import Authority, AuthorityError, AuthoritySettings, bootstrap
 from server.clock import Clock, SystemClock
-from server.config import SignerConfig
+from server.config import ConfigError, SignerConfig
+from server.grpc_identity import caller_of, fingerprint, server_credentials
+from server.law.entitlements import NotEntitled
+from server.ledger import Ledger
 from server.profiles import ProfileSettings
 from server.publisher import Publisher
 from server.registry import Registry, RegistryError
 from server.signer import Conflict, InvalidRequest, NotFound, PreconditionFailed, Signer
 from server.signer_servicer import SignerServicer
+from server.verifier_registry import NotAVerifier, VerifierRegistry
 
 log = logging.getLogger(__name__)
 
 SERVICE = signer_pb2.DESCRIPTOR.services_by_name["SignerService"].full_name
 
 SIGNER_ERRORS: grpc_common.ErrorMap = (
+    (NotOperator, grpc.StatusCode.PERMISSION_DENIED),
+    (NotAVerifier, grpc.StatusCode.PERMISSION_DENIED),
+    (NotEntitled, grpc.StatusCode.PERMISSION_DENIED),
     (InvalidRequest, grpc.StatusCode.INVALID_ARGUMENT),
     (NotFound, grpc.StatusCode.NOT_FOUND),
     (Conflict, grpc.StatusCode.FAILED_PRECONDITION),
@@ -43,6 +53,7 @@ class SignerApp:
     config: SignerConfig
     token: hsm.Hsm
     registry: Registry
+    ledger: Ledger
     signer: Signer
     server: grpc.Server
     port: int
@@ -57,16 +68,34 @@ class SignerApp:
         if self._publisher_thread is not None:
             self._publisher_thread.join()
         self.registry.close()
+        self.ledger.close()
         self.token.close()
 
     def wait(self) -> None:
         self.server.wait_for_termination()
 
 
+def _operators(config: SignerConfig) -> Operators:
+    if config.tls is None:
+        return Operators(None)
+    prints = set()
+    for path in config.operator_certs:
+        try:
+            prints.update(
+                fingerprint(c) for c in x509.load_pem_x509_certificates(path.read_bytes())
+            )
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"--operator-cert {path}: {exc}") from None
+    return Operators(frozenset(prints))
+
+
 def start_signer(config: SignerConfig, clock: Clock | None = None) -> SignerApp:
     clock = clock or SystemClock()
+    operators = _operators(config)
+    credentials = None if config.tls is None else server_credentials(*config.tls.read())
     token = hsm.Hsm.open(config.hsm)
     registry = Registry(config.registry_dir)
+    ledger = Ledger(config.ledger_dir)
     try:
         if config.bootstrap:
             for created in bootstrap(token, registry, clock, AuthoritySettings()):
@@ -77,17 +106,22 @@ def start_signer(config: SignerConfig, clock: Clock | None = None) -> SignerApp:
         publisher = Publisher(registry, authority, config.snapshot_dir, clock, settings)
         signer = Signer(registry, authority, publisher, clock, settings)
         server = grpc_common.build_server(max_workers=config.grpc_workers, mapping=SIGNER_ERRORS)
-        signer_pb2_grpc.add_SignerServiceServicer_to_server(SignerServicer(signer), server)
+        verifiers = VerifierRegistry(registry, authority, ledger, clock)
+        caller = functools.partial(caller_of, insecure_loopback=config.insecure_loopback)
+        signer_pb2_grpc.add_SignerServiceServicer_to_server(
+            SignerServicer(signer, verifiers, operators, caller), server
+        )
         health = grpc_common.add_health_and_reflection(server, [SERVICE])
-        port = grpc_common.bind(server, config.listen, None)
+        port = grpc_common.bind(server, config.listen, credentials)
         server.start()
     except BaseException:
         registry.close()
+        ledger.close()
         token.close()
         raise
     grpc_common.set_serving(health, [SERVICE], True)
     stop = threading.Event()
-    app = SignerApp(config, token, registry, signer, server, port, health, stop)
+    app = SignerApp(config, token, registry, ledger, signer, server, port, health, stop)
     if config.publish_interval > 0:
         app._publisher_thread = threading.Thread(
             target=_publish_loop,
