@@ -24,7 +24,14 @@ from server.domain import (
 )
 from server.law.entitlements import NotEntitled, status_provision
 from server.ocsp import OcspResponder, is_successful
-from server.status import Answer, BadRequest, IndexHolder, Resolver, StatusSource
+from server.status import (
+    Answer,
+    BadRequest,
+    IndexHolder,
+    Resolver,
+    StatusSource,
+    unknown_answer,
+)
 
 MAX_BATCH = 10_000
 
@@ -111,17 +118,7 @@ class StatusServicer(va_pb2_grpc.StatusServiceServicer):
         if kind is None:
             # Not an issuer we answer for: the certificate is unknown to us, and no
             # status information of the law is given.
-            index = self._holder.get()
-            return Answer(
-                None,
-                serial,
-                Status.UNKNOWN,
-                None,
-                as_of,
-                index.sequence,
-                index.created_at,
-                index.next_update,
-            )
+            return unknown_answer(self._holder.get(), None, serial, as_of)
         provision = status_provision(kind)
         self._gate.check(verifier, provision)
         answer = self._source.status(kind, serial, as_of)
