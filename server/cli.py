@@ -22,12 +22,17 @@ from server.config import (
     ConfigError,
     ResponderConfig,
     SignerConfig,
+    TlsFiles,
     hsm_config,
     load_toml,
     merge,
+    tls_files,
 )
+from server.registry_cli import add_registry_group
+from server.report_cli import add_report_commands
 from server.responder_app import serve
 from server.signer_app import start_signer
+from server.verifier_cli import add_token_commands, add_verifier_commands
 
 EXIT_USAGE = 2
 
@@ -55,6 +60,22 @@ def _hsm_from(args: argparse.Namespace, file_values: dict[str, Any]) -> hsm.HsmC
     )
 
 
+def _add_tls_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("mTLS (required unless --insecure-loopback)")
+    group.add_argument("--tls-cert", help="server certificate chain (PEM)")
+    group.add_argument("--tls-key", help="server private key (PEM)")
+    group.add_argument("--client-ca", help="CA certificates that issue client certificates (PEM)")
+
+
+def _tls_from(args: argparse.Namespace, file_values: dict[str, Any]) -> TlsFiles | None:
+    table = file_values.get("tls", {})
+    return tls_files(
+        args.tls_cert or table.get("cert"),
+        args.tls_key or table.get("key"),
+        args.client_ca or table.get("client_ca"),
+    )
+
+
 def signer_config(args: argparse.Namespace) -> SignerConfig:
     file_values = load_toml(args.config)
     values = merge(
@@ -66,22 +87,28 @@ def signer_config(args: argparse.Namespace) -> SignerConfig:
             "publish_interval": args.publish_interval,
             "insecure_loopback": args.insecure_loopback or None,
             "bootstrap": args.bootstrap or None,
+            "operator_certs": args.operator_cert,
         },
         SignerConfig,
     )
     values.pop("hsm", None)
+    values.pop("tls", None)
     if "data_dir" not in values:
         raise ConfigError("--data-dir is required")
     values["data_dir"] = Path(values["data_dir"])
+    values["operator_certs"] = tuple(Path(p) for p in values.get("operator_certs") or ())
     try:
-        return SignerConfig(hsm=_hsm_from(args, file_values), **values)
+        return SignerConfig(
+            hsm=_hsm_from(args, file_values), tls=_tls_from(args, file_values), **values
+        )
     except TypeError as exc:
         raise ConfigError(str(exc)) from None
 
 
 def responder_config(args: argparse.Namespace) -> ResponderConfig:
+    file_values = load_toml(args.config)
     values = merge(
-        load_toml(args.config),
+        file_values,
         {
             "snapshot_dir": args.snapshots,
             "state_dir": args.state_dir,
@@ -91,9 +118,12 @@ def responder_config(args: argparse.Namespace) -> ResponderConfig:
             "signer": args.signer,
             "insecure_loopback": args.insecure_loopback or None,
             "poll_interval": args.poll_interval,
+            "crl_retention_days": args.crl_retention_days,
+            "loopback_verifier": args.loopback_verifier,
         },
         ResponderConfig,
     )
+    values.pop("tls", None)
     for required, flag in (("snapshot_dir", "--snapshots"), ("state_dir", "--state-dir")):
         if required not in values:
             raise ConfigError(f"{flag} is required")
@@ -101,7 +131,7 @@ def responder_config(args: argparse.Namespace) -> ResponderConfig:
     values["state_dir"] = Path(values["state_dir"])
     values["trust_anchors"] = tuple(Path(p) for p in values.get("trust_anchors") or ())
     try:
-        return ResponderConfig(**values)
+        return ResponderConfig(tls=_tls_from(args, file_values), **values)
     except TypeError as exc:
         raise ConfigError(str(exc)) from None
 
@@ -155,6 +185,11 @@ def build_parser() -> argparse.ArgumentParser:
     signer.add_argument("--publish-interval", type=float, help="seconds between snapshots")
     signer.add_argument("--bootstrap", action="store_true", help="create a missing CA hierarchy")
     signer.add_argument("--insecure-loopback", action="store_true", help="plaintext on loopback")
+    _add_tls_options(signer)
+    signer.add_argument(
+        "--operator-cert", action="append", metavar="FILE",
+        help="client certificate (PEM) allowed registry operations; repeatable (with mTLS)",
+    )  # fmt: skip
     _add_hsm_options(signer)
     signer.set_defaults(func=run_signer)
 
@@ -170,9 +205,20 @@ def build_parser() -> argparse.ArgumentParser:
     responder.add_argument("--signer", help="signer HOST:PORT for OCSP-signer certificates")
     responder.add_argument("--poll-interval", type=float, help="seconds between snapshot scans")
     responder.add_argument("--insecure-loopback", action="store_true", help="plaintext on loopback")
+    responder.add_argument(
+        "--crl-retention-days", type=float, help="keep CRL files this long (default 365)"
+    )
+    responder.add_argument(
+        "--loopback-verifier", metavar="ID",
+        help="with --insecure-loopback: the verifier of calls without x-jpki-verifier",
+    )  # fmt: skip
+    _add_tls_options(responder)
     responder.set_defaults(func=run_responder)
 
     add_commands(sub)
+    add_verifier_commands(add_registry_group(sub))
+    add_token_commands(sub)
+    add_report_commands(sub)
     return parser
 
 

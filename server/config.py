@@ -144,6 +144,7 @@ class ResponderConfig:
     signer: str | None = None  # where to get delegated OCSP-signer certificates
     insecure_loopback: bool = False
     tls: TlsFiles | None = None
+    loopback_verifier: str | None = None  # plaintext callers without x-jpki-verifier
     poll_interval: float = 1.0
     grpc_threads: int = 16
     grace_seconds: float = 5.0
@@ -153,6 +154,8 @@ class ResponderConfig:
         _check_listen(
             self.listen, self.insecure_loopback, "responder listen", tls=self.tls is not None
         )
+        if self.loopback_verifier is not None and not self.insecure_loopback:
+            raise ConfigError("--loopback-verifier goes with --insecure-loopback only")
         if self.crl_retention_days <= 0:
             raise ConfigError("CRL retention must be > 0 days")
         if self.workers < 1:

@@ -109,7 +109,7 @@ class CrlArchive:
             prefix = f"{kind.name}/".encode()
             if issuer_key_id is not None:
                 prefix += f"{issuer_key_id.hex()}/".encode()
-        out = []
+        out: list[ArchivedCrl] = []
         with self._env.begin(db=self._info) as txn:
             cursor = txn.cursor()
             if not cursor.set_range(prefix):

@@ -159,7 +159,7 @@ class Ledger:
 
     def counts(self, start: date, end: date) -> list[Count]:
         """Counts for the days start <= day < end, in key order."""
-        out = []
+        out: list[Count] = []
         with self._env.begin(db=self._counts) as txn:
             cursor = txn.cursor()
             if not cursor.set_range(start.isoformat().encode()):
@@ -177,7 +177,7 @@ class Ledger:
         """Disclosures with start <= time < end, oldest first, optionally of one verifier."""
         first = _audit_key(start, 0)[:8]
         stop = _audit_key(end, 0)[:8]
-        out = []
+        out: list[Disclosure] = []
         with self._env.begin(db=self._audit) as txn:
             cursor = txn.cursor()
             if not cursor.set_range(first):

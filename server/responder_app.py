@@ -117,7 +117,11 @@ def worker_main(config: ResponderConfig, port: int, ready: Any, stop: ProcessEve
     ocsp = OcspResponder(source, resolver, keystore.current, clock)
     roots = load_anchors(config)
     gate = Gate(lambda: holder.get().verifiers, ledger, clock)
-    caller = functools.partial(caller_of, insecure_loopback=config.insecure_loopback)
+    caller = functools.partial(
+        caller_of,
+        insecure_loopback=config.insecure_loopback,
+        default_verifier=config.loopback_verifier,
+    )
     server = grpc_common.build_server(
         max_workers=config.grpc_threads,
         mapping=STATUS_ERRORS,

@@ -78,7 +78,7 @@ class SignerApp:
 def _operators(config: SignerConfig) -> Operators:
     if config.tls is None:
         return Operators(None)
-    prints = set()
+    prints: set[bytes] = set()
     for path in config.operator_certs:
         try:
             prints.update(
