@@ -12,6 +12,7 @@ import contextlib
 import functools
 import logging
 import multiprocessing
+import os
 import signal
 import socket
 import threading
@@ -126,6 +127,7 @@ def worker_main(config: ResponderConfig, port: int, ready: Any, stop: ProcessEve
         max_workers=config.grpc_threads,
         mapping=STATUS_ERRORS,
         options=[("grpc.so_reuseport", 1)],
+        served_by=str(os.getpid()),
     )
     va_pb2_grpc.add_StatusServiceServicer_to_server(
         StatusServicer(source, resolver, ocsp, holder, clock, roots, gate, caller), server

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import grpc
 from cryptography import x509
@@ -232,3 +232,40 @@ def start_pki(directory: Path, hsm_config: hsm.HsmConfig, *, workers: int = 1) -
     pki._runner = threading.Thread(target=responder.run, args=(pki._stop,), daemon=True)
     pki._runner.start()
     return pki
+
+
+@dataclass
+class ExtraResponder:
+    """Another responder over a Pki's snapshots, with its own state and settings."""
+
+    responder: Responder
+    _stop: threading.Event
+    _runner: threading.Thread
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.responder.port}"
+
+    def close(self) -> None:
+        self._stop.set()
+        self._runner.join()
+        self.responder.shutdown()
+
+
+def start_responder(pki: Pki, state_dir: Path, **settings: Any) -> ExtraResponder:
+    config: dict[str, Any] = {
+        "snapshot_dir": pki.signer.config.snapshot_dir,
+        "state_dir": state_dir,
+        "trust_anchors": (pki.root_file,),
+        "listen": "127.0.0.1:0",
+        "workers": 1,
+        "signer": f"127.0.0.1:{pki.signer.port}",
+        "poll_interval": 0.1,
+    }
+    config.update(settings)
+    responder = Responder(ResponderConfig(**config))
+    responder.start()
+    stop = threading.Event()
+    runner = threading.Thread(target=responder.run, args=(stop,), daemon=True)
+    runner.start()
+    return ExtraResponder(responder, stop, runner)
