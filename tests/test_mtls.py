@@ -18,12 +18,13 @@ from pathlib import Path
 import grpc
 import pytest
 from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509 import ocsp
 
 from protos import crl_pb2, crl_pb2_grpc, va_pb2, va_pb2_grpc, verifiers_pb2
 from server.config import TlsFiles
 from server.domain import CertKind, Provision, Role
-from server.ledger import JST, Ledger
+from server.ledger import JST, Ledger, year_bounds
 from tests.support import ExtraResponder, Issued, Pki, start_responder, wait_for
 from tests.tls import TlsCa, TlsIdentity
 
@@ -164,7 +165,7 @@ def test_ocsp_kind_comes_from_the_certid_issuer(world: World, who: str, kind: Ce
         ocsp.OCSPRequestBuilder()
         .add_certificate(issued.certificate, issued.issuer, hashes.SHA1())
         .build()
-        .public_bytes(serialization_der())
+        .public_bytes(Encoding.DER)
     )
     stub = world.stub(who)
     if _status_allowed(VERIFIERS[who], kind):
@@ -176,12 +177,6 @@ def test_ocsp_kind_comes_from_the_certid_issuer(world: World, who: str, kind: Ce
         with pytest.raises(grpc.RpcError) as info:
             stub.Ocsp(va_pb2.OcspRequest(der=der), timeout=10)
         assert info.value.code() is grpc.StatusCode.PERMISSION_DENIED
-
-
-def serialization_der():  # type: ignore[no-untyped-def]
-    from cryptography.hazmat.primitives.serialization import Encoding
-
-    return Encoding.DER
 
 
 @pytest.mark.parametrize(("who", "kind"), CASES, ids=[f"{w}-{k.slug}" for w, k in CASES])
@@ -264,8 +259,8 @@ def test_provisions_are_counted_by_kind_and_verifier(world: World, tmp_path: Pat
     year = datetime.now(JST).year
     ledger = Ledger(ledger_dir, readonly=True)
     try:
-        by = {}
-        for c in ledger.counts(*_year(year)):
+        by: dict[tuple[Provision, str], int] = {}
+        for c in ledger.counts(*year_bounds(year)):
             by[(c.provision, c.verifier_id)] = by.get((c.provision, c.verifier_id), 0) + c.count
     finally:
         ledger.close()
@@ -286,9 +281,3 @@ def test_provisions_are_counted_by_kind_and_verifier(world: World, tmp_path: Pat
     assert report["SIGNING_STATUS"]["by_verifier"][COUNTED] == 3
     assert report["AUTH_CRL"]["by_verifier"][COUNTED] == 1
     assert report["VERIFIER_TOKEN"]["total"] == 0
-
-
-def _year(year: int):  # type: ignore[no-untyped-def]
-    from server.ledger import year_bounds
-
-    return year_bounds(year)

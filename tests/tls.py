@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import grpc
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -97,9 +98,7 @@ class TlsCa:
         )
         return TlsIdentity(cert_file, key_file, cert)
 
-    def channel_credentials(self, identity: TlsIdentity | None):  # type: ignore[no-untyped-def]
-        import grpc
-
+    def channel_credentials(self, identity: TlsIdentity | None) -> grpc.ChannelCredentials:
         if identity is None:
             return grpc.ssl_channel_credentials(self.cert_file.read_bytes())
         return grpc.ssl_channel_credentials(
