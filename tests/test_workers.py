@@ -86,7 +86,8 @@ def test_in_flight_stream_finishes_on_shutdown(pki: Pki, tmp_path: Path) -> None
     closer = threading.Thread(target=extra.close)
     try:
         wait_for(lambda: _ask(extra.address, _request(issued)), "the responder to serve")
-        replies = va_pb2_grpc.StatusServiceStub(channel).CheckStream(requests(), timeout=60)
+        call = va_pb2_grpc.StatusServiceStub(channel).CheckStream(requests(), timeout=60)
+        replies = iter(call)
         batches.put(batch)
         first = next(replies)
         assert len(first.results) == 3
@@ -107,7 +108,7 @@ def test_in_flight_stream_finishes_on_shutdown(pki: Pki, tmp_path: Path) -> None
         assert [r.status.status for r in second.results] == [va_pb2.CERT_STATUS_GOOD] * 3
         batches.put(None)
         assert list(replies) == []
-        assert replies.code() is grpc.StatusCode.OK
+        assert call.code() is grpc.StatusCode.OK
     finally:
         batches.put(None)
         channel.close()
