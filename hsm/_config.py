@@ -76,6 +76,7 @@ class PinSource:
 
     def read(self) -> str:
         """Return the PIN; raise HsmConfigError if the source is unset, missing or empty."""
+        pin: str | None
         if self.prompt is not None:
             pin = self._ask()
         elif self.env is not None:
