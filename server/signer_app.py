@@ -12,7 +12,8 @@ import grpc
 import hsm
 from protos import signer_pb2, signer_pb2_grpc
 from server import grpc_common
-from server.authority import Authority, AuthorityError, AuthoritySettings, bootstrap
+from server.authority import Authority, AuthorityError
+from server.ceremony import bootstrap
 from server.clock import Clock, SystemClock
 from server.config import SignerConfig
 from server.profiles import ProfileSettings
@@ -69,7 +70,8 @@ def start_signer(config: SignerConfig, clock: Clock | None = None) -> SignerApp:
     registry = Registry(config.registry_dir)
     try:
         if config.bootstrap:
-            for created in bootstrap(token, registry, clock, AuthoritySettings()):
+            records = config.data_dir / "ceremonies"
+            for created in bootstrap(token, registry, clock, record_dir=records):
                 log.info("created %s", created)
         authority = Authority(token, registry)
         authority.root()  # refuse to start without a hierarchy
