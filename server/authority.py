@@ -108,16 +108,17 @@ class Authority:
         label, cert = self._signer(VERIFIER_TOKEN_SIGNER)
         return self._hsm.key(label), cert
 
-    def signer_labels(self) -> dict[str, x509.Certificate]:
-        """Key label -> certificate of every root-certified signer key in the registry."""
-        out = {}
-        for name in (SNAPSHOT_SIGNER, VERIFIER_TOKEN_SIGNER):
-            try:
-                label, cert = self._signer(name)
-            except AuthorityError:
-                continue
-            out[label] = cert
-        return out
+
+def signer_meta(tx: RegistryTxn) -> dict[str, tuple[str, x509.Certificate]]:
+    """The root-certified signer keys in the registry: meta name -> (key label, certificate)."""
+    out = {}
+    for name in (SNAPSHOT_SIGNER, VERIFIER_TOKEN_SIGNER):
+        raw = tx.meta(name)
+        if raw is not None:
+            data = json.loads(raw)
+            cert = x509.load_der_x509_certificate(base64.b64decode(data["certificate"]))
+            out[name] = (data["label"], cert)
+    return out
 
 
 def put_signer_meta(tx: RegistryTxn, name: str, label: str, cert: x509.Certificate) -> None:

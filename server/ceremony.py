@@ -43,6 +43,7 @@ from server.authority import (
     VERIFIER_TOKEN_SIGNER,
     AuthoritySettings,
     put_signer_meta,
+    signer_meta,
 )
 from server.clock import Clock
 from server.domain import CertKind
@@ -403,7 +404,7 @@ def run_ceremony(
     present: list[str] = []
     with registry.read() as tx:
         records = tx.issuers()
-        signer_meta = {name: tx.meta(name) for name in (SNAPSHOT_SIGNER, VERIFIER_TOKEN_SIGNER)}
+        signers_present = signer_meta(tx)
 
     root = next((r for r in records if r.kind is None), None)
     if root is None:
@@ -465,8 +466,8 @@ def run_ceremony(
         ),
     )
     for role, meta_name, spec, make in signers:
-        if signer_meta[meta_name] is not None:
-            present.append(json.loads(signer_meta[meta_name] or b"{}").get("label", role))
+        if meta_name in signers_present:
+            present.append(signers_present[meta_name][0])
             continue
         key, key_created = _token_key(token, spec)
 

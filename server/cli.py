@@ -16,6 +16,7 @@ from typing import Any
 
 import hsm
 from client._cli import add_commands
+from hsm._cli import add_commands as add_hsm_commands
 from server import demo
 from server.config import (
     PIN_ENV,
@@ -168,6 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
     responder.set_defaults(func=run_responder)
 
     add_commands(sub)
+    add_hsm_commands(sub)
     return parser
 
 

@@ -11,7 +11,7 @@ import logging
 import re
 import secrets
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -26,7 +26,8 @@ from server.law.errors import Refused
 from server.law.loss_recording import operator_loss
 from server.law.mobile_cascade import cascade_card_loss
 from server.law.mobile_issuance import check_mobile_application
-from server.profiles import Holder, ProfileSettings
+from server.lint import LintError, lint_certificate
+from server.profiles import CertProfile, Holder, ProfileSettings
 from server.publisher import PublishedSnapshot, Publisher
 from server.registry import (
     AlreadyLost,
@@ -220,37 +221,68 @@ class Signer:
     def ocsp_signer_certificates(
         self, csr_der: bytes, key_ids: list[bytes]
     ) -> list[tuple[IssuerRecord, x509.Certificate]]:
-        try:
-            csr = x509.load_der_x509_csr(csr_der)
-        except ValueError as exc:
-            raise InvalidRequest(f"CSR is not DER PKCS#10: {exc}") from None
-        if not csr.is_signature_valid:
-            raise InvalidRequest("CSR signature does not verify")
-        public_key = csr.public_key()
-        if not isinstance(public_key, rsa.RSAPublicKey | ec.EllipticCurvePublicKey):
-            raise InvalidRequest("OCSP signer key must be RSA or EC")
-        now = self._clock.now()
-        issuers = self._authority.issuers()
-        if key_ids:
-            wanted = set(key_ids)
-            unknown = wanted - {r.key_id for r in issuers}
-            if unknown:
-                raise NotFound(f"unknown issuer key id {sorted(unknown)[0].hex()}")
-            issuers = [r for r in issuers if r.key_id in wanted]
-        else:
-            issuers = [r for r in issuers if r.certificate.not_valid_after_utc > now]
-        out = []
-        for issuer in issuers:
-            cert = profiles.ocsp_signer_certificate(
-                self._authority.key(issuer),
-                issuer.certificate,
-                public_key,
-                csr.subject,
-                now - self._settings.backdate,
-                now + self._settings.ocsp_signer_validity,
-            )
-            out.append((issuer, cert))
-        return out
+        return certify_ocsp_signer(
+            self._authority,
+            csr_der,
+            key_ids,
+            now=self._clock.now(),
+            backdate=self._settings.backdate,
+            validity=self._settings.ocsp_signer_validity,
+        )
 
     def issuers(self) -> tuple[IssuerRecord, list[IssuerRecord]]:
         return self._authority.root(), self._authority.issuers()
+
+
+def certify_ocsp_signer(
+    authority: Authority,
+    csr_der: bytes,
+    key_ids: list[bytes],
+    *,
+    now: datetime,
+    backdate: timedelta,
+    validity: timedelta,
+) -> list[tuple[IssuerRecord, x509.Certificate]]:
+    """Delegated OCSP-signer certificates for the CSR's key, one per issuer generation.
+
+    ``key_ids`` selects the generations; empty means every generation whose CA
+    certificate has not expired. Each certificate is linted before it is returned.
+    """
+    try:
+        csr = x509.load_der_x509_csr(csr_der)
+    except ValueError as exc:
+        raise InvalidRequest(f"CSR is not DER PKCS#10: {exc}") from None
+    if not csr.is_signature_valid:
+        raise InvalidRequest("CSR signature does not verify")
+    public_key = csr.public_key()
+    if not isinstance(public_key, rsa.RSAPublicKey | ec.EllipticCurvePublicKey):
+        raise InvalidRequest("OCSP signer key must be RSA or EC")
+    if validity <= timedelta(0):
+        raise InvalidRequest("OCSP signer validity must be positive")
+    issuers = authority.issuers()
+    if key_ids:
+        wanted = set(key_ids)
+        unknown = wanted - {r.key_id for r in issuers}
+        if unknown:
+            raise NotFound(f"unknown issuer key id {sorted(unknown)[0].hex()}")
+        issuers = [r for r in issuers if r.key_id in wanted]
+    else:
+        issuers = [r for r in issuers if r.certificate.not_valid_after_utc > now]
+    out = []
+    for issuer in issuers:
+        key = authority.key(issuer)
+        cert = profiles.ocsp_signer_certificate(
+            key, issuer.certificate, public_key, csr.subject, now - backdate, now + validity
+        )
+        try:
+            lint_certificate(
+                cert,
+                profile=CertProfile.OCSP_SIGNER,
+                subject_public_key=public_key,
+                issuer_public_key=key.public_key(),
+                issuer=issuer.certificate,
+            )
+        except LintError as exc:
+            raise SignerError(str(exc)) from None
+        out.append((issuer, cert))
+    return out
