@@ -67,6 +67,9 @@ def signer_config(args: argparse.Namespace) -> SignerConfig:
             "publish_interval": args.publish_interval,
             "insecure_loopback": args.insecure_loopback or None,
             "bootstrap": args.bootstrap or None,
+            "sign_queue_limit": args.sign_queue_limit,
+            "sign_queue_wait": args.sign_queue_wait,
+            "metrics_port": args.metrics_port,
         },
         SignerConfig,
     )
@@ -151,6 +154,13 @@ def build_parser() -> argparse.ArgumentParser:
     signer.add_argument("--publish-interval", type=float, help="seconds between snapshots")
     signer.add_argument("--bootstrap", action="store_true", help="create a missing CA hierarchy")
     signer.add_argument("--insecure-loopback", action="store_true", help="plaintext on loopback")
+    signer.add_argument(
+        "--sign-queue-limit", type=int, help="requests that may wait for the HSM (default 8)"
+    )
+    signer.add_argument(
+        "--sign-queue-wait", type=float, help="seconds a request may wait for the HSM (default 5)"
+    )
+    signer.add_argument("--metrics-port", type=int, help="Prometheus /metrics on 127.0.0.1")
     _add_hsm_options(signer)
     signer.set_defaults(func=run_signer)
 

@@ -101,11 +101,14 @@ def build_server(
     max_workers: int,
     mapping: ErrorMap,
     options: Iterable[tuple[str, Any]] = (),
+    maximum_concurrent_rpcs: int | None = None,
 ) -> grpc.Server:
+    """A server; past ``maximum_concurrent_rpcs`` gRPC answers RESOURCE_EXHAUSTED itself."""
     return grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers),
         interceptors=[ErrorMappingInterceptor(mapping)],
         options=list(options),
+        maximum_concurrent_rpcs=maximum_concurrent_rpcs,
     )
 
 

@@ -39,6 +39,7 @@ from server.registry import (
     Registry,
     RegistryTxn,
 )
+from server.signing_queue import SigningQueue
 
 log = logging.getLogger(__name__)
 
@@ -110,12 +111,15 @@ class Signer:
         publisher: Publisher,
         clock: Clock,
         settings: ProfileSettings,
+        queue: SigningQueue | None = None,
     ) -> None:
         self._registry = registry
         self._authority = authority
         self._publisher = publisher
         self._clock = clock
         self._settings = settings
+        # Unbounded waiting when none is given (tools, tests of the domain alone).
+        self._queue = queue or SigningQueue(1 << 30, 3600.0)
 
     # issuance -----------------------------------------------------------------------
     def issue(self, request: IssueRequest) -> tuple[CertificateRecord, x509.Certificate]:
@@ -129,22 +133,24 @@ class Signer:
             # A mobile certificate does not outlive the card certificate it rests on.
             not_after = min(not_after, card.not_after)
         issuer = self._authority.active_issuer(request.kind)
-        key = self._authority.key(issuer)
         issuer_cert = issuer.certificate
         for _ in range(5):
             serial = secrets.randbits(63) | 1 << 62  # 8 octets, positive, never short
-            cert = profiles.end_entity_certificate(
-                self._settings,
-                key,
-                issuer_cert,
-                kind=request.kind,
-                public_key=public_key,
-                serial=serial,
-                holder=request.holder,
-                partition=request.municipality_code,
-                not_before=now - self._settings.backdate,
-                not_after=not_after,
-            )
+            # Signed before the write that records it: a refused or failed signature
+            # leaves the registry as it was, and a failed write discards the signature.
+            with self._queue.slot():
+                cert = profiles.end_entity_certificate(
+                    self._settings,
+                    self._authority.key(issuer),
+                    issuer_cert,
+                    kind=request.kind,
+                    public_key=public_key,
+                    serial=serial,
+                    holder=request.holder,
+                    partition=request.municipality_code,
+                    not_before=now - self._settings.backdate,
+                    not_after=not_after,
+                )
             record = CertificateRecord(
                 kind=request.kind,
                 serial=serial,
@@ -221,14 +227,15 @@ class Signer:
     def ocsp_signer_certificates(
         self, csr_der: bytes, key_ids: list[bytes]
     ) -> list[tuple[IssuerRecord, x509.Certificate]]:
-        return certify_ocsp_signer(
-            self._authority,
-            csr_der,
-            key_ids,
-            now=self._clock.now(),
-            backdate=self._settings.backdate,
-            validity=self._settings.ocsp_signer_validity,
-        )
+        with self._queue.slot():
+            return certify_ocsp_signer(
+                self._authority,
+                csr_der,
+                key_ids,
+                now=self._clock.now(),
+                backdate=self._settings.backdate,
+                validity=self._settings.ocsp_signer_validity,
+            )
 
     def issuers(self) -> tuple[IssuerRecord, list[IssuerRecord]]:
         return self._authority.root(), self._authority.issuers()
