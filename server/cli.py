@@ -27,6 +27,7 @@ from server.config import (
     load_toml,
     merge,
 )
+from server.ocsp_keys import RenewPolicy
 from server.responder_app import serve
 from server.signer_app import start_signer
 
@@ -95,9 +96,15 @@ def responder_config(args: argparse.Namespace) -> ResponderConfig:
             "signer": args.signer,
             "insecure_loopback": args.insecure_loopback or None,
             "poll_interval": args.poll_interval,
+            "ocsp_renew_at": args.ocsp_renew_at,
         },
         ResponderConfig,
     )
+    if "ocsp_renew_at" in values:
+        try:
+            values["ocsp_renew_at"] = RenewPolicy.parse(str(values["ocsp_renew_at"]))
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
     for required, flag in (("snapshot_dir", "--snapshots"), ("state_dir", "--state-dir")):
         if required not in values:
             raise ConfigError(f"{flag} is required")
@@ -176,6 +183,11 @@ def build_parser() -> argparse.ArgumentParser:
     responder.add_argument("--signer", help="signer HOST:PORT for OCSP-signer certificates")
     responder.add_argument("--poll-interval", type=float, help="seconds between snapshot scans")
     responder.add_argument("--insecure-loopback", action="store_true", help="plaintext on loopback")
+    responder.add_argument(
+        "--ocsp-renew-at",
+        help="renew the delegated OCSP signer at this fraction of its life (0.5, the "
+        "default) or this long before it expires (36h, 2d)",
+    )
     responder.set_defaults(func=run_responder)
 
     add_commands(sub)

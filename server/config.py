@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import hsm
+from server.ocsp_keys import RenewPolicy
 
 PIN_ENV = "JPKI_VA_HSM_PIN"
 
@@ -107,6 +108,7 @@ class ResponderConfig:
     poll_interval: float = 1.0
     grpc_threads: int = 16
     grace_seconds: float = 5.0
+    ocsp_renew_at: RenewPolicy = field(default_factory=RenewPolicy)  # default: half its life
 
     def __post_init__(self) -> None:
         _check_listen(self.listen, self.insecure_loopback, "responder listen")

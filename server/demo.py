@@ -273,6 +273,7 @@ def run(
     try:
         if fresh:
             _populate(directory, info, signer)
+        sized: dict[str, Any] = {"workers": workers} if workers else {}
         responder = Responder(
             ResponderConfig(
                 snapshot_dir=signer.config.snapshot_dir,
@@ -282,7 +283,7 @@ def run(
                 signer=info["signer"],
                 insecure_loopback=True,
                 poll_interval=0.5,
-                **({"workers": workers} if workers else {}),
+                **sized,
             )
         )
         responder.start()
