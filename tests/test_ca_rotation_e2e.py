@@ -18,6 +18,7 @@ from protos import signer_pb2, va_pb2
 from server.clock import SystemClock
 from server.domain import CertKind
 from server.profiles import key_id
+from server.registry import Registry
 from server.rotation import RotationError, rotate_issuer
 from tests.support import Issued, Pki, openssl, wait_for
 
@@ -178,8 +179,6 @@ def test_rotation_record_written(pki: Pki, rotated: dict[str, Issued]) -> None:
 
 
 def test_rotating_a_kind_without_active_generation_is_refused(pki: Pki, tmp_path: Path) -> None:
-    from server.registry import Registry
-
     empty = Registry(tmp_path / "empty")
     try:
         with pytest.raises(RotationError, match="no root CA"):
