@@ -7,6 +7,8 @@ signed by the old key, and verifies.
 
 from __future__ import annotations
 
+import threading
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -17,8 +19,10 @@ from cryptography.x509 import ocsp
 from protos import signer_pb2, va_pb2
 from server.clock import SystemClock
 from server.domain import CertKind
+from server.ocsp_keys import OcspKeyStore, RenewPolicy
 from server.profiles import key_id
 from server.registry import Registry
+from server.responder_app import renew_ocsp_certificates
 from server.rotation import RotationError, rotate_issuer
 from tests.support import Issued, Pki, openssl, wait_for
 
@@ -185,3 +189,42 @@ def test_rotating_a_kind_without_active_generation_is_refused(pki: Pki, tmp_path
             rotate_issuer(pki.signer.token, empty, SystemClock(), CertKind.CARD_AUTH)
     finally:
         empty.close()
+
+
+def test_ocsp_signer_key_rotation_drops_no_request(pki: Pki, rotated: dict[str, Issued]) -> None:
+    issued = rotated["before"]
+    request = (
+        ocsp.OCSPRequestBuilder()
+        .add_certificate(issued.certificate, issued.issuer, hashes.SHA1())
+        .build()
+        .public_bytes(serialization.Encoding.DER)
+    )
+    seen: list[tuple[ocsp.OCSPResponseStatus, bytes | None]] = []
+    stop = threading.Event()
+
+    def ask() -> None:
+        while not stop.is_set() and len(seen) < 2000:
+            der = pki.status_stub.Ocsp(va_pb2.OcspRequest(der=request), timeout=10).der
+            response = ocsp.load_der_ocsp_response(der)
+            signer = None
+            if response.response_status is ocsp.OCSPResponseStatus.SUCCESSFUL:
+                signer = key_id(response.certificates[0].public_key())
+            seen.append((response.response_status, signer))
+
+    asker = threading.Thread(target=ask)
+    asker.start()
+    try:
+        wait_for(lambda: len(seen) >= 5, "answers before the rotation")
+        old_key = seen[-1][1]
+        config = replace(pki.responder.config, ocsp_renew_at=RenewPolicy.parse("8d"))
+        assert renew_ocsp_certificates(config, OcspKeyStore(config.ocsp_dir), SystemClock())
+        wait_for(lambda: seen[-1][1] not in (None, old_key), "answers signed by the new key")
+        count = len(seen)
+        wait_for(lambda: len(seen) >= count + 5, "answers after the rotation")
+    finally:
+        stop.set()
+        asker.join(30)
+    assert {status for status, _ in seen} == {ocsp.OCSPResponseStatus.SUCCESSFUL}
+    keys = [signer for _, signer in seen]
+    switch = keys.index(keys[-1])
+    assert set(keys[:switch]) == {old_key} and set(keys[switch:]) == {keys[-1]}
