@@ -149,7 +149,7 @@ def test_full_signing_queue_answers_resource_exhausted(
         results = [c.exception(timeout=30) for c in calls]
         codes = sorted((e.code().name if isinstance(e, grpc.RpcError) else "OK") for e in results)
         assert codes == ["OK"] + ["RESOURCE_EXHAUSTED"] * 6
-        messages = " ".join(e.details() for e in results if isinstance(e, grpc.RpcError))
+        messages = " ".join(str(e.details()) for e in results if isinstance(e, grpc.RpcError))
         assert "queue is full" in messages and "waited 1s" in messages
         text = _metrics(app)
         assert 'jpki_va_sign_queue_rejected_total{reason="full"} 4.0' in text
