@@ -93,11 +93,10 @@ class Authority:
 
     def _signer(self, name: str) -> tuple[str, x509.Certificate]:
         with self._registry.read() as tx:
-            raw = tx.meta(name)
-        if raw is None:
+            found = signer_meta(tx).get(name)
+        if found is None:
             raise AuthorityError(f"no {name.replace('_', ' ')}: run the key ceremony first")
-        data = json.loads(raw)
-        return data["label"], x509.load_der_x509_certificate(base64.b64decode(data["certificate"]))
+        return found
 
     def snapshot_signer(self) -> tuple[CertificateIssuerPrivateKeyTypes, x509.Certificate]:
         label, cert = self._signer(SNAPSHOT_SIGNER)

@@ -130,7 +130,6 @@ def renew_ocsp_certificates(config: ResponderConfig, keystore: OcspKeyStore, clo
         issuer_ids, clock.now(), config.ocsp_renew_at, must_cover=must_cover
     ):
         return False
-    assert config.signer is not None
 
     def certify(csr_der: bytes) -> list[x509.Certificate]:
         assert config.signer is not None
