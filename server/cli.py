@@ -16,6 +16,7 @@ from typing import Any
 
 import hsm
 from client._cli import add_commands
+from hsm._cli import add_commands as add_hsm_commands
 from server import demo
 from server.config import (
     PIN_ENV,
@@ -30,6 +31,7 @@ from server.config import (
 )
 from server.registry_cli import add_registry_group
 from server.report_cli import add_report_commands
+from server.ocsp_keys import RenewPolicy
 from server.responder_app import serve
 from server.signer_app import start_signer
 from server.verifier_cli import add_token_commands, add_verifier_commands
@@ -88,6 +90,9 @@ def signer_config(args: argparse.Namespace) -> SignerConfig:
             "insecure_loopback": args.insecure_loopback or None,
             "bootstrap": args.bootstrap or None,
             "operator_certs": args.operator_cert,
+            "sign_queue_limit": args.sign_queue_limit,
+            "sign_queue_wait": args.sign_queue_wait,
+            "metrics_port": args.metrics_port,
         },
         SignerConfig,
     )
@@ -120,9 +125,15 @@ def responder_config(args: argparse.Namespace) -> ResponderConfig:
             "poll_interval": args.poll_interval,
             "crl_retention_days": args.crl_retention_days,
             "loopback_verifier": args.loopback_verifier,
+            "ocsp_renew_at": args.ocsp_renew_at,
         },
         ResponderConfig,
     )
+    if "ocsp_renew_at" in values:
+        try:
+            values["ocsp_renew_at"] = RenewPolicy.parse(str(values["ocsp_renew_at"]))
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
     values.pop("tls", None)
     for required, flag in (("snapshot_dir", "--snapshots"), ("state_dir", "--state-dir")):
         if required not in values:
@@ -190,6 +201,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--operator-cert", action="append", metavar="FILE",
         help="client certificate (PEM) allowed registry operations; repeatable (with mTLS)",
     )  # fmt: skip
+    signer.add_argument(
+        "--sign-queue-limit", type=int, help="requests that may wait for the HSM (default 8)"
+    )
+    signer.add_argument(
+        "--sign-queue-wait", type=float, help="seconds a request may wait for the HSM (default 5)"
+    )
+    signer.add_argument("--metrics-port", type=int, help="Prometheus /metrics on 127.0.0.1")
     _add_hsm_options(signer)
     signer.set_defaults(func=run_signer)
 
@@ -206,6 +224,11 @@ def build_parser() -> argparse.ArgumentParser:
     responder.add_argument("--poll-interval", type=float, help="seconds between snapshot scans")
     responder.add_argument("--insecure-loopback", action="store_true", help="plaintext on loopback")
     responder.add_argument(
+        "--ocsp-renew-at",
+        help="renew the delegated OCSP signer at this fraction of its life (0.5, the "
+        "default) or this long before it expires (36h, 2d)",
+    )
+    responder.add_argument(
         "--crl-retention-days", type=float, help="keep CRL files this long (default 365)"
     )
     responder.add_argument(
@@ -216,6 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
     responder.set_defaults(func=run_responder)
 
     add_commands(sub)
+    add_hsm_commands(sub)
     add_verifier_commands(add_registry_group(sub))
     add_token_commands(sub)
     add_report_commands(sub)

@@ -315,7 +315,7 @@ def run(
     try:
         if fresh:
             _populate(directory, info, signer)
-        extra: dict[str, Any] = {"workers": workers} if workers else {}
+        sized: dict[str, Any] = {"workers": workers} if workers else {}
         responder = Responder(
             ResponderConfig(
                 snapshot_dir=signer.config.snapshot_dir,
@@ -326,7 +326,7 @@ def run(
                 insecure_loopback=True,
                 loopback_verifier=DEMO_VERIFIER,
                 poll_interval=0.5,
-                **extra,
+                **sized,
             )
         )
         responder.start()

@@ -112,11 +112,14 @@ def build_server(
     mapping: ErrorMap,
     options: Iterable[tuple[str, Any]] = (),
     served_by: str | None = None,
+    maximum_concurrent_rpcs: int | None = None,
 ) -> grpc.Server:
+    """A server; past ``maximum_concurrent_rpcs`` gRPC answers RESOURCE_EXHAUSTED itself."""
     return grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers),
         interceptors=[ErrorMappingInterceptor(mapping, served_by)],
         options=list(options),
+        maximum_concurrent_rpcs=maximum_concurrent_rpcs,
     )
 
 

@@ -167,7 +167,13 @@ def worker_main(config: ResponderConfig, port: int, ready: Any, stop: ProcessEve
 
 
 def renew_ocsp_certificates(config: ResponderConfig, keystore: OcspKeyStore, clock: Clock) -> bool:
-    """Ask the signer for delegated certificates when one is missing or past half-life."""
+    """Rotate to a new delegated key and certificates when renewal is due.
+
+    Due when an issuer the index serves has no certificate, or one reached the
+    ``ocsp_renew_at`` point of its life, or one would expire before the latest
+    nextUpdate the responder answers with: renewing early is what keeps every
+    response's signer certificate valid past the response's nextUpdate.
+    """
     if config.signer is None:
         return False
     path = current_index(config.index_dir)
@@ -176,21 +182,27 @@ def renew_ocsp_certificates(config: ResponderConfig, keystore: OcspKeyStore, clo
     index = Index(path)
     try:
         issuer_ids = set(index.issuers)
+        must_cover = index.latest_next_update
     finally:
         index.close()
-    if not keystore.needs_renewal(issuer_ids, clock.now()):
+    if not keystore.needs_renewal(
+        issuer_ids, clock.now(), config.ocsp_renew_at, must_cover=must_cover
+    ):
         return False
-    with grpc.insecure_channel(config.signer) as channel:
-        reply = signer_pb2_grpc.SignerServiceStub(channel).IssueOcspSignerCertificate(
-            signer_pb2.IssueOcspSignerCertificateRequest(
-                csr_der=keystore.csr(), issuer_key_ids=sorted(issuer_ids)
-            ),
-            timeout=30,
-        )
-    keystore.store_certificates(
-        [x509.load_der_x509_certificate(c.certificate_der) for c in reply.certificates]
-    )
-    log.info("stored %d delegated OCSP-signer certificates", len(reply.certificates))
+
+    def certify(csr_der: bytes) -> list[x509.Certificate]:
+        assert config.signer is not None
+        with grpc.insecure_channel(config.signer) as channel:
+            reply = signer_pb2_grpc.SignerServiceStub(channel).IssueOcspSignerCertificate(
+                signer_pb2.IssueOcspSignerCertificateRequest(
+                    csr_der=csr_der, issuer_key_ids=sorted(issuer_ids)
+                ),
+                timeout=30,
+            )
+        return [x509.load_der_x509_certificate(c.certificate_der) for c in reply.certificates]
+
+    signer = keystore.rotate(certify)
+    log.info("stored %d delegated OCSP-signer certificates", len(signer.certificates))
     return True
 
 
@@ -236,7 +248,6 @@ class Responder:
             log.warning("cannot renew OCSP-signer certificates: %s", exc)
 
     def start(self) -> int:
-        self._keystore.key()  # created once here, before workers read it
         self._housekeeping()
         self.port = _resolve_port(self.config.listen)
         self._workers = [self._spawn() for _ in range(self.config.workers)]

@@ -7,26 +7,31 @@ import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 from cryptography import x509
+import prometheus_client
 
 import hsm
 from protos import signer_pb2, signer_pb2_grpc
 from server import grpc_common
 from server.access import NotOperator, Operators
-from server.authority import Authority, AuthorityError, AuthoritySettings, bootstrap
+from server.authority import Authority, AuthorityError
+from server.ceremony import bootstrap
 from server.clock import Clock, SystemClock
 from server.config import ConfigError, SignerConfig
 from server.grpc_identity import caller_of, fingerprint, server_credentials
 from server.law.entitlements import NotEntitled
 from server.ledger import Ledger
+from server.metrics import SignerMetrics
 from server.profiles import ProfileSettings
 from server.publisher import Publisher
 from server.registry import Registry, RegistryError
 from server.signer import Conflict, InvalidRequest, NotFound, PreconditionFailed, Signer
 from server.signer_servicer import SignerServicer
 from server.verifier_registry import NotAVerifier, VerifierRegistry
+from server.signing_queue import Overloaded, SigningQueue
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +41,7 @@ SIGNER_ERRORS: grpc_common.ErrorMap = (
     (NotOperator, grpc.StatusCode.PERMISSION_DENIED),
     (NotAVerifier, grpc.StatusCode.PERMISSION_DENIED),
     (NotEntitled, grpc.StatusCode.PERMISSION_DENIED),
+    (Overloaded, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (InvalidRequest, grpc.StatusCode.INVALID_ARGUMENT),
     (NotFound, grpc.StatusCode.NOT_FOUND),
     (Conflict, grpc.StatusCode.FAILED_PRECONDITION),
@@ -58,13 +64,19 @@ class SignerApp:
     server: grpc.Server
     port: int
     health: object
+    metrics: SignerMetrics
     _stop: threading.Event
     _publisher_thread: threading.Thread | None = None
+    _metrics_server: Any = None
+    metrics_port: int | None = None
 
     def stop(self, grace: float = 2.0) -> None:
         self._stop.set()
         grpc_common.set_serving(self.health, [SERVICE], False)  # type: ignore[arg-type]
         self.server.stop(grace).wait()
+        if self._metrics_server is not None:
+            self._metrics_server.shutdown()
+            self._metrics_server.server_close()
         if self._publisher_thread is not None:
             self._publisher_thread.join()
         self.registry.close()
@@ -93,19 +105,27 @@ def start_signer(config: SignerConfig, clock: Clock | None = None) -> SignerApp:
     clock = clock or SystemClock()
     operators = _operators(config)
     credentials = None if config.tls is None else server_credentials(*config.tls.read())
-    token = hsm.Hsm.open(config.hsm)
+    metrics = SignerMetrics()
+    token = hsm.Hsm.open(config.hsm, observer=metrics)
     registry = Registry(config.registry_dir)
     ledger = Ledger(config.ledger_dir)
+    metrics_server = None
     try:
         if config.bootstrap:
-            for created in bootstrap(token, registry, clock, AuthoritySettings()):
+            records = config.data_dir / "ceremonies"
+            for created in bootstrap(token, registry, clock, record_dir=records):
                 log.info("created %s", created)
         authority = Authority(token, registry)
         authority.root()  # refuse to start without a hierarchy
         settings = ProfileSettings(base_url=config.base_url)
         publisher = Publisher(registry, authority, config.snapshot_dir, clock, settings)
-        signer = Signer(registry, authority, publisher, clock, settings)
-        server = grpc_common.build_server(max_workers=config.grpc_workers, mapping=SIGNER_ERRORS)
+        queue = SigningQueue(config.sign_queue_limit, config.sign_queue_wait, observer=metrics)
+        signer = Signer(registry, authority, publisher, clock, settings, queue)
+        server = grpc_common.build_server(
+            max_workers=config.grpc_workers,
+            mapping=SIGNER_ERRORS,
+            maximum_concurrent_rpcs=config.grpc_workers,
+        )
         verifiers = VerifierRegistry(registry, authority, ledger, clock)
         caller = functools.partial(caller_of, insecure_loopback=config.insecure_loopback)
         signer_pb2_grpc.add_SignerServiceServicer_to_server(
@@ -113,15 +133,26 @@ def start_signer(config: SignerConfig, clock: Clock | None = None) -> SignerApp:
         )
         health = grpc_common.add_health_and_reflection(server, [SERVICE])
         port = grpc_common.bind(server, config.listen, credentials)
+        if config.metrics_port is not None:
+            metrics_server, _ = prometheus_client.start_http_server(
+                config.metrics_port, addr="127.0.0.1", registry=metrics.registry
+            )
         server.start()
     except BaseException:
+        if metrics_server is not None:
+            metrics_server.shutdown()
+            metrics_server.server_close()
         registry.close()
         ledger.close()
         token.close()
         raise
     grpc_common.set_serving(health, [SERVICE], True)
     stop = threading.Event()
-    app = SignerApp(config, token, registry, ledger, signer, server, port, health, stop)
+    app = SignerApp(config, token, registry, ledger, signer, server, port, health, metrics, stop)
+    if metrics_server is not None:
+        app._metrics_server = metrics_server
+        app.metrics_port = int(metrics_server.server_port)
+        log.info("signer metrics on 127.0.0.1:%d/metrics", app.metrics_port)
     if config.publish_interval > 0:
         app._publisher_thread = threading.Thread(
             target=_publish_loop,
