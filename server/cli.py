@@ -29,9 +29,9 @@ from server.config import (
     merge,
     tls_files,
 )
+from server.ocsp_keys import RenewPolicy
 from server.registry_cli import add_registry_group
 from server.report_cli import add_report_commands
-from server.ocsp_keys import RenewPolicy
 from server.responder_app import serve
 from server.signer_app import start_signer
 from server.verifier_cli import add_token_commands, add_verifier_commands

@@ -10,8 +10,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import grpc
-from cryptography import x509
 import prometheus_client
+from cryptography import x509
 
 import hsm
 from protos import signer_pb2, signer_pb2_grpc
@@ -30,8 +30,8 @@ from server.publisher import Publisher
 from server.registry import Registry, RegistryError
 from server.signer import Conflict, InvalidRequest, NotFound, PreconditionFailed, Signer
 from server.signer_servicer import SignerServicer
-from server.verifier_registry import NotAVerifier, VerifierRegistry
 from server.signing_queue import Overloaded, SigningQueue
+from server.verifier_registry import NotAVerifier, VerifierRegistry
 
 log = logging.getLogger(__name__)
 
