@@ -32,7 +32,15 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from server.domain import CertKind, Link, LinkType, StatusRecord, parse_record_key, record_key
+from server.domain import (
+    CertKind,
+    Link,
+    LinkType,
+    StatusRecord,
+    Verifier,
+    parse_record_key,
+    record_key,
+)
 from server.law.issuer_compromise import Compromise
 from server.profiles import crl_entry_cause, crl_entry_reason, key_id
 from server.records import (
@@ -49,6 +57,7 @@ from server.snapshot import EVENTS as EVENTS_FILE
 from server.snapshot import LINKS as LINKS_FILE
 from server.snapshot import RECORDS as RECORDS_FILE
 from server.snapshot import SIGNING_RECORDS as SIGNING_RECORDS_FILE
+from server.snapshot import VERIFIERS as VERIFIERS_FILE
 from server.snapshot import (
     CrlInfo,
     Manifest,
@@ -100,6 +109,19 @@ class CrlTimes:
     number: int
     this_update: datetime
     next_update: datetime
+
+
+class VerifierTable:
+    """The verifier registry of one index: by id and by client-certificate fingerprint."""
+
+    def __init__(self, entries: list[dict[str, Any]]) -> None:
+        self.by_id: dict[str, Verifier] = {}
+        self.by_fingerprint: dict[bytes, Verifier] = {}
+        for entry in entries:
+            verifier = Verifier.from_json(entry)
+            self.by_id[verifier.id] = verifier
+            for fingerprint in verifier.cert_fingerprints:
+                self.by_fingerprint[fingerprint] = verifier
 
 
 @dataclass(frozen=True)
@@ -236,6 +258,7 @@ def _build(snapshot: VerifiedSnapshot, path: Path) -> None:
                 "issuer_kinds": {k.hex(): v.name for k, v in kinds.items()},
                 "crls": [c.info.to_json() for c in snapshot.crls],
                 "crl_base": {_scope_key(c.info): c.info.number for c in snapshot.crls},
+                "full_crls": [c.info.to_json() for c in snapshot.crls],
                 "compromises": [compromise_to_json(c) for c in manifest.compromises],
             }
             txn.put(b"manifest", json.dumps(meta).encode(), db=dbs[b"meta"])
@@ -245,6 +268,8 @@ def _build(snapshot: VerifiedSnapshot, path: Path) -> None:
                 b"".join(c.public_bytes(Encoding.PEM) for c in snapshot.issuers),
                 db=dbs[b"meta"],
             )
+            verifiers = [v.to_json() for v in snapshot.verifiers()]
+            txn.put(b"verifiers", json.dumps(verifiers).encode(), db=dbs[b"meta"])
         env.sync(True)
     finally:
         env.close()
@@ -427,6 +452,9 @@ def _apply(
             )
     _put_events(txn, dbs, events)
     _put_data(txn, dbs, snapshot)
+    if VERIFIERS_FILE in manifest.files:  # the whole registry, replaced
+        verifiers = [v.to_json() for v in snapshot.verifiers()]
+        txn.put(b"verifiers", json.dumps(verifiers).encode(), db=dbs[b"meta"])
     meta.update(
         sequence=manifest.sequence,
         created_at=manifest.created_at.isoformat(),
@@ -464,6 +492,18 @@ def current_index(index_root: Path) -> Path | None:
         return None
 
 
+def _crl_times(crls: list[dict[str, Any]]) -> dict[tuple[CertKind, bytes, str], CrlTimes]:
+    out = {}
+    for c in crls:
+        scope = (CertKind[c["kind"]], bytes.fromhex(c["issuer_key_id"]), c["partition"])
+        out[scope] = CrlTimes(
+            number=c["number"],
+            this_update=datetime.fromisoformat(c["this_update"]),
+            next_update=datetime.fromisoformat(c["next_update"]),
+        )
+    return out
+
+
 @dataclass(frozen=True)
 class _Meta:
     """What a reader caches from `meta`; replaced whole when `version` changes."""
@@ -473,9 +513,12 @@ class _Meta:
     full_sequence: int
     created_at: datetime
     event_sequence: int
-    crl_times: dict[tuple[CertKind, bytes, str], CrlTimes]
+    crl_times: dict[tuple[CertKind, bytes, str], CrlTimes]  # the latest, full or delta
+    full_crl_times: dict[tuple[CertKind, bytes, str], CrlTimes]  # the full snapshot's
     next_update: datetime
+    latest_next_update: datetime
     compromises: dict[bytes, Compromise]
+    verifiers: VerifierTable
 
 
 class Index:
@@ -522,17 +565,11 @@ class Index:
     def _load_meta(self, txn: lmdb.Transaction) -> _Meta:
         version = bytes(txn.get(_VERSION, default=b"", db=self._meta_db))
         meta = json.loads(_required(txn.get(b"manifest", db=self._meta_db)))
-        crl_times: dict[tuple[CertKind, bytes, str], CrlTimes] = {}
-        for c in meta["crls"]:
-            times = CrlTimes(
-                number=c["number"],
-                this_update=datetime.fromisoformat(c["this_update"]),
-                next_update=datetime.fromisoformat(c["next_update"]),
-            )
-            crl_times[(CertKind[c["kind"]], bytes.fromhex(c["issuer_key_id"]), c["partition"])] = (
-                times
-            )
+        crl_times = _crl_times(meta["crls"])
+        full_crl_times = _crl_times(meta.get("full_crls", meta["crls"]))
         compromises = [compromise_from_json(c) for c in meta.get("compromises", [])]
+        raw_verifiers = txn.get(b"verifiers", db=self._meta_db)
+        epoch = datetime.fromtimestamp(0, UTC)
         return _Meta(
             version=version,
             sequence=meta["sequence"],
@@ -540,11 +577,13 @@ class Index:
             created_at=datetime.fromisoformat(meta["created_at"]),
             event_sequence=meta["event_sequence"],
             crl_times=crl_times,
-            next_update=min(
-                (t.next_update for t in crl_times.values()),
-                default=datetime.fromtimestamp(0, UTC),
-            ),
+            full_crl_times=full_crl_times,
+            next_update=min((t.next_update for t in crl_times.values()), default=epoch),
+            latest_next_update=max((t.next_update for t in crl_times.values()), default=epoch),
             compromises={c.key_id: c for c in compromises},
+            verifiers=VerifierTable(
+                [] if raw_verifiers is None else json.loads(bytes(raw_verifiers))
+            ),
         )
 
     def _fresh(self, txn: lmdb.Transaction) -> None:
@@ -573,6 +612,22 @@ class Index:
     @property
     def next_update(self) -> datetime:
         return self._meta.next_update
+
+    @property
+    def latest_next_update(self) -> datetime:
+        """The latest nextUpdate any answer from this index carries."""
+        return self._meta.latest_next_update
+
+    @property
+    def verifiers(self) -> VerifierTable:
+        """The verifier registry (a delta replaces it whole)."""
+        return self._meta.verifiers
+
+    @property
+    def current_crls(self) -> dict[tuple[CertKind, bytes, str], CrlTimes]:
+        """(kind, issuer key id, partition) -> the full CRL of the snapshot the index was
+        built from (delta CRLs build on it; the CRL archive keeps full CRLs)."""
+        return dict(self._meta.full_crl_times)
 
     @property
     def compromises(self) -> dict[bytes, Compromise]:

@@ -17,13 +17,15 @@ import logging
 import shutil
 import threading
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
 
+from cryptography.hazmat.primitives.serialization import Encoding
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from server.clock import Clock, SystemClock
+from server.crl_archive import CrlArchive, archived
 from server.index import (
     AppliedLoss,
     DeltaNotApplicable,
@@ -34,7 +36,13 @@ from server.index import (
     publish_index,
     snapshot_events,
 )
-from server.snapshot import MANIFEST, SnapshotRejected, SnapshotVerifier, snapshot_sequence
+from server.snapshot import (
+    MANIFEST,
+    SnapshotRejected,
+    SnapshotVerifier,
+    VerifiedSnapshot,
+    snapshot_sequence,
+)
 
 log = logging.getLogger(__name__)
 
@@ -90,15 +98,18 @@ class Ingester:
         snapshot_dir: Path,
         index_root: Path,
         verifier: SnapshotVerifier,
+        archive: CrlArchive | None = None,
+        retention: tuple[Clock, timedelta] | None = None,
         *,
         metrics: IngestMetrics | None = None,
-        clock: Clock | None = None,
     ) -> None:
         self._snapshots = snapshot_dir
         self._root = index_root
         self._verifier = verifier
+        self._archive = archive
+        self._retention = retention
         self._metrics = metrics or IngestMetrics(CollectorRegistry())
-        self._clock = clock or SystemClock()
+        self._clock = SystemClock() if retention is None else retention[0]
         self._refused: set[str] = set()
         self._seen: set[str] | None = None  # snapshots present at start, or ingested
         self._live: _Live | None = None
@@ -216,6 +227,7 @@ class Ingester:
         except SnapshotRejected as exc:
             self._refuse(path, str(exc))
             return None
+        self._archive_crls(snapshot)
         publish_index(self._root, built)
         published_at = self._clock.now()
         self._seen = (self._seen or set()) | {path.name}
@@ -258,6 +270,32 @@ class Ingester:
             len(applied.losses),
         )
         return IngestResult(applied.sequence, live.path, "delta", len(applied.losses))
+
+    def _archive_crls(self, snapshot: VerifiedSnapshot) -> None:
+        """Keep the snapshot's verified CRLs before its index serves (第18条2項, 第37条2項).
+
+        Full CRLs only: a delta CRL is superseded within one delta interval.
+        """
+        if self._archive is None:
+            return
+        self._archive.add(
+            archived(
+                vc.info.kind,
+                vc.info.issuer_key_id,
+                vc.info.partition,
+                vc.info.number,
+                vc.info.this_update,
+                vc.info.next_update,
+                vc.crl.public_bytes(Encoding.DER),
+            )
+            for vc in snapshot.crls
+            if vc.info.delta_base is None
+        )
+        if self._retention is not None:
+            clock, period = self._retention
+            pruned = self._archive.prune(clock.now(), period)
+            if pruned:
+                log.info("pruned %d CRL files past their retention period", pruned)
 
     def _observe_loss(self, loss: AppliedLoss, published_at: datetime) -> None:
         if loss.recorded_at is not None:

@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPri
 from server import profiles
 from server.authority import Authority
 from server.clock import Clock
-from server.domain import CertKind, Link, LinkType
+from server.domain import CertKind, Link, LinkType, Verifier
 from server.law.correspondence import LinkSubject, holder_links
 from server.law.issuer_compromise import Compromise
 from server.law.retention import RetentionPolicy
@@ -115,6 +115,7 @@ class _Content:
     links: set[Link] = field(default_factory=set)
     signing_records: dict[int, dict[str, Any]] = field(default_factory=dict)
     consents: list[dict[str, Any]] = field(default_factory=list)
+    verifiers: list[Verifier] = field(default_factory=list)  # the whole registry, always
 
 
 class Publisher:
@@ -239,7 +240,7 @@ class Publisher:
     def _gather_full(self, tx: RegistryTxn, issuers: list[IssuerRecord], now: datetime) -> _Content:
         ordinals = {r.key_id: i for i, r in enumerate(issuers)}
         compromises = tx.compromises()
-        content = _Content()
+        content = _Content(verifiers=tx.verifiers())
         entries: dict[Scope, list[CrlEntry]] = defaultdict(list)
         # Only small values per certificate: a full snapshot walks every record.
         retained: set[tuple[CertKind, int]] = set()
@@ -314,8 +315,6 @@ class Publisher:
         """A delta after the last snapshot, or None when only a full one will do."""
         now = self._clock.now()
         issuers = self._authority.issuers()
-        ordinals = {r.key_id: i for i, r in enumerate(issuers)}
-        content = _Content()
         with self._registry.read() as tx:
             state = _State.load(tx)
             if (
@@ -328,39 +327,9 @@ class Publisher:
             issued = tx.counter("issued")
             consent_sequence = tx.counter("consent")
             mark = tx.change_mark()
-            new_records = sorted(
-                (r for r in tx.issued_since(state.issued) if self._retained(r, now)),
-                key=lambda r: r.key,
-            )
-            for rec in new_records:
-                if _scope_name((rec.kind, rec.issuer_key_id, rec.partition)) not in state.crl_base:
-                    return None  # a new partition needs its full CRL first
-                content.records.append(
-                    encode_file_record(
-                        rec.key,
-                        rec.not_before,
-                        rec.not_after,
-                        rec.partition,
-                        ordinals[rec.issuer_key_id],
-                    )
-                )
-            # Delta CRLs are cumulative since the full CRLs: every loss since the full.
-            entries: dict[Scope, list[CrlEntry]] = defaultdict(list)
-            for event in tx.events_since(state.full_event_sequence):
-                scope = (event.kind, event.issuer_key_id, event.partition)
-                if _scope_name(scope) not in state.crl_base:
-                    return None  # cannot happen while new partitions force a full
-                lost = tx.certificate(event.kind, event.serial)
-                if lost is None or not self._retained(lost, now):
-                    continue
-                entries[scope].append(
-                    CrlEntry(event.serial, event.loss.time, event.loss.cause, event.loss.reason)
-                )
-                if event.sequence > state.event_sequence:
-                    content.events.append(event_line(event))
-            content.entries = dict(entries)
-            self._delta_links(tx, new_records, content)
-            self._delta_consents(tx, state, new_records, content)
+            content = self._gather_delta(tx, state, issuers, now)
+            if content is None:
+                return None
         with self._registry.write() as wtx:
             sequence = wtx.next_counter("snapshot")
             numbers = {scope: wtx.next_counter(crl_counter(*scope)) for scope in content.entries}
@@ -403,6 +372,48 @@ class Publisher:
         return PublishedSnapshot(
             sequence, path, len(manifest.crls), manifest.record_count, "delta", len(content.events)
         )
+
+    def _gather_delta(
+        self, tx: RegistryTxn, state: _State, issuers: list[IssuerRecord], now: datetime
+    ) -> _Content | None:
+        ordinals = {r.key_id: i for i, r in enumerate(issuers)}
+        # Small: the whole verifier registry goes in every delta, so a change of roles
+        # reaches the responder within one delta interval.
+        content = _Content(verifiers=tx.verifiers())
+        new_records = sorted(
+            (r for r in tx.issued_since(state.issued) if self._retained(r, now)),
+            key=lambda r: r.key,
+        )
+        for rec in new_records:
+            if _scope_name((rec.kind, rec.issuer_key_id, rec.partition)) not in state.crl_base:
+                return None  # a new partition needs its full CRL first
+            content.records.append(
+                encode_file_record(
+                    rec.key,
+                    rec.not_before,
+                    rec.not_after,
+                    rec.partition,
+                    ordinals[rec.issuer_key_id],
+                )
+            )
+        # Delta CRLs are cumulative since the full CRLs: every loss since the full.
+        entries: dict[Scope, list[CrlEntry]] = defaultdict(list)
+        for event in tx.events_since(state.full_event_sequence):
+            scope = (event.kind, event.issuer_key_id, event.partition)
+            if _scope_name(scope) not in state.crl_base:
+                return None  # cannot happen while new partitions force a full
+            lost = tx.certificate(event.kind, event.serial)
+            if lost is None or not self._retained(lost, now):
+                continue
+            entries[scope].append(
+                CrlEntry(event.serial, event.loss.time, event.loss.cause, event.loss.reason)
+            )
+            if event.sequence > state.event_sequence:
+                content.events.append(event_line(event))
+        content.entries = dict(entries)
+        self._delta_links(tx, new_records, content)
+        self._delta_consents(tx, state, new_records, content)
+        return content
 
     @staticmethod
     def _delta_links(
@@ -480,6 +491,7 @@ class Publisher:
 
     @staticmethod
     def _add_data(builder: SnapshotBuilder, content: _Content) -> None:
+        builder.add_verifiers(content.verifiers)
         builder.add_jsonl(EVENTS, content.events)
         builder.add_jsonl(LINKS, (link_line(link) for link in sorted(content.links)))
         builder.add_jsonl(SIGNING_RECORDS, _by_serial(content.signing_records))

@@ -26,6 +26,7 @@ from server.domain import (
     Loss,
     LossCause,
     StatusRecord,
+    Verifier,
     parse_record_key,
     record_key,
 )
@@ -101,6 +102,10 @@ class MoveOut:
     resident_code: str
     planned_date: date
     recorded_at: datetime
+
+
+class DuplicateVerifierCertificate(RegistryError):
+    pass
 
 
 @dataclass(frozen=True)
@@ -347,7 +352,8 @@ class RegistryTxn:
     def change_mark(self) -> str:
         """Changes whenever anything a snapshot carries changes."""
         return ":".join(
-            str(self.counter(name)) for name in ("issued", "event", "consent", "compromise")
+            str(self.counter(name))
+            for name in ("issued", "event", "consent", "compromise", "verifiers")
         )
 
     def certificates(self, kind: CertKind | None = None) -> Iterator[CertificateRecord]:
@@ -566,6 +572,33 @@ class RegistryTxn:
     def put_issuer(self, issuer: IssuerRecord) -> None:
         self._txn.put(issuer.key_id, _dumps(issuer.to_json()), db=self._db["issuers"])
 
+    # verifiers (kept here, carried in snapshots) ------------------------------------
+    def verifiers(self) -> list[Verifier]:
+        cursor = self._txn.cursor(db=self._db["verifiers"])
+        return [Verifier.from_json(json.loads(bytes(v))) for _, v in cursor]
+
+    def verifier(self, verifier_id: str) -> Verifier | None:
+        raw = self._txn.get(verifier_id.encode(), db=self._db["verifiers"])
+        return None if raw is None else Verifier.from_json(json.loads(bytes(raw)))
+
+    def put_verifier(self, verifier: Verifier) -> None:
+        """Add or replace a verifier; a certificate identifies one verifier only."""
+        for other in self.verifiers():
+            shared = set(other.cert_fingerprints) & set(verifier.cert_fingerprints)
+            if other.id != verifier.id and shared:
+                raise DuplicateVerifierCertificate(
+                    f"certificate {sorted(shared)[0].hex()} already identifies "
+                    f"verifier {other.id!r}"
+                )
+        self._txn.put(verifier.id.encode(), _dumps(verifier.to_json()), db=self._db["verifiers"])
+        self.next_counter("verifiers")
+
+    def remove_verifier(self, verifier_id: str) -> bool:
+        removed = bool(self._txn.delete(verifier_id.encode(), db=self._db["verifiers"]))
+        if removed:
+            self.next_counter("verifiers")
+        return removed
+
     # counters and settings --------------------------------------------------------
     def counter(self, name: str) -> int:
         raw = self._txn.get(name.encode(), db=self._db["meta"])
@@ -596,6 +629,7 @@ class Registry:
         "issuers",
         "events",
         "meta",
+        "verifiers",
         "renewals",
         "compromises",
         "moveouts",

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import re
 import secrets
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 
@@ -35,7 +36,8 @@ from server.law.resident_change import (
     move_out_deadline,
     move_out_lapsed,
 )
-from server.profiles import Holder, ProfileSettings
+from server.lint import LintError, lint_certificate
+from server.profiles import CertProfile, Holder, ProfileSettings
 from server.publisher import PublishedSnapshot, Publisher
 from server.registry import (
     AlreadyCompromised,
@@ -50,12 +52,13 @@ from server.registry import (
     Registry,
     RegistryTxn,
 )
+from server.signing_queue import SigningQueue
 
 log = logging.getLogger(__name__)
 
 _RESIDENT_CODE = re.compile(r"\d{11}")
 _MUNICIPALITY = re.compile(r"\d{6}")
-_VERIFIER = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@/-]{0,127}")
+_VERIFIER = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")  # as verifier_registry's ids
 
 
 class SignerError(Exception):
@@ -110,7 +113,7 @@ def check_resident_code(code: str) -> None:
 def check_verifier(verifier: str) -> None:
     if not _VERIFIER.fullmatch(verifier):
         raise InvalidRequest(
-            "verifier must be 1 to 128 characters of letters, digits and ._:@/- "
+            "verifier id must be 1 to 64 letters, digits, '.', '_' or '-', "
             "starting with a letter or digit"
         )
 
@@ -149,12 +152,15 @@ class Signer:
         publisher: Publisher,
         clock: Clock,
         settings: ProfileSettings,
+        queue: SigningQueue | None = None,
     ) -> None:
         self._registry = registry
         self._authority = authority
         self._publisher = publisher
         self._clock = clock
         self._settings = settings
+        # Unbounded waiting when none is given (tools, tests of the domain alone).
+        self._queue = queue or SigningQueue(1 << 30, 3600.0)
 
     # issuance -----------------------------------------------------------------------
     def issue(self, request: IssueRequest) -> Issued:
@@ -176,22 +182,24 @@ class Signer:
                     f"the active {request.kind.name} issuing CA generation "
                     f"{issuer.key_id.hex()} is compromised: rotate to a new generation first"
                 )
-        key = self._authority.key(issuer)
         issuer_cert = issuer.certificate
         for _ in range(5):
             serial = secrets.randbits(63) | 1 << 62  # 8 octets, positive, never short
-            cert = profiles.end_entity_certificate(
-                self._settings,
-                key,
-                issuer_cert,
-                kind=request.kind,
-                public_key=public_key,
-                serial=serial,
-                holder=request.holder,
-                partition=request.municipality_code,
-                not_before=now - self._settings.backdate,
-                not_after=not_after,
-            )
+            # Signed before the write that records it: a refused or failed signature
+            # leaves the registry as it was, and a failed write discards the signature.
+            with self._queue.slot():
+                cert = profiles.end_entity_certificate(
+                    self._settings,
+                    self._authority.key(issuer),
+                    issuer_cert,
+                    kind=request.kind,
+                    public_key=public_key,
+                    serial=serial,
+                    holder=request.holder,
+                    partition=request.municipality_code,
+                    not_before=now - self._settings.backdate,
+                    not_after=not_after,
+                )
             record = CertificateRecord(
                 kind=request.kind,
                 serial=serial,
@@ -421,41 +429,18 @@ class Signer:
     def ocsp_signer_certificates(
         self, csr_der: bytes, key_ids: list[bytes]
     ) -> list[tuple[IssuerRecord, x509.Certificate]]:
-        try:
-            csr = x509.load_der_x509_csr(csr_der)
-        except ValueError as exc:
-            raise InvalidRequest(f"CSR is not DER PKCS#10: {exc}") from None
-        if not csr.is_signature_valid:
-            raise InvalidRequest("CSR signature does not verify")
-        public_key = csr.public_key()
-        if not isinstance(public_key, rsa.RSAPublicKey | ec.EllipticCurvePublicKey):
-            raise InvalidRequest("OCSP signer key must be RSA or EC")
-        now = self._clock.now()
-        issuers = self._authority.issuers()
-        if key_ids:
-            wanted = set(key_ids)
-            unknown = wanted - {r.key_id for r in issuers}
-            if unknown:
-                raise NotFound(f"unknown issuer key id {sorted(unknown)[0].hex()}")
-            issuers = [r for r in issuers if r.key_id in wanted]
-        else:
-            issuers = [r for r in issuers if r.certificate.not_valid_after_utc > now]
-        # A compromised key certifies nothing more (第14条); its generation is answered
-        # through the compromise and the root's ARL.
-        compromised = self.compromises()
-        issuers = [r for r in issuers if r.key_id not in compromised]
-        out = []
-        for issuer in issuers:
-            cert = profiles.ocsp_signer_certificate(
-                self._authority.key(issuer),
-                issuer.certificate,
-                public_key,
-                csr.subject,
-                now - self._settings.backdate,
-                now + self._settings.ocsp_signer_validity,
+        with self._queue.slot():
+            return certify_ocsp_signer(
+                self._authority,
+                csr_der,
+                key_ids,
+                now=self._clock.now(),
+                backdate=self._settings.backdate,
+                validity=self._settings.ocsp_signer_validity,
+                # A compromised key certifies nothing more (第14条); its generation is
+                # answered through the compromise and the root's ARL.
+                exclude=set(self.compromises()),
             )
-            out.append((issuer, cert))
-        return out
 
     def issuers(self) -> tuple[IssuerRecord, list[IssuerRecord]]:
         return self._authority.root(), self._authority.issuers()
@@ -463,3 +448,61 @@ class Signer:
     def compromises(self) -> dict[bytes, Compromise]:
         with self._registry.read() as tx:
             return dict(tx.compromises())
+
+
+def certify_ocsp_signer(
+    authority: Authority,
+    csr_der: bytes,
+    key_ids: list[bytes],
+    *,
+    now: datetime,
+    backdate: timedelta,
+    validity: timedelta,
+    exclude: Collection[bytes] = (),
+) -> list[tuple[IssuerRecord, x509.Certificate]]:
+    """Delegated OCSP-signer certificates for the CSR's key, one per issuer generation.
+
+    ``key_ids`` selects the generations; empty means every generation whose CA
+    certificate has not expired; generations in ``exclude`` (compromised) are left
+    out. Each certificate is linted before it is returned.
+    """
+    try:
+        csr = x509.load_der_x509_csr(csr_der)
+    except ValueError as exc:
+        raise InvalidRequest(f"CSR is not DER PKCS#10: {exc}") from None
+    if not csr.is_signature_valid:
+        raise InvalidRequest("CSR signature does not verify")
+    public_key = csr.public_key()
+    if not isinstance(public_key, rsa.RSAPublicKey | ec.EllipticCurvePublicKey):
+        raise InvalidRequest("OCSP signer key must be RSA or EC")
+    if validity <= timedelta(0):
+        raise InvalidRequest("OCSP signer validity must be positive")
+    issuers = authority.issuers()
+    if key_ids:
+        wanted = set(key_ids)
+        unknown = wanted - {r.key_id for r in issuers}
+        if unknown:
+            raise NotFound(f"unknown issuer key id {sorted(unknown)[0].hex()}")
+        issuers = [r for r in issuers if r.key_id in wanted]
+    else:
+        issuers = [r for r in issuers if r.certificate.not_valid_after_utc > now]
+    out = []
+    for issuer in issuers:
+        if issuer.key_id in exclude:
+            continue
+        key = authority.key(issuer)
+        cert = profiles.ocsp_signer_certificate(
+            key, issuer.certificate, public_key, csr.subject, now - backdate, now + validity
+        )
+        try:
+            lint_certificate(
+                cert,
+                profile=CertProfile.OCSP_SIGNER,
+                subject_public_key=public_key,
+                issuer_public_key=key.public_key(),
+                issuer=issuer.certificate,
+            )
+        except LintError as exc:
+            raise SignerError(str(exc)) from None
+        out.append((issuer, cert))
+    return out

@@ -17,6 +17,7 @@ Files:
 * `crls/<kind>/<key id>/<partition>.crl` (full) or `.delta.crl` (delta), signed by
   the generation; none for a compromised generation, whose key is not used again.
 * `arl.crl` (full snapshots with compromises): the root's authority revocation list.
+* `verifiers.json` (full and delta snapshots): the whole verifier registry.
 * JSON lines (UTF-8, one object per line; serials are upper-case hex):
   - `events.jsonl`: loss events `{"sequence", "kind", "serial", "partition",
     "issuer_key_id", "time", "recorded_at", "cause", "reason", "trigger"}`,
@@ -53,7 +54,7 @@ from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPri
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from server.clock import Clock
-from server.domain import OID_SNAPSHOT_SIGNING, CertKind
+from server.domain import OID_SNAPSHOT_SIGNING, CertKind, Verifier
 from server.law.issuer_compromise import Compromise
 from server.profiles import key_id
 from server.records import write_records
@@ -71,6 +72,7 @@ LINKS = "links.jsonl"
 SIGNING_RECORDS = "signing_records.jsonl"
 CONSENTS = "consents.jsonl"
 ARL = "arl.crl"
+VERIFIERS = "verifiers.json"  # the verifier registry: who may receive what (DESIGN §7)
 PREFIX = "snap-"
 
 
@@ -267,6 +269,10 @@ class SnapshotBuilder:
     def add_issuers(self, certs: list[x509.Certificate]) -> None:
         self._add(ISSUERS, b"".join(c.public_bytes(Encoding.PEM) for c in certs))
 
+    def add_verifiers(self, verifiers: list[Verifier]) -> None:
+        data = [v.to_json() for v in sorted(verifiers, key=lambda v: v.id)]
+        self._add(VERIFIERS, json.dumps(data, indent=1, sort_keys=True).encode() + b"\n")
+
     def add_records(self, records: Iterable[bytes]) -> int:
         path = self._dir / RECORDS
         with path.open("wb") as f:
@@ -386,6 +392,18 @@ class VerifiedSnapshot:
     @property
     def sequence(self) -> int:
         return self.manifest.sequence
+
+    def verifiers(self) -> list[Verifier]:
+        """The verifier registry it carries; none in a snapshot without the file."""
+        if VERIFIERS not in self.manifest.files:
+            return []
+        raw = (self.path / VERIFIERS).read_bytes()
+        if hashlib.sha256(raw).hexdigest() != self.manifest.files[VERIFIERS]:
+            raise SnapshotRejected(f"{VERIFIERS} changed after verification")
+        try:
+            return [Verifier.from_json(v) for v in json.loads(raw)]
+        except (KeyError, TypeError, ValueError) as exc:
+            raise SnapshotRejected(f"malformed {VERIFIERS}: {exc!r}") from exc
 
 
 class SnapshotVerifier:

@@ -24,7 +24,8 @@ def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
 
 
 def registry(pki: Pki, *argv: str) -> list[str]:
-    return ["registry", "--signer", f"127.0.0.1:{pki.signer.port}", "--insecure-loopback", *argv]
+    """`jpki-va registry COMMAND …` with the signer connection options after it."""
+    return ["registry", *argv, "--signer", f"127.0.0.1:{pki.signer.port}", "--insecure-loopback"]
 
 
 def mark(pki: Pki) -> str:
@@ -224,10 +225,10 @@ def test_usage_errors_exit_2_and_change_nothing(
 def test_plaintext_needs_loopback_and_an_unreachable_signer_exits_4(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    code, _, err = run(capsys, "registry", "--signer", "127.0.0.1:1", "publish")
+    code, _, err = run(capsys, "registry", "publish", "--signer", "127.0.0.1:1")
     assert code == 2 and "--insecure-loopback" in err
     code, _, err = run(
-        capsys, "registry", "--signer", "192.0.2.1:50052", "--insecure-loopback", "publish"
+        capsys, "registry", "publish", "--signer", "192.0.2.1:50052", "--insecure-loopback"
     )
     assert code == 2 and "loopback" in err
     with socket.socket() as s:  # a port nobody listens on
@@ -235,7 +236,7 @@ def test_plaintext_needs_loopback_and_an_unreachable_signer_exits_4(
         port = s.getsockname()[1]
     code, _, err = run(
         capsys,
-        "registry", "--signer", f"127.0.0.1:{port}", "--insecure-loopback",
-        "--timeout", "2", "publish",
+        "registry", "publish", "--signer", f"127.0.0.1:{port}", "--insecure-loopback",
+        "--timeout", "2",
     )  # fmt: skip
-    assert code == 4 and "unreachable" in err
+    assert code == 4 and "UNAVAILABLE" in err
