@@ -63,7 +63,7 @@ def test_issue_lose_and_publish_print_what_changed(
     code, out, _ = run(
         capsys,
         *registry(
-            pki, "--json", *_issue_args("44400000001", "card-sign", card_pub, tmp_path / "c.pem")
+            pki, *_issue_args("44400000001", "card-sign", card_pub, tmp_path / "c.pem"), "--json"
         ),
     )
     assert code == 0
