@@ -184,3 +184,149 @@ class ListCrlsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListCrlsResponse: _TypeAlias = ListCrlsResponse  # noqa: Y015
+
+@_typing.final
+class WatchRevocationsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SINCE_FIELD_NUMBER: _builtins.int
+    KINDS_FIELD_NUMBER: _builtins.int
+    since: _builtins.int
+    """Send the events with a sequence number greater than this: 0 for every retained
+    event, or the `through` of the last message received to resume after a reconnect.
+    """
+    @_builtins.property
+    def kinds(self) -> _containers.RepeatedScalarFieldContainer[_va_pb2.CertKind.ValueType]:
+        """Only these kinds; unset: every kind the caller may receive status of."""
+
+    def __init__(
+        self,
+        *,
+        since: _builtins.int = ...,
+        kinds: _abc.Iterable[_va_pb2.CertKind.ValueType] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["kinds", b"kinds", "since", b"since"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchRevocationsRequest: _TypeAlias = WatchRevocationsRequest  # noqa: Y015
+
+@_typing.final
+class RevocationEvent(_message.Message):
+    """One loss of effect (失効), in the order the registry recorded it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SEQUENCE_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    SERIAL_FIELD_NUMBER: _builtins.int
+    CAUSE_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    TIME_FIELD_NUMBER: _builtins.int
+    RECORDED_AT_FIELD_NUMBER: _builtins.int
+    PARTITION_FIELD_NUMBER: _builtins.int
+    ISSUER_KEY_ID_FIELD_NUMBER: _builtins.int
+    sequence: _builtins.int
+    """registry order; gaps are events of kinds not sent"""
+    kind: _va_pb2.CertKind.ValueType
+    serial: _builtins.bytes
+    cause: _va_pb2.LossCause.ValueType
+    reason: _va_pb2.CrlReason.ValueType
+    partition: _builtins.str
+    issuer_key_id: _builtins.bytes
+    @_builtins.property
+    def time(self) -> _timestamp_pb2.Timestamp:
+        """when it lost effect in law"""
+
+    @_builtins.property
+    def recorded_at(self) -> _timestamp_pb2.Timestamp:
+        """when the registry recorded it"""
+
+    def __init__(
+        self,
+        *,
+        sequence: _builtins.int = ...,
+        kind: _va_pb2.CertKind.ValueType = ...,
+        serial: _builtins.bytes = ...,
+        cause: _va_pb2.LossCause.ValueType = ...,
+        reason: _va_pb2.CrlReason.ValueType = ...,
+        time: _timestamp_pb2.Timestamp | None = ...,
+        recorded_at: _timestamp_pb2.Timestamp | None = ...,
+        partition: _builtins.str = ...,
+        issuer_key_id: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["recorded_at", b"recorded_at", "time", b"time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cause", b"cause", "issuer_key_id", b"issuer_key_id", "kind", b"kind", "partition", b"partition", "reason", b"reason", "recorded_at", b"recorded_at", "sequence", b"sequence", "serial", b"serial", "time", b"time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RevocationEvent: _TypeAlias = RevocationEvent  # noqa: Y015
+
+@_typing.final
+class IssuerCompromise(_message.Message):
+    """An issuer generation's key compromise (第14条, announced per 第15条3項): every
+    certificate it signed lost effect at `time`. No per-certificate events follow.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KIND_FIELD_NUMBER: _builtins.int
+    ISSUER_KEY_ID_FIELD_NUMBER: _builtins.int
+    TIME_FIELD_NUMBER: _builtins.int
+    kind: _va_pb2.CertKind.ValueType
+    issuer_key_id: _builtins.bytes
+    @_builtins.property
+    def time(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        kind: _va_pb2.CertKind.ValueType = ...,
+        issuer_key_id: _builtins.bytes = ...,
+        time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["time", b"time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["issuer_key_id", b"issuer_key_id", "kind", b"kind", "time", b"time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___IssuerCompromise: _TypeAlias = IssuerCompromise  # noqa: Y015
+
+@_typing.final
+class WatchRevocationsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENTS_FIELD_NUMBER: _builtins.int
+    THROUGH_FIELD_NUMBER: _builtins.int
+    COMPROMISES_FIELD_NUMBER: _builtins.int
+    through: _builtins.int
+    """Every event up to this sequence that the caller asked for has been sent: resume
+    with since = through. Messages without events only advance it (or keep alive).
+    """
+    @_builtins.property
+    def events(self) -> _containers.RepeatedCompositeFieldContainer[Global___RevocationEvent]:
+        """ascending sequence, all > the previous `through`"""
+
+    @_builtins.property
+    def compromises(self) -> _containers.RepeatedCompositeFieldContainer[Global___IssuerCompromise]:
+        """Compromised generations of the kinds asked for: all of them in the first message,
+        then each new one once.
+        """
+
+    def __init__(
+        self,
+        *,
+        events: _abc.Iterable[Global___RevocationEvent] | None = ...,
+        through: _builtins.int = ...,
+        compromises: _abc.Iterable[Global___IssuerCompromise] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["compromises", b"compromises", "events", b"events", "through", b"through"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchRevocationsResponse: _TypeAlias = WatchRevocationsResponse  # noqa: Y015

@@ -44,6 +44,11 @@ class CrlServiceStub:
                 request_serializer=protos_dot_crl__pb2.ListCrlsRequest.SerializeToString,
                 response_deserializer=protos_dot_crl__pb2.ListCrlsResponse.FromString,
                 _registered_method=True)
+        self.WatchRevocations = channel.unary_stream(
+                '/jpki.va.v1.CrlService/WatchRevocations',
+                request_serializer=protos_dot_crl__pb2.WatchRevocationsRequest.SerializeToString,
+                response_deserializer=protos_dot_crl__pb2.WatchRevocationsResponse.FromString,
+                _registered_method=True)
 
 
 class CrlServiceServicer:
@@ -61,6 +66,14 @@ class CrlServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WatchRevocations(self, request, context):
+        """Loss-of-effect events from a sequence number on, then as they are published,
+        until the caller cancels or its deadline passes.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CrlServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -73,6 +86,11 @@ def add_CrlServiceServicer_to_server(servicer, server):
                     servicer.ListCrls,
                     request_deserializer=protos_dot_crl__pb2.ListCrlsRequest.FromString,
                     response_serializer=protos_dot_crl__pb2.ListCrlsResponse.SerializeToString,
+            ),
+            'WatchRevocations': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchRevocations,
+                    request_deserializer=protos_dot_crl__pb2.WatchRevocationsRequest.FromString,
+                    response_serializer=protos_dot_crl__pb2.WatchRevocationsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -129,6 +147,33 @@ class CrlService:
             '/jpki.va.v1.CrlService/ListCrls',
             protos_dot_crl__pb2.ListCrlsRequest.SerializeToString,
             protos_dot_crl__pb2.ListCrlsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchRevocations(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/jpki.va.v1.CrlService/WatchRevocations',
+            protos_dot_crl__pb2.WatchRevocationsRequest.SerializeToString,
+            protos_dot_crl__pb2.WatchRevocationsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -33,12 +33,20 @@ class CrlServiceStub:
     def __new__(cls, channel: _aio.Channel) -> CrlServiceAsyncStub: ...
     GetCrl: _grpc.UnaryStreamMultiCallable[_crl_pb2.GetCrlRequest, _crl_pb2.CrlChunk]
     ListCrls: _grpc.UnaryUnaryMultiCallable[_crl_pb2.ListCrlsRequest, _crl_pb2.ListCrlsResponse]
+    WatchRevocations: _grpc.UnaryStreamMultiCallable[_crl_pb2.WatchRevocationsRequest, _crl_pb2.WatchRevocationsResponse]
+    """Loss-of-effect events from a sequence number on, then as they are published,
+    until the caller cancels or its deadline passes.
+    """
 
 @_typing.type_check_only
 class CrlServiceAsyncStub(CrlServiceStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     GetCrl: _aio.UnaryStreamMultiCallable[_crl_pb2.GetCrlRequest, _crl_pb2.CrlChunk]  # type: ignore[assignment]
     ListCrls: _aio.UnaryUnaryMultiCallable[_crl_pb2.ListCrlsRequest, _crl_pb2.ListCrlsResponse]  # type: ignore[assignment]
+    WatchRevocations: _aio.UnaryStreamMultiCallable[_crl_pb2.WatchRevocationsRequest, _crl_pb2.WatchRevocationsResponse]  # type: ignore[assignment]
+    """Loss-of-effect events from a sequence number on, then as they are published,
+    until the caller cancels or its deadline passes.
+    """
 
 class CrlServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -54,5 +62,15 @@ class CrlServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _crl_pb2.ListCrlsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_crl_pb2.ListCrlsResponse, _abc.Awaitable[_crl_pb2.ListCrlsResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def WatchRevocations(
+        self,
+        request: _crl_pb2.WatchRevocationsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_crl_pb2.WatchRevocationsResponse], _abc.AsyncIterator[_crl_pb2.WatchRevocationsResponse]]:
+        """Loss-of-effect events from a sequence number on, then as they are published,
+        until the caller cancels or its deadline passes.
+        """
 
 def add_CrlServiceServicer_to_server(servicer: CrlServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -17,6 +17,8 @@ PROTO_FILES = (
     "protos/signer.proto",
     "protos/crl.proto",
     "protos/verifiers.proto",
+    "protos/mapping.proto",
+    "protos/record.proto",
 )
 
 
