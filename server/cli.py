@@ -158,6 +158,7 @@ def responder_config(args: argparse.Namespace) -> ResponderConfig:
             "crl_retention_days": args.crl_retention_days,
             "loopback_verifier": args.loopback_verifier,
             "ocsp_renew_at": args.ocsp_renew_at,
+            "max_watches": args.max_watches,
         },
         ResponderConfig,
     )
@@ -260,6 +261,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="renew the delegated OCSP signer at this fraction of its life (0.5, the "
         "default) or this long before it expires (36h, 2d)",
     )
+    responder.add_argument(
+        "--max-watches", type=int,
+        help="open revocation watches per worker, each holding a gRPC thread (default 8)",
+    )  # fmt: skip
     responder.add_argument(
         "--crl-retention-days", type=float, help="keep CRL files this long (default 365)"
     )

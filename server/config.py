@@ -205,6 +205,7 @@ class ResponderConfig:
     loopback_verifier: str | None = None  # plaintext callers without x-jpki-verifier
     poll_interval: float = 1.0
     grpc_threads: int = 16
+    max_watches: int = 8  # open WatchRevocations per worker; each holds a gRPC thread
     grace_seconds: float = 5.0
     crl_retention_days: float = 365.0  # 保存期間 of CRL files; set by cabinet order
     ocsp_renew_at: RenewPolicy = field(default_factory=RenewPolicy)  # default: half its life
@@ -219,6 +220,11 @@ class ResponderConfig:
             raise ConfigError("CRL retention must be > 0 days")
         if self.workers < 1:
             raise ConfigError("workers must be >= 1")
+        if not 1 <= self.max_watches < self.grpc_threads:
+            # Watches wait in gRPC threads: leave at least one for every other call.
+            raise ConfigError(
+                f"max watches must be 1 to {self.grpc_threads - 1} (below the gRPC threads)"
+            )
         if not self.trust_anchors:
             raise ConfigError("at least one trust anchor (--trust-anchor) is required")
         for anchor in self.trust_anchors:

@@ -11,8 +11,11 @@ import grpc
 from protos import crl_pb2, crl_pb2_grpc, va_pb2
 from server.access import Caller, Gate
 from server.crls import CrlFile, CrlFiles
-from server.domain import CertKind
+from server.domain import CertKind, serial_to_bytes
 from server.law.entitlements import NotEntitled, check_entitled, crl_provision
+from server.law.issuer_compromise import Compromise
+from server.registry import LossEvent
+from server.revocation_feed import RevocationFeed
 from server.status import BadRequest
 from server.status_servicer import timestamp
 
@@ -43,13 +46,40 @@ def _kind(value: int) -> CertKind:
         raise BadRequest(f"unknown certificate kind {value}") from None
 
 
+def event_to_pb(event: LossEvent) -> crl_pb2.RevocationEvent:
+    return crl_pb2.RevocationEvent(
+        sequence=event.sequence,
+        kind=int(event.kind),  # type: ignore[arg-type]
+        serial=serial_to_bytes(event.serial),
+        cause=int(event.loss.cause),  # type: ignore[arg-type]
+        reason=int(event.loss.reason),  # type: ignore[arg-type]
+        time=timestamp(event.loss.time),
+        recorded_at=timestamp(event.recorded_at),
+        partition=event.partition,
+        issuer_key_id=event.issuer_key_id,
+    )
+
+
+def compromise_to_pb(compromise: Compromise) -> crl_pb2.IssuerCompromise:
+    return crl_pb2.IssuerCompromise(
+        kind=int(compromise.kind),  # type: ignore[arg-type]
+        issuer_key_id=compromise.key_id,
+        time=timestamp(compromise.time),
+    )
+
+
 class CrlServicer(crl_pb2_grpc.CrlServiceServicer):
     def __init__(
-        self, files: CrlFiles, gate: Gate, caller: Callable[[grpc.ServicerContext], Caller]
+        self,
+        files: CrlFiles,
+        gate: Gate,
+        caller: Callable[[grpc.ServicerContext], Caller],
+        feed: RevocationFeed,
     ) -> None:
         self._files = files
         self._gate = gate
         self._caller = caller
+        self._feed = feed
 
     def GetCrl(
         self, request: crl_pb2.GetCrlRequest, context: grpc.ServicerContext
@@ -92,3 +122,17 @@ class CrlServicer(crl_pb2_grpc.CrlServiceServicer):
                 check_entitled(verifier, crl_provision(CertKind.CARD_SIGN))
         files = self._files.list(kinds, request.partition or None, request.issuer_key_id or None)
         return crl_pb2.ListCrlsResponse(crls=[crl_info_to_pb(f) for f in files])
+
+    def WatchRevocations(
+        self, request: crl_pb2.WatchRevocationsRequest, context: grpc.ServicerContext
+    ) -> Iterator[crl_pb2.WatchRevocationsResponse]:
+        verifier = self._gate.identify(self._caller(context))
+        kinds = [_kind(k) for k in request.kinds]
+        for batch in self._feed.watch(verifier, request.since, kinds, context.is_active):
+            # Counted before the batch leaves (第41条): each event is status information.
+            self._gate.provided(verifier, batch.counts)
+            yield crl_pb2.WatchRevocationsResponse(
+                events=[event_to_pb(e) for e in batch.events],
+                through=batch.through,
+                compromises=[compromise_to_pb(c) for c in batch.compromises],
+            )

@@ -586,10 +586,13 @@ class Index:
             ),
         )
 
-    def _fresh(self, txn: lmdb.Transaction) -> None:
+    def _fresh(self, txn: lmdb.Transaction) -> _Meta:
+        """The metadata as of `txn` (cached; reloaded when a delta bumped `version`)."""
         version = txn.get(_VERSION, default=b"", db=self._meta_db)
-        if bytes(version) != self._meta.version:
-            self._meta = self._load_meta(txn)
+        meta = self._meta  # another thread may replace it: use what was checked
+        if bytes(version) != meta.version:
+            meta = self._meta = self._load_meta(txn)
+        return meta
 
     # what the index reflects ------------------------------------------------------------
     @property
@@ -698,6 +701,27 @@ class Index:
                 return
             for _, value in cursor:
                 yield parse_event(json.loads(bytes(value)))
+
+    def event_batch(self, since: int, limit: int) -> tuple[list[LossEvent], int]:
+        """Up to `limit` events after `since`, and the sequence they bring the reader to.
+
+        The second value is the last event's sequence when `limit` cut the batch, else
+        the event sequence the index reflects: every event up to it has been read. Both
+        come from one read transaction, so a delta applied meanwhile cannot open a gap.
+        """
+        if limit < 1:
+            raise ValueError("limit must be positive")
+        events: list[LossEvent] = []
+        with self._env.begin() as txn:
+            meta = self._fresh(txn)
+            cursor = txn.cursor(db=self._events)
+            if cursor.set_range((since + 1).to_bytes(8, "big")):
+                for _, value in cursor:
+                    events.append(parse_event(json.loads(bytes(value))))
+                    if len(events) == limit:
+                        return events, events[-1].sequence
+        last = events[-1].sequence if events else 0
+        return events, max(meta.event_sequence, last)
 
     def close(self) -> None:
         self._env.close()

@@ -30,6 +30,10 @@ from prometheus_client import CollectorRegistry
 from protos import (
     crl_pb2,
     crl_pb2_grpc,
+    mapping_pb2,
+    mapping_pb2_grpc,
+    record_pb2,
+    record_pb2_grpc,
     signer_pb2,
     signer_pb2_grpc,
     va_pb2,
@@ -48,9 +52,17 @@ from server.grpc_identity import caller_of, server_credentials
 from server.index import Index, current_index
 from server.ingest import Ingester, IngestMetrics
 from server.law.entitlements import NotEntitled
+from server.law.errors import Refused
+from server.law.mapping import NoSuchMapping
+from server.law.signing_record import NotSigningKind
 from server.ledger import Ledger, LedgerError
+from server.mapping import Mapper, UnknownCertificate
+from server.mapping_servicer import MappingServicer
 from server.ocsp import OcspResponder
 from server.ocsp_keys import OcspKeyStore
+from server.record_servicer import RecordServicer
+from server.revocation_feed import FeedClosed, RevocationFeed, TooManyWatches
+from server.signing_records import SigningRecords
 from server.snapshot import SnapshotVerifier
 from server.status import (
     BadRequest,
@@ -71,12 +83,20 @@ SERVICES = (
     SERVICE,
     crl_pb2.DESCRIPTOR.services_by_name["CrlService"].full_name,
     verifiers_pb2.DESCRIPTOR.services_by_name["VerifierTokenService"].full_name,
+    mapping_pb2.DESCRIPTOR.services_by_name["MappingService"].full_name,
+    record_pb2.DESCRIPTOR.services_by_name["RecordService"].full_name,
 )
 STATUS_ERRORS: grpc_common.ErrorMap = (
     (NoIdentity, grpc.StatusCode.UNAUTHENTICATED),
     (UnknownVerifier, grpc.StatusCode.PERMISSION_DENIED),
     (NotEntitled, grpc.StatusCode.PERMISSION_DENIED),
     (CrlNotFound, grpc.StatusCode.NOT_FOUND),
+    (UnknownCertificate, grpc.StatusCode.NOT_FOUND),
+    (Refused, grpc.StatusCode.FAILED_PRECONDITION),
+    (NoSuchMapping, grpc.StatusCode.INVALID_ARGUMENT),
+    (NotSigningKind, grpc.StatusCode.INVALID_ARGUMENT),
+    (TooManyWatches, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (FeedClosed, grpc.StatusCode.UNAVAILABLE),
     (BadRequest, grpc.StatusCode.INVALID_ARGUMENT),
     (ValueError, grpc.StatusCode.INVALID_ARGUMENT),
     (NotReady, grpc.StatusCode.UNAVAILABLE),
@@ -141,8 +161,15 @@ def worker_main(config: ResponderConfig, port: int, ready: Any, stop: ProcessEve
     va_pb2_grpc.add_StatusServiceServicer_to_server(
         StatusServicer(source, resolver, ocsp, holder, clock, roots, gate, caller), server
     )
+    feed = RevocationFeed(holder, max_watches=config.max_watches)
     crl_pb2_grpc.add_CrlServiceServicer_to_server(
-        CrlServicer(CrlFiles(holder, archive), gate, caller), server
+        CrlServicer(CrlFiles(holder, archive), gate, caller, feed), server
+    )
+    mapping_pb2_grpc.add_MappingServiceServicer_to_server(
+        MappingServicer(Mapper(holder, source, clock), gate, caller), server
+    )
+    record_pb2_grpc.add_RecordServiceServicer_to_server(
+        RecordServicer(SigningRecords(holder, source, clock), gate, caller), server
     )
     verifiers_pb2_grpc.add_VerifierTokenServiceServicer_to_server(
         VerifierTokenServicer(
@@ -166,8 +193,10 @@ def worker_main(config: ResponderConfig, port: int, ready: Any, stop: ProcessEve
         if time.monotonic() - synced > LEDGER_SYNC_SECONDS:
             ledger.sync()
             synced = time.monotonic()
-    # Health first, so balancers stop sending; then let in-flight calls finish.
+    # Health first, so balancers stop sending; watches end with where to resume (they
+    # would hold the grace period to its end); then let in-flight calls finish.
     grpc_common.set_serving(health, SERVICES, False)
+    feed.close()
     server.stop(config.grace_seconds).wait()
     ledger.sync()
     ledger.close()

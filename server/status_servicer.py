@@ -92,13 +92,7 @@ class StatusServicer(va_pb2_grpc.StatusServiceServicer):
         ref = request.cert
         which = ref.WhichOneof("ref")
         if which == "kind_serial":
-            if ref.kind_serial.kind == va_pb2.CERT_KIND_UNSPECIFIED:
-                raise BadRequest("certificate kind is required")
-            try:
-                kind = CertKind(ref.kind_serial.kind)
-            except ValueError:
-                raise BadRequest(f"unknown certificate kind {ref.kind_serial.kind}") from None
-            return kind, _serial(ref.kind_serial.serial), as_of
+            return *kind_serial(ref.kind_serial), as_of
         if which == "certificate_der":
             kind, serial = self._resolver.from_certificate(ref.certificate_der)
             return kind, serial, as_of
@@ -193,6 +187,17 @@ class StatusServicer(va_pb2_grpc.StatusServiceServicer):
             root_certificate_der=self._roots[0].public_bytes(Encoding.DER) if self._roots else b"",
             issuers=issuers,
         )
+
+
+def kind_serial(ref: va_pb2.KindSerial) -> tuple[CertKind, int]:
+    """(kind, serial) of a KindSerial; BadRequest when either is missing or malformed."""
+    if ref.kind == va_pb2.CERT_KIND_UNSPECIFIED:
+        raise BadRequest("certificate kind is required")
+    try:
+        kind = CertKind(ref.kind)
+    except ValueError:
+        raise BadRequest(f"unknown certificate kind {ref.kind}") from None
+    return kind, _serial(ref.serial)
 
 
 def _serial(raw: bytes) -> int:

@@ -1,0 +1,151 @@
+"""The loss-of-effect feed: events from the live index, from a sequence number on.
+
+Events carry the registry's sequence numbers, which run on across full and delta
+snapshots, so a watcher resumes from the `through` of the last batch it received
+and gets exactly what follows: nothing missed, nothing twice. `through` also
+covers events of kinds the watcher does not receive, so it always advances.
+
+Only retention takes events out of the index, and only those of certificates whose
+validity period has ended as well (law/retention.py: a loss is kept at least until
+its certificate expires): a watcher that was away longer misses nothing it could
+still need, so an old `since` is served, never refused.
+
+An issuer compromise is one fact per generation, not an event per certificate
+(law/issuer_compromise.py): the feed sends every compromise it knows in the first
+batch of each watch, and new ones once, when they appear.
+
+Each watch holds a worker thread while it waits, so a worker takes at most
+`max_watches` at once; the others get TooManyWatches and retry elsewhere.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+
+from server.domain import CertKind, Provision, Verifier
+from server.law.entitlements import NotEntitled, check_entitled, status_provision
+from server.law.issuer_compromise import Compromise
+from server.registry import LossEvent
+from server.status import IndexHolder
+
+POLL_SECONDS = 0.25  # how soon a published delta reaches a watcher
+HEARTBEAT_SECONDS = 30.0  # a batch without events at least this often keeps proxies open
+BATCH_LIMIT = 1000
+
+
+class TooManyWatches(Exception):
+    """This worker already serves as many watches as it may."""
+
+
+class FeedClosed(Exception):
+    """The responder is shutting down; the message says where to resume."""
+
+
+@dataclass(frozen=True)
+class FeedBatch:
+    events: tuple[LossEvent, ...]
+    through: int  # every requested event up to here has been sent
+    compromises: tuple[Compromise, ...]
+    counts: Counter[Provision]  # status provisions the events are (第41条)
+
+
+class RevocationFeed:
+    def __init__(
+        self,
+        holder: IndexHolder,
+        *,
+        max_watches: int = 8,
+        poll_seconds: float = POLL_SECONDS,
+        heartbeat_seconds: float = HEARTBEAT_SECONDS,
+        batch_limit: int = BATCH_LIMIT,
+    ) -> None:
+        if max_watches < 1 or poll_seconds <= 0 or batch_limit < 1:
+            raise ValueError("max_watches, poll_seconds and batch_limit must be positive")
+        if heartbeat_seconds < poll_seconds:
+            raise ValueError("heartbeat_seconds must not be shorter than poll_seconds")
+        self._holder = holder
+        self._slots = threading.BoundedSemaphore(max_watches)
+        self._max = max_watches
+        self._poll = poll_seconds
+        self._heartbeat = heartbeat_seconds
+        self._limit = batch_limit
+        self._closing = threading.Event()
+
+    def close(self) -> None:
+        """End every watch (at its next poll) with FeedClosed; refuse new ones."""
+        self._closing.set()
+
+    @staticmethod
+    def kinds_for(verifier: Verifier, requested: Iterable[CertKind]) -> frozenset[CertKind]:
+        """The kinds to send: those asked for (each must be allowed), or all allowed."""
+        asked = frozenset(requested)
+        for kind in asked:
+            check_entitled(verifier, status_provision(kind))
+        if asked:
+            return asked
+        allowed = frozenset(k for k in CertKind if _may_receive(verifier, k))
+        if not allowed:
+            check_entitled(verifier, status_provision(CertKind.CARD_SIGN))  # names the role
+        return allowed
+
+    def watch(
+        self,
+        verifier: Verifier,
+        since: int,
+        requested: Iterable[CertKind] = (),
+        active: Callable[[], bool] = lambda: True,
+    ) -> Iterator[FeedBatch]:
+        """Batches after `since` until `active()` turns false or the feed closes."""
+        if since < 0:
+            raise ValueError("since must not be negative")
+        kinds = self.kinds_for(verifier, requested)
+        if self._closing.is_set():
+            raise FeedClosed(f"the responder is shutting down; resume with since={since}")
+        if not self._slots.acquire(blocking=False):
+            raise TooManyWatches(
+                f"this responder worker already serves {self._max} watches; retry later"
+            )
+        try:
+            yield from self._batches(since, kinds, active)
+        finally:
+            self._slots.release()
+
+    def _batches(
+        self, since: int, kinds: frozenset[CertKind], active: Callable[[], bool]
+    ) -> Iterator[FeedBatch]:
+        announced: set[bytes] = set()
+        first, last_sent = True, 0.0
+        while active():
+            index = self._holder.get()
+            events, through = index.event_batch(since, self._limit)
+            full = len(events) == self._limit
+            through = max(through, since)  # a replica behind this watcher never goes back
+            wanted = tuple(e for e in events if e.kind in kinds)
+            compromises = tuple(
+                c
+                for k, c in sorted(index.compromises.items())
+                if k not in announced and c.kind in kinds
+            )
+            now = time.monotonic()
+            quiet_too_long = now - last_sent > self._heartbeat
+            if first or wanted or compromises or through > since or quiet_too_long:
+                announced.update(c.key_id for c in compromises)
+                counts = Counter(status_provision(e.kind) for e in wanted)
+                yield FeedBatch(wanted, through, compromises, counts)
+                first, last_sent, since = False, now, through
+            if full:
+                continue  # more is waiting: no pause
+            if self._closing.wait(self._poll):
+                raise FeedClosed(f"the responder is shutting down; resume with since={since}")
+
+
+def _may_receive(verifier: Verifier, kind: CertKind) -> bool:
+    try:
+        check_entitled(verifier, status_provision(kind))
+    except NotEntitled:
+        return False
+    return True
