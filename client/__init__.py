@@ -1,6 +1,8 @@
-"""Verifier client of jpki-va: typed status checks, OCSP and the `check` command.
+"""Verifier client of jpki-va: status checks, OCSP, mappings, signing records, the
+revocation feed, and the `check`, `map`, `record` and `watch` commands.
 
-Typical use: ``with VaClient(target, credentials=creds) as va: va.check(kind=..., serial=...)``.
+Typical use: ``with VaClient(target, credentials=creds) as va: va.check(kind=..., serial=...)``;
+``va.map(...)``, ``va.signing_record(...)``, ``for update in va.watch(since=n, resume=True)``.
 A verifier token is checked offline with ``verify_verifier_token(token, root)``.
 """
 
@@ -22,12 +24,17 @@ from client._errors import (
 from client._models import (
     CertIdRef,
     CertificateStatus,
+    IssuerCompromise,
     IssuerInfo,
     IssuerSet,
+    MappedCertificate,
     OcspResult,
     Revocation,
+    RevocationEvent,
+    RevocationUpdate,
+    SigningRecord,
 )
-from server.domain import CertKind, CrlReason, LossCause, Role, Status
+from server.domain import CertKind, CrlReason, LinkType, LossCause, Role, Status
 from server.verifier_token import InvalidVerifierToken, VerifierToken
 from server.verifier_token import verify_token as verify_verifier_token
 
@@ -43,16 +50,22 @@ __all__ = [
     "InternalError",
     "InvalidArgument",
     "InvalidVerifierToken",
+    "IssuerCompromise",
     "IssuerInfo",
     "IssuerSet",
+    "LinkType",
     "LossCause",
+    "MappedCertificate",
     "NotFound",
     "OcspResult",
     "PermissionDenied",
     "ProtocolError",
     "ResourceExhausted",
     "Revocation",
+    "RevocationEvent",
+    "RevocationUpdate",
     "Role",
+    "SigningRecord",
     "Status",
     "Unauthenticated",
     "Unavailable",

@@ -1,10 +1,12 @@
-"""The `jpki-va check` subcommand (registered by server/cli.py through add_commands)."""
+"""The verifier commands `check`, `map`, `record` and `watch` (registered by
+server/cli.py through add_commands); they share the connection options."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
@@ -13,7 +15,7 @@ from cryptography import x509
 
 from client._client import DEFAULT_TIMEOUT, VaClient, is_loopback_target
 from client._errors import ClientError, DeadlineExceeded, Unavailable
-from client._models import CertificateStatus
+from client._models import CertificateStatus, IssuerCompromise, RevocationEvent
 from client._ocsp import parse_certificate
 from server.domain import CertKind, serial_from_hex, serial_hex
 
@@ -21,8 +23,6 @@ EXIT_OK = 0
 EXIT_USAGE = 2
 EXIT_SERVER = 3
 EXIT_UNREACHABLE = 4
-
-_PROG = "jpki-va check"
 
 
 class UsageError(Exception):
@@ -34,12 +34,8 @@ def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
         "check",
         help="ask a responder for the status of one certificate",
         description="Ask a jpki-va responder for the status of one certificate.",
-        epilog=(
-            "exit codes: 0 an answer (whatever the status), 2 usage or input error, "
-            "3 the server answered with an error, 4 no answer from the server"
-        ),
+        epilog=_EXIT_CODES,
     )
-    parser.add_argument("--server", required=True, metavar="HOST:PORT", help="responder address")
     name = parser.add_mutually_exclusive_group(required=True)
     name.add_argument("--cert", metavar="FILE", help="the certificate (PEM or DER)")
     name.add_argument(
@@ -58,6 +54,87 @@ def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
     parser.add_argument(
         "--ocsp-out", metavar="FILE", help="also fetch the DER OCSP response into FILE"
     )
+    _add_connection_options(parser)
+    parser.set_defaults(func=run_check)
+
+    mapper = subparsers.add_parser(
+        "map",
+        help="the holder's corresponding certificates (第18条4項・5項, 第37条3項)",
+        description=(
+            "Ask for the serials of the holder's certificates that correspond to one "
+            "certificate and whose validity period has not passed, with their status. "
+            "--to of the same kind asks for the certificates that renewed it."
+        ),
+        epilog=_EXIT_CODES,
+    )
+    _add_kind_serial(mapper, [k.slug for k in CertKind])
+    mapper.add_argument(
+        "--to",
+        choices=[k.slug for k in CertKind],
+        help="only this kind (default: every mapping the verifier may receive)",
+    )
+    mapper.add_argument("--json", action="store_true", help="print one JSON object")
+    _add_connection_options(mapper)
+    mapper.set_defaults(func=_command("map", _run_map))
+
+    record = subparsers.add_parser(
+        "record",
+        help="a signing record, with the holder's consent (第18条3項)",
+        description=(
+            "Ask for the signing record (serial, name, address, birth date, sex) of a "
+            "signing certificate in effect whose holder consented to this verifier."
+        ),
+        epilog=_EXIT_CODES,
+    )
+    _add_kind_serial(record, [k.slug for k in CertKind if k.is_signing], default="card-sign")
+    record.add_argument("--json", action="store_true", help="print one JSON object")
+    _add_connection_options(record)
+    record.set_defaults(func=_command("record", _run_record))
+
+    watch = subparsers.add_parser(
+        "watch",
+        help="print loss-of-effect events as they are published",
+        description=(
+            "Print the loss-of-effect feed, one line per event, from --since on; it "
+            "reconnects and resumes by itself. Ctrl-C ends it and says where to resume."
+        ),
+        epilog=_EXIT_CODES,
+    )
+    watch.add_argument(
+        "--since", type=int, default=0, metavar="N",
+        help="events after this sequence number (default 0: every retained event)",
+    )  # fmt: skip
+    watch.add_argument(
+        "--kind", action="append", choices=[k.slug for k in CertKind],
+        help="only this kind; repeatable (default: every kind the verifier may receive)",
+    )  # fmt: skip
+    watch.add_argument("--limit", type=int, metavar="N", help="stop after N events")
+    watch.add_argument("--json", action="store_true", help="one JSON object per line")
+    _add_connection_options(watch)
+    watch.set_defaults(func=_command("watch", _run_watch))
+
+
+_EXIT_CODES = (
+    "exit codes: 0 an answer, 2 usage or input error, "
+    "3 the server answered with an error, 4 no answer from the server"
+)
+
+
+def _add_kind_serial(
+    parser: argparse.ArgumentParser, kinds: list[str], default: str | None = None
+) -> None:
+    parser.add_argument(
+        "--kind",
+        choices=kinds,
+        required=default is None,
+        default=default,
+        help="certificate kind" + ("" if default is None else f" (default {default})"),
+    )
+    parser.add_argument("--serial", required=True, metavar="HEX", help="serial number in hex")
+
+
+def _add_connection_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--server", required=True, metavar="HOST:PORT", help="responder address")
     parser.add_argument(
         "--timeout",
         type=float,
@@ -79,22 +156,34 @@ def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
         metavar="ID",
         help="with --insecure-loopback: act as this registered verifier",
     )
-    parser.set_defaults(func=run_check)
+
+
+def _command(
+    name: str, run: Callable[[argparse.Namespace], int]
+) -> Callable[[argparse.Namespace], int]:
+    """`run` with the exit codes and one-line errors every client command shares."""
+
+    def wrapped(args: argparse.Namespace) -> int:
+        try:
+            if args.timeout <= 0:
+                raise UsageError("--timeout must be positive")
+            return run(args)
+        except UsageError as error:
+            _fail(name, str(error))
+            return EXIT_USAGE
+        except (Unavailable, DeadlineExceeded) as error:
+            _fail(name, f"no answer from {args.server}: {error.code.name}: {error.details}")
+            return EXIT_UNREACHABLE
+        except ClientError as error:
+            _fail(name, f"server error {error.code.name}: {error.details}")
+            return EXIT_SERVER
+
+    return wrapped
 
 
 def run_check(args: argparse.Namespace) -> int:
     """Run `jpki-va check`; returns the process exit code."""
-    try:
-        return _run(args)
-    except UsageError as error:
-        _fail(str(error))
-        return EXIT_USAGE
-    except (Unavailable, DeadlineExceeded) as error:
-        _fail(f"no answer from {args.server}: {error.code.name}: {error.details}")
-        return EXIT_UNREACHABLE
-    except ClientError as error:
-        _fail(f"server error {error.code.name}: {error.details}")
-        return EXIT_SERVER
+    return _command("check", _run)(args)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -105,8 +194,6 @@ def _run(args: argparse.Namespace) -> int:
             raise UsageError("--issuer goes with --cert")
         issuer = _read_certificate(args.issuer, "--issuer")
     as_of = _parse_as_of(args.as_of) if args.as_of is not None else None
-    if args.timeout <= 0:
-        raise UsageError("--timeout must be positive")
 
     with _connect(args) as client:
         if certificate is not None:
@@ -229,5 +316,102 @@ def _when(value: datetime | None) -> str:
     return "-" if value is None else value.isoformat()
 
 
-def _fail(message: str) -> None:
-    print(f"{_PROG}: error: {message}", file=sys.stderr)
+def _kind_and_serial(args: argparse.Namespace) -> tuple[CertKind, int]:
+    try:
+        return CertKind.from_slug(args.kind), serial_from_hex(args.serial)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+
+
+def _run_map(args: argparse.Namespace) -> int:
+    kind, serial = _kind_and_serial(args)
+    to = None if args.to is None else CertKind.from_slug(args.to)
+    with _connect(args) as client:
+        found = client.map(kind=kind, serial=serial, to=to)
+    if args.json:
+        body = {"kind": kind.name, "serial": serial_hex(serial), "certificates": found}
+        print(json.dumps(body, default=lambda m: m.to_json(), ensure_ascii=False))
+    elif not found:
+        print("no corresponding certificate whose validity period has not passed")
+    else:
+        print(f"{'mapping':<24}{'kind':<13}{'serial':<18}{'status':<9}{'not after':<27}loss cause")
+        for m in found:
+            status, revocation = m.status, m.status.revocation
+            print(
+                f"{m.type.name:<24}{status.kind.name if status.kind else '-':<13}"
+                f"{serial_hex(status.serial):<18}{status.status.name:<9}"
+                f"{_when(status.not_after):<27}{revocation.cause.name if revocation else '-'}"
+            )
+    return EXIT_OK
+
+
+def _run_record(args: argparse.Namespace) -> int:
+    kind, serial = _kind_and_serial(args)
+    with _connect(args) as client:
+        record = client.signing_record(kind=kind, serial=serial)
+    if args.json:
+        print(json.dumps(record.to_json(), ensure_ascii=False))
+        return EXIT_OK
+    rows = [
+        ("kind", record.kind.name),
+        ("serial", serial_hex(record.serial)),
+        ("name", record.name),
+        ("address", record.address),
+        ("birth date", record.birth_date),
+        ("sex", record.sex),
+        ("index sequence", str(record.index_sequence)),
+    ]
+    print("\n".join(f"{label + ':':<16}{value}" for label, value in rows))
+    return EXIT_OK
+
+
+def _run_watch(args: argparse.Namespace) -> int:
+    if args.since < 0:
+        raise UsageError("--since must not be negative")
+    if args.limit is not None and args.limit < 1:
+        raise UsageError("--limit must be positive")
+    kinds = [CertKind.from_slug(k) for k in args.kind or ()]
+    since, printed = args.since, 0
+    with _connect(args) as client:
+        updates = client.watch(since=since, kinds=kinds, resume=True)
+        try:
+            for update in updates:
+                for compromise in update.compromises:
+                    print(_compromise_line(compromise, args.json), flush=True)
+                for event in update.events:
+                    print(_event_line(event, args.json), flush=True)
+                    printed += 1
+                    since = event.sequence
+                    if printed == args.limit:
+                        return EXIT_OK
+                since = update.through
+        except KeyboardInterrupt:
+            pass
+        finally:
+            updates.close()
+            print(f"resume with --since {since}", file=sys.stderr, flush=True)
+    return EXIT_OK
+
+
+def _event_line(event: RevocationEvent, as_json: bool) -> str:
+    if as_json:
+        return json.dumps(event.to_json(), ensure_ascii=False)
+    return (
+        f"#{event.sequence} {event.kind.name} {serial_hex(event.serial)} lost effect at "
+        f"{event.time.isoformat()}: {event.cause.name} ({event.reason.name}), "
+        f"partition {event.partition}"
+    )
+
+
+def _compromise_line(compromise: IssuerCompromise, as_json: bool) -> str:
+    if as_json:
+        return json.dumps(compromise.to_json(), ensure_ascii=False)
+    return (
+        f"ISSUER KEY COMPROMISE {compromise.kind.name} generation "
+        f"{compromise.issuer_key_id.hex().upper()} at {compromise.time.isoformat()}: "
+        "everything it signed lost effect"
+    )
+
+
+def _fail(command: str, message: str) -> None:
+    print(f"jpki-va {command}: error: {message}", file=sys.stderr)

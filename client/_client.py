@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ipaddress
+import time
+from collections.abc import Generator, Iterable
 from datetime import UTC, datetime
 from types import TracebackType
 from typing import Self
@@ -13,16 +15,43 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.x509 import ocsp
 from google.protobuf import timestamp_pb2
 
-from client._errors import ProtocolError, translating_rpc_errors
-from client._models import CertIdRef, CertificateStatus, IssuerInfo, IssuerSet, OcspResult
+from client._errors import (
+    ClientError,
+    ProtocolError,
+    ResourceExhausted,
+    Unavailable,
+    from_rpc_error,
+    translating_rpc_errors,
+)
+from client._models import (
+    CertIdRef,
+    CertificateStatus,
+    IssuerInfo,
+    IssuerSet,
+    MappedCertificate,
+    OcspResult,
+    RevocationUpdate,
+    SigningRecord,
+)
 from client._ocsp import build_request, parse_certificate
-from protos import va_pb2, va_pb2_grpc
+from protos import (
+    crl_pb2,
+    crl_pb2_grpc,
+    mapping_pb2,
+    mapping_pb2_grpc,
+    record_pb2,
+    record_pb2_grpc,
+    va_pb2,
+    va_pb2_grpc,
+)
 from server.domain import CertKind, serial_from_bytes, serial_hex, serial_to_bytes
 
 DEFAULT_TIMEOUT = 5.0
 # Names the verifier on a plaintext loopback channel (demos and tests); a TLS
 # responder ignores it and identifies the verifier by its client certificate.
 VERIFIER_HEADER = "x-jpki-verifier"
+# Reconnect pauses of a resuming watch: doubling from the first to the last.
+RESUME_BACKOFF = (0.5, 8.0)
 
 
 def is_loopback_target(target: str) -> bool:
@@ -90,6 +119,9 @@ class VaClient:
         else:
             self._channel = grpc.secure_channel(target, credentials)
         self._stub = va_pb2_grpc.StatusServiceStub(self._channel)
+        self._mapping = mapping_pb2_grpc.MappingServiceStub(self._channel)
+        self._records = record_pb2_grpc.RecordServiceStub(self._channel)
+        self._crls = crl_pb2_grpc.CrlServiceStub(self._channel)
         self.target = target
         self.timeout = timeout
 
@@ -196,6 +228,90 @@ class VaClient:
             raise ProtocolError(f"Ocsp answered bytes that are no OCSPResponse: {error}") from None
         return OcspResult(der=der, response=response, request_der=request_der)
 
+    def map(
+        self,
+        *,
+        kind: CertKind,
+        serial: int,
+        to: CertKind | None = None,
+        timeout: float | None = None,
+    ) -> list[MappedCertificate]:
+        """The holder's certificates corresponding to (kind, serial) whose validity period
+        has not passed, each with its status (第18条4項・5項, 第37条3項).
+
+        ``to`` picks one kind (the same kind as ``kind``: the certificates that renewed
+        it); without it, every mapping this verifier may receive.
+        """
+        request = mapping_pb2.MapRequest(cert=_kind_serial(kind, serial))
+        if to is not None:
+            request.to = va_pb2.CertKind.ValueType(CertKind(to))
+        with translating_rpc_errors():
+            response = self._mapping.Map(
+                request, timeout=self._deadline(timeout), metadata=self._metadata
+            )
+        return [MappedCertificate.from_proto(m) for m in response.certificates]
+
+    def signing_record(
+        self, *, kind: CertKind, serial: int, timeout: float | None = None
+    ) -> SigningRecord:
+        """The signing record (第18条3項) of a signing certificate in effect whose holder
+        consented to this verifier receiving it. FailedPrecondition says why not."""
+        with translating_rpc_errors():
+            response = self._records.GetSigningRecord(
+                record_pb2.GetSigningRecordRequest(cert=_kind_serial(kind, serial)),
+                timeout=self._deadline(timeout),
+                metadata=self._metadata,
+            )
+        if not response.HasField("record"):
+            raise ProtocolError("GetSigningRecord answered without a record")
+        return SigningRecord.from_proto(response.record)
+
+    def watch(
+        self,
+        *,
+        since: int = 0,
+        kinds: Iterable[CertKind] = (),
+        resume: bool = False,
+        max_reconnects: int | None = None,
+        timeout: float | None = None,
+    ) -> Generator[RevocationUpdate, None, None]:
+        """Loss-of-effect events after ``since``, then as they are published.
+
+        Each update's ``through`` is where to resume (``since=through``) after a cut:
+        nothing is missed and nothing repeated. With ``resume=True`` a cut stream
+        (UNAVAILABLE, or RESOURCE_EXHAUSTED from a busy worker) reconnects by itself,
+        pausing a little longer each time, up to ``max_reconnects`` times in a row
+        (None: without end). ``timeout`` bounds each stream (None: none). Closing
+        the generator cancels the call.
+        """
+        if since < 0:
+            raise ValueError(f"since must not be negative, got {since}")
+        wanted = [va_pb2.CertKind.ValueType(CertKind(k)) for k in kinds]
+        pause, failures = RESUME_BACKOFF[0], 0
+        while True:
+            request = crl_pb2.WatchRevocationsRequest(since=since, kinds=wanted)
+            call = self._crls.WatchRevocations(request, timeout=timeout, metadata=self._metadata)
+            try:
+                for message in call:
+                    update = RevocationUpdate.from_proto(message)
+                    if update.through < since:
+                        raise ProtocolError(f"the feed went back from {since} to {update.through}")
+                    since = update.through
+                    pause, failures = RESUME_BACKOFF[0], 0
+                    yield update
+                return
+            except grpc.RpcError as error:
+                failure: ClientError = from_rpc_error(error)
+                if not resume or not isinstance(failure, Unavailable | ResourceExhausted):
+                    raise failure from error
+                failures += 1
+                if max_reconnects is not None and failures > max_reconnects:
+                    raise failure from error
+            finally:
+                call.cancel()  # type: ignore[no-untyped-call]  # untyped in the grpc stubs
+            time.sleep(pause)
+            pause = min(pause * 2, RESUME_BACKOFF[1])
+
     def _issuer_of(self, kind: CertKind, serial: int, timeout: float | None) -> x509.Certificate:
         # Only the responder knows which generation issued a serial, and generations
         # share a DN, so ask for the key id and look that key up.
@@ -231,11 +347,13 @@ def _cert_ref(
         return va_pb2.CertRef(cert_id=cert_id.to_proto())
     if kind is None or serial is None:
         raise ValueError("kind and serial go together")
+    return va_pb2.CertRef(kind_serial=_kind_serial(kind, serial))
+
+
+def _kind_serial(kind: CertKind, serial: int) -> va_pb2.KindSerial:
     _check_serial(serial)
-    return va_pb2.CertRef(
-        kind_serial=va_pb2.KindSerial(
-            kind=va_pb2.CertKind.ValueType(CertKind(kind)), serial=serial_to_bytes(serial)
-        )
+    return va_pb2.KindSerial(
+        kind=va_pb2.CertKind.ValueType(CertKind(kind)), serial=serial_to_bytes(serial)
     )
 
 

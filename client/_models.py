@@ -13,10 +13,11 @@ from google.protobuf import timestamp_pb2
 
 from client._errors import ProtocolError
 from client._ocsp import DEFAULT_HASH, issuer_hashes, parse_certificate
-from protos import va_pb2
+from protos import crl_pb2, mapping_pb2, record_pb2, va_pb2
 from server.domain import (
     CertKind,
     CrlReason,
+    LinkType,
     LossCause,
     Status,
     serial_from_bytes,
@@ -24,7 +25,7 @@ from server.domain import (
     serial_to_bytes,
 )
 
-_E = TypeVar("_E", CertKind, LossCause, CrlReason, Status)
+_E = TypeVar("_E", CertKind, LossCause, CrlReason, Status, LinkType)
 
 
 @dataclass(frozen=True, slots=True)
@@ -227,3 +228,154 @@ def _certificate(der: bytes) -> x509.Certificate:
         return parse_certificate(der)
     except ValueError as error:
         raise ProtocolError(f"unparsable certificate in answer: {error}") from None
+
+
+@dataclass(frozen=True, slots=True)
+class MappedCertificate:
+    """One corresponding certificate and its current status (MappingService.Map)."""
+
+    type: LinkType
+    status: CertificateStatus
+
+    @classmethod
+    def from_proto(cls, msg: mapping_pb2.MappedCertificate) -> MappedCertificate:
+        if not msg.HasField("status"):
+            raise ProtocolError("mapped certificate without a status")
+        return cls(
+            type=_enum(LinkType, msg.type, "mapping type"),
+            status=CertificateStatus.from_proto(msg.status),
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {"type": self.type.name, **self.status.to_json()}
+
+
+@dataclass(frozen=True, slots=True)
+class SigningRecord:
+    """特定署名用電子証明書記録情報: the serial and the holder's basic information."""
+
+    kind: CertKind
+    serial: int
+    name: str
+    address: str
+    birth_date: str
+    sex: str
+    index_sequence: int
+
+    @classmethod
+    def from_proto(cls, msg: record_pb2.SigningRecord) -> SigningRecord:
+        try:
+            serial = serial_from_bytes(msg.serial)
+        except ValueError as error:
+            raise ProtocolError(f"bad serial in answer: {error}") from None
+        return cls(
+            kind=_enum(CertKind, msg.kind, "certificate kind"),
+            serial=serial,
+            name=msg.name,
+            address=msg.address,
+            birth_date=msg.birth_date,
+            sex=msg.sex,
+            index_sequence=msg.index_sequence,
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind.name,
+            "serial": serial_hex(self.serial),
+            "name": self.name,
+            "address": self.address,
+            "birth_date": self.birth_date,
+            "sex": self.sex,
+            "index_sequence": self.index_sequence,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class RevocationEvent:
+    """One loss of effect from the feed, in registry order (``sequence``)."""
+
+    sequence: int
+    kind: CertKind
+    serial: int
+    cause: LossCause
+    reason: CrlReason
+    time: datetime
+    recorded_at: datetime | None
+    partition: str
+    issuer_key_id: bytes
+
+    @classmethod
+    def from_proto(cls, msg: crl_pb2.RevocationEvent) -> RevocationEvent:
+        time = _time(msg, "time")
+        if time is None:
+            raise ProtocolError("revocation event without a time")
+        try:
+            serial = serial_from_bytes(msg.serial)
+        except ValueError as error:
+            raise ProtocolError(f"bad serial in event: {error}") from None
+        return cls(
+            sequence=msg.sequence,
+            kind=_enum(CertKind, msg.kind, "certificate kind"),
+            serial=serial,
+            cause=_enum(LossCause, msg.cause, "loss cause"),
+            reason=_enum(CrlReason, msg.reason, "CRL reason"),
+            time=time,
+            recorded_at=_time(msg, "recorded_at"),
+            partition=msg.partition,
+            issuer_key_id=msg.issuer_key_id,
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "event": "loss",
+            "sequence": self.sequence,
+            "kind": self.kind.name,
+            "serial": serial_hex(self.serial),
+            "cause": self.cause.name,
+            "reason": self.reason.name,
+            "time": _iso(self.time),
+            "recorded_at": _iso(self.recorded_at),
+            "partition": self.partition,
+            "issuer_key_id": self.issuer_key_id.hex().upper(),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class IssuerCompromise:
+    """An issuer generation's key compromise: all it signed lost effect at ``time``."""
+
+    kind: CertKind
+    issuer_key_id: bytes
+    time: datetime
+
+    @classmethod
+    def from_proto(cls, msg: crl_pb2.IssuerCompromise) -> IssuerCompromise:
+        time = _time(msg, "time")
+        if time is None:
+            raise ProtocolError("issuer compromise without a time")
+        return cls(_enum(CertKind, msg.kind, "certificate kind"), msg.issuer_key_id, time)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "event": "issuer-compromise",
+            "kind": self.kind.name,
+            "issuer_key_id": self.issuer_key_id.hex().upper(),
+            "time": _iso(self.time),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class RevocationUpdate:
+    """One message of the feed. Resume a cut watch with ``since=through``."""
+
+    events: tuple[RevocationEvent, ...]
+    through: int
+    compromises: tuple[IssuerCompromise, ...]
+
+    @classmethod
+    def from_proto(cls, msg: crl_pb2.WatchRevocationsResponse) -> RevocationUpdate:
+        return cls(
+            events=tuple(RevocationEvent.from_proto(e) for e in msg.events),
+            through=msg.through,
+            compromises=tuple(IssuerCompromise.from_proto(c) for c in msg.compromises),
+        )

@@ -30,6 +30,7 @@ import hsm
 from protos import signer_pb2, signer_pb2_grpc, va_pb2, verifiers_pb2
 from server.config import ResponderConfig, SignerConfig
 from server.domain import CertKind, CrlReason, LossCause, Role
+from server.ledger import JST
 from server.responder_app import Responder
 from server.signer_app import SignerApp, start_signer
 
@@ -59,6 +60,7 @@ HOLDERS = (
     DemoHolder("hanako", "23456789012", "271004", "佐藤 花子", "大阪市北区2-2", "1992-11-23", "女"),
     DemoHolder("jiro", "34567890123", "131016", "鈴木 次郎", "千代田区3-3", "1975-07-07", "男"),
 )
+CONSENTING = HOLDERS[0]  # consents to the demo verifier receiving the signing records
 # (holder, kind, loss to record: (cause, reason) or None)
 LOSSES = {
     ("hanako", CertKind.CARD_SIGN): (LossCause.HOLDER_REQUEST, CrlReason.KEY_COMPROMISE),
@@ -217,6 +219,13 @@ def _populate(directory: Path, info: dict[str, Any], signer: SignerApp) -> None:
         for (holder_slug, kind), (cause, reason) in LOSSES.items():
             setup.lose(holder_slug, kind, cause, reason)
         _register_verifier(certs_dir, stub)
+        # 第18条3項: taro consents to the demo verifier receiving his signing records.
+        stub.RecordConsent(
+            signer_pb2.RecordConsentRequest(
+                resident_code=CONSENTING.resident_code, verifier=DEMO_VERIFIER, grant=True
+            ),
+            timeout=30,
+        )
         stub.PublishSnapshot(signer_pb2.PublishSnapshotRequest(full=True), timeout=60)
         info["certs"] = setup.entries
     del signer
@@ -253,6 +262,8 @@ def _print_help(directory: Path, info: dict[str, Any]) -> None:
     d = directory
     first = info["certs"][0]
     revoked = next(c for c in info["certs"] if c["expected"]["status"] == "REVOKED")
+    sign = next(c for c in info["certs"] if c["name"] == f"{CONSENTING.slug}-card-sign")
+    today = datetime.now(JST).date().isoformat()
     lines = [
         "",
         f"jpki-va demo is serving: responder {info['responder']}, signer {info['signer']}",
@@ -268,11 +279,17 @@ def _print_help(directory: Path, info: dict[str, Any]) -> None:
         f"-cert {d}/{revoked['cert']} -CAfile {d}/{info['root']} -resp_text",
         f"  jpki-va check --server {info['responder']} --insecure-loopback "
         "--kind card-sign --serial 0123456789ABCDEF   # never issued: UNKNOWN",
+        f"  jpki-va map --server {info['responder']} --insecure-loopback "
+        f"--kind card-sign --serial {sign['serial']}",
+        f"  jpki-va record --server {info['responder']} --insecure-loopback "
+        f"--serial {sign['serial']}   # {CONSENTING.slug} consented to the demo verifier",
+        f"  jpki-va watch --server {info['responder']} --insecure-loopback   # Ctrl-C ends it",
         f"  jpki-va token request --signer {info['signer']} --insecure-loopback "
         f"--verifier {DEMO_VERIFIER} --out token.jws",
         f"  jpki-va token verify --token token.jws --root {d}/{info['root']}",
         f"  jpki-va report annual --year {datetime.now(UTC).year} "
         f"--ledger {d}/responder/ledger --ledger {d}/signer/ledger",
+        f"  jpki-va report audit --from {today} --to {today} --ledger {d}/responder/ledger",
         "",
         "Press Ctrl-C to stop.",
     ]

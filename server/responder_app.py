@@ -19,7 +19,6 @@ import threading
 import time
 from collections.abc import Callable
 from datetime import timedelta
-from multiprocessing.synchronize import Event as ProcessEvent
 from typing import Any
 
 import grpc
@@ -131,8 +130,11 @@ def _resolve_port(listen: str) -> int:
         return int(s.getsockname()[1])
 
 
-def worker_main(config: ResponderConfig, port: int, ready: Any, stop: ProcessEvent) -> None:
-    """One gRPC worker process."""
+def worker_main(config: ResponderConfig, port: int, ready: Any) -> None:
+    """One gRPC worker process; SIGTERM (from the supervisor) stops it gracefully."""
+    # Not a shared multiprocessing.Event: a worker killed while waiting on one leaves
+    # its condition waiting for that worker forever, and set() would never return.
+    stop = threading.Event()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     logging.basicConfig(level=logging.INFO, format="%(asctime)s worker %(process)d %(message)s")
@@ -267,14 +269,13 @@ class Responder:
         )
         self._keystore = OcspKeyStore(config.ocsp_dir)
         self._ready = self._ctx.Queue()
-        self._worker_stop = self._ctx.Event()
         self._workers: list[multiprocessing.process.BaseProcess] = []
         self.port = 0
 
     def _spawn(self) -> multiprocessing.process.BaseProcess:
         proc = self._ctx.Process(
             target=worker_main,
-            args=(self.config, self.port, self._ready, self._worker_stop),
+            args=(self.config, self.port, self._ready),
             name="jpki-va-worker",
         )
         proc.start()
@@ -316,11 +317,13 @@ class Responder:
                         self._ready.get(timeout=READY_TIMEOUT)
 
     def shutdown(self) -> None:
-        self._worker_stop.set()
+        for proc in self._workers:
+            if proc.is_alive():
+                proc.terminate()  # SIGTERM: health NOT_SERVING, drain, close
         for proc in self._workers:
             proc.join(self.config.grace_seconds + 5)
             if proc.is_alive():
-                proc.terminate()
+                proc.kill()
                 proc.join(5)
         self._archive.close()
 
