@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections import Counter
 from collections.abc import Callable, Iterator
 from datetime import UTC
@@ -128,7 +129,9 @@ class CrlServicer(crl_pb2_grpc.CrlServiceServicer):
     ) -> Iterator[crl_pb2.WatchRevocationsResponse]:
         verifier = self._gate.identify(self._caller(context))
         kinds = [_kind(k) for k in request.kinds]
-        for batch in self._feed.watch(verifier, request.since, kinds, context.is_active):
+        done = threading.Event()
+        context.add_callback(done.set)  # cancelled, past its deadline, or ended
+        for batch in self._feed.watch(verifier, request.since, kinds, done):
             # Counted before the batch leaves (第41条): each event is status information.
             self._gate.provided(verifier, batch.counts)
             yield crl_pb2.WatchRevocationsResponse(

@@ -23,7 +23,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 from server.domain import CertKind, Provision, Verifier
@@ -74,10 +74,15 @@ class RevocationFeed:
         self._heartbeat = heartbeat_seconds
         self._limit = batch_limit
         self._closing = threading.Event()
+        self._lock = threading.Lock()
+        self._open: set[threading.Event] = set()
 
     def close(self) -> None:
-        """End every watch (at its next poll) with FeedClosed; refuse new ones."""
+        """End every watch with FeedClosed at once; refuse new ones."""
         self._closing.set()
+        with self._lock:
+            for done in self._open:
+                done.set()
 
     @staticmethod
     def kinds_for(verifier: Verifier, requested: Iterable[CertKind]) -> frozenset[CertKind]:
@@ -89,7 +94,10 @@ class RevocationFeed:
             return asked
         allowed = frozenset(k for k in CertKind if _may_receive(verifier, k))
         if not allowed:
-            check_entitled(verifier, status_provision(CertKind.CARD_SIGN))  # names the role
+            raise NotEntitled(
+                f"verifier {verifier.id!r} may not receive the status of any kind: missing role "
+                "SIGNING_VERIFIER, GROUP_SIGNING_VERIFIER or AUTH_VERIFIER"
+            )
         return allowed
 
     def watch(
@@ -97,29 +105,35 @@ class RevocationFeed:
         verifier: Verifier,
         since: int,
         requested: Iterable[CertKind] = (),
-        active: Callable[[], bool] = lambda: True,
+        done: threading.Event | None = None,
     ) -> Iterator[FeedBatch]:
-        """Batches after `since` until `active()` turns false or the feed closes."""
+        """Batches after `since` until `done` is set (the caller went away) or the feed
+        closes. The caller sets `done` when the call ends, so its slot frees at once."""
         if since < 0:
             raise ValueError("since must not be negative")
         kinds = self.kinds_for(verifier, requested)
-        if self._closing.is_set():
-            raise FeedClosed(f"the responder is shutting down; resume with since={since}")
+        done = done or threading.Event()
         if not self._slots.acquire(blocking=False):
             raise TooManyWatches(
                 f"this responder worker already serves {self._max} watches; retry later"
             )
+        with self._lock:
+            self._open.add(done)
         try:
-            yield from self._batches(since, kinds, active)
+            if self._closing.is_set():
+                raise FeedClosed(f"the responder is shutting down; resume with since={since}")
+            yield from self._batches(since, kinds, done)
         finally:
+            with self._lock:
+                self._open.discard(done)
             self._slots.release()
 
     def _batches(
-        self, since: int, kinds: frozenset[CertKind], active: Callable[[], bool]
+        self, since: int, kinds: frozenset[CertKind], done: threading.Event
     ) -> Iterator[FeedBatch]:
         announced: set[bytes] = set()
         first, last_sent = True, 0.0
-        while active():
+        while not done.is_set():
             index = self._holder.get()
             events, through = index.event_batch(since, self._limit)
             full = len(events) == self._limit
@@ -137,9 +151,9 @@ class RevocationFeed:
                 counts = Counter(status_provision(e.kind) for e in wanted)
                 yield FeedBatch(wanted, through, compromises, counts)
                 first, last_sent, since = False, now, through
-            if full:
-                continue  # more is waiting: no pause
-            if self._closing.wait(self._poll):
+            if not full:
+                done.wait(self._poll)  # a published delta shows within one poll
+            if self._closing.is_set():
                 raise FeedClosed(f"the responder is shutting down; resume with since={since}")
 
 

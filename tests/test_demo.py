@@ -228,3 +228,28 @@ def _serving(directory: Path) -> bool:
         "--cert", str(directory / info["certs"][0]["cert"]), cwd=directory,
     )  # fmt: skip
     return result.returncode == 0
+
+
+def test_demo_map_record_and_watch_commands(
+    demo: tuple[Path, dict[str, Any]], tmp_path: Path
+) -> None:
+    """What the demo's help text offers: taro consented, so his record is given."""
+    _, info = demo
+    by_name = {c["name"]: c for c in info["certs"]}
+    taro, hanako = by_name["taro-card-sign"], by_name["hanako-card-sign"]
+    server = ("--server", info["responder"], "--insecure-loopback")
+    record = jpki_va("record", *server, "--serial", taro["serial"], "--json", cwd=tmp_path)
+    assert record.returncode == 0, record.stderr
+    assert json.loads(record.stdout)["name"] == "山田 太郎"
+    refused = jpki_va("record", *server, "--serial", hanako["serial"], cwd=tmp_path)
+    assert refused.returncode == 3
+    assert "FAILED_PRECONDITION" in refused.stderr
+    mapped = jpki_va(
+        "map", *server, "--kind", "card-sign", "--serial", taro["serial"], "--json", cwd=tmp_path
+    )
+    assert mapped.returncode == 0, mapped.stderr
+    serials = {c["serial"] for c in json.loads(mapped.stdout)["certificates"]}
+    assert serials == {by_name["taro-mobile-sign"]["serial"], by_name["taro-card-auth"]["serial"]}
+    watched = jpki_va("watch", *server, "--json", "--limit", "1", cwd=tmp_path)
+    assert watched.returncode == 0, watched.stderr
+    assert json.loads(watched.stdout)["event"] == "loss"

@@ -7,7 +7,8 @@ from datetime import UTC, date, datetime, timedelta
 
 import pytest
 
-from server.domain import CertKind, CrlReason, Link, LinkType, Loss, LossCause
+from server.domain import CertKind, CrlReason, Link, LinkType, Loss, LossCause, Provision, Status
+from server.law import mapping
 from server.law.correspondence import holder_links
 from server.law.errors import Refused
 from server.law.issuer_compromise import Compromise, effective_loss
@@ -20,6 +21,7 @@ from server.law.resident_change import (
     move_out_lapsed,
 )
 from server.law.retention import RetentionPolicy
+from server.law.signing_record import check_disclosable
 from server.profiles import Holder
 from server.registry import CertificateRecord
 
@@ -158,3 +160,53 @@ def test_correspondences_of_one_holder() -> None:
         # Only the signing certificate in effect while the auth one was.
         Link(LinkType.CARD_AUTH_CARD_SIGN, CertKind.CARD_AUTH, 3, CertKind.CARD_SIGN, 2),
     }
+
+
+# 第18条4項・5項, 第37条3項: mappings -------------------------------------------------------
+def test_mapping_types_targets_and_provisions() -> None:
+    assert mapping.mapping_type(CertKind.MOBILE_AUTH, CertKind.CARD_AUTH) is (
+        LinkType.CARD_AUTH_MOBILE_AUTH
+    )
+    assert mapping.mapping_type(CertKind.CARD_AUTH, CertKind.CARD_AUTH) is LinkType.RENEWAL
+    with pytest.raises(mapping.NoSuchMapping, match="MOBILE_SIGN to MOBILE_AUTH"):
+        mapping.mapping_type(CertKind.MOBILE_SIGN, CertKind.MOBILE_AUTH)
+    assert set(mapping.targets(CertKind.CARD_SIGN)) == {
+        CertKind.MOBILE_SIGN,
+        CertKind.CARD_AUTH,
+        CertKind.CARD_SIGN,
+    }
+    assert set(mapping.targets(CertKind.MOBILE_SIGN)) == {CertKind.CARD_SIGN, CertKind.MOBILE_SIGN}
+    # Renewal is counted as status of its kind; the others as the law's mappings.
+    assert mapping.provision(CertKind.MOBILE_SIGN, CertKind.MOBILE_SIGN) is (
+        Provision.SIGNING_STATUS
+    )
+    assert mapping.provision(CertKind.CARD_SIGN, CertKind.CARD_AUTH) is (
+        Provision.MAP_CARD_AUTH_CARD_SIGN
+    )
+
+
+def test_mapping_filters_by_the_validity_period_only() -> None:
+    assert mapping.validity_not_passed(T0, T0)  # its last moment is still within the period
+    assert not mapping.validity_not_passed(T0, T0 + timedelta(microseconds=1))
+
+
+# 第18条3項: signing records -----------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("kind", "status", "consented", "refusal"),
+    [
+        (CertKind.CARD_SIGN, "GOOD", True, None),
+        (CertKind.MOBILE_SIGN, "NOT_YET_VALID", True, None),  # has not lost effect
+        (CertKind.CARD_SIGN, "REVOKED", True, "revoked"),
+        (CertKind.CARD_SIGN, "EXPIRED", True, "expired"),
+        (CertKind.CARD_SIGN, "GOOD", False, "not consented"),
+        (CertKind.CARD_AUTH, "GOOD", True, "not a signing certificate"),
+    ],
+)
+def test_signing_record_rule(
+    kind: CertKind, status: str, consented: bool, refusal: str | None
+) -> None:
+    if refusal is None:
+        check_disclosable(kind, Status[status], consented)
+    else:
+        with pytest.raises((Refused, ValueError), match=refusal):
+            check_disclosable(kind, Status[status], consented)

@@ -1,8 +1,8 @@
 """Entitlements over real mTLS on 127.0.0.1: every row of DESIGN §7 the responder serves.
 
 Allowed roles get answers; the others get PERMISSION_DENIED naming the missing role.
-Signing records and mappings are served by other services; their rows are covered by
-the matrix unit tests (tests/test_entitlements.py).
+Status, OCSP, CRL files, the revocation feed, the three mappings and renewal, and
+signing records (the holder consented to every verifier, so only roles decide).
 """
 
 from __future__ import annotations
@@ -21,9 +21,21 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509 import ocsp
 
-from protos import crl_pb2, crl_pb2_grpc, va_pb2, va_pb2_grpc, verifiers_pb2
+from protos import (
+    crl_pb2,
+    crl_pb2_grpc,
+    mapping_pb2,
+    mapping_pb2_grpc,
+    record_pb2,
+    record_pb2_grpc,
+    signer_pb2,
+    va_pb2,
+    va_pb2_grpc,
+    verifiers_pb2,
+)
 from server.config import TlsFiles
-from server.domain import CertKind, Provision, Role
+from server.domain import CertKind, LinkType, Provision, Role
+from server.law.entitlements import ENTITLEMENTS, mapping_provision, status_provision
 from server.ledger import JST, Ledger, year_bounds
 from tests.support import ExtraResponder, Issued, Pki, start_responder, wait_for
 from tests.tls import TlsCa, TlsIdentity
@@ -60,6 +72,12 @@ class World:
 
     def crl_stub(self, who: str) -> crl_pb2_grpc.CrlServiceStub:
         return crl_pb2_grpc.CrlServiceStub(self.channel(who))
+
+    def mapping_stub(self, who: str) -> mapping_pb2_grpc.MappingServiceStub:
+        return mapping_pb2_grpc.MappingServiceStub(self.channel(who))
+
+    def record_stub(self, who: str) -> record_pb2_grpc.RecordServiceStub:
+        return record_pb2_grpc.RecordServiceStub(self.channel(who))
 
     def channel(self, who: str | None) -> grpc.Channel:
         creds = self.ca.channel_credentials(None if who is None else self.idents[who])
@@ -98,12 +116,18 @@ def world(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]
             CertKind.MOBILE_AUTH, resident_code="70000000001", card=card_sign
         ),
     }
+    for name in VERIFIERS:  # 第18条3項: consent is per verifier here; roles decide below
+        pki.signer_stub.RecordConsent(
+            signer_pb2.RecordConsentRequest(resident_code="70000000001", verifier=name, grant=True),
+            timeout=30,
+        )
     sequence = pki.publish_and_wait()
     responder = start_responder(
         pki,
         base / "state",
         tls=TlsFiles(server.cert, server.key, ca.cert_file),
         insecure_loopback=False,
+        max_watches=15,  # the feed rows open many in a row; a cancel frees its slot soon after
     )
     world = World(pki, ca, responder, idents, certs, [])
     try:
@@ -137,6 +161,10 @@ def _by_serial(issued: Issued) -> va_pb2.CheckRequest:
 
 def _status_allowed(roles: set[Role], kind: CertKind) -> bool:
     return bool(roles & {S, G}) if kind.is_signing else A in roles
+
+
+def _allowed(roles: set[Role], provision: Provision) -> bool:
+    return any(needed <= roles for needed in ENTITLEMENTS[provision])
 
 
 CASES = [(who, kind) for who in VERIFIERS for kind in CertKind]
@@ -192,6 +220,133 @@ def test_crl_files_by_role(world: World, who: str, kind: CertKind) -> None:
         with pytest.raises(grpc.RpcError) as info:
             list(stub.GetCrl(request, timeout=10))
         assert info.value.code() is grpc.StatusCode.PERMISSION_DENIED
+
+
+MAPPINGS = [
+    (CertKind.CARD_SIGN, CertKind.MOBILE_SIGN),
+    (CertKind.MOBILE_SIGN, CertKind.CARD_SIGN),
+    (CertKind.CARD_AUTH, CertKind.CARD_SIGN),
+    (CertKind.CARD_SIGN, CertKind.CARD_AUTH),
+    (CertKind.CARD_AUTH, CertKind.MOBILE_AUTH),
+    (CertKind.MOBILE_AUTH, CertKind.CARD_AUTH),
+    *((k, k) for k in CertKind),  # renewal: the same entitlement as status of the kind
+]
+MAP_CASES = [(who, source, to) for who in VERIFIERS for source, to in MAPPINGS]
+
+
+@pytest.mark.parametrize(
+    ("who", "source", "to"), MAP_CASES, ids=[f"{w}-{s.slug}-to-{t.slug}" for w, s, t in MAP_CASES]
+)
+def test_mappings_by_role(world: World, who: str, source: CertKind, to: CertKind) -> None:
+    provision = status_provision(to) if source is to else mapping_provision(source, to)
+    request = mapping_pb2.MapRequest(
+        cert=_by_serial(world.certs[source]).cert.kind_serial,
+        to=int(to),  # type: ignore[arg-type]
+    )
+    stub = world.mapping_stub(who)
+    if _allowed(VERIFIERS[who], provision):
+        reply = stub.Map(request, timeout=10)
+        serials = [int.from_bytes(c.status.serial, "big") for c in reply.certificates]
+        # One holder with one certificate of each kind; nothing was renewed.
+        assert serials == ([] if source is to else [world.certs[to].serial])
+        assert all(c.status.status == va_pb2.CERT_STATUS_GOOD for c in reply.certificates)
+        if source is not to:
+            assert reply.certificates[0].type == int(LinkType(provision_type(source, to)))
+    else:
+        with pytest.raises(grpc.RpcError) as info:
+            stub.Map(request, timeout=10)
+        assert info.value.code() is grpc.StatusCode.PERMISSION_DENIED
+        assert who in (info.value.details() or "")
+
+
+def provision_type(source: CertKind, to: CertKind) -> LinkType:
+    return {
+        Provision.MAP_CARD_SIGN_MOBILE_SIGN: LinkType.CARD_SIGN_MOBILE_SIGN,
+        Provision.MAP_CARD_AUTH_CARD_SIGN: LinkType.CARD_AUTH_CARD_SIGN,
+        Provision.MAP_CARD_AUTH_MOBILE_AUTH: LinkType.CARD_AUTH_MOBILE_AUTH,
+    }[mapping_provision(source, to)]
+
+
+SIGNING = [CertKind.CARD_SIGN, CertKind.MOBILE_SIGN]
+RECORD_CASES = [(who, kind) for who in VERIFIERS for kind in SIGNING]
+
+
+@pytest.mark.parametrize(
+    ("who", "kind"), RECORD_CASES, ids=[f"{w}-{k.slug}" for w, k in RECORD_CASES]
+)
+def test_signing_records_by_role(world: World, who: str, kind: CertKind) -> None:
+    request = record_pb2.GetSigningRecordRequest(
+        cert=_by_serial(world.certs[kind]).cert.kind_serial
+    )
+    stub = world.record_stub(who)
+    if _allowed(VERIFIERS[who], Provision.SIGNING_RECORD):
+        record = stub.GetSigningRecord(request, timeout=10).record
+        assert int.from_bytes(record.serial, "big") == world.certs[kind].serial
+        assert record.name
+    else:
+        with pytest.raises(grpc.RpcError) as info:
+            stub.GetSigningRecord(request, timeout=10)
+        assert info.value.code() is grpc.StatusCode.PERMISSION_DENIED
+        assert "SIGNING_VERIFIER" in (info.value.details() or "")
+
+
+@pytest.mark.parametrize(("who", "kind"), CASES, ids=[f"{w}-{k.slug}" for w, k in CASES])
+def test_revocation_feed_by_role(world: World, who: str, kind: CertKind) -> None:
+    request = crl_pb2.WatchRevocationsRequest(since=0, kinds=[int(kind)])  # type: ignore[list-item]
+    call = world.crl_stub(who).WatchRevocations(request, timeout=10)
+    try:
+        if _status_allowed(VERIFIERS[who], kind):
+            first = next(iter(call))
+            assert first.through >= 0
+            assert all(e.kind == int(kind) for e in first.events)
+        else:
+            with pytest.raises(grpc.RpcError) as info:
+                next(iter(call))
+            assert info.value.code() is grpc.StatusCode.PERMISSION_DENIED
+    finally:
+        call.cancel()  # type: ignore[no-untyped-call]
+
+
+def test_the_feed_carries_only_entitled_kinds(world: World) -> None:
+    # Three kinds lose effect; each verifier asking for everything gets its own kinds.
+    pki = world.pki
+    code = "70000000009"
+    card_sign = pki.issue(CertKind.CARD_SIGN, resident_code=code)
+    pki.issue(CertKind.CARD_AUTH, resident_code=code)
+    pki.issue(CertKind.MOBILE_SIGN, resident_code=code, card=card_sign)
+    # Deletion of the resident record (not by move-out) ends all of them (第12条, 第31条).
+    pki.signer_stub.RecordResidentEvent(
+        signer_pb2.RecordResidentEventRequest(
+            resident_code=code, event=signer_pb2.RESIDENT_EVENT_RECORD_DELETED
+        ),
+        timeout=30,
+    )
+    sequence = pki.publish_and_wait(full=False)
+    wait_for(
+        lambda: _served_sequence(world, "v-auth", CertKind.CARD_AUTH) >= sequence,
+        "the TLS responder to apply the delta",
+    )
+    seen: dict[str, set[int]] = {}
+    for who in ("v-auth", "v-sign", "v-sign-auth"):
+        call = world.crl_stub(who).WatchRevocations(crl_pb2.WatchRevocationsRequest(), timeout=10)
+        try:
+            seen[who] = {e.kind for e in next(iter(call)).events}
+        finally:
+            call.cancel()  # type: ignore[no-untyped-call]
+    assert seen["v-auth"] and seen["v-auth"] <= {
+        va_pb2.CERT_KIND_CARD_AUTH,
+        va_pb2.CERT_KIND_MOBILE_AUTH,
+    }
+    assert seen["v-sign"] and seen["v-sign"] <= {
+        va_pb2.CERT_KIND_CARD_SIGN,
+        va_pb2.CERT_KIND_MOBILE_SIGN,
+    }
+    assert seen["v-sign-auth"] == seen["v-auth"] | seen["v-sign"]
+
+
+def _served_sequence(world: World, who: str, kind: CertKind) -> int:
+    reply = world.stub(who).Check(_by_serial(world.certs[kind]), timeout=10)
+    return int(reply.status.index_sequence)
 
 
 def test_list_crls_shows_only_entitled_kinds(world: World) -> None:

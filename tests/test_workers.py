@@ -1,4 +1,5 @@
-"""`responder --workers N`: every worker answers and follows new snapshots; graceful stop."""
+"""`responder --workers N`: every worker answers and follows new full and delta snapshots
+without a restart; graceful stop."""
 
 from __future__ import annotations
 
@@ -9,8 +10,8 @@ from queue import Queue
 
 import grpc
 
-from protos import va_pb2, va_pb2_grpc
-from server.domain import CertKind
+from protos import signer_pb2, va_pb2, va_pb2_grpc
+from server.domain import CertKind, LossCause
 from server.grpc_common import SERVED_BY
 from tests.support import ALL_ROLES_VERIFIER, Issued, Pki, start_responder, wait_for
 
@@ -64,6 +65,26 @@ def test_two_workers_answer_and_both_see_a_new_snapshot(pki: Pki, tmp_path: Path
             return fresh == set(workers)
 
         wait_for(both_fresh, "both workers to serve the new snapshot", timeout=60)
+        # A delta is applied to the live index in place: both workers see it too.
+        pki.signer_stub.RecordLoss(
+            signer_pb2.RecordLossRequest(
+                kind=int(second.kind),  # type: ignore[arg-type]
+                serial=second.serial.to_bytes(8, "big"),
+                cause=int(LossCause.HOLDER_REQUEST),  # type: ignore[arg-type]
+            ),
+            timeout=30,
+        )
+        delta = pki.publish_and_wait(full=False)
+        revoked: set[str] = set()
+
+        def both_revoked() -> bool:
+            worker, reply = _ask(extra.address, _request(second))
+            if reply.status.index_sequence >= delta:
+                assert reply.status.status == va_pb2.CERT_STATUS_REVOKED
+                revoked.add(worker)
+            return revoked == set(workers)
+
+        wait_for(both_revoked, "both workers to serve the delta", timeout=60)
     finally:
         extra.close()
 
