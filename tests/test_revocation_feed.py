@@ -73,7 +73,7 @@ def test_batches_filter_kinds_and_the_watermark_covers_the_rest() -> None:
 
 def test_limits_entitlements_and_shutdown() -> None:
     feed = RevocationFeed(_Holder(_Index([], 0)), max_watches=1, poll_seconds=0.01)
-    with pytest.raises(NotEntitled, match="any kind: missing role .*AUTH_VERIFIER"):
+    with pytest.raises(NotEntitled, match=r"any kind: missing role .*AUTH_VERIFIER"):
         next(feed.watch(TOKEN_ONLY, 0))
     with pytest.raises(NotEntitled):
         next(feed.watch(AUTH, 0, [CertKind.CARD_SIGN]))
