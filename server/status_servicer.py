@@ -126,7 +126,7 @@ class StatusServicer(va_pb2_grpc.StatusServiceServicer):
     def Ocsp(
         self, request: va_pb2.OcspRequest, context: grpc.ServicerContext
     ) -> va_pb2.OcspResponse:
-        return va_pb2.OcspResponse(der=self._ocsp.respond(request.der))
+        return va_pb2.OcspResponse(der=self._ocsp.respond(request.der).der)
 
     def ListIssuers(
         self, request: va_pb2.ListIssuersRequest, context: grpc.ServicerContext
