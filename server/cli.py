@@ -91,6 +91,14 @@ def responder_config(args: argparse.Namespace) -> ResponderConfig:
             "signer": args.signer,
             "insecure_loopback": args.insecure_loopback or None,
             "poll_interval": args.poll_interval,
+            "http_listen": args.http_listen,
+            "metrics_port": args.metrics_port,
+            "max_message_bytes": args.max_message_bytes,
+            "max_batch": args.max_batch,
+            "max_stream_batches": args.max_stream_batches,
+            "max_ocsp_request_bytes": args.max_ocsp_request_bytes,
+            "max_ocsp_cert_ids": args.max_ocsp_cert_ids,
+            "ocsp_cache_size": args.ocsp_cache_size,
         },
         ResponderConfig,
     )
@@ -165,6 +173,19 @@ def build_parser() -> argparse.ArgumentParser:
     responder.add_argument("--signer", help="signer HOST:PORT for OCSP-signer certificates")
     responder.add_argument("--poll-interval", type=float, help="seconds between snapshot scans")
     responder.add_argument("--insecure-loopback", action="store_true", help="plaintext on loopback")
+    responder.add_argument(
+        "--http-listen", help="HOST:PORT for HTTP OCSP and CRLs (loopback; default off)"
+    )
+    responder.add_argument("--metrics-port", type=int, help="Prometheus /metrics on 127.0.0.1")
+    limits = responder.add_argument_group("limits")
+    limits.add_argument("--max-message-bytes", type=int, help="largest gRPC message accepted")
+    limits.add_argument("--max-batch", type=int, help="requests per CheckStream batch")
+    limits.add_argument("--max-stream-batches", type=int, help="batches per CheckStream")
+    limits.add_argument("--max-ocsp-request-bytes", type=int, help="largest OCSP request")
+    limits.add_argument("--max-ocsp-cert-ids", type=int, help="CertIDs per OCSP request")
+    limits.add_argument(
+        "--ocsp-cache-size", type=int, help="signed OCSP responses kept per worker (0: none)"
+    )
     responder.set_defaults(func=run_responder)
 
     add_commands(sub)

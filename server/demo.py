@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import secrets
 import shutil
 import sys
@@ -282,7 +283,8 @@ def run(
                 signer=info["signer"],
                 insecure_loopback=True,
                 poll_interval=0.5,
-                **({"workers": workers} if workers else {}),
+                workers=workers or os.cpu_count() or 1,
+                http_listen=info["http"].removeprefix("http://"),
             )
         )
         responder.start()

@@ -101,10 +101,12 @@ def build_server(
     max_workers: int,
     mapping: ErrorMap,
     options: Iterable[tuple[str, Any]] = (),
+    interceptors: Sequence[_Interceptor] = (),
 ) -> grpc.Server:
+    """A server whose `interceptors` (outermost first) see the mapped final status."""
     return grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers),
-        interceptors=[ErrorMappingInterceptor(mapping)],
+        interceptors=[*interceptors, ErrorMappingInterceptor(mapping)],
         options=list(options),
     )
 

@@ -69,6 +69,15 @@ class CrlTimes:
 
 
 @dataclass(frozen=True)
+class CrlFile:
+    """A CRL as published: its DER, the SHA-256 the manifest gave it, its times."""
+
+    der: bytes
+    sha256: str
+    times: CrlTimes
+
+
+@dataclass(frozen=True)
 class IssuerEntry:
     kind: CertKind
     key_id: bytes
@@ -166,8 +175,12 @@ def _build(snapshot: VerifiedSnapshot, path: Path) -> None:
                 "issuer_key_ids": [k.hex() for k in key_ids],
                 "issuer_kinds": {k.hex(): v.name for k, v in kinds.items()},
                 "crls": [c.info.to_json() for c in snapshot.crls],
+                # The verified CRLs themselves, served over HTTP; keyed by snapshot path.
+                "crl_files": {c.info.file: manifest.files[c.info.file] for c in snapshot.crls},
             }
             txn.put(b"manifest", json.dumps(meta).encode(), db=meta_db)
+            for vc in snapshot.crls:
+                txn.put(_crl_key(vc.info.file), vc.crl.public_bytes(Encoding.DER), db=meta_db)
             txn.put(
                 b"issuers",
                 b"".join(c.public_bytes(Encoding.PEM) for c in snapshot.issuers),
@@ -176,6 +189,10 @@ def _build(snapshot: VerifiedSnapshot, path: Path) -> None:
         env.sync(True)
     finally:
         env.close()
+
+
+def _crl_key(relpath: str) -> bytes:
+    return b"crl:" + relpath.encode()
 
 
 def publish_index(index_root: Path, built: Path) -> None:
@@ -208,6 +225,7 @@ class Index:
         )
         self._status, issuers_db, meta_db = (self._env.open_db(name, create=False) for name in _DBS)
         self._issuers_db = issuers_db
+        self._meta_db = meta_db
         with self._env.begin() as txn:
             raw_meta = txn.get(b"manifest", db=meta_db)
             issuer_pem = txn.get(b"issuers", db=meta_db)
@@ -230,6 +248,8 @@ class Index:
                 newest = max(generations, key=lambda e: e.certificate.not_valid_before_utc)
                 self.issuers[newest.key_id] = replace(newest, active=True)
         self._crl_times: dict[tuple[CertKind, bytes, str], CrlTimes] = {}
+        self._crl_files: dict[str, tuple[str, CrlTimes]] = {}
+        crl_hashes: dict[str, str] = meta.get("crl_files", {})
         for c in meta["crls"]:
             times = CrlTimes(
                 number=c["number"],
@@ -238,6 +258,8 @@ class Index:
             )
             scope = (CertKind[c["kind"]], bytes.fromhex(c["issuer_key_id"]), c["partition"])
             self._crl_times[scope] = times
+            if c["file"] in crl_hashes:
+                self._crl_files[c["file"]] = (crl_hashes[c["file"]], times)
         self.next_update = min(
             (t.next_update for t in self._crl_times.values()),
             default=datetime.fromtimestamp(0, UTC),
@@ -261,6 +283,22 @@ class Index:
 
     def crl_times(self, record: StatusRecord) -> CrlTimes | None:
         return self._crl_times.get((record.kind, record.issuer_key_id, record.partition))
+
+    @property
+    def crl_scopes(self) -> dict[tuple[CertKind, bytes, str], CrlTimes]:
+        """Every (kind, issuer key id, partition) this index has a CRL for."""
+        return dict(self._crl_times)
+
+    def crl(self, relpath: str) -> CrlFile | None:
+        """The CRL published at `relpath` (e.g. crls/card-sign/<kid16>/131016.crl)."""
+        known = self._crl_files.get(relpath)
+        if known is None:
+            return None
+        with self._env.begin(db=self._meta_db) as txn:
+            der = txn.get(_crl_key(relpath))
+        if der is None:
+            return None
+        return CrlFile(bytes(der), known[0], known[1])
 
     def close(self) -> None:
         self._env.close()

@@ -139,12 +139,6 @@ def _single(cert_id: ocsp_wire.CertId, answer: Answer, not_after: datetime) -> S
     return SingleResponse(cert_id, CertStatus.UNKNOWN, answer.this_update, next_update)
 
 
-def _labels(answer: Answer) -> tuple[str, str]:
-    loss = answer.record.loss if answer.record is not None else None
-    cause = loss.cause.slug if answer.status is Status.REVOKED and loss is not None else "none"
-    return answer.status.name.lower(), cause
-
-
 class OcspResponder:
     def __init__(
         self,
@@ -259,7 +253,7 @@ class OcspResponder:
         response = ocsp_wire.successful(
             tbs, prepared.algorithm, prepared.sign(tbs), [delegated_der]
         )
-        labels = tuple(_labels(a) for a in answers)
+        labels = tuple(a.labels for a in answers)
         if request.nonce is not None:
             return OcspReply(response, answers=labels)
         return OcspReply(

@@ -14,6 +14,7 @@ import multiprocessing
 import signal
 import socket
 import threading
+import time
 from collections.abc import Callable
 from multiprocessing.synchronize import Event as ProcessEvent
 from typing import Any
@@ -25,13 +26,25 @@ from protos import signer_pb2, signer_pb2_grpc, va_pb2, va_pb2_grpc
 from server import grpc_common
 from server.clock import Clock, SystemClock
 from server.config import ResponderConfig
-from server.index import Index, current_index
+from server.http_endpoint import HttpApp, HttpServer
+from server.index import CrlFile
 from server.ingest import Ingester
-from server.ocsp import OcspResponder
+from server.logs import configure_json
+from server.metrics import (
+    CountedSource,
+    MetricsInterceptor,
+    MetricsServer,
+    ResponderCollector,
+    WorkerMetrics,
+    mark_worker_dead,
+    prepare_multiprocess_dir,
+)
+from server.ocsp import OcspLimits, OcspResponder
+from server.ocsp_cache import ResponseCache
 from server.ocsp_keys import OcspKeyStore
 from server.snapshot import SnapshotVerifier
 from server.status import BadRequest, IndexHolder, IndexStatusSource, NotReady, Resolver
-from server.status_servicer import StatusServicer
+from server.status_servicer import StatusServicer, StreamLimits
 
 log = logging.getLogger(__name__)
 
@@ -69,30 +82,63 @@ def _resolve_port(listen: str) -> int:
         return int(s.getsockname()[1])
 
 
-def worker_main(config: ResponderConfig, port: int, ready: Any, stop: ProcessEvent) -> None:
-    """One gRPC worker process."""
+def worker_main(
+    config: ResponderConfig, port: int, http_port: int | None, ready: Any, stop: ProcessEvent
+) -> None:
+    """One worker process: gRPC and, when configured, HTTP OCSP and CRLs."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s worker %(process)d %(message)s")
+    configure_json("responder-worker")
     clock = SystemClock()
+    metrics = WorkerMetrics()
     holder = IndexHolder(config.index_dir)
     holder.refresh()
     keystore = OcspKeyStore(config.ocsp_dir)
     source = IndexStatusSource(holder)
     resolver = Resolver(holder)
-    ocsp = OcspResponder(source, resolver, keystore.current, clock)
+    cache = ResponseCache(
+        lambda: holder.get().sequence,
+        capacity=config.ocsp_cache_size,
+        refresh_margin=config.ocsp_cache_margin,
+    )
+    ocsp = OcspResponder(
+        source,
+        resolver,
+        keystore.current,
+        clock,
+        cache=cache,
+        limits=OcspLimits(config.max_ocsp_request_bytes, config.max_ocsp_cert_ids),
+        observer=metrics,
+    )
     roots = load_anchors(config)
     server = grpc_common.build_server(
         max_workers=config.grpc_threads,
         mapping=STATUS_ERRORS,
-        options=[("grpc.so_reuseport", 1)],
+        options=[
+            ("grpc.so_reuseport", 1),
+            ("grpc.max_receive_message_length", config.max_message_bytes),
+        ],
+        interceptors=[MetricsInterceptor(metrics)],
     )
+    limits = StreamLimits(config.max_batch, config.max_stream_batches)
     va_pb2_grpc.add_StatusServiceServicer_to_server(
-        StatusServicer(source, resolver, ocsp, holder, clock, roots), server
+        StatusServicer(
+            CountedSource(source, metrics), resolver, ocsp, holder, clock, roots, limits
+        ),
+        server,
     )
     health = grpc_common.add_health_and_reflection(server, [SERVICE])
     grpc_common.bind(server, f"{config.listen.rsplit(':', 1)[0]}:{port}", None)
     server.start()
+    http: HttpServer | None = None
+    if config.http_listen is not None and http_port is not None:
+
+        def crl(relpath: str) -> CrlFile | None:
+            return holder.get().crl(relpath)
+
+        app = HttpApp(ocsp, crl, max_request_bytes=config.max_ocsp_request_bytes, observer=metrics)
+        http = HttpServer(app, _host(config.http_listen), http_port)
+        http.start()
     serving = holder.loaded
     grpc_common.set_serving(health, [SERVICE], serving)
     ready.put(port)
@@ -103,22 +149,19 @@ def worker_main(config: ResponderConfig, port: int, ready: Any, stop: ProcessEve
             grpc_common.set_serving(health, [SERVICE], True)
     # Health first, so balancers stop sending; then let in-flight calls finish.
     grpc_common.set_serving(health, [SERVICE], False)
+    if http is not None:
+        http.stop()
     server.stop(config.grace_seconds).wait()
     holder.close()
 
 
-def renew_ocsp_certificates(config: ResponderConfig, keystore: OcspKeyStore, clock: Clock) -> bool:
+def renew_ocsp_certificates(
+    config: ResponderConfig, keystore: OcspKeyStore, holder: IndexHolder, clock: Clock
+) -> bool:
     """Ask the signer for delegated certificates when one is missing or past half-life."""
-    if config.signer is None:
+    if config.signer is None or not holder.loaded:
         return False
-    path = current_index(config.index_dir)
-    if path is None:
-        return False
-    index = Index(path)
-    try:
-        issuer_ids = set(index.issuers)
-    finally:
-        index.close()
+    issuer_ids = set(holder.get().issuers)
     if not keystore.needs_renewal(issuer_ids, clock.now()):
         return False
     with grpc.insecure_channel(config.signer) as channel:
@@ -145,41 +188,64 @@ class Responder:
         self._verifier = SnapshotVerifier(load_anchors(config), self._clock)
         self._ingester = Ingester(config.snapshot_dir, config.index_dir, self._verifier)
         self._keystore = OcspKeyStore(config.ocsp_dir)
+        self._holder = IndexHolder(config.index_dir)  # the main process's view, for metrics
+        self._collector = ResponderCollector(self._holder, self._clock)
+        self._metrics_server: MetricsServer | None = None
         self._ready = self._ctx.Queue()
         self._worker_stop = self._ctx.Event()
         self._workers: list[multiprocessing.process.BaseProcess] = []
         self.port = 0
+        self.http_port: int | None = None
+        self.metrics_port: int | None = None
+
+    @property
+    def collector(self) -> ResponderCollector:
+        """Where the composition root adds what it counts (provisions, ...)."""
+        return self._collector
 
     def _spawn(self) -> multiprocessing.process.BaseProcess:
         proc = self._ctx.Process(
             target=worker_main,
-            args=(self.config, self.port, self._ready, self._worker_stop),
+            args=(self.config, self.port, self.http_port, self._ready, self._worker_stop),
             name="jpki-va-worker",
         )
         proc.start()
         return proc
 
     def _housekeeping(self) -> None:
+        started = time.perf_counter()
         try:
-            self._ingester.poll_once()
+            if self._ingester.poll_once() is not None:
+                self._collector.ingested(time.perf_counter() - started)
         except Exception:
             log.exception("ingest failed; will retry")
+        self._holder.refresh()
         try:
-            renew_ocsp_certificates(self.config, self._keystore, self._clock)
+            renew_ocsp_certificates(self.config, self._keystore, self._holder, self._clock)
         except (grpc.RpcError, OSError, ValueError) as exc:
             log.warning("cannot renew OCSP-signer certificates: %s", exc)
 
     def start(self) -> int:
         self._keystore.key()  # created once here, before workers read it
+        prepare_multiprocess_dir(self.config.metrics_dir)
         self._housekeeping()
         self.port = _resolve_port(self.config.listen)
+        if self.config.http_listen is not None:
+            self.http_port = _resolve_port(self.config.http_listen)
         self._workers = [self._spawn() for _ in range(self.config.workers)]
         for _ in self._workers:
             self._ready.get(timeout=READY_TIMEOUT)
+        if self.config.metrics_port is not None:
+            self._metrics_server = MetricsServer(
+                self.config.metrics_port, self.config.metrics_dir, self._collector
+            )
+            self.metrics_port = self._metrics_server.port
         log.info(
-            "responder serving on %s:%d with %d workers",
+            "responder serving gRPC on %s:%d, HTTP on %s, metrics on %s, with %d workers",
             _host(self.config.listen),
             self.port,
+            self.http_port,
+            self.metrics_port,
             len(self._workers),
         )
         return self.port
@@ -190,6 +256,8 @@ class Responder:
             for i, proc in enumerate(self._workers):
                 if not proc.is_alive():
                     log.error("worker %s exited with %s; starting another", proc.pid, proc.exitcode)
+                    if proc.pid is not None:
+                        mark_worker_dead(proc.pid, self.config.metrics_dir)
                     self._workers[i] = self._spawn()
                     with contextlib.suppress(Exception):
                         self._ready.get(timeout=READY_TIMEOUT)
@@ -201,6 +269,12 @@ class Responder:
             if proc.is_alive():
                 proc.terminate()
                 proc.join(5)
+            if proc.pid is not None:
+                mark_worker_dead(proc.pid, self.config.metrics_dir)
+        if self._metrics_server is not None:
+            self._metrics_server.close()
+            self._metrics_server = None
+        self._holder.close()
 
 
 def serve(

@@ -44,6 +44,14 @@ class Answer:
     this_update: datetime
     next_update: datetime
 
+    @property
+    def labels(self) -> tuple[str, str]:
+        """(status, loss cause) for counting answers; names no certificate."""
+        loss = self.record.loss if self.record is not None else None
+        if self.status is Status.REVOKED and loss is not None:
+            return "revoked", loss.cause.slug
+        return self.status.name.lower(), "none"
+
 
 class StatusSource(Protocol):
     def status(self, kind: CertKind, serial: int, as_of: datetime) -> Answer: ...

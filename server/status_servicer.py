@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import grpc
@@ -16,7 +17,11 @@ from server.domain import CertKind, Status, serial_from_bytes, serial_to_bytes
 from server.ocsp import OcspResponder
 from server.status import Answer, BadRequest, IndexHolder, Resolver, StatusSource
 
-MAX_BATCH = 10_000
+
+@dataclass(frozen=True)
+class StreamLimits:
+    max_batch: int = 10_000  # requests in one CheckStream batch
+    max_batches: int = 100_000  # batches in one CheckStream
 
 
 def timestamp(when: datetime) -> Timestamp:
@@ -55,8 +60,10 @@ class StatusServicer(va_pb2_grpc.StatusServiceServicer):
         holder: IndexHolder,
         clock: Clock,
         roots: list[x509.Certificate],
+        limits: StreamLimits | None = None,
     ) -> None:
         self._roots = roots
+        self._limits = limits or StreamLimits()
         self._source = source
         self._resolver = resolver
         self._ocsp = ocsp
@@ -110,11 +117,16 @@ class StatusServicer(va_pb2_grpc.StatusServiceServicer):
         request_iterator: Iterator[va_pb2.CheckBatchRequest],
         context: grpc.ServicerContext,
     ) -> Iterator[va_pb2.CheckBatchResponse]:
-        for batch in request_iterator:
+        limits = self._limits
+        for count, batch in enumerate(request_iterator, 1):
+            if not context.is_active():
+                return  # cancelled or past its deadline: nobody reads the rest
+            if count > limits.max_batches:
+                raise BadRequest(f"stream exceeds {limits.max_batches} batches")
             if not batch.requests:
                 raise BadRequest("empty batch")
-            if len(batch.requests) > MAX_BATCH:
-                raise BadRequest(f"batch of {len(batch.requests)} exceeds {MAX_BATCH}")
+            if len(batch.requests) > limits.max_batch:
+                raise BadRequest(f"batch of {len(batch.requests)} exceeds {limits.max_batch}")
             results = []
             for request in batch.requests:
                 try:
