@@ -133,7 +133,9 @@ def run_responder(args: argparse.Namespace) -> int:
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    return demo.run(args.dir, args.port, stop=threading.Event(), reset=args.reset)
+    return demo.run(
+        args.dir, args.port, stop=threading.Event(), reset=args.reset, http_port=args.http_port
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -147,6 +149,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="set up and run everything on loopback")
     demo.add_argument("--dir", type=Path, default=Path("jpki-va-demo"))
     demo.add_argument("--port", type=int, default=50051, help="responder gRPC port")
+    demo.add_argument(
+        "--http-port", type=int, default=8080, help="responder HTTP port (OCSP, CRLs)"
+    )
     demo.add_argument("--reset", action="store_true", help="recreate the directory")
     demo.set_defaults(func=run_demo)
 

@@ -267,6 +267,9 @@ def run(
         fresh = True
     else:
         fresh = False
+        # Same token, registry and certificates; listen where asked this time.
+        info["responder"] = f"127.0.0.1:{port}"
+        info["signer"] = f"127.0.0.1:{signer_port or port + 1}"
         print(f"reusing {directory} (--reset to recreate)", file=sys.stderr)
     signer = _start(directory, info, bootstrap=fresh)
     responder: Responder | None = None

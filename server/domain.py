@@ -9,6 +9,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Self
 
 from cryptography import x509
 from cryptography.x509.oid import ObjectIdentifier
@@ -22,7 +23,31 @@ OID_VERIFIER_TOKEN_SIGNING = ObjectIdentifier(f"{ARC}.3")  # EKU of the verifier
 OID_POLICY_BASE = f"{ARC}.10"  # certificate policy per kind: ARC.10.<kind>
 
 
-class CertKind(enum.IntEnum):
+class _Slugged(enum.IntEnum):
+    """Wire enums that also have a lower-case, dashed name for CLIs, files and URLs."""
+
+    @property
+    def slug(self) -> str:
+        return self.name.lower().replace("_", "-")
+
+    @classmethod
+    def from_slug(cls, text: str) -> Self:
+        try:
+            return cls[text.strip().upper().replace("-", "_")]
+        except KeyError:
+            names = ", ".join(member.slug for member in cls)
+            what = _DESCRIPTIONS.get(cls.__name__, cls.__name__)
+            raise ValueError(f"unknown {what} {text!r} (expected {names})") from None
+
+
+_DESCRIPTIONS = {
+    "CertKind": "certificate kind",
+    "LossCause": "loss cause",
+    "CrlReason": "CRL reason",
+}
+
+
+class CertKind(_Slugged):
     """The four kinds of personal certificate (vocabulary: DESIGN §1)."""
 
     CARD_SIGN = 1
@@ -38,21 +63,8 @@ class CertKind(enum.IntEnum):
     def is_mobile(self) -> bool:
         return self in (CertKind.MOBILE_SIGN, CertKind.MOBILE_AUTH)
 
-    @property
-    def slug(self) -> str:
-        """Lower-case name with dashes, used in CLI options, file names and URLs."""
-        return self.name.lower().replace("_", "-")
 
-    @classmethod
-    def from_slug(cls, text: str) -> CertKind:
-        try:
-            return cls[text.strip().upper().replace("-", "_")]
-        except KeyError:
-            names = ", ".join(k.slug for k in cls)
-            raise ValueError(f"unknown certificate kind {text!r} (expected {names})") from None
-
-
-class LossCause(enum.IntEnum):
+class LossCause(_Slugged):
     """Why a certificate lost effect, in the law's terms (DESIGN §1)."""
 
     HOLDER_REQUEST = 1
@@ -61,20 +73,8 @@ class LossCause(enum.IntEnum):
     ISSUER_KEY_COMPROMISE = 4
     CARD_CERT_LOST_EFFECT = 5
 
-    @property
-    def slug(self) -> str:
-        return self.name.lower().replace("_", "-")
 
-    @classmethod
-    def from_slug(cls, text: str) -> LossCause:
-        try:
-            return cls[text.strip().upper().replace("-", "_")]
-        except KeyError:
-            names = ", ".join(c.slug for c in cls)
-            raise ValueError(f"unknown loss cause {text!r} (expected one of {names})") from None
-
-
-class CrlReason(enum.IntEnum):
+class CrlReason(_Slugged):
     """RFC 5280 CRLReason with the RFC's own numbers."""
 
     UNSPECIFIED = 0
@@ -87,18 +87,6 @@ class CrlReason(enum.IntEnum):
     REMOVE_FROM_CRL = 8
     PRIVILEGE_WITHDRAWN = 9
     AA_COMPROMISE = 10
-
-    @property
-    def slug(self) -> str:
-        return self.name.lower().replace("_", "-")
-
-    @classmethod
-    def from_slug(cls, text: str) -> CrlReason:
-        try:
-            return cls[text.strip().upper().replace("-", "_")]
-        except KeyError:
-            names = ", ".join(r.slug for r in cls)
-            raise ValueError(f"unknown CRL reason {text!r} (expected one of {names})") from None
 
     def to_x509(self) -> x509.ReasonFlags:
         return _TO_X509[self]

@@ -53,6 +53,14 @@ class Answer:
         return self.status.name.lower(), "none"
 
 
+def unknown_answer(index: Index, kind: CertKind | None, serial: int, as_of: datetime) -> Answer:
+    """UNKNOWN (never GOOD) for a serial the index does not hold."""
+    return Answer(
+        kind, serial, Status.UNKNOWN, None, as_of, index.sequence, index.created_at,
+        index.next_update,
+    )  # fmt: skip
+
+
 class StatusSource(Protocol):
     def status(self, kind: CertKind, serial: int, as_of: datetime) -> Answer: ...
 
@@ -131,16 +139,7 @@ class IndexStatusSource:
         index = self._holder.get()
         record = index.get(kind, serial)
         if record is None:
-            return Answer(
-                kind,
-                serial,
-                Status.UNKNOWN,
-                None,
-                as_of,
-                index.sequence,
-                index.created_at,
-                index.next_update,
-            )
+            return unknown_answer(index, kind, serial, as_of)
         times = index.crl_times(record)
         this_update = index.created_at if times is None else times.this_update
         next_update = index.next_update if times is None else times.next_update

@@ -15,7 +15,14 @@ from protos import va_pb2, va_pb2_grpc
 from server.clock import Clock
 from server.domain import CertKind, Status, serial_from_bytes, serial_to_bytes
 from server.ocsp import OcspResponder
-from server.status import Answer, BadRequest, IndexHolder, Resolver, StatusSource
+from server.status import (
+    Answer,
+    BadRequest,
+    IndexHolder,
+    Resolver,
+    StatusSource,
+    unknown_answer,
+)
 
 
 @dataclass(frozen=True)
@@ -91,17 +98,7 @@ class StatusServicer(va_pb2_grpc.StatusServiceServicer):
             serial = _serial(cid.serial)
             if issuer is None:
                 # Not an issuer we answer for: the certificate is unknown to us.
-                index = self._holder.get()
-                return Answer(
-                    None,
-                    serial,
-                    Status.UNKNOWN,
-                    None,
-                    as_of,
-                    index.sequence,
-                    index.created_at,
-                    index.next_update,
-                )
+                return unknown_answer(self._holder.get(), None, serial, as_of)
             kind = issuer.kind
         else:
             raise BadRequest("no certificate given (kind_serial, certificate_der or cert_id)")

@@ -136,7 +136,11 @@ class Pki:
             try:
                 answer = self.status_stub.Check(
                     va_pb2.CheckRequest(
-                        cert=va_pb2.CertRef(kind_serial=va_pb2.KindSerial(kind=1, serial=b"\x01"))
+                        cert=va_pb2.CertRef(
+                            kind_serial=va_pb2.KindSerial(
+                                kind=va_pb2.CERT_KIND_CARD_SIGN, serial=b"\x01"
+                            )
+                        )
                     ),
                     timeout=5,
                 )

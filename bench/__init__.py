@@ -1,0 +1,1 @@
+"""Benchmark harness: data generation, load, ceilings, peers and the report."""
