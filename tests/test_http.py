@@ -20,6 +20,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509 import ocsp
+from cryptography.x509.oid import AuthorityInformationAccessOID
 
 from protos import signer_pb2, va_pb2
 from server.domain import CertKind
@@ -137,7 +138,7 @@ def test_openssl_ocsp_at_the_aia_url(pki: Pki, world: dict[str, Issued], tmp_pat
     urls = [
         d.access_location.value
         for d in aia
-        if d.access_method == x509.AuthorityInformationAccessOID.OCSP
+        if d.access_method == AuthorityInformationAccessOID.OCSP
     ]
     assert urls and urls[0].endswith("/ocsp")
     (cert,), issuer = pem_files(tmp_path, world, "sign")
@@ -342,9 +343,7 @@ def test_malformed_ocsp_over_http_is_malformed_request(
         assert response.response_status is ocsp.OCSPResponseStatus.MALFORMED_REQUEST
 
 
-def test_too_many_cert_ids_is_malformed(
-    pki: Pki, world: dict[str, Issued], tmp_path: Path
-) -> None:
+def test_too_many_cert_ids_is_malformed(pki: Pki, world: dict[str, Issued], tmp_path: Path) -> None:
     limit = pki.responder.config.max_ocsp_cert_ids
     (good,), issuer = pem_files(tmp_path, world, "good")
     ok = openssl_request(tmp_path, *[(issuer, good)] * limit, nonce=False)
@@ -376,8 +375,8 @@ def test_worker_survives_random_bytes(pki: Pki, world: dict[str, Issued]) -> Non
         with socket.create_connection(("127.0.0.1", pki.responder.http_port), timeout=5) as s:
             s.sendall(bytes(rng.getrandbits(8) for _ in range(rng.randrange(1, 300))) + b"\r\n\r\n")
             s.shutdown(socket.SHUT_WR)
-            reply = s.recv(65536)
-            assert reply == b"" or reply.startswith(b"HTTP/1.1 400")
+            answer = s.recv(65536)
+            assert answer == b"" or answer.startswith(b"HTTP/1.1 400")
     status, _, body = post(pki, request_der(world["good"]))
     assert status == 200
     assert ocsp.load_der_ocsp_response(body).certificate_status is ocsp.OCSPCertStatus.GOOD
