@@ -222,7 +222,8 @@ def _print_help(directory: Path, info: dict[str, Any]) -> None:
     revoked = next(c for c in info["certs"] if c["expected"]["status"] == "REVOKED")
     lines = [
         "",
-        f"jpki-va demo is serving: responder {info['responder']}, signer {info['signer']}",
+        f"jpki-va demo is serving: responder {info['responder']} (gRPC) and "
+        f"{info['http']} (HTTP OCSP, CRLs), signer {info['signer']}",
         f"Everything lives in {d}/ (demo.json lists every certificate). Try:",
         "",
         f"  jpki-va check --server {info['responder']} --insecure-loopback "
@@ -235,6 +236,8 @@ def _print_help(directory: Path, info: dict[str, Any]) -> None:
         f"-cert {d}/{revoked['cert']} -CAfile {d}/{info['root']} -resp_text",
         f"  jpki-va check --server {info['responder']} --insecure-loopback "
         "--kind card-sign --serial 0123456789ABCDEF   # never issued: UNKNOWN",
+        f"  openssl ocsp -url {info['http']}/ocsp -issuer {d}/{first['issuer']} "
+        f"-cert {d}/{first['cert']} -CAfile {d}/{info['root']}   # plain HTTP OCSP",
         "",
         "Press Ctrl-C to stop.",
     ]
