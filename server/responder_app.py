@@ -143,6 +143,7 @@ def worker_main(
     grpc_common.set_serving(health, [SERVICE], serving)
     ready.put(port)
     while not stop.wait(0.2):
+        metrics.flush()
         holder.refresh()
         if holder.loaded and not serving:
             serving = True
@@ -152,6 +153,7 @@ def worker_main(
     if http is not None:
         http.stop()
     server.stop(config.grace_seconds).wait()
+    metrics.flush()
     holder.close()
 
 
