@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import contextlib
 import logging
 import threading
 import time
@@ -283,8 +282,7 @@ class _Connection(asyncio.Protocol):
     # asyncio.Protocol
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # uvloop's transports implement asyncio.Transport without subclassing it.
-        self._transport = cast(asyncio.Transport, transport)
+        self._transport = cast(asyncio.Transport, transport)  # a TCP server's: always one
         self._connections.add(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -382,7 +380,7 @@ class HttpServer:
         self._host = host
         self._port = port
         self._idle = idle_seconds
-        self._loop = _new_loop()
+        self._loop = asyncio.new_event_loop()
         self._connections: set[_Connection] = set()
         self._server: asyncio.Server | None = None
         self._thread = threading.Thread(target=self._run, name="jpki-va-http", daemon=True)
@@ -445,13 +443,3 @@ class HttpServer:
 
         self._loop.call_soon_threadsafe(shutdown)
         self._thread.join(10)
-
-
-def _new_loop() -> asyncio.AbstractEventLoop:
-    try:
-        import uvloop  # noqa: PLC0415 (optional: faster when installed)
-    except ImportError:
-        return asyncio.new_event_loop()
-    with contextlib.suppress(Exception):
-        return uvloop.new_event_loop()
-    return asyncio.new_event_loop()
