@@ -116,8 +116,6 @@ class StatusServicer(va_pb2_grpc.StatusServiceServicer):
     ) -> Iterator[va_pb2.CheckBatchResponse]:
         limits = self._limits
         for count, batch in enumerate(request_iterator, 1):
-            if not context.is_active():
-                return  # cancelled or past its deadline: nobody reads the rest
             if count > limits.max_batches:
                 raise BadRequest(f"stream exceeds {limits.max_batches} batches")
             if not batch.requests:
@@ -126,6 +124,8 @@ class StatusServicer(va_pb2_grpc.StatusServiceServicer):
                 raise BadRequest(f"batch of {len(batch.requests)} exceeds {limits.max_batch}")
             results = []
             for request in batch.requests:
+                if not context.is_active():
+                    return  # cancelled or past its deadline: nobody reads the rest
                 try:
                     results.append(va_pb2.CheckResult(status=answer_to_pb(self._answer(request))))
                 except (BadRequest, ValueError) as exc:
