@@ -144,12 +144,7 @@ class HttpApp:
     def error(self, status: int, message: str, route: str = "other", extra: bytes = b"") -> bytes:
         self._observer.request(route, status)
         body = message.encode() + b"\n"
-        return (
-            self._head(
-                status, len(body), b"text/plain; charset=utf-8", extra + b"Connection: close\r\n"
-            )
-            + body
-        )
+        return self._head(status, len(body), b"text/plain; charset=utf-8", extra) + body
 
     def handle(
         self,
@@ -308,7 +303,7 @@ class _Connection(asyncio.Protocol):
 
     def _reject(self, status: int, message: str) -> None:
         if self._transport is not None and not self._closing:
-            self._transport.write(self._app.error(status, message))
+            self._transport.write(self._app.error(status, message, extra=b"Connection: close\r\n"))
         self.close()
 
     # httptools callbacks
@@ -363,7 +358,7 @@ class _Connection(asyncio.Protocol):
         except Exception:
             # Never a trace to the client, never a dead worker.
             log.exception("HTTP request failed")
-            response = self._app.error(500, "internal error")
+            response = self._app.error(500, "internal error", extra=b"Connection: close\r\n")
             keep_alive = False
         self._transport.write(response)
         if not keep_alive:

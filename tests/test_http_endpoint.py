@@ -1,0 +1,106 @@
+"""The HTTP server itself on 127.0.0.1: connections, pipelining, failures, idle clients.
+
+OCSP behind it is a tiny fake of the one-method interface (the real responder is
+exercised over HTTP in test_http); here the point is what the connection layer does.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from server.http_endpoint import HttpApp, HttpServer
+from server.ocsp_cache import OcspReply
+from tests.support import wait_for
+
+ANSWER = b"\x30\x03\x0a\x01\x01"
+
+
+class FakeOcsp:
+    def respond(self, data: bytes) -> OcspReply:
+        if data == b"boom":
+            raise RuntimeError("secret detail from /srv/internal/path")
+        return OcspReply(ANSWER)
+
+
+@pytest.fixture
+def server() -> Iterator[HttpServer]:
+    app = HttpApp(FakeOcsp(), lambda path: None, max_request_bytes=1024)
+    running = HttpServer(app, "127.0.0.1", 0, idle_seconds=0.5)
+    running.start()
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+def post(body: bytes, extra: bytes = b"") -> bytes:
+    return (
+        b"POST /ocsp HTTP/1.1\r\nHost: x\r\nContent-Type: application/ocsp-request\r\n"
+        + extra
+        + b"Content-Length: %d\r\n\r\n" % len(body)
+        + body
+    )
+
+
+def exchange(port: int, data: bytes) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.sendall(data)
+        s.shutdown(socket.SHUT_WR)
+        chunks = []
+        while chunk := s.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def test_a_failing_request_gets_500_and_the_server_goes_on(server: HttpServer) -> None:
+    reply = exchange(server.port, post(b"boom"))
+    assert reply.startswith(b"HTTP/1.1 500 Internal Server Error\r\n")
+    assert b"Connection: close" in reply
+    assert b"secret" not in reply and b"Traceback" not in reply
+    assert exchange(server.port, post(b"fine")).endswith(ANSWER)
+
+
+def test_pipelined_requests_are_answered_in_order(server: HttpServer) -> None:
+    reply = exchange(server.port, post(b"one") + b"GET /crl/x HTTP/1.1\r\nHost: x\r\n\r\n")
+    first = reply.index(b"HTTP/1.1 200 OK")
+    second = reply.index(b"HTTP/1.1 404 Not Found")
+    assert first < second
+
+
+def test_expect_continue(server: HttpServer) -> None:
+    reply = exchange(server.port, post(b"one", b"Expect: 100-continue\r\n"))
+    assert reply.startswith(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK")
+
+
+def test_oversized_length_is_refused_before_the_body(server: HttpServer) -> None:
+    head = b"POST /ocsp HTTP/1.1\r\nHost: x\r\nContent-Length: 999999\r\n\r\n"
+    reply = exchange(server.port, head)
+    assert reply.startswith(b"HTTP/1.1 413 ")
+
+
+def test_too_many_header_bytes(server: HttpServer) -> None:
+    headers = b"".join(b"X-Filler-%d: %s\r\n" % (i, b"v" * 1000) for i in range(20))
+    reply = exchange(server.port, b"GET /crl/x HTTP/1.1\r\n" + headers + b"\r\n")
+    assert reply.startswith(b"HTTP/1.1 431 ")
+
+
+def test_http_1_0_without_keep_alive_is_closed(server: HttpServer) -> None:
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as s:
+        s.sendall(b"GET /favicon.ico HTTP/1.0\r\n\r\n")
+        reply = s.recv(65536)
+        assert reply.startswith(b"HTTP/1.1 400 ")
+        assert s.recv(65536) == b""  # closed by the server
+
+
+def test_idle_connections_are_closed(server: HttpServer) -> None:
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as s:
+        s.sendall(b"GET /ocsp/MA HTTP/1.1\r\n")  # and never finishes the request
+        started = time.monotonic()
+        s.settimeout(5)
+        assert s.recv(65536) == b""
+        assert time.monotonic() - started < 5
+    wait_for(lambda: exchange(server.port, post(b"x")).endswith(ANSWER), "server to answer")
