@@ -16,6 +16,7 @@ from typing import Any
 
 import hsm
 from client._cli import add_commands
+from hsm._cli import add_commands as add_hsm_commands
 from server import demo
 from server.config import (
     PIN_ENV,
@@ -26,6 +27,7 @@ from server.config import (
     load_toml,
     merge,
 )
+from server.ocsp_keys import RenewPolicy
 from server.responder_app import serve
 from server.signer_app import start_signer
 
@@ -66,6 +68,9 @@ def signer_config(args: argparse.Namespace) -> SignerConfig:
             "publish_interval": args.publish_interval,
             "insecure_loopback": args.insecure_loopback or None,
             "bootstrap": args.bootstrap or None,
+            "sign_queue_limit": args.sign_queue_limit,
+            "sign_queue_wait": args.sign_queue_wait,
+            "metrics_port": args.metrics_port,
         },
         SignerConfig,
     )
@@ -99,9 +104,15 @@ def responder_config(args: argparse.Namespace) -> ResponderConfig:
             "max_ocsp_request_bytes": args.max_ocsp_request_bytes,
             "max_ocsp_cert_ids": args.max_ocsp_cert_ids,
             "ocsp_cache_size": args.ocsp_cache_size,
+            "ocsp_renew_at": args.ocsp_renew_at,
         },
         ResponderConfig,
     )
+    if "ocsp_renew_at" in values:
+        try:
+            values["ocsp_renew_at"] = RenewPolicy.parse(str(values["ocsp_renew_at"]))
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
     for required, flag in (("snapshot_dir", "--snapshots"), ("state_dir", "--state-dir")):
         if required not in values:
             raise ConfigError(f"{flag} is required")
@@ -163,6 +174,13 @@ def build_parser() -> argparse.ArgumentParser:
     signer.add_argument("--publish-interval", type=float, help="seconds between snapshots")
     signer.add_argument("--bootstrap", action="store_true", help="create a missing CA hierarchy")
     signer.add_argument("--insecure-loopback", action="store_true", help="plaintext on loopback")
+    signer.add_argument(
+        "--sign-queue-limit", type=int, help="requests that may wait for the HSM (default 8)"
+    )
+    signer.add_argument(
+        "--sign-queue-wait", type=float, help="seconds a request may wait for the HSM (default 5)"
+    )
+    signer.add_argument("--metrics-port", type=int, help="Prometheus /metrics on 127.0.0.1")
     _add_hsm_options(signer)
     signer.set_defaults(func=run_signer)
 
@@ -179,6 +197,11 @@ def build_parser() -> argparse.ArgumentParser:
     responder.add_argument("--poll-interval", type=float, help="seconds between snapshot scans")
     responder.add_argument("--insecure-loopback", action="store_true", help="plaintext on loopback")
     responder.add_argument(
+        "--ocsp-renew-at",
+        help="renew the delegated OCSP signer at this fraction of its life (0.5, the "
+        "default) or this long before it expires (36h, 2d)",
+    )
+    responder.add_argument(
         "--http-listen", help="HOST:PORT for HTTP OCSP and CRLs (loopback; default off)"
     )
     responder.add_argument("--metrics-port", type=int, help="Prometheus /metrics on 127.0.0.1")
@@ -194,6 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
     responder.set_defaults(func=run_responder)
 
     add_commands(sub)
+    add_hsm_commands(sub)
     return parser
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import hsm
+from server.ocsp_keys import RenewPolicy
 
 PIN_ENV = "JPKI_VA_HSM_PIN"
 
@@ -67,14 +68,24 @@ class SignerConfig:
     insecure_loopback: bool = False
     publish_interval: float = 5.0  # seconds; 0 publishes only on request
     bootstrap: bool = False  # create a missing CA hierarchy (the embedded default's ceremony)
-    grpc_workers: int = 8
+    grpc_workers: int = 16
+    sign_queue_limit: int = 8  # requests that may wait for the HSM; more: RESOURCE_EXHAUSTED
+    sign_queue_wait: float = 5.0  # seconds a request may wait for the HSM
+    metrics_port: int | None = None  # Prometheus /metrics on 127.0.0.1 (0: any free port)
 
     def __post_init__(self) -> None:
         _check_listen(self.listen, self.insecure_loopback, "signer listen")
         if self.publish_interval < 0:
             raise ConfigError("publish interval must be >= 0")
-        if self.grpc_workers < 1:
-            raise ConfigError("grpc workers must be >= 1")
+        if self.grpc_workers < 2:
+            raise ConfigError("grpc workers must be >= 2")
+        if not 1 <= self.sign_queue_limit < self.grpc_workers:
+            # Past the worker count the gRPC pool, not this queue, would make callers wait.
+            raise ConfigError("sign queue limit must be >= 1 and below the grpc workers")
+        if self.sign_queue_wait <= 0:
+            raise ConfigError("sign queue wait must be > 0 seconds")
+        if self.metrics_port is not None and not 0 <= self.metrics_port <= 65535:
+            raise ConfigError(f"bad metrics port {self.metrics_port}")
 
     @property
     def registry_dir(self) -> Path:
@@ -97,6 +108,7 @@ class ResponderConfig:
     poll_interval: float = 1.0
     grpc_threads: int = 16
     grace_seconds: float = 5.0
+    ocsp_renew_at: RenewPolicy = field(default_factory=RenewPolicy)  # default: half its life
     # HTTP OCSP and CRLs (RFC 6960 Appendix A, RFC 5019) beside gRPC; off when None.
     http_listen: str | None = None
     metrics_port: int | None = None  # Prometheus /metrics on 127.0.0.1; off when None

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import secrets
 import shutil
 import sys
@@ -280,6 +279,7 @@ def run(
     try:
         if fresh:
             _populate(directory, info, signer)
+        sized: dict[str, Any] = {"workers": workers} if workers else {}
         responder = Responder(
             ResponderConfig(
                 snapshot_dir=signer.config.snapshot_dir,
@@ -289,7 +289,7 @@ def run(
                 signer=info["signer"],
                 insecure_loopback=True,
                 poll_interval=0.5,
-                workers=workers or os.cpu_count() or 1,
+                **sized,
                 http_listen=info["http"].removeprefix("http://"),
             )
         )

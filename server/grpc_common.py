@@ -101,13 +101,18 @@ def build_server(
     max_workers: int,
     mapping: ErrorMap,
     options: Iterable[tuple[str, Any]] = (),
+    maximum_concurrent_rpcs: int | None = None,
     interceptors: Sequence[_Interceptor] = (),
 ) -> grpc.Server:
-    """A server whose `interceptors` (outermost first) see the mapped final status."""
+    """A server; past ``maximum_concurrent_rpcs`` gRPC answers RESOURCE_EXHAUSTED itself.
+
+    `interceptors` (outermost first) see the final status the error mapping set.
+    """
     return grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers),
         interceptors=[*interceptors, ErrorMappingInterceptor(mapping)],
         options=list(options),
+        maximum_concurrent_rpcs=maximum_concurrent_rpcs,
     )
 
 

@@ -264,6 +264,11 @@ class Index:
             (t.next_update for t in self._crl_times.values()),
             default=datetime.fromtimestamp(0, UTC),
         )
+        #: The latest nextUpdate any answer from this index carries.
+        self.latest_next_update = max(
+            (t.next_update for t in self._crl_times.values()),
+            default=datetime.fromtimestamp(0, UTC),
+        )
 
     def get(self, kind: CertKind, serial: int) -> StatusRecord | None:
         with self._env.begin(db=self._status) as txn:

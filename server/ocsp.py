@@ -12,7 +12,7 @@ import hashlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Protocol
 
 from cryptography import x509
@@ -33,6 +33,9 @@ log = logging.getLogger(__name__)
 
 _ECDSA_SHA256 = der.sequence(bytes.fromhex("06082a8648ce3d040302"))
 _RSA_SHA256 = der.sequence(bytes.fromhex("06092a864886f70d01010b"), der.tlv(der.NULL, b""))
+
+#: A signer certificate with less life left than this is "about to expire": not used.
+MIN_SIGNER_REMAINING = timedelta(minutes=1)
 
 
 class _Unsuccessful(Exception):
@@ -181,7 +184,7 @@ class OcspResponder:
             raise _Unsuccessful(ResponseStatus.MALFORMED_REQUEST) from None
         cache = self._cache if request.nonce is None else None
         try:
-            generation = cache.generation() if cache is not None else 0
+            generation = cache.generation() if cache is not None else (0, 0)
         except NotReady:
             raise _Unsuccessful(ResponseStatus.TRY_LATER) from None
         now = self._clock.now()
@@ -239,10 +242,20 @@ class OcspResponder:
             raise _Unsuccessful(ResponseStatus.TRY_LATER) from None
         prepared = self._prepared_signer()
         held = None if prepared is None else prepared.certificates.get(issuer.key_id)
-        if prepared is None or held is None or held[0].not_valid_after_utc <= now:
+        if (
+            prepared is None
+            or held is None
+            or held[0].not_valid_before_utc > now
+            or held[0].not_valid_after_utc - now < MIN_SIGNER_REMAINING
+        ):
+            # tryLater rather than a response whose signer certificate is expired, not
+            # yet valid or about to expire: a verifier would reject it anyway.
             log.warning("no valid delegated OCSP-signer certificate for %s", issuer.key_id.hex())
             raise _Unsuccessful(ResponseStatus.TRY_LATER)
         delegated, delegated_der = held
+        if delegated.not_valid_after_utc < max(a.next_update for a in answers):
+            # Renewal (ResponderConfig.ocsp_renew_at) runs early so this does not happen.
+            log.warning("delegated OCSP-signer certificate expires before nextUpdate; clamped")
         singles = [
             _single(cert_id, answer, delegated.not_valid_after_utc)
             for cert_id, answer in zip(request.cert_ids, answers, strict=True)

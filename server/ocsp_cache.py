@@ -1,9 +1,11 @@
 """Signed OCSP responses, kept so that a hot certificate is not re-signed per request.
 
 Keyed by the request's requestList bytes (its CertIDs): everything a nonce-less
-answer depends on besides the index and the clock. An entry is dropped when the
-index sequence changes (the status may have changed) and when the response nears
-its nextUpdate (clients must get a fresh one in time). Per worker, bounded (LRU).
+answer depends on besides the index, the signing key and the clock. An entry is
+dropped when the index sequence changes (the status may have changed), when the
+delegated signer is replaced (`invalidate`: answers come from the new key) and
+when the response nears its nextUpdate (clients must get a fresh one in time).
+Per worker, bounded (LRU).
 """
 
 from __future__ import annotations
@@ -44,20 +46,27 @@ class ResponseCache:
         self._margin = refresh_margin
         self._fraction = refresh_fraction
         self._entries: OrderedDict[bytes, tuple[OcspReply, float]] = OrderedDict()
-        self._current = -1
+        self._current: tuple[int, int] = (-1, 0)  # (index generation, signer epoch)
+        self._epoch = 0
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
         return len(self._entries)
 
-    def generation(self) -> int:
-        """The index generation now; the whole cache is dropped when it moved."""
-        generation = self._generation()
+    def generation(self) -> tuple[int, int]:
+        """What answers depend on now; the whole cache is dropped when it moved."""
+        generation = (self._generation(), self._epoch)
         if generation != self._current:
             with self._lock:
                 self._entries.clear()
                 self._current = generation
         return generation
+
+    def invalidate(self) -> None:
+        """Drop everything and refuse answers signed before now (a new signer)."""
+        with self._lock:
+            self._epoch += 1
+            self._entries.clear()
 
     def get(self, key: bytes, now: float) -> OcspReply | None:
         self.generation()
@@ -71,15 +80,15 @@ class ResponseCache:
             self._entries.move_to_end(key)
             return entry[0]
 
-    def put(self, key: bytes, reply: OcspReply, generation: int) -> None:
-        """Keep `reply`, signed from index `generation`, until it must be refreshed."""
+    def put(self, key: bytes, reply: OcspReply, generation: tuple[int, int]) -> None:
+        """Keep `reply`, signed at `generation`, until it must be refreshed."""
         if not reply.cacheable or self._capacity == 0:
             return
         life = reply.next_update - reply.this_update
         refresh_at = reply.next_update - max(self._margin, life * self._fraction)
         with self._lock:
-            if generation != self._current:
-                return  # the index moved while this was being signed
+            if generation != self._current or generation[1] != self._epoch:
+                return  # the index or the signer moved while this was being signed
             self._entries[key] = (reply, refresh_at)
             self._entries.move_to_end(key)
             while len(self._entries) > self._capacity:

@@ -30,7 +30,10 @@ from server.http_endpoint import HttpApp, HttpServer
 from server.index import CrlFile
 from server.ingest import Ingester
 from server.logs import configure_json
-from server.metrics import (
+from server.ocsp import OcspLimits, OcspResponder
+from server.ocsp_cache import ResponseCache
+from server.ocsp_keys import OcspKeyStore
+from server.responder_metrics import (
     CountedSource,
     MetricsInterceptor,
     MetricsServer,
@@ -39,9 +42,6 @@ from server.metrics import (
     mark_worker_dead,
     prepare_multiprocess_dir,
 )
-from server.ocsp import OcspLimits, OcspResponder
-from server.ocsp_cache import ResponseCache
-from server.ocsp_keys import OcspKeyStore
 from server.snapshot import SnapshotVerifier
 from server.status import BadRequest, IndexHolder, IndexStatusSource, NotReady, Resolver
 from server.status_servicer import StatusServicer, StreamLimits
@@ -142,9 +142,14 @@ def worker_main(
     serving = holder.loaded
     grpc_common.set_serving(health, [SERVICE], serving)
     ready.put(port)
+    signer = keystore.current()
     while not stop.wait(0.2):
         metrics.flush()
         holder.refresh()
+        if keystore.current() is not signer:
+            # A rotated OCSP key: answers come from the new one from now on.
+            signer = keystore.current()
+            cache.invalidate()
         if holder.loaded and not serving:
             serving = True
             grpc_common.set_serving(health, [SERVICE], True)
@@ -158,25 +163,37 @@ def worker_main(
 
 
 def renew_ocsp_certificates(
-    config: ResponderConfig, keystore: OcspKeyStore, holder: IndexHolder, clock: Clock
+    config: ResponderConfig, keystore: OcspKeyStore, clock: Clock, holder: IndexHolder
 ) -> bool:
-    """Ask the signer for delegated certificates when one is missing or past half-life."""
+    """Rotate to a new delegated key and certificates when renewal is due.
+
+    Due when an issuer the index serves has no certificate, or one reached the
+    ``ocsp_renew_at`` point of its life, or one would expire before the latest
+    nextUpdate the responder answers with: renewing early is what keeps every
+    response's signer certificate valid past the response's nextUpdate.
+    """
     if config.signer is None or not holder.loaded:
         return False
-    issuer_ids = set(holder.get().issuers)
-    if not keystore.needs_renewal(issuer_ids, clock.now()):
+    index = holder.get()
+    issuer_ids = set(index.issuers)
+    if not keystore.needs_renewal(
+        issuer_ids, clock.now(), config.ocsp_renew_at, must_cover=index.latest_next_update
+    ):
         return False
-    with grpc.insecure_channel(config.signer) as channel:
-        reply = signer_pb2_grpc.SignerServiceStub(channel).IssueOcspSignerCertificate(
-            signer_pb2.IssueOcspSignerCertificateRequest(
-                csr_der=keystore.csr(), issuer_key_ids=sorted(issuer_ids)
-            ),
-            timeout=30,
-        )
-    keystore.store_certificates(
-        [x509.load_der_x509_certificate(c.certificate_der) for c in reply.certificates]
-    )
-    log.info("stored %d delegated OCSP-signer certificates", len(reply.certificates))
+
+    def certify(csr_der: bytes) -> list[x509.Certificate]:
+        assert config.signer is not None
+        with grpc.insecure_channel(config.signer) as channel:
+            reply = signer_pb2_grpc.SignerServiceStub(channel).IssueOcspSignerCertificate(
+                signer_pb2.IssueOcspSignerCertificateRequest(
+                    csr_der=csr_der, issuer_key_ids=sorted(issuer_ids)
+                ),
+                timeout=30,
+            )
+        return [x509.load_der_x509_certificate(c.certificate_der) for c in reply.certificates]
+
+    signer = keystore.rotate(certify)
+    log.info("stored %d delegated OCSP-signer certificates", len(signer.certificates))
     return True
 
 
@@ -201,6 +218,11 @@ class Responder:
         self.metrics_port: int | None = None
 
     @property
+    def holder(self) -> IndexHolder:
+        """The main process's handle on the live index (one per process: LMDB's rule)."""
+        return self._holder
+
+    @property
     def collector(self) -> ResponderCollector:
         """Where the composition root adds what it counts (provisions, ...)."""
         return self._collector
@@ -223,12 +245,11 @@ class Responder:
             log.exception("ingest failed; will retry")
         self._holder.refresh()
         try:
-            renew_ocsp_certificates(self.config, self._keystore, self._holder, self._clock)
+            renew_ocsp_certificates(self.config, self._keystore, self._clock, self._holder)
         except (grpc.RpcError, OSError, ValueError) as exc:
             log.warning("cannot renew OCSP-signer certificates: %s", exc)
 
     def start(self) -> int:
-        self._keystore.key()  # created once here, before workers read it
         prepare_multiprocess_dir(self.config.metrics_dir)
         self._housekeeping()
         self.port = _resolve_port(self.config.listen)

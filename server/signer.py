@@ -11,7 +11,7 @@ import logging
 import re
 import secrets
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -26,7 +26,8 @@ from server.law.errors import Refused
 from server.law.loss_recording import operator_loss
 from server.law.mobile_cascade import cascade_card_loss
 from server.law.mobile_issuance import check_mobile_application
-from server.profiles import Holder, ProfileSettings
+from server.lint import LintError, lint_certificate
+from server.profiles import CertProfile, Holder, ProfileSettings
 from server.publisher import PublishedSnapshot, Publisher
 from server.registry import (
     AlreadyLost,
@@ -38,6 +39,7 @@ from server.registry import (
     Registry,
     RegistryTxn,
 )
+from server.signing_queue import SigningQueue
 
 log = logging.getLogger(__name__)
 
@@ -109,12 +111,15 @@ class Signer:
         publisher: Publisher,
         clock: Clock,
         settings: ProfileSettings,
+        queue: SigningQueue | None = None,
     ) -> None:
         self._registry = registry
         self._authority = authority
         self._publisher = publisher
         self._clock = clock
         self._settings = settings
+        # Unbounded waiting when none is given (tools, tests of the domain alone).
+        self._queue = queue or SigningQueue(1 << 30, 3600.0)
 
     # issuance -----------------------------------------------------------------------
     def issue(self, request: IssueRequest) -> tuple[CertificateRecord, x509.Certificate]:
@@ -128,22 +133,24 @@ class Signer:
             # A mobile certificate does not outlive the card certificate it rests on.
             not_after = min(not_after, card.not_after)
         issuer = self._authority.active_issuer(request.kind)
-        key = self._authority.key(issuer)
         issuer_cert = issuer.certificate
         for _ in range(5):
             serial = secrets.randbits(63) | 1 << 62  # 8 octets, positive, never short
-            cert = profiles.end_entity_certificate(
-                self._settings,
-                key,
-                issuer_cert,
-                kind=request.kind,
-                public_key=public_key,
-                serial=serial,
-                holder=request.holder,
-                partition=request.municipality_code,
-                not_before=now - self._settings.backdate,
-                not_after=not_after,
-            )
+            # Signed before the write that records it: a refused or failed signature
+            # leaves the registry as it was, and a failed write discards the signature.
+            with self._queue.slot():
+                cert = profiles.end_entity_certificate(
+                    self._settings,
+                    self._authority.key(issuer),
+                    issuer_cert,
+                    kind=request.kind,
+                    public_key=public_key,
+                    serial=serial,
+                    holder=request.holder,
+                    partition=request.municipality_code,
+                    not_before=now - self._settings.backdate,
+                    not_after=not_after,
+                )
             record = CertificateRecord(
                 kind=request.kind,
                 serial=serial,
@@ -220,37 +227,69 @@ class Signer:
     def ocsp_signer_certificates(
         self, csr_der: bytes, key_ids: list[bytes]
     ) -> list[tuple[IssuerRecord, x509.Certificate]]:
-        try:
-            csr = x509.load_der_x509_csr(csr_der)
-        except ValueError as exc:
-            raise InvalidRequest(f"CSR is not DER PKCS#10: {exc}") from None
-        if not csr.is_signature_valid:
-            raise InvalidRequest("CSR signature does not verify")
-        public_key = csr.public_key()
-        if not isinstance(public_key, rsa.RSAPublicKey | ec.EllipticCurvePublicKey):
-            raise InvalidRequest("OCSP signer key must be RSA or EC")
-        now = self._clock.now()
-        issuers = self._authority.issuers()
-        if key_ids:
-            wanted = set(key_ids)
-            unknown = wanted - {r.key_id for r in issuers}
-            if unknown:
-                raise NotFound(f"unknown issuer key id {sorted(unknown)[0].hex()}")
-            issuers = [r for r in issuers if r.key_id in wanted]
-        else:
-            issuers = [r for r in issuers if r.certificate.not_valid_after_utc > now]
-        out = []
-        for issuer in issuers:
-            cert = profiles.ocsp_signer_certificate(
-                self._authority.key(issuer),
-                issuer.certificate,
-                public_key,
-                csr.subject,
-                now - self._settings.backdate,
-                now + self._settings.ocsp_signer_validity,
+        with self._queue.slot():
+            return certify_ocsp_signer(
+                self._authority,
+                csr_der,
+                key_ids,
+                now=self._clock.now(),
+                backdate=self._settings.backdate,
+                validity=self._settings.ocsp_signer_validity,
             )
-            out.append((issuer, cert))
-        return out
 
     def issuers(self) -> tuple[IssuerRecord, list[IssuerRecord]]:
         return self._authority.root(), self._authority.issuers()
+
+
+def certify_ocsp_signer(
+    authority: Authority,
+    csr_der: bytes,
+    key_ids: list[bytes],
+    *,
+    now: datetime,
+    backdate: timedelta,
+    validity: timedelta,
+) -> list[tuple[IssuerRecord, x509.Certificate]]:
+    """Delegated OCSP-signer certificates for the CSR's key, one per issuer generation.
+
+    ``key_ids`` selects the generations; empty means every generation whose CA
+    certificate has not expired. Each certificate is linted before it is returned.
+    """
+    try:
+        csr = x509.load_der_x509_csr(csr_der)
+    except ValueError as exc:
+        raise InvalidRequest(f"CSR is not DER PKCS#10: {exc}") from None
+    if not csr.is_signature_valid:
+        raise InvalidRequest("CSR signature does not verify")
+    public_key = csr.public_key()
+    if not isinstance(public_key, rsa.RSAPublicKey | ec.EllipticCurvePublicKey):
+        raise InvalidRequest("OCSP signer key must be RSA or EC")
+    if validity <= timedelta(0):
+        raise InvalidRequest("OCSP signer validity must be positive")
+    issuers = authority.issuers()
+    if key_ids:
+        wanted = set(key_ids)
+        unknown = wanted - {r.key_id for r in issuers}
+        if unknown:
+            raise NotFound(f"unknown issuer key id {sorted(unknown)[0].hex()}")
+        issuers = [r for r in issuers if r.key_id in wanted]
+    else:
+        issuers = [r for r in issuers if r.certificate.not_valid_after_utc > now]
+    out = []
+    for issuer in issuers:
+        key = authority.key(issuer)
+        cert = profiles.ocsp_signer_certificate(
+            key, issuer.certificate, public_key, csr.subject, now - backdate, now + validity
+        )
+        try:
+            lint_certificate(
+                cert,
+                profile=CertProfile.OCSP_SIGNER,
+                subject_public_key=public_key,
+                issuer_public_key=key.public_key(),
+                issuer=issuer.certificate,
+            )
+        except LintError as exc:
+            raise SignerError(str(exc)) from None
+        out.append((issuer, cert))
+    return out

@@ -6,26 +6,32 @@ import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
+import prometheus_client
 
 import hsm
 from protos import signer_pb2, signer_pb2_grpc
 from server import grpc_common
-from server.authority import Authority, AuthorityError, AuthoritySettings, bootstrap
+from server.authority import Authority, AuthorityError
+from server.ceremony import bootstrap
 from server.clock import Clock, SystemClock
 from server.config import SignerConfig
+from server.metrics import SignerMetrics
 from server.profiles import ProfileSettings
 from server.publisher import Publisher
 from server.registry import Registry, RegistryError
 from server.signer import Conflict, InvalidRequest, NotFound, PreconditionFailed, Signer
 from server.signer_servicer import SignerServicer
+from server.signing_queue import Overloaded, SigningQueue
 
 log = logging.getLogger(__name__)
 
 SERVICE = signer_pb2.DESCRIPTOR.services_by_name["SignerService"].full_name
 
 SIGNER_ERRORS: grpc_common.ErrorMap = (
+    (Overloaded, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (InvalidRequest, grpc.StatusCode.INVALID_ARGUMENT),
     (NotFound, grpc.StatusCode.NOT_FOUND),
     (Conflict, grpc.StatusCode.FAILED_PRECONDITION),
@@ -47,13 +53,19 @@ class SignerApp:
     server: grpc.Server
     port: int
     health: object
+    metrics: SignerMetrics
     _stop: threading.Event
     _publisher_thread: threading.Thread | None = None
+    _metrics_server: Any = None
+    metrics_port: int | None = None
 
     def stop(self, grace: float = 2.0) -> None:
         self._stop.set()
         grpc_common.set_serving(self.health, [SERVICE], False)  # type: ignore[arg-type]
         self.server.stop(grace).wait()
+        if self._metrics_server is not None:
+            self._metrics_server.shutdown()
+            self._metrics_server.server_close()
         if self._publisher_thread is not None:
             self._publisher_thread.join()
         self.registry.close()
@@ -65,29 +77,48 @@ class SignerApp:
 
 def start_signer(config: SignerConfig, clock: Clock | None = None) -> SignerApp:
     clock = clock or SystemClock()
-    token = hsm.Hsm.open(config.hsm)
+    metrics = SignerMetrics()
+    token = hsm.Hsm.open(config.hsm, observer=metrics)
     registry = Registry(config.registry_dir)
+    metrics_server = None
     try:
         if config.bootstrap:
-            for created in bootstrap(token, registry, clock, AuthoritySettings()):
+            records = config.data_dir / "ceremonies"
+            for created in bootstrap(token, registry, clock, record_dir=records):
                 log.info("created %s", created)
         authority = Authority(token, registry)
         authority.root()  # refuse to start without a hierarchy
         settings = ProfileSettings(base_url=config.base_url)
         publisher = Publisher(registry, authority, config.snapshot_dir, clock, settings)
-        signer = Signer(registry, authority, publisher, clock, settings)
-        server = grpc_common.build_server(max_workers=config.grpc_workers, mapping=SIGNER_ERRORS)
+        queue = SigningQueue(config.sign_queue_limit, config.sign_queue_wait, observer=metrics)
+        signer = Signer(registry, authority, publisher, clock, settings, queue)
+        server = grpc_common.build_server(
+            max_workers=config.grpc_workers,
+            mapping=SIGNER_ERRORS,
+            maximum_concurrent_rpcs=config.grpc_workers,
+        )
         signer_pb2_grpc.add_SignerServiceServicer_to_server(SignerServicer(signer), server)
         health = grpc_common.add_health_and_reflection(server, [SERVICE])
         port = grpc_common.bind(server, config.listen, None)
+        if config.metrics_port is not None:
+            metrics_server, _ = prometheus_client.start_http_server(
+                config.metrics_port, addr="127.0.0.1", registry=metrics.registry
+            )
         server.start()
     except BaseException:
+        if metrics_server is not None:
+            metrics_server.shutdown()
+            metrics_server.server_close()
         registry.close()
         token.close()
         raise
     grpc_common.set_serving(health, [SERVICE], True)
     stop = threading.Event()
-    app = SignerApp(config, token, registry, signer, server, port, health, stop)
+    app = SignerApp(config, token, registry, signer, server, port, health, metrics, stop)
+    if metrics_server is not None:
+        app._metrics_server = metrics_server
+        app.metrics_port = int(metrics_server.server_port)
+        log.info("signer metrics on 127.0.0.1:%d/metrics", app.metrics_port)
     if config.publish_interval > 0:
         app._publisher_thread = threading.Thread(
             target=_publish_loop,

@@ -19,9 +19,9 @@ from protos import va_pb2, va_pb2_grpc
 from server import grpc_common
 from server.clock import SystemClock
 from server.domain import CertKind, Status
-from server.metrics import MetricsInterceptor, WorkerMetrics
 from server.ocsp import OcspResponder
 from server.responder_app import STATUS_ERRORS
+from server.responder_metrics import MetricsInterceptor, WorkerMetrics
 from server.status import Answer, IndexHolder, Resolver
 from server.status_servicer import StatusServicer, StreamLimits
 

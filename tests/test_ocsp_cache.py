@@ -89,3 +89,15 @@ def test_capacity_zero_keeps_nothing() -> None:
 def test_refuses_bad_settings(kwargs: dict[str, float]) -> None:
     with pytest.raises(ValueError, match="must be"):
         ResponseCache(Generation(), **kwargs)  # type: ignore[arg-type]
+
+
+def test_a_new_signer_drops_everything_and_refuses_older_signatures() -> None:
+    cache = ResponseCache(Generation())
+    signed_from = cache.generation()
+    cache.put(b"k", reply("a"), signed_from)
+    cache.invalidate()
+    assert cache.get(b"k", 0.0) is None
+    cache.put(b"k", reply("old key"), signed_from)  # signing started before the switch
+    assert cache.get(b"k", 0.0) is None
+    cache.put(b"k", reply("new key"), cache.generation())
+    assert cache.get(b"k", 0.0) is not None
