@@ -163,10 +163,6 @@ class OcspResponder:
         self._observer: OcspObserver = observer or _Quiet()
         self._prepared: _Prepared | None = None
 
-    @property
-    def limits(self) -> OcspLimits:
-        return self._limits
-
     def respond(self, data: bytes) -> OcspReply:
         """The response to a DER OCSPRequest; never raises for bad input."""
         try:
@@ -195,7 +191,7 @@ class OcspResponder:
                 self._observer.answers(hit.answers)
                 return hit
             self._observer.cache("miss")
-        else:
+        elif request.nonce is not None:
             self._observer.cache("nonce")
         reply = self._sign(request, now)
         self._observer.answers(reply.answers)
