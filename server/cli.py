@@ -23,13 +23,18 @@ from server.config import (
     ConfigError,
     ResponderConfig,
     SignerConfig,
+    TlsFiles,
     hsm_config,
     load_toml,
     merge,
+    tls_files,
 )
 from server.ocsp_keys import RenewPolicy
+from server.registry_cli import add_registry_group
+from server.report_cli import add_report_commands
 from server.responder_app import serve
 from server.signer_app import start_signer
+from server.verifier_cli import add_token_commands, add_verifier_commands
 
 EXIT_USAGE = 2
 
@@ -57,6 +62,22 @@ def _hsm_from(args: argparse.Namespace, file_values: dict[str, Any]) -> hsm.HsmC
     )
 
 
+def _add_tls_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("mTLS (required unless --insecure-loopback)")
+    group.add_argument("--tls-cert", help="server certificate chain (PEM)")
+    group.add_argument("--tls-key", help="server private key (PEM)")
+    group.add_argument("--client-ca", help="CA certificates that issue client certificates (PEM)")
+
+
+def _tls_from(args: argparse.Namespace, file_values: dict[str, Any]) -> TlsFiles | None:
+    table = file_values.get("tls", {})
+    return tls_files(
+        args.tls_cert or table.get("cert"),
+        args.tls_key or table.get("key"),
+        args.client_ca or table.get("client_ca"),
+    )
+
+
 def signer_config(args: argparse.Namespace) -> SignerConfig:
     file_values = load_toml(args.config)
     values = merge(
@@ -68,6 +89,7 @@ def signer_config(args: argparse.Namespace) -> SignerConfig:
             "publish_interval": args.publish_interval,
             "insecure_loopback": args.insecure_loopback or None,
             "bootstrap": args.bootstrap or None,
+            "operator_certs": args.operator_cert,
             "sign_queue_limit": args.sign_queue_limit,
             "sign_queue_wait": args.sign_queue_wait,
             "metrics_port": args.metrics_port,
@@ -75,18 +97,23 @@ def signer_config(args: argparse.Namespace) -> SignerConfig:
         SignerConfig,
     )
     values.pop("hsm", None)
+    values.pop("tls", None)
     if "data_dir" not in values:
         raise ConfigError("--data-dir is required")
     values["data_dir"] = Path(values["data_dir"])
+    values["operator_certs"] = tuple(Path(p) for p in values.get("operator_certs") or ())
     try:
-        return SignerConfig(hsm=_hsm_from(args, file_values), **values)
+        return SignerConfig(
+            hsm=_hsm_from(args, file_values), tls=_tls_from(args, file_values), **values
+        )
     except TypeError as exc:
         raise ConfigError(str(exc)) from None
 
 
 def responder_config(args: argparse.Namespace) -> ResponderConfig:
+    file_values = load_toml(args.config)
     values = merge(
-        load_toml(args.config),
+        file_values,
         {
             "snapshot_dir": args.snapshots,
             "state_dir": args.state_dir,
@@ -96,6 +123,8 @@ def responder_config(args: argparse.Namespace) -> ResponderConfig:
             "signer": args.signer,
             "insecure_loopback": args.insecure_loopback or None,
             "poll_interval": args.poll_interval,
+            "crl_retention_days": args.crl_retention_days,
+            "loopback_verifier": args.loopback_verifier,
             "http_listen": args.http_listen,
             "metrics_port": args.metrics_port,
             "max_message_bytes": args.max_message_bytes,
@@ -113,6 +142,7 @@ def responder_config(args: argparse.Namespace) -> ResponderConfig:
             values["ocsp_renew_at"] = RenewPolicy.parse(str(values["ocsp_renew_at"]))
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
+    values.pop("tls", None)
     for required, flag in (("snapshot_dir", "--snapshots"), ("state_dir", "--state-dir")):
         if required not in values:
             raise ConfigError(f"{flag} is required")
@@ -120,7 +150,7 @@ def responder_config(args: argparse.Namespace) -> ResponderConfig:
     values["state_dir"] = Path(values["state_dir"])
     values["trust_anchors"] = tuple(Path(p) for p in values.get("trust_anchors") or ())
     try:
-        return ResponderConfig(**values)
+        return ResponderConfig(tls=_tls_from(args, file_values), **values)
     except TypeError as exc:
         raise ConfigError(str(exc)) from None
 
@@ -149,6 +179,22 @@ def run_demo(args: argparse.Namespace) -> int:
     )
 
 
+def _add_http_metrics_and_limits(responder: argparse.ArgumentParser) -> None:
+    responder.add_argument(
+        "--http-listen", help="HOST:PORT for HTTP OCSP and CRLs (loopback; default off)"
+    )
+    responder.add_argument("--metrics-port", type=int, help="Prometheus /metrics on 127.0.0.1")
+    limits = responder.add_argument_group("limits")
+    limits.add_argument("--max-message-bytes", type=int, help="largest gRPC message accepted")
+    limits.add_argument("--max-batch", type=int, help="requests per CheckStream batch")
+    limits.add_argument("--max-stream-batches", type=int, help="batches per CheckStream")
+    limits.add_argument("--max-ocsp-request-bytes", type=int, help="largest OCSP request")
+    limits.add_argument("--max-ocsp-cert-ids", type=int, help="CertIDs per OCSP request")
+    limits.add_argument(
+        "--ocsp-cache-size", type=int, help="signed OCSP responses kept per worker (0: none)"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="jpki-va",
@@ -174,6 +220,11 @@ def build_parser() -> argparse.ArgumentParser:
     signer.add_argument("--publish-interval", type=float, help="seconds between snapshots")
     signer.add_argument("--bootstrap", action="store_true", help="create a missing CA hierarchy")
     signer.add_argument("--insecure-loopback", action="store_true", help="plaintext on loopback")
+    _add_tls_options(signer)
+    signer.add_argument(
+        "--operator-cert", action="append", metavar="FILE",
+        help="client certificate (PEM) allowed registry operations; repeatable (with mTLS)",
+    )  # fmt: skip
     signer.add_argument(
         "--sign-queue-limit", type=int, help="requests that may wait for the HSM (default 8)"
     )
@@ -202,22 +253,21 @@ def build_parser() -> argparse.ArgumentParser:
         "default) or this long before it expires (36h, 2d)",
     )
     responder.add_argument(
-        "--http-listen", help="HOST:PORT for HTTP OCSP and CRLs (loopback; default off)"
+        "--crl-retention-days", type=float, help="keep CRL files this long (default 365)"
     )
-    responder.add_argument("--metrics-port", type=int, help="Prometheus /metrics on 127.0.0.1")
-    limits = responder.add_argument_group("limits")
-    limits.add_argument("--max-message-bytes", type=int, help="largest gRPC message accepted")
-    limits.add_argument("--max-batch", type=int, help="requests per CheckStream batch")
-    limits.add_argument("--max-stream-batches", type=int, help="batches per CheckStream")
-    limits.add_argument("--max-ocsp-request-bytes", type=int, help="largest OCSP request")
-    limits.add_argument("--max-ocsp-cert-ids", type=int, help="CertIDs per OCSP request")
-    limits.add_argument(
-        "--ocsp-cache-size", type=int, help="signed OCSP responses kept per worker (0: none)"
-    )
+    responder.add_argument(
+        "--loopback-verifier", metavar="ID",
+        help="with --insecure-loopback: the verifier of calls without x-jpki-verifier",
+    )  # fmt: skip
+    _add_tls_options(responder)
+    _add_http_metrics_and_limits(responder)
     responder.set_defaults(func=run_responder)
 
     add_commands(sub)
     add_hsm_commands(sub)
+    add_verifier_commands(add_registry_group(sub))
+    add_token_commands(sub)
+    add_report_commands(sub)
     return parser
 
 

@@ -27,12 +27,16 @@ def _is_loopback(address: str) -> bool:
     return host in ("127.0.0.1", "localhost", "::1")
 
 
-def _check_listen(address: str, insecure_loopback: bool, name: str) -> None:
+def _check_listen(address: str, insecure_loopback: bool, name: str, tls: bool = False) -> None:
     if ":" not in address:
         raise ConfigError(f"{name}: expected HOST:PORT, got {address!r}")
     port = address.rsplit(":", 1)[1]
     if not port.isdigit() or not 0 <= int(port) <= 65535:
         raise ConfigError(f"{name}: bad port in {address!r}")
+    if tls:
+        if insecure_loopback:
+            raise ConfigError(f"{name}: choose TLS (--tls-cert ...) or --insecure-loopback")
+        return
     if not insecure_loopback:
         raise ConfigError(
             f"{name}: TLS is not configured; plaintext needs --insecure-loopback "
@@ -60,6 +64,38 @@ def hsm_config(
 
 
 @dataclass(frozen=True)
+class TlsFiles:
+    """Server certificate chain and key, and the CA that issues client certificates."""
+
+    cert: Path
+    key: Path
+    client_ca: Path
+
+    def __post_init__(self) -> None:
+        for option, path in (("--tls-cert", self.cert), ("--tls-key", self.key)):
+            if not path.is_file():
+                raise ConfigError(f"{option} {path} does not exist")
+        if not self.client_ca.is_file():
+            raise ConfigError(f"--client-ca {self.client_ca} does not exist")
+
+    def read(self) -> tuple[bytes, bytes, bytes]:
+        try:
+            return self.cert.read_bytes(), self.key.read_bytes(), self.client_ca.read_bytes()
+        except OSError as exc:
+            raise ConfigError(f"cannot read TLS files: {exc}") from None
+
+
+def tls_files(cert: str | None, key: str | None, client_ca: str | None) -> TlsFiles | None:
+    given = [v is not None for v in (cert, key, client_ca)]
+    if not any(given):
+        return None
+    if not all(given):
+        raise ConfigError("--tls-cert, --tls-key and --client-ca go together (mTLS)")
+    assert cert is not None and key is not None and client_ca is not None
+    return TlsFiles(Path(cert), Path(key), Path(client_ca))
+
+
+@dataclass(frozen=True)
 class SignerConfig:
     data_dir: Path
     hsm: hsm.HsmConfig
@@ -72,9 +108,18 @@ class SignerConfig:
     sign_queue_limit: int = 8  # requests that may wait for the HSM; more: RESOURCE_EXHAUSTED
     sign_queue_wait: float = 5.0  # seconds a request may wait for the HSM
     metrics_port: int | None = None  # Prometheus /metrics on 127.0.0.1 (0: any free port)
+    tls: TlsFiles | None = None
+    operator_certs: tuple[Path, ...] = ()  # client certificates allowed registry operations
 
     def __post_init__(self) -> None:
-        _check_listen(self.listen, self.insecure_loopback, "signer listen")
+        _check_listen(
+            self.listen, self.insecure_loopback, "signer listen", tls=self.tls is not None
+        )
+        if self.tls is not None and not self.operator_certs:
+            raise ConfigError("with TLS, name the operators' client certificates (--operator-cert)")
+        for path in self.operator_certs:
+            if not path.is_file():
+                raise ConfigError(f"--operator-cert {path} does not exist")
         if self.publish_interval < 0:
             raise ConfigError("publish interval must be >= 0")
         if self.grpc_workers < 2:
@@ -95,6 +140,10 @@ class SignerConfig:
     def snapshot_dir(self) -> Path:
         return self.data_dir / "snapshots"
 
+    @property
+    def ledger_dir(self) -> Path:
+        return self.data_dir / "ledger"
+
 
 @dataclass(frozen=True)
 class ResponderConfig:
@@ -105,9 +154,12 @@ class ResponderConfig:
     workers: int = field(default_factory=lambda: os.cpu_count() or 1)
     signer: str | None = None  # where to get delegated OCSP-signer certificates
     insecure_loopback: bool = False
+    tls: TlsFiles | None = None
+    loopback_verifier: str | None = None  # plaintext callers without x-jpki-verifier
     poll_interval: float = 1.0
     grpc_threads: int = 16
     grace_seconds: float = 5.0
+    crl_retention_days: float = 365.0  # 保存期間 of CRL files; set by cabinet order
     ocsp_renew_at: RenewPolicy = field(default_factory=RenewPolicy)  # default: half its life
     # HTTP OCSP and CRLs (RFC 6960 Appendix A, RFC 5019) beside gRPC; off when None.
     http_listen: str | None = None
@@ -122,7 +174,27 @@ class ResponderConfig:
     ocsp_cache_margin: float = 60.0  # seconds before nextUpdate a cached response is renewed
 
     def __post_init__(self) -> None:
-        _check_listen(self.listen, self.insecure_loopback, "responder listen")
+        _check_listen(
+            self.listen, self.insecure_loopback, "responder listen", tls=self.tls is not None
+        )
+        if self.loopback_verifier is not None and not self.insecure_loopback:
+            raise ConfigError("--loopback-verifier goes with --insecure-loopback only")
+        if self.crl_retention_days <= 0:
+            raise ConfigError("CRL retention must be > 0 days")
+        self._check_http_metrics_and_limits()
+        if self.workers < 1:
+            raise ConfigError("workers must be >= 1")
+        if not self.trust_anchors:
+            raise ConfigError("at least one trust anchor (--trust-anchor) is required")
+        for anchor in self.trust_anchors:
+            if not anchor.is_file():
+                raise ConfigError(f"trust anchor {anchor} does not exist")
+        if self.poll_interval <= 0:
+            raise ConfigError("poll interval must be > 0")
+        if self.signer is not None and not _is_loopback(self.signer):
+            raise ConfigError("the signer connection is plaintext: loopback only for now")
+
+    def _check_http_metrics_and_limits(self) -> None:
         if self.http_listen is not None:
             # Status is provided to verifiers only (DESIGN §7); plain HTTP cannot tell
             # who asks, so it is served on loopback, behind an authenticating proxy.
@@ -142,17 +214,6 @@ class ResponderConfig:
             raise ConfigError("max OCSP request bytes must be in 64..max message bytes")
         if self.ocsp_cache_size < 0 or self.ocsp_cache_margin < 0:
             raise ConfigError("OCSP cache size and margin must be >= 0")
-        if self.workers < 1:
-            raise ConfigError("workers must be >= 1")
-        if not self.trust_anchors:
-            raise ConfigError("at least one trust anchor (--trust-anchor) is required")
-        for anchor in self.trust_anchors:
-            if not anchor.is_file():
-                raise ConfigError(f"trust anchor {anchor} does not exist")
-        if self.poll_interval <= 0:
-            raise ConfigError("poll interval must be > 0")
-        if self.signer is not None and not _is_loopback(self.signer):
-            raise ConfigError("the signer connection is plaintext: loopback only for now")
 
     @property
     def index_dir(self) -> Path:
@@ -161,6 +222,14 @@ class ResponderConfig:
     @property
     def ocsp_dir(self) -> Path:
         return self.state_dir / "ocsp"
+
+    @property
+    def ledger_dir(self) -> Path:
+        return self.state_dir / "ledger"
+
+    @property
+    def crl_archive_dir(self) -> Path:
+        return self.state_dir / "crls"
 
     @property
     def metrics_dir(self) -> Path:
@@ -182,7 +251,7 @@ def load_toml(path: Path | None) -> dict[str, Any]:
 def merge(file_values: dict[str, Any], cli_values: dict[str, Any], cls: type) -> dict[str, Any]:
     """CLI values that were given override the file; unknown file keys are errors."""
     known = {f.name for f in fields(cls)}
-    unknown = set(file_values) - known - {"hsm"}
+    unknown = set(file_values) - known - {"hsm", "tls"}
     if unknown:
         raise ConfigError(f"unknown settings in config file: {', '.join(sorted(unknown))}")
     merged = dict(file_values)

@@ -44,6 +44,8 @@ _DESCRIPTIONS = {
     "CertKind": "certificate kind",
     "LossCause": "loss cause",
     "CrlReason": "CRL reason",
+    "Role": "verifier role",
+    "Provision": "provision",
 }
 
 
@@ -195,3 +197,66 @@ def record_key(kind: CertKind, serial: int) -> bytes:
 
 def parse_record_key(key: bytes) -> tuple[CertKind, int]:
     return CertKind(key[0]), int.from_bytes(key[1:21], "big")
+
+
+class Role(_Slugged):
+    """What the law lets a verifier receive (DESIGN §7). A verifier may hold several."""
+
+    SIGNING_VERIFIER = 1  # 署名検証者
+    GROUP_SIGNING_VERIFIER = 2  # 団体署名検証者
+    AUTH_VERIFIER = 3  # 利用者証明検証者
+    SPECIFIC_AUTH_VERIFIER = 4  # 特定利用者証明検証者
+
+
+class Provision(_Slugged):
+    """The nine kinds of provision the annual report (第41条) covers."""
+
+    SIGNING_STATUS = 1  # 署名用電子証明書失効情報 (第18条1項)
+    SIGNING_CRL = 2  # 署名用電子証明書失効情報ファイル (第18条2項)
+    SIGNING_RECORD = 3  # 特定署名用電子証明書記録情報 (第18条3項)
+    MAP_CARD_SIGN_MOBILE_SIGN = 4  # 対応署名用電子証明書の発行の番号 (第18条4項)
+    MAP_CARD_AUTH_CARD_SIGN = 5  # 対応証明書の発行の番号 (第18条5項)
+    AUTH_STATUS = 6  # 利用者証明用電子証明書失効情報 (第37条1項)
+    AUTH_CRL = 7  # 利用者証明用電子証明書失効情報ファイル (第37条2項)
+    MAP_CARD_AUTH_MOBILE_AUTH = 8  # 対応利用者証明用電子証明書の発行の番号 (第37条3項)
+    VERIFIER_TOKEN = 9  # 特定利用者証明検証者証明符号 (第38条の3)
+
+
+@dataclass(frozen=True, slots=True)
+class Verifier:
+    """A verifier as the signer registered it: who it is and what it may receive.
+
+    `cert_fingerprints` are SHA-256 fingerprints of the mTLS client certificates that
+    identify it (several, so a certificate can be renewed without a gap). `agreement`
+    is the reference of the 取決め that 第38条の3第3項 requires before a verifier token.
+    """
+
+    id: str
+    roles: frozenset[Role]
+    cert_fingerprints: tuple[bytes, ...]
+    agreement: str | None = None
+    agreement_date: str | None = None  # YYYY-MM-DD
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "id": self.id,
+            "roles": sorted(r.name for r in self.roles),
+            "cert_fingerprints": [f.hex() for f in self.cert_fingerprints],
+            "agreement": self.agreement,
+            "agreement_date": self.agreement_date,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, object]) -> Verifier:
+        roles = data["roles"]
+        prints = data["cert_fingerprints"]
+        if not isinstance(roles, list) or not isinstance(prints, list):
+            raise ValueError("verifier roles and cert_fingerprints must be lists")
+        agreement, agreement_date = data.get("agreement"), data.get("agreement_date")
+        return cls(
+            id=str(data["id"]),
+            roles=frozenset(Role[str(r)] for r in roles),
+            cert_fingerprints=tuple(bytes.fromhex(str(f)) for f in prints),
+            agreement=None if agreement is None else str(agreement),
+            agreement_date=None if agreement_date is None else str(agreement_date),
+        )

@@ -21,13 +21,14 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from email.utils import formatdate
 from typing import Protocol, cast
 from urllib.parse import unquote_to_bytes
 
 import httptools
 
-from server.index import CrlFile
+from server.domain import CertKind
 from server.ocsp_cache import OcspReply
 from server.status import NotReady
 
@@ -43,6 +44,8 @@ _REASONS = {
     200: b"OK",
     304: b"Not Modified",
     400: b"Bad Request",
+    401: b"Unauthorized",
+    403: b"Forbidden",
     404: b"Not Found",
     405: b"Method Not Allowed",
     413: b"Content Too Large",
@@ -54,8 +57,32 @@ _REASONS = {
 }
 
 
-class Ocsp(Protocol):
-    def respond(self, data: bytes) -> OcspReply: ...
+class Access(Protocol):
+    """OCSP and CRLs for the verifier a request names (None: the header is absent)."""
+
+    def respond(self, claimed: str | None, der: bytes) -> OcspReply: ...
+
+    def crl(
+        self, claimed: str | None, kind: CertKind, key_id_prefix: bytes, partition: str
+    ) -> PublishedCrl | None: ...
+
+
+class Forbidden(Exception):
+    """The caller may not have this: 401 (no identity) or 403, with a message."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(frozen=True, slots=True)
+class PublishedCrl:
+    """A current CRL as HTTP serves it."""
+
+    der: bytes
+    etag: str
+    this_update: float  # epoch seconds
+    next_update: float
 
 
 class HttpObserver(Protocol):
@@ -92,6 +119,21 @@ def _etag_matches(header: bytes, etag: bytes) -> bool:
     return any(part.strip().removeprefix(b"W/") == etag for part in header.split(b","))
 
 
+def _crl_target(path: bytes) -> tuple[CertKind, bytes, str] | None:
+    """/crl/{kind}/{first 8 octets of the issuer key id, hex}/{partition}.crl, or None."""
+    parts = path[5:].split(b"/")
+    if len(parts) != 3 or not parts[2].endswith(b".crl"):
+        return None
+    kind_slug, prefix_hex, partition = parts[0], parts[1], parts[2][:-4]
+    if len(prefix_hex) != 16 or not (partition.isdigit() and len(partition) == 6):
+        return None
+    try:
+        kind = CertKind.from_slug(kind_slug.decode("ascii"))
+        return kind, bytes.fromhex(prefix_hex.decode("ascii")), partition.decode("ascii")
+    except (UnicodeDecodeError, ValueError):
+        return None
+
+
 def _decode_get(path: bytes) -> bytes | None:
     """The DER request in a GET path (url-encoded base64, padding optional)."""
     text = unquote_to_bytes(path).strip()
@@ -111,15 +153,13 @@ class HttpApp:
 
     def __init__(
         self,
-        ocsp: Ocsp,
-        crl: Callable[[str], CrlFile | None],
+        access: Access,
         *,
         max_request_bytes: int,
         clock: Callable[[], float] = time.time,
         observer: HttpObserver | None = None,
     ) -> None:
-        self._ocsp = ocsp
-        self._crl = crl
+        self._access = access
         self.max_request_bytes = max_request_bytes
         # base64 makes 4 of 3 octets and url-encoding at most 3 of 1.
         self.max_url_bytes = 4 * max_request_bytes + 256
@@ -153,30 +193,42 @@ class HttpApp:
         content_type: bytes | None,
         if_none_match: bytes | None,
         body: bytes,
+        verifier: bytes | None = None,
     ) -> bytes:
+        """The response to one request; `verifier` is the X-JPKI-Verifier header."""
         path = url.split(b"?", 1)[0]
+        try:
+            claimed = None if verifier is None else verifier.decode("ascii").strip() or None
+        except UnicodeDecodeError:
+            return self.error(400, "X-JPKI-Verifier must be ASCII")
         if path.startswith(b"/crl/"):
             if method != b"GET":
                 return self.error(405, "CRLs are fetched with GET", "crl", b"Allow: GET\r\n")
-            return self._crl_response(path, if_none_match)
+            return self._crl_response(claimed, path, if_none_match)
         if method == b"POST":
-            return self._post(path, content_type, body)
+            return self._post(claimed, path, content_type, body)
         if method != b"GET":
             return self.error(405, "use GET or POST", extra=b"Allow: GET, POST\r\n")
+        return self._get(claimed, path, if_none_match)
+
+    def _get(self, claimed: str | None, path: bytes, if_none_match: bytes | None) -> bytes:
         if path.startswith(b"/ocsp/"):
             der = _decode_get(path[6:])
         else:
             der = _decode_get(path[1:])
             if der is None or not der.startswith(b"\x30"):
                 return self.error(400, "not an OCSP request or a CRL path")
-        return self._ocsp_response(self._ocsp.respond(der or b""), if_none_match, "ocsp_get")
+        reply = self._access.respond(claimed, der or b"")
+        return self._ocsp_response(reply, if_none_match, "ocsp_get")
 
-    def _post(self, path: bytes, content_type: bytes | None, body: bytes) -> bytes:
+    def _post(
+        self, claimed: str | None, path: bytes, content_type: bytes | None, body: bytes
+    ) -> bytes:
         if path not in (b"/", b"/ocsp", b"/ocsp/"):
             return self.error(404, "no such resource; POST OCSP requests to /ocsp")
         if content_type is not None and content_type.split(b";")[0].strip().lower() != OCSP_REQUEST:
             return self.error(415, "expected Content-Type: application/ocsp-request", "ocsp_post")
-        return self._ocsp_response(self._ocsp.respond(body), None, "ocsp_post")
+        return self._ocsp_response(self._access.respond(claimed, body), None, "ocsp_post")
 
     def _validators_for(self, etag: str, this_update: float, next_update: float) -> bytes:
         lines = self._validators.get(etag)
@@ -228,13 +280,15 @@ class HttpApp:
             if_none_match,
         )
 
-    def _crl_response(self, path: bytes, if_none_match: bytes | None) -> bytes:
-        try:
-            relpath = "crls/" + path[5:].decode("ascii")
-        except UnicodeDecodeError:
+    def _crl_response(self, claimed: str | None, path: bytes, if_none_match: bytes | None) -> bytes:
+        target = _crl_target(path)
+        if target is None:
             return self.error(404, "no such CRL", "crl")
+        kind, prefix, partition = target
         try:
-            found = self._crl(relpath)
+            found = self._access.crl(claimed, kind, prefix, partition)
+        except Forbidden as exc:
+            return self.error(exc.status, str(exc), "crl")
         except NotReady:
             return self.error(503, "no index loaded yet", "crl", b"Retry-After: 5\r\n")
         if found is None:
@@ -243,9 +297,9 @@ class HttpApp:
             "crl",
             PKIX_CRL,
             found.der,
-            found.sha256[:32],
-            found.times.this_update.timestamp(),
-            found.times.next_update.timestamp(),
+            found.etag,
+            found.this_update,
+            found.next_update,
             if_none_match,
         )
 
@@ -272,6 +326,7 @@ class _Connection(asyncio.Protocol):
         self._header_bytes = 0
         self._content_type: bytes | None = None
         self._if_none_match: bytes | None = None
+        self._verifier: bytes | None = None
         self._expect_continue = False
 
     # asyncio.Protocol
@@ -326,6 +381,8 @@ class _Connection(asyncio.Protocol):
             self._content_type = value
         elif lower == b"if-none-match":
             self._if_none_match = value
+        elif lower == b"x-jpki-verifier":
+            self._verifier = value
         elif lower == b"content-length":
             if not value.isdigit() or int(value) > self._app.max_request_bytes:
                 self._reject(413, f"request body over {self._app.max_request_bytes} bytes")
@@ -354,6 +411,7 @@ class _Connection(asyncio.Protocol):
                 self._content_type,
                 self._if_none_match,
                 b"".join(self._body),
+                self._verifier,
             )
         except Exception:
             # Never a trace to the client, never a dead worker.

@@ -23,7 +23,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from server.domain import CertKind, StatusRecord, record_key
+from server.domain import CertKind, StatusRecord, Verifier, record_key
 from server.profiles import crl_entry_cause, crl_entry_reason, key_id
 from server.records import (
     pack_value,
@@ -68,13 +68,17 @@ class CrlTimes:
     next_update: datetime
 
 
-@dataclass(frozen=True)
-class CrlFile:
-    """A CRL as published: its DER, the SHA-256 the manifest gave it, its times."""
+class VerifierTable:
+    """The verifier registry of one index: by id and by client-certificate fingerprint."""
 
-    der: bytes
-    sha256: str
-    times: CrlTimes
+    def __init__(self, entries: list[dict[str, Any]]) -> None:
+        self.by_id: dict[str, Verifier] = {}
+        self.by_fingerprint: dict[bytes, Verifier] = {}
+        for entry in entries:
+            verifier = Verifier.from_json(entry)
+            self.by_id[verifier.id] = verifier
+            for fingerprint in verifier.cert_fingerprints:
+                self.by_fingerprint[fingerprint] = verifier
 
 
 @dataclass(frozen=True)
@@ -175,24 +179,18 @@ def _build(snapshot: VerifiedSnapshot, path: Path) -> None:
                 "issuer_key_ids": [k.hex() for k in key_ids],
                 "issuer_kinds": {k.hex(): v.name for k, v in kinds.items()},
                 "crls": [c.info.to_json() for c in snapshot.crls],
-                # The verified CRLs themselves, served over HTTP; keyed by snapshot path.
-                "crl_files": {c.info.file: manifest.files[c.info.file] for c in snapshot.crls},
             }
             txn.put(b"manifest", json.dumps(meta).encode(), db=meta_db)
-            for vc in snapshot.crls:
-                txn.put(_crl_key(vc.info.file), vc.crl.public_bytes(Encoding.DER), db=meta_db)
             txn.put(
                 b"issuers",
                 b"".join(c.public_bytes(Encoding.PEM) for c in snapshot.issuers),
                 db=meta_db,
             )
+            verifiers = [v.to_json() for v in snapshot.verifiers()]
+            txn.put(b"verifiers", json.dumps(verifiers).encode(), db=meta_db)
         env.sync(True)
     finally:
         env.close()
-
-
-def _crl_key(relpath: str) -> bytes:
-    return b"crl:" + relpath.encode()
 
 
 def publish_index(index_root: Path, built: Path) -> None:
@@ -225,10 +223,10 @@ class Index:
         )
         self._status, issuers_db, meta_db = (self._env.open_db(name, create=False) for name in _DBS)
         self._issuers_db = issuers_db
-        self._meta_db = meta_db
         with self._env.begin() as txn:
             raw_meta = txn.get(b"manifest", db=meta_db)
             issuer_pem = txn.get(b"issuers", db=meta_db)
+            raw_verifiers = txn.get(b"verifiers", db=meta_db)
         if raw_meta is None or issuer_pem is None:
             raise ValueError(f"{path} is not a complete index")
         meta = json.loads(bytes(raw_meta))
@@ -248,8 +246,6 @@ class Index:
                 newest = max(generations, key=lambda e: e.certificate.not_valid_before_utc)
                 self.issuers[newest.key_id] = replace(newest, active=True)
         self._crl_times: dict[tuple[CertKind, bytes, str], CrlTimes] = {}
-        self._crl_files: dict[str, tuple[str, CrlTimes]] = {}
-        crl_hashes: dict[str, str] = meta.get("crl_files", {})
         for c in meta["crls"]:
             times = CrlTimes(
                 number=c["number"],
@@ -258,8 +254,9 @@ class Index:
             )
             scope = (CertKind[c["kind"]], bytes.fromhex(c["issuer_key_id"]), c["partition"])
             self._crl_times[scope] = times
-            if c["file"] in crl_hashes:
-                self._crl_files[c["file"]] = (crl_hashes[c["file"]], times)
+        self.verifiers = VerifierTable(
+            [] if raw_verifiers is None else json.loads(bytes(raw_verifiers))
+        )
         self.next_update = min(
             (t.next_update for t in self._crl_times.values()),
             default=datetime.fromtimestamp(0, UTC),
@@ -286,24 +283,13 @@ class Index:
             return None
         return self.issuers.get(self.issuer_key_ids[raw[1]])
 
-    def crl_times(self, record: StatusRecord) -> CrlTimes | None:
-        return self._crl_times.get((record.kind, record.issuer_key_id, record.partition))
-
     @property
-    def crl_scopes(self) -> dict[tuple[CertKind, bytes, str], CrlTimes]:
-        """Every (kind, issuer key id, partition) this index has a CRL for."""
+    def current_crls(self) -> dict[tuple[CertKind, bytes, str], CrlTimes]:
+        """(kind, issuer key id, partition) -> the CRL this index was built from."""
         return dict(self._crl_times)
 
-    def crl(self, relpath: str) -> CrlFile | None:
-        """The CRL published at `relpath` (e.g. crls/card-sign/<kid16>/131016.crl)."""
-        known = self._crl_files.get(relpath)
-        if known is None:
-            return None
-        with self._env.begin(db=self._meta_db) as txn:
-            der = txn.get(_crl_key(relpath))
-        if der is None:
-            return None
-        return CrlFile(bytes(der), known[0], known[1])
+    def crl_times(self, record: StatusRecord) -> CrlTimes | None:
+        return self._crl_times.get((record.kind, record.issuer_key_id, record.partition))
 
     def close(self) -> None:
         self._env.close()

@@ -11,10 +11,20 @@ import logging
 import shutil
 import threading
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from server.clock import Clock
+from server.crl_archive import CrlArchive, archived
 from server.index import build_index, current_index, publish_index
-from server.snapshot import SnapshotRejected, SnapshotVerifier, snapshot_sequence
+from server.snapshot import (
+    SnapshotRejected,
+    SnapshotVerifier,
+    VerifiedSnapshot,
+    snapshot_sequence,
+)
 
 log = logging.getLogger(__name__)
 
@@ -28,10 +38,19 @@ class IngestResult:
 class Ingester:
     KEEP_INDEXES = 2  # the live one and the one before it, for workers still closing it
 
-    def __init__(self, snapshot_dir: Path, index_root: Path, verifier: SnapshotVerifier) -> None:
+    def __init__(
+        self,
+        snapshot_dir: Path,
+        index_root: Path,
+        verifier: SnapshotVerifier,
+        archive: CrlArchive | None = None,
+        retention: tuple[Clock, timedelta] | None = None,
+    ) -> None:
         self._snapshots = snapshot_dir
         self._root = index_root
         self._verifier = verifier
+        self._archive = archive
+        self._retention = retention
         self._refused: set[str] = set()
         self._seen: set[str] | None = None  # snapshot names present at start
         index_root.mkdir(parents=True, exist_ok=True)
@@ -81,11 +100,35 @@ class Ingester:
                 self._refused.add(path.name)
                 log.error("refused snapshot %s: %s", path.name, exc)
                 continue
+            self._archive_crls(snapshot)
             publish_index(self._root, built)
             self._prune()
             log.info("ingested snapshot %s", path.name)
             return IngestResult(snapshot.sequence, built)
         return None
+
+    def _archive_crls(self, snapshot: VerifiedSnapshot) -> None:
+        """Keep the snapshot's verified CRLs before its index serves (第18条2項, 第37条2項)."""
+        if self._archive is None:
+            return
+        self._archive.add(
+            archived(
+                vc.info.kind,
+                vc.info.issuer_key_id,
+                vc.info.partition,
+                vc.info.number,
+                vc.info.this_update,
+                vc.info.next_update,
+                vc.crl.public_bytes(Encoding.DER),
+            )
+            for vc in snapshot.crls
+            if vc.info.delta_base is None
+        )
+        if self._retention is not None:
+            clock, period = self._retention
+            pruned = self._archive.prune(clock.now(), period)
+            if pruned:
+                log.info("pruned %d CRL files past their retention period", pruned)
 
     def _prune(self) -> None:
         indexes = sorted(p for p in self._root.iterdir() if p.name.startswith("idx-"))

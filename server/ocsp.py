@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from server import der, ocsp_wire
 from server.clock import Clock
-from server.domain import Status
+from server.domain import CertKind, Status
 from server.index import IssuerEntry
 from server.ocsp_cache import OcspReply, ResponseCache
 from server.ocsp_wire import CertStatus, MalformedRequest, ResponseStatus, SingleResponse
@@ -162,6 +162,28 @@ class OcspResponder:
         self._limits = limits or OcspLimits()
         self._observer: OcspObserver = observer or _Quiet()
         self._prepared: _Prepared | None = None
+
+    def issuer_kinds(self, data: bytes) -> list[CertKind]:
+        """The kinds of the certificates a request asks about, one per CertID.
+
+        Empty for a malformed or oversized request or a foreign issuer: `respond`
+        answers those with an error status and no status information.
+        """
+        if len(data) > self._limits.max_request_bytes:
+            return []
+        try:
+            request = ocsp_wire.parse_request(data, self._limits.max_cert_ids)
+            kinds = []
+            for cert_id in request.cert_ids:
+                issuer = self._resolver.issuer_by_hash(
+                    cert_id.algorithm, cert_id.name_hash, cert_id.key_hash
+                )
+                if issuer is None:
+                    return []
+                kinds.append(issuer.kind)
+        except (MalformedRequest, BadRequest, NotReady):
+            return []
+        return kinds
 
     def respond(self, data: bytes) -> OcspReply:
         """The response to a DER OCSPRequest; never raises for bad input."""

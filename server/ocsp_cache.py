@@ -27,6 +27,11 @@ class OcspReply:
     etag: str = ""
     answers: tuple[tuple[str, str], ...] = ()  # (status, cause) per CertID, for metrics
 
+    @property
+    def successful(self) -> bool:
+        """Whether it carries status information (error statuses carry no answers)."""
+        return bool(self.answers)
+
 
 class ResponseCache:
     def __init__(

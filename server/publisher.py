@@ -74,6 +74,7 @@ class Publisher:
         with self._registry.read() as tx:
             event_sequence = tx.counter("event")
             mark = tx.change_mark()
+            verifiers = tx.verifiers()
             for rec in tx.certificates():
                 scope = (rec.kind, rec.issuer_key_id, rec.partition)
                 bucket = entries[scope]  # every partition gets a CRL, even an empty one
@@ -96,6 +97,7 @@ class Publisher:
         builder = SnapshotBuilder(self._root, sequence)
         try:
             builder.add_issuers([r.certificate for r in issuers])
+            builder.add_verifiers(verifiers)
             builder.add_records(records)
             keys: dict[bytes, CertificateIssuerPrivateKeyTypes] = {}
             for (kind, key_id, partition), bucket in sorted(entries.items()):

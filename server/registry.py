@@ -26,6 +26,7 @@ from server.domain import (
     Loss,
     LossCause,
     StatusRecord,
+    Verifier,
     parse_record_key,
     record_key,
 )
@@ -45,6 +46,10 @@ class AlreadyLost(RegistryError):
 
 
 class DuplicateSerial(RegistryError):
+    pass
+
+
+class DuplicateVerifierCertificate(RegistryError):
     pass
 
 
@@ -206,8 +211,8 @@ class RegistryTxn:
         self.next_counter("issued")
 
     def change_mark(self) -> str:
-        """Changes whenever a certificate is issued or loses effect."""
-        return f"{self.counter('issued')}:{self.counter('event')}"
+        """Changes whenever a certificate is issued or loses effect, or a verifier changes."""
+        return f"{self.counter('issued')}:{self.counter('event')}:{self.counter('verifiers')}"
 
     def certificates(self, kind: CertKind | None = None) -> Iterator[CertificateRecord]:
         """Every issuance record in key order (kind, serial)."""
@@ -298,6 +303,33 @@ class RegistryTxn:
     def put_issuer(self, issuer: IssuerRecord) -> None:
         self._txn.put(issuer.key_id, _dumps(issuer.to_json()), db=self._db["issuers"])
 
+    # verifiers (kept here, carried in snapshots) ------------------------------------
+    def verifiers(self) -> list[Verifier]:
+        cursor = self._txn.cursor(db=self._db["verifiers"])
+        return [Verifier.from_json(json.loads(bytes(v))) for _, v in cursor]
+
+    def verifier(self, verifier_id: str) -> Verifier | None:
+        raw = self._txn.get(verifier_id.encode(), db=self._db["verifiers"])
+        return None if raw is None else Verifier.from_json(json.loads(bytes(raw)))
+
+    def put_verifier(self, verifier: Verifier) -> None:
+        """Add or replace a verifier; a certificate identifies one verifier only."""
+        for other in self.verifiers():
+            shared = set(other.cert_fingerprints) & set(verifier.cert_fingerprints)
+            if other.id != verifier.id and shared:
+                raise DuplicateVerifierCertificate(
+                    f"certificate {sorted(shared)[0].hex()} already identifies "
+                    f"verifier {other.id!r}"
+                )
+        self._txn.put(verifier.id.encode(), _dumps(verifier.to_json()), db=self._db["verifiers"])
+        self.next_counter("verifiers")
+
+    def remove_verifier(self, verifier_id: str) -> bool:
+        removed = bool(self._txn.delete(verifier_id.encode(), db=self._db["verifiers"]))
+        if removed:
+            self.next_counter("verifiers")
+        return removed
+
     # counters and settings --------------------------------------------------------
     def counter(self, name: str) -> int:
         raw = self._txn.get(name.encode(), db=self._db["meta"])
@@ -322,7 +354,7 @@ class RegistryTxn:
 class Registry:
     """The LMDB environment of the registry. One per signer; the signer is its only writer."""
 
-    _DBS = ("certs", "holders", "issuers", "events", "meta")
+    _DBS = ("certs", "holders", "issuers", "events", "meta", "verifiers")
 
     def __init__(self, path: Path, *, map_size: int = 1 << 36) -> None:
         path.mkdir(parents=True, exist_ok=True)

@@ -9,28 +9,48 @@ delegated OCSP-signer certificates fresh; it never serves requests itself.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import multiprocessing
+import os
 import signal
 import socket
 import threading
 import time
 from collections.abc import Callable
+from datetime import timedelta
 from multiprocessing.synchronize import Event as ProcessEvent
 from typing import Any
 
 import grpc
 from cryptography import x509
 
-from protos import signer_pb2, signer_pb2_grpc, va_pb2, va_pb2_grpc
+from protos import (
+    crl_pb2,
+    crl_pb2_grpc,
+    signer_pb2,
+    signer_pb2_grpc,
+    va_pb2,
+    va_pb2_grpc,
+    verifiers_pb2,
+    verifiers_pb2_grpc,
+)
 from server import grpc_common
+from server.access import Gate, NoIdentity, UnknownVerifier
 from server.clock import Clock, SystemClock
 from server.config import ResponderConfig
+from server.crl_archive import CrlArchive, CrlNotFound
+from server.crl_servicer import CrlServicer
+from server.crls import CrlFiles
+from server.grpc_identity import caller_of, server_credentials
+from server.http_access import HttpAccess
 from server.http_endpoint import HttpApp, HttpServer
-from server.index import CrlFile
 from server.ingest import Ingester
+from server.law.entitlements import NotEntitled
+from server.ledger import Ledger, LedgerError
 from server.logs import configure_json
 from server.ocsp import OcspLimits, OcspResponder
+from server.ocsp_access import GatedOcsp
 from server.ocsp_cache import ResponseCache
 from server.ocsp_keys import OcspKeyStore
 from server.responder_metrics import (
@@ -45,15 +65,28 @@ from server.responder_metrics import (
 from server.snapshot import SnapshotVerifier
 from server.status import BadRequest, IndexHolder, IndexStatusSource, NotReady, Resolver
 from server.status_servicer import StatusServicer, StreamLimits
+from server.token_check import TokenChecker
+from server.verifier_token_servicer import VerifierTokenServicer
 
 log = logging.getLogger(__name__)
 
 SERVICE = va_pb2.DESCRIPTOR.services_by_name["StatusService"].full_name
+SERVICES = (
+    SERVICE,
+    crl_pb2.DESCRIPTOR.services_by_name["CrlService"].full_name,
+    verifiers_pb2.DESCRIPTOR.services_by_name["VerifierTokenService"].full_name,
+)
 STATUS_ERRORS: grpc_common.ErrorMap = (
+    (NoIdentity, grpc.StatusCode.UNAUTHENTICATED),
+    (UnknownVerifier, grpc.StatusCode.PERMISSION_DENIED),
+    (NotEntitled, grpc.StatusCode.PERMISSION_DENIED),
+    (CrlNotFound, grpc.StatusCode.NOT_FOUND),
     (BadRequest, grpc.StatusCode.INVALID_ARGUMENT),
     (ValueError, grpc.StatusCode.INVALID_ARGUMENT),
     (NotReady, grpc.StatusCode.UNAVAILABLE),
+    (LedgerError, grpc.StatusCode.UNAVAILABLE),
 )
+LEDGER_SYNC_SECONDS = 1.0  # how much of the counts a machine crash could lose
 READY_TIMEOUT = 60.0
 
 
@@ -82,7 +115,32 @@ def _resolve_port(listen: str) -> int:
         return int(s.getsockname()[1])
 
 
-def worker_main(
+def _ocsp_responder(
+    config: ResponderConfig,
+    holder: IndexHolder,
+    keystore: OcspKeyStore,
+    clock: Clock,
+    metrics: WorkerMetrics,
+) -> tuple[OcspResponder, ResponseCache]:
+    """The worker's OCSP responder and its signed-response cache."""
+    cache = ResponseCache(
+        lambda: holder.get().sequence,
+        capacity=config.ocsp_cache_size,
+        refresh_margin=config.ocsp_cache_margin,
+    )
+    responder = OcspResponder(
+        IndexStatusSource(holder),
+        Resolver(holder),
+        keystore.current,
+        clock,
+        cache=cache,
+        limits=OcspLimits(config.max_ocsp_request_bytes, config.max_ocsp_cert_ids),
+        observer=metrics,
+    )
+    return responder, cache
+
+
+def worker_main(  # noqa: PLR0915 (a composition root: the wiring reads best in one place)
     config: ResponderConfig, port: int, http_port: int | None, ready: Any, stop: ProcessEvent
 ) -> None:
     """One worker process: gRPC and, when configured, HTTP OCSP and CRLs."""
@@ -94,23 +152,19 @@ def worker_main(
     holder = IndexHolder(config.index_dir)
     holder.refresh()
     keystore = OcspKeyStore(config.ocsp_dir)
+    ledger = Ledger(config.ledger_dir)
+    archive = CrlArchive(config.crl_archive_dir)
     source = IndexStatusSource(holder)
     resolver = Resolver(holder)
-    cache = ResponseCache(
-        lambda: holder.get().sequence,
-        capacity=config.ocsp_cache_size,
-        refresh_margin=config.ocsp_cache_margin,
-    )
-    ocsp = OcspResponder(
-        source,
-        resolver,
-        keystore.current,
-        clock,
-        cache=cache,
-        limits=OcspLimits(config.max_ocsp_request_bytes, config.max_ocsp_cert_ids),
-        observer=metrics,
-    )
+    ocsp, cache = _ocsp_responder(config, holder, keystore, clock, metrics)
+    crl_files = CrlFiles(holder, archive)
     roots = load_anchors(config)
+    gate = Gate(lambda: holder.get().verifiers, ledger, clock)
+    caller = functools.partial(
+        caller_of,
+        insecure_loopback=config.insecure_loopback,
+        default_verifier=config.loopback_verifier,
+    )
     server = grpc_common.build_server(
         max_workers=config.grpc_threads,
         mapping=STATUS_ERRORS,
@@ -118,30 +172,36 @@ def worker_main(
             ("grpc.so_reuseport", 1),
             ("grpc.max_receive_message_length", config.max_message_bytes),
         ],
+        served_by=str(os.getpid()),
         interceptors=[MetricsInterceptor(metrics)],
     )
-    limits = StreamLimits(config.max_batch, config.max_stream_batches)
+    stream_limits = StreamLimits(config.max_batch, config.max_stream_batches)
+    counted = CountedSource(source, metrics)
     va_pb2_grpc.add_StatusServiceServicer_to_server(
-        StatusServicer(
-            CountedSource(source, metrics), resolver, ocsp, holder, clock, roots, limits
+        StatusServicer(counted, resolver, ocsp, holder, clock, roots, gate, caller, stream_limits),
+        server,
+    )
+    crl_pb2_grpc.add_CrlServiceServicer_to_server(CrlServicer(crl_files, gate, caller), server)
+    verifiers_pb2_grpc.add_VerifierTokenServiceServicer_to_server(
+        VerifierTokenServicer(
+            TokenChecker(roots, lambda: holder.get().verifiers, clock), gate, caller
         ),
         server,
     )
-    health = grpc_common.add_health_and_reflection(server, [SERVICE])
-    grpc_common.bind(server, f"{config.listen.rsplit(':', 1)[0]}:{port}", None)
+    health = grpc_common.add_health_and_reflection(server, SERVICES)
+    credentials = None if config.tls is None else server_credentials(*config.tls.read())
+    grpc_common.bind(server, f"{config.listen.rsplit(':', 1)[0]}:{port}", credentials)
     server.start()
-    http: HttpServer | None = None
+    http = None
     if config.http_listen is not None and http_port is not None:
-
-        def crl(relpath: str) -> CrlFile | None:
-            return holder.get().crl(relpath)
-
-        app = HttpApp(ocsp, crl, max_request_bytes=config.max_ocsp_request_bytes, observer=metrics)
+        access = HttpAccess(GatedOcsp(ocsp, gate), crl_files, gate, config.loopback_verifier)
+        app = HttpApp(access, max_request_bytes=config.max_ocsp_request_bytes, observer=metrics)
         http = HttpServer(app, _host(config.http_listen), http_port)
         http.start()
     serving = holder.loaded
-    grpc_common.set_serving(health, [SERVICE], serving)
+    grpc_common.set_serving(health, SERVICES, serving)
     ready.put(port)
+    synced = time.monotonic()
     signer = keystore.current()
     while not stop.wait(0.2):
         metrics.flush()
@@ -152,13 +212,19 @@ def worker_main(
             cache.invalidate()
         if holder.loaded and not serving:
             serving = True
-            grpc_common.set_serving(health, [SERVICE], True)
+            grpc_common.set_serving(health, SERVICES, True)
+        if time.monotonic() - synced > LEDGER_SYNC_SECONDS:
+            ledger.sync()
+            synced = time.monotonic()
     # Health first, so balancers stop sending; then let in-flight calls finish.
-    grpc_common.set_serving(health, [SERVICE], False)
+    grpc_common.set_serving(health, SERVICES, False)
     if http is not None:
         http.stop()
     server.stop(config.grace_seconds).wait()
     metrics.flush()
+    ledger.sync()
+    ledger.close()
+    archive.close()
     holder.close()
 
 
@@ -205,7 +271,14 @@ class Responder:
         self._clock = clock or SystemClock()
         self._ctx = multiprocessing.get_context("spawn")
         self._verifier = SnapshotVerifier(load_anchors(config), self._clock)
-        self._ingester = Ingester(config.snapshot_dir, config.index_dir, self._verifier)
+        self._archive = CrlArchive(config.crl_archive_dir)
+        self._ingester = Ingester(
+            config.snapshot_dir,
+            config.index_dir,
+            self._verifier,
+            self._archive,
+            (self._clock, timedelta(days=config.crl_retention_days)),
+        )
         self._keystore = OcspKeyStore(config.ocsp_dir)
         self._holder = IndexHolder(config.index_dir)  # the main process's view, for metrics
         self._collector = ResponderCollector(self._holder, self._clock)
@@ -298,6 +371,7 @@ class Responder:
             self._metrics_server.close()
             self._metrics_server = None
         self._holder.close()
+        self._archive.close()
 
 
 def serve(

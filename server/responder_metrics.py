@@ -244,7 +244,7 @@ class ResponderCollector(Collector):
                 "nextUpdate of the CRL served, per kind, issuer generation and partition.",
                 labels=["kind", "issuer", "partition"],
             )
-            for (kind, kid, partition), times in sorted(index.crl_scopes.items()):
+            for (kind, kid, partition), times in sorted(index.current_crls.items()):
                 crl.add_metric(
                     [kind.slug, kid.hex()[:16], partition], times.next_update.timestamp()
                 )

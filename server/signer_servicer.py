@@ -2,15 +2,29 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import grpc
+from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from protos import signer_pb2, signer_pb2_grpc, va_pb2
-from server.domain import CertKind, CrlReason, LossCause, serial_from_bytes, serial_to_bytes
+from protos import signer_pb2, signer_pb2_grpc, va_pb2, verifiers_pb2
+from server.access import Caller, Operators
+from server.domain import (
+    CertKind,
+    CrlReason,
+    LossCause,
+    Role,
+    Verifier,
+    serial_from_bytes,
+    serial_to_bytes,
+)
+from server.grpc_identity import fingerprint
 from server.profiles import Holder
 from server.registry import IssuerRecord, LossEvent
 from server.signer import InvalidRequest, IssueRequest, Signer
 from server.status_servicer import timestamp
+from server.verifier_registry import VerifierRegistry
 
 
 def _kind(value: int) -> CertKind:
@@ -48,13 +62,60 @@ def issuer_to_pb(record: IssuerRecord) -> va_pb2.Issuer:
     )
 
 
+def verifier_to_pb(verifier: Verifier) -> verifiers_pb2.VerifierInfo:
+    return verifiers_pb2.VerifierInfo(
+        id=verifier.id,
+        roles=[int(r) for r in sorted(verifier.roles)],  # type: ignore[misc]
+        cert_fingerprints=list(verifier.cert_fingerprints),
+        agreement=verifier.agreement or "",
+        agreement_date=verifier.agreement_date or "",
+    )
+
+
+def _roles(values: list[int]) -> frozenset[Role]:
+    roles = set()
+    for value in values:
+        if value == verifiers_pb2.VERIFIER_ROLE_UNSPECIFIED:
+            raise InvalidRequest("role is unspecified")
+        try:
+            roles.add(Role(value))
+        except ValueError:
+            raise InvalidRequest(f"unknown role {value}") from None
+    return frozenset(roles)
+
+
+def _fingerprints(ders: list[bytes]) -> tuple[bytes, ...]:
+    out = []
+    for der in ders:
+        try:
+            out.append(fingerprint(x509.load_der_x509_certificate(der)))
+        except ValueError as exc:
+            raise InvalidRequest(f"client certificate is not DER X.509: {exc}") from None
+    return tuple(out)
+
+
 class SignerServicer(signer_pb2_grpc.SignerServiceServicer):
-    def __init__(self, signer: Signer) -> None:
+    """Registry operations need an operator; IssueVerifierToken is the verifier's own call."""
+
+    def __init__(
+        self,
+        signer: Signer,
+        verifiers: VerifierRegistry,
+        operators: Operators,
+        caller: Callable[[grpc.ServicerContext], Caller],
+    ) -> None:
         self._signer = signer
+        self._verifiers = verifiers
+        self._operators = operators
+        self._caller = caller
+
+    def _operator(self, context: grpc.ServicerContext) -> None:
+        self._operators.require(self._caller(context))
 
     def IssueCertificate(
         self, request: signer_pb2.IssueCertificateRequest, context: grpc.ServicerContext
     ) -> signer_pb2.IssueCertificateResponse:
+        self._operator(context)
         holder = request.holder
         record, issuer_cert = self._signer.issue(
             IssueRequest(
@@ -81,6 +142,7 @@ class SignerServicer(signer_pb2_grpc.SignerServiceServicer):
     def RecordLoss(
         self, request: signer_pb2.RecordLossRequest, context: grpc.ServicerContext
     ) -> signer_pb2.RecordLossResponse:
+        self._operator(context)
         if request.cause == va_pb2.LOSS_CAUSE_UNSPECIFIED:
             raise InvalidRequest("loss cause is required")
         try:
@@ -96,6 +158,7 @@ class SignerServicer(signer_pb2_grpc.SignerServiceServicer):
     def PublishSnapshot(
         self, request: signer_pb2.PublishSnapshotRequest, context: grpc.ServicerContext
     ) -> signer_pb2.PublishSnapshotResponse:
+        self._operator(context)
         published = self._signer.publish(full=request.full)
         return signer_pb2.PublishSnapshotResponse(
             sequence=published.sequence,
@@ -109,6 +172,7 @@ class SignerServicer(signer_pb2_grpc.SignerServiceServicer):
         request: signer_pb2.IssueOcspSignerCertificateRequest,
         context: grpc.ServicerContext,
     ) -> signer_pb2.IssueOcspSignerCertificateResponse:
+        self._operator(context)
         issued = self._signer.ocsp_signer_certificates(
             request.csr_der, list(request.issuer_key_ids)
         )
@@ -127,8 +191,48 @@ class SignerServicer(signer_pb2_grpc.SignerServiceServicer):
     def ListIssuers(
         self, request: va_pb2.ListIssuersRequest, context: grpc.ServicerContext
     ) -> va_pb2.ListIssuersResponse:
+        self._operator(context)
         root, issuers = self._signer.issuers()
         return va_pb2.ListIssuersResponse(
             root_certificate_der=root.certificate_der,
             issuers=[issuer_to_pb(r) for r in issuers],
+        )
+
+    def AddVerifier(
+        self, request: verifiers_pb2.AddVerifierRequest, context: grpc.ServicerContext
+    ) -> verifiers_pb2.AddVerifierResponse:
+        self._operator(context)
+        verifier = self._verifiers.add(
+            Verifier(
+                id=request.id,
+                roles=_roles(list(request.roles)),
+                cert_fingerprints=_fingerprints(list(request.client_certificate_der)),
+                agreement=request.agreement or None,
+                agreement_date=request.agreement_date or None,
+            ),
+            replace=request.replace,
+        )
+        return verifiers_pb2.AddVerifierResponse(verifier=verifier_to_pb(verifier))
+
+    def RemoveVerifier(
+        self, request: verifiers_pb2.RemoveVerifierRequest, context: grpc.ServicerContext
+    ) -> verifiers_pb2.RemoveVerifierResponse:
+        self._operator(context)
+        self._verifiers.remove(request.id)
+        return verifiers_pb2.RemoveVerifierResponse()
+
+    def ListVerifiers(
+        self, request: verifiers_pb2.ListVerifiersRequest, context: grpc.ServicerContext
+    ) -> verifiers_pb2.ListVerifiersResponse:
+        self._operator(context)
+        return verifiers_pb2.ListVerifiersResponse(
+            verifiers=[verifier_to_pb(v) for v in self._verifiers.list()]
+        )
+
+    def IssueVerifierToken(
+        self, request: verifiers_pb2.IssueVerifierTokenRequest, context: grpc.ServicerContext
+    ) -> verifiers_pb2.IssueVerifierTokenResponse:
+        issued = self._verifiers.issue_token(self._caller(context))
+        return verifiers_pb2.IssueVerifierTokenResponse(
+            token=issued.token, not_after=timestamp(issued.not_after)
         )

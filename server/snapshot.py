@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPri
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from server.clock import Clock
-from server.domain import OID_SNAPSHOT_SIGNING, CertKind
+from server.domain import OID_SNAPSHOT_SIGNING, CertKind, Verifier
 from server.profiles import key_id
 from server.records import write_records
 
@@ -40,6 +40,7 @@ SIGNATURE = "manifest.sig"
 SIGNER_CERT = "signer.pem"
 ISSUERS = "issuers.pem"
 RECORDS = "records.bin"
+VERIFIERS = "verifiers.json"  # the verifier registry: who may receive what (DESIGN §7)
 PREFIX = "snap-"
 
 
@@ -192,6 +193,10 @@ class SnapshotBuilder:
     def add_issuers(self, certs: list[x509.Certificate]) -> None:
         self._add(ISSUERS, b"".join(c.public_bytes(Encoding.PEM) for c in certs))
 
+    def add_verifiers(self, verifiers: list[Verifier]) -> None:
+        data = [v.to_json() for v in sorted(verifiers, key=lambda v: v.id)]
+        self._add(VERIFIERS, json.dumps(data, indent=1, sort_keys=True).encode() + b"\n")
+
     def add_records(self, records: Iterable[bytes]) -> int:
         path = self._dir / RECORDS
         with path.open("wb") as f:
@@ -289,6 +294,18 @@ class VerifiedSnapshot:
     @property
     def sequence(self) -> int:
         return self.manifest.sequence
+
+    def verifiers(self) -> list[Verifier]:
+        """The verifier registry it carries; none in a snapshot without the file."""
+        if VERIFIERS not in self.manifest.files:
+            return []
+        raw = (self.path / VERIFIERS).read_bytes()
+        if hashlib.sha256(raw).hexdigest() != self.manifest.files[VERIFIERS]:
+            raise SnapshotRejected(f"{VERIFIERS} changed after verification")
+        try:
+            return [Verifier.from_json(v) for v in json.loads(raw)]
+        except (KeyError, TypeError, ValueError) as exc:
+            raise SnapshotRejected(f"malformed {VERIFIERS}: {exc!r}") from exc
 
 
 class SnapshotVerifier:

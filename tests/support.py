@@ -11,22 +11,44 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import grpc
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from cryptography.x509.oid import NameOID
 
 import hsm
-from protos import signer_pb2, signer_pb2_grpc, va_pb2, va_pb2_grpc
+from protos import signer_pb2, signer_pb2_grpc, va_pb2, va_pb2_grpc, verifiers_pb2
 from server.config import ResponderConfig, SignerConfig
-from server.domain import CertKind
+from server.domain import CertKind, Role
 from server.responder_app import Responder
 from server.signer_app import SignerApp, start_signer
 
 T = TypeVar("T")
+
+
+ALL_ROLES_VERIFIER = "test-all-roles"
+
+
+def throwaway_certificate(name: str) -> x509.Certificate:
+    """A self-signed client certificate: in plaintext tests only its fingerprint matters."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = datetime.now(UTC)
+    return (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=5))
+        .not_valid_after(now + timedelta(days=30))
+        .sign(key, hashes.SHA256())
+    )
 
 
 def wait_for(predicate: Callable[[], T | None], what: str, timeout: float = 30.0) -> T:
@@ -177,6 +199,19 @@ def start_pki(directory: Path, hsm_config: hsm.HsmConfig, *, workers: int = 1) -
     root = x509.load_der_x509_certificate(root_der.root_certificate_der)
     root_file = directory / "root.pem"
     root_file.write_bytes(root.public_bytes(serialization.Encoding.PEM))
+    # Plaintext callers without an x-jpki-verifier header act as this verifier, which
+    # holds every role; entitlement tests name other verifiers explicitly.
+    signer_stub.AddVerifier(
+        verifiers_pb2.AddVerifierRequest(
+            id=ALL_ROLES_VERIFIER,
+            roles=[int(r) for r in Role],  # type: ignore[misc]
+            client_certificate_der=[
+                throwaway_certificate(ALL_ROLES_VERIFIER).public_bytes(serialization.Encoding.DER)
+            ],
+            agreement="TEST-AGREEMENT",
+        ),
+        timeout=30,
+    )
     responder = Responder(
         ResponderConfig(
             snapshot_dir=signer.config.snapshot_dir,
@@ -186,6 +221,7 @@ def start_pki(directory: Path, hsm_config: hsm.HsmConfig, *, workers: int = 1) -
             workers=workers,
             signer=f"127.0.0.1:{signer.port}",
             insecure_loopback=True,
+            loopback_verifier=ALL_ROLES_VERIFIER,
             poll_interval=0.1,
             http_listen="127.0.0.1:0",
             metrics_port=0,
@@ -206,3 +242,40 @@ def start_pki(directory: Path, hsm_config: hsm.HsmConfig, *, workers: int = 1) -
     pki._runner = threading.Thread(target=responder.run, args=(pki._stop,), daemon=True)
     pki._runner.start()
     return pki
+
+
+@dataclass
+class ExtraResponder:
+    """Another responder over a Pki's snapshots, with its own state and settings."""
+
+    responder: Responder
+    _stop: threading.Event
+    _runner: threading.Thread
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.responder.port}"
+
+    def close(self) -> None:
+        self._stop.set()
+        self._runner.join()
+        self.responder.shutdown()
+
+
+def start_responder(pki: Pki, state_dir: Path, **settings: Any) -> ExtraResponder:
+    config: dict[str, Any] = {
+        "snapshot_dir": pki.signer.config.snapshot_dir,
+        "state_dir": state_dir,
+        "trust_anchors": (pki.root_file,),
+        "listen": "127.0.0.1:0",
+        "workers": 1,
+        "signer": f"127.0.0.1:{pki.signer.port}",
+        "poll_interval": 0.1,
+    }
+    config.update(settings)
+    responder = Responder(ResponderConfig(**config))
+    responder.start()
+    stop = threading.Event()
+    runner = threading.Thread(target=responder.run, args=(stop,), daemon=True)
+    runner.start()
+    return ExtraResponder(responder, stop, runner)

@@ -17,8 +17,11 @@ import pytest
 
 from protos import va_pb2, va_pb2_grpc
 from server import grpc_common
+from server.access import Caller, Gate
 from server.clock import SystemClock
-from server.domain import CertKind, Status
+from server.domain import CertKind, Role, Status, Verifier
+from server.index import VerifierTable
+from server.ledger import Ledger
 from server.ocsp import OcspResponder
 from server.responder_app import STATUS_ERRORS
 from server.responder_metrics import MetricsInterceptor, WorkerMetrics
@@ -47,6 +50,9 @@ def served(tmp_path: Path) -> Iterator[tuple[va_pb2_grpc.StatusServiceStub, Coun
     resolver = Resolver(holder)
     clock = SystemClock()
     ocsp = OcspResponder(source, resolver, lambda: None, clock)
+    verifier = Verifier("bank", frozenset(Role), ())
+    ledger = Ledger(tmp_path / "ledger")
+    gate = Gate(lambda: VerifierTable([verifier.to_json()]), ledger, clock)
     server = grpc_common.build_server(
         max_workers=4,
         mapping=STATUS_ERRORS,
@@ -54,7 +60,18 @@ def served(tmp_path: Path) -> Iterator[tuple[va_pb2_grpc.StatusServiceStub, Coun
         interceptors=[MetricsInterceptor(WorkerMetrics())],
     )
     va_pb2_grpc.add_StatusServiceServicer_to_server(
-        StatusServicer(source, resolver, ocsp, holder, clock, [], StreamLimits(3, 2)), server
+        StatusServicer(
+            source,
+            resolver,
+            ocsp,
+            holder,
+            clock,
+            [],
+            gate,
+            lambda _context: Caller(claimed_id="bank"),
+            StreamLimits(3, 2),
+        ),
+        server,
     )
     port = grpc_common.bind(server, "127.0.0.1:0", None)
     server.start()
@@ -64,6 +81,7 @@ def served(tmp_path: Path) -> Iterator[tuple[va_pb2_grpc.StatusServiceStub, Coun
     finally:
         channel.close()
         server.stop(None)
+        ledger.close()
 
 
 def batch(size: int) -> va_pb2.CheckBatchRequest:

@@ -14,6 +14,7 @@ import subprocess
 import urllib.error
 import urllib.parse
 import urllib.request
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -22,9 +23,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509 import ocsp
 from cryptography.x509.oid import AuthorityInformationAccessOID
 
-from protos import signer_pb2, va_pb2
-from server.domain import CertKind
-from tests.support import Issued, Pki, openssl, wait_for
+from protos import signer_pb2, va_pb2, verifiers_pb2
+from server.domain import CertKind, Provision, Role
+from server.ledger import Ledger
+from tests.support import Issued, Pki, openssl, throwaway_certificate, wait_for
 
 
 @pytest.fixture(scope="module")
@@ -43,8 +45,21 @@ def world(pki: Pki) -> dict[str, Issued]:
         ),
         timeout=30,
     )
+    pki.signer_stub.AddVerifier(
+        verifiers_pb2.AddVerifierRequest(
+            id=AUTH_ONLY,
+            roles=[int(Role.AUTH_VERIFIER)],  # type: ignore[list-item]
+            client_certificate_der=[
+                throwaway_certificate(AUTH_ONLY).public_bytes(serialization.Encoding.DER)
+            ],
+        ),
+        timeout=30,
+    )
     pki.publish_and_wait()
     return certs
+
+
+AUTH_ONLY = "http-auth-only"
 
 
 def request_der(issued: Issued, nonce: bytes | None = None) -> bytes:
@@ -56,13 +71,13 @@ def request_der(issued: Issued, nonce: bytes | None = None) -> bytes:
     return builder.build().public_bytes(serialization.Encoding.DER)
 
 
-def post(pki: Pki, der: bytes, path: str = "/ocsp") -> tuple[int, dict[str, str], bytes]:
-    request = urllib.request.Request(
-        pki.http_url + path,
-        data=der,
-        headers={"Content-Type": "application/ocsp-request"},
-        method="POST",
-    )
+def post(
+    pki: Pki, der: bytes, path: str = "/ocsp", verifier: str | None = None
+) -> tuple[int, dict[str, str], bytes]:
+    headers = {"Content-Type": "application/ocsp-request"}
+    if verifier is not None:
+        headers["X-JPKI-Verifier"] = verifier
+    request = urllib.request.Request(pki.http_url + path, data=der, headers=headers, method="POST")
     return fetch(request)
 
 
@@ -417,3 +432,49 @@ def test_metrics_endpoint(pki: Pki, world: dict[str, Issued]) -> None:
         text,
     )
     assert metric(pki, "jpki_va_ingest_seconds_count") >= 1
+
+
+def _auth_only_counts(pki: Pki) -> dict[Provision, int]:
+    ledger = Ledger(pki.responder.config.ledger_dir, readonly=True)
+    try:
+        today = datetime.now(UTC).date()
+        counts = ledger.counts(today - timedelta(days=1), today + timedelta(days=2))
+    finally:
+        ledger.close()
+    totals: dict[Provision, int] = {}
+    for count in counts:
+        if count.verifier_id == AUTH_ONLY:
+            totals[count.provision] = totals.get(count.provision, 0) + count.count
+    return totals
+
+
+def test_http_follows_the_entitlements_and_counts_provisions(
+    pki: Pki, world: dict[str, Issued]
+) -> None:
+    """Over HTTP as over gRPC: an auth verifier gets auth status and CRLs, nothing else."""
+    before = _auth_only_counts(pki)
+    status, _, body = post(pki, request_der(world["good"]), verifier=AUTH_ONLY)
+    assert ocsp.load_der_ocsp_response(body).certificate_status is ocsp.OCSPCertStatus.GOOD
+    for who in (AUTH_ONLY, "no-such-verifier"):
+        _, _, body = post(pki, request_der(world["sign"]), verifier=who)
+        refused = ocsp.load_der_ocsp_response(body)
+        assert refused.response_status is ocsp.OCSPResponseStatus.UNAUTHORIZED
+    crls = {
+        name: next(
+            urllib.parse.urlsplit(n.value).path
+            for p in world[name]
+            .certificate.extensions.get_extension_for_class(x509.CRLDistributionPoints)
+            .value
+            for n in (p.full_name or [])
+            if isinstance(n, x509.UniformResourceIdentifier)
+        )
+        for name in ("good", "sign")
+    }
+    assert fetch(pki.http_url + crls["good"], {"X-JPKI-Verifier": AUTH_ONLY})[0] == 200
+    status, _, text = fetch(pki.http_url + crls["sign"], {"X-JPKI-Verifier": AUTH_ONLY})
+    assert status == 403
+    assert b"signing" in text.lower()
+    after = _auth_only_counts(pki)
+    assert after.get(Provision.AUTH_STATUS, 0) == before.get(Provision.AUTH_STATUS, 0) + 1
+    assert after.get(Provision.AUTH_CRL, 0) == before.get(Provision.AUTH_CRL, 0) + 1
+    assert after.get(Provision.SIGNING_STATUS, 0) == before.get(Provision.SIGNING_STATUS, 0)

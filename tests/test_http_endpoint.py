@@ -12,23 +12,40 @@ from collections.abc import Iterator
 
 import pytest
 
-from server.http_endpoint import HttpApp, HttpServer
+from server.domain import CertKind
+from server.http_endpoint import Forbidden, HttpApp, HttpServer, PublishedCrl
 from server.ocsp_cache import OcspReply
 from tests.support import wait_for
 
 ANSWER = b"\x30\x03\x0a\x01\x01"
 
 
-class FakeOcsp:
-    def respond(self, data: bytes) -> OcspReply:
-        if data == b"boom":
+class FakeAccess:
+    def __init__(self) -> None:
+        self.callers: list[str | None] = []
+
+    def respond(self, claimed: str | None, der: bytes) -> OcspReply:
+        self.callers.append(claimed)
+        if der == b"boom":
             raise RuntimeError("secret detail from /srv/internal/path")
         return OcspReply(ANSWER)
 
+    def crl(
+        self, claimed: str | None, kind: CertKind, key_id_prefix: bytes, partition: str
+    ) -> PublishedCrl | None:
+        if claimed is None:
+            raise Forbidden(401, "no verifier identity")
+        return None
+
 
 @pytest.fixture
-def server() -> Iterator[HttpServer]:
-    app = HttpApp(FakeOcsp(), lambda path: None, max_request_bytes=1024)
+def access() -> FakeAccess:
+    return FakeAccess()
+
+
+@pytest.fixture
+def server(access: FakeAccess) -> Iterator[HttpServer]:
+    app = HttpApp(access, max_request_bytes=1024)
     running = HttpServer(app, "127.0.0.1", 0, idle_seconds=0.5)
     running.start()
     try:
@@ -104,3 +121,11 @@ def test_idle_connections_are_closed(server: HttpServer) -> None:
         assert s.recv(65536) == b""
         assert time.monotonic() - started < 5
     wait_for(lambda: exchange(server.port, post(b"x")).endswith(ANSWER), "server to answer")
+
+
+def test_the_verifier_header_reaches_the_gate(server: HttpServer, access: FakeAccess) -> None:
+    exchange(server.port, post(b"x", b"X-JPKI-Verifier: bank-a\r\n"))
+    exchange(server.port, post(b"x"))
+    assert access.callers == ["bank-a", None]
+    crl = b"GET /crl/card-sign/0011223344556677/131016.crl HTTP/1.1\r\nHost: x\r\n\r\n"
+    assert exchange(server.port, crl).startswith(b"HTTP/1.1 401 ")
