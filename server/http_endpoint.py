@@ -66,6 +66,10 @@ class Access(Protocol):
         self, claimed: str | None, kind: CertKind, key_id_prefix: bytes, partition: str
     ) -> PublishedCrl | None: ...
 
+    def commit(self) -> bool:
+        """Make what was provided since the last commit durable; False if it cannot."""
+        ...
+
 
 class Forbidden(Exception):
     """The caller may not have this: 401 (no identity) or 403, with a message."""
@@ -180,6 +184,9 @@ class HttpApp:
                 b"\r\n",
             )
         )
+
+    def commit(self) -> bool:
+        return self._access.commit()
 
     def error(self, status: int, message: str, route: str = "other", extra: bytes = b"") -> bytes:
         self._observer.request(route, status)
@@ -304,15 +311,58 @@ class HttpApp:
         )
 
 
+class _Outbox:
+    """Responses held until what they provide is recorded: one commit per loop turn.
+
+    Every answer that gives status or a CRL is counted before it leaves (第41条), and
+    one ledger write per request would cost more than the request; so the responses
+    of one turn of the event loop leave together, right after one commit. In order:
+    a connection's responses leave in the order its requests came.
+    """
+
+    def __init__(self, app: HttpApp, loop: asyncio.AbstractEventLoop) -> None:
+        self._app = app
+        self._loop = loop
+        self._held: list[tuple[_Connection, bytes, bool]] = []
+
+    def hold(self, connection: _Connection, data: bytes, close: bool) -> None:
+        if not self._held:
+            self._loop.call_soon(self._release)
+        self._held.append((connection, data, close))
+
+    def _release(self) -> None:
+        held, self._held = self._held, []
+        try:
+            recorded = self._app.commit()
+        except Exception:
+            log.exception("cannot record provisions")
+            recorded = False
+        unavailable = b""
+        if not recorded:
+            unavailable = self._app.error(
+                503, "cannot record the provision; try again", extra=b"Connection: close\r\n"
+            )
+        for connection, data, close in held:
+            if recorded or data.startswith(b"HTTP/1.1 100 "):
+                connection.deliver(data, close)
+            else:
+                connection.deliver(unavailable, True)
+
+
 class _Connection(asyncio.Protocol):
     """One HTTP/1.1 connection: httptools parses, HttpApp answers, this moves bytes."""
 
     def __init__(
-        self, app: HttpApp, connections: set[_Connection], loop: asyncio.AbstractEventLoop
+        self,
+        app: HttpApp,
+        connections: set[_Connection],
+        loop: asyncio.AbstractEventLoop,
+        outbox: _Outbox,
     ) -> None:
         self._app = app
         self._connections = connections
         self._loop = loop
+        self._outbox = outbox
         self._parser = httptools.HttpRequestParser(self)
         self._transport: asyncio.Transport | None = None
         self._closing = False
@@ -352,14 +402,23 @@ class _Connection(asyncio.Protocol):
                 self._reject(400, f"malformed HTTP request: {exc}")
 
     def close(self) -> None:
+        self._closing = True
         if self._transport is not None:
-            self._closing = True
+            self._transport.close()
+
+    def deliver(self, data: bytes, close: bool) -> None:
+        """Write a released response (the connection may have gone meanwhile)."""
+        if self._transport is None or self._transport.is_closing():
+            return
+        self._transport.write(data)
+        if close:
             self._transport.close()
 
     def _reject(self, status: int, message: str) -> None:
         if self._transport is not None and not self._closing:
-            self._transport.write(self._app.error(status, message, extra=b"Connection: close\r\n"))
-        self.close()
+            self._closing = True  # parse nothing more; the answer leaves in order
+            error = self._app.error(status, message, extra=b"Connection: close\r\n")
+            self._outbox.hold(self, error, True)
 
     # httptools callbacks
 
@@ -391,7 +450,7 @@ class _Connection(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         if self._expect_continue and not self._closing and self._transport is not None:
-            self._transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            self._outbox.hold(self, b"HTTP/1.1 100 Continue\r\n\r\n", False)
 
     def on_body(self, body: bytes) -> None:
         self._body_size += len(body)
@@ -418,9 +477,9 @@ class _Connection(asyncio.Protocol):
             log.exception("HTTP request failed")
             response = self._app.error(500, "internal error", extra=b"Connection: close\r\n")
             keep_alive = False
-        self._transport.write(response)
+        self._outbox.hold(self, response, not keep_alive)
         if not keep_alive:
-            self.close()
+            self._closing = True  # nothing after this request is read
 
 
 class HttpServer:
@@ -434,6 +493,7 @@ class HttpServer:
         self._port = port
         self._idle = idle_seconds
         self._loop = asyncio.new_event_loop()
+        self._outbox = _Outbox(app, self._loop)
         self._connections: set[_Connection] = set()
         self._server: asyncio.Server | None = None
         self._thread = threading.Thread(target=self._run, name="jpki-va-http", daemon=True)
@@ -455,7 +515,7 @@ class HttpServer:
         try:
             self._server = self._loop.run_until_complete(
                 self._loop.create_server(
-                    lambda: _Connection(self._app, self._connections, self._loop),
+                    lambda: _Connection(self._app, self._connections, self._loop, self._outbox),
                     self._host,
                     self._port,
                     reuse_port=True,

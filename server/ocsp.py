@@ -34,6 +34,8 @@ log = logging.getLogger(__name__)
 _ECDSA_SHA256 = der.sequence(bytes.fromhex("06082a8648ce3d040302"))
 _RSA_SHA256 = der.sequence(bytes.fromhex("06092a864886f70d01010b"), der.tlv(der.NULL, b""))
 
+PARSED_KEPT = 10_000  # parsed requests remembered per responder
+
 #: A signer certificate with less life left than this is "about to expire": not used.
 MIN_SIGNER_REMAINING = timedelta(minutes=1)
 
@@ -162,18 +164,37 @@ class OcspResponder:
         self._limits = limits or OcspLimits()
         self._observer: OcspObserver = observer or _Quiet()
         self._prepared: _Prepared | None = None
+        self._parsed: dict[bytes, ocsp_wire.OcspRequest] = {}
 
-    def issuer_kinds(self, data: bytes) -> list[CertKind]:
-        """The kinds of the certificates a request asks about, one per CertID.
+    def read(self, data: bytes) -> ocsp_wire.OcspRequest | None:
+        """The request in `data`, or None when it is oversized or malformed.
 
-        Empty for a malformed or oversized request or a foreign issuer: `respond`
-        answers those with an error status and no status information.
+        Parsed requests are remembered by their bytes (parsing depends on nothing
+        else), so a client repeating a request is not parsed again.
         """
+        request = self._parsed.get(data)
+        if request is not None:
+            return request
         if len(data) > self._limits.max_request_bytes:
-            return []
+            return None
         try:
             request = ocsp_wire.parse_request(data, self._limits.max_cert_ids)
-            kinds = []
+        except MalformedRequest as exc:
+            log.debug("malformed OCSP request: %s", exc)
+            return None
+        if request.nonce is None:  # a nonce makes every request new: not worth keeping
+            if len(self._parsed) >= PARSED_KEPT:
+                self._parsed.clear()
+            self._parsed[data] = request
+        return request
+
+    def issuer_kinds(self, request: ocsp_wire.OcspRequest) -> list[CertKind]:
+        """The kinds of the certificates a request asks about, one per CertID.
+
+        Empty for a foreign issuer: `answer` gives no status information then.
+        """
+        kinds = []
+        try:
             for cert_id in request.cert_ids:
                 issuer = self._resolver.issuer_by_hash(
                     cert_id.algorithm, cert_id.name_hash, cert_id.key_hash
@@ -181,25 +202,25 @@ class OcspResponder:
                 if issuer is None:
                     return []
                 kinds.append(issuer.kind)
-        except (MalformedRequest, BadRequest, NotReady):
+        except (BadRequest, NotReady):
             return []
         return kinds
 
     def respond(self, data: bytes) -> OcspReply:
         """The response to a DER OCSPRequest; never raises for bad input."""
+        request = self.read(data)
+        if request is None:
+            return _error(ResponseStatus.MALFORMED_REQUEST)
+        return self.answer(request)
+
+    def answer(self, request: ocsp_wire.OcspRequest) -> OcspReply:
+        """The response to a request `read` returned."""
         try:
-            return self._respond(data)
+            return self._answer(request)
         except _Unsuccessful as exc:
             return _error(exc.status)
 
-    def _respond(self, data: bytes) -> OcspReply:
-        if len(data) > self._limits.max_request_bytes:
-            raise _Unsuccessful(ResponseStatus.MALFORMED_REQUEST)
-        try:
-            request = ocsp_wire.parse_request(data, self._limits.max_cert_ids)
-        except MalformedRequest as exc:
-            log.debug("malformed OCSP request: %s", exc)
-            raise _Unsuccessful(ResponseStatus.MALFORMED_REQUEST) from None
+    def _answer(self, request: ocsp_wire.OcspRequest) -> OcspReply:
         cache = self._cache if request.nonce is None else None
         try:
             generation = cache.generation() if cache is not None else (0, 0)

@@ -50,7 +50,6 @@ from server.law.entitlements import NotEntitled
 from server.ledger import Ledger, LedgerError
 from server.logs import configure_json
 from server.ocsp import OcspLimits, OcspResponder
-from server.ocsp_access import GatedOcsp
 from server.ocsp_cache import ResponseCache
 from server.ocsp_keys import OcspKeyStore
 from server.responder_metrics import (
@@ -194,7 +193,7 @@ def worker_main(  # noqa: PLR0915 (a composition root: the wiring reads best in 
     server.start()
     http = None
     if config.http_listen is not None and http_port is not None:
-        access = HttpAccess(GatedOcsp(ocsp, gate), crl_files, gate, config.loopback_verifier)
+        access = HttpAccess(ocsp, crl_files, gate, config.loopback_verifier)
         app = HttpApp(access, max_request_bytes=config.max_ocsp_request_bytes, observer=metrics)
         http = HttpServer(app, _host(config.http_listen), http_port)
         http.start()

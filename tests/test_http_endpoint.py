@@ -23,6 +23,12 @@ ANSWER = b"\x30\x03\x0a\x01\x01"
 class FakeAccess:
     def __init__(self) -> None:
         self.callers: list[str | None] = []
+        self.commits = 0
+        self.recording = True
+
+    def commit(self) -> bool:
+        self.commits += 1
+        return self.recording
 
     def respond(self, claimed: str | None, der: bytes) -> OcspReply:
         self.callers.append(claimed)
@@ -129,3 +135,21 @@ def test_the_verifier_header_reaches_the_gate(server: HttpServer, access: FakeAc
     assert access.callers == ["bank-a", None]
     crl = b"GET /crl/card-sign/0011223344556677/131016.crl HTTP/1.1\r\nHost: x\r\n\r\n"
     assert exchange(server.port, crl).startswith(b"HTTP/1.1 401 ")
+
+
+def test_nothing_leaves_when_the_provision_cannot_be_recorded(
+    server: HttpServer, access: FakeAccess
+) -> None:
+    access.recording = False
+    reply = exchange(server.port, post(b"x"))
+    assert reply.startswith(b"HTTP/1.1 503 ")
+    assert ANSWER not in reply
+    access.recording = True
+    assert exchange(server.port, post(b"x")).endswith(ANSWER)
+
+
+def test_pipelined_answers_share_one_commit(server: HttpServer, access: FakeAccess) -> None:
+    before = access.commits
+    reply = exchange(server.port, post(b"a") + post(b"b") + post(b"c"))
+    assert reply.count(b"HTTP/1.1 200 OK") == 3
+    assert access.commits - before < 3
