@@ -46,6 +46,26 @@ class SignerServiceStub:
                 request_serializer=protos_dot_signer__pb2.RecordLossRequest.SerializeToString,
                 response_deserializer=protos_dot_signer__pb2.RecordLossResponse.FromString,
                 _registered_method=True)
+        self.RecordResidentEvent = channel.unary_unary(
+                '/jpki.va.v1.SignerService/RecordResidentEvent',
+                request_serializer=protos_dot_signer__pb2.RecordResidentEventRequest.SerializeToString,
+                response_deserializer=protos_dot_signer__pb2.RecordResidentEventResponse.FromString,
+                _registered_method=True)
+        self.RecordIssuerCompromise = channel.unary_unary(
+                '/jpki.va.v1.SignerService/RecordIssuerCompromise',
+                request_serializer=protos_dot_signer__pb2.RecordIssuerCompromiseRequest.SerializeToString,
+                response_deserializer=protos_dot_signer__pb2.RecordIssuerCompromiseResponse.FromString,
+                _registered_method=True)
+        self.RecordConsent = channel.unary_unary(
+                '/jpki.va.v1.SignerService/RecordConsent',
+                request_serializer=protos_dot_signer__pb2.RecordConsentRequest.SerializeToString,
+                response_deserializer=protos_dot_signer__pb2.RecordConsentResponse.FromString,
+                _registered_method=True)
+        self.ListConsents = channel.unary_unary(
+                '/jpki.va.v1.SignerService/ListConsents',
+                request_serializer=protos_dot_signer__pb2.ListConsentsRequest.SerializeToString,
+                response_deserializer=protos_dot_signer__pb2.ListConsentsResponse.FromString,
+                _registered_method=True)
         self.PublishSnapshot = channel.unary_unary(
                 '/jpki.va.v1.SignerService/PublishSnapshot',
                 request_serializer=protos_dot_signer__pb2.PublishSnapshotRequest.SerializeToString,
@@ -93,6 +113,30 @@ class SignerServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def RecordLoss(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RecordResidentEvent(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RecordIssuerCompromise(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RecordConsent(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListConsents(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -153,6 +197,26 @@ def add_SignerServiceServicer_to_server(servicer, server):
                     servicer.RecordLoss,
                     request_deserializer=protos_dot_signer__pb2.RecordLossRequest.FromString,
                     response_serializer=protos_dot_signer__pb2.RecordLossResponse.SerializeToString,
+            ),
+            'RecordResidentEvent': grpc.unary_unary_rpc_method_handler(
+                    servicer.RecordResidentEvent,
+                    request_deserializer=protos_dot_signer__pb2.RecordResidentEventRequest.FromString,
+                    response_serializer=protos_dot_signer__pb2.RecordResidentEventResponse.SerializeToString,
+            ),
+            'RecordIssuerCompromise': grpc.unary_unary_rpc_method_handler(
+                    servicer.RecordIssuerCompromise,
+                    request_deserializer=protos_dot_signer__pb2.RecordIssuerCompromiseRequest.FromString,
+                    response_serializer=protos_dot_signer__pb2.RecordIssuerCompromiseResponse.SerializeToString,
+            ),
+            'RecordConsent': grpc.unary_unary_rpc_method_handler(
+                    servicer.RecordConsent,
+                    request_deserializer=protos_dot_signer__pb2.RecordConsentRequest.FromString,
+                    response_serializer=protos_dot_signer__pb2.RecordConsentResponse.SerializeToString,
+            ),
+            'ListConsents': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListConsents,
+                    request_deserializer=protos_dot_signer__pb2.ListConsentsRequest.FromString,
+                    response_serializer=protos_dot_signer__pb2.ListConsentsResponse.SerializeToString,
             ),
             'PublishSnapshot': grpc.unary_unary_rpc_method_handler(
                     servicer.PublishSnapshot,
@@ -244,6 +308,114 @@ class SignerService:
             '/jpki.va.v1.SignerService/RecordLoss',
             protos_dot_signer__pb2.RecordLossRequest.SerializeToString,
             protos_dot_signer__pb2.RecordLossResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RecordResidentEvent(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/jpki.va.v1.SignerService/RecordResidentEvent',
+            protos_dot_signer__pb2.RecordResidentEventRequest.SerializeToString,
+            protos_dot_signer__pb2.RecordResidentEventResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RecordIssuerCompromise(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/jpki.va.v1.SignerService/RecordIssuerCompromise',
+            protos_dot_signer__pb2.RecordIssuerCompromiseRequest.SerializeToString,
+            protos_dot_signer__pb2.RecordIssuerCompromiseResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RecordConsent(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/jpki.va.v1.SignerService/RecordConsent',
+            protos_dot_signer__pb2.RecordConsentRequest.SerializeToString,
+            protos_dot_signer__pb2.RecordConsentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListConsents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/jpki.va.v1.SignerService/ListConsents',
+            protos_dot_signer__pb2.ListConsentsRequest.SerializeToString,
+            protos_dot_signer__pb2.ListConsentsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -37,6 +37,10 @@ class SignerServiceStub:
     def __new__(cls, channel: _aio.Channel) -> SignerServiceAsyncStub: ...
     IssueCertificate: _grpc.UnaryUnaryMultiCallable[_signer_pb2.IssueCertificateRequest, _signer_pb2.IssueCertificateResponse]
     RecordLoss: _grpc.UnaryUnaryMultiCallable[_signer_pb2.RecordLossRequest, _signer_pb2.RecordLossResponse]
+    RecordResidentEvent: _grpc.UnaryUnaryMultiCallable[_signer_pb2.RecordResidentEventRequest, _signer_pb2.RecordResidentEventResponse]
+    RecordIssuerCompromise: _grpc.UnaryUnaryMultiCallable[_signer_pb2.RecordIssuerCompromiseRequest, _signer_pb2.RecordIssuerCompromiseResponse]
+    RecordConsent: _grpc.UnaryUnaryMultiCallable[_signer_pb2.RecordConsentRequest, _signer_pb2.RecordConsentResponse]
+    ListConsents: _grpc.UnaryUnaryMultiCallable[_signer_pb2.ListConsentsRequest, _signer_pb2.ListConsentsResponse]
     PublishSnapshot: _grpc.UnaryUnaryMultiCallable[_signer_pb2.PublishSnapshotRequest, _signer_pb2.PublishSnapshotResponse]
     IssueOcspSignerCertificate: _grpc.UnaryUnaryMultiCallable[_signer_pb2.IssueOcspSignerCertificateRequest, _signer_pb2.IssueOcspSignerCertificateResponse]
     ListIssuers: _grpc.UnaryUnaryMultiCallable[_va_pb2.ListIssuersRequest, _va_pb2.ListIssuersResponse]
@@ -51,6 +55,10 @@ class SignerServiceAsyncStub(SignerServiceStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     IssueCertificate: _aio.UnaryUnaryMultiCallable[_signer_pb2.IssueCertificateRequest, _signer_pb2.IssueCertificateResponse]  # type: ignore[assignment]
     RecordLoss: _aio.UnaryUnaryMultiCallable[_signer_pb2.RecordLossRequest, _signer_pb2.RecordLossResponse]  # type: ignore[assignment]
+    RecordResidentEvent: _aio.UnaryUnaryMultiCallable[_signer_pb2.RecordResidentEventRequest, _signer_pb2.RecordResidentEventResponse]  # type: ignore[assignment]
+    RecordIssuerCompromise: _aio.UnaryUnaryMultiCallable[_signer_pb2.RecordIssuerCompromiseRequest, _signer_pb2.RecordIssuerCompromiseResponse]  # type: ignore[assignment]
+    RecordConsent: _aio.UnaryUnaryMultiCallable[_signer_pb2.RecordConsentRequest, _signer_pb2.RecordConsentResponse]  # type: ignore[assignment]
+    ListConsents: _aio.UnaryUnaryMultiCallable[_signer_pb2.ListConsentsRequest, _signer_pb2.ListConsentsResponse]  # type: ignore[assignment]
     PublishSnapshot: _aio.UnaryUnaryMultiCallable[_signer_pb2.PublishSnapshotRequest, _signer_pb2.PublishSnapshotResponse]  # type: ignore[assignment]
     IssueOcspSignerCertificate: _aio.UnaryUnaryMultiCallable[_signer_pb2.IssueOcspSignerCertificateRequest, _signer_pb2.IssueOcspSignerCertificateResponse]  # type: ignore[assignment]
     ListIssuers: _aio.UnaryUnaryMultiCallable[_va_pb2.ListIssuersRequest, _va_pb2.ListIssuersResponse]  # type: ignore[assignment]
@@ -74,6 +82,34 @@ class SignerServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _signer_pb2.RecordLossRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_signer_pb2.RecordLossResponse, _abc.Awaitable[_signer_pb2.RecordLossResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def RecordResidentEvent(
+        self,
+        request: _signer_pb2.RecordResidentEventRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_signer_pb2.RecordResidentEventResponse, _abc.Awaitable[_signer_pb2.RecordResidentEventResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def RecordIssuerCompromise(
+        self,
+        request: _signer_pb2.RecordIssuerCompromiseRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_signer_pb2.RecordIssuerCompromiseResponse, _abc.Awaitable[_signer_pb2.RecordIssuerCompromiseResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def RecordConsent(
+        self,
+        request: _signer_pb2.RecordConsentRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_signer_pb2.RecordConsentResponse, _abc.Awaitable[_signer_pb2.RecordConsentResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ListConsents(
+        self,
+        request: _signer_pb2.ListConsentsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_signer_pb2.ListConsentsResponse, _abc.Awaitable[_signer_pb2.ListConsentsResponse]]: ...
 
     @_abc_1.abstractmethod
     def PublishSnapshot(

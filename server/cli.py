@@ -18,6 +18,7 @@ import hsm
 from client._cli import add_commands
 from hsm._cli import add_commands as add_hsm_commands
 from server import demo
+from server.certificate_cli import add_certificate_commands
 from server.config import (
     PIN_ENV,
     ConfigError,
@@ -27,6 +28,7 @@ from server.config import (
     hsm_config,
     load_toml,
     merge,
+    parse_duration,
     tls_files,
 )
 from server.ocsp_keys import RenewPolicy
@@ -62,6 +64,23 @@ def _hsm_from(args: argparse.Namespace, file_values: dict[str, Any]) -> hsm.HsmC
     )
 
 
+def _add_publishing_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group(
+        "snapshots and retention (保存期間; durations: 5s, 24h, 3650d)"
+    )
+    group.add_argument(
+        "--full-interval", metavar="DURATION", help="between full snapshots (default 24h)"
+    )
+    group.add_argument(
+        "--delta-interval",
+        metavar="DURATION",
+        help="between delta snapshots while anything changed (default 5s; 0: on request)",
+    )
+    group.add_argument("--retention-issuance-record", metavar="DURATION")
+    group.add_argument("--retention-loss-record", metavar="DURATION")
+    group.add_argument("--retention-crl-file", metavar="DURATION")
+
+
 def _add_tls_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("mTLS (required unless --insecure-loopback)")
     group.add_argument("--tls-cert", help="server certificate chain (PEM)")
@@ -86,7 +105,11 @@ def signer_config(args: argparse.Namespace) -> SignerConfig:
             "data_dir": args.data_dir,
             "listen": args.listen,
             "base_url": args.base_url,
-            "publish_interval": args.publish_interval,
+            "full_interval": args.full_interval,
+            "delta_interval": args.delta_interval,
+            "retention_issuance_record": args.retention_issuance_record,
+            "retention_loss_record": args.retention_loss_record,
+            "retention_crl_file": args.retention_crl_file,
             "insecure_loopback": args.insecure_loopback or None,
             "bootstrap": args.bootstrap or None,
             "operator_certs": args.operator_cert,
@@ -101,6 +124,15 @@ def signer_config(args: argparse.Namespace) -> SignerConfig:
     if "data_dir" not in values:
         raise ConfigError("--data-dir is required")
     values["data_dir"] = Path(values["data_dir"])
+    for name in (
+        "full_interval",
+        "delta_interval",
+        "retention_issuance_record",
+        "retention_loss_record",
+        "retention_crl_file",
+    ):
+        if name in values:
+            values[name] = parse_duration(values[name], name.replace("_", " "))
     values["operator_certs"] = tuple(Path(p) for p in values.get("operator_certs") or ())
     try:
         return SignerConfig(
@@ -217,7 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
     signer.add_argument("--data-dir", help="registry and snapshots live here")
     signer.add_argument("--listen", help="HOST:PORT (default 127.0.0.1:50052)")
     signer.add_argument("--base-url", help="public URL of the responder's HTTP endpoint")
-    signer.add_argument("--publish-interval", type=float, help="seconds between snapshots")
+    _add_publishing_options(signer)
     signer.add_argument("--bootstrap", action="store_true", help="create a missing CA hierarchy")
     signer.add_argument("--insecure-loopback", action="store_true", help="plaintext on loopback")
     _add_tls_options(signer)
@@ -265,7 +297,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_commands(sub)
     add_hsm_commands(sub)
-    add_verifier_commands(add_registry_group(sub))
+    registry = add_registry_group(sub)
+    add_verifier_commands(registry)
+    add_certificate_commands(registry)
     add_token_commands(sub)
     add_report_commands(sub)
     return parser

@@ -9,11 +9,14 @@ from __future__ import annotations
 import os
 import tomllib
 from dataclasses import dataclass, field, fields
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import hsm
+from server.law.retention import RetentionPolicy
 from server.ocsp_keys import RenewPolicy
+from server.profiles import DEFAULT_VALIDITY
 
 PIN_ENV = "JPKI_VA_HSM_PIN"
 
@@ -63,6 +66,24 @@ def hsm_config(
         raise ConfigError(str(exc)) from None
 
 
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str | float | int, name: str) -> float:
+    """Seconds from a number or a string like `5s`, `90m`, `24h`, `3650d`."""
+    if isinstance(text, int | float) and not isinstance(text, bool):
+        return float(text)
+    value = str(text).strip().lower()
+    try:
+        if value and value[-1] in _UNITS:
+            return float(value[:-1]) * _UNITS[value[-1]]
+        return float(value)
+    except ValueError:
+        raise ConfigError(
+            f"{name}: expected a duration like 5s, 24h or 3650d, got {text!r}"
+        ) from None
+
+
 @dataclass(frozen=True)
 class TlsFiles:
     """Server certificate chain and key, and the CA that issues client certificates."""
@@ -102,7 +123,8 @@ class SignerConfig:
     listen: str = "127.0.0.1:50052"
     base_url: str = "http://127.0.0.1:8080"
     insecure_loopback: bool = False
-    publish_interval: float = 5.0  # seconds; 0 publishes only on request
+    full_interval: float = 24 * 3600.0  # seconds between full snapshots
+    delta_interval: float = 5.0  # seconds between delta snapshots; 0: only on request
     bootstrap: bool = False  # create a missing CA hierarchy (the embedded default's ceremony)
     grpc_workers: int = 16
     sign_queue_limit: int = 8  # requests that may wait for the HSM; more: RESOURCE_EXHAUSTED
@@ -110,6 +132,10 @@ class SignerConfig:
     metrics_port: int | None = None  # Prometheus /metrics on 127.0.0.1 (0: any free port)
     tls: TlsFiles | None = None
     operator_certs: tuple[Path, ...] = ()  # client certificates allowed registry operations
+    # 保存期間 (seconds); None keeps the placeholders of law/retention.py.
+    retention_issuance_record: float | None = None
+    retention_loss_record: float | None = None
+    retention_crl_file: float | None = None
 
     def __post_init__(self) -> None:
         _check_listen(
@@ -120,8 +146,12 @@ class SignerConfig:
         for path in self.operator_certs:
             if not path.is_file():
                 raise ConfigError(f"--operator-cert {path} does not exist")
-        if self.publish_interval < 0:
-            raise ConfigError("publish interval must be >= 0")
+        if self.full_interval <= 0:
+            raise ConfigError("full interval must be > 0")
+        if self.delta_interval < 0:
+            raise ConfigError("delta interval must be >= 0")
+        if self.delta_interval and self.delta_interval > self.full_interval:
+            raise ConfigError("delta interval must not exceed the full interval")
         if self.grpc_workers < 2:
             raise ConfigError("grpc workers must be >= 2")
         if not 1 <= self.sign_queue_limit < self.grpc_workers:
@@ -131,6 +161,19 @@ class SignerConfig:
             raise ConfigError("sign queue wait must be > 0 seconds")
         if self.metrics_port is not None and not 0 <= self.metrics_port <= 65535:
             raise ConfigError(f"bad metrics port {self.metrics_port}")
+        try:
+            self.retention.check(max(DEFAULT_VALIDITY.values()))
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+
+    @property
+    def retention(self) -> RetentionPolicy:
+        default = RetentionPolicy()
+        return RetentionPolicy(
+            issuance_record=_days_or(self.retention_issuance_record, default.issuance_record),
+            loss_record=_days_or(self.retention_loss_record, default.loss_record),
+            crl_file=_days_or(self.retention_crl_file, default.crl_file),
+        )
 
     @property
     def registry_dir(self) -> Path:
@@ -143,6 +186,10 @@ class SignerConfig:
     @property
     def ledger_dir(self) -> Path:
         return self.data_dir / "ledger"
+
+
+def _days_or(seconds: float | None, default: timedelta) -> timedelta:
+    return default if seconds is None else timedelta(seconds=seconds)
 
 
 @dataclass(frozen=True)

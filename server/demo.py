@@ -196,7 +196,7 @@ def _start(directory: Path, info: dict[str, Any], bootstrap: bool) -> SignerApp:
         listen=info["signer"],
         base_url=info["http"],
         insecure_loopback=True,
-        publish_interval=2.0,
+        delta_interval=2.0,
         bootstrap=bootstrap,
     )
     return start_signer(config)

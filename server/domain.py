@@ -44,6 +44,8 @@ _DESCRIPTIONS = {
     "CertKind": "certificate kind",
     "LossCause": "loss cause",
     "CrlReason": "CRL reason",
+    "LinkType": "link type",
+    "ResidentEvent": "resident event",
     "Role": "verifier role",
     "Provision": "provision",
 }
@@ -111,6 +113,26 @@ _TO_X509 = {
     CrlReason.AA_COMPROMISE: x509.ReasonFlags.aa_compromise,
 }
 _FROM_X509 = {v: k for k, v in _TO_X509.items()}
+
+
+class LinkType(_Slugged):
+    """Correspondences between a holder's certificates (DESIGN §1), and renewal."""
+
+    CARD_SIGN_MOBILE_SIGN = 1  # 対応署名用電子証明書の発行の番号
+    CARD_AUTH_CARD_SIGN = 2  # 対応証明書の発行の番号
+    CARD_AUTH_MOBILE_AUTH = 3  # 対応利用者証明用電子証明書の発行の番号
+    RENEWAL = 4  # old -> new certificate of the same kind and holder
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class Link:
+    """A directed link between two certificates; `a` is the card (or the old) one."""
+
+    type: LinkType
+    a_kind: CertKind
+    a_serial: int
+    b_kind: CertKind
+    b_serial: int
 
 
 class Status(enum.IntEnum):

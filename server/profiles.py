@@ -98,6 +98,10 @@ class ProfileSettings:
     def crl_url(self, kind: CertKind, issuer_key_id: bytes, partition: str) -> str:
         return f"{self.base_url}/crl/{kind.slug}/{issuer_key_id.hex()[:16]}/{partition}.crl"
 
+    def delta_crl_url(self, kind: CertKind, issuer_key_id: bytes, partition: str) -> str:
+        """Where the partition's current delta CRL is (the certificates' freshestCRL)."""
+        return f"{self.base_url}/crl/{kind.slug}/{issuer_key_id.hex()[:16]}/{partition}.delta.crl"
+
 
 def key_id(public_key: CertificatePublicKeyTypes) -> bytes:
     """RFC 5280 method 1 key identifier; issuer generations are told apart by it."""
@@ -457,6 +461,24 @@ def end_entity_certificate(
             False,
         )
         .add_extension(
+            # RFC 5280 §5.2.6: where the delta CRLs of this certificate's partition are.
+            x509.FreshestCRL(
+                [
+                    x509.DistributionPoint(
+                        full_name=[
+                            x509.UniformResourceIdentifier(
+                                settings.delta_crl_url(kind, issuer_key_id, partition)
+                            )
+                        ],
+                        relative_name=None,
+                        reasons=None,
+                        crl_issuer=None,
+                    )
+                ]
+            ),
+            False,
+        )
+        .add_extension(
             x509.AuthorityInformationAccess(
                 [
                     x509.AccessDescription(
@@ -561,6 +583,55 @@ def crl(
             revoked = revoked.add_extension(x509.CRLReason(entry.reason.to_x509()), False)
         builder = builder.add_revoked_certificate(revoked.build())
     return builder.sign(issuer_key, signature_hash(issuer_key))
+
+
+def authority_revocation_list(
+    root_key: CertificateIssuerPrivateKeyTypes,
+    root_cert: x509.Certificate,
+    *,
+    number: int,
+    this_update: datetime,
+    next_update: datetime,
+    revoked: Iterable[tuple[int, datetime]],
+) -> x509.CertificateRevocationList:
+    """The root's ARL: issuing-CA certificates revoked for key compromise (第14条).
+
+    Entries are (issuing CA certificate serial, compromise time), reason cACompromise.
+    """
+    builder = (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(root_cert.subject)
+        .last_update(this_update)
+        .next_update(next_update)
+        .add_extension(
+            x509.AuthorityKeyIdentifier(key_id(root_key.public_key()), None, None), False
+        )
+        .add_extension(x509.CRLNumber(number), False)
+        .add_extension(
+            # No distribution point name: issuing-CA certificates carry no CRLDP, and
+            # RFC 5280 §6.3.3 (and OpenSSL) match such certificates only to a CRL
+            # whose IDP names none.
+            x509.IssuingDistributionPoint(
+                full_name=None,
+                relative_name=None,
+                only_contains_user_certs=False,
+                only_contains_ca_certs=True,
+                only_some_reasons=None,
+                indirect_crl=False,
+                only_contains_attribute_certs=False,
+            ),
+            True,
+        )
+    )
+    for serial, when in revoked:
+        builder = builder.add_revoked_certificate(
+            x509.RevokedCertificateBuilder()
+            .serial_number(serial)
+            .revocation_date(when)
+            .add_extension(x509.CRLReason(x509.ReasonFlags.ca_compromise), False)
+            .build()
+        )
+    return builder.sign(root_key, signature_hash(root_key))
 
 
 def crl_entry_cause(entry: x509.RevokedCertificate) -> LossCause | None:

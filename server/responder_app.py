@@ -23,7 +23,9 @@ from multiprocessing.synchronize import Event as ProcessEvent
 from typing import Any
 
 import grpc
+import lmdb
 from cryptography import x509
+from prometheus_client import CollectorRegistry
 
 from protos import (
     crl_pb2,
@@ -45,7 +47,8 @@ from server.crls import CrlFiles
 from server.grpc_identity import caller_of, server_credentials
 from server.http_access import HttpAccess
 from server.http_endpoint import HttpApp, HttpServer
-from server.ingest import Ingester
+from server.index import Index, current_index
+from server.ingest import Ingester, IngestMetrics
 from server.law.entitlements import NotEntitled
 from server.ledger import Ledger, LedgerError
 from server.logs import configure_json
@@ -54,6 +57,7 @@ from server.ocsp_cache import ResponseCache
 from server.ocsp_keys import OcspKeyStore
 from server.responder_metrics import (
     CountedSource,
+    IndexState,
     MetricsInterceptor,
     MetricsServer,
     ResponderCollector,
@@ -62,7 +66,15 @@ from server.responder_metrics import (
     prepare_multiprocess_dir,
 )
 from server.snapshot import SnapshotVerifier
-from server.status import BadRequest, IndexHolder, IndexStatusSource, NotReady, Resolver
+from server.status import (
+    BadRequest,
+    IndexHolder,
+    IndexStatusSource,
+    IssuerCompromiseSource,
+    NotReady,
+    Resolver,
+    StatusSource,
+)
 from server.status_servicer import StatusServicer, StreamLimits
 from server.token_check import TokenChecker
 from server.verifier_token_servicer import VerifierTokenServicer
@@ -114,8 +126,16 @@ def _resolve_port(listen: str) -> int:
         return int(s.getsockname()[1])
 
 
+def _index_generation(holder: IndexHolder) -> int:
+    """What cached OCSP answers depend on: the sequence the live index reflects now."""
+    index = holder.get()
+    index.refresh()  # a delta changes the live index in place
+    return index.sequence
+
+
 def _ocsp_responder(
     config: ResponderConfig,
+    source: StatusSource,
     holder: IndexHolder,
     keystore: OcspKeyStore,
     clock: Clock,
@@ -123,12 +143,12 @@ def _ocsp_responder(
 ) -> tuple[OcspResponder, ResponseCache]:
     """The worker's OCSP responder and its signed-response cache."""
     cache = ResponseCache(
-        lambda: holder.get().sequence,
+        functools.partial(_index_generation, holder),
         capacity=config.ocsp_cache_size,
         refresh_margin=config.ocsp_cache_margin,
     )
     responder = OcspResponder(
-        IndexStatusSource(holder),
+        source,
         Resolver(holder),
         keystore.current,
         clock,
@@ -153,9 +173,9 @@ def worker_main(  # noqa: PLR0915 (a composition root: the wiring reads best in 
     keystore = OcspKeyStore(config.ocsp_dir)
     ledger = Ledger(config.ledger_dir)
     archive = CrlArchive(config.crl_archive_dir)
-    source = IndexStatusSource(holder)
+    source = IssuerCompromiseSource(IndexStatusSource(holder), holder)
     resolver = Resolver(holder)
-    ocsp, cache = _ocsp_responder(config, holder, keystore, clock, metrics)
+    ocsp, cache = _ocsp_responder(config, source, holder, keystore, clock, metrics)
     crl_files = CrlFiles(holder, archive)
     roots = load_anchors(config)
     gate = Gate(lambda: holder.get().verifiers, ledger, clock)
@@ -227,9 +247,7 @@ def worker_main(  # noqa: PLR0915 (a composition root: the wiring reads best in 
     holder.close()
 
 
-def renew_ocsp_certificates(
-    config: ResponderConfig, keystore: OcspKeyStore, clock: Clock, holder: IndexHolder
-) -> bool:
+def renew_ocsp_certificates(config: ResponderConfig, keystore: OcspKeyStore, clock: Clock) -> bool:
     """Rotate to a new delegated key and certificates when renewal is due.
 
     Due when an issuer the index serves has no certificate, or one reached the
@@ -237,12 +255,20 @@ def renew_ocsp_certificates(
     nextUpdate the responder answers with: renewing early is what keeps every
     response's signer certificate valid past the response's nextUpdate.
     """
-    if config.signer is None or not holder.loaded:
+    if config.signer is None:
         return False
-    index = holder.get()
-    issuer_ids = set(index.issuers)
+    path = current_index(config.index_dir)
+    if path is None:
+        return False
+    index = Index(path)
+    try:
+        # A compromised generation gets no new delegated certificate (第14条).
+        issuer_ids = set(index.issuers) - set(index.compromises)
+        must_cover = index.latest_next_update
+    finally:
+        index.close()
     if not keystore.needs_renewal(
-        issuer_ids, clock.now(), config.ocsp_renew_at, must_cover=index.latest_next_update
+        issuer_ids, clock.now(), config.ocsp_renew_at, must_cover=must_cover
     ):
         return False
 
@@ -271,16 +297,20 @@ class Responder:
         self._ctx = multiprocessing.get_context("spawn")
         self._verifier = SnapshotVerifier(load_anchors(config), self._clock)
         self._archive = CrlArchive(config.crl_archive_dir)
+        # The responder's own metrics registry (served by whoever exposes metrics).
+        self.metrics_registry = CollectorRegistry()
+        self.ingest_metrics = IngestMetrics(self.metrics_registry)
         self._ingester = Ingester(
             config.snapshot_dir,
             config.index_dir,
             self._verifier,
             self._archive,
             (self._clock, timedelta(days=config.crl_retention_days)),
+            metrics=self.ingest_metrics,
         )
         self._keystore = OcspKeyStore(config.ocsp_dir)
-        self._holder = IndexHolder(config.index_dir)  # the main process's view, for metrics
-        self._collector = ResponderCollector(self._holder, self._clock)
+        self._collector = ResponderCollector(self._clock)
+        self._observed = False  # the collector has the live index's state
         self._metrics_server: MetricsServer | None = None
         self._ready = self._ctx.Queue()
         self._worker_stop = self._ctx.Event()
@@ -288,11 +318,6 @@ class Responder:
         self.port = 0
         self.http_port: int | None = None
         self.metrics_port: int | None = None
-
-    @property
-    def holder(self) -> IndexHolder:
-        """The main process's handle on the live index (one per process: LMDB's rule)."""
-        return self._holder
 
     @property
     def collector(self) -> ResponderCollector:
@@ -313,13 +338,29 @@ class Responder:
         try:
             if self._ingester.poll_once() is not None:
                 self._collector.ingested(time.perf_counter() - started)
+                self._observed = False
         except Exception:
             log.exception("ingest failed; will retry")
-        self._holder.refresh()
         try:
-            renew_ocsp_certificates(self.config, self._keystore, self._clock, self._holder)
-        except (grpc.RpcError, OSError, ValueError) as exc:
-            log.warning("cannot renew OCSP-signer certificates: %s", exc)
+            if not self._observed:
+                self._observe_index()
+            renew_ocsp_certificates(self.config, self._keystore, self._clock)
+        except (grpc.RpcError, OSError, ValueError, lmdb.Error) as exc:
+            # lmdb.Error: the index is open elsewhere in this process; next round.
+            log.warning("cannot read the index or renew OCSP-signer certificates: %s", exc)
+
+    def _observe_index(self) -> None:
+        """Hand the metrics the live index's state; the index is open only meanwhile."""
+        path = current_index(self.config.index_dir)
+        if path is None:
+            return
+        index = Index(path)
+        try:
+            state = IndexState(index.sequence, index.created_at, index.current_crls)
+        finally:
+            index.close()
+        self._collector.index_state(state)
+        self._observed = True
 
     def start(self) -> int:
         prepare_multiprocess_dir(self.config.metrics_dir)
@@ -332,7 +373,9 @@ class Responder:
             self._ready.get(timeout=READY_TIMEOUT)
         if self.config.metrics_port is not None:
             self._metrics_server = MetricsServer(
-                self.config.metrics_port, self.config.metrics_dir, self._collector
+                self.config.metrics_port,
+                self.config.metrics_dir,
+                [self._collector, self.metrics_registry],
             )
             self.metrics_port = self._metrics_server.port
         log.info(
@@ -369,7 +412,6 @@ class Responder:
         if self._metrics_server is not None:
             self._metrics_server.close()
             self._metrics_server = None
-        self._holder.close()
         self._archive.close()
 
 

@@ -16,6 +16,7 @@ import shutil
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -27,7 +28,8 @@ from prometheus_client.registry import Collector
 
 from server.clock import Clock
 from server.domain import CertKind
-from server.status import Answer, IndexHolder, StatusSource
+from server.index import CrlTimes
+from server.status import Answer, StatusSource
 
 if TYPE_CHECKING:
     _Interceptor = grpc.ServerInterceptor[Any, Any]
@@ -193,13 +195,21 @@ class MetricsInterceptor(_Interceptor):
 ProvisionCounts = Callable[[], Iterable[tuple[str, str, float]]]  # (type, verifier, count)
 
 
-class ResponderCollector(Collector):
-    """The main process's own metrics, read from the live index when scraped."""
+@dataclass(frozen=True)
+class IndexState:
+    """What the main process last saw of the live index (plain data: a scrape never
+    opens LMDB, which the ingester may be writing in this process)."""
 
-    def __init__(
-        self, holder: IndexHolder, clock: Clock, provisions: ProvisionCounts | None = None
-    ) -> None:
-        self._holder = holder
+    sequence: int
+    created_at: datetime
+    crls: dict[tuple[CertKind, bytes, str], CrlTimes]
+
+
+class ResponderCollector(Collector):
+    """The main process's own metrics: ingest durations and the live index's state."""
+
+    def __init__(self, clock: Clock, provisions: ProvisionCounts | None = None) -> None:
+        self._state: IndexState | None = None
         self._clock = clock
         self._provisions = provisions
         self._lock = threading.Lock()
@@ -209,6 +219,9 @@ class ResponderCollector(Collector):
     def count_provisions(self, provisions: ProvisionCounts) -> None:
         """The hook for the provision counters kept for the annual report (第41条)."""
         self._provisions = provisions
+
+    def index_state(self, state: IndexState) -> None:
+        self._state = state
 
     def ingested(self, seconds: float) -> None:
         with self._lock:
@@ -229,22 +242,22 @@ class ResponderCollector(Collector):
             buckets=buckets,
             sum_value=total,
         )
-        if self._holder.loaded:
-            index = self._holder.get()
+        state = self._state
+        if state is not None:
             yield GaugeMetricFamily(
-                "jpki_va_index_sequence", "Sequence of the snapshot served.", index.sequence
+                "jpki_va_index_sequence", "Sequence of the snapshot served.", state.sequence
             )
             yield GaugeMetricFamily(
                 "jpki_va_snapshot_age_seconds",
                 "Age of the snapshot served.",
-                (self._clock.now() - index.created_at).total_seconds(),
+                (self._clock.now() - state.created_at).total_seconds(),
             )
             crl = GaugeMetricFamily(
                 "jpki_va_crl_next_update_timestamp_seconds",
                 "nextUpdate of the CRL served, per kind, issuer generation and partition.",
                 labels=["kind", "issuer", "partition"],
             )
-            for (kind, kid, partition), times in sorted(index.current_crls.items()):
+            for (kind, kid, partition), times in sorted(state.crls.items()):
                 crl.add_metric(
                     [kind.slug, kid.hex()[:16], partition], times.next_update.timestamp()
                 )
@@ -261,12 +274,14 @@ class ResponderCollector(Collector):
 
 
 class MetricsServer:
-    """GET /metrics on 127.0.0.1:port: the workers' files and the main process's state."""
+    """GET /metrics on 127.0.0.1:port: the workers' files and the main process's own
+    collectors (its state, and registries such as the ingester's)."""
 
-    def __init__(self, port: int, directory: Path, collector: ResponderCollector) -> None:
+    def __init__(self, port: int, directory: Path, collectors: Iterable[Collector]) -> None:
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry, path=str(directory))  # type: ignore[no-untyped-call]
-        registry.register(collector)
+        for collector in collectors:
+            registry.register(collector)
         self._server, self._thread = start_http_server(port, addr="127.0.0.1", registry=registry)
         self.port = int(self._server.server_port)
 

@@ -7,6 +7,7 @@ import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import grpc
@@ -118,7 +119,9 @@ def start_signer(config: SignerConfig, clock: Clock | None = None) -> SignerApp:
         authority = Authority(token, registry)
         authority.root()  # refuse to start without a hierarchy
         settings = ProfileSettings(base_url=config.base_url)
-        publisher = Publisher(registry, authority, config.snapshot_dir, clock, settings)
+        publisher = Publisher(
+            registry, authority, config.snapshot_dir, clock, settings, config.retention
+        )
         queue = SigningQueue(config.sign_queue_limit, config.sign_queue_wait, observer=metrics)
         signer = Signer(registry, authority, publisher, clock, settings, queue)
         server = grpc_common.build_server(
@@ -153,10 +156,11 @@ def start_signer(config: SignerConfig, clock: Clock | None = None) -> SignerApp:
         app._metrics_server = metrics_server
         app.metrics_port = int(metrics_server.server_port)
         log.info("signer metrics on 127.0.0.1:%d/metrics", app.metrics_port)
-    if config.publish_interval > 0:
+    if config.delta_interval > 0:
+        full_interval = timedelta(seconds=config.full_interval)
         app._publisher_thread = threading.Thread(
             target=_publish_loop,
-            args=(signer.publish_if_changed, stop, config.publish_interval),
+            args=(lambda: signer.publish_scheduled(full_interval), stop, config.delta_interval),
             name="publisher",
             daemon=True,
         )
@@ -166,6 +170,7 @@ def start_signer(config: SignerConfig, clock: Clock | None = None) -> SignerApp:
 
 
 def _publish_loop(publish: Callable[[], object], stop: threading.Event, interval: float) -> None:
+    """Every `interval`: the move-out sweep, then a full or delta snapshot as due."""
     while not stop.wait(interval):
         try:
             publish()

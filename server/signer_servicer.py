@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import date
 
 import grpc
 from cryptography import x509
@@ -20,8 +21,9 @@ from server.domain import (
     serial_to_bytes,
 )
 from server.grpc_identity import fingerprint
+from server.law.resident_change import ResidentEvent, ResidentEventFacts, move_out_deadline
 from server.profiles import Holder
-from server.registry import IssuerRecord, LossEvent
+from server.registry import Consent, IssuerRecord, LossEvent
 from server.signer import InvalidRequest, IssueRequest, Signer
 from server.status_servicer import timestamp
 from server.verifier_registry import VerifierRegistry
@@ -44,13 +46,26 @@ def _serial(raw: bytes) -> int:
 
 
 def loss_to_pb(event: LossEvent) -> signer_pb2.LossOfEffect:
-    return signer_pb2.LossOfEffect(
+    out = signer_pb2.LossOfEffect(
         kind=int(event.kind),  # type: ignore[arg-type]
         serial=serial_to_bytes(event.serial),
         cause=int(event.loss.cause),  # type: ignore[arg-type]
         reason=int(event.loss.reason),  # type: ignore[arg-type]
         time=timestamp(event.loss.time),
+        recorded_at=timestamp(event.recorded_at),
     )
+    if event.trigger is not None:
+        out.trigger_kind = int(event.trigger.kind)  # type: ignore[assignment]
+        out.trigger_serial = serial_to_bytes(event.trigger.serial)
+        out.trigger_cause = int(event.trigger.cause)  # type: ignore[assignment]
+    return out
+
+
+def consent_to_pb(consent: Consent) -> signer_pb2.Consent:
+    out = signer_pb2.Consent(verifier=consent.verifier, granted_at=timestamp(consent.granted_at))
+    if consent.withdrawn_at is not None:
+        out.withdrawn_at.CopyFrom(timestamp(consent.withdrawn_at))
+    return out
 
 
 def issuer_to_pb(record: IssuerRecord) -> va_pb2.Issuer:
@@ -117,7 +132,7 @@ class SignerServicer(signer_pb2_grpc.SignerServiceServicer):
     ) -> signer_pb2.IssueCertificateResponse:
         self._operator(context)
         holder = request.holder
-        record, issuer_cert = self._signer.issue(
+        issued = self._signer.issue(
             IssueRequest(
                 kind=_kind(request.kind),
                 resident_code=request.resident_code,
@@ -133,10 +148,12 @@ class SignerServicer(signer_pb2_grpc.SignerServiceServicer):
                 application_signature=request.application_signature,
             )
         )
+        record = issued.record
         return signer_pb2.IssueCertificateResponse(
             certificate_der=record.certificate_der,
             serial=serial_to_bytes(record.serial),
-            issuer_certificate_der=issuer_cert.public_bytes(Encoding.DER),
+            issuer_certificate_der=issued.issuer_certificate.public_bytes(Encoding.DER),
+            superseded=[loss_to_pb(e) for e in issued.superseded],
         )
 
     def RecordLoss(
@@ -155,6 +172,63 @@ class SignerServicer(signer_pb2_grpc.SignerServiceServicer):
         )
         return signer_pb2.RecordLossResponse(changes=[loss_to_pb(e) for e in events])
 
+    def RecordResidentEvent(
+        self, request: signer_pb2.RecordResidentEventRequest, context: grpc.ServicerContext
+    ) -> signer_pb2.RecordResidentEventResponse:
+        self._operator(context)
+        if request.event == signer_pb2.RESIDENT_EVENT_UNSPECIFIED:
+            raise InvalidRequest("resident event is required")
+        try:
+            event = ResidentEvent(request.event)
+            planned = date.fromisoformat(request.planned_date) if request.planned_date else None
+        except ValueError as exc:
+            raise InvalidRequest(f"bad resident event or planned date: {exc}") from None
+        events = self._signer.record_resident_event(
+            request.resident_code,
+            ResidentEventFacts(
+                event=event,
+                minor=request.minor,
+                planned_date=planned,
+                deletion_by_move_out=request.deletion_by_move_out,
+            ),
+        )
+        reply = signer_pb2.RecordResidentEventResponse(changes=[loss_to_pb(e) for e in events])
+        if planned is not None:
+            reply.move_out_deadline.CopyFrom(timestamp(move_out_deadline(planned)))
+        return reply
+
+    def RecordIssuerCompromise(
+        self, request: signer_pb2.RecordIssuerCompromiseRequest, context: grpc.ServicerContext
+    ) -> signer_pb2.RecordIssuerCompromiseResponse:
+        self._operator(context)
+        if not request.issuer_key_id:
+            raise InvalidRequest("issuer key id is required")
+        result = self._signer.record_issuer_compromise(
+            _kind(request.kind), bytes(request.issuer_key_id)
+        )
+        return signer_pb2.RecordIssuerCompromiseResponse(
+            issuer=issuer_to_pb(result.issuer),
+            compromised_at=timestamp(result.compromise.time),
+            certificates=result.certificates,
+        )
+
+    def RecordConsent(
+        self, request: signer_pb2.RecordConsentRequest, context: grpc.ServicerContext
+    ) -> signer_pb2.RecordConsentResponse:
+        self._operator(context)
+        if request.grant:
+            consent = self._signer.grant_consent(request.resident_code, request.verifier)
+        else:
+            consent = self._signer.withdraw_consent(request.resident_code, request.verifier)
+        return signer_pb2.RecordConsentResponse(consent=consent_to_pb(consent))
+
+    def ListConsents(
+        self, request: signer_pb2.ListConsentsRequest, context: grpc.ServicerContext
+    ) -> signer_pb2.ListConsentsResponse:
+        self._operator(context)
+        consents = self._signer.consents(request.resident_code, request.verifier or None)
+        return signer_pb2.ListConsentsResponse(consents=[consent_to_pb(c) for c in consents])
+
     def PublishSnapshot(
         self, request: signer_pb2.PublishSnapshotRequest, context: grpc.ServicerContext
     ) -> signer_pb2.PublishSnapshotResponse:
@@ -165,6 +239,8 @@ class SignerServicer(signer_pb2_grpc.SignerServiceServicer):
             name=published.path.name,
             crl_count=published.crl_count,
             record_count=published.record_count,
+            type=published.type,
+            loss_count=published.event_count,
         )
 
     def IssueOcspSignerCertificate(
@@ -193,10 +269,15 @@ class SignerServicer(signer_pb2_grpc.SignerServiceServicer):
     ) -> va_pb2.ListIssuersResponse:
         self._operator(context)
         root, issuers = self._signer.issuers()
-        return va_pb2.ListIssuersResponse(
-            root_certificate_der=root.certificate_der,
-            issuers=[issuer_to_pb(r) for r in issuers],
-        )
+        compromises = self._signer.compromises()
+        out = []
+        for record in issuers:
+            issuer = issuer_to_pb(record)
+            compromise = compromises.get(record.key_id)
+            if compromise is not None:
+                issuer.compromised_at.CopyFrom(timestamp(compromise.time))
+            out.append(issuer)
+        return va_pb2.ListIssuersResponse(root_certificate_der=root.certificate_der, issuers=out)
 
     def AddVerifier(
         self, request: verifiers_pb2.AddVerifierRequest, context: grpc.ServicerContext

@@ -185,17 +185,21 @@ class StatusServicer(va_pb2_grpc.StatusServiceServicer):
         # Public information, but only for registered verifiers.
         self._gate.identify(self._caller(context))
         index = self._holder.get()
+        issuers = []
+        for entry in index.issuers.values():
+            issuer = va_pb2.Issuer(
+                kind=int(entry.kind),  # type: ignore[arg-type]
+                key_id=entry.key_id,
+                certificate_der=entry.certificate.public_bytes(Encoding.DER),
+                active=entry.active,
+            )
+            compromise = index.compromises.get(entry.key_id)
+            if compromise is not None:  # the announcement (第15条第3項)
+                issuer.compromised_at.CopyFrom(timestamp(compromise.time))
+            issuers.append(issuer)
         return va_pb2.ListIssuersResponse(
             root_certificate_der=self._roots[0].public_bytes(Encoding.DER) if self._roots else b"",
-            issuers=[
-                va_pb2.Issuer(
-                    kind=int(entry.kind),  # type: ignore[arg-type]
-                    key_id=entry.key_id,
-                    certificate_der=entry.certificate.public_bytes(Encoding.DER),
-                    active=entry.active,
-                )
-                for entry in index.issuers.values()
-            ],
+            issuers=issuers,
         )
 
 

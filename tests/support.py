@@ -9,13 +9,15 @@ from __future__ import annotations
 import subprocess
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
+import lmdb
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
@@ -23,8 +25,10 @@ from cryptography.x509.oid import NameOID
 
 import hsm
 from protos import signer_pb2, signer_pb2_grpc, va_pb2, va_pb2_grpc, verifiers_pb2
+from server.clock import Clock
 from server.config import ResponderConfig, SignerConfig
 from server.domain import CertKind, Role
+from server.index import Index, current_index
 from server.responder_app import Responder
 from server.signer_app import SignerApp, start_signer
 
@@ -118,9 +122,11 @@ class Pki:
         resident_code: str | None = None,
         municipality: str = "131016",
         card: Issued | None = None,
+        key: rsa.RSAPrivateKey | None = None,
     ) -> Issued:
+        """Issue through SignerService; `card` signs a mobile application; `key` is reused."""
         self._counter += 1
-        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        key = key or rsa.generate_private_key(public_exponent=65537, key_size=2048)
         spki = key.public_key().public_bytes(
             serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
         )
@@ -145,10 +151,46 @@ class Pki:
             key=key,
         )
 
-    def publish_and_wait(self) -> int:
-        """Publish a full snapshot and wait until the responder serves it."""
+    def check(
+        self, kind: CertKind, serial: int, as_of: datetime | None = None
+    ) -> va_pb2.CertificateStatus:
+        """The responder's answer through StatusService.Check."""
+        request = va_pb2.CheckRequest(
+            cert=va_pb2.CertRef(
+                kind_serial=va_pb2.KindSerial(
+                    kind=int(kind),  # type: ignore[arg-type]
+                    serial=serial.to_bytes(max(1, (serial.bit_length() + 7) // 8), "big"),
+                )
+            )
+        )
+        if as_of is not None:
+            request.as_of.FromDatetime(as_of)
+        return self.status_stub.Check(request, timeout=10).status
+
+    @contextmanager
+    def live_index(self) -> Iterator[Index]:
+        """The responder's live index, read in this process.
+
+        LMDB allows one handle per environment and process, and the responder's
+        housekeeping (in this process too) opens it briefly: retry until free.
+        """
+
+        def attempt() -> Index | None:
+            try:
+                return Index(current_index(self.responder.config.index_dir))  # type: ignore[arg-type]
+            except lmdb.Error:
+                return None
+
+        index = wait_for(attempt, "the live index to be free", timeout=10)
+        try:
+            yield index
+        finally:
+            index.close()
+
+    def publish_and_wait(self, *, full: bool = True) -> int:
+        """Publish a full (or delta) snapshot and wait until the responder serves it."""
         reply = self.signer_stub.PublishSnapshot(
-            signer_pb2.PublishSnapshotRequest(full=True), timeout=60
+            signer_pb2.PublishSnapshotRequest(full=full), timeout=60
         )
         self.wait_sequence(reply.sequence)
         return reply.sequence
@@ -182,16 +224,27 @@ class Pki:
         self.signer.stop()
 
 
-def start_pki(directory: Path, hsm_config: hsm.HsmConfig, *, workers: int = 1) -> Pki:
+def start_pki(
+    directory: Path,
+    hsm_config: hsm.HsmConfig,
+    *,
+    workers: int = 1,
+    clock: Clock | None = None,
+    delta_interval: float = 0,
+    **signer_settings: Any,
+) -> Pki:
+    """A signer (publishing only on request unless delta_interval > 0) and a responder."""
     signer = start_signer(
         SignerConfig(
             data_dir=directory / "signer",
             hsm=hsm_config,
             listen="127.0.0.1:0",
             insecure_loopback=True,
-            publish_interval=0,
+            delta_interval=delta_interval,
             bootstrap=True,
-        )
+            **signer_settings,
+        ),
+        clock,
     )
     channel = grpc.insecure_channel(f"127.0.0.1:{signer.port}")
     signer_stub = signer_pb2_grpc.SignerServiceStub(channel)

@@ -478,3 +478,29 @@ def test_http_follows_the_entitlements_and_counts_provisions(
     assert after.get(Provision.AUTH_STATUS, 0) == before.get(Provision.AUTH_STATUS, 0) + 1
     assert after.get(Provision.AUTH_CRL, 0) == before.get(Provision.AUTH_CRL, 0) + 1
     assert after.get(Provision.SIGNING_STATUS, 0) == before.get(Provision.SIGNING_STATUS, 0)
+
+
+def test_a_delta_snapshot_replaces_cached_answers(pki: Pki, world: dict[str, Issued]) -> None:
+    """A delta changes the live index in place; cached answers must not outlive it."""
+    issued = pki.issue(CertKind.CARD_AUTH)
+    pki.publish_and_wait()
+    der = request_der(issued)
+    first = post(pki, der)[2]
+    assert post(pki, der)[2] == first  # cached
+    assert ocsp.load_der_ocsp_response(first).certificate_status is ocsp.OCSPCertStatus.GOOD
+    pki.signer_stub.RecordLoss(
+        signer_pb2.RecordLossRequest(
+            kind=va_pb2.CERT_KIND_CARD_AUTH,
+            serial=issued.serial.to_bytes(8, "big"),
+            cause=va_pb2.LOSS_CAUSE_HOLDER_REQUEST,
+        ),
+        timeout=30,
+    )
+    pki.signer_stub.PublishSnapshot(signer_pb2.PublishSnapshotRequest(full=False), timeout=60)
+
+    def revoked() -> bool:
+        # Only HTTP asks here: nothing else makes the worker read the index meanwhile.
+        answer = ocsp.load_der_ocsp_response(post(pki, der)[2])
+        return answer.certificate_status is ocsp.OCSPCertStatus.REVOKED
+
+    wait_for(revoked, "the cached answer to follow the delta")

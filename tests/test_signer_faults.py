@@ -58,7 +58,7 @@ def _start(directory: Path, token: HsmConfig, **settings: object) -> SignerApp:
             hsm=token,
             listen="127.0.0.1:0",
             insecure_loopback=True,
-            publish_interval=0,
+            delta_interval=0,
             bootstrap=True,
             metrics_port=0,
             **settings,  # type: ignore[arg-type]

@@ -185,7 +185,7 @@ def test_signer_over_mtls(pki: Pki, tmp_path: Path) -> None:
             listen="127.0.0.1:0",
             tls=TlsFiles(server.cert, server.key, ca.cert_file),
             operator_certs=(operator.cert,),
-            publish_interval=0,
+            delta_interval=0,
             bootstrap=True,
         )
     )
