@@ -318,6 +318,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     except (ConfigError, hsm.HsmError) as exc:
         print(f"jpki-va {args.command}: {exc}", file=sys.stderr)
         code = EXIT_USAGE
+    except KeyboardInterrupt:
+        code = 130  # interrupted before the command could shut down by itself
     sys.exit(code)
 
 
