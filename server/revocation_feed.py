@@ -35,6 +35,7 @@ from server.status import IndexHolder
 POLL_SECONDS = 0.25  # how soon a published delta reaches a watcher
 HEARTBEAT_SECONDS = 30.0  # a batch without events at least this often keeps proxies open
 BATCH_LIMIT = 1000
+MAX_SEQUENCE = 1 << 63  # the index keys events by 8-byte sequence numbers
 
 
 class TooManyWatches(Exception):
@@ -109,8 +110,8 @@ class RevocationFeed:
     ) -> Iterator[FeedBatch]:
         """Batches after `since` until `done` is set (the caller went away) or the feed
         closes. The caller sets `done` when the call ends, so its slot frees at once."""
-        if since < 0:
-            raise ValueError("since must not be negative")
+        if not 0 <= since < MAX_SEQUENCE:
+            raise ValueError(f"since must be 0 to {MAX_SEQUENCE - 1}, got {since}")
         kinds = self.kinds_for(verifier, requested)
         done = done or threading.Event()
         if not self._slots.acquire(blocking=False):
