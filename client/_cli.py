@@ -34,7 +34,7 @@ def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
         "check",
         help="ask a responder for the status of one certificate",
         description="Ask a jpki-va responder for the status of one certificate.",
-        epilog=_EXIT_CODES,
+        epilog=_EXIT_CODES.replace("an answer", "an answer (whatever the status)"),
     )
     name = parser.add_mutually_exclusive_group(required=True)
     name.add_argument("--cert", metavar="FILE", help="the certificate (PEM or DER)")
@@ -373,7 +373,8 @@ def _run_watch(args: argparse.Namespace) -> int:
     kinds = [CertKind.from_slug(k) for k in args.kind or ()]
     since, printed = args.since, 0
     with _connect(args) as client:
-        updates = client.watch(since=since, kinds=kinds, resume=True)
+        # Reconnects for about a minute before it gives up (exit code 4).
+        updates = client.watch(since=since, kinds=kinds, resume=True, max_reconnects=10)
         try:
             for update in updates:
                 for compromise in update.compromises:
