@@ -460,6 +460,25 @@ def test_the_watch_command_prints_events_and_where_to_resume(world: World) -> No
     lines = [json.loads(line) for line in result.stdout.splitlines()]
     assert [line["sequence"] for line in lines] == expected[:2]
     assert f"resume with --since {expected[1]}" in result.stderr
+    # Ctrl-C ends it cleanly and says where to resume.
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "server.cli", "watch", "--server", world.pki.responder_address,
+         "--insecure-loopback", "--verifier", WATCHER],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        first = proc.stdout.readline()
+        assert first.startswith(f"#{expected[0]} ")
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    assert "resume with --since" in err
+    assert "Traceback" not in err
     bad = _cli("watch", "--server", world.pki.responder_address, "--insecure-loopback",
                "--since", "-1")  # fmt: skip
     assert bad.returncode == 2
