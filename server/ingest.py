@@ -16,6 +16,7 @@ import json
 import logging
 import shutil
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -102,8 +103,12 @@ class Ingester:
         retention: tuple[Clock, timedelta] | None = None,
         *,
         metrics: IngestMetrics | None = None,
+        before_publish: Callable[[Path], None] | None = None,
     ) -> None:
         self._snapshots = snapshot_dir
+        # Runs on a built index before workers can see it (the responder certifies
+        # its OCSP key for the index's issuers there, so no answer waits for it).
+        self._before_publish = before_publish
         self._root = index_root
         self._verifier = verifier
         self._archive = archive
@@ -228,6 +233,11 @@ class Ingester:
             self._refuse(path, str(exc))
             return None
         self._archive_crls(snapshot)
+        if self._before_publish is not None:
+            try:
+                self._before_publish(built)
+            except Exception:
+                log.exception("preparing index %s failed; publishing it anyway", built.name)
         publish_index(self._root, built)
         published_at = self._clock.now()
         self._seen = (self._seen or set()) | {path.name}

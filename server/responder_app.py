@@ -19,6 +19,7 @@ import threading
 import time
 from collections.abc import Callable
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -283,7 +284,9 @@ def worker_main(  # noqa: PLR0915 (a composition root: the wiring reads best in 
     holder.close()
 
 
-def renew_ocsp_certificates(config: ResponderConfig, keystore: OcspKeyStore, clock: Clock) -> bool:
+def renew_ocsp_certificates(
+    config: ResponderConfig, keystore: OcspKeyStore, clock: Clock, index_path: Path | None = None
+) -> bool:
     """Rotate to a new delegated key and certificates when renewal is due.
 
     Due when an issuer the index serves has no certificate, or one reached the
@@ -293,7 +296,7 @@ def renew_ocsp_certificates(config: ResponderConfig, keystore: OcspKeyStore, clo
     """
     if config.signer is None:
         return False
-    path = current_index(config.index_dir)
+    path = index_path or current_index(config.index_dir)
     if path is None:
         return False
     index = Index(path)
@@ -343,6 +346,7 @@ class Responder:
             self._archive,
             (self._clock, timedelta(days=config.crl_retention_days)),
             metrics=self.ingest_metrics,
+            before_publish=self._certify_for,
         )
         self._keystore = OcspKeyStore(config.ocsp_dir)
         self._collector = ResponderCollector(self._clock)
@@ -367,6 +371,9 @@ class Responder:
         )
         proc.start()
         return proc
+
+    def _certify_for(self, index_path: Path) -> None:
+        renew_ocsp_certificates(self.config, self._keystore, self._clock, index_path)
 
     def _housekeeping(self) -> None:
         started = time.perf_counter()
