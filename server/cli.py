@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import hsm
+from bench.cli import add_commands as add_bench_commands
 from client._cli import add_commands
 from server import demo
 from server.config import (
@@ -168,6 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
     responder.set_defaults(func=run_responder)
 
     add_commands(sub)
+    add_bench_commands(sub)
     return parser
 
 

@@ -54,6 +54,11 @@ def snapshot_sequence(path: Path) -> int | None:
     return int(name[len(PREFIX) :])
 
 
+def crl_relpath(kind: CertKind, issuer_key_id: bytes, partition: str, *, delta: bool) -> str:
+    suffix = "delta.crl" if delta else "crl"
+    return f"crls/{kind.slug}/{issuer_key_id.hex()[:16]}/{partition}.{suffix}"
+
+
 class SnapshotRejected(Exception):
     """A snapshot failed verification; nothing from it may be ingested."""
 
@@ -199,6 +204,22 @@ class SnapshotBuilder:
         self._files[RECORDS] = _sha256_file(path)
         return self._record_count
 
+    def add_records_file(self, source: Path, count: int) -> None:
+        """Move in a records file written elsewhere (bulk writers); it is hashed here.
+
+        The index builder checks the order and the count against the manifest, so a
+        wrong file is refused at ingest, never served.
+        """
+        path = self._dir / RECORDS
+        source.replace(path)
+        self._record_count = count
+        self._files[RECORDS] = _sha256_file(path)
+
+    def add_crl_der(self, info: CrlInfo, der: bytes) -> None:
+        """A CRL already encoded and signed (bulk writers); `info` says what it is."""
+        self._add(info.file, der)
+        self._crls.append(info)
+
     def add_crl(
         self,
         kind: CertKind,
@@ -211,8 +232,7 @@ class SnapshotBuilder:
             x509.AuthorityKeyIdentifier
         ).value.key_identifier
         assert issuer_key_id is not None
-        suffix = "delta.crl" if delta_base is not None else "crl"
-        relpath = f"crls/{kind.slug}/{issuer_key_id.hex()[:16]}/{partition}.{suffix}"
+        relpath = crl_relpath(kind, issuer_key_id, partition, delta=delta_base is not None)
         self._add(relpath, crl.public_bytes(Encoding.DER))
         assert crl.next_update_utc is not None
         info = CrlInfo(
