@@ -74,12 +74,18 @@ def _parallel(target: Any, args: tuple[Any, ...], processes: int) -> dict[str, f
         "processes": processes,
         "per_second": round(rate, 1),
         "per_process_per_second": round(rate / processes, 1),
-        "found_share": round(sum(p["found"] for p in parts) / max(1, sum(p["gets"] for p in parts)), 3),
+        "found_share": round(
+            sum(p["found"] for p in parts) / max(1, sum(p["gets"] for p in parts)), 3
+        ),
     }
 
 
 def store_ceiling(
-    index_path: Path, index_root: Path, pairs: Sequence[tuple[CertKind, int]], processes: int, seconds: float
+    index_path: Path,
+    index_root: Path,
+    pairs: Sequence[tuple[CertKind, int]],
+    processes: int,
+    seconds: float,
 ) -> dict[str, Any]:
     keys = [record_key(kind, serial) for kind, serial in pairs]
     return {

@@ -50,7 +50,7 @@ from server.law.loss_recording import DEFAULT_REASON
 from server.profiles import CrlEntry, Holder, ProfileSettings
 from server.publisher import crl_counter
 from server.records import MAGIC
-from server.registry import Registry
+from server.registry import IssuerRecord, Registry
 from server.snapshot import CrlInfo, SnapshotBuilder, crl_relpath
 
 log = logging.getLogger(__name__)
@@ -139,10 +139,13 @@ def municipality_codes(count: int) -> list[int]:
 
 def _uniform_between(rng: np.random.Generator, low: I64, high: I64) -> I64:
     span = np.maximum(high - low, 0)
-    return low + (rng.random(len(low)) * span).astype(np.int64)
+    drawn: I64 = low + (rng.random(len(low)) * span).astype(np.int64)
+    return drawn
 
 
-def draw_population(holders: int, seed: int, now: int, shape: Shape) -> Population:
+def draw_population(  # noqa: PLR0915 (one rule after another, in the law's order)
+    holders: int, seed: int, now: int, shape: Shape
+) -> Population:
     """Every holder's attributes and certificates, as arrays (no I/O, deterministic)."""
     if holders < 1:
         raise ValueError("holders must be at least 1")
@@ -166,10 +169,17 @@ def draw_population(holders: int, seed: int, now: int, shape: Shape) -> Populati
     sign_cause[(sign_cause == 0) & (rng.random(holders) < shape.key_compromise)] = (
         LossCause.ISSUER_KEY_COMPROMISE
     )
+    # Every cause of the law appears, however small the data set.
+    for rare in (LossCause.RECORD_ERROR, LossCause.ISSUER_KEY_COMPROMISE):
+        free = np.nonzero(sign_cause == 0)[0]
+        if not (sign_cause == rare).any() and len(free):
+            sign_cause[free[rng.integers(0, len(free))]] = rare
     sign_at = np.where(sign_cause > 0, _uniform_between(rng, card_nb, card_end), 0)
     # Card auth: a lost card and a deletion end it with the signing one (same event);
     # an address change alone does not (第31条).
-    deletion = (sign_cause == LossCause.RESIDENT_CHANGE) & (rng.random(holders) < shape.deletion_share)
+    deletion = (sign_cause == LossCause.RESIDENT_CHANGE) & (
+        rng.random(holders) < shape.deletion_share
+    )
     auth_cause = np.zeros(holders, dtype=np.uint8)
     auth_cause[deletion] = LossCause.RESIDENT_CHANGE
     auth_cause[sign_cause == LossCause.HOLDER_REQUEST] = LossCause.HOLDER_REQUEST
@@ -189,7 +199,9 @@ def draw_population(holders: int, seed: int, now: int, shape: Shape) -> Populati
     phone_lost = rng.random(holders) < shape.phone_lost
     phone_at = _uniform_between(rng, mobile_nb, np.minimum(mobile_end, mobile_na))
 
-    def mobile(card_cause: npt.NDArray[np.uint8], card_at: I64) -> tuple[I64, npt.NDArray[np.uint8]]:
+    def mobile(
+        card_cause: npt.NDArray[np.uint8], card_at: I64
+    ) -> tuple[I64, npt.NDArray[np.uint8]]:
         cause = np.zeros(holders, dtype=np.uint8)
         at = np.zeros(holders, dtype=np.int64)
         # The card's loss cascades while the mobile certificate is still valid.
@@ -277,7 +289,7 @@ class _Timer:
         return done
 
 
-def generate(
+def generate(  # noqa: PLR0915 (the phases in order, each timed)
     out: Path,
     holders: int,
     *,
@@ -335,8 +347,16 @@ def generate(
 
         done = timer.phase("snapshot")
         sequence = _write_snapshot(
-            ds, population, authority, snapshot_signer, issuers, issuer_of, ordinals, settings,
-            now_dt, total,
+            ds,
+            population,
+            authority,
+            snapshot_signer,
+            issuers,
+            issuer_of,
+            ordinals,
+            settings,
+            now_dt,
+            total,
         )
         done()
 
@@ -365,7 +385,9 @@ def generate(
         "certificate_total": total,
         "losses": losses,
         "loss_total": int(sum(int((v.cause > 0).sum()) for v in population.kinds.values())),
-        "expired_total": int(sum(int((v.not_after < now).sum()) for v in population.kinds.values())),
+        "expired_total": int(
+            sum(int((v.not_after < now).sum()) for v in population.kinds.values())
+        ),
         "snapshot_sequence": sequence,
         "label_prefix": label_prefix,
         "hsm": hsm_info,
@@ -400,7 +422,7 @@ def _sign_samples(
     ds: DataSet,
     pop: Population,
     authority: Authority,
-    issuer_of: dict[CertKind | None, Any],
+    issuer_of: dict[CertKind, IssuerRecord],
     settings: ProfileSettings,
     count: int,
     now: int,
@@ -417,7 +439,9 @@ def _sign_samples(
         for kind, k in pop.kinds.items():
             issuer = issuer_of[kind]
             key = authority.key(issuer)
-            picks = np.linspace(0, len(k.serial) - 1, num=min(per_kind, len(k.serial)), dtype=np.int64)
+            picks = np.linspace(
+                0, len(k.serial) - 1, num=min(per_kind, len(k.serial)), dtype=np.int64
+            )
             for j in picks.tolist():
                 serial = int(k.serial[j])
                 h = int(k.holder[j])
@@ -449,8 +473,6 @@ def _sign_samples(
                 bar.advance()
     issuer_files = {}
     for kind, issuer in issuer_of.items():
-        if kind is None:
-            continue
         path = ds.samples_dir / f"issuer-{kind.slug}.pem"
         path.write_bytes(issuer.certificate.public_bytes(Encoding.PEM))
         issuer_files[kind.name] = path.name
@@ -462,7 +484,7 @@ def _sign_samples(
 def _write_registry(
     ds: DataSet,
     pop: Population,
-    issuer_of: dict[CertKind | None, Any],
+    issuer_of: dict[CertKind, IssuerRecord],
     samples: dict[tuple[CertKind, int], dict[str, Any]],
     total: int,
 ) -> None:
@@ -487,8 +509,16 @@ def _write_registry(
                 head = b'{"kind":"%s","serial":' % kind.name.encode()
                 for start in range(0, len(k.serial), CHUNK):
                     items = _cert_items(
-                        k, slice(start, start + CHUNK), pop, head, kid, partition_text,
-                        family, given, sex, samples,
+                        k,
+                        slice(start, start + CHUNK),
+                        pop,
+                        head,
+                        kid,
+                        partition_text,
+                        family,
+                        given,
+                        sex,
+                        samples,
                     )
                     with env.begin(write=True, db=dbs["certs"]) as txn:
                         added = txn.cursor().putmulti(items, append=True)[1]
@@ -591,9 +621,7 @@ def _key_hex(kind: CertKind, serial: int) -> bytes:
     return record_key(kind, serial).hex().encode()
 
 
-def _holder_items(
-    columns: list[list[int]], start: int, stop: int
-) -> Iterator[tuple[bytes, bytes]]:
+def _holder_items(columns: list[list[int]], start: int, stop: int) -> Iterator[tuple[bytes, bytes]]:
     """resident code -> {"certs": [record keys in issue order]}."""
     for h in range(start, stop):
         keys = [
@@ -624,10 +652,12 @@ def _event_items(
     pop: Population,
     events: tuple[I64, npt.NDArray[np.uint8], I64],
     start: int,
-    issuer_of: dict[CertKind | None, Any],
+    issuer_of: dict[CertKind, IssuerRecord],
     partition_text: list[bytes],
 ) -> Iterator[tuple[bytes, bytes]]:
-    idx, kinds, times = (a[start : start + CHUNK] for a in events)
+    idx = events[0][start : start + CHUNK]
+    kinds = events[1][start : start + CHUNK]
+    times = events[2][start : start + CHUNK]
     iso = _iso(times)
     for n, (i, kind_value) in enumerate(zip(idx.tolist(), kinds.tolist(), strict=True)):
         kind = CertKind(kind_value)
@@ -655,7 +685,7 @@ def _write_snapshot(
     authority: Authority,
     snapshot_signer: tuple[CertificateIssuerPrivateKeyTypes, x509.Certificate],
     issuers: list[Any],
-    issuer_of: dict[CertKind | None, Any],
+    issuer_of: dict[CertKind, IssuerRecord],
     ordinals: dict[bytes, int],
     settings: ProfileSettings,
     now: datetime,
@@ -853,7 +883,7 @@ def _peer_inputs(
                     issuer_name_hash=name_hash,
                     issuer_key_hash=key_hash,
                     serial_number=serial,
-                    algorithm=hashes.SHA1(),
+                    algorithm=hashes.SHA1(),  # noqa: S303 (CertIDs name the issuer; RFC 5019 SHA-1)
                     cert_status=ocsp.OCSPCertStatus.REVOKED
                     if is_revoked
                     else ocsp.OCSPCertStatus.GOOD,

@@ -39,9 +39,7 @@ class Pool:
         return items
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            name: [[int(k), s] for k, s in self.category(name)] for name in CATEGORIES
-        }
+        return {name: [[int(k), s] for k, s in self.category(name)] for name in CATEGORIES}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Pool:

@@ -149,12 +149,12 @@ def run_wrk(
         after = cpu_seconds(server_pids)
         if proc.returncode != 0 or not out.exists():
             detail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
-            raise HttpLoadError(f"wrk against {label} failed ({proc.returncode}): {' | '.join(detail)}")
+            raise HttpLoadError(
+                f"wrk against {label} failed ({proc.returncode}): {' | '.join(detail)}"
+            )
         data = json.loads(out.read_text())
     seconds = data["duration_us"] / 1e6
-    errors = {
-        k: int(data[k]) for k in ("connect", "read", "write", "status", "timeout") if data[k]
-    }
+    errors = {k: int(data[k]) for k in ("connect", "read", "write", "status", "timeout") if data[k]}
     return LoadResult(
         label=label,
         spec={"url": url, **asdict(spec), "client": "wrk"},

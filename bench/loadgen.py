@@ -29,8 +29,8 @@ import numpy as np
 from cryptography import x509
 from cryptography.x509 import ocsp
 
-from bench.mix import Mix, draw_sequence
 from bench.dataset import Pool
+from bench.mix import Mix, draw_sequence
 from client._ocsp import build_request
 from protos import va_pb2
 from server.domain import CertKind, Status, serial_to_bytes
@@ -42,6 +42,10 @@ _METHODS = {
     "stream": "/jpki.va.v1.StatusService/CheckStream",
     "ocsp": "/jpki.va.v1.StatusService/Ocsp",
 }
+# grpc-stubs' aio types lag the runtime API (generic calls without serializers, EOF):
+# channels are typed loosely here and nowhere else.
+AioChannel = Any
+_EOF: Any = grpc.aio.EOF  # type: ignore[attr-defined]
 SAMPLE_EVERY = 64
 START_DELAY = 1.5  # seconds for every process to connect before the common start
 
@@ -121,8 +125,9 @@ def build_payloads(
     draws = draw_sequence(pool, mix, count * (batch if interface == "stream" else 1), rng)
     if interface == "ocsp":
         return [
-            va_pb2.OcspRequest(der=build_request(issuer=issuers[kind], serial=serial))
-            .SerializeToString()
+            va_pb2.OcspRequest(
+                der=build_request(issuer=issuers[kind], serial=serial)
+            ).SerializeToString()
             for kind, serial, _ in draws
         ]
     checks = [
@@ -189,7 +194,9 @@ async def _run_client(
     spec: LoadSpec, payloads: Sequence[bytes], offset: int, start_at: float
 ) -> _Recorder:
     options = [("grpc.use_local_subchannel_pool", 1)]
-    channels = [grpc.aio.insecure_channel(spec.target, options=options) for _ in range(spec.channels)]
+    channels = [
+        grpc.aio.insecure_channel(spec.target, options=options) for _ in range(spec.channels)
+    ]
     try:
         for channel in channels:
             await asyncio.wait_for(channel.channel_ready(), timeout=spec.timeout)
@@ -206,7 +213,9 @@ async def _run_client(
 
         if spec.interface == "stream":
             workers = [
-                _stream_worker(channels[i % len(channels)], spec, next_payload, recorder, end_window)
+                _stream_worker(
+                    channels[i % len(channels)], spec, next_payload, recorder, end_window
+                )
                 for i in range(spec.concurrency)
             ]
         elif spec.rate is None:
@@ -220,11 +229,11 @@ async def _run_client(
         return recorder
     finally:
         for channel in channels:
-            await channel.close()
+            await channel.close(None)
 
 
 async def _unary_worker(
-    channel: grpc.aio.Channel,
+    channel: AioChannel,
     spec: LoadSpec,
     next_payload: Any,
     recorder: _Recorder,
@@ -244,7 +253,7 @@ async def _unary_worker(
 
 
 async def _stream_worker(
-    channel: grpc.aio.Channel,
+    channel: AioChannel,
     spec: LoadSpec,
     next_payload: Any,
     recorder: _Recorder,
@@ -258,7 +267,7 @@ async def _stream_worker(
                 break
             await stream.write(next_payload())
             response = await stream.read()
-            if response is grpc.aio.EOF:
+            if response is _EOF:
                 recorder.failed(began, "stream ended")
                 return
             recorder.done(began, time.time(), response)
@@ -269,7 +278,7 @@ async def _stream_worker(
 
 
 async def _open_loop(
-    channels: list[grpc.aio.Channel],
+    channels: list[AioChannel],
     spec: LoadSpec,
     next_payload: Any,
     recorder: _Recorder,
@@ -377,9 +386,9 @@ def run_load(
             if proc.is_alive():
                 proc.terminate()
                 proc.join(5)
-    latencies = np.concatenate(
-        [np.frombuffer(p["latencies"], dtype=np.float64) for p in parts]
-    ) * 1000.0
+    latencies = (
+        np.concatenate([np.frombuffer(p["latencies"], dtype=np.float64) for p in parts]) * 1000.0
+    )
     errors: Counter[str] = Counter()
     statuses: Counter[str] = Counter()
     for p in parts:

@@ -67,7 +67,9 @@ def draw_sequence(
     is_hot = rng.random(count) < mix.hot
     uniform = rng.random(count)
     out = []
-    for cat_i, hot_draw, u in zip(categories.tolist(), is_hot.tolist(), uniform.tolist(), strict=True):
+    for cat_i, hot_draw, u in zip(
+        categories.tolist(), is_hot.tolist(), uniform.tolist(), strict=True
+    ):
         name = CATEGORIES[cat_i]
         source = hot[name] if hot_draw and hot[name] else pool.category(name)
         kind, serial = source[int(u * len(source))]

@@ -40,8 +40,15 @@ class TrivialServicer(va_pb2_grpc.StatusServiceServicer):
     def Ocsp(self, request: va_pb2.OcspRequest, context: grpc.ServicerContext) -> Any:
         return self._ocsp
 
+    def ListIssuers(
+        self, request: va_pb2.ListIssuersRequest, context: grpc.ServicerContext
+    ) -> va_pb2.ListIssuersResponse:
+        return va_pb2.ListIssuersResponse()
 
-def _worker(port: int, threads: int, check: bytes, ocsp_der: bytes, ready: Any, stop: ProcessEvent) -> None:
+
+def _worker(
+    port: int, threads: int, check: bytes, ocsp_der: bytes, ready: Any, stop: ProcessEvent
+) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     server = grpc.server(
@@ -86,7 +93,7 @@ def start_trivial(workers: int, threads: int, check: bytes, ocsp_der: bytes) -> 
     ctx = multiprocessing.get_context("spawn")
     ready = ctx.Queue()
     stop = ctx.Event()
-    procs = [
+    procs: list[multiprocessing.process.BaseProcess] = [
         ctx.Process(
             target=_worker,
             args=(port, threads, check, ocsp_der, ready, stop),

@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPri
 from cryptography.x509 import Certificate
 
 from server import profiles
-from server.domain import CertKind, CrlReason
+from server.domain import OID_LOSS_CAUSE, CertKind, CrlReason
 from server.profiles import CrlEntry, ProfileSettings
 
 _REASON_OID_DER = bytes.fromhex("0603551d15")  # id-ce-cRLReasons 2.5.29.21
@@ -43,21 +43,23 @@ def _oid_der(dotted: str) -> bytes:
     arcs = [int(a) for a in dotted.split(".")]
     body = bytearray([40 * arcs[0] + arcs[1]])
     for arc in arcs[2:]:
+        rest = arc >> 7
         chunk = [arc & 0x7F]
-        arc >>= 7
-        while arc:
-            chunk.append(0x80 | (arc & 0x7F))
-            arc >>= 7
+        while rest:
+            chunk.append(0x80 | (rest & 0x7F))
+            rest >>= 7
         body.extend(reversed(chunk))
     return _tlv(0x06, bytes(body))
 
 
-_LOSS_CAUSE_OID = _oid_der(profiles.OID_LOSS_CAUSE.dotted_string)
+_LOSS_CAUSE_OID = _oid_der(OID_LOSS_CAUSE.dotted_string)
 
 
 def _integer(value: int) -> bytes:
     if value < 0:
         raise ValueError("serial numbers are positive")
+    if value.bit_length() >= 160:  # RFC 5280 §4.1.2.2: at most 20 octets
+        raise ValueError("serial numbers have at most 159 bits")
     return _tlv(0x02, value.to_bytes(value.bit_length() // 8 + 1, "big"))
 
 
@@ -80,9 +82,7 @@ def entry_der(entry: CrlEntry) -> bytes:
     # RFC 5280 §5.3.1: the reasonCode unspecified SHOULD be absent.
     if entry.reason is not CrlReason.UNSPECIFIED:
         extensions += _enumerated_extension(_REASON_OID_DER, entry.reason)
-    return _tlv(
-        0x30, _integer(entry.serial) + _time(entry.time) + _tlv(0x30, extensions)
-    )
+    return _tlv(0x30, _integer(entry.serial) + _time(entry.time) + _tlv(0x30, extensions))
 
 
 def _elements(der: bytes) -> list[bytes]:
@@ -190,9 +190,7 @@ class _EcCapture(_Capture, ec.EllipticCurvePrivateKey):
     def key_size(self) -> int:
         return self._public.key_size
 
-    def exchange(
-        self, algorithm: ec.ECDH, peer_public_key: ec.EllipticCurvePublicKey
-    ) -> bytes:
+    def exchange(self, algorithm: ec.ECDH, peer_public_key: ec.EllipticCurvePublicKey) -> bytes:
         self._refuse()
 
     def private_numbers(self) -> ec.EllipticCurvePrivateNumbers:
