@@ -1,4 +1,1 @@
-"""The benchmark harness: national-scale data, load on every interface, ceilings, peers.
-
-`jpki-va bench …` drives it; nothing here is imported by the signer or the responder.
-"""
+"""Benchmark harness: data generation, load, ceilings, peers and the report."""

@@ -1,10 +1,11 @@
 """Verifier client of jpki-va: typed status checks, OCSP and the `check` command.
 
 Typical use: ``with VaClient(target, credentials=creds) as va: va.check(kind=..., serial=...)``.
+A verifier token is checked offline with ``verify_verifier_token(token, root)``.
 """
 
 from client._cli import add_commands, run_check
-from client._client import VaClient, is_loopback_target
+from client._client import VERIFIER_HEADER, VaClient, is_loopback_target
 from client._errors import (
     ClientError,
     DeadlineExceeded,
@@ -26,9 +27,12 @@ from client._models import (
     OcspResult,
     Revocation,
 )
-from server.domain import CertKind, CrlReason, LossCause, Status
+from server.domain import CertKind, CrlReason, LossCause, Role, Status
+from server.verifier_token import InvalidVerifierToken, VerifierToken
+from server.verifier_token import verify_token as verify_verifier_token
 
 __all__ = [
+    "VERIFIER_HEADER",
     "CertIdRef",
     "CertKind",
     "CertificateStatus",
@@ -38,6 +42,7 @@ __all__ = [
     "FailedPrecondition",
     "InternalError",
     "InvalidArgument",
+    "InvalidVerifierToken",
     "IssuerInfo",
     "IssuerSet",
     "LossCause",
@@ -47,11 +52,14 @@ __all__ = [
     "ProtocolError",
     "ResourceExhausted",
     "Revocation",
+    "Role",
     "Status",
     "Unauthenticated",
     "Unavailable",
     "VaClient",
+    "VerifierToken",
     "add_commands",
     "is_loopback_target",
     "run_check",
+    "verify_verifier_token",
 ]

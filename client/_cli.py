@@ -74,6 +74,11 @@ def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
         action="store_true",
         help="plaintext, only to 127.0.0.1, ::1 or localhost (demos and tests)",
     )
+    tls.add_argument(
+        "--verifier",
+        metavar="ID",
+        help="with --insecure-loopback: act as this registered verifier",
+    )
     parser.set_defaults(func=run_check)
 
 
@@ -189,7 +194,9 @@ def _connect(args: argparse.Namespace) -> VaClient:
                 f"--insecure-loopback only connects to 127.0.0.1, ::1 or localhost, "
                 f"not {args.server}"
             )
-        return VaClient(args.server, timeout=args.timeout, insecure=True)
+        return VaClient(args.server, timeout=args.timeout, insecure=True, verifier=args.verifier)
+    if args.verifier is not None:
+        raise UsageError("--verifier goes with --insecure-loopback; TLS uses --client-cert")
     if (args.client_cert is None) != (args.client_key is None):
         raise UsageError("--client-cert and --client-key go together")
     root = _read(args.ca, "--ca") if args.ca is not None else None

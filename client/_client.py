@@ -20,6 +20,9 @@ from protos import va_pb2, va_pb2_grpc
 from server.domain import CertKind, serial_from_bytes, serial_hex, serial_to_bytes
 
 DEFAULT_TIMEOUT = 5.0
+# Names the verifier on a plaintext loopback channel (demos and tests); a TLS
+# responder ignores it and identifies the verifier by its client certificate.
+VERIFIER_HEADER = "x-jpki-verifier"
 
 
 def is_loopback_target(target: str) -> bool:
@@ -51,7 +54,8 @@ class VaClient:
 
     TLS (or mTLS) is the norm: pass ``credentials`` from ``grpc.ssl_channel_credentials``.
     Plaintext needs ``insecure=True`` and a loopback target, because verifiers are
-    identified by their client certificate and status answers must not be spoofable.
+    identified by their client certificate and status answers must not be spoofable;
+    there, ``verifier=`` names the (registered) verifier to act as.
     """
 
     def __init__(
@@ -61,11 +65,20 @@ class VaClient:
         timeout: float = DEFAULT_TIMEOUT,
         credentials: grpc.ChannelCredentials | None = None,
         insecure: bool = False,
+        verifier: str | None = None,
     ) -> None:
         if timeout <= 0:
             raise ValueError(f"timeout must be positive, got {timeout}")
         if credentials is not None and insecure:
             raise ValueError("pass either credentials or insecure=True, not both")
+        if verifier is not None and not insecure:
+            # With TLS the client certificate identifies the verifier; a header would not.
+            raise ValueError(
+                "verifier= is for insecure loopback demos; TLS identifies by certificate"
+            )
+        self._metadata: tuple[tuple[str, str | bytes], ...] = (
+            () if verifier is None else ((VERIFIER_HEADER, verifier),)
+        )
         if credentials is None:
             if not insecure:
                 raise ValueError(
@@ -113,7 +126,9 @@ class VaClient:
         if as_of is not None:
             request.as_of.CopyFrom(_timestamp(as_of))
         with translating_rpc_errors():
-            response = self._stub.Check(request, timeout=self._deadline(timeout))
+            response = self._stub.Check(
+                request, timeout=self._deadline(timeout), metadata=self._metadata
+            )
         if not response.HasField("status"):
             raise ProtocolError("Check answered without a status")
         return CertificateStatus.from_proto(response.status)
@@ -122,7 +137,9 @@ class VaClient:
         """Send a DER OCSPRequest, return the DER OCSPResponse (also for error statuses)."""
         with translating_rpc_errors():
             response = self._stub.Ocsp(
-                va_pb2.OcspRequest(der=request_der), timeout=self._deadline(timeout)
+                va_pb2.OcspRequest(der=request_der),
+                timeout=self._deadline(timeout),
+                metadata=self._metadata,
             )
         return response.der
 
@@ -130,7 +147,9 @@ class VaClient:
         """The root and every issuing-CA generation the responder answers for."""
         with translating_rpc_errors():
             response = self._stub.ListIssuers(
-                va_pb2.ListIssuersRequest(), timeout=self._deadline(timeout)
+                va_pb2.ListIssuersRequest(),
+                timeout=self._deadline(timeout),
+                metadata=self._metadata,
             )
         return IssuerSet.from_proto(response)
 

@@ -12,17 +12,21 @@ from hsm._errors import (
     TokenNotFound,
     UnsupportedAlgorithm,
 )
+from hsm._inventory import REQUIRED_MECHANISMS, ModuleInfo, SlotSummary, TokenSummary, module_info
 from hsm._keys import HsmEcPrivateKey, HsmPrivateKey, HsmRsaPrivateKey
+from hsm._observer import HsmObserver, NullObserver
 from hsm._softhsm import init_softhsm_token
 from hsm._token import Hsm, KeyInfo, TokenInfo
 
 __all__ = [
     "DEFAULT_MODULE",
+    "REQUIRED_MECHANISMS",
     "Hsm",
     "HsmConfig",
     "HsmConfigError",
     "HsmEcPrivateKey",
     "HsmError",
+    "HsmObserver",
     "HsmPrivateKey",
     "HsmRsaPrivateKey",
     "KeyExists",
@@ -31,10 +35,15 @@ __all__ = [
     "KeyNotFound",
     "KeyType",
     "LoginFailed",
+    "ModuleInfo",
+    "NullObserver",
     "PinSource",
     "SigningFailed",
+    "SlotSummary",
     "TokenInfo",
     "TokenNotFound",
+    "TokenSummary",
     "UnsupportedAlgorithm",
     "init_softhsm_token",
+    "module_info",
 ]

@@ -16,6 +16,7 @@ CK_ULONG = ctypes.c_ulong
 _CKS_RO_USER_FUNCTIONS = 1
 _CKS_RW_USER_FUNCTIONS = 3
 # Index of each function in CK_FUNCTION_LIST (PKCS#11 v2.40 §5.2 order).
+_IDX_GET_TOKEN_INFO = 6
 _IDX_INIT_TOKEN = 9
 _IDX_GET_SESSION_INFO = 15
 _N_FUNCS = 16
@@ -46,6 +47,33 @@ class _SessionInfo(ctypes.Structure):
         ("flags", CK_ULONG),
         ("device_error", CK_ULONG),
     ]
+
+
+class _TokenInfo(ctypes.Structure):
+    _fields_ = [
+        ("label", ctypes.c_char * 32),
+        ("manufacturer_id", ctypes.c_char * 32),
+        ("model", ctypes.c_char * 16),
+        ("serial_number", ctypes.c_char * 16),
+        ("flags", CK_ULONG),
+        ("max_session_count", CK_ULONG),
+        ("session_count", CK_ULONG),
+        ("max_rw_session_count", CK_ULONG),
+        ("rw_session_count", CK_ULONG),
+        ("max_pin_len", CK_ULONG),
+        ("min_pin_len", CK_ULONG),
+        ("total_public_memory", CK_ULONG),
+        ("free_public_memory", CK_ULONG),
+        ("total_private_memory", CK_ULONG),
+        ("free_private_memory", CK_ULONG),
+        ("hardware_version", _Version),
+        ("firmware_version", _Version),
+        ("utc_time", ctypes.c_char * 16),
+    ]
+
+
+#: CK_UNAVAILABLE_INFORMATION: the token does not report this number.
+UNAVAILABLE = ctypes.c_ulong(-1).value
 
 
 def rv_error(rv: int) -> p11e.PKCS11Error:
@@ -99,3 +127,23 @@ def check_session(module: str, handle: int) -> None:
         raise rv_error(rv)
     if info.state not in (_CKS_RO_USER_FUNCTIONS, _CKS_RW_USER_FUNCTIONS):
         raise p11e.UserNotLoggedIn()
+
+
+def token_memory(module: str, slot_id: int) -> tuple[int, int, int, int]:
+    """(free public, total public, free private, total private) memory of the slot's token.
+
+    python-pkcs11 drops these fields of CK_TOKEN_INFO. A value equal to
+    :data:`UNAVAILABLE` means the token does not say.
+    """
+    proto = ctypes.CFUNCTYPE(CK_ULONG, CK_ULONG, ctypes.POINTER(_TokenInfo))
+    fn = proto(_function(module, _IDX_GET_TOKEN_INFO))
+    info = _TokenInfo()
+    rv = fn(slot_id, ctypes.byref(info))
+    if rv != 0:
+        raise rv_error(rv)
+    return (
+        info.free_public_memory,
+        info.total_public_memory,
+        info.free_private_memory,
+        info.total_private_memory,
+    )

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import enum
+import getpass
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,32 +28,58 @@ class KeyType(enum.Enum):
 
 @dataclass(frozen=True, repr=False)
 class PinSource:
-    """Where the user PIN comes from: an environment variable or a file's first line.
+    """Where a PIN comes from: an environment variable, a file's first line, or a prompt.
 
-    The PIN itself is only ever returned by :meth:`read`; it is never stored here.
+    Never argv. The PIN is only ever returned by :meth:`read`. An env or file PIN is
+    read again on every call (so a reconnect sees a rotated PIN); a prompted PIN is
+    asked once and kept in this object's memory, because a reconnect in the middle of
+    a ceremony must not stop to ask the operator again.
     """
 
     env: str | None = None
     file: str | None = None
+    prompt: str | None = None
+    _prompted: list[str] = field(default_factory=list, compare=False, init=False)
 
     def __post_init__(self) -> None:
-        if (self.env is None) == (self.file is None):
-            raise HsmConfigError("PinSource needs exactly one of env= or file=")
+        given = [x for x in (self.env, self.file, self.prompt) if x is not None]
+        if len(given) != 1:
+            raise HsmConfigError("PinSource needs exactly one of env=, file= or prompt=")
         if self.env is not None and not self.env:
             raise HsmConfigError("PinSource env= must name an environment variable")
         if self.file is not None and not self.file:
             raise HsmConfigError("PinSource file= must be a path")
+        if self.prompt is not None and not self.prompt:
+            raise HsmConfigError("PinSource prompt= must be the text to show")
 
     def describe(self) -> str:
         """Human-readable description of the source (never the PIN)."""
-        return f"env:{self.env}" if self.env is not None else f"file:{self.file}"
+        if self.env is not None:
+            return f"env:{self.env}"
+        if self.file is not None:
+            return f"file:{self.file}"
+        return "prompt"
 
     def __repr__(self) -> str:
         return f"PinSource({self.describe()})"
 
+    def _ask(self) -> str:
+        if not self._prompted:
+            if not sys.stdin.isatty():
+                raise HsmConfigError(
+                    "no PIN given: set a PIN environment variable or file (stdin is not a "
+                    "terminal to prompt on)"
+                )
+            assert self.prompt is not None
+            self._prompted.append(getpass.getpass(self.prompt))
+        return self._prompted[0]
+
     def read(self) -> str:
         """Return the PIN; raise HsmConfigError if the source is unset, missing or empty."""
-        if self.env is not None:
+        pin: str | None
+        if self.prompt is not None:
+            pin = self._ask()
+        elif self.env is not None:
             pin = os.environ.get(self.env)
             if pin is None:
                 raise HsmConfigError(f"PIN environment variable {self.env} is not set")

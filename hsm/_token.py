@@ -8,6 +8,7 @@ import hmac
 import logging
 import secrets
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -33,6 +34,7 @@ from hsm._errors import (
     UnsupportedAlgorithm,
 )
 from hsm._keys import HsmEcPrivateKey, HsmPrivateKey, HsmRsaPrivateKey
+from hsm._observer import HsmObserver, NullObserver
 
 if TYPE_CHECKING:
     from pkcs11._pkcs11 import lib as Pkcs11Lib
@@ -256,9 +258,16 @@ class Hsm:
     read-write session logged in as user, guarded by one lock.
     """
 
-    def __init__(self, config: HsmConfig, *, clock: Callable[[], datetime] | None = None) -> None:
+    def __init__(
+        self,
+        config: HsmConfig,
+        *,
+        clock: Callable[[], datetime] | None = None,
+        observer: HsmObserver | None = None,
+    ) -> None:
         self.config = config
         self._clock = clock or _utcnow
+        self._observer: HsmObserver = observer or NullObserver()
         #: Number of times this object rebuilt the session after a session/token failure.
         self.reconnects = 0
         self.last_reconnect_at: datetime | None = None
@@ -267,9 +276,15 @@ class Hsm:
         self.opened_at = self._clock()
 
     @classmethod
-    def open(cls, config: HsmConfig, *, clock: Callable[[], datetime] | None = None) -> Self:
+    def open(
+        cls,
+        config: HsmConfig,
+        *,
+        clock: Callable[[], datetime] | None = None,
+        observer: HsmObserver | None = None,
+    ) -> Self:
         """Connect and log in (same as the constructor)."""
-        return cls(config, clock=clock)
+        return cls(config, clock=clock, observer=observer)
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open"
@@ -351,6 +366,8 @@ class Hsm:
     def _reconnect_locked(self, failure: p11e.PKCS11Error | None) -> None:
         conn = self._conn
         reason = ckr_name(failure) if failure is not None else "no session"
+        if failure is not None:
+            self._observer.failed("session", reason)
         log.warning("PKCS#11 token %r unusable (%s); reconnecting", conn.token_label, reason)
         old, conn.session = conn.session, None
         conn.handles.clear()
@@ -364,9 +381,11 @@ class Hsm:
             conn.session = _login(token, self.config.pin.read(), reconnecting=True)
             conn.token = token
         except p11e.PKCS11Error as exc:
+            self._observer.failed("reconnect", ckr_name(exc))
             raise HsmError(f"reconnecting to token failed: {ckr_name(exc)}") from exc
         self.reconnects += 1
         self.last_reconnect_at = self._clock()
+        self._observer.reconnected(conn.token_label)
         log.info("PKCS#11 token %r reconnected", conn.token_label)
 
     def _private_handle_locked(self, session: Session, label: str) -> SignMixin:
@@ -583,13 +602,19 @@ class Hsm:
                 key = self._private_handle_locked(session, label)
                 return key.sign(data, mechanism=mechanism, mechanism_param=mechanism_param)
 
+        started = time.perf_counter()
         try:
-            return self._run(op)
+            signature = self._run(op)
         except p11e.MechanismInvalid as exc:
+            self._observer.failed("sign", ckr_name(exc))
             raise UnsupportedAlgorithm(f"token does not support CKM_{mechanism_name}") from exc
         except p11e.PKCS11Error as exc:
             ckr = ckr_name(exc)
+            self._observer.failed("sign", ckr)
             raise SigningFailed(f"signing with key {label!r} failed: {ckr}", ckr=ckr) from exc
+        # Includes the wait for the shared session: what a caller of the signer feels.
+        self._observer.signed(label, mechanism_name, time.perf_counter() - started)
+        return signature
 
     def token_info(self) -> TokenInfo:
         """Label, serial, manufacturer and model of the token."""

@@ -12,7 +12,12 @@ from pathlib import Path
 
 from grpc_tools import protoc
 
-PROTO_FILES = ("protos/va.proto", "protos/signer.proto")
+PROTO_FILES = (
+    "protos/va.proto",
+    "protos/signer.proto",
+    "protos/crl.proto",
+    "protos/verifiers.proto",
+)
 
 
 def generate(out_dir: Path, root: Path) -> None:

@@ -10,6 +10,7 @@ from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from protos import va_pb2 as _va_pb2
 import builtins as _builtins
 import sys
@@ -21,6 +22,38 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _ResidentEvent:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ResidentEventEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ResidentEvent.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    RESIDENT_EVENT_UNSPECIFIED: _ResidentEvent.ValueType  # 0
+    RESIDENT_EVENT_NAME_CHANGE: _ResidentEvent.ValueType  # 1
+    RESIDENT_EVENT_ADDRESS_CHANGE: _ResidentEvent.ValueType  # 2
+    RESIDENT_EVENT_BIRTH_DATE_CHANGE: _ResidentEvent.ValueType  # 3
+    RESIDENT_EVENT_SEX_CHANGE: _ResidentEvent.ValueType  # 4
+    RESIDENT_EVENT_RECORD_DELETED: _ResidentEvent.ValueType  # 5
+    RESIDENT_EVENT_MOVE_OUT: _ResidentEvent.ValueType  # 6
+    """a move-out notice (転出届) with its planned date"""
+    RESIDENT_EVENT_MOVE_IN: _ResidentEvent.ValueType  # 7
+    """the move-in notice (転入届) that follows it"""
+
+class ResidentEvent(_ResidentEvent, metaclass=_ResidentEventEnumTypeWrapper):
+    """Resident events (第12条, 第31条), from the resident registry."""
+
+RESIDENT_EVENT_UNSPECIFIED: ResidentEvent.ValueType  # 0
+RESIDENT_EVENT_NAME_CHANGE: ResidentEvent.ValueType  # 1
+RESIDENT_EVENT_ADDRESS_CHANGE: ResidentEvent.ValueType  # 2
+RESIDENT_EVENT_BIRTH_DATE_CHANGE: ResidentEvent.ValueType  # 3
+RESIDENT_EVENT_SEX_CHANGE: ResidentEvent.ValueType  # 4
+RESIDENT_EVENT_RECORD_DELETED: ResidentEvent.ValueType  # 5
+RESIDENT_EVENT_MOVE_OUT: ResidentEvent.ValueType  # 6
+"""a move-out notice (転出届) with its planned date"""
+RESIDENT_EVENT_MOVE_IN: ResidentEvent.ValueType  # 7
+"""the move-in notice (転入届) that follows it"""
+Global___ResidentEvent: _TypeAlias = ResidentEvent  # noqa: Y015
 
 @_typing.final
 class HolderInfo(_message.Message):
@@ -106,19 +139,27 @@ class IssueCertificateResponse(_message.Message):
     CERTIFICATE_DER_FIELD_NUMBER: _builtins.int
     SERIAL_FIELD_NUMBER: _builtins.int
     ISSUER_CERTIFICATE_DER_FIELD_NUMBER: _builtins.int
+    SUPERSEDED_FIELD_NUMBER: _builtins.int
     certificate_der: _builtins.bytes
     serial: _builtins.bytes
     issuer_certificate_der: _builtins.bytes
+    @_builtins.property
+    def superseded(self) -> _containers.RepeatedCompositeFieldContainer[Global___LossOfEffect]:
+        """Renewal: the holder's earlier certificates of this kind it superseded (reason
+        superseded) and the mobile certificates that followed them by the cascade.
+        """
+
     def __init__(
         self,
         *,
         certificate_der: _builtins.bytes = ...,
         serial: _builtins.bytes = ...,
         issuer_certificate_der: _builtins.bytes = ...,
+        superseded: _abc.Iterable[Global___LossOfEffect] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["certificate_der", b"certificate_der", "issuer_certificate_der", b"issuer_certificate_der", "serial", b"serial"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["certificate_der", b"certificate_der", "issuer_certificate_der", b"issuer_certificate_der", "serial", b"serial", "superseded", b"superseded"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -135,12 +176,28 @@ class LossOfEffect(_message.Message):
     CAUSE_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
     TIME_FIELD_NUMBER: _builtins.int
+    TRIGGER_KIND_FIELD_NUMBER: _builtins.int
+    TRIGGER_SERIAL_FIELD_NUMBER: _builtins.int
+    TRIGGER_CAUSE_FIELD_NUMBER: _builtins.int
+    RECORDED_AT_FIELD_NUMBER: _builtins.int
     kind: _va_pb2.CertKind.ValueType
     serial: _builtins.bytes
     cause: _va_pb2.LossCause.ValueType
     reason: _va_pb2.CrlReason.ValueType
+    trigger_kind: _va_pb2.CertKind.ValueType
+    """CARD_CERT_LOST_EFFECT (第16条の13, 第35条の13): the card certificate whose loss
+    cascaded, and that loss's cause.
+    """
+    trigger_serial: _builtins.bytes
+    trigger_cause: _va_pb2.LossCause.ValueType
     @_builtins.property
-    def time(self) -> _timestamp_pb2.Timestamp: ...
+    def time(self) -> _timestamp_pb2.Timestamp:
+        """when it lost effect in law"""
+
+    @_builtins.property
+    def recorded_at(self) -> _timestamp_pb2.Timestamp:
+        """the registry commit"""
+
     def __init__(
         self,
         *,
@@ -149,10 +206,14 @@ class LossOfEffect(_message.Message):
         cause: _va_pb2.LossCause.ValueType = ...,
         reason: _va_pb2.CrlReason.ValueType = ...,
         time: _timestamp_pb2.Timestamp | None = ...,
+        trigger_kind: _va_pb2.CertKind.ValueType = ...,
+        trigger_serial: _builtins.bytes = ...,
+        trigger_cause: _va_pb2.LossCause.ValueType = ...,
+        recorded_at: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["time", b"time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["recorded_at", b"recorded_at", "time", b"time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cause", b"cause", "kind", b"kind", "reason", b"reason", "serial", b"serial", "time", b"time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cause", b"cause", "kind", b"kind", "reason", b"reason", "recorded_at", b"recorded_at", "serial", b"serial", "time", b"time", "trigger_cause", b"trigger_cause", "trigger_kind", b"trigger_kind", "trigger_serial", b"trigger_serial"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -207,11 +268,241 @@ class RecordLossResponse(_message.Message):
 Global___RecordLossResponse: _TypeAlias = RecordLossResponse  # noqa: Y015
 
 @_typing.final
+class RecordResidentEventRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESIDENT_CODE_FIELD_NUMBER: _builtins.int
+    EVENT_FIELD_NUMBER: _builtins.int
+    MINOR_FIELD_NUMBER: _builtins.int
+    PLANNED_DATE_FIELD_NUMBER: _builtins.int
+    DELETION_BY_MOVE_OUT_FIELD_NUMBER: _builtins.int
+    resident_code: _builtins.str
+    event: Global___ResidentEvent.ValueType
+    minor: _builtins.bool
+    """a minor correction (changes only)"""
+    planned_date: _builtins.str
+    """MOVE_OUT: YYYY-MM-DD"""
+    deletion_by_move_out: _builtins.bool
+    """RECORD_DELETED: based on a move-out notice"""
+    def __init__(
+        self,
+        *,
+        resident_code: _builtins.str = ...,
+        event: Global___ResidentEvent.ValueType = ...,
+        minor: _builtins.bool = ...,
+        planned_date: _builtins.str = ...,
+        deletion_by_move_out: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deletion_by_move_out", b"deletion_by_move_out", "event", b"event", "minor", b"minor", "planned_date", b"planned_date", "resident_code", b"resident_code"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RecordResidentEventRequest: _TypeAlias = RecordResidentEventRequest  # noqa: Y015
+
+@_typing.final
+class RecordResidentEventResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHANGES_FIELD_NUMBER: _builtins.int
+    MOVE_OUT_DEADLINE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def changes(self) -> _containers.RepeatedCompositeFieldContainer[Global___LossOfEffect]: ...
+    @_builtins.property
+    def move_out_deadline(self) -> _timestamp_pb2.Timestamp:
+        """MOVE_OUT: when the auth certificates lose effect if no move-in follows."""
+
+    def __init__(
+        self,
+        *,
+        changes: _abc.Iterable[Global___LossOfEffect] | None = ...,
+        move_out_deadline: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["move_out_deadline", b"move_out_deadline"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["changes", b"changes", "move_out_deadline", b"move_out_deadline"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RecordResidentEventResponse: _TypeAlias = RecordResidentEventResponse  # noqa: Y015
+
+@_typing.final
+class RecordIssuerCompromiseRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KIND_FIELD_NUMBER: _builtins.int
+    ISSUER_KEY_ID_FIELD_NUMBER: _builtins.int
+    kind: _va_pb2.CertKind.ValueType
+    issuer_key_id: _builtins.bytes
+    """subject key identifier of the compromised generation"""
+    def __init__(
+        self,
+        *,
+        kind: _va_pb2.CertKind.ValueType = ...,
+        issuer_key_id: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["issuer_key_id", b"issuer_key_id", "kind", b"kind"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RecordIssuerCompromiseRequest: _TypeAlias = RecordIssuerCompromiseRequest  # noqa: Y015
+
+@_typing.final
+class RecordIssuerCompromiseResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ISSUER_FIELD_NUMBER: _builtins.int
+    COMPROMISED_AT_FIELD_NUMBER: _builtins.int
+    CERTIFICATES_FIELD_NUMBER: _builtins.int
+    certificates: _builtins.int
+    """how many certificates that generation signed"""
+    @_builtins.property
+    def issuer(self) -> _va_pb2.Issuer: ...
+    @_builtins.property
+    def compromised_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        issuer: _va_pb2.Issuer | None = ...,
+        compromised_at: _timestamp_pb2.Timestamp | None = ...,
+        certificates: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["compromised_at", b"compromised_at", "issuer", b"issuer"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["certificates", b"certificates", "compromised_at", b"compromised_at", "issuer", b"issuer"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RecordIssuerCompromiseResponse: _TypeAlias = RecordIssuerCompromiseResponse  # noqa: Y015
+
+@_typing.final
+class Consent(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VERIFIER_FIELD_NUMBER: _builtins.int
+    GRANTED_AT_FIELD_NUMBER: _builtins.int
+    WITHDRAWN_AT_FIELD_NUMBER: _builtins.int
+    verifier: _builtins.str
+    @_builtins.property
+    def granted_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def withdrawn_at(self) -> _timestamp_pb2.Timestamp:
+        """unset while in effect"""
+
+    def __init__(
+        self,
+        *,
+        verifier: _builtins.str = ...,
+        granted_at: _timestamp_pb2.Timestamp | None = ...,
+        withdrawn_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["granted_at", b"granted_at", "withdrawn_at", b"withdrawn_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["granted_at", b"granted_at", "verifier", b"verifier", "withdrawn_at", b"withdrawn_at"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Consent: _TypeAlias = Consent  # noqa: Y015
+
+@_typing.final
+class RecordConsentRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESIDENT_CODE_FIELD_NUMBER: _builtins.int
+    VERIFIER_FIELD_NUMBER: _builtins.int
+    GRANT_FIELD_NUMBER: _builtins.int
+    resident_code: _builtins.str
+    verifier: _builtins.str
+    grant: _builtins.bool
+    """false withdraws"""
+    def __init__(
+        self,
+        *,
+        resident_code: _builtins.str = ...,
+        verifier: _builtins.str = ...,
+        grant: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["grant", b"grant", "resident_code", b"resident_code", "verifier", b"verifier"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RecordConsentRequest: _TypeAlias = RecordConsentRequest  # noqa: Y015
+
+@_typing.final
+class RecordConsentResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONSENT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def consent(self) -> Global___Consent: ...
+    def __init__(
+        self,
+        *,
+        consent: Global___Consent | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["consent", b"consent"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["consent", b"consent"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RecordConsentResponse: _TypeAlias = RecordConsentResponse  # noqa: Y015
+
+@_typing.final
+class ListConsentsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESIDENT_CODE_FIELD_NUMBER: _builtins.int
+    VERIFIER_FIELD_NUMBER: _builtins.int
+    resident_code: _builtins.str
+    verifier: _builtins.str
+    """optional filter"""
+    def __init__(
+        self,
+        *,
+        resident_code: _builtins.str = ...,
+        verifier: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["resident_code", b"resident_code", "verifier", b"verifier"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListConsentsRequest: _TypeAlias = ListConsentsRequest  # noqa: Y015
+
+@_typing.final
+class ListConsentsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONSENTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def consents(self) -> _containers.RepeatedCompositeFieldContainer[Global___Consent]: ...
+    def __init__(
+        self,
+        *,
+        consents: _abc.Iterable[Global___Consent] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["consents", b"consents"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListConsentsResponse: _TypeAlias = ListConsentsResponse  # noqa: Y015
+
+@_typing.final
 class PublishSnapshotRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     FULL_FIELD_NUMBER: _builtins.int
     full: _builtins.bool
+    """false: a delta when one can follow the last full snapshot"""
     def __init__(
         self,
         *,
@@ -233,11 +524,17 @@ class PublishSnapshotResponse(_message.Message):
     NAME_FIELD_NUMBER: _builtins.int
     CRL_COUNT_FIELD_NUMBER: _builtins.int
     RECORD_COUNT_FIELD_NUMBER: _builtins.int
+    TYPE_FIELD_NUMBER: _builtins.int
+    LOSS_COUNT_FIELD_NUMBER: _builtins.int
     sequence: _builtins.int
     name: _builtins.str
     """directory name under the snapshot root"""
     crl_count: _builtins.int
     record_count: _builtins.int
+    type: _builtins.str
+    """"full" or "delta" """
+    loss_count: _builtins.int
+    """loss events the snapshot carries"""
     def __init__(
         self,
         *,
@@ -245,10 +542,12 @@ class PublishSnapshotResponse(_message.Message):
         name: _builtins.str = ...,
         crl_count: _builtins.int = ...,
         record_count: _builtins.int = ...,
+        type: _builtins.str = ...,
+        loss_count: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["crl_count", b"crl_count", "name", b"name", "record_count", b"record_count", "sequence", b"sequence"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["crl_count", b"crl_count", "loss_count", b"loss_count", "name", b"name", "record_count", b"record_count", "sequence", b"sequence", "type", b"type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -5,6 +5,7 @@ import warnings
 
 from protos import signer_pb2 as protos_dot_signer__pb2
 from protos import va_pb2 as protos_dot_va__pb2
+from protos import verifiers_pb2 as protos_dot_verifiers__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -45,6 +46,26 @@ class SignerServiceStub:
                 request_serializer=protos_dot_signer__pb2.RecordLossRequest.SerializeToString,
                 response_deserializer=protos_dot_signer__pb2.RecordLossResponse.FromString,
                 _registered_method=True)
+        self.RecordResidentEvent = channel.unary_unary(
+                '/jpki.va.v1.SignerService/RecordResidentEvent',
+                request_serializer=protos_dot_signer__pb2.RecordResidentEventRequest.SerializeToString,
+                response_deserializer=protos_dot_signer__pb2.RecordResidentEventResponse.FromString,
+                _registered_method=True)
+        self.RecordIssuerCompromise = channel.unary_unary(
+                '/jpki.va.v1.SignerService/RecordIssuerCompromise',
+                request_serializer=protos_dot_signer__pb2.RecordIssuerCompromiseRequest.SerializeToString,
+                response_deserializer=protos_dot_signer__pb2.RecordIssuerCompromiseResponse.FromString,
+                _registered_method=True)
+        self.RecordConsent = channel.unary_unary(
+                '/jpki.va.v1.SignerService/RecordConsent',
+                request_serializer=protos_dot_signer__pb2.RecordConsentRequest.SerializeToString,
+                response_deserializer=protos_dot_signer__pb2.RecordConsentResponse.FromString,
+                _registered_method=True)
+        self.ListConsents = channel.unary_unary(
+                '/jpki.va.v1.SignerService/ListConsents',
+                request_serializer=protos_dot_signer__pb2.ListConsentsRequest.SerializeToString,
+                response_deserializer=protos_dot_signer__pb2.ListConsentsResponse.FromString,
+                _registered_method=True)
         self.PublishSnapshot = channel.unary_unary(
                 '/jpki.va.v1.SignerService/PublishSnapshot',
                 request_serializer=protos_dot_signer__pb2.PublishSnapshotRequest.SerializeToString,
@@ -60,6 +81,26 @@ class SignerServiceStub:
                 request_serializer=protos_dot_va__pb2.ListIssuersRequest.SerializeToString,
                 response_deserializer=protos_dot_va__pb2.ListIssuersResponse.FromString,
                 _registered_method=True)
+        self.AddVerifier = channel.unary_unary(
+                '/jpki.va.v1.SignerService/AddVerifier',
+                request_serializer=protos_dot_verifiers__pb2.AddVerifierRequest.SerializeToString,
+                response_deserializer=protos_dot_verifiers__pb2.AddVerifierResponse.FromString,
+                _registered_method=True)
+        self.RemoveVerifier = channel.unary_unary(
+                '/jpki.va.v1.SignerService/RemoveVerifier',
+                request_serializer=protos_dot_verifiers__pb2.RemoveVerifierRequest.SerializeToString,
+                response_deserializer=protos_dot_verifiers__pb2.RemoveVerifierResponse.FromString,
+                _registered_method=True)
+        self.ListVerifiers = channel.unary_unary(
+                '/jpki.va.v1.SignerService/ListVerifiers',
+                request_serializer=protos_dot_verifiers__pb2.ListVerifiersRequest.SerializeToString,
+                response_deserializer=protos_dot_verifiers__pb2.ListVerifiersResponse.FromString,
+                _registered_method=True)
+        self.IssueVerifierToken = channel.unary_unary(
+                '/jpki.va.v1.SignerService/IssueVerifierToken',
+                request_serializer=protos_dot_verifiers__pb2.IssueVerifierTokenRequest.SerializeToString,
+                response_deserializer=protos_dot_verifiers__pb2.IssueVerifierTokenResponse.FromString,
+                _registered_method=True)
 
 
 class SignerServiceServicer:
@@ -72,6 +113,30 @@ class SignerServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def RecordLoss(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RecordResidentEvent(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RecordIssuerCompromise(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RecordConsent(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListConsents(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -95,6 +160,31 @@ class SignerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def AddVerifier(self, request, context):
+        """The verifier registry (operators) and verifier tokens (specific auth verifiers).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RemoveVerifier(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListVerifiers(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def IssueVerifierToken(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SignerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -107,6 +197,26 @@ def add_SignerServiceServicer_to_server(servicer, server):
                     servicer.RecordLoss,
                     request_deserializer=protos_dot_signer__pb2.RecordLossRequest.FromString,
                     response_serializer=protos_dot_signer__pb2.RecordLossResponse.SerializeToString,
+            ),
+            'RecordResidentEvent': grpc.unary_unary_rpc_method_handler(
+                    servicer.RecordResidentEvent,
+                    request_deserializer=protos_dot_signer__pb2.RecordResidentEventRequest.FromString,
+                    response_serializer=protos_dot_signer__pb2.RecordResidentEventResponse.SerializeToString,
+            ),
+            'RecordIssuerCompromise': grpc.unary_unary_rpc_method_handler(
+                    servicer.RecordIssuerCompromise,
+                    request_deserializer=protos_dot_signer__pb2.RecordIssuerCompromiseRequest.FromString,
+                    response_serializer=protos_dot_signer__pb2.RecordIssuerCompromiseResponse.SerializeToString,
+            ),
+            'RecordConsent': grpc.unary_unary_rpc_method_handler(
+                    servicer.RecordConsent,
+                    request_deserializer=protos_dot_signer__pb2.RecordConsentRequest.FromString,
+                    response_serializer=protos_dot_signer__pb2.RecordConsentResponse.SerializeToString,
+            ),
+            'ListConsents': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListConsents,
+                    request_deserializer=protos_dot_signer__pb2.ListConsentsRequest.FromString,
+                    response_serializer=protos_dot_signer__pb2.ListConsentsResponse.SerializeToString,
             ),
             'PublishSnapshot': grpc.unary_unary_rpc_method_handler(
                     servicer.PublishSnapshot,
@@ -122,6 +232,26 @@ def add_SignerServiceServicer_to_server(servicer, server):
                     servicer.ListIssuers,
                     request_deserializer=protos_dot_va__pb2.ListIssuersRequest.FromString,
                     response_serializer=protos_dot_va__pb2.ListIssuersResponse.SerializeToString,
+            ),
+            'AddVerifier': grpc.unary_unary_rpc_method_handler(
+                    servicer.AddVerifier,
+                    request_deserializer=protos_dot_verifiers__pb2.AddVerifierRequest.FromString,
+                    response_serializer=protos_dot_verifiers__pb2.AddVerifierResponse.SerializeToString,
+            ),
+            'RemoveVerifier': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemoveVerifier,
+                    request_deserializer=protos_dot_verifiers__pb2.RemoveVerifierRequest.FromString,
+                    response_serializer=protos_dot_verifiers__pb2.RemoveVerifierResponse.SerializeToString,
+            ),
+            'ListVerifiers': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListVerifiers,
+                    request_deserializer=protos_dot_verifiers__pb2.ListVerifiersRequest.FromString,
+                    response_serializer=protos_dot_verifiers__pb2.ListVerifiersResponse.SerializeToString,
+            ),
+            'IssueVerifierToken': grpc.unary_unary_rpc_method_handler(
+                    servicer.IssueVerifierToken,
+                    request_deserializer=protos_dot_verifiers__pb2.IssueVerifierTokenRequest.FromString,
+                    response_serializer=protos_dot_verifiers__pb2.IssueVerifierTokenResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -178,6 +308,114 @@ class SignerService:
             '/jpki.va.v1.SignerService/RecordLoss',
             protos_dot_signer__pb2.RecordLossRequest.SerializeToString,
             protos_dot_signer__pb2.RecordLossResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RecordResidentEvent(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/jpki.va.v1.SignerService/RecordResidentEvent',
+            protos_dot_signer__pb2.RecordResidentEventRequest.SerializeToString,
+            protos_dot_signer__pb2.RecordResidentEventResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RecordIssuerCompromise(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/jpki.va.v1.SignerService/RecordIssuerCompromise',
+            protos_dot_signer__pb2.RecordIssuerCompromiseRequest.SerializeToString,
+            protos_dot_signer__pb2.RecordIssuerCompromiseResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RecordConsent(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/jpki.va.v1.SignerService/RecordConsent',
+            protos_dot_signer__pb2.RecordConsentRequest.SerializeToString,
+            protos_dot_signer__pb2.RecordConsentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListConsents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/jpki.va.v1.SignerService/ListConsents',
+            protos_dot_signer__pb2.ListConsentsRequest.SerializeToString,
+            protos_dot_signer__pb2.ListConsentsResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -259,6 +497,114 @@ class SignerService:
             '/jpki.va.v1.SignerService/ListIssuers',
             protos_dot_va__pb2.ListIssuersRequest.SerializeToString,
             protos_dot_va__pb2.ListIssuersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AddVerifier(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/jpki.va.v1.SignerService/AddVerifier',
+            protos_dot_verifiers__pb2.AddVerifierRequest.SerializeToString,
+            protos_dot_verifiers__pb2.AddVerifierResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RemoveVerifier(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/jpki.va.v1.SignerService/RemoveVerifier',
+            protos_dot_verifiers__pb2.RemoveVerifierRequest.SerializeToString,
+            protos_dot_verifiers__pb2.RemoveVerifierResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListVerifiers(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/jpki.va.v1.SignerService/ListVerifiers',
+            protos_dot_verifiers__pb2.ListVerifiersRequest.SerializeToString,
+            protos_dot_verifiers__pb2.ListVerifiersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def IssueVerifierToken(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/jpki.va.v1.SignerService/IssueVerifierToken',
+            protos_dot_verifiers__pb2.IssueVerifierTokenRequest.SerializeToString,
+            protos_dot_verifiers__pb2.IssueVerifierTokenResponse.FromString,
             options,
             channel_credentials,
             insecure,

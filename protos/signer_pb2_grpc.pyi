@@ -9,6 +9,7 @@ from collections import abc as _abc
 from grpc import aio as _aio
 from protos import signer_pb2 as _signer_pb2
 from protos import va_pb2 as _va_pb2
+from protos import verifiers_pb2 as _verifiers_pb2
 import abc as _abc_1
 import grpc as _grpc
 import sys
@@ -36,18 +37,36 @@ class SignerServiceStub:
     def __new__(cls, channel: _aio.Channel) -> SignerServiceAsyncStub: ...
     IssueCertificate: _grpc.UnaryUnaryMultiCallable[_signer_pb2.IssueCertificateRequest, _signer_pb2.IssueCertificateResponse]
     RecordLoss: _grpc.UnaryUnaryMultiCallable[_signer_pb2.RecordLossRequest, _signer_pb2.RecordLossResponse]
+    RecordResidentEvent: _grpc.UnaryUnaryMultiCallable[_signer_pb2.RecordResidentEventRequest, _signer_pb2.RecordResidentEventResponse]
+    RecordIssuerCompromise: _grpc.UnaryUnaryMultiCallable[_signer_pb2.RecordIssuerCompromiseRequest, _signer_pb2.RecordIssuerCompromiseResponse]
+    RecordConsent: _grpc.UnaryUnaryMultiCallable[_signer_pb2.RecordConsentRequest, _signer_pb2.RecordConsentResponse]
+    ListConsents: _grpc.UnaryUnaryMultiCallable[_signer_pb2.ListConsentsRequest, _signer_pb2.ListConsentsResponse]
     PublishSnapshot: _grpc.UnaryUnaryMultiCallable[_signer_pb2.PublishSnapshotRequest, _signer_pb2.PublishSnapshotResponse]
     IssueOcspSignerCertificate: _grpc.UnaryUnaryMultiCallable[_signer_pb2.IssueOcspSignerCertificateRequest, _signer_pb2.IssueOcspSignerCertificateResponse]
     ListIssuers: _grpc.UnaryUnaryMultiCallable[_va_pb2.ListIssuersRequest, _va_pb2.ListIssuersResponse]
+    AddVerifier: _grpc.UnaryUnaryMultiCallable[_verifiers_pb2.AddVerifierRequest, _verifiers_pb2.AddVerifierResponse]
+    """The verifier registry (operators) and verifier tokens (specific auth verifiers)."""
+    RemoveVerifier: _grpc.UnaryUnaryMultiCallable[_verifiers_pb2.RemoveVerifierRequest, _verifiers_pb2.RemoveVerifierResponse]
+    ListVerifiers: _grpc.UnaryUnaryMultiCallable[_verifiers_pb2.ListVerifiersRequest, _verifiers_pb2.ListVerifiersResponse]
+    IssueVerifierToken: _grpc.UnaryUnaryMultiCallable[_verifiers_pb2.IssueVerifierTokenRequest, _verifiers_pb2.IssueVerifierTokenResponse]
 
 @_typing.type_check_only
 class SignerServiceAsyncStub(SignerServiceStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     IssueCertificate: _aio.UnaryUnaryMultiCallable[_signer_pb2.IssueCertificateRequest, _signer_pb2.IssueCertificateResponse]  # type: ignore[assignment]
     RecordLoss: _aio.UnaryUnaryMultiCallable[_signer_pb2.RecordLossRequest, _signer_pb2.RecordLossResponse]  # type: ignore[assignment]
+    RecordResidentEvent: _aio.UnaryUnaryMultiCallable[_signer_pb2.RecordResidentEventRequest, _signer_pb2.RecordResidentEventResponse]  # type: ignore[assignment]
+    RecordIssuerCompromise: _aio.UnaryUnaryMultiCallable[_signer_pb2.RecordIssuerCompromiseRequest, _signer_pb2.RecordIssuerCompromiseResponse]  # type: ignore[assignment]
+    RecordConsent: _aio.UnaryUnaryMultiCallable[_signer_pb2.RecordConsentRequest, _signer_pb2.RecordConsentResponse]  # type: ignore[assignment]
+    ListConsents: _aio.UnaryUnaryMultiCallable[_signer_pb2.ListConsentsRequest, _signer_pb2.ListConsentsResponse]  # type: ignore[assignment]
     PublishSnapshot: _aio.UnaryUnaryMultiCallable[_signer_pb2.PublishSnapshotRequest, _signer_pb2.PublishSnapshotResponse]  # type: ignore[assignment]
     IssueOcspSignerCertificate: _aio.UnaryUnaryMultiCallable[_signer_pb2.IssueOcspSignerCertificateRequest, _signer_pb2.IssueOcspSignerCertificateResponse]  # type: ignore[assignment]
     ListIssuers: _aio.UnaryUnaryMultiCallable[_va_pb2.ListIssuersRequest, _va_pb2.ListIssuersResponse]  # type: ignore[assignment]
+    AddVerifier: _aio.UnaryUnaryMultiCallable[_verifiers_pb2.AddVerifierRequest, _verifiers_pb2.AddVerifierResponse]  # type: ignore[assignment]
+    """The verifier registry (operators) and verifier tokens (specific auth verifiers)."""
+    RemoveVerifier: _aio.UnaryUnaryMultiCallable[_verifiers_pb2.RemoveVerifierRequest, _verifiers_pb2.RemoveVerifierResponse]  # type: ignore[assignment]
+    ListVerifiers: _aio.UnaryUnaryMultiCallable[_verifiers_pb2.ListVerifiersRequest, _verifiers_pb2.ListVerifiersResponse]  # type: ignore[assignment]
+    IssueVerifierToken: _aio.UnaryUnaryMultiCallable[_verifiers_pb2.IssueVerifierTokenRequest, _verifiers_pb2.IssueVerifierTokenResponse]  # type: ignore[assignment]
 
 class SignerServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -63,6 +82,34 @@ class SignerServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _signer_pb2.RecordLossRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_signer_pb2.RecordLossResponse, _abc.Awaitable[_signer_pb2.RecordLossResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def RecordResidentEvent(
+        self,
+        request: _signer_pb2.RecordResidentEventRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_signer_pb2.RecordResidentEventResponse, _abc.Awaitable[_signer_pb2.RecordResidentEventResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def RecordIssuerCompromise(
+        self,
+        request: _signer_pb2.RecordIssuerCompromiseRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_signer_pb2.RecordIssuerCompromiseResponse, _abc.Awaitable[_signer_pb2.RecordIssuerCompromiseResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def RecordConsent(
+        self,
+        request: _signer_pb2.RecordConsentRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_signer_pb2.RecordConsentResponse, _abc.Awaitable[_signer_pb2.RecordConsentResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ListConsents(
+        self,
+        request: _signer_pb2.ListConsentsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_signer_pb2.ListConsentsResponse, _abc.Awaitable[_signer_pb2.ListConsentsResponse]]: ...
 
     @_abc_1.abstractmethod
     def PublishSnapshot(
@@ -84,5 +131,34 @@ class SignerServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _va_pb2.ListIssuersRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_va_pb2.ListIssuersResponse, _abc.Awaitable[_va_pb2.ListIssuersResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def AddVerifier(
+        self,
+        request: _verifiers_pb2.AddVerifierRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_verifiers_pb2.AddVerifierResponse, _abc.Awaitable[_verifiers_pb2.AddVerifierResponse]]:
+        """The verifier registry (operators) and verifier tokens (specific auth verifiers)."""
+
+    @_abc_1.abstractmethod
+    def RemoveVerifier(
+        self,
+        request: _verifiers_pb2.RemoveVerifierRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_verifiers_pb2.RemoveVerifierResponse, _abc.Awaitable[_verifiers_pb2.RemoveVerifierResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ListVerifiers(
+        self,
+        request: _verifiers_pb2.ListVerifiersRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_verifiers_pb2.ListVerifiersResponse, _abc.Awaitable[_verifiers_pb2.ListVerifiersResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def IssueVerifierToken(
+        self,
+        request: _verifiers_pb2.IssueVerifierTokenRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_verifiers_pb2.IssueVerifierTokenResponse, _abc.Awaitable[_verifiers_pb2.IssueVerifierTokenResponse]]: ...
 
 def add_SignerServiceServicer_to_server(servicer: SignerServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

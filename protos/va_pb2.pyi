@@ -494,12 +494,19 @@ class Issuer(_message.Message):
     KEY_ID_FIELD_NUMBER: _builtins.int
     CERTIFICATE_DER_FIELD_NUMBER: _builtins.int
     ACTIVE_FIELD_NUMBER: _builtins.int
+    COMPROMISED_AT_FIELD_NUMBER: _builtins.int
     kind: Global___CertKind.ValueType
     """CERT_KIND_UNSPECIFIED for the root"""
     key_id: _builtins.bytes
     certificate_der: _builtins.bytes
     active: _builtins.bool
     """the generation new certificates are issued from"""
+    @_builtins.property
+    def compromised_at(self) -> _timestamp_pb2.Timestamp:
+        """Set when the generation's key was compromised (第14条, announced per 第15条3項):
+        every certificate it signed lost effect at this time (ISSUER_KEY_COMPROMISE).
+        """
+
     def __init__(
         self,
         *,
@@ -507,10 +514,11 @@ class Issuer(_message.Message):
         key_id: _builtins.bytes = ...,
         certificate_der: _builtins.bytes = ...,
         active: _builtins.bool = ...,
+        compromised_at: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["compromised_at", b"compromised_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["active", b"active", "certificate_der", b"certificate_der", "key_id", b"key_id", "kind", b"kind"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["active", b"active", "certificate_der", b"certificate_der", "compromised_at", b"compromised_at", "key_id", b"key_id", "kind", b"kind"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

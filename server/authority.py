@@ -1,8 +1,8 @@
 """The certificate authority's keys and certificates, as the signer uses them.
 
 Keys live in the HSM and are found by label; certificates and which generation is
-active live in the registry. `bootstrap` creates a missing hierarchy (root, one
-issuing CA per kind, the snapshot key): the embedded default's key ceremony.
+active live in the registry, read on every use so a rotation made by an operator
+reaches a running signer. The key ceremony (server.ceremony) creates them.
 """
 
 from __future__ import annotations
@@ -17,12 +17,12 @@ from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPri
 from cryptography.hazmat.primitives.serialization import Encoding
 
 import hsm
-from server import profiles
-from server.clock import Clock
 from server.domain import CertKind
 from server.registry import IssuerRecord, Registry, RegistryTxn
 
-_SNAPSHOT_SIGNER = "snapshot_signer"
+#: Registry meta entries of the root-certified signer keys.
+SNAPSHOT_SIGNER = "snapshot_signer"
+VERIFIER_TOKEN_SIGNER = "verifier_token_signer"  # noqa: S105 (a name, not a secret)
 
 
 @dataclass(frozen=True)
@@ -46,6 +46,9 @@ class AuthoritySettings:
     def snapshot_label(self) -> str:
         return f"{self.label_prefix}-snapshot"
 
+    def verifier_token_label(self) -> str:
+        return f"{self.label_prefix}-verifier-token"
+
 
 class AuthorityError(Exception):
     pass
@@ -66,7 +69,7 @@ class Authority:
         for record in self._records():
             if record.kind is None:
                 return record
-        raise AuthorityError("no root CA: run the key ceremony (bootstrap) first")
+        raise AuthorityError("no root CA: run the key ceremony first")
 
     def issuers(self) -> list[IssuerRecord]:
         """Every issuing-CA generation, oldest first within a kind."""
@@ -88,83 +91,36 @@ class Authority:
     def key(self, record: IssuerRecord) -> CertificateIssuerPrivateKeyTypes:
         return self._hsm.key(record.key_label)
 
-    def snapshot_signer(self) -> tuple[CertificateIssuerPrivateKeyTypes, x509.Certificate]:
+    def _signer(self, name: str) -> tuple[str, x509.Certificate]:
         with self._registry.read() as tx:
-            raw = tx.meta(_SNAPSHOT_SIGNER)
-        if raw is None:
-            raise AuthorityError("no snapshot key: run the key ceremony (bootstrap) first")
-        data = json.loads(raw)
-        cert = x509.load_der_x509_certificate(base64.b64decode(data["certificate"]))
-        return self._hsm.key(data["label"]), cert
+            found = signer_meta(tx).get(name)
+        if found is None:
+            raise AuthorityError(f"no {name.replace('_', ' ')}: run the key ceremony first")
+        return found
+
+    def snapshot_signer(self) -> tuple[CertificateIssuerPrivateKeyTypes, x509.Certificate]:
+        label, cert = self._signer(SNAPSHOT_SIGNER)
+        return self._hsm.key(label), cert
+
+    def verifier_token_signer(self) -> tuple[CertificateIssuerPrivateKeyTypes, x509.Certificate]:
+        """The key and certificate that sign verifier tokens."""
+        label, cert = self._signer(VERIFIER_TOKEN_SIGNER)
+        return self._hsm.key(label), cert
 
 
-def _put_snapshot_signer(tx: RegistryTxn, label: str, cert: x509.Certificate) -> None:
+def signer_meta(tx: RegistryTxn) -> dict[str, tuple[str, x509.Certificate]]:
+    """The root-certified signer keys in the registry: meta name -> (key label, certificate)."""
+    out = {}
+    for name in (SNAPSHOT_SIGNER, VERIFIER_TOKEN_SIGNER):
+        raw = tx.meta(name)
+        if raw is not None:
+            data = json.loads(raw)
+            cert = x509.load_der_x509_certificate(base64.b64decode(data["certificate"]))
+            out[name] = (data["label"], cert)
+    return out
+
+
+def put_signer_meta(tx: RegistryTxn, name: str, label: str, cert: x509.Certificate) -> None:
+    """Record a root-certified signer key (snapshot, verifier token) in the registry."""
     der = base64.b64encode(cert.public_bytes(Encoding.DER)).decode()
-    tx.set_meta(_SNAPSHOT_SIGNER, json.dumps({"label": label, "certificate": der}).encode())
-
-
-def bootstrap(
-    token: hsm.Hsm, registry: Registry, clock: Clock, settings: AuthoritySettings
-) -> list[str]:
-    """Create whatever part of the hierarchy is missing; returns what was created.
-
-    Idempotent: keys are found by label and certificates by registry record, so a
-    second run creates nothing.
-    """
-    created: list[str] = []
-    now = clock.now()
-    authority = Authority(token, registry)
-    with registry.read() as tx:
-        records = tx.issuers()
-        snapshot_meta = tx.meta(_SNAPSHOT_SIGNER)
-    root = next((r for r in records if r.kind is None), None)
-    if root is None:
-        key = token.find_or_generate(settings.root_label(), settings.ca_key_type)
-        cert = profiles.root_certificate(
-            key, now - timedelta(minutes=5), now + settings.root_validity
-        )
-        root = IssuerRecord(
-            kind=None,
-            key_id=profiles.key_id(key.public_key()),
-            key_label=settings.root_label(),
-            certificate_der=cert.public_bytes(Encoding.DER),
-            active=True,
-        )
-        with registry.write() as wtx:
-            wtx.put_issuer(root)
-        created.append(f"root CA ({settings.root_label()})")
-    root_key = authority.key(root)
-    root_cert = root.certificate
-    for kind in CertKind:
-        if any(r.kind is kind for r in records):
-            continue
-        label = settings.issuer_label(kind, 1)
-        key = token.find_or_generate(label, settings.ca_key_type)
-        cert = profiles.issuing_ca_certificate(
-            root_key,
-            root_cert,
-            kind,
-            key.public_key(),
-            now - timedelta(minutes=5),
-            now + settings.issuer_validity,
-        )
-        record = IssuerRecord(
-            kind, profiles.key_id(key.public_key()), label, cert.public_bytes(Encoding.DER), True
-        )
-        with registry.write() as wtx:
-            wtx.put_issuer(record)
-        created.append(f"{kind.name} issuing CA ({label})")
-    if snapshot_meta is None:
-        label = settings.snapshot_label()
-        key = token.find_or_generate(label, settings.snapshot_key_type)
-        cert = profiles.snapshot_signer_certificate(
-            root_key,
-            root_cert,
-            key.public_key(),
-            now - timedelta(minutes=5),
-            now + settings.issuer_validity,
-        )
-        with registry.write() as wtx:
-            _put_snapshot_signer(wtx, label, cert)
-        created.append(f"snapshot signer ({label})")
-    return created
+    tx.set_meta(name, json.dumps({"label": label, "certificate": der}).encode())

@@ -17,18 +17,27 @@ from typing import Any
 import hsm
 from bench.cli import add_commands as add_bench_commands
 from client._cli import add_commands
+from hsm._cli import add_commands as add_hsm_commands
 from server import demo
+from server.certificate_cli import add_certificate_commands
 from server.config import (
     PIN_ENV,
     ConfigError,
     ResponderConfig,
     SignerConfig,
+    TlsFiles,
     hsm_config,
     load_toml,
     merge,
+    parse_duration,
+    tls_files,
 )
+from server.ocsp_keys import RenewPolicy
+from server.registry_cli import add_registry_group
+from server.report_cli import add_report_commands
 from server.responder_app import serve
 from server.signer_app import start_signer
+from server.verifier_cli import add_token_commands, add_verifier_commands
 
 EXIT_USAGE = 2
 
@@ -56,6 +65,39 @@ def _hsm_from(args: argparse.Namespace, file_values: dict[str, Any]) -> hsm.HsmC
     )
 
 
+def _add_publishing_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group(
+        "snapshots and retention (保存期間; durations: 5s, 24h, 3650d)"
+    )
+    group.add_argument(
+        "--full-interval", metavar="DURATION", help="between full snapshots (default 24h)"
+    )
+    group.add_argument(
+        "--delta-interval",
+        metavar="DURATION",
+        help="between delta snapshots while anything changed (default 5s; 0: on request)",
+    )
+    group.add_argument("--retention-issuance-record", metavar="DURATION")
+    group.add_argument("--retention-loss-record", metavar="DURATION")
+    group.add_argument("--retention-crl-file", metavar="DURATION")
+
+
+def _add_tls_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("mTLS (required unless --insecure-loopback)")
+    group.add_argument("--tls-cert", help="server certificate chain (PEM)")
+    group.add_argument("--tls-key", help="server private key (PEM)")
+    group.add_argument("--client-ca", help="CA certificates that issue client certificates (PEM)")
+
+
+def _tls_from(args: argparse.Namespace, file_values: dict[str, Any]) -> TlsFiles | None:
+    table = file_values.get("tls", {})
+    return tls_files(
+        args.tls_cert or table.get("cert"),
+        args.tls_key or table.get("key"),
+        args.client_ca or table.get("client_ca"),
+    )
+
+
 def signer_config(args: argparse.Namespace) -> SignerConfig:
     file_values = load_toml(args.config)
     values = merge(
@@ -64,25 +106,47 @@ def signer_config(args: argparse.Namespace) -> SignerConfig:
             "data_dir": args.data_dir,
             "listen": args.listen,
             "base_url": args.base_url,
-            "publish_interval": args.publish_interval,
+            "full_interval": args.full_interval,
+            "delta_interval": args.delta_interval,
+            "retention_issuance_record": args.retention_issuance_record,
+            "retention_loss_record": args.retention_loss_record,
+            "retention_crl_file": args.retention_crl_file,
             "insecure_loopback": args.insecure_loopback or None,
             "bootstrap": args.bootstrap or None,
+            "operator_certs": args.operator_cert,
+            "sign_queue_limit": args.sign_queue_limit,
+            "sign_queue_wait": args.sign_queue_wait,
+            "metrics_port": args.metrics_port,
         },
         SignerConfig,
     )
     values.pop("hsm", None)
+    values.pop("tls", None)
     if "data_dir" not in values:
         raise ConfigError("--data-dir is required")
     values["data_dir"] = Path(values["data_dir"])
+    for name in (
+        "full_interval",
+        "delta_interval",
+        "retention_issuance_record",
+        "retention_loss_record",
+        "retention_crl_file",
+    ):
+        if name in values:
+            values[name] = parse_duration(values[name], name.replace("_", " "))
+    values["operator_certs"] = tuple(Path(p) for p in values.get("operator_certs") or ())
     try:
-        return SignerConfig(hsm=_hsm_from(args, file_values), **values)
+        return SignerConfig(
+            hsm=_hsm_from(args, file_values), tls=_tls_from(args, file_values), **values
+        )
     except TypeError as exc:
         raise ConfigError(str(exc)) from None
 
 
 def responder_config(args: argparse.Namespace) -> ResponderConfig:
+    file_values = load_toml(args.config)
     values = merge(
-        load_toml(args.config),
+        file_values,
         {
             "snapshot_dir": args.snapshots,
             "state_dir": args.state_dir,
@@ -92,9 +156,18 @@ def responder_config(args: argparse.Namespace) -> ResponderConfig:
             "signer": args.signer,
             "insecure_loopback": args.insecure_loopback or None,
             "poll_interval": args.poll_interval,
+            "crl_retention_days": args.crl_retention_days,
+            "loopback_verifier": args.loopback_verifier,
+            "ocsp_renew_at": args.ocsp_renew_at,
         },
         ResponderConfig,
     )
+    if "ocsp_renew_at" in values:
+        try:
+            values["ocsp_renew_at"] = RenewPolicy.parse(str(values["ocsp_renew_at"]))
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+    values.pop("tls", None)
     for required, flag in (("snapshot_dir", "--snapshots"), ("state_dir", "--state-dir")):
         if required not in values:
             raise ConfigError(f"{flag} is required")
@@ -102,7 +175,7 @@ def responder_config(args: argparse.Namespace) -> ResponderConfig:
     values["state_dir"] = Path(values["state_dir"])
     values["trust_anchors"] = tuple(Path(p) for p in values.get("trust_anchors") or ())
     try:
-        return ResponderConfig(**values)
+        return ResponderConfig(tls=_tls_from(args, file_values), **values)
     except TypeError as exc:
         raise ConfigError(str(exc)) from None
 
@@ -126,7 +199,9 @@ def run_responder(args: argparse.Namespace) -> int:
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    return demo.run(args.dir, args.port, stop=threading.Event(), reset=args.reset)
+    return demo.run(
+        args.dir, args.port, stop=threading.Event(), reset=args.reset, http_port=args.http_port
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -140,6 +215,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="set up and run everything on loopback")
     demo.add_argument("--dir", type=Path, default=Path("jpki-va-demo"))
     demo.add_argument("--port", type=int, default=50051, help="responder gRPC port")
+    demo.add_argument(
+        "--http-port", type=int, default=8080, help="responder HTTP port (OCSP, CRLs)"
+    )
     demo.add_argument("--reset", action="store_true", help="recreate the directory")
     demo.set_defaults(func=run_demo)
 
@@ -148,9 +226,21 @@ def build_parser() -> argparse.ArgumentParser:
     signer.add_argument("--data-dir", help="registry and snapshots live here")
     signer.add_argument("--listen", help="HOST:PORT (default 127.0.0.1:50052)")
     signer.add_argument("--base-url", help="public URL of the responder's HTTP endpoint")
-    signer.add_argument("--publish-interval", type=float, help="seconds between snapshots")
+    _add_publishing_options(signer)
     signer.add_argument("--bootstrap", action="store_true", help="create a missing CA hierarchy")
     signer.add_argument("--insecure-loopback", action="store_true", help="plaintext on loopback")
+    _add_tls_options(signer)
+    signer.add_argument(
+        "--operator-cert", action="append", metavar="FILE",
+        help="client certificate (PEM) allowed registry operations; repeatable (with mTLS)",
+    )  # fmt: skip
+    signer.add_argument(
+        "--sign-queue-limit", type=int, help="requests that may wait for the HSM (default 8)"
+    )
+    signer.add_argument(
+        "--sign-queue-wait", type=float, help="seconds a request may wait for the HSM (default 5)"
+    )
+    signer.add_argument("--metrics-port", type=int, help="Prometheus /metrics on 127.0.0.1")
     _add_hsm_options(signer)
     signer.set_defaults(func=run_signer)
 
@@ -166,9 +256,28 @@ def build_parser() -> argparse.ArgumentParser:
     responder.add_argument("--signer", help="signer HOST:PORT for OCSP-signer certificates")
     responder.add_argument("--poll-interval", type=float, help="seconds between snapshot scans")
     responder.add_argument("--insecure-loopback", action="store_true", help="plaintext on loopback")
+    responder.add_argument(
+        "--ocsp-renew-at",
+        help="renew the delegated OCSP signer at this fraction of its life (0.5, the "
+        "default) or this long before it expires (36h, 2d)",
+    )
+    responder.add_argument(
+        "--crl-retention-days", type=float, help="keep CRL files this long (default 365)"
+    )
+    responder.add_argument(
+        "--loopback-verifier", metavar="ID",
+        help="with --insecure-loopback: the verifier of calls without x-jpki-verifier",
+    )  # fmt: skip
+    _add_tls_options(responder)
     responder.set_defaults(func=run_responder)
 
     add_commands(sub)
+    add_hsm_commands(sub)
+    registry = add_registry_group(sub)
+    add_verifier_commands(registry)
+    add_certificate_commands(registry)
+    add_token_commands(sub)
+    add_report_commands(sub)
     add_bench_commands(sub)
     return parser
 

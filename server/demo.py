@@ -16,18 +16,20 @@ import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import grpc
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from cryptography.x509.oid import NameOID
 
 import hsm
-from protos import signer_pb2, signer_pb2_grpc, va_pb2
+from protos import signer_pb2, signer_pb2_grpc, va_pb2, verifiers_pb2
 from server.config import ResponderConfig, SignerConfig
-from server.domain import CertKind, CrlReason, LossCause
+from server.domain import CertKind, CrlReason, LossCause, Role
 from server.responder_app import Responder
 from server.signer_app import SignerApp, start_signer
 
@@ -35,6 +37,10 @@ log = logging.getLogger(__name__)
 
 TOKEN_LABEL = "jpki-va-demo"  # noqa: S105 (a token label, not a secret)
 DEMO_FILE = "demo.json"
+# The demo's verifier holds every role, so every provision can be tried; plaintext
+# callers without an x-jpki-verifier header are this verifier (responder option).
+DEMO_VERIFIER = "demo"
+DEMO_AGREEMENT = "DEMO-AGREEMENT-1"
 
 
 @dataclass(frozen=True)
@@ -190,7 +196,7 @@ def _start(directory: Path, info: dict[str, Any], bootstrap: bool) -> SignerApp:
         listen=info["signer"],
         base_url=info["http"],
         insecure_loopback=True,
-        publish_interval=2.0,
+        delta_interval=2.0,
         bootstrap=bootstrap,
     )
     return start_signer(config)
@@ -210,9 +216,37 @@ def _populate(directory: Path, info: dict[str, Any], signer: SignerApp) -> None:
                 setup.issue(holder, kind)
         for (holder_slug, kind), (cause, reason) in LOSSES.items():
             setup.lose(holder_slug, kind, cause, reason)
+        _register_verifier(certs_dir, stub)
         stub.PublishSnapshot(signer_pb2.PublishSnapshotRequest(full=True), timeout=60)
         info["certs"] = setup.entries
     del signer
+
+
+def _register_verifier(certs_dir: Path, stub: signer_pb2_grpc.SignerServiceStub) -> None:
+    """The demo verifier, with a self-signed client certificate to show the identity."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "jpki-va demo verifier")])
+    now = datetime.now(UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=5))
+        .not_valid_after(now + timedelta(days=365))
+        .sign(key, hashes.SHA256())
+    )
+    (certs_dir / "demo-verifier.pem").write_bytes(_pem(cert))
+    stub.AddVerifier(
+        verifiers_pb2.AddVerifierRequest(
+            id=DEMO_VERIFIER,
+            roles=[int(r) for r in Role],  # type: ignore[misc]
+            client_certificate_der=[cert.public_bytes(serialization.Encoding.DER)],
+            agreement=DEMO_AGREEMENT,
+        ),
+        timeout=30,
+    )
 
 
 def _print_help(directory: Path, info: dict[str, Any]) -> None:
@@ -234,6 +268,11 @@ def _print_help(directory: Path, info: dict[str, Any]) -> None:
         f"-cert {d}/{revoked['cert']} -CAfile {d}/{info['root']} -resp_text",
         f"  jpki-va check --server {info['responder']} --insecure-loopback "
         "--kind card-sign --serial 0123456789ABCDEF   # never issued: UNKNOWN",
+        f"  jpki-va token request --signer {info['signer']} --insecure-loopback "
+        f"--verifier {DEMO_VERIFIER} --out token.jws",
+        f"  jpki-va token verify --token token.jws --root {d}/{info['root']}",
+        f"  jpki-va report annual --year {datetime.now(UTC).year} "
+        f"--ledger {d}/responder/ledger --ledger {d}/signer/ledger",
         "",
         "Press Ctrl-C to stop.",
     ]
@@ -266,6 +305,9 @@ def run(
         fresh = True
     else:
         fresh = False
+        # Same token, registry and certificates; listen where asked this time.
+        info["responder"] = f"127.0.0.1:{port}"
+        info["signer"] = f"127.0.0.1:{signer_port or port + 1}"
         print(f"reusing {directory} (--reset to recreate)", file=sys.stderr)
     signer = _start(directory, info, bootstrap=fresh)
     responder: Responder | None = None
@@ -273,6 +315,7 @@ def run(
     try:
         if fresh:
             _populate(directory, info, signer)
+        sized: dict[str, Any] = {"workers": workers} if workers else {}
         responder = Responder(
             ResponderConfig(
                 snapshot_dir=signer.config.snapshot_dir,
@@ -281,8 +324,9 @@ def run(
                 listen=info["responder"],
                 signer=info["signer"],
                 insecure_loopback=True,
+                loopback_verifier=DEMO_VERIFIER,
                 poll_interval=0.5,
-                **({"workers": workers} if workers else {}),
+                **sized,
             )
         )
         responder.start()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Self
 
 from cryptography import x509
 from cryptography.x509.oid import ObjectIdentifier
@@ -22,7 +23,35 @@ OID_VERIFIER_TOKEN_SIGNING = ObjectIdentifier(f"{ARC}.3")  # EKU of the verifier
 OID_POLICY_BASE = f"{ARC}.10"  # certificate policy per kind: ARC.10.<kind>
 
 
-class CertKind(enum.IntEnum):
+class _Slugged(enum.IntEnum):
+    """Wire enums that also have a lower-case, dashed name for CLIs, files and URLs."""
+
+    @property
+    def slug(self) -> str:
+        return self.name.lower().replace("_", "-")
+
+    @classmethod
+    def from_slug(cls, text: str) -> Self:
+        try:
+            return cls[text.strip().upper().replace("-", "_")]
+        except KeyError:
+            names = ", ".join(member.slug for member in cls)
+            what = _DESCRIPTIONS.get(cls.__name__, cls.__name__)
+            raise ValueError(f"unknown {what} {text!r} (expected {names})") from None
+
+
+_DESCRIPTIONS = {
+    "CertKind": "certificate kind",
+    "LossCause": "loss cause",
+    "CrlReason": "CRL reason",
+    "LinkType": "link type",
+    "ResidentEvent": "resident event",
+    "Role": "verifier role",
+    "Provision": "provision",
+}
+
+
+class CertKind(_Slugged):
     """The four kinds of personal certificate (vocabulary: DESIGN §1)."""
 
     CARD_SIGN = 1
@@ -38,21 +67,8 @@ class CertKind(enum.IntEnum):
     def is_mobile(self) -> bool:
         return self in (CertKind.MOBILE_SIGN, CertKind.MOBILE_AUTH)
 
-    @property
-    def slug(self) -> str:
-        """Lower-case name with dashes, used in CLI options, file names and URLs."""
-        return self.name.lower().replace("_", "-")
 
-    @classmethod
-    def from_slug(cls, text: str) -> CertKind:
-        try:
-            return cls[text.strip().upper().replace("-", "_")]
-        except KeyError:
-            names = ", ".join(k.slug for k in cls)
-            raise ValueError(f"unknown certificate kind {text!r} (expected {names})") from None
-
-
-class LossCause(enum.IntEnum):
+class LossCause(_Slugged):
     """Why a certificate lost effect, in the law's terms (DESIGN §1)."""
 
     HOLDER_REQUEST = 1
@@ -61,20 +77,8 @@ class LossCause(enum.IntEnum):
     ISSUER_KEY_COMPROMISE = 4
     CARD_CERT_LOST_EFFECT = 5
 
-    @property
-    def slug(self) -> str:
-        return self.name.lower().replace("_", "-")
 
-    @classmethod
-    def from_slug(cls, text: str) -> LossCause:
-        try:
-            return cls[text.strip().upper().replace("-", "_")]
-        except KeyError:
-            names = ", ".join(c.slug for c in cls)
-            raise ValueError(f"unknown loss cause {text!r} (expected one of {names})") from None
-
-
-class CrlReason(enum.IntEnum):
+class CrlReason(_Slugged):
     """RFC 5280 CRLReason with the RFC's own numbers."""
 
     UNSPECIFIED = 0
@@ -87,18 +91,6 @@ class CrlReason(enum.IntEnum):
     REMOVE_FROM_CRL = 8
     PRIVILEGE_WITHDRAWN = 9
     AA_COMPROMISE = 10
-
-    @property
-    def slug(self) -> str:
-        return self.name.lower().replace("_", "-")
-
-    @classmethod
-    def from_slug(cls, text: str) -> CrlReason:
-        try:
-            return cls[text.strip().upper().replace("-", "_")]
-        except KeyError:
-            names = ", ".join(r.slug for r in cls)
-            raise ValueError(f"unknown CRL reason {text!r} (expected one of {names})") from None
 
     def to_x509(self) -> x509.ReasonFlags:
         return _TO_X509[self]
@@ -121,6 +113,26 @@ _TO_X509 = {
     CrlReason.AA_COMPROMISE: x509.ReasonFlags.aa_compromise,
 }
 _FROM_X509 = {v: k for k, v in _TO_X509.items()}
+
+
+class LinkType(_Slugged):
+    """Correspondences between a holder's certificates (DESIGN §1), and renewal."""
+
+    CARD_SIGN_MOBILE_SIGN = 1  # 対応署名用電子証明書の発行の番号
+    CARD_AUTH_CARD_SIGN = 2  # 対応証明書の発行の番号
+    CARD_AUTH_MOBILE_AUTH = 3  # 対応利用者証明用電子証明書の発行の番号
+    RENEWAL = 4  # old -> new certificate of the same kind and holder
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class Link:
+    """A directed link between two certificates; `a` is the card (or the old) one."""
+
+    type: LinkType
+    a_kind: CertKind
+    a_serial: int
+    b_kind: CertKind
+    b_serial: int
 
 
 class Status(enum.IntEnum):
@@ -207,3 +219,66 @@ def record_key(kind: CertKind, serial: int) -> bytes:
 
 def parse_record_key(key: bytes) -> tuple[CertKind, int]:
     return CertKind(key[0]), int.from_bytes(key[1:21], "big")
+
+
+class Role(_Slugged):
+    """What the law lets a verifier receive (DESIGN §7). A verifier may hold several."""
+
+    SIGNING_VERIFIER = 1  # 署名検証者
+    GROUP_SIGNING_VERIFIER = 2  # 団体署名検証者
+    AUTH_VERIFIER = 3  # 利用者証明検証者
+    SPECIFIC_AUTH_VERIFIER = 4  # 特定利用者証明検証者
+
+
+class Provision(_Slugged):
+    """The nine kinds of provision the annual report (第41条) covers."""
+
+    SIGNING_STATUS = 1  # 署名用電子証明書失効情報 (第18条1項)
+    SIGNING_CRL = 2  # 署名用電子証明書失効情報ファイル (第18条2項)
+    SIGNING_RECORD = 3  # 特定署名用電子証明書記録情報 (第18条3項)
+    MAP_CARD_SIGN_MOBILE_SIGN = 4  # 対応署名用電子証明書の発行の番号 (第18条4項)
+    MAP_CARD_AUTH_CARD_SIGN = 5  # 対応証明書の発行の番号 (第18条5項)
+    AUTH_STATUS = 6  # 利用者証明用電子証明書失効情報 (第37条1項)
+    AUTH_CRL = 7  # 利用者証明用電子証明書失効情報ファイル (第37条2項)
+    MAP_CARD_AUTH_MOBILE_AUTH = 8  # 対応利用者証明用電子証明書の発行の番号 (第37条3項)
+    VERIFIER_TOKEN = 9  # 特定利用者証明検証者証明符号 (第38条の3)
+
+
+@dataclass(frozen=True, slots=True)
+class Verifier:
+    """A verifier as the signer registered it: who it is and what it may receive.
+
+    `cert_fingerprints` are SHA-256 fingerprints of the mTLS client certificates that
+    identify it (several, so a certificate can be renewed without a gap). `agreement`
+    is the reference of the 取決め that 第38条の3第3項 requires before a verifier token.
+    """
+
+    id: str
+    roles: frozenset[Role]
+    cert_fingerprints: tuple[bytes, ...]
+    agreement: str | None = None
+    agreement_date: str | None = None  # YYYY-MM-DD
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "id": self.id,
+            "roles": sorted(r.name for r in self.roles),
+            "cert_fingerprints": [f.hex() for f in self.cert_fingerprints],
+            "agreement": self.agreement,
+            "agreement_date": self.agreement_date,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, object]) -> Verifier:
+        roles = data["roles"]
+        prints = data["cert_fingerprints"]
+        if not isinstance(roles, list) or not isinstance(prints, list):
+            raise ValueError("verifier roles and cert_fingerprints must be lists")
+        agreement, agreement_date = data.get("agreement"), data.get("agreement_date")
+        return cls(
+            id=str(data["id"]),
+            roles=frozenset(Role[str(r)] for r in roles),
+            cert_fingerprints=tuple(bytes.fromhex(str(f)) for f in prints),
+            agreement=None if agreement is None else str(agreement),
+            agreement_date=None if agreement_date is None else str(agreement_date),
+        )

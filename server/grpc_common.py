@@ -39,9 +39,15 @@ def _aborted(exc: BaseException, context: grpc.ServicerContext) -> bool:
     return isinstance(exc, grpc.RpcError) or context.code() is not None  # type: ignore[attr-defined]
 
 
+# Trailing metadata naming the worker process that answered: with N workers on one
+# port, operators (and tests) can tell which one served a call.
+SERVED_BY = "x-jpki-va-worker"
+
+
 class ErrorMappingInterceptor(_Interceptor):
-    def __init__(self, mapping: ErrorMap) -> None:
+    def __init__(self, mapping: ErrorMap, served_by: str | None = None) -> None:
         self._mapping = mapping
+        self._trailer = () if served_by is None else ((SERVED_BY, served_by),)
 
     def _abort(self, exc: BaseException, context: grpc.ServicerContext, method: str) -> None:
         code = _status_for(exc, self._mapping)
@@ -63,6 +69,8 @@ class ErrorMappingInterceptor(_Interceptor):
             inner_uu = handler.unary_unary
 
             def unary_unary(request: Any, context: grpc.ServicerContext) -> Any:
+                if self._trailer:
+                    context.set_trailing_metadata(self._trailer)
                 try:
                     return inner_uu(request, context)
                 except Exception as exc:
@@ -79,6 +87,8 @@ class ErrorMappingInterceptor(_Interceptor):
             assert inner is not None
 
             def streaming(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+                if self._trailer:
+                    context.set_trailing_metadata(self._trailer)
                 try:
                     yield from inner(request, context)
                 except Exception as exc:
@@ -101,11 +111,15 @@ def build_server(
     max_workers: int,
     mapping: ErrorMap,
     options: Iterable[tuple[str, Any]] = (),
+    served_by: str | None = None,
+    maximum_concurrent_rpcs: int | None = None,
 ) -> grpc.Server:
+    """A server; past ``maximum_concurrent_rpcs`` gRPC answers RESOURCE_EXHAUSTED itself."""
     return grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers),
-        interceptors=[ErrorMappingInterceptor(mapping)],
+        interceptors=[ErrorMappingInterceptor(mapping, served_by)],
         options=list(options),
+        maximum_concurrent_rpcs=maximum_concurrent_rpcs,
     )
 
 

@@ -2,7 +2,15 @@
 
 One environment per full snapshot, built in its own directory with sorted
 `append=True` writes and published by an atomic flip of the `current` symlink.
+A delta snapshot is applied to the live environment in ONE write transaction
+(`apply_delta`), which the workers' per-request read transactions see at once.
 The status of (kind, serial) is one `get` in the `status` database.
+
+Databases: `status` (record key -> packed value, records.py), `issuers` (CertID
+hashes -> kind, ordinal), `meta` (`manifest`: what the index reflects; `version`:
+bumped by every delta so readers reload `manifest` cheaply; `issuers`: PEM),
+`links` (key(a) + key(b) -> type, direction; both directions), `signing_records`
+(key -> JSON), `consents` (key + verifier -> b""), `events` (sequence -> JSON).
 """
 
 from __future__ import annotations
@@ -13,6 +21,7 @@ import logging
 import mmap
 import os
 import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -23,22 +32,56 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from server.domain import CertKind, StatusRecord, record_key
+from server.domain import (
+    CertKind,
+    Link,
+    LinkType,
+    StatusRecord,
+    Verifier,
+    parse_record_key,
+    record_key,
+)
+from server.law.issuer_compromise import Compromise
 from server.profiles import crl_entry_cause, crl_entry_reason, key_id
 from server.records import (
     pack_value,
     partition_text,
     read_records,
+    unpack_loss,
     unpack_value,
+    with_loss,
 )
+from server.registry import LossEvent
+from server.snapshot import CONSENTS as CONSENTS_FILE
+from server.snapshot import EVENTS as EVENTS_FILE
+from server.snapshot import LINKS as LINKS_FILE
 from server.snapshot import RECORDS as RECORDS_FILE
-from server.snapshot import SnapshotRejected, VerifiedSnapshot
+from server.snapshot import SIGNING_RECORDS as SIGNING_RECORDS_FILE
+from server.snapshot import VERIFIERS as VERIFIERS_FILE
+from server.snapshot import (
+    CrlInfo,
+    Manifest,
+    SnapshotRejected,
+    VerifiedSnapshot,
+    compromise_from_json,
+    compromise_to_json,
+)
+from server.snapshot_data import (
+    SigningRecord,
+    event_line,
+    parse_consent,
+    parse_event,
+    parse_link,
+    parse_signing_record,
+    read_lines,
+)
 
 log = logging.getLogger(__name__)
 
 CURRENT = "current"
 _MAP_SIZE = 1 << 40  # address space only; the file grows as needed
-_DBS = (b"status", b"issuers", b"meta")
+_DBS = (b"status", b"issuers", b"meta", b"links", b"signing_records", b"consents", b"events")
+_VERSION = b"version"
 
 
 def index_dirname(sequence: int) -> str:
@@ -66,6 +109,19 @@ class CrlTimes:
     number: int
     this_update: datetime
     next_update: datetime
+
+
+class VerifierTable:
+    """The verifier registry of one index: by id and by client-certificate fingerprint."""
+
+    def __init__(self, entries: list[dict[str, Any]]) -> None:
+        self.by_id: dict[str, Verifier] = {}
+        self.by_fingerprint: dict[bytes, Verifier] = {}
+        for entry in entries:
+            verifier = Verifier.from_json(entry)
+            self.by_id[verifier.id] = verifier
+            for fingerprint in verifier.cert_fingerprints:
+                self.by_fingerprint[fingerprint] = verifier
 
 
 @dataclass(frozen=True)
@@ -100,52 +156,84 @@ def build_index(snapshot: VerifiedSnapshot, index_root: Path) -> Path:
     return final
 
 
-def _revocations(snapshot: VerifiedSnapshot) -> tuple[dict[bytes, tuple[int, int, int]], set[Any]]:
-    revoked: dict[bytes, tuple[int, int, int]] = {}
+Revocation = tuple[int, int, int]  # revoked_at, cause, reason
+
+
+def _entry_value(info_file: str, entry: x509.RevokedCertificate) -> Revocation:
+    cause = crl_entry_cause(entry)
+    if cause is None:
+        raise SnapshotRejected(f"{info_file}: CRL entry without a loss cause")
+    return (
+        int(entry.revocation_date_utc.timestamp()),
+        int(cause),
+        int(crl_entry_reason(entry)),
+    )
+
+
+def _revocations(snapshot: VerifiedSnapshot) -> tuple[dict[bytes, Revocation], set[Any]]:
+    revoked: dict[bytes, Revocation] = {}
     scopes = set()
     for vc in snapshot.crls:
         info = vc.info
         scopes.add((info.kind, info.issuer_key_id, info.partition))
         for entry in vc.crl:
-            cause = crl_entry_cause(entry)
-            if cause is None:
-                raise SnapshotRejected(f"{info.file}: CRL entry without a loss cause")
-            key = record_key(info.kind, entry.serial_number)
-            revoked[key] = (
-                int(entry.revocation_date_utc.timestamp()),
-                int(cause),
-                int(crl_entry_reason(entry)),
-            )
+            revoked[record_key(info.kind, entry.serial_number)] = _entry_value(info.file, entry)
     return revoked, scopes
+
+
+def snapshot_events(snapshot: VerifiedSnapshot) -> list[LossEvent]:
+    """The loss events a verified snapshot carries (its events file)."""
+    path = snapshot.path / EVENTS_FILE
+    if EVENTS_FILE not in snapshot.manifest.files:
+        return []
+    try:
+        return [parse_event(line) for line in read_lines(path)]
+    except ValueError as exc:
+        raise SnapshotRejected(f"{EVENTS_FILE}: {exc}") from exc
+
+
+def _check_records_hash(snapshot: VerifiedSnapshot, m: mmap.mmap) -> None:
+    # The verifier hashed this file already; hashing what we read closes the window
+    # in which it could have changed in between.
+    if hashlib.sha256(m).hexdigest() != snapshot.manifest.files[RECORDS_FILE]:
+        raise SnapshotRejected(f"{RECORDS_FILE} changed after verification")
 
 
 def _build(snapshot: VerifiedSnapshot, path: Path) -> None:
     manifest = snapshot.manifest
     revoked, scopes = _revocations(snapshot)
+    compromised = {c.key_id: c for c in manifest.compromises}
+    events = snapshot_events(snapshot)
+    # A compromised generation has no CRL any more: its earlier losses come from the
+    # events (signed with the manifest), the compromise itself from the ARL.
+    for event in events:
+        if event.issuer_key_id in compromised:
+            revoked[record_key(event.kind, event.serial)] = (
+                int(event.loss.time.timestamp()),
+                int(event.loss.cause),
+                int(event.loss.reason),
+            )
     key_ids = manifest.issuer_key_ids
     kinds = {c.info.issuer_key_id: c.info.kind for c in snapshot.crls}
+    kinds.update({c.key_id: c.kind for c in manifest.compromises})
     env = lmdb.open(str(path), map_size=_MAP_SIZE, max_dbs=len(_DBS), sync=False, metasync=False)
     try:
-        status_db, issuers_db, meta_db = (env.open_db(name) for name in _DBS)
+        dbs = {name: env.open_db(name) for name in _DBS}
         records_path = snapshot.path / RECORDS_FILE
-        digest = hashlib.sha256()
         with records_path.open("rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
-            digest.update(m)
-            # The verifier hashed this file already; hashing what we read closes the
-            # window in which it could have changed in between.
-            if digest.hexdigest() != manifest.files[RECORDS_FILE]:
-                raise SnapshotRejected(f"{RECORDS_FILE} changed after verification")
+            _check_records_hash(snapshot, m)
             uncovered: list[bytes] = []
 
             def items() -> Any:
                 for key, nb, na, part, ordinal in read_records(memoryview(m)):
                     kind = CertKind(key[0])
-                    if (kind, key_ids[ordinal], partition_text(part)) not in scopes:
+                    kid = key_ids[ordinal]
+                    if (kind, kid, partition_text(part)) not in scopes and kid not in compromised:
                         uncovered.append(key)
                     yield key, pack_value(nb, na, part, ordinal, *revoked.pop(key, (0, 0, 0)))
 
             with env.begin(write=True) as txn:
-                count = txn.cursor(db=status_db).putmulti(items(), append=True)[1]
+                count = txn.cursor(db=dbs[b"status"]).putmulti(items(), append=True)[1]
         if uncovered:
             raise SnapshotRejected(f"{len(uncovered)} records are in no CRL's scope")
         if revoked:
@@ -158,24 +246,230 @@ def _build(snapshot: VerifiedSnapshot, path: Path) -> None:
                 if kind is None:
                     continue  # a generation with nothing left to answer for
                 for lookup in issuer_lookup_keys(cert):
-                    txn.put(lookup, bytes([kind, ordinal]), db=issuers_db)
+                    txn.put(lookup, bytes([kind, ordinal]), db=dbs[b"issuers"])
+            _put_events(txn, dbs, events)
+            _put_data(txn, dbs, snapshot)
             meta = {
                 "sequence": manifest.sequence,
+                "full_sequence": manifest.sequence,
                 "created_at": manifest.created_at.isoformat(),
                 "event_sequence": manifest.event_sequence,
                 "issuer_key_ids": [k.hex() for k in key_ids],
                 "issuer_kinds": {k.hex(): v.name for k, v in kinds.items()},
                 "crls": [c.info.to_json() for c in snapshot.crls],
+                "crl_base": {_scope_key(c.info): c.info.number for c in snapshot.crls},
+                "full_crls": [c.info.to_json() for c in snapshot.crls],
+                "compromises": [compromise_to_json(c) for c in manifest.compromises],
             }
-            txn.put(b"manifest", json.dumps(meta).encode(), db=meta_db)
+            txn.put(b"manifest", json.dumps(meta).encode(), db=dbs[b"meta"])
+            txn.put(_VERSION, (0).to_bytes(8, "big"), db=dbs[b"meta"])
             txn.put(
                 b"issuers",
                 b"".join(c.public_bytes(Encoding.PEM) for c in snapshot.issuers),
-                db=meta_db,
+                db=dbs[b"meta"],
             )
+            verifiers = [v.to_json() for v in snapshot.verifiers()]
+            txn.put(b"verifiers", json.dumps(verifiers).encode(), db=dbs[b"meta"])
         env.sync(True)
     finally:
         env.close()
+
+
+def _scope_key(info: CrlInfo) -> str:
+    return f"{info.kind.name}:{info.issuer_key_id.hex()}:{info.partition}"
+
+
+def _put_events(txn: lmdb.Transaction, dbs: dict[bytes, Any], events: list[LossEvent]) -> None:
+    for event in events:
+        txn.put(
+            event.sequence.to_bytes(8, "big"),
+            json.dumps(event_line(event), separators=(",", ":")).encode(),
+            db=dbs[b"events"],
+        )
+
+
+def _put_data(txn: lmdb.Transaction, dbs: dict[bytes, Any], snapshot: VerifiedSnapshot) -> None:
+    """Links, signing records and consents of a full or delta snapshot."""
+    files = snapshot.manifest.files
+    try:
+        if LINKS_FILE in files:
+            for line in read_lines(snapshot.path / LINKS_FILE):
+                link = parse_link(line)
+                a, b = (
+                    record_key(link.a_kind, link.a_serial),
+                    record_key(link.b_kind, link.b_serial),
+                )
+                txn.put(a + b, bytes([link.type, 0]), db=dbs[b"links"])
+                txn.put(b + a, bytes([link.type, 1]), db=dbs[b"links"])
+        if SIGNING_RECORDS_FILE in files:
+            for line in read_lines(snapshot.path / SIGNING_RECORDS_FILE):
+                record = parse_signing_record(line)
+                txn.put(
+                    record_key(record.kind, record.serial),
+                    json.dumps(line, ensure_ascii=False, sort_keys=True).encode(),
+                    db=dbs[b"signing_records"],
+                )
+        if CONSENTS_FILE in files:
+            for line in read_lines(snapshot.path / CONSENTS_FILE):
+                consent = parse_consent(line)
+                key = record_key(consent.kind, consent.serial)
+                if consent.granted:
+                    if txn.get(key, db=dbs[b"signing_records"]) is None:
+                        raise ValueError(f"consent to serial {consent.serial:X} without its record")
+                    txn.put(key + consent.verifier.encode(), b"", db=dbs[b"consents"])
+                    continue
+                txn.delete(key + consent.verifier.encode(), db=dbs[b"consents"])
+                cursor = txn.cursor(db=dbs[b"consents"])
+                if not (cursor.set_range(key) and bytes(cursor.key()).startswith(key)):
+                    # No verifier may receive it any more: personal data leaves the index.
+                    txn.delete(key, db=dbs[b"signing_records"])
+    except ValueError as exc:
+        raise SnapshotRejected(f"{snapshot.path.name}: {exc}") from exc
+
+
+def _required(raw: bytes | memoryview | None) -> bytes:
+    if raw is None:
+        raise SnapshotRejected("the index has no manifest metadata")
+    return bytes(raw)
+
+
+class DeltaNotApplicable(Exception):
+    """A valid delta that does not follow the live index: wait for the next full one."""
+
+
+@dataclass(frozen=True)
+class AppliedLoss:
+    kind: CertKind
+    serial: int
+    recorded_at: datetime | None  # registry commit time, when the delta carries the event
+
+
+@dataclass(frozen=True)
+class AppliedDelta:
+    sequence: int
+    records: int
+    losses: list[AppliedLoss]
+
+
+def apply_delta(snapshot: VerifiedSnapshot, index_path: Path) -> AppliedDelta:
+    """Apply a verified delta to the live index at `index_path` in one write transaction.
+
+    Refuses (nothing written) a delta that does not follow the live index, and
+    rejects one whose contents disagree with its signed delta CRLs.
+    """
+    manifest = snapshot.manifest
+    if manifest.type != "delta":
+        raise SnapshotRejected("only a delta snapshot is applied to a live index")
+    env = lmdb.open(str(index_path), map_size=_MAP_SIZE, max_dbs=len(_DBS))
+    try:
+        dbs = {name: env.open_db(name, create=False) for name in _DBS}
+        with env.begin(write=True) as txn:
+            result = _apply(txn, dbs, snapshot)
+        return result
+    finally:
+        env.close()
+
+
+def _check_follows(meta: dict[str, Any], manifest: Manifest) -> None:
+    if manifest.base_sequence != meta["full_sequence"]:
+        raise DeltaNotApplicable(
+            f"delta {manifest.sequence} is based on {manifest.base_sequence}, "
+            f"the live full snapshot is {meta['full_sequence']}"
+        )
+    if manifest.previous_sequence != meta["sequence"]:
+        raise DeltaNotApplicable(
+            f"delta {manifest.sequence} follows {manifest.previous_sequence}, "
+            f"the index reflects {meta['sequence']}"
+        )
+    if [k.hex() for k in manifest.issuer_key_ids] != meta["issuer_key_ids"]:
+        raise DeltaNotApplicable(f"delta {manifest.sequence} has other issuer generations")
+
+
+def _apply_records(
+    txn: lmdb.Transaction, status: Any, snapshot: VerifiedSnapshot, crl_base: dict[str, int]
+) -> int:
+    manifest = snapshot.manifest
+    data = (snapshot.path / RECORDS_FILE).read_bytes()
+    if hashlib.sha256(data).hexdigest() != manifest.files[RECORDS_FILE]:
+        raise SnapshotRejected(f"{RECORDS_FILE} changed after verification")
+    records = 0
+    for key, nb, na, part, ordinal in read_records(data):
+        kid = manifest.issuer_key_ids[ordinal]
+        if f"{CertKind(key[0]).name}:{kid.hex()}:{partition_text(part)}" not in crl_base:
+            raise SnapshotRejected(f"delta record {key.hex()} is in no CRL's scope")
+        if not txn.put(key, pack_value(nb, na, part, ordinal), overwrite=False, db=status):
+            raise SnapshotRejected(f"delta record {key.hex()} is already in the index")
+        records += 1
+    if records != manifest.record_count:
+        raise SnapshotRejected("record count differs from the manifest")
+    return records
+
+
+def _apply_crls(
+    txn: lmdb.Transaction,
+    status: Any,
+    snapshot: VerifiedSnapshot,
+    crl_base: dict[str, int],
+    crls: dict[str, Any],
+) -> list[bytes]:
+    """Revocations of the delta CRLs not yet in the index; updates `crls` (the times)."""
+    newly: list[bytes] = []
+    for vc in snapshot.crls:
+        info = vc.info
+        scope = _scope_key(info)
+        if info.delta_base is None or crl_base.get(scope) != info.delta_base:
+            raise SnapshotRejected(f"{info.file}: not a delta on the live full CRL")
+        for entry in vc.crl:
+            key = record_key(info.kind, entry.serial_number)
+            raw = txn.get(key, db=status)
+            if raw is None:
+                raise SnapshotRejected(f"{info.file}: entry names a certificate never issued")
+            if unpack_loss(bytes(raw))[1] == 0:  # loss is final: the first one stays
+                txn.put(key, with_loss(bytes(raw), *_entry_value(info.file, entry)), db=status)
+                newly.append(key)
+        crls[scope] = info.to_json()
+    return newly
+
+
+def _apply(
+    txn: lmdb.Transaction, dbs: dict[bytes, Any], snapshot: VerifiedSnapshot
+) -> AppliedDelta:
+    manifest = snapshot.manifest
+    meta = json.loads(_required(txn.get(b"manifest", db=dbs[b"meta"])))
+    _check_follows(meta, manifest)
+    status = dbs[b"status"]
+    crl_base: dict[str, int] = meta["crl_base"]
+    records = _apply_records(txn, status, snapshot, crl_base)
+    crls = {_scope_key(CrlInfo.from_json(c)): c for c in meta["crls"]}
+    newly = _apply_crls(txn, status, snapshot, crl_base, crls)
+    events = snapshot_events(snapshot)
+    for event in events:
+        raw = txn.get(record_key(event.kind, event.serial), db=status)
+        revoked_at, cause, _ = (0, 0, 0) if raw is None else unpack_loss(bytes(raw))
+        if cause != event.loss.cause or revoked_at != int(event.loss.time.timestamp()):
+            raise SnapshotRejected(
+                f"event {event.sequence} ({event.kind.name} {event.serial:X}) is not on a CRL"
+            )
+    _put_events(txn, dbs, events)
+    _put_data(txn, dbs, snapshot)
+    if VERIFIERS_FILE in manifest.files:  # the whole registry, replaced
+        verifiers = [v.to_json() for v in snapshot.verifiers()]
+        txn.put(b"verifiers", json.dumps(verifiers).encode(), db=dbs[b"meta"])
+    meta.update(
+        sequence=manifest.sequence,
+        created_at=manifest.created_at.isoformat(),
+        event_sequence=manifest.event_sequence,
+        crls=list(crls.values()),
+    )
+    txn.put(b"manifest", json.dumps(meta).encode(), db=dbs[b"meta"])
+    version = int.from_bytes(txn.get(_VERSION, default=b"\0", db=dbs[b"meta"]), "big")
+    txn.put(_VERSION, (version + 1).to_bytes(8, "big"), db=dbs[b"meta"])
+    recorded = {record_key(e.kind, e.serial): e.recorded_at for e in events}
+    losses = [
+        AppliedLoss(CertKind(key[0]), int.from_bytes(key[1:], "big"), recorded.get(key))
+        for key in newly
+    ]
+    return AppliedDelta(manifest.sequence, records, losses)
 
 
 def publish_index(index_root: Path, built: Path) -> None:
@@ -198,25 +492,63 @@ def current_index(index_root: Path) -> Path | None:
         return None
 
 
+def _crl_times(crls: list[dict[str, Any]]) -> dict[tuple[CertKind, bytes, str], CrlTimes]:
+    out = {}
+    for c in crls:
+        scope = (CertKind[c["kind"]], bytes.fromhex(c["issuer_key_id"]), c["partition"])
+        out[scope] = CrlTimes(
+            number=c["number"],
+            this_update=datetime.fromisoformat(c["this_update"]),
+            next_update=datetime.fromisoformat(c["next_update"]),
+        )
+    return out
+
+
+@dataclass(frozen=True)
+class _Meta:
+    """What a reader caches from `meta`; replaced whole when `version` changes."""
+
+    version: bytes
+    sequence: int
+    full_sequence: int
+    created_at: datetime
+    event_sequence: int
+    crl_times: dict[tuple[CertKind, bytes, str], CrlTimes]  # the latest, full or delta
+    full_crl_times: dict[tuple[CertKind, bytes, str], CrlTimes]  # the full snapshot's
+    next_update: datetime
+    latest_next_update: datetime
+    compromises: dict[bytes, Compromise]
+    verifiers: VerifierTable
+
+
 class Index:
-    """A read-only handle on one index environment. Open it after fork."""
+    """A read-only handle on one index environment. Open it after fork.
+
+    Deltas change the environment under it: every lookup reads `version` in its
+    own read transaction (one small `get`) and reloads the cached metadata when a
+    delta has bumped it, so answers and their CRL times always agree.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self._env = lmdb.open(
             str(path), readonly=True, max_dbs=len(_DBS), lock=True, map_size=_MAP_SIZE
         )
-        self._status, issuers_db, meta_db = (self._env.open_db(name, create=False) for name in _DBS)
-        self._issuers_db = issuers_db
+        dbs = {name: self._env.open_db(name, create=False) for name in _DBS}
+        self._status = dbs[b"status"]
+        self._issuers_db = dbs[b"issuers"]
+        self._meta_db = dbs[b"meta"]
+        self._links = dbs[b"links"]
+        self._signing_records = dbs[b"signing_records"]
+        self._consents = dbs[b"consents"]
+        self._events = dbs[b"events"]
         with self._env.begin() as txn:
-            raw_meta = txn.get(b"manifest", db=meta_db)
-            issuer_pem = txn.get(b"issuers", db=meta_db)
-        if raw_meta is None or issuer_pem is None:
-            raise ValueError(f"{path} is not a complete index")
+            raw_meta = txn.get(b"manifest", db=self._meta_db)
+            issuer_pem = txn.get(b"issuers", db=self._meta_db)
+            if raw_meta is None or issuer_pem is None:
+                raise ValueError(f"{path} is not a complete index")
+            self._meta = self._load_meta(txn)
         meta = json.loads(bytes(raw_meta))
-        self.sequence: int = meta["sequence"]
-        self.created_at = datetime.fromisoformat(meta["created_at"])
-        self.event_sequence: int = meta["event_sequence"]
         self.issuer_key_ids = [bytes.fromhex(k) for k in meta["issuer_key_ids"]]
         kinds = {bytes.fromhex(k): CertKind[v] for k, v in meta["issuer_kinds"].items()}
         self.issuers: dict[bytes, IssuerEntry] = {}
@@ -229,26 +561,93 @@ class Index:
             if generations:
                 newest = max(generations, key=lambda e: e.certificate.not_valid_before_utc)
                 self.issuers[newest.key_id] = replace(newest, active=True)
-        self._crl_times: dict[tuple[CertKind, bytes, str], CrlTimes] = {}
-        for c in meta["crls"]:
-            times = CrlTimes(
-                number=c["number"],
-                this_update=datetime.fromisoformat(c["this_update"]),
-                next_update=datetime.fromisoformat(c["next_update"]),
-            )
-            scope = (CertKind[c["kind"]], bytes.fromhex(c["issuer_key_id"]), c["partition"])
-            self._crl_times[scope] = times
-        self.next_update = min(
-            (t.next_update for t in self._crl_times.values()),
-            default=datetime.fromtimestamp(0, UTC),
+
+    def _load_meta(self, txn: lmdb.Transaction) -> _Meta:
+        version = bytes(txn.get(_VERSION, default=b"", db=self._meta_db))
+        meta = json.loads(_required(txn.get(b"manifest", db=self._meta_db)))
+        crl_times = _crl_times(meta["crls"])
+        full_crl_times = _crl_times(meta.get("full_crls", meta["crls"]))
+        compromises = [compromise_from_json(c) for c in meta.get("compromises", [])]
+        raw_verifiers = txn.get(b"verifiers", db=self._meta_db)
+        epoch = datetime.fromtimestamp(0, UTC)
+        return _Meta(
+            version=version,
+            sequence=meta["sequence"],
+            full_sequence=meta["full_sequence"],
+            created_at=datetime.fromisoformat(meta["created_at"]),
+            event_sequence=meta["event_sequence"],
+            crl_times=crl_times,
+            full_crl_times=full_crl_times,
+            next_update=min((t.next_update for t in crl_times.values()), default=epoch),
+            latest_next_update=max((t.next_update for t in crl_times.values()), default=epoch),
+            compromises={c.key_id: c for c in compromises},
+            verifiers=VerifierTable(
+                [] if raw_verifiers is None else json.loads(bytes(raw_verifiers))
+            ),
         )
 
+    def _fresh(self, txn: lmdb.Transaction) -> None:
+        version = txn.get(_VERSION, default=b"", db=self._meta_db)
+        if bytes(version) != self._meta.version:
+            self._meta = self._load_meta(txn)
+
+    # what the index reflects ------------------------------------------------------------
+    @property
+    def sequence(self) -> int:
+        return self._meta.sequence
+
+    @property
+    def full_sequence(self) -> int:
+        """The full snapshot the index was built from (deltas since then build on it)."""
+        return self._meta.full_sequence
+
+    @property
+    def created_at(self) -> datetime:
+        return self._meta.created_at
+
+    @property
+    def event_sequence(self) -> int:
+        return self._meta.event_sequence
+
+    @property
+    def next_update(self) -> datetime:
+        return self._meta.next_update
+
+    @property
+    def latest_next_update(self) -> datetime:
+        """The latest nextUpdate any answer from this index carries."""
+        return self._meta.latest_next_update
+
+    @property
+    def verifiers(self) -> VerifierTable:
+        """The verifier registry (a delta replaces it whole)."""
+        return self._meta.verifiers
+
+    @property
+    def current_crls(self) -> dict[tuple[CertKind, bytes, str], CrlTimes]:
+        """(kind, issuer key id, partition) -> the full CRL of the snapshot the index was
+        built from (delta CRLs build on it; the CRL archive keeps full CRLs)."""
+        return dict(self._meta.full_crl_times)
+
+    @property
+    def compromises(self) -> dict[bytes, Compromise]:
+        """Announced issuer compromises (第15条第3項), by generation key id."""
+        return self._meta.compromises
+
+    def refresh(self) -> None:
+        """Reload the metadata if a delta changed it."""
+        with self._env.begin() as txn:
+            self._fresh(txn)
+
+    # lookups ----------------------------------------------------------------------------
     def get(self, kind: CertKind, serial: int) -> StatusRecord | None:
-        with self._env.begin(db=self._status) as txn:
-            raw = txn.get(record_key(kind, serial))
+        key = record_key(kind, serial)
+        with self._env.begin() as txn:
+            self._fresh(txn)
+            raw = txn.get(key, db=self._status)
         if raw is None:
             return None
-        return unpack_value(record_key(kind, serial), bytes(raw), self.issuer_key_ids)
+        return unpack_value(key, bytes(raw), self.issuer_key_ids)
 
     def issuer_by_hash(
         self, algorithm: str, name_hash: bytes, key_hash: bytes
@@ -260,7 +659,45 @@ class Index:
         return self.issuers.get(self.issuer_key_ids[raw[1]])
 
     def crl_times(self, record: StatusRecord) -> CrlTimes | None:
-        return self._crl_times.get((record.kind, record.issuer_key_id, record.partition))
+        return self._meta.crl_times.get((record.kind, record.issuer_key_id, record.partition))
+
+    def links(self, kind: CertKind, serial: int) -> list[Link]:
+        """Every link that involves (kind, serial), oriented as published (a: the card/old)."""
+        prefix = record_key(kind, serial)
+        out = []
+        with self._env.begin(db=self._links) as txn:
+            cursor = txn.cursor()
+            if cursor.set_range(prefix):
+                for raw_key, value in cursor:
+                    key = bytes(raw_key)
+                    if not key.startswith(prefix):
+                        break
+                    other_kind, other_serial = parse_record_key(key[len(prefix) :])
+                    link_type, direction = LinkType(value[0]), value[1]
+                    if direction == 0:
+                        out.append(Link(link_type, kind, serial, other_kind, other_serial))
+                    else:
+                        out.append(Link(link_type, other_kind, other_serial, kind, serial))
+        return out
+
+    def signing_record(self, kind: CertKind, serial: int) -> SigningRecord | None:
+        with self._env.begin(db=self._signing_records) as txn:
+            raw = txn.get(record_key(kind, serial))
+        return None if raw is None else parse_signing_record(json.loads(bytes(raw)))
+
+    def consent(self, kind: CertKind, serial: int, verifier: str) -> bool:
+        """Whether the holder of (kind, serial) consented to `verifier` receiving its record."""
+        with self._env.begin(db=self._consents) as txn:
+            return txn.get(record_key(kind, serial) + verifier.encode()) is not None
+
+    def events_since(self, sequence: int) -> Iterator[LossEvent]:
+        """Loss events after `sequence`, in order (those in retention when published)."""
+        with self._env.begin(db=self._events) as txn:
+            cursor = txn.cursor()
+            if not cursor.set_range((sequence + 1).to_bytes(8, "big")):
+                return
+            for _, value in cursor:
+                yield parse_event(json.loads(bytes(value)))
 
     def close(self) -> None:
         self._env.close()

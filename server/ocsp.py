@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
@@ -19,10 +19,13 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509 import ocsp
 
 from server.clock import Clock
-from server.domain import Status
+from server.domain import CertKind, Status
 from server.status import BadRequest, NotReady, Resolver, StatusSource
 
 log = logging.getLogger(__name__)
+
+#: A signer certificate with less life left than this is "about to expire": not used.
+MIN_SIGNER_REMAINING = timedelta(minutes=1)
 
 
 class _Unsuccessful(Exception):
@@ -55,6 +58,21 @@ class OcspResponder:
         self._signer = signer
         self._clock = clock
 
+    def issuer_kinds(self, der: bytes) -> list[CertKind]:
+        """The kinds of the certificates a request asks about, by their CertIDs' issuers.
+
+        Empty for a malformed request or foreign issuers: `respond` answers those
+        with an error status and no status information.
+        """
+        try:
+            request = ocsp.load_der_ocsp_request(der)
+            issuer = self._resolver.issuer_by_hash(
+                request.hash_algorithm.name, request.issuer_name_hash, request.issuer_key_hash
+            )
+        except (ValueError, x509.DuplicateExtension, x509.UnsupportedGeneralNameType):
+            return []
+        return [] if issuer is None else [issuer.kind]
+
     def respond(self, der: bytes) -> bytes:
         try:
             return self._respond(der)
@@ -83,11 +101,22 @@ class OcspResponder:
             raise _Unsuccessful(ocsp.OCSPResponseStatus.TRY_LATER) from None
         signer = self._signer()
         delegated = None if signer is None else signer.certificates.get(issuer.key_id)
-        if signer is None or delegated is None or delegated.not_valid_after_utc <= now:
+        if (
+            signer is None
+            or delegated is None
+            or delegated.not_valid_before_utc > now
+            or delegated.not_valid_after_utc - now < MIN_SIGNER_REMAINING
+        ):
+            # tryLater rather than a response whose signer certificate is expired, not
+            # yet valid or about to expire: a verifier would reject it anyway.
             log.warning("no valid delegated OCSP-signer certificate for %s", issuer.key_id.hex())
             raise _Unsuccessful(ocsp.OCSPResponseStatus.TRY_LATER)
-        # A response is never valid longer than the certificate that vouches for it.
-        next_update = min(answer.next_update, delegated.not_valid_after_utc)
+        next_update = answer.next_update
+        if delegated.not_valid_after_utc < next_update:
+            # A response is never valid longer than the certificate that vouches for it.
+            # Renewal (ResponderConfig.ocsp_renew_at) runs early so this does not happen.
+            log.warning("delegated OCSP-signer certificate expires before nextUpdate; clamped")
+            next_update = delegated.not_valid_after_utc
         revocation_time: datetime | None = None
         revocation_reason: x509.ReasonFlags | None = None
         if answer.status is Status.GOOD:
@@ -120,6 +149,11 @@ class OcspResponder:
         if nonce is not None:
             builder = builder.add_extension(x509.OCSPNonce(nonce), False)
         return builder.sign(signer.key, hashes.SHA256()).public_bytes(Encoding.DER)
+
+
+def is_successful(der: bytes) -> bool:
+    """Whether a DER OCSPResponse we built carries status information."""
+    return ocsp.load_der_ocsp_response(der).response_status is ocsp.OCSPResponseStatus.SUCCESSFUL
 
 
 def _nonce(request: ocsp.OCSPRequest) -> bytes | None:

@@ -6,6 +6,7 @@ HSM key (hsm.HsmPrivateKey), so signing here may go to the token.
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -26,6 +27,7 @@ from server.domain import (
     OID_LOSS_CAUSE,
     OID_POLICY_BASE,
     OID_SNAPSHOT_SIGNING,
+    OID_VERIFIER_TOKEN_SIGNING,
     CertKind,
     CrlReason,
     LossCause,
@@ -43,6 +45,31 @@ DEFAULT_VALIDITY = {
     CertKind.CARD_AUTH: timedelta(days=5 * 365),
     CertKind.MOBILE_SIGN: timedelta(days=5 * 365),
     CertKind.MOBILE_AUTH: timedelta(days=5 * 365),
+}
+
+
+class CertProfile(enum.Enum):
+    """The certificate profiles the authority signs; the names a ceremony config uses."""
+
+    ROOT_CA = "root-ca"
+    ISSUING_CA = "issuing-ca"
+    SNAPSHOT_SIGNER = "snapshot-signer"
+    VERIFIER_TOKEN_SIGNER = "verifier-token-signer"  # noqa: S105 (a name, not a secret)
+    OCSP_SIGNER = "ocsp-signer"
+
+    @property
+    def is_ca(self) -> bool:
+        return self in (CertProfile.ROOT_CA, CertProfile.ISSUING_CA)
+
+    @property
+    def extended_key_usage(self) -> x509.ObjectIdentifier | None:
+        return _PROFILE_EKU.get(self)
+
+
+_PROFILE_EKU = {
+    CertProfile.SNAPSHOT_SIGNER: OID_SNAPSHOT_SIGNING,
+    CertProfile.VERIFIER_TOKEN_SIGNER: OID_VERIFIER_TOKEN_SIGNING,
+    CertProfile.OCSP_SIGNER: ExtendedKeyUsageOID.OCSP_SIGNING,
 }
 
 
@@ -70,6 +97,10 @@ class ProfileSettings:
 
     def crl_url(self, kind: CertKind, issuer_key_id: bytes, partition: str) -> str:
         return f"{self.base_url}/crl/{kind.slug}/{issuer_key_id.hex()[:16]}/{partition}.crl"
+
+    def delta_crl_url(self, kind: CertKind, issuer_key_id: bytes, partition: str) -> str:
+        """Where the partition's current delta CRL is (the certificates' freshestCRL)."""
+        return f"{self.base_url}/crl/{kind.slug}/{issuer_key_id.hex()[:16]}/{partition}.delta.crl"
 
 
 def key_id(public_key: CertificatePublicKeyTypes) -> bytes:
@@ -136,13 +167,17 @@ def _ca_extensions(
 
 
 def root_certificate(
-    key: CertificateIssuerPrivateKeyTypes, not_before: datetime, not_after: datetime
+    key: CertificateIssuerPrivateKeyTypes,
+    not_before: datetime,
+    not_after: datetime,
+    subject: x509.Name | None = None,
 ) -> x509.Certificate:
     public_key = key.public_key()
+    name = subject or root_name()
     builder = (
         x509.CertificateBuilder()
-        .subject_name(root_name())
-        .issuer_name(root_name())
+        .subject_name(name)
+        .issuer_name(name)
         .public_key(public_key)
         .serial_number(x509.random_serial_number())
         .not_valid_before(not_before)
@@ -159,11 +194,13 @@ def issuing_ca_certificate(
     public_key: CertificateIssuerPublicKeyTypes,
     not_before: datetime,
     not_after: datetime,
+    subject: x509.Name | None = None,
 ) -> x509.Certificate:
+    """An issuing CA of `kind`; every generation of a kind carries the same subject."""
     not_after = min(not_after, root_cert.not_valid_after_utc)
     builder = (
         x509.CertificateBuilder()
-        .subject_name(issuer_name(kind))
+        .subject_name(subject or issuer_name(kind))
         .issuer_name(root_cert.subject)
         .public_key(public_key)
         .serial_number(x509.random_serial_number())
@@ -180,32 +217,85 @@ def issuing_ca_certificate(
     return builder.sign(root_key, signature_hash(root_key))
 
 
-def snapshot_signer_certificate(
+def _signer_name(common_name: str) -> x509.Name:
+    return x509.Name(
+        [
+            x509.NameAttribute(NameOID.COUNTRY_NAME, "JP"),
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, ORGANIZATION),
+            x509.NameAttribute(NameOID.COMMON_NAME, common_name),
+        ]
+    )
+
+
+def snapshot_signer_name() -> x509.Name:
+    return _signer_name("JPKI-VA Snapshot Signer")
+
+
+def verifier_token_signer_name() -> x509.Name:
+    return _signer_name("JPKI-VA Verifier Token Signer")
+
+
+def _root_signed_signer(
     root_key: CertificateIssuerPrivateKeyTypes,
     root_cert: x509.Certificate,
     public_key: CertificatePublicKeyTypes,
+    subject: x509.Name,
     not_before: datetime,
     not_after: datetime,
+    eku: x509.ObjectIdentifier,
 ) -> x509.Certificate:
-    """The certificate of the HSM key that signs snapshot manifests."""
     return (
         _leaf_builder(
             root_cert,
-            x509.Name(
-                [
-                    x509.NameAttribute(NameOID.COUNTRY_NAME, "JP"),
-                    x509.NameAttribute(NameOID.ORGANIZATION_NAME, ORGANIZATION),
-                    x509.NameAttribute(NameOID.COMMON_NAME, "JPKI-VA Snapshot Signer"),
-                ]
-            ),
+            subject,
             public_key,
             x509.random_serial_number(),
             not_before,
             min(not_after, root_cert.not_valid_after_utc),
             key_id(root_key.public_key()),
         )
-        .add_extension(x509.ExtendedKeyUsage([OID_SNAPSHOT_SIGNING]), True)
+        .add_extension(x509.ExtendedKeyUsage([eku]), True)
         .sign(root_key, signature_hash(root_key))
+    )
+
+
+def snapshot_signer_certificate(
+    root_key: CertificateIssuerPrivateKeyTypes,
+    root_cert: x509.Certificate,
+    public_key: CertificatePublicKeyTypes,
+    not_before: datetime,
+    not_after: datetime,
+    subject: x509.Name | None = None,
+) -> x509.Certificate:
+    """The certificate of the HSM key that signs snapshot manifests."""
+    return _root_signed_signer(
+        root_key,
+        root_cert,
+        public_key,
+        subject or snapshot_signer_name(),
+        not_before,
+        not_after,
+        OID_SNAPSHOT_SIGNING,
+    )
+
+
+def verifier_token_signer_certificate(
+    root_key: CertificateIssuerPrivateKeyTypes,
+    root_cert: x509.Certificate,
+    public_key: CertificatePublicKeyTypes,
+    not_before: datetime,
+    not_after: datetime,
+    subject: x509.Name | None = None,
+) -> x509.Certificate:
+    """The certificate of the HSM key that signs verifier tokens (特定利用者証明検証者証明符号)."""
+    return _root_signed_signer(
+        root_key,
+        root_cert,
+        public_key,
+        subject or verifier_token_signer_name(),
+        not_before,
+        not_after,
+        OID_VERIFIER_TOKEN_SIGNING,
     )
 
 
@@ -371,6 +461,24 @@ def end_entity_certificate(
             False,
         )
         .add_extension(
+            # RFC 5280 §5.2.6: where the delta CRLs of this certificate's partition are.
+            x509.FreshestCRL(
+                [
+                    x509.DistributionPoint(
+                        full_name=[
+                            x509.UniformResourceIdentifier(
+                                settings.delta_crl_url(kind, issuer_key_id, partition)
+                            )
+                        ],
+                        relative_name=None,
+                        reasons=None,
+                        crl_issuer=None,
+                    )
+                ]
+            ),
+            False,
+        )
+        .add_extension(
             x509.AuthorityInformationAccess(
                 [
                     x509.AccessDescription(
@@ -475,6 +583,55 @@ def crl(
             revoked = revoked.add_extension(x509.CRLReason(entry.reason.to_x509()), False)
         builder = builder.add_revoked_certificate(revoked.build())
     return builder.sign(issuer_key, signature_hash(issuer_key))
+
+
+def authority_revocation_list(
+    root_key: CertificateIssuerPrivateKeyTypes,
+    root_cert: x509.Certificate,
+    *,
+    number: int,
+    this_update: datetime,
+    next_update: datetime,
+    revoked: Iterable[tuple[int, datetime]],
+) -> x509.CertificateRevocationList:
+    """The root's ARL: issuing-CA certificates revoked for key compromise (第14条).
+
+    Entries are (issuing CA certificate serial, compromise time), reason cACompromise.
+    """
+    builder = (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(root_cert.subject)
+        .last_update(this_update)
+        .next_update(next_update)
+        .add_extension(
+            x509.AuthorityKeyIdentifier(key_id(root_key.public_key()), None, None), False
+        )
+        .add_extension(x509.CRLNumber(number), False)
+        .add_extension(
+            # No distribution point name: issuing-CA certificates carry no CRLDP, and
+            # RFC 5280 §6.3.3 (and OpenSSL) match such certificates only to a CRL
+            # whose IDP names none.
+            x509.IssuingDistributionPoint(
+                full_name=None,
+                relative_name=None,
+                only_contains_user_certs=False,
+                only_contains_ca_certs=True,
+                only_some_reasons=None,
+                indirect_crl=False,
+                only_contains_attribute_certs=False,
+            ),
+            True,
+        )
+    )
+    for serial, when in revoked:
+        builder = builder.add_revoked_certificate(
+            x509.RevokedCertificateBuilder()
+            .serial_number(serial)
+            .revocation_date(when)
+            .add_extension(x509.CRLReason(x509.ReasonFlags.ca_compromise), False)
+            .build()
+        )
+    return builder.sign(root_key, signature_hash(root_key))
 
 
 def crl_entry_cause(entry: x509.RevokedCertificate) -> LossCause | None:

@@ -1,25 +1,57 @@
-"""Publishing snapshots: registry state -> signed CRLs, records and a signed manifest."""
+"""Publishing snapshots: registry state -> signed CRLs, records, data files and a manifest.
+
+A full snapshot carries everything in retention; a delta carries what changed
+since the previous snapshot and, per partition that changed since the full one,
+a delta CRL (cumulative since that partition's full CRL, RFC 5280 §5.2.4). A delta
+is possible only while the issuer generations, compromises and partitions are the
+ones of the last full snapshot; otherwise the publisher makes a full one.
+"""
 
 from __future__ import annotations
 
+import json
 import logging
+import shutil
 import threading
 from collections import defaultdict
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any, Literal
 
 from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes
 
 from server import profiles
 from server.authority import Authority
 from server.clock import Clock
-from server.domain import CertKind
+from server.domain import CertKind, Link, LinkType, Verifier
+from server.law.correspondence import LinkSubject, holder_links
+from server.law.issuer_compromise import Compromise
+from server.law.retention import RetentionPolicy
 from server.profiles import CrlEntry, ProfileSettings
 from server.records import encode_file_record
-from server.registry import Registry
-from server.snapshot import SnapshotBuilder
+from server.registry import (
+    CertificateRecord,
+    ConsentChange,
+    IssuerRecord,
+    Registry,
+    RegistryTxn,
+)
+from server.snapshot import (
+    CONSENTS,
+    EVENTS,
+    LINKS,
+    SIGNING_RECORDS,
+    SnapshotBuilder,
+    snapshot_sequence,
+)
+from server.snapshot_data import consent_line, event_line, link_line, signing_record_line
 
 log = logging.getLogger(__name__)
+
+Scope = tuple[CertKind, bytes, str]  # (kind, issuer generation key id, partition)
+_STATE = "publisher_state"
 
 
 @dataclass(frozen=True)
@@ -28,11 +60,62 @@ class PublishedSnapshot:
     path: Path
     crl_count: int
     record_count: int
+    type: Literal["full", "delta"] = "full"
+    event_count: int = 0
 
 
 def crl_counter(kind: CertKind, issuer_key_id: bytes, partition: str) -> str:
     """Registry counter of a partition's CRL numbers (shared by full and delta CRLs)."""
     return f"crl:{kind.name}:{issuer_key_id.hex()}:{partition}"
+
+
+def _scope_name(scope: Scope) -> str:
+    kind, kid, partition = scope
+    return f"{kind.name}:{kid.hex()}:{partition}"
+
+
+@dataclass
+class _State:
+    """What the last snapshots were, kept in the registry so deltas survive a restart."""
+
+    full_sequence: int
+    full_at: datetime
+    full_event_sequence: int
+    issuer_key_ids: list[str]
+    compromise_count: int
+    crl_base: dict[str, int]  # scope name -> the full CRL's number
+    last_sequence: int
+    event_sequence: int
+    issued: int
+    consent_sequence: int
+    mark: str
+
+    def to_bytes(self) -> bytes:
+        data = dict(self.__dict__)
+        data["full_at"] = self.full_at.isoformat()
+        return json.dumps(data, sort_keys=True).encode()
+
+    @classmethod
+    def load(cls, tx: RegistryTxn) -> _State | None:
+        raw = tx.meta(_STATE)
+        if raw is None:
+            return None
+        data = json.loads(raw)
+        data["full_at"] = datetime.fromisoformat(data["full_at"])
+        return cls(**data)
+
+
+@dataclass
+class _Content:
+    """What one snapshot carries, gathered in one read transaction."""
+
+    records: list[bytes] = field(default_factory=list)
+    entries: dict[Scope, list[CrlEntry]] = field(default_factory=dict)
+    events: list[dict[str, Any]] = field(default_factory=list)
+    links: set[Link] = field(default_factory=set)
+    signing_records: dict[int, dict[str, Any]] = field(default_factory=dict)
+    consents: list[dict[str, Any]] = field(default_factory=list)
+    verifiers: list[Verifier] = field(default_factory=list)  # the whole registry, always
 
 
 class Publisher:
@@ -43,6 +126,7 @@ class Publisher:
         snapshot_root: Path,
         clock: Clock,
         settings: ProfileSettings,
+        retention: RetentionPolicy | None = None,
     ) -> None:
         snapshot_root.mkdir(parents=True, exist_ok=True)
         self._registry = registry
@@ -50,69 +134,69 @@ class Publisher:
         self._root = snapshot_root
         self._clock = clock
         self._settings = settings
+        self._retention = retention or RetentionPolicy()
+        self._retention.check(max(settings.validity.values()))
         # One publish at a time: the periodic one and an operator's may coincide.
         self._lock = threading.Lock()
 
-    def publish_if_changed(self) -> PublishedSnapshot | None:
-        with self._lock:
-            with self._registry.read() as tx:
-                changed = tx.meta("published_mark") != tx.change_mark().encode()
-            return self._publish_full() if changed else None
-
+    # entry points ---------------------------------------------------------------------
     def publish_full(self) -> PublishedSnapshot:
-        """A full snapshot: every issuance record, one CRL per (kind, generation, partition)."""
+        """A full snapshot: every record in retention, one CRL per partition."""
         with self._lock:
             return self._publish_full()
 
+    def publish_delta_or_full(self) -> PublishedSnapshot:
+        with self._lock:
+            return self._publish_delta() or self._publish_full()
+
+    def publish_scheduled(self, full_interval: timedelta) -> PublishedSnapshot | None:
+        """A full snapshot when one is due, else a delta if anything changed."""
+        with self._lock:
+            with self._registry.read() as tx:
+                state = _State.load(tx)
+            if state is None or self._clock.now() - state.full_at >= full_interval:
+                return self._publish_full()
+            if not self._changed():
+                return None
+            return self._publish_delta() or self._publish_full()
+
+    def _changed(self) -> bool:
+        with self._registry.read() as tx:
+            state = _State.load(tx)
+            return state is None or state.mark != tx.change_mark()
+
+    # retention --------------------------------------------------------------------------
+    def _retained(self, record: CertificateRecord, now: datetime) -> bool:
+        return self._retention.issuance_retained(record.not_before, now)
+
+    def _loss_retained(self, record: CertificateRecord, now: datetime) -> bool:
+        assert record.loss is not None
+        return self._retention.loss_retained(record.loss.time, record.not_after, now)
+
+    # full -------------------------------------------------------------------------------
     def _publish_full(self) -> PublishedSnapshot:
         now = self._clock.now()
         issuers = self._authority.issuers()
-        ordinals = {r.key_id: i for i, r in enumerate(issuers)}
-        records: list[bytes] = []
-        entries: dict[tuple[CertKind, bytes, str], list[CrlEntry]] = defaultdict(list)
-        # One read transaction: the records and the CRLs describe the same moment.
+        # One read transaction: every file describes the same moment.
         with self._registry.read() as tx:
+            compromises = tx.compromises()
             event_sequence = tx.counter("event")
+            issued = tx.counter("issued")
+            consent_sequence = tx.counter("consent")
             mark = tx.change_mark()
-            for rec in tx.certificates():
-                scope = (rec.kind, rec.issuer_key_id, rec.partition)
-                bucket = entries[scope]  # every partition gets a CRL, even an empty one
-                records.append(
-                    encode_file_record(
-                        rec.key,
-                        rec.not_before,
-                        rec.not_after,
-                        rec.partition,
-                        ordinals[rec.issuer_key_id],
-                    )
-                )
-                if rec.loss is not None:
-                    bucket.append(
-                        CrlEntry(rec.serial, rec.loss.time, rec.loss.cause, rec.loss.reason)
-                    )
+            content = self._gather_full(tx, issuers, now)
         with self._registry.write() as wtx:
             sequence = wtx.next_counter("snapshot")
-            numbers = {scope: wtx.next_counter(crl_counter(*scope)) for scope in entries}
+            numbers = {scope: wtx.next_counter(crl_counter(*scope)) for scope in content.entries}
+            arl_number = wtx.next_counter("arl") if compromises else 0
         builder = SnapshotBuilder(self._root, sequence)
         try:
             builder.add_issuers([r.certificate for r in issuers])
-            builder.add_records(records)
-            keys: dict[bytes, CertificateIssuerPrivateKeyTypes] = {}
-            for (kind, key_id, partition), bucket in sorted(entries.items()):
-                issuer = next(r for r in issuers if r.key_id == key_id)
-                key = keys.get(key_id) or keys.setdefault(key_id, self._authority.key(issuer))
-                crl = profiles.crl(
-                    self._settings,
-                    key,
-                    issuer.certificate,
-                    kind=kind,
-                    partition=partition,
-                    number=numbers[(kind, key_id, partition)],
-                    this_update=now,
-                    next_update=now + self._settings.crl_validity,
-                    entries=bucket,
-                )
-                builder.add_crl(kind, partition, crl, numbers[(kind, key_id, partition)])
+            builder.add_records(content.records)
+            self._add_crls(builder, issuers, content.entries, numbers, now, None)
+            if compromises:
+                self._add_arl(builder, issuers, compromises, arl_number, now)
+            self._add_data(builder, content)
             signing_key, signer_cert = self._authority.snapshot_signer()
             path, manifest = builder.commit(
                 type="full",
@@ -122,16 +206,322 @@ class Publisher:
                 issuer_key_ids=[r.key_id for r in issuers],
                 signing_key=signing_key,
                 signer_cert=signer_cert,
+                compromises=sorted(compromises.values(), key=lambda c: c.key_id),
             )
         except BaseException:
             builder.abort()
             raise
+        state = _State(
+            full_sequence=sequence,
+            full_at=now,
+            full_event_sequence=event_sequence,
+            issuer_key_ids=[r.key_id.hex() for r in issuers],
+            compromise_count=len(compromises),
+            crl_base={_scope_name(s): n for s, n in numbers.items()},
+            last_sequence=sequence,
+            event_sequence=event_sequence,
+            issued=issued,
+            consent_sequence=consent_sequence,
+            mark=mark,
+        )
         with self._registry.write() as wtx:
-            wtx.set_meta("published_mark", mark.encode())
+            wtx.set_meta(_STATE, state.to_bytes())
+        self._prune(now)
         log.info(
             "published full snapshot %d: %d records, %d CRLs",
             sequence,
             manifest.record_count,
             len(manifest.crls),
         )
-        return PublishedSnapshot(sequence, path, len(manifest.crls), manifest.record_count)
+        return PublishedSnapshot(
+            sequence, path, len(manifest.crls), manifest.record_count, "full", len(content.events)
+        )
+
+    def _gather_full(self, tx: RegistryTxn, issuers: list[IssuerRecord], now: datetime) -> _Content:
+        ordinals = {r.key_id: i for i, r in enumerate(issuers)}
+        compromises = tx.compromises()
+        content = _Content(verifiers=tx.verifiers())
+        entries: dict[Scope, list[CrlEntry]] = defaultdict(list)
+        # Only small values per certificate: a full snapshot walks every record.
+        retained: set[tuple[CertKind, int]] = set()
+        losses_kept: set[tuple[CertKind, int]] = set()
+        holders: dict[str, list[LinkSubject]] = defaultdict(list)
+        consenting: dict[str, list[str]] = defaultdict(list)
+        for consent in tx.consents():
+            if consent.in_effect:
+                consenting[consent.resident_code].append(consent.verifier)
+        for rec in tx.certificates():
+            if not self._retained(rec, now):
+                continue
+            retained.add((rec.kind, rec.serial))
+            holders[rec.resident_code].append(LinkSubject.of(rec))
+            content.records.append(
+                encode_file_record(
+                    rec.key,
+                    rec.not_before,
+                    rec.not_after,
+                    rec.partition,
+                    ordinals[rec.issuer_key_id],
+                )
+            )
+            if rec.kind.is_signing and rec.resident_code in consenting:
+                content.signing_records[rec.serial] = signing_record_line(rec)
+                for verifier in consenting[rec.resident_code]:
+                    content.consents.append(consent_line(rec, verifier, True))
+            loss_kept = rec.loss is not None and self._loss_retained(rec, now)
+            if loss_kept:
+                losses_kept.add((rec.kind, rec.serial))
+            if rec.issuer_key_id in compromises:
+                continue  # that key signs nothing more; the compromise answers for it
+            bucket = entries[(rec.kind, rec.issuer_key_id, rec.partition)]  # even if empty
+            if rec.loss is not None and loss_kept:
+                bucket.append(CrlEntry(rec.serial, rec.loss.time, rec.loss.cause, rec.loss.reason))
+        content.entries = dict(entries)
+        content.events = [
+            event_line(e) for e in tx.events_since(0) if (e.kind, e.serial) in losses_kept
+        ]
+        for subjects in holders.values():
+            content.links |= holder_links(subjects)
+        for old, new in tx.renewals():
+            if old in retained and new in retained:
+                content.links.add(Link(LinkType.RENEWAL, *old, *new))
+        return content
+
+    def _add_arl(
+        self,
+        builder: SnapshotBuilder,
+        issuers: list[IssuerRecord],
+        compromises: dict[bytes, Compromise],
+        number: int,
+        now: datetime,
+    ) -> None:
+        root = self._authority.root()
+        arl = profiles.authority_revocation_list(
+            self._authority.key(root),
+            root.certificate,
+            number=number,
+            this_update=now,
+            next_update=now + self._settings.crl_validity,
+            revoked=[
+                (r.certificate.serial_number, compromises[r.key_id].time)
+                for r in issuers
+                if r.key_id in compromises
+            ],
+        )
+        builder.add_arl(arl, number)
+
+    # delta ------------------------------------------------------------------------------
+    def _publish_delta(self) -> PublishedSnapshot | None:
+        """A delta after the last snapshot, or None when only a full one will do."""
+        now = self._clock.now()
+        issuers = self._authority.issuers()
+        with self._registry.read() as tx:
+            state = _State.load(tx)
+            if (
+                state is None
+                or state.issuer_key_ids != [r.key_id.hex() for r in issuers]
+                or state.compromise_count != len(tx.compromises())
+            ):
+                return None
+            event_sequence = tx.counter("event")
+            issued = tx.counter("issued")
+            consent_sequence = tx.counter("consent")
+            mark = tx.change_mark()
+            content = self._gather_delta(tx, state, issuers, now)
+            if content is None:
+                return None
+        with self._registry.write() as wtx:
+            sequence = wtx.next_counter("snapshot")
+            numbers = {scope: wtx.next_counter(crl_counter(*scope)) for scope in content.entries}
+        builder = SnapshotBuilder(self._root, sequence)
+        bases = {s: state.crl_base[_scope_name(s)] for s in content.entries}
+        try:
+            builder.add_issuers([r.certificate for r in issuers])
+            builder.add_records(content.records)
+            self._add_crls(builder, issuers, content.entries, numbers, now, bases)
+            self._add_data(builder, content)
+            signing_key, signer_cert = self._authority.snapshot_signer()
+            path, manifest = builder.commit(
+                type="delta",
+                base_sequence=state.full_sequence,
+                previous_sequence=state.last_sequence,
+                created_at=now,
+                event_sequence=event_sequence,
+                issuer_key_ids=[r.key_id for r in issuers],
+                signing_key=signing_key,
+                signer_cert=signer_cert,
+            )
+        except BaseException:
+            builder.abort()
+            raise
+        state.last_sequence = sequence
+        state.event_sequence = event_sequence
+        state.issued = issued
+        state.consent_sequence = consent_sequence
+        state.mark = mark
+        with self._registry.write() as wtx:
+            wtx.set_meta(_STATE, state.to_bytes())
+        log.info(
+            "published delta snapshot %d on %d: %d new records, %d losses, %d delta CRLs",
+            sequence,
+            state.full_sequence,
+            manifest.record_count,
+            len(content.events),
+            len(manifest.crls),
+        )
+        return PublishedSnapshot(
+            sequence, path, len(manifest.crls), manifest.record_count, "delta", len(content.events)
+        )
+
+    def _gather_delta(
+        self, tx: RegistryTxn, state: _State, issuers: list[IssuerRecord], now: datetime
+    ) -> _Content | None:
+        ordinals = {r.key_id: i for i, r in enumerate(issuers)}
+        # Small: the whole verifier registry goes in every delta, so a change of roles
+        # reaches the responder within one delta interval.
+        content = _Content(verifiers=tx.verifiers())
+        new_records = sorted(
+            (r for r in tx.issued_since(state.issued) if self._retained(r, now)),
+            key=lambda r: r.key,
+        )
+        for rec in new_records:
+            if _scope_name((rec.kind, rec.issuer_key_id, rec.partition)) not in state.crl_base:
+                return None  # a new partition needs its full CRL first
+            content.records.append(
+                encode_file_record(
+                    rec.key,
+                    rec.not_before,
+                    rec.not_after,
+                    rec.partition,
+                    ordinals[rec.issuer_key_id],
+                )
+            )
+        # Delta CRLs are cumulative since the full CRLs: every loss since the full.
+        entries: dict[Scope, list[CrlEntry]] = defaultdict(list)
+        for event in tx.events_since(state.full_event_sequence):
+            scope = (event.kind, event.issuer_key_id, event.partition)
+            if _scope_name(scope) not in state.crl_base:
+                return None  # cannot happen while new partitions force a full
+            lost = tx.certificate(event.kind, event.serial)
+            if lost is None or not self._retained(lost, now):
+                continue
+            entries[scope].append(
+                CrlEntry(event.serial, event.loss.time, event.loss.cause, event.loss.reason)
+            )
+            if event.sequence > state.event_sequence:
+                content.events.append(event_line(event))
+        content.entries = dict(entries)
+        self._delta_links(tx, new_records, content)
+        self._delta_consents(tx, state, new_records, content)
+        return content
+
+    @staticmethod
+    def _delta_links(
+        tx: RegistryTxn, new_records: list[CertificateRecord], content: _Content
+    ) -> None:
+        """Links that involve a certificate issued since the previous snapshot."""
+        new_keys = {(r.kind, r.serial) for r in new_records}
+        for rec in new_records:
+            for link in holder_links(tx.holder_certificates(rec.resident_code)):
+                if (link.a_kind, link.a_serial) in new_keys or (
+                    link.b_kind,
+                    link.b_serial,
+                ) in new_keys:
+                    content.links.add(link)
+            for old in tx.holder_certificates(rec.resident_code):
+                if tx.renewed_by(old.kind, old.serial) == (rec.kind, rec.serial):
+                    content.links.add(
+                        Link(LinkType.RENEWAL, old.kind, old.serial, rec.kind, rec.serial)
+                    )
+
+    @staticmethod
+    def _delta_consents(
+        tx: RegistryTxn,
+        state: _State,
+        new_records: list[CertificateRecord],
+        content: _Content,
+    ) -> None:
+        """Consent changes since the previous snapshot, and consents to new records."""
+        changes: dict[tuple[str, str], ConsentChange] = {}
+        for change in tx.consent_changes_since(state.consent_sequence):
+            changes[(change.resident_code, change.verifier)] = change  # the last one counts
+        for (code, verifier), change in changes.items():
+            for rec in tx.holder_certificates(code):
+                if rec.kind.is_signing:
+                    if change.granted:
+                        content.signing_records[rec.serial] = signing_record_line(rec)
+                    content.consents.append(consent_line(rec, verifier, change.granted))
+        for rec in new_records:
+            if not rec.kind.is_signing:
+                continue
+            for consent in tx.consents(rec.resident_code):
+                if consent.in_effect and (rec.resident_code, consent.verifier) not in changes:
+                    content.signing_records[rec.serial] = signing_record_line(rec)
+                    content.consents.append(consent_line(rec, consent.verifier, True))
+
+    # files ------------------------------------------------------------------------------
+    def _add_crls(
+        self,
+        builder: SnapshotBuilder,
+        issuers: list[IssuerRecord],
+        entries: dict[Scope, list[CrlEntry]],
+        numbers: dict[Scope, int],
+        now: datetime,
+        bases: dict[Scope, int] | None,
+    ) -> None:
+        keys: dict[bytes, CertificateIssuerPrivateKeyTypes] = {}
+        for scope, bucket in sorted(entries.items()):
+            kind, key_id, partition = scope
+            issuer = next(r for r in issuers if r.key_id == key_id)
+            key = keys.get(key_id) or keys.setdefault(key_id, self._authority.key(issuer))
+            base = None if bases is None else bases[scope]
+            crl = profiles.crl(
+                self._settings,
+                key,
+                issuer.certificate,
+                kind=kind,
+                partition=partition,
+                number=numbers[scope],
+                this_update=now,
+                next_update=now + self._settings.crl_validity,
+                entries=sorted(bucket, key=lambda e: e.serial),
+                delta_base=base,
+            )
+            builder.add_crl(kind, partition, crl, numbers[scope], base)
+
+    @staticmethod
+    def _add_data(builder: SnapshotBuilder, content: _Content) -> None:
+        builder.add_verifiers(content.verifiers)
+        builder.add_jsonl(EVENTS, content.events)
+        builder.add_jsonl(LINKS, (link_line(link) for link in sorted(content.links)))
+        builder.add_jsonl(SIGNING_RECORDS, _by_serial(content.signing_records))
+        builder.add_jsonl(CONSENTS, content.consents)
+
+    # CRL file retention -------------------------------------------------------------------
+    def _prune(self, now: datetime) -> None:
+        """Remove snapshots (CRL files) past retention, never the live full and its deltas."""
+        snapshots = sorted(
+            (seq, path) for path in self._root.iterdir() if (seq := snapshot_sequence(path))
+        )
+        if not snapshots:
+            return
+        with self._registry.read() as tx:
+            state = _State.load(tx)
+        keep_from = state.full_sequence if state is not None else snapshots[-1][0]
+        for seq, path in snapshots:
+            if seq >= keep_from:
+                break
+            try:
+                created = datetime.fromisoformat(
+                    json.loads((path / "manifest.json").read_bytes())["created_at"]
+                )
+            except (OSError, ValueError, KeyError):
+                continue
+            if not self._retention.crl_file_retained(created, now):
+                shutil.rmtree(path, ignore_errors=True)
+                log.info("removed snapshot %s: past the retention of CRL files", path.name)
+
+
+def _by_serial(lines: dict[int, dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    for serial in sorted(lines):
+        yield lines[serial]

@@ -93,6 +93,12 @@ def with_loss(value: bytes, revoked_at: int, cause: int, reason: int) -> bytes:
     return _VALUE.pack(nb, na, part, ordinal, revoked_at, cause, reason)
 
 
+def unpack_loss(value: bytes) -> tuple[int, int, int]:
+    """(revoked_at, cause, reason) of an index value; cause 0 means no loss."""
+    _, _, _, _, revoked_at, cause, reason = _VALUE.unpack(value)
+    return revoked_at, cause, reason
+
+
 def unpack_value(key: bytes, value: bytes, issuer_key_ids: list[bytes]) -> StatusRecord:
     kind, serial = parse_record_key(key)
     nb, na, part, ordinal, revoked_at, cause, reason = _VALUE.unpack(value)

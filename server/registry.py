@@ -13,7 +13,7 @@ import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -26,9 +26,11 @@ from server.domain import (
     Loss,
     LossCause,
     StatusRecord,
+    Verifier,
     parse_record_key,
     record_key,
 )
+from server.law.issuer_compromise import CARD_OF, Compromise, effective_loss
 from server.profiles import Holder
 
 
@@ -45,6 +47,64 @@ class AlreadyLost(RegistryError):
 
 
 class DuplicateSerial(RegistryError):
+    pass
+
+
+class AlreadyCompromised(RegistryError):
+    pass
+
+
+@dataclass(frozen=True)
+class LossTrigger:
+    """What ended a card certificate whose loss cascaded to a mobile one (第16条の13)."""
+
+    kind: CertKind
+    serial: int
+    cause: LossCause
+
+    def to_json(self) -> dict[str, Any]:
+        return {"kind": self.kind.name, "serial": self.serial, "cause": self.cause.name}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any] | None) -> LossTrigger | None:
+        if data is None:
+            return None
+        return cls(CertKind[data["kind"]], int(data["serial"]), LossCause[data["cause"]])
+
+
+@dataclass(frozen=True)
+class Consent:
+    """A holder's consent to give one verifier their signing records (第18条3項)."""
+
+    resident_code: str
+    verifier: str
+    granted_at: datetime
+    withdrawn_at: datetime | None
+
+    @property
+    def in_effect(self) -> bool:
+        return self.withdrawn_at is None
+
+
+@dataclass(frozen=True)
+class ConsentChange:
+    sequence: int
+    resident_code: str
+    verifier: str
+    granted: bool
+    time: datetime
+
+
+@dataclass(frozen=True)
+class MoveOut:
+    """A move-out notice (転出届) not yet followed by a move-in (第31条)."""
+
+    resident_code: str
+    planned_date: date
+    recorded_at: datetime
+
+
+class DuplicateVerifierCertificate(RegistryError):
     pass
 
 
@@ -96,6 +156,10 @@ class CertificateRecord:
     not_after: datetime
     certificate_der: bytes
     loss: Loss | None = None
+    # Mobile kinds: the card certificate of the same purpose the mobile one rests on.
+    card_serial: int | None = None
+    # CARD_CERT_LOST_EFFECT: which card certificate ended, and by which cause.
+    loss_trigger: LossTrigger | None = None
 
     @property
     def key(self) -> bytes:
@@ -136,6 +200,8 @@ class CertificateRecord:
                 "cause": loss.cause.name,
                 "reason": loss.reason.name,
             },
+            "card_serial": self.card_serial,
+            "loss_trigger": None if self.loss_trigger is None else self.loss_trigger.to_json(),
         }
 
     @classmethod
@@ -158,12 +224,19 @@ class CertificateRecord:
                 cause=LossCause[loss["cause"]],
                 reason=CrlReason[loss["reason"]],
             ),
+            card_serial=data.get("card_serial"),
+            loss_trigger=LossTrigger.from_json(data.get("loss_trigger")),
         )
 
 
 @dataclass(frozen=True)
 class LossEvent:
-    """One loss of effect, in the order the registry recorded it."""
+    """One loss of effect, in the order the registry recorded it.
+
+    `loss.time` is when the certificate lost effect in law; `recorded_at` is the
+    registry commit (they differ for the 30-day move-out rule, whose time is the
+    end of the 30th day even when the sweep runs later).
+    """
 
     sequence: int
     kind: CertKind
@@ -171,6 +244,38 @@ class LossEvent:
     partition: str
     issuer_key_id: bytes
     loss: Loss
+    recorded_at: datetime
+    trigger: LossTrigger | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind.name,
+            "serial": self.serial,
+            "partition": self.partition,
+            "issuer_key_id": self.issuer_key_id.hex(),
+            "time": self.loss.time.isoformat(),
+            "cause": self.loss.cause.name,
+            "reason": self.loss.reason.name,
+            "recorded_at": self.recorded_at.isoformat(),
+            "trigger": None if self.trigger is None else self.trigger.to_json(),
+        }
+
+    @classmethod
+    def from_json(cls, sequence: int, data: dict[str, Any]) -> LossEvent:
+        return cls(
+            sequence=sequence,
+            kind=CertKind[data["kind"]],
+            serial=int(data["serial"]),
+            partition=data["partition"],
+            issuer_key_id=bytes.fromhex(data["issuer_key_id"]),
+            loss=Loss(
+                time=datetime.fromisoformat(data["time"]),
+                cause=LossCause[data["cause"]],
+                reason=CrlReason[data["reason"]],
+            ),
+            recorded_at=datetime.fromisoformat(data.get("recorded_at") or data["time"]),
+            trigger=LossTrigger.from_json(data.get("trigger")),
+        )
 
 
 def _dumps(data: dict[str, Any]) -> bytes:
@@ -187,11 +292,39 @@ class RegistryTxn:
     def __init__(self, txn: lmdb.Transaction, dbs: dict[str, Any]) -> None:
         self._txn = txn
         self._db = dbs
+        self._compromises: dict[bytes, Compromise] | None = None
 
     # certificates -----------------------------------------------------------------
-    def certificate(self, kind: CertKind, serial: int) -> CertificateRecord | None:
+    def stored_certificate(self, kind: CertKind, serial: int) -> CertificateRecord | None:
+        """The record as stored, without the effect of issuer compromises."""
         raw = self._txn.get(record_key(kind, serial), db=self._db["certs"])
         return None if raw is None else CertificateRecord.from_json(json.loads(bytes(raw)))
+
+    def certificate(self, kind: CertKind, serial: int) -> CertificateRecord | None:
+        """The record with its effective loss: stored, or by an issuer compromise."""
+        record = self.stored_certificate(kind, serial)
+        return None if record is None else self._effective(record)
+
+    def _effective(self, record: CertificateRecord) -> CertificateRecord:
+        """Apply issuer compromises (law/issuer_compromise.py) to a stored record."""
+        compromises = self.compromises()
+        if not compromises:
+            return record
+        card_compromise, card_loss, card = None, None, None
+        if record.kind.is_mobile and record.card_serial is not None:
+            card = self.stored_certificate(CARD_OF[record.kind], record.card_serial)
+            if card is not None:
+                card_compromise = compromises.get(card.issuer_key_id)
+                card_loss = card.loss
+        loss, cascaded = effective_loss(
+            record.loss, compromises.get(record.issuer_key_id), card_compromise, card_loss
+        )
+        if loss is record.loss:
+            return record
+        trigger = None
+        if cascaded and card is not None:
+            trigger = LossTrigger(card.kind, card.serial, LossCause.ISSUER_KEY_COMPROMISE)
+        return replace(record, loss=loss, loss_trigger=trigger)
 
     def add_certificate(self, record: CertificateRecord) -> None:
         if not self._txn.put(
@@ -203,14 +336,28 @@ class RegistryTxn:
         keys: list[str] = [] if raw is None else json.loads(bytes(raw))["certs"]
         keys.append(record.key.hex())
         self._txn.put(holder_key, _dumps({"certs": keys}), db=self._db["holders"])
-        self.next_counter("issued")
+        # The issuance order, so a delta snapshot can carry what was issued since.
+        self._txn.put(_seq_key(self.next_counter("issued")), record.key, db=self._db["issued"])
+
+    def issued_since(self, sequence: int) -> Iterator[CertificateRecord]:
+        """Records issued after the `sequence`-th issuance, in issuance order."""
+        cursor = self._txn.cursor(db=self._db["issued"])
+        if not cursor.set_range(_seq_key(sequence + 1)):
+            return
+        for _, key in cursor:
+            record = self.certificate(*parse_record_key(bytes(key)))
+            if record is not None:
+                yield record
 
     def change_mark(self) -> str:
-        """Changes whenever a certificate is issued or loses effect."""
-        return f"{self.counter('issued')}:{self.counter('event')}"
+        """Changes whenever anything a snapshot carries changes."""
+        return ":".join(
+            str(self.counter(name))
+            for name in ("issued", "event", "consent", "compromise", "verifiers")
+        )
 
     def certificates(self, kind: CertKind | None = None) -> Iterator[CertificateRecord]:
-        """Every issuance record in key order (kind, serial)."""
+        """Every issuance record in key order (kind, serial), with its effective loss."""
         cursor = self._txn.cursor(db=self._db["certs"])
         start = b"" if kind is None else bytes([kind])
         if not cursor.set_range(start):
@@ -218,7 +365,7 @@ class RegistryTxn:
         for key, value in cursor:
             if kind is not None and key[0] != kind:
                 break
-            yield CertificateRecord.from_json(json.loads(bytes(value)))
+            yield self._effective(CertificateRecord.from_json(json.loads(bytes(value))))
 
     def holder_certificates(self, resident_code: str) -> list[CertificateRecord]:
         raw = self._txn.get(resident_code.encode(), db=self._db["holders"])
@@ -232,7 +379,18 @@ class RegistryTxn:
                 out.append(record)
         return out
 
-    def record_loss(self, kind: CertKind, serial: int, loss: Loss) -> LossEvent:
+    def is_resident(self, resident_code: str) -> bool:
+        return self._txn.get(resident_code.encode(), db=self._db["holders"]) is not None
+
+    def record_loss(
+        self,
+        kind: CertKind,
+        serial: int,
+        loss: Loss,
+        *,
+        recorded_at: datetime | None = None,
+        trigger: LossTrigger | None = None,
+    ) -> LossEvent:
         """Record a loss of effect; loss is final, so a second one is refused."""
         record = self.certificate(kind, serial)
         if record is None:
@@ -242,7 +400,7 @@ class RegistryTxn:
                 f"{kind.name} serial {serial:X} already lost effect "
                 f"({record.loss.cause.name} at {record.loss.time.isoformat()})"
             )
-        updated = replace(record, loss=loss)
+        updated = replace(record, loss=loss, loss_trigger=trigger)
         self._txn.put(record.key, _dumps(updated.to_json()), db=self._db["certs"])
         sequence = self.next_counter("event")
         event = LossEvent(
@@ -252,22 +410,10 @@ class RegistryTxn:
             partition=record.partition,
             issuer_key_id=record.issuer_key_id,
             loss=loss,
+            recorded_at=recorded_at or loss.time,
+            trigger=trigger,
         )
-        self._txn.put(
-            _seq_key(sequence),
-            _dumps(
-                {
-                    "kind": kind.name,
-                    "serial": serial,
-                    "partition": record.partition,
-                    "issuer_key_id": record.issuer_key_id.hex(),
-                    "time": loss.time.isoformat(),
-                    "cause": loss.cause.name,
-                    "reason": loss.reason.name,
-                }
-            ),
-            db=self._db["events"],
-        )
+        self._txn.put(_seq_key(sequence), _dumps(event.to_json()), db=self._db["events"])
         return event
 
     def events_since(self, sequence: int) -> Iterator[LossEvent]:
@@ -276,18 +422,146 @@ class RegistryTxn:
         if not cursor.set_range(_seq_key(sequence + 1)):
             return
         for key, value in cursor:
+            yield LossEvent.from_json(int.from_bytes(key, "big"), json.loads(bytes(value)))
+
+    # renewal links ----------------------------------------------------------------
+    def put_renewal(self, old: CertificateRecord, new: CertificateRecord) -> None:
+        self._txn.put(old.key, new.key, db=self._db["renewals"])
+
+    def renewals(self) -> Iterator[tuple[tuple[CertKind, int], tuple[CertKind, int]]]:
+        """(old, new) for every renewal, in the old certificate's key order."""
+        for old, new in self._txn.cursor(db=self._db["renewals"]):
+            yield parse_record_key(bytes(old)), parse_record_key(bytes(new))
+
+    def renewed_by(self, kind: CertKind, serial: int) -> tuple[CertKind, int] | None:
+        raw = self._txn.get(record_key(kind, serial), db=self._db["renewals"])
+        return None if raw is None else parse_record_key(bytes(raw))
+
+    # issuer compromise ------------------------------------------------------------
+    def compromises(self) -> dict[bytes, Compromise]:
+        if self._compromises is None:
+            self._compromises = {}
+            for key, value in self._txn.cursor(db=self._db["compromises"]):
+                data = json.loads(bytes(value))
+                self._compromises[bytes(key)] = Compromise(
+                    bytes(key), CertKind[data["kind"]], datetime.fromisoformat(data["time"])
+                )
+        return self._compromises
+
+    def put_compromise(self, compromise: Compromise) -> None:
+        value = {"kind": compromise.kind.name, "time": compromise.time.isoformat()}
+        if not self._txn.put(
+            compromise.key_id, _dumps(value), overwrite=False, db=self._db["compromises"]
+        ):
+            raise AlreadyCompromised(
+                f"issuer generation {compromise.key_id.hex()} is already recorded as compromised"
+            )
+        self._compromises = None
+        self.next_counter("compromise")
+
+    # move-out notices -------------------------------------------------------------
+    def move_out(self, resident_code: str) -> MoveOut | None:
+        raw = self._txn.get(resident_code.encode(), db=self._db["moveouts"])
+        if raw is None:
+            return None
+        data = json.loads(bytes(raw))
+        return MoveOut(
+            resident_code,
+            date.fromisoformat(data["planned_date"]),
+            datetime.fromisoformat(data["recorded_at"]),
+        )
+
+    def put_move_out(self, notice: MoveOut) -> None:
+        value = {
+            "planned_date": notice.planned_date.isoformat(),
+            "recorded_at": notice.recorded_at.isoformat(),
+        }
+        self._txn.put(notice.resident_code.encode(), _dumps(value), db=self._db["moveouts"])
+
+    def clear_move_out(self, resident_code: str) -> bool:
+        return bool(self._txn.delete(resident_code.encode(), db=self._db["moveouts"]))
+
+    def move_outs(self) -> list[MoveOut]:
+        cursor = self._txn.cursor(db=self._db["moveouts"])
+        return [m for k, _ in cursor if (m := self.move_out(bytes(k).decode())) is not None]
+
+    # consent ----------------------------------------------------------------------
+    @staticmethod
+    def _consent_key(resident_code: str, verifier: str) -> bytes:
+        return resident_code.encode() + b"\x00" + verifier.encode()
+
+    def consent(self, resident_code: str, verifier: str) -> Consent | None:
+        raw = self._txn.get(self._consent_key(resident_code, verifier), db=self._db["consents"])
+        if raw is None:
+            return None
+        data = json.loads(bytes(raw))
+        withdrawn = data["withdrawn_at"]
+        return Consent(
+            resident_code,
+            verifier,
+            datetime.fromisoformat(data["granted_at"]),
+            None if withdrawn is None else datetime.fromisoformat(withdrawn),
+        )
+
+    def consents(self, resident_code: str | None = None) -> Iterator[Consent]:
+        """Consents (in effect or withdrawn), of one holder or of everyone."""
+        cursor = self._txn.cursor(db=self._db["consents"])
+        prefix = b"" if resident_code is None else resident_code.encode() + b"\x00"
+        if not cursor.set_range(prefix):
+            return
+        for key, _ in cursor:
+            if not bytes(key).startswith(prefix):
+                break
+            code, verifier = bytes(key).decode().split("\x00", 1)
+            consent = self.consent(code, verifier)
+            if consent is not None:
+                yield consent
+
+    def set_consent(self, consent: Consent) -> ConsentChange:
+        value = {
+            "granted_at": consent.granted_at.isoformat(),
+            "withdrawn_at": None
+            if consent.withdrawn_at is None
+            else consent.withdrawn_at.isoformat(),
+        }
+        self._txn.put(
+            self._consent_key(consent.resident_code, consent.verifier),
+            _dumps(value),
+            db=self._db["consents"],
+        )
+        change = ConsentChange(
+            sequence=self.next_counter("consent"),
+            resident_code=consent.resident_code,
+            verifier=consent.verifier,
+            granted=consent.in_effect,
+            time=consent.withdrawn_at or consent.granted_at,
+        )
+        self._txn.put(
+            _seq_key(change.sequence),
+            _dumps(
+                {
+                    "resident_code": change.resident_code,
+                    "verifier": change.verifier,
+                    "granted": change.granted,
+                    "time": change.time.isoformat(),
+                }
+            ),
+            db=self._db["consent_log"],
+        )
+        return change
+
+    def consent_changes_since(self, sequence: int) -> Iterator[ConsentChange]:
+        cursor = self._txn.cursor(db=self._db["consent_log"])
+        if not cursor.set_range(_seq_key(sequence + 1)):
+            return
+        for key, value in cursor:
             data = json.loads(bytes(value))
-            yield LossEvent(
-                sequence=int.from_bytes(key, "big"),
-                kind=CertKind[data["kind"]],
-                serial=data["serial"],
-                partition=data["partition"],
-                issuer_key_id=bytes.fromhex(data["issuer_key_id"]),
-                loss=Loss(
-                    time=datetime.fromisoformat(data["time"]),
-                    cause=LossCause[data["cause"]],
-                    reason=CrlReason[data["reason"]],
-                ),
+            yield ConsentChange(
+                int.from_bytes(key, "big"),
+                data["resident_code"],
+                data["verifier"],
+                data["granted"],
+                datetime.fromisoformat(data["time"]),
             )
 
     # issuers ----------------------------------------------------------------------
@@ -297,6 +571,33 @@ class RegistryTxn:
 
     def put_issuer(self, issuer: IssuerRecord) -> None:
         self._txn.put(issuer.key_id, _dumps(issuer.to_json()), db=self._db["issuers"])
+
+    # verifiers (kept here, carried in snapshots) ------------------------------------
+    def verifiers(self) -> list[Verifier]:
+        cursor = self._txn.cursor(db=self._db["verifiers"])
+        return [Verifier.from_json(json.loads(bytes(v))) for _, v in cursor]
+
+    def verifier(self, verifier_id: str) -> Verifier | None:
+        raw = self._txn.get(verifier_id.encode(), db=self._db["verifiers"])
+        return None if raw is None else Verifier.from_json(json.loads(bytes(raw)))
+
+    def put_verifier(self, verifier: Verifier) -> None:
+        """Add or replace a verifier; a certificate identifies one verifier only."""
+        for other in self.verifiers():
+            shared = set(other.cert_fingerprints) & set(verifier.cert_fingerprints)
+            if other.id != verifier.id and shared:
+                raise DuplicateVerifierCertificate(
+                    f"certificate {sorted(shared)[0].hex()} already identifies "
+                    f"verifier {other.id!r}"
+                )
+        self._txn.put(verifier.id.encode(), _dumps(verifier.to_json()), db=self._db["verifiers"])
+        self.next_counter("verifiers")
+
+    def remove_verifier(self, verifier_id: str) -> bool:
+        removed = bool(self._txn.delete(verifier_id.encode(), db=self._db["verifiers"]))
+        if removed:
+            self.next_counter("verifiers")
+        return removed
 
     # counters and settings --------------------------------------------------------
     def counter(self, name: str) -> int:
@@ -322,7 +623,20 @@ class RegistryTxn:
 class Registry:
     """The LMDB environment of the registry. One per signer; the signer is its only writer."""
 
-    _DBS = ("certs", "holders", "issuers", "events", "meta")
+    _DBS = (
+        "certs",
+        "holders",
+        "issuers",
+        "events",
+        "meta",
+        "verifiers",
+        "renewals",
+        "compromises",
+        "moveouts",
+        "consents",
+        "consent_log",
+        "issued",
+    )
 
     def __init__(self, path: Path, *, map_size: int = 1 << 36) -> None:
         path.mkdir(parents=True, exist_ok=True)

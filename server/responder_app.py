@@ -9,38 +9,80 @@ delegated OCSP-signer certificates fresh; it never serves requests itself.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import multiprocessing
+import os
 import signal
 import socket
 import threading
+import time
 from collections.abc import Callable
+from datetime import timedelta
 from multiprocessing.synchronize import Event as ProcessEvent
 from typing import Any
 
 import grpc
+import lmdb
 from cryptography import x509
+from prometheus_client import CollectorRegistry
 
-from protos import signer_pb2, signer_pb2_grpc, va_pb2, va_pb2_grpc
+from protos import (
+    crl_pb2,
+    crl_pb2_grpc,
+    signer_pb2,
+    signer_pb2_grpc,
+    va_pb2,
+    va_pb2_grpc,
+    verifiers_pb2,
+    verifiers_pb2_grpc,
+)
 from server import grpc_common
+from server.access import Gate, NoIdentity, UnknownVerifier
 from server.clock import Clock, SystemClock
 from server.config import ResponderConfig
+from server.crl_archive import CrlArchive, CrlNotFound
+from server.crl_servicer import CrlServicer
+from server.crls import CrlFiles
+from server.grpc_identity import caller_of, server_credentials
 from server.index import Index, current_index
-from server.ingest import Ingester
+from server.ingest import Ingester, IngestMetrics
+from server.law.entitlements import NotEntitled
+from server.ledger import Ledger, LedgerError
 from server.ocsp import OcspResponder
 from server.ocsp_keys import OcspKeyStore
 from server.snapshot import SnapshotVerifier
-from server.status import BadRequest, IndexHolder, IndexStatusSource, NotReady, Resolver
+from server.status import (
+    BadRequest,
+    IndexHolder,
+    IndexStatusSource,
+    IssuerCompromiseSource,
+    NotReady,
+    Resolver,
+)
 from server.status_servicer import StatusServicer
+from server.token_check import TokenChecker
+from server.verifier_token_servicer import VerifierTokenServicer
 
 log = logging.getLogger(__name__)
 
 SERVICE = va_pb2.DESCRIPTOR.services_by_name["StatusService"].full_name
+SERVICES = (
+    SERVICE,
+    crl_pb2.DESCRIPTOR.services_by_name["CrlService"].full_name,
+    verifiers_pb2.DESCRIPTOR.services_by_name["VerifierTokenService"].full_name,
+)
 STATUS_ERRORS: grpc_common.ErrorMap = (
+    (NoIdentity, grpc.StatusCode.UNAUTHENTICATED),
+    (UnknownVerifier, grpc.StatusCode.PERMISSION_DENIED),
+    (NotEntitled, grpc.StatusCode.PERMISSION_DENIED),
+    (CrlNotFound, grpc.StatusCode.NOT_FOUND),
     (BadRequest, grpc.StatusCode.INVALID_ARGUMENT),
     (ValueError, grpc.StatusCode.INVALID_ARGUMENT),
     (NotReady, grpc.StatusCode.UNAVAILABLE),
+    (LedgerError, grpc.StatusCode.UNAVAILABLE),
 )
+LEDGER_SYNC_SECONDS = 1.0  # how much of the counts a machine crash could lose
 READY_TIMEOUT = 60.0
 
 
@@ -78,37 +120,69 @@ def worker_main(config: ResponderConfig, port: int, ready: Any, stop: ProcessEve
     holder = IndexHolder(config.index_dir)
     holder.refresh()
     keystore = OcspKeyStore(config.ocsp_dir)
-    source = IndexStatusSource(holder)
+    ledger = Ledger(config.ledger_dir)
+    archive = CrlArchive(config.crl_archive_dir)
+    source = IssuerCompromiseSource(IndexStatusSource(holder), holder)
     resolver = Resolver(holder)
     ocsp = OcspResponder(source, resolver, keystore.current, clock)
     roots = load_anchors(config)
+    gate = Gate(lambda: holder.get().verifiers, ledger, clock)
+    caller = functools.partial(
+        caller_of,
+        insecure_loopback=config.insecure_loopback,
+        default_verifier=config.loopback_verifier,
+    )
     server = grpc_common.build_server(
         max_workers=config.grpc_threads,
         mapping=STATUS_ERRORS,
         options=[("grpc.so_reuseport", 1)],
+        served_by=str(os.getpid()),
     )
     va_pb2_grpc.add_StatusServiceServicer_to_server(
-        StatusServicer(source, resolver, ocsp, holder, clock, roots), server
+        StatusServicer(source, resolver, ocsp, holder, clock, roots, gate, caller), server
     )
-    health = grpc_common.add_health_and_reflection(server, [SERVICE])
-    grpc_common.bind(server, f"{config.listen.rsplit(':', 1)[0]}:{port}", None)
+    crl_pb2_grpc.add_CrlServiceServicer_to_server(
+        CrlServicer(CrlFiles(holder, archive), gate, caller), server
+    )
+    verifiers_pb2_grpc.add_VerifierTokenServiceServicer_to_server(
+        VerifierTokenServicer(
+            TokenChecker(roots, lambda: holder.get().verifiers, clock), gate, caller
+        ),
+        server,
+    )
+    health = grpc_common.add_health_and_reflection(server, SERVICES)
+    credentials = None if config.tls is None else server_credentials(*config.tls.read())
+    grpc_common.bind(server, f"{config.listen.rsplit(':', 1)[0]}:{port}", credentials)
     server.start()
     serving = holder.loaded
-    grpc_common.set_serving(health, [SERVICE], serving)
+    grpc_common.set_serving(health, SERVICES, serving)
     ready.put(port)
+    synced = time.monotonic()
     while not stop.wait(0.2):
         holder.refresh()
         if holder.loaded and not serving:
             serving = True
-            grpc_common.set_serving(health, [SERVICE], True)
+            grpc_common.set_serving(health, SERVICES, True)
+        if time.monotonic() - synced > LEDGER_SYNC_SECONDS:
+            ledger.sync()
+            synced = time.monotonic()
     # Health first, so balancers stop sending; then let in-flight calls finish.
-    grpc_common.set_serving(health, [SERVICE], False)
+    grpc_common.set_serving(health, SERVICES, False)
     server.stop(config.grace_seconds).wait()
+    ledger.sync()
+    ledger.close()
+    archive.close()
     holder.close()
 
 
 def renew_ocsp_certificates(config: ResponderConfig, keystore: OcspKeyStore, clock: Clock) -> bool:
-    """Ask the signer for delegated certificates when one is missing or past half-life."""
+    """Rotate to a new delegated key and certificates when renewal is due.
+
+    Due when an issuer the index serves has no certificate, or one reached the
+    ``ocsp_renew_at`` point of its life, or one would expire before the latest
+    nextUpdate the responder answers with: renewing early is what keeps every
+    response's signer certificate valid past the response's nextUpdate.
+    """
     if config.signer is None:
         return False
     path = current_index(config.index_dir)
@@ -116,22 +190,29 @@ def renew_ocsp_certificates(config: ResponderConfig, keystore: OcspKeyStore, clo
         return False
     index = Index(path)
     try:
-        issuer_ids = set(index.issuers)
+        # A compromised generation gets no new delegated certificate (第14条).
+        issuer_ids = set(index.issuers) - set(index.compromises)
+        must_cover = index.latest_next_update
     finally:
         index.close()
-    if not keystore.needs_renewal(issuer_ids, clock.now()):
+    if not keystore.needs_renewal(
+        issuer_ids, clock.now(), config.ocsp_renew_at, must_cover=must_cover
+    ):
         return False
-    with grpc.insecure_channel(config.signer) as channel:
-        reply = signer_pb2_grpc.SignerServiceStub(channel).IssueOcspSignerCertificate(
-            signer_pb2.IssueOcspSignerCertificateRequest(
-                csr_der=keystore.csr(), issuer_key_ids=sorted(issuer_ids)
-            ),
-            timeout=30,
-        )
-    keystore.store_certificates(
-        [x509.load_der_x509_certificate(c.certificate_der) for c in reply.certificates]
-    )
-    log.info("stored %d delegated OCSP-signer certificates", len(reply.certificates))
+
+    def certify(csr_der: bytes) -> list[x509.Certificate]:
+        assert config.signer is not None
+        with grpc.insecure_channel(config.signer) as channel:
+            reply = signer_pb2_grpc.SignerServiceStub(channel).IssueOcspSignerCertificate(
+                signer_pb2.IssueOcspSignerCertificateRequest(
+                    csr_der=csr_der, issuer_key_ids=sorted(issuer_ids)
+                ),
+                timeout=30,
+            )
+        return [x509.load_der_x509_certificate(c.certificate_der) for c in reply.certificates]
+
+    signer = keystore.rotate(certify)
+    log.info("stored %d delegated OCSP-signer certificates", len(signer.certificates))
     return True
 
 
@@ -143,7 +224,18 @@ class Responder:
         self._clock = clock or SystemClock()
         self._ctx = multiprocessing.get_context("spawn")
         self._verifier = SnapshotVerifier(load_anchors(config), self._clock)
-        self._ingester = Ingester(config.snapshot_dir, config.index_dir, self._verifier)
+        self._archive = CrlArchive(config.crl_archive_dir)
+        # The responder's own metrics registry (served by whoever exposes metrics).
+        self.metrics_registry = CollectorRegistry()
+        self.ingest_metrics = IngestMetrics(self.metrics_registry)
+        self._ingester = Ingester(
+            config.snapshot_dir,
+            config.index_dir,
+            self._verifier,
+            self._archive,
+            (self._clock, timedelta(days=config.crl_retention_days)),
+            metrics=self.ingest_metrics,
+        )
         self._keystore = OcspKeyStore(config.ocsp_dir)
         self._ready = self._ctx.Queue()
         self._worker_stop = self._ctx.Event()
@@ -171,11 +263,11 @@ class Responder:
             log.exception("ingest failed; will retry")
         try:
             renew_ocsp_certificates(self.config, self._keystore, self._clock)
-        except (grpc.RpcError, OSError, ValueError) as exc:
+        except (grpc.RpcError, OSError, ValueError, lmdb.Error) as exc:
+            # lmdb.Error: the index is open elsewhere in this process; next round.
             log.warning("cannot renew OCSP-signer certificates: %s", exc)
 
     def start(self) -> int:
-        self._keystore.key()  # created once here, before workers read it
         self._housekeeping()
         self.port = _resolve_port(self.config.listen)
         self._workers = [self._spawn() for _ in range(self.config.workers)]
@@ -206,6 +298,7 @@ class Responder:
             if proc.is_alive():
                 proc.terminate()
                 proc.join(5)
+        self._archive.close()
 
 
 def serve(

@@ -2,15 +2,31 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from datetime import date
+
 import grpc
+from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from protos import signer_pb2, signer_pb2_grpc, va_pb2
-from server.domain import CertKind, CrlReason, LossCause, serial_from_bytes, serial_to_bytes
+from protos import signer_pb2, signer_pb2_grpc, va_pb2, verifiers_pb2
+from server.access import Caller, Operators
+from server.domain import (
+    CertKind,
+    CrlReason,
+    LossCause,
+    Role,
+    Verifier,
+    serial_from_bytes,
+    serial_to_bytes,
+)
+from server.grpc_identity import fingerprint
+from server.law.resident_change import ResidentEvent, ResidentEventFacts, move_out_deadline
 from server.profiles import Holder
-from server.registry import IssuerRecord, LossEvent
+from server.registry import Consent, IssuerRecord, LossEvent
 from server.signer import InvalidRequest, IssueRequest, Signer
 from server.status_servicer import timestamp
+from server.verifier_registry import VerifierRegistry
 
 
 def _kind(value: int) -> CertKind:
@@ -30,13 +46,26 @@ def _serial(raw: bytes) -> int:
 
 
 def loss_to_pb(event: LossEvent) -> signer_pb2.LossOfEffect:
-    return signer_pb2.LossOfEffect(
+    out = signer_pb2.LossOfEffect(
         kind=int(event.kind),  # type: ignore[arg-type]
         serial=serial_to_bytes(event.serial),
         cause=int(event.loss.cause),  # type: ignore[arg-type]
         reason=int(event.loss.reason),  # type: ignore[arg-type]
         time=timestamp(event.loss.time),
+        recorded_at=timestamp(event.recorded_at),
     )
+    if event.trigger is not None:
+        out.trigger_kind = int(event.trigger.kind)  # type: ignore[assignment]
+        out.trigger_serial = serial_to_bytes(event.trigger.serial)
+        out.trigger_cause = int(event.trigger.cause)  # type: ignore[assignment]
+    return out
+
+
+def consent_to_pb(consent: Consent) -> signer_pb2.Consent:
+    out = signer_pb2.Consent(verifier=consent.verifier, granted_at=timestamp(consent.granted_at))
+    if consent.withdrawn_at is not None:
+        out.withdrawn_at.CopyFrom(timestamp(consent.withdrawn_at))
+    return out
 
 
 def issuer_to_pb(record: IssuerRecord) -> va_pb2.Issuer:
@@ -48,15 +77,62 @@ def issuer_to_pb(record: IssuerRecord) -> va_pb2.Issuer:
     )
 
 
+def verifier_to_pb(verifier: Verifier) -> verifiers_pb2.VerifierInfo:
+    return verifiers_pb2.VerifierInfo(
+        id=verifier.id,
+        roles=[int(r) for r in sorted(verifier.roles)],  # type: ignore[misc]
+        cert_fingerprints=list(verifier.cert_fingerprints),
+        agreement=verifier.agreement or "",
+        agreement_date=verifier.agreement_date or "",
+    )
+
+
+def _roles(values: list[int]) -> frozenset[Role]:
+    roles = set()
+    for value in values:
+        if value == verifiers_pb2.VERIFIER_ROLE_UNSPECIFIED:
+            raise InvalidRequest("role is unspecified")
+        try:
+            roles.add(Role(value))
+        except ValueError:
+            raise InvalidRequest(f"unknown role {value}") from None
+    return frozenset(roles)
+
+
+def _fingerprints(ders: list[bytes]) -> tuple[bytes, ...]:
+    out = []
+    for der in ders:
+        try:
+            out.append(fingerprint(x509.load_der_x509_certificate(der)))
+        except ValueError as exc:
+            raise InvalidRequest(f"client certificate is not DER X.509: {exc}") from None
+    return tuple(out)
+
+
 class SignerServicer(signer_pb2_grpc.SignerServiceServicer):
-    def __init__(self, signer: Signer) -> None:
+    """Registry operations need an operator; IssueVerifierToken is the verifier's own call."""
+
+    def __init__(
+        self,
+        signer: Signer,
+        verifiers: VerifierRegistry,
+        operators: Operators,
+        caller: Callable[[grpc.ServicerContext], Caller],
+    ) -> None:
         self._signer = signer
+        self._verifiers = verifiers
+        self._operators = operators
+        self._caller = caller
+
+    def _operator(self, context: grpc.ServicerContext) -> None:
+        self._operators.require(self._caller(context))
 
     def IssueCertificate(
         self, request: signer_pb2.IssueCertificateRequest, context: grpc.ServicerContext
     ) -> signer_pb2.IssueCertificateResponse:
+        self._operator(context)
         holder = request.holder
-        record, issuer_cert = self._signer.issue(
+        issued = self._signer.issue(
             IssueRequest(
                 kind=_kind(request.kind),
                 resident_code=request.resident_code,
@@ -72,15 +148,18 @@ class SignerServicer(signer_pb2_grpc.SignerServiceServicer):
                 application_signature=request.application_signature,
             )
         )
+        record = issued.record
         return signer_pb2.IssueCertificateResponse(
             certificate_der=record.certificate_der,
             serial=serial_to_bytes(record.serial),
-            issuer_certificate_der=issuer_cert.public_bytes(Encoding.DER),
+            issuer_certificate_der=issued.issuer_certificate.public_bytes(Encoding.DER),
+            superseded=[loss_to_pb(e) for e in issued.superseded],
         )
 
     def RecordLoss(
         self, request: signer_pb2.RecordLossRequest, context: grpc.ServicerContext
     ) -> signer_pb2.RecordLossResponse:
+        self._operator(context)
         if request.cause == va_pb2.LOSS_CAUSE_UNSPECIFIED:
             raise InvalidRequest("loss cause is required")
         try:
@@ -93,15 +172,75 @@ class SignerServicer(signer_pb2_grpc.SignerServiceServicer):
         )
         return signer_pb2.RecordLossResponse(changes=[loss_to_pb(e) for e in events])
 
+    def RecordResidentEvent(
+        self, request: signer_pb2.RecordResidentEventRequest, context: grpc.ServicerContext
+    ) -> signer_pb2.RecordResidentEventResponse:
+        self._operator(context)
+        if request.event == signer_pb2.RESIDENT_EVENT_UNSPECIFIED:
+            raise InvalidRequest("resident event is required")
+        try:
+            event = ResidentEvent(request.event)
+            planned = date.fromisoformat(request.planned_date) if request.planned_date else None
+        except ValueError as exc:
+            raise InvalidRequest(f"bad resident event or planned date: {exc}") from None
+        events = self._signer.record_resident_event(
+            request.resident_code,
+            ResidentEventFacts(
+                event=event,
+                minor=request.minor,
+                planned_date=planned,
+                deletion_by_move_out=request.deletion_by_move_out,
+            ),
+        )
+        reply = signer_pb2.RecordResidentEventResponse(changes=[loss_to_pb(e) for e in events])
+        if planned is not None:
+            reply.move_out_deadline.CopyFrom(timestamp(move_out_deadline(planned)))
+        return reply
+
+    def RecordIssuerCompromise(
+        self, request: signer_pb2.RecordIssuerCompromiseRequest, context: grpc.ServicerContext
+    ) -> signer_pb2.RecordIssuerCompromiseResponse:
+        self._operator(context)
+        if not request.issuer_key_id:
+            raise InvalidRequest("issuer key id is required")
+        result = self._signer.record_issuer_compromise(
+            _kind(request.kind), bytes(request.issuer_key_id)
+        )
+        return signer_pb2.RecordIssuerCompromiseResponse(
+            issuer=issuer_to_pb(result.issuer),
+            compromised_at=timestamp(result.compromise.time),
+            certificates=result.certificates,
+        )
+
+    def RecordConsent(
+        self, request: signer_pb2.RecordConsentRequest, context: grpc.ServicerContext
+    ) -> signer_pb2.RecordConsentResponse:
+        self._operator(context)
+        if request.grant:
+            consent = self._signer.grant_consent(request.resident_code, request.verifier)
+        else:
+            consent = self._signer.withdraw_consent(request.resident_code, request.verifier)
+        return signer_pb2.RecordConsentResponse(consent=consent_to_pb(consent))
+
+    def ListConsents(
+        self, request: signer_pb2.ListConsentsRequest, context: grpc.ServicerContext
+    ) -> signer_pb2.ListConsentsResponse:
+        self._operator(context)
+        consents = self._signer.consents(request.resident_code, request.verifier or None)
+        return signer_pb2.ListConsentsResponse(consents=[consent_to_pb(c) for c in consents])
+
     def PublishSnapshot(
         self, request: signer_pb2.PublishSnapshotRequest, context: grpc.ServicerContext
     ) -> signer_pb2.PublishSnapshotResponse:
+        self._operator(context)
         published = self._signer.publish(full=request.full)
         return signer_pb2.PublishSnapshotResponse(
             sequence=published.sequence,
             name=published.path.name,
             crl_count=published.crl_count,
             record_count=published.record_count,
+            type=published.type,
+            loss_count=published.event_count,
         )
 
     def IssueOcspSignerCertificate(
@@ -109,6 +248,7 @@ class SignerServicer(signer_pb2_grpc.SignerServiceServicer):
         request: signer_pb2.IssueOcspSignerCertificateRequest,
         context: grpc.ServicerContext,
     ) -> signer_pb2.IssueOcspSignerCertificateResponse:
+        self._operator(context)
         issued = self._signer.ocsp_signer_certificates(
             request.csr_der, list(request.issuer_key_ids)
         )
@@ -127,8 +267,53 @@ class SignerServicer(signer_pb2_grpc.SignerServiceServicer):
     def ListIssuers(
         self, request: va_pb2.ListIssuersRequest, context: grpc.ServicerContext
     ) -> va_pb2.ListIssuersResponse:
+        self._operator(context)
         root, issuers = self._signer.issuers()
-        return va_pb2.ListIssuersResponse(
-            root_certificate_der=root.certificate_der,
-            issuers=[issuer_to_pb(r) for r in issuers],
+        compromises = self._signer.compromises()
+        out = []
+        for record in issuers:
+            issuer = issuer_to_pb(record)
+            compromise = compromises.get(record.key_id)
+            if compromise is not None:
+                issuer.compromised_at.CopyFrom(timestamp(compromise.time))
+            out.append(issuer)
+        return va_pb2.ListIssuersResponse(root_certificate_der=root.certificate_der, issuers=out)
+
+    def AddVerifier(
+        self, request: verifiers_pb2.AddVerifierRequest, context: grpc.ServicerContext
+    ) -> verifiers_pb2.AddVerifierResponse:
+        self._operator(context)
+        verifier = self._verifiers.add(
+            Verifier(
+                id=request.id,
+                roles=_roles(list(request.roles)),
+                cert_fingerprints=_fingerprints(list(request.client_certificate_der)),
+                agreement=request.agreement or None,
+                agreement_date=request.agreement_date or None,
+            ),
+            replace=request.replace,
+        )
+        return verifiers_pb2.AddVerifierResponse(verifier=verifier_to_pb(verifier))
+
+    def RemoveVerifier(
+        self, request: verifiers_pb2.RemoveVerifierRequest, context: grpc.ServicerContext
+    ) -> verifiers_pb2.RemoveVerifierResponse:
+        self._operator(context)
+        self._verifiers.remove(request.id)
+        return verifiers_pb2.RemoveVerifierResponse()
+
+    def ListVerifiers(
+        self, request: verifiers_pb2.ListVerifiersRequest, context: grpc.ServicerContext
+    ) -> verifiers_pb2.ListVerifiersResponse:
+        self._operator(context)
+        return verifiers_pb2.ListVerifiersResponse(
+            verifiers=[verifier_to_pb(v) for v in self._verifiers.list()]
+        )
+
+    def IssueVerifierToken(
+        self, request: verifiers_pb2.IssueVerifierTokenRequest, context: grpc.ServicerContext
+    ) -> verifiers_pb2.IssueVerifierTokenResponse:
+        issued = self._verifiers.issue_token(self._caller(context))
+        return verifiers_pb2.IssueVerifierTokenResponse(
+            token=issued.token, not_after=timestamp(issued.not_after)
         )

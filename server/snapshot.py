@@ -4,6 +4,32 @@ A snapshot is a directory written under a temporary name and renamed into place,
 never changed after. `manifest.json` lists every other file with its SHA-256 and
 says what the snapshot is; `manifest.sig` is the snapshot key's signature over the
 manifest's bytes; `signer.pem` is that key's certificate, issued by the root.
+
+A full snapshot (`type: full`) holds everything in retention; a delta (`type:
+delta`, `base_sequence` = its full snapshot, `previous_sequence` = the snapshot it
+follows) holds what changed since `previous_sequence`, except its delta CRLs, which
+are cumulative since the base full CRL of their partition (RFC 5280 §5.2.4).
+
+Files:
+
+* `issuers.pem`: every issuing-CA generation; `records.bin`: issued certificates
+  (records.py; in a delta, those issued since the previous snapshot).
+* `crls/<kind>/<key id>/<partition>.crl` (full) or `.delta.crl` (delta), signed by
+  the generation; none for a compromised generation, whose key is not used again.
+* `arl.crl` (full snapshots with compromises): the root's authority revocation list.
+* `verifiers.json` (full and delta snapshots): the whole verifier registry.
+* JSON lines (UTF-8, one object per line; serials are upper-case hex):
+  - `events.jsonl`: loss events `{"sequence", "kind", "serial", "partition",
+    "issuer_key_id", "time", "recorded_at", "cause", "reason", "trigger"}`,
+    `trigger` being `{"kind", "serial", "cause"}` of the card certificate for a
+    cascaded loss, else null; `recorded_at` is the registry commit time.
+  - `links.jsonl`: `{"type", "a_kind", "a_serial", "b_kind", "b_serial"}` with the
+    LinkType slug; `a` is the card certificate, or the old one for `renewal`.
+  - `signing_records.jsonl`: `{"kind", "serial", "name", "address", "birth_date",
+    "sex"}` of signing certificates whose holder consented to at least one verifier
+    (never the resident code).
+  - `consents.jsonl`: `{"kind", "serial", "verifier", "granted"}`; in a full
+    snapshot every line grants; in a delta `granted: false` withdraws.
 """
 
 from __future__ import annotations
@@ -15,7 +41,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -28,7 +54,8 @@ from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPri
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from server.clock import Clock
-from server.domain import OID_SNAPSHOT_SIGNING, CertKind
+from server.domain import OID_SNAPSHOT_SIGNING, CertKind, Verifier
+from server.law.issuer_compromise import Compromise
 from server.profiles import key_id
 from server.records import write_records
 
@@ -40,6 +67,12 @@ SIGNATURE = "manifest.sig"
 SIGNER_CERT = "signer.pem"
 ISSUERS = "issuers.pem"
 RECORDS = "records.bin"
+EVENTS = "events.jsonl"
+LINKS = "links.jsonl"
+SIGNING_RECORDS = "signing_records.jsonl"
+CONSENTS = "consents.jsonl"
+ARL = "arl.crl"
+VERIFIERS = "verifiers.json"  # the verifier registry: who may receive what (DESIGN §7)
 PREFIX = "snap-"
 
 
@@ -100,6 +133,23 @@ class CrlInfo:
         )
 
 
+def compromise_to_json(c: Compromise) -> dict[str, Any]:
+    return {"key_id": c.key_id.hex(), "kind": c.kind.name, "time": c.time.isoformat()}
+
+
+def compromise_from_json(data: dict[str, Any]) -> Compromise:
+    return Compromise(
+        bytes.fromhex(data["key_id"]), CertKind[data["kind"]], datetime.fromisoformat(data["time"])
+    )
+
+
+@dataclass(frozen=True)
+class ArlInfo:
+    number: int
+    this_update: datetime
+    next_update: datetime
+
+
 @dataclass(frozen=True)
 class Manifest:
     type: Literal["full", "delta"]
@@ -111,6 +161,10 @@ class Manifest:
     crls: list[CrlInfo]
     issuer_key_ids: list[bytes]  # order gives the issuer ordinals used in records
     record_count: int
+    previous_sequence: int | None = None  # delta: the snapshot this one follows
+    # Announced issuer compromises (第15条第3項), each also on the root's ARL.
+    compromises: list[Compromise] = field(default_factory=list)
+    arl: ArlInfo | None = None
 
     def to_bytes(self) -> bytes:
         data = {
@@ -118,12 +172,21 @@ class Manifest:
             "type": self.type,
             "sequence": self.sequence,
             "base_sequence": self.base_sequence,
+            "previous_sequence": self.previous_sequence,
             "created_at": self.created_at.isoformat(),
             "event_sequence": self.event_sequence,
             "files": dict(sorted(self.files.items())),
             "crls": [c.to_json() for c in self.crls],
             "issuer_key_ids": [k.hex() for k in self.issuer_key_ids],
             "record_count": self.record_count,
+            "compromises": [compromise_to_json(c) for c in self.compromises],
+            "arl": None
+            if self.arl is None
+            else {
+                "number": self.arl.number,
+                "this_update": self.arl.this_update.isoformat(),
+                "next_update": self.arl.next_update.isoformat(),
+            },
         }
         return json.dumps(data, indent=1, sort_keys=True).encode() + b"\n"
 
@@ -136,6 +199,10 @@ class Manifest:
             kind = data["type"]
             if kind not in ("full", "delta"):
                 raise SnapshotRejected(f"unknown snapshot type {kind!r}")
+            previous = data.get("previous_sequence")
+            arl = data.get("arl")
+            if kind == "delta" and (data["base_sequence"] is None or previous is None):
+                raise SnapshotRejected("a delta snapshot needs its base and previous sequence")
             return cls(
                 type=kind,
                 sequence=int(data["sequence"]),
@@ -146,6 +213,15 @@ class Manifest:
                 crls=[CrlInfo.from_json(c) for c in data["crls"]],
                 issuer_key_ids=[bytes.fromhex(k) for k in data["issuer_key_ids"]],
                 record_count=int(data["record_count"]),
+                previous_sequence=None if previous is None else int(previous),
+                compromises=[compromise_from_json(c) for c in data.get("compromises", [])],
+                arl=None
+                if arl is None
+                else ArlInfo(
+                    int(arl["number"]),
+                    datetime.fromisoformat(arl["this_update"]),
+                    datetime.fromisoformat(arl["next_update"]),
+                ),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise SnapshotRejected(f"malformed manifest: {exc}") from exc
@@ -187,6 +263,7 @@ class SnapshotBuilder:
         self._files: dict[str, str] = {}
         self._crls: list[CrlInfo] = []
         self._record_count = 0
+        self._arl: ArlInfo | None = None
 
     def _add(self, relpath: str, data: bytes) -> None:
         path = self._dir / relpath
@@ -196,6 +273,10 @@ class SnapshotBuilder:
 
     def add_issuers(self, certs: list[x509.Certificate]) -> None:
         self._add(ISSUERS, b"".join(c.public_bytes(Encoding.PEM) for c in certs))
+
+    def add_verifiers(self, verifiers: list[Verifier]) -> None:
+        data = [v.to_json() for v in sorted(verifiers, key=lambda v: v.id)]
+        self._add(VERIFIERS, json.dumps(data, indent=1, sort_keys=True).encode() + b"\n")
 
     def add_records(self, records: Iterable[bytes]) -> int:
         path = self._dir / RECORDS
@@ -219,6 +300,22 @@ class SnapshotBuilder:
         """A CRL already encoded and signed (bulk writers); `info` says what it is."""
         self._add(info.file, der)
         self._crls.append(info)
+    def add_jsonl(self, relpath: str, lines: Iterable[dict[str, Any]]) -> int:
+        """A JSON-lines file; returns how many lines."""
+        path = self._dir / relpath
+        count = 0
+        with path.open("w", encoding="utf-8") as f:
+            for line in lines:
+                f.write(json.dumps(line, ensure_ascii=False, separators=(",", ":"), sort_keys=True))
+                f.write("\n")
+                count += 1
+        self._files[relpath] = _sha256_file(path)
+        return count
+
+    def add_arl(self, arl: x509.CertificateRevocationList, number: int) -> None:
+        self._add(ARL, arl.public_bytes(Encoding.DER))
+        assert arl.next_update_utc is not None
+        self._arl = ArlInfo(number, arl.last_update_utc, arl.next_update_utc)
 
     def add_crl(
         self,
@@ -258,6 +355,8 @@ class SnapshotBuilder:
         issuer_key_ids: list[bytes],
         signing_key: CertificateIssuerPrivateKeyTypes,
         signer_cert: x509.Certificate,
+        previous_sequence: int | None = None,
+        compromises: list[Compromise] | None = None,
     ) -> tuple[Path, Manifest]:
         manifest = Manifest(
             type=type,
@@ -269,6 +368,9 @@ class SnapshotBuilder:
             crls=list(self._crls),
             issuer_key_ids=issuer_key_ids,
             record_count=self._record_count,
+            previous_sequence=previous_sequence,
+            compromises=list(compromises or []),
+            arl=self._arl,
         )
         raw = manifest.to_bytes()
         (self._dir / MANIFEST).write_bytes(raw)
@@ -309,6 +411,18 @@ class VerifiedSnapshot:
     @property
     def sequence(self) -> int:
         return self.manifest.sequence
+
+    def verifiers(self) -> list[Verifier]:
+        """The verifier registry it carries; none in a snapshot without the file."""
+        if VERIFIERS not in self.manifest.files:
+            return []
+        raw = (self.path / VERIFIERS).read_bytes()
+        if hashlib.sha256(raw).hexdigest() != self.manifest.files[VERIFIERS]:
+            raise SnapshotRejected(f"{VERIFIERS} changed after verification")
+        try:
+            return [Verifier.from_json(v) for v in json.loads(raw)]
+        except (KeyError, TypeError, ValueError) as exc:
+            raise SnapshotRejected(f"malformed {VERIFIERS}: {exc!r}") from exc
 
 
 class SnapshotVerifier:
@@ -354,7 +468,43 @@ class SnapshotVerifier:
         issuers = self._check_issuers(path, manifest)
         by_key_id = {key_id(c.public_key()): c for c in issuers}
         crls = [self._check_crl(path, info, by_key_id) for info in manifest.crls]
+        self._check_compromises(path, manifest, by_key_id)
         return VerifiedSnapshot(path=path, manifest=manifest, issuers=issuers, crls=crls)
+
+    def _check_compromises(
+        self, path: Path, manifest: Manifest, issuers: dict[bytes, x509.Certificate]
+    ) -> None:
+        """Every announced compromise must be on the root's ARL: the root vouches for it."""
+        if not manifest.compromises:
+            return
+        if manifest.arl is None or ARL not in manifest.files:
+            raise SnapshotRejected(f"{path.name}: compromises announced without an ARL")
+        try:
+            arl = x509.load_der_x509_crl((path / ARL).read_bytes())
+        except (OSError, ValueError) as exc:
+            raise SnapshotRejected(f"{path.name}: unreadable ARL: {exc}") from exc
+        anchor = next(
+            (
+                a
+                for a in self._anchors
+                if a.subject == arl.issuer and arl.is_signature_valid(a.public_key())  # type: ignore[arg-type]
+            ),
+            None,
+        )
+        if anchor is None:
+            raise SnapshotRejected(f"{path.name}: the ARL is not signed by a trust anchor")
+        number = arl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number
+        if number != manifest.arl.number or arl.last_update_utc != manifest.arl.this_update:
+            raise SnapshotRejected(f"{path.name}: ARL number or time differs from the manifest")
+        for compromise in manifest.compromises:
+            cert = issuers.get(compromise.key_id)
+            if cert is None:
+                raise SnapshotRejected(f"compromised issuer {compromise.key_id.hex()} not listed")
+            entry = arl.get_revoked_certificate_by_serial_number(cert.serial_number)
+            if entry is None or entry.revocation_date_utc != compromise.time:
+                raise SnapshotRejected(
+                    f"{path.name}: compromise of {compromise.key_id.hex()} is not on the ARL"
+                )
 
     def _check_signer(self, signer: x509.Certificate) -> None:
         self._anchor_for(signer)
@@ -427,4 +577,12 @@ class SnapshotVerifier:
             or crl.next_update_utc != info.next_update
         ):
             raise SnapshotRejected(f"{info.file}: CRL number or times differ from the manifest")
+        try:
+            delta_base: int | None = crl.extensions.get_extension_for_class(
+                x509.DeltaCRLIndicator
+            ).value.crl_number
+        except x509.ExtensionNotFound:
+            delta_base = None
+        if delta_base != info.delta_base:
+            raise SnapshotRejected(f"{info.file}: delta CRL indicator differs from the manifest")
         return VerifiedCrl(info=info, crl=crl)

@@ -7,6 +7,7 @@ compromise, response caches) wrap a source and are sources themselves.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -20,6 +21,7 @@ from cryptography.exceptions import InvalidSignature
 
 from server.domain import CertKind, Status, StatusRecord
 from server.index import Index, IssuerEntry, current_index
+from server.law.issuer_compromise import effective_loss
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +45,14 @@ class Answer:
     # Validity of the information: the thisUpdate/nextUpdate of the CRL it came from.
     this_update: datetime
     next_update: datetime
+
+
+def unknown_answer(index: Index, kind: CertKind | None, serial: int, as_of: datetime) -> Answer:
+    """UNKNOWN (never GOOD) for a serial the index does not hold."""
+    return Answer(
+        kind, serial, Status.UNKNOWN, None, as_of, index.sequence, index.created_at,
+        index.next_update,
+    )  # fmt: skip
 
 
 class StatusSource(Protocol):
@@ -123,16 +133,7 @@ class IndexStatusSource:
         index = self._holder.get()
         record = index.get(kind, serial)
         if record is None:
-            return Answer(
-                kind,
-                serial,
-                Status.UNKNOWN,
-                None,
-                as_of,
-                index.sequence,
-                index.created_at,
-                index.next_update,
-            )
+            return unknown_answer(index, kind, serial, as_of)
         times = index.crl_times(record)
         this_update = index.created_at if times is None else times.this_update
         next_update = index.next_update if times is None else times.next_update
@@ -146,6 +147,34 @@ class IndexStatusSource:
             this_update,
             next_update,
         )
+
+
+class IssuerCompromiseSource:
+    """第14条 layer: a certificate of a compromised generation is REVOKED from then on.
+
+    The index holds the compromise once per generation (from the signed manifest and
+    the root's ARL), not a row per certificate; this layer applies it to each answer
+    with the same rule the registry uses (law/issuer_compromise.py). Mobile
+    certificates of a compromised card generation are on their own CRLs already.
+    """
+
+    def __init__(self, inner: StatusSource, holder: IndexHolder) -> None:
+        self._inner = inner
+        self._holder = holder
+
+    def status(self, kind: CertKind, serial: int, as_of: datetime) -> Answer:
+        answer = self._inner.status(kind, serial, as_of)
+        record = answer.record
+        if record is None:
+            return answer
+        compromise = self._holder.get().compromises.get(record.issuer_key_id)
+        if compromise is None:
+            return answer
+        loss, _ = effective_loss(record.loss, compromise, None, None)
+        if loss is record.loss:
+            return answer
+        record = dataclasses.replace(record, loss=loss)
+        return dataclasses.replace(answer, record=record, status=record.status_at(as_of))
 
 
 class Resolver:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 
 import grpc
@@ -11,10 +12,26 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from protos import va_pb2, va_pb2_grpc
+from server.access import Caller, Gate
 from server.clock import Clock
-from server.domain import CertKind, Status, serial_from_bytes, serial_to_bytes
-from server.ocsp import OcspResponder
-from server.status import Answer, BadRequest, IndexHolder, Resolver, StatusSource
+from server.domain import (
+    CertKind,
+    Provision,
+    Status,
+    Verifier,
+    serial_from_bytes,
+    serial_to_bytes,
+)
+from server.law.entitlements import NotEntitled, status_provision
+from server.ocsp import OcspResponder, is_successful
+from server.status import (
+    Answer,
+    BadRequest,
+    IndexHolder,
+    Resolver,
+    StatusSource,
+    unknown_answer,
+)
 
 MAX_BATCH = 10_000
 
@@ -55,6 +72,8 @@ class StatusServicer(va_pb2_grpc.StatusServiceServicer):
         holder: IndexHolder,
         clock: Clock,
         roots: list[x509.Certificate],
+        gate: Gate,
+        caller: Callable[[grpc.ServicerContext], Caller],
     ) -> None:
         self._roots = roots
         self._source = source
@@ -62,8 +81,11 @@ class StatusServicer(va_pb2_grpc.StatusServiceServicer):
         self._ocsp = ocsp
         self._holder = holder
         self._clock = clock
+        self._gate = gate
+        self._caller = caller
 
-    def _answer(self, request: va_pb2.CheckRequest) -> Answer:
+    def _target(self, request: va_pb2.CheckRequest) -> tuple[CertKind | None, int, datetime]:
+        """(kind, serial, as_of) the request names; kind None: an issuer we do not serve."""
         as_of = (
             request.as_of.ToDatetime(tzinfo=UTC) if request.HasField("as_of") else self._clock.now()
         )
@@ -72,77 +94,104 @@ class StatusServicer(va_pb2_grpc.StatusServiceServicer):
         if which == "kind_serial":
             if ref.kind_serial.kind == va_pb2.CERT_KIND_UNSPECIFIED:
                 raise BadRequest("certificate kind is required")
-            kind = CertKind(ref.kind_serial.kind)
-            serial = _serial(ref.kind_serial.serial)
-        elif which == "certificate_der":
+            try:
+                kind = CertKind(ref.kind_serial.kind)
+            except ValueError:
+                raise BadRequest(f"unknown certificate kind {ref.kind_serial.kind}") from None
+            return kind, _serial(ref.kind_serial.serial), as_of
+        if which == "certificate_der":
             kind, serial = self._resolver.from_certificate(ref.certificate_der)
-        elif which == "cert_id":
+            return kind, serial, as_of
+        if which == "cert_id":
             cid = ref.cert_id
             issuer = self._resolver.issuer_by_hash(
                 cid.hash_algorithm.lower(), cid.issuer_name_hash, cid.issuer_key_hash
             )
-            serial = _serial(cid.serial)
-            if issuer is None:
-                # Not an issuer we answer for: the certificate is unknown to us.
-                index = self._holder.get()
-                return Answer(
-                    None,
-                    serial,
-                    Status.UNKNOWN,
-                    None,
-                    as_of,
-                    index.sequence,
-                    index.created_at,
-                    index.next_update,
-                )
-            kind = issuer.kind
-        else:
-            raise BadRequest("no certificate given (kind_serial, certificate_der or cert_id)")
-        return self._source.status(kind, serial, as_of)
+            return (None if issuer is None else issuer.kind), _serial(cid.serial), as_of
+        raise BadRequest("no certificate given (kind_serial, certificate_der or cert_id)")
+
+    def _answer(
+        self, verifier: Verifier, request: va_pb2.CheckRequest, counts: Counter[Provision]
+    ) -> Answer:
+        """Check the entitlement, answer, and add the provision to `counts`."""
+        kind, serial, as_of = self._target(request)
+        if kind is None:
+            # Not an issuer we answer for: the certificate is unknown to us, and no
+            # status information of the law is given.
+            return unknown_answer(self._holder.get(), None, serial, as_of)
+        provision = status_provision(kind)
+        self._gate.check(verifier, provision)
+        answer = self._source.status(kind, serial, as_of)
+        counts[provision] += 1
+        return answer
 
     def Check(
         self, request: va_pb2.CheckRequest, context: grpc.ServicerContext
     ) -> va_pb2.CheckResponse:
-        return va_pb2.CheckResponse(status=answer_to_pb(self._answer(request)))
+        verifier = self._gate.identify(self._caller(context))
+        counts: Counter[Provision] = Counter()
+        answer = self._answer(verifier, request, counts)
+        self._gate.provided(verifier, counts)
+        return va_pb2.CheckResponse(status=answer_to_pb(answer))
 
     def CheckStream(
         self,
         request_iterator: Iterator[va_pb2.CheckBatchRequest],
         context: grpc.ServicerContext,
     ) -> Iterator[va_pb2.CheckBatchResponse]:
+        verifier = self._gate.identify(self._caller(context))
         for batch in request_iterator:
             if not batch.requests:
                 raise BadRequest("empty batch")
             if len(batch.requests) > MAX_BATCH:
                 raise BadRequest(f"batch of {len(batch.requests)} exceeds {MAX_BATCH}")
             results = []
+            counts: Counter[Provision] = Counter()
             for request in batch.requests:
                 try:
-                    results.append(va_pb2.CheckResult(status=answer_to_pb(self._answer(request))))
+                    answer = self._answer(verifier, request, counts)
+                    results.append(va_pb2.CheckResult(status=answer_to_pb(answer)))
+                except NotEntitled as exc:
+                    results.append(va_pb2.CheckResult(error=f"PERMISSION_DENIED: {exc}"))
                 except (BadRequest, ValueError) as exc:
                     results.append(va_pb2.CheckResult(error=str(exc)))
+            self._gate.provided(verifier, counts)
             yield va_pb2.CheckBatchResponse(results=results)
 
     def Ocsp(
         self, request: va_pb2.OcspRequest, context: grpc.ServicerContext
     ) -> va_pb2.OcspResponse:
-        return va_pb2.OcspResponse(der=self._ocsp.respond(request.der))
+        verifier = self._gate.identify(self._caller(context))
+        counts: Counter[Provision] = Counter()
+        for kind in self._ocsp.issuer_kinds(request.der):
+            self._gate.check(verifier, status_provision(kind))
+            counts[status_provision(kind)] += 1
+        der = self._ocsp.respond(request.der)
+        if counts and is_successful(der):
+            self._gate.provided(verifier, counts)
+        return va_pb2.OcspResponse(der=der)
 
     def ListIssuers(
         self, request: va_pb2.ListIssuersRequest, context: grpc.ServicerContext
     ) -> va_pb2.ListIssuersResponse:
+        # Public information, but only for registered verifiers.
+        self._gate.identify(self._caller(context))
         index = self._holder.get()
+        issuers = []
+        for entry in index.issuers.values():
+            issuer = va_pb2.Issuer(
+                kind=int(entry.kind),  # type: ignore[arg-type]
+                key_id=entry.key_id,
+                certificate_der=entry.certificate.public_bytes(Encoding.DER),
+                active=entry.active,
+            )
+            compromise = index.compromises.get(entry.key_id)
+            if compromise is not None:  # the announcement (第15条第3項)
+                issuer.compromised_at.CopyFrom(timestamp(compromise.time))
+            issuers.append(issuer)
         return va_pb2.ListIssuersResponse(
             root_certificate_der=self._roots[0].public_bytes(Encoding.DER) if self._roots else b"",
-            issuers=[
-                va_pb2.Issuer(
-                    kind=int(entry.kind),  # type: ignore[arg-type]
-                    key_id=entry.key_id,
-                    certificate_der=entry.certificate.public_bytes(Encoding.DER),
-                    active=entry.active,
-                )
-                for entry in index.issuers.values()
-            ],
+            issuers=issuers,
         )
 
 

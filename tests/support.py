@@ -9,24 +9,50 @@ from __future__ import annotations
 import subprocess
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import grpc
+import lmdb
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from cryptography.x509.oid import NameOID
 
 import hsm
-from protos import signer_pb2, signer_pb2_grpc, va_pb2, va_pb2_grpc
+from protos import signer_pb2, signer_pb2_grpc, va_pb2, va_pb2_grpc, verifiers_pb2
+from server.clock import Clock
 from server.config import ResponderConfig, SignerConfig
-from server.domain import CertKind
+from server.domain import CertKind, Role
+from server.index import Index, current_index
 from server.responder_app import Responder
 from server.signer_app import SignerApp, start_signer
 
 T = TypeVar("T")
+
+
+ALL_ROLES_VERIFIER = "test-all-roles"
+
+
+def throwaway_certificate(name: str) -> x509.Certificate:
+    """A self-signed client certificate: in plaintext tests only its fingerprint matters."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = datetime.now(UTC)
+    return (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=5))
+        .not_valid_after(now + timedelta(days=30))
+        .sign(key, hashes.SHA256())
+    )
 
 
 def wait_for(predicate: Callable[[], T | None], what: str, timeout: float = 30.0) -> T:
@@ -88,9 +114,11 @@ class Pki:
         resident_code: str | None = None,
         municipality: str = "131016",
         card: Issued | None = None,
+        key: rsa.RSAPrivateKey | None = None,
     ) -> Issued:
+        """Issue through SignerService; `card` signs a mobile application; `key` is reused."""
         self._counter += 1
-        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        key = key or rsa.generate_private_key(public_exponent=65537, key_size=2048)
         spki = key.public_key().public_bytes(
             serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
         )
@@ -115,10 +143,46 @@ class Pki:
             key=key,
         )
 
-    def publish_and_wait(self) -> int:
-        """Publish a full snapshot and wait until the responder serves it."""
+    def check(
+        self, kind: CertKind, serial: int, as_of: datetime | None = None
+    ) -> va_pb2.CertificateStatus:
+        """The responder's answer through StatusService.Check."""
+        request = va_pb2.CheckRequest(
+            cert=va_pb2.CertRef(
+                kind_serial=va_pb2.KindSerial(
+                    kind=int(kind),  # type: ignore[arg-type]
+                    serial=serial.to_bytes(max(1, (serial.bit_length() + 7) // 8), "big"),
+                )
+            )
+        )
+        if as_of is not None:
+            request.as_of.FromDatetime(as_of)
+        return self.status_stub.Check(request, timeout=10).status
+
+    @contextmanager
+    def live_index(self) -> Iterator[Index]:
+        """The responder's live index, read in this process.
+
+        LMDB allows one handle per environment and process, and the responder's
+        housekeeping (in this process too) opens it briefly: retry until free.
+        """
+
+        def attempt() -> Index | None:
+            try:
+                return Index(current_index(self.responder.config.index_dir))  # type: ignore[arg-type]
+            except lmdb.Error:
+                return None
+
+        index = wait_for(attempt, "the live index to be free", timeout=10)
+        try:
+            yield index
+        finally:
+            index.close()
+
+    def publish_and_wait(self, *, full: bool = True) -> int:
+        """Publish a full (or delta) snapshot and wait until the responder serves it."""
         reply = self.signer_stub.PublishSnapshot(
-            signer_pb2.PublishSnapshotRequest(full=True), timeout=60
+            signer_pb2.PublishSnapshotRequest(full=full), timeout=60
         )
         self.wait_sequence(reply.sequence)
         return reply.sequence
@@ -128,7 +192,11 @@ class Pki:
             try:
                 answer = self.status_stub.Check(
                     va_pb2.CheckRequest(
-                        cert=va_pb2.CertRef(kind_serial=va_pb2.KindSerial(kind=1, serial=b"\x01"))
+                        cert=va_pb2.CertRef(
+                            kind_serial=va_pb2.KindSerial(
+                                kind=va_pb2.CERT_KIND_CARD_SIGN, serial=b"\x01"
+                            )
+                        )
                     ),
                     timeout=5,
                 )
@@ -148,16 +216,27 @@ class Pki:
         self.signer.stop()
 
 
-def start_pki(directory: Path, hsm_config: hsm.HsmConfig, *, workers: int = 1) -> Pki:
+def start_pki(
+    directory: Path,
+    hsm_config: hsm.HsmConfig,
+    *,
+    workers: int = 1,
+    clock: Clock | None = None,
+    delta_interval: float = 0,
+    **signer_settings: Any,
+) -> Pki:
+    """A signer (publishing only on request unless delta_interval > 0) and a responder."""
     signer = start_signer(
         SignerConfig(
             data_dir=directory / "signer",
             hsm=hsm_config,
             listen="127.0.0.1:0",
             insecure_loopback=True,
-            publish_interval=0,
+            delta_interval=delta_interval,
             bootstrap=True,
-        )
+            **signer_settings,
+        ),
+        clock,
     )
     channel = grpc.insecure_channel(f"127.0.0.1:{signer.port}")
     signer_stub = signer_pb2_grpc.SignerServiceStub(channel)
@@ -165,6 +244,19 @@ def start_pki(directory: Path, hsm_config: hsm.HsmConfig, *, workers: int = 1) -
     root = x509.load_der_x509_certificate(root_der.root_certificate_der)
     root_file = directory / "root.pem"
     root_file.write_bytes(root.public_bytes(serialization.Encoding.PEM))
+    # Plaintext callers without an x-jpki-verifier header act as this verifier, which
+    # holds every role; entitlement tests name other verifiers explicitly.
+    signer_stub.AddVerifier(
+        verifiers_pb2.AddVerifierRequest(
+            id=ALL_ROLES_VERIFIER,
+            roles=[int(r) for r in Role],  # type: ignore[misc]
+            client_certificate_der=[
+                throwaway_certificate(ALL_ROLES_VERIFIER).public_bytes(serialization.Encoding.DER)
+            ],
+            agreement="TEST-AGREEMENT",
+        ),
+        timeout=30,
+    )
     responder = Responder(
         ResponderConfig(
             snapshot_dir=signer.config.snapshot_dir,
@@ -174,6 +266,7 @@ def start_pki(directory: Path, hsm_config: hsm.HsmConfig, *, workers: int = 1) -
             workers=workers,
             signer=f"127.0.0.1:{signer.port}",
             insecure_loopback=True,
+            loopback_verifier=ALL_ROLES_VERIFIER,
             poll_interval=0.1,
         )
     )
@@ -192,3 +285,40 @@ def start_pki(directory: Path, hsm_config: hsm.HsmConfig, *, workers: int = 1) -
     pki._runner = threading.Thread(target=responder.run, args=(pki._stop,), daemon=True)
     pki._runner.start()
     return pki
+
+
+@dataclass
+class ExtraResponder:
+    """Another responder over a Pki's snapshots, with its own state and settings."""
+
+    responder: Responder
+    _stop: threading.Event
+    _runner: threading.Thread
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.responder.port}"
+
+    def close(self) -> None:
+        self._stop.set()
+        self._runner.join()
+        self.responder.shutdown()
+
+
+def start_responder(pki: Pki, state_dir: Path, **settings: Any) -> ExtraResponder:
+    config: dict[str, Any] = {
+        "snapshot_dir": pki.signer.config.snapshot_dir,
+        "state_dir": state_dir,
+        "trust_anchors": (pki.root_file,),
+        "listen": "127.0.0.1:0",
+        "workers": 1,
+        "signer": f"127.0.0.1:{pki.signer.port}",
+        "poll_interval": 0.1,
+    }
+    config.update(settings)
+    responder = Responder(ResponderConfig(**config))
+    responder.start()
+    stop = threading.Event()
+    runner = threading.Thread(target=responder.run, args=(stop,), daemon=True)
+    runner.start()
+    return ExtraResponder(responder, stop, runner)

@@ -15,6 +15,7 @@ SubjectPublicKeyInfo of the new mobile key (`openssl dgst -sha256 -sign`).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 
 from cryptography import x509
@@ -31,6 +32,14 @@ def _in_effect(record: CertificateRecord, now: datetime) -> bool:
     return record.status_record().status_at(now) is Status.GOOD
 
 
+@dataclass(frozen=True)
+class MobileBasis:
+    """What a mobile certificate rests on."""
+
+    card_sign: CertificateRecord  # whose key signed the application
+    card: CertificateRecord  # the card certificate of the same purpose (cascade, mapping)
+
+
 def check_mobile_application(
     tx: RegistryTxn,
     *,
@@ -40,8 +49,8 @@ def check_mobile_application(
     application_signature: bytes,
     public_key_der: bytes,
     now: datetime,
-) -> CertificateRecord:
-    """Return the CARD_SIGN the application rests on, or refuse with the failed condition."""
+) -> MobileBasis:
+    """Return what the application rests on, or refuse with the failed condition."""
     if not kind.is_mobile:
         raise ValueError(f"{kind.name} is not a mobile kind")
     if card_serial is None:
@@ -68,9 +77,14 @@ def check_mobile_application(
         raise Refused(
             "the application signature does not verify with the CARD_SIGN certificate"
         ) from None
-    if kind is CertKind.MOBILE_AUTH and not any(
-        r.kind is CertKind.CARD_AUTH and _in_effect(r, now)
+    if kind is CertKind.MOBILE_SIGN:
+        return MobileBasis(card_sign=card, card=card)
+    card_auth = [
+        r
         for r in tx.holder_certificates(resident_code)
-    ):
+        if r.kind is CertKind.CARD_AUTH and _in_effect(r, now)
+    ]
+    if not card_auth:
         raise Refused("MOBILE_AUTH needs a CARD_AUTH certificate in effect for the same holder")
-    return card
+    newest = max(card_auth, key=lambda r: r.not_before)
+    return MobileBasis(card_sign=card, card=newest)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import getpass
+import sys
 from pathlib import Path
 
 import pytest
@@ -59,3 +61,26 @@ def test_config_validation(tmp_path: Path) -> None:
         HsmConfig(module=str(tmp_path / "nope.so"), token_label="t", pin=pin)
     with pytest.raises(HsmConfigError, match="SoftHSM2 config"):
         HsmConfig(token_label="t", pin=pin, softhsm2_conf=str(tmp_path / "nope.conf"))
+
+
+def test_prompted_pin_is_asked_once_and_only_on_a_terminal(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    asked: list[str] = []
+
+    def fake_getpass(prompt: str) -> str:
+        asked.append(prompt)
+        return "typed-pin"
+
+    monkeypatch.setattr(getpass, "getpass", fake_getpass)
+    monkeypatch.setattr(sys.stdin, "isatty", lambda: True)
+    source = PinSource(prompt="PIN: ")
+    assert source.read() == "typed-pin"
+    assert source.read() == "typed-pin"  # a reconnect does not ask again
+    assert asked == ["PIN: "]
+    assert "typed-pin" not in repr(source)
+    monkeypatch.setattr(sys.stdin, "isatty", lambda: False)
+    with pytest.raises(HsmConfigError, match="not a terminal"):
+        PinSource(prompt="PIN: ").read()
+    with pytest.raises(HsmConfigError, match="exactly one"):
+        PinSource(env="X", prompt="PIN: ")

@@ -1,0 +1,94 @@
+"""CrlService: translates between protobuf and the CRL files. Nothing else."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Iterator
+from datetime import UTC
+
+import grpc
+
+from protos import crl_pb2, crl_pb2_grpc, va_pb2
+from server.access import Caller, Gate
+from server.crls import CrlFile, CrlFiles
+from server.domain import CertKind
+from server.law.entitlements import NotEntitled, check_entitled, crl_provision
+from server.status import BadRequest
+from server.status_servicer import timestamp
+
+CHUNK = 64 * 1024
+
+
+def crl_info_to_pb(crl: CrlFile) -> crl_pb2.CrlInfo:
+    info = crl.info
+    return crl_pb2.CrlInfo(
+        kind=int(info.kind),  # type: ignore[arg-type]
+        partition=info.partition,
+        issuer_key_id=info.issuer_key_id,
+        number=info.number,
+        this_update=timestamp(info.this_update),
+        next_update=timestamp(info.next_update),
+        size=info.size,
+        sha256=info.sha256,
+        current=crl.current,
+    )
+
+
+def _kind(value: int) -> CertKind:
+    if value == va_pb2.CERT_KIND_UNSPECIFIED:
+        raise BadRequest("certificate kind is required")
+    try:
+        return CertKind(value)
+    except ValueError:
+        raise BadRequest(f"unknown certificate kind {value}") from None
+
+
+class CrlServicer(crl_pb2_grpc.CrlServiceServicer):
+    def __init__(
+        self, files: CrlFiles, gate: Gate, caller: Callable[[grpc.ServicerContext], Caller]
+    ) -> None:
+        self._files = files
+        self._gate = gate
+        self._caller = caller
+
+    def GetCrl(
+        self, request: crl_pb2.GetCrlRequest, context: grpc.ServicerContext
+    ) -> Iterator[crl_pb2.CrlChunk]:
+        kind = _kind(request.kind)
+        provision = crl_provision(kind)
+        verifier = self._gate.admit(self._caller(context), provision)
+        which = request.WhichOneof("which")
+        crl, der = self._files.get(
+            kind,
+            request.partition,
+            request.issuer_key_id or None,
+            number=request.number if which == "number" else None,
+            as_of=request.as_of.ToDatetime(tzinfo=UTC) if which == "as_of" else None,
+        )
+        # Counted before the first chunk leaves (第41条).
+        self._gate.provided(verifier, Counter({provision: 1}))
+        yield crl_pb2.CrlChunk(info=crl_info_to_pb(crl), data=der[:CHUNK])
+        for offset in range(CHUNK, len(der), CHUNK):
+            yield crl_pb2.CrlChunk(data=der[offset : offset + CHUNK])
+
+    def ListCrls(
+        self, request: crl_pb2.ListCrlsRequest, context: grpc.ServicerContext
+    ) -> crl_pb2.ListCrlsResponse:
+        verifier = self._gate.identify(self._caller(context))
+        if request.kind != va_pb2.CERT_KIND_UNSPECIFIED:
+            kind = _kind(request.kind)
+            check_entitled(verifier, crl_provision(kind))
+            kinds = [kind]
+        else:
+            kinds = []
+            for kind in CertKind:
+                try:
+                    check_entitled(verifier, crl_provision(kind))
+                except NotEntitled:
+                    continue
+                kinds.append(kind)
+            if not kinds:
+                # Name what is missing, as any refusal does.
+                check_entitled(verifier, crl_provision(CertKind.CARD_SIGN))
+        files = self._files.list(kinds, request.partition or None, request.issuer_key_id or None)
+        return crl_pb2.ListCrlsResponse(crls=[crl_info_to_pb(f) for f in files])

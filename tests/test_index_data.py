@@ -1,0 +1,263 @@
+"""The index's data databases and delta application, on real LMDB with software keys.
+
+Snapshots are built here with SnapshotBuilder and signed with throwaway software
+keys (the signer's HSM path is exercised by the integration tests), so each case
+can say exactly what a snapshot holds, including ones the signer never makes.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+from server import profiles
+from server.clock import SystemClock
+from server.domain import CertKind, CrlReason, Link, LinkType, Loss, LossCause, record_key
+from server.index import (
+    DeltaNotApplicable,
+    Index,
+    apply_delta,
+    build_index,
+    current_index,
+    publish_index,
+)
+from server.profiles import CrlEntry, Holder, ProfileSettings
+from server.records import encode_file_record
+from server.registry import CertificateRecord, LossEvent
+from server.snapshot import (
+    CONSENTS,
+    EVENTS,
+    LINKS,
+    SIGNING_RECORDS,
+    SnapshotBuilder,
+    SnapshotRejected,
+    SnapshotVerifier,
+    VerifiedSnapshot,
+)
+from server.snapshot_data import (
+    consent_line,
+    event_line,
+    link_line,
+    parse_consent,
+    parse_event,
+    parse_link,
+    parse_signing_record,
+    signing_record_line,
+)
+
+NOW = datetime.now(UTC).replace(microsecond=0)
+SETTINGS = ProfileSettings()
+KIND = CertKind.CARD_SIGN
+
+
+class Ca:
+    def __init__(self) -> None:
+        self.root_key = ec.generate_private_key(ec.SECP256R1())
+        self.root = profiles.root_certificate(
+            self.root_key, NOW - timedelta(days=1), NOW + timedelta(days=3650)
+        )
+        self.key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        self.cert = profiles.issuing_ca_certificate(
+            self.root_key, self.root, KIND, self.key.public_key(),
+            NOW - timedelta(days=1), NOW + timedelta(days=3650),
+        )  # fmt: skip
+        self.snap_key = ec.generate_private_key(ec.SECP256R1())
+        self.snap_cert = profiles.snapshot_signer_certificate(
+            self.root_key, self.root, self.snap_key.public_key(),
+            NOW - timedelta(days=1), NOW + timedelta(days=3650),
+        )  # fmt: skip
+        self.key_id = profiles.key_id(self.key.public_key())
+
+
+@pytest.fixture(scope="module")
+def ca() -> Ca:
+    return Ca()
+
+
+def _record(serial: int) -> CertificateRecord:
+    return CertificateRecord(
+        kind=KIND,
+        serial=serial,
+        issuer_key_id=b"",
+        resident_code="12345678901",
+        partition="131016",
+        holder=Holder("試験 太郎", "千代田区1-1", "1990-01-01", "男"),
+        not_before=NOW - timedelta(days=1),
+        not_after=NOW + timedelta(days=365),
+        certificate_der=b"",
+    )
+
+
+def _event(ca: Ca, sequence: int, serial: int) -> LossEvent:
+    return LossEvent(
+        sequence=sequence,
+        kind=KIND,
+        serial=serial,
+        partition="131016",
+        issuer_key_id=ca.key_id,
+        loss=Loss(NOW, LossCause.HOLDER_REQUEST, CrlReason.KEY_COMPROMISE),
+        recorded_at=NOW,
+    )
+
+
+def _snapshot(
+    ca: Ca,
+    root: Path,
+    sequence: int,
+    *,
+    records: list[int],
+    crl: list[int],
+    events: list[LossEvent],
+    data: dict[str, list[dict[str, Any]]] | None = None,
+    delta: tuple[int, int, int] | None = None,  # base sequence, previous, base CRL number
+) -> VerifiedSnapshot:
+    builder = SnapshotBuilder(root, sequence)
+    builder.add_issuers([ca.cert])
+    builder.add_records(
+        encode_file_record(
+            record_key(KIND, s), NOW - timedelta(days=1), NOW + timedelta(days=365), "131016", 0
+        )
+        for s in sorted(records)
+    )
+    entries = [CrlEntry(s, NOW, LossCause.HOLDER_REQUEST, CrlReason.KEY_COMPROMISE) for s in crl]
+    crl_obj = profiles.crl(
+        SETTINGS, ca.key, ca.cert, kind=KIND, partition="131016", number=sequence,
+        this_update=NOW, next_update=NOW + timedelta(days=1), entries=entries,
+        delta_base=None if delta is None else delta[2],
+    )  # fmt: skip
+    builder.add_crl(KIND, "131016", crl_obj, sequence, None if delta is None else delta[2])
+    builder.add_jsonl(EVENTS, [event_line(e) for e in events])
+    for name, lines in (data or {}).items():
+        builder.add_jsonl(name, lines)
+    path, _ = builder.commit(
+        type="full" if delta is None else "delta",
+        base_sequence=None if delta is None else delta[0],
+        previous_sequence=None if delta is None else delta[1],
+        created_at=NOW,
+        event_sequence=max((e.sequence for e in events), default=0),
+        issuer_key_ids=[ca.key_id],
+        signing_key=ca.snap_key,
+        signer_cert=ca.snap_cert,
+    )
+    return SnapshotVerifier([ca.root], SystemClock()).verify(path)
+
+
+@pytest.fixture
+def live(ca: Ca, tmp_path: Path) -> tuple[Path, Path]:
+    """A live index of a full snapshot: serial 10 with consent and links, 11 lost."""
+    snapshots = tmp_path / "snapshots"
+    snapshots.mkdir()
+    full = _snapshot(
+        ca, snapshots, 1, records=[10, 11], crl=[11], events=[_event(ca, 1, 11)],
+        data={
+            LINKS: [link_line(Link(LinkType.CARD_SIGN_MOBILE_SIGN, KIND, 10,
+                                   CertKind.MOBILE_SIGN, 20))],
+            SIGNING_RECORDS: [signing_record_line(_record(10))],
+            CONSENTS: [consent_line(_record(10), "bank-a", True)],
+        },
+    )  # fmt: skip
+    built = build_index(full, tmp_path / "index")
+    publish_index(tmp_path / "index", built)
+    return snapshots, built
+
+
+def test_full_snapshot_data_is_indexed_with_readers(live: tuple[Path, Path]) -> None:
+    index = Index(live[1])
+    try:
+        link = Link(LinkType.CARD_SIGN_MOBILE_SIGN, KIND, 10, CertKind.MOBILE_SIGN, 20)
+        assert index.links(KIND, 10) == [link]
+        assert index.links(CertKind.MOBILE_SIGN, 20) == [link]  # both directions
+        assert index.links(KIND, 11) == []
+        record = index.signing_record(KIND, 10)
+        assert record is not None and (record.name, record.sex) == ("試験 太郎", "男")
+        assert index.signing_record(KIND, 11) is None
+        assert index.consent(KIND, 10, "bank-a")
+        assert not index.consent(KIND, 10, "bank-b")
+        assert [e.serial for e in index.events_since(0)] == [11]
+        assert list(index.events_since(1)) == []
+        lost = index.get(KIND, 11)
+        assert lost is not None and lost.loss is not None
+        assert lost.loss.cause is LossCause.HOLDER_REQUEST
+    finally:
+        index.close()
+
+
+def test_delta_applies_in_one_transaction_and_readers_see_it(
+    ca: Ca, live: tuple[Path, Path]
+) -> None:
+    # Workers keep their handle open across deltas (they reload metadata when the
+    # version key changes: exercised by every end-to-end delta test); LMDB allows
+    # one handle per environment and process, so here the reader opens after.
+    snapshots, path = live
+    delta = _snapshot(
+        ca, snapshots, 2, records=[12], crl=[12], events=[_event(ca, 2, 12)],
+        data={CONSENTS: [consent_line(_record(10), "bank-a", False)]},
+        delta=(1, 1, 1),
+    )  # fmt: skip
+    applied = apply_delta(delta, path)
+    assert [(loss.serial, loss.recorded_at) for loss in applied.losses] == [(12, NOW)]
+    reader = Index(path)
+    try:
+        record = reader.get(KIND, 12)
+        assert record is not None and record.loss is not None
+        assert (reader.sequence, reader.full_sequence, reader.event_sequence) == (2, 1, 2)
+        assert not reader.consent(KIND, 10, "bank-a")
+        assert reader.signing_record(KIND, 10) is None  # no consent left: it leaves
+        assert [e.serial for e in reader.events_since(1)] == [12]
+    finally:
+        reader.close()
+
+
+def test_delta_that_disagrees_with_its_crl_changes_nothing(ca: Ca, live: tuple[Path, Path]) -> None:
+    snapshots, path = live
+    # The events say 12 lost effect; the signed delta CRL does not list it.
+    delta = _snapshot(
+        ca, snapshots, 2, records=[12], crl=[], events=[_event(ca, 2, 12)], delta=(1, 1, 1)
+    )
+    with pytest.raises(SnapshotRejected, match="not on a CRL"):
+        apply_delta(delta, path)
+    index = Index(path)
+    try:  # nothing half-written: not even the new record
+        assert index.get(KIND, 12) is None
+        assert index.sequence == 1
+    finally:
+        index.close()
+
+
+@pytest.mark.parametrize(("base", "previous"), [(7, 1), (1, 5)])
+def test_delta_that_does_not_follow_is_not_applied(
+    ca: Ca, live: tuple[Path, Path], base: int, previous: int
+) -> None:
+    snapshots, path = live
+    delta = _snapshot(ca, snapshots, 9, records=[12], crl=[], events=[], delta=(base, previous, 1))
+    with pytest.raises(DeltaNotApplicable):
+        apply_delta(delta, path)
+    assert current_index(path.parent) == path
+
+
+def test_delta_crl_on_another_base_is_rejected(ca: Ca, live: tuple[Path, Path]) -> None:
+    snapshots, path = live
+    delta = _snapshot(ca, snapshots, 2, records=[], crl=[], events=[], delta=(1, 1, 99))
+    with pytest.raises(SnapshotRejected, match="not a delta on the live full CRL"):
+        apply_delta(delta, path)
+
+
+def test_data_lines_round_trip_and_refuse_malformed(ca: Ca) -> None:
+    event = _event(ca, 3, 0xABC)
+    assert parse_event(event_line(event)) == event
+    link = Link(LinkType.RENEWAL, KIND, 1, KIND, 2)
+    assert parse_link(link_line(link)) == link
+    assert parse_signing_record(signing_record_line(_record(5))).address == "千代田区1-1"
+    assert parse_consent(consent_line(_record(5), "v", True)).granted
+    with pytest.raises(ValueError):
+        parse_event({"sequence": 1})
+    with pytest.raises(ValueError):
+        parse_link({**link_line(link), "type": "cousin"})
+    with pytest.raises(ValueError):
+        parse_signing_record({**signing_record_line(_record(5)), "kind": "CARD_AUTH"})
+    with pytest.raises(ValueError):
+        parse_consent({**consent_line(_record(5), "v", True), "verifier": ""})

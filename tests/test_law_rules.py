@@ -1,0 +1,160 @@
+"""Unit tests of the rules in server/law/ (pure functions; the articles' integration
+tests drive the same rules through the signer and the responder)."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime, timedelta
+
+import pytest
+
+from server.domain import CertKind, CrlReason, Link, LinkType, Loss, LossCause
+from server.law.correspondence import holder_links
+from server.law.errors import Refused
+from server.law.issuer_compromise import Compromise, effective_loss
+from server.law.resident_change import (
+    JST,
+    ResidentEvent,
+    ResidentEventFacts,
+    kinds_ended,
+    move_out_deadline,
+    move_out_lapsed,
+)
+from server.law.retention import RetentionPolicy
+from server.profiles import Holder
+from server.registry import CertificateRecord
+
+T0 = datetime(2026, 4, 1, 3, 0, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    ("facts", "ended"),
+    [
+        (ResidentEventFacts(ResidentEvent.NAME_CHANGE), {CertKind.CARD_SIGN}),
+        (ResidentEventFacts(ResidentEvent.ADDRESS_CHANGE), {CertKind.CARD_SIGN}),
+        (ResidentEventFacts(ResidentEvent.BIRTH_DATE_CHANGE), {CertKind.CARD_SIGN}),
+        (ResidentEventFacts(ResidentEvent.SEX_CHANGE), {CertKind.CARD_SIGN}),
+        (ResidentEventFacts(ResidentEvent.ADDRESS_CHANGE, minor=True), set()),
+        (
+            ResidentEventFacts(ResidentEvent.RECORD_DELETED),
+            {CertKind.CARD_SIGN, CertKind.CARD_AUTH},
+        ),
+        (
+            ResidentEventFacts(ResidentEvent.RECORD_DELETED, deletion_by_move_out=True),
+            {CertKind.CARD_SIGN},
+        ),
+        (ResidentEventFacts(ResidentEvent.MOVE_OUT, planned_date=date(2026, 4, 1)), set()),
+        (ResidentEventFacts(ResidentEvent.MOVE_IN), set()),
+    ],
+)
+def test_articles_12_and_31_which_card_kinds_end(
+    facts: ResidentEventFacts, ended: set[CertKind]
+) -> None:
+    assert kinds_ended(facts) == ended
+    # Mobile certificates never end by a resident event directly (only by the cascade).
+    assert not any(kind.is_mobile for kind in kinds_ended(facts))
+
+
+@pytest.mark.parametrize(
+    ("facts", "fragment"),
+    [
+        (ResidentEventFacts(ResidentEvent.RECORD_DELETED, minor=True), "--minor"),
+        (ResidentEventFacts(ResidentEvent.MOVE_OUT), "planned move-out date"),
+        (
+            ResidentEventFacts(ResidentEvent.NAME_CHANGE, planned_date=date(2026, 1, 1)),
+            "planned date",
+        ),
+        (
+            ResidentEventFacts(ResidentEvent.NAME_CHANGE, deletion_by_move_out=True),
+            "deletion-by-move-out",
+        ),
+    ],
+)
+def test_resident_event_facts_that_make_no_sense_are_refused(
+    facts: ResidentEventFacts, fragment: str
+) -> None:
+    with pytest.raises(Refused, match=fragment):
+        kinds_ended(facts)
+
+
+def test_article_31_thirty_days_end_at_the_start_of_day_31_japan_time() -> None:
+    planned = date(2026, 3, 1)
+    deadline = move_out_deadline(planned)
+    # Day 1 is 2 March; day 30 is 31 March; it has passed at 1 April 00:00 JST.
+    assert deadline == datetime(2026, 4, 1, tzinfo=JST)
+    assert deadline == datetime(2026, 3, 31, 15, tzinfo=UTC)
+    assert not move_out_lapsed(planned, deadline - timedelta(microseconds=1))
+    assert move_out_lapsed(planned, deadline)
+
+
+def test_article_14_effective_loss() -> None:
+    compromise = Compromise(b"k" * 20, CertKind.CARD_SIGN, T0)
+    earlier = Loss(T0 - timedelta(days=1), LossCause.HOLDER_REQUEST, CrlReason.UNSPECIFIED)
+    later = Loss(T0 + timedelta(days=1), LossCause.RECORD_ERROR, CrlReason.UNSPECIFIED)
+    assert effective_loss(None, compromise, None, None) == (compromise.loss(), False)
+    assert effective_loss(earlier, compromise, None, None) == (earlier, False)
+    assert effective_loss(later, compromise, None, None) == (compromise.loss(), False)
+    # A mobile certificate follows its compromised card (第16条の13, cause 4)...
+    loss, cascaded = effective_loss(None, None, compromise, None)
+    assert cascaded and loss is not None
+    assert loss.cause is LossCause.CARD_CERT_LOST_EFFECT and loss.time == T0
+    # ...unless the card had lost effect before: its cascade happened then.
+    assert effective_loss(None, None, compromise, earlier) == (None, False)
+    assert compromise.loss().reason is CrlReason.CA_COMPROMISE
+
+
+def test_retention_policy() -> None:
+    policy = RetentionPolicy(
+        issuance_record=timedelta(days=10), loss_record=timedelta(days=2), crl_file=timedelta(1)
+    )
+    with pytest.raises(ValueError, match="longest validity"):
+        policy.check(timedelta(days=11))
+    policy.check(timedelta(days=10))
+    with pytest.raises(ValueError, match="positive"):
+        RetentionPolicy(loss_record=timedelta(0)).check(timedelta(days=1))
+    assert policy.issuance_retained(T0, T0 + timedelta(days=10) - timedelta(seconds=1))
+    assert not policy.issuance_retained(T0, T0 + timedelta(days=10))
+    # A CRL entry stays until expiry even when the loss record's retention is over.
+    assert policy.loss_retained(T0, T0 + timedelta(days=5), T0 + timedelta(days=3))
+    assert not policy.loss_retained(T0, T0 + timedelta(days=1), T0 + timedelta(days=2))
+    assert policy.loss_retained(T0, T0 + timedelta(days=1), T0 + timedelta(days=1, hours=1))
+
+
+def _record(
+    kind: CertKind,
+    serial: int,
+    *,
+    start: int = 0,
+    end: int = 1000,
+    card: int | None = None,
+    lost_at: int | None = None,
+) -> CertificateRecord:
+    return CertificateRecord(
+        kind=kind,
+        serial=serial,
+        issuer_key_id=b"i" * 20,
+        resident_code="12345678901",
+        partition="131016",
+        holder=Holder("n", "a", "2000-01-01", "s"),
+        not_before=T0 + timedelta(days=start),
+        not_after=T0 + timedelta(days=end),
+        certificate_der=b"",
+        loss=None
+        if lost_at is None
+        else Loss(T0 + timedelta(days=lost_at), LossCause.HOLDER_REQUEST, CrlReason.SUPERSEDED),
+        card_serial=card,
+    )
+
+
+def test_correspondences_of_one_holder() -> None:
+    sign_old = _record(CertKind.CARD_SIGN, 1, start=0, lost_at=100)
+    sign_new = _record(CertKind.CARD_SIGN, 2, start=100)
+    auth = _record(CertKind.CARD_AUTH, 3, start=150)
+    mobile_sign = _record(CertKind.MOBILE_SIGN, 4, start=120, card=2)
+    mobile_auth = _record(CertKind.MOBILE_AUTH, 5, start=160, card=3)
+    links = holder_links([sign_old, sign_new, auth, mobile_sign, mobile_auth])
+    assert links == {
+        Link(LinkType.CARD_SIGN_MOBILE_SIGN, CertKind.CARD_SIGN, 2, CertKind.MOBILE_SIGN, 4),
+        Link(LinkType.CARD_AUTH_MOBILE_AUTH, CertKind.CARD_AUTH, 3, CertKind.MOBILE_AUTH, 5),
+        # Only the signing certificate in effect while the auth one was.
+        Link(LinkType.CARD_AUTH_CARD_SIGN, CertKind.CARD_AUTH, 3, CertKind.CARD_SIGN, 2),
+    }
