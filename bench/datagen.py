@@ -18,6 +18,7 @@ issuance records without a certificate body.
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import logging
 import shutil
@@ -34,7 +35,6 @@ import numpy.typing as npt
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509 import ocsp
 
@@ -42,16 +42,16 @@ import hsm
 from bench.dataset import POOL, DataSet, Pool
 from bench.progress import Progress
 from client._ocsp import build_request, issuer_hashes
-from server import crlstream, profiles
-from server.authority import Authority, AuthoritySettings, bootstrap
+from server import profiles
+from server.authority import Authority, AuthoritySettings
+from server.ceremony import bootstrap
 from server.clock import Clock, SystemClock
-from server.domain import CertKind, CrlReason, LossCause, record_key
+from server.domain import CertKind, CrlReason, LossCause, Role, Verifier, record_key
+from server.law.issuer_compromise import CARD_OF
 from server.law.loss_recording import DEFAULT_REASON
-from server.profiles import CrlEntry, Holder, ProfileSettings
-from server.publisher import crl_counter
-from server.records import MAGIC
+from server.profiles import Holder, ProfileSettings
+from server.publisher import Publisher
 from server.registry import IssuerRecord, Registry
-from server.snapshot import CrlInfo, SnapshotBuilder, crl_relpath
 
 log = logging.getLogger(__name__)
 
@@ -62,18 +62,9 @@ YEAR = 365 * 86400
 CHUNK = 500_000
 RESIDENT_BASE = 10_000_000_000  # resident codes are 11 digits
 
-# The records file layout of server.records (<21sqqIH), as a packed numpy dtype.
-RECORD_DTYPE = np.dtype(
-    [
-        ("kind", "u1"),
-        ("pad", "V12"),
-        ("serial", ">u8"),
-        ("not_before", "<i8"),
-        ("not_after", "<i8"),
-        ("partition", "<u4"),
-        ("ordinal", "<u2"),
-    ]
-)
+# Plaintext load on loopback acts as this verifier (the responder's --loopback-verifier);
+# it holds every role, so every kind may be asked about.
+BENCH_VERIFIER = "bench-load"
 
 FAMILY = ("佐藤", "鈴木", "高橋", "田中", "伊藤", "渡辺", "山本", "中村", "小林", "加藤")
 GIVEN = ("太郎", "花子", "一郎", "美咲", "翔太", "陽菜", "健", "結衣", "大輔", "さくら")
@@ -328,13 +319,11 @@ def generate(  # noqa: PLR0915 (the phases in order, each timed)
             authority = Authority(token, registry)
             issuers = authority.issuers()
             root = authority.root()
-            snapshot_signer = authority.snapshot_signer()
             done()
         finally:
             registry.close()
         ds.root_pem.write_bytes(root.certificate.public_bytes(Encoding.PEM))
         issuer_of = {r.kind: r for r in issuers if r.kind is not None}
-        ordinals = {r.key_id: i for i, r in enumerate(issuers)}
 
         done = timer.phase("sample certificates")
         sample_der = _sign_samples(ds, population, authority, issuer_of, settings, samples, now)
@@ -346,18 +335,7 @@ def generate(  # noqa: PLR0915 (the phases in order, each timed)
         done()
 
         done = timer.phase("snapshot")
-        sequence = _write_snapshot(
-            ds,
-            population,
-            authority,
-            snapshot_signer,
-            issuers,
-            issuer_of,
-            ordinals,
-            settings,
-            now_dt,
-            total,
-        )
+        sequence = _publish(ds, token, clock, settings)
         done()
 
         done = timer.phase("pool and peers")
@@ -481,7 +459,7 @@ def _sign_samples(
     return out
 
 
-def _write_registry(
+def _write_registry(  # noqa: PLR0915 (one database after another)
     ds: DataSet,
     pop: Population,
     issuer_of: dict[CertKind, IssuerRecord],
@@ -494,23 +472,36 @@ def _write_registry(
     (the tests read them back through the Registry); the bulk load appends sorted
     keys with sync off and syncs once at the end.
     """
+    Registry(ds.registry_dir).close()  # creates every database the signer opens
     env = lmdb.open(
-        str(ds.registry_dir), map_size=1 << 40, max_dbs=5, subdir=True, sync=False, metasync=False
+        str(ds.registry_dir), map_size=1 << 40, max_dbs=32, subdir=True, sync=False, metasync=False
     )
     try:
-        dbs = {name: env.open_db(name.encode()) for name in ("certs", "holders", "events", "meta")}
+        dbs = {
+            name: env.open_db(name.encode())
+            for name in ("certs", "holders", "events", "meta", "issued")
+        }
         partition_text = [f"{c:06d}".encode() for c in pop.partition_codes.tolist()]
         family = [f.encode() for f in FAMILY]
         given = [g.encode() for g in GIVEN]
         sex = [s.encode() for s in SEX]
+        serial_of: dict[CertKind, npt.NDArray[np.uint64]] = {}
+        cause_of: dict[CertKind, npt.NDArray[np.uint8]] = {}
+        for kind, k in pop.kinds.items():
+            serial_of[kind] = np.zeros(pop.holders, dtype=np.uint64)
+            serial_of[kind][k.holder] = k.serial
+            cause_of[kind] = np.zeros(pop.holders, dtype=np.uint8)
+            cause_of[kind][k.holder] = k.cause
         with Progress("registry certificates", total) as bar:
             for kind, k in pop.kinds.items():
                 kid = issuer_of[kind].key_id.hex().encode()
                 head = b'{"kind":"%s","serial":' % kind.name.encode()
+                card = CARD_OF.get(kind)
                 for start in range(0, len(k.serial), CHUNK):
+                    part = slice(start, start + CHUNK)
                     items = _cert_items(
                         k,
-                        slice(start, start + CHUNK),
+                        part,
                         pop,
                         head,
                         kid,
@@ -519,15 +510,18 @@ def _write_registry(
                         given,
                         sex,
                         samples,
+                        None
+                        if card is None
+                        else (
+                            card,
+                            serial_of[card][k.holder[part]],
+                            cause_of[card][k.holder[part]],
+                        ),
                     )
                     with env.begin(write=True, db=dbs["certs"]) as txn:
                         added = txn.cursor().putmulti(items, append=True)[1]
                     bar.advance(added)
-        columns = []
-        for kind in CertKind:
-            by_holder = np.zeros(pop.holders, dtype=np.uint64)
-            by_holder[pop.kinds[kind].holder] = pop.kinds[kind].serial
-            columns.append(by_holder.tolist())
+        columns = [serial_of[kind].tolist() for kind in CertKind]
         with Progress("registry holders", pop.holders) as bar:
             for start in range(0, pop.holders, CHUNK):
                 stop = min(start + CHUNK, pop.holders)
@@ -540,9 +534,36 @@ def _write_registry(
             for start in range(0, len(events[0]), CHUNK):
                 with env.begin(write=True, db=dbs["events"]) as txn:
                     txn.cursor().putmulti(
-                        _event_items(pop, events, start, issuer_of, partition_text), append=True
+                        _event_items(
+                            pop, events, start, issuer_of, partition_text, serial_of, cause_of
+                        ),
+                        append=True,
                     )
                 bar.advance(min(CHUNK, len(events[0]) - start))
+        # The issuance order (delta snapshots carry what was issued since): by notBefore.
+        kinds = np.concatenate(
+            [np.full(len(k.serial), int(kind), np.uint8) for kind, k in pop.kinds.items()]
+        )
+        serials = np.concatenate([k.serial for k in pop.kinds.values()])
+        order = np.argsort(
+            np.concatenate([k.not_before for k in pop.kinds.values()]), kind="stable"
+        )
+        with Progress("registry issuance order", total) as bar:
+            for start in range(0, total, CHUNK):
+                rows = order[start : start + CHUNK]
+                with env.begin(write=True, db=dbs["issued"]) as txn:
+                    pairs = zip(kinds[rows].tolist(), serials[rows].tolist(), strict=True)
+                    txn.cursor().putmulti(
+                        [
+                            (
+                                (start + n + 1).to_bytes(8, "big"),
+                                bytes([kind]) + bytes(12) + serial.to_bytes(8, "big"),
+                            )
+                            for n, (kind, serial) in enumerate(pairs)
+                        ],
+                        append=True,
+                    )
+                bar.advance(len(rows))
         with env.begin(write=True, db=dbs["meta"]) as txn:
             txn.put(b"issued", str(total).encode())
             txn.put(b"event", str(len(events[0])).encode())
@@ -562,8 +583,12 @@ def _cert_items(
     given: list[bytes],
     sex: list[bytes],
     samples: dict[tuple[CertKind, int], dict[str, Any]],
+    card: tuple[CertKind, npt.NDArray[np.uint64], npt.NDArray[np.uint8]] | None,
 ) -> Iterator[tuple[bytes, bytes]]:
+    """(key, CertificateRecord.to_json bytes) of one chunk of one kind."""
     serials = k.serial[part].tolist()
+    card_serials = None if card is None else card[1].tolist()
+    card_causes = None if card is None else card[2].tolist()
     holders = k.holder[part]
     nb = _iso(k.not_before[part])
     na = _iso(k.not_after[part])
@@ -611,10 +636,31 @@ def _cert_items(
                 b"" if sample is None else sample["der"].encode(),
                 b'","loss":',
                 b"null" if cause == 0 else loss_json[cause] % lost_iso[i].encode(),
+                b',"card_serial":',
+                b"null" if card_serials is None else b"%d" % card_serials[i],
+                b',"loss_trigger":',
+                _trigger(card, card_serials, card_causes, i)
+                if cause == LossCause.CARD_CERT_LOST_EFFECT
+                else b"null",
                 b"}",
             )
         )
         yield prefix + serial.to_bytes(8, "big"), value
+
+
+def _trigger(
+    card: tuple[CertKind, Any, Any] | None,
+    serials: list[int] | None,
+    causes: list[int] | None,
+    i: int,
+) -> bytes:
+    """LossTrigger.to_json of a cascaded loss: the card certificate and its cause."""
+    assert card is not None and serials is not None and causes is not None
+    return b'{"kind":"%s","serial":%d,"cause":"%s"}' % (
+        card[0].name.encode(),
+        serials[i],
+        LossCause(causes[i]).name.encode(),
+    )
 
 
 def _key_hex(kind: CertKind, serial: int) -> bytes:
@@ -654,7 +700,10 @@ def _event_items(
     start: int,
     issuer_of: dict[CertKind, IssuerRecord],
     partition_text: list[bytes],
+    serial_of: dict[CertKind, npt.NDArray[np.uint64]],
+    cause_of: dict[CertKind, npt.NDArray[np.uint8]],
 ) -> Iterator[tuple[bytes, bytes]]:
+    """(sequence, LossEvent.to_json bytes); recorded at the time of the loss."""
     idx = events[0][start : start + CHUNK]
     kinds = events[1][start : start + CHUNK]
     times = events[2][start : start + CHUNK]
@@ -664,6 +713,14 @@ def _event_items(
         k = pop.kinds[kind]
         cause = LossCause(int(k.cause[i]))
         h = int(k.holder[i])
+        trigger = None
+        card = CARD_OF.get(kind)
+        if card is not None and cause is LossCause.CARD_CERT_LOST_EFFECT:
+            trigger = {
+                "kind": card.name,
+                "serial": int(serial_of[card][h]),
+                "cause": LossCause(int(cause_of[card][h])).name,
+            }
         value = json.dumps(
             {
                 "kind": kind.name,
@@ -673,122 +730,37 @@ def _event_items(
                 "time": iso[n] + "+00:00",
                 "cause": cause.name,
                 "reason": DEFAULT_REASON[cause].name,
+                "recorded_at": iso[n] + "+00:00",
+                "trigger": trigger,
             },
             separators=(",", ":"),
         ).encode()
         yield (start + n + 1).to_bytes(8, "big"), value
 
 
-def _write_snapshot(
-    ds: DataSet,
-    pop: Population,
-    authority: Authority,
-    snapshot_signer: tuple[CertificateIssuerPrivateKeyTypes, x509.Certificate],
-    issuers: list[Any],
-    issuer_of: dict[CertKind, IssuerRecord],
-    ordinals: dict[bytes, int],
-    settings: ProfileSettings,
-    now: datetime,
-    total: int,
-) -> int:
-    """Snapshot 1: records.bin from the arrays, one signed CRL per (kind, partition)."""
+def _publish(ds: DataSet, token: hsm.Hsm, clock: Clock, settings: ProfileSettings) -> int:
+    """The first full snapshot, by the signer's own publisher (CRLs and manifest in the HSM).
+
+    The publisher also leaves its state in the registry, so the signer started on
+    this data set goes on with delta snapshots from here.
+    """
     registry = Registry(ds.registry_dir)
     try:
-        with registry.write() as wtx:
-            sequence = wtx.next_counter("snapshot")
-            for kind in CertKind:
-                for code in pop.partition_codes.tolist():
-                    wtx.set_counter(crl_counter(kind, issuer_of[kind].key_id, f"{code:06d}"), 1)
-            wtx.set_meta("published_mark", wtx.change_mark().encode())
+        with registry.write() as tx:
+            tx.put_verifier(
+                Verifier(
+                    id=BENCH_VERIFIER,
+                    roles=frozenset(Role),
+                    cert_fingerprints=(hashlib.sha256(b"jpki-va bench load").digest(),),
+                    agreement="BENCH",
+                )
+            )
+        publisher = Publisher(
+            registry, Authority(token, registry), ds.snapshot_dir, clock, settings
+        )
+        return publisher.publish_full().sequence
     finally:
         registry.close()
-    ds.snapshot_dir.mkdir(parents=True, exist_ok=True)
-    builder = SnapshotBuilder(ds.snapshot_dir, sequence)
-    try:
-        builder.add_issuers([r.certificate for r in issuers])
-        records = ds.snapshot_dir / f".records-{sequence}.bin"
-        with records.open("wb") as f, Progress("snapshot records", total) as bar:
-            f.write(MAGIC)
-            for kind, k in pop.kinds.items():
-                for start in range(0, len(k.serial), CHUNK):
-                    part = slice(start, start + CHUNK)
-                    block = np.zeros(len(k.serial[part]), dtype=RECORD_DTYPE)
-                    block["kind"] = int(kind)
-                    block["serial"] = k.serial[part]
-                    block["not_before"] = k.not_before[part]
-                    block["not_after"] = k.not_after[part]
-                    block["partition"] = pop.partition_codes[pop.partition[k.holder[part]]]
-                    block["ordinal"] = ordinals[issuer_of[kind].key_id]
-                    block.tofile(f)
-                    bar.advance(len(block))
-        builder.add_records_file(records, total)
-        crl_count = len(CertKind) * len(pop.partition_codes)
-        next_update = now + settings.crl_validity
-        with Progress("snapshot CRLs", crl_count) as bar:
-            for kind, k in pop.kinds.items():
-                issuer = issuer_of[kind]
-                key = authority.key(issuer)
-                lost = np.nonzero(k.cause > 0)[0]
-                lost_part = pop.partition[k.holder[lost]]
-                order = np.argsort(lost_part, kind="stable")  # keeps serial order inside
-                lost, lost_part = lost[order], lost_part[order]
-                bounds = np.searchsorted(lost_part, np.arange(len(pop.partition_codes) + 1))
-                for p, code in enumerate(pop.partition_codes.tolist()):
-                    rows = lost[bounds[p] : bounds[p + 1]]
-                    entries = [
-                        CrlEntry(
-                            serial,
-                            _dt(at),
-                            LossCause(cause),
-                            DEFAULT_REASON[LossCause(cause)],
-                        )
-                        for serial, at, cause in zip(
-                            k.serial[rows].tolist(),
-                            k.lost_at[rows].tolist(),
-                            k.cause[rows].tolist(),
-                            strict=True,
-                        )
-                    ]
-                    partition = f"{code:06d}"
-                    der = crlstream.crl_der(
-                        settings,
-                        key,
-                        issuer.certificate,
-                        kind=kind,
-                        partition=partition,
-                        number=1,
-                        this_update=now,
-                        next_update=next_update,
-                        entries=entries,
-                    )
-                    builder.add_crl_der(
-                        CrlInfo(
-                            file=crl_relpath(kind, issuer.key_id, partition, delta=False),
-                            kind=kind,
-                            issuer_key_id=issuer.key_id,
-                            partition=partition,
-                            number=1,
-                            this_update=now,
-                            next_update=next_update,
-                            delta_base=None,
-                        ),
-                        der,
-                    )
-                    bar.advance()
-        signing_key, signer_cert = snapshot_signer
-        builder.commit(
-            type="full",
-            base_sequence=None,
-            created_at=now,
-            event_sequence=sum(int((k.cause > 0).sum()) for k in pop.kinds.values()),
-            issuer_key_ids=[r.key_id for r in issuers],
-            signing_key=signing_key,
-            signer_cert=signer_cert,
-        )
-    except BaseException:
-        builder.abort()
-        raise
-    return sequence
 
 
 def _pool(pop: Population, rng: np.random.Generator, size: int) -> Pool:

@@ -184,8 +184,8 @@ def render(  # noqa: PLR0912, PLR0915 (a document template, section by section)
     fresh = results.get("freshness")
     if fresh:
         lines.append(
-            f"- registry commit to first answer reflecting it (publish every"
-            f" {fresh['publish_interval_seconds']} s, responder polls every"
+            f"- registry commit to first answer reflecting it (delta snapshots every"
+            f" {fresh['delta_interval_seconds']} s, responder polls every"
             f" {fresh['poll_interval_seconds']} s): {fresh['commit_to_answer_seconds']} s"
         )
         losses = fresh.get("losses")

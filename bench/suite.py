@@ -27,6 +27,7 @@ import grpc
 from cryptography import x509
 
 from bench import ceilings, peers
+from bench.datagen import BENCH_VERIFIER
 from bench.dataset import DataSet
 from bench.httpload import HttpLoadError, HttpSpec, run_wrk
 from bench.loadgen import INTERFACES, Interface, LoadResult, LoadSpec, build_payloads, run_load
@@ -153,6 +154,7 @@ def _responder_config(ds: DataSet, workers: int, signer: str | None) -> Responde
         workers=workers,
         signer=signer,
         insecure_loopback=True,
+        loopback_verifier=BENCH_VERIFIER,
     )
 
 
@@ -411,7 +413,8 @@ def freshness(
         _record_loss(signer, kind, serials[i])
         samples.append(round(_wait_status(status, kind, serials[i], settings.freshness_timeout), 3))
     out: dict[str, Any] = {
-        "publish_interval_seconds": va.signer.config.publish_interval,
+        "delta_interval_seconds": va.signer.config.delta_interval,
+        "full_interval_seconds": va.signer.config.full_interval,
         "poll_interval_seconds": va.responder.config.poll_interval,
         "commit_to_answer_seconds": samples,
         "commit_to_answer_max": max(samples, default=None),

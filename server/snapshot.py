@@ -285,21 +285,11 @@ class SnapshotBuilder:
         self._files[RECORDS] = _sha256_file(path)
         return self._record_count
 
-    def add_records_file(self, source: Path, count: int) -> None:
-        """Move in a records file written elsewhere (bulk writers); it is hashed here.
-
-        The index builder checks the order and the count against the manifest, so a
-        wrong file is refused at ingest, never served.
-        """
-        path = self._dir / RECORDS
-        source.replace(path)
-        self._record_count = count
-        self._files[RECORDS] = _sha256_file(path)
-
     def add_crl_der(self, info: CrlInfo, der: bytes) -> None:
         """A CRL already encoded and signed (bulk writers); `info` says what it is."""
         self._add(info.file, der)
         self._crls.append(info)
+
     def add_jsonl(self, relpath: str, lines: Iterable[dict[str, Any]]) -> int:
         """A JSON-lines file; returns how many lines."""
         path = self._dir / relpath
