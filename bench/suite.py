@@ -18,7 +18,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -146,7 +146,15 @@ def ingest(ds: DataSet) -> dict[str, Any]:
 
 
 def _responder_config(ds: DataSet, workers: int, signer: str | None) -> ResponderConfig:
+    # HTTP OCSP joins the load as soon as the responder has it (a build without the
+    # setting simply has no HTTP figure, recorded as skipped).
+    http: dict[str, Any] = (
+        {"http_listen": "127.0.0.1:0"}
+        if "http_listen" in {f.name for f in fields(ResponderConfig)}
+        else {}
+    )
     return ResponderConfig(
+        **http,
         snapshot_dir=ds.snapshot_dir,
         state_dir=ds.responder_dir,
         trust_anchors=(ds.root_pem,),
@@ -362,7 +370,7 @@ def _jpki_http_url(va: RunningVa | None) -> str | None:
     if va is None:
         return None
     port = getattr(va.responder, "http_port", None)
-    return None if not port else f"http://127.0.0.1:{port}/ocsp"
+    return None if not port else f"http://127.0.0.1:{port}/"
 
 
 def _wait_status(
