@@ -227,7 +227,9 @@ def run_report(args: argparse.Namespace) -> int:
 
     if not args.results.is_file():
         raise BenchError(f"{args.results} does not exist (run `jpki-va bench compare` first)")
-    print(write_report(args.results, args.out))
+    if args.analysis is not None and not args.analysis.is_file():
+        raise BenchError(f"{args.analysis} does not exist")
+    print(write_report(args.results, args.out, analysis=args.analysis))
     return 0
 
 
@@ -324,6 +326,7 @@ def add_commands(sub: Any) -> None:
     p = cmds.add_parser("report", help="BENCHMARKS.md and its chart from a results JSON")
     p.add_argument("--results", type=Path, default=Path("bench-results.json"))
     p.add_argument("--out", type=Path, default=Path("BENCHMARKS.md"))
+    p.add_argument("--analysis", type=Path, help="Markdown appended as the Analysis section")
     p.set_defaults(func=_guarded(run_report))
 
     p = cmds.add_parser("setup", help="check (and --install) wrk and cfssl from Debian")

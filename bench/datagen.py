@@ -8,11 +8,12 @@ and each card loss cascades to the mobile certificate of the same purpose
 (第16条の13, 第35条の13).
 
 Scale comes from never doing per-certificate work twice: attributes are drawn as
-numpy arrays, serials are drawn, de-duplicated and sorted once, the registry and
-the index are written with sorted `append=True` puts, and only what a verifier
-sees is signed through the HSM (CRLs, the manifest, a few sample certificates,
-the delegated OCSP signer of the peers). The other certificates exist as
-issuance records without a certificate body.
+numpy arrays, serials are drawn, de-duplicated and sorted once, and the registry is
+written in its own value format with sorted `append=True` puts and one sync at the
+end. Only what a verifier sees is signed through the HSM: the first full snapshot
+is published by the signer's own Publisher (CRLs and manifest), plus a few sample
+certificates and the delegated OCSP signer of the peers. The other certificates
+exist as issuance records without a certificate body.
 """
 
 from __future__ import annotations
@@ -56,7 +57,6 @@ from server.registry import IssuerRecord, Registry
 log = logging.getLogger(__name__)
 
 I64 = npt.NDArray[np.int64]
-BOOL = npt.NDArray[np.bool_]
 
 YEAR = 365 * 86400
 CHUNK = 500_000

@@ -196,6 +196,14 @@ def render(  # noqa: PLR0912, PLR0915 (a document template, section by section)
                 f" **{losses['last_commit_to_answer_seconds']} s**; sampled answers all"
                 f" REVOKED: {losses['all_sampled_revoked']}"
             )
+        deltas = fresh.get("delta_apply")
+        if deltas and deltas.get("deltas"):
+            shown = "; ".join(
+                f"#{d['sequence']}: {d['losses']} losses, verify {d['verify_seconds']} s,"
+                f" apply {d['apply_seconds']} s"
+                for d in deltas["deltas"]
+            )
+            lines.append(f"- the deltas those losses made, applied to a copy of the index: {shown}")
     for key, label in (("rss_idle", "idle"), ("rss_after_load", "after the load")):
         r = results.get(key)
         if r:
@@ -265,12 +273,22 @@ def chart(results: dict[str, Any], path: Path) -> bool:
     return True
 
 
-def write_report(results_file: Path, out: Path, commands: list[str] | None = None) -> Path:
+def write_report(
+    results_file: Path,
+    out: Path,
+    commands: list[str] | None = None,
+    analysis: Path | None = None,
+) -> Path:
+    """BENCHMARKS.md (and its chart beside it); `analysis` is a Markdown file appended as is
+    (profiles and next steps written by whoever ran the benchmark)."""
     results = json.loads(results_file.read_text())
     out.parent.mkdir(parents=True, exist_ok=True)
     png = out.parent / CHART
     has_chart = chart(results, png)
-    out.write_text(render(results, CHART if has_chart else None, commands or _commands(results)))
+    text = render(results, CHART if has_chart else None, commands or _commands(results))
+    if analysis is not None:
+        text += "\n## Analysis\n\n" + analysis.read_text().strip() + "\n"
+    out.write_text(text)
     return out
 
 

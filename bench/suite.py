@@ -37,7 +37,7 @@ from protos import signer_pb2, signer_pb2_grpc, va_pb2, va_pb2_grpc
 from server.clock import SystemClock
 from server.config import ResponderConfig, SignerConfig
 from server.domain import CertKind, LossCause, Status, serial_to_bytes
-from server.index import build_index, current_index, publish_index
+from server.index import apply_delta, build_index, current_index, publish_index
 from server.responder_app import Responder, load_anchors
 from server.signer_app import SignerApp, start_signer
 from server.snapshot import SnapshotVerifier, snapshot_sequence
@@ -445,7 +445,6 @@ def freshness(
             "last_commit_to_answer_seconds": round(answered, 2),
             "all_sampled_revoked": first_ok,
         }
-    _prune_snapshots(ds)
     return out
 
 
@@ -460,14 +459,56 @@ def _record_loss(stub: signer_pb2_grpc.SignerServiceStub, kind: CertKind, serial
     )
 
 
-def _prune_snapshots(ds: DataSet) -> None:
-    """Freshness publishes full snapshots; keep the data set to its newest one."""
-    snaps = sorted(
-        (p for p in ds.snapshot_dir.iterdir() if snapshot_sequence(p) is not None),
-        key=lambda p: snapshot_sequence(p) or 0,
-    )
-    for old in snaps[:-1]:
-        shutil.rmtree(old, ignore_errors=True)
+def copy_index(ds: DataSet) -> Path:
+    """A scratch copy of the live index, to time delta application away from the responder."""
+    live = current_index(ds.responder_dir / "index")
+    if live is None:
+        raise FileNotFoundError("no index built: run the ingest step first")
+    scratch = ds.root / "scratch-index" / live.name
+    shutil.rmtree(scratch.parent, ignore_errors=True)
+    shutil.copytree(live, scratch)
+    return scratch
+
+
+def delta_apply(ds: DataSet, scratch: Path) -> dict[str, Any]:
+    """Verify and apply, in order, every delta published after the scratch index's snapshot.
+
+    These are the deltas the freshness step made the signer publish; each is timed
+    on its own (verification apart), as the ingester applies it to the live index.
+    """
+    verifier = SnapshotVerifier(load_anchors(_responder_config(ds, 1, None)), SystemClock())
+    start_sequence = int(scratch.name.removeprefix("idx-"))
+    applied = []
+    try:
+        for path in sorted(ds.snapshot_dir.iterdir()):
+            sequence = snapshot_sequence(path)
+            if sequence is None or sequence <= start_sequence:
+                continue
+            began = time.perf_counter()
+            snapshot = verifier.verify(path)
+            verified = time.perf_counter()
+            if snapshot.manifest.type != "delta":
+                break
+            result = apply_delta(snapshot, scratch)
+            done = time.perf_counter()
+            applied.append(
+                {
+                    "sequence": sequence,
+                    "losses": len(result.losses),
+                    "records": result.records,
+                    "verify_seconds": round(verified - began, 3),
+                    "apply_seconds": round(done - verified, 3),
+                }
+            )
+    finally:
+        shutil.rmtree(scratch.parent, ignore_errors=True)
+    biggest = max(applied, key=lambda a: a["losses"], default=None)
+    return {
+        "deltas": applied,
+        "largest_losses": None if biggest is None else biggest["losses"],
+        "largest_apply_seconds": None if biggest is None else biggest["apply_seconds"],
+        "largest_verify_seconds": None if biggest is None else biggest["verify_seconds"],
+    }
 
 
 def run_suite(
@@ -502,6 +543,7 @@ def run_suite(
     if "store" in settings.steps:
         say("store ceiling")
         results["store"] = store_figures(ds, settings)
+    scratch = copy_index(ds) if "freshness" in settings.steps else None
     needs_va = {"grpc", "http", "freshness"} & set(settings.steps)
     if needs_va:
         say("start signer and responder")
@@ -519,6 +561,9 @@ def run_suite(
                 results["freshness"] = freshness(ds, va, settings, say)
         finally:
             va.close()
+    if scratch is not None and "freshness" in results:
+        say("delta application, timed on a copy of the index")
+        results["freshness"]["delta_apply"] = delta_apply(ds, scratch)
     results["finished_at"] = datetime.now(UTC).isoformat(timespec="seconds")
     return results
 

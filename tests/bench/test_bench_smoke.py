@@ -59,6 +59,7 @@ def test_suite_smoke(small_dataset: DataSet, tmp_path: Path) -> None:
     fresh = results["freshness"]
     assert len(fresh["commit_to_answer_seconds"]) == 1
     assert fresh["losses"]["count"] == 5 and fresh["losses"]["all_sampled_revoked"]
+    assert fresh["delta_apply"]["deltas"] and fresh["delta_apply"]["largest_losses"] >= 1
 
     results_file = tmp_path / "results.json"
     results_file.write_text(json.dumps(results))
