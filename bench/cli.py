@@ -13,6 +13,7 @@ from typing import Any
 import hsm
 from bench.dataset import DataSetError
 from bench.mix import Mix
+from server.snapshot import SnapshotRejected
 
 TOKEN_LABEL = "jpki-va-bench"  # noqa: S105 (a token label, not a secret)
 EXIT_USAGE = 2
@@ -340,7 +341,7 @@ def _guarded(func: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Na
     def run(args: argparse.Namespace) -> int:
         try:
             return func(args)
-        except (BenchError, DataSetError, FileExistsError, ValueError) as exc:
+        except (BenchError, DataSetError, FileExistsError, SnapshotRejected, ValueError) as exc:
             print(f"jpki-va bench {args.bench_command}: {exc}", file=sys.stderr)
             return EXIT_USAGE
 

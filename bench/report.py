@@ -180,6 +180,11 @@ def render(  # noqa: PLR0912, PLR0915 (a document template, section by section)
             f" {_fmt(ing['crls'])} CRLs, {_fmt(ing['crl_entries'])} entries):"
             f" verify {ing['verify_seconds']} s + build {ing['build_seconds']} s ="
             f" **{ing['total_seconds']} s**; index {ing['index_bytes'] / 1e6:,.0f} MB"
+            + (
+                f"; then {ing['deltas_after']} later deltas applied in {ing['deltas_seconds']} s"
+                if ing.get("deltas_after")
+                else ""
+            )
         )
     fresh = results.get("freshness")
     if fresh:

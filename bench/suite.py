@@ -10,6 +10,7 @@ installed) is recorded as skipped with the reason, never silently dropped.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import platform
@@ -40,7 +41,7 @@ from server.domain import CertKind, LossCause, Status, serial_to_bytes
 from server.index import apply_delta, build_index, current_index, publish_index
 from server.responder_app import Responder, load_anchors
 from server.signer_app import SignerApp, start_signer
-from server.snapshot import SnapshotVerifier, snapshot_sequence
+from server.snapshot import MANIFEST, SnapshotVerifier, snapshot_sequence
 
 log = logging.getLogger(__name__)
 
@@ -107,14 +108,20 @@ def _issuers(ds: DataSet) -> dict[CertKind, x509.Certificate]:
     return out
 
 
-def _latest_snapshot(ds: DataSet) -> Path:
-    snaps = sorted(
-        (p for p in ds.snapshot_dir.iterdir() if snapshot_sequence(p) is not None),
-        key=lambda p: snapshot_sequence(p) or 0,
-    )
-    if not snaps:
-        raise FileNotFoundError(f"no snapshot in {ds.snapshot_dir}")
-    return snaps[-1]
+def _snapshots(ds: DataSet) -> list[Path]:
+    snaps = [p for p in ds.snapshot_dir.iterdir() if snapshot_sequence(p) is not None]
+    return sorted(snaps, key=lambda p: snapshot_sequence(p) or 0)
+
+
+def _latest_full(ds: DataSet) -> Path:
+    """The newest full snapshot (its manifest is peeked at here, verified by the caller)."""
+    for path in reversed(_snapshots(ds)):
+        try:
+            if json.loads((path / MANIFEST).read_bytes()).get("type") == "full":
+                return path
+        except (OSError, ValueError):
+            continue
+    raise FileNotFoundError(f"no full snapshot in {ds.snapshot_dir}")
 
 
 def _du(path: Path) -> int:
@@ -122,17 +129,22 @@ def _du(path: Path) -> int:
 
 
 def ingest(ds: DataSet) -> dict[str, Any]:
-    """Verify the newest full snapshot and build its index from nothing (the ingester's path)."""
+    """What a responder does from nothing: verify and build the newest full snapshot's
+    index, then apply the deltas published after it (earlier runs' freshness steps)."""
     index_root = ds.responder_dir / "index"
     shutil.rmtree(index_root, ignore_errors=True)
     verifier = SnapshotVerifier(load_anchors(_responder_config(ds, 1, None)), SystemClock())
-    path = _latest_snapshot(ds)
+    path = _latest_full(ds)
     start = time.perf_counter()
     snapshot = verifier.verify(path)
     verified = time.perf_counter()
     built = build_index(snapshot, index_root)
-    publish_index(index_root, built)
     done = time.perf_counter()
+    deltas = [p for p in _snapshots(ds) if (snapshot_sequence(p) or 0) > snapshot.sequence]
+    for delta in deltas:
+        apply_delta(verifier.verify(delta), built)
+    applied = time.perf_counter()
+    publish_index(index_root, built)
     return {
         "snapshot": path.name,
         "records": snapshot.manifest.record_count,
@@ -141,6 +153,8 @@ def ingest(ds: DataSet) -> dict[str, Any]:
         "verify_seconds": round(verified - start, 2),
         "build_seconds": round(done - verified, 2),
         "total_seconds": round(done - start, 2),
+        "deltas_after": len(deltas),
+        "deltas_seconds": round(applied - done, 2),
         "index_bytes": _du(built),
     }
 

@@ -16,7 +16,7 @@ from bench import cli as bench_cli
 from bench.dataset import DataSet
 from bench.httpload import HttpSpec
 from bench.report import write_report
-from bench.suite import SuiteSettings, run_suite
+from bench.suite import SuiteSettings, ingest, run_suite
 from server.cli import main as jpki_main
 
 pytestmark = pytest.mark.slow
@@ -60,6 +60,11 @@ def test_suite_smoke(small_dataset: DataSet, tmp_path: Path) -> None:
     assert len(fresh["commit_to_answer_seconds"]) == 1
     assert fresh["losses"]["count"] == 5 and fresh["losses"]["all_sampled_revoked"]
     assert fresh["delta_apply"]["deltas"] and fresh["delta_apply"]["largest_losses"] >= 1
+
+    # A responder starting from nothing now builds the full index and applies the
+    # deltas the freshness step made the signer publish.
+    again = ingest(small_dataset)
+    assert again["deltas_after"] >= 1 and again["records"] == results["ingest"]["records"]
 
     results_file = tmp_path / "results.json"
     results_file.write_text(json.dumps(results))
