@@ -341,7 +341,7 @@ def _guarded(func: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Na
     def run(args: argparse.Namespace) -> int:
         try:
             return func(args)
-        except (BenchError, DataSetError, FileExistsError, SnapshotRejected, ValueError) as exc:
+        except (BenchError, DataSetError, OSError, SnapshotRejected, ValueError) as exc:
             print(f"jpki-va bench {args.bench_command}: {exc}", file=sys.stderr)
             return EXIT_USAGE
 
