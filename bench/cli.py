@@ -128,8 +128,9 @@ def _suite_settings(args: argparse.Namespace) -> Any:
 
 
 def _print_summary(results: dict[str, Any]) -> None:
-    from bench.report import TARGETS, lookup  # noqa: PLC0415
+    from bench.report import TARGETS, derive, lookup  # noqa: PLC0415
 
+    results = {**results, "derived": derive(results)}
     for name, path, op, goal in TARGETS:
         value = lookup(results, path)
         shown = "not measured" if value is None else f"{value:,.3f}"

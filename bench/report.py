@@ -17,17 +17,36 @@ TARGETS: list[tuple[str, str, str, float]] = [
     ("unary Check / trivial gRPC server", "grpc.check.ratio_to_trivial", ">=", 0.9),
     ("CheckStream statuses/s", "grpc.stream.jpki-va.rate", ">=", 300_000),
     ("HTTP OCSP / cfssl ocspserve", "http_ocsp.ratio_to_cfssl", ">=", 2.0),
-    ("full index build, seconds (10 M holders)", "ingest.total_seconds", "<=", 120),
+    ("full index build, seconds, at 10 M holders", "derived.index_build_at_10m", "<=", 120),
     (
-        "1,000 losses to answer, seconds",
-        "freshness.losses.last_commit_to_answer_seconds",
+        "delta apply, seconds (largest delta)",
+        "freshness.delta_apply.largest_apply_seconds",
         "<=",
-        1.0,
+        1,
     ),
     ("registry commit to answer, seconds (max)", "freshness.commit_to_answer_max", "<=", 10.0),
-    ("worker RSS, MB", "rss_after_load.max_vmrss_mb", "<=", 150),
+    ("worker VmRSS after load, MB", "rss_after_load.max_vmrss_mb", "<=", 150),
+    ("worker private (anonymous) RSS, MB", "rss_after_load.max_rss_anon_mb", "<=", 150),
     ("start to serving, seconds", "start_to_serving_seconds", "<=", 3.0),
 ]
+
+
+def derive(results: dict[str, Any]) -> dict[str, Any]:
+    """Figures computed from others: the index build scaled to 10 M holders.
+
+    Measured directly when the data set has 10 M holders; otherwise scaled linearly
+    by record count (the build is one pass over the records), and marked as such.
+    """
+    holders = lookup(results, "dataset.holders")
+    build = lookup(results, "ingest.total_seconds")
+    if not holders or build is None:
+        return {}
+    factor = 10_000_000 / holders
+    return {
+        "index_build_at_10m": round(build * factor, 1),
+        "index_build_scaled": holders != 10_000_000,
+        "index_build_scale_factor": round(factor, 2),
+    }
 
 
 def lookup(results: dict[str, Any], dotted: str) -> Any:
@@ -105,8 +124,15 @@ def render(  # noqa: PLR0912, PLR0915 (a document template, section by section)
         "| target | goal | measured | met |",
         "|---|---|---|---|",
     ]
-    for name, path, op, goal in TARGETS:
+    results = {**results, "derived": derive(results)}
+    for label, path, op, goal in TARGETS:
         value = lookup(results, path)
+        name = label
+        if path == "derived.index_build_at_10m" and results["derived"].get("index_build_scaled"):
+            name += (
+                f" (scaled x{results['derived']['index_build_scale_factor']} from"
+                f" {_fmt(ds.get('holders'))} holders)"
+            )
         if value is None:
             met = "not measured"
         elif op == ">=":
