@@ -325,7 +325,11 @@ def write_report(
 
 def _commands(results: dict[str, Any]) -> list[str]:
     ds = results.get("dataset", {})
+    st = results.get("settings", {})
     return [
-        "jpki-va bench setup            # wrk, cfssl (Debian) and matplotlib",
-        f"jpki-va bench all --dir DATA --holders {ds.get('holders', 'N')} --report BENCHMARKS.md",
+        "./tasks bench setup --install   # wrk, cfssl (Debian); numpy, matplotlib (bench extra)",
+        f"./tasks bench all --dir DATA --holders {ds.get('holders', 'N')}"
+        f" --duration {st.get('duration', 10)} --out bench-results.json",
+        "./tasks bench report --results bench-results.json --out BENCHMARKS.md"
+        " --analysis bench/analysis.md",
     ]
