@@ -158,6 +158,14 @@ def responder_config(args: argparse.Namespace) -> ResponderConfig:
             "poll_interval": args.poll_interval,
             "crl_retention_days": args.crl_retention_days,
             "loopback_verifier": args.loopback_verifier,
+            "http_listen": args.http_listen,
+            "metrics_port": args.metrics_port,
+            "max_message_bytes": args.max_message_bytes,
+            "max_batch": args.max_batch,
+            "max_stream_batches": args.max_stream_batches,
+            "max_ocsp_request_bytes": args.max_ocsp_request_bytes,
+            "max_ocsp_cert_ids": args.max_ocsp_cert_ids,
+            "ocsp_cache_size": args.ocsp_cache_size,
             "ocsp_renew_at": args.ocsp_renew_at,
         },
         ResponderConfig,
@@ -201,6 +209,22 @@ def run_responder(args: argparse.Namespace) -> int:
 def run_demo(args: argparse.Namespace) -> int:
     return demo.run(
         args.dir, args.port, stop=threading.Event(), reset=args.reset, http_port=args.http_port
+    )
+
+
+def _add_http_metrics_and_limits(responder: argparse.ArgumentParser) -> None:
+    responder.add_argument(
+        "--http-listen", help="HOST:PORT for HTTP OCSP and CRLs (loopback; default off)"
+    )
+    responder.add_argument("--metrics-port", type=int, help="Prometheus /metrics on 127.0.0.1")
+    limits = responder.add_argument_group("limits")
+    limits.add_argument("--max-message-bytes", type=int, help="largest gRPC message accepted")
+    limits.add_argument("--max-batch", type=int, help="requests per CheckStream batch")
+    limits.add_argument("--max-stream-batches", type=int, help="batches per CheckStream")
+    limits.add_argument("--max-ocsp-request-bytes", type=int, help="largest OCSP request")
+    limits.add_argument("--max-ocsp-cert-ids", type=int, help="CertIDs per OCSP request")
+    limits.add_argument(
+        "--ocsp-cache-size", type=int, help="signed OCSP responses kept per worker (0: none)"
     )
 
 
@@ -269,6 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --insecure-loopback: the verifier of calls without x-jpki-verifier",
     )  # fmt: skip
     _add_tls_options(responder)
+    _add_http_metrics_and_limits(responder)
     responder.set_defaults(func=run_responder)
 
     add_commands(sub)
@@ -295,6 +320,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     except (ConfigError, hsm.HsmError) as exc:
         print(f"jpki-va {args.command}: {exc}", file=sys.stderr)
         code = EXIT_USAGE
+    except KeyboardInterrupt:
+        code = 130  # interrupted before the command could shut down by itself
     sys.exit(code)
 
 

@@ -208,6 +208,17 @@ class ResponderConfig:
     grace_seconds: float = 5.0
     crl_retention_days: float = 365.0  # 保存期間 of CRL files; set by cabinet order
     ocsp_renew_at: RenewPolicy = field(default_factory=RenewPolicy)  # default: half its life
+    # HTTP OCSP and CRLs (RFC 6960 Appendix A, RFC 5019) beside gRPC; off when None.
+    http_listen: str | None = None
+    metrics_port: int | None = None  # Prometheus /metrics on 127.0.0.1; off when None
+    # Limits on what one request may ask (bad input gets a clear error, not a crash).
+    max_message_bytes: int = 4 * 1024 * 1024  # a gRPC message
+    max_batch: int = 10_000  # CheckStream: requests per batch
+    max_stream_batches: int = 100_000  # CheckStream: batches per stream
+    max_ocsp_request_bytes: int = 16_384  # an OCSP request (HTTP body, gRPC Ocsp)
+    max_ocsp_cert_ids: int = 64  # CertIDs in one OCSP request
+    ocsp_cache_size: int = 100_000  # signed responses kept per worker; 0 disables
+    ocsp_cache_margin: float = 60.0  # seconds before nextUpdate a cached response is renewed
 
     def __post_init__(self) -> None:
         _check_listen(
@@ -217,6 +228,7 @@ class ResponderConfig:
             raise ConfigError("--loopback-verifier goes with --insecure-loopback only")
         if self.crl_retention_days <= 0:
             raise ConfigError("CRL retention must be > 0 days")
+        self._check_http_metrics_and_limits()
         if self.workers < 1:
             raise ConfigError("workers must be >= 1")
         if not self.trust_anchors:
@@ -228,6 +240,27 @@ class ResponderConfig:
             raise ConfigError("poll interval must be > 0")
         if self.signer is not None and not _is_loopback(self.signer):
             raise ConfigError("the signer connection is plaintext: loopback only for now")
+
+    def _check_http_metrics_and_limits(self) -> None:
+        if self.http_listen is not None:
+            # Status is provided to verifiers only (DESIGN §7); plain HTTP cannot tell
+            # who asks, so it is served on loopback, behind an authenticating proxy.
+            _check_listen(self.http_listen, True, "responder HTTP listen")
+        if self.metrics_port is not None and not 0 <= self.metrics_port <= 65535:
+            raise ConfigError("metrics port must be 0..65535")
+        for name in (
+            "max_message_bytes",
+            "max_batch",
+            "max_stream_batches",
+            "max_ocsp_cert_ids",
+            "grpc_threads",
+        ):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name.replace('_', ' ')} must be >= 1")
+        if not 64 <= self.max_ocsp_request_bytes <= self.max_message_bytes:
+            raise ConfigError("max OCSP request bytes must be in 64..max message bytes")
+        if self.ocsp_cache_size < 0 or self.ocsp_cache_margin < 0:
+            raise ConfigError("OCSP cache size and margin must be >= 0")
 
     @property
     def index_dir(self) -> Path:
@@ -244,6 +277,11 @@ class ResponderConfig:
     @property
     def crl_archive_dir(self) -> Path:
         return self.state_dir / "crls"
+
+    @property
+    def metrics_dir(self) -> Path:
+        """prometheus-client multiprocess files; emptied when the responder starts."""
+        return self.state_dir / "metrics"
 
 
 def load_toml(path: Path | None) -> dict[str, Any]:

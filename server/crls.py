@@ -65,6 +65,19 @@ class CrlFiles:
         is_current = current is not None and info.number == current.number
         return CrlFile(info, is_current), self._archive.der(info)
 
+    def current_at_url(
+        self, kind: CertKind, key_id_prefix: bytes, partition: str
+    ) -> tuple[CrlFile, bytes] | None:
+        """The current CRL at the URL certificates carry in their CRL distribution
+        point, which names the issuer by the first octets of its key id."""
+        for k, kid, p in self._holder.get().current_crls:
+            if k is kind and p == partition and kid.startswith(key_id_prefix):
+                try:
+                    return self.get(kind, partition, kid)
+                except CrlNotFound:
+                    return None
+        return None
+
     def list(
         self,
         kinds: Collection[CertKind],

@@ -12,6 +12,7 @@ import json
 import logging
 import secrets
 import shutil
+import signal
 import sys
 import threading
 from collections.abc import Callable
@@ -255,7 +256,8 @@ def _print_help(directory: Path, info: dict[str, Any]) -> None:
     revoked = next(c for c in info["certs"] if c["expected"]["status"] == "REVOKED")
     lines = [
         "",
-        f"jpki-va demo is serving: responder {info['responder']}, signer {info['signer']}",
+        f"jpki-va demo is serving: responder {info['responder']} (gRPC) and "
+        f"{info['http']} (HTTP OCSP, CRLs), signer {info['signer']}",
         f"Everything lives in {d}/ (demo.json lists every certificate). Try:",
         "",
         f"  jpki-va check --server {info['responder']} --insecure-loopback "
@@ -268,6 +270,8 @@ def _print_help(directory: Path, info: dict[str, Any]) -> None:
         f"-cert {d}/{revoked['cert']} -CAfile {d}/{info['root']} -resp_text",
         f"  jpki-va check --server {info['responder']} --insecure-loopback "
         "--kind card-sign --serial 0123456789ABCDEF   # never issued: UNKNOWN",
+        f"  openssl ocsp -url {info['http']}/ocsp -issuer {d}/{first['issuer']} "
+        f"-cert {d}/{first['cert']} -CAfile {d}/{info['root']}   # plain HTTP OCSP",
         f"  jpki-va token request --signer {info['signer']} --insecure-loopback "
         f"--verifier {DEMO_VERIFIER} --out token.jws",
         f"  jpki-va token verify --token token.jws --root {d}/{info['root']}",
@@ -277,6 +281,26 @@ def _print_help(directory: Path, info: dict[str, Any]) -> None:
         "Press Ctrl-C to stop.",
     ]
     print("\n".join(lines), flush=True)
+
+
+def _open_directory(
+    directory: Path, reset: bool, port: int, signer_port: int, http_port: int
+) -> tuple[dict[str, Any], bool]:
+    """Reuse a complete demo directory, or (re)create it; True when created."""
+    if directory.exists() and not reset:
+        try:
+            info: dict[str, Any] = json.loads((directory / DEMO_FILE).read_text())
+        except (OSError, ValueError):
+            print(f"{directory} is incomplete; recreating it", file=sys.stderr)
+        else:
+            # Same token, registry and certificates; listen where asked this time.
+            info["responder"] = f"127.0.0.1:{port}"
+            info["signer"] = f"127.0.0.1:{signer_port}"
+            print(f"reusing {directory} (--reset to recreate)", file=sys.stderr)
+            return info, False
+    if directory.exists():
+        shutil.rmtree(directory)
+    return _create(directory, port, signer_port, http_port), True
 
 
 def run(
@@ -290,25 +314,14 @@ def run(
     workers: int | None = None,
     ready: Callable[[dict[str, Any]], None] | None = None,
 ) -> int:
+    if threading.current_thread() is threading.main_thread():
+        # Ctrl-C or a service manager's TERM ends the demo in order (also where the
+        # shell started us with SIGINT ignored, as background jobs are).
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, lambda *_: stop.set())
     directory = directory.resolve()
     state = directory / DEMO_FILE
-    info: dict[str, Any] | None = None
-    if directory.exists() and not reset:
-        try:
-            info = json.loads(state.read_text())
-        except (OSError, ValueError):
-            print(f"{directory} is incomplete; recreating it", file=sys.stderr)
-    if info is None:
-        if directory.exists():
-            shutil.rmtree(directory)
-        info = _create(directory, port, signer_port or port + 1, http_port)
-        fresh = True
-    else:
-        fresh = False
-        # Same token, registry and certificates; listen where asked this time.
-        info["responder"] = f"127.0.0.1:{port}"
-        info["signer"] = f"127.0.0.1:{signer_port or port + 1}"
-        print(f"reusing {directory} (--reset to recreate)", file=sys.stderr)
+    info, fresh = _open_directory(directory, reset, port, signer_port or port + 1, http_port)
     signer = _start(directory, info, bootstrap=fresh)
     responder: Responder | None = None
     runner: threading.Thread | None = None
@@ -327,6 +340,7 @@ def run(
                 loopback_verifier=DEMO_VERIFIER,
                 poll_interval=0.5,
                 **sized,
+                http_listen=info["http"].removeprefix("http://"),
             )
         )
         responder.start()
@@ -334,17 +348,13 @@ def run(
         runner.start()
         tmp = state.with_suffix(".tmp")
         tmp.write_text(json.dumps(info, indent=2, ensure_ascii=False) + "\n")
-        tmp.replace(state)
+        tmp.replace(state)  # scripts see a complete demo.json or none
         cwd = Path.cwd()
         shown = directory.relative_to(cwd) if directory.is_relative_to(cwd) else directory
         _print_help(shown, info)
         if ready is not None:
             ready(info)
-        try:
-            while not stop.wait(0.5):
-                pass
-        except KeyboardInterrupt:
-            stop.set()
+        stop.wait()
     finally:
         stop.set()
         if runner is not None:

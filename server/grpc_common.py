@@ -113,11 +113,15 @@ def build_server(
     options: Iterable[tuple[str, Any]] = (),
     served_by: str | None = None,
     maximum_concurrent_rpcs: int | None = None,
+    interceptors: Sequence[_Interceptor] = (),
 ) -> grpc.Server:
-    """A server; past ``maximum_concurrent_rpcs`` gRPC answers RESOURCE_EXHAUSTED itself."""
+    """A server; past ``maximum_concurrent_rpcs`` gRPC answers RESOURCE_EXHAUSTED itself.
+
+    `interceptors` (outermost first) see the final status the error mapping set.
+    """
     return grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers),
-        interceptors=[ErrorMappingInterceptor(mapping, served_by)],
+        interceptors=[*interceptors, ErrorMappingInterceptor(mapping, served_by)],
         options=list(options),
         maximum_concurrent_rpcs=maximum_concurrent_rpcs,
     )

@@ -136,6 +136,27 @@ def signature_hash(key: CertificateIssuerPrivateKeyTypes) -> hashes.SHA256:
     raise TypeError(f"unsupported issuer key type {type(key).__name__}")
 
 
+def key_usage(
+    *,
+    digital_signature: bool = False,
+    content_commitment: bool = False,
+    key_cert_sign: bool = False,
+    crl_sign: bool = False,
+) -> x509.KeyUsage:
+    """The key usages our profiles set; every other bit stays clear."""
+    return x509.KeyUsage(
+        digital_signature=digital_signature,
+        content_commitment=content_commitment,
+        key_encipherment=False,
+        data_encipherment=False,
+        key_agreement=False,
+        key_cert_sign=key_cert_sign,
+        crl_sign=crl_sign,
+        encipher_only=False,
+        decipher_only=False,
+    )
+
+
 def _ca_extensions(
     builder: x509.CertificateBuilder,
     public_key: CertificateIssuerPublicKeyTypes,
@@ -144,20 +165,7 @@ def _ca_extensions(
 ) -> x509.CertificateBuilder:
     return (
         builder.add_extension(x509.BasicConstraints(ca=True, path_length=path_length), True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            True,
-        )
+        .add_extension(key_usage(digital_signature=True, key_cert_sign=True, crl_sign=True), True)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), False)
         .add_extension(
             x509.AuthorityKeyIdentifier(issuer_key_id, None, None),
@@ -320,18 +328,7 @@ def _leaf_builder(
         .not_valid_after(not_after)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), True)
         .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=content_commitment,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=False,
-                crl_sign=False,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            True,
+            key_usage(digital_signature=True, content_commitment=content_commitment), True
         )
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), False)
         .add_extension(x509.AuthorityKeyIdentifier(issuer_key_id, None, None), False)

@@ -257,15 +257,7 @@ class Publisher:
                 continue
             retained.add((rec.kind, rec.serial))
             holders[rec.resident_code].append(LinkSubject.of(rec))
-            content.records.append(
-                encode_file_record(
-                    rec.key,
-                    rec.not_before,
-                    rec.not_after,
-                    rec.partition,
-                    ordinals[rec.issuer_key_id],
-                )
-            )
+            content.records.append(_record(rec, ordinals))
             if rec.kind.is_signing and rec.resident_code in consenting:
                 content.signing_records[rec.serial] = signing_record_line(rec)
                 for verifier in consenting[rec.resident_code]:
@@ -389,15 +381,7 @@ class Publisher:
         for rec in new_records:
             if _scope_name((rec.kind, rec.issuer_key_id, rec.partition)) not in state.crl_base:
                 return None  # a new partition needs its full CRL first
-            content.records.append(
-                encode_file_record(
-                    rec.key,
-                    rec.not_before,
-                    rec.not_after,
-                    rec.partition,
-                    ordinals[rec.issuer_key_id],
-                )
-            )
+            content.records.append(_record(rec, ordinals))
         # Delta CRLs are cumulative since the full CRLs: every loss since the full.
         entries: dict[Scope, list[CrlEntry]] = defaultdict(list)
         for event in tx.events_since(state.full_event_sequence):
@@ -541,3 +525,10 @@ class Publisher:
 def _by_serial(lines: dict[int, dict[str, Any]]) -> Iterator[dict[str, Any]]:
     for serial in sorted(lines):
         yield lines[serial]
+
+
+def _record(rec: CertificateRecord, ordinals: dict[bytes, int]) -> bytes:
+    """The snapshot's binary issuance record of `rec`."""
+    return encode_file_record(
+        rec.key, rec.not_before, rec.not_after, rec.partition, ordinals[rec.issuer_key_id]
+    )

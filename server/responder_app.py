@@ -45,12 +45,26 @@ from server.crl_archive import CrlArchive, CrlNotFound
 from server.crl_servicer import CrlServicer
 from server.crls import CrlFiles
 from server.grpc_identity import caller_of, server_credentials
+from server.http_access import HttpAccess
+from server.http_endpoint import HttpApp, HttpServer
 from server.index import Index, current_index
 from server.ingest import Ingester, IngestMetrics
 from server.law.entitlements import NotEntitled
 from server.ledger import Ledger, LedgerError
-from server.ocsp import OcspResponder
+from server.logs import configure_json
+from server.ocsp import OcspLimits, OcspResponder
+from server.ocsp_cache import ResponseCache
 from server.ocsp_keys import OcspKeyStore
+from server.responder_metrics import (
+    CountedSource,
+    IndexState,
+    MetricsInterceptor,
+    MetricsServer,
+    ResponderCollector,
+    WorkerMetrics,
+    mark_worker_dead,
+    prepare_multiprocess_dir,
+)
 from server.snapshot import SnapshotVerifier
 from server.status import (
     BadRequest,
@@ -59,8 +73,9 @@ from server.status import (
     IssuerCompromiseSource,
     NotReady,
     Resolver,
+    StatusSource,
 )
-from server.status_servicer import StatusServicer
+from server.status_servicer import StatusServicer, StreamLimits
 from server.token_check import TokenChecker
 from server.verifier_token_servicer import VerifierTokenServicer
 
@@ -111,12 +126,48 @@ def _resolve_port(listen: str) -> int:
         return int(s.getsockname()[1])
 
 
-def worker_main(config: ResponderConfig, port: int, ready: Any, stop: ProcessEvent) -> None:
-    """One gRPC worker process."""
+def _index_generation(holder: IndexHolder) -> int:
+    """What cached OCSP answers depend on: the sequence the live index reflects now."""
+    index = holder.get()
+    index.refresh()  # a delta changes the live index in place
+    return index.sequence
+
+
+def _ocsp_responder(
+    config: ResponderConfig,
+    source: StatusSource,
+    holder: IndexHolder,
+    keystore: OcspKeyStore,
+    clock: Clock,
+    metrics: WorkerMetrics,
+) -> tuple[OcspResponder, ResponseCache]:
+    """The worker's OCSP responder and its signed-response cache."""
+    cache = ResponseCache(
+        functools.partial(_index_generation, holder),
+        capacity=config.ocsp_cache_size,
+        refresh_margin=config.ocsp_cache_margin,
+    )
+    responder = OcspResponder(
+        source,
+        Resolver(holder),
+        keystore.current,
+        clock,
+        cache=cache,
+        limits=OcspLimits(config.max_ocsp_request_bytes, config.max_ocsp_cert_ids),
+        observer=metrics,
+    )
+    return responder, cache
+
+
+def worker_main(  # noqa: PLR0915 (a composition root: the wiring reads best in one place)
+    config: ResponderConfig, port: int, http_port: int | None, ready: Any, stop: ProcessEvent
+) -> None:
+    """One worker process: gRPC and, when configured, HTTP OCSP and CRLs."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s worker %(process)d %(message)s")
+    configure_json("responder-worker")
     clock = SystemClock()
+    metrics = WorkerMetrics()
     holder = IndexHolder(config.index_dir)
     holder.refresh()
     keystore = OcspKeyStore(config.ocsp_dir)
@@ -124,7 +175,8 @@ def worker_main(config: ResponderConfig, port: int, ready: Any, stop: ProcessEve
     archive = CrlArchive(config.crl_archive_dir)
     source = IssuerCompromiseSource(IndexStatusSource(holder), holder)
     resolver = Resolver(holder)
-    ocsp = OcspResponder(source, resolver, keystore.current, clock)
+    ocsp, cache = _ocsp_responder(config, source, holder, keystore, clock, metrics)
+    crl_files = CrlFiles(holder, archive)
     roots = load_anchors(config)
     gate = Gate(lambda: holder.get().verifiers, ledger, clock)
     caller = functools.partial(
@@ -135,15 +187,20 @@ def worker_main(config: ResponderConfig, port: int, ready: Any, stop: ProcessEve
     server = grpc_common.build_server(
         max_workers=config.grpc_threads,
         mapping=STATUS_ERRORS,
-        options=[("grpc.so_reuseport", 1)],
+        options=[
+            ("grpc.so_reuseport", 1),
+            ("grpc.max_receive_message_length", config.max_message_bytes),
+        ],
         served_by=str(os.getpid()),
+        interceptors=[MetricsInterceptor(metrics)],
     )
+    stream_limits = StreamLimits(config.max_batch, config.max_stream_batches)
+    counted = CountedSource(source, metrics)
     va_pb2_grpc.add_StatusServiceServicer_to_server(
-        StatusServicer(source, resolver, ocsp, holder, clock, roots, gate, caller), server
+        StatusServicer(counted, resolver, ocsp, holder, clock, roots, gate, caller, stream_limits),
+        server,
     )
-    crl_pb2_grpc.add_CrlServiceServicer_to_server(
-        CrlServicer(CrlFiles(holder, archive), gate, caller), server
-    )
+    crl_pb2_grpc.add_CrlServiceServicer_to_server(CrlServicer(crl_files, gate, caller), server)
     verifiers_pb2_grpc.add_VerifierTokenServiceServicer_to_server(
         VerifierTokenServicer(
             TokenChecker(roots, lambda: holder.get().verifiers, clock), gate, caller
@@ -154,12 +211,24 @@ def worker_main(config: ResponderConfig, port: int, ready: Any, stop: ProcessEve
     credentials = None if config.tls is None else server_credentials(*config.tls.read())
     grpc_common.bind(server, f"{config.listen.rsplit(':', 1)[0]}:{port}", credentials)
     server.start()
+    http = None
+    if config.http_listen is not None and http_port is not None:
+        access = HttpAccess(ocsp, crl_files, gate, config.loopback_verifier)
+        app = HttpApp(access, max_request_bytes=config.max_ocsp_request_bytes, observer=metrics)
+        http = HttpServer(app, _host(config.http_listen), http_port)
+        http.start()
     serving = holder.loaded
     grpc_common.set_serving(health, SERVICES, serving)
     ready.put(port)
     synced = time.monotonic()
+    signer = keystore.current()
     while not stop.wait(0.2):
+        metrics.flush()
         holder.refresh()
+        if keystore.current() is not signer:
+            # A rotated OCSP key: answers come from the new one from now on.
+            signer = keystore.current()
+            cache.invalidate()
         if holder.loaded and not serving:
             serving = True
             grpc_common.set_serving(health, SERVICES, True)
@@ -168,7 +237,10 @@ def worker_main(config: ResponderConfig, port: int, ready: Any, stop: ProcessEve
             synced = time.monotonic()
     # Health first, so balancers stop sending; then let in-flight calls finish.
     grpc_common.set_serving(health, SERVICES, False)
+    if http is not None:
+        http.stop()
     server.stop(config.grace_seconds).wait()
+    metrics.flush()
     ledger.sync()
     ledger.close()
     archive.close()
@@ -237,10 +309,20 @@ class Responder:
             metrics=self.ingest_metrics,
         )
         self._keystore = OcspKeyStore(config.ocsp_dir)
+        self._collector = ResponderCollector(self._clock)
+        self._observed = False  # the collector has the live index's state
+        self._metrics_server: MetricsServer | None = None
         self._ready = self._ctx.Queue()
         self._worker_stop = self._ctx.Event()
         self._workers: list[multiprocessing.process.BaseProcess] = []
         self.port = 0
+        self.http_port: int | None = None
+        self.metrics_port: int | None = None
+
+    @property
+    def collector(self) -> ResponderCollector:
+        """Where the composition root adds what it counts (provisions, ...)."""
+        return self._collector
 
     @property
     def worker_pids(self) -> list[int]:
@@ -250,33 +332,63 @@ class Responder:
     def _spawn(self) -> multiprocessing.process.BaseProcess:
         proc = self._ctx.Process(
             target=worker_main,
-            args=(self.config, self.port, self._ready, self._worker_stop),
+            args=(self.config, self.port, self.http_port, self._ready, self._worker_stop),
             name="jpki-va-worker",
         )
         proc.start()
         return proc
 
     def _housekeeping(self) -> None:
+        started = time.perf_counter()
         try:
-            self._ingester.poll_once()
+            if self._ingester.poll_once() is not None:
+                self._collector.ingested(time.perf_counter() - started)
+                self._observed = False
         except Exception:
             log.exception("ingest failed; will retry")
         try:
+            if not self._observed:
+                self._observe_index()
             renew_ocsp_certificates(self.config, self._keystore, self._clock)
         except (grpc.RpcError, OSError, ValueError, lmdb.Error) as exc:
             # lmdb.Error: the index is open elsewhere in this process; next round.
-            log.warning("cannot renew OCSP-signer certificates: %s", exc)
+            log.warning("cannot read the index or renew OCSP-signer certificates: %s", exc)
+
+    def _observe_index(self) -> None:
+        """Hand the metrics the live index's state; the index is open only meanwhile."""
+        path = current_index(self.config.index_dir)
+        if path is None:
+            return
+        index = Index(path)
+        try:
+            state = IndexState(index.sequence, index.created_at, index.current_crls)
+        finally:
+            index.close()
+        self._collector.index_state(state)
+        self._observed = True
 
     def start(self) -> int:
+        prepare_multiprocess_dir(self.config.metrics_dir)
         self._housekeeping()
         self.port = _resolve_port(self.config.listen)
+        if self.config.http_listen is not None:
+            self.http_port = _resolve_port(self.config.http_listen)
         self._workers = [self._spawn() for _ in range(self.config.workers)]
         for _ in self._workers:
             self._ready.get(timeout=READY_TIMEOUT)
+        if self.config.metrics_port is not None:
+            self._metrics_server = MetricsServer(
+                self.config.metrics_port,
+                self.config.metrics_dir,
+                [self._collector, self.metrics_registry],
+            )
+            self.metrics_port = self._metrics_server.port
         log.info(
-            "responder serving on %s:%d with %d workers",
+            "responder serving gRPC on %s:%d, HTTP on %s, metrics on %s, with %d workers",
             _host(self.config.listen),
             self.port,
+            self.http_port,
+            self.metrics_port,
             len(self._workers),
         )
         return self.port
@@ -287,6 +399,8 @@ class Responder:
             for i, proc in enumerate(self._workers):
                 if not proc.is_alive():
                     log.error("worker %s exited with %s; starting another", proc.pid, proc.exitcode)
+                    if proc.pid is not None:
+                        mark_worker_dead(proc.pid, self.config.metrics_dir)
                     self._workers[i] = self._spawn()
                     with contextlib.suppress(Exception):
                         self._ready.get(timeout=READY_TIMEOUT)
@@ -298,6 +412,11 @@ class Responder:
             if proc.is_alive():
                 proc.terminate()
                 proc.join(5)
+            if proc.pid is not None:
+                mark_worker_dead(proc.pid, self.config.metrics_dir)
+        if self._metrics_server is not None:
+            self._metrics_server.close()
+            self._metrics_server = None
         self._archive.close()
 
 

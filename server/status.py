@@ -46,6 +46,14 @@ class Answer:
     this_update: datetime
     next_update: datetime
 
+    @property
+    def labels(self) -> tuple[str, str]:
+        """(status, loss cause) for counting answers; names no certificate."""
+        loss = self.record.loss if self.record is not None else None
+        if self.status is Status.REVOKED and loss is not None:
+            return "revoked", loss.cause.slug
+        return self.status.name.lower(), "none"
+
 
 def unknown_answer(index: Index, kind: CertKind | None, serial: int, as_of: datetime) -> Answer:
     """UNKNOWN (never GOOD) for a serial the index does not hold."""

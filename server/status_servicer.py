@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import grpc
@@ -23,7 +24,8 @@ from server.domain import (
     serial_to_bytes,
 )
 from server.law.entitlements import NotEntitled, status_provision
-from server.ocsp import OcspResponder, is_successful
+from server.ocsp import OcspResponder
+from server.ocsp_access import GatedOcsp
 from server.status import (
     Answer,
     BadRequest,
@@ -33,7 +35,11 @@ from server.status import (
     unknown_answer,
 )
 
-MAX_BATCH = 10_000
+
+@dataclass(frozen=True)
+class StreamLimits:
+    max_batch: int = 10_000  # requests in one CheckStream batch
+    max_batches: int = 100_000  # batches in one CheckStream
 
 
 def timestamp(when: datetime) -> Timestamp:
@@ -74,11 +80,13 @@ class StatusServicer(va_pb2_grpc.StatusServiceServicer):
         roots: list[x509.Certificate],
         gate: Gate,
         caller: Callable[[grpc.ServicerContext], Caller],
+        limits: StreamLimits | None = None,
     ) -> None:
         self._roots = roots
+        self._limits = limits or StreamLimits()
         self._source = source
         self._resolver = resolver
-        self._ocsp = ocsp
+        self._ocsp = GatedOcsp(ocsp, gate)
         self._holder = holder
         self._clock = clock
         self._gate = gate
@@ -140,14 +148,21 @@ class StatusServicer(va_pb2_grpc.StatusServiceServicer):
         context: grpc.ServicerContext,
     ) -> Iterator[va_pb2.CheckBatchResponse]:
         verifier = self._gate.identify(self._caller(context))
-        for batch in request_iterator:
+        limits = self._limits
+        for count, batch in enumerate(request_iterator, 1):
+            if count > limits.max_batches:
+                raise BadRequest(f"stream exceeds {limits.max_batches} batches")
             if not batch.requests:
                 raise BadRequest("empty batch")
-            if len(batch.requests) > MAX_BATCH:
-                raise BadRequest(f"batch of {len(batch.requests)} exceeds {MAX_BATCH}")
+            if len(batch.requests) > limits.max_batch:
+                raise BadRequest(f"batch of {len(batch.requests)} exceeds {limits.max_batch}")
             results = []
             counts: Counter[Provision] = Counter()
             for request in batch.requests:
+                if not context.is_active():
+                    # Cancelled or past its deadline: nobody reads the rest, and this
+                    # batch is never delivered, so nothing of it counts as provided.
+                    return
                 try:
                     answer = self._answer(verifier, request, counts)
                     results.append(va_pb2.CheckResult(status=answer_to_pb(answer)))
@@ -161,15 +176,8 @@ class StatusServicer(va_pb2_grpc.StatusServiceServicer):
     def Ocsp(
         self, request: va_pb2.OcspRequest, context: grpc.ServicerContext
     ) -> va_pb2.OcspResponse:
-        verifier = self._gate.identify(self._caller(context))
-        counts: Counter[Provision] = Counter()
-        for kind in self._ocsp.issuer_kinds(request.der):
-            self._gate.check(verifier, status_provision(kind))
-            counts[status_provision(kind)] += 1
-        der = self._ocsp.respond(request.der)
-        if counts and is_successful(der):
-            self._gate.provided(verifier, counts)
-        return va_pb2.OcspResponse(der=der)
+        reply = self._ocsp.respond(self._caller(context), request.der)
+        return va_pb2.OcspResponse(der=reply.der)
 
     def ListIssuers(
         self, request: va_pb2.ListIssuersRequest, context: grpc.ServicerContext

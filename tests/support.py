@@ -107,6 +107,14 @@ class Pki:
     def responder_address(self) -> str:
         return f"127.0.0.1:{self.responder.port}"
 
+    @property
+    def http_url(self) -> str:
+        return f"http://127.0.0.1:{self.responder.http_port}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self.responder.metrics_port}/metrics"
+
     def issue(
         self,
         kind: CertKind,
@@ -268,6 +276,8 @@ def start_pki(
             insecure_loopback=True,
             loopback_verifier=ALL_ROLES_VERIFIER,
             poll_interval=0.1,
+            http_listen="127.0.0.1:0",
+            metrics_port=0,
         )
     )
     responder.start()

@@ -191,6 +191,37 @@ def test_demo_crls_judge_the_demo_certificates(
             assert "certificate revoked" in result.stdout + result.stderr
 
 
+def test_demo_certificates_point_at_its_http_endpoint(
+    demo: tuple[Path, dict[str, Any]], tmp_path: Path
+) -> None:
+    """openssl finds OCSP and the CRL by the URLs the certificates carry."""
+    directory, info = demo
+    root = directory / info["root"]
+    for cert in info["certs"][:4]:
+        cert_path = directory / cert["cert"]
+        url = openssl("x509", "-in", str(cert_path), "-noout", "-ocsp_uri").stdout.strip()
+        assert url == info["http"] + "/ocsp"
+        verified = openssl(
+            "ocsp", "-url", url, "-issuer", str(directory / cert["issuer"]),
+            "-cert", str(cert_path), "-CAfile", str(root),
+        )  # fmt: skip
+        assert "Response verify OK" in verified.stderr
+        assert f"{cert_path}: {cert['expected']['status'].lower()}" in verified.stdout
+        points = openssl("x509", "-in", str(cert_path), "-noout", "-ext", "crlDistributionPoints")
+        crl_url = next(
+            word.removeprefix("URI:")
+            for word in points.stdout.split()
+            if word.startswith("URI:http")
+        )
+        crl = tmp_path / "crl.der"
+        subprocess.run(["curl", "-sf", "-o", str(crl), crl_url], check=True, timeout=30)
+        result = openssl(
+            "crl", "-inform", "DER", "-in", str(crl), "-CAfile", str(directory / cert["issuer"]),
+            "-noout", "-verify",
+        )  # fmt: skip
+        assert "verify OK" in result.stderr
+
+
 def test_demo_runs_again_on_the_same_directory(tmp_path: Path) -> None:
     directory = tmp_path / "again"
     for attempt in range(2):

@@ -164,7 +164,7 @@ def _respond(tmp_path: Path, *, signer_left: timedelta, crl_left: timedelta) -> 
         .build()
         .public_bytes(serialization.Encoding.DER)
     )
-    return ocsp.load_der_ocsp_response(responder.respond(request))
+    return ocsp.load_der_ocsp_response(responder.respond(request).der)
 
 
 def test_response_next_update_never_outlives_the_signer_certificate(tmp_path: Path) -> None:

@@ -1,0 +1,155 @@
+"""The HTTP server itself on 127.0.0.1: connections, pipelining, failures, idle clients.
+
+OCSP behind it is a tiny fake of the one-method interface (the real responder is
+exercised over HTTP in test_http); here the point is what the connection layer does.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from server.domain import CertKind
+from server.http_endpoint import Forbidden, HttpApp, HttpServer, PublishedCrl
+from server.ocsp_cache import OcspReply
+from tests.support import wait_for
+
+ANSWER = b"\x30\x03\x0a\x01\x01"
+
+
+class FakeAccess:
+    def __init__(self) -> None:
+        self.callers: list[str | None] = []
+        self.commits = 0
+        self.recording = True
+
+    def commit(self) -> bool:
+        self.commits += 1
+        return self.recording
+
+    def respond(self, claimed: str | None, der: bytes) -> OcspReply:
+        self.callers.append(claimed)
+        if der == b"boom":
+            raise RuntimeError("secret detail from /srv/internal/path")
+        return OcspReply(ANSWER)
+
+    def crl(
+        self, claimed: str | None, kind: CertKind, key_id_prefix: bytes, partition: str
+    ) -> PublishedCrl | None:
+        if claimed is None:
+            raise Forbidden(401, "no verifier identity")
+        return None
+
+
+@pytest.fixture
+def access() -> FakeAccess:
+    return FakeAccess()
+
+
+@pytest.fixture
+def server(access: FakeAccess) -> Iterator[HttpServer]:
+    app = HttpApp(access, max_request_bytes=1024)
+    running = HttpServer(app, "127.0.0.1", 0, idle_seconds=0.5)
+    running.start()
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+def post(body: bytes, extra: bytes = b"") -> bytes:
+    return (
+        b"POST /ocsp HTTP/1.1\r\nHost: x\r\nContent-Type: application/ocsp-request\r\n"
+        + extra
+        + b"Content-Length: %d\r\n\r\n" % len(body)
+        + body
+    )
+
+
+def exchange(port: int, data: bytes) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.sendall(data)
+        s.shutdown(socket.SHUT_WR)
+        chunks = []
+        while chunk := s.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def test_a_failing_request_gets_500_and_the_server_goes_on(server: HttpServer) -> None:
+    reply = exchange(server.port, post(b"boom"))
+    assert reply.startswith(b"HTTP/1.1 500 Internal Server Error\r\n")
+    assert b"Connection: close" in reply
+    assert b"secret" not in reply and b"Traceback" not in reply
+    assert exchange(server.port, post(b"fine")).endswith(ANSWER)
+
+
+def test_pipelined_requests_are_answered_in_order(server: HttpServer) -> None:
+    reply = exchange(server.port, post(b"one") + b"GET /crl/x HTTP/1.1\r\nHost: x\r\n\r\n")
+    first = reply.index(b"HTTP/1.1 200 OK")
+    second = reply.index(b"HTTP/1.1 404 Not Found")
+    assert first < second
+
+
+def test_expect_continue(server: HttpServer) -> None:
+    reply = exchange(server.port, post(b"one", b"Expect: 100-continue\r\n"))
+    assert reply.startswith(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK")
+
+
+def test_oversized_length_is_refused_before_the_body(server: HttpServer) -> None:
+    head = b"POST /ocsp HTTP/1.1\r\nHost: x\r\nContent-Length: 999999\r\n\r\n"
+    reply = exchange(server.port, head)
+    assert reply.startswith(b"HTTP/1.1 413 ")
+
+
+def test_too_many_header_bytes(server: HttpServer) -> None:
+    headers = b"".join(b"X-Filler-%d: %s\r\n" % (i, b"v" * 1000) for i in range(20))
+    reply = exchange(server.port, b"GET /crl/x HTTP/1.1\r\n" + headers + b"\r\n")
+    assert reply.startswith(b"HTTP/1.1 431 ")
+
+
+def test_http_1_0_without_keep_alive_is_closed(server: HttpServer) -> None:
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as s:
+        s.sendall(b"GET /favicon.ico HTTP/1.0\r\n\r\n")
+        reply = s.recv(65536)
+        assert reply.startswith(b"HTTP/1.1 400 ")
+        assert s.recv(65536) == b""  # closed by the server
+
+
+def test_idle_connections_are_closed(server: HttpServer) -> None:
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as s:
+        s.sendall(b"GET /ocsp/MA HTTP/1.1\r\n")  # and never finishes the request
+        started = time.monotonic()
+        s.settimeout(5)
+        assert s.recv(65536) == b""
+        assert time.monotonic() - started < 5
+    wait_for(lambda: exchange(server.port, post(b"x")).endswith(ANSWER), "server to answer")
+
+
+def test_the_verifier_header_reaches_the_gate(server: HttpServer, access: FakeAccess) -> None:
+    exchange(server.port, post(b"x", b"X-JPKI-Verifier: bank-a\r\n"))
+    exchange(server.port, post(b"x"))
+    assert access.callers == ["bank-a", None]
+    crl = b"GET /crl/card-sign/0011223344556677/131016.crl HTTP/1.1\r\nHost: x\r\n\r\n"
+    assert exchange(server.port, crl).startswith(b"HTTP/1.1 401 ")
+
+
+def test_nothing_leaves_when_the_provision_cannot_be_recorded(
+    server: HttpServer, access: FakeAccess
+) -> None:
+    access.recording = False
+    reply = exchange(server.port, post(b"x"))
+    assert reply.startswith(b"HTTP/1.1 503 ")
+    assert ANSWER not in reply
+    access.recording = True
+    assert exchange(server.port, post(b"x")).endswith(ANSWER)
+
+
+def test_pipelined_answers_share_one_commit(server: HttpServer, access: FakeAccess) -> None:
+    before = access.commits
+    reply = exchange(server.port, post(b"a") + post(b"b") + post(b"c"))
+    assert reply.count(b"HTTP/1.1 200 OK") == 3
+    assert access.commits - before < 3
