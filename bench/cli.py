@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import hsm
-from bench.dataset import DataSetError
+from bench.dataset import DataSetError, hsm_config_from
 from bench.mix import Mix
 from server.snapshot import SnapshotRejected
 
@@ -64,16 +64,7 @@ def create_token(directory: Path) -> tuple[hsm.HsmConfig, dict[str, Any]]:
         "token_label": TOKEN_LABEL,
         "pin_file": "hsm/user.pin",
     }
-    return DataSetHsm(directory, info), info
-
-
-def DataSetHsm(directory: Path, info: dict[str, Any]) -> hsm.HsmConfig:
-    return hsm.HsmConfig(
-        module=info["module"],
-        token_label=info["token_label"],
-        pin=hsm.PinSource(file=str(directory / info["pin_file"])),
-        softhsm2_conf=str(directory / info["softhsm2_conf"]),
-    )
+    return hsm_config_from(directory, info), info
 
 
 def run_datagen(args: argparse.Namespace) -> int:
@@ -163,7 +154,6 @@ def run_all(args: argparse.Namespace) -> int:
 
     ds = DataSet(args.dir.resolve())
     if not ds.info_file.exists():
-        args.out_dir = args.dir
         datagen_args = argparse.Namespace(
             out=args.dir,
             holders=args.holders,

@@ -110,14 +110,15 @@ class DataSet:
             raise DataSetError(f"{self.root / POOL} is malformed: {exc}") from None
 
     def hsm_config(self) -> hsm.HsmConfig:
-        table = self.info()["hsm"]
-        return hsm.HsmConfig(
-            module=table["module"],
-            token_label=table["token_label"],
-            pin=hsm.PinSource(file=str(self.root / table["pin_file"]))
-            if not Path(table["pin_file"]).is_absolute()
-            else hsm.PinSource(file=table["pin_file"]),
-            softhsm2_conf=None
-            if table["softhsm2_conf"] is None
-            else str(self.root / table["softhsm2_conf"]),
-        )
+        return hsm_config_from(self.root, self.info()["hsm"])
+
+
+def hsm_config_from(root: Path, table: dict[str, Any]) -> hsm.HsmConfig:
+    """The data set's token; relative paths are relative to the data set directory."""
+    conf = table.get("softhsm2_conf")
+    return hsm.HsmConfig(
+        module=table["module"],
+        token_label=table["token_label"],
+        pin=hsm.PinSource(file=str(root / table["pin_file"])),
+        softhsm2_conf=None if conf is None else str(root / conf),
+    )
