@@ -38,7 +38,7 @@ from protos import signer_pb2, signer_pb2_grpc, va_pb2, va_pb2_grpc
 from server.clock import SystemClock
 from server.config import ResponderConfig, SignerConfig
 from server.domain import CertKind, LossCause, Status, serial_to_bytes
-from server.index import apply_delta, build_index, current_index, publish_index
+from server.index import Index, apply_delta, build_index, current_index, publish_index
 from server.responder_app import Responder, load_anchors
 from server.signer_app import SignerApp, start_signer
 from server.snapshot import MANIFEST, SnapshotVerifier, snapshot_sequence
@@ -483,7 +483,11 @@ def delta_apply(ds: DataSet, scratch: Path) -> dict[str, Any]:
     on its own (verification apart), as the ingester applies it to the live index.
     """
     verifier = SnapshotVerifier(load_anchors(_responder_config(ds, 1, None)), SystemClock())
-    start_sequence = int(scratch.name.removeprefix("idx-"))
+    copy = Index(scratch)
+    try:
+        start_sequence = copy.sequence  # the last snapshot applied: a full one or a delta
+    finally:
+        copy.close()
     applied = []
     try:
         for path in sorted(ds.snapshot_dir.iterdir()):

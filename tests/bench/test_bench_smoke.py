@@ -65,9 +65,25 @@ def test_suite_smoke(small_dataset: DataSet, tmp_path: Path) -> None:
     assert fresh["delta_apply"]["deltas"] and fresh["delta_apply"]["largest_losses"] >= 1
 
     # A responder starting from nothing now builds the full index and applies the
-    # deltas the freshness step made the signer publish.
+    # deltas the freshness step made the signer publish; a second run starts from there.
     again = ingest(small_dataset)
     assert again["deltas_after"] >= 1 and again["records"] == results["ingest"]["records"]
+    second = run_suite(
+        small_dataset,
+        SuiteSettings(
+            workers=1,
+            duration=0.5,
+            processes=1,
+            concurrency=2,
+            stream_concurrency=1,
+            batch=10,
+            freshness_samples=1,
+            delta_losses=2,
+            steps=("ingest", "freshness"),
+        ),
+    )
+    assert second["ingest"]["deltas_after"] >= 1
+    assert second["freshness"]["delta_apply"]["deltas"]
 
     results_file = tmp_path / "results.json"
     results_file.write_text(json.dumps(results))
