@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import hsm
+from bench.cli import add_commands as add_bench_commands
 from client._cli import add_commands
 from hsm._cli import add_commands as add_hsm_commands
 from server import demo
@@ -307,6 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_certificate_commands(registry)
     add_token_commands(sub)
     add_report_commands(sub)
+    add_bench_commands(sub)
     return parser
 
 

@@ -22,7 +22,7 @@ from typing import Any, Literal
 
 from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes
 
-from server import profiles
+from server import crlstream, profiles
 from server.authority import Authority
 from server.clock import Clock
 from server.domain import CertKind, Link, LinkType, Verifier
@@ -43,7 +43,9 @@ from server.snapshot import (
     EVENTS,
     LINKS,
     SIGNING_RECORDS,
+    CrlInfo,
     SnapshotBuilder,
+    crl_relpath,
     snapshot_sequence,
 )
 from server.snapshot_data import consent_line, event_line, link_line, signing_record_line
@@ -454,24 +456,38 @@ class Publisher:
         bases: dict[Scope, int] | None,
     ) -> None:
         keys: dict[bytes, CertificateIssuerPrivateKeyTypes] = {}
+        # DER times are whole seconds; the manifest states what the CRLs say.
+        this_update = now.replace(microsecond=0)
+        next_update = this_update + self._settings.crl_validity
         for scope, bucket in sorted(entries.items()):
             kind, key_id, partition = scope
             issuer = next(r for r in issuers if r.key_id == key_id)
             key = keys.get(key_id) or keys.setdefault(key_id, self._authority.key(issuer))
             base = None if bases is None else bases[scope]
-            crl = profiles.crl(
+            # crlstream: the profile of profiles.crl, byte for byte, at national scale.
+            der = crlstream.crl_der(
                 self._settings,
                 key,
                 issuer.certificate,
                 kind=kind,
                 partition=partition,
                 number=numbers[scope],
-                this_update=now,
-                next_update=now + self._settings.crl_validity,
+                this_update=this_update,
+                next_update=next_update,
                 entries=sorted(bucket, key=lambda e: e.serial),
                 delta_base=base,
             )
-            builder.add_crl(kind, partition, crl, numbers[scope], base)
+            info = CrlInfo(
+                file=crl_relpath(kind, key_id, partition, delta=base is not None),
+                kind=kind,
+                issuer_key_id=key_id,
+                partition=partition,
+                number=numbers[scope],
+                this_update=this_update,
+                next_update=next_update,
+                delta_base=base,
+            )
+            builder.add_crl_der(info, der)
 
     @staticmethod
     def _add_data(builder: SnapshotBuilder, content: _Content) -> None:

@@ -363,6 +363,11 @@ class Responder:
         """Where the composition root adds what it counts (provisions, ...)."""
         return self._collector
 
+    @property
+    def worker_pids(self) -> list[int]:
+        """Process ids of the live workers (for operators' tooling and the bench)."""
+        return [p.pid for p in self._workers if p.pid is not None and p.is_alive()]
+
     def _spawn(self) -> multiprocessing.process.BaseProcess:
         proc = self._ctx.Process(
             target=worker_main,

@@ -87,6 +87,11 @@ def snapshot_sequence(path: Path) -> int | None:
     return int(name[len(PREFIX) :])
 
 
+def crl_relpath(kind: CertKind, issuer_key_id: bytes, partition: str, *, delta: bool) -> str:
+    suffix = "delta.crl" if delta else "crl"
+    return f"crls/{kind.slug}/{issuer_key_id.hex()[:16]}/{partition}.{suffix}"
+
+
 class SnapshotRejected(Exception):
     """A snapshot failed verification; nothing from it may be ingested."""
 
@@ -280,6 +285,11 @@ class SnapshotBuilder:
         self._files[RECORDS] = _sha256_file(path)
         return self._record_count
 
+    def add_crl_der(self, info: CrlInfo, der: bytes) -> None:
+        """A CRL already encoded and signed (bulk writers); `info` says what it is."""
+        self._add(info.file, der)
+        self._crls.append(info)
+
     def add_jsonl(self, relpath: str, lines: Iterable[dict[str, Any]]) -> int:
         """A JSON-lines file; returns how many lines."""
         path = self._dir / relpath
@@ -309,8 +319,7 @@ class SnapshotBuilder:
             x509.AuthorityKeyIdentifier
         ).value.key_identifier
         assert issuer_key_id is not None
-        suffix = "delta.crl" if delta_base is not None else "crl"
-        relpath = f"crls/{kind.slug}/{issuer_key_id.hex()[:16]}/{partition}.{suffix}"
+        relpath = crl_relpath(kind, issuer_key_id, partition, delta=delta_base is not None)
         self._add(relpath, crl.public_bytes(Encoding.DER))
         assert crl.next_update_utc is not None
         info = CrlInfo(
