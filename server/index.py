@@ -21,7 +21,7 @@ import logging
 import mmap
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -651,6 +651,18 @@ class Index:
         if raw is None:
             return None
         return unpack_value(key, bytes(raw), self.issuer_key_ids)
+
+    def get_many(self, keys: Sequence[tuple[CertKind, int]]) -> list[StatusRecord | None]:
+        """`get` for each key, in order, from one read transaction (one version check)."""
+        ids = self.issuer_key_ids
+        out: list[StatusRecord | None] = []
+        with self._env.begin() as txn:
+            self._fresh(txn)
+            for kind, serial in keys:
+                key = record_key(kind, serial)
+                raw = txn.get(key, db=self._status)
+                out.append(None if raw is None else unpack_value(key, bytes(raw), ids))
+        return out
 
     def issuer_by_hash(
         self, algorithm: str, name_hash: bytes, key_hash: bytes

@@ -15,7 +15,7 @@ import os
 import shutil
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -29,7 +29,7 @@ from prometheus_client.registry import Collector
 from server.clock import Clock
 from server.domain import CertKind
 from server.index import CrlTimes
-from server.status import Answer, StatusSource
+from server.status import Answer, StatusSource, Target, statuses
 
 if TYPE_CHECKING:
     _Interceptor = grpc.ServerInterceptor[Any, Any]
@@ -136,6 +136,11 @@ class CountedSource:
         answer = self._inner.status(kind, serial, as_of)
         self._metrics.answers((answer.labels,))
         return answer
+
+    def statuses(self, targets: Sequence[Target]) -> list[Answer]:
+        answers = statuses(self._inner, targets)
+        self._metrics.answers(tuple(answer.labels for answer in answers))
+        return answers
 
 
 def _outcome(context: grpc.ServicerContext) -> str:

@@ -11,17 +11,18 @@ import dataclasses
 import logging
 import threading
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 
 from server.domain import CertKind, Status, StatusRecord
 from server.index import Index, IssuerEntry, current_index
-from server.law.issuer_compromise import effective_loss
+from server.law.issuer_compromise import Compromise, effective_loss
 
 log = logging.getLogger(__name__)
 
@@ -63,8 +64,28 @@ def unknown_answer(index: Index, kind: CertKind | None, serial: int, as_of: date
     )  # fmt: skip
 
 
+# (kind, serial, as_of): one certificate asked about, as `StatusSource.status` takes it
+Target = tuple[CertKind, int, datetime]
+
+
 class StatusSource(Protocol):
     def status(self, kind: CertKind, serial: int, as_of: datetime) -> Answer: ...
+
+
+@runtime_checkable
+class BatchStatusSource(StatusSource, Protocol):
+    """A source that answers many targets at once (a CheckStream batch)."""
+
+    def statuses(self, targets: Sequence[Target]) -> list[Answer]:
+        """The answers `status` gives for each target, in order."""
+        ...
+
+
+def statuses(source: StatusSource, targets: Sequence[Target]) -> list[Answer]:
+    """`source.status` for each target, in order; in one go when the source can batch."""
+    if isinstance(source, BatchStatusSource):
+        return source.statuses(targets)
+    return [source.status(kind, serial, as_of) for kind, serial, as_of in targets]
 
 
 class IndexHolder:
@@ -132,29 +153,42 @@ class IndexHolder:
 
 
 class IndexStatusSource:
-    """Answers from the LMDB index: one `get` per certificate."""
+    """Answers from the LMDB index: one `get` per certificate, one transaction per batch."""
 
     def __init__(self, holder: IndexHolder) -> None:
         self._holder = holder
 
     def status(self, kind: CertKind, serial: int, as_of: datetime) -> Answer:
         index = self._holder.get()
-        record = index.get(kind, serial)
-        if record is None:
-            return unknown_answer(index, kind, serial, as_of)
-        times = index.crl_times(record)
-        this_update = index.created_at if times is None else times.this_update
-        next_update = index.next_update if times is None else times.next_update
-        return Answer(
-            kind,
-            serial,
-            record.status_at(as_of),
-            record,
-            as_of,
-            index.sequence,
-            this_update,
-            next_update,
-        )
+        return _index_answer(index, kind, serial, as_of, index.get(kind, serial))
+
+    def statuses(self, targets: Sequence[Target]) -> list[Answer]:
+        index = self._holder.get()  # the whole batch reads one index
+        records = index.get_many([(kind, serial) for kind, serial, _ in targets])
+        return [
+            _index_answer(index, kind, serial, as_of, record)
+            for (kind, serial, as_of), record in zip(targets, records, strict=True)
+        ]
+
+
+def _index_answer(
+    index: Index, kind: CertKind, serial: int, as_of: datetime, record: StatusRecord | None
+) -> Answer:
+    if record is None:
+        return unknown_answer(index, kind, serial, as_of)
+    times = index.crl_times(record)
+    this_update = index.created_at if times is None else times.this_update
+    next_update = index.next_update if times is None else times.next_update
+    return Answer(
+        kind,
+        serial,
+        record.status_at(as_of),
+        record,
+        as_of,
+        index.sequence,
+        this_update,
+        next_update,
+    )
 
 
 class IssuerCompromiseSource:
@@ -172,17 +206,29 @@ class IssuerCompromiseSource:
 
     def status(self, kind: CertKind, serial: int, as_of: datetime) -> Answer:
         answer = self._inner.status(kind, serial, as_of)
-        record = answer.record
-        if record is None:
-            return answer
-        compromise = self._holder.get().compromises.get(record.issuer_key_id)
-        if compromise is None:
-            return answer
-        loss, _ = effective_loss(record.loss, compromise, None, None)
-        if loss is record.loss:
-            return answer
-        record = dataclasses.replace(record, loss=loss)
-        return dataclasses.replace(answer, record=record, status=record.status_at(as_of))
+        return _with_compromise(answer, self._holder.get().compromises)
+
+    def statuses(self, targets: Sequence[Target]) -> list[Answer]:
+        answers = statuses(self._inner, targets)
+        compromises = self._holder.get().compromises
+        if not compromises:  # the usual case: nothing to apply
+            return answers
+        return [_with_compromise(answer, compromises) for answer in answers]
+
+
+def _with_compromise(answer: Answer, compromises: Mapping[bytes, Compromise]) -> Answer:
+    """`answer` with the compromise of its certificate's generation applied, if any."""
+    record = answer.record
+    if record is None:
+        return answer
+    compromise = compromises.get(record.issuer_key_id)
+    if compromise is None:
+        return answer
+    loss, _ = effective_loss(record.loss, compromise, None, None)
+    if loss is record.loss:
+        return answer
+    record = dataclasses.replace(record, loss=loss)
+    return dataclasses.replace(answer, record=record, status=record.status_at(answer.as_of))
 
 
 class Resolver:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -29,9 +29,11 @@ from server.ocsp_access import GatedOcsp
 from server.status import (
     Answer,
     BadRequest,
+    BatchStatusSource,
     IndexHolder,
     Resolver,
     StatusSource,
+    Target,
     unknown_answer,
 )
 
@@ -42,30 +44,47 @@ class StreamLimits:
     max_batches: int = 100_000  # batches in one CheckStream
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def set_time(out: Timestamp, when: datetime) -> None:
+    """`out.FromDatetime(when)` (naive means UTC), without its time-tuple round trip."""
+    delta = (when if when.tzinfo is not None else when.replace(tzinfo=UTC)) - _EPOCH
+    out.seconds = delta.days * 86_400 + delta.seconds
+    out.nanos = delta.microseconds * 1000
+
+
 def timestamp(when: datetime) -> Timestamp:
     ts = Timestamp()
-    ts.FromDatetime(when)
+    set_time(ts, when)
     return ts
 
 
-def answer_to_pb(answer: Answer) -> va_pb2.CertificateStatus:
-    out = va_pb2.CertificateStatus(
-        kind=0 if answer.kind is None else int(answer.kind),  # type: ignore[arg-type]
-        serial=serial_to_bytes(answer.serial),
-        status=int(answer.status),  # type: ignore[arg-type]
-        as_of=timestamp(answer.as_of),
-        index_sequence=answer.sequence,
-    )
+def fill_status(out: va_pb2.CertificateStatus, answer: Answer) -> None:
+    """Write `answer` into a fresh CertificateStatus in place (no message copies)."""
+    if answer.kind is not None:
+        out.kind = answer.kind  # type: ignore[assignment]
+    out.serial = serial_to_bytes(answer.serial)
+    out.status = answer.status  # type: ignore[assignment]
+    set_time(out.as_of, answer.as_of)
+    out.index_sequence = answer.sequence
     record = answer.record
     if record is not None:
-        out.not_before.CopyFrom(timestamp(record.not_before))
-        out.not_after.CopyFrom(timestamp(record.not_after))
+        set_time(out.not_before, record.not_before)
+        set_time(out.not_after, record.not_after)
         out.partition = record.partition
         out.issuer_key_id = record.issuer_key_id
-        if answer.status is Status.REVOKED and record.loss is not None:
-            out.revocation.time.CopyFrom(timestamp(record.loss.time))
-            out.revocation.cause = int(record.loss.cause)  # type: ignore[assignment]
-            out.revocation.reason = int(record.loss.reason)  # type: ignore[assignment]
+        loss = record.loss
+        if answer.status is Status.REVOKED and loss is not None:
+            revocation = out.revocation
+            set_time(revocation.time, loss.time)
+            revocation.cause = loss.cause  # type: ignore[assignment]
+            revocation.reason = loss.reason  # type: ignore[assignment]
+
+
+def answer_to_pb(answer: Answer) -> va_pb2.CertificateStatus:
+    out = va_pb2.CertificateStatus()
+    fill_status(out, answer)
     return out
 
 
@@ -92,11 +111,17 @@ class StatusServicer(va_pb2_grpc.StatusServiceServicer):
         self._gate = gate
         self._caller = caller
 
-    def _target(self, request: va_pb2.CheckRequest) -> tuple[CertKind | None, int, datetime]:
-        """(kind, serial, as_of) the request names; kind None: an issuer we do not serve."""
-        as_of = (
-            request.as_of.ToDatetime(tzinfo=UTC) if request.HasField("as_of") else self._clock.now()
-        )
+    def _target(
+        self, request: va_pb2.CheckRequest, now: datetime | None = None
+    ) -> tuple[CertKind | None, int, datetime]:
+        """(kind, serial, as_of) the request names; kind None: an issuer we do not serve.
+
+        `as_of` defaults to `now`, or the clock's time when `now` is None.
+        """
+        if request.HasField("as_of"):
+            as_of = request.as_of.ToDatetime(tzinfo=UTC)
+        else:
+            as_of = self._clock.now() if now is None else now
         ref = request.cert
         which = ref.WhichOneof("ref")
         if which == "kind_serial":
@@ -150,22 +175,88 @@ class StatusServicer(va_pb2_grpc.StatusServiceServicer):
                 raise BadRequest("empty batch")
             if len(batch.requests) > limits.max_batch:
                 raise BadRequest(f"batch of {len(batch.requests)} exceeds {limits.max_batch}")
-            results = []
-            counts: Counter[Provision] = Counter()
-            for request in batch.requests:
-                if not context.is_active():
-                    # Cancelled or past its deadline: nobody reads the rest, and this
-                    # batch is never delivered, so nothing of it counts as provided.
-                    return
+            response = self._batch(verifier, batch.requests, context)
+            if response is None:
+                return
+            yield response
+
+    def _batch(
+        self,
+        verifier: Verifier,
+        requests: Sequence[va_pb2.CheckRequest],
+        context: grpc.ServicerContext,
+    ) -> va_pb2.CheckBatchResponse | None:
+        """One batch answered as `Check` answers each item, with errors per item.
+
+        The batch is one instant (`as_of` defaults to one clock reading), its
+        entitlements are checked once per provision, its statuses come from one
+        lookup of the source, and its provisions are recorded in one ledger commit
+        before it leaves. None: the call ended meanwhile and nothing was provided.
+        """
+        now = self._clock.now()
+        refused: dict[Provision, NotEntitled | None] = {}
+        # Per request: an Answer, an error text, or the position of its target.
+        slots: list[Answer | str | int] = []
+        targets: list[Target] = []
+        counts: Counter[Provision] = Counter()
+        for request in requests:
+            try:
+                kind, serial, as_of = self._target(request, now)
+            except ValueError as exc:  # BadRequest included
+                slots.append(str(exc))
+                continue
+            if kind is None:
+                # Not an issuer we answer for (see `_answer`).
+                slots.append(unknown_answer(self._holder.get(), None, serial, as_of))
+                continue
+            provision = status_provision(kind)
+            if provision not in refused:
                 try:
-                    answer = self._answer(verifier, request, counts)
-                    results.append(va_pb2.CheckResult(status=answer_to_pb(answer)))
+                    self._gate.check(verifier, provision)
+                    refused[provision] = None
                 except NotEntitled as exc:
-                    results.append(va_pb2.CheckResult(error=f"PERMISSION_DENIED: {exc}"))
-                except (BadRequest, ValueError) as exc:
-                    results.append(va_pb2.CheckResult(error=str(exc)))
-            self._gate.provided(verifier, counts)
-            yield va_pb2.CheckBatchResponse(results=results)
+                    refused[provision] = exc
+            denied = refused[provision]
+            if denied is not None:
+                slots.append(f"PERMISSION_DENIED: {denied}")
+                continue
+            counts[provision] += 1
+            slots.append(len(targets))
+            targets.append((kind, serial, as_of))
+        answers = self._lookup(targets, context)
+        if answers is None:
+            return None
+        response = va_pb2.CheckBatchResponse()
+        results = response.results
+        for slot in slots:
+            if isinstance(slot, str):
+                results.add(error=slot)
+            else:
+                fill_status(results.add().status, answers[slot] if isinstance(slot, int) else slot)
+        if not context.is_active():
+            return None
+        self._gate.provided(verifier, counts)
+        return response
+
+    def _lookup(
+        self, targets: Sequence[Target], context: grpc.ServicerContext
+    ) -> list[Answer] | None:
+        """The answers for `targets`; None when the call ended before they were all read.
+
+        A cancelled call or one past its deadline has nobody to read the rest, and its
+        batch is never delivered, so nothing of it counts as provided.
+        """
+        source = self._source
+        if not context.is_active():
+            return None
+        if isinstance(source, BatchStatusSource):
+            return source.statuses(targets)
+        answers = []
+        for kind, serial, as_of in targets:  # a source that answers one at a time
+            if not context.is_active():
+                return None
+            answers.append(source.status(kind, serial, as_of))
+        return answers
 
     def Ocsp(
         self, request: va_pb2.OcspRequest, context: grpc.ServicerContext
