@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from typing import Self
+from datetime import UTC, datetime, timedelta
+from typing import Self, TypeVar
 
 from cryptography import x509
 from cryptography.x509.oid import ObjectIdentifier
@@ -167,14 +167,40 @@ class StatusRecord:
     loss: Loss | None
 
     def status_at(self, when: datetime) -> Status:
-        """The status at `when`; a loss recorded later than `when` does not count yet."""
-        if self.loss is not None and self.loss.time <= when:
-            return Status.REVOKED
-        if when < self.not_before:
-            return Status.NOT_YET_VALID
-        if when > self.not_after:
-            return Status.EXPIRED
-        return Status.GOOD
+        """The status at `when` (see `status_rule`)."""
+        lost_at = None if self.loss is None else self.loss.time
+        return status_rule(when, self.not_before, self.not_after, lost_at)
+
+
+# Times as datetimes, or as integer microseconds since the epoch (the batch path).
+_Time = TypeVar("_Time", datetime, int)
+
+
+def status_rule(when: _Time, not_before: _Time, not_after: _Time, lost_at: _Time | None) -> Status:
+    """The status at `when`; a loss recorded later than `when` does not count yet."""
+    if lost_at is not None and lost_at <= when:
+        return Status.REVOKED
+    if when < not_before:
+        return Status.NOT_YET_VALID
+    if when > not_after:
+        return Status.EXPIRED
+    return Status.GOOD
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def micros(when: datetime) -> int:
+    """Microseconds since the epoch, exact (a naive datetime is taken as UTC)."""
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    delta = when - _EPOCH
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def from_micros(value: int) -> datetime:
+    """The UTC datetime `value` microseconds after the epoch (inverse of `micros`)."""
+    return _EPOCH + timedelta(microseconds=value)
 
 
 def utcnow() -> datetime:

@@ -99,6 +99,12 @@ def unpack_loss(value: bytes) -> tuple[int, int, int]:
     return revoked_at, cause, reason
 
 
+def unpack_fields(value: bytes) -> tuple[int, int, int, int, int, int, int]:
+    """(not_before, not_after, partition, issuer ordinal, revoked_at, cause, reason)."""
+    fields: tuple[int, int, int, int, int, int, int] = _VALUE.unpack(value)
+    return fields
+
+
 def unpack_value(key: bytes, value: bytes, issuer_key_ids: list[bytes]) -> StatusRecord:
     kind, serial = parse_record_key(key)
     nb, na, part, ordinal, revoked_at, cause, reason = _VALUE.unpack(value)

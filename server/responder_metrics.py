@@ -29,7 +29,7 @@ from prometheus_client.registry import Collector
 from server.clock import Clock
 from server.domain import CertKind
 from server.index import CrlTimes
-from server.status import Answer, StatusSource, Target, statuses
+from server.status import Answer, Brief, StatusSource, Target, briefs
 
 if TYPE_CHECKING:
     _Interceptor = grpc.ServerInterceptor[Any, Any]
@@ -137,10 +137,10 @@ class CountedSource:
         self._metrics.answers((answer.labels,))
         return answer
 
-    def statuses(self, targets: Sequence[Target]) -> list[Answer]:
-        answers = statuses(self._inner, targets)
-        self._metrics.answers(tuple(answer.labels for answer in answers))
-        return answers
+    def briefs(self, targets: Sequence[Target]) -> list[Brief]:
+        out = briefs(self._inner, targets)
+        self._metrics.answers(tuple(brief.labels for brief in out))
+        return out
 
 
 def _outcome(context: grpc.ServicerContext) -> str:

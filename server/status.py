@@ -15,14 +15,25 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import NamedTuple, Protocol, runtime_checkable
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 
-from server.domain import CertKind, Status, StatusRecord
+from server.domain import (
+    CertKind,
+    CrlReason,
+    Loss,
+    LossCause,
+    Status,
+    StatusRecord,
+    from_micros,
+    micros,
+    status_rule,
+)
 from server.index import Index, IssuerEntry, current_index
 from server.law.issuer_compromise import Compromise, effective_loss
+from server.records import partition_text
 
 log = logging.getLogger(__name__)
 
@@ -72,20 +83,84 @@ class StatusSource(Protocol):
     def status(self, kind: CertKind, serial: int, as_of: datetime) -> Answer: ...
 
 
-@runtime_checkable
-class BatchStatusSource(StatusSource, Protocol):
-    """A source that answers many targets at once (a CheckStream batch)."""
+class PackedRecord(NamedTuple):
+    """A StatusRecord as the index packs it; times in microseconds since the epoch."""
 
-    def statuses(self, targets: Sequence[Target]) -> list[Answer]:
-        """The answers `status` gives for each target, in order."""
+    not_before: int
+    not_after: int
+    partition: str
+    issuer_key_id: bytes
+    lost_at: int | None  # None: no loss
+    cause: int  # LossCause, 0 without a loss
+    reason: int  # CrlReason
+
+    def status_at(self, when: int) -> Status:
+        return status_rule(when, self.not_before, self.not_after, self.lost_at)
+
+    def loss(self) -> Loss | None:
+        if self.lost_at is None:
+            return None
+        return Loss(from_micros(self.lost_at), LossCause(self.cause), CrlReason(self.reason))
+
+
+@dataclass(frozen=True, slots=True)
+class Brief:
+    """An Answer without its CRL times, in the index's integers: what a CheckStream item
+    carries, computed without a datetime per field. Times in microseconds since the epoch."""
+
+    kind: CertKind | None
+    serial: int
+    status: Status
+    as_of: int
+    sequence: int
+    record: PackedRecord | None
+
+    @property
+    def labels(self) -> tuple[str, str]:
+        """As `Answer.labels`."""
+        record = self.record
+        if self.status is Status.REVOKED and record is not None and record.lost_at is not None:
+            return "revoked", _CAUSE_SLUGS[record.cause]
+        return _STATUS_LABELS[self.status], "none"
+
+
+_STATUS_LABELS = {status: status.name.lower() for status in Status}
+_CAUSE_SLUGS = {int(cause): cause.slug for cause in LossCause}
+
+
+def brief_of(answer: Answer) -> Brief:
+    record = answer.record
+    packed = None
+    if record is not None:
+        loss = record.loss
+        packed = PackedRecord(
+            micros(record.not_before),
+            micros(record.not_after),
+            record.partition,
+            record.issuer_key_id,
+            None if loss is None else micros(loss.time),
+            0 if loss is None else int(loss.cause),
+            0 if loss is None else int(loss.reason),
+        )
+    return Brief(
+        answer.kind, answer.serial, answer.status, micros(answer.as_of), answer.sequence, packed
+    )
+
+
+@runtime_checkable
+class BriefSource(StatusSource, Protocol):
+    """A source that also answers a batch at once, in briefs (a CheckStream batch)."""
+
+    def briefs(self, targets: Sequence[Target]) -> list[Brief]:
+        """`brief_of(self.status(...))` for each target, in order."""
         ...
 
 
-def statuses(source: StatusSource, targets: Sequence[Target]) -> list[Answer]:
-    """`source.status` for each target, in order; in one go when the source can batch."""
-    if isinstance(source, BatchStatusSource):
-        return source.statuses(targets)
-    return [source.status(kind, serial, as_of) for kind, serial, as_of in targets]
+def briefs(source: StatusSource, targets: Sequence[Target]) -> list[Brief]:
+    """The brief of each target's answer, in order; in one go when the source can."""
+    if isinstance(source, BriefSource):
+        return source.briefs(targets)
+    return [brief_of(source.status(kind, serial, as_of)) for kind, serial, as_of in targets]
 
 
 class IndexHolder:
@@ -162,13 +237,29 @@ class IndexStatusSource:
         index = self._holder.get()
         return _index_answer(index, kind, serial, as_of, index.get(kind, serial))
 
-    def statuses(self, targets: Sequence[Target]) -> list[Answer]:
+    def briefs(self, targets: Sequence[Target]) -> list[Brief]:
         index = self._holder.get()  # the whole batch reads one index
-        records = index.get_many([(kind, serial) for kind, serial, _ in targets])
-        return [
-            _index_answer(index, kind, serial, as_of, record)
-            for (kind, serial, as_of), record in zip(targets, records, strict=True)
-        ]
+        found = index.get_packed([(kind, serial) for kind, serial, _ in targets])
+        ids = index.issuer_key_ids
+        sequence = index.sequence
+        out = []
+        for (kind, serial, as_of), fields in zip(targets, found, strict=True):
+            when = micros(as_of)
+            if fields is None:
+                out.append(Brief(kind, serial, Status.UNKNOWN, when, sequence, None))
+                continue
+            not_before, not_after, partition, ordinal, revoked_at, cause, reason = fields
+            record = PackedRecord(
+                not_before * 1_000_000,
+                not_after * 1_000_000,
+                partition_text(partition),
+                ids[ordinal],
+                revoked_at * 1_000_000 if cause else None,
+                cause,
+                reason,
+            )
+            out.append(Brief(kind, serial, record.status_at(when), when, sequence, record))
+        return out
 
 
 def _index_answer(
@@ -208,12 +299,28 @@ class IssuerCompromiseSource:
         answer = self._inner.status(kind, serial, as_of)
         return _with_compromise(answer, self._holder.get().compromises)
 
-    def statuses(self, targets: Sequence[Target]) -> list[Answer]:
-        answers = statuses(self._inner, targets)
+    def briefs(self, targets: Sequence[Target]) -> list[Brief]:
+        out = briefs(self._inner, targets)
         compromises = self._holder.get().compromises
         if not compromises:  # the usual case: nothing to apply
-            return answers
-        return [_with_compromise(answer, compromises) for answer in answers]
+            return out
+        return [_brief_with_compromise(brief, compromises) for brief in out]
+
+
+def _brief_with_compromise(brief: Brief, compromises: Mapping[bytes, Compromise]) -> Brief:
+    """`_with_compromise` for a brief."""
+    record = brief.record
+    if record is None:
+        return brief
+    compromise = compromises.get(record.issuer_key_id)
+    if compromise is None:
+        return brief
+    recorded = record.loss()
+    loss, _ = effective_loss(recorded, compromise, None, None)
+    if loss is recorded or loss is None:
+        return brief
+    record = record._replace(lost_at=micros(loss.time), cause=loss.cause, reason=loss.reason)
+    return dataclasses.replace(brief, record=record, status=record.status_at(brief.as_of))
 
 
 def _with_compromise(answer: Answer, compromises: Mapping[bytes, Compromise]) -> Answer:

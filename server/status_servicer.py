@@ -29,11 +29,13 @@ from server.ocsp_access import GatedOcsp
 from server.status import (
     Answer,
     BadRequest,
-    BatchStatusSource,
+    Brief,
+    BriefSource,
     IndexHolder,
     Resolver,
     StatusSource,
     Target,
+    brief_of,
     unknown_answer,
 )
 
@@ -80,6 +82,33 @@ def fill_status(out: va_pb2.CertificateStatus, answer: Answer) -> None:
             set_time(revocation.time, loss.time)
             revocation.cause = loss.cause  # type: ignore[assignment]
             revocation.reason = loss.reason  # type: ignore[assignment]
+
+
+def _set_micros(out: Timestamp, value: int) -> None:
+    seconds, micro = divmod(value, 1_000_000)
+    out.seconds = seconds
+    out.nanos = micro * 1000
+
+
+def fill_brief(out: va_pb2.CertificateStatus, brief: Brief) -> None:
+    """`fill_status` for a brief: the same message from the index's integers."""
+    if brief.kind is not None:
+        out.kind = brief.kind  # type: ignore[assignment]
+    out.serial = serial_to_bytes(brief.serial)
+    out.status = brief.status  # type: ignore[assignment]
+    _set_micros(out.as_of, brief.as_of)
+    out.index_sequence = brief.sequence
+    record = brief.record
+    if record is not None:
+        _set_micros(out.not_before, record.not_before)
+        _set_micros(out.not_after, record.not_after)
+        out.partition = record.partition
+        out.issuer_key_id = record.issuer_key_id
+        if brief.status is Status.REVOKED and record.lost_at is not None:
+            revocation = out.revocation
+            _set_micros(revocation.time, record.lost_at)
+            revocation.cause = record.cause  # type: ignore[assignment]
+            revocation.reason = record.reason  # type: ignore[assignment]
 
 
 def answer_to_pb(answer: Answer) -> va_pb2.CertificateStatus:
@@ -195,8 +224,8 @@ class StatusServicer(va_pb2_grpc.StatusServiceServicer):
         """
         now = self._clock.now()
         refused: dict[Provision, NotEntitled | None] = {}
-        # Per request: an Answer, an error text, or the position of its target.
-        slots: list[Answer | str | int] = []
+        # Per request: its answer, an error text, or the position of its target.
+        slots: list[Brief | str | int] = []
         targets: list[Target] = []
         counts: Counter[Provision] = Counter()
         for request in requests:
@@ -207,7 +236,7 @@ class StatusServicer(va_pb2_grpc.StatusServiceServicer):
                 continue
             if kind is None:
                 # Not an issuer we answer for (see `_answer`).
-                slots.append(unknown_answer(self._holder.get(), None, serial, as_of))
+                slots.append(brief_of(unknown_answer(self._holder.get(), None, serial, as_of)))
                 continue
             provision = status_provision(kind)
             if provision not in refused:
@@ -232,7 +261,7 @@ class StatusServicer(va_pb2_grpc.StatusServiceServicer):
             if isinstance(slot, str):
                 results.add(error=slot)
             else:
-                fill_status(results.add().status, answers[slot] if isinstance(slot, int) else slot)
+                fill_brief(results.add().status, answers[slot] if isinstance(slot, int) else slot)
         if not context.is_active():
             return None
         self._gate.provided(verifier, counts)
@@ -240,7 +269,7 @@ class StatusServicer(va_pb2_grpc.StatusServiceServicer):
 
     def _lookup(
         self, targets: Sequence[Target], context: grpc.ServicerContext
-    ) -> list[Answer] | None:
+    ) -> list[Brief] | None:
         """The answers for `targets`; None when the call ended before they were all read.
 
         A cancelled call or one past its deadline has nobody to read the rest, and its
@@ -249,13 +278,13 @@ class StatusServicer(va_pb2_grpc.StatusServiceServicer):
         source = self._source
         if not context.is_active():
             return None
-        if isinstance(source, BatchStatusSource):
-            return source.statuses(targets)
+        if isinstance(source, BriefSource):
+            return source.briefs(targets)
         answers = []
         for kind, serial, as_of in targets:  # a source that answers one at a time
             if not context.is_active():
                 return None
-            answers.append(source.status(kind, serial, as_of))
+            answers.append(brief_of(source.status(kind, serial, as_of)))
         return answers
 
     def Ocsp(
