@@ -332,6 +332,13 @@ def _guarded(func: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Na
     def run(args: argparse.Namespace) -> int:
         try:
             return func(args)
+        except ModuleNotFoundError as exc:
+            print(
+                f"jpki-va bench {args.bench_command}: {exc.name} is missing: install the "
+                "bench extra (pip install 'jpki-va[bench]', or ./tasks bench)",
+                file=sys.stderr,
+            )
+            return EXIT_USAGE
         except (BenchError, DataSetError, OSError, SnapshotRejected, ValueError) as exc:
             print(f"jpki-va bench {args.bench_command}: {exc}", file=sys.stderr)
             return EXIT_USAGE

@@ -8,11 +8,13 @@ certificates do. Sequences are drawn once, ahead of the load, from a seed.
 from __future__ import annotations
 
 from dataclasses import dataclass
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from bench.dataset import CATEGORIES, Pool
 from server.domain import CertKind
+
+if TYPE_CHECKING:
+    import numpy as np
 
 
 @dataclass(frozen=True)
@@ -53,6 +55,9 @@ def draw_sequence(
     pool: Pool, mix: Mix, count: int, rng: np.random.Generator
 ) -> list[tuple[CertKind, int, str]]:
     """`count` (kind, serial, category) draws."""
+    # numpy is the optional bench extra: `jpki-va` must start without it.
+    import numpy as np  # noqa: PLC0415
+
     weights = np.array([mix.good, mix.revoked, mix.unknown], dtype=float)
     available = np.array([len(pool.category(c)) > 0 for c in CATEGORIES])
     weights = np.where(available, weights, 0.0)

@@ -24,6 +24,7 @@ from client._errors import (
 from client._models import (
     CertIdRef,
     CertificateStatus,
+    CrlMeta,
     IssuerCompromise,
     IssuerInfo,
     IssuerSet,
@@ -44,6 +45,7 @@ __all__ = [
     "CertKind",
     "CertificateStatus",
     "ClientError",
+    "CrlMeta",
     "CrlReason",
     "DeadlineExceeded",
     "FailedPrecondition",

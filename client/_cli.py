@@ -113,6 +113,30 @@ def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
     _add_connection_options(watch)
     watch.set_defaults(func=_command("watch", _run_watch))
 
+    crl = subparsers.add_parser(
+        "crl",
+        help="fetch a CRL file, or list the retained ones (第18条2項, 第37条2項)",
+        description=(
+            "Fetch the current CRL of a kind and partition (or a retained one by number "
+            "or by the time it was in force) into --out, or --list the retained CRLs."
+        ),
+        epilog=_EXIT_CODES,
+    )
+    crl.add_argument("--kind", required=True, choices=[k.slug for k in CertKind])
+    crl.add_argument("--partition", default="", metavar="CODE", help="municipality code")
+    crl.add_argument(
+        "--issuer-key-id", default="", metavar="HEX",
+        help="the issuing-CA generation (default: the newest with a CRL)",
+    )  # fmt: skip
+    which = crl.add_mutually_exclusive_group()
+    which.add_argument("--list", action="store_true", help="list retained CRLs instead")
+    which.add_argument("--number", type=int, metavar="N", help="a retained CRL by number")
+    which.add_argument("--as-of", metavar="ISO8601", help="the CRL in force at that time")
+    crl.add_argument("--out", metavar="FILE", help="write the DER CRL here")
+    crl.add_argument("--json", action="store_true", help="print JSON")
+    _add_connection_options(crl)
+    crl.set_defaults(func=_command("crl", _run_crl))
+
 
 _EXIT_CODES = (
     "exit codes: 0 an answer, 2 usage or input error, "
@@ -362,6 +386,46 @@ def _run_record(args: argparse.Namespace) -> int:
         ("index sequence", str(record.index_sequence)),
     ]
     print("\n".join(f"{label + ':':<16}{value}" for label, value in rows))
+    return EXIT_OK
+
+
+def _run_crl(args: argparse.Namespace) -> int:
+    kind = CertKind.from_slug(args.kind)
+    try:
+        key_id = bytes.fromhex(args.issuer_key_id)
+    except ValueError:
+        raise UsageError(f"--issuer-key-id {args.issuer_key_id!r} is not hexadecimal") from None
+    if args.list:
+        with _connect(args) as client:
+            found = client.crls(kind=kind, partition=args.partition, issuer_key_id=key_id)
+        if args.json:
+            print(json.dumps([c.to_json() for c in found]))
+        for c in [] if args.json else found:
+            mark = " (current)" if c.current else ""
+            print(
+                f"{c.kind.name} {c.partition} {c.issuer_key_id.hex()[:16]} #{c.number} "
+                f"{_when(c.this_update)} .. {_when(c.next_update)} {c.size} bytes{mark}"
+            )
+        return EXIT_OK
+    if not args.partition:
+        raise UsageError("--partition is required to fetch a CRL")
+    if args.out is None:
+        raise UsageError("--out FILE is required to fetch a CRL")
+    as_of = None if args.as_of is None else _parse_as_of(args.as_of)
+    with _connect(args) as client:
+        meta, der = client.crl(
+            kind=kind, partition=args.partition, issuer_key_id=key_id, number=args.number,
+            as_of=as_of,
+        )  # fmt: skip
+    try:
+        Path(args.out).write_bytes(der)
+    except OSError as error:
+        raise UsageError(f"cannot write {args.out}: {error.strerror}") from None
+    if args.json:
+        print(json.dumps(meta.to_json()))
+    else:
+        print(f"wrote CRL #{meta.number} ({meta.size} bytes) of {kind.name} {meta.partition} "
+              f"to {args.out}")  # fmt: skip
     return EXIT_OK
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import time
 from collections.abc import Generator, Iterable
@@ -26,6 +27,7 @@ from client._errors import (
 from client._models import (
     CertIdRef,
     CertificateStatus,
+    CrlMeta,
     IssuerInfo,
     IssuerSet,
     MappedCertificate,
@@ -311,6 +313,65 @@ class VaClient:
                 call.cancel()  # type: ignore[no-untyped-call]  # untyped in the grpc stubs
             time.sleep(pause)
             pause = min(pause * 2, RESUME_BACKOFF[1])
+
+    def crls(
+        self,
+        *,
+        kind: CertKind,
+        partition: str = "",
+        issuer_key_id: bytes = b"",
+        timeout: float | None = None,
+    ) -> list[CrlMeta]:
+        """The retained CRLs of ``kind`` (optionally one partition or generation)."""
+        request = crl_pb2.ListCrlsRequest(
+            kind=va_pb2.CertKind.ValueType(CertKind(kind)),
+            partition=partition,
+            issuer_key_id=issuer_key_id,
+        )
+        with translating_rpc_errors():
+            response = self._crls.ListCrls(
+                request, timeout=self._deadline(timeout), metadata=self._metadata
+            )
+        return [CrlMeta.from_proto(c) for c in response.crls]
+
+    def crl(
+        self,
+        *,
+        kind: CertKind,
+        partition: str,
+        issuer_key_id: bytes = b"",
+        number: int | None = None,
+        as_of: datetime | None = None,
+        timeout: float | None = None,
+    ) -> tuple[CrlMeta, bytes]:
+        """The current CRL of a partition, or a retained one by number or in force at
+        ``as_of``; the DER is checked against the SHA-256 the responder announced."""
+        if number is not None and as_of is not None:
+            raise ValueError("ask for a CRL by number or by time, not both")
+        request = crl_pb2.GetCrlRequest(
+            kind=va_pb2.CertKind.ValueType(CertKind(kind)),
+            partition=partition,
+            issuer_key_id=issuer_key_id,
+        )
+        if number is not None:
+            request.number = number
+        if as_of is not None:
+            request.as_of.CopyFrom(_timestamp(as_of))
+        meta: CrlMeta | None = None
+        parts: list[bytes] = []
+        with translating_rpc_errors():
+            for chunk in self._crls.GetCrl(
+                request, timeout=self._deadline(timeout), metadata=self._metadata
+            ):
+                if meta is None and chunk.HasField("info"):
+                    meta = CrlMeta.from_proto(chunk.info)
+                parts.append(chunk.data)
+        der = b"".join(parts)
+        if meta is None:
+            raise ProtocolError("GetCrl answered without describing the CRL")
+        if hashlib.sha256(der).digest() != meta.sha256 or len(der) != meta.size:
+            raise ProtocolError("the CRL received does not match its announced size and SHA-256")
+        return meta, der
 
     def _issuer_of(self, kind: CertKind, serial: int, timeout: float | None) -> x509.Certificate:
         # Only the responder knows which generation issued a serial, and generations

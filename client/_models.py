@@ -379,3 +379,45 @@ class RevocationUpdate:
             through=msg.through,
             compromises=tuple(IssuerCompromise.from_proto(c) for c in msg.compromises),
         )
+
+
+@dataclass(frozen=True, slots=True)
+class CrlMeta:
+    """A retained CRL as the responder describes it (CrlService)."""
+
+    kind: CertKind
+    partition: str
+    issuer_key_id: bytes
+    number: int
+    this_update: datetime | None
+    next_update: datetime | None
+    size: int
+    sha256: bytes
+    current: bool
+
+    @classmethod
+    def from_proto(cls, msg: crl_pb2.CrlInfo) -> CrlMeta:
+        return cls(
+            kind=_enum(CertKind, msg.kind, "certificate kind"),
+            partition=msg.partition,
+            issuer_key_id=msg.issuer_key_id,
+            number=msg.number,
+            this_update=_time(msg, "this_update"),
+            next_update=_time(msg, "next_update"),
+            size=msg.size,
+            sha256=msg.sha256,
+            current=msg.current,
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind.name,
+            "partition": self.partition,
+            "issuer_key_id": self.issuer_key_id.hex().upper(),
+            "number": self.number,
+            "this_update": _iso(self.this_update),
+            "next_update": _iso(self.next_update),
+            "size": self.size,
+            "sha256": self.sha256.hex(),
+            "current": self.current,
+        }
