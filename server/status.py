@@ -319,7 +319,9 @@ def _brief_with_compromise(brief: Brief, compromises: Mapping[bytes, Compromise]
     loss, _ = effective_loss(recorded, compromise, None, None)
     if loss is recorded or loss is None:
         return brief
-    record = record._replace(lost_at=micros(loss.time), cause=loss.cause, reason=loss.reason)
+    record = record._replace(
+        lost_at=micros(loss.time), cause=int(loss.cause), reason=int(loss.reason)
+    )
     return dataclasses.replace(brief, record=record, status=record.status_at(brief.as_of))
 
 
