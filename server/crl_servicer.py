@@ -17,8 +17,7 @@ from server.law.entitlements import NotEntitled, check_entitled, crl_provision
 from server.law.issuer_compromise import Compromise
 from server.registry import LossEvent
 from server.revocation_feed import RevocationFeed
-from server.status import BadRequest
-from server.status_servicer import timestamp
+from server.status_servicer import kind_from_pb, timestamp
 
 CHUNK = 64 * 1024
 
@@ -36,15 +35,6 @@ def crl_info_to_pb(crl: CrlFile) -> crl_pb2.CrlInfo:
         sha256=info.sha256,
         current=crl.current,
     )
-
-
-def _kind(value: int) -> CertKind:
-    if value == va_pb2.CERT_KIND_UNSPECIFIED:
-        raise BadRequest("certificate kind is required")
-    try:
-        return CertKind(value)
-    except ValueError:
-        raise BadRequest(f"unknown certificate kind {value}") from None
 
 
 def event_to_pb(event: LossEvent) -> crl_pb2.RevocationEvent:
@@ -85,7 +75,7 @@ class CrlServicer(crl_pb2_grpc.CrlServiceServicer):
     def GetCrl(
         self, request: crl_pb2.GetCrlRequest, context: grpc.ServicerContext
     ) -> Iterator[crl_pb2.CrlChunk]:
-        kind = _kind(request.kind)
+        kind = kind_from_pb(request.kind)
         provision = crl_provision(kind)
         verifier = self._gate.admit(self._caller(context), provision)
         which = request.WhichOneof("which")
@@ -107,7 +97,7 @@ class CrlServicer(crl_pb2_grpc.CrlServiceServicer):
     ) -> crl_pb2.ListCrlsResponse:
         verifier = self._gate.identify(self._caller(context))
         if request.kind != va_pb2.CERT_KIND_UNSPECIFIED:
-            kind = _kind(request.kind)
+            kind = kind_from_pb(request.kind)
             check_entitled(verifier, crl_provision(kind))
             kinds = [kind]
         else:
@@ -128,7 +118,7 @@ class CrlServicer(crl_pb2_grpc.CrlServiceServicer):
         self, request: crl_pb2.WatchRevocationsRequest, context: grpc.ServicerContext
     ) -> Iterator[crl_pb2.WatchRevocationsResponse]:
         verifier = self._gate.identify(self._caller(context))
-        kinds = [_kind(k) for k in request.kinds]
+        kinds = [kind_from_pb(k) for k in request.kinds]
         done = threading.Event()
         context.add_callback(done.set)  # cancelled, past its deadline, or ended
         for batch in self._feed.watch(verifier, request.since, kinds, done):

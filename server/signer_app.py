@@ -32,6 +32,7 @@ from server.registry import Registry, RegistryError
 from server.signer import Conflict, InvalidRequest, NotFound, PreconditionFailed, Signer
 from server.signer_servicer import SignerServicer
 from server.signing_queue import Overloaded, SigningQueue
+from server.status import BadRequest
 from server.verifier_registry import NotAVerifier, VerifierRegistry
 
 log = logging.getLogger(__name__)
@@ -44,6 +45,7 @@ SIGNER_ERRORS: grpc_common.ErrorMap = (
     (NotEntitled, grpc.StatusCode.PERMISSION_DENIED),
     (Overloaded, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (InvalidRequest, grpc.StatusCode.INVALID_ARGUMENT),
+    (BadRequest, grpc.StatusCode.INVALID_ARGUMENT),  # malformed wire values
     (NotFound, grpc.StatusCode.NOT_FOUND),
     (Conflict, grpc.StatusCode.FAILED_PRECONDITION),
     (PreconditionFailed, grpc.StatusCode.FAILED_PRECONDITION),

@@ -12,12 +12,10 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from protos import signer_pb2, signer_pb2_grpc, va_pb2, verifiers_pb2
 from server.access import Caller, Operators
 from server.domain import (
-    CertKind,
     CrlReason,
     LossCause,
     Role,
     Verifier,
-    serial_from_bytes,
     serial_to_bytes,
 )
 from server.grpc_identity import fingerprint
@@ -25,24 +23,8 @@ from server.law.resident_change import ResidentEvent, ResidentEventFacts, move_o
 from server.profiles import Holder
 from server.registry import Consent, IssuerRecord, LossEvent
 from server.signer import InvalidRequest, IssueRequest, Signer
-from server.status_servicer import timestamp
+from server.status_servicer import kind_from_pb, serial_from_pb, timestamp
 from server.verifier_registry import VerifierRegistry
-
-
-def _kind(value: int) -> CertKind:
-    if value == va_pb2.CERT_KIND_UNSPECIFIED:
-        raise InvalidRequest("certificate kind is required")
-    try:
-        return CertKind(value)
-    except ValueError:
-        raise InvalidRequest(f"unknown certificate kind {value}") from None
-
-
-def _serial(raw: bytes) -> int:
-    try:
-        return serial_from_bytes(raw)
-    except ValueError as exc:
-        raise InvalidRequest(str(exc)) from None
 
 
 def loss_to_pb(event: LossEvent) -> signer_pb2.LossOfEffect:
@@ -134,7 +116,7 @@ class SignerServicer(signer_pb2_grpc.SignerServiceServicer):
         holder = request.holder
         issued = self._signer.issue(
             IssueRequest(
-                kind=_kind(request.kind),
+                kind=kind_from_pb(request.kind),
                 resident_code=request.resident_code,
                 municipality_code=request.municipality_code,
                 holder=Holder(
@@ -144,7 +126,7 @@ class SignerServicer(signer_pb2_grpc.SignerServiceServicer):
                     sex=holder.sex,
                 ),
                 public_key_der=request.public_key_der,
-                card_serial=_serial(request.card_serial) if request.card_serial else None,
+                card_serial=serial_from_pb(request.card_serial) if request.card_serial else None,
                 application_signature=request.application_signature,
             )
         )
@@ -168,7 +150,7 @@ class SignerServicer(signer_pb2_grpc.SignerServiceServicer):
         except ValueError as exc:
             raise InvalidRequest(str(exc)) from None
         events = self._signer.record_loss(
-            _kind(request.kind), _serial(request.serial), cause, reason
+            kind_from_pb(request.kind), serial_from_pb(request.serial), cause, reason
         )
         return signer_pb2.RecordLossResponse(changes=[loss_to_pb(e) for e in events])
 
@@ -204,7 +186,7 @@ class SignerServicer(signer_pb2_grpc.SignerServiceServicer):
         if not request.issuer_key_id:
             raise InvalidRequest("issuer key id is required")
         result = self._signer.record_issuer_compromise(
-            _kind(request.kind), bytes(request.issuer_key_id)
+            kind_from_pb(request.kind), bytes(request.issuer_key_id)
         )
         return signer_pb2.RecordIssuerCompromiseResponse(
             issuer=issuer_to_pb(result.issuer),

@@ -163,7 +163,7 @@ class StatusServicer(va_pb2_grpc.StatusServiceServicer):
             issuer = self._resolver.issuer_by_hash(
                 cid.hash_algorithm.lower(), cid.issuer_name_hash, cid.issuer_key_hash
             )
-            return (None if issuer is None else issuer.kind), _serial(cid.serial), as_of
+            return (None if issuer is None else issuer.kind), serial_from_pb(cid.serial), as_of
         raise BadRequest("no certificate given (kind_serial, certificate_der or cert_id)")
 
     def _answer(
@@ -319,16 +319,21 @@ class StatusServicer(va_pb2_grpc.StatusServiceServicer):
 
 def kind_serial(ref: va_pb2.KindSerial) -> tuple[CertKind, int]:
     """(kind, serial) of a KindSerial; BadRequest when either is missing or malformed."""
-    if ref.kind == va_pb2.CERT_KIND_UNSPECIFIED:
+    return kind_from_pb(ref.kind), serial_from_pb(ref.serial)
+
+
+def kind_from_pb(value: int) -> CertKind:
+    """A wire CertKind; every servicer's one way to read it (BadRequest if unusable)."""
+    if value == va_pb2.CERT_KIND_UNSPECIFIED:
         raise BadRequest("certificate kind is required")
     try:
-        kind = CertKind(ref.kind)
+        return CertKind(value)
     except ValueError:
-        raise BadRequest(f"unknown certificate kind {ref.kind}") from None
-    return kind, _serial(ref.serial)
+        raise BadRequest(f"unknown certificate kind {value}") from None
 
 
-def _serial(raw: bytes) -> int:
+def serial_from_pb(raw: bytes) -> int:
+    """A wire serial (unsigned big-endian, 1 to 20 octets, positive), or BadRequest."""
     try:
         return serial_from_bytes(raw)
     except ValueError as exc:
