@@ -27,19 +27,49 @@ EXIT_UNREACHABLE = 4
 
 def add_registry_group(sub: SubParsers) -> SubParsers:
     registry = sub.add_parser("registry", help="operator calls into the signer's registry")
+    add_signer_connection(registry)
     return registry.add_subparsers(dest="registry_command", required=True, metavar="SUBJECT")
 
 
+_CONNECTION_DEFAULTS: dict[str, object] = {
+    "ca": None,
+    "client_cert": None,
+    "client_key": None,
+    "insecure_loopback": False,
+    "timeout": 30.0,
+}
+
+
 def add_signer_connection(parser: argparse.ArgumentParser) -> None:
+    """The signer connection options.
+
+    They are accepted before the subcommand (`jpki-va registry --signer H:P lose …`)
+    and after it; SUPPRESS keeps a later parser from overwriting an earlier value with
+    its default, and `rpc_errors` fills in the defaults of what was not given.
+    """
     group = parser.add_argument_group("signer connection")
-    group.add_argument("--signer", required=True, metavar="HOST:PORT", help="signer address")
-    group.add_argument("--ca", metavar="FILE", help="PEM roots the signer's TLS chains to")
-    group.add_argument("--client-cert", metavar="FILE", help="PEM client certificate (mTLS)")
-    group.add_argument("--client-key", metavar="FILE", help="PEM client key (mTLS)")
+    keep = argparse.SUPPRESS
+    group.add_argument("--signer", default=keep, metavar="HOST:PORT", help="signer address")
+    group.add_argument("--ca", default=keep, metavar="FILE", help="PEM roots of the signer's TLS")
     group.add_argument(
-        "--insecure-loopback", action="store_true", help="plaintext to 127.0.0.1 (demos, tests)"
+        "--client-cert", default=keep, metavar="FILE", help="PEM client certificate (mTLS)"
     )
-    group.add_argument("--timeout", type=float, default=30.0, metavar="SECONDS")
+    group.add_argument("--client-key", default=keep, metavar="FILE", help="PEM client key (mTLS)")
+    group.add_argument(
+        "--insecure-loopback",
+        action="store_true",
+        default=keep,
+        help="plaintext to 127.0.0.1 (demos, tests)",
+    )
+    group.add_argument("--timeout", type=float, default=keep, metavar="SECONDS")
+
+
+def _complete_connection(args: argparse.Namespace) -> None:
+    if getattr(args, "signer", None) is None:
+        raise ConfigError("--signer HOST:PORT is required")
+    for name, default in _CONNECTION_DEFAULTS.items():
+        if not hasattr(args, name):
+            setattr(args, name, default)
 
 
 def _read(path: str | None, option: str) -> bytes | None:
@@ -82,6 +112,7 @@ def rpc_errors(run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.N
     """gRPC errors become one line on stderr and exit code 3 (4: no answer)."""
 
     def wrapped(args: argparse.Namespace) -> int:
+        _complete_connection(args)
         try:
             return run(args)
         except grpc.RpcError as exc:

@@ -240,3 +240,18 @@ def test_plaintext_needs_loopback_and_an_unreachable_signer_exits_4(
         "--timeout", "2",
     )  # fmt: skip
     assert code == 4 and "UNAVAILABLE" in err
+
+
+def test_connection_options_also_go_before_the_subcommand(
+    pki: Pki, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`jpki-va registry --signer HOST:PORT publish`, as the operators' runbook writes it."""
+    signer = f"127.0.0.1:{pki.signer.port}"
+    code, out, err = run(
+        capsys, "registry", "--signer", signer, "--insecure-loopback", "publish", "--json"
+    )
+    assert code == 0, err
+    assert json.loads(out)["snapshot"]["type"] in ("full", "delta")
+    code, _, err = run(capsys, "registry", "--insecure-loopback", "publish")
+    assert code == 2
+    assert "--signer HOST:PORT is required" in err
