@@ -86,6 +86,11 @@ def _error(status: ResponseStatus) -> OcspReply:
     return OcspReply(ERRORS[status])
 
 
+def malformed() -> OcspReply:
+    """The answer to bytes `OcspResponder.read` could not read."""
+    return _error(ResponseStatus.MALFORMED_REQUEST)
+
+
 @dataclass(frozen=True)
 class _Prepared:
     """Per delegated signer: what every response repeats, computed once."""
@@ -209,9 +214,7 @@ class OcspResponder:
     def respond(self, data: bytes) -> OcspReply:
         """The response to a DER OCSPRequest; never raises for bad input."""
         request = self.read(data)
-        if request is None:
-            return _error(ResponseStatus.MALFORMED_REQUEST)
-        return self.answer(request)
+        return malformed() if request is None else self.answer(request)
 
     def answer(self, request: ocsp_wire.OcspRequest) -> OcspReply:
         """The response to a request `read` returned."""

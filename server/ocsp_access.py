@@ -10,7 +10,7 @@ from collections.abc import Callable, Mapping
 from server.access import Caller, Gate
 from server.domain import Provision, Verifier
 from server.law.entitlements import status_provision
-from server.ocsp import OcspResponder
+from server.ocsp import OcspResponder, malformed
 from server.ocsp_cache import OcspReply
 
 
@@ -31,7 +31,7 @@ class GatedOcsp:
         verifier = self._gate.identify(caller)
         request = self._ocsp.read(der)
         if request is None:
-            return self._ocsp.respond(der)  # malformedRequest: no status information
+            return malformed()  # no status information was given
         counts: Counter[Provision] = Counter()
         for kind in self._ocsp.issuer_kinds(request):
             self._gate.check(verifier, status_provision(kind))

@@ -33,8 +33,8 @@ from server.law.resident_change import (
     ResidentEvent,
     ResidentEventFacts,
     kinds_ended,
-    move_out_deadline,
     move_out_lapsed,
+    move_out_loss_time,
 )
 from server.lint import LintError, lint_certificate
 from server.profiles import CertProfile, Holder, ProfileSettings
@@ -320,16 +320,15 @@ class Signer:
         notice = tx.move_out(resident_code)
         if notice is None or not move_out_lapsed(notice.planned_date, now):
             return []
-        deadline = move_out_deadline(notice.planned_date)
         events: list[LossEvent] = []
+        reason = DEFAULT_REASON[LossCause.RESIDENT_CHANGE]
         for record in tx.holder_certificates(resident_code):
-            if record.kind is CertKind.CARD_AUTH and record.loss is None:
-                # In law it ended at the deadline; one issued after that ends as issued.
-                when = max(deadline, record.not_before)
-                if when < record.not_after:
-                    reason = DEFAULT_REASON[LossCause.RESIDENT_CHANGE]
-                    loss = Loss(when, LossCause.RESIDENT_CHANGE, reason)
-                    events.extend(self._end(tx, record, loss, now))
+            if record.kind is not CertKind.CARD_AUTH or record.loss is not None:
+                continue
+            when = move_out_loss_time(notice.planned_date, record.not_before, record.not_after)
+            if when is not None:
+                loss = Loss(when, LossCause.RESIDENT_CHANGE, reason)
+                events.extend(self._end(tx, record, loss, now))
         tx.clear_move_out(resident_code)
         return events
 

@@ -19,6 +19,7 @@ from server.law.resident_change import (
     kinds_ended,
     move_out_deadline,
     move_out_lapsed,
+    move_out_loss_time,
 )
 from server.law.retention import RetentionPolicy
 from server.law.signing_record import check_disclosable
@@ -86,6 +87,19 @@ def test_article_31_thirty_days_end_at_the_start_of_day_31_japan_time() -> None:
     assert deadline == datetime(2026, 3, 31, 15, tzinfo=UTC)
     assert not move_out_lapsed(planned, deadline - timedelta(microseconds=1))
     assert move_out_lapsed(planned, deadline)
+
+
+def test_article_31_loss_time_of_each_auth_certificate() -> None:
+    planned = date(2026, 3, 31)
+    deadline = move_out_deadline(planned)
+    year = timedelta(days=365)
+    # Issued before the deadline: lost at the deadline.
+    assert move_out_loss_time(planned, deadline - year, deadline + year) == deadline
+    # Issued after it: lost as issued, never before issuance.
+    later = deadline + timedelta(days=3)
+    assert move_out_loss_time(planned, later, later + year) == later
+    # Expired before the deadline: it never lost effect by this rule.
+    assert move_out_loss_time(planned, deadline - 2 * year, deadline - year) is None
 
 
 def test_article_14_effective_loss() -> None:

@@ -95,3 +95,15 @@ def move_out_deadline(planned_date: date) -> datetime:
 
 def move_out_lapsed(planned_date: date, now: datetime) -> bool:
     return now >= move_out_deadline(planned_date)
+
+
+def move_out_loss_time(
+    planned_date: date, not_before: datetime, not_after: datetime
+) -> datetime | None:
+    """When an auth certificate lost effect by the 30-day rule, or None if it did not.
+
+    In law it ended at the deadline; one issued after the deadline ends as issued, so
+    a loss is never dated before issuance; one that expired before it never lost effect.
+    """
+    when = max(move_out_deadline(planned_date), not_before)
+    return when if when < not_after else None
