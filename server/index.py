@@ -68,13 +68,14 @@ from server.snapshot import (
     compromise_to_json,
 )
 from server.snapshot_data import (
+    LINK_KEY_SIZE,
     SigningRecord,
     event_line,
     parse_consent,
     parse_event,
-    parse_link,
     parse_signing_record,
     read_lines,
+    read_link_rows,
 )
 
 log = logging.getLogger(__name__)
@@ -294,14 +295,16 @@ def _put_data(txn: lmdb.Transaction, dbs: dict[bytes, Any], snapshot: VerifiedSn
     files = snapshot.manifest.files
     try:
         if LINKS_FILE in files:
-            for line in read_lines(snapshot.path / LINKS_FILE):
-                link = parse_link(line)
-                a, b = (
-                    record_key(link.a_kind, link.a_serial),
-                    record_key(link.b_kind, link.b_serial),
-                )
-                txn.put(a + b, bytes([link.type, 0]), db=dbs[b"links"])
-                txn.put(b + a, bytes([link.type, 1]), db=dbs[b"links"])
+            data = (snapshot.path / LINKS_FILE).read_bytes()
+            if hashlib.sha256(data).hexdigest() != files[LINKS_FILE]:
+                raise SnapshotRejected(f"{LINKS_FILE} changed after verification")
+            links = dbs[b"links"]
+            # A full build starts empty, so the ordered rows append; a delta inserts.
+            append = txn.stat(links)["entries"] == 0
+            txn.cursor(db=links).putmulti(
+                ((row[:LINK_KEY_SIZE], row[LINK_KEY_SIZE:]) for row in read_link_rows(data)),
+                append=append,
+            )
         if SIGNING_RECORDS_FILE in files:
             for line in read_lines(snapshot.path / SIGNING_RECORDS_FILE):
                 record = parse_signing_record(line)

@@ -35,20 +35,19 @@ from server.registry import (
     CertificateRecord,
     ConsentChange,
     IssuerRecord,
+    LossEvent,
     Registry,
     RegistryTxn,
 )
 from server.snapshot import (
     CONSENTS,
-    EVENTS,
-    LINKS,
     SIGNING_RECORDS,
     CrlInfo,
     SnapshotBuilder,
     crl_relpath,
     snapshot_sequence,
 )
-from server.snapshot_data import consent_line, event_line, link_line, signing_record_line
+from server.snapshot_data import consent_line, link_rows, signing_record_line
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +112,7 @@ class _Content:
 
     records: list[bytes] = field(default_factory=list)
     entries: dict[Scope, list[CrlEntry]] = field(default_factory=dict)
-    events: list[dict[str, Any]] = field(default_factory=list)
+    events: list[LossEvent] = field(default_factory=list)
     links: set[Link] = field(default_factory=set)
     signing_records: dict[int, dict[str, Any]] = field(default_factory=dict)
     consents: list[dict[str, Any]] = field(default_factory=list)
@@ -271,9 +270,7 @@ class Publisher:
             if rec.loss is not None and loss_kept:
                 bucket.append(CrlEntry(rec.serial, rec.loss.time, rec.loss.cause, rec.loss.reason))
         content.entries = dict(entries)
-        content.events = [
-            event_line(e) for e in tx.events_since(0) if (e.kind, e.serial) in losses_kept
-        ]
+        content.events = [e for e in tx.events_since(0) if (e.kind, e.serial) in losses_kept]
         for subjects in holders.values():
             content.links |= holder_links(subjects)
         for old, new in tx.renewals():
@@ -395,7 +392,7 @@ class Publisher:
                 CrlEntry(event.serial, event.loss.time, event.loss.cause, event.loss.reason)
             )
             if event.sequence > state.event_sequence:
-                content.events.append(event_line(event))
+                content.events.append(event)
         content.entries = dict(entries)
         self._delta_links(tx, new_records, content)
         self._delta_consents(tx, state, new_records, content)
@@ -492,8 +489,8 @@ class Publisher:
     @staticmethod
     def _add_data(builder: SnapshotBuilder, content: _Content) -> None:
         builder.add_verifiers(content.verifiers)
-        builder.add_jsonl(EVENTS, content.events)
-        builder.add_jsonl(LINKS, (link_line(link) for link in sorted(content.links)))
+        builder.add_events(content.events)
+        builder.add_links(sorted(row for link in content.links for row in link_rows(link)))
         builder.add_jsonl(SIGNING_RECORDS, _by_serial(content.signing_records))
         builder.add_jsonl(CONSENTS, content.consents)
 

@@ -23,13 +23,14 @@ Files:
     "issuer_key_id", "time", "recorded_at", "cause", "reason", "trigger"}`,
     `trigger` being `{"kind", "serial", "cause"}` of the card certificate for a
     cascaded loss, else null; `recorded_at` is the registry commit time.
-  - `links.jsonl`: `{"type", "a_kind", "a_serial", "b_kind", "b_serial"}` with the
-    LinkType slug; `a` is the card certificate, or the old one for `renewal`.
   - `signing_records.jsonl`: `{"kind", "serial", "name", "address", "birth_date",
     "sex"}` of signing certificates whose holder consented to at least one verifier
     (never the resident code).
   - `consents.jsonl`: `{"kind", "serial", "verifier", "granted"}`; in a full
     snapshot every line grants; in a delta `granted: false` withdraws.
+* `links.bin` (snapshot_data.py): the correspondences, fixed-width rows (from key, to
+  key, LinkType, direction) strictly increasing; each link twice, once from each end.
+  A link's `a` is the card certificate, or the old one for a renewal.
 """
 
 from __future__ import annotations
@@ -58,6 +59,8 @@ from server.domain import OID_SNAPSHOT_SIGNING, CertKind, Verifier
 from server.law.issuer_compromise import Compromise
 from server.profiles import key_id
 from server.records import write_records
+from server.registry import LossEvent
+from server.snapshot_data import event_line, write_link_rows
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +71,7 @@ SIGNER_CERT = "signer.pem"
 ISSUERS = "issuers.pem"
 RECORDS = "records.bin"
 EVENTS = "events.jsonl"
-LINKS = "links.jsonl"
+LINKS = "links.bin"
 SIGNING_RECORDS = "signing_records.jsonl"
 CONSENTS = "consents.jsonl"
 ARL = "arl.crl"
@@ -301,6 +304,18 @@ class SnapshotBuilder:
                 count += 1
         self._files[relpath] = _sha256_file(path)
         return count
+
+    def add_links(self, rows: Iterable[bytes]) -> int:
+        """The links file from rows of snapshot_data.link_rows, in increasing order."""
+        path = self._dir / LINKS
+        with path.open("wb") as f:
+            count = write_link_rows(f, rows)
+        self._files[LINKS] = _sha256_file(path)
+        return count
+
+    def add_events(self, events: Iterable[LossEvent]) -> int:
+        """The loss events file, in registry order."""
+        return self.add_jsonl(EVENTS, (event_line(e) for e in events))
 
     def add_arl(self, arl: x509.CertificateRevocationList, number: int) -> None:
         self._add(ARL, arl.public_bytes(Encoding.DER))

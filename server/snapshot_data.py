@@ -7,11 +7,12 @@ format by construction. Decoders raise ValueError on anything malformed.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+import struct
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from server.domain import (
     CertKind,
@@ -20,6 +21,8 @@ from server.domain import (
     LinkType,
     Loss,
     LossCause,
+    parse_record_key,
+    record_key,
     serial_from_hex,
     serial_hex,
 )
@@ -108,27 +111,61 @@ def parse_event(data: dict[str, Any]) -> LossEvent:
 
 
 # links ------------------------------------------------------------------------------------
-def link_line(link: Link) -> dict[str, Any]:
-    return {
-        "type": link.type.slug,
-        "a_kind": link.a_kind.name,
-        "a_serial": serial_hex(link.a_serial),
-        "b_kind": link.b_kind.name,
-        "b_serial": serial_hex(link.b_serial),
-    }
+# links.bin: a header line, then fixed-width rows (from key, to key, LinkType, direction)
+# strictly increasing by (from, to). Every link is written twice, once from each end
+# (direction 0: `from` is the link's a side), so the index appends the rows as they come.
+LINKS_MAGIC = b"JPKIVA-LINKS/1\n"
+_LINK_ROW = struct.Struct("<21s21sBB")
+LINK_ROW_SIZE = _LINK_ROW.size
+LINK_KEY_SIZE = 42
 
 
-def parse_link(data: dict[str, Any]) -> Link:
+def link_rows(link: Link) -> tuple[bytes, bytes]:
+    """The two rows of `link`: from its a side, and from its b side."""
+    a, b = record_key(link.a_kind, link.a_serial), record_key(link.b_kind, link.b_serial)
+    return _LINK_ROW.pack(a, b, link.type, 0), _LINK_ROW.pack(b, a, link.type, 1)
+
+
+def parse_link_row(row: bytes) -> Link:
+    """The link a row states (either direction)."""
     try:
-        return Link(
-            LinkType[str(data["type"]).upper().replace("-", "_")],
-            CertKind[data["a_kind"]],
-            serial_from_hex(data["a_serial"]),
-            CertKind[data["b_kind"]],
-            serial_from_hex(data["b_serial"]),
-        )
-    except (KeyError, TypeError) as exc:
-        raise ValueError(f"malformed link: {exc!r}") from None
+        first, second, link_type, direction = _LINK_ROW.unpack(row)
+        if direction not in (0, 1):
+            raise ValueError(f"link direction {direction}")
+        a, b = (first, second) if direction == 0 else (second, first)
+        return Link(LinkType(link_type), *parse_record_key(a), *parse_record_key(b))
+    except (struct.error, ValueError) as exc:
+        raise ValueError(f"malformed link row: {exc}") from None
+
+
+def write_link_rows(out: BinaryIO, rows: Iterable[bytes]) -> int:
+    """Write link rows (already in order); returns how many."""
+    out.write(LINKS_MAGIC)
+    count = 0
+    previous = b""
+    for row in rows:
+        if len(row) != LINK_ROW_SIZE:
+            raise ValueError("a link row has the wrong size")
+        key = row[:LINK_KEY_SIZE]
+        if key <= previous:
+            raise ValueError("link rows must be written in strictly increasing order")
+        previous = key
+        out.write(row)
+        count += 1
+    return count
+
+
+def read_link_rows(data: memoryview | bytes) -> Iterator[bytes]:
+    """Every row of a links file, each checked to name a valid link."""
+    if bytes(data[: len(LINKS_MAGIC)]) != LINKS_MAGIC:
+        raise ValueError("not a jpki-va links file")
+    body = data[len(LINKS_MAGIC) :]
+    if len(body) % LINK_ROW_SIZE:
+        raise ValueError("links file is truncated")
+    for offset in range(0, len(body), LINK_ROW_SIZE):
+        row = bytes(body[offset : offset + LINK_ROW_SIZE])
+        parse_link_row(row)
+        yield row
 
 
 # signing records and consents -------------------------------------------------------------

@@ -7,6 +7,7 @@ can say exactly what a snapshot holds, including ones the signer never makes.
 
 from __future__ import annotations
 
+import io
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -30,8 +31,6 @@ from server.records import encode_file_record
 from server.registry import CertificateRecord, LossEvent
 from server.snapshot import (
     CONSENTS,
-    EVENTS,
-    LINKS,
     SIGNING_RECORDS,
     SnapshotBuilder,
     SnapshotRejected,
@@ -39,14 +38,17 @@ from server.snapshot import (
     VerifiedSnapshot,
 )
 from server.snapshot_data import (
+    LINKS_MAGIC,
     consent_line,
     event_line,
-    link_line,
+    link_rows,
     parse_consent,
     parse_event,
-    parse_link,
+    parse_link_row,
     parse_signing_record,
+    read_link_rows,
     signing_record_line,
+    write_link_rows,
 )
 
 NOW = datetime.now(UTC).replace(microsecond=0)
@@ -113,6 +115,7 @@ def _snapshot(
     crl: list[int],
     events: list[LossEvent],
     data: dict[str, list[dict[str, Any]]] | None = None,
+    links: list[Link] | None = None,
     delta: tuple[int, int, int] | None = None,  # base sequence, previous, base CRL number
 ) -> VerifiedSnapshot:
     builder = SnapshotBuilder(root, sequence)
@@ -130,7 +133,9 @@ def _snapshot(
         delta_base=None if delta is None else delta[2],
     )  # fmt: skip
     builder.add_crl(KIND, "131016", crl_obj, sequence, None if delta is None else delta[2])
-    builder.add_jsonl(EVENTS, [event_line(e) for e in events])
+    builder.add_events(events)
+    if links:
+        builder.add_links(sorted(row for link in links for row in link_rows(link)))
     for name, lines in (data or {}).items():
         builder.add_jsonl(name, lines)
     path, _ = builder.commit(
@@ -153,9 +158,8 @@ def live(ca: Ca, tmp_path: Path) -> tuple[Path, Path]:
     snapshots.mkdir()
     full = _snapshot(
         ca, snapshots, 1, records=[10, 11], crl=[11], events=[_event(ca, 1, 11)],
+        links=[Link(LinkType.CARD_SIGN_MOBILE_SIGN, KIND, 10, CertKind.MOBILE_SIGN, 20)],
         data={
-            LINKS: [link_line(Link(LinkType.CARD_SIGN_MOBILE_SIGN, KIND, 10,
-                                   CertKind.MOBILE_SIGN, 20))],
             SIGNING_RECORDS: [signing_record_line(_record(10))],
             CONSENTS: [consent_line(_record(10), "bank-a", True)],
         },
@@ -250,13 +254,20 @@ def test_data_lines_round_trip_and_refuse_malformed(ca: Ca) -> None:
     event = _event(ca, 3, 0xABC)
     assert parse_event(event_line(event)) == event
     link = Link(LinkType.RENEWAL, KIND, 1, KIND, 2)
-    assert parse_link(link_line(link)) == link
+    forward, backward = link_rows(link)
+    assert parse_link_row(forward) == parse_link_row(backward) == link
     assert parse_signing_record(signing_record_line(_record(5))).address == "千代田区1-1"
     assert parse_consent(consent_line(_record(5), "v", True)).granted
     with pytest.raises(ValueError):
         parse_event({"sequence": 1})
-    with pytest.raises(ValueError):
-        parse_link({**link_line(link), "type": "cousin"})
+    with pytest.raises(ValueError, match="malformed link row"):
+        parse_link_row(forward[:-2] + bytes([9, 0]))  # no such LinkType
+    with pytest.raises(ValueError, match="malformed link row"):
+        parse_link_row(forward[:-1] + bytes([2]))  # no such direction
+    with pytest.raises(ValueError, match="increasing"):
+        write_link_rows(io.BytesIO(), [backward, forward])
+    with pytest.raises(ValueError, match="truncated"):
+        list(read_link_rows(LINKS_MAGIC + forward[:-1]))
     with pytest.raises(ValueError):
         parse_signing_record({**signing_record_line(_record(5)), "kind": "CARD_AUTH"})
     with pytest.raises(ValueError):
