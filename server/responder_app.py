@@ -37,7 +37,6 @@ from protos import (
     signer_pb2,
     signer_pb2_grpc,
     va_pb2,
-    va_pb2_grpc,
     verifiers_pb2,
     verifiers_pb2_grpc,
 )
@@ -88,7 +87,7 @@ from server.status import (
     Resolver,
     StatusSource,
 )
-from server.status_servicer import StatusServicer, StreamLimits
+from server.status_servicer import StatusServicer, StreamLimits, add_status_service
 from server.token_check import TokenChecker
 from server.verifier_token_servicer import VerifierTokenServicer
 
@@ -226,7 +225,7 @@ def worker_main(  # noqa: PLR0915 (a composition root: the wiring reads best in 
     )
     stream_limits = StreamLimits(config.max_batch, config.max_stream_batches)
     counted = CountedSource(source, metrics)
-    va_pb2_grpc.add_StatusServiceServicer_to_server(
+    add_status_service(
         StatusServicer(counted, resolver, ocsp, holder, clock, roots, gate, caller, stream_limits),
         server,
     )

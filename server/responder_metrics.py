@@ -11,6 +11,7 @@ provisions) computed when scraped.
 from __future__ import annotations
 
 import bisect
+import collections
 import os
 import shutil
 import threading
@@ -116,8 +117,11 @@ class WorkerMetrics:
         self._count(self._cache, (result,))
 
     def answers(self, answers: tuple[tuple[str, str], ...]) -> None:
-        for labels in answers:
-            self._count(self._answers, labels)
+        tally = collections.Counter(answers)  # a batch: one lock for all of it
+        with self._lock:
+            for labels, n in tally.items():
+                key = (self._answers, labels)
+                self._pending[key] = self._pending.get(key, 0) + n
 
     def grpc_call(self, method: str, outcome: str, seconds: float) -> None:
         # A gRPC call costs far more than the observation: recorded at once.
