@@ -3,10 +3,15 @@
 Every answer that provides status information is counted durably before it leaves
 (第41条). One LMDB write transaction per answer makes the commit, not the answer,
 the cost of a call; so callers hand their entry to one committer thread and wait.
-The committer takes whatever has queued up meanwhile, writes it in one transaction
 (`Ledger.record_all`) and wakes that group: each answer still leaves only after the
 commit that counts it, and a failed commit fails every call of its group, with
 nothing of the group recorded (LMDB aborts the whole transaction).
+
+There is no committer thread: the first caller of a group leads it. It waits for
+the previous commit to end (callers arriving meanwhile join its group), seals the
+group and commits it in its own thread. A lone call therefore commits at once, as
+before, and never waits for another thread to be scheduled: under the GIL that
+hand-off can cost milliseconds when the process is busy.
 
 The queue is bounded: when the ledger cannot keep up, callers are refused at once
 (`LedgerBacklog`) rather than piling up in memory.
@@ -21,7 +26,7 @@ from datetime import datetime
 from server.domain import Provision
 from server.ledger import Disclosure, Entry, Ledger, LedgerError
 
-DEFAULT_MAX_PENDING = 4096  # entries waiting for a commit, per process
+DEFAULT_MAX_PENDING = 4096  # entries gathered for the next commit, per process
 
 
 class LedgerBacklog(LedgerError):
@@ -33,7 +38,7 @@ class LedgerClosed(LedgerError):
 
 
 class _Group:
-    """Entries committed together, and the one event their callers wait on."""
+    """Entries committed together, and the one event the leader's followers wait on."""
 
     __slots__ = ("done", "entries", "error")
 
@@ -44,21 +49,19 @@ class _Group:
 
 
 class GroupCommit:
-    """`Ledger.record` for many threads: same call, one commit per group. Start after fork."""
+    """`Ledger.record` for many threads: same call, one commit per group. Make after fork."""
 
     def __init__(self, ledger: Ledger, max_pending: int = DEFAULT_MAX_PENDING) -> None:
         if max_pending < 1:
             raise ValueError("max_pending must be at least 1")
         self._ledger = ledger
         self._max_pending = max_pending
-        self._lock = threading.Lock()
-        self._wake = threading.Condition(self._lock)
+        self._lock = threading.Lock()  # guards the group being filled and `_closed`
+        self._writing = threading.Lock()  # held by the leader whose group is committing
         self._group = _Group()  # the group being filled
         self._closed = False
         self.commits = 0  # transactions written (for metrics and tests)
         self.recorded = 0  # entries they carried
-        self._thread = threading.Thread(target=self._run, name="ledger-commit", daemon=True)
-        self._thread.start()
 
     def record(
         self,
@@ -79,41 +82,41 @@ class GroupCommit:
                     " try again shortly"
                 )
             group.entries.append(entry)
-            if len(group.entries) == 1:
-                self._wake.notify()
-        group.done.wait()
+            leads = len(group.entries) == 1
+        if leads:
+            with self._writing:  # the previous group's commit ends; ours gathers meanwhile
+                with self._lock:
+                    self._group = _Group()  # sealed: later callers start the next group
+                self._commit(group)
+        else:
+            group.done.wait()
         if group.error is not None:
             raise group.error
 
+    def _commit(self, group: _Group) -> None:
+        try:
+            self._ledger.record_all(group.entries)
+        except LedgerError as exc:
+            group.error = exc
+        except Exception as exc:  # every caller of the group must hear of it
+            group.error = LedgerError(f"cannot record the provision: {exc!r}")
+        else:
+            self.commits += 1
+            self.recorded += len(group.entries)
+        group.done.set()
+
     @property
     def pending(self) -> int:
-        """Entries queued for the next commit."""
+        """Entries gathered for the next commit."""
         with self._lock:
             return len(self._group.entries)
 
-    def _run(self) -> None:
-        while True:
-            with self._lock:
-                while not self._group.entries and not self._closed:
-                    self._wake.wait()
-                group = self._group
-                if not group.entries:  # closed and drained
-                    return
-                self._group = _Group()
-            try:
-                self._ledger.record_all(group.entries)
-            except LedgerError as exc:
-                group.error = exc
-            except Exception as exc:  # never lose the thread: the callers would wait forever
-                group.error = LedgerError(f"cannot record the provision: {exc!r}")
-            else:
-                self.commits += 1
-                self.recorded += len(group.entries)
-            group.done.set()
-
     def close(self) -> None:
-        """Commit what is queued, then refuse further entries (LedgerClosed)."""
+        """Refuse further entries (LedgerClosed); returns when the commit under way ends.
+
+        A group gathered before the close is still committed by its leader.
+        """
         with self._lock:
             self._closed = True
-            self._wake.notify()
-        self._thread.join()
+        with self._writing:
+            pass
