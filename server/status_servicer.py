@@ -93,7 +93,8 @@ def _set_micros(out: Timestamp, value: int) -> None:
 
 
 def fill_brief(out: va_pb2.CertificateStatus, brief: Brief) -> None:
-    """`fill_status` for a brief: the same message from the index's integers."""
+    """`fill_status` for a brief: the same message from the index's integers. CheckStream
+    writes these bytes itself (server/batch_wire.py), checked against this."""
     if brief.kind is not None:
         out.kind = brief.kind  # type: ignore[assignment]
     out.serial = serial_to_bytes(brief.serial)
@@ -221,7 +222,7 @@ class StatusServicer(va_pb2_grpc.StatusServiceServicer):
         """One batch answered as `Check` answers each item, with errors per item.
 
         The batch is one instant (`as_of` defaults to one clock reading), its
-        entitlements are checked once per provision, its statuses come from one
+        entitlements are checked once per kind, its statuses come from one
         lookup of the source, and its provisions are recorded in one ledger commit
         before it leaves. None: the call ended meanwhile and nothing was provided.
         """
