@@ -14,7 +14,6 @@ must be mirrored here (the byte-for-byte test fails until it is).
 
 from __future__ import annotations
 
-import struct
 from collections.abc import Sequence
 from functools import lru_cache
 
@@ -38,7 +37,6 @@ def _varint(value: int) -> bytes:
 
 
 _SMALL = [bytes((n,)) for n in range(0x80)]
-_FIVE = struct.Struct("5B")  # a varint of 29 to 35 bits, its bytes given
 
 
 def _delimited(tag: bytes, body: bytes) -> bytes:
@@ -62,31 +60,30 @@ _RESULT_ERROR = b"\x12"  # CheckResult.error
 _RESULTS = b"\x0a"  # CheckBatchResponse.results
 
 
-@lru_cache(maxsize=1 << 16)
 def _stamp(tag: bytes, micros: int) -> bytes:
-    """A Timestamp field from microseconds since the epoch (present even when zero)."""
+    """A Timestamp field from microseconds since the epoch (present even when zero).
+
+    Not cached: a certificate's times are its own, and a cache of them would mostly
+    miss (dearer than computing). The index's times are whole seconds of this era,
+    five varint bytes, written with one integer expression.
+    """
     seconds, micro = divmod(micros, 1_000_000)
-    if 0x1000_0000 <= seconds < 0x8_0000_0000 and not micro:  # whole seconds, 1978-3058
-        return (
-            tag
-            + b"\x06\x08"
-            + _SECONDS(
-                (seconds & 0x7F) | 0x80,
-                ((seconds >> 7) & 0x7F) | 0x80,
-                ((seconds >> 14) & 0x7F) | 0x80,
-                ((seconds >> 21) & 0x7F) | 0x80,
-                seconds >> 28,
-            )
+    if not micro and 0x1000_0000 <= seconds < 0x8_0000_0000:  # 1978 to 3058
+        spread = (
+            0x8080_8080
+            | (seconds & 0x7F)
+            | ((seconds << 1) & 0x7F00)
+            | ((seconds << 2) & 0x7F_0000)
+            | ((seconds << 3) & 0x7F00_0000)
+            | ((seconds << 4) & 0x7F_0000_0000)
         )
+        return tag + b"\x06\x08" + spread.to_bytes(5, "little")
     body = b""
     if seconds:
         body = b"\x08" + _varint(seconds)
     if micro:
         body += b"\x10" + _varint(micro * 1000)
     return _delimited(tag, body)
-
-
-_SECONDS = _FIVE.pack
 
 
 @lru_cache(maxsize=1 << 14)
@@ -144,13 +141,79 @@ def status_bytes(brief: Brief) -> bytes:
     return head + validity + _place(partition, issuer_key_id) + _tail(as_of, sequence)
 
 
+# The usual status in one formatting: both results keys and lengths (a status under
+# 126 bytes), kind, serial, status, the two validity times (whole seconds, five-byte
+# varints), the revocation if any, partition with issuer, as_of with sequence.
+_USUAL = b"\x0a%c\x0a%c%b\x12%c%b%b\x22\x06\x08%b\x2a\x06\x08%b%b%b%b"
+_FIRST, _LAST = 0x1000_0000 * 1_000_000, 0x8_0000_0000 * 1_000_000  # 1978 to 3058
+
+
+def _spread(micros: int) -> bytes:
+    """The five varint bytes of a whole number of seconds between _FIRST and _LAST."""
+    seconds = micros // 1_000_000
+    return (
+        0x8080_8080
+        | (seconds & 0x7F)
+        | ((seconds << 1) & 0x7F00)
+        | ((seconds << 2) & 0x7F_0000)
+        | ((seconds << 3) & 0x7F00_0000)
+        | ((seconds << 4) & 0x7F_0000_0000)
+    ).to_bytes(5, "little")
+
+
+def _result(brief: Brief) -> bytes:
+    """One `results` entry holding `brief`'s status."""
+    kind, serial, status, as_of, sequence, record = brief
+    if record is not None:
+        not_before, not_after, partition, issuer_key_id, lost_at, cause, reason = record
+        if (
+            _FIRST <= not_before < _LAST
+            and _FIRST <= not_after < _LAST
+            and not not_before % 1_000_000
+            and not not_after % 1_000_000
+        ):
+            raw = serial.to_bytes((serial.bit_length() + 7) // 8 or 1, "big")
+            kind_field = _KINDS[kind]
+            status_field = _STATUSES[status]
+            revocation = (
+                _revocation(lost_at, cause, reason)
+                if status is Status.REVOKED and lost_at is not None
+                else b""
+            )
+            place = _place(partition, issuer_key_id)
+            tail = _tail(as_of, sequence)
+            size = (
+                len(kind_field)
+                + len(raw)
+                + len(status_field)
+                + len(revocation)
+                + len(place)
+                + len(tail)
+                + 18  # serial key and length, two times of 8 bytes each
+            )
+            if size < 126:
+                return _USUAL % (
+                    size + 2,
+                    size,
+                    kind_field,
+                    len(raw),
+                    raw,
+                    status_field,
+                    _spread(not_before),
+                    _spread(not_after),
+                    revocation,
+                    place,
+                    tail,
+                )
+    return _delimited(_RESULTS, _delimited(_RESULT_STATUS, status_bytes(brief)))
+
+
 def batch_response(results: Sequence[Brief | str]) -> bytes:
     """A serialized CheckBatchResponse: a status per Brief, an error per str, in order."""
     out = []
     for result in results:
         if isinstance(result, str):
-            item = _delimited(_RESULT_ERROR, result.encode())
+            out.append(_delimited(_RESULTS, _delimited(_RESULT_ERROR, result.encode())))
         else:
-            item = _delimited(_RESULT_STATUS, status_bytes(result))
-        out.append(_delimited(_RESULTS, item))
+            out.append(_result(result))
     return b"".join(out)

@@ -10,7 +10,17 @@ from server.domain import CertKind, CrlReason, LossCause, Status
 from server.status import Brief, PackedRecord
 from server.status_servicer import fill_brief
 
-_TIMES = (0, 1, 999_999, 1_000_000, -1, -1_000_001, 1_767_225_600_000_000, 253_402_300_799_999_999)
+_TIMES = (
+    0,
+    1,
+    999_999,
+    1_000_000,
+    -1,
+    -1_000_001,
+    1_767_225_600_000_000,
+    253_402_300_799_999_999,
+    *(s * 1_000_000 for s in (0x0FFF_FFFF, 0x1000_0000, 0x7_FFFF_FFFF, 0x8_0000_0000)),
+)
 
 
 def _time(rng: random.Random) -> int:
