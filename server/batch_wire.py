@@ -5,8 +5,9 @@ field by field costs more Python per status than finding the status does. This
 module writes the same bytes directly: protobuf's encoding of `CheckBatchResponse`
 (va.proto), fields in number order and proto3 defaults left out, exactly as
 `SerializeToString` writes them (tests/test_batch_wire.py compares the two on many
-cases). What repeats across statuses (a time, a partition with its issuer, the
-batch's instant and index sequence) is encoded once and reused.
+cases). What repeats across statuses (a partition with its issuer, the batch's
+instant and index sequence) is encoded once and reused; a certificate's own times
+are not (a cache of them would mostly miss at national scale).
 
 Only `CheckBatchResponse` is written here; any change to its messages in va.proto
 must be mirrored here (the byte-for-byte test fails until it is).
@@ -61,29 +62,32 @@ _RESULTS = b"\x0a"  # CheckBatchResponse.results
 
 
 def _stamp(tag: bytes, micros: int) -> bytes:
-    """A Timestamp field from microseconds since the epoch (present even when zero).
-
-    Not cached: a certificate's times are its own, and a cache of them would mostly
-    miss (dearer than computing). The index's times are whole seconds of this era,
-    five varint bytes, written with one integer expression.
-    """
+    """A Timestamp field from microseconds since the epoch (present even when zero)."""
+    if _FIRST <= micros < _LAST and not micros % 1_000_000:  # the index's times
+        return tag + b"\x06\x08" + _spread(micros)
     seconds, micro = divmod(micros, 1_000_000)
-    if not micro and 0x1000_0000 <= seconds < 0x8_0000_0000:  # 1978 to 3058
-        spread = (
-            0x8080_8080
-            | (seconds & 0x7F)
-            | ((seconds << 1) & 0x7F00)
-            | ((seconds << 2) & 0x7F_0000)
-            | ((seconds << 3) & 0x7F00_0000)
-            | ((seconds << 4) & 0x7F_0000_0000)
-        )
-        return tag + b"\x06\x08" + spread.to_bytes(5, "little")
     body = b""
     if seconds:
         body = b"\x08" + _varint(seconds)
     if micro:
         body += b"\x10" + _varint(micro * 1000)
     return _delimited(tag, body)
+
+
+_FIRST, _LAST = 0x1000_0000 * 1_000_000, 0x8_0000_0000 * 1_000_000  # 1978 to 3058
+
+
+def _spread(micros: int) -> bytes:
+    """The five varint bytes of a whole number of seconds from _FIRST to before _LAST."""
+    seconds = micros // 1_000_000
+    return (
+        0x8080_8080
+        | (seconds & 0x7F)
+        | ((seconds << 1) & 0x7F00)
+        | ((seconds << 2) & 0x7F_0000)
+        | ((seconds << 3) & 0x7F00_0000)
+        | ((seconds << 4) & 0x7F_0000_0000)
+    ).to_bytes(5, "little")
 
 
 @lru_cache(maxsize=1 << 14)
@@ -145,20 +149,6 @@ def status_bytes(brief: Brief) -> bytes:
 # 126 bytes), kind, serial, status, the two validity times (whole seconds, five-byte
 # varints), the revocation if any, partition with issuer, as_of with sequence.
 _USUAL = b"\x0a%c\x0a%c%b\x12%c%b%b\x22\x06\x08%b\x2a\x06\x08%b%b%b%b"
-_FIRST, _LAST = 0x1000_0000 * 1_000_000, 0x8_0000_0000 * 1_000_000  # 1978 to 3058
-
-
-def _spread(micros: int) -> bytes:
-    """The five varint bytes of a whole number of seconds between _FIRST and _LAST."""
-    seconds = micros // 1_000_000
-    return (
-        0x8080_8080
-        | (seconds & 0x7F)
-        | ((seconds << 1) & 0x7F00)
-        | ((seconds << 2) & 0x7F_0000)
-        | ((seconds << 3) & 0x7F00_0000)
-        | ((seconds << 4) & 0x7F_0000_0000)
-    ).to_bytes(5, "little")
 
 
 def _result(brief: Brief) -> bytes:

@@ -2,18 +2,19 @@
 
 Every answer that provides status information is counted durably before it leaves
 (第41条). One LMDB write transaction per answer makes the commit, not the answer,
-the cost of a call; so callers hand their entry to one committer thread and wait.
-(`Ledger.record_all`) and wakes that group: each answer still leaves only after the
-commit that counts it, and a failed commit fails every call of its group, with
-nothing of the group recorded (LMDB aborts the whole transaction).
+the cost of a call; so the entries of calls that arrive while a commit is under way
+are gathered and written together by the next one (`Ledger.record_all`). Each
+answer still leaves only after the commit that counts it, and a failed commit fails
+every call of its group, with nothing of the group recorded (LMDB aborts the whole
+transaction).
 
 There is no committer thread: the first caller of a group leads it. It waits for
-the previous commit to end (callers arriving meanwhile join its group), seals the
+the commit under way to end (callers arriving meanwhile join its group), seals the
 group and commits it in its own thread. A lone call therefore commits at once, as
 before, and never waits for another thread to be scheduled: under the GIL that
 hand-off can cost milliseconds when the process is busy.
 
-The queue is bounded: when the ledger cannot keep up, callers are refused at once
+A group is bounded: when the ledger cannot keep up, callers are refused at once
 (`LedgerBacklog`) rather than piling up in memory.
 """
 
@@ -38,7 +39,7 @@ class LedgerClosed(LedgerError):
 
 
 class _Group:
-    """Entries committed together, and the one event the leader's followers wait on."""
+    """Entries committed together, and the lock the leader's followers wait on."""
 
     __slots__ = ("done", "entries", "error")
 
