@@ -110,8 +110,10 @@ def test_a_batch_answers_each_item_as_check_does(pki: Pki) -> None:
 
     now = datetime.now(UTC)
     before = compromised_at - timedelta(seconds=1)
-    valid_from = card.certificate.not_valid_before_utc
-    valid_to = card.certificate.not_valid_after_utc
+    # The bounds of the certificate checked at them: `auth` was issued after `card`,
+    # possibly in a later second, so the card's bounds would not be the auth's.
+    valid_from = auth.certificate.not_valid_before_utc
+    valid_to = auth.certificate.not_valid_after_utc
     unknown = _ref(va_pb2.CERT_KIND_CARD_AUTH, (10**15).to_bytes(8, "big"))
     requests = [
         _at(_of(card), now),  # REVOKED by the compromise
