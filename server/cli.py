@@ -32,6 +32,7 @@ from server.config import (
     parse_duration,
     tls_files,
 )
+from server.ledger import LedgerError
 from server.ocsp_keys import RenewPolicy
 from server.registry_cli import add_registry_group
 from server.report_cli import add_report_commands
@@ -322,7 +323,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     try:
         code = args.func(args)
-    except (ConfigError, hsm.HsmError) as exc:
+    except (ConfigError, LedgerError, hsm.HsmError) as exc:
         print(f"jpki-va {args.command}: {exc}", file=sys.stderr)
         code = EXIT_USAGE
     except KeyboardInterrupt:

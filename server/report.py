@@ -2,7 +2,8 @@
 
 The law leaves the report's form to a ministry ordinance; we report, for each of
 the nine provision kinds of 第41条, the total and the count per verifier, summed
-over every ledger given (each responder replica and the signer keep their own).
+over every ledger given (each responder replica, with a shard per worker, and the
+signer keep their own).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from collections.abc import Sequence
 from datetime import date, datetime
 
 from server.domain import Provision
-from server.ledger import JST, Disclosure, Ledger, year_bounds
+from server.ledger import JST, Disclosure, LedgerReader, year_bounds
 
 FORMATS = ("md", "csv", "json")
 
@@ -32,7 +33,7 @@ TITLES = {
 }
 
 
-def annual_totals(ledgers: Sequence[Ledger], year: int) -> dict[Provision, dict[str, int]]:
+def annual_totals(ledgers: Sequence[LedgerReader], year: int) -> dict[Provision, dict[str, int]]:
     """provision -> verifier -> count for the calendar year (Japan time)."""
     start, end = year_bounds(year)
     totals: dict[Provision, dict[str, int]] = {p: defaultdict(int) for p in Provision}
@@ -86,7 +87,7 @@ def render_annual(totals: dict[Provision, dict[str, int]], year: int, fmt: str) 
 
 
 def audit_entries(
-    ledgers: Sequence[Ledger], start: date, end: date, verifier_id: str | None
+    ledgers: Sequence[LedgerReader], start: date, end: date, verifier_id: str | None
 ) -> list[Disclosure]:
     """Disclosures in [start, end) (Japan-time days), across ledgers, in time order."""
     begin = datetime.combine(start, datetime.min.time(), JST)

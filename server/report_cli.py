@@ -8,7 +8,7 @@ from datetime import date
 from pathlib import Path
 
 from server.config import ConfigError
-from server.ledger import Ledger, LedgerError
+from server.ledger import LedgerError, LedgerSet, read_ledgers
 from server.registry_cli import SubParsers
 from server.report import FORMATS, annual_totals, audit_entries, render_annual, render_audit
 
@@ -34,17 +34,17 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--ledger", action="append", required=True, metavar="DIR",
         help="a ledger directory (the responder's STATE/ledger, the signer's DATA/ledger); "
-        "repeatable: every replica's and the signer's are summed",
+        "with every worker's shard in it; repeatable: every replica's and the signer's are summed",
     )  # fmt: skip
     parser.add_argument("--format", choices=FORMATS, default="md")
     parser.add_argument("--output", metavar="FILE", help="write here (default stdout)")
 
 
-def _ledgers(args: argparse.Namespace, stack: contextlib.ExitStack) -> list[Ledger]:
+def _ledgers(args: argparse.Namespace, stack: contextlib.ExitStack) -> list[LedgerSet]:
     ledgers = []
     for path in args.ledger:
         try:
-            ledger = Ledger(Path(path), readonly=True)
+            ledger = read_ledgers(Path(path))
         except LedgerError as exc:
             raise ConfigError(str(exc)) from None
         stack.callback(ledger.close)

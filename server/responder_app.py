@@ -57,7 +57,7 @@ from server.law.entitlements import NotEntitled
 from server.law.errors import Refused
 from server.law.mapping import NoSuchMapping
 from server.law.signing_record import NotSigningKind
-from server.ledger import Ledger, LedgerError
+from server.ledger import LedgerError, claim_shards, open_shard
 from server.logs import configure_json
 from server.mapping import Mapper, UnknownCertificate
 from server.mapping_servicer import MappingServicer
@@ -181,9 +181,13 @@ def _ocsp_responder(
 
 
 def worker_main(  # noqa: PLR0915 (a composition root: the wiring reads best in one place)
-    config: ResponderConfig, port: int, http_port: int | None, ready: Any
+    config: ResponderConfig, slot: int, port: int, http_port: int | None, ready: Any
 ) -> None:
     """One worker process: gRPC and, when configured, HTTP OCSP and CRLs.
+
+    `slot` (0..workers-1, kept by a restarted worker) names the provision-ledger
+    shard this worker alone writes: workers sharing one environment would queue on
+    its write lock for every answer.
 
     SIGTERM (from the supervisor) stops it gracefully. Not a shared
     multiprocessing.Event: a worker killed while waiting on one leaves its condition
@@ -198,7 +202,7 @@ def worker_main(  # noqa: PLR0915 (a composition root: the wiring reads best in 
     holder = IndexHolder(config.index_dir)
     holder.refresh()
     keystore = OcspKeyStore(config.ocsp_dir)
-    ledger = Ledger(config.ledger_dir)
+    ledger = open_shard(config.ledger_dir, slot)
     archive = CrlArchive(config.crl_archive_dir)
     source = IssuerCompromiseSource(IndexStatusSource(holder), holder)
     resolver = Resolver(holder)
@@ -372,10 +376,10 @@ class Responder:
         """Process ids of the live workers (for operators' tooling and the bench)."""
         return [p.pid for p in self._workers if p.pid is not None and p.is_alive()]
 
-    def _spawn(self) -> multiprocessing.process.BaseProcess:
+    def _spawn(self, slot: int) -> multiprocessing.process.BaseProcess:
         proc = self._ctx.Process(
             target=worker_main,
-            args=(self.config, self.port, self.http_port, self._ready),
+            args=(self.config, slot, self.port, self.http_port, self._ready),
             name="jpki-va-worker",
         )
         proc.start()
@@ -414,12 +418,13 @@ class Responder:
         self._observed = True
 
     def start(self) -> int:
+        claim_shards(self.config.ledger_dir, self.config.workers)
         prepare_multiprocess_dir(self.config.metrics_dir)
         self._housekeeping()
         self.port = _resolve_port(self.config.listen)
         if self.config.http_listen is not None:
             self.http_port = _resolve_port(self.config.http_listen)
-        self._workers = [self._spawn() for _ in range(self.config.workers)]
+        self._workers = [self._spawn(slot) for slot in range(self.config.workers)]
         for _ in self._workers:
             self._ready.get(timeout=READY_TIMEOUT)
         if self.config.metrics_port is not None:
@@ -447,7 +452,7 @@ class Responder:
                     log.error("worker %s exited with %s; starting another", proc.pid, proc.exitcode)
                     if proc.pid is not None:
                         mark_worker_dead(proc.pid, self.config.metrics_dir)
-                    self._workers[i] = self._spawn()
+                    self._workers[i] = self._spawn(i)  # its slot: its ledger shard
                     with contextlib.suppress(Exception):
                         self._ready.get(timeout=READY_TIMEOUT)
 

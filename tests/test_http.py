@@ -25,7 +25,7 @@ from cryptography.x509.oid import AuthorityInformationAccessOID
 
 from protos import signer_pb2, va_pb2, verifiers_pb2
 from server.domain import CertKind, Provision, Role
-from server.ledger import Ledger
+from server.ledger import read_ledgers
 from tests.support import Issued, Pki, openssl, throwaway_certificate, wait_for
 
 
@@ -435,7 +435,7 @@ def test_metrics_endpoint(pki: Pki, world: dict[str, Issued]) -> None:
 
 
 def _auth_only_counts(pki: Pki) -> dict[Provision, int]:
-    ledger = Ledger(pki.responder.config.ledger_dir, readonly=True)
+    ledger = read_ledgers(pki.responder.config.ledger_dir)
     try:
         today = datetime.now(UTC).date()
         counts = ledger.counts(today - timedelta(days=1), today + timedelta(days=2))

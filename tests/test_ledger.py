@@ -17,7 +17,7 @@ import grpc
 
 from protos import va_pb2, va_pb2_grpc
 from server.domain import Provision
-from server.ledger import JST, Disclosure, Ledger, year_bounds
+from server.ledger import JST, Disclosure, Ledger, read_ledgers, year_bounds
 from server.report import annual_totals, audit_entries, render_annual, render_audit
 from tests.support import ALL_ROLES_VERIFIER, Pki, wait_for
 
@@ -194,8 +194,9 @@ def test_sigkill_of_the_responder_loses_no_count(pki: Pki, tmp_path: Path) -> No
             proc.stdout.close()
         for channel in channels:
             channel.close()
-    ledger = Ledger(state / "ledger", readonly=True)
+    ledger = read_ledgers(state / "ledger")  # every worker's shard
     try:
+        assert {p.name for p in ledger.paths} <= {"worker-0", "worker-1"}
         year = datetime.now(JST).year
         counted = annual_totals([ledger], year)[Provision.SIGNING_STATUS]
     finally:

@@ -40,7 +40,7 @@ from server.clock import FixedClock
 from server.domain import CertKind, LinkType, LossCause, Provision, Role
 from server.grpc_common import SERVED_BY
 from server.law.signing_record import NotDisclosable
-from server.ledger import JST, Ledger
+from server.ledger import JST, read_ledgers
 from server.mapping import Mapper
 from server.signing_records import SigningRecords
 from server.status import IndexHolder, IndexStatusSource, IssuerCompromiseSource
@@ -275,7 +275,7 @@ def _ledger_of(pki: Pki | ExtraResponder) -> Path:
 
 
 def _disclosures(ledger_dir: Path, verifier: str) -> list[dict[str, str]]:
-    ledger = Ledger(ledger_dir, readonly=True)
+    ledger = read_ledgers(ledger_dir)
     try:
         today = datetime.now(JST)
         found = ledger.disclosures(today - timedelta(days=1), today + timedelta(days=1), verifier)
@@ -285,7 +285,7 @@ def _disclosures(ledger_dir: Path, verifier: str) -> list[dict[str, str]]:
 
 
 def _count(ledger_dir: Path, verifier: str, provision: Provision) -> int:
-    ledger = Ledger(ledger_dir, readonly=True)
+    ledger = read_ledgers(ledger_dir)
     try:
         today = datetime.now(JST).date()
         return sum(

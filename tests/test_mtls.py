@@ -36,7 +36,7 @@ from protos import (
 from server.config import TlsFiles
 from server.domain import CertKind, LinkType, Provision, Role
 from server.law.entitlements import ENTITLEMENTS, mapping_provision, status_provision
-from server.ledger import JST, Ledger, year_bounds
+from server.ledger import JST, read_ledgers, year_bounds
 from tests.support import ExtraResponder, Issued, Pki, start_responder, wait_for
 from tests.tls import TlsCa, TlsIdentity
 
@@ -412,7 +412,7 @@ def test_provisions_are_counted_by_kind_and_verifier(world: World, tmp_path: Pat
         ))  # fmt: skip
     ledger_dir = world.responder.responder.config.ledger_dir
     year = datetime.now(JST).year
-    ledger = Ledger(ledger_dir, readonly=True)
+    ledger = read_ledgers(ledger_dir)
     try:
         by: dict[tuple[Provision, str], int] = {}
         for c in ledger.counts(*year_bounds(year)):
