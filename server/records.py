@@ -46,9 +46,16 @@ def partition_text(number: int) -> str:
 def encode_file_record(
     key: bytes, not_before: datetime, not_after: datetime, partition: str, issuer_ordinal: int
 ) -> bytes:
-    return _FILE_RECORD.pack(
+    return pack_file_record(
         key, _ts(not_before), _ts(not_after), partition_number(partition), issuer_ordinal
     )
+
+
+def pack_file_record(
+    key: bytes, not_before: int, not_after: int, partition: int, issuer_ordinal: int
+) -> bytes:
+    """encode_file_record from raw values: times in seconds, the partition as a number."""
+    return _FILE_RECORD.pack(key, not_before, not_after, partition, issuer_ordinal)
 
 
 def write_records(out: BinaryIO, records: Iterable[bytes]) -> int:

@@ -398,13 +398,10 @@ class CertificateHead(NamedTuple):
     reason: int
     card_serial: int | None
 
-
-def certificate_head(value: bytes | memoryview) -> CertificateHead:
-    """The header of a stored certificate value (legacy JSON is decoded in full)."""
-    if value[0] in _LEGACY:
-        record = decode_certificate(value)
+    @classmethod
+    def of(cls, record: CertificateRecord) -> CertificateHead:
         loss = record.loss
-        return CertificateHead(
+        return cls(
             record.kind,
             record.serial,
             record.issuer_key_id,
@@ -416,6 +413,12 @@ def certificate_head(value: bytes | memoryview) -> CertificateHead:
             0 if loss is None else int(loss.reason),
             record.card_serial,
         )
+
+
+def certificate_head(value: bytes | memoryview) -> CertificateHead:
+    """The header of a stored certificate value (legacy JSON is decoded in full)."""
+    if value[0] in _LEGACY:
+        return CertificateHead.of(decode_certificate(value))
     (_, kind, serial, nb, na, flags, lost, cause, reason, card, _, _, _, kid_len, part_len) = (
         _CERT.unpack_from(value)[:15]
     )
