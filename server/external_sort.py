@@ -26,6 +26,7 @@ class ExternalSort:
         self._directory = directory
         self._run: list[bytes] = []
         self._files: list[IO[bytes]] = []
+        self._spilled = 0
 
     def add(self, rows: Iterable[bytes]) -> None:
         run = self._run
@@ -38,13 +39,14 @@ class ExternalSort:
 
     @property
     def runs(self) -> int:
-        """How many runs went to temporary files so far."""
-        return len(self._files)
+        """How many sorted runs went to temporary files."""
+        return self._spilled
 
     def _spill(self) -> None:
         self._run.sort()
         f = tempfile.TemporaryFile(dir=self._directory)  # noqa: SIM115 (closed by sorted_rows)
         self._files.append(f)
+        self._spilled += 1
         f.write(b"".join(self._run))
         f.seek(0)
         self._run = []
