@@ -51,7 +51,7 @@ _KINDS = {int(k): k for k in CertKind}
 
 
 def _seconds(micro: int) -> int:
-    """What int(datetime.timestamp()) gives for the same instant (truncation, as there)."""
+    """What int(datetime.timestamp()) gives for the same instant (the same arithmetic)."""
     return int(micro / 10**6)
 
 
@@ -89,10 +89,8 @@ class FullContent:
     def _heads(self) -> Iterator[tuple[bytes, CertificateHead]]:
         """Every record with its effective loss, in key order."""
         if not self._compromises:
-            yield from self._tx.certificate_heads()
-            return
-        for record in self._tx.certificates():
-            yield record.key, CertificateHead.of(record)
+            return self._tx.certificate_heads()
+        return ((record.key, CertificateHead.of(record)) for record in self._tx.certificates())
 
     def _head(self, key: bytes) -> CertificateHead | None:
         """One record with its effective loss."""
@@ -114,29 +112,26 @@ class FullContent:
     # files ------------------------------------------------------------------------------
     def records(self) -> Iterator[bytes]:
         """The records file's rows in key order; collects the CRL entries on the way."""
+        # The per-record loop of a national-scale publish: locals, no calls it can avoid.
         ordinals, compromised, entries = self._ordinals, self._compromises, self._entries
-        partitions = self._partitions
+        partitions, pack_entry = self._partitions, _ENTRY.pack
+        issued_after, lost_after, now = self._issued_after, self._lost_after, self._now
         for key, head in self._heads():
-            if not self._retained(head):
-                continue
-            number = partitions.get(head.partition)
+            kind, _, kid, partition, nb, na, lost, cause, reason, _ = head
+            if nb <= issued_after:
+                continue  # past the issuance record's retention
+            number = partitions.get(partition)
             if number is None:
-                number = partitions[head.partition] = partition_number(head.partition.decode())
-            yield pack_file_record(
-                key,
-                _seconds(head.not_before),
-                _seconds(head.not_after),
-                number,
-                ordinals[head.issuer_key_id],
-            )
-            if head.issuer_key_id in compromised:
+                number = partitions[partition] = partition_number(partition.decode())
+            yield pack_file_record(key, _seconds(nb), _seconds(na), number, ordinals[kid])
+            if kid in compromised:
                 continue  # that key signs nothing more; the compromise answers for it
-            scope = (head.kind, head.issuer_key_id, head.partition)
+            scope = (kind, kid, partition)
             bucket = entries.get(scope)
             if bucket is None:
                 bucket = entries[scope] = bytearray()  # a CRL even when empty
-            if self._loss_kept(head):
-                bucket += _ENTRY.pack(key[1:], head.loss_time, head.cause, head.reason)
+            if cause and (na > now or lost > lost_after):  # _loss_kept
+                bucket += pack_entry(key[1:], lost, cause, reason)
 
     def crl_entries(self) -> dict[Scope, Iterable[CrlEntry]]:
         """Per partition CRL, its entries in serial order (after `records()`)."""
@@ -155,24 +150,20 @@ class FullContent:
     def link_rows(self) -> Iterator[bytes]:
         """Rows of every correspondence between retained records, and every renewal."""
         rows = ExternalSort(LINK_ROW_SIZE, run_rows=self._link_run_rows, directory=self._scratch)
+        head_of = self._head if self._compromises else self._tx.certificate_head
+        issued_after, add = self._issued_after, rows.add
         for _, keys in self._tx.holders():
             subjects = []
             for key in keys:
-                head = self._head(key)
-                if head is None or not self._retained(head):
-                    continue
+                head = head_of(key)
+                if head is None or head.not_before <= issued_after:
+                    continue  # unknown, or past the issuance record's retention
+                kind, serial, _, _, nb, na, lost, cause, _, card_serial = head
                 subjects.append(
-                    LinkSubject(
-                        _KINDS[head.kind],
-                        head.serial,
-                        head.not_before,
-                        head.not_after,
-                        head.loss_time if head.cause else None,
-                        head.card_serial,
-                    )
+                    LinkSubject(_KINDS[kind], serial, nb, na, lost if cause else None, card_serial)
                 )
             for link in holder_links(subjects):
-                rows.add(link_rows(link))
+                add(link_rows(link))
         for old, new in self._tx.renewals():
             if self._retained_key(record_key(*old)) and self._retained_key(record_key(*new)):
                 rows.add(link_rows(Link(LinkType.RENEWAL, *old, *new)))

@@ -299,6 +299,8 @@ RECORD_KEY_SIZE = 21  # domain.record_key
 # date, sex, certificate DER (in that order after the header).
 _CERT = struct.Struct("<BB20sqqBqBB20sB20sBBBHHHHHI")
 CERT_HEADER_SIZE = _CERT.size
+# The part of that header a full publish reads (the trigger skipped, two lengths kept).
+_HEAD = struct.Struct("<BB20sqqBqBB20s22xBB")
 # format, kind, serial, time, cause, reason, recorded at, trigger kind, trigger
 # serial, trigger cause, then the lengths of the issuer key id and the partition.
 _EVENT = struct.Struct("<BB20sqBBqB20sBBB")
@@ -419,9 +421,11 @@ def certificate_head(value: bytes | memoryview) -> CertificateHead:
     """The header of a stored certificate value (legacy JSON is decoded in full)."""
     if value[0] in _LEGACY:
         return CertificateHead.of(decode_certificate(value))
-    (_, kind, serial, nb, na, flags, lost, cause, reason, card, _, _, _, kid_len, part_len) = (
-        _CERT.unpack_from(value)[:15]
+    fmt, kind, serial, nb, na, flags, lost, cause, reason, card, kid_len, part_len = (
+        _HEAD.unpack_from(value)
     )
+    if fmt != VALUE_FORMAT:
+        raise ValueError(f"unknown certificate value format {fmt}")
     end = CERT_HEADER_SIZE + kid_len
     return CertificateHead(
         kind,
