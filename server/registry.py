@@ -346,41 +346,34 @@ def encode_certificate_value(
     Text fields are UTF-8; `cause` 0 means no loss, `trigger_kind` 0 no trigger.
     Bulk writers call this directly; `CertificateRecord` goes through it too.
     """
-    return b"".join(
-        (
-            _CERT.pack(
-                VALUE_FORMAT,
-                kind,
-                _serial(serial),
-                not_before,
-                not_after,
-                0 if card_serial is None else _CARD_SERIAL,
-                loss_time,
-                cause,
-                reason,
-                _serial(card_serial or 0),
-                trigger_kind,
-                _serial(trigger_serial),
-                trigger_cause,
-                len(issuer_key_id),
-                len(partition),
-                len(resident_code),
-                len(name),
-                len(address),
-                len(birth_date),
-                len(sex),
-                len(certificate_der),
-            ),
-            issuer_key_id,
-            partition,
-            resident_code,
-            name,
-            address,
-            birth_date,
-            sex,
-            certificate_der,
+    try:
+        header = _CERT.pack(
+            VALUE_FORMAT,
+            kind,
+            _serial(serial),
+            not_before,
+            not_after,
+            0 if card_serial is None else _CARD_SERIAL,
+            loss_time,
+            cause,
+            reason,
+            _serial(card_serial or 0),
+            trigger_kind,
+            _serial(trigger_serial),
+            trigger_cause,
+            len(issuer_key_id),
+            len(partition),
+            len(resident_code),
+            len(name),
+            len(address),
+            len(birth_date),
+            len(sex),
+            len(certificate_der),
         )
-    )
+    except struct.error as exc:
+        raise ValueError(f"certificate record does not fit the registry format: {exc}") from None
+    fields = (issuer_key_id, partition, resident_code, name, address, birth_date, sex)
+    return b"".join((header, *fields, certificate_der))
 
 
 class CertificateHead(NamedTuple):

@@ -129,6 +129,8 @@ def test_unknown_and_malformed_values_are_refused() -> None:
     value[0] = 9
     with pytest.raises(ValueError, match="format 9"):
         decode_certificate(bytes(value))
+    with pytest.raises(ValueError, match="does not fit"):
+        encode_certificate(_record(partition="9" * 256))
     with pytest.raises(ValueError, match="malformed holder"):
         holder_keys(b"\x01" + bytes(20))
 
