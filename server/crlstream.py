@@ -11,6 +11,7 @@ the issuer key (an HSM key in production).
 
 from __future__ import annotations
 
+import calendar
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import NoReturn
@@ -21,7 +22,7 @@ from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPri
 from cryptography.x509 import Certificate
 
 from server import profiles
-from server.domain import OID_LOSS_CAUSE, CertKind, CrlReason
+from server.domain import OID_LOSS_CAUSE, CertKind, CrlReason, LossCause
 from server.profiles import CrlEntry, ProfileSettings
 
 _REASON_OID_DER = bytes.fromhex("0603551d15")  # id-ce-cRLReasons 2.5.29.21
@@ -268,3 +269,140 @@ def crl_der(
     signature_algorithm = _elements(frame.public_bytes(serialization.Encoding.DER))[1]
     signature = _sign(issuer_key, tbs)
     return _tlv(0x30, tbs + signature_algorithm + _tlv(0x03, b"\x00" + signature))
+
+
+# reading ----------------------------------------------------------------------------------
+# cryptography makes several Python objects per revoked entry and parses its extensions
+# one by one; at national scale the index build reads millions of entries. This reader
+# understands exactly the entries `entry_der` writes and returns None for anything else
+# (the caller then reads the CRL with cryptography), so it never guesses.
+_TIME_TAGS = {0x17: 13, 0x18: 15}  # UTCTime YYMMDDHHMMSSZ, GeneralizedTime YYYYMMDDHHMMSSZ
+_CAUSE_PREFIX = _LOSS_CAUSE_OID + b"\x04\x03\x0a\x01"
+_REASON_EXT = bytes.fromhex("300a") + _REASON_OID_DER + b"\x04\x03\x0a\x01"
+_CAUSE_EXT_SIZE = 2 + len(_CAUSE_PREFIX) + 1  # SEQUENCE header, OID, OCTET STRING, value
+_REASON_EXT_SIZE = len(_REASON_EXT) + 1
+_CAUSES = frozenset(int(c) for c in LossCause)
+_REASONS = frozenset(int(r) for r in CrlReason if r is not CrlReason.UNSPECIFIED)
+
+
+def _element(der: bytes, pos: int) -> tuple[int, int, int]:
+    """(tag, content start, end) of the DER element at `pos`; ValueError when malformed."""
+    tag = der[pos]
+    first = der[pos + 1]
+    if first < 0x80:
+        start, length = pos + 2, first
+    else:
+        count = first & 0x7F
+        if not 1 <= count <= 4:
+            raise ValueError("unsupported DER length")
+        start = pos + 2 + count
+        length = int.from_bytes(der[pos + 2 : start], "big")
+        if length < 0x80 or der[pos + 2] == 0:
+            raise ValueError("non-minimal DER length")
+    end = start + length
+    if end > len(der):
+        raise ValueError("truncated DER")
+    return tag, start, end
+
+
+def _revoked_list(tbs: bytes) -> tuple[int, int] | None:
+    """(start, end) of the revokedCertificates content of a tbsCertList of our profile."""
+    tag, pos, end = _element(tbs, 0)
+    if tag != 0x30 or end != len(tbs):
+        return None
+    if tbs[pos : pos + 3] != b"\x02\x01\x01":  # version v2, the only one with entry extensions
+        return None
+    tags = []
+    bounds = []
+    while pos < end:
+        tag, start, pos = _element(tbs, pos)
+        tags.append(tag)
+        bounds.append((start, pos))
+    # version, signature, issuer, thisUpdate, nextUpdate, [revokedCertificates], crlExtensions
+    if len(tags) == 6 and tags[0] == 0x02 and tags[1:3] == [0x30, 0x30] and tags[5] == 0xA0:
+        return (0, 0) if tags[3] in _TIME_TAGS and tags[4] in _TIME_TAGS else None
+    if (
+        len(tags) == 7
+        and tags[0] == 0x02
+        and tags[1:3] == [0x30, 0x30]
+        and tags[3] in _TIME_TAGS
+        and tags[4] in _TIME_TAGS
+        and tags[5] == 0x30
+        and tags[6] == 0xA0
+    ):
+        return bounds[5]
+    return None
+
+
+_day_seconds: dict[bytes, int] = {}
+
+
+def _seconds(text: bytes) -> int:
+    """Seconds since the epoch of a UTCTime/GeneralizedTime body (digits then Z)."""
+    if len(text) == 13:
+        yy = int(text[:2])
+        date, clock = (b"19" if yy >= 50 else b"20") + text[:6], text[6:12]
+    else:
+        date, clock = text[:8], text[8:14]
+    if text[-1:] != b"Z" or not (date.isdigit() and clock.isdigit()):
+        raise ValueError("malformed CRL entry time")
+    day = _day_seconds.get(date)
+    if day is None:
+        day = int(calendar.timegm(datetime.strptime(date.decode(), "%Y%m%d").timetuple()))
+        _day_seconds[date] = day
+    hour, minute, second = int(clock[:2]), int(clock[2:4]), int(clock[4:6])
+    if hour > 23 or minute > 59 or second > 59:
+        raise ValueError("malformed CRL entry time")
+    return day + hour * 3600 + minute * 60 + second
+
+
+def _entry(tbs: bytes, pos: int, end: int) -> tuple[tuple[bytes, int, int, int], int]:
+    """One revokedCertificates element as `entry_der` writes it, and where it ends;
+    ValueError for anything else."""
+    tag, start, entry_end = _element(tbs, pos)
+    if tag != 0x30 or entry_end > end:
+        raise ValueError("not an entry")
+    # serial: a positive minimal INTEGER of at most 20 octets
+    tag, s_start, s_end = _element(tbs, start)
+    size = s_end - s_start
+    if tag != 0x02 or not 1 <= size <= 20 or tbs[s_start] & 0x80:
+        raise ValueError("not a serial of ours")
+    if size > 1 and tbs[s_start] == 0 and not tbs[s_start + 1] & 0x80:
+        raise ValueError("non-minimal serial")
+    tag, t_start, t_end = _element(tbs, s_end)
+    if _TIME_TAGS.get(tag) != t_end - t_start:
+        raise ValueError("not a time of ours")
+    when = _seconds(tbs[t_start:t_end])
+    tag, x_start, x_end = _element(tbs, t_end)
+    if tag != 0x30 or x_end != entry_end:
+        raise ValueError("not entry extensions")
+    # the loss cause, then the reason code unless it is unspecified
+    head = tbs[x_start : x_start + _CAUSE_EXT_SIZE]
+    if head[0] != 0x30 or head[1] != _CAUSE_EXT_SIZE - 2 or head[2:-1] != _CAUSE_PREFIX:
+        raise ValueError("no loss cause first")
+    cause, reason = head[-1], 0
+    rest = tbs[x_start + _CAUSE_EXT_SIZE : x_end]
+    if rest:
+        if len(rest) != _REASON_EXT_SIZE or rest[:-1] != _REASON_EXT:
+            raise ValueError("an extension other than the reason code")
+        reason = rest[-1]
+    if cause not in _CAUSES or (rest and reason not in _REASONS):
+        raise ValueError("unknown cause or reason")
+    return (tbs[s_start:s_end].rjust(20, b"\0"), when, cause, reason), entry_end
+
+
+def read_entries(tbs: bytes) -> list[tuple[bytes, int, int, int]] | None:
+    """(serial as 20 big-endian bytes, revocation time in seconds, cause, reason) of each
+    entry of a tbsCertList, or None unless every byte is as `crl_der` writes it."""
+    try:
+        bounds = _revoked_list(tbs)
+        if bounds is None:
+            return None
+        out = []
+        pos, end = bounds
+        while pos < end:
+            entry, pos = _entry(tbs, pos, end)
+            out.append(entry)
+        return out
+    except (ValueError, IndexError):
+        return None

@@ -8,6 +8,7 @@ can say exactly what a snapshot holds, including ones the signer never makes.
 from __future__ import annotations
 
 import io
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -28,9 +29,10 @@ from server.index import (
 )
 from server.profiles import CrlEntry, Holder, ProfileSettings
 from server.records import encode_file_record
-from server.registry import CertificateRecord, LossEvent
+from server.registry import CertificateRecord, LossEvent, LossTrigger
 from server.snapshot import (
     CONSENTS,
+    EVENTS,
     SIGNING_RECORDS,
     SnapshotBuilder,
     SnapshotRejected,
@@ -38,16 +40,20 @@ from server.snapshot import (
     VerifiedSnapshot,
 )
 from server.snapshot_data import (
+    EVENTS_MAGIC,
     LINKS_MAGIC,
     consent_line,
-    event_line,
+    event_row,
+    link_items,
     link_rows,
     parse_consent,
-    parse_event,
+    parse_event_row,
     parse_link_row,
     parse_signing_record,
+    read_event_rows,
     read_link_rows,
     signing_record_line,
+    write_event_rows,
     write_link_rows,
 )
 
@@ -252,14 +258,12 @@ def test_delta_crl_on_another_base_is_rejected(ca: Ca, live: tuple[Path, Path]) 
 
 def test_data_lines_round_trip_and_refuse_malformed(ca: Ca) -> None:
     event = _event(ca, 3, 0xABC)
-    assert parse_event(event_line(event)) == event
+    assert parse_event_row(event_row(event)) == event
     link = Link(LinkType.RENEWAL, KIND, 1, KIND, 2)
     forward, backward = link_rows(link)
     assert parse_link_row(forward) == parse_link_row(backward) == link
     assert parse_signing_record(signing_record_line(_record(5))).address == "千代田区1-1"
     assert parse_consent(consent_line(_record(5), "v", True)).granted
-    with pytest.raises(ValueError):
-        parse_event({"sequence": 1})
     with pytest.raises(ValueError, match="malformed link row"):
         parse_link_row(forward[:-2] + bytes([9, 0]))  # no such LinkType
     with pytest.raises(ValueError, match="malformed link row"):
@@ -272,3 +276,92 @@ def test_data_lines_round_trip_and_refuse_malformed(ca: Ca) -> None:
         parse_signing_record({**signing_record_line(_record(5)), "kind": "CARD_AUTH"})
     with pytest.raises(ValueError):
         parse_consent({**consent_line(_record(5), "v", True), "verifier": ""})
+
+
+def test_event_rows_round_trip_every_field(ca: Ca) -> None:
+    cascaded = LossEvent(
+        sequence=2**40,
+        kind=CertKind.MOBILE_SIGN,
+        serial=2**159 - 1,
+        partition="011002",
+        issuer_key_id=ca.key_id,
+        loss=Loss(NOW + timedelta(microseconds=7), LossCause.CARD_CERT_LOST_EFFECT,
+                  CrlReason.CESSATION_OF_OPERATION),
+        recorded_at=NOW + timedelta(days=30, microseconds=1),
+        trigger=LossTrigger(CertKind.CARD_SIGN, 0xABCDEF, LossCause.RESIDENT_CHANGE),
+    )  # fmt: skip
+    plain = _event(ca, 2**40 + 1, 0)
+    out = io.BytesIO()
+    assert write_event_rows(out, [cascaded, plain]) == 2
+    assert [parse_event_row(row) for row, _ in read_event_rows(out.getvalue())] == [
+        cascaded,
+        plain,
+    ]
+
+
+@pytest.mark.parametrize(
+    ("offset", "value", "message"),
+    [
+        (0, bytes(8), "sequence 0"),
+        (8, b"\x09", "kind"),  # no such certificate kind
+        (29, (1_000_000).to_bytes(4, "little"), "partition"),
+        (53, (2**62).to_bytes(8, "little"), "time out of range"),
+        (69, b"\x09", "cause"),  # no such loss cause
+        (70, b"\x07", "reason"),  # CRLReason 7 is unassigned
+        (92, b"\x01", "trigger cause without a trigger"),
+        (71, b"\x09", "malformed trigger"),
+    ],
+)
+def test_event_rows_refuse_every_malformed_field(
+    ca: Ca, offset: int, value: bytes, message: str
+) -> None:
+    row = bytearray(event_row(_event(ca, 5, 0xAB)))
+    row[offset : offset + len(value)] = value
+    with pytest.raises(ValueError, match=message):
+        parse_event_row(bytes(row))
+    with pytest.raises(ValueError, match=message):
+        list(read_event_rows(EVENTS_MAGIC + bytes(row)))
+
+
+def test_events_files_refuse_disorder_truncation_and_foreign_data(ca: Ca) -> None:
+    first, second = _event(ca, 1, 10), _event(ca, 2, 11)
+    with pytest.raises(ValueError, match="increasing"):
+        write_event_rows(io.BytesIO(), [second, first])
+    with pytest.raises(ValueError, match="out of sequence order"):
+        list(read_event_rows(EVENTS_MAGIC + event_row(second) + event_row(first)))
+    with pytest.raises(ValueError, match="truncated"):
+        list(read_event_rows(EVENTS_MAGIC + event_row(first)[:-1]))
+    with pytest.raises(ValueError, match="not a jpki-va events file"):
+        list(read_event_rows(LINKS_MAGIC + event_row(first)))
+    with pytest.raises(ValueError, match="six digits"):
+        event_row(replace(first, partition="13101"))
+
+
+def test_snapshot_with_malformed_events_is_rejected_and_builds_nothing(
+    ca: Ca, tmp_path: Path
+) -> None:
+    builder = SnapshotBuilder(tmp_path, 1)
+    builder.add_issuers([ca.cert])
+    builder.add_records([])
+    bad = bytearray(event_row(_event(ca, 1, 10)))
+    bad[69] = 9  # no such loss cause; written past the builder, which would refuse it
+    builder._add(EVENTS, EVENTS_MAGIC + bytes(bad))
+    path, _ = builder.commit(
+        type="full", base_sequence=None, created_at=NOW, event_sequence=1,
+        issuer_key_ids=[ca.key_id], signing_key=ca.snap_key, signer_cert=ca.snap_cert,
+    )  # fmt: skip
+    snapshot = SnapshotVerifier([ca.root], SystemClock()).verify(path)
+    with pytest.raises(SnapshotRejected, match=r"events\.bin: .*unknown cause 9"):
+        build_index(snapshot, tmp_path / "index")
+    assert not (tmp_path / "index" / "idx-000000000001").exists()
+
+
+def test_link_items_check_every_row_shape() -> None:
+    link = Link(LinkType.CARD_SIGN_MOBILE_SIGN, KIND, 1, CertKind.MOBILE_SIGN, 2)
+    rows = sorted(link_rows(link))
+    count, items = link_items(LINKS_MAGIC + b"".join(rows))
+    assert count == 2
+    assert list(items) == [(r[:42], r[42:]) for r in rows]
+    for bad in (rows[1][:-2] + bytes([9, 0]), rows[1][:21] + b"\x07" + rows[1][22:]):
+        with pytest.raises(ValueError, match="malformed link row"):
+            link_items(LINKS_MAGIC + rows[0] + bad)
