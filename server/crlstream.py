@@ -12,6 +12,7 @@ the issuer key (an HSM key in production).
 from __future__ import annotations
 
 import calendar
+import re
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import NoReturn
@@ -305,6 +306,17 @@ def _element(der: bytes, pos: int) -> tuple[int, int, int]:
     return tag, start, end
 
 
+def tbs_certlist(der: bytes) -> bytes:
+    """The tbsCertList (the signed part) of a DER CertificateList; ValueError if malformed."""
+    tag, start, end = _element(der, 0)
+    if tag != 0x30 or end != len(der):
+        raise ValueError("not a DER CertificateList")
+    tag, _, tbs_end = _element(der, start)
+    if tag != 0x30:
+        raise ValueError("not a DER CertificateList")
+    return der[start:tbs_end]
+
+
 def _revoked_list(tbs: bytes) -> tuple[int, int] | None:
     """(start, end) of the revokedCertificates content of a tbsCertList of our profile."""
     tag, pos, end = _element(tbs, 0)
@@ -334,61 +346,42 @@ def _revoked_list(tbs: bytes) -> tuple[int, int] | None:
     return None
 
 
+def _byte_class(values: Iterable[int]) -> bytes:
+    return b"[" + b"".join(re.escape(bytes([v])) for v in sorted(values)) + b"]"
+
+
+_CAUSE_EXT = bytes([0x30, _CAUSE_EXT_SIZE - 2]) + _CAUSE_PREFIX
+# An entry after its serial: the time, then the extensions as `entry_der` writes them.
+_ENTRY_TAIL = re.compile(
+    rb"(?:\x17\x0d(\d{6})(\d\d)(\d\d)(\d\d)|\x18\x0f(\d{8})(\d\d)(\d\d)(\d\d))Z"
+    rb"\x30(?:"
+    + re.escape(bytes([_CAUSE_EXT_SIZE]) + _CAUSE_EXT)
+    + b"("
+    + _byte_class(_CAUSES)
+    + b")|"
+    + re.escape(bytes([_CAUSE_EXT_SIZE + _REASON_EXT_SIZE]) + _CAUSE_EXT)
+    + b"("
+    + _byte_class(_CAUSES)
+    + b")"
+    + re.escape(_REASON_EXT)
+    + b"("
+    + _byte_class(_REASONS)
+    + b"))",
+    re.DOTALL,
+)
 _day_seconds: dict[bytes, int] = {}
 
 
-def _seconds(text: bytes) -> int:
-    """Seconds since the epoch of a UTCTime/GeneralizedTime body (digits then Z)."""
-    if len(text) == 13:
-        yy = int(text[:2])
-        date, clock = (b"19" if yy >= 50 else b"20") + text[:6], text[6:12]
-    else:
-        date, clock = text[:8], text[8:14]
-    if text[-1:] != b"Z" or not (date.isdigit() and clock.isdigit()):
-        raise ValueError("malformed CRL entry time")
-    day = _day_seconds.get(date)
-    if day is None:
-        day = int(calendar.timegm(datetime.strptime(date.decode(), "%Y%m%d").timetuple()))
-        _day_seconds[date] = day
-    hour, minute, second = int(clock[:2]), int(clock[2:4]), int(clock[4:6])
-    if hour > 23 or minute > 59 or second > 59:
-        raise ValueError("malformed CRL entry time")
-    return day + hour * 3600 + minute * 60 + second
-
-
-def _entry(tbs: bytes, pos: int, end: int) -> tuple[tuple[bytes, int, int, int], int]:
-    """One revokedCertificates element as `entry_der` writes it, and where it ends;
-    ValueError for anything else."""
-    tag, start, entry_end = _element(tbs, pos)
-    if tag != 0x30 or entry_end > end:
-        raise ValueError("not an entry")
-    # serial: a positive minimal INTEGER of at most 20 octets
-    tag, s_start, s_end = _element(tbs, start)
-    size = s_end - s_start
-    if tag != 0x02 or not 1 <= size <= 20 or tbs[s_start] & 0x80:
-        raise ValueError("not a serial of ours")
-    if size > 1 and tbs[s_start] == 0 and not tbs[s_start + 1] & 0x80:
-        raise ValueError("non-minimal serial")
-    tag, t_start, t_end = _element(tbs, s_end)
-    if _TIME_TAGS.get(tag) != t_end - t_start:
-        raise ValueError("not a time of ours")
-    when = _seconds(tbs[t_start:t_end])
-    tag, x_start, x_end = _element(tbs, t_end)
-    if tag != 0x30 or x_end != entry_end:
-        raise ValueError("not entry extensions")
-    # the loss cause, then the reason code unless it is unspecified
-    head = tbs[x_start : x_start + _CAUSE_EXT_SIZE]
-    if head[0] != 0x30 or head[1] != _CAUSE_EXT_SIZE - 2 or head[2:-1] != _CAUSE_PREFIX:
-        raise ValueError("no loss cause first")
-    cause, reason = head[-1], 0
-    rest = tbs[x_start + _CAUSE_EXT_SIZE : x_end]
-    if rest:
-        if len(rest) != _REASON_EXT_SIZE or rest[:-1] != _REASON_EXT:
-            raise ValueError("an extension other than the reason code")
-        reason = rest[-1]
-    if cause not in _CAUSES or (rest and reason not in _REASONS):
-        raise ValueError("unknown cause or reason")
-    return (tbs[s_start:s_end].rjust(20, b"\0"), when, cause, reason), entry_end
+def _day(date: bytes) -> int:
+    """Seconds since the epoch at the start of a YYMMDD (UTCTime) or YYYYMMDD day."""
+    seconds = _day_seconds.get(date)
+    if seconds is None:
+        text = date.decode()
+        if len(text) == 6:  # RFC 5280 §4.1.2.5.1: YY below 50 is 20YY
+            text = ("19" if int(text[:2]) >= 50 else "20") + text
+        seconds = calendar.timegm(datetime.strptime(text, "%Y%m%d").timetuple())
+        _day_seconds[date] = seconds
+    return seconds
 
 
 def read_entries(tbs: bytes) -> list[tuple[bytes, int, int, int]] | None:
@@ -399,10 +392,42 @@ def read_entries(tbs: bytes) -> list[tuple[bytes, int, int, int]] | None:
         if bounds is None:
             return None
         out = []
+        append = out.append
+        match = _ENTRY_TAIL.match
         pos, end = bounds
         while pos < end:
-            entry, pos = _entry(tbs, pos, end)
-            out.append(entry)
+            # SEQUENCE (short length) { INTEGER serial: positive, minimal, <= 20 octets
+            size, serial_size = tbs[pos + 1], tbs[pos + 3]
+            serial_end = pos + 4 + serial_size
+            if (
+                tbs[pos] != 0x30
+                or size >= 0x80
+                or tbs[pos + 2] != 0x02
+                or not 1 <= serial_size <= 20
+                or tbs[pos + 4] & 0x80
+                or (serial_size > 1 and tbs[pos + 4] == 0 and not tbs[pos + 5] & 0x80)
+            ):
+                return None
+            m = match(tbs, serial_end)
+            entry_end = pos + 2 + size
+            if m is None or m.end() != entry_end or entry_end > end:
+                return None
+            utc_day, h1, m1, s1, gen_day, h2, m2, s2, cause1, cause2, reason = m.groups()
+            day, hour, minute, second = (
+                (utc_day, h1, m1, s1) if utc_day is not None else (gen_day, h2, m2, s2)
+            )
+            hour, minute, second = int(hour), int(minute), int(second)
+            if hour > 23 or minute > 59 or second > 59:
+                return None
+            append(
+                (
+                    tbs[pos + 4 : serial_end].rjust(20, b"\0"),
+                    _day(day) + hour * 3600 + minute * 60 + second,
+                    (cause1 or cause2)[0],
+                    0 if reason is None else reason[0],
+                )
+            )
+            pos = entry_end
         return out
     except (ValueError, IndexError):
         return None

@@ -33,7 +33,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from server.crlstream import read_entries
+from server.crlstream import read_entries, tbs_certlist
 from server.domain import (
     CertKind,
     Link,
@@ -181,15 +181,23 @@ def _entry_value(info_file: str, entry: x509.RevokedCertificate) -> Revocation:
     )
 
 
-def _crl_losses(vc: VerifiedCrl) -> Iterator[tuple[bytes, bytes]]:
+def _crl_losses(snapshot: VerifiedSnapshot, vc: VerifiedCrl) -> Iterator[tuple[bytes, bytes]]:
     """(record key, loss suffix) of each entry of a verified CRL.
 
-    Our own encoding is read by crlstream's strict reader from the very bytes whose
-    signature was verified; anything else by cryptography, entry by entry.
+    Our own encoding is read by crlstream's strict reader from the file, checked against
+    the signed manifest's hash (the bytes the verifier checked the signature over);
+    anything else by cryptography, entry by entry.
     """
     info = vc.info
     kind = bytes([info.kind])
-    entries = read_entries(vc.crl.tbs_certlist_bytes)
+    der = (snapshot.path / info.file).read_bytes()
+    if hashlib.sha256(der).hexdigest() != snapshot.manifest.files[info.file]:
+        raise SnapshotRejected(f"{info.file} changed after verification")
+    try:
+        # The signed bytes: cryptography's tbs_certlist_bytes re-encodes the whole list.
+        entries = read_entries(tbs_certlist(der))
+    except ValueError:
+        entries = None
     if entries is not None:
         for serial, revoked_at, cause, reason in entries:
             yield kind + serial, loss_suffix(revoked_at, cause, reason)
@@ -267,7 +275,7 @@ def _losses(
     """Record key -> loss suffix of every certificate the snapshot says lost effect."""
     losses: dict[bytes, bytes] = {}
     for vc in snapshot.crls:
-        losses.update(_crl_losses(vc))
+        losses.update(_crl_losses(snapshot, vc))
     # A compromised generation has no CRL any more: its earlier losses come from the
     # events (signed with the manifest), the compromise itself from the ARL.
     if compromised:
