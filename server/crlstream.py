@@ -391,7 +391,7 @@ def read_entries(tbs: bytes) -> list[tuple[bytes, int, int, int]] | None:
         bounds = _revoked_list(tbs)
         if bounds is None:
             return None
-        out = []
+        out: list[tuple[bytes, int, int, int]] = []
         append = out.append
         match = _ENTRY_TAIL.match
         pos, end = bounds

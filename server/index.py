@@ -22,7 +22,7 @@ import logging
 import mmap
 import os
 import shutil
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -212,16 +212,17 @@ def _crl_losses(snapshot: VerifiedSnapshot, vc: VerifiedCrl) -> Iterator[tuple[b
         raise SnapshotRejected(f"{info.file}: {exc}") from exc
 
 
-def snapshot_event_rows(snapshot: VerifiedSnapshot) -> list[tuple[bytes, EventFields]]:
-    """The rows of a verified snapshot's events file with their checked fields."""
+def snapshot_event_rows(snapshot: VerifiedSnapshot) -> Iterator[tuple[bytes, EventFields]]:
+    """The rows of a verified snapshot's events file with their checked fields, read
+    as they are used (a national full snapshot carries millions)."""
     files = snapshot.manifest.files
     if EVENTS_FILE not in files:
-        return []
+        return
     data = (snapshot.path / EVENTS_FILE).read_bytes()
     if hashlib.sha256(data).hexdigest() != files[EVENTS_FILE]:
         raise SnapshotRejected(f"{EVENTS_FILE} changed after verification")
     try:
-        return list(read_event_rows(data))
+        yield from read_event_rows(data)
     except ValueError as exc:
         raise SnapshotRejected(f"{EVENTS_FILE}: {exc}") from exc
 
@@ -269,7 +270,7 @@ _KIND_BYTES = frozenset(int(k) for k in CertKind)
 
 def _losses(
     snapshot: VerifiedSnapshot,
-    event_rows: list[tuple[bytes, EventFields]],
+    event_rows: Iterable[tuple[bytes, EventFields]],
     compromised: set[bytes],
 ) -> dict[bytes, bytes]:
     """Record key -> loss suffix of every certificate the snapshot says lost effect."""
@@ -317,8 +318,7 @@ def _put_status(
 def _build(snapshot: VerifiedSnapshot, path: Path) -> None:
     manifest = snapshot.manifest
     compromised = {c.key_id for c in manifest.compromises}
-    event_rows = snapshot_event_rows(snapshot)
-    losses = _losses(snapshot, event_rows, compromised)
+    losses = _losses(snapshot, snapshot_event_rows(snapshot), compromised)
     crl_entries = len(losses)
     key_ids = manifest.issuer_key_ids
     kinds = {c.info.issuer_key_id: c.info.kind for c in snapshot.crls}
@@ -339,7 +339,7 @@ def _build(snapshot: VerifiedSnapshot, path: Path) -> None:
                     continue  # a generation with nothing left to answer for
                 for lookup in issuer_lookup_keys(cert):
                     txn.put(lookup, bytes([kind, ordinal]), db=dbs[b"issuers"])
-            _put_events(txn, dbs, event_rows, append=True)
+            _put_events(txn, dbs, snapshot_event_rows(snapshot), append=True)
             _put_data(txn, dbs, snapshot)
             meta = {
                 "sequence": manifest.sequence,
@@ -374,7 +374,7 @@ def _scope_key(info: CrlInfo) -> str:
 def _put_events(
     txn: lmdb.Transaction,
     dbs: dict[bytes, Any],
-    rows: list[tuple[bytes, EventFields]],
+    rows: Iterable[tuple[bytes, EventFields]],
     *,
     append: bool,
 ) -> None:
@@ -540,7 +540,7 @@ def _apply(
     records = _apply_records(txn, status, snapshot, crl_base)
     crls = {_scope_key(CrlInfo.from_json(c)): c for c in meta["crls"]}
     newly = _apply_crls(txn, status, snapshot, crl_base, crls)
-    rows = snapshot_event_rows(snapshot)
+    rows = list(snapshot_event_rows(snapshot))
     try:
         events = [parse_event_row(row) for row, _ in rows]
     except ValueError as exc:
