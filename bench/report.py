@@ -236,7 +236,11 @@ def render(  # noqa: PLR0912, PLR0915 (a document template, section by section)
                 for d in deltas["deltas"]
             )
             lines.append(f"- the deltas those losses made, applied to a copy of the index: {shown}")
-    for key, label in (("rss_idle", "idle"), ("rss_after_load", "after the load")):
+    for key, label in (
+        ("rss_idle", "idle"),
+        ("rss_after_load", "after the gRPC load"),
+        ("rss_after_http", "after the HTTP OCSP load"),
+    ):
         r = results.get(key)
         if r:
             line = (

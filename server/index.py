@@ -633,8 +633,16 @@ class Index:
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        # readahead=False: lookups are random, so the kernel reading ahead around each
+        # page fault only fills the worker's RSS (and the page cache) with pages no
+        # lookup asked for.
         self._env = lmdb.open(
-            str(path), readonly=True, max_dbs=len(_DBS), lock=True, map_size=_MAP_SIZE
+            str(path),
+            readonly=True,
+            max_dbs=len(_DBS),
+            lock=True,
+            map_size=_MAP_SIZE,
+            readahead=False,
         )
         dbs = {name: self._env.open_db(name, create=False) for name in _DBS}
         self._status = dbs[b"status"]
