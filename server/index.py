@@ -93,6 +93,7 @@ CURRENT = "current"
 _MAP_SIZE = 1 << 40  # address space only; the file grows as needed
 _DBS = (b"status", b"issuers", b"meta", b"links", b"signing_records", b"consents", b"events")
 _VERSION = b"version"
+_RETIRED_EVENTS_FILE = "events.jsonl"  # JSON lines, before events.bin
 
 
 def index_dirname(sequence: int) -> str:
@@ -216,6 +217,8 @@ def snapshot_event_rows(snapshot: VerifiedSnapshot) -> Iterator[tuple[bytes, Eve
     """The rows of a verified snapshot's events file with their checked fields, read
     as they are used (a national full snapshot carries millions)."""
     files = snapshot.manifest.files
+    if _RETIRED_EVENTS_FILE in files:  # its events would silently be missing
+        raise SnapshotRejected(f"{_RETIRED_EVENTS_FILE} is a retired format: republish")
     if EVENTS_FILE not in files:
         return
     data = (snapshot.path / EVENTS_FILE).read_bytes()

@@ -356,6 +356,20 @@ def test_snapshot_with_malformed_events_is_rejected_and_builds_nothing(
     assert not (tmp_path / "index" / "idx-000000000001").exists()
 
 
+def test_snapshot_with_the_retired_json_events_is_rejected(ca: Ca, tmp_path: Path) -> None:
+    builder = SnapshotBuilder(tmp_path, 1)
+    builder.add_issuers([ca.cert])
+    builder.add_records([])
+    builder.add_jsonl("events.jsonl", [{"sequence": 1}])
+    path, _ = builder.commit(
+        type="full", base_sequence=None, created_at=NOW, event_sequence=1,
+        issuer_key_ids=[ca.key_id], signing_key=ca.snap_key, signer_cert=ca.snap_cert,
+    )  # fmt: skip
+    snapshot = SnapshotVerifier([ca.root], SystemClock()).verify(path)
+    with pytest.raises(SnapshotRejected, match=r"events\.jsonl is a retired format"):
+        build_index(snapshot, tmp_path / "index")
+
+
 def test_link_items_check_every_row_shape() -> None:
     link = Link(LinkType.CARD_SIGN_MOBILE_SIGN, KIND, 1, CertKind.MOBILE_SIGN, 2)
     rows = sorted(link_rows(link))
