@@ -14,11 +14,23 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from server import profiles
 from server.clock import SystemClock
-from server.domain import CertKind, CrlReason, Link, LinkType, Loss, LossCause, record_key
+from server.crlstream import read_entries
+from server.domain import (
+    OID_LOSS_CAUSE,
+    CertKind,
+    CrlReason,
+    Link,
+    LinkType,
+    Loss,
+    LossCause,
+    record_key,
+)
 from server.index import (
     DeltaNotApplicable,
     Index,
@@ -28,11 +40,12 @@ from server.index import (
     publish_index,
 )
 from server.profiles import CrlEntry, Holder, ProfileSettings
-from server.records import encode_file_record
+from server.records import MAGIC, encode_file_record
 from server.registry import CertificateRecord, LossEvent, LossTrigger
 from server.snapshot import (
     CONSENTS,
     EVENTS,
+    RECORDS,
     SIGNING_RECORDS,
     SnapshotBuilder,
     SnapshotRejected,
@@ -379,3 +392,87 @@ def test_link_items_check_every_row_shape() -> None:
     for bad in (rows[1][:-2] + bytes([9, 0]), rows[1][:21] + b"\x07" + rows[1][22:]):
         with pytest.raises(ValueError, match="malformed link row"):
             link_items(LINKS_MAGIC + rows[0] + bad)
+
+
+def _full(
+    ca: Ca, root: Path, records: list[bytes], crl: x509.CertificateRevocationList
+) -> VerifiedSnapshot:
+    """A full snapshot of records as given (the signer's writer would refuse some)."""
+    builder = SnapshotBuilder(root, 1)
+    builder.add_issuers([ca.cert])
+    builder._add(RECORDS, MAGIC + b"".join(records))
+    builder._record_count = len(records)
+    builder.add_crl(KIND, "131016", crl, 1)
+    path, _ = builder.commit(
+        type="full", base_sequence=None, created_at=NOW, event_sequence=0,
+        issuer_key_ids=[ca.key_id], signing_key=ca.snap_key, signer_cert=ca.snap_cert,
+    )  # fmt: skip
+    return SnapshotVerifier([ca.root], SystemClock()).verify(path)
+
+
+def _file_record(serial: int, partition: str = "131016", ordinal: int = 0) -> bytes:
+    return encode_file_record(
+        record_key(KIND, serial), NOW - timedelta(days=1), NOW + timedelta(days=365),
+        partition, ordinal,
+    )  # fmt: skip
+
+
+def _our_crl(ca: Ca, serials: list[int]) -> x509.CertificateRevocationList:
+    entries = [CrlEntry(s, NOW, LossCause.HOLDER_REQUEST, CrlReason.SUPERSEDED) for s in serials]
+    return profiles.crl(
+        SETTINGS, ca.key, ca.cert, kind=KIND, partition="131016", number=1,
+        this_update=NOW, next_update=NOW + timedelta(days=1), entries=entries,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("records", "crl", "message"),
+    [
+        ([_file_record(1), _file_record(2, "011002")], [], "1 .* groups are in no CRL's scope"),
+        ([_file_record(1)], [1, 7], "1 of 2 CRL entries name certificates never issued"),
+        ([_file_record(2), _file_record(1)], [], "records out of key order"),
+        ([_file_record(1, ordinal=1)], [], "unknown kind or issuer"),
+        ([_file_record(1), _file_record(1)], [], "records out of key order"),
+    ],
+)
+def test_full_build_refuses_what_the_snapshot_cannot_mean(
+    ca: Ca, tmp_path: Path, records: list[bytes], crl: list[int], message: str
+) -> None:
+    snapshot = _full(ca, tmp_path, records, _our_crl(ca, crl))
+    with pytest.raises(SnapshotRejected, match=message):
+        build_index(snapshot, tmp_path / "index")
+    assert not any((tmp_path / "index").iterdir())  # nothing half-built left behind
+
+
+def _foreign_crl(ca: Ca, *extensions: x509.ExtensionType) -> x509.CertificateRevocationList:
+    """Our CRL frame with one entry cryptography writes, carrying `extensions`."""
+    entry = x509.RevokedCertificateBuilder().serial_number(1).revocation_date(NOW)
+    for extension in extensions:
+        entry = entry.add_extension(extension, False)
+    frame = _our_crl(ca, [])
+    builder = x509.CertificateRevocationListBuilder().issuer_name(frame.issuer)
+    builder = builder.last_update(NOW).next_update(NOW + timedelta(days=1))
+    for extension in frame.extensions:
+        builder = builder.add_extension(extension.value, extension.critical)
+    return builder.add_revoked_certificate(entry.build()).sign(ca.key, hashes.SHA256())
+
+
+def test_crl_entries_beyond_our_encoding_are_read_by_cryptography(ca: Ca, tmp_path: Path) -> None:
+    cause = x509.UnrecognizedExtension(OID_LOSS_CAUSE, bytes([0x0A, 0x01, LossCause.RECORD_ERROR]))
+    invalidity = x509.InvalidityDate((NOW - timedelta(days=2)).replace(tzinfo=None))
+    crl = _foreign_crl(ca, cause, invalidity)  # an extension our writer never adds
+    assert read_entries(crl.tbs_certlist_bytes) is None
+    built = build_index(_full(ca, tmp_path, [_file_record(1)], crl), tmp_path / "index")
+    index = Index(built)
+    try:
+        record = index.get(KIND, 1)
+        assert record is not None and record.loss is not None
+        assert (record.loss.cause, record.loss.time) == (LossCause.RECORD_ERROR, NOW)
+    finally:
+        index.close()
+
+
+def test_crl_entry_without_a_loss_cause_is_rejected(ca: Ca, tmp_path: Path) -> None:
+    snapshot = _full(ca, tmp_path, [_file_record(1)], _foreign_crl(ca))
+    with pytest.raises(SnapshotRejected, match="CRL entry without a loss cause"):
+        build_index(snapshot, tmp_path / "index")
