@@ -25,6 +25,7 @@ import shutil
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -289,11 +290,19 @@ def _losses(
     return losses
 
 
+_STATUS_BATCH = 1_000_000  # records per write transaction of a full build
+
+
 def _put_status(
-    txn: lmdb.Transaction, status: Any, snapshot: VerifiedSnapshot, compromised: set[bytes],
+    env: lmdb.Environment, status: Any, snapshot: VerifiedSnapshot, compromised: set[bytes],
     losses: dict[bytes, bytes],
 ) -> None:  # fmt: skip
-    """Every record with its loss (popped from `losses`) into the empty `status` db."""
+    """Every record with its loss (popped from `losses`) into the empty `status` db.
+
+    In transactions of _STATUS_BATCH records: one transaction of 25 million makes LMDB
+    spill dirty pages as it goes (1.5x the time, 1.4x the memory, measured at 10 M
+    holders). Nobody reads the environment before it is complete and published.
+    """
     manifest = snapshot.manifest
     with (
         (snapshot.path / RECORDS_FILE).open("rb") as f,
@@ -308,10 +317,19 @@ def _put_status(
             _check_scopes(snapshot, record_scopes(body), compromised)
             if len(body) // FILE_RECORD_SIZE != manifest.record_count:
                 raise SnapshotRejected("record count differs from the manifest")
-            with txn.cursor(db=status) as cursor:
-                # append=True refuses a key not above the last: a disorder shows as
-                # fewer records added than read.
-                added = cursor.putmulti(index_items(body, losses), append=True)[1]
+            items = index_items(body, losses)
+            added = 0
+            try:
+                while True:
+                    with env.begin(write=True) as txn, txn.cursor(db=status) as cursor:
+                        # append=True refuses a key not above the last: a disorder
+                        # shows as fewer records added than read.
+                        read, put = cursor.putmulti(islice(items, _STATUS_BATCH), append=True)
+                    added += put
+                    if read < _STATUS_BATCH:
+                        break
+            finally:
+                del items  # its iterators hold views of the mapped file until they go
         finally:
             body.release()
     if added != manifest.record_count:
@@ -329,8 +347,7 @@ def _build(snapshot: VerifiedSnapshot, path: Path) -> None:
     env = lmdb.open(str(path), map_size=_MAP_SIZE, max_dbs=len(_DBS), sync=False, metasync=False)
     try:
         dbs = {name: env.open_db(name) for name in _DBS}
-        with env.begin(write=True) as txn:
-            _put_status(txn, dbs[b"status"], snapshot, compromised, losses)
+        _put_status(env, dbs[b"status"], snapshot, compromised, losses)
         if losses:
             raise SnapshotRejected(
                 f"{len(losses)} of {crl_entries} CRL entries name certificates never issued"

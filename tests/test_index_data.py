@@ -18,6 +18,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
+from server import index as index_module
 from server import profiles
 from server.clock import SystemClock
 from server.crlstream import read_entries
@@ -476,3 +477,23 @@ def test_crl_entry_without_a_loss_cause_is_rejected(ca: Ca, tmp_path: Path) -> N
     snapshot = _full(ca, tmp_path, [_file_record(1)], _foreign_crl(ca))
     with pytest.raises(SnapshotRejected, match="CRL entry without a loss cause"):
         build_index(snapshot, tmp_path / "index")
+
+
+@pytest.mark.parametrize("serials", [[1, 2, 3, 4], [1, 2, 3, 4, 5], [1, 2, 4, 3, 5]])
+def test_full_build_in_several_transactions(
+    ca: Ca, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, serials: list[int]
+) -> None:
+    """Records go in batches; order is checked across batch boundaries too."""
+    monkeypatch.setattr(index_module, "_STATUS_BATCH", 2)
+    snapshot = _full(ca, tmp_path, [_file_record(s) for s in serials], _our_crl(ca, [3]))
+    if serials != sorted(serials):
+        with pytest.raises(SnapshotRejected, match="records out of key order"):
+            build_index(snapshot, tmp_path / "index")
+        return
+    index = Index(build_index(snapshot, tmp_path / "index"))
+    try:
+        found = [index.get(KIND, s) for s in serials]
+        assert all(r is not None for r in found)
+        assert [s for s, r in zip(serials, found, strict=True) if r and r.loss] == [3]
+    finally:
+        index.close()
