@@ -7,6 +7,7 @@ the record plus the revocation read from the CRLs, packed for a one-`get` answer
 
 from __future__ import annotations
 
+import mmap
 import operator
 import struct
 from collections.abc import Iterable, Iterator
@@ -68,14 +69,17 @@ def write_records(out: BinaryIO, records: Iterable[bytes]) -> int:
     return count
 
 
-def records_body(data: memoryview | bytes) -> memoryview:
-    """The fixed-width records after a records file's header."""
+def records_body(data: memoryview | bytes | mmap.mmap) -> memoryview:
+    """A view of the fixed-width records after a records file's header.
+
+    Nothing is viewed before the checks pass: a view alive in an exception's traceback
+    would keep a mapped file from closing.
+    """
     if bytes(data[: len(MAGIC)]) != MAGIC:
         raise ValueError("not a jpki-va records file")
-    body = memoryview(data)[len(MAGIC) :]
-    if len(body) % FILE_RECORD_SIZE:
+    if (len(data) - len(MAGIC)) % FILE_RECORD_SIZE:
         raise ValueError("records file is truncated")
-    return body
+    return memoryview(data)[len(MAGIC) :]
 
 
 def read_records(data: memoryview | bytes) -> Iterator[tuple[bytes, int, int, int, int]]:

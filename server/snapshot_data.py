@@ -7,6 +7,7 @@ format by construction. Decoders raise ValueError on anything malformed.
 from __future__ import annotations
 
 import json
+import mmap
 import struct
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -249,33 +250,35 @@ _LINK_ITEM = struct.Struct(f"<{LINK_KEY_SIZE}s{LINK_ROW_SIZE - LINK_KEY_SIZE}s")
 _LINK_TYPES = frozenset(int(t) for t in LinkType)
 
 
-def _links_body(data: memoryview | bytes) -> memoryview:
-    """The rows of a links file, every one checked to name a valid link.
+def _links_body(data: memoryview | bytes | mmap.mmap) -> memoryview:
+    """A view of the rows of a links file, every one checked to name a valid link.
 
     A valid row is one whose kinds, type and direction are valid (the serials are any
-    20 bytes), so the distinct shapes, gathered in C, are all there is to check.
+    20 bytes), so the distinct shapes, gathered in C, are all there is to check. No
+    view is left alive when a check fails (it would keep a mapped file from closing).
     """
     if bytes(data[: len(LINKS_MAGIC)]) != LINKS_MAGIC:
         raise ValueError("not a jpki-va links file")
-    body = memoryview(data)[len(LINKS_MAGIC) :]
-    if len(body) % LINK_ROW_SIZE:
+    if (len(data) - len(LINKS_MAGIC)) % LINK_ROW_SIZE:
         raise ValueError("links file is truncated")
-    for from_kind, to_kind, link_type, direction in set(_LINK_SHAPE.iter_unpack(body)):
+    with memoryview(data) as whole, whole[len(LINKS_MAGIC) :] as body:
+        shapes = set(_LINK_SHAPE.iter_unpack(body))
+    for from_kind, to_kind, link_type, direction in shapes:
         if from_kind not in _KINDS or to_kind not in _KINDS:
             raise ValueError(f"malformed link row: certificate kind {from_kind} or {to_kind}")
         if link_type not in _LINK_TYPES or direction not in (0, 1):
             raise ValueError(f"malformed link row: type {link_type}, direction {direction}")
-    return body
+    return memoryview(data)[len(LINKS_MAGIC) :]
 
 
-def read_link_rows(data: memoryview | bytes) -> Iterator[bytes]:
+def read_link_rows(data: memoryview | bytes | mmap.mmap) -> Iterator[bytes]:
     """Every row of a links file, each checked to name a valid link."""
     body = _links_body(data)
     for offset in range(0, len(body), LINK_ROW_SIZE):
         yield bytes(body[offset : offset + LINK_ROW_SIZE])
 
 
-def link_items(data: memoryview | bytes) -> tuple[int, Iterator[tuple[bytes, bytes]]]:
+def link_items(data: memoryview | bytes | mmap.mmap) -> tuple[int, Iterator[tuple[bytes, bytes]]]:
     """How many rows a links file has, and each as (from + to key, type + direction),
     the index's key and value, every row checked as `read_link_rows` does."""
     body = _links_body(data)

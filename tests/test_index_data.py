@@ -46,6 +46,7 @@ from server.registry import CertificateRecord, LossEvent, LossTrigger
 from server.snapshot import (
     CONSENTS,
     EVENTS,
+    LINKS,
     RECORDS,
     SIGNING_RECORDS,
     SnapshotBuilder,
@@ -434,6 +435,7 @@ def _our_crl(ca: Ca, serials: list[int]) -> x509.CertificateRevocationList:
         ([_file_record(2), _file_record(1)], [], "records out of key order"),
         ([_file_record(1, ordinal=1)], [], "unknown kind or issuer"),
         ([_file_record(1), _file_record(1)], [], "records out of key order"),
+        ([_file_record(1)[:-1]], [], "records file is truncated"),
     ],
 )
 def test_full_build_refuses_what_the_snapshot_cannot_mean(
@@ -497,3 +499,19 @@ def test_full_build_in_several_transactions(
         assert [s for s, r in zip(serials, found, strict=True) if r and r.loss] == [3]
     finally:
         index.close()
+
+
+def test_snapshot_with_a_malformed_link_row_is_rejected(ca: Ca, tmp_path: Path) -> None:
+    link = Link(LinkType.CARD_SIGN_MOBILE_SIGN, KIND, 1, CertKind.MOBILE_SIGN, 2)
+    first, second = sorted(link_rows(link))
+    builder = SnapshotBuilder(tmp_path, 1)
+    builder.add_issuers([ca.cert])
+    builder.add_records([])
+    builder._add(LINKS, LINKS_MAGIC + first + second[:-1] + b"\x02")  # no such direction
+    path, _ = builder.commit(
+        type="full", base_sequence=None, created_at=NOW, event_sequence=0,
+        issuer_key_ids=[ca.key_id], signing_key=ca.snap_key, signer_cert=ca.snap_cert,
+    )  # fmt: skip
+    snapshot = SnapshotVerifier([ca.root], SystemClock()).verify(path)
+    with pytest.raises(SnapshotRejected, match="malformed link row"):
+        build_index(snapshot, tmp_path / "index")
