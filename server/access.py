@@ -24,7 +24,7 @@ from server.clock import Clock
 from server.domain import Provision, Verifier
 from server.index import VerifierTable
 from server.law.entitlements import NotEntitled, check_entitled
-from server.ledger import Disclosure, Ledger
+from server.ledger import Disclosure, Recorder
 
 T = TypeVar("T")
 
@@ -85,7 +85,7 @@ class Gate:
     def __init__(
         self,
         verifiers: Callable[[], VerifierTable],
-        ledger: Ledger,
+        ledger: Recorder,
         clock: Clock,
     ) -> None:
         self._verifiers = verifiers

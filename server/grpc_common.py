@@ -39,13 +39,51 @@ def _aborted(exc: BaseException, context: grpc.ServicerContext) -> bool:
     return isinstance(exc, grpc.RpcError) or context.code() is not None  # type: ignore[attr-defined]
 
 
+if TYPE_CHECKING:
+    Handler = grpc.RpcMethodHandler[Any, Any]
+else:
+    Handler = grpc.RpcMethodHandler
+Continuation = Callable[[grpc.HandlerCallDetails], "Handler | None"]
+
+
+class WrappingInterceptor(_Interceptor):
+    """An interceptor that wraps each method's handler, once per method.
+
+    grpc asks every interceptor for the handler on every call; the continuation
+    gives the same handler for a method each time, so the wrapper made for it the
+    first time is kept and returned again, instead of new closures and a new handler
+    per call.
+    """
+
+    def __init__(self) -> None:
+        self._wrapped: dict[str, tuple[Handler, Handler]] = {}
+
+    def wrap(self, handler: Handler, method: str) -> Handler:
+        raise NotImplementedError
+
+    def intercept_service(
+        self, continuation: Continuation, details: grpc.HandlerCallDetails
+    ) -> Handler | None:
+        handler = continuation(details)
+        if handler is None:
+            return None
+        method = details.method
+        known = self._wrapped.get(method)
+        if known is not None and known[0] is handler:
+            return known[1]
+        wrapped = self.wrap(handler, method)
+        self._wrapped[method] = (handler, wrapped)  # a race only wraps twice
+        return wrapped
+
+
 # Trailing metadata naming the worker process that answered: with N workers on one
 # port, operators (and tests) can tell which one served a call.
 SERVED_BY = "x-jpki-va-worker"
 
 
-class ErrorMappingInterceptor(_Interceptor):
+class ErrorMappingInterceptor(WrappingInterceptor):
     def __init__(self, mapping: ErrorMap, served_by: str | None = None) -> None:
+        super().__init__()
         self._mapping = mapping
         self._trailer = () if served_by is None else ((SERVED_BY, served_by),)
 
@@ -56,15 +94,7 @@ class ErrorMappingInterceptor(_Interceptor):
             context.abort(grpc.StatusCode.INTERNAL, "internal error")
         context.abort(code, str(exc) or type(exc).__name__)
 
-    def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler[Any, Any] | None],
-        details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler[Any, Any] | None:
-        handler = continuation(details)
-        if handler is None:
-            return None
-        method = details.method
+    def wrap(self, handler: Handler, method: str) -> Handler:
         if handler.unary_unary is not None:
             inner_uu = handler.unary_unary
 

@@ -11,6 +11,7 @@ be registered, and its roles still decide.
 from __future__ import annotations
 
 import hashlib
+from functools import lru_cache
 from typing import cast
 
 import grpc
@@ -25,6 +26,13 @@ def fingerprint(cert: x509.Certificate) -> bytes:
     return hashlib.sha256(cert.public_bytes(Encoding.DER)).digest()
 
 
+@lru_cache(maxsize=1024)  # about 1.5 MB of PEMs at most
+def _pem_fingerprint(pem: bytes) -> bytes:
+    # Every call on a connection presents the same PEM: parse it once, not per call.
+    # Keyed by the exact bytes the TLS layer verified, so a hit is the same certificate.
+    return fingerprint(x509.load_pem_x509_certificate(pem))
+
+
 def caller_of(
     context: grpc.ServicerContext, *, insecure_loopback: bool, default_verifier: str | None = None
 ) -> Caller:
@@ -33,7 +41,7 @@ def caller_of(
     pems = cast(list[bytes], context.auth_context().get("x509_pem_cert") or [])
     pem = pems[0] if pems else None
     if pem:
-        return Caller(fingerprint=fingerprint(x509.load_pem_x509_certificate(pem)))
+        return Caller(fingerprint=_pem_fingerprint(bytes(pem)))
     if insecure_loopback:
         for key, value in context.invocation_metadata():
             if key == VERIFIER_HEADER and isinstance(value, str) and value:

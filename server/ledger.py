@@ -18,11 +18,12 @@ from __future__ import annotations
 import json
 import os
 import threading
-from collections.abc import Mapping, Sequence
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import lmdb
 
@@ -34,7 +35,17 @@ _COUNT = 8  # bytes of a big-endian counter
 
 
 class LedgerError(Exception):
-    """The ledger cannot be opened or read."""
+    """The ledger cannot be opened, read or written: nothing of the write was recorded."""
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """What one answer provided to one verifier: written together with others."""
+
+    verifier_id: str
+    counts: Mapping[Provision, int]
+    when: datetime
+    disclosures: Sequence[Disclosure] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +76,18 @@ class Disclosure:
             subject=data["subject"],
             detail=data["detail"],
         )
+
+
+class Recorder(Protocol):
+    """Where provisions are recorded: a Ledger, or a GroupCommit in front of one."""
+
+    def record(
+        self,
+        verifier_id: str,
+        counts: Mapping[Provision, int],
+        when: datetime,
+        disclosures: Sequence[Disclosure] = (),
+    ) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,7 +122,7 @@ class Ledger:
 
     _DBS = (b"counts", b"audit")
 
-    def __init__(self, path: Path, *, readonly: bool = False) -> None:
+    def __init__(self, path: Path, *, readonly: bool = False, map_size: int = _MAP_SIZE) -> None:
         if readonly and not (path / "data.mdb").is_file():
             raise LedgerError(f"{path} holds no provision ledger")
         try:
@@ -109,7 +132,7 @@ class Ledger:
             # disclosures and sync() force it to disk.
             self._env = lmdb.open(
                 str(path),
-                map_size=_MAP_SIZE,
+                map_size=map_size,
                 max_dbs=len(self._DBS),
                 readonly=readonly,
                 sync=False,
@@ -132,26 +155,43 @@ class Ledger:
         disclosures: Sequence[Disclosure] = (),
     ) -> None:
         """Count provisions to one verifier (and audit disclosures) in one commit."""
-        day = local_day(when)
+        self.record_all([Entry(verifier_id, counts, when, disclosures)])
+
+    def record_all(self, entries: Iterable[Entry]) -> None:
+        """Every entry in one write transaction: all of them are recorded, or none.
+
+        Raises LedgerError when the commit fails (a full map, a closed environment,
+        an I/O error); LMDB then aborts the transaction, so nothing is half-written.
+        """
+        totals: Counter[bytes] = Counter()
+        disclosures: list[Disclosure] = []
+        for entry in entries:
+            day = local_day(entry.when)
+            for provision, n in entry.counts.items():
+                if n > 0:
+                    totals[_count_key(day, provision, entry.verifier_id)] += n
+            disclosures.extend(entry.disclosures)
+        if not totals and not disclosures:
+            return
         with self._lock:
-            serials = range(self._serial + 1, self._serial + 1 + len(disclosures))
+            first = self._serial + 1
             self._serial += len(disclosures)
-        with self._env.begin(write=True) as txn:
-            for provision, n in counts.items():
-                if n <= 0:
-                    continue
-                key = _count_key(day, provision, verifier_id)
-                raw = txn.get(key, db=self._counts)
-                total = (0 if raw is None else int.from_bytes(raw, "big")) + n
-                txn.put(key, total.to_bytes(_COUNT, "big"), db=self._counts)
-            for serial, disclosure in zip(serials, disclosures, strict=True):
-                txn.put(
-                    _audit_key(disclosure.time, serial),
-                    json.dumps(disclosure.to_json(), ensure_ascii=False).encode(),
-                    db=self._audit,
-                )
-        if disclosures:
-            self._env.sync(True)
+        try:
+            with self._env.begin(write=True) as txn:
+                for key, n in totals.items():
+                    raw = txn.get(key, db=self._counts)
+                    total = (0 if raw is None else int.from_bytes(raw, "big")) + n
+                    txn.put(key, total.to_bytes(_COUNT, "big"), db=self._counts)
+                for serial, disclosure in enumerate(disclosures, first):
+                    txn.put(
+                        _audit_key(disclosure.time, serial),
+                        json.dumps(disclosure.to_json(), ensure_ascii=False).encode(),
+                        db=self._audit,
+                    )
+            if disclosures:
+                self._env.sync(True)
+        except lmdb.Error as exc:
+            raise LedgerError(f"cannot record the provision in {self.path}: {exc}") from exc
 
     def sync(self) -> None:
         """Force every commit so far to disk."""

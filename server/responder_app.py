@@ -37,7 +37,6 @@ from protos import (
     signer_pb2,
     signer_pb2_grpc,
     va_pb2,
-    va_pb2_grpc,
     verifiers_pb2,
     verifiers_pb2_grpc,
 )
@@ -48,6 +47,7 @@ from server.config import ResponderConfig
 from server.crl_archive import CrlArchive, CrlNotFound
 from server.crl_servicer import CrlServicer
 from server.crls import CrlFiles
+from server.group_commit import GroupCommit, LedgerBacklog
 from server.grpc_identity import caller_of, server_credentials
 from server.http_access import HttpAccess
 from server.http_endpoint import HttpApp, HttpServer
@@ -87,7 +87,7 @@ from server.status import (
     Resolver,
     StatusSource,
 )
-from server.status_servicer import StatusServicer, StreamLimits
+from server.status_servicer import StatusServicer, StreamLimits, add_status_service
 from server.token_check import TokenChecker
 from server.verifier_token_servicer import VerifierTokenServicer
 
@@ -115,6 +115,7 @@ STATUS_ERRORS: grpc_common.ErrorMap = (
     (BadRequest, grpc.StatusCode.INVALID_ARGUMENT),
     (ValueError, grpc.StatusCode.INVALID_ARGUMENT),
     (NotReady, grpc.StatusCode.UNAVAILABLE),
+    (LedgerBacklog, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (LedgerError, grpc.StatusCode.UNAVAILABLE),
 )
 LEDGER_SYNC_SECONDS = 1.0  # how much of the counts a machine crash could lose
@@ -204,7 +205,9 @@ def worker_main(  # noqa: PLR0915 (a composition root: the wiring reads best in 
     ocsp, cache = _ocsp_responder(config, source, holder, keystore, clock, metrics)
     crl_files = CrlFiles(holder, archive)
     roots = load_anchors(config)
-    gate = Gate(lambda: holder.get().verifiers, ledger, clock)
+    # Concurrent calls' provisions share one commit; each answer waits for its own.
+    committer = GroupCommit(ledger)
+    gate = Gate(lambda: holder.get().verifiers, committer, clock)
     caller = functools.partial(
         caller_of,
         insecure_loopback=config.insecure_loopback,
@@ -222,7 +225,7 @@ def worker_main(  # noqa: PLR0915 (a composition root: the wiring reads best in 
     )
     stream_limits = StreamLimits(config.max_batch, config.max_stream_batches)
     counted = CountedSource(source, metrics)
-    va_pb2_grpc.add_StatusServiceServicer_to_server(
+    add_status_service(
         StatusServicer(counted, resolver, ocsp, holder, clock, roots, gate, caller, stream_limits),
         server,
     )
@@ -277,6 +280,7 @@ def worker_main(  # noqa: PLR0915 (a composition root: the wiring reads best in 
     if http is not None:
         http.stop()
     server.stop(config.grace_seconds).wait()
+    committer.close()
     metrics.flush()
     ledger.sync()
     ledger.close()

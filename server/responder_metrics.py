@@ -11,6 +11,7 @@ provisions) computed when scraped.
 from __future__ import annotations
 
 import bisect
+import collections
 import os
 import shutil
 import threading
@@ -19,7 +20,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import grpc
 from prometheus_client import CollectorRegistry, Counter, Histogram, multiprocess, start_http_server
@@ -28,13 +29,9 @@ from prometheus_client.registry import Collector
 
 from server.clock import Clock
 from server.domain import CertKind
+from server.grpc_common import Handler, WrappingInterceptor
 from server.index import CrlTimes
 from server.status import Answer, Brief, StatusSource, Target, briefs
-
-if TYPE_CHECKING:
-    _Interceptor = grpc.ServerInterceptor[Any, Any]
-else:  # the stubs make it generic; the runtime class is not subscriptable
-    _Interceptor = grpc.ServerInterceptor
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0)
@@ -116,8 +113,11 @@ class WorkerMetrics:
         self._count(self._cache, (result,))
 
     def answers(self, answers: tuple[tuple[str, str], ...]) -> None:
-        for labels in answers:
-            self._count(self._answers, labels)
+        tally = collections.Counter(answers)  # a batch: one lock for all of it
+        with self._lock:
+            for labels, n in tally.items():
+                key = (self._answers, labels)
+                self._pending[key] = self._pending.get(key, 0) + n
 
     def grpc_call(self, method: str, outcome: str, seconds: float) -> None:
         # A gRPC call costs far more than the observation: recorded at once.
@@ -149,21 +149,15 @@ def _outcome(context: grpc.ServicerContext) -> str:
     return "OK" if code is None else str(code.name)
 
 
-class MetricsInterceptor(_Interceptor):
+class MetricsInterceptor(WrappingInterceptor):
     """Counts and times every gRPC call by method and final status code."""
 
     def __init__(self, metrics: WorkerMetrics) -> None:
+        super().__init__()
         self._metrics = metrics
 
-    def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler[Any, Any] | None],
-        details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler[Any, Any] | None:
-        handler = continuation(details)
-        if handler is None:
-            return None
-        method = details.method.rsplit("/", 1)[-1]
+    def wrap(self, handler: Handler, method: str) -> Handler:
+        method = method.rsplit("/", 1)[-1]
         record = self._metrics.grpc_call
         if handler.unary_unary is not None:
             inner_uu = handler.unary_unary

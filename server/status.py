@@ -14,6 +14,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from functools import lru_cache
 from pathlib import Path
 from typing import NamedTuple, Protocol, runtime_checkable
 
@@ -103,10 +104,10 @@ class PackedRecord(NamedTuple):
         return Loss(from_micros(self.lost_at), LossCause(self.cause), CrlReason(self.reason))
 
 
-@dataclass(frozen=True, slots=True)
-class Brief:
+class Brief(NamedTuple):
     """An Answer without its CRL times, in the index's integers: what a CheckStream item
-    carries, computed without a datetime per field. Times in microseconds since the epoch."""
+    carries, computed without a datetime per field. Times in microseconds since the epoch.
+    A named tuple: a batch makes one per certificate, and a tuple is the cheapest to make."""
 
     kind: CertKind | None
     serial: int
@@ -243,23 +244,31 @@ class IndexStatusSource:
         ids = index.issuer_key_ids
         sequence = index.sequence
         out = []
+        instant = None
+        when = 0
         for (kind, serial, as_of), fields in zip(targets, found, strict=True):
-            when = micros(as_of)
+            if as_of is not instant:  # a batch is mostly one instant: convert it once
+                instant, when = as_of, micros(as_of)
             if fields is None:
                 out.append(Brief(kind, serial, Status.UNKNOWN, when, sequence, None))
                 continue
             not_before, not_after, partition, ordinal, revoked_at, cause, reason = fields
+            lost_at = revoked_at * 1_000_000 if cause else None
             record = PackedRecord(
                 not_before * 1_000_000,
                 not_after * 1_000_000,
-                partition_text(partition),
+                _partition_text(partition),
                 ids[ordinal],
-                revoked_at * 1_000_000 if cause else None,
+                lost_at,
                 cause,
                 reason,
             )
-            out.append(Brief(kind, serial, record.status_at(when), when, sequence, record))
+            status = status_rule(when, record.not_before, record.not_after, lost_at)
+            out.append(Brief(kind, serial, status, when, sequence, record))
         return out
+
+
+_partition_text = lru_cache(maxsize=1 << 14)(partition_text)
 
 
 def _index_answer(
@@ -322,7 +331,7 @@ def _brief_with_compromise(brief: Brief, compromises: Mapping[bytes, Compromise]
     record = record._replace(
         lost_at=micros(loss.time), cause=int(loss.cause), reason=int(loss.reason)
     )
-    return dataclasses.replace(brief, record=record, status=record.status_at(brief.as_of))
+    return brief._replace(record=record, status=record.status_at(brief.as_of))
 
 
 def _with_compromise(answer: Answer, compromises: Mapping[bytes, Compromise]) -> Answer:

@@ -6,6 +6,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 import grpc
 from cryptography import x509
@@ -14,6 +15,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from protos import va_pb2, va_pb2_grpc
 from server.access import Caller, Gate
+from server.batch_wire import batch_response
 from server.clock import Clock
 from server.domain import (
     CertKind,
@@ -91,7 +93,8 @@ def _set_micros(out: Timestamp, value: int) -> None:
 
 
 def fill_brief(out: va_pb2.CertificateStatus, brief: Brief) -> None:
-    """`fill_status` for a brief: the same message from the index's integers."""
+    """`fill_status` for a brief: the same message from the index's integers. CheckStream
+    writes these bytes itself (server/batch_wire.py), checked against this."""
     if brief.kind is not None:
         out.kind = brief.kind  # type: ignore[assignment]
     out.serial = serial_to_bytes(brief.serial)
@@ -190,11 +193,12 @@ class StatusServicer(va_pb2_grpc.StatusServiceServicer):
         self._gate.provided(verifier, counts)
         return va_pb2.CheckResponse(status=answer_to_pb(answer))
 
-    def CheckStream(
+    def CheckStream(  # type: ignore[override]  # bytes: see add_status_service
         self,
         request_iterator: Iterator[va_pb2.CheckBatchRequest],
         context: grpc.ServicerContext,
-    ) -> Iterator[va_pb2.CheckBatchResponse]:
+    ) -> Iterator[bytes]:
+        """Yields each batch's CheckBatchResponse serialized (server/batch_wire.py)."""
         verifier = self._gate.identify(self._caller(context))
         limits = self._limits
         for count, batch in enumerate(request_iterator, 1):
@@ -214,40 +218,40 @@ class StatusServicer(va_pb2_grpc.StatusServiceServicer):
         verifier: Verifier,
         requests: Sequence[va_pb2.CheckRequest],
         context: grpc.ServicerContext,
-    ) -> va_pb2.CheckBatchResponse | None:
+    ) -> bytes | None:
         """One batch answered as `Check` answers each item, with errors per item.
 
         The batch is one instant (`as_of` defaults to one clock reading), its
-        entitlements are checked once per provision, its statuses come from one
+        entitlements are checked once per kind, its statuses come from one
         lookup of the source, and its provisions are recorded in one ledger commit
         before it leaves. None: the call ended meanwhile and nothing was provided.
         """
         now = self._clock.now()
-        refused: dict[Provision, NotEntitled | None] = {}
+        # Per kind: the provision it is, or the refusal text when the verifier lacks it.
+        entitled: dict[CertKind, Provision | str] = {}
         # Per request: its answer, an error text, or the position of its target.
         slots: list[Brief | str | int] = []
         targets: list[Target] = []
         counts: Counter[Provision] = Counter()
         for request in requests:
-            try:
-                kind, serial, as_of = self._target(request, now)
-            except ValueError as exc:  # BadRequest included
-                slots.append(str(exc))
-                continue
-            if kind is None:
-                # Not an issuer we answer for (see `_answer`).
-                slots.append(brief_of(unknown_answer(self._holder.get(), None, serial, as_of)))
-                continue
-            provision = status_provision(kind)
-            if provision not in refused:
+            kind, serial = _plain_kind_serial(request)
+            as_of = now
+            if serial == 0:  # anything else: the general reading, and its errors
                 try:
-                    self._gate.check(verifier, provision)
-                    refused[provision] = None
-                except NotEntitled as exc:
-                    refused[provision] = exc
-            denied = refused[provision]
-            if denied is not None:
-                slots.append(f"PERMISSION_DENIED: {denied}")
+                    found, serial, as_of = self._target(request, now)
+                except ValueError as exc:  # BadRequest included
+                    slots.append(str(exc))
+                    continue
+                if found is None:
+                    # Not an issuer we answer for (see `_answer`).
+                    slots.append(brief_of(unknown_answer(self._holder.get(), None, serial, as_of)))
+                    continue
+                kind = found
+            provision = entitled.get(kind)
+            if provision is None:
+                provision = entitled[kind] = self._entitlement(verifier, kind)
+            if isinstance(provision, str):
+                slots.append(provision)
                 continue
             counts[provision] += 1
             slots.append(len(targets))
@@ -255,17 +259,22 @@ class StatusServicer(va_pb2_grpc.StatusServiceServicer):
         answers = self._lookup(targets, context)
         if answers is None:
             return None
-        response = va_pb2.CheckBatchResponse()
-        results = response.results
-        for slot in slots:
-            if isinstance(slot, str):
-                results.add(error=slot)
-            else:
-                fill_brief(results.add().status, answers[slot] if isinstance(slot, int) else slot)
+        response = batch_response(
+            [answers[slot] if isinstance(slot, int) else slot for slot in slots]
+        )
         if not context.is_active():
             return None
         self._gate.provided(verifier, counts)
         return response
+
+    def _entitlement(self, verifier: Verifier, kind: CertKind) -> Provision | str:
+        """The provision a status of `kind` is, or why the verifier may not have it."""
+        provision = status_provision(kind)
+        try:
+            self._gate.check(verifier, provision)
+        except NotEntitled as exc:
+            return f"PERMISSION_DENIED: {exc}"
+        return provision
 
     def _lookup(
         self, targets: Sequence[Target], context: grpc.ServicerContext
@@ -317,6 +326,24 @@ class StatusServicer(va_pb2_grpc.StatusServiceServicer):
         )
 
 
+_WIRE_KINDS = {int(kind): kind for kind in CertKind}
+
+
+def _plain_kind_serial(request: va_pb2.CheckRequest) -> tuple[CertKind, int]:
+    """(kind, serial) of the usual batch item, a well-formed kind_serial for now, read
+    with as little Python as can be; serial 0 for any other item (then read by
+    `_target`, which also words the errors)."""
+    ref = request.cert
+    if ref.WhichOneof("ref") != "kind_serial" or request.HasField("as_of"):
+        return CertKind.CARD_SIGN, 0
+    pair = ref.kind_serial
+    kind = _WIRE_KINDS.get(pair.kind)
+    raw = pair.serial
+    if kind is None or len(raw) > 20:
+        return CertKind.CARD_SIGN, 0
+    return kind, int.from_bytes(raw, "big")  # 0 also for an empty or zero serial
+
+
 def kind_serial(ref: va_pb2.KindSerial) -> tuple[CertKind, int]:
     """(kind, serial) of a KindSerial; BadRequest when either is missing or malformed."""
     return kind_from_pb(ref.kind), serial_from_pb(ref.serial)
@@ -338,3 +365,37 @@ def serial_from_pb(raw: bytes) -> int:
         return serial_from_bytes(raw)
     except ValueError as exc:
         raise BadRequest(str(exc)) from None
+
+
+def _as_is(data: bytes) -> bytes:
+    return data
+
+
+def add_status_service(servicer: StatusServicer, server: grpc.Server) -> None:
+    """va_pb2_grpc.add_StatusServiceServicer_to_server, except that CheckStream's batches
+    leave as the bytes the servicer wrote (server/batch_wire.py), not serialized again."""
+    pb = va_pb2
+    handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {
+        "Check": grpc.unary_unary_rpc_method_handler(
+            servicer.Check, pb.CheckRequest.FromString, pb.CheckResponse.SerializeToString
+        ),
+        "CheckStream": grpc.stream_stream_rpc_method_handler(
+            servicer.CheckStream, pb.CheckBatchRequest.FromString, _as_is
+        ),
+        "Ocsp": grpc.unary_unary_rpc_method_handler(
+            servicer.Ocsp, pb.OcspRequest.FromString, pb.OcspResponse.SerializeToString
+        ),
+        "ListIssuers": grpc.unary_unary_rpc_method_handler(
+            servicer.ListIssuers,
+            pb.ListIssuersRequest.FromString,
+            pb.ListIssuersResponse.SerializeToString,
+        ),
+    }
+    service = pb.DESCRIPTOR.services_by_name["StatusService"]
+    missing = {m.name for m in service.methods} - handlers.keys()
+    if missing:  # va.proto gained a method: register it here too
+        raise RuntimeError(f"StatusService methods without a handler: {sorted(missing)}")
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(service.full_name, handlers),)
+    )
+    server.add_registered_method_handlers(service.full_name, handlers)  # type: ignore[attr-defined]

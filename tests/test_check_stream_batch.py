@@ -200,3 +200,49 @@ def test_a_batch_without_as_of_is_answered_at_one_instant(pki: Pki) -> None:
     (as_of,) = times
     assert began - timedelta(seconds=1) <= as_of <= ended
     assert {r.status.status for r in reply.results} == {va_pb2.CERT_STATUS_GOOD}
+
+
+def test_items_without_as_of_are_read_as_check_reads_them(pki: Pki) -> None:
+    # The batch reads a plain kind_serial item its own quick way; every item it does
+    # not take (and every error) must come out exactly as Check says it.
+    auth = pki.issue(CertKind.CARD_AUTH)
+    other = pki.issue(CertKind.CARD_AUTH)  # (CARD_SIGN's generation is compromised above)
+    pki.publish_and_wait()
+    requests = [
+        va_pb2.CheckRequest(cert=ref)
+        for ref in (
+            _of(auth),
+            _of(other),
+            _ref(va_pb2.CERT_KIND_CARD_AUTH, b"\x00" + serial_to_bytes(auth.serial)),
+            _ref(va_pb2.CERT_KIND_MOBILE_AUTH, (10**15).to_bytes(8, "big")),  # UNKNOWN
+            _ref(va_pb2.CERT_KIND_UNSPECIFIED, b"\x01"),
+            _ref(99, b"\x01"),
+            _ref(-1, b"\x01"),
+            _ref(va_pb2.CERT_KIND_CARD_AUTH, b""),
+            _ref(va_pb2.CERT_KIND_CARD_AUTH, b"\x00"),
+            _ref(va_pb2.CERT_KIND_CARD_AUTH, b"\x00" * 20),
+            _ref(va_pb2.CERT_KIND_CARD_AUTH, b"\xff" * 20),
+            _ref(va_pb2.CERT_KIND_CARD_AUTH, b"\x01" * 21),
+            va_pb2.CertRef(kind_serial=va_pb2.KindSerial()),
+            va_pb2.CertRef(),
+        )
+    ]
+    (reply,) = pki.status_stub.CheckStream(
+        iter([va_pb2.CheckBatchRequest(requests=requests)]), timeout=30
+    )
+    assert len(reply.results) == len(requests)
+    statuses = 0
+    for request, result in zip(requests, reply.results, strict=True):
+        expected = _unary(pki, request, ())
+        if expected.startswith("error"):
+            assert _streamed(result) == expected
+            continue
+        # The same answer but for as_of, which is each call's own "now".
+        unary = pki.status_stub.Check(request, timeout=10).status
+        unary.ClearField("as_of")
+        streamed = va_pb2.CertificateStatus()
+        streamed.CopyFrom(result.status)
+        streamed.ClearField("as_of")
+        assert streamed == unary
+        statuses += 1
+    assert statuses == 5  # two known, one again (leading zero), two unknown

@@ -26,7 +26,7 @@ from server.ocsp import OcspResponder
 from server.responder_app import STATUS_ERRORS
 from server.responder_metrics import MetricsInterceptor, WorkerMetrics
 from server.status import Answer, IndexHolder, Resolver
-from server.status_servicer import StatusServicer, StreamLimits
+from server.status_servicer import StatusServicer, StreamLimits, add_status_service
 
 MAX_MESSAGE = 4096
 
@@ -59,7 +59,7 @@ def served(tmp_path: Path) -> Iterator[tuple[va_pb2_grpc.StatusServiceStub, Coun
         options=[("grpc.max_receive_message_length", MAX_MESSAGE)],
         interceptors=[MetricsInterceptor(WorkerMetrics())],
     )
-    va_pb2_grpc.add_StatusServiceServicer_to_server(
+    add_status_service(
         StatusServicer(
             source,
             resolver,
