@@ -52,7 +52,13 @@ from server.law.issuer_compromise import CARD_OF
 from server.law.loss_recording import DEFAULT_REASON
 from server.profiles import Holder, ProfileSettings
 from server.publisher import Publisher
-from server.registry import IssuerRecord, Registry
+from server.registry import (
+    IssuerRecord,
+    Registry,
+    encode_certificate_value,
+    encode_event_value,
+    encode_holder_value,
+)
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +66,7 @@ I64 = npt.NDArray[np.int64]
 
 YEAR = 365 * 86400
 CHUNK = 500_000
+SECOND = 1_000_000  # registry times are microseconds
 RESIDENT_BASE = 10_000_000_000  # resident codes are 11 digits
 
 # Plaintext load on loopback acts as this verifier (the responder's --loopback-verifier);
@@ -248,12 +255,21 @@ def _unique_serials(rng: np.random.Generator, count: int) -> npt.NDArray[np.uint
     pool = np.empty(0, dtype=np.uint64)
     while len(pool) < count:
         more = rng.integers(1 << 62, 1 << 63, size=count - len(pool) + 16, dtype=np.int64)
-        pool = np.unique(np.concatenate([pool, more.astype(np.uint64)]))
+        pool = _sorted_distinct(np.concatenate([pool, more.astype(np.uint64)]))
     return rng.permutation(pool)[:count]
 
 
-def _iso(seconds: I64) -> list[str]:
-    return list(np.datetime_as_string(seconds.astype("datetime64[s]"), unit="s"))
+def _sorted_distinct(values: npt.NDArray[np.uint64]) -> npt.NDArray[np.uint64]:
+    """np.unique's result by one sort: newer numpy's hash-based unique is ~10 x slower
+    on tens of millions of random 64-bit values."""
+    values = np.sort(values)
+    if len(values) == 0:
+        return values
+    keep = np.empty(len(values), dtype=bool)
+    keep[0] = True
+    np.not_equal(values[1:], values[:-1], out=keep[1:])
+    distinct: npt.NDArray[np.uint64] = values[keep]
+    return distinct
 
 
 def _dt(seconds: int) -> datetime:
@@ -459,18 +475,17 @@ def _sign_samples(
     return out
 
 
-def _write_registry(  # noqa: PLR0915 (one database after another)
+def _write_registry(
     ds: DataSet,
     pop: Population,
     issuer_of: dict[CertKind, IssuerRecord],
     samples: dict[tuple[CertKind, int], dict[str, Any]],
     total: int,
 ) -> None:
-    """Certificates, holders, loss events and counters, in the registry's JSON format.
+    """Certificates, holders, loss events and counters, in the registry's value format.
 
-    The values are what CertificateRecord.to_json and RegistryTxn.record_loss write
-    (the tests read them back through the Registry); the bulk load appends sorted
-    keys with sync off and syncs once at the end.
+    The values come from the registry's own encoders (from primitives, without
+    dataclasses); the bulk load appends sorted keys with sync off and syncs once.
     """
     Registry(ds.registry_dir).close()  # creates every database the signer opens
     env = lmdb.open(
@@ -482,8 +497,7 @@ def _write_registry(  # noqa: PLR0915 (one database after another)
             for name in ("certs", "holders", "events", "meta", "issued")
         }
         partition_text = [f"{c:06d}".encode() for c in pop.partition_codes.tolist()]
-        family = [f.encode() for f in FAMILY]
-        given = [g.encode() for g in GIVEN]
+        names = [[f"{f} {g}".encode() for g in GIVEN] for f in FAMILY]
         sex = [s.encode() for s in SEX]
         serial_of: dict[CertKind, npt.NDArray[np.uint64]] = {}
         cause_of: dict[CertKind, npt.NDArray[np.uint8]] = {}
@@ -494,8 +508,7 @@ def _write_registry(  # noqa: PLR0915 (one database after another)
             cause_of[kind][k.holder] = k.cause
         with Progress("registry certificates", total) as bar:
             for kind, k in pop.kinds.items():
-                kid = issuer_of[kind].key_id.hex().encode()
-                head = b'{"kind":"%s","serial":' % kind.name.encode()
+                kid = issuer_of[kind].key_id
                 card = CARD_OF.get(kind)
                 for start in range(0, len(k.serial), CHUNK):
                     part = slice(start, start + CHUNK)
@@ -503,11 +516,9 @@ def _write_registry(  # noqa: PLR0915 (one database after another)
                         k,
                         part,
                         pop,
-                        head,
                         kid,
                         partition_text,
-                        family,
-                        given,
+                        names,
                         sex,
                         samples,
                         None
@@ -576,106 +587,73 @@ def _cert_items(
     k: _Kind,
     part: slice,
     pop: Population,
-    head: bytes,
     kid: bytes,
     partition_text: list[bytes],
-    family: list[bytes],
-    given: list[bytes],
+    names: list[list[bytes]],
     sex: list[bytes],
     samples: dict[tuple[CertKind, int], dict[str, Any]],
     card: tuple[CertKind, npt.NDArray[np.uint64], npt.NDArray[np.uint8]] | None,
 ) -> Iterator[tuple[bytes, bytes]]:
-    """(key, CertificateRecord.to_json bytes) of one chunk of one kind."""
+    """(key, registry value) of one chunk of one kind, by the registry's own encoder."""
+    kind = int(k.kind)
     serials = k.serial[part].tolist()
     card_serials = None if card is None else card[1].tolist()
     card_causes = None if card is None else card[2].tolist()
-    holders = k.holder[part]
-    nb = _iso(k.not_before[part])
-    na = _iso(k.not_after[part])
-    lost = k.lost_at[part]
-    lost_iso = _iso(lost)
+    card_kind = 0 if card is None else int(card[0])
+    holders = k.holder[part].tolist()
+    nb = (k.not_before[part] * SECOND).tolist()
+    na = (k.not_after[part] * SECOND).tolist()
+    lost = (k.lost_at[part] * SECOND).tolist()
     causes = k.cause[part].tolist()
-    parts = pop.partition[holders].tolist()
-    fam = pop.family[holders].tolist()
-    giv = pop.given[holders].tolist()
-    sx = pop.sex[holders].tolist()
-    births = list(np.datetime_as_string(pop.birth_day[holders].astype("datetime64[D]")))
-    prefix = bytes([k.kind]) + bytes(12)
-    loss_json = {
-        c: b'{"time":"%%s+00:00","cause":"%s","reason":"%s"}'
-        % (LossCause(c).name.encode(), DEFAULT_REASON[LossCause(c)].name.encode())
-        for c in range(1, 6)
-    }
+    parts = pop.partition[k.holder[part]].tolist()
+    fam = pop.family[k.holder[part]].tolist()
+    giv = pop.given[k.holder[part]].tolist()
+    sx = pop.sex[k.holder[part]].tolist()
+    births = np.datetime_as_string(pop.birth_day[k.holder[part]].astype("datetime64[D]"))
+    reasons = [0] + [int(DEFAULT_REASON[LossCause(c)]) for c in range(1, 6)]
+    cascade = int(LossCause.CARD_CERT_LOST_EFFECT)
     for i, serial in enumerate(serials):
-        h = int(holders[i])
+        h = holders[i]
         p = partition_text[parts[i]]
         cause = causes[i]
         sample = samples.get((k.kind, serial))
-        value = b"".join(
-            (
-                head,
-                b"%d" % serial,
-                b',"issuer_key_id":"',
-                kid,
-                b'","resident_code":"%011d","partition":"' % (RESIDENT_BASE + h),
-                p,
-                b'","holder":{"name":"',
-                family[fam[i]],
-                b" ",
-                given[giv[i]],
-                b'","address":"%s %d-%d-%d","birth_date":"'
-                % (p, 1 + h % 9, 1 + h % 31, 1 + h % 17),
-                births[i].encode(),
-                b'","sex":"',
-                sex[sx[i]],
-                b'"},"not_before":"',
-                nb[i].encode(),
-                b'+00:00","not_after":"',
-                na[i].encode(),
-                b'+00:00","certificate":"',
-                b"" if sample is None else sample["der"].encode(),
-                b'","loss":',
-                b"null" if cause == 0 else loss_json[cause] % lost_iso[i].encode(),
-                b',"card_serial":',
-                b"null" if card_serials is None else b"%d" % card_serials[i],
-                b',"loss_trigger":',
-                _trigger(card, card_serials, card_causes, i)
-                if cause == LossCause.CARD_CERT_LOST_EFFECT
-                else b"null",
-                b"}",
-            )
+        cascaded = cause == cascade
+        yield (
+            record_key(k.kind, serial),
+            encode_certificate_value(
+                kind=kind,
+                serial=serial,
+                issuer_key_id=kid,
+                partition=p,
+                not_before=nb[i],
+                not_after=na[i],
+                resident_code=b"%011d" % (RESIDENT_BASE + h),
+                name=names[fam[i]][giv[i]],
+                address=b"%s %d-%d-%d" % (p, 1 + h % 9, 1 + h % 31, 1 + h % 17),
+                birth_date=births[i].encode(),
+                sex=sex[sx[i]],
+                certificate_der=b"" if sample is None else base64.b64decode(sample["der"]),
+                loss_time=lost[i],
+                cause=cause,
+                reason=reasons[cause],
+                card_serial=None if card_serials is None else card_serials[i],
+                trigger_kind=card_kind if cascaded else 0,
+                trigger_serial=card_serials[i] if cascaded and card_serials else 0,
+                trigger_cause=card_causes[i] if cascaded and card_causes else 0,
+            ),
         )
-        yield prefix + serial.to_bytes(8, "big"), value
-
-
-def _trigger(
-    card: tuple[CertKind, Any, Any] | None,
-    serials: list[int] | None,
-    causes: list[int] | None,
-    i: int,
-) -> bytes:
-    """LossTrigger.to_json of a cascaded loss: the card certificate and its cause."""
-    assert card is not None and serials is not None and causes is not None
-    return b'{"kind":"%s","serial":%d,"cause":"%s"}' % (
-        card[0].name.encode(),
-        serials[i],
-        LossCause(causes[i]).name.encode(),
-    )
-
-
-def _key_hex(kind: CertKind, serial: int) -> bytes:
-    return record_key(kind, serial).hex().encode()
 
 
 def _holder_items(columns: list[list[int]], start: int, stop: int) -> Iterator[tuple[bytes, bytes]]:
-    """resident code -> {"certs": [record keys in issue order]}."""
+    """resident code -> the record keys of the holder's certificates, in kind order."""
+    kinds = list(CertKind)
     for h in range(start, stop):
         keys = [
-            b'"' + _key_hex(kind, serials[h]) + b'"'
-            for kind, serials in zip(CertKind, columns, strict=True)
+            record_key(kind, serials[h])
+            for kind, serials in zip(kinds, columns, strict=True)
             if serials[h]
         ]
-        yield b"%011d" % (RESIDENT_BASE + h), b'{"certs":[' + b",".join(keys) + b"]}"
+        yield b"%011d" % (RESIDENT_BASE + h), encode_holder_value(keys)
 
 
 def _event_order(pop: Population) -> tuple[I64, npt.NDArray[np.uint8], I64]:
@@ -703,38 +681,30 @@ def _event_items(
     serial_of: dict[CertKind, npt.NDArray[np.uint64]],
     cause_of: dict[CertKind, npt.NDArray[np.uint8]],
 ) -> Iterator[tuple[bytes, bytes]]:
-    """(sequence, LossEvent.to_json bytes); recorded at the time of the loss."""
+    """(sequence, registry loss event value); recorded at the time of the loss."""
     idx = events[0][start : start + CHUNK]
     kinds = events[1][start : start + CHUNK]
-    times = events[2][start : start + CHUNK]
-    iso = _iso(times)
+    times = (events[2][start : start + CHUNK] * SECOND).tolist()
     for n, (i, kind_value) in enumerate(zip(idx.tolist(), kinds.tolist(), strict=True)):
         kind = CertKind(kind_value)
         k = pop.kinds[kind]
         cause = LossCause(int(k.cause[i]))
         h = int(k.holder[i])
-        trigger = None
         card = CARD_OF.get(kind)
-        if card is not None and cause is LossCause.CARD_CERT_LOST_EFFECT:
-            trigger = {
-                "kind": card.name,
-                "serial": int(serial_of[card][h]),
-                "cause": LossCause(int(cause_of[card][h])).name,
-            }
-        value = json.dumps(
-            {
-                "kind": kind.name,
-                "serial": int(k.serial[i]),
-                "partition": partition_text[pop.partition[h]].decode(),
-                "issuer_key_id": issuer_of[kind].key_id.hex(),
-                "time": iso[n] + "+00:00",
-                "cause": cause.name,
-                "reason": DEFAULT_REASON[cause].name,
-                "recorded_at": iso[n] + "+00:00",
-                "trigger": trigger,
-            },
-            separators=(",", ":"),
-        ).encode()
+        cascaded = card is not None and cause is LossCause.CARD_CERT_LOST_EFFECT
+        value = encode_event_value(
+            kind=kind,
+            serial=int(k.serial[i]),
+            partition=partition_text[pop.partition[h]],
+            issuer_key_id=issuer_of[kind].key_id,
+            time=times[n],
+            cause=cause,
+            reason=DEFAULT_REASON[cause],
+            recorded_at=times[n],
+            trigger_kind=card if card is not None and cascaded else 0,
+            trigger_serial=int(serial_of[card][h]) if card is not None and cascaded else 0,
+            trigger_cause=int(cause_of[card][h]) if card is not None and cascaded else 0,
+        )
         yield (start + n + 1).to_bytes(8, "big"), value
 
 
@@ -777,11 +747,13 @@ def _pool(pop: Population, rng: np.random.Generator, size: int) -> Pool:
     issued = np.sort(np.concatenate([k.serial for k in pop.kinds.values()]))
     unknown: list[tuple[CertKind, int]] = []
     candidates = rng.integers(1 << 62, 1 << 63, size=max(16, size // 10), dtype=np.int64)
-    for value in candidates.astype(np.uint64).tolist():
-        j = np.searchsorted(issued, value)
-        if j < len(issued) and int(issued[j]) == value:
-            continue
-        unknown.append((CertKind(1 + len(unknown) % len(CertKind)), int(value)))
+    candidates_u = candidates.astype(np.uint64)
+    # One vectorised search: a Python int per call made numpy convert all 25 M serials.
+    at = np.minimum(np.searchsorted(issued, candidates_u), len(issued) - 1)
+    taken = issued[at] == candidates_u
+    for value, was_issued in zip(candidates_u.tolist(), taken.tolist(), strict=True):
+        if not was_issued:
+            unknown.append((CertKind(1 + len(unknown) % len(CertKind)), int(value)))
     return Pool(good=good, revoked=revoked, unknown=unknown)
 
 

@@ -243,23 +243,48 @@ def _check_request(kind: CertKind, serial: int) -> va_pb2.CheckRequest:
     )
 
 
+_STATUS_FIELDS = ("VmRSS", "RssAnon", "RssFile", "RssShmem")
+_ROLLUP_FIELDS = ("Pss", "Pss_Anon", "Pss_File", "Private_Clean", "Private_Dirty")
+
+
+def _kb_fields(path: Path, names: tuple[str, ...]) -> dict[str, float]:
+    """The named `Key: N kB` lines of a /proc file, in MB."""
+    fields: dict[str, float] = {}
+    for line in path.read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in names:
+            fields[key] = round(int(value.split()[0]) / 1024, 1)
+    return fields
+
+
 def rss(pids: list[int]) -> dict[str, Any]:
-    """VmRSS and its anonymous/file split per worker, in MB (file pages are the mapped index)."""
+    """Each worker's memory in MB: VmRSS split into anonymous (the worker's own heap) and
+    file-backed (pages of the mapped index and of shared libraries, in the page cache
+    and shared by every worker), and Pss, which charges each shared page to its sharers
+    (smaps_rollup). Private is what the worker alone holds, clean or dirty."""
     out = []
     for pid in pids:
-        fields: dict[str, float] = {}
         try:
-            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-                key, _, value = line.partition(":")
-                if key in ("VmRSS", "RssAnon", "RssFile", "RssShmem"):
-                    fields[key] = round(int(value.split()[0]) / 1024, 1)
+            fields = _kb_fields(Path(f"/proc/{pid}/status"), _STATUS_FIELDS)
+            rollup = _kb_fields(Path(f"/proc/{pid}/smaps_rollup"), _ROLLUP_FIELDS)
         except OSError:
             continue
+        fields.update({k: v for k, v in rollup.items() if k.startswith("Pss")})
+        fields["Private"] = round(
+            rollup.get("Private_Clean", 0) + rollup.get("Private_Dirty", 0), 1
+        )
         out.append(fields)
+
+    def most(key: str) -> float:
+        return max((w.get(key, 0.0) for w in out), default=0.0)
+
     return {
         "workers": out,
-        "max_vmrss_mb": max((w.get("VmRSS", 0.0) for w in out), default=0.0),
-        "max_rss_anon_mb": max((w.get("RssAnon", 0.0) for w in out), default=0.0),
+        "max_vmrss_mb": most("VmRSS"),
+        "max_rss_anon_mb": most("RssAnon"),
+        "max_rss_file_mb": most("RssFile"),
+        "max_pss_mb": most("Pss"),
+        "max_private_mb": most("Private"),
     }
 
 
@@ -567,6 +592,8 @@ def run_suite(
                 results["rss_after_load"] = rss(va.responder.worker_pids)
             if "http" in settings.steps:
                 results["http_ocsp"] = http_figures(ds, va, settings, say)
+                # The OCSP response cache fills under this load, not under gRPC's.
+                results["rss_after_http"] = rss(va.responder.worker_pids)
             if "freshness" in settings.steps:
                 results["freshness"] = freshness(ds, va, settings, say)
         finally:

@@ -11,6 +11,8 @@ the issuer key (an HSM key in production).
 
 from __future__ import annotations
 
+import calendar
+import re
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import NoReturn
@@ -21,7 +23,7 @@ from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPri
 from cryptography.x509 import Certificate
 
 from server import profiles
-from server.domain import OID_LOSS_CAUSE, CertKind, CrlReason
+from server.domain import OID_LOSS_CAUSE, CertKind, CrlReason, LossCause
 from server.profiles import CrlEntry, ProfileSettings
 
 _REASON_OID_DER = bytes.fromhex("0603551d15")  # id-ce-cRLReasons 2.5.29.21
@@ -268,3 +270,164 @@ def crl_der(
     signature_algorithm = _elements(frame.public_bytes(serialization.Encoding.DER))[1]
     signature = _sign(issuer_key, tbs)
     return _tlv(0x30, tbs + signature_algorithm + _tlv(0x03, b"\x00" + signature))
+
+
+# reading ----------------------------------------------------------------------------------
+# cryptography makes several Python objects per revoked entry and parses its extensions
+# one by one; at national scale the index build reads millions of entries. This reader
+# understands exactly the entries `entry_der` writes and returns None for anything else
+# (the caller then reads the CRL with cryptography), so it never guesses.
+_TIME_TAGS = {0x17: 13, 0x18: 15}  # UTCTime YYMMDDHHMMSSZ, GeneralizedTime YYYYMMDDHHMMSSZ
+_CAUSE_PREFIX = _LOSS_CAUSE_OID + b"\x04\x03\x0a\x01"
+_REASON_EXT = bytes.fromhex("300a") + _REASON_OID_DER + b"\x04\x03\x0a\x01"
+_CAUSE_EXT_SIZE = 2 + len(_CAUSE_PREFIX) + 1  # SEQUENCE header, OID, OCTET STRING, value
+_REASON_EXT_SIZE = len(_REASON_EXT) + 1
+_CAUSES = frozenset(int(c) for c in LossCause)
+_REASONS = frozenset(int(r) for r in CrlReason if r is not CrlReason.UNSPECIFIED)
+
+
+def _element(der: bytes, pos: int) -> tuple[int, int, int]:
+    """(tag, content start, end) of the DER element at `pos`; ValueError when malformed."""
+    tag = der[pos]
+    first = der[pos + 1]
+    if first < 0x80:
+        start, length = pos + 2, first
+    else:
+        count = first & 0x7F
+        if not 1 <= count <= 4:
+            raise ValueError("unsupported DER length")
+        start = pos + 2 + count
+        length = int.from_bytes(der[pos + 2 : start], "big")
+        if length < 0x80 or der[pos + 2] == 0:
+            raise ValueError("non-minimal DER length")
+    end = start + length
+    if end > len(der):
+        raise ValueError("truncated DER")
+    return tag, start, end
+
+
+def tbs_certlist(der: bytes) -> bytes:
+    """The tbsCertList (the signed part) of a DER CertificateList; ValueError if malformed."""
+    tag, start, end = _element(der, 0)
+    if tag != 0x30 or end != len(der):
+        raise ValueError("not a DER CertificateList")
+    tag, _, tbs_end = _element(der, start)
+    if tag != 0x30:
+        raise ValueError("not a DER CertificateList")
+    return der[start:tbs_end]
+
+
+def _revoked_list(tbs: bytes) -> tuple[int, int] | None:
+    """(start, end) of the revokedCertificates content of a tbsCertList of our profile."""
+    tag, pos, end = _element(tbs, 0)
+    if tag != 0x30 or end != len(tbs):
+        return None
+    if tbs[pos : pos + 3] != b"\x02\x01\x01":  # version v2, the only one with entry extensions
+        return None
+    tags = []
+    bounds = []
+    while pos < end:
+        tag, start, pos = _element(tbs, pos)
+        tags.append(tag)
+        bounds.append((start, pos))
+    # version, signature, issuer, thisUpdate, nextUpdate, [revokedCertificates], crlExtensions
+    if len(tags) == 6 and tags[0] == 0x02 and tags[1:3] == [0x30, 0x30] and tags[5] == 0xA0:
+        return (0, 0) if tags[3] in _TIME_TAGS and tags[4] in _TIME_TAGS else None
+    if (
+        len(tags) == 7
+        and tags[0] == 0x02
+        and tags[1:3] == [0x30, 0x30]
+        and tags[3] in _TIME_TAGS
+        and tags[4] in _TIME_TAGS
+        and tags[5] == 0x30
+        and tags[6] == 0xA0
+    ):
+        return bounds[5]
+    return None
+
+
+def _byte_class(values: Iterable[int]) -> bytes:
+    return b"[" + b"".join(re.escape(bytes([v])) for v in sorted(values)) + b"]"
+
+
+_CAUSE_EXT = bytes([0x30, _CAUSE_EXT_SIZE - 2]) + _CAUSE_PREFIX
+# An entry after its serial: the time, then the extensions as `entry_der` writes them.
+_ENTRY_TAIL = re.compile(
+    rb"(?:\x17\x0d(\d{6})(\d\d)(\d\d)(\d\d)|\x18\x0f(\d{8})(\d\d)(\d\d)(\d\d))Z"
+    rb"\x30(?:"
+    + re.escape(bytes([_CAUSE_EXT_SIZE]) + _CAUSE_EXT)
+    + b"("
+    + _byte_class(_CAUSES)
+    + b")|"
+    + re.escape(bytes([_CAUSE_EXT_SIZE + _REASON_EXT_SIZE]) + _CAUSE_EXT)
+    + b"("
+    + _byte_class(_CAUSES)
+    + b")"
+    + re.escape(_REASON_EXT)
+    + b"("
+    + _byte_class(_REASONS)
+    + b"))",
+    re.DOTALL,
+)
+_day_seconds: dict[bytes, int] = {}
+
+
+def _day(date: bytes) -> int:
+    """Seconds since the epoch at the start of a YYMMDD (UTCTime) or YYYYMMDD day."""
+    seconds = _day_seconds.get(date)
+    if seconds is None:
+        text = date.decode()
+        if len(text) == 6:  # RFC 5280 §4.1.2.5.1: YY below 50 is 20YY
+            text = ("19" if int(text[:2]) >= 50 else "20") + text
+        seconds = calendar.timegm(datetime.strptime(text, "%Y%m%d").timetuple())
+        _day_seconds[date] = seconds
+    return seconds
+
+
+def read_entries(tbs: bytes) -> list[tuple[bytes, int, int, int]] | None:
+    """(serial as 20 big-endian bytes, revocation time in seconds, cause, reason) of each
+    entry of a tbsCertList, or None unless every byte is as `crl_der` writes it."""
+    try:
+        bounds = _revoked_list(tbs)
+        if bounds is None:
+            return None
+        out: list[tuple[bytes, int, int, int]] = []
+        append = out.append
+        match = _ENTRY_TAIL.match
+        pos, end = bounds
+        while pos < end:
+            # SEQUENCE (short length) { INTEGER serial: positive, minimal, <= 20 octets
+            size, serial_size = tbs[pos + 1], tbs[pos + 3]
+            serial_end = pos + 4 + serial_size
+            if (
+                tbs[pos] != 0x30
+                or size >= 0x80
+                or tbs[pos + 2] != 0x02
+                or not 1 <= serial_size <= 20
+                or tbs[pos + 4] & 0x80
+                or (serial_size > 1 and tbs[pos + 4] == 0 and not tbs[pos + 5] & 0x80)
+            ):
+                return None
+            m = match(tbs, serial_end)
+            entry_end = pos + 2 + size
+            if m is None or m.end() != entry_end or entry_end > end:
+                return None
+            utc_day, h1, m1, s1, gen_day, h2, m2, s2, cause1, cause2, reason = m.groups()
+            day, hour, minute, second = (
+                (utc_day, h1, m1, s1) if utc_day is not None else (gen_day, h2, m2, s2)
+            )
+            hour, minute, second = int(hour), int(minute), int(second)
+            if hour > 23 or minute > 59 or second > 59:
+                return None
+            append(
+                (
+                    tbs[pos + 4 : serial_end].rjust(20, b"\0"),
+                    _day(day) + hour * 3600 + minute * 60 + second,
+                    (cause1 or cause2)[0],
+                    0 if reason is None else reason[0],
+                )
+            )
+            pos = entry_end
+        return out
+    except (ValueError, IndexError):
+        return None

@@ -14,7 +14,7 @@ import logging
 import shutil
 import threading
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -26,7 +26,8 @@ from server import crlstream, profiles
 from server.authority import Authority
 from server.clock import Clock
 from server.domain import CertKind, Link, LinkType, Verifier
-from server.law.correspondence import LinkSubject, holder_links
+from server.full_snapshot import FullContent, Scope
+from server.law.correspondence import holder_links
 from server.law.issuer_compromise import Compromise
 from server.law.retention import RetentionPolicy
 from server.profiles import CrlEntry, ProfileSettings
@@ -51,7 +52,6 @@ from server.snapshot_data import consent_line, link_rows, signing_record_line
 
 log = logging.getLogger(__name__)
 
-Scope = tuple[CertKind, bytes, str]  # (kind, issuer generation key id, partition)
 _STATE = "publisher_state"
 
 
@@ -170,34 +170,38 @@ class Publisher:
     def _retained(self, record: CertificateRecord, now: datetime) -> bool:
         return self._retention.issuance_retained(record.not_before, now)
 
-    def _loss_retained(self, record: CertificateRecord, now: datetime) -> bool:
-        assert record.loss is not None
-        return self._retention.loss_retained(record.loss.time, record.not_after, now)
-
     # full -------------------------------------------------------------------------------
     def _publish_full(self) -> PublishedSnapshot:
         now = self._clock.now()
         issuers = self._authority.issuers()
-        # One read transaction: every file describes the same moment.
-        with self._registry.read() as tx:
-            compromises = tx.compromises()
-            event_sequence = tx.counter("event")
-            issued = tx.counter("issued")
-            consent_sequence = tx.counter("consent")
-            mark = tx.change_mark()
-            content = self._gather_full(tx, issuers, now)
         with self._registry.write() as wtx:
             sequence = wtx.next_counter("snapshot")
-            numbers = {scope: wtx.next_counter(crl_counter(*scope)) for scope in content.entries}
-            arl_number = wtx.next_counter("arl") if compromises else 0
         builder = SnapshotBuilder(self._root, sequence)
         try:
             builder.add_issuers([r.certificate for r in issuers])
-            builder.add_records(content.records)
-            self._add_crls(builder, issuers, content.entries, numbers, now, None)
+            # One read transaction: every file describes the same moment. The records,
+            # events and links stream from the registry into the builder's files.
+            with self._registry.read() as tx:
+                compromises = tx.compromises()
+                event_sequence = tx.counter("event")
+                issued = tx.counter("issued")
+                consent_sequence = tx.counter("consent")
+                mark = tx.change_mark()
+                content = FullContent(tx, issuers, self._retention, now, scratch=self._root)
+                builder.add_records(content.records())
+                event_count = builder.add_events(content.events())
+                builder.add_links(content.link_rows())
+                signing_records, consents = content.signing_records_and_consents()
+                builder.add_jsonl(SIGNING_RECORDS, signing_records)
+                builder.add_jsonl(CONSENTS, consents)
+                builder.add_verifiers(tx.verifiers())
+                entries = content.crl_entries()
+            with self._registry.write() as wtx:
+                numbers = {scope: wtx.next_counter(crl_counter(*scope)) for scope in entries}
+                arl_number = wtx.next_counter("arl") if compromises else 0
+            self._add_crls(builder, issuers, entries, numbers, now, None)
             if compromises:
                 self._add_arl(builder, issuers, compromises, arl_number, now)
-            self._add_data(builder, content)
             signing_key, signer_cert = self._authority.snapshot_signer()
             path, manifest = builder.commit(
                 type="full",
@@ -235,48 +239,8 @@ class Publisher:
             len(manifest.crls),
         )
         return PublishedSnapshot(
-            sequence, path, len(manifest.crls), manifest.record_count, "full", len(content.events)
+            sequence, path, len(manifest.crls), manifest.record_count, "full", event_count
         )
-
-    def _gather_full(self, tx: RegistryTxn, issuers: list[IssuerRecord], now: datetime) -> _Content:
-        ordinals = {r.key_id: i for i, r in enumerate(issuers)}
-        compromises = tx.compromises()
-        content = _Content(verifiers=tx.verifiers())
-        entries: dict[Scope, list[CrlEntry]] = defaultdict(list)
-        # Only small values per certificate: a full snapshot walks every record.
-        retained: set[tuple[CertKind, int]] = set()
-        losses_kept: set[tuple[CertKind, int]] = set()
-        holders: dict[str, list[LinkSubject]] = defaultdict(list)
-        consenting: dict[str, list[str]] = defaultdict(list)
-        for consent in tx.consents():
-            if consent.in_effect:
-                consenting[consent.resident_code].append(consent.verifier)
-        for rec in tx.certificates():
-            if not self._retained(rec, now):
-                continue
-            retained.add((rec.kind, rec.serial))
-            holders[rec.resident_code].append(LinkSubject.of(rec))
-            content.records.append(_record(rec, ordinals))
-            if rec.kind.is_signing and rec.resident_code in consenting:
-                content.signing_records[rec.serial] = signing_record_line(rec)
-                for verifier in consenting[rec.resident_code]:
-                    content.consents.append(consent_line(rec, verifier, True))
-            loss_kept = rec.loss is not None and self._loss_retained(rec, now)
-            if loss_kept:
-                losses_kept.add((rec.kind, rec.serial))
-            if rec.issuer_key_id in compromises:
-                continue  # that key signs nothing more; the compromise answers for it
-            bucket = entries[(rec.kind, rec.issuer_key_id, rec.partition)]  # even if empty
-            if rec.loss is not None and loss_kept:
-                bucket.append(CrlEntry(rec.serial, rec.loss.time, rec.loss.cause, rec.loss.reason))
-        content.entries = dict(entries)
-        content.events = [e for e in tx.events_since(0) if (e.kind, e.serial) in losses_kept]
-        for subjects in holders.values():
-            content.links |= holder_links(subjects)
-        for old, new in tx.renewals():
-            if old in retained and new in retained:
-                content.links.add(Link(LinkType.RENEWAL, *old, *new))
-        return content
 
     def _add_arl(
         self,
@@ -447,7 +411,7 @@ class Publisher:
         self,
         builder: SnapshotBuilder,
         issuers: list[IssuerRecord],
-        entries: dict[Scope, list[CrlEntry]],
+        entries: Mapping[Scope, Iterable[CrlEntry]],
         numbers: dict[Scope, int],
         now: datetime,
         bases: dict[Scope, int] | None,

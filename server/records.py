@@ -7,9 +7,12 @@ the record plus the revocation read from the CRLs, packed for a one-`get` answer
 
 from __future__ import annotations
 
+import mmap
+import operator
 import struct
 from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
+from itertools import repeat
 from typing import BinaryIO
 
 from server.domain import CertKind, CrlReason, Loss, LossCause, StatusRecord, parse_record_key
@@ -46,9 +49,16 @@ def partition_text(number: int) -> str:
 def encode_file_record(
     key: bytes, not_before: datetime, not_after: datetime, partition: str, issuer_ordinal: int
 ) -> bytes:
-    return _FILE_RECORD.pack(
+    return pack_file_record(
         key, _ts(not_before), _ts(not_after), partition_number(partition), issuer_ordinal
     )
+
+
+def pack_file_record(
+    key: bytes, not_before: int, not_after: int, partition: int, issuer_ordinal: int
+) -> bytes:
+    """encode_file_record from raw values: times in seconds, the partition as a number."""
+    return _FILE_RECORD.pack(key, not_before, not_after, partition, issuer_ordinal)
 
 
 def write_records(out: BinaryIO, records: Iterable[bytes]) -> int:
@@ -66,14 +76,53 @@ def write_records(out: BinaryIO, records: Iterable[bytes]) -> int:
     return count
 
 
-def read_records(data: memoryview | bytes) -> Iterator[tuple[bytes, int, int, int, int]]:
-    """(key, not_before, not_after, partition, issuer ordinal) for each record."""
+def records_body(data: memoryview | bytes | mmap.mmap) -> memoryview:
+    """A view of the fixed-width records after a records file's header.
+
+    Nothing is viewed before the checks pass: a view alive in an exception's traceback
+    would keep a mapped file from closing.
+    """
     if bytes(data[: len(MAGIC)]) != MAGIC:
         raise ValueError("not a jpki-va records file")
-    body = data[len(MAGIC) :]
-    if len(body) % FILE_RECORD_SIZE:
+    if (len(data) - len(MAGIC)) % FILE_RECORD_SIZE:
         raise ValueError("records file is truncated")
-    yield from _FILE_RECORD.iter_unpack(body)
+    return memoryview(data)[len(MAGIC) :]
+
+
+def read_records(data: memoryview | bytes) -> Iterator[tuple[bytes, int, int, int, int]]:
+    """(key, not_before, not_after, partition, issuer ordinal) for each record."""
+    yield from _FILE_RECORD.iter_unpack(records_body(data))
+
+
+# The index value is the file record after its key, then the loss: a full build makes
+# each value by one concatenation, and every per-record step below runs inside C
+# iterators (struct.iter_unpack, map, zip): at 25 million records a Python-level loop
+# would dominate the build.
+_LOSS = struct.Struct("<qBB")
+NO_LOSS = bytes(_LOSS.size)
+_KEY_ONLY = struct.Struct(f"<{KEY_SIZE}s{FILE_RECORD_SIZE - KEY_SIZE}x")
+_AFTER_KEY = struct.Struct(f"<{KEY_SIZE}x{FILE_RECORD_SIZE - KEY_SIZE}s")
+_SCOPE = struct.Struct(f"<B{KEY_SIZE - 1}x16xIH")  # kind, partition, issuer ordinal
+_first = operator.itemgetter(0)
+
+
+def loss_suffix(revoked_at: int, cause: int, reason: int) -> bytes:
+    """The loss part of an index value (what `pack_value` puts after the record)."""
+    return _LOSS.pack(revoked_at, cause, reason)
+
+
+def record_scopes(body: memoryview) -> set[tuple[int, int, int]]:
+    """The distinct (kind byte, partition, issuer ordinal) of the records in `body`."""
+    return set(_SCOPE.iter_unpack(body))
+
+
+def index_items(body: memoryview, losses: dict[bytes, bytes]) -> Iterator[tuple[bytes, bytes]]:
+    """(key, index value) of each record, in file order; each record's loss suffix is
+    popped from `losses` (key -> loss_suffix), so what is left names no record."""
+    keys = map(_first, _KEY_ONLY.iter_unpack(body))
+    suffixes = map(losses.pop, map(_first, _KEY_ONLY.iter_unpack(body)), repeat(NO_LOSS))
+    values = map(operator.add, map(_first, _AFTER_KEY.iter_unpack(body)), suffixes)
+    return zip(keys, values, strict=True)
 
 
 def pack_value(

@@ -18,11 +18,14 @@ Files:
   the generation; none for a compromised generation, whose key is not used again.
 * `arl.crl` (full snapshots with compromises): the root's authority revocation list.
 * `verifiers.json` (full and delta snapshots): the whole verifier registry.
+* `events.bin` (snapshot_data.py): loss events in registry order, the header line
+  `JPKIVA-EVENTS/1` and then 93-byte little-endian rows: sequence (u64), record key
+  (21 B), partition (u32, the municipality code), issuer key id (20 B), loss time and
+  `recorded_at` (i64 microseconds since the epoch, UTC; `recorded_at` is the registry
+  commit time), cause (u8 LossCause), reason (u8 CRLReason), then for a cascaded loss
+  the card certificate's record key (21 B) and cause (u8), all zero otherwise.
+  Sequences strictly increase.
 * JSON lines (UTF-8, one object per line; serials are upper-case hex):
-  - `events.jsonl`: loss events `{"sequence", "kind", "serial", "partition",
-    "issuer_key_id", "time", "recorded_at", "cause", "reason", "trigger"}`,
-    `trigger` being `{"kind", "serial", "cause"}` of the card certificate for a
-    cascaded loss, else null; `recorded_at` is the registry commit time.
   - `signing_records.jsonl`: `{"kind", "serial", "name", "address", "birth_date",
     "sex"}` of signing certificates whose holder consented to at least one verifier
     (never the resident code).
@@ -60,7 +63,7 @@ from server.law.issuer_compromise import Compromise
 from server.profiles import key_id
 from server.records import write_records
 from server.registry import LossEvent
-from server.snapshot_data import event_line, write_link_rows
+from server.snapshot_data import write_event_rows, write_link_rows
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +73,7 @@ SIGNATURE = "manifest.sig"
 SIGNER_CERT = "signer.pem"
 ISSUERS = "issuers.pem"
 RECORDS = "records.bin"
-EVENTS = "events.jsonl"
+EVENTS = "events.bin"
 LINKS = "links.bin"
 SIGNING_RECORDS = "signing_records.jsonl"
 CONSENTS = "consents.jsonl"
@@ -314,8 +317,12 @@ class SnapshotBuilder:
         return count
 
     def add_events(self, events: Iterable[LossEvent]) -> int:
-        """The loss events file, in registry order."""
-        return self.add_jsonl(EVENTS, (event_line(e) for e in events))
+        """The loss events file from events in registry (sequence) order."""
+        path = self._dir / EVENTS
+        with path.open("wb") as f:
+            count = write_event_rows(f, events)
+        self._files[EVENTS] = _sha256_file(path)
+        return count
 
     def add_arl(self, arl: x509.CertificateRevocationList, number: int) -> None:
         self._add(ARL, arl.public_bytes(Encoding.DER))

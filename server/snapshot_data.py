@@ -1,4 +1,4 @@
-"""The JSON-lines data files of a snapshot (format: snapshot.py): encode and decode.
+"""The data files of a snapshot besides records and CRLs (format: snapshot.py).
 
 One function pair per file, so the publisher and the index builder agree on the
 format by construction. Decoders raise ValueError on anything malformed.
@@ -7,10 +7,11 @@ format by construction. Decoders raise ValueError on anything malformed.
 from __future__ import annotations
 
 import json
+import mmap
 import struct
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -62,52 +63,141 @@ def read_lines(path: Path) -> Iterator[dict[str, Any]]:
 
 
 # events -----------------------------------------------------------------------------------
-def event_line(event: LossEvent) -> dict[str, Any]:
-    return {
-        "sequence": event.sequence,
-        "kind": event.kind.name,
-        "serial": serial_hex(event.serial),
-        "partition": event.partition,
-        "issuer_key_id": event.issuer_key_id.hex(),
-        "time": event.loss.time.isoformat(),
-        "recorded_at": event.recorded_at.isoformat(),
-        "cause": event.loss.cause.name,
-        "reason": event.loss.reason.name,
-        "trigger": None
-        if event.trigger is None
-        else {
-            "kind": event.trigger.kind.name,
-            "serial": serial_hex(event.trigger.serial),
-            "cause": event.trigger.cause.name,
-        },
-    }
+# events.bin: a header line, then fixed-width rows in strictly increasing sequence:
+# sequence, record key, partition (municipality code as an integer), issuer key id,
+# loss time and registry commit time (microseconds since the epoch, UTC), cause,
+# reason, then the trigger's record key and cause for a cascaded loss (all zero when
+# none). The index stores each row as is under its sequence.
+EVENTS_MAGIC = b"JPKIVA-EVENTS/1\n"
+_EVENT_ROW = struct.Struct("<Q21sI20sqqBB21sB")
+EVENT_ROW_SIZE = _EVENT_ROW.size
+_KEY_ID_SIZE = 20  # RFC 5280 method 1: SHA-1 of the public key
+_NO_TRIGGER = bytes(21)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MAX_PARTITION = 999_999
+_CAUSES = frozenset(int(c) for c in LossCause)
+_REASONS = frozenset(int(r) for r in CrlReason)
+_KINDS = frozenset(int(k) for k in CertKind)
 
 
-def parse_event(data: dict[str, Any]) -> LossEvent:
+def _micros(when: datetime) -> int:
+    if when.tzinfo is None:
+        raise ValueError("event times must be timezone-aware")
+    return (when - _EPOCH) // timedelta(microseconds=1)
+
+
+def _from_micros(micros: int) -> datetime:
     try:
-        trigger = data["trigger"]
-        return LossEvent(
-            sequence=int(data["sequence"]),
-            kind=CertKind[data["kind"]],
-            serial=serial_from_hex(data["serial"]),
-            partition=str(data["partition"]),
-            issuer_key_id=bytes.fromhex(data["issuer_key_id"]),
-            loss=Loss(
-                datetime.fromisoformat(data["time"]),
-                LossCause[data["cause"]],
-                CrlReason[data["reason"]],
-            ),
-            recorded_at=datetime.fromisoformat(data["recorded_at"]),
-            trigger=None
-            if trigger is None
-            else LossTrigger(
-                CertKind[trigger["kind"]],
-                serial_from_hex(trigger["serial"]),
-                LossCause[trigger["cause"]],
-            ),
+        return _EPOCH + timedelta(microseconds=micros)
+    except OverflowError:
+        raise ValueError(f"event time {micros} out of range") from None
+
+
+def event_row(event: LossEvent) -> bytes:
+    """The fixed-width row of one loss event."""
+    if len(event.issuer_key_id) != _KEY_ID_SIZE:
+        raise ValueError("an issuer key id has 20 bytes")
+    partition = event.partition
+    if len(partition) != 6 or not (partition.isascii() and partition.isdigit()):
+        raise ValueError(f"municipality code must be six digits, got {partition!r}")
+    trigger = event.trigger
+    try:
+        return _EVENT_ROW.pack(
+            event.sequence,
+            record_key(event.kind, event.serial),
+            int(partition),
+            event.issuer_key_id,
+            _micros(event.loss.time),
+            _micros(event.recorded_at),
+            event.loss.cause,
+            event.loss.reason,
+            _NO_TRIGGER if trigger is None else record_key(trigger.kind, trigger.serial),
+            0 if trigger is None else trigger.cause,
         )
-    except (KeyError, TypeError) as exc:
-        raise ValueError(f"malformed event: {exc!r}") from None
+    except (struct.error, OverflowError) as exc:
+        raise ValueError(f"event {event.sequence} does not fit its row: {exc}") from None
+
+
+_MIN_MICROS = _micros(datetime.min.replace(tzinfo=UTC)) + 86_400_000_000
+_MAX_MICROS = _micros(datetime.max.replace(tzinfo=UTC)) - 86_400_000_000
+EventFields = tuple[int, bytes, int, bytes, int, int, int, int, bytes, int]
+
+
+def _checked(fields: EventFields) -> EventFields:
+    """The fields of a row when every one is in its domain, else ValueError."""
+    sequence, key, partition, _, time, recorded_at, cause, reason, trigger, trigger_cause = fields
+    if sequence == 0:
+        raise ValueError("event sequence 0")
+    if key[0] not in _KINDS:
+        raise ValueError(f"event {sequence}: unknown certificate kind {key[0]}")
+    if partition > _MAX_PARTITION:
+        raise ValueError(f"event {sequence}: partition {partition} is not a municipality code")
+    if not (_MIN_MICROS <= time <= _MAX_MICROS and _MIN_MICROS <= recorded_at <= _MAX_MICROS):
+        raise ValueError(f"event {sequence}: time out of range")
+    if cause not in _CAUSES or reason not in _REASONS:
+        raise ValueError(f"event {sequence}: unknown cause {cause} or reason {reason}")
+    if trigger == _NO_TRIGGER:
+        if trigger_cause != 0:
+            raise ValueError(f"event {sequence}: trigger cause without a trigger")
+    elif trigger[0] not in _KINDS or trigger_cause not in _CAUSES:
+        raise ValueError(f"event {sequence}: malformed trigger")
+    return fields
+
+
+def parse_event_row(row: bytes | memoryview) -> LossEvent:
+    """The loss event a row states; ValueError on any field out of its domain."""
+    try:
+        fields: EventFields = _EVENT_ROW.unpack(row)
+    except struct.error as exc:
+        raise ValueError(f"malformed event row: {exc}") from None
+    sequence, key, partition, kid, time, recorded_at, cause, reason, trigger, trigger_cause = (
+        _checked(fields)
+    )
+    kind, serial = parse_record_key(key)
+    return LossEvent(
+        sequence=sequence,
+        kind=kind,
+        serial=serial,
+        partition=f"{partition:06d}",
+        issuer_key_id=kid,
+        loss=Loss(_from_micros(time), LossCause(cause), CrlReason(reason)),
+        recorded_at=_from_micros(recorded_at),
+        trigger=None
+        if trigger == _NO_TRIGGER
+        else LossTrigger(*parse_record_key(trigger), LossCause(trigger_cause)),
+    )
+
+
+def write_event_rows(out: BinaryIO, events: Iterable[LossEvent]) -> int:
+    """Write the events file (events in increasing sequence); returns how many."""
+    out.write(EVENTS_MAGIC)
+    count = 0
+    previous = 0
+    for event in events:
+        if event.sequence <= previous:
+            raise ValueError("events must be written in strictly increasing sequence")
+        previous = event.sequence
+        out.write(event_row(event))
+        count += 1
+    return count
+
+
+def read_event_rows(data: memoryview | bytes) -> Iterator[tuple[bytes, EventFields]]:
+    """Every row of an events file with its fields, each field checked, in sequence."""
+    if bytes(data[: len(EVENTS_MAGIC)]) != EVENTS_MAGIC:
+        raise ValueError("not a jpki-va events file")
+    body = bytes(data[len(EVENTS_MAGIC) :])
+    if len(body) % EVENT_ROW_SIZE:
+        raise ValueError("events file is truncated")
+    previous = 0
+    offset = 0
+    for fields in _EVENT_ROW.iter_unpack(body):
+        sequence = _checked(fields)[0]
+        if sequence <= previous:
+            raise ValueError(f"event {sequence} out of sequence order")
+        previous = sequence
+        yield body[offset : offset + EVENT_ROW_SIZE], fields
+        offset += EVENT_ROW_SIZE
 
 
 # links ------------------------------------------------------------------------------------
@@ -155,17 +245,44 @@ def write_link_rows(out: BinaryIO, rows: Iterable[bytes]) -> int:
     return count
 
 
-def read_link_rows(data: memoryview | bytes) -> Iterator[bytes]:
-    """Every row of a links file, each checked to name a valid link."""
+_LINK_SHAPE = struct.Struct("<B20xB20xBB")  # from kind, to kind, LinkType, direction
+_LINK_ITEM = struct.Struct(f"<{LINK_KEY_SIZE}s{LINK_ROW_SIZE - LINK_KEY_SIZE}s")
+_LINK_TYPES = frozenset(int(t) for t in LinkType)
+
+
+def _links_body(data: memoryview | bytes | mmap.mmap) -> memoryview:
+    """A view of the rows of a links file, every one checked to name a valid link.
+
+    A valid row is one whose kinds, type and direction are valid (the serials are any
+    20 bytes), so the distinct shapes, gathered in C, are all there is to check. No
+    view is left alive when a check fails (it would keep a mapped file from closing).
+    """
     if bytes(data[: len(LINKS_MAGIC)]) != LINKS_MAGIC:
         raise ValueError("not a jpki-va links file")
-    body = data[len(LINKS_MAGIC) :]
-    if len(body) % LINK_ROW_SIZE:
+    if (len(data) - len(LINKS_MAGIC)) % LINK_ROW_SIZE:
         raise ValueError("links file is truncated")
+    with memoryview(data) as whole, whole[len(LINKS_MAGIC) :] as body:
+        shapes = set(_LINK_SHAPE.iter_unpack(body))
+    for from_kind, to_kind, link_type, direction in shapes:
+        if from_kind not in _KINDS or to_kind not in _KINDS:
+            raise ValueError(f"malformed link row: certificate kind {from_kind} or {to_kind}")
+        if link_type not in _LINK_TYPES or direction not in (0, 1):
+            raise ValueError(f"malformed link row: type {link_type}, direction {direction}")
+    return memoryview(data)[len(LINKS_MAGIC) :]
+
+
+def read_link_rows(data: memoryview | bytes | mmap.mmap) -> Iterator[bytes]:
+    """Every row of a links file, each checked to name a valid link."""
+    body = _links_body(data)
     for offset in range(0, len(body), LINK_ROW_SIZE):
-        row = bytes(body[offset : offset + LINK_ROW_SIZE])
-        parse_link_row(row)
-        yield row
+        yield bytes(body[offset : offset + LINK_ROW_SIZE])
+
+
+def link_items(data: memoryview | bytes | mmap.mmap) -> tuple[int, Iterator[tuple[bytes, bytes]]]:
+    """How many rows a links file has, and each as (from + to key, type + direction),
+    the index's key and value, every row checked as `read_link_rows` does."""
+    body = _links_body(data)
+    return len(body) // LINK_ROW_SIZE, _LINK_ITEM.iter_unpack(body)
 
 
 # signing records and consents -------------------------------------------------------------

@@ -15,31 +15,34 @@ validity period has not passed are returned, belong to the serving side.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from datetime import datetime
 from typing import NamedTuple
 
 from server.domain import CertKind, Link, LinkType
-from server.registry import CertificateRecord
+from server.registry import CertificateRecord, micros
 
 
 class LinkSubject(NamedTuple):
-    """What the correspondences need of a certificate (small: a full snapshot holds many)."""
+    """What the correspondences need of a certificate (small: a full snapshot holds many).
+
+    Times are microseconds since the epoch (registry.micros), so a bulk reader can
+    build one from a record's stored header without making datetimes.
+    """
 
     kind: CertKind
     serial: int
-    not_before: datetime
-    not_after: datetime
-    lost_at: datetime | None
+    not_before: int
+    not_after: int
+    lost_at: int | None  # the effective loss
     card_serial: int | None
 
     @classmethod
     def of(cls, record: CertificateRecord) -> LinkSubject:
-        lost_at = None if record.loss is None else record.loss.time
+        lost_at = None if record.loss is None else micros(record.loss.time)
         return cls(
             record.kind,
             record.serial,
-            record.not_before,
-            record.not_after,
+            micros(record.not_before),
+            micros(record.not_after),
             lost_at,
             record.card_serial,
         )

@@ -44,10 +44,20 @@ class RetentionPolicy:
             )
 
     def issuance_retained(self, issued_at: datetime, now: datetime) -> bool:
-        return now < issued_at + self.issuance_record
+        return issued_at > self.issuance_cutoff(now)
 
     def loss_retained(self, recorded_at: datetime, not_after: datetime, now: datetime) -> bool:
-        return now < max(not_after, recorded_at + self.loss_record)
+        return not_after > now or recorded_at > self.loss_cutoff(now)
+
+    # The same rules as cut-off instants, for bulk readers that compare raw timestamps.
+    def issuance_cutoff(self, now: datetime) -> datetime:
+        """An issuance record is retained while it was issued after this instant."""
+        return now - self.issuance_record
+
+    def loss_cutoff(self, now: datetime) -> datetime:
+        """A loss record is retained while recorded after this instant, or until its
+        certificate expires (RFC 5280 §3.3), whichever is later."""
+        return now - self.loss_record
 
     def crl_file_retained(self, created_at: datetime, now: datetime) -> bool:
         return now < created_at + self.crl_file

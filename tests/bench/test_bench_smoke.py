@@ -52,7 +52,12 @@ def test_suite_smoke(small_dataset: DataSet, tmp_path: Path) -> None:
     assert results["store"]["raw_lmdb_get"]["per_second"] > 0
     assert results["store"]["status_source"]["per_second"] > 0
     assert results["start_to_serving_seconds"] > 0
-    assert results["rss_after_load"]["max_vmrss_mb"] > 0
+    for key in ("rss_after_load", "rss_after_http"):
+        memory = results[key]
+        assert memory["max_vmrss_mb"] > 0 and memory["max_pss_mb"] > 0
+        for worker in memory["workers"]:  # the split adds up (rounding aside)
+            split = worker["RssAnon"] + worker["RssFile"] + worker["RssShmem"]
+            assert abs(worker["VmRSS"] - split) <= 0.3
     if shutil.which("wrk"):  # the responder always serves HTTP OCSP in the bench
         _no_errors(results["http_ocsp"]["jpki-va"])
     for peer in ("cfssl", "openssl", "jpki-va"):

@@ -6,6 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from cryptography import x509
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import Encoding
 
@@ -113,3 +114,78 @@ def test_refuses_a_serial_over_20_octets() -> None:
         crlstream.entry_der(
             CrlEntry(1 << 160, NOW, LossCause.HOLDER_REQUEST, CrlReason.UNSPECIFIED)
         )
+
+
+def _expected(crl: x509.CertificateRevocationList) -> list[tuple[bytes, int, int, int]]:
+    """What cryptography reads from each entry, in read_entries' terms."""
+    return [
+        (
+            e.serial_number.to_bytes(20, "big"),
+            int(e.revocation_date_utc.timestamp()),
+            int(profiles.crl_entry_cause(e) or 0),
+            int(profiles.crl_entry_reason(e)),
+        )
+        for e in crl
+    ]
+
+
+@pytest.mark.parametrize("count", [0, 1, 300])
+@pytest.mark.parametrize("delta", [None, 3])
+def test_reader_agrees_with_cryptography(count: int, delta: int | None) -> None:
+    key = ec.generate_private_key(ec.SECP256R1())
+    root = profiles.root_certificate(key, NOW - timedelta(days=1), NOW + timedelta(days=3650))
+    entries = _entries(count)
+    if count:  # a loss after 2049 is written as GeneralizedTime
+        entries[-1] = CrlEntry(
+            7, datetime(2051, 1, 2, 3, 4, 5, tzinfo=UTC), LossCause(1), CrlReason.SUPERSEDED
+        )
+        entries[0] = CrlEntry(0, NOW, LossCause(2), CrlReason.UNSPECIFIED)  # serial 0
+    der = crlstream.crl_der(
+        ProfileSettings(), key, root, kind=CertKind.CARD_AUTH, partition="131016", number=4,
+        this_update=NOW, next_update=NOW + timedelta(hours=48), entries=entries,
+        delta_base=delta,
+    )  # fmt: skip
+    crl = x509.load_der_x509_crl(der)
+    assert crlstream.read_entries(crl.tbs_certlist_bytes) == _expected(crl)
+
+
+def test_reader_refuses_what_it_does_not_fully_understand() -> None:
+    """A foreign entry extension, an entry without our loss cause, altered bytes: None,
+    so the caller reads the CRL with cryptography (which applies the profile's rules)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    root = profiles.root_certificate(key, NOW - timedelta(days=1), NOW + timedelta(days=3650))
+    good = profiles.crl(
+        ProfileSettings(), key, root, kind=CertKind.CARD_SIGN, partition="131016", number=1,
+        this_update=NOW, next_update=NOW + timedelta(hours=1), entries=_entries(3),
+    )  # fmt: skip
+    tbs = good.tbs_certlist_bytes
+    assert crlstream.read_entries(tbs) == _expected(good)
+
+    def foreign(*extensions: x509.ExtensionType) -> bytes:
+        entry = x509.RevokedCertificateBuilder().serial_number(5).revocation_date(NOW)
+        for ext in extensions:
+            entry = entry.add_extension(ext, False)
+        builder = (
+            x509.CertificateRevocationListBuilder()
+            .issuer_name(root.subject)
+            .last_update(NOW)
+            .next_update(NOW + timedelta(hours=1))
+            .add_extension(x509.CRLNumber(1), False)
+            .add_revoked_certificate(entry.build())
+        )
+        return builder.sign(key, hashes.SHA256()).tbs_certlist_bytes
+
+    assert crlstream.read_entries(foreign()) is None  # no loss cause
+    assert crlstream.read_entries(foreign(x509.CRLReason(x509.ReasonFlags.superseded))) is None
+    assert crlstream.read_entries(foreign(x509.InvalidityDate(NOW.replace(tzinfo=None)))) is None
+    der = good.public_bytes(Encoding.DER)
+    for position in range(len(tbs)):  # any altered byte: cryptography's reading or None
+        altered = bytearray(tbs)
+        altered[position] ^= 0x41
+        try:  # the verifier parses every CRL with cryptography first
+            parsed = x509.load_der_x509_crl(der.replace(tbs, bytes(altered)))
+            expected = _expected(parsed)
+        except (ValueError, x509.InvalidVersion):
+            continue
+        read = crlstream.read_entries(bytes(altered))
+        assert read is None or read == expected
