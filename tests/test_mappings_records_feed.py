@@ -563,6 +563,11 @@ def test_sigkill_between_disclosures_loses_nothing_answered(
         updates.close()
     assert len(watched) == len(set(watched))
     assert watched == _expected_events(world.pki, mark, _event_sequence(world.pki))
+    # The new worker took the dead one's slot: it writes the same ledger shard.
+    _record_call(address, serial)
+    ledger_dir = _ledger_of(crash_responder)
+    assert sorted(p.name for p in ledger_dir.iterdir() if p.is_dir()) == ["worker-0"]
+    assert _count(ledger_dir, CRASHER, Provision.SIGNING_RECORD) == len(audit) + 1
 
 
 def _try(call: Callable[[], str]) -> str | None:
