@@ -187,7 +187,8 @@ def render(  # noqa: PLR0912, PLR0915 (a document template, section by section)
             sep,
         ]
         for name, label in (
-            ("jpki-va", "jpki-va responder"),
+            ("jpki-va-warmup", "jpki-va, unmeasured cache warm-up (signs on each miss)"),
+            ("jpki-va", "jpki-va responder (cached signed responses)"),
             ("cfssl", "cfssl ocspserve (pre-signed)"),
             ("openssl", "openssl ocsp -multi 2 (signs each)"),
         ):

@@ -219,9 +219,10 @@ class ResponderConfig:
     max_ocsp_request_bytes: int = 16_384  # an OCSP request (HTTP body, gRPC Ocsp)
     max_ocsp_cert_ids: int = 64  # CertIDs in one OCSP request
     # Signed responses kept per worker; 0 disables. About 1.6 kB each with its key and
-    # bookkeeping: 20,000 is ~32 MB of a worker's private memory (100,000 was ~160 MB,
-    # over the whole worker budget on its own).
-    ocsp_cache_size: int = 20_000
+    # bookkeeping: 50,000 is at most ~80 MB of a worker's private memory. Smaller is
+    # worse than it looks: the cache is LRU, so a hot set even a little larger than it
+    # (gRPC and HTTP OCSP share it) misses on every request and re-signs each answer.
+    ocsp_cache_size: int = 50_000
     ocsp_cache_margin: float = 60.0  # seconds before nextUpdate a cached response is renewed
 
     def __post_init__(self) -> None:
