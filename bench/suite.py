@@ -386,7 +386,7 @@ def http_figures(
     else:
         out["jpki-va"] = {"skipped": "the responder is not running"}
     for name, run in runs:
-        progress(f"HTTP OCSP -> {name.replace('-warmup', ' (cache warm-up)')}")
+        progress(f"HTTP OCSP -> {name}")
         try:
             out[name] = run().to_json()
         except (HttpLoadError, OSError) as exc:

@@ -26,6 +26,8 @@ from server.domain import (
     Link,
     LinkType,
     LossCause,
+    from_micros,
+    micros,
     parse_record_key,
     record_key,
 )
@@ -39,8 +41,6 @@ from server.registry import (
     IssuerRecord,
     LossEvent,
     RegistryTxn,
-    from_micros,
-    micros,
 )
 from server.snapshot_data import LINK_ROW_SIZE, consent_line, link_rows, signing_record_line
 

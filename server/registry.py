@@ -18,7 +18,7 @@ import struct
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, datetime
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -32,6 +32,8 @@ from server.domain import (
     LossCause,
     StatusRecord,
     Verifier,
+    from_micros,
+    micros,
     parse_record_key,
     record_key,
 )
@@ -286,8 +288,6 @@ class LossEvent:
 # binary values --------------------------------------------------------------------------
 # Times are integer microseconds since the epoch (UTC), so every stored time reads back
 # exactly. Serials take 20 octets (RFC 5280 §4.1.2.2), like record keys.
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_MICROSECOND = timedelta(microseconds=1)
 VALUE_FORMAT = 1  # the first byte of every binary value; JSON values start with `{`
 _LEGACY = frozenset(b"{[")
 _CARD_SERIAL = 1  # flag: the record has a card serial
@@ -304,15 +304,6 @@ _HEAD = struct.Struct("<BB20sqqBqBB20s22xBB")
 # format, kind, serial, time, cause, reason, recorded at, trigger kind, trigger
 # serial, trigger cause, then the lengths of the issuer key id and the partition.
 _EVENT = struct.Struct("<BB20sqBBqB20sBBB")
-
-
-def micros(when: datetime) -> int:
-    """`when` as integer microseconds since the epoch (exact; `when` must be aware)."""
-    return (when - _EPOCH) // _MICROSECOND
-
-
-def from_micros(value: int) -> datetime:
-    return _EPOCH + timedelta(microseconds=value)
 
 
 def _serial(value: int) -> bytes:

@@ -11,7 +11,7 @@ import mmap
 import struct
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -22,6 +22,8 @@ from server.domain import (
     LinkType,
     Loss,
     LossCause,
+    from_micros,
+    micros,
     parse_record_key,
     record_key,
     serial_from_hex,
@@ -73,7 +75,6 @@ _EVENT_ROW = struct.Struct("<Q21sI20sqqBB21sB")
 EVENT_ROW_SIZE = _EVENT_ROW.size
 _KEY_ID_SIZE = 20  # RFC 5280 method 1: SHA-1 of the public key
 _NO_TRIGGER = bytes(21)
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MAX_PARTITION = 999_999
 _CAUSES = frozenset(int(c) for c in LossCause)
 _REASONS = frozenset(int(r) for r in CrlReason)
@@ -83,14 +84,14 @@ _KINDS = frozenset(int(k) for k in CertKind)
 def _micros(when: datetime) -> int:
     if when.tzinfo is None:
         raise ValueError("event times must be timezone-aware")
-    return (when - _EPOCH) // timedelta(microseconds=1)
+    return micros(when)
 
 
-def _from_micros(micros: int) -> datetime:
+def _from_micros(value: int) -> datetime:
     try:
-        return _EPOCH + timedelta(microseconds=micros)
+        return from_micros(value)
     except OverflowError:
-        raise ValueError(f"event time {micros} out of range") from None
+        raise ValueError(f"event time {value} out of range") from None
 
 
 def event_row(event: LossEvent) -> bytes:

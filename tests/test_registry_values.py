@@ -11,7 +11,7 @@ from pathlib import Path
 import lmdb
 import pytest
 
-from server.domain import CertKind, CrlReason, Loss, LossCause
+from server.domain import CertKind, CrlReason, Loss, LossCause, from_micros, micros
 from server.profiles import Holder
 from server.registry import (
     CertificateHead,
@@ -26,9 +26,7 @@ from server.registry import (
     encode_certificate_value,
     encode_event,
     encode_holder_value,
-    from_micros,
     holder_keys,
-    micros,
 )
 
 T0 = datetime(2027, 3, 4, 5, 6, 7, 891011, tzinfo=UTC)

@@ -17,14 +17,14 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import NamedTuple
 
-from server.domain import CertKind, Link, LinkType
-from server.registry import CertificateRecord, micros
+from server.domain import CertKind, Link, LinkType, micros
+from server.registry import CertificateRecord
 
 
 class LinkSubject(NamedTuple):
     """What the correspondences need of a certificate (small: a full snapshot holds many).
 
-    Times are microseconds since the epoch (registry.micros), so a bulk reader can
+    Times are microseconds since the epoch (domain.micros), so a bulk reader can
     build one from a record's stored header without making datetimes.
     """
 

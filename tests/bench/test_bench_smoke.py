@@ -59,6 +59,7 @@ def test_suite_smoke(small_dataset: DataSet, tmp_path: Path) -> None:
             split = worker["RssAnon"] + worker["RssFile"] + worker["RssShmem"]
             assert abs(worker["VmRSS"] - split) <= 0.3
     if shutil.which("wrk"):  # the responder always serves HTTP OCSP in the bench
+        _no_errors(results["http_ocsp"]["jpki-va-warmup"])
         _no_errors(results["http_ocsp"]["jpki-va"])
     for peer in ("cfssl", "openssl", "jpki-va"):
         figure = results["http_ocsp"][peer]
