@@ -217,18 +217,6 @@ def link_rows(link: Link) -> tuple[bytes, bytes]:
     return _LINK_ROW.pack(a, b, link.type, 0), _LINK_ROW.pack(b, a, link.type, 1)
 
 
-def parse_link_row(row: bytes) -> Link:
-    """The link a row states (either direction)."""
-    try:
-        first, second, link_type, direction = _LINK_ROW.unpack(row)
-        if direction not in (0, 1):
-            raise ValueError(f"link direction {direction}")
-        a, b = (first, second) if direction == 0 else (second, first)
-        return Link(LinkType(link_type), *parse_record_key(a), *parse_record_key(b))
-    except (struct.error, ValueError) as exc:
-        raise ValueError(f"malformed link row: {exc}") from None
-
-
 def write_link_rows(out: BinaryIO, rows: Iterable[bytes]) -> int:
     """Write link rows (already in order); returns how many."""
     out.write(LINKS_MAGIC)
@@ -272,16 +260,9 @@ def _links_body(data: memoryview | bytes | mmap.mmap) -> memoryview:
     return memoryview(data)[len(LINKS_MAGIC) :]
 
 
-def read_link_rows(data: memoryview | bytes | mmap.mmap) -> Iterator[bytes]:
-    """Every row of a links file, each checked to name a valid link."""
-    body = _links_body(data)
-    for offset in range(0, len(body), LINK_ROW_SIZE):
-        yield bytes(body[offset : offset + LINK_ROW_SIZE])
-
-
 def link_items(data: memoryview | bytes | mmap.mmap) -> tuple[int, Iterator[tuple[bytes, bytes]]]:
     """How many rows a links file has, and each as (from + to key, type + direction),
-    the index's key and value, every row checked as `read_link_rows` does."""
+    the index's key and value, every row checked."""
     body = _links_body(data)
     return len(body) // LINK_ROW_SIZE, _LINK_ITEM.iter_unpack(body)
 

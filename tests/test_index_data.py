@@ -63,10 +63,8 @@ from server.snapshot_data import (
     link_rows,
     parse_consent,
     parse_event_row,
-    parse_link_row,
     parse_signing_record,
     read_event_rows,
-    read_link_rows,
     signing_record_line,
     write_event_rows,
     write_link_rows,
@@ -276,17 +274,23 @@ def test_data_lines_round_trip_and_refuse_malformed(ca: Ca) -> None:
     assert parse_event_row(event_row(event)) == event
     link = Link(LinkType.RENEWAL, KIND, 1, KIND, 2)
     forward, backward = link_rows(link)
-    assert parse_link_row(forward) == parse_link_row(backward) == link
+    a, b = record_key(KIND, 1), record_key(KIND, 2)
+    count, items = link_items(LINKS_MAGIC + forward + backward)
+    assert count == 2
+    assert list(items) == [
+        (a + b, bytes([LinkType.RENEWAL, 0])),
+        (b + a, bytes([LinkType.RENEWAL, 1])),
+    ]
     assert parse_signing_record(signing_record_line(_record(5))).address == "千代田区1-1"
     assert parse_consent(consent_line(_record(5), "v", True)).granted
     with pytest.raises(ValueError, match="malformed link row"):
-        parse_link_row(forward[:-2] + bytes([9, 0]))  # no such LinkType
+        link_items(LINKS_MAGIC + forward[:-2] + bytes([9, 0]))  # no such LinkType
     with pytest.raises(ValueError, match="malformed link row"):
-        parse_link_row(forward[:-1] + bytes([2]))  # no such direction
+        link_items(LINKS_MAGIC + forward[:-1] + bytes([2]))  # no such direction
     with pytest.raises(ValueError, match="increasing"):
         write_link_rows(io.BytesIO(), [backward, forward])
     with pytest.raises(ValueError, match="truncated"):
-        list(read_link_rows(LINKS_MAGIC + forward[:-1]))
+        link_items(LINKS_MAGIC + forward[:-1])
     with pytest.raises(ValueError):
         parse_signing_record({**signing_record_line(_record(5)), "kind": "CARD_AUTH"})
     with pytest.raises(ValueError):
