@@ -33,7 +33,7 @@ from server.domain import (
 )
 from server.external_sort import ExternalSort
 from server.law.correspondence import LinkSubject, holder_links
-from server.law.retention import RetentionPolicy
+from server.law.retention import RetentionPolicy, loss_kept
 from server.profiles import CrlEntry
 from server.records import pack_file_record, partition_number
 from server.registry import (
@@ -107,7 +107,9 @@ class FullContent:
         return head is not None and self._retained(head)
 
     def _loss_kept(self, head: CertificateHead) -> bool:
-        return head.cause != 0 and (head.not_after > self._now or head.loss_time > self._lost_after)
+        return head.cause != 0 and loss_kept(
+            head.loss_time, head.not_after, self._now, self._lost_after
+        )
 
     # files ------------------------------------------------------------------------------
     def records(self) -> Iterator[bytes]:
@@ -130,7 +132,7 @@ class FullContent:
             bucket = entries.get(scope)
             if bucket is None:
                 bucket = entries[scope] = bytearray()  # a CRL even when empty
-            if cause and (na > now or lost > lost_after):  # _loss_kept
+            if cause and loss_kept(lost, na, now, lost_after):
                 bucket += pack_entry(key[1:], lost, cause, reason)
 
     def crl_entries(self) -> dict[Scope, Iterable[CrlEntry]]:

@@ -21,7 +21,7 @@ from server.law.resident_change import (
     move_out_lapsed,
     move_out_loss_time,
 )
-from server.law.retention import RetentionPolicy
+from server.law.retention import RetentionPolicy, loss_kept
 from server.law.signing_record import check_disclosable
 from server.profiles import Holder
 from server.registry import CertificateRecord
@@ -133,6 +133,9 @@ def test_retention_policy() -> None:
     assert policy.loss_retained(T0, T0 + timedelta(days=5), T0 + timedelta(days=3))
     assert not policy.loss_retained(T0, T0 + timedelta(days=1), T0 + timedelta(days=2))
     assert policy.loss_retained(T0, T0 + timedelta(days=1), T0 + timedelta(days=1, hours=1))
+    # The same rule on the raw timestamps a full publish compares (cutoff = now - 2 days).
+    assert loss_kept(0, 5, 3, 1) and loss_kept(2, 1, 3, 1)
+    assert not loss_kept(0, 1, 2, 0) and not loss_kept(1, 3, 3, 1)
 
 
 def _record(

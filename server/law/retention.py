@@ -20,6 +20,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import TypeVar
+
+# Instants as datetimes, or as the raw timestamps a bulk reader compares.
+Instant = TypeVar("Instant", datetime, int)
 
 # Placeholders until the cabinet order's lengths are configured.
 DEFAULT_ISSUANCE_RECORD = timedelta(days=15 * 365)
@@ -47,7 +51,7 @@ class RetentionPolicy:
         return issued_at > self.issuance_cutoff(now)
 
     def loss_retained(self, recorded_at: datetime, not_after: datetime, now: datetime) -> bool:
-        return not_after > now or recorded_at > self.loss_cutoff(now)
+        return loss_kept(recorded_at, not_after, now, self.loss_cutoff(now))
 
     # The same rules as cut-off instants, for bulk readers that compare raw timestamps.
     def issuance_cutoff(self, now: datetime) -> datetime:
@@ -61,3 +65,9 @@ class RetentionPolicy:
 
     def crl_file_retained(self, created_at: datetime, now: datetime) -> bool:
         return now < created_at + self.crl_file
+
+
+def loss_kept(recorded_at: Instant, not_after: Instant, now: Instant, cutoff: Instant) -> bool:
+    """The loss rule on instants of one kind, `cutoff` being `loss_cutoff(now)`: a loss
+    stays until its certificate expires or its record's retention ends, the later."""
+    return not_after > now or recorded_at > cutoff
