@@ -39,6 +39,9 @@ OCSP_RESPONSE = b"application/ocsp-response"
 PKIX_CRL = b"application/pkix-crl"
 MAX_HEADER_BYTES = 16_384
 IDLE_SECONDS = 30.0
+# A request's head and body must arrive within this, however slowly they trickle:
+# a byte now and then keeps a connection from looking idle, not from this deadline.
+REQUEST_SECONDS = 10.0
 
 _REASONS = {
     200: b"OK",
@@ -54,7 +57,9 @@ _REASONS = {
     431: b"Request Header Fields Too Large",
     500: b"Internal Server Error",
     503: b"Service Unavailable",
+    505: b"HTTP Version Not Supported",
 }
+_VERSIONS = frozenset(("1.0", "1.1"))
 
 
 class Access(Protocol):
@@ -378,6 +383,13 @@ class _Connection(asyncio.Protocol):
         self._if_none_match: bytes | None = None
         self._verifier: bytes | None = None
         self._expect_continue = False
+        # Bytes of this request's head seen so far. httptools hands over a header only
+        # once it ends and keeps the unfinished part itself, so the bound is kept here,
+        # as bytes arrive, not in on_header.
+        self._in_head = True
+        self._head_seen = 0
+        self.receiving = True  # inside a request, from its first byte to its last
+        self.request_started = self._loop.time()
 
     # asyncio.Protocol
 
@@ -393,6 +405,8 @@ class _Connection(asyncio.Protocol):
         if self._closing:
             return
         self.last_active = self._loop.time()
+        if self._in_head:
+            self._head_seen += len(data)
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -400,6 +414,9 @@ class _Connection(asyncio.Protocol):
         except httptools.HttpParserError as exc:
             if not self._closing:
                 self._reject(400, f"malformed HTTP request: {exc}")
+            return
+        if self._in_head and self._head_seen > self._app.max_url_bytes + MAX_HEADER_BYTES:
+            self._reject(431, "request headers too large")
 
     def close(self) -> None:
         self._closing = True
@@ -449,6 +466,10 @@ class _Connection(asyncio.Protocol):
             self._expect_continue = True
 
     def on_headers_complete(self) -> None:
+        self._in_head = False
+        if self._parser.get_http_version() not in _VERSIONS:
+            self._reject(505, "only HTTP/1.0 and HTTP/1.1 are spoken here")
+            return
         if self._expect_continue and not self._closing and self._transport is not None:
             self._outbox.hold(self, b"HTTP/1.1 100 Continue\r\n\r\n", False)
 
@@ -460,6 +481,7 @@ class _Connection(asyncio.Protocol):
         self._body.append(body)
 
     def on_message_complete(self) -> None:
+        self.receiving = False
         if self._closing or self._transport is None:
             return
         keep_alive = self._parser.should_keep_alive()
@@ -486,12 +508,21 @@ class HttpServer:
     """Serves an HttpApp on HOST:PORT from an event loop thread (SO_REUSEPORT)."""
 
     def __init__(
-        self, app: HttpApp, host: str, port: int, *, idle_seconds: float = IDLE_SECONDS
+        self,
+        app: HttpApp,
+        host: str,
+        port: int,
+        *,
+        idle_seconds: float = IDLE_SECONDS,
+        request_seconds: float = REQUEST_SECONDS,
     ) -> None:
+        if request_seconds <= 0 or idle_seconds <= 0:
+            raise ValueError("idle_seconds and request_seconds must be positive")
         self._app = app
         self._host = host
         self._port = port
         self._idle = idle_seconds
+        self._request = request_seconds
         self._loop = asyncio.new_event_loop()
         self._outbox = _Outbox(app, self._loop)
         self._connections: set[_Connection] = set()
@@ -536,10 +567,13 @@ class HttpServer:
             self._loop.close()
 
     def _sweep(self) -> None:
-        """Close idle connections (and ones that never finish a request)."""
-        cutoff = self._loop.time() - self._idle
+        """Close idle connections, and ones that do not finish a request in time."""
+        now = self._loop.time()
+        idle, late = now - self._idle, now - self._request
         for connection in list(self._connections):
-            if connection.last_active < cutoff:
+            if connection.last_active < idle or (
+                connection.receiving and connection.request_started < late
+            ):
                 connection.close()
         self._loop.call_later(1.0, self._sweep)
 

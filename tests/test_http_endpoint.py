@@ -6,6 +6,7 @@ exercised over HTTP in test_http); here the point is what the connection layer d
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import time
 from collections.abc import Iterator
@@ -153,3 +154,92 @@ def test_pipelined_answers_share_one_commit(server: HttpServer, access: FakeAcce
     reply = exchange(server.port, post(b"a") + post(b"b") + post(b"c"))
     assert reply.count(b"HTTP/1.1 200 OK") == 3
     assert access.commits - before < 3
+
+
+def _send_until_closed(port: int, head: bytes, filler: bytes, limit: int) -> bytes:
+    """Send head, then filler until the server answers or `limit` bytes went out."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.sendall(head)
+        sent = 0
+        s.setblocking(False)
+        reply = b""
+        try:
+            while sent < limit and not reply:
+                try:
+                    sent += s.send(filler)
+                except BlockingIOError:
+                    time.sleep(0.01)
+                with contextlib.suppress(BlockingIOError):
+                    reply = s.recv(65536)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        s.setblocking(True)
+        s.settimeout(5)
+        try:
+            while chunk := s.recv(65536):
+                reply += chunk
+        except (ConnectionResetError, TimeoutError):
+            pass
+    assert sent < limit, "the server buffered the whole unterminated field"
+    return reply
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"GET /crl/x HTTP/1.1\r\nHost: x\r\nX-Endless: ",  # a value that never ends
+        b"GET /crl/x HTTP/1.1\r\nHost: x\r\nX-Endless",  # a name that never ends
+    ],
+    ids=["header-value", "header-name"],
+)
+def test_a_header_that_never_ends_is_refused_as_it_arrives(server: HttpServer, head: bytes) -> None:
+    reply = _send_until_closed(server.port, head, b"v" * 65536, 64 * 1024 * 1024)
+    assert reply.startswith(b"HTTP/1.1 431 ")
+    assert exchange(server.port, post(b"x")).endswith(ANSWER)
+
+
+@pytest.mark.parametrize("version", [b"HTTP/0.9", b"HTTP/2.0"])
+def test_other_http_versions_are_not_answered_as_1_1(server: HttpServer, version: bytes) -> None:
+    reply = exchange(server.port, b"GET /crl/x " + version + b"\r\nHost: x\r\n\r\n")
+    assert reply.startswith(b"HTTP/1.1 505 HTTP Version Not Supported\r\n")
+    assert b"Connection: close" in reply
+
+
+def test_http_1_0_keep_alive_is_either_announced_or_closed(server: HttpServer) -> None:
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as s:
+        s.sendall(b"GET /crl/x HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+        reply = s.recv(65536)
+        assert reply.startswith(b"HTTP/1.1 404 ")
+        if b"Connection: keep-alive" not in reply:
+            assert s.recv(65536) == b""  # not kept without saying so
+
+
+def test_a_request_trickled_a_byte_at_a_time_is_cut_at_its_deadline(access: FakeAccess) -> None:
+    running = HttpServer(
+        HttpApp(access, max_request_bytes=1024), "127.0.0.1", 0, idle_seconds=30, request_seconds=1
+    )
+    running.start()
+    try:
+        with socket.create_connection(("127.0.0.1", running.port), timeout=5) as s:
+            started = time.monotonic()
+            closed = False
+            for byte in b"GET /crl/x HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"v" * 100:
+                try:
+                    s.sendall(bytes([byte]))
+                except (BrokenPipeError, ConnectionResetError):
+                    closed = True
+                    break
+                time.sleep(0.1)
+            if not closed:
+                s.settimeout(5)
+                assert s.recv(65536) == b""
+            # Every byte came within the idle time; the request deadline ended it.
+            assert time.monotonic() - started < 5
+    finally:
+        running.stop()
+
+
+def test_the_deadlines_must_be_positive(access: FakeAccess) -> None:
+    app = HttpApp(access, max_request_bytes=1024)
+    with pytest.raises(ValueError, match="positive"):
+        HttpServer(app, "127.0.0.1", 0, request_seconds=0)
