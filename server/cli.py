@@ -36,7 +36,7 @@ from server.ledger import LedgerError
 from server.ocsp_keys import RenewPolicy
 from server.registry_cli import add_registry_group
 from server.report_cli import add_report_commands
-from server.responder_app import serve
+from server.responder_app import PortTaken, serve
 from server.signer_app import start_signer
 from server.verifier_cli import add_token_commands, add_verifier_commands
 
@@ -323,7 +323,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     try:
         code = args.func(args)
-    except (ConfigError, LedgerError, hsm.HsmError) as exc:
+    except (ConfigError, LedgerError, PortTaken, hsm.HsmError) as exc:
         print(f"jpki-va {args.command}: {exc}", file=sys.stderr)
         code = EXIT_USAGE
     except KeyboardInterrupt:

@@ -147,6 +147,38 @@ def _resolve_port(listen: str) -> int:
         return int(s.getsockname()[1])
 
 
+class PortTaken(OSError):
+    """Another process holds a port this responder would serve on."""
+
+
+class PortClaim:
+    """This supervisor's exclusive hold on a TCP port its workers share.
+
+    SO_REUSEPORT lets any process of the same user join a port, so the kernel cannot
+    tell this supervisor's workers from a second responder's. The claim is an abstract
+    Unix socket named after the port: unique on the host (network namespace), released
+    by the kernel when the supervisor exits however it exits, and independent of the
+    state directory (a twin may use another one). A probe bind also refuses a port a
+    process not using SO_REUSEPORT listens on, before any worker starts.
+    """
+
+    def __init__(self, host: str, port: int) -> None:
+        self.port = port
+        self._lock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            self._lock.bind(f"\0jpki-va-responder-tcp-port-{port}")
+            with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+                probe.bind((host, port))
+        except OSError as exc:
+            self._lock.close()
+            raise PortTaken(f"port {port} is held by another process ({exc.strerror})") from exc
+
+    def release(self) -> None:
+        self._lock.close()
+
+
 def _index_generation(holder: IndexHolder) -> int:
     """What cached OCSP answers depend on: the sequence the live index reflects now."""
     index = holder.get()
@@ -362,6 +394,7 @@ class Responder:
         self._metrics_server: MetricsServer | None = None
         self._ready = self._ctx.Queue()
         self._workers: list[multiprocessing.process.BaseProcess] = []
+        self._claims: list[PortClaim] = []
         self.port = 0
         self.http_port: int | None = None
         self.metrics_port: int | None = None
@@ -417,13 +450,19 @@ class Responder:
         self._collector.index_state(state)
         self._observed = True
 
+    def _claim(self, listen: str) -> int:
+        claim = PortClaim(_host(listen), _resolve_port(listen))
+        self._claims.append(claim)
+        return claim.port
+
     def start(self) -> int:
+        # Ports first: only this supervisor's workers may share them (SO_REUSEPORT).
+        self.port = self._claim(self.config.listen)
+        if self.config.http_listen is not None:
+            self.http_port = self._claim(self.config.http_listen)
         claim_shards(self.config.ledger_dir, self.config.workers)
         prepare_multiprocess_dir(self.config.metrics_dir)
         self._housekeeping()
-        self.port = _resolve_port(self.config.listen)
-        if self.config.http_listen is not None:
-            self.http_port = _resolve_port(self.config.http_listen)
         self._workers = [self._spawn(slot) for slot in range(self.config.workers)]
         for _ in self._workers:
             self._ready.get(timeout=READY_TIMEOUT)
@@ -471,6 +510,9 @@ class Responder:
             self._metrics_server.close()
             self._metrics_server = None
         self._archive.close()
+        for claim in self._claims:
+            claim.release()
+        self._claims = []
 
 
 def serve(
