@@ -457,10 +457,14 @@ class Responder:
 
     def start(self) -> int:
         # Ports first: only this supervisor's workers may share them (SO_REUSEPORT).
-        self.port = self._claim(self.config.listen)
-        if self.config.http_listen is not None:
-            self.http_port = self._claim(self.config.http_listen)
-        claim_shards(self.config.ledger_dir, self.config.workers)
+        try:
+            self.port = self._claim(self.config.listen)
+            if self.config.http_listen is not None:
+                self.http_port = self._claim(self.config.http_listen)
+            claim_shards(self.config.ledger_dir, self.config.workers)
+        except BaseException:
+            self._release_claims()  # a refused start holds nothing
+            raise
         prepare_multiprocess_dir(self.config.metrics_dir)
         self._housekeeping()
         self._workers = [self._spawn(slot) for slot in range(self.config.workers)]
@@ -510,6 +514,9 @@ class Responder:
             self._metrics_server.close()
             self._metrics_server = None
         self._archive.close()
+        self._release_claims()
+
+    def _release_claims(self) -> None:
         for claim in self._claims:
             claim.release()
         self._claims = []

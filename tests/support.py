@@ -6,6 +6,7 @@ directory, gRPC servers on loopback ports, a spawned responder worker process.
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import threading
 import time
@@ -36,6 +37,13 @@ T = TypeVar("T")
 
 
 ALL_ROLES_VERIFIER = "test-all-roles"
+
+
+def free_port() -> int:
+    """A loopback TCP port free at the time of asking."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def throwaway_certificate(name: str) -> x509.Certificate:

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from server.domain import CrlReason
-from tests.support import openssl, wait_for
+from tests.support import free_port, openssl, wait_for
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -38,12 +38,6 @@ def _free_port_pair() -> int:
             continue
         return port
     raise RuntimeError("no free port pair")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def jpki_va(*args: str, cwd: Path, check: bool = False) -> subprocess.CompletedProcess[str]:
@@ -83,7 +77,7 @@ def _stop(proc: subprocess.Popen[str]) -> str:
 def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, dict[str, Any]]]:
     base = tmp_path_factory.mktemp("demo")
     directory = base / "jpki-va-demo"
-    proc = _start_demo(directory, _free_port_pair(), _free_port())
+    proc = _start_demo(directory, _free_port_pair(), free_port())
     try:
         wait_for(
             lambda: (directory / "demo.json").exists() or proc.poll() is not None,
@@ -225,7 +219,7 @@ def test_demo_certificates_point_at_its_http_endpoint(
 def test_demo_runs_again_on_the_same_directory(tmp_path: Path) -> None:
     directory = tmp_path / "again"
     for attempt in range(2):
-        proc = _start_demo(directory, _free_port_pair(), _free_port())
+        proc = _start_demo(directory, _free_port_pair(), free_port())
         try:
             state = directory / "demo.json"
             if attempt == 1:

@@ -4,7 +4,6 @@ line and a non-zero exit, and the first keeps answering every call (issue 15, it
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +13,7 @@ import pytest
 
 from protos import va_pb2, va_pb2_grpc
 from server.domain import CertKind
-from tests.support import ALL_ROLES_VERIFIER, ExtraResponder, Pki, start_responder
+from tests.support import ALL_ROLES_VERIFIER, ExtraResponder, Pki, free_port, start_responder
 
 
 def _start_first(pki: Pki, state: Path, grpc_port: int = 0, http_port: int = 0) -> ExtraResponder:
@@ -55,12 +54,6 @@ def _all_ok(address: str, serial: int, calls: int = 50) -> None:
         assert reply.status.status == va_pb2.CERT_STATUS_GOOD
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.mark.parametrize("shared", ["grpc", "http"])
 def test_second_responder_on_a_held_port_refuses_to_start(
     pki: Pki, tmp_path: Path, shared: str
@@ -72,8 +65,8 @@ def test_second_responder_on_a_held_port_refuses_to_start(
         assert first.responder.http_port is not None
         _all_ok(first.address, issued.serial, calls=5)
         held = first.responder.port if shared == "grpc" else first.responder.http_port
-        grpc_port = held if shared == "grpc" else _free_port()
-        http_port = held if shared == "http" else _free_port()
+        grpc_port = held if shared == "grpc" else free_port()
+        http_port = held if shared == "http" else free_port()
         twin = _twin(pki, tmp_path / "twin", grpc_port, http_port)
         assert twin.returncode != 0
         assert "Traceback" not in twin.stderr
