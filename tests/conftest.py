@@ -25,10 +25,28 @@ _REPO_ROOT = str(Path(__file__).resolve().parents[1])
 if _REPO_ROOT not in sys.path:
     sys.path.insert(0, _REPO_ROOT)
 
-from hsm import DEFAULT_MODULE, Hsm, HsmConfig, PinSource, init_softhsm_token  # noqa: E402
+from jpki_va.hsm import DEFAULT_MODULE, Hsm, HsmConfig, PinSource, init_softhsm_token  # noqa: E402
 from tests.support import Pki, start_pki  # noqa: E402
 
 SOFTHSM_TEST_TOKEN_LABEL = "jpki-va-test"
+
+_TESTS = Path(__file__).resolve().parent
+#: Every test under one of these folders gets the marker, so `-m "not integration"`
+#: selects the fast suite without each module having to say it.
+_FOLDER_MARKERS = {
+    _TESTS / "integration": "integration",
+    _TESTS / "architecture": "architecture",
+}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark each test by its folder: integration (real SoftHSM2, LMDB, gRPC, openssl)
+    and architecture (imports and packaging)."""
+    for item in items:
+        path = item.path.resolve()
+        for folder, marker in _FOLDER_MARKERS.items():
+            if path.is_relative_to(folder):
+                item.add_marker(marker)
 
 
 @pytest.fixture(scope="session")

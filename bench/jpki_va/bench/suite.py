@@ -1,0 +1,622 @@
+"""One run of the whole harness on one data set: every figure beside its ceiling or peer.
+
+Order matters on a small machine: the index is built first (ingest), then the
+real signer and responder start from it (start to serving), the ceilings and
+jpki-va are loaded one after the other with the same client and settings, the
+peers likewise over HTTP, and the freshness steps, which change the registry,
+come last. Every step is bounded in time; a step that cannot run (a peer not
+installed) is recorded as skipped with the reason, never silently dropped.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import grpc
+from cryptography import x509
+
+from jpki_va.bench import ceilings, peers
+from jpki_va.bench.datagen import BENCH_VERIFIER
+from jpki_va.bench.dataset import DataSet
+from jpki_va.bench.httpload import HttpLoadError, HttpSpec, run_wrk
+from jpki_va.bench.loadgen import (
+    INTERFACES,
+    Interface,
+    LoadResult,
+    LoadSpec,
+    build_payloads,
+    run_load,
+)
+from jpki_va.bench.mix import Mix
+from jpki_va.bench.trivial import start_trivial
+from jpki_va.core.clock import SystemClock
+from jpki_va.core.domain import CertKind, LossCause, Status, serial_to_bytes
+from jpki_va.protos import signer_pb2, signer_pb2_grpc, va_pb2, va_pb2_grpc
+from jpki_va.server.app.config import ResponderConfig, SignerConfig
+from jpki_va.server.app.responder_app import Responder, load_anchors
+from jpki_va.server.app.signer_app import SignerApp, start_signer
+from jpki_va.server.responder.index_build import build_index, publish_index
+from jpki_va.server.responder.index_delta import apply_delta
+from jpki_va.server.responder.index_reader import Index, current_index
+from jpki_va.server.snapshot.manifest import MANIFEST, snapshot_sequence
+from jpki_va.server.snapshot.verify import SnapshotVerifier
+
+log = logging.getLogger(__name__)
+
+FORMAT = "jpki-va-bench-results/1"
+
+
+@dataclass(frozen=True)
+class SuiteSettings:
+    workers: int = 2  # responder and trivial-server worker processes
+    grpc_threads: int = 16
+    duration: float = 5.0  # seconds of measured load per figure
+    processes: int = 2  # gRPC client processes
+    concurrency: int = 32  # unary calls in flight per client process
+    stream_concurrency: int = 2  # CheckStream streams per client process
+    channels: int = 4
+    batch: int = 100
+    rate: float | None = None  # open loop for unary calls
+    http: HttpSpec = field(default_factory=HttpSpec)
+    mix: Mix = field(default_factory=Mix)
+    store_seconds: float = 2.0
+    freshness_samples: int = 3
+    delta_losses: int = 1000
+    steps: tuple[str, ...] = ("ingest", "grpc", "store", "http", "freshness")
+    freshness_timeout: float = 900.0
+
+    def __post_init__(self) -> None:
+        unknown = set(self.steps) - {"ingest", "grpc", "store", "http", "freshness"}
+        if unknown:
+            raise ValueError(f"unknown steps: {', '.join(sorted(unknown))}")
+        if self.workers < 1 or self.freshness_samples < 0 or self.delta_losses < 0:
+            raise ValueError("workers must be >= 1; samples and losses >= 0")
+
+
+def machine() -> dict[str, Any]:
+    info: dict[str, Any] = {
+        "cpus": os.cpu_count(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "grpcio": grpc.__version__,
+    }
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                info["cpu"] = line.split(":", 1)[1].strip()
+                break
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal"):
+                info["memory_gb"] = round(int(line.split()[1]) / 1024 / 1024, 1)
+        info["load_average_at_start"] = [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        pass
+    for tool, args in (("wrk", ["-v"]), ("cfssl", ["version"]), ("openssl", ["version"])):
+        if shutil.which(tool):
+            out = subprocess.run([tool, *args], capture_output=True, text=True, check=False)
+            info[tool] = (out.stdout or out.stderr).strip().splitlines()[0]
+    return info
+
+
+def _issuers(ds: DataSet) -> dict[CertKind, x509.Certificate]:
+    out = {}
+    for kind in CertKind:
+        path = ds.samples_dir / f"issuer-{kind.slug}.pem"
+        out[kind] = x509.load_pem_x509_certificate(path.read_bytes())
+    return out
+
+
+def _snapshots(ds: DataSet) -> list[Path]:
+    snaps = [p for p in ds.snapshot_dir.iterdir() if snapshot_sequence(p) is not None]
+    return sorted(snaps, key=lambda p: snapshot_sequence(p) or 0)
+
+
+def _latest_full(ds: DataSet) -> Path:
+    """The newest full snapshot (its manifest is peeked at here, verified by the caller)."""
+    for path in reversed(_snapshots(ds)):
+        try:
+            if json.loads((path / MANIFEST).read_bytes()).get("type") == "full":
+                return path
+        except (OSError, ValueError):
+            continue
+    raise FileNotFoundError(f"no full snapshot in {ds.snapshot_dir}")
+
+
+def _du(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def ingest(ds: DataSet) -> dict[str, Any]:
+    """What a responder does from nothing: verify and build the newest full snapshot's
+    index, then apply the deltas published after it (earlier runs' freshness steps)."""
+    index_root = ds.responder_dir / "index"
+    shutil.rmtree(index_root, ignore_errors=True)
+    verifier = SnapshotVerifier(load_anchors(_responder_config(ds, 1, None)), SystemClock())
+    path = _latest_full(ds)
+    start = time.perf_counter()
+    snapshot = verifier.verify(path)
+    verified = time.perf_counter()
+    built = build_index(snapshot, index_root)
+    done = time.perf_counter()
+    deltas = [p for p in _snapshots(ds) if (snapshot_sequence(p) or 0) > snapshot.sequence]
+    for delta in deltas:
+        apply_delta(verifier.verify(delta), built)
+    applied = time.perf_counter()
+    publish_index(index_root, built)
+    return {
+        "snapshot": path.name,
+        "records": snapshot.manifest.record_count,
+        "crls": len(snapshot.manifest.crls),
+        "crl_entries": sum(len(c.crl) for c in snapshot.crls),
+        "verify_seconds": round(verified - start, 2),
+        "build_seconds": round(done - verified, 2),
+        "total_seconds": round(done - start, 2),
+        "deltas_after": len(deltas),
+        "deltas_seconds": round(applied - done, 2),
+        "index_bytes": _du(built),
+    }
+
+
+def _responder_config(ds: DataSet, workers: int, signer: str | None) -> ResponderConfig:
+    return ResponderConfig(
+        http_listen="127.0.0.1:0",
+        snapshot_dir=ds.snapshot_dir,
+        state_dir=ds.responder_dir,
+        trust_anchors=(ds.root_pem,),
+        listen="127.0.0.1:0",
+        workers=workers,
+        signer=signer,
+        insecure_loopback=True,
+        loopback_verifier=BENCH_VERIFIER,
+    )
+
+
+class RunningVa:
+    """The real signer and responder on loopback, from the data set, default intervals."""
+
+    def __init__(self, ds: DataSet, workers: int) -> None:
+        self.ds = ds
+        self.signer: SignerApp = start_signer(
+            SignerConfig(
+                data_dir=ds.signer_dir,
+                hsm=ds.hsm_config(),
+                listen="127.0.0.1:0",
+                insecure_loopback=True,
+            )
+        )
+        self.responder = Responder(_responder_config(ds, workers, f"127.0.0.1:{self.signer.port}"))
+        self._stop = threading.Event()
+        self._runner: threading.Thread | None = None
+        self._channels: list[grpc.Channel] = []
+        self.start_seconds = 0.0
+
+    def start(self) -> None:
+        began = time.perf_counter()
+        self.responder.start()
+        status = self.status_stub()
+        while True:
+            try:
+                status.Check(_check_request(CertKind.CARD_SIGN, 1), timeout=2)
+                break
+            except grpc.RpcError:
+                if time.perf_counter() - began > 120:
+                    raise
+                time.sleep(0.01)
+        self.start_seconds = time.perf_counter() - began
+        self._runner = threading.Thread(target=self.responder.run, args=(self._stop,), daemon=True)
+        self._runner.start()
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.responder.port}"
+
+    def status_stub(self) -> va_pb2_grpc.StatusServiceStub:
+        channel = grpc.insecure_channel(self.target)
+        self._channels.append(channel)
+        return va_pb2_grpc.StatusServiceStub(channel)
+
+    def signer_stub(self) -> signer_pb2_grpc.SignerServiceStub:
+        channel = grpc.insecure_channel(f"127.0.0.1:{self.signer.port}")
+        self._channels.append(channel)
+        return signer_pb2_grpc.SignerServiceStub(channel)
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._runner is not None:
+            self._runner.join()
+        self.responder.shutdown()
+        for channel in self._channels:
+            channel.close()
+        self.signer.stop()
+
+
+def _check_request(kind: CertKind, serial: int) -> va_pb2.CheckRequest:
+    return va_pb2.CheckRequest(
+        cert=va_pb2.CertRef(
+            kind_serial=va_pb2.KindSerial(
+                kind=int(kind),  # type: ignore[arg-type]
+                serial=serial_to_bytes(serial),
+            )
+        )
+    )
+
+
+_STATUS_FIELDS = ("VmRSS", "RssAnon", "RssFile", "RssShmem")
+_ROLLUP_FIELDS = ("Pss", "Pss_Anon", "Pss_File", "Private_Clean", "Private_Dirty")
+
+
+def _kb_fields(path: Path, names: tuple[str, ...]) -> dict[str, float]:
+    """The named `Key: N kB` lines of a /proc file, in MB."""
+    fields: dict[str, float] = {}
+    for line in path.read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in names:
+            fields[key] = round(int(value.split()[0]) / 1024, 1)
+    return fields
+
+
+def rss(pids: list[int]) -> dict[str, Any]:
+    """Each worker's memory in MB: VmRSS split into anonymous (the worker's own heap) and
+    file-backed (pages of the mapped index and of shared libraries, in the page cache
+    and shared by every worker), and Pss, which charges each shared page to its sharers
+    (smaps_rollup). Private is what the worker alone holds, clean or dirty."""
+    out = []
+    for pid in pids:
+        try:
+            fields = _kb_fields(Path(f"/proc/{pid}/status"), _STATUS_FIELDS)
+            rollup = _kb_fields(Path(f"/proc/{pid}/smaps_rollup"), _ROLLUP_FIELDS)
+        except OSError:
+            continue
+        fields.update({k: v for k, v in rollup.items() if k.startswith("Pss")})
+        fields["Private"] = round(
+            rollup.get("Private_Clean", 0) + rollup.get("Private_Dirty", 0), 1
+        )
+        out.append(fields)
+
+    def most(key: str) -> float:
+        return max((w.get(key, 0.0) for w in out), default=0.0)
+
+    return {
+        "workers": out,
+        "max_vmrss_mb": most("VmRSS"),
+        "max_rss_anon_mb": most("RssAnon"),
+        "max_rss_file_mb": most("RssFile"),
+        "max_pss_mb": most("Pss"),
+        "max_private_mb": most("Private"),
+    }
+
+
+def _canned(va: RunningVa, ds: DataSet) -> tuple[bytes, bytes]:
+    """A real GOOD answer and a real OCSP response from jpki-va, for the trivial server."""
+    pool = ds.pool()
+    kind, serial = pool.good[0]
+    reply = va.status_stub().Check(_check_request(kind, serial), timeout=10)
+    payload = build_payloads("ocsp", pool, Mix(good=1, revoked=0, unknown=0), _issuers(ds), count=1)
+    der = va.status_stub().Ocsp(va_pb2.OcspRequest.FromString(payload[0]), timeout=10).der
+    return reply.SerializeToString(), der
+
+
+def grpc_figures(
+    ds: DataSet, va: RunningVa, settings: SuiteSettings, progress: Callable[[str], None]
+) -> dict[str, Any]:
+    pool = ds.pool()
+    issuers = _issuers(ds)
+    check, ocsp_der = _canned(va, ds)
+    trivial = start_trivial(settings.workers, settings.grpc_threads, check, ocsp_der)
+    out: dict[str, Any] = {}
+    try:
+        for interface in INTERFACES:
+            payloads = build_payloads(
+                interface,
+                pool,
+                settings.mix,
+                issuers,
+                batch=settings.batch,
+                count=2_000 if interface == "stream" else 20_000,
+            )
+            figures: dict[str, Any] = {}
+            for name, target, pids in (
+                ("trivial", trivial.target, trivial.pids),
+                ("jpki-va", va.target, va.responder.worker_pids),
+            ):
+                progress(f"gRPC {interface} -> {name}")
+                spec = _spec(settings, target, interface)
+                figures[name] = run_load(
+                    f"{name} {interface}", spec, payloads, server_pids=pids
+                ).to_json()
+            ceiling = figures["trivial"]["rate"]
+            figures["ratio_to_trivial"] = (
+                round(figures["jpki-va"]["rate"] / ceiling, 3) if ceiling else None
+            )
+            out[interface] = figures
+    finally:
+        trivial.stop()
+    return out
+
+
+def _spec(settings: SuiteSettings, target: str, interface: Interface) -> LoadSpec:
+    return LoadSpec(
+        target=target,
+        interface=interface,
+        duration=settings.duration,
+        processes=settings.processes,
+        concurrency=settings.stream_concurrency if interface == "stream" else settings.concurrency,
+        channels=settings.channels,
+        rate=None if interface == "stream" else settings.rate,
+        batch=settings.batch,
+    )
+
+
+def store_figures(ds: DataSet, settings: SuiteSettings) -> dict[str, Any]:
+    index_root = ds.responder_dir / "index"
+    path = current_index(index_root)
+    if path is None:
+        raise FileNotFoundError("no index built: run the ingest step first")
+    pool = ds.pool()
+    pairs = pool.good + pool.revoked + pool.unknown
+    return ceilings.store_ceiling(path, index_root, pairs, settings.workers, settings.store_seconds)
+
+
+def http_figures(
+    ds: DataSet, va: RunningVa | None, settings: SuiteSettings, progress: Callable[[str], None]
+) -> dict[str, Any]:
+    out: dict[str, Any] = {"requests": ds.info().get("peers", {})}
+    http_url = _jpki_http_url(va)
+    runs: list[tuple[str, Callable[[], LoadResult]]] = [
+        ("cfssl", lambda: peers.cfssl(ds, settings.http)),
+        ("openssl", lambda: peers.openssl_ocsp(ds, settings.http)),
+    ]
+    if http_url is not None and va is not None:
+        pids = va.responder.worker_pids
+
+        def jpki(label: str, spec: HttpSpec) -> Callable[[], LoadResult]:
+            requests = ds.peers_dir / "requests.hex"
+            return lambda: run_wrk(label, http_url, spec, requests, server_pids=pids)
+
+        # cfssl answers from responses signed before its run; jpki-va signs on a cache
+        # miss. A first, unmeasured pass fills each worker's cache with the same
+        # requests, so the figure is the one the target names: cached signed responses.
+        warm = replace(settings.http, duration=max(1, settings.http.duration // 2))
+        runs[:0] = [
+            ("jpki-va-warmup", jpki("jpki-va HTTP OCSP, cache warm-up", warm)),
+            ("jpki-va", jpki("jpki-va HTTP OCSP", settings.http)),
+        ]
+    else:
+        out["jpki-va"] = {"skipped": "the responder is not running"}
+    for name, run in runs:
+        progress(f"HTTP OCSP -> {name}")
+        try:
+            out[name] = run().to_json()
+        except (HttpLoadError, OSError) as exc:
+            out[name] = {"skipped": str(exc)}
+    mine = out.get("jpki-va", {}).get("rate")
+    for peer in ("cfssl", "openssl"):
+        theirs = out.get(peer, {}).get("rate")
+        out[f"ratio_to_{peer}"] = round(mine / theirs, 3) if mine and theirs else None
+    return out
+
+
+def _jpki_http_url(va: RunningVa | None) -> str | None:
+    """The responder's HTTP OCSP URL (POST to the root, as to the peers)."""
+    if va is None or not va.responder.http_port:
+        return None
+    return f"http://127.0.0.1:{va.responder.http_port}/"
+
+
+def _wait_status(
+    stub: va_pb2_grpc.StatusServiceStub, kind: CertKind, serial: int, timeout: float
+) -> float:
+    """Seconds until the responder answers REVOKED for (kind, serial)."""
+    began = time.perf_counter()
+    while time.perf_counter() - began < timeout:
+        try:
+            reply = stub.Check(_check_request(kind, serial), timeout=5)
+            if Status(reply.status.status) is Status.REVOKED:
+                return time.perf_counter() - began
+        except grpc.RpcError:
+            pass
+        time.sleep(0.02)
+    raise TimeoutError(f"{kind.name} {serial:X} not answered REVOKED within {timeout:.0f} s")
+
+
+def _good_serials(
+    stub: va_pb2_grpc.StatusServiceStub, ds: DataSet, kind: CertKind, n: int
+) -> list[int]:
+    """Serials of `kind` that are GOOD now (earlier runs may have ended some)."""
+    out = []
+    for k, serial in ds.pool().good:
+        if k is not kind:
+            continue
+        if Status(stub.Check(_check_request(k, serial), timeout=5).status.status) is Status.GOOD:
+            out.append(serial)
+            if len(out) == n:
+                break
+    return out
+
+
+def freshness(
+    ds: DataSet, va: RunningVa, settings: SuiteSettings, progress: Callable[[str], None]
+) -> dict[str, Any]:
+    """Registry commit to answer, and a batch of losses to answer, through the real services."""
+    status = va.status_stub()
+    signer = va.signer_stub()
+    kind = CertKind.CARD_AUTH  # no cascade: one loss is one change
+    wanted = settings.freshness_samples + settings.delta_losses
+    serials = _good_serials(status, ds, kind, wanted)
+    if len(serials) < wanted:
+        raise RuntimeError(f"only {len(serials)} good {kind.name} serials left in the pool")
+    samples = []
+    for i in range(settings.freshness_samples):
+        progress(f"commit to answer {i + 1}/{settings.freshness_samples}")
+        _record_loss(signer, kind, serials[i])
+        samples.append(round(_wait_status(status, kind, serials[i], settings.freshness_timeout), 3))
+    out: dict[str, Any] = {
+        "delta_interval_seconds": va.signer.config.delta_interval,
+        "full_interval_seconds": va.signer.config.full_interval,
+        "poll_interval_seconds": va.responder.config.poll_interval,
+        "commit_to_answer_seconds": samples,
+        "commit_to_answer_max": max(samples, default=None),
+    }
+    if settings.delta_losses:
+        progress(f"{settings.delta_losses} losses")
+        batch = serials[settings.freshness_samples :]
+        began = time.perf_counter()
+        for serial in batch:
+            _record_loss(signer, kind, serial)
+        recorded = time.perf_counter() - began
+        answered = _wait_status(status, kind, batch[-1], settings.freshness_timeout)
+        first_ok = all(
+            Status(status.Check(_check_request(kind, s), timeout=5).status.status) is Status.REVOKED
+            for s in batch[:: max(1, len(batch) // 50)]
+        )
+        out["losses"] = {
+            "count": len(batch),
+            "record_seconds": round(recorded, 2),
+            "last_commit_to_answer_seconds": round(answered, 2),
+            "all_sampled_revoked": first_ok,
+        }
+    return out
+
+
+def _record_loss(stub: signer_pb2_grpc.SignerServiceStub, kind: CertKind, serial: int) -> None:
+    stub.RecordLoss(
+        signer_pb2.RecordLossRequest(
+            kind=int(kind),  # type: ignore[arg-type]
+            serial=serial_to_bytes(serial),
+            cause=int(LossCause.HOLDER_REQUEST),  # type: ignore[arg-type]
+        ),
+        timeout=30,
+    )
+
+
+def copy_index(ds: DataSet) -> Path:
+    """A scratch copy of the live index, to time delta application away from the responder."""
+    live = current_index(ds.responder_dir / "index")
+    if live is None:
+        raise FileNotFoundError("no index built: run the ingest step first")
+    scratch = ds.root / "scratch-index" / live.name
+    shutil.rmtree(scratch.parent, ignore_errors=True)
+    shutil.copytree(live, scratch)
+    return scratch
+
+
+def delta_apply(ds: DataSet, scratch: Path) -> dict[str, Any]:
+    """Verify and apply, in order, every delta published after the scratch index's snapshot.
+
+    These are the deltas the freshness step made the signer publish; each is timed
+    on its own (verification apart), as the ingester applies it to the live index.
+    """
+    verifier = SnapshotVerifier(load_anchors(_responder_config(ds, 1, None)), SystemClock())
+    copy = Index(scratch)
+    try:
+        start_sequence = copy.sequence  # the last snapshot applied: a full one or a delta
+    finally:
+        copy.close()
+    applied = []
+    try:
+        for path in sorted(ds.snapshot_dir.iterdir()):
+            sequence = snapshot_sequence(path)
+            if sequence is None or sequence <= start_sequence:
+                continue
+            began = time.perf_counter()
+            snapshot = verifier.verify(path)
+            verified = time.perf_counter()
+            if snapshot.manifest.type != "delta":
+                break
+            result = apply_delta(snapshot, scratch)
+            done = time.perf_counter()
+            applied.append(
+                {
+                    "sequence": sequence,
+                    "losses": len(result.losses),
+                    "records": result.records,
+                    "verify_seconds": round(verified - began, 3),
+                    "apply_seconds": round(done - verified, 3),
+                }
+            )
+    finally:
+        shutil.rmtree(scratch.parent, ignore_errors=True)
+    biggest = max(applied, key=lambda a: a["losses"], default=None)
+    return {
+        "deltas": applied,
+        "largest_losses": None if biggest is None else biggest["losses"],
+        "largest_apply_seconds": None if biggest is None else biggest["apply_seconds"],
+        "largest_verify_seconds": None if biggest is None else biggest["verify_seconds"],
+    }
+
+
+def run_suite(
+    ds: DataSet, settings: SuiteSettings, progress: Callable[[str], None] | None = None
+) -> dict[str, Any]:
+    say = progress or (lambda text: log.info("bench: %s", text))
+    info = ds.info()
+    results: dict[str, Any] = {
+        "format": FORMAT,
+        "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": machine(),
+        "dataset": {
+            k: info.get(k)
+            for k in (
+                "holders",
+                "seed",
+                "partitions",
+                "certificates",
+                "certificate_total",
+                "losses",
+                "loss_total",
+                "expired_total",
+                "timings",
+                "sizes",
+            )
+        },
+        "settings": _settings_json(settings),
+    }
+    if "ingest" in settings.steps or current_index(ds.responder_dir / "index") is None:
+        say("ingest: verify and build the index")
+        results["ingest"] = ingest(ds)
+    if "store" in settings.steps:
+        say("store ceiling")
+        results["store"] = store_figures(ds, settings)
+    scratch = copy_index(ds) if "freshness" in settings.steps else None
+    needs_va = {"grpc", "http", "freshness"} & set(settings.steps)
+    if needs_va:
+        say("start signer and responder")
+        va = RunningVa(ds, settings.workers)
+        try:
+            va.start()
+            results["start_to_serving_seconds"] = round(va.start_seconds, 3)
+            results["rss_idle"] = rss(va.responder.worker_pids)
+            if "grpc" in settings.steps:
+                results["grpc"] = grpc_figures(ds, va, settings, say)
+                results["rss_after_load"] = rss(va.responder.worker_pids)
+            if "http" in settings.steps:
+                results["http_ocsp"] = http_figures(ds, va, settings, say)
+                # The OCSP response cache fills under this load, not under gRPC's.
+                results["rss_after_http"] = rss(va.responder.worker_pids)
+            if "freshness" in settings.steps:
+                results["freshness"] = freshness(ds, va, settings, say)
+        finally:
+            va.close()
+    if scratch is not None and "freshness" in results:
+        say("delta application, timed on a copy of the index")
+        results["freshness"]["delta_apply"] = delta_apply(ds, scratch)
+    results["finished_at"] = datetime.now(UTC).isoformat(timespec="seconds")
+    return results
+
+
+def _settings_json(settings: SuiteSettings) -> dict[str, Any]:
+    data = asdict(settings)
+    data["steps"] = list(settings.steps)
+    return data

@@ -1,0 +1,1 @@
+"""The vocabulary every part of jpki-va shares: kinds, causes, clocks, tokens."""

@@ -1,0 +1,1 @@
+"""Composition roots: config in, a running signer, responder or demo out."""

@@ -1,0 +1,316 @@
+"""Validated configuration: argv (and an optional TOML file) -> a frozen Config.
+
+The composition roots take these and nothing else from the command line, so every
+setting is checked once, here, with a message that names it.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field, fields
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from jpki_va import hsm
+from jpki_va.server.law.retention import RetentionPolicy
+from jpki_va.server.pki.cert_profile import DEFAULT_VALIDITY
+from jpki_va.server.responder.renew_policy import RenewPolicy
+
+PIN_ENV = "JPKI_VA_HSM_PIN"
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def _is_loopback(address: str) -> bool:
+    host = address.rsplit(":", 1)[0].strip("[]")
+    return host in ("127.0.0.1", "localhost", "::1")
+
+
+def _check_listen(address: str, insecure_loopback: bool, name: str, tls: bool = False) -> None:
+    if ":" not in address:
+        raise ConfigError(f"{name}: expected HOST:PORT, got {address!r}")
+    port = address.rsplit(":", 1)[1]
+    if not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(f"{name}: bad port in {address!r}")
+    if tls:
+        if insecure_loopback:
+            raise ConfigError(f"{name}: choose TLS (--tls-cert ...) or --insecure-loopback")
+        return
+    if not insecure_loopback:
+        raise ConfigError(
+            f"{name}: TLS is not configured; plaintext needs --insecure-loopback "
+            "and a loopback address"
+        )
+    if not _is_loopback(address):
+        raise ConfigError(f"{name}: plaintext is allowed only on 127.0.0.1, not {address!r}")
+
+
+def hsm_config(
+    *,
+    module: str,
+    token_label: str,
+    pin_env: str | None,
+    pin_file: str | None,
+    softhsm2_conf: str | None,
+) -> hsm.HsmConfig:
+    pin = hsm.PinSource(file=pin_file) if pin_file else hsm.PinSource(env=pin_env or PIN_ENV)
+    try:
+        return hsm.HsmConfig(
+            module=module, token_label=token_label, pin=pin, softhsm2_conf=softhsm2_conf
+        )
+    except hsm.HsmError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str | float | int, name: str) -> float:
+    """Seconds from a number or a string like `5s`, `90m`, `24h`, `3650d`."""
+    if isinstance(text, int | float) and not isinstance(text, bool):
+        return float(text)
+    value = str(text).strip().lower()
+    try:
+        if value and value[-1] in _UNITS:
+            return float(value[:-1]) * _UNITS[value[-1]]
+        return float(value)
+    except ValueError:
+        raise ConfigError(
+            f"{name}: expected a duration like 5s, 24h or 3650d, got {text!r}"
+        ) from None
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    """Server certificate chain and key, and the CA that issues client certificates."""
+
+    cert: Path
+    key: Path
+    client_ca: Path
+
+    def __post_init__(self) -> None:
+        for option, path in (("--tls-cert", self.cert), ("--tls-key", self.key)):
+            if not path.is_file():
+                raise ConfigError(f"{option} {path} does not exist")
+        if not self.client_ca.is_file():
+            raise ConfigError(f"--client-ca {self.client_ca} does not exist")
+
+    def read(self) -> tuple[bytes, bytes, bytes]:
+        try:
+            return self.cert.read_bytes(), self.key.read_bytes(), self.client_ca.read_bytes()
+        except OSError as exc:
+            raise ConfigError(f"cannot read TLS files: {exc}") from None
+
+
+def tls_files(cert: str | None, key: str | None, client_ca: str | None) -> TlsFiles | None:
+    given = [v is not None for v in (cert, key, client_ca)]
+    if not any(given):
+        return None
+    if not all(given):
+        raise ConfigError("--tls-cert, --tls-key and --client-ca go together (mTLS)")
+    assert cert is not None and key is not None and client_ca is not None
+    return TlsFiles(Path(cert), Path(key), Path(client_ca))
+
+
+@dataclass(frozen=True)
+class SignerConfig:
+    data_dir: Path
+    hsm: hsm.HsmConfig
+    listen: str = "127.0.0.1:50052"
+    base_url: str = "http://127.0.0.1:8080"
+    insecure_loopback: bool = False
+    full_interval: float = 24 * 3600.0  # seconds between full snapshots
+    delta_interval: float = 5.0  # seconds between delta snapshots; 0: only on request
+    bootstrap: bool = False  # create a missing CA hierarchy (the embedded default's ceremony)
+    grpc_workers: int = 16
+    sign_queue_limit: int = 8  # requests that may wait for the HSM; more: RESOURCE_EXHAUSTED
+    sign_queue_wait: float = 5.0  # seconds a request may wait for the HSM
+    metrics_port: int | None = None  # Prometheus /metrics on 127.0.0.1 (0: any free port)
+    tls: TlsFiles | None = None
+    operator_certs: tuple[Path, ...] = ()  # client certificates allowed registry operations
+    # 保存期間 (seconds); None keeps the placeholders of law/retention.py.
+    retention_issuance_record: float | None = None
+    retention_loss_record: float | None = None
+    retention_crl_file: float | None = None
+
+    def __post_init__(self) -> None:
+        _check_listen(
+            self.listen, self.insecure_loopback, "signer listen", tls=self.tls is not None
+        )
+        if self.tls is not None and not self.operator_certs:
+            raise ConfigError("with TLS, name the operators' client certificates (--operator-cert)")
+        for path in self.operator_certs:
+            if not path.is_file():
+                raise ConfigError(f"--operator-cert {path} does not exist")
+        if self.full_interval <= 0:
+            raise ConfigError("full interval must be > 0")
+        if self.delta_interval < 0:
+            raise ConfigError("delta interval must be >= 0")
+        if self.delta_interval and self.delta_interval > self.full_interval:
+            raise ConfigError("delta interval must not exceed the full interval")
+        if self.grpc_workers < 2:
+            raise ConfigError("grpc workers must be >= 2")
+        if not 1 <= self.sign_queue_limit < self.grpc_workers:
+            # Past the worker count the gRPC pool, not this queue, would make callers wait.
+            raise ConfigError("sign queue limit must be >= 1 and below the grpc workers")
+        if self.sign_queue_wait <= 0:
+            raise ConfigError("sign queue wait must be > 0 seconds")
+        if self.metrics_port is not None and not 0 <= self.metrics_port <= 65535:
+            raise ConfigError(f"bad metrics port {self.metrics_port}")
+        try:
+            self.retention.check(max(DEFAULT_VALIDITY.values()))
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+
+    @property
+    def retention(self) -> RetentionPolicy:
+        default = RetentionPolicy()
+        return RetentionPolicy(
+            issuance_record=_days_or(self.retention_issuance_record, default.issuance_record),
+            loss_record=_days_or(self.retention_loss_record, default.loss_record),
+            crl_file=_days_or(self.retention_crl_file, default.crl_file),
+        )
+
+    @property
+    def registry_dir(self) -> Path:
+        return self.data_dir / "registry"
+
+    @property
+    def snapshot_dir(self) -> Path:
+        return self.data_dir / "snapshots"
+
+    @property
+    def ledger_dir(self) -> Path:
+        return self.data_dir / "ledger"
+
+
+def _days_or(seconds: float | None, default: timedelta) -> timedelta:
+    return default if seconds is None else timedelta(seconds=seconds)
+
+
+@dataclass(frozen=True)
+class ResponderConfig:
+    snapshot_dir: Path
+    state_dir: Path
+    trust_anchors: tuple[Path, ...]
+    listen: str = "127.0.0.1:50051"
+    workers: int = field(default_factory=lambda: os.cpu_count() or 1)
+    signer: str | None = None  # where to get delegated OCSP-signer certificates
+    insecure_loopback: bool = False
+    tls: TlsFiles | None = None
+    loopback_verifier: str | None = None  # plaintext callers without x-jpki-verifier
+    poll_interval: float = 1.0
+    grpc_threads: int = 16
+    max_watches: int = 8  # open WatchRevocations per worker; each holds a gRPC thread
+    grace_seconds: float = 5.0
+    crl_retention_days: float = 365.0  # 保存期間 of CRL files; set by cabinet order
+    ocsp_renew_at: RenewPolicy = field(default_factory=RenewPolicy)  # default: half its life
+    # HTTP OCSP and CRLs (RFC 6960 Appendix A, RFC 5019) beside gRPC; off when None.
+    http_listen: str | None = None
+    metrics_port: int | None = None  # Prometheus /metrics on 127.0.0.1; off when None
+    # Limits on what one request may ask (bad input gets a clear error, not a crash).
+    max_message_bytes: int = 4 * 1024 * 1024  # a gRPC message
+    max_batch: int = 10_000  # CheckStream: requests per batch
+    max_stream_batches: int = 100_000  # CheckStream: batches per stream
+    max_ocsp_request_bytes: int = 16_384  # an OCSP request (HTTP body, gRPC Ocsp)
+    max_ocsp_cert_ids: int = 64  # CertIDs in one OCSP request
+    # Signed responses kept per worker; 0 disables. About 1.6 kB each with its key and
+    # bookkeeping: 50,000 is at most ~80 MB of a worker's private memory. Smaller is
+    # worse than it looks: the cache is LRU, so a hot set even a little larger than it
+    # (gRPC and HTTP OCSP share it) misses on every request and re-signs each answer.
+    ocsp_cache_size: int = 50_000
+    ocsp_cache_margin: float = 60.0  # seconds before nextUpdate a cached response is renewed
+
+    def __post_init__(self) -> None:
+        _check_listen(
+            self.listen, self.insecure_loopback, "responder listen", tls=self.tls is not None
+        )
+        if self.loopback_verifier is not None and not self.insecure_loopback:
+            raise ConfigError("--loopback-verifier goes with --insecure-loopback only")
+        if self.crl_retention_days <= 0:
+            raise ConfigError("CRL retention must be > 0 days")
+        self._check_http_metrics_and_limits()
+        if self.workers < 1:
+            raise ConfigError("workers must be >= 1")
+        if not 1 <= self.max_watches < self.grpc_threads:
+            # Watches wait in gRPC threads: leave at least one for every other call.
+            raise ConfigError(
+                f"max watches must be 1 to {self.grpc_threads - 1} (below the gRPC threads)"
+            )
+        if not self.trust_anchors:
+            raise ConfigError("at least one trust anchor (--trust-anchor) is required")
+        for anchor in self.trust_anchors:
+            if not anchor.is_file():
+                raise ConfigError(f"trust anchor {anchor} does not exist")
+        if self.poll_interval <= 0:
+            raise ConfigError("poll interval must be > 0")
+        if self.signer is not None and not _is_loopback(self.signer):
+            raise ConfigError("the signer connection is plaintext: loopback only for now")
+
+    def _check_http_metrics_and_limits(self) -> None:
+        if self.http_listen is not None:
+            # Status is provided to verifiers only (DESIGN §7); plain HTTP cannot tell
+            # who asks, so it is served on loopback, behind an authenticating proxy.
+            _check_listen(self.http_listen, True, "responder HTTP listen")
+        if self.metrics_port is not None and not 0 <= self.metrics_port <= 65535:
+            raise ConfigError("metrics port must be 0..65535")
+        for name in (
+            "max_message_bytes",
+            "max_batch",
+            "max_stream_batches",
+            "max_ocsp_cert_ids",
+            "grpc_threads",
+        ):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name.replace('_', ' ')} must be >= 1")
+        if not 64 <= self.max_ocsp_request_bytes <= self.max_message_bytes:
+            raise ConfigError("max OCSP request bytes must be in 64..max message bytes")
+        if self.ocsp_cache_size < 0 or self.ocsp_cache_margin < 0:
+            raise ConfigError("OCSP cache size and margin must be >= 0")
+
+    @property
+    def index_dir(self) -> Path:
+        return self.state_dir / "index"
+
+    @property
+    def ocsp_dir(self) -> Path:
+        return self.state_dir / "ocsp"
+
+    @property
+    def ledger_dir(self) -> Path:
+        return self.state_dir / "ledger"
+
+    @property
+    def crl_archive_dir(self) -> Path:
+        return self.state_dir / "crls"
+
+    @property
+    def metrics_dir(self) -> Path:
+        """prometheus-client multiprocess files; emptied when the responder starts."""
+        return self.state_dir / "metrics"
+
+
+def load_toml(path: Path | None) -> dict[str, Any]:
+    """Settings from a TOML file; keys are the option names with underscores."""
+    if path is None:
+        return {}
+    try:
+        with path.open("rb") as f:
+            return tomllib.load(f)
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"cannot read config {path}: {exc}") from None
+
+
+def merge(file_values: dict[str, Any], cli_values: dict[str, Any], cls: type) -> dict[str, Any]:
+    """CLI values that were given override the file; unknown file keys are errors."""
+    known = {f.name for f in fields(cls)}
+    unknown = set(file_values) - known - {"hsm", "tls"}
+    if unknown:
+        raise ConfigError(f"unknown settings in config file: {', '.join(sorted(unknown))}")
+    merged = dict(file_values)
+    merged.update({k: v for k, v in cli_values.items() if v is not None})
+    return merged

@@ -1,0 +1,544 @@
+"""The responder's composition root: one ingester process and N gRPC workers.
+
+Python's GIL makes processes the unit of scale: every worker serves the same port
+(SO_REUSEPORT) with its own read-only handle on the live index, which it follows
+by polling the `current` pointer. The main process ingests snapshots and keeps the
+delegated OCSP-signer certificates fresh; it never serves requests itself.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import multiprocessing
+import os
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import grpc
+import lmdb
+from cryptography import x509
+from prometheus_client import CollectorRegistry
+
+from jpki_va.core.clock import Clock, SystemClock
+from jpki_va.protos import (
+    crl_pb2,
+    crl_pb2_grpc,
+    mapping_pb2,
+    mapping_pb2_grpc,
+    record_pb2,
+    record_pb2_grpc,
+    signer_pb2,
+    signer_pb2_grpc,
+    va_pb2,
+    verifiers_pb2,
+    verifiers_pb2_grpc,
+)
+from jpki_va.server.access.gate import Gate, NoIdentity, UnknownVerifier
+from jpki_va.server.app.config import ResponderConfig
+from jpki_va.server.app.logs import configure_json
+from jpki_va.server.http.access import HttpAccess
+from jpki_va.server.http.app import HttpApp
+from jpki_va.server.http.server import HttpServer
+from jpki_va.server.law.entitlements import NotEntitled
+from jpki_va.server.law.errors import Refused
+from jpki_va.server.law.mapping import NoSuchMapping
+from jpki_va.server.law.signing_record import NotSigningKind
+from jpki_va.server.ledger.group_commit import GroupCommit, LedgerBacklog
+from jpki_va.server.ledger.provisions import LedgerError, claim_shards, open_shard
+from jpki_va.server.responder.crl_archive import CrlArchive, CrlNotFound
+from jpki_va.server.responder.crls import CrlFiles
+from jpki_va.server.responder.index_reader import Index, current_index
+from jpki_va.server.responder.ingest import Ingester, IngestMetrics
+from jpki_va.server.responder.mappings import Mapper, UnknownCertificate
+from jpki_va.server.responder.metrics import (
+    CountedSource,
+    IndexState,
+    MetricsServer,
+    ResponderCollector,
+    WorkerMetrics,
+    mark_worker_dead,
+    prepare_multiprocess_dir,
+)
+from jpki_va.server.responder.ocsp import OcspLimits, OcspResponder
+from jpki_va.server.responder.ocsp_cache import ResponseCache
+from jpki_va.server.responder.ocsp_keys import OcspKeyStore
+from jpki_va.server.responder.revocation_feed import FeedClosed, RevocationFeed, TooManyWatches
+from jpki_va.server.responder.signing_record_lookup import SigningRecords
+from jpki_va.server.responder.status import (
+    BadRequest,
+    IndexHolder,
+    IndexStatusSource,
+    IssuerCompromiseSource,
+    NotReady,
+    Resolver,
+    StatusSource,
+)
+from jpki_va.server.responder.token_check import TokenChecker
+from jpki_va.server.rpc import server_common
+from jpki_va.server.rpc.crl_servicer import CrlServicer
+from jpki_va.server.rpc.identity import caller_of, server_credentials
+from jpki_va.server.rpc.mapping_servicer import MappingServicer
+from jpki_va.server.rpc.metrics_interceptor import MetricsInterceptor
+from jpki_va.server.rpc.signing_record_servicer import RecordServicer
+from jpki_va.server.rpc.status_servicer import StatusServicer, StreamLimits, add_status_service
+from jpki_va.server.rpc.verifier_token_servicer import VerifierTokenServicer
+from jpki_va.server.snapshot.verify import SnapshotVerifier
+
+log = logging.getLogger(__name__)
+
+SERVICE = va_pb2.DESCRIPTOR.services_by_name["StatusService"].full_name
+SERVICES = (
+    SERVICE,
+    crl_pb2.DESCRIPTOR.services_by_name["CrlService"].full_name,
+    verifiers_pb2.DESCRIPTOR.services_by_name["VerifierTokenService"].full_name,
+    mapping_pb2.DESCRIPTOR.services_by_name["MappingService"].full_name,
+    record_pb2.DESCRIPTOR.services_by_name["RecordService"].full_name,
+)
+STATUS_ERRORS: server_common.ErrorMap = (
+    (NoIdentity, grpc.StatusCode.UNAUTHENTICATED),
+    (UnknownVerifier, grpc.StatusCode.PERMISSION_DENIED),
+    (NotEntitled, grpc.StatusCode.PERMISSION_DENIED),
+    (CrlNotFound, grpc.StatusCode.NOT_FOUND),
+    (UnknownCertificate, grpc.StatusCode.NOT_FOUND),
+    (Refused, grpc.StatusCode.FAILED_PRECONDITION),
+    (NoSuchMapping, grpc.StatusCode.INVALID_ARGUMENT),
+    (NotSigningKind, grpc.StatusCode.INVALID_ARGUMENT),
+    (TooManyWatches, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (FeedClosed, grpc.StatusCode.UNAVAILABLE),
+    (BadRequest, grpc.StatusCode.INVALID_ARGUMENT),
+    (ValueError, grpc.StatusCode.INVALID_ARGUMENT),
+    (NotReady, grpc.StatusCode.UNAVAILABLE),
+    (LedgerBacklog, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (LedgerError, grpc.StatusCode.UNAVAILABLE),
+)
+LEDGER_SYNC_SECONDS = 1.0  # how much of the counts a machine crash could lose
+READY_TIMEOUT = 60.0
+
+
+def load_anchors(config: ResponderConfig) -> list[x509.Certificate]:
+    anchors: list[x509.Certificate] = []
+    for path in config.trust_anchors:
+        data = path.read_bytes()
+        if b"-----BEGIN" in data:
+            anchors.extend(x509.load_pem_x509_certificates(data))
+        else:
+            anchors.append(x509.load_der_x509_certificate(data))
+    return anchors
+
+
+def _host(listen: str) -> str:
+    return listen.rsplit(":", 1)[0].strip("[]")
+
+
+def _resolve_port(listen: str) -> int:
+    port = int(listen.rsplit(":", 1)[1])
+    if port:
+        return port
+    # Every worker must bind the same port, so pick a free one before they start.
+    with socket.socket(socket.AF_INET6 if ":" in _host(listen) else socket.AF_INET) as s:
+        s.bind((_host(listen), 0))
+        return int(s.getsockname()[1])
+
+
+class PortTaken(OSError):
+    """Another process holds a port this responder would serve on."""
+
+
+class PortClaim:
+    """This supervisor's exclusive hold on a TCP port its workers share.
+
+    SO_REUSEPORT lets any process of the same user join a port, so the kernel cannot
+    tell this supervisor's workers from a second responder's. The claim is an abstract
+    Unix socket named after the port: unique on the host (network namespace), released
+    by the kernel when the supervisor exits however it exits, and independent of the
+    state directory (a twin may use another one). A probe bind also refuses a port a
+    process not using SO_REUSEPORT listens on, before any worker starts.
+    """
+
+    def __init__(self, host: str, port: int) -> None:
+        self.port = port
+        self._lock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            self._lock.bind(f"\0jpki-va-responder-tcp-port-{port}")
+            with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+                probe.bind((host, port))
+        except OSError as exc:
+            self._lock.close()
+            raise PortTaken(f"port {port} is held by another process ({exc.strerror})") from exc
+
+    def release(self) -> None:
+        self._lock.close()
+
+
+def _index_generation(holder: IndexHolder) -> int:
+    """What cached OCSP answers depend on: the sequence the live index reflects now."""
+    index = holder.get()
+    index.refresh()  # a delta changes the live index in place
+    return index.sequence
+
+
+def _ocsp_responder(
+    config: ResponderConfig,
+    source: StatusSource,
+    holder: IndexHolder,
+    keystore: OcspKeyStore,
+    clock: Clock,
+    metrics: WorkerMetrics,
+) -> tuple[OcspResponder, ResponseCache]:
+    """The worker's OCSP responder and its signed-response cache."""
+    cache = ResponseCache(
+        functools.partial(_index_generation, holder),
+        capacity=config.ocsp_cache_size,
+        refresh_margin=config.ocsp_cache_margin,
+    )
+    responder = OcspResponder(
+        source,
+        Resolver(holder),
+        keystore.current,
+        clock,
+        cache=cache,
+        limits=OcspLimits(config.max_ocsp_request_bytes, config.max_ocsp_cert_ids),
+        observer=metrics,
+    )
+    return responder, cache
+
+
+def worker_main(  # noqa: PLR0915 (a composition root: the wiring reads best in one place)
+    config: ResponderConfig, slot: int, port: int, http_port: int | None, ready: Any
+) -> None:
+    """One worker process: gRPC and, when configured, HTTP OCSP and CRLs.
+
+    `slot` (0..workers-1, kept by a restarted worker) names the provision-ledger
+    shard this worker alone writes: workers sharing one environment would queue on
+    its write lock for every answer.
+
+    SIGTERM (from the supervisor) stops it gracefully. Not a shared
+    multiprocessing.Event: a worker killed while waiting on one leaves its condition
+    waiting for that worker forever, and set() would never return.
+    """
+    stop = threading.Event()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    configure_json("responder-worker")
+    clock = SystemClock()
+    metrics = WorkerMetrics()
+    holder = IndexHolder(config.index_dir)
+    holder.refresh()
+    keystore = OcspKeyStore(config.ocsp_dir)
+    ledger = open_shard(config.ledger_dir, slot)
+    archive = CrlArchive(config.crl_archive_dir)
+    source = IssuerCompromiseSource(IndexStatusSource(holder), holder)
+    resolver = Resolver(holder)
+    ocsp, cache = _ocsp_responder(config, source, holder, keystore, clock, metrics)
+    crl_files = CrlFiles(holder, archive)
+    roots = load_anchors(config)
+    # Concurrent calls' provisions share one commit; each answer waits for its own.
+    committer = GroupCommit(ledger)
+    gate = Gate(lambda: holder.get().verifiers, committer, clock)
+    caller = functools.partial(
+        caller_of,
+        insecure_loopback=config.insecure_loopback,
+        default_verifier=config.loopback_verifier,
+    )
+    server = server_common.build_server(
+        max_workers=config.grpc_threads,
+        mapping=STATUS_ERRORS,
+        options=[
+            ("grpc.so_reuseport", 1),
+            ("grpc.max_receive_message_length", config.max_message_bytes),
+        ],
+        served_by=str(os.getpid()),
+        interceptors=[MetricsInterceptor(metrics)],
+    )
+    stream_limits = StreamLimits(config.max_batch, config.max_stream_batches)
+    counted = CountedSource(source, metrics)
+    add_status_service(
+        StatusServicer(counted, resolver, ocsp, holder, clock, roots, gate, caller, stream_limits),
+        server,
+    )
+    feed = RevocationFeed(holder, max_watches=config.max_watches)
+    crl_pb2_grpc.add_CrlServiceServicer_to_server(
+        CrlServicer(crl_files, gate, caller, feed), server
+    )
+    mapping_pb2_grpc.add_MappingServiceServicer_to_server(
+        MappingServicer(Mapper(holder, counted, clock), gate, caller), server
+    )
+    record_pb2_grpc.add_RecordServiceServicer_to_server(
+        RecordServicer(SigningRecords(holder, source, clock), gate, caller), server
+    )
+    verifiers_pb2_grpc.add_VerifierTokenServiceServicer_to_server(
+        VerifierTokenServicer(
+            TokenChecker(roots, lambda: holder.get().verifiers, clock), gate, caller
+        ),
+        server,
+    )
+    health = server_common.add_health_and_reflection(server, SERVICES)
+    credentials = None if config.tls is None else server_credentials(*config.tls.read())
+    server_common.bind(server, f"{config.listen.rsplit(':', 1)[0]}:{port}", credentials)
+    server.start()
+    http = None
+    if config.http_listen is not None and http_port is not None:
+        access = HttpAccess(ocsp, crl_files, gate, config.loopback_verifier)
+        app = HttpApp(access, max_request_bytes=config.max_ocsp_request_bytes, observer=metrics)
+        http = HttpServer(app, _host(config.http_listen), http_port)
+        http.start()
+    serving = holder.loaded
+    server_common.set_serving(health, SERVICES, serving)
+    ready.put(port)
+    synced = time.monotonic()
+    signer = keystore.current()
+    while not stop.wait(0.2):
+        metrics.flush()
+        holder.refresh()
+        if keystore.current() is not signer:
+            # A rotated OCSP key: answers come from the new one from now on.
+            signer = keystore.current()
+            cache.invalidate()
+        if holder.loaded and not serving:
+            serving = True
+            server_common.set_serving(health, SERVICES, True)
+        if time.monotonic() - synced > LEDGER_SYNC_SECONDS:
+            ledger.sync()
+            synced = time.monotonic()
+    # Health first, so balancers stop sending; watches end with where to resume (they
+    # would hold the grace period to its end); then let in-flight calls finish.
+    server_common.set_serving(health, SERVICES, False)
+    feed.close()
+    if http is not None:
+        http.stop()
+    server.stop(config.grace_seconds).wait()
+    committer.close()
+    metrics.flush()
+    ledger.sync()
+    ledger.close()
+    archive.close()
+    holder.close()
+
+
+def renew_ocsp_certificates(
+    config: ResponderConfig, keystore: OcspKeyStore, clock: Clock, index_path: Path | None = None
+) -> bool:
+    """Rotate to a new delegated key and certificates when renewal is due.
+
+    Due when an issuer the index serves has no certificate, or one reached the
+    ``ocsp_renew_at`` point of its life, or one would expire before the latest
+    nextUpdate the responder answers with: renewing early is what keeps every
+    response's signer certificate valid past the response's nextUpdate.
+    """
+    if config.signer is None:
+        return False
+    path = index_path or current_index(config.index_dir)
+    if path is None:
+        return False
+    index = Index(path)
+    try:
+        # A compromised generation gets no new delegated certificate (第14条).
+        issuer_ids = set(index.issuers) - set(index.compromises)
+        must_cover = index.latest_next_update
+    finally:
+        index.close()
+    if not keystore.needs_renewal(
+        issuer_ids, clock.now(), config.ocsp_renew_at, must_cover=must_cover
+    ):
+        return False
+
+    def certify(csr_der: bytes) -> list[x509.Certificate]:
+        assert config.signer is not None
+        with grpc.insecure_channel(config.signer) as channel:
+            reply = signer_pb2_grpc.SignerServiceStub(channel).IssueOcspSignerCertificate(
+                signer_pb2.IssueOcspSignerCertificateRequest(
+                    csr_der=csr_der, issuer_key_ids=sorted(issuer_ids)
+                ),
+                timeout=30,
+            )
+        return [x509.load_der_x509_certificate(c.certificate_der) for c in reply.certificates]
+
+    signer = keystore.rotate(certify)
+    log.info("stored %d delegated OCSP-signer certificates", len(signer.certificates))
+    return True
+
+
+class Responder:
+    """The supervising process: ingest, renew, start and watch the workers."""
+
+    def __init__(self, config: ResponderConfig, clock: Clock | None = None) -> None:
+        self.config = config
+        self._clock = clock or SystemClock()
+        self._ctx = multiprocessing.get_context("spawn")
+        self._verifier = SnapshotVerifier(load_anchors(config), self._clock)
+        self._archive = CrlArchive(config.crl_archive_dir)
+        # The responder's own metrics registry (served by whoever exposes metrics).
+        self.metrics_registry = CollectorRegistry()
+        self.ingest_metrics = IngestMetrics(self.metrics_registry)
+        self._ingester = Ingester(
+            config.snapshot_dir,
+            config.index_dir,
+            self._verifier,
+            self._archive,
+            (self._clock, timedelta(days=config.crl_retention_days)),
+            metrics=self.ingest_metrics,
+            before_publish=self._certify_for,
+        )
+        self._keystore = OcspKeyStore(config.ocsp_dir)
+        self._collector = ResponderCollector(self._clock)
+        self._observed = False  # the collector has the live index's state
+        self._metrics_server: MetricsServer | None = None
+        self._ready = self._ctx.Queue()
+        self._workers: list[multiprocessing.process.BaseProcess] = []
+        self._claims: list[PortClaim] = []
+        self.port = 0
+        self.http_port: int | None = None
+        self.metrics_port: int | None = None
+
+    @property
+    def collector(self) -> ResponderCollector:
+        """Where the composition root adds what it counts (provisions, ...)."""
+        return self._collector
+
+    @property
+    def worker_pids(self) -> list[int]:
+        """Process ids of the live workers (for operators' tooling and the bench)."""
+        return [p.pid for p in self._workers if p.pid is not None and p.is_alive()]
+
+    def _spawn(self, slot: int) -> multiprocessing.process.BaseProcess:
+        proc = self._ctx.Process(
+            target=worker_main,
+            args=(self.config, slot, self.port, self.http_port, self._ready),
+            name="jpki-va-worker",
+        )
+        proc.start()
+        return proc
+
+    def _certify_for(self, index_path: Path) -> None:
+        renew_ocsp_certificates(self.config, self._keystore, self._clock, index_path)
+
+    def _housekeeping(self) -> None:
+        started = time.perf_counter()
+        try:
+            if self._ingester.poll_once() is not None:
+                self._collector.ingested(time.perf_counter() - started)
+                self._observed = False
+        except Exception:
+            log.exception("ingest failed; will retry")
+        try:
+            if not self._observed:
+                self._observe_index()
+            renew_ocsp_certificates(self.config, self._keystore, self._clock)
+        except (grpc.RpcError, OSError, ValueError, lmdb.Error) as exc:
+            # lmdb.Error: the index is open elsewhere in this process; next round.
+            log.warning("cannot read the index or renew OCSP-signer certificates: %s", exc)
+
+    def _observe_index(self) -> None:
+        """Hand the metrics the live index's state; the index is open only meanwhile."""
+        path = current_index(self.config.index_dir)
+        if path is None:
+            return
+        index = Index(path)
+        try:
+            state = IndexState(index.sequence, index.created_at, index.current_crls)
+        finally:
+            index.close()
+        self._collector.index_state(state)
+        self._observed = True
+
+    def _claim(self, listen: str) -> int:
+        claim = PortClaim(_host(listen), _resolve_port(listen))
+        self._claims.append(claim)
+        return claim.port
+
+    def start(self) -> int:
+        # Ports first: only this supervisor's workers may share them (SO_REUSEPORT).
+        try:
+            self.port = self._claim(self.config.listen)
+            if self.config.http_listen is not None:
+                self.http_port = self._claim(self.config.http_listen)
+            claim_shards(self.config.ledger_dir, self.config.workers)
+        except BaseException:
+            self._release_claims()  # a refused start holds nothing
+            raise
+        prepare_multiprocess_dir(self.config.metrics_dir)
+        self._housekeeping()
+        self._workers = [self._spawn(slot) for slot in range(self.config.workers)]
+        for _ in self._workers:
+            self._ready.get(timeout=READY_TIMEOUT)
+        if self.config.metrics_port is not None:
+            self._metrics_server = MetricsServer(
+                self.config.metrics_port,
+                self.config.metrics_dir,
+                [self._collector, self.metrics_registry],
+            )
+            self.metrics_port = self._metrics_server.port
+        log.info(
+            "responder serving gRPC on %s:%d, HTTP on %s, metrics on %s, with %d workers",
+            _host(self.config.listen),
+            self.port,
+            self.http_port,
+            self.metrics_port,
+            len(self._workers),
+        )
+        return self.port
+
+    def run(self, stop: threading.Event) -> None:
+        while not stop.wait(self.config.poll_interval):
+            self._housekeeping()
+            for i, proc in enumerate(self._workers):
+                if not proc.is_alive():
+                    log.error("worker %s exited with %s; starting another", proc.pid, proc.exitcode)
+                    if proc.pid is not None:
+                        mark_worker_dead(proc.pid, self.config.metrics_dir)
+                    self._workers[i] = self._spawn(i)  # its slot: its ledger shard
+                    with contextlib.suppress(Exception):
+                        self._ready.get(timeout=READY_TIMEOUT)
+
+    def shutdown(self) -> None:
+        for proc in self._workers:
+            if proc.is_alive():
+                proc.terminate()  # SIGTERM: health NOT_SERVING, drain, close
+        for proc in self._workers:
+            proc.join(self.config.grace_seconds + 5)
+            if proc.is_alive():
+                proc.kill()
+                proc.join(5)
+            if proc.pid is not None:
+                mark_worker_dead(proc.pid, self.config.metrics_dir)
+        if self._metrics_server is not None:
+            self._metrics_server.close()
+            self._metrics_server = None
+        self._archive.close()
+        self._release_claims()
+
+    def _release_claims(self) -> None:
+        for claim in self._claims:
+            claim.release()
+        self._claims = []
+
+
+def serve(
+    config: ResponderConfig,
+    *,
+    stop: threading.Event | None = None,
+    ready: Callable[[int], None] | None = None,
+) -> None:
+    """Run until `stop` is set (or SIGINT/SIGTERM when run from the main thread)."""
+    stop = stop or threading.Event()
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        signal.signal(signal.SIGINT, lambda *_: stop.set())
+    responder = Responder(config)
+    try:
+        port = responder.start()
+        if ready is not None:
+            ready(port)
+        responder.run(stop)
+    finally:
+        responder.shutdown()

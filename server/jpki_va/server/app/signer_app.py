@@ -1,0 +1,186 @@
+"""The signer's composition root: config in, a running SignerService out."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import grpc
+import prometheus_client
+from cryptography import x509
+
+from jpki_va import hsm
+from jpki_va.core.clock import Clock, SystemClock
+from jpki_va.protos import signer_pb2, signer_pb2_grpc
+from jpki_va.server.access.gate import NotOperator, Operators
+from jpki_va.server.app.config import ConfigError, SignerConfig
+from jpki_va.server.law.entitlements import NotEntitled
+from jpki_va.server.ledger.provisions import Ledger
+from jpki_va.server.pki.cert_profile import ProfileSettings
+from jpki_va.server.registry.transactions import Registry, RegistryError
+from jpki_va.server.responder.status import BadRequest
+from jpki_va.server.rpc import server_common
+from jpki_va.server.rpc.identity import caller_of, fingerprint, server_credentials
+from jpki_va.server.rpc.signer_servicer import SignerServicer
+from jpki_va.server.signer.authority import Authority, AuthorityError
+from jpki_va.server.signer.ceremony import bootstrap
+from jpki_va.server.signer.metrics import SignerMetrics
+from jpki_va.server.signer.publisher import Publisher
+from jpki_va.server.signer.service import (
+    Conflict,
+    InvalidRequest,
+    NotFound,
+    PreconditionFailed,
+    Signer,
+)
+from jpki_va.server.signer.signing_queue import Overloaded, SigningQueue
+from jpki_va.server.signer.verifier_registry import NotAVerifier, VerifierRegistry
+
+log = logging.getLogger(__name__)
+
+SERVICE = signer_pb2.DESCRIPTOR.services_by_name["SignerService"].full_name
+
+SIGNER_ERRORS: server_common.ErrorMap = (
+    (NotOperator, grpc.StatusCode.PERMISSION_DENIED),
+    (NotAVerifier, grpc.StatusCode.PERMISSION_DENIED),
+    (NotEntitled, grpc.StatusCode.PERMISSION_DENIED),
+    (Overloaded, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (InvalidRequest, grpc.StatusCode.INVALID_ARGUMENT),
+    (BadRequest, grpc.StatusCode.INVALID_ARGUMENT),  # malformed wire values
+    (NotFound, grpc.StatusCode.NOT_FOUND),
+    (Conflict, grpc.StatusCode.FAILED_PRECONDITION),
+    (PreconditionFailed, grpc.StatusCode.FAILED_PRECONDITION),
+    (AuthorityError, grpc.StatusCode.FAILED_PRECONDITION),
+    (RegistryError, grpc.StatusCode.FAILED_PRECONDITION),
+    (hsm.HsmError, grpc.StatusCode.UNAVAILABLE),
+)
+
+
+@dataclass
+class SignerApp:
+    """Everything the signer process owns, for an orderly start and stop."""
+
+    config: SignerConfig
+    token: hsm.Hsm
+    registry: Registry
+    ledger: Ledger
+    signer: Signer
+    server: grpc.Server
+    port: int
+    health: object
+    metrics: SignerMetrics
+    _stop: threading.Event
+    _publisher_thread: threading.Thread | None = None
+    _metrics_server: Any = None
+    metrics_port: int | None = None
+
+    def stop(self, grace: float = 2.0) -> None:
+        self._stop.set()
+        server_common.set_serving(self.health, [SERVICE], False)  # type: ignore[arg-type]
+        self.server.stop(grace).wait()
+        if self._metrics_server is not None:
+            self._metrics_server.shutdown()
+            self._metrics_server.server_close()
+        if self._publisher_thread is not None:
+            self._publisher_thread.join()
+        self.registry.close()
+        self.ledger.close()
+        self.token.close()
+
+    def wait(self) -> None:
+        self.server.wait_for_termination()
+
+
+def _operators(config: SignerConfig) -> Operators:
+    if config.tls is None:
+        return Operators(None)
+    prints: set[bytes] = set()
+    for path in config.operator_certs:
+        try:
+            prints.update(
+                fingerprint(c) for c in x509.load_pem_x509_certificates(path.read_bytes())
+            )
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"--operator-cert {path}: {exc}") from None
+    return Operators(frozenset(prints))
+
+
+def start_signer(config: SignerConfig, clock: Clock | None = None) -> SignerApp:
+    clock = clock or SystemClock()
+    operators = _operators(config)
+    credentials = None if config.tls is None else server_credentials(*config.tls.read())
+    metrics = SignerMetrics()
+    token = hsm.Hsm.open(config.hsm, observer=metrics)
+    registry = Registry(config.registry_dir)
+    ledger = Ledger(config.ledger_dir)
+    metrics_server = None
+    try:
+        if config.bootstrap:
+            records = config.data_dir / "ceremonies"
+            for created in bootstrap(token, registry, clock, record_dir=records):
+                log.info("created %s", created)
+        authority = Authority(token, registry)
+        authority.root()  # refuse to start without a hierarchy
+        settings = ProfileSettings(base_url=config.base_url)
+        publisher = Publisher(
+            registry, authority, config.snapshot_dir, clock, settings, config.retention
+        )
+        queue = SigningQueue(config.sign_queue_limit, config.sign_queue_wait, observer=metrics)
+        signer = Signer(registry, authority, publisher, clock, settings, queue)
+        server = server_common.build_server(
+            max_workers=config.grpc_workers,
+            mapping=SIGNER_ERRORS,
+            maximum_concurrent_rpcs=config.grpc_workers,
+        )
+        verifiers = VerifierRegistry(registry, authority, ledger, clock)
+        caller = functools.partial(caller_of, insecure_loopback=config.insecure_loopback)
+        signer_pb2_grpc.add_SignerServiceServicer_to_server(
+            SignerServicer(signer, verifiers, operators, caller), server
+        )
+        health = server_common.add_health_and_reflection(server, [SERVICE])
+        port = server_common.bind(server, config.listen, credentials)
+        if config.metrics_port is not None:
+            metrics_server, _ = prometheus_client.start_http_server(
+                config.metrics_port, addr="127.0.0.1", registry=metrics.registry
+            )
+        server.start()
+    except BaseException:
+        if metrics_server is not None:
+            metrics_server.shutdown()
+            metrics_server.server_close()
+        registry.close()
+        ledger.close()
+        token.close()
+        raise
+    server_common.set_serving(health, [SERVICE], True)
+    stop = threading.Event()
+    app = SignerApp(config, token, registry, ledger, signer, server, port, health, metrics, stop)
+    if metrics_server is not None:
+        app._metrics_server = metrics_server
+        app.metrics_port = int(metrics_server.server_port)
+        log.info("signer metrics on 127.0.0.1:%d/metrics", app.metrics_port)
+    if config.delta_interval > 0:
+        full_interval = timedelta(seconds=config.full_interval)
+        app._publisher_thread = threading.Thread(
+            target=_publish_loop,
+            args=(lambda: signer.publish_scheduled(full_interval), stop, config.delta_interval),
+            name="publisher",
+            daemon=True,
+        )
+        app._publisher_thread.start()
+    log.info("signer listening on %s", config.listen.rsplit(":", 1)[0] + f":{port}")
+    return app
+
+
+def _publish_loop(publish: Callable[[], object], stop: threading.Event, interval: float) -> None:
+    """Every `interval`: the move-out sweep, then a full or delta snapshot as due."""
+    while not stop.wait(interval):
+        try:
+            publish()
+        except Exception:
+            log.exception("periodic publish failed; will retry")

@@ -1,0 +1,1 @@
+"""The `jpki-va` command line: argv to a role's composition root."""

@@ -1,0 +1,188 @@
+"""The long-running roles (signer, responder, demo): parsed options to a composition root.
+
+Loaded only when one of these commands runs: they bring in lmdb, python-pkcs11 and
+the gRPC server, which `jpki-va --help` and the client commands must not load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from jpki_va import hsm
+from jpki_va.server.app import demo
+from jpki_va.server.app.config import (
+    ConfigError,
+    ResponderConfig,
+    SignerConfig,
+    TlsFiles,
+    hsm_config,
+    load_toml,
+    merge,
+    parse_duration,
+    tls_files,
+)
+from jpki_va.server.app.responder_app import PortTaken, serve
+from jpki_va.server.app.signer_app import start_signer
+from jpki_va.server.ledger.provisions import LedgerError
+from jpki_va.server.responder.renew_policy import RenewPolicy
+
+EXIT_USAGE = 2
+
+
+def _one_line(run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """A role that cannot start says why in one line and exits 2, never a traceback."""
+
+    def guarded(args: argparse.Namespace) -> int:
+        try:
+            return run(args)
+        except (ConfigError, LedgerError, PortTaken, hsm.HsmError) as exc:
+            print(f"jpki-va {args.command}: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+
+    return guarded
+
+
+def _hsm_from(args: argparse.Namespace, file_values: dict[str, Any]) -> hsm.HsmConfig:
+    table = file_values.get("hsm", {})
+    token = args.hsm_token or table.get("token_label")
+    if not token:
+        raise ConfigError("--hsm-token is required")
+    return hsm_config(
+        module=args.hsm_module or table.get("module") or hsm.DEFAULT_MODULE,
+        token_label=token,
+        pin_env=args.hsm_pin_env or table.get("pin_env"),
+        pin_file=args.hsm_pin_file or table.get("pin_file"),
+        softhsm2_conf=args.softhsm2_conf or table.get("softhsm2_conf"),
+    )
+
+
+def _tls_from(args: argparse.Namespace, file_values: dict[str, Any]) -> TlsFiles | None:
+    table = file_values.get("tls", {})
+    return tls_files(
+        args.tls_cert or table.get("cert"),
+        args.tls_key or table.get("key"),
+        args.client_ca or table.get("client_ca"),
+    )
+
+
+def signer_config(args: argparse.Namespace) -> SignerConfig:
+    file_values = load_toml(args.config)
+    values = merge(
+        file_values,
+        {
+            "data_dir": args.data_dir,
+            "listen": args.listen,
+            "base_url": args.base_url,
+            "full_interval": args.full_interval,
+            "delta_interval": args.delta_interval,
+            "retention_issuance_record": args.retention_issuance_record,
+            "retention_loss_record": args.retention_loss_record,
+            "retention_crl_file": args.retention_crl_file,
+            "insecure_loopback": args.insecure_loopback or None,
+            "bootstrap": args.bootstrap or None,
+            "operator_certs": args.operator_cert,
+            "sign_queue_limit": args.sign_queue_limit,
+            "sign_queue_wait": args.sign_queue_wait,
+            "metrics_port": args.metrics_port,
+        },
+        SignerConfig,
+    )
+    values.pop("hsm", None)
+    values.pop("tls", None)
+    if "data_dir" not in values:
+        raise ConfigError("--data-dir is required")
+    values["data_dir"] = Path(values["data_dir"])
+    for name in (
+        "full_interval",
+        "delta_interval",
+        "retention_issuance_record",
+        "retention_loss_record",
+        "retention_crl_file",
+    ):
+        if name in values:
+            values[name] = parse_duration(values[name], name.replace("_", " "))
+    values["operator_certs"] = tuple(Path(p) for p in values.get("operator_certs") or ())
+    try:
+        return SignerConfig(
+            hsm=_hsm_from(args, file_values), tls=_tls_from(args, file_values), **values
+        )
+    except TypeError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def responder_config(args: argparse.Namespace) -> ResponderConfig:
+    file_values = load_toml(args.config)
+    values = merge(
+        file_values,
+        {
+            "snapshot_dir": args.snapshots,
+            "state_dir": args.state_dir,
+            "trust_anchors": args.trust_anchor,
+            "listen": args.listen,
+            "workers": args.workers,
+            "signer": args.signer,
+            "insecure_loopback": args.insecure_loopback or None,
+            "poll_interval": args.poll_interval,
+            "crl_retention_days": args.crl_retention_days,
+            "loopback_verifier": args.loopback_verifier,
+            "http_listen": args.http_listen,
+            "metrics_port": args.metrics_port,
+            "max_message_bytes": args.max_message_bytes,
+            "max_batch": args.max_batch,
+            "max_stream_batches": args.max_stream_batches,
+            "max_ocsp_request_bytes": args.max_ocsp_request_bytes,
+            "max_ocsp_cert_ids": args.max_ocsp_cert_ids,
+            "ocsp_cache_size": args.ocsp_cache_size,
+            "ocsp_renew_at": args.ocsp_renew_at,
+            "max_watches": args.max_watches,
+        },
+        ResponderConfig,
+    )
+    if "ocsp_renew_at" in values:
+        try:
+            values["ocsp_renew_at"] = RenewPolicy.parse(str(values["ocsp_renew_at"]))
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+    values.pop("tls", None)
+    for required, flag in (("snapshot_dir", "--snapshots"), ("state_dir", "--state-dir")):
+        if required not in values:
+            raise ConfigError(f"{flag} is required")
+    values["snapshot_dir"] = Path(values["snapshot_dir"])
+    values["state_dir"] = Path(values["state_dir"])
+    values["trust_anchors"] = tuple(Path(p) for p in values.get("trust_anchors") or ())
+    try:
+        return ResponderConfig(tls=_tls_from(args, file_values), **values)
+    except TypeError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+@_one_line
+def run_signer(args: argparse.Namespace) -> int:
+    app = start_signer(signer_config(args))
+    print(f"signer listening on port {app.port}", flush=True)
+    try:
+        app.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        app.stop()
+    return 0
+
+
+@_one_line
+def run_responder(args: argparse.Namespace) -> int:
+    config = responder_config(args)
+    serve(config, ready=lambda port: print(f"responder listening on port {port}", flush=True))
+    return 0
+
+
+@_one_line
+def run_demo(args: argparse.Namespace) -> int:
+    return demo.run(
+        args.dir, args.port, stop=threading.Event(), reset=args.reset, http_port=args.http_port
+    )

@@ -1,0 +1,125 @@
+"""`jpki-va registry …`: operators' calls into the signer's registry.
+
+Each part of the registry registers its own subcommands on the group made here, so
+they live in their own modules (verifiers: jpki_va.server.cmd.verifiers).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import grpc
+
+from jpki_va.core.loopback import VERIFIER_HEADER, is_loopback_target
+from jpki_va.server.app.config import ConfigError
+
+if TYPE_CHECKING:
+    SubParsers = argparse._SubParsersAction[argparse.ArgumentParser]
+else:  # not subscriptable at run time
+    SubParsers = argparse._SubParsersAction
+EXIT_SERVER = 3
+EXIT_UNREACHABLE = 4
+
+
+def add_registry_group(sub: SubParsers) -> SubParsers:
+    registry = sub.add_parser("registry", help="operator calls into the signer's registry")
+    add_signer_connection(registry)
+    return registry.add_subparsers(dest="registry_command", required=True, metavar="SUBJECT")
+
+
+_CONNECTION_DEFAULTS: dict[str, object] = {
+    "ca": None,
+    "client_cert": None,
+    "client_key": None,
+    "insecure_loopback": False,
+    "timeout": 30.0,
+}
+
+
+def add_signer_connection(parser: argparse.ArgumentParser) -> None:
+    """The signer connection options.
+
+    They are accepted before the subcommand (`jpki-va registry --signer H:P lose …`)
+    and after it; SUPPRESS keeps a later parser from overwriting an earlier value with
+    its default, and `rpc_errors` fills in the defaults of what was not given.
+    """
+    group = parser.add_argument_group("signer connection")
+    keep = argparse.SUPPRESS
+    group.add_argument("--signer", default=keep, metavar="HOST:PORT", help="signer address")
+    group.add_argument("--ca", default=keep, metavar="FILE", help="PEM roots of the signer's TLS")
+    group.add_argument(
+        "--client-cert", default=keep, metavar="FILE", help="PEM client certificate (mTLS)"
+    )
+    group.add_argument("--client-key", default=keep, metavar="FILE", help="PEM client key (mTLS)")
+    group.add_argument(
+        "--insecure-loopback",
+        action="store_true",
+        default=keep,
+        help="plaintext to 127.0.0.1 (demos, tests)",
+    )
+    group.add_argument("--timeout", type=float, default=keep, metavar="SECONDS")
+
+
+def _complete_connection(args: argparse.Namespace) -> None:
+    if getattr(args, "signer", None) is None:
+        raise ConfigError("--signer HOST:PORT is required")
+    for name, default in _CONNECTION_DEFAULTS.items():
+        if not hasattr(args, name):
+            setattr(args, name, default)
+
+
+def _read(path: str | None, option: str) -> bytes | None:
+    if path is None:
+        return None
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{option} {path}: {exc.strerror}") from None
+
+
+def signer_channel(args: argparse.Namespace) -> grpc.Channel:
+    if args.insecure_loopback:
+        if args.ca or args.client_cert or args.client_key:
+            raise ConfigError("--insecure-loopback cannot be combined with TLS options")
+        if not is_loopback_target(args.signer):
+            raise ConfigError(f"--insecure-loopback only connects to loopback, not {args.signer}")
+        return grpc.insecure_channel(args.signer)
+    if args.client_cert is None or args.client_key is None:
+        raise ConfigError("--client-cert and --client-key are required (or --insecure-loopback)")
+    credentials = grpc.ssl_channel_credentials(
+        _read(args.ca, "--ca"),
+        _read(args.client_key, "--client-key"),
+        _read(args.client_cert, "--client-cert"),
+    )
+    return grpc.secure_channel(args.signer, credentials)
+
+
+def demo_identity(args: argparse.Namespace) -> tuple[tuple[str, str | bytes], ...]:
+    """Metadata naming the verifier on a plaintext loopback channel (demos, tests)."""
+    verifier = getattr(args, "verifier", None)
+    if verifier is None:
+        return ()
+    if not args.insecure_loopback:
+        raise ConfigError("--verifier is for --insecure-loopback; with TLS the certificate says")
+    return ((VERIFIER_HEADER, verifier),)
+
+
+def rpc_errors(run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """gRPC errors become one line on stderr and exit code 3 (4: no answer)."""
+
+    def wrapped(args: argparse.Namespace) -> int:
+        _complete_connection(args)
+        try:
+            return run(args)
+        except grpc.RpcError as exc:
+            code = exc.code() if isinstance(exc, grpc.Call) else grpc.StatusCode.UNKNOWN
+            details = exc.details() if isinstance(exc, grpc.Call) else str(exc)
+            print(f"jpki-va {args.command}: {code.name}: {details}", file=sys.stderr)
+            unreachable = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+            return EXIT_UNREACHABLE if code in unreachable else EXIT_SERVER
+
+    return wrapped

@@ -1,0 +1,88 @@
+"""Who gets what over HTTP: the verifier gate applied to HTTP OCSP and CRLs.
+
+HTTP listens on loopback only, behind a proxy that authenticates verifiers (mTLS)
+and names the verifier in the X-JPKI-Verifier header, the way plaintext gRPC on
+loopback takes the x-jpki-verifier metadata; a request without it is the
+configured loopback verifier's, if any. Entitlements and provision counts are the
+same as over gRPC: OCSP answers `unauthorized` to a caller who may not have them,
+a CRL is 401/403. What was provided is tallied and committed to the ledger once per
+turn of the event loop, before the responses of that turn leave (`commit`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Mapping
+
+from jpki_va.core.domain import CertKind, Provision, Verifier
+from jpki_va.server.access.gate import Caller, Gate, NoIdentity, UnknownVerifier
+from jpki_va.server.http.app import Forbidden, PublishedCrl
+from jpki_va.server.law.entitlements import NotEntitled, crl_provision
+from jpki_va.server.pki.ocsp_wire import ResponseStatus, unsuccessful
+from jpki_va.server.responder.crls import CrlFiles
+from jpki_va.server.responder.ocsp import OcspResponder
+from jpki_va.server.responder.ocsp_access import GatedOcsp
+from jpki_va.server.responder.ocsp_cache import OcspReply
+
+log = logging.getLogger(__name__)
+
+_UNAUTHORIZED = OcspReply(unsuccessful(ResponseStatus.UNAUTHORIZED))
+
+
+class HttpAccess:
+    """Used from the HTTP event loop thread only."""
+
+    def __init__(
+        self, ocsp: OcspResponder, files: CrlFiles, gate: Gate, default_verifier: str | None
+    ) -> None:
+        self._ocsp = GatedOcsp(ocsp, gate, self._tally)
+        self._files = files
+        self._gate = gate
+        self._default = default_verifier
+        self._pending: dict[str, tuple[Verifier, Counter[Provision]]] = {}
+
+    def _tally(self, verifier: Verifier, counts: Mapping[Provision, int]) -> None:
+        held = self._pending.get(verifier.id)
+        if held is None:
+            held = self._pending[verifier.id] = (verifier, Counter())
+        held[1].update(counts)
+
+    def commit(self) -> bool:
+        pending, self._pending = self._pending, {}
+        for verifier, counts in pending.values():
+            self._gate.provided(verifier, counts)  # raises LedgerError: nothing leaves
+        return True
+
+    def _caller(self, claimed: str | None) -> Caller:
+        claimed = claimed or self._default
+        return Caller() if claimed is None else Caller(claimed_id=claimed)
+
+    def respond(self, claimed: str | None, der: bytes) -> OcspReply:
+        try:
+            return self._ocsp.respond(self._caller(claimed), der)
+        except (NoIdentity, UnknownVerifier, NotEntitled) as exc:
+            log.info("HTTP OCSP refused: %s", exc)
+            return _UNAUTHORIZED
+
+    def crl(
+        self, claimed: str | None, kind: CertKind, key_id_prefix: bytes, partition: str
+    ) -> PublishedCrl | None:
+        provision = crl_provision(kind)
+        try:
+            verifier = self._gate.admit(self._caller(claimed), provision)
+        except NoIdentity as exc:
+            raise Forbidden(401, str(exc)) from None
+        except (UnknownVerifier, NotEntitled) as exc:
+            raise Forbidden(403, str(exc)) from None
+        found = self._files.current_at_url(kind, key_id_prefix, partition)
+        if found is None:
+            return None
+        self._tally(verifier, {provision: 1})
+        info = found[0].info
+        return PublishedCrl(
+            found[1],
+            info.sha256.hex()[:32],
+            info.this_update.timestamp(),
+            info.next_update.timestamp(),
+        )

@@ -1,0 +1,296 @@
+"""HTTP OCSP and CRLs as a sans-I/O application: a parsed request in, a response out."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from email.utils import formatdate
+from typing import Protocol
+from urllib.parse import unquote_to_bytes
+
+from jpki_va.core.domain import CertKind
+from jpki_va.server.responder.ocsp_cache import OcspReply
+from jpki_va.server.responder.status import NotReady
+
+OCSP_REQUEST = b"application/ocsp-request"
+
+
+OCSP_RESPONSE = b"application/ocsp-response"
+
+
+PKIX_CRL = b"application/pkix-crl"
+
+
+_REASONS = {
+    200: b"OK",
+    304: b"Not Modified",
+    400: b"Bad Request",
+    401: b"Unauthorized",
+    403: b"Forbidden",
+    404: b"Not Found",
+    405: b"Method Not Allowed",
+    413: b"Content Too Large",
+    414: b"URI Too Long",
+    415: b"Unsupported Media Type",
+    431: b"Request Header Fields Too Large",
+    500: b"Internal Server Error",
+    503: b"Service Unavailable",
+    505: b"HTTP Version Not Supported",
+}
+
+
+class Access(Protocol):
+    """OCSP and CRLs for the verifier a request names (None: the header is absent)."""
+
+    def respond(self, claimed: str | None, der: bytes) -> OcspReply: ...
+
+    def crl(
+        self, claimed: str | None, kind: CertKind, key_id_prefix: bytes, partition: str
+    ) -> PublishedCrl | None: ...
+
+    def commit(self) -> bool:
+        """Make what was provided since the last commit durable; False if it cannot."""
+        ...
+
+
+class Forbidden(Exception):
+    """The caller may not have this: 401 (no identity) or 403, with a message."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(frozen=True, slots=True)
+class PublishedCrl:
+    """A current CRL as HTTP serves it."""
+
+    der: bytes
+    etag: str
+    this_update: float  # epoch seconds
+    next_update: float
+
+
+class HttpObserver(Protocol):
+    def request(self, route: str, status: int) -> None: ...
+
+
+class _Quiet:
+    def request(self, route: str, status: int) -> None:
+        pass
+
+
+class _Dates:
+    """HTTP dates, formatted once per second or per value."""
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._now = b""
+
+    def now(self, now: float) -> bytes:
+        second = int(now)
+        if second != self._second:
+            self._now = formatdate(second, usegmt=True).encode()
+            self._second = second
+        return self._now
+
+
+def _http_date(when: float) -> bytes:
+    return formatdate(int(when), usegmt=True).encode()
+
+
+def _etag_matches(header: bytes, etag: bytes) -> bool:
+    if header.strip() == b"*":
+        return True
+    return any(part.strip().removeprefix(b"W/") == etag for part in header.split(b","))
+
+
+def _crl_target(path: bytes) -> tuple[CertKind, bytes, str] | None:
+    """/crl/{kind}/{first 8 octets of the issuer key id, hex}/{partition}.crl, or None."""
+    parts = path[5:].split(b"/")
+    if len(parts) != 3 or not parts[2].endswith(b".crl"):
+        return None
+    kind_slug, prefix_hex, partition = parts[0], parts[1], parts[2][:-4]
+    if len(prefix_hex) != 16 or not (partition.isdigit() and len(partition) == 6):
+        return None
+    try:
+        kind = CertKind.from_slug(kind_slug.decode("ascii"))
+        return kind, bytes.fromhex(prefix_hex.decode("ascii")), partition.decode("ascii")
+    except (UnicodeDecodeError, ValueError):
+        return None
+
+
+def _decode_get(path: bytes) -> bytes | None:
+    """The DER request in a GET path (url-encoded base64, padding optional)."""
+    text = unquote_to_bytes(path).strip()
+    if not text:
+        return None
+    if b"-" in text or b"_" in text:
+        text = text.replace(b"-", b"+").replace(b"_", b"/")
+    text += b"=" * (-len(text) % 4)
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        return None
+
+
+class HttpApp:
+    """Routes a parsed HTTP request to OCSP or the CRLs and builds the response bytes."""
+
+    def __init__(
+        self,
+        access: Access,
+        *,
+        max_request_bytes: int,
+        clock: Callable[[], float] = time.time,
+        observer: HttpObserver | None = None,
+    ) -> None:
+        self._access = access
+        self.max_request_bytes = max_request_bytes
+        # base64 makes 4 of 3 octets and url-encoding at most 3 of 1.
+        self.max_url_bytes = 4 * max_request_bytes + 256
+        self._clock = clock
+        self._observer: HttpObserver = observer or _Quiet()
+        self._dates = _Dates()
+        self._validators: dict[str, bytes] = {}  # etag -> ETag/Last-Modified/Expires lines
+
+    def _head(self, status: int, length: int, content_type: bytes | None, extra: bytes) -> bytes:
+        return b"".join(
+            (
+                b"HTTP/1.1 %d %s\r\n" % (status, _REASONS[status]),
+                b"Content-Type: " + content_type + b"\r\n" if content_type else b"",
+                b"Content-Length: %d\r\nDate: " % length,
+                self._dates.now(self._clock()),
+                b"\r\n",
+                extra,
+                b"\r\n",
+            )
+        )
+
+    def commit(self) -> bool:
+        return self._access.commit()
+
+    def error(self, status: int, message: str, route: str = "other", extra: bytes = b"") -> bytes:
+        self._observer.request(route, status)
+        body = message.encode() + b"\n"
+        return self._head(status, len(body), b"text/plain; charset=utf-8", extra) + body
+
+    def handle(
+        self,
+        method: bytes,
+        url: bytes,
+        content_type: bytes | None,
+        if_none_match: bytes | None,
+        body: bytes,
+        verifier: bytes | None = None,
+    ) -> bytes:
+        """The response to one request; `verifier` is the X-JPKI-Verifier header."""
+        path = url.split(b"?", 1)[0]
+        try:
+            claimed = None if verifier is None else verifier.decode("ascii").strip() or None
+        except UnicodeDecodeError:
+            return self.error(400, "X-JPKI-Verifier must be ASCII")
+        if path.startswith(b"/crl/"):
+            if method != b"GET":
+                return self.error(405, "CRLs are fetched with GET", "crl", b"Allow: GET\r\n")
+            return self._crl_response(claimed, path, if_none_match)
+        if method == b"POST":
+            return self._post(claimed, path, content_type, body)
+        if method != b"GET":
+            return self.error(405, "use GET or POST", extra=b"Allow: GET, POST\r\n")
+        return self._get(claimed, path, if_none_match)
+
+    def _get(self, claimed: str | None, path: bytes, if_none_match: bytes | None) -> bytes:
+        if path.startswith(b"/ocsp/"):
+            der = _decode_get(path[6:])
+        else:
+            der = _decode_get(path[1:])
+            if der is None or not der.startswith(b"\x30"):
+                return self.error(400, "not an OCSP request or a CRL path")
+        reply = self._access.respond(claimed, der or b"")
+        return self._ocsp_response(reply, if_none_match, "ocsp_get")
+
+    def _post(
+        self, claimed: str | None, path: bytes, content_type: bytes | None, body: bytes
+    ) -> bytes:
+        if path not in (b"/", b"/ocsp", b"/ocsp/"):
+            return self.error(404, "no such resource; POST OCSP requests to /ocsp")
+        if content_type is not None and content_type.split(b";")[0].strip().lower() != OCSP_REQUEST:
+            return self.error(415, "expected Content-Type: application/ocsp-request", "ocsp_post")
+        return self._ocsp_response(self._access.respond(claimed, body), None, "ocsp_post")
+
+    def _validators_for(self, etag: str, this_update: float, next_update: float) -> bytes:
+        lines = self._validators.get(etag)
+        if lines is None:
+            if len(self._validators) > 50_000:
+                self._validators.clear()
+            lines = b'ETag: "%s"\r\nLast-Modified: %s\r\nExpires: %s\r\n' % (
+                etag.encode(),
+                _http_date(this_update),
+                _http_date(next_update),
+            )
+            self._validators[etag] = lines
+        return lines
+
+    def _cached(
+        self,
+        route: str,
+        content_type: bytes,
+        body: bytes,
+        etag: str,
+        this_update: float,
+        next_update: float,
+        if_none_match: bytes | None,
+    ) -> bytes:
+        validators = self._validators_for(etag, this_update, next_update)
+        max_age = max(0, int(next_update - self._clock()))
+        control = b"Cache-Control: max-age=%d, public, no-transform, must-revalidate\r\n" % max_age
+        if if_none_match is not None and _etag_matches(if_none_match, b'"%s"' % etag.encode()):
+            self._observer.request(route, 304)
+            return self._head(304, 0, None, validators + control)
+        self._observer.request(route, 200)
+        return self._head(200, len(body), content_type, validators + control) + body
+
+    def _ocsp_response(self, reply: OcspReply, if_none_match: bytes | None, route: str) -> bytes:
+        if not reply.cacheable:
+            # Error statuses and nonce answers are for this request only.
+            self._observer.request(route, 200)
+            return (
+                self._head(200, len(reply.der), OCSP_RESPONSE, b"Cache-Control: no-cache\r\n")
+                + reply.der
+            )
+        return self._cached(
+            route,
+            OCSP_RESPONSE,
+            reply.der,
+            reply.etag,
+            reply.this_update,
+            reply.next_update,
+            if_none_match,
+        )
+
+    def _crl_response(self, claimed: str | None, path: bytes, if_none_match: bytes | None) -> bytes:
+        target = _crl_target(path)
+        if target is None:
+            return self.error(404, "no such CRL", "crl")
+        kind, prefix, partition = target
+        try:
+            found = self._access.crl(claimed, kind, prefix, partition)
+        except Forbidden as exc:
+            return self.error(exc.status, str(exc), "crl")
+        except NotReady:
+            return self.error(503, "no index loaded yet", "crl", b"Retry-After: 5\r\n")
+        if found is None:
+            return self.error(404, "no such CRL", "crl")
+        return self._cached(
+            "crl",
+            PKIX_CRL,
+            found.der,
+            found.etag,
+            found.this_update,
+            found.next_update,
+            if_none_match,
+        )

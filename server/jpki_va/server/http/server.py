@@ -1,0 +1,310 @@
+"""HTTP OCSP and CRLs beside gRPC, for the validators the world already has.
+
+RFC 6960 Appendix A and RFC 5019: GET {url}/{url-encoded base64 of the request}
+and POST application/ocsp-request, answered with RFC 5019 cache headers and 304
+on a matching If-None-Match; the current CRLs at the URLs issued certificates
+carry in their CRL distribution points.
+
+`HttpApp` decides what to answer and does no I/O; `_Connection` is an asyncio
+protocol over the httptools parser that only moves bytes; `HttpServer` runs them
+on an event loop thread of a worker process, on a port every worker shares
+(SO_REUSEPORT). The hot path (parse, cache lookup, write cached bytes) creates no
+routing objects and logs nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from typing import cast
+
+import httptools
+
+from jpki_va.server.http.app import HttpApp
+
+log = logging.getLogger(__name__)
+
+MAX_HEADER_BYTES = 16_384
+IDLE_SECONDS = 30.0
+# A request's head and body must arrive within this, however slowly they trickle:
+# a byte now and then keeps a connection from looking idle, not from this deadline.
+REQUEST_SECONDS = 10.0
+
+_VERSIONS = frozenset(("1.0", "1.1"))
+
+
+class _Outbox:
+    """Responses held until what they provide is recorded: one commit per loop turn.
+
+    Every answer that gives status or a CRL is counted before it leaves (第41条), and
+    one ledger write per request would cost more than the request; so the responses
+    of one turn of the event loop leave together, right after one commit. In order:
+    a connection's responses leave in the order its requests came.
+    """
+
+    def __init__(self, app: HttpApp, loop: asyncio.AbstractEventLoop) -> None:
+        self._app = app
+        self._loop = loop
+        self._held: list[tuple[_Connection, bytes, bool]] = []
+
+    def hold(self, connection: _Connection, data: bytes, close: bool) -> None:
+        if not self._held:
+            self._loop.call_soon(self._release)
+        self._held.append((connection, data, close))
+
+    def _release(self) -> None:
+        held, self._held = self._held, []
+        try:
+            recorded = self._app.commit()
+        except Exception:
+            log.exception("cannot record provisions")
+            recorded = False
+        unavailable = b""
+        if not recorded:
+            unavailable = self._app.error(
+                503, "cannot record the provision; try again", extra=b"Connection: close\r\n"
+            )
+        for connection, data, close in held:
+            if recorded or data.startswith(b"HTTP/1.1 100 "):
+                connection.deliver(data, close)
+            else:
+                connection.deliver(unavailable, True)
+
+
+class _Connection(asyncio.Protocol):
+    """One HTTP/1.1 connection: httptools parses, HttpApp answers, this moves bytes."""
+
+    def __init__(
+        self,
+        app: HttpApp,
+        connections: set[_Connection],
+        loop: asyncio.AbstractEventLoop,
+        outbox: _Outbox,
+    ) -> None:
+        self._app = app
+        self._connections = connections
+        self._loop = loop
+        self._outbox = outbox
+        self._parser = httptools.HttpRequestParser(self)
+        self._transport: asyncio.Transport | None = None
+        self._closing = False
+        self.last_active = loop.time()
+        self._reset()
+
+    def _reset(self) -> None:
+        self._url = b""
+        self._body: list[bytes] = []
+        self._body_size = 0
+        self._header_bytes = 0
+        self._content_type: bytes | None = None
+        self._if_none_match: bytes | None = None
+        self._verifier: bytes | None = None
+        self._expect_continue = False
+        # Bytes of this request's head seen so far. httptools hands over a header only
+        # once it ends and keeps the unfinished part itself, so the bound is kept here,
+        # as bytes arrive, not in on_header.
+        self._in_head = True
+        self._head_seen = 0
+        self.receiving = True  # inside a request, from its first byte to its last
+        self.request_started = self._loop.time()
+
+    # asyncio.Protocol
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast(asyncio.Transport, transport)  # a TCP server's: always one
+        self._connections.add(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._connections.discard(self)
+        self._transport = None
+
+    def data_received(self, data: bytes) -> None:
+        if self._closing:
+            return
+        self.last_active = self._loop.time()
+        if self._in_head:
+            self._head_seen += len(data)
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._reject(400, "protocol upgrades are not supported")
+        except httptools.HttpParserError as exc:
+            if not self._closing:
+                self._reject(400, f"malformed HTTP request: {exc}")
+            return
+        if self._in_head and self._head_seen > self._app.max_url_bytes + MAX_HEADER_BYTES:
+            self._reject(431, "request headers too large")
+
+    def close(self) -> None:
+        self._closing = True
+        if self._transport is not None:
+            self._transport.close()
+
+    def deliver(self, data: bytes, close: bool) -> None:
+        """Write a released response (the connection may have gone meanwhile)."""
+        if self._transport is None or self._transport.is_closing():
+            return
+        self._transport.write(data)
+        if close:
+            self._transport.close()
+
+    def _reject(self, status: int, message: str) -> None:
+        if self._transport is not None and not self._closing:
+            self._closing = True  # parse nothing more; the answer leaves in order
+            error = self._app.error(status, message, extra=b"Connection: close\r\n")
+            self._outbox.hold(self, error, True)
+
+    # httptools callbacks
+
+    def on_message_begin(self) -> None:
+        self._reset()
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+        if len(self._url) > self._app.max_url_bytes:
+            self._reject(414, "request URI too long")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._header_bytes += len(name) + len(value)
+        if self._header_bytes > MAX_HEADER_BYTES:
+            self._reject(431, "request headers too large")
+            return
+        lower = name.lower()
+        if lower == b"content-type":
+            self._content_type = value
+        elif lower == b"if-none-match":
+            self._if_none_match = value
+        elif lower == b"x-jpki-verifier":
+            self._verifier = value
+        elif lower == b"content-length":
+            if not value.isdigit() or int(value) > self._app.max_request_bytes:
+                self._reject(413, f"request body over {self._app.max_request_bytes} bytes")
+        elif lower == b"expect" and value.lower() == b"100-continue":
+            self._expect_continue = True
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        if self._parser.get_http_version() not in _VERSIONS:
+            self._reject(505, "only HTTP/1.0 and HTTP/1.1 are spoken here")
+            return
+        if self._expect_continue and not self._closing and self._transport is not None:
+            self._outbox.hold(self, b"HTTP/1.1 100 Continue\r\n\r\n", False)
+
+    def on_body(self, body: bytes) -> None:
+        self._body_size += len(body)
+        if self._body_size > self._app.max_request_bytes:
+            self._reject(413, f"request body over {self._app.max_request_bytes} bytes")
+            return
+        self._body.append(body)
+
+    def on_message_complete(self) -> None:
+        self.receiving = False
+        if self._closing or self._transport is None:
+            return
+        keep_alive = self._parser.should_keep_alive()
+        try:
+            response = self._app.handle(
+                self._parser.get_method(),
+                self._url,
+                self._content_type,
+                self._if_none_match,
+                b"".join(self._body),
+                self._verifier,
+            )
+        except Exception:
+            # Never a trace to the client, never a dead worker.
+            log.exception("HTTP request failed")
+            response = self._app.error(500, "internal error", extra=b"Connection: close\r\n")
+            keep_alive = False
+        self._outbox.hold(self, response, not keep_alive)
+        if not keep_alive:
+            self._closing = True  # nothing after this request is read
+
+
+class HttpServer:
+    """Serves an HttpApp on HOST:PORT from an event loop thread (SO_REUSEPORT)."""
+
+    def __init__(
+        self,
+        app: HttpApp,
+        host: str,
+        port: int,
+        *,
+        idle_seconds: float = IDLE_SECONDS,
+        request_seconds: float = REQUEST_SECONDS,
+    ) -> None:
+        if request_seconds <= 0 or idle_seconds <= 0:
+            raise ValueError("idle_seconds and request_seconds must be positive")
+        self._app = app
+        self._host = host
+        self._port = port
+        self._idle = idle_seconds
+        self._request = request_seconds
+        self._loop = asyncio.new_event_loop()
+        self._outbox = _Outbox(app, self._loop)
+        self._connections: set[_Connection] = set()
+        self._server: asyncio.Server | None = None
+        self._thread = threading.Thread(target=self._run, name="jpki-va-http", daemon=True)
+        self._started = threading.Event()
+        self._error: BaseException | None = None
+
+    @property
+    def port(self) -> int:
+        return self._port
+
+    def start(self) -> None:
+        self._thread.start()
+        self._started.wait()
+        if self._error is not None:
+            raise self._error
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        try:
+            self._server = self._loop.run_until_complete(
+                self._loop.create_server(
+                    lambda: _Connection(self._app, self._connections, self._loop, self._outbox),
+                    self._host,
+                    self._port,
+                    reuse_port=True,
+                    backlog=1024,
+                )
+            )
+            self._port = self._server.sockets[0].getsockname()[1]
+        except BaseException as exc:
+            self._error = exc
+            self._started.set()
+            self._loop.close()
+            return
+        self._started.set()
+        self._loop.call_later(1.0, self._sweep)
+        try:
+            self._loop.run_forever()
+        finally:
+            self._loop.close()
+
+    def _sweep(self) -> None:
+        """Close idle connections, and ones that do not finish a request in time."""
+        now = self._loop.time()
+        idle, late = now - self._idle, now - self._request
+        for connection in list(self._connections):
+            if connection.last_active < idle or (
+                connection.receiving and connection.request_started < late
+            ):
+                connection.close()
+        self._loop.call_later(1.0, self._sweep)
+
+    def stop(self) -> None:
+        if not self._thread.is_alive():
+            return
+
+        def shutdown() -> None:
+            if self._server is not None:
+                self._server.close()
+            for connection in list(self._connections):
+                connection.close()
+            self._loop.call_later(0.05, self._loop.stop)
+
+        self._loop.call_soon_threadsafe(shutdown)
+        self._thread.join(10)

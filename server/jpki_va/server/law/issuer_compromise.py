@@ -1,0 +1,63 @@
+"""第14条, 第15条第1項第4号・第3項: an issuer key's compromise ends what it signed.
+
+When a generation's key leaks, is lost or is damaged (漏えい、滅失又は毀損), every
+certificate that key signed loses effect (cause 4, RFC 5280 cACompromise) at the
+moment the compromise is recorded, and the compromise is announced (第15条第3項).
+It is ONE registry fact per generation: no row per certificate, in the registry or
+in the responder's index; the effect is computed where a certificate is looked at.
+
+A mobile certificate whose card certificate lost effect this way follows it by the
+cascade (第16条の13, 第35条の13: the card certificate lost effect by cause 4).
+A loss recorded before the compromise stays the loss: loss is final.
+
+This module imports only the vocabulary, so the registry and the responder both
+apply the same rule.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from jpki_va.core.domain import CertKind, CrlReason, Loss, LossCause
+
+CARD_OF = {CertKind.MOBILE_SIGN: CertKind.CARD_SIGN, CertKind.MOBILE_AUTH: CertKind.CARD_AUTH}
+
+
+@dataclass(frozen=True)
+class Compromise:
+    """The registry fact: generation `key_id` of `kind` was compromised at `time`."""
+
+    key_id: bytes
+    kind: CertKind
+    time: datetime
+
+    def loss(self) -> Loss:
+        return Loss(self.time, LossCause.ISSUER_KEY_COMPROMISE, CrlReason.CA_COMPROMISE)
+
+    def cascaded_loss(self) -> Loss:
+        return Loss(self.time, LossCause.CARD_CERT_LOST_EFFECT, CrlReason.CESSATION_OF_OPERATION)
+
+
+def effective_loss(
+    recorded: Loss | None,
+    own: Compromise | None,
+    card: Compromise | None,
+    card_loss: Loss | None,
+) -> tuple[Loss | None, bool]:
+    """The loss that counts and whether it is a cascade from a compromised card.
+
+    `own`: the compromise of the certificate's own issuer, if any; `card`: for a
+    mobile certificate, the compromise of its card certificate's issuer, and
+    `card_loss` that card certificate's recorded loss (an earlier one means the
+    card did not lose effect by the compromise, so it cascaded by then already).
+    """
+    candidate: Loss | None = None
+    cascaded = False
+    if own is not None:
+        candidate = own.loss()
+    elif card is not None and (card_loss is None or card_loss.time > card.time):
+        candidate, cascaded = card.cascaded_loss(), True
+    if candidate is None or (recorded is not None and recorded.time <= candidate.time):
+        return recorded, False
+    return candidate, cascaded

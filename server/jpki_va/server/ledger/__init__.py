@@ -1,0 +1,1 @@
+"""The provision ledger (第41条): counts, audit trail and the annual report."""

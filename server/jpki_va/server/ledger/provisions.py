@@ -1,0 +1,397 @@
+"""The provision ledger: counts for the annual report (第41条) and the audit trail.
+
+One LMDB environment per writing process: the signer has its own, and each
+responder worker writes its own shard (`worker-N` under the responder's ledger
+directory, N the worker's slot), because workers sharing one environment queue on
+its single write lock and fsync. A shard is held with an exclusive `flock` for its
+writer's life, so two live processes never write one shard and a restarted worker
+takes its slot's shard back. Everything that reads counts reads a `LedgerSet`: the
+shards of a directory summed, plus the directory itself when it holds an
+environment (the signer's ledger, and a responder's ledger written before shards).
+
+Every provision is written in a committed write transaction before its answer
+leaves, so a killed process loses nothing a client saw answered: LMDB commits reach
+the kernel's page cache at once. Disclosures of personal data are also forced to
+disk (fsync) before the answer leaves; counts are forced by `sync()`, which the
+owner calls periodically, so a machine crash can lose at most the counts of that
+last interval but never leaves a broken store.
+
+Counts are kept per day (in Japan time, the agency's), provision kind and verifier,
+so a report covers any period; the audit trail is one entry per disclosure.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import heapq
+import json
+import os
+import threading
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import date, datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+import lmdb
+
+from jpki_va.core.clock import JST
+from jpki_va.core.domain import Provision
+
+_MAP_SIZE = 1 << 36
+_COUNT = 8  # bytes of a big-endian counter
+
+
+class LedgerError(Exception):
+    """The ledger cannot be opened, read or written: nothing of the write was recorded."""
+
+
+class ShardInUse(LedgerError):
+    """Another live process writes this ledger shard: a second writer is refused."""
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """What one answer provided to one verifier: written together with others."""
+
+    verifier_id: str
+    counts: Mapping[Provision, int]
+    when: datetime
+    disclosures: Sequence[Disclosure] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Disclosure:
+    """One disclosure of personal data, as the audit trail keeps it (証跡)."""
+
+    time: datetime
+    verifier_id: str
+    provision: Provision
+    subject: str  # what was asked about, e.g. "CARD_SIGN:0A1B2C"
+    detail: str = ""  # what was given, without the personal data itself
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "time": self.time.isoformat(),
+            "verifier": self.verifier_id,
+            "provision": self.provision.name,
+            "subject": self.subject,
+            "detail": self.detail,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Disclosure:
+        return cls(
+            time=datetime.fromisoformat(data["time"]),
+            verifier_id=data["verifier"],
+            provision=Provision[data["provision"]],
+            subject=data["subject"],
+            detail=data["detail"],
+        )
+
+
+class Recorder(Protocol):
+    """Where provisions are recorded: a Ledger, or a GroupCommit in front of one."""
+
+    def record(
+        self,
+        verifier_id: str,
+        counts: Mapping[Provision, int],
+        when: datetime,
+        disclosures: Sequence[Disclosure] = (),
+    ) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Count:
+    day: date
+    provision: Provision
+    verifier_id: str
+    count: int
+
+
+def _count_key(day: date, provision: Provision, verifier_id: str) -> bytes:
+    return f"{day.isoformat()}|{provision.name}|{verifier_id}".encode()
+
+
+def _parse_count_key(key: bytes) -> tuple[date, Provision, str]:
+    day, provision, verifier_id = bytes(key).decode().split("|", 2)
+    return date.fromisoformat(day), Provision[provision], verifier_id
+
+
+def _audit_key(when: datetime, serial: int) -> bytes:
+    # Time order first; pid and a per-process serial keep concurrent writers apart.
+    nanos = int(when.timestamp() * 1_000_000) * 1000
+    return nanos.to_bytes(8, "big") + os.getpid().to_bytes(4, "big") + serial.to_bytes(8, "big")
+
+
+def local_day(when: datetime) -> date:
+    return when.astimezone(JST).date()
+
+
+class Ledger:
+    """Provision counts and the audit trail in one LMDB environment. Open after fork."""
+
+    _DBS = (b"counts", b"audit")
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        readonly: bool = False,
+        exclusive: bool = False,
+        map_size: int = _MAP_SIZE,
+    ) -> None:
+        """`exclusive`: hold the writer lock of `path` until close(), or raise ShardInUse."""
+        if readonly and not (path / "data.mdb").is_file():
+            raise LedgerError(f"{path} holds no provision ledger")
+        self._writer: int | None = None
+        try:
+            if not readonly:
+                path.mkdir(parents=True, exist_ok=True)
+            if exclusive:
+                self._writer = _hold_writer_lock(path)
+            # sync off: a commit reaches the page cache (safe from a killed process);
+            # disclosures and sync() force it to disk.
+            self._env = lmdb.open(
+                str(path),
+                map_size=map_size,
+                max_dbs=len(self._DBS),
+                readonly=readonly,
+                sync=False,
+                metasync=False,
+            )
+            self._counts, self._audit = (
+                self._env.open_db(name, create=not readonly) for name in self._DBS
+            )
+        except (lmdb.Error, OSError) as exc:
+            if self._writer is not None:
+                os.close(self._writer)
+            raise LedgerError(f"cannot open the provision ledger {path}: {exc}") from None
+        self.path = path
+        self._serial = 0
+        self._lock = threading.Lock()
+
+    def record(
+        self,
+        verifier_id: str,
+        counts: Mapping[Provision, int],
+        when: datetime,
+        disclosures: Sequence[Disclosure] = (),
+    ) -> None:
+        """Count provisions to one verifier (and audit disclosures) in one commit."""
+        self.record_all([Entry(verifier_id, counts, when, disclosures)])
+
+    def record_all(self, entries: Iterable[Entry]) -> None:
+        """Every entry in one write transaction: all of them are recorded, or none.
+
+        Raises LedgerError when the commit fails (a full map, a closed environment,
+        an I/O error); LMDB then aborts the transaction, so nothing is half-written.
+        """
+        totals: Counter[bytes] = Counter()
+        disclosures: list[Disclosure] = []
+        for entry in entries:
+            day = local_day(entry.when)
+            for provision, n in entry.counts.items():
+                if n > 0:
+                    totals[_count_key(day, provision, entry.verifier_id)] += n
+            disclosures.extend(entry.disclosures)
+        if not totals and not disclosures:
+            return
+        with self._lock:
+            first = self._serial + 1
+            self._serial += len(disclosures)
+        try:
+            with self._env.begin(write=True) as txn:
+                for key, n in totals.items():
+                    raw = txn.get(key, db=self._counts)
+                    total = (0 if raw is None else int.from_bytes(raw, "big")) + n
+                    txn.put(key, total.to_bytes(_COUNT, "big"), db=self._counts)
+                for serial, disclosure in enumerate(disclosures, first):
+                    txn.put(
+                        _audit_key(disclosure.time, serial),
+                        json.dumps(disclosure.to_json(), ensure_ascii=False).encode(),
+                        db=self._audit,
+                    )
+            if disclosures:
+                self._env.sync(True)
+        except lmdb.Error as exc:
+            raise LedgerError(f"cannot record the provision in {self.path}: {exc}") from exc
+
+    def sync(self) -> None:
+        """Force every commit so far to disk."""
+        self._env.sync(True)
+
+    def counts(self, start: date, end: date) -> list[Count]:
+        """Counts for the days start <= day < end, in key order."""
+        out: list[Count] = []
+        with self._env.begin(db=self._counts) as txn:
+            cursor = txn.cursor()
+            if not cursor.set_range(start.isoformat().encode()):
+                return out
+            for key, value in cursor:
+                day, provision, verifier_id = _parse_count_key(key)
+                if day >= end:
+                    break
+                out.append(Count(day, provision, verifier_id, int.from_bytes(value, "big")))
+        return out
+
+    def disclosures(
+        self, start: datetime, end: datetime, verifier_id: str | None = None
+    ) -> list[Disclosure]:
+        """Disclosures with start <= time < end, oldest first, optionally of one verifier."""
+        first = _audit_key(start, 0)[:8]
+        stop = _audit_key(end, 0)[:8]
+        out: list[Disclosure] = []
+        with self._env.begin(db=self._audit) as txn:
+            cursor = txn.cursor()
+            if not cursor.set_range(first):
+                return out
+            for key, value in cursor:
+                if bytes(key[:8]) >= stop:
+                    break
+                disclosure = Disclosure.from_json(json.loads(bytes(value)))
+                if verifier_id is None or disclosure.verifier_id == verifier_id:
+                    out.append(disclosure)
+        return out
+
+    def close(self) -> None:
+        self._env.close()
+        if self._writer is not None:
+            os.close(self._writer)  # releases the writer lock
+            self._writer = None
+
+
+_WRITER_LOCK = "writer.lock"
+_SHARD_PREFIX = "worker-"
+
+
+def _hold_writer_lock(path: Path) -> int:
+    """An open descriptor holding an exclusive flock on the shard's lock file.
+
+    flock, not LMDB's lock: LMDB lets any number of processes write one environment,
+    and the kernel drops a flock when its holder dies, so a killed worker's
+    replacement takes the shard back without anyone cleaning up.
+    """
+    fd = os.open(path / _WRITER_LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise ShardInUse(f"{path} is written by another live process") from None
+    except OSError:
+        os.close(fd)
+        raise
+    return fd
+
+
+def shard_path(root: Path, slot: int) -> Path:
+    """The shard the worker in `slot` (0..workers-1) writes under the ledger directory."""
+    if slot < 0:
+        raise ValueError(f"worker slot {slot} is negative")
+    return root / f"{_SHARD_PREFIX}{slot}"
+
+
+def open_shard(root: Path, slot: int, *, map_size: int = _MAP_SIZE) -> Ledger:
+    """The ledger a responder worker writes, held as its own until close()."""
+    return Ledger(shard_path(root, slot), exclusive=True, map_size=map_size)
+
+
+def claim_shards(root: Path, slots: int) -> None:
+    """Raise ShardInUse when a live process writes one of the first `slots` shards.
+
+    A supervisor's check before it starts its workers (a second responder on the same
+    state directory), so the refusal is one clear error, not workers dying at start.
+    """
+    for slot in range(slots):
+        path = shard_path(root, slot)
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+            os.close(_hold_writer_lock(path))
+        except OSError as exc:
+            raise LedgerError(f"cannot open the provision ledger {path}: {exc}") from None
+
+
+def ledger_paths(root: Path) -> list[Path]:
+    """Every environment a ledger directory holds: itself (the signer's ledger, or a
+    responder's written before shards) and each worker shard, in a stable order."""
+    paths = [root] if (root / "data.mdb").is_file() else []
+    with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+        shards = [
+            p
+            for p in root.iterdir()
+            if p.name.startswith(_SHARD_PREFIX) and (p / "data.mdb").is_file()
+        ]
+        paths.extend(sorted(shards, key=lambda p: (len(p.name), p.name)))
+    return paths
+
+
+class LedgerReader(Protocol):
+    """What a report reads: a Ledger or a LedgerSet."""
+
+    def counts(self, start: date, end: date) -> list[Count]: ...
+
+    def disclosures(
+        self, start: datetime, end: datetime, verifier_id: str | None = None
+    ) -> list[Disclosure]: ...
+
+
+class LedgerSet:
+    """Every environment of a ledger directory, read as one ledger (read-only).
+
+    Counts of the same day, kind and verifier are summed over the shards; the audit
+    trail is merged in time order. Open it after the writers' fork, like a Ledger.
+    """
+
+    def __init__(self, root: Path) -> None:
+        paths = ledger_paths(root)
+        if not paths:
+            raise LedgerError(f"{root} holds no provision ledger")
+        self.path = root
+        self._ledgers: list[Ledger] = []
+        try:
+            for path in paths:
+                self._ledgers.append(Ledger(path, readonly=True))
+        except LedgerError:
+            self.close()
+            raise
+
+    @property
+    def paths(self) -> list[Path]:
+        return [ledger.path for ledger in self._ledgers]
+
+    def counts(self, start: date, end: date) -> list[Count]:
+        """As `Ledger.counts`, each key's count summed over the shards."""
+        totals: Counter[tuple[date, str, str]] = Counter()
+        for ledger in self._ledgers:
+            for c in ledger.counts(start, end):
+                totals[(c.day, c.provision.name, c.verifier_id)] += c.count
+        return [
+            Count(day, Provision[provision], verifier_id, n)
+            for (day, provision, verifier_id), n in sorted(totals.items())
+        ]
+
+    def disclosures(
+        self, start: datetime, end: datetime, verifier_id: str | None = None
+    ) -> list[Disclosure]:
+        """As `Ledger.disclosures`, over every shard, oldest first."""
+        each = [ledger.disclosures(start, end, verifier_id) for ledger in self._ledgers]
+        return list(heapq.merge(*each, key=lambda d: d.time))
+
+    def close(self) -> None:
+        for ledger in self._ledgers:
+            ledger.close()
+        self._ledgers = []
+
+    def __enter__(self) -> LedgerSet:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+
+def read_ledgers(root: Path) -> LedgerSet:
+    """The ledger directory `root` for reading: every shard in it, summed."""
+    return LedgerSet(root)

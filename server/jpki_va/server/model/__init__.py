@@ -1,0 +1,1 @@
+"""Value types that the signer and the responder share, below both."""

@@ -1,0 +1,263 @@
+"""RFC 6960 OCSP messages on the wire: requests with several CertIDs, their responses.
+
+Reading: an OCSPRequest becomes the CertIDs it asks about, the requestList bytes
+(what the answer depends on, so the key of the signed-response cache) and the
+nonce (RFC 9654). Writing: SingleResponses, ResponseData, BasicOCSPResponse and
+the OCSPResponse around it; signing is the caller's.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+from dataclasses import dataclass
+from datetime import datetime
+
+from jpki_va.server.pki import der
+from jpki_va.server.pki.der import DerError
+
+# Full TLVs of the object identifiers we read or write.
+_SHA1 = bytes.fromhex("06052b0e03021a")
+_SHA256 = bytes.fromhex("0609608648016503040201")
+_NONCE = bytes.fromhex("06092b0601050507300102")  # id-pkix-ocsp-nonce
+_BASIC = bytes.fromhex("06092b0601050507300101")  # id-pkix-ocsp-basic
+_ALGORITHMS = {_SHA1: ("sha1", 20), _SHA256: ("sha256", 32)}
+MAX_SERIAL = (1 << 160) - 1  # RFC 5280: at most 20 octets
+NONCE_MAX = 128  # RFC 9654: 1 to 32 octets; responders accept up to 128 from old clients
+
+
+class ResponseStatus(enum.IntEnum):
+    """OCSPResponseStatus (RFC 6960 §4.2.1)."""
+
+    SUCCESSFUL = 0
+    MALFORMED_REQUEST = 1
+    INTERNAL_ERROR = 2
+    TRY_LATER = 3
+    SIG_REQUIRED = 5
+    UNAUTHORIZED = 6
+
+
+class CertStatus(enum.IntEnum):
+    """CertStatus choice; the value is the context tag number."""
+
+    GOOD = 0
+    REVOKED = 1
+    UNKNOWN = 2
+
+
+class MalformedRequest(ValueError):
+    """Not an OCSP request we can answer: the response is malformedRequest."""
+
+
+@dataclass(frozen=True, slots=True)
+class CertId:
+    der: bytes  # as requested: echoed verbatim in the SingleResponse
+    algorithm: str  # "sha1" or "sha256"
+    name_hash: bytes
+    key_hash: bytes
+    serial: int
+
+
+@dataclass(frozen=True, slots=True)
+class OcspRequest:
+    cert_ids: tuple[CertId, ...]
+    request_list: bytes  # DER of requestList: the request minus nonce and signature
+    nonce: bytes | None
+
+
+def _extensions(data: bytes, start: int, stop: int, where: str) -> dict[bytes, bytes]:
+    """Extensions ::= SEQUENCE SIZE (1..MAX) OF Extension; OID TLV -> extnValue value."""
+    s, e = der.expect(data, start, stop, der.SEQUENCE, where)
+    if e != stop:
+        raise DerError(f"{where}: trailing bytes")
+    if s == e:
+        raise DerError(f"{where}: empty")
+    found: dict[bytes, bytes] = {}
+    pos = s
+    while pos < e:
+        es, ee = der.expect(data, pos, e, der.SEQUENCE, "extension")
+        pos = ee
+        tag, _, oe = der.read(data, es, ee)
+        if tag != der.OID:
+            raise DerError("extension without an identifier")
+        oid = data[es:oe]
+        critical = False
+        tag, vs, ve = der.read(data, oe, ee)
+        if tag == der.BOOLEAN:
+            if ve - vs != 1 or data[vs] not in (0x00, 0xFF):
+                raise DerError("bad BOOLEAN")
+            critical = data[vs] == 0xFF
+            tag, vs, ve = der.read(data, ve, ee)
+        if tag != der.OCTET_STRING or ve != ee:
+            raise DerError("bad extension value")
+        if oid in found:
+            raise DerError("duplicate extension")
+        if critical and oid != _NONCE:
+            raise MalformedRequest("unsupported critical extension")
+        found[oid] = data[vs:ve]
+    return found
+
+
+def _cert_id(data: bytes, start: int, stop: int) -> CertId:
+    s, e = der.expect(data, start, stop, der.SEQUENCE, "CertID")
+    a_s, a_e = der.expect(data, s, e, der.SEQUENCE, "hashAlgorithm")
+    tag, _, o_e = der.read(data, a_s, a_e)
+    if tag != der.OID:
+        raise DerError("hashAlgorithm without an identifier")
+    known = _ALGORITHMS.get(data[a_s:o_e])
+    if known is None:
+        raise MalformedRequest("unsupported CertID hash algorithm")
+    if o_e != a_e:  # parameters: absent or NULL
+        tag, ps, pe = der.read(data, o_e, a_e)
+        if tag != der.NULL or ps != pe or pe != a_e:
+            raise DerError("hashAlgorithm parameters must be absent or NULL")
+    algorithm, size = known
+    ns, ne = der.expect(data, a_e, e, der.OCTET_STRING, "issuerNameHash")
+    ks, ke = der.expect(data, ne, e, der.OCTET_STRING, "issuerKeyHash")
+    ss, se = der.expect(data, ke, e, der.INTEGER, "serialNumber")
+    if se != e:
+        raise DerError("CertID: trailing bytes")
+    if ne - ns != size or ke - ks != size:
+        raise MalformedRequest(f"CertID hashes must be {size} octets for {algorithm}")
+    serial = der.read_unsigned(data, ss, se, "serialNumber")
+    if not 0 < serial <= MAX_SERIAL:
+        raise MalformedRequest("serial number must be positive and at most 20 octets")
+    return CertId(data[start:e], algorithm, data[ns:ne], data[ks:ke], serial)
+
+
+def parse_request(data: bytes, max_cert_ids: int) -> OcspRequest:
+    """Read an OCSPRequest; raises MalformedRequest when it is not one we can answer."""
+    try:
+        return _parse_request(data, max_cert_ids)
+    except DerError as exc:
+        raise MalformedRequest(f"not a DER OCSP request: {exc}") from None
+
+
+def _parse_request(data: bytes, max_cert_ids: int) -> OcspRequest:
+    if not data:
+        raise MalformedRequest("empty request")
+    s, e = der.expect(data, 0, len(data), der.SEQUENCE, "OCSPRequest")
+    if e != len(data):
+        raise DerError("trailing bytes after the request")
+    ts, te = der.expect(data, s, e, der.SEQUENCE, "tbsRequest")
+    if te != e:
+        # optionalSignature [0]: accepted, not required, not checked.
+        der.expect(data, te, e, der.context(0), "optionalSignature")
+    pos = ts
+    tag, vs, ve = der.read(data, pos, te)
+    if tag == der.context(0):  # version, DEFAULT v1
+        is_, ie = der.expect(data, vs, ve, der.INTEGER, "version")
+        if ie != ve or der.read_unsigned(data, is_, ie, "version") != 0:
+            raise MalformedRequest("unsupported request version")
+        pos = ve
+        tag, vs, ve = der.read(data, pos, te)
+    if tag == der.context(1):  # requestorName: informational only
+        pos = ve
+        tag, vs, ve = der.read(data, pos, te)
+    if tag != der.SEQUENCE:
+        raise DerError("requestList missing")
+    cert_ids = _request_list(data, vs, ve, max_cert_ids)
+    nonce = None
+    if ve != te:
+        tag, xs, xe = der.read(data, ve, te)
+        if tag != der.context(2) or xe != te:
+            raise DerError("tbsRequest: trailing bytes")
+        nonce = _nonce(_extensions(data, xs, xe, "requestExtensions").get(_NONCE))
+    return OcspRequest(cert_ids, data[pos:ve], nonce)
+
+
+def _request_list(data: bytes, start: int, stop: int, max_cert_ids: int) -> tuple[CertId, ...]:
+    cert_ids: list[CertId] = []
+    item = start
+    while item < stop:
+        rs, re_ = der.expect(data, item, stop, der.SEQUENCE, "Request")
+        item = re_
+        if len(cert_ids) == max_cert_ids:
+            raise MalformedRequest(f"more than {max_cert_ids} CertIDs in one request")
+        cert_id = _cert_id(data, rs, re_)
+        cert_ids.append(cert_id)
+        after = rs + len(cert_id.der)
+        if after != re_:
+            tag, xs, xe = der.read(data, after, re_)
+            if tag != der.context(0) or xe != re_:
+                raise DerError("Request: trailing bytes")
+            _extensions(data, xs, xe, "singleRequestExtensions")
+    if not cert_ids:
+        raise MalformedRequest("no CertID in the request")
+    return tuple(cert_ids)
+
+
+def _nonce(value: bytes | None) -> bytes | None:
+    """RFC 9654: extnValue holds Nonce ::= OCTET STRING."""
+    if value is None:
+        return None
+    start, stop = der.expect(value, 0, len(value), der.OCTET_STRING, "nonce")
+    if stop != len(value) or not 1 <= stop - start <= NONCE_MAX:
+        raise MalformedRequest(f"nonce must be 1 to {NONCE_MAX} octets")
+    return value[start:stop]
+
+
+@dataclass(frozen=True, slots=True)
+class SingleResponse:
+    cert_id: CertId
+    status: CertStatus
+    this_update: datetime
+    next_update: datetime
+    revocation_time: datetime | None = None
+    revocation_reason: int | None = None  # RFC 5280 CRLReason
+
+    def encode(self) -> bytes:
+        if self.status is CertStatus.REVOKED:
+            assert self.revocation_time is not None
+            info = der.generalized_time(self.revocation_time)
+            if self.revocation_reason is not None:
+                info += der.tlv(der.context(0), der.enumerated(self.revocation_reason))
+            status = der.tlv(der.context(1), info)
+        else:
+            status = der.tlv(der.context(int(self.status), constructed=False), b"")
+        return der.sequence(
+            self.cert_id.der,
+            status,
+            der.generalized_time(self.this_update),
+            der.tlv(der.context(0), der.generalized_time(self.next_update)),
+        )
+
+
+def responder_key_hash(spki_der: bytes) -> bytes:
+    """ResponderID byKey: SHA-1 of the subjectPublicKey bits (RFC 6960 §4.2.1)."""
+    s, e = der.expect(spki_der, 0, len(spki_der), der.SEQUENCE, "SubjectPublicKeyInfo")
+    _, _, after = der.read(spki_der, s, e)
+    bs, be = der.expect(spki_der, after, e, der.BIT_STRING, "subjectPublicKey")
+    return hashlib.sha1(spki_der[bs + 1 : be]).digest()  # noqa: S324 (the RFC's choice)
+
+
+def response_data(
+    key_hash: bytes, produced_at: datetime, singles: list[bytes], nonce: bytes | None
+) -> bytes:
+    """tbsResponseData: the bytes the responder signs."""
+    parts = [
+        der.tlv(der.context(2), der.tlv(der.OCTET_STRING, key_hash)),
+        der.generalized_time(produced_at),
+        der.sequence(*singles),
+    ]
+    if nonce is not None:
+        value = der.tlv(der.OCTET_STRING, der.tlv(der.OCTET_STRING, nonce))
+        extension = der.sequence(_NONCE, value)
+        parts.append(der.tlv(der.context(1), der.sequence(extension)))
+    return der.sequence(*parts)
+
+
+def successful(tbs: bytes, algorithm: bytes, signature: bytes, certs: list[bytes]) -> bytes:
+    """OCSPResponse(successful) around a BasicOCSPResponse."""
+    parts = [tbs, algorithm, der.bit_string(signature)]
+    if certs:
+        parts.append(der.tlv(der.context(0), der.sequence(*certs)))
+    basic = der.sequence(*parts)
+    return der.sequence(
+        der.enumerated(ResponseStatus.SUCCESSFUL),
+        der.tlv(der.context(0), der.sequence(_BASIC, der.tlv(der.OCTET_STRING, basic))),
+    )
+
+
+def unsuccessful(status: ResponseStatus) -> bytes:
+    return der.sequence(der.enumerated(int(status)))

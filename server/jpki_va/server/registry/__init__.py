@@ -1,0 +1,1 @@
+"""The registry: the signer's system of record in LMDB."""

@@ -1,0 +1,470 @@
+"""The registry: the signer's system of record, in its own LMDB environment.
+
+Every mutation happens inside one write transaction (`Registry.write()`), so a rule
+that changes several records (a cascade, a resident event) changes all or none.
+
+Certificate records, holders and loss events are binary (a format byte, a fixed
+header, then length-prefixed variable fields), because a full publish reads every
+one of them: the header alone answers what the publisher needs per record. Values
+written before that format (JSON, first byte `{`) are still read. The small tables
+(issuers, verifiers, consents, ...) stay JSON.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import replace
+from datetime import date, datetime
+from pathlib import Path
+from typing import Any
+
+import lmdb
+
+from jpki_va.core.domain import (
+    CertKind,
+    Loss,
+    LossCause,
+    Verifier,
+    parse_record_key,
+    record_key,
+)
+from jpki_va.server.law.issuer_compromise import CARD_OF, Compromise, effective_loss
+from jpki_va.server.model.registry_values import (
+    CertificateRecord,
+    Consent,
+    ConsentChange,
+    IssuerRecord,
+    LossEvent,
+    LossTrigger,
+    MoveOut,
+)
+from jpki_va.server.registry.codec import (
+    CertificateHead,
+    certificate_head,
+    decode_certificate,
+    decode_event,
+    encode_certificate,
+    encode_event,
+    encode_holder_value,
+    holder_keys,
+)
+
+
+class RegistryError(Exception):
+    """Base class of registry failures."""
+
+
+class NotIssued(RegistryError):
+    pass
+
+
+class AlreadyLost(RegistryError):
+    pass
+
+
+class DuplicateSerial(RegistryError):
+    pass
+
+
+class AlreadyCompromised(RegistryError):
+    pass
+
+
+class DuplicateVerifierCertificate(RegistryError):
+    pass
+
+
+def _dumps(data: dict[str, Any]) -> bytes:
+    return json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def _seq_key(sequence: int) -> bytes:
+    return sequence.to_bytes(8, "big")
+
+
+class RegistryTxn:
+    """Typed operations inside one LMDB transaction."""
+
+    def __init__(self, txn: lmdb.Transaction, dbs: dict[str, Any]) -> None:
+        self._txn = txn
+        self._db = dbs
+        self._compromises: dict[bytes, Compromise] | None = None
+
+    # certificates -----------------------------------------------------------------
+    def stored_certificate(self, kind: CertKind, serial: int) -> CertificateRecord | None:
+        """The record as stored, without the effect of issuer compromises."""
+        raw = self._txn.get(record_key(kind, serial), db=self._db["certs"])
+        return None if raw is None else decode_certificate(raw)
+
+    def certificate(self, kind: CertKind, serial: int) -> CertificateRecord | None:
+        """The record with its effective loss: stored, or by an issuer compromise."""
+        record = self.stored_certificate(kind, serial)
+        return None if record is None else self._effective(record)
+
+    def _effective(self, record: CertificateRecord) -> CertificateRecord:
+        """Apply issuer compromises (law/issuer_compromise.py) to a stored record."""
+        compromises = self.compromises()
+        if not compromises:
+            return record
+        card_compromise, card_loss, card = None, None, None
+        if record.kind.is_mobile and record.card_serial is not None:
+            card = self.stored_certificate(CARD_OF[record.kind], record.card_serial)
+            if card is not None:
+                card_compromise = compromises.get(card.issuer_key_id)
+                card_loss = card.loss
+        loss, cascaded = effective_loss(
+            record.loss, compromises.get(record.issuer_key_id), card_compromise, card_loss
+        )
+        if loss is record.loss:
+            return record
+        trigger = None
+        if cascaded and card is not None:
+            trigger = LossTrigger(card.kind, card.serial, LossCause.ISSUER_KEY_COMPROMISE)
+        return replace(record, loss=loss, loss_trigger=trigger)
+
+    def add_certificate(self, record: CertificateRecord) -> None:
+        if not self._txn.put(
+            record.key, encode_certificate(record), overwrite=False, db=self._db["certs"]
+        ):
+            raise DuplicateSerial(f"{record.kind.name} serial {record.serial:X} already issued")
+        holder_key = record.resident_code.encode()
+        raw = self._txn.get(holder_key, db=self._db["holders"])
+        keys = [] if raw is None else holder_keys(raw)
+        keys.append(record.key)
+        self._txn.put(holder_key, encode_holder_value(keys), db=self._db["holders"])
+        # The issuance order, so a delta snapshot can carry what was issued since.
+        self._txn.put(_seq_key(self.next_counter("issued")), record.key, db=self._db["issued"])
+
+    def issued_since(self, sequence: int) -> Iterator[CertificateRecord]:
+        """Records issued after the `sequence`-th issuance, in issuance order."""
+        cursor = self._txn.cursor(db=self._db["issued"])
+        if not cursor.set_range(_seq_key(sequence + 1)):
+            return
+        for _, key in cursor:
+            record = self.certificate(*parse_record_key(bytes(key)))
+            if record is not None:
+                yield record
+
+    def change_mark(self) -> str:
+        """Changes whenever anything a snapshot carries changes."""
+        return ":".join(
+            str(self.counter(name))
+            for name in ("issued", "event", "consent", "compromise", "verifiers")
+        )
+
+    def certificates(self, kind: CertKind | None = None) -> Iterator[CertificateRecord]:
+        """Every issuance record in key order (kind, serial), with its effective loss."""
+        cursor = self._txn.cursor(db=self._db["certs"])
+        start = b"" if kind is None else bytes([kind])
+        if not cursor.set_range(start):
+            return
+        for key, value in cursor:
+            if kind is not None and key[0] != kind:
+                break
+            yield self._effective(decode_certificate(value))
+
+    def certificate_heads(self) -> Iterator[tuple[bytes, CertificateHead]]:
+        """(key, header) of every stored record in key order; no issuer compromises applied."""
+        for key, value in self._txn.cursor(db=self._db["certs"]):
+            yield bytes(key), certificate_head(value)
+
+    def certificate_head(self, key: bytes) -> CertificateHead | None:
+        """The stored header of one record (no issuer compromises applied)."""
+        raw = self._txn.get(key, db=self._db["certs"])
+        return None if raw is None else certificate_head(raw)
+
+    def holders(self) -> Iterator[tuple[str, list[bytes]]]:
+        """(resident code, record keys) of every holder, in resident code order."""
+        for code, value in self._txn.cursor(db=self._db["holders"]):
+            yield bytes(code).decode(), holder_keys(value)
+
+    def holder_certificates(self, resident_code: str) -> list[CertificateRecord]:
+        raw = self._txn.get(resident_code.encode(), db=self._db["holders"])
+        if raw is None:
+            return []
+        out = []
+        for key in holder_keys(raw):
+            record = self.certificate(*parse_record_key(key))
+            if record is not None:
+                out.append(record)
+        return out
+
+    def is_resident(self, resident_code: str) -> bool:
+        return self._txn.get(resident_code.encode(), db=self._db["holders"]) is not None
+
+    def record_loss(
+        self,
+        kind: CertKind,
+        serial: int,
+        loss: Loss,
+        *,
+        recorded_at: datetime | None = None,
+        trigger: LossTrigger | None = None,
+    ) -> LossEvent:
+        """Record a loss of effect; loss is final, so a second one is refused."""
+        record = self.certificate(kind, serial)
+        if record is None:
+            raise NotIssued(f"{kind.name} serial {serial:X} was never issued")
+        if record.loss is not None:
+            raise AlreadyLost(
+                f"{kind.name} serial {serial:X} already lost effect "
+                f"({record.loss.cause.name} at {record.loss.time.isoformat()})"
+            )
+        updated = replace(record, loss=loss, loss_trigger=trigger)
+        self._txn.put(record.key, encode_certificate(updated), db=self._db["certs"])
+        sequence = self.next_counter("event")
+        event = LossEvent(
+            sequence=sequence,
+            kind=kind,
+            serial=serial,
+            partition=record.partition,
+            issuer_key_id=record.issuer_key_id,
+            loss=loss,
+            recorded_at=recorded_at or loss.time,
+            trigger=trigger,
+        )
+        self._txn.put(_seq_key(sequence), encode_event(event), db=self._db["events"])
+        return event
+
+    def events_since(self, sequence: int) -> Iterator[LossEvent]:
+        """Loss events with a sequence number greater than `sequence`."""
+        cursor = self._txn.cursor(db=self._db["events"])
+        if not cursor.set_range(_seq_key(sequence + 1)):
+            return
+        for key, value in cursor:
+            yield decode_event(int.from_bytes(key, "big"), value)
+
+    # renewal links ----------------------------------------------------------------
+    def put_renewal(self, old: CertificateRecord, new: CertificateRecord) -> None:
+        self._txn.put(old.key, new.key, db=self._db["renewals"])
+
+    def renewals(self) -> Iterator[tuple[tuple[CertKind, int], tuple[CertKind, int]]]:
+        """(old, new) for every renewal, in the old certificate's key order."""
+        for old, new in self._txn.cursor(db=self._db["renewals"]):
+            yield parse_record_key(bytes(old)), parse_record_key(bytes(new))
+
+    def renewed_by(self, kind: CertKind, serial: int) -> tuple[CertKind, int] | None:
+        raw = self._txn.get(record_key(kind, serial), db=self._db["renewals"])
+        return None if raw is None else parse_record_key(bytes(raw))
+
+    # issuer compromise ------------------------------------------------------------
+    def compromises(self) -> dict[bytes, Compromise]:
+        if self._compromises is None:
+            self._compromises = {}
+            for key, value in self._txn.cursor(db=self._db["compromises"]):
+                data = json.loads(bytes(value))
+                self._compromises[bytes(key)] = Compromise(
+                    bytes(key), CertKind[data["kind"]], datetime.fromisoformat(data["time"])
+                )
+        return self._compromises
+
+    def put_compromise(self, compromise: Compromise) -> None:
+        value = {"kind": compromise.kind.name, "time": compromise.time.isoformat()}
+        if not self._txn.put(
+            compromise.key_id, _dumps(value), overwrite=False, db=self._db["compromises"]
+        ):
+            raise AlreadyCompromised(
+                f"issuer generation {compromise.key_id.hex()} is already recorded as compromised"
+            )
+        self._compromises = None
+        self.next_counter("compromise")
+
+    # move-out notices -------------------------------------------------------------
+    def move_out(self, resident_code: str) -> MoveOut | None:
+        raw = self._txn.get(resident_code.encode(), db=self._db["moveouts"])
+        if raw is None:
+            return None
+        data = json.loads(bytes(raw))
+        return MoveOut(
+            resident_code,
+            date.fromisoformat(data["planned_date"]),
+            datetime.fromisoformat(data["recorded_at"]),
+        )
+
+    def put_move_out(self, notice: MoveOut) -> None:
+        value = {
+            "planned_date": notice.planned_date.isoformat(),
+            "recorded_at": notice.recorded_at.isoformat(),
+        }
+        self._txn.put(notice.resident_code.encode(), _dumps(value), db=self._db["moveouts"])
+
+    def clear_move_out(self, resident_code: str) -> bool:
+        return bool(self._txn.delete(resident_code.encode(), db=self._db["moveouts"]))
+
+    def move_outs(self) -> list[MoveOut]:
+        cursor = self._txn.cursor(db=self._db["moveouts"])
+        return [m for k, _ in cursor if (m := self.move_out(bytes(k).decode())) is not None]
+
+    # consent ----------------------------------------------------------------------
+    @staticmethod
+    def _consent_key(resident_code: str, verifier: str) -> bytes:
+        return resident_code.encode() + b"\x00" + verifier.encode()
+
+    def consent(self, resident_code: str, verifier: str) -> Consent | None:
+        raw = self._txn.get(self._consent_key(resident_code, verifier), db=self._db["consents"])
+        if raw is None:
+            return None
+        data = json.loads(bytes(raw))
+        withdrawn = data["withdrawn_at"]
+        return Consent(
+            resident_code,
+            verifier,
+            datetime.fromisoformat(data["granted_at"]),
+            None if withdrawn is None else datetime.fromisoformat(withdrawn),
+        )
+
+    def consents(self, resident_code: str | None = None) -> Iterator[Consent]:
+        """Consents (in effect or withdrawn), of one holder or of everyone."""
+        cursor = self._txn.cursor(db=self._db["consents"])
+        prefix = b"" if resident_code is None else resident_code.encode() + b"\x00"
+        if not cursor.set_range(prefix):
+            return
+        for key, _ in cursor:
+            if not bytes(key).startswith(prefix):
+                break
+            code, verifier = bytes(key).decode().split("\x00", 1)
+            consent = self.consent(code, verifier)
+            if consent is not None:
+                yield consent
+
+    def set_consent(self, consent: Consent) -> ConsentChange:
+        value = {
+            "granted_at": consent.granted_at.isoformat(),
+            "withdrawn_at": None
+            if consent.withdrawn_at is None
+            else consent.withdrawn_at.isoformat(),
+        }
+        self._txn.put(
+            self._consent_key(consent.resident_code, consent.verifier),
+            _dumps(value),
+            db=self._db["consents"],
+        )
+        change = ConsentChange(
+            sequence=self.next_counter("consent"),
+            resident_code=consent.resident_code,
+            verifier=consent.verifier,
+            granted=consent.in_effect,
+            time=consent.withdrawn_at or consent.granted_at,
+        )
+        self._txn.put(
+            _seq_key(change.sequence),
+            _dumps(
+                {
+                    "resident_code": change.resident_code,
+                    "verifier": change.verifier,
+                    "granted": change.granted,
+                    "time": change.time.isoformat(),
+                }
+            ),
+            db=self._db["consent_log"],
+        )
+        return change
+
+    def consent_changes_since(self, sequence: int) -> Iterator[ConsentChange]:
+        cursor = self._txn.cursor(db=self._db["consent_log"])
+        if not cursor.set_range(_seq_key(sequence + 1)):
+            return
+        for key, value in cursor:
+            data = json.loads(bytes(value))
+            yield ConsentChange(
+                int.from_bytes(key, "big"),
+                data["resident_code"],
+                data["verifier"],
+                data["granted"],
+                datetime.fromisoformat(data["time"]),
+            )
+
+    # issuers ----------------------------------------------------------------------
+    def issuers(self) -> list[IssuerRecord]:
+        cursor = self._txn.cursor(db=self._db["issuers"])
+        return [IssuerRecord.from_json(json.loads(bytes(v))) for _, v in cursor]
+
+    def put_issuer(self, issuer: IssuerRecord) -> None:
+        self._txn.put(issuer.key_id, _dumps(issuer.to_json()), db=self._db["issuers"])
+
+    # verifiers (kept here, carried in snapshots) ------------------------------------
+    def verifiers(self) -> list[Verifier]:
+        cursor = self._txn.cursor(db=self._db["verifiers"])
+        return [Verifier.from_json(json.loads(bytes(v))) for _, v in cursor]
+
+    def verifier(self, verifier_id: str) -> Verifier | None:
+        raw = self._txn.get(verifier_id.encode(), db=self._db["verifiers"])
+        return None if raw is None else Verifier.from_json(json.loads(bytes(raw)))
+
+    def put_verifier(self, verifier: Verifier) -> None:
+        """Add or replace a verifier; a certificate identifies one verifier only."""
+        for other in self.verifiers():
+            shared = set(other.cert_fingerprints) & set(verifier.cert_fingerprints)
+            if other.id != verifier.id and shared:
+                raise DuplicateVerifierCertificate(
+                    f"certificate {sorted(shared)[0].hex()} already identifies "
+                    f"verifier {other.id!r}"
+                )
+        self._txn.put(verifier.id.encode(), _dumps(verifier.to_json()), db=self._db["verifiers"])
+        self.next_counter("verifiers")
+
+    def remove_verifier(self, verifier_id: str) -> bool:
+        removed = bool(self._txn.delete(verifier_id.encode(), db=self._db["verifiers"]))
+        if removed:
+            self.next_counter("verifiers")
+        return removed
+
+    # counters and settings --------------------------------------------------------
+    def counter(self, name: str) -> int:
+        raw = self._txn.get(name.encode(), db=self._db["meta"])
+        return 0 if raw is None else int(raw)
+
+    def next_counter(self, name: str) -> int:
+        value = self.counter(name) + 1
+        self._txn.put(name.encode(), str(value).encode(), db=self._db["meta"])
+        return value
+
+    def set_counter(self, name: str, value: int) -> None:
+        self._txn.put(name.encode(), str(value).encode(), db=self._db["meta"])
+
+    def meta(self, name: str) -> bytes | None:
+        raw = self._txn.get(name.encode(), db=self._db["meta"])
+        return None if raw is None else bytes(raw)
+
+    def set_meta(self, name: str, value: bytes) -> None:
+        self._txn.put(name.encode(), value, db=self._db["meta"])
+
+
+class Registry:
+    """The LMDB environment of the registry. One per signer; the signer is its only writer."""
+
+    _DBS = (
+        "certs",
+        "holders",
+        "issuers",
+        "events",
+        "meta",
+        "verifiers",
+        "renewals",
+        "compromises",
+        "moveouts",
+        "consents",
+        "consent_log",
+        "issued",
+    )
+
+    def __init__(self, path: Path, *, map_size: int = 1 << 36) -> None:
+        path.mkdir(parents=True, exist_ok=True)
+        # sync and metasync stay on: a registry write the caller saw must survive a crash.
+        self._env = lmdb.open(str(path), map_size=map_size, max_dbs=len(self._DBS), subdir=True)
+        self._dbs = {name: self._env.open_db(name.encode()) for name in self._DBS}
+
+    @contextmanager
+    def write(self) -> Iterator[RegistryTxn]:
+        with self._env.begin(write=True) as txn:
+            yield RegistryTxn(txn, self._dbs)
+
+    @contextmanager
+    def read(self) -> Iterator[RegistryTxn]:
+        with self._env.begin(write=False) as txn:
+            yield RegistryTxn(txn, self._dbs)
+
+    def close(self) -> None:
+        self._env.close()

@@ -1,0 +1,1 @@
+"""The responder: index, ingest and the lookups behind every answer."""

@@ -1,0 +1,239 @@
+"""The responder's Prometheus metrics (the signer's are in jpki_va.server.signer.metrics).
+
+Workers count requests, answers and cache results in prometheus-client's
+multiprocess mode (one mmap file per worker under PROMETHEUS_MULTIPROC_DIR, which
+the main process sets before it starts them). The main process serves /metrics on
+127.0.0.1: the workers' files through a MultiProcessCollector, and its own state
+(index sequence, snapshot age, CRL nextUpdate per partition, ingest durations,
+provisions) computed when scraped.
+"""
+
+from __future__ import annotations
+
+import bisect
+import collections
+import os
+import shutil
+import threading
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, multiprocess, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.registry import Collector
+
+from jpki_va.core.clock import Clock
+from jpki_va.core.domain import CertKind
+from jpki_va.server.responder.index_layout import CrlTimes
+from jpki_va.server.responder.status import Answer, Brief, StatusSource, Target, briefs
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0)
+INGEST_BUCKETS = (0.1, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0, 1200.0)
+
+
+def prepare_multiprocess_dir(directory: Path) -> None:
+    """Empty the workers' metric files and point worker processes started later at them."""
+    shutil.rmtree(directory, ignore_errors=True)
+    directory.mkdir(parents=True)
+    # Read by prometheus-client when a worker process imports it.
+    os.environ[MULTIPROC_ENV] = str(directory)
+
+
+def mark_worker_dead(pid: int, directory: Path) -> None:
+    multiprocess.mark_process_dead(pid, str(directory))  # type: ignore[no-untyped-call]
+
+
+class WorkerMetrics:
+    """What one worker counts; its values go to the multiprocess files, not a registry."""
+
+    def __init__(self) -> None:
+        self._requests = Counter(
+            "jpki_va_requests",
+            "Requests by protocol, method and outcome (gRPC code or HTTP status).",
+            ["protocol", "method", "outcome"],
+            registry=None,
+        )
+        self._latency = Histogram(
+            "jpki_va_request_seconds",
+            "gRPC request latency by method and outcome.",
+            ["method", "outcome"],
+            buckets=LATENCY_BUCKETS,
+            registry=None,
+        )
+        self._answers = Counter(
+            "jpki_va_answers",
+            "Certificate status answers by status and loss cause.",
+            ["status", "cause"],
+            registry=None,
+        )
+        self._cache = Counter(
+            "jpki_va_ocsp_cache",
+            "Signed OCSP response cache: hit, miss, or nonce (always signed fresh).",
+            ["result"],
+            registry=None,
+        )
+        # The hot path only adds to this dict; flush() moves the counts into the
+        # multiprocess files (a lock, a getpid and an mmap write per increment)
+        # every few hundred milliseconds, off the request path.
+        self._pending: dict[tuple[Any, tuple[str, ...]], int] = {}
+        self._lock = threading.Lock()
+        self._children: dict[tuple[Any, tuple[str, ...]], Any] = {}
+
+    def _count(self, metric: Any, labels: tuple[str, ...]) -> None:
+        key = (metric, labels)
+        with self._lock:
+            self._pending[key] = self._pending.get(key, 0) + 1
+
+    def _child(self, metric: Any, labels: tuple[str, ...]) -> Any:
+        child = self._children.get((metric, labels))
+        if child is None:
+            child = self._children[(metric, labels)] = metric.labels(*labels)
+        return child
+
+    def flush(self) -> None:
+        """Publish the counts gathered since the last flush."""
+        with self._lock:
+            pending, self._pending = self._pending, {}
+        for (metric, labels), amount in pending.items():
+            self._child(metric, labels).inc(amount)
+
+    # HttpObserver
+    def request(self, route: str, status: int) -> None:
+        self._count(self._requests, ("http", route, str(status)))
+
+    # OcspObserver
+    def cache(self, result: str) -> None:
+        self._count(self._cache, (result,))
+
+    def answers(self, answers: tuple[tuple[str, str], ...]) -> None:
+        tally = collections.Counter(answers)  # a batch: one lock for all of it
+        with self._lock:
+            for labels, n in tally.items():
+                key = (self._answers, labels)
+                self._pending[key] = self._pending.get(key, 0) + n
+
+    def grpc_call(self, method: str, outcome: str, seconds: float) -> None:
+        # A gRPC call costs far more than the observation: recorded at once.
+        self._count(self._requests, ("grpc", method, outcome))
+        self._child(self._latency, (method, outcome)).observe(seconds)
+
+
+class CountedSource:
+    """A StatusSource layer that counts its answers by status and cause."""
+
+    def __init__(self, inner: StatusSource, metrics: WorkerMetrics) -> None:
+        self._inner = inner
+        self._metrics = metrics
+
+    def status(self, kind: CertKind, serial: int, as_of: datetime) -> Answer:
+        answer = self._inner.status(kind, serial, as_of)
+        self._metrics.answers((answer.labels,))
+        return answer
+
+    def briefs(self, targets: Sequence[Target]) -> list[Brief]:
+        out = briefs(self._inner, targets)
+        self._metrics.answers(tuple(brief.labels for brief in out))
+        return out
+
+
+ProvisionCounts = Callable[[], Iterable[tuple[str, str, float]]]  # (type, verifier, count)
+
+
+@dataclass(frozen=True)
+class IndexState:
+    """What the main process last saw of the live index (plain data: a scrape never
+    opens LMDB, which the ingester may be writing in this process)."""
+
+    sequence: int
+    created_at: datetime
+    crls: dict[tuple[CertKind, bytes, str], CrlTimes]
+
+
+class ResponderCollector(Collector):
+    """The main process's own metrics: ingest durations and the live index's state."""
+
+    def __init__(self, clock: Clock, provisions: ProvisionCounts | None = None) -> None:
+        self._state: IndexState | None = None
+        self._clock = clock
+        self._provisions = provisions
+        self._lock = threading.Lock()
+        self._ingest_buckets = [0] * (len(INGEST_BUCKETS) + 1)
+        self._ingest_sum = 0.0
+
+    def count_provisions(self, provisions: ProvisionCounts) -> None:
+        """The hook for the provision counters kept for the annual report (第41条)."""
+        self._provisions = provisions
+
+    def index_state(self, state: IndexState) -> None:
+        self._state = state
+
+    def ingested(self, seconds: float) -> None:
+        with self._lock:
+            self._ingest_buckets[bisect.bisect_left(INGEST_BUCKETS, seconds)] += 1
+            self._ingest_sum += seconds
+
+    def collect(self) -> Iterator[Any]:
+        with self._lock:
+            counts, total = list(self._ingest_buckets), self._ingest_sum
+        cumulative = 0
+        buckets: list[tuple[str, float]] = []
+        for bound, count in zip((*INGEST_BUCKETS, float("inf")), counts, strict=True):
+            cumulative += count
+            buckets.append(("+Inf" if bound == float("inf") else str(bound), cumulative))
+        yield HistogramMetricFamily(
+            "jpki_va_ingest_seconds",
+            "Time to verify a snapshot and build and publish its index.",
+            buckets=buckets,
+            sum_value=total,
+        )
+        state = self._state
+        if state is not None:
+            yield GaugeMetricFamily(
+                "jpki_va_index_sequence", "Sequence of the snapshot served.", state.sequence
+            )
+            yield GaugeMetricFamily(
+                "jpki_va_snapshot_age_seconds",
+                "Age of the snapshot served.",
+                (self._clock.now() - state.created_at).total_seconds(),
+            )
+            crl = GaugeMetricFamily(
+                "jpki_va_crl_next_update_timestamp_seconds",
+                "nextUpdate of the CRL served, per kind, issuer generation and partition.",
+                labels=["kind", "issuer", "partition"],
+            )
+            for (kind, kid, partition), times in sorted(state.crls.items()):
+                crl.add_metric(
+                    [kind.slug, kid.hex()[:16], partition], times.next_update.timestamp()
+                )
+            yield crl
+        if self._provisions is not None:
+            provisions = CounterMetricFamily(
+                "jpki_va_provisions",
+                "Provisions by type and verifier (counted for the annual report).",
+                labels=["type", "verifier"],
+            )
+            for provision, verifier, total in self._provisions():
+                provisions.add_metric([provision, verifier], total)
+            yield provisions
+
+
+class MetricsServer:
+    """GET /metrics on 127.0.0.1:port: the workers' files and the main process's own
+    collectors (its state, and registries such as the ingester's)."""
+
+    def __init__(self, port: int, directory: Path, collectors: Iterable[Collector]) -> None:
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry, path=str(directory))  # type: ignore[no-untyped-call]
+        for collector in collectors:
+            registry.register(collector)
+        self._server, self._thread = start_http_server(port, addr="127.0.0.1", registry=registry)
+        self.port = int(self._server.server_port)
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(5)

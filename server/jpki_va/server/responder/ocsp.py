@@ -1,0 +1,326 @@
+"""RFC 6960 OCSP: a DER request in, a DER response out, signed by the delegated key.
+
+Protocol code only: no I/O of its own. Status comes from a StatusSource, the
+delegated OCSP-signer key and its certificates from a callable the composition
+root wires to wherever they are kept. Signed answers to nonce-less requests are
+kept in a ResponseCache; a request with a nonce is always signed fresh.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Protocol
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+from jpki_va.core.clock import Clock
+from jpki_va.core.domain import CertKind, Status
+from jpki_va.server.pki import der, ocsp_wire
+from jpki_va.server.pki.ocsp_wire import (
+    CertStatus,
+    MalformedRequest,
+    ResponseStatus,
+    SingleResponse,
+)
+from jpki_va.server.responder.index_reader import IssuerEntry
+from jpki_va.server.responder.ocsp_cache import OcspReply, ResponseCache
+from jpki_va.server.responder.status import Answer, BadRequest, NotReady, Resolver, StatusSource
+
+log = logging.getLogger(__name__)
+
+_ECDSA_SHA256 = der.sequence(bytes.fromhex("06082a8648ce3d040302"))
+_RSA_SHA256 = der.sequence(bytes.fromhex("06092a864886f70d01010b"), der.tlv(der.NULL, b""))
+
+PARSED_KEPT = 10_000  # parsed requests remembered per responder
+
+#: A signer certificate with less life left than this is "about to expire": not used.
+MIN_SIGNER_REMAINING = timedelta(minutes=1)
+
+
+class _Unsuccessful(Exception):
+    def __init__(self, status: ResponseStatus) -> None:
+        self.status = status
+
+
+@dataclass(frozen=True)
+class DelegatedSigner:
+    """The responder's OCSP key and, per issuer generation, the certificate for it."""
+
+    key: CertificateIssuerPrivateKeyTypes
+    certificates: dict[bytes, x509.Certificate]  # issuer key id -> delegated cert
+
+
+@dataclass(frozen=True)
+class OcspLimits:
+    max_request_bytes: int = 16_384
+    max_cert_ids: int = 64
+
+    def __post_init__(self) -> None:
+        if self.max_request_bytes < 64 or self.max_cert_ids < 1:
+            raise ValueError("OCSP limits: request bytes >= 64 and CertIDs >= 1")
+
+
+class OcspObserver(Protocol):
+    """What the responder reports for metrics (the composition root wires it)."""
+
+    def cache(self, result: str) -> None: ...  # "hit", "miss" or "nonce"
+
+    def answers(self, answers: tuple[tuple[str, str], ...]) -> None: ...
+
+
+class _Quiet:
+    def cache(self, result: str) -> None:
+        pass
+
+    def answers(self, answers: tuple[tuple[str, str], ...]) -> None:
+        pass
+
+
+ERRORS = {status: ocsp_wire.unsuccessful(status) for status in ResponseStatus}
+
+
+def _error(status: ResponseStatus) -> OcspReply:
+    return OcspReply(ERRORS[status])
+
+
+def malformed() -> OcspReply:
+    """The answer to bytes `OcspResponder.read` could not read."""
+    return _error(ResponseStatus.MALFORMED_REQUEST)
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    """Per delegated signer: what every response repeats, computed once."""
+
+    signer: DelegatedSigner
+    key_hash: bytes
+    algorithm: bytes
+    sign: Callable[[bytes], bytes]
+    certificates: dict[bytes, tuple[x509.Certificate, bytes]]  # kid -> (cert, DER)
+
+
+def _prepare(signer: DelegatedSigner) -> _Prepared:
+    key = signer.key
+    if isinstance(key, ec.EllipticCurvePrivateKey):
+        algorithm = _ECDSA_SHA256
+
+        def sign(data: bytes) -> bytes:
+            return key.sign(data, ec.ECDSA(hashes.SHA256()))
+
+    elif isinstance(key, rsa.RSAPrivateKey):
+        algorithm = _RSA_SHA256
+
+        def sign(data: bytes) -> bytes:
+            return key.sign(data, padding.PKCS1v15(), hashes.SHA256())
+
+    else:
+        raise TypeError(f"unsupported OCSP-signer key {type(key).__name__}")
+    spki = key.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+    return _Prepared(
+        signer,
+        ocsp_wire.responder_key_hash(spki),
+        algorithm,
+        sign,
+        {kid: (c, c.public_bytes(Encoding.DER)) for kid, c in signer.certificates.items()},
+    )
+
+
+def _single(cert_id: ocsp_wire.CertId, answer: Answer, not_after: datetime) -> SingleResponse:
+    # A response is never valid longer than the certificate that vouches for it.
+    next_update = min(answer.next_update, not_after)
+    if answer.status is Status.GOOD:
+        return SingleResponse(cert_id, CertStatus.GOOD, answer.this_update, next_update)
+    if answer.status is Status.REVOKED:
+        assert answer.record is not None and answer.record.loss is not None
+        loss = answer.record.loss
+        return SingleResponse(
+            cert_id,
+            CertStatus.REVOKED,
+            answer.this_update,
+            next_update,
+            revocation_time=loss.time,
+            revocation_reason=int(loss.reason),
+        )
+    # Never issued, expired or not yet valid: OCSP has no word but "unknown", and an
+    # expired certificate has lost effect, so it is never "good".
+    return SingleResponse(cert_id, CertStatus.UNKNOWN, answer.this_update, next_update)
+
+
+class OcspResponder:
+    def __init__(
+        self,
+        source: StatusSource,
+        resolver: Resolver,
+        signer: Callable[[], DelegatedSigner | None],
+        clock: Clock,
+        *,
+        cache: ResponseCache | None = None,
+        limits: OcspLimits | None = None,
+        observer: OcspObserver | None = None,
+    ) -> None:
+        self._source = source
+        self._resolver = resolver
+        self._signer = signer
+        self._clock = clock
+        self._cache = cache
+        self._limits = limits or OcspLimits()
+        self._observer: OcspObserver = observer or _Quiet()
+        self._prepared: _Prepared | None = None
+        self._parsed: dict[bytes, ocsp_wire.OcspRequest] = {}
+
+    def read(self, data: bytes) -> ocsp_wire.OcspRequest | None:
+        """The request in `data`, or None when it is oversized or malformed.
+
+        Parsed requests are remembered by their bytes (parsing depends on nothing
+        else), so a client repeating a request is not parsed again.
+        """
+        request = self._parsed.get(data)
+        if request is not None:
+            return request
+        if len(data) > self._limits.max_request_bytes:
+            return None
+        try:
+            request = ocsp_wire.parse_request(data, self._limits.max_cert_ids)
+        except MalformedRequest as exc:
+            log.debug("malformed OCSP request: %s", exc)
+            return None
+        if request.nonce is None:  # a nonce makes every request new: not worth keeping
+            if len(self._parsed) >= PARSED_KEPT:
+                self._parsed.clear()
+            self._parsed[data] = request
+        return request
+
+    def issuer_kinds(self, request: ocsp_wire.OcspRequest) -> list[CertKind]:
+        """The kinds of the certificates a request asks about, one per CertID.
+
+        Empty for a foreign issuer: `answer` gives no status information then.
+        """
+        kinds = []
+        try:
+            for cert_id in request.cert_ids:
+                issuer = self._resolver.issuer_by_hash(
+                    cert_id.algorithm, cert_id.name_hash, cert_id.key_hash
+                )
+                if issuer is None:
+                    return []
+                kinds.append(issuer.kind)
+        except (BadRequest, NotReady):
+            return []
+        return kinds
+
+    def respond(self, data: bytes) -> OcspReply:
+        """The response to a DER OCSPRequest; never raises for bad input."""
+        request = self.read(data)
+        return malformed() if request is None else self.answer(request)
+
+    def answer(self, request: ocsp_wire.OcspRequest) -> OcspReply:
+        """The response to a request `read` returned."""
+        try:
+            return self._answer(request)
+        except _Unsuccessful as exc:
+            return _error(exc.status)
+
+    def _answer(self, request: ocsp_wire.OcspRequest) -> OcspReply:
+        cache = self._cache if request.nonce is None else None
+        try:
+            generation = cache.generation() if cache is not None else (0, 0)
+        except NotReady:
+            raise _Unsuccessful(ResponseStatus.TRY_LATER) from None
+        now = self._clock.now()
+        if cache is not None:
+            hit = cache.get(request.request_list, now.timestamp())
+            if hit is not None:
+                self._observer.cache("hit")
+                self._observer.answers(hit.answers)
+                return hit
+            self._observer.cache("miss")
+        elif request.nonce is not None:
+            self._observer.cache("nonce")
+        reply = self._sign(request, now)
+        self._observer.answers(reply.answers)
+        if cache is not None:
+            cache.put(request.request_list, reply, generation)
+        return reply
+
+    def _issuer(self, request: ocsp_wire.OcspRequest) -> IssuerEntry:
+        issuer: IssuerEntry | None = None
+        for cert_id in request.cert_ids:
+            found = self._resolver.issuer_by_hash(
+                cert_id.algorithm, cert_id.name_hash, cert_id.key_hash
+            )
+            if found is None:
+                raise _Unsuccessful(ResponseStatus.UNAUTHORIZED)
+            # One response has one signer, and a delegated signer speaks for the one
+            # issuer that certified it (RFC 6960 §4.2.2.2): one issuer per request.
+            if issuer is not None and found.key_id != issuer.key_id:
+                log.info("OCSP request names CertIDs of several issuers")
+                raise _Unsuccessful(ResponseStatus.UNAUTHORIZED)
+            issuer = found
+        assert issuer is not None
+        return issuer
+
+    def _prepared_signer(self) -> _Prepared | None:
+        signer = self._signer()
+        if signer is None:
+            return None
+        prepared = self._prepared
+        if prepared is None or prepared.signer is not signer:
+            prepared = self._prepared = _prepare(signer)
+        return prepared
+
+    def _sign(self, request: ocsp_wire.OcspRequest, now: datetime) -> OcspReply:
+        try:
+            issuer = self._issuer(request)
+            answers = [
+                self._source.status(issuer.kind, cert_id.serial, now)
+                for cert_id in request.cert_ids
+            ]
+        except BadRequest:
+            raise _Unsuccessful(ResponseStatus.MALFORMED_REQUEST) from None
+        except NotReady:
+            raise _Unsuccessful(ResponseStatus.TRY_LATER) from None
+        prepared = self._prepared_signer()
+        held = None if prepared is None else prepared.certificates.get(issuer.key_id)
+        if (
+            prepared is None
+            or held is None
+            or held[0].not_valid_before_utc > now
+            or held[0].not_valid_after_utc - now < MIN_SIGNER_REMAINING
+        ):
+            # tryLater rather than a response whose signer certificate is expired, not
+            # yet valid or about to expire: a verifier would reject it anyway.
+            log.warning("no valid delegated OCSP-signer certificate for %s", issuer.key_id.hex())
+            raise _Unsuccessful(ResponseStatus.TRY_LATER)
+        delegated, delegated_der = held
+        if delegated.not_valid_after_utc < max(a.next_update for a in answers):
+            # Renewal (ResponderConfig.ocsp_renew_at) runs early so this does not happen.
+            log.warning("delegated OCSP-signer certificate expires before nextUpdate; clamped")
+        singles = [
+            _single(cert_id, answer, delegated.not_valid_after_utc)
+            for cert_id, answer in zip(request.cert_ids, answers, strict=True)
+        ]
+        tbs = ocsp_wire.response_data(
+            prepared.key_hash, now, [s.encode() for s in singles], request.nonce
+        )
+        response = ocsp_wire.successful(
+            tbs, prepared.algorithm, prepared.sign(tbs), [delegated_der]
+        )
+        labels = tuple(a.labels for a in answers)
+        if request.nonce is not None:
+            return OcspReply(response, answers=labels)
+        return OcspReply(
+            response,
+            cacheable=True,
+            this_update=max(s.this_update.timestamp() for s in singles),
+            next_update=min(s.next_update.timestamp() for s in singles),
+            etag=hashlib.sha256(response).hexdigest()[:32],
+            answers=labels,
+        )

@@ -1,0 +1,42 @@
+"""OCSP for verifiers: each CertID's kind checked against the entitlements, and what
+was answered counted as provisions. gRPC's Ocsp and HTTP OCSP both go through it.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Mapping
+
+from jpki_va.core.domain import Provision, Verifier
+from jpki_va.server.access.gate import Caller, Gate
+from jpki_va.server.law.entitlements import status_provision
+from jpki_va.server.responder.ocsp import OcspResponder, malformed
+from jpki_va.server.responder.ocsp_cache import OcspReply
+
+
+class GatedOcsp:
+    def __init__(
+        self,
+        ocsp: OcspResponder,
+        gate: Gate,
+        provided: Callable[[Verifier, Mapping[Provision, int]], None] | None = None,
+    ) -> None:
+        self._ocsp = ocsp
+        self._gate = gate
+        # Where what was answered is recorded: the gate's ledger, or a batch of it.
+        self._provided = provided or gate.provided
+
+    def respond(self, caller: Caller, der: bytes) -> OcspReply:
+        """Raises NoIdentity, UnknownVerifier or NotEntitled before anything is answered."""
+        verifier = self._gate.identify(caller)
+        request = self._ocsp.read(der)
+        if request is None:
+            return malformed()  # no status information was given
+        counts: Counter[Provision] = Counter()
+        for kind in self._ocsp.issuer_kinds(request):
+            self._gate.check(verifier, status_provision(kind))
+            counts[status_provision(kind)] += 1
+        reply = self._ocsp.answer(request)
+        if counts and reply.successful:
+            self._provided(verifier, counts)
+        return reply

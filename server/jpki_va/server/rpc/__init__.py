@@ -1,0 +1,1 @@
+"""The gRPC transport: servicers that only translate, and what they share."""

@@ -1,0 +1,209 @@
+"""CheckStream's batch response as wire bytes, written without a protobuf message.
+
+A CheckStream batch answers thousands of statuses; filling a `CheckBatchResponse`
+field by field costs more Python per status than finding the status does. This
+module writes the same bytes directly: protobuf's encoding of `CheckBatchResponse`
+(va.proto), fields in number order and proto3 defaults left out, exactly as
+`SerializeToString` writes them (tests/test_batch_wire.py compares the two on many
+cases). What repeats across statuses (a partition with its issuer, the batch's
+instant and index sequence) is encoded once and reused; a certificate's own times
+are not (a cache of them would mostly miss at national scale).
+
+Only `CheckBatchResponse` is written here; any change to its messages in va.proto
+must be mirrored here (the byte-for-byte test fails until it is).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from functools import lru_cache
+
+from jpki_va.core.domain import CertKind, Status
+from jpki_va.server.responder.status import Brief
+
+_U64 = (1 << 64) - 1
+
+
+def _varint(value: int) -> bytes:
+    """Base-128 varint; negative numbers as their 64-bit two's complement (int64)."""
+    value &= _U64
+    if value < 0x80:
+        return _SMALL[value]
+    out = bytearray()
+    while value > 0x7F:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+_SMALL = [bytes((n,)) for n in range(0x80)]
+
+
+def _delimited(tag: bytes, body: bytes) -> bytes:
+    size = len(body)
+    return tag + (_SMALL[size] if size < 0x80 else _varint(size)) + body
+
+
+# Field keys: (field number << 3) | wire type (0 varint, 2 length-delimited).
+_KIND = b"\x08"
+_SERIAL = b"\x12"
+_STATUS = b"\x18"
+_NOT_BEFORE = b"\x22"
+_NOT_AFTER = b"\x2a"
+_REVOCATION = b"\x32"
+_PARTITION = b"\x3a"
+_ISSUER_KEY_ID = b"\x42"
+_AS_OF = b"\x4a"
+_INDEX_SEQUENCE = b"\x50"
+_RESULT_STATUS = b"\x0a"  # CheckResult.status
+_RESULT_ERROR = b"\x12"  # CheckResult.error
+_RESULTS = b"\x0a"  # CheckBatchResponse.results
+
+
+def _stamp(tag: bytes, micros: int) -> bytes:
+    """A Timestamp field from microseconds since the epoch (present even when zero)."""
+    if _FIRST <= micros < _LAST and not micros % 1_000_000:  # the index's times
+        return tag + b"\x06\x08" + _spread(micros)
+    seconds, micro = divmod(micros, 1_000_000)
+    body = b""
+    if seconds:
+        body = b"\x08" + _varint(seconds)
+    if micro:
+        body += b"\x10" + _varint(micro * 1000)
+    return _delimited(tag, body)
+
+
+_FIRST, _LAST = 0x1000_0000 * 1_000_000, 0x8_0000_0000 * 1_000_000  # 1978 to 3058
+
+
+def _spread(micros: int) -> bytes:
+    """The five varint bytes of a whole number of seconds from _FIRST to before _LAST."""
+    seconds = micros // 1_000_000
+    return (
+        0x8080_8080
+        | (seconds & 0x7F)
+        | ((seconds << 1) & 0x7F00)
+        | ((seconds << 2) & 0x7F_0000)
+        | ((seconds << 3) & 0x7F00_0000)
+        | ((seconds << 4) & 0x7F_0000_0000)
+    ).to_bytes(5, "little")
+
+
+@lru_cache(maxsize=1 << 14)
+def _place(partition: str, issuer_key_id: bytes) -> bytes:
+    """partition and issuer_key_id: few distinct pairs (municipalities x generations)."""
+    out = b""
+    if partition:
+        out = _delimited(_PARTITION, partition.encode())
+    if issuer_key_id:
+        out += _delimited(_ISSUER_KEY_ID, issuer_key_id)
+    return out
+
+
+@lru_cache(maxsize=1 << 10)
+def _tail(as_of: int, sequence: int) -> bytes:
+    """as_of and index_sequence: usually one pair for a whole batch."""
+    out = _stamp(_AS_OF, as_of)
+    if sequence:
+        out += _INDEX_SEQUENCE + _varint(sequence)
+    return out
+
+
+def _revocation(lost_at: int, cause: int, reason: int) -> bytes:
+    body = _stamp(b"\x0a", lost_at)
+    if cause:
+        body += b"\x10" + _varint(cause)
+    if reason:
+        body += b"\x18" + _varint(reason)
+    return _delimited(_REVOCATION, body)
+
+
+_KINDS: dict[CertKind | None, bytes] = {None: b""}
+_KINDS.update({kind: _KIND + _varint(kind) for kind in CertKind})
+_STATUSES = {status: _STATUS + _varint(status) for status in Status}
+
+
+def status_bytes(brief: Brief) -> bytes:
+    """One CertificateStatus, as `fill_brief` would fill it and protobuf serialize it."""
+    kind, serial, status, as_of, sequence, record = brief
+    raw = serial.to_bytes((serial.bit_length() + 7) // 8 or 1, "big")
+    size = len(raw)
+    head = (
+        _KINDS[kind]
+        + _SERIAL
+        + (_SMALL[size] if size < 0x80 else _varint(size))
+        + raw
+        + _STATUSES[status]
+    )
+    if record is None:
+        return head + _tail(as_of, sequence)
+    not_before, not_after, partition, issuer_key_id, lost_at, cause, reason = record
+    validity = _stamp(_NOT_BEFORE, not_before) + _stamp(_NOT_AFTER, not_after)
+    if status is Status.REVOKED and lost_at is not None:
+        validity += _revocation(lost_at, cause, reason)
+    return head + validity + _place(partition, issuer_key_id) + _tail(as_of, sequence)
+
+
+# The usual status in one formatting: both results keys and lengths (a status under
+# 126 bytes), kind, serial, status, the two validity times (whole seconds, five-byte
+# varints), the revocation if any, partition with issuer, as_of with sequence.
+_USUAL = b"\x0a%c\x0a%c%b\x12%c%b%b\x22\x06\x08%b\x2a\x06\x08%b%b%b%b"
+
+
+def _result(brief: Brief) -> bytes:
+    """One `results` entry holding `brief`'s status."""
+    kind, serial, status, as_of, sequence, record = brief
+    if record is not None:
+        not_before, not_after, partition, issuer_key_id, lost_at, cause, reason = record
+        if (
+            _FIRST <= not_before < _LAST
+            and _FIRST <= not_after < _LAST
+            and not not_before % 1_000_000
+            and not not_after % 1_000_000
+        ):
+            raw = serial.to_bytes((serial.bit_length() + 7) // 8 or 1, "big")
+            kind_field = _KINDS[kind]
+            status_field = _STATUSES[status]
+            revocation = (
+                _revocation(lost_at, cause, reason)
+                if status is Status.REVOKED and lost_at is not None
+                else b""
+            )
+            place = _place(partition, issuer_key_id)
+            tail = _tail(as_of, sequence)
+            size = (
+                len(kind_field)
+                + len(raw)
+                + len(status_field)
+                + len(revocation)
+                + len(place)
+                + len(tail)
+                + 18  # serial key and length, two times of 8 bytes each
+            )
+            if size < 126:
+                return _USUAL % (
+                    size + 2,
+                    size,
+                    kind_field,
+                    len(raw),
+                    raw,
+                    status_field,
+                    _spread(not_before),
+                    _spread(not_after),
+                    revocation,
+                    place,
+                    tail,
+                )
+    return _delimited(_RESULTS, _delimited(_RESULT_STATUS, status_bytes(brief)))
+
+
+def batch_response(results: Sequence[Brief | str]) -> bytes:
+    """A serialized CheckBatchResponse: a status per Brief, an error per str, in order."""
+    out = []
+    for result in results:
+        if isinstance(result, str):
+            out.append(_delimited(_RESULTS, _delimited(_RESULT_ERROR, result.encode())))
+        else:
+            out.append(_result(result))
+    return b"".join(out)

@@ -1,0 +1,58 @@
+"""Who called, as the transport says: the gRPC side of verifier identification.
+
+With mTLS the verifier is the SHA-256 fingerprint of its client certificate (the
+TLS layer already checked the chain to the client CA). In insecure-loopback mode
+(demos and tests only) there is no certificate, so the `x-jpki-verifier` metadata
+header names the verifier, or else the responder's `--loopback-verifier`; both are
+ignored on a TLS server, where they would be spoofing. The verifier named must still
+be registered, and its roles still decide.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from functools import lru_cache
+from typing import cast
+
+import grpc
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from jpki_va.core.loopback import VERIFIER_HEADER
+from jpki_va.server.access.gate import Caller
+
+
+def fingerprint(cert: x509.Certificate) -> bytes:
+    return hashlib.sha256(cert.public_bytes(Encoding.DER)).digest()
+
+
+@lru_cache(maxsize=1024)  # about 1.5 MB of PEMs at most
+def _pem_fingerprint(pem: bytes) -> bytes:
+    # Every call on a connection presents the same PEM: parse it once, not per call.
+    # Keyed by the exact bytes the TLS layer verified, so a hit is the same certificate.
+    return fingerprint(x509.load_pem_x509_certificate(pem))
+
+
+def caller_of(
+    context: grpc.ServicerContext, *, insecure_loopback: bool, default_verifier: str | None = None
+) -> Caller:
+    """The caller's identity; `default_verifier` names header-less plaintext callers."""
+    # The stubs type the values as bytes; at run time each is a list of bytes.
+    pems = cast(list[bytes], context.auth_context().get("x509_pem_cert") or [])
+    pem = pems[0] if pems else None
+    if pem:
+        return Caller(fingerprint=_pem_fingerprint(bytes(pem)))
+    if insecure_loopback:
+        for key, value in context.invocation_metadata():
+            if key == VERIFIER_HEADER and isinstance(value, str) and value:
+                return Caller(claimed_id=value)
+        if default_verifier is not None:
+            return Caller(claimed_id=default_verifier)
+    return Caller()
+
+
+def server_credentials(cert_chain: bytes, key: bytes, client_ca: bytes) -> grpc.ServerCredentials:
+    """TLS that demands a client certificate issued by `client_ca`."""
+    return grpc.ssl_server_credentials(
+        [(key, cert_chain)], root_certificates=client_ca, require_client_auth=True
+    )

@@ -1,0 +1,288 @@
+"""StatusService: translates between protobuf and the status source. Nothing else."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import grpc
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from jpki_va.core.clock import Clock
+from jpki_va.core.domain import (
+    CertKind,
+    Provision,
+    Verifier,
+)
+from jpki_va.protos import va_pb2, va_pb2_grpc
+from jpki_va.server.access.gate import Caller, Gate
+from jpki_va.server.law.entitlements import NotEntitled, status_provision
+from jpki_va.server.responder.ocsp import OcspResponder
+from jpki_va.server.responder.ocsp_access import GatedOcsp
+from jpki_va.server.responder.status import (
+    Answer,
+    BadRequest,
+    Brief,
+    BriefSource,
+    IndexHolder,
+    Resolver,
+    StatusSource,
+    Target,
+    brief_of,
+    unknown_answer,
+)
+from jpki_va.server.rpc.batch_wire import batch_response
+from jpki_va.server.rpc.pb import (
+    _as_is,
+    _plain_kind_serial,
+    answer_to_pb,
+    kind_serial,
+    serial_from_pb,
+    timestamp,
+)
+
+
+@dataclass(frozen=True)
+class StreamLimits:
+    max_batch: int = 10_000  # requests in one CheckStream batch
+    max_batches: int = 100_000  # batches in one CheckStream
+
+
+class StatusServicer(va_pb2_grpc.StatusServiceServicer):
+    def __init__(
+        self,
+        source: StatusSource,
+        resolver: Resolver,
+        ocsp: OcspResponder,
+        holder: IndexHolder,
+        clock: Clock,
+        roots: list[x509.Certificate],
+        gate: Gate,
+        caller: Callable[[grpc.ServicerContext], Caller],
+        limits: StreamLimits | None = None,
+    ) -> None:
+        self._roots = roots
+        self._limits = limits or StreamLimits()
+        self._source = source
+        self._resolver = resolver
+        self._ocsp = GatedOcsp(ocsp, gate)
+        self._holder = holder
+        self._clock = clock
+        self._gate = gate
+        self._caller = caller
+
+    def _target(
+        self, request: va_pb2.CheckRequest, now: datetime | None = None
+    ) -> tuple[CertKind | None, int, datetime]:
+        """(kind, serial, as_of) the request names; kind None: an issuer we do not serve.
+
+        `as_of` defaults to `now`, or the clock's time when `now` is None.
+        """
+        if request.HasField("as_of"):
+            as_of = request.as_of.ToDatetime(tzinfo=UTC)
+        else:
+            as_of = self._clock.now() if now is None else now
+        ref = request.cert
+        which = ref.WhichOneof("ref")
+        if which == "kind_serial":
+            return *kind_serial(ref.kind_serial), as_of
+        if which == "certificate_der":
+            kind, serial = self._resolver.from_certificate(ref.certificate_der)
+            return kind, serial, as_of
+        if which == "cert_id":
+            cid = ref.cert_id
+            issuer = self._resolver.issuer_by_hash(
+                cid.hash_algorithm.lower(), cid.issuer_name_hash, cid.issuer_key_hash
+            )
+            return (None if issuer is None else issuer.kind), serial_from_pb(cid.serial), as_of
+        raise BadRequest("no certificate given (kind_serial, certificate_der or cert_id)")
+
+    def _answer(
+        self, verifier: Verifier, request: va_pb2.CheckRequest, counts: Counter[Provision]
+    ) -> Answer:
+        """Check the entitlement, answer, and add the provision to `counts`."""
+        kind, serial, as_of = self._target(request)
+        if kind is None:
+            # Not an issuer we answer for: the certificate is unknown to us, and no
+            # status information of the law is given.
+            return unknown_answer(self._holder.get(), None, serial, as_of)
+        provision = status_provision(kind)
+        self._gate.check(verifier, provision)
+        answer = self._source.status(kind, serial, as_of)
+        counts[provision] += 1
+        return answer
+
+    def Check(
+        self, request: va_pb2.CheckRequest, context: grpc.ServicerContext
+    ) -> va_pb2.CheckResponse:
+        verifier = self._gate.identify(self._caller(context))
+        counts: Counter[Provision] = Counter()
+        answer = self._answer(verifier, request, counts)
+        self._gate.provided(verifier, counts)
+        return va_pb2.CheckResponse(status=answer_to_pb(answer))
+
+    def CheckStream(  # type: ignore[override]  # bytes: see add_status_service
+        self,
+        request_iterator: Iterator[va_pb2.CheckBatchRequest],
+        context: grpc.ServicerContext,
+    ) -> Iterator[bytes]:
+        """Yields each batch's CheckBatchResponse serialized (jpki_va.server.rpc.batch_wire)."""
+        verifier = self._gate.identify(self._caller(context))
+        limits = self._limits
+        for count, batch in enumerate(request_iterator, 1):
+            if count > limits.max_batches:
+                raise BadRequest(f"stream exceeds {limits.max_batches} batches")
+            if not batch.requests:
+                raise BadRequest("empty batch")
+            if len(batch.requests) > limits.max_batch:
+                raise BadRequest(f"batch of {len(batch.requests)} exceeds {limits.max_batch}")
+            response = self._batch(verifier, batch.requests, context)
+            if response is None:
+                return
+            yield response
+
+    def _batch(
+        self,
+        verifier: Verifier,
+        requests: Sequence[va_pb2.CheckRequest],
+        context: grpc.ServicerContext,
+    ) -> bytes | None:
+        """One batch answered as `Check` answers each item, with errors per item.
+
+        The batch is one instant (`as_of` defaults to one clock reading), its
+        entitlements are checked once per kind, its statuses come from one
+        lookup of the source, and its provisions are recorded in one ledger commit
+        before it leaves. None: the call ended meanwhile and nothing was provided.
+        """
+        now = self._clock.now()
+        # Per kind: the provision it is, or the refusal text when the verifier lacks it.
+        entitled: dict[CertKind, Provision | str] = {}
+        # Per request: its answer, an error text, or the position of its target.
+        slots: list[Brief | str | int] = []
+        targets: list[Target] = []
+        counts: Counter[Provision] = Counter()
+        for request in requests:
+            kind, serial = _plain_kind_serial(request)
+            as_of = now
+            if serial == 0:  # anything else: the general reading, and its errors
+                try:
+                    found, serial, as_of = self._target(request, now)
+                except ValueError as exc:  # BadRequest included
+                    slots.append(str(exc))
+                    continue
+                if found is None:
+                    # Not an issuer we answer for (see `_answer`).
+                    slots.append(brief_of(unknown_answer(self._holder.get(), None, serial, as_of)))
+                    continue
+                kind = found
+            provision = entitled.get(kind)
+            if provision is None:
+                provision = entitled[kind] = self._entitlement(verifier, kind)
+            if isinstance(provision, str):
+                slots.append(provision)
+                continue
+            counts[provision] += 1
+            slots.append(len(targets))
+            targets.append((kind, serial, as_of))
+        answers = self._lookup(targets, context)
+        if answers is None:
+            return None
+        response = batch_response(
+            [answers[slot] if isinstance(slot, int) else slot for slot in slots]
+        )
+        if not context.is_active():
+            return None
+        self._gate.provided(verifier, counts)
+        return response
+
+    def _entitlement(self, verifier: Verifier, kind: CertKind) -> Provision | str:
+        """The provision a status of `kind` is, or why the verifier may not have it."""
+        provision = status_provision(kind)
+        try:
+            self._gate.check(verifier, provision)
+        except NotEntitled as exc:
+            return f"PERMISSION_DENIED: {exc}"
+        return provision
+
+    def _lookup(
+        self, targets: Sequence[Target], context: grpc.ServicerContext
+    ) -> list[Brief] | None:
+        """The answers for `targets`; None when the call ended before they were all read.
+
+        A cancelled call or one past its deadline has nobody to read the rest, and its
+        batch is never delivered, so nothing of it counts as provided.
+        """
+        source = self._source
+        if not context.is_active():
+            return None
+        if isinstance(source, BriefSource):
+            return source.briefs(targets)
+        answers = []
+        for kind, serial, as_of in targets:  # a source that answers one at a time
+            if not context.is_active():
+                return None
+            answers.append(brief_of(source.status(kind, serial, as_of)))
+        return answers
+
+    def Ocsp(
+        self, request: va_pb2.OcspRequest, context: grpc.ServicerContext
+    ) -> va_pb2.OcspResponse:
+        reply = self._ocsp.respond(self._caller(context), request.der)
+        return va_pb2.OcspResponse(der=reply.der)
+
+    def ListIssuers(
+        self, request: va_pb2.ListIssuersRequest, context: grpc.ServicerContext
+    ) -> va_pb2.ListIssuersResponse:
+        # Public information, but only for registered verifiers.
+        self._gate.identify(self._caller(context))
+        index = self._holder.get()
+        issuers = []
+        for entry in index.issuers.values():
+            issuer = va_pb2.Issuer(
+                kind=int(entry.kind),  # type: ignore[arg-type]
+                key_id=entry.key_id,
+                certificate_der=entry.certificate.public_bytes(Encoding.DER),
+                active=entry.active,
+            )
+            compromise = index.compromises.get(entry.key_id)
+            if compromise is not None:  # the announcement (第15条第3項)
+                issuer.compromised_at.CopyFrom(timestamp(compromise.time))
+            issuers.append(issuer)
+        return va_pb2.ListIssuersResponse(
+            root_certificate_der=self._roots[0].public_bytes(Encoding.DER) if self._roots else b"",
+            issuers=issuers,
+        )
+
+
+def add_status_service(servicer: StatusServicer, server: grpc.Server) -> None:
+    """va_pb2_grpc.add_StatusServiceServicer_to_server, except that CheckStream's batches
+    leave as the bytes the servicer wrote (jpki_va.server.rpc.batch_wire), not serialized again."""
+    pb = va_pb2
+    handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {
+        "Check": grpc.unary_unary_rpc_method_handler(
+            servicer.Check, pb.CheckRequest.FromString, pb.CheckResponse.SerializeToString
+        ),
+        "CheckStream": grpc.stream_stream_rpc_method_handler(
+            servicer.CheckStream, pb.CheckBatchRequest.FromString, _as_is
+        ),
+        "Ocsp": grpc.unary_unary_rpc_method_handler(
+            servicer.Ocsp, pb.OcspRequest.FromString, pb.OcspResponse.SerializeToString
+        ),
+        "ListIssuers": grpc.unary_unary_rpc_method_handler(
+            servicer.ListIssuers,
+            pb.ListIssuersRequest.FromString,
+            pb.ListIssuersResponse.SerializeToString,
+        ),
+    }
+    service = pb.DESCRIPTOR.services_by_name["StatusService"]
+    missing = {m.name for m in service.methods} - handlers.keys()
+    if missing:  # va.proto gained a method: register it here too
+        raise RuntimeError(f"StatusService methods without a handler: {sorted(missing)}")
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(service.full_name, handlers),)
+    )
+    server.add_registered_method_handlers(service.full_name, handlers)  # type: ignore[attr-defined]

@@ -1,0 +1,1 @@
+"""The signer: registry changes, HSM signatures and publishing snapshots."""

@@ -1,0 +1,495 @@
+"""Publishing snapshots: registry state -> signed CRLs, records, data files and a manifest.
+
+A full snapshot carries everything in retention; a delta carries what changed
+since the previous snapshot and, per partition that changed since the full one,
+a delta CRL (cumulative since that partition's full CRL, RFC 5280 §5.2.4). A delta
+is possible only while the issuer generations, compromises and partitions are the
+ones of the last full snapshot; otherwise the publisher makes a full one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import threading
+from collections import defaultdict
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any, Literal
+
+from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes
+
+from jpki_va.core.clock import Clock
+from jpki_va.core.domain import CertKind, Link, LinkType, Verifier
+from jpki_va.server.law.correspondence import holder_links
+from jpki_va.server.law.issuer_compromise import Compromise
+from jpki_va.server.law.retention import RetentionPolicy
+from jpki_va.server.model.registry_values import (
+    CertificateRecord,
+    ConsentChange,
+    IssuerRecord,
+    LossEvent,
+)
+from jpki_va.server.pki import crl_profile, crl_stream
+from jpki_va.server.pki.cert_profile import ProfileSettings
+from jpki_va.server.pki.crl_profile import CrlEntry
+from jpki_va.server.registry.transactions import Registry, RegistryTxn
+from jpki_va.server.signer.authority import Authority
+from jpki_va.server.signer.full_snapshot import FullContent, Scope
+from jpki_va.server.snapshot.data_files import consent_line, link_rows, signing_record_line
+from jpki_va.server.snapshot.manifest import (
+    CONSENTS,
+    SIGNING_RECORDS,
+    CrlInfo,
+    crl_relpath,
+    snapshot_sequence,
+)
+from jpki_va.server.snapshot.record_format import encode_file_record
+from jpki_va.server.snapshot.writer import SnapshotBuilder
+
+log = logging.getLogger(__name__)
+
+_STATE = "publisher_state"
+
+
+@dataclass(frozen=True)
+class PublishedSnapshot:
+    sequence: int
+    path: Path
+    crl_count: int
+    record_count: int
+    type: Literal["full", "delta"] = "full"
+    event_count: int = 0
+
+
+def crl_counter(kind: CertKind, issuer_key_id: bytes, partition: str) -> str:
+    """Registry counter of a partition's CRL numbers (shared by full and delta CRLs)."""
+    return f"crl:{kind.name}:{issuer_key_id.hex()}:{partition}"
+
+
+def _scope_name(scope: Scope) -> str:
+    kind, kid, partition = scope
+    return f"{kind.name}:{kid.hex()}:{partition}"
+
+
+@dataclass
+class _State:
+    """What the last snapshots were, kept in the registry so deltas survive a restart."""
+
+    full_sequence: int
+    full_at: datetime
+    full_event_sequence: int
+    issuer_key_ids: list[str]
+    compromise_count: int
+    crl_base: dict[str, int]  # scope name -> the full CRL's number
+    last_sequence: int
+    event_sequence: int
+    issued: int
+    consent_sequence: int
+    mark: str
+
+    def to_bytes(self) -> bytes:
+        data = dict(self.__dict__)
+        data["full_at"] = self.full_at.isoformat()
+        return json.dumps(data, sort_keys=True).encode()
+
+    @classmethod
+    def load(cls, tx: RegistryTxn) -> _State | None:
+        raw = tx.meta(_STATE)
+        if raw is None:
+            return None
+        data = json.loads(raw)
+        data["full_at"] = datetime.fromisoformat(data["full_at"])
+        return cls(**data)
+
+
+@dataclass
+class _Content:
+    """What one snapshot carries, gathered in one read transaction."""
+
+    records: list[bytes] = field(default_factory=list)
+    entries: dict[Scope, list[CrlEntry]] = field(default_factory=dict)
+    events: list[LossEvent] = field(default_factory=list)
+    links: set[Link] = field(default_factory=set)
+    signing_records: dict[int, dict[str, Any]] = field(default_factory=dict)
+    consents: list[dict[str, Any]] = field(default_factory=list)
+    verifiers: list[Verifier] = field(default_factory=list)  # the whole registry, always
+
+
+class Publisher:
+    def __init__(
+        self,
+        registry: Registry,
+        authority: Authority,
+        snapshot_root: Path,
+        clock: Clock,
+        settings: ProfileSettings,
+        retention: RetentionPolicy | None = None,
+    ) -> None:
+        snapshot_root.mkdir(parents=True, exist_ok=True)
+        self._registry = registry
+        self._authority = authority
+        self._root = snapshot_root
+        self._clock = clock
+        self._settings = settings
+        self._retention = retention or RetentionPolicy()
+        self._retention.check(max(settings.validity.values()))
+        # One publish at a time: the periodic one and an operator's may coincide.
+        self._lock = threading.Lock()
+
+    # entry points ---------------------------------------------------------------------
+    def publish_full(self) -> PublishedSnapshot:
+        """A full snapshot: every record in retention, one CRL per partition."""
+        with self._lock:
+            return self._publish_full()
+
+    def publish_delta_or_full(self) -> PublishedSnapshot:
+        with self._lock:
+            return self._publish_delta() or self._publish_full()
+
+    def publish_scheduled(self, full_interval: timedelta) -> PublishedSnapshot | None:
+        """A full snapshot when one is due, else a delta if anything changed."""
+        with self._lock:
+            with self._registry.read() as tx:
+                state = _State.load(tx)
+            if state is None or self._clock.now() - state.full_at >= full_interval:
+                return self._publish_full()
+            if not self._changed():
+                return None
+            return self._publish_delta() or self._publish_full()
+
+    def _changed(self) -> bool:
+        with self._registry.read() as tx:
+            state = _State.load(tx)
+            return state is None or state.mark != tx.change_mark()
+
+    # retention --------------------------------------------------------------------------
+    def _retained(self, record: CertificateRecord, now: datetime) -> bool:
+        return self._retention.issuance_retained(record.not_before, now)
+
+    # full -------------------------------------------------------------------------------
+    def _publish_full(self) -> PublishedSnapshot:
+        now = self._clock.now()
+        issuers = self._authority.issuers()
+        with self._registry.write() as wtx:
+            sequence = wtx.next_counter("snapshot")
+        builder = SnapshotBuilder(self._root, sequence)
+        try:
+            builder.add_issuers([r.certificate for r in issuers])
+            # One read transaction: every file describes the same moment. The records,
+            # events and links stream from the registry into the builder's files.
+            with self._registry.read() as tx:
+                compromises = tx.compromises()
+                event_sequence = tx.counter("event")
+                issued = tx.counter("issued")
+                consent_sequence = tx.counter("consent")
+                mark = tx.change_mark()
+                content = FullContent(tx, issuers, self._retention, now, scratch=self._root)
+                builder.add_records(content.records())
+                event_count = builder.add_events(content.events())
+                builder.add_links(content.link_rows())
+                signing_records, consents = content.signing_records_and_consents()
+                builder.add_jsonl(SIGNING_RECORDS, signing_records)
+                builder.add_jsonl(CONSENTS, consents)
+                builder.add_verifiers(tx.verifiers())
+                entries = content.crl_entries()
+            with self._registry.write() as wtx:
+                numbers = {scope: wtx.next_counter(crl_counter(*scope)) for scope in entries}
+                arl_number = wtx.next_counter("arl") if compromises else 0
+            self._add_crls(builder, issuers, entries, numbers, now, None)
+            if compromises:
+                self._add_arl(builder, issuers, compromises, arl_number, now)
+            signing_key, signer_cert = self._authority.snapshot_signer()
+            path, manifest = builder.commit(
+                type="full",
+                base_sequence=None,
+                created_at=now,
+                event_sequence=event_sequence,
+                issuer_key_ids=[r.key_id for r in issuers],
+                signing_key=signing_key,
+                signer_cert=signer_cert,
+                compromises=sorted(compromises.values(), key=lambda c: c.key_id),
+            )
+        except BaseException:
+            builder.abort()
+            raise
+        state = _State(
+            full_sequence=sequence,
+            full_at=now,
+            full_event_sequence=event_sequence,
+            issuer_key_ids=[r.key_id.hex() for r in issuers],
+            compromise_count=len(compromises),
+            crl_base={_scope_name(s): n for s, n in numbers.items()},
+            last_sequence=sequence,
+            event_sequence=event_sequence,
+            issued=issued,
+            consent_sequence=consent_sequence,
+            mark=mark,
+        )
+        with self._registry.write() as wtx:
+            wtx.set_meta(_STATE, state.to_bytes())
+        self._prune(now)
+        log.info(
+            "published full snapshot %d: %d records, %d CRLs",
+            sequence,
+            manifest.record_count,
+            len(manifest.crls),
+        )
+        return PublishedSnapshot(
+            sequence, path, len(manifest.crls), manifest.record_count, "full", event_count
+        )
+
+    def _add_arl(
+        self,
+        builder: SnapshotBuilder,
+        issuers: list[IssuerRecord],
+        compromises: dict[bytes, Compromise],
+        number: int,
+        now: datetime,
+    ) -> None:
+        root = self._authority.root()
+        arl = crl_profile.authority_revocation_list(
+            self._authority.key(root),
+            root.certificate,
+            number=number,
+            this_update=now,
+            next_update=now + self._settings.crl_validity,
+            revoked=[
+                (r.certificate.serial_number, compromises[r.key_id].time)
+                for r in issuers
+                if r.key_id in compromises
+            ],
+        )
+        builder.add_arl(arl, number)
+
+    # delta ------------------------------------------------------------------------------
+    def _publish_delta(self) -> PublishedSnapshot | None:
+        """A delta after the last snapshot, or None when only a full one will do."""
+        now = self._clock.now()
+        issuers = self._authority.issuers()
+        with self._registry.read() as tx:
+            state = _State.load(tx)
+            if (
+                state is None
+                or state.issuer_key_ids != [r.key_id.hex() for r in issuers]
+                or state.compromise_count != len(tx.compromises())
+            ):
+                return None
+            event_sequence = tx.counter("event")
+            issued = tx.counter("issued")
+            consent_sequence = tx.counter("consent")
+            mark = tx.change_mark()
+            content = self._gather_delta(tx, state, issuers, now)
+            if content is None:
+                return None
+        with self._registry.write() as wtx:
+            sequence = wtx.next_counter("snapshot")
+            numbers = {scope: wtx.next_counter(crl_counter(*scope)) for scope in content.entries}
+        builder = SnapshotBuilder(self._root, sequence)
+        bases = {s: state.crl_base[_scope_name(s)] for s in content.entries}
+        try:
+            builder.add_issuers([r.certificate for r in issuers])
+            builder.add_records(content.records)
+            self._add_crls(builder, issuers, content.entries, numbers, now, bases)
+            self._add_data(builder, content)
+            signing_key, signer_cert = self._authority.snapshot_signer()
+            path, manifest = builder.commit(
+                type="delta",
+                base_sequence=state.full_sequence,
+                previous_sequence=state.last_sequence,
+                created_at=now,
+                event_sequence=event_sequence,
+                issuer_key_ids=[r.key_id for r in issuers],
+                signing_key=signing_key,
+                signer_cert=signer_cert,
+            )
+        except BaseException:
+            builder.abort()
+            raise
+        state.last_sequence = sequence
+        state.event_sequence = event_sequence
+        state.issued = issued
+        state.consent_sequence = consent_sequence
+        state.mark = mark
+        with self._registry.write() as wtx:
+            wtx.set_meta(_STATE, state.to_bytes())
+        log.info(
+            "published delta snapshot %d on %d: %d new records, %d losses, %d delta CRLs",
+            sequence,
+            state.full_sequence,
+            manifest.record_count,
+            len(content.events),
+            len(manifest.crls),
+        )
+        return PublishedSnapshot(
+            sequence, path, len(manifest.crls), manifest.record_count, "delta", len(content.events)
+        )
+
+    def _gather_delta(
+        self, tx: RegistryTxn, state: _State, issuers: list[IssuerRecord], now: datetime
+    ) -> _Content | None:
+        ordinals = {r.key_id: i for i, r in enumerate(issuers)}
+        # Small: the whole verifier registry goes in every delta, so a change of roles
+        # reaches the responder within one delta interval.
+        content = _Content(verifiers=tx.verifiers())
+        new_records = sorted(
+            (r for r in tx.issued_since(state.issued) if self._retained(r, now)),
+            key=lambda r: r.key,
+        )
+        for rec in new_records:
+            if _scope_name((rec.kind, rec.issuer_key_id, rec.partition)) not in state.crl_base:
+                return None  # a new partition needs its full CRL first
+            content.records.append(_record(rec, ordinals))
+        # Delta CRLs are cumulative since the full CRLs: every loss since the full.
+        entries: dict[Scope, list[CrlEntry]] = defaultdict(list)
+        for event in tx.events_since(state.full_event_sequence):
+            scope = (event.kind, event.issuer_key_id, event.partition)
+            if _scope_name(scope) not in state.crl_base:
+                return None  # cannot happen while new partitions force a full
+            lost = tx.certificate(event.kind, event.serial)
+            if lost is None or not self._retained(lost, now):
+                continue
+            entries[scope].append(
+                CrlEntry(event.serial, event.loss.time, event.loss.cause, event.loss.reason)
+            )
+            if event.sequence > state.event_sequence:
+                content.events.append(event)
+        content.entries = dict(entries)
+        self._delta_links(tx, new_records, content)
+        self._delta_consents(tx, state, new_records, content)
+        return content
+
+    @staticmethod
+    def _delta_links(
+        tx: RegistryTxn, new_records: list[CertificateRecord], content: _Content
+    ) -> None:
+        """Links that involve a certificate issued since the previous snapshot."""
+        new_keys = {(r.kind, r.serial) for r in new_records}
+        for rec in new_records:
+            for link in holder_links(tx.holder_certificates(rec.resident_code)):
+                if (link.a_kind, link.a_serial) in new_keys or (
+                    link.b_kind,
+                    link.b_serial,
+                ) in new_keys:
+                    content.links.add(link)
+            for old in tx.holder_certificates(rec.resident_code):
+                if tx.renewed_by(old.kind, old.serial) == (rec.kind, rec.serial):
+                    content.links.add(
+                        Link(LinkType.RENEWAL, old.kind, old.serial, rec.kind, rec.serial)
+                    )
+
+    @staticmethod
+    def _delta_consents(
+        tx: RegistryTxn,
+        state: _State,
+        new_records: list[CertificateRecord],
+        content: _Content,
+    ) -> None:
+        """Consent changes since the previous snapshot, and consents to new records."""
+        changes: dict[tuple[str, str], ConsentChange] = {}
+        for change in tx.consent_changes_since(state.consent_sequence):
+            changes[(change.resident_code, change.verifier)] = change  # the last one counts
+        for (code, verifier), change in changes.items():
+            for rec in tx.holder_certificates(code):
+                if rec.kind.is_signing:
+                    if change.granted:
+                        content.signing_records[rec.serial] = signing_record_line(rec)
+                    content.consents.append(consent_line(rec, verifier, change.granted))
+        for rec in new_records:
+            if not rec.kind.is_signing:
+                continue
+            for consent in tx.consents(rec.resident_code):
+                if consent.in_effect and (rec.resident_code, consent.verifier) not in changes:
+                    content.signing_records[rec.serial] = signing_record_line(rec)
+                    content.consents.append(consent_line(rec, consent.verifier, True))
+
+    # files ------------------------------------------------------------------------------
+    def _add_crls(
+        self,
+        builder: SnapshotBuilder,
+        issuers: list[IssuerRecord],
+        entries: Mapping[Scope, Iterable[CrlEntry]],
+        numbers: dict[Scope, int],
+        now: datetime,
+        bases: dict[Scope, int] | None,
+    ) -> None:
+        keys: dict[bytes, CertificateIssuerPrivateKeyTypes] = {}
+        # DER times are whole seconds; the manifest states what the CRLs say.
+        this_update = now.replace(microsecond=0)
+        next_update = this_update + self._settings.crl_validity
+        for scope, bucket in sorted(entries.items()):
+            kind, key_id, partition = scope
+            issuer = next(r for r in issuers if r.key_id == key_id)
+            key = keys.get(key_id) or keys.setdefault(key_id, self._authority.key(issuer))
+            base = None if bases is None else bases[scope]
+            # crlstream: the profile of crl_profile.crl, byte for byte, at national scale.
+            der = crl_stream.crl_der(
+                self._settings,
+                key,
+                issuer.certificate,
+                kind=kind,
+                partition=partition,
+                number=numbers[scope],
+                this_update=this_update,
+                next_update=next_update,
+                entries=sorted(bucket, key=lambda e: e.serial),
+                delta_base=base,
+            )
+            info = CrlInfo(
+                file=crl_relpath(kind, key_id, partition, delta=base is not None),
+                kind=kind,
+                issuer_key_id=key_id,
+                partition=partition,
+                number=numbers[scope],
+                this_update=this_update,
+                next_update=next_update,
+                delta_base=base,
+            )
+            builder.add_crl_der(info, der)
+
+    @staticmethod
+    def _add_data(builder: SnapshotBuilder, content: _Content) -> None:
+        builder.add_verifiers(content.verifiers)
+        builder.add_events(content.events)
+        builder.add_links(sorted(row for link in content.links for row in link_rows(link)))
+        builder.add_jsonl(SIGNING_RECORDS, _by_serial(content.signing_records))
+        builder.add_jsonl(CONSENTS, content.consents)
+
+    # CRL file retention -------------------------------------------------------------------
+    def _prune(self, now: datetime) -> None:
+        """Remove snapshots (CRL files) past retention, never the live full and its deltas."""
+        snapshots = sorted(
+            (seq, path) for path in self._root.iterdir() if (seq := snapshot_sequence(path))
+        )
+        if not snapshots:
+            return
+        with self._registry.read() as tx:
+            state = _State.load(tx)
+        keep_from = state.full_sequence if state is not None else snapshots[-1][0]
+        for seq, path in snapshots:
+            if seq >= keep_from:
+                break
+            try:
+                created = datetime.fromisoformat(
+                    json.loads((path / "manifest.json").read_bytes())["created_at"]
+                )
+            except (OSError, ValueError, KeyError):
+                continue
+            if not self._retention.crl_file_retained(created, now):
+                shutil.rmtree(path, ignore_errors=True)
+                log.info("removed snapshot %s: past the retention of CRL files", path.name)
+
+
+def _by_serial(lines: dict[int, dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    for serial in sorted(lines):
+        yield lines[serial]
+
+
+def _record(rec: CertificateRecord, ordinals: dict[bytes, int]) -> bytes:
+    """The snapshot's binary issuance record of `rec`."""
+    return encode_file_record(
+        rec.key, rec.not_before, rec.not_after, rec.partition, ordinals[rec.issuer_key_id]
+    )

@@ -1,0 +1,1 @@
+"""Snapshots: the contract between the signer and the responder (DESIGN §3)."""

@@ -1,0 +1,198 @@
+"""Writing a snapshot: files under a temporary name, the signed manifest last."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Literal
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from jpki_va.core.domain import CertKind, Verifier
+from jpki_va.server.law.issuer_compromise import Compromise
+from jpki_va.server.model.registry_values import LossEvent
+from jpki_va.server.snapshot.data_files import write_event_rows, write_link_rows
+from jpki_va.server.snapshot.manifest import (
+    ARL,
+    EVENTS,
+    ISSUERS,
+    LINKS,
+    MANIFEST,
+    RECORDS,
+    SIGNATURE,
+    SIGNER_CERT,
+    VERIFIERS,
+    ArlInfo,
+    CrlInfo,
+    Manifest,
+    _sha256_file,
+    crl_relpath,
+    snapshot_dirname,
+)
+from jpki_va.server.snapshot.record_format import write_records
+
+
+def _sign(key: CertificateIssuerPrivateKeyTypes, data: bytes) -> bytes:
+    if isinstance(key, ec.EllipticCurvePrivateKey):
+        return key.sign(data, ec.ECDSA(hashes.SHA256()))
+    if isinstance(key, rsa.RSAPrivateKey):
+        return key.sign(data, padding.PKCS1v15(), hashes.SHA256())
+    raise TypeError(f"unsupported snapshot key {type(key).__name__}")
+
+
+class SnapshotBuilder:
+    """Collects the files of one snapshot in a temporary directory."""
+
+    def __init__(self, root: Path, sequence: int) -> None:
+        self.sequence = sequence
+        self._root = root
+        self._dir = Path(tempfile.mkdtemp(prefix=f".tmp-{sequence}-", dir=root))
+        self._files: dict[str, str] = {}
+        self._crls: list[CrlInfo] = []
+        self._record_count = 0
+        self._arl: ArlInfo | None = None
+
+    def _add(self, relpath: str, data: bytes) -> None:
+        path = self._dir / relpath
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+        self._files[relpath] = hashlib.sha256(data).hexdigest()
+
+    def add_issuers(self, certs: list[x509.Certificate]) -> None:
+        self._add(ISSUERS, b"".join(c.public_bytes(Encoding.PEM) for c in certs))
+
+    def add_verifiers(self, verifiers: list[Verifier]) -> None:
+        data = [v.to_json() for v in sorted(verifiers, key=lambda v: v.id)]
+        self._add(VERIFIERS, json.dumps(data, indent=1, sort_keys=True).encode() + b"\n")
+
+    def add_records(self, records: Iterable[bytes]) -> int:
+        path = self._dir / RECORDS
+        with path.open("wb") as f:
+            self._record_count = write_records(f, records)
+        self._files[RECORDS] = _sha256_file(path)
+        return self._record_count
+
+    def add_crl_der(self, info: CrlInfo, der: bytes) -> None:
+        """A CRL already encoded and signed (bulk writers); `info` says what it is."""
+        self._add(info.file, der)
+        self._crls.append(info)
+
+    def add_jsonl(self, relpath: str, lines: Iterable[dict[str, Any]]) -> int:
+        """A JSON-lines file; returns how many lines."""
+        path = self._dir / relpath
+        count = 0
+        with path.open("w", encoding="utf-8") as f:
+            for line in lines:
+                f.write(json.dumps(line, ensure_ascii=False, separators=(",", ":"), sort_keys=True))
+                f.write("\n")
+                count += 1
+        self._files[relpath] = _sha256_file(path)
+        return count
+
+    def add_links(self, rows: Iterable[bytes]) -> int:
+        """The links file from rows of data_files.link_rows, in increasing order."""
+        path = self._dir / LINKS
+        with path.open("wb") as f:
+            count = write_link_rows(f, rows)
+        self._files[LINKS] = _sha256_file(path)
+        return count
+
+    def add_events(self, events: Iterable[LossEvent]) -> int:
+        """The loss events file from events in registry (sequence) order."""
+        path = self._dir / EVENTS
+        with path.open("wb") as f:
+            count = write_event_rows(f, events)
+        self._files[EVENTS] = _sha256_file(path)
+        return count
+
+    def add_arl(self, arl: x509.CertificateRevocationList, number: int) -> None:
+        self._add(ARL, arl.public_bytes(Encoding.DER))
+        assert arl.next_update_utc is not None
+        self._arl = ArlInfo(number, arl.last_update_utc, arl.next_update_utc)
+
+    def add_crl(
+        self,
+        kind: CertKind,
+        partition: str,
+        crl: x509.CertificateRevocationList,
+        number: int,
+        delta_base: int | None = None,
+    ) -> CrlInfo:
+        issuer_key_id = crl.extensions.get_extension_for_class(
+            x509.AuthorityKeyIdentifier
+        ).value.key_identifier
+        assert issuer_key_id is not None
+        relpath = crl_relpath(kind, issuer_key_id, partition, delta=delta_base is not None)
+        self._add(relpath, crl.public_bytes(Encoding.DER))
+        assert crl.next_update_utc is not None
+        info = CrlInfo(
+            file=relpath,
+            kind=kind,
+            issuer_key_id=issuer_key_id,
+            partition=partition,
+            number=number,
+            this_update=crl.last_update_utc,
+            next_update=crl.next_update_utc,
+            delta_base=delta_base,
+        )
+        self._crls.append(info)
+        return info
+
+    def commit(
+        self,
+        *,
+        type: Literal["full", "delta"],
+        base_sequence: int | None,
+        created_at: datetime,
+        event_sequence: int,
+        issuer_key_ids: list[bytes],
+        signing_key: CertificateIssuerPrivateKeyTypes,
+        signer_cert: x509.Certificate,
+        previous_sequence: int | None = None,
+        compromises: list[Compromise] | None = None,
+    ) -> tuple[Path, Manifest]:
+        manifest = Manifest(
+            type=type,
+            sequence=self.sequence,
+            base_sequence=base_sequence,
+            created_at=created_at,
+            event_sequence=event_sequence,
+            files=dict(self._files),
+            crls=list(self._crls),
+            issuer_key_ids=issuer_key_ids,
+            record_count=self._record_count,
+            previous_sequence=previous_sequence,
+            compromises=list(compromises or []),
+            arl=self._arl,
+        )
+        raw = manifest.to_bytes()
+        (self._dir / MANIFEST).write_bytes(raw)
+        (self._dir / SIGNATURE).write_bytes(_sign(signing_key, raw))
+        (self._dir / SIGNER_CERT).write_bytes(signer_cert.public_bytes(Encoding.PEM))
+        for path in self._dir.rglob("*"):
+            if path.is_file():
+                with path.open("rb") as f:
+                    os.fsync(f.fileno())
+        self._dir.chmod(0o755)
+        final = self._root / snapshot_dirname(self.sequence)
+        # rename is atomic: a reader sees no snapshot or a whole one.
+        self._dir.rename(final)
+        dirfd = os.open(self._root, os.O_RDONLY)
+        try:
+            os.fsync(dirfd)
+        finally:
+            os.close(dirfd)
+        return final, manifest
+
+    def abort(self) -> None:
+        shutil.rmtree(self._dir, ignore_errors=True)

@@ -1,0 +1,257 @@
+"""`jpki-va registry …`: operator commands into a real signer; bad input changes nothing."""
+
+from __future__ import annotations
+
+import json
+import socket
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from jpki_va.core.domain import CertKind, serial_hex
+from jpki_va.server.cmd.main import main
+from tests.support import Issued, Pki, openssl
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    with pytest.raises(SystemExit) as exit_info:
+        main(list(argv))
+    out, err = capsys.readouterr()
+    code = exit_info.value.code
+    return (code if isinstance(code, int) else 1), out, err
+
+
+def registry(pki: Pki, *argv: str) -> list[str]:
+    """`jpki-va registry COMMAND …` with the signer connection options after it."""
+    return ["registry", *argv, "--signer", f"127.0.0.1:{pki.signer.port}", "--insecure-loopback"]
+
+
+def mark(pki: Pki) -> str:
+    with pki.signer.registry.read() as tx:
+        return tx.change_mark()
+
+
+def snapshots(pki: Pki) -> list[str]:
+    return sorted(p.name for p in pki.signer.config.snapshot_dir.glob("snap-*"))
+
+
+def _pem_key(tmp_path: Path, name: str) -> tuple[rsa.RSAPrivateKey, Path]:
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    path = tmp_path / f"{name}.pub.pem"
+    path.write_bytes(
+        key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+    return key, path
+
+
+def _issue_args(code: str, kind: str, pubkey: Path, out: Path) -> list[str]:
+    return [
+        "issue", "--kind", kind, "--resident-code", code, "--municipality", "131016",
+        "--name", "試験 次郎", "--address", "千代田区2-2", "--birth-date", "1985-05-05",
+        "--sex", "男", "--pubkey", str(pubkey), "--out", str(out),
+    ]  # fmt: skip
+
+
+def test_issue_lose_and_publish_print_what_changed(
+    pki: Pki, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    card_key, card_pub = _pem_key(tmp_path, "card")
+    code, out, _ = run(
+        capsys,
+        *registry(
+            pki, *_issue_args("44400000001", "card-sign", card_pub, tmp_path / "c.pem"), "--json"
+        ),
+    )
+    assert code == 0
+    card_serial = json.loads(out)["issued"]["serial"]
+    assert (tmp_path / "c.pem").read_bytes().startswith(b"-----BEGIN CERTIFICATE")
+    # A mobile application signed with the card key by openssl, as an operator would.
+    card_pem = tmp_path / "card.key"
+    card_pem.write_bytes(
+        card_key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    _, mobile_pub = _pem_key(tmp_path, "mobile")
+    mobile_der = tmp_path / "mobile.der"
+    openssl("pkey", "-pubin", "-in", str(mobile_pub), "-outform", "DER", "-out", str(mobile_der))
+    sig = tmp_path / "app.sig"
+    openssl("dgst", "-sha256", "-sign", str(card_pem), "-out", str(sig), str(mobile_der))
+    code, out, err = run(
+        capsys,
+        *registry(
+            pki,
+            *_issue_args("44400000001", "mobile-sign", mobile_pub, tmp_path / "m.pem"),
+            "--card-serial", card_serial, "--application-signature", str(sig),
+        ),
+    )  # fmt: skip
+    assert code == 0, err
+    assert out.startswith("issued MOBILE_SIGN")
+    code, out, _ = run(
+        capsys,
+        *registry(pki, "lose", "--kind", "card-sign", "--serial", card_serial,
+                  "--cause", "holder-request", "--reason", "key-compromise"),
+    )  # fmt: skip
+    assert code == 0
+    lines = out.splitlines()
+    assert lines[0].startswith(f"CARD_SIGN {card_serial} lost effect: HOLDER_REQUEST")
+    assert (
+        "MOBILE_SIGN" in lines[1] and f"after CARD_SIGN {card_serial} (HOLDER_REQUEST)" in lines[1]
+    )
+    code, out, _ = run(capsys, *registry(pki, "publish", "--json"))
+    assert code == 0
+    assert json.loads(out)["snapshot"]["type"] in ("full", "delta")
+
+
+def test_resident_event_and_consent_commands(
+    pki: Pki, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    _, pub = _pem_key(tmp_path, "k")
+    for kind in ("card-sign", "card-auth"):
+        assert (
+            run(capsys, *registry(pki, *_issue_args("44400000002", kind, pub, tmp_path / "x")))[0]
+            == 0
+        )
+    code, out, _ = run(
+        capsys, *registry(pki, "consent", "grant", "--resident-code", "44400000002",
+                          "--verifier", "bank-a"),
+    )  # fmt: skip
+    assert code == 0 and "consent for bank-a: in effect" in out
+    code, out, _ = run(
+        capsys, *registry(pki, "consent", "show", "--resident-code", "44400000002", "--json")
+    )
+    assert [c["verifier"] for c in json.loads(out)["consents"]] == ["bank-a"]
+    code, out, _ = run(
+        capsys,
+        *registry(pki, "resident-event", "--resident-code", "44400000002",
+                  "--event", "move-out", "--planned-date", "2000-01-01", "--json"),
+    )  # fmt: skip
+    assert code == 0
+    result = json.loads(out)
+    # Planned long ago: the 30 days have passed, so the auth certificate ends at once
+    # (at its notBefore, being issued after the deadline).
+    assert [(c["kind"], c["cause"]) for c in result["changes"]] == [
+        ("CARD_AUTH", "RESIDENT_CHANGE")
+    ]
+    # Day 1 is 2 January, day 30 is 31 January: it ends at 1 February 00:00 JST.
+    assert result["move_out_deadline"].startswith("2000-01-31T15:00:00")
+
+
+@pytest.mark.parametrize(
+    ("argv", "fragment"),
+    [
+        (["lose", "--kind", "card-sign", "--serial", "1234", "--cause", "holder-request"],
+         "never issued"),
+        (["resident-event", "--resident-code", "99999999998", "--event", "name-change"],
+         "no certificate was ever issued"),
+        (["resident-event", "--resident-code", "12", "--event", "name-change"],
+         "11 digits"),
+        (["issuer-compromise", "--kind", "card-auth", "--generation", "00" * 20],
+         "no issuing CA generation"),
+        (["consent", "withdraw", "--resident-code", "99999999998", "--verifier", "v"],
+         "never issued a signing certificate"),
+    ],
+)  # fmt: skip
+def test_refused_input_exits_3_and_changes_nothing(
+    pki: Pki, capsys: pytest.CaptureFixture[str], argv: list[str], fragment: str
+) -> None:
+    before, published = mark(pki), snapshots(pki)
+    code, out, err = run(capsys, *registry(pki, *argv))
+    assert code == 3
+    assert out == ""
+    assert fragment in err and err.count("\n") == 1
+    assert (mark(pki), snapshots(pki)) == (before, published)
+
+
+def test_second_loss_and_bad_mobile_signature_are_refused(
+    pki: Pki, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    card: Issued = pki.issue(CertKind.CARD_SIGN, resident_code="44400000003")
+    lose = ["lose", "--kind", "card-sign", "--serial", serial_hex(card.serial),
+            "--cause", "record-error"]  # fmt: skip
+    assert run(capsys, *registry(pki, *lose))[0] == 0
+    before = mark(pki)
+    code, _, err = run(capsys, *registry(pki, *lose))
+    assert code == 3 and "already lost effect" in err
+    other = pki.issue(CertKind.CARD_SIGN, resident_code="44400000004")
+    before = mark(pki)
+    _, pub = _pem_key(tmp_path, "m")
+    sig = tmp_path / "bad.sig"
+    sig.write_bytes(b"\x00" * 256)
+    code, _, err = run(
+        capsys,
+        *registry(pki, *_issue_args("44400000004", "mobile-sign", pub, tmp_path / "m.pem"),
+                  "--card-serial", serial_hex(other.serial), "--application-signature", str(sig)),
+    )  # fmt: skip
+    assert code == 3
+    assert "does not verify with the CARD_SIGN certificate" in err
+    assert mark(pki) == before
+    assert not (tmp_path / "m.pem").exists()
+
+
+@pytest.mark.parametrize(
+    ("argv", "fragment"),
+    [
+        (["lose", "--kind", "card-sing", "--serial", "01", "--cause", "holder-request"],
+         "invalid choice"),
+        (["lose", "--kind", "card-sign", "--serial", "xyz", "--cause", "holder-request"],
+         "not hexadecimal"),
+        (["lose", "--kind", "card-sign", "--serial", "01", "--cause", "resident-change"],
+         "invalid choice"),
+        (["resident-event", "--resident-code", "44400000002", "--event", "move-out",
+          "--planned-date", "someday"], "YYYY-MM-DD"),
+        (["consent", "grant", "--resident-code", "44400000002"], "needs --verifier"),
+        (["issue", "--kind", "card-sign", "--resident-code", "1", "--municipality", "1",
+          "--name", "n", "--address", "a", "--birth-date", "2000-01-01", "--sex", "s",
+          "--pubkey", "/nonexistent.pem", "--out", "/tmp/x"], "/nonexistent.pem"),
+    ],
+)  # fmt: skip
+def test_usage_errors_exit_2_and_change_nothing(
+    pki: Pki, capsys: pytest.CaptureFixture[str], argv: list[str], fragment: str
+) -> None:
+    before = mark(pki)
+    code, _, err = run(capsys, *registry(pki, *argv))
+    assert code == 2
+    assert fragment in err
+    assert mark(pki) == before
+
+
+def test_plaintext_needs_loopback_and_an_unreachable_signer_exits_4(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    code, _, err = run(capsys, "registry", "publish", "--signer", "127.0.0.1:1")
+    assert code == 2 and "--insecure-loopback" in err
+    code, _, err = run(
+        capsys, "registry", "publish", "--signer", "192.0.2.1:50052", "--insecure-loopback"
+    )
+    assert code == 2 and "loopback" in err
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    code, _, err = run(
+        capsys,
+        "registry", "publish", "--signer", f"127.0.0.1:{port}", "--insecure-loopback",
+        "--timeout", "2",
+    )  # fmt: skip
+    assert code == 4 and "UNAVAILABLE" in err
+
+
+def test_connection_options_also_go_before_the_subcommand(
+    pki: Pki, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`jpki-va registry --signer HOST:PORT publish`, as the operators' runbook writes it."""
+    signer = f"127.0.0.1:{pki.signer.port}"
+    code, out, err = run(
+        capsys, "registry", "--signer", signer, "--insecure-loopback", "publish", "--json"
+    )
+    assert code == 0, err
+    assert json.loads(out)["snapshot"]["type"] in ("full", "delta")
+    code, _, err = run(capsys, "registry", "--insecure-loopback", "publish")
+    assert code == 2
+    assert "--signer HOST:PORT is required" in err

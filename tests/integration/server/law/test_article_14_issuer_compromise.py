@@ -1,0 +1,149 @@
+"""第14条, 第15条第3項: an issuer key compromise ends every certificate that key signed.
+
+Its own module: the compromise ends the only CARD_SIGN generation of this signer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC
+from pathlib import Path
+
+import grpc
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from jpki_va.core.domain import CertKind, CrlReason, LossCause, serial_to_bytes
+from jpki_va.hsm import HsmConfig
+from jpki_va.protos import signer_pb2, va_pb2
+from tests.support import Issued, Pki, openssl, start_pki
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory, softhsm_token: HsmConfig) -> Iterator[Pki]:
+    running = start_pki(tmp_path_factory.mktemp("compromise"), softhsm_token)
+    try:
+        running.publish_and_wait()
+        yield running
+    finally:
+        running.close()
+
+
+def _aki(cert: x509.Certificate) -> bytes:
+    value = cert.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier).value
+    assert value.key_identifier is not None
+    return value.key_identifier
+
+
+def _compromise(pki: Pki, kind: int, key_id: bytes) -> signer_pb2.RecordIssuerCompromiseResponse:
+    return pki.signer_stub.RecordIssuerCompromise(
+        signer_pb2.RecordIssuerCompromiseRequest(kind=kind, issuer_key_id=key_id),  # type: ignore[arg-type]
+        timeout=30,
+    )
+
+
+def test_article_14_issuer_key_compromise_ends_what_the_key_signed(
+    pki: Pki, tmp_path: Path
+) -> None:
+    card = pki.issue(CertKind.CARD_SIGN, resident_code="81000000001")
+    lost_before = pki.issue(CertKind.CARD_SIGN, resident_code="81000000002")
+    mobile = pki.issue(CertKind.MOBILE_SIGN, resident_code="81000000001", card=card)
+    auth = pki.issue(CertKind.CARD_AUTH, resident_code="81000000001")
+    pki.signer_stub.RecordLoss(
+        signer_pb2.RecordLossRequest(
+            kind=va_pb2.CERT_KIND_CARD_SIGN,
+            serial=serial_to_bytes(lost_before.serial),
+            cause=va_pb2.LOSS_CAUSE_HOLDER_REQUEST,
+        ),
+        timeout=30,
+    )
+    pki.publish_and_wait(full=False)
+    generation = _aki(card.certificate)
+
+    # Bad input changes nothing.
+    with pytest.raises(grpc.RpcError) as info:
+        _compromise(pki, va_pb2.CERT_KIND_CARD_SIGN, b"\x01" * 20)
+    assert info.value.code() is grpc.StatusCode.NOT_FOUND
+    with pytest.raises(grpc.RpcError) as info:
+        _compromise(pki, va_pb2.CERT_KIND_CARD_AUTH, generation)
+    assert info.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+
+    reply = _compromise(pki, va_pb2.CERT_KIND_CARD_SIGN, generation)
+    assert reply.certificates == 2
+    compromised_at = reply.compromised_at.ToDatetime(tzinfo=UTC)
+    with pytest.raises(grpc.RpcError) as info:
+        _compromise(pki, va_pb2.CERT_KIND_CARD_SIGN, generation)
+    assert info.value.code() is grpc.StatusCode.FAILED_PRECONDITION
+
+    published = pki.signer_stub.PublishSnapshot(
+        signer_pb2.PublishSnapshotRequest(full=False), timeout=60
+    )
+    assert published.type == "full"  # a compromise always goes out in a full snapshot
+    pki.wait_sequence(published.sequence)
+
+    answer = pki.check(CertKind.CARD_SIGN, card.serial)
+    assert answer.status == va_pb2.CERT_STATUS_REVOKED
+    assert LossCause(answer.revocation.cause) is LossCause.ISSUER_KEY_COMPROMISE
+    assert CrlReason(answer.revocation.reason) is CrlReason.CA_COMPROMISE
+    assert answer.revocation.time.ToDatetime(tzinfo=UTC) == compromised_at.replace(microsecond=0)
+    # A loss recorded before the compromise stays the loss (loss is final).
+    earlier = pki.check(CertKind.CARD_SIGN, lost_before.serial)
+    assert LossCause(earlier.revocation.cause) is LossCause.HOLDER_REQUEST
+    # 第16条の13: the card lost effect by cause 4, so its mobile certificate follows.
+    follows = pki.check(CertKind.MOBILE_SIGN, mobile.serial)
+    assert follows.status == va_pb2.CERT_STATUS_REVOKED
+    assert LossCause(follows.revocation.cause) is LossCause.CARD_CERT_LOST_EFFECT
+    assert pki.check(CertKind.CARD_AUTH, auth.serial).status == va_pb2.CERT_STATUS_GOOD
+
+    # No row per certificate: neither the registry nor the index stores this loss.
+    with pki.signer.registry.read() as tx:
+        stored = tx.stored_certificate(CertKind.CARD_SIGN, card.serial)
+        assert stored is not None and stored.loss is None
+    with pki.live_index() as index:
+        record = index.get(CertKind.CARD_SIGN, card.serial)
+        assert record is not None and record.loss is None
+        assert generation in index.compromises
+
+    # Announced: the responder lists the generation with its compromise time.
+    listed = pki.status_stub.ListIssuers(va_pb2.ListIssuersRequest(), timeout=10)
+    issuer = next(i for i in listed.issuers if i.key_id == generation)
+    assert issuer.compromised_at.ToDatetime(tzinfo=UTC) == compromised_at
+
+    _check_arl(pki, card, tmp_path)
+
+    # The compromised generation issues nothing more; its certificates lose nothing more.
+    with pytest.raises(grpc.RpcError) as info:
+        pki.issue(CertKind.CARD_SIGN, resident_code="81000000003")
+    assert info.value.code() is grpc.StatusCode.FAILED_PRECONDITION
+    assert "compromised" in (info.value.details() or "")
+    with pytest.raises(grpc.RpcError) as info:
+        pki.signer_stub.RecordLoss(
+            signer_pb2.RecordLossRequest(
+                kind=va_pb2.CERT_KIND_CARD_SIGN,
+                serial=serial_to_bytes(card.serial),
+                cause=va_pb2.LOSS_CAUSE_HOLDER_REQUEST,
+            ),
+            timeout=30,
+        )
+    assert info.value.code() is grpc.StatusCode.FAILED_PRECONDITION
+    assert "ISSUER_KEY_COMPROMISE" in (info.value.details() or "")
+
+
+def _check_arl(pki: Pki, card: Issued, tmp_path: Path) -> None:
+    """The root's ARL revokes the issuing CA certificate (cACompromise); openssl agrees."""
+    snapshot = sorted(pki.signer.config.snapshot_dir.glob("snap-*"))[-1]
+    arl = tmp_path / "arl.pem"
+    openssl("crl", "-inform", "DER", "-in", str(snapshot / "arl.crl"), "-out", str(arl))
+    verified = openssl("crl", "-in", str(arl), "-CAfile", str(pki.root_file), "-noout", "-verify")
+    assert "verify OK" in verified.stderr + verified.stdout
+    text = openssl("crl", "-in", str(arl), "-noout", "-text").stdout
+    assert "CA Compromise" in text
+    issuer = tmp_path / "issuer.pem"
+    issuer.write_bytes(card.issuer.public_bytes(serialization.Encoding.PEM))
+    result = openssl(
+        "verify", "-crl_check", "-CAfile", str(pki.root_file), "-CRLfile", str(arl), str(issuer),
+        check=False,
+    )  # fmt: skip
+    assert result.returncode != 0
+    assert "certificate revoked" in result.stdout + result.stderr

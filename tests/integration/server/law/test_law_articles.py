@@ -1,0 +1,446 @@
+"""One test per rule of the law, named after its article.
+
+Each drives the signer through SignerService (gRPC on 127.0.0.1, SoftHSM2, LMDB)
+and reads the answers through the responder's StatusService. The signer's clock is
+a FixedClock the tests move; answers are asked "as of" that clock.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import grpc
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from jpki_va.core.clock import JST, FixedClock
+from jpki_va.core.domain import CertKind, CrlReason, LinkType, LossCause, serial_to_bytes
+from jpki_va.hsm import HsmConfig
+from jpki_va.protos import signer_pb2, va_pb2
+from jpki_va.server.law.resident_change import ResidentEvent, move_out_deadline
+from tests.support import Issued, Pki, openssl, start_pki
+
+GOOD = va_pb2.CERT_STATUS_GOOD
+REVOKED = va_pb2.CERT_STATUS_REVOKED
+
+
+@pytest.fixture(scope="module")
+def clock() -> FixedClock:
+    return FixedClock(datetime.now(UTC).replace(microsecond=0))
+
+
+@pytest.fixture(scope="module")
+def pki(
+    tmp_path_factory: pytest.TempPathFactory, softhsm_token: HsmConfig, clock: FixedClock
+) -> Iterator[Pki]:
+    running = start_pki(tmp_path_factory.mktemp("law"), softhsm_token, clock=clock)
+    try:
+        running.publish_and_wait()
+        yield running
+    finally:
+        running.close()
+
+
+_codes = iter(range(10_000))
+
+
+def _resident() -> str:
+    return f"{70000000000 + next(_codes):011d}"
+
+
+@pytest.fixture(scope="module")
+def shared_key() -> rsa.RSAPrivateKey:
+    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+
+class Holder:
+    """One holder's four certificates (card keys are their own: they sign applications)."""
+
+    def __init__(self, pki: Pki, key: rsa.RSAPrivateKey, *, mobiles: bool = True) -> None:
+        self.code = _resident()
+        self.card_sign = pki.issue(CertKind.CARD_SIGN, resident_code=self.code)
+        self.card_auth = pki.issue(CertKind.CARD_AUTH, resident_code=self.code, key=key)
+        self.mobile_sign: Issued | None = None
+        self.mobile_auth: Issued | None = None
+        if mobiles:
+            self.mobile_sign = pki.issue(
+                CertKind.MOBILE_SIGN, resident_code=self.code, card=self.card_sign, key=key
+            )
+            self.mobile_auth = pki.issue(
+                CertKind.MOBILE_AUTH, resident_code=self.code, card=self.card_sign, key=key
+            )
+
+
+def _status(pki: Pki, clock: FixedClock, cert: Issued | None) -> va_pb2.CertificateStatus:
+    assert cert is not None
+    return pki.check(cert.kind, cert.serial, clock.now())
+
+
+def _event(
+    pki: Pki,
+    code: str,
+    event: ResidentEvent,
+    **fields: object,
+) -> signer_pb2.RecordResidentEventResponse:
+    return pki.signer_stub.RecordResidentEvent(
+        signer_pb2.RecordResidentEventRequest(
+            resident_code=code,
+            event=int(event),  # type: ignore[arg-type]
+            **fields,  # type: ignore[arg-type]
+        ),
+        timeout=30,
+    )
+
+
+def _changes(reply: object) -> set[tuple[int, int]]:
+    return {(c.kind, c.cause) for c in reply.changes}  # type: ignore[attr-defined]
+
+
+# 第12条 -----------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "event",
+    [
+        ResidentEvent.NAME_CHANGE,
+        ResidentEvent.ADDRESS_CHANGE,
+        ResidentEvent.BIRTH_DATE_CHANGE,
+        ResidentEvent.SEX_CHANGE,
+    ],
+)
+def test_article_12_amendment_ends_signing_certificates_not_auth(
+    pki: Pki, clock: FixedClock, shared_key: rsa.RSAPrivateKey, event: ResidentEvent
+) -> None:
+    holder = Holder(pki, shared_key)
+    reply = _event(pki, holder.code, event)
+    assert _changes(reply) == {
+        (CertKind.CARD_SIGN, LossCause.RESIDENT_CHANGE),
+        (CertKind.MOBILE_SIGN, LossCause.CARD_CERT_LOST_EFFECT),
+    }
+    cascaded = next(c for c in reply.changes if CertKind(c.kind) is CertKind.MOBILE_SIGN)
+    # 第16条の13: the mobile loss names the card certificate and its cause.
+    assert CertKind(cascaded.trigger_kind) is CertKind.CARD_SIGN
+    assert int.from_bytes(cascaded.trigger_serial, "big") == holder.card_sign.serial
+    assert LossCause(cascaded.trigger_cause) is LossCause.RESIDENT_CHANGE
+    pki.publish_and_wait(full=False)
+    card = _status(pki, clock, holder.card_sign)
+    assert card.status == REVOKED
+    assert LossCause(card.revocation.cause) is LossCause.RESIDENT_CHANGE
+    assert CrlReason(card.revocation.reason) is CrlReason.AFFILIATION_CHANGED
+    mobile = _status(pki, clock, holder.mobile_sign)
+    assert mobile.status == REVOKED
+    assert LossCause(mobile.revocation.cause) is LossCause.CARD_CERT_LOST_EFFECT
+    # An address change (or any amendment) alone leaves the auth certificates in effect.
+    assert _status(pki, clock, holder.card_auth).status == GOOD
+    assert _status(pki, clock, holder.mobile_auth).status == GOOD
+
+
+def test_article_12_minor_correction_ends_nothing(
+    pki: Pki, clock: FixedClock, shared_key: rsa.RSAPrivateKey
+) -> None:
+    holder = Holder(pki, shared_key, mobiles=False)
+    reply = _event(pki, holder.code, ResidentEvent.NAME_CHANGE, minor=True)
+    assert not reply.changes
+    pki.publish_and_wait(full=False)
+    assert _status(pki, clock, holder.card_sign).status == GOOD
+
+
+def test_article_12_and_31_deletion_not_by_move_out_ends_both(
+    pki: Pki, clock: FixedClock, shared_key: rsa.RSAPrivateKey
+) -> None:
+    holder = Holder(pki, shared_key)
+    reply = _event(pki, holder.code, ResidentEvent.RECORD_DELETED)
+    assert _changes(reply) == {
+        (CertKind.CARD_SIGN, LossCause.RESIDENT_CHANGE),
+        (CertKind.CARD_AUTH, LossCause.RESIDENT_CHANGE),
+        (CertKind.MOBILE_SIGN, LossCause.CARD_CERT_LOST_EFFECT),
+        (CertKind.MOBILE_AUTH, LossCause.CARD_CERT_LOST_EFFECT),
+    }
+    pki.publish_and_wait(full=False)
+    for cert in (holder.card_sign, holder.card_auth, holder.mobile_sign, holder.mobile_auth):
+        assert _status(pki, clock, cert).status == REVOKED
+
+
+def test_article_12_deletion_by_move_out_ends_signing_only(
+    pki: Pki, clock: FixedClock, shared_key: rsa.RSAPrivateKey
+) -> None:
+    holder = Holder(pki, shared_key, mobiles=False)
+    reply = _event(pki, holder.code, ResidentEvent.RECORD_DELETED, deletion_by_move_out=True)
+    assert _changes(reply) == {(CertKind.CARD_SIGN, LossCause.RESIDENT_CHANGE)}
+    pki.publish_and_wait(full=False)
+    assert _status(pki, clock, holder.card_sign).status == REVOKED
+    assert _status(pki, clock, holder.card_auth).status == GOOD
+
+
+def test_article_31_move_in_within_30_days_keeps_auth(
+    pki: Pki, clock: FixedClock, shared_key: rsa.RSAPrivateKey
+) -> None:
+    holder = Holder(pki, shared_key, mobiles=False)
+    planned = clock.now().astimezone(JST).date() - timedelta(days=10)
+    _event(pki, holder.code, ResidentEvent.MOVE_OUT, planned_date=planned.isoformat())
+    assert not _event(pki, holder.code, ResidentEvent.MOVE_IN).changes
+    with pytest.raises(grpc.RpcError) as info:  # nothing pending any more
+        _event(pki, holder.code, ResidentEvent.MOVE_IN)
+    assert info.value.code() is grpc.StatusCode.FAILED_PRECONDITION
+    assert "no move-out notice" in (info.value.details() or "")
+    pki.publish_and_wait(full=False)
+    assert _status(pki, clock, holder.card_auth).status == GOOD
+
+
+# 第16条の13, 第35条の13 -----------------------------------------------------------------------
+def test_article_16_13_and_35_13_card_loss_cascades_by_purpose_not_by_expiry(
+    pki: Pki, clock: FixedClock, shared_key: rsa.RSAPrivateKey
+) -> None:
+    holder = Holder(pki, shared_key)
+    assert holder.mobile_auth is not None and holder.mobile_sign is not None
+    reply = pki.signer_stub.RecordLoss(
+        signer_pb2.RecordLossRequest(
+            kind=va_pb2.CERT_KIND_CARD_AUTH,
+            serial=serial_to_bytes(holder.card_auth.serial),
+            cause=va_pb2.LOSS_CAUSE_RECORD_ERROR,
+        ),
+        timeout=30,
+    )
+    # CARD_AUTH cascades to MOBILE_AUTH only, in the same transaction.
+    assert _changes(reply) == {
+        (CertKind.CARD_AUTH, LossCause.RECORD_ERROR),
+        (CertKind.MOBILE_AUTH, LossCause.CARD_CERT_LOST_EFFECT),
+    }
+    mobile = next(c for c in reply.changes if CertKind(c.kind) is CertKind.MOBILE_AUTH)
+    assert LossCause(mobile.trigger_cause) is LossCause.RECORD_ERROR
+    pki.publish_and_wait(full=False)
+    assert _status(pki, clock, holder.mobile_auth).status == REVOKED
+    assert _status(pki, clock, holder.mobile_sign).status == GOOD
+    # Expiry is no recorded loss: after the card's validity both are EXPIRED, not REVOKED.
+    later = holder.card_sign.certificate.not_valid_after_utc + timedelta(days=1)
+    assert pki.check(CertKind.CARD_SIGN, holder.card_sign.serial, later).status == (
+        va_pb2.CERT_STATUS_EXPIRED
+    )
+    assert pki.check(CertKind.MOBILE_SIGN, holder.mobile_sign.serial, later).status == (
+        va_pb2.CERT_STATUS_EXPIRED
+    )
+
+
+# 第16条の2 --------------------------------------------------------------------------------
+def test_article_16_2_mobile_sign_needs_card_sign_in_effect_and_its_signature(
+    pki: Pki, clock: FixedClock, shared_key: rsa.RSAPrivateKey, tmp_path: Path
+) -> None:
+    holder = Holder(pki, shared_key, mobiles=False)
+    card_pem = tmp_path / "card-key.pem"
+    card_pem.write_bytes(
+        holder.card_sign.key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    mobile_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    mobile_der = tmp_path / "mobile-pub.der"
+    mobile_der.write_bytes(
+        mobile_key.public_key().public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+    signature = tmp_path / "app.sig"
+    # The application signature exactly as an operator or a phone makes it.
+    openssl("dgst", "-sha256", "-sign", str(card_pem), "-out", str(signature), str(mobile_der))
+
+    def apply(sig: bytes, card: Issued) -> signer_pb2.IssueCertificateResponse:
+        return pki.signer_stub.IssueCertificate(
+            signer_pb2.IssueCertificateRequest(
+                kind=va_pb2.CERT_KIND_MOBILE_SIGN,
+                resident_code=holder.code,
+                municipality_code="131016",
+                holder=signer_pb2.HolderInfo(
+                    name="試験 花子", address="千代田区1-1", birth_date="1990-01-01", sex="女"
+                ),
+                public_key_der=mobile_der.read_bytes(),
+                card_serial=serial_to_bytes(card.serial),
+                application_signature=sig,
+            ),
+            timeout=30,
+        )
+
+    bad = bytearray(signature.read_bytes())
+    bad[10] ^= 0xFF
+    with pytest.raises(grpc.RpcError) as info:
+        apply(bytes(bad), holder.card_sign)
+    assert info.value.code() is grpc.StatusCode.FAILED_PRECONDITION
+    assert "does not verify with the CARD_SIGN" in (info.value.details() or "")
+    other = Holder(pki, shared_key, mobiles=False)
+    with pytest.raises(grpc.RpcError) as info:
+        apply(signature.read_bytes(), other.card_sign)
+    assert "belongs to another holder" in (info.value.details() or "")
+    issued = apply(signature.read_bytes(), holder.card_sign)
+    pki.publish_and_wait(full=False)
+    assert pki.check(
+        CertKind.MOBILE_SIGN, int.from_bytes(issued.serial, "big"), clock.now()
+    ).status == (GOOD)
+    # A CARD_SIGN that lost effect supports no application.
+    pki.signer_stub.RecordLoss(
+        signer_pb2.RecordLossRequest(
+            kind=va_pb2.CERT_KIND_CARD_SIGN,
+            serial=serial_to_bytes(holder.card_sign.serial),
+            cause=va_pb2.LOSS_CAUSE_HOLDER_REQUEST,
+        ),
+        timeout=30,
+    )
+    with pytest.raises(grpc.RpcError) as info:
+        apply(signature.read_bytes(), holder.card_sign)
+    assert info.value.code() is grpc.StatusCode.FAILED_PRECONDITION
+    assert "has lost effect" in (info.value.details() or "")
+
+
+# 第35条の2 -------------------------------------------------------------------------------
+def test_article_35_2_mobile_auth_needs_card_auth_in_effect_and_a_signing_user(
+    pki: Pki, clock: FixedClock, shared_key: rsa.RSAPrivateKey
+) -> None:
+    code = _resident()
+    card_sign = pki.issue(CertKind.CARD_SIGN, resident_code=code)
+    with pytest.raises(grpc.RpcError) as info:
+        pki.issue(CertKind.MOBILE_AUTH, resident_code=code, card=card_sign, key=shared_key)
+    assert info.value.code() is grpc.StatusCode.FAILED_PRECONDITION
+    assert "needs a CARD_AUTH certificate in effect" in (info.value.details() or "")
+    card_auth = pki.issue(CertKind.CARD_AUTH, resident_code=code, key=shared_key)
+    mobile = pki.issue(CertKind.MOBILE_AUTH, resident_code=code, card=card_sign, key=shared_key)
+    pki.publish_and_wait(full=False)
+    assert _status(pki, clock, mobile).status == GOOD
+    with pki.live_index() as index:
+        links = index.links(CertKind.MOBILE_AUTH, mobile.serial)
+    # The CARD_AUTH ↔ MOBILE_AUTH correspondence travels in the snapshot.
+    assert any(
+        link.type is LinkType.CARD_AUTH_MOBILE_AUTH and link.a_serial == card_auth.serial
+        for link in links
+    )
+
+
+# renewal --------------------------------------------------------------------------------
+def test_renewal_supersedes_the_previous_certificate_and_links_them(
+    pki: Pki, clock: FixedClock, shared_key: rsa.RSAPrivateKey
+) -> None:
+    holder = Holder(pki, shared_key)
+    assert holder.mobile_sign is not None
+    reply = pki.signer_stub.IssueCertificate(
+        signer_pb2.IssueCertificateRequest(
+            kind=va_pb2.CERT_KIND_CARD_SIGN,
+            resident_code=holder.code,
+            municipality_code="131016",
+            holder=signer_pb2.HolderInfo(
+                name="試験 太郎", address="千代田区1-1", birth_date="1990-01-01", sex="男"
+            ),
+            public_key_der=shared_key.public_key().public_bytes(
+                serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+            ),
+        ),
+        timeout=30,
+    )
+    new_serial = int.from_bytes(reply.serial, "big")
+    assert {
+        (
+            CertKind(c.kind),
+            int.from_bytes(c.serial, "big"),
+            LossCause(c.cause),
+            CrlReason(c.reason),
+        )
+        for c in reply.superseded
+    } == {
+        (
+            CertKind.CARD_SIGN,
+            holder.card_sign.serial,
+            LossCause.HOLDER_REQUEST,
+            CrlReason.SUPERSEDED,
+        ),
+        (
+            CertKind.MOBILE_SIGN,
+            holder.mobile_sign.serial,
+            LossCause.CARD_CERT_LOST_EFFECT,
+            CrlReason.CESSATION_OF_OPERATION,
+        ),
+    }
+    pki.publish_and_wait(full=False)
+    old = _status(pki, clock, holder.card_sign)
+    assert old.status == REVOKED
+    assert CrlReason(old.revocation.reason) is CrlReason.SUPERSEDED
+    assert pki.check(CertKind.CARD_SIGN, new_serial, clock.now()).status == GOOD
+    with pki.live_index() as index:
+        links = index.links(CertKind.CARD_SIGN, holder.card_sign.serial)
+    assert any(
+        link.type is LinkType.RENEWAL
+        and (link.a_serial, link.b_serial) == (holder.card_sign.serial, new_serial)
+        for link in links
+    )
+
+
+# 第18条第3項 ------------------------------------------------------------------------------
+def test_article_18_3_consent_per_verifier_grant_and_withdraw(
+    pki: Pki, clock: FixedClock, shared_key: rsa.RSAPrivateKey
+) -> None:
+    holder = Holder(pki, shared_key, mobiles=False)
+
+    def consent(grant: bool, verifier: str = "bank-a") -> signer_pb2.RecordConsentResponse:
+        return pki.signer_stub.RecordConsent(
+            signer_pb2.RecordConsentRequest(
+                resident_code=holder.code, verifier=verifier, grant=grant
+            ),
+            timeout=30,
+        )
+
+    def index_view() -> tuple[bool, bool, object]:
+        with pki.live_index() as index:
+            serial = holder.card_sign.serial
+            return (
+                index.consent(CertKind.CARD_SIGN, serial, "bank-a"),
+                index.consent(CertKind.CARD_SIGN, serial, "bank-b"),
+                index.signing_record(CertKind.CARD_SIGN, serial),
+            )
+
+    with pytest.raises(grpc.RpcError) as info:
+        consent(False)
+    assert info.value.code() is grpc.StatusCode.FAILED_PRECONDITION
+    assert consent(True).consent.verifier == "bank-a"
+    pki.publish_and_wait(full=False)
+    granted_a, granted_b, record = index_view()
+    assert (granted_a, granted_b) == (True, False)
+    assert record is not None
+    assert record.name == "試験 太郎"  # type: ignore[attr-defined]
+    assert not hasattr(record, "resident_code")
+    shown = pki.signer_stub.ListConsents(
+        signer_pb2.ListConsentsRequest(resident_code=holder.code), timeout=30
+    )
+    assert [c.verifier for c in shown.consents] == ["bank-a"]
+    withdrawn = consent(False)
+    assert withdrawn.consent.HasField("withdrawn_at")
+    pki.publish_and_wait(full=False)  # withdrawal takes effect in the next snapshot
+    assert index_view() == (False, False, None)
+    # And a full snapshot does not bring it back.
+    pki.publish_and_wait(full=True)
+    assert index_view() == (False, False, None)
+
+
+# 第31条 (last: it moves the clock a day forward) ------------------------------------------
+def test_article_31_auth_ends_when_30_days_pass_after_planned_move_out(
+    pki: Pki, clock: FixedClock, shared_key: rsa.RSAPrivateKey
+) -> None:
+    holder = Holder(pki, shared_key)
+    assert holder.mobile_auth is not None
+    # Planned 30 days ago (Japan date): day 30 ends at the coming midnight, JST.
+    planned = clock.now().astimezone(JST).date() - timedelta(days=30)
+    deadline = move_out_deadline(planned)
+    assert deadline > clock.now()
+    reply = _event(pki, holder.code, ResidentEvent.MOVE_OUT, planned_date=planned.isoformat())
+    assert not reply.changes
+    assert reply.move_out_deadline.ToDatetime(tzinfo=UTC) == deadline
+    clock.set(deadline - timedelta(microseconds=1))
+    pki.publish_and_wait(full=False)  # the sweep runs before every publish
+    assert _status(pki, clock, holder.card_auth).status == GOOD
+    clock.set(deadline)
+    pki.publish_and_wait(full=False)
+    auth = _status(pki, clock, holder.card_auth)
+    assert auth.status == REVOKED
+    assert LossCause(auth.revocation.cause) is LossCause.RESIDENT_CHANGE
+    assert auth.revocation.time.ToDatetime(tzinfo=UTC) == deadline
+    mobile = _status(pki, clock, holder.mobile_auth)
+    assert LossCause(mobile.revocation.cause) is LossCause.CARD_CERT_LOST_EFFECT
+    # A move-out affects no signing certificate by itself (its deletion would).
+    assert _status(pki, clock, holder.card_sign).status == GOOD

@@ -1,0 +1,211 @@
+"""The provision ledger and audit trail: what a client saw answered survives SIGKILL."""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import signal
+import subprocess
+import sys
+import textwrap
+from collections import Counter
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+
+import grpc
+
+from jpki_va.core.clock import JST
+from jpki_va.core.domain import Provision
+from jpki_va.protos import va_pb2, va_pb2_grpc
+from jpki_va.server.ledger.provisions import Disclosure, Ledger, read_ledgers
+from jpki_va.server.ledger.report import (
+    annual_totals,
+    audit_entries,
+    render_annual,
+    render_audit,
+    year_bounds,
+)
+from tests.support import ALL_ROLES_VERIFIER, JPKI_VA, REPO, Pki, wait_for
+
+
+def test_counts_by_day_kind_and_verifier(tmp_path: Path) -> None:
+    ledger = Ledger(tmp_path / "ledger")
+    late = datetime(2026, 12, 31, 15, 30, tzinfo=UTC)  # 2027-01-01 00:30 in Japan
+    try:
+        ledger.record(
+            "bank", Counter({Provision.SIGNING_STATUS: 3}), datetime(2026, 5, 1, tzinfo=UTC)
+        )
+        ledger.record(
+            "bank", Counter({Provision.SIGNING_STATUS: 2}), datetime(2026, 5, 2, tzinfo=UTC)
+        )
+        ledger.record("city", Counter({Provision.AUTH_CRL: 1}), datetime(2026, 5, 2, tzinfo=UTC))
+        ledger.record("bank", Counter({Provision.SIGNING_STATUS: 7}), late)
+        totals = annual_totals([ledger], 2026)
+        assert totals[Provision.SIGNING_STATUS] == {"bank": 5}
+        assert totals[Provision.AUTH_CRL] == {"city": 1}
+        assert annual_totals([ledger], 2027)[Provision.SIGNING_STATUS] == {"bank": 7}
+        md = render_annual(totals, 2026, "md")
+        assert "| 署名用電子証明書失効情報 (signing status, 第18条1項) | 5 |" in md
+        csv = render_annual(totals, 2026, "csv").splitlines()
+        assert "2026,SIGNING_STATUS,bank,5" in csv and "2026,VERIFIER_TOKEN,*,0" in csv
+    finally:
+        ledger.close()
+
+
+def test_audit_trail_by_verifier_and_period(tmp_path: Path) -> None:
+    ledger = Ledger(tmp_path / "ledger")
+    when = datetime(2026, 6, 1, 3, 0, tzinfo=UTC)
+    try:
+        for i, who in enumerate(["bank", "city", "bank"]):
+            at = when + timedelta(days=i)
+            disclosure = Disclosure(
+                at, who, Provision.SIGNING_RECORD, f"CARD_SIGN:{i:02X}", "consent"
+            )
+            ledger.record(who, Counter({Provision.SIGNING_RECORD: 1}), at, [disclosure])
+        bank = audit_entries([ledger], date(2026, 6, 1), date(2026, 6, 4), "bank")
+        assert [d.subject for d in bank] == ["CARD_SIGN:00", "CARD_SIGN:02"]
+        assert len(audit_entries([ledger], date(2026, 6, 2), date(2026, 6, 3), None)) == 1
+        rows = json.loads(render_audit(bank, "json"))
+        assert rows[0]["verifier"] == "bank" and rows[0]["provision"] == "SIGNING_RECORD"
+    finally:
+        ledger.close()
+    result = subprocess.run(
+        [*JPKI_VA, "report", "audit",
+         "--ledger", str(tmp_path / "ledger"), "--from", "2026-06-01", "--to", "2026-06-03",
+         "--verifier", "city", "--format", "csv"],
+        capture_output=True, text=True, cwd=REPO, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[1].split(",")[1:4] == [
+        "city",
+        "SIGNING_RECORD",
+        "CARD_SIGN:01",
+    ]
+    missing = subprocess.run(
+        [*JPKI_VA, "report", "annual", "--year", "2026",
+         "--ledger", str(tmp_path / "nowhere")],
+        capture_output=True, text=True, cwd=REPO, check=False,
+    )  # fmt: skip
+    assert missing.returncode == 2 and "holds no provision ledger" in missing.stderr
+
+
+WRITER = textwrap.dedent(
+    """
+    import sys
+    from collections import Counter
+    from datetime import UTC, datetime
+    from pathlib import Path
+    from jpki_va.core.domain import Provision
+    from jpki_va.server.ledger.provisions import Disclosure, Ledger
+
+    ledger = Ledger(Path(sys.argv[1]))
+    i = 0
+    while True:
+        now = datetime.now(UTC)
+        d = Disclosure(now, "bank", Provision.SIGNING_RECORD, f"CARD_SIGN:{i:X}")
+        ledger.record("bank", Counter({Provision.SIGNING_RECORD: 1}), now, [d])
+        print(i, flush=True)  # "the answer leaves" only after the commit
+        i += 1
+    """
+)
+
+
+def _lines(proc: subprocess.Popen[str], count: int) -> list[str]:
+    stdout = proc.stdout
+    assert stdout is not None
+    out: list[str] = []
+
+    def more() -> bool:
+        ready, _, _ = select.select([stdout], [], [], 0.1)
+        if ready:
+            out.append(stdout.readline())
+        return len(out) >= count
+
+    wait_for(more, f"{count} lines from the child", timeout=60)
+    return out
+
+
+def test_sigkill_loses_no_disclosure_that_was_answered(tmp_path: Path) -> None:
+    path = tmp_path / "ledger"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", WRITER, str(path)],
+        stdout=subprocess.PIPE, text=True, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
+    )  # fmt: skip
+    try:
+        seen = _lines(proc, 50)
+    finally:
+        proc.kill()
+        proc.wait(30)
+    # Everything the child printed before it died was answered (printed after its commit).
+    assert proc.stdout is not None
+    answered = len(seen) + sum(
+        1 for line in proc.stdout.read().splitlines(keepends=True) if line.endswith("\n")
+    )
+    proc.stdout.close()
+    ledger = Ledger(path, readonly=True)
+    try:
+        day = datetime.now(JST).date()
+        kept = audit_entries([ledger], day - timedelta(days=1), day + timedelta(days=1), "bank")
+        counted = annual_totals([ledger], day.year)[Provision.SIGNING_RECORD].get("bank", 0)
+    finally:
+        ledger.close()
+    # Every answered one is there; at most one more was committed but not yet answered.
+    assert answered <= len(kept) <= answered + 1
+    assert counted == len(kept)
+    assert [d.subject for d in kept[:answered]] == [f"CARD_SIGN:{i:X}" for i in range(answered)]
+
+
+def test_sigkill_of_the_responder_loses_no_count(pki: Pki, tmp_path: Path) -> None:
+    """A real `jpki-va responder` process group with two workers, killed with SIGKILL."""
+    pki.publish_and_wait()
+    state = tmp_path / "state"
+    proc = subprocess.Popen(
+        [*JPKI_VA, "responder", "--snapshots",
+         str(pki.signer.config.snapshot_dir), "--state-dir", str(state), "--trust-anchor",
+         str(pki.root_file), "--listen", "127.0.0.1:0", "--workers", "2", "--insecure-loopback",
+         "--loopback-verifier", ALL_ROLES_VERIFIER, "--poll-interval", "0.2"],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)}, start_new_session=True,
+    )  # fmt: skip
+    answered = 0
+    try:
+        (line,) = _lines(proc, 1)
+        port = int(line.rsplit(" ", 1)[1])
+        request = va_pb2.CheckRequest(
+            cert=va_pb2.CertRef(
+                kind_serial=va_pb2.KindSerial(kind=va_pb2.CERT_KIND_MOBILE_SIGN, serial=b"\x05")
+            )
+        )
+        channels = [grpc.insecure_channel(f"127.0.0.1:{port}") for _ in range(4)]
+
+        def serving() -> bool:
+            try:
+                va_pb2_grpc.StatusServiceStub(channels[0]).ListIssuers(
+                    va_pb2.ListIssuersRequest(), timeout=5
+                )
+            except grpc.RpcError:
+                return False
+            return True
+
+        wait_for(serving, "the responder process to serve")
+        for i in range(40):
+            va_pb2_grpc.StatusServiceStub(channels[i % 4]).Check(request, timeout=10)
+            answered += 1
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(30)
+        if proc.stdout is not None:
+            proc.stdout.close()
+        for channel in channels:
+            channel.close()
+    ledger = read_ledgers(state / "ledger")  # every worker's shard
+    try:
+        assert {p.name for p in ledger.paths} <= {"worker-0", "worker-1"}
+        year = datetime.now(JST).year
+        counted = annual_totals([ledger], year)[Provision.SIGNING_STATUS]
+    finally:
+        ledger.close()
+    assert answered == 40
+    assert counted == {ALL_ROLES_VERIFIER: answered}
+    assert year_bounds(year)[0].year == year

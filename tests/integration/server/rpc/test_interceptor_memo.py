@@ -1,0 +1,73 @@
+"""Interceptors wrap a method's handler once and still see every call."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import grpc
+import pytest
+
+from jpki_va.protos import va_pb2, va_pb2_grpc
+from jpki_va.server.rpc import server_common
+from jpki_va.server.rpc.server_common import Handler, WrappingInterceptor
+
+
+class Counting(WrappingInterceptor):
+    def __init__(self) -> None:
+        super().__init__()
+        self.wraps: list[str] = []
+        self.calls = 0
+
+    def wrap(self, handler: Handler, method: str) -> Handler:
+        self.wraps.append(method)
+        inner = handler.unary_unary
+        assert inner is not None
+
+        def unary_unary(request: object, context: grpc.ServicerContext) -> object:
+            self.calls += 1
+            return inner(request, context)
+
+        return grpc.unary_unary_rpc_method_handler(
+            unary_unary, handler.request_deserializer, handler.response_serializer
+        )
+
+
+class Refusing(va_pb2_grpc.StatusServiceServicer):
+    def ListIssuers(
+        self, request: va_pb2.ListIssuersRequest, context: grpc.ServicerContext
+    ) -> va_pb2.ListIssuersResponse:
+        raise ValueError("no issuers here")
+
+
+@pytest.fixture
+def served() -> Iterator[tuple[va_pb2_grpc.StatusServiceStub, Counting]]:
+    counting = Counting()
+    server = server_common.build_server(
+        max_workers=2,
+        mapping=[(ValueError, grpc.StatusCode.INVALID_ARGUMENT)],
+        interceptors=[counting],
+    )
+    servicer = Refusing()  # type: ignore[abstract]  # only ListIssuers is called
+    va_pb2_grpc.add_StatusServiceServicer_to_server(servicer, server)
+    port = server_common.bind(server, "127.0.0.1:0", None)
+    server.start()
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    try:
+        yield va_pb2_grpc.StatusServiceStub(channel), counting
+    finally:
+        channel.close()
+        server.stop(None).wait()
+
+
+def test_a_method_is_wrapped_once_and_every_call_goes_through(
+    served: tuple[va_pb2_grpc.StatusServiceStub, Counting],
+) -> None:
+    stub, counting = served
+    for _ in range(5):
+        with pytest.raises(grpc.RpcError) as caught:
+            stub.ListIssuers(va_pb2.ListIssuersRequest(), timeout=10)
+        # The error mapping (itself a WrappingInterceptor) still applies to each call.
+        assert caught.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+        assert caught.value.details() == "no issuers here"
+    assert counting.calls == 5
+    assert counting.wraps == ["/jpki.va.v1.StatusService/ListIssuers"]

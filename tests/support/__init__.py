@@ -1,0 +1,348 @@
+"""A real signer and responder on 127.0.0.1 for tests, and helpers to drive them.
+
+Everything is real: the session's SoftHSM2 token, LMDB environments in a temporary
+directory, gRPC servers on loopback ports, a spawned responder worker process.
+"""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, TypeVar
+
+import grpc
+import lmdb
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from cryptography.x509.oid import NameOID
+
+from jpki_va import hsm
+from jpki_va.core.clock import Clock
+from jpki_va.core.domain import CertKind, Role
+from jpki_va.protos import signer_pb2, signer_pb2_grpc, va_pb2, va_pb2_grpc, verifiers_pb2
+from jpki_va.server.app.config import ResponderConfig, SignerConfig
+from jpki_va.server.app.responder_app import Responder
+from jpki_va.server.app.signer_app import SignerApp, start_signer
+from jpki_va.server.responder.index_reader import Index, current_index
+
+T = TypeVar("T")
+
+#: The repository's root: examples/, pyproject.toml and the five distributions.
+REPO = Path(__file__).resolve().parents[2]
+#: `jpki-va` run from the source tree, as a subprocess argv prefix.
+JPKI_VA = (sys.executable, "-m", "jpki_va.server.cmd.main")
+
+
+ALL_ROLES_VERIFIER = "test-all-roles"
+
+
+def free_port() -> int:
+    """A loopback TCP port free at the time of asking."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def throwaway_certificate(name: str) -> x509.Certificate:
+    """A self-signed client certificate: in plaintext tests only its fingerprint matters."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = datetime.now(UTC)
+    return (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=5))
+        .not_valid_after(now + timedelta(days=30))
+        .sign(key, hashes.SHA256())
+    )
+
+
+def wait_for(predicate: Callable[[], T | None], what: str, timeout: float = 30.0) -> T:
+    """Poll until predicate returns a truthy value (bounded: fails after timeout)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def openssl(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["openssl", *args], capture_output=True, text=True, check=check)
+
+
+@dataclass
+class Issued:
+    kind: CertKind
+    serial: int
+    certificate: x509.Certificate
+    issuer: x509.Certificate
+    key: rsa.RSAPrivateKey
+
+    def pem_files(self, directory: Path, name: str) -> tuple[Path, Path]:
+        cert = directory / f"{name}.pem"
+        issuer = directory / f"{name}-issuer.pem"
+        cert.write_bytes(self.certificate.public_bytes(serialization.Encoding.PEM))
+        issuer.write_bytes(self.issuer.public_bytes(serialization.Encoding.PEM))
+        return cert, issuer
+
+
+@dataclass
+class Pki:
+    """A running signer + responder pair and stubs to talk to them."""
+
+    directory: Path
+    signer: SignerApp
+    responder: Responder
+    signer_stub: signer_pb2_grpc.SignerServiceStub
+    status_stub: va_pb2_grpc.StatusServiceStub
+    root: x509.Certificate
+    root_file: Path
+    _channels: list[grpc.Channel] = field(default_factory=list)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _runner: threading.Thread | None = None
+    _counter: int = 0
+
+    @property
+    def responder_address(self) -> str:
+        return f"127.0.0.1:{self.responder.port}"
+
+    @property
+    def http_url(self) -> str:
+        return f"http://127.0.0.1:{self.responder.http_port}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self.responder.metrics_port}/metrics"
+
+    def issue(
+        self,
+        kind: CertKind,
+        *,
+        resident_code: str | None = None,
+        municipality: str = "131016",
+        card: Issued | None = None,
+        key: rsa.RSAPrivateKey | None = None,
+    ) -> Issued:
+        """Issue through SignerService; `card` signs a mobile application; `key` is reused."""
+        self._counter += 1
+        key = key or rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        spki = key.public_key().public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+        request = signer_pb2.IssueCertificateRequest(
+            kind=int(kind),  # type: ignore[arg-type]
+            resident_code=resident_code or f"{90000000000 + self._counter:011d}",
+            municipality_code=municipality,
+            holder=signer_pb2.HolderInfo(
+                name="試験 太郎", address="千代田区1-1", birth_date="1990-01-01", sex="男"
+            ),
+            public_key_der=spki,
+        )
+        if card is not None:
+            request.card_serial = card.serial.to_bytes(8, "big")
+            request.application_signature = card.key.sign(spki, padding.PKCS1v15(), hashes.SHA256())
+        reply = self.signer_stub.IssueCertificate(request, timeout=30)
+        return Issued(
+            kind=kind,
+            serial=int.from_bytes(reply.serial, "big"),
+            certificate=x509.load_der_x509_certificate(reply.certificate_der),
+            issuer=x509.load_der_x509_certificate(reply.issuer_certificate_der),
+            key=key,
+        )
+
+    def check(
+        self, kind: CertKind, serial: int, as_of: datetime | None = None
+    ) -> va_pb2.CertificateStatus:
+        """The responder's answer through StatusService.Check."""
+        request = va_pb2.CheckRequest(
+            cert=va_pb2.CertRef(
+                kind_serial=va_pb2.KindSerial(
+                    kind=int(kind),  # type: ignore[arg-type]
+                    serial=serial.to_bytes(max(1, (serial.bit_length() + 7) // 8), "big"),
+                )
+            )
+        )
+        if as_of is not None:
+            request.as_of.FromDatetime(as_of)
+        return self.status_stub.Check(request, timeout=10).status
+
+    @contextmanager
+    def live_index(self) -> Iterator[Index]:
+        """The responder's live index, read in this process.
+
+        LMDB allows one handle per environment and process, and the responder's
+        housekeeping (in this process too) opens it briefly: retry until free.
+        """
+
+        def attempt() -> Index | None:
+            try:
+                return Index(current_index(self.responder.config.index_dir))  # type: ignore[arg-type]
+            except lmdb.Error:
+                return None
+
+        index = wait_for(attempt, "the live index to be free", timeout=10)
+        try:
+            yield index
+        finally:
+            index.close()
+
+    def publish_and_wait(self, *, full: bool = True) -> int:
+        """Publish a full (or delta) snapshot and wait until the responder serves it."""
+        reply = self.signer_stub.PublishSnapshot(
+            signer_pb2.PublishSnapshotRequest(full=full), timeout=60
+        )
+        self.wait_sequence(reply.sequence)
+        return reply.sequence
+
+    def wait_sequence(self, sequence: int) -> None:
+        def served() -> bool:
+            try:
+                answer = self.status_stub.Check(
+                    va_pb2.CheckRequest(
+                        cert=va_pb2.CertRef(
+                            kind_serial=va_pb2.KindSerial(
+                                kind=va_pb2.CERT_KIND_CARD_SIGN, serial=b"\x01"
+                            )
+                        )
+                    ),
+                    timeout=5,
+                )
+            except grpc.RpcError:
+                return False
+            return answer.status.index_sequence >= sequence
+
+        wait_for(served, f"responder to serve snapshot {sequence}")
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._runner is not None:
+            self._runner.join()
+        self.responder.shutdown()
+        for channel in self._channels:
+            channel.close()
+        self.signer.stop()
+
+
+def start_pki(
+    directory: Path,
+    hsm_config: hsm.HsmConfig,
+    *,
+    workers: int = 1,
+    clock: Clock | None = None,
+    delta_interval: float = 0,
+    **signer_settings: Any,
+) -> Pki:
+    """A signer (publishing only on request unless delta_interval > 0) and a responder."""
+    signer = start_signer(
+        SignerConfig(
+            data_dir=directory / "signer",
+            hsm=hsm_config,
+            listen="127.0.0.1:0",
+            insecure_loopback=True,
+            delta_interval=delta_interval,
+            bootstrap=True,
+            **signer_settings,
+        ),
+        clock,
+    )
+    channel = grpc.insecure_channel(f"127.0.0.1:{signer.port}")
+    signer_stub = signer_pb2_grpc.SignerServiceStub(channel)
+    root_der = signer_stub.ListIssuers(va_pb2.ListIssuersRequest(), timeout=30)
+    root = x509.load_der_x509_certificate(root_der.root_certificate_der)
+    root_file = directory / "root.pem"
+    root_file.write_bytes(root.public_bytes(serialization.Encoding.PEM))
+    # Plaintext callers without an x-jpki-verifier header act as this verifier, which
+    # holds every role; entitlement tests name other verifiers explicitly.
+    signer_stub.AddVerifier(
+        verifiers_pb2.AddVerifierRequest(
+            id=ALL_ROLES_VERIFIER,
+            roles=[int(r) for r in Role],  # type: ignore[misc]
+            client_certificate_der=[
+                throwaway_certificate(ALL_ROLES_VERIFIER).public_bytes(serialization.Encoding.DER)
+            ],
+            agreement="TEST-AGREEMENT",
+        ),
+        timeout=30,
+    )
+    responder = Responder(
+        ResponderConfig(
+            snapshot_dir=signer.config.snapshot_dir,
+            state_dir=directory / "responder",
+            trust_anchors=(root_file,),
+            listen="127.0.0.1:0",
+            workers=workers,
+            signer=f"127.0.0.1:{signer.port}",
+            insecure_loopback=True,
+            loopback_verifier=ALL_ROLES_VERIFIER,
+            poll_interval=0.1,
+            http_listen="127.0.0.1:0",
+            metrics_port=0,
+        )
+    )
+    responder.start()
+    status_channel = grpc.insecure_channel(f"127.0.0.1:{responder.port}")
+    pki = Pki(
+        directory=directory,
+        signer=signer,
+        responder=responder,
+        signer_stub=signer_stub,
+        status_stub=va_pb2_grpc.StatusServiceStub(status_channel),
+        root=root,
+        root_file=root_file,
+        _channels=[channel, status_channel],
+    )
+    pki._runner = threading.Thread(target=responder.run, args=(pki._stop,), daemon=True)
+    pki._runner.start()
+    return pki
+
+
+@dataclass
+class ExtraResponder:
+    """Another responder over a Pki's snapshots, with its own state and settings."""
+
+    responder: Responder
+    _stop: threading.Event
+    _runner: threading.Thread
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.responder.port}"
+
+    def close(self) -> None:
+        self._stop.set()
+        self._runner.join()
+        self.responder.shutdown()
+
+
+def start_responder(pki: Pki, state_dir: Path, **settings: Any) -> ExtraResponder:
+    config: dict[str, Any] = {
+        "snapshot_dir": pki.signer.config.snapshot_dir,
+        "state_dir": state_dir,
+        "trust_anchors": (pki.root_file,),
+        "listen": "127.0.0.1:0",
+        "workers": 1,
+        "signer": f"127.0.0.1:{pki.signer.port}",
+        "poll_interval": 0.1,
+    }
+    config.update(settings)
+    responder = Responder(ResponderConfig(**config))
+    responder.start()
+    stop = threading.Event()
+    runner = threading.Thread(target=responder.run, args=(stop,), daemon=True)
+    runner.start()
+    return ExtraResponder(responder, stop, runner)

@@ -1,0 +1,103 @@
+"""The signed-response cache: what it keeps, for how long, and when it lets go."""
+
+from __future__ import annotations
+
+import pytest
+
+from jpki_va.server.responder.ocsp_cache import OcspReply, ResponseCache
+
+HOUR = 3600.0
+
+
+class Generation:
+    def __init__(self) -> None:
+        self.value = 1
+
+    def __call__(self) -> int:
+        return self.value
+
+
+def reply(name: str, this_update: float = 0.0, next_update: float = 10 * HOUR) -> OcspReply:
+    return OcspReply(
+        name.encode(), cacheable=True, this_update=this_update, next_update=next_update, etag=name
+    )
+
+
+def test_hit_until_the_refresh_point() -> None:
+    cache = ResponseCache(Generation(), refresh_margin=60)
+    kept = reply("a")
+    cache.put(b"k", kept, cache.generation())
+    assert cache.get(b"k", 0.0) is kept
+    # Life is 10 h: refreshed 10 % (1 h) before nextUpdate, since that beats 60 s.
+    assert cache.get(b"k", 9 * HOUR - 1) is kept
+    assert cache.get(b"k", 9 * HOUR) is None
+    assert len(cache) == 0
+
+
+def test_margin_wins_for_short_lives() -> None:
+    cache = ResponseCache(Generation(), refresh_margin=600)
+    cache.put(b"k", reply("a", next_update=3000), cache.generation())
+    assert cache.get(b"k", 2399) is not None
+    assert cache.get(b"k", 2400) is None
+
+
+def test_a_new_index_drops_everything() -> None:
+    generation = Generation()
+    cache = ResponseCache(generation)
+    cache.put(b"k", reply("a"), cache.generation())
+    generation.value = 2
+    assert cache.get(b"k", 0.0) is None
+    assert len(cache) == 0
+
+
+def test_an_answer_signed_from_an_old_index_is_not_kept() -> None:
+    generation = Generation()
+    cache = ResponseCache(generation)
+    signed_from = cache.generation()
+    generation.value = 2
+    cache.generation()  # someone else saw the new index meanwhile
+    cache.put(b"k", reply("a"), signed_from)
+    assert cache.get(b"k", 0.0) is None
+
+
+def test_bounded_least_recently_used() -> None:
+    cache = ResponseCache(Generation(), capacity=2)
+    generation = cache.generation()
+    cache.put(b"a", reply("a"), generation)
+    cache.put(b"b", reply("b"), generation)
+    assert cache.get(b"a", 0.0) is not None  # a is now the most recent
+    cache.put(b"c", reply("c"), generation)
+    assert cache.get(b"b", 0.0) is None
+    assert cache.get(b"a", 0.0) is not None and cache.get(b"c", 0.0) is not None
+
+
+def test_nonce_and_error_answers_are_never_kept() -> None:
+    cache = ResponseCache(Generation())
+    cache.put(b"k", OcspReply(b"fresh"), cache.generation())
+    assert cache.get(b"k", 0.0) is None
+
+
+def test_capacity_zero_keeps_nothing() -> None:
+    cache = ResponseCache(Generation(), capacity=0)
+    cache.put(b"k", reply("a"), cache.generation())
+    assert cache.get(b"k", 0.0) is None
+
+
+@pytest.mark.parametrize(
+    "kwargs", [{"capacity": -1}, {"refresh_margin": -1.0}, {"refresh_fraction": 1.0}]
+)
+def test_refuses_bad_settings(kwargs: dict[str, float]) -> None:
+    with pytest.raises(ValueError, match="must be"):
+        ResponseCache(Generation(), **kwargs)  # type: ignore[arg-type]
+
+
+def test_a_new_signer_drops_everything_and_refuses_older_signatures() -> None:
+    cache = ResponseCache(Generation())
+    signed_from = cache.generation()
+    cache.put(b"k", reply("a"), signed_from)
+    cache.invalidate()
+    assert cache.get(b"k", 0.0) is None
+    cache.put(b"k", reply("old key"), signed_from)  # signing started before the switch
+    assert cache.get(b"k", 0.0) is None
+    cache.put(b"k", reply("new key"), cache.generation())
+    assert cache.get(b"k", 0.0) is not None
