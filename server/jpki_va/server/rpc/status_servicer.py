@@ -37,10 +37,10 @@ from jpki_va.server.responder.status import (
 )
 from jpki_va.server.rpc.batch_wire import batch_response
 from jpki_va.server.rpc.pb import (
-    _as_is,
-    _plain_kind_serial,
     answer_to_pb,
+    as_is,
     kind_serial,
+    plain_kind_serial,
     serial_from_pb,
     timestamp,
 )
@@ -166,7 +166,7 @@ class StatusServicer(va_pb2_grpc.StatusServiceServicer):
         targets: list[Target] = []
         counts: Counter[Provision] = Counter()
         for request in requests:
-            kind, serial = _plain_kind_serial(request)
+            kind, serial = plain_kind_serial(request)
             as_of = now
             if serial == 0:  # anything else: the general reading, and its errors
                 try:
@@ -267,7 +267,7 @@ def add_status_service(servicer: StatusServicer, server: grpc.Server) -> None:
             servicer.Check, pb.CheckRequest.FromString, pb.CheckResponse.SerializeToString
         ),
         "CheckStream": grpc.stream_stream_rpc_method_handler(
-            servicer.CheckStream, pb.CheckBatchRequest.FromString, _as_is
+            servicer.CheckStream, pb.CheckBatchRequest.FromString, as_is
         ),
         "Ocsp": grpc.unary_unary_rpc_method_handler(
             servicer.Ocsp, pb.OcspRequest.FromString, pb.OcspResponse.SerializeToString
