@@ -19,6 +19,7 @@ from jpki_va.core.domain import (
     CertKind,
     record_key,
 )
+from jpki_va.server.faults import fault_point
 from jpki_va.server.pki.crl_stream import read_entries, tbs_certlist
 from jpki_va.server.responder.index_layout import (
     _DBS,
@@ -71,8 +72,10 @@ def build_index(snapshot: VerifiedSnapshot, index_root: Path) -> Path:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    fault_point("index.build.written")
     shutil.rmtree(final, ignore_errors=True)
     tmp.rename(final)
+    fault_point("index.build.renamed")
     return final
 
 
@@ -266,3 +269,4 @@ def publish_index(index_root: Path, built: Path) -> None:
         os.fsync(dirfd)
     finally:
         os.close(dirfd)
+    fault_point("index.published")

@@ -15,6 +15,7 @@ from jpki_va.core.domain import (
     CertKind,
     record_key,
 )
+from jpki_va.server.faults import fault_point
 from jpki_va.server.responder.index_layout import (
     _DBS,
     _MAP_SIZE,
@@ -79,6 +80,7 @@ def apply_delta(snapshot: VerifiedSnapshot, index_path: Path) -> AppliedDelta:
         dbs = {name: env.open_db(name, create=False) for name in _DBS}
         with env.begin(write=True) as txn:
             result = _apply(txn, dbs, snapshot)
+        fault_point("index.delta.applied")
         return result
     finally:
         env.close()

@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPri
 
 from jpki_va.core.clock import Clock
 from jpki_va.core.domain import CertKind, Link, LinkType, Verifier
+from jpki_va.server.faults import fault_point
 from jpki_va.server.law.correspondence import holder_links
 from jpki_va.server.law.issuer_compromise import Compromise
 from jpki_va.server.law.retention import RetentionPolicy
@@ -45,6 +46,7 @@ from jpki_va.server.snapshot.manifest import (
     SIGNING_RECORDS,
     CrlInfo,
     crl_relpath,
+    snapshot_dirname,
     snapshot_sequence,
 )
 from jpki_va.server.snapshot.record_format import encode_file_record
@@ -176,6 +178,7 @@ class Publisher:
         issuers = self._authority.issuers()
         with self._registry.write() as wtx:
             sequence = wtx.next_counter("snapshot")
+        fault_point("publish.sequence-taken")
         builder = SnapshotBuilder(self._root, sequence)
         try:
             builder.add_issuers([r.certificate for r in issuers])
@@ -203,6 +206,7 @@ class Publisher:
             if compromises:
                 self._add_arl(builder, issuers, compromises, arl_number, now)
             signing_key, signer_cert = self._authority.snapshot_signer()
+            fault_point("publish.files-written")
             path, manifest = builder.commit(
                 type="full",
                 base_sequence=None,
@@ -216,6 +220,7 @@ class Publisher:
         except BaseException:
             builder.abort()
             raise
+        fault_point("publish.committed")
         state = _State(
             full_sequence=sequence,
             full_at=now,
@@ -231,6 +236,7 @@ class Publisher:
         )
         with self._registry.write() as wtx:
             wtx.set_meta(_STATE, state.to_bytes())
+        fault_point("publish.state-saved")
         self._prune(now)
         log.info(
             "published full snapshot %d: %d records, %d CRLs",
@@ -276,6 +282,7 @@ class Publisher:
                 state is None
                 or state.issuer_key_ids != [r.key_id.hex() for r in issuers]
                 or state.compromise_count != len(tx.compromises())
+                or self._committed_beyond(state.last_sequence, tx.counter("snapshot"))
             ):
                 return None
             event_sequence = tx.counter("event")
@@ -288,6 +295,7 @@ class Publisher:
         with self._registry.write() as wtx:
             sequence = wtx.next_counter("snapshot")
             numbers = {scope: wtx.next_counter(crl_counter(*scope)) for scope in content.entries}
+        fault_point("publish.sequence-taken")
         builder = SnapshotBuilder(self._root, sequence)
         bases = {s: state.crl_base[_scope_name(s)] for s in content.entries}
         try:
@@ -296,6 +304,7 @@ class Publisher:
             self._add_crls(builder, issuers, content.entries, numbers, now, bases)
             self._add_data(builder, content)
             signing_key, signer_cert = self._authority.snapshot_signer()
+            fault_point("publish.files-written")
             path, manifest = builder.commit(
                 type="delta",
                 base_sequence=state.full_sequence,
@@ -309,6 +318,7 @@ class Publisher:
         except BaseException:
             builder.abort()
             raise
+        fault_point("publish.committed")
         state.last_sequence = sequence
         state.event_sequence = event_sequence
         state.issued = issued
@@ -316,6 +326,7 @@ class Publisher:
         state.mark = mark
         with self._registry.write() as wtx:
             wtx.set_meta(_STATE, state.to_bytes())
+        fault_point("publish.state-saved")
         log.info(
             "published delta snapshot %d on %d: %d new records, %d losses, %d delta CRLs",
             sequence,
@@ -327,6 +338,12 @@ class Publisher:
         return PublishedSnapshot(
             sequence, path, len(manifest.crls), manifest.record_count, "delta", len(content.events)
         )
+
+    def _committed_beyond(self, last: int, taken: int) -> bool:
+        """Whether a snapshot after the state's last one was committed: a publish killed
+        between its commit and saving the state. Responders may hold that snapshot, so a
+        delta on the state's last one would not follow theirs: only a full one will do."""
+        return any((self._root / snapshot_dirname(s)).is_dir() for s in range(last + 1, taken + 1))
 
     def _gather_delta(
         self, tx: RegistryTxn, state: _State, issuers: list[IssuerRecord], now: datetime

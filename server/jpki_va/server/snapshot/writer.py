@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPri
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from jpki_va.core.domain import CertKind, Verifier
+from jpki_va.server.faults import fault_point
 from jpki_va.server.law.issuer_compromise import Compromise
 from jpki_va.server.model.registry_values import LossEvent
 from jpki_va.server.snapshot.data_files import write_event_rows, write_link_rows
@@ -185,6 +186,7 @@ class SnapshotBuilder:
                     os.fsync(f.fileno())
         self._dir.chmod(0o755)
         final = self._root / snapshot_dirname(self.sequence)
+        fault_point("snapshot.manifest-written")
         # rename is atomic: a reader sees no snapshot or a whole one.
         self._dir.rename(final)
         dirfd = os.open(self._root, os.O_RDONLY)
