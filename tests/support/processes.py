@@ -114,3 +114,66 @@ def start_signer_process(data_dir: Path, token: HsmConfig, faults: str = "") -> 
         role.stop()
         raise
     return SignerProcess(role, port)
+
+
+@dataclass
+class ResponderProcess:
+    """`jpki-va responder` on 127.0.0.1 over a Pki's snapshots."""
+
+    role: RoleProcess
+    port: int
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def children(self) -> list[int]:
+        """The process ids whose parent is this responder's supervisor (its workers)."""
+        return children_of(self.role.process.pid)
+
+
+def children_of(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # the process ended meanwhile
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def alive(pid: int) -> bool:
+    """Whether ``pid`` is a live process (a zombie is not)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def start_responder_process(
+    snapshots: Path,
+    state: Path,
+    root_file: Path,
+    verifier: str,
+    *,
+    port: int = 0,
+    workers: int = 2,
+    faults: str = "",
+) -> ResponderProcess:
+    port = port or free_port()
+    argv = [
+        "responder", "--snapshots", str(snapshots), "--state-dir", str(state),
+        "--trust-anchor", str(root_file), "--workers", str(workers), "--insecure-loopback",
+        "--loopback-verifier", verifier, "--poll-interval", "0.1",
+        "--listen", f"127.0.0.1:{port}",
+    ]  # fmt: skip
+    role = _start(argv, faults)
+    try:
+        role.wait_output(f"responder listening on port {port}")
+    except BaseException:
+        role.stop()
+        raise
+    return ResponderProcess(role, port)

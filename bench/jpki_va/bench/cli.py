@@ -219,10 +219,32 @@ def run_report(args: argparse.Namespace) -> int:
 
     if not args.results.is_file():
         raise BenchError(f"{args.results} does not exist (run `jpki-va bench compare` first)")
-    if args.analysis is not None and not args.analysis.is_file():
-        raise BenchError(f"{args.analysis} does not exist")
-    print(write_report(args.results, args.out, analysis=args.analysis))
+    for extra in (args.analysis, args.soak):
+        if extra is not None and not extra.is_file():
+            raise BenchError(f"{extra} does not exist")
+    print(write_report(args.results, args.out, analysis=args.analysis, soak=args.soak))
     return 0
+
+
+def run_soak_step(args: argparse.Namespace) -> int:
+    from jpki_va.bench.dataset import DataSet  # noqa: PLC0415
+    from jpki_va.bench.soak import SoakSettings, run_soak  # noqa: PLC0415
+
+    ds = DataSet(args.dir.resolve())
+    ds.info()  # a clear error before anything starts
+    settings = SoakSettings(
+        duration=args.duration, workers=args.workers, kill_at=args.kill_at, bound=args.bound
+    )
+    results = run_soak(ds, settings, lambda text: print(f"bench: {text}", file=sys.stderr))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=1, ensure_ascii=False) + "\n")
+    print(
+        f"soak: {sum(results['answers'].values()):,} answers in {results['seconds']} s, "
+        f"{results['wrong_answers']} wrong, {results['errors_at_faults']} errors at the kill, "
+        f"{sum(results['unexpected_errors'].values())} unexpected errors; private memory "
+        f"slope {results['private_memory_slope_mb_per_min']} MB/min; results: {args.out}"
+    )
+    return 0 if not results["wrong_answers"] and not results["unexpected_errors"] else 1
 
 
 SETUP_APT = ("wrk", "golang-cfssl")
@@ -315,15 +337,33 @@ def add_commands(sub: Any) -> None:
     _add_suite_options(p)
     p.set_defaults(func=_guarded(run_all))
 
+    _add_soak(cmds)
+
     p = cmds.add_parser("report", help="BENCHMARKS.md and its chart from a results JSON")
     p.add_argument("--results", type=Path, default=Path("bench-results.json"))
     p.add_argument("--out", type=Path, default=Path("BENCHMARKS.md"))
     p.add_argument("--analysis", type=Path, help="Markdown appended as the Analysis section")
+    p.add_argument("--soak", type=Path, help="results of `bench soak`, as the Soak section")
     p.set_defaults(func=_guarded(run_report))
 
     p = cmds.add_parser("setup", help="check (and --install) wrk and cfssl from Debian")
     p.add_argument("--install", action="store_true", help="run apt-get install")
     p.set_defaults(func=_guarded(run_setup))
+
+
+def _add_soak(cmds: Any) -> None:
+    p = cmds.add_parser(
+        "soak",
+        help="mixed load for a long while under changes and a worker kill; every answer judged",
+        epilog="exit codes: 0 no wrong answer and no unexpected error, 1 otherwise, 2 usage",
+    )
+    p.add_argument("--dir", type=Path, required=True, help="data set directory")
+    p.add_argument("--duration", type=_positive_float, default=600.0, help="seconds (600)")
+    p.add_argument("--workers", type=_positive_int, default=2, help="responder workers (2)")
+    p.add_argument("--kill-at", type=_positive_float, help="seconds in (default: halfway)")
+    p.add_argument("--bound", type=_positive_float, default=15.0, help="freshness bound, s")
+    p.add_argument("--out", type=Path, default=Path("bench-soak.json"), help="results JSON")
+    p.set_defaults(func=_guarded(run_soak_step))
 
 
 def _guarded(func: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:

@@ -322,6 +322,7 @@ def write_report(
     out: Path,
     commands: list[str] | None = None,
     analysis: Path | None = None,
+    soak: Path | None = None,
 ) -> Path:
     """BENCHMARKS.md (and its chart beside it); `analysis` is a Markdown file appended as is
     (profiles and next steps written by whoever ran the benchmark)."""
@@ -330,10 +331,49 @@ def write_report(
     png = out.parent / CHART
     has_chart = chart(results, png)
     text = render(results, CHART if has_chart else None, commands or _commands(results))
+    if soak is not None:
+        text += render_soak(json.loads(soak.read_text()))
     if analysis is not None:
         text += "\n## Analysis\n\n" + analysis.read_text().strip() + "\n"
     out.write_text(text)
     return out
+
+
+def render_soak(soak: dict[str, Any]) -> str:
+    """The Soak section: what ran, what was judged wrong, errors, memory."""
+    st = soak["settings"]
+    answers = soak["answers"]
+    errors = soak["unexpected_errors"]
+    slope = soak["private_memory_slope_mb_per_min"]
+    lines = [
+        "",
+        "## Soak",
+        "",
+        f"`./tasks bench soak --dir DATA --duration {st['duration']:g}`: {soak['seconds']} s of "
+        f"mixed load ({st['unary_threads']} unary Check clients, one CheckStream of "
+        f"{st['stream_batch']}-item batches, HTTP OCSP, a revocation watch) while a loss was "
+        f"recorded every {st['loss_every']:g} s, a verifier added or removed every "
+        f"{st['churn_every']:g} s and one worker SIGKILLed; every answer judged against the "
+        f"truth with a freshness bound of {st['bound']:g} s.",
+        "",
+        "| figure | value |",
+        "|---|---|",
+        *(f"| answers, {name} | {count:,} |" for name, count in sorted(answers.items())),
+        f"| wrong answers | {soak['wrong_answers']} |",
+        f"| errors within {st['fault_window']:g} s of the worker kill | "
+        f"{soak['errors_at_faults']} |",
+        f"| other errors | {sum(errors.values())} {dict(sorted(errors.items())) or ''} |",
+        f"| losses recorded / delivered by the watch | {soak['losses_recorded']} / "
+        f"{soak['losses_watched']} |",
+        f"| verifier changes / worker kills | {soak['verifier_changes']} / "
+        f"{soak['worker_kills']} |",
+        f"| worker private memory slope, MB/min (after the first minute) | "
+        f"{'n/a' if slope is None else f'{slope:+.3f}'} |",
+        "",
+    ]
+    for example in soak["wrong_examples"]:
+        lines.append(f"- wrong: {example}")
+    return "\n".join(lines) + "\n"
 
 
 def _commands(results: dict[str, Any]) -> list[str]:

@@ -1,0 +1,39 @@
+"""`bench soak` on a tiny data set, briefly: every answer judged, a worker killed.
+
+The real signer and responder (2 workers) from the data set; the soak's own losses,
+verifier changes and worker kill; zero wrong answers and no error outside the kill's
+window are required, as the 10-minute run in BENCHMARKS.md requires them.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from jpki_va.bench.dataset import DataSet
+from jpki_va.bench.report import render_soak
+from jpki_va.bench.soak import SoakSettings, run_soak
+
+pytestmark = pytest.mark.slow
+
+
+def test_a_short_soak_gives_no_wrong_answer(small_dataset: DataSet) -> None:
+    settings = SoakSettings(
+        duration=24.0,
+        kill_at=8.0,
+        loss_every=2.0,
+        churn_every=6.0,
+        bound=10.0,
+        sample_every=2.0,
+        unary_threads=2,
+        stream_batch=20,
+    )
+    results = run_soak(small_dataset, settings, progress=lambda _text: None)
+    assert results["wrong_answers"] == 0, results["wrong_examples"]
+    assert results["unexpected_errors"] == {}, results
+    assert results["worker_kills"] == 1
+    assert results["losses_recorded"] >= 5
+    assert results["losses_watched"] == results["losses_recorded"]
+    assert results["verifier_changes"] >= 2
+    for interface in ("check", "stream", "http_ocsp", "watch", "churn"):
+        assert results["answers"].get(interface, 0) > 0, (interface, results["answers"])
+    assert "## Soak" in render_soak(results)
