@@ -31,7 +31,7 @@ from jpki_va import hsm
 from jpki_va.core.clock import JST
 from jpki_va.core.domain import CertKind, CrlReason, LossCause, Role
 from jpki_va.protos import signer_pb2, signer_pb2_grpc, va_pb2, verifiers_pb2
-from jpki_va.server.app.config import ResponderConfig, SignerConfig
+from jpki_va.server.app.config import ConfigError, ResponderConfig, SignerConfig
 from jpki_va.server.app.responder_app import Responder
 from jpki_va.server.app.signer_app import SignerApp, start_signer
 
@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 
 TOKEN_LABEL = "jpki-va-demo"  # noqa: S105 (a token label, not a secret)
 DEMO_FILE = "demo.json"
+DEFAULT_HTTP_PORT = 8080
 # The demo's verifier holds every role, so every provision can be tried; plaintext
 # callers without an x-jpki-verifier header are this verifier (responder option).
 DEMO_VERIFIER = "demo"
@@ -301,23 +302,36 @@ def _print_help(directory: Path, info: dict[str, Any]) -> None:
 
 
 def _open_directory(
-    directory: Path, reset: bool, port: int, signer_port: int, http_port: int
+    directory: Path, reset: bool, port: int, signer_port: int, http_port: int | None
 ) -> tuple[dict[str, Any], bool]:
-    """Reuse a complete demo directory, or (re)create it; True when created."""
+    """Reuse a complete demo directory, or (re)create it; True when created.
+
+    A reused demo keeps its HTTP port: its certificates and CRLs name that URL, so
+    serving elsewhere would leave them pointing at nothing. Another --http-port is
+    refused before anything starts.
+    """
     if directory.exists() and not reset:
         try:
             info: dict[str, Any] = json.loads((directory / DEMO_FILE).read_text())
         except (OSError, ValueError):
             print(f"{directory} is incomplete; recreating it", file=sys.stderr)
         else:
-            # Same token, registry and certificates; listen where asked this time.
+            asked = None if http_port is None else f"http://127.0.0.1:{http_port}"
+            if asked is not None and asked != info["http"]:
+                raise ConfigError(
+                    f"--http-port {http_port}: the demo in {directory} serves HTTP at "
+                    f"{info['http']}, the URL its certificates and CRLs name; leave "
+                    "--http-port out to reuse it, or add --reset to recreate the demo"
+                )
+            # Same token, registry and certificates; gRPC listens where asked this time.
             info["responder"] = f"127.0.0.1:{port}"
             info["signer"] = f"127.0.0.1:{signer_port}"
             print(f"reusing {directory} (--reset to recreate)", file=sys.stderr)
             return info, False
     if directory.exists():
         shutil.rmtree(directory)
-    return _create(directory, port, signer_port, http_port), True
+    port_http = DEFAULT_HTTP_PORT if http_port is None else http_port
+    return _create(directory, port, signer_port, port_http), True
 
 
 def run(
@@ -327,7 +341,7 @@ def run(
     stop: threading.Event,
     reset: bool = False,
     signer_port: int | None = None,
-    http_port: int = 8080,
+    http_port: int | None = None,
     workers: int | None = None,
     ready: Callable[[dict[str, Any]], None] | None = None,
 ) -> int:

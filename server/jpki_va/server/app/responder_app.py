@@ -43,6 +43,8 @@ from jpki_va.protos import (
 )
 from jpki_va.server.access.gate import Gate, NoIdentity, UnknownVerifier
 from jpki_va.server.app.config import ResponderConfig
+from jpki_va.server.app.dir_lock import DirectoryLock
+from jpki_va.server.app.lifeline import ParentGone, tie_to_parent
 from jpki_va.server.app.logs import configure_json
 from jpki_va.server.http.access import HttpAccess
 from jpki_va.server.http.app import HttpApp
@@ -55,6 +57,7 @@ from jpki_va.server.ledger.group_commit import GroupCommit, LedgerBacklog
 from jpki_va.server.ledger.provisions import LedgerError, claim_shards, open_shard
 from jpki_va.server.responder.crl_archive import CrlArchive, CrlNotFound
 from jpki_va.server.responder.crls import CrlFiles
+from jpki_va.server.responder.index_build import prune_abandoned_builds
 from jpki_va.server.responder.index_reader import Index, current_index
 from jpki_va.server.responder.ingest import Ingester, IngestMetrics
 from jpki_va.server.responder.mappings import Mapper, UnknownCertificate
@@ -121,6 +124,7 @@ STATUS_ERRORS: server_common.ErrorMap = (
 )
 LEDGER_SYNC_SECONDS = 1.0  # how much of the counts a machine crash could lose
 READY_TIMEOUT = 60.0
+KILL_AFTER_GRACE = 5.0  # seconds past the grace period before a stopping worker is ended
 
 
 def load_anchors(config: ResponderConfig) -> list[x509.Certificate]:
@@ -230,6 +234,12 @@ def worker_main(  # noqa: PLR0915 (a composition root: the wiring reads best in 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     configure_json("responder-worker")
+    try:
+        # Dies with the supervisor: nobody else keeps its index fresh (issue 15, item 2).
+        tie_to_parent(stop.set, deadline=config.grace_seconds + KILL_AFTER_GRACE)
+    except ParentGone as exc:
+        log.warning("%s; not serving", exc)
+        return
     clock = SystemClock()
     metrics = WorkerMetrics()
     holder = IndexHolder(config.index_dir)
@@ -396,6 +406,7 @@ class Responder:
         self._ready = self._ctx.Queue()
         self._workers: list[multiprocessing.process.BaseProcess] = []
         self._claims: list[PortClaim] = []
+        self._state_lock: DirectoryLock | None = None
         self.port = 0
         self.http_port: int | None = None
         self.metrics_port: int | None = None
@@ -411,6 +422,9 @@ class Responder:
         return [p.pid for p in self._workers if p.pid is not None and p.is_alive()]
 
     def _spawn(self, slot: int) -> multiprocessing.process.BaseProcess:
+        # The worker's parent-death signal fires when the *thread* spawning it ends:
+        # spawn only from the threads that run start() and run(), which last as long
+        # as this supervisor serves.
         proc = self._ctx.Process(
             target=worker_main,
             args=(self.config, slot, self.port, self.http_port, self._ready),
@@ -457,8 +471,10 @@ class Responder:
         return claim.port
 
     def start(self) -> int:
-        # Ports first: only this supervisor's workers may share them (SO_REUSEPORT).
         try:
+            # One supervisor per state directory, so what a killed one left is ours to clear.
+            self._state_lock = DirectoryLock(self.config.state_dir, "responder")
+            # Only this supervisor's workers may share the ports (SO_REUSEPORT).
             self.port = self._claim(self.config.listen)
             if self.config.http_listen is not None:
                 self.http_port = self._claim(self.config.http_listen)
@@ -466,6 +482,8 @@ class Responder:
         except BaseException:
             self._release_claims()  # a refused start holds nothing
             raise
+        for name in prune_abandoned_builds(self.config.index_dir):
+            log.info("removed %s, left by an index build that did not finish", name)
         prepare_multiprocess_dir(self.config.metrics_dir)
         self._housekeeping()
         self._workers = [self._spawn(slot) for slot in range(self.config.workers)]
@@ -505,7 +523,7 @@ class Responder:
             if proc.is_alive():
                 proc.terminate()  # SIGTERM: health NOT_SERVING, drain, close
         for proc in self._workers:
-            proc.join(self.config.grace_seconds + 5)
+            proc.join(self.config.grace_seconds + KILL_AFTER_GRACE)
             if proc.is_alive():
                 proc.kill()
                 proc.join(5)
@@ -521,6 +539,9 @@ class Responder:
         for claim in self._claims:
             claim.release()
         self._claims = []
+        if self._state_lock is not None:
+            self._state_lock.release()
+            self._state_lock = None
 
 
 def serve(

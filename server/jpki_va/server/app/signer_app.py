@@ -19,6 +19,7 @@ from jpki_va.core.clock import Clock, SystemClock
 from jpki_va.protos import signer_pb2, signer_pb2_grpc
 from jpki_va.server.access.gate import NotOperator, Operators
 from jpki_va.server.app.config import ConfigError, SignerConfig
+from jpki_va.server.app.dir_lock import DirectoryLock
 from jpki_va.server.law.entitlements import NotEntitled
 from jpki_va.server.ledger.provisions import Ledger
 from jpki_va.server.pki.cert_profile import ProfileSettings
@@ -40,6 +41,7 @@ from jpki_va.server.signer.service import (
 )
 from jpki_va.server.signer.signing_queue import Overloaded, SigningQueue
 from jpki_va.server.signer.verifier_registry import NotAVerifier, VerifierRegistry
+from jpki_va.server.snapshot.writer import prune_abandoned
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +77,7 @@ class SignerApp:
     health: object
     metrics: SignerMetrics
     _stop: threading.Event
+    _lock: DirectoryLock
     _publisher_thread: threading.Thread | None = None
     _metrics_server: Any = None
     metrics_port: int | None = None
@@ -91,6 +94,7 @@ class SignerApp:
         self.registry.close()
         self.ledger.close()
         self.token.close()
+        self._lock.release()
 
     def wait(self) -> None:
         self.server.wait_for_termination()
@@ -110,12 +114,28 @@ def _operators(config: SignerConfig) -> Operators:
     return Operators(frozenset(prints))
 
 
+def _hold_data_dir(config: SignerConfig, metrics: SignerMetrics) -> tuple[DirectoryLock, hsm.Hsm]:
+    """The data directory, held for this signer alone and cleared of leftovers; the token.
+
+    One signer per data directory: the registry's only writer and the snapshots' only
+    publisher, so what a killed one left there is this one's to clear.
+    """
+    lock = DirectoryLock(config.data_dir, "signer")
+    try:
+        for name in prune_abandoned(config.snapshot_dir):
+            log.info("removed %s, left by a publish that did not finish", name)
+        return lock, hsm.Hsm.open(config.hsm, observer=metrics)
+    except BaseException:
+        lock.release()
+        raise
+
+
 def start_signer(config: SignerConfig, clock: Clock | None = None) -> SignerApp:
     clock = clock or SystemClock()
     operators = _operators(config)
     credentials = None if config.tls is None else server_credentials(*config.tls.read())
     metrics = SignerMetrics()
-    token = hsm.Hsm.open(config.hsm, observer=metrics)
+    lock, token = _hold_data_dir(config, metrics)
     registry = Registry(config.registry_dir)
     ledger = Ledger(config.ledger_dir)
     metrics_server = None
@@ -156,10 +176,13 @@ def start_signer(config: SignerConfig, clock: Clock | None = None) -> SignerApp:
         registry.close()
         ledger.close()
         token.close()
+        lock.release()
         raise
     server_common.set_serving(health, [SERVICE], True)
     stop = threading.Event()
-    app = SignerApp(config, token, registry, ledger, signer, server, port, health, metrics, stop)
+    app = SignerApp(
+        config, token, registry, ledger, signer, server, port, health, metrics, stop, lock
+    )
     if metrics_server is not None:
         app._metrics_server = metrics_server
         app.metrics_port = int(metrics_server.server_port)

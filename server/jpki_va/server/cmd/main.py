@@ -88,7 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--dir", type=Path, default=Path("jpki-va-demo"))
     demo.add_argument("--port", type=int, default=50051, help="responder gRPC port")
     demo.add_argument(
-        "--http-port", type=int, default=8080, help="responder HTTP port (OCSP, CRLs)"
+        "--http-port",
+        type=int,
+        help="responder HTTP port (OCSP, CRLs); default 8080, a reused demo keeps its own",
     )
     demo.add_argument("--reset", action="store_true", help="recreate the directory")
     demo.set_defaults(func=lazy("jpki_va.server.cmd.roles:run_demo"))

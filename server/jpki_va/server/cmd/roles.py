@@ -26,6 +26,7 @@ from jpki_va.server.app.config import (
     parse_duration,
     tls_files,
 )
+from jpki_va.server.app.dir_lock import DirectoryInUse
 from jpki_va.server.app.responder_app import PortTaken, serve
 from jpki_va.server.app.signer_app import start_signer
 from jpki_va.server.ledger.provisions import LedgerError
@@ -40,7 +41,7 @@ def _one_line(run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Na
     def guarded(args: argparse.Namespace) -> int:
         try:
             return run(args)
-        except (ConfigError, LedgerError, PortTaken, hsm.HsmError) as exc:
+        except (ConfigError, DirectoryInUse, LedgerError, PortTaken, hsm.HsmError) as exc:
             print(f"jpki-va {args.command}: {exc}", file=sys.stderr)
             return EXIT_USAGE
 

@@ -6,6 +6,7 @@ import hashlib
 import json
 import mmap
 import os
+import re
 import shutil
 from collections.abc import Iterable, Iterator
 from itertools import islice
@@ -52,6 +53,10 @@ from jpki_va.server.snapshot.record_format import (
 )
 from jpki_va.server.snapshot.verify import VerifiedCrl, VerifiedSnapshot
 
+_BUILD_PREFIX = ".build-"
+# What a build or a publish killed midway leaves: its directory, the pointer's new link.
+_ABANDONED = re.compile(rf"{re.escape(_BUILD_PREFIX)}idx-\d+|\.{CURRENT}\.\d+")
+
 
 def build_index(snapshot: VerifiedSnapshot, index_root: Path) -> Path:
     """Build the index of a verified full snapshot in a new directory; returns it.
@@ -64,7 +69,7 @@ def build_index(snapshot: VerifiedSnapshot, index_root: Path) -> Path:
         raise SnapshotRejected("only a full snapshot builds a new index")
     index_root.mkdir(parents=True, exist_ok=True)
     final = index_root / index_dirname(manifest.sequence)
-    tmp = index_root / f".build-{index_dirname(manifest.sequence)}"
+    tmp = index_root / f"{_BUILD_PREFIX}{index_dirname(manifest.sequence)}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
@@ -256,6 +261,27 @@ def _build(snapshot: VerifiedSnapshot, path: Path) -> None:
         env.sync(True)
     finally:
         env.close()
+
+
+def prune_abandoned_builds(index_root: Path) -> list[str]:
+    """Remove what killed builds and publishes left under `index_root`; their names.
+
+    Only for the one process that builds there (the responder supervisor holding its
+    state directory), before it builds: another builder's work in progress looks the
+    same. Names not of this module's making are left alone.
+    """
+    removed: list[str] = []
+    if not index_root.is_dir():
+        return removed
+    for path in sorted(index_root.iterdir()):
+        if not _ABANDONED.fullmatch(path.name):
+            continue
+        if path.is_symlink() or not path.is_dir():
+            path.unlink()
+        else:
+            shutil.rmtree(path)
+        removed.append(path.name)
+    return removed
 
 
 def publish_index(index_root: Path, built: Path) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterable
@@ -51,13 +52,35 @@ def _sign(key: CertificateIssuerPrivateKeyTypes, data: bytes) -> bytes:
     raise TypeError(f"unsupported snapshot key {type(key).__name__}")
 
 
+_TEMP_PREFIX = ".tmp-"
+# SnapshotBuilder's temporary names: the prefix, the sequence, mkdtemp's 8 characters.
+_TEMP_NAME = re.compile(rf"{re.escape(_TEMP_PREFIX)}\d+-[a-z0-9_]{{8}}")
+
+
+def prune_abandoned(root: Path) -> list[str]:
+    """Remove the temporary directories of publishes killed midway; their names.
+
+    Only for the one writer of `root` (the signer holding its data directory), before
+    it publishes: another writer's snapshot in progress looks the same. Names not of
+    SnapshotBuilder's making are left alone.
+    """
+    removed: list[str] = []
+    if not root.is_dir():
+        return removed
+    for path in sorted(root.iterdir()):
+        if _TEMP_NAME.fullmatch(path.name) and path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+            removed.append(path.name)
+    return removed
+
+
 class SnapshotBuilder:
     """Collects the files of one snapshot in a temporary directory."""
 
     def __init__(self, root: Path, sequence: int) -> None:
         self.sequence = sequence
         self._root = root
-        self._dir = Path(tempfile.mkdtemp(prefix=f".tmp-{sequence}-", dir=root))
+        self._dir = Path(tempfile.mkdtemp(prefix=f"{_TEMP_PREFIX}{sequence}-", dir=root))
         self._files: dict[str, str] = {}
         self._crls: list[CrlInfo] = []
         self._record_count = 0

@@ -50,11 +50,11 @@ def jpki_va(*args: str, cwd: Path, check: bool = False) -> subprocess.CompletedP
     )
 
 
-def _start_demo(directory: Path, port: int, http_port: int) -> subprocess.Popen[str]:
+def _start_demo(directory: Path, port: int, http_port: int | None) -> subprocess.Popen[str]:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
+    http = [] if http_port is None else ["--http-port", str(http_port)]
     return subprocess.Popen(
-        [*JPKI_VA, "demo", "--dir", str(directory), "--port",
-         str(port), "--http-port", str(http_port)],
+        [*JPKI_VA, "demo", "--dir", str(directory), "--port", str(port), *http],
         cwd=directory.parent,
         env=env,
         stdout=subprocess.PIPE,
@@ -214,30 +214,63 @@ def test_demo_certificates_point_at_its_http_endpoint(
 
 
 def test_demo_runs_again_on_the_same_directory(tmp_path: Path) -> None:
+    """Reused: same certificates, gRPC where asked this time, and the HTTP port its
+    certificates and CRLs name (issue 15, item 12: another --http-port was silently
+    ignored; it is refused with one line before anything starts)."""
     directory = tmp_path / "again"
-    for attempt in range(2):
-        proc = _start_demo(directory, _free_port_pair(), free_port())
-        try:
-            state = directory / "demo.json"
-            if attempt == 1:
-                first = state.read_text()
-                state.touch()
-            wait_for(
-                lambda p=proc: p.poll() is not None or _serving(directory),  # type: ignore[misc]
-                "demo to serve",
-                timeout=180,
-            )
-            assert proc.poll() is None
-            if attempt == 1:
-                # Reused: same certificates, new ports written.
-                again = json.loads(state.read_text())
-                assert [c["serial"] for c in again["certs"]] == [
-                    c["serial"] for c in json.loads(first)["certs"]
-                ]
-        finally:
-            out = _stop(proc)
-        if attempt == 1:
-            assert "reusing" in out
+    state = directory / "demo.json"
+    http_port = free_port()
+    proc = _start_demo(directory, _free_port_pair(), http_port)
+    try:
+        _wait_serving(proc, directory)
+    finally:
+        _stop(proc)
+    first = state.read_text()
+
+    other = next(p for p in iter(free_port, None) if p != http_port)
+    refused = _start_demo(directory, _free_port_pair(), other)
+    try:
+        _wait_serving(refused, directory, exited=True)
+    finally:
+        started = refused.poll() is None
+        out = _stop(refused) if started else refused.communicate(timeout=60)[0]
+    assert not started, f"it served, ignoring --http-port {other}:\n{out}"
+    assert refused.returncode == 2, out
+    assert "Traceback" not in out
+    lines = out.strip().splitlines()
+    assert len(lines) == 1, out
+    assert f"--http-port {other}" in lines[0] and f"127.0.0.1:{http_port}" in lines[0]
+    assert "--reset" in lines[0]
+    assert state.read_text() == first
+
+    proc = _start_demo(directory, _free_port_pair(), None)
+    try:
+        _wait_serving(proc, directory)
+        again = json.loads(state.read_text())
+        assert [c["serial"] for c in again["certs"]] == [
+            c["serial"] for c in json.loads(first)["certs"]
+        ]
+        assert again["http"] == f"http://127.0.0.1:{http_port}"
+        cert = again["certs"][0]
+        verified = openssl(
+            "ocsp", "-url", again["http"] + "/ocsp", "-issuer", str(directory / cert["issuer"]),
+            "-cert", str(directory / cert["cert"]), "-CAfile", str(directory / again["root"]),
+        )  # fmt: skip
+        assert "Response verify OK" in verified.stderr
+    finally:
+        out = _stop(proc)
+    assert "reusing" in out
+
+
+def _wait_serving(proc: subprocess.Popen[str], directory: Path, *, exited: bool = False) -> None:
+    """Until the demo serves (or exits); `exited`: an exit is what is expected."""
+    wait_for(
+        lambda: proc.poll() is not None or _serving(directory),
+        "the demo to serve or exit",
+        timeout=180,
+    )
+    if not exited:
+        assert proc.poll() is None
 
 
 def _serving(directory: Path) -> bool:
