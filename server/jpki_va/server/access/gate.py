@@ -82,12 +82,16 @@ class Operators:
 
 
 class Gate:
+    """Identifies callers, checks entitlements, records what was provided."""
+
     def __init__(
         self,
         verifiers: Callable[[], VerifierTable],
         ledger: Recorder,
         clock: Clock,
     ) -> None:
+        # Asked on every identification, and must give the registry as it is now (the
+        # live index's, caught up with its deltas): a change applies to the next call.
         self._verifiers = verifiers
         self._ledger = ledger
         self._clock = clock

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -107,12 +108,20 @@ class _Meta:
     verifiers: VerifierTable
 
 
+def _version_number(version: bytes) -> int:
+    return int.from_bytes(version, "big")  # b"": an index no delta has touched
+
+
 class Index:
     """A read-only handle on one index environment. Open it after fork.
 
     Deltas change the environment under it: every lookup reads `version` in its
     own read transaction (one small `get`) and reloads the cached metadata when a
     delta has bumped it, so answers and their CRL times always agree.
+
+    What is read without a lookup (the verifier registry, for access control)
+    would otherwise wait for one: `refresh` catches up whenever the environment's
+    last committed transaction has moved, which costs a comparison, not a read.
     """
 
     def __init__(self, path: Path) -> None:
@@ -136,12 +145,15 @@ class Index:
         self._signing_records = dbs[b"signing_records"]
         self._consents = dbs[b"consents"]
         self._events = dbs[b"events"]
+        self._install_lock = threading.Lock()
         with self._env.begin() as txn:
             raw_meta = txn.get(b"manifest", db=self._meta_db)
             issuer_pem = txn.get(b"issuers", db=self._meta_db)
             if raw_meta is None or issuer_pem is None:
                 raise ValueError(f"{path} is not a complete index")
             self._meta = self._load_meta(txn)
+            # The last write transaction whose metadata `_meta` reflects (or a newer one).
+            self._seen_txn: int = txn.id()
         meta = json.loads(bytes(raw_meta))
         self.issuer_key_ids = [bytes.fromhex(k) for k in meta["issuer_key_ids"]]
         kinds = {bytes.fromhex(k): CertKind[v] for k, v in meta["issuer_kinds"].items()}
@@ -185,7 +197,12 @@ class Index:
         version = txn.get(_VERSION, default=b"", db=self._meta_db)
         meta = self._meta  # another thread may replace it: use what was checked
         if bytes(version) != meta.version:
-            meta = self._meta = self._load_meta(txn)
+            meta = self._load_meta(txn)
+            with self._install_lock:
+                # A transaction that began before a newer delta must not take the
+                # cache back to its older view: `refresh` trusts the cache to be new.
+                if _version_number(meta.version) > _version_number(self._meta.version):
+                    self._meta = meta
         return meta
 
     # what the index reflects ------------------------------------------------------------
@@ -217,7 +234,12 @@ class Index:
 
     @property
     def verifiers(self) -> VerifierTable:
-        """The verifier registry (a delta replaces it whole)."""
+        """The verifier registry as of the latest delta applied (a delta replaces it whole).
+
+        Refreshed on every read: who may have what must not wait for some lookup to
+        notice a delta (a removed verifier would keep its answers meanwhile).
+        """
+        self.refresh()
         return self._meta.verifiers
 
     @property
@@ -232,9 +254,19 @@ class Index:
         return self._meta.compromises
 
     def refresh(self) -> None:
-        """Reload the metadata if a delta changed it."""
+        """Reload the metadata if a delta changed it.
+
+        Only the ingester writes to a published index, one transaction per delta, so
+        while the environment's last transaction id (read from its meta pages: no
+        read transaction, no lock) is the one already seen, nothing changed.
+        """
+        if self._env.info()["last_txnid"] == self._seen_txn:
+            return
         with self._env.begin() as txn:
             self._fresh(txn)
+            seen = txn.id()  # what this transaction read, not what `info` said
+        with self._install_lock:
+            self._seen_txn = max(self._seen_txn, seen)
 
     # lookups ----------------------------------------------------------------------------
     def get(self, kind: CertKind, serial: int) -> StatusRecord | None:

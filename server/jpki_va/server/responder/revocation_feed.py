@@ -16,14 +16,21 @@ batch of each watch, and new ones once, when they appear.
 
 Each watch holds a worker thread while it waits, so a worker takes at most
 `max_watches` at once; the others get TooManyWatches and retry elsewhere.
+
+A watch lives longer than the registry entry it was admitted with: before every
+batch (every poll, so at every registry change too) the watcher is identified
+again. Events of a kind it may no longer receive are neither sent nor counted; a
+watcher no longer entitled to any kind it watches, or no longer registered, gets
+the refusal (NotEntitled, or whatever `who` raises) and the watch ends.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 from jpki_va.core.domain import CertKind, Provision, Verifier
@@ -31,6 +38,8 @@ from jpki_va.server.law.entitlements import NotEntitled, check_entitled, status_
 from jpki_va.server.law.issuer_compromise import Compromise
 from jpki_va.server.model.registry_values import LossEvent
 from jpki_va.server.responder.status import IndexHolder
+
+log = logging.getLogger(__name__)
 
 POLL_SECONDS = 0.25  # how soon a published delta reaches a watcher
 HEARTBEAT_SECONDS = 30.0  # a batch without events at least this often keeps proxies open
@@ -103,16 +112,20 @@ class RevocationFeed:
 
     def watch(
         self,
-        verifier: Verifier,
+        who: Callable[[], Verifier],
         since: int,
         requested: Iterable[CertKind] = (),
         done: threading.Event | None = None,
     ) -> Iterator[FeedBatch]:
         """Batches after `since` until `done` is set (the caller went away) or the feed
-        closes. The caller sets `done` when the call ends, so its slot frees at once."""
+        closes. The caller sets `done` when the call ends, so its slot frees at once.
+
+        `who` is the watcher as the verifier registry has it now (it raises when the
+        watcher is no longer registered); it is asked before every batch.
+        """
         if not 0 <= since < MAX_SEQUENCE:
             raise ValueError(f"since must be 0 to {MAX_SEQUENCE - 1}, got {since}")
-        kinds = self.kinds_for(verifier, requested)
+        kinds = self.kinds_for(who(), requested)
         done = done or threading.Event()
         if not self._slots.acquire(blocking=False):
             raise TooManyWatches(
@@ -123,20 +136,27 @@ class RevocationFeed:
         try:
             if self._closing.is_set():
                 raise FeedClosed(f"the responder is shutting down; resume with since={since}")
-            yield from self._batches(since, kinds, done)
+            yield from self._batches(who, since, kinds, done)
         finally:
             with self._lock:
                 self._open.discard(done)
             self._slots.release()
 
     def _batches(
-        self, since: int, kinds: frozenset[CertKind], done: threading.Event
+        self,
+        who: Callable[[], Verifier],
+        since: int,
+        kinds: frozenset[CertKind],
+        done: threading.Event,
     ) -> Iterator[FeedBatch]:
         announced: set[bytes] = set()
         first, last_sent = True, 0.0
         while not done.is_set():
             index = self._holder.get()
             events, through = index.event_batch(since, self._limit)
+            # Asked after the read: the registry is then at least as new as the events,
+            # so a delta that takes a role away also takes away its own events.
+            kinds = _still_entitled(who(), kinds, since)
             full = len(events) == self._limit
             through = max(through, since)  # a replica behind this watcher never goes back
             wanted = tuple(e for e in events if e.kind in kinds)
@@ -158,9 +178,36 @@ class RevocationFeed:
                 raise FeedClosed(f"the responder is shutting down; resume with since={since}")
 
 
-def _may_receive(verifier: Verifier, kind: CertKind) -> bool:
+def _refusal(verifier: Verifier, kind: CertKind) -> NotEntitled | None:
+    """Why `verifier` may not receive the status of `kind`, or None when it may."""
     try:
         check_entitled(verifier, status_provision(kind))
-    except NotEntitled:
-        return False
-    return True
+    except NotEntitled as exc:
+        return exc
+    return None
+
+
+def _may_receive(verifier: Verifier, kind: CertKind) -> bool:
+    return _refusal(verifier, kind) is None
+
+
+def _still_entitled(
+    verifier: Verifier, kinds: frozenset[CertKind], since: int
+) -> frozenset[CertKind]:
+    """The kinds of a watch that `verifier` may still receive; NotEntitled when none.
+
+    A watch only narrows: a kind entitled later is not added, since the watch has
+    already passed over its earlier events.
+    """
+    refused = {kind: why for kind in kinds if (why := _refusal(verifier, kind)) is not None}
+    if not refused:
+        return kinds
+    if len(refused) == len(kinds):
+        why = refused[min(refused)]
+        raise NotEntitled(f"{why}; the watch ends, resume with since={since} once entitled")
+    log.info(
+        "the watch of verifier %s no longer sends %s: the registry took the role away",
+        verifier.id,
+        ", ".join(k.name for k in sorted(refused)),
+    )
+    return kinds - refused.keys()

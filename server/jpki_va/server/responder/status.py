@@ -191,11 +191,18 @@ class IndexHolder:
         return self._index is not None
 
     def refresh(self) -> bool:
-        """Open the index `current` points at, if it changed; True when swapped."""
+        """Open the index `current` points at, if it changed; True when swapped.
+
+        Otherwise catch up with deltas applied to the live index, so a worker that
+        gets no calls is current as well (a call checks again itself, cheaply).
+        """
         with self._lock:
             self._close_retired()
             target = current_index(self._root)
-            if target is None or (self._index is not None and self._index.path == target):
+            if target is None:
+                return False
+            if self._index is not None and self._index.path == target:
+                self._index.refresh()
                 return False
             try:
                 fresh = Index(target)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -117,11 +118,14 @@ class CrlServicer(crl_pb2_grpc.CrlServiceServicer):
     def WatchRevocations(
         self, request: crl_pb2.WatchRevocationsRequest, context: grpc.ServicerContext
     ) -> Iterator[crl_pb2.WatchRevocationsResponse]:
-        verifier = self._gate.identify(self._caller(context))
+        caller = self._caller(context)
+        verifier = self._gate.identify(caller)
         kinds = [kind_from_pb(k) for k in request.kinds]
         done = threading.Event()
         context.add_callback(done.set)  # cancelled, past its deadline, or ended
-        for batch in self._feed.watch(verifier, request.since, kinds, done):
+        # The feed identifies the watcher again before every batch (registry changes).
+        who = functools.partial(self._gate.identify, caller)
+        for batch in self._feed.watch(who, request.since, kinds, done):
             # Counted before the batch leaves (第41条): each event is status information.
             self._gate.provided(verifier, batch.counts)
             yield crl_pb2.WatchRevocationsResponse(

@@ -131,7 +131,8 @@ class StatusServicer(va_pb2_grpc.StatusServiceServicer):
         context: grpc.ServicerContext,
     ) -> Iterator[bytes]:
         """Yields each batch's CheckBatchResponse serialized (jpki_va.server.rpc.batch_wire)."""
-        verifier = self._gate.identify(self._caller(context))
+        caller = self._caller(context)
+        self._gate.identify(caller)  # refused before the first batch is read
         limits = self._limits
         for count, batch in enumerate(request_iterator, 1):
             if count > limits.max_batches:
@@ -140,6 +141,9 @@ class StatusServicer(va_pb2_grpc.StatusServiceServicer):
                 raise BadRequest("empty batch")
             if len(batch.requests) > limits.max_batch:
                 raise BadRequest(f"batch of {len(batch.requests)} exceeds {limits.max_batch}")
+            # A stream outlives registry changes: each batch goes to the verifier as
+            # the registry has it now (one cheap check per batch).
+            verifier = self._gate.identify(caller)
             response = self._batch(verifier, batch.requests, context)
             if response is None:
                 return
