@@ -52,6 +52,21 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def free_port_pair() -> int:
+    """A loopback port P with P+1 also free (the demo's responder and signer)."""
+    for _ in range(50):
+        port = free_port()
+        if port >= 65000:
+            continue
+        try:
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", port + 1))
+        except OSError:
+            continue
+        return port
+    raise RuntimeError("no free port pair")
+
+
 def throwaway_certificate(name: str) -> x509.Certificate:
     """A self-signed client certificate: in plaintext tests only its fingerprint matters."""
     key = ec.generate_private_key(ec.SECP256R1())

@@ -227,6 +227,10 @@ def worker_main(  # noqa: PLR0915 (a composition root: the wiring reads best in 
     waiting for that worker forever, and set() would never return.
     """
     stop = threading.Event()
+    # Our own files get their modes where they are made (private_files); this is for
+    # the metric files prometheus-client makes with the process's umask. A worker
+    # makes nothing another user should open.
+    os.umask(0o077)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     configure_json("responder-worker")

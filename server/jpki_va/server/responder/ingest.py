@@ -32,6 +32,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from jpki_va.core.clock import Clock, SystemClock
+from jpki_va.server.base.private_files import private_dir
 from jpki_va.server.responder.crl_archive import CrlArchive, archived
 from jpki_va.server.responder.index_build import build_index, publish_index
 from jpki_va.server.responder.index_delta import AppliedLoss, DeltaNotApplicable, apply_delta
@@ -166,7 +167,7 @@ class Ingester:
         self._behind: set[str] = set()
         self._seen: set[str] | None = None  # snapshots present at start, or ingested
         self._live: _Live | None = None
-        index_root.mkdir(parents=True, exist_ok=True)
+        private_dir(index_root)
 
     @property
     def metrics(self) -> IngestMetrics:
