@@ -19,6 +19,7 @@ from jpki_va.core.clock import Clock, SystemClock
 from jpki_va.protos import signer_pb2, signer_pb2_grpc
 from jpki_va.server.access.gate import NotOperator, Operators
 from jpki_va.server.app.config import ConfigError, SignerConfig
+from jpki_va.server.base.refusal_log import RefusalLog
 from jpki_va.server.law.entitlements import NotEntitled
 from jpki_va.server.ledger.provisions import Ledger
 from jpki_va.server.pki.cert_profile import ProfileSettings
@@ -74,6 +75,7 @@ class SignerApp:
     port: int
     health: object
     metrics: SignerMetrics
+    refusals: RefusalLog
     _stop: threading.Event
     _publisher_thread: threading.Thread | None = None
     _metrics_server: Any = None
@@ -91,6 +93,7 @@ class SignerApp:
         self.registry.close()
         self.ledger.close()
         self.token.close()
+        self.refusals.flush(final=True)
 
     def wait(self) -> None:
         self.server.wait_for_termination()
@@ -115,6 +118,7 @@ def start_signer(config: SignerConfig, clock: Clock | None = None) -> SignerApp:
     operators = _operators(config)
     credentials = None if config.tls is None else server_credentials(*config.tls.read())
     metrics = SignerMetrics()
+    refusals = RefusalLog(logging.getLogger("jpki_va.server.refusals"))
     token = hsm.Hsm.open(config.hsm, observer=metrics)
     registry = Registry(config.registry_dir)
     ledger = Ledger(config.ledger_dir)
@@ -136,6 +140,7 @@ def start_signer(config: SignerConfig, clock: Clock | None = None) -> SignerApp:
             max_workers=config.grpc_workers,
             mapping=SIGNER_ERRORS,
             maximum_concurrent_rpcs=config.grpc_workers,
+            refusals=refusals,
         )
         verifiers = VerifierRegistry(registry, authority, ledger, clock)
         caller = functools.partial(caller_of, insecure_loopback=config.insecure_loopback)
@@ -159,7 +164,9 @@ def start_signer(config: SignerConfig, clock: Clock | None = None) -> SignerApp:
         raise
     server_common.set_serving(health, [SERVICE], True)
     stop = threading.Event()
-    app = SignerApp(config, token, registry, ledger, signer, server, port, health, metrics, stop)
+    app = SignerApp(
+        config, token, registry, ledger, signer, server, port, health, metrics, refusals, stop
+    )
     if metrics_server is not None:
         app._metrics_server = metrics_server
         app.metrics_port = int(metrics_server.server_port)
