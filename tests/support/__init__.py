@@ -6,6 +6,7 @@ directory, gRPC servers on loopback ports, a spawned responder worker process.
 
 from __future__ import annotations
 
+import select
 import socket
 import subprocess
 import sys
@@ -50,6 +51,21 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def free_port_pair() -> int:
+    """A loopback port P with P+1 also free (the demo's responder and signer)."""
+    for _ in range(50):
+        port = free_port()
+        if port >= 65000:
+            continue
+        try:
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", port + 1))
+        except OSError:
+            continue
+        return port
+    raise RuntimeError("no free port pair")
 
 
 def throwaway_certificate(name: str) -> x509.Certificate:
@@ -346,3 +362,64 @@ def start_responder(pki: Pki, state_dir: Path, **settings: Any) -> ExtraResponde
     runner = threading.Thread(target=responder.run, args=(stop,), daemon=True)
     runner.start()
     return ExtraResponder(responder, stop, runner)
+
+
+@dataclass
+class CliResponder:
+    """`jpki-va responder` run as its own process, its log (stderr) kept in a file."""
+
+    proc: subprocess.Popen[str]
+    port: int
+    http_port: int
+    log_file: Path
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def log(self) -> str:
+        return self.log_file.read_text(encoding="utf-8", errors="replace")
+
+    def stop(self) -> str:
+        """SIGTERM (workers drain and flush their logs), a clean exit; the whole log."""
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=60)
+        assert self.proc.stdout is not None
+        self.proc.stdout.close()
+        assert self.proc.returncode == 0, self.log()[-4000:]
+        return self.log()
+
+
+def start_cli_responder(pki: Pki, state_dir: Path, log_file: Path) -> CliResponder:
+    """One worker over `pki`'s snapshots, serving once it has loaded an index."""
+    http_port = free_port()
+    with log_file.open("w") as log:
+        proc = subprocess.Popen(
+            [*JPKI_VA, "responder", "--snapshots", str(pki.signer.config.snapshot_dir),
+             "--state-dir", str(state_dir), "--trust-anchor", str(pki.root_file),
+             "--workers", "1", "--insecure-loopback", "--loopback-verifier", ALL_ROLES_VERIFIER,
+             "--poll-interval", "0.1", "--listen", "127.0.0.1:0",
+             "--http-listen", f"127.0.0.1:{http_port}"],
+            cwd=REPO, stdout=subprocess.PIPE, stderr=log, text=True,
+        )  # fmt: skip
+    assert proc.stdout is not None
+    ready, _, _ = select.select([proc.stdout], [], [], 60)
+    line = proc.stdout.readline() if ready else ""
+    if not line.startswith("responder listening on port "):
+        proc.kill()
+        proc.wait(10)
+        raise AssertionError(f"responder did not start: {line!r}\n{log_file.read_text()[-4000:]}")
+    running = CliResponder(proc, int(line.rsplit(" ", 1)[1]), http_port, log_file)
+    with grpc.insecure_channel(running.address) as channel:
+        stub = va_pb2_grpc.StatusServiceStub(channel)
+
+        def serving() -> bool:
+            try:
+                stub.ListIssuers(va_pb2.ListIssuersRequest(), timeout=5)
+            except grpc.RpcError:
+                return False
+            return True
+
+        wait_for(serving, "the responder to load an index")
+    return running

@@ -20,7 +20,7 @@ import grpc
 
 from jpki_va.hsm import HsmConfig
 from jpki_va.protos import signer_pb2_grpc
-from jpki_va.server.faults import ENV as FAULT_ENV
+from jpki_va.server.base.faults import ENV as FAULT_ENV
 from tests.support import JPKI_VA, free_port, wait_for
 
 

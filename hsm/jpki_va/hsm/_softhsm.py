@@ -7,6 +7,7 @@ SoftHSM2 config at a time. Each call re-initialises the module with the new conf
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from pkcs11 import TokenFlag
@@ -37,9 +38,15 @@ def init_softhsm_token(
         raise HsmConfigError("SO and user PINs must not be empty")
     directory = Path(directory).resolve()
     tokendir = directory / "tokens"
-    tokendir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    # The token's keys are for this user alone, whatever the umask (mkdir honours it).
+    for made in (directory, tokendir):
+        if not made.is_dir():
+            made.mkdir(parents=True, mode=0o700)
+            made.chmod(0o700)
     conf = directory / "softhsm2.conf"
-    conf.write_text(_CONF_TEMPLATE.format(tokendir=tokendir), encoding="utf-8")
+    fd = os.open(conf, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(_CONF_TEMPLATE.format(tokendir=tokendir))
 
     lib = _library.reload_for_new_config(module, str(conf))
     try:

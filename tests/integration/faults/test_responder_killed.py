@@ -16,7 +16,7 @@ import pytest
 
 from jpki_va.core.domain import CertKind
 from jpki_va.protos import signer_pb2, va_pb2, va_pb2_grpc
-from jpki_va.server.faults import POINTS
+from jpki_va.server.base.faults import POINTS
 from tests.support import ALL_ROLES_VERIFIER, Pki, wait_for
 from tests.support.processes import ResponderProcess, alive, start_responder_process
 

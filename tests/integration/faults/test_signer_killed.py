@@ -26,7 +26,7 @@ from jpki_va.hsm import HsmConfig
 from jpki_va.protos import signer_pb2, signer_pb2_grpc, va_pb2, va_pb2_grpc, verifiers_pb2
 from jpki_va.server.app.config import ResponderConfig
 from jpki_va.server.app.responder_app import Responder
-from jpki_va.server.faults import POINTS
+from jpki_va.server.base.faults import POINTS
 from jpki_va.server.snapshot.manifest import SnapshotRejected
 from jpki_va.server.snapshot.verify import SnapshotVerifier
 from tests.support import ALL_ROLES_VERIFIER, throwaway_certificate, wait_for

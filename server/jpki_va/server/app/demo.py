@@ -34,6 +34,7 @@ from jpki_va.protos import signer_pb2, signer_pb2_grpc, va_pb2, verifiers_pb2
 from jpki_va.server.app.config import ConfigError, ResponderConfig, SignerConfig
 from jpki_va.server.app.responder_app import Responder
 from jpki_va.server.app.signer_app import SignerApp, start_signer
+from jpki_va.server.base.private_files import private_dir, write_private
 
 log = logging.getLogger(__name__)
 
@@ -80,8 +81,7 @@ class _Setup:
     def __init__(self, directory: Path, stub: signer_pb2_grpc.SignerServiceStub) -> None:
         self.dir = directory
         self.stub = stub
-        self.certs_dir = directory / "certs"
-        self.certs_dir.mkdir(exist_ok=True)
+        self.certs_dir = private_dir(directory / "certs")
         self.entries: list[dict[str, Any]] = []
         self.serials: dict[tuple[str, CertKind], bytes] = {}
         self.keys: dict[tuple[str, CertKind], rsa.RSAPrivateKey] = {}
@@ -90,7 +90,7 @@ class _Setup:
         cert = x509.load_der_x509_certificate(der)
         kid = x509.SubjectKeyIdentifier.from_public_key(cert.public_key()).digest.hex()[:8]
         path = self.certs_dir / f"issuer-{kid}.pem"
-        path.write_bytes(_pem(cert))
+        write_private(path, _pem(cert))
         return path.relative_to(self.dir).as_posix()
 
     def issue(self, holder: DemoHolder, kind: CertKind) -> None:
@@ -118,15 +118,14 @@ class _Setup:
         reply = self.stub.IssueCertificate(request, timeout=30)
         name = f"{holder.slug}-{kind.slug}"
         cert = x509.load_der_x509_certificate(reply.certificate_der)
-        (self.certs_dir / f"{name}.pem").write_bytes(_pem(cert))
-        key_path = self.certs_dir / f"{name}.key.pem"
-        key_path.touch(mode=0o600)
-        key_path.write_bytes(
+        write_private(self.certs_dir / f"{name}.pem", _pem(cert))
+        write_private(
+            self.certs_dir / f"{name}.key.pem",
             key.private_bytes(
                 serialization.Encoding.PEM,
                 serialization.PrivateFormat.PKCS8,
                 serialization.NoEncryption(),
-            )
+            ),
         )
         self.serials[(holder.slug, kind)] = reply.serial
         self.keys[(holder.slug, kind)] = key
@@ -164,14 +163,13 @@ class _Setup:
 
 def _create(directory: Path, port: int, signer_port: int, http_port: int) -> dict[str, Any]:
     """A fresh demo directory: token, hierarchy, certificates, first snapshot."""
-    directory.mkdir(parents=True)
+    # The token, its PINs, holders' keys: the demo directory is its user's alone.
+    private_dir(directory)
     token_dir = directory / "hsm"
     user_pin, so_pin = secrets.token_hex(8), secrets.token_hex(8)
     conf = hsm.init_softhsm_token(token_dir, TOKEN_LABEL, so_pin=so_pin, user_pin=user_pin)
     for name, pin in (("user.pin", user_pin), ("so.pin", so_pin)):
-        path = token_dir / name
-        path.touch(mode=0o600)
-        path.write_text(pin + "\n")
+        write_private(token_dir / name, f"{pin}\n".encode())
     return {
         "responder": f"127.0.0.1:{port}",
         "signer": f"127.0.0.1:{signer_port}",
@@ -210,10 +208,9 @@ def _populate(directory: Path, info: dict[str, Any], signer: SignerApp) -> None:
     with grpc.insecure_channel(info["signer"]) as channel:
         stub = signer_pb2_grpc.SignerServiceStub(channel)
         issuers = stub.ListIssuers(va_pb2.ListIssuersRequest(), timeout=30)
-        certs_dir = directory / "certs"
-        certs_dir.mkdir(exist_ok=True)
+        certs_dir = private_dir(directory / "certs")
         root = x509.load_der_x509_certificate(issuers.root_certificate_der)
-        (certs_dir / "root.pem").write_bytes(_pem(root))
+        write_private(certs_dir / "root.pem", _pem(root))
         setup = _Setup(directory, stub)
         for holder in HOLDERS:
             for kind in CertKind:
@@ -248,7 +245,7 @@ def _register_verifier(certs_dir: Path, stub: signer_pb2_grpc.SignerServiceStub)
         .not_valid_after(now + timedelta(days=365))
         .sign(key, hashes.SHA256())
     )
-    (certs_dir / "demo-verifier.pem").write_bytes(_pem(cert))
+    write_private(certs_dir / "demo-verifier.pem", _pem(cert))
     stub.AddVerifier(
         verifiers_pb2.AddVerifierRequest(
             id=DEMO_VERIFIER,
@@ -378,7 +375,7 @@ def run(
         runner = threading.Thread(target=responder.run, args=(stop,), daemon=True)
         runner.start()
         tmp = state.with_suffix(".tmp")
-        tmp.write_text(json.dumps(info, indent=2, ensure_ascii=False) + "\n")
+        write_private(tmp, (json.dumps(info, indent=2, ensure_ascii=False) + "\n").encode())
         tmp.replace(state)  # scripts see a complete demo.json or none
         cwd = Path.cwd()
         shown = directory.relative_to(cwd) if directory.is_relative_to(cwd) else directory

@@ -46,6 +46,7 @@ from jpki_va.server.app.config import ResponderConfig
 from jpki_va.server.app.dir_lock import DirectoryLock
 from jpki_va.server.app.lifeline import ParentGone, tie_to_parent
 from jpki_va.server.app.logs import configure_json
+from jpki_va.server.base.refusal_log import RefusalLog
 from jpki_va.server.http.access import HttpAccess
 from jpki_va.server.http.app import HttpApp
 from jpki_va.server.http.server import HttpServer
@@ -231,6 +232,10 @@ def worker_main(  # noqa: PLR0915 (a composition root: the wiring reads best in 
     waiting for that worker forever, and set() would never return.
     """
     stop = threading.Event()
+    # Our own files get their modes where they are made (private_files); this is for
+    # the metric files prometheus-client makes with the process's umask. A worker
+    # makes nothing another user should open.
+    os.umask(0o077)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     configure_json("responder-worker")
@@ -240,6 +245,8 @@ def worker_main(  # noqa: PLR0915 (a composition root: the wiring reads best in 
     except ParentGone as exc:
         log.warning("%s; not serving", exc)
         return
+    # One per process, so both transports' refusals share the bound.
+    refusals = RefusalLog(logging.getLogger("jpki_va.server.refusals"))
     clock = SystemClock()
     metrics = WorkerMetrics()
     holder = IndexHolder(config.index_dir)
@@ -269,6 +276,7 @@ def worker_main(  # noqa: PLR0915 (a composition root: the wiring reads best in 
         ],
         served_by=str(os.getpid()),
         interceptors=[MetricsInterceptor(metrics)],
+        refusals=refusals,
     )
     stream_limits = StreamLimits(config.max_batch, config.max_stream_batches)
     counted = CountedSource(source, metrics)
@@ -298,7 +306,7 @@ def worker_main(  # noqa: PLR0915 (a composition root: the wiring reads best in 
     server.start()
     http = None
     if config.http_listen is not None and http_port is not None:
-        access = HttpAccess(ocsp, crl_files, gate, config.loopback_verifier)
+        access = HttpAccess(ocsp, crl_files, gate, config.loopback_verifier, refusals)
         app = HttpApp(access, max_request_bytes=config.max_ocsp_request_bytes, observer=metrics)
         http = HttpServer(app, _host(config.http_listen), http_port)
         http.start()
@@ -309,6 +317,7 @@ def worker_main(  # noqa: PLR0915 (a composition root: the wiring reads best in 
     signer = keystore.current()
     while not stop.wait(0.2):
         metrics.flush()
+        refusals.flush()
         holder.refresh()
         if keystore.current() is not signer:
             # A rotated OCSP key: answers come from the new one from now on.
@@ -329,6 +338,7 @@ def worker_main(  # noqa: PLR0915 (a composition root: the wiring reads best in 
     server.stop(config.grace_seconds).wait()
     committer.close()
     metrics.flush()
+    refusals.flush(final=True)
     ledger.sync()
     ledger.close()
     archive.close()

@@ -20,6 +20,7 @@ from jpki_va.protos import signer_pb2, signer_pb2_grpc
 from jpki_va.server.access.gate import NotOperator, Operators
 from jpki_va.server.app.config import ConfigError, SignerConfig
 from jpki_va.server.app.dir_lock import DirectoryLock
+from jpki_va.server.base.refusal_log import RefusalLog
 from jpki_va.server.law.entitlements import NotEntitled
 from jpki_va.server.ledger.provisions import Ledger
 from jpki_va.server.pki.cert_profile import ProfileSettings
@@ -76,6 +77,7 @@ class SignerApp:
     port: int
     health: object
     metrics: SignerMetrics
+    refusals: RefusalLog
     _stop: threading.Event
     _lock: DirectoryLock
     _publisher_thread: threading.Thread | None = None
@@ -94,6 +96,7 @@ class SignerApp:
         self.registry.close()
         self.ledger.close()
         self.token.close()
+        self.refusals.flush(final=True)
         self._lock.release()
 
     def wait(self) -> None:
@@ -135,6 +138,7 @@ def start_signer(config: SignerConfig, clock: Clock | None = None) -> SignerApp:
     operators = _operators(config)
     credentials = None if config.tls is None else server_credentials(*config.tls.read())
     metrics = SignerMetrics()
+    refusals = RefusalLog(logging.getLogger("jpki_va.server.refusals"))
     lock, token = _hold_data_dir(config, metrics)
     registry = Registry(config.registry_dir)
     ledger = Ledger(config.ledger_dir)
@@ -156,6 +160,7 @@ def start_signer(config: SignerConfig, clock: Clock | None = None) -> SignerApp:
             max_workers=config.grpc_workers,
             mapping=SIGNER_ERRORS,
             maximum_concurrent_rpcs=config.grpc_workers,
+            refusals=refusals,
         )
         verifiers = VerifierRegistry(registry, authority, ledger, clock)
         caller = functools.partial(caller_of, insecure_loopback=config.insecure_loopback)
@@ -181,7 +186,7 @@ def start_signer(config: SignerConfig, clock: Clock | None = None) -> SignerApp:
     server_common.set_serving(health, [SERVICE], True)
     stop = threading.Event()
     app = SignerApp(
-        config, token, registry, ledger, signer, server, port, health, metrics, stop, lock
+        config, token, registry, ledger, signer, server, port, health, metrics, refusals, stop, lock
     )
     if metrics_server is not None:
         app._metrics_server = metrics_server

@@ -6,7 +6,9 @@ loopback takes the x-jpki-verifier metadata; a request without it is the
 configured loopback verifier's, if any. Entitlements and provision counts are the
 same as over gRPC: OCSP answers `unauthorized` to a caller who may not have them,
 a CRL is 401/403. What was provided is tallied and committed to the ledger once per
-turn of the event loop, before the responses of that turn leave (`commit`).
+turn of the event loop, before the responses of that turn leave (`commit`). A
+refused OCSP request is logged through the process's `RefusalLog`: the caller's
+header cut short, and not once per request.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from collections.abc import Mapping
 
 from jpki_va.core.domain import CertKind, Provision, Verifier
 from jpki_va.server.access.gate import Caller, Gate, NoIdentity, UnknownVerifier
+from jpki_va.server.base.refusal_log import RefusalLog
 from jpki_va.server.http.app import Forbidden, PublishedCrl
 from jpki_va.server.law.entitlements import NotEntitled, crl_provision
 from jpki_va.server.pki.ocsp_wire import ResponseStatus, unsuccessful
@@ -34,9 +37,15 @@ class HttpAccess:
     """Used from the HTTP event loop thread only."""
 
     def __init__(
-        self, ocsp: OcspResponder, files: CrlFiles, gate: Gate, default_verifier: str | None
+        self,
+        ocsp: OcspResponder,
+        files: CrlFiles,
+        gate: Gate,
+        default_verifier: str | None,
+        refusals: RefusalLog | None = None,
     ) -> None:
         self._ocsp = GatedOcsp(ocsp, gate, self._tally)
+        self._refusals = refusals or RefusalLog(log)
         self._files = files
         self._gate = gate
         self._default = default_verifier
@@ -62,7 +71,8 @@ class HttpAccess:
         try:
             return self._ocsp.respond(self._caller(claimed), der)
         except (NoIdentity, UnknownVerifier, NotEntitled) as exc:
-            log.info("HTTP OCSP refused: %s", exc)
+            # The reason is the class (a constant); the message carries the caller's id.
+            self._refusals.refused(f"HTTP OCSP refused ({type(exc).__name__})", str(exc))
             return _UNAUTHORIZED
 
     def crl(

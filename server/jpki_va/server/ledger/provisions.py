@@ -39,6 +39,7 @@ import lmdb
 
 from jpki_va.core.clock import JST
 from jpki_va.core.domain import Provision
+from jpki_va.server.base.private_files import LMDB_MODE, private_dir
 
 _MAP_SIZE = 1 << 36
 _COUNT = 8  # bytes of a big-endian counter
@@ -150,7 +151,7 @@ class Ledger:
         self._writer: int | None = None
         try:
             if not readonly:
-                path.mkdir(parents=True, exist_ok=True)
+                private_dir(path)
             if exclusive:
                 self._writer = _hold_writer_lock(path)
             # sync off: a commit reaches the page cache (safe from a killed process);
@@ -162,6 +163,7 @@ class Ledger:
                 readonly=readonly,
                 sync=False,
                 metasync=False,
+                mode=LMDB_MODE,
             )
             self._counts, self._audit = (
                 self._env.open_db(name, create=not readonly) for name in self._DBS
@@ -308,7 +310,7 @@ def claim_shards(root: Path, slots: int) -> None:
     for slot in range(slots):
         path = shard_path(root, slot)
         try:
-            path.mkdir(parents=True, exist_ok=True)
+            private_dir(path)
             os.close(_hold_writer_lock(path))
         except OSError as exc:
             raise LedgerError(f"cannot open the provision ledger {path}: {exc}") from None

@@ -30,6 +30,7 @@ from jpki_va.core.domain import (
     parse_record_key,
     record_key,
 )
+from jpki_va.server.base.private_files import LMDB_MODE, private_dir
 from jpki_va.server.law.issuer_compromise import CARD_OF, Compromise, effective_loss
 from jpki_va.server.model.registry_values import (
     CertificateRecord,
@@ -451,9 +452,11 @@ class Registry:
     )
 
     def __init__(self, path: Path, *, map_size: int = 1 << 36) -> None:
-        path.mkdir(parents=True, exist_ok=True)
+        private_dir(path)  # resident codes: for the signer's user only
         # sync and metasync stay on: a registry write the caller saw must survive a crash.
-        self._env = lmdb.open(str(path), map_size=map_size, max_dbs=len(self._DBS), subdir=True)
+        self._env = lmdb.open(
+            str(path), map_size=map_size, max_dbs=len(self._DBS), subdir=True, mode=LMDB_MODE
+        )
         self._dbs = {name: self._env.open_db(name.encode()) for name in self._DBS}
 
     @contextmanager

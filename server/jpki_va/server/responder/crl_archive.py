@@ -22,6 +22,7 @@ from typing import Any
 import lmdb
 
 from jpki_va.core.domain import CertKind
+from jpki_va.server.base.private_files import LMDB_MODE, private_dir
 
 _MAP_SIZE = 1 << 40
 _NUMBER = 8
@@ -82,8 +83,8 @@ class CrlArchive:
     _DBS = (b"crls", b"info")
 
     def __init__(self, path: Path) -> None:
-        path.mkdir(parents=True, exist_ok=True)
-        self._env = lmdb.open(str(path), map_size=_MAP_SIZE, max_dbs=len(self._DBS))
+        private_dir(path)
+        self._env = lmdb.open(str(path), map_size=_MAP_SIZE, max_dbs=len(self._DBS), mode=LMDB_MODE)
         self._der, self._info = (self._env.open_db(name) for name in self._DBS)
 
     def add(self, items: Iterable[tuple[ArchivedCrl, bytes]]) -> int:

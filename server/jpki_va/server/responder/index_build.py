@@ -20,7 +20,8 @@ from jpki_va.core.domain import (
     CertKind,
     record_key,
 )
-from jpki_va.server.faults import fault_point
+from jpki_va.server.base.faults import fault_point
+from jpki_va.server.base.private_files import LMDB_MODE, private_dir
 from jpki_va.server.pki.crl_stream import read_entries, tbs_certlist
 from jpki_va.server.responder.index_layout import (
     _DBS,
@@ -67,11 +68,11 @@ def build_index(snapshot: VerifiedSnapshot, index_root: Path) -> Path:
     manifest = snapshot.manifest
     if manifest.type != "full":
         raise SnapshotRejected("only a full snapshot builds a new index")
-    index_root.mkdir(parents=True, exist_ok=True)
+    private_dir(index_root)
     final = index_root / index_dirname(manifest.sequence)
     tmp = index_root / f"{_BUILD_PREFIX}{index_dirname(manifest.sequence)}"
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
+    private_dir(tmp)
     try:
         _build(snapshot, tmp)
     except BaseException:
@@ -220,7 +221,14 @@ def _build(snapshot: VerifiedSnapshot, path: Path) -> None:
     key_ids = manifest.issuer_key_ids
     kinds = {c.info.issuer_key_id: c.info.kind for c in snapshot.crls}
     kinds.update({c.key_id: c.kind for c in manifest.compromises})
-    env = lmdb.open(str(path), map_size=_MAP_SIZE, max_dbs=len(_DBS), sync=False, metasync=False)
+    env = lmdb.open(
+        str(path),
+        map_size=_MAP_SIZE,
+        max_dbs=len(_DBS),
+        sync=False,
+        metasync=False,
+        mode=LMDB_MODE,
+    )
     try:
         dbs = {name: env.open_db(name) for name in _DBS}
         _put_status(env, dbs[b"status"], snapshot, compromised, losses)

@@ -15,7 +15,8 @@ from jpki_va.core.domain import (
     CertKind,
     record_key,
 )
-from jpki_va.server.faults import fault_point
+from jpki_va.server.base.faults import fault_point
+from jpki_va.server.base.private_files import LMDB_MODE
 from jpki_va.server.responder.index_layout import (
     _DBS,
     _MAP_SIZE,
@@ -75,7 +76,7 @@ def apply_delta(snapshot: VerifiedSnapshot, index_path: Path) -> AppliedDelta:
     manifest = snapshot.manifest
     if manifest.type != "delta":
         raise SnapshotRejected("only a delta snapshot is applied to a live index")
-    env = lmdb.open(str(index_path), map_size=_MAP_SIZE, max_dbs=len(_DBS))
+    env = lmdb.open(str(index_path), map_size=_MAP_SIZE, max_dbs=len(_DBS), mode=LMDB_MODE)
     try:
         dbs = {name: env.open_db(name, create=False) for name in _DBS}
         with env.begin(write=True) as txn:

@@ -36,6 +36,7 @@ from jpki_va.core.domain import (
     parse_record_key,
     record_key,
 )
+from jpki_va.server.base.private_files import LMDB_MODE
 from jpki_va.server.law.issuer_compromise import Compromise
 from jpki_va.server.model.registry_values import LossEvent
 from jpki_va.server.model.verifiers import VerifierTable
@@ -136,6 +137,7 @@ class Index:
             max_dbs=len(_DBS),
             lock=True,
             map_size=_MAP_SIZE,
+            mode=LMDB_MODE,  # the lock file, should it be missing
         )
         dbs = {name: self._env.open_db(name, create=False) for name in _DBS}
         self._status = dbs[b"status"]

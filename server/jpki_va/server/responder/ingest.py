@@ -7,13 +7,19 @@ snapshot, its previous snapshot is the one the index reflects). A delta that doe
 not follow is skipped: the responder waits for the next full snapshot.
 
 It never goes back to a lower sequence and ingests nothing that fails
-verification; a refused snapshot is logged once and the index keeps serving.
+verification; a refused snapshot is logged and counted once and the index keeps
+serving. A refused snapshot is not verified again while it stays as it was, but it
+is as soon as its content changes (a genuine copy put back in place, or a new
+directory under its name): a refused delta must not hold back the deltas after it
+until the next full snapshot.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import os
 import shutil
 import threading
 from collections.abc import Callable
@@ -23,15 +29,21 @@ from pathlib import Path
 from typing import Any, Literal
 
 from cryptography.hazmat.primitives.serialization import Encoding
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from jpki_va.core.clock import Clock, SystemClock
+from jpki_va.server.base.private_files import private_dir
 from jpki_va.server.responder.crl_archive import CrlArchive, archived
 from jpki_va.server.responder.index_build import build_index, publish_index
 from jpki_va.server.responder.index_delta import AppliedLoss, DeltaNotApplicable, apply_delta
 from jpki_va.server.responder.index_layout import snapshot_events
 from jpki_va.server.responder.index_reader import Index, current_index
-from jpki_va.server.snapshot.manifest import MANIFEST, SnapshotRejected, snapshot_sequence
+from jpki_va.server.snapshot.manifest import (
+    MANIFEST,
+    SIGNATURE,
+    SnapshotRejected,
+    snapshot_sequence,
+)
 from jpki_va.server.snapshot.verify import SnapshotVerifier, VerifiedSnapshot
 
 log = logging.getLogger(__name__)
@@ -60,6 +72,12 @@ class IngestMetrics:
         self.refused = Counter(
             "jpki_va_snapshots_refused", "Snapshots refused or skipped", registry=registry
         )
+        self.refused_waiting = Gauge(
+            "jpki_va_snapshots_refused_waiting",
+            "Refused snapshots above the live index, still in the snapshot directory: "
+            "the deltas after one wait until it is replaced or a full snapshot comes",
+            registry=registry,
+        )
 
 
 @dataclass(frozen=True)
@@ -70,6 +88,44 @@ class _Live:
     sequence: int
     full_sequence: int
     event_sequence: int
+
+
+def _fingerprint(path: Path) -> bytes:
+    """What a snapshot directory holds, cheaply: every entry's name, inode, size and times,
+    and the manifest and its signature byte for byte (timestamps may be coarse).
+
+    ctime cannot be set back by a writer, so rewriting a file in place changes it even
+    when size and mtime are restored; a directory copied in anew changes the inodes.
+    """
+    digest = hashlib.sha256()
+    stack = [path]
+    while stack:
+        directory = stack.pop()
+        with os.scandir(directory) as entries:
+            for entry in sorted(entries, key=lambda e: e.name):
+                st = entry.stat(follow_symlinks=False)
+                digest.update(
+                    f"{entry.path}\0{st.st_mode}\0{st.st_ino}\0{st.st_size}\0"
+                    f"{st.st_mtime_ns}\0{st.st_ctime_ns}\n".encode("utf-8", "surrogateescape")
+                )
+                if entry.is_dir(follow_symlinks=False):
+                    stack.append(Path(entry.path))
+    st = path.stat()
+    digest.update(f"{st.st_ino}\0{st.st_ctime_ns}\n".encode())
+    for name in (MANIFEST, SIGNATURE):
+        try:
+            digest.update(hashlib.sha256((path / name).read_bytes()).digest())
+        except OSError:
+            digest.update(b"-")
+    return digest.digest()
+
+
+def _fingerprint_now(path: Path) -> bytes:
+    """The fingerprint, or b"" (matching none) when the directory cannot be read."""
+    try:
+        return _fingerprint(path)
+    except OSError:
+        return b""
 
 
 @dataclass(frozen=True)
@@ -104,10 +160,14 @@ class Ingester:
         self._retention = retention
         self._metrics = metrics or IngestMetrics(CollectorRegistry())
         self._clock = SystemClock() if retention is None else retention[0]
-        self._refused: set[str] = set()
+        # Refused snapshots by name, with what they held then (_fingerprint): skipped
+        # until their content changes.
+        self._refused: dict[str, bytes] = {}
+        # At or below the live sequence: never looked at again (never go back).
+        self._behind: set[str] = set()
         self._seen: set[str] | None = None  # snapshots present at start, or ingested
         self._live: _Live | None = None
-        index_root.mkdir(parents=True, exist_ok=True)
+        private_dir(index_root)
 
     @property
     def metrics(self) -> IngestMetrics:
@@ -134,30 +194,62 @@ class Ingester:
         return 0 if live is None else live.sequence
 
     def pending(self) -> list[Path]:
-        """Snapshots newer than the live index, oldest first."""
+        """Snapshots newer than the live index, oldest first, but those refused as they are."""
         if not self._snapshots.is_dir():
             return []
         live = self.sequence
         found = []
         names = list(self._snapshots.iterdir())
+        present = {p.name for p in names}
         if self._seen is None:
-            self._seen = {p.name for p in names}
+            self._seen = set(present)
+        # Forget what is gone, so a long-running responder's memory stays bounded.
+        self._behind &= present
+        for name in self._refused.keys() - present:
+            del self._refused[name]
         for path in names:
             seq = snapshot_sequence(path)
-            if seq is None or path.name in self._refused:
+            if seq is None or path.name in self._behind:
                 continue
             if seq <= live:
-                if path.name in self._seen or self._type(path) == "delta":
-                    self._refused.add(path.name)  # superseded: nothing to say
-                else:
+                self._behind.add(path.name)
+                refused = self._refused.pop(path.name, None) is not None
+                if not (refused or path.name in self._seen or self._type(path) == "delta"):
                     # Arrived after a higher one was ingested: never go back.
                     self._refuse(path, f"sequence {seq} <= live {live}")
+                continue  # else superseded: nothing to say
+            if path.name in self._refused and not self._changed(path):
                 continue
             found.append((seq, path))
         return [p for _, p in sorted(found)]
 
-    def _refuse(self, path: Path, why: str) -> None:
-        self._refused.add(path.name)
+    def _changed(self, path: Path) -> bool:
+        """Whether a refused snapshot's content changed since it was refused."""
+        now = _fingerprint_now(path)
+        if not now or now == self._refused[path.name]:
+            return False  # unchanged, or unreadable now
+        del self._refused[path.name]
+        log.info("snapshot %s changed since it was refused; verifying it again", path.name)
+        return True
+
+    @property
+    def refused_waiting(self) -> list[str]:
+        """Names of refused snapshots above the live index, oldest first."""
+        live = self.sequence
+        return sorted(
+            name
+            for name in self._refused
+            if (seq := snapshot_sequence(Path(name))) is not None and seq > live
+        )
+
+    def _refuse(self, path: Path, why: str, fingerprint: bytes = b"") -> None:
+        """Say once what was refused and why; remember what it held when it was read.
+
+        `fingerprint` is taken before verification: content that changed while it was
+        verified (a copy still being made) then differs from it and is tried again.
+        """
+        if snapshot_sequence(path) is not None and path.name not in self._behind:
+            self._refused[path.name] = fingerprint
         self._metrics.refused.inc()
         log.error("refused snapshot %s: %s", path.name, why)
 
@@ -207,10 +299,12 @@ class Ingester:
                 if applied is not None:
                     result, progress = applied, True
                     break
+        self._metrics.refused_waiting.set(len(self.refused_waiting))
         return result
 
     def _ingest_full(self, path: Path) -> IngestResult | None:
         previous = self._live_state()
+        read = _fingerprint_now(path)
         try:
             snapshot = self._verifier.verify(path)
             if snapshot.manifest.type != "full":
@@ -219,7 +313,7 @@ class Ingester:
                 raise SnapshotRejected(f"sequence {snapshot.sequence} is not above {self.sequence}")
             built = build_index(snapshot, self._root)
         except SnapshotRejected as exc:
-            self._refuse(path, str(exc))
+            self._refuse(path, str(exc), read)
             return None
         self._archive_crls(snapshot)
         if self._before_publish is not None:
@@ -246,14 +340,15 @@ class Ingester:
         live = self._live_state()
         if live is None:
             return None  # a delta needs a live full index
+        read = _fingerprint_now(path)
         try:
             snapshot = self._verifier.verify(path)
             applied = apply_delta(snapshot, live.path)
         except DeltaNotApplicable as exc:
-            self._refuse(path, f"{exc}; waiting for the next full snapshot")
+            self._refuse(path, f"{exc}; waiting for the next full snapshot", read)
             return None
         except SnapshotRejected as exc:
-            self._refuse(path, str(exc))
+            self._refuse(path, str(exc), read)
             return None
         published_at = self._clock.now()
         self._live = _Live(

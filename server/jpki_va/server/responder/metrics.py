@@ -27,6 +27,7 @@ from prometheus_client.registry import Collector
 
 from jpki_va.core.clock import Clock
 from jpki_va.core.domain import CertKind
+from jpki_va.server.base.private_files import private_dir
 from jpki_va.server.responder.index_layout import CrlTimes
 from jpki_va.server.responder.status import Answer, Brief, StatusSource, Target, briefs
 
@@ -38,7 +39,7 @@ INGEST_BUCKETS = (0.1, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0, 1200.0)
 def prepare_multiprocess_dir(directory: Path) -> None:
     """Empty the workers' metric files and point worker processes started later at them."""
     shutil.rmtree(directory, ignore_errors=True)
-    directory.mkdir(parents=True)
+    private_dir(directory)
     # Read by prometheus-client when a worker process imports it.
     os.environ[MULTIPROC_ENV] = str(directory)
 

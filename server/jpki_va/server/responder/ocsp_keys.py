@@ -25,6 +25,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from jpki_va.server.base.private_files import open_private, private_dir
 from jpki_va.server.pki.cert_profile import key_id
 from jpki_va.server.responder.ocsp import DelegatedSigner
 from jpki_va.server.responder.renew_policy import RenewPolicy
@@ -35,10 +36,9 @@ KEYS_DIR = "keys"
 CERTS_FILE = "ocsp-certs.pem"
 
 
-def _write_atomic(path: Path, data: bytes, mode: int) -> None:
+def _write_atomic(path: Path, data: bytes) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    with os.fdopen(fd, "wb") as f:
+    with open_private(tmp) as f:
         f.write(data)
         f.flush()
         os.fsync(f.fileno())
@@ -57,7 +57,7 @@ class OcspKeyStore:
     def __init__(self, directory: Path) -> None:
         self._dir = directory
         self._keys = directory / KEYS_DIR
-        self._keys.mkdir(parents=True, exist_ok=True, mode=0o700)
+        private_dir(self._keys)
         self._lock = threading.Lock()
         self._loaded_mtime: int | None = None
         self._current: DelegatedSigner | None = None
@@ -77,7 +77,7 @@ class OcspKeyStore:
             serialization.PrivateFormat.PKCS8,
             serialization.NoEncryption(),
         )
-        _write_atomic(self._key_path(key_id(key.public_key())), pem, 0o600)
+        _write_atomic(self._key_path(key_id(key.public_key())), pem)
         return key
 
     def load_key(self, kid: bytes) -> ec.EllipticCurvePrivateKey | None:
@@ -107,7 +107,7 @@ class OcspKeyStore:
         if self.load_key(next(iter(kids))) is None:
             raise ValueError("delegated certificates certify a key this responder lacks")
         pem = b"".join(c.public_bytes(serialization.Encoding.PEM) for c in certs)
-        _write_atomic(self.certs_path, pem, 0o644)
+        _write_atomic(self.certs_path, pem)
 
     def certificates(self) -> list[x509.Certificate]:
         try:

@@ -9,7 +9,7 @@ from typing import Any
 import grpc
 
 from jpki_va.server.responder.metrics import WorkerMetrics
-from jpki_va.server.rpc.server_common import Handler, WrappingInterceptor
+from jpki_va.server.rpc.wrapping import Handler, WrappingInterceptor
 
 
 def _outcome(context: grpc.ServicerContext) -> str:

@@ -8,20 +8,19 @@ INTERNAL without a stack trace for the client (the trace goes to the log).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent import futures
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-log = logging.getLogger(__name__)
+from jpki_va.server.base.refusal_log import RefusalLog
+from jpki_va.server.rpc.request_decoding import RequestDecodingInterceptor
+from jpki_va.server.rpc.wrapping import Handler, Interceptor, WrappingInterceptor
 
-if TYPE_CHECKING:
-    _Interceptor = grpc.ServerInterceptor[Any, Any]
-else:  # the stubs make it generic; the runtime class is not subscriptable
-    _Interceptor = grpc.ServerInterceptor
+log = logging.getLogger(__name__)
 
 ErrorMap = Sequence[tuple[type[BaseException], grpc.StatusCode]]
 
@@ -37,43 +36,6 @@ def _aborted(exc: BaseException, context: grpc.ServicerContext) -> bool:
     """True when the servicer already set a status (context.abort raised)."""
     # ServicerContext.code() exists at run time (grpcio >= 1.38); the stubs lack it.
     return isinstance(exc, grpc.RpcError) or context.code() is not None  # type: ignore[attr-defined]
-
-
-if TYPE_CHECKING:
-    Handler = grpc.RpcMethodHandler[Any, Any]
-else:
-    Handler = grpc.RpcMethodHandler
-Continuation = Callable[[grpc.HandlerCallDetails], "Handler | None"]
-
-
-class WrappingInterceptor(_Interceptor):
-    """An interceptor that wraps each method's handler, once per method.
-
-    grpc asks every interceptor for the handler on every call; the continuation
-    gives the same handler for a method each time, so the wrapper made for it the
-    first time is kept and returned again, instead of new closures and a new handler
-    per call.
-    """
-
-    def __init__(self) -> None:
-        self._wrapped: dict[str, tuple[Handler, Handler]] = {}
-
-    def wrap(self, handler: Handler, method: str) -> Handler:
-        raise NotImplementedError
-
-    def intercept_service(
-        self, continuation: Continuation, details: grpc.HandlerCallDetails
-    ) -> Handler | None:
-        handler = continuation(details)
-        if handler is None:
-            return None
-        method = details.method
-        known = self._wrapped.get(method)
-        if known is not None and known[0] is handler:
-            return known[1]
-        wrapped = self.wrap(handler, method)
-        self._wrapped[method] = (handler, wrapped)  # a race only wraps twice
-        return wrapped
 
 
 # Trailing metadata naming the worker process that answered: with N workers on one
@@ -143,15 +105,18 @@ def build_server(
     options: Iterable[tuple[str, Any]] = (),
     served_by: str | None = None,
     maximum_concurrent_rpcs: int | None = None,
-    interceptors: Sequence[_Interceptor] = (),
+    interceptors: Sequence[Interceptor] = (),
+    refusals: RefusalLog | None = None,
 ) -> grpc.Server:
     """A server; past ``maximum_concurrent_rpcs`` gRPC answers RESOURCE_EXHAUSTED itself.
 
     `interceptors` (outermost first) see the final status the error mapping set.
+    Undecodable requests are INVALID_ARGUMENT, logged through `refusals`.
     """
+    decoding = RequestDecodingInterceptor(refusals or RefusalLog(log))
     return grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers),
-        interceptors=[*interceptors, ErrorMappingInterceptor(mapping, served_by)],
+        interceptors=[*interceptors, ErrorMappingInterceptor(mapping, served_by), decoding],
         options=list(options),
         maximum_concurrent_rpcs=maximum_concurrent_rpcs,
     )

@@ -39,6 +39,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from jpki_va import hsm
 from jpki_va.core.clock import Clock
 from jpki_va.core.domain import CertKind
+from jpki_va.server.base.private_files import open_private_text, private_dir
 from jpki_va.server.model.registry_values import IssuerRecord
 from jpki_va.server.pki import cert_profile
 from jpki_va.server.pki.cert_profile import CertProfile
@@ -348,7 +349,7 @@ def write_record(
     directory: Path, what: str, now: datetime, token: hsm.Hsm, items: list[CreatedItem]
 ) -> Path:
     """The ceremony record: a JSON file per run, never overwritten."""
-    directory.mkdir(parents=True, exist_ok=True)
+    private_dir(directory)
     info = token.token_info()
     record = {
         "type": what,
@@ -358,8 +359,7 @@ def write_record(
     }
     stamp = now.strftime("%Y%m%dT%H%M%S.%fZ")
     path = directory / f"{stamp}-{what}.json"
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
+    with open_private_text(path, exclusive=True) as f:
         json.dump(record, f, indent=2, ensure_ascii=False)
         f.write("\n")
         f.flush()

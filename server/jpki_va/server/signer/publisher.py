@@ -24,7 +24,8 @@ from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPri
 
 from jpki_va.core.clock import Clock
 from jpki_va.core.domain import CertKind, Link, LinkType, Verifier
-from jpki_va.server.faults import fault_point
+from jpki_va.server.base.faults import fault_point
+from jpki_va.server.base.private_files import private_dir
 from jpki_va.server.law.correspondence import holder_links
 from jpki_va.server.law.issuer_compromise import Compromise
 from jpki_va.server.law.retention import RetentionPolicy
@@ -131,7 +132,7 @@ class Publisher:
         settings: ProfileSettings,
         retention: RetentionPolicy | None = None,
     ) -> None:
-        snapshot_root.mkdir(parents=True, exist_ok=True)
+        private_dir(snapshot_root)
         self._registry = registry
         self._authority = authority
         self._root = snapshot_root

@@ -1,4 +1,9 @@
-"""Writing a snapshot: files under a temporary name, the signed manifest last."""
+"""Writing a snapshot: files under a temporary name, the signed manifest last.
+
+Every file 0600 and directory 0700 (jpki_va.server.base.private_files): a snapshot
+carries signing records (name, address, birth date, sex) and resident-linked data,
+read by responders running as the signer's user (README, operations).
+"""
 
 from __future__ import annotations
 
@@ -20,7 +25,14 @@ from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPri
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from jpki_va.core.domain import CertKind, Verifier
-from jpki_va.server.faults import fault_point
+from jpki_va.server.base.faults import fault_point
+from jpki_va.server.base.private_files import (
+    DIR_MODE,
+    open_private,
+    open_private_text,
+    private_dir,
+    write_private,
+)
 from jpki_va.server.law.issuer_compromise import Compromise
 from jpki_va.server.model.registry_values import LossEvent
 from jpki_va.server.snapshot.data_files import write_event_rows, write_link_rows
@@ -88,8 +100,8 @@ class SnapshotBuilder:
 
     def _add(self, relpath: str, data: bytes) -> None:
         path = self._dir / relpath
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(data)
+        private_dir(path.parent)
+        write_private(path, data)
         self._files[relpath] = hashlib.sha256(data).hexdigest()
 
     def add_issuers(self, certs: list[x509.Certificate]) -> None:
@@ -101,7 +113,7 @@ class SnapshotBuilder:
 
     def add_records(self, records: Iterable[bytes]) -> int:
         path = self._dir / RECORDS
-        with path.open("wb") as f:
+        with open_private(path) as f:
             self._record_count = write_records(f, records)
         self._files[RECORDS] = _sha256_file(path)
         return self._record_count
@@ -115,7 +127,7 @@ class SnapshotBuilder:
         """A JSON-lines file; returns how many lines."""
         path = self._dir / relpath
         count = 0
-        with path.open("w", encoding="utf-8") as f:
+        with open_private_text(path) as f:
             for line in lines:
                 f.write(json.dumps(line, ensure_ascii=False, separators=(",", ":"), sort_keys=True))
                 f.write("\n")
@@ -126,7 +138,7 @@ class SnapshotBuilder:
     def add_links(self, rows: Iterable[bytes]) -> int:
         """The links file from rows of data_files.link_rows, in increasing order."""
         path = self._dir / LINKS
-        with path.open("wb") as f:
+        with open_private(path) as f:
             count = write_link_rows(f, rows)
         self._files[LINKS] = _sha256_file(path)
         return count
@@ -134,7 +146,7 @@ class SnapshotBuilder:
     def add_events(self, events: Iterable[LossEvent]) -> int:
         """The loss events file from events in registry (sequence) order."""
         path = self._dir / EVENTS
-        with path.open("wb") as f:
+        with open_private(path) as f:
             count = write_event_rows(f, events)
         self._files[EVENTS] = _sha256_file(path)
         return count
@@ -200,14 +212,14 @@ class SnapshotBuilder:
             arl=self._arl,
         )
         raw = manifest.to_bytes()
-        (self._dir / MANIFEST).write_bytes(raw)
-        (self._dir / SIGNATURE).write_bytes(_sign(signing_key, raw))
-        (self._dir / SIGNER_CERT).write_bytes(signer_cert.public_bytes(Encoding.PEM))
+        write_private(self._dir / MANIFEST, raw)
+        write_private(self._dir / SIGNATURE, _sign(signing_key, raw))
+        write_private(self._dir / SIGNER_CERT, signer_cert.public_bytes(Encoding.PEM))
         for path in self._dir.rglob("*"):
             if path.is_file():
                 with path.open("rb") as f:
                     os.fsync(f.fileno())
-        self._dir.chmod(0o755)
+        self._dir.chmod(DIR_MODE)  # mkdtemp's mode already; said here, where it matters
         final = self._root / snapshot_dirname(self.sequence)
         fault_point("snapshot.manifest-written")
         # rename is atomic: a reader sees no snapshot or a whole one.

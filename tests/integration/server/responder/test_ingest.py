@@ -17,10 +17,16 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from jpki_va.core.clock import SystemClock
-from jpki_va.core.domain import CertKind
+from jpki_va.core.domain import CertKind, serial_to_bytes
+from jpki_va.protos import signer_pb2, va_pb2
 from jpki_va.server.responder.ingest import Ingester
 from jpki_va.server.responder.status import IndexHolder, IndexStatusSource
-from jpki_va.server.snapshot.manifest import MANIFEST, SIGNATURE, snapshot_dirname
+from jpki_va.server.snapshot.manifest import (
+    MANIFEST,
+    SIGNATURE,
+    snapshot_dirname,
+    snapshot_sequence,
+)
 from jpki_va.server.snapshot.verify import SnapshotVerifier
 from tests.support import Pki
 
@@ -166,3 +172,127 @@ def test_snapshot_signed_by_foreign_root_is_refused(
         assert ing.poll_once() is None
     assert "not issued by a trust anchor" in caplog.text
     assert ing.sequence == 0
+
+
+@pytest.fixture(scope="module")
+def chain(pki: Pki) -> list[Path]:
+    """A full snapshot, three genuine deltas each following the one before, a full again."""
+    root = pki.signer.config.snapshot_dir
+    pki.issue(CertKind.CARD_SIGN)
+    snapshots = [root / snapshot_dirname(pki.publish_and_wait(full=True))]
+    for _ in range(3):
+        # A loss in each delta, so each carries a delta CRL as well as records.
+        lost = pki.issue(CertKind.CARD_AUTH)
+        pki.signer_stub.RecordLoss(
+            signer_pb2.RecordLossRequest(
+                kind=int(lost.kind),  # type: ignore[arg-type]
+                serial=serial_to_bytes(lost.serial),
+                cause=va_pb2.LOSS_CAUSE_HOLDER_REQUEST,
+            ),
+            timeout=30,
+        )
+        snapshots.append(root / snapshot_dirname(pki.publish_and_wait(full=False)))
+    pki.issue(CertKind.CARD_AUTH)
+    snapshots.append(root / snapshot_dirname(pki.publish_and_wait(full=True)))
+    return snapshots
+
+
+def _tamper(snapshot: Path, how: str) -> tuple[Path, bytes]:
+    """Change one file of a snapshot on disk; returns the file and its genuine bytes."""
+    files = {"records": "records.bin", "manifest": MANIFEST, "signature": SIGNATURE}
+    target = sorted(snapshot.glob("crls/**/*.crl"))[0] if how == "crl" else snapshot / files[how]
+    genuine = target.read_bytes()
+    changed = bytearray(genuine)
+    if how == "records":
+        changed += b"\x00" * 43
+    else:
+        changed[-3] ^= 0x01
+    target.write_bytes(bytes(changed))
+    return target, genuine
+
+
+def _refused_total(ing: Ingester) -> float:
+    """jpki_va_snapshots_refused_total, as Prometheus would collect it."""
+    return sum(
+        sample.value
+        for family in ing.metrics.refused.collect()
+        for sample in family.samples
+        if sample.name.endswith("_total")
+    )
+
+
+@pytest.mark.parametrize("how", ["records", "manifest", "signature", "crl"])
+def test_a_refused_delta_restored_in_place_lets_its_successors_in(
+    chain: list[Path],
+    ingester: tuple[Ingester, Path, IndexHolder],
+    how: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Issue 15 item 8: a tampered delta 11 refused, then 11 restored and 12, 13 published:
+    all are ingested, not ignored until the next full snapshot."""
+    ing, incoming, holder = ingester
+    full, first, second, third, _ = chain
+    _copy(full, incoming)
+    assert ing.poll_once() is not None
+    bad = _copy(first, incoming)
+    target, genuine = _tamper(bad, how)
+    _copy(second, incoming)  # the genuine successor arrives while 11 is refused
+    with caplog.at_level(logging.INFO, logger="jpki_va.server.responder.ingest"):
+        assert ing.poll_once() is None
+        assert ing.poll_once() is None
+    refusals = [r for r in caplog.records if f"refused snapshot {bad.name}" in r.getMessage()]
+    assert len(refusals) == 1  # said once, however often it polls
+    assert _refused_total(ing) == 1
+    assert ing.sequence == snapshot_sequence(full)
+    target.write_bytes(genuine)  # the genuine 11 is put back
+    result = ing.poll_once()
+    assert result is not None and result.type == "delta"
+    assert ing.sequence == snapshot_sequence(second)
+    _copy(third, incoming)  # the next delta is published
+    result = ing.poll_once()
+    assert result is not None and result.sequence == snapshot_sequence(third)
+    assert _refused_total(ing) == 1
+    # LMDB allows one handle per environment and process: look only after the deltas.
+    assert _serving(holder) == snapshot_sequence(third)
+
+
+def test_a_refused_delta_replaced_by_a_new_directory_is_ingested(
+    chain: list[Path], ingester: tuple[Ingester, Path, IndexHolder]
+) -> None:
+    ing, incoming, holder = ingester
+    full, first, second, *_ = chain
+    _copy(full, incoming)
+    assert ing.poll_once() is not None
+    bad = _copy(first, incoming)
+    (bad / "crls" / "smuggled.crl").write_bytes(b"x")
+    assert ing.poll_once() is None
+    assert ing.refused_waiting == [bad.name]
+    shutil.rmtree(bad)
+    _copy(first, incoming)  # a genuine replacement under the same name
+    _copy(second, incoming)
+    result = ing.poll_once()
+    assert result is not None and result.sequence == snapshot_sequence(second)
+    assert ing.refused_waiting == []
+    assert _serving(holder) == snapshot_sequence(second)
+
+
+def test_a_restored_delta_never_takes_the_index_back(
+    chain: list[Path], ingester: tuple[Ingester, Path, IndexHolder]
+) -> None:
+    """A full snapshot overtook the refused delta: restoring the delta changes nothing."""
+    ing, incoming, holder = ingester
+    full, first, *_, later_full = chain
+    _copy(full, incoming)
+    assert ing.poll_once() is not None
+    bad = _copy(first, incoming)
+    target, genuine = _tamper(bad, "records")
+    assert ing.poll_once() is None
+    assert ing.refused_waiting == [bad.name]
+    _copy(later_full, incoming)
+    result = ing.poll_once()
+    assert result is not None and result.sequence == snapshot_sequence(later_full)
+    assert ing.refused_waiting == []  # superseded: nothing waits for it any more
+    target.write_bytes(genuine)
+    assert ing.poll_once() is None
+    assert ing.sequence == snapshot_sequence(later_full)
+    assert _serving(holder) == snapshot_sequence(later_full)

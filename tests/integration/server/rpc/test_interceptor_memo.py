@@ -9,7 +9,7 @@ import pytest
 
 from jpki_va.protos import va_pb2, va_pb2_grpc
 from jpki_va.server.rpc import server_common
-from jpki_va.server.rpc.server_common import Handler, WrappingInterceptor
+from jpki_va.server.rpc.wrapping import Handler, WrappingInterceptor
 
 
 class Counting(WrappingInterceptor):

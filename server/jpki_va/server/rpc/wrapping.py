@@ -1,0 +1,49 @@
+"""The base of the server's interceptors: wrap each method's handler once."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import grpc
+
+if TYPE_CHECKING:
+    Interceptor = grpc.ServerInterceptor[Any, Any]
+else:  # the stubs make it generic; the runtime class is not subscriptable
+    Interceptor = grpc.ServerInterceptor
+
+if TYPE_CHECKING:
+    Handler = grpc.RpcMethodHandler[Any, Any]
+else:
+    Handler = grpc.RpcMethodHandler
+Continuation = Callable[[grpc.HandlerCallDetails], "Handler | None"]
+
+
+class WrappingInterceptor(Interceptor):
+    """An interceptor that wraps each method's handler, once per method.
+
+    grpc asks every interceptor for the handler on every call; the continuation
+    gives the same handler for a method each time, so the wrapper made for it the
+    first time is kept and returned again, instead of new closures and a new handler
+    per call.
+    """
+
+    def __init__(self) -> None:
+        self._wrapped: dict[str, tuple[Handler, Handler]] = {}
+
+    def wrap(self, handler: Handler, method: str) -> Handler:
+        raise NotImplementedError
+
+    def intercept_service(
+        self, continuation: Continuation, details: grpc.HandlerCallDetails
+    ) -> Handler | None:
+        handler = continuation(details)
+        if handler is None:
+            return None
+        method = details.method
+        known = self._wrapped.get(method)
+        if known is not None and known[0] is handler:
+            return known[1]
+        wrapped = self.wrap(handler, method)
+        self._wrapped[method] = (handler, wrapped)  # a race only wraps twice
+        return wrapped
