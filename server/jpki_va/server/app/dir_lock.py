@@ -12,6 +12,8 @@ import fcntl
 import os
 from pathlib import Path
 
+from jpki_va.server.base.private_files import private_dir
+
 
 class DirectoryInUse(OSError):
     """Another live process holds the directory."""
@@ -28,7 +30,7 @@ class DirectoryLock:
 
     def __init__(self, directory: Path, role: str, name: str = "owner.lock") -> None:
         self.path = directory / name
-        directory.mkdir(parents=True, exist_ok=True)
+        private_dir(directory)  # it holds resident codes or the index: 0700 if made here
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
