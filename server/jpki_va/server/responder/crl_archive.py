@@ -11,6 +11,7 @@ newest of each scope, which is still the one in force.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 from collections.abc import Iterable
@@ -22,6 +23,7 @@ from typing import Any
 import lmdb
 
 from jpki_va.core.domain import CertKind
+from jpki_va.server.responder.storage import prepare_lock_file
 
 _MAP_SIZE = 1 << 40
 _NUMBER = 8
@@ -83,6 +85,8 @@ class CrlArchive:
 
     def __init__(self, path: Path) -> None:
         path.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(FileExistsError):  # opened before: its lock file stays
+            prepare_lock_file(path)
         self._env = lmdb.open(str(path), map_size=_MAP_SIZE, max_dbs=len(self._DBS))
         self._der, self._info = (self._env.open_db(name) for name in self._DBS)
 
