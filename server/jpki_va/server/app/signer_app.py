@@ -13,6 +13,7 @@ from typing import Any
 import grpc
 import prometheus_client
 from cryptography import x509
+from grpc_health.v1.health import HealthServicer
 
 from jpki_va import hsm
 from jpki_va.core.clock import Clock, SystemClock
@@ -75,7 +76,7 @@ class _PublishWatch:
 
     def __init__(self, metrics: SignerMetrics) -> None:
         self._metrics = metrics
-        self.health: Any = None  # set once the server has its health service
+        self.health: HealthServicer | None = None  # set once the server has one
 
     def published(self) -> None:
         self._metrics.published()

@@ -140,7 +140,8 @@ class SignerServicer(signer_pb2_grpc.SignerServiceServicer):
             serial=serial_to_bytes(record.serial),
             issuer_certificate_der=issued.issuer_certificate.public_bytes(Encoding.DER),
             superseded=[loss_to_pb(e) for e in issued.superseded],
-            publishing=publishing_to_pb(self._signer.publishing()),
+            # The issuance has just signed with the HSM: no need to try its key again.
+            publishing=publishing_to_pb(self._signer.publishing(check_key=False)),
         )
 
     def RecordLoss(

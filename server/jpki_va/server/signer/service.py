@@ -459,12 +459,13 @@ class Signer:
             self._publish_status.succeeded(self._clock.now())
         return published
 
-    def publishing(self) -> PublishState:
+    def publishing(self, *, check_key: bool = True) -> PublishState:
         """Whether a change recorded now reaches the responders: the last publish, and
         whether the key that signs the next snapshot can be used now (a change may come
-        before the first periodic publish that would fail)."""
+        before the first periodic publish that would fail). `check_key=False` skips
+        the second, for a change that has just used the HSM."""
         state = self._publish_status.state()
-        if state.failing:
+        if state.failing or not check_key:
             return state
         try:
             self._publisher.check_signer()
