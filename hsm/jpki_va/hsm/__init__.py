@@ -21,6 +21,7 @@ if TYPE_CHECKING:
         LoginFailed,
         SigningFailed,
         TokenNotFound,
+        TokenUnavailable,
         UnsupportedAlgorithm,
     )
     from jpki_va.hsm._inventory import (
@@ -48,6 +49,7 @@ _MODULE_OF = {
     "LoginFailed": "_errors",
     "SigningFailed": "_errors",
     "TokenNotFound": "_errors",
+    "TokenUnavailable": "_errors",
     "UnsupportedAlgorithm": "_errors",
     "REQUIRED_MECHANISMS": "_inventory",
     "ModuleInfo": "_inventory",
@@ -104,6 +106,7 @@ __all__ = [
     "TokenInfo",
     "TokenNotFound",
     "TokenSummary",
+    "TokenUnavailable",
     "UnsupportedAlgorithm",
     "init_softhsm_token",
     "module_info",

@@ -15,6 +15,14 @@ class TokenNotFound(HsmError):
     """No token with the configured label is present."""
 
 
+class TokenUnavailable(HsmError):
+    """The token cannot be used now: removed, its store gone, the module failing.
+
+    The :class:`Hsm` re-opens the session by itself (with a growing pause between
+    attempts), so a later call may succeed; the message starts "HSM unavailable: ".
+    """
+
+
 class LoginFailed(HsmError):
     """The token refused the user login (wrong PIN, locked PIN, ...)."""
 

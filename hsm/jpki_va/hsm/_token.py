@@ -31,6 +31,7 @@ from jpki_va.hsm._errors import (
     LoginFailed,
     SigningFailed,
     TokenNotFound,
+    TokenUnavailable,
     UnsupportedAlgorithm,
 )
 from jpki_va.hsm._keys import HsmEcPrivateKey, HsmPrivateKey, HsmRsaPrivateKey
@@ -67,6 +68,13 @@ _RECONNECT_ERRORS: tuple[type[p11e.PKCS11Error], ...] = (
 # After these the old handle may still be ours and worth a C_Logout/C_CloseSession;
 # for the others it is dead (or, after a re-initialise, possibly reused by another session).
 _CLOSE_OLD_SESSION_ERRORS = (p11e.UserNotLoggedIn, p11e.DeviceError)
+# The token itself went away: a module lists its slots and tokens in C_Initialize
+# (SoftHSM2 reads its token store there), so only a re-initialise finds it again.
+_TOKEN_GONE_ERRORS = (p11e.DeviceRemoved, p11e.TokenNotPresent, p11e.TokenNotRecognised)
+# After a failed reconnect the next waits this long, doubling up to the cap: a token
+# that is gone is not hammered, and callers meanwhile hear TokenUnavailable at once.
+RECONNECT_BACKOFF = 0.25
+RECONNECT_BACKOFF_MAX = 10.0
 _LOGIN_ERRORS = (
     p11e.PinIncorrect,
     p11e.PinInvalid,
@@ -144,6 +152,10 @@ class _Connection:
         self.lock = threading.Lock()  # serialises every multi-step operation on the session
         self.refs = 1
         self.handles: dict[str, SignMixin] = {}  # label -> handle; cleared on reconnect
+        # Reconnect state (under `lock`): why the token is unusable, when to try again.
+        self.unavailable: str | None = None
+        self.retry_at = 0.0  # time.monotonic()
+        self.backoff = 0.0
         # Keyed digest, not the PIN: only used to check later Hsm objects use the same PIN.
         self._salt = secrets.token_bytes(32)
         self._pin_mac = self._mac(pin)
@@ -345,15 +357,25 @@ class Hsm:
         conn = self._conn
         with conn.lock:
             if conn.session is None:  # an earlier reconnect failed
-                self._reconnect_locked(None)
+                self._reconnect_locked(None, reinitialize=True)
             assert conn.session is not None
             try:
                 return op(conn.session)
             except p11e.PKCS11Error as exc:
                 if not _needs_reconnect(exc):
                     raise
-                failure: p11e.PKCS11Error = exc
-            self._reconnect_locked(failure)
+                reason = ckr_name(exc)
+                reinitialize = _is_not_initialized(exc) or isinstance(exc, _TOKEN_GONE_ERRORS)
+                close_old = isinstance(exc, _CLOSE_OLD_SESSION_ERRORS)
+            except KeyNotFound:
+                # A key may vanish with its token (the token store moved away, the
+                # device pulled) while the session still answers "no such object".
+                trouble = self._token_trouble_locked()
+                if trouble is None:
+                    raise  # the token is fine: the key really is not there
+                reason, reinitialize, close_old = trouble, True, False
+            self._observer.failed("session", reason)
+            self._reconnect_locked(reason, reinitialize=reinitialize, close_old=close_old)
             assert conn.session is not None
             return op(conn.session)
 
@@ -363,30 +385,67 @@ class Hsm:
         except p11e.PKCS11Error as exc:
             raise HsmError(f"{what} failed: {ckr_name(exc)}") from exc
 
-    def _reconnect_locked(self, failure: p11e.PKCS11Error | None) -> None:
+    def _token_trouble_locked(self) -> str | None:
+        """Why the token is unusable (a CKR name), or None if the module still lists it."""
+        try:
+            _find_token(self._conn.lib, self._conn.token_label)
+        except TokenNotFound:
+            return "TokenNotPresent"
+        except p11e.PKCS11Error as exc:
+            return ckr_name(exc)
+        return None
+
+    def _reconnect_locked(
+        self, reason: str | None, *, reinitialize: bool = False, close_old: bool = False
+    ) -> None:
+        """A new logged-in session; TokenUnavailable (at once while backing off) if none."""
         conn = self._conn
-        reason = ckr_name(failure) if failure is not None else "no session"
-        if failure is not None:
-            self._observer.failed("session", reason)
-        log.warning("PKCS#11 token %r unusable (%s); reconnecting", conn.token_label, reason)
+        now = time.monotonic()
+        if now < conn.retry_at:
+            raise TokenUnavailable(
+                f"HSM unavailable: token {conn.token_label!r}: {conn.unavailable}; "
+                f"next attempt in {conn.retry_at - now:.1f}s"
+            )
+        if conn.unavailable is None:
+            log.warning("PKCS#11 token %r unusable (%s); reconnecting", conn.token_label, reason)
         old, conn.session = conn.session, None
         conn.handles.clear()
-        if old is not None and isinstance(failure, _CLOSE_OLD_SESSION_ERRORS):
+        if old is not None and close_old:
             with contextlib.suppress(p11e.PKCS11Error):  # best effort: being replaced anyway
                 old.close()
         try:
-            force = failure is not None and _is_not_initialized(failure)
-            _library.ensure_initialized(conn.lib, conn.module, force=force)
+            _library.ensure_initialized(conn.lib, conn.module, force=reinitialize)
             token = _find_token(conn.lib, conn.token_label)
             conn.session = _login(token, self.config.pin.read(), reconnecting=True)
             conn.token = token
-        except p11e.PKCS11Error as exc:
-            self._observer.failed("reconnect", ckr_name(exc))
-            raise HsmError(f"reconnecting to token failed: {ckr_name(exc)}") from exc
+        except (p11e.PKCS11Error, TokenNotFound) as exc:
+            why = ckr_name(exc) if isinstance(exc, p11e.PKCS11Error) else "TokenNotPresent"
+            self._observer.failed("reconnect", why)
+            self._reconnect_failed_locked(why)
+            raise TokenUnavailable(
+                f"HSM unavailable: reconnecting to token {conn.token_label!r} failed: {why}; "
+                f"next attempt in {conn.backoff:.1f}s"
+            ) from exc
+        if conn.unavailable is not None:
+            log.warning("PKCS#11 token %r is usable again", conn.token_label)
+        conn.unavailable, conn.retry_at, conn.backoff = None, 0.0, 0.0
         self.reconnects += 1
         self.last_reconnect_at = self._clock()
         self._observer.reconnected(conn.token_label)
         log.info("PKCS#11 token %r reconnected", conn.token_label)
+
+    def _reconnect_failed_locked(self, why: str) -> None:
+        conn = self._conn
+        # Said once when the token becomes unusable, not at every attempt after it.
+        if conn.unavailable is None:
+            log.error(
+                "PKCS#11 token %r unavailable: reconnecting failed (%s); retrying with backoff",
+                conn.token_label,
+                why,
+            )
+        conn.unavailable = f"reconnecting failed ({why})"
+        conn.backoff = min(RECONNECT_BACKOFF_MAX, max(RECONNECT_BACKOFF, conn.backoff * 2))
+        conn.retry_at = time.monotonic() + conn.backoff
 
     def _private_handle_locked(self, session: Session, label: str) -> SignMixin:
         handle = self._conn.handles.get(label)

@@ -140,6 +140,7 @@ class IssueCertificateResponse(_message.Message):
     SERIAL_FIELD_NUMBER: _builtins.int
     ISSUER_CERTIFICATE_DER_FIELD_NUMBER: _builtins.int
     SUPERSEDED_FIELD_NUMBER: _builtins.int
+    PUBLISHING_FIELD_NUMBER: _builtins.int
     certificate_der: _builtins.bytes
     serial: _builtins.bytes
     issuer_certificate_der: _builtins.bytes
@@ -149,6 +150,8 @@ class IssueCertificateResponse(_message.Message):
         superseded) and the mobile certificates that followed them by the cascade.
         """
 
+    @_builtins.property
+    def publishing(self) -> Global___Publishing: ...
     def __init__(
         self,
         *,
@@ -156,14 +159,57 @@ class IssueCertificateResponse(_message.Message):
         serial: _builtins.bytes = ...,
         issuer_certificate_der: _builtins.bytes = ...,
         superseded: _abc.Iterable[Global___LossOfEffect] | None = ...,
+        publishing: Global___Publishing | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["publishing", b"publishing"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["certificate_der", b"certificate_der", "issuer_certificate_der", b"issuer_certificate_der", "serial", b"serial", "superseded", b"superseded"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["certificate_der", b"certificate_der", "issuer_certificate_der", b"issuer_certificate_der", "publishing", b"publishing", "serial", b"serial", "superseded", b"superseded"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___IssueCertificateResponse: _TypeAlias = IssueCertificateResponse  # noqa: Y015
+
+@_typing.final
+class Publishing(_message.Message):
+    """Whether changes reach the responders. A change is durable in the registry when its
+    reply arrives, but responders learn it only from the next snapshot: while
+    publishing fails (the HSM unavailable, the disk full) they keep answering the old
+    status.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FAILING_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    FAILURES_FIELD_NUMBER: _builtins.int
+    LAST_PUBLISHED_FIELD_NUMBER: _builtins.int
+    failing: _builtins.bool
+    """The last publish failed, or the snapshot key cannot be used now: this change is
+    recorded but not yet published, and will not be until publishing recovers.
+    """
+    error: _builtins.str
+    """why, when failing ("HSM unavailable: ...")"""
+    failures: _builtins.int
+    """publishes failed in a row"""
+    @_builtins.property
+    def last_published(self) -> _timestamp_pb2.Timestamp:
+        """the last snapshot; unset: none yet"""
+
+    def __init__(
+        self,
+        *,
+        failing: _builtins.bool = ...,
+        error: _builtins.str = ...,
+        failures: _builtins.int = ...,
+        last_published: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["last_published", b"last_published"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "failing", b"failing", "failures", b"failures", "last_published", b"last_published"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Publishing: _TypeAlias = Publishing  # noqa: Y015
 
 @_typing.final
 class LossOfEffect(_message.Message):
@@ -252,16 +298,20 @@ class RecordLossResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     CHANGES_FIELD_NUMBER: _builtins.int
+    PUBLISHING_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def changes(self) -> _containers.RepeatedCompositeFieldContainer[Global___LossOfEffect]: ...
+    @_builtins.property
+    def publishing(self) -> Global___Publishing: ...
     def __init__(
         self,
         *,
         changes: _abc.Iterable[Global___LossOfEffect] | None = ...,
+        publishing: Global___Publishing | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["publishing", b"publishing"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["changes", b"changes"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["changes", b"changes", "publishing", b"publishing"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -307,21 +357,25 @@ class RecordResidentEventResponse(_message.Message):
 
     CHANGES_FIELD_NUMBER: _builtins.int
     MOVE_OUT_DEADLINE_FIELD_NUMBER: _builtins.int
+    PUBLISHING_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def changes(self) -> _containers.RepeatedCompositeFieldContainer[Global___LossOfEffect]: ...
     @_builtins.property
     def move_out_deadline(self) -> _timestamp_pb2.Timestamp:
         """MOVE_OUT: when the auth certificates lose effect if no move-in follows."""
 
+    @_builtins.property
+    def publishing(self) -> Global___Publishing: ...
     def __init__(
         self,
         *,
         changes: _abc.Iterable[Global___LossOfEffect] | None = ...,
         move_out_deadline: _timestamp_pb2.Timestamp | None = ...,
+        publishing: Global___Publishing | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["move_out_deadline", b"move_out_deadline"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["move_out_deadline", b"move_out_deadline", "publishing", b"publishing"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["changes", b"changes", "move_out_deadline", b"move_out_deadline"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["changes", b"changes", "move_out_deadline", b"move_out_deadline", "publishing", b"publishing"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -357,22 +411,26 @@ class RecordIssuerCompromiseResponse(_message.Message):
     ISSUER_FIELD_NUMBER: _builtins.int
     COMPROMISED_AT_FIELD_NUMBER: _builtins.int
     CERTIFICATES_FIELD_NUMBER: _builtins.int
+    PUBLISHING_FIELD_NUMBER: _builtins.int
     certificates: _builtins.int
     """how many certificates that generation signed"""
     @_builtins.property
     def issuer(self) -> _va_pb2.Issuer: ...
     @_builtins.property
     def compromised_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def publishing(self) -> Global___Publishing: ...
     def __init__(
         self,
         *,
         issuer: _va_pb2.Issuer | None = ...,
         compromised_at: _timestamp_pb2.Timestamp | None = ...,
         certificates: _builtins.int = ...,
+        publishing: Global___Publishing | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["compromised_at", b"compromised_at", "issuer", b"issuer"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["compromised_at", b"compromised_at", "issuer", b"issuer", "publishing", b"publishing"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["certificates", b"certificates", "compromised_at", b"compromised_at", "issuer", b"issuer"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["certificates", b"certificates", "compromised_at", b"compromised_at", "issuer", b"issuer", "publishing", b"publishing"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

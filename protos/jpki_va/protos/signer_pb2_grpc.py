@@ -28,7 +28,11 @@ if _version_not_supported:
 
 
 class SignerServiceStub:
-    """Missing associated documentation comment in .proto file."""
+    """A call that needs the HSM while the HSM is unavailable fails with UNAVAILABLE
+    ("HSM unavailable: ...") and the trailing metadata x-jpki-va-cause: hsm-unavailable,
+    which an unreachable signer never sends; nothing was changed, and a retry once the
+    HSM is back may succeed. A key missing from a present token is FAILED_PRECONDITION.
+    """
 
     def __init__(self, channel):
         """Constructor.
@@ -104,7 +108,11 @@ class SignerServiceStub:
 
 
 class SignerServiceServicer:
-    """Missing associated documentation comment in .proto file."""
+    """A call that needs the HSM while the HSM is unavailable fails with UNAVAILABLE
+    ("HSM unavailable: ...") and the trailing metadata x-jpki-va-cause: hsm-unavailable,
+    which an unreachable signer never sends; nothing was changed, and a retry once the
+    HSM is back may succeed. A key missing from a present token is FAILED_PRECONDITION.
+    """
 
     def IssueCertificate(self, request, context):
         """Missing associated documentation comment in .proto file."""
@@ -262,7 +270,11 @@ def add_SignerServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class SignerService:
-    """Missing associated documentation comment in .proto file."""
+    """A call that needs the HSM while the HSM is unavailable fails with UNAVAILABLE
+    ("HSM unavailable: ...") and the trailing metadata x-jpki-va-cause: hsm-unavailable,
+    which an unreachable signer never sends; nothing was changed, and a retry once the
+    HSM is back may succeed. A key missing from a present token is FAILED_PRECONDITION.
+    """
 
     @staticmethod
     def IssueCertificate(request,

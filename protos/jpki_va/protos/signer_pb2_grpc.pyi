@@ -31,6 +31,12 @@ GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
 
 class SignerServiceStub:
+    """A call that needs the HSM while the HSM is unavailable fails with UNAVAILABLE
+    ("HSM unavailable: ...") and the trailing metadata x-jpki-va-cause: hsm-unavailable,
+    which an unreachable signer never sends; nothing was changed, and a retry once the
+    HSM is back may succeed. A key missing from a present token is FAILED_PRECONDITION.
+    """
+
     @_typing.overload
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...
     @_typing.overload
@@ -52,6 +58,12 @@ class SignerServiceStub:
 
 @_typing.type_check_only
 class SignerServiceAsyncStub(SignerServiceStub):
+    """A call that needs the HSM while the HSM is unavailable fails with UNAVAILABLE
+    ("HSM unavailable: ...") and the trailing metadata x-jpki-va-cause: hsm-unavailable,
+    which an unreachable signer never sends; nothing was changed, and a retry once the
+    HSM is back may succeed. A key missing from a present token is FAILED_PRECONDITION.
+    """
+
     def __init__(self, channel: _aio.Channel) -> None: ...
     IssueCertificate: _aio.UnaryUnaryMultiCallable[_signer_pb2.IssueCertificateRequest, _signer_pb2.IssueCertificateResponse]  # type: ignore[assignment]
     RecordLoss: _aio.UnaryUnaryMultiCallable[_signer_pb2.RecordLossRequest, _signer_pb2.RecordLossResponse]  # type: ignore[assignment]
@@ -69,6 +81,12 @@ class SignerServiceAsyncStub(SignerServiceStub):
     IssueVerifierToken: _aio.UnaryUnaryMultiCallable[_verifiers_pb2.IssueVerifierTokenRequest, _verifiers_pb2.IssueVerifierTokenResponse]  # type: ignore[assignment]
 
 class SignerServiceServicer(metaclass=_abc_1.ABCMeta):
+    """A call that needs the HSM while the HSM is unavailable fails with UNAVAILABLE
+    ("HSM unavailable: ...") and the trailing metadata x-jpki-va-cause: hsm-unavailable,
+    which an unreachable signer never sends; nothing was changed, and a retry once the
+    HSM is back may succeed. A key missing from a present token is FAILED_PRECONDITION.
+    """
+
     @_abc_1.abstractmethod
     def IssueCertificate(
         self,

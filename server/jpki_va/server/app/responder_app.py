@@ -61,6 +61,7 @@ from jpki_va.server.responder.crls import CrlFiles
 from jpki_va.server.responder.index_build import prune_abandoned_builds
 from jpki_va.server.responder.index_reader import Index, current_index
 from jpki_va.server.responder.ingest import Ingester, IngestMetrics
+from jpki_va.server.responder.ingest_health import IngestCondition, IngestHealth
 from jpki_va.server.responder.mappings import Mapper, UnknownCertificate
 from jpki_va.server.responder.metrics import (
     CountedSource,
@@ -123,6 +124,10 @@ STATUS_ERRORS: server_common.ErrorMap = (
     (LedgerBacklog, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (LedgerError, grpc.StatusCode.UNAVAILABLE),
 )
+#: The health of ingesting alone: NOT_SERVING while snapshots cannot be ingested (the
+#: disk full, say). The services stay SERVING on the last good index; they are
+#: NOT_SERVING only while there is no index at all.
+INGEST_HEALTH = "jpki-va.ingest"
 LEDGER_SYNC_SECONDS = 1.0  # how much of the counts a machine crash could lose
 READY_TIMEOUT = 60.0
 KILL_AFTER_GRACE = 5.0  # seconds past the grace period before a stopping worker is ended
@@ -219,13 +224,19 @@ def _ocsp_responder(
 
 
 def worker_main(  # noqa: PLR0915 (a composition root: the wiring reads best in one place)
-    config: ResponderConfig, slot: int, port: int, http_port: int | None, ready: Any
+    config: ResponderConfig,
+    slot: int,
+    port: int,
+    http_port: int | None,
+    ready: Any,
+    ingest_failing: Any,
 ) -> None:
     """One worker process: gRPC and, when configured, HTTP OCSP and CRLs.
 
     `slot` (0..workers-1, kept by a restarted worker) names the provision-ledger
     shard this worker alone writes: workers sharing one environment would queue on
-    its write lock for every answer.
+    its write lock for every answer. `ingest_failing` is the supervisor's shared flag
+    (a RawValue: no lock a dying process could keep) for the ingest health entry.
 
     SIGTERM (from the supervisor) stops it gracefully. Not a shared
     multiprocessing.Event: a worker killed while waiting on one leaves its condition
@@ -312,6 +323,8 @@ def worker_main(  # noqa: PLR0915 (a composition root: the wiring reads best in 
         http.start()
     serving = holder.loaded
     server_common.set_serving(health, SERVICES, serving)
+    ingest_ok = not ingest_failing.value
+    server_common.set_part_serving(health, INGEST_HEALTH, ingest_ok)
     ready.put(port)
     synced = time.monotonic()
     signer = keystore.current()
@@ -326,6 +339,9 @@ def worker_main(  # noqa: PLR0915 (a composition root: the wiring reads best in 
         if holder.loaded and not serving:
             serving = True
             server_common.set_serving(health, SERVICES, True)
+        if ingest_ok == bool(ingest_failing.value):
+            ingest_ok = not ingest_ok
+            server_common.set_part_serving(health, INGEST_HEALTH, ingest_ok)
         if time.monotonic() - synced > LEDGER_SYNC_SECONDS:
             ledger.sync()
             synced = time.monotonic()
@@ -400,6 +416,11 @@ class Responder:
         # The responder's own metrics registry (served by whoever exposes metrics).
         self.metrics_registry = CollectorRegistry()
         self.ingest_metrics = IngestMetrics(self.metrics_registry)
+        self._ingest_failing = self._ctx.RawValue("b", 0)  # read by the workers' health
+        self.ingest_health = IngestHealth(
+            config.index_dir, config.poll_interval, on_change=self._ingest_changed
+        )
+        self.metrics_registry.register(self.ingest_health)
         self._ingester = Ingester(
             config.snapshot_dir,
             config.index_dir,
@@ -408,6 +429,7 @@ class Responder:
             (self._clock, timedelta(days=config.crl_retention_days)),
             metrics=self.ingest_metrics,
             before_publish=self._certify_for,
+            health=self.ingest_health,
         )
         self._keystore = OcspKeyStore(config.ocsp_dir)
         self._collector = ResponderCollector(self._clock)
@@ -431,13 +453,23 @@ class Responder:
         """Process ids of the live workers (for operators' tooling and the bench)."""
         return [p.pid for p in self._workers if p.pid is not None and p.is_alive()]
 
+    def _ingest_changed(self, condition: IngestCondition) -> None:
+        self._ingest_failing.value = int(condition.failing)
+
     def _spawn(self, slot: int) -> multiprocessing.process.BaseProcess:
         # The worker's parent-death signal fires when the *thread* spawning it ends:
         # spawn only from the threads that run start() and run(), which last as long
         # as this supervisor serves.
         proc = self._ctx.Process(
             target=worker_main,
-            args=(self.config, slot, self.port, self.http_port, self._ready),
+            args=(
+                self.config,
+                slot,
+                self.port,
+                self.http_port,
+                self._ready,
+                self._ingest_failing,
+            ),
             name="jpki-va-worker",
         )
         proc.start()

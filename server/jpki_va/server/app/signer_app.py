@@ -13,6 +13,7 @@ from typing import Any
 import grpc
 import prometheus_client
 from cryptography import x509
+from grpc_health.v1.health import HealthServicer
 
 from jpki_va import hsm
 from jpki_va.core.clock import Clock, SystemClock
@@ -32,6 +33,7 @@ from jpki_va.server.rpc.signer_servicer import SignerServicer
 from jpki_va.server.signer.authority import Authority, AuthorityError
 from jpki_va.server.signer.ceremony import bootstrap
 from jpki_va.server.signer.metrics import SignerMetrics
+from jpki_va.server.signer.publish_status import PublishStatus
 from jpki_va.server.signer.publisher import Publisher
 from jpki_va.server.signer.service import (
     Conflict,
@@ -47,6 +49,11 @@ from jpki_va.server.snapshot.writer import prune_abandoned
 log = logging.getLogger(__name__)
 
 SERVICE = signer_pb2.DESCRIPTOR.services_by_name["SignerService"].full_name
+#: The health of publishing alone. An HSM or disk that fails publishing leaves the
+#: SignerService SERVING: it still records changes durably (a loss recorded now is
+#: published the moment publishing recovers) and answers, and NOT_SERVING would make
+#: balancers and orchestrators drop or restart a signer that a restart cannot mend.
+PUBLISH_HEALTH = "jpki-va.publish"
 
 SIGNER_ERRORS: server_common.ErrorMap = (
     (NotOperator, grpc.StatusCode.PERMISSION_DENIED),
@@ -60,8 +67,29 @@ SIGNER_ERRORS: server_common.ErrorMap = (
     (PreconditionFailed, grpc.StatusCode.FAILED_PRECONDITION),
     (AuthorityError, grpc.StatusCode.FAILED_PRECONDITION),
     (RegistryError, grpc.StatusCode.FAILED_PRECONDITION),
-    (hsm.HsmError, grpc.StatusCode.UNAVAILABLE),
+    # The token is there but the key is not: the ceremony's business, not a retry's.
+    (hsm.KeyNotFound, grpc.StatusCode.FAILED_PRECONDITION),
+    # The signer answers but its HSM does not: not "unreachable" (see server_common.CAUSE).
+    (hsm.HsmError, grpc.StatusCode.UNAVAILABLE, server_common.HSM_UNAVAILABLE),
 )
+
+
+class _PublishWatch:
+    """Publish outcomes to the metrics and to the health of the publish part."""
+
+    def __init__(self, metrics: SignerMetrics) -> None:
+        self._metrics = metrics
+        self.health: HealthServicer | None = None  # set once the server has one
+
+    def published(self) -> None:
+        self._metrics.published()
+        if self.health is not None:
+            server_common.set_part_serving(self.health, PUBLISH_HEALTH, True)
+
+    def publish_failed(self, cause: str) -> None:
+        self._metrics.publish_failed(cause)
+        if self.health is not None:
+            server_common.set_part_serving(self.health, PUBLISH_HEALTH, False)
 
 
 @dataclass
@@ -101,6 +129,15 @@ class SignerApp:
 
     def wait(self) -> None:
         self.server.wait_for_termination()
+
+
+def _publish_status(
+    publisher: Publisher, clock: Clock, metrics: SignerMetrics
+) -> tuple[PublishStatus, _PublishWatch]:
+    watch = _PublishWatch(metrics)
+    status = PublishStatus(clock, publisher.last_published_at(), watch)
+    metrics.publish_age_from(status.age)
+    return status, watch
 
 
 def _operators(config: SignerConfig) -> Operators:
@@ -155,7 +192,8 @@ def start_signer(config: SignerConfig, clock: Clock | None = None) -> SignerApp:
             registry, authority, config.snapshot_dir, clock, settings, config.retention
         )
         queue = SigningQueue(config.sign_queue_limit, config.sign_queue_wait, observer=metrics)
-        signer = Signer(registry, authority, publisher, clock, settings, queue)
+        status, watch = _publish_status(publisher, clock, metrics)
+        signer = Signer(registry, authority, publisher, clock, settings, queue, status)
         server = server_common.build_server(
             max_workers=config.grpc_workers,
             mapping=SIGNER_ERRORS,
@@ -168,6 +206,8 @@ def start_signer(config: SignerConfig, clock: Clock | None = None) -> SignerApp:
             SignerServicer(signer, verifiers, operators, caller), server
         )
         health = server_common.add_health_and_reflection(server, [SERVICE])
+        server_common.set_part_serving(health, PUBLISH_HEALTH, not status.state().failing)
+        watch.health = health
         port = server_common.bind(server, config.listen, credentials)
         if config.metrics_port is not None:
             metrics_server, _ = prometheus_client.start_http_server(
@@ -193,22 +233,33 @@ def start_signer(config: SignerConfig, clock: Clock | None = None) -> SignerApp:
         app.metrics_port = int(metrics_server.server_port)
         log.info("signer metrics on 127.0.0.1:%d/metrics", app.metrics_port)
     if config.delta_interval > 0:
-        full_interval = timedelta(seconds=config.full_interval)
-        app._publisher_thread = threading.Thread(
-            target=_publish_loop,
-            args=(lambda: signer.publish_scheduled(full_interval), stop, config.delta_interval),
-            name="publisher",
-            daemon=True,
-        )
-        app._publisher_thread.start()
+        app._publisher_thread = _start_publishing(signer, config, stop)
     log.info("signer listening on %s", config.listen.rsplit(":", 1)[0] + f":{port}")
     return app
 
 
+def _start_publishing(
+    signer: Signer, config: SignerConfig, stop: threading.Event
+) -> threading.Thread:
+    full_interval = timedelta(seconds=config.full_interval)
+    thread = threading.Thread(
+        target=_publish_loop,
+        args=(lambda: signer.publish_scheduled(full_interval), stop, config.delta_interval),
+        name="publisher",
+        daemon=True,
+    )
+    thread.start()
+    return thread
+
+
 def _publish_loop(publish: Callable[[], object], stop: threading.Event, interval: float) -> None:
-    """Every `interval`: the move-out sweep, then a full or delta snapshot as due."""
+    """Every `interval`: the move-out sweep, then a full or delta snapshot as due.
+
+    A failed publish is logged by the publish status, once per change of state, and
+    tried again at the next tick.
+    """
     while not stop.wait(interval):
         try:
             publish()
-        except Exception:
-            log.exception("periodic publish failed; will retry")
+        except Exception as exc:
+            log.debug("periodic publish failed: %s", exc)

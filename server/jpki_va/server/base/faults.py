@@ -22,11 +22,11 @@ ENV = "JPKI_VA_FAULT_POINTS"
 #: Each step, in the order a publish or an ingest passes them.
 POINTS = (
     # signer: a snapshot publish
-    "publish.sequence-taken",  # the snapshot's sequence number is committed, no file yet
+    "publish.begun",  # the snapshot key is loaded and the next sequence read; no file yet
     "publish.files-written",  # data files and CRLs are in the temporary directory
     "snapshot.manifest-written",  # the signed manifest is written, the rename is not
-    "publish.committed",  # the snapshot has its real name; the publisher's state is old
-    "publish.state-saved",  # the publisher's state is saved; old snapshots not pruned
+    "publish.committed",  # renamed into place; the registry has not recorded it yet
+    "publish.state-saved",  # the registry has its numbers and state; nothing pruned yet
     # responder: ingesting a full snapshot
     "index.build.written",  # the new index is complete under its temporary name
     "index.build.renamed",  # the new index has its real name, `current` is the old one

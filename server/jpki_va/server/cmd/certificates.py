@@ -4,13 +4,20 @@ Operator commands on certificates, registered on the `registry` group
 (jpki_va.server.cmd.signer_client), each one SignerService call. Every command prints what it
 changed (which certificates lost effect, and why); `--json` prints one JSON object
 instead. Exit codes: 0 done, 2 usage or input error, 3 the signer refused (its
-message is printed), 4 the signer is unreachable.
+message is printed), 4 the signer is unreachable, 5 the signer answered but its HSM
+is unavailable (nothing was done; retry when it is back).
+
+A change is durable when the command returns 0, but responders learn it from the next
+snapshot. When publishing is failing, the reply says so: `publishing` in the JSON
+(`failing`, `error`, `failures`, `last_published`), and a warning on stderr that the
+change is recorded but not yet published; the exit code is still 0.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 from collections.abc import Callable
 from datetime import UTC, date
 from pathlib import Path
@@ -122,6 +129,14 @@ def _run(args: argparse.Namespace, command: Command) -> int:
         print(json.dumps(result, ensure_ascii=False, sort_keys=True))
     else:
         print(_text(result))
+    publishing = result.get("publishing")
+    if publishing is not None and publishing["failing"]:
+        print(
+            f"jpki-va {args.command}: warning: recorded, but not yet published: "
+            f"{publishing['error']}; responders answer the previous status until a "
+            "publish succeeds",
+            file=sys.stderr,
+        )
     return 0
 
 
@@ -161,6 +176,7 @@ def _issue(args: argparse.Namespace, stub: Stub) -> dict[str, Any]:
             "out": args.out,
         },
         "changes": [_loss(c) for c in reply.superseded],
+        "publishing": _publishing(reply.publishing),
     }
 
 
@@ -173,7 +189,10 @@ def _lose(args: argparse.Namespace, stub: Stub) -> dict[str, Any]:
     if args.reason is not None:
         request.reason = int(CrlReason.from_slug(args.reason))  # type: ignore[assignment]
     reply = stub.RecordLoss(request, timeout=args.timeout)
-    return {"changes": [_loss(c) for c in reply.changes]}
+    return {
+        "changes": [_loss(c) for c in reply.changes],
+        "publishing": _publishing(reply.publishing),
+    }
 
 
 def _resident_event(args: argparse.Namespace, stub: Stub) -> dict[str, Any]:
@@ -193,7 +212,11 @@ def _resident_event(args: argparse.Namespace, stub: Stub) -> dict[str, Any]:
         ),
         timeout=args.timeout,
     )
-    out: dict[str, Any] = {"event": event.slug, "changes": [_loss(c) for c in reply.changes]}
+    out: dict[str, Any] = {
+        "event": event.slug,
+        "changes": [_loss(c) for c in reply.changes],
+        "publishing": _publishing(reply.publishing),
+    }
     if reply.HasField("move_out_deadline"):
         out["move_out_deadline"] = _time(reply.move_out_deadline)
     return out
@@ -220,7 +243,8 @@ def _issuer_compromise(args: argparse.Namespace, stub: Stub) -> dict[str, Any]:
             "certificates": reply.certificates,
             "cause": LossCause.ISSUER_KEY_COMPROMISE.name,
             "reason": CrlReason.CA_COMPROMISE.name,
-        }
+        },
+        "publishing": _publishing(reply.publishing),
     }
 
 
@@ -278,6 +302,17 @@ def _loss(change: signer_pb2.LossOfEffect) -> dict[str, Any]:
             "cause": LossCause(change.trigger_cause).name,
         }
     return out
+
+
+def _publishing(publishing: signer_pb2.Publishing) -> dict[str, Any]:
+    return {
+        "failing": publishing.failing,
+        "error": publishing.error or None,
+        "failures": publishing.failures,
+        "last_published": (
+            _time(publishing.last_published) if publishing.HasField("last_published") else None
+        ),
+    }
 
 
 def _consent_json(consent: signer_pb2.Consent) -> dict[str, Any]:

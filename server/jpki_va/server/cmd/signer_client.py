@@ -23,6 +23,7 @@ else:  # not subscriptable at run time
     SubParsers = argparse._SubParsersAction
 EXIT_SERVER = 3
 EXIT_UNREACHABLE = 4
+EXIT_HSM_UNAVAILABLE = 5  # the signer answered, but its HSM did not: nothing was done
 
 
 def add_registry_group(sub: SubParsers) -> SubParsers:
@@ -108,8 +109,18 @@ def demo_identity(args: argparse.Namespace) -> tuple[tuple[str, str | bytes], ..
     return ((VERIFIER_HEADER, verifier),)
 
 
+def _hsm_unavailable(exc: grpc.Call) -> bool:
+    # Here, not at the top: the server's rpc package stays out of `jpki-va --help`.
+    from jpki_va.server.rpc.server_common import CAUSE, HSM_UNAVAILABLE  # noqa: PLC0415
+
+    return any(
+        key == CAUSE and value == HSM_UNAVAILABLE for key, value in exc.trailing_metadata() or ()
+    )
+
+
 def rpc_errors(run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
-    """gRPC errors become one line on stderr and exit code 3 (4: no answer)."""
+    """gRPC errors become one line on stderr and exit code 3 (4: no answer; 5: the
+    signer answered that its HSM is unavailable)."""
 
     def wrapped(args: argparse.Namespace) -> int:
         _complete_connection(args)
@@ -118,6 +129,13 @@ def rpc_errors(run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.N
         except grpc.RpcError as exc:
             code = exc.code() if isinstance(exc, grpc.Call) else grpc.StatusCode.UNKNOWN
             details = exc.details() if isinstance(exc, grpc.Call) else str(exc)
+            if isinstance(exc, grpc.Call) and _hsm_unavailable(exc):
+                print(
+                    f"jpki-va {args.command}: the signer is up but its HSM is not, so nothing "
+                    f"was done; retry when the HSM is back ({details})",
+                    file=sys.stderr,
+                )
+                return EXIT_HSM_UNAVAILABLE
             print(f"jpki-va {args.command}: {code.name}: {details}", file=sys.stderr)
             unreachable = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
             return EXIT_UNREACHABLE if code in unreachable else EXIT_SERVER

@@ -11,6 +11,7 @@ newest of each scope, which is still the one in force.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 from collections.abc import Iterable
@@ -23,6 +24,7 @@ import lmdb
 
 from jpki_va.core.domain import CertKind
 from jpki_va.server.base.private_files import LMDB_MODE, private_dir
+from jpki_va.server.responder.storage import prepare_lock_file
 
 _MAP_SIZE = 1 << 40
 _NUMBER = 8
@@ -84,6 +86,8 @@ class CrlArchive:
 
     def __init__(self, path: Path) -> None:
         private_dir(path)
+        with contextlib.suppress(FileExistsError):  # opened before: its lock file stays
+            prepare_lock_file(path)
         self._env = lmdb.open(str(path), map_size=_MAP_SIZE, max_dbs=len(self._DBS), mode=LMDB_MODE)
         self._der, self._info = (self._env.open_db(name) for name in self._DBS)
 

@@ -36,6 +36,7 @@ from jpki_va.server.responder.index_layout import (
     issuer_lookup_keys,
     snapshot_event_rows,
 )
+from jpki_va.server.responder.storage import no_space, prepare_lock_file
 from jpki_va.server.snapshot.data_files import (
     EventFields,
 )
@@ -63,7 +64,8 @@ def build_index(snapshot: VerifiedSnapshot, index_root: Path) -> Path:
     """Build the index of a verified full snapshot in a new directory; returns it.
 
     The directory is built under a temporary name and renamed when complete, so a
-    crash leaves no half-written index behind a real name.
+    crash leaves no half-written index behind a real name. A disk too full for it is
+    NoSpace, and the partial build is removed.
     """
     manifest = snapshot.manifest
     if manifest.type != "full":
@@ -72,9 +74,17 @@ def build_index(snapshot: VerifiedSnapshot, index_root: Path) -> Path:
     final = index_root / index_dirname(manifest.sequence)
     tmp = index_root / f"{_BUILD_PREFIX}{index_dirname(manifest.sequence)}"
     shutil.rmtree(tmp, ignore_errors=True)
-    private_dir(tmp)
     try:
+        private_dir(tmp)
+        prepare_lock_file(tmp)  # before LMDB maps it: see storage
         _build(snapshot, tmp)
+    except (lmdb.Error, OSError) as exc:
+        # Judged before the partial build goes: its pages are what filled the disk.
+        full = no_space(exc, index_root)
+        shutil.rmtree(tmp, ignore_errors=True)
+        if full is not None:
+            raise full from exc
+        raise
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -11,7 +11,9 @@ verification; a refused snapshot is logged and counted once and the index keeps
 serving. A refused snapshot is not verified again while it stays as it was, but it
 is as soon as its content changes (a genuine copy put back in place, or a new
 directory under its name): a refused delta must not hold back the deltas after it
-until the next full snapshot.
+until the next full snapshot. An attempt that fails otherwise (the disk full: see
+storage) is tried again after a growing pause, and the index keeps serving too (see
+ingest_health).
 """
 
 from __future__ import annotations
@@ -38,6 +40,8 @@ from jpki_va.server.responder.index_build import build_index, publish_index
 from jpki_va.server.responder.index_delta import AppliedLoss, DeltaNotApplicable, apply_delta
 from jpki_va.server.responder.index_layout import snapshot_events
 from jpki_va.server.responder.index_reader import Index, current_index
+from jpki_va.server.responder.ingest_health import IngestHealth
+from jpki_va.server.responder.storage import no_space
 from jpki_va.server.snapshot.manifest import (
     MANIFEST,
     SIGNATURE,
@@ -149,6 +153,7 @@ class Ingester:
         *,
         metrics: IngestMetrics | None = None,
         before_publish: Callable[[Path], None] | None = None,
+        health: IngestHealth | None = None,
     ) -> None:
         self._snapshots = snapshot_dir
         # Runs on a built index before workers can see it (the responder certifies
@@ -168,10 +173,15 @@ class Ingester:
         self._seen: set[str] | None = None  # snapshots present at start, or ingested
         self._live: _Live | None = None
         private_dir(index_root)
+        self._health = health or IngestHealth(index_root, retry_base=1.0)
 
     @property
     def metrics(self) -> IngestMetrics:
         return self._metrics
+
+    @property
+    def health(self) -> IngestHealth:
+        return self._health
 
     def _live_state(self) -> _Live | None:
         current = current_index(self._root)
@@ -281,8 +291,20 @@ class Ingester:
 
         A delta that does not follow the live index yet (one before it is missing)
         stays pending: it is applied if the missing one arrives, and superseded by
-        the next full snapshot otherwise.
+        the next full snapshot otherwise. A failed attempt is counted in `health`,
+        which also says when the next may be made; until then this does nothing.
         """
+        if not self._health.due():
+            return None
+        try:
+            result = self._poll()
+        except Exception as exc:
+            self._health.failed(no_space(exc, self._root) or exc)
+            return None
+        self._health.succeeded()
+        return result
+
+    def _poll(self) -> IngestResult | None:
         pending = self.pending()
         result = None
         for path in reversed([p for p in pending if self._type(p) != "delta"]):

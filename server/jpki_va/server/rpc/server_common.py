@@ -22,13 +22,22 @@ from jpki_va.server.rpc.wrapping import Handler, Interceptor, WrappingIntercepto
 
 log = logging.getLogger(__name__)
 
-ErrorMap = Sequence[tuple[type[BaseException], grpc.StatusCode]]
+#: Exception class -> status, and optionally a cause for the CAUSE trailer.
+ErrorMap = Sequence[
+    tuple[type[BaseException], grpc.StatusCode] | tuple[type[BaseException], grpc.StatusCode, str]
+]
+
+#: Trailing metadata naming why a call failed where the status alone cannot tell:
+#: UNAVAILABLE from a signer that answered but whose HSM did not is
+#: CAUSE: HSM_UNAVAILABLE, unlike the UNAVAILABLE of a signer that cannot be reached.
+CAUSE = "x-jpki-va-cause"
+HSM_UNAVAILABLE = "hsm-unavailable"
 
 
-def _status_for(exc: BaseException, mapping: ErrorMap) -> grpc.StatusCode | None:
-    for cls, code in mapping:
+def _status_for(exc: BaseException, mapping: ErrorMap) -> tuple[grpc.StatusCode, str | None] | None:
+    for cls, code, *cause in mapping:
         if isinstance(exc, cls):
-            return code
+            return code, (cause[0] if cause else None)
     return None
 
 
@@ -50,10 +59,13 @@ class ErrorMappingInterceptor(WrappingInterceptor):
         self._trailer = () if served_by is None else ((SERVED_BY, served_by),)
 
     def _abort(self, exc: BaseException, context: grpc.ServicerContext, method: str) -> None:
-        code = _status_for(exc, self._mapping)
-        if code is None:
+        found = _status_for(exc, self._mapping)
+        if found is None:
             log.exception("unexpected error in %s", method)
             context.abort(grpc.StatusCode.INTERNAL, "internal error")
+        code, cause = found
+        if cause is not None:
+            context.set_trailing_metadata((*self._trailer, (CAUSE, cause)))
         context.abort(code, str(exc) or type(exc).__name__)
 
     def wrap(self, handler: Handler, method: str) -> Handler:
@@ -144,6 +156,17 @@ def set_serving(servicer: health.HealthServicer, names: Sequence[str], serving: 
     )
     for name in ("", *names):
         servicer.set(name, status)
+
+
+def set_part_serving(servicer: health.HealthServicer, name: str, serving: bool) -> None:
+    """One part's health (a name of its own, such as "jpki-va.publish"), leaving the
+    server's overall status as it is: a part that fails need not take the server out."""
+    servicer.set(
+        name,
+        health_pb2.HealthCheckResponse.SERVING
+        if serving
+        else health_pb2.HealthCheckResponse.NOT_SERVING,
+    )
 
 
 def bind(server: grpc.Server, address: str, credentials: grpc.ServerCredentials | None) -> int:

@@ -17,6 +17,7 @@ from jpki_va.server.model.holder import Holder
 from jpki_va.server.model.registry_values import Consent, IssuerRecord, LossEvent
 from jpki_va.server.rpc.identity import fingerprint
 from jpki_va.server.rpc.pb import kind_from_pb, serial_from_pb, timestamp
+from jpki_va.server.signer.publish_status import PublishState
 from jpki_va.server.signer.service import InvalidRequest, IssueRequest, Signer
 from jpki_va.server.signer.verifier_registry import VerifierRegistry
 
@@ -34,6 +35,15 @@ def loss_to_pb(event: LossEvent) -> signer_pb2.LossOfEffect:
         out.trigger_kind = int(event.trigger.kind)  # type: ignore[assignment]
         out.trigger_serial = serial_to_bytes(event.trigger.serial)
         out.trigger_cause = int(event.trigger.cause)  # type: ignore[assignment]
+    return out
+
+
+def publishing_to_pb(state: PublishState) -> signer_pb2.Publishing:
+    out = signer_pb2.Publishing(
+        failing=state.failing, error=state.error or "", failures=state.failures
+    )
+    if state.last_published is not None:
+        out.last_published.CopyFrom(timestamp(state.last_published))
     return out
 
 
@@ -130,6 +140,8 @@ class SignerServicer(signer_pb2_grpc.SignerServiceServicer):
             serial=serial_to_bytes(record.serial),
             issuer_certificate_der=issued.issuer_certificate.public_bytes(Encoding.DER),
             superseded=[loss_to_pb(e) for e in issued.superseded],
+            # The issuance has just signed with the HSM: no need to try its key again.
+            publishing=publishing_to_pb(self._signer.publishing(check_key=False)),
         )
 
     def RecordLoss(
@@ -146,7 +158,10 @@ class SignerServicer(signer_pb2_grpc.SignerServiceServicer):
         events = self._signer.record_loss(
             kind_from_pb(request.kind), serial_from_pb(request.serial), cause, reason
         )
-        return signer_pb2.RecordLossResponse(changes=[loss_to_pb(e) for e in events])
+        return signer_pb2.RecordLossResponse(
+            changes=[loss_to_pb(e) for e in events],
+            publishing=publishing_to_pb(self._signer.publishing()),
+        )
 
     def RecordResidentEvent(
         self, request: signer_pb2.RecordResidentEventRequest, context: grpc.ServicerContext
@@ -168,7 +183,10 @@ class SignerServicer(signer_pb2_grpc.SignerServiceServicer):
                 deletion_by_move_out=request.deletion_by_move_out,
             ),
         )
-        reply = signer_pb2.RecordResidentEventResponse(changes=[loss_to_pb(e) for e in events])
+        reply = signer_pb2.RecordResidentEventResponse(
+            changes=[loss_to_pb(e) for e in events],
+            publishing=publishing_to_pb(self._signer.publishing()),
+        )
         if planned is not None:
             reply.move_out_deadline.CopyFrom(timestamp(move_out_deadline(planned)))
         return reply
@@ -186,6 +204,7 @@ class SignerServicer(signer_pb2_grpc.SignerServiceServicer):
             issuer=issuer_to_pb(result.issuer),
             compromised_at=timestamp(result.compromise.time),
             certificates=result.certificates,
+            publishing=publishing_to_pb(self._signer.publishing()),
         )
 
     def RecordConsent(

@@ -1,11 +1,14 @@
-"""The signer's Prometheus metrics: HSM signing latency, faults, reconnects, the queue.
+"""The signer's Prometheus metrics: HSM signing latency, faults, reconnects, the queue,
+and whether snapshots get published.
 
-One object implements both the HSM layer's observer and the signing queue's, so the
-HSM layer and the queue stay free of prometheus_client. Each instance registers in
-its own CollectorRegistry (several signers may share a test process).
+One object implements the HSM layer's observer, the signing queue's and the publish
+status's, so those stay free of prometheus_client. Each instance registers in its
+own CollectorRegistry (several signers may share a test process).
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -46,6 +49,23 @@ class SignerMetrics:
             ["reason"],
             registry=self.registry,
         )
+        self.publish_failures = Counter(
+            "jpki_va_publish_failures_total",
+            "Snapshot publishes (periodic or requested) that failed, by cause (hsm, other)",
+            ["cause"],
+            registry=self.registry,
+        )
+        self.publish_failing = Gauge(
+            "jpki_va_publish_failing",
+            "1 while the last publish failed: changes recorded since wait, responders "
+            "answer the old status",
+            registry=self.registry,
+        )
+        self.publish_age = Gauge(
+            "jpki_va_publish_age_seconds",
+            "Seconds since the last snapshot was published (NaN: none yet)",
+            registry=self.registry,
+        )
 
     # hsm.HsmObserver
     def signed(self, label: str, mechanism: str, seconds: float) -> None:
@@ -63,3 +83,15 @@ class SignerMetrics:
 
     def rejected(self, reason: str) -> None:
         self.queue_rejected.labels(reason).inc()
+
+    # jpki_va.server.signer.publish_status.PublishObserver
+    def published(self) -> None:
+        self.publish_failing.set(0)
+
+    def publish_failed(self, cause: str) -> None:
+        self.publish_failures.labels(cause).inc()
+        self.publish_failing.set(1)
+
+    def publish_age_from(self, seconds: Callable[[], float]) -> None:
+        """Where the age of the last publish comes from, read at each scrape."""
+        self.publish_age.set_function(seconds)

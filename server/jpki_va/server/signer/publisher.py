@@ -5,6 +5,11 @@ since the previous snapshot and, per partition that changed since the full one,
 a delta CRL (cumulative since that partition's full CRL, RFC 5280 §5.2.4). A delta
 is possible only while the issuer generations, compromises and partitions are the
 ones of the last full snapshot; otherwise the publisher makes a full one.
+
+A publish takes its snapshot sequence and CRL numbers only when it commits: they are
+read ahead, written into the signed files, and recorded in the registry in the same
+write transaction that renames the finished snapshot into place. A publish that
+fails (the HSM gone, the disk full) leaves no number used and no snapshot behind.
 """
 
 from __future__ import annotations
@@ -47,7 +52,6 @@ from jpki_va.server.snapshot.manifest import (
     SIGNING_RECORDS,
     CrlInfo,
     crl_relpath,
-    snapshot_dirname,
     snapshot_sequence,
 )
 from jpki_va.server.snapshot.record_format import encode_file_record
@@ -93,10 +97,12 @@ class _State:
     issued: int
     consent_sequence: int
     mark: str
+    last_at: datetime | None = None  # when the last snapshot (full or delta) was made
 
     def to_bytes(self) -> bytes:
         data = dict(self.__dict__)
         data["full_at"] = self.full_at.isoformat()
+        data["last_at"] = None if self.last_at is None else self.last_at.isoformat()
         return json.dumps(data, sort_keys=True).encode()
 
     @classmethod
@@ -106,6 +112,9 @@ class _State:
             return None
         data = json.loads(raw)
         data["full_at"] = datetime.fromisoformat(data["full_at"])
+        # Absent in states written before it was kept: the full snapshot's time.
+        last_at = data.get("last_at")
+        data["last_at"] = data["full_at"] if last_at is None else datetime.fromisoformat(last_at)
         return cls(**data)
 
 
@@ -169,6 +178,50 @@ class Publisher:
             state = _State.load(tx)
             return state is None or state.mark != tx.change_mark()
 
+    def last_published_at(self) -> datetime | None:
+        """When the last snapshot was published (None: never)."""
+        with self._registry.read() as tx:
+            state = _State.load(tx)
+        return None if state is None else state.last_at
+
+    def check_signer(self) -> None:
+        """Raise what the next publish would meet if the snapshot key cannot be used."""
+        self._authority.snapshot_signer()
+
+    # numbers ------------------------------------------------------------------------------
+    def _next_sequence(self, tx: RegistryTxn) -> int:
+        """The sequence the next snapshot takes, if it commits.
+
+        Above every snapshot on disk as well: one that was renamed into place but whose
+        registry commit then failed, and could not be removed, is never overwritten.
+        """
+        on_disk = (snapshot_sequence(p) for p in self._root.iterdir())
+        return max([tx.counter("snapshot"), *(s for s in on_disk if s is not None)]) + 1
+
+    @staticmethod
+    def _take(wtx: RegistryTxn, expected: dict[str, int]) -> None:
+        """Record the numbers a snapshot used, as read ahead (counter name -> value)."""
+        for name, value in expected.items():
+            if wtx.counter(name) >= value:
+                # Only this publisher takes them, one publish at a time: a bug if seen.
+                raise RuntimeError(f"counter {name} moved past {value} during a publish")
+            wtx.set_counter(name, value)
+
+    def _commit(self, builder: SnapshotBuilder, numbers: dict[str, int], state: _State) -> Path:
+        """Publish the sealed snapshot and record its numbers and state, together."""
+        try:
+            with self._registry.write() as wtx:
+                self._take(wtx, numbers)
+                wtx.set_meta(_STATE, state.to_bytes())
+                # Inside the transaction: a failed rename records nothing.
+                path = builder.publish()
+                fault_point("publish.committed")
+        except BaseException:
+            builder.abort()  # the registry did not take it, so nobody may
+            raise
+        fault_point("publish.state-saved")
+        return path
+
     # retention --------------------------------------------------------------------------
     def _retained(self, record: CertificateRecord, now: datetime) -> bool:
         return self._retention.issuance_retained(record.not_before, now)
@@ -176,11 +229,13 @@ class Publisher:
     # full -------------------------------------------------------------------------------
     def _publish_full(self) -> PublishedSnapshot:
         now = self._clock.now()
+        # First: without its key the whole gather below would be for nothing.
+        signing_key, signer_cert = self._authority.snapshot_signer()
         issuers = self._authority.issuers()
-        with self._registry.write() as wtx:
-            sequence = wtx.next_counter("snapshot")
-        fault_point("publish.sequence-taken")
+        with self._registry.read() as tx:
+            sequence = self._next_sequence(tx)
         builder = SnapshotBuilder(self._root, sequence)
+        fault_point("publish.begun")
         try:
             builder.add_issuers([r.certificate for r in issuers])
             # One read transaction: every file describes the same moment. The records,
@@ -200,15 +255,13 @@ class Publisher:
                 builder.add_jsonl(CONSENTS, consents)
                 builder.add_verifiers(tx.verifiers())
                 entries = content.crl_entries()
-            with self._registry.write() as wtx:
-                numbers = {scope: wtx.next_counter(crl_counter(*scope)) for scope in entries}
-                arl_number = wtx.next_counter("arl") if compromises else 0
+                numbers = {scope: tx.counter(crl_counter(*scope)) + 1 for scope in entries}
+                arl_number = tx.counter("arl") + 1 if compromises else 0
             self._add_crls(builder, issuers, entries, numbers, now, None)
             if compromises:
                 self._add_arl(builder, issuers, compromises, arl_number, now)
-            signing_key, signer_cert = self._authority.snapshot_signer()
             fault_point("publish.files-written")
-            path, manifest = builder.commit(
+            manifest = builder.seal(
                 type="full",
                 base_sequence=None,
                 created_at=now,
@@ -221,7 +274,6 @@ class Publisher:
         except BaseException:
             builder.abort()
             raise
-        fault_point("publish.committed")
         state = _State(
             full_sequence=sequence,
             full_at=now,
@@ -234,10 +286,12 @@ class Publisher:
             issued=issued,
             consent_sequence=consent_sequence,
             mark=mark,
+            last_at=now,
         )
-        with self._registry.write() as wtx:
-            wtx.set_meta(_STATE, state.to_bytes())
-        fault_point("publish.state-saved")
+        taken = {"snapshot": sequence, **{crl_counter(*s): n for s, n in numbers.items()}}
+        if compromises:
+            taken["arl"] = arl_number
+        path = self._commit(builder, taken, state)
         self._prune(now)
         log.info(
             "published full snapshot %d: %d records, %d CRLs",
@@ -276,6 +330,7 @@ class Publisher:
     def _publish_delta(self) -> PublishedSnapshot | None:
         """A delta after the last snapshot, or None when only a full one will do."""
         now = self._clock.now()
+        signing_key, signer_cert = self._authority.snapshot_signer()
         issuers = self._authority.issuers()
         with self._registry.read() as tx:
             state = _State.load(tx)
@@ -283,7 +338,10 @@ class Publisher:
                 state is None
                 or state.issuer_key_ids != [r.key_id.hex() for r in issuers]
                 or state.compromise_count != len(tx.compromises())
-                or self._committed_beyond(state.last_sequence, tx.counter("snapshot"))
+                # A snapshot after the state's last one is on disk: a publish killed
+                # between its rename and the registry's commit. Responders may hold it,
+                # so a delta on the state's last one would not follow theirs.
+                or self._next_sequence(tx) != state.last_sequence + 1
             ):
                 return None
             event_sequence = tx.counter("event")
@@ -293,20 +351,18 @@ class Publisher:
             content = self._gather_delta(tx, state, issuers, now)
             if content is None:
                 return None
-        with self._registry.write() as wtx:
-            sequence = wtx.next_counter("snapshot")
-            numbers = {scope: wtx.next_counter(crl_counter(*scope)) for scope in content.entries}
-        fault_point("publish.sequence-taken")
+            sequence = self._next_sequence(tx)
+            numbers = {scope: tx.counter(crl_counter(*scope)) + 1 for scope in content.entries}
         builder = SnapshotBuilder(self._root, sequence)
+        fault_point("publish.begun")
         bases = {s: state.crl_base[_scope_name(s)] for s in content.entries}
         try:
             builder.add_issuers([r.certificate for r in issuers])
             builder.add_records(content.records)
             self._add_crls(builder, issuers, content.entries, numbers, now, bases)
             self._add_data(builder, content)
-            signing_key, signer_cert = self._authority.snapshot_signer()
             fault_point("publish.files-written")
-            path, manifest = builder.commit(
+            manifest = builder.seal(
                 type="delta",
                 base_sequence=state.full_sequence,
                 previous_sequence=state.last_sequence,
@@ -319,15 +375,14 @@ class Publisher:
         except BaseException:
             builder.abort()
             raise
-        fault_point("publish.committed")
         state.last_sequence = sequence
         state.event_sequence = event_sequence
         state.issued = issued
         state.consent_sequence = consent_sequence
         state.mark = mark
-        with self._registry.write() as wtx:
-            wtx.set_meta(_STATE, state.to_bytes())
-        fault_point("publish.state-saved")
+        state.last_at = now
+        taken = {"snapshot": sequence, **{crl_counter(*s): n for s, n in numbers.items()}}
+        path = self._commit(builder, taken, state)
         log.info(
             "published delta snapshot %d on %d: %d new records, %d losses, %d delta CRLs",
             sequence,
@@ -339,12 +394,6 @@ class Publisher:
         return PublishedSnapshot(
             sequence, path, len(manifest.crls), manifest.record_count, "delta", len(content.events)
         )
-
-    def _committed_beyond(self, last: int, taken: int) -> bool:
-        """Whether a snapshot after the state's last one was committed: a publish killed
-        between its commit and saving the state. Responders may hold that snapshot, so a
-        delta on the state's last one would not follow theirs: only a full one will do."""
-        return any((self._root / snapshot_dirname(s)).is_dir() for s in range(last + 1, taken + 1))
 
     def _gather_delta(
         self, tx: RegistryTxn, state: _State, issuers: list[IssuerRecord], now: datetime

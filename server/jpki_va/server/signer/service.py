@@ -10,15 +10,17 @@ from __future__ import annotations
 import logging
 import re
 import secrets
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
+from typing import TypeVar
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import Encoding
 
+from jpki_va import hsm
 from jpki_va.core.clock import Clock
 from jpki_va.core.domain import CertKind, CrlReason, Loss, LossCause
 from jpki_va.server.law.errors import Refused
@@ -53,12 +55,14 @@ from jpki_va.server.registry.transactions import (
     Registry,
     RegistryTxn,
 )
-from jpki_va.server.signer.authority import Authority
+from jpki_va.server.signer.authority import Authority, AuthorityError
+from jpki_va.server.signer.publish_status import PublishState, PublishStatus
 from jpki_va.server.signer.publisher import PublishedSnapshot, Publisher
 from jpki_va.server.signer.signing_queue import SigningQueue
 
 log = logging.getLogger(__name__)
 
+_P = TypeVar("_P", PublishedSnapshot, PublishedSnapshot | None)
 _RESIDENT_CODE = re.compile(r"\d{11}")
 _MUNICIPALITY = re.compile(r"\d{6}")
 _VERIFIER = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")  # as verifier_registry's ids
@@ -156,6 +160,7 @@ class Signer:
         clock: Clock,
         settings: ProfileSettings,
         queue: SigningQueue | None = None,
+        publish_status: PublishStatus | None = None,
     ) -> None:
         self._registry = registry
         self._authority = authority
@@ -164,6 +169,7 @@ class Signer:
         self._settings = settings
         # Unbounded waiting when none is given (tools, tests of the domain alone).
         self._queue = queue or SigningQueue(1 << 30, 3600.0)
+        self._publish_status = publish_status or PublishStatus(clock, publisher.last_published_at())
 
     # issuance -----------------------------------------------------------------------
     def issue(self, request: IssueRequest) -> Issued:
@@ -417,15 +423,55 @@ class Signer:
     # snapshots ------------------------------------------------------------------------
     def publish(self, *, full: bool = True) -> PublishedSnapshot:
         """Publish now: a full snapshot, or a delta when one can follow the last full."""
-        self.sweep_move_outs()
-        if full:
-            return self._publisher.publish_full()
-        return self._publisher.publish_delta_or_full()
+
+        def now() -> PublishedSnapshot:
+            self.sweep_move_outs()
+            if full:
+                return self._publisher.publish_full()
+            return self._publisher.publish_delta_or_full()
+
+        return self._counted(now)
 
     def publish_scheduled(self, full_interval: timedelta) -> PublishedSnapshot | None:
-        """The periodic tick: a full when one is due, else a delta when anything changed."""
-        self.sweep_move_outs()
-        return self._publisher.publish_scheduled(full_interval)
+        """The periodic tick: a full when one is due, else a delta when anything changed.
+
+        While publishing fails, every tick tries, changed or not, so the account says
+        "recovered" within one tick of the cause going away.
+        """
+        failing = self._publish_status.state().failing
+
+        def tick() -> PublishedSnapshot | None:
+            self.sweep_move_outs()
+            if failing:
+                return self._publisher.publish_delta_or_full()
+            return self._publisher.publish_scheduled(full_interval)
+
+        return self._counted(tick)
+
+    def _counted(self, publish: Callable[[], _P]) -> _P:
+        """Run a publish and keep the account of it (what failed, and since when)."""
+        try:
+            published = publish()
+        except Exception as exc:
+            self._publish_status.failed(exc)
+            raise
+        if published is not None:
+            self._publish_status.succeeded(self._clock.now())
+        return published
+
+    def publishing(self, *, check_key: bool = True) -> PublishState:
+        """Whether a change recorded now reaches the responders: the last publish, and
+        whether the key that signs the next snapshot can be used now (a change may come
+        before the first periodic publish that would fail). `check_key=False` skips
+        the second, for a change that has just used the HSM."""
+        state = self._publish_status.state()
+        if state.failing or not check_key:
+            return state
+        try:
+            self._publisher.check_signer()
+        except (hsm.HsmError, AuthorityError) as exc:
+            return PublishState(failing=True, error=str(exc), last_published=state.last_published)
+        return state
 
     # the responder's delegated OCSP signer --------------------------------------------
     def ocsp_signer_certificates(

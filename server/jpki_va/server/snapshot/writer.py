@@ -197,6 +197,35 @@ class SnapshotBuilder:
         previous_sequence: int | None = None,
         compromises: list[Compromise] | None = None,
     ) -> tuple[Path, Manifest]:
+        """Seal and publish in one step (for callers that keep no count of sequences)."""
+        manifest = self.seal(
+            type=type,
+            base_sequence=base_sequence,
+            created_at=created_at,
+            event_sequence=event_sequence,
+            issuer_key_ids=issuer_key_ids,
+            signing_key=signing_key,
+            signer_cert=signer_cert,
+            previous_sequence=previous_sequence,
+            compromises=compromises,
+        )
+        return self.publish(), manifest
+
+    def seal(
+        self,
+        *,
+        type: Literal["full", "delta"],
+        base_sequence: int | None,
+        created_at: datetime,
+        event_sequence: int,
+        issuer_key_ids: list[bytes],
+        signing_key: CertificateIssuerPrivateKeyTypes,
+        signer_cert: x509.Certificate,
+        previous_sequence: int | None = None,
+        compromises: list[Compromise] | None = None,
+    ) -> Manifest:
+        """Write the signed manifest and force every file to disk; still under its
+        temporary name, so nobody sees it until :meth:`publish`."""
         manifest = Manifest(
             type=type,
             sequence=self.sequence,
@@ -220,16 +249,23 @@ class SnapshotBuilder:
                 with path.open("rb") as f:
                     os.fsync(f.fileno())
         self._dir.chmod(DIR_MODE)  # mkdtemp's mode already; said here, where it matters
+        return manifest
+
+    def publish(self) -> Path:
+        """Rename the sealed snapshot into place; returns where it now is."""
         final = self._root / snapshot_dirname(self.sequence)
         fault_point("snapshot.manifest-written")
         # rename is atomic: a reader sees no snapshot or a whole one.
         self._dir.rename(final)
+        self._dir = final  # abort() after this withdraws the published snapshot
         dirfd = os.open(self._root, os.O_RDONLY)
         try:
             os.fsync(dirfd)
         finally:
             os.close(dirfd)
-        return final, manifest
+        return final
 
     def abort(self) -> None:
+        """Remove the snapshot: its temporary files, or, once published, the snapshot
+        itself (for a caller that could not record its sequence)."""
         shutil.rmtree(self._dir, ignore_errors=True)
