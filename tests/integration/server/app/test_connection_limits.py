@@ -137,3 +137,41 @@ def test_past_the_connection_cap_the_oldest_idle_connections_are_shed(
         for s in opened:
             s.close()
         responder.close()
+
+
+def test_past_the_grpc_connection_cap_new_connections_are_closed(
+    published: Pki, tmp_path: Path
+) -> None:
+    responder = _http_responder(published, tmp_path / "state", grpc_max_connections=3)
+    opened: list[socket.socket] = []
+    try:
+        wait_for(lambda: _serving(responder), "the responder to serve")
+        # Three connections that never speak HTTP/2 fill the cap (grpc counts them
+        # until its handshake timeout); the next one is closed as soon as it opens.
+        port = responder.responder.port
+
+        def taken_in() -> socket.socket | None:
+            s = socket.create_connection(("127.0.0.1", port), timeout=5)
+            if s.recv(4):  # grpc's SETTINGS: accepted, and counted
+                return s
+            s.close()  # the health check's connection was still counted; again
+            return None
+
+        opened = [wait_for(taken_in, "a connection to be taken in", timeout=10) for _ in range(3)]
+        late = socket.create_connection(("127.0.0.1", port), timeout=5)
+        opened.append(late)
+        assert late.recv(4) == b""
+        for s in opened[:3]:
+            s.close()
+
+        def serving_again() -> bool:
+            try:
+                return _serving(responder)
+            except grpc.RpcError:
+                return False
+
+        wait_for(serving_again, "the worker to take connections again", timeout=10)
+    finally:
+        for s in opened:
+            s.close()
+        responder.close()
