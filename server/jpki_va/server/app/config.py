@@ -204,14 +204,25 @@ class ResponderConfig:
     tls: TlsFiles | None = None
     loopback_verifier: str | None = None  # plaintext callers without x-jpki-verifier
     poll_interval: float = 1.0
-    grpc_threads: int = 16
-    max_watches: int = 8  # open WatchRevocations per worker; each holds a gRPC thread
+    grpc_threads: int = 16  # unary calls; streams run on threads of their own
+    # Open streams (CheckStream, WatchRevocations, GetCrl, Health.Watch) per worker,
+    # per caller (verifier, or on plaintext loopback the connection), and how long
+    # one may move no message before it is ended (rpc/stream_budget.py).
+    max_streams: int = 32
+    max_streams_per_caller: int = 8
+    stream_idle: float = 60.0  # seconds
+    max_watches: int = 8  # open WatchRevocations per worker, within max_streams
     grace_seconds: float = 5.0
     crl_retention_days: float = 365.0  # 保存期間 of CRL files; set by cabinet order
     ocsp_renew_at: RenewPolicy = field(default_factory=RenewPolicy)  # default: half its life
     # HTTP OCSP and CRLs (RFC 6960 Appendix A, RFC 5019) beside gRPC; off when None.
     http_listen: str | None = None
     metrics_port: int | None = None  # Prometheus /metrics on 127.0.0.1; off when None
+    # Connections a worker keeps open; None: a share of its descriptor limit
+    # (app/descriptors.py). Past the HTTP cap the longest idle connection is shed;
+    # past the gRPC cap grpc closes new connections at once.
+    http_max_connections: int | None = None
+    grpc_max_connections: int | None = None
     # Limits on what one request may ask (bad input gets a clear error, not a crash).
     max_message_bytes: int = 4 * 1024 * 1024  # a gRPC message
     max_batch: int = 10_000  # CheckStream: requests per batch
@@ -236,11 +247,7 @@ class ResponderConfig:
         self._check_http_metrics_and_limits()
         if self.workers < 1:
             raise ConfigError("workers must be >= 1")
-        if not 1 <= self.max_watches < self.grpc_threads:
-            # Watches wait in gRPC threads: leave at least one for every other call.
-            raise ConfigError(
-                f"max watches must be 1 to {self.grpc_threads - 1} (below the gRPC threads)"
-            )
+        self._check_streams()
         if not self.trust_anchors:
             raise ConfigError("at least one trust anchor (--trust-anchor) is required")
         for anchor in self.trust_anchors:
@@ -250,6 +257,17 @@ class ResponderConfig:
             raise ConfigError("poll interval must be > 0")
         if self.signer is not None and not _is_loopback(self.signer):
             raise ConfigError("the signer connection is plaintext: loopback only for now")
+
+    def _check_streams(self) -> None:
+        if self.max_streams < 1:
+            raise ConfigError("max streams must be >= 1")
+        if not 1 <= self.max_streams_per_caller <= self.max_streams:
+            raise ConfigError(f"max streams per caller must be 1 to {self.max_streams}")
+        if not 1 <= self.max_watches <= self.max_streams:
+            # A watch is a stream: past max_streams it would be refused anyway.
+            raise ConfigError(f"max watches must be 1 to {self.max_streams} (the max streams)")
+        if self.stream_idle < 1:
+            raise ConfigError("stream idle time must be at least 1 second")
 
     def _check_http_metrics_and_limits(self) -> None:
         if self.http_listen is not None:
@@ -266,6 +284,10 @@ class ResponderConfig:
             "grpc_threads",
         ):
             if getattr(self, name) < 1:
+                raise ConfigError(f"{name.replace('_', ' ')} must be >= 1")
+        for name in ("http_max_connections", "grpc_max_connections"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
                 raise ConfigError(f"{name.replace('_', ' ')} must be >= 1")
         if not 64 <= self.max_ocsp_request_bytes <= self.max_message_bytes:
             raise ConfigError("max OCSP request bytes must be in 64..max message bytes")

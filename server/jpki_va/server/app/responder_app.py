@@ -42,6 +42,7 @@ from jpki_va.protos import (
     verifiers_pb2_grpc,
 )
 from jpki_va.server.access.gate import Gate, NoIdentity, UnknownVerifier
+from jpki_va.server.app import descriptors
 from jpki_va.server.app.config import ResponderConfig
 from jpki_va.server.app.dir_lock import DirectoryLock
 from jpki_va.server.app.lifeline import ParentGone, tie_to_parent
@@ -75,7 +76,12 @@ from jpki_va.server.responder.metrics import (
 from jpki_va.server.responder.ocsp import OcspLimits, OcspResponder
 from jpki_va.server.responder.ocsp_cache import ResponseCache
 from jpki_va.server.responder.ocsp_keys import OcspKeyStore
-from jpki_va.server.responder.revocation_feed import FeedClosed, RevocationFeed, TooManyWatches
+from jpki_va.server.responder.revocation_feed import (
+    HEARTBEAT_SECONDS,
+    FeedClosed,
+    RevocationFeed,
+    TooManyWatches,
+)
 from jpki_va.server.responder.signing_record_lookup import SigningRecords
 from jpki_va.server.responder.status import (
     BadRequest,
@@ -89,11 +95,12 @@ from jpki_va.server.responder.status import (
 from jpki_va.server.responder.token_check import TokenChecker
 from jpki_va.server.rpc import server_common
 from jpki_va.server.rpc.crl_servicer import CrlServicer
-from jpki_va.server.rpc.identity import caller_of, server_credentials
+from jpki_va.server.rpc.identity import caller_of, server_credentials, stream_owner
 from jpki_va.server.rpc.mapping_servicer import MappingServicer
 from jpki_va.server.rpc.metrics_interceptor import MetricsInterceptor
 from jpki_va.server.rpc.signing_record_servicer import RecordServicer
 from jpki_va.server.rpc.status_servicer import StatusServicer, StreamLimits, add_status_service
+from jpki_va.server.rpc.stream_budget import StreamBudget, StreamLimiter
 from jpki_va.server.rpc.verifier_token_servicer import VerifierTokenServicer
 from jpki_va.server.snapshot.verify import SnapshotVerifier
 
@@ -258,6 +265,12 @@ def worker_main(  # noqa: PLR0915 (a composition root: the wiring reads best in 
         return
     # One per process, so both transports' refusals share the bound.
     refusals = RefusalLog(logging.getLogger("jpki_va.server.refusals"))
+    # Before anything is opened: every connection is a descriptor (app/descriptors.py).
+    limit = descriptors.raise_limit()
+    caps = descriptors.connection_caps(config, limit)
+    log.info(
+        "open files limit %d: up to %d gRPC and %d HTTP connections", limit, caps.grpc, caps.http
+    )
     clock = SystemClock()
     metrics = WorkerMetrics()
     holder = IndexHolder(config.index_dir)
@@ -278,15 +291,23 @@ def worker_main(  # noqa: PLR0915 (a composition root: the wiring reads best in 
         insecure_loopback=config.insecure_loopback,
         default_verifier=config.loopback_verifier,
     )
+    # Streams on threads of their own, within bounds: unary calls always find a thread.
+    limiter = StreamLimiter(
+        StreamBudget(config.max_streams, config.max_streams_per_caller, config.stream_idle),
+        functools.partial(stream_owner, insecure_loopback=config.insecure_loopback),
+        lambda method, code: metrics.grpc_call(method, code, 0.0),
+    )
     server = server_common.build_server(
         max_workers=config.grpc_threads,
         mapping=STATUS_ERRORS,
         options=[
             ("grpc.so_reuseport", 1),
             ("grpc.max_receive_message_length", config.max_message_bytes),
+            # Past it grpc closes a new connection at once (it sheds no idle one).
+            ("grpc.max_allowed_incoming_connections", caps.grpc),
         ],
         served_by=str(os.getpid()),
-        interceptors=[MetricsInterceptor(metrics)],
+        interceptors=[limiter, MetricsInterceptor(metrics)],  # the limiter outermost
         refusals=refusals,
     )
     stream_limits = StreamLimits(config.max_batch, config.max_stream_batches)
@@ -295,7 +316,12 @@ def worker_main(  # noqa: PLR0915 (a composition root: the wiring reads best in 
         StatusServicer(counted, resolver, ocsp, holder, clock, roots, gate, caller, stream_limits),
         server,
     )
-    feed = RevocationFeed(holder, max_watches=config.max_watches)
+    # A heartbeat well within the idle time keeps a watch that is read from being ended.
+    feed = RevocationFeed(
+        holder,
+        max_watches=config.max_watches,
+        heartbeat_seconds=min(HEARTBEAT_SECONDS, config.stream_idle / 2),
+    )
     crl_pb2_grpc.add_CrlServiceServicer_to_server(
         CrlServicer(crl_files, gate, caller, feed), server
     )
@@ -319,7 +345,7 @@ def worker_main(  # noqa: PLR0915 (a composition root: the wiring reads best in 
     if config.http_listen is not None and http_port is not None:
         access = HttpAccess(ocsp, crl_files, gate, config.loopback_verifier, refusals)
         app = HttpApp(access, max_request_bytes=config.max_ocsp_request_bytes, observer=metrics)
-        http = HttpServer(app, _host(config.http_listen), http_port)
+        http = HttpServer(app, _host(config.http_listen), http_port, max_connections=caps.http)
         http.start()
     serving = holder.loaded
     server_common.set_serving(health, SERVICES, serving)
@@ -352,6 +378,7 @@ def worker_main(  # noqa: PLR0915 (a composition root: the wiring reads best in 
     if http is not None:
         http.stop()
     server.stop(config.grace_seconds).wait()
+    limiter.close()
     committer.close()
     metrics.flush()
     refusals.flush(final=True)
@@ -513,6 +540,9 @@ class Responder:
         return claim.port
 
     def start(self) -> int:
+        # Connection caps that do not fit under the descriptor limit its workers will
+        # have: refused before anything is held.
+        descriptors.connection_caps(self.config, descriptors.attainable_limit())
         try:
             # One supervisor per state directory, so what a killed one left is ours to clear.
             self._state_lock = DirectoryLock(self.config.state_dir, "responder")

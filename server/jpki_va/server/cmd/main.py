@@ -74,6 +74,36 @@ def _add_http_metrics_and_limits(responder: argparse.ArgumentParser) -> None:
     limits.add_argument(
         "--ocsp-cache-size", type=int, help="signed OCSP responses kept per worker (0: none)"
     )
+    limits.add_argument(
+        "--grpc-max-connections", type=int,
+        help="gRPC connections per worker (default: half of what its open files limit leaves)",
+    )  # fmt: skip
+    limits.add_argument(
+        "--http-max-connections", type=int,
+        help="HTTP connections per worker; past it the longest idle is closed (default: half "
+        "of what its open files limit leaves)",
+    )  # fmt: skip
+
+
+def _add_stream_options(responder: argparse.ArgumentParser) -> None:
+    streams = responder.add_argument_group(
+        "streams (CheckStream, watches, CRL downloads, Health.Watch) per worker"
+    )
+    streams.add_argument(
+        "--max-streams", type=int, help="open streams per worker, on threads of their own (32)"
+    )
+    streams.add_argument(
+        "--max-streams-per-caller", type=int,
+        help="open streams of one verifier (plaintext loopback: one connection) per worker (8)",
+    )  # fmt: skip
+    streams.add_argument(
+        "--stream-idle", metavar="DURATION",
+        help="end a stream that moves no message for this long (default 60s)",
+    )  # fmt: skip
+    streams.add_argument(
+        "--max-watches", type=int,
+        help="open revocation watches per worker, within --max-streams (default 8)",
+    )  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -135,10 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="renew the delegated OCSP signer at this fraction of its life (0.5, the "
         "default) or this long before it expires (36h, 2d)",
     )
-    responder.add_argument(
-        "--max-watches", type=int,
-        help="open revocation watches per worker, each holding a gRPC thread (default 8)",
-    )  # fmt: skip
+    _add_stream_options(responder)
     responder.add_argument(
         "--crl-retention-days", type=float, help="keep CRL files this long (default 365)"
     )

@@ -141,9 +141,16 @@ def responder_config(args: argparse.Namespace) -> ResponderConfig:
             "ocsp_cache_size": args.ocsp_cache_size,
             "ocsp_renew_at": args.ocsp_renew_at,
             "max_watches": args.max_watches,
+            "max_streams": args.max_streams,
+            "max_streams_per_caller": args.max_streams_per_caller,
+            "stream_idle": args.stream_idle,
+            "grpc_max_connections": args.grpc_max_connections,
+            "http_max_connections": args.http_max_connections,
         },
         ResponderConfig,
     )
+    if "stream_idle" in values:
+        values["stream_idle"] = parse_duration(values["stream_idle"], "stream idle")
     if "ocsp_renew_at" in values:
         try:
             values["ocsp_renew_at"] = RenewPolicy.parse(str(values["ocsp_renew_at"]))

@@ -10,6 +10,11 @@ protocol over the httptools parser that only moves bytes; `HttpServer` runs them
 on an event loop thread of a worker process, on a port every worker shares
 (SO_REUSEPORT). The hot path (parse, cache lookup, write cached bytes) creates no
 routing objects and logs nothing.
+
+Slow and idle clients: a request must arrive within a deadline, an idle connection is
+closed after a while, and a worker keeps at most `max_connections` open (below its
+descriptor limit, which the responder derives it from): at the cap the connection
+idle longest makes room for a new one, and when none is idle the new one gets 503.
 """
 
 from __future__ import annotations
@@ -17,6 +22,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+from collections import OrderedDict
+from collections.abc import Iterator
 from typing import cast
 
 import httptools
@@ -30,6 +37,10 @@ IDLE_SECONDS = 30.0
 # A request's head and body must arrive within this, however slowly they trickle:
 # a byte now and then keeps a connection from looking idle, not from this deadline.
 REQUEST_SECONDS = 10.0
+MAX_CONNECTIONS = 1024  # for direct use; a responder worker sets its own
+# A refused connection reads (and drops) what its client sends for this long before it
+# closes: closing on unread bytes would reset it, and the client might lose the 503.
+LINGER_SECONDS = 1.0
 
 _VERSIONS = frozenset(("1.0", "1.1"))
 
@@ -51,6 +62,7 @@ class _Outbox:
     def hold(self, connection: _Connection, data: bytes, close: bool) -> None:
         if not self._held:
             self._loop.call_soon(self._release)
+        connection.pending += 1
         self._held.append((connection, data, close))
 
     def _release(self) -> None:
@@ -72,13 +84,45 @@ class _Outbox:
                 connection.deliver(unavailable, True)
 
 
+class _Connections:
+    """The open connections, least recently active first, at most `cap` of them."""
+
+    def __init__(self, cap: int) -> None:
+        self._cap = cap
+        self._open: OrderedDict[_Connection, None] = OrderedDict()
+
+    def admit(self, connection: _Connection) -> bool:
+        """Take `connection` in; at the cap, shed the one idle longest to make room.
+
+        False: at the cap with every connection busy, so `connection` is refused.
+        """
+        if len(self._open) >= self._cap:
+            shed = next((c for c in self._open if c.idle), None)
+            if shed is None:
+                return False
+            del self._open[shed]
+            shed.close()
+        self._open[connection] = None
+        return True
+
+    def touch(self, connection: _Connection) -> None:
+        if connection in self._open:
+            self._open.move_to_end(connection)
+
+    def discard(self, connection: _Connection) -> None:
+        self._open.pop(connection, None)
+
+    def __iter__(self) -> Iterator[_Connection]:
+        return iter(list(self._open))  # a copy: closing one changes the dict
+
+
 class _Connection(asyncio.Protocol):
     """One HTTP/1.1 connection: httptools parses, HttpApp answers, this moves bytes."""
 
     def __init__(
         self,
         app: HttpApp,
-        connections: set[_Connection],
+        connections: _Connections,
         loop: asyncio.AbstractEventLoop,
         outbox: _Outbox,
     ) -> None:
@@ -89,8 +133,15 @@ class _Connection(asyncio.Protocol):
         self._parser = httptools.HttpRequestParser(self)
         self._transport: asyncio.Transport | None = None
         self._closing = False
+        self._in_request = False  # from a request's first byte to its last
+        self.pending = 0  # responses held in the outbox, not yet written
         self.last_active = loop.time()
         self._reset()
+
+    @property
+    def idle(self) -> bool:
+        """Between requests (or before the first), with nothing left to answer."""
+        return not (self._in_request or self.pending or self._closing)
 
     def _reset(self) -> None:
         self._url = b""
@@ -113,7 +164,20 @@ class _Connection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)  # a TCP server's: always one
-        self._connections.add(self)
+        if not self._connections.admit(self):
+            self._refuse(self._transport)
+
+    def _refuse(self, transport: asyncio.Transport) -> None:
+        self._closing = True  # what the client sends is read and dropped
+        transport.write(
+            self._app.error(
+                503,
+                "too many connections; try again later",
+                extra=b"Connection: close\r\nRetry-After: 1\r\n",
+            )
+        )
+        transport.write_eof()  # the client reads the 503, then the end
+        self._loop.call_later(LINGER_SECONDS, transport.close)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._connections.discard(self)
@@ -123,6 +187,7 @@ class _Connection(asyncio.Protocol):
         if self._closing:
             return
         self.last_active = self._loop.time()
+        self._connections.touch(self)
         if self._in_head:
             self._head_seen += len(data)
         try:
@@ -143,6 +208,7 @@ class _Connection(asyncio.Protocol):
 
     def deliver(self, data: bytes, close: bool) -> None:
         """Write a released response (the connection may have gone meanwhile)."""
+        self.pending -= 1
         if self._transport is None or self._transport.is_closing():
             return
         self._transport.write(data)
@@ -158,6 +224,7 @@ class _Connection(asyncio.Protocol):
     # httptools callbacks
 
     def on_message_begin(self) -> None:
+        self._in_request = True
         self._reset()
 
     def on_url(self, url: bytes) -> None:
@@ -200,6 +267,7 @@ class _Connection(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         self.receiving = False
+        self._in_request = False
         if self._closing or self._transport is None:
             return
         keep_alive = self._parser.should_keep_alive()
@@ -233,9 +301,12 @@ class HttpServer:
         *,
         idle_seconds: float = IDLE_SECONDS,
         request_seconds: float = REQUEST_SECONDS,
+        max_connections: int = MAX_CONNECTIONS,
     ) -> None:
         if request_seconds <= 0 or idle_seconds <= 0:
             raise ValueError("idle_seconds and request_seconds must be positive")
+        if max_connections < 1:
+            raise ValueError("max_connections must be positive")
         self._app = app
         self._host = host
         self._port = port
@@ -243,7 +314,7 @@ class HttpServer:
         self._request = request_seconds
         self._loop = asyncio.new_event_loop()
         self._outbox = _Outbox(app, self._loop)
-        self._connections: set[_Connection] = set()
+        self._connections = _Connections(max_connections)
         self._server: asyncio.Server | None = None
         self._thread = threading.Thread(target=self._run, name="jpki-va-http", daemon=True)
         self._started = threading.Event()
@@ -288,7 +359,7 @@ class HttpServer:
         """Close idle connections, and ones that do not finish a request in time."""
         now = self._loop.time()
         idle, late = now - self._idle, now - self._request
-        for connection in list(self._connections):
+        for connection in self._connections:
             if connection.last_active < idle or (
                 connection.receiving and connection.request_started < late
             ):
@@ -302,7 +373,7 @@ class HttpServer:
         def shutdown() -> None:
             if self._server is not None:
                 self._server.close()
-            for connection in list(self._connections):
+            for connection in self._connections:
                 connection.close()
             self._loop.call_later(0.05, self._loop.stop)
 

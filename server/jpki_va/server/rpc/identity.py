@@ -51,6 +51,19 @@ def caller_of(
     return Caller()
 
 
+def stream_owner(context: grpc.ServicerContext, *, insecure_loopback: bool) -> str:
+    """Whom an open stream counts against (rpc/stream_budget.py), as a message names it.
+
+    The verifier's client certificate; on plaintext loopback the `x-jpki-verifier`
+    name, or else the connection (the peer), not `--loopback-verifier`, which would
+    put every header-less caller on one budget.
+    """
+    caller = caller_of(context, insecure_loopback=insecure_loopback)
+    if caller.fingerprint is not None or caller.claimed_id is not None:
+        return caller.describe()
+    return f"peer {context.peer()}"
+
+
 def server_credentials(cert_chain: bytes, key: bytes, client_ca: bytes) -> grpc.ServerCredentials:
     """TLS that demands a client certificate issued by `client_ca`."""
     return grpc.ssl_server_credentials(

@@ -244,3 +244,71 @@ def test_the_deadlines_must_be_positive(access: FakeAccess) -> None:
     app = HttpApp(access, max_request_bytes=1024)
     with pytest.raises(ValueError, match="positive"):
         HttpServer(app, "127.0.0.1", 0, request_seconds=0)
+
+
+def _idle_connections(port: int, count: int) -> list[socket.socket]:
+    """`count` connections that send nothing; each is accepted before the next opens."""
+    opened = []
+    for _ in range(count):
+        opened.append(socket.create_connection(("127.0.0.1", port), timeout=5))
+        time.sleep(0.05)  # the server's loop sees them in this order
+    return opened
+
+
+def _closed_by_server(s: socket.socket) -> bool:
+    s.settimeout(0.2)
+    try:
+        return s.recv(65536) == b""
+    except TimeoutError:
+        return False
+    except ConnectionResetError:
+        return True
+
+
+def test_at_the_cap_the_oldest_idle_connection_is_shed(access: FakeAccess) -> None:
+    running = HttpServer(HttpApp(access, max_request_bytes=1024), "127.0.0.1", 0, max_connections=4)
+    running.start()
+    opened = _idle_connections(running.port, 6)
+    try:
+        # Six idle connections, a cap of four: the two that waited longest went first.
+        wait_for(lambda: _closed_by_server(opened[1]), "the second connection to be shed")
+        assert _closed_by_server(opened[0])
+        assert not any(_closed_by_server(s) for s in opened[2:])
+        # A new client is answered: the then oldest idle connection makes room.
+        assert exchange(running.port, post(b"x")).endswith(ANSWER)
+        assert _closed_by_server(opened[2])
+        # A connection in use is not idle: its request is answered.
+        opened[5].sendall(post(b"y"))
+        opened[5].settimeout(5)
+        assert opened[5].recv(65536).endswith(ANSWER)
+    finally:
+        for s in opened:
+            s.close()
+        running.stop()
+
+
+def test_at_the_cap_with_no_idle_connection_a_new_one_is_refused(access: FakeAccess) -> None:
+    running = HttpServer(HttpApp(access, max_request_bytes=1024), "127.0.0.1", 0, max_connections=3)
+    running.start()
+    opened = _idle_connections(running.port, 3)
+    try:
+        for s in opened:  # each inside a request that has not ended yet
+            s.sendall(b"GET /crl/x HTTP/1.1\r\nHost: x\r\n")
+        time.sleep(0.2)
+        reply = exchange(running.port, post(b"x"))
+        assert reply.startswith(b"HTTP/1.1 503 ")
+        assert b"Connection: close" in reply
+        assert not any(_closed_by_server(s) for s in opened)
+        opened[0].sendall(b"\r\n")  # the requests in progress are still answered
+        opened[0].settimeout(5)
+        assert opened[0].recv(65536).startswith(b"HTTP/1.1 404 ")
+    finally:
+        for s in opened:
+            s.close()
+        running.stop()
+
+
+def test_the_connection_cap_must_be_positive(access: FakeAccess) -> None:
+    app = HttpApp(access, max_request_bytes=1024)
+    with pytest.raises(ValueError, match="max_connections"):
+        HttpServer(app, "127.0.0.1", 0, max_connections=0)
