@@ -188,9 +188,15 @@ class RegistryTxn:
         count = 0
         for key, value in self._txn.cursor(db=self._db["certs"]):
             der = certificate_der(value)
-            if der:
+            if not der:
+                continue
+            try:
                 self._index_key(bytes(key), der)
-                count += 1
+            except ValueError:
+                # One damaged body must not keep the registry from opening.
+                log.warning("record %s: the certificate body does not parse", bytes(key).hex())
+                continue
+            count += 1
         self.set_meta(KEYS_INDEXED, b"1")
         return count
 
