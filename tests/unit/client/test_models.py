@@ -29,9 +29,16 @@ def test_an_impossible_time_is_a_protocol_error(stamp: Timestamp) -> None:
     with pytest.raises(ProtocolError, match="time"):
         CertificateStatus.from_proto(revoked)
     with pytest.raises(ProtocolError, match="this_update"):
-        CrlMeta.from_proto(crl_pb2.CrlInfo(kind=1, this_update=stamp))
+        CrlMeta.from_proto(crl_pb2.CrlInfo(kind=va_pb2.CERT_KIND_CARD_SIGN, this_update=stamp))
     update = crl_pb2.WatchRevocationsResponse(
-        events=[crl_pb2.RevocationEvent(kind=1, serial=b"\x01", cause=1, time=stamp)]
+        events=[
+            crl_pb2.RevocationEvent(
+                kind=va_pb2.CERT_KIND_CARD_SIGN,
+                serial=b"\x01",
+                cause=va_pb2.LOSS_CAUSE_HOLDER_REQUEST,
+                time=stamp,
+            )
+        ]
     )
     with pytest.raises(ProtocolError, match="time"):
         RevocationUpdate.from_proto(update)
