@@ -36,12 +36,13 @@ _TESTS = Path(__file__).resolve().parent
 _FOLDER_MARKERS = {
     _TESTS / "integration": "integration",
     _TESTS / "architecture": "architecture",
+    _TESTS / "fuzz": "fuzz",
 }
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Mark each test by its folder: integration (real SoftHSM2, LMDB, gRPC, openssl)
-    and architecture (imports and packaging)."""
+    """Mark each test by its folder: integration (real SoftHSM2, LMDB, gRPC, openssl),
+    architecture (imports and packaging) and fuzz (hypothesis targets)."""
     for item in items:
         path = item.path.resolve()
         for folder, marker in _FOLDER_MARKERS.items():

@@ -45,6 +45,26 @@ JPKI_VA = (sys.executable, "-m", "jpki_va.server.cmd.main")
 
 ALL_ROLES_VERIFIER = "test-all-roles"
 
+HolderKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
+
+
+def fresh_key() -> ec.EllipticCurvePrivateKey:
+    """A new holder key pair: every certificate needs its own, and P-256 is quick to make."""
+    return ec.generate_private_key(ec.SECP256R1())
+
+
+def spki_of(key: HolderKey) -> bytes:
+    return key.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+
+
+def sign_application(card_key: HolderKey, spki: bytes) -> bytes:
+    """A mobile application (第16条の2, 第35条の2): the new SPKI signed with the card key."""
+    if isinstance(card_key, rsa.RSAPrivateKey):
+        return card_key.sign(spki, padding.PKCS1v15(), hashes.SHA256())
+    return card_key.sign(spki, ec.ECDSA(hashes.SHA256()))
+
 
 def free_port() -> int:
     """A loopback TCP port free at the time of asking."""
@@ -107,7 +127,7 @@ class Issued:
     serial: int
     certificate: x509.Certificate
     issuer: x509.Certificate
-    key: rsa.RSAPrivateKey
+    key: HolderKey
 
     def pem_files(self, directory: Path, name: str) -> tuple[Path, Path]:
         cert = directory / f"{name}.pem"
@@ -152,14 +172,13 @@ class Pki:
         resident_code: str | None = None,
         municipality: str = "131016",
         card: Issued | None = None,
-        key: rsa.RSAPrivateKey | None = None,
+        key: HolderKey | None = None,
     ) -> Issued:
-        """Issue through SignerService; `card` signs a mobile application; `key` is reused."""
+        """Issue through SignerService; `card` signs a mobile application; `key` is the
+        holder's key pair (a new RSA one when None; a key is certified only once)."""
         self._counter += 1
         key = key or rsa.generate_private_key(public_exponent=65537, key_size=2048)
-        spki = key.public_key().public_bytes(
-            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
+        spki = spki_of(key)
         request = signer_pb2.IssueCertificateRequest(
             kind=int(kind),  # type: ignore[arg-type]
             resident_code=resident_code or f"{90000000000 + self._counter:011d}",
@@ -171,7 +190,7 @@ class Pki:
         )
         if card is not None:
             request.card_serial = card.serial.to_bytes(8, "big")
-            request.application_signature = card.key.sign(spki, padding.PKCS1v15(), hashes.SHA256())
+            request.application_signature = sign_application(card.key, spki)
         reply = self.signer_stub.IssueCertificate(request, timeout=30)
         return Issued(
             kind=kind,
@@ -252,6 +271,20 @@ class Pki:
         for channel in self._channels:
             channel.close()
         self.signer.stop()
+
+
+def register_verifier(pki: Pki, name: str, roles: frozenset[Role] | None = None) -> None:
+    """Add a verifier (all roles unless given) with a throwaway client certificate."""
+    pki.signer_stub.AddVerifier(
+        verifiers_pb2.AddVerifierRequest(
+            id=name,
+            roles=[int(r) for r in (roles or Role)],  # type: ignore[misc]
+            client_certificate_der=[
+                throwaway_certificate(name).public_bytes(serialization.Encoding.DER)
+            ],
+        ),
+        timeout=30,
+    )
 
 
 def start_pki(

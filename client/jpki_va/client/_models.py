@@ -214,7 +214,10 @@ def _time(msg: Any, field: str) -> datetime | None:
     if not msg.HasField(field):
         return None
     stamp: timestamp_pb2.Timestamp = getattr(msg, field)
-    return stamp.ToDatetime(tzinfo=UTC)
+    try:
+        return stamp.ToDatetime(tzinfo=UTC)
+    except ValueError as error:  # a Timestamp outside years 1 to 9999, or bad nanos
+        raise ProtocolError(f"bad {field} in answer: {error}") from None
 
 
 def _iso(when: datetime | None) -> str | None:

@@ -25,6 +25,10 @@ class RegistryPort(Protocol):
         """Every certificate issued to the holder with this resident code."""
         ...
 
+    def key_certificates(self, key_hash: bytes) -> list[CertificateRecord]:
+        """Every certificate issued for the public key with this hash (model/public_key.py)."""
+        ...
+
     def record_loss(
         self,
         kind: CertKind,

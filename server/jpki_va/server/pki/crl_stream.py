@@ -289,6 +289,8 @@ _REASONS = frozenset(int(r) for r in CrlReason if r is not CrlReason.UNSPECIFIED
 
 def _element(der: bytes, pos: int) -> tuple[int, int, int]:
     """(tag, content start, end) of the DER element at `pos`; ValueError when malformed."""
+    if pos + 2 > len(der):
+        raise ValueError("truncated DER")
     tag = der[pos]
     first = der[pos + 1]
     if first < 0x80:

@@ -1,4 +1,4 @@
-"""The registry's binary values: certificate records, holders and loss events."""
+"""The registry's binary values: certificate records, holders, public keys, loss events."""
 
 from __future__ import annotations
 
@@ -247,6 +247,31 @@ def holder_keys(value: bytes | memoryview) -> list[bytes]:
         return [bytes.fromhex(k) for k in json.loads(bytes(value))["certs"]]
     if value[0] != VALUE_FORMAT or (len(value) - 1) % RECORD_KEY_SIZE:
         raise ValueError("malformed holder value")
+    return [bytes(value[i : i + RECORD_KEY_SIZE]) for i in range(1, len(value), RECORD_KEY_SIZE)]
+
+
+def certificate_der(value: bytes | memoryview) -> bytes:
+    """The certificate body of a stored record (empty when it has none), header only read."""
+    if value[0] in _LEGACY:
+        return decode_certificate(value).certificate_der
+    fields = _CERT.unpack_from(value)
+    if fields[0] != VALUE_FORMAT:
+        raise ValueError(f"unknown certificate value format {fields[0]}")
+    size = fields[-1]
+    if not size:
+        return b""
+    end = CERT_HEADER_SIZE + sum(fields[13:])
+    return bytes(value[end - size : end])
+
+
+def encode_key_value(keys: list[bytes]) -> bytes:
+    """The certificates of one public key: their 21-octet record keys, in issuance order."""
+    return bytes([VALUE_FORMAT]) + b"".join(keys)
+
+
+def key_record_keys(value: bytes | memoryview) -> list[bytes]:
+    if not value or value[0] != VALUE_FORMAT or (len(value) - 1) % RECORD_KEY_SIZE:
+        raise ValueError("malformed public key value")
     return [bytes(value[i : i + RECORD_KEY_SIZE]) for i in range(1, len(value), RECORD_KEY_SIZE)]
 
 

@@ -8,11 +8,17 @@ header, then length-prefixed variable fields), because a full publish reads ever
 one of them: the header alone answers what the publisher needs per record. Values
 written before that format (JSON, first byte `{`) are still read. The small tables
 (issuers, verifiers, consents, ...) stay JSON.
+
+Every certified public key is indexed by its hash (`model/public_key.py`), in the
+transaction that adds its certificate, so the signer can refuse a key already
+certified (`law/key_pair.py`). A registry made before that table has it filled once,
+when it is opened.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
@@ -32,6 +38,7 @@ from jpki_va.core.domain import (
 )
 from jpki_va.server.base.private_files import LMDB_MODE, private_dir
 from jpki_va.server.law.issuer_compromise import CARD_OF, Compromise, effective_loss
+from jpki_va.server.model.public_key import certificate_key_hash
 from jpki_va.server.model.registry_values import (
     CertificateRecord,
     Consent,
@@ -43,14 +50,22 @@ from jpki_va.server.model.registry_values import (
 )
 from jpki_va.server.registry.codec import (
     CertificateHead,
+    certificate_der,
     certificate_head,
     decode_certificate,
     decode_event,
     encode_certificate,
     encode_event,
     encode_holder_value,
+    encode_key_value,
     holder_keys,
+    key_record_keys,
 )
+
+log = logging.getLogger(__name__)
+
+# Set in meta once every record's public key is in the public key table.
+KEYS_INDEXED = "public_keys_indexed"
 
 
 class RegistryError(Exception):
@@ -137,6 +152,54 @@ class RegistryTxn:
         self._txn.put(holder_key, encode_holder_value(keys), db=self._db["holders"])
         # The issuance order, so a delta snapshot can carry what was issued since.
         self._txn.put(_seq_key(self.next_counter("issued")), record.key, db=self._db["issued"])
+        self._index_key(record.key, record.certificate_der)
+
+    # public keys ------------------------------------------------------------------
+    def key_certificates(self, key_hash: bytes) -> list[CertificateRecord]:
+        """Every certificate issued for the public key with this hash (model/public_key.py)."""
+        raw = self._txn.get(key_hash, db=self._db["public_keys"])
+        if raw is None:
+            return []
+        out = []
+        for key in key_record_keys(raw):
+            record = self.certificate(*parse_record_key(key))
+            if record is not None:
+                out.append(record)
+        return out
+
+    def _index_key(self, record_key: bytes, der: bytes) -> None:
+        key_hash = certificate_key_hash(der)
+        if key_hash is None:
+            return
+        raw = self._txn.get(key_hash, db=self._db["public_keys"])
+        keys = [] if raw is None else key_record_keys(raw)
+        if record_key in keys:
+            return
+        keys.append(record_key)
+        self._txn.put(key_hash, encode_key_value(keys), db=self._db["public_keys"])
+
+    def index_public_keys(self) -> int:
+        """Fill the public key table from every record, once; how many records it indexed.
+
+        For registries made before the table existed. Marked done in meta, so it runs
+        once; indexing a record twice changes nothing, so a rerun would be harmless.
+        """
+        if self.meta(KEYS_INDEXED) is not None:
+            return 0
+        count = 0
+        for key, value in self._txn.cursor(db=self._db["certs"]):
+            der = certificate_der(value)
+            if not der:
+                continue
+            try:
+                self._index_key(bytes(key), der)
+            except ValueError:
+                # One damaged body must not keep the registry from opening.
+                log.warning("record %s: the certificate body does not parse", bytes(key).hex())
+                continue
+            count += 1
+        self.set_meta(KEYS_INDEXED, b"1")
+        return count
 
     def issued_since(self, sequence: int) -> Iterator[CertificateRecord]:
         """Records issued after the `sequence`-th issuance, in issuance order."""
@@ -449,6 +512,7 @@ class Registry:
         "consents",
         "consent_log",
         "issued",
+        "public_keys",
     )
 
     def __init__(self, path: Path, *, map_size: int = 1 << 36) -> None:
@@ -458,6 +522,13 @@ class Registry:
             str(path), map_size=map_size, max_dbs=len(self._DBS), subdir=True, mode=LMDB_MODE
         )
         self._dbs = {name: self._env.open_db(name.encode()) for name in self._DBS}
+        with self.read() as tx:
+            done = tx.meta(KEYS_INDEXED) is not None
+        if not done:  # a registry from before the public key table: fill it, once
+            with self.write() as tx:
+                indexed = tx.index_public_keys()
+            if indexed:
+                log.info("indexed the public keys of %d existing certificates", indexed)
 
     @contextmanager
     def write(self) -> Iterator[RegistryTxn]:

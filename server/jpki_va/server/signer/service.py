@@ -25,6 +25,7 @@ from jpki_va.core.clock import Clock
 from jpki_va.core.domain import CertKind, CrlReason, Loss, LossCause
 from jpki_va.server.law.errors import Refused
 from jpki_va.server.law.issuer_compromise import Compromise
+from jpki_va.server.law.key_pair import check_new_key
 from jpki_va.server.law.loss_recording import DEFAULT_REASON, operator_loss
 from jpki_va.server.law.mobile_cascade import cascade_card_loss
 from jpki_va.server.law.mobile_issuance import MobileBasis, check_mobile_application
@@ -37,6 +38,7 @@ from jpki_va.server.law.resident_change import (
     move_out_loss_time,
 )
 from jpki_va.server.model.holder import Holder
+from jpki_va.server.model.public_key import public_key_hash
 from jpki_va.server.model.registry_values import (
     CertificateRecord,
     Consent,
@@ -184,8 +186,11 @@ class Signer:
             # A mobile certificate does not outlive the card certificate it rests on.
             not_after = min(not_after, basis.card_sign.not_after, basis.card.not_after)
             card_serial = basis.card.serial
+        key_hash = public_key_hash(public_key)
         issuer = self._authority.active_issuer(request.kind)
         with self._registry.read() as tx:
+            # Before the HSM signs anything; again in the write, for a racing issuance.
+            self._check_new_key(tx, key_hash, request.resident_code)
             if issuer.key_id in tx.compromises():
                 raise PreconditionFailed(
                     f"the active {request.kind.name} issuing CA generation "
@@ -230,6 +235,7 @@ class Signer:
                             raise PreconditionFailed(
                                 "the holder's card certificate changed during issuance; retry"
                             )
+                    self._check_new_key(tx, key_hash, request.resident_code)
                     tx.add_certificate(record)
                     superseded = supersede_previous(tx, record, now)
             except DuplicateSerial:
@@ -238,6 +244,13 @@ class Signer:
             self._log_losses(superseded)
             return Issued(record, issuer_cert, superseded)
         raise SignerError("could not allocate a unique serial")
+
+    @staticmethod
+    def _check_new_key(tx: RegistryTxn, key_hash: bytes, resident_code: str) -> None:
+        try:
+            check_new_key(tx, key_hash, resident_code)
+        except Refused as exc:
+            raise Conflict(str(exc)) from None
 
     def _check_mobile(self, tx: RegistryTxn, request: IssueRequest, now: datetime) -> MobileBasis:
         try:
@@ -392,6 +405,12 @@ class Signer:
         check_verifier(verifier)
         now = self._clock.now()
         with self._registry.write() as tx:
+            # Consent is to a verifier the registry knows; withdrawing one given to a
+            # verifier since removed stays possible.
+            if grant and tx.verifier(verifier) is None:
+                raise NotFound(
+                    f"no verifier {verifier!r} is registered: add it before recording consent to it"
+                )
             if not any(r.kind.is_signing for r in tx.holder_certificates(resident_code)):
                 raise NotFound(
                     f"resident code {resident_code} was never issued a signing certificate"

@@ -12,7 +12,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from jpki_va.core.domain import CertKind, serial_hex
 from jpki_va.server.cmd.main import main
-from tests.support import Issued, Pki, openssl
+from tests.support import Issued, Pki, openssl, register_verifier
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
@@ -112,12 +112,13 @@ def test_issue_lose_and_publish_print_what_changed(
 def test_resident_event_and_consent_commands(
     pki: Pki, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
-    _, pub = _pem_key(tmp_path, "k")
     for kind in ("card-sign", "card-auth"):
+        _, pub = _pem_key(tmp_path, kind)  # a key pair of its own for each certificate
         assert (
             run(capsys, *registry(pki, *_issue_args("44400000002", kind, pub, tmp_path / "x")))[0]
             == 0
         )
+    register_verifier(pki, "bank-a")  # consent is given to a registered verifier only
     code, out, _ = run(
         capsys, *registry(pki, "consent", "grant", "--resident-code", "44400000002",
                           "--verifier", "bank-a"),

@@ -21,7 +21,15 @@ from jpki_va.core.domain import CertKind, CrlReason, LinkType, LossCause, serial
 from jpki_va.hsm import HsmConfig
 from jpki_va.protos import signer_pb2, va_pb2
 from jpki_va.server.law.resident_change import ResidentEvent, move_out_deadline
-from tests.support import Issued, Pki, openssl, start_pki
+from tests.support import (
+    Issued,
+    Pki,
+    fresh_key,
+    openssl,
+    register_verifier,
+    spki_of,
+    start_pki,
+)
 
 GOOD = va_pb2.CERT_STATUS_GOOD
 REVOKED = va_pb2.CERT_STATUS_REVOKED
@@ -51,26 +59,22 @@ def _resident() -> str:
     return f"{70000000000 + next(_codes):011d}"
 
 
-@pytest.fixture(scope="module")
-def shared_key() -> rsa.RSAPrivateKey:
-    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
-
-
 class Holder:
-    """One holder's four certificates (card keys are their own: they sign applications)."""
+    """One holder's four certificates, each with its own key pair (the CARD_SIGN's RSA:
+    it signs the mobile applications; the others P-256, quicker to make)."""
 
-    def __init__(self, pki: Pki, key: rsa.RSAPrivateKey, *, mobiles: bool = True) -> None:
+    def __init__(self, pki: Pki, *, mobiles: bool = True) -> None:
         self.code = _resident()
         self.card_sign = pki.issue(CertKind.CARD_SIGN, resident_code=self.code)
-        self.card_auth = pki.issue(CertKind.CARD_AUTH, resident_code=self.code, key=key)
+        self.card_auth = pki.issue(CertKind.CARD_AUTH, resident_code=self.code, key=fresh_key())
         self.mobile_sign: Issued | None = None
         self.mobile_auth: Issued | None = None
         if mobiles:
             self.mobile_sign = pki.issue(
-                CertKind.MOBILE_SIGN, resident_code=self.code, card=self.card_sign, key=key
+                CertKind.MOBILE_SIGN, resident_code=self.code, card=self.card_sign, key=fresh_key()
             )
             self.mobile_auth = pki.issue(
-                CertKind.MOBILE_AUTH, resident_code=self.code, card=self.card_sign, key=key
+                CertKind.MOBILE_AUTH, resident_code=self.code, card=self.card_sign, key=fresh_key()
             )
 
 
@@ -110,9 +114,9 @@ def _changes(reply: object) -> set[tuple[int, int]]:
     ],
 )
 def test_article_12_amendment_ends_signing_certificates_not_auth(
-    pki: Pki, clock: FixedClock, shared_key: rsa.RSAPrivateKey, event: ResidentEvent
+    pki: Pki, clock: FixedClock, event: ResidentEvent
 ) -> None:
-    holder = Holder(pki, shared_key)
+    holder = Holder(pki)
     reply = _event(pki, holder.code, event)
     assert _changes(reply) == {
         (CertKind.CARD_SIGN, LossCause.RESIDENT_CHANGE),
@@ -136,20 +140,16 @@ def test_article_12_amendment_ends_signing_certificates_not_auth(
     assert _status(pki, clock, holder.mobile_auth).status == GOOD
 
 
-def test_article_12_minor_correction_ends_nothing(
-    pki: Pki, clock: FixedClock, shared_key: rsa.RSAPrivateKey
-) -> None:
-    holder = Holder(pki, shared_key, mobiles=False)
+def test_article_12_minor_correction_ends_nothing(pki: Pki, clock: FixedClock) -> None:
+    holder = Holder(pki, mobiles=False)
     reply = _event(pki, holder.code, ResidentEvent.NAME_CHANGE, minor=True)
     assert not reply.changes
     pki.publish_and_wait(full=False)
     assert _status(pki, clock, holder.card_sign).status == GOOD
 
 
-def test_article_12_and_31_deletion_not_by_move_out_ends_both(
-    pki: Pki, clock: FixedClock, shared_key: rsa.RSAPrivateKey
-) -> None:
-    holder = Holder(pki, shared_key)
+def test_article_12_and_31_deletion_not_by_move_out_ends_both(pki: Pki, clock: FixedClock) -> None:
+    holder = Holder(pki)
     reply = _event(pki, holder.code, ResidentEvent.RECORD_DELETED)
     assert _changes(reply) == {
         (CertKind.CARD_SIGN, LossCause.RESIDENT_CHANGE),
@@ -162,10 +162,8 @@ def test_article_12_and_31_deletion_not_by_move_out_ends_both(
         assert _status(pki, clock, cert).status == REVOKED
 
 
-def test_article_12_deletion_by_move_out_ends_signing_only(
-    pki: Pki, clock: FixedClock, shared_key: rsa.RSAPrivateKey
-) -> None:
-    holder = Holder(pki, shared_key, mobiles=False)
+def test_article_12_deletion_by_move_out_ends_signing_only(pki: Pki, clock: FixedClock) -> None:
+    holder = Holder(pki, mobiles=False)
     reply = _event(pki, holder.code, ResidentEvent.RECORD_DELETED, deletion_by_move_out=True)
     assert _changes(reply) == {(CertKind.CARD_SIGN, LossCause.RESIDENT_CHANGE)}
     pki.publish_and_wait(full=False)
@@ -173,10 +171,8 @@ def test_article_12_deletion_by_move_out_ends_signing_only(
     assert _status(pki, clock, holder.card_auth).status == GOOD
 
 
-def test_article_31_move_in_within_30_days_keeps_auth(
-    pki: Pki, clock: FixedClock, shared_key: rsa.RSAPrivateKey
-) -> None:
-    holder = Holder(pki, shared_key, mobiles=False)
+def test_article_31_move_in_within_30_days_keeps_auth(pki: Pki, clock: FixedClock) -> None:
+    holder = Holder(pki, mobiles=False)
     planned = clock.now().astimezone(JST).date() - timedelta(days=10)
     _event(pki, holder.code, ResidentEvent.MOVE_OUT, planned_date=planned.isoformat())
     assert not _event(pki, holder.code, ResidentEvent.MOVE_IN).changes
@@ -190,9 +186,9 @@ def test_article_31_move_in_within_30_days_keeps_auth(
 
 # 第16条の13, 第35条の13 -----------------------------------------------------------------------
 def test_article_16_13_and_35_13_card_loss_cascades_by_purpose_not_by_expiry(
-    pki: Pki, clock: FixedClock, shared_key: rsa.RSAPrivateKey
+    pki: Pki, clock: FixedClock
 ) -> None:
-    holder = Holder(pki, shared_key)
+    holder = Holder(pki)
     assert holder.mobile_auth is not None and holder.mobile_sign is not None
     reply = pki.signer_stub.RecordLoss(
         signer_pb2.RecordLossRequest(
@@ -224,9 +220,9 @@ def test_article_16_13_and_35_13_card_loss_cascades_by_purpose_not_by_expiry(
 
 # 第16条の2 --------------------------------------------------------------------------------
 def test_article_16_2_mobile_sign_needs_card_sign_in_effect_and_its_signature(
-    pki: Pki, clock: FixedClock, shared_key: rsa.RSAPrivateKey, tmp_path: Path
+    pki: Pki, clock: FixedClock, tmp_path: Path
 ) -> None:
-    holder = Holder(pki, shared_key, mobiles=False)
+    holder = Holder(pki, mobiles=False)
     card_pem = tmp_path / "card-key.pem"
     card_pem.write_bytes(
         holder.card_sign.key.private_bytes(
@@ -268,7 +264,7 @@ def test_article_16_2_mobile_sign_needs_card_sign_in_effect_and_its_signature(
         apply(bytes(bad), holder.card_sign)
     assert info.value.code() is grpc.StatusCode.FAILED_PRECONDITION
     assert "does not verify with the CARD_SIGN" in (info.value.details() or "")
-    other = Holder(pki, shared_key, mobiles=False)
+    other = Holder(pki, mobiles=False)
     with pytest.raises(grpc.RpcError) as info:
         apply(signature.read_bytes(), other.card_sign)
     assert "belongs to another holder" in (info.value.details() or "")
@@ -294,16 +290,16 @@ def test_article_16_2_mobile_sign_needs_card_sign_in_effect_and_its_signature(
 
 # 第35条の2 -------------------------------------------------------------------------------
 def test_article_35_2_mobile_auth_needs_card_auth_in_effect_and_a_signing_user(
-    pki: Pki, clock: FixedClock, shared_key: rsa.RSAPrivateKey
+    pki: Pki, clock: FixedClock
 ) -> None:
     code = _resident()
     card_sign = pki.issue(CertKind.CARD_SIGN, resident_code=code)
     with pytest.raises(grpc.RpcError) as info:
-        pki.issue(CertKind.MOBILE_AUTH, resident_code=code, card=card_sign, key=shared_key)
+        pki.issue(CertKind.MOBILE_AUTH, resident_code=code, card=card_sign, key=fresh_key())
     assert info.value.code() is grpc.StatusCode.FAILED_PRECONDITION
     assert "needs a CARD_AUTH certificate in effect" in (info.value.details() or "")
-    card_auth = pki.issue(CertKind.CARD_AUTH, resident_code=code, key=shared_key)
-    mobile = pki.issue(CertKind.MOBILE_AUTH, resident_code=code, card=card_sign, key=shared_key)
+    card_auth = pki.issue(CertKind.CARD_AUTH, resident_code=code, key=fresh_key())
+    mobile = pki.issue(CertKind.MOBILE_AUTH, resident_code=code, card=card_sign, key=fresh_key())
     pki.publish_and_wait(full=False)
     assert _status(pki, clock, mobile).status == GOOD
     with pki.live_index() as index:
@@ -317,9 +313,9 @@ def test_article_35_2_mobile_auth_needs_card_auth_in_effect_and_a_signing_user(
 
 # renewal --------------------------------------------------------------------------------
 def test_renewal_supersedes_the_previous_certificate_and_links_them(
-    pki: Pki, clock: FixedClock, shared_key: rsa.RSAPrivateKey
+    pki: Pki, clock: FixedClock
 ) -> None:
-    holder = Holder(pki, shared_key)
+    holder = Holder(pki)
     assert holder.mobile_sign is not None
     reply = pki.signer_stub.IssueCertificate(
         signer_pb2.IssueCertificateRequest(
@@ -329,9 +325,7 @@ def test_renewal_supersedes_the_previous_certificate_and_links_them(
             holder=signer_pb2.HolderInfo(
                 name="試験 太郎", address="千代田区1-1", birth_date="1990-01-01", sex="男"
             ),
-            public_key_der=shared_key.public_key().public_bytes(
-                serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-            ),
+            public_key_der=spki_of(fresh_key()),
         ),
         timeout=30,
     )
@@ -373,10 +367,9 @@ def test_renewal_supersedes_the_previous_certificate_and_links_them(
 
 
 # 第18条第3項 ------------------------------------------------------------------------------
-def test_article_18_3_consent_per_verifier_grant_and_withdraw(
-    pki: Pki, clock: FixedClock, shared_key: rsa.RSAPrivateKey
-) -> None:
-    holder = Holder(pki, shared_key, mobiles=False)
+def test_article_18_3_consent_per_verifier_grant_and_withdraw(pki: Pki, clock: FixedClock) -> None:
+    holder = Holder(pki, mobiles=False)
+    register_verifier(pki, "bank-a")  # consent is given to a registered verifier only
 
     def consent(grant: bool, verifier: str = "bank-a") -> signer_pb2.RecordConsentResponse:
         return pki.signer_stub.RecordConsent(
@@ -420,9 +413,9 @@ def test_article_18_3_consent_per_verifier_grant_and_withdraw(
 
 # 第31条 (last: it moves the clock a day forward) ------------------------------------------
 def test_article_31_auth_ends_when_30_days_pass_after_planned_move_out(
-    pki: Pki, clock: FixedClock, shared_key: rsa.RSAPrivateKey
+    pki: Pki, clock: FixedClock
 ) -> None:
-    holder = Holder(pki, shared_key)
+    holder = Holder(pki)
     assert holder.mobile_auth is not None
     # Planned 30 days ago (Japan date): day 30 ends at the coming midnight, JST.
     planned = clock.now().astimezone(JST).date() - timedelta(days=30)

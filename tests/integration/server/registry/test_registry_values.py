@@ -3,6 +3,7 @@ and a registry written with the earlier JSON values still opens and reads the sa
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -10,6 +11,8 @@ from pathlib import Path
 
 import lmdb
 import pytest
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from cryptography.x509 import load_der_x509_certificate
 
 from jpki_va.core.domain import CertKind, CrlReason, Loss, LossCause, from_micros, micros
 from jpki_va.server.model.holder import Holder
@@ -26,8 +29,11 @@ from jpki_va.server.registry.codec import (
     holder_keys,
 )
 from jpki_va.server.registry.transactions import Registry
+from tests.support import throwaway_certificate
 
 T0 = datetime(2027, 3, 4, 5, 6, 7, 891011, tzinfo=UTC)
+# A real certificate body: the registry indexes the key each record certifies.
+DER = throwaway_certificate("registry-values").public_bytes(Encoding.DER)
 
 
 def _record(**changes: object) -> CertificateRecord:
@@ -40,7 +46,7 @@ def _record(**changes: object) -> CertificateRecord:
         holder=Holder("髙橋 𠮷子", "東京都千代田区 1-2-3", "1969-12-31", "女"),
         not_before=T0,
         not_after=T0 + timedelta(days=5 * 365),
-        certificate_der=b"\x30\x82" + bytes(300),
+        certificate_der=DER,
         loss=Loss(
             T0 + timedelta(days=3, microseconds=7),
             LossCause.CARD_CERT_LOST_EFFECT,
@@ -203,5 +209,57 @@ def test_registry_written_as_json_still_opens(tmp_path: Path) -> None:
                 mobile, loss=loss, loss_trigger=trigger
             )
             assert list(tx.events_since(0)) == [legacy_event, event]
+    finally:
+        registry.close()
+
+
+def test_a_registry_made_before_the_public_key_table_gets_it_filled_once(tmp_path: Path) -> None:
+    """Issue 15 item 12: the keys of records written before the table are indexed at open."""
+    path = tmp_path / "registry"
+    other_der = throwaway_certificate("registry-values-other").public_bytes(Encoding.DER)
+    card = _record(
+        kind=CertKind.CARD_SIGN, serial=21, loss=None, loss_trigger=None, card_serial=None
+    )
+    # Written when the same key could still be certified twice: both are indexed.
+    twin = replace(card, kind=CertKind.CARD_AUTH, resident_code="01234567891")
+    other = replace(card, serial=22, certificate_der=other_der)
+    bulk = replace(card, serial=23, certificate_der=b"")  # a bulk record, without a body
+    damaged = replace(card, serial=25, certificate_der=b"\x30\x03\x02\x01\x01")
+    env = lmdb.open(str(path), max_dbs=32, subdir=True)
+    certs = env.open_db(b"certs")
+    with env.begin(write=True) as txn:
+        for record in (card, twin, other, bulk, damaged):
+            txn.put(record.key, encode_certificate(record), db=certs)
+    env.close()
+
+    def keys_of(registry: Registry, der: bytes) -> list[bytes]:
+        # The key's identity: SHA-256 of its DER SubjectPublicKeyInfo.
+        spki = (
+            load_der_x509_certificate(der)
+            .public_key()
+            .public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+        )
+        with registry.read() as tx:
+            return [r.key for r in tx.key_certificates(hashlib.sha256(spki).digest())]
+
+    registry = Registry(path)  # a damaged body is logged and left out, not fatal
+    try:
+        assert sorted(keys_of(registry, DER)) == sorted([card.key, twin.key])
+        assert keys_of(registry, other_der) == [other.key]
+        with registry.read() as tx:
+            assert tx.meta("public_keys_indexed") is not None  # done, in meta
+        # Issuance keeps the table: the new record is indexed in its own transaction.
+        later = replace(other, serial=24)
+        with registry.write() as tx:
+            tx.add_certificate(later)
+        assert keys_of(registry, other_der) == [other.key, later.key]
+    finally:
+        registry.close()
+    # Opened again: done once, nothing indexed twice.
+    registry = Registry(path)
+    try:
+        assert keys_of(registry, other_der) == [other.key, later.key]
+        with registry.write() as tx:
+            assert tx.index_public_keys() == 0
     finally:
         registry.close()

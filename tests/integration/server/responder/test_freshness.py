@@ -12,13 +12,12 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from cryptography.hazmat.primitives.asymmetric import rsa
 
 from jpki_va.core.domain import CertKind, serial_to_bytes
 from jpki_va.hsm import HsmConfig
 from jpki_va.protos import signer_pb2, va_pb2
 from jpki_va.server.responder.ingest import FRESHNESS_BUCKETS
-from tests.support import Pki, start_pki, wait_for
+from tests.support import Pki, fresh_key, start_pki, wait_for
 
 LOSSES = 1000
 METRIC = "jpki_va_loss_freshness_seconds"
@@ -52,9 +51,10 @@ def _statuses(pki: Pki, serials: list[int]) -> list[int]:
 
 @pytest.mark.slow
 def test_loss_freshness_p99_under_10_seconds_for_1000_losses(pki: Pki) -> None:
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     serials = [
-        pki.issue(CertKind.CARD_AUTH, resident_code=f"{60000000000 + i:011d}", key=key).serial
+        pki.issue(
+            CertKind.CARD_AUTH, resident_code=f"{60000000000 + i:011d}", key=fresh_key()
+        ).serial
         for i in range(LOSSES)
     ]
     # The periodic publisher brings them to the responder (a full, then deltas).

@@ -17,8 +17,6 @@ from pathlib import Path
 import grpc
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
 from pkcs11.exceptions import PKCS11Error
 
 from jpki_va.core.clock import SystemClock
@@ -30,16 +28,11 @@ from jpki_va.server.app.signer_app import SignerApp, start_signer
 from jpki_va.server.model.registry_values import CertificateRecord
 from jpki_va.server.signer.signing_queue import Overloaded, SigningQueue
 from jpki_va.server.snapshot.verify import SnapshotVerifier
-from tests.support import wait_for
-
-SPKI = (
-    ec.generate_private_key(ec.SECP256R1())
-    .public_key()
-    .public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
-)
+from tests.support import fresh_key, spki_of, wait_for
 
 
 def _request(n: int, kind: CertKind = CertKind.CARD_AUTH) -> signer_pb2.IssueCertificateRequest:
+    """An application with its own new key pair (a key is certified only once)."""
     return signer_pb2.IssueCertificateRequest(
         kind=int(kind),  # type: ignore[arg-type]
         resident_code=f"{80000000000 + n:011d}",
@@ -47,7 +40,7 @@ def _request(n: int, kind: CertKind = CertKind.CARD_AUTH) -> signer_pb2.IssueCer
         holder=signer_pb2.HolderInfo(
             name="負荷 試験", address="千代田区1-1", birth_date="1990-01-01", sex="女"
         ),
-        public_key_der=SPKI,
+        public_key_der=spki_of(fresh_key()),
     )
 
 

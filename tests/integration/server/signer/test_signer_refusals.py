@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import grpc
 import pytest
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from jpki_va.core.domain import CertKind
 from jpki_va.protos import signer_pb2, va_pb2
-from tests.support import Issued, Pki
+from tests.support import HolderKey, Issued, Pki, fresh_key, register_verifier, sign_application
 
 
 def registry_mark(pki: Pki) -> str:
@@ -21,6 +21,15 @@ def spki(key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey) -> bytes:
     return key.public_key().public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     )
+
+
+def compressed_spki(key: ec.EllipticCurvePrivateKey) -> bytes:
+    """The P-256 SubjectPublicKeyInfo with the point compressed (SEC 1 §2.3.3)."""
+    algorithm = spki(key)[2:23]  # SEQUENCE { id-ecPublicKey, prime256v1 }
+    point = key.public_key().public_bytes(
+        serialization.Encoding.X962, serialization.PublicFormat.CompressedPoint
+    )
+    return b"\x30\x39" + algorithm + b"\x03\x22\x00" + point
 
 
 def issue_request(**overrides: object) -> signer_pb2.IssueCertificateRequest:
@@ -87,14 +96,13 @@ def card(pki: Pki) -> Issued:
     return pki.issue(CertKind.CARD_SIGN, resident_code="66666666666")
 
 
-def mobile_request(card: Issued, signer_key: rsa.RSAPrivateKey, **overrides: object) -> object:
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    body = spki(key)
+def mobile_request(card: Issued, signer_key: HolderKey, **overrides: object) -> object:
+    body = spki(fresh_key())
     fields: dict[str, object] = {
         "kind": va_pb2.CERT_KIND_MOBILE_SIGN,
         "resident_code": "66666666666",
         "card_serial": card.serial.to_bytes(8, "big"),
-        "application_signature": signer_key.sign(body, padding.PKCS1v15(), hashes.SHA256()),
+        "application_signature": sign_application(signer_key, body),
         "public_key_der": body,
     }
     fields.update(overrides)
@@ -162,3 +170,58 @@ def test_loss_of_a_serial_never_issued(pki: Pki, card: Issued) -> None:
 def test_causes_an_operator_does_not_record(pki: Pki, card: Issued, cause: int) -> None:
     error = refused(pki, pki.signer_stub.RecordLoss, loss(card, cause))
     assert error.code() is grpc.StatusCode.INVALID_ARGUMENT
+
+
+# consent (issue 15 item 12) ---------------------------------------------------------------
+def test_consent_to_an_unregistered_verifier_is_refused_and_records_nothing(
+    pki: Pki, card: Issued
+) -> None:
+    grant = signer_pb2.RecordConsentRequest(
+        resident_code="66666666666", verifier="bank-unregistered", grant=True
+    )
+    error = refused(pki, pki.signer_stub.RecordConsent, grant)
+    assert error.code() is grpc.StatusCode.NOT_FOUND
+    assert "'bank-unregistered'" in (error.details() or "")
+    with pki.signer.registry.read() as tx:
+        assert tx.consent("66666666666", "bank-unregistered") is None
+    # Registered, the same grant is recorded.
+    register_verifier(pki, "bank-unregistered")
+    reply = pki.signer_stub.RecordConsent(grant, timeout=30)
+    assert reply.consent.verifier == "bank-unregistered"
+    assert not reply.consent.HasField("withdrawn_at")
+
+
+# one key pair per certificate (issue 15 item 12) ------------------------------------------
+def test_a_key_certified_for_one_resident_is_refused_for_another(pki: Pki) -> None:
+    key = fresh_key()
+    first = pki.issue(CertKind.CARD_AUTH, resident_code="56000000001", key=key)
+    request = issue_request(
+        kind=va_pb2.CERT_KIND_CARD_AUTH, resident_code="56000000002", public_key_der=spki(key)
+    )
+    error = refused(pki, pki.signer_stub.IssueCertificate, request)
+    assert error.code() is grpc.StatusCode.FAILED_PRECONDITION
+    assert f"already certified in another holder's CARD_AUTH serial {first.serial:X}" in (
+        error.details() or ""
+    )
+    assert "new key pair" in (error.details() or "")
+    with pki.signer.registry.read() as tx:
+        assert tx.holder_certificates("56000000002") == []
+
+
+def test_a_key_is_certified_once_for_the_same_holder_too(pki: Pki) -> None:
+    key = fresh_key()
+    first = pki.issue(CertKind.CARD_SIGN, resident_code="56000000003", key=key)
+    for kind in (va_pb2.CERT_KIND_CARD_AUTH, va_pb2.CERT_KIND_CARD_SIGN):  # another kind; renewal
+        request = issue_request(kind=kind, resident_code="56000000003", public_key_der=spki(key))
+        error = refused(pki, pki.signer_stub.IssueCertificate, request)
+        assert error.code() is grpc.StatusCode.FAILED_PRECONDITION
+        assert f"this holder's CARD_SIGN serial {first.serial:X}" in (error.details() or "")
+    # The same key in its other encoding (a compressed point) is the same key.
+    request = issue_request(resident_code="56000000004", public_key_der=compressed_spki(key))
+    error = refused(pki, pki.signer_stub.IssueCertificate, request)
+    assert "another holder's CARD_SIGN" in (error.details() or "")
+    # A new key pair is certified, and the earlier certificate stays in effect.
+    pki.issue(CertKind.CARD_AUTH, resident_code="56000000003", key=fresh_key())
+    with pki.signer.registry.read() as tx:
+        record = tx.certificate(CertKind.CARD_SIGN, first.serial)
+        assert record is not None and record.loss is None
