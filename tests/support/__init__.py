@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -24,7 +24,6 @@ import lmdb
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
-from cryptography.x509.oid import NameOID
 
 from jpki_va import hsm
 from jpki_va.core.clock import Clock
@@ -33,6 +32,7 @@ from jpki_va.protos import signer_pb2, signer_pb2_grpc, va_pb2, va_pb2_grpc, ver
 from jpki_va.server.app.config import ResponderConfig, SignerConfig
 from jpki_va.server.app.responder_app import Responder
 from jpki_va.server.app.signer_app import SignerApp, start_signer
+from jpki_va.server.pki.cert_profile import throwaway_client_certificate
 from jpki_va.server.responder.index_reader import Index, current_index
 
 T = TypeVar("T")
@@ -90,19 +90,7 @@ def free_port_pair() -> int:
 
 def throwaway_certificate(name: str) -> x509.Certificate:
     """A self-signed client certificate: in plaintext tests only its fingerprint matters."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    now = datetime.now(UTC)
-    return (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - timedelta(minutes=5))
-        .not_valid_after(now + timedelta(days=30))
-        .sign(key, hashes.SHA256())
-    )
+    return throwaway_client_certificate(name, timedelta(days=30))
 
 
 def wait_for(predicate: Callable[[], T | None], what: str, timeout: float = 30.0) -> T:
@@ -379,13 +367,22 @@ class ExtraResponder:
 
 
 def start_responder(pki: Pki, state_dir: Path, **settings: Any) -> ExtraResponder:
+    settings.setdefault("signer", f"127.0.0.1:{pki.signer.port}")
+    return start_responder_over(
+        pki.signer.config.snapshot_dir, pki.root_file, state_dir, **settings
+    )
+
+
+def start_responder_over(
+    snapshots: Path, root_file: Path, state_dir: Path, **settings: Any
+) -> ExtraResponder:
+    """A responder in this process over a snapshot directory, ingesting in a thread."""
     config: dict[str, Any] = {
-        "snapshot_dir": pki.signer.config.snapshot_dir,
+        "snapshot_dir": snapshots,
         "state_dir": state_dir,
-        "trust_anchors": (pki.root_file,),
+        "trust_anchors": (root_file,),
         "listen": "127.0.0.1:0",
         "workers": 1,
-        "signer": f"127.0.0.1:{pki.signer.port}",
         "poll_interval": 0.1,
     }
     config.update(settings)

@@ -26,22 +26,20 @@ import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import grpc
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives import serialization
 from cryptography.x509 import ocsp
-from cryptography.x509.oid import NameOID
 
 from jpki_va.bench.dataset import DataSet
 from jpki_va.bench.suite import RunningVa, _check_request, _issuers, _kb_fields
 from jpki_va.client._ocsp import build_request
 from jpki_va.core.domain import CertKind, Role, Status, serial_from_bytes, serial_to_bytes
 from jpki_va.protos import crl_pb2, crl_pb2_grpc, signer_pb2, va_pb2, verifiers_pb2
+from jpki_va.server.pki.cert_profile import throwaway_client_certificate
 
 CHURN_VERIFIER = "bench-soak-churn"
 _OCSP_STATUS = {
@@ -105,6 +103,7 @@ class Tally:
     calls: dict[str, int] = field(default_factory=dict)
     wrong: list[str] = field(default_factory=list)
     wrong_count: int = 0
+    wrong_by_kind: dict[str, int] = field(default_factory=dict)
     fault_errors: int = 0
     unexpected_errors: dict[str, int] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -114,9 +113,12 @@ class Tally:
             self.calls[interface] = self.calls.get(interface, 0) + n
 
     def mistake(self, text: str) -> None:
+        """Count a wrong answer; keep the first few of each kind (the text before ':')."""
+        kind = text.split(":", 1)[0]
         with self.lock:
             self.wrong_count += 1
-            if len(self.wrong) < 20:
+            self.wrong_by_kind[kind] = self.wrong_by_kind.get(kind, 0) + 1
+            if self.wrong_by_kind[kind] <= 5:
                 self.wrong.append(text)
 
     def error(self, what: str, at: float, kill: list[float], window: float) -> None:
@@ -349,7 +351,8 @@ class _Soak:
         stub = self.va.status_stub()
         present = [False]
         metadata = (("x-jpki-verifier", CHURN_VERIFIER),)
-        key = self.keys[0]
+        # A signing certificate: the churned verifier holds the signing role (DESIGN §7).
+        key = next(k for k in self.keys if k[0].is_signing)
 
         def once() -> None:
             if self.stop.wait(self.settings.churn_every / 10):
@@ -386,7 +389,7 @@ class _Soak:
                 changed_at, should = self.verifier_changes[-1]
                 if began > changed_at + self.settings.bound and admitted is not should:
                     self.tally.mistake(
-                        f"verifier {CHURN_VERIFIER} {'admitted' if admitted else 'refused'} "
+                        f"churn: verifier {CHURN_VERIFIER} {'admitted' if admitted else 'refused'} "
                         f"{began - changed_at:.1f} s after it was "
                         f"{'added' if should else 'removed'}"
                     )
@@ -462,6 +465,7 @@ class _Soak:
             "seconds": round(finished - self.started, 1),
             "answers": dict(self.tally.calls),
             "wrong_answers": self.tally.wrong_count,
+            "wrong_by_kind": dict(self.tally.wrong_by_kind),
             "wrong_examples": self.tally.wrong,
             "errors_at_faults": self.tally.fault_errors,
             "unexpected_errors": dict(self.tally.unexpected_errors),
@@ -477,22 +481,9 @@ class _Soak:
 
 
 def _throwaway_der() -> bytes:
-    """A self-signed certificate for the throwaway verifier: over plaintext loopback
-    only its fingerprint is registered."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, CHURN_VERIFIER)])
-    now = datetime.now(UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - timedelta(minutes=5))
-        .not_valid_after(now + timedelta(days=1))
-        .sign(key, hashes.SHA256())
+    return throwaway_client_certificate(CHURN_VERIFIER, timedelta(days=1)).public_bytes(
+        serialization.Encoding.DER
     )
-    return cert.public_bytes(serialization.Encoding.DER)
 
 
 def run_soak(

@@ -9,7 +9,6 @@ snapshot under a real name is half-written; nothing of the killed signer lives o
 from __future__ import annotations
 
 import signal
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,12 +23,16 @@ from jpki_va.core.clock import SystemClock
 from jpki_va.core.domain import Role
 from jpki_va.hsm import HsmConfig
 from jpki_va.protos import signer_pb2, signer_pb2_grpc, va_pb2, va_pb2_grpc, verifiers_pb2
-from jpki_va.server.app.config import ResponderConfig
-from jpki_va.server.app.responder_app import Responder
 from jpki_va.server.base.faults import POINTS
 from jpki_va.server.snapshot.manifest import SnapshotRejected
 from jpki_va.server.snapshot.verify import SnapshotVerifier
-from tests.support import ALL_ROLES_VERIFIER, throwaway_certificate, wait_for
+from tests.support import (
+    ALL_ROLES_VERIFIER,
+    ExtraResponder,
+    start_responder_over,
+    throwaway_certificate,
+    wait_for,
+)
 from tests.support.processes import SignerProcess, start_signer_process
 
 SIGNER_POINTS = [p for p in POINTS if p.startswith(("publish.", "snapshot."))]
@@ -76,10 +79,7 @@ def _publish(stub: signer_pb2_grpc.SignerServiceStub, *, full: bool) -> int:
 class Watcher:
     """A responder over the signer's snapshots, in this process."""
 
-    responder: Responder
-    stop: threading.Event
-    runner: threading.Thread
-    stub: va_pb2_grpc.StatusServiceStub
+    running: ExtraResponder
     channel: grpc.Channel
 
     def status(self, serial: int) -> va_pb2.CertificateStatus:
@@ -90,7 +90,7 @@ class Watcher:
                 )
             )
         )
-        return self.stub.Check(request, timeout=10).status
+        return va_pb2_grpc.StatusServiceStub(self.channel).Check(request, timeout=10).status
 
     def wait_revoked(self, serials: list[int], timeout: float = 30.0) -> None:
         def all_revoked() -> bool:
@@ -102,14 +102,12 @@ class Watcher:
         wait_for(all_revoked, f"{serials} answered REVOKED", timeout)
 
     def close(self) -> None:
-        self.stop.set()
-        self.runner.join()
-        self.responder.shutdown()
+        self.running.close()
         self.channel.close()
 
 
 @pytest.fixture
-def watchers(tmp_path: Path) -> Iterator[list[Watcher]]:
+def watchers() -> Iterator[list[Watcher]]:
     started: list[Watcher] = []
     yield started
     for watcher in started:
@@ -117,24 +115,10 @@ def watchers(tmp_path: Path) -> Iterator[list[Watcher]]:
 
 
 def _watch(snapshots: Path, root_file: Path, state: Path, started: list[Watcher]) -> Watcher:
-    responder = Responder(
-        ResponderConfig(
-            snapshot_dir=snapshots,
-            state_dir=state,
-            trust_anchors=(root_file,),
-            listen="127.0.0.1:0",
-            workers=1,
-            insecure_loopback=True,
-            loopback_verifier=ALL_ROLES_VERIFIER,
-            poll_interval=0.1,
-        )
+    running = start_responder_over(
+        snapshots, root_file, state, insecure_loopback=True, loopback_verifier=ALL_ROLES_VERIFIER
     )
-    responder.start()
-    stop = threading.Event()
-    runner = threading.Thread(target=responder.run, args=(stop,), daemon=True)
-    runner.start()
-    channel = grpc.insecure_channel(f"127.0.0.1:{responder.port}")
-    watcher = Watcher(responder, stop, runner, va_pb2_grpc.StatusServiceStub(channel), channel)
+    watcher = Watcher(running, grpc.insecure_channel(running.address))
     started.append(watcher)
     return watcher
 

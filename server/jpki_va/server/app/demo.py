@@ -24,8 +24,7 @@ from typing import Any
 import grpc
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
-from cryptography.x509.oid import NameOID
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from jpki_va import hsm
 from jpki_va.core.clock import JST
@@ -35,6 +34,7 @@ from jpki_va.server.app.config import ConfigError, ResponderConfig, SignerConfig
 from jpki_va.server.app.responder_app import Responder
 from jpki_va.server.app.signer_app import SignerApp, start_signer
 from jpki_va.server.base.private_files import private_dir, write_private
+from jpki_va.server.pki.cert_profile import throwaway_client_certificate
 
 log = logging.getLogger(__name__)
 
@@ -232,19 +232,7 @@ def _populate(directory: Path, info: dict[str, Any], signer: SignerApp) -> None:
 
 def _register_verifier(certs_dir: Path, stub: signer_pb2_grpc.SignerServiceStub) -> None:
     """The demo verifier, with a self-signed client certificate to show the identity."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "jpki-va demo verifier")])
-    now = datetime.now(UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - timedelta(minutes=5))
-        .not_valid_after(now + timedelta(days=365))
-        .sign(key, hashes.SHA256())
-    )
+    cert = throwaway_client_certificate("jpki-va demo verifier", timedelta(days=365))
     write_private(certs_dir / "demo-verifier.pem", _pem(cert))
     stub.AddVerifier(
         verifiers_pb2.AddVerifierRequest(

@@ -9,7 +9,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
@@ -505,3 +505,21 @@ def ocsp_signer_certificate(
 
 def chain_pem(certs: Sequence[x509.Certificate]) -> bytes:
     return b"".join(c.public_bytes(Encoding.PEM) for c in certs)
+
+
+def throwaway_client_certificate(name: str, validity: timedelta) -> x509.Certificate:
+    """A self-signed certificate whose key is thrown away: over plaintext loopback a
+    verifier is registered by its certificate's fingerprint alone (demo, bench, tests)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = datetime.now(UTC)
+    return (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=5))
+        .not_valid_after(now + validity)
+        .sign(key, hashes.SHA256())
+    )
