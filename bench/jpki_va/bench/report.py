@@ -359,7 +359,9 @@ def render_soak(soak: dict[str, Any]) -> str:
         "| figure | value |",
         "|---|---|",
         *(f"| answers, {name} | {count:,} |" for name, count in sorted(answers.items())),
-        f"| wrong answers | {soak['wrong_answers']} |",
+        f"| wrong answers (contradicting the truth) | {soak['wrong_answers']} |",
+        f"| late answers (GOOD more than {st['bound']:g} s after the loss was acknowledged) | "
+        f"{soak['late_answers']}; the latest {soak['latest_good_after_loss_seconds']} s after |",
         f"| errors within {st['fault_window']:g} s of the worker kill | "
         f"{soak['errors_at_faults']} |",
         f"| other errors | {sum(errors.values())} {dict(sorted(errors.items())) or ''} |",
@@ -367,8 +369,10 @@ def render_soak(soak: dict[str, Any]) -> str:
         f"{soak['losses_watched']} |",
         f"| verifier changes / worker kills | {soak['verifier_changes']} / "
         f"{soak['worker_kills']} |",
-        f"| worker private memory slope, MB/min (after the first minute) | "
+        f"| worker private memory slope, MB/min (each worker's second half; the steepest) | "
         f"{'n/a' if slope is None else f'{slope:+.3f}'} |",
+        f"| worker private memory at the end, MB | "
+        f"{', '.join(f'{v:g}' for v in soak['private_memory_last_mb'])} |",
         "",
     ]
     for example in soak["wrong_examples"]:

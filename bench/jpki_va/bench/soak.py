@@ -77,25 +77,32 @@ class Truth:
     bound: float
     loss_began: dict[tuple[CertKind, int], float] = field(default_factory=dict)
     loss_acked: dict[tuple[CertKind, int], float] = field(default_factory=dict)
+    unknown: set[tuple[CertKind, int]] = field(default_factory=set)  # not judged
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def judge(
         self, key: tuple[CertKind, int], got: Status, began: float, ended: float, ocsp: bool
-    ) -> bool:
-        """Whether an answer to a call made in [began, ended] may be true (`ocsp`: in OCSP's
-        words, which have only "unknown" for never issued, expired and not yet valid)."""
+    ) -> str:
+        """ "ok" if an answer to a call made in [began, ended] may be true; "late" for GOOD
+        after a loss acknowledged more than `bound` before the call (stale, not false when
+        it was given); else "wrong". `ocsp`: in OCSP's words, which have only "unknown"
+        for never issued, expired and not yet valid."""
         with self.lock:
+            if key in self.unknown:
+                return "ok"
             loss_began = self.loss_began.get(key)
             acked = self.loss_acked.get(key)
         expected = self.base[key]
         if ocsp and expected not in (Status.GOOD, Status.REVOKED):
             expected = Status.UNKNOWN
         if loss_began is None:
-            return got is expected
+            return "ok" if got is expected else "wrong"
         if got is Status.REVOKED:
-            return ended >= loss_began
+            return "ok" if ended >= loss_began else "wrong"
+        if got is not Status.GOOD:
+            return "wrong"
         # GOOD is fine while the loss is not yet known to be past the bound.
-        return got is Status.GOOD and (acked is None or began < acked + self.bound)
+        return "ok" if acked is None or began < acked + self.bound else "late"
 
 
 @dataclass
@@ -182,6 +189,8 @@ class _Soak:
         self.watched: set[tuple[CertKind, int]] = set()
         self.memory: dict[int, list[tuple[float, float]]] = {}
         self.suspects: list[tuple[str, tuple[CertKind, int], Status, float, float]] = []
+        self.late_answers = 0
+        self.late_by = 0.0  # the latest GOOD seen after a loss's acknowledgement, seconds
         self.issuers = _issuers(ds)
         self.started = time.monotonic()
 
@@ -191,7 +200,7 @@ class _Soak:
 
     def _judge(self, interface: str, key: tuple[CertKind, int], got: Status, began: float) -> None:
         ended = time.monotonic()
-        if not self.truth.judge(key, got, began, ended, interface == "http_ocsp"):
+        if self.truth.judge(key, got, began, ended, interface == "http_ocsp") != "ok":
             # Judged again at the end: a cascaded loss is known only once its reply is in.
             with self.tally.lock:
                 if len(self.suspects) < 100_000:
@@ -199,7 +208,12 @@ class _Soak:
 
     def _verdicts(self) -> None:
         for interface, key, got, began, ended in self.suspects:
-            if not self.truth.judge(key, got, began, ended, interface == "http_ocsp"):
+            verdict = self.truth.judge(key, got, began, ended, interface == "http_ocsp")
+            if verdict == "late":
+                acked = self.truth.loss_acked[key]
+                self.late_answers += 1
+                self.late_by = max(self.late_by, began - acked)
+            elif verdict == "wrong":
                 self.tally.mistake(
                     f"{interface}: {key[0].name} {key[1]:X} answered {got.name} at "
                     f"{began - self.started:.1f} s (truth {self.truth.base[key].name}, "
@@ -242,17 +256,21 @@ class _Soak:
 
         Sent = list[tuple[float, list[tuple[CertKind, int]]]]
 
-        def batches(sent: Sent) -> Iterator[va_pb2.CheckBatchRequest]:
+        def batches(sent: Sent, room: threading.Semaphore) -> Iterator[va_pb2.CheckBatchRequest]:
             while not self.stop.is_set():
+                if not room.acquire(timeout=1.0):  # a verifier's client: a few batches in flight
+                    continue
                 batch = self.rng.sample(self.keys, self.settings.stream_batch)
                 sent.append((time.monotonic(), batch))
                 yield va_pb2.CheckBatchRequest(requests=[_check_request(*k) for k in batch])
-                time.sleep(0.01)
 
         def once() -> None:
             sent: Sent = []
+            room = threading.Semaphore(4)
             try:
-                for reply in stub.CheckStream(batches(sent), timeout=self.settings.duration + 60):
+                replies = stub.CheckStream(batches(sent, room), timeout=self.settings.duration + 60)
+                for reply in replies:
+                    room.release()
                     began, batch = sent.pop(0)
                     for key, item in zip(batch, reply.results, strict=True):
                         if item.HasField("error"):
@@ -327,14 +345,24 @@ class _Soak:
             began = time.monotonic()
             with self.truth.lock:
                 self.truth.loss_began[(CertKind.CARD_AUTH, serial)] = began
-            reply = signer.RecordLoss(
-                signer_pb2.RecordLossRequest(
-                    kind=va_pb2.CERT_KIND_CARD_AUTH,
-                    serial=serial_to_bytes(serial),
-                    cause=va_pb2.LOSS_CAUSE_HOLDER_REQUEST,
-                ),
-                timeout=30,
-            )
+            try:
+                reply = signer.RecordLoss(
+                    signer_pb2.RecordLossRequest(
+                        kind=va_pb2.CERT_KIND_CARD_AUTH,
+                        serial=serial_to_bytes(serial),
+                        cause=va_pb2.LOSS_CAUSE_HOLDER_REQUEST,
+                    ),
+                    timeout=30,
+                )
+            except grpc.RpcError as exc:
+                if exc.code() is not grpc.StatusCode.FAILED_PRECONDITION:
+                    raise
+                # Lost already (an earlier run's last loss, not yet in the index it read):
+                # out of the truth, since its answers may be either.
+                with self.truth.lock:
+                    del self.truth.loss_began[(CertKind.CARD_AUTH, serial)]
+                    self.truth.unknown.add((CertKind.CARD_AUTH, serial))
+                return
             acked = time.monotonic()
             # Every certificate that lost effect with it (a card's loss ends the holder's
             # smartphone certificate of that purpose too, 第16条の13).
@@ -370,6 +398,7 @@ class _Soak:
                             id=CHURN_VERIFIER,
                             roles=[int(Role.SIGNING_VERIFIER)],  # type: ignore[list-item]
                             client_certificate_der=[_throwaway_der()],
+                            replace=True,  # one left by an earlier run is taken over
                         ),
                         timeout=30,
                     )
@@ -457,15 +486,22 @@ class _Soak:
         for kind, serial in missed[:20]:
             self.tally.mistake(f"watch: {kind.name} {serial:X} lost but never delivered")
         self.tally.wrong_count += max(0, len(missed) - 20)
-        survivors = [s for s in self.memory.values() if s and s[0][0] < 30]
-        warm = [[(t, v) for t, v in series if t >= 60] or series for series in survivors]
-        slopes = [s for s in (_slope(series) for series in warm) if s is not None]
+        # Each worker over the second half of its life: the first half fills its caches
+        # and takes its share of the load (which moves when the other worker is killed).
+        halves = [
+            [(t, v) for t, v in series if t >= (series[0][0] + series[-1][0]) / 2]
+            for series in self.memory.values()
+            if len(series) >= 6
+        ]
+        slopes = [s for s in (_slope(half) for half in halves) if s is not None]
         return {
             "settings": asdict(self.settings),
             "seconds": round(finished - self.started, 1),
             "answers": dict(self.tally.calls),
             "wrong_answers": self.tally.wrong_count,
             "wrong_by_kind": dict(self.tally.wrong_by_kind),
+            "late_answers": self.late_answers,
+            "latest_good_after_loss_seconds": round(self.late_by, 1),
             "wrong_examples": self.tally.wrong,
             "errors_at_faults": self.tally.fault_errors,
             "unexpected_errors": dict(self.tally.unexpected_errors),
@@ -477,6 +513,7 @@ class _Soak:
                 str(pid): [round(v, 1) for _, v in series] for pid, series in self.memory.items()
             },
             "private_memory_slope_mb_per_min": max(slopes, key=abs) if slopes else None,
+            "private_memory_last_mb": [round(s[-1][1], 1) for s in self.memory.values() if s],
         }
 
 
