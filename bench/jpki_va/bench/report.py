@@ -362,6 +362,9 @@ def render_soak(soak: dict[str, Any]) -> str:
         f"| wrong answers (contradicting the truth) | {soak['wrong_answers']} |",
         f"| late answers (GOOD more than {st['bound']:g} s after the loss was acknowledged) | "
         f"{soak['late_answers']}; the latest {soak['latest_good_after_loss_seconds']} s after |",
+        f"| late access decisions (the verifier admitted or refused more than {st['bound']:g} s "
+        f"after its change) | {soak['late_verifier_decisions']}; the latest "
+        f"{soak['latest_verifier_decision_seconds']} s after |",
         f"| errors within {st['fault_window']:g} s of the worker kill | "
         f"{soak['errors_at_faults']} |",
         f"| other errors | {sum(errors.values())} {dict(sorted(errors.items())) or ''} |",
