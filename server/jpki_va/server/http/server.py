@@ -28,6 +28,7 @@ from typing import cast
 
 import httptools
 
+from jpki_va.core.loopback import VERIFIER_HEADER
 from jpki_va.server.http.app import HttpApp
 
 log = logging.getLogger(__name__)
@@ -43,6 +44,8 @@ MAX_CONNECTIONS = 1024  # for direct use; a responder worker sets its own
 LINGER_SECONDS = 1.0
 
 _VERSIONS = frozenset(("1.0", "1.1"))
+
+_VERIFIER_HEADER = VERIFIER_HEADER.encode()  # header names arrive lower-cased bytes
 
 
 class _Outbox:
@@ -242,7 +245,7 @@ class _Connection(asyncio.Protocol):
             self._content_type = value
         elif lower == b"if-none-match":
             self._if_none_match = value
-        elif lower == b"x-jpki-verifier":
+        elif lower == _VERIFIER_HEADER:
             self._verifier = value
         elif lower == b"content-length":
             if not value.isdigit() or int(value) > self._app.max_request_bytes:

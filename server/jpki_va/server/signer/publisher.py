@@ -334,6 +334,7 @@ class Publisher:
         issuers = self._authority.issuers()
         with self._registry.read() as tx:
             state = _State.load(tx)
+            sequence = self._next_sequence(tx)
             if (
                 state is None
                 or state.issuer_key_ids != [r.key_id.hex() for r in issuers]
@@ -341,7 +342,7 @@ class Publisher:
                 # A snapshot after the state's last one is on disk: a publish killed
                 # between its rename and the registry's commit. Responders may hold it,
                 # so a delta on the state's last one would not follow theirs.
-                or self._next_sequence(tx) != state.last_sequence + 1
+                or sequence != state.last_sequence + 1
             ):
                 return None
             event_sequence = tx.counter("event")
@@ -351,7 +352,6 @@ class Publisher:
             content = self._gather_delta(tx, state, issuers, now)
             if content is None:
                 return None
-            sequence = self._next_sequence(tx)
             numbers = {scope: tx.counter(crl_counter(*scope)) + 1 for scope in content.entries}
         builder = SnapshotBuilder(self._root, sequence)
         fault_point("publish.begun")
