@@ -17,6 +17,7 @@ from jpki_va.hsm._cli import add_commands as add_hsm_commands
 from jpki_va.hsm._config import DEFAULT_MODULE
 from jpki_va.server.app.config import PIN_ENV, ConfigError
 from jpki_va.server.cmd.authority import RegistryKeyUse, add_authority_commands
+from jpki_va.server.cmd.balancer import add_balancer_commands
 from jpki_va.server.cmd.bench import add_bench_command
 from jpki_va.server.cmd.certificates import add_certificate_commands
 from jpki_va.server.cmd.lazy import lazy
@@ -46,7 +47,7 @@ def _add_publishing_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--delta-interval",
         metavar="DURATION",
-        help="between delta snapshots while anything changed (default 5s; 0: on request)",
+        help="between delta snapshots while anything changed (default 1s; 0: on request)",
     )
     group.add_argument("--retention-issuance-record", metavar="DURATION")
     group.add_argument("--retention-loss-record", metavar="DURATION")
@@ -158,7 +159,15 @@ def build_parser() -> argparse.ArgumentParser:
     responder.add_argument("--listen", help="HOST:PORT (default 127.0.0.1:50051)")
     responder.add_argument("--workers", type=int, help="gRPC worker processes (default: CPUs)")
     responder.add_argument("--signer", help="signer HOST:PORT for OCSP-signer certificates")
-    responder.add_argument("--poll-interval", type=float, help="seconds between snapshot scans")
+    for flag, text in (
+        ("--poll-interval", "seconds between full scans of the snapshot store (1)"),
+        (
+            "--notice-interval",
+            "seconds between reads of the store's pointer, which brings a scan early (0.2)",
+        ),
+        ("--max-lag", "seconds behind the newest snapshot before health leaves rotation (30)"),
+    ):
+        responder.add_argument(flag, type=float, help=text)
     responder.add_argument("--insecure-loopback", action="store_true", help="plaintext on loopback")
     responder.add_argument(
         "--ocsp-renew-at",
@@ -184,6 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_certificate_commands(registry)
     add_token_commands(sub)
     add_report_commands(sub)
+    add_balancer_commands(sub)
     add_bench_command(sub)
     return parser
 

@@ -129,6 +129,8 @@ def responder_config(args: argparse.Namespace) -> ResponderConfig:
             "signer": args.signer,
             "insecure_loopback": args.insecure_loopback or None,
             "poll_interval": args.poll_interval,
+            "notice_interval": args.notice_interval,
+            "max_lag": args.max_lag,
             "crl_retention_days": args.crl_retention_days,
             "loopback_verifier": args.loopback_verifier,
             "http_listen": args.http_listen,
