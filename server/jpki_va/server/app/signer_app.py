@@ -17,6 +17,7 @@ from grpc_health.v1.health import HealthServicer
 
 from jpki_va import hsm
 from jpki_va.core.clock import Clock, SystemClock
+from jpki_va.core.oids import ARC, ENV_ARC
 from jpki_va.protos import signer_pb2, signer_pb2_grpc
 from jpki_va.server.access.gate import NotOperator, Operators
 from jpki_va.server.app.config import ConfigError, SignerConfig
@@ -48,6 +49,8 @@ from jpki_va.server.signer.verifier_registry import NotAVerifier, VerifierRegist
 from jpki_va.server.snapshot.writer import prune_abandoned
 
 log = logging.getLogger(__name__)
+
+_OID_ARC = "oid_arc"  # registry meta: the arc of the first start
 
 SERVICE = signer_pb2.DESCRIPTOR.services_by_name["SignerService"].full_name
 #: The health of publishing alone. An HSM or disk that fails publishing leaves the
@@ -174,6 +177,31 @@ def _hold_data_dir(config: SignerConfig, metrics: SignerMetrics) -> tuple[Direct
         raise
 
 
+def registry_arc_check(registry: Registry) -> None:
+    """Keep the private OID arc fixed for the registry's life (jpki_va.core.oids).
+
+    The first start records it; a later start under another arc would sign loss
+    causes that the responders, still reading the old CRLs, could not tell apart.
+    """
+    with registry.write() as wtx:
+        recorded = wtx.meta(_OID_ARC)
+        if recorded is None:
+            wtx.set_meta(_OID_ARC, ARC.encode())
+            return
+    if recorded.decode() != ARC:
+        raise ConfigError(
+            f"this registry's OID arc is {recorded.decode()}, not {ARC}: "
+            f"set {ENV_ARC}={recorded.decode()} (the arc is fixed for a deployment)"
+        )
+
+
+def _authority(token: hsm.Hsm, registry: Registry) -> Authority:
+    authority = Authority(token, registry)
+    authority.root()  # refuse to start without a hierarchy
+    registry_arc_check(registry)
+    return authority
+
+
 def start_signer(config: SignerConfig, clock: Clock | None = None) -> SignerApp:
     clock = clock or SystemClock()
     operators = _operators(config)
@@ -189,8 +217,7 @@ def start_signer(config: SignerConfig, clock: Clock | None = None) -> SignerApp:
             records = config.data_dir / "ceremonies"
             for created in bootstrap(token, registry, clock, record_dir=records):
                 log.info("created %s", created)
-        authority = Authority(token, registry)
-        authority.root()  # refuse to start without a hierarchy
+        authority = _authority(token, registry)
         settings = ProfileSettings(base_url=config.base_url)
         publisher = Publisher(
             registry, authority, config.snapshot_dir, clock, settings, config.retention
