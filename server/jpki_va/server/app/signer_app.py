@@ -22,6 +22,7 @@ from jpki_va.protos import signer_pb2, signer_pb2_grpc
 from jpki_va.server.access.gate import NotOperator, Operators
 from jpki_va.server.app.config import ConfigError, SignerConfig
 from jpki_va.server.app.dir_lock import DirectoryLock
+from jpki_va.server.app.sweep_schedule import SweepSchedule
 from jpki_va.server.base.refusal_log import RefusalLog
 from jpki_va.server.law.entitlements import NotEntitled
 from jpki_va.server.ledger.provisions import Ledger
@@ -112,6 +113,7 @@ class SignerApp:
     _stop: threading.Event
     _lock: DirectoryLock
     _publisher_thread: threading.Thread | None = None
+    _sweep: SweepSchedule | None = None
     _metrics_server: Any = None
     metrics_port: int | None = None
 
@@ -124,6 +126,8 @@ class SignerApp:
             self._metrics_server.server_close()
         if self._publisher_thread is not None:
             self._publisher_thread.join()
+        if self._sweep is not None:
+            self._sweep.stop()
         self.registry.close()
         self.ledger.close()
         self.token.close()
@@ -259,10 +263,18 @@ def start_signer(config: SignerConfig, clock: Clock | None = None) -> SignerApp:
         app._metrics_server = metrics_server
         app.metrics_port = int(metrics_server.server_port)
         log.info("signer metrics on 127.0.0.1:%d/metrics", app.metrics_port)
-    if config.delta_interval > 0:
-        app._publisher_thread = _start_publishing(signer, config, stop)
+    _start_background(app, clock)
     log.info("signer listening on %s", config.listen.rsplit(":", 1)[0] + f":{port}")
     return app
+
+
+def _start_background(app: SignerApp, clock: Clock) -> None:
+    """The periodic publisher (when it has an interval) and the 00:00 JST sweep."""
+    if app.config.delta_interval > 0:
+        app._publisher_thread = _start_publishing(app.signer, app.config, app._stop)
+    # On its own schedule, also when publishing happens only on request.
+    app._sweep = SweepSchedule(app.signer.sweep_move_outs, clock, app.config.sweep_check)
+    app._sweep.start()
 
 
 def _start_publishing(
