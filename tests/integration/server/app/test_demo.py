@@ -57,7 +57,7 @@ def _start_demo(
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     http = [] if http_port is None else ["--http-port", str(http_port)]
     return subprocess.Popen(
-        [*JPKI_VA, "demo", "--dir", str(directory), "--port", str(port), *http, *options],
+        [*JPKI_VA, "demo", "--data-dir", str(directory), "--port", str(port), *http, *options],
         cwd=directory.parent,
         env=env,
         stdout=subprocess.PIPE,
