@@ -19,7 +19,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from jpki_va.core.domain import OID_SNAPSHOT_SIGNING, OID_VERIFIER_TOKEN_SIGNING, CertKind
+from jpki_va.core.domain import CertKind
+from jpki_va.core.oids import OID_SNAPSHOT_SIGNING, OID_VERIFIER_TOKEN_SIGNING
 from jpki_va.hsm import DEFAULT_MODULE
 from jpki_va.server.registry.transactions import Registry
 from tests.support import JPKI_VA, REPO, openssl

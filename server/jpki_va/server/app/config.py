@@ -132,6 +132,8 @@ class SignerConfig:
     metrics_port: int | None = None  # Prometheus /metrics on 127.0.0.1 (0: any free port)
     tls: TlsFiles | None = None
     operator_certs: tuple[Path, ...] = ()  # client certificates allowed registry operations
+    # Seconds between looks at the clock for the 00:00 JST move-out sweep (第31条第2号).
+    sweep_check: float = 60.0
     # 保存期間 (seconds); None keeps the placeholders of law/retention.py.
     retention_issuance_record: float | None = None
     retention_loss_record: float | None = None
@@ -152,6 +154,8 @@ class SignerConfig:
             raise ConfigError("delta interval must be >= 0")
         if self.delta_interval and self.delta_interval > self.full_interval:
             raise ConfigError("delta interval must not exceed the full interval")
+        if self.sweep_check <= 0:
+            raise ConfigError("sweep check must be > 0 seconds")
         if self.grpc_workers < 2:
             raise ConfigError("grpc workers must be >= 2")
         if not 1 <= self.sign_queue_limit < self.grpc_workers:
