@@ -33,5 +33,5 @@ def test_a_bad_replica_is_one_line_and_exit_2() -> None:
     )  # fmt: skip
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
-        "jpki-va balancer: --replica '127.0.0.1:1': give GRPC_HOST:PORT,HTTP_HOST:PORT"
+        "jpki-va balancer: error: --replica '127.0.0.1:1': give GRPC_HOST:PORT,HTTP_HOST:PORT"
     ]
