@@ -11,9 +11,11 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import grpc
+from cryptography import x509
 
 from jpki_va.bench.datagen import BENCH_VERIFIER
 from jpki_va.bench.fleet import (
@@ -26,7 +28,7 @@ from jpki_va.bench.fleet import (
 )
 from jpki_va.bench.loadgen import LoadSpec, build_payloads, run_load
 from jpki_va.core.domain import CertKind, Status
-from jpki_va.protos import va_pb2, va_pb2_grpc
+from jpki_va.protos import signer_pb2_grpc, va_pb2, va_pb2_grpc
 from jpki_va.server.app.envoy_config import GRPC_CLUSTER
 
 if TYPE_CHECKING:
@@ -127,11 +129,23 @@ def failover(fleet: Fleet, check: bytes, ocsp_der: bytes, seconds: float) -> dic
     }
 
 
-def fleet_figures(
-    ds: DataSet, va: RunningVa, settings: SuiteSettings, progress: Callable[[str], None]
-) -> dict[str, Any]:
-    from jpki_va.bench.suite import _check_request, _good_serials, _issuers, _record_loss  # noqa: PLC0415
+@dataclass(frozen=True)
+class SuiteParts:
+    """What the fleet step borrows from the suite, handed in (the suite imports this)."""
 
+    check_request: Callable[[CertKind, int], va_pb2.CheckRequest]
+    good_serials: Callable[[va_pb2_grpc.StatusServiceStub, DataSet, CertKind, int], list[int]]
+    issuers: Callable[[DataSet], dict[CertKind, x509.Certificate]]
+    record_loss: Callable[[signer_pb2_grpc.SignerServiceStub, CertKind, int], None]
+
+
+def fleet_figures(
+    ds: DataSet,
+    va: RunningVa,
+    settings: SuiteSettings,
+    progress: Callable[[str], None],
+    parts: SuiteParts,
+) -> dict[str, Any]:
     directory = ds.root / "fleet"
     directory.mkdir(exist_ok=True)
     fleet = Fleet(
@@ -146,7 +160,7 @@ def fleet_figures(
     out: dict[str, Any] = {"replicas": settings.fleet_replicas, "workers_per_replica": 1}
     try:
         pool = ds.pool()
-        payloads = build_payloads("check", pool, settings.mix, _issuers(ds), count=20_000)
+        payloads = build_payloads("check", pool, settings.mix, parts.issuers(ds), count=20_000)
         for name, target in (
             ("balancer", fleet.grpc_target),
             ("one_replica", fleet.replicas[0].target),
@@ -163,21 +177,21 @@ def fleet_figures(
             out[name] = run_load(f"fleet {name}", spec, payloads).to_json()
         kind = CertKind.CARD_AUTH
         status = va.status_stub()
-        serials = _good_serials(status, ds, kind, settings.fleet_samples + 1)
+        serials = parts.good_serials(status, ds, kind, settings.fleet_samples + 1)
         if len(serials) < settings.fleet_samples + 1:
             raise RuntimeError(f"only {len(serials)} good {kind.name} serials left in the pool")
         signer = va.signer_stub()
         progress(f"fleet: commit to answer on every replica, {settings.fleet_samples} losses")
         out["freshness"] = fleet_freshness(
             fleet,
-            lambda serial: _record_loss(signer, kind, serial),
-            lambda serial: _check_request(kind, serial),
+            lambda serial: parts.record_loss(signer, kind, serial),
+            lambda serial: parts.check_request(kind, serial),
             serials[: settings.fleet_samples],
         )
         progress("fleet: SIGKILL of a replica under load")
         good = serials[-1]
-        check = _check_request(kind, good).SerializeToString()
-        ocsp_der = build_payloads("ocsp", pool, settings.mix, _issuers(ds), count=1)[0]
+        check = parts.check_request(kind, good).SerializeToString()
+        ocsp_der = build_payloads("ocsp", pool, settings.mix, parts.issuers(ds), count=1)[0]
         ocsp_der = va_pb2.OcspRequest.FromString(ocsp_der).der
         out["failover"] = failover(fleet, check, ocsp_der, settings.failover_seconds)
     finally:

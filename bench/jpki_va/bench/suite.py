@@ -30,7 +30,7 @@ from cryptography import x509
 from jpki_va.bench import ceilings, peers
 from jpki_va.bench.datagen import BENCH_VERIFIER
 from jpki_va.bench.dataset import DataSet
-from jpki_va.bench.fleet_step import fleet_figures
+from jpki_va.bench.fleet_step import SuiteParts, fleet_figures
 from jpki_va.bench.httpload import HttpLoadError, HttpSpec, run_wrk
 from jpki_va.bench.loadgen import (
     INTERFACES,
@@ -619,7 +619,8 @@ def run_suite(
             if "freshness" in settings.steps:
                 results["freshness"] = freshness(ds, va, settings, say)
             if "fleet" in settings.steps:
-                results["fleet"] = fleet_figures(ds, va, settings, say)
+                parts = SuiteParts(_check_request, _good_serials, _issuers, _record_loss)
+                results["fleet"] = fleet_figures(ds, va, settings, say, parts)
         finally:
             va.close()
     if scratch is not None and "freshness" in results:
