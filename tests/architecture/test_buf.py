@@ -14,13 +14,13 @@ import json
 import re
 import shutil
 import subprocess
-import sys
 import tarfile
 from pathlib import Path
 
 import pytest
 
 from tests.support import REPO
+from tests.support.buf import run_buf
 
 # The exceptions buf.yaml writes down (rule -> the names buf's messages quote first).
 DOCUMENTED_EXCEPTIONS = {
@@ -31,19 +31,6 @@ DOCUMENTED_EXCEPTIONS = {
     "RPC_REQUEST_RESPONSE_UNIQUE": ["jpki.va.v1.ListIssuersRequest"] * 2
     + ["jpki.va.v1.ListIssuersResponse"] * 2,
 }
-
-
-def buf() -> str:
-    found = shutil.which("buf") or shutil.which("buf", path=str(Path(sys.executable).parent))
-    if found is None:
-        pytest.fail("buf not found: ./tasks setup installs it (buf-bin, dev extra)")
-    return found
-
-
-def run_buf(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [buf(), *args], cwd=cwd, capture_output=True, text=True, timeout=120, check=False
-    )
 
 
 def violations(output: str) -> list[dict[str, object]]:
