@@ -25,6 +25,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
 
+from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes
 
 from jpki_va.core.clock import Clock
@@ -52,6 +53,7 @@ from jpki_va.server.snapshot.manifest import (
     SIGNING_RECORDS,
     CrlInfo,
     crl_relpath,
+    snapshot_dirname,
     snapshot_sequence,
 )
 from jpki_va.server.snapshot.record_format import encode_file_record
@@ -352,14 +354,22 @@ class Publisher:
             content = self._gather_delta(tx, state, issuers, now)
             if content is None:
                 return None
-            numbers = {scope: tx.counter(crl_counter(*scope)) + 1 for scope in content.entries}
+            bases = {s: state.crl_base[_scope_name(s)] for s in content.entries}
+            unchanged = self._unchanged_delta_crls(state, content, bases, now)
+            numbers = {
+                scope: tx.counter(crl_counter(*scope)) + 1
+                for scope in content.entries
+                if scope not in unchanged
+            }
         builder = SnapshotBuilder(self._root, sequence)
         fault_point("publish.begun")
-        bases = {s: state.crl_base[_scope_name(s)] for s in content.entries}
         try:
             builder.add_issuers([r.certificate for r in issuers])
             builder.add_records(content.records)
-            self._add_crls(builder, issuers, content.entries, numbers, now, bases)
+            for info, der in unchanged.values():
+                builder.add_crl_der(info, der)
+            fresh = {s: e for s, e in content.entries.items() if s not in unchanged}
+            self._add_crls(builder, issuers, fresh, numbers, now, bases)
             self._add_data(builder, content)
             fault_point("publish.files-written")
             manifest = builder.seal(
@@ -394,6 +404,55 @@ class Publisher:
         return PublishedSnapshot(
             sequence, path, len(manifest.crls), manifest.record_count, "delta", len(content.events)
         )
+
+    def _unchanged_delta_crls(
+        self, state: _State, content: _Content, bases: dict[Scope, int], now: datetime
+    ) -> dict[Scope, tuple[CrlInfo, bytes]]:
+        """The previous delta's CRLs of scopes with no loss since it, to publish again.
+
+        A delta CRL is cumulative since its full CRL, so one whose scope lost nothing
+        since the previous snapshot would be signed again with the same entries: the
+        same CRL, under a new number. Carrying the signed one over instead keeps a
+        delta's signatures to the scopes that changed in it, not every scope changed
+        since the full (by evening, most partitions: seconds of HSM time per delta).
+        One past half its validity is signed anew, so none nears its nextUpdate.
+        """
+        changed = {(e.kind, e.issuer_key_id, e.partition) for e in content.events}
+        previous = self._root / snapshot_dirname(state.last_sequence)
+        if state.last_sequence == state.full_sequence or not previous.is_dir():
+            return {}
+        kept: dict[Scope, tuple[CrlInfo, bytes]] = {}
+        for scope in content.entries.keys() - changed:
+            kind, key_id, partition = scope
+            rel = crl_relpath(kind, key_id, partition, delta=True)
+            try:
+                der = (previous / rel).read_bytes()
+                crl = x509.load_der_x509_crl(der)
+                number = crl.extensions.get_extension_for_class(x509.CRLNumber).value
+                base = crl.extensions.get_extension_for_class(x509.DeltaCRLIndicator).value
+            except (OSError, ValueError, x509.ExtensionNotFound):
+                continue  # not there as expected: sign it anew
+            next_update = crl.next_update_utc
+            if (
+                base.crl_number != bases[scope]
+                or next_update is None
+                or next_update - now < self._settings.crl_validity / 2
+                # The same entries (one may have left with its retention period).
+                or {r.serial_number for r in crl} != {e.serial for e in content.entries[scope]}
+            ):
+                continue
+            info = CrlInfo(
+                file=rel,
+                kind=kind,
+                issuer_key_id=key_id,
+                partition=partition,
+                number=number.crl_number,
+                this_update=crl.last_update_utc,
+                next_update=next_update,
+                delta_base=bases[scope],
+            )
+            kept[scope] = (info, der)
+        return kept
 
     def _gather_delta(
         self, tx: RegistryTxn, state: _State, issuers: list[IssuerRecord], now: datetime

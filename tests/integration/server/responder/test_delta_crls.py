@@ -147,17 +147,29 @@ def test_delta_crls_cover_only_partitions_that_changed_since_the_full(world: Wor
         assert c["file"].endswith(".delta.crl")
 
 
-def test_crl_numbers_strictly_increase_per_partition(world: World) -> None:
-    numbers: dict[tuple[str, str, str], list[int]] = {}
+def test_crl_numbers_increase_per_partition_and_unchanged_deltas_are_carried_over(
+    world: World,
+) -> None:
+    """Each CRL signed takes a new, higher number; a delta CRL whose scope lost nothing
+    since the previous delta is that same CRL, carried over byte for byte (RFC 5280
+    §5.2.3 numbers CRLs issued, and this one is not issued again)."""
+    seen: dict[tuple[str, str, str], list[tuple[int, bytes]]] = {}
     for snapshot in (world.full, world.delta1, world.delta2, world.full2):
         for c in _manifest(snapshot)["crls"]:
-            numbers.setdefault((c["kind"], c["issuer_key_id"], c["partition"]), []).append(
-                c["number"]
+            der = (snapshot / c["file"]).read_bytes()
+            seen.setdefault((c["kind"], c["issuer_key_id"], c["partition"]), []).append(
+                (c["number"], der)
             )
     scope = ("CARD_AUTH", _kid(world.good), "131016")
-    assert len(numbers[scope]) == 4  # full, delta, delta, full
-    for sequence in numbers.values():
-        assert sequence == sorted(set(sequence))
+    assert len(seen[scope]) == 4  # full, delta, delta, full
+    # 131016 lost nothing in delta 2: its delta CRL of delta 1 again.
+    assert seen[scope][1] == seen[scope][2]
+    for crls in seen.values():
+        numbers = [n for n, _ in crls]
+        assert numbers == sorted(numbers)
+        signed = dict(crls)
+        assert len(signed) == len(set(numbers))  # one CRL per number
+        assert len({der for _, der in crls}) == len(signed)
 
 
 def test_certificates_carry_freshest_crl_of_their_partition(world: World) -> None:
