@@ -323,12 +323,41 @@ def load_toml(path: Path | None) -> dict[str, Any]:
         raise ConfigError(f"cannot read config {path}: {exc}") from None
 
 
+# What a TOML value may be, by the annotation of its setting. Floats are durations or
+# seconds, so a string ("24h") is fine; parse_duration judges its content.
+_TOML_TYPES: dict[str, tuple[tuple[type, ...], str]] = {
+    "str": ((str,), 'a string in quotes, e.g. "127.0.0.1:50052"'),
+    "Path": ((str,), 'a path in quotes, e.g. "/var/lib/jpki-va"'),
+    "bool": ((bool,), "true or false"),
+    "int": ((int,), "a whole number"),
+    "float": ((int, float, str), 'a number of seconds or a duration in quotes, e.g. "24h"'),
+    "RenewPolicy": ((int, float, str), 'a fraction (0.5) or a duration in quotes ("36h")'),
+    "tuple[Path, ...]": ((list,), 'a list of paths, e.g. ["/etc/jpki-va/root.pem"]'),
+}
+
+
+def _check_toml_type(name: str, value: object, annotation: str) -> None:
+    expected = _TOML_TYPES.get(annotation.removesuffix(" | None"))
+    if expected is None:
+        return
+    types, description = expected
+    wrong = not isinstance(value, types) or (isinstance(value, bool) and bool not in types)
+    if isinstance(value, list):
+        wrong = wrong or not all(isinstance(item, str) for item in value)
+    if wrong:
+        raise ConfigError(f"config file: {name} = {value!r} should be {description}")
+
+
 def merge(file_values: dict[str, Any], cli_values: dict[str, Any], cls: type) -> dict[str, Any]:
     """CLI values that were given override the file; unknown file keys are errors."""
     known = {f.name for f in fields(cls)}
     unknown = set(file_values) - known - {"hsm", "tls"}
     if unknown:
         raise ConfigError(f"unknown settings in config file: {', '.join(sorted(unknown))}")
+    annotations = {f.name: str(f.type) for f in fields(cls)}
+    for name, value in file_values.items():
+        if name in annotations:
+            _check_toml_type(name, value, annotations[name])
     merged = dict(file_values)
     merged.update({k: v for k, v in cli_values.items() if v is not None})
     return merged

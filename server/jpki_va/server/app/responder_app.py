@@ -47,6 +47,7 @@ from jpki_va.server.app.config import ResponderConfig
 from jpki_va.server.app.dir_lock import DirectoryLock
 from jpki_va.server.app.lifeline import ParentGone, tie_to_parent
 from jpki_va.server.app.logs import configure_json
+from jpki_va.server.app.signals import stop_on_signals
 from jpki_va.server.base.refusal_log import RefusalLog
 from jpki_va.server.http.access import HttpAccess
 from jpki_va.server.http.app import HttpApp
@@ -624,9 +625,7 @@ def serve(
 ) -> None:
     """Run until `stop` is set (or SIGINT/SIGTERM when run from the main thread)."""
     stop = stop or threading.Event()
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, lambda *_: stop.set())
-        signal.signal(signal.SIGINT, lambda *_: stop.set())
+    stop_on_signals(stop)
     responder = Responder(config)
     try:
         port = responder.start()

@@ -28,7 +28,7 @@ from jpki_va.server.app.config import (
 )
 from jpki_va.server.app.dir_lock import DirectoryInUse
 from jpki_va.server.app.responder_app import PortTaken, serve
-from jpki_va.server.app.signer_app import start_signer
+from jpki_va.server.app.signer_app import serve as serve_signer
 from jpki_va.server.ledger.provisions import LedgerError
 from jpki_va.server.responder.renew_policy import RenewPolicy
 
@@ -177,6 +177,12 @@ def responder_config(args: argparse.Namespace) -> ResponderConfig:
         if required not in values:
             raise ConfigError(f"{flag} is required")
     values["snapshot_dir"] = Path(values["snapshot_dir"])
+    if not values["snapshot_dir"].is_dir():
+        # The responder would wait for snapshots that can never come.
+        raise ConfigError(
+            f"--snapshots {values['snapshot_dir']} is not a directory (the signer's "
+            "DATA/snapshots, or where snapshots are shipped to)"
+        )
     values["state_dir"] = Path(values["state_dir"])
     values["trust_anchors"] = tuple(Path(p) for p in values.get("trust_anchors") or ())
     try:
@@ -187,14 +193,8 @@ def responder_config(args: argparse.Namespace) -> ResponderConfig:
 
 @_one_line
 def run_signer(args: argparse.Namespace) -> int:
-    app = start_signer(signer_config(args))
-    print(f"signer listening on port {app.port}", flush=True)
-    try:
-        app.wait()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        app.stop()
+    config = signer_config(args)
+    serve_signer(config, ready=lambda port: print(f"signer listening on port {port}", flush=True))
     return 0
 
 
