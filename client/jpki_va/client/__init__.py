@@ -3,6 +3,7 @@ revocation feed, CRL files, and the verifier commands (`jpki-va-client`: `check`
 `map`, `record`, `watch`, `crl`, `token verify`).
 
 Typical use: ``with VaClient(target, credentials=creds) as va: va.check(kind=..., serial=...)``;
+``va.check_many([(kind, serial), certificate, ...])`` over one stream;
 ``va.map(...)``, ``va.signing_record(...)``, ``for update in va.watch(since=n, resume=True)``.
 A verifier token is checked offline with ``verify_verifier_token(token, root)``.
 """
@@ -29,6 +30,8 @@ if TYPE_CHECKING:
     from jpki_va.client._models import (
         CertIdRef,
         CertificateStatus,
+        CheckErrorCode,
+        CheckRefusal,
         CrlMeta,
         IssuerCompromise,
         IssuerInfo,
@@ -65,6 +68,8 @@ _WHERE: dict[str, tuple[str, str]] = {
     "Unavailable": ("jpki_va.client._errors", "Unavailable"),
     "CertIdRef": ("jpki_va.client._models", "CertIdRef"),
     "CertificateStatus": ("jpki_va.client._models", "CertificateStatus"),
+    "CheckErrorCode": ("jpki_va.client._models", "CheckErrorCode"),
+    "CheckRefusal": ("jpki_va.client._models", "CheckRefusal"),
     "CrlMeta": ("jpki_va.client._models", "CrlMeta"),
     "IssuerCompromise": ("jpki_va.client._models", "IssuerCompromise"),
     "IssuerInfo": ("jpki_va.client._models", "IssuerInfo"),
@@ -104,6 +109,8 @@ __all__ = [
     "CertIdRef",
     "CertKind",
     "CertificateStatus",
+    "CheckErrorCode",
+    "CheckRefusal",
     "ClientError",
     "CrlMeta",
     "CrlReason",
