@@ -151,6 +151,8 @@ def responder_config(args: argparse.Namespace) -> ResponderConfig:
             "signer": args.signer,
             "insecure_loopback": args.insecure_loopback or None,
             "poll_interval": args.poll_interval,
+            "notice_interval": args.notice_interval,
+            "max_lag": args.max_lag,
             "retention_crl_file": args.retention_crl_file,
             "loopback_verifier": args.loopback_verifier,
             "http_listen": args.http_listen,
@@ -174,7 +176,13 @@ def responder_config(args: argparse.Namespace) -> ResponderConfig:
         ResponderConfig,
     )
     _crl_retention_in_days(old_days, values)
-    for name in ("stream_idle", "poll_interval", "retention_crl_file"):
+    for name in (
+        "stream_idle",
+        "poll_interval",
+        "notice_interval",
+        "max_lag",
+        "retention_crl_file",
+    ):
         if name in values:
             values[name] = parse_duration(values[name], name.replace("_", " "))
     if "ocsp_renew_at" in values:
