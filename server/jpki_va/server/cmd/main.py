@@ -16,6 +16,7 @@ from jpki_va.client._cli import add_commands as add_client_commands
 from jpki_va.core.cli import (
     DURATION_SYNTAX,
     EXIT_CODES,
+    EXIT_INTERRUPTED,
     EXIT_OK,
     EXIT_USAGE,
     exit_codes_epilog,
@@ -297,7 +298,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         fail(f"jpki-va {args.command}", str(exc))
         code = EXIT_USAGE
     except KeyboardInterrupt:
-        code = 130  # interrupted before the command could shut down by itself
+        code = EXIT_INTERRUPTED
     sys.exit(code)
 
 
