@@ -555,6 +555,157 @@ class ListConsentsResponse(_message.Message):
 Global___ListConsentsResponse: _TypeAlias = ListConsentsResponse  # noqa: Y015
 
 @_typing.final
+class HolderNotice(_message.Message):
+    """A notice to a holder (通知: 第15条第2項, 第16条の14第2項, 第34条第2項,
+    第35条の14第2項): their certificate had a record error and lost effect.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    SERIAL_FIELD_NUMBER: _builtins.int
+    ARTICLE_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    ADDRESS_FIELD_NUMBER: _builtins.int
+    MUNICIPALITY_CODE_FIELD_NUMBER: _builtins.int
+    LOST_AT_FIELD_NUMBER: _builtins.int
+    TEXT_FIELD_NUMBER: _builtins.int
+    DELIVERED_AT_FIELD_NUMBER: _builtins.int
+    DELIVERY_FIELD_NUMBER: _builtins.int
+    SENT_AT_FIELD_NUMBER: _builtins.int
+    id: _builtins.int
+    """the outbox's sequence number"""
+    kind: _va_pb2.CertKind.ValueType
+    serial: _builtins.bytes
+    article: _builtins.str
+    """the article that requires the notice"""
+    name: _builtins.str
+    """the addressee, as the certificate names them"""
+    address: _builtins.str
+    municipality_code: _builtins.str
+    text: _builtins.str
+    """what the notice says (Japanese)"""
+    delivery: _builtins.str
+    """where it went: "spool:FILE" or "webhook:HTTP 200" """
+    @_builtins.property
+    def lost_at(self) -> _timestamp_pb2.Timestamp:
+        """when the certificate lost effect"""
+
+    @_builtins.property
+    def delivered_at(self) -> _timestamp_pb2.Timestamp:
+        """handed to the channel; unset: not yet"""
+
+    @_builtins.property
+    def sent_at(self) -> _timestamp_pb2.Timestamp:
+        """sent to the holder; unset: pending"""
+
+    def __init__(
+        self,
+        *,
+        id: _builtins.int = ...,
+        kind: _va_pb2.CertKind.ValueType = ...,
+        serial: _builtins.bytes = ...,
+        article: _builtins.str = ...,
+        name: _builtins.str = ...,
+        address: _builtins.str = ...,
+        municipality_code: _builtins.str = ...,
+        lost_at: _timestamp_pb2.Timestamp | None = ...,
+        text: _builtins.str = ...,
+        delivered_at: _timestamp_pb2.Timestamp | None = ...,
+        delivery: _builtins.str = ...,
+        sent_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["delivered_at", b"delivered_at", "lost_at", b"lost_at", "sent_at", b"sent_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "article", b"article", "delivered_at", b"delivered_at", "delivery", b"delivery", "id", b"id", "kind", b"kind", "lost_at", b"lost_at", "municipality_code", b"municipality_code", "name", b"name", "sent_at", b"sent_at", "serial", b"serial", "text", b"text"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___HolderNotice: _TypeAlias = HolderNotice  # noqa: Y015
+
+@_typing.final
+class ListNoticesRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PENDING_ONLY_FIELD_NUMBER: _builtins.int
+    pending_only: _builtins.bool
+    """only notices not yet sent"""
+    def __init__(
+        self,
+        *,
+        pending_only: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["pending_only", b"pending_only"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListNoticesRequest: _TypeAlias = ListNoticesRequest  # noqa: Y015
+
+@_typing.final
+class ListNoticesResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NOTICES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def notices(self) -> _containers.RepeatedCompositeFieldContainer[Global___HolderNotice]:
+        """oldest first"""
+
+    def __init__(
+        self,
+        *,
+        notices: _abc.Iterable[Global___HolderNotice] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["notices", b"notices"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListNoticesResponse: _TypeAlias = ListNoticesResponse  # noqa: Y015
+
+@_typing.final
+class MarkNoticeSentRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    id: _builtins.int
+    def __init__(
+        self,
+        *,
+        id: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MarkNoticeSentRequest: _TypeAlias = MarkNoticeSentRequest  # noqa: Y015
+
+@_typing.final
+class MarkNoticeSentResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NOTICE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def notice(self) -> Global___HolderNotice: ...
+    def __init__(
+        self,
+        *,
+        notice: Global___HolderNotice | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["notice", b"notice"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["notice", b"notice"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MarkNoticeSentResponse: _TypeAlias = MarkNoticeSentResponse  # noqa: Y015
+
+@_typing.final
 class PublishSnapshotRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

@@ -50,6 +50,11 @@ class SignerServiceStub:
     PublishSnapshot: _grpc.UnaryUnaryMultiCallable[_signer_pb2.PublishSnapshotRequest, _signer_pb2.PublishSnapshotResponse]
     IssueOcspSignerCertificate: _grpc.UnaryUnaryMultiCallable[_signer_pb2.IssueOcspSignerCertificateRequest, _signer_pb2.IssueOcspSignerCertificateResponse]
     ListIssuers: _grpc.UnaryUnaryMultiCallable[_va_pb2.ListIssuersRequest, _va_pb2.ListIssuersResponse]
+    ListNotices: _grpc.UnaryUnaryMultiCallable[_signer_pb2.ListNoticesRequest, _signer_pb2.ListNoticesResponse]
+    """The notice outbox: notices to holders, and an operator's record that one was sent
+    (NOT_FOUND for an unknown id, FAILED_PRECONDITION for one already sent).
+    """
+    MarkNoticeSent: _grpc.UnaryUnaryMultiCallable[_signer_pb2.MarkNoticeSentRequest, _signer_pb2.MarkNoticeSentResponse]
     AddVerifier: _grpc.UnaryUnaryMultiCallable[_verifiers_pb2.AddVerifierRequest, _verifiers_pb2.AddVerifierResponse]
     """The verifier registry (operators) and verifier tokens (specific auth verifiers)."""
     RemoveVerifier: _grpc.UnaryUnaryMultiCallable[_verifiers_pb2.RemoveVerifierRequest, _verifiers_pb2.RemoveVerifierResponse]
@@ -74,6 +79,11 @@ class SignerServiceAsyncStub(SignerServiceStub):
     PublishSnapshot: _aio.UnaryUnaryMultiCallable[_signer_pb2.PublishSnapshotRequest, _signer_pb2.PublishSnapshotResponse]  # type: ignore[assignment]
     IssueOcspSignerCertificate: _aio.UnaryUnaryMultiCallable[_signer_pb2.IssueOcspSignerCertificateRequest, _signer_pb2.IssueOcspSignerCertificateResponse]  # type: ignore[assignment]
     ListIssuers: _aio.UnaryUnaryMultiCallable[_va_pb2.ListIssuersRequest, _va_pb2.ListIssuersResponse]  # type: ignore[assignment]
+    ListNotices: _aio.UnaryUnaryMultiCallable[_signer_pb2.ListNoticesRequest, _signer_pb2.ListNoticesResponse]  # type: ignore[assignment]
+    """The notice outbox: notices to holders, and an operator's record that one was sent
+    (NOT_FOUND for an unknown id, FAILED_PRECONDITION for one already sent).
+    """
+    MarkNoticeSent: _aio.UnaryUnaryMultiCallable[_signer_pb2.MarkNoticeSentRequest, _signer_pb2.MarkNoticeSentResponse]  # type: ignore[assignment]
     AddVerifier: _aio.UnaryUnaryMultiCallable[_verifiers_pb2.AddVerifierRequest, _verifiers_pb2.AddVerifierResponse]  # type: ignore[assignment]
     """The verifier registry (operators) and verifier tokens (specific auth verifiers)."""
     RemoveVerifier: _aio.UnaryUnaryMultiCallable[_verifiers_pb2.RemoveVerifierRequest, _verifiers_pb2.RemoveVerifierResponse]  # type: ignore[assignment]
@@ -149,6 +159,23 @@ class SignerServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _va_pb2.ListIssuersRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_va_pb2.ListIssuersResponse, _abc.Awaitable[_va_pb2.ListIssuersResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ListNotices(
+        self,
+        request: _signer_pb2.ListNoticesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_signer_pb2.ListNoticesResponse, _abc.Awaitable[_signer_pb2.ListNoticesResponse]]:
+        """The notice outbox: notices to holders, and an operator's record that one was sent
+        (NOT_FOUND for an unknown id, FAILED_PRECONDITION for one already sent).
+        """
+
+    @_abc_1.abstractmethod
+    def MarkNoticeSent(
+        self,
+        request: _signer_pb2.MarkNoticeSentRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_signer_pb2.MarkNoticeSentResponse, _abc.Awaitable[_signer_pb2.MarkNoticeSentResponse]]: ...
 
     @_abc_1.abstractmethod
     def AddVerifier(

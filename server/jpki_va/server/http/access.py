@@ -63,6 +63,9 @@ class HttpAccess:
             self._gate.provided(verifier, counts)  # raises LedgerError: nothing leaves
         return True
 
+    def announcement(self) -> bytes | None:
+        return self._files.announcement()  # public (公表): no gate, nothing to count
+
     def _caller(self, claimed: str | None) -> Caller:
         claimed = claimed or self._default
         return Caller() if claimed is None else Caller(claimed_id=claimed)
