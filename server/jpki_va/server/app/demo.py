@@ -12,7 +12,6 @@ import json
 import logging
 import secrets
 import shutil
-import signal
 import sys
 import threading
 from collections.abc import Callable
@@ -32,6 +31,7 @@ from jpki_va.core.domain import CertKind, CrlReason, LossCause, Role
 from jpki_va.protos import signer_pb2, signer_pb2_grpc, va_pb2, verifiers_pb2
 from jpki_va.server.app.config import ConfigError, ResponderConfig, SignerConfig
 from jpki_va.server.app.responder_app import Responder
+from jpki_va.server.app.signals import stop_on_signals, wait_for_stop
 from jpki_va.server.app.signer_app import SignerApp, start_signer
 from jpki_va.server.base.private_files import private_dir, write_private
 from jpki_va.server.pki.cert_profile import throwaway_client_certificate
@@ -185,7 +185,9 @@ def _create(directory: Path, port: int, signer_port: int, http_port: int) -> dic
     }
 
 
-def _start(directory: Path, info: dict[str, Any], bootstrap: bool) -> SignerApp:
+def _start(
+    directory: Path, info: dict[str, Any], bootstrap: bool, metrics_port: int | None = None
+) -> SignerApp:
     hsm_info = info["hsm"]
     config = SignerConfig(
         data_dir=directory / "signer",
@@ -200,6 +202,7 @@ def _start(directory: Path, info: dict[str, Any], bootstrap: bool) -> SignerApp:
         insecure_loopback=True,
         delta_interval=2.0,
         bootstrap=bootstrap,
+        metrics_port=metrics_port,
     )
     return start_signer(config)
 
@@ -254,7 +257,12 @@ def _print_help(directory: Path, info: dict[str, Any]) -> None:
     lines = [
         "",
         f"jpki-va demo is serving: responder {info['responder']} (gRPC) and "
-        f"{info['http']} (HTTP OCSP, CRLs), signer {info['signer']}",
+        f"{info['http']} (HTTP OCSP, CRLs), signer {info['signer']}"
+        + (
+            f"; metrics {info['metrics']['responder']} and {info['metrics']['signer']}"
+            if "metrics" in info
+            else ""
+        ),
         f"Everything lives in {d}/ (demo.json lists every certificate). Try:",
         "",
         f"  jpki-va check --server {info['responder']} --insecure-loopback "
@@ -329,16 +337,16 @@ def run(
     http_port: int | None = None,
     workers: int | None = None,
     ready: Callable[[dict[str, Any]], None] | None = None,
+    metrics_port: int | None = None,
 ) -> int:
-    if threading.current_thread() is threading.main_thread():
-        # Ctrl-C or a service manager's TERM ends the demo in order (also where the
-        # shell started us with SIGINT ignored, as background jobs are).
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(signum, lambda *_: stop.set())
+    """Serve until `stop`; `metrics_port` (0: any free ports) exposes the responder's
+    /metrics there and the signer's on the next port."""
+    stop_on_signals(stop)  # Ctrl-C or a service manager's TERM ends the demo in order
     directory = directory.resolve()
     state = directory / DEMO_FILE
     info, fresh = _open_directory(directory, reset, port, signer_port or port + 1, http_port)
-    signer = _start(directory, info, bootstrap=fresh)
+    signer_metrics = None if metrics_port is None else metrics_port and metrics_port + 1
+    signer = _start(directory, info, bootstrap=fresh, metrics_port=signer_metrics)
     responder: Responder | None = None
     runner: threading.Thread | None = None
     try:
@@ -357,9 +365,16 @@ def run(
                 poll_interval=0.5,
                 **sized,
                 http_listen=info["http"].removeprefix("http://"),
+                metrics_port=metrics_port,
             )
         )
         responder.start()
+        info.pop("metrics", None)  # a reused demo's, from another run
+        if metrics_port is not None:
+            info["metrics"] = {
+                "responder": f"http://127.0.0.1:{responder.metrics_port}/metrics",
+                "signer": f"http://127.0.0.1:{signer.metrics_port}/metrics",
+            }
         runner = threading.Thread(target=responder.run, args=(stop,), daemon=True)
         runner.start()
         tmp = state.with_suffix(".tmp")
@@ -370,7 +385,7 @@ def run(
         _print_help(shown, info)
         if ready is not None:
             ready(info)
-        stop.wait()
+        wait_for_stop(stop)
     finally:
         stop.set()
         if runner is not None:

@@ -11,7 +11,6 @@ from datetime import timedelta
 from typing import Any
 
 import grpc
-import prometheus_client
 from cryptography import x509
 from grpc_health.v1.health import HealthServicer
 
@@ -22,7 +21,9 @@ from jpki_va.protos import signer_pb2, signer_pb2_grpc
 from jpki_va.server.access.gate import NotOperator, Operators
 from jpki_va.server.app.config import ConfigError, SignerConfig
 from jpki_va.server.app.dir_lock import DirectoryLock
+from jpki_va.server.app.signals import stop_on_signals, wait_for_stop
 from jpki_va.server.app.sweep_schedule import SweepSchedule
+from jpki_va.server.base.metrics_http import serve_metrics
 from jpki_va.server.base.refusal_log import RefusalLog
 from jpki_va.server.law.entitlements import NotEntitled
 from jpki_va.server.ledger.provisions import Ledger, local_day
@@ -186,6 +187,16 @@ def _hold_data_dir(config: SignerConfig, metrics: SignerMetrics) -> tuple[Direct
         raise
 
 
+def _serve_metrics(config: SignerConfig, metrics: SignerMetrics) -> Any:
+    listener = config.metrics_listener
+    if listener is None:
+        return None
+    server, _ = serve_metrics(listener, metrics.registry)
+    tls = " over TLS" if listener.tls else ""
+    log.info("signer metrics on %s:%d/metrics%s", listener.host, server.server_port, tls)
+    return server
+
+
 def registry_arc_check(registry: Registry) -> None:
     """Keep the private OID arc fixed for the registry's life (jpki_va.core.oids).
 
@@ -204,9 +215,16 @@ def registry_arc_check(registry: Registry) -> None:
         )
 
 
-def _authority(token: hsm.Hsm, registry: Registry) -> Authority:
+def _authority(token: hsm.Hsm, registry: Registry, config: SignerConfig) -> Authority:
     authority = Authority(token, registry)
-    authority.root()  # refuse to start without a hierarchy
+    try:
+        authority.root()  # refuse to start without a hierarchy
+    except AuthorityError:
+        raise ConfigError(
+            f"{config.data_dir} holds no CA hierarchy: start the signer once with "
+            "--bootstrap, or run the key ceremony (jpki-va hsm ceremony run CONFIG "
+            f"--data-dir {config.data_dir})"
+        ) from None
     registry_arc_check(registry)
     return authority
 
@@ -226,7 +244,7 @@ def start_signer(config: SignerConfig, clock: Clock | None = None) -> SignerApp:
             records = config.data_dir / "ceremonies"
             for created in bootstrap(token, registry, clock, record_dir=records):
                 log.info("created %s", created)
-        authority = _authority(token, registry)
+        authority = _authority(token, registry, config)
         settings = ProfileSettings(base_url=config.base_url)
         publisher = Publisher(
             registry, authority, config.snapshot_dir, clock, settings, config.retention_policy
@@ -249,10 +267,7 @@ def start_signer(config: SignerConfig, clock: Clock | None = None) -> SignerApp:
         server_common.set_part_serving(health, PUBLISH_HEALTH, not status.state().failing)
         watch.health = health
         port = server_common.bind(server, config.listen, credentials)
-        if config.metrics_port is not None:
-            metrics_server, _ = prometheus_client.start_http_server(
-                config.metrics_port, addr="127.0.0.1", registry=metrics.registry
-            )
+        metrics_server = _serve_metrics(config, metrics)
         server.start()
     except BaseException:
         if metrics_server is not None:
@@ -271,7 +286,6 @@ def start_signer(config: SignerConfig, clock: Clock | None = None) -> SignerApp:
     if metrics_server is not None:
         app._metrics_server = metrics_server
         app.metrics_port = int(metrics_server.server_port)
-        log.info("signer metrics on 127.0.0.1:%d/metrics", app.metrics_port)
     _start_background(app, clock)
     log.info("signer listening on %s", config.listen.rsplit(":", 1)[0] + f":{port}")
     return app
@@ -308,7 +322,7 @@ def _start_notices(app: SignerApp, clock: Clock) -> threading.Thread:
     app.metrics.notices_from(lambda: pending()[0], lambda: pending()[1])
 
     def rounds() -> None:
-        while not app._stop.wait(config.notice_interval):
+        while not app._stop.wait(config.notice_delivery_interval):
             try:
                 dispatcher.deliver_pending()
             except Exception as exc:  # the registry is busy or failing: next round
@@ -325,6 +339,27 @@ def _midnight(app: SignerApp, clock: Clock) -> None:
     retention = app.config.retention_policy
     now = clock.now()
     app.ledger.purge(local_day(now - retention.project("ledger")), now - retention.project("audit"))
+
+
+def serve(
+    config: SignerConfig,
+    *,
+    stop: threading.Event | None = None,
+    ready: Callable[[int], None] | None = None,
+) -> None:
+    """Run until `stop` is set (or SIGTERM/SIGINT when run from the main thread), then
+    stop in order: NOT_SERVING, drain the calls in flight, close registry, ledger and
+    token, release the data directory."""
+    stop = stop or threading.Event()
+    stop_on_signals(stop)  # before the start: a signal during a long bootstrap counts
+    app = start_signer(config)
+    try:
+        if ready is not None:
+            ready(app.port)
+        wait_for_stop(stop)
+        log.info("signer stopping")
+    finally:
+        app.stop()
 
 
 def _start_publishing(

@@ -200,11 +200,11 @@ def test_second_loss_and_bad_mobile_signature_are_refused(
     ("argv", "fragment"),
     [
         (["lose", "--kind", "card-sing", "--serial", "01", "--cause", "holder-request"],
-         "invalid choice"),
+         "unknown certificate kind 'card-sing'"),
         (["lose", "--kind", "card-sign", "--serial", "xyz", "--cause", "holder-request"],
          "not hexadecimal"),
         (["lose", "--kind", "card-sign", "--serial", "01", "--cause", "resident-change"],
-         "invalid choice"),
+         "'resident-change' is not one of"),
         (["resident-event", "--resident-code", "44400000002", "--event", "move-out",
           "--planned-date", "someday"], "YYYY-MM-DD"),
         (["consent", "grant", "--resident-code", "44400000002"], "needs --verifier"),
@@ -240,7 +240,7 @@ def test_plaintext_needs_loopback_and_an_unreachable_signer_exits_4(
         "registry", "publish", "--signer", f"127.0.0.1:{port}", "--insecure-loopback",
         "--timeout", "2",
     )  # fmt: skip
-    assert code == 4 and "UNAVAILABLE" in err
+    assert code == 4 and "nothing answers on" in err
 
 
 def test_connection_options_also_go_before_the_subcommand(

@@ -30,7 +30,10 @@ from tests.support import JPKI_VA, Pki, fresh_key, start_pki, wait_for
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory, softhsm_token: HsmConfig) -> Iterator[Pki]:
     running = start_pki(
-        tmp_path_factory.mktemp("notices"), softhsm_token, notice_interval=0.1, metrics_port=0
+        tmp_path_factory.mktemp("notices"),
+        softhsm_token,
+        notice_delivery_interval=0.1,
+        metrics_port=0,
     )
     try:
         yield running
@@ -158,7 +161,7 @@ def test_article_15_2_record_error_notice_through_a_webhook(
     tmp_path_factory: pytest.TempPathFactory, softhsm_token: HsmConfig, webhook: str
 ) -> None:
     running = start_pki(
-        tmp_path_factory.mktemp("webhook"), softhsm_token, notice_interval=0.1,
+        tmp_path_factory.mktemp("webhook"), softhsm_token, notice_delivery_interval=0.1,
         notice_webhook=webhook,
     )  # fmt: skip
     try:
