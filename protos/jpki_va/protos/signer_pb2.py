@@ -27,57 +27,63 @@ from jpki_va.protos import va_pb2 as jpki__va_dot_protos_dot_va__pb2
 from jpki_va.protos import verifiers_pb2 as jpki__va_dot_protos_dot_verifiers__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bjpki_va/protos/signer.proto\x12\njpki.va.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17jpki_va/protos/va.proto\x1a\x1ejpki_va/protos/verifiers.proto\"L\n\nHolderInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x12\n\nbirth_date\x18\x03 \x01(\t\x12\x0b\n\x03sex\x18\x04 \x01(\t\"\xe3\x01\n\x17IssueCertificateRequest\x12\"\n\x04kind\x18\x01 \x01(\x0e\x32\x14.jpki.va.v1.CertKind\x12\x15\n\rresident_code\x18\x02 \x01(\t\x12\x19\n\x11municipality_code\x18\x03 \x01(\t\x12&\n\x06holder\x18\x04 \x01(\x0b\x32\x16.jpki.va.v1.HolderInfo\x12\x16\n\x0epublic_key_der\x18\x05 \x01(\x0c\x12\x13\n\x0b\x63\x61rd_serial\x18\x06 \x01(\x0c\x12\x1d\n\x15\x61pplication_signature\x18\x07 \x01(\x0c\"\xbd\x01\n\x18IssueCertificateResponse\x12\x17\n\x0f\x63\x65rtificate_der\x18\x01 \x01(\x0c\x12\x0e\n\x06serial\x18\x02 \x01(\x0c\x12\x1e\n\x16issuer_certificate_der\x18\x03 \x01(\x0c\x12,\n\nsuperseded\x18\x04 \x03(\x0b\x32\x18.jpki.va.v1.LossOfEffect\x12*\n\npublishing\x18\x05 \x01(\x0b\x32\x16.jpki.va.v1.Publishing\"r\n\nPublishing\x12\x0f\n\x07\x66\x61iling\x18\x01 \x01(\x08\x12\r\n\x05\x65rror\x18\x02 \x01(\t\x12\x10\n\x08\x66\x61ilures\x18\x03 \x01(\r\x12\x32\n\x0elast_published\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xdc\x02\n\x0cLossOfEffect\x12\"\n\x04kind\x18\x01 \x01(\x0e\x32\x14.jpki.va.v1.CertKind\x12\x0e\n\x06serial\x18\x02 \x01(\x0c\x12$\n\x05\x63\x61use\x18\x03 \x01(\x0e\x32\x15.jpki.va.v1.LossCause\x12%\n\x06reason\x18\x04 \x01(\x0e\x32\x15.jpki.va.v1.CrlReason\x12(\n\x04time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12*\n\x0ctrigger_kind\x18\x06 \x01(\x0e\x32\x14.jpki.va.v1.CertKind\x12\x16\n\x0etrigger_serial\x18\x07 \x01(\x0c\x12,\n\rtrigger_cause\x18\x08 \x01(\x0e\x32\x15.jpki.va.v1.LossCause\x12/\n\x0brecorded_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x94\x01\n\x11RecordLossRequest\x12\"\n\x04kind\x18\x01 \x01(\x0e\x32\x14.jpki.va.v1.CertKind\x12\x0e\n\x06serial\x18\x02 \x01(\x0c\x12$\n\x05\x63\x61use\x18\x03 \x01(\x0e\x32\x15.jpki.va.v1.LossCause\x12%\n\x06reason\x18\x04 \x01(\x0e\x32\x15.jpki.va.v1.CrlReason\"k\n\x12RecordLossResponse\x12)\n\x07\x63hanges\x18\x01 \x03(\x0b\x32\x18.jpki.va.v1.LossOfEffect\x12*\n\npublishing\x18\x02 \x01(\x0b\x32\x16.jpki.va.v1.Publishing\"\xa0\x01\n\x1aRecordResidentEventRequest\x12\x15\n\rresident_code\x18\x01 \x01(\t\x12(\n\x05\x65vent\x18\x02 \x01(\x0e\x32\x19.jpki.va.v1.ResidentEvent\x12\r\n\x05minor\x18\x03 \x01(\x08\x12\x14\n\x0cplanned_date\x18\x04 \x01(\t\x12\x1c\n\x14\x64\x65letion_by_move_out\x18\x05 \x01(\x08\"\xab\x01\n\x1bRecordResidentEventResponse\x12)\n\x07\x63hanges\x18\x01 \x03(\x0b\x32\x18.jpki.va.v1.LossOfEffect\x12\x35\n\x11move_out_deadline\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12*\n\npublishing\x18\x03 \x01(\x0b\x32\x16.jpki.va.v1.Publishing\"Z\n\x1dRecordIssuerCompromiseRequest\x12\"\n\x04kind\x18\x01 \x01(\x0e\x32\x14.jpki.va.v1.CertKind\x12\x15\n\rissuer_key_id\x18\x02 \x01(\x0c\"\xba\x01\n\x1eRecordIssuerCompromiseResponse\x12\"\n\x06issuer\x18\x01 \x01(\x0b\x32\x12.jpki.va.v1.Issuer\x12\x32\n\x0e\x63ompromised_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0c\x63\x65rtificates\x18\x03 \x01(\x04\x12*\n\npublishing\x18\x04 \x01(\x0b\x32\x16.jpki.va.v1.Publishing\"}\n\x07\x43onsent\x12\x10\n\x08verifier\x18\x01 \x01(\t\x12.\n\ngranted_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x0cwithdrawn_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"N\n\x14RecordConsentRequest\x12\x15\n\rresident_code\x18\x01 \x01(\t\x12\x10\n\x08verifier\x18\x02 \x01(\t\x12\r\n\x05grant\x18\x03 \x01(\x08\"=\n\x15RecordConsentResponse\x12$\n\x07\x63onsent\x18\x01 \x01(\x0b\x32\x13.jpki.va.v1.Consent\">\n\x13ListConsentsRequest\x12\x15\n\rresident_code\x18\x01 \x01(\t\x12\x10\n\x08verifier\x18\x02 \x01(\t\"=\n\x14ListConsentsResponse\x12%\n\x08\x63onsents\x18\x01 \x03(\x0b\x32\x13.jpki.va.v1.Consent\"&\n\x16PublishSnapshotRequest\x12\x0c\n\x04\x66ull\x18\x01 \x01(\x08\"\x84\x01\n\x17PublishSnapshotResponse\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x11\n\tcrl_count\x18\x03 \x01(\r\x12\x14\n\x0crecord_count\x18\x04 \x01(\x04\x12\x0c\n\x04type\x18\x05 \x01(\t\x12\x12\n\nloss_count\x18\x06 \x01(\x04\"L\n!IssueOcspSignerCertificateRequest\x12\x0f\n\x07\x63sr_der\x18\x01 \x01(\x0c\x12\x16\n\x0eissuer_key_ids\x18\x02 \x03(\x0c\"\x8b\x01\n\x15OcspSignerCertificate\x12\"\n\x04kind\x18\x01 \x01(\x0e\x32\x14.jpki.va.v1.CertKind\x12\x15\n\rissuer_key_id\x18\x02 \x01(\x0c\x12\x17\n\x0f\x63\x65rtificate_der\x18\x03 \x01(\x0c\x12\x1e\n\x16issuer_certificate_der\x18\x04 \x01(\x0c\"]\n\"IssueOcspSignerCertificateResponse\x12\x37\n\x0c\x63\x65rtificates\x18\x01 \x03(\x0b\x32!.jpki.va.v1.OcspSignerCertificate*\x93\x02\n\rResidentEvent\x12\x1e\n\x1aRESIDENT_EVENT_UNSPECIFIED\x10\x00\x12\x1e\n\x1aRESIDENT_EVENT_NAME_CHANGE\x10\x01\x12!\n\x1dRESIDENT_EVENT_ADDRESS_CHANGE\x10\x02\x12$\n RESIDENT_EVENT_BIRTH_DATE_CHANGE\x10\x03\x12\x1d\n\x19RESIDENT_EVENT_SEX_CHANGE\x10\x04\x12!\n\x1dRESIDENT_EVENT_RECORD_DELETED\x10\x05\x12\x1b\n\x17RESIDENT_EVENT_MOVE_OUT\x10\x06\x12\x1a\n\x16RESIDENT_EVENT_MOVE_IN\x10\x07\x32\xca\t\n\rSignerService\x12]\n\x10IssueCertificate\x12#.jpki.va.v1.IssueCertificateRequest\x1a$.jpki.va.v1.IssueCertificateResponse\x12K\n\nRecordLoss\x12\x1d.jpki.va.v1.RecordLossRequest\x1a\x1e.jpki.va.v1.RecordLossResponse\x12\x66\n\x13RecordResidentEvent\x12&.jpki.va.v1.RecordResidentEventRequest\x1a\'.jpki.va.v1.RecordResidentEventResponse\x12o\n\x16RecordIssuerCompromise\x12).jpki.va.v1.RecordIssuerCompromiseRequest\x1a*.jpki.va.v1.RecordIssuerCompromiseResponse\x12T\n\rRecordConsent\x12 .jpki.va.v1.RecordConsentRequest\x1a!.jpki.va.v1.RecordConsentResponse\x12Q\n\x0cListConsents\x12\x1f.jpki.va.v1.ListConsentsRequest\x1a .jpki.va.v1.ListConsentsResponse\x12Z\n\x0fPublishSnapshot\x12\".jpki.va.v1.PublishSnapshotRequest\x1a#.jpki.va.v1.PublishSnapshotResponse\x12{\n\x1aIssueOcspSignerCertificate\x12-.jpki.va.v1.IssueOcspSignerCertificateRequest\x1a..jpki.va.v1.IssueOcspSignerCertificateResponse\x12N\n\x0bListIssuers\x12\x1e.jpki.va.v1.ListIssuersRequest\x1a\x1f.jpki.va.v1.ListIssuersResponse\x12N\n\x0b\x41\x64\x64Verifier\x12\x1e.jpki.va.v1.AddVerifierRequest\x1a\x1f.jpki.va.v1.AddVerifierResponse\x12W\n\x0eRemoveVerifier\x12!.jpki.va.v1.RemoveVerifierRequest\x1a\".jpki.va.v1.RemoveVerifierResponse\x12T\n\rListVerifiers\x12 .jpki.va.v1.ListVerifiersRequest\x1a!.jpki.va.v1.ListVerifiersResponse\x12\x63\n\x12IssueVerifierToken\x12%.jpki.va.v1.IssueVerifierTokenRequest\x1a&.jpki.va.v1.IssueVerifierTokenResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bjpki_va/protos/signer.proto\x12\njpki.va.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17jpki_va/protos/va.proto\x1a\x1ejpki_va/protos/verifiers.proto\"L\n\nHolderInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x12\n\nbirth_date\x18\x03 \x01(\t\x12\x0b\n\x03sex\x18\x04 \x01(\t\"\xdf\x01\n\x17IssueCertificateRequest\x12\"\n\x04kind\x18\x01 \x01(\x0e\x32\x14.jpki.va.v1.CertKind\x12\x15\n\rresident_code\x18\x02 \x01(\t\x12\x19\n\x11municipality_code\x18\x03 \x01(\t\x12&\n\x06holder\x18\x04 \x01(\x0b\x32\x16.jpki.va.v1.HolderInfo\x12\x16\n\x0epublic_key_der\x18\x05 \x01(\x0cJ\x04\x08\x06\x10\x07J\x04\x08\x07\x10\x08R\x0b\x63\x61rd_serialR\x15\x61pplication_signature\"\xe1\x01\n\x18IssueCertificateResponse\x12\x17\n\x0f\x63\x65rtificate_der\x18\x01 \x01(\x0c\x12\x0e\n\x06serial\x18\x02 \x01(\x0c\x12\x1e\n\x16issuer_certificate_der\x18\x03 \x01(\x0c\x12,\n\nsuperseded\x18\x04 \x03(\x0b\x32\x18.jpki.va.v1.LossOfEffect\x12*\n\npublishing\x18\x05 \x01(\x0b\x32\x16.jpki.va.v1.Publishing\x12\"\n\x04kind\x18\x06 \x01(\x0e\x32\x14.jpki.va.v1.CertKind\"\x8b\x01\n\x1d\x42\x65ginMobileApplicationRequest\x12\"\n\x04kind\x18\x01 \x01(\x0e\x32\x14.jpki.va.v1.CertKind\x12\x0e\n\x06notice\x18\x02 \x01(\x0c\x12\x18\n\x10notice_signature\x18\x03 \x01(\x0c\x12\x1c\n\x14\x63\x61rd_certificate_der\x18\x04 \x01(\x0c\"\xa5\x01\n\x1e\x42\x65ginMobileApplicationResponse\x12\x16\n\x0e\x61pplication_id\x18\x01 \x01(\t\x12.\n\nexpires_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12&\n\x06holder\x18\x03 \x01(\x0b\x32\x16.jpki.va.v1.HolderInfo\x12\x13\n\x0b\x63\x61rd_serial\x18\x04 \x01(\x0c\"G\n CompleteMobileApplicationRequest\x12\x16\n\x0e\x61pplication_id\x18\x01 \x01(\t\x12\x0b\n\x03\x63sr\x18\x02 \x01(\x0c\"r\n\nPublishing\x12\x0f\n\x07\x66\x61iling\x18\x01 \x01(\x08\x12\r\n\x05\x65rror\x18\x02 \x01(\t\x12\x10\n\x08\x66\x61ilures\x18\x03 \x01(\r\x12\x32\n\x0elast_published\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xdc\x02\n\x0cLossOfEffect\x12\"\n\x04kind\x18\x01 \x01(\x0e\x32\x14.jpki.va.v1.CertKind\x12\x0e\n\x06serial\x18\x02 \x01(\x0c\x12$\n\x05\x63\x61use\x18\x03 \x01(\x0e\x32\x15.jpki.va.v1.LossCause\x12%\n\x06reason\x18\x04 \x01(\x0e\x32\x15.jpki.va.v1.CrlReason\x12(\n\x04time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12*\n\x0ctrigger_kind\x18\x06 \x01(\x0e\x32\x14.jpki.va.v1.CertKind\x12\x16\n\x0etrigger_serial\x18\x07 \x01(\x0c\x12,\n\rtrigger_cause\x18\x08 \x01(\x0e\x32\x15.jpki.va.v1.LossCause\x12/\n\x0brecorded_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x94\x01\n\x11RecordLossRequest\x12\"\n\x04kind\x18\x01 \x01(\x0e\x32\x14.jpki.va.v1.CertKind\x12\x0e\n\x06serial\x18\x02 \x01(\x0c\x12$\n\x05\x63\x61use\x18\x03 \x01(\x0e\x32\x15.jpki.va.v1.LossCause\x12%\n\x06reason\x18\x04 \x01(\x0e\x32\x15.jpki.va.v1.CrlReason\"k\n\x12RecordLossResponse\x12)\n\x07\x63hanges\x18\x01 \x03(\x0b\x32\x18.jpki.va.v1.LossOfEffect\x12*\n\npublishing\x18\x02 \x01(\x0b\x32\x16.jpki.va.v1.Publishing\"\xa0\x01\n\x1aRecordResidentEventRequest\x12\x15\n\rresident_code\x18\x01 \x01(\t\x12(\n\x05\x65vent\x18\x02 \x01(\x0e\x32\x19.jpki.va.v1.ResidentEvent\x12\r\n\x05minor\x18\x03 \x01(\x08\x12\x14\n\x0cplanned_date\x18\x04 \x01(\t\x12\x1c\n\x14\x64\x65letion_by_move_out\x18\x05 \x01(\x08\"\xab\x01\n\x1bRecordResidentEventResponse\x12)\n\x07\x63hanges\x18\x01 \x03(\x0b\x32\x18.jpki.va.v1.LossOfEffect\x12\x35\n\x11move_out_deadline\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12*\n\npublishing\x18\x03 \x01(\x0b\x32\x16.jpki.va.v1.Publishing\"Z\n\x1dRecordIssuerCompromiseRequest\x12\"\n\x04kind\x18\x01 \x01(\x0e\x32\x14.jpki.va.v1.CertKind\x12\x15\n\rissuer_key_id\x18\x02 \x01(\x0c\"\xba\x01\n\x1eRecordIssuerCompromiseResponse\x12\"\n\x06issuer\x18\x01 \x01(\x0b\x32\x12.jpki.va.v1.Issuer\x12\x32\n\x0e\x63ompromised_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0c\x63\x65rtificates\x18\x03 \x01(\x04\x12*\n\npublishing\x18\x04 \x01(\x0b\x32\x16.jpki.va.v1.Publishing\"}\n\x07\x43onsent\x12\x10\n\x08verifier\x18\x01 \x01(\t\x12.\n\ngranted_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x0cwithdrawn_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"N\n\x14RecordConsentRequest\x12\x15\n\rresident_code\x18\x01 \x01(\t\x12\x10\n\x08verifier\x18\x02 \x01(\t\x12\r\n\x05grant\x18\x03 \x01(\x08\"=\n\x15RecordConsentResponse\x12$\n\x07\x63onsent\x18\x01 \x01(\x0b\x32\x13.jpki.va.v1.Consent\">\n\x13ListConsentsRequest\x12\x15\n\rresident_code\x18\x01 \x01(\t\x12\x10\n\x08verifier\x18\x02 \x01(\t\"=\n\x14ListConsentsResponse\x12%\n\x08\x63onsents\x18\x01 \x03(\x0b\x32\x13.jpki.va.v1.Consent\"&\n\x16PublishSnapshotRequest\x12\x0c\n\x04\x66ull\x18\x01 \x01(\x08\"\x84\x01\n\x17PublishSnapshotResponse\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x11\n\tcrl_count\x18\x03 \x01(\r\x12\x14\n\x0crecord_count\x18\x04 \x01(\x04\x12\x0c\n\x04type\x18\x05 \x01(\t\x12\x12\n\nloss_count\x18\x06 \x01(\x04\"L\n!IssueOcspSignerCertificateRequest\x12\x0f\n\x07\x63sr_der\x18\x01 \x01(\x0c\x12\x16\n\x0eissuer_key_ids\x18\x02 \x03(\x0c\"\x8b\x01\n\x15OcspSignerCertificate\x12\"\n\x04kind\x18\x01 \x01(\x0e\x32\x14.jpki.va.v1.CertKind\x12\x15\n\rissuer_key_id\x18\x02 \x01(\x0c\x12\x17\n\x0f\x63\x65rtificate_der\x18\x03 \x01(\x0c\x12\x1e\n\x16issuer_certificate_der\x18\x04 \x01(\x0c\"]\n\"IssueOcspSignerCertificateResponse\x12\x37\n\x0c\x63\x65rtificates\x18\x01 \x03(\x0b\x32!.jpki.va.v1.OcspSignerCertificate*\x93\x02\n\rResidentEvent\x12\x1e\n\x1aRESIDENT_EVENT_UNSPECIFIED\x10\x00\x12\x1e\n\x1aRESIDENT_EVENT_NAME_CHANGE\x10\x01\x12!\n\x1dRESIDENT_EVENT_ADDRESS_CHANGE\x10\x02\x12$\n RESIDENT_EVENT_BIRTH_DATE_CHANGE\x10\x03\x12\x1d\n\x19RESIDENT_EVENT_SEX_CHANGE\x10\x04\x12!\n\x1dRESIDENT_EVENT_RECORD_DELETED\x10\x05\x12\x1b\n\x17RESIDENT_EVENT_MOVE_OUT\x10\x06\x12\x1a\n\x16RESIDENT_EVENT_MOVE_IN\x10\x07\x32\xac\x0b\n\rSignerService\x12]\n\x10IssueCertificate\x12#.jpki.va.v1.IssueCertificateRequest\x1a$.jpki.va.v1.IssueCertificateResponse\x12o\n\x16\x42\x65ginMobileApplication\x12).jpki.va.v1.BeginMobileApplicationRequest\x1a*.jpki.va.v1.BeginMobileApplicationResponse\x12o\n\x19\x43ompleteMobileApplication\x12,.jpki.va.v1.CompleteMobileApplicationRequest\x1a$.jpki.va.v1.IssueCertificateResponse\x12K\n\nRecordLoss\x12\x1d.jpki.va.v1.RecordLossRequest\x1a\x1e.jpki.va.v1.RecordLossResponse\x12\x66\n\x13RecordResidentEvent\x12&.jpki.va.v1.RecordResidentEventRequest\x1a\'.jpki.va.v1.RecordResidentEventResponse\x12o\n\x16RecordIssuerCompromise\x12).jpki.va.v1.RecordIssuerCompromiseRequest\x1a*.jpki.va.v1.RecordIssuerCompromiseResponse\x12T\n\rRecordConsent\x12 .jpki.va.v1.RecordConsentRequest\x1a!.jpki.va.v1.RecordConsentResponse\x12Q\n\x0cListConsents\x12\x1f.jpki.va.v1.ListConsentsRequest\x1a .jpki.va.v1.ListConsentsResponse\x12Z\n\x0fPublishSnapshot\x12\".jpki.va.v1.PublishSnapshotRequest\x1a#.jpki.va.v1.PublishSnapshotResponse\x12{\n\x1aIssueOcspSignerCertificate\x12-.jpki.va.v1.IssueOcspSignerCertificateRequest\x1a..jpki.va.v1.IssueOcspSignerCertificateResponse\x12N\n\x0bListIssuers\x12\x1e.jpki.va.v1.ListIssuersRequest\x1a\x1f.jpki.va.v1.ListIssuersResponse\x12N\n\x0b\x41\x64\x64Verifier\x12\x1e.jpki.va.v1.AddVerifierRequest\x1a\x1f.jpki.va.v1.AddVerifierResponse\x12W\n\x0eRemoveVerifier\x12!.jpki.va.v1.RemoveVerifierRequest\x1a\".jpki.va.v1.RemoveVerifierResponse\x12T\n\rListVerifiers\x12 .jpki.va.v1.ListVerifiersRequest\x1a!.jpki.va.v1.ListVerifiersResponse\x12\x63\n\x12IssueVerifierToken\x12%.jpki.va.v1.IssueVerifierTokenRequest\x1a&.jpki.va.v1.IssueVerifierTokenResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'jpki_va.protos.signer_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_RESIDENTEVENT']._serialized_start=2866
-  _globals['_RESIDENTEVENT']._serialized_end=3141
+  _globals['_RESIDENTEVENT']._serialized_start=3281
+  _globals['_RESIDENTEVENT']._serialized_end=3556
   _globals['_HOLDERINFO']._serialized_start=133
   _globals['_HOLDERINFO']._serialized_end=209
   _globals['_ISSUECERTIFICATEREQUEST']._serialized_start=212
-  _globals['_ISSUECERTIFICATEREQUEST']._serialized_end=439
-  _globals['_ISSUECERTIFICATERESPONSE']._serialized_start=442
-  _globals['_ISSUECERTIFICATERESPONSE']._serialized_end=631
-  _globals['_PUBLISHING']._serialized_start=633
-  _globals['_PUBLISHING']._serialized_end=747
-  _globals['_LOSSOFEFFECT']._serialized_start=750
-  _globals['_LOSSOFEFFECT']._serialized_end=1098
-  _globals['_RECORDLOSSREQUEST']._serialized_start=1101
-  _globals['_RECORDLOSSREQUEST']._serialized_end=1249
-  _globals['_RECORDLOSSRESPONSE']._serialized_start=1251
-  _globals['_RECORDLOSSRESPONSE']._serialized_end=1358
-  _globals['_RECORDRESIDENTEVENTREQUEST']._serialized_start=1361
-  _globals['_RECORDRESIDENTEVENTREQUEST']._serialized_end=1521
-  _globals['_RECORDRESIDENTEVENTRESPONSE']._serialized_start=1524
-  _globals['_RECORDRESIDENTEVENTRESPONSE']._serialized_end=1695
-  _globals['_RECORDISSUERCOMPROMISEREQUEST']._serialized_start=1697
-  _globals['_RECORDISSUERCOMPROMISEREQUEST']._serialized_end=1787
-  _globals['_RECORDISSUERCOMPROMISERESPONSE']._serialized_start=1790
-  _globals['_RECORDISSUERCOMPROMISERESPONSE']._serialized_end=1976
-  _globals['_CONSENT']._serialized_start=1978
-  _globals['_CONSENT']._serialized_end=2103
-  _globals['_RECORDCONSENTREQUEST']._serialized_start=2105
-  _globals['_RECORDCONSENTREQUEST']._serialized_end=2183
-  _globals['_RECORDCONSENTRESPONSE']._serialized_start=2185
-  _globals['_RECORDCONSENTRESPONSE']._serialized_end=2246
-  _globals['_LISTCONSENTSREQUEST']._serialized_start=2248
-  _globals['_LISTCONSENTSREQUEST']._serialized_end=2310
-  _globals['_LISTCONSENTSRESPONSE']._serialized_start=2312
-  _globals['_LISTCONSENTSRESPONSE']._serialized_end=2373
-  _globals['_PUBLISHSNAPSHOTREQUEST']._serialized_start=2375
-  _globals['_PUBLISHSNAPSHOTREQUEST']._serialized_end=2413
-  _globals['_PUBLISHSNAPSHOTRESPONSE']._serialized_start=2416
-  _globals['_PUBLISHSNAPSHOTRESPONSE']._serialized_end=2548
-  _globals['_ISSUEOCSPSIGNERCERTIFICATEREQUEST']._serialized_start=2550
-  _globals['_ISSUEOCSPSIGNERCERTIFICATEREQUEST']._serialized_end=2626
-  _globals['_OCSPSIGNERCERTIFICATE']._serialized_start=2629
-  _globals['_OCSPSIGNERCERTIFICATE']._serialized_end=2768
-  _globals['_ISSUEOCSPSIGNERCERTIFICATERESPONSE']._serialized_start=2770
-  _globals['_ISSUEOCSPSIGNERCERTIFICATERESPONSE']._serialized_end=2863
-  _globals['_SIGNERSERVICE']._serialized_start=3144
-  _globals['_SIGNERSERVICE']._serialized_end=4370
+  _globals['_ISSUECERTIFICATEREQUEST']._serialized_end=435
+  _globals['_ISSUECERTIFICATERESPONSE']._serialized_start=438
+  _globals['_ISSUECERTIFICATERESPONSE']._serialized_end=663
+  _globals['_BEGINMOBILEAPPLICATIONREQUEST']._serialized_start=666
+  _globals['_BEGINMOBILEAPPLICATIONREQUEST']._serialized_end=805
+  _globals['_BEGINMOBILEAPPLICATIONRESPONSE']._serialized_start=808
+  _globals['_BEGINMOBILEAPPLICATIONRESPONSE']._serialized_end=973
+  _globals['_COMPLETEMOBILEAPPLICATIONREQUEST']._serialized_start=975
+  _globals['_COMPLETEMOBILEAPPLICATIONREQUEST']._serialized_end=1046
+  _globals['_PUBLISHING']._serialized_start=1048
+  _globals['_PUBLISHING']._serialized_end=1162
+  _globals['_LOSSOFEFFECT']._serialized_start=1165
+  _globals['_LOSSOFEFFECT']._serialized_end=1513
+  _globals['_RECORDLOSSREQUEST']._serialized_start=1516
+  _globals['_RECORDLOSSREQUEST']._serialized_end=1664
+  _globals['_RECORDLOSSRESPONSE']._serialized_start=1666
+  _globals['_RECORDLOSSRESPONSE']._serialized_end=1773
+  _globals['_RECORDRESIDENTEVENTREQUEST']._serialized_start=1776
+  _globals['_RECORDRESIDENTEVENTREQUEST']._serialized_end=1936
+  _globals['_RECORDRESIDENTEVENTRESPONSE']._serialized_start=1939
+  _globals['_RECORDRESIDENTEVENTRESPONSE']._serialized_end=2110
+  _globals['_RECORDISSUERCOMPROMISEREQUEST']._serialized_start=2112
+  _globals['_RECORDISSUERCOMPROMISEREQUEST']._serialized_end=2202
+  _globals['_RECORDISSUERCOMPROMISERESPONSE']._serialized_start=2205
+  _globals['_RECORDISSUERCOMPROMISERESPONSE']._serialized_end=2391
+  _globals['_CONSENT']._serialized_start=2393
+  _globals['_CONSENT']._serialized_end=2518
+  _globals['_RECORDCONSENTREQUEST']._serialized_start=2520
+  _globals['_RECORDCONSENTREQUEST']._serialized_end=2598
+  _globals['_RECORDCONSENTRESPONSE']._serialized_start=2600
+  _globals['_RECORDCONSENTRESPONSE']._serialized_end=2661
+  _globals['_LISTCONSENTSREQUEST']._serialized_start=2663
+  _globals['_LISTCONSENTSREQUEST']._serialized_end=2725
+  _globals['_LISTCONSENTSRESPONSE']._serialized_start=2727
+  _globals['_LISTCONSENTSRESPONSE']._serialized_end=2788
+  _globals['_PUBLISHSNAPSHOTREQUEST']._serialized_start=2790
+  _globals['_PUBLISHSNAPSHOTREQUEST']._serialized_end=2828
+  _globals['_PUBLISHSNAPSHOTRESPONSE']._serialized_start=2831
+  _globals['_PUBLISHSNAPSHOTRESPONSE']._serialized_end=2963
+  _globals['_ISSUEOCSPSIGNERCERTIFICATEREQUEST']._serialized_start=2965
+  _globals['_ISSUEOCSPSIGNERCERTIFICATEREQUEST']._serialized_end=3041
+  _globals['_OCSPSIGNERCERTIFICATE']._serialized_start=3044
+  _globals['_OCSPSIGNERCERTIFICATE']._serialized_end=3183
+  _globals['_ISSUEOCSPSIGNERCERTIFICATERESPONSE']._serialized_start=3185
+  _globals['_ISSUEOCSPSIGNERCERTIFICATERESPONSE']._serialized_end=3278
+  _globals['_SIGNERSERVICE']._serialized_start=3559
+  _globals['_SIGNERSERVICE']._serialized_end=5011
 # @@protoc_insertion_point(module_scope)

@@ -45,6 +45,16 @@ class SignerServiceStub:
                 request_serializer=jpki__va_dot_protos_dot_signer__pb2.IssueCertificateRequest.SerializeToString,
                 response_deserializer=jpki__va_dot_protos_dot_signer__pb2.IssueCertificateResponse.FromString,
                 _registered_method=True)
+        self.BeginMobileApplication = channel.unary_unary(
+                '/jpki.va.v1.SignerService/BeginMobileApplication',
+                request_serializer=jpki__va_dot_protos_dot_signer__pb2.BeginMobileApplicationRequest.SerializeToString,
+                response_deserializer=jpki__va_dot_protos_dot_signer__pb2.BeginMobileApplicationResponse.FromString,
+                _registered_method=True)
+        self.CompleteMobileApplication = channel.unary_unary(
+                '/jpki.va.v1.SignerService/CompleteMobileApplication',
+                request_serializer=jpki__va_dot_protos_dot_signer__pb2.CompleteMobileApplicationRequest.SerializeToString,
+                response_deserializer=jpki__va_dot_protos_dot_signer__pb2.IssueCertificateResponse.FromString,
+                _registered_method=True)
         self.RecordLoss = channel.unary_unary(
                 '/jpki.va.v1.SignerService/RecordLoss',
                 request_serializer=jpki__va_dot_protos_dot_signer__pb2.RecordLossRequest.SerializeToString,
@@ -115,6 +125,20 @@ class SignerServiceServicer:
     """
 
     def IssueCertificate(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def BeginMobileApplication(self, request, context):
+        """The mobile application in two steps (第16条の2, 第35条の2); IssueCertificate
+        refuses the mobile kinds.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CompleteMobileApplication(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -199,6 +223,16 @@ def add_SignerServiceServicer_to_server(servicer, server):
             'IssueCertificate': grpc.unary_unary_rpc_method_handler(
                     servicer.IssueCertificate,
                     request_deserializer=jpki__va_dot_protos_dot_signer__pb2.IssueCertificateRequest.FromString,
+                    response_serializer=jpki__va_dot_protos_dot_signer__pb2.IssueCertificateResponse.SerializeToString,
+            ),
+            'BeginMobileApplication': grpc.unary_unary_rpc_method_handler(
+                    servicer.BeginMobileApplication,
+                    request_deserializer=jpki__va_dot_protos_dot_signer__pb2.BeginMobileApplicationRequest.FromString,
+                    response_serializer=jpki__va_dot_protos_dot_signer__pb2.BeginMobileApplicationResponse.SerializeToString,
+            ),
+            'CompleteMobileApplication': grpc.unary_unary_rpc_method_handler(
+                    servicer.CompleteMobileApplication,
+                    request_deserializer=jpki__va_dot_protos_dot_signer__pb2.CompleteMobileApplicationRequest.FromString,
                     response_serializer=jpki__va_dot_protos_dot_signer__pb2.IssueCertificateResponse.SerializeToString,
             ),
             'RecordLoss': grpc.unary_unary_rpc_method_handler(
@@ -292,6 +326,60 @@ class SignerService:
             target,
             '/jpki.va.v1.SignerService/IssueCertificate',
             jpki__va_dot_protos_dot_signer__pb2.IssueCertificateRequest.SerializeToString,
+            jpki__va_dot_protos_dot_signer__pb2.IssueCertificateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def BeginMobileApplication(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/jpki.va.v1.SignerService/BeginMobileApplication',
+            jpki__va_dot_protos_dot_signer__pb2.BeginMobileApplicationRequest.SerializeToString,
+            jpki__va_dot_protos_dot_signer__pb2.BeginMobileApplicationResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CompleteMobileApplication(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/jpki.va.v1.SignerService/CompleteMobileApplication',
+            jpki__va_dot_protos_dot_signer__pb2.CompleteMobileApplicationRequest.SerializeToString,
             jpki__va_dot_protos_dot_signer__pb2.IssueCertificateResponse.FromString,
             options,
             channel_credentials,

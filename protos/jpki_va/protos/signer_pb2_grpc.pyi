@@ -42,6 +42,11 @@ class SignerServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> SignerServiceAsyncStub: ...
     IssueCertificate: _grpc.UnaryUnaryMultiCallable[_signer_pb2.IssueCertificateRequest, _signer_pb2.IssueCertificateResponse]
+    BeginMobileApplication: _grpc.UnaryUnaryMultiCallable[_signer_pb2.BeginMobileApplicationRequest, _signer_pb2.BeginMobileApplicationResponse]
+    """The mobile application in two steps (第16条の2, 第35条の2); IssueCertificate
+    refuses the mobile kinds.
+    """
+    CompleteMobileApplication: _grpc.UnaryUnaryMultiCallable[_signer_pb2.CompleteMobileApplicationRequest, _signer_pb2.IssueCertificateResponse]
     RecordLoss: _grpc.UnaryUnaryMultiCallable[_signer_pb2.RecordLossRequest, _signer_pb2.RecordLossResponse]
     RecordResidentEvent: _grpc.UnaryUnaryMultiCallable[_signer_pb2.RecordResidentEventRequest, _signer_pb2.RecordResidentEventResponse]
     RecordIssuerCompromise: _grpc.UnaryUnaryMultiCallable[_signer_pb2.RecordIssuerCompromiseRequest, _signer_pb2.RecordIssuerCompromiseResponse]
@@ -66,6 +71,11 @@ class SignerServiceAsyncStub(SignerServiceStub):
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     IssueCertificate: _aio.UnaryUnaryMultiCallable[_signer_pb2.IssueCertificateRequest, _signer_pb2.IssueCertificateResponse]  # type: ignore[assignment]
+    BeginMobileApplication: _aio.UnaryUnaryMultiCallable[_signer_pb2.BeginMobileApplicationRequest, _signer_pb2.BeginMobileApplicationResponse]  # type: ignore[assignment]
+    """The mobile application in two steps (第16条の2, 第35条の2); IssueCertificate
+    refuses the mobile kinds.
+    """
+    CompleteMobileApplication: _aio.UnaryUnaryMultiCallable[_signer_pb2.CompleteMobileApplicationRequest, _signer_pb2.IssueCertificateResponse]  # type: ignore[assignment]
     RecordLoss: _aio.UnaryUnaryMultiCallable[_signer_pb2.RecordLossRequest, _signer_pb2.RecordLossResponse]  # type: ignore[assignment]
     RecordResidentEvent: _aio.UnaryUnaryMultiCallable[_signer_pb2.RecordResidentEventRequest, _signer_pb2.RecordResidentEventResponse]  # type: ignore[assignment]
     RecordIssuerCompromise: _aio.UnaryUnaryMultiCallable[_signer_pb2.RecordIssuerCompromiseRequest, _signer_pb2.RecordIssuerCompromiseResponse]  # type: ignore[assignment]
@@ -91,6 +101,23 @@ class SignerServiceServicer(metaclass=_abc_1.ABCMeta):
     def IssueCertificate(
         self,
         request: _signer_pb2.IssueCertificateRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_signer_pb2.IssueCertificateResponse, _abc.Awaitable[_signer_pb2.IssueCertificateResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def BeginMobileApplication(
+        self,
+        request: _signer_pb2.BeginMobileApplicationRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_signer_pb2.BeginMobileApplicationResponse, _abc.Awaitable[_signer_pb2.BeginMobileApplicationResponse]]:
+        """The mobile application in two steps (第16条の2, 第35条の2); IssueCertificate
+        refuses the mobile kinds.
+        """
+
+    @_abc_1.abstractmethod
+    def CompleteMobileApplication(
+        self,
+        request: _signer_pb2.CompleteMobileApplicationRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_signer_pb2.IssueCertificateResponse, _abc.Awaitable[_signer_pb2.IssueCertificateResponse]]: ...
 
