@@ -17,7 +17,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from jpki_va.core.domain import OID_LOSS_CAUSE, CertKind, CrlReason, LossCause
+from jpki_va.core.domain import CertKind, CrlReason, LossCause
+from jpki_va.core.oids import OID_LOSS_CAUSE
 from jpki_va.server.pki import cert_profile, crl_stream, der
 from jpki_va.server.pki.cert_profile import ProfileSettings
 from jpki_va.server.pki.crl_profile import CrlEntry

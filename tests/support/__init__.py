@@ -197,7 +197,7 @@ class Pki:
                     application_id=application.application_id, csr=device_csr(key)
                 ),
                 timeout=30,
-            )
+            ).issued
         else:
             request = signer_pb2.IssueCertificateRequest(
                 kind=int(kind),  # type: ignore[arg-type]

@@ -13,6 +13,7 @@ from typing import Any
 from jpki_va import hsm
 from jpki_va.bench.dataset import DataSetError, hsm_config_from
 from jpki_va.bench.mix import Mix
+from jpki_va.core.cli import fail
 from jpki_va.server.snapshot.manifest import SnapshotRejected
 
 TOKEN_LABEL = "jpki-va-bench"  # noqa: S105 (a token label, not a secret)
@@ -373,14 +374,14 @@ def _guarded(func: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Na
         try:
             return func(args)
         except ModuleNotFoundError as exc:
-            print(
-                f"jpki-va bench {args.bench_command}: {exc.name} is missing: install the "
-                "bench extra (pip install 'jpki-va[bench]', or ./tasks bench)",
-                file=sys.stderr,
+            fail(
+                f"jpki-va bench {args.bench_command}",
+                f"{exc.name} is missing: install the bench extra "
+                "(pip install 'jpki-va[bench]', or ./tasks bench)",
             )
             return EXIT_USAGE
         except (BenchError, DataSetError, OSError, SnapshotRejected, ValueError) as exc:
-            print(f"jpki-va bench {args.bench_command}: {exc}", file=sys.stderr)
+            fail(f"jpki-va bench {args.bench_command}", str(exc))
             return EXIT_USAGE
 
     return run

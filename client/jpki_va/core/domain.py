@@ -12,15 +12,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Self, TypeVar
 
 from cryptography import x509
-from cryptography.x509.oid import ObjectIdentifier
-
-# Private arc for jpki-va's own OIDs (a UUID OID under 2.25, ITU-T X.667: needs no
-# registration and cannot collide).
-ARC = "2.25.236596762878449458762717213103481541297"
-OID_LOSS_CAUSE = ObjectIdentifier(f"{ARC}.1")  # CRL entry extension: ENUMERATED LossCause
-OID_SNAPSHOT_SIGNING = ObjectIdentifier(f"{ARC}.2")  # EKU of the snapshot-signer certificate
-OID_VERIFIER_TOKEN_SIGNING = ObjectIdentifier(f"{ARC}.3")  # EKU of the verifier-token key
-OID_POLICY_BASE = f"{ARC}.10"  # certificate policy per kind: ARC.10.<kind>
 
 
 class SluggedEnum(enum.IntEnum):

@@ -33,7 +33,8 @@ from cryptography.hazmat.primitives.asymmetric.utils import (
 )
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from jpki_va.core.domain import OID_VERIFIER_TOKEN_SIGNING, Role, Verifier
+from jpki_va.core.domain import Role, Verifier
+from jpki_va.core.oids import OID_VERIFIER_TOKEN_SIGNING
 
 TYPE = "jpki-va-verifier-token"
 ISSUER = "jpki-va"

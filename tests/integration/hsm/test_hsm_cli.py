@@ -19,7 +19,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from jpki_va.core.domain import OID_SNAPSHOT_SIGNING, OID_VERIFIER_TOKEN_SIGNING, CertKind
+from jpki_va.core.domain import CertKind
+from jpki_va.core.oids import OID_SNAPSHOT_SIGNING, OID_VERIFIER_TOKEN_SIGNING
 from jpki_va.hsm import DEFAULT_MODULE
 from jpki_va.server.registry.transactions import Registry
 from tests.support import JPKI_VA, REPO, openssl
@@ -51,10 +52,10 @@ def ops(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
     """A token made by `hsm init-token`, and the ceremony of examples/ run on it."""
     base = tmp_path_factory.mktemp("hsm-cli")
     env = {"JPKI_VA_HSM_PIN": PIN, "JPKI_VA_HSM_SO_PIN": "cli-so-pin"}
-    made = jpki("hsm", "init-token", "--dir", str(base / "token"), "--token", TOKEN, env=env)
+    made = jpki("hsm", "init-token", "--dir", str(base / "token"), "--hsm-token", TOKEN, env=env)
     assert made.returncode == 0, made.stderr
     conf = str(base / "token" / "softhsm2.conf")
-    common = ["--token", TOKEN, "--softhsm2-conf", conf]
+    common = ["--hsm-token", TOKEN, "--softhsm2-conf", conf]
     data = base / "data"
     first = jpki("hsm", "ceremony", "run", str(EXAMPLE), "--data-dir", str(data), *common, env=env)
     assert first.returncode == 0, first.stderr
@@ -315,4 +316,4 @@ def test_rotate_then_issue_a_delegated_ocsp_signer(ops: dict[str, object], tmp_p
         "hsm", "ocsp-signer", "issue", "--csr", str(csr), "--validity", "a week",
         "--out", str(tmp_path / "x.pem"), *data, *common, env=env,
     )  # fmt: skip
-    assert bad_validity.returncode == 2 and "7d" in bad_validity.stderr
+    assert bad_validity.returncode == 2 and "3650d" in bad_validity.stderr

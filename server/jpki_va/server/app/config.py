@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from jpki_va import hsm
+from jpki_va.core import cli as core_cli
 from jpki_va.server.law.retention import RetentionPolicy
 from jpki_va.server.pki.cert_profile import DEFAULT_VALIDITY
 from jpki_va.server.responder.renew_policy import RenewPolicy
@@ -66,22 +67,13 @@ def hsm_config(
         raise ConfigError(str(exc)) from None
 
 
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-
-
 def parse_duration(text: str | float | int, name: str) -> float:
-    """Seconds from a number or a string like `5s`, `90m`, `24h`, `3650d`."""
-    if isinstance(text, int | float) and not isinstance(text, bool):
-        return float(text)
-    value = str(text).strip().lower()
+    """Seconds from a number or a duration like `5s`, `90m`, `24h`, `3650d`
+    (jpki_va.core.cli's one syntax); ConfigError names the setting."""
     try:
-        if value and value[-1] in _UNITS:
-            return float(value[:-1]) * _UNITS[value[-1]]
-        return float(value)
-    except ValueError:
-        raise ConfigError(
-            f"{name}: expected a duration like 5s, 24h or 3650d, got {text!r}"
-        ) from None
+        return core_cli.parse_duration(text).total_seconds()
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{name}: {exc}") from None
 
 
 @dataclass(frozen=True)
@@ -132,6 +124,8 @@ class SignerConfig:
     metrics_port: int | None = None  # Prometheus /metrics on 127.0.0.1 (0: any free port)
     tls: TlsFiles | None = None
     operator_certs: tuple[Path, ...] = ()  # client certificates allowed registry operations
+    # Seconds between looks at the clock for the 00:00 JST move-out sweep (第31条第2号).
+    sweep_check: float = 60.0
     # 保存期間 (seconds); None keeps the placeholders of law/retention.py.
     retention_issuance_record: float | None = None
     retention_loss_record: float | None = None
@@ -152,6 +146,8 @@ class SignerConfig:
             raise ConfigError("delta interval must be >= 0")
         if self.delta_interval and self.delta_interval > self.full_interval:
             raise ConfigError("delta interval must not exceed the full interval")
+        if self.sweep_check <= 0:
+            raise ConfigError("sweep check must be > 0 seconds")
         if self.grpc_workers < 2:
             raise ConfigError("grpc workers must be >= 2")
         if not 1 <= self.sign_queue_limit < self.grpc_workers:
@@ -213,7 +209,7 @@ class ResponderConfig:
     stream_idle: float = 60.0  # seconds
     max_watches: int = 8  # open WatchRevocations per worker, within max_streams
     grace_seconds: float = 5.0
-    crl_retention_days: float = 365.0  # 保存期間 of CRL files; set by cabinet order
+    retention_crl_file: float = 365 * 86400.0  # 保存期間 of CRL files (seconds); cabinet order
     ocsp_renew_at: RenewPolicy = field(default_factory=RenewPolicy)  # default: half its life
     # HTTP OCSP and CRLs (RFC 6960 Appendix A, RFC 5019) beside gRPC; off when None.
     http_listen: str | None = None
@@ -242,8 +238,8 @@ class ResponderConfig:
         )
         if self.loopback_verifier is not None and not self.insecure_loopback:
             raise ConfigError("--loopback-verifier goes with --insecure-loopback only")
-        if self.crl_retention_days <= 0:
-            raise ConfigError("CRL retention must be > 0 days")
+        if self.retention_crl_file <= 0:
+            raise ConfigError("CRL file retention must be > 0")
         self._check_http_metrics_and_limits()
         if self.workers < 1:
             raise ConfigError("workers must be >= 1")

@@ -169,7 +169,7 @@ class _Setup:
                 csr=csr.public_bytes(serialization.Encoding.DER),
             ),
             timeout=30,
-        )
+        ).issued
 
     def lose(self, holder: str, kind: CertKind, cause: LossCause, reason: CrlReason | None) -> None:
         reply = self.stub.RecordLoss(

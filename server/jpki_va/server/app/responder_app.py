@@ -453,7 +453,7 @@ class Responder:
             config.index_dir,
             self._verifier,
             self._archive,
-            (self._clock, timedelta(days=config.crl_retention_days)),
+            (self._clock, timedelta(seconds=config.retention_crl_file)),
             metrics=self.ingest_metrics,
             before_publish=self._certify_for,
             health=self.ingest_health,

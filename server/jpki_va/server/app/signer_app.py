@@ -17,10 +17,12 @@ from grpc_health.v1.health import HealthServicer
 
 from jpki_va import hsm
 from jpki_va.core.clock import Clock, SystemClock
+from jpki_va.core.oids import ARC, ENV_ARC
 from jpki_va.protos import signer_pb2, signer_pb2_grpc
 from jpki_va.server.access.gate import NotOperator, Operators
 from jpki_va.server.app.config import ConfigError, SignerConfig
 from jpki_va.server.app.dir_lock import DirectoryLock
+from jpki_va.server.app.sweep_schedule import SweepSchedule
 from jpki_va.server.base.refusal_log import RefusalLog
 from jpki_va.server.law.entitlements import NotEntitled
 from jpki_va.server.ledger.provisions import Ledger
@@ -47,6 +49,8 @@ from jpki_va.server.signer.verifier_registry import NotAVerifier, VerifierRegist
 from jpki_va.server.snapshot.writer import prune_abandoned
 
 log = logging.getLogger(__name__)
+
+_OID_ARC = "oid_arc"  # registry meta: the arc of the first start
 
 SERVICE = signer_pb2.DESCRIPTOR.services_by_name["SignerService"].full_name
 #: The health of publishing alone. An HSM or disk that fails publishing leaves the
@@ -109,6 +113,7 @@ class SignerApp:
     _stop: threading.Event
     _lock: DirectoryLock
     _publisher_thread: threading.Thread | None = None
+    _sweep: SweepSchedule | None = None
     _metrics_server: Any = None
     metrics_port: int | None = None
 
@@ -121,6 +126,8 @@ class SignerApp:
             self._metrics_server.server_close()
         if self._publisher_thread is not None:
             self._publisher_thread.join()
+        if self._sweep is not None:
+            self._sweep.stop()
         self.registry.close()
         self.ledger.close()
         self.token.close()
@@ -170,6 +177,31 @@ def _hold_data_dir(config: SignerConfig, metrics: SignerMetrics) -> tuple[Direct
         raise
 
 
+def registry_arc_check(registry: Registry) -> None:
+    """Keep the private OID arc fixed for the registry's life (jpki_va.core.oids).
+
+    The first start records it; a later start under another arc would sign loss
+    causes that the responders, still reading the old CRLs, could not tell apart.
+    """
+    with registry.write() as wtx:
+        recorded = wtx.meta(_OID_ARC)
+        if recorded is None:
+            wtx.set_meta(_OID_ARC, ARC.encode())
+            return
+    if recorded.decode() != ARC:
+        raise ConfigError(
+            f"this registry's OID arc is {recorded.decode()}, not {ARC}: "
+            f"set {ENV_ARC}={recorded.decode()} (the arc is fixed for a deployment)"
+        )
+
+
+def _authority(token: hsm.Hsm, registry: Registry) -> Authority:
+    authority = Authority(token, registry)
+    authority.root()  # refuse to start without a hierarchy
+    registry_arc_check(registry)
+    return authority
+
+
 def start_signer(config: SignerConfig, clock: Clock | None = None) -> SignerApp:
     clock = clock or SystemClock()
     operators = _operators(config)
@@ -185,8 +217,7 @@ def start_signer(config: SignerConfig, clock: Clock | None = None) -> SignerApp:
             records = config.data_dir / "ceremonies"
             for created in bootstrap(token, registry, clock, record_dir=records):
                 log.info("created %s", created)
-        authority = Authority(token, registry)
-        authority.root()  # refuse to start without a hierarchy
+        authority = _authority(token, registry)
         settings = ProfileSettings(base_url=config.base_url)
         publisher = Publisher(
             registry, authority, config.snapshot_dir, clock, settings, config.retention
@@ -232,10 +263,18 @@ def start_signer(config: SignerConfig, clock: Clock | None = None) -> SignerApp:
         app._metrics_server = metrics_server
         app.metrics_port = int(metrics_server.server_port)
         log.info("signer metrics on 127.0.0.1:%d/metrics", app.metrics_port)
-    if config.delta_interval > 0:
-        app._publisher_thread = _start_publishing(signer, config, stop)
+    _start_background(app, clock)
     log.info("signer listening on %s", config.listen.rsplit(":", 1)[0] + f":{port}")
     return app
+
+
+def _start_background(app: SignerApp, clock: Clock) -> None:
+    """The periodic publisher (when it has an interval) and the 00:00 JST sweep."""
+    if app.config.delta_interval > 0:
+        app._publisher_thread = _start_publishing(app.signer, app.config, app._stop)
+    # On its own schedule, also when publishing happens only on request.
+    app._sweep = SweepSchedule(app.signer.sweep_move_outs, clock, app.config.sweep_check)
+    app._sweep.start()
 
 
 def _start_publishing(

@@ -27,6 +27,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from jpki_va.core.cli import slug_choice
 from jpki_va.core.domain import (
     CertKind,
     CrlReason,
@@ -51,11 +52,9 @@ Command = Callable[[argparse.Namespace, Stub], dict[str, Any]]
 
 
 def add_certificate_commands(registry: SubParsers) -> None:
-    kinds = [k.slug for k in CertKind]
-
     issue = registry.add_parser("issue", help="issue a card certificate")
     issue.add_argument(
-        "--kind", required=True, choices=[k.slug for k in CertKind if not k.is_mobile]
+        "--kind", required=True, **slug_choice(CertKind, [k for k in CertKind if not k.is_mobile])
     )
     issue.add_argument("--resident-code", required=True, metavar="CODE")
     issue.add_argument("--municipality", required=True, metavar="CODE", help="6 digits")
@@ -74,7 +73,9 @@ def add_certificate_commands(registry: SubParsers) -> None:
     begin = steps.add_parser(
         "begin", help="the notice of the four basic items, signed with the CARD_SIGN key"
     )
-    begin.add_argument("--kind", required=True, choices=[k.slug for k in CertKind if k.is_mobile])
+    begin.add_argument(
+        "--kind", required=True, **slug_choice(CertKind, [k for k in CertKind if k.is_mobile])
+    )
     begin.add_argument("--notice", required=True, metavar="FILE", help="the notice (UTF-8 text)")
     begin.add_argument(
         "--signature",
@@ -104,15 +105,15 @@ def add_certificate_commands(registry: SubParsers) -> None:
     lose = registry.add_parser(
         "lose", help="record a loss of effect (holder request, record error)"
     )
-    lose.add_argument("--kind", required=True, choices=kinds)
+    lose.add_argument("--kind", required=True, **slug_choice(CertKind))
     lose.add_argument("--serial", required=True, metavar="HEX")
-    lose.add_argument("--cause", required=True, choices=[c.slug for c in OPERATOR_CAUSES])
-    lose.add_argument("--reason", choices=[r.slug for r in OPERATOR_REASONS])
+    lose.add_argument("--cause", required=True, **slug_choice(LossCause, OPERATOR_CAUSES))
+    lose.add_argument("--reason", **slug_choice(CrlReason, OPERATOR_REASONS))
     _finish(lose, _lose)
 
     event = registry.add_parser("resident-event", help="a resident record changed (第12条, 第31条)")
     event.add_argument("--resident-code", required=True, metavar="CODE")
-    event.add_argument("--event", required=True, choices=[e.slug for e in ResidentEvent])
+    event.add_argument("--event", required=True, **slug_choice(ResidentEvent))
     event.add_argument("--minor", action="store_true", help="a minor correction")
     event.add_argument("--planned-date", metavar="YYYY-MM-DD", help="move-out: planned date")
     event.add_argument(
@@ -125,7 +126,7 @@ def add_certificate_commands(registry: SubParsers) -> None:
     compromise = registry.add_parser(
         "issuer-compromise", help="an issuing CA key leaked, was lost or damaged (第14条)"
     )
-    compromise.add_argument("--kind", required=True, choices=kinds)
+    compromise.add_argument("--kind", required=True, **slug_choice(CertKind))
     compromise.add_argument(
         "--generation", required=True, metavar="AKI", help="the generation's key id (hex)"
     )
@@ -249,7 +250,7 @@ def _mobile_complete(args: argparse.Namespace, stub: Stub) -> dict[str, Any]:
             application_id=args.application, csr=_read(args.csr, "--csr")
         ),
         timeout=args.timeout,
-    )
+    ).issued
     return _issued(args, CertKind(reply.kind), reply)
 
 

@@ -7,13 +7,13 @@ the gRPC server, which `jpki-va --help` and the client commands must not load.
 from __future__ import annotations
 
 import argparse
-import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from jpki_va import hsm
+from jpki_va.core.cli import EXIT_USAGE, fail
 from jpki_va.server.app import demo
 from jpki_va.server.app.config import (
     ConfigError,
@@ -32,8 +32,6 @@ from jpki_va.server.app.signer_app import start_signer
 from jpki_va.server.ledger.provisions import LedgerError
 from jpki_va.server.responder.renew_policy import RenewPolicy
 
-EXIT_USAGE = 2
-
 
 def _one_line(run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
     """A role that cannot start says why in one line and exits 2, never a traceback."""
@@ -42,7 +40,7 @@ def _one_line(run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Na
         try:
             return run(args)
         except (ConfigError, DirectoryInUse, LedgerError, PortTaken, hsm.HsmError) as exc:
-            print(f"jpki-va {args.command}: {exc}", file=sys.stderr)
+            fail(f"jpki-va {args.command}", str(exc))
             return EXIT_USAGE
 
     return guarded
@@ -52,7 +50,7 @@ def _hsm_from(args: argparse.Namespace, file_values: dict[str, Any]) -> hsm.HsmC
     table = file_values.get("hsm", {})
     token = args.hsm_token or table.get("token_label")
     if not token:
-        raise ConfigError("--hsm-token is required")
+        raise ConfigError("--hsm-token is required (or token_label in the config's [hsm])")
     return hsm_config(
         module=args.hsm_module or table.get("module") or hsm.DEFAULT_MODULE,
         token_label=token,
@@ -101,6 +99,7 @@ def signer_config(args: argparse.Namespace) -> SignerConfig:
     for name in (
         "full_interval",
         "delta_interval",
+        "sign_queue_wait",
         "retention_issuance_record",
         "retention_loss_record",
         "retention_crl_file",
@@ -116,8 +115,23 @@ def signer_config(args: argparse.Namespace) -> SignerConfig:
         raise ConfigError(str(exc)) from None
 
 
+def _crl_retention_in_days(days: object, values: dict[str, Any]) -> None:
+    """--crl-retention-days (and crl_retention_days in a config), the spelling of earlier
+    releases, still work: they become retention_crl_file."""
+    if days is None:
+        return
+    if "retention_crl_file" in values:
+        raise ConfigError("give --retention-crl-file or --crl-retention-days, not both")
+    if isinstance(days, bool) or not isinstance(days, int | float):
+        raise ConfigError(f"crl retention days: expected a number, got {days!r}")
+    values["retention_crl_file"] = float(days) * 86400
+
+
 def responder_config(args: argparse.Namespace) -> ResponderConfig:
     file_values = load_toml(args.config)
+    old_days = file_values.pop("crl_retention_days", None)
+    if args.crl_retention_days is not None:
+        old_days = args.crl_retention_days
     values = merge(
         file_values,
         {
@@ -129,7 +143,7 @@ def responder_config(args: argparse.Namespace) -> ResponderConfig:
             "signer": args.signer,
             "insecure_loopback": args.insecure_loopback or None,
             "poll_interval": args.poll_interval,
-            "crl_retention_days": args.crl_retention_days,
+            "retention_crl_file": args.retention_crl_file,
             "loopback_verifier": args.loopback_verifier,
             "http_listen": args.http_listen,
             "metrics_port": args.metrics_port,
@@ -149,8 +163,10 @@ def responder_config(args: argparse.Namespace) -> ResponderConfig:
         },
         ResponderConfig,
     )
-    if "stream_idle" in values:
-        values["stream_idle"] = parse_duration(values["stream_idle"], "stream idle")
+    _crl_retention_in_days(old_days, values)
+    for name in ("stream_idle", "poll_interval", "retention_crl_file"):
+        if name in values:
+            values[name] = parse_duration(values[name], name.replace("_", " "))
     if "ocsp_renew_at" in values:
         try:
             values["ocsp_renew_at"] = RenewPolicy.parse(str(values["ocsp_renew_at"]))
@@ -192,5 +208,5 @@ def run_responder(args: argparse.Namespace) -> int:
 @_one_line
 def run_demo(args: argparse.Namespace) -> int:
     return demo.run(
-        args.dir, args.port, stop=threading.Event(), reset=args.reset, http_port=args.http_port
+        args.data_dir, args.port, stop=threading.Event(), reset=args.reset, http_port=args.http_port
     )

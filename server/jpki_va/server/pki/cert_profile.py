@@ -20,23 +20,21 @@ from cryptography.hazmat.primitives.asymmetric.types import (
     CertificatePublicKeyTypes,
 )
 from cryptography.hazmat.primitives.serialization import Encoding
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID, ObjectIdentifier
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from jpki_va.core.domain import (
-    ARC,
-    OID_POLICY_BASE,
+from jpki_va.core.domain import CertKind
+from jpki_va.core.oids import (
+    OID_HOLDER_ADDRESS,
+    OID_HOLDER_BIRTH_DATE,
+    OID_HOLDER_NAME,
+    OID_HOLDER_SEX,
     OID_SNAPSHOT_SIGNING,
     OID_VERIFIER_TOKEN_SIGNING,
-    CertKind,
+    policy_oid,
 )
 from jpki_va.server.model.holder import Holder
 
 ORGANIZATION = "JPKI-VA"
-# Holder attributes in signing certificates (the law's four basic facts) as otherName.
-OID_HOLDER_NAME = ObjectIdentifier(f"{ARC}.20.1")
-OID_HOLDER_ADDRESS = ObjectIdentifier(f"{ARC}.20.2")
-OID_HOLDER_BIRTH_DATE = ObjectIdentifier(f"{ARC}.20.3")
-OID_HOLDER_SEX = ObjectIdentifier(f"{ARC}.20.4")
 
 DEFAULT_VALIDITY = {
     CertKind.CARD_SIGN: timedelta(days=5 * 365),
@@ -213,9 +211,7 @@ def issuing_ca_certificate(
         .not_valid_before(not_before)
         .not_valid_after(not_after)
         .add_extension(
-            x509.CertificatePolicies(
-                [x509.PolicyInformation(ObjectIdentifier(f"{OID_POLICY_BASE}.{kind.value}"), None)]
-            ),
+            x509.CertificatePolicies([x509.PolicyInformation(policy_oid(kind.value), None)]),
             False,
         )
     )
@@ -427,9 +423,7 @@ def end_entity_certificate(
         )
     builder = (
         builder.add_extension(
-            x509.CertificatePolicies(
-                [x509.PolicyInformation(ObjectIdentifier(f"{OID_POLICY_BASE}.{kind.value}"), None)]
-            ),
+            x509.CertificatePolicies([x509.PolicyInformation(policy_oid(kind.value), None)]),
             False,
         )
         .add_extension(

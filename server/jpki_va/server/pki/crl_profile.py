@@ -11,12 +11,8 @@ from cryptography.hazmat.primitives.asymmetric.types import (
     CertificateIssuerPrivateKeyTypes,
 )
 
-from jpki_va.core.domain import (
-    OID_LOSS_CAUSE,
-    CertKind,
-    CrlReason,
-    LossCause,
-)
+from jpki_va.core.domain import CertKind, CrlReason, LossCause
+from jpki_va.core.oids import OID_LOSS_CAUSE
 from jpki_va.server.pki.cert_profile import (
     ProfileSettings,
     distribution_point,

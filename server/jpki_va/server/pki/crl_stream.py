@@ -22,7 +22,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa, utils
 from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes
 from cryptography.x509 import Certificate
 
-from jpki_va.core.domain import OID_LOSS_CAUSE, CertKind, CrlReason, LossCause
+from jpki_va.core.domain import CertKind, CrlReason, LossCause
+from jpki_va.core.oids import OID_LOSS_CAUSE
 from jpki_va.server.pki import crl_profile
 from jpki_va.server.pki.cert_profile import ProfileSettings
 from jpki_va.server.pki.crl_profile import CrlEntry

@@ -159,11 +159,10 @@ class SignerServicer(signer_pb2_grpc.SignerServiceServicer):
 
     def CompleteMobileApplication(
         self, request: signer_pb2.CompleteMobileApplicationRequest, context: grpc.ServicerContext
-    ) -> signer_pb2.IssueCertificateResponse:
+    ) -> signer_pb2.CompleteMobileApplicationResponse:
         self._operator(context)
-        return self._issued(
-            self._signer.complete_mobile_application(request.application_id, request.csr)
-        )
+        issued = self._signer.complete_mobile_application(request.application_id, request.csr)
+        return signer_pb2.CompleteMobileApplicationResponse(issued=self._issued(issued))
 
     def _issued(self, issued: Issued) -> signer_pb2.IssueCertificateResponse:
         record = issued.record

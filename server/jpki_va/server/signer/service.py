@@ -43,7 +43,6 @@ from jpki_va.server.law.resident_change import (
     ResidentEventFacts,
     kinds_ended,
     move_out_lapsed,
-    move_out_loss_time,
 )
 from jpki_va.server.model.holder import Holder
 from jpki_va.server.model.public_key import public_key_hash
@@ -445,10 +444,15 @@ class Signer:
         with self._registry.write() as tx:
             if not tx.is_resident(resident_code):
                 raise NotFound(f"no certificate was ever issued to resident code {resident_code}")
-            if facts.event is ResidentEvent.MOVE_IN and not tx.clear_move_out(resident_code):
-                raise PreconditionFailed(
-                    f"resident code {resident_code} has no move-out notice pending"
-                )
+            if facts.event is ResidentEvent.MOVE_IN:
+                if tx.move_out(resident_code) is None:
+                    raise PreconditionFailed(
+                        f"resident code {resident_code} has no move-out notice pending"
+                    )
+                # Past the deadline the 30 days have passed without a move-in (第31条
+                # 第2号) whether or not a sweep has run yet: record that loss first.
+                events.extend(self._lapse_move_out(tx, resident_code, now))
+                tx.clear_move_out(resident_code)
             if facts.event is ResidentEvent.MOVE_OUT:
                 assert facts.planned_date is not None
                 tx.put_move_out(MoveOut(resident_code, facts.planned_date, now))
@@ -469,19 +473,19 @@ class Signer:
         if notice is None or not move_out_lapsed(notice.planned_date, now):
             return []
         events: list[LossEvent] = []
-        reason = DEFAULT_REASON[LossCause.RESIDENT_CHANGE]
+        # Dated when recorded (第34条第1項第2号), never back to the deadline.
+        loss = Loss(now, LossCause.RESIDENT_CHANGE, DEFAULT_REASON[LossCause.RESIDENT_CHANGE])
         for record in tx.holder_certificates(resident_code):
-            if record.kind is not CertKind.CARD_AUTH or record.loss is not None:
-                continue
-            when = move_out_loss_time(notice.planned_date, record.not_before, record.not_after)
-            if when is not None:
-                loss = Loss(when, LossCause.RESIDENT_CHANGE, reason)
+            if record.kind is CertKind.CARD_AUTH and record.loss is None and record.not_after > now:
                 events.extend(self._end(tx, record, loss, now))
         tx.clear_move_out(resident_code)
         return events
 
     def sweep_move_outs(self) -> list[LossEvent]:
-        """The periodic sweep of the 30-day move-out rule; returns the losses it recorded."""
+        """The sweep of the 30-day move-out rule; returns the losses it recorded.
+
+        Run at every 00:00 Japan time by the signer (app/sweep_schedule.py), whatever
+        the publishing intervals, and before every publish."""
         now = self._clock.now()
         with self._registry.read() as tx:
             due = [m.resident_code for m in tx.move_outs() if move_out_lapsed(m.planned_date, now)]

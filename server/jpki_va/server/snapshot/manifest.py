@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from jpki_va.core.domain import CertKind
+from jpki_va.core.oids import ARC
 from jpki_va.server.law.issuer_compromise import Compromise
 
 FORMAT = "jpki-va-snapshot/1"
@@ -140,6 +141,9 @@ class Manifest:
     # Announced issuer compromises (第15条第3項), each also on the root's ARL.
     compromises: list[Compromise] = field(default_factory=list)
     arl: ArlInfo | None = None
+    # The private OID arc the CRLs were signed under (jpki_va.core.oids): a reader
+    # under another arc would not find the loss causes.
+    oid_arc: str = ARC
 
     def to_bytes(self) -> bytes:
         data = {
@@ -154,6 +158,7 @@ class Manifest:
             "crls": [c.to_json() for c in self.crls],
             "issuer_key_ids": [k.hex() for k in self.issuer_key_ids],
             "record_count": self.record_count,
+            "oid_arc": self.oid_arc,
             "compromises": [compromise_to_json(c) for c in self.compromises],
             "arl": None
             if self.arl is None
@@ -190,6 +195,7 @@ class Manifest:
                 record_count=int(data["record_count"]),
                 previous_sequence=None if previous is None else int(previous),
                 compromises=[compromise_from_json(c) for c in data.get("compromises", [])],
+                oid_arc=str(data.get("oid_arc", "")),
                 arl=None
                 if arl is None
                 else ArlInfo(

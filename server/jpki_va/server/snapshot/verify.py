@@ -50,7 +50,8 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
 from jpki_va.core.clock import Clock
-from jpki_va.core.domain import OID_SNAPSHOT_SIGNING, Verifier
+from jpki_va.core.domain import Verifier
+from jpki_va.core.oids import ARC, ENV_ARC, OID_SNAPSHOT_SIGNING
 from jpki_va.server.pki.cert_profile import key_id
 from jpki_va.server.snapshot.manifest import (
     ARL,
@@ -148,6 +149,12 @@ class SnapshotVerifier:
         manifest = Manifest.from_bytes(raw)
         if snapshot_sequence(path) not in (None, manifest.sequence):
             raise SnapshotRejected(f"{path.name}: directory name and manifest sequence differ")
+        if manifest.oid_arc != ARC:
+            # Its loss causes sit under an OID this process does not read.
+            raise SnapshotRejected(
+                f"{path.name}: made under OID arc {manifest.oid_arc or '(none)'}, "
+                f"this process uses {ARC} ({ENV_ARC})"
+            )
         self._check_files(path, manifest)
         issuers = self._check_issuers(path, manifest)
         by_key_id = {key_id(c.public_key()): c for c in issuers}
@@ -197,7 +204,11 @@ class SnapshotVerifier:
         except x509.ExtensionNotFound:
             raise SnapshotRejected("snapshot signer certificate has no EKU") from None
         if OID_SNAPSHOT_SIGNING not in eku:
-            raise SnapshotRejected("snapshot signer certificate is not for snapshot signing")
+            # Also what a snapshot made under another private OID arc looks like.
+            raise SnapshotRejected(
+                "snapshot signer certificate is not for snapshot signing "
+                f"(EKU {OID_SNAPSHOT_SIGNING.dotted_string}, OID arc {ARC} from {ENV_ARC})"
+            )
         now = self._clock.now()
         if not signer.not_valid_before_utc <= now <= signer.not_valid_after_utc:
             raise SnapshotRejected("snapshot signer certificate is not valid now")

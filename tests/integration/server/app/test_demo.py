@@ -54,7 +54,7 @@ def _start_demo(directory: Path, port: int, http_port: int | None) -> subprocess
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     http = [] if http_port is None else ["--http-port", str(http_port)]
     return subprocess.Popen(
-        [*JPKI_VA, "demo", "--dir", str(directory), "--port", str(port), *http],
+        [*JPKI_VA, "demo", "--data-dir", str(directory), "--port", str(port), *http],
         cwd=directory.parent,
         env=env,
         stdout=subprocess.PIPE,

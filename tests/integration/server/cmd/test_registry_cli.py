@@ -226,11 +226,11 @@ def test_second_loss_and_a_notice_signed_by_another_key_are_refused(
     ("argv", "fragment"),
     [
         (["lose", "--kind", "card-sing", "--serial", "01", "--cause", "holder-request"],
-         "invalid choice"),
+         "unknown certificate kind 'card-sing'"),
         (["lose", "--kind", "card-sign", "--serial", "xyz", "--cause", "holder-request"],
          "not hexadecimal"),
         (["lose", "--kind", "card-sign", "--serial", "01", "--cause", "resident-change"],
-         "invalid choice"),
+         "'resident-change' is not one of"),
         (["resident-event", "--resident-code", "44400000002", "--event", "move-out",
           "--planned-date", "someday"], "YYYY-MM-DD"),
         (["consent", "grant", "--resident-code", "44400000002"], "needs --verifier"),

@@ -85,7 +85,7 @@ def _complete(pki: Pki, application_id: str, csr: bytes) -> signer_pb2.IssueCert
     return pki.signer_stub.CompleteMobileApplication(
         signer_pb2.CompleteMobileApplicationRequest(application_id=application_id, csr=csr),
         timeout=30,
-    )
+    ).issued
 
 
 def _mark(pki: Pki) -> str:

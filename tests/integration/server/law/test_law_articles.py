@@ -40,7 +40,11 @@ def clock() -> FixedClock:
 def pki(
     tmp_path_factory: pytest.TempPathFactory, softhsm_token: HsmConfig, clock: FixedClock
 ) -> Iterator[Pki]:
-    running = start_pki(tmp_path_factory.mktemp("law"), softhsm_token, clock=clock)
+    # The 00:00 JST sweep looks at the clock hourly, so within this module only a
+    # publish or a resident event sweeps (test_article_31_timing.py tests the schedule).
+    running = start_pki(
+        tmp_path_factory.mktemp("law"), softhsm_token, clock=clock, sweep_check=3600.0
+    )
     try:
         running.publish_and_wait()
         yield running
@@ -314,7 +318,35 @@ def test_article_18_3_consent_per_verifier_grant_and_withdraw(pki: Pki, clock: F
     assert index_view() == (False, False, None)
 
 
-# 第31条 (last: it moves the clock a day forward) ------------------------------------------
+# 第31条 (last: these move the clock forward) ----------------------------------------------
+def test_article_31_2_move_in_after_the_deadline_does_not_undo_the_loss(
+    pki: Pki, clock: FixedClock
+) -> None:
+    holder = Holder(pki)
+    assert holder.mobile_auth is not None
+    planned = clock.now().astimezone(JST).date() - timedelta(days=30)
+    deadline = move_out_deadline(planned)
+    _event(pki, holder.code, ResidentEvent.MOVE_OUT, planned_date=planned.isoformat())
+    # The deadline passes and no sweep has run yet; then the move-in is recorded.
+    late = deadline + timedelta(hours=2)
+    clock.set(late)
+    reply = _event(pki, holder.code, ResidentEvent.MOVE_IN)
+    assert _changes(reply) == {
+        (CertKind.CARD_AUTH, LossCause.RESIDENT_CHANGE),
+        (CertKind.MOBILE_AUTH, LossCause.CARD_CERT_LOST_EFFECT),
+    }
+    pki.publish_and_wait(full=False)
+    auth = _status(pki, clock, holder.card_auth)
+    assert auth.status == REVOKED
+    # Dated when recorded (第34条第1項第2号), not back at the deadline.
+    assert auth.revocation.time.ToDatetime(tzinfo=UTC) == late
+    assert _status(pki, clock, holder.card_sign).status == GOOD
+    # The notice is closed: a second move-in has nothing to close.
+    with pytest.raises(grpc.RpcError) as info:
+        _event(pki, holder.code, ResidentEvent.MOVE_IN)
+    assert info.value.code() is grpc.StatusCode.FAILED_PRECONDITION
+
+
 def test_article_31_auth_ends_when_30_days_pass_after_planned_move_out(
     pki: Pki, clock: FixedClock
 ) -> None:

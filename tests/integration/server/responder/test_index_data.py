@@ -19,16 +19,8 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from jpki_va.core.clock import SystemClock
-from jpki_va.core.domain import (
-    OID_LOSS_CAUSE,
-    CertKind,
-    CrlReason,
-    Link,
-    LinkType,
-    Loss,
-    LossCause,
-    record_key,
-)
+from jpki_va.core.domain import CertKind, CrlReason, Link, LinkType, Loss, LossCause, record_key
+from jpki_va.core.oids import OID_LOSS_CAUSE
 from jpki_va.server.model.holder import Holder
 from jpki_va.server.model.registry_values import CertificateRecord, LossEvent, LossTrigger
 from jpki_va.server.pki import cert_profile, crl_profile

@@ -6,7 +6,10 @@ Each refusal is logged and the previous index keeps serving.
 from __future__ import annotations
 
 import logging
+import os
 import shutil
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,6 +21,7 @@ from cryptography.x509.oid import NameOID
 
 from jpki_va.core.clock import SystemClock
 from jpki_va.core.domain import CertKind, serial_to_bytes
+from jpki_va.core.oids import ENV_ARC
 from jpki_va.protos import signer_pb2, va_pb2
 from jpki_va.server.responder.ingest import Ingester
 from jpki_va.server.responder.status import IndexHolder, IndexStatusSource
@@ -296,3 +300,31 @@ def test_a_restored_delta_never_takes_the_index_back(
     assert ing.poll_once() is None
     assert ing.sequence == snapshot_sequence(later_full)
     assert _serving(holder) == snapshot_sequence(later_full)
+
+
+_VERIFY_UNDER_ANOTHER_ARC = """
+import sys
+from pathlib import Path
+from cryptography import x509
+from jpki_va.core.clock import SystemClock
+from jpki_va.server.snapshot.verify import SnapshotRejected, SnapshotVerifier
+root = x509.load_pem_x509_certificate(Path(sys.argv[1]).read_bytes())
+try:
+    SnapshotVerifier([root], SystemClock()).verify(Path(sys.argv[2]))
+except SnapshotRejected as exc:
+    print(exc)
+"""
+
+
+def test_a_snapshot_made_under_another_oid_arc_is_refused(pki: Pki, published: list[Path]) -> None:
+    """The loss causes of its CRLs sit under an OID this responder does not read."""
+    env = {**os.environ, ENV_ARC: "1.2.392.200149.8"}
+    out = subprocess.run(
+        [sys.executable, "-c", _VERIFY_UNDER_ANOTHER_ARC, str(pki.root_file), str(published[0])],
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    # Its signer's EKU is the first thing under the arc that the verifier reads.
+    assert "not for snapshot signing (EKU 1.2.392.200149.8.2, OID arc 1.2.392.200149.8" in out
