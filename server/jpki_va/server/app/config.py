@@ -15,6 +15,7 @@ from typing import Any
 
 from jpki_va import hsm
 from jpki_va.core import cli as core_cli
+from jpki_va.server.base.metrics_http import MetricsListener
 from jpki_va.server.law.retention import RetentionPolicy
 from jpki_va.server.pki.cert_profile import DEFAULT_VALIDITY
 from jpki_va.server.responder.renew_policy import RenewPolicy
@@ -48,6 +49,41 @@ def _check_listen(address: str, insecure_loopback: bool, name: str, tls: bool = 
         )
     if not _is_loopback(address):
         raise ConfigError(f"{name}: plaintext is allowed only on 127.0.0.1, not {address!r}")
+
+
+def _check_beside(address: str, name: str, flag: str, on_tls: bool, tls: TlsFiles | None) -> None:
+    """HTTP or metrics beside gRPC: plaintext on loopback, or TLS with the role's files."""
+    if on_tls:
+        if tls is None:
+            raise ConfigError(f"{flag} needs the role's --tls-cert, --tls-key and --client-ca")
+        _check_listen(address, False, name, tls=True)
+        return
+    if ":" in address and not _is_loopback(address):
+        raise ConfigError(
+            f"{name}: plaintext is allowed only on loopback, not {address!r}; "
+            f"add {flag} to serve it over TLS"
+        )
+    _check_listen(address, True, name)
+
+
+def _metrics_listener(
+    port: int | None, listen: str | None, on_tls: bool, tls: TlsFiles | None
+) -> MetricsListener | None:
+    """Where /metrics listens: --metrics-port (loopback) or --metrics-listen HOST:PORT."""
+    if port is not None and listen is not None:
+        raise ConfigError("give --metrics-port or --metrics-listen, not both")
+    if port is not None:
+        if not 0 <= port <= 65535:
+            raise ConfigError(f"bad metrics port {port}")
+        listen = f"127.0.0.1:{port}"
+    if listen is None:
+        if on_tls:
+            raise ConfigError("--metrics-tls goes with --metrics-listen or --metrics-port")
+        return None
+    _check_beside(listen, "metrics listen", "--metrics-tls", on_tls, tls)
+    host, number = listen.rsplit(":", 1)
+    files = None if not on_tls or tls is None else (tls.cert, tls.key, tls.client_ca)
+    return MetricsListener(host.strip("[]"), int(number), files)
 
 
 def hsm_config(
@@ -122,6 +158,8 @@ class SignerConfig:
     sign_queue_limit: int = 8  # requests that may wait for the HSM; more: RESOURCE_EXHAUSTED
     sign_queue_wait: float = 5.0  # seconds a request may wait for the HSM
     metrics_port: int | None = None  # Prometheus /metrics on 127.0.0.1 (0: any free port)
+    metrics_listen: str | None = None  # HOST:PORT instead; beyond loopback with metrics_tls
+    metrics_tls: bool = False  # /metrics over TLS with the signer's certificate and client CA
     tls: TlsFiles | None = None
     operator_certs: tuple[Path, ...] = ()  # client certificates allowed registry operations
     # Seconds between looks at the clock for the 00:00 JST move-out sweep (第31条第2号).
@@ -155,8 +193,7 @@ class SignerConfig:
             raise ConfigError("sign queue limit must be >= 1 and below the grpc workers")
         if self.sign_queue_wait <= 0:
             raise ConfigError("sign queue wait must be > 0 seconds")
-        if self.metrics_port is not None and not 0 <= self.metrics_port <= 65535:
-            raise ConfigError(f"bad metrics port {self.metrics_port}")
+        self.metrics_listener  # noqa: B018 (checked here, once)
         try:
             self.retention.check(max(DEFAULT_VALIDITY.values()))
         except ValueError as exc:
@@ -170,6 +207,10 @@ class SignerConfig:
             loss_record=_days_or(self.retention_loss_record, default.loss_record),
             crl_file=_days_or(self.retention_crl_file, default.crl_file),
         )
+
+    @property
+    def metrics_listener(self) -> MetricsListener | None:
+        return _metrics_listener(self.metrics_port, self.metrics_listen, self.metrics_tls, self.tls)
 
     @property
     def registry_dir(self) -> Path:
@@ -213,7 +254,15 @@ class ResponderConfig:
     ocsp_renew_at: RenewPolicy = field(default_factory=RenewPolicy)  # default: half its life
     # HTTP OCSP and CRLs (RFC 6960 Appendix A, RFC 5019) beside gRPC; off when None.
     http_listen: str | None = None
+    # HTTPS with the responder's certificate; a client certificate issued by its client
+    # CA is required and names the verifier as on gRPC. Without it: loopback only.
+    http_tls: bool = False
     metrics_port: int | None = None  # Prometheus /metrics on 127.0.0.1; off when None
+    metrics_listen: str | None = None  # HOST:PORT instead; beyond loopback with metrics_tls
+    metrics_tls: bool = False  # /metrics over TLS with the responder's certificate, client CA
+    # One CRL nextUpdate series per partition (about 1,900 a kind) besides the one per
+    # kind and issuer generation.
+    metrics_per_partition: bool = False
     # Connections a worker keeps open; None: a share of its descriptor limit
     # (app/descriptors.py). Past the HTTP cap the longest idle connection is shed;
     # past the gRPC cap grpc closes new connections at once.
@@ -268,10 +317,14 @@ class ResponderConfig:
     def _check_http_metrics_and_limits(self) -> None:
         if self.http_listen is not None:
             # Status is provided to verifiers only (DESIGN §7); plain HTTP cannot tell
-            # who asks, so it is served on loopback, behind an authenticating proxy.
-            _check_listen(self.http_listen, True, "responder HTTP listen")
-        if self.metrics_port is not None and not 0 <= self.metrics_port <= 65535:
-            raise ConfigError("metrics port must be 0..65535")
+            # who asks, so it is served on loopback, behind an authenticating proxy,
+            # or over TLS, where the client certificate names the verifier.
+            _check_beside(
+                self.http_listen, "responder HTTP listen", "--http-tls", self.http_tls, self.tls
+            )
+        elif self.http_tls:
+            raise ConfigError("--http-tls goes with --http-listen")
+        self.metrics_listener  # noqa: B018 (checked here, once)
         for name in (
             "max_message_bytes",
             "max_batch",
@@ -289,6 +342,10 @@ class ResponderConfig:
             raise ConfigError("max OCSP request bytes must be in 64..max message bytes")
         if self.ocsp_cache_size < 0 or self.ocsp_cache_margin < 0:
             raise ConfigError("OCSP cache size and margin must be >= 0")
+
+    @property
+    def metrics_listener(self) -> MetricsListener | None:
+        return _metrics_listener(self.metrics_port, self.metrics_listen, self.metrics_tls, self.tls)
 
     @property
     def index_dir(self) -> Path:

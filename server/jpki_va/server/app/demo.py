@@ -215,7 +215,9 @@ def _create(directory: Path, port: int, signer_port: int, http_port: int) -> dic
     }
 
 
-def _start(directory: Path, info: dict[str, Any], bootstrap: bool) -> SignerApp:
+def _start(
+    directory: Path, info: dict[str, Any], bootstrap: bool, metrics_port: int | None = None
+) -> SignerApp:
     hsm_info = info["hsm"]
     config = SignerConfig(
         data_dir=directory / "signer",
@@ -230,6 +232,7 @@ def _start(directory: Path, info: dict[str, Any], bootstrap: bool) -> SignerApp:
         insecure_loopback=True,
         delta_interval=2.0,
         bootstrap=bootstrap,
+        metrics_port=metrics_port,
     )
     return start_signer(config)
 
@@ -284,7 +287,12 @@ def _print_help(directory: Path, info: dict[str, Any]) -> None:
     lines = [
         "",
         f"jpki-va demo is serving: responder {info['responder']} (gRPC) and "
-        f"{info['http']} (HTTP OCSP, CRLs), signer {info['signer']}",
+        f"{info['http']} (HTTP OCSP, CRLs), signer {info['signer']}"
+        + (
+            f"; metrics {info['metrics']['responder']} and {info['metrics']['signer']}"
+            if "metrics" in info
+            else ""
+        ),
         f"Everything lives in {d}/ (demo.json lists every certificate). Try:",
         "",
         f"  jpki-va check --server {info['responder']} --insecure-loopback "
@@ -359,7 +367,10 @@ def run(
     http_port: int | None = None,
     workers: int | None = None,
     ready: Callable[[dict[str, Any]], None] | None = None,
+    metrics_port: int | None = None,
 ) -> int:
+    """Serve until `stop`; `metrics_port` (0: any free ports) exposes the responder's
+    /metrics there and the signer's on the next port."""
     if threading.current_thread() is threading.main_thread():
         # Ctrl-C or a service manager's TERM ends the demo in order (also where the
         # shell started us with SIGINT ignored, as background jobs are).
@@ -368,7 +379,8 @@ def run(
     directory = directory.resolve()
     state = directory / DEMO_FILE
     info, fresh = _open_directory(directory, reset, port, signer_port or port + 1, http_port)
-    signer = _start(directory, info, bootstrap=fresh)
+    signer_metrics = None if metrics_port is None else metrics_port and metrics_port + 1
+    signer = _start(directory, info, bootstrap=fresh, metrics_port=signer_metrics)
     responder: Responder | None = None
     runner: threading.Thread | None = None
     try:
@@ -387,9 +399,16 @@ def run(
                 poll_interval=0.5,
                 **sized,
                 http_listen=info["http"].removeprefix("http://"),
+                metrics_port=metrics_port,
             )
         )
         responder.start()
+        info.pop("metrics", None)  # a reused demo's, from another run
+        if metrics_port is not None:
+            info["metrics"] = {
+                "responder": f"http://127.0.0.1:{responder.metrics_port}/metrics",
+                "signer": f"http://127.0.0.1:{signer.metrics_port}/metrics",
+            }
         runner = threading.Thread(target=responder.run, args=(stop,), daemon=True)
         runner.start()
         tmp = state.with_suffix(".tmp")

@@ -47,10 +47,11 @@ from jpki_va.server.app.config import ResponderConfig
 from jpki_va.server.app.dir_lock import DirectoryLock
 from jpki_va.server.app.lifeline import ParentGone, tie_to_parent
 from jpki_va.server.app.logs import configure_json
+from jpki_va.server.base.build_info import register_build_info
 from jpki_va.server.base.refusal_log import RefusalLog
 from jpki_va.server.http.access import HttpAccess
 from jpki_va.server.http.app import HttpApp
-from jpki_va.server.http.server import HttpServer
+from jpki_va.server.http.server import HttpServer, server_tls
 from jpki_va.server.law.entitlements import NotEntitled
 from jpki_va.server.law.errors import Refused
 from jpki_va.server.law.mapping import NoSuchMapping
@@ -343,9 +344,19 @@ def worker_main(  # noqa: PLR0915 (a composition root: the wiring reads best in 
     server.start()
     http = None
     if config.http_listen is not None and http_port is not None:
-        access = HttpAccess(ocsp, crl_files, gate, config.loopback_verifier, refusals)
+        access = HttpAccess(
+            ocsp, crl_files, gate, config.loopback_verifier, refusals, tls=config.http_tls
+        )
         app = HttpApp(access, max_request_bytes=config.max_ocsp_request_bytes, observer=metrics)
-        http = HttpServer(app, _host(config.http_listen), http_port, max_connections=caps.http)
+        tls = None if not config.http_tls or config.tls is None else config.tls
+        http = HttpServer(
+            app,
+            _host(config.http_listen),
+            http_port,
+            max_connections=caps.http,
+            tls=None if tls is None else server_tls(tls.cert, tls.key, tls.client_ca),
+            timing=metrics,
+        )
         http.start()
     serving = holder.loaded
     server_common.set_serving(health, SERVICES, serving)
@@ -442,6 +453,7 @@ class Responder:
         self._archive = CrlArchive(config.crl_archive_dir)
         # The responder's own metrics registry (served by whoever exposes metrics).
         self.metrics_registry = CollectorRegistry()
+        register_build_info(self.metrics_registry, "responder")
         self.ingest_metrics = IngestMetrics(self.metrics_registry)
         self._ingest_failing = self._ctx.RawValue("b", 0)  # read by the workers' health
         self.ingest_health = IngestHealth(
@@ -459,7 +471,10 @@ class Responder:
             health=self.ingest_health,
         )
         self._keystore = OcspKeyStore(config.ocsp_dir)
-        self._collector = ResponderCollector(self._clock)
+        self._collector = ResponderCollector(
+            self._clock, per_partition=config.metrics_per_partition
+        )
+        self._collector.ocsp_signer_from(self._keystore.current)
         self._observed = False  # the collector has the live index's state
         self._metrics_server: MetricsServer | None = None
         self._ready = self._ctx.Queue()
@@ -561,9 +576,10 @@ class Responder:
         self._workers = [self._spawn(slot) for slot in range(self.config.workers)]
         for _ in self._workers:
             self._ready.get(timeout=READY_TIMEOUT)
-        if self.config.metrics_port is not None:
+        listener = self.config.metrics_listener
+        if listener is not None:
             self._metrics_server = MetricsServer(
-                self.config.metrics_port,
+                listener,
                 self.config.metrics_dir,
                 [self._collector, self.metrics_registry],
             )

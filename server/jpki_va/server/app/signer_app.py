@@ -11,7 +11,6 @@ from datetime import timedelta
 from typing import Any
 
 import grpc
-import prometheus_client
 from cryptography import x509
 from grpc_health.v1.health import HealthServicer
 
@@ -23,6 +22,7 @@ from jpki_va.server.access.gate import NotOperator, Operators
 from jpki_va.server.app.config import ConfigError, SignerConfig
 from jpki_va.server.app.dir_lock import DirectoryLock
 from jpki_va.server.app.sweep_schedule import SweepSchedule
+from jpki_va.server.base.metrics_http import serve_metrics
 from jpki_va.server.base.refusal_log import RefusalLog
 from jpki_va.server.law.entitlements import NotEntitled
 from jpki_va.server.ledger.provisions import Ledger
@@ -177,6 +177,16 @@ def _hold_data_dir(config: SignerConfig, metrics: SignerMetrics) -> tuple[Direct
         raise
 
 
+def _serve_metrics(config: SignerConfig, metrics: SignerMetrics) -> Any:
+    listener = config.metrics_listener
+    if listener is None:
+        return None
+    server, _ = serve_metrics(listener, metrics.registry)
+    tls = " over TLS" if listener.tls else ""
+    log.info("signer metrics on %s:%d/metrics%s", listener.host, server.server_port, tls)
+    return server
+
+
 def registry_arc_check(registry: Registry) -> None:
     """Keep the private OID arc fixed for the registry's life (jpki_va.core.oids).
 
@@ -240,10 +250,7 @@ def start_signer(config: SignerConfig, clock: Clock | None = None) -> SignerApp:
         server_common.set_part_serving(health, PUBLISH_HEALTH, not status.state().failing)
         watch.health = health
         port = server_common.bind(server, config.listen, credentials)
-        if config.metrics_port is not None:
-            metrics_server, _ = prometheus_client.start_http_server(
-                config.metrics_port, addr="127.0.0.1", registry=metrics.registry
-            )
+        metrics_server = _serve_metrics(config, metrics)
         server.start()
     except BaseException:
         if metrics_server is not None:
@@ -262,7 +269,6 @@ def start_signer(config: SignerConfig, clock: Clock | None = None) -> SignerApp:
     if metrics_server is not None:
         app._metrics_server = metrics_server
         app.metrics_port = int(metrics_server.server_port)
-        log.info("signer metrics on 127.0.0.1:%d/metrics", app.metrics_port)
     _start_background(app, clock)
     log.info("signer listening on %s", config.listen.rsplit(":", 1)[0] + f":{port}")
     return app

@@ -67,11 +67,33 @@ def _add_tls_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--client-ca", help="CA certificates that issue client certificates (PEM)")
 
 
+def _add_metrics_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("Prometheus /metrics (default off)")
+    group.add_argument("--metrics-port", type=int, help="/metrics on 127.0.0.1:PORT")
+    group.add_argument(
+        "--metrics-listen", metavar="HOST:PORT",
+        help="/metrics here instead; beyond loopback only with --metrics-tls",
+    )  # fmt: skip
+    group.add_argument(
+        "--metrics-tls", action="store_true",
+        help="/metrics over TLS with --tls-cert/--tls-key; scrapers need a --client-ca certificate",
+    )  # fmt: skip
+
+
 def _add_http_metrics_and_limits(responder: argparse.ArgumentParser) -> None:
     responder.add_argument(
-        "--http-listen", help="HOST:PORT for HTTP OCSP and CRLs (loopback; default off)"
+        "--http-listen", help="HOST:PORT for HTTP OCSP and CRLs (loopback unless --http-tls)"
     )
-    responder.add_argument("--metrics-port", type=int, help="Prometheus /metrics on 127.0.0.1")
+    responder.add_argument(
+        "--http-tls", action="store_true",
+        help="HTTPS with --tls-cert/--tls-key; the --client-ca client certificate names the "
+        "verifier, as on gRPC",
+    )  # fmt: skip
+    _add_metrics_options(responder)
+    responder.add_argument(
+        "--metrics-per-partition", action="store_true",
+        help="a CRL nextUpdate series per partition too (about 1,900 a kind)",
+    )  # fmt: skip
     limits = responder.add_argument_group("limits")
     limits.add_argument("--max-message-bytes", type=int, help="largest gRPC message accepted")
     limits.add_argument("--max-batch", type=int, help="requests per CheckStream batch")
@@ -157,6 +179,10 @@ def _add_demo(sub: SubParsers) -> None:
         type=int,
         help="responder HTTP port (OCSP, CRLs); default 8080, a reused demo keeps its own",
     )
+    demo.add_argument(
+        "--metrics-port", type=int,
+        help="Prometheus /metrics of the responder on this port, the signer's on the next",
+    )  # fmt: skip
     demo.add_argument("--reset", action="store_true", help="recreate the directory")
     demo.set_defaults(func=lazy("jpki_va.server.cmd.roles:run_demo"))
 
@@ -187,7 +213,7 @@ def _add_signer(sub: SubParsers) -> None:
         "--sign-queue-wait", metavar="DURATION",
         help="how long a request may wait for the HSM (default 5s)",
     )  # fmt: skip
-    signer.add_argument("--metrics-port", type=int, help="Prometheus /metrics on 127.0.0.1")
+    _add_metrics_options(signer)
     signer.set_defaults(func=lazy("jpki_va.server.cmd.roles:run_signer"))
 
 

@@ -69,6 +69,14 @@ def _tls_from(args: argparse.Namespace, file_values: dict[str, Any]) -> TlsFiles
     )
 
 
+def _metrics_values(args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "metrics_port": args.metrics_port,
+        "metrics_listen": args.metrics_listen,
+        "metrics_tls": args.metrics_tls or None,
+    }
+
+
 def signer_config(args: argparse.Namespace) -> SignerConfig:
     file_values = load_toml(args.config)
     values = merge(
@@ -87,7 +95,7 @@ def signer_config(args: argparse.Namespace) -> SignerConfig:
             "operator_certs": args.operator_cert,
             "sign_queue_limit": args.sign_queue_limit,
             "sign_queue_wait": args.sign_queue_wait,
-            "metrics_port": args.metrics_port,
+            **_metrics_values(args),
         },
         SignerConfig,
     )
@@ -146,7 +154,9 @@ def responder_config(args: argparse.Namespace) -> ResponderConfig:
             "retention_crl_file": args.retention_crl_file,
             "loopback_verifier": args.loopback_verifier,
             "http_listen": args.http_listen,
-            "metrics_port": args.metrics_port,
+            "http_tls": args.http_tls or None,
+            "metrics_per_partition": args.metrics_per_partition or None,
+            **_metrics_values(args),
             "max_message_bytes": args.max_message_bytes,
             "max_batch": args.max_batch,
             "max_stream_batches": args.max_stream_batches,
@@ -208,5 +218,10 @@ def run_responder(args: argparse.Namespace) -> int:
 @_one_line
 def run_demo(args: argparse.Namespace) -> int:
     return demo.run(
-        args.data_dir, args.port, stop=threading.Event(), reset=args.reset, http_port=args.http_port
+        args.data_dir,
+        args.port,
+        stop=threading.Event(),
+        reset=args.reset,
+        http_port=args.http_port,
+        metrics_port=args.metrics_port,
     )
