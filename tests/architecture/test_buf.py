@@ -9,16 +9,18 @@ history fails here rather than passing unchecked.
 
 from __future__ import annotations
 
+import io
 import json
 import re
 import shutil
 import subprocess
-import sys
+import tarfile
 from pathlib import Path
 
 import pytest
 
 from tests.support import REPO
+from tests.support.buf import run_buf
 
 # The exceptions buf.yaml writes down (rule -> the names buf's messages quote first).
 DOCUMENTED_EXCEPTIONS = {
@@ -29,19 +31,6 @@ DOCUMENTED_EXCEPTIONS = {
     "RPC_REQUEST_RESPONSE_UNIQUE": ["jpki.va.v1.ListIssuersRequest"] * 2
     + ["jpki.va.v1.ListIssuersResponse"] * 2,
 }
-
-
-def buf() -> str:
-    found = shutil.which("buf") or shutil.which("buf", path=str(Path(sys.executable).parent))
-    if found is None:
-        pytest.fail("buf not found: ./tasks setup installs it (buf-bin, dev extra)")
-    return found
-
-
-def run_buf(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [buf(), *args], cwd=cwd, capture_output=True, text=True, timeout=120, check=False
-    )
 
 
 def violations(output: str) -> list[dict[str, object]]:
@@ -65,3 +54,54 @@ def test_lint_exceptions_are_exactly_the_documented_ones(tmp_path: Path) -> None
     assert {rule: sorted(names) for rule, names in found.items()} == {
         rule: sorted(names) for rule, names in DOCUMENTED_EXCEPTIONS.items()
     }
+
+
+def previous_main() -> str:
+    """The commit main was before the commit checked out.
+
+    The landing protocol merges main into a branch and fast-forwards main to it, so a
+    merge commit's second parent is the previous main; otherwise the first parent is.
+    """
+    git = shutil.which("git")
+    if git is None:
+        pytest.fail("git is needed to find the previous commit's protos")
+    parents = subprocess.run(
+        [git, "rev-list", "--parents", "-n", "1", "HEAD"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if parents.returncode != 0:
+        pytest.fail(f"no git history here: {parents.stderr.strip()}")
+    commits = parents.stdout.split()[1:]
+    if not commits:
+        pytest.fail("HEAD has no parent (a shallow clone?): fetch the history of main")
+    return commits[1] if len(commits) > 1 else commits[0]
+
+
+def test_no_breaking_change_against_the_previous_main(tmp_path: Path) -> None:
+    commit = previous_main()
+    archive = subprocess.run(
+        ["git", "archive", "--format=tar", commit, "protos"],
+        cwd=REPO,
+        capture_output=True,
+        check=False,
+    )
+    if archive.returncode != 0:  # a shallow clone, or history rewritten
+        pytest.fail(f"cannot read the protos of {commit}: {archive.stderr.decode().strip()}")
+    with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
+        tar.extractall(tmp_path, filter="data")
+    if not any((tmp_path / "protos").rglob("*.proto")):
+        pytest.fail(f"{commit} has no .proto files under protos/")
+    # buf.yaml's module (protos/) and rules (breaking: FILE), on both sides.
+    result = run_buf(
+        "breaking",
+        "--against",
+        str(tmp_path),
+        "--against-config",
+        "buf.yaml",
+        "--error-format",
+        "json",
+    )
+    assert result.returncode == 0, result.stdout + result.stderr

@@ -3,6 +3,7 @@ revocation feed, CRL files, and the verifier commands (`jpki-va-client`: `check`
 `map`, `record`, `watch`, `crl`, `token verify`).
 
 Typical use: ``with VaClient(target, credentials=creds) as va: va.check(kind=..., serial=...)``;
+``va.check_many([(kind, serial), certificate, ...])`` over one stream;
 ``va.map(...)``, ``va.signing_record(...)``, ``for update in va.watch(since=n, resume=True)``.
 A verifier token is checked offline with ``verify_verifier_token(token, root)``.
 """
@@ -25,6 +26,8 @@ from jpki_va.client._errors import (
 from jpki_va.client._models import (
     CertIdRef,
     CertificateStatus,
+    CheckErrorCode,
+    CheckRefusal,
     CrlMeta,
     IssuerCompromise,
     IssuerInfo,
@@ -46,6 +49,8 @@ __all__ = [
     "CertIdRef",
     "CertKind",
     "CertificateStatus",
+    "CheckErrorCode",
+    "CheckRefusal",
     "ClientError",
     "CrlMeta",
     "CrlReason",

@@ -28,6 +28,7 @@ from jpki_va.server.app.config import ConfigError
 from jpki_va.server.cmd.authority import RegistryKeyUse, add_authority_commands
 from jpki_va.server.cmd.bench import add_bench_command
 from jpki_va.server.cmd.certificates import add_certificate_commands
+from jpki_va.server.cmd.health import add_health_command
 from jpki_va.server.cmd.lazy import lazy
 from jpki_va.server.cmd.report import add_report_commands
 from jpki_va.server.cmd.signer_client import SubParsers, add_registry_group
@@ -162,6 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_certificate_commands(registry)
     add_token_commands(sub)
     add_report_commands(sub)
+    add_health_command(sub)
     add_bench_command(sub)
     return parser
 

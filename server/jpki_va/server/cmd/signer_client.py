@@ -101,12 +101,19 @@ def _read(path: str | None, option: str) -> bytes | None:
 
 
 def signer_channel(args: argparse.Namespace) -> grpc.Channel:
+    return channel_to(args.signer, args)
+
+
+def channel_to(
+    target: str, args: argparse.Namespace, options: tuple[tuple[str, str], ...] = ()
+) -> grpc.Channel:
+    """mTLS from --ca, --client-cert and --client-key, or --insecure-loopback plaintext."""
     if args.insecure_loopback:
         if args.ca or args.client_cert or args.client_key:
             raise ConfigError("--insecure-loopback cannot be combined with TLS options")
-        if not is_loopback_target(args.signer):
-            raise ConfigError(f"--insecure-loopback only connects to loopback, not {args.signer}")
-        return grpc.insecure_channel(args.signer)
+        if not is_loopback_target(target):
+            raise ConfigError(f"--insecure-loopback only connects to loopback, not {target}")
+        return grpc.insecure_channel(target, options=options)
     if args.client_cert is None or args.client_key is None:
         raise ConfigError("--client-cert and --client-key are required (or --insecure-loopback)")
     credentials = grpc.ssl_channel_credentials(
@@ -114,7 +121,7 @@ def signer_channel(args: argparse.Namespace) -> grpc.Channel:
         _read(args.client_key, "--client-key"),
         _read(args.client_cert, "--client-cert"),
     )
-    return grpc.secure_channel(args.signer, credentials)
+    return grpc.secure_channel(target, credentials, options=options)
 
 
 def demo_identity(args: argparse.Namespace) -> tuple[tuple[str, str | bytes], ...]:
