@@ -23,6 +23,11 @@ if sys.version_info >= (3, 11):
 else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
+if sys.version_info >= (3, 13):
+    from warnings import deprecated as _deprecated
+else:
+    from typing_extensions import deprecated as _deprecated
+
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class _ResidentEvent:
@@ -116,6 +121,8 @@ class IssueCertificateRequest(_message.Message):
     MUNICIPALITY_CODE_FIELD_NUMBER: _builtins.int
     HOLDER_FIELD_NUMBER: _builtins.int
     PUBLIC_KEY_DER_FIELD_NUMBER: _builtins.int
+    CARD_SERIAL_FIELD_NUMBER: _builtins.int
+    APPLICATION_SIGNATURE_FIELD_NUMBER: _builtins.int
     kind: _va_pb2.CertKind.ValueType
     """The kind to issue; required."""
     resident_code: _builtins.str
@@ -126,6 +133,32 @@ class IssueCertificateRequest(_message.Message):
     """SubjectPublicKeyInfo (DER) of the holder's key; an unusable key is
     INVALID_ARGUMENT.
     """
+    @_builtins.property
+    @_deprecated("""This field has been marked as deprecated using proto field options.""")
+    def card_serial(self) -> _builtins.bytes:
+        """Deprecated with the one-step mobile application it belonged to: mobile kinds are
+        issued by Begin/CompleteMobileApplication, and a request that sets it is
+        INVALID_ARGUMENT.
+        """
+
+    @card_serial.setter
+    @_deprecated("""This field has been marked as deprecated using proto field options.""")
+    def card_serial(self, value: _builtins.bytes) -> None:
+        """Deprecated with the one-step mobile application it belonged to: mobile kinds are
+        issued by Begin/CompleteMobileApplication, and a request that sets it is
+        INVALID_ARGUMENT.
+        """
+
+    @_builtins.property
+    @_deprecated("""This field has been marked as deprecated using proto field options.""")
+    def application_signature(self) -> _builtins.bytes:
+        """Deprecated with card_serial, and refused the same way."""
+
+    @application_signature.setter
+    @_deprecated("""This field has been marked as deprecated using proto field options.""")
+    def application_signature(self, value: _builtins.bytes) -> None:
+        """Deprecated with card_serial, and refused the same way."""
+
     @_builtins.property
     def holder(self) -> Global___HolderInfo:
         """The holder's basic information the certificate records; required."""
@@ -138,10 +171,12 @@ class IssueCertificateRequest(_message.Message):
         municipality_code: _builtins.str = ...,
         holder: Global___HolderInfo | None = ...,
         public_key_der: _builtins.bytes = ...,
+        card_serial: _builtins.bytes = ...,
+        application_signature: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["holder", b"holder"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["holder", b"holder", "kind", b"kind", "municipality_code", b"municipality_code", "public_key_der", b"public_key_der", "resident_code", b"resident_code"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["application_signature", b"application_signature", "card_serial", b"card_serial", "holder", b"holder", "kind", b"kind", "municipality_code", b"municipality_code", "public_key_der", b"public_key_der", "resident_code", b"resident_code"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

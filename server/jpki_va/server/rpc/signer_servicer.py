@@ -117,6 +117,12 @@ class SignerServicer(signer_pb2_grpc.SignerServiceServicer):
         self, request: signer_pb2.IssueCertificateRequest, context: grpc.ServicerContext
     ) -> signer_pb2.IssueCertificateResponse:
         self._operator(context)
+        if request.card_serial or request.application_signature:
+            raise InvalidRequest(
+                "card_serial and application_signature belonged to the one-step mobile "
+                "application, which is gone: use BeginMobileApplication and "
+                "CompleteMobileApplication (第16条の2, 第35条の2)"
+            )
         holder = request.holder
         issued = self._signer.issue(
             IssueRequest(

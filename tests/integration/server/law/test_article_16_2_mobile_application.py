@@ -294,3 +294,14 @@ def test_issue_certificate_refuses_mobile_kinds(pki: Pki) -> None:
     assert info.value.code() is grpc.StatusCode.INVALID_ARGUMENT
     assert "BeginMobileApplication" in (info.value.details() or "")
     assert _mark(pki) == before
+    # The fields of the one-step application it replaced are refused, not ignored.
+    with pytest.raises(grpc.RpcError) as info:
+        pki.signer_stub.IssueCertificate(
+            signer_pb2.IssueCertificateRequest(
+                kind=va_pb2.CERT_KIND_CARD_SIGN, application_signature=b"\x01"
+            ),
+            timeout=30,
+        )
+    assert info.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert "one-step mobile application" in (info.value.details() or "")
+    assert _mark(pki) == before
