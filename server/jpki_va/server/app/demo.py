@@ -12,7 +12,6 @@ import json
 import logging
 import secrets
 import shutil
-import signal
 import sys
 import threading
 from collections.abc import Callable
@@ -32,6 +31,7 @@ from jpki_va.core.domain import CertKind, CrlReason, LossCause, Role
 from jpki_va.protos import signer_pb2, signer_pb2_grpc, va_pb2, verifiers_pb2
 from jpki_va.server.app.config import ConfigError, ResponderConfig, SignerConfig
 from jpki_va.server.app.responder_app import Responder
+from jpki_va.server.app.signals import stop_on_signals, wait_for_stop
 from jpki_va.server.app.signer_app import SignerApp, start_signer
 from jpki_va.server.base.private_files import private_dir, write_private
 from jpki_va.server.law.mobile_issuance import format_notice
@@ -371,11 +371,7 @@ def run(
 ) -> int:
     """Serve until `stop`; `metrics_port` (0: any free ports) exposes the responder's
     /metrics there and the signer's on the next port."""
-    if threading.current_thread() is threading.main_thread():
-        # Ctrl-C or a service manager's TERM ends the demo in order (also where the
-        # shell started us with SIGINT ignored, as background jobs are).
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(signum, lambda *_: stop.set())
+    stop_on_signals(stop)  # Ctrl-C or a service manager's TERM ends the demo in order
     directory = directory.resolve()
     state = directory / DEMO_FILE
     info, fresh = _open_directory(directory, reset, port, signer_port or port + 1, http_port)
@@ -419,7 +415,7 @@ def run(
         _print_help(shown, info)
         if ready is not None:
             ready(info)
-        stop.wait()
+        wait_for_stop(stop)
     finally:
         stop.set()
         if runner is not None:
