@@ -116,6 +116,8 @@ def _suite_settings(args: argparse.Namespace) -> Any:
         freshness_samples=args.freshness_samples,
         delta_losses=args.delta_losses,
         steps=tuple(args.steps.split(",")),
+        fleet_replicas=args.fleet_replicas,
+        fleet_samples=args.fleet_samples,
     )
 
 
@@ -290,9 +292,11 @@ def _add_suite_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--delta-losses", type=int, default=1000, help="losses in the batch step")
     p.add_argument(
         "--steps",
-        default="ingest,store,grpc,http,freshness",
-        help="comma-separated subset of ingest,store,grpc,http,freshness",
+        default="ingest,store,grpc,http,freshness,fleet",
+        help="comma-separated subset of ingest,store,grpc,http,freshness,fleet",
     )
+    p.add_argument("--fleet-replicas", type=int, default=3, help="responders behind Envoy")
+    p.add_argument("--fleet-samples", type=int, default=20, help="losses timed on every replica")
     p.add_argument("--out", type=Path, default=Path("bench-results.json"), help="results JSON")
     p.add_argument("--report", type=Path, help="also write this BENCHMARKS.md")
 

@@ -152,7 +152,9 @@ class SignerConfig:
     base_url: str = "http://127.0.0.1:8080"
     insecure_loopback: bool = False
     full_interval: float = 24 * 3600.0  # seconds between full snapshots
-    delta_interval: float = 5.0  # seconds between delta snapshots; 0: only on request
+    # Seconds between delta snapshots while anything changed; 0: only on request. Short,
+    # so a loss reaches every replica within 2 s (a tick with no change costs one read).
+    delta_interval: float = 1.0
     bootstrap: bool = False  # create a missing CA hierarchy (the embedded default's ceremony)
     grpc_workers: int = 16
     sign_queue_limit: int = 8  # requests that may wait for the HSM; more: RESOURCE_EXHAUSTED
@@ -237,10 +239,21 @@ class ResponderConfig:
     listen: str = "127.0.0.1:50051"
     workers: int = field(default_factory=lambda: os.cpu_count() or 1)
     signer: str | None = None  # where to get delegated OCSP-signer certificates
+    # mTLS to the signer (a pod of its own): its CA, and the operator client certificate
+    # the responder presents (the signer issues OCSP-signer certificates to operators).
+    signer_ca: Path | None = None
+    signer_client_cert: Path | None = None
+    signer_client_key: Path | None = None
     insecure_loopback: bool = False
     tls: TlsFiles | None = None
     loopback_verifier: str | None = None  # plaintext callers without x-jpki-verifier
-    poll_interval: float = 1.0
+    poll_interval: float = 1.0  # a full scan of the store, whatever its pointer says
+    # How often the store's pointer is read (responder/snapshot_notice.py): a new
+    # snapshot is scanned for within this (or the poll interval, if shorter).
+    notice_interval: float = 0.2
+    # Seconds behind the newest snapshot in the store before the replica's health
+    # (jpki-va.rotation, HTTP /health) says NOT_SERVING (responder/rotation.py).
+    max_lag: float = 30.0
     grpc_threads: int = 16  # unary calls; streams run on threads of their own
     # Open streams (CheckStream, WatchRevocations, GetCrl, Health.Watch) per worker,
     # per caller (verifier, or on plaintext loopback the connection), and how long
@@ -300,8 +313,48 @@ class ResponderConfig:
                 raise ConfigError(f"trust anchor {anchor} does not exist")
         if self.poll_interval <= 0:
             raise ConfigError("poll interval must be > 0")
-        if self.signer is not None and not _is_loopback(self.signer):
-            raise ConfigError("the signer connection is plaintext: loopback only for now")
+        if self.notice_interval <= 0:
+            raise ConfigError("notice interval must be > 0")
+        if self.max_lag <= 0:
+            raise ConfigError("max lag must be > 0 seconds")
+        self._check_signer_link()
+
+    def _check_signer_link(self) -> None:
+        files = (self.signer_ca, self.signer_client_cert, self.signer_client_key)
+        if any(f is not None for f in files):
+            if not all(f is not None for f in files):
+                raise ConfigError(
+                    "--signer-ca, --signer-client-cert and --signer-client-key go together"
+                )
+            for option, path in zip(
+                ("--signer-ca", "--signer-client-cert", "--signer-client-key"), files, strict=True
+            ):
+                if path is not None and not path.is_file():
+                    raise ConfigError(f"{option} {path} does not exist")
+            if self.signer is None:
+                raise ConfigError("--signer-ca and its certificate go with --signer HOST:PORT")
+        elif self.signer is not None and not _is_loopback(self.signer):
+            raise ConfigError(
+                f"the signer connection to {self.signer} would be plaintext: loopback only, "
+                "or give --signer-ca, --signer-client-cert and --signer-client-key (mTLS)"
+            )
+
+    def signer_credentials(self) -> tuple[bytes, bytes, bytes] | None:
+        """(CA, client key, client certificate chain) for the signer link, or None."""
+        if (
+            self.signer_ca is None
+            or self.signer_client_cert is None
+            or self.signer_client_key is None
+        ):
+            return None
+        try:
+            return (
+                self.signer_ca.read_bytes(),
+                self.signer_client_key.read_bytes(),
+                self.signer_client_cert.read_bytes(),
+            )
+        except OSError as exc:
+            raise ConfigError(f"cannot read the signer link's TLS files: {exc}") from None
 
     def _check_streams(self) -> None:
         if self.max_streams < 1:
@@ -380,12 +433,41 @@ def load_toml(path: Path | None) -> dict[str, Any]:
         raise ConfigError(f"cannot read config {path}: {exc}") from None
 
 
+# What a TOML value may be, by the annotation of its setting. Floats are durations or
+# seconds, so a string ("24h") is fine; parse_duration judges its content.
+_TOML_TYPES: dict[str, tuple[tuple[type, ...], str]] = {
+    "str": ((str,), 'a string in quotes, e.g. "127.0.0.1:50052"'),
+    "Path": ((str,), 'a path in quotes, e.g. "/var/lib/jpki-va"'),
+    "bool": ((bool,), "true or false"),
+    "int": ((int,), "a whole number"),
+    "float": ((int, float, str), 'a number of seconds or a duration in quotes, e.g. "24h"'),
+    "RenewPolicy": ((int, float, str), 'a fraction (0.5) or a duration in quotes ("36h")'),
+    "tuple[Path, ...]": ((list,), 'a list of paths, e.g. ["/etc/jpki-va/root.pem"]'),
+}
+
+
+def _check_toml_type(name: str, value: object, annotation: str) -> None:
+    expected = _TOML_TYPES.get(annotation.removesuffix(" | None"))
+    if expected is None:
+        return
+    types, description = expected
+    wrong = not isinstance(value, types) or (isinstance(value, bool) and bool not in types)
+    if isinstance(value, list):
+        wrong = wrong or not all(isinstance(item, str) for item in value)
+    if wrong:
+        raise ConfigError(f"config file: {name} = {value!r} should be {description}")
+
+
 def merge(file_values: dict[str, Any], cli_values: dict[str, Any], cls: type) -> dict[str, Any]:
     """CLI values that were given override the file; unknown file keys are errors."""
     known = {f.name for f in fields(cls)}
     unknown = set(file_values) - known - {"hsm", "tls"}
     if unknown:
         raise ConfigError(f"unknown settings in config file: {', '.join(sorted(unknown))}")
+    annotations = {f.name: str(f.type) for f in fields(cls)}
+    for name, value in file_values.items():
+        if name in annotations:
+            _check_toml_type(name, value, annotations[name])
     merged = dict(file_values)
     merged.update({k: v for k, v in cli_values.items() if v is not None})
     return merged

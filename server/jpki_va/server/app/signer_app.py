@@ -21,6 +21,7 @@ from jpki_va.protos import signer_pb2, signer_pb2_grpc
 from jpki_va.server.access.gate import NotOperator, Operators
 from jpki_va.server.app.config import ConfigError, SignerConfig
 from jpki_va.server.app.dir_lock import DirectoryLock
+from jpki_va.server.app.signals import stop_on_signals, wait_for_stop
 from jpki_va.server.app.sweep_schedule import SweepSchedule
 from jpki_va.server.base.metrics_http import serve_metrics
 from jpki_va.server.base.refusal_log import RefusalLog
@@ -205,9 +206,16 @@ def registry_arc_check(registry: Registry) -> None:
         )
 
 
-def _authority(token: hsm.Hsm, registry: Registry) -> Authority:
+def _authority(token: hsm.Hsm, registry: Registry, config: SignerConfig) -> Authority:
     authority = Authority(token, registry)
-    authority.root()  # refuse to start without a hierarchy
+    try:
+        authority.root()  # refuse to start without a hierarchy
+    except AuthorityError:
+        raise ConfigError(
+            f"{config.data_dir} holds no CA hierarchy: start the signer once with "
+            "--bootstrap, or run the key ceremony (jpki-va hsm ceremony run CONFIG "
+            f"--data-dir {config.data_dir})"
+        ) from None
     registry_arc_check(registry)
     return authority
 
@@ -227,7 +235,7 @@ def start_signer(config: SignerConfig, clock: Clock | None = None) -> SignerApp:
             records = config.data_dir / "ceremonies"
             for created in bootstrap(token, registry, clock, record_dir=records):
                 log.info("created %s", created)
-        authority = _authority(token, registry)
+        authority = _authority(token, registry, config)
         settings = ProfileSettings(base_url=config.base_url)
         publisher = Publisher(
             registry, authority, config.snapshot_dir, clock, settings, config.retention
@@ -281,6 +289,27 @@ def _start_background(app: SignerApp, clock: Clock) -> None:
     # On its own schedule, also when publishing happens only on request.
     app._sweep = SweepSchedule(app.signer.sweep_move_outs, clock, app.config.sweep_check)
     app._sweep.start()
+
+
+def serve(
+    config: SignerConfig,
+    *,
+    stop: threading.Event | None = None,
+    ready: Callable[[int], None] | None = None,
+) -> None:
+    """Run until `stop` is set (or SIGTERM/SIGINT when run from the main thread), then
+    stop in order: NOT_SERVING, drain the calls in flight, close registry, ledger and
+    token, release the data directory."""
+    stop = stop or threading.Event()
+    stop_on_signals(stop)  # before the start: a signal during a long bootstrap counts
+    app = start_signer(config)
+    try:
+        if ready is not None:
+            ready(app.port)
+        wait_for_stop(stop)
+        log.info("signer stopping")
+    finally:
+        app.stop()
 
 
 def _start_publishing(

@@ -26,8 +26,10 @@ from jpki_va.hsm._cli import add_commands as add_hsm_commands
 from jpki_va.hsm._cli import token_options
 from jpki_va.server.app.config import ConfigError
 from jpki_va.server.cmd.authority import RegistryKeyUse, add_authority_commands
+from jpki_va.server.cmd.balancer import add_balancer_commands
 from jpki_va.server.cmd.bench import add_bench_command
 from jpki_va.server.cmd.certificates import add_certificate_commands
+from jpki_va.server.cmd.health import add_health_command
 from jpki_va.server.cmd.lazy import lazy
 from jpki_va.server.cmd.report import add_report_commands
 from jpki_va.server.cmd.signer_client import SubParsers, add_registry_group
@@ -44,7 +46,7 @@ def _add_publishing_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--delta-interval",
         metavar="DURATION",
-        help="between delta snapshots while anything changed (default 5s; 0: on request)",
+        help="between delta snapshots while anything changed (default 1s; 0: on request)",
     )
     _add_retention_options(group, ("issuance-record", "loss-record", "crl-file"))
 
@@ -162,6 +164,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_certificate_commands(registry)
     add_token_commands(sub)
     add_report_commands(sub)
+    add_balancer_commands(sub)
+    add_health_command(sub)
     add_bench_command(sub)
     return parser
 
@@ -233,9 +237,24 @@ def _add_responder(sub: SubParsers) -> None:
         "--signer", type=host_port, metavar="HOST:PORT",
         help="the signer, for OCSP-signer certificates",
     )  # fmt: skip
+    link = responder.add_argument_group("mTLS to the signer (beyond loopback)")
+    link.add_argument("--signer-ca", metavar="FILE", help="PEM roots of the signer's TLS")
+    link.add_argument(
+        "--signer-client-cert", metavar="FILE",
+        help="PEM client certificate, one of the signer's --operator-cert",
+    )  # fmt: skip
+    link.add_argument("--signer-client-key", metavar="FILE", help="PEM key of that certificate")
     responder.add_argument(
         "--poll-interval", metavar="DURATION", help="between snapshot scans (default 1s)"
     )
+    responder.add_argument(
+        "--notice-interval", metavar="DURATION",
+        help="between reads of the store's pointer, which brings a scan early (default 200ms)",
+    )  # fmt: skip
+    responder.add_argument(
+        "--max-lag", metavar="DURATION",
+        help="behind the newest snapshot this long, health leaves rotation (default 30s)",
+    )  # fmt: skip
     responder.add_argument("--insecure-loopback", action="store_true", help="plaintext on loopback")
     responder.add_argument(
         "--ocsp-renew-at",

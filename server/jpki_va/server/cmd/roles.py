@@ -28,7 +28,7 @@ from jpki_va.server.app.config import (
 )
 from jpki_va.server.app.dir_lock import DirectoryInUse
 from jpki_va.server.app.responder_app import PortTaken, serve
-from jpki_va.server.app.signer_app import start_signer
+from jpki_va.server.app.signer_app import serve as serve_signer
 from jpki_va.server.ledger.provisions import LedgerError
 from jpki_va.server.responder.renew_policy import RenewPolicy
 
@@ -149,8 +149,13 @@ def responder_config(args: argparse.Namespace) -> ResponderConfig:
             "listen": args.listen,
             "workers": args.workers,
             "signer": args.signer,
+            "signer_ca": args.signer_ca,
+            "signer_client_cert": args.signer_client_cert,
+            "signer_client_key": args.signer_client_key,
             "insecure_loopback": args.insecure_loopback or None,
             "poll_interval": args.poll_interval,
+            "notice_interval": args.notice_interval,
+            "max_lag": args.max_lag,
             "retention_crl_file": args.retention_crl_file,
             "loopback_verifier": args.loopback_verifier,
             "http_listen": args.http_listen,
@@ -174,7 +179,13 @@ def responder_config(args: argparse.Namespace) -> ResponderConfig:
         ResponderConfig,
     )
     _crl_retention_in_days(old_days, values)
-    for name in ("stream_idle", "poll_interval", "retention_crl_file"):
+    for name in (
+        "stream_idle",
+        "poll_interval",
+        "notice_interval",
+        "max_lag",
+        "retention_crl_file",
+    ):
         if name in values:
             values[name] = parse_duration(values[name], name.replace("_", " "))
     if "ocsp_renew_at" in values:
@@ -187,7 +198,16 @@ def responder_config(args: argparse.Namespace) -> ResponderConfig:
         if required not in values:
             raise ConfigError(f"{flag} is required")
     values["snapshot_dir"] = Path(values["snapshot_dir"])
+    if not values["snapshot_dir"].is_dir():
+        # The responder would wait for snapshots that can never come.
+        raise ConfigError(
+            f"--snapshots {values['snapshot_dir']} is not a directory (the signer's "
+            "DATA/snapshots, or where snapshots are shipped to)"
+        )
     values["state_dir"] = Path(values["state_dir"])
+    for name in ("signer_ca", "signer_client_cert", "signer_client_key"):
+        if name in values:
+            values[name] = Path(values[name])
     values["trust_anchors"] = tuple(Path(p) for p in values.get("trust_anchors") or ())
     try:
         return ResponderConfig(tls=_tls_from(args, file_values), **values)
@@ -197,14 +217,8 @@ def responder_config(args: argparse.Namespace) -> ResponderConfig:
 
 @_one_line
 def run_signer(args: argparse.Namespace) -> int:
-    app = start_signer(signer_config(args))
-    print(f"signer listening on port {app.port}", flush=True)
-    try:
-        app.wait()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        app.stop()
+    config = signer_config(args)
+    serve_signer(config, ready=lambda port: print(f"signer listening on port {port}", flush=True))
     return 0
 
 

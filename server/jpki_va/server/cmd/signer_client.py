@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 import grpc
 
+from jpki_va.client._probe import mismatch, not_the_service
 from jpki_va.core.cli import (
     EXIT_HSM_UNAVAILABLE,
     EXIT_OK,
@@ -101,12 +102,19 @@ def _read(path: str | None, option: str) -> bytes | None:
 
 
 def signer_channel(args: argparse.Namespace) -> grpc.Channel:
+    return channel_to(args.signer, args)
+
+
+def channel_to(
+    target: str, args: argparse.Namespace, options: tuple[tuple[str, str], ...] = ()
+) -> grpc.Channel:
+    """mTLS from --ca, --client-cert and --client-key, or --insecure-loopback plaintext."""
     if args.insecure_loopback:
         if args.ca or args.client_cert or args.client_key:
             raise ConfigError("--insecure-loopback cannot be combined with TLS options")
-        if not is_loopback_target(args.signer):
-            raise ConfigError(f"--insecure-loopback only connects to loopback, not {args.signer}")
-        return grpc.insecure_channel(args.signer)
+        if not is_loopback_target(target):
+            raise ConfigError(f"--insecure-loopback only connects to loopback, not {target}")
+        return grpc.insecure_channel(target, options=options)
     if args.client_cert is None or args.client_key is None:
         raise ConfigError("--client-cert and --client-key are required (or --insecure-loopback)")
     credentials = grpc.ssl_channel_credentials(
@@ -114,7 +122,7 @@ def signer_channel(args: argparse.Namespace) -> grpc.Channel:
         _read(args.client_key, "--client-key"),
         _read(args.client_cert, "--client-cert"),
     )
-    return grpc.secure_channel(args.signer, credentials)
+    return grpc.secure_channel(target, credentials, options=options)
 
 
 def demo_identity(args: argparse.Namespace) -> tuple[tuple[str, str | bytes], ...]:
@@ -136,6 +144,15 @@ def _hsm_unavailable(exc: grpc.Call) -> bool:
     )
 
 
+def _explain(args: argparse.Namespace, code: grpc.StatusCode) -> str | None:
+    """A wrong address or transport, named with the flag that fixes it."""
+    if code == grpc.StatusCode.UNAVAILABLE:
+        return mismatch(args.signer, used_tls=not args.insecure_loopback, role="signer")
+    if code == grpc.StatusCode.UNIMPLEMENTED:
+        return not_the_service(args.signer, "jpki.va.v1.SignerService", "signer", "responder")
+    return None
+
+
 def rpc_errors(run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
     """gRPC errors become one line on stderr and exit code 3 (4: no answer; 5: the
     signer answered that its HSM is unavailable)."""
@@ -154,7 +171,7 @@ def rpc_errors(run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.N
                     f"the HSM is back ({details})",
                 )
                 return EXIT_HSM_UNAVAILABLE
-            fail(f"jpki-va {args.command}", f"{code.name}: {details}")
+            fail(f"jpki-va {args.command}", _explain(args, code) or f"{code.name}: {details}")
             unreachable = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
             return EXIT_UNREACHABLE if code in unreachable else EXIT_SERVER
 

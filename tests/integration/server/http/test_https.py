@@ -9,7 +9,9 @@ a scraper with a client certificate. Real SoftHSM2, LMDB, TLS sockets on 127.0.0
 
 from __future__ import annotations
 
+import os
 import ssl
+import subprocess
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -24,7 +26,7 @@ from cryptography.x509 import ocsp
 from jpki_va.core.domain import CertKind, Role
 from jpki_va.protos import verifiers_pb2
 from jpki_va.server.app.config import TlsFiles
-from tests.support import ExtraResponder, Issued, Pki, start_responder, wait_for
+from tests.support import JPKI_VA, ExtraResponder, Issued, Pki, start_responder, wait_for
 from tests.support.tls import TlsCa, TlsIdentity
 
 ROLES = {"https-auth": Role.AUTH_VERIFIER, "https-sign": Role.SIGNING_VERIFIER}
@@ -154,3 +156,38 @@ def test_metrics_over_tls_for_a_scraper_with_a_certificate(world: World) -> None
     assert b'jpki_va_build_info{python="' in body
     with pytest.raises((ssl.SSLError, urllib.error.URLError, ConnectionError)):
         world.fetch(None, url)
+
+
+def _probe(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*JPKI_VA, "health", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_the_health_probe_over_mtls_from_its_environment(world: World) -> None:
+    """What a container HEALTHCHECK or a Kubernetes exec probe runs: settings from env."""
+    probe = world.idents["https-stranger"]  # any client certificate of the client CA
+    env = {
+        **os.environ,
+        "JPKI_VA_HEALTH_SERVER": world.responder.address,
+        "JPKI_VA_HEALTH_CA": str(world.ca.cert_file),
+        "JPKI_VA_HEALTH_CLIENT_CERT": str(probe.cert),
+        "JPKI_VA_HEALTH_CLIENT_KEY": str(probe.key),
+        "JPKI_VA_HEALTH_TLS_SERVER_NAME": "localhost",
+    }
+    served = _probe(env)
+    assert served.returncode == 0, served.stderr
+    assert served.stdout.strip().endswith("(server): SERVING")
+    unknown = _probe(env, "--service", "no.such.Service")
+    assert unknown.returncode == 1
+    assert "NOT_FOUND" in unknown.stderr and unknown.stderr.count("\n") == 1
+    # A client certificate without its key: one line, exit 2, nothing sent.
+    del env["JPKI_VA_HEALTH_CLIENT_KEY"]
+    incomplete = _probe(env)
+    assert incomplete.returncode == 2
+    assert "--client-cert and --client-key are required" in incomplete.stderr
