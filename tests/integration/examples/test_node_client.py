@@ -49,7 +49,8 @@ def test_the_checked_in_stubs_are_what_the_protos_generate(tmp_path: Path) -> No
     produced = sorted(p.relative_to(fresh) for p in fresh.rglob("*.ts"))
     assert produced == sorted(p.relative_to(kept) for p in kept.rglob("*.ts"))
     for rel in produced:
-        assert (fresh / rel).read_bytes() == (kept / rel).read_bytes(), f"{rel} is stale"
+        stale = f"{rel} is stale: run ./tasks proto"
+        assert (fresh / rel).read_bytes() == (kept / rel).read_bytes(), stale
 
 
 @pytest.fixture(scope="module")

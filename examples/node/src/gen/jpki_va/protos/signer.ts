@@ -165,11 +165,18 @@ export interface IssueCertificateRequest {
    * INVALID_ARGUMENT.
    */
   publicKeyDer: Buffer;
-  /** Mobile kinds: the serial of the card certificate of the same holder and purpose. */
+  /**
+   * Deprecated with the one-step mobile application it belonged to: mobile kinds are
+   * issued by Begin/CompleteMobileApplication, and a request that sets it is
+   * INVALID_ARGUMENT.
+   *
+   * @deprecated
+   */
   cardSerial: Buffer;
   /**
-   * Mobile kinds: the card key's signature over public_key_der (SHA-256); one that
-   * does not verify is FAILED_PRECONDITION.
+   * Deprecated with card_serial, and refused the same way.
+   *
+   * @deprecated
    */
   applicationSignature: Buffer;
 }
@@ -188,7 +195,81 @@ export interface IssueCertificateResponse {
    */
   superseded: LossOfEffect[];
   /** Whether the change has reached the responders yet. */
-  publishing: Publishing | undefined;
+  publishing:
+    | Publishing
+    | undefined;
+  /** The kind issued (the one asked for, or the mobile application's). */
+  kind: CertKind;
+}
+
+/**
+ * Step one of the mobile application (第16条の2第2項・第3項, 第35条の2第2項・第3項):
+ * the notice of the four basic items of the applicant's resident record, signed with
+ * the key of their CARD_SIGN certificate. Refused with FAILED_PRECONDITION naming the
+ * failed condition (another card's signature, items that differ from the record, a
+ * CARD_SIGN that lost effect, no CARD_AUTH in effect for MOBILE_AUTH, a stale or
+ * reused notice); INVALID_ARGUMENT when the notice is not in the format. A refusal
+ * records nothing.
+ */
+export interface BeginMobileApplicationRequest {
+  /** MOBILE_SIGN (第16条の2) or MOBILE_AUTH (第35条の2). */
+  kind: CertKind;
+  /**
+   * UTF-8 text, one "key: value" line each, in this order: kind (MOBILE_SIGN or
+   * MOBILE_AUTH), name, birth_date (YYYY-MM-DD), sex, address, signed_at (ISO 8601
+   * with a zone, within 10 minutes of the call). At most 4096 bytes.
+   */
+  notice: Buffer;
+  /**
+   * The CARD_SIGN key's signature over the notice's bytes: RSA PKCS#1 v1.5 or ECDSA,
+   * with SHA-256 (`openssl dgst -sha256 -sign card-key.pem notice.txt`).
+   */
+  noticeSignature: Buffer;
+  /**
+   * The applicant's CARD_SIGN certificate (DER), as read from the card; it must be
+   * the one J-LIS issued, and names the holder.
+   */
+  cardCertificateDer: Buffer;
+}
+
+/** The application J-LIS confirmed (第3項の通知): complete it before it expires. */
+export interface BeginMobileApplicationResponse {
+  /** 32 hexadecimal digits; whoever holds it may complete the application, once. */
+  applicationId: string;
+  /** After this the application can no longer be completed. */
+  expiresAt:
+    | Date
+    | undefined;
+  /** The notified items, which the certificate will carry. */
+  holder:
+    | HolderInfo
+    | undefined;
+  /** The CARD_SIGN certificate whose key signed the notice. */
+  cardSerial: Buffer;
+}
+
+/**
+ * Step two (第16条の2第5項・第6項, 第35条の2第5項・第6項): the public key made in the
+ * device, with a proof that the applicant holds its private key. NOT_FOUND for an
+ * application never begun; FAILED_PRECONDITION for one expired or already used, a
+ * key already certified, a request whose signature does not verify, or card
+ * certificates that no longer support it. Answered as IssueCertificate answers.
+ */
+export interface CompleteMobileApplicationRequest {
+  /** From BeginMobileApplicationResponse. */
+  applicationId: string;
+  /**
+   * A PKCS#10 request (DER or PEM) for the device's key pair, signed with its private
+   * key; only its public key and signature are used (the subject comes from the
+   * notice).
+   */
+  csr: Buffer;
+}
+
+/** The certificate step two issued. */
+export interface CompleteMobileApplicationResponse {
+  /** As IssueCertificate answers: the certificate, its issuer and publishing. */
+  issued: IssueCertificateResponse | undefined;
 }
 
 /**
@@ -730,6 +811,7 @@ function createBaseIssueCertificateResponse(): IssueCertificateResponse {
     issuerCertificateDer: Buffer.alloc(0),
     superseded: [],
     publishing: undefined,
+    kind: 0,
   };
 }
 
@@ -749,6 +831,9 @@ export const IssueCertificateResponse: MessageFns<IssueCertificateResponse> = {
     }
     if (message.publishing !== undefined) {
       Publishing.encode(message.publishing, writer.uint32(42).fork()).join();
+    }
+    if (message.kind !== 0) {
+      writer.uint32(48).int32(message.kind);
     }
     return writer;
   },
@@ -806,6 +891,14 @@ export const IssueCertificateResponse: MessageFns<IssueCertificateResponse> = {
             message.publishing = Publishing.decode(reader, reader.uint32());
             continue;
           }
+          case 6: {
+            if (tag !== 48) {
+              break;
+            }
+
+            message.kind = reader.int32() as any;
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -835,6 +928,7 @@ export const IssueCertificateResponse: MessageFns<IssueCertificateResponse> = {
         ? object.superseded.map((e: any) => LossOfEffect.fromJSON(e))
         : [],
       publishing: isSet(object.publishing) ? Publishing.fromJSON(object.publishing) : undefined,
+      kind: isSet(object.kind) ? certKindFromJSON(object.kind) : 0,
     };
   },
 
@@ -855,6 +949,9 @@ export const IssueCertificateResponse: MessageFns<IssueCertificateResponse> = {
     if (message.publishing !== undefined) {
       obj.publishing = Publishing.toJSON(message.publishing);
     }
+    if (message.kind !== 0) {
+      obj.kind = certKindToJSON(message.kind);
+    }
     return obj;
   },
 
@@ -869,6 +966,421 @@ export const IssueCertificateResponse: MessageFns<IssueCertificateResponse> = {
     message.superseded = object.superseded?.map((e) => LossOfEffect.fromPartial(e)) || [];
     message.publishing = (object.publishing !== undefined && object.publishing !== null)
       ? Publishing.fromPartial(object.publishing)
+      : undefined;
+    message.kind = object.kind ?? 0;
+    return message;
+  },
+};
+
+function createBaseBeginMobileApplicationRequest(): BeginMobileApplicationRequest {
+  return { kind: 0, notice: Buffer.alloc(0), noticeSignature: Buffer.alloc(0), cardCertificateDer: Buffer.alloc(0) };
+}
+
+export const BeginMobileApplicationRequest: MessageFns<BeginMobileApplicationRequest> = {
+  encode(message: BeginMobileApplicationRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.kind !== 0) {
+      writer.uint32(8).int32(message.kind);
+    }
+    if (message.notice.length !== 0) {
+      writer.uint32(18).bytes(message.notice);
+    }
+    if (message.noticeSignature.length !== 0) {
+      writer.uint32(26).bytes(message.noticeSignature);
+    }
+    if (message.cardCertificateDer.length !== 0) {
+      writer.uint32(34).bytes(message.cardCertificateDer);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): BeginMobileApplicationRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseBeginMobileApplicationRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.kind = reader.int32() as any;
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.notice = Buffer.from(reader.bytes());
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.noticeSignature = Buffer.from(reader.bytes());
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.cardCertificateDer = Buffer.from(reader.bytes());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): BeginMobileApplicationRequest {
+    return {
+      kind: isSet(object.kind) ? certKindFromJSON(object.kind) : 0,
+      notice: isSet(object.notice) ? Buffer.from(bytesFromBase64(object.notice)) : Buffer.alloc(0),
+      noticeSignature: isSet(object.noticeSignature)
+        ? Buffer.from(bytesFromBase64(object.noticeSignature))
+        : isSet(object.notice_signature)
+        ? Buffer.from(bytesFromBase64(object.notice_signature))
+        : Buffer.alloc(0),
+      cardCertificateDer: isSet(object.cardCertificateDer)
+        ? Buffer.from(bytesFromBase64(object.cardCertificateDer))
+        : isSet(object.card_certificate_der)
+        ? Buffer.from(bytesFromBase64(object.card_certificate_der))
+        : Buffer.alloc(0),
+    };
+  },
+
+  toJSON(message: BeginMobileApplicationRequest): unknown {
+    const obj: any = {};
+    if (message.kind !== 0) {
+      obj.kind = certKindToJSON(message.kind);
+    }
+    if (message.notice.length !== 0) {
+      obj.notice = base64FromBytes(message.notice);
+    }
+    if (message.noticeSignature.length !== 0) {
+      obj.noticeSignature = base64FromBytes(message.noticeSignature);
+    }
+    if (message.cardCertificateDer.length !== 0) {
+      obj.cardCertificateDer = base64FromBytes(message.cardCertificateDer);
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<BeginMobileApplicationRequest>): BeginMobileApplicationRequest {
+    return BeginMobileApplicationRequest.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<BeginMobileApplicationRequest>): BeginMobileApplicationRequest {
+    const message = createBaseBeginMobileApplicationRequest();
+    message.kind = object.kind ?? 0;
+    message.notice = object.notice ?? Buffer.alloc(0);
+    message.noticeSignature = object.noticeSignature ?? Buffer.alloc(0);
+    message.cardCertificateDer = object.cardCertificateDer ?? Buffer.alloc(0);
+    return message;
+  },
+};
+
+function createBaseBeginMobileApplicationResponse(): BeginMobileApplicationResponse {
+  return { applicationId: "", expiresAt: undefined, holder: undefined, cardSerial: Buffer.alloc(0) };
+}
+
+export const BeginMobileApplicationResponse: MessageFns<BeginMobileApplicationResponse> = {
+  encode(message: BeginMobileApplicationResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.applicationId !== "") {
+      writer.uint32(10).string(message.applicationId);
+    }
+    if (message.expiresAt !== undefined) {
+      Timestamp.encode(toTimestamp(message.expiresAt), writer.uint32(18).fork()).join();
+    }
+    if (message.holder !== undefined) {
+      HolderInfo.encode(message.holder, writer.uint32(26).fork()).join();
+    }
+    if (message.cardSerial.length !== 0) {
+      writer.uint32(34).bytes(message.cardSerial);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): BeginMobileApplicationResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseBeginMobileApplicationResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.applicationId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.expiresAt = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.holder = HolderInfo.decode(reader, reader.uint32());
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.cardSerial = Buffer.from(reader.bytes());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): BeginMobileApplicationResponse {
+    return {
+      applicationId: isSet(object.applicationId)
+        ? globalThis.String(object.applicationId)
+        : isSet(object.application_id)
+        ? globalThis.String(object.application_id)
+        : "",
+      expiresAt: isSet(object.expiresAt)
+        ? fromJsonTimestamp(object.expiresAt)
+        : isSet(object.expires_at)
+        ? fromJsonTimestamp(object.expires_at)
+        : undefined,
+      holder: isSet(object.holder) ? HolderInfo.fromJSON(object.holder) : undefined,
+      cardSerial: isSet(object.cardSerial)
+        ? Buffer.from(bytesFromBase64(object.cardSerial))
+        : isSet(object.card_serial)
+        ? Buffer.from(bytesFromBase64(object.card_serial))
+        : Buffer.alloc(0),
+    };
+  },
+
+  toJSON(message: BeginMobileApplicationResponse): unknown {
+    const obj: any = {};
+    if (message.applicationId !== "") {
+      obj.applicationId = message.applicationId;
+    }
+    if (message.expiresAt !== undefined) {
+      obj.expiresAt = message.expiresAt.toISOString();
+    }
+    if (message.holder !== undefined) {
+      obj.holder = HolderInfo.toJSON(message.holder);
+    }
+    if (message.cardSerial.length !== 0) {
+      obj.cardSerial = base64FromBytes(message.cardSerial);
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<BeginMobileApplicationResponse>): BeginMobileApplicationResponse {
+    return BeginMobileApplicationResponse.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<BeginMobileApplicationResponse>): BeginMobileApplicationResponse {
+    const message = createBaseBeginMobileApplicationResponse();
+    message.applicationId = object.applicationId ?? "";
+    message.expiresAt = object.expiresAt ?? undefined;
+    message.holder = (object.holder !== undefined && object.holder !== null)
+      ? HolderInfo.fromPartial(object.holder)
+      : undefined;
+    message.cardSerial = object.cardSerial ?? Buffer.alloc(0);
+    return message;
+  },
+};
+
+function createBaseCompleteMobileApplicationRequest(): CompleteMobileApplicationRequest {
+  return { applicationId: "", csr: Buffer.alloc(0) };
+}
+
+export const CompleteMobileApplicationRequest: MessageFns<CompleteMobileApplicationRequest> = {
+  encode(message: CompleteMobileApplicationRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.applicationId !== "") {
+      writer.uint32(10).string(message.applicationId);
+    }
+    if (message.csr.length !== 0) {
+      writer.uint32(18).bytes(message.csr);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): CompleteMobileApplicationRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseCompleteMobileApplicationRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.applicationId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.csr = Buffer.from(reader.bytes());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): CompleteMobileApplicationRequest {
+    return {
+      applicationId: isSet(object.applicationId)
+        ? globalThis.String(object.applicationId)
+        : isSet(object.application_id)
+        ? globalThis.String(object.application_id)
+        : "",
+      csr: isSet(object.csr) ? Buffer.from(bytesFromBase64(object.csr)) : Buffer.alloc(0),
+    };
+  },
+
+  toJSON(message: CompleteMobileApplicationRequest): unknown {
+    const obj: any = {};
+    if (message.applicationId !== "") {
+      obj.applicationId = message.applicationId;
+    }
+    if (message.csr.length !== 0) {
+      obj.csr = base64FromBytes(message.csr);
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<CompleteMobileApplicationRequest>): CompleteMobileApplicationRequest {
+    return CompleteMobileApplicationRequest.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<CompleteMobileApplicationRequest>): CompleteMobileApplicationRequest {
+    const message = createBaseCompleteMobileApplicationRequest();
+    message.applicationId = object.applicationId ?? "";
+    message.csr = object.csr ?? Buffer.alloc(0);
+    return message;
+  },
+};
+
+function createBaseCompleteMobileApplicationResponse(): CompleteMobileApplicationResponse {
+  return { issued: undefined };
+}
+
+export const CompleteMobileApplicationResponse: MessageFns<CompleteMobileApplicationResponse> = {
+  encode(message: CompleteMobileApplicationResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.issued !== undefined) {
+      IssueCertificateResponse.encode(message.issued, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): CompleteMobileApplicationResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseCompleteMobileApplicationResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.issued = IssueCertificateResponse.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): CompleteMobileApplicationResponse {
+    return { issued: isSet(object.issued) ? IssueCertificateResponse.fromJSON(object.issued) : undefined };
+  },
+
+  toJSON(message: CompleteMobileApplicationResponse): unknown {
+    const obj: any = {};
+    if (message.issued !== undefined) {
+      obj.issued = IssueCertificateResponse.toJSON(message.issued);
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<CompleteMobileApplicationResponse>): CompleteMobileApplicationResponse {
+    return CompleteMobileApplicationResponse.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<CompleteMobileApplicationResponse>): CompleteMobileApplicationResponse {
+    const message = createBaseCompleteMobileApplicationResponse();
+    message.issued = (object.issued !== undefined && object.issued !== null)
+      ? IssueCertificateResponse.fromPartial(object.issued)
       : undefined;
     return message;
   },
@@ -2871,7 +3383,8 @@ export const IssueOcspSignerCertificateResponse: MessageFns<IssueOcspSignerCerti
 export type SignerServiceService = typeof SignerServiceService;
 export const SignerServiceService = {
   /**
-   * Issue a certificate (renewal when the holder has one of the kind). Errors:
+   * Issue a card certificate (renewal when the holder has one of the kind); mobile
+   * kinds are INVALID_ARGUMENT (they come by the two-step application). Errors:
    * INVALID_ARGUMENT, FAILED_PRECONDITION (the law forbids it now), the HSM's.
    */
   issueCertificate: {
@@ -2884,6 +3397,40 @@ export const SignerServiceService = {
     responseSerialize: (value: IssueCertificateResponse): Buffer =>
       Buffer.from(IssueCertificateResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): IssueCertificateResponse => IssueCertificateResponse.decode(value),
+  },
+  /**
+   * Step one of the mobile application (第16条の2, 第35条の2): the signed notice of
+   * the four basic items. Errors: INVALID_ARGUMENT (not in the format),
+   * FAILED_PRECONDITION (the condition the law puts that failed).
+   */
+  beginMobileApplication: {
+    path: "/jpki.va.v1.SignerService/BeginMobileApplication" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: BeginMobileApplicationRequest): Buffer =>
+      Buffer.from(BeginMobileApplicationRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): BeginMobileApplicationRequest => BeginMobileApplicationRequest.decode(value),
+    responseSerialize: (value: BeginMobileApplicationResponse): Buffer =>
+      Buffer.from(BeginMobileApplicationResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): BeginMobileApplicationResponse =>
+      BeginMobileApplicationResponse.decode(value),
+  },
+  /**
+   * Step two: the device's public key with its proof of possession; the certificate.
+   * Errors: INVALID_ARGUMENT, NOT_FOUND (never begun), FAILED_PRECONDITION, the HSM's.
+   */
+  completeMobileApplication: {
+    path: "/jpki.va.v1.SignerService/CompleteMobileApplication" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: CompleteMobileApplicationRequest): Buffer =>
+      Buffer.from(CompleteMobileApplicationRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): CompleteMobileApplicationRequest =>
+      CompleteMobileApplicationRequest.decode(value),
+    responseSerialize: (value: CompleteMobileApplicationResponse): Buffer =>
+      Buffer.from(CompleteMobileApplicationResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): CompleteMobileApplicationResponse =>
+      CompleteMobileApplicationResponse.decode(value),
   },
   /**
    * Record a certificate's loss of effect, with its cascade. Errors:
@@ -3049,10 +3596,22 @@ export const SignerServiceService = {
 
 export interface SignerServiceServer extends UntypedServiceImplementation {
   /**
-   * Issue a certificate (renewal when the holder has one of the kind). Errors:
+   * Issue a card certificate (renewal when the holder has one of the kind); mobile
+   * kinds are INVALID_ARGUMENT (they come by the two-step application). Errors:
    * INVALID_ARGUMENT, FAILED_PRECONDITION (the law forbids it now), the HSM's.
    */
   issueCertificate: handleUnaryCall<IssueCertificateRequest, IssueCertificateResponse>;
+  /**
+   * Step one of the mobile application (第16条の2, 第35条の2): the signed notice of
+   * the four basic items. Errors: INVALID_ARGUMENT (not in the format),
+   * FAILED_PRECONDITION (the condition the law puts that failed).
+   */
+  beginMobileApplication: handleUnaryCall<BeginMobileApplicationRequest, BeginMobileApplicationResponse>;
+  /**
+   * Step two: the device's public key with its proof of possession; the certificate.
+   * Errors: INVALID_ARGUMENT, NOT_FOUND (never begun), FAILED_PRECONDITION, the HSM's.
+   */
+  completeMobileApplication: handleUnaryCall<CompleteMobileApplicationRequest, CompleteMobileApplicationResponse>;
   /**
    * Record a certificate's loss of effect, with its cascade. Errors:
    * INVALID_ARGUMENT, NOT_FOUND.
@@ -3103,7 +3662,8 @@ export interface SignerServiceServer extends UntypedServiceImplementation {
 
 export interface SignerServiceClient extends Client {
   /**
-   * Issue a certificate (renewal when the holder has one of the kind). Errors:
+   * Issue a card certificate (renewal when the holder has one of the kind); mobile
+   * kinds are INVALID_ARGUMENT (they come by the two-step application). Errors:
    * INVALID_ARGUMENT, FAILED_PRECONDITION (the law forbids it now), the HSM's.
    */
   issueCertificate(
@@ -3120,6 +3680,45 @@ export interface SignerServiceClient extends Client {
     metadata: Metadata,
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: IssueCertificateResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Step one of the mobile application (第16条の2, 第35条の2): the signed notice of
+   * the four basic items. Errors: INVALID_ARGUMENT (not in the format),
+   * FAILED_PRECONDITION (the condition the law puts that failed).
+   */
+  beginMobileApplication(
+    request: BeginMobileApplicationRequest,
+    callback: (error: ServiceError | null, response: BeginMobileApplicationResponse) => void,
+  ): ClientUnaryCall;
+  beginMobileApplication(
+    request: BeginMobileApplicationRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: BeginMobileApplicationResponse) => void,
+  ): ClientUnaryCall;
+  beginMobileApplication(
+    request: BeginMobileApplicationRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: BeginMobileApplicationResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Step two: the device's public key with its proof of possession; the certificate.
+   * Errors: INVALID_ARGUMENT, NOT_FOUND (never begun), FAILED_PRECONDITION, the HSM's.
+   */
+  completeMobileApplication(
+    request: CompleteMobileApplicationRequest,
+    callback: (error: ServiceError | null, response: CompleteMobileApplicationResponse) => void,
+  ): ClientUnaryCall;
+  completeMobileApplication(
+    request: CompleteMobileApplicationRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: CompleteMobileApplicationResponse) => void,
+  ): ClientUnaryCall;
+  completeMobileApplication(
+    request: CompleteMobileApplicationRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: CompleteMobileApplicationResponse) => void,
   ): ClientUnaryCall;
   /**
    * Record a certificate's loss of effect, with its cascade. Errors:
