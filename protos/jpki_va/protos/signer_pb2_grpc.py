@@ -48,6 +48,16 @@ class SignerServiceStub:
                 request_serializer=jpki__va_dot_protos_dot_signer__pb2.IssueCertificateRequest.SerializeToString,
                 response_deserializer=jpki__va_dot_protos_dot_signer__pb2.IssueCertificateResponse.FromString,
                 _registered_method=True)
+        self.BeginMobileApplication = channel.unary_unary(
+                '/jpki.va.v1.SignerService/BeginMobileApplication',
+                request_serializer=jpki__va_dot_protos_dot_signer__pb2.BeginMobileApplicationRequest.SerializeToString,
+                response_deserializer=jpki__va_dot_protos_dot_signer__pb2.BeginMobileApplicationResponse.FromString,
+                _registered_method=True)
+        self.CompleteMobileApplication = channel.unary_unary(
+                '/jpki.va.v1.SignerService/CompleteMobileApplication',
+                request_serializer=jpki__va_dot_protos_dot_signer__pb2.CompleteMobileApplicationRequest.SerializeToString,
+                response_deserializer=jpki__va_dot_protos_dot_signer__pb2.CompleteMobileApplicationResponse.FromString,
+                _registered_method=True)
         self.RecordLoss = channel.unary_unary(
                 '/jpki.va.v1.SignerService/RecordLoss',
                 request_serializer=jpki__va_dot_protos_dot_signer__pb2.RecordLossRequest.SerializeToString,
@@ -131,8 +141,26 @@ class SignerServiceServicer:
     """
 
     def IssueCertificate(self, request, context):
-        """Issue a certificate (renewal when the holder has one of the kind). Errors:
+        """Issue a card certificate (renewal when the holder has one of the kind); mobile
+        kinds are INVALID_ARGUMENT (they come by the two-step application). Errors:
         INVALID_ARGUMENT, FAILED_PRECONDITION (the law forbids it now), the HSM's.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def BeginMobileApplication(self, request, context):
+        """Step one of the mobile application (第16条の2, 第35条の2): the signed notice of
+        the four basic items. Errors: INVALID_ARGUMENT (not in the format),
+        FAILED_PRECONDITION (the condition the law puts that failed).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CompleteMobileApplication(self, request, context):
+        """Step two: the device's public key with its proof of possession; the certificate.
+        Errors: INVALID_ARGUMENT, NOT_FOUND (never begun), FAILED_PRECONDITION, the HSM's.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -253,6 +281,16 @@ def add_SignerServiceServicer_to_server(servicer, server):
                     request_deserializer=jpki__va_dot_protos_dot_signer__pb2.IssueCertificateRequest.FromString,
                     response_serializer=jpki__va_dot_protos_dot_signer__pb2.IssueCertificateResponse.SerializeToString,
             ),
+            'BeginMobileApplication': grpc.unary_unary_rpc_method_handler(
+                    servicer.BeginMobileApplication,
+                    request_deserializer=jpki__va_dot_protos_dot_signer__pb2.BeginMobileApplicationRequest.FromString,
+                    response_serializer=jpki__va_dot_protos_dot_signer__pb2.BeginMobileApplicationResponse.SerializeToString,
+            ),
+            'CompleteMobileApplication': grpc.unary_unary_rpc_method_handler(
+                    servicer.CompleteMobileApplication,
+                    request_deserializer=jpki__va_dot_protos_dot_signer__pb2.CompleteMobileApplicationRequest.FromString,
+                    response_serializer=jpki__va_dot_protos_dot_signer__pb2.CompleteMobileApplicationResponse.SerializeToString,
+            ),
             'RecordLoss': grpc.unary_unary_rpc_method_handler(
                     servicer.RecordLoss,
                     request_deserializer=jpki__va_dot_protos_dot_signer__pb2.RecordLossRequest.FromString,
@@ -358,6 +396,60 @@ class SignerService:
             '/jpki.va.v1.SignerService/IssueCertificate',
             jpki__va_dot_protos_dot_signer__pb2.IssueCertificateRequest.SerializeToString,
             jpki__va_dot_protos_dot_signer__pb2.IssueCertificateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def BeginMobileApplication(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/jpki.va.v1.SignerService/BeginMobileApplication',
+            jpki__va_dot_protos_dot_signer__pb2.BeginMobileApplicationRequest.SerializeToString,
+            jpki__va_dot_protos_dot_signer__pb2.BeginMobileApplicationResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CompleteMobileApplication(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/jpki.va.v1.SignerService/CompleteMobileApplication',
+            jpki__va_dot_protos_dot_signer__pb2.CompleteMobileApplicationRequest.SerializeToString,
+            jpki__va_dot_protos_dot_signer__pb2.CompleteMobileApplicationResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -280,6 +280,11 @@ class ResponderConfig:
     listen: str = "127.0.0.1:50051"
     workers: int = field(default_factory=lambda: os.cpu_count() or 1)
     signer: str | None = None  # where to get delegated OCSP-signer certificates
+    # mTLS to the signer (a pod of its own): its CA, and the operator client certificate
+    # the responder presents (the signer issues OCSP-signer certificates to operators).
+    signer_ca: Path | None = None
+    signer_client_cert: Path | None = None
+    signer_client_key: Path | None = None
     insecure_loopback: bool = False
     tls: TlsFiles | None = None
     loopback_verifier: str | None = None  # plaintext callers without x-jpki-verifier
@@ -353,8 +358,44 @@ class ResponderConfig:
             raise ConfigError("notice interval must be > 0")
         if self.max_lag <= 0:
             raise ConfigError("max lag must be > 0 seconds")
-        if self.signer is not None and not _is_loopback(self.signer):
-            raise ConfigError("the signer connection is plaintext: loopback only for now")
+        self._check_signer_link()
+
+    def _check_signer_link(self) -> None:
+        files = (self.signer_ca, self.signer_client_cert, self.signer_client_key)
+        if any(f is not None for f in files):
+            if not all(f is not None for f in files):
+                raise ConfigError(
+                    "--signer-ca, --signer-client-cert and --signer-client-key go together"
+                )
+            for option, path in zip(
+                ("--signer-ca", "--signer-client-cert", "--signer-client-key"), files, strict=True
+            ):
+                if path is not None and not path.is_file():
+                    raise ConfigError(f"{option} {path} does not exist")
+            if self.signer is None:
+                raise ConfigError("--signer-ca and its certificate go with --signer HOST:PORT")
+        elif self.signer is not None and not _is_loopback(self.signer):
+            raise ConfigError(
+                f"the signer connection to {self.signer} would be plaintext: loopback only, "
+                "or give --signer-ca, --signer-client-cert and --signer-client-key (mTLS)"
+            )
+
+    def signer_credentials(self) -> tuple[bytes, bytes, bytes] | None:
+        """(CA, client key, client certificate chain) for the signer link, or None."""
+        if (
+            self.signer_ca is None
+            or self.signer_client_cert is None
+            or self.signer_client_key is None
+        ):
+            return None
+        try:
+            return (
+                self.signer_ca.read_bytes(),
+                self.signer_client_key.read_bytes(),
+                self.signer_client_cert.read_bytes(),
+            )
+        except OSError as exc:
+            raise ConfigError(f"cannot read the signer link's TLS files: {exc}") from None
 
     def _check_streams(self) -> None:
         if self.max_streams < 1:

@@ -263,6 +263,13 @@ def _add_responder(sub: SubParsers) -> None:
         "--signer", type=host_port, metavar="HOST:PORT",
         help="the signer, for OCSP-signer certificates",
     )  # fmt: skip
+    link = responder.add_argument_group("mTLS to the signer (beyond loopback)")
+    link.add_argument("--signer-ca", metavar="FILE", help="PEM roots of the signer's TLS")
+    link.add_argument(
+        "--signer-client-cert", metavar="FILE",
+        help="PEM client certificate, one of the signer's --operator-cert",
+    )  # fmt: skip
+    link.add_argument("--signer-client-key", metavar="FILE", help="PEM key of that certificate")
     responder.add_argument(
         "--poll-interval", metavar="DURATION", help="between snapshot scans (default 1s)"
     )

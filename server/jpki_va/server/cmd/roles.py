@@ -160,6 +160,9 @@ def responder_config(args: argparse.Namespace) -> ResponderConfig:
             "listen": args.listen,
             "workers": args.workers,
             "signer": args.signer,
+            "signer_ca": args.signer_ca,
+            "signer_client_cert": args.signer_client_cert,
+            "signer_client_key": args.signer_client_key,
             "insecure_loopback": args.insecure_loopback or None,
             "poll_interval": args.poll_interval,
             "notice_interval": args.notice_interval,
@@ -213,6 +216,9 @@ def responder_config(args: argparse.Namespace) -> ResponderConfig:
             "DATA/snapshots, or where snapshots are shipped to)"
         )
     values["state_dir"] = Path(values["state_dir"])
+    for name in ("signer_ca", "signer_client_cert", "signer_client_key"):
+        if name in values:
+            values[name] = Path(values[name])
     values["trust_anchors"] = tuple(Path(p) for p in values.get("trust_anchors") or ())
     try:
         return ResponderConfig(tls=_tls_from(args, file_values), **values)
