@@ -448,7 +448,13 @@ def renew_ocsp_certificates(
 
     def certify(csr_der: bytes) -> list[x509.Certificate]:
         assert config.signer is not None
-        with grpc.insecure_channel(config.signer) as channel:
+        tls = config.signer_credentials()
+        channel = (
+            grpc.insecure_channel(config.signer)
+            if tls is None
+            else grpc.secure_channel(config.signer, grpc.ssl_channel_credentials(*tls))
+        )
+        with channel:
             reply = signer_pb2_grpc.SignerServiceStub(channel).IssueOcspSignerCertificate(
                 signer_pb2.IssueOcspSignerCertificateRequest(
                     csr_der=csr_der, issuer_key_ids=sorted(issuer_ids)
@@ -498,6 +504,9 @@ class Responder:
             self._clock, per_partition=config.metrics_per_partition
         )
         self._collector.ocsp_signer_from(self._keystore.current)
+        self._collector.rotation_from(
+            lambda: (bool(self._in_rotation.value), self._ingester.newest)
+        )
         self._observed = False  # the collector has the live index's state
         self._metrics_server: MetricsServer | None = None
         self._ready = self._ctx.Queue()
