@@ -304,7 +304,7 @@ def _add_responder(sub: SubParsers) -> None:
     _add_stream_options(responder)
     _add_retention_options(
         responder.add_argument_group("retention (保存期間)", f"DURATION: {DURATION_SYNTAX}"),
-        ("crl-file",),
+        ("crl-file", "ledger", "audit"),
     )
     # The spelling of earlier releases, in days.
     responder.add_argument("--crl-retention-days", type=float, help=argparse.SUPPRESS)
