@@ -65,13 +65,16 @@ class RoleProcess:
                 self.process.wait(timeout=15)
 
 
-def _start(argv: list[str], faults: str) -> RoleProcess:
+def _start(argv: list[str], faults: str, *, background: bool = False) -> RoleProcess:
+    """``background``: started as a shell starts a background job, SIGINT ignored."""
     env = dict(os.environ)
     env.pop(FAULT_ENV, None)
     if faults:
         env[FAULT_ENV] = faults
+    # A shell's background job: SIGINT ignored (trap ""), which exec passes on.
+    shell = ["sh", "-c", 'trap "" INT; exec "$@"', "sh"] if background else []
     process = subprocess.Popen(
-        [*JPKI_VA, *argv],
+        [*shell, *JPKI_VA, *argv],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         stdin=subprocess.DEVNULL,
@@ -98,16 +101,23 @@ class SignerProcess:
             yield signer_pb2_grpc.SignerServiceStub(channel)
 
 
-def start_signer_process(data_dir: Path, token: HsmConfig, faults: str = "") -> SignerProcess:
+def start_signer_process(
+    data_dir: Path,
+    token: HsmConfig,
+    faults: str = "",
+    *,
+    background: bool = False,
+    extra: tuple[str, ...] = (),
+) -> SignerProcess:
     assert token.pin.file is not None and token.softhsm2_conf is not None
     port = free_port()
     argv = [
         "signer", "--data-dir", str(data_dir), "--bootstrap", "--insecure-loopback",
         "--listen", f"127.0.0.1:{port}", "--delta-interval", "0", "--full-interval", "24h",
         "--hsm-module", token.module, "--hsm-token", token.token_label,
-        "--hsm-pin-file", token.pin.file, "--softhsm2-conf", token.softhsm2_conf,
+        "--hsm-pin-file", token.pin.file, "--softhsm2-conf", token.softhsm2_conf, *extra,
     ]  # fmt: skip
-    role = _start(argv, faults)
+    role = _start(argv, faults, background=background)
     try:
         role.wait_output(f"signer listening on port {port}")
     except BaseException:
@@ -162,15 +172,17 @@ def start_responder_process(
     port: int = 0,
     workers: int = 2,
     faults: str = "",
+    background: bool = False,
+    extra: tuple[str, ...] = (),
 ) -> ResponderProcess:
     port = port or free_port()
     argv = [
         "responder", "--snapshots", str(snapshots), "--state-dir", str(state),
         "--trust-anchor", str(root_file), "--workers", str(workers), "--insecure-loopback",
         "--loopback-verifier", verifier, "--poll-interval", "0.1",
-        "--listen", f"127.0.0.1:{port}",
+        "--listen", f"127.0.0.1:{port}", *extra,
     ]  # fmt: skip
-    role = _start(argv, faults)
+    role = _start(argv, faults, background=background)
     try:
         role.wait_output(f"responder listening on port {port}")
     except BaseException:

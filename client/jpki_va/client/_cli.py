@@ -20,8 +20,10 @@ from jpki_va.client._client import DEFAULT_TIMEOUT, VaClient
 from jpki_va.client._errors import ClientError, DeadlineExceeded, Unavailable
 from jpki_va.client._models import CertificateStatus, IssuerCompromise, RevocationEvent
 from jpki_va.client._ocsp import parse_certificate
+from jpki_va.client._probe import mismatch, not_the_service
 from jpki_va.core.cli import (
     EXIT_FAILED,
+    EXIT_INTERRUPTED,
     EXIT_OK,
     EXIT_SERVER,
     EXIT_UNREACHABLE,
@@ -223,7 +225,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         code = args.func(args)
     except KeyboardInterrupt:
-        code = 130
+        code = EXIT_INTERRUPTED
     sys.exit(code)
 
 
@@ -286,10 +288,17 @@ def _command(
             _fail(name, str(error))
             return EXIT_USAGE
         except (Unavailable, DeadlineExceeded) as error:
-            _fail(name, f"no answer from {args.server}: {error.code.name}: {error.details}")
+            said = None
+            if isinstance(error, Unavailable):
+                said = mismatch(args.server, used_tls=not args.insecure_loopback, role="responder")
+            _fail(name, said or f"no answer from {args.server}: {error.code.name}: {error.details}")
             return EXIT_UNREACHABLE
         except ClientError as error:
-            _fail(name, f"server error {error.code.name}: {error.details}")
+            if error.code == grpc.StatusCode.UNIMPLEMENTED:
+                _fail(name, not_the_service(args.server, "jpki-va status service", "responder",
+                                            "signer"))  # fmt: skip
+            else:
+                _fail(name, f"server error {error.code.name}: {error.details}")
             return EXIT_SERVER
 
     return wrapped

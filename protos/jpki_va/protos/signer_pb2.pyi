@@ -23,6 +23,11 @@ if sys.version_info >= (3, 11):
 else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
+if sys.version_info >= (3, 13):
+    from warnings import deprecated as _deprecated
+else:
+    from typing_extensions import deprecated as _deprecated
+
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class _ResidentEvent:
@@ -128,12 +133,32 @@ class IssueCertificateRequest(_message.Message):
     """SubjectPublicKeyInfo (DER) of the holder's key; an unusable key is
     INVALID_ARGUMENT.
     """
-    card_serial: _builtins.bytes
-    """Mobile kinds: the serial of the card certificate of the same holder and purpose."""
-    application_signature: _builtins.bytes
-    """Mobile kinds: the card key's signature over public_key_der (SHA-256); one that
-    does not verify is FAILED_PRECONDITION.
-    """
+    @_builtins.property
+    @_deprecated("""This field has been marked as deprecated using proto field options.""")
+    def card_serial(self) -> _builtins.bytes:
+        """Deprecated with the one-step mobile application it belonged to: mobile kinds are
+        issued by Begin/CompleteMobileApplication, and a request that sets it is
+        INVALID_ARGUMENT.
+        """
+
+    @card_serial.setter
+    @_deprecated("""This field has been marked as deprecated using proto field options.""")
+    def card_serial(self, value: _builtins.bytes) -> None:
+        """Deprecated with the one-step mobile application it belonged to: mobile kinds are
+        issued by Begin/CompleteMobileApplication, and a request that sets it is
+        INVALID_ARGUMENT.
+        """
+
+    @_builtins.property
+    @_deprecated("""This field has been marked as deprecated using proto field options.""")
+    def application_signature(self) -> _builtins.bytes:
+        """Deprecated with card_serial, and refused the same way."""
+
+    @application_signature.setter
+    @_deprecated("""This field has been marked as deprecated using proto field options.""")
+    def application_signature(self, value: _builtins.bytes) -> None:
+        """Deprecated with card_serial, and refused the same way."""
+
     @_builtins.property
     def holder(self) -> Global___HolderInfo:
         """The holder's basic information the certificate records; required."""
@@ -168,12 +193,15 @@ class IssueCertificateResponse(_message.Message):
     ISSUER_CERTIFICATE_DER_FIELD_NUMBER: _builtins.int
     SUPERSEDED_FIELD_NUMBER: _builtins.int
     PUBLISHING_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
     certificate_der: _builtins.bytes
     """The new certificate, DER."""
     serial: _builtins.bytes
     """Its serial number (unsigned big-endian)."""
     issuer_certificate_der: _builtins.bytes
     """The issuing-CA certificate that signed it, DER."""
+    kind: _va_pb2.CertKind.ValueType
+    """The kind issued (the one asked for, or the mobile application's)."""
     @_builtins.property
     def superseded(self) -> _containers.RepeatedCompositeFieldContainer[Global___LossOfEffect]:
         """Renewal: the holder's earlier certificates of this kind it superseded (reason
@@ -192,14 +220,159 @@ class IssueCertificateResponse(_message.Message):
         issuer_certificate_der: _builtins.bytes = ...,
         superseded: _abc.Iterable[Global___LossOfEffect] | None = ...,
         publishing: Global___Publishing | None = ...,
+        kind: _va_pb2.CertKind.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["publishing", b"publishing"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["certificate_der", b"certificate_der", "issuer_certificate_der", b"issuer_certificate_der", "publishing", b"publishing", "serial", b"serial", "superseded", b"superseded"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["certificate_der", b"certificate_der", "issuer_certificate_der", b"issuer_certificate_der", "kind", b"kind", "publishing", b"publishing", "serial", b"serial", "superseded", b"superseded"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___IssueCertificateResponse: _TypeAlias = IssueCertificateResponse  # noqa: Y015
+
+@_typing.final
+class BeginMobileApplicationRequest(_message.Message):
+    """Step one of the mobile application (第16条の2第2項・第3項, 第35条の2第2項・第3項):
+    the notice of the four basic items of the applicant's resident record, signed with
+    the key of their CARD_SIGN certificate. Refused with FAILED_PRECONDITION naming the
+    failed condition (another card's signature, items that differ from the record, a
+    CARD_SIGN that lost effect, no CARD_AUTH in effect for MOBILE_AUTH, a stale or
+    reused notice); INVALID_ARGUMENT when the notice is not in the format. A refusal
+    records nothing.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KIND_FIELD_NUMBER: _builtins.int
+    NOTICE_FIELD_NUMBER: _builtins.int
+    NOTICE_SIGNATURE_FIELD_NUMBER: _builtins.int
+    CARD_CERTIFICATE_DER_FIELD_NUMBER: _builtins.int
+    kind: _va_pb2.CertKind.ValueType
+    """MOBILE_SIGN (第16条の2) or MOBILE_AUTH (第35条の2)."""
+    notice: _builtins.bytes
+    """UTF-8 text, one "key: value" line each, in this order: kind (MOBILE_SIGN or
+    MOBILE_AUTH), name, birth_date (YYYY-MM-DD), sex, address, signed_at (ISO 8601
+    with a zone, within 10 minutes of the call). At most 4096 bytes.
+    """
+    notice_signature: _builtins.bytes
+    """The CARD_SIGN key's signature over the notice's bytes: RSA PKCS#1 v1.5 or ECDSA,
+    with SHA-256 (`openssl dgst -sha256 -sign card-key.pem notice.txt`).
+    """
+    card_certificate_der: _builtins.bytes
+    """The applicant's CARD_SIGN certificate (DER), as read from the card; it must be
+    the one J-LIS issued, and names the holder.
+    """
+    def __init__(
+        self,
+        *,
+        kind: _va_pb2.CertKind.ValueType = ...,
+        notice: _builtins.bytes = ...,
+        notice_signature: _builtins.bytes = ...,
+        card_certificate_der: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["card_certificate_der", b"card_certificate_der", "kind", b"kind", "notice", b"notice", "notice_signature", b"notice_signature"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BeginMobileApplicationRequest: _TypeAlias = BeginMobileApplicationRequest  # noqa: Y015
+
+@_typing.final
+class BeginMobileApplicationResponse(_message.Message):
+    """The application J-LIS confirmed (第3項の通知): complete it before it expires."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    APPLICATION_ID_FIELD_NUMBER: _builtins.int
+    EXPIRES_AT_FIELD_NUMBER: _builtins.int
+    HOLDER_FIELD_NUMBER: _builtins.int
+    CARD_SERIAL_FIELD_NUMBER: _builtins.int
+    application_id: _builtins.str
+    """32 hexadecimal digits; whoever holds it may complete the application, once."""
+    card_serial: _builtins.bytes
+    """The CARD_SIGN certificate whose key signed the notice."""
+    @_builtins.property
+    def expires_at(self) -> _timestamp_pb2.Timestamp:
+        """After this the application can no longer be completed."""
+
+    @_builtins.property
+    def holder(self) -> Global___HolderInfo:
+        """The notified items, which the certificate will carry."""
+
+    def __init__(
+        self,
+        *,
+        application_id: _builtins.str = ...,
+        expires_at: _timestamp_pb2.Timestamp | None = ...,
+        holder: Global___HolderInfo | None = ...,
+        card_serial: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["expires_at", b"expires_at", "holder", b"holder"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["application_id", b"application_id", "card_serial", b"card_serial", "expires_at", b"expires_at", "holder", b"holder"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BeginMobileApplicationResponse: _TypeAlias = BeginMobileApplicationResponse  # noqa: Y015
+
+@_typing.final
+class CompleteMobileApplicationRequest(_message.Message):
+    """Step two (第16条の2第5項・第6項, 第35条の2第5項・第6項): the public key made in the
+    device, with a proof that the applicant holds its private key. NOT_FOUND for an
+    application never begun; FAILED_PRECONDITION for one expired or already used, a
+    key already certified, a request whose signature does not verify, or card
+    certificates that no longer support it. Answered as IssueCertificate answers.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    APPLICATION_ID_FIELD_NUMBER: _builtins.int
+    CSR_FIELD_NUMBER: _builtins.int
+    application_id: _builtins.str
+    """From BeginMobileApplicationResponse."""
+    csr: _builtins.bytes
+    """A PKCS#10 request (DER or PEM) for the device's key pair, signed with its private
+    key; only its public key and signature are used (the subject comes from the
+    notice).
+    """
+    def __init__(
+        self,
+        *,
+        application_id: _builtins.str = ...,
+        csr: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["application_id", b"application_id", "csr", b"csr"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CompleteMobileApplicationRequest: _TypeAlias = CompleteMobileApplicationRequest  # noqa: Y015
+
+@_typing.final
+class CompleteMobileApplicationResponse(_message.Message):
+    """The certificate step two issued."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ISSUED_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def issued(self) -> Global___IssueCertificateResponse:
+        """As IssueCertificate answers: the certificate, its issuer and publishing."""
+
+    def __init__(
+        self,
+        *,
+        issued: Global___IssueCertificateResponse | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["issued", b"issued"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["issued", b"issued"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CompleteMobileApplicationResponse: _TypeAlias = CompleteMobileApplicationResponse  # noqa: Y015
 
 @_typing.final
 class Publishing(_message.Message):
@@ -646,6 +819,172 @@ class ListConsentsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListConsentsResponse: _TypeAlias = ListConsentsResponse  # noqa: Y015
+
+@_typing.final
+class HolderNotice(_message.Message):
+    """A notice to a holder (通知: 第15条第2項, 第16条の14第2項, 第34条第2項,
+    第35条の14第2項): their certificate had a record error and lost effect.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    SERIAL_FIELD_NUMBER: _builtins.int
+    ARTICLE_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    ADDRESS_FIELD_NUMBER: _builtins.int
+    MUNICIPALITY_CODE_FIELD_NUMBER: _builtins.int
+    LOST_AT_FIELD_NUMBER: _builtins.int
+    TEXT_FIELD_NUMBER: _builtins.int
+    DELIVERED_AT_FIELD_NUMBER: _builtins.int
+    DELIVERY_FIELD_NUMBER: _builtins.int
+    SENT_AT_FIELD_NUMBER: _builtins.int
+    id: _builtins.int
+    """The outbox's sequence number, from 1."""
+    kind: _va_pb2.CertKind.ValueType
+    """The kind of the certificate that lost effect."""
+    serial: _builtins.bytes
+    """Its serial number (unsigned big-endian)."""
+    article: _builtins.str
+    """The article that requires the notice, e.g. "第34条第2項"."""
+    name: _builtins.str
+    """The addressee's name, as the certificate records it."""
+    address: _builtins.str
+    """The addressee's address, as the certificate records it."""
+    municipality_code: _builtins.str
+    """The municipality (six digits) of the certificate."""
+    text: _builtins.str
+    """What the notice says (Japanese): the record error and the loss of effect."""
+    delivery: _builtins.str
+    """Where it went: "spool:FILE" or "webhook:HTTP 204"; empty: not yet."""
+    @_builtins.property
+    def lost_at(self) -> _timestamp_pb2.Timestamp:
+        """When the certificate lost effect."""
+
+    @_builtins.property
+    def delivered_at(self) -> _timestamp_pb2.Timestamp:
+        """When it was handed to the delivery channel; unset: not yet."""
+
+    @_builtins.property
+    def sent_at(self) -> _timestamp_pb2.Timestamp:
+        """When it was sent to the holder; unset: pending."""
+
+    def __init__(
+        self,
+        *,
+        id: _builtins.int = ...,
+        kind: _va_pb2.CertKind.ValueType = ...,
+        serial: _builtins.bytes = ...,
+        article: _builtins.str = ...,
+        name: _builtins.str = ...,
+        address: _builtins.str = ...,
+        municipality_code: _builtins.str = ...,
+        lost_at: _timestamp_pb2.Timestamp | None = ...,
+        text: _builtins.str = ...,
+        delivered_at: _timestamp_pb2.Timestamp | None = ...,
+        delivery: _builtins.str = ...,
+        sent_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["delivered_at", b"delivered_at", "lost_at", b"lost_at", "sent_at", b"sent_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "article", b"article", "delivered_at", b"delivered_at", "delivery", b"delivery", "id", b"id", "kind", b"kind", "lost_at", b"lost_at", "municipality_code", b"municipality_code", "name", b"name", "sent_at", b"sent_at", "serial", b"serial", "text", b"text"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___HolderNotice: _TypeAlias = HolderNotice  # noqa: Y015
+
+@_typing.final
+class ListNoticesRequest(_message.Message):
+    """The notice outbox."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PENDING_ONLY_FIELD_NUMBER: _builtins.int
+    pending_only: _builtins.bool
+    """True: only the notices not yet sent."""
+    def __init__(
+        self,
+        *,
+        pending_only: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["pending_only", b"pending_only"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListNoticesRequest: _TypeAlias = ListNoticesRequest  # noqa: Y015
+
+@_typing.final
+class ListNoticesResponse(_message.Message):
+    """The notices, oldest first."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NOTICES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def notices(self) -> _containers.RepeatedCompositeFieldContainer[Global___HolderNotice]:
+        """Every notice asked for, oldest first."""
+
+    def __init__(
+        self,
+        *,
+        notices: _abc.Iterable[Global___HolderNotice] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["notices", b"notices"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListNoticesResponse: _TypeAlias = ListNoticesResponse  # noqa: Y015
+
+@_typing.final
+class MarkNoticeSentRequest(_message.Message):
+    """An operator's record that a notice was sent (a spooled one, after mailing it)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    id: _builtins.int
+    """The notice's id; required (1 or more)."""
+    def __init__(
+        self,
+        *,
+        id: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MarkNoticeSentRequest: _TypeAlias = MarkNoticeSentRequest  # noqa: Y015
+
+@_typing.final
+class MarkNoticeSentResponse(_message.Message):
+    """The notice as now recorded."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NOTICE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def notice(self) -> Global___HolderNotice:
+        """The notice, with its sent_at set."""
+
+    def __init__(
+        self,
+        *,
+        notice: Global___HolderNotice | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["notice", b"notice"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["notice", b"notice"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MarkNoticeSentResponse: _TypeAlias = MarkNoticeSentResponse  # noqa: Y015
 
 @_typing.final
 class PublishSnapshotRequest(_message.Message):

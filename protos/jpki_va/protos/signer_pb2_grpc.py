@@ -48,6 +48,16 @@ class SignerServiceStub:
                 request_serializer=jpki__va_dot_protos_dot_signer__pb2.IssueCertificateRequest.SerializeToString,
                 response_deserializer=jpki__va_dot_protos_dot_signer__pb2.IssueCertificateResponse.FromString,
                 _registered_method=True)
+        self.BeginMobileApplication = channel.unary_unary(
+                '/jpki.va.v1.SignerService/BeginMobileApplication',
+                request_serializer=jpki__va_dot_protos_dot_signer__pb2.BeginMobileApplicationRequest.SerializeToString,
+                response_deserializer=jpki__va_dot_protos_dot_signer__pb2.BeginMobileApplicationResponse.FromString,
+                _registered_method=True)
+        self.CompleteMobileApplication = channel.unary_unary(
+                '/jpki.va.v1.SignerService/CompleteMobileApplication',
+                request_serializer=jpki__va_dot_protos_dot_signer__pb2.CompleteMobileApplicationRequest.SerializeToString,
+                response_deserializer=jpki__va_dot_protos_dot_signer__pb2.CompleteMobileApplicationResponse.FromString,
+                _registered_method=True)
         self.RecordLoss = channel.unary_unary(
                 '/jpki.va.v1.SignerService/RecordLoss',
                 request_serializer=jpki__va_dot_protos_dot_signer__pb2.RecordLossRequest.SerializeToString,
@@ -88,6 +98,16 @@ class SignerServiceStub:
                 request_serializer=jpki__va_dot_protos_dot_va__pb2.ListIssuersRequest.SerializeToString,
                 response_deserializer=jpki__va_dot_protos_dot_va__pb2.ListIssuersResponse.FromString,
                 _registered_method=True)
+        self.ListNotices = channel.unary_unary(
+                '/jpki.va.v1.SignerService/ListNotices',
+                request_serializer=jpki__va_dot_protos_dot_signer__pb2.ListNoticesRequest.SerializeToString,
+                response_deserializer=jpki__va_dot_protos_dot_signer__pb2.ListNoticesResponse.FromString,
+                _registered_method=True)
+        self.MarkNoticeSent = channel.unary_unary(
+                '/jpki.va.v1.SignerService/MarkNoticeSent',
+                request_serializer=jpki__va_dot_protos_dot_signer__pb2.MarkNoticeSentRequest.SerializeToString,
+                response_deserializer=jpki__va_dot_protos_dot_signer__pb2.MarkNoticeSentResponse.FromString,
+                _registered_method=True)
         self.AddVerifier = channel.unary_unary(
                 '/jpki.va.v1.SignerService/AddVerifier',
                 request_serializer=jpki__va_dot_protos_dot_verifiers__pb2.AddVerifierRequest.SerializeToString,
@@ -121,8 +141,26 @@ class SignerServiceServicer:
     """
 
     def IssueCertificate(self, request, context):
-        """Issue a certificate (renewal when the holder has one of the kind). Errors:
+        """Issue a card certificate (renewal when the holder has one of the kind); mobile
+        kinds are INVALID_ARGUMENT (they come by the two-step application). Errors:
         INVALID_ARGUMENT, FAILED_PRECONDITION (the law forbids it now), the HSM's.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def BeginMobileApplication(self, request, context):
+        """Step one of the mobile application (第16条の2, 第35条の2): the signed notice of
+        the four basic items. Errors: INVALID_ARGUMENT (not in the format),
+        FAILED_PRECONDITION (the condition the law puts that failed).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CompleteMobileApplication(self, request, context):
+        """Step two: the device's public key with its proof of possession; the certificate.
+        Errors: INVALID_ARGUMENT, NOT_FOUND (never begun), FAILED_PRECONDITION, the HSM's.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -189,6 +227,21 @@ class SignerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListNotices(self, request, context):
+        """The notice outbox, oldest first (operators).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def MarkNoticeSent(self, request, context):
+        """Record that a notice was sent (operators). Errors: INVALID_ARGUMENT (id 0),
+        NOT_FOUND (an unknown id), FAILED_PRECONDITION (already sent).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def AddVerifier(self, request, context):
         """Register a verifier (operators). Errors: INVALID_ARGUMENT, FAILED_PRECONDITION
         (the id exists and replace is false).
@@ -227,6 +280,16 @@ def add_SignerServiceServicer_to_server(servicer, server):
                     servicer.IssueCertificate,
                     request_deserializer=jpki__va_dot_protos_dot_signer__pb2.IssueCertificateRequest.FromString,
                     response_serializer=jpki__va_dot_protos_dot_signer__pb2.IssueCertificateResponse.SerializeToString,
+            ),
+            'BeginMobileApplication': grpc.unary_unary_rpc_method_handler(
+                    servicer.BeginMobileApplication,
+                    request_deserializer=jpki__va_dot_protos_dot_signer__pb2.BeginMobileApplicationRequest.FromString,
+                    response_serializer=jpki__va_dot_protos_dot_signer__pb2.BeginMobileApplicationResponse.SerializeToString,
+            ),
+            'CompleteMobileApplication': grpc.unary_unary_rpc_method_handler(
+                    servicer.CompleteMobileApplication,
+                    request_deserializer=jpki__va_dot_protos_dot_signer__pb2.CompleteMobileApplicationRequest.FromString,
+                    response_serializer=jpki__va_dot_protos_dot_signer__pb2.CompleteMobileApplicationResponse.SerializeToString,
             ),
             'RecordLoss': grpc.unary_unary_rpc_method_handler(
                     servicer.RecordLoss,
@@ -267,6 +330,16 @@ def add_SignerServiceServicer_to_server(servicer, server):
                     servicer.ListIssuers,
                     request_deserializer=jpki__va_dot_protos_dot_va__pb2.ListIssuersRequest.FromString,
                     response_serializer=jpki__va_dot_protos_dot_va__pb2.ListIssuersResponse.SerializeToString,
+            ),
+            'ListNotices': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListNotices,
+                    request_deserializer=jpki__va_dot_protos_dot_signer__pb2.ListNoticesRequest.FromString,
+                    response_serializer=jpki__va_dot_protos_dot_signer__pb2.ListNoticesResponse.SerializeToString,
+            ),
+            'MarkNoticeSent': grpc.unary_unary_rpc_method_handler(
+                    servicer.MarkNoticeSent,
+                    request_deserializer=jpki__va_dot_protos_dot_signer__pb2.MarkNoticeSentRequest.FromString,
+                    response_serializer=jpki__va_dot_protos_dot_signer__pb2.MarkNoticeSentResponse.SerializeToString,
             ),
             'AddVerifier': grpc.unary_unary_rpc_method_handler(
                     servicer.AddVerifier,
@@ -323,6 +396,60 @@ class SignerService:
             '/jpki.va.v1.SignerService/IssueCertificate',
             jpki__va_dot_protos_dot_signer__pb2.IssueCertificateRequest.SerializeToString,
             jpki__va_dot_protos_dot_signer__pb2.IssueCertificateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def BeginMobileApplication(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/jpki.va.v1.SignerService/BeginMobileApplication',
+            jpki__va_dot_protos_dot_signer__pb2.BeginMobileApplicationRequest.SerializeToString,
+            jpki__va_dot_protos_dot_signer__pb2.BeginMobileApplicationResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CompleteMobileApplication(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/jpki.va.v1.SignerService/CompleteMobileApplication',
+            jpki__va_dot_protos_dot_signer__pb2.CompleteMobileApplicationRequest.SerializeToString,
+            jpki__va_dot_protos_dot_signer__pb2.CompleteMobileApplicationResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -539,6 +666,60 @@ class SignerService:
             '/jpki.va.v1.SignerService/ListIssuers',
             jpki__va_dot_protos_dot_va__pb2.ListIssuersRequest.SerializeToString,
             jpki__va_dot_protos_dot_va__pb2.ListIssuersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListNotices(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/jpki.va.v1.SignerService/ListNotices',
+            jpki__va_dot_protos_dot_signer__pb2.ListNoticesRequest.SerializeToString,
+            jpki__va_dot_protos_dot_signer__pb2.ListNoticesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def MarkNoticeSent(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/jpki.va.v1.SignerService/MarkNoticeSent',
+            jpki__va_dot_protos_dot_signer__pb2.MarkNoticeSentRequest.SerializeToString,
+            jpki__va_dot_protos_dot_signer__pb2.MarkNoticeSentResponse.FromString,
             options,
             channel_credentials,
             insecure,

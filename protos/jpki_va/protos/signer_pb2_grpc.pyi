@@ -47,8 +47,18 @@ class SignerServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> SignerServiceAsyncStub: ...
     IssueCertificate: _grpc.UnaryUnaryMultiCallable[_signer_pb2.IssueCertificateRequest, _signer_pb2.IssueCertificateResponse]
-    """Issue a certificate (renewal when the holder has one of the kind). Errors:
+    """Issue a card certificate (renewal when the holder has one of the kind); mobile
+    kinds are INVALID_ARGUMENT (they come by the two-step application). Errors:
     INVALID_ARGUMENT, FAILED_PRECONDITION (the law forbids it now), the HSM's.
+    """
+    BeginMobileApplication: _grpc.UnaryUnaryMultiCallable[_signer_pb2.BeginMobileApplicationRequest, _signer_pb2.BeginMobileApplicationResponse]
+    """Step one of the mobile application (第16条の2, 第35条の2): the signed notice of
+    the four basic items. Errors: INVALID_ARGUMENT (not in the format),
+    FAILED_PRECONDITION (the condition the law puts that failed).
+    """
+    CompleteMobileApplication: _grpc.UnaryUnaryMultiCallable[_signer_pb2.CompleteMobileApplicationRequest, _signer_pb2.CompleteMobileApplicationResponse]
+    """Step two: the device's public key with its proof of possession; the certificate.
+    Errors: INVALID_ARGUMENT, NOT_FOUND (never begun), FAILED_PRECONDITION, the HSM's.
     """
     RecordLoss: _grpc.UnaryUnaryMultiCallable[_signer_pb2.RecordLossRequest, _signer_pb2.RecordLossResponse]
     """Record a certificate's loss of effect, with its cascade. Errors:
@@ -76,6 +86,12 @@ class SignerServiceStub:
     """
     ListIssuers: _grpc.UnaryUnaryMultiCallable[_va_pb2.ListIssuersRequest, _va_pb2.ListIssuersResponse]
     """The root and every issuing-CA generation the registry holds."""
+    ListNotices: _grpc.UnaryUnaryMultiCallable[_signer_pb2.ListNoticesRequest, _signer_pb2.ListNoticesResponse]
+    """The notice outbox, oldest first (operators)."""
+    MarkNoticeSent: _grpc.UnaryUnaryMultiCallable[_signer_pb2.MarkNoticeSentRequest, _signer_pb2.MarkNoticeSentResponse]
+    """Record that a notice was sent (operators). Errors: INVALID_ARGUMENT (id 0),
+    NOT_FOUND (an unknown id), FAILED_PRECONDITION (already sent).
+    """
     AddVerifier: _grpc.UnaryUnaryMultiCallable[_verifiers_pb2.AddVerifierRequest, _verifiers_pb2.AddVerifierResponse]
     """Register a verifier (operators). Errors: INVALID_ARGUMENT, FAILED_PRECONDITION
     (the id exists and replace is false).
@@ -103,8 +119,18 @@ class SignerServiceAsyncStub(SignerServiceStub):
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     IssueCertificate: _aio.UnaryUnaryMultiCallable[_signer_pb2.IssueCertificateRequest, _signer_pb2.IssueCertificateResponse]  # type: ignore[assignment]
-    """Issue a certificate (renewal when the holder has one of the kind). Errors:
+    """Issue a card certificate (renewal when the holder has one of the kind); mobile
+    kinds are INVALID_ARGUMENT (they come by the two-step application). Errors:
     INVALID_ARGUMENT, FAILED_PRECONDITION (the law forbids it now), the HSM's.
+    """
+    BeginMobileApplication: _aio.UnaryUnaryMultiCallable[_signer_pb2.BeginMobileApplicationRequest, _signer_pb2.BeginMobileApplicationResponse]  # type: ignore[assignment]
+    """Step one of the mobile application (第16条の2, 第35条の2): the signed notice of
+    the four basic items. Errors: INVALID_ARGUMENT (not in the format),
+    FAILED_PRECONDITION (the condition the law puts that failed).
+    """
+    CompleteMobileApplication: _aio.UnaryUnaryMultiCallable[_signer_pb2.CompleteMobileApplicationRequest, _signer_pb2.CompleteMobileApplicationResponse]  # type: ignore[assignment]
+    """Step two: the device's public key with its proof of possession; the certificate.
+    Errors: INVALID_ARGUMENT, NOT_FOUND (never begun), FAILED_PRECONDITION, the HSM's.
     """
     RecordLoss: _aio.UnaryUnaryMultiCallable[_signer_pb2.RecordLossRequest, _signer_pb2.RecordLossResponse]  # type: ignore[assignment]
     """Record a certificate's loss of effect, with its cascade. Errors:
@@ -132,6 +158,12 @@ class SignerServiceAsyncStub(SignerServiceStub):
     """
     ListIssuers: _aio.UnaryUnaryMultiCallable[_va_pb2.ListIssuersRequest, _va_pb2.ListIssuersResponse]  # type: ignore[assignment]
     """The root and every issuing-CA generation the registry holds."""
+    ListNotices: _aio.UnaryUnaryMultiCallable[_signer_pb2.ListNoticesRequest, _signer_pb2.ListNoticesResponse]  # type: ignore[assignment]
+    """The notice outbox, oldest first (operators)."""
+    MarkNoticeSent: _aio.UnaryUnaryMultiCallable[_signer_pb2.MarkNoticeSentRequest, _signer_pb2.MarkNoticeSentResponse]  # type: ignore[assignment]
+    """Record that a notice was sent (operators). Errors: INVALID_ARGUMENT (id 0),
+    NOT_FOUND (an unknown id), FAILED_PRECONDITION (already sent).
+    """
     AddVerifier: _aio.UnaryUnaryMultiCallable[_verifiers_pb2.AddVerifierRequest, _verifiers_pb2.AddVerifierResponse]  # type: ignore[assignment]
     """Register a verifier (operators). Errors: INVALID_ARGUMENT, FAILED_PRECONDITION
     (the id exists and replace is false).
@@ -162,8 +194,30 @@ class SignerServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _signer_pb2.IssueCertificateRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_signer_pb2.IssueCertificateResponse, _abc.Awaitable[_signer_pb2.IssueCertificateResponse]]:
-        """Issue a certificate (renewal when the holder has one of the kind). Errors:
+        """Issue a card certificate (renewal when the holder has one of the kind); mobile
+        kinds are INVALID_ARGUMENT (they come by the two-step application). Errors:
         INVALID_ARGUMENT, FAILED_PRECONDITION (the law forbids it now), the HSM's.
+        """
+
+    @_abc_1.abstractmethod
+    def BeginMobileApplication(
+        self,
+        request: _signer_pb2.BeginMobileApplicationRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_signer_pb2.BeginMobileApplicationResponse, _abc.Awaitable[_signer_pb2.BeginMobileApplicationResponse]]:
+        """Step one of the mobile application (第16条の2, 第35条の2): the signed notice of
+        the four basic items. Errors: INVALID_ARGUMENT (not in the format),
+        FAILED_PRECONDITION (the condition the law puts that failed).
+        """
+
+    @_abc_1.abstractmethod
+    def CompleteMobileApplication(
+        self,
+        request: _signer_pb2.CompleteMobileApplicationRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_signer_pb2.CompleteMobileApplicationResponse, _abc.Awaitable[_signer_pb2.CompleteMobileApplicationResponse]]:
+        """Step two: the device's public key with its proof of possession; the certificate.
+        Errors: INVALID_ARGUMENT, NOT_FOUND (never begun), FAILED_PRECONDITION, the HSM's.
         """
 
     @_abc_1.abstractmethod
@@ -239,6 +293,24 @@ class SignerServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_va_pb2.ListIssuersResponse, _abc.Awaitable[_va_pb2.ListIssuersResponse]]:
         """The root and every issuing-CA generation the registry holds."""
+
+    @_abc_1.abstractmethod
+    def ListNotices(
+        self,
+        request: _signer_pb2.ListNoticesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_signer_pb2.ListNoticesResponse, _abc.Awaitable[_signer_pb2.ListNoticesResponse]]:
+        """The notice outbox, oldest first (operators)."""
+
+    @_abc_1.abstractmethod
+    def MarkNoticeSent(
+        self,
+        request: _signer_pb2.MarkNoticeSentRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_signer_pb2.MarkNoticeSentResponse, _abc.Awaitable[_signer_pb2.MarkNoticeSentResponse]]:
+        """Record that a notice was sent (operators). Errors: INVALID_ARGUMENT (id 0),
+        NOT_FOUND (an unknown id), FAILED_PRECONDITION (already sent).
+        """
 
     @_abc_1.abstractmethod
     def AddVerifier(

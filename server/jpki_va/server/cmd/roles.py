@@ -24,11 +24,12 @@ from jpki_va.server.app.config import (
     load_toml,
     merge,
     parse_duration,
+    parse_retention,
     tls_files,
 )
 from jpki_va.server.app.dir_lock import DirectoryInUse
 from jpki_va.server.app.responder_app import PortTaken, serve
-from jpki_va.server.app.signer_app import start_signer
+from jpki_va.server.app.signer_app import serve as serve_signer
 from jpki_va.server.ledger.provisions import LedgerError
 from jpki_va.server.responder.renew_policy import RenewPolicy
 
@@ -90,6 +91,11 @@ def signer_config(args: argparse.Namespace) -> SignerConfig:
             "retention_issuance_record": args.retention_issuance_record,
             "retention_loss_record": args.retention_loss_record,
             "retention_crl_file": args.retention_crl_file,
+            "retention_project_record": args.retention_project_record,
+            "retention": args.retention or None,
+            "notice_webhook": args.notice_webhook,
+            "notice_spool": args.notice_spool,
+            "notice_delivery_interval": args.notice_delivery_interval,
             "insecure_loopback": args.insecure_loopback or None,
             "bootstrap": args.bootstrap or None,
             "operator_certs": args.operator_cert,
@@ -111,10 +117,15 @@ def signer_config(args: argparse.Namespace) -> SignerConfig:
         "retention_issuance_record",
         "retention_loss_record",
         "retention_crl_file",
+        "retention_project_record",
+        "notice_delivery_interval",
     ):
         if name in values:
             values[name] = parse_duration(values[name], name.replace("_", " "))
+    values["retention"] = parse_retention(values.get("retention"))
     values["operator_certs"] = tuple(Path(p) for p in values.get("operator_certs") or ())
+    if values.get("notice_spool") is not None:
+        values["notice_spool"] = Path(values["notice_spool"])
     try:
         return SignerConfig(
             hsm=_hsm_from(args, file_values), tls=_tls_from(args, file_values), **values
@@ -149,11 +160,16 @@ def responder_config(args: argparse.Namespace) -> ResponderConfig:
             "listen": args.listen,
             "workers": args.workers,
             "signer": args.signer,
+            "signer_ca": args.signer_ca,
+            "signer_client_cert": args.signer_client_cert,
+            "signer_client_key": args.signer_client_key,
             "insecure_loopback": args.insecure_loopback or None,
             "poll_interval": args.poll_interval,
             "notice_interval": args.notice_interval,
             "max_lag": args.max_lag,
             "retention_crl_file": args.retention_crl_file,
+            "retention_ledger": args.retention_ledger,
+            "retention_audit": args.retention_audit,
             "loopback_verifier": args.loopback_verifier,
             "http_listen": args.http_listen,
             "http_tls": args.http_tls or None,
@@ -182,6 +198,8 @@ def responder_config(args: argparse.Namespace) -> ResponderConfig:
         "notice_interval",
         "max_lag",
         "retention_crl_file",
+        "retention_ledger",
+        "retention_audit",
     ):
         if name in values:
             values[name] = parse_duration(values[name], name.replace("_", " "))
@@ -195,7 +213,16 @@ def responder_config(args: argparse.Namespace) -> ResponderConfig:
         if required not in values:
             raise ConfigError(f"{flag} is required")
     values["snapshot_dir"] = Path(values["snapshot_dir"])
+    if not values["snapshot_dir"].is_dir():
+        # The responder would wait for snapshots that can never come.
+        raise ConfigError(
+            f"--snapshots {values['snapshot_dir']} is not a directory (the signer's "
+            "DATA/snapshots, or where snapshots are shipped to)"
+        )
     values["state_dir"] = Path(values["state_dir"])
+    for name in ("signer_ca", "signer_client_cert", "signer_client_key"):
+        if name in values:
+            values[name] = Path(values[name])
     values["trust_anchors"] = tuple(Path(p) for p in values.get("trust_anchors") or ())
     try:
         return ResponderConfig(tls=_tls_from(args, file_values), **values)
@@ -205,14 +232,8 @@ def responder_config(args: argparse.Namespace) -> ResponderConfig:
 
 @_one_line
 def run_signer(args: argparse.Namespace) -> int:
-    app = start_signer(signer_config(args))
-    print(f"signer listening on port {app.port}", flush=True)
-    try:
-        app.wait()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        app.stop()
+    config = signer_config(args)
+    serve_signer(config, ready=lambda port: print(f"signer listening on port {port}", flush=True))
     return 0
 
 

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 import grpc
 
+from jpki_va.client._probe import mismatch, not_the_service
 from jpki_va.core.cli import (
     EXIT_HSM_UNAVAILABLE,
     EXIT_OK,
@@ -143,6 +144,15 @@ def _hsm_unavailable(exc: grpc.Call) -> bool:
     )
 
 
+def _explain(args: argparse.Namespace, code: grpc.StatusCode) -> str | None:
+    """A wrong address or transport, named with the flag that fixes it."""
+    if code == grpc.StatusCode.UNAVAILABLE:
+        return mismatch(args.signer, used_tls=not args.insecure_loopback, role="signer")
+    if code == grpc.StatusCode.UNIMPLEMENTED:
+        return not_the_service(args.signer, "jpki.va.v1.SignerService", "signer", "responder")
+    return None
+
+
 def rpc_errors(run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
     """gRPC errors become one line on stderr and exit code 3 (4: no answer; 5: the
     signer answered that its HSM is unavailable)."""
@@ -161,7 +171,7 @@ def rpc_errors(run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.N
                     f"the HSM is back ({details})",
                 )
                 return EXIT_HSM_UNAVAILABLE
-            fail(f"jpki-va {args.command}", f"{code.name}: {details}")
+            fail(f"jpki-va {args.command}", _explain(args, code) or f"{code.name}: {details}")
             unreachable = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
             return EXIT_UNREACHABLE if code in unreachable else EXIT_SERVER
 

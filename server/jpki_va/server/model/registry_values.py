@@ -62,6 +62,54 @@ class ConsentChange:
 
 
 @dataclass(frozen=True)
+class MobileApplication:
+    """A mobile application confirmed at step one (第16条の2第3項, 第35条の2第3項),
+    waiting for the applicant's public key (第5項) until it expires or is completed."""
+
+    id: str  # random: whoever holds it completes the application
+    kind: CertKind
+    resident_code: str
+    card_serial: int  # the CARD_SIGN whose key signed the notice
+    holder: Holder  # the notified items, which the certificate will carry
+    begun_at: datetime
+    expires_at: datetime
+    notice_digest: bytes
+    completed_serial: int | None = None  # the certificate issued; an application is used once
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind.name,
+            "resident_code": self.resident_code,
+            "card_serial": self.card_serial,
+            "holder": [
+                self.holder.name,
+                self.holder.address,
+                self.holder.birth_date,
+                self.holder.sex,
+            ],
+            "begun_at": self.begun_at.isoformat(),
+            "expires_at": self.expires_at.isoformat(),
+            "notice_digest": self.notice_digest.hex(),
+            "completed_serial": self.completed_serial,
+        }
+
+    @classmethod
+    def from_json(cls, id: str, data: dict[str, Any]) -> MobileApplication:
+        name, address, birth_date, sex = data["holder"]
+        return cls(
+            id=id,
+            kind=CertKind[data["kind"]],
+            resident_code=data["resident_code"],
+            card_serial=int(data["card_serial"]),
+            holder=Holder(name=name, address=address, birth_date=birth_date, sex=sex),
+            begun_at=datetime.fromisoformat(data["begun_at"]),
+            expires_at=datetime.fromisoformat(data["expires_at"]),
+            notice_digest=bytes.fromhex(data["notice_digest"]),
+            completed_serial=data["completed_serial"],
+        )
+
+
+@dataclass(frozen=True)
 class MoveOut:
     """A move-out notice (転出届) not yet followed by a move-in (第31条)."""
 
@@ -238,3 +286,68 @@ class LossEvent:
             recorded_at=datetime.fromisoformat(data.get("recorded_at") or data["time"]),
             trigger=LossTrigger.from_json(data.get("trigger")),
         )
+
+
+@dataclass(frozen=True)
+class HolderNotice:
+    """A notice to a holder in the registry's outbox (law/holder_notice.py says what)."""
+
+    id: int  # 0 until the registry gives it its sequence number
+    kind: CertKind
+    serial: int
+    resident_code: str  # whose it is (the municipality finds the current address by it)
+    municipality_code: str
+    name: str
+    address: str
+    article: str
+    lost_at: datetime
+    text: str
+    delivered_at: datetime | None = None
+    delivery: str = ""
+    sent_at: datetime | None = None
+
+    @property
+    def pending(self) -> bool:
+        return self.sent_at is None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind.name,
+            "serial": self.serial,
+            "resident_code": self.resident_code,
+            "municipality_code": self.municipality_code,
+            "name": self.name,
+            "address": self.address,
+            "article": self.article,
+            "lost_at": self.lost_at.isoformat(),
+            "text": self.text,
+            "delivered_at": _iso(self.delivered_at),
+            "delivery": self.delivery,
+            "sent_at": _iso(self.sent_at),
+        }
+
+    @classmethod
+    def from_json(cls, notice_id: int, data: dict[str, Any]) -> HolderNotice:
+        return cls(
+            id=notice_id,
+            kind=CertKind[data["kind"]],
+            serial=int(data["serial"]),
+            resident_code=data["resident_code"],
+            municipality_code=data["municipality_code"],
+            name=data["name"],
+            address=data["address"],
+            article=data["article"],
+            lost_at=datetime.fromisoformat(data["lost_at"]),
+            text=data["text"],
+            delivered_at=_from_iso(data["delivered_at"]),
+            delivery=data["delivery"],
+            sent_at=_from_iso(data["sent_at"]),
+        )
+
+
+def _iso(when: datetime | None) -> str | None:
+    return None if when is None else when.isoformat()
+
+
+def _from_iso(text: str | None) -> datetime | None:
+    return None if text is None else datetime.fromisoformat(text)

@@ -14,11 +14,11 @@ from jpki_va.protos import signer_pb2, signer_pb2_grpc, va_pb2, verifiers_pb2
 from jpki_va.server.access.gate import Caller, Operators
 from jpki_va.server.law.resident_change import ResidentEvent, ResidentEventFacts, move_out_deadline
 from jpki_va.server.model.holder import Holder
-from jpki_va.server.model.registry_values import Consent, IssuerRecord, LossEvent
+from jpki_va.server.model.registry_values import Consent, HolderNotice, IssuerRecord, LossEvent
 from jpki_va.server.rpc.identity import fingerprint
 from jpki_va.server.rpc.pb import kind_from_pb, serial_from_pb, timestamp
 from jpki_va.server.signer.publish_status import PublishState
-from jpki_va.server.signer.service import InvalidRequest, IssueRequest, Signer
+from jpki_va.server.signer.service import InvalidRequest, Issued, IssueRequest, Signer
 from jpki_va.server.signer.verifier_registry import VerifierRegistry
 
 
@@ -51,6 +51,26 @@ def consent_to_pb(consent: Consent) -> signer_pb2.Consent:
     out = signer_pb2.Consent(verifier=consent.verifier, granted_at=timestamp(consent.granted_at))
     if consent.withdrawn_at is not None:
         out.withdrawn_at.CopyFrom(timestamp(consent.withdrawn_at))
+    return out
+
+
+def notice_to_pb(notice: HolderNotice) -> signer_pb2.HolderNotice:
+    out = signer_pb2.HolderNotice(
+        id=notice.id,
+        kind=int(notice.kind),  # type: ignore[arg-type]
+        serial=serial_to_bytes(notice.serial),
+        article=notice.article,
+        name=notice.name,
+        address=notice.address,
+        municipality_code=notice.municipality_code,
+        lost_at=timestamp(notice.lost_at),
+        text=notice.text,
+        delivery=notice.delivery,
+    )
+    if notice.delivered_at is not None:
+        out.delivered_at.CopyFrom(timestamp(notice.delivered_at))
+    if notice.sent_at is not None:
+        out.sent_at.CopyFrom(timestamp(notice.sent_at))
     return out
 
 
@@ -117,6 +137,12 @@ class SignerServicer(signer_pb2_grpc.SignerServiceServicer):
         self, request: signer_pb2.IssueCertificateRequest, context: grpc.ServicerContext
     ) -> signer_pb2.IssueCertificateResponse:
         self._operator(context)
+        if request.card_serial or request.application_signature:
+            raise InvalidRequest(
+                "card_serial and application_signature belonged to the one-step mobile "
+                "application, which is gone: use BeginMobileApplication and "
+                "CompleteMobileApplication (第16条の2, 第35条の2)"
+            )
         holder = request.holder
         issued = self._signer.issue(
             IssueRequest(
@@ -130,12 +156,44 @@ class SignerServicer(signer_pb2_grpc.SignerServiceServicer):
                     sex=holder.sex,
                 ),
                 public_key_der=request.public_key_der,
-                card_serial=serial_from_pb(request.card_serial) if request.card_serial else None,
-                application_signature=request.application_signature,
             )
         )
+        return self._issued(issued)
+
+    def BeginMobileApplication(
+        self, request: signer_pb2.BeginMobileApplicationRequest, context: grpc.ServicerContext
+    ) -> signer_pb2.BeginMobileApplicationResponse:
+        self._operator(context)
+        application = self._signer.begin_mobile_application(
+            kind_from_pb(request.kind),
+            request.notice,
+            request.notice_signature,
+            request.card_certificate_der,
+        )
+        holder = application.holder
+        return signer_pb2.BeginMobileApplicationResponse(
+            application_id=application.id,
+            expires_at=timestamp(application.expires_at),
+            holder=signer_pb2.HolderInfo(
+                name=holder.name,
+                address=holder.address,
+                birth_date=holder.birth_date,
+                sex=holder.sex,
+            ),
+            card_serial=serial_to_bytes(application.card_serial),
+        )
+
+    def CompleteMobileApplication(
+        self, request: signer_pb2.CompleteMobileApplicationRequest, context: grpc.ServicerContext
+    ) -> signer_pb2.CompleteMobileApplicationResponse:
+        self._operator(context)
+        issued = self._signer.complete_mobile_application(request.application_id, request.csr)
+        return signer_pb2.CompleteMobileApplicationResponse(issued=self._issued(issued))
+
+    def _issued(self, issued: Issued) -> signer_pb2.IssueCertificateResponse:
         record = issued.record
         return signer_pb2.IssueCertificateResponse(
+            kind=int(record.kind),  # type: ignore[arg-type]
             certificate_der=record.certificate_der,
             serial=serial_to_bytes(record.serial),
             issuer_certificate_der=issued.issuer_certificate.public_bytes(Encoding.DER),
@@ -258,6 +316,22 @@ class SignerServicer(signer_pb2_grpc.SignerServiceServicer):
                 for issuer, cert in issued
             ]
         )
+
+    def ListNotices(
+        self, request: signer_pb2.ListNoticesRequest, context: grpc.ServicerContext
+    ) -> signer_pb2.ListNoticesResponse:
+        self._operator(context)
+        notices = self._signer.notices(pending_only=request.pending_only)
+        return signer_pb2.ListNoticesResponse(notices=[notice_to_pb(n) for n in notices])
+
+    def MarkNoticeSent(
+        self, request: signer_pb2.MarkNoticeSentRequest, context: grpc.ServicerContext
+    ) -> signer_pb2.MarkNoticeSentResponse:
+        self._operator(context)
+        if request.id == 0:
+            raise InvalidRequest("name the notice by its id (1 or more)")
+        notice = self._signer.mark_notice_sent(request.id)
+        return signer_pb2.MarkNoticeSentResponse(notice=notice_to_pb(notice))
 
     def ListIssuers(
         self, request: va_pb2.ListIssuersRequest, context: grpc.ServicerContext

@@ -19,6 +19,7 @@ import pytest
 
 from jpki_va.core.domain import CrlReason
 from tests.support import JPKI_VA, REPO, free_port, openssl, wait_for
+from tests.support.processes import alive, children_of
 
 
 def _free_port_pair() -> int:
@@ -66,10 +67,15 @@ def _start_demo(
     )  # fmt: skip
 
 
-def _stop(proc: subprocess.Popen[str]) -> str:
-    proc.send_signal(signal.SIGINT)
+def _stop(proc: subprocess.Popen[str], signum: signal.Signals = signal.SIGINT) -> str:
+    """Stop the demo as Ctrl-C (or a service manager's SIGTERM) does: exit 0 within a
+    bound, no traceback, none of its processes (the responder's workers) left."""
+    children = children_of(proc.pid)
+    proc.send_signal(signum)
     out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 0, out
+    assert "Traceback" not in out, out
+    wait_for(lambda: not any(alive(pid) for pid in children), "no orphan left", 15)
     return out
 
 
@@ -88,7 +94,7 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, dict[
         yield directory, json.loads((directory / "demo.json").read_text())
     finally:
         if proc.poll() is None:
-            _stop(proc)
+            _stop(proc, signal.SIGTERM)
 
 
 def test_demo_json_describes_everything(demo: tuple[Path, dict[str, Any]]) -> None:

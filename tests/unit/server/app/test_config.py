@@ -91,6 +91,11 @@ def test_http_and_metrics_beyond_loopback_over_tls(tmp_path: Path) -> None:
         ({"http_tls": True}, "--http-tls goes with --http-listen"),
         ({"metrics_tls": True}, "--metrics-tls goes with"),
         ({"metrics_port": 70000}, "bad metrics port"),
+        (
+            {"signer": "signer.jpki-va:50052"},
+            "would be plaintext: loopback only, or give --signer-ca",
+        ),
+        ({"signer": "signer:50052", "signer_ca": Path("x")}, "go together"),
     ],
 )
 def test_plaintext_stays_on_loopback(
