@@ -504,6 +504,9 @@ class Responder:
             self._clock, per_partition=config.metrics_per_partition
         )
         self._collector.ocsp_signer_from(self._keystore.current)
+        self._collector.rotation_from(
+            lambda: (bool(self._in_rotation.value), self._ingester.newest)
+        )
         self._observed = False  # the collector has the live index's state
         self._metrics_server: MetricsServer | None = None
         self._ready = self._ctx.Queue()
