@@ -31,6 +31,7 @@ from jpki_va.server.cmd.bench import add_bench_command
 from jpki_va.server.cmd.certificates import add_certificate_commands
 from jpki_va.server.cmd.health import add_health_command
 from jpki_va.server.cmd.lazy import lazy
+from jpki_va.server.cmd.notices import add_notice_commands
 from jpki_va.server.cmd.report import add_report_commands
 from jpki_va.server.cmd.signer_client import SubParsers, add_registry_group
 from jpki_va.server.cmd.verifiers import add_token_commands, add_verifier_commands
@@ -48,7 +49,31 @@ def _add_publishing_options(parser: argparse.ArgumentParser) -> None:
         metavar="DURATION",
         help="between delta snapshots while anything changed (default 1s; 0: on request)",
     )
-    _add_retention_options(group, ("issuance-record", "loss-record", "crl-file"))
+    _add_retention_options(group, ("issuance-record", "loss-record", "crl-file", "project-record"))
+    group.add_argument(
+        "--retention",
+        action="append",
+        metavar="TYPE=DURATION",
+        help="one record type's own period, e.g. loss.record-error.card-auth=3650d "
+        "(types: issuance.KIND, loss.CAUSE.KIND, crl.KIND, ledger, audit, consent, notice; "
+        "project records: the ledger, audit trail, withdrawn consents and sent notices)",
+    )
+    _add_notice_options(parser)
+
+
+def _add_notice_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("notices to holders (第15条第2項 and its twins)")
+    group.add_argument(
+        "--notice-webhook", metavar="URL", help="POST each notice as JSON here (else spool)"
+    )
+    group.add_argument(
+        "--notice-spool", metavar="DIR", help="printable notices (default DATA_DIR/notices)"
+    )
+    group.add_argument(
+        "--notice-delivery-interval",
+        metavar="DURATION",
+        help="between delivery rounds (default 10s)",
+    )
 
 
 def _add_retention_options(group: argparse._ArgumentGroup, records: tuple[str, ...]) -> None:
@@ -161,6 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_authority_commands(add_hsm_commands(sub, RegistryKeyUse()))
     registry = add_registry_group(sub)
     add_verifier_commands(registry)
+    add_notice_commands(registry)
     add_certificate_commands(registry)
     add_token_commands(sub)
     add_report_commands(sub)

@@ -34,6 +34,7 @@ from jpki_va.server.responder.index_layout import (
     _scope_key,
     index_dirname,
     issuer_lookup_keys,
+    put_announcement,
     snapshot_event_rows,
 )
 from jpki_va.server.responder.storage import no_space, prepare_lock_file
@@ -276,6 +277,7 @@ def _build(snapshot: VerifiedSnapshot, path: Path) -> None:
             )
             verifiers = [v.to_json() for v in snapshot.verifiers()]
             txn.put(b"verifiers", json.dumps(verifiers).encode(), db=dbs[b"meta"])
+            put_announcement(txn, dbs[b"meta"], snapshot)
         env.sync(True)
     finally:
         env.close()

@@ -17,6 +17,8 @@ Files:
 * `crls/<kind>/<key id>/<partition>.crl` (full) or `.delta.crl` (delta), signed by
   the generation; none for a compromised generation, whose key is not used again.
 * `arl.crl` (full snapshots with compromises): the root's authority revocation list.
+* `announcement.p7m` (every snapshot with compromises): the public announcement of
+  them (第15条第3項), JSON in a CMS SignedData by the snapshot key (pki/announcement.py).
 * `verifiers.json` (full and delta snapshots): the whole verifier registry.
 * `events.bin` (snapshot.data_files): loss events in registry order, the header line
   `JPKIVA-EVENTS/1` and then 93-byte little-endian rows: sequence (u64), record key
@@ -54,6 +56,7 @@ from jpki_va.core.domain import Verifier
 from jpki_va.core.oids import ARC, ENV_ARC, OID_SNAPSHOT_SIGNING
 from jpki_va.server.pki.cert_profile import key_id
 from jpki_va.server.snapshot.manifest import (
+    ANNOUNCEMENT,
     ARL,
     ISSUERS,
     MANIFEST,
@@ -168,6 +171,10 @@ class SnapshotVerifier:
         """Every announced compromise must be on the root's ARL: the root vouches for it."""
         if not manifest.compromises:
             return
+        if ANNOUNCEMENT not in manifest.files:
+            raise SnapshotRejected(f"{path.name}: compromises without their public announcement")
+        if manifest.type == "delta":
+            return  # the ARL is in its full snapshot
         if manifest.arl is None or ARL not in manifest.files:
             raise SnapshotRejected(f"{path.name}: compromises announced without an ARL")
         try:

@@ -213,3 +213,21 @@ def test_sigkill_of_the_responder_loses_no_count(pki: Pki, tmp_path: Path) -> No
     assert answered == 40
     assert counted == {ALL_ROLES_VERIFIER: answered}
     assert Period.calendar_year(year).start.year == year
+
+
+def test_retention_of_the_ledger_and_audit_trail_purges_what_is_older(tmp_path: Path) -> None:
+    """保存期間 of the project's own records: counts by day, disclosures by time."""
+    ledger = Ledger(tmp_path / "ledger")
+    old, new = datetime(2020, 4, 1, 12, tzinfo=UTC), datetime(2026, 4, 1, 12, tzinfo=UTC)
+    for when in (old, new):
+        ledger.record(
+            "bank-a",
+            {Provision.SIGNING_STATUS: 1},
+            when,
+            [Disclosure(when, "bank-a", Provision.SIGNING_RECORD, "CARD_SIGN:01", "name")],
+        )
+    assert ledger.purge(date(2026, 1, 1), datetime(2026, 1, 1, tzinfo=UTC)) == (1, 1)
+    assert [c.day for c in ledger.counts(date(2000, 1, 1), date(2100, 1, 1))] == [date(2026, 4, 1)]
+    assert [d.time for d in ledger.disclosures(old, new + timedelta(1))] == [new]
+    assert ledger.purge(date(2026, 1, 1), datetime(2026, 1, 1, tzinfo=UTC)) == (0, 0)
+    ledger.close()
