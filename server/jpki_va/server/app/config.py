@@ -16,7 +16,7 @@ from typing import Any
 from jpki_va import hsm
 from jpki_va.core import cli as core_cli
 from jpki_va.server.base.metrics_http import MetricsListener
-from jpki_va.server.law.retention import RetentionPolicy
+from jpki_va.server.law.retention import DEFAULT_PROJECT_RECORD, RetentionPolicy
 from jpki_va.server.pki.cert_profile import DEFAULT_VALIDITY
 from jpki_va.server.responder.renew_policy import RenewPolicy
 
@@ -305,6 +305,10 @@ class ResponderConfig:
     max_watches: int = 8  # open WatchRevocations per worker, within max_streams
     grace_seconds: float = 5.0
     retention_crl_file: float = 365 * 86400.0  # 保存期間 of CRL files (seconds); cabinet order
+    # 保存期間 of this responder's provision counts and audit trail (seconds): each
+    # worker purges its ledger shard of what is older, at start and each new JST day.
+    retention_ledger: float = DEFAULT_PROJECT_RECORD.total_seconds()
+    retention_audit: float = DEFAULT_PROJECT_RECORD.total_seconds()
     ocsp_renew_at: RenewPolicy = field(default_factory=RenewPolicy)  # default: half its life
     # HTTP OCSP and CRLs (RFC 6960 Appendix A, RFC 5019) beside gRPC; off when None.
     http_listen: str | None = None
@@ -343,6 +347,8 @@ class ResponderConfig:
             raise ConfigError("--loopback-verifier goes with --insecure-loopback only")
         if self.retention_crl_file <= 0:
             raise ConfigError("CRL file retention must be > 0")
+        if self.retention_ledger <= 0 or self.retention_audit <= 0:
+            raise ConfigError("ledger and audit trail retention must be > 0")
         self._check_http_metrics_and_limits()
         if self.workers < 1:
             raise ConfigError("workers must be >= 1")

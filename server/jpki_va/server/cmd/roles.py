@@ -168,6 +168,8 @@ def responder_config(args: argparse.Namespace) -> ResponderConfig:
             "notice_interval": args.notice_interval,
             "max_lag": args.max_lag,
             "retention_crl_file": args.retention_crl_file,
+            "retention_ledger": args.retention_ledger,
+            "retention_audit": args.retention_audit,
             "loopback_verifier": args.loopback_verifier,
             "http_listen": args.http_listen,
             "http_tls": args.http_tls or None,
@@ -196,6 +198,8 @@ def responder_config(args: argparse.Namespace) -> ResponderConfig:
         "notice_interval",
         "max_lag",
         "retention_crl_file",
+        "retention_ledger",
+        "retention_audit",
     ):
         if name in values:
             values[name] = parse_duration(values[name], name.replace("_", " "))
