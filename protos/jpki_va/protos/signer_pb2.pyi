@@ -403,6 +403,59 @@ class CompleteMobileApplicationResponse(_message.Message):
 Global___CompleteMobileApplicationResponse: _TypeAlias = CompleteMobileApplicationResponse  # noqa: Y015
 
 @_typing.final
+class SignReportRequest(_message.Message):
+    """A report to publish (公表, 第41条): the HTML or CSV `jpki-va report publish` made."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONTENT_FIELD_NUMBER: _builtins.int
+    content: _builtins.bytes
+    """The document's bytes, at most 2 MiB; not kept by the signer."""
+    def __init__(
+        self,
+        *,
+        content: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["content", b"content"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SignReportRequest: _TypeAlias = SignReportRequest  # noqa: Y015
+
+@_typing.final
+class SignReportResponse(_message.Message):
+    """A detached CMS signature over the report, which anyone checks against the root:
+    `openssl cms -verify -binary -inform DER -in F.p7s -content F -CAfile root.pem
+    -purpose any`.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SIGNATURE_DER_FIELD_NUMBER: _builtins.int
+    SIGNER_CERTIFICATE_DER_FIELD_NUMBER: _builtins.int
+    signature_der: _builtins.bytes
+    """CMS SignedData (RFC 5652), DER, without the content, with the signer's
+    certificate; SHA-256.
+    """
+    signer_certificate_der: _builtins.bytes
+    """The certificate of the signing key (the snapshot key, certified by the root)."""
+    def __init__(
+        self,
+        *,
+        signature_der: _builtins.bytes = ...,
+        signer_certificate_der: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["signature_der", b"signature_der", "signer_certificate_der", b"signer_certificate_der"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SignReportResponse: _TypeAlias = SignReportResponse  # noqa: Y015
+
+@_typing.final
 class Publishing(_message.Message):
     """Whether changes reach the responders. A change is durable in the registry when its
     reply arrives, but responders learn it only from the next snapshot: while

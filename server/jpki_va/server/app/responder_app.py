@@ -46,7 +46,7 @@ from jpki_va.server.app import descriptors
 from jpki_va.server.app.config import ResponderConfig
 from jpki_va.server.app.dir_lock import DirectoryLock
 from jpki_va.server.app.lifeline import ParentGone, tie_to_parent
-from jpki_va.server.app.logs import configure_json
+from jpki_va.server.app.logs import configure
 from jpki_va.server.app.signals import stop_on_signals
 from jpki_va.server.base.build_info import register_build_info
 from jpki_va.server.base.refusal_log import RefusalLog
@@ -287,7 +287,7 @@ def worker_main(  # noqa: PLR0915 (a composition root: the wiring reads best in 
     os.umask(0o077)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    configure_json("responder-worker")
+    configure("responder-worker")  # the supervisor's format, from the environment
     try:
         # Dies with the supervisor: nobody else keeps its index fresh (issue 15, item 2).
         tie_to_parent(stop.set, deadline=config.grace_seconds + KILL_AFTER_GRACE)

@@ -22,6 +22,7 @@ from jpki_va.core.domain import (
 )
 from jpki_va.server.base.faults import fault_point
 from jpki_va.server.base.private_files import LMDB_MODE, private_dir
+from jpki_va.server.base.progress import Progress
 from jpki_va.server.pki.crl_stream import read_entries, tbs_certlist
 from jpki_va.server.responder.index_layout import (
     _DBS,
@@ -207,6 +208,7 @@ def _put_status(
                 raise SnapshotRejected("record count differs from the manifest")
             items = index_items(body, losses)
             added = 0
+            progress = Progress(f"index {manifest.sequence}", manifest.record_count)
             try:
                 while True:
                     with env.begin(write=True) as txn, txn.cursor(db=status) as cursor:
@@ -214,8 +216,10 @@ def _put_status(
                         # shows as fewer records added than read.
                         read, put = cursor.putmulti(islice(items, _STATUS_BATCH), append=True)
                     added += put
+                    progress.advance(read)
                     if read < _STATUS_BATCH:
                         break
+                progress.finish()
             finally:
                 del items  # its iterators hold views of the mapped file until they go
         finally:

@@ -191,6 +191,15 @@ class SignerServicer(signer_pb2_grpc.SignerServiceServicer):
         issued = self._signer.complete_mobile_application(request.application_id, request.csr)
         return signer_pb2.CompleteMobileApplicationResponse(issued=self._issued(issued))
 
+    def SignReport(
+        self, request: signer_pb2.SignReportRequest, context: grpc.ServicerContext
+    ) -> signer_pb2.SignReportResponse:
+        self._operator(context)
+        signature, certificate = self._signer.sign_report(request.content)
+        return signer_pb2.SignReportResponse(
+            signature_der=signature, signer_certificate_der=certificate.public_bytes(Encoding.DER)
+        )
+
     def _issued(self, issued: Issued) -> signer_pb2.IssueCertificateResponse:
         record = issued.record
         return signer_pb2.IssueCertificateResponse(

@@ -32,6 +32,7 @@ from jpki_va.core.clock import Clock
 from jpki_va.core.domain import CertKind, Link, LinkType, Verifier
 from jpki_va.server.base.faults import fault_point
 from jpki_va.server.base.private_files import private_dir
+from jpki_va.server.base.progress import Progress
 from jpki_va.server.law.correspondence import holder_links
 from jpki_va.server.law.issuer_compromise import Compromise, Generation, announcement
 from jpki_va.server.law.retention import RetentionPolicy
@@ -253,7 +254,9 @@ class Publisher:
                 consent_sequence = tx.counter("consent")
                 mark = tx.change_mark()
                 content = FullContent(tx, issuers, self._retention, now, scratch=self._root)
-                builder.add_records(content.records())
+                # Of every certificate issued: the records gather is most of a full publish.
+                with Progress(f"full snapshot {sequence}", issued) as records:
+                    builder.add_records(records.track(content.records()))
                 event_count = builder.add_events(content.events())
                 builder.add_links(content.link_rows())
                 signing_records, consents = content.signing_records_and_consents()

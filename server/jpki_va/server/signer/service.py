@@ -58,6 +58,7 @@ from jpki_va.server.model.registry_values import (
 )
 from jpki_va.server.pki import cert_profile
 from jpki_va.server.pki.cert_profile import CertProfile, ProfileSettings
+from jpki_va.server.pki.cms import detached_signature
 from jpki_va.server.pki.lint import LintError, lint_certificate
 from jpki_va.server.registry.transactions import (
     AlreadyCompromised,
@@ -76,6 +77,7 @@ from jpki_va.server.signer.signing_queue import SigningQueue
 log = logging.getLogger(__name__)
 
 _P = TypeVar("_P", PublishedSnapshot, PublishedSnapshot | None)
+MAX_REPORT = 2 << 20  # a report of every verifier's counts is far smaller
 _RESIDENT_CODE = re.compile(r"\d{11}")
 _MUNICIPALITY = re.compile(r"\d{6}")
 _VERIFIER = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")  # as verifier_registry's ids
@@ -657,6 +659,20 @@ class Signer:
         except (hsm.HsmError, AuthorityError) as exc:
             return PublishState(failing=True, error=str(exc), last_published=state.last_published)
         return state
+
+    # the published report (第41条) ------------------------------------------------------
+    def sign_report(self, content: bytes) -> tuple[bytes, x509.Certificate]:
+        """A detached CMS signature over a report to publish, and the certificate that
+        verifies it: the snapshot key's, which the root certified."""
+        if not content:
+            raise InvalidRequest("the report is empty")
+        if len(content) > MAX_REPORT:
+            raise InvalidRequest(f"the report is larger than {MAX_REPORT} bytes")
+        key, certificate = self._authority.snapshot_signer()
+        with self._queue.slot():
+            signature = detached_signature(key, certificate, content)
+        log.info("signed a report of %d bytes for publication", len(content))
+        return signature, certificate
 
     # the responder's delegated OCSP signer --------------------------------------------
     def ocsp_signer_certificates(

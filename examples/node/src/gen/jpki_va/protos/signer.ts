@@ -322,6 +322,27 @@ export interface CompleteMobileApplicationResponse {
   issued: IssueCertificateResponse | undefined;
 }
 
+/** A report to publish (公表, 第41条): the HTML or CSV `jpki-va report publish` made. */
+export interface SignReportRequest {
+  /** The document's bytes, at most 2 MiB; not kept by the signer. */
+  content: Buffer;
+}
+
+/**
+ * A detached CMS signature over the report, which anyone checks against the root:
+ * `openssl cms -verify -binary -inform DER -in F.p7s -content F -CAfile root.pem
+ * -purpose any`.
+ */
+export interface SignReportResponse {
+  /**
+   * CMS SignedData (RFC 5652), DER, without the content, with the signer's
+   * certificate; SHA-256.
+   */
+  signatureDer: Buffer;
+  /** The certificate of the signing key (the snapshot key, certified by the root). */
+  signerCertificateDer: Buffer;
+}
+
 /**
  * Whether changes reach the responders. A change is durable in the registry when its
  * reply arrives, but responders learn it only from the next snapshot: while
@@ -1496,6 +1517,166 @@ export const CompleteMobileApplicationResponse: MessageFns<CompleteMobileApplica
     message.issued = (object.issued !== undefined && object.issued !== null)
       ? IssueCertificateResponse.fromPartial(object.issued)
       : undefined;
+    return message;
+  },
+};
+
+function createBaseSignReportRequest(): SignReportRequest {
+  return { content: Buffer.alloc(0) };
+}
+
+export const SignReportRequest: MessageFns<SignReportRequest> = {
+  encode(message: SignReportRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.content.length !== 0) {
+      writer.uint32(10).bytes(message.content);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): SignReportRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseSignReportRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.content = Buffer.from(reader.bytes());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): SignReportRequest {
+    return { content: isSet(object.content) ? Buffer.from(bytesFromBase64(object.content)) : Buffer.alloc(0) };
+  },
+
+  toJSON(message: SignReportRequest): unknown {
+    const obj: any = {};
+    if (message.content.length !== 0) {
+      obj.content = base64FromBytes(message.content);
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<SignReportRequest>): SignReportRequest {
+    return SignReportRequest.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<SignReportRequest>): SignReportRequest {
+    const message = createBaseSignReportRequest();
+    message.content = object.content ?? Buffer.alloc(0);
+    return message;
+  },
+};
+
+function createBaseSignReportResponse(): SignReportResponse {
+  return { signatureDer: Buffer.alloc(0), signerCertificateDer: Buffer.alloc(0) };
+}
+
+export const SignReportResponse: MessageFns<SignReportResponse> = {
+  encode(message: SignReportResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.signatureDer.length !== 0) {
+      writer.uint32(10).bytes(message.signatureDer);
+    }
+    if (message.signerCertificateDer.length !== 0) {
+      writer.uint32(18).bytes(message.signerCertificateDer);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): SignReportResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseSignReportResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.signatureDer = Buffer.from(reader.bytes());
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.signerCertificateDer = Buffer.from(reader.bytes());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): SignReportResponse {
+    return {
+      signatureDer: isSet(object.signatureDer)
+        ? Buffer.from(bytesFromBase64(object.signatureDer))
+        : isSet(object.signature_der)
+        ? Buffer.from(bytesFromBase64(object.signature_der))
+        : Buffer.alloc(0),
+      signerCertificateDer: isSet(object.signerCertificateDer)
+        ? Buffer.from(bytesFromBase64(object.signerCertificateDer))
+        : isSet(object.signer_certificate_der)
+        ? Buffer.from(bytesFromBase64(object.signer_certificate_der))
+        : Buffer.alloc(0),
+    };
+  },
+
+  toJSON(message: SignReportResponse): unknown {
+    const obj: any = {};
+    if (message.signatureDer.length !== 0) {
+      obj.signatureDer = base64FromBytes(message.signatureDer);
+    }
+    if (message.signerCertificateDer.length !== 0) {
+      obj.signerCertificateDer = base64FromBytes(message.signerCertificateDer);
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<SignReportResponse>): SignReportResponse {
+    return SignReportResponse.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<SignReportResponse>): SignReportResponse {
+    const message = createBaseSignReportResponse();
+    message.signatureDer = object.signatureDer ?? Buffer.alloc(0);
+    message.signerCertificateDer = object.signerCertificateDer ?? Buffer.alloc(0);
     return message;
   },
 };
@@ -4198,6 +4379,19 @@ export const SignerServiceService = {
     responseDeserialize: (value: Buffer): PublishSnapshotResponse => PublishSnapshotResponse.decode(value),
   },
   /**
+   * Sign the 第41条 report for publication with the snapshot key. Errors:
+   * INVALID_ARGUMENT (empty or too large), the HSM's.
+   */
+  signReport: {
+    path: "/jpki.va.v1.SignerService/SignReport" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: SignReportRequest): Buffer => Buffer.from(SignReportRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): SignReportRequest => SignReportRequest.decode(value),
+    responseSerialize: (value: SignReportResponse): Buffer => Buffer.from(SignReportResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): SignReportResponse => SignReportResponse.decode(value),
+  },
+  /**
    * Certify a responder's OCSP-signing key. Errors: INVALID_ARGUMENT, NOT_FOUND
    * (an unknown generation), the HSM's.
    */
@@ -4345,6 +4539,11 @@ export interface SignerServiceServer extends UntypedServiceImplementation {
    * root cannot be written).
    */
   publishSnapshot: handleUnaryCall<PublishSnapshotRequest, PublishSnapshotResponse>;
+  /**
+   * Sign the 第41条 report for publication with the snapshot key. Errors:
+   * INVALID_ARGUMENT (empty or too large), the HSM's.
+   */
+  signReport: handleUnaryCall<SignReportRequest, SignReportResponse>;
   /**
    * Certify a responder's OCSP-signing key. Errors: INVALID_ARGUMENT, NOT_FOUND
    * (an unknown generation), the HSM's.
@@ -4543,6 +4742,25 @@ export interface SignerServiceClient extends Client {
     metadata: Metadata,
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: PublishSnapshotResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Sign the 第41条 report for publication with the snapshot key. Errors:
+   * INVALID_ARGUMENT (empty or too large), the HSM's.
+   */
+  signReport(
+    request: SignReportRequest,
+    callback: (error: ServiceError | null, response: SignReportResponse) => void,
+  ): ClientUnaryCall;
+  signReport(
+    request: SignReportRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: SignReportResponse) => void,
+  ): ClientUnaryCall;
+  signReport(
+    request: SignReportRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: SignReportResponse) => void,
   ): ClientUnaryCall;
   /**
    * Certify a responder's OCSP-signing key. Errors: INVALID_ARGUMENT, NOT_FOUND
