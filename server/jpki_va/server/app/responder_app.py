@@ -57,6 +57,7 @@ from jpki_va.server.law.mapping import NoSuchMapping
 from jpki_va.server.law.signing_record import NotSigningKind
 from jpki_va.server.ledger.group_commit import GroupCommit, LedgerBacklog
 from jpki_va.server.ledger.provisions import LedgerError, claim_shards, open_shard
+from jpki_va.server.responder.ca_files import CaFiles
 from jpki_va.server.responder.crl_archive import CrlArchive, CrlNotFound
 from jpki_va.server.responder.crls import CrlFiles
 from jpki_va.server.responder.index_build import prune_abandoned_builds
@@ -343,7 +344,9 @@ def worker_main(  # noqa: PLR0915 (a composition root: the wiring reads best in 
     server.start()
     http = None
     if config.http_listen is not None and http_port is not None:
-        access = HttpAccess(ocsp, crl_files, gate, config.loopback_verifier, refusals)
+        access = HttpAccess(
+            ocsp, crl_files, CaFiles(holder, roots), gate, config.loopback_verifier, refusals
+        )
         app = HttpApp(access, max_request_bytes=config.max_ocsp_request_bytes, observer=metrics)
         http = HttpServer(app, _host(config.http_listen), http_port, max_connections=caps.http)
         http.start()

@@ -5,7 +5,8 @@ and names the verifier in the X-JPKI-Verifier header, the way plaintext gRPC on
 loopback takes the x-jpki-verifier metadata; a request without it is the
 configured loopback verifier's, if any. Entitlements and provision counts are the
 same as over gRPC: OCSP answers `unauthorized` to a caller who may not have them,
-a CRL is 401/403. What was provided is tallied and committed to the ledger once per
+a CRL (full or delta) is 401/403. CA certificates and the root's ARL carry nothing
+personal and are anyone's. What was provided is tallied and committed to the ledger once per
 turn of the event loop, before the responses of that turn leave (`commit`). A
 refused OCSP request is logged through the process's `RefusalLog`: the caller's
 header cut short, and not once per request.
@@ -13,6 +14,7 @@ header cut short, and not once per request.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections import Counter
 from collections.abc import Mapping
@@ -20,9 +22,10 @@ from collections.abc import Mapping
 from jpki_va.core.domain import CertKind, Provision, Verifier
 from jpki_va.server.access.gate import Caller, Gate, NoIdentity, UnknownVerifier
 from jpki_va.server.base.refusal_log import RefusalLog
-from jpki_va.server.http.app import Forbidden, PublishedCrl
+from jpki_va.server.http.app import Forbidden, PublishedFile
 from jpki_va.server.law.entitlements import NotEntitled, crl_provision
 from jpki_va.server.pki.ocsp_wire import ResponseStatus, unsuccessful
+from jpki_va.server.responder.ca_files import CaFiles, ServedFile
 from jpki_va.server.responder.crls import CrlFiles
 from jpki_va.server.responder.ocsp import OcspResponder
 from jpki_va.server.responder.ocsp_access import GatedOcsp
@@ -40,6 +43,7 @@ class HttpAccess:
         self,
         ocsp: OcspResponder,
         files: CrlFiles,
+        ca: CaFiles,
         gate: Gate,
         default_verifier: str | None,
         refusals: RefusalLog | None = None,
@@ -47,6 +51,7 @@ class HttpAccess:
         self._ocsp = GatedOcsp(ocsp, gate, self._tally)
         self._refusals = refusals or RefusalLog(log)
         self._files = files
+        self._ca = ca
         self._gate = gate
         self._default = default_verifier
         self._pending: dict[str, tuple[Verifier, Counter[Provision]]] = {}
@@ -75,24 +80,54 @@ class HttpAccess:
             self._refusals.refused(f"HTTP OCSP refused ({type(exc).__name__})", str(exc))
             return _UNAUTHORIZED
 
-    def crl(
-        self, claimed: str | None, kind: CertKind, key_id_prefix: bytes, partition: str
-    ) -> PublishedCrl | None:
-        provision = crl_provision(kind)
+    def _admitted(self, claimed: str | None, kind: CertKind) -> Verifier:
         try:
-            verifier = self._gate.admit(self._caller(claimed), provision)
+            return self._gate.admit(self._caller(claimed), crl_provision(kind))
         except NoIdentity as exc:
             raise Forbidden(401, str(exc)) from None
         except (UnknownVerifier, NotEntitled) as exc:
             raise Forbidden(403, str(exc)) from None
+
+    def crl(
+        self, claimed: str | None, kind: CertKind, key_id_prefix: bytes, partition: str
+    ) -> PublishedFile | None:
+        verifier = self._admitted(claimed, kind)
         found = self._files.current_at_url(kind, key_id_prefix, partition)
         if found is None:
             return None
-        self._tally(verifier, {provision: 1})
+        self._tally(verifier, {crl_provision(kind): 1})
         info = found[0].info
-        return PublishedCrl(
+        return PublishedFile(
             found[1],
             info.sha256.hex()[:32],
             info.this_update.timestamp(),
             info.next_update.timestamp(),
         )
+
+    def delta_crl(
+        self, claimed: str | None, kind: CertKind, key_id_prefix: bytes, partition: str
+    ) -> PublishedFile | None:
+        """Provided as the full CRL is: the same entitlement, counted the same."""
+        verifier = self._admitted(claimed, kind)
+        found = self._files.delta_at_url(kind, key_id_prefix, partition)
+        if found is None:
+            return None
+        self._tally(verifier, {crl_provision(kind): 1})
+        return _published(found)
+
+    def ca_certificate(self, kind: CertKind | None, key_id_prefix: bytes) -> PublishedFile | None:
+        found = self._ca.certificate(kind, key_id_prefix)
+        return None if found is None else _published(found)
+
+    def arl(self, key_id_prefix: bytes) -> PublishedFile | None:
+        found = self._ca.arl(key_id_prefix)
+        return None if found is None else _published(found)
+
+
+def _published(found: ServedFile) -> PublishedFile:
+    return PublishedFile(
+        found.der,
+        hashlib.sha256(found.der).hexdigest()[:32],
+        found.this_update.timestamp(),
+        found.next_update.timestamp(),
+    )
