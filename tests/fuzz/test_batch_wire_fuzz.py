@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from jpki_va.core.domain import CertKind, CrlReason, LossCause, Status
 from jpki_va.protos import va_pb2
 from jpki_va.server.responder.status import Brief, PackedRecord
-from jpki_va.server.rpc.batch_wire import batch_response
+from jpki_va.server.rpc.batch_wire import ItemError, batch_response
 from jpki_va.server.rpc.pb import fill_brief
 from tests.fuzz.strategies import TEXT, integers
 
@@ -46,14 +46,19 @@ _briefs = st.builds(
     integers(0, 2**64 - 1),
     st.none() | _records,
 )
-_items = st.lists(st.one_of(_briefs, _briefs, TEXT | st.text(min_size=120, max_size=300)))
+_errors = st.builds(
+    ItemError,
+    st.sampled_from(list(va_pb2.CheckErrorCode.values())),
+    TEXT | st.text(min_size=120, max_size=300),
+)
+_items = st.lists(st.one_of(_briefs, _briefs, _errors))
 
 
-def _reference(items: list[Brief | str]) -> bytes:
+def _reference(items: list[Brief | ItemError]) -> bytes:
     response = va_pb2.CheckBatchResponse()
     for item in items:
-        if isinstance(item, str):
-            response.results.add(error=item)
+        if isinstance(item, ItemError):
+            response.results.add(error=item.text, error_code=item.code)
         else:
             fill_brief(response.results.add().status, item)
     return response.SerializeToString()
@@ -61,7 +66,7 @@ def _reference(items: list[Brief | str]) -> bytes:
 
 @given(_items)
 @example([])
-@example([""])
+@example([ItemError(0, "")])
 @example(
     [
         Brief(
@@ -82,7 +87,7 @@ def _reference(items: list[Brief | str]) -> bytes:
         )
     ]
 )
-def test_a_batch_is_encoded_exactly_as_protobuf_does(items: list[Brief | str]) -> None:
+def test_a_batch_is_encoded_exactly_as_protobuf_does(items: list[Brief | ItemError]) -> None:
     data = batch_response(items)
     assert data == _reference(items)
     assert len(va_pb2.CheckBatchResponse.FromString(data).results) == len(items)

@@ -26,12 +26,14 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
 from jpki_va import hsm
-from jpki_va.core.clock import Clock
+from jpki_va.core.clock import Clock, SystemClock
 from jpki_va.core.domain import CertKind, Role
 from jpki_va.protos import signer_pb2, signer_pb2_grpc, va_pb2, va_pb2_grpc, verifiers_pb2
 from jpki_va.server.app.config import ResponderConfig, SignerConfig
 from jpki_va.server.app.responder_app import Responder
 from jpki_va.server.app.signer_app import SignerApp, start_signer
+from jpki_va.server.law.mobile_issuance import format_notice
+from jpki_va.server.model.holder import Holder
 from jpki_va.server.pki.cert_profile import throwaway_client_certificate
 from jpki_va.server.responder.index_reader import Index, current_index
 
@@ -59,11 +61,30 @@ def spki_of(key: HolderKey) -> bytes:
     )
 
 
-def sign_application(card_key: HolderKey, spki: bytes) -> bytes:
-    """A mobile application (第16条の2, 第35条の2): the new SPKI signed with the card key."""
+#: The four basic items every test holder has unless a test says otherwise.
+TARO = {"name": "試験 太郎", "birth_date": "1990-01-01", "sex": "男", "address": "千代田区1-1"}
+
+
+def mobile_notice(kind: CertKind, signed_at: datetime, **items: str) -> bytes:
+    """The notice of step one (第16条の2第2項): the kind, the four items, when signed."""
+    return format_notice(kind, Holder(**{**TARO, **items}), signed_at)
+
+
+def sign_notice(card_key: HolderKey, notice: bytes) -> bytes:
+    """The CARD_SIGN key's signature over the notice, as `openssl dgst -sha256 -sign` makes it."""
     if isinstance(card_key, rsa.RSAPrivateKey):
-        return card_key.sign(spki, padding.PKCS1v15(), hashes.SHA256())
-    return card_key.sign(spki, ec.ECDSA(hashes.SHA256()))
+        return card_key.sign(notice, padding.PKCS1v15(), hashes.SHA256())
+    return card_key.sign(notice, ec.ECDSA(hashes.SHA256()))
+
+
+def device_csr(key: HolderKey) -> bytes:
+    """Step two's proof of possession: a PKCS#10 request signed with the device key."""
+    csr = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([]))
+        .sign(key, hashes.SHA256())
+    )
+    return csr.public_bytes(serialization.Encoding.DER)
 
 
 def free_port() -> int:
@@ -136,6 +157,7 @@ class Pki:
     status_stub: va_pb2_grpc.StatusServiceStub
     root: x509.Certificate
     root_file: Path
+    clock: Clock
     _channels: list[grpc.Channel] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)
     _runner: threading.Thread | None = None
@@ -162,30 +184,50 @@ class Pki:
         card: Issued | None = None,
         key: HolderKey | None = None,
     ) -> Issued:
-        """Issue through SignerService; `card` signs a mobile application; `key` is the
-        holder's key pair (a new RSA one when None; a key is certified only once)."""
+        """Issue through SignerService; a mobile kind by the two-step application whose
+        notice `card` (a CARD_SIGN) signs; `key` is the holder's key pair (a new RSA one
+        when None; a key is certified only once)."""
         self._counter += 1
         key = key or rsa.generate_private_key(public_exponent=65537, key_size=2048)
-        spki = spki_of(key)
-        request = signer_pb2.IssueCertificateRequest(
-            kind=int(kind),  # type: ignore[arg-type]
-            resident_code=resident_code or f"{90000000000 + self._counter:011d}",
-            municipality_code=municipality,
-            holder=signer_pb2.HolderInfo(
-                name="試験 太郎", address="千代田区1-1", birth_date="1990-01-01", sex="男"
-            ),
-            public_key_der=spki,
-        )
-        if card is not None:
-            request.card_serial = card.serial.to_bytes(8, "big")
-            request.application_signature = sign_application(card.key, spki)
-        reply = self.signer_stub.IssueCertificate(request, timeout=30)
+        if kind.is_mobile:
+            assert card is not None, "a mobile certificate needs the CARD_SIGN that applies"
+            application = self.begin_mobile(kind, card)
+            reply = self.signer_stub.CompleteMobileApplication(
+                signer_pb2.CompleteMobileApplicationRequest(
+                    application_id=application.application_id, csr=device_csr(key)
+                ),
+                timeout=30,
+            ).issued
+        else:
+            request = signer_pb2.IssueCertificateRequest(
+                kind=int(kind),  # type: ignore[arg-type]
+                resident_code=resident_code or f"{90000000000 + self._counter:011d}",
+                municipality_code=municipality,
+                holder=signer_pb2.HolderInfo(**TARO),
+                public_key_der=spki_of(key),
+            )
+            reply = self.signer_stub.IssueCertificate(request, timeout=30)
         return Issued(
             kind=kind,
             serial=int.from_bytes(reply.serial, "big"),
             certificate=x509.load_der_x509_certificate(reply.certificate_der),
             issuer=x509.load_der_x509_certificate(reply.issuer_certificate_der),
             key=key,
+        )
+
+    def begin_mobile(
+        self, kind: CertKind, card: Issued, **items: str
+    ) -> signer_pb2.BeginMobileApplicationResponse:
+        """Step one: the notice of the four items (`items` override TARO's), signed by `card`."""
+        notice = mobile_notice(kind, self.clock.now(), **items)
+        return self.signer_stub.BeginMobileApplication(
+            signer_pb2.BeginMobileApplicationRequest(
+                kind=int(kind),  # type: ignore[arg-type]
+                notice=notice,
+                notice_signature=sign_notice(card.key, notice),
+                card_certificate_der=card.certificate.public_bytes(serialization.Encoding.DER),
+            ),
+            timeout=30,
         )
 
     def check(
@@ -345,6 +387,7 @@ def start_pki(
         status_stub=va_pb2_grpc.StatusServiceStub(status_channel),
         root=root,
         root_file=root_file,
+        clock=clock or SystemClock(),
         _channels=[channel, status_channel],
     )
     pki._runner = threading.Thread(target=responder.run, args=(pki._stop,), daemon=True)

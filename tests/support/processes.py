@@ -65,13 +65,16 @@ class RoleProcess:
                 self.process.wait(timeout=15)
 
 
-def _start(argv: list[str], faults: str) -> RoleProcess:
+def _start(argv: list[str], faults: str, *, background: bool = False) -> RoleProcess:
+    """``background``: started as a shell starts a background job, SIGINT ignored."""
     env = dict(os.environ)
     env.pop(FAULT_ENV, None)
     if faults:
         env[FAULT_ENV] = faults
+    # A shell's background job: SIGINT ignored (trap ""), which exec passes on.
+    shell = ["sh", "-c", 'trap "" INT; exec "$@"', "sh"] if background else []
     process = subprocess.Popen(
-        [*JPKI_VA, *argv],
+        [*shell, *JPKI_VA, *argv],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         stdin=subprocess.DEVNULL,
@@ -98,7 +101,9 @@ class SignerProcess:
             yield signer_pb2_grpc.SignerServiceStub(channel)
 
 
-def start_signer_process(data_dir: Path, token: HsmConfig, faults: str = "") -> SignerProcess:
+def start_signer_process(
+    data_dir: Path, token: HsmConfig, faults: str = "", *, background: bool = False
+) -> SignerProcess:
     assert token.pin.file is not None and token.softhsm2_conf is not None
     port = free_port()
     argv = [
@@ -107,7 +112,7 @@ def start_signer_process(data_dir: Path, token: HsmConfig, faults: str = "") -> 
         "--hsm-module", token.module, "--hsm-token", token.token_label,
         "--hsm-pin-file", token.pin.file, "--softhsm2-conf", token.softhsm2_conf,
     ]  # fmt: skip
-    role = _start(argv, faults)
+    role = _start(argv, faults, background=background)
     try:
         role.wait_output(f"signer listening on port {port}")
     except BaseException:
@@ -162,6 +167,7 @@ def start_responder_process(
     port: int = 0,
     workers: int = 2,
     faults: str = "",
+    background: bool = False,
 ) -> ResponderProcess:
     port = port or free_port()
     argv = [
@@ -170,7 +176,7 @@ def start_responder_process(
         "--loopback-verifier", verifier, "--poll-interval", "0.1",
         "--listen", f"127.0.0.1:{port}",
     ]  # fmt: skip
-    role = _start(argv, faults)
+    role = _start(argv, faults, background=background)
     try:
         role.wait_output(f"responder listening on port {port}")
     except BaseException:

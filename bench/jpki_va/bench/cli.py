@@ -13,6 +13,7 @@ from typing import Any
 from jpki_va import hsm
 from jpki_va.bench.dataset import DataSetError, hsm_config_from
 from jpki_va.bench.mix import Mix
+from jpki_va.core.cli import fail
 from jpki_va.server.snapshot.manifest import SnapshotRejected
 
 TOKEN_LABEL = "jpki-va-bench"  # noqa: S105 (a token label, not a secret)
@@ -115,6 +116,8 @@ def _suite_settings(args: argparse.Namespace) -> Any:
         freshness_samples=args.freshness_samples,
         delta_losses=args.delta_losses,
         steps=tuple(args.steps.split(",")),
+        fleet_replicas=args.fleet_replicas,
+        fleet_samples=args.fleet_samples,
     )
 
 
@@ -289,9 +292,11 @@ def _add_suite_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--delta-losses", type=int, default=1000, help="losses in the batch step")
     p.add_argument(
         "--steps",
-        default="ingest,store,grpc,http,freshness",
-        help="comma-separated subset of ingest,store,grpc,http,freshness",
+        default="ingest,store,grpc,http,freshness,fleet",
+        help="comma-separated subset of ingest,store,grpc,http,freshness,fleet",
     )
+    p.add_argument("--fleet-replicas", type=int, default=3, help="responders behind Envoy")
+    p.add_argument("--fleet-samples", type=int, default=20, help="losses timed on every replica")
     p.add_argument("--out", type=Path, default=Path("bench-results.json"), help="results JSON")
     p.add_argument("--report", type=Path, help="also write this BENCHMARKS.md")
 
@@ -373,14 +378,14 @@ def _guarded(func: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Na
         try:
             return func(args)
         except ModuleNotFoundError as exc:
-            print(
-                f"jpki-va bench {args.bench_command}: {exc.name} is missing: install the "
-                "bench extra (pip install 'jpki-va[bench]', or ./tasks bench)",
-                file=sys.stderr,
+            fail(
+                f"jpki-va bench {args.bench_command}",
+                f"{exc.name} is missing: install the bench extra "
+                "(pip install 'jpki-va[bench]', or ./tasks bench)",
             )
             return EXIT_USAGE
         except (BenchError, DataSetError, OSError, SnapshotRejected, ValueError) as exc:
-            print(f"jpki-va bench {args.bench_command}: {exc}", file=sys.stderr)
+            fail(f"jpki-va bench {args.bench_command}", str(exc))
             return EXIT_USAGE
 
     return run

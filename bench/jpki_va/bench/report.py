@@ -25,6 +25,12 @@ TARGETS: list[tuple[str, str, str, float]] = [
         1,
     ),
     ("registry commit to answer, seconds (max)", "freshness.commit_to_answer_max", "<=", 10.0),
+    (
+        "fleet: registry commit to answer, p99 on every replica, seconds",
+        "fleet.freshness.p99_worst_replica_seconds",
+        "<=",
+        2.0,
+    ),
     ("worker VmRSS after load, MB", "rss_after_load.max_vmrss_mb", "<=", 150),
     ("worker private (anonymous) RSS, MB", "rss_after_load.max_rss_anon_mb", "<=", 150),
     ("worker Pss (shared pages split among sharers), MB", "rss_after_load.max_pss_mb", "<=", 150),
@@ -237,6 +243,7 @@ def render(  # noqa: PLR0912, PLR0915 (a document template, section by section)
                 for d in deltas["deltas"]
             )
             lines.append(f"- the deltas those losses made, applied to a copy of the index: {shown}")
+    lines += _fleet_lines(results.get("fleet"))
     for key, label in (
         ("rss_idle", "idle"),
         ("rss_after_load", "after the gRPC load"),
@@ -273,6 +280,39 @@ def render(  # noqa: PLR0912, PLR0915 (a document template, section by section)
     if chart:
         lines += ["## Chart", "", f"![throughput and latency]({chart})", ""]
     return "\n".join(lines)
+
+
+def _fleet_lines(fleet: dict[str, Any] | None) -> list[str]:
+    """The fleet step: balancer against one replica, freshness per replica, failover."""
+    if not fleet:
+        return []
+    lines = [
+        f"- fleet of {fleet['replicas']} replicas ({fleet['workers_per_replica']} worker each)"
+        f" behind Envoy: unary Check through the balancer"
+        f" **{_fmt(fleet['balancer']['rate'])}/s**, one replica direct"
+        f" {_fmt(fleet['one_replica']['rate'])}/s"
+    ]
+    fresh = fleet.get("freshness")
+    if fresh:
+        per = ", ".join(
+            f"replica {n}: p50 {fresh['p50_seconds'][n]} s, p99 {p99} s"
+            for n, p99 in fresh["p99_seconds"].items()
+        )
+        lines.append(
+            f"- registry commit to answer on every replica ({fresh['samples']} losses): {per};"
+            f" worst p99 **{fresh['p99_worst_replica_seconds']} s**"
+        )
+    blip = fleet.get("failover")
+    if blip:
+        lines.append(
+            f"- one replica SIGKILLed under {blip['seconds']} s of load through Envoy:"
+            f" gRPC {blip['grpc']['failed']} failed of {_fmt(blip['grpc']['calls'])},"
+            f" HTTP OCSP {blip['http_ocsp']['failed']} failed of"
+            f" {_fmt(blip['http_ocsp']['calls'])}; retried by Envoy on another replica"
+            f" {blip['retried_by_envoy']}; restarted replica back in rotation after"
+            f" {blip['restart_to_rejoined_seconds']} s"
+        )
+    return lines
 
 
 def chart(results: dict[str, Any], path: Path) -> bool:

@@ -30,6 +30,7 @@ from cryptography import x509
 from jpki_va.bench import ceilings, peers
 from jpki_va.bench.datagen import BENCH_VERIFIER
 from jpki_va.bench.dataset import DataSet
+from jpki_va.bench.fleet_step import SuiteParts, fleet_figures
 from jpki_va.bench.httpload import HttpLoadError, HttpSpec, run_wrk
 from jpki_va.bench.loadgen import (
     INTERFACES,
@@ -58,6 +59,9 @@ log = logging.getLogger(__name__)
 FORMAT = "jpki-va-bench-results/1"
 
 
+STEPS = ("ingest", "grpc", "store", "http", "freshness", "fleet")
+
+
 @dataclass(frozen=True)
 class SuiteSettings:
     workers: int = 2  # responder and trivial-server worker processes
@@ -74,15 +78,22 @@ class SuiteSettings:
     store_seconds: float = 2.0
     freshness_samples: int = 3
     delta_losses: int = 1000
-    steps: tuple[str, ...] = ("ingest", "grpc", "store", "http", "freshness")
+    steps: tuple[str, ...] = STEPS
     freshness_timeout: float = 900.0
+    # The fleet step (fleet_step.py): replicas behind Envoy, losses timed on each,
+    # seconds of load around the SIGKILL of one replica.
+    fleet_replicas: int = 3
+    fleet_samples: int = 20
+    failover_seconds: float = 6.0
 
     def __post_init__(self) -> None:
-        unknown = set(self.steps) - {"ingest", "grpc", "store", "http", "freshness"}
+        unknown = set(self.steps) - set(STEPS)
         if unknown:
             raise ValueError(f"unknown steps: {', '.join(sorted(unknown))}")
         if self.workers < 1 or self.freshness_samples < 0 or self.delta_losses < 0:
             raise ValueError("workers must be >= 1; samples and losses >= 0")
+        if self.fleet_replicas < 2 or self.fleet_samples < 1 or self.failover_seconds < 3:
+            raise ValueError("a fleet of >= 2 replicas, >= 1 sample, >= 3 s of failover load")
 
 
 def machine() -> dict[str, Any]:
@@ -590,7 +601,7 @@ def run_suite(
         say("store ceiling")
         results["store"] = store_figures(ds, settings)
     scratch = copy_index(ds) if "freshness" in settings.steps else None
-    needs_va = {"grpc", "http", "freshness"} & set(settings.steps)
+    needs_va = {"grpc", "http", "freshness", "fleet"} & set(settings.steps)
     if needs_va:
         say("start signer and responder")
         va = RunningVa(ds, settings.workers)
@@ -607,6 +618,9 @@ def run_suite(
                 results["rss_after_http"] = rss(va.responder.worker_pids)
             if "freshness" in settings.steps:
                 results["freshness"] = freshness(ds, va, settings, say)
+            if "fleet" in settings.steps:
+                parts = SuiteParts(_check_request, _good_serials, _issuers, _record_loss)
+                results["fleet"] = fleet_figures(ds, va, settings, say, parts)
         finally:
             va.close()
     if scratch is not None and "freshness" in results:

@@ -1,5 +1,5 @@
 """`python -m jpki_va.client`: the verifier commands (the `jpki-va-client` script)."""
 
-from jpki_va.client._cli import main
+from jpki_va.client._main import main
 
 main()

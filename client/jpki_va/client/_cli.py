@@ -20,15 +20,24 @@ from jpki_va.client._client import DEFAULT_TIMEOUT, VaClient
 from jpki_va.client._errors import ClientError, DeadlineExceeded, Unavailable
 from jpki_va.client._models import CertificateStatus, IssuerCompromise, RevocationEvent
 from jpki_va.client._ocsp import parse_certificate
+from jpki_va.client._probe import mismatch, not_the_service
+from jpki_va.core.cli import (
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_SERVER,
+    EXIT_UNREACHABLE,
+    EXIT_USAGE,
+    duration_seconds,
+    exit_codes_epilog,
+    fail,
+    host_port,
+    slug_choice,
+)
 from jpki_va.core.domain import CertKind, serial_from_hex, serial_hex
 from jpki_va.core.loopback import is_loopback_target
 from jpki_va.core.verifier_token import InvalidVerifierToken, verify_token
 
-EXIT_OK = 0
-EXIT_USAGE = 2
-EXIT_SERVER = 3
-EXIT_UNREACHABLE = 4
-EXIT_INVALID = 1  # token verify: the token is not valid
+EXIT_INVALID = EXIT_FAILED  # token verify: the token is not valid
 
 
 class UsageError(Exception):
@@ -40,13 +49,17 @@ def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
         "check",
         help="ask a responder for the status of one certificate",
         description="Ask a jpki-va responder for the status of one certificate.",
-        epilog=_EXIT_CODES.replace("an answer", "an answer (whatever the status)"),
+        epilog=exit_codes_epilog(
+            EXIT_OK,
+            EXIT_USAGE,
+            EXIT_SERVER,
+            EXIT_UNREACHABLE,
+            words={EXIT_OK: "an answer (whatever the status)"},
+        ),
     )
     name = parser.add_mutually_exclusive_group(required=True)
     name.add_argument("--cert", metavar="FILE", help="the certificate (PEM or DER)")
-    name.add_argument(
-        "--kind", choices=[k.slug for k in CertKind], help="certificate kind (with --serial)"
-    )
+    name.add_argument("--kind", **slug_choice(CertKind), help="certificate kind (with --serial)")
     parser.add_argument("--serial", metavar="HEX", help="serial number in hex (with --kind)")
     parser.add_argument(
         "--issuer",
@@ -73,10 +86,10 @@ def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
         ),
         epilog=_EXIT_CODES,
     )
-    _add_kind_serial(mapper, [k.slug for k in CertKind])
+    _add_kind_serial(mapper, list(CertKind))
     mapper.add_argument(
         "--to",
-        choices=[k.slug for k in CertKind],
+        **slug_choice(CertKind),
         help="only this kind (default: every mapping the verifier may receive)",
     )
     mapper.add_argument("--json", action="store_true", help="print one JSON object")
@@ -92,7 +105,7 @@ def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
         ),
         epilog=_EXIT_CODES,
     )
-    _add_kind_serial(record, [k.slug for k in CertKind if k.is_signing], default="card-sign")
+    _add_kind_serial(record, [k for k in CertKind if k.is_signing], default="card-sign")
     record.add_argument("--json", action="store_true", help="print one JSON object")
     _add_connection_options(record)
     record.set_defaults(func=_command("record", _run_record))
@@ -111,7 +124,7 @@ def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
         help="events after this sequence number (default 0: every retained event)",
     )  # fmt: skip
     watch.add_argument(
-        "--kind", action="append", choices=[k.slug for k in CertKind],
+        "--kind", action="append", **slug_choice(CertKind),
         help="only this kind; repeatable (default: every kind the verifier may receive)",
     )  # fmt: skip
     watch.add_argument("--limit", type=int, metavar="N", help="stop after N events")
@@ -128,7 +141,7 @@ def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
         ),
         epilog=_EXIT_CODES,
     )
-    crl.add_argument("--kind", required=True, choices=[k.slug for k in CertKind])
+    crl.add_argument("--kind", required=True, **slug_choice(CertKind))
     crl.add_argument("--partition", default="", metavar="CODE", help="municipality code")
     crl.add_argument(
         "--issuer-key-id", default="", metavar="HEX",
@@ -149,7 +162,9 @@ def add_token_verify(token_commands: argparse._SubParsersAction[argparse.Argumen
     verify = token_commands.add_parser(
         "verify",
         help="check a token offline against the root",
-        epilog="exit codes: 0 valid, 1 invalid, 2 usage or input error",
+        epilog=exit_codes_epilog(
+            EXIT_OK, EXIT_FAILED, EXIT_USAGE, words={EXIT_OK: "valid", EXIT_FAILED: "invalid"}
+        ),
     )
     verify.add_argument(
         "--token", dest="token_file", required=True, metavar="FILE", help="the token ('-': stdin)"
@@ -165,12 +180,12 @@ def run_token_verify(args: argparse.Namespace) -> int:
         text = sys.stdin.read() if path == "-" else Path(path).read_text()
         root = x509.load_pem_x509_certificate(Path(args.root).read_bytes())
     except (OSError, ValueError) as exc:
-        print(f"jpki-va token verify: cannot read the token or the root: {exc}", file=sys.stderr)
+        fail("jpki-va token verify", f"cannot read the token or the root: {exc}")
         return EXIT_USAGE
     try:
         checked = verify_token(text, root)
     except InvalidVerifierToken as exc:
-        print(f"jpki-va token verify: invalid: {exc}", file=sys.stderr)
+        fail("jpki-va token verify", f"invalid: {exc}")
         return EXIT_INVALID
     print(
         json.dumps(
@@ -213,18 +228,17 @@ def main(argv: list[str] | None = None) -> None:
     sys.exit(code)
 
 
-_EXIT_CODES = (
-    "exit codes: 0 an answer, 2 usage or input error, "
-    "3 the server answered with an error, 4 no answer from the server"
+_EXIT_CODES = exit_codes_epilog(
+    EXIT_OK, EXIT_USAGE, EXIT_SERVER, EXIT_UNREACHABLE, words={EXIT_OK: "an answer"}
 )
 
 
 def _add_kind_serial(
-    parser: argparse.ArgumentParser, kinds: list[str], default: str | None = None
+    parser: argparse.ArgumentParser, kinds: list[CertKind], default: str | None = None
 ) -> None:
     parser.add_argument(
         "--kind",
-        choices=kinds,
+        **slug_choice(CertKind, kinds),
         required=default is None,
         default=default,
         help="certificate kind" + ("" if default is None else f" (default {default})"),
@@ -233,13 +247,15 @@ def _add_kind_serial(
 
 
 def _add_connection_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--server", required=True, metavar="HOST:PORT", help="responder address")
+    parser.add_argument(
+        "--server", required=True, type=host_port, metavar="HOST:PORT", help="responder address"
+    )
     parser.add_argument(
         "--timeout",
-        type=float,
+        type=duration_seconds,
         default=DEFAULT_TIMEOUT,
-        metavar="SECONDS",
-        help=f"deadline of each call (default {DEFAULT_TIMEOUT:g})",
+        metavar="DURATION",
+        help=f"deadline of each call (default {DEFAULT_TIMEOUT:g}s)",
     )
     tls = parser.add_argument_group("transport")
     tls.add_argument("--ca", metavar="FILE", help="PEM roots that the server must chain to")
@@ -271,10 +287,17 @@ def _command(
             _fail(name, str(error))
             return EXIT_USAGE
         except (Unavailable, DeadlineExceeded) as error:
-            _fail(name, f"no answer from {args.server}: {error.code.name}: {error.details}")
+            said = None
+            if isinstance(error, Unavailable):
+                said = mismatch(args.server, used_tls=not args.insecure_loopback, role="responder")
+            _fail(name, said or f"no answer from {args.server}: {error.code.name}: {error.details}")
             return EXIT_UNREACHABLE
         except ClientError as error:
-            _fail(name, f"server error {error.code.name}: {error.details}")
+            if error.code == grpc.StatusCode.UNIMPLEMENTED:
+                _fail(name, not_the_service(args.server, "jpki-va status service", "responder",
+                                            "signer"))  # fmt: skip
+            else:
+                _fail(name, f"server error {error.code.name}: {error.details}")
             return EXIT_SERVER
 
     return wrapped
@@ -554,4 +577,4 @@ def _compromise_line(compromise: IssuerCompromise, as_json: bool) -> str:
 
 
 def _fail(command: str, message: str) -> None:
-    print(f"jpki-va {command}: error: {message}", file=sys.stderr)
+    fail(f"jpki-va {command}", message)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Generator, Iterable
+from collections.abc import Generator, Iterable, Iterator
 from datetime import UTC, datetime
 from types import TracebackType
 from typing import Self
@@ -26,6 +26,7 @@ from jpki_va.client._errors import (
 from jpki_va.client._models import (
     CertIdRef,
     CertificateStatus,
+    CheckRefusal,
     CrlMeta,
     IssuerInfo,
     IssuerSet,
@@ -49,6 +50,12 @@ from jpki_va.protos import (
 )
 
 DEFAULT_TIMEOUT = 5.0
+# Requests per CheckStream batch: well under the responder's limit (10,000 by default).
+BATCH_SIZE = 1000
+
+#: A certificate as check_many takes it: (kind, serial), the certificate (object, DER or
+#: PEM), or an RFC 6960 CertID.
+CheckTarget = tuple[CertKind, int] | x509.Certificate | bytes | CertIdRef
 # Reconnect pauses of a resuming watch: doubling from the first to the last.
 RESUME_BACKOFF = (0.5, 8.0)
 
@@ -139,6 +146,51 @@ class VaClient:
         if not response.HasField("status"):
             raise ProtocolError("Check answered without a status")
         return CertificateStatus.from_proto(response.status)
+
+    def check_many(
+        self,
+        certificates: Iterable[CheckTarget],
+        *,
+        as_of: datetime | None = None,
+        batch_size: int = BATCH_SIZE,
+        timeout: float | None = None,
+    ) -> list[CertificateStatus | CheckRefusal]:
+        """The statuses of many certificates over one CheckStream, in their order.
+
+        An item the responder refuses (malformed, or a kind the verifier may not
+        receive) is a CheckRefusal with its code, and the others are still answered;
+        a refusal of the whole stream raises as `check` does. `timeout` bounds the
+        whole stream.
+        """
+        if not 1 <= batch_size <= 10_000:
+            raise ValueError(f"batch_size must be 1 to 10000, got {batch_size}")
+        stamp = None if as_of is None else _timestamp(as_of)
+        requests = []
+        for target in certificates:
+            request = va_pb2.CheckRequest(cert=_target_ref(target))
+            if stamp is not None:
+                request.as_of.CopyFrom(stamp)
+            requests.append(request)
+        batches = [requests[i : i + batch_size] for i in range(0, len(requests), batch_size)]
+        if not batches:
+            return []
+
+        def sent() -> Iterator[va_pb2.CheckBatchRequest]:
+            for batch in batches:
+                yield va_pb2.CheckBatchRequest(requests=batch)
+
+        out: list[CertificateStatus | CheckRefusal] = []
+        with translating_rpc_errors():
+            replies = self._stub.CheckStream(
+                sent(), timeout=self._deadline(timeout), metadata=self._metadata
+            )
+            for count, reply in enumerate(replies):
+                if count >= len(batches) or len(reply.results) != len(batches[count]):
+                    raise ProtocolError("CheckStream answered a batch with the wrong count")
+                out.extend(_result(result) for result in reply.results)
+        if len(out) != len(requests):
+            raise ProtocolError("CheckStream ended before answering every batch")
+        return out
 
     def ocsp(self, request_der: bytes, *, timeout: float | None = None) -> bytes:
         """Send a DER OCSPRequest, return the DER OCSPResponse (also for error statuses)."""
@@ -382,6 +434,24 @@ def _cert_ref(
     if kind is None or serial is None:
         raise ValueError("kind and serial go together")
     return va_pb2.CertRef(kind_serial=_kind_serial(kind, serial))
+
+
+def _target_ref(target: CheckTarget) -> va_pb2.CertRef:
+    if isinstance(target, tuple):
+        kind, serial = target
+        return _cert_ref(kind, serial, None, None)
+    if isinstance(target, CertIdRef):
+        return _cert_ref(None, None, None, target)
+    return _cert_ref(None, None, target, None)
+
+
+def _result(result: va_pb2.CheckResult) -> CertificateStatus | CheckRefusal:
+    which = result.WhichOneof("result")
+    if which == "status":
+        return CertificateStatus.from_proto(result.status)
+    if which == "error":
+        return CheckRefusal.from_proto(result)
+    raise ProtocolError("CheckStream answered an item with neither status nor error")
 
 
 def _kind_serial(kind: CertKind, serial: int) -> va_pb2.KindSerial:

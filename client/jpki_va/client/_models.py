@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from enum import IntEnum
 from typing import Any, TypeVar
 
 from cryptography import x509
@@ -132,6 +133,33 @@ class CertificateStatus:
             "as_of": _iso(self.as_of),
             "index_sequence": self.index_sequence,
         }
+
+
+class CheckErrorCode(IntEnum):
+    """Why one item of a batch was refused (va.proto CheckErrorCode, same values)."""
+
+    #: A responder older than the code, or a code newer than this client: read the text.
+    UNSPECIFIED = 0
+    #: The item is malformed (no certificate, a bad serial, an unparsable certificate).
+    INVALID_ARGUMENT = 1
+    #: The verifier may not receive the status of this kind of certificate.
+    PERMISSION_DENIED = 2
+
+
+@dataclass(frozen=True, slots=True)
+class CheckRefusal:
+    """One item of `VaClient.check_many` the responder refused; the rest were answered."""
+
+    code: CheckErrorCode
+    message: str
+
+    @classmethod
+    def from_proto(cls, msg: va_pb2.CheckResult) -> CheckRefusal:
+        try:
+            code = CheckErrorCode(msg.error_code)
+        except ValueError:  # a code added after this client: the text still says why
+            code = CheckErrorCode.UNSPECIFIED
+        return cls(code=code, message=msg.error)
 
 
 @dataclass(frozen=True, slots=True)

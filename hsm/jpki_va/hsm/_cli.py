@@ -16,10 +16,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import sys
 from collections.abc import Callable
-from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TextIO
 
@@ -35,11 +33,13 @@ if TYPE_CHECKING:
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
+# The same codes and words as every jpki-va command (jpki_va.core.cli, which this
+# distribution does not ship).
+EXIT_CODES_EPILOG = "exit codes: 0 done, 1 failed or refused, 2 usage, input or configuration error"
 
 #: The PIN environment variable used when no PIN option is given (same as the signer's).
 PIN_ENV = "JPKI_VA_HSM_PIN"
 SO_PIN_ENV = "JPKI_VA_HSM_SO_PIN"
-_DURATION = re.compile(r"^(\d+)([dhm])$")
 
 if TYPE_CHECKING:
     SubParsers = argparse._SubParsersAction[argparse.ArgumentParser]
@@ -72,29 +72,36 @@ class KeyUse(Protocol):
         ...
 
 
-def parse_duration(text: str) -> timedelta:
-    """``7d``, ``36h`` or ``90m``."""
-    match = _DURATION.match(text.strip())
-    if not match or int(match.group(1)) <= 0:
-        raise UsageError(f"duration {text!r} must look like 7d, 36h or 90m")
-    n = int(match.group(1))
-    return {"d": timedelta(days=n), "h": timedelta(hours=n), "m": timedelta(minutes=n)}[
-        match.group(2)
-    ]
-
-
 def token_options() -> argparse.ArgumentParser:
-    """The module, token and PIN options every token-using command takes (a parent)."""
+    """The module, token and PIN options every token-using command takes (a parent).
+
+    The signer takes the same (`jpki-va signer --hsm-token …`). The short spellings
+    of earlier releases (--module, --token, --pin-env, --pin-file) are still accepted,
+    unlisted, so that existing scripts keep working.
+    """
     common = argparse.ArgumentParser(add_help=False)
-    group = common.add_argument_group("token")
-    group.add_argument("--module", help=f"PKCS#11 module (default {DEFAULT_MODULE})")
-    group.add_argument("--token", metavar="LABEL", help="token label")
+    group = common.add_argument_group("HSM (PKCS#11)")
     group.add_argument(
-        "--pin-env", metavar="NAME", help=f"environment variable holding the PIN ({PIN_ENV})"
+        "--hsm-module", metavar="FILE", help=f"PKCS#11 module (default {DEFAULT_MODULE})"
     )
-    group.add_argument("--pin-file", metavar="FILE", help="file whose first line is the PIN")
+    group.add_argument("--hsm-token", metavar="LABEL", help="token label")
+    group.add_argument(
+        "--hsm-pin-env", metavar="NAME", help=f"environment variable holding the PIN ({PIN_ENV})"
+    )
+    group.add_argument("--hsm-pin-file", metavar="FILE", help="file whose first line is the PIN")
     group.add_argument("--softhsm2-conf", metavar="FILE", help="SOFTHSM2_CONF for SoftHSM2")
+    for old, new in _OLD_SPELLINGS.items():
+        common.add_argument(old, dest=new, help=argparse.SUPPRESS)
     return common
+
+
+#: Deprecated option spellings -> the attribute of today's option.
+_OLD_SPELLINGS = {
+    "--module": "hsm_module",
+    "--token": "hsm_token",
+    "--pin-env": "hsm_pin_env",
+    "--pin-file": "hsm_pin_file",
+}
 
 
 def data_dir_option(parser: argparse.ArgumentParser, *, required: bool) -> None:
@@ -113,7 +120,7 @@ def add_commands(subparsers: SubParsers, key_use: KeyUse) -> SubParsers:
         "hsm",
         help="HSM administration and key ceremonies",
         description="Administer the PKCS#11 token and run the authority's key ceremonies.",
-        epilog="exit codes: 0 done, 1 failed or refused, 2 usage or input error",
+        epilog=EXIT_CODES_EPILOG,
     )
     groups = hsm_parser.add_subparsers(dest="hsm_command", required=True, metavar="COMMAND")
 
@@ -124,7 +131,7 @@ def add_commands(subparsers: SubParsers, key_use: KeyUse) -> SubParsers:
     init = groups.add_parser(
         "init-token",
         parents=[common],
-        help="create a SoftHSM2 token (label --token, user PIN from the PIN options)",
+        help="create a SoftHSM2 token (label --hsm-token, user PIN from the PIN options)",
     )
     init.add_argument("--dir", type=Path, required=True, help="directory for config + tokens")
     init.add_argument("--so-pin-env", metavar="NAME", help=f"SO PIN variable ({SO_PIN_ENV})")
@@ -176,19 +183,21 @@ def run_command(
         try:
             return command(args, sys.stdout)
         except usage as exc:
-            print(f"{where}: {exc}", file=sys.stderr)
+            _fail(where, str(exc))
             return EXIT_USAGE
         except failed as exc:
-            print(f"{where}: {exc}", file=sys.stderr)
+            _fail(where, str(exc))
             return EXIT_FAILED
         except OSError as exc:
-            print(
-                f"{where}: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "),
-                file=sys.stderr,
-            )
+            _fail(where, f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": "))
             return EXIT_FAILED
 
     return run
+
+
+def _fail(where: str, message: str) -> None:
+    # The error line of every jpki-va command (and argparse's): "PROG: error: MESSAGE".
+    print(f"{where}: error: {message}", file=sys.stderr, flush=True)
 
 
 # -- option helpers ---------------------------------------------------------------------
@@ -207,15 +216,15 @@ def _pin(env_name: str | None, file: str | None, default_env: str, prompt: str) 
 
 
 def _module(args: argparse.Namespace) -> str:
-    return str(args.module or DEFAULT_MODULE)
+    return str(args.hsm_module or DEFAULT_MODULE)
 
 
 def token_config(args: argparse.Namespace) -> HsmConfig:
-    if not args.token:
-        raise UsageError("--token is required")
-    pin = _pin(args.pin_env, args.pin_file, PIN_ENV, f"PIN of token {args.token}: ")
+    if not args.hsm_token:
+        raise UsageError("--hsm-token is required")
+    pin = _pin(args.hsm_pin_env, args.hsm_pin_file, PIN_ENV, f"PIN of token {args.hsm_token}: ")
     return HsmConfig(
-        module=_module(args), token_label=args.token, pin=pin, softhsm2_conf=args.softhsm2_conf
+        module=_module(args), token_label=args.hsm_token, pin=pin, softhsm2_conf=args.softhsm2_conf
     )
 
 
@@ -262,14 +271,14 @@ def _jsonable(value: Any) -> Any:
 
 
 def cmd_init_token(args: argparse.Namespace, out: TextIO) -> int:
-    if not args.token:
-        raise UsageError("--token (the new token's label) is required")
+    if not args.hsm_token:
+        raise UsageError("--hsm-token (the new token's label) is required")
     so_pin = _pin(args.so_pin_env, args.so_pin_file, SO_PIN_ENV, "new SO PIN: ").read()
-    user_pin = _pin(args.pin_env, args.pin_file, PIN_ENV, "new user PIN: ").read()
+    user_pin = _pin(args.hsm_pin_env, args.hsm_pin_file, PIN_ENV, "new user PIN: ").read()
     from jpki_va.hsm._softhsm import init_softhsm_token  # noqa: PLC0415 (loads pkcs11)
 
-    conf = init_softhsm_token(args.dir, args.token, so_pin, user_pin, module=_module(args))
-    out.write(f"created token {args.token!r}; SOFTHSM2_CONF={conf}\n")
+    conf = init_softhsm_token(args.dir, args.hsm_token, so_pin, user_pin, module=_module(args))
+    out.write(f"created token {args.hsm_token!r}; SOFTHSM2_CONF={conf}\n")
     return EXIT_OK
 
 

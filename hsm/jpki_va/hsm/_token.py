@@ -175,9 +175,18 @@ def _find_token(lib: Pkcs11Lib, label: str) -> Token:
     try:
         return lib.get_token(token_label=label)
     except p11e.NoSuchToken:
-        raise TokenNotFound(f"no token labelled {label!r}") from None
+        raise TokenNotFound(f"no token labelled {label!r}; {_labels(lib)}") from None
     except p11e.MultipleTokensReturned:
         raise HsmConfigError(f"several tokens are labelled {label!r}") from None
+
+
+def _labels(lib: Pkcs11Lib) -> str:
+    """The labels the module does have, so a typo is seen at once."""
+    try:
+        labels = sorted(repr(token.label) for token in lib.get_tokens() if token.label)
+    except p11e.PKCS11Error:
+        return "the module could not list its tokens"
+    return f"the tokens are {', '.join(labels)}" if labels else "the module has no token"
 
 
 def _login(token: Token, pin: str, *, reconnecting: bool) -> Session:

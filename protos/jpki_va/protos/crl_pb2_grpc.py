@@ -26,7 +26,9 @@ if _version_not_supported:
 
 
 class CrlServiceStub:
-    """Missing associated documentation comment in .proto file."""
+    """CRL files and loss-of-effect events for verifiers that keep their own copy, over
+    mTLS; a verifier receives only the kinds its roles allow.
+    """
 
     def __init__(self, channel):
         """Constructor.
@@ -52,23 +54,31 @@ class CrlServiceStub:
 
 
 class CrlServiceServicer:
-    """Missing associated documentation comment in .proto file."""
+    """CRL files and loss-of-effect events for verifiers that keep their own copy, over
+    mTLS; a verifier receives only the kinds its roles allow.
+    """
 
     def GetCrl(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """One CRL file, in chunks. Errors: NOT_FOUND (no such CRL, or no longer retained),
+        INVALID_ARGUMENT (malformed request), PERMISSION_DENIED (kind not allowed).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ListCrls(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """The CRL files that match the filters. Errors: INVALID_ARGUMENT,
+        PERMISSION_DENIED (a kind filter the caller may not receive).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def WatchRevocations(self, request, context):
         """Loss-of-effect events from a sequence number on, then as they are published,
-        until the caller cancels or its deadline passes.
+        until the caller cancels or its deadline passes. Errors: PERMISSION_DENIED,
+        RESOURCE_EXHAUSTED (too many watches open), UNAVAILABLE (the responder is
+        stopping, or the stream idled: resume with `since`).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -101,7 +111,9 @@ def add_CrlServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class CrlService:
-    """Missing associated documentation comment in .proto file."""
+    """CRL files and loss-of-effect events for verifiers that keep their own copy, over
+    mTLS; a verifier receives only the kinds its roles allow.
+    """
 
     @staticmethod
     def GetCrl(request,

@@ -25,13 +25,14 @@ _sym_db = _symbol_database.Default()
 from jpki_va.protos import va_pb2 as jpki__va_dot_protos_dot_va__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cjpki_va/protos/mapping.proto\x12\njpki.va.v1\x1a\x17jpki_va/protos/va.proto\"T\n\nMapRequest\x12$\n\x04\x63\x65rt\x18\x01 \x01(\x0b\x32\x16.jpki.va.v1.KindSerial\x12 \n\x02to\x18\x02 \x01(\x0e\x32\x14.jpki.va.v1.CertKind\"i\n\x11MappedCertificate\x12%\n\x04type\x18\x01 \x01(\x0e\x32\x17.jpki.va.v1.MappingType\x12-\n\x06status\x18\x02 \x01(\x0b\x32\x1d.jpki.va.v1.CertificateStatus\"Z\n\x0bMapResponse\x12\x33\n\x0c\x63\x65rtificates\x18\x01 \x03(\x0b\x32\x1d.jpki.va.v1.MappedCertificate\x12\x16\n\x0eindex_sequence\x18\x02 \x01(\x04*\xbb\x01\n\x0bMappingType\x12\x1c\n\x18MAPPING_TYPE_UNSPECIFIED\x10\x00\x12&\n\"MAPPING_TYPE_CARD_SIGN_MOBILE_SIGN\x10\x01\x12$\n MAPPING_TYPE_CARD_AUTH_CARD_SIGN\x10\x02\x12&\n\"MAPPING_TYPE_CARD_AUTH_MOBILE_AUTH\x10\x03\x12\x18\n\x14MAPPING_TYPE_RENEWAL\x10\x04\x32H\n\x0eMappingService\x12\x36\n\x03Map\x12\x16.jpki.va.v1.MapRequest\x1a\x17.jpki.va.v1.MapResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cjpki_va/protos/mapping.proto\x12\njpki.va.v1\x1a\x17jpki_va/protos/va.proto\"T\n\nMapRequest\x12$\n\x04\x63\x65rt\x18\x01 \x01(\x0b\x32\x16.jpki.va.v1.KindSerial\x12 \n\x02to\x18\x02 \x01(\x0e\x32\x14.jpki.va.v1.CertKind\"i\n\x11MappedCertificate\x12%\n\x04type\x18\x01 \x01(\x0e\x32\x17.jpki.va.v1.MappingType\x12-\n\x06status\x18\x02 \x01(\x0b\x32\x1d.jpki.va.v1.CertificateStatus\"Z\n\x0bMapResponse\x12\x33\n\x0c\x63\x65rtificates\x18\x01 \x03(\x0b\x32\x1d.jpki.va.v1.MappedCertificate\x12\x16\n\x0eindex_sequence\x18\x02 \x01(\x04*\xbb\x01\n\x0bMappingType\x12\x1c\n\x18MAPPING_TYPE_UNSPECIFIED\x10\x00\x12&\n\"MAPPING_TYPE_CARD_SIGN_MOBILE_SIGN\x10\x01\x12$\n MAPPING_TYPE_CARD_AUTH_CARD_SIGN\x10\x02\x12&\n\"MAPPING_TYPE_CARD_AUTH_MOBILE_AUTH\x10\x03\x12\x18\n\x14MAPPING_TYPE_RENEWAL\x10\x04\x32H\n\x0eMappingService\x12\x36\n\x03Map\x12\x16.jpki.va.v1.MapRequest\x1a\x17.jpki.va.v1.MapResponseBL\n\rjp.jpki.va.v1B\x0cMappingProtoP\x01Z\x1ejpki-va/gen/go/jpki/va/v1;vav1\xaa\x02\nJpki.Va.V1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'jpki_va.protos.mapping_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
-  DESCRIPTOR._loaded_options = None
+  _globals['DESCRIPTOR']._loaded_options = None
+  _globals['DESCRIPTOR']._serialized_options = b'\n\rjp.jpki.va.v1B\014MappingProtoP\001Z\036jpki-va/gen/go/jpki/va/v1;vav1\252\002\nJpki.Va.V1'
   _globals['_MAPPINGTYPE']._serialized_start=355
   _globals['_MAPPINGTYPE']._serialized_end=542
   _globals['_MAPREQUEST']._serialized_start=69

@@ -26,7 +26,9 @@ if _version_not_supported:
 
 
 class MappingServiceStub:
-    """Missing associated documentation comment in .proto file."""
+    """Correspondence between a holder's certificates, for the verifiers the law allows
+    (第18条4項・5項, 第37条3項), over mTLS.
+    """
 
     def __init__(self, channel):
         """Constructor.
@@ -42,11 +44,14 @@ class MappingServiceStub:
 
 
 class MappingServiceServicer:
-    """Missing associated documentation comment in .proto file."""
+    """Correspondence between a holder's certificates, for the verifiers the law allows
+    (第18条4項・5項, 第37条3項), over mTLS.
+    """
 
     def Map(self, request, context):
-        """NOT_FOUND: the certificate is not known; INVALID_ARGUMENT: the law has no mapping
-        between the two kinds; PERMISSION_DENIED: the caller may not receive that mapping.
+        """The certificates corresponding to one. Errors: NOT_FOUND (the certificate is
+        not known), INVALID_ARGUMENT (the law has no mapping between the two kinds, or a
+        malformed request), PERMISSION_DENIED (the caller may not receive that mapping).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -69,7 +74,9 @@ def add_MappingServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class MappingService:
-    """Missing associated documentation comment in .proto file."""
+    """Correspondence between a holder's certificates, for the verifiers the law allows
+    (第18条4項・5項, 第37条3項), over mTLS.
+    """
 
     @staticmethod
     def Map(request,

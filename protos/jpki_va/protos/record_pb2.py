@@ -25,13 +25,14 @@ _sym_db = _symbol_database.Default()
 from jpki_va.protos import va_pb2 as jpki__va_dot_protos_dot_va__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bjpki_va/protos/record.proto\x12\njpki.va.v1\x1a\x17jpki_va/protos/va.proto\"?\n\x17GetSigningRecordRequest\x12$\n\x04\x63\x65rt\x18\x01 \x01(\x0b\x32\x16.jpki.va.v1.KindSerial\"\x9b\x01\n\rSigningRecord\x12\"\n\x04kind\x18\x01 \x01(\x0e\x32\x14.jpki.va.v1.CertKind\x12\x0e\n\x06serial\x18\x02 \x01(\x0c\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x04 \x01(\t\x12\x12\n\nbirth_date\x18\x05 \x01(\t\x12\x0b\n\x03sex\x18\x06 \x01(\t\x12\x16\n\x0eindex_sequence\x18\x07 \x01(\x04\"E\n\x18GetSigningRecordResponse\x12)\n\x06record\x18\x01 \x01(\x0b\x32\x19.jpki.va.v1.SigningRecord2n\n\rRecordService\x12]\n\x10GetSigningRecord\x12#.jpki.va.v1.GetSigningRecordRequest\x1a$.jpki.va.v1.GetSigningRecordResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bjpki_va/protos/record.proto\x12\njpki.va.v1\x1a\x17jpki_va/protos/va.proto\"?\n\x17GetSigningRecordRequest\x12$\n\x04\x63\x65rt\x18\x01 \x01(\x0b\x32\x16.jpki.va.v1.KindSerial\"\x9b\x01\n\rSigningRecord\x12\"\n\x04kind\x18\x01 \x01(\x0e\x32\x14.jpki.va.v1.CertKind\x12\x0e\n\x06serial\x18\x02 \x01(\x0c\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x04 \x01(\t\x12\x12\n\nbirth_date\x18\x05 \x01(\t\x12\x0b\n\x03sex\x18\x06 \x01(\t\x12\x16\n\x0eindex_sequence\x18\x07 \x01(\x04\"E\n\x18GetSigningRecordResponse\x12)\n\x06record\x18\x01 \x01(\x0b\x32\x19.jpki.va.v1.SigningRecord2n\n\rRecordService\x12]\n\x10GetSigningRecord\x12#.jpki.va.v1.GetSigningRecordRequest\x1a$.jpki.va.v1.GetSigningRecordResponseBK\n\rjp.jpki.va.v1B\x0bRecordProtoP\x01Z\x1ejpki-va/gen/go/jpki/va/v1;vav1\xaa\x02\nJpki.Va.V1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'jpki_va.protos.record_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
-  DESCRIPTOR._loaded_options = None
+  _globals['DESCRIPTOR']._loaded_options = None
+  _globals['DESCRIPTOR']._serialized_options = b'\n\rjp.jpki.va.v1B\013RecordProtoP\001Z\036jpki-va/gen/go/jpki/va/v1;vav1\252\002\nJpki.Va.V1'
   _globals['_GETSIGNINGRECORDREQUEST']._serialized_start=68
   _globals['_GETSIGNINGRECORDREQUEST']._serialized_end=131
   _globals['_SIGNINGRECORD']._serialized_start=134

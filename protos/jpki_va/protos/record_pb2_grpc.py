@@ -26,7 +26,8 @@ if _version_not_supported:
 
 
 class RecordServiceStub:
-    """Missing associated documentation comment in .proto file."""
+    """Signing records for signing verifiers, over mTLS (第18条3項).
+    """
 
     def __init__(self, channel):
         """Constructor.
@@ -42,7 +43,8 @@ class RecordServiceStub:
 
 
 class RecordServiceServicer:
-    """Missing associated documentation comment in .proto file."""
+    """Signing records for signing verifiers, over mTLS (第18条3項).
+    """
 
     def GetSigningRecord(self, request, context):
         """Only for a signing certificate that has not lost effect (revocation or expiry),
@@ -72,7 +74,8 @@ def add_RecordServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class RecordService:
-    """Missing associated documentation comment in .proto file."""
+    """Signing records for signing verifiers, over mTLS (第18条3項).
+    """
 
     @staticmethod
     def GetSigningRecord(request,

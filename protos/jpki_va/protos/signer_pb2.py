@@ -27,57 +27,70 @@ from jpki_va.protos import va_pb2 as jpki__va_dot_protos_dot_va__pb2
 from jpki_va.protos import verifiers_pb2 as jpki__va_dot_protos_dot_verifiers__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bjpki_va/protos/signer.proto\x12\njpki.va.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17jpki_va/protos/va.proto\x1a\x1ejpki_va/protos/verifiers.proto\"L\n\nHolderInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x12\n\nbirth_date\x18\x03 \x01(\t\x12\x0b\n\x03sex\x18\x04 \x01(\t\"\xe3\x01\n\x17IssueCertificateRequest\x12\"\n\x04kind\x18\x01 \x01(\x0e\x32\x14.jpki.va.v1.CertKind\x12\x15\n\rresident_code\x18\x02 \x01(\t\x12\x19\n\x11municipality_code\x18\x03 \x01(\t\x12&\n\x06holder\x18\x04 \x01(\x0b\x32\x16.jpki.va.v1.HolderInfo\x12\x16\n\x0epublic_key_der\x18\x05 \x01(\x0c\x12\x13\n\x0b\x63\x61rd_serial\x18\x06 \x01(\x0c\x12\x1d\n\x15\x61pplication_signature\x18\x07 \x01(\x0c\"\xbd\x01\n\x18IssueCertificateResponse\x12\x17\n\x0f\x63\x65rtificate_der\x18\x01 \x01(\x0c\x12\x0e\n\x06serial\x18\x02 \x01(\x0c\x12\x1e\n\x16issuer_certificate_der\x18\x03 \x01(\x0c\x12,\n\nsuperseded\x18\x04 \x03(\x0b\x32\x18.jpki.va.v1.LossOfEffect\x12*\n\npublishing\x18\x05 \x01(\x0b\x32\x16.jpki.va.v1.Publishing\"r\n\nPublishing\x12\x0f\n\x07\x66\x61iling\x18\x01 \x01(\x08\x12\r\n\x05\x65rror\x18\x02 \x01(\t\x12\x10\n\x08\x66\x61ilures\x18\x03 \x01(\r\x12\x32\n\x0elast_published\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xdc\x02\n\x0cLossOfEffect\x12\"\n\x04kind\x18\x01 \x01(\x0e\x32\x14.jpki.va.v1.CertKind\x12\x0e\n\x06serial\x18\x02 \x01(\x0c\x12$\n\x05\x63\x61use\x18\x03 \x01(\x0e\x32\x15.jpki.va.v1.LossCause\x12%\n\x06reason\x18\x04 \x01(\x0e\x32\x15.jpki.va.v1.CrlReason\x12(\n\x04time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12*\n\x0ctrigger_kind\x18\x06 \x01(\x0e\x32\x14.jpki.va.v1.CertKind\x12\x16\n\x0etrigger_serial\x18\x07 \x01(\x0c\x12,\n\rtrigger_cause\x18\x08 \x01(\x0e\x32\x15.jpki.va.v1.LossCause\x12/\n\x0brecorded_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x94\x01\n\x11RecordLossRequest\x12\"\n\x04kind\x18\x01 \x01(\x0e\x32\x14.jpki.va.v1.CertKind\x12\x0e\n\x06serial\x18\x02 \x01(\x0c\x12$\n\x05\x63\x61use\x18\x03 \x01(\x0e\x32\x15.jpki.va.v1.LossCause\x12%\n\x06reason\x18\x04 \x01(\x0e\x32\x15.jpki.va.v1.CrlReason\"k\n\x12RecordLossResponse\x12)\n\x07\x63hanges\x18\x01 \x03(\x0b\x32\x18.jpki.va.v1.LossOfEffect\x12*\n\npublishing\x18\x02 \x01(\x0b\x32\x16.jpki.va.v1.Publishing\"\xa0\x01\n\x1aRecordResidentEventRequest\x12\x15\n\rresident_code\x18\x01 \x01(\t\x12(\n\x05\x65vent\x18\x02 \x01(\x0e\x32\x19.jpki.va.v1.ResidentEvent\x12\r\n\x05minor\x18\x03 \x01(\x08\x12\x14\n\x0cplanned_date\x18\x04 \x01(\t\x12\x1c\n\x14\x64\x65letion_by_move_out\x18\x05 \x01(\x08\"\xab\x01\n\x1bRecordResidentEventResponse\x12)\n\x07\x63hanges\x18\x01 \x03(\x0b\x32\x18.jpki.va.v1.LossOfEffect\x12\x35\n\x11move_out_deadline\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12*\n\npublishing\x18\x03 \x01(\x0b\x32\x16.jpki.va.v1.Publishing\"Z\n\x1dRecordIssuerCompromiseRequest\x12\"\n\x04kind\x18\x01 \x01(\x0e\x32\x14.jpki.va.v1.CertKind\x12\x15\n\rissuer_key_id\x18\x02 \x01(\x0c\"\xba\x01\n\x1eRecordIssuerCompromiseResponse\x12\"\n\x06issuer\x18\x01 \x01(\x0b\x32\x12.jpki.va.v1.Issuer\x12\x32\n\x0e\x63ompromised_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0c\x63\x65rtificates\x18\x03 \x01(\x04\x12*\n\npublishing\x18\x04 \x01(\x0b\x32\x16.jpki.va.v1.Publishing\"}\n\x07\x43onsent\x12\x10\n\x08verifier\x18\x01 \x01(\t\x12.\n\ngranted_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x0cwithdrawn_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"N\n\x14RecordConsentRequest\x12\x15\n\rresident_code\x18\x01 \x01(\t\x12\x10\n\x08verifier\x18\x02 \x01(\t\x12\r\n\x05grant\x18\x03 \x01(\x08\"=\n\x15RecordConsentResponse\x12$\n\x07\x63onsent\x18\x01 \x01(\x0b\x32\x13.jpki.va.v1.Consent\">\n\x13ListConsentsRequest\x12\x15\n\rresident_code\x18\x01 \x01(\t\x12\x10\n\x08verifier\x18\x02 \x01(\t\"=\n\x14ListConsentsResponse\x12%\n\x08\x63onsents\x18\x01 \x03(\x0b\x32\x13.jpki.va.v1.Consent\"&\n\x16PublishSnapshotRequest\x12\x0c\n\x04\x66ull\x18\x01 \x01(\x08\"\x84\x01\n\x17PublishSnapshotResponse\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x11\n\tcrl_count\x18\x03 \x01(\r\x12\x14\n\x0crecord_count\x18\x04 \x01(\x04\x12\x0c\n\x04type\x18\x05 \x01(\t\x12\x12\n\nloss_count\x18\x06 \x01(\x04\"L\n!IssueOcspSignerCertificateRequest\x12\x0f\n\x07\x63sr_der\x18\x01 \x01(\x0c\x12\x16\n\x0eissuer_key_ids\x18\x02 \x03(\x0c\"\x8b\x01\n\x15OcspSignerCertificate\x12\"\n\x04kind\x18\x01 \x01(\x0e\x32\x14.jpki.va.v1.CertKind\x12\x15\n\rissuer_key_id\x18\x02 \x01(\x0c\x12\x17\n\x0f\x63\x65rtificate_der\x18\x03 \x01(\x0c\x12\x1e\n\x16issuer_certificate_der\x18\x04 \x01(\x0c\"]\n\"IssueOcspSignerCertificateResponse\x12\x37\n\x0c\x63\x65rtificates\x18\x01 \x03(\x0b\x32!.jpki.va.v1.OcspSignerCertificate*\x93\x02\n\rResidentEvent\x12\x1e\n\x1aRESIDENT_EVENT_UNSPECIFIED\x10\x00\x12\x1e\n\x1aRESIDENT_EVENT_NAME_CHANGE\x10\x01\x12!\n\x1dRESIDENT_EVENT_ADDRESS_CHANGE\x10\x02\x12$\n RESIDENT_EVENT_BIRTH_DATE_CHANGE\x10\x03\x12\x1d\n\x19RESIDENT_EVENT_SEX_CHANGE\x10\x04\x12!\n\x1dRESIDENT_EVENT_RECORD_DELETED\x10\x05\x12\x1b\n\x17RESIDENT_EVENT_MOVE_OUT\x10\x06\x12\x1a\n\x16RESIDENT_EVENT_MOVE_IN\x10\x07\x32\xca\t\n\rSignerService\x12]\n\x10IssueCertificate\x12#.jpki.va.v1.IssueCertificateRequest\x1a$.jpki.va.v1.IssueCertificateResponse\x12K\n\nRecordLoss\x12\x1d.jpki.va.v1.RecordLossRequest\x1a\x1e.jpki.va.v1.RecordLossResponse\x12\x66\n\x13RecordResidentEvent\x12&.jpki.va.v1.RecordResidentEventRequest\x1a\'.jpki.va.v1.RecordResidentEventResponse\x12o\n\x16RecordIssuerCompromise\x12).jpki.va.v1.RecordIssuerCompromiseRequest\x1a*.jpki.va.v1.RecordIssuerCompromiseResponse\x12T\n\rRecordConsent\x12 .jpki.va.v1.RecordConsentRequest\x1a!.jpki.va.v1.RecordConsentResponse\x12Q\n\x0cListConsents\x12\x1f.jpki.va.v1.ListConsentsRequest\x1a .jpki.va.v1.ListConsentsResponse\x12Z\n\x0fPublishSnapshot\x12\".jpki.va.v1.PublishSnapshotRequest\x1a#.jpki.va.v1.PublishSnapshotResponse\x12{\n\x1aIssueOcspSignerCertificate\x12-.jpki.va.v1.IssueOcspSignerCertificateRequest\x1a..jpki.va.v1.IssueOcspSignerCertificateResponse\x12N\n\x0bListIssuers\x12\x1e.jpki.va.v1.ListIssuersRequest\x1a\x1f.jpki.va.v1.ListIssuersResponse\x12N\n\x0b\x41\x64\x64Verifier\x12\x1e.jpki.va.v1.AddVerifierRequest\x1a\x1f.jpki.va.v1.AddVerifierResponse\x12W\n\x0eRemoveVerifier\x12!.jpki.va.v1.RemoveVerifierRequest\x1a\".jpki.va.v1.RemoveVerifierResponse\x12T\n\rListVerifiers\x12 .jpki.va.v1.ListVerifiersRequest\x1a!.jpki.va.v1.ListVerifiersResponse\x12\x63\n\x12IssueVerifierToken\x12%.jpki.va.v1.IssueVerifierTokenRequest\x1a&.jpki.va.v1.IssueVerifierTokenResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bjpki_va/protos/signer.proto\x12\njpki.va.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17jpki_va/protos/va.proto\x1a\x1ejpki_va/protos/verifiers.proto\"L\n\nHolderInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x12\n\nbirth_date\x18\x03 \x01(\t\x12\x0b\n\x03sex\x18\x04 \x01(\t\"\xeb\x01\n\x17IssueCertificateRequest\x12\"\n\x04kind\x18\x01 \x01(\x0e\x32\x14.jpki.va.v1.CertKind\x12\x15\n\rresident_code\x18\x02 \x01(\t\x12\x19\n\x11municipality_code\x18\x03 \x01(\t\x12&\n\x06holder\x18\x04 \x01(\x0b\x32\x16.jpki.va.v1.HolderInfo\x12\x16\n\x0epublic_key_der\x18\x05 \x01(\x0c\x12\x17\n\x0b\x63\x61rd_serial\x18\x06 \x01(\x0c\x42\x02\x18\x01\x12!\n\x15\x61pplication_signature\x18\x07 \x01(\x0c\x42\x02\x18\x01\"\xe1\x01\n\x18IssueCertificateResponse\x12\x17\n\x0f\x63\x65rtificate_der\x18\x01 \x01(\x0c\x12\x0e\n\x06serial\x18\x02 \x01(\x0c\x12\x1e\n\x16issuer_certificate_der\x18\x03 \x01(\x0c\x12,\n\nsuperseded\x18\x04 \x03(\x0b\x32\x18.jpki.va.v1.LossOfEffect\x12*\n\npublishing\x18\x05 \x01(\x0b\x32\x16.jpki.va.v1.Publishing\x12\"\n\x04kind\x18\x06 \x01(\x0e\x32\x14.jpki.va.v1.CertKind\"\x8b\x01\n\x1d\x42\x65ginMobileApplicationRequest\x12\"\n\x04kind\x18\x01 \x01(\x0e\x32\x14.jpki.va.v1.CertKind\x12\x0e\n\x06notice\x18\x02 \x01(\x0c\x12\x18\n\x10notice_signature\x18\x03 \x01(\x0c\x12\x1c\n\x14\x63\x61rd_certificate_der\x18\x04 \x01(\x0c\"\xa5\x01\n\x1e\x42\x65ginMobileApplicationResponse\x12\x16\n\x0e\x61pplication_id\x18\x01 \x01(\t\x12.\n\nexpires_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12&\n\x06holder\x18\x03 \x01(\x0b\x32\x16.jpki.va.v1.HolderInfo\x12\x13\n\x0b\x63\x61rd_serial\x18\x04 \x01(\x0c\"G\n CompleteMobileApplicationRequest\x12\x16\n\x0e\x61pplication_id\x18\x01 \x01(\t\x12\x0b\n\x03\x63sr\x18\x02 \x01(\x0c\"Y\n!CompleteMobileApplicationResponse\x12\x34\n\x06issued\x18\x01 \x01(\x0b\x32$.jpki.va.v1.IssueCertificateResponse\"r\n\nPublishing\x12\x0f\n\x07\x66\x61iling\x18\x01 \x01(\x08\x12\r\n\x05\x65rror\x18\x02 \x01(\t\x12\x10\n\x08\x66\x61ilures\x18\x03 \x01(\r\x12\x32\n\x0elast_published\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xdc\x02\n\x0cLossOfEffect\x12\"\n\x04kind\x18\x01 \x01(\x0e\x32\x14.jpki.va.v1.CertKind\x12\x0e\n\x06serial\x18\x02 \x01(\x0c\x12$\n\x05\x63\x61use\x18\x03 \x01(\x0e\x32\x15.jpki.va.v1.LossCause\x12%\n\x06reason\x18\x04 \x01(\x0e\x32\x15.jpki.va.v1.CrlReason\x12(\n\x04time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12*\n\x0ctrigger_kind\x18\x06 \x01(\x0e\x32\x14.jpki.va.v1.CertKind\x12\x16\n\x0etrigger_serial\x18\x07 \x01(\x0c\x12,\n\rtrigger_cause\x18\x08 \x01(\x0e\x32\x15.jpki.va.v1.LossCause\x12/\n\x0brecorded_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x94\x01\n\x11RecordLossRequest\x12\"\n\x04kind\x18\x01 \x01(\x0e\x32\x14.jpki.va.v1.CertKind\x12\x0e\n\x06serial\x18\x02 \x01(\x0c\x12$\n\x05\x63\x61use\x18\x03 \x01(\x0e\x32\x15.jpki.va.v1.LossCause\x12%\n\x06reason\x18\x04 \x01(\x0e\x32\x15.jpki.va.v1.CrlReason\"k\n\x12RecordLossResponse\x12)\n\x07\x63hanges\x18\x01 \x03(\x0b\x32\x18.jpki.va.v1.LossOfEffect\x12*\n\npublishing\x18\x02 \x01(\x0b\x32\x16.jpki.va.v1.Publishing\"\xa0\x01\n\x1aRecordResidentEventRequest\x12\x15\n\rresident_code\x18\x01 \x01(\t\x12(\n\x05\x65vent\x18\x02 \x01(\x0e\x32\x19.jpki.va.v1.ResidentEvent\x12\r\n\x05minor\x18\x03 \x01(\x08\x12\x14\n\x0cplanned_date\x18\x04 \x01(\t\x12\x1c\n\x14\x64\x65letion_by_move_out\x18\x05 \x01(\x08\"\xab\x01\n\x1bRecordResidentEventResponse\x12)\n\x07\x63hanges\x18\x01 \x03(\x0b\x32\x18.jpki.va.v1.LossOfEffect\x12\x35\n\x11move_out_deadline\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12*\n\npublishing\x18\x03 \x01(\x0b\x32\x16.jpki.va.v1.Publishing\"Z\n\x1dRecordIssuerCompromiseRequest\x12\"\n\x04kind\x18\x01 \x01(\x0e\x32\x14.jpki.va.v1.CertKind\x12\x15\n\rissuer_key_id\x18\x02 \x01(\x0c\"\xba\x01\n\x1eRecordIssuerCompromiseResponse\x12\"\n\x06issuer\x18\x01 \x01(\x0b\x32\x12.jpki.va.v1.Issuer\x12\x32\n\x0e\x63ompromised_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0c\x63\x65rtificates\x18\x03 \x01(\x04\x12*\n\npublishing\x18\x04 \x01(\x0b\x32\x16.jpki.va.v1.Publishing\"}\n\x07\x43onsent\x12\x10\n\x08verifier\x18\x01 \x01(\t\x12.\n\ngranted_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x0cwithdrawn_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"N\n\x14RecordConsentRequest\x12\x15\n\rresident_code\x18\x01 \x01(\t\x12\x10\n\x08verifier\x18\x02 \x01(\t\x12\r\n\x05grant\x18\x03 \x01(\x08\"=\n\x15RecordConsentResponse\x12$\n\x07\x63onsent\x18\x01 \x01(\x0b\x32\x13.jpki.va.v1.Consent\">\n\x13ListConsentsRequest\x12\x15\n\rresident_code\x18\x01 \x01(\t\x12\x10\n\x08verifier\x18\x02 \x01(\t\"=\n\x14ListConsentsResponse\x12%\n\x08\x63onsents\x18\x01 \x03(\x0b\x32\x13.jpki.va.v1.Consent\"&\n\x16PublishSnapshotRequest\x12\x0c\n\x04\x66ull\x18\x01 \x01(\x08\"\x84\x01\n\x17PublishSnapshotResponse\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x11\n\tcrl_count\x18\x03 \x01(\r\x12\x14\n\x0crecord_count\x18\x04 \x01(\x04\x12\x0c\n\x04type\x18\x05 \x01(\t\x12\x12\n\nloss_count\x18\x06 \x01(\x04\"L\n!IssueOcspSignerCertificateRequest\x12\x0f\n\x07\x63sr_der\x18\x01 \x01(\x0c\x12\x16\n\x0eissuer_key_ids\x18\x02 \x03(\x0c\"\x8b\x01\n\x15OcspSignerCertificate\x12\"\n\x04kind\x18\x01 \x01(\x0e\x32\x14.jpki.va.v1.CertKind\x12\x15\n\rissuer_key_id\x18\x02 \x01(\x0c\x12\x17\n\x0f\x63\x65rtificate_der\x18\x03 \x01(\x0c\x12\x1e\n\x16issuer_certificate_der\x18\x04 \x01(\x0c\"]\n\"IssueOcspSignerCertificateResponse\x12\x37\n\x0c\x63\x65rtificates\x18\x01 \x03(\x0b\x32!.jpki.va.v1.OcspSignerCertificate*\x93\x02\n\rResidentEvent\x12\x1e\n\x1aRESIDENT_EVENT_UNSPECIFIED\x10\x00\x12\x1e\n\x1aRESIDENT_EVENT_NAME_CHANGE\x10\x01\x12!\n\x1dRESIDENT_EVENT_ADDRESS_CHANGE\x10\x02\x12$\n RESIDENT_EVENT_BIRTH_DATE_CHANGE\x10\x03\x12\x1d\n\x19RESIDENT_EVENT_SEX_CHANGE\x10\x04\x12!\n\x1dRESIDENT_EVENT_RECORD_DELETED\x10\x05\x12\x1b\n\x17RESIDENT_EVENT_MOVE_OUT\x10\x06\x12\x1a\n\x16RESIDENT_EVENT_MOVE_IN\x10\x07\x32\xb5\x0b\n\rSignerService\x12]\n\x10IssueCertificate\x12#.jpki.va.v1.IssueCertificateRequest\x1a$.jpki.va.v1.IssueCertificateResponse\x12o\n\x16\x42\x65ginMobileApplication\x12).jpki.va.v1.BeginMobileApplicationRequest\x1a*.jpki.va.v1.BeginMobileApplicationResponse\x12x\n\x19\x43ompleteMobileApplication\x12,.jpki.va.v1.CompleteMobileApplicationRequest\x1a-.jpki.va.v1.CompleteMobileApplicationResponse\x12K\n\nRecordLoss\x12\x1d.jpki.va.v1.RecordLossRequest\x1a\x1e.jpki.va.v1.RecordLossResponse\x12\x66\n\x13RecordResidentEvent\x12&.jpki.va.v1.RecordResidentEventRequest\x1a\'.jpki.va.v1.RecordResidentEventResponse\x12o\n\x16RecordIssuerCompromise\x12).jpki.va.v1.RecordIssuerCompromiseRequest\x1a*.jpki.va.v1.RecordIssuerCompromiseResponse\x12T\n\rRecordConsent\x12 .jpki.va.v1.RecordConsentRequest\x1a!.jpki.va.v1.RecordConsentResponse\x12Q\n\x0cListConsents\x12\x1f.jpki.va.v1.ListConsentsRequest\x1a .jpki.va.v1.ListConsentsResponse\x12Z\n\x0fPublishSnapshot\x12\".jpki.va.v1.PublishSnapshotRequest\x1a#.jpki.va.v1.PublishSnapshotResponse\x12{\n\x1aIssueOcspSignerCertificate\x12-.jpki.va.v1.IssueOcspSignerCertificateRequest\x1a..jpki.va.v1.IssueOcspSignerCertificateResponse\x12N\n\x0bListIssuers\x12\x1e.jpki.va.v1.ListIssuersRequest\x1a\x1f.jpki.va.v1.ListIssuersResponse\x12N\n\x0b\x41\x64\x64Verifier\x12\x1e.jpki.va.v1.AddVerifierRequest\x1a\x1f.jpki.va.v1.AddVerifierResponse\x12W\n\x0eRemoveVerifier\x12!.jpki.va.v1.RemoveVerifierRequest\x1a\".jpki.va.v1.RemoveVerifierResponse\x12T\n\rListVerifiers\x12 .jpki.va.v1.ListVerifiersRequest\x1a!.jpki.va.v1.ListVerifiersResponse\x12\x63\n\x12IssueVerifierToken\x12%.jpki.va.v1.IssueVerifierTokenRequest\x1a&.jpki.va.v1.IssueVerifierTokenResponseBK\n\rjp.jpki.va.v1B\x0bSignerProtoP\x01Z\x1ejpki-va/gen/go/jpki/va/v1;vav1\xaa\x02\nJpki.Va.V1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'jpki_va.protos.signer_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
-  DESCRIPTOR._loaded_options = None
-  _globals['_RESIDENTEVENT']._serialized_start=2866
-  _globals['_RESIDENTEVENT']._serialized_end=3141
+  _globals['DESCRIPTOR']._loaded_options = None
+  _globals['DESCRIPTOR']._serialized_options = b'\n\rjp.jpki.va.v1B\013SignerProtoP\001Z\036jpki-va/gen/go/jpki/va/v1;vav1\252\002\nJpki.Va.V1'
+  _globals['_ISSUECERTIFICATEREQUEST'].fields_by_name['card_serial']._loaded_options = None
+  _globals['_ISSUECERTIFICATEREQUEST'].fields_by_name['card_serial']._serialized_options = b'\030\001'
+  _globals['_ISSUECERTIFICATEREQUEST'].fields_by_name['application_signature']._loaded_options = None
+  _globals['_ISSUECERTIFICATEREQUEST'].fields_by_name['application_signature']._serialized_options = b'\030\001'
+  _globals['_RESIDENTEVENT']._serialized_start=3384
+  _globals['_RESIDENTEVENT']._serialized_end=3659
   _globals['_HOLDERINFO']._serialized_start=133
   _globals['_HOLDERINFO']._serialized_end=209
   _globals['_ISSUECERTIFICATEREQUEST']._serialized_start=212
-  _globals['_ISSUECERTIFICATEREQUEST']._serialized_end=439
-  _globals['_ISSUECERTIFICATERESPONSE']._serialized_start=442
-  _globals['_ISSUECERTIFICATERESPONSE']._serialized_end=631
-  _globals['_PUBLISHING']._serialized_start=633
-  _globals['_PUBLISHING']._serialized_end=747
-  _globals['_LOSSOFEFFECT']._serialized_start=750
-  _globals['_LOSSOFEFFECT']._serialized_end=1098
-  _globals['_RECORDLOSSREQUEST']._serialized_start=1101
-  _globals['_RECORDLOSSREQUEST']._serialized_end=1249
-  _globals['_RECORDLOSSRESPONSE']._serialized_start=1251
-  _globals['_RECORDLOSSRESPONSE']._serialized_end=1358
-  _globals['_RECORDRESIDENTEVENTREQUEST']._serialized_start=1361
-  _globals['_RECORDRESIDENTEVENTREQUEST']._serialized_end=1521
-  _globals['_RECORDRESIDENTEVENTRESPONSE']._serialized_start=1524
-  _globals['_RECORDRESIDENTEVENTRESPONSE']._serialized_end=1695
-  _globals['_RECORDISSUERCOMPROMISEREQUEST']._serialized_start=1697
-  _globals['_RECORDISSUERCOMPROMISEREQUEST']._serialized_end=1787
-  _globals['_RECORDISSUERCOMPROMISERESPONSE']._serialized_start=1790
-  _globals['_RECORDISSUERCOMPROMISERESPONSE']._serialized_end=1976
-  _globals['_CONSENT']._serialized_start=1978
-  _globals['_CONSENT']._serialized_end=2103
-  _globals['_RECORDCONSENTREQUEST']._serialized_start=2105
-  _globals['_RECORDCONSENTREQUEST']._serialized_end=2183
-  _globals['_RECORDCONSENTRESPONSE']._serialized_start=2185
-  _globals['_RECORDCONSENTRESPONSE']._serialized_end=2246
-  _globals['_LISTCONSENTSREQUEST']._serialized_start=2248
-  _globals['_LISTCONSENTSREQUEST']._serialized_end=2310
-  _globals['_LISTCONSENTSRESPONSE']._serialized_start=2312
-  _globals['_LISTCONSENTSRESPONSE']._serialized_end=2373
-  _globals['_PUBLISHSNAPSHOTREQUEST']._serialized_start=2375
-  _globals['_PUBLISHSNAPSHOTREQUEST']._serialized_end=2413
-  _globals['_PUBLISHSNAPSHOTRESPONSE']._serialized_start=2416
-  _globals['_PUBLISHSNAPSHOTRESPONSE']._serialized_end=2548
-  _globals['_ISSUEOCSPSIGNERCERTIFICATEREQUEST']._serialized_start=2550
-  _globals['_ISSUEOCSPSIGNERCERTIFICATEREQUEST']._serialized_end=2626
-  _globals['_OCSPSIGNERCERTIFICATE']._serialized_start=2629
-  _globals['_OCSPSIGNERCERTIFICATE']._serialized_end=2768
-  _globals['_ISSUEOCSPSIGNERCERTIFICATERESPONSE']._serialized_start=2770
-  _globals['_ISSUEOCSPSIGNERCERTIFICATERESPONSE']._serialized_end=2863
-  _globals['_SIGNERSERVICE']._serialized_start=3144
-  _globals['_SIGNERSERVICE']._serialized_end=4370
+  _globals['_ISSUECERTIFICATEREQUEST']._serialized_end=447
+  _globals['_ISSUECERTIFICATERESPONSE']._serialized_start=450
+  _globals['_ISSUECERTIFICATERESPONSE']._serialized_end=675
+  _globals['_BEGINMOBILEAPPLICATIONREQUEST']._serialized_start=678
+  _globals['_BEGINMOBILEAPPLICATIONREQUEST']._serialized_end=817
+  _globals['_BEGINMOBILEAPPLICATIONRESPONSE']._serialized_start=820
+  _globals['_BEGINMOBILEAPPLICATIONRESPONSE']._serialized_end=985
+  _globals['_COMPLETEMOBILEAPPLICATIONREQUEST']._serialized_start=987
+  _globals['_COMPLETEMOBILEAPPLICATIONREQUEST']._serialized_end=1058
+  _globals['_COMPLETEMOBILEAPPLICATIONRESPONSE']._serialized_start=1060
+  _globals['_COMPLETEMOBILEAPPLICATIONRESPONSE']._serialized_end=1149
+  _globals['_PUBLISHING']._serialized_start=1151
+  _globals['_PUBLISHING']._serialized_end=1265
+  _globals['_LOSSOFEFFECT']._serialized_start=1268
+  _globals['_LOSSOFEFFECT']._serialized_end=1616
+  _globals['_RECORDLOSSREQUEST']._serialized_start=1619
+  _globals['_RECORDLOSSREQUEST']._serialized_end=1767
+  _globals['_RECORDLOSSRESPONSE']._serialized_start=1769
+  _globals['_RECORDLOSSRESPONSE']._serialized_end=1876
+  _globals['_RECORDRESIDENTEVENTREQUEST']._serialized_start=1879
+  _globals['_RECORDRESIDENTEVENTREQUEST']._serialized_end=2039
+  _globals['_RECORDRESIDENTEVENTRESPONSE']._serialized_start=2042
+  _globals['_RECORDRESIDENTEVENTRESPONSE']._serialized_end=2213
+  _globals['_RECORDISSUERCOMPROMISEREQUEST']._serialized_start=2215
+  _globals['_RECORDISSUERCOMPROMISEREQUEST']._serialized_end=2305
+  _globals['_RECORDISSUERCOMPROMISERESPONSE']._serialized_start=2308
+  _globals['_RECORDISSUERCOMPROMISERESPONSE']._serialized_end=2494
+  _globals['_CONSENT']._serialized_start=2496
+  _globals['_CONSENT']._serialized_end=2621
+  _globals['_RECORDCONSENTREQUEST']._serialized_start=2623
+  _globals['_RECORDCONSENTREQUEST']._serialized_end=2701
+  _globals['_RECORDCONSENTRESPONSE']._serialized_start=2703
+  _globals['_RECORDCONSENTRESPONSE']._serialized_end=2764
+  _globals['_LISTCONSENTSREQUEST']._serialized_start=2766
+  _globals['_LISTCONSENTSREQUEST']._serialized_end=2828
+  _globals['_LISTCONSENTSRESPONSE']._serialized_start=2830
+  _globals['_LISTCONSENTSRESPONSE']._serialized_end=2891
+  _globals['_PUBLISHSNAPSHOTREQUEST']._serialized_start=2893
+  _globals['_PUBLISHSNAPSHOTREQUEST']._serialized_end=2931
+  _globals['_PUBLISHSNAPSHOTRESPONSE']._serialized_start=2934
+  _globals['_PUBLISHSNAPSHOTRESPONSE']._serialized_end=3066
+  _globals['_ISSUEOCSPSIGNERCERTIFICATEREQUEST']._serialized_start=3068
+  _globals['_ISSUEOCSPSIGNERCERTIFICATEREQUEST']._serialized_end=3144
+  _globals['_OCSPSIGNERCERTIFICATE']._serialized_start=3147
+  _globals['_OCSPSIGNERCERTIFICATE']._serialized_end=3286
+  _globals['_ISSUEOCSPSIGNERCERTIFICATERESPONSE']._serialized_start=3288
+  _globals['_ISSUEOCSPSIGNERCERTIFICATERESPONSE']._serialized_end=3381
+  _globals['_SIGNERSERVICE']._serialized_start=3662
+  _globals['_SIGNERSERVICE']._serialized_end=5123
 # @@protoc_insertion_point(module_scope)

@@ -28,10 +28,13 @@ if _version_not_supported:
 
 
 class SignerServiceStub:
-    """A call that needs the HSM while the HSM is unavailable fails with UNAVAILABLE
-    ("HSM unavailable: ...") and the trailing metadata x-jpki-va-cause: hsm-unavailable,
-    which an unreachable signer never sends; nothing was changed, and a retry once the
-    HSM is back may succeed. A key missing from a present token is FAILED_PRECONDITION.
+    """Registry operations and the signatures that go with them. Every change is durable
+    when its reply arrives and reaches the responders with the next snapshot (see
+    Publishing). A call that needs the HSM while the HSM is unavailable fails with
+    UNAVAILABLE ("HSM unavailable: ...") and the trailing metadata x-jpki-va-cause:
+    hsm-unavailable, which an unreachable signer never sends; nothing was changed, and
+    a retry once the HSM is back may succeed. A key missing from a present token is
+    FAILED_PRECONDITION. Too many calls at once: RESOURCE_EXHAUSTED.
     """
 
     def __init__(self, channel):
@@ -44,6 +47,16 @@ class SignerServiceStub:
                 '/jpki.va.v1.SignerService/IssueCertificate',
                 request_serializer=jpki__va_dot_protos_dot_signer__pb2.IssueCertificateRequest.SerializeToString,
                 response_deserializer=jpki__va_dot_protos_dot_signer__pb2.IssueCertificateResponse.FromString,
+                _registered_method=True)
+        self.BeginMobileApplication = channel.unary_unary(
+                '/jpki.va.v1.SignerService/BeginMobileApplication',
+                request_serializer=jpki__va_dot_protos_dot_signer__pb2.BeginMobileApplicationRequest.SerializeToString,
+                response_deserializer=jpki__va_dot_protos_dot_signer__pb2.BeginMobileApplicationResponse.FromString,
+                _registered_method=True)
+        self.CompleteMobileApplication = channel.unary_unary(
+                '/jpki.va.v1.SignerService/CompleteMobileApplication',
+                request_serializer=jpki__va_dot_protos_dot_signer__pb2.CompleteMobileApplicationRequest.SerializeToString,
+                response_deserializer=jpki__va_dot_protos_dot_signer__pb2.CompleteMobileApplicationResponse.FromString,
                 _registered_method=True)
         self.RecordLoss = channel.unary_unary(
                 '/jpki.va.v1.SignerService/RecordLoss',
@@ -108,87 +121,129 @@ class SignerServiceStub:
 
 
 class SignerServiceServicer:
-    """A call that needs the HSM while the HSM is unavailable fails with UNAVAILABLE
-    ("HSM unavailable: ...") and the trailing metadata x-jpki-va-cause: hsm-unavailable,
-    which an unreachable signer never sends; nothing was changed, and a retry once the
-    HSM is back may succeed. A key missing from a present token is FAILED_PRECONDITION.
+    """Registry operations and the signatures that go with them. Every change is durable
+    when its reply arrives and reaches the responders with the next snapshot (see
+    Publishing). A call that needs the HSM while the HSM is unavailable fails with
+    UNAVAILABLE ("HSM unavailable: ...") and the trailing metadata x-jpki-va-cause:
+    hsm-unavailable, which an unreachable signer never sends; nothing was changed, and
+    a retry once the HSM is back may succeed. A key missing from a present token is
+    FAILED_PRECONDITION. Too many calls at once: RESOURCE_EXHAUSTED.
     """
 
     def IssueCertificate(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Issue a card certificate (renewal when the holder has one of the kind); mobile
+        kinds are INVALID_ARGUMENT (they come by the two-step application). Errors:
+        INVALID_ARGUMENT, FAILED_PRECONDITION (the law forbids it now), the HSM's.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def BeginMobileApplication(self, request, context):
+        """Step one of the mobile application (第16条の2, 第35条の2): the signed notice of
+        the four basic items. Errors: INVALID_ARGUMENT (not in the format),
+        FAILED_PRECONDITION (the condition the law puts that failed).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CompleteMobileApplication(self, request, context):
+        """Step two: the device's public key with its proof of possession; the certificate.
+        Errors: INVALID_ARGUMENT, NOT_FOUND (never begun), FAILED_PRECONDITION, the HSM's.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def RecordLoss(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Record a certificate's loss of effect, with its cascade. Errors:
+        INVALID_ARGUMENT, NOT_FOUND.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def RecordResidentEvent(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Record a resident event and the losses it causes. Errors: INVALID_ARGUMENT,
+        NOT_FOUND.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def RecordIssuerCompromise(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Record an issuing-CA key compromise. Errors: INVALID_ARGUMENT, NOT_FOUND,
+        FAILED_PRECONDITION (already recorded).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def RecordConsent(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Grant or withdraw a holder's consent. Errors: INVALID_ARGUMENT, NOT_FOUND.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ListConsents(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """A holder's consents. Errors: INVALID_ARGUMENT, NOT_FOUND.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def PublishSnapshot(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Publish a snapshot now. Errors: the HSM's, FAILED_PRECONDITION (the snapshot
+        root cannot be written).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def IssueOcspSignerCertificate(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Certify a responder's OCSP-signing key. Errors: INVALID_ARGUMENT, NOT_FOUND
+        (an unknown generation), the HSM's.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ListIssuers(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """The root and every issuing-CA generation the registry holds.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def AddVerifier(self, request, context):
-        """The verifier registry (operators) and verifier tokens (specific auth verifiers).
+        """Register a verifier (operators). Errors: INVALID_ARGUMENT, FAILED_PRECONDITION
+        (the id exists and replace is false).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def RemoveVerifier(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Remove a verifier (operators). Errors: NOT_FOUND.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ListVerifiers(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """The registered verifiers (operators).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def IssueVerifierToken(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """A verifier token, asked by a specific auth verifier over its own mTLS client
+        certificate. Errors: PERMISSION_DENIED (not a specific auth verifier with an
+        agreement), the HSM's.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -200,6 +255,16 @@ def add_SignerServiceServicer_to_server(servicer, server):
                     servicer.IssueCertificate,
                     request_deserializer=jpki__va_dot_protos_dot_signer__pb2.IssueCertificateRequest.FromString,
                     response_serializer=jpki__va_dot_protos_dot_signer__pb2.IssueCertificateResponse.SerializeToString,
+            ),
+            'BeginMobileApplication': grpc.unary_unary_rpc_method_handler(
+                    servicer.BeginMobileApplication,
+                    request_deserializer=jpki__va_dot_protos_dot_signer__pb2.BeginMobileApplicationRequest.FromString,
+                    response_serializer=jpki__va_dot_protos_dot_signer__pb2.BeginMobileApplicationResponse.SerializeToString,
+            ),
+            'CompleteMobileApplication': grpc.unary_unary_rpc_method_handler(
+                    servicer.CompleteMobileApplication,
+                    request_deserializer=jpki__va_dot_protos_dot_signer__pb2.CompleteMobileApplicationRequest.FromString,
+                    response_serializer=jpki__va_dot_protos_dot_signer__pb2.CompleteMobileApplicationResponse.SerializeToString,
             ),
             'RecordLoss': grpc.unary_unary_rpc_method_handler(
                     servicer.RecordLoss,
@@ -270,10 +335,13 @@ def add_SignerServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class SignerService:
-    """A call that needs the HSM while the HSM is unavailable fails with UNAVAILABLE
-    ("HSM unavailable: ...") and the trailing metadata x-jpki-va-cause: hsm-unavailable,
-    which an unreachable signer never sends; nothing was changed, and a retry once the
-    HSM is back may succeed. A key missing from a present token is FAILED_PRECONDITION.
+    """Registry operations and the signatures that go with them. Every change is durable
+    when its reply arrives and reaches the responders with the next snapshot (see
+    Publishing). A call that needs the HSM while the HSM is unavailable fails with
+    UNAVAILABLE ("HSM unavailable: ...") and the trailing metadata x-jpki-va-cause:
+    hsm-unavailable, which an unreachable signer never sends; nothing was changed, and
+    a retry once the HSM is back may succeed. A key missing from a present token is
+    FAILED_PRECONDITION. Too many calls at once: RESOURCE_EXHAUSTED.
     """
 
     @staticmethod
@@ -293,6 +361,60 @@ class SignerService:
             '/jpki.va.v1.SignerService/IssueCertificate',
             jpki__va_dot_protos_dot_signer__pb2.IssueCertificateRequest.SerializeToString,
             jpki__va_dot_protos_dot_signer__pb2.IssueCertificateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def BeginMobileApplication(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/jpki.va.v1.SignerService/BeginMobileApplication',
+            jpki__va_dot_protos_dot_signer__pb2.BeginMobileApplicationRequest.SerializeToString,
+            jpki__va_dot_protos_dot_signer__pb2.BeginMobileApplicationResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CompleteMobileApplication(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/jpki.va.v1.SignerService/CompleteMobileApplication',
+            jpki__va_dot_protos_dot_signer__pb2.CompleteMobileApplicationRequest.SerializeToString,
+            jpki__va_dot_protos_dot_signer__pb2.CompleteMobileApplicationResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -25,21 +25,24 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17jpki_va/protos/va.proto\x12\njpki.va.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"@\n\nKindSerial\x12\"\n\x04kind\x18\x01 \x01(\x0e\x32\x14.jpki.va.v1.CertKind\x12\x0e\n\x06serial\x18\x02 \x01(\x0c\"c\n\x06\x43\x65rtId\x12\x16\n\x0ehash_algorithm\x18\x01 \x01(\t\x12\x18\n\x10issuer_name_hash\x18\x02 \x01(\x0c\x12\x17\n\x0fissuer_key_hash\x18\x03 \x01(\x0c\x12\x0e\n\x06serial\x18\x04 \x01(\x0c\"\x81\x01\n\x07\x43\x65rtRef\x12-\n\x0bkind_serial\x18\x01 \x01(\x0b\x32\x16.jpki.va.v1.KindSerialH\x00\x12\x19\n\x0f\x63\x65rtificate_der\x18\x02 \x01(\x0cH\x00\x12%\n\x07\x63\x65rt_id\x18\x03 \x01(\x0b\x32\x12.jpki.va.v1.CertIdH\x00\x42\x05\n\x03ref\"\x83\x01\n\nRevocation\x12(\n\x04time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12$\n\x05\x63\x61use\x18\x02 \x01(\x0e\x32\x15.jpki.va.v1.LossCause\x12%\n\x06reason\x18\x03 \x01(\x0e\x32\x15.jpki.va.v1.CrlReason\"\xe7\x02\n\x11\x43\x65rtificateStatus\x12\"\n\x04kind\x18\x01 \x01(\x0e\x32\x14.jpki.va.v1.CertKind\x12\x0e\n\x06serial\x18\x02 \x01(\x0c\x12&\n\x06status\x18\x03 \x01(\x0e\x32\x16.jpki.va.v1.CertStatus\x12.\n\nnot_before\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\tnot_after\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12*\n\nrevocation\x18\x06 \x01(\x0b\x32\x16.jpki.va.v1.Revocation\x12\x11\n\tpartition\x18\x07 \x01(\t\x12\x15\n\rissuer_key_id\x18\x08 \x01(\x0c\x12)\n\x05\x61s_of\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x0eindex_sequence\x18\n \x01(\x04\"\\\n\x0c\x43heckRequest\x12!\n\x04\x63\x65rt\x18\x01 \x01(\x0b\x32\x13.jpki.va.v1.CertRef\x12)\n\x05\x61s_of\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\">\n\rCheckResponse\x12-\n\x06status\x18\x01 \x01(\x0b\x32\x1d.jpki.va.v1.CertificateStatus\"?\n\x11\x43heckBatchRequest\x12*\n\x08requests\x18\x01 \x03(\x0b\x32\x18.jpki.va.v1.CheckRequest\"Y\n\x0b\x43heckResult\x12/\n\x06status\x18\x01 \x01(\x0b\x32\x1d.jpki.va.v1.CertificateStatusH\x00\x12\x0f\n\x05\x65rror\x18\x02 \x01(\tH\x00\x42\x08\n\x06result\">\n\x12\x43heckBatchResponse\x12(\n\x07results\x18\x01 \x03(\x0b\x32\x17.jpki.va.v1.CheckResult\"\x1a\n\x0bOcspRequest\x12\x0b\n\x03\x64\x65r\x18\x01 \x01(\x0c\"\x1b\n\x0cOcspResponse\x12\x0b\n\x03\x64\x65r\x18\x01 \x01(\x0c\"\x14\n\x12ListIssuersRequest\"\x99\x01\n\x06Issuer\x12\"\n\x04kind\x18\x01 \x01(\x0e\x32\x14.jpki.va.v1.CertKind\x12\x0e\n\x06key_id\x18\x02 \x01(\x0c\x12\x17\n\x0f\x63\x65rtificate_der\x18\x03 \x01(\x0c\x12\x0e\n\x06\x61\x63tive\x18\x04 \x01(\x08\x12\x32\n\x0e\x63ompromised_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"X\n\x13ListIssuersResponse\x12\x1c\n\x14root_certificate_der\x18\x01 \x01(\x0c\x12#\n\x07issuers\x18\x02 \x03(\x0b\x32\x12.jpki.va.v1.Issuer*\x8d\x01\n\x08\x43\x65rtKind\x12\x19\n\x15\x43\x45RT_KIND_UNSPECIFIED\x10\x00\x12\x17\n\x13\x43\x45RT_KIND_CARD_SIGN\x10\x01\x12\x17\n\x13\x43\x45RT_KIND_CARD_AUTH\x10\x02\x12\x19\n\x15\x43\x45RT_KIND_MOBILE_SIGN\x10\x03\x12\x19\n\x15\x43\x45RT_KIND_MOBILE_AUTH\x10\x04*\xa9\x01\n\nCertStatus\x12\x1b\n\x17\x43\x45RT_STATUS_UNSPECIFIED\x10\x00\x12\x14\n\x10\x43\x45RT_STATUS_GOOD\x10\x01\x12\x17\n\x13\x43\x45RT_STATUS_REVOKED\x10\x02\x12\x17\n\x13\x43\x45RT_STATUS_UNKNOWN\x10\x03\x12\x17\n\x13\x43\x45RT_STATUS_EXPIRED\x10\x04\x12\x1d\n\x19\x43\x45RT_STATUS_NOT_YET_VALID\x10\x05*\xcf\x01\n\tLossCause\x12\x1a\n\x16LOSS_CAUSE_UNSPECIFIED\x10\x00\x12\x1d\n\x19LOSS_CAUSE_HOLDER_REQUEST\x10\x01\x12\x1e\n\x1aLOSS_CAUSE_RESIDENT_CHANGE\x10\x02\x12\x1b\n\x17LOSS_CAUSE_RECORD_ERROR\x10\x03\x12$\n LOSS_CAUSE_ISSUER_KEY_COMPROMISE\x10\x04\x12$\n LOSS_CAUSE_CARD_CERT_LOST_EFFECT\x10\x05*\xcd\x02\n\tCrlReason\x12\x1a\n\x16\x43RL_REASON_UNSPECIFIED\x10\x00\x12\x1d\n\x19\x43RL_REASON_KEY_COMPROMISE\x10\x01\x12\x1c\n\x18\x43RL_REASON_CA_COMPROMISE\x10\x02\x12\"\n\x1e\x43RL_REASON_AFFILIATION_CHANGED\x10\x03\x12\x19\n\x15\x43RL_REASON_SUPERSEDED\x10\x04\x12%\n!CRL_REASON_CESSATION_OF_OPERATION\x10\x05\x12\x1f\n\x1b\x43RL_REASON_CERTIFICATE_HOLD\x10\x06\x12\x1e\n\x1a\x43RL_REASON_REMOVE_FROM_CRL\x10\x08\x12\"\n\x1e\x43RL_REASON_PRIVILEGE_WITHDRAWN\x10\t\x12\x1c\n\x18\x43RL_REASON_AA_COMPROMISE\x10\n2\xaa\x02\n\rStatusService\x12<\n\x05\x43heck\x12\x18.jpki.va.v1.CheckRequest\x1a\x19.jpki.va.v1.CheckResponse\x12P\n\x0b\x43heckStream\x12\x1d.jpki.va.v1.CheckBatchRequest\x1a\x1e.jpki.va.v1.CheckBatchResponse(\x01\x30\x01\x12\x39\n\x04Ocsp\x12\x17.jpki.va.v1.OcspRequest\x1a\x18.jpki.va.v1.OcspResponse\x12N\n\x0bListIssuers\x12\x1e.jpki.va.v1.ListIssuersRequest\x1a\x1f.jpki.va.v1.ListIssuersResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17jpki_va/protos/va.proto\x12\njpki.va.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"@\n\nKindSerial\x12\"\n\x04kind\x18\x01 \x01(\x0e\x32\x14.jpki.va.v1.CertKind\x12\x0e\n\x06serial\x18\x02 \x01(\x0c\"c\n\x06\x43\x65rtId\x12\x16\n\x0ehash_algorithm\x18\x01 \x01(\t\x12\x18\n\x10issuer_name_hash\x18\x02 \x01(\x0c\x12\x17\n\x0fissuer_key_hash\x18\x03 \x01(\x0c\x12\x0e\n\x06serial\x18\x04 \x01(\x0c\"\x81\x01\n\x07\x43\x65rtRef\x12-\n\x0bkind_serial\x18\x01 \x01(\x0b\x32\x16.jpki.va.v1.KindSerialH\x00\x12\x19\n\x0f\x63\x65rtificate_der\x18\x02 \x01(\x0cH\x00\x12%\n\x07\x63\x65rt_id\x18\x03 \x01(\x0b\x32\x12.jpki.va.v1.CertIdH\x00\x42\x05\n\x03ref\"\x83\x01\n\nRevocation\x12(\n\x04time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12$\n\x05\x63\x61use\x18\x02 \x01(\x0e\x32\x15.jpki.va.v1.LossCause\x12%\n\x06reason\x18\x03 \x01(\x0e\x32\x15.jpki.va.v1.CrlReason\"\xe7\x02\n\x11\x43\x65rtificateStatus\x12\"\n\x04kind\x18\x01 \x01(\x0e\x32\x14.jpki.va.v1.CertKind\x12\x0e\n\x06serial\x18\x02 \x01(\x0c\x12&\n\x06status\x18\x03 \x01(\x0e\x32\x16.jpki.va.v1.CertStatus\x12.\n\nnot_before\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\tnot_after\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12*\n\nrevocation\x18\x06 \x01(\x0b\x32\x16.jpki.va.v1.Revocation\x12\x11\n\tpartition\x18\x07 \x01(\t\x12\x15\n\rissuer_key_id\x18\x08 \x01(\x0c\x12)\n\x05\x61s_of\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x0eindex_sequence\x18\n \x01(\x04\"\\\n\x0c\x43heckRequest\x12!\n\x04\x63\x65rt\x18\x01 \x01(\x0b\x32\x13.jpki.va.v1.CertRef\x12)\n\x05\x61s_of\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\">\n\rCheckResponse\x12-\n\x06status\x18\x01 \x01(\x0b\x32\x1d.jpki.va.v1.CertificateStatus\"?\n\x11\x43heckBatchRequest\x12*\n\x08requests\x18\x01 \x03(\x0b\x32\x18.jpki.va.v1.CheckRequest\"\x89\x01\n\x0b\x43heckResult\x12/\n\x06status\x18\x01 \x01(\x0b\x32\x1d.jpki.va.v1.CertificateStatusH\x00\x12\x0f\n\x05\x65rror\x18\x02 \x01(\tH\x00\x12.\n\nerror_code\x18\x03 \x01(\x0e\x32\x1a.jpki.va.v1.CheckErrorCodeB\x08\n\x06result\">\n\x12\x43heckBatchResponse\x12(\n\x07results\x18\x01 \x03(\x0b\x32\x17.jpki.va.v1.CheckResult\"\x1a\n\x0bOcspRequest\x12\x0b\n\x03\x64\x65r\x18\x01 \x01(\x0c\"\x1b\n\x0cOcspResponse\x12\x0b\n\x03\x64\x65r\x18\x01 \x01(\x0c\"\x14\n\x12ListIssuersRequest\"\x99\x01\n\x06Issuer\x12\"\n\x04kind\x18\x01 \x01(\x0e\x32\x14.jpki.va.v1.CertKind\x12\x0e\n\x06key_id\x18\x02 \x01(\x0c\x12\x17\n\x0f\x63\x65rtificate_der\x18\x03 \x01(\x0c\x12\x0e\n\x06\x61\x63tive\x18\x04 \x01(\x08\x12\x32\n\x0e\x63ompromised_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"X\n\x13ListIssuersResponse\x12\x1c\n\x14root_certificate_der\x18\x01 \x01(\x0c\x12#\n\x07issuers\x18\x02 \x03(\x0b\x32\x12.jpki.va.v1.Issuer*\x8d\x01\n\x08\x43\x65rtKind\x12\x19\n\x15\x43\x45RT_KIND_UNSPECIFIED\x10\x00\x12\x17\n\x13\x43\x45RT_KIND_CARD_SIGN\x10\x01\x12\x17\n\x13\x43\x45RT_KIND_CARD_AUTH\x10\x02\x12\x19\n\x15\x43\x45RT_KIND_MOBILE_SIGN\x10\x03\x12\x19\n\x15\x43\x45RT_KIND_MOBILE_AUTH\x10\x04*\xa9\x01\n\nCertStatus\x12\x1b\n\x17\x43\x45RT_STATUS_UNSPECIFIED\x10\x00\x12\x14\n\x10\x43\x45RT_STATUS_GOOD\x10\x01\x12\x17\n\x13\x43\x45RT_STATUS_REVOKED\x10\x02\x12\x17\n\x13\x43\x45RT_STATUS_UNKNOWN\x10\x03\x12\x17\n\x13\x43\x45RT_STATUS_EXPIRED\x10\x04\x12\x1d\n\x19\x43\x45RT_STATUS_NOT_YET_VALID\x10\x05*\xcf\x01\n\tLossCause\x12\x1a\n\x16LOSS_CAUSE_UNSPECIFIED\x10\x00\x12\x1d\n\x19LOSS_CAUSE_HOLDER_REQUEST\x10\x01\x12\x1e\n\x1aLOSS_CAUSE_RESIDENT_CHANGE\x10\x02\x12\x1b\n\x17LOSS_CAUSE_RECORD_ERROR\x10\x03\x12$\n LOSS_CAUSE_ISSUER_KEY_COMPROMISE\x10\x04\x12$\n LOSS_CAUSE_CARD_CERT_LOST_EFFECT\x10\x05*\xcd\x02\n\tCrlReason\x12\x1a\n\x16\x43RL_REASON_UNSPECIFIED\x10\x00\x12\x1d\n\x19\x43RL_REASON_KEY_COMPROMISE\x10\x01\x12\x1c\n\x18\x43RL_REASON_CA_COMPROMISE\x10\x02\x12\"\n\x1e\x43RL_REASON_AFFILIATION_CHANGED\x10\x03\x12\x19\n\x15\x43RL_REASON_SUPERSEDED\x10\x04\x12%\n!CRL_REASON_CESSATION_OF_OPERATION\x10\x05\x12\x1f\n\x1b\x43RL_REASON_CERTIFICATE_HOLD\x10\x06\x12\x1e\n\x1a\x43RL_REASON_REMOVE_FROM_CRL\x10\x08\x12\"\n\x1e\x43RL_REASON_PRIVILEGE_WITHDRAWN\x10\t\x12\x1c\n\x18\x43RL_REASON_AA_COMPROMISE\x10\n*\x81\x01\n\x0e\x43heckErrorCode\x12 \n\x1c\x43HECK_ERROR_CODE_UNSPECIFIED\x10\x00\x12%\n!CHECK_ERROR_CODE_INVALID_ARGUMENT\x10\x01\x12&\n\"CHECK_ERROR_CODE_PERMISSION_DENIED\x10\x02\x32\xaa\x02\n\rStatusService\x12<\n\x05\x43heck\x12\x18.jpki.va.v1.CheckRequest\x1a\x19.jpki.va.v1.CheckResponse\x12P\n\x0b\x43heckStream\x12\x1d.jpki.va.v1.CheckBatchRequest\x1a\x1e.jpki.va.v1.CheckBatchResponse(\x01\x30\x01\x12\x39\n\x04Ocsp\x12\x17.jpki.va.v1.OcspRequest\x1a\x18.jpki.va.v1.OcspResponse\x12N\n\x0bListIssuers\x12\x1e.jpki.va.v1.ListIssuersRequest\x1a\x1f.jpki.va.v1.ListIssuersResponseBG\n\rjp.jpki.va.v1B\x07VaProtoP\x01Z\x1ejpki-va/gen/go/jpki/va/v1;vav1\xaa\x02\nJpki.Va.V1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'jpki_va.protos.va_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
-  DESCRIPTOR._loaded_options = None
-  _globals['_CERTKIND']._serialized_start=1571
-  _globals['_CERTKIND']._serialized_end=1712
-  _globals['_CERTSTATUS']._serialized_start=1715
-  _globals['_CERTSTATUS']._serialized_end=1884
-  _globals['_LOSSCAUSE']._serialized_start=1887
-  _globals['_LOSSCAUSE']._serialized_end=2094
-  _globals['_CRLREASON']._serialized_start=2097
-  _globals['_CRLREASON']._serialized_end=2430
+  _globals['DESCRIPTOR']._loaded_options = None
+  _globals['DESCRIPTOR']._serialized_options = b'\n\rjp.jpki.va.v1B\007VaProtoP\001Z\036jpki-va/gen/go/jpki/va/v1;vav1\252\002\nJpki.Va.V1'
+  _globals['_CERTKIND']._serialized_start=1620
+  _globals['_CERTKIND']._serialized_end=1761
+  _globals['_CERTSTATUS']._serialized_start=1764
+  _globals['_CERTSTATUS']._serialized_end=1933
+  _globals['_LOSSCAUSE']._serialized_start=1936
+  _globals['_LOSSCAUSE']._serialized_end=2143
+  _globals['_CRLREASON']._serialized_start=2146
+  _globals['_CRLREASON']._serialized_end=2479
+  _globals['_CHECKERRORCODE']._serialized_start=2482
+  _globals['_CHECKERRORCODE']._serialized_end=2611
   _globals['_KINDSERIAL']._serialized_start=72
   _globals['_KINDSERIAL']._serialized_end=136
   _globals['_CERTID']._serialized_start=138
@@ -56,20 +59,20 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CHECKRESPONSE']._serialized_end=1023
   _globals['_CHECKBATCHREQUEST']._serialized_start=1025
   _globals['_CHECKBATCHREQUEST']._serialized_end=1088
-  _globals['_CHECKRESULT']._serialized_start=1090
-  _globals['_CHECKRESULT']._serialized_end=1179
-  _globals['_CHECKBATCHRESPONSE']._serialized_start=1181
-  _globals['_CHECKBATCHRESPONSE']._serialized_end=1243
-  _globals['_OCSPREQUEST']._serialized_start=1245
-  _globals['_OCSPREQUEST']._serialized_end=1271
-  _globals['_OCSPRESPONSE']._serialized_start=1273
-  _globals['_OCSPRESPONSE']._serialized_end=1300
-  _globals['_LISTISSUERSREQUEST']._serialized_start=1302
-  _globals['_LISTISSUERSREQUEST']._serialized_end=1322
-  _globals['_ISSUER']._serialized_start=1325
-  _globals['_ISSUER']._serialized_end=1478
-  _globals['_LISTISSUERSRESPONSE']._serialized_start=1480
-  _globals['_LISTISSUERSRESPONSE']._serialized_end=1568
-  _globals['_STATUSSERVICE']._serialized_start=2433
-  _globals['_STATUSSERVICE']._serialized_end=2731
+  _globals['_CHECKRESULT']._serialized_start=1091
+  _globals['_CHECKRESULT']._serialized_end=1228
+  _globals['_CHECKBATCHRESPONSE']._serialized_start=1230
+  _globals['_CHECKBATCHRESPONSE']._serialized_end=1292
+  _globals['_OCSPREQUEST']._serialized_start=1294
+  _globals['_OCSPREQUEST']._serialized_end=1320
+  _globals['_OCSPRESPONSE']._serialized_start=1322
+  _globals['_OCSPRESPONSE']._serialized_end=1349
+  _globals['_LISTISSUERSREQUEST']._serialized_start=1351
+  _globals['_LISTISSUERSREQUEST']._serialized_end=1371
+  _globals['_ISSUER']._serialized_start=1374
+  _globals['_ISSUER']._serialized_end=1527
+  _globals['_LISTISSUERSRESPONSE']._serialized_start=1529
+  _globals['_LISTISSUERSRESPONSE']._serialized_end=1617
+  _globals['_STATUSSERVICE']._serialized_start=2614
+  _globals['_STATUSSERVICE']._serialized_end=2912
 # @@protoc_insertion_point(module_scope)

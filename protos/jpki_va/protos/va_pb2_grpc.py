@@ -26,7 +26,10 @@ if _version_not_supported:
 
 
 class StatusServiceStub:
-    """Missing associated documentation comment in .proto file."""
+    """Certificate status for verifiers, over mTLS: the client certificate names the
+    verifier, whose registered roles decide which kinds' statuses it may receive.
+    Every status given is counted in the provision ledger before it leaves.
+    """
 
     def __init__(self, channel):
         """Constructor.
@@ -57,28 +60,42 @@ class StatusServiceStub:
 
 
 class StatusServiceServicer:
-    """Missing associated documentation comment in .proto file."""
+    """Certificate status for verifiers, over mTLS: the client certificate names the
+    verifier, whose registered roles decide which kinds' statuses it may receive.
+    Every status given is counted in the provision ledger before it leaves.
+    """
 
     def Check(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """The status of one certificate. Errors: INVALID_ARGUMENT (malformed request),
+        PERMISSION_DENIED (the verifier may not receive this kind's status), and the
+        common refusals of the package.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def CheckStream(self, request_iterator, context):
-        """Missing associated documentation comment in .proto file."""
+        """Many statuses over one stream: each batch sent is answered by one response, in
+        order. A malformed or forbidden request gets a per-item error (CheckResult) and
+        the rest of its batch is answered. The stream ends INVALID_ARGUMENT on an empty
+        or oversized batch or past the configured number of batches, and UNAVAILABLE
+        when it moves no message for the configured idle time.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def Ocsp(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Standard OCSP (RFC 6960) carried over gRPC, for verifiers that already speak it;
+        the same answers as HTTP OCSP. Errors are OCSP statuses in the response.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ListIssuers(self, request, context):
-        """The root and every issuing-CA generation this responder answers for.
+        """The root and every issuing-CA generation this responder answers for: what a
+        verifier needs to build and check certificate paths. No errors of its own.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -116,7 +133,10 @@ def add_StatusServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class StatusService:
-    """Missing associated documentation comment in .proto file."""
+    """Certificate status for verifiers, over mTLS: the client certificate names the
+    verifier, whose registered roles decide which kinds' statuses it may receive.
+    Every status given is counted in the provision ledger before it leaves.
+    """
 
     @staticmethod
     def Check(request,

@@ -47,7 +47,9 @@ class VerifierTokenServiceServicer:
     """
 
     def CheckVerifierToken(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Whether a token is valid now; an invalid token is an answer (valid false), not
+        an error. Errors: the common refusals of the package (va.proto).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')

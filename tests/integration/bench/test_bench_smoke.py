@@ -42,6 +42,8 @@ def test_suite_smoke(small_dataset: DataSet, tmp_path: Path) -> None:
         http=HttpSpec(duration=1, threads=1, connections=4),
         freshness_samples=1,
         delta_losses=5,
+        fleet_samples=2,
+        failover_seconds=3.0,
     )
     results = run_suite(small_dataset, settings)
     for interface in ("check", "stream", "ocsp"):
@@ -65,6 +67,14 @@ def test_suite_smoke(small_dataset: DataSet, tmp_path: Path) -> None:
         figure = results["http_ocsp"][peer]
         if "skipped" not in figure:  # wrk, cfssl or a network namespace may be missing
             _no_errors(figure)
+    fleet = results["fleet"]
+    for target in ("balancer", "one_replica"):
+        _no_errors(fleet[target])
+    assert fleet["freshness"]["samples"] == 2
+    assert set(fleet["freshness"]["p99_seconds"]) == {0, 1, 2}
+    blip = fleet["failover"]
+    assert blip["grpc"]["calls"] > 0 and blip["http_ocsp"]["calls"] > 0
+    assert blip["grpc"]["failed"] == 0 and blip["http_ocsp"]["failed"] == 0, blip
     fresh = results["freshness"]
     assert len(fresh["commit_to_answer_seconds"]) == 1
     assert fresh["losses"]["count"] == 5 and fresh["losses"]["all_sampled_revoked"]

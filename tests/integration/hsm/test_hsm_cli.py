@@ -52,10 +52,10 @@ def ops(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
     """A token made by `hsm init-token`, and the ceremony of examples/ run on it."""
     base = tmp_path_factory.mktemp("hsm-cli")
     env = {"JPKI_VA_HSM_PIN": PIN, "JPKI_VA_HSM_SO_PIN": "cli-so-pin"}
-    made = jpki("hsm", "init-token", "--dir", str(base / "token"), "--token", TOKEN, env=env)
+    made = jpki("hsm", "init-token", "--dir", str(base / "token"), "--hsm-token", TOKEN, env=env)
     assert made.returncode == 0, made.stderr
     conf = str(base / "token" / "softhsm2.conf")
-    common = ["--token", TOKEN, "--softhsm2-conf", conf]
+    common = ["--hsm-token", TOKEN, "--softhsm2-conf", conf]
     data = base / "data"
     first = jpki("hsm", "ceremony", "run", str(EXAMPLE), "--data-dir", str(data), *common, env=env)
     assert first.returncode == 0, first.stderr
@@ -316,4 +316,4 @@ def test_rotate_then_issue_a_delegated_ocsp_signer(ops: dict[str, object], tmp_p
         "hsm", "ocsp-signer", "issue", "--csr", str(csr), "--validity", "a week",
         "--out", str(tmp_path / "x.pem"), *data, *common, env=env,
     )  # fmt: skip
-    assert bad_validity.returncode == 2 and "7d" in bad_validity.stderr
+    assert bad_validity.returncode == 2 and "3650d" in bad_validity.stderr

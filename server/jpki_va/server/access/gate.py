@@ -15,6 +15,7 @@ or, for one provision computed by one function, `gate.provide(caller, provision,
 
 from __future__ import annotations
 
+import hashlib
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -49,7 +50,10 @@ class UnknownVerifier(Exception):
 
 @dataclass(frozen=True, slots=True)
 class Caller:
-    """What the transport tells about the caller; at most one field is set."""
+    """What the transport tells about the caller; at most one field is set.
+
+    Over TLS (gRPC or HTTP) the caller is its client certificate, by `fingerprint_of`.
+    """
 
     fingerprint: bytes | None = None  # SHA-256 of the mTLS client certificate (DER)
     claimed_id: str | None = None  # insecure loopback only: a verifier id, unproven
@@ -58,6 +62,11 @@ class Caller:
         if self.fingerprint is not None:
             return f"client certificate sha256:{self.fingerprint.hex()}"
         return f"verifier id {self.claimed_id!r}"
+
+
+def fingerprint_of(certificate_der: bytes) -> bytes:
+    """A client certificate's identity: the SHA-256 of its DER, as the registry keeps it."""
+    return hashlib.sha256(certificate_der).digest()
 
 
 class NotOperator(Exception):

@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from jpki_va import hsm
+from jpki_va.core import cli as core_cli
+from jpki_va.server.base.metrics_http import MetricsListener
 from jpki_va.server.law.retention import RetentionPolicy
 from jpki_va.server.pki.cert_profile import DEFAULT_VALIDITY
 from jpki_va.server.responder.renew_policy import RenewPolicy
@@ -49,6 +51,41 @@ def _check_listen(address: str, insecure_loopback: bool, name: str, tls: bool = 
         raise ConfigError(f"{name}: plaintext is allowed only on 127.0.0.1, not {address!r}")
 
 
+def _check_beside(address: str, name: str, flag: str, on_tls: bool, tls: TlsFiles | None) -> None:
+    """HTTP or metrics beside gRPC: plaintext on loopback, or TLS with the role's files."""
+    if on_tls:
+        if tls is None:
+            raise ConfigError(f"{flag} needs the role's --tls-cert, --tls-key and --client-ca")
+        _check_listen(address, False, name, tls=True)
+        return
+    if ":" in address and not _is_loopback(address):
+        raise ConfigError(
+            f"{name}: plaintext is allowed only on loopback, not {address!r}; "
+            f"add {flag} to serve it over TLS"
+        )
+    _check_listen(address, True, name)
+
+
+def _metrics_listener(
+    port: int | None, listen: str | None, on_tls: bool, tls: TlsFiles | None
+) -> MetricsListener | None:
+    """Where /metrics listens: --metrics-port (loopback) or --metrics-listen HOST:PORT."""
+    if port is not None and listen is not None:
+        raise ConfigError("give --metrics-port or --metrics-listen, not both")
+    if port is not None:
+        if not 0 <= port <= 65535:
+            raise ConfigError(f"bad metrics port {port}")
+        listen = f"127.0.0.1:{port}"
+    if listen is None:
+        if on_tls:
+            raise ConfigError("--metrics-tls goes with --metrics-listen or --metrics-port")
+        return None
+    _check_beside(listen, "metrics listen", "--metrics-tls", on_tls, tls)
+    host, number = listen.rsplit(":", 1)
+    files = None if not on_tls or tls is None else (tls.cert, tls.key, tls.client_ca)
+    return MetricsListener(host.strip("[]"), int(number), files)
+
+
 def hsm_config(
     *,
     module: str,
@@ -66,22 +103,13 @@ def hsm_config(
         raise ConfigError(str(exc)) from None
 
 
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-
-
 def parse_duration(text: str | float | int, name: str) -> float:
-    """Seconds from a number or a string like `5s`, `90m`, `24h`, `3650d`."""
-    if isinstance(text, int | float) and not isinstance(text, bool):
-        return float(text)
-    value = str(text).strip().lower()
+    """Seconds from a number or a duration like `5s`, `90m`, `24h`, `3650d`
+    (jpki_va.core.cli's one syntax); ConfigError names the setting."""
     try:
-        if value and value[-1] in _UNITS:
-            return float(value[:-1]) * _UNITS[value[-1]]
-        return float(value)
-    except ValueError:
-        raise ConfigError(
-            f"{name}: expected a duration like 5s, 24h or 3650d, got {text!r}"
-        ) from None
+        return core_cli.parse_duration(text).total_seconds()
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{name}: {exc}") from None
 
 
 @dataclass(frozen=True)
@@ -124,14 +152,20 @@ class SignerConfig:
     base_url: str = "http://127.0.0.1:8080"
     insecure_loopback: bool = False
     full_interval: float = 24 * 3600.0  # seconds between full snapshots
-    delta_interval: float = 5.0  # seconds between delta snapshots; 0: only on request
+    # Seconds between delta snapshots while anything changed; 0: only on request. Short,
+    # so a loss reaches every replica within 2 s (a tick with no change costs one read).
+    delta_interval: float = 1.0
     bootstrap: bool = False  # create a missing CA hierarchy (the embedded default's ceremony)
     grpc_workers: int = 16
     sign_queue_limit: int = 8  # requests that may wait for the HSM; more: RESOURCE_EXHAUSTED
     sign_queue_wait: float = 5.0  # seconds a request may wait for the HSM
     metrics_port: int | None = None  # Prometheus /metrics on 127.0.0.1 (0: any free port)
+    metrics_listen: str | None = None  # HOST:PORT instead; beyond loopback with metrics_tls
+    metrics_tls: bool = False  # /metrics over TLS with the signer's certificate and client CA
     tls: TlsFiles | None = None
     operator_certs: tuple[Path, ...] = ()  # client certificates allowed registry operations
+    # Seconds between looks at the clock for the 00:00 JST move-out sweep (第31条第2号).
+    sweep_check: float = 60.0
     # 保存期間 (seconds); None keeps the placeholders of law/retention.py.
     retention_issuance_record: float | None = None
     retention_loss_record: float | None = None
@@ -152,6 +186,8 @@ class SignerConfig:
             raise ConfigError("delta interval must be >= 0")
         if self.delta_interval and self.delta_interval > self.full_interval:
             raise ConfigError("delta interval must not exceed the full interval")
+        if self.sweep_check <= 0:
+            raise ConfigError("sweep check must be > 0 seconds")
         if self.grpc_workers < 2:
             raise ConfigError("grpc workers must be >= 2")
         if not 1 <= self.sign_queue_limit < self.grpc_workers:
@@ -159,8 +195,7 @@ class SignerConfig:
             raise ConfigError("sign queue limit must be >= 1 and below the grpc workers")
         if self.sign_queue_wait <= 0:
             raise ConfigError("sign queue wait must be > 0 seconds")
-        if self.metrics_port is not None and not 0 <= self.metrics_port <= 65535:
-            raise ConfigError(f"bad metrics port {self.metrics_port}")
+        self.metrics_listener  # noqa: B018 (checked here, once)
         try:
             self.retention.check(max(DEFAULT_VALIDITY.values()))
         except ValueError as exc:
@@ -174,6 +209,10 @@ class SignerConfig:
             loss_record=_days_or(self.retention_loss_record, default.loss_record),
             crl_file=_days_or(self.retention_crl_file, default.crl_file),
         )
+
+    @property
+    def metrics_listener(self) -> MetricsListener | None:
+        return _metrics_listener(self.metrics_port, self.metrics_listen, self.metrics_tls, self.tls)
 
     @property
     def registry_dir(self) -> Path:
@@ -200,10 +239,21 @@ class ResponderConfig:
     listen: str = "127.0.0.1:50051"
     workers: int = field(default_factory=lambda: os.cpu_count() or 1)
     signer: str | None = None  # where to get delegated OCSP-signer certificates
+    # mTLS to the signer (a pod of its own): its CA, and the operator client certificate
+    # the responder presents (the signer issues OCSP-signer certificates to operators).
+    signer_ca: Path | None = None
+    signer_client_cert: Path | None = None
+    signer_client_key: Path | None = None
     insecure_loopback: bool = False
     tls: TlsFiles | None = None
     loopback_verifier: str | None = None  # plaintext callers without x-jpki-verifier
-    poll_interval: float = 1.0
+    poll_interval: float = 1.0  # a full scan of the store, whatever its pointer says
+    # How often the store's pointer is read (responder/snapshot_notice.py): a new
+    # snapshot is scanned for within this (or the poll interval, if shorter).
+    notice_interval: float = 0.2
+    # Seconds behind the newest snapshot in the store before the replica's health
+    # (jpki-va.rotation, HTTP /health) says NOT_SERVING (responder/rotation.py).
+    max_lag: float = 30.0
     grpc_threads: int = 16  # unary calls; streams run on threads of their own
     # Open streams (CheckStream, WatchRevocations, GetCrl, Health.Watch) per worker,
     # per caller (verifier, or on plaintext loopback the connection), and how long
@@ -213,11 +263,19 @@ class ResponderConfig:
     stream_idle: float = 60.0  # seconds
     max_watches: int = 8  # open WatchRevocations per worker, within max_streams
     grace_seconds: float = 5.0
-    crl_retention_days: float = 365.0  # 保存期間 of CRL files; set by cabinet order
+    retention_crl_file: float = 365 * 86400.0  # 保存期間 of CRL files (seconds); cabinet order
     ocsp_renew_at: RenewPolicy = field(default_factory=RenewPolicy)  # default: half its life
     # HTTP OCSP and CRLs (RFC 6960 Appendix A, RFC 5019) beside gRPC; off when None.
     http_listen: str | None = None
+    # HTTPS with the responder's certificate; a client certificate issued by its client
+    # CA is required and names the verifier as on gRPC. Without it: loopback only.
+    http_tls: bool = False
     metrics_port: int | None = None  # Prometheus /metrics on 127.0.0.1; off when None
+    metrics_listen: str | None = None  # HOST:PORT instead; beyond loopback with metrics_tls
+    metrics_tls: bool = False  # /metrics over TLS with the responder's certificate, client CA
+    # One CRL nextUpdate series per partition (about 1,900 a kind) besides the one per
+    # kind and issuer generation.
+    metrics_per_partition: bool = False
     # Connections a worker keeps open; None: a share of its descriptor limit
     # (app/descriptors.py). Past the HTTP cap the longest idle connection is shed;
     # past the gRPC cap grpc closes new connections at once.
@@ -242,8 +300,8 @@ class ResponderConfig:
         )
         if self.loopback_verifier is not None and not self.insecure_loopback:
             raise ConfigError("--loopback-verifier goes with --insecure-loopback only")
-        if self.crl_retention_days <= 0:
-            raise ConfigError("CRL retention must be > 0 days")
+        if self.retention_crl_file <= 0:
+            raise ConfigError("CRL file retention must be > 0")
         self._check_http_metrics_and_limits()
         if self.workers < 1:
             raise ConfigError("workers must be >= 1")
@@ -255,8 +313,48 @@ class ResponderConfig:
                 raise ConfigError(f"trust anchor {anchor} does not exist")
         if self.poll_interval <= 0:
             raise ConfigError("poll interval must be > 0")
-        if self.signer is not None and not _is_loopback(self.signer):
-            raise ConfigError("the signer connection is plaintext: loopback only for now")
+        if self.notice_interval <= 0:
+            raise ConfigError("notice interval must be > 0")
+        if self.max_lag <= 0:
+            raise ConfigError("max lag must be > 0 seconds")
+        self._check_signer_link()
+
+    def _check_signer_link(self) -> None:
+        files = (self.signer_ca, self.signer_client_cert, self.signer_client_key)
+        if any(f is not None for f in files):
+            if not all(f is not None for f in files):
+                raise ConfigError(
+                    "--signer-ca, --signer-client-cert and --signer-client-key go together"
+                )
+            for option, path in zip(
+                ("--signer-ca", "--signer-client-cert", "--signer-client-key"), files, strict=True
+            ):
+                if path is not None and not path.is_file():
+                    raise ConfigError(f"{option} {path} does not exist")
+            if self.signer is None:
+                raise ConfigError("--signer-ca and its certificate go with --signer HOST:PORT")
+        elif self.signer is not None and not _is_loopback(self.signer):
+            raise ConfigError(
+                f"the signer connection to {self.signer} would be plaintext: loopback only, "
+                "or give --signer-ca, --signer-client-cert and --signer-client-key (mTLS)"
+            )
+
+    def signer_credentials(self) -> tuple[bytes, bytes, bytes] | None:
+        """(CA, client key, client certificate chain) for the signer link, or None."""
+        if (
+            self.signer_ca is None
+            or self.signer_client_cert is None
+            or self.signer_client_key is None
+        ):
+            return None
+        try:
+            return (
+                self.signer_ca.read_bytes(),
+                self.signer_client_key.read_bytes(),
+                self.signer_client_cert.read_bytes(),
+            )
+        except OSError as exc:
+            raise ConfigError(f"cannot read the signer link's TLS files: {exc}") from None
 
     def _check_streams(self) -> None:
         if self.max_streams < 1:
@@ -272,10 +370,14 @@ class ResponderConfig:
     def _check_http_metrics_and_limits(self) -> None:
         if self.http_listen is not None:
             # Status is provided to verifiers only (DESIGN §7); plain HTTP cannot tell
-            # who asks, so it is served on loopback, behind an authenticating proxy.
-            _check_listen(self.http_listen, True, "responder HTTP listen")
-        if self.metrics_port is not None and not 0 <= self.metrics_port <= 65535:
-            raise ConfigError("metrics port must be 0..65535")
+            # who asks, so it is served on loopback, behind an authenticating proxy,
+            # or over TLS, where the client certificate names the verifier.
+            _check_beside(
+                self.http_listen, "responder HTTP listen", "--http-tls", self.http_tls, self.tls
+            )
+        elif self.http_tls:
+            raise ConfigError("--http-tls goes with --http-listen")
+        self.metrics_listener  # noqa: B018 (checked here, once)
         for name in (
             "max_message_bytes",
             "max_batch",
@@ -293,6 +395,10 @@ class ResponderConfig:
             raise ConfigError("max OCSP request bytes must be in 64..max message bytes")
         if self.ocsp_cache_size < 0 or self.ocsp_cache_margin < 0:
             raise ConfigError("OCSP cache size and margin must be >= 0")
+
+    @property
+    def metrics_listener(self) -> MetricsListener | None:
+        return _metrics_listener(self.metrics_port, self.metrics_listen, self.metrics_tls, self.tls)
 
     @property
     def index_dir(self) -> Path:
@@ -327,12 +433,41 @@ def load_toml(path: Path | None) -> dict[str, Any]:
         raise ConfigError(f"cannot read config {path}: {exc}") from None
 
 
+# What a TOML value may be, by the annotation of its setting. Floats are durations or
+# seconds, so a string ("24h") is fine; parse_duration judges its content.
+_TOML_TYPES: dict[str, tuple[tuple[type, ...], str]] = {
+    "str": ((str,), 'a string in quotes, e.g. "127.0.0.1:50052"'),
+    "Path": ((str,), 'a path in quotes, e.g. "/var/lib/jpki-va"'),
+    "bool": ((bool,), "true or false"),
+    "int": ((int,), "a whole number"),
+    "float": ((int, float, str), 'a number of seconds or a duration in quotes, e.g. "24h"'),
+    "RenewPolicy": ((int, float, str), 'a fraction (0.5) or a duration in quotes ("36h")'),
+    "tuple[Path, ...]": ((list,), 'a list of paths, e.g. ["/etc/jpki-va/root.pem"]'),
+}
+
+
+def _check_toml_type(name: str, value: object, annotation: str) -> None:
+    expected = _TOML_TYPES.get(annotation.removesuffix(" | None"))
+    if expected is None:
+        return
+    types, description = expected
+    wrong = not isinstance(value, types) or (isinstance(value, bool) and bool not in types)
+    if isinstance(value, list):
+        wrong = wrong or not all(isinstance(item, str) for item in value)
+    if wrong:
+        raise ConfigError(f"config file: {name} = {value!r} should be {description}")
+
+
 def merge(file_values: dict[str, Any], cli_values: dict[str, Any], cls: type) -> dict[str, Any]:
     """CLI values that were given override the file; unknown file keys are errors."""
     known = {f.name for f in fields(cls)}
     unknown = set(file_values) - known - {"hsm", "tls"}
     if unknown:
         raise ConfigError(f"unknown settings in config file: {', '.join(sorted(unknown))}")
+    annotations = {f.name: str(f.type) for f in fields(cls)}
+    for name, value in file_values.items():
+        if name in annotations:
+            _check_toml_type(name, value, annotations[name])
     merged = dict(file_values)
     merged.update({k: v for k, v in cli_values.items() if v is not None})
     return merged

@@ -12,7 +12,6 @@ import json
 import logging
 import secrets
 import shutil
-import signal
 import sys
 import threading
 from collections.abc import Callable
@@ -32,8 +31,11 @@ from jpki_va.core.domain import CertKind, CrlReason, LossCause, Role
 from jpki_va.protos import signer_pb2, signer_pb2_grpc, va_pb2, verifiers_pb2
 from jpki_va.server.app.config import ConfigError, ResponderConfig, SignerConfig
 from jpki_va.server.app.responder_app import Responder
+from jpki_va.server.app.signals import stop_on_signals, wait_for_stop
 from jpki_va.server.app.signer_app import SignerApp, start_signer
 from jpki_va.server.base.private_files import private_dir, write_private
+from jpki_va.server.law.mobile_issuance import format_notice
+from jpki_va.server.model.holder import Holder
 from jpki_va.server.pki.cert_profile import throwaway_client_certificate
 
 log = logging.getLogger(__name__)
@@ -85,6 +87,7 @@ class _Setup:
         self.entries: list[dict[str, Any]] = []
         self.serials: dict[tuple[str, CertKind], bytes] = {}
         self.keys: dict[tuple[str, CertKind], rsa.RSAPrivateKey] = {}
+        self.certificates: dict[tuple[str, CertKind], bytes] = {}
 
     def _issuer_file(self, der: bytes) -> str:
         cert = x509.load_der_x509_certificate(der)
@@ -95,27 +98,24 @@ class _Setup:
 
     def issue(self, holder: DemoHolder, kind: CertKind) -> None:
         key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-        spki = key.public_key().public_bytes(
-            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
-        request = signer_pb2.IssueCertificateRequest(
-            kind=int(kind),  # type: ignore[arg-type]
-            resident_code=holder.resident_code,
-            municipality_code=holder.municipality,
-            holder=signer_pb2.HolderInfo(
-                name=holder.name,
-                address=holder.address,
-                birth_date=holder.birth_date,
-                sex=holder.sex,
-            ),
-            public_key_der=spki,
+        info = signer_pb2.HolderInfo(
+            name=holder.name, address=holder.address, birth_date=holder.birth_date, sex=holder.sex
         )
         if kind.is_mobile:
-            # 第16条の2, 第35条の2: the application is signed with the CARD_SIGN key.
-            card_key = self.keys[(holder.slug, CertKind.CARD_SIGN)]
-            request.card_serial = self.serials[(holder.slug, CertKind.CARD_SIGN)]
-            request.application_signature = card_key.sign(spki, padding.PKCS1v15(), hashes.SHA256())
-        reply = self.stub.IssueCertificate(request, timeout=30)
+            reply = self._mobile_application(holder, kind, key)
+        else:
+            reply = self.stub.IssueCertificate(
+                signer_pb2.IssueCertificateRequest(
+                    kind=int(kind),  # type: ignore[arg-type]
+                    resident_code=holder.resident_code,
+                    municipality_code=holder.municipality,
+                    holder=info,
+                    public_key_der=key.public_key().public_bytes(
+                        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+                    ),
+                ),
+                timeout=30,
+            )
         name = f"{holder.slug}-{kind.slug}"
         cert = x509.load_der_x509_certificate(reply.certificate_der)
         write_private(self.certs_dir / f"{name}.pem", _pem(cert))
@@ -129,6 +129,7 @@ class _Setup:
         )
         self.serials[(holder.slug, kind)] = reply.serial
         self.keys[(holder.slug, kind)] = key
+        self.certificates[(holder.slug, kind)] = reply.certificate_der
         self.entries.append(
             {
                 "name": name,
@@ -140,6 +141,35 @@ class _Setup:
                 "expected": {"status": "GOOD", "cause": None, "reason": None},
             }
         )
+
+    def _mobile_application(
+        self, holder: DemoHolder, kind: CertKind, key: rsa.RSAPrivateKey
+    ) -> signer_pb2.IssueCertificateResponse:
+        """第16条の2, 第35条の2: the notice signed with the CARD_SIGN key, then the CSR."""
+        card_key = self.keys[(holder.slug, CertKind.CARD_SIGN)]
+        items = Holder(holder.name, holder.address, holder.birth_date, holder.sex)
+        notice = format_notice(kind, items, datetime.now(UTC))
+        begun = self.stub.BeginMobileApplication(
+            signer_pb2.BeginMobileApplicationRequest(
+                kind=int(kind),  # type: ignore[arg-type]
+                notice=notice,
+                notice_signature=card_key.sign(notice, padding.PKCS1v15(), hashes.SHA256()),
+                card_certificate_der=self.certificates[(holder.slug, CertKind.CARD_SIGN)],
+            ),
+            timeout=30,
+        )
+        csr = (
+            x509.CertificateSigningRequestBuilder()
+            .subject_name(x509.Name([]))
+            .sign(key, hashes.SHA256())
+        )
+        return self.stub.CompleteMobileApplication(
+            signer_pb2.CompleteMobileApplicationRequest(
+                application_id=begun.application_id,
+                csr=csr.public_bytes(serialization.Encoding.DER),
+            ),
+            timeout=30,
+        ).issued
 
     def lose(self, holder: str, kind: CertKind, cause: LossCause, reason: CrlReason | None) -> None:
         reply = self.stub.RecordLoss(
@@ -185,7 +215,9 @@ def _create(directory: Path, port: int, signer_port: int, http_port: int) -> dic
     }
 
 
-def _start(directory: Path, info: dict[str, Any], bootstrap: bool) -> SignerApp:
+def _start(
+    directory: Path, info: dict[str, Any], bootstrap: bool, metrics_port: int | None = None
+) -> SignerApp:
     hsm_info = info["hsm"]
     config = SignerConfig(
         data_dir=directory / "signer",
@@ -200,6 +232,7 @@ def _start(directory: Path, info: dict[str, Any], bootstrap: bool) -> SignerApp:
         insecure_loopback=True,
         delta_interval=2.0,
         bootstrap=bootstrap,
+        metrics_port=metrics_port,
     )
     return start_signer(config)
 
@@ -254,7 +287,12 @@ def _print_help(directory: Path, info: dict[str, Any]) -> None:
     lines = [
         "",
         f"jpki-va demo is serving: responder {info['responder']} (gRPC) and "
-        f"{info['http']} (HTTP OCSP, CRLs), signer {info['signer']}",
+        f"{info['http']} (HTTP OCSP, CRLs), signer {info['signer']}"
+        + (
+            f"; metrics {info['metrics']['responder']} and {info['metrics']['signer']}"
+            if "metrics" in info
+            else ""
+        ),
         f"Everything lives in {d}/ (demo.json lists every certificate). Try:",
         "",
         f"  jpki-va check --server {info['responder']} --insecure-loopback "
@@ -329,16 +367,16 @@ def run(
     http_port: int | None = None,
     workers: int | None = None,
     ready: Callable[[dict[str, Any]], None] | None = None,
+    metrics_port: int | None = None,
 ) -> int:
-    if threading.current_thread() is threading.main_thread():
-        # Ctrl-C or a service manager's TERM ends the demo in order (also where the
-        # shell started us with SIGINT ignored, as background jobs are).
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(signum, lambda *_: stop.set())
+    """Serve until `stop`; `metrics_port` (0: any free ports) exposes the responder's
+    /metrics there and the signer's on the next port."""
+    stop_on_signals(stop)  # Ctrl-C or a service manager's TERM ends the demo in order
     directory = directory.resolve()
     state = directory / DEMO_FILE
     info, fresh = _open_directory(directory, reset, port, signer_port or port + 1, http_port)
-    signer = _start(directory, info, bootstrap=fresh)
+    signer_metrics = None if metrics_port is None else metrics_port and metrics_port + 1
+    signer = _start(directory, info, bootstrap=fresh, metrics_port=signer_metrics)
     responder: Responder | None = None
     runner: threading.Thread | None = None
     try:
@@ -357,9 +395,16 @@ def run(
                 poll_interval=0.5,
                 **sized,
                 http_listen=info["http"].removeprefix("http://"),
+                metrics_port=metrics_port,
             )
         )
         responder.start()
+        info.pop("metrics", None)  # a reused demo's, from another run
+        if metrics_port is not None:
+            info["metrics"] = {
+                "responder": f"http://127.0.0.1:{responder.metrics_port}/metrics",
+                "signer": f"http://127.0.0.1:{signer.metrics_port}/metrics",
+            }
         runner = threading.Thread(target=responder.run, args=(stop,), daemon=True)
         runner.start()
         tmp = state.with_suffix(".tmp")
@@ -370,7 +415,7 @@ def run(
         _print_help(shown, info)
         if ready is not None:
             ready(info)
-        stop.wait()
+        wait_for_stop(stop)
     finally:
         stop.set()
         if runner is not None:

@@ -47,10 +47,12 @@ from jpki_va.server.app.config import ResponderConfig
 from jpki_va.server.app.dir_lock import DirectoryLock
 from jpki_va.server.app.lifeline import ParentGone, tie_to_parent
 from jpki_va.server.app.logs import configure_json
+from jpki_va.server.app.signals import stop_on_signals
+from jpki_va.server.base.build_info import register_build_info
 from jpki_va.server.base.refusal_log import RefusalLog
 from jpki_va.server.http.access import HttpAccess
 from jpki_va.server.http.app import HttpApp
-from jpki_va.server.http.server import HttpServer
+from jpki_va.server.http.server import HttpServer, server_tls
 from jpki_va.server.law.entitlements import NotEntitled
 from jpki_va.server.law.errors import Refused
 from jpki_va.server.law.mapping import NoSuchMapping
@@ -83,7 +85,9 @@ from jpki_va.server.responder.revocation_feed import (
     RevocationFeed,
     TooManyWatches,
 )
+from jpki_va.server.responder.rotation import Rotation
 from jpki_va.server.responder.signing_record_lookup import SigningRecords
+from jpki_va.server.responder.snapshot_notice import DirectoryNotice, SnapshotNotice
 from jpki_va.server.responder.status import (
     BadRequest,
     IndexHolder,
@@ -136,6 +140,10 @@ STATUS_ERRORS: server_common.ErrorMap = (
 #: disk full, say). The services stay SERVING on the last good index; they are
 #: NOT_SERVING only while there is no index at all.
 INGEST_HEALTH = "jpki-va.ingest"
+#: Whether a balancer should send calls here (responder/rotation.py): NOT_SERVING with
+#: no index, behind the newest snapshot for longer than --max-lag, or having refused
+#: it. HTTP's GET /health says the same (200 or 503).
+ROTATION_HEALTH = "jpki-va.rotation"
 LEDGER_SYNC_SECONDS = 1.0  # how much of the counts a machine crash could lose
 READY_TIMEOUT = 60.0
 KILL_AFTER_GRACE = 5.0  # seconds past the grace period before a stopping worker is ended
@@ -238,13 +246,15 @@ def worker_main(  # noqa: PLR0915 (a composition root: the wiring reads best in 
     http_port: int | None,
     ready: Any,
     ingest_failing: Any,
+    in_rotation: Any,
 ) -> None:
     """One worker process: gRPC and, when configured, HTTP OCSP and CRLs.
 
     `slot` (0..workers-1, kept by a restarted worker) names the provision-ledger
     shard this worker alone writes: workers sharing one environment would queue on
-    its write lock for every answer. `ingest_failing` is the supervisor's shared flag
-    (a RawValue: no lock a dying process could keep) for the ingest health entry.
+    its write lock for every answer. `ingest_failing` and `in_rotation` are the
+    supervisor's shared flags (RawValues: no lock a dying process could keep) for the
+    ingest and rotation health entries.
 
     SIGTERM (from the supervisor) stops it gracefully. Not a shared
     multiprocessing.Event: a worker killed while waiting on one leaves its condition
@@ -345,15 +355,36 @@ def worker_main(  # noqa: PLR0915 (a composition root: the wiring reads best in 
     http = None
     if config.http_listen is not None and http_port is not None:
         access = HttpAccess(
-            ocsp, crl_files, CaFiles(holder, roots), gate, config.loopback_verifier, refusals
+            ocsp,
+            crl_files,
+            CaFiles(holder, roots),
+            gate,
+            config.loopback_verifier,
+            refusals,
+            tls=config.http_tls,
         )
-        app = HttpApp(access, max_request_bytes=config.max_ocsp_request_bytes, observer=metrics)
-        http = HttpServer(app, _host(config.http_listen), http_port, max_connections=caps.http)
+        app = HttpApp(
+            access,
+            max_request_bytes=config.max_ocsp_request_bytes,
+            observer=metrics,
+            health=lambda: bool(in_rotation.value),
+        )
+        tls = None if not config.http_tls or config.tls is None else config.tls
+        http = HttpServer(
+            app,
+            _host(config.http_listen),
+            http_port,
+            max_connections=caps.http,
+            tls=None if tls is None else server_tls(tls.cert, tls.key, tls.client_ca),
+            timing=metrics,
+        )
         http.start()
     serving = holder.loaded
     server_common.set_serving(health, SERVICES, serving)
     ingest_ok = not ingest_failing.value
     server_common.set_part_serving(health, INGEST_HEALTH, ingest_ok)
+    rotating = bool(in_rotation.value)
+    server_common.set_part_serving(health, ROTATION_HEALTH, rotating)
     ready.put(port)
     synced = time.monotonic()
     signer = keystore.current()
@@ -371,12 +402,16 @@ def worker_main(  # noqa: PLR0915 (a composition root: the wiring reads best in 
         if ingest_ok == bool(ingest_failing.value):
             ingest_ok = not ingest_ok
             server_common.set_part_serving(health, INGEST_HEALTH, ingest_ok)
+        if rotating != bool(in_rotation.value):
+            rotating = not rotating
+            server_common.set_part_serving(health, ROTATION_HEALTH, rotating)
         if time.monotonic() - synced > LEDGER_SYNC_SECONDS:
             ledger.sync()
             synced = time.monotonic()
     # Health first, so balancers stop sending; watches end with where to resume (they
     # would hold the grace period to its end); then let in-flight calls finish.
     server_common.set_serving(health, SERVICES, False)
+    server_common.set_part_serving(health, ROTATION_HEALTH, False)
     feed.close()
     if http is not None:
         http.stop()
@@ -420,7 +455,13 @@ def renew_ocsp_certificates(
 
     def certify(csr_der: bytes) -> list[x509.Certificate]:
         assert config.signer is not None
-        with grpc.insecure_channel(config.signer) as channel:
+        tls = config.signer_credentials()
+        channel = (
+            grpc.insecure_channel(config.signer)
+            if tls is None
+            else grpc.secure_channel(config.signer, grpc.ssl_channel_credentials(*tls))
+        )
+        with channel:
             reply = signer_pb2_grpc.SignerServiceStub(channel).IssueOcspSignerCertificate(
                 signer_pb2.IssueOcspSignerCertificateRequest(
                     csr_der=csr_der, issuer_key_ids=sorted(issuer_ids)
@@ -445,8 +486,12 @@ class Responder:
         self._archive = CrlArchive(config.crl_archive_dir)
         # The responder's own metrics registry (served by whoever exposes metrics).
         self.metrics_registry = CollectorRegistry()
+        register_build_info(self.metrics_registry, "responder")
         self.ingest_metrics = IngestMetrics(self.metrics_registry)
         self._ingest_failing = self._ctx.RawValue("b", 0)  # read by the workers' health
+        self._in_rotation = self._ctx.RawValue("b", 0)  # likewise
+        self._rotation = Rotation(config.max_lag)
+        self._notice: SnapshotNotice = DirectoryNotice(config.snapshot_dir)
         self.ingest_health = IngestHealth(
             config.index_dir, config.poll_interval, on_change=self._ingest_changed
         )
@@ -456,13 +501,16 @@ class Responder:
             config.index_dir,
             self._verifier,
             self._archive,
-            (self._clock, timedelta(days=config.crl_retention_days)),
+            (self._clock, timedelta(seconds=config.retention_crl_file)),
             metrics=self.ingest_metrics,
             before_publish=self._certify_for,
             health=self.ingest_health,
         )
         self._keystore = OcspKeyStore(config.ocsp_dir)
-        self._collector = ResponderCollector(self._clock)
+        self._collector = ResponderCollector(
+            self._clock, per_partition=config.metrics_per_partition
+        )
+        self._collector.ocsp_signer_from(self._keystore.current)
         self._observed = False  # the collector has the live index's state
         self._metrics_server: MetricsServer | None = None
         self._ready = self._ctx.Queue()
@@ -499,6 +547,7 @@ class Responder:
                 self.http_port,
                 self._ready,
                 self._ingest_failing,
+                self._in_rotation,
             ),
             name="jpki-va-worker",
         )
@@ -523,6 +572,18 @@ class Responder:
         except (grpc.RpcError, OSError, ValueError, lmdb.Error) as exc:
             # lmdb.Error: the index is open elsewhere in this process; next round.
             log.warning("cannot read the index or renew OCSP-signer certificates: %s", exc)
+        self._judge_rotation()
+
+    def _judge_rotation(self) -> None:
+        """Set the workers' rotation flag; say so when it changes."""
+        live = self._ingester.sequence if current_index(self.config.index_dir) else None
+        state = self._rotation.judge(live, self._ingester.newest, self._ingester.newest_refused)
+        if state.in_rotation != bool(self._in_rotation.value):
+            self._in_rotation.value = int(state.in_rotation)
+            if state.in_rotation:
+                log.warning("back in rotation: the index reflects snapshot %s", live)
+            else:
+                log.warning("out of rotation: %s", state.reason)
 
     def _observe_index(self) -> None:
         """Hand the metrics the live index's state; the index is open only meanwhile."""
@@ -564,9 +625,10 @@ class Responder:
         self._workers = [self._spawn(slot) for slot in range(self.config.workers)]
         for _ in self._workers:
             self._ready.get(timeout=READY_TIMEOUT)
-        if self.config.metrics_port is not None:
+        listener = self.config.metrics_listener
+        if listener is not None:
             self._metrics_server = MetricsServer(
-                self.config.metrics_port,
+                listener,
                 self.config.metrics_dir,
                 [self._collector, self.metrics_registry],
             )
@@ -582,8 +644,18 @@ class Responder:
         return self.port
 
     def run(self, stop: threading.Event) -> None:
-        while not stop.wait(self.config.poll_interval):
-            self._housekeeping()
+        """Scan the store when its pointer moves, and every poll interval anyway."""
+        marker = self._notice.marker()
+        next_scan = time.monotonic() + self.config.poll_interval
+        tick = min(self.config.notice_interval, self.config.poll_interval)
+        while not stop.wait(tick):
+            now_marker = self._notice.marker()
+            if now_marker != marker or time.monotonic() >= next_scan:
+                marker = now_marker
+                self._housekeeping()
+                next_scan = time.monotonic() + self.config.poll_interval
+            else:
+                self._judge_rotation()  # the lag grows while nothing arrives
             for i, proc in enumerate(self._workers):
                 if not proc.is_alive():
                     log.error("worker %s exited with %s; starting another", proc.pid, proc.exitcode)
@@ -627,9 +699,7 @@ def serve(
 ) -> None:
     """Run until `stop` is set (or SIGINT/SIGTERM when run from the main thread)."""
     stop = stop or threading.Event()
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, lambda *_: stop.set())
-        signal.signal(signal.SIGINT, lambda *_: stop.set())
+    stop_on_signals(stop)
     responder = Responder(config)
     try:
         port = responder.start()

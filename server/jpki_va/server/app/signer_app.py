@@ -11,7 +11,6 @@ from datetime import timedelta
 from typing import Any
 
 import grpc
-import prometheus_client
 from cryptography import x509
 from grpc_health.v1.health import HealthServicer
 
@@ -22,6 +21,9 @@ from jpki_va.protos import signer_pb2, signer_pb2_grpc
 from jpki_va.server.access.gate import NotOperator, Operators
 from jpki_va.server.app.config import ConfigError, SignerConfig
 from jpki_va.server.app.dir_lock import DirectoryLock
+from jpki_va.server.app.signals import stop_on_signals, wait_for_stop
+from jpki_va.server.app.sweep_schedule import SweepSchedule
+from jpki_va.server.base.metrics_http import serve_metrics
 from jpki_va.server.base.refusal_log import RefusalLog
 from jpki_va.server.law.entitlements import NotEntitled
 from jpki_va.server.ledger.provisions import Ledger
@@ -112,6 +114,7 @@ class SignerApp:
     _stop: threading.Event
     _lock: DirectoryLock
     _publisher_thread: threading.Thread | None = None
+    _sweep: SweepSchedule | None = None
     _metrics_server: Any = None
     metrics_port: int | None = None
 
@@ -124,6 +127,8 @@ class SignerApp:
             self._metrics_server.server_close()
         if self._publisher_thread is not None:
             self._publisher_thread.join()
+        if self._sweep is not None:
+            self._sweep.stop()
         self.registry.close()
         self.ledger.close()
         self.token.close()
@@ -173,6 +178,16 @@ def _hold_data_dir(config: SignerConfig, metrics: SignerMetrics) -> tuple[Direct
         raise
 
 
+def _serve_metrics(config: SignerConfig, metrics: SignerMetrics) -> Any:
+    listener = config.metrics_listener
+    if listener is None:
+        return None
+    server, _ = serve_metrics(listener, metrics.registry)
+    tls = " over TLS" if listener.tls else ""
+    log.info("signer metrics on %s:%d/metrics%s", listener.host, server.server_port, tls)
+    return server
+
+
 def registry_arc_check(registry: Registry) -> None:
     """Keep the private OID arc fixed for the registry's life (jpki_va.core.oids).
 
@@ -191,9 +206,16 @@ def registry_arc_check(registry: Registry) -> None:
         )
 
 
-def _authority(token: hsm.Hsm, registry: Registry) -> Authority:
+def _authority(token: hsm.Hsm, registry: Registry, config: SignerConfig) -> Authority:
     authority = Authority(token, registry)
-    authority.root()  # refuse to start without a hierarchy
+    try:
+        authority.root()  # refuse to start without a hierarchy
+    except AuthorityError:
+        raise ConfigError(
+            f"{config.data_dir} holds no CA hierarchy: start the signer once with "
+            "--bootstrap, or run the key ceremony (jpki-va hsm ceremony run CONFIG "
+            f"--data-dir {config.data_dir})"
+        ) from None
     registry_arc_check(registry)
     return authority
 
@@ -215,7 +237,7 @@ def start_signer(config: SignerConfig, clock: Clock | None = None) -> SignerApp:
                 token, registry, clock, record_dir=records, base_url=config.base_url
             ):
                 log.info("created %s", created)
-        authority = _authority(token, registry)
+        authority = _authority(token, registry, config)
         settings = ProfileSettings(base_url=config.base_url)
         publisher = Publisher(
             registry, authority, config.snapshot_dir, clock, settings, config.retention
@@ -238,10 +260,7 @@ def start_signer(config: SignerConfig, clock: Clock | None = None) -> SignerApp:
         server_common.set_part_serving(health, PUBLISH_HEALTH, not status.state().failing)
         watch.health = health
         port = server_common.bind(server, config.listen, credentials)
-        if config.metrics_port is not None:
-            metrics_server, _ = prometheus_client.start_http_server(
-                config.metrics_port, addr="127.0.0.1", registry=metrics.registry
-            )
+        metrics_server = _serve_metrics(config, metrics)
         server.start()
     except BaseException:
         if metrics_server is not None:
@@ -260,11 +279,39 @@ def start_signer(config: SignerConfig, clock: Clock | None = None) -> SignerApp:
     if metrics_server is not None:
         app._metrics_server = metrics_server
         app.metrics_port = int(metrics_server.server_port)
-        log.info("signer metrics on 127.0.0.1:%d/metrics", app.metrics_port)
-    if config.delta_interval > 0:
-        app._publisher_thread = _start_publishing(signer, config, stop)
+    _start_background(app, clock)
     log.info("signer listening on %s", config.listen.rsplit(":", 1)[0] + f":{port}")
     return app
+
+
+def _start_background(app: SignerApp, clock: Clock) -> None:
+    """The periodic publisher (when it has an interval) and the 00:00 JST sweep."""
+    if app.config.delta_interval > 0:
+        app._publisher_thread = _start_publishing(app.signer, app.config, app._stop)
+    # On its own schedule, also when publishing happens only on request.
+    app._sweep = SweepSchedule(app.signer.sweep_move_outs, clock, app.config.sweep_check)
+    app._sweep.start()
+
+
+def serve(
+    config: SignerConfig,
+    *,
+    stop: threading.Event | None = None,
+    ready: Callable[[int], None] | None = None,
+) -> None:
+    """Run until `stop` is set (or SIGTERM/SIGINT when run from the main thread), then
+    stop in order: NOT_SERVING, drain the calls in flight, close registry, ledger and
+    token, release the data directory."""
+    stop = stop or threading.Event()
+    stop_on_signals(stop)  # before the start: a signal during a long bootstrap counts
+    app = start_signer(config)
+    try:
+        if ready is not None:
+            ready(app.port)
+        wait_for_stop(stop)
+        log.info("signer stopping")
+    finally:
+        app.stop()
 
 
 def _start_publishing(

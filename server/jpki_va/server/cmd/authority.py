@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from jpki_va.core.cli import slug_choice
 from jpki_va.core.domain import CertKind
 from jpki_va.hsm._cli import SubParsers, data_dir_option, token_options
 from jpki_va.server.cmd.lazy import lazy
@@ -47,12 +48,12 @@ def add_authority_commands(hsm_group: SubParsers) -> None:
     ca = hsm_group.add_parser("ca", help="issuing-CA generations").add_subparsers(
         dest="ca_command", required=True, metavar="COMMAND"
     )
-    kinds = [k.slug for k in CertKind]
     rotate = ca.add_parser("rotate", parents=[common], help="new generation: same name, new key")
-    rotate.add_argument("--kind", required=True, choices=kinds)
+    rotate.add_argument("--kind", required=True, **slug_choice(CertKind))
     rotate.add_argument(
-        "--validity", help="lifetime of the new generation, e.g. 4380d (default: as the old)"
-    )
+        "--validity", metavar="DURATION",
+        help="lifetime of the new generation, e.g. 4380d (default: as the old)",
+    )  # fmt: skip
     data_dir_option(rotate, required=True)
     rotate.set_defaults(func=lazy("jpki_va.server.cmd.authority_commands:ca_rotate"))
     ca_list = ca.add_parser("list", parents=[common], help="the CA generations in the registry")
@@ -67,9 +68,11 @@ def add_authority_commands(hsm_group: SubParsers) -> None:
     )
     issue.add_argument("--csr", type=Path, required=True, help="PKCS#10 request (PEM or DER)")
     issue.add_argument(
-        "--kind", choices=kinds, help="only the active generation of this kind (default: all)"
+        "--kind",
+        **slug_choice(CertKind),
+        help="only the active generation of this kind (default: all)",
     )
-    issue.add_argument("--validity", default="7d", help="lifetime (default 7d)")
+    issue.add_argument("--validity", default="7d", metavar="DURATION", help="lifetime (default 7d)")
     issue.add_argument("--out", type=Path, required=True, help="PEM file of the certificates")
     data_dir_option(issue, required=True)
     issue.set_defaults(func=lazy("jpki_va.server.cmd.authority_commands:ocsp_signer_issue"))

@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
+from datetime import timedelta
 from pathlib import Path
 from typing import TextIO
 
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
+from jpki_va.core.cli import parse_duration
 from jpki_va.core.clock import SystemClock
 from jpki_va.core.domain import CertKind
 from jpki_va.hsm._cli import (
@@ -20,7 +22,6 @@ from jpki_va.hsm._cli import (
     Command,
     UsageError,
     open_token,
-    parse_duration,
     run_command,
     token_config,
 )
@@ -78,6 +79,16 @@ def _run(command: Command) -> Callable[[argparse.Namespace], int]:
     )
 
 
+def _validity(text: str) -> timedelta:
+    try:
+        validity = parse_duration(text)
+    except ValueError as exc:
+        raise UsageError(f"--validity: {exc}") from None
+    if not validity:
+        raise UsageError("--validity must be longer than 0")
+    return validity
+
+
 def _registry_dir(data_dir: Path) -> Path:
     registry = data_dir / "registry"
     if not (registry / "data.mdb").is_file():
@@ -108,7 +119,7 @@ def cmd_ceremony_run(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def cmd_ca_rotate(args: argparse.Namespace, out: TextIO) -> int:
-    validity = parse_duration(args.validity) if args.validity else None
+    validity = _validity(args.validity) if args.validity else None
     registry_dir = _registry_dir(args.data_dir)
     with open_token(token_config(args)) as token:
         registry = Registry(registry_dir)
@@ -161,7 +172,7 @@ def _read_csr(path: Path) -> bytes:
 
 
 def cmd_ocsp_signer_issue(args: argparse.Namespace, out: TextIO) -> int:
-    validity = parse_duration(args.validity)
+    validity = _validity(args.validity)
     csr_der = _read_csr(args.csr)
     registry_dir = _registry_dir(args.data_dir)
     with open_token(token_config(args)) as token:

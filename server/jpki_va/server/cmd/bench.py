@@ -8,11 +8,9 @@ arguments, so `jpki-va bench --help` shows the bench's steps.
 from __future__ import annotations
 
 import argparse
-import sys
 
+from jpki_va.core.cli import EXIT_USAGE, fail
 from jpki_va.server.cmd.signer_client import SubParsers
-
-EXIT_USAGE = 2
 
 
 def add_bench_command(sub: SubParsers) -> None:
@@ -30,10 +28,10 @@ def run_bench(args: argparse.Namespace) -> int:
     try:
         from jpki_va.bench.cli import add_commands  # noqa: PLC0415 (optional, and heavy)
     except ImportError as exc:
-        print(
-            f"jpki-va bench: the bench harness is not installed ({exc.name}); "
+        fail(
+            "jpki-va bench",
+            f"the bench harness is not installed ({exc.name}); "
             "install the bench extra: pip install 'jpki-va[bench]'",
-            file=sys.stderr,
         )
         return EXIT_USAGE
     parser = argparse.ArgumentParser(prog="jpki-va")

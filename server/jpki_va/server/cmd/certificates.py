@@ -1,4 +1,4 @@
-"""`jpki-va registry issue|lose|resident-event|issuer-compromise|consent|publish`.
+"""`jpki-va registry issue|mobile-apply|lose|resident-event|issuer-compromise|consent|publish`.
 
 Operator commands on certificates, registered on the `registry` group
 (jpki_va.server.cmd.signer_client), each one SignerService call. Every command prints what it
@@ -27,6 +27,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from jpki_va.core.cli import slug_choice
 from jpki_va.core.domain import (
     CertKind,
     CrlReason,
@@ -51,10 +52,10 @@ Command = Callable[[argparse.Namespace, Stub], dict[str, Any]]
 
 
 def add_certificate_commands(registry: SubParsers) -> None:
-    kinds = [k.slug for k in CertKind]
-
-    issue = registry.add_parser("issue", help="issue a certificate")
-    issue.add_argument("--kind", required=True, choices=kinds)
+    issue = registry.add_parser("issue", help="issue a card certificate")
+    issue.add_argument(
+        "--kind", required=True, **slug_choice(CertKind, [k for k in CertKind if not k.is_mobile])
+    )
     issue.add_argument("--resident-code", required=True, metavar="CODE")
     issue.add_argument("--municipality", required=True, metavar="CODE", help="6 digits")
     issue.add_argument("--name", required=True)
@@ -62,27 +63,57 @@ def add_certificate_commands(registry: SubParsers) -> None:
     issue.add_argument("--birth-date", required=True, metavar="YYYY-MM-DD")
     issue.add_argument("--sex", required=True)
     issue.add_argument("--pubkey", required=True, metavar="FILE", help="PEM or DER public key")
-    issue.add_argument("--card-serial", metavar="HEX", help="mobile kinds: the CARD_SIGN serial")
-    issue.add_argument(
-        "--application-signature",
-        metavar="FILE",
-        help="mobile kinds: openssl dgst -sha256 -sign card-key.pem of the DER public key",
-    )
     issue.add_argument("--out", required=True, metavar="FILE", help="write the certificate (PEM)")
     _finish(issue, _issue)
+
+    mobile = registry.add_parser(
+        "mobile-apply", help="a smartphone certificate in two steps (第16条の2, 第35条の2)"
+    )
+    steps = mobile.add_subparsers(dest="mobile_step", required=True, metavar="STEP")
+    begin = steps.add_parser(
+        "begin", help="the notice of the four basic items, signed with the CARD_SIGN key"
+    )
+    begin.add_argument(
+        "--kind", required=True, **slug_choice(CertKind, [k for k in CertKind if k.is_mobile])
+    )
+    begin.add_argument("--notice", required=True, metavar="FILE", help="the notice (UTF-8 text)")
+    begin.add_argument(
+        "--signature",
+        required=True,
+        metavar="FILE",
+        help="openssl dgst -sha256 -sign card-sign-key.pem -out FILE notice.txt",
+    )
+    begin.add_argument(
+        "--card-certificate",
+        required=True,
+        metavar="FILE",
+        help="the CARD_SIGN certificate (PEM or DER)",
+    )
+    _finish(begin, _mobile_begin)
+    complete = steps.add_parser(
+        "complete", help="the device's public key with its proof of possession (a CSR)"
+    )
+    complete.add_argument("--application", required=True, metavar="ID", help="from begin")
+    complete.add_argument(
+        "--csr", required=True, metavar="FILE", help="PKCS#10 of the device key (PEM or DER)"
+    )
+    complete.add_argument(
+        "--out", required=True, metavar="FILE", help="write the certificate (PEM)"
+    )
+    _finish(complete, _mobile_complete)
 
     lose = registry.add_parser(
         "lose", help="record a loss of effect (holder request, record error)"
     )
-    lose.add_argument("--kind", required=True, choices=kinds)
+    lose.add_argument("--kind", required=True, **slug_choice(CertKind))
     lose.add_argument("--serial", required=True, metavar="HEX")
-    lose.add_argument("--cause", required=True, choices=[c.slug for c in OPERATOR_CAUSES])
-    lose.add_argument("--reason", choices=[r.slug for r in OPERATOR_REASONS])
+    lose.add_argument("--cause", required=True, **slug_choice(LossCause, OPERATOR_CAUSES))
+    lose.add_argument("--reason", **slug_choice(CrlReason, OPERATOR_REASONS))
     _finish(lose, _lose)
 
     event = registry.add_parser("resident-event", help="a resident record changed (第12条, 第31条)")
     event.add_argument("--resident-code", required=True, metavar="CODE")
-    event.add_argument("--event", required=True, choices=[e.slug for e in ResidentEvent])
+    event.add_argument("--event", required=True, **slug_choice(ResidentEvent))
     event.add_argument("--minor", action="store_true", help="a minor correction")
     event.add_argument("--planned-date", metavar="YYYY-MM-DD", help="move-out: planned date")
     event.add_argument(
@@ -95,7 +126,7 @@ def add_certificate_commands(registry: SubParsers) -> None:
     compromise = registry.add_parser(
         "issuer-compromise", help="an issuing CA key leaked, was lost or damaged (第14条)"
     )
-    compromise.add_argument("--kind", required=True, choices=kinds)
+    compromise.add_argument("--kind", required=True, **slug_choice(CertKind))
     compromise.add_argument(
         "--generation", required=True, metavar="AKI", help="the generation's key id (hex)"
     )
@@ -152,17 +183,12 @@ def _issue(args: argparse.Namespace, stub: Stub) -> dict[str, Any]:
         ),
         public_key_der=_public_key(args.pubkey),
     )
-    if kind.is_mobile:
-        if args.card_serial is None or args.application_signature is None:
-            raise ConfigError(
-                f"{kind.slug} needs --card-serial and --application-signature "
-                "(the CARD_SIGN key's signature over the new public key)"
-            )
-        request.card_serial = serial_to_bytes(_serial(args.card_serial))
-        request.application_signature = _read(args.application_signature, "--application-signature")
-    elif args.card_serial is not None or args.application_signature is not None:
-        raise ConfigError("--card-serial and --application-signature are for mobile kinds")
-    reply = stub.IssueCertificate(request, timeout=args.timeout)
+    return _issued(args, kind, stub.IssueCertificate(request, timeout=args.timeout))
+
+
+def _issued(
+    args: argparse.Namespace, kind: CertKind, reply: signer_pb2.IssueCertificateResponse
+) -> dict[str, Any]:
     cert = x509.load_der_x509_certificate(reply.certificate_der)
     try:
         Path(args.out).write_bytes(cert.public_bytes(serialization.Encoding.PEM))
@@ -178,6 +204,54 @@ def _issue(args: argparse.Namespace, stub: Stub) -> dict[str, Any]:
         "changes": [_loss(c) for c in reply.superseded],
         "publishing": _publishing(reply.publishing),
     }
+
+
+def _mobile_begin(args: argparse.Namespace, stub: Stub) -> dict[str, Any]:
+    kind = CertKind.from_slug(args.kind)
+    card = _read(args.card_certificate, "--card-certificate")
+    try:
+        if b"-----BEGIN" in card:
+            card = x509.load_pem_x509_certificate(card).public_bytes(serialization.Encoding.DER)
+        else:
+            x509.load_der_x509_certificate(card)
+    except ValueError:
+        raise ConfigError(
+            f"--card-certificate {args.card_certificate}: not a PEM or DER certificate"
+        ) from None
+    reply = stub.BeginMobileApplication(
+        signer_pb2.BeginMobileApplicationRequest(
+            kind=int(kind),  # type: ignore[arg-type]
+            notice=_read(args.notice, "--notice"),
+            notice_signature=_read(args.signature, "--signature"),
+            card_certificate_der=card,
+        ),
+        timeout=args.timeout,
+    )
+    holder = reply.holder
+    return {
+        "application": {
+            "id": reply.application_id,
+            "kind": kind.name,
+            "expires_at": _time(reply.expires_at),
+            "card_serial": serial_hex(int.from_bytes(reply.card_serial, "big")),
+            "holder": {
+                "name": holder.name,
+                "birth_date": holder.birth_date,
+                "sex": holder.sex,
+                "address": holder.address,
+            },
+        }
+    }
+
+
+def _mobile_complete(args: argparse.Namespace, stub: Stub) -> dict[str, Any]:
+    reply = stub.CompleteMobileApplication(
+        signer_pb2.CompleteMobileApplicationRequest(
+            application_id=args.application, csr=_read(args.csr, "--csr")
+        ),
+        timeout=args.timeout,
+    ).issued
+    return _issued(args, CertKind(reply.kind), reply)
 
 
 def _lose(args: argparse.Namespace, stub: Stub) -> dict[str, Any]:
@@ -329,6 +403,12 @@ def _text(result: dict[str, Any]) -> str:
     if "issued" in result:
         i = result["issued"]
         lines.append(f"issued {i['kind']} {i['serial']} (until {i['not_after']}) to {i['out']}")
+    if "application" in result:
+        a = result["application"]
+        lines.append(
+            f"{a['kind']} application {a['id']} on CARD_SIGN {a['card_serial']} confirmed; "
+            f"complete it before {a['expires_at']}"
+        )
     if "event" in result:
         lines.append(f"recorded {result['event']}")
     if "move_out_deadline" in result:

@@ -13,32 +13,32 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from jpki_va.client._cli import add_commands as add_client_commands
+from jpki_va.core.cli import (
+    DURATION_SYNTAX,
+    EXIT_CODES,
+    EXIT_OK,
+    EXIT_USAGE,
+    exit_codes_epilog,
+    fail,
+    host_port,
+)
 from jpki_va.hsm._cli import add_commands as add_hsm_commands
-from jpki_va.hsm._config import DEFAULT_MODULE
-from jpki_va.server.app.config import PIN_ENV, ConfigError
+from jpki_va.hsm._cli import token_options
+from jpki_va.server.app.config import ConfigError
 from jpki_va.server.cmd.authority import RegistryKeyUse, add_authority_commands
+from jpki_va.server.cmd.balancer import add_balancer_commands
 from jpki_va.server.cmd.bench import add_bench_command
 from jpki_va.server.cmd.certificates import add_certificate_commands
+from jpki_va.server.cmd.health import add_health_command
 from jpki_va.server.cmd.lazy import lazy
 from jpki_va.server.cmd.report import add_report_commands
-from jpki_va.server.cmd.signer_client import add_registry_group
+from jpki_va.server.cmd.signer_client import SubParsers, add_registry_group
 from jpki_va.server.cmd.verifiers import add_token_commands, add_verifier_commands
-
-EXIT_USAGE = 2
-
-
-def _add_hsm_options(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("HSM (PKCS#11)")
-    group.add_argument("--hsm-module", help=f"PKCS#11 module (default {DEFAULT_MODULE})")
-    group.add_argument("--hsm-token", help="token label")
-    group.add_argument("--hsm-pin-env", help=f"environment variable with the PIN ({PIN_ENV})")
-    group.add_argument("--hsm-pin-file", help="file whose first line is the PIN")
-    group.add_argument("--softhsm2-conf", help="SOFTHSM2_CONF for the embedded SoftHSM2")
 
 
 def _add_publishing_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group(
-        "snapshots and retention (保存期間; durations: 5s, 24h, 3650d)"
+        "snapshots and retention (保存期間)", f"DURATION: {DURATION_SYNTAX}"
     )
     group.add_argument(
         "--full-interval", metavar="DURATION", help="between full snapshots (default 24h)"
@@ -46,11 +46,20 @@ def _add_publishing_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--delta-interval",
         metavar="DURATION",
-        help="between delta snapshots while anything changed (default 5s; 0: on request)",
+        help="between delta snapshots while anything changed (default 1s; 0: on request)",
     )
-    group.add_argument("--retention-issuance-record", metavar="DURATION")
-    group.add_argument("--retention-loss-record", metavar="DURATION")
-    group.add_argument("--retention-crl-file", metavar="DURATION")
+    _add_retention_options(group, ("issuance-record", "loss-record", "crl-file"))
+
+
+def _add_retention_options(group: argparse._ArgumentGroup, records: tuple[str, ...]) -> None:
+    """`--retention-RECORD DURATION`: the 保存期間 of each record type, one spelling for
+    every role that keeps such records."""
+    for record in records:
+        group.add_argument(
+            f"--retention-{record}",
+            metavar="DURATION",
+            help=f"keep {record.replace('-', ' ')}s this long",
+        )
 
 
 def _add_tls_options(parser: argparse.ArgumentParser) -> None:
@@ -60,11 +69,33 @@ def _add_tls_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--client-ca", help="CA certificates that issue client certificates (PEM)")
 
 
+def _add_metrics_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("Prometheus /metrics (default off)")
+    group.add_argument("--metrics-port", type=int, help="/metrics on 127.0.0.1:PORT")
+    group.add_argument(
+        "--metrics-listen", metavar="HOST:PORT",
+        help="/metrics here instead; beyond loopback only with --metrics-tls",
+    )  # fmt: skip
+    group.add_argument(
+        "--metrics-tls", action="store_true",
+        help="/metrics over TLS with --tls-cert/--tls-key; scrapers need a --client-ca certificate",
+    )  # fmt: skip
+
+
 def _add_http_metrics_and_limits(responder: argparse.ArgumentParser) -> None:
     responder.add_argument(
-        "--http-listen", help="HOST:PORT for HTTP OCSP and CRLs (loopback; default off)"
+        "--http-listen", help="HOST:PORT for HTTP OCSP and CRLs (loopback unless --http-tls)"
     )
-    responder.add_argument("--metrics-port", type=int, help="Prometheus /metrics on 127.0.0.1")
+    responder.add_argument(
+        "--http-tls", action="store_true",
+        help="HTTPS with --tls-cert/--tls-key; the --client-ca client certificate names the "
+        "verifier, as on gRPC",
+    )  # fmt: skip
+    _add_metrics_options(responder)
+    responder.add_argument(
+        "--metrics-per-partition", action="store_true",
+        help="a CRL nextUpdate series per partition too (about 1,900 a kind)",
+    )  # fmt: skip
     limits = responder.add_argument_group("limits")
     limits.add_argument("--max-message-bytes", type=int, help="largest gRPC message accepted")
     limits.add_argument("--max-batch", type=int, help="requests per CheckStream batch")
@@ -106,26 +137,67 @@ def _add_stream_options(responder: argparse.ArgumentParser) -> None:
     )  # fmt: skip
 
 
+#: What a long-running role's exit code says.
+ROLE_EXIT_CODES = (EXIT_OK, EXIT_USAGE)
+_ROLE_EPILOG = exit_codes_epilog(
+    *ROLE_EXIT_CODES,
+    words={EXIT_OK: "stopped cleanly (SIGTERM, SIGINT)", EXIT_USAGE: "cannot start: bad options, "
+           "configuration or state (one line on stderr says which)"},
+)  # fmt: skip
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="jpki-va",
         description="Validation authority for JPKI-style personal certificates.",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.epilog = exit_codes_epilog(*EXIT_CODES) + "; each command's --help says which it uses"
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_demo(sub)
+    _add_signer(sub)
+    _add_responder(sub)
+    add_client_commands(sub)
+    add_authority_commands(add_hsm_commands(sub, RegistryKeyUse()))
+    registry = add_registry_group(sub)
+    add_verifier_commands(registry)
+    add_certificate_commands(registry)
+    add_token_commands(sub)
+    add_report_commands(sub)
+    add_balancer_commands(sub)
+    add_health_command(sub)
+    add_bench_command(sub)
+    return parser
 
-    demo = sub.add_parser("demo", help="set up and run everything on loopback")
-    demo.add_argument("--dir", type=Path, default=Path("jpki-va-demo"))
+
+def _add_demo(sub: SubParsers) -> None:
+    demo = sub.add_parser("demo", help="set up and run everything on loopback", epilog=_ROLE_EPILOG)
+    demo.add_argument(
+        "--data-dir", type=Path, default=Path("jpki-va-demo"),
+        help="everything the demo makes lives here (default ./jpki-va-demo)",
+    )  # fmt: skip
+    demo.add_argument("--dir", dest="data_dir", type=Path, help=argparse.SUPPRESS)  # old spelling
     demo.add_argument("--port", type=int, default=50051, help="responder gRPC port")
     demo.add_argument(
         "--http-port",
         type=int,
         help="responder HTTP port (OCSP, CRLs); default 8080, a reused demo keeps its own",
     )
+    demo.add_argument(
+        "--metrics-port", type=int,
+        help="Prometheus /metrics of the responder on this port, the signer's on the next",
+    )  # fmt: skip
     demo.add_argument("--reset", action="store_true", help="recreate the directory")
     demo.set_defaults(func=lazy("jpki_va.server.cmd.roles:run_demo"))
 
-    signer = sub.add_parser("signer", help="run the signer (registry + HSM signatures)")
+
+def _add_signer(sub: SubParsers) -> None:
+    signer = sub.add_parser(
+        "signer",
+        help="run the signer (registry + HSM signatures)",
+        parents=[token_options()],
+        epilog=_ROLE_EPILOG,
+    )
     signer.add_argument("--config", type=Path, help="TOML file with these settings")
     signer.add_argument("--data-dir", help="registry and snapshots live here")
     signer.add_argument("--listen", help="HOST:PORT (default 127.0.0.1:50052)")
@@ -142,13 +214,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--sign-queue-limit", type=int, help="requests that may wait for the HSM (default 8)"
     )
     signer.add_argument(
-        "--sign-queue-wait", type=float, help="seconds a request may wait for the HSM (default 5)"
-    )
-    signer.add_argument("--metrics-port", type=int, help="Prometheus /metrics on 127.0.0.1")
-    _add_hsm_options(signer)
+        "--sign-queue-wait", metavar="DURATION",
+        help="how long a request may wait for the HSM (default 5s)",
+    )  # fmt: skip
+    _add_metrics_options(signer)
     signer.set_defaults(func=lazy("jpki_va.server.cmd.roles:run_signer"))
 
-    responder = sub.add_parser("responder", help="run the responder (gRPC status, OCSP)")
+
+def _add_responder(sub: SubParsers) -> None:
+    responder = sub.add_parser(
+        "responder", help="run the responder (gRPC status, OCSP)", epilog=_ROLE_EPILOG
+    )
     responder.add_argument("--config", type=Path, help="TOML file with these settings")
     responder.add_argument("--snapshots", help="directory the signer publishes snapshots in")
     responder.add_argument("--state-dir", help="index and OCSP key live here")
@@ -157,8 +233,28 @@ def build_parser() -> argparse.ArgumentParser:
     )
     responder.add_argument("--listen", help="HOST:PORT (default 127.0.0.1:50051)")
     responder.add_argument("--workers", type=int, help="gRPC worker processes (default: CPUs)")
-    responder.add_argument("--signer", help="signer HOST:PORT for OCSP-signer certificates")
-    responder.add_argument("--poll-interval", type=float, help="seconds between snapshot scans")
+    responder.add_argument(
+        "--signer", type=host_port, metavar="HOST:PORT",
+        help="the signer, for OCSP-signer certificates",
+    )  # fmt: skip
+    link = responder.add_argument_group("mTLS to the signer (beyond loopback)")
+    link.add_argument("--signer-ca", metavar="FILE", help="PEM roots of the signer's TLS")
+    link.add_argument(
+        "--signer-client-cert", metavar="FILE",
+        help="PEM client certificate, one of the signer's --operator-cert",
+    )  # fmt: skip
+    link.add_argument("--signer-client-key", metavar="FILE", help="PEM key of that certificate")
+    responder.add_argument(
+        "--poll-interval", metavar="DURATION", help="between snapshot scans (default 1s)"
+    )
+    responder.add_argument(
+        "--notice-interval", metavar="DURATION",
+        help="between reads of the store's pointer, which brings a scan early (default 200ms)",
+    )  # fmt: skip
+    responder.add_argument(
+        "--max-lag", metavar="DURATION",
+        help="behind the newest snapshot this long, health leaves rotation (default 30s)",
+    )  # fmt: skip
     responder.add_argument("--insecure-loopback", action="store_true", help="plaintext on loopback")
     responder.add_argument(
         "--ocsp-renew-at",
@@ -166,9 +262,12 @@ def build_parser() -> argparse.ArgumentParser:
         "default) or this long before it expires (36h, 2d)",
     )
     _add_stream_options(responder)
-    responder.add_argument(
-        "--crl-retention-days", type=float, help="keep CRL files this long (default 365)"
+    _add_retention_options(
+        responder.add_argument_group("retention (保存期間)", f"DURATION: {DURATION_SYNTAX}"),
+        ("crl-file",),
     )
+    # The spelling of earlier releases, in days.
+    responder.add_argument("--crl-retention-days", type=float, help=argparse.SUPPRESS)
     responder.add_argument(
         "--loopback-verifier", metavar="ID",
         help="with --insecure-loopback: the verifier of calls without x-jpki-verifier",
@@ -176,16 +275,6 @@ def build_parser() -> argparse.ArgumentParser:
     _add_tls_options(responder)
     _add_http_metrics_and_limits(responder)
     responder.set_defaults(func=lazy("jpki_va.server.cmd.roles:run_responder"))
-
-    add_client_commands(sub)
-    add_authority_commands(add_hsm_commands(sub, RegistryKeyUse()))
-    registry = add_registry_group(sub)
-    add_verifier_commands(registry)
-    add_certificate_commands(registry)
-    add_token_commands(sub)
-    add_report_commands(sub)
-    add_bench_command(sub)
-    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -199,7 +288,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         code = args.func(args)
     except ConfigError as exc:
-        print(f"jpki-va {args.command}: {exc}", file=sys.stderr)
+        fail(f"jpki-va {args.command}", str(exc))
         code = EXIT_USAGE
     except KeyboardInterrupt:
         code = 130  # interrupted before the command could shut down by itself

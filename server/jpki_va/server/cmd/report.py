@@ -8,6 +8,7 @@ from datetime import date
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from jpki_va.core.cli import EXIT_OK, EXIT_USAGE, exit_codes_epilog
 from jpki_va.server.app.config import ConfigError
 from jpki_va.server.cmd.signer_client import SubParsers
 from jpki_va.server.ledger.report import (
@@ -23,7 +24,11 @@ if TYPE_CHECKING:
 
 
 def add_report_commands(sub: SubParsers) -> None:
-    report = sub.add_parser("report", help="the annual provision report and the audit trail")
+    report = sub.add_parser(
+        "report",
+        help="the annual provision report and the audit trail",
+        epilog=exit_codes_epilog(EXIT_OK, EXIT_USAGE),
+    )
     commands = report.add_subparsers(dest="report_command", required=True, metavar="REPORT")
 
     annual = commands.add_parser("annual", help="provisions by kind and verifier (第41条)")

@@ -7,13 +7,13 @@ the gRPC server, which `jpki-va --help` and the client commands must not load.
 from __future__ import annotations
 
 import argparse
-import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from jpki_va import hsm
+from jpki_va.core.cli import EXIT_USAGE, fail
 from jpki_va.server.app import demo
 from jpki_va.server.app.config import (
     ConfigError,
@@ -28,11 +28,9 @@ from jpki_va.server.app.config import (
 )
 from jpki_va.server.app.dir_lock import DirectoryInUse
 from jpki_va.server.app.responder_app import PortTaken, serve
-from jpki_va.server.app.signer_app import start_signer
+from jpki_va.server.app.signer_app import serve as serve_signer
 from jpki_va.server.ledger.provisions import LedgerError
 from jpki_va.server.responder.renew_policy import RenewPolicy
-
-EXIT_USAGE = 2
 
 
 def _one_line(run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
@@ -42,7 +40,7 @@ def _one_line(run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Na
         try:
             return run(args)
         except (ConfigError, DirectoryInUse, LedgerError, PortTaken, hsm.HsmError) as exc:
-            print(f"jpki-va {args.command}: {exc}", file=sys.stderr)
+            fail(f"jpki-va {args.command}", str(exc))
             return EXIT_USAGE
 
     return guarded
@@ -52,7 +50,7 @@ def _hsm_from(args: argparse.Namespace, file_values: dict[str, Any]) -> hsm.HsmC
     table = file_values.get("hsm", {})
     token = args.hsm_token or table.get("token_label")
     if not token:
-        raise ConfigError("--hsm-token is required")
+        raise ConfigError("--hsm-token is required (or token_label in the config's [hsm])")
     return hsm_config(
         module=args.hsm_module or table.get("module") or hsm.DEFAULT_MODULE,
         token_label=token,
@@ -69,6 +67,14 @@ def _tls_from(args: argparse.Namespace, file_values: dict[str, Any]) -> TlsFiles
         args.tls_key or table.get("key"),
         args.client_ca or table.get("client_ca"),
     )
+
+
+def _metrics_values(args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "metrics_port": args.metrics_port,
+        "metrics_listen": args.metrics_listen,
+        "metrics_tls": args.metrics_tls or None,
+    }
 
 
 def signer_config(args: argparse.Namespace) -> SignerConfig:
@@ -89,7 +95,7 @@ def signer_config(args: argparse.Namespace) -> SignerConfig:
             "operator_certs": args.operator_cert,
             "sign_queue_limit": args.sign_queue_limit,
             "sign_queue_wait": args.sign_queue_wait,
-            "metrics_port": args.metrics_port,
+            **_metrics_values(args),
         },
         SignerConfig,
     )
@@ -101,6 +107,7 @@ def signer_config(args: argparse.Namespace) -> SignerConfig:
     for name in (
         "full_interval",
         "delta_interval",
+        "sign_queue_wait",
         "retention_issuance_record",
         "retention_loss_record",
         "retention_crl_file",
@@ -116,8 +123,23 @@ def signer_config(args: argparse.Namespace) -> SignerConfig:
         raise ConfigError(str(exc)) from None
 
 
+def _crl_retention_in_days(days: object, values: dict[str, Any]) -> None:
+    """--crl-retention-days (and crl_retention_days in a config), the spelling of earlier
+    releases, still work: they become retention_crl_file."""
+    if days is None:
+        return
+    if "retention_crl_file" in values:
+        raise ConfigError("give --retention-crl-file or --crl-retention-days, not both")
+    if isinstance(days, bool) or not isinstance(days, int | float):
+        raise ConfigError(f"crl retention days: expected a number, got {days!r}")
+    values["retention_crl_file"] = float(days) * 86400
+
+
 def responder_config(args: argparse.Namespace) -> ResponderConfig:
     file_values = load_toml(args.config)
+    old_days = file_values.pop("crl_retention_days", None)
+    if args.crl_retention_days is not None:
+        old_days = args.crl_retention_days
     values = merge(
         file_values,
         {
@@ -127,12 +149,19 @@ def responder_config(args: argparse.Namespace) -> ResponderConfig:
             "listen": args.listen,
             "workers": args.workers,
             "signer": args.signer,
+            "signer_ca": args.signer_ca,
+            "signer_client_cert": args.signer_client_cert,
+            "signer_client_key": args.signer_client_key,
             "insecure_loopback": args.insecure_loopback or None,
             "poll_interval": args.poll_interval,
-            "crl_retention_days": args.crl_retention_days,
+            "notice_interval": args.notice_interval,
+            "max_lag": args.max_lag,
+            "retention_crl_file": args.retention_crl_file,
             "loopback_verifier": args.loopback_verifier,
             "http_listen": args.http_listen,
-            "metrics_port": args.metrics_port,
+            "http_tls": args.http_tls or None,
+            "metrics_per_partition": args.metrics_per_partition or None,
+            **_metrics_values(args),
             "max_message_bytes": args.max_message_bytes,
             "max_batch": args.max_batch,
             "max_stream_batches": args.max_stream_batches,
@@ -149,8 +178,16 @@ def responder_config(args: argparse.Namespace) -> ResponderConfig:
         },
         ResponderConfig,
     )
-    if "stream_idle" in values:
-        values["stream_idle"] = parse_duration(values["stream_idle"], "stream idle")
+    _crl_retention_in_days(old_days, values)
+    for name in (
+        "stream_idle",
+        "poll_interval",
+        "notice_interval",
+        "max_lag",
+        "retention_crl_file",
+    ):
+        if name in values:
+            values[name] = parse_duration(values[name], name.replace("_", " "))
     if "ocsp_renew_at" in values:
         try:
             values["ocsp_renew_at"] = RenewPolicy.parse(str(values["ocsp_renew_at"]))
@@ -161,7 +198,16 @@ def responder_config(args: argparse.Namespace) -> ResponderConfig:
         if required not in values:
             raise ConfigError(f"{flag} is required")
     values["snapshot_dir"] = Path(values["snapshot_dir"])
+    if not values["snapshot_dir"].is_dir():
+        # The responder would wait for snapshots that can never come.
+        raise ConfigError(
+            f"--snapshots {values['snapshot_dir']} is not a directory (the signer's "
+            "DATA/snapshots, or where snapshots are shipped to)"
+        )
     values["state_dir"] = Path(values["state_dir"])
+    for name in ("signer_ca", "signer_client_cert", "signer_client_key"):
+        if name in values:
+            values[name] = Path(values[name])
     values["trust_anchors"] = tuple(Path(p) for p in values.get("trust_anchors") or ())
     try:
         return ResponderConfig(tls=_tls_from(args, file_values), **values)
@@ -171,14 +217,8 @@ def responder_config(args: argparse.Namespace) -> ResponderConfig:
 
 @_one_line
 def run_signer(args: argparse.Namespace) -> int:
-    app = start_signer(signer_config(args))
-    print(f"signer listening on port {app.port}", flush=True)
-    try:
-        app.wait()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        app.stop()
+    config = signer_config(args)
+    serve_signer(config, ready=lambda port: print(f"signer listening on port {port}", flush=True))
     return 0
 
 
@@ -192,5 +232,10 @@ def run_responder(args: argparse.Namespace) -> int:
 @_one_line
 def run_demo(args: argparse.Namespace) -> int:
     return demo.run(
-        args.dir, args.port, stop=threading.Event(), reset=args.reset, http_port=args.http_port
+        args.data_dir,
+        args.port,
+        stop=threading.Event(),
+        reset=args.reset,
+        http_port=args.http_port,
+        metrics_port=args.metrics_port,
     )

@@ -7,13 +7,24 @@ they live in their own modules (verifiers: jpki_va.server.cmd.verifiers).
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import grpc
 
+from jpki_va.client._probe import mismatch, not_the_service
+from jpki_va.core.cli import (
+    EXIT_HSM_UNAVAILABLE,
+    EXIT_OK,
+    EXIT_SERVER,
+    EXIT_UNREACHABLE,
+    EXIT_USAGE,
+    duration_seconds,
+    exit_codes_epilog,
+    fail,
+    host_port,
+)
 from jpki_va.core.loopback import VERIFIER_HEADER, is_loopback_target
 from jpki_va.server.app.config import ConfigError
 
@@ -21,13 +32,16 @@ if TYPE_CHECKING:
     SubParsers = argparse._SubParsersAction[argparse.ArgumentParser]
 else:  # not subscriptable at run time
     SubParsers = argparse._SubParsersAction
-EXIT_SERVER = 3
-EXIT_UNREACHABLE = 4
-EXIT_HSM_UNAVAILABLE = 5  # the signer answered, but its HSM did not: nothing was done
 
 
 def add_registry_group(sub: SubParsers) -> SubParsers:
-    registry = sub.add_parser("registry", help="operator calls into the signer's registry")
+    registry = sub.add_parser(
+        "registry",
+        help="operator calls into the signer's registry",
+        epilog=exit_codes_epilog(
+            EXIT_OK, EXIT_USAGE, EXIT_SERVER, EXIT_UNREACHABLE, EXIT_HSM_UNAVAILABLE
+        ),
+    )
     add_signer_connection(registry)
     return registry.add_subparsers(dest="registry_command", required=True, metavar="SUBJECT")
 
@@ -50,7 +64,9 @@ def add_signer_connection(parser: argparse.ArgumentParser) -> None:
     """
     group = parser.add_argument_group("signer connection")
     keep = argparse.SUPPRESS
-    group.add_argument("--signer", default=keep, metavar="HOST:PORT", help="signer address")
+    group.add_argument(
+        "--signer", default=keep, type=host_port, metavar="HOST:PORT", help="signer address"
+    )
     group.add_argument("--ca", default=keep, metavar="FILE", help="PEM roots of the signer's TLS")
     group.add_argument(
         "--client-cert", default=keep, metavar="FILE", help="PEM client certificate (mTLS)"
@@ -62,7 +78,10 @@ def add_signer_connection(parser: argparse.ArgumentParser) -> None:
         default=keep,
         help="plaintext to 127.0.0.1 (demos, tests)",
     )
-    group.add_argument("--timeout", type=float, default=keep, metavar="SECONDS")
+    group.add_argument(
+        "--timeout", type=duration_seconds, default=keep, metavar="DURATION",
+        help="deadline of each call (default 30s)",
+    )  # fmt: skip
 
 
 def _complete_connection(args: argparse.Namespace) -> None:
@@ -83,12 +102,19 @@ def _read(path: str | None, option: str) -> bytes | None:
 
 
 def signer_channel(args: argparse.Namespace) -> grpc.Channel:
+    return channel_to(args.signer, args)
+
+
+def channel_to(
+    target: str, args: argparse.Namespace, options: tuple[tuple[str, str], ...] = ()
+) -> grpc.Channel:
+    """mTLS from --ca, --client-cert and --client-key, or --insecure-loopback plaintext."""
     if args.insecure_loopback:
         if args.ca or args.client_cert or args.client_key:
             raise ConfigError("--insecure-loopback cannot be combined with TLS options")
-        if not is_loopback_target(args.signer):
-            raise ConfigError(f"--insecure-loopback only connects to loopback, not {args.signer}")
-        return grpc.insecure_channel(args.signer)
+        if not is_loopback_target(target):
+            raise ConfigError(f"--insecure-loopback only connects to loopback, not {target}")
+        return grpc.insecure_channel(target, options=options)
     if args.client_cert is None or args.client_key is None:
         raise ConfigError("--client-cert and --client-key are required (or --insecure-loopback)")
     credentials = grpc.ssl_channel_credentials(
@@ -96,7 +122,7 @@ def signer_channel(args: argparse.Namespace) -> grpc.Channel:
         _read(args.client_key, "--client-key"),
         _read(args.client_cert, "--client-cert"),
     )
-    return grpc.secure_channel(args.signer, credentials)
+    return grpc.secure_channel(target, credentials, options=options)
 
 
 def demo_identity(args: argparse.Namespace) -> tuple[tuple[str, str | bytes], ...]:
@@ -118,6 +144,15 @@ def _hsm_unavailable(exc: grpc.Call) -> bool:
     )
 
 
+def _explain(args: argparse.Namespace, code: grpc.StatusCode) -> str | None:
+    """A wrong address or transport, named with the flag that fixes it."""
+    if code == grpc.StatusCode.UNAVAILABLE:
+        return mismatch(args.signer, used_tls=not args.insecure_loopback, role="signer")
+    if code == grpc.StatusCode.UNIMPLEMENTED:
+        return not_the_service(args.signer, "jpki.va.v1.SignerService", "signer", "responder")
+    return None
+
+
 def rpc_errors(run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
     """gRPC errors become one line on stderr and exit code 3 (4: no answer; 5: the
     signer answered that its HSM is unavailable)."""
@@ -130,13 +165,13 @@ def rpc_errors(run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.N
             code = exc.code() if isinstance(exc, grpc.Call) else grpc.StatusCode.UNKNOWN
             details = exc.details() if isinstance(exc, grpc.Call) else str(exc)
             if isinstance(exc, grpc.Call) and _hsm_unavailable(exc):
-                print(
-                    f"jpki-va {args.command}: the signer is up but its HSM is not, so nothing "
-                    f"was done; retry when the HSM is back ({details})",
-                    file=sys.stderr,
+                fail(
+                    f"jpki-va {args.command}",
+                    "the signer is up but its HSM is not, so nothing was done; retry when "
+                    f"the HSM is back ({details})",
                 )
                 return EXIT_HSM_UNAVAILABLE
-            print(f"jpki-va {args.command}: {code.name}: {details}", file=sys.stderr)
+            fail(f"jpki-va {args.command}", _explain(args, code) or f"{code.name}: {details}")
             unreachable = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
             return EXIT_UNREACHABLE if code in unreachable else EXIT_SERVER
 

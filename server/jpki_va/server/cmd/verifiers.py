@@ -10,6 +10,14 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from jpki_va.client._cli import add_token_verify
+from jpki_va.core.cli import (
+    EXIT_OK,
+    EXIT_SERVER,
+    EXIT_UNREACHABLE,
+    EXIT_USAGE,
+    exit_codes_epilog,
+    slug_choice,
+)
 from jpki_va.core.domain import Role
 from jpki_va.protos import signer_pb2_grpc, verifiers_pb2
 from jpki_va.server.app.config import ConfigError
@@ -33,7 +41,7 @@ def add_verifier_commands(registry: SubParsers) -> None:
         help="its mTLS client certificate (PEM or DER); repeatable for renewals",
     )  # fmt: skip
     add.add_argument(
-        "--role", action="append", required=True, choices=[r.slug for r in Role],
+        "--role", action="append", required=True, **slug_choice(Role),
         help="repeatable: a verifier may hold several roles",
     )  # fmt: skip
     add.add_argument("--agreement", help="reference of the 取決め (第38条の3第3項)")
@@ -54,7 +62,13 @@ def add_verifier_commands(registry: SubParsers) -> None:
 
 
 def add_token_commands(sub: SubParsers) -> None:
-    token = sub.add_parser("token", help="verifier tokens (特定利用者証明検証者証明符号)")
+    token = sub.add_parser(
+        "token",
+        help="verifier tokens (特定利用者証明検証者証明符号)",
+        epilog="request: "
+        + exit_codes_epilog(EXIT_OK, EXIT_USAGE, EXIT_SERVER, EXIT_UNREACHABLE)
+        + "; verify: see its --help",
+    )
     commands = token.add_subparsers(dest="token_command", required=True, metavar="ACTION")
 
     request = commands.add_parser("request", help="ask the signer for this verifier's token")

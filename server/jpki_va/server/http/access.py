@@ -1,15 +1,17 @@
 """Who gets what over HTTP: the verifier gate applied to HTTP OCSP and CRLs.
 
-HTTP listens on loopback only, behind a proxy that authenticates verifiers (mTLS)
-and names the verifier in the X-JPKI-Verifier header, the way plaintext gRPC on
-loopback takes the x-jpki-verifier metadata; a request without it is the
-configured loopback verifier's, if any. Entitlements and provision counts are the
-same as over gRPC: OCSP answers `unauthorized` to a caller who may not have them,
-a CRL (full or delta) is 401/403. CA certificates and the root's ARL carry nothing
-personal and are anyone's. What was provided is tallied and committed to the ledger once per
-turn of the event loop, before the responses of that turn leave (`commit`). A
-refused OCSP request is logged through the process's `RefusalLog`: the caller's
-header cut short, and not once per request.
+Plaintext HTTP listens on loopback only, behind a proxy that authenticates
+verifiers (mTLS) and names the verifier in the X-JPKI-Verifier header, the way
+plaintext gRPC on loopback takes the x-jpki-verifier metadata; a request without it
+is the configured loopback verifier's, if any. Over TLS (`tls=True`) the server
+names the caller by its client certificate's fingerprint instead, the identity
+gRPC's mTLS gives (`Caller(fingerprint=...)`), and no header counts. Entitlements
+and provision counts are the same as over gRPC: OCSP answers `unauthorized` to a
+caller who may not have them, a CRL (full or delta) is 401/403; CA certificates
+and the root's ARL carry nothing personal and are anyone's. What was provided is
+tallied and committed to the ledger once per turn of the event loop, before the
+responses of that turn leave (`commit`). A refused OCSP request is logged through
+the process's `RefusalLog`: the caller's header cut short, and not once per request.
 """
 
 from __future__ import annotations
@@ -34,6 +36,10 @@ from jpki_va.server.responder.ocsp_cache import OcspReply
 log = logging.getLogger(__name__)
 
 _UNAUTHORIZED = OcspReply(unsuccessful(ResponseStatus.UNAUTHORIZED))
+#: How the TLS server hands over a client certificate's fingerprint (hex) in place of
+#: the header; only a TLS HttpAccess reads it so, and over TLS the header is dropped.
+TLS_PEER_PREFIX = b"tls-sha256:"
+_PEER = TLS_PEER_PREFIX.decode()
 
 
 class HttpAccess:
@@ -47,8 +53,11 @@ class HttpAccess:
         gate: Gate,
         default_verifier: str | None,
         refusals: RefusalLog | None = None,
+        *,
+        tls: bool = False,
     ) -> None:
         self._ocsp = GatedOcsp(ocsp, gate, self._tally)
+        self._tls = tls
         self._refusals = refusals or RefusalLog(log)
         self._files = files
         self._ca = ca
@@ -69,6 +78,10 @@ class HttpAccess:
         return True
 
     def _caller(self, claimed: str | None) -> Caller:
+        if self._tls:
+            if claimed is None or not claimed.startswith(_PEER):
+                return Caller()
+            return Caller(fingerprint=bytes.fromhex(claimed.removeprefix(_PEER)))
         claimed = claimed or self._default
         return Caller() if claimed is None else Caller(claimed_id=claimed)
 

@@ -192,8 +192,11 @@ class HttpApp:
         max_request_bytes: int,
         clock: Callable[[], float] = time.time,
         observer: HttpObserver | None = None,
+        health: Callable[[], bool] | None = None,
     ) -> None:
         self._access = access
+        # GET /health for a balancer's HTTP check: 200 while in rotation, else 503.
+        self._health = health
         self.max_request_bytes = max_request_bytes
         # base64 makes 4 of 3 octets and url-encoding at most 3 of 1.
         self.max_url_bytes = 4 * max_request_bytes + 256
@@ -252,7 +255,16 @@ class HttpApp:
             return self.error(405, "use GET or POST", extra=b"Allow: GET, POST\r\n")
         return self._get(claimed, path, if_none_match)
 
+    def _health_response(self) -> bytes:
+        serving = self._health is not None and self._health()
+        body = b"SERVING\n" if serving else b"NOT_SERVING\n"
+        status = 200 if serving else 503
+        self._observer.request("health", status)
+        return self._head(status, len(body), b"text/plain; charset=utf-8", b"") + body
+
     def _get(self, claimed: str | None, path: bytes, if_none_match: bytes | None) -> bytes:
+        if path == b"/health" and self._health is not None:
+            return self._health_response()
         if path.startswith(b"/ocsp/"):
             der = _decode_get(path[6:])
         else:

@@ -11,6 +11,14 @@ on an event loop thread of a worker process, on a port every worker shares
 (SO_REUSEPORT). The hot path (parse, cache lookup, write cached bytes) creates no
 routing objects and logs nothing.
 
+Beyond loopback the server speaks TLS (`server_tls`) and demands a client certificate
+issued by the responder's client CA: the certificate, not a header, names the
+verifier, by the same fingerprint gRPC's mTLS uses (`access.gate.fingerprint_of`).
+The X-JPKI-Verifier header a client sends over TLS is dropped.
+
+Each answered request's latency, from its last byte to its response written (signing
+and the provision commit included), goes to an optional `HttpTiming`.
+
 Slow and idle clients: a request must arrive within a deadline, an idle connection is
 closed after a while, and a worker keeps at most `max_connections` open (below its
 descriptor limit, which the responder derives it from): at the cap the connection
@@ -21,14 +29,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 import threading
 from collections import OrderedDict
 from collections.abc import Iterator
-from typing import cast
+from pathlib import Path
+from typing import Protocol, cast
 
 import httptools
 
 from jpki_va.core.loopback import VERIFIER_HEADER
+from jpki_va.server.access.gate import fingerprint_of
+from jpki_va.server.http.access import TLS_PEER_PREFIX
 from jpki_va.server.http.app import HttpApp
 
 log = logging.getLogger(__name__)
@@ -48,6 +60,23 @@ _VERSIONS = frozenset(("1.0", "1.1"))
 _VERIFIER_HEADER = VERIFIER_HEADER.encode()  # header names arrive lower-cased bytes
 
 
+class HttpTiming(Protocol):
+    def answered(self) -> str:
+        """The route of the request the app answered last (its observer was told)."""
+        ...
+
+    def took(self, route: str, seconds: float) -> None: ...
+
+
+def server_tls(cert_chain: Path, key: Path, client_ca: Path) -> ssl.SSLContext:
+    """TLS that demands a client certificate issued by `client_ca`, as gRPC's does."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=str(client_ca))
+    context.load_cert_chain(str(cert_chain), str(key))
+    context.verify_mode = ssl.CERT_REQUIRED
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    return context
+
+
 class _Outbox:
     """Responses held until what they provide is recorded: one commit per loop turn.
 
@@ -57,16 +86,31 @@ class _Outbox:
     a connection's responses leave in the order its requests came.
     """
 
-    def __init__(self, app: HttpApp, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self, app: HttpApp, loop: asyncio.AbstractEventLoop, timing: HttpTiming | None
+    ) -> None:
         self._app = app
         self._loop = loop
-        self._held: list[tuple[_Connection, bytes, bool]] = []
+        self._timing = timing
+        # (connection, response, close, (route, when its request ended) or None)
+        self._held: list[tuple[_Connection, bytes, bool, tuple[str, float] | None]] = []
 
-    def hold(self, connection: _Connection, data: bytes, close: bool) -> None:
+    def hold(
+        self,
+        connection: _Connection,
+        data: bytes,
+        close: bool,
+        timed: tuple[str, float] | None = None,
+    ) -> None:
         if not self._held:
             self._loop.call_soon(self._release)
         connection.pending += 1
-        self._held.append((connection, data, close))
+        self._held.append((connection, data, close, timed))
+
+    def answered(self, connection: _Connection, data: bytes, close: bool, started: float) -> None:
+        """Hold an answer the app gave, timed from when its request ended."""
+        timed = None if self._timing is None else (self._timing.answered(), started)
+        self.hold(connection, data, close, timed)
 
     def _release(self) -> None:
         held, self._held = self._held, []
@@ -80,11 +124,14 @@ class _Outbox:
             unavailable = self._app.error(
                 503, "cannot record the provision; try again", extra=b"Connection: close\r\n"
             )
-        for connection, data, close in held:
+        now = self._loop.time()
+        for connection, data, close, timed in held:
             if recorded or data.startswith(b"HTTP/1.1 100 "):
                 connection.deliver(data, close)
             else:
                 connection.deliver(unavailable, True)
+            if timed is not None and self._timing is not None:
+                self._timing.took(timed[0], now - timed[1])
 
 
 class _Connections:
@@ -135,6 +182,8 @@ class _Connection(asyncio.Protocol):
         self._outbox = outbox
         self._parser = httptools.HttpRequestParser(self)
         self._transport: asyncio.Transport | None = None
+        self._peer: bytes | None = None  # over TLS: what names the verifier, not a header
+        self._tls = False
         self._closing = False
         self._in_request = False  # from a request's first byte to its last
         self.pending = 0  # responses held in the outbox, not yet written
@@ -167,6 +216,12 @@ class _Connection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)  # a TCP server's: always one
+        tls = transport.get_extra_info("ssl_object")
+        if tls is not None:
+            self._tls = True
+            der = tls.getpeercert(binary_form=True)
+            if der:
+                self._peer = TLS_PEER_PREFIX + fingerprint_of(der).hex().encode()
         if not self._connections.admit(self):
             self._refuse(self._transport)
 
@@ -245,7 +300,7 @@ class _Connection(asyncio.Protocol):
             self._content_type = value
         elif lower == b"if-none-match":
             self._if_none_match = value
-        elif lower == _VERIFIER_HEADER:
+        elif lower == _VERIFIER_HEADER and not self._tls:
             self._verifier = value
         elif lower == b"content-length":
             if not value.isdigit() or int(value) > self._app.max_request_bytes:
@@ -274,6 +329,7 @@ class _Connection(asyncio.Protocol):
         if self._closing or self._transport is None:
             return
         keep_alive = self._parser.should_keep_alive()
+        started = self._loop.time()
         try:
             response = self._app.handle(
                 self._parser.get_method(),
@@ -281,14 +337,14 @@ class _Connection(asyncio.Protocol):
                 self._content_type,
                 self._if_none_match,
                 b"".join(self._body),
-                self._verifier,
+                self._peer if self._tls else self._verifier,
             )
         except Exception:
             # Never a trace to the client, never a dead worker.
             log.exception("HTTP request failed")
             response = self._app.error(500, "internal error", extra=b"Connection: close\r\n")
             keep_alive = False
-        self._outbox.hold(self, response, not keep_alive)
+        self._outbox.answered(self, response, not keep_alive, started)
         if not keep_alive:
             self._closing = True  # nothing after this request is read
 
@@ -305,6 +361,8 @@ class HttpServer:
         idle_seconds: float = IDLE_SECONDS,
         request_seconds: float = REQUEST_SECONDS,
         max_connections: int = MAX_CONNECTIONS,
+        tls: ssl.SSLContext | None = None,
+        timing: HttpTiming | None = None,
     ) -> None:
         if request_seconds <= 0 or idle_seconds <= 0:
             raise ValueError("idle_seconds and request_seconds must be positive")
@@ -316,7 +374,8 @@ class HttpServer:
         self._idle = idle_seconds
         self._request = request_seconds
         self._loop = asyncio.new_event_loop()
-        self._outbox = _Outbox(app, self._loop)
+        self._ssl = tls
+        self._outbox = _Outbox(app, self._loop, timing)
         self._connections = _Connections(max_connections)
         self._server: asyncio.Server | None = None
         self._thread = threading.Thread(target=self._run, name="jpki-va-http", daemon=True)
@@ -343,6 +402,7 @@ class HttpServer:
                     self._port,
                     reuse_port=True,
                     backlog=1024,
+                    ssl=self._ssl,
                 )
             )
             self._port = self._server.sockets[0].getsockname()[1]

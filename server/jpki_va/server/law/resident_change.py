@@ -16,6 +16,15 @@ their card certificate through the cascade (mobile_cascade.py).
 The 30 days: the day after the planned date is day 1 (民法第140条, the first day
 is not counted); the period has passed when day 30 has ended, that is at 00:00
 Japan time at the start of day 31. Dates in resident records are Japanese dates.
+
+When the loss happens: 第34条第1項第2号 ends the certificate when J-LIS *records*
+the 第31条 information, and 第31条 has it recorded 直ちに once J-LIS knows of the
+event, dated the day it is recorded. So the loss is dated when it is recorded, never
+back-dated to the deadline: an answer "as of T" given at T stays true. The signer
+sweeps at every 00:00 Japan time (`next_sweep`), the instant deadlines fall on, so
+the recording follows the deadline within the sweep's own delay. A move-in recorded
+after the deadline comes too late to prevent the event (the 30 days passed without
+it): the loss is recorded first, then the notice is closed.
 """
 
 from __future__ import annotations
@@ -97,13 +106,7 @@ def move_out_lapsed(planned_date: date, now: datetime) -> bool:
     return now >= move_out_deadline(planned_date)
 
 
-def move_out_loss_time(
-    planned_date: date, not_before: datetime, not_after: datetime
-) -> datetime | None:
-    """When an auth certificate lost effect by the 30-day rule, or None if it did not.
-
-    In law it ended at the deadline; one issued after the deadline ends as issued, so
-    a loss is never dated before issuance; one that expired before it never lost effect.
-    """
-    when = max(move_out_deadline(planned_date), not_before)
-    return when if when < not_after else None
+def next_sweep(after: datetime) -> datetime:
+    """The first 00:00 Japan time strictly after `after`: when the next sweep is due."""
+    day = after.astimezone(JST).date() + timedelta(days=1)
+    return datetime.combine(day, time(0), tzinfo=JST)

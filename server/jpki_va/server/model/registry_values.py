@@ -62,6 +62,54 @@ class ConsentChange:
 
 
 @dataclass(frozen=True)
+class MobileApplication:
+    """A mobile application confirmed at step one (第16条の2第3項, 第35条の2第3項),
+    waiting for the applicant's public key (第5項) until it expires or is completed."""
+
+    id: str  # random: whoever holds it completes the application
+    kind: CertKind
+    resident_code: str
+    card_serial: int  # the CARD_SIGN whose key signed the notice
+    holder: Holder  # the notified items, which the certificate will carry
+    begun_at: datetime
+    expires_at: datetime
+    notice_digest: bytes
+    completed_serial: int | None = None  # the certificate issued; an application is used once
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind.name,
+            "resident_code": self.resident_code,
+            "card_serial": self.card_serial,
+            "holder": [
+                self.holder.name,
+                self.holder.address,
+                self.holder.birth_date,
+                self.holder.sex,
+            ],
+            "begun_at": self.begun_at.isoformat(),
+            "expires_at": self.expires_at.isoformat(),
+            "notice_digest": self.notice_digest.hex(),
+            "completed_serial": self.completed_serial,
+        }
+
+    @classmethod
+    def from_json(cls, id: str, data: dict[str, Any]) -> MobileApplication:
+        name, address, birth_date, sex = data["holder"]
+        return cls(
+            id=id,
+            kind=CertKind[data["kind"]],
+            resident_code=data["resident_code"],
+            card_serial=int(data["card_serial"]),
+            holder=Holder(name=name, address=address, birth_date=birth_date, sex=sex),
+            begun_at=datetime.fromisoformat(data["begun_at"]),
+            expires_at=datetime.fromisoformat(data["expires_at"]),
+            notice_digest=bytes.fromhex(data["notice_digest"]),
+            completed_serial=data["completed_serial"],
+        )
+
+
+@dataclass(frozen=True)
 class MoveOut:
     """A move-out notice (転出届) not yet followed by a move-in (第31条)."""
 

@@ -46,6 +46,7 @@ from jpki_va.server.model.registry_values import (
     IssuerRecord,
     LossEvent,
     LossTrigger,
+    MobileApplication,
     MoveOut,
 )
 from jpki_va.server.registry.codec import (
@@ -361,6 +362,31 @@ class RegistryTxn:
         cursor = self._txn.cursor(db=self._db["moveouts"])
         return [m for k, _ in cursor if (m := self.move_out(bytes(k).decode())) is not None]
 
+    # mobile applications (第16条の2, 第35条の2) ---------------------------------------
+    def mobile_application(self, application_id: str) -> MobileApplication | None:
+        raw = self._txn.get(application_id.encode(), db=self._db["mobile_applications"])
+        return (
+            None
+            if raw is None
+            else MobileApplication.from_json(application_id, json.loads(bytes(raw)))
+        )
+
+    def put_mobile_application(self, application: MobileApplication) -> None:
+        """Add a new application or record its completion; a notice begins one only."""
+        self._txn.put(
+            application.id.encode(),
+            _dumps(application.to_json()),
+            db=self._db["mobile_applications"],
+        )
+        self._txn.put(
+            application.notice_digest, application.id.encode(), db=self._db["mobile_notices"]
+        )
+
+    def notice_application(self, notice_digest: bytes) -> str | None:
+        """The application a notice with this digest began, if any."""
+        raw = self._txn.get(notice_digest, db=self._db["mobile_notices"])
+        return None if raw is None else bytes(raw).decode()
+
     # consent ----------------------------------------------------------------------
     @staticmethod
     def _consent_key(resident_code: str, verifier: str) -> bytes:
@@ -513,6 +539,8 @@ class Registry:
         "consent_log",
         "issued",
         "public_keys",
+        "mobile_applications",
+        "mobile_notices",
     )
 
     def __init__(self, path: Path, *, map_size: int = 1 << 36) -> None:

@@ -172,6 +172,7 @@ class Ingester:
         self._behind: set[str] = set()
         self._seen: set[str] | None = None  # snapshots present at start, or ingested
         self._live: _Live | None = None
+        self._newest: tuple[int, str] = (0, "")  # the highest in the store at the last scan
         private_dir(index_root)
         self._health = health or IngestHealth(index_root, retry_base=1.0)
 
@@ -217,6 +218,10 @@ class Ingester:
         self._behind &= present
         for name in self._refused.keys() - present:
             del self._refused[name]
+        self._newest = max(
+            ((s, p.name) for p in names if (s := snapshot_sequence(p)) is not None),
+            default=(0, ""),
+        )
         for path in names:
             seq = snapshot_sequence(path)
             if seq is None or path.name in self._behind:
@@ -241,6 +246,16 @@ class Ingester:
         del self._refused[path.name]
         log.info("snapshot %s changed since it was refused; verifying it again", path.name)
         return True
+
+    @property
+    def newest(self) -> int:
+        """The highest snapshot sequence in the store at the last scan (0: none)."""
+        return self._newest[0]
+
+    @property
+    def newest_refused(self) -> bool:
+        """Whether the newest snapshot in the store was refused as it is now."""
+        return self._newest[1] in self._refused
 
     @property
     def refused_waiting(self) -> list[str]:

@@ -2,10 +2,14 @@
 
 Workers count requests, answers and cache results in prometheus-client's
 multiprocess mode (one mmap file per worker under PROMETHEUS_MULTIPROC_DIR, which
-the main process sets before it starts them). The main process serves /metrics on
-127.0.0.1: the workers' files through a MultiProcessCollector, and its own state
-(index sequence, snapshot age, CRL nextUpdate per partition, ingest durations,
-provisions) computed when scraped.
+the main process sets before it starts them). The main process serves /metrics (on
+loopback, or beyond it over TLS): the workers' files through a MultiProcessCollector,
+and its own state (index sequence, snapshot age, CRL nextUpdate, the delegated
+OCSP-signer certificates' expiry, ingest durations, provisions) computed when scraped.
+
+Cardinality stays bounded: CRL series are per kind and issuer generation (the
+earliest nextUpdate of its partitions); one series per partition (about 1,900
+municipalities a kind) only when the operator asks for it (`per_partition`).
 """
 
 from __future__ import annotations
@@ -21,14 +25,16 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, multiprocess, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Histogram, multiprocess
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
 from jpki_va.core.clock import Clock
 from jpki_va.core.domain import CertKind
+from jpki_va.server.base.metrics_http import MetricsListener, serve_metrics
 from jpki_va.server.base.private_files import private_dir
 from jpki_va.server.responder.index_layout import CrlTimes
+from jpki_va.server.responder.ocsp import DelegatedSigner
 from jpki_va.server.responder.status import Answer, Brief, StatusSource, Target, briefs
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -71,6 +77,14 @@ class WorkerMetrics:
             ["status", "cause"],
             registry=None,
         )
+        self._http_latency = Histogram(
+            "jpki_va_http_request_seconds",
+            "HTTP OCSP and CRL latency by route: from a request's last byte to its "
+            "response written (signing and the provision commit included).",
+            ["route"],
+            buckets=LATENCY_BUCKETS,
+            registry=None,
+        )
         self._cache = Counter(
             "jpki_va_ocsp_cache",
             "Signed OCSP response cache: hit, miss, or nonce (always signed fresh).",
@@ -83,6 +97,9 @@ class WorkerMetrics:
         self._pending: dict[tuple[Any, tuple[str, ...]], int] = {}
         self._lock = threading.Lock()
         self._children: dict[tuple[Any, tuple[str, ...]], Any] = {}
+        # HTTP latencies per route as bucket counts and a sum, written at flush.
+        self._http_times: dict[str, tuple[list[int], list[float]]] = {}
+        self._http_route = "other"  # the route of the HTTP request answered last
 
     def _count(self, metric: Any, labels: tuple[str, ...]) -> None:
         key = (metric, labels)
@@ -99,12 +116,36 @@ class WorkerMetrics:
         """Publish the counts gathered since the last flush."""
         with self._lock:
             pending, self._pending = self._pending, {}
+            times, self._http_times = self._http_times, {}
         for (metric, labels), amount in pending.items():
             self._child(metric, labels).inc(amount)
+        for route, (counts, total) in times.items():
+            child = self._child(self._http_latency, (route,))
+            # What Histogram.observe does, once per bucket rather than once per request
+            # (each is a lock and an mmap write in multiprocess mode).
+            child._sum.inc(total[0])
+            for bucket, count in zip(child._buckets, counts, strict=True):
+                if count:
+                    bucket.inc(count)
 
     # HttpObserver
     def request(self, route: str, status: int) -> None:
+        self._http_route = route
         self._count(self._requests, ("http", route, str(status)))
+
+    # http.server.HttpTiming (the event loop thread only)
+    def answered(self) -> str:
+        """The route of the request HttpApp answered last (it told `request` so)."""
+        return self._http_route
+
+    def took(self, route: str, seconds: float) -> None:
+        bucket = bisect.bisect_left(LATENCY_BUCKETS, seconds)
+        with self._lock:
+            held = self._http_times.get(route)
+            if held is None:
+                held = self._http_times[route] = ([0] * (len(LATENCY_BUCKETS) + 1), [0.0])
+            held[0][bucket] += 1
+            held[1][0] += seconds
 
     # OcspObserver
     def cache(self, result: str) -> None:
@@ -157,10 +198,18 @@ class IndexState:
 class ResponderCollector(Collector):
     """The main process's own metrics: ingest durations and the live index's state."""
 
-    def __init__(self, clock: Clock, provisions: ProvisionCounts | None = None) -> None:
+    def __init__(
+        self,
+        clock: Clock,
+        provisions: ProvisionCounts | None = None,
+        *,
+        per_partition: bool = False,
+    ) -> None:
         self._state: IndexState | None = None
         self._clock = clock
         self._provisions = provisions
+        self._per_partition = per_partition
+        self._ocsp_signer: Callable[[], DelegatedSigner | None] | None = None
         self._lock = threading.Lock()
         self._ingest_buckets = [0] * (len(INGEST_BUCKETS) + 1)
         self._ingest_sum = 0.0
@@ -168,6 +217,10 @@ class ResponderCollector(Collector):
     def count_provisions(self, provisions: ProvisionCounts) -> None:
         """The hook for the provision counters kept for the annual report (第41条)."""
         self._provisions = provisions
+
+    def ocsp_signer_from(self, current: Callable[[], DelegatedSigner | None]) -> None:
+        """Where the delegated OCSP-signer certificates come from, read at each scrape."""
+        self._ocsp_signer = current
 
     def index_state(self, state: IndexState) -> None:
         self._state = state
@@ -201,16 +254,8 @@ class ResponderCollector(Collector):
                 "Age of the snapshot served.",
                 (self._clock.now() - state.created_at).total_seconds(),
             )
-            crl = GaugeMetricFamily(
-                "jpki_va_crl_next_update_timestamp_seconds",
-                "nextUpdate of the CRL served, per kind, issuer generation and partition.",
-                labels=["kind", "issuer", "partition"],
-            )
-            for (kind, kid, partition), times in sorted(state.crls.items()):
-                crl.add_metric(
-                    [kind.slug, kid.hex()[:16], partition], times.next_update.timestamp()
-                )
-            yield crl
+            yield from self._crl_times(state)
+        yield from self._ocsp_signer_expiry()
         if self._provisions is not None:
             provisions = CounterMetricFamily(
                 "jpki_va_provisions",
@@ -221,17 +266,57 @@ class ResponderCollector(Collector):
                 provisions.add_metric([provision, verifier], total)
             yield provisions
 
+    def _crl_times(self, state: IndexState) -> Iterator[Any]:
+        earliest: dict[tuple[str, str], float] = {}
+        detail = GaugeMetricFamily(
+            "jpki_va_crl_partition_next_update_timestamp_seconds",
+            "nextUpdate of the CRL served, per kind, issuer generation and partition "
+            "(only with the per-partition option).",
+            labels=["kind", "issuer", "partition"],
+        )
+        for (kind, kid, partition), times in sorted(state.crls.items()):
+            labels = (kind.slug, kid.hex()[:16])
+            when = times.next_update.timestamp()
+            earliest[labels] = min(when, earliest.get(labels, when))
+            if self._per_partition:
+                detail.add_metric([*labels, partition], when)
+        crl = GaugeMetricFamily(
+            "jpki_va_crl_next_update_timestamp_seconds",
+            "The earliest nextUpdate of the CRLs served, per kind and issuer generation.",
+            labels=["kind", "issuer"],
+        )
+        for labels, when in sorted(earliest.items()):
+            crl.add_metric(list(labels), when)
+        yield crl
+        if self._per_partition:
+            yield detail
+
+    def _ocsp_signer_expiry(self) -> Iterator[Any]:
+        signer = None if self._ocsp_signer is None else self._ocsp_signer()
+        if signer is None:
+            return
+        expiry = GaugeMetricFamily(
+            "jpki_va_ocsp_signer_expiry_timestamp_seconds",
+            "notAfter of the delegated OCSP-signer certificate in use, per issuer generation.",
+            labels=["issuer"],
+        )
+        for kid, cert in sorted(signer.certificates.items()):
+            expiry.add_metric([kid.hex()[:16]], cert.not_valid_after_utc.timestamp())
+        yield expiry
+
 
 class MetricsServer:
-    """GET /metrics on 127.0.0.1:port: the workers' files and the main process's own
-    collectors (its state, and registries such as the ingester's)."""
+    """GET /metrics: the workers' files and the main process's own collectors (its
+    state, and registries such as the ingester's), on loopback or over TLS."""
 
-    def __init__(self, port: int, directory: Path, collectors: Iterable[Collector]) -> None:
+    def __init__(
+        self, listener: MetricsListener, directory: Path, collectors: Iterable[Collector]
+    ) -> None:
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry, path=str(directory))  # type: ignore[no-untyped-call]
         for collector in collectors:
             registry.register(collector)
-        self._server, self._thread = start_http_server(port, addr="127.0.0.1", registry=registry)
+        self._server, self._thread = serve_metrics(listener, registry)
         self.port = int(self._server.server_port)
 
     def close(self) -> None:

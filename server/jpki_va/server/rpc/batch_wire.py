@@ -16,6 +16,7 @@ must be mirrored here (the byte-for-byte test fails until it is).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from functools import lru_cache
 
 from jpki_va.core.domain import CertKind, Status
@@ -58,6 +59,7 @@ _AS_OF = b"\x4a"
 _INDEX_SEQUENCE = b"\x50"
 _RESULT_STATUS = b"\x0a"  # CheckResult.status
 _RESULT_ERROR = b"\x12"  # CheckResult.error
+_RESULT_ERROR_CODE = b"\x18"  # CheckResult.error_code
 _RESULTS = b"\x0a"  # CheckBatchResponse.results
 
 
@@ -198,12 +200,27 @@ def _result(brief: Brief) -> bytes:
     return _delimited(_RESULTS, _delimited(_RESULT_STATUS, status_bytes(brief)))
 
 
-def batch_response(results: Sequence[Brief | str]) -> bytes:
-    """A serialized CheckBatchResponse: a status per Brief, an error per str, in order."""
+@dataclass(frozen=True, slots=True)
+class ItemError:
+    """A refused item of a batch: its CheckErrorCode value and the text for people."""
+
+    code: int
+    text: str
+
+
+def _error(error: ItemError) -> bytes:
+    body = _delimited(_RESULT_ERROR, error.text.encode())
+    if error.code:
+        body += _RESULT_ERROR_CODE + _varint(error.code)
+    return _delimited(_RESULTS, body)
+
+
+def batch_response(results: Sequence[Brief | ItemError]) -> bytes:
+    """A serialized CheckBatchResponse: a status per Brief, an error per ItemError."""
     out = []
     for result in results:
-        if isinstance(result, str):
-            out.append(_delimited(_RESULTS, _delimited(_RESULT_ERROR, result.encode())))
+        if isinstance(result, ItemError):
+            out.append(_error(result))
         else:
             out.append(_result(result))
     return b"".join(out)

@@ -10,7 +10,6 @@ be registered, and its roles still decide.
 
 from __future__ import annotations
 
-import hashlib
 from functools import lru_cache
 from typing import cast
 
@@ -19,11 +18,11 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from jpki_va.core.loopback import VERIFIER_HEADER
-from jpki_va.server.access.gate import Caller
+from jpki_va.server.access.gate import Caller, fingerprint_of
 
 
 def fingerprint(cert: x509.Certificate) -> bytes:
-    return hashlib.sha256(cert.public_bytes(Encoding.DER)).digest()
+    return fingerprint_of(cert.public_bytes(Encoding.DER))
 
 
 @lru_cache(maxsize=1024)  # about 1.5 MB of PEMs at most

@@ -14,9 +14,9 @@ from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
 from jpki_va.server.base.refusal_log import RefusalLog
+from jpki_va.server.rpc.reflection import enable_reflection
 from jpki_va.server.rpc.request_decoding import RequestDecodingInterceptor
 from jpki_va.server.rpc.wrapping import Handler, Interceptor, WrappingInterceptor
 
@@ -137,14 +137,13 @@ def build_server(
 def add_health_and_reflection(
     server: grpc.Server, service_names: Sequence[str]
 ) -> health.HealthServicer:
-    """Standard grpc.health.v1 (starting NOT_SERVING) and server reflection."""
+    """Standard grpc.health.v1 (starting NOT_SERVING) and server reflection (v1 and
+    v1alpha)."""
     servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
     for name in ("", *service_names):
         servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
-    reflection.enable_server_reflection(
-        (*service_names, health.SERVICE_NAME, reflection.SERVICE_NAME), server
-    )
+    enable_reflection((*service_names, health.SERVICE_NAME), server)
     return servicer
 
 

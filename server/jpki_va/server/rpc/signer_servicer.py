@@ -18,7 +18,7 @@ from jpki_va.server.model.registry_values import Consent, IssuerRecord, LossEven
 from jpki_va.server.rpc.identity import fingerprint
 from jpki_va.server.rpc.pb import kind_from_pb, serial_from_pb, timestamp
 from jpki_va.server.signer.publish_status import PublishState
-from jpki_va.server.signer.service import InvalidRequest, IssueRequest, Signer
+from jpki_va.server.signer.service import InvalidRequest, Issued, IssueRequest, Signer
 from jpki_va.server.signer.verifier_registry import VerifierRegistry
 
 
@@ -117,6 +117,12 @@ class SignerServicer(signer_pb2_grpc.SignerServiceServicer):
         self, request: signer_pb2.IssueCertificateRequest, context: grpc.ServicerContext
     ) -> signer_pb2.IssueCertificateResponse:
         self._operator(context)
+        if request.card_serial or request.application_signature:
+            raise InvalidRequest(
+                "card_serial and application_signature belonged to the one-step mobile "
+                "application, which is gone: use BeginMobileApplication and "
+                "CompleteMobileApplication (第16条の2, 第35条の2)"
+            )
         holder = request.holder
         issued = self._signer.issue(
             IssueRequest(
@@ -130,12 +136,44 @@ class SignerServicer(signer_pb2_grpc.SignerServiceServicer):
                     sex=holder.sex,
                 ),
                 public_key_der=request.public_key_der,
-                card_serial=serial_from_pb(request.card_serial) if request.card_serial else None,
-                application_signature=request.application_signature,
             )
         )
+        return self._issued(issued)
+
+    def BeginMobileApplication(
+        self, request: signer_pb2.BeginMobileApplicationRequest, context: grpc.ServicerContext
+    ) -> signer_pb2.BeginMobileApplicationResponse:
+        self._operator(context)
+        application = self._signer.begin_mobile_application(
+            kind_from_pb(request.kind),
+            request.notice,
+            request.notice_signature,
+            request.card_certificate_der,
+        )
+        holder = application.holder
+        return signer_pb2.BeginMobileApplicationResponse(
+            application_id=application.id,
+            expires_at=timestamp(application.expires_at),
+            holder=signer_pb2.HolderInfo(
+                name=holder.name,
+                address=holder.address,
+                birth_date=holder.birth_date,
+                sex=holder.sex,
+            ),
+            card_serial=serial_to_bytes(application.card_serial),
+        )
+
+    def CompleteMobileApplication(
+        self, request: signer_pb2.CompleteMobileApplicationRequest, context: grpc.ServicerContext
+    ) -> signer_pb2.CompleteMobileApplicationResponse:
+        self._operator(context)
+        issued = self._signer.complete_mobile_application(request.application_id, request.csr)
+        return signer_pb2.CompleteMobileApplicationResponse(issued=self._issued(issued))
+
+    def _issued(self, issued: Issued) -> signer_pb2.IssueCertificateResponse:
         record = issued.record
         return signer_pb2.IssueCertificateResponse(
+            kind=int(record.kind),  # type: ignore[arg-type]
             certificate_der=record.certificate_der,
             serial=serial_to_bytes(record.serial),
             issuer_certificate_der=issued.issuer_certificate.public_bytes(Encoding.DER),

@@ -35,7 +35,7 @@ from jpki_va.server.responder.status import (
     brief_of,
     unknown_answer,
 )
-from jpki_va.server.rpc.batch_wire import batch_response
+from jpki_va.server.rpc.batch_wire import ItemError, batch_response
 from jpki_va.server.rpc.pb import (
     answer_to_pb,
     as_is,
@@ -163,10 +163,10 @@ class StatusServicer(va_pb2_grpc.StatusServiceServicer):
         before it leaves. None: the call ended meanwhile and nothing was provided.
         """
         now = self._clock.now()
-        # Per kind: the provision it is, or the refusal text when the verifier lacks it.
-        entitled: dict[CertKind, Provision | str] = {}
-        # Per request: its answer, an error text, or the position of its target.
-        slots: list[Brief | str | int] = []
+        # Per kind: the provision it is, or the refusal when the verifier lacks it.
+        entitled: dict[CertKind, Provision | ItemError] = {}
+        # Per request: its answer, its refusal, or the position of its target.
+        slots: list[Brief | ItemError | int] = []
         targets: list[Target] = []
         counts: Counter[Provision] = Counter()
         for request in requests:
@@ -176,7 +176,7 @@ class StatusServicer(va_pb2_grpc.StatusServiceServicer):
                 try:
                     found, serial, as_of = self._target(request, now)
                 except ValueError as exc:  # BadRequest included
-                    slots.append(str(exc))
+                    slots.append(ItemError(va_pb2.CHECK_ERROR_CODE_INVALID_ARGUMENT, str(exc)))
                     continue
                 if found is None:
                     # Not an issuer we answer for (see `_answer`).
@@ -186,7 +186,7 @@ class StatusServicer(va_pb2_grpc.StatusServiceServicer):
             provision = entitled.get(kind)
             if provision is None:
                 provision = entitled[kind] = self._entitlement(verifier, kind)
-            if isinstance(provision, str):
+            if isinstance(provision, ItemError):
                 slots.append(provision)
                 continue
             counts[provision] += 1
@@ -203,13 +203,13 @@ class StatusServicer(va_pb2_grpc.StatusServiceServicer):
         self._gate.provided(verifier, counts)
         return response
 
-    def _entitlement(self, verifier: Verifier, kind: CertKind) -> Provision | str:
+    def _entitlement(self, verifier: Verifier, kind: CertKind) -> Provision | ItemError:
         """The provision a status of `kind` is, or why the verifier may not have it."""
         provision = status_provision(kind)
         try:
             self._gate.check(verifier, provision)
         except NotEntitled as exc:
-            return f"PERMISSION_DENIED: {exc}"
+            return ItemError(va_pb2.CHECK_ERROR_CODE_PERMISSION_DENIED, f"PERMISSION_DENIED: {exc}")
         return provision
 
     def _lookup(

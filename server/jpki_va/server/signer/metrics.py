@@ -1,9 +1,11 @@
 """The signer's Prometheus metrics: HSM signing latency, faults, reconnects, the queue,
 and whether snapshots get published.
 
-One object implements the HSM layer's observer, the signing queue's and the publish
-status's, so those stay free of prometheus_client. Each instance registers in its
-own CollectorRegistry (several signers may share a test process).
+Publishes are counted as they succeed and fail, with the age of the last one; the
+release shows as `jpki_va_build_info`. One object implements the HSM layer's observer,
+the signing queue's and the publish status's, so those stay free of prometheus_client.
+Each instance registers in its own CollectorRegistry (several signers may share a
+test process).
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from jpki_va.server.base.build_info import register_build_info
+
 # From a fast software token (~1 ms) to a slow network HSM under load (seconds).
 _SIGN_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
 
@@ -19,6 +23,7 @@ _SIGN_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5
 class SignerMetrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
+        register_build_info(self.registry, "signer")
         self.sign_seconds = Histogram(
             "jpki_va_hsm_sign_seconds",
             "Time to sign with an HSM key, including the wait for the shared session",
@@ -47,6 +52,11 @@ class SignerMetrics:
             "jpki_va_sign_queue_rejected_total",
             "Requests refused with RESOURCE_EXHAUSTED by the signing queue",
             ["reason"],
+            registry=self.registry,
+        )
+        self.publishes = Counter(
+            "jpki_va_publishes_total",
+            "Snapshots published (periodic or requested, full or delta)",
             registry=self.registry,
         )
         self.publish_failures = Counter(
@@ -86,6 +96,7 @@ class SignerMetrics:
 
     # jpki_va.server.signer.publish_status.PublishObserver
     def published(self) -> None:
+        self.publishes.inc()
         self.publish_failing.set(0)
 
     def publish_failed(self, cause: str) -> None:

@@ -11,7 +11,7 @@ import logging
 import re
 import secrets
 from collections.abc import Callable, Collection
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date, datetime, timedelta
 from typing import TypeVar
 
@@ -28,14 +28,21 @@ from jpki_va.server.law.issuer_compromise import Compromise
 from jpki_va.server.law.key_pair import check_new_key
 from jpki_va.server.law.loss_recording import DEFAULT_REASON, operator_loss
 from jpki_va.server.law.mobile_cascade import cascade_card_loss
-from jpki_va.server.law.mobile_issuance import MobileBasis, check_mobile_application
+from jpki_va.server.law.mobile_issuance import (
+    APPLICATION_VALIDITY,
+    BadNotice,
+    MobileBasis,
+    check_basis,
+    check_notice,
+    check_proof_of_possession,
+    notice_digest,
+)
 from jpki_va.server.law.renewal import supersede_previous
 from jpki_va.server.law.resident_change import (
     ResidentEvent,
     ResidentEventFacts,
     kinds_ended,
     move_out_lapsed,
-    move_out_loss_time,
 )
 from jpki_va.server.model.holder import Holder
 from jpki_va.server.model.public_key import public_key_hash
@@ -44,6 +51,7 @@ from jpki_va.server.model.registry_values import (
     Consent,
     IssuerRecord,
     LossEvent,
+    MobileApplication,
     MoveOut,
 )
 from jpki_va.server.pki import cert_profile
@@ -97,10 +105,13 @@ class IssueRequest:
     municipality_code: str
     holder: Holder
     public_key_der: bytes
-    card_serial: int | None = None
-    application_signature: bytes = b""
 
     def validate(self) -> None:
+        if self.kind.is_mobile:
+            raise InvalidRequest(
+                f"{self.kind.name} is issued by the two-step mobile application "
+                "(第16条の2, 第35条の2): BeginMobileApplication, then CompleteMobileApplication"
+            )
         if not _RESIDENT_CODE.fullmatch(self.resident_code):
             raise InvalidRequest("resident code must be 11 digits")
         if not _MUNICIPALITY.fullmatch(self.municipality_code):
@@ -175,25 +186,42 @@ class Signer:
 
     # issuance -----------------------------------------------------------------------
     def issue(self, request: IssueRequest) -> Issued:
+        """A card certificate (第3条, 第22条), applied for at the municipality."""
         request.validate()
         public_key = load_holder_key(request.public_key_der)
         now = self._clock.now()
-        not_after = now + self._settings.validity[request.kind]
-        card_serial = None
-        if request.kind.is_mobile:
-            with self._registry.read() as tx:
-                basis = self._check_mobile(tx, request, now)
-            # A mobile certificate does not outlive the card certificate it rests on.
-            not_after = min(not_after, basis.card_sign.not_after, basis.card.not_after)
-            card_serial = basis.card.serial
+        return self._issue(
+            request.kind,
+            request.resident_code,
+            request.municipality_code,
+            request.holder,
+            public_key,
+            now,
+            now + self._settings.validity[request.kind],
+        )
+
+    def _issue(
+        self,
+        kind: CertKind,
+        resident_code: str,
+        partition: str,
+        holder: Holder,
+        public_key: rsa.RSAPublicKey | ec.EllipticCurvePublicKey,
+        now: datetime,
+        not_after: datetime,
+        *,
+        card_serial: int | None = None,
+        in_write: Callable[[RegistryTxn, CertificateRecord], None] | None = None,
+    ) -> Issued:
+        """Sign and record; `in_write` checks again and records more in the same write."""
         key_hash = public_key_hash(public_key)
-        issuer = self._authority.active_issuer(request.kind)
+        issuer = self._authority.active_issuer(kind)
         with self._registry.read() as tx:
             # Before the HSM signs anything; again in the write, for a racing issuance.
-            self._check_new_key(tx, key_hash, request.resident_code)
+            self._check_new_key(tx, key_hash, resident_code)
             if issuer.key_id in tx.compromises():
                 raise PreconditionFailed(
-                    f"the active {request.kind.name} issuing CA generation "
+                    f"the active {kind.name} issuing CA generation "
                     f"{issuer.key_id.hex()} is compromised: rotate to a new generation first"
                 )
         issuer_cert = issuer.certificate
@@ -206,21 +234,21 @@ class Signer:
                     self._settings,
                     self._authority.key(issuer),
                     issuer_cert,
-                    kind=request.kind,
+                    kind=kind,
                     public_key=public_key,
                     serial=serial,
-                    holder=request.holder,
-                    partition=request.municipality_code,
+                    holder=holder,
+                    partition=partition,
                     not_before=now - self._settings.backdate,
                     not_after=not_after,
                 )
             record = CertificateRecord(
-                kind=request.kind,
+                kind=kind,
                 serial=serial,
                 issuer_key_id=issuer.key_id,
-                resident_code=request.resident_code,
-                partition=request.municipality_code,
-                holder=request.holder,
+                resident_code=resident_code,
+                partition=partition,
+                holder=holder,
                 not_before=cert.not_valid_before_utc,
                 not_after=cert.not_valid_after_utc,
                 certificate_der=cert.public_bytes(Encoding.DER),
@@ -228,19 +256,14 @@ class Signer:
             )
             try:
                 with self._registry.write() as tx:
-                    if request.kind.is_mobile:
-                        # Again inside the write: the card may have lost effect meanwhile.
-                        basis = self._check_mobile(tx, request, now)
-                        if basis.card.serial != card_serial:
-                            raise PreconditionFailed(
-                                "the holder's card certificate changed during issuance; retry"
-                            )
-                    self._check_new_key(tx, key_hash, request.resident_code)
+                    if in_write is not None:
+                        in_write(tx, record)
+                    self._check_new_key(tx, key_hash, resident_code)
                     tx.add_certificate(record)
                     superseded = supersede_previous(tx, record, now)
             except DuplicateSerial:
                 continue
-            log.info("issued %s serial %X", request.kind.name, serial)
+            log.info("issued %s serial %X", kind.name, serial)
             self._log_losses(superseded)
             return Issued(record, issuer_cert, superseded)
         raise SignerError("could not allocate a unique serial")
@@ -252,17 +275,119 @@ class Signer:
         except Refused as exc:
             raise Conflict(str(exc)) from None
 
-    def _check_mobile(self, tx: RegistryTxn, request: IssueRequest, now: datetime) -> MobileBasis:
-        try:
-            return check_mobile_application(
-                tx,
-                kind=request.kind,
-                resident_code=request.resident_code,
-                card_serial=request.card_serial,
-                application_signature=request.application_signature,
-                public_key_der=request.public_key_der,
-                now=now,
+    # the mobile application (第16条の2, 第35条の2) -------------------------------------------
+    def begin_mobile_application(
+        self, kind: CertKind, notice: bytes, signature: bytes, card_certificate_der: bytes
+    ) -> MobileApplication:
+        """Step one: check the signed notice of the four items; the application to complete."""
+        now = self._clock.now()
+        with self._registry.write() as tx:
+            try:
+                parsed, basis = check_notice(
+                    tx,
+                    kind=kind,
+                    notice=notice,
+                    signature=signature,
+                    card_certificate_der=card_certificate_der,
+                    now=now,
+                )
+            except BadNotice as exc:
+                raise InvalidRequest(str(exc)) from None
+            except Refused as exc:
+                raise PreconditionFailed(str(exc)) from None
+            digest = notice_digest(notice, card_certificate_der)
+            if tx.notice_application(digest) is not None:
+                raise PreconditionFailed(
+                    "this notice already began an application: sign a new notice to apply again"
+                )
+            application = MobileApplication(
+                id=secrets.token_hex(16),
+                kind=kind,
+                resident_code=basis.card_sign.resident_code,
+                card_serial=basis.card_sign.serial,
+                holder=parsed.holder,
+                begun_at=now,
+                expires_at=now + APPLICATION_VALIDITY,
+                notice_digest=digest,
             )
+            tx.put_mobile_application(application)
+        log.info("%s application begun on CARD_SIGN serial %X", kind.name, basis.card_sign.serial)
+        return application
+
+    def complete_mobile_application(self, application_id: str, csr_der: bytes) -> Issued:
+        """Step two: the public key with a proof of possession; the certificate."""
+        if not re.fullmatch(r"[0-9a-f]{32}", application_id):
+            raise InvalidRequest("the application id is 32 lower-case hexadecimal digits")
+        try:
+            csr = check_proof_of_possession(csr_der)
+        except BadNotice as exc:
+            raise InvalidRequest(str(exc)) from None
+        except Refused as exc:
+            raise PreconditionFailed(str(exc)) from None
+        public_key = load_holder_key(
+            csr.public_key().public_bytes(
+                serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+            )
+        )
+        now = self._clock.now()
+        with self._registry.read() as tx:
+            application = self._open_application(tx, application_id, now)
+            basis = self._mobile_basis(tx, application, now)
+        not_after = min(
+            now + self._settings.validity[application.kind],
+            # A mobile certificate does not outlive the card certificates it rests on.
+            basis.card_sign.not_after,
+            basis.card.not_after,
+        )
+
+        def in_write(tx: RegistryTxn, record: CertificateRecord) -> None:
+            # Again inside the write: used by a racing call, or the card lost effect.
+            current = self._open_application(tx, application_id, now)
+            if self._mobile_basis(tx, current, now).card.serial != basis.card.serial:
+                raise PreconditionFailed(
+                    "the holder's card certificate changed during issuance; begin again"
+                )
+            tx.put_mobile_application(replace(current, completed_serial=record.serial))
+
+        return self._issue(
+            application.kind,
+            application.resident_code,
+            basis.card_sign.partition,
+            application.holder,
+            public_key,
+            now,
+            not_after,
+            card_serial=basis.card.serial,
+            in_write=in_write,
+        )
+
+    @staticmethod
+    def _open_application(tx: RegistryTxn, application_id: str, now: datetime) -> MobileApplication:
+        application = tx.mobile_application(application_id)
+        if application is None:
+            raise NotFound(
+                f"no mobile application {application_id}: begin one with a signed notice first"
+            )
+        if application.completed_serial is not None:
+            raise PreconditionFailed(
+                f"mobile application {application_id} was already used: it issued "
+                f"{application.kind.name} serial {application.completed_serial:X}"
+            )
+        if now > application.expires_at:
+            raise PreconditionFailed(
+                f"mobile application {application_id} expired at "
+                f"{application.expires_at.isoformat()}: begin again with a new notice"
+            )
+        return application
+
+    @staticmethod
+    def _mobile_basis(
+        tx: RegistryTxn, application: MobileApplication, now: datetime
+    ) -> MobileBasis:
+        card = tx.certificate(CertKind.CARD_SIGN, application.card_serial)
+        assert card is not None  # an application is begun on an issued CARD_SIGN only
+        try:
+            return check_basis(tx, application.kind, card, now)
         except Refused as exc:
             raise PreconditionFailed(str(exc)) from None
 
@@ -319,10 +444,15 @@ class Signer:
         with self._registry.write() as tx:
             if not tx.is_resident(resident_code):
                 raise NotFound(f"no certificate was ever issued to resident code {resident_code}")
-            if facts.event is ResidentEvent.MOVE_IN and not tx.clear_move_out(resident_code):
-                raise PreconditionFailed(
-                    f"resident code {resident_code} has no move-out notice pending"
-                )
+            if facts.event is ResidentEvent.MOVE_IN:
+                if tx.move_out(resident_code) is None:
+                    raise PreconditionFailed(
+                        f"resident code {resident_code} has no move-out notice pending"
+                    )
+                # Past the deadline the 30 days have passed without a move-in (第31条
+                # 第2号) whether or not a sweep has run yet: record that loss first.
+                events.extend(self._lapse_move_out(tx, resident_code, now))
+                tx.clear_move_out(resident_code)
             if facts.event is ResidentEvent.MOVE_OUT:
                 assert facts.planned_date is not None
                 tx.put_move_out(MoveOut(resident_code, facts.planned_date, now))
@@ -343,19 +473,19 @@ class Signer:
         if notice is None or not move_out_lapsed(notice.planned_date, now):
             return []
         events: list[LossEvent] = []
-        reason = DEFAULT_REASON[LossCause.RESIDENT_CHANGE]
+        # Dated when recorded (第34条第1項第2号), never back to the deadline.
+        loss = Loss(now, LossCause.RESIDENT_CHANGE, DEFAULT_REASON[LossCause.RESIDENT_CHANGE])
         for record in tx.holder_certificates(resident_code):
-            if record.kind is not CertKind.CARD_AUTH or record.loss is not None:
-                continue
-            when = move_out_loss_time(notice.planned_date, record.not_before, record.not_after)
-            if when is not None:
-                loss = Loss(when, LossCause.RESIDENT_CHANGE, reason)
+            if record.kind is CertKind.CARD_AUTH and record.loss is None and record.not_after > now:
                 events.extend(self._end(tx, record, loss, now))
         tx.clear_move_out(resident_code)
         return events
 
     def sweep_move_outs(self) -> list[LossEvent]:
-        """The periodic sweep of the 30-day move-out rule; returns the losses it recorded."""
+        """The sweep of the 30-day move-out rule; returns the losses it recorded.
+
+        Run at every 00:00 Japan time by the signer (app/sweep_schedule.py), whatever
+        the publishing intervals, and before every publish."""
         now = self._clock.now()
         with self._registry.read() as tx:
             due = [m.resident_code for m in tx.move_outs() if move_out_lapsed(m.planned_date, now)]

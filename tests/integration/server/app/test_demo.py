@@ -10,6 +10,7 @@ import os
 import signal
 import socket
 import subprocess
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ import pytest
 
 from jpki_va.core.domain import CrlReason
 from tests.support import JPKI_VA, REPO, free_port, openssl, wait_for
+from tests.support.processes import alive, children_of
 
 
 def _free_port_pair() -> int:
@@ -50,11 +52,13 @@ def jpki_va(*args: str, cwd: Path, check: bool = False) -> subprocess.CompletedP
     )
 
 
-def _start_demo(directory: Path, port: int, http_port: int | None) -> subprocess.Popen[str]:
+def _start_demo(
+    directory: Path, port: int, http_port: int | None, *options: str
+) -> subprocess.Popen[str]:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     http = [] if http_port is None else ["--http-port", str(http_port)]
     return subprocess.Popen(
-        [*JPKI_VA, "demo", "--dir", str(directory), "--port", str(port), *http],
+        [*JPKI_VA, "demo", "--data-dir", str(directory), "--port", str(port), *http, *options],
         cwd=directory.parent,
         env=env,
         stdout=subprocess.PIPE,
@@ -63,10 +67,15 @@ def _start_demo(directory: Path, port: int, http_port: int | None) -> subprocess
     )  # fmt: skip
 
 
-def _stop(proc: subprocess.Popen[str]) -> str:
-    proc.send_signal(signal.SIGINT)
+def _stop(proc: subprocess.Popen[str], signum: signal.Signals = signal.SIGINT) -> str:
+    """Stop the demo as Ctrl-C (or a service manager's SIGTERM) does: exit 0 within a
+    bound, no traceback, none of its processes (the responder's workers) left."""
+    children = children_of(proc.pid)
+    proc.send_signal(signum)
     out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 0, out
+    assert "Traceback" not in out, out
+    wait_for(lambda: not any(alive(pid) for pid in children), "no orphan left", 15)
     return out
 
 
@@ -74,7 +83,7 @@ def _stop(proc: subprocess.Popen[str]) -> str:
 def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, dict[str, Any]]]:
     base = tmp_path_factory.mktemp("demo")
     directory = base / "jpki-va-demo"
-    proc = _start_demo(directory, _free_port_pair(), free_port())
+    proc = _start_demo(directory, _free_port_pair(), free_port(), "--metrics-port", "0")
     try:
         wait_for(
             lambda: (directory / "demo.json").exists() or proc.poll() is not None,
@@ -85,7 +94,7 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, dict[
         yield directory, json.loads((directory / "demo.json").read_text())
     finally:
         if proc.poll() is None:
-            _stop(proc)
+            _stop(proc, signal.SIGTERM)
 
 
 def test_demo_json_describes_everything(demo: tuple[Path, dict[str, Any]]) -> None:
@@ -102,6 +111,13 @@ def test_demo_json_describes_everything(demo: tuple[Path, dict[str, Any]]) -> No
     for cert in info["certs"]:
         assert (directory / cert["cert"]).exists()
         assert (directory / cert["issuer"]).exists()
+
+
+def test_demo_exposes_metrics(demo: tuple[Path, dict[str, Any]]) -> None:
+    _, info = demo
+    for role in ("responder", "signer"):
+        with urllib.request.urlopen(info["metrics"][role], timeout=10) as reply:
+            assert f'role="{role}"'.encode() in reply.read()
 
 
 def test_every_demo_certificate_via_check_and_openssl_ocsp(

@@ -91,7 +91,7 @@ def test_the_demo_creates_nothing_others_can_open(tmp_path: Path) -> None:
     """The demo's directory: the token and its PINs, holders' keys, signer and responder."""
     directory = tmp_path / "demo"
     proc = subprocess.Popen(
-        [*JPKI_VA, "demo", "--dir", str(directory), "--port", str(free_port_pair()),
+        [*JPKI_VA, "demo", "--data-dir", str(directory), "--port", str(free_port_pair()),
          "--http-port", str(free_port())],
         cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO)}, umask=0,
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,

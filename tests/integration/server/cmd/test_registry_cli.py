@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import socket
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -69,7 +70,8 @@ def test_issue_lose_and_publish_print_what_changed(
     assert code == 0
     card_serial = json.loads(out)["issued"]["serial"]
     assert (tmp_path / "c.pem").read_bytes().startswith(b"-----BEGIN CERTIFICATE")
-    # A mobile application signed with the card key by openssl, as an operator would.
+    # The smartphone application (第16条の2) with every input made by openssl, as the
+    # README's steps make them: the notice signed with the card key, a CSR of the device key.
     card_pem = tmp_path / "card.key"
     card_pem.write_bytes(
         card_key.private_bytes(
@@ -78,21 +80,39 @@ def test_issue_lose_and_publish_print_what_changed(
             serialization.NoEncryption(),
         )
     )
-    _, mobile_pub = _pem_key(tmp_path, "mobile")
-    mobile_der = tmp_path / "mobile.der"
-    openssl("pkey", "-pubin", "-in", str(mobile_pub), "-outform", "DER", "-out", str(mobile_der))
-    sig = tmp_path / "app.sig"
-    openssl("dgst", "-sha256", "-sign", str(card_pem), "-out", str(sig), str(mobile_der))
+    notice = tmp_path / "notice.txt"
+    signed_at = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    notice.write_text(
+        f"kind: MOBILE_SIGN\nname: 試験 次郎\nbirth_date: 1985-05-05\nsex: 男\n"
+        f"address: 千代田区2-2\nsigned_at: {signed_at}\n",
+        encoding="utf-8",
+    )
+    sig = tmp_path / "notice.sig"
+    openssl("dgst", "-sha256", "-sign", str(card_pem), "-out", str(sig), str(notice))
+    begin = ["mobile-apply", "begin", "--kind", "mobile-sign", "--notice", str(notice),
+             "--signature", str(sig), "--card-certificate", str(tmp_path / "c.pem")]  # fmt: skip
+    code, out, err = run(capsys, *registry(pki, *begin, "--json"))
+    assert code == 0, err
+    application = json.loads(out)["application"]
+    assert application["holder"]["name"] == "試験 次郎"
+    # The same notice again: refused, exit 3, one line naming the condition.
+    code, out, err = run(capsys, *registry(pki, *begin))
+    assert code == 3 and "already began an application" in err and not out
+    device_key = tmp_path / "device.key"
+    openssl("genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256",
+            "-out", str(device_key))  # fmt: skip
+    csr = tmp_path / "device.csr"
+    openssl("req", "-new", "-key", str(device_key), "-subj", "/CN=device", "-out", str(csr))
     code, out, err = run(
         capsys,
-        *registry(
-            pki,
-            *_issue_args("44400000001", "mobile-sign", mobile_pub, tmp_path / "m.pem"),
-            "--card-serial", card_serial, "--application-signature", str(sig),
-        ),
+        *registry(pki, "mobile-apply", "complete", "--application", application["id"],
+                  "--csr", str(csr), "--out", str(tmp_path / "m.pem")),
     )  # fmt: skip
     assert code == 0, err
     assert out.startswith("issued MOBILE_SIGN")
+    subject = openssl("x509", "-in", str(tmp_path / "m.pem"), "-noout", "-subject",
+                      "-nameopt", "utf8").stdout  # fmt: skip
+    assert "試験 次郎" in subject
     code, out, _ = run(
         capsys,
         *registry(pki, "lose", "--kind", "card-sign", "--serial", card_serial,
@@ -170,7 +190,7 @@ def test_refused_input_exits_3_and_changes_nothing(
     assert (mark(pki), snapshots(pki)) == (before, published)
 
 
-def test_second_loss_and_bad_mobile_signature_are_refused(
+def test_second_loss_and_a_notice_signed_by_another_key_are_refused(
     pki: Pki, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
     card: Issued = pki.issue(CertKind.CARD_SIGN, resident_code="44400000003")
@@ -181,30 +201,36 @@ def test_second_loss_and_bad_mobile_signature_are_refused(
     code, _, err = run(capsys, *registry(pki, *lose))
     assert code == 3 and "already lost effect" in err
     other = pki.issue(CertKind.CARD_SIGN, resident_code="44400000004")
-    before = mark(pki)
-    _, pub = _pem_key(tmp_path, "m")
+    cert = tmp_path / "other.pem"
+    cert.write_bytes(other.certificate.public_bytes(serialization.Encoding.PEM))
+    notice = tmp_path / "notice.txt"
+    notice.write_text(
+        "kind: MOBILE_SIGN\nname: 試験 太郎\nbirth_date: 1990-01-01\nsex: 男\n"
+        f"address: 千代田区1-1\nsigned_at: {datetime.now(UTC).isoformat()}\n",
+        encoding="utf-8",
+    )
     sig = tmp_path / "bad.sig"
     sig.write_bytes(b"\x00" * 256)
-    code, _, err = run(
+    before = mark(pki)
+    code, out, err = run(
         capsys,
-        *registry(pki, *_issue_args("44400000004", "mobile-sign", pub, tmp_path / "m.pem"),
-                  "--card-serial", serial_hex(other.serial), "--application-signature", str(sig)),
+        *registry(pki, "mobile-apply", "begin", "--kind", "mobile-sign", "--notice", str(notice),
+                  "--signature", str(sig), "--card-certificate", str(cert)),
     )  # fmt: skip
-    assert code == 3
-    assert "does not verify with the CARD_SIGN certificate" in err
+    assert code == 3 and not out
+    assert f"not signed with the key of CARD_SIGN serial {other.serial:X}" in err
     assert mark(pki) == before
-    assert not (tmp_path / "m.pem").exists()
 
 
 @pytest.mark.parametrize(
     ("argv", "fragment"),
     [
         (["lose", "--kind", "card-sing", "--serial", "01", "--cause", "holder-request"],
-         "invalid choice"),
+         "unknown certificate kind 'card-sing'"),
         (["lose", "--kind", "card-sign", "--serial", "xyz", "--cause", "holder-request"],
          "not hexadecimal"),
         (["lose", "--kind", "card-sign", "--serial", "01", "--cause", "resident-change"],
-         "invalid choice"),
+         "'resident-change' is not one of"),
         (["resident-event", "--resident-code", "44400000002", "--event", "move-out",
           "--planned-date", "someday"], "YYYY-MM-DD"),
         (["consent", "grant", "--resident-code", "44400000002"], "needs --verifier"),
@@ -240,7 +266,7 @@ def test_plaintext_needs_loopback_and_an_unreachable_signer_exits_4(
         "registry", "publish", "--signer", f"127.0.0.1:{port}", "--insecure-loopback",
         "--timeout", "2",
     )  # fmt: skip
-    assert code == 4 and "UNAVAILABLE" in err
+    assert code == 4 and "nothing answers on" in err
 
 
 def test_connection_options_also_go_before_the_subcommand(

@@ -21,6 +21,18 @@ from tests.support import JPKI_VA, throwaway_certificate
         (["--http-max-connections", "0"], "http max connections must be >= 1"),
         # Past any open files limit: refused before the responder holds anything.
         (["--grpc-max-connections", str(1 << 40)], "open files limit"),
+        # Plaintext HTTP and metrics stay on loopback; TLS needs the role's files.
+        (
+            ["--http-listen", "0.0.0.0:8080"],
+            "responder HTTP listen: plaintext is allowed only on loopback, not '0.0.0.0:8080'; "
+            "add --http-tls",
+        ),
+        (
+            ["--metrics-listen", "[::]:9100"],
+            "metrics listen: plaintext is allowed only on loopback",
+        ),
+        (["--http-tls"], "--http-tls needs the role's --tls-cert, --tls-key and --client-ca"),
+        (["--metrics-port", "0", "--metrics-listen", "127.0.0.1:0"], "not both"),
     ],
 )
 def test_bad_stream_and_connection_options(

@@ -11,6 +11,7 @@ import random
 import re
 import socket
 import subprocess
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -415,6 +416,7 @@ def test_metrics_endpoint(pki: Pki, world: dict[str, Issued]) -> None:
         ("jpki_va_requests_total", {"protocol": "http", "method": "ocsp_post", "outcome": "200"}),
         ("jpki_va_requests_total", {"protocol": "grpc", "method": "Check", "outcome": "OK"}),
         ("jpki_va_request_seconds_count", {"method": "Check"}),
+        ("jpki_va_http_request_seconds_count", {"route": "ocsp_post"}),
         ("jpki_va_answers_total", {"status": "good", "cause": "none"}),
         ("jpki_va_answers_total", {"status": "revoked", "cause": "holder-request"}),
     )
@@ -427,10 +429,14 @@ def test_metrics_endpoint(pki: Pki, world: dict[str, Issued]) -> None:
     sequence = metric(pki, "jpki_va_index_sequence")
     assert sequence >= 1
     assert "jpki_va_snapshot_age_seconds " in text
+    # Per kind and issuer generation; no series per partition unless asked for.
     assert re.search(
-        r'jpki_va_crl_next_update_timestamp_seconds\{issuer="[0-9a-f]{16}",kind="card-auth",partition="131016"\}',
+        r'jpki_va_crl_next_update_timestamp_seconds\{issuer="[0-9a-f]{16}",kind="card-auth"\}',
         text,
     )
+    assert "partition=" not in text
+    assert metric(pki, "jpki_va_ocsp_signer_expiry_timestamp_seconds") > time.time()
+    assert 'jpki_va_build_info{python="' in text
     assert metric(pki, "jpki_va_ingest_seconds_count") >= 1
 
 

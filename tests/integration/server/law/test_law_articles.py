@@ -9,12 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import grpc
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
 
 from jpki_va.core.clock import JST, FixedClock
 from jpki_va.core.domain import CertKind, CrlReason, LinkType, LossCause, serial_to_bytes
@@ -25,7 +22,6 @@ from tests.support import (
     Issued,
     Pki,
     fresh_key,
-    openssl,
     register_verifier,
     spki_of,
     start_pki,
@@ -44,7 +40,11 @@ def clock() -> FixedClock:
 def pki(
     tmp_path_factory: pytest.TempPathFactory, softhsm_token: HsmConfig, clock: FixedClock
 ) -> Iterator[Pki]:
-    running = start_pki(tmp_path_factory.mktemp("law"), softhsm_token, clock=clock)
+    # The 00:00 JST sweep looks at the clock hourly, so within this module only a
+    # publish or a resident event sweeps (test_article_31_timing.py tests the schedule).
+    running = start_pki(
+        tmp_path_factory.mktemp("law"), softhsm_token, clock=clock, sweep_check=3600.0
+    )
     try:
         running.publish_and_wait()
         yield running
@@ -218,99 +218,6 @@ def test_article_16_13_and_35_13_card_loss_cascades_by_purpose_not_by_expiry(
     )
 
 
-# 第16条の2 --------------------------------------------------------------------------------
-def test_article_16_2_mobile_sign_needs_card_sign_in_effect_and_its_signature(
-    pki: Pki, clock: FixedClock, tmp_path: Path
-) -> None:
-    holder = Holder(pki, mobiles=False)
-    card_pem = tmp_path / "card-key.pem"
-    card_pem.write_bytes(
-        holder.card_sign.key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    mobile_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    mobile_der = tmp_path / "mobile-pub.der"
-    mobile_der.write_bytes(
-        mobile_key.public_key().public_bytes(
-            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
-    )
-    signature = tmp_path / "app.sig"
-    # The application signature exactly as an operator or a phone makes it.
-    openssl("dgst", "-sha256", "-sign", str(card_pem), "-out", str(signature), str(mobile_der))
-
-    def apply(sig: bytes, card: Issued) -> signer_pb2.IssueCertificateResponse:
-        return pki.signer_stub.IssueCertificate(
-            signer_pb2.IssueCertificateRequest(
-                kind=va_pb2.CERT_KIND_MOBILE_SIGN,
-                resident_code=holder.code,
-                municipality_code="131016",
-                holder=signer_pb2.HolderInfo(
-                    name="試験 花子", address="千代田区1-1", birth_date="1990-01-01", sex="女"
-                ),
-                public_key_der=mobile_der.read_bytes(),
-                card_serial=serial_to_bytes(card.serial),
-                application_signature=sig,
-            ),
-            timeout=30,
-        )
-
-    bad = bytearray(signature.read_bytes())
-    bad[10] ^= 0xFF
-    with pytest.raises(grpc.RpcError) as info:
-        apply(bytes(bad), holder.card_sign)
-    assert info.value.code() is grpc.StatusCode.FAILED_PRECONDITION
-    assert "does not verify with the CARD_SIGN" in (info.value.details() or "")
-    other = Holder(pki, mobiles=False)
-    with pytest.raises(grpc.RpcError) as info:
-        apply(signature.read_bytes(), other.card_sign)
-    assert "belongs to another holder" in (info.value.details() or "")
-    issued = apply(signature.read_bytes(), holder.card_sign)
-    pki.publish_and_wait(full=False)
-    assert pki.check(
-        CertKind.MOBILE_SIGN, int.from_bytes(issued.serial, "big"), clock.now()
-    ).status == (GOOD)
-    # A CARD_SIGN that lost effect supports no application.
-    pki.signer_stub.RecordLoss(
-        signer_pb2.RecordLossRequest(
-            kind=va_pb2.CERT_KIND_CARD_SIGN,
-            serial=serial_to_bytes(holder.card_sign.serial),
-            cause=va_pb2.LOSS_CAUSE_HOLDER_REQUEST,
-        ),
-        timeout=30,
-    )
-    with pytest.raises(grpc.RpcError) as info:
-        apply(signature.read_bytes(), holder.card_sign)
-    assert info.value.code() is grpc.StatusCode.FAILED_PRECONDITION
-    assert "has lost effect" in (info.value.details() or "")
-
-
-# 第35条の2 -------------------------------------------------------------------------------
-def test_article_35_2_mobile_auth_needs_card_auth_in_effect_and_a_signing_user(
-    pki: Pki, clock: FixedClock
-) -> None:
-    code = _resident()
-    card_sign = pki.issue(CertKind.CARD_SIGN, resident_code=code)
-    with pytest.raises(grpc.RpcError) as info:
-        pki.issue(CertKind.MOBILE_AUTH, resident_code=code, card=card_sign, key=fresh_key())
-    assert info.value.code() is grpc.StatusCode.FAILED_PRECONDITION
-    assert "needs a CARD_AUTH certificate in effect" in (info.value.details() or "")
-    card_auth = pki.issue(CertKind.CARD_AUTH, resident_code=code, key=fresh_key())
-    mobile = pki.issue(CertKind.MOBILE_AUTH, resident_code=code, card=card_sign, key=fresh_key())
-    pki.publish_and_wait(full=False)
-    assert _status(pki, clock, mobile).status == GOOD
-    with pki.live_index() as index:
-        links = index.links(CertKind.MOBILE_AUTH, mobile.serial)
-    # The CARD_AUTH ↔ MOBILE_AUTH correspondence travels in the snapshot.
-    assert any(
-        link.type is LinkType.CARD_AUTH_MOBILE_AUTH and link.a_serial == card_auth.serial
-        for link in links
-    )
-
-
 # renewal --------------------------------------------------------------------------------
 def test_renewal_supersedes_the_previous_certificate_and_links_them(
     pki: Pki, clock: FixedClock
@@ -411,7 +318,35 @@ def test_article_18_3_consent_per_verifier_grant_and_withdraw(pki: Pki, clock: F
     assert index_view() == (False, False, None)
 
 
-# 第31条 (last: it moves the clock a day forward) ------------------------------------------
+# 第31条 (last: these move the clock forward) ----------------------------------------------
+def test_article_31_2_move_in_after_the_deadline_does_not_undo_the_loss(
+    pki: Pki, clock: FixedClock
+) -> None:
+    holder = Holder(pki)
+    assert holder.mobile_auth is not None
+    planned = clock.now().astimezone(JST).date() - timedelta(days=30)
+    deadline = move_out_deadline(planned)
+    _event(pki, holder.code, ResidentEvent.MOVE_OUT, planned_date=planned.isoformat())
+    # The deadline passes and no sweep has run yet; then the move-in is recorded.
+    late = deadline + timedelta(hours=2)
+    clock.set(late)
+    reply = _event(pki, holder.code, ResidentEvent.MOVE_IN)
+    assert _changes(reply) == {
+        (CertKind.CARD_AUTH, LossCause.RESIDENT_CHANGE),
+        (CertKind.MOBILE_AUTH, LossCause.CARD_CERT_LOST_EFFECT),
+    }
+    pki.publish_and_wait(full=False)
+    auth = _status(pki, clock, holder.card_auth)
+    assert auth.status == REVOKED
+    # Dated when recorded (第34条第1項第2号), not back at the deadline.
+    assert auth.revocation.time.ToDatetime(tzinfo=UTC) == late
+    assert _status(pki, clock, holder.card_sign).status == GOOD
+    # The notice is closed: a second move-in has nothing to close.
+    with pytest.raises(grpc.RpcError) as info:
+        _event(pki, holder.code, ResidentEvent.MOVE_IN)
+    assert info.value.code() is grpc.StatusCode.FAILED_PRECONDITION
+
+
 def test_article_31_auth_ends_when_30_days_pass_after_planned_move_out(
     pki: Pki, clock: FixedClock
 ) -> None:

@@ -1,9 +1,10 @@
 """Freshness: a loss recorded in the registry is answered within 10 s at p99.
 
-Default intervals (full snapshots every 24 h, deltas every 5 s), 1,000 losses
-recorded one by one through SignerService on loopback; the responder's ingester
-observes, per loss, the seconds from the registry commit to the index state that
-first reflects it (the `jpki_va_loss_freshness_seconds` histogram).
+Full snapshots every 24 h, deltas every 5 s (the default is 1 s; the fleet test
+times that one across replicas), 1,000 losses recorded one by one through
+SignerService on loopback; the responder's ingester observes, per loss, the seconds
+from the registry commit to the index state that first reflects it (the
+`jpki_va_loss_freshness_seconds` histogram).
 """
 
 from __future__ import annotations

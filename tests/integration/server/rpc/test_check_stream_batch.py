@@ -17,7 +17,8 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from jpki_va.core.domain import CertKind, Role, serial_to_bytes
+from jpki_va.client import CertificateStatus, CheckErrorCode, CheckRefusal, VaClient
+from jpki_va.core.domain import CertKind, Role, Status, serial_to_bytes
 from jpki_va.hsm import HsmConfig
 from jpki_va.protos import signer_pb2, va_pb2, verifiers_pb2
 from tests.support import Issued, Pki, start_pki, throwaway_certificate
@@ -49,21 +50,22 @@ def _at(ref: va_pb2.CertRef, when: datetime) -> va_pb2.CheckRequest:
 
 
 def _unary(pki: Pki, request: va_pb2.CheckRequest, metadata: tuple[tuple[str, str], ...]) -> str:
-    """What Check answers, in the form a stream result takes (status or error text)."""
+    """What Check answers, in the form a stream result takes (status, or error code
+    and text)."""
     try:
         reply = pki.status_stub.Check(request, timeout=10, metadata=metadata)
     except grpc.RpcError as exc:
         details = exc.details() or ""
         if exc.code() is grpc.StatusCode.PERMISSION_DENIED:
-            return f"error PERMISSION_DENIED: {details}"
+            return f"error CHECK_ERROR_CODE_PERMISSION_DENIED PERMISSION_DENIED: {details}"
         assert exc.code() is grpc.StatusCode.INVALID_ARGUMENT, exc
-        return f"error {details}"
+        return f"error CHECK_ERROR_CODE_INVALID_ARGUMENT {details}"
     return f"status {reply.status}"
 
 
 def _streamed(result: va_pb2.CheckResult) -> str:
     if result.WhichOneof("result") == "error":
-        return f"error {result.error}"
+        return f"error {va_pb2.CheckErrorCode.Name(result.error_code)} {result.error}"
     return f"status {result.status}"
 
 
@@ -248,3 +250,36 @@ def test_items_without_as_of_are_read_as_check_reads_them(pki: Pki) -> None:
         assert streamed == unary
         statuses += 1
     assert statuses == 5  # two known, one again (leading zero), two unknown
+
+
+def test_the_python_client_exposes_each_refusal_code(pki: Pki) -> None:
+    auth = pki.issue(CertKind.CARD_AUTH)
+    pki.publish_and_wait()
+    with VaClient(pki.responder_address, insecure=True, verifier=AUTH_ONLY) as va:
+        results = va.check_many(
+            [
+                (CertKind.CARD_AUTH, auth.serial),
+                (CertKind.CARD_SIGN, 12345),  # not this verifier's kind: refused unread
+                b"not DER",
+                auth.certificate,
+                (CertKind.CARD_AUTH, 10**15),
+            ],
+            batch_size=2,  # three batches on one stream
+            timeout=30,
+        )
+    assert [type(r).__name__ for r in results] == [
+        "CertificateStatus",
+        "CheckRefusal",
+        "CheckRefusal",
+        "CertificateStatus",
+        "CertificateStatus",
+    ]
+    good, denied, malformed, by_certificate, unknown = results
+    assert isinstance(good, CertificateStatus) and good.status is Status.GOOD
+    assert isinstance(by_certificate, CertificateStatus) and by_certificate.serial == auth.serial
+    assert isinstance(unknown, CertificateStatus) and unknown.status is Status.UNKNOWN
+    assert isinstance(denied, CheckRefusal)
+    assert denied.code is CheckErrorCode.PERMISSION_DENIED
+    assert denied.message.startswith("PERMISSION_DENIED")
+    assert isinstance(malformed, CheckRefusal)
+    assert malformed.code is CheckErrorCode.INVALID_ARGUMENT

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import grpc
@@ -13,6 +14,7 @@ from jpki_va.protos import va_pb2, va_pb2_grpc
 from jpki_va.server.app.config import ResponderConfig
 from jpki_va.server.app.responder_app import Responder
 from tests.support import Pki
+from tests.support.buf import run_buf
 
 
 def _health(address: str, service: str) -> int:
@@ -36,6 +38,35 @@ def test_responder_health_and_reflection(pki: Pki) -> None:
     assert _health(address, "") == health_pb2.HealthCheckResponse.SERVING
     assert _health(address, "jpki.va.v1.StatusService") == health_pb2.HealthCheckResponse.SERVING
     assert {"jpki.va.v1.StatusService", "grpc.health.v1.Health"} <= _services(address)
+
+
+@pytest.mark.parametrize("protocol", ["grpc-v1", "grpc-v1alpha"])
+def test_reflection_answers_a_third_party_client_on_both_versions(pki: Pki, protocol: str) -> None:
+    # buf curl asks only the version it is told to, and builds its request and reads
+    # the answer from the descriptors reflection sends: no .proto file is given it.
+    pki.publish_and_wait()
+    url = f"http://{pki.responder_address}"
+    common = ("curl", "--protocol", "grpc", "--http2-prior-knowledge")
+    listed = run_buf(*common, "--reflect-protocol", protocol, "--list-services", url, timeout=60)
+    assert listed.returncode == 0, listed.stderr
+    services = set(listed.stdout.split())
+    assert {
+        "jpki.va.v1.StatusService",
+        "grpc.reflection.v1.ServerReflection",
+        "grpc.reflection.v1alpha.ServerReflection",
+    } <= services
+    called = run_buf(
+        *common,
+        "--reflect-protocol",
+        protocol,
+        "--data",
+        "{}",
+        f"{url}/jpki.va.v1.StatusService/ListIssuers",
+        timeout=60,
+    )
+    assert called.returncode == 0, called.stderr
+    # Field names come from the reflected schema (raw bytes would have none).
+    assert json.loads(called.stdout)["rootCertificateDer"], called.stdout
 
 
 def test_signer_health_and_reflection(pki: Pki) -> None:

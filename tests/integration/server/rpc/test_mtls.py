@@ -367,6 +367,8 @@ def test_batch_mixes_answers_and_refusals(world: World) -> None:
     (reply,) = list(stub.CheckStream(iter([batch]), timeout=10))
     assert reply.results[0].status.status == va_pb2.CERT_STATUS_GOOD
     assert reply.results[1].error.startswith("PERMISSION_DENIED")
+    assert reply.results[1].error_code == va_pb2.CHECK_ERROR_CODE_PERMISSION_DENIED
+    assert not reply.results[0].error_code
     assert "AUTH_VERIFIER" in reply.results[1].error
 
 

@@ -9,7 +9,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from jpki_va.core.domain import CertKind
 from jpki_va.protos import signer_pb2, va_pb2
-from tests.support import HolderKey, Issued, Pki, fresh_key, register_verifier, sign_application
+from tests.support import Issued, Pki, fresh_key, register_verifier
 
 
 def registry_mark(pki: Pki) -> str:
@@ -94,44 +94,6 @@ def test_bad_issue_requests(pki: Pki, overrides: dict[str, object], fragment: st
 @pytest.fixture(scope="module")
 def card(pki: Pki) -> Issued:
     return pki.issue(CertKind.CARD_SIGN, resident_code="66666666666")
-
-
-def mobile_request(card: Issued, signer_key: HolderKey, **overrides: object) -> object:
-    body = spki(fresh_key())
-    fields: dict[str, object] = {
-        "kind": va_pb2.CERT_KIND_MOBILE_SIGN,
-        "resident_code": "66666666666",
-        "card_serial": card.serial.to_bytes(8, "big"),
-        "application_signature": sign_application(signer_key, body),
-        "public_key_der": body,
-    }
-    fields.update(overrides)
-    return issue_request(**fields)
-
-
-def test_mobile_application_signed_with_another_key_is_refused(pki: Pki, card: Issued) -> None:
-    stranger = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    error = refused(pki, pki.signer_stub.IssueCertificate, mobile_request(card, stranger))
-    assert error.code() is grpc.StatusCode.FAILED_PRECONDITION
-    assert "does not verify" in (error.details() or "")
-
-
-def test_mobile_application_for_another_holder_is_refused(pki: Pki, card: Issued) -> None:
-    request = mobile_request(card, card.key, resident_code="77777777777")
-    error = refused(pki, pki.signer_stub.IssueCertificate, request)
-    assert "another holder" in (error.details() or "")
-
-
-def test_mobile_application_without_card_serial_is_refused(pki: Pki, card: Issued) -> None:
-    request = mobile_request(card, card.key, card_serial=b"")
-    error = refused(pki, pki.signer_stub.IssueCertificate, request)
-    assert "needs the serial" in (error.details() or "")
-
-
-def test_mobile_auth_needs_card_auth(pki: Pki, card: Issued) -> None:
-    request = mobile_request(card, card.key, kind=va_pb2.CERT_KIND_MOBILE_AUTH)
-    error = refused(pki, pki.signer_stub.IssueCertificate, request)
-    assert "CARD_AUTH" in (error.details() or "")
 
 
 def loss(

@@ -28,7 +28,7 @@ from jpki_va.server.law.resident_change import (
     kinds_ended,
     move_out_deadline,
     move_out_lapsed,
-    move_out_loss_time,
+    next_sweep,
 )
 from jpki_va.server.law.retention import RetentionPolicy, loss_kept
 from jpki_va.server.law.signing_record import check_disclosable
@@ -98,17 +98,13 @@ def test_article_31_thirty_days_end_at_the_start_of_day_31_japan_time() -> None:
     assert move_out_lapsed(planned, deadline)
 
 
-def test_article_31_loss_time_of_each_auth_certificate() -> None:
-    planned = date(2026, 3, 31)
-    deadline = move_out_deadline(planned)
-    year = timedelta(days=365)
-    # Issued before the deadline: lost at the deadline.
-    assert move_out_loss_time(planned, deadline - year, deadline + year) == deadline
-    # Issued after it: lost as issued, never before issuance.
-    later = deadline + timedelta(days=3)
-    assert move_out_loss_time(planned, later, later + year) == later
-    # Expired before the deadline: it never lost effect by this rule.
-    assert move_out_loss_time(planned, deadline - 2 * year, deadline - year) is None
+def test_article_31_sweep_is_due_at_every_midnight_japan_time() -> None:
+    # Deadlines fall at 00:00 JST, so a sweep then records a loss as it falls due.
+    assert next_sweep(datetime(2026, 3, 31, 14, 59, tzinfo=UTC)) == datetime(2026, 4, 1, tzinfo=JST)
+    midnight = datetime(2026, 4, 1, tzinfo=JST)
+    assert next_sweep(midnight) == datetime(2026, 4, 2, tzinfo=JST)
+    assert next_sweep(midnight - timedelta(microseconds=1)) == midnight
+    assert next_sweep(midnight) == move_out_deadline(date(2026, 3, 2))
 
 
 def test_article_14_effective_loss() -> None:

@@ -7,7 +7,7 @@ import random
 from jpki_va.core.domain import CertKind, CrlReason, LossCause, Status
 from jpki_va.protos import va_pb2
 from jpki_va.server.responder.status import Brief, PackedRecord
-from jpki_va.server.rpc.batch_wire import batch_response
+from jpki_va.server.rpc.batch_wire import ItemError, batch_response
 from jpki_va.server.rpc.pb import fill_brief
 
 _TIMES = (
@@ -53,8 +53,8 @@ def _brief(rng: random.Random) -> Brief:
     )
 
 
-def _error(rng: random.Random) -> str:
-    return rng.choice(
+def _error(rng: random.Random) -> ItemError:
+    text = rng.choice(
         (
             "",
             "serial must be 1 to 20 octets, got 21",
@@ -64,13 +64,14 @@ def _error(rng: random.Random) -> str:
             "z" * 20_000,
         )
     )
+    return ItemError(rng.choice(list(va_pb2.CheckErrorCode.values())), text)
 
 
-def _reference(items: list[Brief | str]) -> bytes:
+def _reference(items: list[Brief | ItemError]) -> bytes:
     response = va_pb2.CheckBatchResponse()
     for item in items:
-        if isinstance(item, str):
-            response.results.add(error=item)
+        if isinstance(item, ItemError):
+            response.results.add(error=item.text, error_code=item.code)
         else:
             fill_brief(response.results.add().status, item)
     return response.SerializeToString()
@@ -79,7 +80,7 @@ def _reference(items: list[Brief | str]) -> bytes:
 def test_batches_encode_exactly_as_protobuf_does() -> None:
     rng = random.Random(6)
     for _ in range(300):
-        items: list[Brief | str] = [
+        items: list[Brief | ItemError] = [
             _error(rng) if rng.random() < 0.15 else _brief(rng) for _ in range(rng.randrange(1, 40))
         ]
         data = batch_response(items)
@@ -89,7 +90,7 @@ def test_batches_encode_exactly_as_protobuf_does() -> None:
 
 def test_every_status_revoked_or_not_and_a_large_batch() -> None:
     rng = random.Random(7)
-    items: list[Brief | str] = []
+    items: list[Brief | ItemError] = []
     for status in Status:
         for _ in range(50):
             brief = _brief(rng)
