@@ -158,6 +158,7 @@ def test_openssl_checks_every_certificate_of_the_path_on_the_served_crls(
         )  # fmt: skip
         return result.returncode, result.stdout + result.stderr
 
-    assert verify(demo.good)[0] == 0
+    code, out = verify(demo.good)
+    assert code == 0, out
     code, out = verify(demo.revoked)
     assert code != 0 and "certificate revoked" in out

@@ -184,7 +184,13 @@ def root_certificate(
     not_before: datetime,
     not_after: datetime,
     subject: x509.Name | None = None,
+    *,
+    settings: ProfileSettings | None = None,
 ) -> x509.Certificate:
+    """The self-signed root. With `settings`, it names its own ARL as its CRLDP, as
+    the issuing CAs do: a validator that checks every certificate of the path, the
+    trust anchor included (OpenSSL's -crl_check_all), finds the root in the ARL's
+    scope too."""
     public_key = key.public_key()
     name = subject or root_name()
     builder = (
@@ -196,6 +202,8 @@ def root_certificate(
         .not_valid_before(not_before)
         .not_valid_after(not_after)
     )
+    if settings is not None:
+        builder = builder.add_extension(_arl_point(settings, key_id(public_key)), False)
     builder = _ca_extensions(builder, public_key, key_id(public_key), None)
     return builder.sign(key, signature_hash(key))
 
@@ -206,21 +214,25 @@ def _ca_issuers(url: str) -> x509.AccessDescription:
     )
 
 
+def _arl_point(settings: ProfileSettings, root_key_id: bytes) -> x509.CRLDistributionPoints:
+    return x509.CRLDistributionPoints(
+        [
+            x509.DistributionPoint(
+                full_name=[x509.UniformResourceIdentifier(settings.arl_url(root_key_id))],
+                relative_name=None,
+                reasons=None,
+                crl_issuer=None,
+            )
+        ]
+    )
+
+
 def root_links(settings: ProfileSettings, root_key_id: bytes) -> list[x509.ExtensionType]:
     """What an issuing CA certificate says about its issuer: where the root's ARL
     (CRL distribution point) and the root certificate (AIA caIssuers) are. A validator
     that wants revocation information for every certificate of a path needs both."""
     return [
-        x509.CRLDistributionPoints(
-            [
-                x509.DistributionPoint(
-                    full_name=[x509.UniformResourceIdentifier(settings.arl_url(root_key_id))],
-                    relative_name=None,
-                    reasons=None,
-                    crl_issuer=None,
-                )
-            ]
-        ),
+        _arl_point(settings, root_key_id),
         x509.AuthorityInformationAccess(
             [_ca_issuers(settings.ca_certificate_url(None, root_key_id))]
         ),

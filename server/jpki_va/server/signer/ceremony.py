@@ -425,7 +425,11 @@ def run_ceremony(
 
         def build_root(signing_key: CertificateIssuerPrivateKeyTypes) -> x509.Certificate:
             return cert_profile.root_certificate(
-                signing_key, not_before, now + spec.validity, subject=spec.subject
+                signing_key,
+                not_before,
+                now + spec.validity,
+                subject=spec.subject,
+                settings=ProfileSettings(base_url=config.base_url),
             )
 
         cert = certify(build_root, key, profile=spec.profile, subject_key=key, issuer_cert=None)
