@@ -6,14 +6,17 @@ from __future__ import annotations
 
 import urllib.error
 import urllib.request
+from datetime import UTC
 from pathlib import Path
 
+import grpc
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import AuthorityInformationAccessOID
 
 from jpki_va.core.domain import CertKind
+from jpki_va.protos import crl_pb2, crl_pb2_grpc
 from jpki_va.server.pki.cert_profile import key_id
 from tests.integration.interop.conftest import Demo, write_pem
 from tests.support import Issued, Pki, openssl
@@ -162,3 +165,33 @@ def test_openssl_checks_every_certificate_of_the_path_on_the_served_crls(
     assert code == 0, out
     code, out = verify(demo.revoked)
     assert code != 0 and "certificate revoked" in out
+
+
+def test_the_arl_through_crl_service_is_the_one_served_over_http(
+    linked_pki: Pki, demo: Demo
+) -> None:
+    channel = grpc.insecure_channel(linked_pki.responder_address)
+    try:
+        stub = crl_pb2_grpc.CrlServiceStub(channel)
+        reply = stub.GetAuthorityRevocationList(
+            crl_pb2.GetAuthorityRevocationListRequest(), timeout=10
+        )
+        root_key_id = key_id(linked_pki.root.public_key())
+        named = stub.GetAuthorityRevocationList(
+            crl_pb2.GetAuthorityRevocationListRequest(root_key_id=root_key_id), timeout=10
+        )
+        with pytest.raises(grpc.RpcError) as caught:
+            stub.GetAuthorityRevocationList(
+                crl_pb2.GetAuthorityRevocationListRequest(root_key_id=b"\x00" * 8), timeout=10
+            )
+    finally:
+        channel.close()
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+    assert reply.der == named.der
+    arl_url = _distribution_point(
+        demo.good.issuer.extensions.get_extension_for_class(x509.CRLDistributionPoints).value
+    )
+    assert reply.der == _get(arl_url)[1]
+    arl = x509.load_der_x509_crl(reply.der)
+    assert reply.number == arl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number
+    assert reply.next_update.ToDatetime(tzinfo=UTC) == arl.next_update_utc

@@ -294,6 +294,7 @@ def worker_main(  # noqa: PLR0915 (a composition root: the wiring reads best in 
     ocsp, cache = _ocsp_responder(config, source, holder, keystore, clock, metrics)
     crl_files = CrlFiles(holder, archive)
     roots = load_anchors(config)
+    ca_files = CaFiles(holder, roots)
     # Concurrent calls' provisions share one commit; each answer waits for its own.
     committer = GroupCommit(ledger)
     gate = Gate(lambda: holder.get().verifiers, committer, clock)
@@ -334,7 +335,7 @@ def worker_main(  # noqa: PLR0915 (a composition root: the wiring reads best in 
         heartbeat_seconds=min(HEARTBEAT_SECONDS, config.stream_idle / 2),
     )
     crl_pb2_grpc.add_CrlServiceServicer_to_server(
-        CrlServicer(crl_files, gate, caller, feed), server
+        CrlServicer(crl_files, gate, caller, feed, ca_files), server
     )
     mapping_pb2_grpc.add_MappingServiceServicer_to_server(
         MappingServicer(Mapper(holder, counted, clock), gate, caller), server
@@ -357,7 +358,7 @@ def worker_main(  # noqa: PLR0915 (a composition root: the wiring reads best in 
         access = HttpAccess(
             ocsp,
             crl_files,
-            CaFiles(holder, roots),
+            ca_files,
             gate,
             config.loopback_verifier,
             refusals,

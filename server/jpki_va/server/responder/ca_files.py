@@ -29,12 +29,14 @@ class ServedFile:
     der: bytes
     this_update: datetime
     next_update: datetime
+    number: int | None = None  # a CRL's number
 
 
 def served_crl(der: bytes, crl: x509.CertificateRevocationList | None = None) -> ServedFile:
     crl = crl or x509.load_der_x509_crl(der)
     next_update = crl.next_update_utc or crl.last_update_utc
-    return ServedFile(der, crl.last_update_utc, next_update)
+    number = crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number
+    return ServedFile(der, crl.last_update_utc, next_update, number)
 
 
 def _served_certificate(cert: x509.Certificate) -> ServedFile:
