@@ -84,6 +84,9 @@ class ParsingAccess:
     def commit(self) -> bool:
         return True
 
+    def announcement(self) -> bytes | None:
+        return None
+
 
 def _responses(data: bytes) -> list[int]:
     """The status of each whole HTTP/1.1 response in `data`; fails on anything else."""

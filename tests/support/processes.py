@@ -102,7 +102,12 @@ class SignerProcess:
 
 
 def start_signer_process(
-    data_dir: Path, token: HsmConfig, faults: str = "", *, background: bool = False
+    data_dir: Path,
+    token: HsmConfig,
+    faults: str = "",
+    *,
+    background: bool = False,
+    extra: tuple[str, ...] = (),
 ) -> SignerProcess:
     assert token.pin.file is not None and token.softhsm2_conf is not None
     port = free_port()
@@ -110,7 +115,7 @@ def start_signer_process(
         "signer", "--data-dir", str(data_dir), "--bootstrap", "--insecure-loopback",
         "--listen", f"127.0.0.1:{port}", "--delta-interval", "0", "--full-interval", "24h",
         "--hsm-module", token.module, "--hsm-token", token.token_label,
-        "--hsm-pin-file", token.pin.file, "--softhsm2-conf", token.softhsm2_conf,
+        "--hsm-pin-file", token.pin.file, "--softhsm2-conf", token.softhsm2_conf, *extra,
     ]  # fmt: skip
     role = _start(argv, faults, background=background)
     try:
@@ -168,13 +173,14 @@ def start_responder_process(
     workers: int = 2,
     faults: str = "",
     background: bool = False,
+    extra: tuple[str, ...] = (),
 ) -> ResponderProcess:
     port = port or free_port()
     argv = [
         "responder", "--snapshots", str(snapshots), "--state-dir", str(state),
         "--trust-anchor", str(root_file), "--workers", str(workers), "--insecure-loopback",
         "--loopback-verifier", verifier, "--poll-interval", "0.1",
-        "--listen", f"127.0.0.1:{port}",
+        "--listen", f"127.0.0.1:{port}", *extra,
     ]  # fmt: skip
     role = _start(argv, faults, background=background)
     try:

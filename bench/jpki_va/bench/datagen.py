@@ -41,10 +41,10 @@ from cryptography.x509 import ocsp
 
 from jpki_va import hsm
 from jpki_va.bench.dataset import POOL, DataSet, Pool
-from jpki_va.bench.progress import Progress
 from jpki_va.client._ocsp import build_request, issuer_hashes
 from jpki_va.core.clock import Clock, SystemClock
 from jpki_va.core.domain import CertKind, CrlReason, LossCause, Role, Verifier, record_key
+from jpki_va.server.base.progress import Progress
 from jpki_va.server.law.issuer_compromise import CARD_OF
 from jpki_va.server.law.loss_recording import DEFAULT_REASON
 from jpki_va.server.model.holder import Holder

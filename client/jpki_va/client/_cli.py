@@ -23,6 +23,7 @@ from jpki_va.client._ocsp import parse_certificate
 from jpki_va.client._probe import mismatch, not_the_service
 from jpki_va.core.cli import (
     EXIT_FAILED,
+    EXIT_INTERRUPTED,
     EXIT_OK,
     EXIT_SERVER,
     EXIT_UNREACHABLE,
@@ -224,7 +225,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         code = args.func(args)
     except KeyboardInterrupt:
-        code = 130
+        code = EXIT_INTERRUPTED
     sys.exit(code)
 
 

@@ -25,6 +25,7 @@ EXIT_USAGE = 2  # bad options, input or configuration; a role that cannot start
 EXIT_SERVER = 3  # the server answered with an error
 EXIT_UNREACHABLE = 4  # no answer from the server (down, wrong port, wrong transport)
 EXIT_HSM_UNAVAILABLE = 5  # the signer answered, but its HSM did not: nothing was done
+EXIT_INTERRUPTED = 130  # Ctrl-C before a command finished (the roles stop cleanly: 0)
 
 EXIT_CODES: dict[int, str] = {
     EXIT_OK: "done",
@@ -33,6 +34,7 @@ EXIT_CODES: dict[int, str] = {
     EXIT_SERVER: "the server answered with an error",
     EXIT_UNREACHABLE: "no answer from the server",
     EXIT_HSM_UNAVAILABLE: "the signer's HSM is unavailable, nothing was done",
+    EXIT_INTERRUPTED: "interrupted (Ctrl-C)",
 }
 
 

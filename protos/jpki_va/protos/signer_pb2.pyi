@@ -821,6 +821,172 @@ class ListConsentsResponse(_message.Message):
 Global___ListConsentsResponse: _TypeAlias = ListConsentsResponse  # noqa: Y015
 
 @_typing.final
+class HolderNotice(_message.Message):
+    """A notice to a holder (通知: 第15条第2項, 第16条の14第2項, 第34条第2項,
+    第35条の14第2項): their certificate had a record error and lost effect.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    SERIAL_FIELD_NUMBER: _builtins.int
+    ARTICLE_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    ADDRESS_FIELD_NUMBER: _builtins.int
+    MUNICIPALITY_CODE_FIELD_NUMBER: _builtins.int
+    LOST_AT_FIELD_NUMBER: _builtins.int
+    TEXT_FIELD_NUMBER: _builtins.int
+    DELIVERED_AT_FIELD_NUMBER: _builtins.int
+    DELIVERY_FIELD_NUMBER: _builtins.int
+    SENT_AT_FIELD_NUMBER: _builtins.int
+    id: _builtins.int
+    """The outbox's sequence number, from 1."""
+    kind: _va_pb2.CertKind.ValueType
+    """The kind of the certificate that lost effect."""
+    serial: _builtins.bytes
+    """Its serial number (unsigned big-endian)."""
+    article: _builtins.str
+    """The article that requires the notice, e.g. "第34条第2項"."""
+    name: _builtins.str
+    """The addressee's name, as the certificate records it."""
+    address: _builtins.str
+    """The addressee's address, as the certificate records it."""
+    municipality_code: _builtins.str
+    """The municipality (six digits) of the certificate."""
+    text: _builtins.str
+    """What the notice says (Japanese): the record error and the loss of effect."""
+    delivery: _builtins.str
+    """Where it went: "spool:FILE" or "webhook:HTTP 204"; empty: not yet."""
+    @_builtins.property
+    def lost_at(self) -> _timestamp_pb2.Timestamp:
+        """When the certificate lost effect."""
+
+    @_builtins.property
+    def delivered_at(self) -> _timestamp_pb2.Timestamp:
+        """When it was handed to the delivery channel; unset: not yet."""
+
+    @_builtins.property
+    def sent_at(self) -> _timestamp_pb2.Timestamp:
+        """When it was sent to the holder; unset: pending."""
+
+    def __init__(
+        self,
+        *,
+        id: _builtins.int = ...,
+        kind: _va_pb2.CertKind.ValueType = ...,
+        serial: _builtins.bytes = ...,
+        article: _builtins.str = ...,
+        name: _builtins.str = ...,
+        address: _builtins.str = ...,
+        municipality_code: _builtins.str = ...,
+        lost_at: _timestamp_pb2.Timestamp | None = ...,
+        text: _builtins.str = ...,
+        delivered_at: _timestamp_pb2.Timestamp | None = ...,
+        delivery: _builtins.str = ...,
+        sent_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["delivered_at", b"delivered_at", "lost_at", b"lost_at", "sent_at", b"sent_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "article", b"article", "delivered_at", b"delivered_at", "delivery", b"delivery", "id", b"id", "kind", b"kind", "lost_at", b"lost_at", "municipality_code", b"municipality_code", "name", b"name", "sent_at", b"sent_at", "serial", b"serial", "text", b"text"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___HolderNotice: _TypeAlias = HolderNotice  # noqa: Y015
+
+@_typing.final
+class ListNoticesRequest(_message.Message):
+    """The notice outbox."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PENDING_ONLY_FIELD_NUMBER: _builtins.int
+    pending_only: _builtins.bool
+    """True: only the notices not yet sent."""
+    def __init__(
+        self,
+        *,
+        pending_only: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["pending_only", b"pending_only"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListNoticesRequest: _TypeAlias = ListNoticesRequest  # noqa: Y015
+
+@_typing.final
+class ListNoticesResponse(_message.Message):
+    """The notices, oldest first."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NOTICES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def notices(self) -> _containers.RepeatedCompositeFieldContainer[Global___HolderNotice]:
+        """Every notice asked for, oldest first."""
+
+    def __init__(
+        self,
+        *,
+        notices: _abc.Iterable[Global___HolderNotice] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["notices", b"notices"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListNoticesResponse: _TypeAlias = ListNoticesResponse  # noqa: Y015
+
+@_typing.final
+class MarkNoticeSentRequest(_message.Message):
+    """An operator's record that a notice was sent (a spooled one, after mailing it)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    id: _builtins.int
+    """The notice's id; required (1 or more)."""
+    def __init__(
+        self,
+        *,
+        id: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MarkNoticeSentRequest: _TypeAlias = MarkNoticeSentRequest  # noqa: Y015
+
+@_typing.final
+class MarkNoticeSentResponse(_message.Message):
+    """The notice as now recorded."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NOTICE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def notice(self) -> Global___HolderNotice:
+        """The notice, with its sent_at set."""
+
+    def __init__(
+        self,
+        *,
+        notice: Global___HolderNotice | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["notice", b"notice"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["notice", b"notice"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MarkNoticeSentResponse: _TypeAlias = MarkNoticeSentResponse  # noqa: Y015
+
+@_typing.final
 class PublishSnapshotRequest(_message.Message):
     """Publish a snapshot for the responders now (publishing also runs on its own)."""
 

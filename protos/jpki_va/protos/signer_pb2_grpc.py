@@ -98,6 +98,16 @@ class SignerServiceStub:
                 request_serializer=jpki__va_dot_protos_dot_va__pb2.ListIssuersRequest.SerializeToString,
                 response_deserializer=jpki__va_dot_protos_dot_va__pb2.ListIssuersResponse.FromString,
                 _registered_method=True)
+        self.ListNotices = channel.unary_unary(
+                '/jpki.va.v1.SignerService/ListNotices',
+                request_serializer=jpki__va_dot_protos_dot_signer__pb2.ListNoticesRequest.SerializeToString,
+                response_deserializer=jpki__va_dot_protos_dot_signer__pb2.ListNoticesResponse.FromString,
+                _registered_method=True)
+        self.MarkNoticeSent = channel.unary_unary(
+                '/jpki.va.v1.SignerService/MarkNoticeSent',
+                request_serializer=jpki__va_dot_protos_dot_signer__pb2.MarkNoticeSentRequest.SerializeToString,
+                response_deserializer=jpki__va_dot_protos_dot_signer__pb2.MarkNoticeSentResponse.FromString,
+                _registered_method=True)
         self.AddVerifier = channel.unary_unary(
                 '/jpki.va.v1.SignerService/AddVerifier',
                 request_serializer=jpki__va_dot_protos_dot_verifiers__pb2.AddVerifierRequest.SerializeToString,
@@ -217,6 +227,21 @@ class SignerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListNotices(self, request, context):
+        """The notice outbox, oldest first (operators).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def MarkNoticeSent(self, request, context):
+        """Record that a notice was sent (operators). Errors: INVALID_ARGUMENT (id 0),
+        NOT_FOUND (an unknown id), FAILED_PRECONDITION (already sent).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def AddVerifier(self, request, context):
         """Register a verifier (operators). Errors: INVALID_ARGUMENT, FAILED_PRECONDITION
         (the id exists and replace is false).
@@ -305,6 +330,16 @@ def add_SignerServiceServicer_to_server(servicer, server):
                     servicer.ListIssuers,
                     request_deserializer=jpki__va_dot_protos_dot_va__pb2.ListIssuersRequest.FromString,
                     response_serializer=jpki__va_dot_protos_dot_va__pb2.ListIssuersResponse.SerializeToString,
+            ),
+            'ListNotices': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListNotices,
+                    request_deserializer=jpki__va_dot_protos_dot_signer__pb2.ListNoticesRequest.FromString,
+                    response_serializer=jpki__va_dot_protos_dot_signer__pb2.ListNoticesResponse.SerializeToString,
+            ),
+            'MarkNoticeSent': grpc.unary_unary_rpc_method_handler(
+                    servicer.MarkNoticeSent,
+                    request_deserializer=jpki__va_dot_protos_dot_signer__pb2.MarkNoticeSentRequest.FromString,
+                    response_serializer=jpki__va_dot_protos_dot_signer__pb2.MarkNoticeSentResponse.SerializeToString,
             ),
             'AddVerifier': grpc.unary_unary_rpc_method_handler(
                     servicer.AddVerifier,
@@ -631,6 +666,60 @@ class SignerService:
             '/jpki.va.v1.SignerService/ListIssuers',
             jpki__va_dot_protos_dot_va__pb2.ListIssuersRequest.SerializeToString,
             jpki__va_dot_protos_dot_va__pb2.ListIssuersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListNotices(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/jpki.va.v1.SignerService/ListNotices',
+            jpki__va_dot_protos_dot_signer__pb2.ListNoticesRequest.SerializeToString,
+            jpki__va_dot_protos_dot_signer__pb2.ListNoticesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def MarkNoticeSent(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/jpki.va.v1.SignerService/MarkNoticeSent',
+            jpki__va_dot_protos_dot_signer__pb2.MarkNoticeSentRequest.SerializeToString,
+            jpki__va_dot_protos_dot_signer__pb2.MarkNoticeSentResponse.FromString,
             options,
             channel_credentials,
             insecure,

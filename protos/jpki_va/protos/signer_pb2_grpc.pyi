@@ -86,6 +86,12 @@ class SignerServiceStub:
     """
     ListIssuers: _grpc.UnaryUnaryMultiCallable[_va_pb2.ListIssuersRequest, _va_pb2.ListIssuersResponse]
     """The root and every issuing-CA generation the registry holds."""
+    ListNotices: _grpc.UnaryUnaryMultiCallable[_signer_pb2.ListNoticesRequest, _signer_pb2.ListNoticesResponse]
+    """The notice outbox, oldest first (operators)."""
+    MarkNoticeSent: _grpc.UnaryUnaryMultiCallable[_signer_pb2.MarkNoticeSentRequest, _signer_pb2.MarkNoticeSentResponse]
+    """Record that a notice was sent (operators). Errors: INVALID_ARGUMENT (id 0),
+    NOT_FOUND (an unknown id), FAILED_PRECONDITION (already sent).
+    """
     AddVerifier: _grpc.UnaryUnaryMultiCallable[_verifiers_pb2.AddVerifierRequest, _verifiers_pb2.AddVerifierResponse]
     """Register a verifier (operators). Errors: INVALID_ARGUMENT, FAILED_PRECONDITION
     (the id exists and replace is false).
@@ -152,6 +158,12 @@ class SignerServiceAsyncStub(SignerServiceStub):
     """
     ListIssuers: _aio.UnaryUnaryMultiCallable[_va_pb2.ListIssuersRequest, _va_pb2.ListIssuersResponse]  # type: ignore[assignment]
     """The root and every issuing-CA generation the registry holds."""
+    ListNotices: _aio.UnaryUnaryMultiCallable[_signer_pb2.ListNoticesRequest, _signer_pb2.ListNoticesResponse]  # type: ignore[assignment]
+    """The notice outbox, oldest first (operators)."""
+    MarkNoticeSent: _aio.UnaryUnaryMultiCallable[_signer_pb2.MarkNoticeSentRequest, _signer_pb2.MarkNoticeSentResponse]  # type: ignore[assignment]
+    """Record that a notice was sent (operators). Errors: INVALID_ARGUMENT (id 0),
+    NOT_FOUND (an unknown id), FAILED_PRECONDITION (already sent).
+    """
     AddVerifier: _aio.UnaryUnaryMultiCallable[_verifiers_pb2.AddVerifierRequest, _verifiers_pb2.AddVerifierResponse]  # type: ignore[assignment]
     """Register a verifier (operators). Errors: INVALID_ARGUMENT, FAILED_PRECONDITION
     (the id exists and replace is false).
@@ -281,6 +293,24 @@ class SignerServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_va_pb2.ListIssuersResponse, _abc.Awaitable[_va_pb2.ListIssuersResponse]]:
         """The root and every issuing-CA generation the registry holds."""
+
+    @_abc_1.abstractmethod
+    def ListNotices(
+        self,
+        request: _signer_pb2.ListNoticesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_signer_pb2.ListNoticesResponse, _abc.Awaitable[_signer_pb2.ListNoticesResponse]]:
+        """The notice outbox, oldest first (operators)."""
+
+    @_abc_1.abstractmethod
+    def MarkNoticeSent(
+        self,
+        request: _signer_pb2.MarkNoticeSentRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_signer_pb2.MarkNoticeSentResponse, _abc.Awaitable[_signer_pb2.MarkNoticeSentResponse]]:
+        """Record that a notice was sent (operators). Errors: INVALID_ARGUMENT (id 0),
+        NOT_FOUND (an unknown id), FAILED_PRECONDITION (already sent).
+        """
 
     @_abc_1.abstractmethod
     def AddVerifier(

@@ -13,14 +13,17 @@ import json
 import os
 import shutil
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from jpki_va.core.domain import CertKind, serial_hex, serial_to_bytes
-from jpki_va.protos import signer_pb2, va_pb2
-from tests.support import REPO, Pki
+from jpki_va.core.domain import CertKind, Role, serial_hex, serial_to_bytes
+from jpki_va.protos import signer_pb2, va_pb2, verifiers_pb2
+from jpki_va.server.app.config import TlsFiles
+from tests.support import REPO, Pki, start_responder, wait_for
 from tests.support.buf import run_buf
+from tests.support.tls import TlsCa, TlsIdentity
 
 SAMPLE = REPO / "examples" / "node"
 MODULES = SAMPLE / "node_modules"
@@ -119,13 +122,68 @@ def test_the_node_client_calls_check_and_check_stream(pki: Pki, client_js: Path)
     assert stream[2]["error"]
 
 
-def test_the_node_client_reports_a_refused_call(pki: Pki, client_js: Path) -> None:
-    # An unregistered verifier: the whole call is refused, one line and exit status 1.
-    run = _run(
-        client_js,
-        *("--target", pki.responder_address, "--insecure", "--verifier", "nobody"),
-        *("--kind", "CARD_SIGN", "--serial", "01"),
+@pytest.fixture(scope="module")
+def tls(
+    pki: Pki, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[str, TlsCa, TlsIdentity]]:
+    """A responder over mTLS only, and a verifier that may receive auth statuses only."""
+    base = tmp_path_factory.mktemp("node-mtls")
+    ca = TlsCa(base / "tls")
+    server = ca.issue("responder", server=True)
+    identity = ca.issue("node-auth-verifier")
+    pki.signer_stub.AddVerifier(
+        verifiers_pb2.AddVerifierRequest(
+            id="node-auth-verifier",
+            roles=[int(Role.AUTH_VERIFIER)],  # type: ignore[list-item]
+            client_certificate_der=[identity.der],
+        ),
+        timeout=30,
     )
-    assert run.returncode == 1, run.stdout + run.stderr
-    assert run.stdout == ""
-    assert "PERMISSION_DENIED" in run.stderr or "UNAUTHENTICATED" in run.stderr, run.stderr
+    pki.publish_and_wait()
+    responder = start_responder(
+        pki,
+        base / "state",
+        tls=TlsFiles(server.cert, server.key, ca.cert_file),
+        insecure_loopback=False,
+    )
+    try:
+        yield responder.address, ca, identity
+    finally:
+        responder.close()
+
+
+def test_the_node_client_speaks_mtls_as_a_registered_verifier(
+    pki: Pki, client_js: Path, tls: tuple[str, TlsCa, TlsIdentity]
+) -> None:
+    address, ca, identity = tls
+    auth = pki.issue(CertKind.CARD_AUTH)
+    sequence = pki.publish_and_wait()
+    mtls = ["--target", address, "--ca", str(ca.cert_file)]
+    mtls += ["--cert", str(identity.cert), "--key", str(identity.key)]
+
+    def answered() -> subprocess.CompletedProcess[str] | None:
+        run = _run(client_js, *mtls, "--kind", "card-auth", "--serial", serial_hex(auth.serial))
+        if run.returncode != 0:
+            return None  # not serving yet, or refused: the last try's stderr tells
+        served = int(json.loads(run.stdout.splitlines()[0])["status"]["indexSequence"])
+        return run if served >= sequence else None
+
+    run = wait_for(answered, "the TLS responder to serve the snapshot")
+    check, streamed = (json.loads(line) for line in run.stdout.splitlines())
+    assert check["status"]["status"] == streamed["status"]["status"] == "CERT_STATUS_GOOD"
+    # A kind its role does not cover: the unary call is refused, one line, exit 1.
+    refused = _run(client_js, *mtls, "--kind", "card-sign", "--serial", "01")
+    assert refused.returncode == 1, refused.stdout + refused.stderr
+    assert refused.stdout == ""
+    last = refused.stderr.splitlines()[-1]  # (Node may warn first: an IP as TLS name)
+    assert last.startswith("jpki-va node client: PERMISSION_DENIED: "), refused.stderr
+    # A certificate of the same TLS CA that no verifier registered.
+    stranger = ca.issue("node-stranger")
+    unknown = _run(
+        client_js,
+        *("--target", address, "--ca", str(ca.cert_file)),
+        *("--cert", str(stranger.cert), "--key", str(stranger.key)),
+        *("--kind", "card-auth", "--serial", "01"),
+    )
+    assert unknown.returncode == 1, unknown.stdout + unknown.stderr
+    assert "is not a registered verifier" in unknown.stderr, unknown.stderr

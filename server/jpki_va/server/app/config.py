@@ -16,7 +16,7 @@ from typing import Any
 from jpki_va import hsm
 from jpki_va.core import cli as core_cli
 from jpki_va.server.base.metrics_http import MetricsListener
-from jpki_va.server.law.retention import RetentionPolicy
+from jpki_va.server.law.retention import DEFAULT_PROJECT_RECORD, RetentionPolicy
 from jpki_va.server.pki.cert_profile import DEFAULT_VALIDITY
 from jpki_va.server.responder.renew_policy import RenewPolicy
 
@@ -164,12 +164,20 @@ class SignerConfig:
     metrics_tls: bool = False  # /metrics over TLS with the signer's certificate and client CA
     tls: TlsFiles | None = None
     operator_certs: tuple[Path, ...] = ()  # client certificates allowed registry operations
+    # Notices to holders: a webhook URL, else printable files in the spool directory
+    # (default DATA_DIR/notices); seconds between delivery rounds.
+    notice_webhook: str | None = None
+    notice_spool: Path | None = None
+    notice_delivery_interval: float = 10.0
     # Seconds between looks at the clock for the 00:00 JST move-out sweep (第31条第2号).
     sweep_check: float = 60.0
     # 保存期間 (seconds); None keeps the placeholders of law/retention.py.
     retention_issuance_record: float | None = None
     retention_loss_record: float | None = None
     retention_crl_file: float | None = None
+    retention_project_record: float | None = None
+    # One period per record type the law names (law/retention.py RECORD_TYPES), seconds.
+    retention: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         _check_listen(
@@ -186,6 +194,7 @@ class SignerConfig:
             raise ConfigError("delta interval must be >= 0")
         if self.delta_interval and self.delta_interval > self.full_interval:
             raise ConfigError("delta interval must not exceed the full interval")
+        self._check_notices()
         if self.sweep_check <= 0:
             raise ConfigError("sweep check must be > 0 seconds")
         if self.grpc_workers < 2:
@@ -196,19 +205,31 @@ class SignerConfig:
         if self.sign_queue_wait <= 0:
             raise ConfigError("sign queue wait must be > 0 seconds")
         self.metrics_listener  # noqa: B018 (checked here, once)
-        try:
-            self.retention.check(max(DEFAULT_VALIDITY.values()))
-        except ValueError as exc:
-            raise ConfigError(str(exc)) from None
+        _ = self.retention_policy  # checked on the way
+
+    def _check_notices(self) -> None:
+        if self.notice_delivery_interval <= 0:
+            raise ConfigError("notice delivery interval must be > 0 seconds")
+        if self.notice_webhook is not None and not self.notice_webhook.startswith(
+            ("http://", "https://")
+        ):
+            raise ConfigError(
+                f"--notice-webhook: expected an http(s) URL, got {self.notice_webhook!r}"
+            )
 
     @property
-    def retention(self) -> RetentionPolicy:
+    def retention_policy(self) -> RetentionPolicy:
         default = RetentionPolicy()
-        return RetentionPolicy(
-            issuance_record=_days_or(self.retention_issuance_record, default.issuance_record),
-            loss_record=_days_or(self.retention_loss_record, default.loss_record),
-            crl_file=_days_or(self.retention_crl_file, default.crl_file),
-        )
+        try:
+            return RetentionPolicy(
+                issuance_record=_days_or(self.retention_issuance_record, default.issuance_record),
+                loss_record=_days_or(self.retention_loss_record, default.loss_record),
+                crl_file=_days_or(self.retention_crl_file, default.crl_file),
+                project_record=_days_or(self.retention_project_record, default.project_record),
+                periods={k: timedelta(seconds=v) for k, v in self.retention.items()},
+            ).checked(DEFAULT_VALIDITY)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
 
     @property
     def metrics_listener(self) -> MetricsListener | None:
@@ -223,8 +244,28 @@ class SignerConfig:
         return self.data_dir / "snapshots"
 
     @property
+    def notice_spool_dir(self) -> Path:
+        return self.notice_spool or self.data_dir / "notices"
+
+    @property
     def ledger_dir(self) -> Path:
         return self.data_dir / "ledger"
+
+
+def parse_retention(items: list[str] | dict[str, Any] | None) -> dict[str, float]:
+    """`TYPE=DURATION` items (the command line) or a TOML table: seconds per record type."""
+    if not items:
+        return {}
+    pairs: list[tuple[str, Any]] = []
+    if isinstance(items, dict):
+        pairs = list(items.items())
+    else:
+        for item in items:
+            name, sep, value = str(item).partition("=")
+            if not sep:
+                raise ConfigError(f"--retention: expected TYPE=DURATION, got {item!r}")
+            pairs.append((name.strip(), value))
+    return {name: parse_duration(value, f"retention of {name}") for name, value in pairs}
 
 
 def _days_or(seconds: float | None, default: timedelta) -> timedelta:
@@ -264,6 +305,10 @@ class ResponderConfig:
     max_watches: int = 8  # open WatchRevocations per worker, within max_streams
     grace_seconds: float = 5.0
     retention_crl_file: float = 365 * 86400.0  # 保存期間 of CRL files (seconds); cabinet order
+    # 保存期間 of this responder's provision counts and audit trail (seconds): each
+    # worker purges its ledger shard of what is older, at start and each new JST day.
+    retention_ledger: float = DEFAULT_PROJECT_RECORD.total_seconds()
+    retention_audit: float = DEFAULT_PROJECT_RECORD.total_seconds()
     ocsp_renew_at: RenewPolicy = field(default_factory=RenewPolicy)  # default: half its life
     # HTTP OCSP and CRLs (RFC 6960 Appendix A, RFC 5019) beside gRPC; off when None.
     http_listen: str | None = None
@@ -302,6 +347,8 @@ class ResponderConfig:
             raise ConfigError("--loopback-verifier goes with --insecure-loopback only")
         if self.retention_crl_file <= 0:
             raise ConfigError("CRL file retention must be > 0")
+        if self.retention_ledger <= 0 or self.retention_audit <= 0:
+            raise ConfigError("ledger and audit trail retention must be > 0")
         self._check_http_metrics_and_limits()
         if self.workers < 1:
             raise ConfigError("workers must be >= 1")

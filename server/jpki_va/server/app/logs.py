@@ -1,4 +1,10 @@
-"""Structured logs: one JSON object per line, for the responder's worker processes.
+"""One log format per process, chosen by `--log-format`: text for a terminal, JSON lines
+otherwise, both with the time zone. Used by every role, the responder's worker
+processes and the commands alike.
+
+The choice travels in the environment (JPKI_VA_LOG_FORMAT), resolved once by the
+process that was started: the workers it spawns inherit it, and so does the progress
+of long operations (base/progress.py), which draws a bar only beside text logs.
 
 Messages name serials, sequences and issuers, never holders: nothing here adds
 personal data, and nothing in the request path logs per request (errors only).
@@ -8,11 +14,19 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from datetime import UTC, datetime
+from typing import TextIO
+
+from jpki_va.server.base.progress import LOG_FORMAT_ENV
+
+FORMATS = ("auto", "text", "json")
 
 
 class JsonFormatter(logging.Formatter):
+    """One JSON object per line; the time in UTC, its offset written out."""
+
     def __init__(self, role: str) -> None:
         super().__init__()
         self._role = role
@@ -32,12 +46,44 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(event, ensure_ascii=False)
 
 
-def configure_json(role: str, level: int = logging.INFO) -> None:
-    """Replace the process's log handlers with one JSON-lines handler on stderr."""
+class TextFormatter(logging.Formatter):
+    """``2026-12-04T17:23:01.123+09:00 INFO signer[1234] jpki_va.…: message``, local time."""
+
+    def __init__(self, role: str) -> None:
+        super().__init__()
+        self._role = role
+
+    def format(self, record: logging.LogRecord) -> str:
+        when = datetime.fromtimestamp(record.created).astimezone()
+        line = (
+            f"{when.isoformat(timespec='milliseconds')} {record.levelname:<7} "
+            f"{self._role}[{record.process}] {record.name}: {record.getMessage()}"
+        )
+        if record.exc_info and record.exc_info[0] is not None:
+            line += "\n" + self.formatException(record.exc_info)
+        return line
+
+
+def resolve(choice: str | None, stream: TextIO | None = None) -> str:
+    """``text`` or ``json``: the choice, else the inherited one, else by the terminal."""
+    choice = choice or os.environ.get(LOG_FORMAT_ENV) or "auto"
+    if choice not in FORMATS:
+        raise ValueError(f"log format {choice!r} is not one of {', '.join(FORMATS)}")
+    if choice == "auto":
+        return "text" if (stream or sys.stderr).isatty() else "json"
+    return choice
+
+
+def configure(role: str, choice: str | None = None, level: int = logging.INFO) -> str:
+    """Replace the process's log handlers with one on stderr in the chosen format;
+    returns the format, which this process's children inherit."""
+    chosen = resolve(choice)
+    os.environ[LOG_FORMAT_ENV] = chosen
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter(role))
+    handler.setFormatter(JsonFormatter(role) if chosen == "json" else TextFormatter(role))
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level)
+    return chosen

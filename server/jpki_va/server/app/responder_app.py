@@ -18,7 +18,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +46,7 @@ from jpki_va.server.app import descriptors
 from jpki_va.server.app.config import ResponderConfig
 from jpki_va.server.app.dir_lock import DirectoryLock
 from jpki_va.server.app.lifeline import ParentGone, tie_to_parent
-from jpki_va.server.app.logs import configure_json
+from jpki_va.server.app.logs import configure
 from jpki_va.server.app.signals import stop_on_signals
 from jpki_va.server.base.build_info import register_build_info
 from jpki_va.server.base.refusal_log import RefusalLog
@@ -58,7 +58,13 @@ from jpki_va.server.law.errors import Refused
 from jpki_va.server.law.mapping import NoSuchMapping
 from jpki_va.server.law.signing_record import NotSigningKind
 from jpki_va.server.ledger.group_commit import GroupCommit, LedgerBacklog
-from jpki_va.server.ledger.provisions import LedgerError, claim_shards, open_shard
+from jpki_va.server.ledger.provisions import (
+    Ledger,
+    LedgerError,
+    claim_shards,
+    local_day,
+    open_shard,
+)
 from jpki_va.server.responder.ca_files import CaFiles
 from jpki_va.server.responder.crl_archive import CrlArchive, CrlNotFound
 from jpki_va.server.responder.crls import CrlFiles
@@ -239,6 +245,21 @@ def _ocsp_responder(
     return responder, cache
 
 
+def _purge_ledger(ledger: Ledger, config: ResponderConfig, now: datetime) -> date:
+    """保存期間 of the project's own records: counts and disclosures past retention go."""
+    try:
+        counts, audit = ledger.purge(
+            local_day(now - timedelta(seconds=config.retention_ledger)),
+            now - timedelta(seconds=config.retention_audit),
+        )
+    except LedgerError as exc:
+        log.warning("cannot purge the ledger past retention: %s", exc)
+    else:
+        if counts or audit:
+            log.info("purged past retention: %d provision counts, %d disclosures", counts, audit)
+    return local_day(now)
+
+
 def worker_main(  # noqa: PLR0915 (a composition root: the wiring reads best in one place)
     config: ResponderConfig,
     slot: int,
@@ -267,7 +288,7 @@ def worker_main(  # noqa: PLR0915 (a composition root: the wiring reads best in 
     os.umask(0o077)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    configure_json("responder-worker")
+    configure("responder-worker")  # the supervisor's format, from the environment
     try:
         # Dies with the supervisor: nobody else keeps its index fresh (issue 15, item 2).
         tie_to_parent(stop.set, deadline=config.grace_seconds + KILL_AFTER_GRACE)
@@ -389,7 +410,10 @@ def worker_main(  # noqa: PLR0915 (a composition root: the wiring reads best in 
     ready.put(port)
     synced = time.monotonic()
     signer = keystore.current()
+    purged: date | None = None  # the JST day this worker last purged its ledger shard
     while not stop.wait(0.2):
+        if local_day(clock.now()) != purged:
+            purged = _purge_ledger(ledger, config, clock.now())
         metrics.flush()
         refusals.flush()
         holder.refresh()
@@ -512,6 +536,9 @@ class Responder:
             self._clock, per_partition=config.metrics_per_partition
         )
         self._collector.ocsp_signer_from(self._keystore.current)
+        self._collector.rotation_from(
+            lambda: (bool(self._in_rotation.value), self._ingester.newest)
+        )
         self._observed = False  # the collector has the live index's state
         self._metrics_server: MetricsServer | None = None
         self._ready = self._ctx.Queue()

@@ -26,7 +26,7 @@ from jpki_va.server.app.sweep_schedule import SweepSchedule
 from jpki_va.server.base.metrics_http import serve_metrics
 from jpki_va.server.base.refusal_log import RefusalLog
 from jpki_va.server.law.entitlements import NotEntitled
-from jpki_va.server.ledger.provisions import Ledger
+from jpki_va.server.ledger.provisions import Ledger, local_day
 from jpki_va.server.pki.cert_profile import ProfileSettings
 from jpki_va.server.registry.transactions import Registry, RegistryError
 from jpki_va.server.responder.status import BadRequest
@@ -36,6 +36,12 @@ from jpki_va.server.rpc.signer_servicer import SignerServicer
 from jpki_va.server.signer.authority import Authority, AuthorityError
 from jpki_va.server.signer.ceremony import bootstrap
 from jpki_va.server.signer.metrics import SignerMetrics
+from jpki_va.server.signer.notice_delivery import (
+    NoticeChannel,
+    NoticeDispatcher,
+    SpoolChannel,
+    WebhookChannel,
+)
 from jpki_va.server.signer.publish_status import PublishStatus
 from jpki_va.server.signer.publisher import Publisher
 from jpki_va.server.signer.service import (
@@ -115,6 +121,7 @@ class SignerApp:
     _lock: DirectoryLock
     _publisher_thread: threading.Thread | None = None
     _sweep: SweepSchedule | None = None
+    _notices: threading.Thread | None = None
     _metrics_server: Any = None
     metrics_port: int | None = None
 
@@ -129,6 +136,8 @@ class SignerApp:
             self._publisher_thread.join()
         if self._sweep is not None:
             self._sweep.stop()
+        if self._notices is not None:
+            self._notices.join()
         self.registry.close()
         self.ledger.close()
         self.token.close()
@@ -240,7 +249,7 @@ def start_signer(config: SignerConfig, clock: Clock | None = None) -> SignerApp:
         authority = _authority(token, registry, config)
         settings = ProfileSettings(base_url=config.base_url)
         publisher = Publisher(
-            registry, authority, config.snapshot_dir, clock, settings, config.retention
+            registry, authority, config.snapshot_dir, clock, settings, config.retention_policy
         )
         queue = SigningQueue(config.sign_queue_limit, config.sign_queue_wait, observer=metrics)
         status, watch = _publish_status(publisher, clock, metrics)
@@ -285,12 +294,53 @@ def start_signer(config: SignerConfig, clock: Clock | None = None) -> SignerApp:
 
 
 def _start_background(app: SignerApp, clock: Clock) -> None:
-    """The periodic publisher (when it has an interval) and the 00:00 JST sweep."""
+    """The periodic publisher (when it has an interval) and the 00:00 JST sweep and purge."""
     if app.config.delta_interval > 0:
         app._publisher_thread = _start_publishing(app.signer, app.config, app._stop)
     # On its own schedule, also when publishing happens only on request.
-    app._sweep = SweepSchedule(app.signer.sweep_move_outs, clock, app.config.sweep_check)
+    app._sweep = SweepSchedule(
+        functools.partial(_midnight, app, clock), clock, app.config.sweep_check
+    )
     app._sweep.start()
+    app._notices = _start_notices(app, clock)
+
+
+def _start_notices(app: SignerApp, clock: Clock) -> threading.Thread:
+    """The outbox's delivery rounds, and its figures for the metrics."""
+    config = app.config
+    channel: NoticeChannel = (
+        SpoolChannel(config.notice_spool_dir)
+        if config.notice_webhook is None
+        else WebhookChannel(config.notice_webhook)
+    )
+    dispatcher = NoticeDispatcher(app.registry, channel, clock)
+
+    def pending() -> tuple[int, float]:
+        with app.registry.read() as tx:
+            count, oldest = tx.pending_notices()
+        age = 0.0 if oldest is None else (clock.now() - oldest.lost_at).total_seconds()
+        return count, max(age, 0.0)
+
+    app.metrics.notices_from(lambda: pending()[0], lambda: pending()[1])
+
+    def rounds() -> None:
+        while not app._stop.wait(config.notice_delivery_interval):
+            try:
+                dispatcher.deliver_pending()
+            except Exception as exc:  # the registry is busy or failing: next round
+                log.warning("notice delivery round failed: %s", exc)
+
+    thread = threading.Thread(target=rounds, name="notices", daemon=True)
+    thread.start()
+    return thread
+
+
+def _midnight(app: SignerApp, clock: Clock) -> None:
+    """At 00:00 JST: the signer's sweep and registry purge, then its own ledger's."""
+    app.signer.midnight()
+    retention = app.config.retention_policy
+    now = clock.now()
+    app.ledger.purge(local_day(now - retention.project("ledger")), now - retention.project("audit"))
 
 
 def serve(

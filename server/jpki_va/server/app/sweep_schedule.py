@@ -1,4 +1,4 @@
-"""The 第31条第2号 sweep on its own schedule: at every 00:00 Japan time.
+"""At every 00:00 Japan time: the 第31条第2号 sweep, then the purge past retention.
 
 Move-out deadlines fall at 00:00 JST (law/resident_change.py), and the loss is dated
 when the sweep records it, so the sweep runs then, whether or not the signer

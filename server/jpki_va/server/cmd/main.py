@@ -16,6 +16,7 @@ from jpki_va.client._cli import add_commands as add_client_commands
 from jpki_va.core.cli import (
     DURATION_SYNTAX,
     EXIT_CODES,
+    EXIT_INTERRUPTED,
     EXIT_OK,
     EXIT_USAGE,
     exit_codes_epilog,
@@ -31,9 +32,20 @@ from jpki_va.server.cmd.bench import add_bench_command
 from jpki_va.server.cmd.certificates import add_certificate_commands
 from jpki_va.server.cmd.health import add_health_command
 from jpki_va.server.cmd.lazy import lazy
+from jpki_va.server.cmd.notices import add_notice_commands
 from jpki_va.server.cmd.report import add_report_commands
 from jpki_va.server.cmd.signer_client import SubParsers, add_registry_group
 from jpki_va.server.cmd.verifiers import add_token_commands, add_verifier_commands
+
+
+def _add_log_format(parser: argparse.ArgumentParser, default: str | None) -> None:
+    """--log-format, before the command (every command) or after a role's name; the
+    role's SUPPRESS default keeps one given before."""
+    parser.add_argument(
+        "--log-format", choices=("auto", "text", "json"), default=default,
+        help="text (local time with its offset) or JSON lines (UTC); default auto: text on "
+        "a terminal, JSON otherwise; the responder's workers log alike",
+    )  # fmt: skip
 
 
 def _add_publishing_options(parser: argparse.ArgumentParser) -> None:
@@ -48,7 +60,31 @@ def _add_publishing_options(parser: argparse.ArgumentParser) -> None:
         metavar="DURATION",
         help="between delta snapshots while anything changed (default 1s; 0: on request)",
     )
-    _add_retention_options(group, ("issuance-record", "loss-record", "crl-file"))
+    _add_retention_options(group, ("issuance-record", "loss-record", "crl-file", "project-record"))
+    group.add_argument(
+        "--retention",
+        action="append",
+        metavar="TYPE=DURATION",
+        help="one record type's own period, e.g. loss.record-error.card-auth=3650d "
+        "(types: issuance.KIND, loss.CAUSE.KIND, crl.KIND, ledger, audit, consent, notice; "
+        "project records: the ledger, audit trail, withdrawn consents and sent notices)",
+    )
+    _add_notice_options(parser)
+
+
+def _add_notice_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("notices to holders (第15条第2項 and its twins)")
+    group.add_argument(
+        "--notice-webhook", metavar="URL", help="POST each notice as JSON here (else spool)"
+    )
+    group.add_argument(
+        "--notice-spool", metavar="DIR", help="printable notices (default DATA_DIR/notices)"
+    )
+    group.add_argument(
+        "--notice-delivery-interval",
+        metavar="DURATION",
+        help="between delivery rounds (default 10s)",
+    )
 
 
 def _add_retention_options(group: argparse._ArgumentGroup, records: tuple[str, ...]) -> None:
@@ -152,6 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Validation authority for JPKI-style personal certificates.",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    _add_log_format(parser, default=None)
     parser.epilog = exit_codes_epilog(*EXIT_CODES) + "; each command's --help says which it uses"
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_demo(sub)
@@ -161,6 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_authority_commands(add_hsm_commands(sub, RegistryKeyUse()))
     registry = add_registry_group(sub)
     add_verifier_commands(registry)
+    add_notice_commands(registry)
     add_certificate_commands(registry)
     add_token_commands(sub)
     add_report_commands(sub)
@@ -188,6 +226,7 @@ def _add_demo(sub: SubParsers) -> None:
         help="Prometheus /metrics of the responder on this port, the signer's on the next",
     )  # fmt: skip
     demo.add_argument("--reset", action="store_true", help="recreate the directory")
+    _add_log_format(demo, default=argparse.SUPPRESS)
     demo.set_defaults(func=lazy("jpki_va.server.cmd.roles:run_demo"))
 
 
@@ -218,6 +257,7 @@ def _add_signer(sub: SubParsers) -> None:
         help="how long a request may wait for the HSM (default 5s)",
     )  # fmt: skip
     _add_metrics_options(signer)
+    _add_log_format(signer, default=argparse.SUPPRESS)
     signer.set_defaults(func=lazy("jpki_va.server.cmd.roles:run_signer"))
 
 
@@ -264,7 +304,7 @@ def _add_responder(sub: SubParsers) -> None:
     _add_stream_options(responder)
     _add_retention_options(
         responder.add_argument_group("retention (保存期間)", f"DURATION: {DURATION_SYNTAX}"),
-        ("crl-file",),
+        ("crl-file", "ledger", "audit"),
     )
     # The spelling of earlier releases, in days.
     responder.add_argument("--crl-retention-days", type=float, help=argparse.SUPPRESS)
@@ -274,24 +314,24 @@ def _add_responder(sub: SubParsers) -> None:
     )  # fmt: skip
     _add_tls_options(responder)
     _add_http_metrics_and_limits(responder)
+    _add_log_format(responder, default=argparse.SUPPRESS)
     responder.set_defaults(func=lazy("jpki_va.server.cmd.roles:run_responder"))
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-        stream=sys.stderr,
-    )
+    # Here, not at the top: the parser alone (--help) loads nothing of the server.
+    from jpki_va.server.app.logs import configure  # noqa: PLC0415
+
+    configure(args.command, args.log_format, logging.DEBUG if args.verbose else logging.INFO)
     try:
         code = args.func(args)
     except ConfigError as exc:
         fail(f"jpki-va {args.command}", str(exc))
         code = EXIT_USAGE
     except KeyboardInterrupt:
-        code = 130  # interrupted before the command could shut down by itself
+        code = EXIT_INTERRUPTED
     sys.exit(code)
 
 

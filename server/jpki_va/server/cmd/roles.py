@@ -24,6 +24,7 @@ from jpki_va.server.app.config import (
     load_toml,
     merge,
     parse_duration,
+    parse_retention,
     tls_files,
 )
 from jpki_va.server.app.dir_lock import DirectoryInUse
@@ -90,6 +91,11 @@ def signer_config(args: argparse.Namespace) -> SignerConfig:
             "retention_issuance_record": args.retention_issuance_record,
             "retention_loss_record": args.retention_loss_record,
             "retention_crl_file": args.retention_crl_file,
+            "retention_project_record": args.retention_project_record,
+            "retention": args.retention or None,
+            "notice_webhook": args.notice_webhook,
+            "notice_spool": args.notice_spool,
+            "notice_delivery_interval": args.notice_delivery_interval,
             "insecure_loopback": args.insecure_loopback or None,
             "bootstrap": args.bootstrap or None,
             "operator_certs": args.operator_cert,
@@ -111,10 +117,15 @@ def signer_config(args: argparse.Namespace) -> SignerConfig:
         "retention_issuance_record",
         "retention_loss_record",
         "retention_crl_file",
+        "retention_project_record",
+        "notice_delivery_interval",
     ):
         if name in values:
             values[name] = parse_duration(values[name], name.replace("_", " "))
+    values["retention"] = parse_retention(values.get("retention"))
     values["operator_certs"] = tuple(Path(p) for p in values.get("operator_certs") or ())
+    if values.get("notice_spool") is not None:
+        values["notice_spool"] = Path(values["notice_spool"])
     try:
         return SignerConfig(
             hsm=_hsm_from(args, file_values), tls=_tls_from(args, file_values), **values
@@ -157,6 +168,8 @@ def responder_config(args: argparse.Namespace) -> ResponderConfig:
             "notice_interval": args.notice_interval,
             "max_lag": args.max_lag,
             "retention_crl_file": args.retention_crl_file,
+            "retention_ledger": args.retention_ledger,
+            "retention_audit": args.retention_audit,
             "loopback_verifier": args.loopback_verifier,
             "http_listen": args.http_listen,
             "http_tls": args.http_tls or None,
@@ -185,6 +198,8 @@ def responder_config(args: argparse.Namespace) -> ResponderConfig:
         "notice_interval",
         "max_lag",
         "retention_crl_file",
+        "retention_ledger",
+        "retention_audit",
     ):
         if name in values:
             values[name] = parse_duration(values[name], name.replace("_", " "))

@@ -77,6 +77,9 @@ class HttpAccess:
             self._gate.provided(verifier, counts)  # raises LedgerError: nothing leaves
         return True
 
+    def announcement(self) -> bytes | None:
+        return self._files.announcement()  # public (公表): no gate, nothing to count
+
     def _caller(self, claimed: str | None) -> Caller:
         if self._tls:
             if claimed is None or not claimed.startswith(_PEER):

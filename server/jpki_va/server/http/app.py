@@ -27,6 +27,11 @@ PKIX_CRL = b"application/pkix-crl"
 PKIX_CERT = b"application/pkix-cert"
 
 
+# The public announcement of issuer compromises (第15条第3項): for anyone, no verifier.
+ANNOUNCEMENT_PATH = b"/announcements/issuer-compromise.p7m"
+PKCS7_MIME = b"application/pkcs7-mime; smime-type=signed-data"
+
+
 _REASONS = {
     200: b"OK",
     304: b"Not Modified",
@@ -68,6 +73,10 @@ class Access(Protocol):
 
     def commit(self) -> bool:
         """Make what was provided since the last commit durable; False if it cannot."""
+        ...
+
+    def announcement(self) -> bytes | None:
+        """The signed public announcement of issuer compromises, or None."""
         ...
 
 
@@ -241,14 +250,8 @@ class HttpApp:
             claimed = None if verifier is None else verifier.decode("ascii").strip() or None
         except UnicodeDecodeError:
             return self.error(400, "X-JPKI-Verifier must be ASCII")
-        if path.startswith((b"/crl/", b"/ca/", b"/arl/")):
-            if method != b"GET":
-                return self.error(405, "CRLs are fetched with GET", "crl", b"Allow: GET\r\n")
-            return (
-                self._crl_response(claimed, path, if_none_match)
-                if path.startswith(b"/crl/")
-                else self._ca_response(path, if_none_match)  # public: no verifier needed
-            )
+        if path.startswith((b"/crl/", b"/ca/", b"/arl/")) or path == ANNOUNCEMENT_PATH:
+            return self._file(method, claimed, path, if_none_match)
         if method == b"POST":
             return self._post(claimed, path, content_type, body)
         if method != b"GET":
@@ -332,6 +335,31 @@ class HttpApp:
             reply.next_update,
             if_none_match,
         )
+
+    def _file(
+        self, method: bytes, claimed: str | None, path: bytes, if_none_match: bytes | None
+    ) -> bytes:
+        """CRLs (for verifiers); the announcement, CA certificates and the root's ARL
+        (for anyone): GET only."""
+        if path == ANNOUNCEMENT_PATH:
+            if method != b"GET":
+                return self.error(405, "fetched with GET", "announcement", b"Allow: GET\r\n")
+            return self._announcement()
+        if method != b"GET":
+            return self.error(405, "CRLs are fetched with GET", "crl", b"Allow: GET\r\n")
+        if path.startswith(b"/crl/"):
+            return self._crl_response(claimed, path, if_none_match)
+        return self._ca_response(path, if_none_match)
+
+    def _announcement(self) -> bytes:
+        try:
+            signed = self._access.announcement()
+        except NotReady:
+            return self.error(503, "no index loaded yet", "announcement", b"Retry-After: 5\r\n")
+        if signed is None:
+            return self.error(404, "no issuer key compromise has been announced", "announcement")
+        self._observer.request("announcement", 200)
+        return self._head(200, len(signed), PKCS7_MIME, b"Cache-Control: no-cache\r\n") + signed
 
     def _crl_response(self, claimed: str | None, path: bytes, if_none_match: bytes | None) -> bytes:
         target = _crl_target(path)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from jpki_va.core.domain import CertKind, CrlReason, Loss, LossCause
 
@@ -61,3 +62,61 @@ def effective_loss(
     if candidate is None or (recorded is not None and recorded.time <= candidate.time):
         return recorded, False
     return candidate, cascaded
+
+
+# 公表 (第15条第3項, 第16条の14第3項, 第34条第3項, 第35条の14第3項; 業務方法書第5条(7)):
+# the article each kind's announcement rests on, and the kind's name in the law.
+ANNOUNCEMENT_ARTICLES = {
+    CertKind.CARD_SIGN: ("第15条第1項第4号・第3項", "個人番号カード用署名用電子証明書"),
+    CertKind.MOBILE_SIGN: ("第16条の14第1項第3号・第3項", "移動端末設備用署名用電子証明書"),
+    CertKind.CARD_AUTH: ("第34条第1項第4号・第3項", "個人番号カード用利用者証明用電子証明書"),
+    CertKind.MOBILE_AUTH: ("第35条の14第1項第3号・第3項", "移動端末設備用利用者証明用電子証明書"),
+}
+
+
+@dataclass(frozen=True)
+class Generation:
+    """How the public names an issuer generation: its CA certificate."""
+
+    subject: str
+    serial: int
+    not_before: datetime
+    not_after: datetime
+
+
+def announcement(
+    compromises: list[Compromise],
+    generations: dict[bytes, Generation],
+    *,
+    published_at: datetime,
+    arl_url: str,
+) -> dict[str, Any]:
+    """What the announcement says (第15条第3項 "その旨を公表"): for each compromised
+    generation, which one, what happened and since when every certificate it signed
+    has lost effect; and where the root's ARL, which vouches for it, is."""
+    items = []
+    for c in sorted(compromises, key=lambda c: (c.time, c.key_id)):
+        article, law_name = ANNOUNCEMENT_ARTICLES[c.kind]
+        gen = generations[c.key_id]
+        items.append(
+            {
+                "kind": c.kind.slug,
+                "certificates": law_name,
+                "article": article,
+                "generation": c.key_id.hex(),
+                "issuer": gen.subject,
+                "issuer_certificate_serial": f"{gen.serial:X}",
+                "issuer_valid": [gen.not_before.isoformat(), gen.not_after.isoformat()],
+                "what": "発行者署名符号の漏えい、滅失又は毀損 (the issuing key was leaked, "
+                "lost or damaged)",
+                "since": c.time.isoformat(),
+                "effect": f"この世代が署名した{law_name}は {c.time.isoformat()} に効力を失った "
+                "(every certificate this generation signed lost effect then)",
+            }
+        )
+    return {
+        "title": "発行者署名符号の漏えい等による電子証明書の失効の公表",
+        "published_at": published_at.isoformat(),
+        "compromises": items,
+        "arl": arl_url,
+    }

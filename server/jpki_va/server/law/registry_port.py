@@ -11,7 +11,12 @@ from datetime import datetime
 from typing import Protocol
 
 from jpki_va.core.domain import CertKind, Loss
-from jpki_va.server.model.registry_values import CertificateRecord, LossEvent, LossTrigger
+from jpki_va.server.model.registry_values import (
+    CertificateRecord,
+    HolderNotice,
+    LossEvent,
+    LossTrigger,
+)
 
 
 class RegistryPort(Protocol):
@@ -43,4 +48,8 @@ class RegistryPort(Protocol):
 
     def put_renewal(self, old: CertificateRecord, new: CertificateRecord) -> None:
         """Link a superseded certificate to its successor of the same kind."""
+        ...
+
+    def add_notice(self, notice: HolderNotice) -> HolderNotice:
+        """Put a notice to a holder in the outbox (law/holder_notice.py)."""
         ...

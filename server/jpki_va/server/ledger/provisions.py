@@ -259,11 +259,37 @@ class Ledger:
                     out.append(disclosure)
         return out
 
+    def purge(self, counts_before: date, audit_before: datetime) -> tuple[int, int]:
+        """Delete counts of days before `counts_before` and disclosures before
+        `audit_before` (保存期間 of the project's own records); how many of each."""
+        stop = _audit_key(audit_before, 0)[:8]
+        try:
+            with self._env.begin(write=True) as txn:
+                counts = _delete_below(txn.cursor(db=self._counts), counts_before.isoformat())
+                audit = _delete_below(txn.cursor(db=self._audit), stop)
+        except lmdb.Error as exc:
+            raise LedgerError(f"cannot purge {self.path}: {exc}") from exc
+        return counts, audit
+
     def close(self) -> None:
         self._env.close()
         if self._writer is not None:
             os.close(self._writer)  # releases the writer lock
             self._writer = None
+
+
+def _delete_below(cursor: lmdb.Cursor, stop: str | bytes) -> int:
+    """Delete every key below `stop` (keys sort by day or time first); how many."""
+    limit = stop.encode() if isinstance(stop, str) else stop
+    doomed = []
+    for key in cursor.iternext(values=False):
+        if bytes(key) >= limit:
+            break
+        doomed.append(bytes(key))
+    for key in doomed:
+        cursor.set_key(key)
+        cursor.delete()
+    return len(doomed)
 
 
 _WRITER_LOCK = "writer.lock"

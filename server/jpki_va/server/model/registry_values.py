@@ -286,3 +286,68 @@ class LossEvent:
             recorded_at=datetime.fromisoformat(data.get("recorded_at") or data["time"]),
             trigger=LossTrigger.from_json(data.get("trigger")),
         )
+
+
+@dataclass(frozen=True)
+class HolderNotice:
+    """A notice to a holder in the registry's outbox (law/holder_notice.py says what)."""
+
+    id: int  # 0 until the registry gives it its sequence number
+    kind: CertKind
+    serial: int
+    resident_code: str  # whose it is (the municipality finds the current address by it)
+    municipality_code: str
+    name: str
+    address: str
+    article: str
+    lost_at: datetime
+    text: str
+    delivered_at: datetime | None = None
+    delivery: str = ""
+    sent_at: datetime | None = None
+
+    @property
+    def pending(self) -> bool:
+        return self.sent_at is None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind.name,
+            "serial": self.serial,
+            "resident_code": self.resident_code,
+            "municipality_code": self.municipality_code,
+            "name": self.name,
+            "address": self.address,
+            "article": self.article,
+            "lost_at": self.lost_at.isoformat(),
+            "text": self.text,
+            "delivered_at": _iso(self.delivered_at),
+            "delivery": self.delivery,
+            "sent_at": _iso(self.sent_at),
+        }
+
+    @classmethod
+    def from_json(cls, notice_id: int, data: dict[str, Any]) -> HolderNotice:
+        return cls(
+            id=notice_id,
+            kind=CertKind[data["kind"]],
+            serial=int(data["serial"]),
+            resident_code=data["resident_code"],
+            municipality_code=data["municipality_code"],
+            name=data["name"],
+            address=data["address"],
+            article=data["article"],
+            lost_at=datetime.fromisoformat(data["lost_at"]),
+            text=data["text"],
+            delivered_at=_from_iso(data["delivered_at"]),
+            delivery=data["delivery"],
+            sent_at=_from_iso(data["sent_at"]),
+        )
+
+
+def _iso(when: datetime | None) -> str | None:
+    return None if when is None else when.isoformat()
+
+
+def _from_iso(text: str | None) -> datetime | None:
+    return None if text is None else datetime.fromisoformat(text)

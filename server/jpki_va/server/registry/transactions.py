@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 from datetime import date, datetime
@@ -43,6 +43,7 @@ from jpki_va.server.model.registry_values import (
     CertificateRecord,
     Consent,
     ConsentChange,
+    HolderNotice,
     IssuerRecord,
     LossEvent,
     LossTrigger,
@@ -301,6 +302,96 @@ class RegistryTxn:
         for key, value in cursor:
             yield decode_event(int.from_bytes(key, "big"), value)
 
+    # purge (保存期間 over: law/retention.py, signer/purge.py) ---------------------------
+    def delete_certificate(self, key: bytes) -> str | None:
+        """Delete one issuance record (its loss with it) and every index naming it.
+
+        Returns the holder's resident code when this was the holder's last record:
+        nothing in the registry then names that resident code but what the caller
+        deletes next (consents, a move-out notice)."""
+        raw = self._txn.get(key, db=self._db["certs"])
+        if raw is None:
+            return None
+        record = decode_certificate(raw)
+        self._txn.delete(key, db=self._db["certs"])
+        self._txn.delete(key, db=self._db["renewals"])
+        key_hash = certificate_key_hash(record.certificate_der) if record.certificate_der else None
+        if key_hash is not None:
+            codec = (key_record_keys, encode_key_value)
+            _remove_key(self._txn, self._db["public_keys"], key_hash, key, codec)
+        code = record.resident_code.encode()
+        codec = (holder_keys, encode_holder_value)
+        left = _remove_key(self._txn, self._db["holders"], code, key, codec)
+        return record.resident_code if left == 0 else None
+
+    def delete_events(self, sequences: list[int]) -> None:
+        for sequence in sequences:
+            self._txn.delete(_seq_key(sequence), db=self._db["events"])
+
+    def delete_consent(self, resident_code: str, verifier: str) -> None:
+        self._txn.delete(self._consent_key(resident_code, verifier), db=self._db["consents"])
+
+    def consent_log_before(self, when: datetime) -> list[int]:
+        """Sequences of consent changes made before `when` (they name resident codes)."""
+        out = []
+        for key, value in self._txn.cursor(db=self._db["consent_log"]):
+            if datetime.fromisoformat(json.loads(bytes(value))["time"]) >= when:
+                break  # in sequence order, which is time order
+            out.append(int.from_bytes(key, "big"))
+        return out
+
+    def delete_consent_log(self, sequences: list[int]) -> None:
+        for sequence in sequences:
+            self._txn.delete(_seq_key(sequence), db=self._db["consent_log"])
+
+    # the notice outbox (law/holder_notice.py) ----------------------------------------
+    def add_notice(self, notice: HolderNotice) -> HolderNotice:
+        """Put a notice in the outbox, pending; returns it with its sequence number."""
+        stored = replace(notice, id=self.next_counter("notice"))
+        self._put_notice(stored)
+        return stored
+
+    def _put_notice(self, notice: HolderNotice) -> None:
+        key = _seq_key(notice.id)
+        self._txn.put(key, _dumps(notice.to_json()), db=self._db["notices"])
+        if notice.pending:
+            self._txn.put(key, b"", db=self._db["notices_pending"])
+        else:
+            self._txn.delete(key, db=self._db["notices_pending"])
+
+    def notice(self, notice_id: int) -> HolderNotice | None:
+        raw = self._txn.get(_seq_key(notice_id), db=self._db["notices"])
+        return None if raw is None else HolderNotice.from_json(notice_id, json.loads(bytes(raw)))
+
+    def update_notice(self, notice: HolderNotice) -> None:
+        """Record its delivery or sending (the notice must be in the outbox)."""
+        if self.notice(notice.id) is None:
+            raise NotIssued(f"no notice {notice.id} in the outbox")
+        self._put_notice(notice)
+
+    def notices(self, *, pending_only: bool = False) -> list[HolderNotice]:
+        """The outbox, oldest first."""
+        if pending_only:
+            cursor = self._txn.cursor(db=self._db["notices_pending"])
+            ids = [int.from_bytes(k, "big") for k in cursor.iternext(values=False)]
+            return [n for i in ids if (n := self.notice(i)) is not None]
+        return [
+            HolderNotice.from_json(int.from_bytes(k, "big"), json.loads(bytes(v)))
+            for k, v in self._txn.cursor(db=self._db["notices"])
+        ]
+
+    def pending_notices(self) -> tuple[int, HolderNotice | None]:
+        """How many notices are not yet sent, and the oldest of them."""
+        count = int(self._txn.stat(self._db["notices_pending"])["entries"])
+        cursor = self._txn.cursor(db=self._db["notices_pending"])
+        oldest = self.notice(int.from_bytes(cursor.key(), "big")) if cursor.first() else None
+        return count, oldest
+
+    def delete_notices(self, ids: list[int]) -> None:
+        for notice_id in ids:
+            self._txn.delete(_seq_key(notice_id), db=self._db["notices"])
+            self._txn.delete(_seq_key(notice_id), db=self._db["notices_pending"])
+
     # renewal links ----------------------------------------------------------------
     def put_renewal(self, old: CertificateRecord, new: CertificateRecord) -> None:
         self._txn.put(old.key, new.key, db=self._db["renewals"])
@@ -522,6 +613,26 @@ class RegistryTxn:
         self._txn.put(name.encode(), value, db=self._db["meta"])
 
 
+def _remove_key(
+    txn: lmdb.Transaction,
+    db: Any,
+    name: bytes,
+    key: bytes,
+    codec: tuple[Callable[[bytes | memoryview], list[bytes]], Callable[[list[bytes]], bytes]],
+) -> int:
+    """Take `key` out of the record-key list stored under `name`; how many are left."""
+    decode, encode = codec
+    raw = txn.get(name, db=db)
+    if raw is None:
+        return 0
+    keys = [k for k in decode(raw) if k != key]
+    if keys:
+        txn.put(name, encode(keys), db=db)
+    else:
+        txn.delete(name, db=db)
+    return len(keys)
+
+
 class Registry:
     """The LMDB environment of the registry. One per signer; the signer is its only writer."""
 
@@ -539,6 +650,8 @@ class Registry:
         "consent_log",
         "issued",
         "public_keys",
+        "notices",
+        "notices_pending",
         "mobile_applications",
         "mobile_notices",
     )

@@ -27,6 +27,10 @@ class CrlFiles:
         self._holder = holder
         self._archive = archive
 
+    def announcement(self) -> bytes | None:
+        """The public announcement of issuer compromises the live index carries."""
+        return self._holder.get().announcement()
+
     def _issuer(self, kind: CertKind, partition: str) -> bytes:
         """The generation to use when the request names none: the active one, else newest."""
         index = self._holder.get()

@@ -22,6 +22,7 @@ from jpki_va.core.domain import (
 )
 from jpki_va.server.base.faults import fault_point
 from jpki_va.server.base.private_files import LMDB_MODE, private_dir
+from jpki_va.server.base.progress import Progress
 from jpki_va.server.pki.crl_stream import read_entries, tbs_certlist
 from jpki_va.server.responder.index_layout import (
     _DBS,
@@ -35,6 +36,7 @@ from jpki_va.server.responder.index_layout import (
     _scope_key,
     index_dirname,
     issuer_lookup_keys,
+    put_announcement,
     put_delta_crls,
     snapshot_event_rows,
 )
@@ -208,6 +210,7 @@ def _put_status(
                 raise SnapshotRejected("record count differs from the manifest")
             items = index_items(body, losses)
             added = 0
+            progress = Progress(f"index {manifest.sequence}", manifest.record_count)
             try:
                 while True:
                     with env.begin(write=True) as txn, txn.cursor(db=status) as cursor:
@@ -215,8 +218,10 @@ def _put_status(
                         # shows as fewer records added than read.
                         read, put = cursor.putmulti(islice(items, _STATUS_BATCH), append=True)
                     added += put
+                    progress.advance(read)
                     if read < _STATUS_BATCH:
                         break
+                progress.finish()
             finally:
                 del items  # its iterators hold views of the mapped file until they go
         finally:
@@ -278,6 +283,7 @@ def _build(snapshot: VerifiedSnapshot, path: Path) -> None:
             )
             verifiers = [v.to_json() for v in snapshot.verifiers()]
             txn.put(b"verifiers", json.dumps(verifiers).encode(), db=dbs[b"meta"])
+            put_announcement(txn, dbs[b"meta"], snapshot)
             if snapshot.arl is not None:
                 txn.put(ARL_KEY, snapshot.arl.public_bytes(Encoding.DER), db=dbs[b"meta"])
             put_delta_crls(txn, dbs[b"meta"], snapshot.empty_deltas)

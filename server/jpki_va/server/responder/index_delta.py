@@ -26,6 +26,7 @@ from jpki_va.server.responder.index_layout import (
     _put_events,
     _required,
     _scope_key,
+    put_announcement,
     put_delta_crls,
     snapshot_event_rows,
 )
@@ -178,6 +179,7 @@ def _apply(
     if VERIFIERS_FILE in manifest.files:  # the whole registry, replaced
         verifiers = [v.to_json() for v in snapshot.verifiers()]
         txn.put(b"verifiers", json.dumps(verifiers).encode(), db=dbs[b"meta"])
+        put_announcement(txn, dbs[b"meta"], snapshot)
     meta.update(
         sequence=manifest.sequence,
         created_at=manifest.created_at.isoformat(),

@@ -30,14 +30,15 @@ from jpki_va.server.snapshot.data_files import (
     read_event_rows,
     read_lines,
 )
+from jpki_va.server.snapshot.manifest import (
+    ANNOUNCEMENT,
+    CrlInfo,
+    SnapshotRejected,
+)
 from jpki_va.server.snapshot.manifest import CONSENTS as CONSENTS_FILE
 from jpki_va.server.snapshot.manifest import EVENTS as EVENTS_FILE
 from jpki_va.server.snapshot.manifest import LINKS as LINKS_FILE
 from jpki_va.server.snapshot.manifest import SIGNING_RECORDS as SIGNING_RECORDS_FILE
-from jpki_va.server.snapshot.manifest import (
-    CrlInfo,
-    SnapshotRejected,
-)
 from jpki_va.server.snapshot.verify import VerifiedCrl, VerifiedSnapshot
 
 CURRENT = "current"
@@ -50,6 +51,8 @@ _DBS = (b"status", b"issuers", b"meta", b"links", b"signing_records", b"consents
 
 
 _VERSION = b"version"
+# The public announcement of issuer compromises, as signed (meta db).
+ANNOUNCEMENT_KEY = b"announcement"
 
 
 _RETIRED_EVENTS_FILE = "events.jsonl"  # JSON lines, before events.bin
@@ -209,3 +212,9 @@ def _required(raw: bytes | memoryview | None) -> bytes:
     if raw is None:
         raise SnapshotRejected("the index has no manifest metadata")
     return bytes(raw)
+
+
+def put_announcement(txn: lmdb.Transaction, meta_db: Any, snapshot: VerifiedSnapshot) -> None:
+    """Keep the snapshot's public announcement (第15条第3項) as it was signed, if any."""
+    if ANNOUNCEMENT in snapshot.manifest.files:
+        txn.put(ANNOUNCEMENT_KEY, (snapshot.path / ANNOUNCEMENT).read_bytes(), db=meta_db)

@@ -45,6 +45,7 @@ from jpki_va.server.responder.index_layout import (
     _DBS,
     _MAP_SIZE,
     _VERSION,
+    ANNOUNCEMENT_KEY,
     ARL_KEY,
     CURRENT,
     CrlTimes,
@@ -208,6 +209,12 @@ class Index:
                 if _version_number(meta.version) > _version_number(self._meta.version):
                     self._meta = meta
         return meta
+
+    def announcement(self) -> bytes | None:
+        """The public announcement of issuer compromises (CMS, DER), or None."""
+        with self._env.begin() as txn:
+            raw = txn.get(ANNOUNCEMENT_KEY, db=self._meta_db)
+            return None if raw is None else bytes(raw)
 
     # what the index reflects ------------------------------------------------------------
     @property

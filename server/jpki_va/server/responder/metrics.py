@@ -210,6 +210,7 @@ class ResponderCollector(Collector):
         self._provisions = provisions
         self._per_partition = per_partition
         self._ocsp_signer: Callable[[], DelegatedSigner | None] | None = None
+        self._rotation: Callable[[], tuple[bool, int]] | None = None
         self._lock = threading.Lock()
         self._ingest_buckets = [0] * (len(INGEST_BUCKETS) + 1)
         self._ingest_sum = 0.0
@@ -221,6 +222,10 @@ class ResponderCollector(Collector):
     def ocsp_signer_from(self, current: Callable[[], DelegatedSigner | None]) -> None:
         """Where the delegated OCSP-signer certificates come from, read at each scrape."""
         self._ocsp_signer = current
+
+    def rotation_from(self, current: Callable[[], tuple[bool, int]]) -> None:
+        """Where (in rotation, newest sequence in the store) come from, at each scrape."""
+        self._rotation = current
 
     def index_state(self, state: IndexState) -> None:
         self._state = state
@@ -256,6 +261,20 @@ class ResponderCollector(Collector):
             )
             yield from self._crl_times(state)
         yield from self._ocsp_signer_expiry()
+        if self._rotation is not None:
+            in_rotation, newest = self._rotation()
+            yield GaugeMetricFamily(
+                "jpki_va_in_rotation",
+                "1 while this replica belongs in a balancer's rotation (health "
+                "jpki-va.rotation): an index, not behind the newest snapshot past max_lag, "
+                "the newest not refused.",
+                int(in_rotation),
+            )
+            yield GaugeMetricFamily(
+                "jpki_va_newest_snapshot_sequence",
+                "The highest committed snapshot sequence seen in the store.",
+                newest,
+            )
         if self._provisions is not None:
             provisions = CounterMetricFamily(
                 "jpki_va_provisions",

@@ -6,13 +6,12 @@ responder's index and OCSP code.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from cryptography import x509
 
-_DURATION = re.compile(r"^(\d+)([dhm])$")
+from jpki_va.core.cli import parse_duration
 
 
 @dataclass(frozen=True)
@@ -34,11 +33,11 @@ class RenewPolicy:
     @classmethod
     def parse(cls, text: str) -> RenewPolicy:
         text = text.strip()
-        match = _DURATION.match(text)
-        if match:
-            n, unit = int(match.group(1)), match.group(2)
-            delta = {"d": timedelta(days=n), "h": timedelta(hours=n), "m": timedelta(minutes=n)}
-            return cls(fraction=None, before_expiry=delta[unit])
+        if text[-1:].isalpha():  # a duration (the commands' one syntax); a bare number: a fraction
+            try:
+                return cls(fraction=None, before_expiry=parse_duration(text))
+            except ValueError:
+                pass
         try:
             return cls(fraction=float(text))
         except ValueError:

@@ -14,7 +14,7 @@ from jpki_va.protos import signer_pb2, signer_pb2_grpc, va_pb2, verifiers_pb2
 from jpki_va.server.access.gate import Caller, Operators
 from jpki_va.server.law.resident_change import ResidentEvent, ResidentEventFacts, move_out_deadline
 from jpki_va.server.model.holder import Holder
-from jpki_va.server.model.registry_values import Consent, IssuerRecord, LossEvent
+from jpki_va.server.model.registry_values import Consent, HolderNotice, IssuerRecord, LossEvent
 from jpki_va.server.rpc.identity import fingerprint
 from jpki_va.server.rpc.pb import kind_from_pb, serial_from_pb, timestamp
 from jpki_va.server.signer.publish_status import PublishState
@@ -51,6 +51,26 @@ def consent_to_pb(consent: Consent) -> signer_pb2.Consent:
     out = signer_pb2.Consent(verifier=consent.verifier, granted_at=timestamp(consent.granted_at))
     if consent.withdrawn_at is not None:
         out.withdrawn_at.CopyFrom(timestamp(consent.withdrawn_at))
+    return out
+
+
+def notice_to_pb(notice: HolderNotice) -> signer_pb2.HolderNotice:
+    out = signer_pb2.HolderNotice(
+        id=notice.id,
+        kind=int(notice.kind),  # type: ignore[arg-type]
+        serial=serial_to_bytes(notice.serial),
+        article=notice.article,
+        name=notice.name,
+        address=notice.address,
+        municipality_code=notice.municipality_code,
+        lost_at=timestamp(notice.lost_at),
+        text=notice.text,
+        delivery=notice.delivery,
+    )
+    if notice.delivered_at is not None:
+        out.delivered_at.CopyFrom(timestamp(notice.delivered_at))
+    if notice.sent_at is not None:
+        out.sent_at.CopyFrom(timestamp(notice.sent_at))
     return out
 
 
@@ -296,6 +316,22 @@ class SignerServicer(signer_pb2_grpc.SignerServiceServicer):
                 for issuer, cert in issued
             ]
         )
+
+    def ListNotices(
+        self, request: signer_pb2.ListNoticesRequest, context: grpc.ServicerContext
+    ) -> signer_pb2.ListNoticesResponse:
+        self._operator(context)
+        notices = self._signer.notices(pending_only=request.pending_only)
+        return signer_pb2.ListNoticesResponse(notices=[notice_to_pb(n) for n in notices])
+
+    def MarkNoticeSent(
+        self, request: signer_pb2.MarkNoticeSentRequest, context: grpc.ServicerContext
+    ) -> signer_pb2.MarkNoticeSentResponse:
+        self._operator(context)
+        if request.id == 0:
+            raise InvalidRequest("name the notice by its id (1 or more)")
+        notice = self._signer.mark_notice_sent(request.id)
+        return signer_pb2.MarkNoticeSentResponse(notice=notice_to_pb(notice))
 
     def ListIssuers(
         self, request: va_pb2.ListIssuersRequest, context: grpc.ServicerContext

@@ -40,6 +40,7 @@ from jpki_va import hsm
 from jpki_va.core.clock import Clock
 from jpki_va.core.domain import CertKind
 from jpki_va.server.base.private_files import open_private_text, private_dir
+from jpki_va.server.base.progress import Progress
 from jpki_va.server.model.registry_values import IssuerRecord
 from jpki_va.server.pki import cert_profile
 from jpki_va.server.pki.cert_profile import CertProfile, ProfileSettings
@@ -417,6 +418,8 @@ def run_ceremony(
     with registry.read() as tx:
         records = tx.issuers()
         signers_present = signer_meta(tx)
+    # The root, each issuing CA, the two signers: keys made in the HSM take a while.
+    steps = Progress("key ceremony", 3 + len(config.issuers))
 
     root = next((r for r in records if r.kind is None), None)
     if root is None:
@@ -445,12 +448,14 @@ def run_ceremony(
         created.append(CreatedItem("root", None, spec.label, spec.key_type, key_created, cert))
     else:
         present.append(root.key_label)
+    steps.advance()
     root_key = token.key(root.key_label)
     root_cert = root.certificate
     links = cert_profile.root_links(ProfileSettings(base_url=config.base_url), root.key_id)
 
     for kind, spec in sorted(config.issuers.items()):
         existing = [r for r in records if r.kind is kind]
+        steps.advance()
         if existing:
             present.extend(r.key_label for r in existing)
             continue
@@ -485,6 +490,7 @@ def run_ceremony(
         ),
     )
     for role, meta_name, spec, make in signers:
+        steps.advance()
         if meta_name in signers_present:
             present.append(signers_present[meta_name][0])
             continue
@@ -513,6 +519,18 @@ def run_ceremony(
             put_signer_meta(wtx, meta_name, spec.label, cert)
         created.append(CreatedItem(role, None, spec.label, spec.key_type, key_created, cert))
 
+    steps.finish()
+    return _result(token, now, created, present, record_dir)
+
+
+def _result(
+    token: hsm.Hsm,
+    now: datetime,
+    created: list[CreatedItem],
+    present: list[str],
+    record_dir: Path | None,
+) -> CeremonyResult:
+    """Log what was made, and keep the ceremony record when anything was."""
     for item in created:
         log.info("ceremony created %s", item.describe())
     record_path = None

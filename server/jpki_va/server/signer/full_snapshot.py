@@ -79,8 +79,13 @@ class FullContent:
         self._retention = retention
         self._now_dt = now
         self._now = micros(now)
-        self._issued_after = micros(retention.issuance_cutoff(now))
-        self._lost_after = micros(retention.loss_cutoff(now))
+        # Cut-offs per kind (issuance) and per kind and cause (loss), by wire value.
+        self._issued_after = {int(k): micros(retention.issuance_cutoff(k, now)) for k in CertKind}
+        self._lost_after = {
+            (int(k), int(c)): micros(retention.loss_cutoff(k, c, now))
+            for k in CertKind
+            for c in LossCause
+        }
         self._scratch = scratch
         self._link_run_rows = link_run_rows
         self._partitions: dict[bytes, int] = {}
@@ -102,7 +107,7 @@ class FullContent:
         return None if record is None else CertificateHead.of(record)
 
     def _retained(self, head: CertificateHead) -> bool:
-        return head.not_before > self._issued_after
+        return head.not_before > self._issued_after[head.kind]
 
     def _retained_key(self, key: bytes) -> bool:
         head = self._head(key)
@@ -110,7 +115,7 @@ class FullContent:
 
     def _loss_kept(self, head: CertificateHead) -> bool:
         return head.cause != 0 and loss_kept(
-            head.loss_time, head.not_after, self._now, self._lost_after
+            head.loss_time, head.not_after, self._now, self._lost_after[head.kind, head.cause]
         )
 
     # files ------------------------------------------------------------------------------
@@ -122,7 +127,7 @@ class FullContent:
         issued_after, lost_after, now = self._issued_after, self._lost_after, self._now
         for key, head in self._heads():
             kind, _, kid, partition, nb, na, lost, cause, reason, _ = head
-            if nb <= issued_after:
+            if nb <= issued_after[kind]:
                 continue  # past the issuance record's retention
             number = partitions.get(partition)
             if number is None:
@@ -134,7 +139,7 @@ class FullContent:
             bucket = entries.get(scope)
             if bucket is None:
                 bucket = entries[scope] = bytearray()  # a CRL even when empty
-            if cause and loss_kept(lost, na, now, lost_after):
+            if cause and loss_kept(lost, na, now, lost_after[kind, cause]):
                 bucket += pack_entry(key[1:], lost, cause, reason)
 
     def crl_entries(self) -> dict[Scope, Iterable[CrlEntry]]:
@@ -160,7 +165,7 @@ class FullContent:
             subjects = []
             for key in keys:
                 head = head_of(key)
-                if head is None or head.not_before <= issued_after:
+                if head is None or head.not_before <= issued_after[head.kind]:
                     continue  # unknown, or past the issuance record's retention
                 kind, serial, _, _, nb, na, lost, cause, _, card_serial = head
                 subjects.append(
@@ -184,7 +189,7 @@ class FullContent:
         for code, verifiers in consenting.items():
             for record in self._tx.holder_certificates(code):
                 if record.kind.is_signing and self._retention.issuance_retained(
-                    record.not_before, self._now_dt
+                    record.kind, record.not_before, self._now_dt
                 ):
                     chosen.append((record.key, record, verifiers))
         chosen.sort(key=lambda item: item[0])

@@ -77,6 +77,22 @@ class SignerMetrics:
             registry=self.registry,
         )
 
+        self.notices_pending = Gauge(
+            "jpki_va_holder_notices_pending",
+            "Notices to holders (第15条第2項 and its twins) not yet sent",
+            registry=self.registry,
+        )
+        self.notice_oldest_age = Gauge(
+            "jpki_va_holder_notice_oldest_pending_seconds",
+            "Seconds since the oldest notice not yet sent became due (0: none pending)",
+            registry=self.registry,
+        )
+
+    def notices_from(self, pending: Callable[[], int], oldest_age: Callable[[], float]) -> None:
+        """Where the outbox's figures come from, read at each scrape."""
+        self.notices_pending.set_function(pending)
+        self.notice_oldest_age.set_function(oldest_age)
+
     # hsm.HsmObserver
     def signed(self, label: str, mechanism: str, seconds: float) -> None:
         self.sign_seconds.labels(label, mechanism).observe(seconds)

@@ -25,14 +25,16 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
 
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes
 
 from jpki_va.core.clock import Clock
 from jpki_va.core.domain import CertKind, Link, LinkType, Verifier
 from jpki_va.server.base.faults import fault_point
 from jpki_va.server.base.private_files import private_dir
+from jpki_va.server.base.progress import Progress
 from jpki_va.server.law.correspondence import holder_links
-from jpki_va.server.law.issuer_compromise import Compromise
+from jpki_va.server.law.issuer_compromise import Compromise, Generation, announcement
 from jpki_va.server.law.retention import RetentionPolicy
 from jpki_va.server.model.registry_values import (
     CertificateRecord,
@@ -41,6 +43,7 @@ from jpki_va.server.model.registry_values import (
     LossEvent,
 )
 from jpki_va.server.pki import crl_profile, crl_stream
+from jpki_va.server.pki.announcement import sign_announcement
 from jpki_va.server.pki.cert_profile import ProfileSettings
 from jpki_va.server.pki.crl_profile import CrlEntry
 from jpki_va.server.registry.transactions import Registry, RegistryTxn
@@ -148,11 +151,15 @@ class Publisher:
         self._clock = clock
         self._settings = settings
         self._retention = retention or RetentionPolicy()
-        self._retention.check(max(settings.validity.values()))
+        self._retention.check(settings.validity)
         # One publish at a time: the periodic one and an operator's may coincide.
         self._lock = threading.Lock()
 
     # entry points ---------------------------------------------------------------------
+    @property
+    def retention(self) -> RetentionPolicy:
+        return self._retention
+
     def publish_full(self) -> PublishedSnapshot:
         """A full snapshot: every record in retention, one CRL per partition."""
         with self._lock:
@@ -224,7 +231,7 @@ class Publisher:
 
     # retention --------------------------------------------------------------------------
     def _retained(self, record: CertificateRecord, now: datetime) -> bool:
-        return self._retention.issuance_retained(record.not_before, now)
+        return self._retention.issuance_retained(record.kind, record.not_before, now)
 
     # full -------------------------------------------------------------------------------
     def _publish_full(self) -> PublishedSnapshot:
@@ -247,7 +254,9 @@ class Publisher:
                 consent_sequence = tx.counter("consent")
                 mark = tx.change_mark()
                 content = FullContent(tx, issuers, self._retention, now, scratch=self._root)
-                builder.add_records(content.records())
+                # Of every certificate issued: the records gather is most of a full publish.
+                with Progress(f"full snapshot {sequence}", issued) as records:
+                    builder.add_records(records.track(content.records()))
                 event_count = builder.add_events(content.events())
                 builder.add_links(content.link_rows())
                 signing_records, consents = content.signing_records_and_consents()
@@ -262,6 +271,8 @@ class Publisher:
             empty = {scope: () for scope in entries}
             self._add_crls(builder, issuers, empty, numbers, now, numbers, empty_deltas=True)
             self._add_arl(builder, issuers, compromises, arl_number, now)
+            if compromises:
+                self._add_announcement(builder, issuers, compromises, now)
             fault_point("publish.files-written")
             manifest = builder.seal(
                 type="full",
@@ -331,6 +342,37 @@ class Publisher:
         )
         builder.add_arl(arl, number)
 
+    def _add_announcement(
+        self,
+        builder: SnapshotBuilder,
+        issuers: list[IssuerRecord],
+        compromises: dict[bytes, Compromise],
+        now: datetime,
+    ) -> None:
+        """The public announcement (第15条第3項 and its twins), signed by the snapshot key."""
+        root = self._authority.root()
+        generations = {
+            r.key_id: Generation(
+                r.certificate.subject.rfc4514_string(),
+                r.certificate.serial_number,
+                r.certificate.not_valid_before_utc,
+                r.certificate.not_valid_after_utc,
+            )
+            for r in issuers
+            if r.key_id in compromises
+        }
+        content = announcement(
+            list(compromises.values()),
+            generations,
+            published_at=now,
+            arl_url=f"{self._settings.base_url}/arl/{root.key_id.hex()[:16]}.crl",
+        )
+        raw = json.dumps(content, ensure_ascii=False, indent=1).encode() + b"\n"
+        key, cert = self._authority.snapshot_signer()
+        if not isinstance(key, rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey):
+            raise TypeError("the snapshot key must be RSA or EC to sign the announcement")
+        builder.add_announcement(sign_announcement(raw, key, cert))
+
     # delta ------------------------------------------------------------------------------
     def _publish_delta(self) -> PublishedSnapshot | None:
         """A delta after the last snapshot, or None when only a full one will do."""
@@ -357,6 +399,7 @@ class Publisher:
             content = self._gather_delta(tx, state, issuers, now)
             if content is None:
                 return None
+            compromises = tx.compromises()
             numbers = {scope: tx.counter(crl_counter(*scope)) + 1 for scope in content.entries}
         builder = SnapshotBuilder(self._root, sequence)
         fault_point("publish.begun")
@@ -366,6 +409,8 @@ class Publisher:
             builder.add_records(content.records)
             self._add_crls(builder, issuers, content.entries, numbers, now, bases)
             self._add_data(builder, content)
+            if compromises:  # the same as in its full snapshot: every snapshot has it
+                self._add_announcement(builder, issuers, compromises, now)
             fault_point("publish.files-written")
             manifest = builder.seal(
                 type="delta",
@@ -555,7 +600,8 @@ class Publisher:
                 )
             except (OSError, ValueError, KeyError):
                 continue
-            if not self._retention.crl_file_retained(created, now):
+            # A snapshot holds the CRL files of every kind: kept for the longest period.
+            if now >= created + self._retention.longest_crl_file():
                 shutil.rmtree(path, ignore_errors=True)
                 log.info("removed snapshot %s: past the retention of CRL files", path.name)
 

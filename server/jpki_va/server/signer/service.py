@@ -24,6 +24,7 @@ from jpki_va import hsm
 from jpki_va.core.clock import Clock
 from jpki_va.core.domain import CertKind, CrlReason, Loss, LossCause
 from jpki_va.server.law.errors import Refused
+from jpki_va.server.law.holder_notice import record_notice
 from jpki_va.server.law.issuer_compromise import Compromise
 from jpki_va.server.law.key_pair import check_new_key
 from jpki_va.server.law.loss_recording import DEFAULT_REASON, operator_loss
@@ -49,6 +50,7 @@ from jpki_va.server.model.public_key import public_key_hash
 from jpki_va.server.model.registry_values import (
     CertificateRecord,
     Consent,
+    HolderNotice,
     IssuerRecord,
     LossEvent,
     MobileApplication,
@@ -68,6 +70,7 @@ from jpki_va.server.registry.transactions import (
 from jpki_va.server.signer.authority import Authority, AuthorityError
 from jpki_va.server.signer.publish_status import PublishState, PublishStatus
 from jpki_va.server.signer.publisher import PublishedSnapshot, Publisher
+from jpki_va.server.signer.purge import Purged, purge
 from jpki_va.server.signer.signing_queue import SigningQueue
 
 log = logging.getLogger(__name__)
@@ -406,6 +409,7 @@ class Signer:
                 event = tx.record_loss(kind, serial, loss)
                 record = tx.certificate(kind, serial)
                 assert record is not None
+                record_notice(tx, record, loss)  # 第15条第2項 and its twins
                 events = [event, *cascade_card_loss(tx, record, loss)]
         except NotIssued as exc:
             raise NotFound(str(exc)) from None
@@ -495,6 +499,36 @@ class Signer:
                 events.extend(self._lapse_move_out(tx, code, now))
         self._log_losses(events)
         return events
+
+    # notices to holders (第15条第2項 and its twins) ---------------------------------------
+    def notices(self, *, pending_only: bool) -> list[HolderNotice]:
+        with self._registry.read() as tx:
+            return tx.notices(pending_only=pending_only)
+
+    def mark_notice_sent(self, notice_id: int) -> HolderNotice:
+        """An operator's word that the notice reached the post (a spooled one, say)."""
+        with self._registry.write() as tx:
+            notice = tx.notice(notice_id)
+            if notice is None:
+                raise NotFound(f"no notice {notice_id} in the outbox")
+            if notice.sent_at is not None:
+                raise PreconditionFailed(
+                    f"notice {notice_id} was already sent at {notice.sent_at.isoformat()}"
+                )
+            sent = replace(notice, sent_at=self._clock.now())
+            tx.update_notice(sent)
+        log.info("notice %d marked sent", notice_id)
+        return sent
+
+    # 保存期間 -------------------------------------------------------------------------------
+    def purge_past_retention(self) -> Purged:
+        """Delete from the registry what no retention period keeps any more."""
+        return purge(self._registry, self._publisher.retention, self._clock.now())
+
+    def midnight(self) -> None:
+        """What the signer does at every 00:00 JST: the 第31条 sweep, then the purge."""
+        self.sweep_move_outs()
+        self.purge_past_retention()
 
     # issuer key compromise (第14条) ------------------------------------------------------
     def record_issuer_compromise(self, kind: CertKind, key_id: bytes) -> CompromiseResult:

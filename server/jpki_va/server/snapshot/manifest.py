@@ -46,6 +46,10 @@ CONSENTS = "consents.jsonl"
 ARL = "arl.crl"
 
 
+# The public announcement of issuer compromises (第15条第3項): CMS SignedData, DER.
+ANNOUNCEMENT = "announcement.p7m"
+
+
 VERIFIERS = "verifiers.json"  # the verifier registry: who may receive what (DESIGN §7)
 
 

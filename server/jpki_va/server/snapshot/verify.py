@@ -19,6 +19,8 @@ Files:
   full snapshot also holds each scope's empty `.delta.crl`, with the full CRL's number
   (RFC 5280 §5.2.3): a delta a verifier can fetch before any loss has changed it.
 * `arl.crl` (full snapshots): the root's authority revocation list.
+* `announcement.p7m` (every snapshot with compromises): the public announcement of
+  them (第15条第3項), JSON in a CMS SignedData by the snapshot key (pki/announcement.py).
 * `verifiers.json` (full and delta snapshots): the whole verifier registry.
 * `events.bin` (snapshot.data_files): loss events in registry order, the header line
   `JPKIVA-EVENTS/1` and then 93-byte little-endian rows: sequence (u64), record key
@@ -56,6 +58,7 @@ from jpki_va.core.domain import Verifier
 from jpki_va.core.oids import ARC, ENV_ARC, OID_SNAPSHOT_SIGNING
 from jpki_va.server.pki.cert_profile import key_id
 from jpki_va.server.snapshot.manifest import (
+    ANNOUNCEMENT,
     ARL,
     ISSUERS,
     MANIFEST,
@@ -232,6 +235,10 @@ class SnapshotVerifier:
         """Every announced compromise must be on the root's ARL: the root vouches for it."""
         if not manifest.compromises:
             return
+        if ANNOUNCEMENT not in manifest.files:
+            raise SnapshotRejected(f"{path.name}: compromises without their public announcement")
+        if manifest.type == "delta":
+            return  # the ARL is in its full snapshot
         if arl is None:
             raise SnapshotRejected(f"{path.name}: compromises announced without an ARL")
         for compromise in manifest.compromises:

@@ -37,6 +37,7 @@ from jpki_va.server.law.issuer_compromise import Compromise
 from jpki_va.server.model.registry_values import LossEvent
 from jpki_va.server.snapshot.data_files import write_event_rows, write_link_rows
 from jpki_va.server.snapshot.manifest import (
+    ANNOUNCEMENT,
     ARL,
     EVENTS,
     ISSUERS,
@@ -161,6 +162,10 @@ class SnapshotBuilder:
         self._add(ARL, arl.public_bytes(Encoding.DER))
         assert arl.next_update_utc is not None
         self._arl = ArlInfo(number, arl.last_update_utc, arl.next_update_utc)
+
+    def add_announcement(self, signed: bytes) -> None:
+        """The public announcement of issuer compromises (CMS, pki/announcement.py)."""
+        self._add(ANNOUNCEMENT, signed)
 
     def add_crl(
         self,

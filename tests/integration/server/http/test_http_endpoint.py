@@ -32,6 +32,9 @@ class FakeAccess:
         self.commits += 1
         return self.recording
 
+    def announcement(self) -> bytes | None:
+        return None
+
     def respond(self, claimed: str | None, der: bytes) -> OcspReply:
         self.callers.append(claimed)
         if der == b"boom":

@@ -5,8 +5,11 @@ Its own module: the compromise ends the only CARD_SIGN generation of this signer
 
 from __future__ import annotations
 
+import json
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
-from datetime import UTC
+from datetime import UTC, datetime
 from pathlib import Path
 
 import grpc
@@ -60,6 +63,11 @@ def test_article_14_issuer_key_compromise_ends_what_the_key_signed(
     )
     pki.publish_and_wait(full=False)
     generation = _aki(card.certificate)
+    # Nothing announced yet: a clear 404, not an empty document.
+    with pytest.raises(urllib.error.HTTPError) as http_error:
+        urllib.request.urlopen(f"{pki.http_url}/announcements/issuer-compromise.p7m", timeout=10)
+    assert http_error.value.code == 404
+    http_error.value.close()
 
     # Bad input changes nothing.
     with pytest.raises(grpc.RpcError) as info:
@@ -111,6 +119,7 @@ def test_article_14_issuer_key_compromise_ends_what_the_key_signed(
     assert issuer.compromised_at.ToDatetime(tzinfo=UTC) == compromised_at
 
     _check_arl(pki, card, tmp_path)
+    _check_announcement(pki, generation, compromised_at, tmp_path)
 
     # The compromised generation issues nothing more; its certificates lose nothing more.
     with pytest.raises(grpc.RpcError) as info:
@@ -147,3 +156,42 @@ def _check_arl(pki: Pki, card: Issued, tmp_path: Path) -> None:
     )  # fmt: skip
     assert result.returncode != 0
     assert "certificate revoked" in result.stdout + result.stderr
+
+
+def _check_announcement(pki: Pki, generation: bytes, since: datetime, tmp_path: Path) -> None:
+    """第15条第3項 公表: served over HTTP to anyone, signed, verifiable with the root alone."""
+    url = f"{pki.http_url}/announcements/issuer-compromise.p7m"
+    # No X-JPKI-Verifier header and no client certificate: it is public.
+    with urllib.request.urlopen(url, timeout=10) as reply:
+        assert reply.status == 200
+        assert reply.headers["Content-Type"].startswith("application/pkcs7-mime")
+        signed = reply.read()
+    path = tmp_path / "announcement.p7m"
+    path.write_bytes(signed)
+    out = tmp_path / "announcement.json"
+    result = openssl(
+        "cms", "-verify", "-inform", "DER", "-in", str(path), "-CAfile", str(pki.root_file),
+        "-purpose", "any", "-out", str(out),
+        check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    announced = json.loads(out.read_bytes())
+    (item,) = announced["compromises"]
+    assert item["generation"] == generation.hex()
+    assert item["kind"] == "card-sign" and item["article"] == "第15条第1項第4号・第3項"
+    assert datetime.fromisoformat(item["since"]) == since
+    assert "漏えい" in item["what"]
+    assert announced["arl"].startswith(pki.signer.config.base_url)
+    # Kept in each snapshot: the latest one carries the same signed announcement.
+    snapshot = sorted(pki.signer.config.snapshot_dir.glob("snap-*"))[-1]
+    assert (snapshot / "announcement.p7m").is_file()
+    # Tampered content fails against the root: the signature is what vouches for it.
+    forged = signed.replace(b"card-sign", b"card-auth")
+    assert forged != signed
+    path.write_bytes(forged)
+    result = openssl(
+        "cms", "-verify", "-inform", "DER", "-in", str(path), "-CAfile", str(pki.root_file),
+        "-purpose", "any", "-out", str(out),
+        check=False,
+    )  # fmt: skip
+    assert result.returncode != 0

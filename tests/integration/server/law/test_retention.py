@@ -8,8 +8,10 @@ record's retention; the issuance record leaves after its own; old snapshots
 
 from __future__ import annotations
 
+import subprocess
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 from cryptography import x509
@@ -19,7 +21,7 @@ from jpki_va.core.domain import CertKind, serial_to_bytes
 from jpki_va.hsm import HsmConfig
 from jpki_va.protos import signer_pb2, va_pb2
 from jpki_va.server.pki.cert_profile import DEFAULT_VALIDITY
-from tests.support import Pki, start_pki
+from tests.support import JPKI_VA, Pki, start_pki, wait_for
 
 DAY = 86400.0
 ISSUANCE = DEFAULT_VALIDITY[CertKind.CARD_AUTH] + timedelta(days=365)
@@ -41,6 +43,7 @@ def pki(
         retention_issuance_record=ISSUANCE.total_seconds(),
         retention_loss_record=DAY,
         retention_crl_file=DAY,
+        sweep_check=0.05,  # the 00:00 JST purge follows the clock's jumps at once
     )
     try:
         yield running
@@ -63,8 +66,8 @@ def _events(pki: Pki) -> list[int]:
 
 
 def test_retention_periods_end_publication(pki: Pki, clock: FixedClock) -> None:
-    lost = pki.issue(CertKind.CARD_AUTH)
-    kept = pki.issue(CertKind.CARD_AUTH)
+    lost = pki.issue(CertKind.CARD_AUTH, resident_code="55000000001")
+    kept = pki.issue(CertKind.CARD_AUTH, resident_code="55000000002")
     pki.signer_stub.RecordLoss(
         signer_pb2.RecordLossRequest(
             kind=va_pb2.CERT_KIND_CARD_AUTH,
@@ -105,3 +108,46 @@ def test_retention_periods_end_publication(pki: Pki, clock: FixedClock) -> None:
     for issued in (lost, kept):
         answer = pki.check(CertKind.CARD_AUTH, issued.serial, clock.now())
         assert answer.status == va_pb2.CERT_STATUS_UNKNOWN
+
+    # And the registry holds neither any more: not the records, not the resident
+    # codes (住民票コード), not the loss event.
+    def purged() -> bool:
+        with pki.signer.registry.read() as tx:
+            return (
+                tx.stored_certificate(CertKind.CARD_AUTH, lost.serial) is None
+                and tx.stored_certificate(CertKind.CARD_AUTH, kept.serial) is None
+                and not tx.is_resident("55000000001")
+                and not tx.is_resident("55000000002")
+                and not list(tx.events_since(0))
+            )
+
+    wait_for(purged, "the purge past retention", timeout=10)
+
+
+def test_retention_issuance_must_outlast_validity_plus_loss_record(tmp_path: Path) -> None:
+    """The configuration check, as the signer command gives it: one line, exit 2."""
+    result = subprocess.run(
+        [
+            *JPKI_VA,
+            "signer",
+            "--data-dir",
+            str(tmp_path / "signer"),
+            "--insecure-loopback",
+            "--hsm-token",
+            "never-opened",
+            "--retention-issuance-record",
+            "1900d",
+            "--retention-loss-record",
+            "30d",
+            "--retention",
+            "loss.resident-change.card-auth=365d",
+        ],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert "CARD_AUTH issuance records" in result.stderr and "第27条" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "signer").exists()  # nothing was made

@@ -18,7 +18,7 @@ import grpc
 from jpki_va.core.clock import JST
 from jpki_va.core.domain import Provision
 from jpki_va.protos import va_pb2, va_pb2_grpc
-from jpki_va.server.ledger.provisions import Disclosure, Ledger, read_ledgers
+from jpki_va.server.ledger.provisions import Disclosure, Ledger, open_shard, read_ledgers
 from jpki_va.server.ledger.report import (
     annual_totals,
     audit_entries,
@@ -26,7 +26,7 @@ from jpki_va.server.ledger.report import (
     render_audit,
     year_bounds,
 )
-from tests.support import ALL_ROLES_VERIFIER, JPKI_VA, REPO, Pki, wait_for
+from tests.support import ALL_ROLES_VERIFIER, JPKI_VA, REPO, Pki, start_responder, wait_for
 
 
 def test_counts_by_day_kind_and_verifier(tmp_path: Path) -> None:
@@ -209,3 +209,53 @@ def test_sigkill_of_the_responder_loses_no_count(pki: Pki, tmp_path: Path) -> No
     assert answered == 40
     assert counted == {ALL_ROLES_VERIFIER: answered}
     assert year_bounds(year)[0].year == year
+
+
+def test_retention_of_the_ledger_and_audit_trail_purges_what_is_older(tmp_path: Path) -> None:
+    """保存期間 of the project's own records: counts by day, disclosures by time."""
+    ledger = Ledger(tmp_path / "ledger")
+    old, new = datetime(2020, 4, 1, 12, tzinfo=UTC), datetime(2026, 4, 1, 12, tzinfo=UTC)
+    for when in (old, new):
+        ledger.record(
+            "bank-a",
+            {Provision.SIGNING_STATUS: 1},
+            when,
+            [Disclosure(when, "bank-a", Provision.SIGNING_RECORD, "CARD_SIGN:01", "name")],
+        )
+    assert ledger.purge(date(2026, 1, 1), datetime(2026, 1, 1, tzinfo=UTC)) == (1, 1)
+    assert [c.day for c in ledger.counts(date(2000, 1, 1), date(2100, 1, 1))] == [date(2026, 4, 1)]
+    assert [d.time for d in ledger.disclosures(old, new + timedelta(1))] == [new]
+    assert ledger.purge(date(2026, 1, 1), datetime(2026, 1, 1, tzinfo=UTC)) == (0, 0)
+    ledger.close()
+
+
+def test_retention_responder_workers_purge_their_ledger_shards(pki: Pki, tmp_path: Path) -> None:
+    """The responder's own stores: each worker drops counts and disclosures past the
+    ledger and audit periods when it starts (and at each new day, Japan time)."""
+    state = tmp_path / "state"
+    shard = open_shard(state / "ledger", 0)
+    now = datetime.now(UTC)
+    for when in (now - timedelta(days=40), now - timedelta(days=1)):
+        shard.record(
+            "bank-a",
+            {Provision.SIGNING_STATUS: 1},
+            when,
+            [Disclosure(when, "bank-a", Provision.SIGNING_RECORD, "CARD_SIGN:01", "name")],
+        )
+    shard.close()
+    month = 30 * 86400.0
+    extra = start_responder(
+        pki, state, workers=1, insecure_loopback=True, loopback_verifier=ALL_ROLES_VERIFIER,
+        retention_ledger=month, retention_audit=month,
+    )  # fmt: skip
+    try:
+
+        def purged() -> bool:
+            with read_ledgers(state / "ledger") as ledgers:
+                days = {c.day for c in ledgers.counts(date(2000, 1, 1), date(2100, 1, 1))}
+                audit = ledgers.disclosures(now - timedelta(days=400), now + timedelta(1))
+            return len(days) == 1 and len(audit) == 1
+
+        wait_for(purged, "the worker to purge its shard", timeout=30)
+    finally:
+        extra.close()

@@ -49,6 +49,7 @@ from jpki_va.server.signer.full_snapshot import FullContent
 from jpki_va.server.signer.publisher import Publisher
 from jpki_va.server.snapshot.data_files import consent_line, link_rows, signing_record_line
 from jpki_va.server.snapshot.manifest import (
+    ANNOUNCEMENT,
     ARL,
     CONSENTS,
     MANIFEST,
@@ -91,7 +92,7 @@ def reference_content(
         if consent.in_effect:
             consenting[consent.resident_code].append(consent.verifier)
     for rec in tx.certificates():
-        if not retention.issuance_retained(rec.not_before, now):
+        if not retention.issuance_retained(rec.kind, rec.not_before, now):
             continue
         retained.add((rec.kind, rec.serial))
         holders[rec.resident_code].append(rec)
@@ -105,7 +106,7 @@ def reference_content(
             for verifier in consenting[rec.resident_code]:
                 content.consents.append(consent_line(rec, verifier, True))
         loss_kept = rec.loss is not None and retention.loss_retained(
-            rec.loss.time, rec.not_after, now
+            rec.kind, rec.loss.cause, rec.loss.time, rec.not_after, now
         )
         if loss_kept:
             losses_kept.add((rec.kind, rec.serial))
@@ -289,8 +290,10 @@ def _compare(
     for name in empty:
         assert len(x509.load_der_x509_crl(streamed[name])) == 0
     # Nothing else: the manifest lists the data files, the reference's, the CRLs with
-    # their empty deltas, and the root's ARL.
-    assert set(manifest.files) == set(expected) | set(crls) | set(empty) | {ARL}
+    # their empty deltas, the root's ARL (and the public announcement once a
+    # compromise is announced).
+    announcement = {ANNOUNCEMENT} if manifest.compromises else set()
+    assert set(manifest.files) == set(expected) | set(crls) | set(empty) | {ARL} | announcement
     assert set(streamed) == set(manifest.files) | {MANIFEST, SIGNATURE, SIGNER_CERT}
     assert manifest.record_count == len(reference.records)
     assert published.event_count == len(reference.events)
@@ -339,7 +342,7 @@ def test_streaming_full_snapshot_equals_reference(
     assert reference.consents and reference.signing_records
     assert len(reference.records) < len(records)
     expired = [r for r in records if r.not_after < clock.now()]
-    assert any(RETENTION.issuance_retained(r.not_before, clock.now()) for r in expired)
+    assert any(RETENTION.issuance_retained(r.kind, r.not_before, clock.now()) for r in expired)
 
     # An issuer compromise: every record goes through the effective rule instead.
     with registry.write() as tx:

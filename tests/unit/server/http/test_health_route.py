@@ -29,6 +29,9 @@ class _NoAccess:
     def commit(self) -> bool:
         raise AssertionError("health committed provisions")
 
+    def announcement(self) -> bytes | None:
+        raise AssertionError("health asked for the announcement")
+
 
 def _status(response: bytes) -> tuple[int, bytes]:
     head, _, body = response.partition(b"\r\n\r\n")

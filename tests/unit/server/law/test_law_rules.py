@@ -30,7 +30,7 @@ from jpki_va.server.law.resident_change import (
     move_out_lapsed,
     next_sweep,
 )
-from jpki_va.server.law.retention import RetentionPolicy, loss_kept
+from jpki_va.server.law.retention import RECORD_TYPES, RetentionPolicy, loss_kept
 from jpki_va.server.law.signing_record import check_disclosable
 from jpki_va.server.model.holder import Holder
 from jpki_va.server.model.registry_values import CertificateRecord
@@ -127,20 +127,46 @@ def test_retention_policy() -> None:
     policy = RetentionPolicy(
         issuance_record=timedelta(days=10), loss_record=timedelta(days=2), crl_file=timedelta(1)
     )
-    with pytest.raises(ValueError, match="longest validity"):
-        policy.check(timedelta(days=11))
-    policy.check(timedelta(days=10))
+    card = CertKind.CARD_AUTH
+    # Issuance must outlast the validity plus the loss record's period (8 + 2 = 10).
+    with pytest.raises(ValueError, match=r"第27条.* at least the validity period"):
+        policy.check({card: timedelta(days=9)})
+    policy.check({card: timedelta(days=8)})
     with pytest.raises(ValueError, match="positive"):
-        RetentionPolicy(loss_record=timedelta(0)).check(timedelta(days=1))
-    assert policy.issuance_retained(T0, T0 + timedelta(days=10) - timedelta(seconds=1))
-    assert not policy.issuance_retained(T0, T0 + timedelta(days=10))
+        RetentionPolicy(loss_record=timedelta(0)).check({})
+    assert policy.issuance_retained(card, T0, T0 + timedelta(days=10) - timedelta(seconds=1))
+    assert not policy.issuance_retained(card, T0, T0 + timedelta(days=10))
     # A CRL entry stays until expiry even when the loss record's retention is over.
-    assert policy.loss_retained(T0, T0 + timedelta(days=5), T0 + timedelta(days=3))
-    assert not policy.loss_retained(T0, T0 + timedelta(days=1), T0 + timedelta(days=2))
-    assert policy.loss_retained(T0, T0 + timedelta(days=1), T0 + timedelta(days=1, hours=1))
+    cause = LossCause.HOLDER_REQUEST
+    assert policy.loss_retained(card, cause, T0, T0 + timedelta(days=5), T0 + timedelta(days=3))
+    assert not policy.loss_retained(card, cause, T0, T0 + timedelta(days=1), T0 + timedelta(2))
+    assert policy.loss_retained(card, cause, T0, T0 + timedelta(1), T0 + timedelta(1, hours=1))
     # The same rule on the raw timestamps a full publish compares (cutoff = now - 2 days).
     assert loss_kept(0, 5, 3, 1) and loss_kept(2, 1, 3, 1)
     assert not loss_kept(0, 1, 2, 0) and not loss_kept(1, 3, 3, 1)
+
+
+def test_retention_one_period_per_record_type_named_by_its_article() -> None:
+    policy = RetentionPolicy(
+        periods={"loss.record-error.mobile-auth": timedelta(days=30), "ledger": timedelta(3)}
+    )
+    assert policy.loss(CertKind.MOBILE_AUTH, LossCause.RECORD_ERROR) == timedelta(days=30)
+    assert policy.loss(CertKind.CARD_AUTH, LossCause.RECORD_ERROR) == policy.loss_record
+    assert policy.project("ledger") == timedelta(3)
+    assert RECORD_TYPES["loss.record-error.mobile-auth"] == "第35条の11"
+    assert RECORD_TYPES["issuance.mobile-sign"] == "第16条の7"
+    assert RECORD_TYPES["crl.mobile-auth"] == "第35条の15"
+    # A longer loss period of one cause raises what the issuance records need.
+    longer = RetentionPolicy(
+        issuance_record=timedelta(days=400),
+        loss_record=timedelta(days=10),
+        periods={"loss.resident-change.card-auth": timedelta(days=100)},
+    )
+    longer.check({CertKind.CARD_SIGN: timedelta(days=390)})
+    with pytest.raises(ValueError, match="CARD_AUTH issuance"):
+        longer.check({CertKind.CARD_AUTH: timedelta(days=390)})
+    with pytest.raises(ValueError, match=r"no record type 'loss\.typo'"):
+        RetentionPolicy(periods={"loss.typo": timedelta(1)})
 
 
 def _record(

@@ -434,6 +434,65 @@ export interface ListConsentsResponse {
   consents: Consent[];
 }
 
+/**
+ * A notice to a holder (通知: 第15条第2項, 第16条の14第2項, 第34条第2項,
+ * 第35条の14第2項): their certificate had a record error and lost effect.
+ */
+export interface HolderNotice {
+  /** The outbox's sequence number, from 1. */
+  id: number;
+  /** The kind of the certificate that lost effect. */
+  kind: CertKind;
+  /** Its serial number (unsigned big-endian). */
+  serial: Buffer;
+  /** The article that requires the notice, e.g. "第34条第2項". */
+  article: string;
+  /** The addressee's name, as the certificate records it. */
+  name: string;
+  /** The addressee's address, as the certificate records it. */
+  address: string;
+  /** The municipality (six digits) of the certificate. */
+  municipalityCode: string;
+  /** When the certificate lost effect. */
+  lostAt:
+    | Date
+    | undefined;
+  /** What the notice says (Japanese): the record error and the loss of effect. */
+  text: string;
+  /** When it was handed to the delivery channel; unset: not yet. */
+  deliveredAt:
+    | Date
+    | undefined;
+  /** Where it went: "spool:FILE" or "webhook:HTTP 204"; empty: not yet. */
+  delivery: string;
+  /** When it was sent to the holder; unset: pending. */
+  sentAt: Date | undefined;
+}
+
+/** The notice outbox. */
+export interface ListNoticesRequest {
+  /** True: only the notices not yet sent. */
+  pendingOnly: boolean;
+}
+
+/** The notices, oldest first. */
+export interface ListNoticesResponse {
+  /** Every notice asked for, oldest first. */
+  notices: HolderNotice[];
+}
+
+/** An operator's record that a notice was sent (a spooled one, after mailing it). */
+export interface MarkNoticeSentRequest {
+  /** The notice's id; required (1 or more). */
+  id: number;
+}
+
+/** The notice as now recorded. */
+export interface MarkNoticeSentResponse {
+  /** The notice, with its sent_at set. */
+  notice: HolderNotice | undefined;
+}
+
 /** Publish a snapshot for the responders now (publishing also runs on its own). */
 export interface PublishSnapshotRequest {
   /** True: a full snapshot; false: a delta when one can follow the last full snapshot. */
@@ -2845,6 +2904,560 @@ export const ListConsentsResponse: MessageFns<ListConsentsResponse> = {
   },
 };
 
+function createBaseHolderNotice(): HolderNotice {
+  return {
+    id: 0,
+    kind: 0,
+    serial: Buffer.alloc(0),
+    article: "",
+    name: "",
+    address: "",
+    municipalityCode: "",
+    lostAt: undefined,
+    text: "",
+    deliveredAt: undefined,
+    delivery: "",
+    sentAt: undefined,
+  };
+}
+
+export const HolderNotice: MessageFns<HolderNotice> = {
+  encode(message: HolderNotice, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.id !== 0) {
+      writer.uint32(8).uint64(message.id);
+    }
+    if (message.kind !== 0) {
+      writer.uint32(16).int32(message.kind);
+    }
+    if (message.serial.length !== 0) {
+      writer.uint32(26).bytes(message.serial);
+    }
+    if (message.article !== "") {
+      writer.uint32(34).string(message.article);
+    }
+    if (message.name !== "") {
+      writer.uint32(42).string(message.name);
+    }
+    if (message.address !== "") {
+      writer.uint32(50).string(message.address);
+    }
+    if (message.municipalityCode !== "") {
+      writer.uint32(58).string(message.municipalityCode);
+    }
+    if (message.lostAt !== undefined) {
+      Timestamp.encode(toTimestamp(message.lostAt), writer.uint32(66).fork()).join();
+    }
+    if (message.text !== "") {
+      writer.uint32(74).string(message.text);
+    }
+    if (message.deliveredAt !== undefined) {
+      Timestamp.encode(toTimestamp(message.deliveredAt), writer.uint32(82).fork()).join();
+    }
+    if (message.delivery !== "") {
+      writer.uint32(90).string(message.delivery);
+    }
+    if (message.sentAt !== undefined) {
+      Timestamp.encode(toTimestamp(message.sentAt), writer.uint32(98).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): HolderNotice {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseHolderNotice();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.id = longToNumber(reader.uint64());
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.kind = reader.int32() as any;
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.serial = Buffer.from(reader.bytes());
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.article = reader.string();
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            message.address = reader.string();
+            continue;
+          }
+          case 7: {
+            if (tag !== 58) {
+              break;
+            }
+
+            message.municipalityCode = reader.string();
+            continue;
+          }
+          case 8: {
+            if (tag !== 66) {
+              break;
+            }
+
+            message.lostAt = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 9: {
+            if (tag !== 74) {
+              break;
+            }
+
+            message.text = reader.string();
+            continue;
+          }
+          case 10: {
+            if (tag !== 82) {
+              break;
+            }
+
+            message.deliveredAt = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 11: {
+            if (tag !== 90) {
+              break;
+            }
+
+            message.delivery = reader.string();
+            continue;
+          }
+          case 12: {
+            if (tag !== 98) {
+              break;
+            }
+
+            message.sentAt = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): HolderNotice {
+    return {
+      id: isSet(object.id) ? globalThis.Number(object.id) : 0,
+      kind: isSet(object.kind) ? certKindFromJSON(object.kind) : 0,
+      serial: isSet(object.serial) ? Buffer.from(bytesFromBase64(object.serial)) : Buffer.alloc(0),
+      article: isSet(object.article) ? globalThis.String(object.article) : "",
+      name: isSet(object.name) ? globalThis.String(object.name) : "",
+      address: isSet(object.address) ? globalThis.String(object.address) : "",
+      municipalityCode: isSet(object.municipalityCode)
+        ? globalThis.String(object.municipalityCode)
+        : isSet(object.municipality_code)
+        ? globalThis.String(object.municipality_code)
+        : "",
+      lostAt: isSet(object.lostAt)
+        ? fromJsonTimestamp(object.lostAt)
+        : isSet(object.lost_at)
+        ? fromJsonTimestamp(object.lost_at)
+        : undefined,
+      text: isSet(object.text) ? globalThis.String(object.text) : "",
+      deliveredAt: isSet(object.deliveredAt)
+        ? fromJsonTimestamp(object.deliveredAt)
+        : isSet(object.delivered_at)
+        ? fromJsonTimestamp(object.delivered_at)
+        : undefined,
+      delivery: isSet(object.delivery) ? globalThis.String(object.delivery) : "",
+      sentAt: isSet(object.sentAt)
+        ? fromJsonTimestamp(object.sentAt)
+        : isSet(object.sent_at)
+        ? fromJsonTimestamp(object.sent_at)
+        : undefined,
+    };
+  },
+
+  toJSON(message: HolderNotice): unknown {
+    const obj: any = {};
+    if (message.id !== 0) {
+      obj.id = Math.round(message.id);
+    }
+    if (message.kind !== 0) {
+      obj.kind = certKindToJSON(message.kind);
+    }
+    if (message.serial.length !== 0) {
+      obj.serial = base64FromBytes(message.serial);
+    }
+    if (message.article !== "") {
+      obj.article = message.article;
+    }
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    if (message.address !== "") {
+      obj.address = message.address;
+    }
+    if (message.municipalityCode !== "") {
+      obj.municipalityCode = message.municipalityCode;
+    }
+    if (message.lostAt !== undefined) {
+      obj.lostAt = message.lostAt.toISOString();
+    }
+    if (message.text !== "") {
+      obj.text = message.text;
+    }
+    if (message.deliveredAt !== undefined) {
+      obj.deliveredAt = message.deliveredAt.toISOString();
+    }
+    if (message.delivery !== "") {
+      obj.delivery = message.delivery;
+    }
+    if (message.sentAt !== undefined) {
+      obj.sentAt = message.sentAt.toISOString();
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<HolderNotice>): HolderNotice {
+    return HolderNotice.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<HolderNotice>): HolderNotice {
+    const message = createBaseHolderNotice();
+    message.id = object.id ?? 0;
+    message.kind = object.kind ?? 0;
+    message.serial = object.serial ?? Buffer.alloc(0);
+    message.article = object.article ?? "";
+    message.name = object.name ?? "";
+    message.address = object.address ?? "";
+    message.municipalityCode = object.municipalityCode ?? "";
+    message.lostAt = object.lostAt ?? undefined;
+    message.text = object.text ?? "";
+    message.deliveredAt = object.deliveredAt ?? undefined;
+    message.delivery = object.delivery ?? "";
+    message.sentAt = object.sentAt ?? undefined;
+    return message;
+  },
+};
+
+function createBaseListNoticesRequest(): ListNoticesRequest {
+  return { pendingOnly: false };
+}
+
+export const ListNoticesRequest: MessageFns<ListNoticesRequest> = {
+  encode(message: ListNoticesRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.pendingOnly !== false) {
+      writer.uint32(8).bool(message.pendingOnly);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ListNoticesRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseListNoticesRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.pendingOnly = reader.bool();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ListNoticesRequest {
+    return {
+      pendingOnly: isSet(object.pendingOnly)
+        ? globalThis.Boolean(object.pendingOnly)
+        : isSet(object.pending_only)
+        ? globalThis.Boolean(object.pending_only)
+        : false,
+    };
+  },
+
+  toJSON(message: ListNoticesRequest): unknown {
+    const obj: any = {};
+    if (message.pendingOnly !== false) {
+      obj.pendingOnly = message.pendingOnly;
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<ListNoticesRequest>): ListNoticesRequest {
+    return ListNoticesRequest.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<ListNoticesRequest>): ListNoticesRequest {
+    const message = createBaseListNoticesRequest();
+    message.pendingOnly = object.pendingOnly ?? false;
+    return message;
+  },
+};
+
+function createBaseListNoticesResponse(): ListNoticesResponse {
+  return { notices: [] };
+}
+
+export const ListNoticesResponse: MessageFns<ListNoticesResponse> = {
+  encode(message: ListNoticesResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.notices) {
+      HolderNotice.encode(v!, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ListNoticesResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseListNoticesResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.notices.push(HolderNotice.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ListNoticesResponse {
+    return {
+      notices: globalThis.Array.isArray(object?.notices)
+        ? object.notices.map((e: any) => HolderNotice.fromJSON(e))
+        : [],
+    };
+  },
+
+  toJSON(message: ListNoticesResponse): unknown {
+    const obj: any = {};
+    if (message.notices?.length) {
+      obj.notices = message.notices.map((e) => HolderNotice.toJSON(e));
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<ListNoticesResponse>): ListNoticesResponse {
+    return ListNoticesResponse.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<ListNoticesResponse>): ListNoticesResponse {
+    const message = createBaseListNoticesResponse();
+    message.notices = object.notices?.map((e) => HolderNotice.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBaseMarkNoticeSentRequest(): MarkNoticeSentRequest {
+  return { id: 0 };
+}
+
+export const MarkNoticeSentRequest: MessageFns<MarkNoticeSentRequest> = {
+  encode(message: MarkNoticeSentRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.id !== 0) {
+      writer.uint32(8).uint64(message.id);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): MarkNoticeSentRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseMarkNoticeSentRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.id = longToNumber(reader.uint64());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): MarkNoticeSentRequest {
+    return { id: isSet(object.id) ? globalThis.Number(object.id) : 0 };
+  },
+
+  toJSON(message: MarkNoticeSentRequest): unknown {
+    const obj: any = {};
+    if (message.id !== 0) {
+      obj.id = Math.round(message.id);
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<MarkNoticeSentRequest>): MarkNoticeSentRequest {
+    return MarkNoticeSentRequest.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<MarkNoticeSentRequest>): MarkNoticeSentRequest {
+    const message = createBaseMarkNoticeSentRequest();
+    message.id = object.id ?? 0;
+    return message;
+  },
+};
+
+function createBaseMarkNoticeSentResponse(): MarkNoticeSentResponse {
+  return { notice: undefined };
+}
+
+export const MarkNoticeSentResponse: MessageFns<MarkNoticeSentResponse> = {
+  encode(message: MarkNoticeSentResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.notice !== undefined) {
+      HolderNotice.encode(message.notice, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): MarkNoticeSentResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseMarkNoticeSentResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.notice = HolderNotice.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): MarkNoticeSentResponse {
+    return { notice: isSet(object.notice) ? HolderNotice.fromJSON(object.notice) : undefined };
+  },
+
+  toJSON(message: MarkNoticeSentResponse): unknown {
+    const obj: any = {};
+    if (message.notice !== undefined) {
+      obj.notice = HolderNotice.toJSON(message.notice);
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<MarkNoticeSentResponse>): MarkNoticeSentResponse {
+    return MarkNoticeSentResponse.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<MarkNoticeSentResponse>): MarkNoticeSentResponse {
+    const message = createBaseMarkNoticeSentResponse();
+    message.notice = (object.notice !== undefined && object.notice !== null)
+      ? HolderNotice.fromPartial(object.notice)
+      : undefined;
+    return message;
+  },
+};
+
 function createBasePublishSnapshotRequest(): PublishSnapshotRequest {
   return { full: false };
 }
@@ -3540,6 +4153,31 @@ export const SignerServiceService = {
     responseSerialize: (value: ListIssuersResponse): Buffer => Buffer.from(ListIssuersResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): ListIssuersResponse => ListIssuersResponse.decode(value),
   },
+  /** The notice outbox, oldest first (operators). */
+  listNotices: {
+    path: "/jpki.va.v1.SignerService/ListNotices" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: ListNoticesRequest): Buffer => Buffer.from(ListNoticesRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): ListNoticesRequest => ListNoticesRequest.decode(value),
+    responseSerialize: (value: ListNoticesResponse): Buffer => Buffer.from(ListNoticesResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): ListNoticesResponse => ListNoticesResponse.decode(value),
+  },
+  /**
+   * Record that a notice was sent (operators). Errors: INVALID_ARGUMENT (id 0),
+   * NOT_FOUND (an unknown id), FAILED_PRECONDITION (already sent).
+   */
+  markNoticeSent: {
+    path: "/jpki.va.v1.SignerService/MarkNoticeSent" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: MarkNoticeSentRequest): Buffer =>
+      Buffer.from(MarkNoticeSentRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): MarkNoticeSentRequest => MarkNoticeSentRequest.decode(value),
+    responseSerialize: (value: MarkNoticeSentResponse): Buffer =>
+      Buffer.from(MarkNoticeSentResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): MarkNoticeSentResponse => MarkNoticeSentResponse.decode(value),
+  },
   /**
    * Register a verifier (operators). Errors: INVALID_ARGUMENT, FAILED_PRECONDITION
    * (the id exists and replace is false).
@@ -3643,6 +4281,13 @@ export interface SignerServiceServer extends UntypedServiceImplementation {
   issueOcspSignerCertificate: handleUnaryCall<IssueOcspSignerCertificateRequest, IssueOcspSignerCertificateResponse>;
   /** The root and every issuing-CA generation the registry holds. */
   listIssuers: handleUnaryCall<ListIssuersRequest, ListIssuersResponse>;
+  /** The notice outbox, oldest first (operators). */
+  listNotices: handleUnaryCall<ListNoticesRequest, ListNoticesResponse>;
+  /**
+   * Record that a notice was sent (operators). Errors: INVALID_ARGUMENT (id 0),
+   * NOT_FOUND (an unknown id), FAILED_PRECONDITION (already sent).
+   */
+  markNoticeSent: handleUnaryCall<MarkNoticeSentRequest, MarkNoticeSentResponse>;
   /**
    * Register a verifier (operators). Errors: INVALID_ARGUMENT, FAILED_PRECONDITION
    * (the id exists and replace is false).
@@ -3862,6 +4507,41 @@ export interface SignerServiceClient extends Client {
     metadata: Metadata,
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: ListIssuersResponse) => void,
+  ): ClientUnaryCall;
+  /** The notice outbox, oldest first (operators). */
+  listNotices(
+    request: ListNoticesRequest,
+    callback: (error: ServiceError | null, response: ListNoticesResponse) => void,
+  ): ClientUnaryCall;
+  listNotices(
+    request: ListNoticesRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: ListNoticesResponse) => void,
+  ): ClientUnaryCall;
+  listNotices(
+    request: ListNoticesRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: ListNoticesResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Record that a notice was sent (operators). Errors: INVALID_ARGUMENT (id 0),
+   * NOT_FOUND (an unknown id), FAILED_PRECONDITION (already sent).
+   */
+  markNoticeSent(
+    request: MarkNoticeSentRequest,
+    callback: (error: ServiceError | null, response: MarkNoticeSentResponse) => void,
+  ): ClientUnaryCall;
+  markNoticeSent(
+    request: MarkNoticeSentRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: MarkNoticeSentResponse) => void,
+  ): ClientUnaryCall;
+  markNoticeSent(
+    request: MarkNoticeSentRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: MarkNoticeSentResponse) => void,
   ): ClientUnaryCall;
   /**
    * Register a verifier (operators). Errors: INVALID_ARGUMENT, FAILED_PRECONDITION
