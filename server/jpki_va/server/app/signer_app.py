@@ -26,7 +26,7 @@ from jpki_va.server.app.sweep_schedule import SweepSchedule
 from jpki_va.server.base.metrics_http import serve_metrics
 from jpki_va.server.base.refusal_log import RefusalLog
 from jpki_va.server.law.entitlements import NotEntitled
-from jpki_va.server.ledger.provisions import Ledger, local_day
+from jpki_va.server.ledger.provisions import Ledger, local_day, mark_signer_ledger
 from jpki_va.server.pki.cert_profile import ProfileSettings
 from jpki_va.server.registry.transactions import Registry, RegistryError
 from jpki_va.server.responder.status import BadRequest
@@ -238,6 +238,7 @@ def start_signer(config: SignerConfig, clock: Clock | None = None) -> SignerApp:
     lock, token = _hold_data_dir(config, metrics)
     registry = Registry(config.registry_dir)
     ledger = Ledger(config.ledger_dir)
+    mark_signer_ledger(config.ledger_dir)
     metrics_server = None
     try:
         if config.bootstrap:

@@ -7,11 +7,12 @@ is the configured loopback verifier's, if any. Over TLS (`tls=True`) the server
 names the caller by its client certificate's fingerprint instead, the identity
 gRPC's mTLS gives (`Caller(fingerprint=...)`), and no header counts. Entitlements
 and provision counts are the same as over gRPC: OCSP answers `unauthorized` to a
-caller who may not have them, a CRL (full or delta) is 401/403; CA certificates
-and the root's ARL carry nothing personal and are anyone's. What was provided is
-tallied and committed to the ledger once per turn of the event loop, before the
-responses of that turn leave (`commit`). A refused OCSP request is logged through
-the process's `RefusalLog`: the caller's header cut short, and not once per request.
+caller who may not have them, a CRL (full or delta) is 401/403; a CRL answered 304
+Not Modified provides nothing and is not counted. CA certificates and the root's ARL
+carry nothing personal and are anyone's. What was provided is tallied and committed
+to the ledger once per turn of the event loop, before the responses of that turn
+leave (`commit`). A refused OCSP request is logged through the process's
+`RefusalLog`: the caller's header cut short, and not once per request.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from jpki_va.core.domain import CertKind, Provision, Verifier
 from jpki_va.server.access.gate import Caller, Gate, NoIdentity, UnknownVerifier
@@ -111,13 +112,13 @@ class HttpAccess:
         found = self._files.current_at_url(kind, key_id_prefix, partition)
         if found is None:
             return None
-        self._tally(verifier, {crl_provision(kind): 1})
         info = found[0].info
         return PublishedFile(
             found[1],
             info.sha256.hex()[:32],
             info.this_update.timestamp(),
             info.next_update.timestamp(),
+            lambda: self._tally(verifier, {crl_provision(kind): 1}),  # not for a 304
         )
 
     def delta_crl(
@@ -128,8 +129,7 @@ class HttpAccess:
         found = self._files.delta_at_url(kind, key_id_prefix, partition)
         if found is None:
             return None
-        self._tally(verifier, {crl_provision(kind): 1})
-        return _published(found)
+        return _published(found, lambda: self._tally(verifier, {crl_provision(kind): 1}))
 
     def ca_certificate(self, kind: CertKind | None, key_id_prefix: bytes) -> PublishedFile | None:
         found = self._ca.certificate(kind, key_id_prefix)
@@ -140,10 +140,11 @@ class HttpAccess:
         return None if found is None else _published(found)
 
 
-def _published(found: ServedFile) -> PublishedFile:
+def _published(found: ServedFile, sent: Callable[[], None] = lambda: None) -> PublishedFile:
     return PublishedFile(
         found.der,
         hashlib.sha256(found.der).hexdigest()[:32],
         found.this_update.timestamp(),
         found.next_update.timestamp(),
+        sent,
     )

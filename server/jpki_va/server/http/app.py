@@ -96,6 +96,9 @@ class PublishedFile:
     etag: str
     this_update: float  # epoch seconds
     next_update: float
+    # Count the provision (第41条): called when the body is sent, not for a 304, which
+    # provides nothing the verifier did not hold already.
+    sent: Callable[[], None] = lambda: None
 
 
 class HttpObserver(Protocol):
@@ -308,6 +311,7 @@ class HttpApp:
         this_update: float,
         next_update: float,
         if_none_match: bytes | None,
+        sent: Callable[[], None] | None = None,
     ) -> bytes:
         validators = self._validators_for(etag, this_update, next_update)
         max_age = max(0, int(next_update - self._clock()))
@@ -315,6 +319,8 @@ class HttpApp:
         if if_none_match is not None and _etag_matches(if_none_match, b'"%s"' % etag.encode()):
             self._observer.request(route, 304)
             return self._head(304, 0, None, validators + control)
+        if sent is not None:
+            sent()
         self._observer.request(route, 200)
         return self._head(200, len(body), content_type, validators + control) + body
 
@@ -383,6 +389,7 @@ class HttpApp:
             found.this_update,
             found.next_update,
             if_none_match,
+            found.sent,
         )
 
     def _ca_response(self, path: bytes, if_none_match: bytes | None) -> bytes:
