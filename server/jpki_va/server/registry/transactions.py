@@ -692,5 +692,10 @@ class Registry:
         with self._env.begin(write=False) as txn:
             yield RegistryTxn(txn, self._dbs)
 
+    def copy_compacted(self, directory: Path) -> None:
+        """A consistent copy of the whole environment in `directory` (empty), without
+        free pages: LMDB copies within one read transaction while writers go on."""
+        self._env.copy(str(directory), compact=True)
+
     def close(self) -> None:
         self._env.close()
