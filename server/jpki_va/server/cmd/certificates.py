@@ -138,6 +138,11 @@ def add_certificate_commands(registry: SubParsers) -> None:
     consent.add_argument("action", choices=["grant", "withdraw", "show"])
     consent.add_argument("--resident-code", required=True, metavar="CODE")
     consent.add_argument("--verifier", metavar="ID", help="required for grant and withdraw")
+    consent.add_argument(
+        "--and-successors",
+        action="store_true",
+        help="grant: cover the holder's later signing certificates too, not only those now",
+    )
     _finish(consent, _consent)
 
     publish = registry.add_parser("publish", help="publish a snapshot now")
@@ -338,6 +343,7 @@ def _consent(args: argparse.Namespace, stub: Stub) -> dict[str, Any]:
             resident_code=args.resident_code,
             verifier=args.verifier,
             grant=args.action == "grant",
+            successors=args.and_successors,
         ),
         timeout=args.timeout,
     )
@@ -395,6 +401,11 @@ def _consent_json(consent: signer_pb2.Consent) -> dict[str, Any]:
         "granted_at": _time(consent.granted_at),
         "withdrawn_at": _time(consent.withdrawn_at) if consent.HasField("withdrawn_at") else None,
         "in_effect": not consent.HasField("withdrawn_at"),
+        "covers": [
+            f"{CertKind(c.kind).name} {serial_hex(int.from_bytes(c.serial, 'big'))}"
+            for c in consent.covers
+        ],
+        "successors": consent.successors,
     }
 
 
@@ -445,7 +456,8 @@ def _text(result: dict[str, Any]) -> str:
 
 def _consent_text(c: dict[str, Any]) -> str:
     if c["in_effect"]:
-        return f"consent for {c['verifier']}: in effect since {c['granted_at']}"
+        scope = ", ".join(c["covers"]) + (" and successors" if c["successors"] else "")
+        return f"consent for {c['verifier']}: in effect since {c['granted_at']}, covers {scope}"
     return f"consent for {c['verifier']}: withdrawn at {c['withdrawn_at']}"
 
 
