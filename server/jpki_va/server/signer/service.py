@@ -26,7 +26,7 @@ from jpki_va.core.domain import CertKind, CrlReason, Loss, LossCause
 from jpki_va.server.law.consent_scope import scope_at_grant
 from jpki_va.server.law.errors import Refused
 from jpki_va.server.law.holder_notice import record_notice
-from jpki_va.server.law.issuer_compromise import Compromise
+from jpki_va.server.law.issuer_compromise import Compromise, CompromiseNature
 from jpki_va.server.law.key_pair import check_new_key
 from jpki_va.server.law.loss_recording import DEFAULT_REASON, operator_loss
 from jpki_va.server.law.mobile_cascade import cascade_card_loss
@@ -534,7 +534,9 @@ class Signer:
         self.purge_past_retention()
 
     # issuer key compromise (第14条) ------------------------------------------------------
-    def record_issuer_compromise(self, kind: CertKind, key_id: bytes) -> CompromiseResult:
+    def record_issuer_compromise(
+        self, kind: CertKind, key_id: bytes, nature: CompromiseNature | None = None
+    ) -> CompromiseResult:
         issuer = self._authority.issuer(key_id)
         if issuer is None or issuer.kind is None:
             raise NotFound(f"no issuing CA generation with key id {key_id.hex()}")
@@ -543,7 +545,7 @@ class Signer:
                 f"generation {key_id.hex()} issues {issuer.kind.name}, not {kind.name}"
             )
         # Whole seconds: the ARL, which vouches for the time, has no finer resolution.
-        compromise = Compromise(key_id, kind, self._clock.now().replace(microsecond=0))
+        compromise = Compromise(key_id, kind, self._clock.now().replace(microsecond=0), nature)
         try:
             with self._registry.write() as tx:
                 tx.put_compromise(compromise)

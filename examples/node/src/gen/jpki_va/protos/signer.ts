@@ -134,6 +134,56 @@ export function residentEventToJSON(object: ResidentEvent): string {
   }
 }
 
+/** What happened to an issuing key (第14条: 漏えいし、滅失し、又は毀損した). */
+export enum CompromiseNature {
+  /** COMPROMISE_NATURE_UNSPECIFIED - Not said. */
+  COMPROMISE_NATURE_UNSPECIFIED = 0,
+  /** COMPROMISE_NATURE_LEAKED - 漏えい: the key was leaked. */
+  COMPROMISE_NATURE_LEAKED = 1,
+  /** COMPROMISE_NATURE_LOST - 滅失: the key was lost. */
+  COMPROMISE_NATURE_LOST = 2,
+  /** COMPROMISE_NATURE_DAMAGED - 毀損: the key was damaged. */
+  COMPROMISE_NATURE_DAMAGED = 3,
+  UNRECOGNIZED = -1,
+}
+
+export function compromiseNatureFromJSON(object: any): CompromiseNature {
+  switch (object) {
+    case 0:
+    case "COMPROMISE_NATURE_UNSPECIFIED":
+      return CompromiseNature.COMPROMISE_NATURE_UNSPECIFIED;
+    case 1:
+    case "COMPROMISE_NATURE_LEAKED":
+      return CompromiseNature.COMPROMISE_NATURE_LEAKED;
+    case 2:
+    case "COMPROMISE_NATURE_LOST":
+      return CompromiseNature.COMPROMISE_NATURE_LOST;
+    case 3:
+    case "COMPROMISE_NATURE_DAMAGED":
+      return CompromiseNature.COMPROMISE_NATURE_DAMAGED;
+    case -1:
+    case "UNRECOGNIZED":
+    default:
+      return CompromiseNature.UNRECOGNIZED;
+  }
+}
+
+export function compromiseNatureToJSON(object: CompromiseNature): string {
+  switch (object) {
+    case CompromiseNature.COMPROMISE_NATURE_UNSPECIFIED:
+      return "COMPROMISE_NATURE_UNSPECIFIED";
+    case CompromiseNature.COMPROMISE_NATURE_LEAKED:
+      return "COMPROMISE_NATURE_LEAKED";
+    case CompromiseNature.COMPROMISE_NATURE_LOST:
+      return "COMPROMISE_NATURE_LOST";
+    case CompromiseNature.COMPROMISE_NATURE_DAMAGED:
+      return "COMPROMISE_NATURE_DAMAGED";
+    case CompromiseNature.UNRECOGNIZED:
+    default:
+      return "UNRECOGNIZED";
+  }
+}
+
 /**
  * Basic information registered for a holder (基本4情報). Never served by the
  * responder except as a signing record with consent.
@@ -396,6 +446,11 @@ export interface RecordIssuerCompromiseRequest {
   kind: CertKind;
   /** Key id of the compromised generation; unknown is NOT_FOUND. */
   issuerKeyId: Buffer;
+  /**
+   * What happened to the key (第14条), for the public announcement; unspecified:
+   * not said, and the announcement names the three as the law does.
+   */
+  nature: CompromiseNature;
 }
 
 /** The compromise recorded. */
@@ -2446,7 +2501,7 @@ export const RecordResidentEventResponse: MessageFns<RecordResidentEventResponse
 };
 
 function createBaseRecordIssuerCompromiseRequest(): RecordIssuerCompromiseRequest {
-  return { kind: 0, issuerKeyId: Buffer.alloc(0) };
+  return { kind: 0, issuerKeyId: Buffer.alloc(0), nature: 0 };
 }
 
 export const RecordIssuerCompromiseRequest: MessageFns<RecordIssuerCompromiseRequest> = {
@@ -2456,6 +2511,9 @@ export const RecordIssuerCompromiseRequest: MessageFns<RecordIssuerCompromiseReq
     }
     if (message.issuerKeyId.length !== 0) {
       writer.uint32(18).bytes(message.issuerKeyId);
+    }
+    if (message.nature !== 0) {
+      writer.uint32(24).int32(message.nature);
     }
     return writer;
   },
@@ -2489,6 +2547,14 @@ export const RecordIssuerCompromiseRequest: MessageFns<RecordIssuerCompromiseReq
             message.issuerKeyId = Buffer.from(reader.bytes());
             continue;
           }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.nature = reader.int32() as any;
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -2509,6 +2575,7 @@ export const RecordIssuerCompromiseRequest: MessageFns<RecordIssuerCompromiseReq
         : isSet(object.issuer_key_id)
         ? Buffer.from(bytesFromBase64(object.issuer_key_id))
         : Buffer.alloc(0),
+      nature: isSet(object.nature) ? compromiseNatureFromJSON(object.nature) : 0,
     };
   },
 
@@ -2520,6 +2587,9 @@ export const RecordIssuerCompromiseRequest: MessageFns<RecordIssuerCompromiseReq
     if (message.issuerKeyId.length !== 0) {
       obj.issuerKeyId = base64FromBytes(message.issuerKeyId);
     }
+    if (message.nature !== 0) {
+      obj.nature = compromiseNatureToJSON(message.nature);
+    }
     return obj;
   },
 
@@ -2530,6 +2600,7 @@ export const RecordIssuerCompromiseRequest: MessageFns<RecordIssuerCompromiseReq
     const message = createBaseRecordIssuerCompromiseRequest();
     message.kind = object.kind ?? 0;
     message.issuerKeyId = object.issuerKeyId ?? Buffer.alloc(0);
+    message.nature = object.nature ?? 0;
     return message;
   },
 };
