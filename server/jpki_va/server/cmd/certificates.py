@@ -67,41 +67,7 @@ def add_certificate_commands(registry: SubParsers) -> None:
     issue.add_argument("--out", required=True, metavar="FILE", help="write the certificate (PEM)")
     _finish(issue, _issue)
 
-    mobile = registry.add_parser(
-        "mobile-apply", help="a smartphone certificate in two steps (第16条の2, 第35条の2)"
-    )
-    steps = mobile.add_subparsers(dest="mobile_step", required=True, metavar="STEP")
-    begin = steps.add_parser(
-        "begin", help="the notice of the four basic items, signed with the CARD_SIGN key"
-    )
-    begin.add_argument(
-        "--kind", required=True, **slug_choice(CertKind, [k for k in CertKind if k.is_mobile])
-    )
-    begin.add_argument("--notice", required=True, metavar="FILE", help="the notice (UTF-8 text)")
-    begin.add_argument(
-        "--signature",
-        required=True,
-        metavar="FILE",
-        help="openssl dgst -sha256 -sign card-sign-key.pem -out FILE notice.txt",
-    )
-    begin.add_argument(
-        "--card-certificate",
-        required=True,
-        metavar="FILE",
-        help="the CARD_SIGN certificate (PEM or DER)",
-    )
-    _finish(begin, _mobile_begin)
-    complete = steps.add_parser(
-        "complete", help="the device's public key with its proof of possession (a CSR)"
-    )
-    complete.add_argument("--application", required=True, metavar="ID", help="from begin")
-    complete.add_argument(
-        "--csr", required=True, metavar="FILE", help="PKCS#10 of the device key (PEM or DER)"
-    )
-    complete.add_argument(
-        "--out", required=True, metavar="FILE", help="write the certificate (PEM)"
-    )
-    _finish(complete, _mobile_complete)
+    _add_mobile_apply(registry)
 
     lose = registry.add_parser(
         "lose", help="record a loss of effect (holder request, record error)"
@@ -154,6 +120,45 @@ def add_certificate_commands(registry: SubParsers) -> None:
     publish = registry.add_parser("publish", help="publish a snapshot now")
     publish.add_argument("--full", action="store_true", help="a full snapshot, not a delta")
     _finish(publish, _publish)
+
+
+def _add_mobile_apply(registry: SubParsers) -> None:
+    """`registry mobile-apply begin|complete` (第16条の2, 第35条の2)."""
+    mobile = registry.add_parser(
+        "mobile-apply", help="a smartphone certificate in two steps (第16条の2, 第35条の2)"
+    )
+    steps = mobile.add_subparsers(dest="mobile_step", required=True, metavar="STEP")
+    begin = steps.add_parser(
+        "begin", help="the notice of the four basic items, signed with the CARD_SIGN key"
+    )
+    begin.add_argument(
+        "--kind", required=True, **slug_choice(CertKind, [k for k in CertKind if k.is_mobile])
+    )
+    begin.add_argument("--notice", required=True, metavar="FILE", help="the notice (UTF-8 text)")
+    begin.add_argument(
+        "--signature",
+        required=True,
+        metavar="FILE",
+        help="openssl dgst -sha256 -sign card-sign-key.pem -out FILE notice.txt",
+    )
+    begin.add_argument(
+        "--card-certificate",
+        required=True,
+        metavar="FILE",
+        help="the CARD_SIGN certificate (PEM or DER)",
+    )
+    _finish(begin, _mobile_begin)
+    complete = steps.add_parser(
+        "complete", help="the device's public key with its proof of possession (a CSR)"
+    )
+    complete.add_argument("--application", required=True, metavar="ID", help="from begin")
+    complete.add_argument(
+        "--csr", required=True, metavar="FILE", help="PKCS#10 of the device key (PEM or DER)"
+    )
+    complete.add_argument(
+        "--out", required=True, metavar="FILE", help="write the certificate (PEM)"
+    )
+    _finish(complete, _mobile_complete)
 
 
 def _finish(parser: argparse.ArgumentParser, command: Command) -> None:
