@@ -6,12 +6,15 @@ directory, gRPC servers on loopback ports, a spawned responder worker process.
 
 from __future__ import annotations
 
+import itertools
+import re
 import select
 import socket
 import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -27,7 +30,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
 from jpki_va import hsm
 from jpki_va.core.clock import Clock, SystemClock
-from jpki_va.core.domain import CertKind, Role
+from jpki_va.core.domain import CertKind, LossCause, Role
 from jpki_va.protos import signer_pb2, signer_pb2_grpc, va_pb2, va_pb2_grpc, verifiers_pb2
 from jpki_va.server.app.config import ResponderConfig, SignerConfig
 from jpki_va.server.app.responder_app import Responder
@@ -130,6 +133,78 @@ def openssl(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     return subprocess.run(["openssl", *args], capture_output=True, text=True, check=check)
 
 
+def check_request(kind: CertKind, serial: int) -> va_pb2.CheckRequest:
+    """StatusService.Check of one certificate by kind and serial."""
+    return va_pb2.CheckRequest(
+        cert=va_pb2.CertRef(
+            kind_serial=va_pb2.KindSerial(
+                kind=int(kind),  # type: ignore[arg-type]
+                serial=serial.to_bytes(max(1, (serial.bit_length() + 7) // 8), "big"),
+            )
+        )
+    )
+
+
+def record_loss(
+    stub: signer_pb2_grpc.SignerServiceStub,
+    kind: CertKind,
+    serial: int,
+    cause: LossCause = LossCause.HOLDER_REQUEST,
+) -> signer_pb2.RecordLossResponse:
+    """Record a loss; returning at all means the signer acknowledged it."""
+    return stub.RecordLoss(
+        signer_pb2.RecordLossRequest(
+            kind=int(kind),  # type: ignore[arg-type]
+            serial=serial.to_bytes(8, "big"),
+            cause=int(cause),  # type: ignore[arg-type]
+        ),
+        timeout=30,
+    )
+
+
+def metric_value(url: str, name: str) -> float | None:
+    """One sample of a Prometheus text exposition (the first, whatever its labels)."""
+    with urllib.request.urlopen(url, timeout=10) as reply:
+        text = reply.read().decode()
+    for line in text.splitlines():
+        match = re.fullmatch(rf"{re.escape(name)}(?:\{{[^}}]*\}})? (\S+)", line)
+        if match:
+            return float(match.group(1))
+    return None
+
+
+_RESIDENTS = itertools.count(1)
+
+
+def issue_through(
+    stub: signer_pb2_grpc.SignerServiceStub,
+    kind: CertKind,
+    *,
+    resident_code: str | None = None,
+    municipality: str = "131016",
+    key: HolderKey | None = None,
+) -> Issued:
+    """Issue a card kind through a SignerService stub (a resident code of its own
+    unless given); mobile kinds take the two-step application (Pki.issue)."""
+    assert not kind.is_mobile, "a mobile certificate needs the two-step application"
+    key = key or rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    request = signer_pb2.IssueCertificateRequest(
+        kind=int(kind),  # type: ignore[arg-type]
+        resident_code=resident_code or f"{80000000000 + next(_RESIDENTS):011d}",
+        municipality_code=municipality,
+        holder=signer_pb2.HolderInfo(**TARO),
+        public_key_der=spki_of(key),
+    )
+    reply = stub.IssueCertificate(request, timeout=30)
+    return Issued(
+        kind=kind,
+        serial=int.from_bytes(reply.serial, "big"),
+        certificate=x509.load_der_x509_certificate(reply.certificate_der),
+        issuer=x509.load_der_x509_certificate(reply.issuer_certificate_der),
+        key=key,
+    )
+
+
 @dataclass
 class Issued:
     kind: CertKind
@@ -199,14 +274,13 @@ class Pki:
                 timeout=30,
             ).issued
         else:
-            request = signer_pb2.IssueCertificateRequest(
-                kind=int(kind),  # type: ignore[arg-type]
+            return issue_through(
+                self.signer_stub,
+                kind,
                 resident_code=resident_code or f"{90000000000 + self._counter:011d}",
-                municipality_code=municipality,
-                holder=signer_pb2.HolderInfo(**TARO),
-                public_key_der=spki_of(key),
+                municipality=municipality,
+                key=key,
             )
-            reply = self.signer_stub.IssueCertificate(request, timeout=30)
         return Issued(
             kind=kind,
             serial=int.from_bytes(reply.serial, "big"),
@@ -234,14 +308,7 @@ class Pki:
         self, kind: CertKind, serial: int, as_of: datetime | None = None
     ) -> va_pb2.CertificateStatus:
         """The responder's answer through StatusService.Check."""
-        request = va_pb2.CheckRequest(
-            cert=va_pb2.CertRef(
-                kind_serial=va_pb2.KindSerial(
-                    kind=int(kind),  # type: ignore[arg-type]
-                    serial=serial.to_bytes(max(1, (serial.bit_length() + 7) // 8), "big"),
-                )
-            )
-        )
+        request = check_request(kind, serial)
         if as_of is not None:
             request.as_of.FromDatetime(as_of)
         return self.status_stub.Check(request, timeout=10).status
@@ -317,6 +384,22 @@ def register_verifier(pki: Pki, name: str, roles: frozenset[Role] | None = None)
     )
 
 
+def add_all_roles_verifier(stub: signer_pb2_grpc.SignerServiceStub) -> None:
+    """Plaintext callers without an x-jpki-verifier header act as this verifier, which
+    holds every role; entitlement tests name other verifiers explicitly."""
+    stub.AddVerifier(
+        verifiers_pb2.AddVerifierRequest(
+            id=ALL_ROLES_VERIFIER,
+            roles=[int(r) for r in Role],  # type: ignore[misc]
+            client_certificate_der=[
+                throwaway_certificate(ALL_ROLES_VERIFIER).public_bytes(serialization.Encoding.DER)
+            ],
+            agreement="TEST-AGREEMENT",
+        ),
+        timeout=30,
+    )
+
+
 def start_pki(
     directory: Path,
     hsm_config: hsm.HsmConfig,
@@ -345,19 +428,7 @@ def start_pki(
     root = x509.load_der_x509_certificate(root_der.root_certificate_der)
     root_file = directory / "root.pem"
     root_file.write_bytes(root.public_bytes(serialization.Encoding.PEM))
-    # Plaintext callers without an x-jpki-verifier header act as this verifier, which
-    # holds every role; entitlement tests name other verifiers explicitly.
-    signer_stub.AddVerifier(
-        verifiers_pb2.AddVerifierRequest(
-            id=ALL_ROLES_VERIFIER,
-            roles=[int(r) for r in Role],  # type: ignore[misc]
-            client_certificate_der=[
-                throwaway_certificate(ALL_ROLES_VERIFIER).public_bytes(serialization.Encoding.DER)
-            ],
-            agreement="TEST-AGREEMENT",
-        ),
-        timeout=30,
-    )
+    add_all_roles_verifier(signer_stub)
     responder = Responder(
         ResponderConfig(
             snapshot_dir=signer.config.snapshot_dir,

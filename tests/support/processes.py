@@ -65,9 +65,18 @@ class RoleProcess:
                 self.process.wait(timeout=15)
 
 
-def _start(argv: list[str], faults: str, *, background: bool = False) -> RoleProcess:
-    """``background``: started as a shell starts a background job, SIGINT ignored."""
-    env = dict(os.environ)
+def start_role(
+    argv: list[str],
+    faults: str = "",
+    env: dict[str, str] | None = None,
+    *,
+    background: bool = False,
+) -> RoleProcess:
+    """`jpki-va ARGV` with this environment plus `env`, and the fault points armed.
+
+    ``background``: started as a shell starts a background job, SIGINT ignored.
+    """
+    env = {**os.environ, **(env or {})}
     env.pop(FAULT_ENV, None)
     if faults:
         env[FAULT_ENV] = faults
@@ -108,6 +117,7 @@ def start_signer_process(
     *,
     background: bool = False,
     extra: tuple[str, ...] = (),
+    env: dict[str, str] | None = None,
 ) -> SignerProcess:
     assert token.pin.file is not None and token.softhsm2_conf is not None
     port = free_port()
@@ -117,7 +127,7 @@ def start_signer_process(
         "--hsm-module", token.module, "--hsm-token", token.token_label,
         "--hsm-pin-file", token.pin.file, "--softhsm2-conf", token.softhsm2_conf, *extra,
     ]  # fmt: skip
-    role = _start(argv, faults, background=background)
+    role = start_role(argv, faults, env, background=background)
     try:
         role.wait_output(f"signer listening on port {port}")
     except BaseException:
@@ -182,7 +192,7 @@ def start_responder_process(
         "--loopback-verifier", verifier, "--poll-interval", "0.1",
         "--listen", f"127.0.0.1:{port}", *extra,
     ]  # fmt: skip
-    role = _start(argv, faults, background=background)
+    role = start_role(argv, faults, background=background)
     try:
         role.wait_output(f"responder listening on port {port}")
     except BaseException:

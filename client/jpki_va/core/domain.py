@@ -248,7 +248,8 @@ class Role(SluggedEnum):
 
 
 class Provision(SluggedEnum):
-    """The nine kinds of provision the annual report (第41条) covers."""
+    """The nine kinds of provision the annual report (第41条) covers, and what the
+    ledger counts beside them (RENEWAL_MAPPING, no provision of the law)."""
 
     SIGNING_STATUS = 1  # 署名用電子証明書失効情報 (第18条1項)
     SIGNING_CRL = 2  # 署名用電子証明書失効情報ファイル (第18条2項)
@@ -259,6 +260,14 @@ class Provision(SluggedEnum):
     AUTH_CRL = 7  # 利用者証明用電子証明書失効情報ファイル (第37条2項)
     MAP_CARD_AUTH_MOBILE_AUTH = 8  # 対応利用者証明用電子証明書の発行の番号 (第37条3項)
     VERIFIER_TOKEN = 9  # 特定利用者証明検証者証明符号 (第38条の3)
+    # A renewal mapping (old -> new of the same kind) is no provision of the law: the
+    # ledger counts it apart, and the report lists it outside the nine.
+    RENEWAL_MAPPING = 10
+
+    @property
+    def in_law(self) -> bool:
+        """One of the nine provisions 第41条 reports."""
+        return self is not Provision.RENEWAL_MAPPING
 
 
 @dataclass(frozen=True, slots=True)

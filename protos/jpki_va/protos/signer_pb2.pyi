@@ -74,6 +74,34 @@ RESIDENT_EVENT_MOVE_IN: ResidentEvent.ValueType  # 7
 """The move-in notice (転入届) that follows it."""
 Global___ResidentEvent: _TypeAlias = ResidentEvent  # noqa: Y015
 
+class _CompromiseNature:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _CompromiseNatureEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_CompromiseNature.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    COMPROMISE_NATURE_UNSPECIFIED: _CompromiseNature.ValueType  # 0
+    """Not said."""
+    COMPROMISE_NATURE_LEAKED: _CompromiseNature.ValueType  # 1
+    """漏えい: the key was leaked."""
+    COMPROMISE_NATURE_LOST: _CompromiseNature.ValueType  # 2
+    """滅失: the key was lost."""
+    COMPROMISE_NATURE_DAMAGED: _CompromiseNature.ValueType  # 3
+    """毀損: the key was damaged."""
+
+class CompromiseNature(_CompromiseNature, metaclass=_CompromiseNatureEnumTypeWrapper):
+    """What happened to an issuing key (第14条: 漏えいし、滅失し、又は毀損した)."""
+
+COMPROMISE_NATURE_UNSPECIFIED: CompromiseNature.ValueType  # 0
+"""Not said."""
+COMPROMISE_NATURE_LEAKED: CompromiseNature.ValueType  # 1
+"""漏えい: the key was leaked."""
+COMPROMISE_NATURE_LOST: CompromiseNature.ValueType  # 2
+"""滅失: the key was lost."""
+COMPROMISE_NATURE_DAMAGED: CompromiseNature.ValueType  # 3
+"""毀損: the key was damaged."""
+Global___CompromiseNature: _TypeAlias = CompromiseNature  # noqa: Y015
+
 @_typing.final
 class HolderInfo(_message.Message):
     """Basic information registered for a holder (基本4情報). Never served by the
@@ -375,6 +403,59 @@ class CompleteMobileApplicationResponse(_message.Message):
 Global___CompleteMobileApplicationResponse: _TypeAlias = CompleteMobileApplicationResponse  # noqa: Y015
 
 @_typing.final
+class SignReportRequest(_message.Message):
+    """A report to publish (公表, 第41条): the HTML or CSV `jpki-va report publish` made."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONTENT_FIELD_NUMBER: _builtins.int
+    content: _builtins.bytes
+    """The document's bytes, at most 2 MiB; not kept by the signer."""
+    def __init__(
+        self,
+        *,
+        content: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["content", b"content"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SignReportRequest: _TypeAlias = SignReportRequest  # noqa: Y015
+
+@_typing.final
+class SignReportResponse(_message.Message):
+    """A detached CMS signature over the report, which anyone checks against the root:
+    `openssl cms -verify -binary -inform DER -in F.p7s -content F -CAfile root.pem
+    -purpose any`.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SIGNATURE_DER_FIELD_NUMBER: _builtins.int
+    SIGNER_CERTIFICATE_DER_FIELD_NUMBER: _builtins.int
+    signature_der: _builtins.bytes
+    """CMS SignedData (RFC 5652), DER, without the content, with the signer's
+    certificate; SHA-256.
+    """
+    signer_certificate_der: _builtins.bytes
+    """The certificate of the signing key (the snapshot key, certified by the root)."""
+    def __init__(
+        self,
+        *,
+        signature_der: _builtins.bytes = ...,
+        signer_certificate_der: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["signature_der", b"signature_der", "signer_certificate_der", b"signer_certificate_der"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SignReportResponse: _TypeAlias = SignReportResponse  # noqa: Y015
+
+@_typing.final
 class Publishing(_message.Message):
     """Whether changes reach the responders. A change is durable in the registry when its
     reply arrives, but responders learn it only from the next snapshot: while
@@ -624,19 +705,25 @@ class RecordIssuerCompromiseRequest(_message.Message):
 
     KIND_FIELD_NUMBER: _builtins.int
     ISSUER_KEY_ID_FIELD_NUMBER: _builtins.int
+    NATURE_FIELD_NUMBER: _builtins.int
     kind: _va_pb2.CertKind.ValueType
     """The kind the generation issues; required."""
     issuer_key_id: _builtins.bytes
     """Key id of the compromised generation; unknown is NOT_FOUND."""
+    nature: Global___CompromiseNature.ValueType
+    """What happened to the key (第14条), for the public announcement; unspecified:
+    not said, and the announcement names the three as the law does.
+    """
     def __init__(
         self,
         *,
         kind: _va_pb2.CertKind.ValueType = ...,
         issuer_key_id: _builtins.bytes = ...,
+        nature: Global___CompromiseNature.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["issuer_key_id", b"issuer_key_id", "kind", b"kind"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["issuer_key_id", b"issuer_key_id", "kind", b"kind", "nature", b"nature"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -88,6 +88,11 @@ class SignerServiceStub:
                 request_serializer=jpki__va_dot_protos_dot_signer__pb2.PublishSnapshotRequest.SerializeToString,
                 response_deserializer=jpki__va_dot_protos_dot_signer__pb2.PublishSnapshotResponse.FromString,
                 _registered_method=True)
+        self.SignReport = channel.unary_unary(
+                '/jpki.va.v1.SignerService/SignReport',
+                request_serializer=jpki__va_dot_protos_dot_signer__pb2.SignReportRequest.SerializeToString,
+                response_deserializer=jpki__va_dot_protos_dot_signer__pb2.SignReportResponse.FromString,
+                _registered_method=True)
         self.IssueOcspSignerCertificate = channel.unary_unary(
                 '/jpki.va.v1.SignerService/IssueOcspSignerCertificate',
                 request_serializer=jpki__va_dot_protos_dot_signer__pb2.IssueOcspSignerCertificateRequest.SerializeToString,
@@ -212,6 +217,14 @@ class SignerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SignReport(self, request, context):
+        """Sign the 第41条 report for publication with the snapshot key. Errors:
+        INVALID_ARGUMENT (empty or too large), the HSM's.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def IssueOcspSignerCertificate(self, request, context):
         """Certify a responder's OCSP-signing key. Errors: INVALID_ARGUMENT, NOT_FOUND
         (an unknown generation), the HSM's.
@@ -320,6 +333,11 @@ def add_SignerServiceServicer_to_server(servicer, server):
                     servicer.PublishSnapshot,
                     request_deserializer=jpki__va_dot_protos_dot_signer__pb2.PublishSnapshotRequest.FromString,
                     response_serializer=jpki__va_dot_protos_dot_signer__pb2.PublishSnapshotResponse.SerializeToString,
+            ),
+            'SignReport': grpc.unary_unary_rpc_method_handler(
+                    servicer.SignReport,
+                    request_deserializer=jpki__va_dot_protos_dot_signer__pb2.SignReportRequest.FromString,
+                    response_serializer=jpki__va_dot_protos_dot_signer__pb2.SignReportResponse.SerializeToString,
             ),
             'IssueOcspSignerCertificate': grpc.unary_unary_rpc_method_handler(
                     servicer.IssueOcspSignerCertificate,
@@ -612,6 +630,33 @@ class SignerService:
             '/jpki.va.v1.SignerService/PublishSnapshot',
             jpki__va_dot_protos_dot_signer__pb2.PublishSnapshotRequest.SerializeToString,
             jpki__va_dot_protos_dot_signer__pb2.PublishSnapshotResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SignReport(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/jpki.va.v1.SignerService/SignReport',
+            jpki__va_dot_protos_dot_signer__pb2.SignReportRequest.SerializeToString,
+            jpki__va_dot_protos_dot_signer__pb2.SignReportResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -80,6 +80,10 @@ class SignerServiceStub:
     """Publish a snapshot now. Errors: the HSM's, FAILED_PRECONDITION (the snapshot
     root cannot be written).
     """
+    SignReport: _grpc.UnaryUnaryMultiCallable[_signer_pb2.SignReportRequest, _signer_pb2.SignReportResponse]
+    """Sign the 第41条 report for publication with the snapshot key. Errors:
+    INVALID_ARGUMENT (empty or too large), the HSM's.
+    """
     IssueOcspSignerCertificate: _grpc.UnaryUnaryMultiCallable[_signer_pb2.IssueOcspSignerCertificateRequest, _signer_pb2.IssueOcspSignerCertificateResponse]
     """Certify a responder's OCSP-signing key. Errors: INVALID_ARGUMENT, NOT_FOUND
     (an unknown generation), the HSM's.
@@ -151,6 +155,10 @@ class SignerServiceAsyncStub(SignerServiceStub):
     PublishSnapshot: _aio.UnaryUnaryMultiCallable[_signer_pb2.PublishSnapshotRequest, _signer_pb2.PublishSnapshotResponse]  # type: ignore[assignment]
     """Publish a snapshot now. Errors: the HSM's, FAILED_PRECONDITION (the snapshot
     root cannot be written).
+    """
+    SignReport: _aio.UnaryUnaryMultiCallable[_signer_pb2.SignReportRequest, _signer_pb2.SignReportResponse]  # type: ignore[assignment]
+    """Sign the 第41条 report for publication with the snapshot key. Errors:
+    INVALID_ARGUMENT (empty or too large), the HSM's.
     """
     IssueOcspSignerCertificate: _aio.UnaryUnaryMultiCallable[_signer_pb2.IssueOcspSignerCertificateRequest, _signer_pb2.IssueOcspSignerCertificateResponse]  # type: ignore[assignment]
     """Certify a responder's OCSP-signing key. Errors: INVALID_ARGUMENT, NOT_FOUND
@@ -274,6 +282,16 @@ class SignerServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_signer_pb2.PublishSnapshotResponse, _abc.Awaitable[_signer_pb2.PublishSnapshotResponse]]:
         """Publish a snapshot now. Errors: the HSM's, FAILED_PRECONDITION (the snapshot
         root cannot be written).
+        """
+
+    @_abc_1.abstractmethod
+    def SignReport(
+        self,
+        request: _signer_pb2.SignReportRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_signer_pb2.SignReportResponse, _abc.Awaitable[_signer_pb2.SignReportResponse]]:
+        """Sign the 第41条 report for publication with the snapshot key. Errors:
+        INVALID_ARGUMENT (empty or too large), the HSM's.
         """
 
     @_abc_1.abstractmethod

@@ -112,6 +112,26 @@ def parse_duration(text: str | float | int, name: str) -> float:
         raise ConfigError(f"{name}: {exc}") from None
 
 
+STORE_SCHEMES = ("s3",)
+
+
+def check_store_url(url: str) -> tuple[str, str, str]:
+    """(scheme, bucket, prefix) of a store URL such as s3://bucket/prefix."""
+    scheme, sep, rest = url.partition("://")
+    bucket, _, prefix = rest.partition("/")
+    if not sep or scheme not in STORE_SCHEMES or not bucket:
+        raise ConfigError(f"--store: expected s3://BUCKET[/PREFIX], got {url!r}")
+    if "@" in bucket or "?" in url:
+        # Credentials come from the environment or config files, never argv.
+        raise ConfigError("--store: no credentials or options in the URL")
+    return scheme, bucket, prefix.strip("/")
+
+
+def _check_store(url: str | None) -> None:
+    if url is not None:
+        check_store_url(url)
+
+
 @dataclass(frozen=True)
 class TlsFiles:
     """Server certificate chain and key, and the CA that issues client certificates."""
@@ -178,11 +198,17 @@ class SignerConfig:
     retention_project_record: float | None = None
     # One period per record type the law names (law/retention.py RECORD_TYPES), seconds.
     retention: dict[str, float] = field(default_factory=dict)
+    # Where snapshots are published beside the data directory's `snapshots/`, where they
+    # are sealed: s3://BUCKET[/PREFIX]; None publishes them in that directory.
+    store: str | None = None
+    # Seconds between backups of the registry to the store (an S3 one); 0: on demand only.
+    backup_interval: float = 3600.0
 
     def __post_init__(self) -> None:
         _check_listen(
             self.listen, self.insecure_loopback, "signer listen", tls=self.tls is not None
         )
+        _check_store(self.store)
         if self.tls is not None and not self.operator_certs:
             raise ConfigError("with TLS, name the operators' client certificates (--operator-cert)")
         for path in self.operator_certs:
@@ -195,8 +221,8 @@ class SignerConfig:
         if self.delta_interval and self.delta_interval > self.full_interval:
             raise ConfigError("delta interval must not exceed the full interval")
         self._check_notices()
-        if self.sweep_check <= 0:
-            raise ConfigError("sweep check must be > 0 seconds")
+        if self.sweep_check <= 0 or self.backup_interval < 0:
+            raise ConfigError("sweep check must be > 0 and backup interval >= 0 seconds")
         if self.grpc_workers < 2:
             raise ConfigError("grpc workers must be >= 2")
         if not 1 <= self.sign_queue_limit < self.grpc_workers:
@@ -274,7 +300,7 @@ def _days_or(seconds: float | None, default: timedelta) -> timedelta:
 
 @dataclass(frozen=True)
 class ResponderConfig:
-    snapshot_dir: Path
+    snapshot_dir: Path | None  # the signer's snapshot directory; None with a `store`
     state_dir: Path
     trust_anchors: tuple[Path, ...]
     listen: str = "127.0.0.1:50051"
@@ -338,8 +364,14 @@ class ResponderConfig:
     # (gRPC and HTTP OCSP share it) misses on every request and re-signs each answer.
     ocsp_cache_size: int = 50_000
     ocsp_cache_margin: float = 60.0  # seconds before nextUpdate a cached response is renewed
+    # The snapshot store when not a local directory: s3://BUCKET[/PREFIX] (its endpoint,
+    # credentials and CA from the standard AWS environment or config files).
+    store: str | None = None
 
     def __post_init__(self) -> None:
+        if (self.snapshot_dir is None) == (self.store is None):
+            raise ConfigError("name the snapshots: a directory (--snapshots) or a --store")
+        _check_store(self.store)
         _check_listen(
             self.listen, self.insecure_loopback, "responder listen", tls=self.tls is not None
         )
@@ -458,6 +490,11 @@ class ResponderConfig:
     @property
     def ledger_dir(self) -> Path:
         return self.state_dir / "ledger"
+
+    @property
+    def staging_dir(self) -> Path:
+        """Snapshots fetched from a remote store, verified and ingested from here."""
+        return self.state_dir / "staging"
 
     @property
     def crl_archive_dir(self) -> Path:

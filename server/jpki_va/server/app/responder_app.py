@@ -48,6 +48,7 @@ from jpki_va.server.app.dir_lock import DirectoryLock
 from jpki_va.server.app.lifeline import ParentGone, tie_to_parent
 from jpki_va.server.app.logs import configure
 from jpki_va.server.app.signals import stop_on_signals
+from jpki_va.server.app.store_config import open_store
 from jpki_va.server.base.build_info import register_build_info
 from jpki_va.server.base.refusal_log import RefusalLog
 from jpki_va.server.http.access import HttpAccess
@@ -92,7 +93,8 @@ from jpki_va.server.responder.revocation_feed import (
 )
 from jpki_va.server.responder.rotation import Rotation
 from jpki_va.server.responder.signing_record_lookup import SigningRecords
-from jpki_va.server.responder.snapshot_notice import DirectoryNotice, SnapshotNotice
+from jpki_va.server.responder.snapshot_notice import DirectoryNotice, PollOnly, SnapshotNotice
+from jpki_va.server.responder.staging import Stager
 from jpki_va.server.responder.status import (
     BadRequest,
     IndexHolder,
@@ -508,13 +510,23 @@ class Responder:
         self._ingest_failing = self._ctx.RawValue("b", 0)  # read by the workers' health
         self._in_rotation = self._ctx.RawValue("b", 0)  # likewise
         self._rotation = Rotation(config.max_lag)
-        self._notice: SnapshotNotice = DirectoryNotice(config.snapshot_dir)
+        self.store = open_store(config.store, config.snapshot_dir)
+        stage = None
+        snapshots = self.store.local_root
+        if snapshots is None:  # a remote store: staged in the state directory
+            snapshots = config.staging_dir
+            stager = Stager(self.store, snapshots)
+            self.metrics_registry.register(stager)
+            stage = stager.stage
+            self._notice: SnapshotNotice = PollOnly()
+        else:
+            self._notice = DirectoryNotice(snapshots)
         self.ingest_health = IngestHealth(
             config.index_dir, config.poll_interval, on_change=self._ingest_changed
         )
         self.metrics_registry.register(self.ingest_health)
         self._ingester = Ingester(
-            config.snapshot_dir,
+            snapshots,
             config.index_dir,
             self._verifier,
             self._archive,
@@ -522,6 +534,7 @@ class Responder:
             metrics=self.ingest_metrics,
             before_publish=self._certify_for,
             health=self.ingest_health,
+            stage=stage,
         )
         self._keystore = OcspKeyStore(config.ocsp_dir)
         self._collector = ResponderCollector(

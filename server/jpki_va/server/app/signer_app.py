@@ -22,11 +22,12 @@ from jpki_va.server.access.gate import NotOperator, Operators
 from jpki_va.server.app.config import ConfigError, SignerConfig
 from jpki_va.server.app.dir_lock import DirectoryLock
 from jpki_va.server.app.signals import stop_on_signals, wait_for_stop
+from jpki_va.server.app.store_config import open_store
 from jpki_va.server.app.sweep_schedule import SweepSchedule
 from jpki_va.server.base.metrics_http import serve_metrics
 from jpki_va.server.base.refusal_log import RefusalLog
 from jpki_va.server.law.entitlements import NotEntitled
-from jpki_va.server.ledger.provisions import Ledger, local_day
+from jpki_va.server.ledger.provisions import Ledger, local_day, mark_signer_ledger
 from jpki_va.server.pki.cert_profile import ProfileSettings
 from jpki_va.server.registry.transactions import Registry, RegistryError
 from jpki_va.server.responder.status import BadRequest
@@ -44,6 +45,12 @@ from jpki_va.server.signer.notice_delivery import (
 )
 from jpki_va.server.signer.publish_status import PublishStatus
 from jpki_va.server.signer.publisher import Publisher
+from jpki_va.server.signer.registry_backup import (
+    BackupRecord,
+    BackupSchedule,
+    BackupStore,
+    backup_registry,
+)
 from jpki_va.server.signer.service import (
     Conflict,
     InvalidRequest,
@@ -53,6 +60,7 @@ from jpki_va.server.signer.service import (
 )
 from jpki_va.server.signer.signing_queue import Overloaded, SigningQueue
 from jpki_va.server.signer.verifier_registry import NotAVerifier, VerifierRegistry
+from jpki_va.server.snapshot.store import SnapshotStore, StoreUnavailable
 from jpki_va.server.snapshot.writer import prune_abandoned
 
 log = logging.getLogger(__name__)
@@ -82,6 +90,8 @@ SIGNER_ERRORS: server_common.ErrorMap = (
     (hsm.KeyNotFound, grpc.StatusCode.FAILED_PRECONDITION),
     # The signer answers but its HSM does not: not "unreachable" (see server_common.CAUSE).
     (hsm.HsmError, grpc.StatusCode.UNAVAILABLE, server_common.HSM_UNAVAILABLE),
+    # Its snapshot store does not answer: nothing was published (the change is recorded).
+    (StoreUnavailable, grpc.StatusCode.UNAVAILABLE, server_common.STORE_UNAVAILABLE),
 )
 
 
@@ -122,6 +132,7 @@ class SignerApp:
     _publisher_thread: threading.Thread | None = None
     _sweep: SweepSchedule | None = None
     _notices: threading.Thread | None = None
+    _backups: BackupSchedule | None = None
     _metrics_server: Any = None
     metrics_port: int | None = None
 
@@ -138,6 +149,8 @@ class SignerApp:
             self._sweep.stop()
         if self._notices is not None:
             self._notices.join()
+        if self._backups is not None:
+            self._backups.stop()
         self.registry.close()
         self.ledger.close()
         self.token.close()
@@ -171,17 +184,26 @@ def _operators(config: SignerConfig) -> Operators:
     return Operators(frozenset(prints))
 
 
-def _hold_data_dir(config: SignerConfig, metrics: SignerMetrics) -> tuple[DirectoryLock, hsm.Hsm]:
+def _hold_data_dir(
+    config: SignerConfig, metrics: SignerMetrics
+) -> tuple[DirectoryLock, hsm.Hsm, SnapshotStore]:
     """The data directory, held for this signer alone and cleared of leftovers; the token.
 
-    One signer per data directory: the registry's only writer and the snapshots' only
-    publisher, so what a killed one left there is this one's to clear.
+    One signer per data directory (and store): the registry's only writer and the
+    snapshots' only publisher, so what a killed one left there is this one's to clear.
     """
+    store = open_store(config.store, config.snapshot_dir)
     lock = DirectoryLock(config.data_dir, "signer")
     try:
-        for name in prune_abandoned(config.snapshot_dir):
+        abandoned = prune_abandoned(config.snapshot_dir)
+        if store.local_root != config.snapshot_dir:
+            try:
+                abandoned += store.clear_abandoned()
+            except StoreUnavailable as exc:  # cleared at the next start; no reader sees it
+                log.warning("cannot clear unfinished uploads now: %s", exc)
+        for name in abandoned:
             log.info("removed %s, left by a publish that did not finish", name)
-        return lock, hsm.Hsm.open(config.hsm, observer=metrics)
+        return lock, hsm.Hsm.open(config.hsm, observer=metrics), store
     except BaseException:
         lock.release()
         raise
@@ -235,9 +257,10 @@ def start_signer(config: SignerConfig, clock: Clock | None = None) -> SignerApp:
     credentials = None if config.tls is None else server_credentials(*config.tls.read())
     metrics = SignerMetrics()
     refusals = RefusalLog(logging.getLogger("jpki_va.server.refusals"))
-    lock, token = _hold_data_dir(config, metrics)
+    lock, token, store = _hold_data_dir(config, metrics)
     registry = Registry(config.registry_dir)
     ledger = Ledger(config.ledger_dir)
+    mark_signer_ledger(config.ledger_dir)
     metrics_server = None
     try:
         if config.bootstrap:
@@ -247,7 +270,13 @@ def start_signer(config: SignerConfig, clock: Clock | None = None) -> SignerApp:
         authority = _authority(token, registry, config)
         settings = ProfileSettings(base_url=config.base_url)
         publisher = Publisher(
-            registry, authority, config.snapshot_dir, clock, settings, config.retention_policy
+            registry,
+            authority,
+            config.snapshot_dir,
+            clock,
+            settings,
+            config.retention_policy,
+            store,
         )
         queue = SigningQueue(config.sign_queue_limit, config.sign_queue_wait, observer=metrics)
         status, watch = _publish_status(publisher, clock, metrics)
@@ -286,13 +315,14 @@ def start_signer(config: SignerConfig, clock: Clock | None = None) -> SignerApp:
     if metrics_server is not None:
         app._metrics_server = metrics_server
         app.metrics_port = int(metrics_server.server_port)
-    _start_background(app, clock)
+    _start_background(app, clock, store)
     log.info("signer listening on %s", config.listen.rsplit(":", 1)[0] + f":{port}")
     return app
 
 
-def _start_background(app: SignerApp, clock: Clock) -> None:
-    """The periodic publisher (when it has an interval) and the 00:00 JST sweep and purge."""
+def _start_background(app: SignerApp, clock: Clock, store: SnapshotStore) -> None:
+    """The periodic publisher (when it has an interval), the 00:00 JST sweep and purge,
+    the notices' delivery, and the registry's backups (to a store that keeps them)."""
     if app.config.delta_interval > 0:
         app._publisher_thread = _start_publishing(app.signer, app.config, app._stop)
     # On its own schedule, also when publishing happens only on request.
@@ -301,6 +331,11 @@ def _start_background(app: SignerApp, clock: Clock) -> None:
     )
     app._sweep.start()
     app._notices = _start_notices(app, clock)
+    if isinstance(store, BackupStore) and app.config.backup_interval > 0:
+        app._backups = BackupSchedule(
+            functools.partial(_backup, app, store, clock), app.config.backup_interval
+        )
+        app._backups.start()
 
 
 def _start_notices(app: SignerApp, clock: Clock) -> threading.Thread:
@@ -339,6 +374,16 @@ def _midnight(app: SignerApp, clock: Clock) -> None:
     retention = app.config.retention_policy
     now = clock.now()
     app.ledger.purge(local_day(now - retention.project("ledger")), now - retention.project("audit"))
+
+
+def _backup(app: SignerApp, store: BackupStore, clock: Clock) -> BackupRecord:
+    try:
+        record = backup_registry(app.registry, store, clock, app.config.data_dir / "backups")
+    except Exception:
+        app.metrics.backup_failed()
+        raise
+    app.metrics.backed_up(clock.now().timestamp())
+    return record
 
 
 def serve(

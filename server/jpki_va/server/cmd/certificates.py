@@ -43,6 +43,7 @@ from jpki_va.server.cmd.signer_client import (
     rpc_errors,
     signer_channel,
 )
+from jpki_va.server.law.issuer_compromise import CompromiseNature
 from jpki_va.server.law.loss_recording import OPERATOR_CAUSES, OPERATOR_REASONS
 from jpki_va.server.law.resident_change import ResidentEvent
 
@@ -128,6 +129,11 @@ def add_certificate_commands(registry: SubParsers) -> None:
     compromise.add_argument("--kind", required=True, **slug_choice(CertKind))
     compromise.add_argument(
         "--generation", required=True, metavar="AKI", help="the generation's key id (hex)"
+    )
+    compromise.add_argument(
+        "--what",
+        **slug_choice(CompromiseNature),
+        help="what happened to the key (漏えい, 滅失, 毀損), for the public announcement",
     )
     _finish(compromise, _issuer_compromise)
 
@@ -304,6 +310,7 @@ def _issuer_compromise(args: argparse.Namespace, stub: Stub) -> dict[str, Any]:
         signer_pb2.RecordIssuerCompromiseRequest(
             kind=int(kind),  # type: ignore[arg-type]
             issuer_key_id=key_id,
+            nature=0 if args.what is None else int(CompromiseNature.from_slug(args.what)),  # type: ignore[arg-type]
         ),
         timeout=args.timeout,
     )

@@ -27,6 +27,7 @@ from jpki_va.hsm._cli import add_commands as add_hsm_commands
 from jpki_va.hsm._cli import token_options
 from jpki_va.server.app.config import ConfigError
 from jpki_va.server.cmd.authority import RegistryKeyUse, add_authority_commands
+from jpki_va.server.cmd.backup import add_backup_commands
 from jpki_va.server.cmd.balancer import add_balancer_commands
 from jpki_va.server.cmd.bench import add_bench_command
 from jpki_va.server.cmd.certificates import add_certificate_commands
@@ -68,6 +69,12 @@ def _add_publishing_options(parser: argparse.ArgumentParser) -> None:
         help="one record type's own period, e.g. loss.record-error.card-auth=3650d "
         "(types: issuance.KIND, loss.CAUSE.KIND, crl.KIND, ledger, audit, consent, notice; "
         "project records: the ledger, audit trail, withdrawn consents and sent notices)",
+    )
+    _add_store_option(group, "publish snapshots to this ")
+    group.add_argument(
+        "--backup-interval",
+        metavar="DURATION",
+        help="between backups of the registry to the --store (default 1h; 0: on demand only)",
     )
     _add_notice_options(parser)
 
@@ -119,6 +126,7 @@ def _add_metrics_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_http_metrics_and_limits(responder: argparse.ArgumentParser) -> None:
+    _add_store_option(responder, "or read snapshots from this ")
     responder.add_argument(
         "--http-listen", help="HOST:PORT for HTTP OCSP and CRLs (loopback unless --http-tls)"
     )
@@ -173,6 +181,15 @@ def _add_stream_options(responder: argparse.ArgumentParser) -> None:
     )  # fmt: skip
 
 
+def _add_store_option(parser: argparse._ActionsContainer, what: str) -> None:
+    parser.add_argument(
+        "--store",
+        metavar="URL",
+        help=what + "snapshot store in S3-compatible object storage, s3://BUCKET[/PREFIX] "
+        "(endpoint, credentials and CA from the standard AWS environment or config files)",
+    )
+
+
 #: What a long-running role's exit code says.
 ROLE_EXIT_CODES = (EXIT_OK, EXIT_USAGE)
 _ROLE_EPILOG = exit_codes_epilog(
@@ -204,6 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_report_commands(sub)
     add_balancer_commands(sub)
     add_health_command(sub)
+    add_backup_commands(sub)
     add_bench_command(sub)
     return parser
 

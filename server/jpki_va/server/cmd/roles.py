@@ -102,6 +102,8 @@ def signer_config(args: argparse.Namespace) -> SignerConfig:
             "sign_queue_limit": args.sign_queue_limit,
             "sign_queue_wait": args.sign_queue_wait,
             **_metrics_values(args),
+            "store": args.store,
+            "backup_interval": args.backup_interval,
         },
         SignerConfig,
     )
@@ -113,6 +115,7 @@ def signer_config(args: argparse.Namespace) -> SignerConfig:
     for name in (
         "full_interval",
         "delta_interval",
+        "backup_interval",
         "sign_queue_wait",
         "retention_issuance_record",
         "retention_loss_record",
@@ -155,6 +158,7 @@ def responder_config(args: argparse.Namespace) -> ResponderConfig:
         file_values,
         {
             "snapshot_dir": args.snapshots,
+            "store": args.store,
             "state_dir": args.state_dir,
             "trust_anchors": args.trust_anchor,
             "listen": args.listen,
@@ -209,11 +213,13 @@ def responder_config(args: argparse.Namespace) -> ResponderConfig:
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
     values.pop("tls", None)
-    for required, flag in (("snapshot_dir", "--snapshots"), ("state_dir", "--state-dir")):
-        if required not in values:
-            raise ConfigError(f"{flag} is required")
-    values["snapshot_dir"] = Path(values["snapshot_dir"])
-    if not values["snapshot_dir"].is_dir():
+    if "state_dir" not in values:
+        raise ConfigError("--state-dir is required")
+    if ("snapshot_dir" in values) == ("store" in values):
+        raise ConfigError("name the snapshots: --snapshots DIR or --store URL")
+    snapshots = values.get("snapshot_dir")
+    values["snapshot_dir"] = None if snapshots is None else Path(snapshots)
+    if values["snapshot_dir"] is not None and not values["snapshot_dir"].is_dir():
         # The responder would wait for snapshots that can never come.
         raise ConfigError(
             f"--snapshots {values['snapshot_dir']} is not a directory (the signer's "

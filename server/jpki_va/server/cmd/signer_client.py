@@ -135,13 +135,18 @@ def demo_identity(args: argparse.Namespace) -> tuple[tuple[str, str | bytes], ..
     return ((VERIFIER_HEADER, verifier),)
 
 
-def _hsm_unavailable(exc: grpc.Call) -> bool:
+def _cause(exc: grpc.Call) -> str | None:
+    """The signer's word on why it is UNAVAILABLE (none from a signer not reached)."""
     # Here, not at the top: the server's rpc package stays out of `jpki-va --help`.
-    from jpki_va.server.rpc.server_common import CAUSE, HSM_UNAVAILABLE  # noqa: PLC0415
+    from jpki_va.server.rpc.server_common import CAUSE  # noqa: PLC0415
 
-    return any(
-        key == CAUSE and value == HSM_UNAVAILABLE for key, value in exc.trailing_metadata() or ()
-    )
+    return next((str(value) for key, value in exc.trailing_metadata() or () if key == CAUSE), None)
+
+
+def _hsm_unavailable(cause: str | None) -> bool:
+    from jpki_va.server.rpc.server_common import HSM_UNAVAILABLE  # noqa: PLC0415
+
+    return cause == HSM_UNAVAILABLE
 
 
 def _explain(args: argparse.Namespace, code: grpc.StatusCode) -> str | None:
@@ -164,7 +169,8 @@ def rpc_errors(run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.N
         except grpc.RpcError as exc:
             code = exc.code() if isinstance(exc, grpc.Call) else grpc.StatusCode.UNKNOWN
             details = exc.details() if isinstance(exc, grpc.Call) else str(exc)
-            if isinstance(exc, grpc.Call) and _hsm_unavailable(exc):
+            cause = _cause(exc) if isinstance(exc, grpc.Call) else None
+            if _hsm_unavailable(cause):
                 fail(
                     f"jpki-va {args.command}",
                     "the signer is up but its HSM is not, so nothing was done; retry when "
@@ -173,6 +179,7 @@ def rpc_errors(run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.N
                 return EXIT_HSM_UNAVAILABLE
             fail(f"jpki-va {args.command}", _explain(args, code) or f"{code.name}: {details}")
             unreachable = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
-            return EXIT_UNREACHABLE if code in unreachable else EXIT_SERVER
+            # A cause is the signer's own answer (its snapshot store down, say).
+            return EXIT_UNREACHABLE if code in unreachable and cause is None else EXIT_SERVER
 
     return wrapped

@@ -7,9 +7,10 @@ is the configured loopback verifier's, if any. Over TLS (`tls=True`) the server
 names the caller by its client certificate's fingerprint instead, the identity
 gRPC's mTLS gives (`Caller(fingerprint=...)`), and no header counts. Entitlements
 and provision counts are the same as over gRPC: OCSP answers `unauthorized` to a
-caller who may not have them, a CRL is 401/403. What was provided is tallied and
-committed to the ledger once per turn of the event loop, before the responses of
-that turn leave (`commit`). A refused OCSP request is logged through the process's
+caller who may not have them, a CRL is 401/403; a CRL answered 304 Not Modified
+provides nothing and is not counted. What was provided is tallied and committed to
+the ledger once per turn of the event loop, before the responses of that turn leave
+(`commit`). A refused OCSP request is logged through the process's
 `RefusalLog`: the caller's header cut short, and not once per request.
 """
 
@@ -104,11 +105,11 @@ class HttpAccess:
         found = self._files.current_at_url(kind, key_id_prefix, partition)
         if found is None:
             return None
-        self._tally(verifier, {provision: 1})
         info = found[0].info
         return PublishedCrl(
             found[1],
             info.sha256.hex()[:32],
             info.this_update.timestamp(),
             info.next_update.timestamp(),
+            lambda: self._tally(verifier, {provision: 1}),  # not for a 304
         )

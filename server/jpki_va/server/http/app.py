@@ -81,6 +81,9 @@ class PublishedCrl:
     etag: str
     this_update: float  # epoch seconds
     next_update: float
+    # Count the provision (第41条): called when the body is sent, not for a 304, which
+    # provides nothing the verifier did not hold already.
+    sent: Callable[[], None] = lambda: None
 
 
 class HttpObserver(Protocol):
@@ -263,6 +266,7 @@ class HttpApp:
         this_update: float,
         next_update: float,
         if_none_match: bytes | None,
+        sent: Callable[[], None] | None = None,
     ) -> bytes:
         validators = self._validators_for(etag, this_update, next_update)
         max_age = max(0, int(next_update - self._clock()))
@@ -270,6 +274,8 @@ class HttpApp:
         if if_none_match is not None and _etag_matches(if_none_match, b'"%s"' % etag.encode()):
             self._observer.request(route, 304)
             return self._head(304, 0, None, validators + control)
+        if sent is not None:
+            sent()
         self._observer.request(route, 200)
         return self._head(200, len(body), content_type, validators + control) + body
 
@@ -334,4 +340,5 @@ class HttpApp:
             found.this_update,
             found.next_update,
             if_none_match,
+            found.sent,
         )

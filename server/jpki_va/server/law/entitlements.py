@@ -23,6 +23,8 @@ from jpki_va.core.domain import CertKind, Provision, Role, Verifier
 _SIGNING = (frozenset({Role.SIGNING_VERIFIER}), frozenset({Role.GROUP_SIGNING_VERIFIER}))
 _AUTH = (frozenset({Role.AUTH_VERIFIER}),)
 
+# RENEWAL_MAPPING has no entry: a renewal is given to whoever may receive the status of
+# its kind (law/mapping.py), and checked as that status provision.
 ENTITLEMENTS: Mapping[Provision, tuple[frozenset[Role], ...]] = {
     Provision.SIGNING_STATUS: _SIGNING,
     Provision.SIGNING_CRL: _SIGNING,

@@ -20,18 +20,40 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from jpki_va.core.domain import CertKind, CrlReason, Loss, LossCause
+from jpki_va.core.domain import CertKind, CrlReason, Loss, LossCause, SluggedEnum
 
 CARD_OF = {CertKind.MOBILE_SIGN: CertKind.CARD_SIGN, CertKind.MOBILE_AUTH: CertKind.CARD_AUTH}
 
 
+class CompromiseNature(SluggedEnum):
+    """Which of the three things 第14条 names happened to the key; wire values."""
+
+    LEAKED = 1  # 漏えい
+    LOST = 2  # 滅失
+    DAMAGED = 3  # 毀損
+
+    @property
+    def in_law(self) -> str:
+        return _NATURE_WORDS[self]
+
+
+_NATURE_WORDS = {
+    CompromiseNature.LEAKED: "発行者署名符号の漏えい (the issuing key was leaked)",
+    CompromiseNature.LOST: "発行者署名符号の滅失 (the issuing key was lost)",
+    CompromiseNature.DAMAGED: "発行者署名符号の毀損 (the issuing key was damaged)",
+}
+_UNSAID = "発行者署名符号の漏えい、滅失又は毀損 (the issuing key was leaked, lost or damaged)"
+
+
 @dataclass(frozen=True)
 class Compromise:
-    """The registry fact: generation `key_id` of `kind` was compromised at `time`."""
+    """The registry fact: generation `key_id` of `kind` was compromised at `time`;
+    `nature` is what happened to the key, when the operator said (None: not said)."""
 
     key_id: bytes
     kind: CertKind
     time: datetime
+    nature: CompromiseNature | None = None
 
     def loss(self) -> Loss:
         return Loss(self.time, LossCause.ISSUER_KEY_COMPROMISE, CrlReason.CA_COMPROMISE)
@@ -107,8 +129,7 @@ def announcement(
                 "issuer": gen.subject,
                 "issuer_certificate_serial": f"{gen.serial:X}",
                 "issuer_valid": [gen.not_before.isoformat(), gen.not_after.isoformat()],
-                "what": "発行者署名符号の漏えい、滅失又は毀損 (the issuing key was leaked, "
-                "lost or damaged)",
+                "what": _UNSAID if c.nature is None else c.nature.in_law,
                 "since": c.time.isoformat(),
                 "effect": f"この世代が署名した{law_name}は {c.time.isoformat()} に効力を失った "
                 "(every certificate this generation signed lost effect then)",

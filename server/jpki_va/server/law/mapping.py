@@ -11,9 +11,10 @@ status. The mapping is about the person (当該署名利用者に係る…), so 
 certificate of the holder is returned, not only the one linked at issuance.
 
 Renewal (old -> the certificates of the same kind that superseded it) is not a
-provision of the law. We give it to whoever may receive the status of that kind and
-count it as that status provision (第18条1項, 第37条1項): the successor's serial
-tells no more than the superseded certificate's loss record already implies.
+provision of the law. We give it to whoever may receive the status of that kind (the
+successor's serial tells no more than the superseded certificate's loss record
+already implies) and count it apart, as RENEWAL_MAPPING, outside the nine provisions
+of 第41条; the statuses that come with the serials are status provisions.
 Who may receive each mapping is the entitlement matrix (law/entitlements.py).
 """
 
@@ -52,9 +53,16 @@ def targets(source: CertKind) -> tuple[CertKind, ...]:
 
 
 def provision(source: CertKind, target: CertKind) -> Provision:
-    """The provision (第41条) a mapping from `source` to `target` is."""
+    """The provision whose entitlement a mapping from `source` to `target` needs."""
     if mapping_type(source, target) is LinkType.RENEWAL:
         return status_provision(source)
+    return mapping_provision(source, target)
+
+
+def counted_as(source: CertKind, target: CertKind) -> Provision:
+    """What the ledger counts a mapping as: a provision of 第41条, or RENEWAL_MAPPING."""
+    if mapping_type(source, target) is LinkType.RENEWAL:
+        return Provision.RENEWAL_MAPPING
     return mapping_provision(source, target)
 
 

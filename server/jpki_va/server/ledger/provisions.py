@@ -39,7 +39,7 @@ import lmdb
 
 from jpki_va.core.clock import JST
 from jpki_va.core.domain import Provision
-from jpki_va.server.base.private_files import LMDB_MODE, private_dir
+from jpki_va.server.base.private_files import LMDB_MODE, private_dir, write_private
 
 _MAP_SIZE = 1 << 36
 _COUNT = 8  # bytes of a big-endian counter
@@ -418,6 +418,22 @@ class LedgerSet:
 
     def __exit__(self, *_: object) -> None:
         self.close()
+
+
+#: The file that marks a ledger directory as the signer's: a report needs one, for the
+#: verifier tokens only the signer counts (第38条の3).
+SIGNER_MARK = "signer-ledger"
+
+
+def mark_signer_ledger(root: Path) -> None:
+    """Mark `root` as the signer's ledger (idempotent; the signer does it at start)."""
+    mark = root / SIGNER_MARK
+    if not mark.is_file():
+        write_private(mark, "the signer's provision ledger (verifier tokens, 第38条の3)\n".encode())
+
+
+def is_signer_ledger(root: Path) -> bool:
+    return (root / SIGNER_MARK).is_file()
 
 
 def read_ledgers(root: Path) -> LedgerSet:

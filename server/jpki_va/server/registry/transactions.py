@@ -37,7 +37,12 @@ from jpki_va.core.domain import (
     record_key,
 )
 from jpki_va.server.base.private_files import LMDB_MODE, private_dir
-from jpki_va.server.law.issuer_compromise import CARD_OF, Compromise, effective_loss
+from jpki_va.server.law.issuer_compromise import (
+    CARD_OF,
+    Compromise,
+    CompromiseNature,
+    effective_loss,
+)
 from jpki_va.server.model.public_key import certificate_key_hash
 from jpki_va.server.model.registry_values import (
     CertificateRecord,
@@ -411,13 +416,19 @@ class RegistryTxn:
             self._compromises = {}
             for key, value in self._txn.cursor(db=self._db["compromises"]):
                 data = json.loads(bytes(value))
+                nature = data.get("nature")
                 self._compromises[bytes(key)] = Compromise(
-                    bytes(key), CertKind[data["kind"]], datetime.fromisoformat(data["time"])
+                    bytes(key),
+                    CertKind[data["kind"]],
+                    datetime.fromisoformat(data["time"]),
+                    None if nature is None else CompromiseNature[nature],
                 )
         return self._compromises
 
     def put_compromise(self, compromise: Compromise) -> None:
         value = {"kind": compromise.kind.name, "time": compromise.time.isoformat()}
+        if compromise.nature is not None:
+            value["nature"] = compromise.nature.name
         if not self._txn.put(
             compromise.key_id, _dumps(value), overwrite=False, db=self._db["compromises"]
         ):
@@ -680,6 +691,11 @@ class Registry:
     def read(self) -> Iterator[RegistryTxn]:
         with self._env.begin(write=False) as txn:
             yield RegistryTxn(txn, self._dbs)
+
+    def copy_compacted(self, directory: Path) -> None:
+        """A consistent copy of the whole environment in `directory` (empty), without
+        free pages: LMDB copies within one read transaction while writers go on."""
+        self._env.copy(str(directory), compact=True)
 
     def close(self) -> None:
         self._env.close()

@@ -48,6 +48,7 @@ from jpki_va.server.snapshot.manifest import (
     SnapshotRejected,
     snapshot_sequence,
 )
+from jpki_va.server.snapshot.store import StoreUnavailable
 from jpki_va.server.snapshot.verify import SnapshotVerifier, VerifiedSnapshot
 
 log = logging.getLogger(__name__)
@@ -154,8 +155,12 @@ class Ingester:
         metrics: IngestMetrics | None = None,
         before_publish: Callable[[Path], None] | None = None,
         health: IngestHealth | None = None,
+        stage: Callable[[int, frozenset[str]], None] | None = None,
     ) -> None:
         self._snapshots = snapshot_dir
+        # Fills `snapshot_dir` from a remote store before each poll (responder.staging),
+        # given the live sequence and the names refused; None: the store is local.
+        self._stage = stage
         # Runs on a built index before workers can see it (the responder certifies
         # its OCSP key for the index's issuers there, so no answer waits for it).
         self._before_publish = before_publish
@@ -320,6 +325,12 @@ class Ingester:
         return result
 
     def _poll(self) -> IngestResult | None:
+        store_error: StoreUnavailable | None = None
+        if self._stage is not None:
+            try:
+                self._stage(self.sequence, frozenset(self._refused))
+            except StoreUnavailable as exc:
+                store_error = exc  # what was staged is still ingested
         pending = self.pending()
         result = None
         for path in reversed([p for p in pending if self._type(p) != "delta"]):
@@ -337,6 +348,8 @@ class Ingester:
                     result, progress = applied, True
                     break
         self._metrics.refused_waiting.set(len(self.refused_waiting))
+        if store_error is not None:
+            raise store_error
         return result
 
     def _ingest_full(self, path: Path) -> IngestResult | None:

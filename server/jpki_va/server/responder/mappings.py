@@ -97,7 +97,7 @@ class Mapper:
             if kept:
                 # The statuses that come with the serials are status provisions too.
                 check_entitled(verifier, status_provision(target))
-                counts[rule.provision(kind, target)] += 1
+                counts[rule.counted_as(kind, target)] += 1
                 counts[status_provision(target)] += len(kept)
             found.extend(kept)
         return MappingAnswer(tuple(found), index.sequence, counts)

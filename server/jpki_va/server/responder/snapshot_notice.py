@@ -42,3 +42,10 @@ class DirectoryNotice:
         except OSError:
             return b""
         return f"{st.st_ino}:{st.st_mtime_ns}:{st.st_ctime_ns}:{st.st_nlink}:{st.st_size}".encode()
+
+
+class PollOnly:
+    """A store with no pointer to read (yet): every poll period scans it."""
+
+    def marker(self) -> bytes:
+        return b""

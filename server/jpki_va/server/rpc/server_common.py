@@ -32,6 +32,7 @@ ErrorMap = Sequence[
 #: CAUSE: HSM_UNAVAILABLE, unlike the UNAVAILABLE of a signer that cannot be reached.
 CAUSE = "x-jpki-va-cause"
 HSM_UNAVAILABLE = "hsm-unavailable"
+STORE_UNAVAILABLE = "store-unavailable"  # the signer's snapshot store, for a publish
 
 
 def _status_for(exc: BaseException, mapping: ErrorMap) -> tuple[grpc.StatusCode, str | None] | None:

@@ -12,6 +12,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from jpki_va.core.domain import CrlReason, LossCause, Role, Verifier, serial_to_bytes
 from jpki_va.protos import signer_pb2, signer_pb2_grpc, va_pb2, verifiers_pb2
 from jpki_va.server.access.gate import Caller, Operators
+from jpki_va.server.law.issuer_compromise import CompromiseNature
 from jpki_va.server.law.resident_change import ResidentEvent, ResidentEventFacts, move_out_deadline
 from jpki_va.server.model.holder import Holder
 from jpki_va.server.model.registry_values import Consent, HolderNotice, IssuerRecord, LossEvent
@@ -190,6 +191,15 @@ class SignerServicer(signer_pb2_grpc.SignerServiceServicer):
         issued = self._signer.complete_mobile_application(request.application_id, request.csr)
         return signer_pb2.CompleteMobileApplicationResponse(issued=self._issued(issued))
 
+    def SignReport(
+        self, request: signer_pb2.SignReportRequest, context: grpc.ServicerContext
+    ) -> signer_pb2.SignReportResponse:
+        self._operator(context)
+        signature, certificate = self._signer.sign_report(request.content)
+        return signer_pb2.SignReportResponse(
+            signature_der=signature, signer_certificate_der=certificate.public_bytes(Encoding.DER)
+        )
+
     def _issued(self, issued: Issued) -> signer_pb2.IssueCertificateResponse:
         record = issued.record
         return signer_pb2.IssueCertificateResponse(
@@ -255,8 +265,12 @@ class SignerServicer(signer_pb2_grpc.SignerServiceServicer):
         self._operator(context)
         if not request.issuer_key_id:
             raise InvalidRequest("issuer key id is required")
+        try:
+            nature = None if request.nature == 0 else CompromiseNature(request.nature)
+        except ValueError:
+            raise InvalidRequest(f"unknown compromise nature {request.nature}") from None
         result = self._signer.record_issuer_compromise(
-            kind_from_pb(request.kind), bytes(request.issuer_key_id)
+            kind_from_pb(request.kind), bytes(request.issuer_key_id), nature
         )
         return signer_pb2.RecordIssuerCompromiseResponse(
             issuer=issuer_to_pb(result.issuer),

@@ -71,6 +71,16 @@ class SignerMetrics:
             "answer the old status",
             registry=self.registry,
         )
+        self.backup_last = Gauge(
+            "jpki_va_registry_backup_last_timestamp_seconds",
+            "When the last registry backup reached the object store (Unix time; 0: none yet)",
+            registry=self.registry,
+        )
+        self.backup_failures = Counter(
+            "jpki_va_registry_backup_failures_total",
+            "Registry backups that failed",
+            registry=self.registry,
+        )
         self.publish_age = Gauge(
             "jpki_va_publish_age_seconds",
             "Seconds since the last snapshot was published (NaN: none yet)",
@@ -109,6 +119,12 @@ class SignerMetrics:
 
     def rejected(self, reason: str) -> None:
         self.queue_rejected.labels(reason).inc()
+
+    def backed_up(self, at: float) -> None:
+        self.backup_last.set(at)
+
+    def backup_failed(self) -> None:
+        self.backup_failures.inc()
 
     # jpki_va.server.signer.publish_status.PublishObserver
     def published(self) -> None:

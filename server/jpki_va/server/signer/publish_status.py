@@ -18,6 +18,7 @@ from typing import Protocol
 
 from jpki_va import hsm
 from jpki_va.core.clock import Clock
+from jpki_va.server.snapshot.store import StoreUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +38,8 @@ class PublishObserver(Protocol):
         """A snapshot was published."""
 
     def publish_failed(self, cause: str) -> None:
-        """A publish failed; ``cause`` is "hsm" or "other" (a low-cardinality label)."""
+        """A publish failed; ``cause`` is "hsm", "store" or "other" (a low-cardinality
+        label)."""
 
 
 class PublishStatus:
@@ -75,7 +77,7 @@ class PublishStatus:
 
     def failed(self, exc: BaseException) -> None:
         error = str(exc) or type(exc).__name__
-        known = isinstance(exc, hsm.HsmError)
+        known = isinstance(exc, hsm.HsmError | StoreUnavailable)
         kind = type(exc).__qualname__
         with self._lock:
             before = self._state
@@ -98,4 +100,10 @@ class PublishStatus:
         else:
             log.debug("publishing failed again (%d in a row): %s", before.failures + 1, error)
         if self._observer is not None:
-            self._observer.publish_failed("hsm" if known else "other")
+            self._observer.publish_failed(
+                "hsm"
+                if isinstance(exc, hsm.HsmError)
+                else "store"
+                if isinstance(exc, StoreUnavailable)
+                else "other"
+            )

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 import threading
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Mapping
@@ -55,9 +54,10 @@ from jpki_va.server.snapshot.manifest import (
     SIGNING_RECORDS,
     CrlInfo,
     crl_relpath,
-    snapshot_sequence,
+    snapshot_dirname,
 )
 from jpki_va.server.snapshot.record_format import encode_file_record
+from jpki_va.server.snapshot.store import LocalStore, SnapshotStore, StoreUnavailable
 from jpki_va.server.snapshot.writer import SnapshotBuilder
 
 log = logging.getLogger(__name__)
@@ -143,8 +143,12 @@ class Publisher:
         clock: Clock,
         settings: ProfileSettings,
         retention: RetentionPolicy | None = None,
+        store: SnapshotStore | None = None,
     ) -> None:
         private_dir(snapshot_root)
+        # Snapshots are sealed in `snapshot_root`, then published to the store (the
+        # same directory by default: then publishing is the rename).
+        self._store = store or LocalStore(snapshot_root)
         self._registry = registry
         self._authority = authority
         self._root = snapshot_root
@@ -199,11 +203,12 @@ class Publisher:
     def _next_sequence(self, tx: RegistryTxn) -> int:
         """The sequence the next snapshot takes, if it commits.
 
-        Above every snapshot on disk as well: one that was renamed into place but whose
-        registry commit then failed, and could not be removed, is never overwritten.
+        Above every snapshot in the store as well: one that was committed but whose
+        registry commit then failed, and could not be withdrawn, is never overwritten;
+        nor is one a signer restored from an older backup of the registry never knew.
         """
-        on_disk = (snapshot_sequence(p) for p in self._root.iterdir())
-        return max([tx.counter("snapshot"), *(s for s in on_disk if s is not None)]) + 1
+        counter = tx.counter("snapshot")
+        return max([counter, *self._store.sequences(after=counter)]) + 1
 
     @staticmethod
     def _take(wtx: RegistryTxn, expected: dict[str, int]) -> None:
@@ -215,19 +220,29 @@ class Publisher:
             wtx.set_counter(name, value)
 
     def _commit(self, builder: SnapshotBuilder, numbers: dict[str, int], state: _State) -> Path:
-        """Publish the sealed snapshot and record its numbers and state, together."""
+        """Publish the sealed snapshot and record its numbers and state, together.
+
+        Its files go to the store first, where no reader looks yet; the commit (the
+        manifest) inside the registry's write transaction, so a failed commit records
+        nothing, and a snapshot the registry did not take is withdrawn.
+        """
+        committed = False
         try:
+            self._store.upload(builder.sequence, builder.path)
             with self._registry.write() as wtx:
                 self._take(wtx, numbers)
                 wtx.set_meta(_STATE, state.to_bytes())
-                # Inside the transaction: a failed rename records nothing.
-                path = builder.publish()
+                self._store.commit(builder.sequence, builder.path)
+                committed = True
                 fault_point("publish.committed")
         except BaseException:
-            builder.abort()  # the registry did not take it, so nobody may
+            if committed:
+                self._store.withdraw(builder.sequence)  # the registry did not take it
+            builder.abort()
             raise
+        builder.abort()  # what is left of it here: nothing once renamed into the root
         fault_point("publish.state-saved")
-        return path
+        return self._root / snapshot_dirname(builder.sequence)
 
     # retention --------------------------------------------------------------------------
     def _retained(self, record: CertificateRecord, now: datetime) -> bool:
@@ -571,28 +586,39 @@ class Publisher:
 
     # CRL file retention -------------------------------------------------------------------
     def _prune(self, now: datetime) -> None:
-        """Remove snapshots (CRL files) past retention, never the live full and its deltas."""
-        snapshots = sorted(
-            (seq, path) for path in self._root.iterdir() if (seq := snapshot_sequence(path))
-        )
-        if not snapshots:
+        """Remove snapshots (CRL files) past retention, never the live full and its deltas.
+
+        A store that cannot be reached now is pruned at a later full snapshot.
+        """
+        try:
+            sequences = self._store.sequences()
+        except StoreUnavailable as exc:
+            log.warning("cannot prune the snapshot store now: %s", exc)
+            return
+        if not sequences:
             return
         with self._registry.read() as tx:
             state = _State.load(tx)
-        keep_from = state.full_sequence if state is not None else snapshots[-1][0]
-        for seq, path in snapshots:
+        keep_from = state.full_sequence if state is not None else sequences[-1]
+        for seq in sequences:
             if seq >= keep_from:
                 break
             try:
                 created = datetime.fromisoformat(
-                    json.loads((path / "manifest.json").read_bytes())["created_at"]
+                    json.loads(self._store.manifest(seq))["created_at"]
                 )
-            except (OSError, ValueError, KeyError):
+            except (StoreUnavailable, ValueError, KeyError):
                 continue
             # A snapshot holds the CRL files of every kind: kept for the longest period.
             if now >= created + self._retention.longest_crl_file():
-                shutil.rmtree(path, ignore_errors=True)
-                log.info("removed snapshot %s: past the retention of CRL files", path.name)
+                try:
+                    self._store.withdraw(seq)
+                except StoreUnavailable as exc:
+                    log.warning("cannot remove snapshot %d now: %s", seq, exc)
+                    return
+                log.info(
+                    "removed snapshot %s: past the retention of CRL files", snapshot_dirname(seq)
+                )
 
 
 def _by_serial(lines: dict[int, dict[str, Any]]) -> Iterator[dict[str, Any]]:

@@ -25,7 +25,7 @@ from jpki_va.core.clock import Clock
 from jpki_va.core.domain import CertKind, CrlReason, Loss, LossCause
 from jpki_va.server.law.errors import Refused
 from jpki_va.server.law.holder_notice import record_notice
-from jpki_va.server.law.issuer_compromise import Compromise
+from jpki_va.server.law.issuer_compromise import Compromise, CompromiseNature
 from jpki_va.server.law.key_pair import check_new_key
 from jpki_va.server.law.loss_recording import DEFAULT_REASON, operator_loss
 from jpki_va.server.law.mobile_cascade import cascade_card_loss
@@ -58,6 +58,7 @@ from jpki_va.server.model.registry_values import (
 )
 from jpki_va.server.pki import cert_profile
 from jpki_va.server.pki.cert_profile import CertProfile, ProfileSettings
+from jpki_va.server.pki.cms import detached_signature
 from jpki_va.server.pki.lint import LintError, lint_certificate
 from jpki_va.server.registry.transactions import (
     AlreadyCompromised,
@@ -76,6 +77,7 @@ from jpki_va.server.signer.signing_queue import SigningQueue
 log = logging.getLogger(__name__)
 
 _P = TypeVar("_P", PublishedSnapshot, PublishedSnapshot | None)
+MAX_REPORT = 2 << 20  # a report of every verifier's counts is far smaller
 _RESIDENT_CODE = re.compile(r"\d{11}")
 _MUNICIPALITY = re.compile(r"\d{6}")
 _VERIFIER = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")  # as verifier_registry's ids
@@ -531,7 +533,9 @@ class Signer:
         self.purge_past_retention()
 
     # issuer key compromise (第14条) ------------------------------------------------------
-    def record_issuer_compromise(self, kind: CertKind, key_id: bytes) -> CompromiseResult:
+    def record_issuer_compromise(
+        self, kind: CertKind, key_id: bytes, nature: CompromiseNature | None = None
+    ) -> CompromiseResult:
         issuer = self._authority.issuer(key_id)
         if issuer is None or issuer.kind is None:
             raise NotFound(f"no issuing CA generation with key id {key_id.hex()}")
@@ -540,7 +544,7 @@ class Signer:
                 f"generation {key_id.hex()} issues {issuer.kind.name}, not {kind.name}"
             )
         # Whole seconds: the ARL, which vouches for the time, has no finer resolution.
-        compromise = Compromise(key_id, kind, self._clock.now().replace(microsecond=0))
+        compromise = Compromise(key_id, kind, self._clock.now().replace(microsecond=0), nature)
         try:
             with self._registry.write() as tx:
                 tx.put_compromise(compromise)
@@ -655,6 +659,20 @@ class Signer:
         except (hsm.HsmError, AuthorityError) as exc:
             return PublishState(failing=True, error=str(exc), last_published=state.last_published)
         return state
+
+    # the published report (第41条) ------------------------------------------------------
+    def sign_report(self, content: bytes) -> tuple[bytes, x509.Certificate]:
+        """A detached CMS signature over a report to publish, and the certificate that
+        verifies it: the snapshot key's, which the root certified."""
+        if not content:
+            raise InvalidRequest("the report is empty")
+        if len(content) > MAX_REPORT:
+            raise InvalidRequest(f"the report is larger than {MAX_REPORT} bytes")
+        key, certificate = self._authority.snapshot_signer()
+        with self._queue.slot():
+            signature = detached_signature(key, certificate, content)
+        log.info("signed a report of %d bytes for publication", len(content))
+        return signature, certificate
 
     # the responder's delegated OCSP signer --------------------------------------------
     def ocsp_signer_certificates(

@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from jpki_va.core.domain import CertKind
 from jpki_va.core.oids import ARC
-from jpki_va.server.law.issuer_compromise import Compromise
+from jpki_va.server.law.issuer_compromise import Compromise, CompromiseNature
 
 FORMAT = "jpki-va-snapshot/1"
 
@@ -114,12 +114,19 @@ class CrlInfo:
 
 
 def compromise_to_json(c: Compromise) -> dict[str, Any]:
-    return {"key_id": c.key_id.hex(), "kind": c.kind.name, "time": c.time.isoformat()}
+    out = {"key_id": c.key_id.hex(), "kind": c.kind.name, "time": c.time.isoformat()}
+    if c.nature is not None:
+        out["nature"] = c.nature.name
+    return out
 
 
 def compromise_from_json(data: dict[str, Any]) -> Compromise:
+    nature = data.get("nature")  # absent: not said, or written before it was kept
     return Compromise(
-        bytes.fromhex(data["key_id"]), CertKind[data["kind"]], datetime.fromisoformat(data["time"])
+        bytes.fromhex(data["key_id"]),
+        CertKind[data["kind"]],
+        datetime.fromisoformat(data["time"]),
+        None if nature is None else CompromiseNature[nature],
     )
 
 

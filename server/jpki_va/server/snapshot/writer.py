@@ -87,6 +87,22 @@ def prune_abandoned(root: Path) -> list[str]:
     return removed
 
 
+def rename_into_place(root: Path, sealed: Path, sequence: int) -> Path:
+    """Commit a snapshot sealed under a temporary name in `root`; where it now is.
+
+    rename is atomic: a reader sees no snapshot or a whole one.
+    """
+    final = root / snapshot_dirname(sequence)
+    fault_point("snapshot.manifest-written")
+    sealed.rename(final)
+    dirfd = os.open(root, os.O_RDONLY)
+    try:
+        os.fsync(dirfd)
+    finally:
+        os.close(dirfd)
+    return final
+
+
 class SnapshotBuilder:
     """Collects the files of one snapshot in a temporary directory."""
 
@@ -256,19 +272,16 @@ class SnapshotBuilder:
         self._dir.chmod(DIR_MODE)  # mkdtemp's mode already; said here, where it matters
         return manifest
 
+    @property
+    def path(self) -> Path:
+        """Where its files are: the temporary directory until it is published."""
+        return self._dir
+
     def publish(self) -> Path:
-        """Rename the sealed snapshot into place; returns where it now is."""
-        final = self._root / snapshot_dirname(self.sequence)
-        fault_point("snapshot.manifest-written")
-        # rename is atomic: a reader sees no snapshot or a whole one.
-        self._dir.rename(final)
-        self._dir = final  # abort() after this withdraws the published snapshot
-        dirfd = os.open(self._root, os.O_RDONLY)
-        try:
-            os.fsync(dirfd)
-        finally:
-            os.close(dirfd)
-        return final
+        """Rename the sealed snapshot into place in the local root; where it now is."""
+        # abort() after this withdraws the published snapshot
+        self._dir = rename_into_place(self._root, self._dir, self.sequence)
+        return self._dir
 
     def abort(self) -> None:
         """Remove the snapshot: its temporary files, or, once published, the snapshot

@@ -39,9 +39,11 @@ def _aki(cert: x509.Certificate) -> bytes:
     return value.key_identifier
 
 
-def _compromise(pki: Pki, kind: int, key_id: bytes) -> signer_pb2.RecordIssuerCompromiseResponse:
+def _compromise(
+    pki: Pki, kind: int, key_id: bytes, nature: int = 0
+) -> signer_pb2.RecordIssuerCompromiseResponse:
     return pki.signer_stub.RecordIssuerCompromise(
-        signer_pb2.RecordIssuerCompromiseRequest(kind=kind, issuer_key_id=key_id),  # type: ignore[arg-type]
+        signer_pb2.RecordIssuerCompromiseRequest(kind=kind, issuer_key_id=key_id, nature=nature),  # type: ignore[arg-type]
         timeout=30,
     )
 
@@ -77,7 +79,13 @@ def test_article_14_issuer_key_compromise_ends_what_the_key_signed(
         _compromise(pki, va_pb2.CERT_KIND_CARD_AUTH, generation)
     assert info.value.code() is grpc.StatusCode.INVALID_ARGUMENT
 
-    reply = _compromise(pki, va_pb2.CERT_KIND_CARD_SIGN, generation)
+    with pytest.raises(grpc.RpcError) as info:
+        _compromise(pki, va_pb2.CERT_KIND_CARD_SIGN, generation, nature=9)
+    assert info.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert "nature" in (info.value.details() or "")
+
+    leaked = signer_pb2.COMPROMISE_NATURE_LEAKED
+    reply = _compromise(pki, va_pb2.CERT_KIND_CARD_SIGN, generation, nature=leaked)
     assert reply.certificates == 2
     compromised_at = reply.compromised_at.ToDatetime(tzinfo=UTC)
     with pytest.raises(grpc.RpcError) as info:
@@ -180,7 +188,7 @@ def _check_announcement(pki: Pki, generation: bytes, since: datetime, tmp_path: 
     assert item["generation"] == generation.hex()
     assert item["kind"] == "card-sign" and item["article"] == "第15条第1項第4号・第3項"
     assert datetime.fromisoformat(item["since"]) == since
-    assert "漏えい" in item["what"]
+    assert "漏えい" in item["what"] and "滅失" not in item["what"]  # what the operator said
     assert announced["arl"].startswith(pki.signer.config.base_url)
     # Kept in each snapshot: the latest one carries the same signed announcement.
     snapshot = sorted(pki.signer.config.snapshot_dir.glob("snap-*"))[-1]

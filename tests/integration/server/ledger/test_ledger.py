@@ -20,11 +20,11 @@ from jpki_va.core.domain import Provision
 from jpki_va.protos import va_pb2, va_pb2_grpc
 from jpki_va.server.ledger.provisions import Disclosure, Ledger, open_shard, read_ledgers
 from jpki_va.server.ledger.report import (
+    Period,
     annual_totals,
     audit_entries,
     render_annual,
     render_audit,
-    year_bounds,
 )
 from tests.support import ALL_ROLES_VERIFIER, JPKI_VA, REPO, Pki, start_responder, wait_for
 
@@ -41,14 +41,16 @@ def test_counts_by_day_kind_and_verifier(tmp_path: Path) -> None:
         )
         ledger.record("city", Counter({Provision.AUTH_CRL: 1}), datetime(2026, 5, 2, tzinfo=UTC))
         ledger.record("bank", Counter({Provision.SIGNING_STATUS: 7}), late)
-        totals = annual_totals([ledger], 2026)
+        totals = annual_totals([ledger], Period.calendar_year(2026))
         assert totals[Provision.SIGNING_STATUS] == {"bank": 5}
         assert totals[Provision.AUTH_CRL] == {"city": 1}
-        assert annual_totals([ledger], 2027)[Provision.SIGNING_STATUS] == {"bank": 7}
-        md = render_annual(totals, 2026, "md")
+        assert annual_totals([ledger], Period.calendar_year(2027))[Provision.SIGNING_STATUS] == {
+            "bank": 7
+        }
+        md = render_annual(totals, Period.calendar_year(2026), "md")
         assert "| 署名用電子証明書失効情報 (signing status, 第18条1項) | 5 |" in md
-        csv = render_annual(totals, 2026, "csv").splitlines()
-        assert "2026,SIGNING_STATUS,bank,5" in csv and "2026,VERIFIER_TOKEN,*,0" in csv
+        csv = render_annual(totals, Period.calendar_year(2026), "csv").splitlines()
+        assert "2026,SIGNING_STATUS,yes,bank,5," in csv and "2026,VERIFIER_TOKEN,yes,*,0,0" in csv
     finally:
         ledger.close()
 
@@ -147,7 +149,9 @@ def test_sigkill_loses_no_disclosure_that_was_answered(tmp_path: Path) -> None:
     try:
         day = datetime.now(JST).date()
         kept = audit_entries([ledger], day - timedelta(days=1), day + timedelta(days=1), "bank")
-        counted = annual_totals([ledger], day.year)[Provision.SIGNING_RECORD].get("bank", 0)
+        counted = annual_totals([ledger], Period.calendar_year(day.year))[
+            Provision.SIGNING_RECORD
+        ].get("bank", 0)
     finally:
         ledger.close()
     # Every answered one is there; at most one more was committed but not yet answered.
@@ -203,12 +207,12 @@ def test_sigkill_of_the_responder_loses_no_count(pki: Pki, tmp_path: Path) -> No
     try:
         assert {p.name for p in ledger.paths} <= {"worker-0", "worker-1"}
         year = datetime.now(JST).year
-        counted = annual_totals([ledger], year)[Provision.SIGNING_STATUS]
+        counted = annual_totals([ledger], Period.calendar_year(year))[Provision.SIGNING_STATUS]
     finally:
         ledger.close()
     assert answered == 40
     assert counted == {ALL_ROLES_VERIFIER: answered}
-    assert year_bounds(year)[0].year == year
+    assert Period.calendar_year(year).start.year == year
 
 
 def test_retention_of_the_ledger_and_audit_trail_purges_what_is_older(tmp_path: Path) -> None:

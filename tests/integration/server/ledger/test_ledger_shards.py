@@ -27,11 +27,12 @@ from jpki_va.server.ledger.provisions import (
     LedgerError,
     ShardInUse,
     claim_shards,
+    mark_signer_ledger,
     open_shard,
     read_ledgers,
     shard_path,
 )
-from jpki_va.server.ledger.report import annual_totals, audit_entries
+from jpki_va.server.ledger.report import Period, annual_totals, audit_entries
 from tests.support import REPO
 
 WHEN = datetime(2026, 6, 1, 3, 0, tzinfo=UTC)
@@ -72,7 +73,7 @@ def test_shards_and_a_ledger_from_before_shards_are_summed(
             (Provision.SIGNING_STATUS, "bank"): 111,
             (Provision.SIGNING_STATUS, "city"): 1000,
         }
-        assert annual_totals([ledgers], 2026)[Provision.SIGNING_STATUS] == {
+        assert annual_totals([ledgers], Period.calendar_year(2026))[Provision.SIGNING_STATUS] == {
             "bank": 111,
             "city": 1000,
         }
@@ -83,8 +84,12 @@ def test_shards_and_a_ledger_from_before_shards_are_summed(
             f"CARD_SIGN:{n:X}" for n in (100, 10, 1)
         ]
 
+    signer = tmp_path / "signer-ledger"  # the report needs the signer's too (its tokens)
+    Ledger(signer).close()
+    mark_signer_ledger(signer)
     with pytest.raises(SystemExit) as exit_code:
-        main(["report", "annual", "--year", "2026", "--ledger", str(root), "--format", "json"])
+        main(["report", "annual", "--year", "2026", "--ledger", str(root),
+              "--ledger", str(signer), "--format", "json"])  # fmt: skip
     assert exit_code.value.code == 0
     report = json.loads(capsys.readouterr().out)
     (status,) = [p for p in report["provisions"] if p["provision"] == "SIGNING_STATUS"]

@@ -37,7 +37,7 @@ from jpki_va.protos import (
 from jpki_va.server.app.config import TlsFiles
 from jpki_va.server.law.entitlements import ENTITLEMENTS, mapping_provision, status_provision
 from jpki_va.server.ledger.provisions import read_ledgers
-from jpki_va.server.ledger.report import year_bounds
+from jpki_va.server.ledger.report import Period
 from tests.support import JPKI_VA, REPO, ExtraResponder, Issued, Pki, start_responder, wait_for
 from tests.support.tls import TlsCa, TlsIdentity
 
@@ -416,7 +416,7 @@ def test_provisions_are_counted_by_kind_and_verifier(world: World, tmp_path: Pat
     ledger = read_ledgers(ledger_dir)
     try:
         by: dict[tuple[Provision, str], int] = {}
-        for c in ledger.counts(*year_bounds(year)):
+        for c in ledger.counts(Period.calendar_year(year).start, Period.calendar_year(year).end):
             by[(c.provision, c.verifier_id)] = by.get((c.provision, c.verifier_id), 0) + c.count
     finally:
         ledger.close()
@@ -428,7 +428,8 @@ def test_provisions_are_counted_by_kind_and_verifier(world: World, tmp_path: Pat
     # The annual report, as an operator runs it.
     result = subprocess.run(
         [*JPKI_VA, "report", "annual", "--year", str(year),
-         "--ledger", str(ledger_dir), "--format", "json"],
+         "--ledger", str(ledger_dir), "--ledger", str(world.pki.signer.config.ledger_dir),
+         "--format", "json"],
         capture_output=True, text=True, cwd=REPO, check=False,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr

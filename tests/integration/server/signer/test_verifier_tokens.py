@@ -18,7 +18,7 @@ from jpki_va.core.domain import Provision
 from jpki_va.protos import signer_pb2_grpc, va_pb2, verifiers_pb2, verifiers_pb2_grpc
 from jpki_va.server.app.config import SignerConfig, TlsFiles
 from jpki_va.server.app.signer_app import start_signer
-from jpki_va.server.ledger.report import year_bounds
+from jpki_va.server.ledger.report import Period
 from jpki_va.server.rpc.identity import fingerprint
 from tests.support import JPKI_VA, REPO, Pki, throwaway_certificate
 from tests.support.tls import TlsCa, TlsIdentity
@@ -55,7 +55,10 @@ def test_token_is_issued_counted_and_verified_offline(pki: Pki) -> None:
     assert token.agreement == "AG-2026-001"
     assert token.not_after == reply.not_after.ToDatetime().replace(tzinfo=token.not_after.tzinfo)
     assert token.cert_fingerprint is None  # asked over plaintext: bound to no certificate
-    counts = pki.signer.ledger.counts(*year_bounds(token.issued_at.year))
+    counts = pki.signer.ledger.counts(
+        Period.calendar_year(token.issued_at.year).start,
+        Period.calendar_year(token.issued_at.year).end,
+    )
     assert any(
         c.provision is Provision.VERIFIER_TOKEN and c.verifier_id == "tok-specific" for c in counts
     )

@@ -133,6 +133,56 @@ export function residentEventToJSON(object: ResidentEvent): string {
   }
 }
 
+/** What happened to an issuing key (第14条: 漏えいし、滅失し、又は毀損した). */
+export enum CompromiseNature {
+  /** COMPROMISE_NATURE_UNSPECIFIED - Not said. */
+  COMPROMISE_NATURE_UNSPECIFIED = 0,
+  /** COMPROMISE_NATURE_LEAKED - 漏えい: the key was leaked. */
+  COMPROMISE_NATURE_LEAKED = 1,
+  /** COMPROMISE_NATURE_LOST - 滅失: the key was lost. */
+  COMPROMISE_NATURE_LOST = 2,
+  /** COMPROMISE_NATURE_DAMAGED - 毀損: the key was damaged. */
+  COMPROMISE_NATURE_DAMAGED = 3,
+  UNRECOGNIZED = -1,
+}
+
+export function compromiseNatureFromJSON(object: any): CompromiseNature {
+  switch (object) {
+    case 0:
+    case "COMPROMISE_NATURE_UNSPECIFIED":
+      return CompromiseNature.COMPROMISE_NATURE_UNSPECIFIED;
+    case 1:
+    case "COMPROMISE_NATURE_LEAKED":
+      return CompromiseNature.COMPROMISE_NATURE_LEAKED;
+    case 2:
+    case "COMPROMISE_NATURE_LOST":
+      return CompromiseNature.COMPROMISE_NATURE_LOST;
+    case 3:
+    case "COMPROMISE_NATURE_DAMAGED":
+      return CompromiseNature.COMPROMISE_NATURE_DAMAGED;
+    case -1:
+    case "UNRECOGNIZED":
+    default:
+      return CompromiseNature.UNRECOGNIZED;
+  }
+}
+
+export function compromiseNatureToJSON(object: CompromiseNature): string {
+  switch (object) {
+    case CompromiseNature.COMPROMISE_NATURE_UNSPECIFIED:
+      return "COMPROMISE_NATURE_UNSPECIFIED";
+    case CompromiseNature.COMPROMISE_NATURE_LEAKED:
+      return "COMPROMISE_NATURE_LEAKED";
+    case CompromiseNature.COMPROMISE_NATURE_LOST:
+      return "COMPROMISE_NATURE_LOST";
+    case CompromiseNature.COMPROMISE_NATURE_DAMAGED:
+      return "COMPROMISE_NATURE_DAMAGED";
+    case CompromiseNature.UNRECOGNIZED:
+    default:
+      return "UNRECOGNIZED";
+  }
+}
+
 /**
  * Basic information registered for a holder (基本4情報). Never served by the
  * responder except as a signing record with consent.
@@ -272,6 +322,27 @@ export interface CompleteMobileApplicationResponse {
   issued: IssueCertificateResponse | undefined;
 }
 
+/** A report to publish (公表, 第41条): the HTML or CSV `jpki-va report publish` made. */
+export interface SignReportRequest {
+  /** The document's bytes, at most 2 MiB; not kept by the signer. */
+  content: Buffer;
+}
+
+/**
+ * A detached CMS signature over the report, which anyone checks against the root:
+ * `openssl cms -verify -binary -inform DER -in F.p7s -content F -CAfile root.pem
+ * -purpose any`.
+ */
+export interface SignReportResponse {
+  /**
+   * CMS SignedData (RFC 5652), DER, without the content, with the signer's
+   * certificate; SHA-256.
+   */
+  signatureDer: Buffer;
+  /** The certificate of the signing key (the snapshot key, certified by the root). */
+  signerCertificateDer: Buffer;
+}
+
 /**
  * Whether changes reach the responders. A change is durable in the registry when its
  * reply arrives, but responders learn it only from the next snapshot: while
@@ -374,6 +445,11 @@ export interface RecordIssuerCompromiseRequest {
   kind: CertKind;
   /** Key id of the compromised generation; unknown is NOT_FOUND. */
   issuerKeyId: Buffer;
+  /**
+   * What happened to the key (第14条), for the public announcement; unspecified:
+   * not said, and the announcement names the three as the law does.
+   */
+  nature: CompromiseNature;
 }
 
 /** The compromise recorded. */
@@ -1445,6 +1521,166 @@ export const CompleteMobileApplicationResponse: MessageFns<CompleteMobileApplica
   },
 };
 
+function createBaseSignReportRequest(): SignReportRequest {
+  return { content: Buffer.alloc(0) };
+}
+
+export const SignReportRequest: MessageFns<SignReportRequest> = {
+  encode(message: SignReportRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.content.length !== 0) {
+      writer.uint32(10).bytes(message.content);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): SignReportRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseSignReportRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.content = Buffer.from(reader.bytes());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): SignReportRequest {
+    return { content: isSet(object.content) ? Buffer.from(bytesFromBase64(object.content)) : Buffer.alloc(0) };
+  },
+
+  toJSON(message: SignReportRequest): unknown {
+    const obj: any = {};
+    if (message.content.length !== 0) {
+      obj.content = base64FromBytes(message.content);
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<SignReportRequest>): SignReportRequest {
+    return SignReportRequest.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<SignReportRequest>): SignReportRequest {
+    const message = createBaseSignReportRequest();
+    message.content = object.content ?? Buffer.alloc(0);
+    return message;
+  },
+};
+
+function createBaseSignReportResponse(): SignReportResponse {
+  return { signatureDer: Buffer.alloc(0), signerCertificateDer: Buffer.alloc(0) };
+}
+
+export const SignReportResponse: MessageFns<SignReportResponse> = {
+  encode(message: SignReportResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.signatureDer.length !== 0) {
+      writer.uint32(10).bytes(message.signatureDer);
+    }
+    if (message.signerCertificateDer.length !== 0) {
+      writer.uint32(18).bytes(message.signerCertificateDer);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): SignReportResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseSignReportResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.signatureDer = Buffer.from(reader.bytes());
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.signerCertificateDer = Buffer.from(reader.bytes());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): SignReportResponse {
+    return {
+      signatureDer: isSet(object.signatureDer)
+        ? Buffer.from(bytesFromBase64(object.signatureDer))
+        : isSet(object.signature_der)
+        ? Buffer.from(bytesFromBase64(object.signature_der))
+        : Buffer.alloc(0),
+      signerCertificateDer: isSet(object.signerCertificateDer)
+        ? Buffer.from(bytesFromBase64(object.signerCertificateDer))
+        : isSet(object.signer_certificate_der)
+        ? Buffer.from(bytesFromBase64(object.signer_certificate_der))
+        : Buffer.alloc(0),
+    };
+  },
+
+  toJSON(message: SignReportResponse): unknown {
+    const obj: any = {};
+    if (message.signatureDer.length !== 0) {
+      obj.signatureDer = base64FromBytes(message.signatureDer);
+    }
+    if (message.signerCertificateDer.length !== 0) {
+      obj.signerCertificateDer = base64FromBytes(message.signerCertificateDer);
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<SignReportResponse>): SignReportResponse {
+    return SignReportResponse.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<SignReportResponse>): SignReportResponse {
+    const message = createBaseSignReportResponse();
+    message.signatureDer = object.signatureDer ?? Buffer.alloc(0);
+    message.signerCertificateDer = object.signerCertificateDer ?? Buffer.alloc(0);
+    return message;
+  },
+};
+
 function createBasePublishing(): Publishing {
   return { failing: false, error: "", failures: 0, lastPublished: undefined };
 }
@@ -2250,7 +2486,7 @@ export const RecordResidentEventResponse: MessageFns<RecordResidentEventResponse
 };
 
 function createBaseRecordIssuerCompromiseRequest(): RecordIssuerCompromiseRequest {
-  return { kind: 0, issuerKeyId: Buffer.alloc(0) };
+  return { kind: 0, issuerKeyId: Buffer.alloc(0), nature: 0 };
 }
 
 export const RecordIssuerCompromiseRequest: MessageFns<RecordIssuerCompromiseRequest> = {
@@ -2260,6 +2496,9 @@ export const RecordIssuerCompromiseRequest: MessageFns<RecordIssuerCompromiseReq
     }
     if (message.issuerKeyId.length !== 0) {
       writer.uint32(18).bytes(message.issuerKeyId);
+    }
+    if (message.nature !== 0) {
+      writer.uint32(24).int32(message.nature);
     }
     return writer;
   },
@@ -2293,6 +2532,14 @@ export const RecordIssuerCompromiseRequest: MessageFns<RecordIssuerCompromiseReq
             message.issuerKeyId = Buffer.from(reader.bytes());
             continue;
           }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.nature = reader.int32() as any;
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -2313,6 +2560,7 @@ export const RecordIssuerCompromiseRequest: MessageFns<RecordIssuerCompromiseReq
         : isSet(object.issuer_key_id)
         ? Buffer.from(bytesFromBase64(object.issuer_key_id))
         : Buffer.alloc(0),
+      nature: isSet(object.nature) ? compromiseNatureFromJSON(object.nature) : 0,
     };
   },
 
@@ -2324,6 +2572,9 @@ export const RecordIssuerCompromiseRequest: MessageFns<RecordIssuerCompromiseReq
     if (message.issuerKeyId.length !== 0) {
       obj.issuerKeyId = base64FromBytes(message.issuerKeyId);
     }
+    if (message.nature !== 0) {
+      obj.nature = compromiseNatureToJSON(message.nature);
+    }
     return obj;
   },
 
@@ -2334,6 +2585,7 @@ export const RecordIssuerCompromiseRequest: MessageFns<RecordIssuerCompromiseReq
     const message = createBaseRecordIssuerCompromiseRequest();
     message.kind = object.kind ?? 0;
     message.issuerKeyId = object.issuerKeyId ?? Buffer.alloc(0);
+    message.nature = object.nature ?? 0;
     return message;
   },
 };
@@ -4127,6 +4379,19 @@ export const SignerServiceService = {
     responseDeserialize: (value: Buffer): PublishSnapshotResponse => PublishSnapshotResponse.decode(value),
   },
   /**
+   * Sign the 第41条 report for publication with the snapshot key. Errors:
+   * INVALID_ARGUMENT (empty or too large), the HSM's.
+   */
+  signReport: {
+    path: "/jpki.va.v1.SignerService/SignReport" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: SignReportRequest): Buffer => Buffer.from(SignReportRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): SignReportRequest => SignReportRequest.decode(value),
+    responseSerialize: (value: SignReportResponse): Buffer => Buffer.from(SignReportResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): SignReportResponse => SignReportResponse.decode(value),
+  },
+  /**
    * Certify a responder's OCSP-signing key. Errors: INVALID_ARGUMENT, NOT_FOUND
    * (an unknown generation), the HSM's.
    */
@@ -4274,6 +4539,11 @@ export interface SignerServiceServer extends UntypedServiceImplementation {
    * root cannot be written).
    */
   publishSnapshot: handleUnaryCall<PublishSnapshotRequest, PublishSnapshotResponse>;
+  /**
+   * Sign the 第41条 report for publication with the snapshot key. Errors:
+   * INVALID_ARGUMENT (empty or too large), the HSM's.
+   */
+  signReport: handleUnaryCall<SignReportRequest, SignReportResponse>;
   /**
    * Certify a responder's OCSP-signing key. Errors: INVALID_ARGUMENT, NOT_FOUND
    * (an unknown generation), the HSM's.
@@ -4472,6 +4742,25 @@ export interface SignerServiceClient extends Client {
     metadata: Metadata,
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: PublishSnapshotResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Sign the 第41条 report for publication with the snapshot key. Errors:
+   * INVALID_ARGUMENT (empty or too large), the HSM's.
+   */
+  signReport(
+    request: SignReportRequest,
+    callback: (error: ServiceError | null, response: SignReportResponse) => void,
+  ): ClientUnaryCall;
+  signReport(
+    request: SignReportRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: SignReportResponse) => void,
+  ): ClientUnaryCall;
+  signReport(
+    request: SignReportRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: SignReportResponse) => void,
   ): ClientUnaryCall;
   /**
    * Certify a responder's OCSP-signing key. Errors: INVALID_ARGUMENT, NOT_FOUND
