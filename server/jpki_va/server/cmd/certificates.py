@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from collections.abc import Callable
 from datetime import UTC, date
 from pathlib import Path
@@ -27,7 +26,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from jpki_va.core.cli import slug_choice
+from jpki_va.core.cli import slug_choice, warn
 from jpki_va.core.domain import (
     CertKind,
     CrlReason,
@@ -178,11 +177,10 @@ def _run(args: argparse.Namespace, command: Command) -> int:
         print(_text(result))
     publishing = result.get("publishing")
     if publishing is not None and publishing["failing"]:
-        print(
-            f"jpki-va {args.command}: warning: recorded, but not yet published: "
-            f"{publishing['error']}; responders answer the previous status until a "
-            "publish succeeds",
-            file=sys.stderr,
+        warn(
+            f"jpki-va {args.command}",
+            f"recorded, but not yet published: {publishing['error']}; responders answer "
+            "the previous status until a publish succeeds",
         )
     return 0
 

@@ -281,10 +281,13 @@ class Publisher:
                 builder.add_verifiers(tx.verifiers())
                 entries = content.crl_entries()
                 numbers = {scope: tx.counter(crl_counter(*scope)) + 1 for scope in entries}
-                arl_number = tx.counter("arl") + 1 if compromises else 0
+                arl_number = tx.counter("arl") + 1
             self._add_crls(builder, issuers, entries, numbers, now, None)
+            # Each scope's empty delta, under the full CRL's number (RFC 5280 §5.2.3).
+            empty = {scope: () for scope in entries}
+            self._add_crls(builder, issuers, empty, numbers, now, numbers, empty_deltas=True)
+            self._add_arl(builder, issuers, compromises, arl_number, now)
             if compromises:
-                self._add_arl(builder, issuers, compromises, arl_number, now)
                 self._add_announcement(builder, issuers, compromises, now)
             fault_point("publish.files-written")
             manifest = builder.seal(
@@ -314,9 +317,11 @@ class Publisher:
             mark=mark,
             last_at=now,
         )
-        taken = {"snapshot": sequence, **{crl_counter(*s): n for s, n in numbers.items()}}
-        if compromises:
-            taken["arl"] = arl_number
+        taken = {
+            "snapshot": sequence,
+            "arl": arl_number,
+            **{crl_counter(*s): n for s, n in numbers.items()},
+        }
         path = self._commit(builder, taken, state)
         self._prune(now)
         log.info(
@@ -339,6 +344,7 @@ class Publisher:
     ) -> None:
         root = self._authority.root()
         arl = crl_profile.authority_revocation_list(
+            self._settings,
             self._authority.key(root),
             root.certificate,
             number=number,
@@ -547,6 +553,8 @@ class Publisher:
         numbers: dict[Scope, int],
         now: datetime,
         bases: dict[Scope, int] | None,
+        *,
+        empty_deltas: bool = False,
     ) -> None:
         keys: dict[bytes, CertificateIssuerPrivateKeyTypes] = {}
         # DER times are whole seconds; the manifest states what the CRLs say.
@@ -580,7 +588,10 @@ class Publisher:
                 next_update=next_update,
                 delta_base=base,
             )
-            builder.add_crl_der(info, der)
+            if empty_deltas:
+                builder.add_empty_delta_der(info, der)
+            else:
+                builder.add_crl_der(info, der)
 
     @staticmethod
     def _add_data(builder: SnapshotBuilder, content: _Content) -> None:
