@@ -9,10 +9,11 @@ it, so a stale replica leaves rotation and comes back once it has caught up.
 
 A call that meets a dead replica (connection refused or reset: a replica SIGKILLed
 before its health check has noticed) is retried by Envoy on another replica
-(`retry_on` below, never the same host twice); so is a gRPC UNAVAILABLE. Envoy counts
-the retries (`cluster.<name>.upstream_rq_retry` on its admin port). The verifier calls
-are reads, so a retry changes nothing but the provision ledger, which may count a
-call twice when a replica committed it and died before the answer left.
+(`retry_on` below, never the same host twice); so is a gRPC UNAVAILABLE or CANCELLED
+from a replica that is stopping. Envoy counts the retries
+(`cluster.<name>.upstream_rq_retry` on its admin port). The verifier calls are reads,
+so a retry changes nothing but the provision ledger, which may count a call twice
+when a replica committed it and died before the answer left.
 """
 
 from __future__ import annotations
@@ -189,7 +190,10 @@ def envoy_bootstrap(replicas: Sequence[Replica], balancing: Balancing) -> dict[s
                     "grpc",
                     b.grpc_listen,
                     GRPC_CLUSTER,
-                    "connect-failure,refused-stream,reset,unavailable",
+                    # cancelled: what a replica's workers answer to calls that
+                    # arrive while they stop (their supervisor gone, before the next
+                    # health check); a caller's own cancel never comes back to retry.
+                    "connect-failure,refused-stream,reset,unavailable,cancelled",
                     b.retries,
                 ),
                 _listener(
