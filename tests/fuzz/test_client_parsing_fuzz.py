@@ -81,6 +81,11 @@ class _Chunks(crl_pb2_grpc.CrlServiceServicer):
     ) -> Iterator[crl_pb2.WatchRevocationsResponse]:
         context.abort(grpc.StatusCode.UNIMPLEMENTED, "only GetCrl here")
 
+    def GetAuthorityRevocationList(
+        self, request: crl_pb2.GetAuthorityRevocationListRequest, context: grpc.ServicerContext
+    ) -> crl_pb2.GetAuthorityRevocationListResponse:
+        context.abort(grpc.StatusCode.UNIMPLEMENTED, "only GetCrl here")
+
 
 @pytest.fixture(scope="module")
 def crl_server() -> Iterator[tuple[str, _Chunks]]:

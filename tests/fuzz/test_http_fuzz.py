@@ -28,7 +28,7 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from jpki_va.core.domain import CertKind
-from jpki_va.server.http.app import Forbidden, HttpApp, PublishedCrl
+from jpki_va.server.http.app import Forbidden, HttpApp, PublishedFile
 from jpki_va.server.http.server import HttpServer
 from jpki_va.server.pki.ocsp_wire import (
     MalformedRequest,
@@ -61,15 +61,25 @@ class ParsingAccess:
 
     def crl(
         self, claimed: str | None, kind: CertKind, key_id_prefix: bytes, partition: str
-    ) -> PublishedCrl | None:
+    ) -> PublishedFile | None:
         choice = int(partition) % 4
         if choice == 0:
-            return PublishedCrl(b"\x30\x00", partition, 1.8e9, 1.8e9 + 86_400)
+            return PublishedFile(b"\x30\x00", partition, 1.8e9, 1.8e9 + 86_400)
         if choice == 1:
             raise Forbidden(401 if claimed is None else 403, "not for this verifier")
         if choice == 2:
             raise NotReady("no index loaded yet")
         return None
+
+    delta_crl = crl
+
+    def ca_certificate(self, kind: CertKind | None, key_id_prefix: bytes) -> PublishedFile | None:
+        return self.arl(key_id_prefix)
+
+    def arl(self, key_id_prefix: bytes) -> PublishedFile | None:
+        if key_id_prefix[0] % 2:
+            raise NotReady("no index loaded yet")
+        return PublishedFile(b"\x30\x00", key_id_prefix.hex(), 1.8e9, 1.8e9 + 86_400)
 
     def commit(self) -> bool:
         return True
@@ -110,7 +120,13 @@ _get_paths = st.one_of(
         st.sampled_from([k.slug.encode() for k in CertKind]) | st.binary(max_size=10),
         st.sampled_from([b"0011223344556677"]) | st.binary(max_size=20),
         st.from_regex(rb"\A[0-9]{6}\Z") | st.binary(max_size=8),
-        st.sampled_from([b".crl", b"", b".crl?x=1"]),
+        st.sampled_from([b".crl", b"", b".crl?x=1", b".delta.crl"]),
+    ),
+    st.builds(
+        lambda folder, key, tail: b"%s%s%s" % (folder, key, tail),
+        st.sampled_from([b"/arl/", b"/ca/root/", b"/ca/card-auth/", b"/ca/"]),
+        st.sampled_from([b"0011223344556677", b"0111223344556677"]) | st.binary(max_size=20),
+        st.sampled_from([b".crl", b".crt", b"", b".crt/x"]),
     ),
 )
 _headers = st.none() | st.binary(max_size=40)

@@ -407,9 +407,13 @@ def start_pki(
     workers: int = 1,
     clock: Clock | None = None,
     delta_interval: float = 0,
+    http_port: int = 0,
     **signer_settings: Any,
 ) -> Pki:
-    """A signer (publishing only on request unless delta_interval > 0) and a responder."""
+    """A signer (publishing only on request unless delta_interval > 0) and a responder.
+
+    With `http_port` and `base_url` (a signer setting) naming the same port, the URLs
+    the certificates carry reach this responder's HTTP server."""
     signer = start_signer(
         SignerConfig(
             data_dir=directory / "signer",
@@ -440,7 +444,7 @@ def start_pki(
             insecure_loopback=True,
             loopback_verifier=ALL_ROLES_VERIFIER,
             poll_interval=0.1,
-            http_listen="127.0.0.1:0",
+            http_listen=f"127.0.0.1:{http_port}",
             metrics_port=0,
         )
     )

@@ -211,6 +211,72 @@ class ListCrlsResponse(_message.Message):
 Global___ListCrlsResponse: _TypeAlias = ListCrlsResponse  # noqa: Y015
 
 @_typing.final
+class GetAuthorityRevocationListRequest(_message.Message):
+    """Fetch the root's authority revocation list."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ROOT_KEY_ID_FIELD_NUMBER: _builtins.int
+    root_key_id: _builtins.bytes
+    """Optional: the root's key id, or its first octets (as the ARL's URL names it);
+    empty: the root of the served index.
+    """
+    def __init__(
+        self,
+        *,
+        root_key_id: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["root_key_id", b"root_key_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetAuthorityRevocationListRequest: _TypeAlias = GetAuthorityRevocationListRequest  # noqa: Y015
+
+@_typing.final
+class GetAuthorityRevocationListResponse(_message.Message):
+    """The root's authority revocation list (ARL, RFC 5280): the issuing-CA certificates
+    revoked for key compromise (第14条), cACompromise; published with every full
+    snapshot, empty while no issuer key was compromised. The issuing CA certificates
+    name it in their CRL distribution point.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DER_FIELD_NUMBER: _builtins.int
+    NUMBER_FIELD_NUMBER: _builtins.int
+    THIS_UPDATE_FIELD_NUMBER: _builtins.int
+    NEXT_UPDATE_FIELD_NUMBER: _builtins.int
+    der: _builtins.bytes
+    """The DER ARL, signed by the root."""
+    number: _builtins.int
+    """Its CRL number."""
+    @_builtins.property
+    def this_update(self) -> _timestamp_pb2.Timestamp:
+        """Its thisUpdate."""
+
+    @_builtins.property
+    def next_update(self) -> _timestamp_pb2.Timestamp:
+        """Its nextUpdate: a newer ARL is issued by then."""
+
+    def __init__(
+        self,
+        *,
+        der: _builtins.bytes = ...,
+        number: _builtins.int = ...,
+        this_update: _timestamp_pb2.Timestamp | None = ...,
+        next_update: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["next_update", b"next_update", "this_update", b"this_update"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["der", b"der", "next_update", b"next_update", "number", b"number", "this_update", b"this_update"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetAuthorityRevocationListResponse: _TypeAlias = GetAuthorityRevocationListResponse  # noqa: Y015
+
+@_typing.final
 class WatchRevocationsRequest(_message.Message):
     """Follow the loss-of-effect events."""
 

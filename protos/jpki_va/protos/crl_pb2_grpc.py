@@ -41,6 +41,11 @@ class CrlServiceStub:
                 request_serializer=jpki__va_dot_protos_dot_crl__pb2.GetCrlRequest.SerializeToString,
                 response_deserializer=jpki__va_dot_protos_dot_crl__pb2.CrlChunk.FromString,
                 _registered_method=True)
+        self.GetAuthorityRevocationList = channel.unary_unary(
+                '/jpki.va.v1.CrlService/GetAuthorityRevocationList',
+                request_serializer=jpki__va_dot_protos_dot_crl__pb2.GetAuthorityRevocationListRequest.SerializeToString,
+                response_deserializer=jpki__va_dot_protos_dot_crl__pb2.GetAuthorityRevocationListResponse.FromString,
+                _registered_method=True)
         self.ListCrls = channel.unary_unary(
                 '/jpki.va.v1.CrlService/ListCrls',
                 request_serializer=jpki__va_dot_protos_dot_crl__pb2.ListCrlsRequest.SerializeToString,
@@ -61,6 +66,15 @@ class CrlServiceServicer:
     def GetCrl(self, request, context):
         """One CRL file, in chunks. Errors: NOT_FOUND (no such CRL, or no longer retained),
         INVALID_ARGUMENT (malformed request), PERMISSION_DENIED (kind not allowed).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetAuthorityRevocationList(self, request, context):
+        """The root's current ARL, for any registered verifier (it holds nothing personal
+        and is not counted as a provision). Errors: NOT_FOUND (no ARL from that root in
+        the served index), UNAVAILABLE (no index loaded yet), UNAUTHENTICATED.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -91,6 +105,11 @@ def add_CrlServiceServicer_to_server(servicer, server):
                     servicer.GetCrl,
                     request_deserializer=jpki__va_dot_protos_dot_crl__pb2.GetCrlRequest.FromString,
                     response_serializer=jpki__va_dot_protos_dot_crl__pb2.CrlChunk.SerializeToString,
+            ),
+            'GetAuthorityRevocationList': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetAuthorityRevocationList,
+                    request_deserializer=jpki__va_dot_protos_dot_crl__pb2.GetAuthorityRevocationListRequest.FromString,
+                    response_serializer=jpki__va_dot_protos_dot_crl__pb2.GetAuthorityRevocationListResponse.SerializeToString,
             ),
             'ListCrls': grpc.unary_unary_rpc_method_handler(
                     servicer.ListCrls,
@@ -132,6 +151,33 @@ class CrlService:
             '/jpki.va.v1.CrlService/GetCrl',
             jpki__va_dot_protos_dot_crl__pb2.GetCrlRequest.SerializeToString,
             jpki__va_dot_protos_dot_crl__pb2.CrlChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetAuthorityRevocationList(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/jpki.va.v1.CrlService/GetAuthorityRevocationList',
+            jpki__va_dot_protos_dot_crl__pb2.GetAuthorityRevocationListRequest.SerializeToString,
+            jpki__va_dot_protos_dot_crl__pb2.GetAuthorityRevocationListResponse.FromString,
             options,
             channel_credentials,
             insecure,

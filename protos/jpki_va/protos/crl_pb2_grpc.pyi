@@ -41,6 +41,11 @@ class CrlServiceStub:
     """One CRL file, in chunks. Errors: NOT_FOUND (no such CRL, or no longer retained),
     INVALID_ARGUMENT (malformed request), PERMISSION_DENIED (kind not allowed).
     """
+    GetAuthorityRevocationList: _grpc.UnaryUnaryMultiCallable[_crl_pb2.GetAuthorityRevocationListRequest, _crl_pb2.GetAuthorityRevocationListResponse]
+    """The root's current ARL, for any registered verifier (it holds nothing personal
+    and is not counted as a provision). Errors: NOT_FOUND (no ARL from that root in
+    the served index), UNAVAILABLE (no index loaded yet), UNAUTHENTICATED.
+    """
     ListCrls: _grpc.UnaryUnaryMultiCallable[_crl_pb2.ListCrlsRequest, _crl_pb2.ListCrlsResponse]
     """The CRL files that match the filters. Errors: INVALID_ARGUMENT,
     PERMISSION_DENIED (a kind filter the caller may not receive).
@@ -62,6 +67,11 @@ class CrlServiceAsyncStub(CrlServiceStub):
     GetCrl: _aio.UnaryStreamMultiCallable[_crl_pb2.GetCrlRequest, _crl_pb2.CrlChunk]  # type: ignore[assignment]
     """One CRL file, in chunks. Errors: NOT_FOUND (no such CRL, or no longer retained),
     INVALID_ARGUMENT (malformed request), PERMISSION_DENIED (kind not allowed).
+    """
+    GetAuthorityRevocationList: _aio.UnaryUnaryMultiCallable[_crl_pb2.GetAuthorityRevocationListRequest, _crl_pb2.GetAuthorityRevocationListResponse]  # type: ignore[assignment]
+    """The root's current ARL, for any registered verifier (it holds nothing personal
+    and is not counted as a provision). Errors: NOT_FOUND (no ARL from that root in
+    the served index), UNAVAILABLE (no index loaded yet), UNAUTHENTICATED.
     """
     ListCrls: _aio.UnaryUnaryMultiCallable[_crl_pb2.ListCrlsRequest, _crl_pb2.ListCrlsResponse]  # type: ignore[assignment]
     """The CRL files that match the filters. Errors: INVALID_ARGUMENT,
@@ -87,6 +97,17 @@ class CrlServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_abc.Iterator[_crl_pb2.CrlChunk], _abc.AsyncIterator[_crl_pb2.CrlChunk]]:
         """One CRL file, in chunks. Errors: NOT_FOUND (no such CRL, or no longer retained),
         INVALID_ARGUMENT (malformed request), PERMISSION_DENIED (kind not allowed).
+        """
+
+    @_abc_1.abstractmethod
+    def GetAuthorityRevocationList(
+        self,
+        request: _crl_pb2.GetAuthorityRevocationListRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_crl_pb2.GetAuthorityRevocationListResponse, _abc.Awaitable[_crl_pb2.GetAuthorityRevocationListResponse]]:
+        """The root's current ARL, for any registered verifier (it holds nothing personal
+        and is not counted as a provision). Errors: NOT_FOUND (no ARL from that root in
+        the served index), UNAVAILABLE (no index loaded yet), UNAUTHENTICATED.
         """
 
     @_abc_1.abstractmethod

@@ -66,6 +66,7 @@ from jpki_va.server.ledger.provisions import (
     local_day,
     open_shard,
 )
+from jpki_va.server.responder.ca_files import CaFiles
 from jpki_va.server.responder.crl_archive import CrlArchive, CrlNotFound
 from jpki_va.server.responder.crls import CrlFiles
 from jpki_va.server.responder.index_build import prune_abandoned_builds
@@ -316,6 +317,7 @@ def worker_main(  # noqa: PLR0915 (a composition root: the wiring reads best in 
     ocsp, cache = _ocsp_responder(config, source, holder, keystore, clock, metrics)
     crl_files = CrlFiles(holder, archive)
     roots = load_anchors(config)
+    ca_files = CaFiles(holder, roots)
     # Concurrent calls' provisions share one commit; each answer waits for its own.
     committer = GroupCommit(ledger)
     gate = Gate(lambda: holder.get().verifiers, committer, clock)
@@ -356,7 +358,7 @@ def worker_main(  # noqa: PLR0915 (a composition root: the wiring reads best in 
         heartbeat_seconds=min(HEARTBEAT_SECONDS, config.stream_idle / 2),
     )
     crl_pb2_grpc.add_CrlServiceServicer_to_server(
-        CrlServicer(crl_files, gate, caller, feed), server
+        CrlServicer(crl_files, gate, caller, feed, ca_files), server
     )
     mapping_pb2_grpc.add_MappingServiceServicer_to_server(
         MappingServicer(Mapper(holder, counted, clock), gate, caller), server
@@ -377,7 +379,13 @@ def worker_main(  # noqa: PLR0915 (a composition root: the wiring reads best in 
     http = None
     if config.http_listen is not None and http_port is not None:
         access = HttpAccess(
-            ocsp, crl_files, gate, config.loopback_verifier, refusals, tls=config.http_tls
+            ocsp,
+            crl_files,
+            ca_files,
+            gate,
+            config.loopback_verifier,
+            refusals,
+            tls=config.http_tls,
         )
         app = HttpApp(
             access,

@@ -265,7 +265,9 @@ def start_signer(config: SignerConfig, clock: Clock | None = None) -> SignerApp:
     try:
         if config.bootstrap:
             records = config.data_dir / "ceremonies"
-            for created in bootstrap(token, registry, clock, record_dir=records):
+            for created in bootstrap(
+                token, registry, clock, record_dir=records, base_url=config.base_url
+            ):
                 log.info("created %s", created)
         authority = _authority(token, registry, config)
         settings = ProfileSettings(base_url=config.base_url)

@@ -7,25 +7,28 @@ is the configured loopback verifier's, if any. Over TLS (`tls=True`) the server
 names the caller by its client certificate's fingerprint instead, the identity
 gRPC's mTLS gives (`Caller(fingerprint=...)`), and no header counts. Entitlements
 and provision counts are the same as over gRPC: OCSP answers `unauthorized` to a
-caller who may not have them, a CRL is 401/403; a CRL answered 304 Not Modified
-provides nothing and is not counted. What was provided is tallied and committed to
-the ledger once per turn of the event loop, before the responses of that turn leave
-(`commit`). A refused OCSP request is logged through the process's
+caller who may not have them, a CRL (full or delta) is 401/403; a CRL answered 304
+Not Modified provides nothing and is not counted. CA certificates and the root's ARL
+carry nothing personal and are anyone's. What was provided is tallied and committed
+to the ledger once per turn of the event loop, before the responses of that turn
+leave (`commit`). A refused OCSP request is logged through the process's
 `RefusalLog`: the caller's header cut short, and not once per request.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from jpki_va.core.domain import CertKind, Provision, Verifier
 from jpki_va.server.access.gate import Caller, Gate, NoIdentity, UnknownVerifier
 from jpki_va.server.base.refusal_log import RefusalLog
-from jpki_va.server.http.app import Forbidden, PublishedCrl
+from jpki_va.server.http.app import Forbidden, PublishedFile
 from jpki_va.server.law.entitlements import NotEntitled, crl_provision
 from jpki_va.server.pki.ocsp_wire import ResponseStatus, unsuccessful
+from jpki_va.server.responder.ca_files import CaFiles, ServedFile
 from jpki_va.server.responder.crls import CrlFiles
 from jpki_va.server.responder.ocsp import OcspResponder
 from jpki_va.server.responder.ocsp_access import GatedOcsp
@@ -47,6 +50,7 @@ class HttpAccess:
         self,
         ocsp: OcspResponder,
         files: CrlFiles,
+        ca: CaFiles,
         gate: Gate,
         default_verifier: str | None,
         refusals: RefusalLog | None = None,
@@ -57,6 +61,7 @@ class HttpAccess:
         self._tls = tls
         self._refusals = refusals or RefusalLog(log)
         self._files = files
+        self._ca = ca
         self._gate = gate
         self._default = default_verifier
         self._pending: dict[str, tuple[Verifier, Counter[Provision]]] = {}
@@ -92,24 +97,54 @@ class HttpAccess:
             self._refusals.refused(f"HTTP OCSP refused ({type(exc).__name__})", str(exc))
             return _UNAUTHORIZED
 
-    def crl(
-        self, claimed: str | None, kind: CertKind, key_id_prefix: bytes, partition: str
-    ) -> PublishedCrl | None:
-        provision = crl_provision(kind)
+    def _admitted(self, claimed: str | None, kind: CertKind) -> Verifier:
         try:
-            verifier = self._gate.admit(self._caller(claimed), provision)
+            return self._gate.admit(self._caller(claimed), crl_provision(kind))
         except NoIdentity as exc:
             raise Forbidden(401, str(exc)) from None
         except (UnknownVerifier, NotEntitled) as exc:
             raise Forbidden(403, str(exc)) from None
+
+    def crl(
+        self, claimed: str | None, kind: CertKind, key_id_prefix: bytes, partition: str
+    ) -> PublishedFile | None:
+        verifier = self._admitted(claimed, kind)
         found = self._files.current_at_url(kind, key_id_prefix, partition)
         if found is None:
             return None
         info = found[0].info
-        return PublishedCrl(
+        return PublishedFile(
             found[1],
             info.sha256.hex()[:32],
             info.this_update.timestamp(),
             info.next_update.timestamp(),
-            lambda: self._tally(verifier, {provision: 1}),  # not for a 304
+            lambda: self._tally(verifier, {crl_provision(kind): 1}),  # not for a 304
         )
+
+    def delta_crl(
+        self, claimed: str | None, kind: CertKind, key_id_prefix: bytes, partition: str
+    ) -> PublishedFile | None:
+        """Provided as the full CRL is: the same entitlement, counted the same."""
+        verifier = self._admitted(claimed, kind)
+        found = self._files.delta_at_url(kind, key_id_prefix, partition)
+        if found is None:
+            return None
+        return _published(found, lambda: self._tally(verifier, {crl_provision(kind): 1}))
+
+    def ca_certificate(self, kind: CertKind | None, key_id_prefix: bytes) -> PublishedFile | None:
+        found = self._ca.certificate(kind, key_id_prefix)
+        return None if found is None else _published(found)
+
+    def arl(self, key_id_prefix: bytes) -> PublishedFile | None:
+        found = self._ca.arl(key_id_prefix)
+        return None if found is None else _published(found)
+
+
+def _published(found: ServedFile, sent: Callable[[], None] = lambda: None) -> PublishedFile:
+    return PublishedFile(
+        found.der,
+        hashlib.sha256(found.der).hexdigest()[:32],
+        found.this_update.timestamp(),
+        found.next_update.timestamp(),
+        sent,
+    )

@@ -24,6 +24,9 @@ OCSP_RESPONSE = b"application/ocsp-response"
 PKIX_CRL = b"application/pkix-crl"
 
 
+PKIX_CERT = b"application/pkix-cert"
+
+
 # The public announcement of issuer compromises (第15条第3項): for anyone, no verifier.
 ANNOUNCEMENT_PATH = b"/announcements/issuer-compromise.p7m"
 PKCS7_MIME = b"application/pkcs7-mime; smime-type=signed-data"
@@ -54,7 +57,19 @@ class Access(Protocol):
 
     def crl(
         self, claimed: str | None, kind: CertKind, key_id_prefix: bytes, partition: str
-    ) -> PublishedCrl | None: ...
+    ) -> PublishedFile | None: ...
+
+    def delta_crl(
+        self, claimed: str | None, kind: CertKind, key_id_prefix: bytes, partition: str
+    ) -> PublishedFile | None: ...
+
+    def ca_certificate(self, kind: CertKind | None, key_id_prefix: bytes) -> PublishedFile | None:
+        """The root (kind None) or an issuing CA generation; public."""
+        ...
+
+    def arl(self, key_id_prefix: bytes) -> PublishedFile | None:
+        """The root's ARL; public."""
+        ...
 
     def commit(self) -> bool:
         """Make what was provided since the last commit durable; False if it cannot."""
@@ -74,8 +89,8 @@ class Forbidden(Exception):
 
 
 @dataclass(frozen=True, slots=True)
-class PublishedCrl:
-    """A current CRL as HTTP serves it."""
+class PublishedFile:
+    """A current CRL, ARL or CA certificate as HTTP serves it."""
 
     der: bytes
     etag: str
@@ -120,17 +135,47 @@ def _etag_matches(header: bytes, etag: bytes) -> bool:
     return any(part.strip().removeprefix(b"W/") == etag for part in header.split(b","))
 
 
-def _crl_target(path: bytes) -> tuple[CertKind, bytes, str] | None:
-    """/crl/{kind}/{first 8 octets of the issuer key id, hex}/{partition}.crl, or None."""
+def _crl_target(path: bytes) -> tuple[CertKind, bytes, str, bool] | None:
+    """/crl/{kind}/{first 8 octets of the issuer key id, hex}/{partition}.crl (or
+    .delta.crl) -> (kind, key id prefix, partition, delta), or None."""
     parts = path[5:].split(b"/")
     if len(parts) != 3 or not parts[2].endswith(b".crl"):
         return None
-    kind_slug, prefix_hex, partition = parts[0], parts[1], parts[2][:-4]
-    if len(prefix_hex) != 16 or not (partition.isdigit() and len(partition) == 6):
+    kind_slug, partition = parts[0], parts[2][:-4]
+    delta = partition.endswith(b".delta")
+    partition = partition.removesuffix(b".delta")
+    prefix = _key_id_prefix(parts[1])
+    if prefix is None or not (partition.isdigit() and len(partition) == 6):
         return None
     try:
         kind = CertKind.from_slug(kind_slug.decode("ascii"))
-        return kind, bytes.fromhex(prefix_hex.decode("ascii")), partition.decode("ascii")
+    except (UnicodeDecodeError, ValueError):
+        return None
+    return kind, prefix, partition.decode("ascii"), delta
+
+
+def _key_id_prefix(text: bytes) -> bytes | None:
+    """The first 8 octets of a key id, as 16 hex digits in a URL."""
+    if len(text) != 16:
+        return None
+    try:
+        return bytes.fromhex(text.decode("ascii"))
+    except (UnicodeDecodeError, ValueError):
+        return None
+
+
+def _ca_target(path: bytes) -> tuple[CertKind | None, bytes] | None:
+    """/ca/root/{key id prefix}.crt or /ca/{kind}/{key id prefix}.crt, or None."""
+    parts = path[4:].split(b"/")
+    if len(parts) != 2 or not parts[1].endswith(b".crt"):
+        return None
+    prefix = _key_id_prefix(parts[1][:-4])
+    if prefix is None:
+        return None
+    if parts[0] == b"root":
+        return None, prefix
+    try:
+        return CertKind.from_slug(parts[0].decode("ascii")), prefix
     except (UnicodeDecodeError, ValueError):
         return None
 
@@ -208,7 +253,7 @@ class HttpApp:
             claimed = None if verifier is None else verifier.decode("ascii").strip() or None
         except UnicodeDecodeError:
             return self.error(400, "X-JPKI-Verifier must be ASCII")
-        if path.startswith(b"/crl/") or path == ANNOUNCEMENT_PATH:
+        if path.startswith((b"/crl/", b"/ca/", b"/arl/")) or path == ANNOUNCEMENT_PATH:
             return self._file(method, claimed, path, if_none_match)
         if method == b"POST":
             return self._post(claimed, path, content_type, body)
@@ -300,14 +345,17 @@ class HttpApp:
     def _file(
         self, method: bytes, claimed: str | None, path: bytes, if_none_match: bytes | None
     ) -> bytes:
-        """CRLs (for verifiers) and the announcement (for anyone): GET only."""
+        """CRLs (for verifiers); the announcement, CA certificates and the root's ARL
+        (for anyone): GET only."""
         if path == ANNOUNCEMENT_PATH:
             if method != b"GET":
                 return self.error(405, "fetched with GET", "announcement", b"Allow: GET\r\n")
             return self._announcement()
         if method != b"GET":
             return self.error(405, "CRLs are fetched with GET", "crl", b"Allow: GET\r\n")
-        return self._crl_response(claimed, path, if_none_match)
+        if path.startswith(b"/crl/"):
+            return self._crl_response(claimed, path, if_none_match)
+        return self._ca_response(path, if_none_match)
 
     def _announcement(self) -> bytes:
         try:
@@ -323,9 +371,10 @@ class HttpApp:
         target = _crl_target(path)
         if target is None:
             return self.error(404, "no such CRL", "crl")
-        kind, prefix, partition = target
+        kind, prefix, partition, delta = target
+        fetch = self._access.delta_crl if delta else self._access.crl
         try:
-            found = self._access.crl(claimed, kind, prefix, partition)
+            found = fetch(claimed, kind, prefix, partition)
         except Forbidden as exc:
             return self.error(exc.status, str(exc), "crl")
         except NotReady:
@@ -341,4 +390,30 @@ class HttpApp:
             found.next_update,
             if_none_match,
             found.sent,
+        )
+
+    def _ca_response(self, path: bytes, if_none_match: bytes | None) -> bytes:
+        """A CA certificate (AIA caIssuers) or the root's ARL (the issuing CAs' CRLDP)."""
+        found: PublishedFile | None = None
+        content_type = PKIX_CERT
+        try:
+            if path.startswith(b"/arl/"):
+                content_type = PKIX_CRL
+                name = path[5:]
+                prefix = _key_id_prefix(name[:-4]) if name.endswith(b".crl") else None
+                found = None if prefix is None else self._access.arl(prefix)
+            elif (target := _ca_target(path)) is not None:
+                found = self._access.ca_certificate(*target)
+        except NotReady:
+            return self.error(503, "no index loaded yet", "ca", b"Retry-After: 5\r\n")
+        if found is None:
+            return self.error(404, "no such CA certificate or ARL", "ca")
+        return self._cached(
+            "ca",
+            content_type,
+            found.der,
+            found.etag,
+            found.this_update,
+            found.next_update,
+            if_none_match,
         )

@@ -98,6 +98,15 @@ class ProfileSettings:
         """Where the partition's current delta CRL is (the certificates' freshestCRL)."""
         return f"{self.base_url}/crl/{kind.slug}/{issuer_key_id.hex()[:16]}/{partition}.delta.crl"
 
+    def arl_url(self, root_key_id: bytes) -> str:
+        """Where the root's authority revocation list is (the issuing CAs' CRLDP)."""
+        return f"{self.base_url}/arl/{root_key_id.hex()[:16]}.crl"
+
+    def ca_certificate_url(self, kind: CertKind | None, key_id: bytes) -> str:
+        """Where a CA certificate is, DER (AIA caIssuers): the root's for kind None."""
+        folder = "root" if kind is None else kind.slug
+        return f"{self.base_url}/ca/{folder}/{key_id.hex()[:16]}.crt"
+
 
 def key_id(public_key: CertificatePublicKeyTypes) -> bytes:
     """RFC 5280 method 1 key identifier; issuer generations are told apart by it."""
@@ -175,7 +184,13 @@ def root_certificate(
     not_before: datetime,
     not_after: datetime,
     subject: x509.Name | None = None,
+    *,
+    settings: ProfileSettings | None = None,
 ) -> x509.Certificate:
+    """The self-signed root. With `settings`, it names its own ARL as its CRLDP, as
+    the issuing CAs do: a validator that checks every certificate of the path, the
+    trust anchor included (OpenSSL's -crl_check_all), finds the root in the ARL's
+    scope too."""
     public_key = key.public_key()
     name = subject or root_name()
     builder = (
@@ -187,8 +202,47 @@ def root_certificate(
         .not_valid_before(not_before)
         .not_valid_after(not_after)
     )
+    if settings is not None:
+        builder = builder.add_extension(_arl_point(settings, key_id(public_key)), False)
     builder = _ca_extensions(builder, public_key, key_id(public_key), None)
     return builder.sign(key, signature_hash(key))
+
+
+def _ca_issuers(url: str) -> x509.AccessDescription:
+    return x509.AccessDescription(
+        x509.oid.AuthorityInformationAccessOID.CA_ISSUERS, x509.UniformResourceIdentifier(url)
+    )
+
+
+def _arl_point(settings: ProfileSettings, root_key_id: bytes) -> x509.CRLDistributionPoints:
+    return x509.CRLDistributionPoints(
+        [
+            x509.DistributionPoint(
+                full_name=[x509.UniformResourceIdentifier(settings.arl_url(root_key_id))],
+                relative_name=None,
+                reasons=None,
+                crl_issuer=None,
+            )
+        ]
+    )
+
+
+def root_links(settings: ProfileSettings, root_key_id: bytes) -> list[x509.ExtensionType]:
+    """What an issuing CA certificate says about its issuer: where the root's ARL
+    (CRL distribution point) and the root certificate (AIA caIssuers) are. A validator
+    that wants revocation information for every certificate of a path needs both."""
+    return [
+        _arl_point(settings, root_key_id),
+        x509.AuthorityInformationAccess(
+            [_ca_issuers(settings.ca_certificate_url(None, root_key_id))]
+        ),
+    ]
+
+
+def links_of(cert: x509.Certificate) -> list[x509.ExtensionType]:
+    """The root links an issuing CA certificate carries, for its next generation."""
+    kinds = (x509.CRLDistributionPoints, x509.AuthorityInformationAccess)
+    return [e.value for e in cert.extensions if isinstance(e.value, kinds)]
 
 
 def issuing_ca_certificate(
@@ -199,8 +253,13 @@ def issuing_ca_certificate(
     not_before: datetime,
     not_after: datetime,
     subject: x509.Name | None = None,
+    *,
+    links: Sequence[x509.ExtensionType],
 ) -> x509.Certificate:
-    """An issuing CA of `kind`; every generation of a kind carries the same subject."""
+    """An issuing CA of `kind`; every generation of a kind carries the same subject.
+
+    `links`: `root_links(...)` at a ceremony, the previous generation's at a rotation.
+    """
     not_after = min(not_after, root_cert.not_valid_after_utc)
     builder = (
         x509.CertificateBuilder()
@@ -215,6 +274,8 @@ def issuing_ca_certificate(
             False,
         )
     )
+    for link in links:
+        builder = builder.add_extension(link, False)
     builder = _ca_extensions(builder, public_key, key_id(root_key.public_key()), 0)
     return builder.sign(root_key, signature_hash(root_key))
 
@@ -463,7 +524,8 @@ def end_entity_certificate(
                     x509.AccessDescription(
                         x509.oid.AuthorityInformationAccessOID.OCSP,
                         x509.UniformResourceIdentifier(settings.ocsp_url),
-                    )
+                    ),
+                    _ca_issuers(settings.ca_certificate_url(kind, issuer_key_id)),
                 ]
             ),
             False,

@@ -71,6 +71,23 @@ def crl(
     )
     if delta_base is not None:
         builder = builder.add_extension(x509.DeltaCRLIndicator(delta_base), True)
+    else:
+        # RFC 5280 §5.2.6: where this complete CRL's deltas are, as the certificates
+        # say; validators that use deltas (RFC 5280 §6.3.3 (c)) look here.
+        delta_url = settings.delta_crl_url(kind, issuer_key_id, partition)
+        builder = builder.add_extension(
+            x509.FreshestCRL(
+                [
+                    x509.DistributionPoint(
+                        full_name=[x509.UniformResourceIdentifier(delta_url)],
+                        relative_name=None,
+                        reasons=None,
+                        crl_issuer=None,
+                    )
+                ]
+            ),
+            False,
+        )
     for entry in entries:
         revoked = (
             x509.RevokedCertificateBuilder()
@@ -89,6 +106,7 @@ def crl(
 
 
 def authority_revocation_list(
+    settings: ProfileSettings,
     root_key: CertificateIssuerPrivateKeyTypes,
     root_cert: x509.Certificate,
     *,
@@ -100,22 +118,21 @@ def authority_revocation_list(
     """The root's ARL: issuing-CA certificates revoked for key compromise (第14条).
 
     Entries are (issuing CA certificate serial, compromise time), reason cACompromise.
+    Published with every full snapshot, empty or not: a validator that checks every
+    certificate of a path needs it for the issuing CA too.
     """
+    root_key_id = key_id(root_key.public_key())
     builder = (
         x509.CertificateRevocationListBuilder()
         .issuer_name(root_cert.subject)
         .last_update(this_update)
         .next_update(next_update)
-        .add_extension(
-            x509.AuthorityKeyIdentifier(key_id(root_key.public_key()), None, None), False
-        )
+        .add_extension(x509.AuthorityKeyIdentifier(root_key_id, None, None), False)
         .add_extension(x509.CRLNumber(number), False)
         .add_extension(
-            # No distribution point name: issuing-CA certificates carry no CRLDP, and
-            # RFC 5280 §6.3.3 (and OpenSSL) match such certificates only to a CRL
-            # whose IDP names none.
+            # The name the issuing CA certificates carry in their CRLDP (RFC 5280 §6.3.3).
             x509.IssuingDistributionPoint(
-                full_name=None,
+                full_name=[x509.UniformResourceIdentifier(settings.arl_url(root_key_id))],
                 relative_name=None,
                 only_contains_user_certs=False,
                 only_contains_ca_certs=True,

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from jpki_va.core.domain import CertKind
+from jpki_va.server.responder.ca_files import ServedFile, served_crl
 from jpki_va.server.responder.crl_archive import ArchivedCrl, CrlArchive, CrlNotFound
 from jpki_va.server.responder.status import BadRequest, IndexHolder
 
@@ -80,6 +81,18 @@ class CrlFiles:
                     return self.get(kind, partition, kid)
                 except CrlNotFound:
                     return None
+        return None
+
+    def delta_at_url(
+        self, kind: CertKind, key_id_prefix: bytes, partition: str
+    ) -> ServedFile | None:
+        """The current delta CRL at the URL certificates carry in their freshestCRL:
+        the latest delta snapshot's, else the empty one issued with the full CRL."""
+        index = self._holder.get()
+        for k, kid, p in index.current_crls:
+            if k is kind and p == partition and kid.startswith(key_id_prefix):
+                der = index.delta_crl_der(kind, kid, partition)
+                return None if der is None else served_crl(der)
         return None
 
     def list(

@@ -28,6 +28,7 @@ from jpki_va.server.responder.index_layout import (
     _DBS,
     _MAP_SIZE,
     _VERSION,
+    ARL_KEY,
     CURRENT,
     _entry_value,
     _put_data,
@@ -36,6 +37,7 @@ from jpki_va.server.responder.index_layout import (
     index_dirname,
     issuer_lookup_keys,
     put_announcement,
+    put_delta_crls,
     snapshot_event_rows,
 )
 from jpki_va.server.responder.storage import no_space, prepare_lock_file
@@ -282,6 +284,9 @@ def _build(snapshot: VerifiedSnapshot, path: Path) -> None:
             verifiers = [v.to_json() for v in snapshot.verifiers()]
             txn.put(b"verifiers", json.dumps(verifiers).encode(), db=dbs[b"meta"])
             put_announcement(txn, dbs[b"meta"], snapshot)
+            if snapshot.arl is not None:
+                txn.put(ARL_KEY, snapshot.arl.public_bytes(Encoding.DER), db=dbs[b"meta"])
+            put_delta_crls(txn, dbs[b"meta"], snapshot.empty_deltas)
         env.sync(True)
     finally:
         env.close()

@@ -27,6 +27,7 @@ from jpki_va.server.responder.index_layout import (
     _required,
     _scope_key,
     put_announcement,
+    put_delta_crls,
     snapshot_event_rows,
 )
 from jpki_va.server.snapshot.data_files import (
@@ -160,6 +161,7 @@ def _apply(
     records = _apply_records(txn, status, snapshot, crl_base)
     crls = {_scope_key(CrlInfo.from_json(c)): c for c in meta["crls"]}
     newly = _apply_crls(txn, status, snapshot, crl_base, crls)
+    put_delta_crls(txn, dbs[b"meta"], snapshot.crls)  # they replace the scopes' deltas
     rows = list(snapshot_event_rows(snapshot))
     try:
         events = [parse_event_row(row) for row, _ in rows]

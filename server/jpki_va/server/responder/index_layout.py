@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from jpki_va.core.domain import (
+    CertKind,
     record_key,
 )
 from jpki_va.server.model.registry_values import LossEvent
@@ -38,7 +39,7 @@ from jpki_va.server.snapshot.manifest import CONSENTS as CONSENTS_FILE
 from jpki_va.server.snapshot.manifest import EVENTS as EVENTS_FILE
 from jpki_va.server.snapshot.manifest import LINKS as LINKS_FILE
 from jpki_va.server.snapshot.manifest import SIGNING_RECORDS as SIGNING_RECORDS_FILE
-from jpki_va.server.snapshot.verify import VerifiedSnapshot
+from jpki_va.server.snapshot.verify import VerifiedCrl, VerifiedSnapshot
 
 CURRENT = "current"
 
@@ -125,6 +126,22 @@ def snapshot_events(snapshot: VerifiedSnapshot) -> list[LossEvent]:
 
 def _scope_key(info: CrlInfo) -> str:
     return f"{info.kind.name}:{info.issuer_key_id.hex()}:{info.partition}"
+
+
+# In `meta`: the root's ARL (DER) of the full snapshot, and per scope the current delta
+# CRL (DER): the full snapshot's empty one until a delta snapshot brings another.
+ARL_KEY = b"arl"
+
+
+def delta_crl_key(kind: CertKind, issuer_key_id: bytes, partition: str) -> bytes:
+    return f"delta:{kind.name}:{issuer_key_id.hex()}:{partition}".encode()
+
+
+def put_delta_crls(txn: lmdb.Transaction, meta: Any, crls: Iterable[VerifiedCrl]) -> None:
+    for vc in crls:
+        info = vc.info
+        key = delta_crl_key(info.kind, info.issuer_key_id, info.partition)
+        txn.put(key, vc.crl.public_bytes(Encoding.DER), db=meta)
 
 
 def _put_events(

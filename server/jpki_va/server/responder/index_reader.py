@@ -46,9 +46,11 @@ from jpki_va.server.responder.index_layout import (
     _MAP_SIZE,
     _VERSION,
     ANNOUNCEMENT_KEY,
+    ARL_KEY,
     CURRENT,
     CrlTimes,
     _required,
+    delta_crl_key,
 )
 from jpki_va.server.snapshot.data_files import (
     SigningRecord,
@@ -256,6 +258,19 @@ class Index:
         """(kind, issuer key id, partition) -> the full CRL of the snapshot the index was
         built from (delta CRLs build on it; the CRL archive keeps full CRLs)."""
         return dict(self._meta.full_crl_times)
+
+    def arl_der(self) -> bytes | None:
+        """The root's ARL of the full snapshot the index was built from."""
+        with self._env.begin(db=self._meta_db) as txn:
+            raw = txn.get(ARL_KEY)
+        return None if raw is None else bytes(raw)
+
+    def delta_crl_der(self, kind: CertKind, issuer_key_id: bytes, partition: str) -> bytes | None:
+        """The scope's current delta CRL: the latest delta's, else the full snapshot's
+        empty one."""
+        with self._env.begin(db=self._meta_db) as txn:
+            raw = txn.get(delta_crl_key(kind, issuer_key_id, partition))
+        return None if raw is None else bytes(raw)
 
     @property
     def compromises(self) -> dict[bytes, Compromise]:

@@ -16,6 +16,8 @@ from jpki_va.server.access.gate import Caller, Gate
 from jpki_va.server.law.entitlements import NotEntitled, check_entitled, crl_provision
 from jpki_va.server.law.issuer_compromise import Compromise
 from jpki_va.server.model.registry_values import LossEvent
+from jpki_va.server.responder.ca_files import CaFiles
+from jpki_va.server.responder.crl_archive import CrlNotFound
 from jpki_va.server.responder.crls import CrlFile, CrlFiles
 from jpki_va.server.responder.revocation_feed import RevocationFeed
 from jpki_va.server.rpc.pb import kind_from_pb, timestamp
@@ -67,8 +69,10 @@ class CrlServicer(crl_pb2_grpc.CrlServiceServicer):
         gate: Gate,
         caller: Callable[[grpc.ServicerContext], Caller],
         feed: RevocationFeed,
+        ca: CaFiles,
     ) -> None:
         self._files = files
+        self._ca = ca
         self._gate = gate
         self._caller = caller
         self._feed = feed
@@ -92,6 +96,20 @@ class CrlServicer(crl_pb2_grpc.CrlServiceServicer):
         yield crl_pb2.CrlChunk(info=crl_info_to_pb(crl), data=der[:CHUNK])
         for offset in range(CHUNK, len(der), CHUNK):
             yield crl_pb2.CrlChunk(data=der[offset : offset + CHUNK])
+
+    def GetAuthorityRevocationList(
+        self, request: crl_pb2.GetAuthorityRevocationListRequest, context: grpc.ServicerContext
+    ) -> crl_pb2.GetAuthorityRevocationListResponse:
+        self._gate.identify(self._caller(context))  # public, but only to verifiers
+        found = self._ca.arl(request.root_key_id)
+        if found is None:
+            raise CrlNotFound(f"no ARL of root {request.root_key_id.hex() or '(any)'}")
+        return crl_pb2.GetAuthorityRevocationListResponse(
+            der=found.der,
+            number=found.number or 0,
+            this_update=timestamp(found.this_update),
+            next_update=timestamp(found.next_update),
+        )
 
     def ListCrls(
         self, request: crl_pb2.ListCrlsRequest, context: grpc.ServicerContext

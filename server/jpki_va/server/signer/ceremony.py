@@ -20,8 +20,8 @@ import logging
 import os
 import secrets
 import tomllib
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -43,7 +43,7 @@ from jpki_va.server.base.private_files import open_private_text, private_dir
 from jpki_va.server.base.progress import Progress
 from jpki_va.server.model.registry_values import IssuerRecord
 from jpki_va.server.pki import cert_profile
-from jpki_va.server.pki.cert_profile import CertProfile
+from jpki_va.server.pki.cert_profile import CertProfile, ProfileSettings
 from jpki_va.server.pki.lint import lint_certificate
 from jpki_va.server.registry.transactions import Registry
 from jpki_va.server.signer.authority import (
@@ -83,6 +83,9 @@ class CeremonyConfig:
     snapshot: KeySpec
     verifier_token: KeySpec
     data_dir: Path | None = None  # the signer's data dir (registry inside); CLI may override
+    # Where the responders publish the root certificate and its ARL: the signer's
+    # --base-url. The issuing CA certificates name both (CRLDP, AIA caIssuers).
+    base_url: str = ProfileSettings.base_url
 
     def __post_init__(self) -> None:
         if set(self.issuers) != set(CertKind):
@@ -158,10 +161,17 @@ class CeremonyConfig:
             if section not in data:
                 raise CeremonyError(f"config: [{section}] is missing")
         header = _table(data.get("ceremony", {}), "ceremony")
-        _only(header, {"data_dir"}, "[ceremony]")
+        _only(header, {"data_dir", "base_url"}, "[ceremony]")
         data_dir = None
         if "data_dir" in header:
             data_dir = base_dir / _text(header, "data_dir", "[ceremony]")
+        base_url = ProfileSettings.base_url
+        if "base_url" in header:
+            base_url = _text(header, "base_url", "[ceremony]")
+            try:
+                ProfileSettings(base_url=base_url)
+            except ValueError as exc:
+                raise CeremonyError(f"[ceremony]: {exc}") from None
         issuers_table = _table(data["issuers"], "issuers")
         issuers: dict[CertKind, KeySpec] = {}
         for slug, table in issuers_table.items():
@@ -176,6 +186,7 @@ class CeremonyConfig:
             snapshot=_key_spec(data["snapshot"], "snapshot"),
             verifier_token=_key_spec(data["verifier_token"], "verifier_token"),
             data_dir=data_dir,
+            base_url=base_url,
         )
 
 
@@ -417,7 +428,11 @@ def run_ceremony(
 
         def build_root(signing_key: CertificateIssuerPrivateKeyTypes) -> x509.Certificate:
             return cert_profile.root_certificate(
-                signing_key, not_before, now + spec.validity, subject=spec.subject
+                signing_key,
+                not_before,
+                now + spec.validity,
+                subject=spec.subject,
+                settings=ProfileSettings(base_url=config.base_url),
             )
 
         cert = certify(build_root, key, profile=spec.profile, subject_key=key, issuer_cert=None)
@@ -436,6 +451,7 @@ def run_ceremony(
     steps.advance()
     root_key = token.key(root.key_label)
     root_cert = root.certificate
+    links = cert_profile.root_links(ProfileSettings(base_url=config.base_url), root.key_id)
 
     for kind, spec in sorted(config.issuers.items()):
         existing = [r for r in records if r.kind is kind]
@@ -445,7 +461,9 @@ def run_ceremony(
             continue
         key, key_created = _token_key(token, spec)
         cert = certify(
-            issuing_ca_builder(root_cert, kind, key, not_before, now + spec.validity, spec.subject),
+            issuing_ca_builder(
+                root_cert, kind, key, not_before, now + spec.validity, spec.subject, links
+            ),
             root_key,
             profile=spec.profile,
             subject_key=key,
@@ -528,6 +546,7 @@ def issuing_ca_builder(
     not_before: datetime,
     not_after: datetime,
     subject: x509.Name,
+    links: Sequence[x509.ExtensionType],
 ) -> Builder:
     public_key = key.public_key()
     if not isinstance(public_key, rsa.RSAPublicKey | ec.EllipticCurvePublicKey):
@@ -535,7 +554,14 @@ def issuing_ca_builder(
 
     def build(signing_key: CertificateIssuerPrivateKeyTypes) -> x509.Certificate:
         return cert_profile.issuing_ca_certificate(
-            signing_key, root_cert, kind, public_key, not_before, not_after, subject=subject
+            signing_key,
+            root_cert,
+            kind,
+            public_key,
+            not_before,
+            not_after,
+            subject=subject,
+            links=links,
         )
 
     return build
@@ -548,9 +574,9 @@ def bootstrap(
     settings: AuthoritySettings | None = None,
     *,
     record_dir: Path | None = None,
+    base_url: str = ProfileSettings.base_url,
 ) -> list[str]:
     """The embedded default: run the default ceremony; returns what was created."""
-    result = run_ceremony(
-        token, registry, clock, CeremonyConfig.default(settings), record_dir=record_dir
-    )
+    config = replace(CeremonyConfig.default(settings), base_url=base_url)
+    result = run_ceremony(token, registry, clock, config, record_dir=record_dir)
     return [item.describe() for item in result.created]

@@ -32,6 +32,7 @@ from jpki_va.core.domain import CertKind, Link, LinkType, Verifier
 from jpki_va.server.base.faults import fault_point
 from jpki_va.server.base.private_files import private_dir
 from jpki_va.server.base.progress import Progress
+from jpki_va.server.law.consent_scope import covers
 from jpki_va.server.law.correspondence import holder_links
 from jpki_va.server.law.issuer_compromise import Compromise, Generation, announcement
 from jpki_va.server.law.retention import RetentionPolicy
@@ -280,10 +281,13 @@ class Publisher:
                 builder.add_verifiers(tx.verifiers())
                 entries = content.crl_entries()
                 numbers = {scope: tx.counter(crl_counter(*scope)) + 1 for scope in entries}
-                arl_number = tx.counter("arl") + 1 if compromises else 0
+                arl_number = tx.counter("arl") + 1
             self._add_crls(builder, issuers, entries, numbers, now, None)
+            # Each scope's empty delta, under the full CRL's number (RFC 5280 §5.2.3).
+            empty = {scope: () for scope in entries}
+            self._add_crls(builder, issuers, empty, numbers, now, numbers, empty_deltas=True)
+            self._add_arl(builder, issuers, compromises, arl_number, now)
             if compromises:
-                self._add_arl(builder, issuers, compromises, arl_number, now)
                 self._add_announcement(builder, issuers, compromises, now)
             fault_point("publish.files-written")
             manifest = builder.seal(
@@ -313,9 +317,11 @@ class Publisher:
             mark=mark,
             last_at=now,
         )
-        taken = {"snapshot": sequence, **{crl_counter(*s): n for s, n in numbers.items()}}
-        if compromises:
-            taken["arl"] = arl_number
+        taken = {
+            "snapshot": sequence,
+            "arl": arl_number,
+            **{crl_counter(*s): n for s, n in numbers.items()},
+        }
         path = self._commit(builder, taken, state)
         self._prune(now)
         log.info(
@@ -338,6 +344,7 @@ class Publisher:
     ) -> None:
         root = self._authority.root()
         arl = crl_profile.authority_revocation_list(
+            self._settings,
             self._authority.key(root),
             root.certificate,
             number=number,
@@ -518,17 +525,22 @@ class Publisher:
         changes: dict[tuple[str, str], ConsentChange] = {}
         for change in tx.consent_changes_since(state.consent_sequence):
             changes[(change.resident_code, change.verifier)] = change  # the last one counts
-        for (code, verifier), change in changes.items():
+        for code, verifier in changes:
+            # The consent as it stands: what it covers is given, everything else taken
+            # back (a withdrawal, or a new grant with another scope), in this delta.
+            consent = tx.consent(code, verifier)
             for rec in tx.holder_certificates(code):
-                if rec.kind.is_signing:
-                    if change.granted:
-                        content.signing_records[rec.serial] = signing_record_line(rec)
-                    content.consents.append(consent_line(rec, verifier, change.granted))
+                if not rec.kind.is_signing:
+                    continue
+                granted = consent is not None and covers(consent, rec)
+                if granted:
+                    content.signing_records[rec.serial] = signing_record_line(rec)
+                content.consents.append(consent_line(rec, verifier, granted))
         for rec in new_records:
             if not rec.kind.is_signing:
                 continue
             for consent in tx.consents(rec.resident_code):
-                if consent.in_effect and (rec.resident_code, consent.verifier) not in changes:
+                if covers(consent, rec) and (rec.resident_code, consent.verifier) not in changes:
                     content.signing_records[rec.serial] = signing_record_line(rec)
                     content.consents.append(consent_line(rec, consent.verifier, True))
 
@@ -541,6 +553,8 @@ class Publisher:
         numbers: dict[Scope, int],
         now: datetime,
         bases: dict[Scope, int] | None,
+        *,
+        empty_deltas: bool = False,
     ) -> None:
         keys: dict[bytes, CertificateIssuerPrivateKeyTypes] = {}
         # DER times are whole seconds; the manifest states what the CRLs say.
@@ -574,7 +588,10 @@ class Publisher:
                 next_update=next_update,
                 delta_base=base,
             )
-            builder.add_crl_der(info, der)
+            if empty_deltas:
+                builder.add_empty_delta_der(info, der)
+            else:
+                builder.add_crl_der(info, der)
 
     @staticmethod
     def _add_data(builder: SnapshotBuilder, content: _Content) -> None:

@@ -116,7 +116,14 @@ def rotate_issuer(
     root_cert = root.certificate
     cert = certify(
         issuing_ca_builder(
-            root_cert, kind, key, now - BACKDATE, now + lifetime, subject=old_cert.subject
+            root_cert,
+            kind,
+            key,
+            now - BACKDATE,
+            now + lifetime,
+            old_cert.subject,
+            # The root's ARL and certificate stay where they were.
+            cert_profile.links_of(old_cert),
         ),
         root_key,
         profile=CertProfile.ISSUING_CA,

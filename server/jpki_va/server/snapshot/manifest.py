@@ -152,6 +152,9 @@ class Manifest:
     # Announced issuer compromises (第15条第3項), each also on the root's ARL.
     compromises: list[Compromise] = field(default_factory=list)
     arl: ArlInfo | None = None
+    # Full snapshots: an empty delta CRL per scope, issued with the full CRL under the
+    # same number (RFC 5280 §5.2.3), so the certificates' freshestCRL always answers.
+    empty_deltas: list[CrlInfo] = field(default_factory=list)
     # The private OID arc the CRLs were signed under (jpki_va.core.oids): a reader
     # under another arc would not find the loss causes.
     oid_arc: str = ARC
@@ -170,6 +173,7 @@ class Manifest:
             "issuer_key_ids": [k.hex() for k in self.issuer_key_ids],
             "record_count": self.record_count,
             "oid_arc": self.oid_arc,
+            "empty_deltas": [c.to_json() for c in self.empty_deltas],
             "compromises": [compromise_to_json(c) for c in self.compromises],
             "arl": None
             if self.arl is None
@@ -207,6 +211,7 @@ class Manifest:
                 previous_sequence=None if previous is None else int(previous),
                 compromises=[compromise_from_json(c) for c in data.get("compromises", [])],
                 oid_arc=str(data.get("oid_arc", "")),
+                empty_deltas=[CrlInfo.from_json(c) for c in data.get("empty_deltas", [])],
                 arl=None
                 if arl is None
                 else ArlInfo(

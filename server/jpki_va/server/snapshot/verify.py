@@ -15,8 +15,10 @@ Files:
 * `issuers.pem`: every issuing-CA generation; `records.bin`: issued certificates
   (snapshot.record_format; in a delta, those issued since the previous snapshot).
 * `crls/<kind>/<key id>/<partition>.crl` (full) or `.delta.crl` (delta), signed by
-  the generation; none for a compromised generation, whose key is not used again.
-* `arl.crl` (full snapshots with compromises): the root's authority revocation list.
+  the generation; none for a compromised generation, whose key is not used again. A
+  full snapshot also holds each scope's empty `.delta.crl`, with the full CRL's number
+  (RFC 5280 §5.2.3): a delta a verifier can fetch before any loss has changed it.
+* `arl.crl` (full snapshots): the root's authority revocation list.
 * `announcement.p7m` (every snapshot with compromises): the public announcement of
   them (第15条第3項), JSON in a CMS SignedData by the snapshot key (pki/announcement.py).
 * `verifiers.json` (full and delta snapshots): the whole verifier registry.
@@ -43,7 +45,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from cryptography import x509
@@ -95,6 +97,9 @@ class VerifiedSnapshot:
     manifest: Manifest
     issuers: list[x509.Certificate]  # in manifest.issuer_key_ids order
     crls: list[VerifiedCrl]
+    # A full snapshot's empty delta CRLs (Manifest.empty_deltas) and the root's ARL.
+    empty_deltas: list[VerifiedCrl] = field(default_factory=list)
+    arl: x509.CertificateRevocationList | None = None
 
     @property
     def sequence(self) -> int:
@@ -162,21 +167,45 @@ class SnapshotVerifier:
         issuers = self._check_issuers(path, manifest)
         by_key_id = {key_id(c.public_key()): c for c in issuers}
         crls = [self._check_crl(path, info, by_key_id) for info in manifest.crls]
-        self._check_compromises(path, manifest, by_key_id)
-        return VerifiedSnapshot(path=path, manifest=manifest, issuers=issuers, crls=crls)
+        empty_deltas = [
+            self._check_empty_delta(path, i, by_key_id, crls) for i in manifest.empty_deltas
+        ]
+        arl = self._check_arl(path, manifest)
+        self._check_compromises(path, manifest, by_key_id, arl)
+        return VerifiedSnapshot(
+            path=path,
+            manifest=manifest,
+            issuers=issuers,
+            crls=crls,
+            empty_deltas=empty_deltas,
+            arl=arl,
+        )
 
-    def _check_compromises(
-        self, path: Path, manifest: Manifest, issuers: dict[bytes, x509.Certificate]
-    ) -> None:
-        """Every announced compromise must be on the root's ARL: the root vouches for it."""
-        if not manifest.compromises:
-            return
-        if ANNOUNCEMENT not in manifest.files:
-            raise SnapshotRejected(f"{path.name}: compromises without their public announcement")
-        if manifest.type == "delta":
-            return  # the ARL is in its full snapshot
-        if manifest.arl is None or ARL not in manifest.files:
-            raise SnapshotRejected(f"{path.name}: compromises announced without an ARL")
+    def _check_empty_delta(
+        self,
+        path: Path,
+        info: CrlInfo,
+        issuers: dict[bytes, x509.Certificate],
+        crls: list[VerifiedCrl],
+    ) -> VerifiedCrl:
+        """An empty delta on a full CRL of this snapshot, under that CRL's number."""
+        verified = self._check_crl(path, info, issuers)
+        full = [
+            vc.info
+            for vc in crls
+            if (vc.info.kind, vc.info.issuer_key_id, vc.info.partition, vc.info.number)
+            == (info.kind, info.issuer_key_id, info.partition, info.number)
+        ]
+        if info.delta_base != info.number or not full or len(verified.crl) != 0:
+            raise SnapshotRejected(f"{info.file}: not an empty delta on a full CRL of the snapshot")
+        return verified
+
+    def _check_arl(self, path: Path, manifest: Manifest) -> x509.CertificateRevocationList | None:
+        """The root's ARL, signed by a trust anchor and as the manifest describes it."""
+        if manifest.arl is None:
+            return None
+        if ARL not in manifest.files:
+            raise SnapshotRejected(f"{path.name}: the manifest describes an ARL it lacks")
         try:
             arl = x509.load_der_x509_crl((path / ARL).read_bytes())
         except (OSError, ValueError) as exc:
@@ -194,6 +223,24 @@ class SnapshotVerifier:
         number = arl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number
         if number != manifest.arl.number or arl.last_update_utc != manifest.arl.this_update:
             raise SnapshotRejected(f"{path.name}: ARL number or time differs from the manifest")
+        return arl
+
+    def _check_compromises(
+        self,
+        path: Path,
+        manifest: Manifest,
+        issuers: dict[bytes, x509.Certificate],
+        arl: x509.CertificateRevocationList | None,
+    ) -> None:
+        """Every announced compromise must be on the root's ARL: the root vouches for it."""
+        if not manifest.compromises:
+            return
+        if ANNOUNCEMENT not in manifest.files:
+            raise SnapshotRejected(f"{path.name}: compromises without their public announcement")
+        if manifest.type == "delta":
+            return  # the ARL is in its full snapshot
+        if arl is None:
+            raise SnapshotRejected(f"{path.name}: compromises announced without an ARL")
         for compromise in manifest.compromises:
             cert = issuers.get(compromise.key_id)
             if cert is None:

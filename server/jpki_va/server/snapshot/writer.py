@@ -112,6 +112,7 @@ class SnapshotBuilder:
         self._dir = Path(tempfile.mkdtemp(prefix=f"{_TEMP_PREFIX}{sequence}-", dir=root))
         self._files: dict[str, str] = {}
         self._crls: list[CrlInfo] = []
+        self._empty_deltas: list[CrlInfo] = []
         self._record_count = 0
         self._arl: ArlInfo | None = None
 
@@ -139,6 +140,11 @@ class SnapshotBuilder:
         """A CRL already encoded and signed (bulk writers); `info` says what it is."""
         self._add(info.file, der)
         self._crls.append(info)
+
+    def add_empty_delta_der(self, info: CrlInfo, der: bytes) -> None:
+        """A full snapshot's empty delta CRL of a scope (Manifest.empty_deltas)."""
+        self._add(info.file, der)
+        self._empty_deltas.append(info)
 
     def add_jsonl(self, relpath: str, lines: Iterable[dict[str, Any]]) -> int:
         """A JSON-lines file; returns how many lines."""
@@ -260,6 +266,7 @@ class SnapshotBuilder:
             previous_sequence=previous_sequence,
             compromises=list(compromises or []),
             arl=self._arl,
+            empty_deltas=list(self._empty_deltas),
         )
         raw = manifest.to_bytes()
         write_private(self._dir / MANIFEST, raw)

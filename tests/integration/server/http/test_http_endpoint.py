@@ -14,7 +14,7 @@ from collections.abc import Iterator
 import pytest
 
 from jpki_va.core.domain import CertKind
-from jpki_va.server.http.app import Forbidden, HttpApp, PublishedCrl
+from jpki_va.server.http.app import Forbidden, HttpApp, PublishedFile
 from jpki_va.server.http.server import HttpServer
 from jpki_va.server.responder.ocsp_cache import OcspReply
 from tests.support import wait_for
@@ -43,9 +43,17 @@ class FakeAccess:
 
     def crl(
         self, claimed: str | None, kind: CertKind, key_id_prefix: bytes, partition: str
-    ) -> PublishedCrl | None:
+    ) -> PublishedFile | None:
         if claimed is None:
             raise Forbidden(401, "no verifier identity")
+        return None
+
+    delta_crl = crl
+
+    def ca_certificate(self, kind: CertKind | None, key_id_prefix: bytes) -> PublishedFile | None:
+        return None
+
+    def arl(self, key_id_prefix: bytes) -> PublishedFile | None:
         return None
 
 

@@ -130,8 +130,8 @@ def test_every_partition_and_delta_crl_verifies_with_openssl(
             )
             assert "verify OK" in result.stderr + result.stdout
             count += 1
-    # Two partitions in each full, one then two delta CRLs.
-    assert count == 2 + 1 + 2 + 2
+    # Two partitions in each full with their empty deltas, one then two delta CRLs.
+    assert count == 2 * 2 + 1 + 2 + 2 * 2
     assert list(world.delta1.glob("crls/**/*.delta.crl"))
 
 
@@ -182,7 +182,10 @@ def test_openssl_with_base_and_delta_crl(pki: Pki, world: World, tmp_path: Path)
     # Another municipality's CRLs are out of scope, never "good".
     code, out = _verify(pki, world.other_city, tmp_path, base, delta)
     assert code != 0
-    assert "different CRL scope" in out
+    # Without extended CRL support OpenSSL scores a delta CRL as a candidate too and
+    # keeps the newer of two equal scores: which message depends on whether the delta
+    # was signed in a later second than the full CRL.
+    assert "different CRL scope" in out or "unable to get certificate CRL" in out
 
 
 def test_responder_applies_deltas_records_and_losses(pki: Pki, world: World) -> None:

@@ -73,6 +73,7 @@ class Ca:
         self.cert = cert_profile.issuing_ca_certificate(
             self.root_key, self.root, KIND, self.key.public_key(),
             NOW - timedelta(days=1), NOW + timedelta(days=3650),
+            links=cert_profile.root_links(SETTINGS, cert_profile.key_id(self.root_key.public_key())),  # noqa: E501
         )  # fmt: skip
         self.snap_key = ec.generate_private_key(ec.SECP256R1())
         self.snap_cert = cert_profile.snapshot_signer_certificate(

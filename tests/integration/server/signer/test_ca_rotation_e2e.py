@@ -8,6 +8,7 @@ signed by the old key, and verifies.
 from __future__ import annotations
 
 import threading
+import urllib.request
 from dataclasses import replace
 from pathlib import Path
 
@@ -229,3 +230,29 @@ def test_ocsp_signer_key_rotation_drops_no_request(pki: Pki, rotated: dict[str, 
     keys = [signer for _, signer in seen]
     switch = keys.index(keys[-1])
     assert set(keys[:switch]) == {old_key} and set(keys[switch:]) == {keys[-1]}
+
+
+def test_both_generations_are_served_where_their_certificates_say(
+    pki: Pki, rotated: dict[str, Issued]
+) -> None:
+    """AIA caIssuers of each generation's certificates; the new generation names the
+    root's ARL and certificate where the old one did."""
+    old, new = rotated["before"].issuer, rotated["after"].issuer
+    for name in ("before", "after"):
+        issued = rotated[name]
+        aia = issued.certificate.extensions.get_extension_for_class(
+            x509.AuthorityInformationAccess
+        ).value
+        (url,) = [
+            str(d.access_location.value)
+            for d in aia
+            if d.access_method == x509.oid.AuthorityInformationAccessOID.CA_ISSUERS
+        ]
+        path = url.split("/", 3)[3]  # the path, on this test's responder
+        with urllib.request.urlopen(f"{pki.http_url}/{path}", timeout=10) as reply:
+            assert x509.load_der_x509_certificate(reply.read()) == issued.issuer
+    for extension in (x509.CRLDistributionPoints, x509.AuthorityInformationAccess):
+        assert (
+            new.extensions.get_extension_for_class(extension).value
+            == old.extensions.get_extension_for_class(extension).value
+        )

@@ -282,10 +282,18 @@ def _compare(
         )
         got = x509.load_der_x509_crl(streamed[info.file])
         assert got.tbs_certlist_bytes == x509.load_der_x509_crl(der).tbs_certlist_bytes
-    # Nothing else: the manifest lists the data files, the reference's and the CRLs
-    # (and the ARL and the public announcement once a compromise is announced).
-    arl = {ARL, ANNOUNCEMENT} if manifest.compromises else set()
-    assert set(manifest.files) == set(expected) | set(crls) | arl
+    # Each scope's empty delta, under its full CRL's number.
+    empty = {info.file: info for info in manifest.empty_deltas}
+    assert {
+        (i.kind, i.issuer_key_id, i.partition, i.number, i.delta_base) for i in empty.values()
+    } == {(i.kind, i.issuer_key_id, i.partition, i.number, i.number) for i in crls.values()}
+    for name in empty:
+        assert len(x509.load_der_x509_crl(streamed[name])) == 0
+    # Nothing else: the manifest lists the data files, the reference's, the CRLs with
+    # their empty deltas, the root's ARL (and the public announcement once a
+    # compromise is announced).
+    announcement = {ANNOUNCEMENT} if manifest.compromises else set()
+    assert set(manifest.files) == set(expected) | set(crls) | set(empty) | {ARL} | announcement
     assert set(streamed) == set(manifest.files) | {MANIFEST, SIGNATURE, SIGNER_CERT}
     assert manifest.record_count == len(reference.records)
     assert published.event_count == len(reference.events)

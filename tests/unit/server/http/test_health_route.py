@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from jpki_va.core.domain import CertKind
-from jpki_va.server.http.app import HttpApp, PublishedCrl
+from jpki_va.server.http.app import HttpApp, PublishedFile
 from jpki_va.server.responder.ocsp_cache import OcspReply
 
 
@@ -15,8 +15,16 @@ class _NoAccess:
 
     def crl(
         self, claimed: str | None, kind: CertKind, key_id_prefix: bytes, partition: str
-    ) -> PublishedCrl | None:
+    ) -> PublishedFile | None:
         raise AssertionError("health asked for a CRL")
+
+    delta_crl = crl
+
+    def ca_certificate(self, kind: CertKind | None, key_id_prefix: bytes) -> PublishedFile | None:
+        raise AssertionError("health asked for a CA certificate")
+
+    def arl(self, key_id_prefix: bytes) -> PublishedFile | None:
+        raise AssertionError("health asked for the ARL")
 
     def commit(self) -> bool:
         raise AssertionError("health committed provisions")

@@ -119,6 +119,34 @@ export interface ListCrlsResponse {
   crls: CrlInfo[];
 }
 
+/** Fetch the root's authority revocation list. */
+export interface GetAuthorityRevocationListRequest {
+  /**
+   * Optional: the root's key id, or its first octets (as the ARL's URL names it);
+   * empty: the root of the served index.
+   */
+  rootKeyId: Buffer;
+}
+
+/**
+ * The root's authority revocation list (ARL, RFC 5280): the issuing-CA certificates
+ * revoked for key compromise (第14条), cACompromise; published with every full
+ * snapshot, empty while no issuer key was compromised. The issuing CA certificates
+ * name it in their CRL distribution point.
+ */
+export interface GetAuthorityRevocationListResponse {
+  /** The DER ARL, signed by the root. */
+  der: Buffer;
+  /** Its CRL number. */
+  number: number;
+  /** Its thisUpdate. */
+  thisUpdate:
+    | Date
+    | undefined;
+  /** Its nextUpdate: a newer ARL is issued by then. */
+  nextUpdate: Date | undefined;
+}
+
 /** Follow the loss-of-effect events. */
 export interface WatchRevocationsRequest {
   /**
@@ -805,6 +833,204 @@ export const ListCrlsResponse: MessageFns<ListCrlsResponse> = {
   },
 };
 
+function createBaseGetAuthorityRevocationListRequest(): GetAuthorityRevocationListRequest {
+  return { rootKeyId: Buffer.alloc(0) };
+}
+
+export const GetAuthorityRevocationListRequest: MessageFns<GetAuthorityRevocationListRequest> = {
+  encode(message: GetAuthorityRevocationListRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.rootKeyId.length !== 0) {
+      writer.uint32(10).bytes(message.rootKeyId);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GetAuthorityRevocationListRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGetAuthorityRevocationListRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.rootKeyId = Buffer.from(reader.bytes());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GetAuthorityRevocationListRequest {
+    return {
+      rootKeyId: isSet(object.rootKeyId)
+        ? Buffer.from(bytesFromBase64(object.rootKeyId))
+        : isSet(object.root_key_id)
+        ? Buffer.from(bytesFromBase64(object.root_key_id))
+        : Buffer.alloc(0),
+    };
+  },
+
+  toJSON(message: GetAuthorityRevocationListRequest): unknown {
+    const obj: any = {};
+    if (message.rootKeyId.length !== 0) {
+      obj.rootKeyId = base64FromBytes(message.rootKeyId);
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<GetAuthorityRevocationListRequest>): GetAuthorityRevocationListRequest {
+    return GetAuthorityRevocationListRequest.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<GetAuthorityRevocationListRequest>): GetAuthorityRevocationListRequest {
+    const message = createBaseGetAuthorityRevocationListRequest();
+    message.rootKeyId = object.rootKeyId ?? Buffer.alloc(0);
+    return message;
+  },
+};
+
+function createBaseGetAuthorityRevocationListResponse(): GetAuthorityRevocationListResponse {
+  return { der: Buffer.alloc(0), number: 0, thisUpdate: undefined, nextUpdate: undefined };
+}
+
+export const GetAuthorityRevocationListResponse: MessageFns<GetAuthorityRevocationListResponse> = {
+  encode(message: GetAuthorityRevocationListResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.der.length !== 0) {
+      writer.uint32(10).bytes(message.der);
+    }
+    if (message.number !== 0) {
+      writer.uint32(16).uint64(message.number);
+    }
+    if (message.thisUpdate !== undefined) {
+      Timestamp.encode(toTimestamp(message.thisUpdate), writer.uint32(26).fork()).join();
+    }
+    if (message.nextUpdate !== undefined) {
+      Timestamp.encode(toTimestamp(message.nextUpdate), writer.uint32(34).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GetAuthorityRevocationListResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGetAuthorityRevocationListResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.der = Buffer.from(reader.bytes());
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.number = longToNumber(reader.uint64());
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.thisUpdate = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.nextUpdate = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GetAuthorityRevocationListResponse {
+    return {
+      der: isSet(object.der) ? Buffer.from(bytesFromBase64(object.der)) : Buffer.alloc(0),
+      number: isSet(object.number) ? globalThis.Number(object.number) : 0,
+      thisUpdate: isSet(object.thisUpdate)
+        ? fromJsonTimestamp(object.thisUpdate)
+        : isSet(object.this_update)
+        ? fromJsonTimestamp(object.this_update)
+        : undefined,
+      nextUpdate: isSet(object.nextUpdate)
+        ? fromJsonTimestamp(object.nextUpdate)
+        : isSet(object.next_update)
+        ? fromJsonTimestamp(object.next_update)
+        : undefined,
+    };
+  },
+
+  toJSON(message: GetAuthorityRevocationListResponse): unknown {
+    const obj: any = {};
+    if (message.der.length !== 0) {
+      obj.der = base64FromBytes(message.der);
+    }
+    if (message.number !== 0) {
+      obj.number = Math.round(message.number);
+    }
+    if (message.thisUpdate !== undefined) {
+      obj.thisUpdate = message.thisUpdate.toISOString();
+    }
+    if (message.nextUpdate !== undefined) {
+      obj.nextUpdate = message.nextUpdate.toISOString();
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<GetAuthorityRevocationListResponse>): GetAuthorityRevocationListResponse {
+    return GetAuthorityRevocationListResponse.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<GetAuthorityRevocationListResponse>): GetAuthorityRevocationListResponse {
+    const message = createBaseGetAuthorityRevocationListResponse();
+    message.der = object.der ?? Buffer.alloc(0);
+    message.number = object.number ?? 0;
+    message.thisUpdate = object.thisUpdate ?? undefined;
+    message.nextUpdate = object.nextUpdate ?? undefined;
+    return message;
+  },
+};
+
 function createBaseWatchRevocationsRequest(): WatchRevocationsRequest {
   return { since: 0, kinds: [] };
 }
@@ -1349,6 +1575,24 @@ export const CrlServiceService = {
     responseDeserialize: (value: Buffer): CrlChunk => CrlChunk.decode(value),
   },
   /**
+   * The root's current ARL, for any registered verifier (it holds nothing personal
+   * and is not counted as a provision). Errors: NOT_FOUND (no ARL from that root in
+   * the served index), UNAVAILABLE (no index loaded yet), UNAUTHENTICATED.
+   */
+  getAuthorityRevocationList: {
+    path: "/jpki.va.v1.CrlService/GetAuthorityRevocationList" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: GetAuthorityRevocationListRequest): Buffer =>
+      Buffer.from(GetAuthorityRevocationListRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): GetAuthorityRevocationListRequest =>
+      GetAuthorityRevocationListRequest.decode(value),
+    responseSerialize: (value: GetAuthorityRevocationListResponse): Buffer =>
+      Buffer.from(GetAuthorityRevocationListResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): GetAuthorityRevocationListResponse =>
+      GetAuthorityRevocationListResponse.decode(value),
+  },
+  /**
    * The CRL files that match the filters. Errors: INVALID_ARGUMENT,
    * PERMISSION_DENIED (a kind filter the caller may not receive).
    */
@@ -1387,6 +1631,12 @@ export interface CrlServiceServer extends UntypedServiceImplementation {
    */
   getCrl: handleServerStreamingCall<GetCrlRequest, CrlChunk>;
   /**
+   * The root's current ARL, for any registered verifier (it holds nothing personal
+   * and is not counted as a provision). Errors: NOT_FOUND (no ARL from that root in
+   * the served index), UNAVAILABLE (no index loaded yet), UNAUTHENTICATED.
+   */
+  getAuthorityRevocationList: handleUnaryCall<GetAuthorityRevocationListRequest, GetAuthorityRevocationListResponse>;
+  /**
    * The CRL files that match the filters. Errors: INVALID_ARGUMENT,
    * PERMISSION_DENIED (a kind filter the caller may not receive).
    */
@@ -1407,6 +1657,26 @@ export interface CrlServiceClient extends Client {
    */
   getCrl(request: GetCrlRequest, options?: Partial<CallOptions>): ClientReadableStream<CrlChunk>;
   getCrl(request: GetCrlRequest, metadata?: Metadata, options?: Partial<CallOptions>): ClientReadableStream<CrlChunk>;
+  /**
+   * The root's current ARL, for any registered verifier (it holds nothing personal
+   * and is not counted as a provision). Errors: NOT_FOUND (no ARL from that root in
+   * the served index), UNAVAILABLE (no index loaded yet), UNAUTHENTICATED.
+   */
+  getAuthorityRevocationList(
+    request: GetAuthorityRevocationListRequest,
+    callback: (error: ServiceError | null, response: GetAuthorityRevocationListResponse) => void,
+  ): ClientUnaryCall;
+  getAuthorityRevocationList(
+    request: GetAuthorityRevocationListRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: GetAuthorityRevocationListResponse) => void,
+  ): ClientUnaryCall;
+  getAuthorityRevocationList(
+    request: GetAuthorityRevocationListRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: GetAuthorityRevocationListResponse) => void,
+  ): ClientUnaryCall;
   /**
    * The CRL files that match the filters. Errors: INVALID_ARGUMENT,
    * PERMISSION_DENIED (a kind filter the caller may not receive).
