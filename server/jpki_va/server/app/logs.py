@@ -74,16 +74,34 @@ def resolve(choice: str | None, stream: TextIO | None = None) -> str:
     return choice
 
 
+class _Stderr(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever sys.stderr is when a record comes, as logging's last resort does."""
+
+    @property
+    def stream(self) -> TextIO:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _: TextIO) -> None:
+        pass
+
+
 def configure(role: str, choice: str | None = None, level: int = logging.INFO) -> str:
-    """Replace the process's log handlers with one on stderr in the chosen format;
-    returns the format, which this process's children inherit."""
+    """One handler on stderr in the chosen format (replacing one set here before);
+    returns the format, which this process's children inherit.
+
+    Handlers someone else installed (a test harness, a program embedding a role) stay
+    in charge, as logging.basicConfig leaves them.
+    """
     chosen = resolve(choice)
     os.environ[LOG_FORMAT_ENV] = chosen
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter(role) if chosen == "json" else TextFormatter(role))
     root = logging.getLogger()
-    for old in list(root.handlers):
-        root.removeHandler(old)
+    for ours in [h for h in root.handlers if isinstance(h, _Stderr)]:
+        root.removeHandler(ours)
+    if root.handlers:
+        return chosen
+    handler = _Stderr()
+    handler.setFormatter(JsonFormatter(role) if chosen == "json" else TextFormatter(role))
     root.addHandler(handler)
     root.setLevel(level)
     return chosen
