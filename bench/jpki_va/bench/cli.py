@@ -116,6 +116,7 @@ def _suite_settings(args: argparse.Namespace) -> Any:
         freshness_samples=args.freshness_samples,
         delta_losses=args.delta_losses,
         steps=tuple(args.steps.split(",")),
+        ladder_duration=args.ladder_duration,
         fleet_replicas=args.fleet_replicas,
         fleet_samples=args.fleet_samples,
     )
@@ -293,7 +294,11 @@ def _add_suite_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--steps",
         default="ingest,store,grpc,http,freshness,fleet",
-        help="comma-separated subset of ingest,store,grpc,http,freshness,fleet",
+        help="comma-separated subset of ingest,store,grpc,http,freshness,fleet,ladder"
+        " (ladder: each layer's cost, rung by rung; not in the default run)",
+    )
+    p.add_argument(
+        "--ladder-duration", type=_positive_float, default=3.0, help="seconds per ladder rung"
     )
     p.add_argument("--fleet-replicas", type=int, default=3, help="responders behind Envoy")
     p.add_argument("--fleet-samples", type=int, default=20, help="losses timed on every replica")

@@ -47,7 +47,7 @@ _METHODS = {
 AioChannel = Any
 _EOF: Any = grpc.aio.EOF  # type: ignore[attr-defined]
 SAMPLE_EVERY = 64
-START_DELAY = 1.5  # seconds for every process to connect before the common start
+START_DELAY = 0.2  # from "every client is connected" to the common start
 
 
 @dataclass(frozen=True)
@@ -191,7 +191,7 @@ class _Recorder:
 
 
 async def _run_client(
-    spec: LoadSpec, payloads: Sequence[bytes], offset: int, start_at: float
+    spec: LoadSpec, payloads: Sequence[bytes], offset: int, start: _Start
 ) -> _Recorder:
     options = [("grpc.use_local_subchannel_pool", 1)]
     channels = [
@@ -200,6 +200,7 @@ async def _run_client(
     try:
         for channel in channels:
             await asyncio.wait_for(channel.channel_ready(), timeout=spec.timeout)
+        start_at = await asyncio.to_thread(start.wait)
         begin_window = start_at + spec.warmup
         end_window = begin_window + spec.duration
         recorder = _Recorder(spec.interface, (begin_window, end_window))
@@ -319,10 +320,41 @@ async def _open_loop(
         await asyncio.wait(in_flight, timeout=spec.timeout)
 
 
+class _Start:
+    """The common start, given once every client is connected.
+
+    A start time fixed before the clients are spawned is missed on a busy machine:
+    spawning a client, which unpickles its share of the payloads, can take longer
+    than any fixed delay, and then the server's CPU window and the clients' windows
+    no longer cover the same load.
+    """
+
+    def __init__(self, ctx: Any) -> None:
+        self._connected = ctx.Semaphore(0)
+        self._at = ctx.Value("d", 0.0)
+        self._given = ctx.Event()
+
+    def wait(self) -> float:
+        """In a client: say it is connected, and wait for the start time."""
+        self._connected.release()
+        self._given.wait()
+        return float(self._at.value)
+
+    def give(self, clients: int, timeout: float) -> float:
+        """In the controller: once `clients` are connected, set the start time."""
+        deadline = time.monotonic() + timeout
+        for _ in range(clients):
+            if not self._connected.acquire(timeout=max(0.0, deadline - time.monotonic())):
+                raise TimeoutError("the load clients did not connect in time")
+        self._at.value = time.time() + START_DELAY
+        self._given.set()
+        return float(self._at.value)
+
+
 def _client_main(
-    spec: LoadSpec, payloads: Sequence[bytes], offset: int, start_at: float, out: Any
+    spec: LoadSpec, payloads: Sequence[bytes], offset: int, start: _Start, out: Any
 ) -> None:
-    recorder = asyncio.run(_run_client(spec, payloads, offset, start_at))
+    recorder = asyncio.run(_run_client(spec, payloads, offset, start))
     usage = resource.getrusage(resource.RUSAGE_SELF)
     out.put(
         {
@@ -359,25 +391,26 @@ def run_load(
     """Run the load in `spec.processes` spawned processes; merge what they measured."""
     ctx = multiprocessing.get_context("spawn")
     out = ctx.Queue()
-    start_at = time.time() + START_DELAY
+    start = _Start(ctx)
     share = max(1, len(payloads) // spec.processes)
     procs = [
         ctx.Process(
             target=_client_main,
-            args=(spec, payloads, i * share, start_at, out),
+            args=(spec, payloads, i * share, start, out),
             name=f"bench-load-{i}",
         )
         for i in range(spec.processes)
     ]
     for proc in procs:
         proc.start()
-    time.sleep(max(0.0, start_at + spec.warmup - time.time()))
-    cpu_window_start = cpu_seconds(server_pids)
-    time.sleep(max(0.0, start_at + spec.warmup + spec.duration - time.time()))
-    cpu_window_end = cpu_seconds(server_pids)
     parts = []
-    deadline = time.time() + spec.warmup + spec.duration + spec.timeout + 60
     try:
+        start_at = start.give(len(procs), timeout=spec.timeout + 120)
+        time.sleep(max(0.0, start_at + spec.warmup - time.time()))
+        cpu_window_start = cpu_seconds(server_pids)
+        time.sleep(max(0.0, start_at + spec.warmup + spec.duration - time.time()))
+        cpu_window_end = cpu_seconds(server_pids)
+        deadline = time.time() + spec.warmup + spec.duration + spec.timeout + 60
         for _ in procs:
             parts.append(out.get(timeout=max(1.0, deadline - time.time())))
     finally:

@@ -35,7 +35,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.x509 import ocsp
 
 from jpki_va.bench.dataset import DataSet
-from jpki_va.bench.suite import RunningVa, _check_request, _issuers, _kb_fields
+from jpki_va.bench.suite import RunningVa, _issuers, _kb_fields, check_request
 from jpki_va.client._ocsp import build_request
 from jpki_va.core.domain import CertKind, Role, Status, serial_from_bytes, serial_to_bytes
 from jpki_va.protos import crl_pb2, crl_pb2_grpc, signer_pb2, va_pb2, verifiers_pb2
@@ -148,7 +148,7 @@ def _pool(ds: DataSet, va: RunningVa, rng: random.Random, bound: float) -> tuple
     )
     base: dict[tuple[CertKind, int], Status] = {}
     for kind, serial in sample:
-        reply = status.Check(_check_request(kind, serial), timeout=10)
+        reply = status.Check(check_request(kind, serial), timeout=10)
         base[(kind, serial)] = Status(reply.status.status)
     spare = [s for (k, s), st in base.items() if k is CertKind.CARD_AUTH and st is Status.GOOD]
     return Truth(base, bound), spare
@@ -244,7 +244,7 @@ class _Soak:
             key = self.rng.choice(self.keys)
             began = time.monotonic()
             try:
-                reply = stub.Check(_check_request(*key), timeout=10)
+                reply = stub.Check(check_request(*key), timeout=10)
             except grpc.RpcError as exc:
                 self._error(f"Check {exc.code().name}")
                 return
@@ -264,7 +264,7 @@ class _Soak:
                     continue
                 batch = self.rng.sample(self.keys, self.settings.stream_batch)
                 sent.append((time.monotonic(), batch))
-                yield va_pb2.CheckBatchRequest(requests=[_check_request(*k) for k in batch])
+                yield va_pb2.CheckBatchRequest(requests=[check_request(*k) for k in batch])
 
         def once() -> None:
             sent: Sent = []
@@ -408,7 +408,7 @@ class _Soak:
                 self.verifier_changes.append((time.monotonic(), present[0]))
             began = time.monotonic()
             try:
-                stub.Check(_check_request(*key), timeout=10, metadata=metadata)
+                stub.Check(check_request(*key), timeout=10, metadata=metadata)
                 admitted = True
             except grpc.RpcError as exc:
                 if exc.code() is not grpc.StatusCode.PERMISSION_DENIED:

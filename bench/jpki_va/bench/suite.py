@@ -27,7 +27,7 @@ from typing import Any
 import grpc
 from cryptography import x509
 
-from jpki_va.bench import ceilings, peers
+from jpki_va.bench import ceilings, ladder, peers
 from jpki_va.bench.datagen import BENCH_VERIFIER
 from jpki_va.bench.dataset import DataSet
 from jpki_va.bench.fleet_step import SuiteParts, fleet_figures
@@ -59,7 +59,10 @@ log = logging.getLogger(__name__)
 FORMAT = "jpki-va-bench-results/1"
 
 
-STEPS = ("ingest", "grpc", "store", "http", "freshness", "fleet")
+#: Every step `bench all --steps` knows; `ladder` is not in the default run (it takes
+#: a few minutes more and is for finding where a path's time goes).
+STEPS = ("ingest", "grpc", "store", "http", "freshness", "fleet", "ladder")
+DEFAULT_STEPS = tuple(step for step in STEPS if step != "ladder")
 
 
 @dataclass(frozen=True)
@@ -78,7 +81,8 @@ class SuiteSettings:
     store_seconds: float = 2.0
     freshness_samples: int = 3
     delta_losses: int = 1000
-    steps: tuple[str, ...] = STEPS
+    steps: tuple[str, ...] = DEFAULT_STEPS
+    ladder_duration: float = 3.0  # seconds per rung and interface (bench/ladder.py)
     freshness_timeout: float = 900.0
     # The fleet step (fleet_step.py): replicas behind Envoy, losses timed on each,
     # seconds of load around the SIGKILL of one replica.
@@ -219,7 +223,7 @@ class RunningVa:
         status = self.status_stub()
         while True:
             try:
-                status.Check(_check_request(CertKind.CARD_SIGN, 1), timeout=2)
+                status.Check(check_request(CertKind.CARD_SIGN, 1), timeout=2)
                 break
             except grpc.RpcError:
                 if time.perf_counter() - began > 120:
@@ -253,7 +257,7 @@ class RunningVa:
         self.signer.stop()
 
 
-def _check_request(kind: CertKind, serial: int) -> va_pb2.CheckRequest:
+def check_request(kind: CertKind, serial: int) -> va_pb2.CheckRequest:
     return va_pb2.CheckRequest(
         cert=va_pb2.CertRef(
             kind_serial=va_pb2.KindSerial(
@@ -313,7 +317,7 @@ def _canned(va: RunningVa, ds: DataSet) -> tuple[bytes, bytes]:
     """A real GOOD answer and a real OCSP response from jpki-va, for the trivial server."""
     pool = ds.pool()
     kind, serial = pool.good[0]
-    reply = va.status_stub().Check(_check_request(kind, serial), timeout=10)
+    reply = va.status_stub().Check(check_request(kind, serial), timeout=10)
     payload = build_payloads("ocsp", pool, Mix(good=1, revoked=0, unknown=0), _issuers(ds), count=1)
     der = va.status_stub().Ocsp(va_pb2.OcspRequest.FromString(payload[0]), timeout=10).der
     return reply.SerializeToString(), der
@@ -355,6 +359,64 @@ def grpc_figures(
     finally:
         trivial.stop()
     return out
+
+
+def ladder_figures(
+    ds: DataSet, va: RunningVa, settings: SuiteSettings, progress: Callable[[str], None]
+) -> dict[str, Any]:
+    """Each interface's rate and worker CPU per item on every rung (bench/ladder.py).
+
+    Rung by rung, with the same payloads and client for all; the top rung is the
+    running responder. Per interface, each rung's ratio to the trivial rung.
+    """
+    pool = ds.pool()
+    issuers = _issuers(ds)
+    check, ocsp_der = _canned(va, ds)
+    payloads = {
+        interface: build_payloads(
+            interface,
+            pool,
+            settings.mix,
+            issuers,
+            batch=settings.batch,
+            count=2_000 if interface == "stream" else 20_000,
+        )
+        for interface in INTERFACES
+    }
+    timed = replace(settings, duration=settings.ladder_duration)
+    spec = ladder.RungSpec(str(ds.responder_dir / "index"), BENCH_VERIFIER, settings.grpc_threads)
+    rows: dict[str, list[dict[str, Any]]] = {interface: [] for interface in INTERFACES}
+
+    def measure(name: str, target: str, pids: list[int]) -> None:
+        for interface in INTERFACES:
+            progress(f"ladder {interface} -> {name}")
+            result = run_load(
+                f"{name} {interface}",
+                _spec(timed, target, interface),
+                payloads[interface],
+                server_pids=pids,
+            ).to_json()
+            rows[interface].append(
+                {
+                    "rung": name,
+                    "rate": result["rate"],
+                    "cpu_us_per_item": result.get("server_cpu_us_per_item"),
+                    "errors": result["error_count"],
+                }
+            )
+
+    for name in ladder.RUNGS:
+        rung = ladder.start_rung(name, settings.workers, spec, check, ocsp_der)
+        try:
+            measure(name, rung.target, rung.pids)
+        finally:
+            rung.stop()
+    measure(ladder.TOP, va.target, va.responder.worker_pids)
+    for interface_rows in rows.values():
+        base = interface_rows[0]["rate"] or None
+        for row in interface_rows:
+            row["ratio_to_trivial"] = round(row["rate"] / base, 3) if base else None
+    return rows
 
 
 def _spec(settings: SuiteSettings, target: str, interface: Interface) -> LoadSpec:
@@ -433,7 +495,7 @@ def _wait_status(
     began = time.perf_counter()
     while time.perf_counter() - began < timeout:
         try:
-            reply = stub.Check(_check_request(kind, serial), timeout=5)
+            reply = stub.Check(check_request(kind, serial), timeout=5)
             if Status(reply.status.status) is Status.REVOKED:
                 return time.perf_counter() - began
         except grpc.RpcError:
@@ -450,7 +512,7 @@ def _good_serials(
     for k, serial in ds.pool().good:
         if k is not kind:
             continue
-        if Status(stub.Check(_check_request(k, serial), timeout=5).status.status) is Status.GOOD:
+        if Status(stub.Check(check_request(k, serial), timeout=5).status.status) is Status.GOOD:
             out.append(serial)
             if len(out) == n:
                 break
@@ -489,7 +551,7 @@ def freshness(
         recorded = time.perf_counter() - began
         answered = _wait_status(status, kind, batch[-1], settings.freshness_timeout)
         first_ok = all(
-            Status(status.Check(_check_request(kind, s), timeout=5).status.status) is Status.REVOKED
+            Status(status.Check(check_request(kind, s), timeout=5).status.status) is Status.REVOKED
             for s in batch[:: max(1, len(batch) // 50)]
         )
         out["losses"] = {
@@ -601,7 +663,7 @@ def run_suite(
         say("store ceiling")
         results["store"] = store_figures(ds, settings)
     scratch = copy_index(ds) if "freshness" in settings.steps else None
-    needs_va = {"grpc", "http", "freshness", "fleet"} & set(settings.steps)
+    needs_va = {"grpc", "http", "freshness", "fleet", "ladder"} & set(settings.steps)
     if needs_va:
         say("start signer and responder")
         va = RunningVa(ds, settings.workers)
@@ -616,10 +678,12 @@ def run_suite(
                 results["http_ocsp"] = http_figures(ds, va, settings, say)
                 # The OCSP response cache fills under this load, not under gRPC's.
                 results["rss_after_http"] = rss(va.responder.worker_pids)
+            if "ladder" in settings.steps:
+                results["ladder"] = ladder_figures(ds, va, settings, say)
             if "freshness" in settings.steps:
                 results["freshness"] = freshness(ds, va, settings, say)
             if "fleet" in settings.steps:
-                parts = SuiteParts(_check_request, _good_serials, _issuers, _record_loss)
+                parts = SuiteParts(check_request, _good_serials, _issuers, _record_loss)
                 results["fleet"] = fleet_figures(ds, va, settings, say, parts)
         finally:
             va.close()

@@ -283,7 +283,9 @@ class Verifier:
     roles: frozenset[Role]
     cert_fingerprints: tuple[bytes, ...]
     agreement: str | None = None
-    agreement_date: str | None = None  # YYYY-MM-DD
+    agreement_date: str | None = None  # YYYY-MM-DD: concluded, and effective from
+    agreement_terms: str | None = None  # the agreed terms, or a reference to them
+    agreement_until: str | None = None  # YYYY-MM-DD: the last day in effect; None: open
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -292,6 +294,8 @@ class Verifier:
             "cert_fingerprints": [f.hex() for f in self.cert_fingerprints],
             "agreement": self.agreement,
             "agreement_date": self.agreement_date,
+            "agreement_terms": self.agreement_terms,
+            "agreement_until": self.agreement_until,
         }
 
     @classmethod
@@ -301,10 +305,13 @@ class Verifier:
         if not isinstance(roles, list) or not isinstance(prints, list):
             raise ValueError("verifier roles and cert_fingerprints must be lists")
         agreement, agreement_date = data.get("agreement"), data.get("agreement_date")
+        terms, until = data.get("agreement_terms"), data.get("agreement_until")
         return cls(
             id=str(data["id"]),
             roles=frozenset(Role[str(r)] for r in roles),
             cert_fingerprints=tuple(bytes.fromhex(str(f)) for f in prints),
             agreement=None if agreement is None else str(agreement),
             agreement_date=None if agreement_date is None else str(agreement_date),
+            agreement_terms=None if terms is None else str(terms),
+            agreement_until=None if until is None else str(until),
         )

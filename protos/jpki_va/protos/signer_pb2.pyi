@@ -778,8 +778,12 @@ class Consent(_message.Message):
     VERIFIER_FIELD_NUMBER: _builtins.int
     GRANTED_AT_FIELD_NUMBER: _builtins.int
     WITHDRAWN_AT_FIELD_NUMBER: _builtins.int
+    COVERS_FIELD_NUMBER: _builtins.int
+    SUCCESSORS_FIELD_NUMBER: _builtins.int
     verifier: _builtins.str
     """The verifier's id."""
+    successors: _builtins.bool
+    """It covers the holder's later signing certificates too ("and successors")."""
     @_builtins.property
     def granted_at(self) -> _timestamp_pb2.Timestamp:
         """When the consent was given."""
@@ -788,16 +792,24 @@ class Consent(_message.Message):
     def withdrawn_at(self) -> _timestamp_pb2.Timestamp:
         """When it was withdrawn; unset while in effect."""
 
+    @_builtins.property
+    def covers(self) -> _containers.RepeatedCompositeFieldContainer[_va_pb2.KindSerial]:
+        """The holder's signing certificates it covers: those in effect when it was given
+        (第18条第3項). A later certificate needs a new consent, unless successors.
+        """
+
     def __init__(
         self,
         *,
         verifier: _builtins.str = ...,
         granted_at: _timestamp_pb2.Timestamp | None = ...,
         withdrawn_at: _timestamp_pb2.Timestamp | None = ...,
+        covers: _abc.Iterable[_va_pb2.KindSerial] | None = ...,
+        successors: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["granted_at", b"granted_at", "withdrawn_at", b"withdrawn_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["granted_at", b"granted_at", "verifier", b"verifier", "withdrawn_at", b"withdrawn_at"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["covers", b"covers", "granted_at", b"granted_at", "successors", b"successors", "verifier", b"verifier", "withdrawn_at", b"withdrawn_at"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -812,22 +824,28 @@ class RecordConsentRequest(_message.Message):
     RESIDENT_CODE_FIELD_NUMBER: _builtins.int
     VERIFIER_FIELD_NUMBER: _builtins.int
     GRANT_FIELD_NUMBER: _builtins.int
+    SUCCESSORS_FIELD_NUMBER: _builtins.int
     resident_code: _builtins.str
     """The holder's resident code; unknown is NOT_FOUND."""
     verifier: _builtins.str
     """The verifier's id; an unregistered verifier is NOT_FOUND."""
     grant: _builtins.bool
     """True grants; false withdraws."""
+    successors: _builtins.bool
+    """Grant only: cover the holder's later signing certificates too, not only those in
+    effect now. Granting again replaces the scope.
+    """
     def __init__(
         self,
         *,
         resident_code: _builtins.str = ...,
         verifier: _builtins.str = ...,
         grant: _builtins.bool = ...,
+        successors: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["grant", b"grant", "resident_code", b"resident_code", "verifier", b"verifier"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["grant", b"grant", "resident_code", b"resident_code", "successors", b"successors", "verifier", b"verifier"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

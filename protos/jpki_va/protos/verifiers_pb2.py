@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ejpki_va/protos/verifiers.proto\x12\njpki.va.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x89\x01\n\x0cVerifierInfo\x12\n\n\x02id\x18\x01 \x01(\t\x12\'\n\x05roles\x18\x02 \x03(\x0e\x32\x18.jpki.va.v1.VerifierRole\x12\x19\n\x11\x63\x65rt_fingerprints\x18\x03 \x03(\x0c\x12\x11\n\tagreement\x18\x04 \x01(\t\x12\x16\n\x0e\x61greement_date\x18\x05 \x01(\t\"\xa5\x01\n\x12\x41\x64\x64VerifierRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\'\n\x05roles\x18\x02 \x03(\x0e\x32\x18.jpki.va.v1.VerifierRole\x12\x1e\n\x16\x63lient_certificate_der\x18\x03 \x03(\x0c\x12\x11\n\tagreement\x18\x04 \x01(\t\x12\x16\n\x0e\x61greement_date\x18\x05 \x01(\t\x12\x0f\n\x07replace\x18\x06 \x01(\x08\"A\n\x13\x41\x64\x64VerifierResponse\x12*\n\x08verifier\x18\x01 \x01(\x0b\x32\x18.jpki.va.v1.VerifierInfo\"#\n\x15RemoveVerifierRequest\x12\n\n\x02id\x18\x01 \x01(\t\"\x18\n\x16RemoveVerifierResponse\"\x16\n\x14ListVerifiersRequest\"D\n\x15ListVerifiersResponse\x12+\n\tverifiers\x18\x01 \x03(\x0b\x32\x18.jpki.va.v1.VerifierInfo\"\x1b\n\x19IssueVerifierTokenRequest\"Z\n\x1aIssueVerifierTokenResponse\x12\r\n\x05token\x18\x01 \x01(\t\x12-\n\tnot_after\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"*\n\x19\x43heckVerifierTokenRequest\x12\r\n\x05token\x18\x01 \x01(\t\"\xa8\x01\n\x1a\x43heckVerifierTokenResponse\x12\r\n\x05valid\x18\x01 \x01(\x08\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x13\n\x0bverifier_id\x18\x03 \x01(\t\x12\'\n\x05roles\x18\x04 \x03(\x0e\x32\x18.jpki.va.v1.VerifierRole\x12-\n\tnot_after\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp*\xc6\x01\n\x0cVerifierRole\x12\x1d\n\x19VERIFIER_ROLE_UNSPECIFIED\x10\x00\x12\"\n\x1eVERIFIER_ROLE_SIGNING_VERIFIER\x10\x01\x12(\n$VERIFIER_ROLE_GROUP_SIGNING_VERIFIER\x10\x02\x12\x1f\n\x1bVERIFIER_ROLE_AUTH_VERIFIER\x10\x03\x12(\n$VERIFIER_ROLE_SPECIFIC_AUTH_VERIFIER\x10\x04\x32{\n\x14VerifierTokenService\x12\x63\n\x12\x43heckVerifierToken\x12%.jpki.va.v1.CheckVerifierTokenRequest\x1a&.jpki.va.v1.CheckVerifierTokenResponseBN\n\rjp.jpki.va.v1B\x0eVerifiersProtoP\x01Z\x1ejpki-va/gen/go/jpki/va/v1;vav1\xaa\x02\nJpki.Va.V1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ejpki_va/protos/verifiers.proto\x12\njpki.va.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xbb\x01\n\x0cVerifierInfo\x12\n\n\x02id\x18\x01 \x01(\t\x12\'\n\x05roles\x18\x02 \x03(\x0e\x32\x18.jpki.va.v1.VerifierRole\x12\x19\n\x11\x63\x65rt_fingerprints\x18\x03 \x03(\x0c\x12\x11\n\tagreement\x18\x04 \x01(\t\x12\x16\n\x0e\x61greement_date\x18\x05 \x01(\t\x12\x17\n\x0f\x61greement_terms\x18\x06 \x01(\t\x12\x17\n\x0f\x61greement_until\x18\x07 \x01(\t\"\xd7\x01\n\x12\x41\x64\x64VerifierRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\'\n\x05roles\x18\x02 \x03(\x0e\x32\x18.jpki.va.v1.VerifierRole\x12\x1e\n\x16\x63lient_certificate_der\x18\x03 \x03(\x0c\x12\x11\n\tagreement\x18\x04 \x01(\t\x12\x16\n\x0e\x61greement_date\x18\x05 \x01(\t\x12\x0f\n\x07replace\x18\x06 \x01(\x08\x12\x17\n\x0f\x61greement_terms\x18\x07 \x01(\t\x12\x17\n\x0f\x61greement_until\x18\x08 \x01(\t\"A\n\x13\x41\x64\x64VerifierResponse\x12*\n\x08verifier\x18\x01 \x01(\x0b\x32\x18.jpki.va.v1.VerifierInfo\"#\n\x15RemoveVerifierRequest\x12\n\n\x02id\x18\x01 \x01(\t\"\x18\n\x16RemoveVerifierResponse\"\x16\n\x14ListVerifiersRequest\"D\n\x15ListVerifiersResponse\x12+\n\tverifiers\x18\x01 \x03(\x0b\x32\x18.jpki.va.v1.VerifierInfo\"\x1b\n\x19IssueVerifierTokenRequest\"Z\n\x1aIssueVerifierTokenResponse\x12\r\n\x05token\x18\x01 \x01(\t\x12-\n\tnot_after\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"*\n\x19\x43heckVerifierTokenRequest\x12\r\n\x05token\x18\x01 \x01(\t\"\xa8\x01\n\x1a\x43heckVerifierTokenResponse\x12\r\n\x05valid\x18\x01 \x01(\x08\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x13\n\x0bverifier_id\x18\x03 \x01(\t\x12\'\n\x05roles\x18\x04 \x03(\x0e\x32\x18.jpki.va.v1.VerifierRole\x12-\n\tnot_after\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp*\xc6\x01\n\x0cVerifierRole\x12\x1d\n\x19VERIFIER_ROLE_UNSPECIFIED\x10\x00\x12\"\n\x1eVERIFIER_ROLE_SIGNING_VERIFIER\x10\x01\x12(\n$VERIFIER_ROLE_GROUP_SIGNING_VERIFIER\x10\x02\x12\x1f\n\x1bVERIFIER_ROLE_AUTH_VERIFIER\x10\x03\x12(\n$VERIFIER_ROLE_SPECIFIC_AUTH_VERIFIER\x10\x04\x32{\n\x14VerifierTokenService\x12\x63\n\x12\x43heckVerifierToken\x12%.jpki.va.v1.CheckVerifierTokenRequest\x1a&.jpki.va.v1.CheckVerifierTokenResponseBN\n\rjp.jpki.va.v1B\x0eVerifiersProtoP\x01Z\x1ejpki-va/gen/go/jpki/va/v1;vav1\xaa\x02\nJpki.Va.V1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,30 +33,30 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'jpki_va.protos.verifiers_pb
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'\n\rjp.jpki.va.v1B\016VerifiersProtoP\001Z\036jpki-va/gen/go/jpki/va/v1;vav1\252\002\nJpki.Va.V1'
-  _globals['_VERIFIERROLE']._serialized_start=948
-  _globals['_VERIFIERROLE']._serialized_end=1146
+  _globals['_VERIFIERROLE']._serialized_start=1048
+  _globals['_VERIFIERROLE']._serialized_end=1246
   _globals['_VERIFIERINFO']._serialized_start=80
-  _globals['_VERIFIERINFO']._serialized_end=217
-  _globals['_ADDVERIFIERREQUEST']._serialized_start=220
-  _globals['_ADDVERIFIERREQUEST']._serialized_end=385
-  _globals['_ADDVERIFIERRESPONSE']._serialized_start=387
-  _globals['_ADDVERIFIERRESPONSE']._serialized_end=452
-  _globals['_REMOVEVERIFIERREQUEST']._serialized_start=454
-  _globals['_REMOVEVERIFIERREQUEST']._serialized_end=489
-  _globals['_REMOVEVERIFIERRESPONSE']._serialized_start=491
-  _globals['_REMOVEVERIFIERRESPONSE']._serialized_end=515
-  _globals['_LISTVERIFIERSREQUEST']._serialized_start=517
-  _globals['_LISTVERIFIERSREQUEST']._serialized_end=539
-  _globals['_LISTVERIFIERSRESPONSE']._serialized_start=541
-  _globals['_LISTVERIFIERSRESPONSE']._serialized_end=609
-  _globals['_ISSUEVERIFIERTOKENREQUEST']._serialized_start=611
-  _globals['_ISSUEVERIFIERTOKENREQUEST']._serialized_end=638
-  _globals['_ISSUEVERIFIERTOKENRESPONSE']._serialized_start=640
-  _globals['_ISSUEVERIFIERTOKENRESPONSE']._serialized_end=730
-  _globals['_CHECKVERIFIERTOKENREQUEST']._serialized_start=732
-  _globals['_CHECKVERIFIERTOKENREQUEST']._serialized_end=774
-  _globals['_CHECKVERIFIERTOKENRESPONSE']._serialized_start=777
-  _globals['_CHECKVERIFIERTOKENRESPONSE']._serialized_end=945
-  _globals['_VERIFIERTOKENSERVICE']._serialized_start=1148
-  _globals['_VERIFIERTOKENSERVICE']._serialized_end=1271
+  _globals['_VERIFIERINFO']._serialized_end=267
+  _globals['_ADDVERIFIERREQUEST']._serialized_start=270
+  _globals['_ADDVERIFIERREQUEST']._serialized_end=485
+  _globals['_ADDVERIFIERRESPONSE']._serialized_start=487
+  _globals['_ADDVERIFIERRESPONSE']._serialized_end=552
+  _globals['_REMOVEVERIFIERREQUEST']._serialized_start=554
+  _globals['_REMOVEVERIFIERREQUEST']._serialized_end=589
+  _globals['_REMOVEVERIFIERRESPONSE']._serialized_start=591
+  _globals['_REMOVEVERIFIERRESPONSE']._serialized_end=615
+  _globals['_LISTVERIFIERSREQUEST']._serialized_start=617
+  _globals['_LISTVERIFIERSREQUEST']._serialized_end=639
+  _globals['_LISTVERIFIERSRESPONSE']._serialized_start=641
+  _globals['_LISTVERIFIERSRESPONSE']._serialized_end=709
+  _globals['_ISSUEVERIFIERTOKENREQUEST']._serialized_start=711
+  _globals['_ISSUEVERIFIERTOKENREQUEST']._serialized_end=738
+  _globals['_ISSUEVERIFIERTOKENRESPONSE']._serialized_start=740
+  _globals['_ISSUEVERIFIERTOKENRESPONSE']._serialized_end=830
+  _globals['_CHECKVERIFIERTOKENREQUEST']._serialized_start=832
+  _globals['_CHECKVERIFIERTOKENREQUEST']._serialized_end=874
+  _globals['_CHECKVERIFIERTOKENRESPONSE']._serialized_start=877
+  _globals['_CHECKVERIFIERTOKENRESPONSE']._serialized_end=1045
+  _globals['_VERIFIERTOKENSERVICE']._serialized_start=1248
+  _globals['_VERIFIERTOKENSERVICE']._serialized_end=1371
 # @@protoc_insertion_point(module_scope)

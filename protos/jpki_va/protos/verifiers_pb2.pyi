@@ -69,12 +69,20 @@ class VerifierInfo(_message.Message):
     CERT_FINGERPRINTS_FIELD_NUMBER: _builtins.int
     AGREEMENT_FIELD_NUMBER: _builtins.int
     AGREEMENT_DATE_FIELD_NUMBER: _builtins.int
+    AGREEMENT_TERMS_FIELD_NUMBER: _builtins.int
+    AGREEMENT_UNTIL_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """The verifier's id, unique in the registry (ASCII, chosen by the operator)."""
     agreement: _builtins.str
     """Reference of the agreement (取決め, 第38条の3第3項); empty: none."""
     agreement_date: _builtins.str
-    """The agreement's date, YYYY-MM-DD; empty without an agreement."""
+    """The agreement's date, YYYY-MM-DD; empty without an agreement. Also the first
+    day of its effective period.
+    """
+    agreement_terms: _builtins.str
+    """The agreed terms (第38条の3第3項の事項), as text or a reference to the document."""
+    agreement_until: _builtins.str
+    """The last day of the agreement's effective period, YYYY-MM-DD; empty: open-ended."""
     @_builtins.property
     def roles(self) -> _containers.RepeatedScalarFieldContainer[Global___VerifierRole.ValueType]:
         """Its roles; at least one."""
@@ -93,10 +101,12 @@ class VerifierInfo(_message.Message):
         cert_fingerprints: _abc.Iterable[_builtins.bytes] | None = ...,
         agreement: _builtins.str = ...,
         agreement_date: _builtins.str = ...,
+        agreement_terms: _builtins.str = ...,
+        agreement_until: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agreement", b"agreement", "agreement_date", b"agreement_date", "cert_fingerprints", b"cert_fingerprints", "id", b"id", "roles", b"roles"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agreement", b"agreement", "agreement_date", b"agreement_date", "agreement_terms", b"agreement_terms", "agreement_until", b"agreement_until", "cert_fingerprints", b"cert_fingerprints", "id", b"id", "roles", b"roles"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -114,15 +124,23 @@ class AddVerifierRequest(_message.Message):
     AGREEMENT_FIELD_NUMBER: _builtins.int
     AGREEMENT_DATE_FIELD_NUMBER: _builtins.int
     REPLACE_FIELD_NUMBER: _builtins.int
+    AGREEMENT_TERMS_FIELD_NUMBER: _builtins.int
+    AGREEMENT_UNTIL_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """The verifier's id; required."""
     agreement: _builtins.str
     """Reference of the agreement (取決め); required for a specific auth verifier."""
     agreement_date: _builtins.str
-    """The agreement's date, YYYY-MM-DD."""
+    """The agreement's date, YYYY-MM-DD: the first day of its effective period."""
     replace: _builtins.bool
     """Replace an existing verifier of this id; false and the id exists is
     FAILED_PRECONDITION.
+    """
+    agreement_terms: _builtins.str
+    """The agreed terms (第38条の3第3項の事項), as text or a reference to the document."""
+    agreement_until: _builtins.str
+    """The last day of the agreement's effective period, YYYY-MM-DD; empty: open-ended.
+    A verifier token is refused outside the period.
     """
     @_builtins.property
     def roles(self) -> _containers.RepeatedScalarFieldContainer[Global___VerifierRole.ValueType]:
@@ -143,10 +161,12 @@ class AddVerifierRequest(_message.Message):
         agreement: _builtins.str = ...,
         agreement_date: _builtins.str = ...,
         replace: _builtins.bool = ...,
+        agreement_terms: _builtins.str = ...,
+        agreement_until: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agreement", b"agreement", "agreement_date", b"agreement_date", "client_certificate_der", b"client_certificate_der", "id", b"id", "replace", b"replace", "roles", b"roles"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agreement", b"agreement", "agreement_date", b"agreement_date", "agreement_terms", b"agreement_terms", "agreement_until", b"agreement_until", "client_certificate_der", b"client_certificate_der", "id", b"id", "replace", b"replace", "roles", b"roles"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -23,7 +23,7 @@ import pytest
 import yaml
 
 from jpki_va.bench.fleet import envoy_binary
-from jpki_va.server.app.config import ResponderConfig, SignerConfig, merge
+from jpki_va.server.app.config import ResponderConfig, SignerConfig, check_store_url, merge
 from jpki_va.server.app.responder_app import ROTATION_HEALTH
 from jpki_va.server.cmd.main import build_parser
 from tests.support import REPO
@@ -203,6 +203,28 @@ def test_role_settings_are_real_settings_and_name_mounted_files(
         if k in settings
     }
     assert listening == ports == {p["containerPort"] for p in container["ports"]}
+
+
+def test_both_roles_share_one_object_store(rendered: Any) -> None:
+    """The signer publishes where the responders read; endpoint and CA from environment."""
+    _, _, objects = rendered
+    signer = _settings(objects, "jpki-va-signer-config", "signer.toml")
+    responder = _settings(objects, "jpki-va-responder-config", "responder.toml")
+    assert signer["store"] == responder["store"]
+    assert check_store_url(signer["store"])[0] == "s3"
+    assert "snapshot_dir" not in responder
+    store = _one(objects, "ConfigMap", "jpki-va-store")["data"]
+    assert store["AWS_ENDPOINT_URL"].startswith("https://")  # TLS to the store
+    for kind, prefix, role in (
+        ("StatefulSet", "jpki-va-signer", "signer"),
+        ("Deployment", "jpki-va-responder", "responder"),
+    ):
+        sources = _container(_one(objects, kind, prefix), role)["envFrom"]
+        assert {"name": store_name(objects)} in [s.get("configMapRef") for s in sources]
+
+
+def store_name(objects: dict[tuple[str, str], Any]) -> str:
+    return str(_one(objects, "ConfigMap", "jpki-va-store")["metadata"]["name"])
 
 
 def test_the_balancer_config_is_envoys_and_targets_the_ready_replicas(

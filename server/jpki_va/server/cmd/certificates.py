@@ -66,41 +66,7 @@ def add_certificate_commands(registry: SubParsers) -> None:
     issue.add_argument("--out", required=True, metavar="FILE", help="write the certificate (PEM)")
     _finish(issue, _issue)
 
-    mobile = registry.add_parser(
-        "mobile-apply", help="a smartphone certificate in two steps (第16条の2, 第35条の2)"
-    )
-    steps = mobile.add_subparsers(dest="mobile_step", required=True, metavar="STEP")
-    begin = steps.add_parser(
-        "begin", help="the notice of the four basic items, signed with the CARD_SIGN key"
-    )
-    begin.add_argument(
-        "--kind", required=True, **slug_choice(CertKind, [k for k in CertKind if k.is_mobile])
-    )
-    begin.add_argument("--notice", required=True, metavar="FILE", help="the notice (UTF-8 text)")
-    begin.add_argument(
-        "--signature",
-        required=True,
-        metavar="FILE",
-        help="openssl dgst -sha256 -sign card-sign-key.pem -out FILE notice.txt",
-    )
-    begin.add_argument(
-        "--card-certificate",
-        required=True,
-        metavar="FILE",
-        help="the CARD_SIGN certificate (PEM or DER)",
-    )
-    _finish(begin, _mobile_begin)
-    complete = steps.add_parser(
-        "complete", help="the device's public key with its proof of possession (a CSR)"
-    )
-    complete.add_argument("--application", required=True, metavar="ID", help="from begin")
-    complete.add_argument(
-        "--csr", required=True, metavar="FILE", help="PKCS#10 of the device key (PEM or DER)"
-    )
-    complete.add_argument(
-        "--out", required=True, metavar="FILE", help="write the certificate (PEM)"
-    )
-    _finish(complete, _mobile_complete)
+    _add_mobile_apply(registry)
 
     lose = registry.add_parser(
         "lose", help="record a loss of effect (holder request, record error)"
@@ -143,11 +109,55 @@ def add_certificate_commands(registry: SubParsers) -> None:
     consent.add_argument("action", choices=["grant", "withdraw", "show"])
     consent.add_argument("--resident-code", required=True, metavar="CODE")
     consent.add_argument("--verifier", metavar="ID", help="required for grant and withdraw")
+    consent.add_argument(
+        "--and-successors",
+        action="store_true",
+        help="grant: cover the holder's later signing certificates too, not only those now",
+    )
     _finish(consent, _consent)
 
     publish = registry.add_parser("publish", help="publish a snapshot now")
     publish.add_argument("--full", action="store_true", help="a full snapshot, not a delta")
     _finish(publish, _publish)
+
+
+def _add_mobile_apply(registry: SubParsers) -> None:
+    """`registry mobile-apply begin|complete` (第16条の2, 第35条の2)."""
+    mobile = registry.add_parser(
+        "mobile-apply", help="a smartphone certificate in two steps (第16条の2, 第35条の2)"
+    )
+    steps = mobile.add_subparsers(dest="mobile_step", required=True, metavar="STEP")
+    begin = steps.add_parser(
+        "begin", help="the notice of the four basic items, signed with the CARD_SIGN key"
+    )
+    begin.add_argument(
+        "--kind", required=True, **slug_choice(CertKind, [k for k in CertKind if k.is_mobile])
+    )
+    begin.add_argument("--notice", required=True, metavar="FILE", help="the notice (UTF-8 text)")
+    begin.add_argument(
+        "--signature",
+        required=True,
+        metavar="FILE",
+        help="openssl dgst -sha256 -sign card-sign-key.pem -out FILE notice.txt",
+    )
+    begin.add_argument(
+        "--card-certificate",
+        required=True,
+        metavar="FILE",
+        help="the CARD_SIGN certificate (PEM or DER)",
+    )
+    _finish(begin, _mobile_begin)
+    complete = steps.add_parser(
+        "complete", help="the device's public key with its proof of possession (a CSR)"
+    )
+    complete.add_argument("--application", required=True, metavar="ID", help="from begin")
+    complete.add_argument(
+        "--csr", required=True, metavar="FILE", help="PKCS#10 of the device key (PEM or DER)"
+    )
+    complete.add_argument(
+        "--out", required=True, metavar="FILE", help="write the certificate (PEM)"
+    )
+    _finish(complete, _mobile_complete)
 
 
 def _finish(parser: argparse.ArgumentParser, command: Command) -> None:
@@ -343,6 +353,7 @@ def _consent(args: argparse.Namespace, stub: Stub) -> dict[str, Any]:
             resident_code=args.resident_code,
             verifier=args.verifier,
             grant=args.action == "grant",
+            successors=args.and_successors,
         ),
         timeout=args.timeout,
     )
@@ -400,6 +411,11 @@ def _consent_json(consent: signer_pb2.Consent) -> dict[str, Any]:
         "granted_at": _time(consent.granted_at),
         "withdrawn_at": _time(consent.withdrawn_at) if consent.HasField("withdrawn_at") else None,
         "in_effect": not consent.HasField("withdrawn_at"),
+        "covers": [
+            f"{CertKind(c.kind).name} {serial_hex(int.from_bytes(c.serial, 'big'))}"
+            for c in consent.covers
+        ],
+        "successors": consent.successors,
     }
 
 
@@ -450,7 +466,8 @@ def _text(result: dict[str, Any]) -> str:
 
 def _consent_text(c: dict[str, Any]) -> str:
     if c["in_effect"]:
-        return f"consent for {c['verifier']}: in effect since {c['granted_at']}"
+        scope = ", ".join(c["covers"]) + (" and successors" if c["successors"] else "")
+        return f"consent for {c['verifier']}: in effect since {c['granted_at']}, covers {scope}"
     return f"consent for {c['verifier']}: withdrawn at {c['withdrawn_at']}"
 
 

@@ -45,7 +45,15 @@ def add_verifier_commands(registry: SubParsers) -> None:
         help="repeatable: a verifier may hold several roles",
     )  # fmt: skip
     add.add_argument("--agreement", help="reference of the 取決め (第38条の3第3項)")
-    add.add_argument("--agreement-date", metavar="YYYY-MM-DD", help="date of the agreement")
+    add.add_argument(
+        "--agreement-date", metavar="YYYY-MM-DD", help="date of the agreement: effective from"
+    )
+    add.add_argument(
+        "--agreement-terms", metavar="TEXT", help="the agreed terms, or their reference"
+    )
+    add.add_argument(
+        "--agreement-until", metavar="YYYY-MM-DD", help="last day the agreement is in effect"
+    )
     add.add_argument("--replace", action="store_true", help="replace an existing verifier")
     add_signer_connection(add)
     add.set_defaults(func=rpc_errors(run_add))
@@ -100,6 +108,8 @@ def _info_json(info: verifiers_pb2.VerifierInfo) -> dict[str, object]:
         "cert_fingerprints": [f.hex() for f in info.cert_fingerprints],
         "agreement": info.agreement or None,
         "agreement_date": info.agreement_date or None,
+        "agreement_terms": info.agreement_terms or None,
+        "agreement_until": info.agreement_until or None,
     }
 
 
@@ -110,6 +120,8 @@ def run_add(args: argparse.Namespace) -> int:
         client_certificate_der=[_certificate_der(p) for p in args.cert],
         agreement=args.agreement or "",
         agreement_date=args.agreement_date or "",
+        agreement_terms=args.agreement_terms or "",
+        agreement_until=args.agreement_until or "",
         replace=args.replace,
     )
     with signer_channel(args) as channel:

@@ -46,6 +46,10 @@ class Consent:
     verifier: str
     granted_at: datetime
     withdrawn_at: datetime | None
+    # The signing certificates it covers (law/consent_scope.py), and whether it
+    # extends to the holder's later ones.
+    covers: tuple[tuple[CertKind, int], ...] = ()
+    successors: bool = True
 
     @property
     def in_effect(self) -> bool:

@@ -505,6 +505,9 @@ class RegistryTxn:
             verifier,
             datetime.fromisoformat(data["granted_at"]),
             None if withdrawn is None else datetime.fromisoformat(withdrawn),
+            tuple((CertKind[k], int(s)) for k, s in data.get("covers", [])),
+            # Recorded before scopes: it covered every signing certificate then.
+            bool(data.get("successors", True)),
         )
 
     def consents(self, resident_code: str | None = None) -> Iterator[Consent]:
@@ -527,6 +530,8 @@ class RegistryTxn:
             "withdrawn_at": None
             if consent.withdrawn_at is None
             else consent.withdrawn_at.isoformat(),
+            "covers": [[k.name, s] for k, s in consent.covers],
+            "successors": consent.successors,
         }
         self._txn.put(
             self._consent_key(consent.resident_code, consent.verifier),

@@ -16,6 +16,7 @@ from jpki_va.core.clock import Clock
 from jpki_va.core.domain import CertKind, LinkType, Provision, Verifier
 from jpki_va.server.law import mapping as rule
 from jpki_va.server.law.entitlements import NotEntitled, check_entitled, status_provision
+from jpki_va.server.ledger.provisions import Disclosure
 from jpki_va.server.responder.index_reader import Index
 from jpki_va.server.responder.status import Answer, IndexHolder, StatusSource
 
@@ -41,6 +42,8 @@ class MappingAnswer:
     certificates: tuple[Mapped, ...]
     sequence: int
     counts: Counter[Provision] = field(default_factory=Counter)  # what to record (第41条)
+    # A serial mapping identifies a person: each one given goes to the audit trail too.
+    disclosures: tuple[Disclosure, ...] = ()
 
 
 class Mapper:
@@ -81,6 +84,7 @@ class Mapper:
         now = self._clock.now()
         found: list[Mapped] = []
         counts: Counter[Provision] = Counter()
+        disclosures: list[Disclosure] = []
         for target in wanted:
             link_type = rule.mapping_type(kind, target)
             keys = (
@@ -97,10 +101,15 @@ class Mapper:
             if kept:
                 # The statuses that come with the serials are status provisions too.
                 check_entitled(verifier, status_provision(target))
-                counts[rule.counted_as(kind, target)] += 1
+                counted = rule.counted_as(kind, target)
+                counts[counted] += 1
                 counts[status_provision(target)] += len(kept)
+                given = ",".join(f"{target.name}:{m.answer.serial:X}" for m in kept)
+                disclosures.append(
+                    Disclosure(now, verifier.id, counted, f"{kind.name}:{serial:X}", given)
+                )
             found.extend(kept)
-        return MappingAnswer(tuple(found), index.sequence, counts)
+        return MappingAnswer(tuple(found), index.sequence, counts, tuple(disclosures))
 
 
 def _walk(start: Key, follow: Callable[[Key], list[Key]]) -> list[Key]:

@@ -36,7 +36,7 @@ class MappingServicer(mapping_pb2_grpc.MappingServiceServicer):
                 raise BadRequest(f"unknown certificate kind {request.to}") from None
         verifier = self._gate.identify(self._caller(context))
         answer = self._mapper.map(verifier, kind, serial, to)
-        self._gate.provided(verifier, answer.counts)
+        self._gate.provided(verifier, answer.counts, answer.disclosures)
         return mapping_pb2.MapResponse(
             certificates=[
                 mapping_pb2.MappedCertificate(

@@ -49,7 +49,15 @@ def publishing_to_pb(state: PublishState) -> signer_pb2.Publishing:
 
 
 def consent_to_pb(consent: Consent) -> signer_pb2.Consent:
-    out = signer_pb2.Consent(verifier=consent.verifier, granted_at=timestamp(consent.granted_at))
+    out = signer_pb2.Consent(
+        verifier=consent.verifier,
+        granted_at=timestamp(consent.granted_at),
+        covers=[
+            va_pb2.KindSerial(kind=int(k), serial=serial_to_bytes(s))  # type: ignore[arg-type]
+            for k, s in consent.covers
+        ],
+        successors=consent.successors,
+    )
     if consent.withdrawn_at is not None:
         out.withdrawn_at.CopyFrom(timestamp(consent.withdrawn_at))
     return out
@@ -91,6 +99,8 @@ def verifier_to_pb(verifier: Verifier) -> verifiers_pb2.VerifierInfo:
         cert_fingerprints=list(verifier.cert_fingerprints),
         agreement=verifier.agreement or "",
         agreement_date=verifier.agreement_date or "",
+        agreement_terms=verifier.agreement_terms or "",
+        agreement_until=verifier.agreement_until or "",
     )
 
 
@@ -284,7 +294,9 @@ class SignerServicer(signer_pb2_grpc.SignerServiceServicer):
     ) -> signer_pb2.RecordConsentResponse:
         self._operator(context)
         if request.grant:
-            consent = self._signer.grant_consent(request.resident_code, request.verifier)
+            consent = self._signer.grant_consent(
+                request.resident_code, request.verifier, successors=request.successors
+            )
         else:
             consent = self._signer.withdraw_consent(request.resident_code, request.verifier)
         return signer_pb2.RecordConsentResponse(consent=consent_to_pb(consent))
@@ -373,6 +385,8 @@ class SignerServicer(signer_pb2_grpc.SignerServiceServicer):
                 cert_fingerprints=_fingerprints(list(request.client_certificate_der)),
                 agreement=request.agreement or None,
                 agreement_date=request.agreement_date or None,
+                agreement_terms=request.agreement_terms or None,
+                agreement_until=request.agreement_until or None,
             ),
             replace=request.replace,
         )

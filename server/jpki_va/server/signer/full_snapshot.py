@@ -31,9 +31,10 @@ from jpki_va.core.domain import (
     parse_record_key,
     record_key,
 )
+from jpki_va.server.law.consent_scope import covers
 from jpki_va.server.law.correspondence import LinkSubject, holder_links
 from jpki_va.server.law.retention import RetentionPolicy, loss_kept
-from jpki_va.server.model.registry_values import IssuerRecord, LossEvent
+from jpki_va.server.model.registry_values import Consent, IssuerRecord, LossEvent
 from jpki_va.server.pki.crl_profile import CrlEntry
 from jpki_va.server.registry.codec import CertificateHead
 from jpki_va.server.registry.transactions import RegistryTxn
@@ -181,14 +182,16 @@ class FullContent:
 
     def signing_records_and_consents(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         """Signing records (by serial) and consent lines (by record) of consenting holders."""
-        consenting: dict[str, list[str]] = defaultdict(list)
+        consenting: dict[str, list[Consent]] = defaultdict(list)
         for consent in self._tx.consents():
             if consent.in_effect:
-                consenting[consent.resident_code].append(consent.verifier)
+                consenting[consent.resident_code].append(consent)
         chosen = []
-        for code, verifiers in consenting.items():
+        for code, given in consenting.items():
             for record in self._tx.holder_certificates(code):
-                if record.kind.is_signing and self._retention.issuance_retained(
+                # Only the certificates each consent covers (第18条第3項).
+                verifiers = [c.verifier for c in given if covers(c, record)]
+                if verifiers and self._retention.issuance_retained(
                     record.kind, record.not_before, self._now_dt
                 ):
                     chosen.append((record.key, record, verifiers))

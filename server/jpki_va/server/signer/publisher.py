@@ -32,6 +32,7 @@ from jpki_va.core.domain import CertKind, Link, LinkType, Verifier
 from jpki_va.server.base.faults import fault_point
 from jpki_va.server.base.private_files import private_dir
 from jpki_va.server.base.progress import Progress
+from jpki_va.server.law.consent_scope import covers
 from jpki_va.server.law.correspondence import holder_links
 from jpki_va.server.law.issuer_compromise import Compromise, Generation, announcement
 from jpki_va.server.law.retention import RetentionPolicy
@@ -524,17 +525,22 @@ class Publisher:
         changes: dict[tuple[str, str], ConsentChange] = {}
         for change in tx.consent_changes_since(state.consent_sequence):
             changes[(change.resident_code, change.verifier)] = change  # the last one counts
-        for (code, verifier), change in changes.items():
+        for code, verifier in changes:
+            # The consent as it stands: what it covers is given, everything else taken
+            # back (a withdrawal, or a new grant with another scope), in this delta.
+            consent = tx.consent(code, verifier)
             for rec in tx.holder_certificates(code):
-                if rec.kind.is_signing:
-                    if change.granted:
-                        content.signing_records[rec.serial] = signing_record_line(rec)
-                    content.consents.append(consent_line(rec, verifier, change.granted))
+                if not rec.kind.is_signing:
+                    continue
+                granted = consent is not None and covers(consent, rec)
+                if granted:
+                    content.signing_records[rec.serial] = signing_record_line(rec)
+                content.consents.append(consent_line(rec, verifier, granted))
         for rec in new_records:
             if not rec.kind.is_signing:
                 continue
             for consent in tx.consents(rec.resident_code):
-                if consent.in_effect and (rec.resident_code, consent.verifier) not in changes:
+                if covers(consent, rec) and (rec.resident_code, consent.verifier) not in changes:
                     content.signing_records[rec.serial] = signing_record_line(rec)
                     content.consents.append(consent_line(rec, consent.verifier, True))
 

@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from jpki_va import hsm
 from jpki_va.core.clock import Clock
 from jpki_va.core.domain import CertKind, CrlReason, Loss, LossCause
+from jpki_va.server.law.consent_scope import scope_at_grant
 from jpki_va.server.law.errors import Refused
 from jpki_va.server.law.holder_notice import record_notice
 from jpki_va.server.law.issuer_compromise import Compromise, CompromiseNature
@@ -562,13 +563,19 @@ class Signer:
         return CompromiseResult(compromise, issuer, count)
 
     # consent to signing records (第18条第3項) ----------------------------------------------
-    def grant_consent(self, resident_code: str, verifier: str) -> Consent:
-        return self._set_consent(resident_code, verifier, grant=True)
+    def grant_consent(
+        self, resident_code: str, verifier: str, *, successors: bool = False
+    ) -> Consent:
+        """Consent covering the holder's signing certificates in effect now, and with
+        `successors` their later ones too (law/consent_scope.py)."""
+        return self._set_consent(resident_code, verifier, grant=True, successors=successors)
 
     def withdraw_consent(self, resident_code: str, verifier: str) -> Consent:
         return self._set_consent(resident_code, verifier, grant=False)
 
-    def _set_consent(self, resident_code: str, verifier: str, *, grant: bool) -> Consent:
+    def _set_consent(
+        self, resident_code: str, verifier: str, *, grant: bool, successors: bool = False
+    ) -> Consent:
         check_resident_code(resident_code)
         check_verifier(verifier)
         now = self._clock.now()
@@ -585,15 +592,24 @@ class Signer:
                 )
             current = tx.consent(resident_code, verifier)
             if grant:
-                if current is not None and current.in_effect:
+                try:
+                    covered = scope_at_grant(tx.holder_certificates(resident_code), now)
+                except Refused as exc:
+                    raise PreconditionFailed(str(exc)) from None
+                if (
+                    current is not None
+                    and current.in_effect
+                    and (current.covers, current.successors) == (covered, successors)
+                ):
                     return current  # granting twice changes nothing
-                consent = Consent(resident_code, verifier, now, None)
+                # A new grant (a later certificate, or "and successors") replaces the scope.
+                consent = Consent(resident_code, verifier, now, None, covered, successors)
             else:
                 if current is None or not current.in_effect:
                     raise PreconditionFailed(
                         f"resident code {resident_code} has no consent in effect for {verifier}"
                     )
-                consent = Consent(resident_code, verifier, current.granted_at, now)
+                consent = replace(current, withdrawn_at=now)
             tx.set_consent(consent)
         log.info("consent for %s %s", verifier, "granted" if grant else "withdrawn")
         return consent

@@ -20,7 +20,7 @@ from jpki_va.core.verifier_token import issue_token
 from jpki_va.server.access.gate import Caller
 from jpki_va.server.law.errors import Refused
 from jpki_va.server.law.token_grant import check_token_request
-from jpki_va.server.ledger.provisions import Ledger
+from jpki_va.server.ledger.provisions import Ledger, local_day
 from jpki_va.server.registry.transactions import DuplicateVerifierCertificate, Registry
 from jpki_va.server.signer.authority import Authority
 from jpki_va.server.signer.service import Conflict, InvalidRequest, NotFound, PreconditionFailed
@@ -95,7 +95,7 @@ class VerifierRegistry:
         """A token for the calling verifier, given only at its own request (第38条の3)."""
         verifier = self._find(caller)
         try:
-            check_token_request(verifier)
+            check_token_request(verifier, local_day(self._clock.now()))
         except Refused as exc:
             raise PreconditionFailed(str(exc)) from None
         key, cert = self._authority.verifier_token_signer()
@@ -130,10 +130,17 @@ def _validate(verifier: Verifier) -> None:
             raise InvalidRequest("certificate fingerprints are SHA-256 (32 octets)")
     if Role.SPECIFIC_AUTH_VERIFIER not in verifier.roles and verifier.agreement:
         raise InvalidRequest("an agreement (取決め) is recorded only for a specific auth verifier")
-    if verifier.agreement_date is not None:
-        if not verifier.agreement:
-            raise InvalidRequest("an agreement date needs the agreement reference")
-        try:
-            date.fromisoformat(verifier.agreement_date)
-        except ValueError:
-            raise InvalidRequest("agreement date must be YYYY-MM-DD") from None
+    if not verifier.agreement and (
+        verifier.agreement_date or verifier.agreement_terms or verifier.agreement_until
+    ):
+        raise InvalidRequest("an agreement's date, terms or period need the agreement reference")
+    first = last = None
+    try:
+        if verifier.agreement_date is not None:
+            first = date.fromisoformat(verifier.agreement_date)
+        if verifier.agreement_until is not None:
+            last = date.fromisoformat(verifier.agreement_until)
+    except ValueError:
+        raise InvalidRequest("agreement dates must be YYYY-MM-DD") from None
+    if first is not None and last is not None and last < first:
+        raise InvalidRequest("the agreement ends before it begins")

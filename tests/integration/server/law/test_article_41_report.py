@@ -168,3 +168,20 @@ def test_article_41_published_report_is_signed_and_verifies_against_the_root(
         )  # fmt: skip
         assert refused.returncode != 0
     assert (out / "signer.pem").read_bytes().startswith(b"-----BEGIN CERTIFICATE")
+
+
+def test_article_18_4_mappings_go_to_the_audit_trail(
+    pki: Pki, provided: tuple[Issued, Issued]
+) -> None:
+    old, new = provided
+    today = datetime.now(JST).date().isoformat()
+    result = _report(
+        "audit", "--from", today, "--to", today, "--verifier", VERIFIER,
+        "--ledger", str(pki.responder.config.ledger_dir), "--format", "json",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    entries = [(e["provision"], e["subject"], e["detail"]) for e in json.loads(result.stdout)]
+    # A serial mapping identifies a person: who was told which serial of whom, and when.
+    assert ("RENEWAL_MAPPING", f"CARD_SIGN:{old.serial:X}", f"CARD_SIGN:{new.serial:X}") in (
+        entries
+    )

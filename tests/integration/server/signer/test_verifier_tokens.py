@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import subprocess
-from datetime import timedelta
+from datetime import date, timedelta
 from pathlib import Path
 
 import grpc
@@ -14,6 +14,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from jpki_va.client import InvalidVerifierToken, Role, verify_verifier_token
+from jpki_va.core.clock import JST
 from jpki_va.core.domain import Provision
 from jpki_va.protos import signer_pb2_grpc, va_pb2, verifiers_pb2, verifiers_pb2_grpc
 from jpki_va.server.app.config import SignerConfig, TlsFiles
@@ -227,3 +228,52 @@ def test_signer_over_mtls(pki: Pki, tmp_path: Path) -> None:
         for channel in channels:
             channel.close()
         app.stop()
+
+
+def test_article_38_3_agreement_terms_and_period(pki: Pki) -> None:
+    """The 取決め records its terms and effective period; no token outside the period."""
+    today = pki.clock.now().astimezone(JST).date()
+
+    def add(name: str, start: date, until: date) -> verifiers_pb2.AddVerifierResponse:
+        return pki.signer_stub.AddVerifier(
+            verifiers_pb2.AddVerifierRequest(
+                id=name,
+                roles=[int(Role.SPECIFIC_AUTH_VERIFIER)],  # type: ignore[list-item]
+                client_certificate_der=[
+                    throwaway_certificate(name).public_bytes(serialization.Encoding.DER)
+                ],
+                agreement=f"AG-{name}",
+                agreement_date=start.isoformat(),
+                agreement_terms="token use limited to account opening; terms v1",
+                agreement_until=until.isoformat(),
+            ),
+            timeout=30,
+        )
+
+    added = add("tok-in-period", today - timedelta(days=30), today + timedelta(days=30))
+    assert added.verifier.agreement_terms.startswith("token use limited")
+    assert added.verifier.agreement_until == (today + timedelta(days=30)).isoformat()
+    add("tok-ended", today - timedelta(days=60), today - timedelta(days=1))
+    add("tok-future", today + timedelta(days=1), today + timedelta(days=60))
+
+    def tokens() -> int:
+        year = Period.calendar_year(today.year)
+        return sum(
+            c.count
+            for c in pki.signer.ledger.counts(year.start, year.end)
+            if c.provision is Provision.VERIFIER_TOKEN
+        )
+
+    before = tokens()
+    for name, fragment in (("tok-ended", "ended on"), ("tok-future", "takes effect on")):
+        with pytest.raises(grpc.RpcError) as info:
+            _request(pki, name)
+        assert info.value.code() is grpc.StatusCode.FAILED_PRECONDITION
+        assert fragment in (info.value.details() or "")
+    assert tokens() == before  # refused: nothing given, nothing counted
+    assert _request(pki, "tok-in-period").token
+    assert tokens() == before + 1
+    with pytest.raises(grpc.RpcError) as info:
+        add("tok-backwards", today, today - timedelta(days=1))
+    assert info.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert "ends before it begins" in (info.value.details() or "")

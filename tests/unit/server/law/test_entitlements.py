@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import date
 from itertools import combinations
 
 import pytest
@@ -88,10 +89,21 @@ def test_provision_of_each_kind_and_mapping() -> None:
             mapping_provision(a, b)
 
 
-def test_token_needs_the_role_and_an_agreement() -> None:
+def test_token_needs_the_role_and_an_agreement_in_effect() -> None:
     prints = (b"\0" * 32,)
-    check_token_request(Verifier("ok", frozenset({X}), prints, agreement="AG-1"))
+    today = date(2026, 6, 1)
+    check_token_request(Verifier("ok", frozenset({X}), prints, agreement="AG-1"), today)
     with pytest.raises(Refused, match="取決め"):
-        check_token_request(Verifier("no-agreement", frozenset({X}), prints))
+        check_token_request(Verifier("no-agreement", frozenset({X}), prints), today)
     with pytest.raises(NotEntitled, match="SPECIFIC_AUTH_VERIFIER"):
-        check_token_request(Verifier("auth", frozenset({A}), prints, agreement="AG-1"))
+        check_token_request(Verifier("auth", frozenset({A}), prints, agreement="AG-1"), today)
+    period = Verifier(
+        "p", frozenset({X}), prints, agreement="AG-2", agreement_date="2026-04-01",
+        agreement_terms="terms v1", agreement_until="2027-03-31",
+    )  # fmt: skip
+    check_token_request(period, date(2026, 4, 1))
+    check_token_request(period, date(2027, 3, 31))
+    with pytest.raises(Refused, match="takes effect on 2026-04-01"):
+        check_token_request(period, date(2026, 3, 31))
+    with pytest.raises(Refused, match="ended on 2027-03-31"):
+        check_token_request(period, date(2027, 4, 1))

@@ -27,6 +27,7 @@ import {
   crlReasonFromJSON,
   crlReasonToJSON,
   Issuer,
+  KindSerial,
   ListIssuersRequest,
   ListIssuersResponse,
   LossCause,
@@ -477,7 +478,16 @@ export interface Consent {
     | Date
     | undefined;
   /** When it was withdrawn; unset while in effect. */
-  withdrawnAt: Date | undefined;
+  withdrawnAt:
+    | Date
+    | undefined;
+  /**
+   * The holder's signing certificates it covers: those in effect when it was given
+   * (第18条第3項). A later certificate needs a new consent, unless successors.
+   */
+  covers: KindSerial[];
+  /** It covers the holder's later signing certificates too ("and successors"). */
+  successors: boolean;
 }
 
 /** Record a holder's consent, or its withdrawal. */
@@ -488,6 +498,11 @@ export interface RecordConsentRequest {
   verifier: string;
   /** True grants; false withdraws. */
   grant: boolean;
+  /**
+   * Grant only: cover the holder's later signing certificates too, not only those in
+   * effect now. Granting again replaces the scope.
+   */
+  successors: boolean;
 }
 
 /** The consent as recorded. */
@@ -2716,7 +2731,7 @@ export const RecordIssuerCompromiseResponse: MessageFns<RecordIssuerCompromiseRe
 };
 
 function createBaseConsent(): Consent {
-  return { verifier: "", grantedAt: undefined, withdrawnAt: undefined };
+  return { verifier: "", grantedAt: undefined, withdrawnAt: undefined, covers: [], successors: false };
 }
 
 export const Consent: MessageFns<Consent> = {
@@ -2729,6 +2744,12 @@ export const Consent: MessageFns<Consent> = {
     }
     if (message.withdrawnAt !== undefined) {
       Timestamp.encode(toTimestamp(message.withdrawnAt), writer.uint32(26).fork()).join();
+    }
+    for (const v of message.covers) {
+      KindSerial.encode(v!, writer.uint32(34).fork()).join();
+    }
+    if (message.successors !== false) {
+      writer.uint32(40).bool(message.successors);
     }
     return writer;
   },
@@ -2770,6 +2791,22 @@ export const Consent: MessageFns<Consent> = {
             message.withdrawnAt = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
             continue;
           }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.covers.push(KindSerial.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.successors = reader.bool();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -2795,6 +2832,8 @@ export const Consent: MessageFns<Consent> = {
         : isSet(object.withdrawn_at)
         ? fromJsonTimestamp(object.withdrawn_at)
         : undefined,
+      covers: globalThis.Array.isArray(object?.covers) ? object.covers.map((e: any) => KindSerial.fromJSON(e)) : [],
+      successors: isSet(object.successors) ? globalThis.Boolean(object.successors) : false,
     };
   },
 
@@ -2809,6 +2848,12 @@ export const Consent: MessageFns<Consent> = {
     if (message.withdrawnAt !== undefined) {
       obj.withdrawnAt = message.withdrawnAt.toISOString();
     }
+    if (message.covers?.length) {
+      obj.covers = message.covers.map((e) => KindSerial.toJSON(e));
+    }
+    if (message.successors !== false) {
+      obj.successors = message.successors;
+    }
     return obj;
   },
 
@@ -2820,12 +2865,14 @@ export const Consent: MessageFns<Consent> = {
     message.verifier = object.verifier ?? "";
     message.grantedAt = object.grantedAt ?? undefined;
     message.withdrawnAt = object.withdrawnAt ?? undefined;
+    message.covers = object.covers?.map((e) => KindSerial.fromPartial(e)) || [];
+    message.successors = object.successors ?? false;
     return message;
   },
 };
 
 function createBaseRecordConsentRequest(): RecordConsentRequest {
-  return { residentCode: "", verifier: "", grant: false };
+  return { residentCode: "", verifier: "", grant: false, successors: false };
 }
 
 export const RecordConsentRequest: MessageFns<RecordConsentRequest> = {
@@ -2838,6 +2885,9 @@ export const RecordConsentRequest: MessageFns<RecordConsentRequest> = {
     }
     if (message.grant !== false) {
       writer.uint32(24).bool(message.grant);
+    }
+    if (message.successors !== false) {
+      writer.uint32(32).bool(message.successors);
     }
     return writer;
   },
@@ -2879,6 +2929,14 @@ export const RecordConsentRequest: MessageFns<RecordConsentRequest> = {
             message.grant = reader.bool();
             continue;
           }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.successors = reader.bool();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -2900,6 +2958,7 @@ export const RecordConsentRequest: MessageFns<RecordConsentRequest> = {
         : "",
       verifier: isSet(object.verifier) ? globalThis.String(object.verifier) : "",
       grant: isSet(object.grant) ? globalThis.Boolean(object.grant) : false,
+      successors: isSet(object.successors) ? globalThis.Boolean(object.successors) : false,
     };
   },
 
@@ -2914,6 +2973,9 @@ export const RecordConsentRequest: MessageFns<RecordConsentRequest> = {
     if (message.grant !== false) {
       obj.grant = message.grant;
     }
+    if (message.successors !== false) {
+      obj.successors = message.successors;
+    }
     return obj;
   },
 
@@ -2925,6 +2987,7 @@ export const RecordConsentRequest: MessageFns<RecordConsentRequest> = {
     message.residentCode = object.residentCode ?? "";
     message.verifier = object.verifier ?? "";
     message.grant = object.grant ?? false;
+    message.successors = object.successors ?? false;
     return message;
   },
 };

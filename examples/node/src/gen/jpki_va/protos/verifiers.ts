@@ -102,8 +102,15 @@ export interface VerifierInfo {
   certFingerprints: Buffer[];
   /** Reference of the agreement (取決め, 第38条の3第3項); empty: none. */
   agreement: string;
-  /** The agreement's date, YYYY-MM-DD; empty without an agreement. */
+  /**
+   * The agreement's date, YYYY-MM-DD; empty without an agreement. Also the first
+   * day of its effective period.
+   */
   agreementDate: string;
+  /** The agreed terms (第38条の3第3項の事項), as text or a reference to the document. */
+  agreementTerms: string;
+  /** The last day of the agreement's effective period, YYYY-MM-DD; empty: open-ended. */
+  agreementUntil: string;
 }
 
 /** Register a verifier (operators only). */
@@ -119,13 +126,20 @@ export interface AddVerifierRequest {
   clientCertificateDer: Buffer[];
   /** Reference of the agreement (取決め); required for a specific auth verifier. */
   agreement: string;
-  /** The agreement's date, YYYY-MM-DD. */
+  /** The agreement's date, YYYY-MM-DD: the first day of its effective period. */
   agreementDate: string;
   /**
    * Replace an existing verifier of this id; false and the id exists is
    * FAILED_PRECONDITION.
    */
   replace: boolean;
+  /** The agreed terms (第38条の3第3項の事項), as text or a reference to the document. */
+  agreementTerms: string;
+  /**
+   * The last day of the agreement's effective period, YYYY-MM-DD; empty: open-ended.
+   * A verifier token is refused outside the period.
+   */
+  agreementUntil: string;
 }
 
 /** The verifier as registered. */
@@ -196,7 +210,15 @@ export interface CheckVerifierTokenResponse {
 }
 
 function createBaseVerifierInfo(): VerifierInfo {
-  return { id: "", roles: [], certFingerprints: [], agreement: "", agreementDate: "" };
+  return {
+    id: "",
+    roles: [],
+    certFingerprints: [],
+    agreement: "",
+    agreementDate: "",
+    agreementTerms: "",
+    agreementUntil: "",
+  };
 }
 
 export const VerifierInfo: MessageFns<VerifierInfo> = {
@@ -219,6 +241,12 @@ export const VerifierInfo: MessageFns<VerifierInfo> = {
     }
     if (message.agreementDate !== "") {
       writer.uint32(42).string(message.agreementDate);
+    }
+    if (message.agreementTerms !== "") {
+      writer.uint32(50).string(message.agreementTerms);
+    }
+    if (message.agreementUntil !== "") {
+      writer.uint32(58).string(message.agreementUntil);
     }
     return writer;
   },
@@ -286,6 +314,22 @@ export const VerifierInfo: MessageFns<VerifierInfo> = {
             message.agreementDate = reader.string();
             continue;
           }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            message.agreementTerms = reader.string();
+            continue;
+          }
+          case 7: {
+            if (tag !== 58) {
+              break;
+            }
+
+            message.agreementUntil = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -313,6 +357,16 @@ export const VerifierInfo: MessageFns<VerifierInfo> = {
         : isSet(object.agreement_date)
         ? globalThis.String(object.agreement_date)
         : "",
+      agreementTerms: isSet(object.agreementTerms)
+        ? globalThis.String(object.agreementTerms)
+        : isSet(object.agreement_terms)
+        ? globalThis.String(object.agreement_terms)
+        : "",
+      agreementUntil: isSet(object.agreementUntil)
+        ? globalThis.String(object.agreementUntil)
+        : isSet(object.agreement_until)
+        ? globalThis.String(object.agreement_until)
+        : "",
     };
   },
 
@@ -333,6 +387,12 @@ export const VerifierInfo: MessageFns<VerifierInfo> = {
     if (message.agreementDate !== "") {
       obj.agreementDate = message.agreementDate;
     }
+    if (message.agreementTerms !== "") {
+      obj.agreementTerms = message.agreementTerms;
+    }
+    if (message.agreementUntil !== "") {
+      obj.agreementUntil = message.agreementUntil;
+    }
     return obj;
   },
 
@@ -346,12 +406,23 @@ export const VerifierInfo: MessageFns<VerifierInfo> = {
     message.certFingerprints = object.certFingerprints?.map((e) => e) || [];
     message.agreement = object.agreement ?? "";
     message.agreementDate = object.agreementDate ?? "";
+    message.agreementTerms = object.agreementTerms ?? "";
+    message.agreementUntil = object.agreementUntil ?? "";
     return message;
   },
 };
 
 function createBaseAddVerifierRequest(): AddVerifierRequest {
-  return { id: "", roles: [], clientCertificateDer: [], agreement: "", agreementDate: "", replace: false };
+  return {
+    id: "",
+    roles: [],
+    clientCertificateDer: [],
+    agreement: "",
+    agreementDate: "",
+    replace: false,
+    agreementTerms: "",
+    agreementUntil: "",
+  };
 }
 
 export const AddVerifierRequest: MessageFns<AddVerifierRequest> = {
@@ -377,6 +448,12 @@ export const AddVerifierRequest: MessageFns<AddVerifierRequest> = {
     }
     if (message.replace !== false) {
       writer.uint32(48).bool(message.replace);
+    }
+    if (message.agreementTerms !== "") {
+      writer.uint32(58).string(message.agreementTerms);
+    }
+    if (message.agreementUntil !== "") {
+      writer.uint32(66).string(message.agreementUntil);
     }
     return writer;
   },
@@ -452,6 +529,22 @@ export const AddVerifierRequest: MessageFns<AddVerifierRequest> = {
             message.replace = reader.bool();
             continue;
           }
+          case 7: {
+            if (tag !== 58) {
+              break;
+            }
+
+            message.agreementTerms = reader.string();
+            continue;
+          }
+          case 8: {
+            if (tag !== 66) {
+              break;
+            }
+
+            message.agreementUntil = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -480,6 +573,16 @@ export const AddVerifierRequest: MessageFns<AddVerifierRequest> = {
         ? globalThis.String(object.agreement_date)
         : "",
       replace: isSet(object.replace) ? globalThis.Boolean(object.replace) : false,
+      agreementTerms: isSet(object.agreementTerms)
+        ? globalThis.String(object.agreementTerms)
+        : isSet(object.agreement_terms)
+        ? globalThis.String(object.agreement_terms)
+        : "",
+      agreementUntil: isSet(object.agreementUntil)
+        ? globalThis.String(object.agreementUntil)
+        : isSet(object.agreement_until)
+        ? globalThis.String(object.agreement_until)
+        : "",
     };
   },
 
@@ -503,6 +606,12 @@ export const AddVerifierRequest: MessageFns<AddVerifierRequest> = {
     if (message.replace !== false) {
       obj.replace = message.replace;
     }
+    if (message.agreementTerms !== "") {
+      obj.agreementTerms = message.agreementTerms;
+    }
+    if (message.agreementUntil !== "") {
+      obj.agreementUntil = message.agreementUntil;
+    }
     return obj;
   },
 
@@ -517,6 +626,8 @@ export const AddVerifierRequest: MessageFns<AddVerifierRequest> = {
     message.agreement = object.agreement ?? "";
     message.agreementDate = object.agreementDate ?? "";
     message.replace = object.replace ?? false;
+    message.agreementTerms = object.agreementTerms ?? "";
+    message.agreementUntil = object.agreementUntil ?? "";
     return message;
   },
 };
