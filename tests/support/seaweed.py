@@ -147,14 +147,12 @@ def _ports(count: int) -> list[int]:
     return sorted(ports)
 
 
-@contextmanager
-def seaweed_server(directory: Path) -> Iterator[Seaweed]:
-    """`weed server -s3` on 127.0.0.1, stopped (and its directory removed) at the end."""
-    directory.mkdir(parents=True, exist_ok=True)
-    ca = TlsCa(directory / "tls")
+class _PortTaken(Exception):
+    """A port picked free was taken by another process before weed bound it."""
+
+
+def _start(directory: Path, ca: TlsCa, config: Path) -> Seaweed:
     server_identity = ca.issue("seaweed-s3", server=True)
-    config = directory / "s3.json"
-    config.write_text(json.dumps(_identities()))
     master, master_grpc, volume, volume_grpc, filer, filer_grpc, s3, s3_grpc, https = _ports(9)
     log_file = directory / "weed.log"
     argv = [
@@ -168,28 +166,60 @@ def seaweed_server(directory: Path) -> Iterator[Seaweed]:
         "-s3.port.https", str(https), "-s3.cert.file", str(server_identity.cert),
         "-s3.key.file", str(server_identity.key), "-s3.config", str(config),
     ]  # fmt: skip
-    (directory / "data").mkdir(exist_ok=True)
+    shutil.rmtree(directory / "data", ignore_errors=True)
+    (directory / "data").mkdir()
     with log_file.open("wb") as log:
         process = subprocess.Popen(
             argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
         )
     server = Seaweed(process, directory, s3, https, ca.cert_file, log_file)
+    client = server.client()
+
+    def ready() -> bool:
+        if process.poll() is not None:
+            text = log_file.read_text()
+            if "address already in use" in text:
+                raise _PortTaken(text[-500:])
+            raise AssertionError(f"weed exited:\n{text[-3000:]}")
+        try:
+            client.list_buckets()
+        except Exception:
+            return False
+        return True
+
     try:
-        client = server.client()
-
-        def ready() -> bool:
-            if process.poll() is not None:
-                raise AssertionError(f"weed exited:\n{log_file.read_text()[-3000:]}")
-            try:
-                client.list_buckets()
-            except Exception:
-                return False
-            return True
-
         wait_for(ready, "SeaweedFS's S3 API", timeout=60)
-        yield server
-    finally:
+    except BaseException:
         server.stop()
+        raise
+    return server
+
+
+@contextmanager
+def seaweed_server(directory: Path) -> Iterator[Seaweed]:
+    """`weed server -s3` on 127.0.0.1, stopped (and its directory removed) at the end.
+
+    Nine ports are picked free and handed to weed, which takes no port 0: on a busy
+    machine another process may take one meanwhile, so a start that finds one taken
+    is tried again with others.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    ca = TlsCa(directory / "tls")
+    config = directory / "s3.json"
+    config.write_text(json.dumps(_identities()))
+    try:
+        for attempt in range(3):
+            try:
+                server = _start(directory, ca, config)
+                break
+            except _PortTaken:
+                if attempt == 2:
+                    raise
+        try:
+            yield server
+        finally:
+            server.stop()
+    finally:
         shutil.rmtree(directory, ignore_errors=True)
 
 

@@ -8,7 +8,8 @@ The default arc is 1.3.6.1.4.1.32473.1, under the private enterprise number that
 RFC 5612 reserves for documentation: right for a demo or a test, wrong for a
 deployment. An operator sets its own arc (in JPKI, J-LIS has one) in the
 environment variable JPKI_VA_OID_ARC of every process (signer, responder, CLI,
-verifier library). The arc is fixed for the life of a deployment: the loss cause
+verifier library); a value that is no such arc ends the process at start, with one
+line on stderr and exit code 2. The arc is fixed for the life of a deployment: the loss cause
 of every CRL entry ever signed is read back under it. So the signer writes it into
 every signed snapshot manifest and the responder refuses a snapshot made under
 another arc (`snapshot/verify.py`), and the signer refuses to start on a registry
@@ -25,8 +26,12 @@ Under the arc:
 from __future__ import annotations
 
 import os
+import sys
+from pathlib import Path
 
 from cryptography.x509.oid import ObjectIdentifier
+
+from jpki_va.core.cli import EXIT_USAGE, fail
 
 ENV_ARC = "JPKI_VA_OID_ARC"
 DEFAULT_ARC = "1.3.6.1.4.1.32473.1"
@@ -48,7 +53,17 @@ def valid_arc(text: str) -> str:
     return ".".join(parts)
 
 
-ARC = valid_arc(os.environ.get(ENV_ARC) or DEFAULT_ARC)
+def _arc_of_this_process() -> str:
+    try:
+        return valid_arc(os.environ.get(ENV_ARC) or DEFAULT_ARC)
+    except ValueError as exc:
+        # Read once, at import, by every process: a deployment set up wrong must not
+        # sign or read a single OID. One line and exit 2, not an import traceback.
+        fail(Path(sys.argv[0]).name or "jpki-va", str(exc))
+        raise SystemExit(EXIT_USAGE) from None
+
+
+ARC = _arc_of_this_process()
 
 OID_LOSS_CAUSE = ObjectIdentifier(f"{ARC}.1")
 OID_SNAPSHOT_SIGNING = ObjectIdentifier(f"{ARC}.2")

@@ -57,3 +57,18 @@ def test_the_operator_sets_the_arc_for_every_oid() -> None:
         [sys.executable, "-c", code], env=env, check=True, capture_output=True, text=True
     ).stdout.split()
     assert out == ["1.2.392.200149.8.1", "1.2.392.200149.8.10.2"]
+
+
+def test_a_bad_arc_in_the_environment_is_one_line_and_exit_2() -> None:
+    env = {**os.environ, oids.ENV_ARC: "2.25.236596762878449458762717213103481541297"}
+    result = subprocess.run(
+        [sys.executable, "-c", "import jpki_va.core.oids"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    (line,) = result.stderr.splitlines()
+    assert "every component of '2.25.236596762878449458762717213103481541297' must fit" in line

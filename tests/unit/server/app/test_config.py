@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -15,11 +16,10 @@ def _config(tmp_path: Path, **settings: Any) -> ResponderConfig:
     anchor = tmp_path / "root.pem"
     anchor.write_text("only its presence is checked here")
     return ResponderConfig(
-        snapshot_dir=tmp_path,
+        **{"snapshot_dir": tmp_path, **settings},
         state_dir=tmp_path,
         trust_anchors=(anchor,),
         insecure_loopback=True,
-        **settings,
     )
 
 
@@ -103,3 +103,26 @@ def test_plaintext_stays_on_loopback(
 ) -> None:
     with pytest.raises(ConfigError, match=message):
         _config(tmp_path, **settings)
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"store": "http://bucket/prefix"}, "expected s3://BUCKET[/PREFIX]"),
+        ({"store": "s3://"}, "expected s3://BUCKET[/PREFIX]"),
+        ({"store": "s3://key:secret@bucket"}, "no credentials or options in the URL"),
+        ({"store": "s3://bucket?region=x"}, "no credentials or options in the URL"),
+        ({"snapshot_dir": Path("snapshots"), "store": "s3://b/p"}, "a directory (--snapshots)"),
+        ({"store": None}, "a directory (--snapshots) or a --store"),
+    ],
+)
+def test_a_bad_store_is_refused_with_its_reason(
+    tmp_path: Path, settings: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        _config(tmp_path, **{"snapshot_dir": None, **settings})
+
+
+def test_a_store_alone_names_the_snapshots(tmp_path: Path) -> None:
+    config = _config(tmp_path, snapshot_dir=None, store="s3://jpki-va/fleet")
+    assert config.staging_dir == tmp_path / "staging"
