@@ -30,6 +30,34 @@ else:
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class _HolderRequest:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _HolderRequestEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_HolderRequest.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    HOLDER_REQUEST_UNSPECIFIED: _HolderRequest.ValueType  # 0
+    """Not a holder request, or not said (read as the application)."""
+    HOLDER_REQUEST_APPLICATION: _HolderRequest.ValueType  # 1
+    """失効の申請: the holder applied for the certificate to lose effect (第9条第1項 and
+    its twins).
+    """
+    HOLDER_REQUEST_NOTIFICATION: _HolderRequest.ValueType  # 2
+    """届出: the holder notified J-LIS (第10条第1項 and its twins)."""
+
+class HolderRequest(_HolderRequest, metaclass=_HolderRequestEnumTypeWrapper):
+    """What the holder's request was (第11条, 第16条の10, 第30条, 第35条の10 record which)."""
+
+HOLDER_REQUEST_UNSPECIFIED: HolderRequest.ValueType  # 0
+"""Not a holder request, or not said (read as the application)."""
+HOLDER_REQUEST_APPLICATION: HolderRequest.ValueType  # 1
+"""失効の申請: the holder applied for the certificate to lose effect (第9条第1項 and
+its twins).
+"""
+HOLDER_REQUEST_NOTIFICATION: HolderRequest.ValueType  # 2
+"""届出: the holder notified J-LIS (第10条第1項 and its twins)."""
+Global___HolderRequest: _TypeAlias = HolderRequest  # noqa: Y015
+
 class _ResidentEvent:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -512,6 +540,7 @@ class LossOfEffect(_message.Message):
     TRIGGER_SERIAL_FIELD_NUMBER: _builtins.int
     TRIGGER_CAUSE_FIELD_NUMBER: _builtins.int
     RECORDED_AT_FIELD_NUMBER: _builtins.int
+    HOLDER_REQUEST_FIELD_NUMBER: _builtins.int
     kind: _va_pb2.CertKind.ValueType
     """The certificate's kind."""
     serial: _builtins.bytes
@@ -528,6 +557,10 @@ class LossOfEffect(_message.Message):
     """CARD_CERT_LOST_EFFECT: that card certificate's serial; empty otherwise."""
     trigger_cause: _va_pb2.LossCause.ValueType
     """CARD_CERT_LOST_EFFECT: that card certificate's loss cause; unset otherwise."""
+    holder_request: Global___HolderRequest.ValueType
+    """HOLDER_REQUEST only: whether it was the holder's application (申請) or
+    notification (届出), as the record of 第11条 and its twins tells.
+    """
     @_builtins.property
     def time(self) -> _timestamp_pb2.Timestamp:
         """When it lost effect in law."""
@@ -548,10 +581,11 @@ class LossOfEffect(_message.Message):
         trigger_serial: _builtins.bytes = ...,
         trigger_cause: _va_pb2.LossCause.ValueType = ...,
         recorded_at: _timestamp_pb2.Timestamp | None = ...,
+        holder_request: Global___HolderRequest.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["recorded_at", b"recorded_at", "time", b"time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cause", b"cause", "kind", b"kind", "reason", b"reason", "recorded_at", b"recorded_at", "serial", b"serial", "time", b"time", "trigger_cause", b"trigger_cause", "trigger_kind", b"trigger_kind", "trigger_serial", b"trigger_serial"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cause", b"cause", "holder_request", b"holder_request", "kind", b"kind", "reason", b"reason", "recorded_at", b"recorded_at", "serial", b"serial", "time", b"time", "trigger_cause", b"trigger_cause", "trigger_kind", b"trigger_kind", "trigger_serial", b"trigger_serial"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -567,6 +601,7 @@ class RecordLossRequest(_message.Message):
     SERIAL_FIELD_NUMBER: _builtins.int
     CAUSE_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
+    HOLDER_REQUEST_FIELD_NUMBER: _builtins.int
     kind: _va_pb2.CertKind.ValueType
     """The certificate's kind; required."""
     serial: _builtins.bytes
@@ -575,6 +610,10 @@ class RecordLossRequest(_message.Message):
     """Why; required (unset is INVALID_ARGUMENT)."""
     reason: _va_pb2.CrlReason.ValueType
     """The RFC 5280 reason for the CRLs; unset: unspecified."""
+    holder_request: Global___HolderRequest.ValueType
+    """HOLDER_REQUEST only: the application (申請) or the notification (届出); unset is
+    the application. Set with another cause: INVALID_ARGUMENT.
+    """
     def __init__(
         self,
         *,
@@ -582,10 +621,11 @@ class RecordLossRequest(_message.Message):
         serial: _builtins.bytes = ...,
         cause: _va_pb2.LossCause.ValueType = ...,
         reason: _va_pb2.CrlReason.ValueType = ...,
+        holder_request: Global___HolderRequest.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cause", b"cause", "kind", b"kind", "reason", b"reason", "serial", b"serial"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cause", b"cause", "holder_request", b"holder_request", "kind", b"kind", "reason", b"reason", "serial", b"serial"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

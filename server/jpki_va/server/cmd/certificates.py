@@ -44,10 +44,14 @@ from jpki_va.server.cmd.signer_client import (
     signer_channel,
 )
 from jpki_va.server.law.issuer_compromise import CompromiseNature
-from jpki_va.server.law.loss_recording import OPERATOR_CAUSES, OPERATOR_REASONS
+from jpki_va.server.law.loss_recording import OPERATOR_CAUSES, OPERATOR_REASONS, HolderRequest
 from jpki_va.server.law.resident_change import ResidentEvent
 
 Stub = signer_pb2_grpc.SignerServiceStub
+_REQUEST_WORD = {
+    "APPLICATION": "the holder's application (申請)",
+    "NOTIFICATION": "the holder's notification (届出)",
+}
 Command = Callable[[argparse.Namespace, Stub], dict[str, Any]]
 
 
@@ -75,6 +79,11 @@ def add_certificate_commands(registry: SubParsers) -> None:
     lose.add_argument("--serial", required=True, metavar="HEX")
     lose.add_argument("--cause", required=True, **slug_choice(LossCause, OPERATOR_CAUSES))
     lose.add_argument("--reason", **slug_choice(CrlReason, OPERATOR_REASONS))
+    lose.add_argument(
+        "--holder-request",
+        **slug_choice(HolderRequest),
+        help="holder-request: the holder's application (申請, default) or notification (届出)",
+    )
     _finish(lose, _lose)
 
     event = registry.add_parser("resident-event", help="a resident record changed (第12条, 第31条)")
@@ -276,6 +285,8 @@ def _lose(args: argparse.Namespace, stub: Stub) -> dict[str, Any]:
     )
     if args.reason is not None:
         request.reason = int(CrlReason.from_slug(args.reason))  # type: ignore[assignment]
+    if args.holder_request is not None:
+        request.holder_request = int(HolderRequest.from_slug(args.holder_request))  # type: ignore[assignment]
     reply = stub.RecordLoss(request, timeout=args.timeout)
     return {
         "changes": [_loss(c) for c in reply.changes],
@@ -385,6 +396,8 @@ def _loss(change: signer_pb2.LossOfEffect) -> dict[str, Any]:
         "reason": CrlReason(change.reason).name,
         "time": _time(change.time),
     }
+    if change.holder_request:
+        out["holder_request"] = HolderRequest(change.holder_request).name
     if change.trigger_kind != va_pb2.CERT_KIND_UNSPECIFIED:
         out["trigger"] = {
             "kind": CertKind(change.trigger_kind).name,
@@ -435,12 +448,7 @@ def _text(result: dict[str, Any]) -> str:
     if "move_out_deadline" in result:
         lines.append(f"auth certificates lose effect at {result['move_out_deadline']} "
                      "unless a move-in follows")  # fmt: skip
-    for c in result.get("changes", []):
-        line = f"{c['kind']} {c['serial']} lost effect: {c['cause']} ({c['reason']}) at {c['time']}"
-        if "trigger" in c:
-            t = c["trigger"]
-            line += f", after {t['kind']} {t['serial']} ({t['cause']})"
-        lines.append(line)
+    lines.extend(_change_line(c) for c in result.get("changes", []))
     if "changes" in result and not result["changes"] and "issued" not in result:
         lines.append("no certificate lost effect")
     if "compromise" in result:
@@ -462,6 +470,16 @@ def _text(result: dict[str, Any]) -> str:
             f"{s['records']} records, {s['crls']} CRLs, {s['losses']} losses"
         )
     return "\n".join(lines)
+
+
+def _change_line(c: dict[str, Any]) -> str:
+    line = f"{c['kind']} {c['serial']} lost effect: {c['cause']} ({c['reason']}) at {c['time']}"
+    if "holder_request" in c:
+        line += f", {_REQUEST_WORD[c['holder_request']]}"
+    if "trigger" in c:
+        t = c["trigger"]
+        line += f", after {t['kind']} {t['serial']} ({t['cause']})"
+    return line
 
 
 def _consent_text(c: dict[str, Any]) -> str:

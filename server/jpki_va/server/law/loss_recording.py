@@ -8,8 +8,28 @@ and CARD_CERT_LOST_EFFECT only from the cascade (第16条の13, 第35条の13).
 
 from __future__ import annotations
 
-from jpki_va.core.domain import CrlReason, LossCause
+from jpki_va.core.domain import CrlReason, LossCause, SluggedEnum
 from jpki_va.server.law.errors import Refused
+
+
+class HolderRequest(SluggedEnum):
+    """Which request of the holder a HOLDER_REQUEST loss records (第11条 and its twins
+    record 申請があった旨 or 届出があった旨)."""
+
+    APPLICATION = 1  # 失効の申請 (第9条第1項, 第16条の8, 第28条, 第35条の8)
+    NOTIFICATION = 2  # 届出 (第10条第1項, 第16条の9, 第29条, 第35条の9)
+
+
+def holder_request_of(cause: LossCause, given: HolderRequest | None) -> HolderRequest | None:
+    """The request to record with a loss of `cause`: given, or the application."""
+    if cause is not LossCause.HOLDER_REQUEST:
+        if given is not None:
+            raise Refused(
+                f"a holder request (申請 or 届出) goes with HOLDER_REQUEST, not {cause.slug}"
+            )
+        return None
+    return given or HolderRequest.APPLICATION
+
 
 OPERATOR_CAUSES = (LossCause.HOLDER_REQUEST, LossCause.RECORD_ERROR)
 OPERATOR_REASONS = (

@@ -464,6 +464,16 @@ class RegistryTxn:
         cursor = self._txn.cursor(db=self._db["moveouts"])
         return [m for k, _ in cursor if (m := self.move_out(bytes(k).decode())) is not None]
 
+    # holder requests (第11条, 第16条の10, 第30条, 第35条の10) ----------------------------
+    def put_holder_request(self, kind: CertKind, serial: int, request: str, on: date) -> None:
+        """Which request (APPLICATION: 申請, NOTIFICATION: 届出) a holder-request loss was."""
+        value = {"request": request, "recorded_on": on.isoformat()}
+        self._txn.put(record_key(kind, serial), _dumps(value), db=self._db["holder_requests"])
+
+    def holder_request(self, kind: CertKind, serial: int) -> str | None:
+        raw = self._txn.get(record_key(kind, serial), db=self._db["holder_requests"])
+        return None if raw is None else str(json.loads(bytes(raw))["request"])
+
     # mobile applications (第16条の2, 第35条の2) ---------------------------------------
     def mobile_application(self, application_id: str) -> MobileApplication | None:
         raw = self._txn.get(application_id.encode(), db=self._db["mobile_applications"])
@@ -670,6 +680,7 @@ class Registry:
         "notices_pending",
         "mobile_applications",
         "mobile_notices",
+        "holder_requests",
     )
 
     def __init__(self, path: Path, *, map_size: int = 1 << 36) -> None:

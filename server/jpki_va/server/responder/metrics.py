@@ -135,8 +135,10 @@ class WorkerMetrics:
 
     # http.server.HttpTiming (the event loop thread only)
     def answered(self) -> str:
-        """The route of the request HttpApp answered last (it told `request` so)."""
-        return self._http_route
+        """The route of the request HttpApp answered last (it told `request` so);
+        "other" for the next one unless it says otherwise."""
+        route, self._http_route = self._http_route, "other"
+        return route
 
     def took(self, route: str, seconds: float) -> None:
         bucket = bisect.bisect_left(LATENCY_BUCKETS, seconds)

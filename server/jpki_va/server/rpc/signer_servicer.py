@@ -13,6 +13,7 @@ from jpki_va.core.domain import CrlReason, LossCause, Role, Verifier, serial_to_
 from jpki_va.protos import signer_pb2, signer_pb2_grpc, va_pb2, verifiers_pb2
 from jpki_va.server.access.gate import Caller, Operators
 from jpki_va.server.law.issuer_compromise import CompromiseNature
+from jpki_va.server.law.loss_recording import HolderRequest
 from jpki_va.server.law.resident_change import ResidentEvent, ResidentEventFacts, move_out_deadline
 from jpki_va.server.model.holder import Holder
 from jpki_va.server.model.registry_values import Consent, HolderNotice, IssuerRecord, LossEvent
@@ -231,14 +232,19 @@ class SignerServicer(signer_pb2_grpc.SignerServiceServicer):
         try:
             cause = LossCause(request.cause)
             reason = CrlReason(request.reason) if request.reason else None
+            holder_request = (
+                HolderRequest(request.holder_request) if request.holder_request else None
+            )
         except ValueError as exc:
             raise InvalidRequest(str(exc)) from None
-        events = self._signer.record_loss(
-            kind_from_pb(request.kind), serial_from_pb(request.serial), cause, reason
-        )
+        kind, serial = kind_from_pb(request.kind), serial_from_pb(request.serial)
+        events = self._signer.record_loss(kind, serial, cause, reason, holder_request)
+        changes = [loss_to_pb(e) for e in events]
+        if cause is LossCause.HOLDER_REQUEST:  # the first change is the one requested
+            recorded = holder_request or HolderRequest.APPLICATION
+            changes[0].holder_request = int(recorded)  # type: ignore[assignment]
         return signer_pb2.RecordLossResponse(
-            changes=[loss_to_pb(e) for e in events],
-            publishing=publishing_to_pb(self._signer.publishing()),
+            changes=changes, publishing=publishing_to_pb(self._signer.publishing())
         )
 
     def RecordResidentEvent(

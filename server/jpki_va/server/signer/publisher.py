@@ -382,7 +382,7 @@ class Publisher:
             list(compromises.values()),
             generations,
             published_at=now,
-            arl_url=f"{self._settings.base_url}/arl/{root.key_id.hex()[:16]}.crl",
+            arl_url=self._settings.arl_url(root.key_id),
         )
         raw = json.dumps(content, ensure_ascii=False, indent=1).encode() + b"\n"
         key, cert = self._authority.snapshot_signer()

@@ -21,14 +21,19 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from jpki_va import hsm
-from jpki_va.core.clock import Clock
+from jpki_va.core.clock import JST, Clock
 from jpki_va.core.domain import CertKind, CrlReason, Loss, LossCause
 from jpki_va.server.law.consent_scope import scope_at_grant
 from jpki_va.server.law.errors import Refused
 from jpki_va.server.law.holder_notice import record_notice
 from jpki_va.server.law.issuer_compromise import Compromise, CompromiseNature
 from jpki_va.server.law.key_pair import check_new_key
-from jpki_va.server.law.loss_recording import DEFAULT_REASON, operator_loss
+from jpki_va.server.law.loss_recording import (
+    DEFAULT_REASON,
+    HolderRequest,
+    holder_request_of,
+    operator_loss,
+)
 from jpki_va.server.law.mobile_cascade import cascade_card_loss
 from jpki_va.server.law.mobile_issuance import (
     APPLICATION_VALIDITY,
@@ -399,17 +404,28 @@ class Signer:
 
     # loss of effect -----------------------------------------------------------------
     def record_loss(
-        self, kind: CertKind, serial: int, cause: LossCause, reason: CrlReason | None
+        self,
+        kind: CertKind,
+        serial: int,
+        cause: LossCause,
+        reason: CrlReason | None,
+        holder_request: HolderRequest | None = None,
     ) -> list[LossEvent]:
-        """Record an operator's loss and its cascade, all in one transaction."""
+        """Record an operator's loss and its cascade, all in one transaction; a holder
+        request records whether it was the application (申請) or a notification (届出)."""
         try:
             reason = operator_loss(cause, reason)
+            request = holder_request_of(cause, holder_request)
         except Refused as exc:
             raise InvalidRequest(str(exc)) from None
         loss = Loss(time=self._clock.now(), cause=cause, reason=reason)
         try:
             with self._registry.write() as tx:
                 event = tx.record_loss(kind, serial, loss)
+                if request is not None:
+                    tx.put_holder_request(
+                        kind, serial, request.name, loss.time.astimezone(JST).date()
+                    )
                 record = tx.certificate(kind, serial)
                 assert record is not None
                 record_notice(tx, record, loss)  # 第15条第2項 and its twins

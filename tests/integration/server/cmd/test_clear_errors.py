@@ -9,6 +9,7 @@ the whole of stderr: one line, so no gRPC C-core log line and no traceback.
 from __future__ import annotations
 
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,10 +21,13 @@ from jpki_va.server.app.config import TlsFiles
 from tests.support import JPKI_VA, ExtraResponder, Pki, free_port, start_responder
 from tests.support.tls import TlsCa
 
+#: `jpki-va-client`, the verifier's own script, run from the source tree.
+CLIENT = (sys.executable, "-m", "jpki_va.client")
 
-def _jpki_va(*argv: str) -> subprocess.CompletedProcess[str]:
+
+def _jpki_va(*argv: str, command: tuple[str, ...] = JPKI_VA) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [*JPKI_VA, *argv], capture_output=True, text=True, timeout=90, check=False
+        [*command, *argv], capture_output=True, text=True, timeout=90, check=False
     )
 
 
@@ -64,9 +68,15 @@ def test_plaintext_to_a_tls_port_names_the_fix(tls: tuple[ExtraResponder, TlsCa]
     _one_line(result, EXIT_UNREACHABLE, "speaks TLS", "drop --insecure-loopback", "--ca")
 
 
-def test_tls_to_a_plaintext_port_names_the_fix(pki: Pki, tls: tuple[ExtraResponder, TlsCa]) -> None:
+@pytest.mark.parametrize("command", [JPKI_VA, CLIENT], ids=["jpki-va", "jpki-va-client"])
+def test_tls_to_a_plaintext_port_names_the_fix(
+    pki: Pki, tls: tuple[ExtraResponder, TlsCa], command: tuple[str, ...]
+) -> None:
+    """Where the C core would log the failed handshake: not on the terminal."""
     _, ca = tls
-    result = _jpki_va(*CHECK, "--server", pki.responder_address, "--ca", str(ca.cert_file))
+    result = _jpki_va(
+        *CHECK, "--server", pki.responder_address, "--ca", str(ca.cert_file), command=command
+    )
     _one_line(result, EXIT_UNREACHABLE, "speaks plaintext gRPC", "add --insecure-loopback")
 
 

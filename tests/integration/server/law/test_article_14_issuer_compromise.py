@@ -190,6 +190,11 @@ def _check_announcement(pki: Pki, generation: bytes, since: datetime, tmp_path: 
     assert datetime.fromisoformat(item["since"]) == since
     assert "漏えい" in item["what"] and "滅失" not in item["what"]  # what the operator said
     assert announced["arl"].startswith(pki.signer.config.base_url)
+    # The link leads to the root's ARL, which the responder serves to anyone too.
+    arl_path = announced["arl"].removeprefix(pki.signer.config.base_url)
+    with urllib.request.urlopen(f"{pki.http_url}{arl_path}", timeout=10) as reply:
+        arl = x509.load_der_x509_crl(reply.read())
+    assert arl.is_signature_valid(pki.root.public_key())  # type: ignore[arg-type]
     # Kept in each snapshot: the latest one carries the same signed announcement.
     snapshot = sorted(pki.signer.config.snapshot_dir.glob("snap-*"))[-1]
     assert (snapshot / "announcement.p7m").is_file()

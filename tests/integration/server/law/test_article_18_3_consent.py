@@ -31,6 +31,7 @@ def pki(tmp_path_factory: pytest.TempPathFactory, softhsm_token: HsmConfig) -> I
     running = start_pki(tmp_path_factory.mktemp("consent"), softhsm_token, delta_interval=0.5)
     try:
         register_verifier(running, READER, frozenset({Role.SIGNING_VERIFIER}))
+        running.publish_and_wait()  # the responder knows READER from here on
         yield running
     finally:
         running.close()

@@ -372,3 +372,37 @@ def test_article_31_auth_ends_when_30_days_pass_after_planned_move_out(
     assert LossCause(mobile.revocation.cause) is LossCause.CARD_CERT_LOST_EFFECT
     # A move-out affects no signing certificate by itself (its deletion would).
     assert _status(pki, clock, holder.card_sign).status == GOOD
+
+
+# 第11条 (and 第16条の10, 第30条, 第35条の10) ------------------------------------------------
+def test_article_11_the_record_tells_the_application_from_the_notification(pki: Pki) -> None:
+    holder = Holder(pki, mobiles=False)
+
+    def lose(cert: Issued, cause: int, request: int) -> signer_pb2.RecordLossResponse:
+        return pki.signer_stub.RecordLoss(
+            signer_pb2.RecordLossRequest(
+                kind=int(cert.kind),  # type: ignore[arg-type]
+                serial=serial_to_bytes(cert.serial),
+                cause=cause,  # type: ignore[arg-type]
+                holder_request=request,  # type: ignore[arg-type]
+            ),
+            timeout=30,
+        )
+
+    # A holder request with another cause is refused, and records nothing.
+    with pytest.raises(grpc.RpcError) as info:
+        lose(
+            holder.card_auth, va_pb2.LOSS_CAUSE_RECORD_ERROR, signer_pb2.HOLDER_REQUEST_NOTIFICATION
+        )
+    assert info.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert "goes with HOLDER_REQUEST" in (info.value.details() or "")
+    reply = lose(
+        holder.card_sign, va_pb2.LOSS_CAUSE_HOLDER_REQUEST, signer_pb2.HOLDER_REQUEST_NOTIFICATION
+    )
+    assert reply.changes[0].holder_request == signer_pb2.HOLDER_REQUEST_NOTIFICATION
+    # Unsaid: the application (申請), the common case.
+    reply = lose(holder.card_auth, va_pb2.LOSS_CAUSE_HOLDER_REQUEST, 0)
+    assert reply.changes[0].holder_request == signer_pb2.HOLDER_REQUEST_APPLICATION
+    with pki.signer.registry.read() as tx:
+        assert tx.holder_request(CertKind.CARD_SIGN, holder.card_sign.serial) == "NOTIFICATION"
+        assert tx.holder_request(CertKind.CARD_AUTH, holder.card_auth.serial) == "APPLICATION"

@@ -56,6 +56,52 @@ export const protobufFileName = "jpki_va/protos/signer.proto";
  * Conventions: va.proto.
  */
 
+/** What the holder's request was (第11条, 第16条の10, 第30条, 第35条の10 record which). */
+export enum HolderRequest {
+  /** HOLDER_REQUEST_UNSPECIFIED - Not a holder request, or not said (read as the application). */
+  HOLDER_REQUEST_UNSPECIFIED = 0,
+  /**
+   * HOLDER_REQUEST_APPLICATION - 失効の申請: the holder applied for the certificate to lose effect (第9条第1項 and
+   * its twins).
+   */
+  HOLDER_REQUEST_APPLICATION = 1,
+  /** HOLDER_REQUEST_NOTIFICATION - 届出: the holder notified J-LIS (第10条第1項 and its twins). */
+  HOLDER_REQUEST_NOTIFICATION = 2,
+  UNRECOGNIZED = -1,
+}
+
+export function holderRequestFromJSON(object: any): HolderRequest {
+  switch (object) {
+    case 0:
+    case "HOLDER_REQUEST_UNSPECIFIED":
+      return HolderRequest.HOLDER_REQUEST_UNSPECIFIED;
+    case 1:
+    case "HOLDER_REQUEST_APPLICATION":
+      return HolderRequest.HOLDER_REQUEST_APPLICATION;
+    case 2:
+    case "HOLDER_REQUEST_NOTIFICATION":
+      return HolderRequest.HOLDER_REQUEST_NOTIFICATION;
+    case -1:
+    case "UNRECOGNIZED":
+    default:
+      return HolderRequest.UNRECOGNIZED;
+  }
+}
+
+export function holderRequestToJSON(object: HolderRequest): string {
+  switch (object) {
+    case HolderRequest.HOLDER_REQUEST_UNSPECIFIED:
+      return "HOLDER_REQUEST_UNSPECIFIED";
+    case HolderRequest.HOLDER_REQUEST_APPLICATION:
+      return "HOLDER_REQUEST_APPLICATION";
+    case HolderRequest.HOLDER_REQUEST_NOTIFICATION:
+      return "HOLDER_REQUEST_NOTIFICATION";
+    case HolderRequest.UNRECOGNIZED:
+    default:
+      return "UNRECOGNIZED";
+  }
+}
+
 /** Resident events (第12条, 第31条), from the resident registry. */
 export enum ResidentEvent {
   /** RESIDENT_EVENT_UNSPECIFIED - Not set; INVALID_ARGUMENT. */
@@ -388,7 +434,14 @@ export interface LossOfEffect {
   /** CARD_CERT_LOST_EFFECT: that card certificate's loss cause; unset otherwise. */
   triggerCause: LossCause;
   /** When the registry committed it. */
-  recordedAt: Date | undefined;
+  recordedAt:
+    | Date
+    | undefined;
+  /**
+   * HOLDER_REQUEST only: whether it was the holder's application (申請) or
+   * notification (届出), as the record of 第11条 and its twins tells.
+   */
+  holderRequest: HolderRequest;
 }
 
 /** Record a certificate's loss of effect (revocation). */
@@ -401,6 +454,11 @@ export interface RecordLossRequest {
   cause: LossCause;
   /** The RFC 5280 reason for the CRLs; unset: unspecified. */
   reason: CrlReason;
+  /**
+   * HOLDER_REQUEST only: the application (申請) or the notification (届出); unset is
+   * the application. Set with another cause: INVALID_ARGUMENT.
+   */
+  holderRequest: HolderRequest;
 }
 
 /** The losses recorded. */
@@ -1828,6 +1886,7 @@ function createBaseLossOfEffect(): LossOfEffect {
     triggerSerial: Buffer.alloc(0),
     triggerCause: 0,
     recordedAt: undefined,
+    holderRequest: 0,
   };
 }
 
@@ -1859,6 +1918,9 @@ export const LossOfEffect: MessageFns<LossOfEffect> = {
     }
     if (message.recordedAt !== undefined) {
       Timestamp.encode(toTimestamp(message.recordedAt), writer.uint32(74).fork()).join();
+    }
+    if (message.holderRequest !== 0) {
+      writer.uint32(80).int32(message.holderRequest);
     }
     return writer;
   },
@@ -1948,6 +2010,14 @@ export const LossOfEffect: MessageFns<LossOfEffect> = {
             message.recordedAt = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
             continue;
           }
+          case 10: {
+            if (tag !== 80) {
+              break;
+            }
+
+            message.holderRequest = reader.int32() as any;
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1987,6 +2057,11 @@ export const LossOfEffect: MessageFns<LossOfEffect> = {
         : isSet(object.recorded_at)
         ? fromJsonTimestamp(object.recorded_at)
         : undefined,
+      holderRequest: isSet(object.holderRequest)
+        ? holderRequestFromJSON(object.holderRequest)
+        : isSet(object.holder_request)
+        ? holderRequestFromJSON(object.holder_request)
+        : 0,
     };
   },
 
@@ -2019,6 +2094,9 @@ export const LossOfEffect: MessageFns<LossOfEffect> = {
     if (message.recordedAt !== undefined) {
       obj.recordedAt = message.recordedAt.toISOString();
     }
+    if (message.holderRequest !== 0) {
+      obj.holderRequest = holderRequestToJSON(message.holderRequest);
+    }
     return obj;
   },
 
@@ -2036,12 +2114,13 @@ export const LossOfEffect: MessageFns<LossOfEffect> = {
     message.triggerSerial = object.triggerSerial ?? Buffer.alloc(0);
     message.triggerCause = object.triggerCause ?? 0;
     message.recordedAt = object.recordedAt ?? undefined;
+    message.holderRequest = object.holderRequest ?? 0;
     return message;
   },
 };
 
 function createBaseRecordLossRequest(): RecordLossRequest {
-  return { kind: 0, serial: Buffer.alloc(0), cause: 0, reason: 0 };
+  return { kind: 0, serial: Buffer.alloc(0), cause: 0, reason: 0, holderRequest: 0 };
 }
 
 export const RecordLossRequest: MessageFns<RecordLossRequest> = {
@@ -2057,6 +2136,9 @@ export const RecordLossRequest: MessageFns<RecordLossRequest> = {
     }
     if (message.reason !== 0) {
       writer.uint32(32).int32(message.reason);
+    }
+    if (message.holderRequest !== 0) {
+      writer.uint32(40).int32(message.holderRequest);
     }
     return writer;
   },
@@ -2106,6 +2188,14 @@ export const RecordLossRequest: MessageFns<RecordLossRequest> = {
             message.reason = reader.int32() as any;
             continue;
           }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.holderRequest = reader.int32() as any;
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -2124,6 +2214,11 @@ export const RecordLossRequest: MessageFns<RecordLossRequest> = {
       serial: isSet(object.serial) ? Buffer.from(bytesFromBase64(object.serial)) : Buffer.alloc(0),
       cause: isSet(object.cause) ? lossCauseFromJSON(object.cause) : 0,
       reason: isSet(object.reason) ? crlReasonFromJSON(object.reason) : 0,
+      holderRequest: isSet(object.holderRequest)
+        ? holderRequestFromJSON(object.holderRequest)
+        : isSet(object.holder_request)
+        ? holderRequestFromJSON(object.holder_request)
+        : 0,
     };
   },
 
@@ -2141,6 +2236,9 @@ export const RecordLossRequest: MessageFns<RecordLossRequest> = {
     if (message.reason !== 0) {
       obj.reason = crlReasonToJSON(message.reason);
     }
+    if (message.holderRequest !== 0) {
+      obj.holderRequest = holderRequestToJSON(message.holderRequest);
+    }
     return obj;
   },
 
@@ -2153,6 +2251,7 @@ export const RecordLossRequest: MessageFns<RecordLossRequest> = {
     message.serial = object.serial ?? Buffer.alloc(0);
     message.cause = object.cause ?? 0;
     message.reason = object.reason ?? 0;
+    message.holderRequest = object.holderRequest ?? 0;
     return message;
   },
 };
