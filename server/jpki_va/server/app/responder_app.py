@@ -617,7 +617,12 @@ class Responder:
 
     def _judge_rotation(self) -> None:
         """Set the workers' rotation flag; say so when it changes."""
-        live = self._ingester.sequence if current_index(self.config.index_dir) else None
+        try:
+            live = self._ingester.sequence if current_index(self.config.index_dir) else None
+        except (OSError, lmdb.Error) as exc:
+            # A new index open elsewhere in this process for a moment: the next tick.
+            log.debug("cannot read the live sequence now: %s", exc)
+            return
         state = self._rotation.judge(live, self._ingester.newest, self._ingester.newest_refused)
         if state.in_rotation != bool(self._in_rotation.value):
             self._in_rotation.value = int(state.in_rotation)
