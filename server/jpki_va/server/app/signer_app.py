@@ -288,6 +288,10 @@ def start_signer(config: SignerConfig, clock: Clock | None = None) -> SignerApp:
             mapping=SIGNER_ERRORS,
             maximum_concurrent_rpcs=config.grpc_workers,
             refusals=refusals,
+            # grpc sets SO_REUSEPORT by default: a second process could then bind the
+            # signer's port too and take part of its calls. One signer, one listener;
+            # a port already taken is an error at start.
+            options=[("grpc.so_reuseport", 0)],
         )
         verifiers = VerifierRegistry(registry, authority, ledger, clock)
         caller = functools.partial(caller_of, insecure_loopback=config.insecure_loopback)

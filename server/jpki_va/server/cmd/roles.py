@@ -32,6 +32,7 @@ from jpki_va.server.app.responder_app import PortTaken, serve
 from jpki_va.server.app.signer_app import serve as serve_signer
 from jpki_va.server.ledger.provisions import LedgerError
 from jpki_va.server.responder.renew_policy import RenewPolicy
+from jpki_va.server.rpc.server_common import CannotListen
 
 
 def _one_line(run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
@@ -40,7 +41,14 @@ def _one_line(run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Na
     def guarded(args: argparse.Namespace) -> int:
         try:
             return run(args)
-        except (ConfigError, DirectoryInUse, LedgerError, PortTaken, hsm.HsmError) as exc:
+        except (
+            CannotListen,
+            ConfigError,
+            DirectoryInUse,
+            LedgerError,
+            PortTaken,
+            hsm.HsmError,
+        ) as exc:
             fail(f"jpki-va {args.command}", str(exc))
             return EXIT_USAGE
 

@@ -169,15 +169,24 @@ def set_part_serving(servicer: health.HealthServicer, name: str, serving: bool) 
     )
 
 
+class CannotListen(OSError):
+    """The address cannot be bound: in use by another process, or not this host's."""
+
+
 def bind(server: grpc.Server, address: str, credentials: grpc.ServerCredentials | None) -> int:
     """Bind and return the port; refuses plaintext anywhere but loopback."""
     host = address.rsplit(":", 1)[0].strip("[]")
-    if credentials is None:
-        if host not in ("127.0.0.1", "localhost", "::1"):
-            raise ValueError(f"plaintext is allowed only on loopback, not on {host}")
-        port = server.add_insecure_port(address)
-    else:
-        port = server.add_secure_port(address, credentials)
+    if credentials is None and host not in ("127.0.0.1", "localhost", "::1"):
+        raise ValueError(f"plaintext is allowed only on loopback, not on {host}")
+    try:
+        if credentials is None:
+            port = server.add_insecure_port(address)
+        else:
+            port = server.add_secure_port(address, credentials)
+    except RuntimeError as exc:  # grpc's "Failed to bind", with a hint about debug logs
+        raise CannotListen(
+            f"cannot listen on {address}: the address is in use or not this host's"
+        ) from exc
     if port == 0:
-        raise OSError(f"cannot listen on {address}")
+        raise CannotListen(f"cannot listen on {address}")
     return int(port)
