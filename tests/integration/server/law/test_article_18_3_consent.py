@@ -17,7 +17,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from jpki_va.client import FailedPrecondition, NotFound, VaClient
+from jpki_va.client import FailedPrecondition, NotFound, Unavailable, VaClient
 from jpki_va.core.domain import CertKind, Role
 from jpki_va.hsm import HsmConfig
 from jpki_va.protos import signer_pb2, va_pb2
@@ -49,13 +49,24 @@ def _consent(
 
 
 def _given(pki: Pki, cert: Issued) -> bool:
-    """Whether the responder gives READER the certificate's signing record now."""
+    """Whether the responder gives READER the certificate's signing record now.
+
+    UNAVAILABLE (a worker between indexes) is no answer either way: asked again, so
+    that neither "given" nor "refused" is concluded from it.
+    """
+    deadline = time.monotonic() + 30
     with VaClient(pki.responder_address, insecure=True, verifier=READER) as va:
-        try:
-            va.signing_record(kind=cert.kind, serial=cert.serial)
-        except (FailedPrecondition, NotFound):  # refused, or not yet published
-            return False
-    return True
+        while True:
+            try:
+                va.signing_record(kind=cert.kind, serial=cert.serial)
+            except (FailedPrecondition, NotFound):  # refused, or not yet published
+                return False
+            except Unavailable:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+                continue
+            return True
 
 
 def _snapshot_type(pki: Pki, sequence: int) -> str:
