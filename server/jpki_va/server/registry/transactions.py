@@ -494,6 +494,18 @@ class RegistryTxn:
             application.notice_digest, application.id.encode(), db=self._db["mobile_notices"]
         )
 
+    def mobile_applications(self) -> list[MobileApplication]:
+        """Every application kept, begun or completed."""
+        return [
+            MobileApplication.from_json(bytes(k).decode(), json.loads(bytes(v)))
+            for k, v in self._txn.cursor(db=self._db["mobile_applications"])
+        ]
+
+    def delete_mobile_application(self, application: MobileApplication) -> None:
+        """The application and its notice's digest (the notice has long gone stale)."""
+        self._txn.delete(application.id.encode(), db=self._db["mobile_applications"])
+        self._txn.delete(application.notice_digest, db=self._db["mobile_notices"])
+
     def notice_application(self, notice_digest: bytes) -> str | None:
         """The application a notice with this digest began, if any."""
         raw = self._txn.get(notice_digest, db=self._db["mobile_notices"])

@@ -9,7 +9,12 @@ the registry too, so a resident code (住民票コード) does not stay forever:
 * a loss event whose loss is no longer kept (its period over and its certificate
   expired: the rule of `loss_kept`);
 * a withdrawn consent, and a consent change in the log, past the consent period;
-* a notice to a holder, past the notice period from when it was sent.
+* a notice to a holder, past the notice period from when it was sent;
+* a smartphone application (第16条の2, 第35条の2) a day after it expired, used or
+  not: it holds the resident code and the four items the applicant notified, and once
+  expired it can neither be completed nor begun again (its notice is stale long
+  before; law/mobile_issuance.NOTICE_FRESHNESS). The certificate it led to is an
+  issuance record of its own.
 
 Each step works in write transactions of at most `batch` deletions, so the
 registry's writer is never held long; a purge stopped midway is finished by the next.
@@ -18,18 +23,23 @@ registry's writer is never held long; a purge stopped midway is finished by the 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TypeVar
 
 from jpki_va.core.domain import CertKind, micros
 from jpki_va.server.law.retention import RetentionPolicy, loss_kept
-from jpki_va.server.registry.transactions import Registry
+from jpki_va.server.model.registry_values import MobileApplication
+from jpki_va.server.registry.transactions import Registry, RegistryTxn
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+#: How long an expired smartphone application is kept: long enough that a complete
+#: arriving just after expiry is refused as expired, not as unknown.
+APPLICATION_KEPT_AFTER_EXPIRY = timedelta(days=1)
 
 
 @dataclass(frozen=True)
@@ -40,16 +50,43 @@ class Purged:
     consents: int
     consent_changes: int
     notices: int
+    applications: int = 0
 
     def __bool__(self) -> bool:
         return any(
-            (self.certificates, self.events, self.consents, self.consent_changes, self.notices)
+            (
+                self.certificates,
+                self.events,
+                self.consents,
+                self.consent_changes,
+                self.notices,
+                self.applications,
+            )
         )
 
 
 def _batches(items: list[T], size: int) -> Iterator[list[T]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
+
+
+def _in_batches(
+    registry: Registry, items: list[T], size: int, delete: Callable[[RegistryTxn, list[T]], object]
+) -> None:
+    """`delete` over `items`, at most `size` of them per write transaction."""
+    for chunk in _batches(items, size):
+        with registry.write() as tx:
+            delete(tx, chunk)
+
+
+def _delete_consents(tx: RegistryTxn, consents: list[tuple[str, str]]) -> None:
+    for code, verifier in consents:
+        tx.delete_consent(code, verifier)
+
+
+def _delete_applications(tx: RegistryTxn, applications: list[MobileApplication]) -> None:
+    for application in applications:
+        tx.delete_mobile_application(application)
 
 
 def purge(
@@ -91,25 +128,25 @@ def purge(
         changes = tx.consent_log_before(consent_cutoff)
         notice_cutoff = now - retention.project("notice")
         sent = [n.id for n in tx.notices() if n.sent_at is not None and n.sent_at < notice_cutoff]
-    for events in _batches(stale, batch):
-        with registry.write() as tx:
-            tx.delete_events(events)
-    for consents in _batches(withdrawn, batch):
-        with registry.write() as tx:
-            for code, verifier in consents:
-                tx.delete_consent(code, verifier)
-    for sequences in _batches(changes, batch):
-        with registry.write() as tx:
-            tx.delete_consent_log(sequences)
-    for ids in _batches(sent, batch):
-        with registry.write() as tx:
-            tx.delete_notices(ids)
-    purged = Purged(len(due), holders, len(stale), len(withdrawn), len(changes), len(sent))
+        applications = [
+            a
+            for a in tx.mobile_applications()
+            if a.expires_at + APPLICATION_KEPT_AFTER_EXPIRY < now
+        ]
+    _in_batches(registry, stale, batch, lambda tx, events: tx.delete_events(events))
+    _in_batches(registry, withdrawn, batch, _delete_consents)
+    _in_batches(registry, changes, batch, lambda tx, seqs: tx.delete_consent_log(seqs))
+    _in_batches(registry, sent, batch, lambda tx, ids: tx.delete_notices(ids))
+    _in_batches(registry, applications, batch, _delete_applications)
+    purged = Purged(
+        len(due), holders, len(stale), len(withdrawn), len(changes), len(sent), len(applications)
+    )
     if purged:
         log.info(
             "purged past retention: %d issuance records (%d holders), %d loss events, "
-            "%d withdrawn consents, %d consent changes, %d sent notices",
+            "%d withdrawn consents, %d consent changes, %d sent notices, "
+            "%d smartphone applications",
             *(purged.certificates, purged.holders, purged.events),
-            *(purged.consents, purged.consent_changes, purged.notices),
+            *(purged.consents, purged.consent_changes, purged.notices, purged.applications),
         )
     return purged
