@@ -39,6 +39,7 @@ from typing import Any
 
 import grpc
 
+from jpki_va.bench.trivial import TrivialServer
 from jpki_va.core.clock import SystemClock
 from jpki_va.core.domain import CertKind, Provision
 from jpki_va.protos import va_pb2, va_pb2_grpc
@@ -232,33 +233,9 @@ def _worker(
     holder.close()
 
 
-@dataclass
-class Rung:
-    """One rung's worker processes on one loopback port."""
-
-    name: str
-    port: int
-    processes: list[multiprocessing.process.BaseProcess]
-    _stop: ProcessEvent
-
-    @property
-    def pids(self) -> list[int]:
-        return [p.pid for p in self.processes if p.pid is not None]
-
-    @property
-    def target(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    def stop(self) -> None:
-        self._stop.set()
-        for proc in self.processes:
-            proc.join(10)
-            if proc.is_alive():
-                proc.terminate()
-                proc.join(5)
-
-
-def start_rung(rung: str, workers: int, spec: RungSpec, check: bytes, ocsp_der: bytes) -> Rung:
+def start_rung(
+    rung: str, workers: int, spec: RungSpec, check: bytes, ocsp_der: bytes
+) -> TrivialServer:
     """Start `workers` processes of one rung on a free loopback port; returns when all listen."""
     if rung not in RUNGS:
         raise ValueError(f"unknown rung {rung!r}; the rungs are {', '.join(RUNGS)}")
@@ -282,6 +259,6 @@ def start_rung(rung: str, workers: int, spec: RungSpec, check: bytes, ocsp_der: 
         for _ in procs:
             ready.get(timeout=120)
     except Exception:
-        Rung(rung, port, procs, stop).stop()
+        TrivialServer(port, procs, stop).stop()
         raise
-    return Rung(rung, port, procs, stop)
+    return TrivialServer(port, procs, stop)

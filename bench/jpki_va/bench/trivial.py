@@ -64,6 +64,8 @@ def _worker(
 
 @dataclass
 class TrivialServer:
+    """Worker processes serving one loopback port (the ladder's rungs are these too)."""
+
     port: int
     processes: list[multiprocessing.process.BaseProcess]
     _stop: ProcessEvent

@@ -17,6 +17,7 @@ from jpki_va.bench.datagen import BENCH_VERIFIER
 from jpki_va.bench.dataset import DataSet
 from jpki_va.bench.report import ladder_lines
 from jpki_va.bench.suite import check_request, ingest
+from jpki_va.bench.trivial import TrivialServer
 from jpki_va.core.loopback import VERIFIER_HEADER
 from jpki_va.protos import va_pb2, va_pb2_grpc
 from jpki_va.server.responder.index_reader import current_index
@@ -39,7 +40,7 @@ def request_for(small_dataset: DataSet) -> va_pb2.CheckRequest:
     return check_request(kind, serial)
 
 
-def _stub(rung: ladder.Rung) -> Iterator[va_pb2_grpc.StatusServiceStub]:
+def _stub(rung: TrivialServer) -> Iterator[va_pb2_grpc.StatusServiceStub]:
     with grpc.insecure_channel(rung.target) as channel:
         yield va_pb2_grpc.StatusServiceStub(channel)
 
