@@ -526,7 +526,10 @@ class Responder:
             stager = Stager(self.store, snapshots)
             self.metrics_registry.register(stager)
             stage = stager.stage
-            self._notice: SnapshotNotice = PollOnly()
+            # A store with a pointer (S3's `latest`) is watched by it; any other is scanned.
+            self._notice: SnapshotNotice = (
+                self.store if isinstance(self.store, SnapshotNotice) else PollOnly()
+            )
         else:
             self._notice = DirectoryNotice(snapshots)
         self.ingest_health = IngestHealth(

@@ -19,9 +19,10 @@ full scan.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 
+@runtime_checkable
 class SnapshotNotice(Protocol):
     """What a store says cheaply about whether a snapshot may have arrived."""
 

@@ -2,7 +2,9 @@
 
 Layout under the bucket's prefix: `snapshots/snap-NNNNNNNNNNNN/<file>` for each file of
 a snapshot, its `manifest.json` written last (the commit: a sequence is committed when
-its manifest exists), and `backups/` for the registry's backups (signer.registry_backup).
+its manifest exists), `latest` (the pointer: rewritten after every commit, so a
+responder that reads it every fraction of a second learns of a snapshot without
+listing the bucket), and `backups/` for the registry's backups (signer.registry_backup).
 
 boto3 talks to the store: it takes the endpoint (`AWS_ENDPOINT_URL_S3` or
 `AWS_ENDPOINT_URL`), the credentials and the CA bundle (`AWS_CA_BUNDLE`) from the
@@ -46,6 +48,10 @@ log = logging.getLogger(__name__)
 for _chatty in ("botocore.credentials", "botocore.configprovider"):
     logging.getLogger(_chatty).setLevel(logging.WARNING)
 
+POINTER = "latest"
+# The pointer is read several times a second: one quick attempt, no retries; a
+# pointer that cannot be read says "cannot tell" and the periodic scan still runs.
+POINTER_TIMEOUT = 1.0
 PARALLEL = 8  # objects moved at once, per snapshot
 ATTEMPTS = 4  # per request, with boto3's backoff between them
 TIMEOUT = 10.0  # seconds to connect, and to wait for a read
@@ -100,6 +106,7 @@ class S3Store:
         self.bucket = bucket
         self.prefix = f"{prefix.strip('/')}/" if prefix.strip("/") else ""
         self._parallel = parallel
+        self._pointer_client: S3Client | None = client
         self._client: S3Client = client or boto3.session.Session().client(
             "s3",
             config=botocore.config.Config(
@@ -187,6 +194,33 @@ class S3Store:
             )
         except _ERRORS as exc:
             raise _failure(exc, f"committing snapshot {sequence}") from exc
+        self._point(sequence)
+
+    def _point(self, sequence: int) -> None:
+        """Move the pointer; a failure leaves readers to find the snapshot by listing."""
+        try:
+            self._client.put_object(
+                Bucket=self.bucket, Key=self.prefix + POINTER, Body=str(sequence).encode()
+            )
+        except _ERRORS as exc:
+            log.warning("snapshot %d committed; the store's pointer not moved: %s", sequence, exc)
+
+    def marker(self) -> bytes:
+        """The pointer's version (responder.snapshot_notice); b"" when it cannot be read."""
+        if self._pointer_client is None:
+            self._pointer_client = boto3.session.Session().client(
+                "s3",
+                config=botocore.config.Config(
+                    retries={"mode": "standard", "max_attempts": 1},
+                    connect_timeout=POINTER_TIMEOUT,
+                    read_timeout=POINTER_TIMEOUT,
+                ),
+            )
+        try:
+            head = self._pointer_client.head_object(Bucket=self.bucket, Key=self.prefix + POINTER)
+        except _ERRORS:
+            return b""
+        return f"{head.get('ETag', '')}:{head.get('LastModified', '')}".encode()
 
     def withdraw(self, sequence: int) -> None:
         try:

@@ -375,3 +375,52 @@ def test_snapshots_past_retention_leave_the_bucket(fleet: Fleet) -> None:
     assert first not in remaining and second in remaining
     assert min(remaining) >= first  # what came before the live full is gone too
     fleet.assert_losses_revoked()
+
+
+def test_the_pointer_moves_with_every_commit_only(fleet: Fleet) -> None:
+    store = S3Store(BUCKET, PREFIX, client=fleet.client)
+    fleet.publish()
+    before = store.marker()
+    assert before  # that publish wrote it
+    assert store.marker() == before  # nothing committed since: unchanged
+    sequence = fleet.publish()
+    assert store.marker() != before
+    body = fleet.client.get_object(Bucket=BUCKET, Key=f"{PREFIX}/latest")["Body"].read()
+    assert int(body) == sequence
+
+
+def test_a_responder_learns_of_a_snapshot_by_the_pointer(fleet: Fleet, tmp_path: Path) -> None:
+    """Its scan runs once a minute; the pointer, read every 0.2 s, brings the delta."""
+    # A genuine newest full snapshot: earlier tests left foreign and copied ones.
+    fleet.wait_served(fleet.publish(full=True))
+    port = free_port()
+    argv = [
+        "responder", "--store", STORE, "--state-dir", str(tmp_path / "responder"),
+        "--trust-anchor", str(fleet.root_file), "--workers", "1", "--insecure-loopback",
+        "--loopback-verifier", ALL_ROLES_VERIFIER, "--poll-interval", "60s",
+        "--notice-interval", "200ms", "--listen", f"127.0.0.1:{port}",
+    ]  # fmt: skip
+    role = start_role(argv, env=fleet.seaweed.env(writer=False))
+    try:
+        role.wait_output(f"responder listening on port {port}")
+        other = ResponderProcess(role, port)
+        cert = fleet.issue()
+
+        def status() -> int:
+            with grpc.insecure_channel(other.address) as channel:
+                stub = va_pb2_grpc.StatusServiceStub(channel)
+                try:
+                    reply = stub.Check(check_request(cert.kind, cert.serial), timeout=10)
+                except grpc.RpcError:
+                    return -1
+            return int(reply.status.status)
+
+        fleet.publish()
+        wait_for(lambda: status() == va_pb2.CERT_STATUS_GOOD, "the new certificate", 30)
+        fleet.lose(cert)
+        began = time.monotonic()
+        fleet.publish()
+        wait_for(lambda: status() == va_pb2.CERT_STATUS_REVOKED, "the loss by the pointer", 20)
+        print(f"loss published -> REVOKED with a 60 s scan: {time.monotonic() - began:.2f} s")
+    finally:
+        role.stop()
