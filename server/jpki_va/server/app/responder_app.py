@@ -215,11 +215,12 @@ class PortClaim:
         self._lock.close()
 
 
-def _index_generation(holder: IndexHolder) -> int:
-    """What cached OCSP answers depend on: the sequence the live index reflects now."""
+def _index_generation(holder: IndexHolder) -> tuple[int, int]:
+    """What cached OCSP answers depend on: the full snapshot the live index was built
+    from and the sequence it reflects now."""
     index = holder.get()
     index.refresh()  # a delta changes the live index in place
-    return index.sequence
+    return index.full_sequence, index.sequence
 
 
 def _ocsp_responder(
