@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING, Any
 import grpc
 from cryptography import x509
 
-from jpki_va.bench.datagen import BENCH_VERIFIER
 from jpki_va.bench.fleet import (
     Fleet,
     FleetSpec,
@@ -53,7 +52,7 @@ def fleet_freshness(
     serials: list[int],
 ) -> dict[str, Any]:
     """Per loss: seconds from sending RecordLoss to REVOKED on each replica, directly."""
-    channels = [grpc.insecure_channel(r.target) for r in fleet.replicas]
+    channels = [fleet.channel(r.target) for r in fleet.replicas]
     stubs = [va_pb2_grpc.StatusServiceStub(c) for c in channels]
     samples: dict[int, list[float]] = {r.number: [] for r in fleet.replicas}
     try:
@@ -90,10 +89,18 @@ def failover(fleet: Fleet, check: bytes, ocsp_der: bytes, seconds: float) -> dic
     calls Envoy retried on another replica, counted."""
     grpc_tally, http_tally = LoadTally(), LoadTally()
     stop = threading.Event()
+
+    def balancer() -> grpc.Channel:
+        return fleet.channel(fleet.grpc_target)
+
     threads = [
-        threading.Thread(target=grpc_load, args=(fleet.grpc_target, check, stop, grpc_tally)),
-        threading.Thread(target=grpc_load, args=(fleet.grpc_target, check, stop, grpc_tally)),
-        threading.Thread(target=http_ocsp_load, args=(fleet.http_url, ocsp_der, stop, http_tally)),
+        threading.Thread(target=grpc_load, args=(balancer, check, stop, grpc_tally)),
+        threading.Thread(target=grpc_load, args=(balancer, check, stop, grpc_tally)),
+        threading.Thread(
+            target=http_ocsp_load,
+            args=(fleet.http_url, ocsp_der, stop, http_tally),
+            kwargs={"context": fleet.ssl_context()},
+        ),
     ]
     retried_before = fleet.retried()
     began = time.monotonic()
@@ -153,11 +160,17 @@ def fleet_figures(
         ds.snapshot_dir,
         ds.root_pem,
         f"127.0.0.1:{va.signer.port}",
-        FleetSpec(replicas=settings.fleet_replicas, verifier=BENCH_VERIFIER),
+        FleetSpec(replicas=settings.fleet_replicas),
     )
     progress(f"fleet: {settings.fleet_replicas} replicas build their indexes, then Envoy")
     fleet.start()
-    out: dict[str, Any] = {"replicas": settings.fleet_replicas, "workers_per_replica": 1}
+    progress(f"fleet: replicas on {fleet.placement}")
+    out: dict[str, Any] = {
+        "replicas": settings.fleet_replicas,
+        "workers_per_replica": 1,
+        "placement": fleet.placement,
+        "tls": "verifiers' mTLS ends at Envoy; TLS from Envoy to each replica",
+    }
     try:
         pool = ds.pool()
         payloads = build_payloads("check", pool, settings.mix, parts.issuers(ds), count=20_000)
@@ -173,6 +186,7 @@ def fleet_figures(
                 processes=settings.processes,
                 concurrency=settings.concurrency,
                 channels=settings.channels,
+                tls=fleet.client_tls(target),
             )
             out[name] = run_load(f"fleet {name}", spec, payloads).to_json()
         kind = CertKind.CARD_AUTH

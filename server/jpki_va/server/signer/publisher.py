@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import threading
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Mapping
@@ -65,6 +66,10 @@ from jpki_va.server.snapshot.writer import SnapshotBuilder
 log = logging.getLogger(__name__)
 
 _STATE = "publisher_state"
+# With a store elsewhere (object storage), the last committed snapshot's delta CRLs
+# are kept here, beside the sealing directory, so the next delta can carry over the
+# unchanged ones without reading them back from the store.
+_CARRIED = ".delta-crls"
 
 
 @dataclass(frozen=True)
@@ -242,9 +247,40 @@ class Publisher:
                 self._store.withdraw(builder.sequence)  # the registry did not take it
             builder.abort()
             raise
+        self._keep_delta_crls(builder, delta=state.last_sequence != state.full_sequence)
         builder.abort()  # what is left of it here: nothing once renamed into the root
         fault_point("publish.state-saved")
         return self._root / snapshot_dirname(builder.sequence)
+
+    def _local_copy(self, sequence: int) -> Path:
+        """Where a committed snapshot's delta CRLs are on this host."""
+        if self._store.local_root == self._root:
+            return self._root / snapshot_dirname(sequence)
+        return self._root / _CARRIED / snapshot_dirname(sequence)
+
+    def _keep_delta_crls(self, builder: SnapshotBuilder, *, delta: bool) -> None:
+        """With a store elsewhere: keep a committed delta's delta CRLs (only the last
+        one's) for the next delta to carry over; a full one's are never carried. A copy
+        that cannot be kept costs only signatures: the next delta signs those anew."""
+        if self._store.local_root == self._root:
+            return  # the store's own directory holds them
+        kept = self._root / _CARRIED
+        fresh = self._root / f"{_CARRIED}.new"
+        try:
+            shutil.rmtree(fresh, ignore_errors=True)
+            if not delta:
+                shutil.rmtree(kept, ignore_errors=True)
+                return
+            target = fresh / snapshot_dirname(builder.sequence)
+            for crl in builder.path.glob("crls/**/*.delta.crl"):
+                moved = target / crl.relative_to(builder.path)
+                private_dir(moved.parent)
+                crl.rename(moved)
+            shutil.rmtree(kept, ignore_errors=True)
+            private_dir(fresh)
+            fresh.rename(kept)
+        except OSError as exc:
+            log.warning("cannot keep snapshot %d's delta CRLs: %s", builder.sequence, exc)
 
     # retention --------------------------------------------------------------------------
     def _retained(self, record: CertificateRecord, now: datetime) -> bool:
@@ -483,7 +519,7 @@ class Publisher:
         One past half its validity is signed anew, so none nears its nextUpdate.
         """
         changed = {(e.kind, e.issuer_key_id, e.partition) for e in content.events}
-        previous = self._root / snapshot_dirname(state.last_sequence)
+        previous = self._local_copy(state.last_sequence)
         if state.last_sequence == state.full_sequence or not previous.is_dir():
             return {}
         kept: dict[Scope, tuple[CrlInfo, bytes]] = {}
