@@ -21,7 +21,6 @@ from typing import TYPE_CHECKING, Any
 import grpc
 from cryptography import x509
 
-from jpki_va.bench.datagen import BENCH_VERIFIER
 from jpki_va.bench.fleet import (
     Fleet,
     FleetSpec,
@@ -122,7 +121,7 @@ def fleet_freshness(
 
     Wall-clock times throughout: the manifest's created_at is the signer's, on this host.
     """
-    channels = {r.number: grpc.insecure_channel(r.target) for r in fleet.replicas}
+    channels = {r.number: fleet.channel(r.target) for r in fleet.replicas}
     stubs = {n: va_pb2_grpc.StatusServiceStub(c) for n, c in channels.items()}
     samples: dict[int, list[float]] = {n: [] for n in stubs}
     calls: dict[int, list[float]] = {n: [] for n in stubs}
@@ -183,10 +182,18 @@ def failover(fleet: Fleet, check: bytes, ocsp_der: bytes, seconds: float) -> dic
     calls Envoy retried on another replica, counted."""
     grpc_tally, http_tally = LoadTally(), LoadTally()
     stop = threading.Event()
+
+    def balancer() -> grpc.Channel:
+        return fleet.channel(fleet.grpc_target)
+
     threads = [
-        threading.Thread(target=grpc_load, args=(fleet.grpc_target, check, stop, grpc_tally)),
-        threading.Thread(target=grpc_load, args=(fleet.grpc_target, check, stop, grpc_tally)),
-        threading.Thread(target=http_ocsp_load, args=(fleet.http_url, ocsp_der, stop, http_tally)),
+        threading.Thread(target=grpc_load, args=(balancer, check, stop, grpc_tally)),
+        threading.Thread(target=grpc_load, args=(balancer, check, stop, grpc_tally)),
+        threading.Thread(
+            target=http_ocsp_load,
+            args=(fleet.http_url, ocsp_der, stop, http_tally),
+            kwargs={"context": fleet.ssl_context()},
+        ),
     ]
     retried_before = fleet.retried()
     began = time.monotonic()
@@ -246,11 +253,17 @@ def fleet_figures(
         ds.snapshot_dir,
         ds.root_pem,
         f"127.0.0.1:{va.signer.port}",
-        FleetSpec(replicas=settings.fleet_replicas, verifier=BENCH_VERIFIER),
+        FleetSpec(replicas=settings.fleet_replicas),
     )
     progress(f"fleet: {settings.fleet_replicas} replicas build their indexes, then Envoy")
     fleet.start()
-    out: dict[str, Any] = {"replicas": settings.fleet_replicas, "workers_per_replica": 1}
+    progress(f"fleet: replicas on {fleet.placement}")
+    out: dict[str, Any] = {
+        "replicas": settings.fleet_replicas,
+        "workers_per_replica": 1,
+        "placement": fleet.placement,
+        "tls": "verifiers' mTLS ends at Envoy; TLS from Envoy to each replica",
+    }
     try:
         pool = ds.pool()
         payloads = build_payloads("check", pool, settings.mix, parts.issuers(ds), count=20_000)
@@ -266,6 +279,7 @@ def fleet_figures(
                 processes=settings.processes,
                 concurrency=settings.concurrency,
                 channels=settings.channels,
+                tls=fleet.client_tls(target),
             )
             out[name] = run_load(f"fleet {name}", spec, payloads).to_json()
         kind = CertKind.CARD_AUTH

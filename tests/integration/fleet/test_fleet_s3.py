@@ -29,9 +29,7 @@ from jpki_va.protos import signer_pb2, signer_pb2_grpc, va_pb2, va_pb2_grpc
 from jpki_va.server.app.config import SignerConfig
 from jpki_va.server.app.signer_app import SignerApp, start_signer
 from tests.support import (
-    ALL_ROLES_VERIFIER,
     Issued,
-    add_all_roles_verifier,
     check_request,
     fresh_key,
     issue_through,
@@ -59,7 +57,7 @@ class World:
     def issue_known_everywhere(self) -> Issued:
         issued = issue_through(self.stub, CertKind.CARD_AUTH, key=fresh_key())
         for replica in self.fleet.replicas:
-            _wait_status(replica.target, issued, va_pb2.CERT_STATUS_GOOD)
+            _wait_status(self.fleet, replica.target, issued, va_pb2.CERT_STATUS_GOOD)
         return issued
 
     def lose(self, issued: Issued) -> None:
@@ -70,12 +68,12 @@ class World:
         targets = [r.target for r in self.fleet.replicas] + [self.fleet.grpc_target]
         for target in targets:
             for issued in self.lost:
-                _wait_status(target, issued, va_pb2.CERT_STATUS_REVOKED)
+                _wait_status(self.fleet, target, issued, va_pb2.CERT_STATUS_REVOKED)
 
 
-def _status(target: str, issued: Issued) -> int:
-    """The status `target` answers (-1: no answer)."""
-    with grpc.insecure_channel(target) as channel:
+def _status(fleet: Fleet, target: str, issued: Issued) -> int:
+    """The status `target` answers the fleet's caller (-1: no answer)."""
+    with fleet.channel(target) as channel:
         try:
             reply = va_pb2_grpc.StatusServiceStub(channel).Check(
                 check_request(issued.kind, issued.serial), timeout=5
@@ -85,9 +83,9 @@ def _status(target: str, issued: Issued) -> int:
     return int(reply.status.status)
 
 
-def _wait_status(target: str, issued: Issued, status: int) -> None:
+def _wait_status(fleet: Fleet, target: str, issued: Issued, status: int) -> None:
     wait_for(
-        lambda: _status(target, issued) == status,
+        lambda: _status(fleet, target, issued) == status,
         f"{target} to answer {status} for serial {issued.serial}",
         60,
     )
@@ -119,7 +117,6 @@ def world(tmp_path_factory: pytest.TempPathFactory, softhsm_token: HsmConfig) ->
             )
             root_file = directory / "root.pem"
             root_file.write_bytes(root.public_bytes(serialization.Encoding.PEM))
-            add_all_roles_verifier(stub)
             stub.PublishSnapshot(signer_pb2.PublishSnapshotRequest(full=True), timeout=60)
             fleet = Fleet(
                 directory / "fleet",
@@ -128,14 +125,16 @@ def world(tmp_path_factory: pytest.TempPathFactory, softhsm_token: HsmConfig) ->
                 f"127.0.0.1:{signer.port}",
                 FleetSpec(
                     replicas=3,
-                    verifier=ALL_ROLES_VERIFIER,
                     max_lag=2.0,
                     store=STORE,
-                    # Read-only credentials, through the fault proxy.
+                    # Read-only credentials, through the fault proxy, which each
+                    # replica's namespace reaches on its own loopback.
                     store_env=seaweed.env(writer=False, endpoint=proxy.endpoint),
+                    loopback_ports=(proxy.port,),
                 ),
             )
             fleet.start()
+            print(f"fleet: {fleet.placement}")
             try:
                 yield World(seaweed, proxy, signer, stub, fleet)
             finally:
@@ -158,12 +157,12 @@ def test_every_replica_answers_a_loss_through_the_store(world: World) -> None:
         waiting = {r.number: r.target for r in world.fleet.replicas}
         while waiting and time.monotonic() < sent + 30:
             for number, target in list(waiting.items()):
-                if _status(target, issued) == va_pb2.CERT_STATUS_REVOKED:
+                if _status(world.fleet, target, issued) == va_pb2.CERT_STATUS_REVOKED:
                     samples[number].append(time.monotonic() - sent)
                     del waiting[number]
             time.sleep(0.01)
         assert not waiting, f"replicas {sorted(waiting)} never answered the loss"
-        assert _status(world.fleet.grpc_target, issued) == va_pb2.CERT_STATUS_REVOKED
+        assert _status(world.fleet, world.fleet.grpc_target, issued) == va_pb2.CERT_STATUS_REVOKED
     print({n: [round(s, 2) for s in v] for n, v in samples.items()})
     for replica in world.fleet.replicas:  # each fetched from the store itself
         assert "fetched snapshot" in world.fleet.log_tail(replica.number, 200_000)
@@ -187,7 +186,7 @@ def test_store_faults_lose_no_acknowledged_loss(world: World) -> None:
             if replica.number == RESTARTED:
                 continue
             for issued in during:  # the last good index still answers
-                assert _status(replica.target, issued) == va_pb2.CERT_STATUS_GOOD
+                assert _status(fleet, replica.target, issued) == va_pb2.CERT_STATUS_GOOD
     finally:
         world.proxy.set_mode("pass")
     fleet.start_replica(RESTARTED)

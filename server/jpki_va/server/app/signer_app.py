@@ -256,6 +256,31 @@ def _authority(token: hsm.Hsm, registry: Registry, config: SignerConfig) -> Auth
     return authority
 
 
+def _grpc_server(config: SignerConfig, refusals: RefusalLog) -> grpc.Server:
+    return server_common.build_server(
+        max_workers=config.grpc_workers,
+        mapping=SIGNER_ERRORS,
+        maximum_concurrent_rpcs=config.grpc_workers,
+        refusals=refusals,
+        # grpc sets SO_REUSEPORT by default: a second process could then bind the
+        # signer's port too and take part of its calls. One signer, one listener;
+        # a port already taken is an error at start.
+        options=[("grpc.so_reuseport", 0)],
+    )
+
+
+def _undo_start(
+    metrics_server: Any, registry: Registry, ledger: Ledger, token: hsm.Hsm, lock: DirectoryLock
+) -> None:
+    if metrics_server is not None:
+        metrics_server.shutdown()
+        metrics_server.server_close()
+    registry.close()
+    ledger.close()
+    token.close()
+    lock.release()
+
+
 def start_signer(config: SignerConfig, clock: Clock | None = None) -> SignerApp:
     clock = clock or SystemClock()
     operators = _operators(config)
@@ -267,7 +292,14 @@ def start_signer(config: SignerConfig, clock: Clock | None = None) -> SignerApp:
     ledger = Ledger(config.ledger_dir)
     mark_signer_ledger(config.ledger_dir)
     metrics_server = None
+    server: grpc.Server | None = None
+    started = False
     try:
+        # The ports are claimed before the ceremony: a start that cannot listen must
+        # not leave new keys in the token. Calls wait in the backlog until start().
+        server = _grpc_server(config, refusals)
+        port = server_common.bind(server, config.listen, credentials)
+        metrics_server = _serve_metrics(config, metrics)
         if config.bootstrap:
             records = config.data_dir / "ceremonies"
             for created in bootstrap(
@@ -288,16 +320,6 @@ def start_signer(config: SignerConfig, clock: Clock | None = None) -> SignerApp:
         queue = SigningQueue(config.sign_queue_limit, config.sign_queue_wait, observer=metrics)
         status, watch = _publish_status(publisher, clock, metrics)
         signer = Signer(registry, authority, publisher, clock, settings, queue, status)
-        server = server_common.build_server(
-            max_workers=config.grpc_workers,
-            mapping=SIGNER_ERRORS,
-            maximum_concurrent_rpcs=config.grpc_workers,
-            refusals=refusals,
-            # grpc sets SO_REUSEPORT by default: a second process could then bind the
-            # signer's port too and take part of its calls. One signer, one listener;
-            # a port already taken is an error at start.
-            options=[("grpc.so_reuseport", 0)],
-        )
         verifiers = VerifierRegistry(registry, authority, ledger, clock)
         caller = functools.partial(caller_of, insecure_loopback=config.insecure_loopback)
         signer_pb2_grpc.add_SignerServiceServicer_to_server(
@@ -306,17 +328,12 @@ def start_signer(config: SignerConfig, clock: Clock | None = None) -> SignerApp:
         health = server_common.add_health_and_reflection(server, [SERVICE])
         server_common.set_part_serving(health, PUBLISH_HEALTH, not status.state().failing)
         watch.health = health
-        port = server_common.bind(server, config.listen, credentials)
-        metrics_server = _serve_metrics(config, metrics)
         server.start()
+        started = True
     except BaseException:
-        if metrics_server is not None:
-            metrics_server.shutdown()
-            metrics_server.server_close()
-        registry.close()
-        ledger.close()
-        token.close()
-        lock.release()
+        if server is not None and not started:
+            server_common.release(server)
+        _undo_start(metrics_server, registry, ledger, token, lock)
         raise
     server_common.set_serving(health, [SERVICE], True)
     stop = threading.Event()

@@ -31,7 +31,7 @@ from jpki_va.server.pki.ocsp_wire import (
     SingleResponse,
 )
 from jpki_va.server.responder.index_reader import IssuerEntry
-from jpki_va.server.responder.ocsp_cache import OcspReply, ResponseCache
+from jpki_va.server.responder.ocsp_cache import NO_GENERATION, OcspReply, ResponseCache
 from jpki_va.server.responder.status import Answer, BadRequest, NotReady, Resolver, StatusSource
 
 log = logging.getLogger(__name__)
@@ -154,6 +154,11 @@ def _single(cert_id: ocsp_wire.CertId, answer: Answer, not_after: datetime) -> S
     return SingleResponse(cert_id, CertStatus.UNKNOWN, answer.this_update, next_update)
 
 
+def _basis(answers: list[Answer]) -> tuple[object, ...]:
+    """What a response states about each certificate, times of validity aside."""
+    return tuple((a.status, None if a.record is None else a.record.loss) for a in answers)
+
+
 class OcspResponder:
     def __init__(
         self,
@@ -231,12 +236,14 @@ class OcspResponder:
     def _answer(self, request: ocsp_wire.OcspRequest) -> OcspReply:
         cache = self._cache if request.nonce is None else None
         try:
-            generation = cache.generation() if cache is not None else (0, 0)
+            generation = cache.generation() if cache is not None else NO_GENERATION
         except NotReady:
             raise _Unsuccessful(ResponseStatus.TRY_LATER) from None
         now = self._clock.now()
         if cache is not None:
-            hit = cache.get(request.request_list, now.timestamp())
+            hit = cache.get(
+                request.request_list, now.timestamp(), lambda: self._basis(request, now)
+            )
             if hit is not None:
                 self._observer.cache("hit")
                 self._observer.answers(hit.answers)
@@ -276,7 +283,9 @@ class OcspResponder:
             prepared = self._prepared = _prepare(signer)
         return prepared
 
-    def _sign(self, request: ocsp_wire.OcspRequest, now: datetime) -> OcspReply:
+    def _answers(
+        self, request: ocsp_wire.OcspRequest, now: datetime
+    ) -> tuple[IssuerEntry, list[Answer]]:
         try:
             issuer = self._issuer(request)
             answers = [
@@ -287,6 +296,17 @@ class OcspResponder:
             raise _Unsuccessful(ResponseStatus.MALFORMED_REQUEST) from None
         except NotReady:
             raise _Unsuccessful(ResponseStatus.TRY_LATER) from None
+        return issuer, answers
+
+    def _basis(self, request: ocsp_wire.OcspRequest, now: datetime) -> tuple[object, ...]:
+        """What a response to `request` would say now; empty when none can be given."""
+        try:
+            return _basis(self._answers(request, now)[1])
+        except _Unsuccessful:
+            return ()
+
+    def _sign(self, request: ocsp_wire.OcspRequest, now: datetime) -> OcspReply:
+        issuer, answers = self._answers(request, now)
         prepared = self._prepared_signer()
         held = None if prepared is None else prepared.certificates.get(issuer.key_id)
         if (
@@ -323,4 +343,5 @@ class OcspResponder:
             next_update=min(s.next_update.timestamp() for s in singles),
             etag=hashlib.sha256(response).hexdigest()[:32],
             answers=labels,
+            basis=_basis(answers),
         )
