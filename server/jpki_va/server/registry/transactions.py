@@ -115,6 +115,11 @@ class RegistryTxn:
         self._db = dbs
         self._compromises: dict[bytes, Compromise] | None = None
 
+    @property
+    def transaction_id(self) -> int:
+        """The commit this transaction sees (equal ids: the same registry state)."""
+        return int(self._txn.id())
+
     # certificates -----------------------------------------------------------------
     def stored_certificate(self, kind: CertKind, serial: int) -> CertificateRecord | None:
         """The record as stored, without the effect of issuer compromises."""
@@ -719,6 +724,23 @@ class Registry:
     def read(self) -> Iterator[RegistryTxn]:
         with self._env.begin(write=False) as txn:
             yield RegistryTxn(txn, self._dbs)
+
+    @property
+    def path(self) -> Path:
+        return Path(self._env.path())
+
+    @classmethod
+    @contextmanager
+    def reader(cls, path: Path) -> Iterator[RegistryTxn]:
+        """One read transaction on a registry another process holds open (read-only:
+        nothing created, nothing migrated)."""
+        env = lmdb.open(str(path), readonly=True, max_dbs=len(cls._DBS), subdir=True)
+        try:
+            dbs = {name: env.open_db(name.encode(), create=False) for name in cls._DBS}
+            with env.begin(write=False) as txn:
+                yield RegistryTxn(txn, dbs)
+        finally:
+            env.close()
 
     def copy_compacted(self, directory: Path) -> None:
         """A consistent copy of the whole environment in `directory` (empty), without
