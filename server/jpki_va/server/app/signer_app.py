@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import threading
+import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
@@ -130,6 +132,8 @@ class SignerApp:
     _stop: threading.Event
     _lock: DirectoryLock
     _publisher_thread: threading.Thread | None = None
+    # Set by every registry commit (and by stop), to wake the publisher.
+    _publish_wake: threading.Event = field(default_factory=threading.Event)
     _sweep: SweepSchedule | None = None
     _notices: threading.Thread | None = None
     _backups: BackupSchedule | None = None
@@ -144,6 +148,7 @@ class SignerApp:
             self._metrics_server.shutdown()
             self._metrics_server.server_close()
         if self._publisher_thread is not None:
+            self._publish_wake.set()  # it waits for a commit, not for the stop
             self._publisher_thread.join()
         if self._sweep is not None:
             self._sweep.stop()
@@ -347,7 +352,10 @@ def _start_background(app: SignerApp, clock: Clock, store: SnapshotStore) -> Non
     """The periodic publisher (when it has an interval), the 00:00 JST sweep and purge,
     the notices' delivery, and the registry's backups (to a store that keeps them)."""
     if app.config.delta_interval > 0:
-        app._publisher_thread = _start_publishing(app.signer, app.config, app._stop)
+        app.registry.watch(app._publish_wake.set)
+        app._publisher_thread = _start_publishing(
+            app.signer, app.config, app._stop, app._publish_wake
+        )
     # On its own schedule, also when publishing happens only on request.
     app._sweep = SweepSchedule(
         functools.partial(_midnight, app, clock), clock, app.config.sweep_check
@@ -431,12 +439,17 @@ def serve(
 
 
 def _start_publishing(
-    signer: Signer, config: SignerConfig, stop: threading.Event
+    signer: Signer, config: SignerConfig, stop: threading.Event, changed: threading.Event
 ) -> threading.Thread:
     full_interval = timedelta(seconds=config.full_interval)
     thread = threading.Thread(
         target=_publish_loop,
-        args=(lambda: signer.publish_scheduled(full_interval), stop, config.delta_interval),
+        args=(
+            lambda: signer.publish_scheduled(full_interval),
+            stop,
+            config.delta_interval,
+            changed,
+        ),
         name="publisher",
         daemon=True,
     )
@@ -444,14 +457,34 @@ def _start_publishing(
     return thread
 
 
-def _publish_loop(publish: Callable[[], object], stop: threading.Event, interval: float) -> None:
-    """Every `interval`: the move-out sweep, then a full or delta snapshot as due.
+def _publish_loop(
+    publish: Callable[[], object | None],
+    stop: threading.Event,
+    interval: float,
+    changed: threading.Event,
+) -> None:
+    """The move-out sweep, then a full or delta snapshot as due: as soon as a registry
+    write commits, and every `interval` anyway (a full snapshot falls due, a failed
+    publish is tried again); never a snapshot within `interval` of the last one's start.
+
+    Woken by the commit, a loss waits for no tick: commit to delta is the publish
+    alone, not up to a whole interval more, while the interval still bounds how often
+    the signer publishes (and signs) under a stream of changes.
 
     A failed publish is logged by the publish status, once per change of state, and
     tried again at the next tick.
     """
-    while not stop.wait(interval):
+    last = -math.inf  # when the last tick that published a snapshot began
+    while not stop.is_set():
+        changed.wait(interval)
+        if stop.wait(max(0.0, last + interval - time.monotonic())):
+            return
+        # Cleared before the publish: a commit during it brings the next tick (the
+        # publish's own commit too, which then finds nothing changed).
+        changed.clear()
+        began = time.monotonic()
         try:
-            publish()
+            if publish() is not None:
+                last = began
         except Exception as exc:
             log.debug("periodic publish failed: %s", exc)

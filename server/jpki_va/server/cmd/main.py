@@ -59,7 +59,8 @@ def _add_publishing_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--delta-interval",
         metavar="DURATION",
-        help="between delta snapshots while anything changed (default 1s; 0: on request)",
+        help="the least time between delta snapshots; a registry commit brings one at once "
+        "when the last is older (default 1s; 0: on request)",
     )
     _add_retention_options(group, ("issuance-record", "loss-record", "crl-file", "project-record"))
     group.add_argument(

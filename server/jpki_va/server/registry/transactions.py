@@ -707,6 +707,7 @@ class Registry:
             str(path), map_size=map_size, max_dbs=len(self._DBS), subdir=True, mode=LMDB_MODE
         )
         self._dbs = {name: self._env.open_db(name.encode()) for name in self._DBS}
+        self._watchers: list[Callable[[], None]] = []
         with self.read() as tx:
             done = tx.meta(KEYS_INDEXED) is not None
         if not done:  # a registry from before the public key table: fill it, once
@@ -715,10 +716,17 @@ class Registry:
             if indexed:
                 log.info("indexed the public keys of %d existing certificates", indexed)
 
+    def watch(self, committed: Callable[[], None]) -> None:
+        """Call `committed` after every write transaction that commits (the signer's
+        publisher wakes on it instead of waiting out its interval); it must be quick."""
+        self._watchers.append(committed)
+
     @contextmanager
     def write(self) -> Iterator[RegistryTxn]:
         with self._env.begin(write=True) as txn:
             yield RegistryTxn(txn, self._dbs)
+        for committed in self._watchers:
+            committed()
 
     @contextmanager
     def read(self) -> Iterator[RegistryTxn]:
