@@ -25,6 +25,9 @@ def fingerprint(cert: x509.Certificate) -> bytes:
     return fingerprint_of(cert.public_bytes(Encoding.DER))
 
 
+_NOBODY = Caller()
+
+
 @lru_cache(maxsize=1024)  # about 1.5 MB of PEMs at most
 def _pem_fingerprint(pem: bytes) -> bytes:
     # Every call on a connection presents the same PEM: parse it once, not per call.
@@ -35,19 +38,25 @@ def _pem_fingerprint(pem: bytes) -> bytes:
 def caller_of(
     context: grpc.ServicerContext, *, insecure_loopback: bool, default_verifier: str | None = None
 ) -> Caller:
-    """The caller's identity; `default_verifier` names header-less plaintext callers."""
-    # The stubs type the values as bytes; at run time each is a list of bytes.
-    pems = cast(list[bytes], context.auth_context().get("x509_pem_cert") or [])
-    pem = pems[0] if pems else None
-    if pem:
-        return Caller(fingerprint=_pem_fingerprint(bytes(pem)))
+    """The caller's identity; `default_verifier` names header-less plaintext callers.
+
+    `insecure_loopback` is the server's mode, not a per-call choice: the configuration
+    allows it only on a plaintext listener (app/config.py), where no call carries a
+    client certificate, so the auth context is not asked for (it is built afresh, a
+    dict of the connection's properties, on every call).
+    """
     if insecure_loopback:
         for key, value in context.invocation_metadata():
             if key == VERIFIER_HEADER and isinstance(value, str) and value:
                 return Caller(claimed_id=value)
         if default_verifier is not None:
             return Caller(claimed_id=default_verifier)
-    return Caller()
+        return _NOBODY
+    # The stubs type the values as bytes; at run time each is a list of bytes.
+    pems = cast(list[bytes], context.auth_context().get("x509_pem_cert") or [])
+    if pems and pems[0]:
+        return Caller(fingerprint=_pem_fingerprint(pems[0]))
+    return _NOBODY
 
 
 def stream_owner(context: grpc.ServicerContext, *, insecure_loopback: bool) -> str:
