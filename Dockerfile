@@ -21,7 +21,11 @@ ENV PATH=/opt/jpki-va/venv/bin:$PATH \
 # distributions (protos, client, hsm, server); the bench (numpy, matplotlib) stays out.
 FROM base AS build
 WORKDIR /src
-COPY pyproject.toml constraints.txt README.md ./
+# A C compiler for the compiled CheckStream encoder (setup.py); only this stage has it.
+RUN command -v gcc >/dev/null || { apt-get update \
+    && apt-get install -y --no-install-recommends gcc libc6-dev \
+    && rm -rf /var/lib/apt/lists/*; }
+COPY pyproject.toml setup.py constraints.txt README.md ./
 COPY protos ./protos
 COPY client ./client
 COPY hsm ./hsm

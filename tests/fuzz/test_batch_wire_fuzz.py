@@ -1,4 +1,5 @@
-"""rpc/batch_wire.py writes CheckStream batches byte for byte as protobuf serializes them.
+"""rpc/batch_wire.py writes CheckStream batches byte for byte as protobuf serializes them,
+and so does its compiled twin (rpc/_batch_wire.pyx), called here on its own.
 
 The reference is the generated code: `fill_brief` into `va_pb2.CheckBatchResponse`
 and `SerializeToString`. Any batch a responder can answer is drawn: times anywhere a
@@ -15,7 +16,8 @@ from hypothesis import strategies as st
 from jpki_va.core.domain import CertKind, CrlReason, LossCause, Status
 from jpki_va.protos import va_pb2
 from jpki_va.server.responder.status import Brief, PackedRecord
-from jpki_va.server.rpc.batch_wire import ItemError, batch_response
+from jpki_va.server.rpc import _batch_wire, batch_wire
+from jpki_va.server.rpc.batch_wire import ItemError, py_batch_response
 from jpki_va.server.rpc.pb import fill_brief
 from tests.fuzz.strategies import TEXT, integers
 
@@ -88,6 +90,7 @@ def _reference(items: list[Brief | ItemError]) -> bytes:
     ]
 )
 def test_a_batch_is_encoded_exactly_as_protobuf_does(items: list[Brief | ItemError]) -> None:
-    data = batch_response(items)
+    data = py_batch_response(items)
     assert data == _reference(items)
+    assert _batch_wire.results_bytes(list(items), ItemError, batch_wire._item) == data
     assert len(va_pb2.CheckBatchResponse.FromString(data).results) == len(items)

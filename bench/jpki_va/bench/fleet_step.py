@@ -8,16 +8,19 @@ count of freshness samples and failover seconds, every wait with a deadline.
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import grpc
 from cryptography import x509
 
-from jpki_va.bench.datagen import BENCH_VERIFIER
 from jpki_va.bench.fleet import (
     Fleet,
     FleetSpec,
@@ -30,6 +33,7 @@ from jpki_va.bench.loadgen import LoadSpec, build_payloads, run_load
 from jpki_va.core.domain import CertKind, Status
 from jpki_va.protos import signer_pb2_grpc, va_pb2, va_pb2_grpc
 from jpki_va.server.app.envoy_config import GRPC_CLUSTER
+from jpki_va.server.snapshot.manifest import MANIFEST, snapshot_dirname, snapshot_sequence
 
 if TYPE_CHECKING:
     from jpki_va.bench.dataset import DataSet
@@ -46,41 +50,129 @@ def _revoked(stub: va_pb2_grpc.StatusServiceStub, request: va_pb2.CheckRequest) 
     return Status(reply.status.status) is Status.REVOKED
 
 
+@dataclass(frozen=True)
+class Publishing:
+    """Where the bench's own signer commits snapshots, and its registry's last loss
+    event: to time the stages of a loss's way from the outside."""
+
+    snapshots: Path
+    last_event: Callable[[], int]
+
+
+def _newest(snapshots: Path) -> int:
+    found = (snapshot_sequence(p) for p in snapshots.iterdir())
+    return max((s for s in found if s is not None), default=0)
+
+
+def _carrying(snapshots: Path, after: int, event: int) -> tuple[int, float] | None:
+    """The first committed snapshot above `after` whose manifest reaches loss event
+    `event`: its sequence and when its publish began (the manifest's created_at)."""
+    for sequence in range(after + 1, _newest(snapshots) + 1):
+        try:
+            manifest = json.loads((snapshots / snapshot_dirname(sequence) / MANIFEST).read_bytes())
+        except (OSError, ValueError):
+            continue  # withdrawn, or not one of the signer's
+        if int(manifest.get("event_sequence", 0)) >= event:
+            return sequence, datetime.fromisoformat(manifest["created_at"]).timestamp()
+    return None
+
+
+def _summary(samples: dict[Any, list[float]]) -> dict[str, dict[Any, float | None]]:
+    return {
+        "p50_seconds": {n: percentile(s, 50) for n, s in samples.items()},
+        "p99_seconds": {n: percentile(s, 99) for n, s in samples.items()},
+        "max_seconds": {n: round(max(s), 3) if s else None for n, s in samples.items()},
+    }
+
+
+def _answered(
+    stub: va_pb2_grpc.StatusServiceStub,
+    request: va_pb2.CheckRequest,
+    deadline: float,
+    calls: list[float],
+) -> float | None:
+    """When (wall clock) `stub` first answered REVOKED, asked every 5 ms; None: never.
+    Each call's seconds go to `calls`: a slow call delays the figure by up to its length.
+    """
+    while time.time() < deadline:
+        began = time.time()
+        revoked = _revoked(stub, request)
+        ended = time.time()
+        calls.append(ended - began)
+        if revoked:
+            return ended
+        time.sleep(0.005)
+    return None
+
+
 def fleet_freshness(
     fleet: Fleet,
     record_loss: Callable[[int], None],
     request_for: Callable[[int], va_pb2.CheckRequest],
     serials: list[int],
+    publishing: Publishing,
 ) -> dict[str, Any]:
-    """Per loss: seconds from sending RecordLoss to REVOKED on each replica, directly."""
-    channels = [grpc.insecure_channel(r.target) for r in fleet.replicas]
-    stubs = [va_pb2_grpc.StatusServiceStub(c) for c in channels]
-    samples: dict[int, list[float]] = {r.number: [] for r in fleet.replicas}
+    """Per loss: seconds from sending RecordLoss to REVOKED on each replica, directly
+    (each replica asked by a thread of its own, so a slow answer from one does not
+    delay the others' figures); and the stages of that way: the registry commit
+    (RecordLoss answered), the wait for the signer's publish to begin, the publish
+    (gather, sign, commit), and each replica's part (learning of the snapshot,
+    verifying and applying it, answering: from its commit to REVOKED).
+
+    Wall-clock times throughout: the manifest's created_at is the signer's, on this host.
+    """
+    channels = {r.number: fleet.channel(r.target) for r in fleet.replicas}
+    stubs = {n: va_pb2_grpc.StatusServiceStub(c) for n, c in channels.items()}
+    samples: dict[int, list[float]] = {n: [] for n in stubs}
+    calls: dict[int, list[float]] = {n: [] for n in stubs}
+    stages: dict[str, list[float]] = {
+        "commit": [],
+        "wait_for_publish": [],
+        "publish": [],
+        **{f"replica_{n}": [] for n in stubs},
+    }
     try:
-        for i, serial in enumerate(serials):
-            time.sleep((i * 0.37) % 1.0)  # spread over the phase of the delta tick
-            request = request_for(serial)
-            sent = time.monotonic()
-            record_loss(serial)
-            waiting = set(samples)
-            while waiting and time.monotonic() - sent < FRESHNESS_TIMEOUT:
-                for number in sorted(waiting):
-                    if _revoked(stubs[number], request):
-                        samples[number].append(time.monotonic() - sent)
-                        waiting.discard(number)
-                time.sleep(0.005)
-            if waiting:
-                raise TimeoutError(f"replicas {sorted(waiting)} never answered a loss")
+        with ThreadPoolExecutor(len(stubs), thread_name_prefix="freshness") as pool:
+            for i, serial in enumerate(serials):
+                time.sleep((i * 0.37) % 1.0)  # spread over the phase of the delta tick
+                request = request_for(serial)
+                before = _newest(publishing.snapshots)
+                sent = time.time()
+                deadline = sent + FRESHNESS_TIMEOUT
+                record_loss(serial)
+                acked = time.time()
+                answers = {
+                    n: pool.submit(_answered, stub, request, deadline, calls[n])
+                    for n, stub in stubs.items()
+                }
+                event = publishing.last_event()
+                carrying, committed = None, 0.0
+                while carrying is None and time.time() < deadline:
+                    carrying = _carrying(publishing.snapshots, before, event)
+                    committed = time.time()
+                    time.sleep(0.005)
+                late = sorted(n for n, answer in answers.items() if answer.result() is None)
+                if late or carrying is None:
+                    raise TimeoutError(f"no snapshot carried the loss, or {late} never answered")
+                for n, answer in answers.items():
+                    at = answer.result()
+                    assert at is not None
+                    samples[n].append(at - sent)
+                    stages[f"replica_{n}"].append(at - committed)
+                stages["commit"].append(acked - sent)
+                stages["wait_for_publish"].append(max(0.0, carrying[1] - acked))
+                stages["publish"].append(committed - max(carrying[1], acked))
     finally:
-        for channel in channels:
+        for channel in channels.values():
             channel.close()
     return {
         "samples": len(serials),
-        "p50_seconds": {n: percentile(s, 50) for n, s in samples.items()},
-        "p99_seconds": {n: percentile(s, 99) for n, s in samples.items()},
-        "max_seconds": {n: round(max(s), 3) for n, s in samples.items()},
+        **_summary(samples),
         # The promise is per replica: the slowest replica's p99.
         "p99_worst_replica_seconds": max(percentile(s, 99) or 0.0 for s in samples.values()),
+        "stages": _summary(stages),
+        # How long one Check took on each replica while it was asked every 5 ms.
+        "check_call": {"calls": {n: len(c) for n, c in calls.items()}, **_summary(calls)},
     }
 
 
@@ -90,10 +182,18 @@ def failover(fleet: Fleet, check: bytes, ocsp_der: bytes, seconds: float) -> dic
     calls Envoy retried on another replica, counted."""
     grpc_tally, http_tally = LoadTally(), LoadTally()
     stop = threading.Event()
+
+    def balancer() -> grpc.Channel:
+        return fleet.channel(fleet.grpc_target)
+
     threads = [
-        threading.Thread(target=grpc_load, args=(fleet.grpc_target, check, stop, grpc_tally)),
-        threading.Thread(target=grpc_load, args=(fleet.grpc_target, check, stop, grpc_tally)),
-        threading.Thread(target=http_ocsp_load, args=(fleet.http_url, ocsp_der, stop, http_tally)),
+        threading.Thread(target=grpc_load, args=(balancer, check, stop, grpc_tally)),
+        threading.Thread(target=grpc_load, args=(balancer, check, stop, grpc_tally)),
+        threading.Thread(
+            target=http_ocsp_load,
+            args=(fleet.http_url, ocsp_der, stop, http_tally),
+            kwargs={"context": fleet.ssl_context()},
+        ),
     ]
     retried_before = fleet.retried()
     began = time.monotonic()
@@ -153,11 +253,17 @@ def fleet_figures(
         ds.snapshot_dir,
         ds.root_pem,
         f"127.0.0.1:{va.signer.port}",
-        FleetSpec(replicas=settings.fleet_replicas, verifier=BENCH_VERIFIER),
+        FleetSpec(replicas=settings.fleet_replicas),
     )
     progress(f"fleet: {settings.fleet_replicas} replicas build their indexes, then Envoy")
     fleet.start()
-    out: dict[str, Any] = {"replicas": settings.fleet_replicas, "workers_per_replica": 1}
+    progress(f"fleet: replicas on {fleet.placement}")
+    out: dict[str, Any] = {
+        "replicas": settings.fleet_replicas,
+        "workers_per_replica": 1,
+        "placement": fleet.placement,
+        "tls": "verifiers' mTLS ends at Envoy; TLS from Envoy to each replica",
+    }
     try:
         pool = ds.pool()
         payloads = build_payloads("check", pool, settings.mix, parts.issuers(ds), count=20_000)
@@ -173,6 +279,7 @@ def fleet_figures(
                 processes=settings.processes,
                 concurrency=settings.concurrency,
                 channels=settings.channels,
+                tls=fleet.client_tls(target),
             )
             out[name] = run_load(f"fleet {name}", spec, payloads).to_json()
         kind = CertKind.CARD_AUTH
@@ -187,6 +294,7 @@ def fleet_figures(
             lambda serial: parts.record_loss(signer, kind, serial),
             lambda serial: parts.check_request(kind, serial),
             serials[: settings.fleet_samples],
+            Publishing(ds.snapshot_dir, va.last_event),
         )
         progress("fleet: SIGKILL of a replica under load")
         good = serials[-1]

@@ -13,8 +13,10 @@ on the same gRPC server, the same worker count and the same client:
     health+reflection    + grpc.health.v1 and server reflection registered
     identity+gate        + the caller's identity, the verifier table, the entitlement
     ledger               + the provision counted in the ledger (group commit, 第41条)
-    lookup               + the status looked up in the index (answer still canned)
-    jpki-va              the real responder: the lookup's answer encoded (measured
+    lookup               + the status looked up in the index (answer still canned; a
+                           stream batch reads its index values, as the responder does)
+    jpki-va              the real responder: the lookup's answer encoded (a stream
+                           batch's values decoded and encoded by compiled code) (measured
                            by the caller, suite.py, on the running responder)
 
 Every rung uses the responder's own pieces (server_common, the interceptors, Gate,
@@ -41,7 +43,7 @@ import grpc
 
 from jpki_va.bench.trivial import TrivialServer
 from jpki_va.core.clock import SystemClock
-from jpki_va.core.domain import CertKind, Provision
+from jpki_va.core.domain import CertKind, Provision, micros, record_key
 from jpki_va.protos import va_pb2, va_pb2_grpc
 from jpki_va.server.access.gate import Gate
 from jpki_va.server.app.responder_app import STATUS_ERRORS
@@ -126,7 +128,12 @@ class LadderServicer(va_pb2_grpc.StatusServiceServicer):
         if self._source is not None:
             if len(targets) == 1:
                 self._source.status(*targets[0])
-            else:
+            elif (
+                self._source.packed(  # a batch: its index values, as the responder reads
+                    [record_key(kind, serial) for kind, serial, _ in targets], micros(now)
+                )
+                is None
+            ):  # (a compromise announced: the responder reads briefs)
                 self._source.briefs(targets)
         if self._layers.ledger:
             self._gate.provided(verifier, counts)

@@ -15,6 +15,7 @@ cap are counted as `dropped`. Both stop after `duration` seconds.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import multiprocessing
 import os
 import resource
@@ -22,6 +23,7 @@ import time
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 import grpc
@@ -51,8 +53,39 @@ START_DELAY = 0.2  # from "every client is connected" to the common start
 
 
 @dataclass(frozen=True)
+class ClientTls:
+    """mTLS for the load (PEM files): the fleet's balancer and replicas speak only TLS."""
+
+    ca: Path
+    cert: Path
+    key: Path
+    server_name: str | None = None  # what the server's certificate names, if not the host
+
+    def credentials(self) -> tuple[grpc.ChannelCredentials, list[tuple[str, str]]]:
+        credentials = grpc.ssl_channel_credentials(
+            self.ca.read_bytes(), self.key.read_bytes(), self.cert.read_bytes()
+        )
+        name = (
+            []
+            if self.server_name is None
+            else [("grpc.ssl_target_name_override", self.server_name)]
+        )
+        return credentials, name
+
+
+def _own_host(host: str, tls: ClientTls | None) -> bool:
+    """Loopback; or, over mTLS, a private address (the fleet's own namespaces)."""
+    if host in ("127.0.0.1", "localhost", "[::1]"):
+        return True
+    try:
+        return tls is not None and ipaddress.ip_address(host.strip("[]")).is_private
+    except ValueError:
+        return False
+
+
+@dataclass(frozen=True)
 class LoadSpec:
-    target: str  # HOST:PORT, loopback only
+    target: str  # HOST:PORT, loopback only (or, with `tls`, a private address)
     interface: Interface
     duration: float = 5.0
     warmup: float = 0.5
@@ -62,11 +95,15 @@ class LoadSpec:
     rate: float | None = None  # open loop: total calls per second
     batch: int = 100  # certificates per CheckStream batch
     timeout: float = 10.0
+    tls: ClientTls | None = None
 
     def __post_init__(self) -> None:
         host = self.target.rsplit(":", 1)[0]
-        if host not in ("127.0.0.1", "localhost", "[::1]"):
-            raise ValueError(f"load goes to loopback only, not {self.target!r}")
+        if not _own_host(host, self.tls):
+            raise ValueError(
+                f"load goes to loopback (or, over mTLS, a private address) only, "
+                f"not {self.target!r}"
+            )
         if self.interface not in INTERFACES:
             raise ValueError(f"unknown interface {self.interface!r}")
         if not 0 < self.duration <= 3600:
@@ -194,9 +231,16 @@ async def _run_client(
     spec: LoadSpec, payloads: Sequence[bytes], offset: int, start: _Start
 ) -> _Recorder:
     options = [("grpc.use_local_subchannel_pool", 1)]
-    channels = [
-        grpc.aio.insecure_channel(spec.target, options=options) for _ in range(spec.channels)
-    ]
+    if spec.tls is None:
+        channels = [
+            grpc.aio.insecure_channel(spec.target, options=options) for _ in range(spec.channels)
+        ]
+    else:
+        credentials, name = spec.tls.credentials()
+        channels = [
+            grpc.aio.secure_channel(spec.target, credentials, options=options + name)
+            for _ in range(spec.channels)
+        ]
     try:
         for channel in channels:
             await asyncio.wait_for(channel.channel_ready(), timeout=spec.timeout)
@@ -440,6 +484,8 @@ def run_load(
         else {"p50": 0.0, "p90": 0.0, "p99": 0.0, "max": 0.0}
     )
     spec_json = asdict(spec)
+    if spec.tls is not None:
+        spec_json["tls"] = {"server_name": spec.tls.server_name}  # not the file paths
     return LoadResult(
         label=label,
         spec=spec_json,

@@ -460,13 +460,27 @@ def render_soak(soak: dict[str, Any]) -> str:
         f"{soak['worker_kills']} |",
         f"| worker private memory slope, MB/min (each worker's second half; the steepest) | "
         f"{'n/a' if slope is None else f'{slope:+.3f}'} |",
+        f"| worker private memory slope by worker, MB/min | {_by_worker(soak)} |",
         f"| worker private memory at the end, MB | "
         f"{', '.join(f'{v:g}' for v in soak['private_memory_last_mb'])} |",
+        f"| worker private memory at its peak, MB | "
+        f"{', '.join(f'{v:g}' for v in soak.get('private_memory_peak_mb', [])) or 'n/a'} |",
         "",
     ]
     for example in soak["wrong_examples"]:
         lines.append(f"- wrong: {example}")
     return "\n".join(lines) + "\n"
+
+
+def _by_worker(soak: dict[str, Any]) -> str:
+    """Each worker's slope (pid: MB/min); a worker that lived too briefly has none."""
+    slopes = soak.get("private_memory_slope_by_worker", {})
+    return (
+        ", ".join(
+            f"{pid}: {'n/a' if slope is None else f'{slope:+.3f}'}" for pid, slope in slopes.items()
+        )
+        or "n/a"
+    )
 
 
 def _commands(results: dict[str, Any]) -> list[str]:

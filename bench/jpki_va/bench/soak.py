@@ -490,12 +490,13 @@ class _Soak:
         self.tally.wrong_count += max(0, len(missed) - 20)
         # Each worker over the second half of its life: the first half fills its caches
         # and takes its share of the load (which moves when the other worker is killed).
-        halves = [
-            [(t, v) for t, v in series if t >= (series[0][0] + series[-1][0]) / 2]
-            for series in self.memory.values()
-            if len(series) >= 6
-        ]
-        slopes = [s for s in (_slope(half) for half in halves) if s is not None]
+        by_worker: dict[str, float | None] = {}
+        for pid, series in self.memory.items():
+            if len(series) >= 6:
+                middle = (series[0][0] + series[-1][0]) / 2
+                slope = _slope([(t, v) for t, v in series if t >= middle])
+                by_worker[str(pid)] = None if slope is None else round(slope, 3)
+        slopes = [s for s in by_worker.values() if s is not None]
         return {
             "settings": asdict(self.settings),
             "seconds": round(finished - self.started, 1),
@@ -517,6 +518,10 @@ class _Soak:
                 str(pid): [round(v, 1) for _, v in series] for pid, series in self.memory.items()
             },
             "private_memory_slope_mb_per_min": max(slopes, key=abs) if slopes else None,
+            "private_memory_slope_by_worker": by_worker,
+            "private_memory_peak_mb": [
+                round(max(v for _, v in s), 1) for s in self.memory.values() if s
+            ],
             "private_memory_last_mb": [round(s[-1][1], 1) for s in self.memory.values() if s],
         }
 

@@ -237,6 +237,11 @@ class RunningVa:
     def target(self) -> str:
         return f"127.0.0.1:{self.responder.port}"
 
+    def last_event(self) -> int:
+        """The sequence of the registry's last loss event (the fleet step's stages)."""
+        with self.signer.registry.read() as tx:
+            return tx.counter("event")
+
     def status_stub(self) -> va_pb2_grpc.StatusServiceStub:
         channel = grpc.insecure_channel(self.target)
         self._channels.append(channel)

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
         Unavailable,
     )
     from jpki_va.client._models import (
+        AuthorityRevocationList,
         CertIdRef,
         CertificateStatus,
         CheckErrorCode,
@@ -66,6 +67,7 @@ _WHERE: dict[str, tuple[str, str]] = {
     "ResourceExhausted": ("jpki_va.client._errors", "ResourceExhausted"),
     "Unauthenticated": ("jpki_va.client._errors", "Unauthenticated"),
     "Unavailable": ("jpki_va.client._errors", "Unavailable"),
+    "AuthorityRevocationList": ("jpki_va.client._models", "AuthorityRevocationList"),
     "CertIdRef": ("jpki_va.client._models", "CertIdRef"),
     "CertificateStatus": ("jpki_va.client._models", "CertificateStatus"),
     "CheckErrorCode": ("jpki_va.client._models", "CheckErrorCode"),
@@ -106,6 +108,7 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "VERIFIER_HEADER",
+    "AuthorityRevocationList",
     "CertIdRef",
     "CertKind",
     "CertificateStatus",

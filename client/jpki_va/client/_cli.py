@@ -138,17 +138,22 @@ def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
         help="fetch a CRL file, or list the retained ones (第18条2項, 第37条2項)",
         description=(
             "Fetch the current CRL of a kind and partition (or a retained one by number "
-            "or by the time it was in force) into --out, or --list the retained CRLs."
+            "or by the time it was in force) into --out, or --list the retained CRLs, or "
+            "fetch the root's ARL (--arl) into --out."
         ),
         epilog=_EXIT_CODES,
     )
-    crl.add_argument("--kind", required=True, **slug_choice(CertKind))
+    crl.add_argument("--kind", **slug_choice(CertKind), help="required but with --arl")
     crl.add_argument("--partition", default="", metavar="CODE", help="municipality code")
     crl.add_argument(
         "--issuer-key-id", default="", metavar="HEX",
-        help="the issuing-CA generation (default: the newest with a CRL)",
+        help="the issuing-CA generation (default: the newest with a CRL); with --arl, the root's",
     )  # fmt: skip
     which = crl.add_mutually_exclusive_group()
+    which.add_argument(
+        "--arl", action="store_true",
+        help="the root's authority revocation list (the issuing CAs it revoked, 第14条)",
+    )  # fmt: skip
     which.add_argument("--list", action="store_true", help="list retained CRLs instead")
     which.add_argument("--number", type=int, metavar="N", help="a retained CRL by number")
     which.add_argument("--as-of", metavar="ISO8601", help="the CRL in force at that time")
@@ -489,11 +494,15 @@ def _run_record(args: argparse.Namespace) -> int:
 
 
 def _run_crl(args: argparse.Namespace) -> int:
-    kind = CertKind.from_slug(args.kind)
     try:
         key_id = bytes.fromhex(args.issuer_key_id)
     except ValueError:
         raise UsageError(f"--issuer-key-id {args.issuer_key_id!r} is not hexadecimal") from None
+    if args.arl:
+        return _run_arl(args, key_id)
+    if args.kind is None:
+        raise UsageError("--kind is required (but with --arl)")
+    kind = CertKind.from_slug(args.kind)
     if args.list:
         with _connect(args) as client:
             found = client.crls(kind=kind, partition=args.partition, issuer_key_id=key_id)
@@ -516,16 +525,35 @@ def _run_crl(args: argparse.Namespace) -> int:
             kind=kind, partition=args.partition, issuer_key_id=key_id, number=args.number,
             as_of=as_of,
         )  # fmt: skip
-    try:
-        Path(args.out).write_bytes(der)
-    except OSError as error:
-        raise UsageError(f"cannot write {args.out}: {error.strerror}") from None
+    _write_out(args.out, der)
     if args.json:
         print(json.dumps(meta.to_json()))
     else:
         print(f"wrote CRL #{meta.number} ({meta.size} bytes) of {kind.name} {meta.partition} "
               f"to {args.out}")  # fmt: skip
     return EXIT_OK
+
+
+def _run_arl(args: argparse.Namespace, root_key_id: bytes) -> int:
+    if args.kind is not None or args.partition:
+        raise UsageError("--arl takes no --kind or --partition: the ARL is the root's")
+    if args.out is None:
+        raise UsageError("--out FILE is required to fetch the ARL")
+    with _connect(args) as client:
+        arl = client.authority_revocation_list(root_key_id=root_key_id)
+    _write_out(args.out, arl.der)
+    if args.json:
+        print(json.dumps(arl.to_json()))
+    else:
+        print(f"wrote ARL #{arl.number} ({len(arl.der)} bytes) to {args.out}")
+    return EXIT_OK
+
+
+def _write_out(path: str, der: bytes) -> None:
+    try:
+        Path(path).write_bytes(der)
+    except OSError as error:
+        raise UsageError(f"cannot write {path}: {error.strerror}") from None
 
 
 def _run_watch(args: argparse.Namespace) -> int:

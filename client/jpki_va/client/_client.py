@@ -24,6 +24,7 @@ from jpki_va.client._errors import (
     translating_rpc_errors,
 )
 from jpki_va.client._models import (
+    AuthorityRevocationList,
     CertIdRef,
     CertificateStatus,
     CheckRefusal,
@@ -397,6 +398,18 @@ class VaClient:
         if hashlib.sha256(der).digest() != meta.sha256 or len(der) != meta.size:
             raise ProtocolError("the CRL received does not match its announced size and SHA-256")
         return meta, der
+
+    def authority_revocation_list(
+        self, *, root_key_id: bytes = b"", timeout: float | None = None
+    ) -> AuthorityRevocationList:
+        """The root's ARL (the issuing CAs revoked for key compromise, 第14条); of the
+        served index's root, or of the root whose key id starts with ``root_key_id``."""
+        request = crl_pb2.GetAuthorityRevocationListRequest(root_key_id=root_key_id)
+        with translating_rpc_errors():
+            response = self._crls.GetAuthorityRevocationList(
+                request, timeout=self._deadline(timeout), metadata=self._metadata
+            )
+        return AuthorityRevocationList.from_proto(response)
 
     def _issuer_of(self, kind: CertKind, serial: int, timeout: float | None) -> x509.Certificate:
         # Only the responder knows which generation issued a serial, and generations

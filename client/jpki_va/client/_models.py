@@ -452,3 +452,40 @@ class CrlMeta:
             "sha256": self.sha256.hex(),
             "current": self.current,
         }
+
+
+@dataclass(frozen=True, slots=True)
+class AuthorityRevocationList:
+    """The root's ARL: the issuing-CA certificates it revoked (第14条), as DER."""
+
+    der: bytes
+    number: int
+    this_update: datetime | None
+    next_update: datetime | None
+
+    @classmethod
+    def from_proto(cls, msg: crl_pb2.GetAuthorityRevocationListResponse) -> AuthorityRevocationList:
+        try:
+            crl = x509.load_der_x509_crl(msg.der)
+        except ValueError as error:
+            raise ProtocolError(f"the ARL received is not a DER CRL: {error}") from None
+        try:
+            number = crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number
+        except x509.ExtensionNotFound:
+            raise ProtocolError("the ARL received carries no CRL number") from None
+        if number != msg.number:
+            raise ProtocolError(f"the ARL is number {number}, but was announced as {msg.number}")
+        return cls(
+            der=msg.der,
+            number=msg.number,
+            this_update=_time(msg, "this_update"),
+            next_update=_time(msg, "next_update"),
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "number": self.number,
+            "this_update": _iso(self.this_update),
+            "next_update": _iso(self.next_update),
+            "size": len(self.der),
+        }

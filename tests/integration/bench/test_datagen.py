@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import base64
 from collections import Counter
 from pathlib import Path
 
+import lmdb
 import numpy as np
 import pytest
 from cryptography import x509
@@ -135,3 +137,43 @@ def test_dataset_paths(tmp_path: Path) -> None:
         ds.info()
     with pytest.raises(DataSetError):
         ds.pool()
+
+
+def _dump(registry_dir: Path) -> dict[bytes, list[tuple[bytes, bytes]]]:
+    """Every named database of an LMDB environment, key and value."""
+    env = lmdb.open(str(registry_dir), readonly=True, max_dbs=64)
+    try:
+        with env.begin() as txn:
+            names = [bytes(name) for name, _ in txn.cursor()]
+            return {
+                name: [(bytes(k), bytes(v)) for k, v in txn.cursor(db=env.open_db(name, txn=txn))]
+                for name in names
+            }
+    finally:
+        env.close()
+
+
+def test_registry_written_with_a_helper_process_is_the_same(
+    small_dataset: DataSet, tmp_path: Path
+) -> None:
+    """The helper process encodes every other chunk; the registry is byte for byte the
+    one written by this process alone."""
+    registry = Registry(small_dataset.registry_dir)
+    try:
+        with registry.read() as tx:
+            issuers = {r.kind: r for r in tx.issuers() if r.kind is not None}
+    finally:
+        registry.close()
+    pop = datagen.draw_population(700, 5, 2_000_000_000, datagen.Shape(partitions=8))
+    sample = (CertKind.MOBILE_SIGN, int(pop.kinds[CertKind.MOBILE_SIGN].serial[2]))
+    samples = {sample: {"der": base64.b64encode(b"a certificate").decode()}}
+    total = sum(len(k.serial) for k in pop.kinds.values())
+    dumps = []
+    for name, helper in (("alone", False), ("helper", True)):
+        ds = DataSet(tmp_path / name)
+        datagen._write_registry(ds, pop, issuers, samples, total, chunk=97, helper=helper)
+        dumps.append(_dump(ds.registry_dir))
+    alone, with_helper = dumps
+    assert len(alone[b"certs"]) == total > 97 * 4
+    assert any(value.endswith(b"a certificate") for _, value in alone[b"certs"])
+    assert with_helper == alone

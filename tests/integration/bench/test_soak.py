@@ -38,4 +38,9 @@ def test_a_short_soak_gives_no_wrong_answer(small_dataset: DataSet) -> None:
     assert results["verifier_changes"] >= 2
     for interface in ("check", "stream", "http_ocsp", "watch", "churn"):
         assert results["answers"].get(interface, 0) > 0, (interface, results["answers"])
-    assert "## Soak" in render_soak(results)
+    slopes = results["private_memory_slope_by_worker"]
+    assert slopes and results["private_memory_slope_mb_per_min"] in slopes.values()
+    assert len(results["private_memory_peak_mb"]) == 3
+    report = render_soak(results)
+    assert "## Soak" in report
+    assert all(f"{pid}: " in report for pid in slopes)  # each worker's slope is reported

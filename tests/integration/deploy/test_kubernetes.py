@@ -27,6 +27,7 @@ from jpki_va.server.app.config import ResponderConfig, SignerConfig, check_store
 from jpki_va.server.app.responder_app import ROTATION_HEALTH
 from jpki_va.server.cmd.main import build_parser
 from tests.support import REPO
+from tests.support.tls import TlsCa
 
 KUSTOMIZE = REPO / "deploy" / "kubernetes"
 OVERLAYS = ["softhsm", "production"]
@@ -232,6 +233,25 @@ def test_the_balancer_config_is_envoys_and_targets_the_ready_replicas(
 ) -> None:
     _, _, objects = rendered
     config = _one(objects, "ConfigMap", "jpki-va-balancer-config")["data"]["envoy.yaml"]
+    balancer = _one(objects, "Deployment", "jpki-va-balancer")
+    envoy = _container(balancer, "envoy")
+    mounts = {m["mountPath"] for m in envoy["volumeMounts"]}
+    # Envoy validates the files it names: the mounted secrets' places, filled with
+    # throwaway certificates of the right kinds.
+    ca = TlsCa(tmp_path / "ca")
+    for mount, identity in (
+        ("/etc/envoy/tls", ca.issue("balancer", server=True)),
+        ("/etc/envoy/replica-link", ca.issue("balancer-client")),
+    ):
+        assert mount in mounts
+        assert f"{mount}/tls.crt" in config
+        place = tmp_path / mount.strip("/").replace("/", "-")
+        place.mkdir()
+        (place / "tls.crt").write_bytes(identity.cert.read_bytes())
+        (place / "tls.key").write_bytes(identity.key.read_bytes())
+        (place / "ca.crt").write_bytes(ca.cert_file.read_bytes())
+        config = config.replace(f"{mount}/", f"{place}/")
+    assert config.count("forward_client_cert_details: SANITIZE_SET") == 2
     path = tmp_path / "envoy.yaml"
     path.write_text(config, encoding="utf-8")
     checked = subprocess.run(
@@ -250,6 +270,5 @@ def test_the_balancer_config_is_envoys_and_targets_the_ready_replicas(
         for e in group["lb_endpoints"]
     }
     assert addresses == {target}
-    balancer = _one(objects, "Deployment", "jpki-va-balancer")
-    ports = {p["containerPort"] for p in _container(balancer, "envoy")["ports"]}
+    ports = {p["containerPort"] for p in envoy["ports"]}
     assert {50051, 8443} <= ports

@@ -13,6 +13,9 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
 from jpki_va import hsm
 from jpki_va.core import cli as core_cli
 from jpki_va.server.base.metrics_http import MetricsListener
@@ -314,6 +317,9 @@ class ResponderConfig:
     insecure_loopback: bool = False
     tls: TlsFiles | None = None
     loopback_verifier: str | None = None  # plaintext callers without x-jpki-verifier
+    # The balancer's client certificates (PEM files): on a TLS connection presenting one,
+    # the x-forwarded-client-cert header it sets names the verifier (access/proxy.py).
+    trusted_proxy_certs: tuple[Path, ...] = ()
     poll_interval: float = 1.0  # a full scan of the store, whatever its pointer says
     # How often the store's pointer is read (responder/snapshot_notice.py): a new
     # snapshot is scanned for within this (or the poll interval, if shorter).
@@ -377,6 +383,9 @@ class ResponderConfig:
         )
         if self.loopback_verifier is not None and not self.insecure_loopback:
             raise ConfigError("--loopback-verifier goes with --insecure-loopback only")
+        if self.trusted_proxy_certs and self.tls is None:
+            raise ConfigError("--trusted-proxy-cert goes with mTLS (--tls-cert, --client-ca)")
+        self.trusted_proxy_ders()  # checked here, once
         if self.retention_crl_file <= 0:
             raise ConfigError("CRL file retention must be > 0")
         if self.retention_ledger <= 0 or self.retention_audit <= 0:
@@ -397,6 +406,19 @@ class ResponderConfig:
         if self.max_lag <= 0:
             raise ConfigError("max lag must be > 0 seconds")
         self._check_signer_link()
+
+    def trusted_proxy_ders(self) -> list[bytes]:
+        """The DER of every certificate in the --trusted-proxy-cert files."""
+        ders: list[bytes] = []
+        for path in self.trusted_proxy_certs:
+            try:
+                certificates = x509.load_pem_x509_certificates(path.read_bytes())
+            except OSError as exc:
+                raise ConfigError(f"--trusted-proxy-cert {path}: {exc.strerror}") from None
+            except ValueError:
+                raise ConfigError(f"--trusted-proxy-cert {path}: not PEM certificates") from None
+            ders += [c.public_bytes(serialization.Encoding.DER) for c in certificates]
+        return ders
 
     def _check_signer_link(self) -> None:
         files = (self.signer_ca, self.signer_client_cert, self.signer_client_key)

@@ -14,6 +14,17 @@ from a replica that is stopping. Envoy counts the retries
 (`cluster.<name>.upstream_rq_retry` on its admin port). The verifier calls are reads,
 so a retry changes nothing but the provision ledger, which may count a call twice
 when a replica committed it and died before the answer left.
+
+With `EnvoyTls`, replicas on hosts of their own: Envoy terminates the verifiers' mTLS
+(their client certificates checked against the verifiers' client CA), speaks TLS to
+each replica with a client certificate of its own (the replicas'
+`--trusted-proxy-cert`), checks each replica's server certificate for one name the
+fleet shares, and passes the verified client certificate on in the
+`x-forwarded-client-cert` header (`Hash=`, its SHA-256), having dropped whatever a
+caller sent in that header (SANITIZE_SET). Terminating, not passing TLS through, is
+what keeps the balancer a balancer: a TCP pass-through would pin every call of a
+connection to one replica, so no per-call retry on another replica (SIGKILL would fail
+calls) and no leaving rotation for a stale replica until the caller reconnects.
 """
 
 from __future__ import annotations
@@ -21,6 +32,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 #: The health entry Envoy asks for (app/responder_app.py's ROTATION_HEALTH).
@@ -29,6 +41,66 @@ HEALTH_PATH = "/health"
 GRPC_CLUSTER = "responders_grpc"
 HTTP_CLUSTER = "responders_http"
 _PROTOCOL_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+_TLS = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3."
+#: The name every replica's server certificate carries (a DNS subjectAltName), which
+#: Envoy asks for (SNI) and checks: the replicas are told apart by address, not name.
+REPLICA_NAME = "jpki-va-responder"
+
+
+@dataclass(frozen=True)
+class EnvoyTls:
+    """Files Envoy reads (PEM): its certificate for verifiers and the CA of theirs; the
+    CA of the replicas' server certificates and its own client certificate to them."""
+
+    cert: Path
+    key: Path
+    client_ca: Path
+    replica_ca: Path
+    proxy_cert: Path
+    proxy_key: Path
+    replica_name: str = REPLICA_NAME
+
+
+def _certificate(cert: Path, key: Path) -> dict[str, Any]:
+    return {
+        "certificate_chain": {"filename": str(cert)},
+        "private_key": {"filename": str(key)},
+    }
+
+
+def _downstream_tls(tls: EnvoyTls, alpn: list[str]) -> dict[str, Any]:
+    return {
+        "name": "envoy.transport_sockets.tls",
+        "typed_config": {
+            "@type": _TLS + "DownstreamTlsContext",
+            "require_client_certificate": True,
+            "common_tls_context": {
+                "tls_certificates": [_certificate(tls.cert, tls.key)],
+                "validation_context": {"trusted_ca": {"filename": str(tls.client_ca)}},
+                "alpn_protocols": alpn,
+            },
+        },
+    }
+
+
+def _upstream_tls(tls: EnvoyTls, alpn: list[str]) -> dict[str, Any]:
+    return {
+        "name": "envoy.transport_sockets.tls",
+        "typed_config": {
+            "@type": _TLS + "UpstreamTlsContext",
+            "sni": tls.replica_name,
+            "common_tls_context": {
+                "tls_certificates": [_certificate(tls.proxy_cert, tls.proxy_key)],
+                "validation_context": {
+                    "trusted_ca": {"filename": str(tls.replica_ca)},
+                    "match_typed_subject_alt_names": [
+                        {"san_type": "DNS", "matcher": {"exact": tls.replica_name}}
+                    ],
+                },
+                "alpn_protocols": alpn,
+            },
+        },
+    }
 
 
 @dataclass(frozen=True)
@@ -52,6 +124,7 @@ class Balancing:
     # Past this many concurrent streams on one connection Envoy opens another, which
     # the replica's kernel (SO_REUSEPORT) may give to another of its workers.
     streams_per_connection: int = 16
+    tls: EnvoyTls | None = None  # None: plaintext, replicas and callers on loopback
 
     def __post_init__(self) -> None:
         if not 0 < self.check_interval <= 60 or not 0 < self.check_timeout <= 60:
@@ -73,7 +146,14 @@ def _seconds(value: float) -> str:
     return f"{value:.3f}s"
 
 
-def _listener(name: str, address: str, cluster: str, retry_on: str, retries: int) -> dict[str, Any]:
+def _listener(
+    name: str,
+    address: str,
+    cluster: str,
+    retry_on: str,
+    b: Balancing,
+    alpn: list[str],
+) -> dict[str, Any]:
     route: dict[str, Any] = {
         "cluster": cluster,
         # Streams (CheckStream, WatchRevocations) last as long as the caller wants: the
@@ -82,7 +162,7 @@ def _listener(name: str, address: str, cluster: str, retry_on: str, retries: int
         "max_stream_duration": {"grpc_timeout_header_max": "0s"},
         "retry_policy": {
             "retry_on": retry_on,
-            "num_retries": retries,
+            "num_retries": b.retries,
             "retry_host_predicate": [
                 {
                     "name": "envoy.retry_host_predicates.previous_hosts",
@@ -95,11 +175,14 @@ def _listener(name: str, address: str, cluster: str, retry_on: str, retries: int
             "host_selection_retry_max_attempts": 5,
         },
     }
-    manager = {
+    manager: dict[str, Any] = {
         "@type": "type.googleapis.com/envoy.extensions.filters.network."
         "http_connection_manager.v3.HttpConnectionManager",
         "stat_prefix": name,
         "codec_type": "AUTO",
+        # The replica believes this header from Envoy only; Envoy sets it from the
+        # certificate it verified and drops any a caller sent (Hash= is always in it).
+        "forward_client_cert_details": "SANITIZE_SET" if b.tls else "SANITIZE",
         "route_config": {
             "name": name,
             "virtual_hosts": [
@@ -119,20 +202,17 @@ def _listener(name: str, address: str, cluster: str, retry_on: str, retries: int
             }
         ],
     }
-    return {
-        "name": name,
-        "address": _socket(address),
-        "filter_chains": [
+    chain: dict[str, Any] = {
+        "filters": [
             {
-                "filters": [
-                    {
-                        "name": "envoy.filters.network.http_connection_manager",
-                        "typed_config": manager,
-                    }
-                ]
+                "name": "envoy.filters.network.http_connection_manager",
+                "typed_config": manager,
             }
-        ],
+        ]
     }
+    if b.tls is not None:
+        chain["transport_socket"] = _downstream_tls(b.tls, alpn)
+    return {"name": name, "address": _socket(address), "filter_chains": [chain]}
 
 
 def _cluster(
@@ -141,9 +221,12 @@ def _cluster(
     check: dict[str, Any],
     protocol: dict[str, Any],
     b: Balancing,
+    alpn: list[str],
 ) -> dict[str, Any]:
+    tls = {} if b.tls is None else {"transport_socket": _upstream_tls(b.tls, alpn)}
     return {
         "name": name,
+        **tls,
         "type": "STATIC",
         "connect_timeout": "1s",
         "lb_policy": "ROUND_ROBIN",
@@ -194,14 +277,16 @@ def envoy_bootstrap(replicas: Sequence[Replica], balancing: Balancing) -> dict[s
                     # arrive while they stop (their supervisor gone, before the next
                     # health check); a caller's own cancel never comes back to retry.
                     "connect-failure,refused-stream,reset,unavailable,cancelled",
-                    b.retries,
+                    b,
+                    ["h2"],
                 ),
                 _listener(
                     "http",
                     b.http_listen,
                     HTTP_CLUSTER,
                     "connect-failure,reset,gateway-error",
-                    b.retries,
+                    b,
+                    ["http/1.1"],
                 ),
             ],
             "clusters": [
@@ -215,6 +300,7 @@ def envoy_bootstrap(replicas: Sequence[Replica], balancing: Balancing) -> dict[s
                         }
                     },
                     b,
+                    ["h2"],
                 ),
                 _cluster(
                     HTTP_CLUSTER,
@@ -222,6 +308,7 @@ def envoy_bootstrap(replicas: Sequence[Replica], balancing: Balancing) -> dict[s
                     {"http_health_check": {"path": HEALTH_PATH}},
                     {"http_protocol_options": {}},
                     b,
+                    ["http/1.1"],
                 ),
             ],
         },

@@ -42,6 +42,7 @@ from jpki_va.protos import (
     verifiers_pb2_grpc,
 )
 from jpki_va.server.access.gate import Gate, NoIdentity, UnknownVerifier
+from jpki_va.server.access.proxy import TrustedProxies
 from jpki_va.server.app import descriptors
 from jpki_va.server.app.config import ResponderConfig
 from jpki_va.server.app.dir_lock import DirectoryLock
@@ -214,11 +215,12 @@ class PortClaim:
         self._lock.close()
 
 
-def _index_generation(holder: IndexHolder) -> int:
-    """What cached OCSP answers depend on: the sequence the live index reflects now."""
+def _index_generation(holder: IndexHolder) -> tuple[int, int]:
+    """What cached OCSP answers depend on: the full snapshot the live index was built
+    from and the sequence it reflects now."""
     index = holder.get()
     index.refresh()  # a delta changes the live index in place
-    return index.sequence
+    return index.full_sequence, index.sequence
 
 
 def _ocsp_responder(
@@ -321,15 +323,23 @@ def worker_main(  # noqa: PLR0915 (a composition root: the wiring reads best in 
     # Concurrent calls' provisions share one commit; each answer waits for its own.
     committer = GroupCommit(ledger)
     gate = Gate(lambda: holder.get().verifiers, committer, clock)
+    proxies = (
+        TrustedProxies.of_certificates(config.trusted_proxy_ders())
+        if config.trusted_proxy_certs
+        else None
+    )
     caller = functools.partial(
         caller_of,
         insecure_loopback=config.insecure_loopback,
         default_verifier=config.loopback_verifier,
+        proxies=proxies,
     )
     # Streams on threads of their own, within bounds: unary calls always find a thread.
     limiter = StreamLimiter(
         StreamBudget(config.max_streams, config.max_streams_per_caller, config.stream_idle),
-        functools.partial(stream_owner, insecure_loopback=config.insecure_loopback),
+        functools.partial(
+            stream_owner, insecure_loopback=config.insecure_loopback, proxies=proxies
+        ),
         lambda method, code: metrics.grpc_call(method, code, 0.0),
     )
     server = server_common.build_server(
@@ -401,6 +411,7 @@ def worker_main(  # noqa: PLR0915 (a composition root: the wiring reads best in 
             max_connections=caps.http,
             tls=None if tls is None else server_tls(tls.cert, tls.key, tls.client_ca),
             timing=metrics,
+            proxies=proxies,
         )
         http.start()
     serving = holder.loaded

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import threading
+import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
@@ -130,6 +132,8 @@ class SignerApp:
     _stop: threading.Event
     _lock: DirectoryLock
     _publisher_thread: threading.Thread | None = None
+    # Set by every registry commit (and by stop), to wake the publisher.
+    _publish_wake: threading.Event = field(default_factory=threading.Event)
     _sweep: SweepSchedule | None = None
     _notices: threading.Thread | None = None
     _backups: BackupSchedule | None = None
@@ -144,6 +148,7 @@ class SignerApp:
             self._metrics_server.shutdown()
             self._metrics_server.server_close()
         if self._publisher_thread is not None:
+            self._publish_wake.set()  # it waits for a commit, not for the stop
             self._publisher_thread.join()
         if self._sweep is not None:
             self._sweep.stop()
@@ -251,6 +256,31 @@ def _authority(token: hsm.Hsm, registry: Registry, config: SignerConfig) -> Auth
     return authority
 
 
+def _grpc_server(config: SignerConfig, refusals: RefusalLog) -> grpc.Server:
+    return server_common.build_server(
+        max_workers=config.grpc_workers,
+        mapping=SIGNER_ERRORS,
+        maximum_concurrent_rpcs=config.grpc_workers,
+        refusals=refusals,
+        # grpc sets SO_REUSEPORT by default: a second process could then bind the
+        # signer's port too and take part of its calls. One signer, one listener;
+        # a port already taken is an error at start.
+        options=[("grpc.so_reuseport", 0)],
+    )
+
+
+def _undo_start(
+    metrics_server: Any, registry: Registry, ledger: Ledger, token: hsm.Hsm, lock: DirectoryLock
+) -> None:
+    if metrics_server is not None:
+        metrics_server.shutdown()
+        metrics_server.server_close()
+    registry.close()
+    ledger.close()
+    token.close()
+    lock.release()
+
+
 def start_signer(config: SignerConfig, clock: Clock | None = None) -> SignerApp:
     clock = clock or SystemClock()
     operators = _operators(config)
@@ -262,7 +292,14 @@ def start_signer(config: SignerConfig, clock: Clock | None = None) -> SignerApp:
     ledger = Ledger(config.ledger_dir)
     mark_signer_ledger(config.ledger_dir)
     metrics_server = None
+    server: grpc.Server | None = None
+    started = False
     try:
+        # The ports are claimed before the ceremony: a start that cannot listen must
+        # not leave new keys in the token. Calls wait in the backlog until start().
+        server = _grpc_server(config, refusals)
+        port = server_common.bind(server, config.listen, credentials)
+        metrics_server = _serve_metrics(config, metrics)
         if config.bootstrap:
             records = config.data_dir / "ceremonies"
             for created in bootstrap(
@@ -283,16 +320,6 @@ def start_signer(config: SignerConfig, clock: Clock | None = None) -> SignerApp:
         queue = SigningQueue(config.sign_queue_limit, config.sign_queue_wait, observer=metrics)
         status, watch = _publish_status(publisher, clock, metrics)
         signer = Signer(registry, authority, publisher, clock, settings, queue, status)
-        server = server_common.build_server(
-            max_workers=config.grpc_workers,
-            mapping=SIGNER_ERRORS,
-            maximum_concurrent_rpcs=config.grpc_workers,
-            refusals=refusals,
-            # grpc sets SO_REUSEPORT by default: a second process could then bind the
-            # signer's port too and take part of its calls. One signer, one listener;
-            # a port already taken is an error at start.
-            options=[("grpc.so_reuseport", 0)],
-        )
         verifiers = VerifierRegistry(registry, authority, ledger, clock)
         caller = functools.partial(caller_of, insecure_loopback=config.insecure_loopback)
         signer_pb2_grpc.add_SignerServiceServicer_to_server(
@@ -301,17 +328,12 @@ def start_signer(config: SignerConfig, clock: Clock | None = None) -> SignerApp:
         health = server_common.add_health_and_reflection(server, [SERVICE])
         server_common.set_part_serving(health, PUBLISH_HEALTH, not status.state().failing)
         watch.health = health
-        port = server_common.bind(server, config.listen, credentials)
-        metrics_server = _serve_metrics(config, metrics)
         server.start()
+        started = True
     except BaseException:
-        if metrics_server is not None:
-            metrics_server.shutdown()
-            metrics_server.server_close()
-        registry.close()
-        ledger.close()
-        token.close()
-        lock.release()
+        if server is not None and not started:
+            server_common.release(server)
+        _undo_start(metrics_server, registry, ledger, token, lock)
         raise
     server_common.set_serving(health, [SERVICE], True)
     stop = threading.Event()
@@ -330,7 +352,10 @@ def _start_background(app: SignerApp, clock: Clock, store: SnapshotStore) -> Non
     """The periodic publisher (when it has an interval), the 00:00 JST sweep and purge,
     the notices' delivery, and the registry's backups (to a store that keeps them)."""
     if app.config.delta_interval > 0:
-        app._publisher_thread = _start_publishing(app.signer, app.config, app._stop)
+        app.registry.watch(app._publish_wake.set)
+        app._publisher_thread = _start_publishing(
+            app.signer, app.config, app._stop, app._publish_wake
+        )
     # On its own schedule, also when publishing happens only on request.
     app._sweep = SweepSchedule(
         functools.partial(_midnight, app, clock), clock, app.config.sweep_check
@@ -414,12 +439,17 @@ def serve(
 
 
 def _start_publishing(
-    signer: Signer, config: SignerConfig, stop: threading.Event
+    signer: Signer, config: SignerConfig, stop: threading.Event, changed: threading.Event
 ) -> threading.Thread:
     full_interval = timedelta(seconds=config.full_interval)
     thread = threading.Thread(
         target=_publish_loop,
-        args=(lambda: signer.publish_scheduled(full_interval), stop, config.delta_interval),
+        args=(
+            lambda: signer.publish_scheduled(full_interval),
+            stop,
+            config.delta_interval,
+            changed,
+        ),
         name="publisher",
         daemon=True,
     )
@@ -427,14 +457,34 @@ def _start_publishing(
     return thread
 
 
-def _publish_loop(publish: Callable[[], object], stop: threading.Event, interval: float) -> None:
-    """Every `interval`: the move-out sweep, then a full or delta snapshot as due.
+def _publish_loop(
+    publish: Callable[[], object | None],
+    stop: threading.Event,
+    interval: float,
+    changed: threading.Event,
+) -> None:
+    """The move-out sweep, then a full or delta snapshot as due: as soon as a registry
+    write commits, and every `interval` anyway (a full snapshot falls due, a failed
+    publish is tried again); never a snapshot within `interval` of the last one's start.
+
+    Woken by the commit, a loss waits for no tick: commit to delta is the publish
+    alone, not up to a whole interval more, while the interval still bounds how often
+    the signer publishes (and signs) under a stream of changes.
 
     A failed publish is logged by the publish status, once per change of state, and
     tried again at the next tick.
     """
-    while not stop.wait(interval):
+    last = -math.inf  # when the last tick that published a snapshot began
+    while not stop.is_set():
+        changed.wait(interval)
+        if stop.wait(max(0.0, last + interval - time.monotonic())):
+            return
+        # Cleared before the publish: a commit during it brings the next tick (the
+        # publish's own commit too, which then finds nothing changed).
+        changed.clear()
+        began = time.monotonic()
         try:
-            publish()
+            if publish() is not None:
+                last = began
         except Exception as exc:
             log.debug("periodic publish failed: %s", exc)

@@ -14,7 +14,7 @@ from jpki_va.core.cli import (
     parse_host_port,
 )
 from jpki_va.server.app.config import ConfigError
-from jpki_va.server.app.envoy_config import Balancing, Replica, render
+from jpki_va.server.app.envoy_config import REPLICA_NAME, Balancing, EnvoyTls, Replica, render
 from jpki_va.server.cmd.signer_client import SubParsers
 
 
@@ -54,7 +54,44 @@ def add_balancer_commands(sub: SubParsers) -> None:
         help="a failed call is tried again this many times, each on another replica",
     )  # fmt: skip
     envoy.add_argument("--output", metavar="FILE", help="write here (default stdout)")
+    tls = envoy.add_argument_group(
+        "TLS (replicas beyond loopback; all of the files, or none)",
+        "Envoy verifies the verifiers' client certificates and passes each on to the "
+        "replica in x-forwarded-client-cert; the replicas trust it from --proxy-cert only",
+    )
+    for flag, text in _TLS_FILES:
+        tls.add_argument(flag, metavar="FILE", help=text)
+    tls.add_argument(
+        "--replica-name", default=REPLICA_NAME, metavar="DNS",
+        help=f"the name in every replica's server certificate (default {REPLICA_NAME})",
+    )  # fmt: skip
     envoy.set_defaults(func=run_envoy_config)
+
+
+_TLS_FILES = (
+    ("--tls-cert", "Envoy's server certificate chain for verifiers (PEM)"),
+    ("--tls-key", "its private key (PEM)"),
+    ("--client-ca", "the CA of the verifiers' client certificates (PEM)"),
+    ("--replica-ca", "the CA of the replicas' server certificates (PEM)"),
+    ("--proxy-cert", "Envoy's client certificate to the replicas (their --trusted-proxy-cert)"),
+    ("--proxy-key", "its private key (PEM)"),
+)
+
+
+def _tls(args: argparse.Namespace) -> EnvoyTls | None:
+    names = [flag[2:].replace("-", "_") for flag, _ in _TLS_FILES]
+    given = [getattr(args, name) for name in names]
+    if not any(given):
+        return None
+    if not all(given):
+        raise ConfigError(" ".join(flag for flag, _ in _TLS_FILES) + " go together")
+    for (flag, _), value in zip(_TLS_FILES, given, strict=True):
+        if not Path(value).is_file():
+            raise ConfigError(f"{flag} {value} does not exist")
+    cert, key, client_ca, replica_ca, proxy_cert, proxy_key = (Path(v).resolve() for v in given)
+    return EnvoyTls(
+        cert, key, client_ca, replica_ca, proxy_cert, proxy_key, replica_name=args.replica_name
+    )
 
 
 def _replica(text: str) -> Replica:
@@ -77,6 +114,7 @@ def run_envoy_config(args: argparse.Namespace) -> int:
                 admin_listen=args.admin_listen,
                 check_interval=args.check_interval,
                 retries=args.retries,
+                tls=_tls(args),
             ),
         )
     except ValueError as exc:

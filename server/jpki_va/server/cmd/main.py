@@ -59,7 +59,8 @@ def _add_publishing_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--delta-interval",
         metavar="DURATION",
-        help="between delta snapshots while anything changed (default 1s; 0: on request)",
+        help="the least time between delta snapshots; a registry commit brings one at once "
+        "when the last is older (default 1s; 0: on request)",
     )
     _add_retention_options(group, ("issuance-record", "loss-record", "crl-file", "project-record"))
     group.add_argument(
@@ -331,6 +332,11 @@ def _add_responder(sub: SubParsers) -> None:
         help="with --insecure-loopback: the verifier of calls without x-jpki-verifier",
     )  # fmt: skip
     _add_tls_options(responder)
+    responder.add_argument(
+        "--trusted-proxy-cert", action="append", metavar="FILE",
+        help="the balancer's client certificate (PEM); on its connections the "
+        "x-forwarded-client-cert header it sets names the verifier; repeatable",
+    )  # fmt: skip
     _add_http_metrics_and_limits(responder)
     _add_log_format(responder, default=argparse.SUPPRESS)
     responder.set_defaults(func=lazy("jpki_va.server.cmd.roles:run_responder"))

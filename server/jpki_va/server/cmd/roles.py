@@ -183,6 +183,7 @@ def responder_config(args: argparse.Namespace) -> ResponderConfig:
             "retention_ledger": args.retention_ledger,
             "retention_audit": args.retention_audit,
             "loopback_verifier": args.loopback_verifier,
+            "trusted_proxy_certs": args.trusted_proxy_cert,
             "http_listen": args.http_listen,
             "http_tls": args.http_tls or None,
             "metrics_per_partition": args.metrics_per_partition or None,
@@ -238,6 +239,7 @@ def responder_config(args: argparse.Namespace) -> ResponderConfig:
         if name in values:
             values[name] = Path(values[name])
     values["trust_anchors"] = tuple(Path(p) for p in values.get("trust_anchors") or ())
+    values["trusted_proxy_certs"] = tuple(Path(p) for p in values.get("trusted_proxy_certs") or ())
     try:
         return ResponderConfig(tls=_tls_from(args, file_values), **values)
     except TypeError as exc:

@@ -14,7 +14,10 @@ routing objects and logs nothing.
 Beyond loopback the server speaks TLS (`server_tls`) and demands a client certificate
 issued by the responder's client CA: the certificate, not a header, names the
 verifier, by the same fingerprint gRPC's mTLS uses (`access.gate.fingerprint_of`).
-The X-JPKI-Verifier header a client sends over TLS is dropped.
+The X-JPKI-Verifier header a client sends over TLS is dropped. Behind a balancer whose
+client certificate the responder trusts (`proxies`), the verifier is the certificate the
+balancer verified, named by its `x-forwarded-client-cert` header (access/proxy.py); the
+header counts on no other connection.
 
 Each answered request's latency, from its last byte to its response written (signing
 and the provision commit included), goes to an optional `HttpTiming`.
@@ -40,6 +43,7 @@ import httptools
 
 from jpki_va.core.loopback import VERIFIER_HEADER
 from jpki_va.server.access.gate import fingerprint_of
+from jpki_va.server.access.proxy import FORWARDED_HEADER, TrustedProxies, forwarded_fingerprint
 from jpki_va.server.http.access import TLS_PEER_PREFIX
 from jpki_va.server.http.app import HttpApp
 
@@ -58,6 +62,7 @@ LINGER_SECONDS = 1.0
 _VERSIONS = frozenset(("1.0", "1.1"))
 
 _VERIFIER_HEADER = VERIFIER_HEADER.encode()  # header names arrive lower-cased bytes
+_FORWARDED_HEADER = FORWARDED_HEADER.encode()
 
 
 class HttpTiming(Protocol):
@@ -175,15 +180,18 @@ class _Connection(asyncio.Protocol):
         connections: _Connections,
         loop: asyncio.AbstractEventLoop,
         outbox: _Outbox,
+        proxies: TrustedProxies | None = None,
     ) -> None:
         self._app = app
         self._connections = connections
+        self._proxies = proxies
         self._loop = loop
         self._outbox = outbox
         self._parser = httptools.HttpRequestParser(self)
         self._transport: asyncio.Transport | None = None
         self._peer: bytes | None = None  # over TLS: what names the verifier, not a header
         self._tls = False
+        self._proxied = False  # over TLS from a trusted balancer: its header names the caller
         self._closing = False
         self._in_request = False  # from a request's first byte to its last
         self.pending = 0  # responses held in the outbox, not yet written
@@ -203,6 +211,7 @@ class _Connection(asyncio.Protocol):
         self._content_type: bytes | None = None
         self._if_none_match: bytes | None = None
         self._verifier: bytes | None = None
+        self._forwarded: bytes | None = None
         self._expect_continue = False
         # Bytes of this request's head seen so far. httptools hands over a header only
         # once it ends and keeps the unfinished part itself, so the bound is kept here,
@@ -221,7 +230,9 @@ class _Connection(asyncio.Protocol):
             self._tls = True
             der = tls.getpeercert(binary_form=True)
             if der:
-                self._peer = TLS_PEER_PREFIX + fingerprint_of(der).hex().encode()
+                peer = fingerprint_of(der)
+                self._peer = TLS_PEER_PREFIX + peer.hex().encode()
+                self._proxied = self._proxies is not None and self._proxies.trusts(peer)
         if not self._connections.admit(self):
             self._refuse(self._transport)
 
@@ -302,6 +313,8 @@ class _Connection(asyncio.Protocol):
             self._if_none_match = value
         elif lower == _VERIFIER_HEADER and not self._tls:
             self._verifier = value
+        elif lower == _FORWARDED_HEADER and self._proxied:
+            self._forwarded = value
         elif lower == b"content-length":
             if not value.isdigit() or int(value) > self._app.max_request_bytes:
                 self._reject(413, f"request body over {self._app.max_request_bytes} bytes")
@@ -323,6 +336,15 @@ class _Connection(asyncio.Protocol):
             return
         self._body.append(body)
 
+    def _caller(self) -> bytes | None:
+        """What names the caller to the app (http/access.py): a header, or a certificate."""
+        if not self._tls:
+            return self._verifier
+        if self._proxied:
+            forwarded = forwarded_fingerprint(self._forwarded)
+            return None if forwarded is None else TLS_PEER_PREFIX + forwarded.hex().encode()
+        return self._peer
+
     def on_message_complete(self) -> None:
         self.receiving = False
         self._in_request = False
@@ -337,7 +359,7 @@ class _Connection(asyncio.Protocol):
                 self._content_type,
                 self._if_none_match,
                 b"".join(self._body),
-                self._peer if self._tls else self._verifier,
+                self._caller(),
             )
         except Exception:
             # Never a trace to the client, never a dead worker.
@@ -363,6 +385,7 @@ class HttpServer:
         max_connections: int = MAX_CONNECTIONS,
         tls: ssl.SSLContext | None = None,
         timing: HttpTiming | None = None,
+        proxies: TrustedProxies | None = None,
     ) -> None:
         if request_seconds <= 0 or idle_seconds <= 0:
             raise ValueError("idle_seconds and request_seconds must be positive")
@@ -375,6 +398,7 @@ class HttpServer:
         self._request = request_seconds
         self._loop = asyncio.new_event_loop()
         self._ssl = tls
+        self._proxies = proxies
         self._outbox = _Outbox(app, self._loop, timing)
         self._connections = _Connections(max_connections)
         self._server: asyncio.Server | None = None
@@ -397,7 +421,9 @@ class HttpServer:
         try:
             self._server = self._loop.run_until_complete(
                 self._loop.create_server(
-                    lambda: _Connection(self._app, self._connections, self._loop, self._outbox),
+                    lambda: _Connection(
+                        self._app, self._connections, self._loop, self._outbox, self._proxies
+                    ),
                     self._host,
                     self._port,
                     reuse_port=True,

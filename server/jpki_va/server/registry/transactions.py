@@ -115,6 +115,11 @@ class RegistryTxn:
         self._db = dbs
         self._compromises: dict[bytes, Compromise] | None = None
 
+    @property
+    def transaction_id(self) -> int:
+        """The commit this transaction sees (equal ids: the same registry state)."""
+        return int(self._txn.id())
+
     # certificates -----------------------------------------------------------------
     def stored_certificate(self, kind: CertKind, serial: int) -> CertificateRecord | None:
         """The record as stored, without the effect of issuer compromises."""
@@ -702,6 +707,7 @@ class Registry:
             str(path), map_size=map_size, max_dbs=len(self._DBS), subdir=True, mode=LMDB_MODE
         )
         self._dbs = {name: self._env.open_db(name.encode()) for name in self._DBS}
+        self._watchers: list[Callable[[], None]] = []
         with self.read() as tx:
             done = tx.meta(KEYS_INDEXED) is not None
         if not done:  # a registry from before the public key table: fill it, once
@@ -710,15 +716,39 @@ class Registry:
             if indexed:
                 log.info("indexed the public keys of %d existing certificates", indexed)
 
+    def watch(self, committed: Callable[[], None]) -> None:
+        """Call `committed` after every write transaction that commits (the signer's
+        publisher wakes on it instead of waiting out its interval); it must be quick."""
+        self._watchers.append(committed)
+
     @contextmanager
     def write(self) -> Iterator[RegistryTxn]:
         with self._env.begin(write=True) as txn:
             yield RegistryTxn(txn, self._dbs)
+        for committed in self._watchers:
+            committed()
 
     @contextmanager
     def read(self) -> Iterator[RegistryTxn]:
         with self._env.begin(write=False) as txn:
             yield RegistryTxn(txn, self._dbs)
+
+    @property
+    def path(self) -> Path:
+        return Path(self._env.path())
+
+    @classmethod
+    @contextmanager
+    def reader(cls, path: Path) -> Iterator[RegistryTxn]:
+        """One read transaction on a registry another process holds open (read-only:
+        nothing created, nothing migrated)."""
+        env = lmdb.open(str(path), readonly=True, max_dbs=len(cls._DBS), subdir=True)
+        try:
+            dbs = {name: env.open_db(name.encode(), create=False) for name in cls._DBS}
+            with env.begin(write=False) as txn:
+                yield RegistryTxn(txn, dbs)
+        finally:
+            env.close()
 
     def copy_compacted(self, directory: Path) -> None:
         """A consistent copy of the whole environment in `directory` (empty), without

@@ -19,7 +19,7 @@ import collections
 import os
 import shutil
 import threading
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -35,7 +35,16 @@ from jpki_va.server.base.metrics_http import MetricsListener, serve_metrics
 from jpki_va.server.base.private_files import private_dir
 from jpki_va.server.responder.index_layout import CrlTimes
 from jpki_va.server.responder.ocsp import DelegatedSigner
-from jpki_va.server.responder.status import Answer, Brief, StatusSource, Target, briefs
+from jpki_va.server.responder.status import (
+    Answer,
+    Brief,
+    PackedBatch,
+    PackedSource,
+    StatusSource,
+    Target,
+    briefs,
+    tally_labels,
+)
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0)
@@ -154,9 +163,12 @@ class WorkerMetrics:
         self._count(self._cache, (result,))
 
     def answers(self, answers: tuple[tuple[str, str], ...]) -> None:
-        tally = collections.Counter(answers)  # a batch: one lock for all of it
+        self.tally(collections.Counter(answers))  # a batch: one lock for all of it
+
+    def tally(self, counts: Mapping[tuple[str, str], int]) -> None:
+        """`answers`, already counted: (status, cause) -> how many."""
         with self._lock:
-            for labels, n in tally.items():
+            for labels, n in counts.items():
                 key = (self._answers, labels)
                 self._pending[key] = self._pending.get(key, 0) + n
 
@@ -182,6 +194,17 @@ class CountedSource:
         out = briefs(self._inner, targets)
         self._metrics.answers(tuple(brief.labels for brief in out))
         return out
+
+    def packed(self, keys: list[bytes], when: int) -> PackedBatch | None:
+        """The inner source's values, counted once the batch is answered (its tally)."""
+        inner = self._inner
+        batch = inner.packed(keys, when) if isinstance(inner, PackedSource) else None
+        if batch is not None:
+            batch.observers.append(self._tallied)
+        return batch
+
+    def _tallied(self, tally: Mapping[int, int]) -> None:
+        self._metrics.tally(tally_labels(tally))
 
 
 ProvisionCounts = Callable[[], Iterable[tuple[str, str, float]]]  # (type, verifier, count)

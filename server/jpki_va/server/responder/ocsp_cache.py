@@ -1,11 +1,15 @@
 """Signed OCSP responses, kept so that a hot certificate is not re-signed per request.
 
 Keyed by the request's requestList bytes (its CertIDs): everything a nonce-less
-answer depends on besides the index, the signing key and the clock. An entry is
-dropped when the index sequence changes (the status may have changed), when the
-delegated signer is replaced (`invalidate`: answers come from the new key) and
-when the response nears its nextUpdate (clients must get a fresh one in time).
-Per worker, bounded (LRU).
+answer depends on besides the index, the signing key and the clock. Everything is
+dropped when a new full index is served or the delegated signer is replaced
+(`invalidate`: answers come from the new key). A delta keeps the entries: the first
+request for one after a delta recomputes its statuses from the index (cheap beside a
+signature) and reuses the signed answer only if they are what it says, so a
+certificate the delta touched is answered afresh and the others are not re-signed.
+Before this, every delta (one a second under load) emptied the cache and every
+request was signed again. An entry also goes when the response nears its nextUpdate
+(clients must get a fresh one in time). Per worker, bounded (LRU).
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,6 +31,9 @@ class OcspReply:
     next_update: float = 0.0  # epoch seconds; the earliest nextUpdate of its answers
     etag: str = ""
     answers: tuple[tuple[str, str], ...] = ()  # (status, cause) per CertID, for metrics
+    # What the answers say (per CertID), compared after a delta with what they would
+    # say now: equal means the signed response is still true.
+    basis: tuple[object, ...] = ()
 
     @property
     def successful(self) -> bool:
@@ -33,37 +41,54 @@ class OcspReply:
         return bool(self.answers)
 
 
+class Generation(NamedTuple):
+    """What the cached answers were checked against."""
+
+    full: int  # the full snapshot the index was built from: a new one drops everything
+    sequence: int  # the last snapshot applied to it (a delta's: entries are rechecked)
+    epoch: int  # the delegated signer's: a new one drops everything
+
+
+#: For a responder without a cache.
+NO_GENERATION = Generation(0, 0, 0)
+
+
 class ResponseCache:
     def __init__(
         self,
-        generation: Callable[[], int],
+        index: Callable[[], tuple[int, int]],
         *,
         capacity: int = 100_000,
         refresh_margin: float = 60.0,
         refresh_fraction: float = 0.1,
     ) -> None:
+        """`index`: the (full sequence, sequence) of the index answers come from now."""
         if capacity < 0:
             raise ValueError("cache capacity must be >= 0")
         if refresh_margin < 0 or not 0 <= refresh_fraction < 1:
             raise ValueError("refresh margin must be >= 0 and fraction in [0, 1)")
-        self._generation = generation
+        self._index = index
         self._capacity = capacity
         self._margin = refresh_margin
         self._fraction = refresh_fraction
-        self._entries: OrderedDict[bytes, tuple[OcspReply, float]] = OrderedDict()
-        self._current: tuple[int, int] = (-1, 0)  # (index generation, signer epoch)
+        # key -> (reply, refresh at, the index sequence its statuses were last checked at)
+        self._entries: OrderedDict[bytes, tuple[OcspReply, float, int]] = OrderedDict()
+        self._current = Generation(-1, -1, 0)
         self._epoch = 0
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
         return len(self._entries)
 
-    def generation(self) -> tuple[int, int]:
-        """What answers depend on now; the whole cache is dropped when it moved."""
-        generation = (self._generation(), self._epoch)
+    def generation(self) -> Generation:
+        """What answers depend on now; everything is dropped when the full index or
+        the signer moved."""
+        full, sequence = self._index()
+        generation = Generation(full, sequence, self._epoch)
         if generation != self._current:
             with self._lock:
-                self._entries.clear()
+                if (full, self._epoch) != (self._current.full, self._current.epoch):
+                    self._entries.clear()
                 self._current = generation
         return generation
 
@@ -73,28 +98,50 @@ class ResponseCache:
             self._epoch += 1
             self._entries.clear()
 
-    def get(self, key: bytes, now: float) -> OcspReply | None:
-        self.generation()
+    def get(
+        self, key: bytes, now: float, basis: Callable[[], tuple[object, ...]] | None = None
+    ) -> OcspReply | None:
+        """The kept reply for `key`, if still good at `now`.
+
+        A reply kept from before the last delta is returned only when `basis()` (what
+        its answers would say now) equals the reply's basis; without `basis`, never.
+        """
+        generation = self.generation()
         with self._lock:
             entry = self._entries.get(key)
             if entry is None:
                 return None
-            if now >= entry[1]:
+            reply, refresh_at, checked = entry
+            if now >= refresh_at:
                 del self._entries[key]
                 return None
             self._entries.move_to_end(key)
-            return entry[0]
+            if checked == generation.sequence:
+                return reply
+        # Outside the lock: it reads the index, and other requests go on meanwhile.
+        still_true = basis is not None and bool(reply.basis) and basis() == reply.basis
+        with self._lock:
+            if self._entries.get(key) is not entry:
+                return reply if still_true else None  # replaced or dropped meanwhile
+            if still_true and generation == self._current:
+                self._entries[key] = (reply, refresh_at, generation.sequence)
+            elif not still_true:
+                del self._entries[key]
+        return reply if still_true else None
 
-    def put(self, key: bytes, reply: OcspReply, generation: tuple[int, int]) -> None:
-        """Keep `reply`, signed at `generation`, until it must be refreshed."""
+    def put(self, key: bytes, reply: OcspReply, generation: Generation) -> None:
+        """Keep `reply`, signed at `generation` (or later), until it must be refreshed."""
         if not reply.cacheable or self._capacity == 0:
             return
         life = reply.next_update - reply.this_update
         refresh_at = reply.next_update - max(self._margin, life * self._fraction)
         with self._lock:
-            if generation != self._current or generation[1] != self._epoch:
-                return  # the index or the signer moved while this was being signed
-            self._entries[key] = (reply, refresh_at)
+            current = self._current
+            if (generation.full, generation.epoch) != (current.full, self._epoch):
+                return  # a new index or signer came while this was being signed
+            # Its statuses were read at `generation` or later: checked again after the
+            # next delta, like every other entry.
+            self._entries[key] = (reply, refresh_at, generation.sequence)
             self._entries.move_to_end(key)
             while len(self._entries) > self._capacity:
                 self._entries.popitem(last=False)

@@ -11,7 +11,7 @@ import dataclasses
 import logging
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from functools import lru_cache
@@ -30,11 +30,12 @@ from jpki_va.core.domain import (
     StatusRecord,
     from_micros,
     micros,
+    parse_record_key,
     status_rule,
 )
 from jpki_va.server.law.issuer_compromise import Compromise, effective_loss
 from jpki_va.server.responder.index_reader import Index, IssuerEntry, current_index
-from jpki_va.server.snapshot.record_format import partition_text
+from jpki_va.server.snapshot.record_format import partition_text, unpack_fields
 
 log = logging.getLogger(__name__)
 
@@ -157,6 +158,59 @@ class BriefSource(StatusSource, Protocol):
         ...
 
 
+@dataclass(slots=True)
+class PackedBatch:
+    """A CheckStream batch's index values, read in one transaction and not yet decoded:
+    what the compiled encoder (rpc/_batch_wire.pyx) turns into wire bytes without a
+    Python object per status. Every key is asked about at one instant, `when`.
+
+    `observers` are called with the batch's tally once it has been answered (label
+    code `status * 256 + cause` -> count; see `tally_labels`): the layers that
+    count answers (responder/metrics.py) see a packed batch as they see briefs.
+    """
+
+    keys: list[bytes]  # record_key of each certificate asked about
+    values: list[bytes | None]  # its packed index value (record_format), None: unknown
+    issuer_key_ids: list[bytes]  # by the ordinal a value holds
+    sequence: int
+    when: int  # microseconds since the epoch
+    observers: list[Callable[[Mapping[int, int]], None]] = dataclasses.field(default_factory=list)
+
+    def answered(self, tally: Mapping[int, int]) -> None:
+        for observe in self.observers:
+            observe(tally)
+
+
+@runtime_checkable
+class PackedSource(BriefSource, Protocol):
+    """A source that can hand over a batch as index values (a CheckStream batch)."""
+
+    def packed(self, keys: list[bytes], when: int) -> PackedBatch | None:
+        """The batch's values; None when a layer must see each answer (then `briefs`)."""
+        ...
+
+
+def packed_briefs(batch: PackedBatch) -> list[Brief]:
+    """The brief of each key's answer: the reference the compiled encoder follows."""
+    ids = batch.issuer_key_ids
+    out = []
+    for key, value in zip(batch.keys, batch.values, strict=True):
+        kind, serial = parse_record_key(key)
+        fields = None if value is None else unpack_fields(value)
+        out.append(_brief(kind, serial, batch.when, batch.sequence, fields, ids))
+    return out
+
+
+def tally_labels(tally: Mapping[int, int]) -> dict[tuple[str, str], int]:
+    """A packed batch's tally as `Brief.labels` -> count."""
+    out: dict[tuple[str, str], int] = {}
+    for code, count in tally.items():
+        status, cause = Status(code >> 8), code & 0xFF
+        labels = ("revoked", _CAUSE_SLUGS[cause]) if cause else (_STATUS_LABELS[status], "none")
+        out[labels] = out.get(labels, 0) + count
+    return out
+
+
 def briefs(source: StatusSource, targets: Sequence[Target]) -> list[Brief]:
     """The brief of each target's answer, in order; in one go when the source can."""
     if isinstance(source, BriefSource):
@@ -256,23 +310,38 @@ class IndexStatusSource:
         for (kind, serial, as_of), fields in zip(targets, found, strict=True):
             if as_of is not instant:  # a batch is mostly one instant: convert it once
                 instant, when = as_of, micros(as_of)
-            if fields is None:
-                out.append(Brief(kind, serial, Status.UNKNOWN, when, sequence, None))
-                continue
-            not_before, not_after, partition, ordinal, revoked_at, cause, reason = fields
-            lost_at = revoked_at * 1_000_000 if cause else None
-            record = PackedRecord(
-                not_before * 1_000_000,
-                not_after * 1_000_000,
-                _partition_text(partition),
-                ids[ordinal],
-                lost_at,
-                cause,
-                reason,
-            )
-            status = status_rule(when, record.not_before, record.not_after, lost_at)
-            out.append(Brief(kind, serial, status, when, sequence, record))
+            out.append(_brief(kind, serial, when, sequence, fields, ids))
         return out
+
+    def packed(self, keys: list[bytes], when: int) -> PackedBatch:
+        values, ids, sequence = self._holder.get().get_values(keys)
+        return PackedBatch(keys, values, ids, sequence, when)
+
+
+def _brief(
+    kind: CertKind,
+    serial: int,
+    when: int,
+    sequence: int,
+    fields: tuple[int, int, int, int, int, int, int] | None,
+    ids: Sequence[bytes],
+) -> Brief:
+    """The brief of one certificate from its packed index fields (None: not held)."""
+    if fields is None:
+        return Brief(kind, serial, Status.UNKNOWN, when, sequence, None)
+    not_before, not_after, partition, ordinal, revoked_at, cause, reason = fields
+    lost_at = revoked_at * 1_000_000 if cause else None
+    record = PackedRecord(
+        not_before * 1_000_000,
+        not_after * 1_000_000,
+        _partition_text(partition),
+        ids[ordinal],
+        lost_at,
+        cause,
+        reason,
+    )
+    status = status_rule(when, record.not_before, record.not_after, lost_at)
+    return Brief(kind, serial, status, when, sequence, record)
 
 
 _partition_text = lru_cache(maxsize=1 << 14)(partition_text)
@@ -321,6 +390,18 @@ class IssuerCompromiseSource:
         if not compromises:  # the usual case: nothing to apply
             return out
         return [_brief_with_compromise(brief, compromises) for brief in out]
+
+    def packed(self, keys: list[bytes], when: int) -> PackedBatch | None:
+        """The inner source's values while no generation is compromised (the usual
+        case); otherwise None, and the batch goes through `briefs`, which applies it."""
+        inner = self._inner
+        if self._holder.get().compromises or not isinstance(inner, PackedSource):
+            return None
+        batch = inner.packed(keys, when)
+        # A delta that announced a compromise meanwhile: the values may predate it.
+        if batch is not None and self._holder.get().compromises:
+            return None
+        return batch
 
 
 def _brief_with_compromise(brief: Brief, compromises: Mapping[bytes, Compromise]) -> Brief:

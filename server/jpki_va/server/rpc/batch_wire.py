@@ -11,6 +11,11 @@ are not (a cache of them would mostly miss at national scale).
 
 Only `CheckBatchResponse` is written here; any change to its messages in va.proto
 must be mirrored here (the byte-for-byte test fails until it is).
+
+This is the reference. `_batch_wire.pyx` is its compiled twin, built at install
+(setup.py) and used when it imports: `batch_response` and `packed_response` below are
+then the compiled ones, and `COMPILED` says so. The tests compare the two byte for
+byte, and one fails when the installed tree lacks the compiled module.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from jpki_va.core.domain import CertKind, Status
-from jpki_va.server.responder.status import Brief
+from jpki_va.server.responder.status import Brief, PackedBatch, packed_briefs
 
 _U64 = (1 << 64) - 1
 
@@ -215,12 +220,86 @@ def _error(error: ItemError) -> bytes:
     return _delimited(_RESULTS, body)
 
 
-def batch_response(results: Sequence[Brief | ItemError]) -> bytes:
+def _item(result: Brief | ItemError) -> bytes:
+    """One `results` entry."""
+    if isinstance(result, ItemError):
+        return _error(result)
+    return _result(result)
+
+
+def py_batch_response(results: Sequence[Brief | ItemError]) -> bytes:
     """A serialized CheckBatchResponse: a status per Brief, an error per ItemError."""
-    out = []
-    for result in results:
-        if isinstance(result, ItemError):
-            out.append(_error(result))
-        else:
-            out.append(_result(result))
-    return b"".join(out)
+    return b"".join(map(_item, results))
+
+
+# A result slot of a packed batch: the position of its key and value, or an answer
+# made without the index (an unknown issuer's Brief, a refusal).
+Slot = int | Brief | ItemError
+
+
+def py_packed_response(
+    slots: Sequence[Slot] | None, batch: PackedBatch
+) -> tuple[bytes, dict[int, int]]:
+    """(A serialized CheckBatchResponse, its tally) for a batch read as index values.
+
+    `slots`: None for one result per key in order. The tally counts the answers from
+    values by label code (`status * 256 + cause`, cause 0 unless revoked).
+    """
+    briefs = packed_briefs(batch)
+    results = (
+        briefs if slots is None else [s if not isinstance(s, int) else briefs[s] for s in slots]
+    )
+    tally: dict[int, int] = {}
+    for brief in briefs if slots is None else (briefs[s] for s in slots if isinstance(s, int)):
+        record = brief.record
+        code = brief.status * 256
+        if brief.status is Status.REVOKED and record is not None and record.lost_at is not None:
+            code += record.cause
+        tally[code] = tally.get(code, 0) + 1
+    return py_batch_response(results), tally
+
+
+try:
+    from jpki_va.server.rpc import _batch_wire
+except ImportError:  # no compiler at install: the reference serves
+    _batch_wire = None  # type: ignore[assignment]
+
+COMPILED = _batch_wire is not None
+
+
+def batch_response(results: Sequence[Brief | ItemError]) -> bytes:
+    """`py_batch_response`, compiled when it can be."""
+    if _batch_wire is None:
+        return py_batch_response(results)
+    return _batch_wire.results_bytes(list(results), ItemError, _item)
+
+
+def compiled_packed_response(
+    slots: Sequence[Slot] | None, batch: PackedBatch
+) -> tuple[bytes | None, dict[int, int]]:
+    """`py_packed_response` by the compiled module; None for bytes: it leaves the batch
+    to the reference (a value beyond 64-bit microseconds)."""
+    tally: dict[int, int] = {}
+    data = _batch_wire.packed_bytes(
+        None if slots is None else list(slots),
+        batch.keys,
+        batch.values,
+        batch.issuer_key_ids,
+        batch.when,
+        batch.sequence,
+        ItemError,
+        _item,
+        tally,
+    )
+    return data, tally
+
+
+def packed_response(
+    slots: Sequence[Slot] | None, batch: PackedBatch
+) -> tuple[bytes, dict[int, int]]:
+    """`py_packed_response`, compiled when it can be."""
+    if _batch_wire is not None:
+        data, tally = compiled_packed_response(slots, batch)
+        if data is not None:
+            return data, tally
+    return py_packed_response(slots, batch)

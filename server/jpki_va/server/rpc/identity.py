@@ -4,8 +4,10 @@ With mTLS the verifier is the SHA-256 fingerprint of its client certificate (the
 TLS layer already checked the chain to the client CA). In insecure-loopback mode
 (demos and tests only) there is no certificate, so the `x-jpki-verifier` metadata
 header names the verifier, or else the responder's `--loopback-verifier`; both are
-ignored on a TLS server, where they would be spoofing. The verifier named must still
-be registered, and its roles still decide.
+ignored on a TLS server, where they would be spoofing. Behind a balancer the TLS peer
+is the balancer: on a connection with one of its certificates (`proxies`), the
+`x-forwarded-client-cert` header it set names the verifier (access/proxy.py). The
+verifier named must still be registered, and its roles still decide.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 from jpki_va.core.loopback import VERIFIER_HEADER
 from jpki_va.server.access.gate import Caller, fingerprint_of
+from jpki_va.server.access.proxy import FORWARDED_HEADER, TrustedProxies, proxied_caller
 
 
 def fingerprint(cert: x509.Certificate) -> bytes:
@@ -36,7 +39,11 @@ def _pem_fingerprint(pem: bytes) -> bytes:
 
 
 def caller_of(
-    context: grpc.ServicerContext, *, insecure_loopback: bool, default_verifier: str | None = None
+    context: grpc.ServicerContext,
+    *,
+    insecure_loopback: bool,
+    default_verifier: str | None = None,
+    proxies: TrustedProxies | None = None,
 ) -> Caller:
     """The caller's identity; `default_verifier` names header-less plaintext callers.
 
@@ -46,27 +53,39 @@ def caller_of(
     dict of the connection's properties, on every call).
     """
     if insecure_loopback:
-        for key, value in context.invocation_metadata():
-            if key == VERIFIER_HEADER and isinstance(value, str) and value:
-                return Caller(claimed_id=value)
+        claimed = _metadata(context, VERIFIER_HEADER)
+        if claimed:
+            return Caller(claimed_id=claimed)
         if default_verifier is not None:
             return Caller(claimed_id=default_verifier)
         return _NOBODY
     # The stubs type the values as bytes; at run time each is a list of bytes.
     pems = cast(list[bytes], context.auth_context().get("x509_pem_cert") or [])
-    if pems and pems[0]:
-        return Caller(fingerprint=_pem_fingerprint(pems[0]))
-    return _NOBODY
+    if not pems or not pems[0]:
+        return _NOBODY
+    peer = _pem_fingerprint(pems[0])
+    if proxies is not None and proxies.trusts(peer):
+        return proxied_caller(_metadata(context, FORWARDED_HEADER))
+    return Caller(fingerprint=peer)
 
 
-def stream_owner(context: grpc.ServicerContext, *, insecure_loopback: bool) -> str:
+def _metadata(context: grpc.ServicerContext, name: str) -> str | None:
+    for key, value in context.invocation_metadata():
+        if key == name and isinstance(value, str) and value:
+            return value
+    return None
+
+
+def stream_owner(
+    context: grpc.ServicerContext, *, insecure_loopback: bool, proxies: TrustedProxies | None = None
+) -> str:
     """Whom an open stream counts against (rpc/stream_budget.py), as a message names it.
 
     The verifier's client certificate; on plaintext loopback the `x-jpki-verifier`
     name, or else the connection (the peer), not `--loopback-verifier`, which would
     put every header-less caller on one budget.
     """
-    caller = caller_of(context, insecure_loopback=insecure_loopback)
+    caller = caller_of(context, insecure_loopback=insecure_loopback, proxies=proxies)
     if caller.fingerprint is not None or caller.claimed_id is not None:
         return caller.describe()
     return f"peer {context.peer()}"

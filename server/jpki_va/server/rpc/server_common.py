@@ -190,3 +190,13 @@ def bind(server: grpc.Server, address: str, credentials: grpc.ServerCredentials 
     if port == 0:
         raise CannotListen(f"cannot listen on {address}")
     return int(port)
+
+
+def release(server: grpc.Server) -> None:
+    """Free the ports of a server bound but never started (a start that failed later).
+
+    grpc closes its listeners only when a started server stops: dropping or stopping
+    an unstarted one leaves the port held for the life of the process.
+    """
+    server.start()
+    server.stop(None).wait()

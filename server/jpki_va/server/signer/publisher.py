@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import threading
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Mapping
@@ -50,6 +51,7 @@ from jpki_va.server.pki.crl_profile import CrlEntry
 from jpki_va.server.registry.transactions import Registry, RegistryTxn
 from jpki_va.server.signer.authority import Authority
 from jpki_va.server.signer.full_snapshot import FullContent, Scope
+from jpki_va.server.signer.link_process import LinkProcess
 from jpki_va.server.snapshot.data_files import consent_line, link_rows, signing_record_line
 from jpki_va.server.snapshot.manifest import (
     CONSENTS,
@@ -65,6 +67,13 @@ from jpki_va.server.snapshot.writer import SnapshotBuilder
 log = logging.getLogger(__name__)
 
 _STATE = "publisher_state"
+# Below this many certificates the links pass takes less than a second process costs
+# to start (about a second: a fresh interpreter and its imports).
+LINK_PROCESS_FROM = 250_000
+# With a store elsewhere (object storage), the last committed snapshot's delta CRLs
+# are kept here, beside the sealing directory, so the next delta can carry over the
+# unchanged ones without reading them back from the store.
+_CARRIED = ".delta-crls"
 
 
 @dataclass(frozen=True)
@@ -136,6 +145,14 @@ class _Content:
     verifiers: list[Verifier] = field(default_factory=list)  # the whole registry, always
 
 
+def _add_links(builder: SnapshotBuilder, content: FullContent, links: LinkProcess | None) -> None:
+    """The links file: the second process's, or, without one or if it failed, this one's."""
+    if links is not None and links.result() is not None:
+        builder.adopt_links()
+    else:
+        builder.add_links(content.link_rows())
+
+
 class Publisher:
     def __init__(
         self,
@@ -146,6 +163,8 @@ class Publisher:
         settings: ProfileSettings,
         retention: RetentionPolicy | None = None,
         store: SnapshotStore | None = None,
+        *,
+        link_process_from: int | None = LINK_PROCESS_FROM,
     ) -> None:
         private_dir(snapshot_root)
         # Snapshots are sealed in `snapshot_root`, then published to the store (the
@@ -158,6 +177,9 @@ class Publisher:
         self._settings = settings
         self._retention = retention or RetentionPolicy()
         self._retention.check(settings.validity)
+        # From this many certificates issued, a full publish writes its links in a
+        # second process (signer/link_process.py); None: always in this one.
+        self._link_process_from = link_process_from
         # One publish at a time: the periodic one and an operator's may coincide.
         self._lock = threading.Lock()
 
@@ -242,9 +264,40 @@ class Publisher:
                 self._store.withdraw(builder.sequence)  # the registry did not take it
             builder.abort()
             raise
+        self._keep_delta_crls(builder, delta=state.last_sequence != state.full_sequence)
         builder.abort()  # what is left of it here: nothing once renamed into the root
         fault_point("publish.state-saved")
         return self._root / snapshot_dirname(builder.sequence)
+
+    def _local_copy(self, sequence: int) -> Path:
+        """Where a committed snapshot's delta CRLs are on this host."""
+        if self._store.local_root == self._root:
+            return self._root / snapshot_dirname(sequence)
+        return self._root / _CARRIED / snapshot_dirname(sequence)
+
+    def _keep_delta_crls(self, builder: SnapshotBuilder, *, delta: bool) -> None:
+        """With a store elsewhere: keep a committed delta's delta CRLs (only the last
+        one's) for the next delta to carry over; a full one's are never carried. A copy
+        that cannot be kept costs only signatures: the next delta signs those anew."""
+        if self._store.local_root == self._root:
+            return  # the store's own directory holds them
+        kept = self._root / _CARRIED
+        fresh = self._root / f"{_CARRIED}.new"
+        try:
+            shutil.rmtree(fresh, ignore_errors=True)
+            if not delta:
+                shutil.rmtree(kept, ignore_errors=True)
+                return
+            target = fresh / snapshot_dirname(builder.sequence)
+            for crl in builder.path.glob("crls/**/*.delta.crl"):
+                moved = target / crl.relative_to(builder.path)
+                private_dir(moved.parent)
+                crl.rename(moved)
+            shutil.rmtree(kept, ignore_errors=True)
+            private_dir(fresh)
+            fresh.rename(kept)
+        except OSError as exc:
+            log.warning("cannot keep snapshot %d's delta CRLs: %s", builder.sequence, exc)
 
     # retention --------------------------------------------------------------------------
     def _retained(self, record: CertificateRecord, now: datetime) -> bool:
@@ -259,6 +312,7 @@ class Publisher:
         with self._registry.read() as tx:
             sequence = self._next_sequence(tx)
         builder = SnapshotBuilder(self._root, sequence)
+        links: LinkProcess | None = None
         fault_point("publish.begun")
         try:
             builder.add_issuers([r.certificate for r in issuers])
@@ -271,11 +325,12 @@ class Publisher:
                 consent_sequence = tx.counter("consent")
                 mark = tx.change_mark()
                 content = FullContent(tx, issuers, self._retention, now, scratch=self._root)
+                links = self._start_link_process(tx, builder, now, issued)
                 # Of every certificate issued: the records gather is most of a full publish.
                 with Progress(f"full snapshot {sequence}", issued) as records:
                     builder.add_records(records.track(content.records()))
                 event_count = builder.add_events(content.events())
-                builder.add_links(content.link_rows())
+                _add_links(builder, content, links)
                 signing_records, consents = content.signing_records_and_consents()
                 builder.add_jsonl(SIGNING_RECORDS, signing_records)
                 builder.add_jsonl(CONSENTS, consents)
@@ -302,6 +357,8 @@ class Publisher:
                 compromises=sorted(compromises.values(), key=lambda c: c.key_id),
             )
         except BaseException:
+            if links is not None:
+                links.cancel()
             builder.abort()
             raise
         state = _State(
@@ -333,6 +390,21 @@ class Publisher:
         )
         return PublishedSnapshot(
             sequence, path, len(manifest.crls), manifest.record_count, "full", event_count
+        )
+
+    def _start_link_process(
+        self, tx: RegistryTxn, builder: SnapshotBuilder, now: datetime, issued: int
+    ) -> LinkProcess | None:
+        """The links pass in a second process, for a registry big enough to gain by it."""
+        if self._link_process_from is None or issued < self._link_process_from:
+            return None
+        return LinkProcess(
+            self._registry.path,
+            tx.transaction_id,
+            self._retention,
+            now,
+            builder.links_path,
+            self._root,
         )
 
     def _add_arl(
@@ -483,7 +555,7 @@ class Publisher:
         One past half its validity is signed anew, so none nears its nextUpdate.
         """
         changed = {(e.kind, e.issuer_key_id, e.partition) for e in content.events}
-        previous = self._root / snapshot_dirname(state.last_sequence)
+        previous = self._local_copy(state.last_sequence)
         if state.last_sequence == state.full_sequence or not previous.is_dir():
             return {}
         kept: dict[Scope, tuple[CrlInfo, bytes]] = {}

@@ -168,11 +168,19 @@ class SnapshotBuilder:
 
     def add_links(self, rows: Iterable[bytes]) -> int:
         """The links file from rows of data_files.link_rows, in increasing order."""
-        path = self._dir / LINKS
-        with open_private(path) as f:
+        with open_private(self.links_path) as f:
             count = write_link_rows(f, rows)
-        self._files[LINKS] = _sha256_file(path)
+        self.adopt_links()
         return count
+
+    @property
+    def links_path(self) -> Path:
+        """Where the links file goes, for a writer outside this object (`adopt_links`)."""
+        return self._dir / LINKS
+
+    def adopt_links(self) -> None:
+        """Take the links file written at `links_path` (by `add_links` or another process)."""
+        self._files[LINKS] = _sha256_file(self.links_path)
 
     def add_events(self, events: Iterable[LossEvent]) -> int:
         """The loss events file from events in registry (sequence) order."""

@@ -158,3 +158,32 @@ def test_a_snapshots_directory_that_does_not_exist(pki: Pki, tmp_path: Path) -> 
     )  # fmt: skip
     _one_line(result, EXIT_USAGE, "--snapshots", "nowhere", "not a directory")
     assert not (tmp_path / "state").exists()  # refused before anything was made
+
+
+@pytest.mark.parametrize(
+    ("content", "with_tls", "fragments"),
+    [
+        (b"not a certificate", True, ("--trusted-proxy-cert", "not PEM certificates")),
+        (None, False, ("--trusted-proxy-cert goes with mTLS",)),
+    ],
+    ids=["not-pem", "without-tls"],
+)
+def test_a_trusted_proxy_certificate_that_cannot_be(
+    pki: Pki, tmp_path: Path, content: bytes | None, with_tls: bool, fragments: tuple[str, ...]
+) -> None:
+    proxy = tmp_path / "proxy.pem"
+    proxy.write_bytes(content or b"")
+    ca = TlsCa(tmp_path / "tls")
+    server = ca.issue("responder", server=True)
+    tls = (
+        ("--tls-cert", str(server.cert), "--tls-key", str(server.key),
+         "--client-ca", str(ca.cert_file))
+        if with_tls else ("--insecure-loopback",)
+    )  # fmt: skip
+    result = _jpki_va(
+        "responder", "--snapshots", str(pki.signer.config.snapshot_dir), "--state-dir",
+        str(tmp_path / "state"), "--trust-anchor", str(pki.root_file), *tls,
+        "--listen", f"127.0.0.1:{free_port()}", "--trusted-proxy-cert", str(proxy),
+    )  # fmt: skip
+    _one_line(result, EXIT_USAGE, *fragments)
+    assert not (tmp_path / "state").exists()  # refused before anything was made

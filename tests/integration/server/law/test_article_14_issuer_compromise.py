@@ -20,17 +20,13 @@ from cryptography.hazmat.primitives import serialization
 from jpki_va.core.domain import CertKind, CrlReason, LossCause, serial_to_bytes
 from jpki_va.hsm import HsmConfig
 from jpki_va.protos import signer_pb2, va_pb2
-from tests.support import Issued, Pki, openssl, start_pki
+from tests.support import Issued, Pki, openssl, running_pki
 
 
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory, softhsm_token: HsmConfig) -> Iterator[Pki]:
-    running = start_pki(tmp_path_factory.mktemp("compromise"), softhsm_token)
-    try:
-        running.publish_and_wait()
+    with running_pki(tmp_path_factory.mktemp("compromise"), softhsm_token) as running:
         yield running
-    finally:
-        running.close()
 
 
 def _aki(cert: x509.Certificate) -> bytes:

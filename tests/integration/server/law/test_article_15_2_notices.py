@@ -24,21 +24,19 @@ import pytest
 from jpki_va.core.domain import CertKind, serial_to_bytes
 from jpki_va.hsm import HsmConfig
 from jpki_va.protos import signer_pb2, va_pb2
-from tests.support import JPKI_VA, Pki, fresh_key, start_pki, wait_for
+from tests.support import JPKI_VA, Pki, fresh_key, running_pki, wait_for
 
 
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory, softhsm_token: HsmConfig) -> Iterator[Pki]:
-    running = start_pki(
+    with running_pki(
         tmp_path_factory.mktemp("notices"),
         softhsm_token,
+        publish=False,
         notice_delivery_interval=0.1,
         metrics_port=0,
-    )
-    try:
+    ) as running:
         yield running
-    finally:
-        running.close()
 
 
 def _lose(pki: Pki, kind: CertKind, serial: int, cause: int) -> None:
@@ -160,11 +158,10 @@ def webhook() -> Iterator[str]:
 def test_article_15_2_record_error_notice_through_a_webhook(
     tmp_path_factory: pytest.TempPathFactory, softhsm_token: HsmConfig, webhook: str
 ) -> None:
-    running = start_pki(
-        tmp_path_factory.mktemp("webhook"), softhsm_token, notice_delivery_interval=0.1,
-        notice_webhook=webhook,
-    )  # fmt: skip
-    try:
+    with running_pki(
+        tmp_path_factory.mktemp("webhook"), softhsm_token, publish=False,
+        notice_delivery_interval=0.1, notice_webhook=webhook,
+    ) as running:  # fmt: skip
         card = running.issue(CertKind.CARD_SIGN, resident_code="15000000003")
         _lose(running, CertKind.CARD_SIGN, card.serial, va_pb2.LOSS_CAUSE_RECORD_ERROR)
         (sent,) = wait_for(
@@ -172,8 +169,6 @@ def test_article_15_2_record_error_notice_through_a_webhook(
             "the webhook to take the notice",
             timeout=15,
         )
-    finally:
-        running.close()
     assert sent.delivery == "webhook:HTTP 204"
     first, second = _Webhook.received  # refused once, delivered on the next round
     assert first == second

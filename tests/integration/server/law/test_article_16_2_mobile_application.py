@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, timedelta
 
 import grpc
 import pytest
@@ -30,26 +30,17 @@ from tests.support import (
     device_csr,
     fresh_key,
     mobile_notice,
+    running_pki,
     sign_notice,
-    start_pki,
 )
-
-
-@pytest.fixture(scope="module")
-def clock() -> FixedClock:
-    return FixedClock(datetime.now(UTC).replace(microsecond=0))
 
 
 @pytest.fixture(scope="module")
 def pki(
     tmp_path_factory: pytest.TempPathFactory, softhsm_token: HsmConfig, clock: FixedClock
 ) -> Iterator[Pki]:
-    running = start_pki(tmp_path_factory.mktemp("mobile"), softhsm_token, clock=clock)
-    try:
-        running.publish_and_wait()
+    with running_pki(tmp_path_factory.mktemp("mobile"), softhsm_token, clock=clock) as running:
         yield running
-    finally:
-        running.close()
 
 
 _codes = iter(range(10_000))

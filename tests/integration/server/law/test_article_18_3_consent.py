@@ -21,20 +21,18 @@ from jpki_va.client import FailedPrecondition, NotFound, Unavailable, VaClient
 from jpki_va.core.domain import CertKind, Role
 from jpki_va.hsm import HsmConfig
 from jpki_va.protos import signer_pb2, va_pb2
-from tests.support import Issued, Pki, register_verifier, start_pki, wait_for
+from tests.support import Issued, Pki, register_verifier, running_pki, wait_for
 
 READER = "v-consent-183"
 
 
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory, softhsm_token: HsmConfig) -> Iterator[Pki]:
-    running = start_pki(tmp_path_factory.mktemp("consent"), softhsm_token, delta_interval=0.5)
-    try:
+    directory = tmp_path_factory.mktemp("consent")
+    with running_pki(directory, softhsm_token, publish=False, delta_interval=0.5) as running:
         register_verifier(running, READER, frozenset({Role.SIGNING_VERIFIER}))
         running.publish_and_wait()  # the responder knows READER from here on
         yield running
-    finally:
-        running.close()
 
 
 def _consent(

@@ -8,7 +8,7 @@ when it records it, so an "as of" answer once given never changes.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, timedelta
 
 import pytest
 
@@ -17,29 +17,20 @@ from jpki_va.core.domain import CertKind, Loss, LossCause
 from jpki_va.hsm import HsmConfig
 from jpki_va.protos import signer_pb2, va_pb2
 from jpki_va.server.law.resident_change import ResidentEvent, move_out_deadline, next_sweep
-from tests.support import Pki, fresh_key, start_pki, wait_for
+from tests.support import Pki, fresh_key, running_pki, wait_for
 
 GOOD = va_pb2.CERT_STATUS_GOOD
 REVOKED = va_pb2.CERT_STATUS_REVOKED
 
 
 @pytest.fixture(scope="module")
-def clock() -> FixedClock:
-    return FixedClock(datetime.now(UTC).replace(microsecond=0))
-
-
-@pytest.fixture(scope="module")
 def pki(
     tmp_path_factory: pytest.TempPathFactory, softhsm_token: HsmConfig, clock: FixedClock
 ) -> Iterator[Pki]:
-    running = start_pki(
+    with running_pki(
         tmp_path_factory.mktemp("art31"), softhsm_token, clock=clock, sweep_check=0.05
-    )
-    try:
-        running.publish_and_wait()
+    ) as running:
         yield running
-    finally:
-        running.close()
 
 
 def _move_out(pki: Pki, code: str, planned: object) -> None:

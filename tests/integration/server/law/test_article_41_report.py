@@ -25,19 +25,17 @@ from jpki_va.client import VaClient
 from jpki_va.core.clock import JST
 from jpki_va.core.domain import CertKind, Role
 from jpki_va.hsm import HsmConfig
-from tests.support import JPKI_VA, REPO, Issued, Pki, openssl, register_verifier, start_pki
+from tests.support import JPKI_VA, REPO, Issued, Pki, openssl, register_verifier, running_pki
 
 VERIFIER = "v-report-41"
 
 
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory, softhsm_token: HsmConfig) -> Iterator[Pki]:
-    running = start_pki(tmp_path_factory.mktemp("report41"), softhsm_token)
-    try:
+    directory = tmp_path_factory.mktemp("report41")
+    with running_pki(directory, softhsm_token, publish=False) as running:
         register_verifier(running, VERIFIER, frozenset({Role.SIGNING_VERIFIER}))
         yield running
-    finally:
-        running.close()
 
 
 def _get(url: str, headers: dict[str, str]) -> tuple[int, dict[str, str]]:

@@ -8,7 +8,7 @@ a FixedClock the tests move; answers are asked "as of" that clock.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, timedelta
 
 import grpc
 import pytest
@@ -23,17 +23,12 @@ from tests.support import (
     Pki,
     fresh_key,
     register_verifier,
+    running_pki,
     spki_of,
-    start_pki,
 )
 
 GOOD = va_pb2.CERT_STATUS_GOOD
 REVOKED = va_pb2.CERT_STATUS_REVOKED
-
-
-@pytest.fixture(scope="module")
-def clock() -> FixedClock:
-    return FixedClock(datetime.now(UTC).replace(microsecond=0))
 
 
 @pytest.fixture(scope="module")
@@ -42,14 +37,10 @@ def pki(
 ) -> Iterator[Pki]:
     # The 00:00 JST sweep looks at the clock hourly, so within this module only a
     # publish or a resident event sweeps (test_article_31_timing.py tests the schedule).
-    running = start_pki(
+    with running_pki(
         tmp_path_factory.mktemp("law"), softhsm_token, clock=clock, sweep_check=3600.0
-    )
-    try:
-        running.publish_and_wait()
+    ) as running:
         yield running
-    finally:
-        running.close()
 
 
 _codes = iter(range(10_000))

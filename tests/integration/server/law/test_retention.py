@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import subprocess
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -21,34 +21,27 @@ from jpki_va.core.domain import CertKind, serial_to_bytes
 from jpki_va.hsm import HsmConfig
 from jpki_va.protos import signer_pb2, va_pb2
 from jpki_va.server.pki.cert_profile import DEFAULT_VALIDITY
-from tests.support import JPKI_VA, Pki, start_pki, wait_for
+from tests.support import JPKI_VA, Pki, running_pki, wait_for
 
 DAY = 86400.0
 ISSUANCE = DEFAULT_VALIDITY[CertKind.CARD_AUTH] + timedelta(days=365)
 
 
 @pytest.fixture(scope="module")
-def clock() -> FixedClock:
-    return FixedClock(datetime.now(UTC).replace(microsecond=0))
-
-
-@pytest.fixture(scope="module")
 def pki(
     tmp_path_factory: pytest.TempPathFactory, softhsm_token: HsmConfig, clock: FixedClock
 ) -> Iterator[Pki]:
-    running = start_pki(
+    with running_pki(
         tmp_path_factory.mktemp("retention"),
         softhsm_token,
+        publish=False,
         clock=clock,
         retention_issuance_record=ISSUANCE.total_seconds(),
         retention_loss_record=DAY,
         retention_crl_file=DAY,
         sweep_check=0.05,  # the 00:00 JST purge follows the clock's jumps at once
-    )
-    try:
+    ) as running:
         yield running
-    finally:
-        running.close()
 
 
 def _crl_serials(pki: Pki) -> set[int]:

@@ -6,9 +6,10 @@ import json
 from pathlib import Path
 
 import pytest
+from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from jpki_va.client import CertKind, CrlMeta, VaClient
+from jpki_va.client import AuthorityRevocationList, CertKind, CrlMeta, NotFound, VaClient
 from jpki_va.server.cmd.main import main
 from tests.support import Issued, Pki, openssl
 
@@ -65,6 +66,11 @@ def test_crl_command_writes_the_file_and_lists(
         (["--kind", "card-auth", "--out", "x.crl"], 2, "--partition"),
         (["--kind", "card-auth", "--issuer-key-id", "zz", "--list"], 2, "not hexadecimal"),
         (["--kind", "card-auth", "--partition", "999999", "--out", "x.crl"], 3, "NOT_FOUND"),
+        (["--partition", "131016", "--out", "x.crl"], 2, "--kind is required"),
+        (["--arl"], 2, "--out FILE is required"),
+        (["--arl", "--kind", "card-auth", "--out", "x.crl"], 2, "--arl takes no --kind"),
+        (["--arl", "--list"], 2, "not allowed with"),
+        (["--arl", "--issuer-key-id", "00" * 8, "--out", "x.arl"], 3, "NOT_FOUND"),
     ],
 )
 def test_crl_command_refusals(
@@ -79,3 +85,33 @@ def test_crl_command_refusals(
     base = ["--server", pki.responder_address, "--insecure-loopback"]
     assert _cli("crl", *args, *base) == code
     assert message in capsys.readouterr().err
+
+
+def test_client_fetches_the_roots_arl(pki: Pki, issued: Issued) -> None:
+    with VaClient(pki.responder_address, insecure=True) as client:
+        arl = client.authority_revocation_list()
+        root_id = pki.root.extensions.get_extension_for_class(
+            x509.SubjectKeyIdentifier
+        ).value.digest
+        by_id = client.authority_revocation_list(root_key_id=root_id[:8])
+        with pytest.raises(NotFound, match="no ARL"):
+            client.authority_revocation_list(root_key_id=b"\x00" * 8)
+    assert isinstance(arl, AuthorityRevocationList) and by_id.der == arl.der
+    parsed = x509.load_der_x509_crl(arl.der)
+    assert parsed.is_signature_valid(pki.root.public_key())  # type: ignore[arg-type]
+    assert parsed.issuer == pki.root.subject and len(parsed) == 0  # no issuer key lost
+    assert arl.next_update is not None and arl.this_update is not None
+    assert arl.this_update < arl.next_update
+
+
+def test_crl_command_writes_the_arl(
+    pki: Pki, issued: Issued, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "root.arl"
+    base = ["--server", pki.responder_address, "--insecure-loopback"]
+    assert _cli("crl", "--arl", "--out", str(out), "--json", *base) == 0
+    meta = json.loads(capsys.readouterr().out)
+    assert out.stat().st_size == meta["size"] and meta["number"] >= 1
+    result = openssl("crl", "-inform", "DER", "-in", str(out), "-CAfile", str(pki.root_file),
+                     "-noout", "-verify")  # fmt: skip
+    assert "verify OK" in result.stderr

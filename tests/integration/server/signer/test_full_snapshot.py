@@ -46,8 +46,14 @@ from jpki_va.server.signer.authority import Authority, AuthoritySettings
 from jpki_va.server.signer.ceremony import bootstrap
 from jpki_va.server.signer.external_sort import ExternalSort
 from jpki_va.server.signer.full_snapshot import FullContent
+from jpki_va.server.signer.link_process import LinkProcess
 from jpki_va.server.signer.publisher import Publisher
-from jpki_va.server.snapshot.data_files import consent_line, link_rows, signing_record_line
+from jpki_va.server.snapshot.data_files import (
+    LINKS_MAGIC,
+    consent_line,
+    link_rows,
+    signing_record_line,
+)
 from jpki_va.server.snapshot.manifest import (
     ANNOUNCEMENT,
     ARL,
@@ -321,13 +327,22 @@ def world(
     registry.close()
 
 
+def _populate(registry: Registry, authority: Authority, clock: FixedClock) -> None:
+    """The module's population, once (whichever test comes first)."""
+    with registry.read() as tx:
+        if next(tx.holders(), None) is not None:
+            return
+    issuers = {r.kind: r for r in authority.issuers() if r.kind is not None}
+    with registry.write() as tx:
+        _Data(tx, issuers, clock.now()).population(240)
+
+
 def test_streaming_full_snapshot_equals_reference(
     world: tuple[Registry, Authority, FixedClock], tmp_path: Path
 ) -> None:
     registry, authority, clock = world
+    _populate(registry, authority, clock)
     issuers = {r.kind: r for r in authority.issuers() if r.kind is not None}
-    with registry.write() as tx:
-        _Data(tx, issuers, clock.now()).population(240)
     publisher = Publisher(
         registry, authority, tmp_path / "snapshots", clock, publisher_settings(), RETENTION
     )
@@ -356,6 +371,51 @@ def test_streaming_full_snapshot_equals_reference(
     clock.advance(timedelta(hours=1))
     reference = _compare(publisher, registry, authority, clock.now(), tmp_path)
     assert all(kind is not CertKind.CARD_SIGN for kind, _, _ in reference.entries)
+
+
+def test_links_written_by_a_second_process_are_the_same(
+    world: tuple[Registry, Authority, FixedClock], tmp_path: Path
+) -> None:
+    """A publish whose links pass runs in a second process gives the same files."""
+    registry, authority, clock = world
+    _populate(registry, authority, clock)
+    out = tmp_path / "links.bin"
+    with registry.read() as tx:
+        process = LinkProcess(
+            registry.path, tx.transaction_id, RETENTION, clock.now(), out, tmp_path
+        )
+        count = process.result()
+        expected = list(FullContent(tx, [], RETENTION, clock.now()).link_rows())
+    assert count == len(expected) > 0
+    assert out.read_bytes() == LINKS_MAGIC + b"".join(expected)
+    clock.advance(timedelta(minutes=10))
+    publisher = Publisher(
+        registry,
+        authority,
+        tmp_path / "snapshots",
+        clock,
+        publisher_settings(),
+        RETENTION,
+        link_process_from=0,
+    )
+    reference = _compare(publisher, registry, authority, clock.now(), tmp_path)
+    assert {link.type for link in reference.links} == set(LinkType)
+
+
+def test_second_process_gives_way_to_a_later_commit(
+    world: tuple[Registry, Authority, FixedClock], tmp_path: Path
+) -> None:
+    """A second process that would read another commit than the caller's writes nothing;
+    nor does one that fails."""
+    registry, _, clock = world
+    out = tmp_path / "links.bin"
+    with registry.read() as tx:
+        later = tx.transaction_id + 1
+    stale = LinkProcess(registry.path, later, RETENTION, clock.now(), out, tmp_path)
+    assert stale.result() is None
+    broken = LinkProcess(tmp_path / "nowhere", later, RETENTION, clock.now(), out, tmp_path)
+    assert broken.result() is None
+    assert not out.exists()
 
 
 def test_links_sorted_in_bounded_runs(

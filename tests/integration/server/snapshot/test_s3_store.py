@@ -124,6 +124,18 @@ class Fleet:
     def key(self, sequence: int, rel: str) -> str:
         return f"{PREFIX}/snapshots/{snapshot_dirname(sequence)}/{rel}"
 
+    def delta_crls(self, sequence: int) -> dict[str, bytes]:
+        """A committed snapshot's delta CRLs as stored, by partition."""
+        raw = self.client.get_object(Bucket=BUCKET, Key=self.key(sequence, MANIFEST))
+        listed = json.loads(raw["Body"].read())["crls"]
+        return {
+            c["partition"]: self.client.get_object(
+                Bucket=BUCKET, Key=self.key(sequence, c["file"])
+            )["Body"].read()
+            for c in listed
+            if c.get("delta_base") is not None
+        }
+
     def assert_losses_revoked(self) -> None:
         for cert in self.lost:
             assert self.status(cert).status == va_pb2.CERT_STATUS_REVOKED, cert.serial
@@ -203,6 +215,24 @@ def test_snapshots_travel_through_the_store(fleet: Fleet) -> None:
     fleet.wait_served(delta)
     assert fleet.status(kept).status == va_pb2.CERT_STATUS_REVOKED
     assert (fleet.metric("jpki_va_store_fetches_total") or 0) >= 2
+
+
+def test_unchanged_delta_crls_are_carried_over(fleet: Fleet) -> None:
+    """As with the local directory: a delta CRL whose partition lost nothing since the
+    previous delta is that delta's CRL, byte for byte, not one signed anew."""
+    here = fleet.issue(CertKind.CARD_AUTH)
+    there = issue_through(fleet.stub, CertKind.CARD_AUTH, municipality="271004")
+    fleet.publish(full=True)
+    fleet.lose(here)
+    first = fleet.publish()
+    fleet.lose(there)
+    second = fleet.publish()
+    assert second == first + 1
+    crls = [fleet.delta_crls(first), fleet.delta_crls(second)]
+    assert set(crls[0]) == {"131016"} and set(crls[1]) == {"131016", "271004"}
+    assert crls[1]["131016"] == crls[0]["131016"]  # carried over
+    fleet.wait_served(second)
+    fleet.assert_losses_revoked()
 
 
 def test_store_unreachable_then_back(fleet: Fleet) -> None:

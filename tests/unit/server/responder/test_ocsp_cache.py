@@ -10,16 +10,25 @@ HOUR = 3600.0
 
 
 class Generation:
-    def __init__(self) -> None:
-        self.value = 1
+    """The (full sequence, sequence) of an index, set by the test."""
 
-    def __call__(self) -> int:
+    def __init__(self) -> None:
+        self.value = (1, 1)
+
+    def __call__(self) -> tuple[int, int]:
         return self.value
 
 
-def reply(name: str, this_update: float = 0.0, next_update: float = 10 * HOUR) -> OcspReply:
+def reply(
+    name: str, this_update: float = 0.0, next_update: float = 10 * HOUR, basis: str = "good"
+) -> OcspReply:
     return OcspReply(
-        name.encode(), cacheable=True, this_update=this_update, next_update=next_update, etag=name
+        name.encode(),
+        cacheable=True,
+        this_update=this_update,
+        next_update=next_update,
+        etag=name,
+        basis=(basis,),
     )
 
 
@@ -41,23 +50,74 @@ def test_margin_wins_for_short_lives() -> None:
     assert cache.get(b"k", 2400) is None
 
 
-def test_a_new_index_drops_everything() -> None:
+def test_a_new_full_index_drops_everything() -> None:
     generation = Generation()
     cache = ResponseCache(generation)
     cache.put(b"k", reply("a"), cache.generation())
-    generation.value = 2
-    assert cache.get(b"k", 0.0) is None
+    generation.value = (2, 2)
+    assert cache.get(b"k", 0.0, lambda: ("good",)) is None
     assert len(cache) == 0
 
 
-def test_an_answer_signed_from_an_old_index_is_not_kept() -> None:
+def test_an_answer_signed_from_an_old_full_index_is_not_kept() -> None:
     generation = Generation()
     cache = ResponseCache(generation)
     signed_from = cache.generation()
-    generation.value = 2
+    generation.value = (2, 2)
     cache.generation()  # someone else saw the new index meanwhile
     cache.put(b"k", reply("a"), signed_from)
     assert cache.get(b"k", 0.0) is None
+
+
+class Basis:
+    """What the answers would say now, and how often it was asked."""
+
+    def __init__(self, value: str) -> None:
+        self.value = value
+        self.asked = 0
+
+    def __call__(self) -> tuple[object, ...]:
+        self.asked += 1
+        return (self.value,)
+
+
+def test_a_delta_keeps_what_it_did_not_change_and_drops_what_it_did() -> None:
+    generation = Generation()
+    cache = ResponseCache(generation)
+    kept, changed = reply("kept"), reply("changed")
+    cache.put(b"kept", kept, cache.generation())
+    cache.put(b"changed", changed, cache.generation())
+    same = Basis("good")
+    assert cache.get(b"kept", 0.0, same) is kept
+    assert same.asked == 0  # no delta since it was signed: nothing to check
+    generation.value = (1, 2)  # a delta
+    assert cache.get(b"kept", 0.0, same) is kept
+    assert cache.get(b"kept", 0.0, same) is kept
+    assert same.asked == 1  # checked once per delta, then a plain hit
+    assert cache.get(b"changed", 0.0, Basis("revoked")) is None
+    assert len(cache) == 1  # the changed one is gone: signed afresh by the caller
+
+
+def test_after_a_delta_an_entry_is_never_reused_unchecked() -> None:
+    generation = Generation()
+    cache = ResponseCache(generation)
+    cache.put(b"k", reply("a"), cache.generation())
+    generation.value = (1, 2)
+    assert cache.get(b"k", 0.0) is None
+    unvouched = OcspReply(b"a", cacheable=True, next_update=10 * HOUR)  # no basis
+    cache.put(b"k", unvouched, cache.generation())
+    generation.value = (1, 3)
+    assert cache.get(b"k", 0.0, lambda: ()) is None
+
+
+def test_an_answer_read_before_a_delta_is_checked_after_it() -> None:
+    generation = Generation()
+    cache = ResponseCache(generation)
+    signed_from = cache.generation()
+    generation.value = (1, 2)
+    cache.generation()  # a delta was applied while it was being signed
+    cache.put(b"k", reply("a"), signed_from)
+    assert cache.get(b"k", 0.0, Basis("revoked")) is None
 
 
 def test_bounded_least_recently_used() -> None:

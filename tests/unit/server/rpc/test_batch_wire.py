@@ -1,14 +1,54 @@
-"""CheckStream's hand-written batch encoding is byte-for-byte protobuf's own."""
+"""CheckStream's hand-written batch encoding is byte-for-byte protobuf's own, and its
+compiled twin (rpc/_batch_wire.pyx) byte-for-byte the pure-Python reference.
+
+Every encoder is checked against the generated code: the reference
+(`py_batch_response`, `py_packed_response`) and the compiled module called directly,
+so a fallback to the reference cannot hide a compiled bug, and the compiled module
+must be present in the installed tree (a broken build fails here, not silently).
+"""
 
 from __future__ import annotations
 
 import random
+from collections.abc import Callable, Sequence
+from pathlib import Path
 
-from jpki_va.core.domain import CertKind, CrlReason, LossCause, Status
+import pytest
+
+from jpki_va.core.domain import CertKind, CrlReason, LossCause, Status, record_key
 from jpki_va.protos import va_pb2
-from jpki_va.server.responder.status import Brief, PackedRecord
-from jpki_va.server.rpc.batch_wire import ItemError, batch_response
+from jpki_va.server.responder.status import (
+    Brief,
+    PackedBatch,
+    PackedRecord,
+    packed_briefs,
+    tally_labels,
+)
+from jpki_va.server.rpc import _batch_wire, batch_wire
+from jpki_va.server.rpc.batch_wire import (
+    ItemError,
+    Slot,
+    batch_response,
+    compiled_packed_response,
+    packed_response,
+    py_batch_response,
+    py_packed_response,
+)
 from jpki_va.server.rpc.pb import fill_brief
+from jpki_va.server.snapshot.record_format import pack_value
+
+Encoder = Callable[[list[Brief | ItemError]], bytes]
+
+
+def _compiled(items: list[Brief | ItemError]) -> bytes:
+    """The compiled encoder alone: an item it hands back to Python fails the test's
+    comparison only if the Python answer differs (it is the reference's own)."""
+    return _batch_wire.results_bytes(list(items), ItemError, batch_wire._item)
+
+
+ENCODERS = pytest.mark.parametrize(
+    "encode", [py_batch_response, _compiled, batch_response], ids=["python", "compiled", "used"]
+)
 
 _TIMES = (
     0,
@@ -77,28 +117,197 @@ def _reference(items: list[Brief | ItemError]) -> bytes:
     return response.SerializeToString()
 
 
-def test_batches_encode_exactly_as_protobuf_does() -> None:
+@ENCODERS
+def test_batches_encode_exactly_as_protobuf_does(encode: Encoder) -> None:
     rng = random.Random(6)
     for _ in range(300):
         items: list[Brief | ItemError] = [
             _error(rng) if rng.random() < 0.15 else _brief(rng) for _ in range(rng.randrange(1, 40))
         ]
-        data = batch_response(items)
+        data = encode(items)
         assert data == _reference(items)
         assert len(va_pb2.CheckBatchResponse.FromString(data).results) == len(items)
 
 
-def test_every_status_revoked_or_not_and_a_large_batch() -> None:
+@ENCODERS
+def test_every_status_revoked_or_not_and_a_large_batch(encode: Encoder) -> None:
     rng = random.Random(7)
     items: list[Brief | ItemError] = []
     for status in Status:
         for _ in range(50):
             brief = _brief(rng)
             items.append(Brief(brief.kind, brief.serial, status, *_rest(brief)))
-    assert batch_response(items) == _reference(items)
-    big = [_brief(rng) for _ in range(10_000)]  # a full batch (StreamLimits.max_batch)
-    assert batch_response(list(big)) == _reference(list(big))
+    assert encode(items) == _reference(items)
+    big: list[Brief | ItemError] = [_brief(rng) for _ in range(10_000)]  # StreamLimits.max_batch
+    assert encode(big) == _reference(big)
+    assert encode([]) == b""
 
 
 def _rest(brief: Brief) -> tuple[int, int, PackedRecord | None]:
     return brief.as_of, brief.sequence, brief.record
+
+
+# The packed path: index values straight to the wire ---------------------------------
+
+_INT64 = (-(2**63), 2**63 - 1)
+_SECONDS = (0, 1, -1, 0x0FFF_FFFF, 0x1000_0000, 0x7_FFFF_FFFF, 0x8_0000_0000, 1_767_225_600)
+_IDS = [bytes(20), b"", bytes(range(20)), b"\x01" * 200]
+
+
+def _seconds(rng: random.Random) -> int:
+    roll = rng.random()
+    if roll < 0.3:
+        return rng.choice(_SECONDS)
+    if roll < 0.302:  # beyond what the compiled code encodes: the reference answers
+        return rng.choice(_INT64)
+    return rng.randrange(1_500_000_000, 2_200_000_000)
+
+
+def _key(rng: random.Random) -> bytes:
+    kind = rng.choice(list(CertKind))
+    serial = rng.choice((1, 127, 128, 256, 2**64, 2**159, 2**160 - 1, rng.randrange(1, 2**160)))
+    return record_key(kind, serial)
+
+
+def _value(rng: random.Random) -> bytes | None:
+    if rng.random() < 0.2:
+        return None  # a serial the index does not hold: UNKNOWN
+    cause = rng.choice([0, 0, *map(int, LossCause)])
+    return pack_value(
+        _seconds(rng),
+        _seconds(rng),
+        rng.choice((0, 1, 131016, 472158, 999_999, 1_000_000, 2**32 - 1)),
+        rng.randrange(len(_IDS)),
+        _seconds(rng) if cause else 0,
+        cause,
+        rng.choice([int(r) for r in CrlReason]) if cause else 0,
+    )
+
+
+def _batch(rng: random.Random, size: int) -> PackedBatch:
+    when = rng.choice((1_767_225_600_123_456, 1_767_225_600_000_000, 0, -1, _time(rng)))
+    return PackedBatch(
+        [_key(rng) for _ in range(size)],
+        [_value(rng) for _ in range(size)],
+        _IDS,
+        rng.choice((0, 1, 127, 128, 2**40, 2**64 - 1)),
+        when,
+    )
+
+
+def _slots(rng: random.Random, size: int) -> list[Slot] | None:
+    if rng.random() < 0.4:
+        return None
+    slots: list[Slot] = []
+    for position in range(size):
+        roll = rng.random()
+        if roll < 0.1:  # an entitlement refusal, a malformed item
+            slots.append(_error(rng))
+        elif roll < 0.15:  # an issuer we do not answer for
+            brief = _brief(rng)
+            slots.append(Brief(None, brief.serial, Status.UNKNOWN, *_rest(brief)[:2], None))
+        slots.append(position)
+    return slots
+
+
+def _expected(slots: Sequence[Slot] | None, batch: PackedBatch) -> bytes:
+    briefs = packed_briefs(batch)
+    if slots is None:
+        return _reference(list(briefs))
+    return _reference([briefs[s] if isinstance(s, int) else s for s in slots])
+
+
+def _labels(slots: Sequence[Slot] | None, batch: PackedBatch) -> dict[tuple[str, str], int]:
+    briefs = packed_briefs(batch)
+    read = briefs if slots is None else [briefs[s] for s in slots if isinstance(s, int)]
+    out: dict[tuple[str, str], int] = {}
+    for brief in read:
+        out[brief.labels] = out.get(brief.labels, 0) + 1
+    return out
+
+
+def test_packed_batches_encode_as_the_reference_and_protobuf_do() -> None:
+    rng = random.Random(8)
+    declined = 0
+    for _ in range(400):
+        size = rng.randrange(0, 40)
+        batch, slots = _batch(rng, size), _slots(rng, size)
+        expected = _expected(slots, batch)
+        labels = _labels(slots, batch)
+        reference, reference_tally = py_packed_response(slots, batch)
+        assert reference == expected
+        assert tally_labels(reference_tally) == labels
+        compiled, tally = compiled_packed_response(slots, batch)
+        if compiled is None:  # a time beyond 64-bit microseconds: left to the reference
+            declined += 1
+        else:
+            assert compiled == expected
+            assert tally_labels(tally) == labels
+        assert packed_response(slots, batch) == (expected, reference_tally)
+    assert 0 < declined < 100  # both branches ran
+
+
+# in effect, not yet valid, expired (seconds from `now`)
+_VALIDITIES = ((-9, 9), (5, 9), (-9, -5))
+
+
+def test_packed_edge_cases() -> None:
+    """Every kind, status, cause and reason; unknown serials; refusals of every code;
+    the empty batch and a full one."""
+    rng = random.Random(9)
+    now = 1_767_225_600  # seconds
+    keys: list[bytes] = []
+    values: list[bytes | None] = []
+    for kind in CertKind:
+        for serial in (1, 2**64, 2**160 - 1):
+            keys.append(record_key(kind, serial))
+            values.append(None)
+            for not_before, not_after in _VALIDITIES:
+                keys.append(record_key(kind, serial))
+                values.append(pack_value(now + not_before, now + not_after, 131016, 0))
+            for cause in LossCause:
+                for reason in CrlReason:
+                    for lost in (now - 1, now, now + 1):  # a loss later than now: not yet
+                        keys.append(record_key(kind, serial))
+                        values.append(pack_value(now - 10, now + 10, 1, 2, lost, cause, reason))
+    batch = PackedBatch(keys, values, _IDS, 42, now * 1_000_000)
+    errors: list[Slot] = [
+        ItemError(code, f"{va_pb2.CheckErrorCode.Name(code)}: no")
+        for code in va_pb2.CheckErrorCode.values()
+    ]
+    for slots in (None, [*errors, *range(len(keys)), *errors]):
+        compiled, tally = compiled_packed_response(slots, batch)
+        assert compiled == _expected(slots, batch)
+        assert tally_labels(tally) == _labels(slots, batch)
+        assert (compiled, tally) == py_packed_response(slots, batch)
+    statuses = {brief.status for brief in packed_briefs(batch)}
+    assert statuses == set(Status)
+    empty = PackedBatch([], [], _IDS, 1, now)
+    assert compiled_packed_response(None, empty) == (b"", {})
+    full = _batch(rng, 10_000)  # StreamLimits.max_batch
+    full.values = [_value(rng) if rng.random() < 0.5 else None for _ in full.keys]
+    full.values = [v if v is None else pack_value(now, now + 9, 1, 0) for v in full.values]
+    assert compiled_packed_response(None, full)[0] == _expected(None, full)
+
+
+def test_a_packed_slot_or_value_out_of_range_is_an_error_not_a_crash() -> None:
+    batch = PackedBatch([record_key(CertKind.CARD_SIGN, 1)], [None], _IDS, 1, 0)
+    with pytest.raises(IndexError):
+        compiled_packed_response([1], batch)
+    with pytest.raises(IndexError):
+        compiled_packed_response([-1], batch)
+    bad_ordinal = PackedBatch(batch.keys, [pack_value(1, 2, 3, len(_IDS))], _IDS, 1, 0)
+    with pytest.raises(IndexError):
+        compiled_packed_response(None, bad_ordinal)
+    with pytest.raises(IndexError):
+        py_packed_response(None, bad_ordinal)
+    with pytest.raises(ValueError, match="a value for each key"):
+        compiled_packed_response(None, PackedBatch(batch.keys, [], _IDS, 1, 0))
+
+
+def test_the_installed_tree_uses_the_compiled_encoder() -> None:
+    """`./tasks setup` (and the image's install) builds the extension; were the build
+    broken, the import above or this test fails instead of the reference serving."""
+    assert batch_wire.COMPILED
+    assert Path(_batch_wire.__file__).suffix == ".so"
+    assert vars(batch_wire)["_batch_wire"] is _batch_wire
