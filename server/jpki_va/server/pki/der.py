@@ -78,13 +78,19 @@ def read_unsigned(data: bytes, start: int, stop: int, what: str) -> int:
 
 def length(n: int) -> bytes:
     if n < 0x80:
-        return bytes((n,))
+        return _SHORT[n]
     raw = n.to_bytes((n.bit_length() + 7) // 8, "big")
     return bytes((0x80 | len(raw),)) + raw
 
 
+_SHORT = [bytes((n,)) for n in range(0x80)]  # the one-octet lengths, made once
+
+
 def tlv(tag: int, value: bytes) -> bytes:
-    return bytes((tag,)) + length(len(value)) + value
+    n = len(value)
+    if n < 0x80:  # most TLVs of a response: one join, no length bytes built
+        return bytes((tag, n)) + value
+    return bytes((tag,)) + length(n) + value
 
 
 def sequence(*items: bytes) -> bytes:

@@ -209,18 +209,38 @@ class SingleResponse:
     def encode(self) -> bytes:
         if self.status is CertStatus.REVOKED:
             assert self.revocation_time is not None
-            info = der.generalized_time(self.revocation_time)
+            info = _time(self.revocation_time)
             if self.revocation_reason is not None:
                 info += der.tlv(der.context(0), der.enumerated(self.revocation_reason))
             status = der.tlv(der.context(1), info)
         else:
-            status = der.tlv(der.context(int(self.status), constructed=False), b"")
+            status = _PLAIN_STATUS[self.status]
         return der.sequence(
             self.cert_id.der,
             status,
-            der.generalized_time(self.this_update),
-            der.tlv(der.context(0), der.generalized_time(self.next_update)),
+            _time(self.this_update),
+            der.tlv(_NEXT_UPDATE, _time(self.next_update)),
         )
+
+
+_NEXT_UPDATE = der.context(0)
+_PLAIN_STATUS = {
+    status: der.tlv(der.context(int(status), constructed=False), b"")
+    for status in (CertStatus.GOOD, CertStatus.UNKNOWN)
+}
+_TIMES: dict[datetime, bytes] = {}
+_TIMES_KEPT = 4096
+
+
+def _time(when: datetime) -> bytes:
+    """GeneralizedTime of `when`, remembered: the answers of one index share a few
+    thisUpdate and nextUpdate values, and formatting a date costs more than a lookup."""
+    encoded = _TIMES.get(when)
+    if encoded is None:
+        if len(_TIMES) >= _TIMES_KEPT:
+            _TIMES.clear()
+        encoded = _TIMES[when] = der.generalized_time(when)
+    return encoded
 
 
 def responder_key_hash(spki_der: bytes) -> bytes:
@@ -237,7 +257,7 @@ def response_data(
     """tbsResponseData: the bytes the responder signs."""
     parts = [
         der.tlv(der.context(2), der.tlv(der.OCTET_STRING, key_hash)),
-        der.generalized_time(produced_at),
+        der.generalized_time(produced_at),  # a new second each time: not remembered
         der.sequence(*singles),
     ]
     if nonce is not None:
@@ -247,12 +267,20 @@ def response_data(
     return der.sequence(*parts)
 
 
+def certs_field(certs: list[bytes]) -> bytes:
+    """The BasicOCSPResponse's `certs [0]` field; empty when there are none."""
+    return der.tlv(der.context(0), der.sequence(*certs)) if certs else b""
+
+
 def successful(tbs: bytes, algorithm: bytes, signature: bytes, certs: list[bytes]) -> bytes:
     """OCSPResponse(successful) around a BasicOCSPResponse."""
-    parts = [tbs, algorithm, der.bit_string(signature)]
-    if certs:
-        parts.append(der.tlv(der.context(0), der.sequence(*certs)))
-    basic = der.sequence(*parts)
+    return successful_with(tbs, algorithm, signature, certs_field(certs))
+
+
+def successful_with(tbs: bytes, algorithm: bytes, signature: bytes, certs: bytes) -> bytes:
+    """`successful` with the certs field already encoded (`certs_field`): a responder
+    sends the same delegated certificate in every response."""
+    basic = der.sequence(tbs, algorithm, der.bit_string(signature), certs)
     return der.sequence(
         der.enumerated(ResponseStatus.SUCCESSFUL),
         der.tlv(der.context(0), der.sequence(_BASIC, der.tlv(der.OCTET_STRING, basic))),

@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 _ECDSA_SHA256 = der.sequence(bytes.fromhex("06082a8648ce3d040302"))
 _RSA_SHA256 = der.sequence(bytes.fromhex("06092a864886f70d01010b"), der.tlv(der.NULL, b""))
 
-PARSED_KEPT = 10_000  # parsed requests remembered per responder
+PARSED_KEPT = 16_384  # parsed requests remembered per responder, per generation (two)
 
 #: A signer certificate with less life left than this is "about to expire": not used.
 MIN_SIGNER_REMAINING = timedelta(minutes=1)
@@ -96,6 +96,16 @@ def malformed() -> OcspReply:
     return _error(ResponseStatus.MALFORMED_REQUEST)
 
 
+@dataclass(frozen=True, slots=True)
+class _Delegated:
+    """One delegated certificate as responses use it: its validity read once (each
+    read of a certificate's dates builds new datetime objects) and its certs field."""
+
+    not_before: datetime
+    not_after: datetime
+    certs: bytes  # the BasicOCSPResponse's certs [0] field carrying it
+
+
 @dataclass(frozen=True)
 class _Prepared:
     """Per delegated signer: what every response repeats, computed once."""
@@ -104,22 +114,24 @@ class _Prepared:
     key_hash: bytes
     algorithm: bytes
     sign: Callable[[bytes], bytes]
-    certificates: dict[bytes, tuple[x509.Certificate, bytes]]  # kid -> (cert, DER)
+    certificates: dict[bytes, _Delegated]  # issuer key id -> its delegated certificate
 
 
 def _prepare(signer: DelegatedSigner) -> _Prepared:
     key = signer.key
     if isinstance(key, ec.EllipticCurvePrivateKey):
         algorithm = _ECDSA_SHA256
+        ecdsa = ec.ECDSA(hashes.SHA256())
 
         def sign(data: bytes) -> bytes:
-            return key.sign(data, ec.ECDSA(hashes.SHA256()))
+            return key.sign(data, ecdsa)
 
     elif isinstance(key, rsa.RSAPrivateKey):
         algorithm = _RSA_SHA256
+        pkcs1, sha256 = padding.PKCS1v15(), hashes.SHA256()
 
         def sign(data: bytes) -> bytes:
-            return key.sign(data, padding.PKCS1v15(), hashes.SHA256())
+            return key.sign(data, pkcs1, sha256)
 
     else:
         raise TypeError(f"unsupported OCSP-signer key {type(key).__name__}")
@@ -129,7 +141,14 @@ def _prepare(signer: DelegatedSigner) -> _Prepared:
         ocsp_wire.responder_key_hash(spki),
         algorithm,
         sign,
-        {kid: (c, c.public_bytes(Encoding.DER)) for kid, c in signer.certificates.items()},
+        {
+            kid: _Delegated(
+                c.not_valid_before_utc,
+                c.not_valid_after_utc,
+                ocsp_wire.certs_field([c.public_bytes(Encoding.DER)]),
+            )
+            for kid, c in signer.certificates.items()
+        },
     )
 
 
@@ -179,7 +198,10 @@ class OcspResponder:
         self._limits = limits or OcspLimits()
         self._observer: OcspObserver = observer or _Quiet()
         self._prepared: _Prepared | None = None
+        # Two generations: a full `_parsed` becomes `_parsed_old`, and a request found
+        # only there moves back, so the requests in use stay and nothing falls off a cliff.
         self._parsed: dict[bytes, ocsp_wire.OcspRequest] = {}
+        self._parsed_old: dict[bytes, ocsp_wire.OcspRequest] = {}
 
     def read(self, data: bytes) -> ocsp_wire.OcspRequest | None:
         """The request in `data`, or None when it is oversized or malformed.
@@ -190,17 +212,20 @@ class OcspResponder:
         request = self._parsed.get(data)
         if request is not None:
             return request
-        if len(data) > self._limits.max_request_bytes:
-            return None
-        try:
-            request = ocsp_wire.parse_request(data, self._limits.max_cert_ids)
-        except MalformedRequest as exc:
-            log.debug("malformed OCSP request: %s", exc)
-            return None
-        if request.nonce is None:  # a nonce makes every request new: not worth keeping
-            if len(self._parsed) >= PARSED_KEPT:
-                self._parsed.clear()
-            self._parsed[data] = request
+        request = self._parsed_old.get(data)
+        if request is None:
+            if len(data) > self._limits.max_request_bytes:
+                return None
+            try:
+                request = ocsp_wire.parse_request(data, self._limits.max_cert_ids)
+            except MalformedRequest as exc:
+                log.debug("malformed OCSP request: %s", exc)
+                return None
+            if request.nonce is not None:  # a nonce makes every request new: not kept
+                return request
+        if len(self._parsed) >= PARSED_KEPT:
+            self._parsed_old, self._parsed = self._parsed, {}
+        self._parsed[data] = request
         return request
 
     def issuer_kinds(self, request: ocsp_wire.OcspRequest) -> list[CertKind]:
@@ -235,15 +260,18 @@ class OcspResponder:
 
     def _answer(self, request: ocsp_wire.OcspRequest) -> OcspReply:
         cache = self._cache if request.nonce is None else None
-        try:
-            generation = cache.generation() if cache is not None else NO_GENERATION
-        except NotReady:
-            raise _Unsuccessful(ResponseStatus.TRY_LATER) from None
         now = self._clock.now()
+        generation = NO_GENERATION
         if cache is not None:
-            hit = cache.get(
-                request.request_list, now.timestamp(), lambda: self._basis(request, now)
-            )
+            try:
+                hit = cache.get(
+                    request.request_list, now.timestamp(), lambda: self._basis(request, now)
+                )
+                # Read before the statuses are, so `put` can tell whether a new full
+                # index or signer came meanwhile; a hit needs none (one read, not two).
+                generation = cache.generation() if hit is None else generation
+            except NotReady:
+                raise _Unsuccessful(ResponseStatus.TRY_LATER) from None
             if hit is not None:
                 self._observer.cache("hit")
                 self._observer.answers(hit.answers)
@@ -308,30 +336,29 @@ class OcspResponder:
     def _sign(self, request: ocsp_wire.OcspRequest, now: datetime) -> OcspReply:
         issuer, answers = self._answers(request, now)
         prepared = self._prepared_signer()
-        held = None if prepared is None else prepared.certificates.get(issuer.key_id)
+        delegated = None if prepared is None else prepared.certificates.get(issuer.key_id)
         if (
             prepared is None
-            or held is None
-            or held[0].not_valid_before_utc > now
-            or held[0].not_valid_after_utc - now < MIN_SIGNER_REMAINING
+            or delegated is None
+            or delegated.not_before > now
+            or delegated.not_after - now < MIN_SIGNER_REMAINING
         ):
             # tryLater rather than a response whose signer certificate is expired, not
             # yet valid or about to expire: a verifier would reject it anyway.
             log.warning("no valid delegated OCSP-signer certificate for %s", issuer.key_id.hex())
             raise _Unsuccessful(ResponseStatus.TRY_LATER)
-        delegated, delegated_der = held
-        if delegated.not_valid_after_utc < max(a.next_update for a in answers):
+        if delegated.not_after < max(a.next_update for a in answers):
             # Renewal (ResponderConfig.ocsp_renew_at) runs early so this does not happen.
             log.warning("delegated OCSP-signer certificate expires before nextUpdate; clamped")
         singles = [
-            _single(cert_id, answer, delegated.not_valid_after_utc)
+            _single(cert_id, answer, delegated.not_after)
             for cert_id, answer in zip(request.cert_ids, answers, strict=True)
         ]
         tbs = ocsp_wire.response_data(
             prepared.key_hash, now, [s.encode() for s in singles], request.nonce
         )
-        response = ocsp_wire.successful(
-            tbs, prepared.algorithm, prepared.sign(tbs), [delegated_der]
+        response = ocsp_wire.successful_with(
+            tbs, prepared.algorithm, prepared.sign(tbs), delegated.certs
         )
         labels = tuple(a.labels for a in answers)
         if request.nonce is not None:

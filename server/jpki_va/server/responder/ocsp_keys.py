@@ -57,6 +57,7 @@ class OcspKeyStore:
     def __init__(self, directory: Path) -> None:
         self._dir = directory
         self._keys = directory / KEYS_DIR
+        self._certs_file = directory / CERTS_FILE
         private_dir(self._keys)
         self._lock = threading.Lock()
         self._loaded_mtime: int | None = None
@@ -167,7 +168,8 @@ class OcspKeyStore:
     def current(self) -> DelegatedSigner | None:
         """The key and certificates to sign with now, reloaded when the file changes."""
         try:
-            mtime = self.certs_path.stat().st_mtime_ns
+            # Built once: this runs for every signed answer.
+            mtime = self._certs_file.stat().st_mtime_ns
         except FileNotFoundError:
             return None
         if mtime == self._loaded_mtime:

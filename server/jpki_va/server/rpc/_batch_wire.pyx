@@ -10,6 +10,10 @@ the fuzz target compare the two on every case they draw). Two entries:
   encoded without a Python object per status; the pure-Python twin is
   `batch_wire.packed_response`.
 
+- `plain_keys`: a serialized CheckBatchRequest's plain items (a kind_serial and
+  nothing else) read straight from the bytes as record keys; the pure-Python twin is
+  `pb.plain_kind_serial` on each parsed item, which also reads every other item.
+
 Anything outside 64-bit integers (times no index holds, huge sequence numbers) is
 handed to the Python code (`fallback` per item; a packed batch answers None), so the
 two never differ on what they accept.
@@ -476,3 +480,86 @@ def packed_bytes(object slots, list keys, list values, list key_ids, int64_t whe
         free(out.data)
         free(scratch.data)
         free(tail.data)
+
+
+# Requests -----------------------------------------------------------------------------
+
+cdef inline Py_ssize_t _length(const uint8_t* p, Py_ssize_t end, Py_ssize_t* at) noexcept:
+    """A varint length at p[at] (at moves past it); -1 when malformed or past `end`."""
+    cdef uint64_t value = 0
+    cdef int shift = 0
+    while at[0] < end and shift < 35:
+        value |= (<uint64_t>(p[at[0]] & 0x7F)) << shift
+        at[0] += 1
+        if not p[at[0] - 1] & 0x80:
+            if <Py_ssize_t>value > end - at[0]:
+                return -1
+            return <Py_ssize_t>value
+        shift += 7
+    return -1
+
+
+def plain_keys(bytes raw, list kind_counts):
+    """The record key of each request of a serialized CheckBatchRequest, or None for a
+    request that is not plain (then the parsed message answers for it).
+
+    Plain, as `pb.plain_kind_serial` has it: a kind_serial of a known kind (1 to 4) and
+    a nonzero serial of at most 20 octets, no `as_of`. Only the form protobuf itself
+    writes is read here: exactly `cert { kind_serial { kind serial } }`, fields in
+    order; any other encoding of the same request is None, never a different key.
+    `kind_counts[kind]` gains the number of plain requests of each kind.
+    """
+    cdef const uint8_t* p = <const uint8_t*>PyBytes_AS_STRING(raw)
+    cdef Py_ssize_t end = PyBytes_GET_SIZE(raw)
+    cdef Py_ssize_t at = 0, item_end, size, cert, pair, serial_size, i
+    cdef uint8_t kind
+    cdef uint8_t key[21]
+    cdef list keys = []
+    cdef bint zero
+    cdef long counts[5]
+    for i in range(5):
+        counts[i] = 0
+    while at < end:
+        if p[at] != 0x0A:  # CheckBatchRequest.requests; anything else: parse it in Python
+            return None
+        at += 1
+        size = _length(p, end, &at)
+        if size < 0:
+            return None
+        item_end = at + size
+        # CheckRequest { cert (1) = CertRef { kind_serial (1) = KindSerial { 1, 2 } } }
+        if (
+            size >= 4
+            and p[at] == 0x0A
+            and p[at + 1] == size - 2
+            and p[at + 2] == 0x0A
+            and p[at + 3] == size - 4
+            and size - 4 >= 4
+            and p[at + 4] == 0x08
+            and 1 <= p[at + 5] <= 4
+            and p[at + 6] == 0x12
+            and p[at + 7] == size - 8
+            and size - 8 <= 20
+        ):
+            kind = p[at + 5]
+            serial_size = size - 8
+            zero = True
+            for i in range(serial_size):
+                if p[at + 8 + i]:
+                    zero = False
+                    break
+            if zero:
+                keys.append(None)
+            else:
+                key[0] = kind
+                for i in range(20 - serial_size):
+                    key[1 + i] = 0
+                memcpy(key + 21 - serial_size, p + at + 8, serial_size)
+                keys.append(PyBytes_FromStringAndSize(<char*>key, 21))
+                counts[kind] += 1
+        else:
+            keys.append(None)
+        at = item_end
+    for i in range(1, 5):
+        kind_counts[i] += counts[i]
+    return keys

@@ -303,3 +303,17 @@ def packed_response(
         if data is not None:
             return data, tally
     return py_packed_response(slots, batch)
+
+
+def plain_keys(raw: bytes) -> tuple[list[bytes], list[int]] | None:
+    """(The record key of each request, the count per kind value) of a serialized
+    CheckBatchRequest whose every request is plain (`pb.plain_kind_serial` reads a
+    kind and a nonzero serial from it); None when one is not, or without the compiled
+    module (then each parsed request is read in Python, which is the reference)."""
+    if _batch_wire is None:
+        return None
+    counts = [0] * 5
+    keys = _batch_wire.plain_keys(raw, counts)
+    if keys is None or None in keys:
+        return None
+    return keys, counts  # type: ignore[return-value]  # no None left

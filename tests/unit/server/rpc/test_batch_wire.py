@@ -31,10 +31,11 @@ from jpki_va.server.rpc.batch_wire import (
     batch_response,
     compiled_packed_response,
     packed_response,
+    plain_keys,
     py_batch_response,
     py_packed_response,
 )
-from jpki_va.server.rpc.pb import fill_brief
+from jpki_va.server.rpc.pb import fill_brief, plain_kind_serial
 from jpki_va.server.snapshot.record_format import pack_value
 
 Encoder = Callable[[list[Brief | ItemError]], bytes]
@@ -311,3 +312,83 @@ def test_the_installed_tree_uses_the_compiled_encoder() -> None:
     assert batch_wire.COMPILED
     assert Path(_batch_wire.__file__).suffix == ".so"
     assert vars(batch_wire)["_batch_wire"] is _batch_wire
+
+
+# Requests: the plain items read from a batch's bytes -------------------------------
+
+
+def _request(rng: random.Random) -> va_pb2.CheckRequest:
+    """A request of any form: mostly plain, and every way of not being plain."""
+    kind = rng.choice((1, 2, 3, 4, 1, 2, 0, 5, 99, -1))
+    serial = rng.choice(
+        (
+            rng.randbytes(rng.randrange(1, 21)),
+            b"\x00" + rng.randbytes(8),
+            b"\x00" * rng.randrange(0, 22),
+            rng.randbytes(21),
+            b"",
+            b"\x01",
+        )
+    )
+    request = va_pb2.CheckRequest(
+        cert=va_pb2.CertRef(kind_serial=va_pb2.KindSerial(kind=kind, serial=serial))  # type: ignore[arg-type]
+    )
+    roll = rng.random()
+    if roll < 0.05:
+        request.as_of.FromMicroseconds(rng.randrange(0, 2**50))
+    elif roll < 0.08:
+        request.cert.certificate_der = rng.randbytes(30)
+    elif roll < 0.1:
+        request.cert.cert_id.serial = serial
+    elif roll < 0.12:
+        request = va_pb2.CheckRequest()
+    return request
+
+
+def _plain_reference(request: va_pb2.CheckRequest) -> bytes | None:
+    kind, serial = plain_kind_serial(request)
+    return None if serial == 0 else record_key(kind, serial)
+
+
+def test_plain_keys_read_from_bytes_are_the_parsed_requests_own() -> None:
+    rng = random.Random(10)
+    taken = 0
+    for _ in range(300):
+        requests = [_request(rng) for _ in range(rng.randrange(0, 30))]
+        raw = va_pb2.CheckBatchRequest(requests=requests).SerializeToString()
+        counts = [0] * 5
+        keys = _batch_wire.plain_keys(raw, counts)
+        assert keys is not None and len(keys) == len(requests)
+        expected = [_plain_reference(request) for request in requests]
+        assert keys == expected  # protobuf's own encoding: every plain item is read
+        assert counts[1:] == [sum(1 for k in keys if k and k[0] == n) for n in range(1, 5)]
+        taken += sum(key is not None for key in keys)
+        whole = plain_keys(raw)
+        if None in expected:
+            assert whole is None
+        else:
+            assert whole == (expected, counts)
+    assert taken > 1000
+
+
+def test_plain_keys_leave_every_other_encoding_to_protobuf() -> None:
+    """Bytes protobuf reads as the same request but writes otherwise (fields out of
+    order, unknown fields, a repeated field, long varints) are not read here, and
+    garbage is not a crash."""
+    plain = b"\x0a\x0b\x0a\x09\x0a\x07\x08\x01\x12\x03\x01\x02\x03"
+    assert _batch_wire.plain_keys(plain, [0] * 5) == [record_key(CertKind.CARD_SIGN, 0x10203)]
+    for odd in (
+        b"\x0a\x0b\x0a\x09\x0a\x07\x12\x03\x01\x02\x03\x08\x01",  # serial before kind
+        b"\x0a\x0d\x0a\x0b\x0a\x09\x08\x01\x12\x03\x01\x02\x03\x18\x01",  # an unknown field
+        b"\x0a\x0c\x0a\x0a\x0a\x08\x08\x81\x00\x12\x03\x01\x02\x03",  # kind as a long varint
+        b"\x0a\x0d\x0a\x0b\x0a\x09\x08\x02\x08\x01\x12\x03\x01\x02\x03",  # kind twice
+    ):
+        assert _batch_wire.plain_keys(odd, [0] * 5) == [None]
+        parsed = va_pb2.CheckBatchRequest.FromString(odd)
+        assert len(parsed.requests) == 1  # protobuf reads it: `_batch` does, in Python
+    assert _batch_wire.plain_keys(b"\x12\x00", [0] * 5) is None  # unknown batch field
+    rng = random.Random(11)
+    for _ in range(2000):
+        garbage = rng.randbytes(rng.randrange(0, 40))
+        _batch_wire.plain_keys(plain + garbage, [0] * 5)
+        _batch_wire.plain_keys(b"\x0a" + garbage, [0] * 5)
