@@ -167,7 +167,18 @@ class LadderServicer(va_pb2_grpc.StatusServiceServicer):
             self._gate.provided(verifier, counts)
 
     def Check(self, request: va_pb2.CheckRequest, context: grpc.ServicerContext) -> Any:
-        self._admit(context, [request])
+        # As StatusServicer.Check: one identity, one entitlement, one lookup, one count.
+        gate = self._gate
+        if gate is None:
+            return self._check
+        verifier = gate.identify(self._caller(context))
+        kind, serial = plain_kind_serial(request)
+        provision = status_provision(kind)
+        gate.check(verifier, provision)
+        if self._source is not None:
+            self._source.status(kind, serial, self._clock.now())
+        if self._layers.ledger:
+            gate.provided_one(verifier, provision)
         return self._check
 
     def CheckStream(

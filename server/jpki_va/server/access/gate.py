@@ -16,9 +16,9 @@ or, for one provision computed by one function, `gate.provide(caller, provision,
 from __future__ import annotations
 
 import hashlib
-from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import TypeVar
 
 from jpki_va.core.clock import Clock
@@ -38,6 +38,12 @@ __all__ = [
     "Operators",
     "UnknownVerifier",
 ]
+
+
+#: One of a provision, shared: the ledger only reads the counts it is given.
+_ONE: Mapping[Provision, Mapping[Provision, int]] = {
+    provision: MappingProxyType({provision: 1}) for provision in Provision
+}
 
 
 class NoIdentity(Exception):
@@ -137,6 +143,10 @@ class Gate:
         if any(counts.values()) or disclosures:
             self._ledger.record(verifier.id, counts, self._clock.now(), disclosures)
 
+    def provided_one(self, verifier: Verifier, provision: Provision) -> None:
+        """`provided(verifier, {provision: 1})`, the one-answer call, without a Counter."""
+        self._ledger.record(verifier.id, _ONE[provision], self._clock.now())
+
     def provide(
         self,
         caller: Caller,
@@ -148,7 +158,10 @@ class Gate:
         verifier = self.admit(caller, provision)
         answer = produce(verifier)
         disclosures = () if disclose is None else disclose(verifier, answer)
-        self.provided(verifier, Counter({provision: 1}), disclosures)
+        if disclosures:
+            self.provided(verifier, _ONE[provision], disclosures)
+        else:
+            self.provided_one(verifier, provision)
         return answer
 
     def now_disclosure(

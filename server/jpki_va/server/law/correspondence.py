@@ -62,15 +62,19 @@ def _in_effect_overlap(a: LinkSubject, b: LinkSubject) -> bool:
 
 def holder_links(certificates: Iterable[CertificateRecord | LinkSubject]) -> set[Link]:
     """Every correspondence among one holder's certificates."""
-    records = [c if isinstance(c, LinkSubject) else LinkSubject.of(c) for c in certificates]
     links: set[Link] = set()
-    for r in records:
-        mobile = _MOBILE_LINK.get(r.kind)
-        if mobile is not None and r.card_serial is not None:
+    auths: list[LinkSubject] = []
+    signs: list[LinkSubject] = []
+    # One pass (a full snapshot calls this for every holder of the country).
+    for c in certificates:
+        r = c if isinstance(c, LinkSubject) else LinkSubject.of(c)
+        if r.kind is CertKind.CARD_AUTH:
+            auths.append(r)
+        elif r.kind is CertKind.CARD_SIGN:
+            signs.append(r)
+        elif r.card_serial is not None and (mobile := _MOBILE_LINK.get(r.kind)) is not None:
             link_type, card_kind = mobile
             links.add(Link(link_type, card_kind, r.card_serial, r.kind, r.serial))
-    auths = [r for r in records if r.kind is CertKind.CARD_AUTH]
-    signs = [r for r in records if r.kind is CertKind.CARD_SIGN]
     for a in auths:
         for s in signs:
             if _in_effect_overlap(a, s):

@@ -144,8 +144,18 @@ class Ledger:
         readonly: bool = False,
         exclusive: bool = False,
         map_size: int = _MAP_SIZE,
+        writemap: bool = False,
     ) -> None:
-        """`exclusive`: hold the writer lock of `path` until close(), or raise ShardInUse."""
+        """`exclusive`: hold the writer lock of `path` until close(), or raise ShardInUse.
+
+        `writemap`: LMDB writes the pages of a transaction in the shared mapping
+        itself, so a commit makes no system call (without it, each commit writes its
+        pages and the meta page with one call each: most of a count's cost, 5 µs of
+        CPU against 2). The data file is then as large as `map_size`, sparse: the
+        disk holds only the pages written. A commit still reaches the page cache at
+        once, so what a killed process answered stays recorded, and an unfinished
+        transaction's pages are free pages no committed state refers to.
+        """
         if readonly and not (path / "data.mdb").is_file():
             raise LedgerError(f"{path} holds no provision ledger")
         self._writer: int | None = None
@@ -163,6 +173,7 @@ class Ledger:
                 readonly=readonly,
                 sync=False,
                 metasync=False,
+                writemap=writemap and not readonly,
                 mode=LMDB_MODE,
             )
             self._counts, self._audit = (
@@ -323,8 +334,11 @@ def shard_path(root: Path, slot: int) -> Path:
 
 
 def open_shard(root: Path, slot: int, *, map_size: int = _MAP_SIZE) -> Ledger:
-    """The ledger a responder worker writes, held as its own until close()."""
-    return Ledger(shard_path(root, slot), exclusive=True, map_size=map_size)
+    """The ledger a responder worker writes, held as its own until close().
+
+    Written with `writemap`: every answer's count is a commit on the hot path.
+    """
+    return Ledger(shard_path(root, slot), exclusive=True, map_size=map_size, writemap=True)
 
 
 def claim_shards(root: Path, slots: int) -> None:

@@ -174,6 +174,32 @@ def certificate_head(value: bytes | memoryview) -> CertificateHead:
     )
 
 
+# The part of the header a full publish's links pass reads (the card serial follows).
+_LINK_HEAD = struct.Struct("<BB20sqqBqB")
+_CARD_AT = _LINK_HEAD.size + 1  # after the reason octet
+
+
+LinkHead = tuple[int, int, int, int, int | None, int | None]
+
+
+def link_head(value: bytes | memoryview) -> LinkHead:
+    """(kind, serial, not before, not after, loss time or None, card serial or None) of a
+    stored value, as `certificate_head` reads them, with no other field decoded."""
+    if value[0] in _LEGACY:
+        return link_head_of(certificate_head(value))
+    fmt, kind, serial, nb, na, flags, lost, cause = _LINK_HEAD.unpack_from(value)
+    if fmt != VALUE_FORMAT:
+        raise ValueError(f"unknown certificate value format {fmt}")
+    card = int.from_bytes(value[_CARD_AT : _CARD_AT + 20], "big") if flags & _CARD_SERIAL else None
+    return kind, int.from_bytes(serial, "big"), nb, na, lost if cause else None, card
+
+
+def link_head_of(head: CertificateHead) -> LinkHead:
+    """`link_head` of a header already read (or made from a record)."""
+    lost = head.loss_time if head.cause else None
+    return head.kind, head.serial, head.not_before, head.not_after, lost, head.card_serial
+
+
 def encode_certificate(record: CertificateRecord) -> bytes:
     loss, trigger, holder = record.loss, record.loss_trigger, record.holder
     return encode_certificate_value(

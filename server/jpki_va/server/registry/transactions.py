@@ -57,6 +57,7 @@ from jpki_va.server.model.registry_values import (
 )
 from jpki_va.server.registry.codec import (
     CertificateHead,
+    LinkHead,
     certificate_der,
     certificate_head,
     decode_certificate,
@@ -67,6 +68,7 @@ from jpki_va.server.registry.codec import (
     encode_key_value,
     holder_keys,
     key_record_keys,
+    link_head,
 )
 
 log = logging.getLogger(__name__)
@@ -255,6 +257,18 @@ class RegistryTxn:
         """(resident code, record keys) of every holder, in resident code order."""
         for code, value in self._txn.cursor(db=self._db["holders"]):
             yield bytes(code).decode(), holder_keys(value)
+
+    def holder_link_heads(self) -> Iterator[list[LinkHead]]:
+        """Per holder, in resident code order, `codec.link_head` of each stored record
+        (no issuer compromises applied): what a full publish's links pass reads."""
+        get, certs = self._txn.get, self._db["certs"]
+        for value in self._txn.cursor(db=self._db["holders"]).iternext(keys=False):
+            heads = []
+            for key in holder_keys(value):
+                raw = get(key, db=certs)
+                if raw is not None:
+                    heads.append(link_head(raw))
+            yield heads
 
     def holder_certificates(self, resident_code: str) -> list[CertificateRecord]:
         raw = self._txn.get(resident_code.encode(), db=self._db["holders"])

@@ -83,15 +83,32 @@ def current_index(index_root: Path) -> Path | None:
         return None
 
 
-def _crl_times(crls: list[dict[str, Any]]) -> dict[tuple[CertKind, bytes, str], CrlTimes]:
+def _crl_times(
+    crls: list[dict[str, Any]],
+    previous: dict[tuple[CertKind, bytes, str], CrlTimes] | None = None,
+) -> dict[tuple[CertKind, bytes, str], CrlTimes]:
+    """Each scope's CRL times; the objects of `previous` where they are the same.
+
+    A delta re-signs a few scopes: the others keep their objects, so what a reload
+    leaves behind is mostly what it frees all at once (fewer half-used heap pages).
+    """
     out = {}
+    known = previous or {}
     for c in crls:
         scope = (CertKind[c["kind"]], bytes.fromhex(c["issuer_key_id"]), c["partition"])
-        out[scope] = CrlTimes(
-            number=c["number"],
-            this_update=datetime.fromisoformat(c["this_update"]),
-            next_update=datetime.fromisoformat(c["next_update"]),
-        )
+        times = known.get(scope)
+        if (
+            times is None
+            or times.number != c["number"]
+            or times.this_update.isoformat() != c["this_update"]
+            or times.next_update.isoformat() != c["next_update"]
+        ):
+            times = CrlTimes(
+                number=c["number"],
+                this_update=datetime.fromisoformat(c["this_update"]),
+                next_update=datetime.fromisoformat(c["next_update"]),
+            )
+        out[scope] = times
     return out
 
 
@@ -178,7 +195,7 @@ class Index:
     def _load_meta(self, txn: lmdb.Transaction, previous: _Meta | None = None) -> _Meta:
         version = bytes(txn.get(_VERSION, default=b"", db=self._meta_db))
         meta = json.loads(_required(txn.get(b"manifest", db=self._meta_db)))
-        crl_times = _crl_times(meta["crls"])
+        crl_times = _crl_times(meta["crls"], None if previous is None else previous.crl_times)
         if previous is not None and previous.full_sequence == meta["full_sequence"]:
             # Deltas never change the full snapshot's CRLs: the same ones, parsed once.
             full_crl_times = previous.full_crl_times

@@ -28,6 +28,9 @@ def fingerprint(cert: x509.Certificate) -> bytes:
     return fingerprint_of(cert.public_bytes(Encoding.DER))
 
 
+_NOBODY = Caller()
+
+
 @lru_cache(maxsize=1024)  # about 1.5 MB of PEMs at most
 def _pem_fingerprint(pem: bytes) -> bytes:
     # Every call on a connection presents the same PEM: parse it once, not per call.
@@ -42,22 +45,28 @@ def caller_of(
     default_verifier: str | None = None,
     proxies: TrustedProxies | None = None,
 ) -> Caller:
-    """The caller's identity; `default_verifier` names header-less plaintext callers."""
-    # The stubs type the values as bytes; at run time each is a list of bytes.
-    pems = cast(list[bytes], context.auth_context().get("x509_pem_cert") or [])
-    pem = pems[0] if pems else None
-    if pem:
-        peer = _pem_fingerprint(bytes(pem))
-        if proxies is not None and proxies.trusts(peer):
-            return proxied_caller(_metadata(context, FORWARDED_HEADER))
-        return Caller(fingerprint=peer)
+    """The caller's identity; `default_verifier` names header-less plaintext callers.
+
+    `insecure_loopback` is the server's mode, not a per-call choice: the configuration
+    allows it only on a plaintext listener (app/config.py), where no call carries a
+    client certificate, so the auth context is not asked for (it is built afresh, a
+    dict of the connection's properties, on every call).
+    """
     if insecure_loopback:
         claimed = _metadata(context, VERIFIER_HEADER)
         if claimed:
             return Caller(claimed_id=claimed)
         if default_verifier is not None:
             return Caller(claimed_id=default_verifier)
-    return Caller()
+        return _NOBODY
+    # The stubs type the values as bytes; at run time each is a list of bytes.
+    pems = cast(list[bytes], context.auth_context().get("x509_pem_cert") or [])
+    if not pems or not pems[0]:
+        return _NOBODY
+    peer = _pem_fingerprint(pems[0])
+    if proxies is not None and proxies.trusts(peer):
+        return proxied_caller(_metadata(context, FORWARDED_HEADER))
+    return Caller(fingerprint=peer)
 
 
 def _metadata(context: grpc.ServicerContext, name: str) -> str | None:

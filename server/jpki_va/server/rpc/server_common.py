@@ -18,7 +18,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from jpki_va.server.base.refusal_log import RefusalLog
 from jpki_va.server.rpc.reflection import enable_reflection
 from jpki_va.server.rpc.request_decoding import RequestDecodingInterceptor
-from jpki_va.server.rpc.wrapping import Handler, Interceptor, WrappingInterceptor
+from jpki_va.server.rpc.wrapping import Handler, Interceptor, WrappingInterceptor, fold
 
 log = logging.getLogger(__name__)
 
@@ -129,7 +129,7 @@ def build_server(
     decoding = RequestDecodingInterceptor(refusals or RefusalLog(log))
     return grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers),
-        interceptors=[*interceptors, ErrorMappingInterceptor(mapping, served_by), decoding],
+        interceptors=fold([*interceptors, ErrorMappingInterceptor(mapping, served_by), decoding]),
         options=list(options),
         maximum_concurrent_rpcs=maximum_concurrent_rpcs,
     )

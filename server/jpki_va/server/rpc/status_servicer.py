@@ -26,7 +26,6 @@ from jpki_va.server.law.entitlements import NotEntitled, status_provision
 from jpki_va.server.responder.ocsp import OcspResponder
 from jpki_va.server.responder.ocsp_access import GatedOcsp
 from jpki_va.server.responder.status import (
-    Answer,
     BadRequest,
     Brief,
     BriefSource,
@@ -111,28 +110,21 @@ class StatusServicer(va_pb2_grpc.StatusServiceServicer):
             return (None if issuer is None else issuer.kind), serial_from_pb(cid.serial), as_of
         raise BadRequest("no certificate given (kind_serial, certificate_der or cert_id)")
 
-    def _answer(
-        self, verifier: Verifier, request: va_pb2.CheckRequest, counts: Counter[Provision]
-    ) -> Answer:
-        """Check the entitlement, answer, and add the provision to `counts`."""
-        kind, serial, as_of = self._target(request)
-        if kind is None:
-            # Not an issuer we answer for: the certificate is unknown to us, and no
-            # status information of the law is given.
-            return unknown_answer(self._holder.get(), None, serial, as_of)
-        provision = status_provision(kind)
-        self._gate.check(verifier, provision)
-        answer = self._source.status(kind, serial, as_of)
-        counts[provision] += 1
-        return answer
-
     def Check(
         self, request: va_pb2.CheckRequest, context: grpc.ServicerContext
     ) -> va_pb2.CheckResponse:
-        verifier = self._gate.identify(self._caller(context))
-        counts: Counter[Provision] = Counter()
-        answer = self._answer(verifier, request, counts)
-        self._gate.provided(verifier, counts)
+        gate = self._gate
+        verifier = gate.identify(self._caller(context))
+        kind, serial, as_of = self._target(request)
+        if kind is None:
+            # Not an issuer we answer for: the certificate is unknown to us, and no
+            # status information of the law is given (nothing to count).
+            answer = unknown_answer(self._holder.get(), None, serial, as_of)
+        else:
+            provision = status_provision(kind)
+            gate.check(verifier, provision)
+            answer = self._source.status(kind, serial, as_of)
+            gate.provided_one(verifier, provision)
         return va_pb2.CheckResponse(status=answer_to_pb(answer))
 
     def CheckStream(  # type: ignore[override]  # bytes: see add_status_service
@@ -224,7 +216,7 @@ class StatusServicer(va_pb2_grpc.StatusServiceServicer):
                     in_order = False
                     continue
                 if found is None:
-                    # Not an issuer we answer for (see `_answer`).
+                    # Not an issuer we answer for (see `Check`).
                     slots.append(brief_of(unknown_answer(self._holder.get(), None, serial, as_of)))
                     in_order = False
                     continue

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -47,3 +47,37 @@ class WrappingInterceptor(Interceptor):
         wrapped = self.wrap(handler, method)
         self._wrapped[method] = (handler, wrapped)  # a race only wraps twice
         return wrapped
+
+
+class Folded(WrappingInterceptor):
+    """Several wrapping interceptors as one: grpc runs one interceptor per call, not N.
+
+    grpc walks its interceptors on every call, each through a continuation made for
+    that call; the layers here only wrap a method's handler (once), so composing
+    their wraps gives the same handler and the same behaviour for one step a call.
+    """
+
+    def __init__(self, layers: Sequence[WrappingInterceptor]) -> None:
+        super().__init__()
+        self._layers = tuple(reversed(layers))  # innermost wraps first
+
+    def wrap(self, handler: Handler, method: str) -> Handler:
+        for layer in self._layers:
+            handler = layer.wrap(handler, method)
+        return handler
+
+
+def fold(interceptors: Sequence[Interceptor]) -> list[Interceptor]:
+    """`interceptors` (outermost first) with each run of wrapping ones made one."""
+    out: list[Interceptor] = []
+    run: list[WrappingInterceptor] = []
+    for interceptor in (*interceptors, None):
+        if isinstance(interceptor, WrappingInterceptor):
+            run.append(interceptor)
+            continue
+        if run:
+            out.append(run[0] if len(run) == 1 else Folded(run))
+            run = []
+        if interceptor is not None:
+            out.append(interceptor)
+    return out

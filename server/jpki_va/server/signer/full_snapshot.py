@@ -36,7 +36,7 @@ from jpki_va.server.law.correspondence import LinkSubject, holder_links
 from jpki_va.server.law.retention import RetentionPolicy, loss_kept
 from jpki_va.server.model.registry_values import Consent, IssuerRecord, LossEvent
 from jpki_va.server.pki.crl_profile import CrlEntry
-from jpki_va.server.registry.codec import CertificateHead
+from jpki_va.server.registry.codec import CertificateHead, LinkHead, link_head_of
 from jpki_va.server.registry.transactions import RegistryTxn
 from jpki_va.server.signer.external_sort import ExternalSort
 from jpki_va.server.snapshot.data_files import (
@@ -107,6 +107,15 @@ class FullContent:
         record = self._tx.certificate(*parse_record_key(key))
         return None if record is None else CertificateHead.of(record)
 
+    def _holder_link_heads(self) -> Iterator[list[LinkHead]]:
+        """Per holder, what the links need of each record, with its effective loss."""
+        if not self._compromises:
+            return self._tx.holder_link_heads()
+        return (
+            [link_head_of(head) for head in map(self._head, keys) if head is not None]
+            for _, keys in self._tx.holders()
+        )
+
     def _retained(self, head: CertificateHead) -> bool:
         return head.not_before > self._issued_after[head.kind]
 
@@ -160,18 +169,13 @@ class FullContent:
     def link_rows(self) -> Iterator[bytes]:
         """Rows of every correspondence between retained records, and every renewal."""
         rows = ExternalSort(LINK_ROW_SIZE, run_rows=self._link_run_rows, directory=self._scratch)
-        head_of = self._head if self._compromises else self._tx.certificate_head
-        issued_after, add = self._issued_after, rows.add
-        for _, keys in self._tx.holders():
-            subjects = []
-            for key in keys:
-                head = head_of(key)
-                if head is None or head.not_before <= issued_after[head.kind]:
-                    continue  # unknown, or past the issuance record's retention
-                kind, serial, _, _, nb, na, lost, cause, _, card_serial = head
-                subjects.append(
-                    LinkSubject(_KINDS[kind], serial, nb, na, lost if cause else None, card_serial)
-                )
+        issued_after, add, kinds = self._issued_after, rows.add, _KINDS
+        for heads in self._holder_link_heads():
+            subjects = [
+                LinkSubject(kinds[kind], serial, nb, na, lost, card)
+                for kind, serial, nb, na, lost, card in heads
+                if nb > issued_after[kind]  # else past the issuance record's retention
+            ]
             for link in holder_links(subjects):
                 add(link_rows(link))
         for old, new in self._tx.renewals():

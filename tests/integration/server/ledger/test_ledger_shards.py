@@ -165,3 +165,21 @@ def test_one_live_writer_per_shard_and_a_dead_ones_slot_is_taken_back(tmp_path: 
 def test_a_negative_slot_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="negative"):
         shard_path(tmp_path, -1)
+
+
+def test_a_shard_is_written_through_the_map_and_a_reader_sees_its_commits(
+    tmp_path: Path,
+) -> None:
+    """A worker's shard commits without a system call (LMDB writemap); the readers of
+    the directory, which open it read-only, read its commits as before. (That a
+    SIGKILLed worker loses no count is test_ledger.py's, on the real responder.)"""
+    shard = open_shard(tmp_path, 0)
+    try:
+        assert shard._env.flags()["writemap"]
+        shard.record("v1", Counter({Provision.SIGNING_STATUS: 2}), WHEN)
+        shard.record("v1", Counter({Provision.SIGNING_STATUS: 1}), WHEN)
+    finally:
+        shard.close()
+    with read_ledgers(tmp_path) as ledgers:
+        totals = annual_totals([ledgers], Period.calendar_year(2026))
+    assert totals[Provision.SIGNING_STATUS] == {"v1": 3}

@@ -27,6 +27,8 @@ from jpki_va.server.registry.codec import (
     encode_event,
     encode_holder_value,
     holder_keys,
+    link_head,
+    link_head_of,
 )
 from jpki_va.server.registry.transactions import Registry
 from tests.support import throwaway_certificate
@@ -73,6 +75,7 @@ def test_certificate_value_round_trip(record: CertificateRecord) -> None:
     assert value[0] == 1  # the format byte
     assert decode_certificate(value) == record
     assert certificate_head(value) == CertificateHead.of(record)
+    assert link_head(value) == link_head_of(CertificateHead.of(record))
     # The primitive encoder (bulk writers) gives the same bytes.
     loss, trigger = record.loss, record.loss_trigger
     assert value == encode_certificate_value(
@@ -186,6 +189,9 @@ def test_registry_written_as_json_still_opens(tmp_path: Path) -> None:
                 mobile.key: CertificateHead.of(mobile),
             }
             assert list(tx.holders()) == [(card.resident_code, [card.key, mobile.key])]
+            assert list(tx.holder_link_heads()) == [
+                [link_head_of(CertificateHead.of(r)) for r in (card, mobile)]
+            ]
         # Writes after the change use the binary values; the JSON ones stay readable.
         renewed = _record(
             kind=CertKind.CARD_SIGN, serial=13, loss=None, loss_trigger=None, card_serial=None

@@ -564,6 +564,8 @@ def test_a_delta_is_read_once_however_many_threads_meet_it(
             start.wait()
             record = reader.get(KIND, 12)
             assert record is not None and record.loss is not None
+            times = reader.crl_times(record)
+            assert times is not None and times.number == 2  # the delta's CRL, not the full's
             return reader.sequence
 
         with ThreadPoolExecutor(threads) as pool:
