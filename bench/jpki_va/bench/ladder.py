@@ -12,6 +12,8 @@ on the same gRPC server, the same worker count and the same client:
                            error mapping, request decoding) and its worker trailer
     health+reflection    + grpc.health.v1 and server reflection registered
     identity+gate        + the caller's identity, the verifier table, the entitlement
+                           (a stream batch's items read from its bytes, as the
+                           responder reads the usual batch)
     ledger               + the provision counted in the ledger (group commit, 第41条)
     lookup               + the status looked up in the index (answer still canned; a
                            stream batch reads its index values, as the responder does)
@@ -43,7 +45,7 @@ import grpc
 
 from jpki_va.bench.trivial import TrivialServer
 from jpki_va.core.clock import SystemClock
-from jpki_va.core.domain import CertKind, Provision, micros, record_key
+from jpki_va.core.domain import CertKind, Provision, micros, parse_record_key, record_key
 from jpki_va.protos import va_pb2, va_pb2_grpc
 from jpki_va.server.access.gate import Gate
 from jpki_va.server.app.responder_app import STATUS_ERRORS
@@ -57,6 +59,7 @@ from jpki_va.server.responder.status import (
     IssuerCompromiseSource,
 )
 from jpki_va.server.rpc import server_common
+from jpki_va.server.rpc.batch_wire import plain_keys
 from jpki_va.server.rpc.identity import caller_of, stream_owner
 from jpki_va.server.rpc.metrics_interceptor import MetricsInterceptor
 from jpki_va.server.rpc.pb import plain_kind_serial
@@ -138,6 +141,31 @@ class LadderServicer(va_pb2_grpc.StatusServiceServicer):
         if self._layers.ledger:
             self._gate.provided(verifier, counts)
 
+    def _admit_batch(self, context: grpc.ServicerContext, batch: va_pb2.CheckBatchRequest) -> None:
+        """`_admit` for a stream batch read as the responder reads the usual one: its
+        keys from its bytes (rpc/batch_wire.plain_keys), one entitlement per kind, one
+        read of its values (status_servicer.StatusServicer._plain_batch)."""
+        if self._gate is None:
+            return
+        plain = plain_keys(batch.SerializeToString())
+        if plain is None:
+            self._admit(context, list(batch.requests))
+            return
+        verifier = self._gate.identify(self._caller(context))
+        keys, per_kind = plain
+        counts: Counter[Provision] = Counter()
+        for kind in CertKind:
+            if per_kind[kind]:
+                provision = status_provision(kind)
+                self._gate.check(verifier, provision)
+                counts[provision] += per_kind[kind]
+        if self._source is not None:
+            now = self._clock.now()
+            if self._source.packed(keys, micros(now)) is None:  # a compromise announced
+                self._source.briefs([(*parse_record_key(key), now) for key in keys])
+        if self._layers.ledger:
+            self._gate.provided(verifier, counts)
+
     def Check(self, request: va_pb2.CheckRequest, context: grpc.ServicerContext) -> Any:
         # As StatusServicer.Check: one identity, one entitlement, one lookup, one count.
         gate = self._gate
@@ -157,7 +185,7 @@ class LadderServicer(va_pb2_grpc.StatusServiceServicer):
         self, request_iterator: Iterator[va_pb2.CheckBatchRequest], context: grpc.ServicerContext
     ) -> Iterator[va_pb2.CheckBatchResponse]:
         for batch in request_iterator:
-            self._admit(context, list(batch.requests))
+            self._admit_batch(context, batch)
             yield va_pb2.CheckBatchResponse(results=[self._result] * len(batch.requests))
 
     def Ocsp(self, request: va_pb2.OcspRequest, context: grpc.ServicerContext) -> Any:

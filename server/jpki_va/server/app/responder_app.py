@@ -18,6 +18,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -464,28 +465,51 @@ def worker_main(  # noqa: PLR0915 (a composition root: the wiring reads best in 
     holder.close()
 
 
+@dataclass(frozen=True)
+class RenewalNeeds:
+    """What renewing the delegated OCSP certificates asks of an index: read once per
+    index state, since opening an index parses all its CRLs' metadata (a national
+    index's thousands take the supervisor a good part of a second on a busy host)."""
+
+    issuer_ids: frozenset[bytes]
+    must_cover: datetime | None
+
+
+def renewal_needs(index: Index) -> RenewalNeeds:
+    # A compromised generation gets no new delegated certificate (第14条).
+    return RenewalNeeds(
+        frozenset(set(index.issuers) - set(index.compromises)), index.latest_next_update
+    )
+
+
 def renew_ocsp_certificates(
-    config: ResponderConfig, keystore: OcspKeyStore, clock: Clock, index_path: Path | None = None
+    config: ResponderConfig,
+    keystore: OcspKeyStore,
+    clock: Clock,
+    index_path: Path | None = None,
+    *,
+    needs: RenewalNeeds | None = None,
 ) -> bool:
     """Rotate to a new delegated key and certificates when renewal is due.
 
     Due when an issuer the index serves has no certificate, or one reached the
     ``ocsp_renew_at`` point of its life, or one would expire before the latest
     nextUpdate the responder answers with: renewing early is what keeps every
-    response's signer certificate valid past the response's nextUpdate.
+    response's signer certificate valid past the response's nextUpdate. `needs`, when
+    given, stands for the index (read from it already).
     """
     if config.signer is None:
         return False
-    path = index_path or current_index(config.index_dir)
-    if path is None:
-        return False
-    index = Index(path)
-    try:
-        # A compromised generation gets no new delegated certificate (第14条).
-        issuer_ids = set(index.issuers) - set(index.compromises)
-        must_cover = index.latest_next_update
-    finally:
-        index.close()
+    if needs is None:
+        path = index_path or current_index(config.index_dir)
+        if path is None:
+            return False
+        index = Index(path)
+        try:
+            needs = renewal_needs(index)
+        finally:
+            index.close()
+    issuer_ids, must_cover = set(needs.issuer_ids), needs.must_cover
     if not keystore.needs_renewal(
         issuer_ids, clock.now(), config.ocsp_renew_at, must_cover=must_cover
     ):
@@ -567,6 +591,7 @@ class Responder:
             lambda: (bool(self._in_rotation.value), self._ingester.newest)
         )
         self._observed = False  # the collector has the live index's state
+        self._renewal: RenewalNeeds | None = None  # and this is its renewal's part
         self._metrics_server: MetricsServer | None = None
         self._ready = self._ctx.Queue()
         self._workers: list[multiprocessing.process.BaseProcess] = []
@@ -623,7 +648,10 @@ class Responder:
         try:
             if not self._observed:
                 self._observe_index()
-            renew_ocsp_certificates(self.config, self._keystore, self._clock)
+            if self._renewal is not None:
+                renew_ocsp_certificates(
+                    self.config, self._keystore, self._clock, needs=self._renewal
+                )
         except (grpc.RpcError, OSError, ValueError, lmdb.Error) as exc:
             # lmdb.Error: the index is open elsewhere in this process; next round.
             log.warning("cannot read the index or renew OCSP-signer certificates: %s", exc)
@@ -646,16 +674,21 @@ class Responder:
                 log.warning("out of rotation: %s", state.reason)
 
     def _observe_index(self) -> None:
-        """Hand the metrics the live index's state; the index is open only meanwhile."""
+        """Hand the metrics the live index's state, and keep what the OCSP-signer
+        renewal needs of it, both read in one opening (once per index state, not every
+        housekeeping round: the supervisor stays free to learn of the next snapshot);
+        the index is open only meanwhile."""
         path = current_index(self.config.index_dir)
         if path is None:
             return
         index = Index(path)
         try:
             state = IndexState(index.sequence, index.created_at, index.current_crls)
+            renewal = renewal_needs(index)
         finally:
             index.close()
         self._collector.index_state(state)
+        self._renewal = renewal
         self._observed = True
 
     def _claim(self, listen: str) -> int:

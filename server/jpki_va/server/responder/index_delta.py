@@ -26,6 +26,7 @@ from jpki_va.server.responder.index_layout import (
     _put_events,
     _required,
     _scope_key,
+    _scope_key_of_json,
     put_announcement,
     put_delta_crls,
     snapshot_event_rows,
@@ -37,7 +38,6 @@ from jpki_va.server.snapshot.manifest import EVENTS as EVENTS_FILE
 from jpki_va.server.snapshot.manifest import RECORDS as RECORDS_FILE
 from jpki_va.server.snapshot.manifest import VERIFIERS as VERIFIERS_FILE
 from jpki_va.server.snapshot.manifest import (
-    CrlInfo,
     Manifest,
     SnapshotRejected,
 )
@@ -159,7 +159,7 @@ def _apply(
     status = dbs[b"status"]
     crl_base: dict[str, int] = meta["crl_base"]
     records = _apply_records(txn, status, snapshot, crl_base)
-    crls = {_scope_key(CrlInfo.from_json(c)): c for c in meta["crls"]}
+    crls = {_scope_key_of_json(c): c for c in meta["crls"]}
     newly = _apply_crls(txn, status, snapshot, crl_base, crls)
     put_delta_crls(txn, dbs[b"meta"], snapshot.crls)  # they replace the scopes' deltas
     rows = list(snapshot_event_rows(snapshot))
