@@ -165,6 +165,9 @@ def _start(directory: Path, ca: TlsCa, config: Path) -> Seaweed:
         "-s3", "-s3.port", str(s3), "-s3.port.grpc", str(s3_grpc),
         "-s3.port.https", str(https), "-s3.cert.file", str(server_identity.cert),
         "-s3.key.file", str(server_identity.key), "-s3.config", str(config),
+        # Off, or they would take their fixed default ports (8181, 9101) and a second
+        # SeaweedFS on the machine (another test run) could not start.
+        "-s3.port.iceberg", "0", "-s3.port.lance", "0",
     ]  # fmt: skip
     shutil.rmtree(directory / "data", ignore_errors=True)
     (directory / "data").mkdir()
