@@ -469,6 +469,8 @@ def render_soak(soak: dict[str, Any]) -> str:
     ]
     for example in soak["wrong_examples"]:
         lines.append(f"- wrong: {example}")
+    for example in soak.get("unexpected_error_examples", []):  # older results lack it
+        lines.append(f"- error: {example}")
     return "\n".join(lines) + "\n"
 
 

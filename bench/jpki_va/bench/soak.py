@@ -113,6 +113,8 @@ class Tally:
     wrong_by_kind: dict[str, int] = field(default_factory=dict)
     fault_errors: int = 0
     unexpected_errors: dict[str, int] = field(default_factory=dict)
+    # The first few messages of each unexpected error: a code alone does not say why.
+    error_examples: list[str] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def call(self, interface: str, n: int = 1) -> None:
@@ -128,12 +130,16 @@ class Tally:
             if self.wrong_by_kind[kind] <= 5:
                 self.wrong.append(text)
 
-    def error(self, what: str, at: float, kill: list[float], window: float) -> None:
+    def error(
+        self, what: str, at: float, kill: list[float], window: float, detail: str = ""
+    ) -> None:
         with self.lock:
             if any(k <= at <= k + window for k in kill):
                 self.fault_errors += 1
             else:
                 self.unexpected_errors[what] = self.unexpected_errors.get(what, 0) + 1
+                if detail and self.unexpected_errors[what] <= 5:
+                    self.error_examples.append(f"{what}: {detail}"[:300])
 
 
 def _pool(ds: DataSet, va: RunningVa, rng: random.Random, bound: float) -> tuple[Truth, list[int]]:
@@ -197,8 +203,9 @@ class _Soak:
         self.started = time.monotonic()
 
     # -- helpers ---------------------------------------------------------------------
-    def _error(self, what: str) -> None:
-        self.tally.error(what, time.monotonic(), self.kills, self.settings.fault_window)
+    def _error(self, what: str, exc: grpc.RpcError | None = None) -> None:
+        detail = "" if exc is None else str(exc.details())
+        self.tally.error(what, time.monotonic(), self.kills, self.settings.fault_window, detail)
 
     def _judge(self, interface: str, key: tuple[CertKind, int], got: Status, began: float) -> None:
         ended = time.monotonic()
@@ -246,7 +253,7 @@ class _Soak:
             try:
                 reply = stub.Check(check_request(*key), timeout=10)
             except grpc.RpcError as exc:
-                self._error(f"Check {exc.code().name}")
+                self._error(f"Check {exc.code().name}", exc)
                 return
             self.tally.call("check")
             self._judge("check", key, Status(reply.status.status), began)
@@ -281,7 +288,7 @@ class _Soak:
                         self._judge("stream", key, Status(item.status.status), began)
                     self.tally.call("stream", len(batch))
             except grpc.RpcError as exc:
-                self._error(f"CheckStream {exc.code().name}")
+                self._error(f"CheckStream {exc.code().name}", exc)
 
         return self._loop(once)
 
@@ -331,7 +338,7 @@ class _Soak:
                         return
             except grpc.RpcError as exc:
                 if not self.stop.is_set():
-                    self._error(f"WatchRevocations {exc.code().name}")
+                    self._error(f"WatchRevocations {exc.code().name}", exc)
                     time.sleep(0.5)
 
         return self._loop(once)
@@ -412,7 +419,7 @@ class _Soak:
                 admitted = True
             except grpc.RpcError as exc:
                 if exc.code() is not grpc.StatusCode.PERMISSION_DENIED:
-                    self._error(f"churn Check {exc.code().name}")
+                    self._error(f"churn Check {exc.code().name}", exc)
                     return
                 admitted = False
             self.tally.call("churn")
@@ -510,6 +517,7 @@ class _Soak:
             "wrong_examples": self.tally.wrong,
             "errors_at_faults": self.tally.fault_errors,
             "unexpected_errors": dict(self.tally.unexpected_errors),
+            "unexpected_error_examples": list(self.tally.error_examples),
             "losses_recorded": len(self.truth.loss_acked),
             "losses_watched": len(set(self.truth.loss_acked) & self.watched),
             "verifier_changes": len(self.verifier_changes),

@@ -11,7 +11,7 @@ import pytest
 
 from jpki_va.bench.dataset import DataSet
 from jpki_va.bench.report import render_soak
-from jpki_va.bench.soak import SoakSettings, run_soak
+from jpki_va.bench.soak import SoakSettings, Tally, run_soak
 
 pytestmark = pytest.mark.slow
 
@@ -44,3 +44,12 @@ def test_a_short_soak_gives_no_wrong_answer(small_dataset: DataSet) -> None:
     report = render_soak(results)
     assert "## Soak" in report
     assert all(f"{pid}: " in report for pid in slopes)  # each worker's slope is reported
+
+
+def test_an_unexpected_error_keeps_its_message_and_a_fault_window_error_does_not() -> None:
+    tally = Tally()
+    tally.error("CheckStream INVALID_ARGUMENT", 50.0, [10.0], 10.0, "a record key is 21 bytes")
+    tally.error("Check UNAVAILABLE", 15.0, [10.0], 10.0, "worker gone")  # the kill's window
+    assert tally.unexpected_errors == {"CheckStream INVALID_ARGUMENT": 1}
+    assert tally.fault_errors == 1
+    assert tally.error_examples == ["CheckStream INVALID_ARGUMENT: a record key is 21 bytes"]
