@@ -24,11 +24,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import boto3
 import botocore.config
 
+from jpki_va.hsm import HsmConfig
+from jpki_va.server.app.config import SignerConfig
+from jpki_va.server.app.signer_app import SignerApp, start_signer
 from tests.support import free_port, wait_for
 
 if TYPE_CHECKING:
@@ -65,6 +68,23 @@ class Seaweed:
     @property
     def tls_endpoint(self) -> str:
         return f"https://127.0.0.1:{self.https_port}"
+
+    def start_signer(
+        self, data_dir: Path, token: HsmConfig, store: str, **settings: Any
+    ) -> SignerApp:
+        """An in-process signer on loopback writing its snapshots to `store` here, over
+        TLS with the admin credentials (read from the environment as it starts)."""
+        with aws_environment(self.env()):
+            return start_signer(
+                SignerConfig(
+                    data_dir=data_dir,
+                    hsm=token,
+                    listen="127.0.0.1:0",
+                    insecure_loopback=True,
+                    store=store,
+                    **settings,
+                )
+            )
 
     def env(self, *, writer: bool = True, endpoint: str | None = None) -> dict[str, str]:
         """The standard AWS environment a role reads the store's settings from."""

@@ -26,8 +26,7 @@ from jpki_va.bench.fleet import Fleet, FleetSpec
 from jpki_va.core.domain import CertKind
 from jpki_va.hsm import HsmConfig
 from jpki_va.protos import signer_pb2, signer_pb2_grpc, va_pb2, va_pb2_grpc
-from jpki_va.server.app.config import SignerConfig
-from jpki_va.server.app.signer_app import SignerApp, start_signer
+from jpki_va.server.app.signer_app import SignerApp
 from tests.support import (
     Issued,
     check_request,
@@ -36,7 +35,7 @@ from tests.support import (
     record_loss,
     wait_for,
 )
-from tests.support.seaweed import FaultProxy, Seaweed, aws_environment, seaweed_server
+from tests.support.seaweed import FaultProxy, Seaweed, seaweed_server
 
 pytestmark = pytest.mark.slow
 
@@ -97,18 +96,9 @@ def world(tmp_path_factory: pytest.TempPathFactory, softhsm_token: HsmConfig) ->
     with seaweed_server(directory / "weed") as seaweed:
         seaweed.client().create_bucket(Bucket=BUCKET)
         proxy = FaultProxy(seaweed.http_port)
-        with aws_environment(seaweed.env()):  # the signer writes over TLS
-            signer = start_signer(
-                SignerConfig(
-                    data_dir=directory / "signer",
-                    hsm=softhsm_token,
-                    listen="127.0.0.1:0",
-                    insecure_loopback=True,
-                    delta_interval=1.0,
-                    bootstrap=True,
-                    store=STORE,
-                )
-            )
+        signer = seaweed.start_signer(
+            directory / "signer", softhsm_token, STORE, delta_interval=1.0, bootstrap=True
+        )
         channel = grpc.insecure_channel(f"127.0.0.1:{signer.port}")
         try:
             stub = signer_pb2_grpc.SignerServiceStub(channel)

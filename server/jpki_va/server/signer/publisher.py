@@ -501,8 +501,8 @@ class Publisher:
         try:
             builder.add_issuers([r.certificate for r in issuers])
             builder.add_records(content.records)
-            for info, der in unchanged.values():
-                builder.add_crl_der(info, der)
+            for scope, (crl, number) in unchanged.items():
+                builder.add_crl(scope[0], scope[2], crl, number, delta_base=bases[scope])
             fresh = {s: e for s, e in content.entries.items() if s not in unchanged}
             self._add_crls(builder, issuers, fresh, numbers, now, bases)
             self._add_data(builder, content)
@@ -544,8 +544,9 @@ class Publisher:
 
     def _unchanged_delta_crls(
         self, state: _State, content: _Content, bases: dict[Scope, int], now: datetime
-    ) -> dict[Scope, tuple[CrlInfo, bytes]]:
-        """The previous delta's CRLs of scopes with no loss since it, to publish again.
+    ) -> dict[Scope, tuple[x509.CertificateRevocationList, int]]:
+        """The previous delta's CRLs (and numbers) of scopes with no loss since it, to
+        publish again.
 
         A delta CRL is cumulative since its full CRL, so one whose scope lost nothing
         since the previous snapshot would be signed again with the same entries: the
@@ -558,7 +559,7 @@ class Publisher:
         previous = self._local_copy(state.last_sequence)
         if state.last_sequence == state.full_sequence or not previous.is_dir():
             return {}
-        kept: dict[Scope, tuple[CrlInfo, bytes]] = {}
+        kept: dict[Scope, tuple[x509.CertificateRevocationList, int]] = {}
         for scope in content.entries.keys() - changed:
             kind, key_id, partition = scope
             rel = crl_relpath(kind, key_id, partition, delta=True)
@@ -578,17 +579,7 @@ class Publisher:
                 or {r.serial_number for r in crl} != {e.serial for e in content.entries[scope]}
             ):
                 continue
-            info = CrlInfo(
-                file=rel,
-                kind=kind,
-                issuer_key_id=key_id,
-                partition=partition,
-                number=number.crl_number,
-                this_update=crl.last_update_utc,
-                next_update=next_update,
-                delta_base=bases[scope],
-            )
-            kept[scope] = (info, der)
+            kept[scope] = (crl, number.crl_number)
         return kept
 
     def _gather_delta(

@@ -27,9 +27,9 @@ from cryptography.hazmat.primitives import serialization
 from jpki_va.core.domain import CertKind
 from jpki_va.hsm import HsmConfig
 from jpki_va.protos import signer_pb2, signer_pb2_grpc, va_pb2, va_pb2_grpc
-from jpki_va.server.app.config import ResponderConfig, SignerConfig
+from jpki_va.server.app.config import ResponderConfig
 from jpki_va.server.app.responder_app import Responder
-from jpki_va.server.app.signer_app import SignerApp, start_signer
+from jpki_va.server.app.signer_app import SignerApp
 from jpki_va.server.snapshot.s3_store import S3Store
 from tests.support import (
     ALL_ROLES_VERIFIER,
@@ -54,18 +54,7 @@ class Drill:
     token: HsmConfig
 
     def signer(self, data_dir: Path, **settings: object) -> SignerApp:
-        with aws_environment(self.seaweed.env()):
-            return start_signer(
-                SignerConfig(
-                    data_dir=data_dir,
-                    hsm=self.token,
-                    listen="127.0.0.1:0",
-                    insecure_loopback=True,
-                    delta_interval=0,
-                    store=STORE,
-                    **settings,  # type: ignore[arg-type]
-                )
-            )
+        return self.seaweed.start_signer(data_dir, self.token, STORE, delta_interval=0, **settings)
 
     @contextmanager
     def responder(self, name: str, root_file: Path) -> Iterator[Responder]:

@@ -29,9 +29,8 @@ from jpki_va.core.domain import CertKind
 from jpki_va.core.oids import OID_SNAPSHOT_SIGNING
 from jpki_va.hsm import HsmConfig
 from jpki_va.protos import signer_pb2, signer_pb2_grpc, va_pb2, va_pb2_grpc
-from jpki_va.server.app.config import SignerConfig
 from jpki_va.server.app.responder_app import INGEST_HEALTH
-from jpki_va.server.app.signer_app import SignerApp, start_signer
+from jpki_va.server.app.signer_app import SignerApp
 from jpki_va.server.snapshot.manifest import MANIFEST, snapshot_dirname
 from jpki_va.server.snapshot.s3_store import S3Store
 from jpki_va.server.snapshot.store import publish
@@ -48,7 +47,7 @@ from tests.support import (
     wait_for,
 )
 from tests.support.processes import ResponderProcess, start_role
-from tests.support.seaweed import FaultProxy, Seaweed, aws_environment, seaweed_server
+from tests.support.seaweed import FaultProxy, Seaweed, seaweed_server
 
 BUCKET = "jpki-va"
 PREFIX = "fleet"
@@ -148,19 +147,14 @@ def fleet(tmp_path_factory: pytest.TempPathFactory, softhsm_token: HsmConfig) ->
         client = seaweed.client()
         client.create_bucket(Bucket=BUCKET)
         proxy = FaultProxy(seaweed.http_port)
-        with aws_environment(seaweed.env()):  # the signer writes over TLS
-            signer = start_signer(
-                SignerConfig(
-                    data_dir=directory / "signer",
-                    hsm=softhsm_token,
-                    listen="127.0.0.1:0",
-                    insecure_loopback=True,
-                    delta_interval=0,
-                    bootstrap=True,
-                    store=STORE,
-                    retention_crl_file=5.0,  # seconds: pruning is seen within the test
-                )
-            )
+        signer = seaweed.start_signer(
+            directory / "signer",
+            softhsm_token,
+            STORE,
+            delta_interval=0,
+            bootstrap=True,
+            retention_crl_file=5.0,  # seconds: pruning is seen within the test
+        )
         channel = grpc.insecure_channel(f"127.0.0.1:{signer.port}")
         stub = signer_pb2_grpc.SignerServiceStub(channel)
         root = x509.load_der_x509_certificate(
