@@ -71,6 +71,10 @@ class Access(Protocol):
         """The root's ARL; public."""
         ...
 
+    def begin_turn(self) -> None:
+        """Requests of one event-loop turn follow, until `commit` ends it."""
+        ...
+
     def commit(self) -> bool:
         """Make what was provided since the last commit durable; False if it cannot."""
         ...
@@ -282,6 +286,9 @@ class HttpApp:
                 b"\r\n",
             )
         )
+
+    def begin_turn(self) -> None:
+        self._access.begin_turn()
 
     def commit(self) -> bool:
         return self._access.commit()

@@ -27,6 +27,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NamedTuple
 
+from jpki_va.server.responder.status import NotReady
+
 #: Bytes an entry costs beyond the lengths of its key and its DER: the two bytes
 #: objects' headers, the OcspReply with its ETag string and label tuples, the entry
 #: tuple and its float, and the OrderedDict's slot and link (≈ 550 measured on
@@ -99,6 +101,7 @@ class ResponseCache:
         self._current = Generation(-1, -1, 0)
         self._epoch = 0
         self._lock = threading.Lock()
+        self._turn = threading.local()  # .generation: what `hold_generation` read
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -116,9 +119,26 @@ class ResponseCache:
         reply = self._entries.pop(key)[0]
         self._bytes -= entry_cost(key, reply)
 
+    def hold_generation(self) -> None:
+        """Read the index's generation once for what this thread answers until
+        `release_generation`: one event-loop turn of HTTP requests, which all arrived
+        before it began, so the state read then is as fresh as each of them. Other
+        threads (gRPC's) read it per call as before."""
+        try:
+            self._turn.generation = self._read_generation()
+        except NotReady:
+            self._turn.generation = None  # each request finds it so, and says tryLater
+
+    def release_generation(self) -> None:
+        self._turn.generation = None
+
     def generation(self) -> Generation:
         """What answers depend on now; everything is dropped when the full index or
         the signer moved."""
+        held: Generation | None = getattr(self._turn, "generation", None)
+        return self._read_generation() if held is None else held
+
+    def _read_generation(self) -> Generation:
         full, sequence = self._index()
         generation = Generation(full, sequence, self._epoch)
         if generation != self._current:

@@ -28,6 +28,10 @@ class FakeAccess:
         self.commits = 0
         self.recording = True
 
+    def begin_turn(self) -> None:
+
+        pass
+
     def commit(self) -> bool:
         self.commits += 1
         return self.recording
