@@ -139,13 +139,17 @@ class _Outbox:
                 503, "cannot record the provision; try again", extra=b"Connection: close\r\n"
             )
         now = self._loop.time()
+        written: list[_Connection] = []
         for connection, data, close, timed in held:
-            if recorded or data.startswith(b"HTTP/1.1 100 "):
-                connection.deliver(data, close)
-            else:
-                connection.deliver(unavailable, True)
+            leaves = recorded or data.startswith(b"HTTP/1.1 100 ")
+            if connection.queue(data if leaves else unavailable, close or not leaves):
+                written.append(connection)
             if timed is not None and self._timing is not None:
                 self._timing.took(timed[0], now - timed[1])
+        # One write per connection: a client's pipelined requests of this turn get
+        # their responses in one system call, in order.
+        for connection in written:
+            connection.flush()
 
 
 class _Connections:
@@ -204,6 +208,8 @@ class _Connection(asyncio.Protocol):
         self._closing = False
         self._in_request = False  # from a request's first byte to its last
         self.pending = 0  # responses held in the outbox, not yet written
+        self._out: list[bytes] = []  # released responses, written together by `flush`
+        self._ending = False  # a response that closes the connection was released
         self.last_active = loop.time()
         self._reset()
 
@@ -284,14 +290,25 @@ class _Connection(asyncio.Protocol):
         if self._transport is not None:
             self._transport.close()
 
-    def deliver(self, data: bytes, close: bool) -> None:
-        """Write a released response (the connection may have gone meanwhile)."""
+    def queue(self, data: bytes, close: bool) -> bool:
+        """Take a released response for `flush`; True for the first since the last
+        flush. Nothing after a response that closes the connection is written."""
         self.pending -= 1
-        if self._transport is None or self._transport.is_closing():
+        if self._ending:
+            return False
+        self._ending = close
+        self._out.append(data)
+        return len(self._out) == 1
+
+    def flush(self) -> None:
+        """Write what `queue` took (the connection may have gone meanwhile)."""
+        out, self._out = self._out, []
+        transport = self._transport
+        if transport is None or transport.is_closing():
             return
-        self._transport.write(data)
-        if close:
-            self._transport.close()
+        transport.write(out[0] if len(out) == 1 else b"".join(out))
+        if self._ending:
+            transport.close()
 
     def _reject(self, status: int, message: str) -> None:
         if self._transport is not None and not self._closing:

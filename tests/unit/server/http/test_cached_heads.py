@@ -48,7 +48,6 @@ class _Replies:
         return None
 
     def begin_turn(self) -> None:
-
         pass
 
     def commit(self) -> bool:

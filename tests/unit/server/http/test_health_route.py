@@ -27,7 +27,6 @@ class _NoAccess:
         raise AssertionError("health asked for the ARL")
 
     def begin_turn(self) -> None:
-
         pass
 
     def commit(self) -> bool:
