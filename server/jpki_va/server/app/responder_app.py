@@ -238,10 +238,13 @@ def _ocsp_responder(
         capacity=config.ocsp_cache_size,
         refresh_margin=config.ocsp_cache_margin,
     )
+    # Per answer the signer is taken as last loaded (no stat of its file): loaded here
+    # before the first call, then kept fresh by the worker's loop (`keystore.current`).
+    keystore.current()
     responder = OcspResponder(
         source,
         Resolver(holder),
-        keystore.current,
+        keystore.latest,
         clock,
         cache=cache,
         limits=OcspLimits(config.max_ocsp_request_bytes, config.max_ocsp_cert_ids),
