@@ -140,8 +140,9 @@ STATUS_ERRORS: server_common.ErrorMap = (
     (NotSigningKind, grpc.StatusCode.INVALID_ARGUMENT),
     (TooManyWatches, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (FeedClosed, grpc.StatusCode.UNAVAILABLE),
+    # Only BadRequest is the caller's fault: any other ValueError is the server's own
+    # (INTERNAL, logged as such), never blamed on the request.
     (BadRequest, grpc.StatusCode.INVALID_ARGUMENT),
-    (ValueError, grpc.StatusCode.INVALID_ARGUMENT),
     (NotReady, grpc.StatusCode.UNAVAILABLE),
     (LedgerBacklog, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (LedgerError, grpc.StatusCode.UNAVAILABLE),
@@ -238,10 +239,13 @@ def _ocsp_responder(
         max_bytes=config.ocsp_cache_mb * 1024 * 1024,
         refresh_margin=config.ocsp_cache_margin,
     )
+    # Per answer the signer is taken as last loaded (no stat of its file): loaded here
+    # before the first call, then kept fresh by the worker's loop (`keystore.current`).
+    keystore.current()
     responder = OcspResponder(
         source,
         Resolver(holder),
-        keystore.current,
+        keystore.latest,
         clock,
         cache=cache,
         limits=OcspLimits(config.max_ocsp_request_bytes, config.max_ocsp_cert_ids),
