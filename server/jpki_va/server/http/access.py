@@ -18,6 +18,7 @@ leave (`commit`); the OCSP cache reads the index's generation once per turn too
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 from collections.abc import Callable, Mapping
@@ -33,6 +34,7 @@ from jpki_va.server.responder.crls import CrlFiles
 from jpki_va.server.responder.ocsp import OcspResponder
 from jpki_va.server.responder.ocsp_access import GatedOcsp
 from jpki_va.server.responder.ocsp_cache import OcspReply, ResponseCache
+from jpki_va.server.responder.status import NotReady
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +80,9 @@ class HttpAccess:
 
     def begin_turn(self) -> None:
         if self._cache is not None:
-            self._cache.hold_generation()
+            # No index yet: nothing is held, and each request says tryLater as before.
+            with contextlib.suppress(NotReady):
+                self._cache.hold_generation()
 
     def commit(self) -> bool:
         if self._cache is not None:

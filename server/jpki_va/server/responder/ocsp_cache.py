@@ -27,8 +27,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from jpki_va.server.responder.status import NotReady
-
 #: Bytes an entry costs beyond the lengths of its key and its DER: the two bytes
 #: objects' headers, the OcspReply with its ETag string and label tuples, the entry
 #: tuple and its float, and the OrderedDict's slot and link (≈ 550 measured on
@@ -124,10 +122,8 @@ class ResponseCache:
         `release_generation`: one event-loop turn of HTTP requests, which all arrived
         before it began, so the state read then is as fresh as each of them. Other
         threads (gRPC's) read it per call as before."""
-        try:
-            self._turn.generation = self._read_generation()
-        except NotReady:
-            self._turn.generation = None  # each request finds it so, and says tryLater
+        self._turn.generation = None  # held only once read: an error holds nothing
+        self._turn.generation = self._read_generation()
 
     def release_generation(self) -> None:
         self._turn.generation = None

@@ -259,7 +259,8 @@ def test_a_turn_held_before_any_index_reads_per_request() -> None:
     index = CountedIndex()
     index.ready = False
     cache = ResponseCache(index)
-    cache.hold_generation()  # no index yet: nothing held, and nothing raised
+    with pytest.raises(NotReady):
+        cache.hold_generation()  # no index yet: nothing is held
     with pytest.raises(NotReady):
         cache.generation()
     index.ready = True
