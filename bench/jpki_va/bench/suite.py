@@ -204,7 +204,8 @@ def _responder_config(ds: DataSet, workers: int, signer: str | None) -> Responde
 class RunningVa:
     """The real signer and responder on loopback, from the data set, default intervals."""
 
-    def __init__(self, ds: DataSet, workers: int) -> None:
+    def __init__(self, ds: DataSet, workers: int, **responder: Any) -> None:
+        """`responder`: ResponderConfig fields other than the defaults (tests' limits)."""
         self.ds = ds
         self.signer: SignerApp = start_signer(
             SignerConfig(
@@ -214,7 +215,8 @@ class RunningVa:
                 insecure_loopback=True,
             )
         )
-        self.responder = Responder(_responder_config(ds, workers, f"127.0.0.1:{self.signer.port}"))
+        config = _responder_config(ds, workers, f"127.0.0.1:{self.signer.port}")
+        self.responder = Responder(replace(config, **responder))
         self._stop = threading.Event()
         self._runner: threading.Thread | None = None
         self._channels: list[grpc.Channel] = []

@@ -140,8 +140,9 @@ STATUS_ERRORS: server_common.ErrorMap = (
     (NotSigningKind, grpc.StatusCode.INVALID_ARGUMENT),
     (TooManyWatches, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (FeedClosed, grpc.StatusCode.UNAVAILABLE),
+    # Only BadRequest is the caller's fault: any other ValueError is the server's own
+    # (INTERNAL, logged as such), never blamed on the request.
     (BadRequest, grpc.StatusCode.INVALID_ARGUMENT),
-    (ValueError, grpc.StatusCode.INVALID_ARGUMENT),
     (NotReady, grpc.StatusCode.UNAVAILABLE),
     (LedgerBacklog, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (LedgerError, grpc.StatusCode.UNAVAILABLE),
