@@ -21,6 +21,7 @@ from jpki_va.core import cli as core_cli
 from jpki_va.server.base.metrics_http import MetricsListener
 from jpki_va.server.law.retention import DEFAULT_PROJECT_RECORD, RetentionPolicy
 from jpki_va.server.pki.cert_profile import DEFAULT_VALIDITY
+from jpki_va.server.responder.ocsp_cache import DEFAULT_BYTES
 from jpki_va.server.responder.renew_policy import RenewPolicy
 
 PIN_ENV = "JPKI_VA_HSM_PIN"
@@ -364,11 +365,11 @@ class ResponderConfig:
     max_stream_batches: int = 100_000  # CheckStream: batches per stream
     max_ocsp_request_bytes: int = 16_384  # an OCSP request (HTTP body, gRPC Ocsp)
     max_ocsp_cert_ids: int = 64  # CertIDs in one OCSP request
-    # Signed responses kept per worker; 0 disables. About 1.6 kB each with its key and
-    # bookkeeping: 50,000 is at most ~80 MB of a worker's private memory. Smaller is
-    # worse than it looks: the cache is LRU, so a hot set even a little larger than it
-    # (gRPC and HTTP OCSP share it) misses on every request and re-signs each answer.
-    ocsp_cache_size: int = 50_000
+    # MiB of signed responses kept per worker; 0 disables. A budget of memory, not a
+    # count (responder/ocsp_cache.py says what an entry is charged and why 48). Smaller
+    # is worse than it looks: the cache is LRU, so a hot set even a little larger than
+    # it (gRPC and HTTP OCSP share it) misses on every request and re-signs each answer.
+    ocsp_cache_mb: int = DEFAULT_BYTES // (1024 * 1024)
     ocsp_cache_margin: float = 60.0  # seconds before nextUpdate a cached response is renewed
     # The snapshot store when not a local directory: s3://BUCKET[/PREFIX] (its endpoint,
     # credentials and CA from the standard AWS environment or config files).
@@ -494,8 +495,8 @@ class ResponderConfig:
                 raise ConfigError(f"{name.replace('_', ' ')} must be >= 1")
         if not 64 <= self.max_ocsp_request_bytes <= self.max_message_bytes:
             raise ConfigError("max OCSP request bytes must be in 64..max message bytes")
-        if self.ocsp_cache_size < 0 or self.ocsp_cache_margin < 0:
-            raise ConfigError("OCSP cache size and margin must be >= 0")
+        if self.ocsp_cache_mb < 0 or self.ocsp_cache_margin < 0:
+            raise ConfigError("OCSP cache MiB and margin must be >= 0")
 
     @property
     def metrics_listener(self) -> MetricsListener | None:

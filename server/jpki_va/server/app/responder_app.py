@@ -140,8 +140,9 @@ STATUS_ERRORS: server_common.ErrorMap = (
     (NotSigningKind, grpc.StatusCode.INVALID_ARGUMENT),
     (TooManyWatches, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (FeedClosed, grpc.StatusCode.UNAVAILABLE),
+    # Only BadRequest is the caller's fault: any other ValueError is the server's own
+    # (INTERNAL, logged as such), never blamed on the request.
     (BadRequest, grpc.StatusCode.INVALID_ARGUMENT),
-    (ValueError, grpc.StatusCode.INVALID_ARGUMENT),
     (NotReady, grpc.StatusCode.UNAVAILABLE),
     (LedgerBacklog, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (LedgerError, grpc.StatusCode.UNAVAILABLE),
@@ -235,13 +236,16 @@ def _ocsp_responder(
     """The worker's OCSP responder and its signed-response cache."""
     cache = ResponseCache(
         functools.partial(_index_generation, holder),
-        capacity=config.ocsp_cache_size,
+        max_bytes=config.ocsp_cache_mb * 1024 * 1024,
         refresh_margin=config.ocsp_cache_margin,
     )
+    # Per answer the signer is taken as last loaded (no stat of its file): loaded here
+    # before the first call, then kept fresh by the worker's loop (`keystore.current`).
+    keystore.current()
     responder = OcspResponder(
         source,
         Resolver(holder),
-        keystore.current,
+        keystore.latest,
         clock,
         cache=cache,
         limits=OcspLimits(config.max_ocsp_request_bytes, config.max_ocsp_cert_ids),
@@ -428,6 +432,7 @@ def worker_main(  # noqa: PLR0915 (a composition root: the wiring reads best in 
     while not stop.wait(0.2):
         if local_day(clock.now()) != purged:
             purged = _purge_ledger(ledger, config, clock.now())
+        metrics.cache_size(len(cache), cache.bytes_kept)
         metrics.flush()
         refusals.flush()
         holder.refresh()

@@ -148,7 +148,7 @@ def _add_http_metrics_and_limits(responder: argparse.ArgumentParser) -> None:
     limits.add_argument("--max-ocsp-request-bytes", type=int, help="largest OCSP request")
     limits.add_argument("--max-ocsp-cert-ids", type=int, help="CertIDs per OCSP request")
     limits.add_argument(
-        "--ocsp-cache-size", type=int, help="signed OCSP responses kept per worker (0: none)"
+        "--ocsp-cache-mb", type=int, help="MiB of signed OCSP responses kept per worker (0: none)"
     )
     limits.add_argument(
         "--grpc-max-connections", type=int,

@@ -193,7 +193,7 @@ def responder_config(args: argparse.Namespace) -> ResponderConfig:
             "max_stream_batches": args.max_stream_batches,
             "max_ocsp_request_bytes": args.max_ocsp_request_bytes,
             "max_ocsp_cert_ids": args.max_ocsp_cert_ids,
-            "ocsp_cache_size": args.ocsp_cache_size,
+            "ocsp_cache_mb": args.ocsp_cache_mb,
             "ocsp_renew_at": args.ocsp_renew_at,
             "max_watches": args.max_watches,
             "max_streams": args.max_streams,

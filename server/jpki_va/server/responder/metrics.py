@@ -25,7 +25,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, multiprocess
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, multiprocess
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
@@ -100,6 +100,20 @@ class WorkerMetrics:
             ["result"],
             registry=None,
         )
+        # Per worker (a pid label): the cache's budget is per worker.
+        self._cache_bytes = Gauge(
+            "jpki_va_ocsp_cache_bytes",
+            "What the signed OCSP responses a worker keeps cost, in bytes of memory "
+            "(each entry charged as responder/ocsp_cache.py says; --ocsp-cache-mb bounds it).",
+            registry=None,
+            multiprocess_mode="liveall",
+        )
+        self._cache_entries = Gauge(
+            "jpki_va_ocsp_cache_entries",
+            "Signed OCSP responses a worker keeps.",
+            registry=None,
+            multiprocess_mode="liveall",
+        )
         # The hot path only adds to this dict; flush() moves the counts into the
         # multiprocess files (a lock, a getpid and an mmap write per increment)
         # every few hundred milliseconds, off the request path.
@@ -136,6 +150,11 @@ class WorkerMetrics:
             for bucket, count in zip(child._buckets, counts, strict=True):
                 if count:
                     bucket.inc(count)
+
+    def cache_size(self, entries: int, size: int) -> None:
+        """The OCSP response cache's size now (set with each flush, off the hot path)."""
+        self._cache_entries.set(entries)
+        self._cache_bytes.set(size)
 
     # HttpObserver
     def request(self, route: str, status: int) -> None:

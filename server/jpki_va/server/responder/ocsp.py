@@ -28,7 +28,7 @@ from jpki_va.server.pki.ocsp_wire import (
     CertStatus,
     MalformedRequest,
     ResponseStatus,
-    SingleResponse,
+    ResponseWriter,
 )
 from jpki_va.server.responder.index_reader import IssuerEntry
 from jpki_va.server.responder.ocsp_cache import NO_GENERATION, OcspReply, ResponseCache
@@ -111,8 +111,7 @@ class _Prepared:
     """Per delegated signer: what every response repeats, computed once."""
 
     signer: DelegatedSigner
-    key_hash: bytes
-    algorithm: bytes
+    writer: ocsp_wire.ResponseWriter
     sign: Callable[[bytes], bytes]
     certificates: dict[bytes, _Delegated]  # issuer key id -> its delegated certificate
 
@@ -138,8 +137,7 @@ def _prepare(signer: DelegatedSigner) -> _Prepared:
     spki = key.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
     return _Prepared(
         signer,
-        ocsp_wire.responder_key_hash(spki),
-        algorithm,
+        ocsp_wire.ResponseWriter(ocsp_wire.responder_key_hash(spki), algorithm),
         sign,
         {
             kid: _Delegated(
@@ -152,25 +150,24 @@ def _prepare(signer: DelegatedSigner) -> _Prepared:
     )
 
 
-def _single(cert_id: ocsp_wire.CertId, answer: Answer, not_after: datetime) -> SingleResponse:
-    # A response is never valid longer than the certificate that vouches for it.
-    next_update = min(answer.next_update, not_after)
+def _single(cert_id: ocsp_wire.CertId, answer: Answer, next_update: datetime) -> bytes:
+    """The SingleResponse of one answer, valid until `next_update`."""
     if answer.status is Status.GOOD:
-        return SingleResponse(cert_id, CertStatus.GOOD, answer.this_update, next_update)
+        return ResponseWriter.single(cert_id.der, CertStatus.GOOD, answer.this_update, next_update)
     if answer.status is Status.REVOKED:
         assert answer.record is not None and answer.record.loss is not None
         loss = answer.record.loss
-        return SingleResponse(
-            cert_id,
+        return ResponseWriter.single(
+            cert_id.der,
             CertStatus.REVOKED,
             answer.this_update,
             next_update,
-            revocation_time=loss.time,
-            revocation_reason=int(loss.reason),
+            loss.time,
+            int(loss.reason),
         )
     # Never issued, expired or not yet valid: OCSP has no word but "unknown", and an
     # expired certificate has lost effect, so it is never "good".
-    return SingleResponse(cert_id, CertStatus.UNKNOWN, answer.this_update, next_update)
+    return ResponseWriter.single(cert_id.der, CertStatus.UNKNOWN, answer.this_update, next_update)
 
 
 def _basis(answers: list[Answer]) -> tuple[object, ...]:
@@ -347,28 +344,32 @@ class OcspResponder:
             # yet valid or about to expire: a verifier would reject it anyway.
             log.warning("no valid delegated OCSP-signer certificate for %s", issuer.key_id.hex())
             raise _Unsuccessful(ResponseStatus.TRY_LATER)
-        if delegated.not_after < max(a.next_update for a in answers):
+        # A response is never valid longer than the certificate that vouches for it.
+        not_after = delegated.not_after
+        this_update = max(a.this_update for a in answers)
+        next_update = min(a.next_update for a in answers)
+        if max(a.next_update for a in answers) > not_after:
             # Renewal (ResponderConfig.ocsp_renew_at) runs early so this does not happen.
             log.warning("delegated OCSP-signer certificate expires before nextUpdate; clamped")
+            next_update = min(next_update, not_after)
         singles = [
-            _single(cert_id, answer, delegated.not_after)
+            _single(cert_id, answer, min(answer.next_update, not_after))
             for cert_id, answer in zip(request.cert_ids, answers, strict=True)
         ]
-        tbs = ocsp_wire.response_data(
-            prepared.key_hash, now, [s.encode() for s in singles], request.nonce
-        )
-        response = ocsp_wire.successful_with(
-            tbs, prepared.algorithm, prepared.sign(tbs), delegated.certs
-        )
+        writer = prepared.writer
+        tbs = writer.tbs(now, singles, request.nonce)
+        signature = prepared.sign(tbs)
+        response = writer.response(tbs, signature, delegated.certs)
         labels = tuple(a.labels for a in answers)
         if request.nonce is not None:
             return OcspReply(response, answers=labels)
         return OcspReply(
             response,
             cacheable=True,
-            this_update=max(s.this_update.timestamp() for s in singles),
-            next_update=min(s.next_update.timestamp() for s in singles),
-            etag=hashlib.sha256(response).hexdigest()[:32],
+            this_update=this_update.timestamp(),
+            next_update=next_update.timestamp(),
+            # The signature differs whenever the signed bytes do: a short thing to hash.
+            etag=hashlib.sha256(signature).hexdigest()[:32],
             answers=labels,
             basis=_basis(answers),
         )

@@ -9,7 +9,14 @@ signature) and reuses the signed answer only if they are what it says, so a
 certificate the delta touched is answered afresh and the others are not re-signed.
 Before this, every delta (one a second under load) emptied the cache and every
 request was signed again. An entry also goes when the response nears its nextUpdate
-(clients must get a fresh one in time). Per worker, bounded (LRU).
+(clients must get a fresh one in time).
+
+Per worker, bounded by bytes (LRU): a budget in bytes is what an operator can set
+against a worker's memory, where a count of entries is not (a response's size
+depends on its CertIDs and the delegated certificate it carries). An entry is
+charged its two byte strings and `ENTRY_OVERHEAD` for the objects around them,
+measured with tracemalloc (tests/unit/server/responder/test_ocsp_cache.py holds
+the charge to it).
 """
 
 from __future__ import annotations
@@ -19,6 +26,20 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NamedTuple
+
+#: Bytes an entry costs beyond the lengths of its key and its DER: the two bytes
+#: objects' headers, the OcspReply with its ETag string and label tuples, the entry
+#: tuple and its float, and the OrderedDict's slot and link (≈ 550 measured on
+#: CPython 3.11, rounded up so the budget is never exceeded).
+ENTRY_OVERHEAD = 600
+
+#: The default budget per worker: 40 MiB. An idle worker holds ≈ 53 MB of private
+#: memory of its own, and the goal for a loaded one is 100 MB; a one-CertID response
+#: is ≈ 1.05 kB, charged ≈ 1.73 kB with its key, so 40 MiB keeps ≈ 24,000 of them: the
+#: bench's hot set (20,000 distinct requests) with room. An LRU smaller than a hot set
+#: that is read in turn misses on every request, so less is not safer. A miss is
+#: signed again (≈ 110 µs of CPU), not refused.
+DEFAULT_BYTES = 40 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,17 +79,19 @@ class ResponseCache:
         self,
         index: Callable[[], tuple[int, int]],
         *,
-        capacity: int = 100_000,
+        max_bytes: int = DEFAULT_BYTES,
         refresh_margin: float = 60.0,
         refresh_fraction: float = 0.1,
     ) -> None:
-        """`index`: the (full sequence, sequence) of the index answers come from now."""
-        if capacity < 0:
-            raise ValueError("cache capacity must be >= 0")
+        """`index`: the (full sequence, sequence) of the index answers come from now;
+        `max_bytes`: what the entries may cost in all (0: keep nothing)."""
+        if max_bytes < 0:
+            raise ValueError("cache max_bytes must be >= 0")
         if refresh_margin < 0 or not 0 <= refresh_fraction < 1:
             raise ValueError("refresh margin must be >= 0 and fraction in [0, 1)")
         self._index = index
-        self._capacity = capacity
+        self._max_bytes = max_bytes
+        self._bytes = 0  # what the entries cost now (entry_cost each)
         self._margin = refresh_margin
         self._fraction = refresh_fraction
         # key -> (reply, refresh at, the index sequence its statuses were last checked at)
@@ -80,6 +103,19 @@ class ResponseCache:
     def __len__(self) -> int:
         return len(self._entries)
 
+    @property
+    def bytes_kept(self) -> int:
+        """What the kept entries cost, by `entry_cost`: never over the budget."""
+        return self._bytes
+
+    def _clear(self) -> None:
+        self._entries.clear()
+        self._bytes = 0
+
+    def _drop(self, key: bytes) -> None:
+        reply = self._entries.pop(key)[0]
+        self._bytes -= entry_cost(key, reply)
+
     def generation(self) -> Generation:
         """What answers depend on now; everything is dropped when the full index or
         the signer moved."""
@@ -88,7 +124,7 @@ class ResponseCache:
         if generation != self._current:
             with self._lock:
                 if (full, self._epoch) != (self._current.full, self._current.epoch):
-                    self._entries.clear()
+                    self._clear()
                 self._current = generation
         return generation
 
@@ -96,7 +132,7 @@ class ResponseCache:
         """Drop everything and refuse answers signed before now (a new signer)."""
         with self._lock:
             self._epoch += 1
-            self._entries.clear()
+            self._clear()
 
     def get(
         self, key: bytes, now: float, basis: Callable[[], tuple[object, ...]] | None = None
@@ -113,7 +149,7 @@ class ResponseCache:
                 return None
             reply, refresh_at, checked = entry
             if now >= refresh_at:
-                del self._entries[key]
+                self._drop(key)
                 return None
             self._entries.move_to_end(key)
             if checked == generation.sequence:
@@ -126,12 +162,13 @@ class ResponseCache:
             if still_true and generation == self._current:
                 self._entries[key] = (reply, refresh_at, generation.sequence)
             elif not still_true:
-                del self._entries[key]
+                self._drop(key)
         return reply if still_true else None
 
     def put(self, key: bytes, reply: OcspReply, generation: Generation) -> None:
         """Keep `reply`, signed at `generation` (or later), until it must be refreshed."""
-        if not reply.cacheable or self._capacity == 0:
+        cost = entry_cost(key, reply)
+        if not reply.cacheable or cost > self._max_bytes:
             return
         life = reply.next_update - reply.this_update
         refresh_at = reply.next_update - max(self._margin, life * self._fraction)
@@ -141,7 +178,15 @@ class ResponseCache:
                 return  # a new index or signer came while this was being signed
             # Its statuses were read at `generation` or later: checked again after the
             # next delta, like every other entry.
+            if key in self._entries:
+                self._drop(key)
             self._entries[key] = (reply, refresh_at, generation.sequence)
-            self._entries.move_to_end(key)
-            while len(self._entries) > self._capacity:
-                self._entries.popitem(last=False)
+            self._bytes += cost
+            while self._bytes > self._max_bytes:
+                old, (dropped, _, _) = self._entries.popitem(last=False)
+                self._bytes -= entry_cost(old, dropped)
+
+
+def entry_cost(key: bytes, reply: OcspReply) -> int:
+    """What keeping `reply` under `key` costs, in bytes of memory."""
+    return len(key) + len(reply.der) + ENTRY_OVERHEAD

@@ -180,6 +180,12 @@ class OcspKeyStore:
                 self._loaded_mtime = mtime
         return self._current
 
+    def latest(self) -> DelegatedSigner | None:
+        """What `current` last returned, without looking at the file: for a caller that
+        signs per request while another thread calls `current` often (the worker's
+        housekeeping loop, every 0.2 s), so a rotation is seen within that period."""
+        return self._current
+
     def _load(self) -> DelegatedSigner | None:
         certs = self.certificates()
         if not certs:

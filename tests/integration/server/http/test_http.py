@@ -268,6 +268,10 @@ def test_cache_serves_the_same_bytes_until_a_new_snapshot(
     assert first == second == via_grpc  # ECDSA signatures differ per signing: not re-signed
     # Workers publish their counts every 0.2 s.
     wait_for(lambda: metric(pki, "jpki_va_ocsp_cache_total", result="hit") >= hits + 2, "hits")
+    # What the workers keep is in the metrics: at least this response, charged more
+    # than its bytes.
+    wait_for(lambda: metric(pki, "jpki_va_ocsp_cache_bytes") > len(first), "cache bytes")
+    assert metric(pki, "jpki_va_ocsp_cache_entries") >= 1
     with_nonce = [post(pki, request_der(world["sign"], nonce=bytes([i]) * 8))[2] for i in (1, 2)]
     assert with_nonce[0] != with_nonce[1]
     pki.publish_and_wait()

@@ -8,6 +8,7 @@ cryptography and their signatures checked.
 from __future__ import annotations
 
 import hashlib
+import random
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -258,3 +259,61 @@ def test_responses_read_back_and_verify() -> None:
 def test_unsuccessful_statuses(status: ResponseStatus) -> None:
     response = ocsp.load_der_ocsp_response(ocsp_wire.unsuccessful(status))
     assert response.response_status.value == int(status)
+
+
+def test_response_writer_writes_the_reference_bytes() -> None:
+    """The responder's writer against SingleResponse/response_data/successful: the same
+    bytes for every status, one to many CertIDs, with and without a nonce, and lengths
+    in each of DER's length forms (short, 0x81, 0x82)."""
+    rng = random.Random(5)
+    key_hash = bytes(range(20))
+    algorithm = der.sequence(bytes.fromhex("06082a8648ce3d040302"))
+    writer = ocsp_wire.ResponseWriter(key_hash, algorithm)
+    base = datetime(2026, 1, 2, 3, 4, 5, 678, tzinfo=UTC)
+    for case in range(200):
+        count = rng.choice([1, 1, 2, 3, 64])
+        ids = [
+            cert_id(der.unsigned(rng.getrandbits(rng.choice([8, 64, 159])) + 1))
+            for _ in range(count)
+        ]
+        parsed = ocsp_wire.parse_request(request(*ids), 64)
+        singles = []
+        for cid in parsed.cert_ids:
+            status = rng.choice(list(CertStatus))
+            this_update = base + timedelta(seconds=rng.randrange(10**6))
+            next_update = this_update + timedelta(hours=rng.randrange(1, 100))
+            revoked = status is CertStatus.REVOKED
+            singles.append(
+                SingleResponse(
+                    cid,
+                    status,
+                    this_update,
+                    next_update,
+                    revocation_time=this_update - timedelta(days=1) if revoked else None,
+                    revocation_reason=rng.choice([None, 0, 1, 4, 10]) if revoked else None,
+                )
+            )
+        nonce = rng.choice([None, b"\x01", rng.randbytes(32), rng.randbytes(128)])
+        produced = base + timedelta(seconds=case // 3)  # the writer remembers a second
+        reference_tbs = ocsp_wire.response_data(
+            key_hash, produced, [s.encode() for s in singles], nonce
+        )
+        written = [
+            writer.single(
+                s.cert_id.der,
+                s.status,
+                s.this_update,
+                s.next_update,
+                s.revocation_time,
+                s.revocation_reason,
+            )
+            for s in singles
+        ]
+        assert written == [s.encode() for s in singles]
+        tbs = writer.tbs(produced, written, nonce)
+        assert tbs == reference_tbs
+        signature = rng.randbytes(rng.choice([70, 71, 72, 256, 512]))
+        certs = rng.choice([b"", ocsp_wire.certs_field([rng.randbytes(700)])])
+        assert writer.response(tbs, signature, certs) == ocsp_wire.successful_with(
+            tbs, algorithm, signature, certs
+        )

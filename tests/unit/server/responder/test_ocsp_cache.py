@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import tracemalloc
+
 import pytest
 
-from jpki_va.server.responder.ocsp_cache import OcspReply, ResponseCache
+from jpki_va.core.domain import Status
+from jpki_va.server.responder.ocsp_cache import OcspReply, ResponseCache, entry_cost
 
 HOUR = 3600.0
 
@@ -120,8 +124,8 @@ def test_an_answer_read_before_a_delta_is_checked_after_it() -> None:
     assert cache.get(b"k", 0.0, Basis("revoked")) is None
 
 
-def test_bounded_least_recently_used() -> None:
-    cache = ResponseCache(Generation(), capacity=2)
+def test_bounded_by_bytes_least_recently_used() -> None:
+    cache = ResponseCache(Generation(), max_bytes=2 * entry_cost(b"a", reply("a")))
     generation = cache.generation()
     cache.put(b"a", reply("a"), generation)
     cache.put(b"b", reply("b"), generation)
@@ -129,6 +133,57 @@ def test_bounded_least_recently_used() -> None:
     cache.put(b"c", reply("c"), generation)
     assert cache.get(b"b", 0.0) is None
     assert cache.get(b"a", 0.0) is not None and cache.get(b"c", 0.0) is not None
+    assert cache.bytes_kept == 2 * entry_cost(b"a", reply("a"))
+    # A larger response takes the room of as many small ones as it needs.
+    big = OcspReply(b"x" * 3000, cacheable=True, next_update=10 * HOUR, etag="big")
+    cache.put(b"big", big, generation)
+    # Over the whole budget alone: not kept, and nothing is dropped for it.
+    assert cache.get(b"big", 0.0) is None and len(cache) == 2
+    cache = ResponseCache(Generation(), max_bytes=entry_cost(b"big", big) + 10)
+    cache.put(b"a", reply("a"), cache.generation())
+    cache.put(b"big", big, cache.generation())
+    assert cache.get(b"a", 0.0) is None and cache.get(b"big", 0.0) is big
+    assert cache.bytes_kept == entry_cost(b"big", big)
+
+
+def test_replacing_and_dropping_keep_the_count_of_bytes() -> None:
+    generation = Generation()
+    cache = ResponseCache(generation)
+    cache.put(b"k", reply("a"), cache.generation())
+    cache.put(b"k", reply("b"), cache.generation())
+    assert cache.bytes_kept == entry_cost(b"k", reply("b"))
+    cache.get(b"k", 10 * HOUR)  # past its refresh point: dropped
+    assert cache.bytes_kept == 0
+    cache.put(b"k", reply("a"), cache.generation())
+    cache.invalidate()
+    assert cache.bytes_kept == 0
+
+
+def test_the_charge_per_entry_covers_what_an_entry_really_holds() -> None:
+    """The budget is memory: an entry's charge is at least what it allocates, and
+    not far above it (a response the size of a real one, ~1.1 kB)."""
+    count = 2000
+    raw = [(os.urandom(75), os.urandom(1100), os.urandom(16).hex()) for _ in range(count)]
+    cache = ResponseCache(Generation(), max_bytes=10**9)
+    generation = cache.generation()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for i, (key, der, etag) in enumerate(raw):
+            kept = OcspReply(
+                der[:-1] + b"!",  # a new bytes object, as a signed response is
+                cacheable=True,
+                this_update=1e9 + i,
+                next_update=2e9 + i,
+                etag=etag[:-1] + "0",
+                answers=(("good", ""),),
+                basis=((Status.GOOD, None),),
+            )
+            cache.put(key[:-1] + b"!", kept, generation)
+        real = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert real <= cache.bytes_kept <= 1.25 * real
 
 
 def test_nonce_and_error_answers_are_never_kept() -> None:
@@ -137,14 +192,14 @@ def test_nonce_and_error_answers_are_never_kept() -> None:
     assert cache.get(b"k", 0.0) is None
 
 
-def test_capacity_zero_keeps_nothing() -> None:
-    cache = ResponseCache(Generation(), capacity=0)
+def test_a_budget_of_zero_keeps_nothing() -> None:
+    cache = ResponseCache(Generation(), max_bytes=0)
     cache.put(b"k", reply("a"), cache.generation())
     assert cache.get(b"k", 0.0) is None
 
 
 @pytest.mark.parametrize(
-    "kwargs", [{"capacity": -1}, {"refresh_margin": -1.0}, {"refresh_fraction": 1.0}]
+    "kwargs", [{"max_bytes": -1}, {"refresh_margin": -1.0}, {"refresh_fraction": 1.0}]
 )
 def test_refuses_bad_settings(kwargs: dict[str, float]) -> None:
     with pytest.raises(ValueError, match="must be"):
