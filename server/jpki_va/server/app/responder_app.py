@@ -401,6 +401,7 @@ def worker_main(  # noqa: PLR0915 (a composition root: the wiring reads best in 
             config.loopback_verifier,
             refusals,
             tls=config.http_tls,
+            cache=cache,
         )
         app = HttpApp(
             access,
