@@ -81,6 +81,9 @@ class ParsingAccess:
             raise NotReady("no index loaded yet")
         return PublishedFile(b"\x30\x00", key_id_prefix.hex(), 1.8e9, 1.8e9 + 86_400)
 
+    def begin_turn(self) -> None:
+        pass
+
     def commit(self) -> bool:
         return True
 

@@ -223,10 +223,14 @@ def run_report(args: argparse.Namespace) -> int:
 
     if not args.results.is_file():
         raise BenchError(f"{args.results} does not exist (run `jpki-va bench compare` first)")
-    for extra in (args.analysis, args.soak):
+    for extra in (args.analysis, args.soak, *args.scale):
         if extra is not None and not extra.is_file():
             raise BenchError(f"{extra} does not exist")
-    print(write_report(args.results, args.out, analysis=args.analysis, soak=args.soak))
+    print(
+        write_report(
+            args.results, args.out, analysis=args.analysis, soak=args.soak, scale=args.scale
+        )
+    )
     return 0
 
 
@@ -354,6 +358,13 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--out", type=Path, default=Path("BENCHMARKS.md"))
     p.add_argument("--analysis", type=Path, help="Markdown appended as the Analysis section")
     p.add_argument("--soak", type=Path, help="results of `bench soak`, as the Soak section")
+    p.add_argument(
+        "--scale",
+        type=Path,
+        nargs="*",
+        default=[],
+        help="results of other data set sizes (datagen, ingest, gRPC steps): the scale curve",
+    )
     p.set_defaults(func=_guarded(run_report))
 
     p = cmds.add_parser("setup", help="check (and --install) wrk and cfssl from Debian")

@@ -51,11 +51,19 @@ TARGETS: list[tuple[str, str, str, float]] = [
 def derive(results: dict[str, Any]) -> dict[str, Any]:
     """Figures computed from others: the index build scaled to 10 M holders.
 
-    Measured directly when the data set has 10 M holders; otherwise scaled linearly
-    by record count (the build is one pass over the records), and marked as such.
+    Measured directly when the data set, or one of the scale runs (`scale`), has 10 M
+    holders; otherwise scaled linearly by record count (the build is one pass over the
+    records), and marked as such.
     """
-    holders = lookup(results, "dataset.holders")
-    build = lookup(results, "ingest.total_seconds")
+    measured = [
+        run
+        for run in results.get("scale", [])
+        if lookup(run, "dataset.holders") == 10_000_000
+        and lookup(run, "ingest.total_seconds") is not None
+    ]
+    source = measured[0] if measured else results
+    holders = lookup(source, "dataset.holders")
+    build = lookup(source, "ingest.total_seconds")
     if not holders or build is None:
         return {}
     factor = 10_000_000 / holders
@@ -320,6 +328,8 @@ def render(  # noqa: PLR0912, PLR0915 (a document template, section by section)
             + f" (total {sum(timings.values()):.1f} s)"
         )
     lines.append("")
+    if results.get("scale"):
+        lines += scale_lines([results, *results["scale"]])
     notes = results.get("notes")
     if notes:
         lines += ["## Notes", "", *[f"- {n}" for n in notes], ""]
@@ -403,16 +413,103 @@ def chart(results: dict[str, Any], path: Path) -> bool:
     return True
 
 
+# The scale curve's columns: (heading, figure getter, divisor, digits).
+_SCALE_COLUMNS: list[tuple[str, str, float, int]] = [
+    ("datagen, s", "datagen_seconds", 1, 0),
+    ("datagen CPU, s", "datagen_cpu_seconds", 1, 0),
+    ("first full publish, s", "dataset.timings.snapshot", 1, 0),
+    ("first full publish CPU, s", "dataset.cpu_seconds.snapshot", 1, 0),
+    ("index build (verify + build), s", "ingest.total_seconds", 1, 1),
+    ("index build CPU, s", "index_build_cpu_seconds", 1, 1),
+    ("worker private memory after gRPC load, MB", "rss_after_load.max_rss_anon_mb", 1, 0),
+    ("registry, GB", "dataset.sizes.registry_bytes", 1e9, 2),
+    ("full snapshot, GB", "dataset.sizes.snapshot_bytes", 1e9, 2),
+    ("responder index, GB", "ingest.index_bytes", 1e9, 2),
+]
+NATIONAL = 100_000_000  # holders: My Number cards and smartphones, ~250 M certificates
+
+
+def _scale_figures(run: dict[str, Any]) -> dict[str, Any]:
+    """A results JSON with the sums the scale curve shows."""
+    timings = lookup(run, "dataset.timings") or {}
+    cpu = lookup(run, "dataset.cpu_seconds") or {}
+    verify, build = (
+        lookup(run, "ingest.verify_cpu_seconds"),
+        lookup(run, "ingest.build_cpu_seconds"),
+    )
+    return {
+        **run,
+        "datagen_seconds": sum(timings.values()) if timings else None,
+        "datagen_cpu_seconds": sum(cpu.values()) if cpu else None,
+        "index_build_cpu_seconds": None if verify is None or build is None else verify + build,
+    }
+
+
+def scale_lines(runs: list[dict[str, Any]]) -> list[str]:
+    """The scale curve: one row per data set size, a linear fit through the origin per
+    million holders (least squares) and its value at national size. Wall times are
+    upper bounds on a shared machine (its load average is in the last column); CPU
+    times and sizes are not."""
+    rows = sorted(
+        (_scale_figures(r) for r in runs if lookup(r, "dataset.holders")),
+        key=lambda r: int(lookup(r, "dataset.holders")),
+    )
+    if len(rows) < 2:
+        return []
+    head = ["holders", "certificates", *(c[0] for c in _SCALE_COLUMNS), "load average"]
+    lines = [
+        "## Scale curve",
+        "",
+        "One row per data set (`bench datagen`, then the ingest and gRPC steps of `bench all`);",
+        "the fit is least squares through the origin, per million holders, extrapolated to",
+        f"{NATIONAL // 1_000_000} M holders. Wall times are upper bounds when the load average",
+        "was high; CPU times and sizes do not depend on the load.",
+        "",
+        "| " + " | ".join(head) + " |",
+        "|" + "---|" * len(head),
+    ]
+    for r in rows:
+        cells = [_fmt(lookup(r, "dataset.holders")), _fmt(lookup(r, "dataset.certificate_total"))]
+        for _, path, divisor, digits in _SCALE_COLUMNS:
+            value = lookup(r, path)
+            cells.append("—" if value is None else _fmt(float(value) / divisor, digits))
+        load = lookup(r, "machine.load_average_at_start")
+        cells.append("—" if not load else _fmt(float(load[0]), 1))
+        lines.append("| " + " | ".join(cells) + " |")
+    fit: list[str] = ["per 1 M holders", ""]
+    national: list[str] = [f"{NATIONAL // 1_000_000} M holders (fit)", ""]
+    for _, path, divisor, digits in _SCALE_COLUMNS:
+        points = [
+            (int(lookup(r, "dataset.holders")) / 1e6, float(lookup(r, path)) / divisor)
+            for r in rows
+            if lookup(r, path) is not None
+        ]
+        if len(points) < 2 or path.startswith("rss"):  # memory does not follow the index
+            fit.append("—")
+            national.append("—")
+            continue
+        slope = sum(x * y for x, y in points) / sum(x * x for x, _ in points)
+        fit.append(_fmt(slope, max(digits, 2)))
+        national.append(_fmt(slope * NATIONAL / 1e6, digits))
+    lines.append("| " + " | ".join([*fit, ""]) + " |")
+    lines.append("| " + " | ".join([*national, ""]) + " |")
+    return [*lines, ""]
+
+
 def write_report(
     results_file: Path,
     out: Path,
     commands: list[str] | None = None,
     analysis: Path | None = None,
     soak: Path | None = None,
+    scale: list[Path] | None = None,
 ) -> Path:
     """BENCHMARKS.md (and its chart beside it); `analysis` is a Markdown file appended as is
-    (profiles and next steps written by whoever ran the benchmark)."""
+    (profiles and next steps written by whoever ran the benchmark); `scale`, results of
+    other data set sizes (datagen, ingest and memory steps), make the scale curve."""
     results = json.loads(results_file.read_text())
+    if scale:
+        results["scale"] = [json.loads(path.read_text()) for path in scale]
     out.parent.mkdir(parents=True, exist_ok=True)
     png = out.parent / CHART
     has_chart = chart(results, png)

@@ -2,7 +2,8 @@
 processes change underneath, and every answer judged against what is known to be true.
 
 The real signer and responder run from a data set (with the signer's default delta
-interval). Clients call unary Check, CheckStream, HTTP OCSP and WatchRevocations on
+interval). Clients call unary Check, CheckStream (a new stream every `stream_batches`
+batches, within the responder's batches per stream), HTTP OCSP and WatchRevocations on
 serials of the data set's pool while a loss is recorded every few seconds, a
 throwaway verifier is added and removed, and one worker is SIGKILLed halfway through.
 
@@ -61,10 +62,16 @@ class SoakSettings:
     sample_every: float = 10.0  # memory samples
     unary_threads: int = 3
     stream_batch: int = 50
+    # Batches one CheckStream carries before the client opens a new one, as a verifier's
+    # client must: the responder ends a stream at its --max-stream-batches (100,000 by
+    # default), which a stream reached in about 250 s of the 600 s soak.
+    stream_batches: int = 10_000
 
     def __post_init__(self) -> None:
         if self.duration < 10:
             raise ValueError("a soak lasts at least 10 seconds")
+        if self.stream_batch < 1 or self.stream_batches < 1:
+            raise ValueError("a stream carries at least one batch of at least one request")
         if min(self.loss_every, self.churn_every, self.bound, self.sample_every) <= 0:
             raise ValueError("intervals and the bound must be positive")
 
@@ -266,9 +273,11 @@ class _Soak:
         Sent = list[tuple[float, list[tuple[CertKind, int]]]]
 
         def batches(sent: Sent, room: threading.Semaphore) -> Iterator[va_pb2.CheckBatchRequest]:
-            while not self.stop.is_set():
+            left = self.settings.stream_batches  # then the stream ends, every batch answered
+            while left and not self.stop.is_set():
                 if not room.acquire(timeout=1.0):  # a verifier's client: a few batches in flight
                     continue
+                left -= 1
                 batch = self.rng.sample(self.keys, self.settings.stream_batch)
                 sent.append((time.monotonic(), batch))
                 yield va_pb2.CheckBatchRequest(requests=[check_request(*k) for k in batch])
@@ -541,9 +550,10 @@ def _throwaway_der() -> bytes:
 
 
 def run_soak(
-    ds: DataSet, settings: SoakSettings, progress: Callable[[str], None]
+    ds: DataSet, settings: SoakSettings, progress: Callable[[str], None], **responder: Any
 ) -> dict[str, Any]:
-    va = RunningVa(ds, settings.workers)
+    """`responder`: ResponderConfig fields other than the defaults (tests' limits)."""
+    va = RunningVa(ds, settings.workers, **responder)
     try:
         va.start()
         progress("soak: reading the pool's statuses")

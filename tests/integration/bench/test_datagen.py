@@ -73,6 +73,9 @@ def test_registry_and_index_agree(small_dataset: DataSet, tmp_path: Path) -> Non
             holder = tx.holder_certificates(f"{datagen.RESIDENT_BASE + 7:011d}")
             events = list(tx.events_since(0))
         assert len(records) == info["certificate_total"] == snapshot.manifest.record_count
+        # Every phase timed twice: wall, and CPU (which the links process adds to).
+        assert set(info["cpu_seconds"]) == set(info["timings"])
+        assert info["cpu_seconds"]["snapshot"] > 0
         assert set(causes) == set(LossCause)  # every cause of the law appears
         assert sum(causes.values()) == info["loss_total"] == len(events)
         assert [e.sequence for e in events] == list(range(1, len(events) + 1))

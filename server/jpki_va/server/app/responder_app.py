@@ -140,8 +140,9 @@ STATUS_ERRORS: server_common.ErrorMap = (
     (NotSigningKind, grpc.StatusCode.INVALID_ARGUMENT),
     (TooManyWatches, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (FeedClosed, grpc.StatusCode.UNAVAILABLE),
+    # Only BadRequest is the caller's fault: any other ValueError is the server's own
+    # (INTERNAL, logged as such), never blamed on the request.
     (BadRequest, grpc.StatusCode.INVALID_ARGUMENT),
-    (ValueError, grpc.StatusCode.INVALID_ARGUMENT),
     (NotReady, grpc.StatusCode.UNAVAILABLE),
     (LedgerBacklog, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (LedgerError, grpc.StatusCode.UNAVAILABLE),
@@ -400,6 +401,7 @@ def worker_main(  # noqa: PLR0915 (a composition root: the wiring reads best in 
             config.loopback_verifier,
             refusals,
             tls=config.http_tls,
+            cache=cache,
         )
         app = HttpApp(
             access,

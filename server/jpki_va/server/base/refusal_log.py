@@ -35,6 +35,7 @@ def bounded(value: str | bytes, limit: int = LIMIT) -> str:
 @dataclass
 class _Window:
     started: float
+    level: int
     unlogged: int = 0
 
 
@@ -56,21 +57,34 @@ class RefusalLog:
         self._lock = threading.Lock()
         self._windows: dict[str, _Window] = {}
 
-    def refused(self, reason: str, detail: str | bytes = "") -> None:
-        """One refusal: logged if it is the first of `reason` in its window, else counted."""
+    def refused(
+        self,
+        reason: str,
+        detail: str | bytes = "",
+        *,
+        level: int | None = None,
+        limit: int = LIMIT,
+    ) -> None:
+        """One refusal: logged if it is the first of `reason` in its window, else counted.
+
+        `level` (the log's own by default) and `limit` (characters of `detail` kept)
+        let a server's own faults go through the same bound, at ERROR and with room
+        for where they happened.
+        """
         now = self._clock()
+        level = self._level if level is None else level
         with self._lock:
             if reason not in self._windows and len(self._windows) >= MAX_REASONS:
-                reason, detail = OTHER, f"{reason}: {bounded(detail)}"
+                reason, detail = OTHER, f"{reason}: {bounded(detail, limit)}"
             window = self._windows.get(reason)
             if window is not None and now - window.started < self._window:
                 window.unlogged += 1
                 return
-            self._windows[reason] = _Window(now)
-        line = f"{reason}: {bounded(detail)}" if detail else reason
+            self._windows[reason] = _Window(now, level)
+        line = f"{reason}: {bounded(detail, limit)}" if detail else reason
         if window is not None and window.unlogged:
             line += f" ({self._more(window, now)})"
-        self._log.log(self._level, "%s", line)
+        self._log.log(level, "%s", line)
 
     def flush(self, *, final: bool = False) -> None:
         """Log the counts of windows that ended (all of them when `final`)."""
@@ -84,7 +98,7 @@ class RefusalLog:
                 if window.unlogged:
                     due.append((reason, window))
         for reason, window in due:
-            self._log.log(self._level, "%s: %s", reason, self._more(window, now))
+            self._log.log(window.level, "%s: %s", reason, self._more(window, now))
 
     @staticmethod
     def _more(window: _Window, now: float) -> str:

@@ -11,15 +11,16 @@ caller who may not have them, a CRL (full or delta) is 401/403; a CRL answered 3
 Not Modified provides nothing and is not counted. CA certificates and the root's ARL
 carry nothing personal and are anyone's. What was provided is tallied and committed
 to the ledger once per turn of the event loop, before the responses of that turn
-leave (`commit`). A refused OCSP request is logged through the process's
+leave (`commit`); the OCSP cache reads the index's generation once per turn too
+(`begin_turn`), not once per request. A refused OCSP request is logged through the process's
 `RefusalLog`: the caller's header cut short, and not once per request.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
-from collections import Counter
 from collections.abc import Callable, Mapping
 
 from jpki_va.core.domain import CertKind, Provision, Verifier
@@ -32,7 +33,8 @@ from jpki_va.server.responder.ca_files import CaFiles, ServedFile
 from jpki_va.server.responder.crls import CrlFiles
 from jpki_va.server.responder.ocsp import OcspResponder
 from jpki_va.server.responder.ocsp_access import GatedOcsp
-from jpki_va.server.responder.ocsp_cache import OcspReply
+from jpki_va.server.responder.ocsp_cache import OcspReply, ResponseCache
+from jpki_va.server.responder.status import NotReady
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +58,7 @@ class HttpAccess:
         refusals: RefusalLog | None = None,
         *,
         tls: bool = False,
+        cache: ResponseCache | None = None,
     ) -> None:
         self._ocsp = GatedOcsp(ocsp, gate, self._tally)
         self._tls = tls
@@ -64,15 +67,26 @@ class HttpAccess:
         self._ca = ca
         self._gate = gate
         self._default = default_verifier
-        self._pending: dict[str, tuple[Verifier, Counter[Provision]]] = {}
+        self._pending: dict[str, tuple[Verifier, dict[Provision, int]]] = {}
+        self._cache = cache  # the OCSP responder's: its index generation read once a turn
 
     def _tally(self, verifier: Verifier, counts: Mapping[Provision, int]) -> None:
         held = self._pending.get(verifier.id)
         if held is None:
-            held = self._pending[verifier.id] = (verifier, Counter())
-        held[1].update(counts)
+            held = self._pending[verifier.id] = (verifier, {})
+        tally = held[1]
+        for provision, n in counts.items():  # not Counter.update: its isinstance per call
+            tally[provision] = tally.get(provision, 0) + n
+
+    def begin_turn(self) -> None:
+        if self._cache is not None:
+            # No index yet: nothing is held, and each request says tryLater as before.
+            with contextlib.suppress(NotReady):
+                self._cache.hold_generation()
 
     def commit(self) -> bool:
+        if self._cache is not None:
+            self._cache.release_generation()
         pending, self._pending = self._pending, {}
         for verifier, counts in pending.values():
             self._gate.provided(verifier, counts)  # raises LedgerError: nothing leaves

@@ -99,6 +99,7 @@ class ResponseCache:
         self._current = Generation(-1, -1, 0)
         self._epoch = 0
         self._lock = threading.Lock()
+        self._turn = threading.local()  # .generation: what `hold_generation` read
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -116,9 +117,24 @@ class ResponseCache:
         reply = self._entries.pop(key)[0]
         self._bytes -= entry_cost(key, reply)
 
+    def hold_generation(self) -> None:
+        """Read the index's generation once for what this thread answers until
+        `release_generation`: one event-loop turn of HTTP requests, which all arrived
+        before it began, so the state read then is as fresh as each of them. Other
+        threads (gRPC's) read it per call as before."""
+        self._turn.generation = None  # held only once read: an error holds nothing
+        self._turn.generation = self._read_generation()
+
+    def release_generation(self) -> None:
+        self._turn.generation = None
+
     def generation(self) -> Generation:
         """What answers depend on now; everything is dropped when the full index or
         the signer moved."""
+        held: Generation | None = getattr(self._turn, "generation", None)
+        return self._read_generation() if held is None else held
+
+    def _read_generation(self) -> Generation:
         full, sequence = self._index()
         generation = Generation(full, sequence, self._epoch)
         if generation != self._current:

@@ -37,7 +37,7 @@ from jpki_va.core.domain import CertKind, Provision, Verifier
 from jpki_va.server.law.entitlements import NotEntitled, check_entitled, status_provision
 from jpki_va.server.law.issuer_compromise import Compromise
 from jpki_va.server.model.registry_values import LossEvent
-from jpki_va.server.responder.status import IndexHolder
+from jpki_va.server.responder.status import BadRequest, IndexHolder
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +124,7 @@ class RevocationFeed:
         watcher is no longer registered); it is asked before every batch.
         """
         if not 0 <= since < MAX_SEQUENCE:
-            raise ValueError(f"since must be 0 to {MAX_SEQUENCE - 1}, got {since}")
+            raise BadRequest(f"since must be 0 to {MAX_SEQUENCE - 1}, got {since}")
         kinds = self.kinds_for(who(), requested)
         done = done or threading.Event()
         if not self._slots.acquire(blocking=False):

@@ -6,7 +6,6 @@ import functools
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterator
-from datetime import UTC
 
 import grpc
 
@@ -20,7 +19,7 @@ from jpki_va.server.responder.ca_files import CaFiles
 from jpki_va.server.responder.crl_archive import CrlNotFound
 from jpki_va.server.responder.crls import CrlFile, CrlFiles
 from jpki_va.server.responder.revocation_feed import RevocationFeed
-from jpki_va.server.rpc.pb import kind_from_pb, timestamp
+from jpki_va.server.rpc.pb import kind_from_pb, time_from_pb, timestamp
 
 CHUNK = 64 * 1024
 
@@ -89,7 +88,7 @@ class CrlServicer(crl_pb2_grpc.CrlServiceServicer):
             request.partition,
             request.issuer_key_id or None,
             number=request.number if which == "number" else None,
-            as_of=request.as_of.ToDatetime(tzinfo=UTC) if which == "as_of" else None,
+            as_of=time_from_pb(request.as_of) if which == "as_of" else None,
         )
         # Counted before the first chunk leaves (第41条).
         self._gate.provided(verifier, Counter({provision: 1}))

@@ -35,6 +35,14 @@ def timestamp(when: datetime) -> Timestamp:
     return ts
 
 
+def time_from_pb(stamp: Timestamp) -> datetime:
+    """A time the caller sent (UTC), or BadRequest when it is no valid Timestamp."""
+    try:
+        return stamp.ToDatetime(tzinfo=UTC)
+    except ValueError as exc:  # seconds or nanos out of Timestamp's range
+        raise BadRequest(str(exc)) from None
+
+
 def fill_status(out: va_pb2.CertificateStatus, answer: Answer) -> None:
     """Write `answer` into a fresh CertificateStatus in place (no message copies)."""
     if answer.kind is not None:

@@ -2,20 +2,23 @@
 
 Domain code raises its own exceptions and never imports grpc; the interceptor here
 turns them into gRPC statuses with a message, and turns anything unexpected into
-INTERNAL without a stack trace for the client (the trace goes to the log).
+INTERNAL without a stack trace for the client (what failed and where goes to the
+log, bounded and rate-limited).
 """
 
 from __future__ import annotations
 
 import logging
+import traceback
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent import futures
+from pathlib import Path
 from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from jpki_va.server.base.refusal_log import RefusalLog
+from jpki_va.server.base.refusal_log import RefusalLog, bounded
 from jpki_va.server.rpc.reflection import enable_reflection
 from jpki_va.server.rpc.request_decoding import RequestDecodingInterceptor
 from jpki_va.server.rpc.wrapping import Handler, Interceptor, WrappingInterceptor, fold
@@ -53,16 +56,42 @@ def _aborted(exc: BaseException, context: grpc.ServicerContext) -> bool:
 SERVED_BY = "x-jpki-va-worker"
 
 
+#: Innermost frames of a server fault that its log line names.
+FAULT_FRAMES = 4
+#: Characters of a fault's log line (its message, then where it was raised).
+FAULT_LIMIT = 600
+
+
+def fault_detail(exc: BaseException) -> str:
+    """`Type: message (at file:line in function ← its callers)`, bounded: one log line
+    that says what failed and where, without a traceback per call."""
+    frames = traceback.extract_tb(exc.__traceback__)[-FAULT_FRAMES:]
+    where = " ← ".join(f"{Path(f.filename).name}:{f.lineno} in {f.name}" for f in reversed(frames))
+    return f"{type(exc).__name__}: {bounded(str(exc), 200)} (at {where})"
+
+
 class ErrorMappingInterceptor(WrappingInterceptor):
-    def __init__(self, mapping: ErrorMap, served_by: str | None = None) -> None:
+    """Domain exceptions to the statuses `mapping` names; anything else is the server's
+    own fault: INTERNAL for the caller, and one bounded ERROR line per method and
+    exception type a window (through `faults`), the rest counted."""
+
+    def __init__(
+        self, mapping: ErrorMap, served_by: str | None = None, faults: RefusalLog | None = None
+    ) -> None:
         super().__init__()
         self._mapping = mapping
         self._trailer = () if served_by is None else ((SERVED_BY, served_by),)
+        self._faults = faults or RefusalLog(log)
 
     def _abort(self, exc: BaseException, context: grpc.ServicerContext, method: str) -> None:
         found = _status_for(exc, self._mapping)
         if found is None:
-            log.exception("unexpected error in %s", method)
+            self._faults.refused(
+                f"internal error in {method} ({type(exc).__name__})",
+                fault_detail(exc),
+                level=logging.ERROR,
+                limit=FAULT_LIMIT,
+            )
             context.abort(grpc.StatusCode.INTERNAL, "internal error")
         code, cause = found
         if cause is not None:
@@ -124,12 +153,15 @@ def build_server(
     """A server; past ``maximum_concurrent_rpcs`` gRPC answers RESOURCE_EXHAUSTED itself.
 
     `interceptors` (outermost first) see the final status the error mapping set.
-    Undecodable requests are INVALID_ARGUMENT, logged through `refusals`.
+    Undecodable requests are INVALID_ARGUMENT, logged through `refusals`, and so are
+    the server's own faults (INTERNAL), at ERROR.
     """
-    decoding = RequestDecodingInterceptor(refusals or RefusalLog(log))
+    refusals = refusals or RefusalLog(log)
+    decoding = RequestDecodingInterceptor(refusals)
+    errors = ErrorMappingInterceptor(mapping, served_by, refusals)
     return grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers),
-        interceptors=fold([*interceptors, ErrorMappingInterceptor(mapping, served_by), decoding]),
+        interceptors=fold([*interceptors, errors, decoding]),
         options=list(options),
         maximum_concurrent_rpcs=maximum_concurrent_rpcs,
     )

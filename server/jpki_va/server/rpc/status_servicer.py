@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import grpc
@@ -50,6 +50,7 @@ from jpki_va.server.rpc.pb import (
     kind_serial,
     plain_kind_serial,
     serial_from_pb,
+    time_from_pb,
     timestamp,
 )
 
@@ -92,7 +93,7 @@ class StatusServicer(va_pb2_grpc.StatusServiceServicer):
         `as_of` defaults to `now`, or the clock's time when `now` is None.
         """
         if request.HasField("as_of"):
-            as_of = request.as_of.ToDatetime(tzinfo=UTC)
+            as_of = time_from_pb(request.as_of)
         else:
             as_of = self._clock.now() if now is None else now
         ref = request.cert
@@ -138,7 +139,13 @@ class StatusServicer(va_pb2_grpc.StatusServiceServicer):
         limits = self._limits
         for count, batch in enumerate(request_iterator, 1):
             if count > limits.max_batches:
-                raise BadRequest(f"stream exceeds {limits.max_batches} batches")
+                # A quota of the stream, not a fault of this batch: the caller opens a
+                # new stream (which may land on another worker) and goes on.
+                context.abort(
+                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    f"this stream has had its {limits.max_batches} batches; "
+                    "open a new stream for more",
+                )
             if not batch.requests:
                 raise BadRequest("empty batch")
             if len(batch.requests) > limits.max_batch:

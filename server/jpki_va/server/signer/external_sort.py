@@ -6,8 +6,8 @@ all as Python objects would cost gigabytes, so at most one run is in memory.
 
 from __future__ import annotations
 
-import heapq
 import tempfile
+from bisect import bisect_right
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO
@@ -51,11 +51,37 @@ class ExternalSort:
         f.seek(0)
         self._run = []
 
-    def _read(self, f: IO[bytes]) -> Iterator[bytes]:
+    def _blocks(self, f: IO[bytes]) -> Iterator[list[bytes]]:
         size = self._row_size
         while block := f.read(size * _READ_ROWS):
-            for offset in range(0, len(block), size):
-                yield block[offset : offset + size]
+            yield [block[offset : offset + size] for offset in range(0, len(block), size)]
+
+    def _merged(self) -> Iterator[list[bytes]]:
+        """The runs merged, as consecutive sorted chunks.
+
+        Blockwise, so the per-row work stays in C: every row up to the smallest of the
+        buffered blocks' last rows is in some buffer, so those rows, sorted together
+        (Timsort merges the sorted pieces), come before anything still unread.
+        """
+        buffers: list[tuple[list[bytes], int, Iterator[list[bytes]]]] = []
+        for f in self._files:
+            blocks = self._blocks(f)
+            if (first := next(blocks, None)) is not None:
+                buffers.append((first, 0, blocks))
+        while buffers:
+            bound = min(rows[-1] for rows, _, _ in buffers)
+            chunk: list[bytes] = []
+            left = []
+            for rows, start, blocks in buffers:
+                end = bisect_right(rows, bound, start)
+                chunk += rows[start:end]
+                if end < len(rows):
+                    left.append((rows, end, blocks))
+                elif (more := next(blocks, None)) is not None:
+                    left.append((more, 0, blocks))
+            buffers = left
+            chunk.sort()
+            yield chunk
 
     def sorted_rows(self) -> Iterator[bytes]:
         """Every row added, in increasing byte order, each distinct row once."""
@@ -63,15 +89,16 @@ class ExternalSort:
             if self._files:
                 if self._run:
                     self._spill()
-                source: Iterable[bytes] = heapq.merge(*(self._read(f) for f in self._files))
+                chunks: Iterable[list[bytes]] = self._merged()
             else:
                 self._run.sort()
-                source, self._run = self._run, []
+                chunks, self._run = [self._run], []
             previous = None
-            for row in source:
-                if row != previous:
-                    yield row
-                    previous = row
+            for chunk in chunks:
+                for row in chunk:
+                    if row != previous:
+                        yield row
+                        previous = row
         finally:
             for f in self._files:
                 f.close()

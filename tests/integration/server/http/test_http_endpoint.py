@@ -14,6 +14,7 @@ from collections.abc import Iterator
 import pytest
 
 from jpki_va.core.domain import CertKind
+from jpki_va.server.http import server as http_server
 from jpki_va.server.http.app import Forbidden, HttpApp, PublishedFile
 from jpki_va.server.http.server import HttpServer
 from jpki_va.server.responder.ocsp_cache import OcspReply
@@ -27,6 +28,9 @@ class FakeAccess:
         self.callers: list[str | None] = []
         self.commits = 0
         self.recording = True
+
+    def begin_turn(self) -> None:
+        pass
 
     def commit(self) -> bool:
         self.commits += 1
@@ -166,6 +170,22 @@ def test_pipelined_answers_share_one_commit(server: HttpServer, access: FakeAcce
     reply = exchange(server.port, post(b"a") + post(b"b") + post(b"c"))
     assert reply.count(b"HTTP/1.1 200 OK") == 3
     assert access.commits - before < 3
+
+
+def test_pipelined_answers_leave_in_one_write(
+    server: HttpServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    flushed: list[int] = []
+    flush = http_server._Connection.flush
+
+    def counted(connection: http_server._Connection) -> None:
+        flushed.append(len(connection._out))
+        flush(connection)
+
+    monkeypatch.setattr(http_server._Connection, "flush", counted)
+    reply = exchange(server.port, post(b"a") + post(b"b") + post(b"c"))
+    assert reply.count(b"HTTP/1.1 200 OK") == 3
+    assert flushed[0] == 3  # one segment in, one write out
 
 
 def _send_until_closed(port: int, head: bytes, filler: bytes, limit: int) -> bytes:

@@ -6,6 +6,7 @@ end to end in test_status_e2e), so the limits can be small and the calls counted
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
@@ -115,9 +116,22 @@ def test_stream_over_the_limit(served: tuple[Any, CountingSource]) -> None:
     with pytest.raises(grpc.RpcError) as info:
         for reply in stub.CheckStream(iter([batch(3)] * 3), timeout=10):
             replies.append(reply)
-    assert info.value.code() is grpc.StatusCode.INVALID_ARGUMENT
-    assert "exceeds 2 batches" in str(info.value.details())
+    # A spent quota of the stream, not a bad request: the caller opens another.
+    assert info.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "had its 2 batches; open a new stream" in str(info.value.details())
     assert len(replies) == 2 and source.calls == 6
+    assert len(list(stub.CheckStream(iter([batch(3)] * 2), timeout=10))) == 2
+
+
+def test_a_time_out_of_range_is_a_bad_request(served: tuple[Any, CountingSource]) -> None:
+    stub, source = served
+    request = batch(1).requests[0]
+    request.as_of.seconds = 2**62  # no Timestamp: protobuf's ToDatetime raises ValueError
+    with pytest.raises(grpc.RpcError) as info:
+        stub.Check(request, timeout=10)
+    assert info.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert "Timestamp is not valid" in str(info.value.details())
+    assert source.calls == 0
 
 
 def test_stream_stops_at_its_deadline(served: tuple[Any, CountingSource]) -> None:
@@ -149,7 +163,13 @@ def _boom_stream(request: bytes, context: grpc.ServicerContext) -> Iterator[byte
     raise KeyError("another secret")
 
 
-def test_unexpected_errors_never_reach_the_client() -> None:
+def _internal_value_error(request: bytes, context: grpc.ServicerContext) -> bytes:
+    # A ValueError of the server's own (a decoder meeting a value it did not expect),
+    # not a BadRequest: the caller did nothing wrong.
+    return bytes(len(list(zip(request, b"", strict=True))))
+
+
+def test_unexpected_errors_never_reach_the_client(caplog: pytest.LogCaptureFixture) -> None:
     server = server_common.build_server(max_workers=2, mapping=STATUS_ERRORS)
     server.add_generic_rpc_handlers(
         (
@@ -158,6 +178,7 @@ def test_unexpected_errors_never_reach_the_client() -> None:
                 {
                     "Unary": grpc.unary_unary_rpc_method_handler(_boom),
                     "Stream": grpc.unary_stream_rpc_method_handler(_boom_stream),
+                    "Value": grpc.unary_unary_rpc_method_handler(_internal_value_error),
                 },
             ),
         )
@@ -168,16 +189,28 @@ def test_unexpected_errors_never_reach_the_client() -> None:
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
             unary = channel.unary_unary("/test.Boom/Unary", None, None)
             stream = channel.unary_stream("/test.Boom/Stream", None, None)
+            value = channel.unary_unary("/test.Boom/Value", None, None)
             calls: list[Callable[[], object]] = [
                 lambda: unary(b"x", timeout=10),
                 lambda: list(stream(b"x", timeout=10)),
+                lambda: value(b"x", timeout=10),
+                lambda: value(b"x", timeout=10),
             ]
-            for call in calls:
-                with pytest.raises(grpc.RpcError) as info:
-                    call()
-                assert info.value.code() is grpc.StatusCode.INTERNAL
-                assert info.value.details() == "internal error"
-                debug = info.value.debug_error_string()  # type: ignore[attr-defined]
-                assert "secret" not in debug and "Traceback" not in debug
+            with caplog.at_level(logging.ERROR, logger=server_common.__name__):
+                for call in calls:
+                    with pytest.raises(grpc.RpcError) as info:
+                        call()
+                    assert info.value.code() is grpc.StatusCode.INTERNAL
+                    assert info.value.details() == "internal error"
+                    debug = info.value.debug_error_string()  # type: ignore[attr-defined]
+                    assert "secret" not in debug and "Traceback" not in debug
     finally:
         server.stop(None)
+    # One bounded line per method and exception type in a window, naming what failed
+    # and where; the second ValueError is counted, not logged; no traceback.
+    lines = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(lines) == 3, lines
+    assert all(r.exc_info is None for r in caplog.records)
+    (value_line,) = [line for line in lines if "/test.Boom/Value" in line]
+    assert value_line.startswith("internal error in /test.Boom/Value (ValueError)")
+    assert "in _internal_value_error" in value_line and "test_grpc_limits.py:" in value_line

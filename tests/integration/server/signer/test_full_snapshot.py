@@ -42,6 +42,7 @@ from jpki_va.server.pki import crl_stream
 from jpki_va.server.pki.cert_profile import ProfileSettings
 from jpki_va.server.pki.crl_profile import CrlEntry
 from jpki_va.server.registry.transactions import Registry, RegistryTxn
+from jpki_va.server.signer import external_sort
 from jpki_va.server.signer.authority import Authority, AuthoritySettings
 from jpki_va.server.signer.ceremony import bootstrap
 from jpki_va.server.signer.external_sort import ExternalSort
@@ -436,13 +437,19 @@ def test_links_sorted_in_bounded_runs(
     assert not list(tmp_path.iterdir())  # the runs were anonymous temporary files
 
 
-def test_external_sort_orders_and_deduplicates(tmp_path: Path) -> None:
+@pytest.mark.parametrize("read_rows", [1, 5, 1 << 14])
+def test_external_sort_orders_and_deduplicates(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, read_rows: int
+) -> None:
+    """Also with merge blocks smaller than a run, so blocks end inside runs of equal rows."""
+    monkeypatch.setattr(external_sort, "_READ_ROWS", read_rows)
     rng = random.Random(5)
-    rows = [rng.randbytes(3) for _ in range(2000)]
+    rows = [rng.randbytes(2) for _ in range(2000)]  # 2-byte rows: many repeat
     rows += rows[:300]  # duplicates across runs
-    sorter = ExternalSort(3, run_rows=64, directory=tmp_path)
+    sorter = ExternalSort(2, run_rows=64, directory=tmp_path)
     for start in range(0, len(rows), 10):
         sorter.add(rows[start : start + 10])
     assert list(sorter.sorted_rows()) == sorted(set(rows))
+    assert sorter.runs > 30
     with pytest.raises(ValueError, match="expected 3"):
         ExternalSort(3).add([b"ab"])

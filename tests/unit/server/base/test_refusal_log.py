@@ -101,3 +101,17 @@ def test_reasons_past_the_limit_share_one_bucket(
     lines = _lines(caplog)
     assert len(lines) == MAX_REASONS + 1
     assert lines[-1].startswith(f"{OTHER}: reason {MAX_REASONS}: d")
+
+
+def test_a_server_fault_keeps_its_level_and_its_room(
+    refusals: RefusalLog, clock: Clock, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.INFO, logger=LOGGER):
+        for _ in range(3):
+            refusals.refused("internal error in M", "z" * 300, level=logging.ERROR, limit=200)
+        clock.now += 10.0
+        refusals.flush()  # the count goes out at the level its first line had
+    records = [r for r in caplog.records if r.name == LOGGER]
+    assert [r.levelno for r in records] == [logging.ERROR, logging.ERROR]
+    assert records[0].getMessage() == "internal error in M: " + bounded("z" * 300, 200)
+    assert records[1].getMessage() == "internal error in M: 2 more in the last 10.0 s"

@@ -47,6 +47,9 @@ class _Replies:
     def arl(self, key_id_prefix: bytes) -> PublishedFile | None:
         return None
 
+    def begin_turn(self) -> None:
+        pass
+
     def commit(self) -> bool:
         return True
 

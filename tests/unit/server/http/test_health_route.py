@@ -26,6 +26,9 @@ class _NoAccess:
     def arl(self, key_id_prefix: bytes) -> PublishedFile | None:
         raise AssertionError("health asked for the ARL")
 
+    def begin_turn(self) -> None:
+        pass
+
     def commit(self) -> bool:
         raise AssertionError("health committed provisions")
 

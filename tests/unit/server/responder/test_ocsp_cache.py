@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+import threading
 import tracemalloc
 
 import pytest
 
 from jpki_va.core.domain import Status
 from jpki_va.server.responder.ocsp_cache import OcspReply, ResponseCache, entry_cost
+from jpki_va.server.responder.status import NotReady
 
 HOUR = 3600.0
 
@@ -216,3 +218,50 @@ def test_a_new_signer_drops_everything_and_refuses_older_signatures() -> None:
     assert cache.get(b"k", 0.0) is None
     cache.put(b"k", reply("new key"), cache.generation())
     assert cache.get(b"k", 0.0) is not None
+
+
+class CountedIndex(Generation):
+    """A generation that counts how often it is read, and can be not ready yet."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reads = 0
+        self.ready = True
+
+    def __call__(self) -> tuple[int, int]:
+        self.reads += 1
+        if not self.ready:
+            raise NotReady("no index loaded yet")
+        return self.value
+
+
+def test_a_held_turn_reads_the_index_once_for_this_thread_only() -> None:
+    index = CountedIndex()
+    cache = ResponseCache(index)
+    cache.put(b"k", reply("a"), cache.generation())
+    cache.hold_generation()
+    reads = index.reads
+    for _ in range(5):
+        assert cache.get(b"k", 0.0) is not None
+    assert index.reads == reads  # the turn's requests share the read made when it began
+    other = threading.Thread(target=cache.generation)
+    other.start()
+    other.join()
+    assert index.reads == reads + 1  # another thread (gRPC's) reads for itself
+    index.value = (1, 2)  # a delta during the turn: seen by the next turn
+    assert cache.generation() == (1, 1, 0)
+    cache.release_generation()
+    assert cache.generation() == (1, 2, 0)
+    assert cache.get(b"k", 0.0) is None  # no basis to check it against: not reused
+
+
+def test_a_turn_held_before_any_index_reads_per_request() -> None:
+    index = CountedIndex()
+    index.ready = False
+    cache = ResponseCache(index)
+    with pytest.raises(NotReady):
+        cache.hold_generation()  # no index yet: nothing is held
+    with pytest.raises(NotReady):
+        cache.generation()
+    index.ready = True
+    assert cache.generation() == (1, 1, 0)
