@@ -1,10 +1,14 @@
-"""Builds the compiled twin of the CheckStream encoder (server/.../rpc/_batch_wire.pyx).
+"""Builds the compiled twins of two hot paths (Cython, optional at install).
 
-Everything else about the distribution is in pyproject.toml. The extension is
+- `rpc/_batch_wire.pyx`: the CheckStream encoder (the reference: rpc/batch_wire.py);
+- `ledger/_counter_cells.pyx`: the provision ledger's counter cells, one atomic add per
+  counted answer (the reference: ledger/counter_cells.py's PyCells).
+
+Everything else about the distribution is in pyproject.toml. The extensions are
 optional: where no C compiler (or no Cython) is present, the install goes on with a
-warning and the pure-Python encoder (rpc/batch_wire.py) serves. tests/unit/server/rpc
-fails when the compiled module is missing from the installed tree, so a broken build
-cannot pass unnoticed where a compiler is expected.
+warning and the pure-Python twins serve. tests/unit/server/rpc and
+tests/unit/server/ledger fail when a compiled module is missing from the installed
+tree, so a broken build cannot pass unnoticed where a compiler is expected.
 """
 
 from __future__ import annotations
@@ -14,8 +18,10 @@ import sys
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
-_SOURCE = "server/jpki_va/server/rpc/_batch_wire.pyx"
-_NAME = "jpki_va.server.rpc._batch_wire"
+_EXTENSIONS = {
+    "jpki_va.server.rpc._batch_wire": "server/jpki_va/server/rpc/_batch_wire.pyx",
+    "jpki_va.server.ledger._counter_cells": "server/jpki_va/server/ledger/_counter_cells.pyx",
+}
 
 
 class _OptionalBuildExt(build_ext):
@@ -25,20 +31,17 @@ class _OptionalBuildExt(build_ext):
         try:
             super().run()
         except Exception as exc:  # any toolchain failure: fall back
-            _warn(exc)
+            _warn("the compiled modules", exc)
 
     def build_extension(self, ext: Extension) -> None:
         try:
             super().build_extension(ext)
         except Exception as exc:
-            _warn(exc)
+            _warn(ext.name, exc)
 
 
-def _warn(exc: BaseException) -> None:
-    print(
-        f"warning: {_NAME} not built ({exc}); the pure-Python encoder will serve",
-        file=sys.stderr,
-    )
+def _warn(name: str, exc: BaseException) -> None:
+    print(f"warning: {name} not built ({exc}); the pure-Python twin will serve", file=sys.stderr)
 
 
 try:
@@ -49,10 +52,13 @@ except ImportError:  # pip's isolated build has it (pyproject); a bare setup.py 
 
 def _extensions() -> list[Extension]:
     if cythonize is None:
-        _warn(ImportError("Cython is not installed"))
+        _warn("the compiled modules", ImportError("Cython is not installed"))
         return []
     return cythonize(
-        [Extension(_NAME, [_SOURCE], extra_compile_args=["-O2"])],
+        [
+            Extension(name, [source], extra_compile_args=["-O2"])
+            for name, source in _EXTENSIONS.items()
+        ],
         compiler_directives={"language_level": "3"},
         quiet=True,
     )

@@ -14,7 +14,7 @@ on the same gRPC server, the same worker count and the same client:
     identity+gate        + the caller's identity, the verifier table, the entitlement
                            (a stream batch's items read from its bytes, as the
                            responder reads the usual batch)
-    ledger               + the provision counted in the ledger (group commit, 第41条)
+    ledger               + the provision counted in the ledger (its counter cell, 第41条)
     lookup               + the status looked up in the index (answer still canned; a
                            stream batch reads its index values, as the responder does)
     jpki-va              the real responder: the lookup's answer encoded (a stream
@@ -22,7 +22,7 @@ on the same gRPC server, the same worker count and the same client:
                            by the caller, suite.py, on the running responder)
 
 Every rung uses the responder's own pieces (server_common, the interceptors, Gate,
-GroupCommit, IndexStatusSource) opened on the data set's index; only the servicer
+the ledger shard, IndexStatusSource) opened on the data set's index; only the servicer
 here is the harness's, so that each layer can be switched on alone.
 """
 
@@ -50,7 +50,6 @@ from jpki_va.protos import va_pb2, va_pb2_grpc
 from jpki_va.server.access.gate import Gate
 from jpki_va.server.app.responder_app import STATUS_ERRORS
 from jpki_va.server.law.entitlements import status_provision
-from jpki_va.server.ledger.group_commit import GroupCommit
 from jpki_va.server.ledger.provisions import open_shard
 from jpki_va.server.responder.metrics import WorkerMetrics
 from jpki_va.server.responder.status import (
@@ -252,11 +251,8 @@ def _worker(
     holder.refresh()
     with tempfile.TemporaryDirectory(prefix="ladder-ledger-") as ledger_dir:
         ledger = open_shard(Path(ledger_dir), slot)
-        committer = GroupCommit(ledger)
         gate = (
-            Gate(lambda: holder.get().verifiers, committer, SystemClock())
-            if layers.identity
-            else None
+            Gate(lambda: holder.get().verifiers, ledger, SystemClock()) if layers.identity else None
         )
         caller = functools.partial(
             caller_of, insecure_loopback=True, default_verifier=spec.verifier
@@ -274,7 +270,6 @@ def _worker(
         ready.put(port)
         stop.wait()
         server.stop(1).wait()
-        committer.close()
         ledger.close()
     holder.close()
 

@@ -107,7 +107,12 @@ def venv(stages: dict[str, Stage], tmp_path_factory: pytest.TempPathFactory) -> 
                     origin,
                     target,
                     ignore=shutil.ignore_patterns(
-                        "__pycache__", "*.egg-info", "build", "_batch_wire.c", "*.so"
+                        "__pycache__",
+                        "*.egg-info",
+                        "build",
+                        "_batch_wire.c",
+                        "_counter_cells.c",
+                        "*.so",
                     ),
                 )
             else:

@@ -60,7 +60,6 @@ from jpki_va.server.law.entitlements import NotEntitled
 from jpki_va.server.law.errors import Refused
 from jpki_va.server.law.mapping import NoSuchMapping
 from jpki_va.server.law.signing_record import NotSigningKind
-from jpki_va.server.ledger.group_commit import GroupCommit, LedgerBacklog
 from jpki_va.server.ledger.provisions import (
     Ledger,
     LedgerError,
@@ -144,7 +143,6 @@ STATUS_ERRORS: server_common.ErrorMap = (
     # (INTERNAL, logged as such), never blamed on the request.
     (BadRequest, grpc.StatusCode.INVALID_ARGUMENT),
     (NotReady, grpc.StatusCode.UNAVAILABLE),
-    (LedgerBacklog, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (LedgerError, grpc.StatusCode.UNAVAILABLE),
 )
 #: The health of ingesting alone: NOT_SERVING while snapshots cannot be ingested (the
@@ -325,9 +323,8 @@ def worker_main(  # noqa: PLR0915 (a composition root: the wiring reads best in 
     crl_files = CrlFiles(holder, archive)
     roots = load_anchors(config)
     ca_files = CaFiles(holder, roots)
-    # Concurrent calls' provisions share one commit; each answer waits for its own.
-    committer = GroupCommit(ledger)
-    gate = Gate(lambda: holder.get().verifiers, committer, clock)
+    # Each answer is counted by an add to its key's counter cell before it leaves.
+    gate = Gate(lambda: holder.get().verifiers, ledger, clock)
     proxies = (
         TrustedProxies.of_certificates(config.trusted_proxy_ders())
         if config.trusted_proxy_certs
@@ -462,7 +459,6 @@ def worker_main(  # noqa: PLR0915 (a composition root: the wiring reads best in 
         http.stop()
     server.stop(config.grace_seconds).wait()
     limiter.close()
-    committer.close()
     metrics.flush()
     refusals.flush(final=True)
     ledger.sync()

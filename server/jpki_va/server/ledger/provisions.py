@@ -9,12 +9,19 @@ takes its slot's shard back. Everything that reads counts reads a `LedgerSet`: t
 shards of a directory summed, plus the directory itself when it holds an
 environment (the signer's ledger, and a responder's ledger written before shards).
 
-Every provision is written in a committed write transaction before its answer
-leaves, so a killed process loses nothing a client saw answered: LMDB commits reach
-the kernel's page cache at once. Disclosures of personal data are also forced to
-disk (fsync) before the answer leaves; counts are forced by `sync()`, which the
-owner calls periodically, so a machine crash can lose at most the counts of that
-last interval but never leaves a broken store.
+Every provision is counted before its answer leaves, so a killed process loses
+nothing a client saw answered. A shard counts an answer by an add to the counter
+cell of its key, mapped shared (`slot_counts.py`): it reaches the kernel's page
+cache at once, with no write transaction per answer. The signer's ledger (and a
+ledger opened without a shard's writer lock) counts in LMDB write transactions,
+whose commits reach the page cache as well. Disclosures of personal data are
+written to LMDB and forced to disk (fsync) before the answer leaves; counts are
+forced by `sync()`, which the owner calls periodically, so a machine crash can lose
+at most the counts of that last interval but never leaves a broken store.
+
+A shard written before the counter cells holds its counts in LMDB (`counts`); it is
+read as it is, not migrated: readers sum both forms, and its writer counts anew in
+cells.
 
 Counts are kept per day (in Japan time, the agency's), provision kind and verifier,
 so a report covers any period; the audit trail is one entry per disclosure.
@@ -31,7 +38,7 @@ import threading
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -40,9 +47,16 @@ import lmdb
 from jpki_va.core.clock import JST
 from jpki_va.core.domain import Provision
 from jpki_va.server.base.private_files import LMDB_MODE, private_dir, write_private
+from jpki_va.server.ledger.counter_cells import CounterFile
+from jpki_va.server.ledger.slot_counts import CellsFull, SlotCounts, cell_counts
 
 _MAP_SIZE = 1 << 36
+_ONE_DAY = timedelta(days=1)
 _COUNT = 8  # bytes of a big-endian counter
+#: Cells of a shard's counter file: one per (day, kind, verifier) counted and not yet
+#: purged. The file is sparse (128 MiB of address space; the disk holds the pages used).
+CELLS = 1 << 24
+_CELLS_FILE = "counts.cells"
 
 
 class LedgerError(Exception):
@@ -51,6 +65,10 @@ class LedgerError(Exception):
 
 class ShardInUse(LedgerError):
     """Another live process writes this ledger shard: a second writer is refused."""
+
+
+class LedgerClosed(LedgerError):
+    """The ledger is closed: nothing more is recorded, so nothing is answered."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,7 +112,7 @@ class Disclosure:
 
 
 class Recorder(Protocol):
-    """Where provisions are recorded: a Ledger, or a GroupCommit in front of one."""
+    """Where provisions are recorded: a Ledger."""
 
     def record(
         self,
@@ -136,6 +154,7 @@ class Ledger:
     """Provision counts and the audit trail in one LMDB environment. Open after fork."""
 
     _DBS = (b"counts", b"audit")
+    _TABLE = b"cells"  # count key -> cell of the counter file (slot_counts.py)
 
     def __init__(
         self,
@@ -145,20 +164,28 @@ class Ledger:
         exclusive: bool = False,
         map_size: int = _MAP_SIZE,
         writemap: bool = False,
+        cells: int | None = None,
+        compiled: bool | None = None,
     ) -> None:
         """`exclusive`: hold the writer lock of `path` until close(), or raise ShardInUse.
 
         `writemap`: LMDB writes the pages of a transaction in the shared mapping
-        itself, so a commit makes no system call (without it, each commit writes its
-        pages and the meta page with one call each: most of a count's cost, 5 µs of
-        CPU against 2). The data file is then as large as `map_size`, sparse: the
-        disk holds only the pages written. A commit still reaches the page cache at
-        once, so what a killed process answered stays recorded, and an unfinished
-        transaction's pages are free pages no committed state refers to.
+        itself, so a commit makes no system call. The data file is then as large as
+        `map_size`, sparse: the disk holds only the pages written.
+
+        `cells`: count in a counter file of that many cells (needs `exclusive`: one
+        writer gives cells out); without it, each record is a write transaction.
+        A reader reads the counter file whenever the ledger has one. `compiled`:
+        False takes the pure-Python cells (tests compare the two).
         """
         if readonly and not (path / "data.mdb").is_file():
             raise LedgerError(f"{path} holds no provision ledger")
+        if cells is not None and not exclusive:
+            raise ValueError("counter cells need the writer lock (exclusive=True)")
         self._writer: int | None = None
+        self._file: CounterFile | None = None
+        self._tally: SlotCounts | None = None
+        self._table: Any = None
         try:
             if not readonly:
                 private_dir(path)
@@ -169,7 +196,7 @@ class Ledger:
             self._env = lmdb.open(
                 str(path),
                 map_size=map_size,
-                max_dbs=len(self._DBS),
+                max_dbs=len(self._DBS) + 1,
                 readonly=readonly,
                 sync=False,
                 metasync=False,
@@ -179,13 +206,29 @@ class Ledger:
             self._counts, self._audit = (
                 self._env.open_db(name, create=not readonly) for name in self._DBS
             )
+            self._open_cells(path, cells, compiled)
         except (lmdb.Error, OSError) as exc:
-            if self._writer is not None:
-                os.close(self._writer)
+            self._release()
             raise LedgerError(f"cannot open the provision ledger {path}: {exc}") from None
         self.path = path
         self._serial = 0
         self._lock = threading.Lock()
+        self._closed = False
+        # The JST day of the last count and its bounds: most answers fall in it.
+        self._day: tuple[datetime, datetime, date] | None = None
+
+    def _open_cells(self, path: Path, cells: int | None, compiled: bool | None) -> None:
+        file = path / _CELLS_FILE
+        if cells is None and not file.is_file():
+            return  # the signer's ledger, or a shard from before the cells
+        try:
+            self._table = self._env.open_db(self._TABLE, create=cells is not None)
+        except lmdb.NotFoundError:
+            return  # a file with no table yet: no cell holds a count
+        kind = {} if compiled is None else {"compiled": compiled}
+        self._file = CounterFile(file, cells or 1, writable=cells is not None, **kind)
+        if cells is not None:
+            self._tally = SlotCounts(self._env, self._table, self._file)
 
     def record(
         self,
@@ -194,15 +237,28 @@ class Ledger:
         when: datetime,
         disclosures: Sequence[Disclosure] = (),
     ) -> None:
-        """Count provisions to one verifier (and audit disclosures) in one commit."""
-        self.record_all([Entry(verifier_id, counts, when, disclosures)])
+        """Count provisions to one verifier (and audit disclosures), all or nothing."""
+        if self._tally is None:
+            self.record_all([Entry(verifier_id, counts, when, disclosures)])
+            return
+        adds: list[tuple[int, int]] = []
+        self._cells_of(adds, verifier_id, counts, when)
+        self._count(adds, disclosures)
 
     def record_all(self, entries: Iterable[Entry]) -> None:
-        """Every entry in one write transaction: all of them are recorded, or none.
+        """Every entry recorded, or none (one write transaction, or cells and the audit).
 
-        Raises LedgerError when the commit fails (a full map, a closed environment,
-        an I/O error); LMDB then aborts the transaction, so nothing is half-written.
+        Raises LedgerError when it cannot be recorded (a full map or counter file, a
+        closed ledger, an I/O error); nothing of it is then recorded.
         """
+        if self._tally is not None:
+            adds: list[tuple[int, int]] = []
+            audit: list[Disclosure] = []
+            for entry in entries:
+                self._cells_of(adds, entry.verifier_id, entry.counts, entry.when)
+                audit.extend(entry.disclosures)
+            self._count(adds, audit)
+            return
         totals: Counter[bytes] = Counter()
         disclosures: list[Disclosure] = []
         for entry in entries:
@@ -213,6 +269,57 @@ class Ledger:
             disclosures.extend(entry.disclosures)
         if not totals and not disclosures:
             return
+        self._write(totals, disclosures)
+
+    def _local_day(self, when: datetime) -> date:
+        known = self._day
+        if known is not None and known[0] <= when < known[1]:
+            return known[2]
+        day = local_day(when)
+        # Bounds in UTC, as the clock gives `when`: comparing datetimes of one tzinfo
+        # is a few ns, of two a few µs.
+        start = datetime.combine(day, datetime.min.time(), JST).astimezone(UTC)
+        self._day = (start, start + _ONE_DAY, day)
+        return day
+
+    def _cells_of(
+        self,
+        adds: list[tuple[int, int]],
+        verifier: str,
+        counts: Mapping[Provision, int],
+        when: datetime,
+    ) -> None:
+        """Append (cell, n) for each count, giving a new key its cell (LedgerError if not)."""
+        tally = self._tally
+        assert tally is not None
+        day = self._local_day(when)
+        for provision, n in counts.items():
+            if n <= 0:
+                continue
+            key = (day, provision, verifier)
+            slot = tally.slots.get(key)
+            if slot is None:
+                try:
+                    slot = tally.allocate(key, _count_key(day, provision, verifier))
+                except (CellsFull, OSError, lmdb.Error, ValueError) as exc:
+                    raise LedgerError(f"cannot record the provision in {self.path}: {exc}") from exc
+            adds.append((slot, n))
+
+    def _count(self, adds: list[tuple[int, int]], disclosures: Sequence[Disclosure]) -> None:
+        if disclosures:
+            self._write(Counter(), disclosures)  # on disk before anything is counted
+        tally = self._tally
+        assert tally is not None
+        try:
+            for slot, n in adds:
+                tally.add(slot, n)
+        except ValueError:  # the cells were unmapped: closed before any add of ours
+            raise LedgerClosed("the provision ledger is closed; the answer is withheld") from None
+
+    def _write(self, totals: Mapping[bytes, int], disclosures: Sequence[Disclosure]) -> None:
+        """Counts and disclosures in one write transaction; disclosures forced to disk."""
+        if self._closed:
+            raise LedgerClosed("the provision ledger is closed; the answer is withheld")
         with self._lock:
             first = self._serial + 1
             self._serial += len(disclosures)
@@ -234,22 +341,28 @@ class Ledger:
             raise LedgerError(f"cannot record the provision in {self.path}: {exc}") from exc
 
     def sync(self) -> None:
-        """Force every commit so far to disk."""
+        """Force every count and commit so far to disk."""
+        if self._file is not None and self._tally is not None:
+            self._file.cells.flush()
         self._env.sync(True)
 
     def counts(self, start: date, end: date) -> list[Count]:
-        """Counts for the days start <= day < end, in key order."""
-        out: list[Count] = []
-        with self._env.begin(db=self._counts) as txn:
-            cursor = txn.cursor()
-            if not cursor.set_range(start.isoformat().encode()):
-                return out
-            for key, value in cursor:
-                day, provision, verifier_id = _parse_count_key(key)
-                if day >= end:
-                    break
-                out.append(Count(day, provision, verifier_id, int.from_bytes(value, "big")))
-        return out
+        """Counts for the days start <= day < end, in key order (LMDB's and the cells')."""
+        first, stop = start.isoformat().encode(), end.isoformat().encode()
+        totals: Counter[bytes] = Counter()
+        with self._env.begin() as txn:
+            cursor = txn.cursor(db=self._counts)
+            if cursor.set_range(first):
+                for key, value in cursor:
+                    if bytes(key) >= stop:
+                        break
+                    totals[bytes(key)] += int.from_bytes(value, "big")
+            if self._file is not None:
+                for key, n in cell_counts(txn, self._table, self._file, first):
+                    if key >= stop:
+                        break
+                    totals[key] += n
+        return [Count(*_parse_count_key(key), n) for key, n in sorted(totals.items()) if n > 0]
 
     def disclosures(
         self, start: datetime, end: datetime, verifier_id: str | None = None
@@ -278,12 +391,22 @@ class Ledger:
             with self._env.begin(write=True) as txn:
                 counts = _delete_below(txn.cursor(db=self._counts), counts_before.isoformat())
                 audit = _delete_below(txn.cursor(db=self._audit), stop)
+            if self._tally is not None:
+                counts += self._tally.purge(counts_before.isoformat().encode())
         except lmdb.Error as exc:
             raise LedgerError(f"cannot purge {self.path}: {exc}") from exc
         return counts, audit
 
     def close(self) -> None:
+        """Later records raise LedgerClosed."""
+        self._closed = True
+        self._release()
         self._env.close()
+
+    def _release(self) -> None:
+        if self._file is not None:
+            self._file.close()  # unmapped: an add after it raises, never writes
+            self._file = None
         if self._writer is not None:
             os.close(self._writer)  # releases the writer lock
             self._writer = None
@@ -333,12 +456,15 @@ def shard_path(root: Path, slot: int) -> Path:
     return root / f"{_SHARD_PREFIX}{slot}"
 
 
-def open_shard(root: Path, slot: int, *, map_size: int = _MAP_SIZE) -> Ledger:
+def open_shard(root: Path, slot: int, *, map_size: int = _MAP_SIZE, cells: int = CELLS) -> Ledger:
     """The ledger a responder worker writes, held as its own until close().
 
-    Written with `writemap`: every answer's count is a commit on the hot path.
+    Answers are counted in the shard's counter cells; LMDB (with `writemap`, a
+    commit without a system call) keeps the cell table and the audit trail.
     """
-    return Ledger(shard_path(root, slot), exclusive=True, map_size=map_size, writemap=True)
+    return Ledger(
+        shard_path(root, slot), exclusive=True, map_size=map_size, writemap=True, cells=cells
+    )
 
 
 def claim_shards(root: Path, slots: int) -> None:

@@ -379,6 +379,9 @@ class IssuerCompromiseSource:
     def __init__(self, inner: StatusSource, holder: IndexHolder) -> None:
         self._inner = inner
         self._holder = holder
+        # Asked once: a runtime Protocol check costs microseconds, and a unary Check
+        # goes through here on every call.
+        self._packed_inner = inner if isinstance(inner, PackedSource) else None
 
     def status(self, kind: CertKind, serial: int, as_of: datetime) -> Answer:
         answer = self._inner.status(kind, serial, as_of)
@@ -394,8 +397,8 @@ class IssuerCompromiseSource:
     def packed(self, keys: list[bytes], when: int) -> PackedBatch | None:
         """The inner source's values while no generation is compromised (the usual
         case); otherwise None, and the batch goes through `briefs`, which applies it."""
-        inner = self._inner
-        if self._holder.get().compromises or not isinstance(inner, PackedSource):
+        inner = self._packed_inner
+        if inner is None or self._holder.get().compromises:
             return None
         batch = inner.packed(keys, when)
         # A delta that announced a compromise meanwhile: the values may predate it.

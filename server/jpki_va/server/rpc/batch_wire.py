@@ -305,6 +305,23 @@ def packed_response(
     return py_packed_response(slots, batch)
 
 
+def check_response(batch: PackedBatch) -> tuple[bytes, dict[int, int]]:
+    """(A serialized CheckResponse, its tally) for a batch of one key: unary Check's
+    usual answer, written as CheckStream writes its statuses.
+
+    `CheckResult.status` and `CheckResponse.status` are both field 1, so the one
+    result's body (the batch response less its `results` key and length) is the
+    CheckResponse.
+    """
+    if len(batch.keys) != 1:
+        raise ValueError(f"a CheckResponse answers one key, not {len(batch.keys)}")
+    data, tally = packed_response(None, batch)
+    start = 1  # past the `results` key
+    while data[start] & 0x80:  # the result's length, a varint
+        start += 1
+    return data[start + 1 :], tally
+
+
 def plain_keys(raw: bytes) -> tuple[list[bytes], list[int]] | None:
     """(The record key of each request, the count per kind value) of a serialized
     CheckBatchRequest whose every request is plain (`pb.plain_kind_serial` reads a

@@ -80,6 +80,7 @@ def test_signer_and_responder_create_nothing_others_can_open(
     assert any((signer_dir / "ceremonies").glob("*.json"))
     assert any((state_dir / "index").glob("idx-*/data.mdb"))
     assert any((state_dir / "ledger").glob("worker-*/data.mdb"))
+    assert any((state_dir / "ledger").glob("worker-*/counts.cells"))
     assert any((state_dir / "ocsp" / "keys").glob("*.pem"))
     assert any((state_dir / "crls").glob("*.mdb"))
     assert any((state_dir / "metrics").iterdir())

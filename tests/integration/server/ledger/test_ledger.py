@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 from collections import Counter
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -26,6 +27,7 @@ from jpki_va.server.ledger.report import (
     render_annual,
     render_audit,
 )
+from jpki_va.server.rpc.server_common import SERVED_BY
 from tests.support import ALL_ROLES_VERIFIER, JPKI_VA, REPO, Pki, start_responder, wait_for
 
 
@@ -113,6 +115,44 @@ WRITER = textwrap.dedent(
 )
 
 
+def _serving(channel: grpc.Channel) -> bool:
+    try:
+        va_pb2_grpc.StatusServiceStub(channel).ListIssuers(va_pb2.ListIssuersRequest(), timeout=5)
+    except grpc.RpcError:
+        return False
+    return True
+
+
+#: A status query the responder answers (and counts) for the all-roles verifier.
+CHECK = va_pb2.CheckRequest(
+    cert=va_pb2.CertRef(
+        kind_serial=va_pb2.KindSerial(kind=va_pb2.CERT_KIND_MOBILE_SIGN, serial=b"\x05")
+    )
+)
+
+
+def _responder_process(pki: Pki, state: Path) -> subprocess.Popen[str]:
+    """A real `jpki-va responder` with two workers, in a process group of its own."""
+    return subprocess.Popen(
+        [*JPKI_VA, "responder", "--snapshots",
+         str(pki.signer.config.snapshot_dir), "--state-dir", str(state), "--trust-anchor",
+         str(pki.root_file), "--listen", "127.0.0.1:0", "--workers", "2", "--insecure-loopback",
+         "--loopback-verifier", ALL_ROLES_VERIFIER, "--poll-interval", "0.2"],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)}, start_new_session=True,
+    )  # fmt: skip
+
+
+def _kill(proc: subprocess.Popen[str], channels: list[grpc.Channel]) -> None:
+    """SIGKILL the responder's whole process group, as a crash would."""
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(30)
+    if proc.stdout is not None:
+        proc.stdout.close()
+    for channel in channels:
+        channel.close()
+
+
 def _lines(proc: subprocess.Popen[str], count: int) -> list[str]:
     stdout = proc.stdout
     assert stdout is not None
@@ -164,45 +204,19 @@ def test_sigkill_of_the_responder_loses_no_count(pki: Pki, tmp_path: Path) -> No
     """A real `jpki-va responder` process group with two workers, killed with SIGKILL."""
     pki.publish_and_wait()
     state = tmp_path / "state"
-    proc = subprocess.Popen(
-        [*JPKI_VA, "responder", "--snapshots",
-         str(pki.signer.config.snapshot_dir), "--state-dir", str(state), "--trust-anchor",
-         str(pki.root_file), "--listen", "127.0.0.1:0", "--workers", "2", "--insecure-loopback",
-         "--loopback-verifier", ALL_ROLES_VERIFIER, "--poll-interval", "0.2"],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=REPO,
-        env={**os.environ, "PYTHONPATH": str(REPO)}, start_new_session=True,
-    )  # fmt: skip
+    proc = _responder_process(pki, state)
     answered = 0
+    channels: list[grpc.Channel] = []
     try:
         (line,) = _lines(proc, 1)
         port = int(line.rsplit(" ", 1)[1])
-        request = va_pb2.CheckRequest(
-            cert=va_pb2.CertRef(
-                kind_serial=va_pb2.KindSerial(kind=va_pb2.CERT_KIND_MOBILE_SIGN, serial=b"\x05")
-            )
-        )
-        channels = [grpc.insecure_channel(f"127.0.0.1:{port}") for _ in range(4)]
-
-        def serving() -> bool:
-            try:
-                va_pb2_grpc.StatusServiceStub(channels[0]).ListIssuers(
-                    va_pb2.ListIssuersRequest(), timeout=5
-                )
-            except grpc.RpcError:
-                return False
-            return True
-
-        wait_for(serving, "the responder process to serve")
+        channels.extend(grpc.insecure_channel(f"127.0.0.1:{port}") for _ in range(4))
+        wait_for(lambda: _serving(channels[0]), "the responder process to serve")
         for i in range(40):
-            va_pb2_grpc.StatusServiceStub(channels[i % 4]).Check(request, timeout=10)
+            va_pb2_grpc.StatusServiceStub(channels[i % 4]).Check(CHECK, timeout=10)
             answered += 1
     finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(30)
-        if proc.stdout is not None:
-            proc.stdout.close()
-        for channel in channels:
-            channel.close()
+        _kill(proc, channels)
     ledger = read_ledgers(state / "ledger")  # every worker's shard
     try:
         assert {p.name for p in ledger.paths} <= {"worker-0", "worker-1"}
@@ -213,6 +227,58 @@ def test_sigkill_of_the_responder_loses_no_count(pki: Pki, tmp_path: Path) -> No
     assert answered == 40
     assert counted == {ALL_ROLES_VERIFIER: answered}
     assert Period.calendar_year(year).start.year == year
+
+
+def test_sigkill_of_a_worker_under_load_loses_no_answered_count(pki: Pki, tmp_path: Path) -> None:
+    """Clients keep calling while one worker is SIGKILLed: every answer a client saw is
+    counted, and at most the calls that failed (answer lost after its count) more."""
+    pki.publish_and_wait()
+    state = tmp_path / "state"
+    proc = _responder_process(pki, state)
+    answered, failed, workers = Counter[str](), Counter[str](), set[str]()
+    lock, stop = threading.Lock(), threading.Event()
+    channels: list[grpc.Channel] = []
+
+    def load(channel: grpc.Channel) -> None:
+        stub = va_pb2_grpc.StatusServiceStub(channel)
+        while not stop.is_set():
+            try:
+                _, call = stub.Check.with_call(CHECK, timeout=10)
+            except grpc.RpcError:
+                with lock:
+                    failed["calls"] += 1
+                continue
+            served_by = dict(call.trailing_metadata() or ())[SERVED_BY]
+            with lock:
+                answered["calls"] += 1
+                workers.add(str(served_by))
+
+    try:
+        (line,) = _lines(proc, 1)
+        port = int(line.rsplit(" ", 1)[1])
+        channels.extend(grpc.insecure_channel(f"127.0.0.1:{port}") for _ in range(6))
+        wait_for(lambda: _serving(channels[0]), "the responder process to serve")
+        threads = [threading.Thread(target=load, args=(c,)) for c in channels]
+        for thread in threads:
+            thread.start()
+        wait_for(lambda: answered["calls"] >= 150, "answers before the kill", timeout=60)
+        with lock:
+            victim = int(next(iter(workers)))
+        os.kill(victim, signal.SIGKILL)  # mid-load: calls of that worker are in flight
+        after = answered["calls"] + 150
+        wait_for(lambda: answered["calls"] >= after, "answers after the kill", timeout=60)
+        stop.set()
+        for thread in threads:
+            thread.join(30)
+    finally:
+        stop.set()
+        _kill(proc, channels)
+    with read_ledgers(state / "ledger") as ledger:
+        year = datetime.now(JST).year
+        counted = annual_totals([ledger], Period.calendar_year(year))[Provision.SIGNING_STATUS]
+    seen = answered["calls"]
+    assert seen >= 300
+    assert seen <= counted[ALL_ROLES_VERIFIER] <= seen + failed["calls"]
 
 
 def test_retention_of_the_ledger_and_audit_trail_purges_what_is_older(tmp_path: Path) -> None:

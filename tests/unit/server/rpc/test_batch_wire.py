@@ -29,6 +29,7 @@ from jpki_va.server.rpc.batch_wire import (
     ItemError,
     Slot,
     batch_response,
+    check_response,
     compiled_packed_response,
     packed_response,
     plain_keys,
@@ -304,6 +305,22 @@ def test_a_packed_slot_or_value_out_of_range_is_an_error_not_a_crash() -> None:
         py_packed_response(None, bad_ordinal)
     with pytest.raises(ValueError, match="a value for each key"):
         compiled_packed_response(None, PackedBatch(batch.keys, [], _IDS, 1, 0))
+
+
+def test_a_one_key_batch_is_unary_checks_response() -> None:
+    """`check_response`: protobuf's CheckResponse of the key's brief, byte for byte,
+    whatever the length of the status (one- and two-byte length varints)."""
+    rng = random.Random(10)
+    for _ in range(300):
+        batch = _batch(rng, 1)
+        brief = packed_briefs(batch)[0]
+        expected = va_pb2.CheckResponse()
+        fill_brief(expected.status, brief)
+        response, tally = check_response(batch)
+        assert response == expected.SerializeToString()
+        assert tally_labels(tally) == {brief.labels: 1}
+    with pytest.raises(ValueError, match="one key, not 2"):
+        check_response(_batch(rng, 2))
 
 
 def test_the_installed_tree_uses_the_compiled_encoder() -> None:
