@@ -661,6 +661,7 @@ def run_suite(
                 "loss_total",
                 "expired_total",
                 "timings",
+                "cpu_seconds",
                 "sizes",
             )
         },

@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPri
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from jpki_va.core.clock import Clock
-from jpki_va.core.domain import CertKind, Status
+from jpki_va.core.domain import Status
 from jpki_va.server.pki import der, ocsp_wire
 from jpki_va.server.pki.ocsp_wire import (
     CertStatus,
@@ -225,44 +225,43 @@ class OcspResponder:
         self._parsed[data] = request
         return request
 
-    def issuer_kinds(self, request: ocsp_wire.OcspRequest) -> list[CertKind]:
-        """The kinds of the certificates a request asks about, one per CertID.
+    def issuers(self, request: ocsp_wire.OcspRequest) -> tuple[IssuerEntry, ...]:
+        """The issuer of each CertID of a request, in order, for `answer` to reuse.
 
-        Empty for a foreign issuer: `answer` gives no status information then.
+        Empty when one is foreign: `answer` gives no status information then.
         """
-        kinds = []
         try:
-            for cert_id in request.cert_ids:
-                issuer = self._resolver.issuer_by_hash(
-                    cert_id.algorithm, cert_id.name_hash, cert_id.key_hash
-                )
-                if issuer is None:
-                    return []
-                kinds.append(issuer.kind)
-        except (BadRequest, NotReady):
-            return []
-        return kinds
+            return self._resolve(request)
+        except (BadRequest, NotReady, _Unsuccessful):
+            return ()
 
     def respond(self, data: bytes) -> OcspReply:
         """The response to a DER OCSPRequest; never raises for bad input."""
         request = self.read(data)
         return malformed() if request is None else self.answer(request)
 
-    def answer(self, request: ocsp_wire.OcspRequest) -> OcspReply:
-        """The response to a request `read` returned."""
+    def answer(
+        self, request: ocsp_wire.OcspRequest, issuers: tuple[IssuerEntry, ...] = ()
+    ) -> OcspReply:
+        """The response to a request `read` returned; `issuers`, when given, what
+        `issuers(request)` returned (each CertID is then not resolved again)."""
         try:
-            return self._answer(request)
+            return self._answer(request, issuers)
         except _Unsuccessful as exc:
             return _error(exc.status)
 
-    def _answer(self, request: ocsp_wire.OcspRequest) -> OcspReply:
+    def _answer(
+        self, request: ocsp_wire.OcspRequest, issuers: tuple[IssuerEntry, ...]
+    ) -> OcspReply:
         cache = self._cache if request.nonce is None else None
         now = self._clock.now()
         generation = NO_GENERATION
         if cache is not None:
             try:
                 hit = cache.get(
-                    request.request_list, now.timestamp(), lambda: self._basis(request, now)
+                    request.request_list,
+                    now.timestamp(),
+                    lambda: self._basis(request, now, issuers),
                 )
                 # Read before the statuses are, so `put` can tell whether a new full
                 # index or signer came meanwhile; a hit needs none (one read, not two).
@@ -276,20 +275,29 @@ class OcspResponder:
             self._observer.cache("miss")
         elif request.nonce is not None:
             self._observer.cache("nonce")
-        reply = self._sign(request, now)
+        reply = self._sign(request, now, issuers)
         self._observer.answers(reply.answers)
         if cache is not None:
             cache.put(request.request_list, reply, generation)
         return reply
 
-    def _issuer(self, request: ocsp_wire.OcspRequest) -> IssuerEntry:
-        issuer: IssuerEntry | None = None
+    def _resolve(self, request: ocsp_wire.OcspRequest) -> tuple[IssuerEntry, ...]:
+        """Each CertID's issuer; unauthorized when one is foreign."""
+        issuers = []
         for cert_id in request.cert_ids:
             found = self._resolver.issuer_by_hash(
                 cert_id.algorithm, cert_id.name_hash, cert_id.key_hash
             )
             if found is None:
                 raise _Unsuccessful(ResponseStatus.UNAUTHORIZED)
+            issuers.append(found)
+        return tuple(issuers)
+
+    def _issuer(
+        self, request: ocsp_wire.OcspRequest, issuers: tuple[IssuerEntry, ...]
+    ) -> IssuerEntry:
+        issuer: IssuerEntry | None = None
+        for found in issuers or self._resolve(request):
             # One response has one signer, and a delegated signer speaks for the one
             # issuer that certified it (RFC 6960 §4.2.2.2): one issuer per request.
             if issuer is not None and found.key_id != issuer.key_id:
@@ -309,10 +317,10 @@ class OcspResponder:
         return prepared
 
     def _answers(
-        self, request: ocsp_wire.OcspRequest, now: datetime
+        self, request: ocsp_wire.OcspRequest, now: datetime, issuers: tuple[IssuerEntry, ...]
     ) -> tuple[IssuerEntry, list[Answer]]:
         try:
-            issuer = self._issuer(request)
+            issuer = self._issuer(request, issuers)
             answers = [
                 self._source.status(issuer.kind, cert_id.serial, now)
                 for cert_id in request.cert_ids
@@ -323,15 +331,19 @@ class OcspResponder:
             raise _Unsuccessful(ResponseStatus.TRY_LATER) from None
         return issuer, answers
 
-    def _basis(self, request: ocsp_wire.OcspRequest, now: datetime) -> tuple[object, ...]:
+    def _basis(
+        self, request: ocsp_wire.OcspRequest, now: datetime, issuers: tuple[IssuerEntry, ...]
+    ) -> tuple[object, ...]:
         """What a response to `request` would say now; empty when none can be given."""
         try:
-            return _basis(self._answers(request, now)[1])
+            return _basis(self._answers(request, now, issuers)[1])
         except _Unsuccessful:
             return ()
 
-    def _sign(self, request: ocsp_wire.OcspRequest, now: datetime) -> OcspReply:
-        issuer, answers = self._answers(request, now)
+    def _sign(
+        self, request: ocsp_wire.OcspRequest, now: datetime, issuers: tuple[IssuerEntry, ...]
+    ) -> OcspReply:
+        issuer, answers = self._answers(request, now, issuers)
         prepared = self._prepared_signer()
         delegated = None if prepared is None else prepared.certificates.get(issuer.key_id)
         if (

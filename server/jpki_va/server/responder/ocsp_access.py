@@ -32,11 +32,12 @@ class GatedOcsp:
         if request is None:
             return malformed()  # no status information was given
         counts: dict[Provision, int] = {}  # a plain dict: one per request, on the hot path
-        for kind in self._ocsp.issuer_kinds(request):
-            provision = status_provision(kind)
+        issuers = self._ocsp.issuers(request)  # resolved once: `answer` reuses them
+        for issuer in issuers:
+            provision = status_provision(issuer.kind)
             self._gate.check(verifier, provision)
             counts[provision] = counts.get(provision, 0) + 1
-        reply = self._ocsp.answer(request)
+        reply = self._ocsp.answer(request, issuers)
         if counts and reply.successful:
             self._provided(verifier, counts)
         return reply
