@@ -400,6 +400,18 @@ def add_all_roles_verifier(stub: signer_pb2_grpc.SignerServiceStub) -> None:
     )
 
 
+def start_loopback_signer(
+    data_dir: Path, token: hsm.HsmConfig, clock: Clock | None = None, **settings: Any
+) -> SignerApp:
+    """An in-process signer listening on a free loopback port, without TLS."""
+    return start_signer(
+        SignerConfig(
+            data_dir=data_dir, hsm=token, listen="127.0.0.1:0", insecure_loopback=True, **settings
+        ),
+        clock,
+    )
+
+
 def start_pki(
     directory: Path,
     hsm_config: hsm.HsmConfig,
@@ -414,17 +426,13 @@ def start_pki(
 
     With `http_port` and `base_url` (a signer setting) naming the same port, the URLs
     the certificates carry reach this responder's HTTP server."""
-    signer = start_signer(
-        SignerConfig(
-            data_dir=directory / "signer",
-            hsm=hsm_config,
-            listen="127.0.0.1:0",
-            insecure_loopback=True,
-            delta_interval=delta_interval,
-            bootstrap=True,
-            **signer_settings,
-        ),
+    signer = start_loopback_signer(
+        directory / "signer",
+        hsm_config,
         clock,
+        delta_interval=delta_interval,
+        bootstrap=True,
+        **signer_settings,
     )
     channel = grpc.insecure_channel(f"127.0.0.1:{signer.port}")
     signer_stub = signer_pb2_grpc.SignerServiceStub(channel)

@@ -30,9 +30,8 @@ import boto3
 import botocore.config
 
 from jpki_va.hsm import HsmConfig
-from jpki_va.server.app.config import SignerConfig
-from jpki_va.server.app.signer_app import SignerApp, start_signer
-from tests.support import free_port, wait_for
+from jpki_va.server.app.signer_app import SignerApp
+from tests.support import free_port, start_loopback_signer, wait_for
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -75,16 +74,7 @@ class Seaweed:
         """An in-process signer on loopback writing its snapshots to `store` here, over
         TLS with the admin credentials (read from the environment as it starts)."""
         with aws_environment(self.env()):
-            return start_signer(
-                SignerConfig(
-                    data_dir=data_dir,
-                    hsm=token,
-                    listen="127.0.0.1:0",
-                    insecure_loopback=True,
-                    store=store,
-                    **settings,
-                )
-            )
+            return start_loopback_signer(data_dir, token, store=store, **settings)
 
     def env(self, *, writer: bool = True, endpoint: str | None = None) -> dict[str, str]:
         """The standard AWS environment a role reads the store's settings from."""

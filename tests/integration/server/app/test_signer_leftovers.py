@@ -10,23 +10,13 @@ import subprocess
 from pathlib import Path
 
 from jpki_va.hsm import HsmConfig
-from jpki_va.server.app.config import SignerConfig
-from jpki_va.server.app.signer_app import SignerApp, start_signer
+from jpki_va.server.app.signer_app import SignerApp
 from jpki_va.server.snapshot.writer import SnapshotBuilder
-from tests.support import JPKI_VA, wait_for
+from tests.support import JPKI_VA, start_loopback_signer, wait_for
 
 
 def _start(data_dir: Path, token: HsmConfig) -> SignerApp:
-    return start_signer(
-        SignerConfig(
-            data_dir=data_dir,
-            hsm=token,
-            listen="127.0.0.1:0",
-            insecure_loopback=True,
-            delta_interval=0,
-            bootstrap=True,
-        )
-    )
+    return start_loopback_signer(data_dir, token, delta_interval=0, bootstrap=True)
 
 
 def _killed_publish(snapshot_dir: Path, sequence: int) -> Path:
