@@ -366,7 +366,10 @@ class HttpApp:
         next_update: float,
         if_none_match: bytes | None,
         sent: Callable[[], None] | None = None,
+        certs: bytes = b"",
     ) -> bytes:
+        """A 200 or 304 of a cacheable body; `certs`, the OCSP certs field that ends
+        the body, joined to it here (`OcspReply.certs`: kept apart, shared)."""
         heads = self._heads
         heads.tick(self._clock())
         if if_none_match is not None and _etag_matches(if_none_match, b'"%s"' % etag.encode()):
@@ -383,9 +386,10 @@ class HttpApp:
         self._observer.request(route, 200)
         return b"".join(
             (
-                heads.prefix(etag, content_type, len(body), this_update, next_update),
+                heads.prefix(etag, content_type, len(body) + len(certs), this_update, next_update),
                 heads.tail(next_update),
                 body,
+                certs,
             )
         )
 
@@ -393,18 +397,17 @@ class HttpApp:
         if not reply.cacheable:
             # Error statuses and nonce answers are for this request only.
             self._observer.request(route, 200)
-            return (
-                self._head(200, len(reply.der), OCSP_RESPONSE, b"Cache-Control: no-cache\r\n")
-                + reply.der
-            )
+            der = reply.der
+            return self._head(200, len(der), OCSP_RESPONSE, b"Cache-Control: no-cache\r\n") + der
         return self._cached(
             route,
             OCSP_RESPONSE,
-            reply.der,
+            reply.body,
             reply.etag,
             reply.this_update,
             reply.next_update,
             if_none_match,
+            certs=reply.certs,
         )
 
     def _file(

@@ -3,9 +3,9 @@
 Protocol code only: no I/O of its own. Status comes from a StatusSource, the
 delegated OCSP-signer key and its certificates from a callable the composition
 root wires to wherever they are kept. Signed answers to nonce-less requests are
-kept in a ResponseCache; before signing one, the replica's store of pre-produced
-responses is asked (responder/preproduced.py). A request with a nonce is always
-signed fresh.
+kept in a ResponseCache by the request's bytes (`cached` finds one without parsing
+the request); before signing one, the replica's store of pre-produced responses is
+asked (responder/preproduced.py). A request with a nonce is always signed fresh.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from jpki_va.server.pki.ocsp_wire import (
 )
 from jpki_va.server.responder.index_layout import issuer_lookup_keys
 from jpki_va.server.responder.index_reader import IssuerEntry
-from jpki_va.server.responder.ocsp_cache import NO_GENERATION, OcspReply, ResponseCache
+from jpki_va.server.responder.ocsp_cache import NO_GENERATION, Kept, OcspReply, ResponseCache
 from jpki_va.server.responder.preproduced import (
     SERVE_MARGIN,
     PreproducedEntry,
@@ -47,8 +47,6 @@ log = logging.getLogger(__name__)
 
 _ECDSA_SHA256 = der.sequence(bytes.fromhex("06082a8648ce3d040302"))
 _RSA_SHA256 = der.sequence(bytes.fromhex("06092a864886f70d01010b"), der.tlv(der.NULL, b""))
-
-PARSED_KEPT = 16_384  # parsed requests remembered per responder, per generation (two)
 
 #: A signer certificate with less life left than this is "about to expire": not used.
 MIN_SIGNER_REMAINING = timedelta(minutes=1)
@@ -214,35 +212,40 @@ class OcspResponder:
         self._limits = limits or OcspLimits()
         self._observer: OcspObserver = observer or _Quiet()
         self._prepared: _Prepared | None = None
-        # Two generations: a full `_parsed` becomes `_parsed_old`, and a request found
-        # only there moves back, so the requests in use stay and nothing falls off a cliff.
-        self._parsed: dict[bytes, ocsp_wire.OcspRequest] = {}
-        self._parsed_old: dict[bytes, ocsp_wire.OcspRequest] = {}
 
     def read(self, data: bytes) -> ocsp_wire.OcspRequest | None:
         """The request in `data`, or None when it is oversized or malformed.
 
-        Parsed requests are remembered by their bytes (parsing depends on nothing
-        else), so a client repeating a request is not parsed again.
+        Not remembered: a repeated request is found by its bytes in the cache
+        (`cached`), and one that is not there is signed, which costs far more.
         """
-        request = self._parsed.get(data)
-        if request is not None:
-            return request
-        request = self._parsed_old.get(data)
-        if request is None:
-            if len(data) > self._limits.max_request_bytes:
-                return None
-            try:
-                request = ocsp_wire.parse_request(data, self._limits.max_cert_ids)
-            except MalformedRequest as exc:
-                log.debug("malformed OCSP request: %s", exc)
-                return None
-            if request.nonce is not None:  # a nonce makes every request new: not kept
-                return request
-        if len(self._parsed) >= PARSED_KEPT:
-            self._parsed_old, self._parsed = self._parsed, {}
-        self._parsed[data] = request
-        return request
+        if len(data) > self._limits.max_request_bytes:
+            return None
+        try:
+            return ocsp_wire.parse_request(data, self._limits.max_cert_ids)
+        except MalformedRequest as exc:
+            log.debug("malformed OCSP request: %s", exc)
+            return None
+
+    def cached(self, data: bytes) -> Kept | None:
+        """The kept answer to the DER request `data` while it is still true, with the
+        issuer of each of its CertIDs (for the gate); None: read and answer it.
+
+        `reuse` it once the caller may have it: it is counted as a hit only then.
+        """
+        cache = self._cache
+        if cache is None or len(data) > self._limits.max_request_bytes:
+            return None
+        try:
+            return cache.get(data, self._clock.now().timestamp(), self._basis_again)
+        except NotReady:
+            return None  # the path that reads the request says tryLater
+
+    def reuse(self, kept: Kept) -> OcspReply:
+        """The reply of what `cached` found, counted as a hit."""
+        self._observer.cache("hit")
+        self._observer.answers(kept.reply.answers)
+        return kept.reply
 
     def issuers(self, request: ocsp_wire.OcspRequest) -> tuple[IssuerEntry, ...]:
         """The issuer of each CertID of a request, in order, for `answer` to reuse.
@@ -256,48 +259,51 @@ class OcspResponder:
 
     def respond(self, data: bytes) -> OcspReply:
         """The response to a DER OCSPRequest; never raises for bad input."""
+        kept = self.cached(data)
+        if kept is not None:
+            return self.reuse(kept)
         request = self.read(data)
-        return malformed() if request is None else self.answer(request)
+        return malformed() if request is None else self.answer(request, (), data)
 
     def answer(
-        self, request: ocsp_wire.OcspRequest, issuers: tuple[IssuerEntry, ...] = ()
+        self,
+        request: ocsp_wire.OcspRequest,
+        issuers: tuple[IssuerEntry, ...] = (),
+        data: bytes = b"",
     ) -> OcspReply:
         """The response to a request `read` returned; `issuers`, when given, what
-        `issuers(request)` returned (each CertID is then not resolved again)."""
+        `issuers(request)` returned (each CertID is then not resolved again); `data`,
+        the bytes it was read from, which key the cache (without them nothing is kept)."""
         try:
-            return self._answer(request, issuers)
+            return self._answer(request, issuers, data)
         except _Unsuccessful as exc:
             return _error(exc.status)
 
     def _answer(
-        self, request: ocsp_wire.OcspRequest, issuers: tuple[IssuerEntry, ...]
+        self, request: ocsp_wire.OcspRequest, issuers: tuple[IssuerEntry, ...], data: bytes
     ) -> OcspReply:
-        cache = self._cache if request.nonce is None else None
+        cache = self._cache if request.nonce is None and data else None
         now = self._clock.now()
         generation = NO_GENERATION
         if cache is not None:
             try:
-                hit = cache.get(
-                    request.request_list,
-                    now.timestamp(),
-                    lambda: self._basis(request, now, issuers),
-                )
+                hit = cache.get(data, now.timestamp(), self._basis_again)
                 # Read before the statuses are, so `put` can tell whether a new full
                 # index or signer came meanwhile; a hit needs none (one read, not two).
                 generation = cache.generation() if hit is None else generation
             except NotReady:
                 raise _Unsuccessful(ResponseStatus.TRY_LATER) from None
             if hit is not None:
-                self._observer.cache("hit")
-                self._observer.answers(hit.answers)
-                return hit
+                return self.reuse(hit)
             self._observer.cache("miss")
         elif request.nonce is not None:
             self._observer.cache("nonce")
         reply = self._fresh(request, now, issuers)
         self._observer.answers(reply.answers)
-        if cache is not None:
-            cache.put(request.request_list, reply, generation)
+        if cache is not None and reply.cacheable:
+            # One issuer answers for all of a request's CertIDs (`_issuer`).
+            issuer = self._issuer(request, issuers)
+            cache.put(data, reply, generation, (issuer,) * len(request.cert_ids))
         return reply
 
     def _resolve(self, request: ocsp_wire.OcspRequest) -> tuple[IssuerEntry, ...]:
@@ -355,12 +361,15 @@ class OcspResponder:
             raise _Unsuccessful(ResponseStatus.TRY_LATER) from None
         return issuer, answers
 
-    def _basis(
-        self, request: ocsp_wire.OcspRequest, now: datetime, issuers: tuple[IssuerEntry, ...]
-    ) -> tuple[object, ...]:
-        """What a response to `request` would say now; empty when none can be given."""
+    def _basis_again(self, data: bytes, issuers: tuple[IssuerEntry, ...]) -> tuple[object, ...]:
+        """What a response to the kept request `data`, whose CertIDs `issuers` answer
+        for, would say now; empty when none can be given. Read again (kept requests
+        are not): once per entry after a delta, beside a status read per CertID."""
+        request = self.read(data)
+        if request is None:
+            return ()
         try:
-            return _basis(self._answers(request, now, issuers)[1])
+            return _basis(self._answers(request, self._clock.now(), issuers)[1])
         except _Unsuccessful:
             return ()
 
@@ -415,7 +424,9 @@ class OcspResponder:
             )
             self._written.append((key, entry.encode()))
         return OcspReply(
-            response,
+            # Without the certs field that ends it: kept in the cache, the delegated
+            # certificate would be repeated in every entry (≈ 720 of ≈ 1,050 bytes).
+            response[: len(response) - len(delegated.certs)],
             cacheable=True,
             this_update=this_update.timestamp(),
             next_update=next_update.timestamp(),
@@ -423,6 +434,7 @@ class OcspResponder:
             etag=_etag(signature),
             answers=labels,
             basis=_basis(answers),
+            certs=delegated.certs,
         )
 
     @staticmethod
@@ -550,12 +562,14 @@ def _reply_of(
     answers: list[Answer],
 ) -> OcspReply:
     """The response a pre-produced entry makes, with the delegated certificate spliced in."""
+    response = writer.response(entry.tbs, entry.signature, delegated.certs)
     return OcspReply(
-        writer.response(entry.tbs, entry.signature, delegated.certs),
+        response[: len(response) - len(delegated.certs)],  # as `_fresh` keeps it
         cacheable=True,
         this_update=entry.this_update / 1_000_000,
         next_update=entry.next_update / 1_000_000,
         etag=_etag(entry.signature),
         answers=tuple(a.labels for a in answers),
         basis=_basis(answers),
+        certs=delegated.certs,
     )

@@ -28,16 +28,26 @@ class GatedOcsp:
     def respond(self, caller: Caller, der: bytes) -> OcspReply:
         """Raises NoIdentity, UnknownVerifier or NotEntitled before anything is answered."""
         verifier = self._gate.identify(caller)
-        request = self._ocsp.read(der)
-        if request is None:
-            return malformed()  # no status information was given
+        # A repeated request: its kept answer, found by its bytes, unparsed.
+        kept = self._ocsp.cached(der)
+        request = None
+        if kept is not None:
+            issuers = kept.issuers
+        else:
+            request = self._ocsp.read(der)
+            if request is None:
+                return malformed()  # no status information was given
+            issuers = self._ocsp.issuers(request)  # resolved once: `answer` reuses them
         counts: dict[Provision, int] = {}  # a plain dict: one per request, on the hot path
-        issuers = self._ocsp.issuers(request)  # resolved once: `answer` reuses them
         for issuer in issuers:
             provision = status_provision(issuer.kind)
             self._gate.check(verifier, provision)
             counts[provision] = counts.get(provision, 0) + 1
-        reply = self._ocsp.answer(request, issuers)
+        if kept is not None:
+            reply = self._ocsp.reuse(kept)
+        else:
+            assert request is not None
+            reply = self._ocsp.answer(request, issuers, der)
         if counts and reply.successful:
             self._provided(verifier, counts)
         return reply

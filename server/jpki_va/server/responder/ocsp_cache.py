@@ -1,7 +1,11 @@
 """Signed OCSP responses, kept so that a hot certificate is not re-signed per request.
 
-Keyed by the request's requestList bytes (its CertIDs): everything a nonce-less
-answer depends on besides the index, the signing key and the clock. Everything is
+Keyed by the request's DER bytes as they came (a request with a nonce is never
+kept): a hit needs no parsed request, so a client repeating a request costs one
+lookup, and no memo of parsed requests is kept beside this budget. Beside the reply
+an entry keeps the issuer of each of its CertIDs, which is what the gate checks
+(`GatedOcsp`). The answer depends on nothing else of the request but its CertIDs,
+so two encodings of one request are two entries of one answer. Everything is
 dropped when a new full index is served or the delegated signer is replaced
 (`invalidate`: answers come from the new key). A delta keeps the entries: the first
 request for one after a delta recomputes its statuses from the index (cheap beside a
@@ -16,7 +20,9 @@ against a worker's memory, where a count of entries is not (a response's size
 depends on its CertIDs and the delegated certificate it carries). An entry is
 charged its two byte strings and `ENTRY_OVERHEAD` for the objects around them,
 measured with tracemalloc (tests/unit/server/responder/test_ocsp_cache.py holds
-the charge to it).
+the charge to it). A signed reply is kept without the delegated signer's certificate
+that ends it (`OcspReply.certs`, one bytes object per signer shared by every reply):
+≈ 720 of its ≈ 1,050 bytes, repeated in every entry before.
 """
 
 from __future__ import annotations
@@ -25,13 +31,16 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
+
+if TYPE_CHECKING:
+    from jpki_va.server.responder.index_reader import IssuerEntry
 
 #: Bytes an entry costs beyond the lengths of its key and its DER: the two bytes
 #: objects' headers, the OcspReply with its ETag string and label tuples, the entry
-#: tuple and its float, and the OrderedDict's slot and link (≈ 550 measured on
-#: CPython 3.11, rounded up so the budget is never exceeded).
-ENTRY_OVERHEAD = 600
+#: with its float and issuers, and the OrderedDict's slot and link (≈ 620 measured
+#: on CPython 3.11, rounded up so the budget is never exceeded).
+ENTRY_OVERHEAD = 650
 
 #: The default budget per worker: 40 MiB. An idle worker holds ≈ 53 MB of private
 #: memory of its own, and the goal for a loaded one is 100 MB; a one-CertID response
@@ -44,9 +53,12 @@ DEFAULT_BYTES = 40 * 1024 * 1024
 
 @dataclass(frozen=True, slots=True)
 class OcspReply:
-    """A DER OCSPResponse and what HTTP caching needs to know about it."""
+    """A DER OCSPResponse (`body` then `certs`) and what HTTP caching needs to know."""
 
-    der: bytes
+    # The response up to its certs field: all of it when `certs` is empty. The certs
+    # field (the delegated certificate) is last in the DER, so the lengths in `body`
+    # already count it and the two side by side are the response.
+    body: bytes
     cacheable: bool = False  # signed and without a nonce: the same for every client
     this_update: float = 0.0  # epoch seconds; the latest thisUpdate of its answers
     next_update: float = 0.0  # epoch seconds; the earliest nextUpdate of its answers
@@ -55,11 +67,30 @@ class OcspReply:
     # What the answers say (per CertID), compared after a delta with what they would
     # say now: equal means the signed response is still true.
     basis: tuple[object, ...] = ()
+    certs: bytes = b""  # the delegated signer's certs field: one object, shared
+
+    @property
+    def der(self) -> bytes:
+        """The whole DER response (a new bytes object when `certs` is split off)."""
+        return self.body + self.certs if self.certs else self.body
 
     @property
     def successful(self) -> bool:
         """Whether it carries status information (error statuses carry no answers)."""
         return bool(self.answers)
+
+
+class Kept(NamedTuple):
+    """A cache entry: the reply, and what a hit needs besides it."""
+
+    reply: OcspReply
+    refresh_at: float  # epoch seconds: dropped from then on
+    checked: int  # the index sequence its statuses were last checked at
+    issuers: tuple[IssuerEntry, ...]  # each CertID's, in order: what the gate checks
+
+
+#: What a kept reply would say now, for a request (its key) of these issuers.
+Basis = Callable[[bytes, "tuple[IssuerEntry, ...]"], tuple[object, ...]]
 
 
 class Generation(NamedTuple):
@@ -94,8 +125,7 @@ class ResponseCache:
         self._bytes = 0  # what the entries cost now (entry_cost each)
         self._margin = refresh_margin
         self._fraction = refresh_fraction
-        # key -> (reply, refresh at, the index sequence its statuses were last checked at)
-        self._entries: OrderedDict[bytes, tuple[OcspReply, float, int]] = OrderedDict()
+        self._entries: OrderedDict[bytes, Kept] = OrderedDict()
         self._current = Generation(-1, -1, 0)
         self._epoch = 0
         self._lock = threading.Lock()
@@ -114,8 +144,7 @@ class ResponseCache:
         self._bytes = 0
 
     def _drop(self, key: bytes) -> None:
-        reply = self._entries.pop(key)[0]
-        self._bytes -= entry_cost(key, reply)
+        self._bytes -= entry_cost(key, self._entries.pop(key).reply)
 
     def hold_generation(self) -> None:
         """Read the index's generation once for what this thread answers until
@@ -150,39 +179,50 @@ class ResponseCache:
             self._epoch += 1
             self._clear()
 
-    def get(
-        self, key: bytes, now: float, basis: Callable[[], tuple[object, ...]] | None = None
-    ) -> OcspReply | None:
-        """The kept reply for `key`, if still good at `now`.
+    def get(self, key: bytes, now: float, basis: Basis | None = None) -> Kept | None:
+        """The entry for `key`, if its reply is still good at `now`.
 
-        A reply kept from before the last delta is returned only when `basis()` (what
-        its answers would say now) equals the reply's basis; without `basis`, never.
+        A reply kept from before the last delta is returned only when `basis(key,
+        issuers)` (what its answers would say now) equals the reply's basis; without
+        `basis`, never.
         """
         generation = self.generation()
         with self._lock:
             entry = self._entries.get(key)
             if entry is None:
                 return None
-            reply, refresh_at, checked = entry
-            if now >= refresh_at:
+            if now >= entry.refresh_at:
                 self._drop(key)
                 return None
             self._entries.move_to_end(key)
-            if checked == generation.sequence:
-                return reply
+            if entry.checked == generation.sequence:
+                return entry
         # Outside the lock: it reads the index, and other requests go on meanwhile.
-        still_true = basis is not None and bool(reply.basis) and basis() == reply.basis
+        reply = entry.reply
+        still_true = (
+            basis is not None and bool(reply.basis) and basis(key, entry.issuers) == reply.basis
+        )
+        if not still_true:
+            with self._lock:
+                if self._entries.get(key) is entry:
+                    self._drop(key)
+            return None
+        checked = entry._replace(checked=generation.sequence)
         with self._lock:
-            if self._entries.get(key) is not entry:
-                return reply if still_true else None  # replaced or dropped meanwhile
-            if still_true and generation == self._current:
-                self._entries[key] = (reply, refresh_at, generation.sequence)
-            elif not still_true:
-                self._drop(key)
-        return reply if still_true else None
+            # Unless replaced or dropped meanwhile, or the index moved on again.
+            if self._entries.get(key) is entry and generation == self._current:
+                self._entries[key] = checked
+        return checked
 
-    def put(self, key: bytes, reply: OcspReply, generation: Generation) -> None:
-        """Keep `reply`, signed at `generation` (or later), until it must be refreshed."""
+    def put(
+        self,
+        key: bytes,
+        reply: OcspReply,
+        generation: Generation,
+        issuers: tuple[IssuerEntry, ...] = (),
+    ) -> None:
+        """Keep `reply` to the request `key` (its CertIDs' `issuers`), signed at
+        `generation` (or later), until it must be refreshed."""
         cost = entry_cost(key, reply)
         if not reply.cacheable or cost > self._max_bytes:
             return
@@ -196,13 +236,14 @@ class ResponseCache:
             # next delta, like every other entry.
             if key in self._entries:
                 self._drop(key)
-            self._entries[key] = (reply, refresh_at, generation.sequence)
+            self._entries[key] = Kept(reply, refresh_at, generation.sequence, issuers)
             self._bytes += cost
             while self._bytes > self._max_bytes:
-                old, (dropped, _, _) = self._entries.popitem(last=False)
-                self._bytes -= entry_cost(old, dropped)
+                old, dropped = self._entries.popitem(last=False)
+                self._bytes -= entry_cost(old, dropped.reply)
 
 
 def entry_cost(key: bytes, reply: OcspReply) -> int:
-    """What keeping `reply` under `key` costs, in bytes of memory."""
-    return len(key) + len(reply.der) + ENTRY_OVERHEAD
+    """What keeping `reply` under `key` costs, in bytes of memory (its `certs` is
+    shared by every reply of its signer: charged to none)."""
+    return len(key) + len(reply.body) + ENTRY_OVERHEAD

@@ -90,6 +90,7 @@ class Producer:
             return 0.5
         signer = self._responder.signer_id()
         if signer is None:
+            self._without_key(index)
             return 0.5
         index.refresh()
         started = time.thread_time()
@@ -101,6 +102,14 @@ class Producer:
         assert self._pass is not None
         self._pass.cpu_seconds += used
         return used * (1 - self._share) / self._share
+
+    def _without_key(self, index: Index) -> None:
+        """No delegated key yet (an index without issuers, a responder not certified):
+        nothing can be signed, so the pass over this index is over, and says so."""
+        if self._pass is None or (self._pass.index, self._pass.signer) != (index.path.name, ""):
+            now = time.time()
+            self._pass = Pass(index.path.name, "", now, done=True, finished=now)
+            self._store.put_many([], self._pass.state())
 
     def _work(self, index: Index, signer: str) -> list[bytes] | None:
         """The record keys to do next, or None when there is nothing to do now."""

@@ -22,11 +22,12 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509 import ocsp
-from cryptography.x509.oid import AuthorityInformationAccessOID
+from cryptography.x509.oid import AuthorityInformationAccessOID, SignatureAlgorithmOID
 
 from jpki_va.core.domain import CertKind, Provision, Role
 from jpki_va.protos import signer_pb2, va_pb2, verifiers_pb2
 from jpki_va.server.ledger.provisions import read_ledgers
+from jpki_va.server.pki import ocsp_wire
 from tests.support import Issued, Pki, openssl, record_loss, throwaway_certificate, wait_for
 
 
@@ -61,6 +62,12 @@ def world(pki: Pki) -> dict[str, Issued]:
 
 
 AUTH_ONLY = "http-auth-only"
+
+#: The DER AlgorithmIdentifier of each signature algorithm a delegated key may use.
+_ALGORITHMS = {
+    SignatureAlgorithmOID.ECDSA_WITH_SHA256: bytes.fromhex("300a06082a8648ce3d040302"),
+    SignatureAlgorithmOID.RSA_WITH_SHA256: bytes.fromhex("300d06092a864886f70d01010b0500"),
+}
 
 
 def request_der(issued: Issued, nonce: bytes | None = None) -> bytes:
@@ -266,6 +273,17 @@ def test_cache_serves_the_same_bytes_while_the_status_holds(
     _, _, second = post(pki, der)
     via_grpc = pki.status_stub.Ocsp(va_pb2.OcspRequest(der=der), timeout=10).der
     assert first == second == via_grpc  # ECDSA signatures differ per signing: not re-signed
+    # Kept without its delegated certificate, a cached answer still leaves whole: the
+    # bytes of the response encoded in one piece, certificate and all.
+    parsed = ocsp.load_der_ocsp_response(first)
+    assert len(parsed.certificates) == 1
+    whole = ocsp_wire.successful(
+        parsed.tbs_response_bytes,
+        _ALGORITHMS[parsed.signature_algorithm_oid],
+        parsed.signature,
+        [parsed.certificates[0].public_bytes(serialization.Encoding.DER)],
+    )
+    assert first == whole
     # Workers publish their counts every 0.2 s.
     wait_for(lambda: metric(pki, "jpki_va_ocsp_cache_total", result="hit") >= hits + 2, "hits")
     # What the workers keep is in the metrics: at least this response, charged more

@@ -18,11 +18,13 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509 import ocsp
 
-from jpki_va.core.domain import CertKind, parse_record_key
+from jpki_va.core.domain import CertKind, Loss, parse_record_key
 from jpki_va.hsm import HsmConfig
 from jpki_va.protos import signer_pb2, va_pb2, va_pb2_grpc
 from jpki_va.server.app.responder_app import Responder
 from jpki_va.server.base.faults import ENV as FAULTS
+from jpki_va.server.pki import der as pki_der
+from jpki_va.server.pki import ocsp_wire
 from jpki_va.server.responder.index_layout import issuer_lookup_keys
 from jpki_va.server.responder.index_reader import Index
 from tests.support import (
@@ -75,6 +77,13 @@ def produced(responder: Responder) -> dict[str, Any]:
         return state if state.get("done") and state.get("index") == state["live"] else None
 
     return wait_for(done, "a finished pass of the OCSP producer")
+
+
+def uncached(der: bytes, n: int) -> bytes:
+    """The same question with a requestorName of its own: other bytes, one CertID."""
+    request_list = ocsp_wire.parse_request(der, 1).request_list
+    name = pki_der.tlv(0xA1, pki_der.tlv(0x82, f"r{n}".encode()))  # [1] dNSName
+    return pki_der.sequence(pki_der.sequence(name, request_list))
 
 
 def count(url: str, result: str) -> float:
@@ -130,11 +139,14 @@ def test_a_revocation_by_delta_is_answered_at_once(pki: Pki, issued: list[Issued
     # The first answer after the delta, on every worker: never the pre-produced GOOD.
     for _ in range(8):
         assert ask(pki.status_stub, der).certificate_status is ocsp.OCSPCertStatus.REVOKED
-    # The producer does the certificates a delta's loss events name; then it is served.
+    # The producer does the certificates a delta's loss events name (or the workers
+    # wrote their live answer through); then it is served. Each request is new to the
+    # workers' own caches (keyed by the request's bytes): it is asked of the store.
     before = count(pki.metrics_url, "served")
+    names = iter(range(1, 1000))
 
     def served_revoked() -> bool:
-        response = ask(pki.status_stub, der)
+        response = ask(pki.status_stub, uncached(der, next(names)))
         assert response.certificate_status is ocsp.OCSPCertStatus.REVOKED
         return count(pki.metrics_url, "served") > before
 
@@ -160,13 +172,17 @@ def test_a_producer_killed_mid_pass_leaves_only_right_answers(
         with pki.live_index() as index:
             first = [parse_record_key(key) for key in index.keys_after(b"", 2)]
             issuers = {kind: _issuer_of(index, kind, serial) for kind, serial in first}
-        kind, serial = first[0]
+            statuses = {(k, s): _loss_of(index, k, s) for k, s in first}
+        kind, serial = next(ks for ks in first if statuses[ks] is None)  # one not yet lost
         requests = {(k, s): _request(issuers[k], s) for k, s in first}
         with grpc.insecure_channel(extra.address) as channel:
             stub = va_pb2_grpc.StatusServiceStub(channel)
             # What the killed producer left, then a revocation the store cannot know of.
-            for der in requests.values():
-                assert ask(stub, der).certificate_status is ocsp.OCSPCertStatus.GOOD
+            for (k, s), der in requests.items():
+                good = statuses[k, s] is None
+                assert ask(stub, der).certificate_status is (
+                    ocsp.OCSPCertStatus.GOOD if good else ocsp.OCSPCertStatus.REVOKED
+                )
             record_loss(pki.signer_stub, kind, serial)
             reply = pki.signer_stub.PublishSnapshot(
                 signer_pb2.PublishSnapshotRequest(full=False), timeout=60
@@ -187,6 +203,12 @@ def test_a_producer_killed_mid_pass_leaves_only_right_answers(
 
 def _started(state: dict[str, Any]) -> dict[str, Any] | None:
     return state if "done" in state else None
+
+
+def _loss_of(index: Index, kind: CertKind, serial: int) -> Loss | None:
+    record = index.get(kind, serial)
+    assert record is not None
+    return record.loss
 
 
 def _issuer_of(index: Index, kind: CertKind, serial: int) -> x509.Certificate:
