@@ -330,14 +330,17 @@ class Index:
         """Reload the metadata if a delta changed it.
 
         Only the ingester writes to a published index, one transaction per delta, so
-        while the environment's last transaction id (read from its meta pages: no
-        read transaction, no lock) is the one already seen, nothing changed.
+        while a new read transaction's id (the last write it sees) is the one already
+        seen, nothing changed. Asked on every identification, so asked that way: py-lmdb
+        renews a spare read transaction in place without releasing the GIL, where
+        `Environment.info()` released it (a hand-off between grpc's threads on every
+        call under load) and built a dict.
         """
-        if self._env.info()["last_txnid"] == self._seen_txn:
-            return
         with self._env.begin() as txn:
+            seen = txn.id()
+            if seen == self._seen_txn:
+                return
             self._fresh(txn)
-            seen = txn.id()  # what this transaction read, not what `info` said
         with self._install_lock:
             self._seen_txn = max(self._seen_txn, seen)
 
