@@ -126,8 +126,9 @@ class WorkerMetrics:
         self._pending: dict[tuple[Any, tuple[str, ...]], int] = {}
         self._lock = threading.Lock()
         self._children: dict[tuple[Any, tuple[str, ...]], Any] = {}
-        # HTTP latencies per route as bucket counts and a sum, written at flush.
-        self._http_times: dict[str, tuple[list[int], list[float]]] = {}
+        # Latencies (gRPC per method and outcome, HTTP per route) as bucket counts
+        # and a sum per histogram child, written at flush.
+        self._times: dict[tuple[Any, tuple[str, ...]], tuple[list[int], list[float]]] = {}
         self._http_route = "other"  # the route of the HTTP request answered last
 
     def _count(self, metric: Any, labels: tuple[str, ...]) -> None:
@@ -145,11 +146,11 @@ class WorkerMetrics:
         """Publish the counts gathered since the last flush."""
         with self._lock:
             pending, self._pending = self._pending, {}
-            times, self._http_times = self._http_times, {}
+            times, self._times = self._times, {}
         for (metric, labels), amount in pending.items():
             self._child(metric, labels).inc(amount)
-        for route, (counts, total) in times.items():
-            child = self._child(self._http_latency, (route,))
+        for (metric, labels), (counts, total) in times.items():
+            child = self._child(metric, labels)
             # What Histogram.observe does, once per bucket rather than once per request
             # (each is a lock and an mmap write in multiprocess mode).
             child._sum.inc(total[0])
@@ -175,11 +176,15 @@ class WorkerMetrics:
         return route
 
     def took(self, route: str, seconds: float) -> None:
+        self._observe((self._http_latency, (route,)), seconds)
+
+    def _observe(self, key: tuple[Any, tuple[str, ...]], seconds: float) -> None:
+        """A histogram observation kept as a bucket count until the next flush."""
         bucket = bisect.bisect_left(LATENCY_BUCKETS, seconds)
         with self._lock:
-            held = self._http_times.get(route)
+            held = self._times.get(key)
             if held is None:
-                held = self._http_times[route] = ([0] * (len(LATENCY_BUCKETS) + 1), [0.0])
+                held = self._times[key] = ([0] * (len(LATENCY_BUCKETS) + 1), [0.0])
             held[0][bucket] += 1
             held[1][0] += seconds
 
@@ -206,9 +211,10 @@ class WorkerMetrics:
                 self._pending[key] = self._pending.get(key, 0) + n
 
     def grpc_call(self, method: str, outcome: str, seconds: float) -> None:
-        # A gRPC call costs far more than the observation: recorded at once.
+        # Both kept until the next flush: observed at once, the latency cost a unary
+        # Check ~2.7 us of its ~14 us of Python (locks and mmap writes per bucket).
         self._count(self._requests, ("grpc", method, outcome))
-        self._child(self._latency, (method, outcome)).observe(seconds)
+        self._observe((self._latency, (method, outcome)), seconds)
 
 
 class ProducerMetrics:
