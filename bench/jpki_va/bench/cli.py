@@ -119,6 +119,7 @@ def _suite_settings(args: argparse.Namespace) -> Any:
         ladder_duration=args.ladder_duration,
         fleet_replicas=args.fleet_replicas,
         fleet_samples=args.fleet_samples,
+        ocsp_preproduce=args.ocsp_preproduce,
     )
 
 
@@ -304,6 +305,10 @@ def _add_suite_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--ladder-duration", type=_positive_float, default=3.0, help="seconds per ladder rung"
     )
+    p.add_argument(
+        "--ocsp-preproduce", action=argparse.BooleanOptionalAction, default=True,
+        help="pre-produced OCSP responses in the responder (default: on)",
+    )  # fmt: skip
     p.add_argument("--fleet-replicas", type=int, default=3, help="responders behind Envoy")
     p.add_argument("--fleet-samples", type=int, default=20, help="losses timed on every replica")
     p.add_argument("--out", type=Path, default=Path("bench-results.json"), help="results JSON")

@@ -89,6 +89,9 @@ class SuiteSettings:
     fleet_replicas: int = 3
     fleet_samples: int = 20
     failover_seconds: float = 6.0
+    # Pre-produced OCSP responses in the responder (off: every answer a cache misses is
+    # signed live, the figure before them).
+    ocsp_preproduce: bool = True
 
     def __post_init__(self) -> None:
         unknown = set(self.steps) - set(STEPS)
@@ -703,7 +706,7 @@ def run_suite(
     needs_va = {"grpc", "http", "freshness", "fleet", "ladder"} & set(settings.steps)
     if needs_va:
         say("start signer and responder")
-        va = RunningVa(ds, settings.workers)
+        va = RunningVa(ds, settings.workers, ocsp_preproduce=settings.ocsp_preproduce)
         try:
             va.start()
             results["start_to_serving_seconds"] = round(va.start_seconds, 3)
