@@ -27,6 +27,7 @@ import lmdb
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from cryptography.x509 import ocsp
 
 from jpki_va import hsm
 from jpki_va.core.clock import Clock, SystemClock
@@ -160,6 +161,16 @@ def record_loss(
         ),
         timeout=30,
     )
+
+
+def request_der(issued: Issued, nonce: bytes | None = None) -> bytes:
+    """A DER OCSP request (SHA-1 CertID, as openssl's) for one issued certificate."""
+    builder = ocsp.OCSPRequestBuilder().add_certificate(
+        issued.certificate, issued.issuer, hashes.SHA1()
+    )
+    if nonce is not None:
+        builder = builder.add_extension(x509.OCSPNonce(nonce), critical=False)
+    return builder.build().public_bytes(serialization.Encoding.DER)
 
 
 def metric_value(url: str, name: str) -> float | None:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.x509 import ocsp
 from cryptography.x509.oid import AuthorityInformationAccessOID, SignatureAlgorithmOID
 
@@ -28,7 +28,15 @@ from jpki_va.core.domain import CertKind, Provision, Role
 from jpki_va.protos import signer_pb2, va_pb2, verifiers_pb2
 from jpki_va.server.ledger.provisions import read_ledgers
 from jpki_va.server.pki import ocsp_wire
-from tests.support import Issued, Pki, openssl, record_loss, throwaway_certificate, wait_for
+from tests.support import (
+    Issued,
+    Pki,
+    openssl,
+    record_loss,
+    request_der,
+    throwaway_certificate,
+    wait_for,
+)
 
 
 @pytest.fixture(scope="module")
@@ -68,15 +76,6 @@ _ALGORITHMS = {
     SignatureAlgorithmOID.ECDSA_WITH_SHA256: bytes.fromhex("300a06082a8648ce3d040302"),
     SignatureAlgorithmOID.RSA_WITH_SHA256: bytes.fromhex("300d06092a864886f70d01010b0500"),
 }
-
-
-def request_der(issued: Issued, nonce: bytes | None = None) -> bytes:
-    builder = ocsp.OCSPRequestBuilder().add_certificate(
-        issued.certificate, issued.issuer, hashes.SHA1()
-    )
-    if nonce is not None:
-        builder = builder.add_extension(x509.OCSPNonce(nonce), critical=False)
-    return builder.build().public_bytes(serialization.Encoding.DER)
 
 
 def post(

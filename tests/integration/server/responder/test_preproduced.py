@@ -34,6 +34,7 @@ from tests.support import (
     metric_value,
     openssl,
     record_loss,
+    request_der,
     running_pki,
     start_responder,
     wait_for,
@@ -51,15 +52,6 @@ def issued(pki: Pki) -> list[Issued]:
     certs = [pki.issue(CertKind.CARD_AUTH) for _ in range(4)]
     pki.publish_and_wait()
     return certs
-
-
-def request_der(cert: Issued, nonce: bytes | None = None) -> bytes:
-    builder = ocsp.OCSPRequestBuilder().add_certificate(
-        cert.certificate, cert.issuer, hashes.SHA1()
-    )
-    if nonce is not None:
-        builder = builder.add_extension(x509.OCSPNonce(nonce), critical=False)
-    return builder.build().public_bytes(serialization.Encoding.DER)
 
 
 def ask(stub: va_pb2_grpc.StatusServiceStub, der: bytes) -> ocsp.OCSPResponse:
