@@ -802,8 +802,11 @@ class Responder:
                     self._workers[i] = self._spawn(i)  # its slot: its ledger shard
                     with contextlib.suppress(Exception):
                         self._ready.get(timeout=READY_TIMEOUT)
-            if self._producer is not None and not self._producer.is_alive():
-                log.error("OCSP producer exited with %s; starting another", self._producer.exitcode)
+            producer = self._producer
+            if producer is not None and not producer.is_alive():
+                log.error("OCSP producer exited with %s; starting another", producer.exitcode)
+                if producer.pid is not None:
+                    mark_worker_dead(producer.pid, self.config.metrics_dir)
                 self._spawn_producer()
 
     def shutdown(self) -> None:
