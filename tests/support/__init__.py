@@ -339,7 +339,20 @@ class Pki:
             signer_pb2.PublishSnapshotRequest(full=full), timeout=60
         )
         self.wait_sequence(reply.sequence)
+        if full:
+            self.wait_preproduced()
         return reply.sequence
+
+    def wait_preproduced(self) -> None:
+        """Until the OCSP producer has been over the live index (at once when it is
+        off): nonce-less OCSP answers come pre-produced from then on, so the clients
+        of the tests (openssl and the interop validators) judge those."""
+
+        def done() -> bool:
+            state = self.responder.preproduced()
+            return not state or bool(state.get("done") and state.get("index") == state["live"])
+
+        wait_for(done, "the OCSP producer's pass over the live index")
 
     def wait_sequence(self, sequence: int) -> None:
         def served() -> bool:

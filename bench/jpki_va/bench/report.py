@@ -320,6 +320,14 @@ def render(  # noqa: PLR0912, PLR0915 (a document template, section by section)
         lines.append(
             f"- start to serving with an existing index: {results['start_to_serving_seconds']} s"
         )
+    pre = results.get("preproduce")
+    if pre:
+        counts = ", ".join(f"{k} {v:,}" for k, v in pre["counts"].items())
+        lines.append(
+            f"- OCSP pre-production before the load steps: waited {pre['wait_seconds']} s;"
+            f" the pass took {pre['pass_seconds']} s and {pre['cpu_seconds']} CPU-s"
+            f" at a share of {pre['share']} CPU ({counts})"
+        )
     timings = ds.get("timings")
     if timings:
         lines.append(

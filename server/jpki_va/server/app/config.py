@@ -371,6 +371,14 @@ class ResponderConfig:
     # it (gRPC and HTTP OCSP share it) misses on every request and re-signs each answer.
     ocsp_cache_mb: int = DEFAULT_BYTES // (1024 * 1024)
     ocsp_cache_margin: float = 60.0  # seconds before nextUpdate a cached response is renewed
+    # Pre-produced OCSP responses (responder/preproduced.py): a low-priority producer
+    # process signs one per certificate ahead, within this share of one CPU.
+    ocsp_preproduce: bool = True
+    ocsp_preproduce_share: float = 0.25
+    # Seconds between its passes over the whole index (beside those after a full
+    # index or a new key), renewing responses near their nextUpdate.
+    ocsp_preproduce_sweep: float = 900.0
+    ocsp_preproduce_batch: int = 256  # certificates per transaction of the producer
     # The snapshot store when not a local directory: s3://BUCKET[/PREFIX] (its endpoint,
     # credentials and CA from the standard AWS environment or config files).
     store: str | None = None
@@ -497,6 +505,10 @@ class ResponderConfig:
             raise ConfigError("max OCSP request bytes must be in 64..max message bytes")
         if self.ocsp_cache_mb < 0 or self.ocsp_cache_margin < 0:
             raise ConfigError("OCSP cache MiB and margin must be >= 0")
+        if not 0 < self.ocsp_preproduce_share <= 1 or self.ocsp_preproduce_sweep <= 0:
+            raise ConfigError("OCSP pre-production share must be in (0, 1], its sweep > 0")
+        if self.ocsp_preproduce_batch < 1:
+            raise ConfigError("OCSP pre-production batch must be >= 1")
 
     @property
     def metrics_listener(self) -> MetricsListener | None:

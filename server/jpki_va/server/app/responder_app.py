@@ -49,6 +49,7 @@ from jpki_va.server.app.config import ResponderConfig
 from jpki_va.server.app.dir_lock import DirectoryLock
 from jpki_va.server.app.lifeline import ParentGone, tie_to_parent
 from jpki_va.server.app.logs import configure
+from jpki_va.server.app.producer_app import producer_main
 from jpki_va.server.app.signals import stop_on_signals
 from jpki_va.server.app.store_config import open_store
 from jpki_va.server.base.build_info import register_build_info
@@ -87,6 +88,7 @@ from jpki_va.server.responder.metrics import (
 from jpki_va.server.responder.ocsp import OcspLimits, OcspResponder
 from jpki_va.server.responder.ocsp_cache import ResponseCache
 from jpki_va.server.responder.ocsp_keys import OcspKeyStore
+from jpki_va.server.responder.preproduced import PreproducedStore
 from jpki_va.server.responder.revocation_feed import (
     HEARTBEAT_SECONDS,
     FeedClosed,
@@ -230,6 +232,7 @@ def _ocsp_responder(
     keystore: OcspKeyStore,
     clock: Clock,
     metrics: WorkerMetrics,
+    store: PreproducedStore | None,
 ) -> tuple[OcspResponder, ResponseCache]:
     """The worker's OCSP responder and its signed-response cache."""
     cache = ResponseCache(
@@ -246,6 +249,7 @@ def _ocsp_responder(
         keystore.latest,
         clock,
         cache=cache,
+        store=store,
         limits=OcspLimits(config.max_ocsp_request_bytes, config.max_ocsp_cert_ids),
         observer=metrics,
     )
@@ -319,7 +323,9 @@ def worker_main(  # noqa: PLR0915 (a composition root: the wiring reads best in 
     archive = CrlArchive(config.crl_archive_dir)
     source = IssuerCompromiseSource(IndexStatusSource(holder), holder)
     resolver = Resolver(holder)
-    ocsp, cache = _ocsp_responder(config, source, holder, keystore, clock, metrics)
+    # The replica's pre-produced responses: shared by its workers through the page cache.
+    store = PreproducedStore(config.state_dir) if config.ocsp_preproduce else None
+    ocsp, cache = _ocsp_responder(config, source, holder, keystore, clock, metrics, store)
     crl_files = CrlFiles(holder, archive)
     roots = load_anchors(config)
     ca_files = CaFiles(holder, roots)
@@ -432,6 +438,8 @@ def worker_main(  # noqa: PLR0915 (a composition root: the wiring reads best in 
             purged = _purge_ledger(ledger, config, clock.now())
         metrics.cache_size(len(cache), cache.bytes_kept)
         metrics.flush()
+        if store is not None:
+            _write_through(store, ocsp)
         refusals.flush()
         holder.refresh()
         if keystore.current() is not signer:
@@ -464,7 +472,22 @@ def worker_main(  # noqa: PLR0915 (a composition root: the wiring reads best in 
     ledger.sync()
     ledger.close()
     archive.close()
+    if store is not None:
+        _write_through(store, ocsp)
+        store.close()
     holder.close()
+
+
+def _write_through(store: PreproducedStore, ocsp: OcspResponder) -> None:
+    """What the worker signed live since the last round, into the store in one
+    transaction (off the request path): the next worker asked finds it."""
+    written = ocsp.written()
+    if not written:
+        return
+    try:
+        store.put_many(written)
+    except lmdb.Error as exc:  # the answers went out; only the reuse is lost
+        log.warning("cannot keep %d live-signed OCSP responses: %s", len(written), exc)
 
 
 @dataclass(frozen=True)
@@ -597,6 +620,8 @@ class Responder:
         self._metrics_server: MetricsServer | None = None
         self._ready = self._ctx.Queue()
         self._workers: list[multiprocessing.process.BaseProcess] = []
+        self._producer: multiprocessing.process.BaseProcess | None = None
+        self._store: PreproducedStore | None = None  # opened when asked about
         self._claims: list[PortClaim] = []
         self._state_lock: DirectoryLock | None = None
         self.port = 0
@@ -635,6 +660,23 @@ class Responder:
         )
         proc.start()
         return proc
+
+    def _spawn_producer(self) -> None:
+        if self.config.ocsp_preproduce:
+            self._producer = self._ctx.Process(
+                target=producer_main, args=(self.config,), name="jpki-va-ocsp-producer"
+            )
+            self._producer.start()
+
+    def preproduced(self) -> dict[str, Any]:
+        """The OCSP producer's progress (`Pass.state`), with the live index's name as
+        `live` (a pass is over the live index when its `index` is that name)."""
+        if not self.config.ocsp_preproduce:
+            return {}
+        if self._store is None:
+            self._store = PreproducedStore(self.config.state_dir)
+        live = current_index(self.config.index_dir)
+        return {**self._store.state(), "live": None if live is None else live.name}
 
     def _certify_for(self, index_path: Path) -> None:
         renew_ocsp_certificates(self.config, self._keystore, self._clock, index_path)
@@ -720,6 +762,7 @@ class Responder:
         self._workers = [self._spawn(slot) for slot in range(self.config.workers)]
         for _ in self._workers:
             self._ready.get(timeout=READY_TIMEOUT)
+        self._spawn_producer()
         listener = self.config.metrics_listener
         if listener is not None:
             self._metrics_server = MetricsServer(
@@ -759,12 +802,17 @@ class Responder:
                     self._workers[i] = self._spawn(i)  # its slot: its ledger shard
                     with contextlib.suppress(Exception):
                         self._ready.get(timeout=READY_TIMEOUT)
+            if self._producer is not None and not self._producer.is_alive():
+                log.error("OCSP producer exited with %s; starting another", self._producer.exitcode)
+                self._spawn_producer()
 
     def shutdown(self) -> None:
-        for proc in self._workers:
+        processes = [*self._workers, *([] if self._producer is None else [self._producer])]
+        self._producer = None
+        for proc in processes:
             if proc.is_alive():
                 proc.terminate()  # SIGTERM: health NOT_SERVING, drain, close
-        for proc in self._workers:
+        for proc in processes:
             proc.join(self.config.grace_seconds + KILL_AFTER_GRACE)
             if proc.is_alive():
                 proc.kill()
@@ -775,6 +823,9 @@ class Responder:
             self._metrics_server.close()
             self._metrics_server = None
         self._archive.close()
+        if self._store is not None:
+            self._store.close()
+            self._store = None
         self._release_claims()
 
     def _release_claims(self) -> None:

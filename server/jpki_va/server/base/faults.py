@@ -33,6 +33,9 @@ POINTS = (
     "index.published",  # `current` points at the new index
     # responder: ingesting a delta
     "index.delta.applied",  # the delta's transaction is committed
+    # responder: pre-producing OCSP responses
+    "ocsp.produce.signed",  # a batch is signed, its transaction not committed
+    "ocsp.produce.written",  # a batch and the pass's progress are committed
 )
 
 

@@ -151,6 +151,14 @@ def _add_http_metrics_and_limits(responder: argparse.ArgumentParser) -> None:
         "--ocsp-cache-mb", type=int, help="MiB of signed OCSP responses kept per worker (0: none)"
     )
     limits.add_argument(
+        "--ocsp-preproduce", action=argparse.BooleanOptionalAction, default=None,
+        help="sign OCSP responses ahead, one per certificate (default: on)",
+    )  # fmt: skip
+    limits.add_argument(
+        "--ocsp-preproduce-share", type=float,
+        help="share of one CPU the OCSP producer may use (default 0.25)",
+    )  # fmt: skip
+    limits.add_argument(
         "--grpc-max-connections", type=int,
         help="gRPC connections per worker (default: half of what its open files limit leaves)",
     )  # fmt: skip

@@ -194,6 +194,8 @@ def responder_config(args: argparse.Namespace) -> ResponderConfig:
             "max_ocsp_request_bytes": args.max_ocsp_request_bytes,
             "max_ocsp_cert_ids": args.max_ocsp_cert_ids,
             "ocsp_cache_mb": args.ocsp_cache_mb,
+            "ocsp_preproduce": args.ocsp_preproduce,
+            "ocsp_preproduce_share": args.ocsp_preproduce_share,
             "ocsp_renew_at": args.ocsp_renew_at,
             "max_watches": args.max_watches,
             "max_streams": args.max_streams,

@@ -115,25 +115,26 @@ class _Quiet:
 
 
 class _Heads:
-    """The heads of cacheable responses, built once; per request only a join.
+    """The heads of cacheable responses from parts built once; per request a join.
 
-    Per cached body (by its ETag): the status line, Content-Type, Content-Length and
-    the validators, built the first time it is sent. Per second: the Date line, and
-    per nextUpdate the Cache-Control line whose max-age counts down to it, shared by
-    every answer of that nextUpdate (one index's answers share a few). So a cached
-    answer costs no formatting of numbers or dates.
+    Per second: the Date line, and per nextUpdate the Cache-Control line whose max-age
+    counts down to it, shared by every answer of that nextUpdate (one index's answers
+    share a few). Per (thisUpdate, nextUpdate): the Last-Modified and Expires lines.
+    So a cached answer costs no formatting of dates; its ETag and length go into one
+    format per request (≈ 0.15 µs more than a head kept per answer, measured), where
+    a head kept per answer cost ≈ 330 bytes of each answer a worker served, outside
+    the OCSP cache's budget.
     """
 
-    # Heads remembered; past it they are dropped and built again. About as many as the
-    # OCSP cache's default budget keeps responses (≈ 24,000): a head is ≈ 330 bytes
-    # with its slot, so at most ≈ 8 MB of a worker's memory.
-    KEPT = 24_000
+    # (thisUpdate, nextUpdate) pairs remembered; past it they are dropped and built
+    # again. An index's answers share a few, so this is never reached in practice.
+    KEPT = 1024
 
     def __init__(self) -> None:
         self._second = -1
         self.date = b""  # "Date: ...\r\n" of the current second
         self._tails: dict[float, bytes] = {}  # nextUpdate -> Cache-Control, Date, end
-        self._prefixes: dict[str, bytes] = {}  # etag -> status line .. validators
+        self._dates: dict[tuple[float, float], bytes] = {}  # -> Last-Modified, Expires
 
     def tick(self, now: float) -> None:
         """Move to the second of `now` (the clock's reading for this request)."""
@@ -161,28 +162,25 @@ class _Heads:
         self, etag: str, content_type: bytes, length: int, this_update: float, next_update: float
     ) -> bytes:
         """Status line to validators of a 200 for the body `etag` names."""
-        prefix = self._prefixes.get(etag)
-        if prefix is None:
-            if len(self._prefixes) >= self.KEPT:
-                self._prefixes.clear()
-            prefix = self._prefixes[etag] = b"".join(
-                (
-                    b"HTTP/1.1 200 OK\r\nContent-Type: ",
-                    content_type,
-                    b"\r\nContent-Length: %d\r\n" % length,
-                    validators(etag, this_update, next_update),
-                )
+        return b'HTTP/1.1 200 OK\r\nContent-Type: %s\r\nContent-Length: %d\r\nETag: "%s"\r\n%s' % (
+            content_type,
+            length,
+            etag.encode(),
+            self.dates(this_update, next_update),
+        )
+
+    def dates(self, this_update: float, next_update: float) -> bytes:
+        """The Last-Modified and Expires lines."""
+        key = (this_update, next_update)
+        dates = self._dates.get(key)
+        if dates is None:
+            if len(self._dates) >= self.KEPT:
+                self._dates.clear()
+            dates = self._dates[key] = b"Last-Modified: %s\r\nExpires: %s\r\n" % (
+                _http_date(this_update),
+                _http_date(next_update),
             )
-        return prefix
-
-
-def validators(etag: str, this_update: float, next_update: float) -> bytes:
-    """ETag, Last-Modified and Expires lines of a cacheable body."""
-    return b'ETag: "%s"\r\nLast-Modified: %s\r\nExpires: %s\r\n' % (
-        etag.encode(),
-        _http_date(this_update),
-        _http_date(next_update),
-    )
+        return dates
 
 
 def _http_date(when: float) -> bytes:
@@ -376,8 +374,9 @@ class HttpApp:
             self._observer.request(route, 304)
             return b"".join(
                 (
-                    b"HTTP/1.1 304 Not Modified\r\nContent-Length: 0\r\n",
-                    validators(etag, this_update, next_update),
+                    b'HTTP/1.1 304 Not Modified\r\nContent-Length: 0\r\nETag: "%s"\r\n'
+                    % etag.encode(),
+                    heads.dates(this_update, next_update),
                     heads.tail(next_update),
                 )
             )

@@ -347,6 +347,11 @@ class ResponseWriter:
         body = cert_id + state + _validity(this_update, next_update)
         return _head(der.SEQUENCE, len(body)) + body
 
+    @property
+    def responder_id(self) -> bytes:
+        """The ResponderID (byKey) every response of this key carries first in its tbs."""
+        return self._responder_id
+
     def tbs(self, produced_at: datetime, singles: list[bytes], nonce: bytes | None) -> bytes:
         """tbsResponseData: the bytes the responder signs."""
         second = int(produced_at.timestamp())
@@ -370,6 +375,21 @@ class ResponseWriter:
         wrapped = _head(der.SEQUENCE, len(wrapped)) + wrapped
         body = _SUCCESSFUL + _head(0xA0, len(wrapped)) + wrapped
         return _head(der.SEQUENCE, len(body)) + body
+
+
+def sha1_cert_id(name_hash: bytes, key_hash: bytes, serial: int) -> bytes:
+    """The DER CertID of a certificate with SHA-1 hashes, its AlgorithmIdentifier with
+    NULL parameters: what openssl and pyca/cryptography send, so what pre-produced
+    responses are made for."""
+    return der.sequence(
+        _SHA1_ALGORITHM,
+        der.tlv(der.OCTET_STRING, name_hash),
+        der.tlv(der.OCTET_STRING, key_hash),
+        der.unsigned(serial),
+    )
+
+
+_SHA1_ALGORITHM = der.sequence(_SHA1, der.tlv(der.NULL, b""))
 
 
 def unsuccessful(status: ResponseStatus) -> bytes:

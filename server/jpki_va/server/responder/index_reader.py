@@ -376,6 +376,22 @@ class Index:
             values = [get(key, None, status) for key in keys]
         return values, self.issuer_key_ids, meta.sequence
 
+    def keys_after(self, after: bytes, limit: int) -> list[bytes]:
+        """Up to `limit` record keys of the status database past `after`, in order
+        (b"": from the first): a walk over every certificate, one read at a time."""
+        keys: list[bytes] = []
+        with self._env.begin(db=self._status) as txn:
+            cursor = txn.cursor()
+            if not cursor.set_range(after):
+                return keys
+            for key in cursor.iternext(keys=True, values=False):
+                if key == after:
+                    continue
+                keys.append(bytes(key))
+                if len(keys) == limit:
+                    break
+        return keys
+
     def issuer_by_hash(
         self, algorithm: str, name_hash: bytes, key_hash: bytes
     ) -> IssuerEntry | None:

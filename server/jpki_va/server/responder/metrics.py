@@ -99,6 +99,13 @@ class WorkerMetrics:
             ["result"],
             registry=None,
         )
+        self._preproduced = Counter(
+            "jpki_va_ocsp_preproduced",
+            "Pre-produced OCSP responses asked for: served, stale (not right now: signed "
+            "live) or missing (signed live). Each one signed live is written through.",
+            ["result"],
+            registry=None,
+        )
         # Per worker (a pid label): the cache's budget is per worker.
         self._cache_bytes = Gauge(
             "jpki_va_ocsp_cache_bytes",
@@ -185,6 +192,9 @@ class WorkerMetrics:
     def cache(self, result: str) -> None:
         self._count(self._cache, (result,))
 
+    def preproduced(self, result: str) -> None:
+        self._count(self._preproduced, (result,))
+
     def answers(self, answers: tuple[tuple[str, str], ...]) -> None:
         # One lock for the batch; no Counter (it costs more than one HTTP answer's rest).
         pending, metric = self._pending, self._answers
@@ -205,6 +215,51 @@ class WorkerMetrics:
         # Check ~2.7 us of its ~14 us of Python (locks and mmap writes per bucket).
         self._count(self._requests, ("grpc", method, outcome))
         self._observe((self._latency, (method, outcome)), seconds)
+
+
+class ProducerMetrics:
+    """What the replica's OCSP producer counts (multiprocess files, as the workers')."""
+
+    def __init__(self) -> None:
+        self._results = Counter(
+            "jpki_va_ocsp_produce",
+            "Certificates the OCSP producer went over: produced (had none), stale (signed "
+            "again: status, signer or nearing nextUpdate), kept (still right), skipped "
+            "(no response can be made: no valid delegated certificate).",
+            ["result"],
+            registry=None,
+        )
+        self._pass_seconds = Gauge(
+            "jpki_va_ocsp_produce_pass_seconds",
+            "How long the producer's last finished pass over the index took.",
+            registry=None,
+            multiprocess_mode="liveall",
+        )
+        self._store_entries = Gauge(
+            "jpki_va_ocsp_preproduced_entries",
+            "Pre-produced OCSP responses in the replica's store.",
+            registry=None,
+            multiprocess_mode="liveall",
+        )
+        self._store_bytes = Gauge(
+            "jpki_va_ocsp_preproduced_bytes",
+            "Bytes of the store of pre-produced OCSP responses (its pages in use).",
+            registry=None,
+            multiprocess_mode="liveall",
+        )
+        self._pending: dict[str, int] = {}
+
+    def counted(self, result: str, n: int) -> None:
+        self._pending[result] = self._pending.get(result, 0) + n
+
+    def flush(self, pass_seconds: float | None, entries: int, size: int) -> None:
+        pending, self._pending = self._pending, {}
+        for result, n in pending.items():
+            self._results.labels(result).inc(n)
+        if pass_seconds is not None:
+            self._pass_seconds.set(pass_seconds)
+        self._store_entries.set(entries)
+        self._store_bytes.set(size)
 
 
 class CountedSource:

@@ -4,14 +4,15 @@ Protocol code only: no I/O of its own. Status comes from a StatusSource, the
 delegated OCSP-signer key and its certificates from a callable the composition
 root wires to wherever they are kept. Signed answers to nonce-less requests are
 kept in a ResponseCache by the request's bytes (`cached` finds one without parsing
-the request); a request with a nonce is always signed fresh.
+the request); before signing one, the replica's store of pre-produced responses is
+asked (responder/preproduced.py). A request with a nonce is always signed fresh.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Protocol
@@ -23,7 +24,7 @@ from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPri
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from jpki_va.core.clock import Clock
-from jpki_va.core.domain import Status
+from jpki_va.core.domain import CertKind, Status, micros, record_key
 from jpki_va.server.pki import der, ocsp_wire
 from jpki_va.server.pki.ocsp_wire import (
     CertStatus,
@@ -31,8 +32,15 @@ from jpki_va.server.pki.ocsp_wire import (
     ResponseStatus,
     ResponseWriter,
 )
+from jpki_va.server.responder.index_layout import issuer_lookup_keys
 from jpki_va.server.responder.index_reader import IssuerEntry
 from jpki_va.server.responder.ocsp_cache import NO_GENERATION, Kept, OcspReply, ResponseCache
+from jpki_va.server.responder.preproduced import (
+    SERVE_MARGIN,
+    PreproducedEntry,
+    PreproducedStore,
+    basis_of,
+)
 from jpki_va.server.responder.status import Answer, BadRequest, NotReady, Resolver, StatusSource
 
 log = logging.getLogger(__name__)
@@ -72,11 +80,17 @@ class OcspObserver(Protocol):
 
     def cache(self, result: str) -> None: ...  # "hit", "miss" or "nonce"
 
+    # "served", "stale" (signed live: not right now) or "missing" (signed live)
+    def preproduced(self, result: str) -> None: ...
+
     def answers(self, answers: tuple[tuple[str, str], ...]) -> None: ...
 
 
 class _Quiet:
     def cache(self, result: str) -> None:
+        pass
+
+    def preproduced(self, result: str) -> None:
         pass
 
     def answers(self, answers: tuple[tuple[str, str], ...]) -> None:
@@ -183,6 +197,7 @@ class OcspResponder:
         clock: Clock,
         *,
         cache: ResponseCache | None = None,
+        store: PreproducedStore | None = None,
         limits: OcspLimits | None = None,
         observer: OcspObserver | None = None,
     ) -> None:
@@ -191,6 +206,9 @@ class OcspResponder:
         self._signer = signer
         self._clock = clock
         self._cache = cache
+        self._store = store
+        self._written: list[tuple[bytes, bytes]] = []  # live-signed, to write through
+        self._issuer_hashes: dict[bytes, tuple[bytes, bytes]] = {}  # key id -> SHA-1 hashes
         self._limits = limits or OcspLimits()
         self._observer: OcspObserver = observer or _Quiet()
         self._prepared: _Prepared | None = None
@@ -280,7 +298,7 @@ class OcspResponder:
             self._observer.cache("miss")
         elif request.nonce is not None:
             self._observer.cache("nonce")
-        reply = self._sign(request, now, issuers)
+        reply = self._fresh(request, now, issuers)
         self._observer.answers(reply.answers)
         if cache is not None and reply.cacheable:
             # One issuer answers for all of a request's CertIDs (`_issuer`).
@@ -323,6 +341,11 @@ class OcspResponder:
             prepared = self._prepared = _prepare(signer)
         return prepared
 
+    def signer_id(self) -> bytes | None:
+        """The ResponderID of the key it signs with now; None without one."""
+        prepared = self._prepared_signer()
+        return None if prepared is None else prepared.writer.responder_id
+
     def _answers(
         self, request: ocsp_wire.OcspRequest, now: datetime, issuers: tuple[IssuerEntry, ...]
     ) -> tuple[IssuerEntry, list[Answer]]:
@@ -350,10 +373,8 @@ class OcspResponder:
         except _Unsuccessful:
             return ()
 
-    def _sign(
-        self, request: ocsp_wire.OcspRequest, now: datetime, issuers: tuple[IssuerEntry, ...]
-    ) -> OcspReply:
-        issuer, answers = self._answers(request, now, issuers)
+    def _delegated(self, issuer: IssuerEntry, now: datetime) -> tuple[_Prepared, _Delegated]:
+        """The current signer and its certificate for `issuer`, valid now."""
         prepared = self._prepared_signer()
         delegated = None if prepared is None else prepared.certificates.get(issuer.key_id)
         if (
@@ -366,6 +387,136 @@ class OcspResponder:
             # yet valid or about to expire: a verifier would reject it anyway.
             log.warning("no valid delegated OCSP-signer certificate for %s", issuer.key_id.hex())
             raise _Unsuccessful(ResponseStatus.TRY_LATER)
+        return prepared, delegated
+
+    def _fresh(
+        self, request: ocsp_wire.OcspRequest, now: datetime, issuers: tuple[IssuerEntry, ...]
+    ) -> OcspReply:
+        """The response to a request the per-worker cache did not answer: pre-produced
+        when the store has a right one, otherwise signed now (and written through)."""
+        issuer, answers = self._answers(request, now, issuers)
+        prepared, delegated = self._delegated(issuer, now)
+        store = self._store
+        key = b""
+        if (
+            store is not None
+            and request.nonce is None
+            and len(answers) == 1
+            and request.cert_ids[0].algorithm == "sha1"
+        ):
+            cert_id, answer = request.cert_ids[0].der, answers[0]
+            key = record_key(issuer.kind, answer.serial)
+            entry = store.get(key)
+            if entry is not None and self._serves(entry, cert_id, answer, prepared, now):
+                self._observer.preproduced("served")
+                return _reply_of(entry, prepared.writer, delegated, answers)
+            self._observer.preproduced("missing" if entry is None else "stale")
+        tbs, signature, this_update, next_update = self._signed(
+            prepared, delegated, request.cert_ids, answers, now, request.nonce
+        )
+        response = prepared.writer.response(tbs, signature, delegated.certs)
+        labels = tuple(a.labels for a in answers)
+        if request.nonce is not None:
+            return OcspReply(response, answers=labels)
+        if key:
+            entry = _entry(
+                tbs, signature, request.cert_ids[0].der, answers[0], this_update, next_update
+            )
+            self._written.append((key, entry.encode()))
+        return OcspReply(
+            # Without the certs field that ends it: kept in the cache, the delegated
+            # certificate would be repeated in every entry (≈ 720 of ≈ 1,050 bytes).
+            response[: len(response) - len(delegated.certs)],
+            cacheable=True,
+            this_update=this_update.timestamp(),
+            next_update=next_update.timestamp(),
+            # The signature differs whenever the signed bytes do: a short thing to hash.
+            etag=_etag(signature),
+            answers=labels,
+            basis=_basis(answers),
+            certs=delegated.certs,
+        )
+
+    @staticmethod
+    def _serves(
+        entry: PreproducedEntry, cert_id: bytes, answer: Answer, prepared: _Prepared, now: datetime
+    ) -> bool:
+        """Whether a pre-produced response is right now: for this CertID, signed by
+        the current key, stating what the index says now, and well within its validity."""
+        return (
+            entry.basis == basis_of(answer)
+            and entry.fresh_at(micros(now), SERVE_MARGIN)
+            and entry.signed_by(prepared.writer.responder_id)
+            and entry.names(cert_id)
+        )
+
+    def written(self) -> list[tuple[bytes, bytes]]:
+        """The live-signed answers since the last call, as store entries: for the
+        worker's loop to write through in one transaction, off the request path."""
+        written, self._written = self._written, []
+        return written
+
+    def preproduce(
+        self,
+        kind: CertKind,
+        serial: int,
+        issuers: Mapping[bytes, IssuerEntry],
+        existing: PreproducedEntry | None,
+        now: datetime,
+        ahead: float,
+    ) -> tuple[str, bytes | None]:
+        """For the producer: ("kept", None) when `existing` is still right and not due,
+        ("produced" or "stale", the new entry) when signed now, ("skipped", None) when
+        no response can be made (not held, or no valid delegated certificate).
+
+        Due: less than `ahead` seconds to its nextUpdate while the index now gives a
+        later one (a re-signed CRL), so clients are never left with none to use.
+        """
+        try:
+            answer = self._source.status(kind, serial, now)
+        except (BadRequest, NotReady):
+            return "skipped", None
+        issuer = None if answer.record is None else issuers.get(answer.record.issuer_key_id)
+        if issuer is None:
+            return "skipped", None
+        cert_id = self._cert_id(issuer, serial)
+        try:
+            prepared, delegated = self._delegated(issuer, now)
+        except _Unsuccessful:
+            return "skipped", None
+        if (
+            existing is not None
+            and existing.basis == basis_of(answer)
+            and existing.signed_by(prepared.writer.responder_id)
+            and existing.names(cert_id)
+        ):
+            later = micros(min(answer.next_update, delegated.not_after)) > existing.next_update
+            if not (later and existing.next_update - micros(now) < ahead * 1_000_000):
+                return "kept", None
+        ids = (ocsp_wire.CertId(cert_id, "sha1", b"", b"", serial),)
+        tbs, signature, this_update, next_update = self._signed(
+            prepared, delegated, ids, [answer], now, None
+        )
+        entry = _entry(tbs, signature, cert_id, answer, this_update, next_update)
+        return ("produced" if existing is None else "stale"), entry.encode()
+
+    def _cert_id(self, issuer: IssuerEntry, serial: int) -> bytes:
+        hashes_ = self._issuer_hashes.get(issuer.key_id)
+        if hashes_ is None:
+            lookup = issuer_lookup_keys(issuer.certificate)[0]  # b"sha1:" + name + key
+            hashes_ = self._issuer_hashes[issuer.key_id] = (lookup[5:25], lookup[25:45])
+        return ocsp_wire.sha1_cert_id(*hashes_, serial)
+
+    def _signed(
+        self,
+        prepared: _Prepared,
+        delegated: _Delegated,
+        cert_ids: tuple[ocsp_wire.CertId, ...],
+        answers: list[Answer],
+        now: datetime,
+        nonce: bytes | None,
+    ) -> tuple[bytes, bytes, datetime, datetime]:
+        """(tbsResponseData, its signature, thisUpdate, nextUpdate) of the answers."""
         # A response is never valid longer than the certificate that vouches for it.
         not_after = delegated.not_after
         this_update = max(a.this_update for a in answers)
@@ -376,25 +527,49 @@ class OcspResponder:
             next_update = min(next_update, not_after)
         singles = [
             _single(cert_id, answer, min(answer.next_update, not_after))
-            for cert_id, answer in zip(request.cert_ids, answers, strict=True)
+            for cert_id, answer in zip(cert_ids, answers, strict=True)
         ]
-        writer = prepared.writer
-        tbs = writer.tbs(now, singles, request.nonce)
-        signature = prepared.sign(tbs)
-        response = writer.response(tbs, signature, delegated.certs)
-        labels = tuple(a.labels for a in answers)
-        if request.nonce is not None:
-            return OcspReply(response, answers=labels)
-        return OcspReply(
-            # Without the certs field that ends it: kept in the cache, the delegated
-            # certificate would be repeated in every entry (≈ 720 of ≈ 1,050 bytes).
-            response[: len(response) - len(delegated.certs)],
-            cacheable=True,
-            this_update=this_update.timestamp(),
-            next_update=next_update.timestamp(),
-            # The signature differs whenever the signed bytes do: a short thing to hash.
-            etag=hashlib.sha256(signature).hexdigest()[:32],
-            answers=labels,
-            basis=_basis(answers),
-            certs=delegated.certs,
-        )
+        tbs = prepared.writer.tbs(now, singles, nonce)
+        return tbs, prepared.sign(tbs), this_update, next_update
+
+
+def _etag(signature: bytes) -> str:
+    return hashlib.sha256(signature).hexdigest()[:32]
+
+
+def _entry(
+    tbs: bytes,
+    signature: bytes,
+    cert_id: bytes,
+    answer: Answer,
+    this_update: datetime,
+    next_update: datetime,
+) -> PreproducedEntry:
+    return PreproducedEntry(
+        micros(this_update),
+        micros(next_update),
+        basis_of(answer),
+        tbs.index(cert_id),
+        tbs,
+        signature,
+    )
+
+
+def _reply_of(
+    entry: PreproducedEntry,
+    writer: ResponseWriter,
+    delegated: _Delegated,
+    answers: list[Answer],
+) -> OcspReply:
+    """The response a pre-produced entry makes, with the delegated certificate spliced in."""
+    response = writer.response(entry.tbs, entry.signature, delegated.certs)
+    return OcspReply(
+        response[: len(response) - len(delegated.certs)],  # as `_fresh` keeps it
+        cacheable=True,
+        this_update=entry.this_update / 1_000_000,
+        next_update=entry.next_update / 1_000_000,
+        etag=_etag(entry.signature),
+        answers=tuple(a.labels for a in answers),
+        basis=_basis(answers),
+        certs=delegated.certs,
+    )

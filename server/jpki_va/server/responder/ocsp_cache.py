@@ -42,13 +42,15 @@ if TYPE_CHECKING:
 #: on CPython 3.11, rounded up so the budget is never exceeded).
 ENTRY_OVERHEAD = 650
 
-#: The default budget per worker: 40 MiB. An idle worker holds ≈ 53 MB of private
-#: memory of its own, and the goal for a loaded one is 100 MB; a one-CertID response
-#: is ≈ 1.05 kB, charged ≈ 1.73 kB with its key, so 40 MiB keeps ≈ 24,000 of them: the
-#: bench's hot set (20,000 distinct requests) with room. An LRU smaller than a hot set
-#: that is read in turn misses on every request, so less is not safer. A miss is
-#: signed again (≈ 110 µs of CPU), not refused.
-DEFAULT_BYTES = 40 * 1024 * 1024
+#: The default budget per worker: 32 MiB. An idle worker holds ≈ 53 MB of private
+#: memory of its own, and the goal for a loaded one is 100 MB with room: full, the
+#: cache brings it to ≈ 87 MB, and nothing else of OCSP grows with the answers served
+#: (no parsed requests kept, no HTTP head per answer). A one-CertID response is kept
+#: as ≈ 330 bytes (its certificate shared), charged ≈ 1.06 kB with its key, so 32 MiB
+#: keeps ≈ 31,000 of them: the bench's hot set (20,000 distinct requests) with room.
+#: An LRU smaller than a hot set that is read in turn misses on every request, so
+#: less is not safer. A miss is signed again (≈ 60-110 µs of CPU), not refused.
+DEFAULT_BYTES = 32 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tracemalloc
 from email.utils import parsedate_to_datetime
 
 from jpki_va.core.domain import CertKind
@@ -106,3 +107,58 @@ def test_cached_heads_follow_the_clock_and_each_answer() -> None:
 
     now[0] = T0 + 200  # past nextUpdate: max-age stops at 0
     assert _max_age(post(b"a")[1]) == 0
+
+
+def test_a_cached_answer_leaves_in_the_exact_bytes_of_rfc_5019() -> None:
+    """Head and body byte for byte: header order and spelling are part of the wire
+    (caches and validators in the field parse them), and the certs field kept apart
+    from a reply joins its body."""
+    now = [T0]
+    access = _Replies()
+    split = OcspReply(
+        b"\x30\x03\x0a\x01\x00",
+        cacheable=True,
+        this_update=T0 - 3600,
+        next_update=T0 + 100.5,
+        etag="0123456789abcdef0123456789abcdef",
+        answers=(("good", "issued"),),
+        certs=b"C" * 40,
+    )
+    access.replies[b"c"] = split
+    app = HttpApp(access, max_request_bytes=1024, clock=lambda: now[0])
+    validators = (
+        b'ETag: "0123456789abcdef0123456789abcdef"\r\n'
+        b"Last-Modified: Fri, 15 Jan 2027 07:00:00 GMT\r\n"
+        b"Expires: Fri, 15 Jan 2027 08:01:40 GMT\r\n"
+        b"Cache-Control: max-age=99, public, no-transform, must-revalidate\r\n"
+        b"Date: Fri, 15 Jan 2027 08:00:00 GMT\r\n\r\n"
+    )
+    assert app.handle(b"POST", b"/ocsp", b"application/ocsp-request", None, b"c") == (
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/ocsp-response\r\n"
+        b"Content-Length: 45\r\n" + validators + b"\x30\x03\x0a\x01\x00" + b"C" * 40
+    )
+    revalidated = app.handle(
+        b"GET", b"/ocsp/Yw", None, b'W/"0123456789abcdef0123456789abcdef"', b""
+    )
+    assert revalidated == b"HTTP/1.1 304 Not Modified\r\nContent-Length: 0\r\n" + validators
+
+
+def test_the_app_keeps_nothing_per_answer_it_serves() -> None:
+    """A worker's OCSP memory is the cache's budget alone: serving answers leaves
+    nothing behind per answer (no head kept per ETag)."""
+    access = _Replies()
+    for i in range(2000):
+        body = b"\x30\x03\x0a\x01\x00" + i.to_bytes(4, "big") * 80
+        access.replies[b"%d" % i] = _reply(body, T0 + 7200.9)
+    app = HttpApp(access, max_request_bytes=1024, clock=lambda: T0)
+    post = b"POST", b"/ocsp", b"application/ocsp-request", None
+    app.handle(*post, b"0")  # the shared parts (Date, Cache-Control, dates) built once
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for i in range(2000):
+            app.handle(*post, b"%d" % i)
+        kept = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert kept < 2000 * 8  # nothing per answer (a few objects of the loop at most)
