@@ -201,12 +201,18 @@ def packed_briefs(batch: PackedBatch) -> list[Brief]:
     return out
 
 
+@lru_cache(maxsize=256)  # a handful of codes (status, cause) occur at all
+def _code_labels(code: int) -> tuple[str, str]:
+    # Once per code, not per answer: the enum lookup was most of a unary Check's tally.
+    status, cause = Status(code >> 8), code & 0xFF
+    return ("revoked", _CAUSE_SLUGS[cause]) if cause else (_STATUS_LABELS[status], "none")
+
+
 def tally_labels(tally: Mapping[int, int]) -> dict[tuple[str, str], int]:
     """A packed batch's tally as `Brief.labels` -> count."""
     out: dict[tuple[str, str], int] = {}
     for code, count in tally.items():
-        status, cause = Status(code >> 8), code & 0xFF
-        labels = ("revoked", _CAUSE_SLUGS[cause]) if cause else (_STATUS_LABELS[status], "none")
+        labels = _code_labels(code)
         out[labels] = out.get(labels, 0) + count
     return out
 
