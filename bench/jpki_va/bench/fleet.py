@@ -58,12 +58,16 @@ from jpki_va.server.app.envoy_config import (
     Replica,
     render,
 )
+from jpki_va.server.responder.preproduced import PreproducedStore
 
 #: `jpki-va` as the command line runs it, from this interpreter.
 JPKI_VA = (sys.executable, "-m", "jpki_va.server.cmd.main")
 # Seconds for a replica to build its index and serve: the bench's replicas build theirs
 # from the 1 M data set at once, which on a busy 2-core machine took over 120 s.
 START_TIMEOUT = 600.0
+# A first OCSP pre-production pass: ~140 CPU-s a replica at 1 M holders, three replicas
+# on two cores shared with the signer.
+PREPRODUCE_TIMEOUT = 3600.0
 
 
 class FleetError(RuntimeError):
@@ -111,6 +115,12 @@ class FleetSpec:
     # credentials, CA), handed to the replicas' processes, never on their argv.
     store: str | None = None
     store_env: dict[str, str] = field(default_factory=dict, repr=False)
+    # Each replica's OCSP pre-production: on or off, the share of a CPU its producer may
+    # use (None: the responder's default), and whether `start` waits for every replica's
+    # first pass over its index, so what is measured next is the steady state.
+    preproduce: bool = True
+    preproduce_share: float | None = None
+    wait_preproduced: bool = False
     # Ports of the machine's loopback each replica reaches on its own loopback (a
     # store's endpoint on 127.0.0.1, in a test), as the signer's port is.
     loopback_ports: tuple[int, ...] = ()
@@ -194,6 +204,8 @@ class Fleet:
         self.network: HostNetwork | None = None
         #: Where the replicas run: namespaces (which) or loopback (and why).
         self.placement = "loopback (namespaces not asked for)"
+        #: Seconds `start` waited for the replicas' first OCSP pre-production pass.
+        self.preproduce_wait_seconds = 0.0
 
     # replicas ----------------------------------------------------------------------------
     def _argv(self, replica: ReplicaProcess) -> list[str]:
@@ -220,6 +232,10 @@ class Fleet:
         ]  # fmt: skip
         if self._signer is not None:
             argv += ["--signer", self._signer]
+        if not spec.preproduce:
+            argv.append("--no-ocsp-preproduce")
+        elif spec.preproduce_share is not None:
+            argv += ["--ocsp-preproduce-share", str(spec.preproduce_share)]
         return argv
 
     def start_replica(self, number: int) -> None:
@@ -376,10 +392,32 @@ class Fleet:
                     f"replica {replica.number} to know the verifier {self.spec.verifier}",
                     60,
                 )
+            if self.spec.preproduce and self.spec.wait_preproduced:
+                self._wait_preproduced()
             self._start_envoy()
         except BaseException:
             self.close()
             raise
+
+    def _wait_preproduced(self) -> None:
+        began = time.perf_counter()
+        for replica in self.replicas:
+            store = PreproducedStore(replica.state_dir)
+            try:
+                wait_until(
+                    lambda: self._first_pass_done(replica, store),  # noqa: B023 (called now)
+                    f"replica {replica.number}'s first OCSP pre-production pass",
+                    PREPRODUCE_TIMEOUT,
+                )
+            finally:
+                store.close()
+        self.preproduce_wait_seconds = round(time.perf_counter() - began, 3)
+
+    def _first_pass_done(self, replica: ReplicaProcess, store: PreproducedStore) -> bool:
+        if not replica.alive:
+            raise FleetError(f"replica {replica.number} exited:\n{self.log_tail(replica.number)}")
+        state = store.progress(replica.state_dir / "index")
+        return bool(state.get("done")) and state.get("index") == state["live"]
 
     def _start_quietly(self, number: int, errors: list[BaseException]) -> None:
         try:

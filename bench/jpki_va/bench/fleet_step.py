@@ -253,15 +253,26 @@ def fleet_figures(
         ds.snapshot_dir,
         ds.root_pem,
         f"127.0.0.1:{va.signer.port}",
-        FleetSpec(replicas=settings.fleet_replicas),
+        # The steady state, as the single responder's: each replica's producer gets a
+        # whole CPU for its first pass, and the step waits for it (the wait recorded).
+        FleetSpec(
+            replicas=settings.fleet_replicas,
+            preproduce=settings.ocsp_preproduce,
+            preproduce_share=1.0,
+            wait_preproduced=True,
+        ),
     )
-    progress(f"fleet: {settings.fleet_replicas} replicas build their indexes, then Envoy")
+    progress(
+        f"fleet: {settings.fleet_replicas} replicas build their indexes"
+        f"{' and pre-produce OCSP responses' if settings.ocsp_preproduce else ''}, then Envoy"
+    )
     fleet.start()
     progress(f"fleet: replicas on {fleet.placement}")
     out: dict[str, Any] = {
         "replicas": settings.fleet_replicas,
         "workers_per_replica": 1,
         "placement": fleet.placement,
+        "preproduce_wait_seconds": fleet.preproduce_wait_seconds,
         "tls": "verifiers' mTLS ends at Envoy; TLS from Envoy to each replica",
     }
     try:

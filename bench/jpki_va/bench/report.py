@@ -356,6 +356,11 @@ def _fleet_lines(fleet: dict[str, Any] | None) -> list[str]:
         f" **{_fmt(fleet['balancer']['rate'])}/s**, one replica direct"
         f" {_fmt(fleet['one_replica']['rate'])}/s"
     ]
+    if fleet.get("preproduce_wait_seconds"):
+        lines.append(
+            f"- measured after every replica's first OCSP pre-production pass:"
+            f" waited {fleet['preproduce_wait_seconds']} s for them"
+        )
     fresh = fleet.get("freshness")
     if fresh:
         per = ", ".join(

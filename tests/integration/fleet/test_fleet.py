@@ -39,6 +39,7 @@ from jpki_va.protos import signer_pb2, va_pb2, va_pb2_grpc, verifiers_pb2
 from jpki_va.server.access.gate import fingerprint_of
 from jpki_va.server.access.proxy import FORWARDED_HEADER
 from jpki_va.server.app.envoy_config import GRPC_CLUSTER, HTTP_CLUSTER
+from jpki_va.server.responder.preproduced import PreproducedStore
 from tests.support import Issued, Pki, fresh_key, start_pki, wait_for
 
 pytestmark = pytest.mark.slow
@@ -75,7 +76,7 @@ def fleet(
         snapshots,
         pki.root_file,
         f"127.0.0.1:{pki.signer.port}",
-        FleetSpec(replicas=3, max_lag=2.0),
+        FleetSpec(replicas=3, max_lag=2.0, wait_preproduced=True),
         snapshots_of=lambda n: mirror.target if n == LAGGING else snapshots,
     )
     running.start()
@@ -134,6 +135,20 @@ def _revoked_on(fleet: Fleet, target: str, issued: Issued) -> bool:
         return _check(fleet, target, issued.kind, issued.serial) == va_pb2.CERT_STATUS_REVOKED
     except grpc.RpcError:
         return False
+
+
+def test_start_waits_for_every_replicas_first_ocsp_pass(fleet: Fleet) -> None:
+    """With `wait_preproduced`, `start` returns once each replica's OCSP producer has
+    finished a pass over the index that replica serves (first in this module: later
+    tests publish new indexes)."""
+    for replica in fleet.replicas:
+        store = PreproducedStore(replica.state_dir)
+        try:
+            state = store.progress(replica.state_dir / "index")
+        finally:
+            store.close()
+        assert state.get("done") and state.get("index") == state["live"], (replica.number, state)
+        assert state["live"] is not None
 
 
 def test_every_replica_answers_a_loss_after_its_commit(pki: Pki, fleet: Fleet) -> None:

@@ -675,8 +675,7 @@ class Responder:
             return {}
         if self._store is None:
             self._store = PreproducedStore(self.config.state_dir)
-        live = current_index(self.config.index_dir)
-        return {**self._store.state(), "live": None if live is None else live.name}
+        return self._store.progress(self.config.index_dir)
 
     def _certify_for(self, index_path: Path) -> None:
         renew_ocsp_certificates(self.config, self._keystore, self._clock, index_path)

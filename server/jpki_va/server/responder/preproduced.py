@@ -30,6 +30,7 @@ import lmdb
 
 from jpki_va.core.domain import micros
 from jpki_va.server.base.private_files import LMDB_MODE, private_dir
+from jpki_va.server.responder.index_reader import current_index
 from jpki_va.server.responder.status import Answer
 
 STORE_DIR = "ocsp-responses"
@@ -137,6 +138,12 @@ class PreproducedStore:
         with self._env.begin(db=self._meta) as txn:
             raw = txn.get(_STATE)
         return {} if raw is None else dict(json.loads(bytes(raw)))
+
+    def progress(self, index_root: Path) -> dict[str, Any]:
+        """`state` with the live index's name under `live`: a pass is over the live
+        index, and finished, when its `index` is that name and it is `done`."""
+        live = current_index(index_root)
+        return {**self.state(), "live": None if live is None else live.name}
 
     def stat(self) -> tuple[int, int]:
         """(entries, bytes of the environment's pages in use)."""
