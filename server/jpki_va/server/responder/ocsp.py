@@ -273,7 +273,8 @@ class OcspResponder:
     ) -> OcspReply:
         """The response to a request `read` returned; `issuers`, when given, what
         `issuers(request)` returned (each CertID is then not resolved again); `data`,
-        the bytes it was read from, which key the cache (without them nothing is kept)."""
+        the bytes it was read from, which key the cache (without them nothing is kept)
+        and which `cached` was asked for first and did not find."""
         try:
             return self._answer(request, issuers, data)
         except _Unsuccessful as exc:
@@ -286,15 +287,13 @@ class OcspResponder:
         now = self._clock.now()
         generation = NO_GENERATION
         if cache is not None:
+            # `cached(data)` missed just before: not asked again. The generation is read
+            # before the statuses are, so `put` can tell whether a new full index or
+            # signer came meanwhile.
             try:
-                hit = cache.get(data, now.timestamp(), self._basis_again)
-                # Read before the statuses are, so `put` can tell whether a new full
-                # index or signer came meanwhile; a hit needs none (one read, not two).
-                generation = cache.generation() if hit is None else generation
+                generation = cache.generation()
             except NotReady:
                 raise _Unsuccessful(ResponseStatus.TRY_LATER) from None
-            if hit is not None:
-                return self.reuse(hit)
             self._observer.cache("miss")
         elif request.nonce is not None:
             self._observer.cache("nonce")
