@@ -162,7 +162,6 @@ class Index:
         )
         dbs = {name: self._env.open_db(name, create=False) for name in _DBS}
         self._status = dbs[b"status"]
-        self._issuers_db = dbs[b"issuers"]
         self._meta_db = dbs[b"meta"]
         self._links = dbs[b"links"]
         self._signing_records = dbs[b"signing_records"]
@@ -195,6 +194,12 @@ class Index:
             if generations:
                 newest = max(generations, key=lambda e: e.certificate.not_valid_before_utc)
                 self.issuers[newest.key_id] = replace(newest, active=True)
+        # CertID hashes -> issuer, held in memory: a handful of keys that only a full
+        # build writes, asked per OCSP request (a dict lookup, not an LMDB read).
+        self._by_hash: dict[bytes, IssuerEntry | None] = {}
+        with self._env.begin(db=dbs[b"issuers"]) as txn:
+            for lookup, raw in txn.cursor():
+                self._by_hash[bytes(lookup)] = self.issuers.get(self.issuer_key_ids[raw[1]])
 
     def _load_meta(self, txn: lmdb.Transaction, previous: _Meta | None = None) -> _Meta:
         version = bytes(txn.get(_VERSION, default=b"", db=self._meta_db))
@@ -395,11 +400,7 @@ class Index:
     def issuer_by_hash(
         self, algorithm: str, name_hash: bytes, key_hash: bytes
     ) -> IssuerEntry | None:
-        with self._env.begin(db=self._issuers_db) as txn:
-            raw = txn.get(algorithm.encode() + b":" + name_hash + key_hash)
-        if raw is None:
-            return None
-        return self.issuers.get(self.issuer_key_ids[raw[1]])
+        return self._by_hash.get(algorithm.encode() + b":" + name_hash + key_hash)
 
     def crl_times(self, record: StatusRecord) -> CrlTimes | None:
         return self._meta.crl_times.get((record.kind, record.issuer_key_id, record.partition))
