@@ -307,7 +307,9 @@ class Ledger:
 
     def _count(self, adds: list[tuple[int, int]], disclosures: Sequence[Disclosure]) -> None:
         if disclosures:
-            self._write(Counter(), disclosures)  # on disk before anything is counted
+            # On disk before anything is counted: a crash between leaves the audit of a
+            # disclosure that was neither counted nor answered, never the reverse.
+            self._write(Counter(), disclosures)
         tally = self._tally
         assert tally is not None
         try:
