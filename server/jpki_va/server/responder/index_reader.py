@@ -196,10 +196,12 @@ class Index:
                 self.issuers[newest.key_id] = replace(newest, active=True)
         # CertID hashes -> issuer, held in memory: a handful of keys that only a full
         # build writes, asked per OCSP request (a dict lookup, not an LMDB read).
-        self._by_hash: dict[bytes, IssuerEntry | None] = {}
+        self._by_hash: dict[bytes, IssuerEntry] = {}
         with self._env.begin(db=dbs[b"issuers"]) as txn:
             for lookup, raw in txn.cursor():
-                self._by_hash[bytes(lookup)] = self.issuers.get(self.issuer_key_ids[raw[1]])
+                entry = self.issuers.get(self.issuer_key_ids[raw[1]])
+                if entry is not None:
+                    self._by_hash[bytes(lookup)] = entry
 
     def _load_meta(self, txn: lmdb.Transaction, previous: _Meta | None = None) -> _Meta:
         version = bytes(txn.get(_VERSION, default=b"", db=self._meta_db))
