@@ -1,10 +1,14 @@
 """Publishing snapshots: registry state -> signed CRLs, records, data files and a manifest.
 
 A full snapshot carries everything in retention; a delta carries what changed
-since the previous snapshot and, per partition that changed since the full one,
-a delta CRL (cumulative since that partition's full CRL, RFC 5280 §5.2.4). A delta
-is possible only while the issuer generations, compromises and partitions are the
-ones of the last full snapshot; otherwise the publisher makes a full one.
+since the previous snapshot, including the delta CRLs signed for it: one per
+partition that lost a certificate since the previous snapshot (cumulative since that
+partition's full CRL, RFC 5280 §5.2.4), or whose last delta CRL is past half its
+validity. A partition's delta CRL is in the one snapshot it was signed for, so a
+delta's size and the work each replica does with it follow what changed since the
+previous snapshot, not since the full one. A delta is possible only while the issuer
+generations, compromises and partitions are the ones of the last full snapshot;
+otherwise the publisher makes a full one.
 
 A publish takes its snapshot sequence and CRL numbers only when it commits: they are
 read ahead, written into the signed files, and recorded in the registry in the same
@@ -23,9 +27,8 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypedDict
 
-from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes
 
@@ -70,9 +73,8 @@ _STATE = "publisher_state"
 # Below this many certificates the links pass takes less than a second process costs
 # to start (about a second: a fresh interpreter and its imports).
 LINK_PROCESS_FROM = 250_000
-# With a store elsewhere (object storage), the last committed snapshot's delta CRLs
-# are kept here, beside the sealing directory, so the next delta can carry over the
-# unchanged ones without reading them back from the store.
+# Where versions that carried unchanged delta CRLs into every delta kept the last
+# ones; removed on start, as nothing reads it now.
 _CARRIED = ".delta-crls"
 
 
@@ -96,6 +98,17 @@ def _scope_name(scope: Scope) -> str:
     return f"{kind.name}:{kid.hex()}:{partition}"
 
 
+def _scope_of(name: str) -> Scope:
+    """The scope `_scope_name` names."""
+    kind, kid, partition = name.split(":")
+    return CertKind[kind], bytes.fromhex(kid), partition
+
+
+class _SignedDelta(TypedDict):
+    next_update: str  # ISO 8601
+    entries: int
+
+
 @dataclass
 class _State:
     """What the last snapshots were, kept in the registry so deltas survive a restart."""
@@ -112,6 +125,9 @@ class _State:
     consent_sequence: int
     mark: str
     last_at: datetime | None = None  # when the last snapshot (full or delta) was made
+    # scope name -> the last delta CRL signed for it since the full. Absent from states
+    # written before it was kept: then every scope with losses is signed anew once.
+    deltas: dict[str, _SignedDelta] = field(default_factory=dict)
 
     def to_bytes(self) -> bytes:
         data = dict(self.__dict__)
@@ -182,6 +198,7 @@ class Publisher:
         self._link_process_from = link_process_from
         # One publish at a time: the periodic one and an operator's may coincide.
         self._lock = threading.Lock()
+        shutil.rmtree(snapshot_root / _CARRIED, ignore_errors=True)
 
     # entry points ---------------------------------------------------------------------
     @property
@@ -264,40 +281,9 @@ class Publisher:
                 self._store.withdraw(builder.sequence)  # the registry did not take it
             builder.abort()
             raise
-        self._keep_delta_crls(builder, delta=state.last_sequence != state.full_sequence)
         builder.abort()  # what is left of it here: nothing once renamed into the root
         fault_point("publish.state-saved")
         return self._root / snapshot_dirname(builder.sequence)
-
-    def _local_copy(self, sequence: int) -> Path:
-        """Where a committed snapshot's delta CRLs are on this host."""
-        if self._store.local_root == self._root:
-            return self._root / snapshot_dirname(sequence)
-        return self._root / _CARRIED / snapshot_dirname(sequence)
-
-    def _keep_delta_crls(self, builder: SnapshotBuilder, *, delta: bool) -> None:
-        """With a store elsewhere: keep a committed delta's delta CRLs (only the last
-        one's) for the next delta to carry over; a full one's are never carried. A copy
-        that cannot be kept costs only signatures: the next delta signs those anew."""
-        if self._store.local_root == self._root:
-            return  # the store's own directory holds them
-        kept = self._root / _CARRIED
-        fresh = self._root / f"{_CARRIED}.new"
-        try:
-            shutil.rmtree(fresh, ignore_errors=True)
-            if not delta:
-                shutil.rmtree(kept, ignore_errors=True)
-                return
-            target = fresh / snapshot_dirname(builder.sequence)
-            for crl in builder.path.glob("crls/**/*.delta.crl"):
-                moved = target / crl.relative_to(builder.path)
-                private_dir(moved.parent)
-                crl.rename(moved)
-            shutil.rmtree(kept, ignore_errors=True)
-            private_dir(fresh)
-            fresh.rename(kept)
-        except OSError as exc:
-            log.warning("cannot keep snapshot %d's delta CRLs: %s", builder.sequence, exc)
 
     # retention --------------------------------------------------------------------------
     def _retained(self, record: CertificateRecord, now: datetime) -> bool:
@@ -489,22 +475,15 @@ class Publisher:
             if content is None:
                 return None
             compromises = tx.compromises()
-            bases = {s: state.crl_base[_scope_name(s)] for s in content.entries}
-            unchanged = self._unchanged_delta_crls(state, content, bases, now)
-            numbers = {
-                scope: tx.counter(crl_counter(*scope)) + 1
-                for scope in content.entries
-                if scope not in unchanged
-            }
+            to_sign = self._delta_crls_to_sign(state, content, now)
+            numbers = {scope: tx.counter(crl_counter(*scope)) + 1 for scope in to_sign}
         builder = SnapshotBuilder(self._root, sequence)
         fault_point("publish.begun")
         try:
             builder.add_issuers([r.certificate for r in issuers])
             builder.add_records(content.records)
-            for scope, (crl, number) in unchanged.items():
-                builder.add_crl(scope[0], scope[2], crl, number, delta_base=bases[scope])
-            fresh = {s: e for s, e in content.entries.items() if s not in unchanged}
-            self._add_crls(builder, issuers, fresh, numbers, now, bases)
+            bases = {s: state.crl_base[_scope_name(s)] for s in to_sign}
+            self._add_crls(builder, issuers, to_sign, numbers, now, bases)
             self._add_data(builder, content)
             if compromises:  # the same as in its full snapshot: every snapshot has it
                 self._add_announcement(builder, issuers, compromises, now)
@@ -528,6 +507,11 @@ class Publisher:
         state.consent_sequence = consent_sequence
         state.mark = mark
         state.last_at = now
+        _, next_update = self._crl_times(now)
+        for scope, entries in to_sign.items():
+            state.deltas[_scope_name(scope)] = _SignedDelta(
+                next_update=next_update.isoformat(), entries=len(entries)
+            )
         taken = {"snapshot": sequence, **{crl_counter(*s): n for s, n in numbers.items()}}
         path = self._commit(builder, taken, state)
         log.info(
@@ -542,45 +526,37 @@ class Publisher:
             sequence, path, len(manifest.crls), manifest.record_count, "delta", len(content.events)
         )
 
-    def _unchanged_delta_crls(
-        self, state: _State, content: _Content, bases: dict[Scope, int], now: datetime
-    ) -> dict[Scope, tuple[x509.CertificateRevocationList, int]]:
-        """The previous delta's CRLs (and numbers) of scopes with no loss since it, to
-        publish again.
+    def _delta_crls_to_sign(
+        self, state: _State, content: _Content, now: datetime
+    ) -> dict[Scope, list[CrlEntry]]:
+        """The scopes whose delta CRL this delta signs, with their entries since the full.
 
         A delta CRL is cumulative since its full CRL, so one whose scope lost nothing
-        since the previous snapshot would be signed again with the same entries: the
-        same CRL, under a new number. Carrying the signed one over instead keeps a
-        delta's signatures to the scopes that changed in it, not every scope changed
-        since the full (by evening, most partitions: seconds of HSM time per delta).
-        One past half its validity is signed anew, so none nears its nextUpdate.
+        since it was signed would be signed again with the same entries. It is left
+        out instead, and replicas keep serving the one an earlier delta brought: a
+        delta's signatures, bytes and replica work follow the scopes that changed in
+        it, not every scope changed since the full (by evening, most partitions).
+        Signed anew: a scope that lost a certificate since the previous snapshot, one
+        whose entries differ from its last delta CRL's (one left with its retention
+        period, or all did: then an empty delta CRL), and one past half its validity,
+        so none nears its nextUpdate.
         """
         changed = {(e.kind, e.issuer_key_id, e.partition) for e in content.events}
-        previous = self._local_copy(state.last_sequence)
-        if state.last_sequence == state.full_sequence or not previous.is_dir():
-            return {}
-        kept: dict[Scope, tuple[x509.CertificateRevocationList, int]] = {}
-        for scope in content.entries.keys() - changed:
-            kind, key_id, partition = scope
-            rel = crl_relpath(kind, key_id, partition, delta=True)
-            try:
-                der = (previous / rel).read_bytes()
-                crl = x509.load_der_x509_crl(der)
-                number = crl.extensions.get_extension_for_class(x509.CRLNumber).value
-                base = crl.extensions.get_extension_for_class(x509.DeltaCRLIndicator).value
-            except (OSError, ValueError, x509.ExtensionNotFound):
-                continue  # not there as expected: sign it anew
-            next_update = crl.next_update_utc
+        scopes = set(content.entries) | {_scope_of(name) for name in state.deltas}
+        to_sign: dict[Scope, list[CrlEntry]] = {}
+        for scope in scopes:
+            entries = content.entries.get(scope, [])
+            last = state.deltas.get(_scope_name(scope))
             if (
-                base.crl_number != bases[scope]
-                or next_update is None
-                or next_update - now < self._settings.crl_validity / 2
-                # The same entries (one may have left with its retention period).
-                or {r.serial_number for r in crl} != {e.serial for e in content.entries[scope]}
+                scope in changed
+                or last is None
+                # Without a loss since it was signed, entries only leave: a count says it.
+                or last["entries"] != len(entries)
+                or datetime.fromisoformat(last["next_update"]) - now
+                < self._settings.crl_validity / 2
             ):
-                continue
-            kept[scope] = (crl, number.crl_number)
-        return kept
+                to_sign[scope] = entries
+        return to_sign
 
     def _gather_delta(
         self, tx: RegistryTxn, state: _State, issuers: list[IssuerRecord], now: datetime
@@ -678,9 +654,7 @@ class Publisher:
         empty_deltas: bool = False,
     ) -> None:
         keys: dict[bytes, CertificateIssuerPrivateKeyTypes] = {}
-        # DER times are whole seconds; the manifest states what the CRLs say.
-        this_update = now.replace(microsecond=0)
-        next_update = this_update + self._settings.crl_validity
+        this_update, next_update = self._crl_times(now)
         for scope, bucket in sorted(entries.items()):
             kind, key_id, partition = scope
             issuer = next(r for r in issuers if r.key_id == key_id)
@@ -713,6 +687,12 @@ class Publisher:
                 builder.add_empty_delta_der(info, der)
             else:
                 builder.add_crl_der(info, der)
+
+    def _crl_times(self, now: datetime) -> tuple[datetime, datetime]:
+        """thisUpdate and nextUpdate of the CRLs signed at `now`: DER times are whole
+        seconds, and the manifest states what the CRLs say."""
+        this_update = now.replace(microsecond=0)
+        return this_update, this_update + self._settings.crl_validity
 
     @staticmethod
     def _add_data(builder: SnapshotBuilder, content: _Content) -> None:

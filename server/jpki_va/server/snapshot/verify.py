@@ -7,8 +7,9 @@ manifest's bytes; `signer.pem` is that key's certificate, issued by the root.
 
 A full snapshot (`type: full`) holds everything in retention; a delta (`type:
 delta`, `base_sequence` = its full snapshot, `previous_sequence` = the snapshot it
-follows) holds what changed since `previous_sequence`, except its delta CRLs, which
-are cumulative since the base full CRL of their partition (RFC 5280 §5.2.4).
+follows) holds what changed since `previous_sequence`, with the delta CRLs signed
+since it. A delta CRL is cumulative since the base full CRL of its partition (RFC
+5280 §5.2.4) and stays its partition's current one until a later delta brings another.
 
 Files:
 

@@ -1,8 +1,10 @@
 """RFC 5280 partitioned and delta CRLs, judged by OpenSSL, and delta snapshots.
 
 A full snapshot has one CRL per (kind, generation, municipality); a delta snapshot
-has one delta CRL per partition that changed since the full (deltaCRLIndicator =
-the full CRL's number) and the certificates issued since the previous snapshot.
+has the certificates issued since the previous snapshot and a delta CRL
+(deltaCRLIndicator = the full CRL's number, cumulative since it) for each partition
+that lost a certificate since the previous snapshot. A replica keeps serving a
+partition's delta CRL until a later delta brings another.
 """
 
 from __future__ import annotations
@@ -130,29 +132,30 @@ def test_every_partition_and_delta_crl_verifies_with_openssl(
             )
             assert "verify OK" in result.stderr + result.stdout
             count += 1
-    # Two partitions in each full with their empty deltas, one then two delta CRLs.
-    assert count == 2 * 2 + 1 + 2 + 2 * 2
+    # Two partitions in each full with their empty deltas, and one delta CRL per delta.
+    assert count == 2 * 2 + 1 + 1 + 2 * 2
     assert list(world.delta1.glob("crls/**/*.delta.crl"))
 
 
-def test_delta_crls_cover_only_partitions_that_changed_since_the_full(world: World) -> None:
+def test_delta_crls_cover_only_partitions_that_changed_since_the_previous_snapshot(
+    world: World,
+) -> None:
     d1 = _manifest(world.delta1)
     d2 = _manifest(world.delta2)
     assert {c["partition"] for c in d1["crls"]} == {"131016"}
-    # Cumulative since the base: 131016 changed in delta 1 and is still listed.
-    assert {c["partition"] for c in d2["crls"]} == {"131016", "271004"}
+    # 131016 lost nothing in delta 2: its delta CRL of delta 1 still holds.
+    assert {c["partition"] for c in d2["crls"]} == {"271004"}
     full = {(c["kind"], c["partition"]): c for c in _manifest(world.full)["crls"]}
     for c in d1["crls"] + d2["crls"]:
         assert c["delta_base"] == full[(c["kind"], c["partition"])]["number"]
         assert c["file"].endswith(".delta.crl")
 
 
-def test_crl_numbers_increase_per_partition_and_unchanged_deltas_are_carried_over(
+def test_crl_numbers_increase_per_partition_and_each_crl_is_in_one_snapshot(
     world: World,
 ) -> None:
-    """Each CRL signed takes a new, higher number; a delta CRL whose scope lost nothing
-    since the previous delta is that same CRL, carried over byte for byte (RFC 5280
-    §5.2.3 numbers CRLs issued, and this one is not issued again)."""
+    """Each CRL signed takes a new, higher number (RFC 5280 §5.2.3) and is published
+    once, in the snapshot it was signed for."""
     seen: dict[tuple[str, str, str], list[tuple[int, bytes]]] = {}
     for snapshot in (world.full, world.delta1, world.delta2, world.full2):
         for c in _manifest(snapshot)["crls"]:
@@ -160,16 +163,36 @@ def test_crl_numbers_increase_per_partition_and_unchanged_deltas_are_carried_ove
             seen.setdefault((c["kind"], c["issuer_key_id"], c["partition"]), []).append(
                 (c["number"], der)
             )
-    scope = ("CARD_AUTH", _kid(world.good), "131016")
-    assert len(seen[scope]) == 4  # full, delta, delta, full
-    # 131016 lost nothing in delta 2: its delta CRL of delta 1 again.
-    assert seen[scope][1] == seen[scope][2]
+    assert len(seen[("CARD_AUTH", _kid(world.good), "131016")]) == 3  # full, delta 1, full
+    assert len(seen[("CARD_AUTH", _kid(world.good), "271004")]) == 3  # full, delta 2, full
     for crls in seen.values():
         numbers = [n for n, _ in crls]
         assert numbers == sorted(numbers)
-        signed = dict(crls)
-        assert len(signed) == len(set(numbers))  # one CRL per number
-        assert len({der for _, der in crls}) == len(signed)
+        assert len(set(numbers)) == len(numbers)
+        assert len({der for _, der in crls}) == len(crls)
+
+
+def test_a_replica_serves_each_partitions_newest_delta_crl(
+    pki: Pki, world: World, tmp_path: Path
+) -> None:
+    """After delta 2, 131016's delta CRL is still delta 1's: delta 2 left it out."""
+    incoming = tmp_path / "incoming"
+    incoming.mkdir()
+    verifier = SnapshotVerifier(load_anchors(pki.responder.config), SystemClock())
+    ingester = Ingester(incoming, tmp_path / "index", verifier)
+    for snapshot in (world.full, world.delta1, world.delta2):
+        shutil.copytree(snapshot, incoming / snapshot.name)
+    ingester.poll_once()
+    assert ingester.sequence == _manifest(world.delta2)["sequence"]
+    kid = bytes.fromhex(_kid(world.good))
+    index = Index(current_index(tmp_path / "index"))  # type: ignore[arg-type]
+    try:
+        for partition, snapshot in (("131016", world.delta1), ("271004", world.delta2)):
+            served = index.delta_crl_der(CertKind.CARD_AUTH, kid, partition)
+            (listed,) = (c for c in _manifest(snapshot)["crls"] if c["partition"] == partition)
+            assert served == (snapshot / listed["file"]).read_bytes()
+    finally:
+        index.close()
 
 
 def test_certificates_carry_freshest_crl_of_their_partition(world: World) -> None:
