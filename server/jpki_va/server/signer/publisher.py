@@ -22,7 +22,6 @@ import json
 import logging
 import shutil
 import threading
-from collections import defaultdict
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -55,6 +54,7 @@ from jpki_va.server.registry.transactions import Registry, RegistryTxn
 from jpki_va.server.signer.authority import Authority
 from jpki_va.server.signer.full_snapshot import FullContent, Scope
 from jpki_va.server.signer.link_process import LinkProcess
+from jpki_va.server.signer.losses_since_full import LossesSinceFull
 from jpki_va.server.snapshot.data_files import consent_line, link_rows, signing_record_line
 from jpki_va.server.snapshot.manifest import (
     CONSENTS,
@@ -153,7 +153,6 @@ class _Content:
     """What one snapshot carries, gathered in one read transaction."""
 
     records: list[bytes] = field(default_factory=list)
-    entries: dict[Scope, list[CrlEntry]] = field(default_factory=dict)
     events: list[LossEvent] = field(default_factory=list)
     links: set[Link] = field(default_factory=set)
     signing_records: dict[int, dict[str, Any]] = field(default_factory=dict)
@@ -198,6 +197,7 @@ class Publisher:
         self._link_process_from = link_process_from
         # One publish at a time: the periodic one and an operator's may coincide.
         self._lock = threading.Lock()
+        self._losses = LossesSinceFull(self._retention)
         shutil.rmtree(snapshot_root / _CARRIED, ignore_errors=True)
 
     # entry points ---------------------------------------------------------------------
@@ -542,20 +542,19 @@ class Publisher:
         so none nears its nextUpdate.
         """
         changed = {(e.kind, e.issuer_key_id, e.partition) for e in content.events}
-        scopes = set(content.entries) | {_scope_of(name) for name in state.deltas}
+        scopes = {*self._losses.scopes(), *(_scope_of(name) for name in state.deltas)}
         to_sign: dict[Scope, list[CrlEntry]] = {}
         for scope in scopes:
-            entries = content.entries.get(scope, [])
             last = state.deltas.get(_scope_name(scope))
             if (
                 scope in changed
                 or last is None
                 # Without a loss since it was signed, entries only leave: a count says it.
-                or last["entries"] != len(entries)
+                or last["entries"] != self._losses.count(scope)
                 or datetime.fromisoformat(last["next_update"]) - now
                 < self._settings.crl_validity / 2
             ):
-                to_sign[scope] = entries
+                to_sign[scope] = self._losses.entries(scope)
         return to_sign
 
     def _gather_delta(
@@ -573,21 +572,15 @@ class Publisher:
             if _scope_name((rec.kind, rec.issuer_key_id, rec.partition)) not in state.crl_base:
                 return None  # a new partition needs its full CRL first
             content.records.append(_record(rec, ordinals))
-        # Delta CRLs are cumulative since the full CRLs: every loss since the full.
-        entries: dict[Scope, list[CrlEntry]] = defaultdict(list)
-        for event in tx.events_since(state.full_event_sequence):
+        # Delta CRLs are cumulative since the full CRLs: every retained loss since it.
+        self._losses.read(tx, state.full_event_sequence, now)
+        for event in tx.events_since(state.event_sequence):
             scope = (event.kind, event.issuer_key_id, event.partition)
             if _scope_name(scope) not in state.crl_base:
                 return None  # cannot happen while new partitions force a full
             lost = tx.certificate(event.kind, event.serial)
-            if lost is None or not self._retained(lost, now):
-                continue
-            entries[scope].append(
-                CrlEntry(event.serial, event.loss.time, event.loss.cause, event.loss.reason)
-            )
-            if event.sequence > state.event_sequence:
+            if lost is not None and self._retained(lost, now):
                 content.events.append(event)
-        content.entries = dict(entries)
         self._delta_links(tx, new_records, content)
         self._delta_consents(tx, state, new_records, content)
         return content

@@ -20,6 +20,7 @@ from jpki_va.core.clock import FixedClock
 from jpki_va.core.domain import CertKind, Loss, LossCause
 from jpki_va.hsm import Hsm
 from jpki_va.server.law.loss_recording import DEFAULT_REASON
+from jpki_va.server.law.retention import RetentionPolicy
 from jpki_va.server.model.holder import Holder
 from jpki_va.server.model.registry_values import CertificateRecord
 from jpki_va.server.pki.cert_profile import ProfileSettings
@@ -43,8 +44,9 @@ class World:
     def publisher(self) -> Publisher:
         return Publisher(self.registry, self.authority, self.snapshots, self.clock, self.settings)
 
-    def issue(self, serial: int, partition: str) -> None:
+    def issue(self, serial: int, partition: str, issued_at: datetime | None = None) -> None:
         now = self.clock.now()
+        not_before = now - timedelta(days=1) if issued_at is None else issued_at
         with self.registry.write() as tx:
             tx.add_certificate(
                 CertificateRecord(
@@ -54,7 +56,7 @@ class World:
                     resident_code=f"{60000000000 + serial:011d}",
                     partition=partition,
                     holder=Holder("試験 四郎", "千代田区6-6", "1980-08-08", "男"),
-                    not_before=now - timedelta(days=1),
+                    not_before=not_before,
                     not_after=now + timedelta(days=365),
                     certificate_der=b"",  # a bulk record: no body
                 )
@@ -128,6 +130,27 @@ def test_a_delta_signs_what_changed_since_the_previous_snapshot(world: World) ->
     world.issue(4, THERE)
     fourth = world.publisher().publish_delta_or_full()
     assert (fourth.type, fourth.record_count, _delta_crls(fourth)) == ("delta", 1, {})
+    # Still every loss since the full, as the registry has them, after a restart.
+    world.lose(4)
+    fifth = world.publisher().publish_delta_or_full()
+    assert {p: _serials(c) for p, c in _delta_crls(fifth).items()} == {THERE: {3, 4}}
+
+
+def test_a_loss_leaves_the_delta_crl_with_its_certificates_retention(world: World) -> None:
+    publisher = world.publisher()
+    period = RetentionPolicy().issuance(CertKind.CARD_SIGN)
+    world.issue(1, HERE, issued_at=world.clock.now() - period + timedelta(hours=1))
+    world.issue(2, HERE)
+    publisher.publish_full()
+    world.lose(1)
+    world.lose(2)
+    first = publisher.publish_delta_or_full()
+    assert {p: _serials(c) for p, c in _delta_crls(first).items()} == {HERE: {1, 2}}
+    # 1's issuance record is past its retention: no loss since, yet HERE is signed anew.
+    world.clock.advance(timedelta(hours=2))
+    world.issue(3, HERE)
+    second = publisher.publish_delta_or_full()
+    assert {p: _serials(c) for p, c in _delta_crls(second).items()} == {HERE: {2}}
 
 
 def test_a_delta_crl_past_half_its_validity_is_signed_anew(world: World) -> None:
