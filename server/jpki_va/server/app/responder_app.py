@@ -73,6 +73,7 @@ from jpki_va.server.responder.crl_archive import CrlArchive, CrlNotFound
 from jpki_va.server.responder.crls import CrlFiles
 from jpki_va.server.responder.index_build import prune_abandoned_builds
 from jpki_va.server.responder.index_reader import Index, current_index
+from jpki_va.server.responder.index_upgrade import upgrade_index
 from jpki_va.server.responder.ingest import Ingester, IngestMetrics
 from jpki_va.server.responder.ingest_health import IngestCondition, IngestHealth
 from jpki_va.server.responder.mappings import Mapper, UnknownCertificate
@@ -756,6 +757,9 @@ class Responder:
             raise
         for name in prune_abandoned_builds(self.config.index_dir):
             log.info("removed %s, left by an index build that did not finish", name)
+        live = current_index(self.config.index_dir)
+        if live is not None and upgrade_index(live):  # before any worker opens it
+            log.info("upgraded index %s to the current layout", live.name)
         prepare_multiprocess_dir(self.config.metrics_dir)
         self._housekeeping()
         self._workers = [self._spawn(slot) for slot in range(self.config.workers)]

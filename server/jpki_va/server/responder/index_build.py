@@ -33,12 +33,14 @@ from jpki_va.server.responder.index_layout import (
     _entry_value,
     _put_data,
     _put_events,
-    _scope_key,
     index_dirname,
     issuer_lookup_keys,
+    pack_scope,
     put_announcement,
     put_delta_crls,
+    scope_key,
     snapshot_event_rows,
+    times_of,
 )
 from jpki_va.server.responder.storage import no_space, prepare_lock_file
 from jpki_va.server.snapshot.data_files import (
@@ -269,12 +271,17 @@ def _build(snapshot: VerifiedSnapshot, path: Path) -> None:
                 "event_sequence": manifest.event_sequence,
                 "issuer_key_ids": [k.hex() for k in key_ids],
                 "issuer_kinds": {k.hex(): v.name for k, v in kinds.items()},
-                "crls": [c.info.to_json() for c in snapshot.crls],
-                "crl_base": {_scope_key(c.info): c.info.number for c in snapshot.crls},
-                "full_crls": [c.info.to_json() for c in snapshot.crls],
                 "compromises": [compromise_to_json(c) for c in manifest.compromises],
             }
             txn.put(b"manifest", json.dumps(meta).encode(), db=dbs[b"meta"])
+            for vc in snapshot.crls:
+                info = vc.info
+                times = times_of(info)
+                txn.put(
+                    scope_key(info.kind, info.issuer_key_id, info.partition),
+                    pack_scope(times, times),
+                    db=dbs[b"meta"],
+                )
             txn.put(_VERSION, (0).to_bytes(8, "big"), db=dbs[b"meta"])
             txn.put(
                 b"issuers",

@@ -21,15 +21,19 @@ from jpki_va.server.responder.index_layout import (
     _DBS,
     _MAP_SIZE,
     _VERSION,
+    CrlTimes,
+    Scope,
     _entry_value,
     _put_data,
     _put_events,
     _required,
-    _scope_key,
-    _scope_key_of_json,
+    pack_scope,
     put_announcement,
     put_delta_crls,
+    scope_key,
     snapshot_event_rows,
+    times_of,
+    unpack_scope,
 )
 from jpki_va.server.snapshot.data_files import (
     parse_event_row,
@@ -104,18 +108,26 @@ def _check_follows(meta: dict[str, Any], manifest: Manifest) -> None:
         raise DeltaNotApplicable(f"delta {manifest.sequence} has other issuer generations")
 
 
-def _apply_records(
-    txn: lmdb.Transaction, status: Any, snapshot: VerifiedSnapshot, crl_base: dict[str, int]
-) -> int:
+def _full_crl(txn: lmdb.Transaction, meta: Any, scope: Scope) -> CrlTimes | None:
+    """The full CRL of `scope` the index was built with; None: no such scope."""
+    raw = txn.get(scope_key(*scope), db=meta)
+    return None if raw is None else unpack_scope(bytes(raw))[0]
+
+
+def _apply_records(txn: lmdb.Transaction, dbs: dict[bytes, Any], snapshot: VerifiedSnapshot) -> int:
     manifest = snapshot.manifest
     data = (snapshot.path / RECORDS_FILE).read_bytes()
     if hashlib.sha256(data).hexdigest() != manifest.files[RECORDS_FILE]:
         raise SnapshotRejected(f"{RECORDS_FILE} changed after verification")
+    status = dbs[b"status"]
+    known: set[Scope] = set()
     records = 0
     for key, nb, na, part, ordinal in read_records(data):
-        kid = manifest.issuer_key_ids[ordinal]
-        if f"{CertKind(key[0]).name}:{kid.hex()}:{partition_text(part)}" not in crl_base:
-            raise SnapshotRejected(f"delta record {key.hex()} is in no CRL's scope")
+        scope = (CertKind(key[0]), manifest.issuer_key_ids[ordinal], partition_text(part))
+        if scope not in known:
+            if _full_crl(txn, dbs[b"meta"], scope) is None:
+                raise SnapshotRejected(f"delta record {key.hex()} is in no CRL's scope")
+            known.add(scope)
         if not txn.put(key, pack_value(nb, na, part, ordinal), overwrite=False, db=status):
             raise SnapshotRejected(f"delta record {key.hex()} is already in the index")
         records += 1
@@ -125,18 +137,16 @@ def _apply_records(
 
 
 def _apply_crls(
-    txn: lmdb.Transaction,
-    status: Any,
-    snapshot: VerifiedSnapshot,
-    crl_base: dict[str, int],
-    crls: dict[str, Any],
+    txn: lmdb.Transaction, dbs: dict[bytes, Any], snapshot: VerifiedSnapshot
 ) -> list[bytes]:
-    """Revocations of the delta CRLs not yet in the index; updates `crls` (the times)."""
+    """Revocations of the delta CRLs not yet in the index; each becomes its scope's
+    current CRL."""
+    status, meta = dbs[b"status"], dbs[b"meta"]
     newly: list[bytes] = []
     for vc in snapshot.crls:
         info = vc.info
-        scope = _scope_key(info)
-        if info.delta_base is None or crl_base.get(scope) != info.delta_base:
+        full = _full_crl(txn, meta, (info.kind, info.issuer_key_id, info.partition))
+        if info.delta_base is None or full is None or full.number != info.delta_base:
             raise SnapshotRejected(f"{info.file}: not a delta on the live full CRL")
         for entry in vc.crl:
             key = record_key(info.kind, entry.serial_number)
@@ -146,7 +156,11 @@ def _apply_crls(
             if unpack_loss(bytes(raw))[1] == 0:  # loss is final: the first one stays
                 txn.put(key, with_loss(bytes(raw), *_entry_value(info.file, entry)), db=status)
                 newly.append(key)
-        crls[scope] = info.to_json()
+        txn.put(
+            scope_key(info.kind, info.issuer_key_id, info.partition),
+            pack_scope(full, times_of(info)),
+            db=meta,
+        )
     return newly
 
 
@@ -157,10 +171,8 @@ def _apply(
     meta = json.loads(_required(txn.get(b"manifest", db=dbs[b"meta"])))
     _check_follows(meta, manifest)
     status = dbs[b"status"]
-    crl_base: dict[str, int] = meta["crl_base"]
-    records = _apply_records(txn, status, snapshot, crl_base)
-    crls = {_scope_key_of_json(c): c for c in meta["crls"]}
-    newly = _apply_crls(txn, status, snapshot, crl_base, crls)
+    records = _apply_records(txn, dbs, snapshot)
+    newly = _apply_crls(txn, dbs, snapshot)
     put_delta_crls(txn, dbs[b"meta"], snapshot.crls)  # they replace the scopes' deltas
     rows = list(snapshot_event_rows(snapshot))
     try:
@@ -184,7 +196,6 @@ def _apply(
         sequence=manifest.sequence,
         created_at=manifest.created_at.isoformat(),
         event_sequence=manifest.event_sequence,
-        crls=list(crls.values()),
     )
     txn.put(b"manifest", json.dumps(meta).encode(), db=dbs[b"meta"])
     version = int.from_bytes(txn.get(_VERSION, default=b"\0", db=dbs[b"meta"]), "big")

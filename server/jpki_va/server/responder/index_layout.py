@@ -5,9 +5,10 @@ from __future__ import annotations
 import hashlib
 import json
 import mmap
+import struct
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import lmdb
@@ -124,14 +125,52 @@ def snapshot_events(snapshot: VerifiedSnapshot) -> list[LossEvent]:
         raise SnapshotRejected(f"{EVENTS_FILE}: {exc}") from exc
 
 
-def _scope_key(info: CrlInfo) -> str:
-    return f"{info.kind.name}:{info.issuer_key_id.hex()}:{info.partition}"
+# In `meta`, per CRL scope (kind, issuer generation, partition): the full CRL's number
+# and times, then the current CRL's (the full one until a delta brings a delta CRL).
+# A key per scope, so a delta rewrites only the scopes it brings and a reader parses
+# only those again: as one JSON value beside the manifest, every delta rewrote it and
+# every worker parsed it again (4.3 MB at a million holders' 6,800 scopes: ~75 ms in
+# the ingester and ~40 ms in each worker, per delta).
+SCOPE_PREFIX = b"scope:"
+_SCOPE_VALUE = struct.Struct(">QqqQqq")  # number, thisUpdate, nextUpdate (µs), twice
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+Scope = tuple[CertKind, bytes, str]  # (kind, issuer key id, partition)
 
 
-def _scope_key_of_json(data: dict[str, Any]) -> str:
-    """_scope_key of a CrlInfo as its to_json() wrote it, without parsing it back: a
-    delta keys every scope of the index's metadata (thousands nationally) this way."""
-    return f"{data['kind']}:{data['issuer_key_id']}:{data['partition']}"
+def scope_key(kind: CertKind, issuer_key_id: bytes, partition: str) -> bytes:
+    return SCOPE_PREFIX + bytes([kind, len(issuer_key_id)]) + issuer_key_id + partition.encode()
+
+
+def scope_of_key(key: bytes) -> Scope:
+    """The scope `scope_key` made `key` of."""
+    at = len(SCOPE_PREFIX)
+    end = at + 2 + key[at + 1]
+    return CertKind(key[at]), key[at + 2 : end], key[end:].decode()
+
+
+def times_of(info: CrlInfo) -> CrlTimes:
+    return CrlTimes(info.number, info.this_update, info.next_update)
+
+
+def pack_scope(full: CrlTimes, current: CrlTimes) -> bytes:
+    return _SCOPE_VALUE.pack(
+        full.number,
+        (full.this_update - _EPOCH) // _MICROSECOND,
+        (full.next_update - _EPOCH) // _MICROSECOND,
+        current.number,
+        (current.this_update - _EPOCH) // _MICROSECOND,
+        (current.next_update - _EPOCH) // _MICROSECOND,
+    )
+
+
+def unpack_scope(raw: bytes) -> tuple[CrlTimes, CrlTimes]:
+    """The full CRL's times and the current CRL's, as `pack_scope` wrote them."""
+    fn, ft, fu, cn, ct, cu = _SCOPE_VALUE.unpack(raw)
+    full = CrlTimes(fn, _EPOCH + ft * _MICROSECOND, _EPOCH + fu * _MICROSECOND)
+    if (cn, ct, cu) == (fn, ft, fu):
+        return full, full
+    return full, CrlTimes(cn, _EPOCH + ct * _MICROSECOND, _EPOCH + cu * _MICROSECOND)
 
 
 # In `meta`: the root's ARL (DER) of the full snapshot, and per scope the current delta

@@ -48,9 +48,13 @@ from jpki_va.server.responder.index_layout import (
     ANNOUNCEMENT_KEY,
     ARL_KEY,
     CURRENT,
+    SCOPE_PREFIX,
     CrlTimes,
+    Scope,
     _required,
     delta_crl_key,
+    scope_of_key,
+    unpack_scope,
 )
 from jpki_va.server.snapshot.data_files import (
     SigningRecord,
@@ -83,33 +87,39 @@ def current_index(index_root: Path) -> Path | None:
         return None
 
 
-def _crl_times(
-    crls: list[dict[str, Any]],
-    previous: dict[tuple[CertKind, bytes, str], CrlTimes] | None = None,
-) -> dict[tuple[CertKind, bytes, str], CrlTimes]:
-    """Each scope's CRL times; the objects of `previous` where they are the same.
+def _scope_times(
+    txn: lmdb.Transaction, meta_db: Any, previous: _Meta | None
+) -> tuple[dict[bytes, tuple[bytes, Scope]], dict[Scope, CrlTimes], dict[Scope, CrlTimes]]:
+    """Each scope's key row (its value and scope), current CRL times and full CRL times.
 
-    A delta re-signs a few scopes: the others keep their objects, so what a reload
-    leaves behind is mostly what it frees all at once (fewer half-used heap pages).
+    Of `previous`, the objects of every scope whose value is the same bytes: a delta
+    rewrites a few scopes, so only they are parsed again, and what a reload frees is
+    mostly what it replaces (fewer half-used heap pages).
     """
-    out = {}
-    known = previous or {}
-    for c in crls:
-        scope = (CertKind[c["kind"]], bytes.fromhex(c["issuer_key_id"]), c["partition"])
-        times = known.get(scope)
-        if (
-            times is None
-            or times.number != c["number"]
-            or times.this_update.isoformat() != c["this_update"]
-            or times.next_update.isoformat() != c["next_update"]
-        ):
-            times = CrlTimes(
-                number=c["number"],
-                this_update=datetime.fromisoformat(c["this_update"]),
-                next_update=datetime.fromisoformat(c["next_update"]),
-            )
-        out[scope] = times
-    return out
+    before = {} if previous is None else previous.scope_rows
+    rows: dict[bytes, tuple[bytes, Scope]] = {}
+    current: dict[Scope, CrlTimes] = {}
+    full: dict[Scope, CrlTimes] = {}
+    cursor = txn.cursor(db=meta_db)
+    if not cursor.set_range(SCOPE_PREFIX):
+        return rows, current, full
+    for raw_key, raw_value in cursor:
+        key, value = bytes(raw_key), bytes(raw_value)  # already bytes: no copy
+        if not key.startswith(SCOPE_PREFIX):
+            break
+        known = before.get(key)
+        if known is None:
+            scope = scope_of_key(key)
+        else:
+            scope = known[1]
+            if known[0] == value and previous is not None:
+                rows[key] = known
+                current[scope] = previous.crl_times[scope]
+                full[scope] = previous.full_crl_times[scope]
+                continue
+        rows[key] = (value, scope)
+        full[scope], current[scope] = unpack_scope(value)
+    return rows, current, full
 
 
 @dataclass(frozen=True)
@@ -121,8 +131,9 @@ class _Meta:
     full_sequence: int
     created_at: datetime
     event_sequence: int
-    crl_times: dict[tuple[CertKind, bytes, str], CrlTimes]  # the latest, full or delta
-    full_crl_times: dict[tuple[CertKind, bytes, str], CrlTimes]  # the full snapshot's
+    crl_times: dict[Scope, CrlTimes]  # the latest, full or delta
+    full_crl_times: dict[Scope, CrlTimes]  # the full snapshot's
+    scope_rows: dict[bytes, tuple[bytes, Scope]]  # each scope's key -> its value, its scope
     next_update: datetime
     latest_next_update: datetime
     compromises: dict[bytes, Compromise]
@@ -206,12 +217,12 @@ class Index:
     def _load_meta(self, txn: lmdb.Transaction, previous: _Meta | None = None) -> _Meta:
         version = bytes(txn.get(_VERSION, default=b"", db=self._meta_db))
         meta = json.loads(_required(txn.get(b"manifest", db=self._meta_db)))
-        crl_times = _crl_times(meta["crls"], None if previous is None else previous.crl_times)
-        if previous is not None and previous.full_sequence == meta["full_sequence"]:
-            # Deltas never change the full snapshot's CRLs: the same ones, parsed once.
-            full_crl_times = previous.full_crl_times
-        else:
-            full_crl_times = _crl_times(meta.get("full_crls", meta["crls"]))
+        if "crls" in meta:
+            raise ValueError(
+                f"{self.path} is an index of an earlier layout: a responder upgrades it "
+                "when it starts"
+            )
+        scope_rows, crl_times, full_crl_times = _scope_times(txn, self._meta_db, previous)
         compromises = [compromise_from_json(c) for c in meta.get("compromises", [])]
         raw_verifiers = txn.get(b"verifiers", db=self._meta_db)
         epoch = datetime.fromtimestamp(0, UTC)
@@ -223,6 +234,7 @@ class Index:
             event_sequence=meta["event_sequence"],
             crl_times=crl_times,
             full_crl_times=full_crl_times,
+            scope_rows=scope_rows,
             next_update=min((t.next_update for t in crl_times.values()), default=epoch),
             latest_next_update=max((t.next_update for t in crl_times.values()), default=epoch),
             compromises={c.key_id: c for c in compromises},

@@ -8,6 +8,7 @@ can say exactly what a snapshot holds, including ones the signer never makes.
 from __future__ import annotations
 
 import io
+import json
 import subprocess
 import sys
 import threading
@@ -18,6 +19,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import lmdb
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -35,7 +37,9 @@ from jpki_va.server.pki.crl_stream import read_entries
 from jpki_va.server.responder import index_build as index_module
 from jpki_va.server.responder.index_build import build_index, publish_index
 from jpki_va.server.responder.index_delta import DeltaNotApplicable, apply_delta
+from jpki_va.server.responder.index_layout import scope_key
 from jpki_va.server.responder.index_reader import Index, current_index
+from jpki_va.server.responder.index_upgrade import upgrade_index
 from jpki_va.server.snapshot.data_files import (
     EVENTS_MAGIC,
     LINKS_MAGIC,
@@ -125,7 +129,7 @@ def _snapshot(
     sequence: int,
     *,
     records: list[int],
-    crl: list[int],
+    crl: list[int] | None,  # None: no CRL (a delta whose scope lost nothing since)
     events: list[LossEvent],
     data: dict[str, list[dict[str, Any]]] | None = None,
     links: list[Link] | None = None,
@@ -139,13 +143,16 @@ def _snapshot(
         )
         for s in sorted(records)
     )
-    entries = [CrlEntry(s, NOW, LossCause.HOLDER_REQUEST, CrlReason.KEY_COMPROMISE) for s in crl]
-    crl_obj = crl_profile.crl(
-        SETTINGS, ca.key, ca.cert, kind=KIND, partition="131016", number=sequence,
-        this_update=NOW, next_update=NOW + timedelta(days=1), entries=entries,
-        delta_base=None if delta is None else delta[2],
-    )  # fmt: skip
-    builder.add_crl(KIND, "131016", crl_obj, sequence, None if delta is None else delta[2])
+    if crl is not None:
+        entries = [
+            CrlEntry(s, NOW, LossCause.HOLDER_REQUEST, CrlReason.KEY_COMPROMISE) for s in crl
+        ]
+        crl_obj = crl_profile.crl(
+            SETTINGS, ca.key, ca.cert, kind=KIND, partition="131016", number=sequence,
+            this_update=NOW, next_update=NOW + timedelta(days=1), entries=entries,
+            delta_base=None if delta is None else delta[2],
+        )  # fmt: skip
+        builder.add_crl(KIND, "131016", crl_obj, sequence, None if delta is None else delta[2])
     builder.add_events(events)
     if links:
         builder.add_links(sorted(row for link in links for row in link_rows(link)))
@@ -529,6 +536,18 @@ apply_delta(SnapshotVerifier([root], SystemClock()).verify(Path(sys.argv[1])), P
 """
 
 
+def _apply_elsewhere(ca: Ca, snapshots: Path, delta: VerifiedSnapshot, index: Path) -> None:
+    """Apply `delta` in another process, as the ingester does beside a worker's handle
+    (LMDB allows one handle per environment and process)."""
+    root = snapshots / "root.pem"
+    root.write_bytes(ca.root.public_bytes(serialization.Encoding.PEM))
+    subprocess.run(
+        [sys.executable, "-c", _APPLY_ELSEWHERE, str(delta.path), str(root), str(index)],
+        check=True,
+        timeout=60,
+    )
+
+
 def test_a_delta_is_read_once_however_many_threads_meet_it(
     ca: Ca, live: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -541,13 +560,7 @@ def test_a_delta_is_read_once_however_many_threads_meet_it(
         delta = _snapshot(
             ca, snapshots, 2, records=[12], crl=[12], events=[_event(ca, 2, 12)], delta=(1, 1, 1)
         )  # fmt: skip
-        root = snapshots / "root.pem"
-        root.write_bytes(ca.root.public_bytes(serialization.Encoding.PEM))
-        subprocess.run(
-            [sys.executable, "-c", _APPLY_ELSEWHERE, str(delta.path), str(root), str(path)],
-            check=True,
-            timeout=60,
-        )
+        _apply_elsewhere(ca, snapshots, delta, path)
         loads: list[bytes] = []
         load = Index._load_meta
 
@@ -572,5 +585,95 @@ def test_a_delta_is_read_once_however_many_threads_meet_it(
             assert list(pool.map(ask, range(threads))) == [2] * threads
         assert len(loads) == 1
         assert (reader.sequence, reader.event_sequence) == (2, 2)
+    finally:
+        reader.close()
+
+
+def test_a_reload_parses_again_only_the_scopes_a_delta_brings(
+    ca: Ca, live: tuple[Path, Path]
+) -> None:
+    snapshots, path = live
+    reader = Index(path)
+    try:
+        record = reader.get(KIND, 11)
+        assert record is not None
+        full = reader.crl_times(record)
+        assert full is not None and full.number == 1
+        # Only a record: the scope's key is as it was, and so are its objects.
+        _apply_elsewhere(
+            ca, snapshots, _snapshot(ca, snapshots, 2, records=[12], crl=None, events=[],
+                                     delta=(1, 1, 1)), path,
+        )  # fmt: skip
+        assert reader.get(KIND, 12) is not None and reader.sequence == 2
+        assert reader.crl_times(record) is full
+        # A delta CRL: the scope's current CRL is it; its full CRL stays, as it was.
+        _apply_elsewhere(
+            ca, snapshots, _snapshot(ca, snapshots, 3, records=[], crl=[12],
+                                     events=[_event(ca, 2, 12)], delta=(1, 2, 1)), path,
+        )  # fmt: skip
+        assert reader.get(KIND, 12) is not None and reader.sequence == 3
+        current = reader.crl_times(record)
+        assert current is not None and (current.number, current.next_update) == (
+            3,
+            NOW + timedelta(days=1),
+        )
+        assert reader.current_crls == {(KIND, ca.key_id, "131016"): full}
+    finally:
+        reader.close()
+
+
+def test_an_index_of_the_earlier_layout_is_upgraded_in_place(
+    ca: Ca, live: tuple[Path, Path]
+) -> None:
+    """Before a key per CRL scope, the manifest in `meta` listed every scope's CRLs."""
+    snapshots, path = live
+    delta = _snapshot(
+        ca, snapshots, 2, records=[12], crl=[12], events=[_event(ca, 2, 12)], delta=(1, 1, 1)
+    )
+    apply_delta(delta, path)
+
+    def seen(reader: Index) -> tuple[object, ...]:
+        record = reader.get(KIND, 11)
+        assert record is not None
+        return (reader.crl_times(record), reader.current_crls, reader.latest_next_update)
+
+    reader = Index(path)
+    try:
+        expected = seen(reader)
+    finally:
+        reader.close()
+    full_crls = json.loads((snapshots / "snap-000000000001" / "manifest.json").read_bytes())
+    # The earlier layout, as an index of the earlier version holds it.
+    env = lmdb.open(str(path), max_dbs=16, map_size=1 << 30)
+    try:
+        meta_db = env.open_db(b"meta")
+        with env.begin(write=True) as txn:
+            manifest = json.loads(txn.get(b"manifest", db=meta_db) or b"")
+            scope = f"{KIND.name}:{ca.key_id.hex()}:131016"
+            manifest.update(
+                crls=[c.to_json() for c in delta.manifest.crls],
+                full_crls=full_crls["crls"],
+                crl_base={scope: 1},
+            )
+            txn.put(b"manifest", json.dumps(manifest).encode(), db=meta_db)
+            assert txn.delete(scope_key(KIND, ca.key_id, "131016"), db=meta_db)
+    finally:
+        env.close()
+    with pytest.raises(ValueError, match="earlier layout"):
+        Index(path)
+    assert upgrade_index(path)
+    assert not upgrade_index(path)  # once
+    reader = Index(path)
+    try:
+        assert seen(reader) == expected
+    finally:
+        reader.close()
+    # And deltas apply on it as on any.
+    apply_delta(
+        _snapshot(ca, snapshots, 3, records=[13], crl=None, events=[], delta=(1, 2, 1)), path
+    )
+    reader = Index(path)
+    try:
+        assert reader.sequence == 3 and reader.get(KIND, 13) is not None
     finally:
         reader.close()
