@@ -19,6 +19,10 @@ from jpki_va.core.domain import (
 )
 from jpki_va.server.model.holder import Holder
 
+# A CRL's scope: (kind, issuing-CA generation key id, partition). One CRL and one delta
+# CRL each: the signer signs per scope, and the index keeps each one's times.
+Scope = tuple[CertKind, bytes, str]
+
 
 @dataclass(frozen=True)
 class LossTrigger:

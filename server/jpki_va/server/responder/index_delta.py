@@ -17,12 +17,12 @@ from jpki_va.core.domain import (
 )
 from jpki_va.server.base.faults import fault_point
 from jpki_va.server.base.private_files import LMDB_MODE
+from jpki_va.server.model.registry_values import Scope
 from jpki_va.server.responder.index_layout import (
     _DBS,
     _MAP_SIZE,
     _VERSION,
     CrlTimes,
-    Scope,
     _entry_value,
     _put_data,
     _put_events,

@@ -20,7 +20,7 @@ from jpki_va.core.domain import (
     CertKind,
     record_key,
 )
-from jpki_va.server.model.registry_values import LossEvent
+from jpki_va.server.model.registry_values import LossEvent, Scope
 from jpki_va.server.pki.crl_profile import crl_entry_cause, crl_entry_reason
 from jpki_va.server.snapshot.data_files import (
     EventFields,
@@ -135,7 +135,6 @@ SCOPE_PREFIX = b"scope:"
 _SCOPE_VALUE = struct.Struct(">QqqQqq")  # number, thisUpdate, nextUpdate (µs), twice
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
-Scope = tuple[CertKind, bytes, str]  # (kind, issuer key id, partition)
 
 
 def scope_key(kind: CertKind, issuer_key_id: bytes, partition: str) -> bytes:

@@ -38,7 +38,7 @@ from jpki_va.core.domain import (
 )
 from jpki_va.server.base.private_files import LMDB_MODE
 from jpki_va.server.law.issuer_compromise import Compromise
-from jpki_va.server.model.registry_values import LossEvent
+from jpki_va.server.model.registry_values import LossEvent, Scope
 from jpki_va.server.model.verifiers import VerifierTable
 from jpki_va.server.pki.cert_profile import key_id
 from jpki_va.server.responder.index_layout import (
@@ -50,7 +50,6 @@ from jpki_va.server.responder.index_layout import (
     CURRENT,
     SCOPE_PREFIX,
     CrlTimes,
-    Scope,
     _required,
     delta_crl_key,
     scope_of_key,

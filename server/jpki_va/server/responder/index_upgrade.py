@@ -17,11 +17,11 @@ from typing import Any
 import lmdb
 
 from jpki_va.server.base.private_files import LMDB_MODE
+from jpki_va.server.model.registry_values import Scope
 from jpki_va.server.responder.index_layout import (
     _DBS,
     _MAP_SIZE,
     _VERSION,
-    Scope,
     _required,
     pack_scope,
     scope_key,

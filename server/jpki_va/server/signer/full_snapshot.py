@@ -34,7 +34,7 @@ from jpki_va.core.domain import (
 from jpki_va.server.law.consent_scope import covers
 from jpki_va.server.law.correspondence import LinkSubject, holder_links
 from jpki_va.server.law.retention import RetentionPolicy, loss_kept
-from jpki_va.server.model.registry_values import Consent, IssuerRecord, LossEvent
+from jpki_va.server.model.registry_values import Consent, IssuerRecord, LossEvent, Scope
 from jpki_va.server.pki.crl_profile import CrlEntry
 from jpki_va.server.registry.codec import CertificateHead, LinkHead, link_head_of
 from jpki_va.server.registry.transactions import RegistryTxn
@@ -46,8 +46,6 @@ from jpki_va.server.snapshot.data_files import (
     signing_record_line,
 )
 from jpki_va.server.snapshot.record_format import pack_file_record, partition_number
-
-Scope = tuple[CertKind, bytes, str]  # (kind, issuer generation key id, partition)
 
 _ENTRY = struct.Struct("<20sqBB")  # serial, loss time (µs), cause, reason
 _KINDS = {int(k): k for k in CertKind}

@@ -14,9 +14,9 @@ from datetime import datetime
 
 from jpki_va.core.domain import CertKind
 from jpki_va.server.law.retention import RetentionPolicy
+from jpki_va.server.model.registry_values import Scope
 from jpki_va.server.pki.crl_profile import CrlEntry
 from jpki_va.server.registry.transactions import RegistryTxn
-from jpki_va.server.signer.full_snapshot import Scope
 
 
 class LossesSinceFull:

@@ -45,6 +45,7 @@ from jpki_va.server.model.registry_values import (
     ConsentChange,
     IssuerRecord,
     LossEvent,
+    Scope,
 )
 from jpki_va.server.pki import crl_profile, crl_stream
 from jpki_va.server.pki.announcement import sign_announcement
@@ -52,7 +53,7 @@ from jpki_va.server.pki.cert_profile import ProfileSettings
 from jpki_va.server.pki.crl_profile import CrlEntry
 from jpki_va.server.registry.transactions import Registry, RegistryTxn
 from jpki_va.server.signer.authority import Authority
-from jpki_va.server.signer.full_snapshot import FullContent, Scope
+from jpki_va.server.signer.full_snapshot import FullContent
 from jpki_va.server.signer.link_process import LinkProcess
 from jpki_va.server.signer.losses_since_full import LossesSinceFull
 from jpki_va.server.snapshot.data_files import consent_line, link_rows, signing_record_line
