@@ -15,6 +15,7 @@ import sys
 import threading
 import time
 import urllib.request
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -30,7 +31,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.x509 import ocsp
 
 from jpki_va import hsm
-from jpki_va.core.clock import Clock, SystemClock
+from jpki_va.core.clock import Clock, FixedClock, SystemClock
 from jpki_va.core.domain import CertKind, LossCause, Role
 from jpki_va.protos import signer_pb2, signer_pb2_grpc, va_pb2, va_pb2_grpc, verifiers_pb2
 from jpki_va.server.app.config import ResponderConfig, SignerConfig
@@ -39,7 +40,10 @@ from jpki_va.server.app.signer_app import SignerApp, start_signer
 from jpki_va.server.law.mobile_issuance import format_notice
 from jpki_va.server.model.holder import Holder
 from jpki_va.server.pki.cert_profile import throwaway_client_certificate
+from jpki_va.server.registry.transactions import Registry
 from jpki_va.server.responder.index_reader import Index, current_index
+from jpki_va.server.signer.authority import AuthoritySettings
+from jpki_va.server.signer.ceremony import bootstrap
 
 T = TypeVar("T")
 
@@ -89,6 +93,21 @@ def device_csr(key: HolderKey) -> bytes:
         .sign(key, hashes.SHA256())
     )
     return csr.public_bytes(serialization.Encoding.DER)
+
+
+def bootstrapped_registry(
+    token: hsm.Hsm, path: Path, now: datetime, label: str, ca_age: timedelta = timedelta(days=30)
+) -> Registry:
+    """A registry at `path` with its CAs made on `token` `ca_age` before `now`, under
+    key labels of their own (tests share the session's token)."""
+    registry = Registry(path)
+    bootstrap(
+        token,
+        registry,
+        FixedClock(now - ca_age),
+        AuthoritySettings(label_prefix=f"{label}-{uuid.uuid4().hex[:8]}"),
+    )
+    return registry
 
 
 def free_port() -> int:

@@ -104,6 +104,14 @@ def _verify(pki: Pki, issued: Issued, tmp_path: Path, *crls: Path) -> tuple[int,
     return result.returncode, result.stdout + result.stderr
 
 
+def _ingester(pki: Pki, tmp_path: Path) -> tuple[Path, Ingester]:
+    """An ingester of its own, reading snapshots the test copies into `incoming`."""
+    incoming = tmp_path / "incoming"
+    incoming.mkdir()
+    verifier = SnapshotVerifier(load_anchors(pki.responder.config), SystemClock())
+    return incoming, Ingester(incoming, tmp_path / "index", verifier)
+
+
 def test_manifests_say_full_or_delta_and_chain_the_deltas(world: World) -> None:
     full, d1, d2, full2 = (
         _manifest(p) for p in (world.full, world.delta1, world.delta2, world.full2)
@@ -176,10 +184,7 @@ def test_a_replica_serves_each_partitions_newest_delta_crl(
     pki: Pki, world: World, tmp_path: Path
 ) -> None:
     """After delta 2, 131016's delta CRL is still delta 1's: delta 2 left it out."""
-    incoming = tmp_path / "incoming"
-    incoming.mkdir()
-    verifier = SnapshotVerifier(load_anchors(pki.responder.config), SystemClock())
-    ingester = Ingester(incoming, tmp_path / "index", verifier)
+    incoming, ingester = _ingester(pki, tmp_path)
     for snapshot in (world.full, world.delta1, world.delta2):
         shutil.copytree(snapshot, incoming / snapshot.name)
     ingester.poll_once()
@@ -244,10 +249,7 @@ def test_responder_applies_deltas_records_and_losses(pki: Pki, world: World) -> 
 def test_a_delta_that_does_not_follow_waits_for_the_next_full(
     pki: Pki, world: World, tmp_path: Path
 ) -> None:
-    incoming = tmp_path / "incoming"
-    incoming.mkdir()
-    verifier = SnapshotVerifier(load_anchors(pki.responder.config), SystemClock())
-    ingester = Ingester(incoming, tmp_path / "index", verifier)
+    incoming, ingester = _ingester(pki, tmp_path)
     shutil.copytree(world.full, incoming / world.full.name)
     assert ingester.poll_once() is not None
     shutil.copytree(world.delta2, incoming / world.delta2.name)  # delta 1 is missing
@@ -266,10 +268,7 @@ def test_a_delta_that_does_not_follow_waits_for_the_next_full(
 def test_a_gap_that_never_fills_waits_for_the_next_full(
     pki: Pki, world: World, tmp_path: Path
 ) -> None:
-    incoming = tmp_path / "incoming"
-    incoming.mkdir()
-    verifier = SnapshotVerifier(load_anchors(pki.responder.config), SystemClock())
-    ingester = Ingester(incoming, tmp_path / "index", verifier)
+    incoming, ingester = _ingester(pki, tmp_path)
     for snapshot in (world.full, world.delta2):
         shutil.copytree(snapshot, incoming / snapshot.name)
     ingester.poll_once()

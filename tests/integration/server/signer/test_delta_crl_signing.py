@@ -7,7 +7,6 @@ The real Publisher on the session's SoftHSM2 token, with a clock the test moves.
 from __future__ import annotations
 
 import json
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -25,9 +24,9 @@ from jpki_va.server.model.holder import Holder
 from jpki_va.server.model.registry_values import CertificateRecord
 from jpki_va.server.pki.cert_profile import ProfileSettings
 from jpki_va.server.registry.transactions import Registry
-from jpki_va.server.signer.authority import Authority, AuthoritySettings
-from jpki_va.server.signer.ceremony import bootstrap
+from jpki_va.server.signer.authority import Authority
 from jpki_va.server.signer.publisher import PublishedSnapshot, Publisher
+from tests.support import bootstrapped_registry
 
 HERE, THERE = "131016", "271004"
 
@@ -73,13 +72,7 @@ class World:
 @pytest.fixture
 def world(hsm: Hsm, tmp_path: Path) -> Iterator[World]:
     clock = FixedClock(datetime(2030, 6, 1, 9, 0, tzinfo=UTC))
-    registry = Registry(tmp_path / "registry")
-    bootstrap(
-        hsm,
-        registry,
-        FixedClock(clock.now() - timedelta(days=30)),
-        AuthoritySettings(label_prefix=f"deltacrl-{uuid.uuid4().hex[:8]}"),
-    )
+    registry = bootstrapped_registry(hsm, tmp_path / "registry", clock.now(), "deltacrl")
     with registry.read() as tx:
         issuer = next(r for r in tx.issuers() if r.kind is CertKind.CARD_SIGN).key_id
     settings = ProfileSettings("http://va.test")

@@ -12,7 +12,6 @@ byte for byte, CRLs by their signed part (signatures are randomised).
 from __future__ import annotations
 
 import random
-import uuid
 from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -43,8 +42,7 @@ from jpki_va.server.pki.cert_profile import ProfileSettings
 from jpki_va.server.pki.crl_profile import CrlEntry
 from jpki_va.server.registry.transactions import Registry, RegistryTxn
 from jpki_va.server.signer import external_sort
-from jpki_va.server.signer.authority import Authority, AuthoritySettings
-from jpki_va.server.signer.ceremony import bootstrap
+from jpki_va.server.signer.authority import Authority
 from jpki_va.server.signer.external_sort import ExternalSort
 from jpki_va.server.signer.full_snapshot import FullContent
 from jpki_va.server.signer.link_process import LinkProcess
@@ -67,6 +65,7 @@ from jpki_va.server.snapshot.manifest import (
 )
 from jpki_va.server.snapshot.record_format import encode_file_record
 from jpki_va.server.snapshot.writer import SnapshotBuilder
+from tests.support import bootstrapped_registry
 
 YEAR = timedelta(days=365)
 RETENTION = RetentionPolicy(issuance_record=6 * YEAR, loss_record=YEAR, crl_file=YEAR)
@@ -317,13 +316,7 @@ def world(
 ) -> Iterator[tuple[Registry, Authority, FixedClock]]:
     root = tmp_path_factory.mktemp("full-snapshot")
     clock = FixedClock(datetime(2031, 4, 1, 9, 30, tzinfo=UTC))
-    registry = Registry(root / "registry")
-    bootstrap(
-        hsm,
-        registry,
-        FixedClock(clock.now() - 8 * YEAR),
-        AuthoritySettings(label_prefix=f"fullsnap-{uuid.uuid4().hex[:8]}"),
-    )
+    registry = bootstrapped_registry(hsm, root / "registry", clock.now(), "fullsnap", 8 * YEAR)
     yield registry, Authority(hsm, registry), clock
     registry.close()
 

@@ -25,25 +25,18 @@ from jpki_va.server.registry.transactions import Registry
 from jpki_va.server.signer.authority import (
     SNAPSHOT_SIGNER,
     Authority,
-    AuthoritySettings,
     put_signer_meta,
     signer_meta,
 )
-from jpki_va.server.signer.ceremony import bootstrap
 from jpki_va.server.signer.publisher import Publisher, crl_counter
 from jpki_va.server.snapshot.manifest import snapshot_sequence
+from tests.support import bootstrapped_registry
 
 
 @pytest.fixture
 def world(hsm: Hsm, tmp_path: Path) -> Iterator[tuple[Registry, Publisher, FixedClock]]:
     clock = FixedClock(datetime(2030, 6, 1, 9, 0, tzinfo=UTC))
-    registry = Registry(tmp_path / "registry")
-    bootstrap(
-        hsm,
-        registry,
-        FixedClock(clock.now() - timedelta(days=30)),
-        AuthoritySettings(label_prefix=f"pubfail-{uuid.uuid4().hex[:8]}"),
-    )
+    registry = bootstrapped_registry(hsm, tmp_path / "registry", clock.now(), "pubfail")
     authority = Authority(hsm, registry)
     publisher = Publisher(
         registry, authority, tmp_path / "snapshots", clock, ProfileSettings("http://va.test")
