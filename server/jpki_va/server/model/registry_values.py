@@ -265,6 +265,11 @@ class LossEvent:
     recorded_at: datetime
     trigger: LossTrigger | None = None
 
+    @property
+    def scope(self) -> Scope:
+        """The scope of the CRL that lists it."""
+        return self.kind, self.issuer_key_id, self.partition
+
     def to_json(self) -> dict[str, Any]:
         return {
             "kind": self.kind.name,

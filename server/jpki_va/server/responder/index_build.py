@@ -275,13 +275,8 @@ def _build(snapshot: VerifiedSnapshot, path: Path) -> None:
             }
             txn.put(b"manifest", json.dumps(meta).encode(), db=dbs[b"meta"])
             for vc in snapshot.crls:
-                info = vc.info
-                times = times_of(info)
-                txn.put(
-                    scope_key(info.kind, info.issuer_key_id, info.partition),
-                    pack_scope(times, times),
-                    db=dbs[b"meta"],
-                )
+                times = times_of(vc.info)
+                txn.put(scope_key(*vc.info.scope), pack_scope(times, times), db=dbs[b"meta"])
             txn.put(_VERSION, (0).to_bytes(8, "big"), db=dbs[b"meta"])
             txn.put(
                 b"issuers",

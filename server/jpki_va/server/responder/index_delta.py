@@ -145,7 +145,7 @@ def _apply_crls(
     newly: list[bytes] = []
     for vc in snapshot.crls:
         info = vc.info
-        full = _full_crl(txn, meta, (info.kind, info.issuer_key_id, info.partition))
+        full = _full_crl(txn, meta, info.scope)
         if info.delta_base is None or full is None or full.number != info.delta_base:
             raise SnapshotRejected(f"{info.file}: not a delta on the live full CRL")
         for entry in vc.crl:
@@ -156,11 +156,7 @@ def _apply_crls(
             if unpack_loss(bytes(raw))[1] == 0:  # loss is final: the first one stays
                 txn.put(key, with_loss(bytes(raw), *_entry_value(info.file, entry)), db=status)
                 newly.append(key)
-        txn.put(
-            scope_key(info.kind, info.issuer_key_id, info.partition),
-            pack_scope(full, times_of(info)),
-            db=meta,
-        )
+        txn.put(scope_key(*info.scope), pack_scope(full, times_of(info)), db=meta)
     return newly
 
 

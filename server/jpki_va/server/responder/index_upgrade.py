@@ -17,7 +17,6 @@ from typing import Any
 import lmdb
 
 from jpki_va.server.base.private_files import LMDB_MODE
-from jpki_va.server.model.registry_values import Scope
 from jpki_va.server.responder.index_layout import (
     _DBS,
     _MAP_SIZE,
@@ -43,11 +42,12 @@ def upgrade_index(path: Path) -> bool:
                 return False
             # Indexes older still had no `full_crls`: their CRLs were the full ones.
             fulls = (CrlInfo.from_json(d) for d in meta.get("full_crls", meta["crls"]))
-            full = {_scope(info): info for info in fulls}
+            full = {info.scope: info for info in fulls}
             for info in (CrlInfo.from_json(d) for d in meta["crls"]):
-                scope = _scope(info)
-                base = full.get(scope, info)
-                txn.put(scope_key(*scope), pack_scope(times_of(base), times_of(info)), db=meta_db)
+                base = full.get(info.scope, info)
+                txn.put(
+                    scope_key(*info.scope), pack_scope(times_of(base), times_of(info)), db=meta_db
+                )
             for name in _EARLIER_FIELDS:
                 meta.pop(name, None)
             txn.put(b"manifest", json.dumps(meta).encode(), db=meta_db)
@@ -56,7 +56,3 @@ def upgrade_index(path: Path) -> bool:
         return True
     finally:
         env.close()
-
-
-def _scope(info: CrlInfo) -> Scope:
-    return info.kind, info.issuer_key_id, info.partition

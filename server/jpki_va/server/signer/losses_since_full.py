@@ -43,9 +43,9 @@ class LossesSinceFull:
             if lost is None:
                 continue  # purged: past its retention
             entry = CrlEntry(event.serial, event.loss.time, event.loss.cause, event.loss.reason)
-            scope = (event.kind, event.issuer_key_id, event.partition)
             # A loss is final: the first one recorded stays (as in the index).
-            self._by_scope.setdefault(scope, {}).setdefault(event.serial, (entry, lost.not_before))
+            losses = self._by_scope.setdefault(event.scope, {})
+            losses.setdefault(event.serial, (entry, lost.not_before))
             earliest = self._earliest.get(event.kind)
             if earliest is None or lost.not_before < earliest:
                 self._earliest[event.kind] = lost.not_before

@@ -542,7 +542,7 @@ class Publisher:
         period, or all did: then an empty delta CRL), and one past half its validity,
         so none nears its nextUpdate.
         """
-        changed = {(e.kind, e.issuer_key_id, e.partition) for e in content.events}
+        changed = {e.scope for e in content.events}
         scopes = {*self._losses.scopes(), *(_scope_of(name) for name in state.deltas)}
         to_sign: dict[Scope, list[CrlEntry]] = {}
         for scope in scopes:
@@ -576,8 +576,7 @@ class Publisher:
         # Delta CRLs are cumulative since the full CRLs: every retained loss since it.
         self._losses.read(tx, state.full_event_sequence, now)
         for event in tx.events_since(state.event_sequence):
-            scope = (event.kind, event.issuer_key_id, event.partition)
-            if _scope_name(scope) not in state.crl_base:
+            if _scope_name(event.scope) not in state.crl_base:
                 return None  # cannot happen while new partitions force a full
             lost = tx.certificate(event.kind, event.serial)
             if lost is not None and self._retained(lost, now):

@@ -12,6 +12,7 @@ from typing import Any, Literal
 from jpki_va.core.domain import CertKind
 from jpki_va.core.oids import ARC
 from jpki_va.server.law.issuer_compromise import Compromise, CompromiseNature
+from jpki_va.server.model.registry_values import Scope
 
 FORMAT = "jpki-va-snapshot/1"
 
@@ -86,6 +87,10 @@ class CrlInfo:
     this_update: datetime
     next_update: datetime
     delta_base: int | None
+
+    @property
+    def scope(self) -> Scope:
+        return self.kind, self.issuer_key_id, self.partition
 
     def to_json(self) -> dict[str, Any]:
         return {
