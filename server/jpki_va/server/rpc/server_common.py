@@ -21,7 +21,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from jpki_va.server.base.refusal_log import RefusalLog, bounded
 from jpki_va.server.rpc.reflection import enable_reflection
 from jpki_va.server.rpc.request_decoding import RequestDecodingInterceptor
-from jpki_va.server.rpc.wrapping import Handler, Interceptor, WrappingInterceptor, fold
+from jpki_va.server.rpc.wrapping import Folded, Handler, WrappingInterceptor, WrappingServer
 
 log = logging.getLogger(__name__)
 
@@ -147,7 +147,7 @@ def build_server(
     options: Iterable[tuple[str, Any]] = (),
     served_by: str | None = None,
     maximum_concurrent_rpcs: int | None = None,
-    interceptors: Sequence[Interceptor] = (),
+    interceptors: Sequence[WrappingInterceptor] = (),
     refusals: RefusalLog | None = None,
 ) -> grpc.Server:
     """A server; past ``maximum_concurrent_rpcs`` gRPC answers RESOURCE_EXHAUSTED itself.
@@ -159,12 +159,12 @@ def build_server(
     refusals = refusals or RefusalLog(log)
     decoding = RequestDecodingInterceptor(refusals)
     errors = ErrorMappingInterceptor(mapping, served_by, refusals)
-    return grpc.server(
+    server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers),
-        interceptors=fold([*interceptors, errors, decoding]),
         options=list(options),
         maximum_concurrent_rpcs=maximum_concurrent_rpcs,
     )
+    return WrappingServer(server, Folded([*interceptors, errors, decoding]))
 
 
 def add_health_and_reflection(

@@ -1,4 +1,4 @@
-"""Wrapping interceptors folded into one keep their order and their memo."""
+"""Wrapping layers folded into one keep their order and their memo."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from typing import Any, cast
 
 import grpc
 
-from jpki_va.server.rpc.wrapping import Folded, Handler, WrappingInterceptor, fold
+from jpki_va.server.rpc.wrapping import Folded, Handler, WrappingInterceptor
 
 
 class Tagging(WrappingInterceptor):
@@ -30,30 +30,15 @@ class Tagging(WrappingInterceptor):
         return grpc.unary_unary_rpc_method_handler(unary_unary)
 
 
-class Plain(grpc.ServerInterceptor):  # type: ignore[type-arg]  # generic only in the stubs
-    def intercept_service(self, continuation: Any, details: Any) -> Any:
-        return continuation(details)
-
-
 class Details(grpc.HandlerCallDetails):
     method = "/svc/M"
     invocation_metadata = ()
 
 
-def test_runs_of_wrapping_interceptors_become_one_and_others_stay() -> None:
-    trace: list[str] = []
-    a, c, d = Tagging("a", trace), Tagging("c", trace), Tagging("d", trace)
-    b = Plain()
-    folded = fold([a, b, c, d])
-    assert folded[0] is a and folded[1] is b and isinstance(folded[2], Folded)
-    assert len(folded) == 3
-    assert fold([a]) == [a] and fold([]) == []
-
-
 def test_the_folded_handler_runs_the_layers_outermost_first_and_is_made_once() -> None:
     trace: list[str] = []
     layers = [Tagging(tag, trace) for tag in ("outer", "middle", "inner")]
-    (folded,) = fold(layers)
+    folded = Folded(layers)
     base = grpc.unary_unary_rpc_method_handler(lambda request, context: request * 2)
     for _ in range(3):
         handler = folded.intercept_service(lambda details: base, Details())
