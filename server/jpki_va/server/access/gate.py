@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from types import MappingProxyType
 from typing import TypeVar
 
@@ -143,9 +144,12 @@ class Gate:
         if any(counts.values()) or disclosures:
             self._ledger.record(verifier.id, counts, self._clock.now(), disclosures)
 
-    def provided_one(self, verifier: Verifier, provision: Provision) -> None:
-        """`provided(verifier, {provision: 1})`, the one-answer call, without a Counter."""
-        self._ledger.record(verifier.id, _ONE[provision], self._clock.now())
+    def provided_one(
+        self, verifier: Verifier, provision: Provision, when: datetime | None = None
+    ) -> None:
+        """`provided(verifier, {provision: 1})`, the one-answer call, without a Counter;
+        `when`, the clock's reading the call already made (default: now)."""
+        self._ledger.record_one(verifier.id, provision, self._clock.now() if when is None else when)
 
     def provide(
         self,

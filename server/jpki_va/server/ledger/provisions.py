@@ -122,6 +122,8 @@ class Recorder(Protocol):
         disclosures: Sequence[Disclosure] = (),
     ) -> None: ...
 
+    def record_one(self, verifier_id: str, provision: Provision, when: datetime) -> None: ...
+
 
 @dataclass(frozen=True, slots=True)
 class Count:
@@ -244,6 +246,20 @@ class Ledger:
         adds: list[tuple[int, int]] = []
         self._cells_of(adds, verifier_id, counts, when)
         self._count(adds, disclosures)
+
+    def record_one(self, verifier_id: str, provision: Provision, when: datetime) -> None:
+        """`record(verifier_id, {provision: 1}, when)`: a unary call's one answer, with
+        no mapping to walk (the hot path of unary Check)."""
+        tally = self._tally
+        slot = (
+            None
+            if tally is None
+            else tally.slots.get((self._local_day(when), provision, verifier_id))
+        )
+        if slot is None:  # no cells, or a key without its cell yet: `record` gives it
+            self.record(verifier_id, {provision: 1}, when)
+        else:
+            self._count([(slot, 1)], ())
 
     def record_all(self, entries: Iterable[Entry]) -> None:
         """Every entry recorded, or none (one write transaction, or cells and the audit).

@@ -384,15 +384,18 @@ class Index:
             raws = [get(record_key(kind, serial), db=status) for kind, serial in keys]
         return [None if raw is None else unpack_fields(raw) for raw in raws]
 
-    def get_values(self, keys: Sequence[bytes]) -> tuple[list[bytes | None], list[bytes], int]:
-        """(packed value of each record key or None, issuer key ids by ordinal, sequence),
-        all from one read transaction: the values are not decoded here."""
+    def get_values(
+        self, keys: Sequence[bytes]
+    ) -> tuple[list[bytes | None], list[bytes], int, bool]:
+        """(packed value of each record key or None, issuer key ids by ordinal, sequence,
+        whether an issuer compromise is announced), all from one read transaction: the
+        values are not decoded here."""
         status = self._status
         with self._env.begin() as txn:
             meta = self._fresh(txn)
             get = txn.get
             values = [get(key, None, status) for key in keys]
-        return values, self.issuer_key_ids, meta.sequence
+        return values, self.issuer_key_ids, meta.sequence, bool(meta.compromises)
 
     def keys_after(self, after: bytes, limit: int) -> list[bytes]:
         """Up to `limit` record keys of the status database past `after`, in order

@@ -174,6 +174,8 @@ class PackedBatch:
     issuer_key_ids: list[bytes]  # by the ordinal a value holds
     sequence: int
     when: int  # microseconds since the epoch
+    # A compromise announced as of the same read: a layer must then see each answer.
+    compromised: bool = False
     observers: list[Callable[[Mapping[int, int]], None]] = dataclasses.field(default_factory=list)
 
     def answered(self, tally: Mapping[int, int]) -> None:
@@ -202,7 +204,8 @@ def packed_briefs(batch: PackedBatch) -> list[Brief]:
 
 
 @lru_cache(maxsize=256)  # a handful of codes (status, cause) occur at all
-def _code_labels(code: int) -> tuple[str, str]:
+def code_labels(code: int) -> tuple[str, str]:
+    """`Brief.labels` of a tally's label code (status * 256 + cause)."""
     # Once per code, not per answer: the enum lookup was most of a unary Check's tally.
     status, cause = Status(code >> 8), code & 0xFF
     return ("revoked", _CAUSE_SLUGS[cause]) if cause else (_STATUS_LABELS[status], "none")
@@ -212,7 +215,7 @@ def tally_labels(tally: Mapping[int, int]) -> dict[tuple[str, str], int]:
     """A packed batch's tally as `Brief.labels` -> count."""
     out: dict[tuple[str, str], int] = {}
     for code, count in tally.items():
-        labels = _code_labels(code)
+        labels = code_labels(code)
         out[labels] = out.get(labels, 0) + count
     return out
 
@@ -320,8 +323,8 @@ class IndexStatusSource:
         return out
 
     def packed(self, keys: list[bytes], when: int) -> PackedBatch:
-        values, ids, sequence = self._holder.get().get_values(keys)
-        return PackedBatch(keys, values, ids, sequence, when)
+        values, ids, sequence, compromised = self._holder.get().get_values(keys)
+        return PackedBatch(keys, values, ids, sequence, when, compromised)
 
 
 def _brief(
@@ -402,15 +405,11 @@ class IssuerCompromiseSource:
 
     def packed(self, keys: list[bytes], when: int) -> PackedBatch | None:
         """The inner source's values while no generation is compromised (the usual
-        case); otherwise None, and the batch goes through `briefs`, which applies it."""
+        case); otherwise None, and the batch goes through `briefs`, which applies it.
+        The values and the announcements come from one read, so they agree."""
         inner = self._packed_inner
-        if inner is None or self._holder.get().compromises:
-            return None
-        batch = inner.packed(keys, when)
-        # A delta that announced a compromise meanwhile: the values may predate it.
-        if batch is not None and self._holder.get().compromises:
-            return None
-        return batch
+        batch = None if inner is None else inner.packed(keys, when)
+        return None if batch is None or batch.compromised else batch
 
 
 def _brief_with_compromise(brief: Brief, compromises: Mapping[bytes, Compromise]) -> Brief:

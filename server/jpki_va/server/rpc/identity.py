@@ -31,6 +31,12 @@ def fingerprint(cert: x509.Certificate) -> bytes:
 _NOBODY = Caller()
 
 
+@lru_cache(maxsize=1024)
+def _claimed(verifier_id: str) -> Caller:
+    # A Caller is frozen: one per name serves every call that claims it.
+    return Caller(claimed_id=verifier_id)
+
+
 @lru_cache(maxsize=1024)  # about 1.5 MB of PEMs at most
 def _pem_fingerprint(pem: bytes) -> bytes:
     # Every call on a connection presents the same PEM: parse it once, not per call.
@@ -55,9 +61,9 @@ def caller_of(
     if insecure_loopback:
         claimed = _metadata(context, VERIFIER_HEADER)
         if claimed:
-            return Caller(claimed_id=claimed)
+            return _claimed(claimed)
         if default_verifier is not None:
-            return Caller(claimed_id=default_verifier)
+            return _claimed(default_verifier)
         return _NOBODY
     # The stubs type the values as bytes; at run time each is a list of bytes.
     pems = cast(list[bytes], context.auth_context().get("x509_pem_cert") or [])

@@ -138,7 +138,3 @@ def serial_from_pb(raw: bytes) -> int:
         return serial_from_bytes(raw)
     except ValueError as exc:
         raise BadRequest(str(exc)) from None
-
-
-def as_is(data: bytes) -> bytes:
-    return data

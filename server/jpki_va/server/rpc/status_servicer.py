@@ -47,7 +47,6 @@ from jpki_va.server.rpc.batch_wire import (
 )
 from jpki_va.server.rpc.pb import (
     answer_to_pb,
-    as_is,
     kind_serial,
     plain_kind_serial,
     serial_from_pb,
@@ -126,11 +125,12 @@ class StatusServicer(va_pb2_grpc.StatusServiceServicer):
         if serial and source is not None:
             provision = status_provision(plain)
             gate.check(verifier, provision)
-            batch = source.packed([record_key(plain, serial)], micros(self._clock.now()))
+            now = self._clock.now()  # one reading: the answer's instant and the count's day
+            batch = source.packed([record_key(plain, serial)], micros(now))
             if batch is not None:  # None: a layer must see the answer (a compromise)
                 response, tally = check_response(batch)
                 batch.answered(tally)
-                gate.provided_one(verifier, provision)
+                gate.provided_one(verifier, provision, now)
                 return response
         kind, serial, as_of = self._target(request)
         if kind is None:
@@ -353,14 +353,13 @@ class StatusServicer(va_pb2_grpc.StatusServiceServicer):
 def add_status_service(servicer: StatusServicer, server: grpc.Server) -> None:
     """va_pb2_grpc.add_StatusServiceServicer_to_server, except that Check's answers and
     CheckStream's batches leave as the bytes the servicer wrote
-    (jpki_va.server.rpc.batch_wire), not serialized again."""
+    (jpki_va.server.rpc.batch_wire), not serialized again: their handlers have no
+    response serializer, so grpc sends what they return."""
     pb = va_pb2
     handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {
-        "Check": grpc.unary_unary_rpc_method_handler(
-            servicer.Check, pb.CheckRequest.FromString, as_is
-        ),
+        "Check": grpc.unary_unary_rpc_method_handler(servicer.Check, pb.CheckRequest.FromString),
         "CheckStream": grpc.stream_stream_rpc_method_handler(
-            servicer.CheckStream, pb.CheckBatchRequest.FromString, as_is
+            servicer.CheckStream, pb.CheckBatchRequest.FromString
         ),
         "Ocsp": grpc.unary_unary_rpc_method_handler(
             servicer.Ocsp, pb.OcspRequest.FromString, pb.OcspResponse.SerializeToString
