@@ -24,7 +24,9 @@ from jpki_va.server.pki.ocsp_wire import (
     NONCE_MAX,
     MalformedRequest,
     OcspRequest,
+    _parse_request,
     parse_request,
+    usual_request,
 )
 
 CORPUS = Path(__file__).resolve().parent / "corpus"
@@ -91,6 +93,67 @@ def test_mutated_seeds_parse_or_are_malformed(data: st.DataObject) -> None:
     request = _parse(mutated)
     if request is not None:
         _consistent(request, mutated)
+
+
+def _reference(data: bytes) -> OcspRequest | None:
+    try:
+        return _parse_request(data, MAX_CERT_IDS)
+    except (MalformedRequest, DerError):
+        return None
+
+
+def _usual(name_hash: bytes, key_hash: bytes, serial: bytes, null: bool) -> bytes:
+    """The usual request's form around `serial`, an INTEGER's content octets as given."""
+    algorithm = der.sequence(bytes.fromhex("06052b0e03021a"), *([der.tlv(der.NULL, b"")] * null))
+    cert_id = der.sequence(
+        algorithm,
+        der.tlv(der.OCTET_STRING, name_hash),
+        der.tlv(der.OCTET_STRING, key_hash),
+        der.tlv(der.INTEGER, serial),
+    )
+    return der.sequence(der.sequence(der.sequence(der.sequence(cert_id))))
+
+
+_serials = st.integers(1, MAX_SERIAL).map(lambda n: der.unsigned(n)[2:]) | st.binary(
+    min_size=0,
+    max_size=23,  # any octets: empty, negative, not minimal, too long
+)
+
+
+@given(
+    st.binary(min_size=20, max_size=20),
+    st.binary(min_size=20, max_size=20),
+    _serials,
+    st.booleans(),
+    st.data(),
+)
+@example(b"\x01" * 20, b"\x02" * 20, b"\x00", True, None)  # serial zero
+@example(b"\x01" * 20, b"\x02" * 20, b"\x80", True, None)  # negative
+@example(b"\x01" * 20, b"\x02" * 20, b"\x00\x7f", True, None)  # not minimal
+@example(b"\x01" * 20, b"\x02" * 20, b"\x00" + b"\xff" * 20, False, None)  # the largest
+@example(b"\x01" * 20, b"\x02" * 20, b"\x01" + b"\x00" * 20, True, None)  # one past it
+def test_the_usual_request_reads_as_the_reference_reads_it(
+    name_hash: bytes, key_hash: bytes, serial: bytes, null: bool, data: st.DataObject | None
+) -> None:
+    usual_form = _usual(name_hash, key_hash, serial, null)
+    request = usual_form
+    if data is not None and data.draw(st.booleans()):
+        request = _mutate(request, data)
+    usual = usual_request(request)
+    reference = _reference(request)
+    # Never a different reading: the same request, or none and the reference decides.
+    assert usual is None or usual == reference
+    if request == usual_form and reference is not None:
+        assert usual is not None  # the usual form, when valid, is read by position
+
+
+def test_a_sha1_request_cryptography_builds_is_the_usual_one() -> None:
+    built = ocsp.OCSPRequestBuilder().add_certificate_by_hash(
+        b"\x01" * 20, b"\x02" * 20, 1234567, hashes.SHA1()
+    )
+    data = built.build().public_bytes(Encoding.DER)
+    usual = usual_request(data)
+    assert usual is not None and usual == _reference(data)
 
 
 def test_every_seed_parses() -> None:
