@@ -235,7 +235,14 @@ def record_key(kind: CertKind, serial: int) -> bytes:
 
 
 def parse_record_key(key: bytes) -> tuple[CertKind, int]:
-    return CertKind(key[0]), int.from_bytes(key[1:21], "big")
+    kind = _KINDS.get(key[0])
+    if kind is None:
+        kind = CertKind(key[0])  # raises, as it would for any value not a kind
+    return kind, int.from_bytes(key[1:21], "big")
+
+
+# Read on every index lookup: a dict, where calling the enum is two Python calls.
+_KINDS = {kind.value: kind for kind in CertKind}
 
 
 class Role(SluggedEnum):

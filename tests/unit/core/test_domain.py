@@ -91,6 +91,10 @@ def test_record_key_orders_by_kind_then_numeric_serial() -> None:
     keys += [record_key(CertKind.CARD_SIGN, 255), record_key(CertKind.CARD_SIGN, 256)]
     assert sorted(keys) == [keys[2], keys[3], keys[1], keys[0]]
     assert parse_record_key(keys[1]) == (CertKind.CARD_SIGN, 2**70)
+    for kind in CertKind:
+        assert parse_record_key(record_key(kind, 7)) == (kind, 7)
+    with pytest.raises(ValueError, match="not a valid CertKind"):
+        parse_record_key(bytes([5]) + bytes(20))
 
 
 def test_records_file_round_trip_and_refusals() -> None:

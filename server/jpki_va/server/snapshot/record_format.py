@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from itertools import repeat
 from typing import BinaryIO
 
-from jpki_va.core.domain import CertKind, CrlReason, Loss, LossCause, StatusRecord, parse_record_key
+from jpki_va.core.domain import CrlReason, Loss, LossCause, StatusRecord, parse_record_key
 
 MAGIC = b"JPKIVA-RECORDS/1\n"
 KEY_SIZE = 21
@@ -163,7 +163,7 @@ def unpack_value(key: bytes, value: bytes, issuer_key_ids: list[bytes]) -> Statu
         else Loss(time=_dt(revoked_at), cause=LossCause(cause), reason=CrlReason(reason))
     )
     return StatusRecord(
-        kind=CertKind(kind),
+        kind=kind,
         serial=serial,
         not_before=_dt(nb),
         not_after=_dt(na),
