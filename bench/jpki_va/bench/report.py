@@ -140,6 +140,35 @@ def ladder_lines(ladder: dict[str, list[dict[str, Any]]] | None) -> list[str]:
     return lines
 
 
+def calls_lines(calls: dict[str, dict[str, Any]] | None, shown: int = 10) -> list[str]:
+    """Python calls per served call on each server (bench/calls.py), and the functions
+    whose counts differ most."""
+    if not calls:
+        return []
+    lines = [
+        "## Where the time goes: Python calls per served call (bench/calls.py)",
+        "",
+        "Counted in one worker of each server under the same load; exact, unlike the",
+        "ratios. A served call costs about a microsecond of worker CPU per Python call.",
+        "",
+        "| call | trivial: Python / C calls | jpki-va: Python / C calls | extra Python calls |",
+        "|---|---|---|---|",
+    ]
+    for interface, figures in calls.items():
+        t, j = figures["trivial"], figures["jpki-va"]
+        lines.append(
+            f"| {interface} | {_fmt(t['python_calls'])} / {_fmt(t['c_calls'])}"
+            f" | {_fmt(j['python_calls'])} / {_fmt(j['c_calls'])}"
+            f" | {_fmt(figures['extra_python_calls'])} |"
+        )
+    lines.append("")
+    for interface, figures in calls.items():
+        lines += [f"Most different per {interface} call (jpki-va less trivial):", ""]
+        lines += [f"- `{name}`: {_fmt(float(d), 2)}" for name, d in figures["differences"][:shown]]
+        lines.append("")
+    return lines
+
+
 def render(  # noqa: PLR0912, PLR0915 (a document template, section by section)
     results: dict[str, Any], chart: str | None, commands: list[str]
 ) -> str:
@@ -214,6 +243,7 @@ def render(  # noqa: PLR0912, PLR0915 (a document template, section by section)
         lines.append(_load_row("jpki-va responder", figures["jpki-va"], unit))
         lines += ["", f"Ratio to the ceiling: **{_fmt(figures.get('ratio_to_trivial'), 3)}**", ""]
     lines += ladder_lines(results.get("ladder"))
+    lines += calls_lines(results.get("calls"))
     store = results.get("store")
     if store:
         raw = store["raw_lmdb_get"]

@@ -16,6 +16,7 @@ import os
 import platform
 import shutil
 import subprocess
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -27,7 +28,7 @@ from typing import Any
 import grpc
 from cryptography import x509
 
-from jpki_va.bench import ceilings, ladder, peers
+from jpki_va.bench import calls, ceilings, ladder, peers
 from jpki_va.bench.datagen import BENCH_VERIFIER
 from jpki_va.bench.dataset import DataSet
 from jpki_va.bench.fleet_step import SuiteParts, fleet_figures
@@ -59,10 +60,10 @@ log = logging.getLogger(__name__)
 FORMAT = "jpki-va-bench-results/1"
 
 
-#: Every step `bench all --steps` knows; `ladder` is not in the default run (it takes
-#: a few minutes more and is for finding where a path's time goes).
-STEPS = ("ingest", "grpc", "store", "http", "freshness", "fleet", "ladder")
-DEFAULT_STEPS = tuple(step for step in STEPS if step != "ladder")
+#: Every step `bench all --steps` knows; `ladder` and `calls` are not in the default run
+#: (each takes minutes more and is for finding where a path's time goes).
+STEPS = ("ingest", "grpc", "store", "http", "freshness", "fleet", "ladder", "calls")
+DEFAULT_STEPS = tuple(step for step in STEPS if step not in ("ladder", "calls"))
 
 
 @dataclass(frozen=True)
@@ -83,6 +84,7 @@ class SuiteSettings:
     delta_losses: int = 1000
     steps: tuple[str, ...] = DEFAULT_STEPS
     ladder_duration: float = 3.0  # seconds per rung and interface (bench/ladder.py)
+    calls_seconds: float = 2.0  # seconds of calls counted per server and interface
     freshness_timeout: float = 900.0
     # The fleet step (fleet_step.py): replicas behind Envoy, losses timed on each,
     # seconds of load around the SIGKILL of one replica.
@@ -458,6 +460,44 @@ def ladder_figures(
     return rows
 
 
+def calls_figures(
+    ds: DataSet, va: RunningVa, settings: SuiteSettings, progress: Callable[[str], None]
+) -> dict[str, Any]:
+    """Python calls per served unary call, trivial worker against the responder's
+    (bench/calls.py): one fresh worker of each, the bench's payloads and client.
+
+    The responder's worker reads the running replica's index, OCSP keys and store,
+    with a ledger shard of its own (the slot after the running workers').
+    """
+    check, ocsp_der = _canned(va, ds)
+    workers = {
+        "trivial": calls.trivial_worker(settings.grpc_threads, check, ocsp_der),
+        "jpki-va": calls.responder_worker(
+            _responder_config(ds, settings.workers, None), settings.workers
+        ),
+    }
+    # Long enough that the counted window (from a second in) ends under load.
+    timed = replace(settings, duration=settings.calls_seconds + 2.0)
+    out: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="bench-calls-") as scratch:
+        for interface in calls.HANDLERS:
+            payloads = build_payloads(
+                interface, ds.pool(), settings.mix, _issuers(ds), batch=settings.batch
+            )
+
+            def run(target: str, interface: Interface, payloads: list[bytes] = payloads) -> None:
+                run_load(f"calls {interface}", _spec(timed, target, interface), payloads)
+
+            counts = {}
+            for name, worker in workers.items():
+                progress(f"calls {interface} -> {name}")
+                counts[name] = calls.count_calls(
+                    run, worker, interface, settings.calls_seconds, Path(scratch), name
+                )
+            out[interface] = calls.compare(counts["trivial"], counts["jpki-va"], interface)
+    return out
+
+
 def _spec(settings: SuiteSettings, target: str, interface: Interface) -> LoadSpec:
     return LoadSpec(
         target=target,
@@ -703,7 +743,7 @@ def run_suite(
         say("store ceiling")
         results["store"] = store_figures(ds, settings)
     scratch = copy_index(ds) if "freshness" in settings.steps else None
-    needs_va = {"grpc", "http", "freshness", "fleet", "ladder"} & set(settings.steps)
+    needs_va = {"grpc", "http", "freshness", "fleet", "ladder", "calls"} & set(settings.steps)
     if needs_va:
         say("start signer and responder")
         va = RunningVa(ds, settings.workers, ocsp_preproduce=settings.ocsp_preproduce)
@@ -721,6 +761,8 @@ def run_suite(
                 results["rss_after_http"] = rss(va.responder.worker_pids)
             if "ladder" in settings.steps:
                 results["ladder"] = ladder_figures(ds, va, settings, say)
+            if "calls" in settings.steps:
+                results["calls"] = calls_figures(ds, va, settings, say)
             if "freshness" in settings.steps:
                 results["freshness"] = freshness(ds, va, settings, say)
             if "fleet" in settings.steps:
