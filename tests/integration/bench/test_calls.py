@@ -69,4 +69,5 @@ def test_each_worker_counts_the_calls_its_handlers_make(
     with pytest.raises(RuntimeError, match="no call reached"):
         calls.compare(trivial, trivial, "check")
     text = "\n".join(calls_lines({"check": figures}))
-    assert "| check |" in text and f"`{figures['differences'][0][0]}`" in text
+    python = [name for name, _ in figures["differences"] if not name.startswith("C:")]
+    assert "| check |" in text and f"`{python[0]}`" in text
