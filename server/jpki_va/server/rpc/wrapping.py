@@ -4,32 +4,25 @@ is added to the server."""
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import grpc
 
-if TYPE_CHECKING:
-    Interceptor = grpc.ServerInterceptor[Any, Any]
-else:  # the stubs make it generic; the runtime class is not subscriptable
-    Interceptor = grpc.ServerInterceptor
-
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # the stubs make them generic; the runtime classes are not subscriptable
     Handler = grpc.RpcMethodHandler[Any, Any]
     GenericHandler = grpc.GenericRpcHandler[Any, Any]
 else:
     Handler = grpc.RpcMethodHandler
     GenericHandler = grpc.GenericRpcHandler
-Continuation = Callable[[grpc.HandlerCallDetails], "Handler | None"]
 
 
-class WrappingInterceptor(Interceptor):
+class WrappingInterceptor:
     """A layer that wraps each method's handler, once per method.
 
     `WrappingServer` applies it when a service is added, so a call runs the wrapped
     handler with no interceptor pipeline before it (grpc walks that pipeline, through
-    a continuation made for the call, on every call). Used as a grpc interceptor it
-    keeps the wrapper made for a method the first time and returns it again.
+    a continuation made for the call, on every call).
     """
 
     def __init__(self) -> None:
@@ -46,12 +39,6 @@ class WrappingInterceptor(Interceptor):
         wrapped = self.wrap(handler, method)
         self._wrapped[method] = (handler, wrapped)  # a race only wraps twice
         return wrapped
-
-    def intercept_service(
-        self, continuation: Continuation, details: grpc.HandlerCallDetails
-    ) -> Handler | None:
-        handler = continuation(details)
-        return None if handler is None else self.wrapped(handler, details.method)
 
 
 class Folded(WrappingInterceptor):

@@ -30,18 +30,13 @@ class Tagging(WrappingInterceptor):
         return grpc.unary_unary_rpc_method_handler(unary_unary)
 
 
-class Details(grpc.HandlerCallDetails):
-    method = "/svc/M"
-    invocation_metadata = ()
-
-
 def test_the_folded_handler_runs_the_layers_outermost_first_and_is_made_once() -> None:
     trace: list[str] = []
     layers = [Tagging(tag, trace) for tag in ("outer", "middle", "inner")]
     folded = Folded(layers)
     base = grpc.unary_unary_rpc_method_handler(lambda request, context: request * 2)
     for _ in range(3):
-        handler = folded.intercept_service(lambda details: base, Details())
+        handler = folded.wrapped(base, "/svc/M")
         assert handler is not None and handler.unary_unary is not None
         assert handler.unary_unary(21, cast(grpc.ServicerContext, None)) == 42
     assert trace == ["outer", "middle", "inner"] * 3
