@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 
@@ -116,7 +119,8 @@ def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
         help="print loss-of-effect events as they are published",
         description=(
             "Print the loss-of-effect feed, one line per event, from --since on; it "
-            "reconnects and resumes by itself. Ctrl-C ends it and says where to resume."
+            "reconnects and resumes by itself. Ctrl-C (SIGINT) or SIGTERM ends it and says "
+            "where to resume."
         ),
         epilog=_EXIT_CODES,
     )
@@ -563,7 +567,7 @@ def _run_watch(args: argparse.Namespace) -> int:
         raise UsageError("--limit must be positive")
     kinds = [CertKind.from_slug(k) for k in args.kind or ()]
     since, printed = args.since, 0
-    with _connect(args) as client:
+    with _connect(args) as client, _ended_by_signals():
         # Reconnects for about a minute before it gives up (exit code 4).
         updates = client.watch(since=since, kinds=kinds, resume=True, max_reconnects=10)
         try:
@@ -583,6 +587,27 @@ def _run_watch(args: argparse.Namespace) -> int:
             updates.close()
             print(f"resume with --since {since}", file=sys.stderr, flush=True)
     return EXIT_OK
+
+
+@contextmanager
+def _ended_by_signals() -> Iterator[None]:
+    """SIGINT and SIGTERM raise KeyboardInterrupt meanwhile, whatever the process
+    inherited: a shell starts a background job with SIGINT ignored, and `timeout` or a
+    supervisor stops with SIGTERM; either way `watch` should still end by saying where
+    to resume. Only the main thread may install handlers; elsewhere nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    saved = {s: signal.signal(s, interrupt) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for signum, handler in saved.items():
+            signal.signal(signum, handler)
 
 
 def _event_line(event: RevocationEvent, as_json: bool) -> str:

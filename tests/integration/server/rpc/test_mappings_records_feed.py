@@ -460,9 +460,22 @@ def test_the_watch_command_prints_events_and_where_to_resume(world: World) -> No
     lines = [json.loads(line) for line in result.stdout.splitlines()]
     assert [line["sequence"] for line in lines] == expected[:2]
     assert f"resume with --since {expected[1]}" in result.stderr
-    # Ctrl-C ends it cleanly and says where to resume.
+    bad = _cli("watch", "--server", world.pki.responder_address, "--insecure-loopback",
+               "--since", "-1")  # fmt: skip
+    assert bad.returncode == 2
+    assert bad.stderr.strip() == "jpki-va watch: error: --since must not be negative"
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["sigint", "sigterm"])
+def test_the_watch_command_ends_on_a_signal_and_says_where_to_resume(
+    world: World, signum: signal.Signals
+) -> None:
+    """Ctrl-C, or a supervisor's SIGTERM, ends it cleanly. It is started as a shell
+    starts a background job, SIGINT ignored, which it must not depend on."""
+    expected = _expected_events(world.pki, 0, _event_sequence(world.pki))
     proc = subprocess.Popen(
-        [*JPKI_VA, "watch", "--server", world.pki.responder_address,
+        ["sh", "-c", 'trap "" INT; exec "$@"', "sh",
+         *JPKI_VA, "watch", "--server", world.pki.responder_address,
          "--insecure-loopback", "--verifier", WATCHER],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
         env={**os.environ, "PYTHONPATH": str(REPO)},
@@ -471,18 +484,15 @@ def test_the_watch_command_prints_events_and_where_to_resume(world: World) -> No
         assert proc.stdout is not None
         first = proc.stdout.readline()
         assert first.startswith(f"#{expected[0]} ")
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(signum)
         _, err = proc.communicate(timeout=30)
     finally:
         if proc.poll() is None:
             proc.kill()
+            proc.communicate()
     assert proc.returncode == 0, err
     assert "resume with --since" in err
     assert "Traceback" not in err
-    bad = _cli("watch", "--server", world.pki.responder_address, "--insecure-loopback",
-               "--since", "-1")  # fmt: skip
-    assert bad.returncode == 2
-    assert bad.stderr.strip() == "jpki-va watch: error: --since must not be negative"
 
 
 # durability ------------------------------------------------------------------------------
