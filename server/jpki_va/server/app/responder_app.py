@@ -331,7 +331,7 @@ def worker_main(  # noqa: PLR0915 (a composition root: the wiring reads best in 
     roots = load_anchors(config)
     ca_files = CaFiles(holder, roots)
     # Each answer is counted by an add to its key's counter cell before it leaves.
-    gate = Gate(lambda: holder.get().verifiers, ledger, clock)
+    gate = Gate(holder.verifiers, ledger, clock)
     proxies = (
         TrustedProxies.of_certificates(config.trusted_proxy_ders())
         if config.trusted_proxy_certs
@@ -386,9 +386,7 @@ def worker_main(  # noqa: PLR0915 (a composition root: the wiring reads best in 
         RecordServicer(SigningRecords(holder, source, clock), gate, caller), server
     )
     verifiers_pb2_grpc.add_VerifierTokenServiceServicer_to_server(
-        VerifierTokenServicer(
-            TokenChecker(roots, lambda: holder.get().verifiers, clock), gate, caller
-        ),
+        VerifierTokenServicer(TokenChecker(roots, holder.verifiers, clock), gate, caller),
         server,
     )
     health = server_common.add_health_and_reflection(server, SERVICES)

@@ -417,13 +417,47 @@ class ResponseWriter:
 
     def response(self, tbs: bytes, signature: bytes, certs: bytes) -> bytes:
         """The OCSPResponse (successful) around tbs, its signature and the certs field."""
-        bits = _head(der.BIT_STRING, len(signature) + 1) + b"\x00" + signature
-        basic = tbs + self._algorithm + bits + certs
-        basic = _head(der.SEQUENCE, len(basic)) + basic
-        wrapped = _BASIC + _head(der.OCTET_STRING, len(basic)) + basic
-        wrapped = _head(der.SEQUENCE, len(wrapped)) + wrapped
-        body = _SUCCESSFUL + _head(0xA0, len(wrapped)) + wrapped
-        return _head(der.SEQUENCE, len(body)) + body
+        return self.body(tbs, signature, len(certs)) + certs
+
+    def body(self, tbs: bytes, signature: bytes, certs_size: int) -> bytes:
+        """The OCSPResponse (successful) up to its certs field, which comes last and
+        whose `certs_size` octets its lengths count: what a worker keeps of a response
+        (OcspReply.body; the delegated certificate is shared). Each length is taken
+        from a table, not built by a call per header: one answer is framed per request."""
+        lengths = _LENGTHS if len(tbs) + len(signature) + certs_size < _FRAMED else _ANY_LENGTHS
+        algorithm = self._algorithm
+        size = len(signature) + 1  # the BIT STRING's unused-bits octet first
+        bits = b"\x03" + lengths[size]
+        size += len(tbs) + len(algorithm) + len(bits) + certs_size
+        basic = b"\x30" + lengths[size]  # BasicOCSPResponse
+        size += len(basic)
+        octets = b"\x04" + lengths[size]  # responseBytes.response
+        size += len(octets) + len(_BASIC)
+        response_bytes = b"\x30" + lengths[size]
+        size += len(response_bytes)
+        explicit = b"\xa0" + lengths[size]  # [0] responseBytes
+        size += len(explicit) + len(_SUCCESSFUL)
+        return b"".join(
+            (b"\x30", lengths[size], _SUCCESSFUL, explicit, response_bytes, _BASIC, octets,
+             basic, tbs, algorithm, bits, b"\x00", signature)
+        )  # fmt: skip
+
+
+#: The DER length octets of every size below 4096, made once: a one-CertID response
+#: and its delegated certificate fit well within it.
+_LENGTHS = tuple(der.length(n) for n in range(4096))
+#: Below this, tbs, signature and certs framed fit `_LENGTHS` (the framing adds < 64).
+_FRAMED = len(_LENGTHS) - 64
+
+
+class _AnyLengths:
+    """`_LENGTHS` for a response too large for it: each length computed."""
+
+    def __getitem__(self, size: int) -> bytes:
+        return der.length(size)
+
+
+_ANY_LENGTHS = _AnyLengths()
 
 
 def sha1_cert_id(name_hash: bytes, key_hash: bytes, serial: int) -> bytes:

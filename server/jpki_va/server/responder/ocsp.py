@@ -185,7 +185,7 @@ def _single(cert_id: ocsp_wire.CertId, answer: Answer, next_update: datetime) ->
 
 def _basis(answers: list[Answer]) -> tuple[object, ...]:
     """What a response states about each certificate, times of validity aside."""
-    return tuple((a.status, None if a.record is None else a.record.loss) for a in answers)
+    return tuple([(a.status, None if a.record is None else a.record.loss) for a in answers])
 
 
 class OcspResponder:
@@ -413,10 +413,10 @@ class OcspResponder:
         tbs, signature, this_update, next_update = self._signed(
             prepared, delegated, request.cert_ids, answers, now, request.nonce
         )
-        response = prepared.writer.response(tbs, signature, delegated.certs)
-        labels = tuple(a.labels for a in answers)
+        body = prepared.writer.body(tbs, signature, len(delegated.certs))
+        labels = tuple([a.labels for a in answers])
         if request.nonce is not None:
-            return OcspReply(response, answers=labels)
+            return OcspReply(body + delegated.certs, answers=labels)
         if key:
             entry = _entry(
                 tbs, signature, request.cert_ids[0].der, answers[0], this_update, next_update
@@ -425,7 +425,7 @@ class OcspResponder:
         return OcspReply(
             # Without the certs field that ends it: kept in the cache, the delegated
             # certificate would be repeated in every entry (≈ 720 of ≈ 1,050 bytes).
-            response[: len(response) - len(delegated.certs)],
+            body,
             cacheable=True,
             this_update=this_update.timestamp(),
             next_update=next_update.timestamp(),
@@ -561,14 +561,13 @@ def _reply_of(
     answers: list[Answer],
 ) -> OcspReply:
     """The response a pre-produced entry makes, with the delegated certificate spliced in."""
-    response = writer.response(entry.tbs, entry.signature, delegated.certs)
     return OcspReply(
-        response[: len(response) - len(delegated.certs)],  # as `_fresh` keeps it
+        writer.body(entry.tbs, entry.signature, len(delegated.certs)),  # as `_fresh` keeps it
         cacheable=True,
         this_update=entry.this_update / 1_000_000,
         next_update=entry.next_update / 1_000_000,
         etag=_etag(entry.signature),
-        answers=tuple(a.labels for a in answers),
+        answers=tuple([a.labels for a in answers]),
         basis=_basis(answers),
         certs=delegated.certs,
     )

@@ -34,6 +34,7 @@ from jpki_va.core.domain import (
     status_rule,
 )
 from jpki_va.server.law.issuer_compromise import Compromise, effective_loss
+from jpki_va.server.model.verifiers import VerifierTable
 from jpki_va.server.responder.index_reader import Index, IssuerEntry, current_index
 from jpki_va.server.snapshot.record_format import partition_text, unpack_fields
 
@@ -248,6 +249,14 @@ class IndexHolder:
         if index is None:
             raise NotReady("no index loaded yet")
         return index
+
+    def verifiers(self) -> VerifierTable:
+        """The verifier registry of the index read now, caught up with its deltas: what
+        the gate asks on every call (`get().verifiers`, one call fewer)."""
+        index = self._index
+        if index is None:
+            raise NotReady("no index loaded yet")
+        return index.verifiers
 
     @property
     def loaded(self) -> bool:

@@ -12,12 +12,6 @@ from jpki_va.server.responder.metrics import WorkerMetrics
 from jpki_va.server.rpc.wrapping import Handler, WrappingInterceptor
 
 
-def _outcome(context: grpc.ServicerContext) -> str:
-    # ServicerContext.code() exists at run time (grpcio >= 1.38); the stubs lack it.
-    code = context.code()  # type: ignore[attr-defined]
-    return "OK" if code is None else str(code.name)
-
-
 class MetricsInterceptor(WrappingInterceptor):
     """Counts and times every gRPC call by method and final status code."""
 
@@ -36,7 +30,13 @@ class MetricsInterceptor(WrappingInterceptor):
                 try:
                     return inner_uu(request, context)
                 finally:
-                    record(method, _outcome(context), time.perf_counter() - start)
+                    # The outcome written out, not a call: this runs on every call. A
+                    # handler may set a code and return (grpc's health servicer does).
+                    # ServicerContext.code() exists at run time (grpcio >= 1.38); the
+                    # stubs lack it.
+                    code = context.code()  # type: ignore[attr-defined]
+                    outcome = "OK" if code is None else code.name
+                    record(method, outcome, time.perf_counter() - start)
 
             return grpc.unary_unary_rpc_method_handler(
                 unary_unary, handler.request_deserializer, handler.response_serializer
@@ -50,7 +50,8 @@ class MetricsInterceptor(WrappingInterceptor):
             try:
                 yield from inner(request, context)
             finally:
-                record(method, _outcome(context), time.perf_counter() - start)
+                code = context.code()  # type: ignore[attr-defined]
+                record(method, "OK" if code is None else code.name, time.perf_counter() - start)
 
         make = (
             grpc.unary_stream_rpc_method_handler

@@ -253,6 +253,19 @@ def test_responses_read_back_and_verify() -> None:
     key.public_key().verify(response.signature, tbs, ec.ECDSA(hashes.SHA256()))
 
 
+def test_response_writer_frames_every_size_about_its_table_of_lengths() -> None:
+    """Each size where the framing goes from the writer's table of lengths to lengths
+    computed, and where the outer lengths change form (0x81 to 0x82)."""
+    tbs = der.sequence(b"\x00" * 200)
+    algorithm = der.sequence(bytes.fromhex("06092a864886f70d01010b"), der.tlv(der.NULL, b""))
+    writer = ocsp_wire.ResponseWriter(bytes(20), algorithm)
+    signature = bytes(range(256))
+    for size in [*range(0, 300), *range(3500, 4200)]:
+        certs = b"\x01" * size
+        expected = ocsp_wire.successful_with(tbs, algorithm, signature, certs)
+        assert writer.body(tbs, signature, size) + certs == expected, size
+
+
 @pytest.mark.parametrize(
     "status", [s for s in ResponseStatus if s is not ResponseStatus.SUCCESSFUL]
 )
@@ -264,7 +277,8 @@ def test_unsuccessful_statuses(status: ResponseStatus) -> None:
 def test_response_writer_writes_the_reference_bytes() -> None:
     """The responder's writer against SingleResponse/response_data/successful: the same
     bytes for every status, one to many CertIDs, with and without a nonce, and lengths
-    in each of DER's length forms (short, 0x81, 0x82)."""
+    in each of DER's length forms (short, 0x81, 0x82, 0x83); the body a worker keeps is
+    the response up to its certs field."""
     rng = random.Random(5)
     key_hash = bytes(range(20))
     algorithm = der.sequence(bytes.fromhex("06082a8648ce3d040302"))
@@ -313,7 +327,9 @@ def test_response_writer_writes_the_reference_bytes() -> None:
         tbs = writer.tbs(produced, written, nonce)
         assert tbs == reference_tbs
         signature = rng.randbytes(rng.choice([70, 71, 72, 256, 512]))
-        certs = rng.choice([b"", ocsp_wire.certs_field([rng.randbytes(700)])])
-        assert writer.response(tbs, signature, certs) == ocsp_wire.successful_with(
-            tbs, algorithm, signature, certs
-        )
+        # Sizes about the writer's table of lengths (4096) and past 0xFFFF as well.
+        certificate = rng.randbytes(rng.choice([700, 3200, 3300, 3400, 4100, 70_000]))
+        certs = rng.choice([b"", ocsp_wire.certs_field([certificate])])
+        whole = writer.response(tbs, signature, certs)
+        assert whole == ocsp_wire.successful_with(tbs, algorithm, signature, certs)
+        assert writer.body(tbs, signature, len(certs)) + certs == whole
