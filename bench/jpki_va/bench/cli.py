@@ -102,6 +102,7 @@ def _suite_settings(args: argparse.Namespace) -> Any:
     return SuiteSettings(
         workers=args.workers,
         duration=args.duration,
+        grpc_rounds=args.rounds,
         processes=args.processes,
         concurrency=args.concurrency,
         stream_concurrency=args.streams,
@@ -286,6 +287,11 @@ def run_setup(args: argparse.Namespace) -> int:
 def _add_suite_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=_positive_int, default=2, help="responder workers (2)")
     p.add_argument("--duration", type=_positive_float, default=10.0, help="seconds per figure")
+    p.add_argument(
+        "--rounds", type=_positive_int, default=3,
+        help="gRPC step: rounds of the trivial server then jpki-va; the median round's "
+        "ratio is the figure (default 3)",
+    )  # fmt: skip
     p.add_argument("--processes", type=_positive_int, default=2, help="gRPC client processes")
     p.add_argument("--concurrency", type=_positive_int, default=32, help="unary calls in flight")
     p.add_argument("--streams", type=_positive_int, default=2, help="streams per client process")

@@ -93,6 +93,27 @@ def _fmt(value: Any, digits: int = 1) -> str:
     return str(value)
 
 
+def rounds_lines(rounds: list[dict[str, Any]] | None) -> list[str]:
+    """Each round of the trivial server then jpki-va; the rows above are the median's."""
+    if not rounds:
+        return []
+    lines = [
+        f"Rounds, each the trivial server then jpki-va (the rows above are the median "
+        f"round's of {len(rounds)}):",
+        "",
+        "| round | trivial | jpki-va | ratio | server CPU µs/item, trivial / jpki-va |",
+        "|---|---|---|---|---|",
+    ]
+    for turn, pair in enumerate(rounds, 1):
+        t, j = pair["trivial"], pair["jpki-va"]
+        lines.append(
+            f"| {turn} | {_fmt(t['rate'], 0)} | {_fmt(j['rate'], 0)} |"
+            f" {_fmt(pair['ratio_to_trivial'], 3)} |"
+            f" {_fmt(t['server_cpu_us_per_item'], 1)} / {_fmt(j['server_cpu_us_per_item'], 1)} |"
+        )
+    return [*lines, ""]
+
+
 def _load_row(name: str, fig: dict[str, Any], unit: str) -> str:
     if "skipped" in fig:
         return f"| {name} | skipped: {fig['skipped']} | | | | | | |"
@@ -199,7 +220,8 @@ def render(  # noqa: PLR0912, PLR0915 (a document template, section by section)
         f"- settings: {s.get('workers')} responder workers (and trivial-server workers),"
         f" {s.get('processes')} client processes x {s.get('concurrency')} unary calls in flight"
         f" ({s.get('stream_concurrency')} streams of {s.get('batch')}), {s.get('duration')} s"
-        f" per figure; HTTP: wrk {s.get('http', {}).get('threads')} threads,"
+        f" per figure, gRPC in {s.get('grpc_rounds', 1)} round(s);"
+        f" HTTP: wrk {s.get('http', {}).get('threads')} threads,"
         f" {s.get('http', {}).get('connections')} connections,"
         f" {s.get('http', {}).get('duration')} s",
         "",
@@ -243,6 +265,7 @@ def render(  # noqa: PLR0912, PLR0915 (a document template, section by section)
         lines.append(_load_row("trivial gRPC server (transport ceiling)", figures["trivial"], unit))
         lines.append(_load_row("jpki-va responder", figures["jpki-va"], unit))
         lines += ["", f"Ratio to the ceiling: **{_fmt(figures.get('ratio_to_trivial'), 3)}**", ""]
+        lines += rounds_lines(figures.get("rounds"))
     lines += ladder_lines(results.get("ladder"))
     lines += calls_lines(results.get("calls"))
     store = results.get("store")

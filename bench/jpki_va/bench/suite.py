@@ -71,6 +71,9 @@ class SuiteSettings:
     workers: int = 2  # responder and trivial-server worker processes
     grpc_threads: int = 16
     duration: float = 5.0  # seconds of measured load per figure
+    # gRPC step: rounds of trivial then jpki-va, each pair a ratio; the median round is
+    # the figure (a slow drift of the machine's speed touches both sides of a round).
+    grpc_rounds: int = 1
     processes: int = 2  # gRPC client processes
     concurrency: int = 32  # unary calls in flight per client process
     stream_concurrency: int = 2  # CheckStream streams per client process
@@ -101,6 +104,8 @@ class SuiteSettings:
             raise ValueError(f"unknown steps: {', '.join(sorted(unknown))}")
         if self.workers < 1 or self.freshness_samples < 0 or self.delta_losses < 0:
             raise ValueError("workers must be >= 1; samples and losses >= 0")
+        if self.grpc_rounds < 1:
+            raise ValueError("gRPC rounds must be >= 1")
         if self.fleet_replicas < 2 or self.fleet_samples < 1 or self.failover_seconds < 3:
             raise ValueError("a fleet of >= 2 replicas, >= 1 sample, >= 3 s of failover load")
 
@@ -374,32 +379,66 @@ def grpc_figures(
     out: dict[str, Any] = {}
     try:
         for interface in INTERFACES:
-            payloads = build_payloads(
-                interface,
-                pool,
-                settings.mix,
-                issuers,
-                batch=settings.batch,
-                count=2_000 if interface == "stream" else 20_000,
-            )
-            figures: dict[str, Any] = {}
-            for name, target, pids in (
-                ("trivial", trivial.target, trivial.pids),
-                ("jpki-va", va.target, va.responder.worker_pids),
-            ):
-                progress(f"gRPC {interface} -> {name}")
-                spec = _spec(settings, target, interface)
-                figures[name] = run_load(
-                    f"{name} {interface}", spec, payloads, server_pids=pids
-                ).to_json()
-            ceiling = figures["trivial"]["rate"]
-            figures["ratio_to_trivial"] = (
-                round(figures["jpki-va"]["rate"] / ceiling, 3) if ceiling else None
-            )
+            rounds = []
+            for turn in range(1, settings.grpc_rounds + 1):
+                # Each round its own draw of certificates: OCSP answers are kept per
+                # worker, and a round asking the last round's again would measure hits.
+                payloads = build_payloads(
+                    interface,
+                    pool,
+                    settings.mix,
+                    issuers,
+                    batch=settings.batch,
+                    count=2_000 if interface == "stream" else 20_000,
+                    seed=6 + turn,
+                )
+                pair: dict[str, Any] = {}
+                for name, target, pids in (
+                    ("trivial", trivial.target, trivial.pids),
+                    ("jpki-va", va.target, va.responder.worker_pids),
+                ):
+                    of = (
+                        f", round {turn} of {settings.grpc_rounds}"
+                        if settings.grpc_rounds > 1
+                        else ""
+                    )
+                    progress(f"gRPC {interface} -> {name}{of}")
+                    spec = _spec(settings, target, interface)
+                    pair[name] = run_load(
+                        f"{name} {interface}", spec, payloads, server_pids=pids
+                    ).to_json()
+                ceiling = pair["trivial"]["rate"]
+                pair["ratio_to_trivial"] = (
+                    round(pair["jpki-va"]["rate"] / ceiling, 3) if ceiling else None
+                )
+                rounds.append(pair)
+            figures = median_round(rounds)
             out[interface] = figures
     finally:
         trivial.stop()
     return out
+
+
+def median_round(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """The round whose ratio is the median (the upper one of an even count), as the
+    figures, and with several rounds, each round's rates, CPU and ratio beside them."""
+    ranked = sorted(rounds, key=lambda pair: pair["ratio_to_trivial"] or 0.0)
+    figures = dict(ranked[len(ranked) // 2])
+    if len(rounds) > 1:
+        figures["rounds"] = [
+            {
+                "ratio_to_trivial": pair["ratio_to_trivial"],
+                **{
+                    name: {
+                        "rate": pair[name]["rate"],
+                        "server_cpu_us_per_item": pair[name].get("server_cpu_us_per_item"),
+                    }
+                    for name in ("trivial", "jpki-va")
+                },
+            }
+            for pair in rounds
+        ]
+    return figures
 
 
 def ladder_figures(

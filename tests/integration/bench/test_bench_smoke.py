@@ -33,6 +33,7 @@ def test_suite_smoke(small_dataset: DataSet, tmp_path: Path) -> None:
     settings = SuiteSettings(
         workers=2,
         duration=1.0,
+        grpc_rounds=2,
         processes=1,
         concurrency=4,
         stream_concurrency=1,
@@ -49,7 +50,11 @@ def test_suite_smoke(small_dataset: DataSet, tmp_path: Path) -> None:
     for interface in ("check", "stream", "ocsp"):
         for server in ("trivial", "jpki-va"):
             _no_errors(results["grpc"][interface][server])
-        assert results["grpc"][interface]["ratio_to_trivial"] > 0
+        figures = results["grpc"][interface]
+        assert figures["ratio_to_trivial"] > 0
+        # Two rounds, each a ratio; the figures are one of them (the upper median).
+        ratios = [pair["ratio_to_trivial"] for pair in figures["rounds"]]
+        assert len(ratios) == 2 and figures["ratio_to_trivial"] == max(ratios)
     assert results["ingest"]["records"] == small_dataset.info()["certificate_total"]
     assert results["store"]["raw_lmdb_get"]["per_second"] > 0
     assert results["store"]["status_source"]["per_second"] > 0
