@@ -221,9 +221,7 @@ class PortClaim:
 def _index_generation(holder: IndexHolder) -> tuple[int, int]:
     """What cached OCSP answers depend on: the full snapshot the live index was built
     from and the sequence it reflects now."""
-    index = holder.get()
-    index.refresh()  # a delta changes the live index in place
-    return index.full_sequence, index.sequence
+    return holder.get().generation()  # a delta changes the live index in place
 
 
 def _ocsp_responder(

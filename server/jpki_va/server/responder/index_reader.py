@@ -293,6 +293,13 @@ class Index:
         """The full snapshot the index was built from (deltas since then build on it)."""
         return self._meta.full_sequence
 
+    def generation(self) -> tuple[int, int]:
+        """(full_sequence, sequence) as of now, caught up with the deltas applied: what
+        cached OCSP answers depend on, read in one call (a miss reads it once)."""
+        self.refresh()
+        meta = self._meta
+        return meta.full_sequence, meta.sequence
+
     @property
     def created_at(self) -> datetime:
         return self._meta.created_at

@@ -188,6 +188,11 @@ class ResponseCache:
         issuers)` (what its answers would say now) equals the reply's basis; without
         `basis`, never.
         """
+        # A miss reads no generation (the answer's path reads it next): most requests
+        # of a large population miss. Unlocked, so racy, harmlessly: an entry put
+        # meanwhile is missed once; one dropped meanwhile is looked for again below.
+        if key not in self._entries:
+            return None
         generation = self.generation()
         with self._lock:
             entry = self._entries.get(key)

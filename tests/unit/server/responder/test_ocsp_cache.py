@@ -24,8 +24,10 @@ class Generation:
 
     def __init__(self) -> None:
         self.value = (1, 1)
+        self.reads = 0
 
     def __call__(self) -> tuple[int, int]:
+        self.reads += 1
         return self.value
 
 
@@ -59,6 +61,18 @@ def test_hit_until_the_refresh_point() -> None:
     assert got(cache, b"k", 9 * HOUR - 1) is kept
     assert got(cache, b"k", 9 * HOUR) is None
     assert len(cache) == 0
+
+
+def test_a_miss_reads_no_generation_and_a_hit_one() -> None:
+    """The request a miss leaves is answered, which reads the generation then."""
+    generation = Generation()
+    cache = ResponseCache(generation)
+    cache.put(b"k", reply("a"), cache.generation())
+    before = generation.reads
+    assert got(cache, b"other", 0.0) is None
+    assert generation.reads == before
+    assert got(cache, b"k", 0.0) is not None
+    assert generation.reads == before + 1
 
 
 def test_margin_wins_for_short_lives() -> None:
