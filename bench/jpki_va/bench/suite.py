@@ -30,7 +30,7 @@ from cryptography import x509
 
 from jpki_va.bench import calls, ceilings, ladder, peers
 from jpki_va.bench.datagen import BENCH_VERIFIER
-from jpki_va.bench.dataset import DataSet
+from jpki_va.bench.dataset import DataSet, Pool
 from jpki_va.bench.fleet_step import SuiteParts, fleet_figures
 from jpki_va.bench.httpload import HttpLoadError, HttpSpec, run_wrk
 from jpki_va.bench.loadgen import (
@@ -369,6 +369,20 @@ def _canned(va: RunningVa, ds: DataSet) -> tuple[bytes, bytes]:
     return reply.SerializeToString(), der
 
 
+def _step_payloads(
+    interface: Interface,
+    pool: Pool,
+    issuers: dict[CertKind, x509.Certificate],
+    settings: SuiteSettings,
+    seed: int = 7,
+) -> list[bytes]:
+    """The requests one interface's load sends in the gRPC and ladder steps."""
+    count = 2_000 if interface == "stream" else 20_000
+    return build_payloads(
+        interface, pool, settings.mix, issuers, batch=settings.batch, count=count, seed=seed
+    )
+
+
 def grpc_figures(
     ds: DataSet, va: RunningVa, settings: SuiteSettings, progress: Callable[[str], None]
 ) -> dict[str, Any]:
@@ -383,15 +397,7 @@ def grpc_figures(
             for turn in range(1, settings.grpc_rounds + 1):
                 # Each round its own draw of certificates: OCSP answers are kept per
                 # worker, and a round asking the last round's again would measure hits.
-                payloads = build_payloads(
-                    interface,
-                    pool,
-                    settings.mix,
-                    issuers,
-                    batch=settings.batch,
-                    count=2_000 if interface == "stream" else 20_000,
-                    seed=6 + turn,
-                )
+                payloads = _step_payloads(interface, pool, issuers, settings, seed=6 + turn)
                 pair: dict[str, Any] = {}
                 for name, target, pids in (
                     ("trivial", trivial.target, trivial.pids),
@@ -412,8 +418,7 @@ def grpc_figures(
                     round(pair["jpki-va"]["rate"] / ceiling, 3) if ceiling else None
                 )
                 rounds.append(pair)
-            figures = median_round(rounds)
-            out[interface] = figures
+            out[interface] = median_round(rounds)
     finally:
         trivial.stop()
     return out
@@ -453,15 +458,7 @@ def ladder_figures(
     issuers = _issuers(ds)
     check, ocsp_der = _canned(va, ds)
     payloads = {
-        interface: build_payloads(
-            interface,
-            pool,
-            settings.mix,
-            issuers,
-            batch=settings.batch,
-            count=2_000 if interface == "stream" else 20_000,
-        )
-        for interface in INTERFACES
+        interface: _step_payloads(interface, pool, issuers, settings) for interface in INTERFACES
     }
     timed = replace(settings, duration=settings.ladder_duration)
     spec = ladder.RungSpec(str(ds.responder_dir / "index"), BENCH_VERIFIER, settings.grpc_threads)

@@ -446,7 +446,8 @@ class ResponseWriter:
 #: The DER length octets of every size below 4096, made once: a one-CertID response
 #: and its delegated certificate fit well within it.
 _LENGTHS = tuple(der.length(n) for n in range(4096))
-#: Below this, tbs, signature and certs framed fit `_LENGTHS` (the framing adds < 64).
+#: Below this size of tbs, signature and certs, the whole response fits `_LENGTHS`: the
+#: algorithm identifier and the headers around them add fewer than 64 octets.
 _FRAMED = len(_LENGTHS) - 64
 
 
