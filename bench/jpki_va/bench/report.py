@@ -172,15 +172,16 @@ def calls_lines(calls: dict[str, dict[str, Any]] | None, shown: int = 10) -> lis
         "Counted in one worker of each server under the same load; exact, unlike the",
         "ratios. A served call costs about a microsecond of worker CPU per Python call.",
         "",
-        "| call | trivial: Python / C calls | jpki-va: Python / C calls | extra Python calls |",
-        "|---|---|---|---|",
+        "| call | trivial: Python / C calls | jpki-va: Python / C calls | extra Python calls |"
+        " jpki-va: OCSP cache misses per call |",
+        "|---|---|---|---|---|",
     ]
     for interface, figures in calls.items():
         t, j = figures["trivial"], figures["jpki-va"]
         lines.append(
             f"| {interface} | {_fmt(t['python_calls'])} / {_fmt(t['c_calls'])}"
             f" | {_fmt(j['python_calls'])} / {_fmt(j['c_calls'])}"
-            f" | {_fmt(figures['extra_python_calls'])} |"
+            f" | {_fmt(figures['extra_python_calls'])} | {_fmt(j.get('misses'), 2)} |"
         )
     lines.append("")
     for interface, figures in calls.items():

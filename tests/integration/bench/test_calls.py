@@ -16,7 +16,7 @@ from jpki_va.bench.dataset import DataSet
 from jpki_va.bench.loadgen import Interface, LoadSpec, build_payloads, run_load
 from jpki_va.bench.mix import Mix
 from jpki_va.bench.report import calls_lines
-from jpki_va.bench.suite import _issuers, _responder_config, ingest
+from jpki_va.bench.suite import RunningVa, _canned, _issuers, _responder_config, ingest
 from jpki_va.protos import va_pb2
 from jpki_va.server.responder.index_reader import current_index
 
@@ -71,3 +71,52 @@ def test_each_worker_counts_the_calls_its_handlers_make(
     text = "\n".join(calls_lines({"check": figures}))
     python = [name for name, _ in figures["differences"] if not name.startswith("C:")]
     assert "| check |" in text and f"`{python[0]}`" in text
+
+
+def test_the_ocsp_count_says_what_share_of_requests_the_cache_missed(
+    small_dataset: DataSet, tmp_path: Path
+) -> None:
+    """Each served Ocsp request is either answered from the worker's cache or missed:
+    the share reported as `misses` and the hits add up to every request. The counted
+    worker signs with the running replica's OCSP key, as in the bench."""
+    if current_index(small_dataset.responder_dir / "index") is None:
+        ingest(small_dataset)
+    # Half the draws from a hot set of three, and more requests than the window serves:
+    # hits as well as misses.
+    mix = Mix(hot=0.5, hot_size=3)
+    payloads = build_payloads(
+        "ocsp", small_dataset.pool(), mix, _issuers(small_dataset), count=5000
+    )
+
+    def run(target: str, interface: Interface) -> None:
+        spec = LoadSpec(
+            target=target,
+            interface="ocsp",
+            duration=3.0,
+            processes=1,
+            concurrency=IN_FLIGHT,
+            channels=1,
+        )
+        assert run_load("calls", spec, payloads).calls > 0
+
+    va = RunningVa(small_dataset, 1)
+    try:
+        va.start()
+        check, ocsp_der = _canned(va, small_dataset)
+        trivial = calls.count_calls(
+            run, calls.trivial_worker(2, check, ocsp_der), "ocsp", 1.0, tmp_path, "trivial"
+        )
+        config = _responder_config(small_dataset, 1, None)
+        jpki = calls.count_calls(
+            run, calls.responder_worker(config, 1), "ocsp", 1.0, tmp_path, "jpki-va"
+        )
+    finally:
+        va.close()
+    figures = calls.compare(trivial, jpki, "ocsp")
+    misses = figures["jpki-va"]["misses"]
+    served = jpki["status_servicer.py:StatusServicer.Ocsp"]
+    hits = jpki.get("ocsp.py:OcspResponder.reuse", 0) / served
+    assert 0 < misses < 1 and 0 < hits < 1
+    assert abs(misses + hits - 1) <= 2 * IN_FLIGHT / served
+    assert "misses" not in figures["trivial"]
+    assert "| ocsp |" in "\n".join(calls_lines({"ocsp": figures}))
