@@ -7,6 +7,7 @@ checked for the functions each call must pass through; figures are never asserte
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -25,25 +26,31 @@ pytestmark = pytest.mark.slow
 IN_FLIGHT = 4  # calls the load keeps in flight
 
 
-def test_each_worker_counts_the_calls_its_handlers_make(
-    small_dataset: DataSet, tmp_path: Path
-) -> None:
-    if current_index(small_dataset.responder_dir / "index") is None:
-        ingest(small_dataset)
-    payloads = build_payloads(
-        "check", small_dataset.pool(), Mix(), _issuers(small_dataset), count=200
-    )
+def _loader(payloads: list[bytes]) -> Callable[[str, Interface], None]:
+    """What `count_calls` runs: 3 s of one interface's load on a target."""
 
     def run(target: str, interface: Interface) -> None:
         spec = LoadSpec(
             target=target,
-            interface="check",
+            interface=interface,
             duration=3.0,
             processes=1,
             concurrency=IN_FLIGHT,
             channels=1,
         )
         assert run_load("calls", spec, payloads).calls > 0
+
+    return run
+
+
+def test_each_worker_counts_the_calls_its_handlers_make(
+    small_dataset: DataSet, tmp_path: Path
+) -> None:
+    if current_index(small_dataset.responder_dir / "index") is None:
+        ingest(small_dataset)
+    run = _loader(
+        build_payloads("check", small_dataset.pool(), Mix(), _issuers(small_dataset), count=200)
+    )
 
     canned = va_pb2.CheckResponse(
         status=va_pb2.CertificateStatus(status=va_pb2.CERT_STATUS_GOOD)
@@ -84,20 +91,9 @@ def test_the_ocsp_count_says_what_share_of_requests_the_cache_missed(
     # Half the draws from a hot set of three, and more requests than the window serves:
     # hits as well as misses.
     mix = Mix(hot=0.5, hot_size=3)
-    payloads = build_payloads(
-        "ocsp", small_dataset.pool(), mix, _issuers(small_dataset), count=5000
+    run = _loader(
+        build_payloads("ocsp", small_dataset.pool(), mix, _issuers(small_dataset), count=5000)
     )
-
-    def run(target: str, interface: Interface) -> None:
-        spec = LoadSpec(
-            target=target,
-            interface="ocsp",
-            duration=3.0,
-            processes=1,
-            concurrency=IN_FLIGHT,
-            channels=1,
-        )
-        assert run_load("calls", spec, payloads).calls > 0
 
     va = RunningVa(small_dataset, 1)
     try:
