@@ -196,16 +196,12 @@ class WorkerMetrics:
             held[0][bucket] += 1
             held[1][0] += seconds
 
-    # OcspObserver: each is told once per OCSP request, so `_count` is written out.
+    # OcspObserver
     def cache(self, result: str) -> None:
-        key = (self._cache, (result,))
-        with self._lock:
-            self._pending[key] = self._pending.get(key, 0) + 1
+        self._count(self._cache, (result,))
 
     def preproduced(self, result: str) -> None:
-        key = (self._preproduced, (result,))
-        with self._lock:
-            self._pending[key] = self._pending.get(key, 0) + 1
+        self._count(self._preproduced, (result,))
 
     def answers(self, answers: tuple[tuple[str, str], ...]) -> None:
         # One lock for the batch; no Counter (it costs more than one HTTP answer's rest).
