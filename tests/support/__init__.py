@@ -203,6 +203,52 @@ def metric_value(url: str, name: str) -> float | None:
     return None
 
 
+def preproduced_count(url: str, result: str) -> float:
+    """jpki_va_ocsp_preproduced_total{result=...}, summed over the workers."""
+    with urllib.request.urlopen(url, timeout=10) as reply:
+        text = reply.read().decode()
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith("jpki_va_ocsp_preproduced_total{") and f'result="{result}"' in line:
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def produced(responder: Responder) -> dict[str, Any]:
+    """The OCSP producer's state once a pass over the live index has finished."""
+
+    def done() -> dict[str, Any] | None:
+        state = responder.preproduced()
+        return state if state.get("done") and state.get("index") == state["live"] else None
+
+    return wait_for(done, "a finished pass of the OCSP producer")
+
+
+_STORE_ENTRY = """
+import sys
+from pathlib import Path
+from jpki_va.server.responder.preproduced import PreproducedStore
+store = PreproducedStore(Path(sys.argv[1]))
+key = bytes.fromhex(sys.argv[2])
+if len(sys.argv) > 3:
+    store.put_many([(key, bytes.fromhex(sys.argv[3]))])
+entry = store.get(key)
+print("" if entry is None else entry.encode().hex())
+"""
+
+
+def preproduced_entry(state_dir: Path, key: bytes, put: bytes | None = None) -> bytes | None:
+    """The encoded pre-produced entry under record `key` in a replica's store, after
+    writing `put` there when given. In a process of its own: LMDB wants one environment
+    per file per process, and the responder's supervisor may have its own open."""
+    args = [sys.executable, "-c", _STORE_ENTRY, str(state_dir), key.hex()]
+    out = subprocess.run(
+        [*args, *([] if put is None else [put.hex()])],
+        capture_output=True, text=True, check=True, timeout=60,
+    ).stdout.strip()  # fmt: skip
+    return bytes.fromhex(out) if out else None
+
+
 _RESIDENTS = itertools.count(1)
 
 

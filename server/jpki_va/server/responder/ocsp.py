@@ -37,11 +37,22 @@ from jpki_va.server.responder.index_reader import IssuerEntry
 from jpki_va.server.responder.ocsp_cache import NO_GENERATION, Kept, OcspReply, ResponseCache
 from jpki_va.server.responder.preproduced import (
     SERVE_MARGIN,
+    Basis,
     PreproducedEntry,
     PreproducedStore,
+    basis_code,
+    basis_labels,
     basis_of,
+    basis_of_value,
 )
-from jpki_va.server.responder.status import Answer, BadRequest, NotReady, Resolver, StatusSource
+from jpki_va.server.responder.status import (
+    Answer,
+    BadRequest,
+    NotReady,
+    PackedSource,
+    Resolver,
+    StatusSource,
+)
 
 log = logging.getLogger(__name__)
 
@@ -183,9 +194,9 @@ def _single(cert_id: ocsp_wire.CertId, answer: Answer, next_update: datetime) ->
     return ResponseWriter.single(cert_id.der, CertStatus.UNKNOWN, answer.this_update, next_update)
 
 
-def _basis(answers: list[Answer]) -> tuple[object, ...]:
+def _basis(answers: list[Answer]) -> tuple[Basis, ...]:
     """What a response states about each certificate, times of validity aside."""
-    return tuple([(a.status, None if a.record is None else a.record.loss) for a in answers])
+    return tuple([basis_of(a) for a in answers])
 
 
 class OcspResponder:
@@ -202,6 +213,9 @@ class OcspResponder:
         observer: OcspObserver | None = None,
     ) -> None:
         self._source = source
+        # Asked once (a runtime Protocol check costs microseconds): a source that hands
+        # over index values lets a cache miss check a pre-produced entry without an Answer.
+        self._packed = source if isinstance(source, PackedSource) else None
         self._resolver = resolver
         self._signer = signer
         self._clock = clock
@@ -254,7 +268,7 @@ class OcspResponder:
         """
         try:
             return self._resolve(request)
-        except (BadRequest, NotReady, _Unsuccessful):
+        except _Unsuccessful:
             return ()
 
     def respond(self, data: bytes) -> OcspReply:
@@ -297,24 +311,29 @@ class OcspResponder:
             self._observer.cache("miss")
         elif request.nonce is not None:
             self._observer.cache("nonce")
-        reply = self._fresh(request, now, issuers)
+        # One issuer answers for all of a request's CertIDs (`_issuer`).
+        issuer = self._issuer(request, issuers)
+        reply = self._fresh(request, issuer, now)
         self._observer.answers(reply.answers)
         if cache is not None and reply.cacheable:
-            # One issuer answers for all of a request's CertIDs (`_issuer`).
-            issuer = self._issuer(request, issuers)
             cache.put(data, reply, generation, (issuer,) * len(request.cert_ids))
         return reply
 
     def _resolve(self, request: ocsp_wire.OcspRequest) -> tuple[IssuerEntry, ...]:
         """Each CertID's issuer; unauthorized when one is foreign."""
         issuers = []
-        for cert_id in request.cert_ids:
-            found = self._resolver.issuer_by_hash(
-                cert_id.algorithm, cert_id.name_hash, cert_id.key_hash
-            )
-            if found is None:
-                raise _Unsuccessful(ResponseStatus.UNAUTHORIZED)
-            issuers.append(found)
+        try:
+            for cert_id in request.cert_ids:
+                found = self._resolver.issuer_by_hash(
+                    cert_id.algorithm, cert_id.name_hash, cert_id.key_hash
+                )
+                if found is None:
+                    raise _Unsuccessful(ResponseStatus.UNAUTHORIZED)
+                issuers.append(found)
+        except BadRequest:
+            raise _Unsuccessful(ResponseStatus.MALFORMED_REQUEST) from None
+        except NotReady:
+            raise _Unsuccessful(ResponseStatus.TRY_LATER) from None
         return tuple(issuers)
 
     def _issuer(
@@ -346,11 +365,11 @@ class OcspResponder:
         return None if prepared is None else prepared.writer.responder_id
 
     def _answers(
-        self, request: ocsp_wire.OcspRequest, now: datetime, issuers: tuple[IssuerEntry, ...]
-    ) -> tuple[IssuerEntry, list[Answer]]:
+        self, request: ocsp_wire.OcspRequest, issuer: IssuerEntry, now: datetime
+    ) -> list[Answer]:
+        """The source's answer about each CertID's certificate, `issuer` answering for all."""
         try:
-            issuer = self._issuer(request, issuers)
-            answers = [
+            return [
                 self._source.status(issuer.kind, cert_id.serial, now)
                 for cert_id in request.cert_ids
             ]
@@ -358,7 +377,6 @@ class OcspResponder:
             raise _Unsuccessful(ResponseStatus.MALFORMED_REQUEST) from None
         except NotReady:
             raise _Unsuccessful(ResponseStatus.TRY_LATER) from None
-        return issuer, answers
 
     def _basis_again(self, data: bytes, issuers: tuple[IssuerEntry, ...]) -> tuple[object, ...]:
         """What a response to the kept request `data`, whose CertIDs `issuers` answer
@@ -368,7 +386,8 @@ class OcspResponder:
         if request is None:
             return ()
         try:
-            return _basis(self._answers(request, self._clock.now(), issuers)[1])
+            issuer = self._issuer(request, issuers)
+            return _basis(self._answers(request, issuer, self._clock.now()))
         except _Unsuccessful:
             return ()
 
@@ -389,27 +408,32 @@ class OcspResponder:
         return prepared, delegated
 
     def _fresh(
-        self, request: ocsp_wire.OcspRequest, now: datetime, issuers: tuple[IssuerEntry, ...]
+        self, request: ocsp_wire.OcspRequest, issuer: IssuerEntry, now: datetime
     ) -> OcspReply:
         """The response to a request the per-worker cache did not answer: pre-produced
         when the store has a right one, otherwise signed now (and written through)."""
-        issuer, answers = self._answers(request, now, issuers)
         prepared, delegated = self._delegated(issuer, now)
         store = self._store
         key = b""
+        answers = None
         if (
             store is not None
             and request.nonce is None
-            and len(answers) == 1
+            and len(request.cert_ids) == 1
             and request.cert_ids[0].algorithm == "sha1"
         ):
-            cert_id, answer = request.cert_ids[0].der, answers[0]
-            key = record_key(issuer.kind, answer.serial)
+            cert_id = request.cert_ids[0]
+            key = record_key(issuer.kind, cert_id.serial)
             entry = store.get(key)
-            if entry is not None and self._serves(entry, cert_id, answer, prepared, now):
-                self._observer.preproduced("served")
-                return _reply_of(entry, prepared.writer, delegated, answers)
+            if entry is not None:
+                when = micros(now)
+                basis, answers = self._basis_now(key, request, issuer, now, when)
+                if self._serves(entry, cert_id.der, basis, prepared, when):
+                    self._observer.preproduced("served")
+                    return _reply_of(entry, prepared.writer, delegated, basis)
             self._observer.preproduced("missing" if entry is None else "stale")
+        if answers is None:
+            answers = self._answers(request, issuer, now)
         tbs, signature, this_update, next_update = self._signed(
             prepared, delegated, request.cert_ids, answers, now, request.nonce
         )
@@ -436,15 +460,43 @@ class OcspResponder:
             certs=delegated.certs,
         )
 
+    def _basis_now(
+        self,
+        key: bytes,
+        request: ocsp_wire.OcspRequest,
+        issuer: IssuerEntry,
+        now: datetime,
+        when: int,
+    ) -> tuple[Basis, list[Answer] | None]:
+        """The basis of the answer about the one certificate `key` of `request` now
+        (`when` in µs), and the answers when they had to be made for it.
+
+        From its index value while no layer has to see the answer (no issuer compromise
+        announced: `PackedSource.packed`), without decoding it into an `Answer`;
+        otherwise from the source's answer, which goes on to be signed if need be."""
+        packed = self._packed
+        try:
+            batch = None if packed is None else packed.packed([key], when)
+        except NotReady:
+            raise _Unsuccessful(ResponseStatus.TRY_LATER) from None
+        if batch is None:
+            answers = self._answers(request, issuer, now)
+            return basis_of(answers[0]), answers
+        basis = basis_of_value(batch.values[0], batch.when)
+        if batch.observers:  # a layer that counts answers (none is wired here today)
+            batch.answered({basis_code(basis): 1})
+        return basis, None
+
     @staticmethod
     def _serves(
-        entry: PreproducedEntry, cert_id: bytes, answer: Answer, prepared: _Prepared, now: datetime
+        entry: PreproducedEntry, cert_id: bytes, basis: Basis, prepared: _Prepared, when: int
     ) -> bool:
-        """Whether a pre-produced response is right now: for this CertID, signed by
-        the current key, stating what the index says now, and well within its validity."""
+        """Whether a pre-produced response is right now (`when`, µs): for this CertID,
+        signed by the current key, stating what the index says now (`basis`), and well
+        within its validity."""
         return (
-            entry.basis == basis_of(answer)
-            and entry.fresh_at(micros(now), SERVE_MARGIN)
+            entry.basis == basis
+            and entry.fresh_at(when, SERVE_MARGIN)
             and entry.signed_by(prepared.writer.responder_id)
             and entry.names(cert_id)
         )
@@ -555,19 +607,17 @@ def _entry(
 
 
 def _reply_of(
-    entry: PreproducedEntry,
-    writer: ResponseWriter,
-    delegated: _Delegated,
-    answers: list[Answer],
+    entry: PreproducedEntry, writer: ResponseWriter, delegated: _Delegated, basis: Basis
 ) -> OcspReply:
-    """The response a pre-produced entry makes, with the delegated certificate spliced in."""
+    """The response a pre-produced entry makes about a certificate whose basis is
+    `basis` now, with the delegated certificate spliced in."""
     return OcspReply(
         writer.body(entry.tbs, entry.signature, len(delegated.certs)),  # as `_fresh` keeps it
         cacheable=True,
         this_update=entry.this_update / 1_000_000,
         next_update=entry.next_update / 1_000_000,
         etag=_etag(entry.signature),
-        answers=tuple([a.labels for a in answers]),
-        basis=_basis(answers),
+        answers=(basis_labels(basis),),
+        basis=(basis,),
         certs=delegated.certs,
     )

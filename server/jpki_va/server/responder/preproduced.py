@@ -6,7 +6,8 @@ environment, so the responses sit in the shared page cache, not in each worker's
 memory. Keyed by the index's record key (kind, serial); an entry is the answer to the
 nonce-less request of one SHA-1 CertID (what openssl and most clients send) and
 carries what it states, so a worker serves it only while it is still right
-(`PreproducedEntry.serves`): the same status basis as the index says now, signed by
+(`ocsp.OcspResponder._serves`): the same status basis as the index says now (taken
+from its packed value, `basis_of_value`, where no issuer compromise applies), signed by
 the current delegated key, and now well inside thisUpdate…nextUpdate. Anything else is
 signed live, as without the store, and written through.
 
@@ -28,10 +29,11 @@ from typing import Any
 
 import lmdb
 
-from jpki_va.core.domain import micros
+from jpki_va.core.domain import Status, micros, status_rule
 from jpki_va.server.base.private_files import LMDB_MODE, private_dir
 from jpki_va.server.responder.index_reader import current_index
-from jpki_va.server.responder.status import Answer
+from jpki_va.server.responder.status import Answer, code_labels
+from jpki_va.server.snapshot.record_format import unpack_fields
 
 STORE_DIR = "ocsp-responses"
 _MAP_SIZE = 1 << 40  # address space only; the file grows as needed
@@ -57,6 +59,36 @@ def basis_of(answer: Answer) -> Basis:
     if loss is None:
         return (int(answer.status), -1, 0, 0)
     return (int(answer.status), micros(loss.time), int(loss.cause), int(loss.reason))
+
+
+_UNKNOWN: Basis = (int(Status.UNKNOWN), -1, 0, 0)
+
+
+def basis_of_value(value: bytes | None, when: int) -> Basis:
+    """`basis_of` the index's answer at `when` (µs since the epoch) about a certificate
+    whose packed index value (record_format) is `value` (None: not held), read without
+    decoding it into an answer: what an OCSP cache miss checks a pre-produced entry by.
+    No layer's view (an issuer compromise) is in it: ask where none applies."""
+    if value is None:
+        return _UNKNOWN
+    not_before, not_after, _, _, revoked_at, cause, reason = unpack_fields(value)
+    if not cause:  # no loss recorded (record_format.unpack_value)
+        return (status_rule(when, not_before * 1_000_000, not_after * 1_000_000, None), -1, 0, 0)
+    lost_at = revoked_at * 1_000_000
+    status = status_rule(when, not_before * 1_000_000, not_after * 1_000_000, lost_at)
+    return (status, lost_at, cause, reason)
+
+
+def basis_code(basis: Basis) -> int:
+    """The label code of the answer whose basis this is, as a packed batch's tally has
+    it (status.tally_labels: status * 256 + cause, the cause only when revoked)."""
+    status, _, cause, _ = basis
+    return status * 256 + cause if status == Status.REVOKED else status * 256
+
+
+def basis_labels(basis: Basis) -> tuple[str, str]:
+    """`Answer.labels` of the answer whose basis this is."""
+    return code_labels(basis_code(basis))
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,11 +16,22 @@ import grpc
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from cryptography.x509 import ocsp
 
-from jpki_va.core.domain import CertKind, CrlReason, LossCause, serial_to_bytes
+from jpki_va.core.domain import CertKind, CrlReason, LossCause, record_key, serial_to_bytes
 from jpki_va.hsm import HsmConfig
 from jpki_va.protos import signer_pb2, va_pb2
-from tests.support import Issued, Pki, openssl, running_pki
+from tests.support import (
+    Issued,
+    Pki,
+    openssl,
+    preproduced_count,
+    preproduced_entry,
+    produced,
+    request_der,
+    running_pki,
+    wait_for,
+)
 
 
 @pytest.fixture(scope="module")
@@ -61,6 +72,11 @@ def test_article_14_issuer_key_compromise_ends_what_the_key_signed(
     )
     pki.publish_and_wait(full=False)
     generation = _aki(card.certificate)
+    # The card's pre-produced answer (GOOD) as the producer made it before the compromise.
+    produced(pki.responder)
+    key = record_key(CertKind.CARD_SIGN, card.serial)
+    good_entry = preproduced_entry(pki.responder.config.state_dir, key)
+    assert good_entry is not None
     # Nothing announced yet: a clear 404, not an empty document.
     with pytest.raises(urllib.error.HTTPError) as http_error:
         urllib.request.urlopen(f"{pki.http_url}/announcements/issuer-compromise.p7m", timeout=10)
@@ -122,6 +138,7 @@ def test_article_14_issuer_key_compromise_ends_what_the_key_signed(
     issuer = next(i for i in listed.issuers if i.key_id == generation)
     assert issuer.compromised_at.ToDatetime(tzinfo=UTC) == compromised_at
 
+    _check_ocsp_over_a_stale_entry(pki, card, key, good_entry)
     _check_arl(pki, card, tmp_path)
     _check_announcement(pki, generation, compromised_at, tmp_path)
 
@@ -141,6 +158,22 @@ def test_article_14_issuer_key_compromise_ends_what_the_key_signed(
         )
     assert info.value.code() is grpc.StatusCode.FAILED_PRECONDITION
     assert "ISSUER_KEY_COMPROMISE" in (info.value.details() or "")
+
+
+def _check_ocsp_over_a_stale_entry(pki: Pki, card: Issued, key: bytes, good: bytes) -> None:
+    """OCSP says REVOKED (caCompromise) even while the replica's store still holds the
+    GOOD answer signed before the compromise: the index's row for the card has no loss,
+    so only the compromise layer can tell that this entry is no longer right."""
+    produced(pki.responder)  # its pass over the new index is done: it writes no more
+    preproduced_entry(pki.responder.config.state_dir, key, put=good)
+    stale = preproduced_count(pki.metrics_url, "stale")
+    reply = pki.status_stub.Ocsp(va_pb2.OcspRequest(der=request_der(card)), timeout=10)
+    response = ocsp.load_der_ocsp_response(reply.der)
+    assert response.response_status is ocsp.OCSPResponseStatus.SUCCESSFUL
+    assert response.certificate_status is ocsp.OCSPCertStatus.REVOKED
+    assert response.revocation_reason is x509.ReasonFlags.ca_compromise
+    # The worker found the entry and judged it stale (metrics published every 0.2 s).
+    wait_for(lambda: preproduced_count(pki.metrics_url, "stale") > stale, "a stale entry")
 
 
 def _check_arl(pki: Pki, card: Issued, tmp_path: Path) -> None:

@@ -7,7 +7,6 @@ workers and producer processes, LMDB, gRPC and HTTP on loopback, and openssl.
 
 from __future__ import annotations
 
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,6 @@ from cryptography.x509 import ocsp
 from jpki_va.core.domain import CertKind, Loss, parse_record_key
 from jpki_va.hsm import HsmConfig
 from jpki_va.protos import signer_pb2, va_pb2, va_pb2_grpc
-from jpki_va.server.app.responder_app import Responder
 from jpki_va.server.base.faults import ENV as FAULTS
 from jpki_va.server.pki import der as pki_der
 from jpki_va.server.pki import ocsp_wire
@@ -33,6 +31,8 @@ from tests.support import (
     Pki,
     metric_value,
     openssl,
+    preproduced_count,
+    produced,
     record_loss,
     request_der,
     running_pki,
@@ -61,32 +61,11 @@ def ask(stub: va_pb2_grpc.StatusServiceStub, der: bytes) -> ocsp.OCSPResponse:
     return response
 
 
-def produced(responder: Responder) -> dict[str, Any]:
-    """The producer's state once a pass over the live index has finished."""
-
-    def done() -> dict[str, Any] | None:
-        state = responder.preproduced()
-        return state if state.get("done") and state.get("index") == state["live"] else None
-
-    return wait_for(done, "a finished pass of the OCSP producer")
-
-
 def uncached(der: bytes, n: int) -> bytes:
     """The same question with a requestorName of its own: other bytes, one CertID."""
     request_list = ocsp_wire.parse_request(der, 1).request_list
     name = pki_der.tlv(0xA1, pki_der.tlv(0x82, f"r{n}".encode()))  # [1] dNSName
     return pki_der.sequence(pki_der.sequence(name, request_list))
-
-
-def count(url: str, result: str) -> float:
-    """jpki_va_ocsp_preproduced_total{result=...}, summed over the workers."""
-    with urllib.request.urlopen(url, timeout=10) as reply:
-        text = reply.read().decode()
-    total = 0.0
-    for line in text.splitlines():
-        if line.startswith("jpki_va_ocsp_preproduced_total{") and f'result="{result}"' in line:
-            total += float(line.rsplit(" ", 1)[1])
-    return total
 
 
 def test_every_certificate_is_pre_produced_and_openssl_accepts_it(
@@ -95,7 +74,7 @@ def test_every_certificate_is_pre_produced_and_openssl_accepts_it(
     state = produced(pki.responder)
     assert sum(state["counts"].values()) >= len(issued)
     wait_for(lambda: metric_value(pki.metrics_url, "jpki_va_ocsp_preproduced_entries"), "entries")
-    before = count(pki.metrics_url, "served")
+    before = preproduced_count(pki.metrics_url, "served")
     cert_file, issuer_file = issued[0].pem_files(tmp_path, "good")
     result = openssl(
         "ocsp", "-no_nonce", "-issuer", str(issuer_file), "-cert", str(cert_file),
@@ -107,7 +86,9 @@ def test_every_certificate_is_pre_produced_and_openssl_accepts_it(
     assert answer.certificate_status is ocsp.OCSPCertStatus.GOOD
     assert answer.certificates  # the delegated certificate, spliced in
     # Both came from the store (each worker counts, and publishes every 0.2 s).
-    wait_for(lambda: count(pki.metrics_url, "served") >= before + 2, "served pre-produced")
+    wait_for(
+        lambda: preproduced_count(pki.metrics_url, "served") >= before + 2, "served pre-produced"
+    )
 
 
 def test_a_nonce_is_always_signed_live(pki: Pki, issued: list[Issued]) -> None:
@@ -134,13 +115,13 @@ def test_a_revocation_by_delta_is_answered_at_once(pki: Pki, issued: list[Issued
     # The producer does the certificates a delta's loss events name (or the workers
     # wrote their live answer through); then it is served. Each request is new to the
     # workers' own caches (keyed by the request's bytes): it is asked of the store.
-    before = count(pki.metrics_url, "served")
+    before = preproduced_count(pki.metrics_url, "served")
     names = iter(range(1, 1000))
 
     def served_revoked() -> bool:
         response = ask(pki.status_stub, uncached(der, next(names)))
         assert response.certificate_status is ocsp.OCSPCertStatus.REVOKED
-        return count(pki.metrics_url, "served") > before
+        return preproduced_count(pki.metrics_url, "served") > before
 
     wait_for(served_revoked, "the revoked answer pre-produced")
 
