@@ -423,12 +423,8 @@ class Pki:
         """Until the OCSP producer has been over the live index (at once when it is
         off): nonce-less OCSP answers come pre-produced from then on, so the clients
         of the tests (openssl and the interop validators) judge those."""
-
-        def done() -> bool:
-            state = self.responder.preproduced()
-            return not state or bool(state.get("done") and state.get("index") == state["live"])
-
-        wait_for(done, "the OCSP producer's pass over the live index")
+        if self.responder.config.ocsp_preproduce:
+            produced(self.responder)
 
     def wait_sequence(self, sequence: int) -> None:
         def served() -> bool:

@@ -27,7 +27,6 @@ from tests.support import (
     openssl,
     preproduced_count,
     preproduced_entry,
-    produced,
     request_der,
     running_pki,
     wait_for,
@@ -73,10 +72,10 @@ def test_article_14_issuer_key_compromise_ends_what_the_key_signed(
     pki.publish_and_wait(full=False)
     generation = _aki(card.certificate)
     # The card's pre-produced answer (GOOD) as the producer made it before the compromise.
-    produced(pki.responder)
     key = record_key(CertKind.CARD_SIGN, card.serial)
-    good_entry = preproduced_entry(pki.responder.config.state_dir, key)
-    assert good_entry is not None
+    good_entry = wait_for(
+        lambda: preproduced_entry(pki.responder.config.state_dir, key), "the card's answer"
+    )
     # Nothing announced yet: a clear 404, not an empty document.
     with pytest.raises(urllib.error.HTTPError) as http_error:
         urllib.request.urlopen(f"{pki.http_url}/announcements/issuer-compromise.p7m", timeout=10)
@@ -164,7 +163,7 @@ def _check_ocsp_over_a_stale_entry(pki: Pki, card: Issued, key: bytes, good: byt
     """OCSP says REVOKED (caCompromise) even while the replica's store still holds the
     GOOD answer signed before the compromise: the index's row for the card has no loss,
     so only the compromise layer can tell that this entry is no longer right."""
-    produced(pki.responder)  # its pass over the new index is done: it writes no more
+    pki.wait_preproduced()  # the producer's pass over the new index is done
     preproduced_entry(pki.responder.config.state_dir, key, put=good)
     stale = preproduced_count(pki.metrics_url, "stale")
     reply = pki.status_stub.Ocsp(va_pb2.OcspRequest(der=request_der(card)), timeout=10)
