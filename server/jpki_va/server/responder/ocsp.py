@@ -40,7 +40,6 @@ from jpki_va.server.responder.preproduced import (
     Basis,
     PreproducedEntry,
     PreproducedStore,
-    basis_code,
     basis_labels,
     basis_of,
     basis_of_value,
@@ -52,6 +51,7 @@ from jpki_va.server.responder.status import (
     PackedSource,
     Resolver,
     StatusSource,
+    label_code,
 )
 
 log = logging.getLogger(__name__)
@@ -484,7 +484,7 @@ class OcspResponder:
             return basis_of(answers[0]), answers
         basis = basis_of_value(batch.values[0], batch.when)
         if batch.observers:  # a layer that counts answers (none is wired here today)
-            batch.answered({basis_code(basis): 1})
+            batch.answered({label_code(basis[0], basis[2]): 1})
         return basis, None
 
     @staticmethod

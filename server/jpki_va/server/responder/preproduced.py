@@ -32,7 +32,7 @@ import lmdb
 from jpki_va.core.domain import Status, micros, status_rule
 from jpki_va.server.base.private_files import LMDB_MODE, private_dir
 from jpki_va.server.responder.index_reader import current_index
-from jpki_va.server.responder.status import Answer, code_labels
+from jpki_va.server.responder.status import Answer, code_labels, label_code
 from jpki_va.server.snapshot.record_format import unpack_fields
 
 STORE_DIR = "ocsp-responses"
@@ -79,16 +79,9 @@ def basis_of_value(value: bytes | None, when: int) -> Basis:
     return (status, lost_at, cause, reason)
 
 
-def basis_code(basis: Basis) -> int:
-    """The label code of the answer whose basis this is, as a packed batch's tally has
-    it (status.tally_labels: status * 256 + cause, the cause only when revoked)."""
-    status, _, cause, _ = basis
-    return status * 256 + cause if status == Status.REVOKED else status * 256
-
-
 def basis_labels(basis: Basis) -> tuple[str, str]:
     """`Answer.labels` of the answer whose basis this is."""
-    return code_labels(basis_code(basis))
+    return code_labels(label_code(basis[0], basis[2]))
 
 
 @dataclass(frozen=True, slots=True)

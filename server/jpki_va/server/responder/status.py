@@ -204,6 +204,12 @@ def packed_briefs(batch: PackedBatch) -> list[Brief]:
     return out
 
 
+def label_code(status: int, cause: int) -> int:
+    """The label code a tally counts an answer by: status * 256 + cause, the loss's
+    cause only when the answer is revoked (`code_labels` reads it back)."""
+    return status * 256 + cause if status == Status.REVOKED else status * 256
+
+
 @lru_cache(maxsize=256)  # a handful of codes (status, cause) occur at all
 def code_labels(code: int) -> tuple[str, str]:
     """`Brief.labels` of a tally's label code (status * 256 + cause)."""

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from jpki_va.core.domain import CertKind, Status
-from jpki_va.server.responder.status import Brief, PackedBatch, packed_briefs
+from jpki_va.server.responder.status import Brief, PackedBatch, label_code, packed_briefs
 
 _U64 = (1 << 64) - 1
 
@@ -252,9 +252,7 @@ def py_packed_response(
     tally: dict[int, int] = {}
     for brief in briefs if slots is None else (briefs[s] for s in slots if isinstance(s, int)):
         record = brief.record
-        code = brief.status * 256
-        if brief.status is Status.REVOKED and record is not None and record.lost_at is not None:
-            code += record.cause
+        code = label_code(brief.status, 0 if record is None else record.cause)
         tally[code] = tally.get(code, 0) + 1
     return py_batch_response(results), tally
 
