@@ -112,6 +112,7 @@ def venv(stages: dict[str, Stage], tmp_path_factory: pytest.TempPathFactory) -> 
                         "build",
                         "_batch_wire.c",
                         "_counter_cells.c",
+                        "_ocsp_miss.c",
                         "*.so",
                     ),
                 )
@@ -166,8 +167,14 @@ def test_the_image_venv_starts_every_role(venv: Path, stages: dict[str, Stage]) 
         "import jpki_va.server.app.responder_app, jpki_va.server.app.signer_app, pkcs11",
     )
     assert imported.returncode == 0, imported.stderr
-    # The build stage compiled the CheckStream encoder (a fallback would pass unseen).
-    compiled = _run(venv, "python", "-c", "import jpki_va.server.rpc._batch_wire")
+    # The build stage compiled the hot paths' twins (a fallback would pass unseen).
+    compiled = _run(
+        venv,
+        "python",
+        "-c",
+        "import jpki_va.server.rpc._batch_wire, jpki_va.server.ledger._counter_cells,"
+        " jpki_va.server.responder._ocsp_miss",
+    )
     assert compiled.returncode == 0, compiled.stderr
 
 

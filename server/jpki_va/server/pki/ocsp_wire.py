@@ -12,6 +12,7 @@ import enum
 import hashlib
 from dataclasses import dataclass
 from datetime import datetime
+from typing import NamedTuple
 
 from jpki_va.server.pki import der
 from jpki_va.server.pki.der import DerError
@@ -49,8 +50,9 @@ class MalformedRequest(ValueError):
     """Not an OCSP request we can answer: the response is malformedRequest."""
 
 
-@dataclass(frozen=True, slots=True)
-class CertId:
+# Named tuples, not dataclasses: the compiled reader of the usual request
+# (responder/_ocsp_miss.pyx) makes them without running a Python constructor.
+class CertId(NamedTuple):
     der: bytes  # as requested: echoed verbatim in the SingleResponse
     algorithm: str  # "sha1" or "sha256"
     name_hash: bytes
@@ -58,8 +60,7 @@ class CertId:
     serial: int
 
 
-@dataclass(frozen=True, slots=True)
-class OcspRequest:
+class OcspRequest(NamedTuple):
     cert_ids: tuple[CertId, ...]
     request_list: bytes  # DER of requestList: the request minus nonce and signature
     nonce: bytes | None
@@ -370,9 +371,14 @@ class ResponseWriter:
     responder writes one per signed answer.
     """
 
+    __slots__ = ("_produced", "algorithm", "responder_id")
+
     def __init__(self, key_hash: bytes, algorithm: bytes) -> None:
-        self._responder_id = der.tlv(der.context(2), der.tlv(der.OCTET_STRING, key_hash))
-        self._algorithm = algorithm
+        # Plain attributes (read by compiled code too): set here, never changed.
+        #: The ResponderID (byKey) every response of this key carries first in its tbs.
+        self.responder_id = der.tlv(der.context(2), der.tlv(der.OCTET_STRING, key_hash))
+        #: The signatureAlgorithm, DER.
+        self.algorithm = algorithm
         self._produced: tuple[int, bytes] = (-1, b"")  # (epoch second, its GeneralizedTime)
 
     @staticmethod
@@ -396,11 +402,6 @@ class ResponseWriter:
         body = cert_id + state + _validity(this_update, next_update)
         return _head(der.SEQUENCE, len(body)) + body
 
-    @property
-    def responder_id(self) -> bytes:
-        """The ResponderID (byKey) every response of this key carries first in its tbs."""
-        return self._responder_id
-
     def tbs(self, produced_at: datetime, singles: list[bytes], nonce: bytes | None) -> bytes:
         """tbsResponseData: the bytes the responder signs."""
         second = int(produced_at.timestamp())
@@ -409,7 +410,7 @@ class ResponseWriter:
             produced = der.generalized_time(produced_at)
             self._produced = (second, produced)  # one assignment: safe between threads
         listed = singles[0] if len(singles) == 1 else b"".join(singles)
-        body = self._responder_id + produced + _head(der.SEQUENCE, len(listed)) + listed
+        body = self.responder_id + produced + _head(der.SEQUENCE, len(listed)) + listed
         if nonce is not None:
             value = der.tlv(der.OCTET_STRING, der.tlv(der.OCTET_STRING, nonce))
             body += der.tlv(der.context(1), der.sequence(der.sequence(_NONCE, value)))
@@ -424,8 +425,9 @@ class ResponseWriter:
         whose `certs_size` octets its lengths count: what a worker keeps of a response
         (OcspReply.body; the delegated certificate is shared). Each length is taken
         from a table, not built by a call per header: one answer is framed per request."""
-        lengths = _LENGTHS if len(tbs) + len(signature) + certs_size < _FRAMED else _ANY_LENGTHS
-        algorithm = self._algorithm
+        algorithm = self.algorithm
+        framed = len(tbs) + len(signature) + len(algorithm) + certs_size
+        lengths = _LENGTHS if framed < _FRAMED else _ANY_LENGTHS
         size = len(signature) + 1  # the BIT STRING's unused-bits octet first
         bits = b"\x03" + lengths[size]
         size += len(tbs) + len(algorithm) + len(bits) + certs_size
@@ -446,8 +448,8 @@ class ResponseWriter:
 #: The DER length octets of every size below 4096, made once: a one-CertID response
 #: and its delegated certificate fit well within it.
 _LENGTHS = tuple(der.length(n) for n in range(4096))
-#: Below this size of tbs, signature and certs, the whole response fits `_LENGTHS`: the
-#: algorithm identifier and the headers around them add fewer than 64 octets.
+#: Below this size of tbs, signature, algorithm identifier and certs, the whole response
+#: fits `_LENGTHS`: the headers around them add fewer than 64 octets.
 _FRAMED = len(_LENGTHS) - 64
 
 

@@ -35,14 +35,15 @@ from jpki_va.server.pki.ocsp_wire import (
 from jpki_va.server.responder.index_layout import issuer_lookup_keys
 from jpki_va.server.responder.index_reader import IssuerEntry
 from jpki_va.server.responder.ocsp_cache import NO_GENERATION, Kept, OcspReply, ResponseCache
+from jpki_va.server.responder.ocsp_miss import served, usual_request
 from jpki_va.server.responder.preproduced import (
-    SERVE_MARGIN,
+    SERVE_MARGIN_US,
     Basis,
     PreproducedEntry,
     PreproducedStore,
-    basis_labels,
+    Served,
     basis_of,
-    basis_of_value,
+    served_with,
 )
 from jpki_va.server.responder.status import (
     Answer,
@@ -51,7 +52,7 @@ from jpki_va.server.responder.status import (
     PackedSource,
     Resolver,
     StatusSource,
-    label_code,
+    code_labels,
 )
 
 log = logging.getLogger(__name__)
@@ -235,6 +236,9 @@ class OcspResponder:
         """
         if len(data) > self._limits.max_request_bytes:
             return None
+        usual = usual_request(data)  # compiled where it can be: most requests are this
+        if usual is not None:
+            return usual
         try:
             return ocsp_wire.parse_request(data, self._limits.max_cert_ids)
         except MalformedRequest as exc:
@@ -424,14 +428,15 @@ class OcspResponder:
         ):
             cert_id = request.cert_ids[0]
             key = record_key(issuer.kind, cert_id.serial)
-            entry = store.get(key)
-            if entry is not None:
-                when = micros(now)
-                basis, answers = self._basis_now(key, request, issuer, now, when)
-                if self._serves(entry, cert_id.der, basis, prepared, when):
+            raw = store.raw(key)
+            if raw is not None:
+                parts, answers = self._preproduced(
+                    raw, key, request, issuer, prepared, delegated, now
+                )
+                if parts is not None:
                     self._observer.preproduced("served")
-                    return _reply_of(entry, prepared.writer, delegated, basis)
-            self._observer.preproduced("missing" if entry is None else "stale")
+                    return _reply_of(parts, delegated)
+            self._observer.preproduced("missing" if raw is None else "stale")
         if answers is None:
             answers = self._answers(request, issuer, now)
         tbs, signature, this_update, next_update = self._signed(
@@ -460,46 +465,39 @@ class OcspResponder:
             certs=delegated.certs,
         )
 
-    def _basis_now(
+    def _preproduced(
         self,
+        raw: bytes,
         key: bytes,
         request: ocsp_wire.OcspRequest,
         issuer: IssuerEntry,
+        prepared: _Prepared,
+        delegated: _Delegated,
         now: datetime,
-        when: int,
-    ) -> tuple[Basis, list[Answer] | None]:
-        """The basis of the answer about the one certificate `key` of `request` now
-        (`when` in µs), and the answers when they had to be made for it.
+    ) -> tuple[Served | None, list[Answer] | None]:
+        """The response the pre-produced entry `raw` makes about the one certificate
+        `key` of `request`, when it is right now (`served`); and the answers, when
+        they had to be made to judge it (they go on to be signed if it is not).
 
-        From its index value while no layer has to see the answer (no issuer compromise
-        announced: `PackedSource.packed`), without decoding it into an `Answer`;
-        otherwise from the source's answer, which goes on to be signed if need be."""
+        Judged against the certificate's index value, undecoded, while no layer has
+        to see the answer (no issuer compromise announced: `PackedSource.packed`);
+        otherwise against the source's answer (a layer that counts answers, none of
+        which is wired here today, counts them as it counts the source's)."""
+        when = micros(now)
+        certs_size = len(delegated.certs)
+        cert_id = request.cert_ids[0].der
+        writer = prepared.writer
         packed = self._packed
         try:
             batch = None if packed is None else packed.packed([key], when)
         except NotReady:
             raise _Unsuccessful(ResponseStatus.TRY_LATER) from None
-        if batch is None:
-            answers = self._answers(request, issuer, now)
-            return basis_of(answers[0]), answers
-        basis = basis_of_value(batch.values[0], batch.when)
-        if batch.observers:  # a layer that counts answers (none is wired here today)
-            batch.answered({label_code(basis[0], basis[2]): 1})
-        return basis, None
-
-    @staticmethod
-    def _serves(
-        entry: PreproducedEntry, cert_id: bytes, basis: Basis, prepared: _Prepared, when: int
-    ) -> bool:
-        """Whether a pre-produced response is right now (`when`, µs): for this CertID,
-        signed by the current key, stating what the index says now (`basis`), and well
-        within its validity."""
-        return (
-            entry.basis == basis
-            and entry.fresh_at(when, SERVE_MARGIN)
-            and entry.signed_by(prepared.writer.responder_id)
-            and entry.names(cert_id)
-        )
+        if batch is not None and not batch.observers:
+            value = batch.values[0]
+            return served(raw, value, when, cert_id, writer, certs_size, SERVE_MARGIN_US), None
+        answers = self._answers(request, issuer, now)
+        basis = basis_of(answers[0])
+        return served_with(raw, basis, when, cert_id, writer, certs_size, SERVE_MARGIN_US), answers
 
     def written(self) -> list[tuple[bytes, bytes]]:
         """The live-signed answers since the last call, as store entries: for the
@@ -606,18 +604,17 @@ def _entry(
     )
 
 
-def _reply_of(
-    entry: PreproducedEntry, writer: ResponseWriter, delegated: _Delegated, basis: Basis
-) -> OcspReply:
-    """The response a pre-produced entry makes about a certificate whose basis is
-    `basis` now, with the delegated certificate spliced in."""
+def _reply_of(parts: Served, delegated: _Delegated) -> OcspReply:
+    """The response a pre-produced entry makes (`served`'s parts), with the delegated
+    certificate spliced in."""
+    body, this_update, next_update, signature, basis, code = parts
     return OcspReply(
-        writer.body(entry.tbs, entry.signature, len(delegated.certs)),  # as `_fresh` keeps it
+        body,  # as `_fresh` keeps it: without the certs field
         cacheable=True,
-        this_update=entry.this_update / 1_000_000,
-        next_update=entry.next_update / 1_000_000,
-        etag=_etag(entry.signature),
-        answers=(basis_labels(basis),),
+        this_update=this_update / 1_000_000,
+        next_update=next_update / 1_000_000,
+        etag=_etag(signature),
+        answers=(code_labels(code),),
         basis=(basis,),
         certs=delegated.certs,
     )

@@ -6,10 +6,11 @@ environment, so the responses sit in the shared page cache, not in each worker's
 memory. Keyed by the index's record key (kind, serial); an entry is the answer to the
 nonce-less request of one SHA-1 CertID (what openssl and most clients send) and
 carries what it states, so a worker serves it only while it is still right
-(`ocsp.OcspResponder._serves`): the same status basis as the index says now (taken
-from its packed value, `basis_of_value`, where no issuer compromise applies), signed by
-the current delegated key, and now well inside thisUpdate…nextUpdate. Anything else is
-signed live, as without the store, and written through.
+(`PreproducedEntry.serves`, judged by `py_served` or its compiled twin): the same
+status basis as the index says now (taken from its packed value, `basis_of_value`,
+where no issuer compromise applies), signed by the current delegated key, and now well
+inside thisUpdate…nextUpdate. Anything else is signed live, as without the store, and
+written through.
 
 An entry keeps the signed part (tbsResponseData) and the signature, not the whole
 response: the delegated certificate (≈ 0.7 kB, the same in every response) is
@@ -31,8 +32,9 @@ import lmdb
 
 from jpki_va.core.domain import Status, micros, status_rule
 from jpki_va.server.base.private_files import LMDB_MODE, private_dir
+from jpki_va.server.pki.ocsp_wire import ResponseWriter
 from jpki_va.server.responder.index_reader import current_index
-from jpki_va.server.responder.status import Answer, code_labels, label_code
+from jpki_va.server.responder.status import Answer, label_code
 from jpki_va.server.snapshot.record_format import unpack_fields
 
 STORE_DIR = "ocsp-responses"
@@ -43,6 +45,7 @@ _STATE = b"producer"
 #: Seconds before its nextUpdate a pre-produced response is no longer served: a client
 #: must have time to use it (RFC 5019 §6 lets a responder refresh ahead).
 SERVE_MARGIN = 60.0
+SERVE_MARGIN_US = int(SERVE_MARGIN * 1_000_000)
 
 # version, thisUpdate and nextUpdate (µs), basis (status, lost at µs or -1, cause,
 # reason), offset of the CertID in the tbs, tbs length; then tbs and signature.
@@ -79,9 +82,47 @@ def basis_of_value(value: bytes | None, when: int) -> Basis:
     return (status, lost_at, cause, reason)
 
 
-def basis_labels(basis: Basis) -> tuple[str, str]:
-    """`Answer.labels` of the answer whose basis this is."""
-    return code_labels(label_code(basis[0], basis[2]))
+#: What `py_served` hands back for a response it serves: the response up to its certs
+#: field (`ResponseWriter.body`), thisUpdate and nextUpdate (µs), the signature, the
+#: basis, and its label code (`status.label_code`).
+Served = tuple[bytes, int, int, bytes, Basis, int]
+
+
+def py_served(
+    raw: bytes,
+    value: bytes | None,
+    when: int,
+    cert_id: bytes,
+    writer: ResponseWriter,
+    certs_size: int,
+    margin: int,
+) -> Served | None:
+    """The pre-produced entry `raw` as the response to the request of `cert_id`, when
+    it is right at `when` (µs) for a certificate whose packed index value is `value`
+    (`PreproducedEntry.serves`, `margin` µs); None when it is not (signed live then).
+
+    The reference: `_ocsp_miss.served` is its compiled twin (responder/ocsp_miss.py).
+    No layer's view (an issuer compromise) is in `value`: ask where none applies."""
+    return served_with(raw, basis_of_value(value, when), when, cert_id, writer, certs_size, margin)
+
+
+def served_with(
+    raw: bytes,
+    basis: Basis,
+    when: int,
+    cert_id: bytes,
+    writer: ResponseWriter,
+    certs_size: int,
+    margin: int,
+) -> Served | None:
+    """`py_served` of a certificate whose answer now states `basis` (taken from an
+    `Answer` where a layer's view applies)."""
+    entry = PreproducedEntry.decode(raw)
+    if entry is None or not entry.serves(cert_id, basis, writer.responder_id, when, margin):
+        return None
+    body = writer.body(entry.tbs, entry.signature, certs_size)
+    code = label_code(basis[0], basis[2])
+    return body, entry.this_update, entry.next_update, entry.signature, basis, code
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,9 +165,22 @@ class PreproducedEntry:
         start = 2 if self.tbs[1] < 0x80 else 2 + (self.tbs[1] & 0x7F)
         return self.tbs[start : start + len(responder_id)] == responder_id
 
-    def fresh_at(self, now: int, margin: float = SERVE_MARGIN) -> bool:
-        """Whether `now` (µs) is inside thisUpdate…nextUpdate less the margin."""
-        return self.this_update <= now < self.next_update - int(margin * 1_000_000)
+    def fresh_at(self, now: int, margin: int = SERVE_MARGIN_US) -> bool:
+        """Whether `now` is inside thisUpdate…nextUpdate less `margin` (both µs)."""
+        return self.this_update <= now < self.next_update - margin
+
+    def serves(
+        self, cert_id: bytes, basis: Basis, responder_id: bytes, now: int, margin: int
+    ) -> bool:
+        """Whether it is the right answer now (µs) to the request of `cert_id`: it
+        states what the index says now (`basis`), is well within its validity
+        (`margin`, µs), is signed by the current key and answers exactly that CertID."""
+        return (
+            self.basis == basis
+            and self.fresh_at(now, margin)
+            and self.signed_by(responder_id)
+            and self.names(cert_id)
+        )
 
 
 class PreproducedStore:
@@ -139,9 +193,14 @@ class PreproducedStore:
         self._meta = self._env.open_db(_DBS[1])
 
     def get(self, key: bytes) -> PreproducedEntry | None:
-        with self._env.begin(db=self._responses) as txn:
-            raw = txn.get(key)
+        raw = self.raw(key)
         return None if raw is None else PreproducedEntry.decode(raw)
+
+    def raw(self, key: bytes) -> bytes | None:
+        """The encoded entry of `key`, undecoded (what `served` judges)."""
+        with self._env.begin(db=self._responses) as txn:
+            raw: bytes | None = txn.get(key)
+        return raw
 
     def get_many(self, keys: list[bytes]) -> list[PreproducedEntry | None]:
         with self._env.begin(db=self._responses) as txn:

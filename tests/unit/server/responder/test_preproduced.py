@@ -33,10 +33,10 @@ def test_an_entry_reads_back_as_written_and_names_its_cert_id_and_signer() -> No
 
 def test_an_entry_is_fresh_only_inside_its_validity_less_the_margin() -> None:
     entry = _entry(ocsp_wire.ResponseWriter(KEY_HASH, b""))
-    assert not entry.fresh_at(9_999_999, margin=1.0)  # before thisUpdate
-    assert entry.fresh_at(10_000_000, margin=1.0)
-    assert entry.fresh_at(98_999_999, margin=1.0)
-    assert not entry.fresh_at(99_000_000, margin=1.0)  # within the margin of nextUpdate
+    assert not entry.fresh_at(9_999_999, margin=1_000_000)  # before thisUpdate
+    assert entry.fresh_at(10_000_000, margin=1_000_000)
+    assert entry.fresh_at(98_999_999, margin=1_000_000)
+    assert not entry.fresh_at(99_000_000, margin=1_000_000)  # within the margin of nextUpdate
 
 
 def test_an_entry_of_another_format_is_not_read() -> None:
