@@ -305,9 +305,9 @@ def _add_suite_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--steps",
         default="ingest,store,grpc,http,freshness,fleet",
-        help="comma-separated subset of ingest,store,grpc,http,freshness,fleet,ladder,calls"
-        " (ladder: each layer's cost, rung by rung; calls: Python calls per served call;"
-        " neither in the default run)",
+        help="comma-separated subset of ingest,store,grpc,http,freshness,fleet,ladder,calls,"
+        "miss (ladder: each layer's cost, rung by rung; calls: Python calls per served call;"
+        " miss: CPU per OCSP cache miss, in process; none of the three in the default run)",
     )
     p.add_argument(
         "--ladder-duration", type=_positive_float, default=3.0, help="seconds per ladder rung"

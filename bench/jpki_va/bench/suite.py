@@ -28,7 +28,7 @@ from typing import Any
 import grpc
 from cryptography import x509
 
-from jpki_va.bench import calls, ceilings, ladder, peers
+from jpki_va.bench import calls, ceilings, ladder, miss, peers
 from jpki_va.bench.datagen import BENCH_VERIFIER
 from jpki_va.bench.dataset import DataSet, Pool
 from jpki_va.bench.fleet_step import SuiteParts, fleet_figures
@@ -60,10 +60,10 @@ log = logging.getLogger(__name__)
 FORMAT = "jpki-va-bench-results/1"
 
 
-#: Every step `bench all --steps` knows; `ladder` and `calls` are not in the default run
-#: (each takes minutes more and is for finding where a path's time goes).
-STEPS = ("ingest", "grpc", "store", "http", "freshness", "fleet", "ladder", "calls")
-DEFAULT_STEPS = tuple(step for step in STEPS if step not in ("ladder", "calls"))
+#: Every step `bench all --steps` knows; `ladder`, `calls` and `miss` are not in the
+#: default run (they are for finding where a path's time goes).
+STEPS = ("ingest", "grpc", "store", "http", "freshness", "fleet", "ladder", "calls", "miss")
+DEFAULT_STEPS = tuple(step for step in STEPS if step not in ("ladder", "calls", "miss"))
 
 
 @dataclass(frozen=True)
@@ -779,7 +779,9 @@ def run_suite(
         say("store ceiling")
         results["store"] = store_figures(ds, settings)
     scratch = copy_index(ds) if "freshness" in settings.steps else None
-    needs_va = {"grpc", "http", "freshness", "fleet", "ladder", "calls"} & set(settings.steps)
+    needs_va = {"grpc", "http", "freshness", "fleet", "ladder", "calls", "miss"} & set(
+        settings.steps
+    )
     if needs_va:
         say("start signer and responder")
         va = RunningVa(ds, settings.workers, ocsp_preproduce=settings.ocsp_preproduce)
@@ -799,6 +801,11 @@ def run_suite(
                 results["ladder"] = ladder_figures(ds, va, settings, say)
             if "calls" in settings.steps:
                 results["calls"] = calls_figures(ds, va, settings, say)
+            if "miss" in settings.steps:
+                say("OCSP cache miss, in process")
+                config = _responder_config(ds, settings.workers, None)
+                requests = miss.peer_requests(ds.peers_dir / "requests.hex")
+                results["ocsp_miss"] = miss.miss_figures(config, requests, BENCH_VERIFIER)
             if "freshness" in settings.steps:
                 results["freshness"] = freshness(ds, va, settings, say)
             if "fleet" in settings.steps:
