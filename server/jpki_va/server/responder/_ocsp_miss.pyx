@@ -111,7 +111,6 @@ cdef inline int64_t _le(const uint8_t* p, int n) noexcept:
     return <int64_t>value
 
 
-
 cdef inline Py_ssize_t _length_size(Py_ssize_t n) noexcept:
     """The octets of a DER length of n (der.length)."""
     cdef Py_ssize_t octets = 0

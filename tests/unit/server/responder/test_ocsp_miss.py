@@ -53,6 +53,7 @@ from jpki_va.server.responder.preproduced import (
 )
 from jpki_va.server.responder.status import label_code
 from jpki_va.server.snapshot.record_format import pack_value
+from tests.fuzz.test_ocsp_wire_fuzz import _usual as usual_form
 
 KEY_HASH = bytes(range(20))
 ECDSA_SHA256 = bytes.fromhex("300a06082a8648ce3d040302")
@@ -542,14 +543,7 @@ def test_a_long_algorithm_identifier_is_framed_the_same_near_the_length_table(
 
 def _usual(serial: bytes, null: bool = True, name_hash: bytes = NAME_HASH) -> bytes:
     """The usual request's form around `serial`, an INTEGER's content octets as given."""
-    algorithm = der.sequence(bytes.fromhex("06052b0e03021a"), *([der.tlv(der.NULL, b"")] * null))
-    cert_id = der.sequence(
-        algorithm,
-        der.tlv(der.OCTET_STRING, name_hash),
-        der.tlv(der.OCTET_STRING, ISSUER_KEY_HASH),
-        der.tlv(der.INTEGER, serial),
-    )
-    return der.sequence(der.sequence(der.sequence(der.sequence(cert_id))))
+    return usual_form(name_hash, ISSUER_KEY_HASH, serial, null)
 
 
 def _read(data: bytes) -> OcspRequest | None:
