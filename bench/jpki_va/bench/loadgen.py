@@ -127,6 +127,8 @@ class LoadResult:
     statuses: dict[str, int]  # from sampled responses
     client_cpu_seconds: float
     server_cpu_seconds: float | None = None
+    # (voluntary, involuntary) context switches of the servers' threads in the window
+    server_switches: tuple[int, int] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -144,6 +146,12 @@ class LoadResult:
         data["error_count"] = self.error_count
         if self.server_cpu_seconds is not None and self.items:
             data["server_cpu_us_per_item"] = round(1e6 * self.server_cpu_seconds / self.items, 2)
+        if self.server_switches is not None and self.items:
+            voluntary, involuntary = self.server_switches
+            data["server_switches_per_item"] = {
+                "voluntary": round(voluntary / self.items, 3),
+                "involuntary": round(involuntary / self.items, 3),
+            }
         return data
 
 
@@ -425,6 +433,30 @@ def cpu_seconds(pids: Sequence[int]) -> float:
     return total / ticks
 
 
+def context_switches(pids: Sequence[int]) -> tuple[int, int]:
+    """(Voluntary, involuntary) context switches of every thread of processes so far
+    (from /proc): a thread that waits for a lock, the GIL or I/O switches voluntarily,
+    so a server that hands work between its threads more shows more of them per call.
+    A thread that ended meanwhile takes its count along (grpc's pool threads stay)."""
+    voluntary = involuntary = 0
+    for pid in pids:
+        try:
+            threads = list(Path(f"/proc/{pid}/task").iterdir())
+        except FileNotFoundError:
+            continue
+        for thread in threads:
+            try:
+                with (thread / "status").open() as f:
+                    for line in f:
+                        if line.startswith("voluntary_ctxt_switches:"):
+                            voluntary += int(line.split()[1])
+                        elif line.startswith("nonvoluntary_ctxt_switches:"):
+                            involuntary += int(line.split()[1])
+            except FileNotFoundError:
+                continue
+    return voluntary, involuntary
+
+
 def run_load(
     label: str,
     spec: LoadSpec,
@@ -452,8 +484,10 @@ def run_load(
         start_at = start.give(len(procs), timeout=spec.timeout + 120)
         time.sleep(max(0.0, start_at + spec.warmup - time.time()))
         cpu_window_start = cpu_seconds(server_pids)
+        switches_start = context_switches(server_pids)
         time.sleep(max(0.0, start_at + spec.warmup + spec.duration - time.time()))
         cpu_window_end = cpu_seconds(server_pids)
+        switches_end = context_switches(server_pids)
         deadline = time.time() + spec.warmup + spec.duration + spec.timeout + 60
         for _ in procs:
             parts.append(out.get(timeout=max(1.0, deadline - time.time())))
@@ -498,4 +532,9 @@ def run_load(
         statuses=dict(statuses),
         client_cpu_seconds=round(sum(p["cpu"] for p in parts), 2),
         server_cpu_seconds=round(cpu_window_end - cpu_window_start, 2) if server_pids else None,
+        server_switches=(
+            (switches_end[0] - switches_start[0], switches_end[1] - switches_start[1])
+            if server_pids
+            else None
+        ),
     )

@@ -433,17 +433,22 @@ def median_round(rounds: list[dict[str, Any]]) -> dict[str, Any]:
         figures["rounds"] = [
             {
                 "ratio_to_trivial": pair["ratio_to_trivial"],
-                **{
-                    name: {
-                        "rate": pair[name]["rate"],
-                        "server_cpu_us_per_item": pair[name].get("server_cpu_us_per_item"),
-                    }
-                    for name in ("trivial", "jpki-va")
-                },
+                **{name: _round_side(pair[name]) for name in ("trivial", "jpki-va")},
             }
             for pair in rounds
         ]
     return figures
+
+
+def _round_side(figures: dict[str, Any]) -> dict[str, Any]:
+    """One server's figures of a round as the rounds list keeps them."""
+    side = {
+        "rate": figures["rate"],
+        "server_cpu_us_per_item": figures.get("server_cpu_us_per_item"),
+    }
+    if "server_switches_per_item" in figures:  # results from before it was measured lack it
+        side["server_switches_per_item"] = figures["server_switches_per_item"]
+    return side
 
 
 def ladder_figures(

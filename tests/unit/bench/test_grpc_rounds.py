@@ -48,3 +48,14 @@ def test_the_report_lists_each_round() -> None:
 def test_rounds_must_be_positive() -> None:
     with pytest.raises(ValueError, match="rounds"):
         SuiteSettings(grpc_rounds=0)
+
+
+def test_each_rounds_context_switches_are_kept_when_measured() -> None:
+    switched = _pair(5000, 4000)
+    switched["jpki-va"]["server_switches_per_item"] = {"voluntary": 2.5, "involuntary": 0.1}
+    figures = median_round([switched, _pair(5000, 4500), _pair(5000, 3000)])
+    assert figures["rounds"][0]["jpki-va"]["server_switches_per_item"] == {
+        "voluntary": 2.5,
+        "involuntary": 0.1,
+    }
+    assert "server_switches_per_item" not in figures["rounds"][1]["jpki-va"]

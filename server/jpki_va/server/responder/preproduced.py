@@ -42,10 +42,9 @@ _MAP_SIZE = 1 << 40  # address space only; the file grows as needed
 _DBS = (b"responses", b"meta")
 _STATE = b"producer"
 
-#: Seconds before its nextUpdate a pre-produced response is no longer served: a client
-#: must have time to use it (RFC 5019 §6 lets a responder refresh ahead).
-SERVE_MARGIN = 60.0
-SERVE_MARGIN_US = int(SERVE_MARGIN * 1_000_000)
+#: Microseconds (60 s) before its nextUpdate a pre-produced response is no longer
+#: served: a client must have time to use it (RFC 5019 §6 lets a responder refresh ahead).
+SERVE_MARGIN_US = 60_000_000
 
 # version, thisUpdate and nextUpdate (µs), basis (status, lost at µs or -1, cause,
 # reason), offset of the CertID in the tbs, tbs length; then tbs and signature.
