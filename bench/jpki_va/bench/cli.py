@@ -103,6 +103,7 @@ def _suite_settings(args: argparse.Namespace) -> Any:
         workers=args.workers,
         duration=args.duration,
         grpc_rounds=args.rounds,
+        grpc_threads=args.grpc_threads,
         processes=args.processes,
         concurrency=args.concurrency,
         stream_concurrency=args.streams,
@@ -287,6 +288,11 @@ def run_setup(args: argparse.Namespace) -> int:
 def _add_suite_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=_positive_int, default=2, help="responder workers (2)")
     p.add_argument("--duration", type=_positive_float, default=10.0, help="seconds per figure")
+    p.add_argument(
+        "--grpc-threads", type=_positive_int, default=16,
+        help="unary gRPC threads per worker, the responder's and the trivial server's"
+        " alike (default 16, the responder's own default)",
+    )  # fmt: skip
     p.add_argument(
         "--rounds", type=_positive_int, default=3,
         help="gRPC step: rounds of the trivial server then jpki-va; the median round's "

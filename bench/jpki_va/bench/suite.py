@@ -69,7 +69,7 @@ DEFAULT_STEPS = tuple(step for step in STEPS if step not in ("ladder", "calls", 
 @dataclass(frozen=True)
 class SuiteSettings:
     workers: int = 2  # responder and trivial-server worker processes
-    grpc_threads: int = 16
+    grpc_threads: int = 16  # unary threads per worker, the responder's and the trivial's
     duration: float = 5.0  # seconds of measured load per figure
     # gRPC step: rounds of trivial then jpki-va, each pair a ratio; the median round is
     # the figure (a slow drift of the machine's speed touches both sides of a round).
@@ -511,10 +511,11 @@ def calls_figures(
     with a ledger shard of its own (the slot after the running workers').
     """
     check, ocsp_der = _canned(va, ds)
+    config = _responder_config(ds, settings.workers, None)
     workers = {
         "trivial": calls.trivial_worker(settings.grpc_threads, check, ocsp_der),
         "jpki-va": calls.responder_worker(
-            _responder_config(ds, settings.workers, None), settings.workers
+            replace(config, grpc_threads=settings.grpc_threads), settings.workers
         ),
     }
     # Long enough that the counted window (from a second in) ends under load.
@@ -789,7 +790,12 @@ def run_suite(
     )
     if needs_va:
         say("start signer and responder")
-        va = RunningVa(ds, settings.workers, ocsp_preproduce=settings.ocsp_preproduce)
+        va = RunningVa(
+            ds,
+            settings.workers,
+            ocsp_preproduce=settings.ocsp_preproduce,
+            grpc_threads=settings.grpc_threads,
+        )
         try:
             va.start()
             results["start_to_serving_seconds"] = round(va.start_seconds, 3)
