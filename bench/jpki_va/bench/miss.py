@@ -11,7 +11,7 @@ keeps nothing, so every request misses. Each pass asks the peers' requests
 per request, the least of the passes (what the code costs when nothing else runs)
 and their median.
 
-`served` counts how each request was answered (`OcspObserver.preproduced`), so a
+`answered` counts how each request was answered (`OcspObserver.preproduced`), so a
 figure is known to be the served path's.
 """
 
