@@ -4,7 +4,8 @@ At national scale most OCSP requests miss the worker's cache and are answered fr
 replica's pre-produced store. On a loaded 2-core machine a gRPC round's worker CPU per
 call scatters by tens of microseconds, more than such a change saves. Here the miss
 path runs alone, without a transport: the responder's own objects over the running
-replica's index, OCSP key and store (as a worker wires them, its metrics included),
+replica's index, OCSP key and store (wired by the worker's own `ocsp_responder`, its
+metrics included),
 the gate with a verifier of the index and a ledger shard of its own, and a cache that
 keeps nothing, so every request misses. Each pass asks the peers' requests
 (`peers/requests.hex`, distinct certificates) once; the figure is the process CPU
@@ -22,24 +23,23 @@ import tempfile
 import time
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from jpki_va.core.clock import SystemClock
 from jpki_va.server.access.gate import Caller, Gate
 from jpki_va.server.app.config import ResponderConfig
+from jpki_va.server.app.responder_app import ocsp_responder
 from jpki_va.server.ledger.provisions import open_shard
 from jpki_va.server.responder.metrics import WorkerMetrics
-from jpki_va.server.responder.ocsp import OcspResponder
 from jpki_va.server.responder.ocsp_access import GatedOcsp
-from jpki_va.server.responder.ocsp_cache import ResponseCache
 from jpki_va.server.responder.ocsp_keys import OcspKeyStore
 from jpki_va.server.responder.preproduced import PreproducedStore
 from jpki_va.server.responder.status import (
     IndexHolder,
     IndexStatusSource,
     IssuerCompromiseSource,
-    Resolver,
 )
 
 PASSES = 15
@@ -77,19 +77,18 @@ def _measure(
         raise ValueError("no OCSP requests to ask")
     holder = IndexHolder(config.index_dir)
     holder.refresh()
-    keystore = OcspKeyStore(config.ocsp_dir)
-    keystore.current()
     store = PreproducedStore(config.state_dir)
     metrics = _Counted()
     clock = SystemClock()
-    responder = OcspResponder(
+    # As a worker wires it, with a cache that keeps nothing: every request misses.
+    responder, _ = ocsp_responder(
+        replace(config, ocsp_cache_mb=0),
         IssuerCompromiseSource(IndexStatusSource(holder), holder),
-        Resolver(holder),
-        keystore.latest,
+        holder,
+        OcspKeyStore(config.ocsp_dir),
         clock,
-        cache=ResponseCache(lambda: holder.get().generation(), max_bytes=0),
-        store=store,
-        observer=metrics,
+        metrics,
+        store,
     )
     caller = Caller(claimed_id=verifier)
     with tempfile.TemporaryDirectory(prefix="bench-miss-") as scratch:

@@ -136,6 +136,14 @@ cdef inline Py_ssize_t _head(uint8_t* out, uint8_t tag, Py_ssize_t n) noexcept:
     return 1 + size
 
 
+cdef inline Py_ssize_t _put(
+    uint8_t* out, Py_ssize_t pos, const void* data, Py_ssize_t n
+) noexcept:
+    """`n` octets of `data` at out[pos]; the position after them."""
+    memcpy(out + pos, data, n)
+    return pos + n
+
+
 cdef inline bint _equal_at(
     const uint8_t* data, Py_ssize_t n, Py_ssize_t at, const uint8_t* want, Py_ssize_t size
 ) noexcept:
@@ -255,27 +263,17 @@ def served(
     body = PyBytes_FromStringAndSize(NULL, _length_size(total) + 1 + total - certs_octets)
     out = <uint8_t*>PyBytes_AS_STRING(body)
     pos = _head(out, 0x30, total)
-    memcpy(out + pos, _SUCCESSFUL, 3)
-    pos += 3
-    memcpy(out + pos, heads[0], head_sizes[0])
-    pos += head_sizes[0]
-    memcpy(out + pos, heads[1], head_sizes[1])
-    pos += head_sizes[1]
-    memcpy(out + pos, _BASIC, _BASIC_SIZE)
-    pos += _BASIC_SIZE
-    memcpy(out + pos, heads[2], head_sizes[2])
-    pos += head_sizes[2]
-    memcpy(out + pos, heads[3], head_sizes[3])
-    pos += head_sizes[3]
-    memcpy(out + pos, tbs, tbs_size)
-    pos += tbs_size
-    memcpy(out + pos, PyBytes_AS_STRING(algorithm), PyBytes_GET_SIZE(algorithm))
-    pos += PyBytes_GET_SIZE(algorithm)
-    memcpy(out + pos, heads[4], head_sizes[4])
-    pos += head_sizes[4]
-    out[pos] = 0
-    pos += 1
-    memcpy(out + pos, tbs + tbs_size, sig_size)
+    pos = _put(out, pos, _SUCCESSFUL, 3)
+    pos = _put(out, pos, heads[0], head_sizes[0])
+    pos = _put(out, pos, heads[1], head_sizes[1])
+    pos = _put(out, pos, _BASIC, _BASIC_SIZE)
+    pos = _put(out, pos, heads[2], head_sizes[2])
+    pos = _put(out, pos, heads[3], head_sizes[3])
+    pos = _put(out, pos, tbs, tbs_size)
+    pos = _put(out, pos, PyBytes_AS_STRING(algorithm), PyBytes_GET_SIZE(algorithm))
+    pos = _put(out, pos, heads[4], head_sizes[4])
+    out[pos] = 0  # the BIT STRING's unused bits
+    _put(out, pos + 1, tbs + tbs_size, sig_size)
     code = status * 256 + cause if status == _REVOKED else status * 256
     return (
         body,

@@ -164,7 +164,7 @@ class PreproducedEntry:
         start = 2 if self.tbs[1] < 0x80 else 2 + (self.tbs[1] & 0x7F)
         return self.tbs[start : start + len(responder_id)] == responder_id
 
-    def fresh_at(self, now: int, margin: int = SERVE_MARGIN_US) -> bool:
+    def fresh_at(self, now: int, margin: int) -> bool:
         """Whether `now` is inside thisUpdate…nextUpdate less `margin` (both µs)."""
         return self.this_update <= now < self.next_update - margin
 
