@@ -31,7 +31,7 @@ from types import FrameType
 from typing import Any
 
 from jpki_va.bench.loadgen import Interface
-from jpki_va.bench.trivial import _worker
+from jpki_va.bench.trivial import ServerTls, _worker
 from jpki_va.server.app.config import ResponderConfig
 from jpki_va.server.app.responder_app import worker_main
 
@@ -156,8 +156,10 @@ def count_calls(
             proc.join(5)
 
 
-def trivial_worker(threads: int, check: bytes, ocsp_der: bytes) -> Worker:
-    return lambda port, ready, stop: (_worker, (port, threads, check, ocsp_der, ready, stop))
+def trivial_worker(
+    threads: int, check: bytes, ocsp_der: bytes, tls: ServerTls | None = None
+) -> Worker:
+    return lambda port, ready, stop: (_worker, (port, threads, check, ocsp_der, tls, ready, stop))
 
 
 def responder_worker(config: ResponderConfig, slot: int) -> Worker:

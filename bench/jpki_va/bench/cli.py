@@ -312,8 +312,9 @@ def _add_suite_options(p: argparse.ArgumentParser) -> None:
         "--steps",
         default="ingest,store,grpc,http,freshness,fleet",
         help="comma-separated subset of ingest,store,grpc,http,freshness,fleet,ladder,calls,"
-        "miss (ladder: each layer's cost, rung by rung; calls: Python calls per served call;"
-        " miss: CPU per OCSP cache miss, in process; none of the three in the default run)",
+        "miss,tls (ladder: each layer's cost, rung by rung; calls: Python calls per served call;"
+        " miss: CPU per OCSP cache miss, in process; tls: the gRPC step over mTLS; none of"
+        " the four in the default run)",
     )
     p.add_argument(
         "--ladder-duration", type=_positive_float, default=3.0, help="seconds per ladder rung"

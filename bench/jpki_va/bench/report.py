@@ -114,6 +114,48 @@ def rounds_lines(rounds: list[dict[str, Any]] | None) -> list[str]:
     return [*lines, ""]
 
 
+_LOAD_HEADER = (
+    "| server | throughput | p50 ms | p90 ms | p99 ms | max ms | errors | server CPU µs/item |"
+)
+_LOAD_SEP = "|---|---|---|---|---|---|---|---|"
+
+
+def grpc_lines(grpc: dict[str, Any] | None) -> list[str]:
+    """Each interface's trivial server and responder rows, ratio and rounds."""
+    header, sep = _LOAD_HEADER, _LOAD_SEP
+    lines: list[str] = []
+    for interface, unit in (("check", "calls/s"), ("stream", "statuses/s"), ("ocsp", "calls/s")):
+        figures = (grpc or {}).get(interface)
+        if not figures:
+            continue
+        lines += [f"### {interface}", "", header, sep]
+        lines.append(_load_row("trivial gRPC server (transport ceiling)", figures["trivial"], unit))
+        lines.append(_load_row("jpki-va responder", figures["jpki-va"], unit))
+        lines += ["", f"Ratio to the ceiling: **{_fmt(figures.get('ratio_to_trivial'), 3)}**", ""]
+        lines += rounds_lines(figures.get("rounds"))
+    return lines
+
+
+def tls_lines(grpc_tls: dict[str, Any] | None) -> list[str]:
+    """The gRPC step over mTLS (suite.tls_figures), with what mTLS adds per item."""
+    if not grpc_tls:
+        return []
+    lines = [
+        "## gRPC over mTLS (the `tls` step)",
+        "",
+        "The same load with both servers speaking only mTLS: one throwaway server",
+        "certificate and client CA, the client presenting a certificate registered as a",
+        "verifier. The responder names its caller by that certificate, as in production;",
+        "the plaintext step above names it by a claimed id.",
+        "",
+        *grpc_lines(grpc_tls.get("grpc")),
+    ]
+    calls = calls_lines(grpc_tls.get("calls"))
+    if calls:  # its own heading, one level down
+        lines += ["#" + calls[0], *calls[1:]]
+    return lines
+
+
 def _load_row(name: str, fig: dict[str, Any], unit: str) -> str:
     if "skipped" in fig:
         return f"| {name} | skipped: {fig['skipped']} | | | | | | |"
@@ -274,19 +316,8 @@ def render(  # noqa: PLR0912, PLR0915 (a document template, section by section)
             met = "yes" if value <= goal else f"no ({value / goal:.2f} x the goal)"
         lines.append(f"| {name} | {op} {_fmt(goal)} | {_fmt(value, 2)} | {met} |")
     lines += ["", "## gRPC (same client, same workers, same run)", ""]
-    header = (
-        "| server | throughput | p50 ms | p90 ms | p99 ms | max ms | errors | server CPU µs/item |"
-    )
-    sep = "|---|---|---|---|---|---|---|---|"
-    for interface, unit in (("check", "calls/s"), ("stream", "statuses/s"), ("ocsp", "calls/s")):
-        figures = lookup(results, f"grpc.{interface}")
-        if not figures:
-            continue
-        lines += [f"### {interface}", "", header, sep]
-        lines.append(_load_row("trivial gRPC server (transport ceiling)", figures["trivial"], unit))
-        lines.append(_load_row("jpki-va responder", figures["jpki-va"], unit))
-        lines += ["", f"Ratio to the ceiling: **{_fmt(figures.get('ratio_to_trivial'), 3)}**", ""]
-        lines += rounds_lines(figures.get("rounds"))
+    lines += grpc_lines(results.get("grpc"))
+    lines += tls_lines(results.get("grpc_tls"))
     lines += ladder_lines(results.get("ladder"))
     lines += calls_lines(results.get("calls"))
     lines += miss_lines(results.get("ocsp_miss"))
@@ -319,8 +350,8 @@ def render(  # noqa: PLR0912, PLR0915 (a document template, section by section)
             "",
             f"Requests: {http.get('requests')}",
             "",
-            header,
-            sep,
+            _LOAD_HEADER,
+            _LOAD_SEP,
         ]
         for name, label in (
             ("jpki-va-warmup", "jpki-va, unmeasured cache warm-up (signs on each miss)"),

@@ -35,6 +35,7 @@ from jpki_va.bench.fleet_step import SuiteParts, fleet_figures
 from jpki_va.bench.httpload import HttpLoadError, HttpSpec, run_wrk
 from jpki_va.bench.loadgen import (
     INTERFACES,
+    ClientTls,
     Interface,
     LoadResult,
     LoadSpec,
@@ -42,11 +43,12 @@ from jpki_va.bench.loadgen import (
     run_load,
 )
 from jpki_va.bench.mix import Mix
-from jpki_va.bench.trivial import start_trivial
+from jpki_va.bench.tls_ca import TlsCa, TlsIdentity
+from jpki_va.bench.trivial import ServerTls, start_trivial
 from jpki_va.core.clock import SystemClock
-from jpki_va.core.domain import CertKind, LossCause, Status, serial_to_bytes
-from jpki_va.protos import signer_pb2, signer_pb2_grpc, va_pb2, va_pb2_grpc
-from jpki_va.server.app.config import ResponderConfig, SignerConfig
+from jpki_va.core.domain import CertKind, LossCause, Role, Status, serial_to_bytes
+from jpki_va.protos import signer_pb2, signer_pb2_grpc, va_pb2, va_pb2_grpc, verifiers_pb2
+from jpki_va.server.app.config import ResponderConfig, SignerConfig, TlsFiles
 from jpki_va.server.app.responder_app import Responder, load_anchors
 from jpki_va.server.app.signer_app import SignerApp, start_signer
 from jpki_va.server.responder.index_build import build_index, publish_index
@@ -60,10 +62,13 @@ log = logging.getLogger(__name__)
 FORMAT = "jpki-va-bench-results/1"
 
 
-#: Every step `bench all --steps` knows; `ladder`, `calls` and `miss` are not in the
-#: default run (they are for finding where a path's time goes).
-STEPS = ("ingest", "grpc", "store", "http", "freshness", "fleet", "ladder", "calls", "miss")
-DEFAULT_STEPS = tuple(step for step in STEPS if step not in ("ladder", "calls", "miss"))
+#: Every step `bench all --steps` knows; `ladder`, `calls`, `miss` and `tls` are not in
+#: the default run (they are for finding where a path's time goes).
+STEPS = ("ingest", "grpc", "store", "http", "freshness", "fleet", "ladder", "calls", "miss", "tls")
+DEFAULT_STEPS = tuple(step for step in STEPS if step not in ("ladder", "calls", "miss", "tls"))
+
+#: The verifier the mTLS step's client certificate is registered as, every role.
+BENCH_TLS_VERIFIER = "bench-tls-caller"
 
 
 @dataclass(frozen=True)
@@ -211,15 +216,27 @@ def _responder_config(ds: DataSet, workers: int, signer: str | None) -> Responde
     )
 
 
+#: What a responder answers a caller its index does not entitle (or know).
+_REFUSED = (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED)
+
 PREPRODUCE_TIMEOUT = 4 * 3600.0  # a national index's first pass takes hours of one CPU
 
 
 class RunningVa:
     """The real signer and responder on loopback, from the data set, default intervals."""
 
-    def __init__(self, ds: DataSet, workers: int, **responder: Any) -> None:
-        """`responder`: ResponderConfig fields other than the defaults (tests' limits)."""
+    def __init__(
+        self,
+        ds: DataSet,
+        workers: int,
+        client: grpc.ChannelCredentials | None = None,
+        **responder: Any,
+    ) -> None:
+        """`responder`: ResponderConfig fields other than the defaults (tests' limits,
+        mTLS); `client`: the credentials this harness's own calls present to a
+        responder that speaks only mTLS."""
         self.ds = ds
+        self._client = client
         self.signer: SignerApp = start_signer(
             SignerConfig(
                 data_dir=ds.signer_dir,
@@ -246,7 +263,11 @@ class RunningVa:
             try:
                 status.Check(check_request(CertKind.CARD_SIGN, 1), timeout=2)
                 break
-            except grpc.RpcError:
+            except grpc.RpcError as exc:
+                # A caller refused is a caller judged against a loaded index: serving.
+                # (The mTLS step registers its caller after the responder is up.)
+                if exc.code() in _REFUSED:
+                    break
                 if time.perf_counter() - began > 120:
                     raise
                 time.sleep(0.01)
@@ -284,7 +305,11 @@ class RunningVa:
             return tx.counter("event")
 
     def status_stub(self) -> va_pb2_grpc.StatusServiceStub:
-        channel = grpc.insecure_channel(self.target)
+        channel = (
+            grpc.insecure_channel(self.target)
+            if self._client is None
+            else grpc.secure_channel(self.target, self._client)
+        )
         self._channels.append(channel)
         return va_pb2_grpc.StatusServiceStub(channel)
 
@@ -384,12 +409,25 @@ def _step_payloads(
 
 
 def grpc_figures(
-    ds: DataSet, va: RunningVa, settings: SuiteSettings, progress: Callable[[str], None]
+    ds: DataSet,
+    va: RunningVa,
+    settings: SuiteSettings,
+    progress: Callable[[str], None],
+    tls: BenchTls | None = None,
 ) -> dict[str, Any]:
+    """Each interface's load on the trivial server, then on the responder, in rounds;
+    with `tls`, both speak only mTLS and the client presents `tls.caller`."""
     pool = ds.pool()
     issuers = _issuers(ds)
     check, ocsp_der = _canned(va, ds)
-    trivial = start_trivial(settings.workers, settings.grpc_threads, check, ocsp_der)
+    trivial = start_trivial(
+        settings.workers,
+        settings.grpc_threads,
+        check,
+        ocsp_der,
+        None if tls is None else tls.server_tls(),
+    )
+    client = None if tls is None else tls.client_tls()
     out: dict[str, Any] = {}
     try:
         for interface in INTERFACES:
@@ -408,8 +446,9 @@ def grpc_figures(
                         if settings.grpc_rounds > 1
                         else ""
                     )
-                    progress(f"gRPC {interface} -> {name}{of}")
-                    spec = _spec(settings, target, interface)
+                    over = "" if tls is None else " over mTLS"
+                    progress(f"gRPC{over} {interface} -> {name}{of}")
+                    spec = replace(_spec(settings, target, interface), tls=client)
                     pair[name] = run_load(
                         f"{name} {interface}", spec, payloads, server_pids=pids
                     ).to_json()
@@ -422,6 +461,93 @@ def grpc_figures(
     finally:
         trivial.stop()
     return out
+
+
+@dataclass(frozen=True)
+class BenchTls:
+    """The mTLS step's throwaway PKI (tls_ca.py): one server certificate for the
+    trivial server and the responder alike, and the caller's client certificate."""
+
+    ca: TlsCa
+    server: TlsIdentity
+    caller: TlsIdentity
+
+    @classmethod
+    def create(cls, directory: Path) -> BenchTls:
+        ca = TlsCa(directory, "jpki-va bench TLS CA")
+        return cls(ca, ca.issue("bench-server", server=True), ca.issue(BENCH_TLS_VERIFIER))
+
+    def server_tls(self) -> ServerTls:
+        return ServerTls(
+            self.server.cert.read_bytes(),
+            self.server.key.read_bytes(),
+            self.ca.cert_file.read_bytes(),
+        )
+
+    def client_tls(self) -> ClientTls:
+        return ClientTls(self.ca.cert_file, self.caller.cert, self.caller.key)
+
+    def responder(self) -> dict[str, Any]:
+        """The ResponderConfig fields of a responder that speaks only mTLS."""
+        files = TlsFiles(self.server.cert, self.server.key, self.ca.cert_file)
+        return {"insecure_loopback": False, "loopback_verifier": None, "tls": files}
+
+
+def _register_caller(va: RunningVa, caller: TlsIdentity, timeout: float = 120.0) -> None:
+    """`caller`'s certificate as the verifier BENCH_TLS_VERIFIER, every role, at the
+    signer (replacing the last run's certificate); back when the responder knows it."""
+    va.signer_stub().AddVerifier(
+        verifiers_pb2.AddVerifierRequest(
+            id=BENCH_TLS_VERIFIER,
+            roles=[int(role) for role in Role],  # type: ignore[misc]
+            client_certificate_der=[caller.der],
+            agreement="BENCH-TLS",
+            replace=True,
+        ),
+        timeout=30,
+    )
+    status = va.status_stub()
+    began = time.perf_counter()
+    while True:
+        try:
+            status.Check(check_request(CertKind.CARD_SIGN, 1), timeout=2)
+            return
+        except grpc.RpcError as exc:
+            if exc.code() not in _REFUSED or time.perf_counter() - began > timeout:
+                raise
+            time.sleep(0.1)
+
+
+def tls_figures(
+    ds: DataSet, settings: SuiteSettings, progress: Callable[[str], None]
+) -> dict[str, Any]:
+    """The gRPC step over mTLS: the trivial server and a responder (started here, on
+    the data set's state) with the same server certificate and client CA, the load's
+    client presenting a registered verifier's certificate. What identifying a caller by
+    its certificate costs per call, beside what TLS costs the transport.
+
+    `{"grpc": ...}` as the gRPC step's figures, and with the calls step asked for as
+    well, `"calls"`: its counts over mTLS."""
+    with tempfile.TemporaryDirectory(prefix="bench-tls-") as scratch:
+        pki = BenchTls.create(Path(scratch))
+        va = RunningVa(
+            ds,
+            settings.workers,
+            client=pki.ca.channel_credentials(pki.caller),
+            ocsp_preproduce=settings.ocsp_preproduce,
+            grpc_threads=settings.grpc_threads,
+            **pki.responder(),
+        )
+        try:
+            progress("start the signer and a responder over mTLS; register the caller")
+            va.start()
+            _register_caller(va, pki.caller)
+            out = {"grpc": grpc_figures(ds, va, settings, progress, pki)}
+            if "calls" in settings.steps:
+                out["calls"] = calls_figures(ds, va, settings, progress, pki)
+            return out
+        finally:
+            va.close()
 
 
 def median_round(rounds: list[dict[str, Any]]) -> dict[str, Any]:
@@ -502,22 +628,32 @@ def ladder_figures(
 
 
 def calls_figures(
-    ds: DataSet, va: RunningVa, settings: SuiteSettings, progress: Callable[[str], None]
+    ds: DataSet,
+    va: RunningVa,
+    settings: SuiteSettings,
+    progress: Callable[[str], None],
+    tls: BenchTls | None = None,
 ) -> dict[str, Any]:
     """Python calls per served unary call, trivial worker against the responder's
-    (bench/calls.py): one fresh worker of each, the bench's payloads and client.
+    (bench/calls.py): one fresh worker of each, the bench's payloads and client; with
+    `tls`, both over mTLS, as `grpc_figures` has them.
 
     The responder's worker reads the running replica's index, OCSP keys and store,
     with a ledger shard of its own (the slot after the running workers').
     """
     check, ocsp_der = _canned(va, ds)
-    config = _responder_config(ds, settings.workers, None)
+    config = replace(
+        _responder_config(ds, settings.workers, None),
+        grpc_threads=settings.grpc_threads,
+        **({} if tls is None else tls.responder()),
+    )
     workers = {
-        "trivial": calls.trivial_worker(settings.grpc_threads, check, ocsp_der),
-        "jpki-va": calls.responder_worker(
-            replace(config, grpc_threads=settings.grpc_threads), settings.workers
+        "trivial": calls.trivial_worker(
+            settings.grpc_threads, check, ocsp_der, None if tls is None else tls.server_tls()
         ),
+        "jpki-va": calls.responder_worker(config, settings.workers),
     }
+    client = None if tls is None else tls.client_tls()
     # Long enough that the counted window (from a second in) ends under load.
     timed = replace(settings, duration=settings.calls_seconds + 2.0)
     out: dict[str, Any] = {}
@@ -528,7 +664,8 @@ def calls_figures(
             )
 
             def run(target: str, interface: Interface, payloads: list[bytes] = payloads) -> None:
-                run_load(f"calls {interface}", _spec(timed, target, interface), payloads)
+                spec = replace(_spec(timed, target, interface), tls=client)
+                run_load(f"calls {interface}", spec, payloads)
 
             counts = {}
             for name, worker in workers.items():
@@ -785,49 +922,55 @@ def run_suite(
         say("store ceiling")
         results["store"] = store_figures(ds, settings)
     scratch = copy_index(ds) if "freshness" in settings.steps else None
-    needs_va = {"grpc", "http", "freshness", "fleet", "ladder", "calls", "miss"} & set(
-        settings.steps
-    )
-    if needs_va:
-        say("start signer and responder")
-        va = RunningVa(
-            ds,
-            settings.workers,
-            ocsp_preproduce=settings.ocsp_preproduce,
-            grpc_threads=settings.grpc_threads,
-        )
-        try:
-            va.start()
-            results["start_to_serving_seconds"] = round(va.start_seconds, 3)
-            results["preproduce"] = va.preproduce
-            results["rss_idle"] = rss(va.responder.worker_pids)
-            if "grpc" in settings.steps:
-                results["grpc"] = grpc_figures(ds, va, settings, say)
-                results["rss_after_load"] = rss(va.responder.worker_pids)
-            if "http" in settings.steps:
-                results["http_ocsp"] = http_figures(ds, va, settings, say)
-                # The OCSP response cache fills under this load, not under gRPC's.
-                results["rss_after_http"] = rss(va.responder.worker_pids)
-            if "ladder" in settings.steps:
-                results["ladder"] = ladder_figures(ds, va, settings, say)
-            if "calls" in settings.steps:
-                results["calls"] = calls_figures(ds, va, settings, say)
-            if "miss" in settings.steps:
-                say("OCSP cache miss, in process")
-                config = _responder_config(ds, settings.workers, None)
-                requests = miss.peer_requests(ds.peers_dir / "requests.hex")
-                results["ocsp_miss"] = miss.miss_figures(config, requests, BENCH_VERIFIER)
-            if "freshness" in settings.steps:
-                results["freshness"] = freshness(ds, va, settings, say)
-            if "fleet" in settings.steps:
-                parts = SuiteParts(check_request, _good_serials, _issuers, _record_loss)
-                results["fleet"] = fleet_figures(ds, va, settings, say, parts)
-        finally:
-            va.close()
+    if {"grpc", "http", "freshness", "fleet", "ladder", "calls", "miss"} & set(settings.steps):
+        results.update(_va_steps(ds, settings, say))
+    if "tls" in settings.steps:
+        results["grpc_tls"] = tls_figures(ds, settings, say)
     if scratch is not None and "freshness" in results:
         say("delta application, timed on a copy of the index")
         results["freshness"]["delta_apply"] = delta_apply(ds, scratch)
     results["finished_at"] = datetime.now(UTC).isoformat(timespec="seconds")
+    return results
+
+
+def _va_steps(ds: DataSet, settings: SuiteSettings, say: Callable[[str], None]) -> dict[str, Any]:
+    """The steps that load the running signer and responder, in the order they run."""
+    results: dict[str, Any] = {}
+    say("start signer and responder")
+    va = RunningVa(
+        ds,
+        settings.workers,
+        ocsp_preproduce=settings.ocsp_preproduce,
+        grpc_threads=settings.grpc_threads,
+    )
+    try:
+        va.start()
+        results["start_to_serving_seconds"] = round(va.start_seconds, 3)
+        results["preproduce"] = va.preproduce
+        results["rss_idle"] = rss(va.responder.worker_pids)
+        if "grpc" in settings.steps:
+            results["grpc"] = grpc_figures(ds, va, settings, say)
+            results["rss_after_load"] = rss(va.responder.worker_pids)
+        if "http" in settings.steps:
+            results["http_ocsp"] = http_figures(ds, va, settings, say)
+            # The OCSP response cache fills under this load, not under gRPC's.
+            results["rss_after_http"] = rss(va.responder.worker_pids)
+        if "ladder" in settings.steps:
+            results["ladder"] = ladder_figures(ds, va, settings, say)
+        if "calls" in settings.steps:
+            results["calls"] = calls_figures(ds, va, settings, say)
+        if "miss" in settings.steps:
+            say("OCSP cache miss, in process")
+            config = _responder_config(ds, settings.workers, None)
+            requests = miss.peer_requests(ds.peers_dir / "requests.hex")
+            results["ocsp_miss"] = miss.miss_figures(config, requests, BENCH_VERIFIER)
+        if "freshness" in settings.steps:
+            results["freshness"] = freshness(ds, va, settings, say)
+        if "fleet" in settings.steps:
+            parts = SuiteParts(check_request, _good_serials, _issuers, _record_loss)
+            results["fleet"] = fleet_figures(ds, va, settings, say, parts)
+    finally:
+        va.close()
     return results
 
 

@@ -3,7 +3,8 @@
 Same messages (the generated servicer base, so requests are parsed as jpki-va's
 are), the same gRPC server (threads, SO_REUSEPORT) and the same number of worker
 processes as the responder; no index, no interceptor, no domain. How fast
-jpki-va could possibly answer on this machine with this transport.
+jpki-va could possibly answer on this machine with this transport: in plaintext, or
+over the same mTLS as a responder with a client CA (`ServerTls`).
 """
 
 from __future__ import annotations
@@ -20,6 +21,16 @@ from typing import Any
 import grpc
 
 from jpki_va.protos import va_pb2, va_pb2_grpc
+from jpki_va.server.rpc.identity import server_credentials
+
+
+@dataclass(frozen=True)
+class ServerTls:
+    """What a TLS listener that demands a client certificate is given (PEM bytes)."""
+
+    cert_chain: bytes
+    key: bytes
+    client_ca: bytes
 
 
 class TrivialServicer(va_pb2_grpc.StatusServiceServicer):
@@ -47,7 +58,13 @@ class TrivialServicer(va_pb2_grpc.StatusServiceServicer):
 
 
 def _worker(
-    port: int, threads: int, check: bytes, ocsp_der: bytes, ready: Any, stop: ProcessEvent
+    port: int,
+    threads: int,
+    check: bytes,
+    ocsp_der: bytes,
+    tls: ServerTls | None,
+    ready: Any,
+    stop: ProcessEvent,
 ) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -55,7 +72,11 @@ def _worker(
         futures.ThreadPoolExecutor(max_workers=threads), options=[("grpc.so_reuseport", 1)]
     )
     va_pb2_grpc.add_StatusServiceServicer_to_server(TrivialServicer(check, ocsp_der), server)
-    server.add_insecure_port(f"127.0.0.1:{port}")
+    address = f"127.0.0.1:{port}"
+    if tls is None:
+        server.add_insecure_port(address)
+    else:  # the responder's own credentials function: the same TLS, handshake and all
+        server.add_secure_port(address, server_credentials(tls.cert_chain, tls.key, tls.client_ca))
     server.start()
     ready.put(port)
     stop.wait()
@@ -87,8 +108,12 @@ class TrivialServer:
                 proc.join(5)
 
 
-def start_trivial(workers: int, threads: int, check: bytes, ocsp_der: bytes) -> TrivialServer:
-    """Start `workers` processes on one free loopback port; returns when all listen."""
+def start_trivial(
+    workers: int, threads: int, check: bytes, ocsp_der: bytes, tls: ServerTls | None = None
+) -> TrivialServer:
+    """Start `workers` processes on one free loopback port; returns when all listen.
+
+    With `tls`, the port speaks only mTLS, as a responder with a client CA does."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = int(s.getsockname()[1])
@@ -98,7 +123,7 @@ def start_trivial(workers: int, threads: int, check: bytes, ocsp_der: bytes) -> 
     procs: list[multiprocessing.process.BaseProcess] = [
         ctx.Process(
             target=_worker,
-            args=(port, threads, check, ocsp_der, ready, stop),
+            args=(port, threads, check, ocsp_der, tls, ready, stop),
             name="bench-trivial",
         )
         for _ in range(workers)
