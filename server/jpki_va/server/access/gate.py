@@ -130,9 +130,10 @@ class Gate:
         check_entitled(verifier, provision)
         return verifier
 
-    def check(self, verifier: Verifier, provision: Provision) -> None:
-        """For calls that ask for several provisions: check each with the same verifier."""
-        check_entitled(verifier, provision)
+    #: For calls that ask for several provisions: check each with the same verifier.
+    #: The law's own check, called with no frame of the gate's (unary Check asks it on
+    #: every call).
+    check = staticmethod(check_entitled)
 
     def provided(
         self,

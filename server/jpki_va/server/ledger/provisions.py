@@ -148,6 +148,12 @@ def _audit_key(when: datetime, serial: int) -> bytes:
     return nanos.to_bytes(8, "big") + os.getpid().to_bytes(4, "big") + serial.to_bytes(8, "big")
 
 
+def _closed() -> LedgerClosed:
+    """What a count raises when the cells were unmapped (ValueError from an add): the
+    ledger was closed before any add of this count."""
+    return LedgerClosed("the provision ledger is closed; the answer is withheld")
+
+
 def local_day(when: datetime) -> date:
     return when.astimezone(JST).date()
 
@@ -256,10 +262,13 @@ class Ledger:
             if tally is None
             else tally.slots.get((self._local_day(when), provision, verifier_id))
         )
-        if slot is None:  # no cells, or a key without its cell yet: `record` gives it
-            self.record(verifier_id, {provision: 1}, when)
-        else:
-            self._count([(slot, 1)], ())
+        if tally is None or slot is None:  # no cells, or a key without its cell yet:
+            self.record(verifier_id, {provision: 1}, when)  # `record` gives it
+            return
+        try:  # `_count` of one add and no disclosure, a frame less
+            tally.add(slot, 1)
+        except ValueError:
+            raise _closed() from None
 
     def record_all(self, entries: Iterable[Entry]) -> None:
         """Every entry recorded, or none (one write transaction, or cells and the audit).
@@ -331,13 +340,13 @@ class Ledger:
         try:
             for slot, n in adds:
                 tally.add(slot, n)
-        except ValueError:  # the cells were unmapped: closed before any add of ours
-            raise LedgerClosed("the provision ledger is closed; the answer is withheld") from None
+        except ValueError:
+            raise _closed() from None
 
     def _write(self, totals: Mapping[bytes, int], disclosures: Sequence[Disclosure]) -> None:
         """Counts and disclosures in one write transaction; disclosures forced to disk."""
         if self._closed:
-            raise LedgerClosed("the provision ledger is closed; the answer is withheld")
+            raise _closed()
         with self._lock:
             first = self._serial + 1
             self._serial += len(disclosures)

@@ -158,6 +158,8 @@ def test_what_cannot_be_counted_is_refused_and_leaves_nothing(tmp_path: Path) ->
         shard.close()
     with pytest.raises(LedgerClosed):
         shard.record("bank", ONE, WHEN)
+    with pytest.raises(LedgerClosed):  # unary Check's one answer, a key with its cell
+        shard.record_one("bank", Provision.SIGNING_STATUS, WHEN)
     with read_ledgers(tmp_path) as ledgers:
         assert totals(ledgers)[(Provision.SIGNING_STATUS, "bank")] == 2
 
