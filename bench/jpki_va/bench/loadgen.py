@@ -127,8 +127,10 @@ class LoadResult:
     statuses: dict[str, int]  # from sampled responses
     client_cpu_seconds: float
     server_cpu_seconds: float | None = None
+    server_cpu_seconds_by_process: list[float] = field(default_factory=list)
     # (voluntary, involuntary) context switches of the servers' threads in the window
     server_switches: tuple[int, int] | None = None
+    server_major_faults: int | None = None  # page faults read from disk, in the window
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -152,6 +154,8 @@ class LoadResult:
                 "voluntary": round(voluntary / self.items, 3),
                 "involuntary": round(involuntary / self.items, 3),
             }
+        if self.server_major_faults is not None and self.items:
+            data["server_major_faults_per_item"] = round(self.server_major_faults / self.items, 4)
         return data
 
 
@@ -419,9 +423,9 @@ def _client_main(
     )
 
 
-def cpu_seconds(pids: Sequence[int]) -> float:
-    """User + system CPU of processes so far (from /proc), for server-side cost."""
-    ticks = os.sysconf("SC_CLK_TCK")
+def _stat_sum(pids: Sequence[int], *columns: int) -> int:
+    """The sum of columns of /proc/PID/stat (counted from the state, after the name)
+    over processes that still exist."""
     total = 0
     for pid in pids:
         try:
@@ -429,8 +433,19 @@ def cpu_seconds(pids: Sequence[int]) -> float:
                 fields = f.read().rsplit(")", 1)[1].split()
         except FileNotFoundError:
             continue
-        total += int(fields[11]) + int(fields[12])
-    return total / ticks
+        total += sum(int(fields[column]) for column in columns)
+    return total
+
+
+def cpu_seconds(pids: Sequence[int]) -> float:
+    """User + system CPU of processes so far (from /proc), for server-side cost."""
+    return _stat_sum(pids, 11, 12) / os.sysconf("SC_CLK_TCK")
+
+
+def major_faults(pids: Sequence[int]) -> int:
+    """Page faults of processes so far that had to read from disk (from /proc): a
+    mapped index the page cache no longer holds is read again, and the thread waits."""
+    return _stat_sum(pids, 9)
 
 
 def context_switches(pids: Sequence[int]) -> tuple[int, int]:
@@ -483,11 +498,13 @@ def run_load(
     try:
         start_at = start.give(len(procs), timeout=spec.timeout + 120)
         time.sleep(max(0.0, start_at + spec.warmup - time.time()))
-        cpu_window_start = cpu_seconds(server_pids)
+        cpu_window_start = [cpu_seconds([pid]) for pid in server_pids]
         switches_start = context_switches(server_pids)
+        faults_start = major_faults(server_pids)
         time.sleep(max(0.0, start_at + spec.warmup + spec.duration - time.time()))
-        cpu_window_end = cpu_seconds(server_pids)
+        cpu_window_end = [cpu_seconds([pid]) for pid in server_pids]
         switches_end = context_switches(server_pids)
+        faults_end = major_faults(server_pids)
         deadline = time.time() + spec.warmup + spec.duration + spec.timeout + 60
         for _ in procs:
             parts.append(out.get(timeout=max(1.0, deadline - time.time())))
@@ -531,10 +548,19 @@ def run_load(
         latency_ms={k: round(v, 3) for k, v in latency.items()},
         statuses=dict(statuses),
         client_cpu_seconds=round(sum(p["cpu"] for p in parts), 2),
-        server_cpu_seconds=round(cpu_window_end - cpu_window_start, 2) if server_pids else None,
+        server_cpu_seconds=(
+            round(sum(cpu_window_end) - sum(cpu_window_start), 2) if server_pids else None
+        ),
+        # Connections land on a worker by SO_REUSEPORT's hash: a few streams may all land
+        # on one, whose threads then share one GIL (bench/analysis.md, Round 12).
+        server_cpu_seconds_by_process=[
+            round(end - begin, 2)
+            for begin, end in zip(cpu_window_start, cpu_window_end, strict=True)
+        ],
         server_switches=(
             (switches_end[0] - switches_start[0], switches_end[1] - switches_start[1])
             if server_pids
             else None
         ),
+        server_major_faults=faults_end - faults_start if server_pids else None,
     )

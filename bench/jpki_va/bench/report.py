@@ -101,15 +101,18 @@ def rounds_lines(rounds: list[dict[str, Any]] | None) -> list[str]:
         f"Rounds, each the trivial server then jpki-va (the rows above are the median "
         f"round's of {len(rounds)}):",
         "",
-        "| round | trivial | jpki-va | ratio | server CPU µs/item, trivial / jpki-va |",
-        "|---|---|---|---|---|",
+        "| round | trivial | jpki-va | ratio | server CPU µs/item, trivial / jpki-va |"
+        " jpki-va CPU s by worker |",
+        "|---|---|---|---|---|---|",
     ]
     for turn, pair in enumerate(rounds, 1):
         t, j = pair["trivial"], pair["jpki-va"]
+        by_worker = " / ".join(_fmt(s, 1) for s in j.get("server_cpu_seconds_by_process", []))
         lines.append(
             f"| {turn} | {_fmt(t['rate'], 0)} | {_fmt(j['rate'], 0)} |"
             f" {_fmt(pair['ratio_to_trivial'], 3)} |"
             f" {_fmt(t['server_cpu_us_per_item'], 1)} / {_fmt(j['server_cpu_us_per_item'], 1)} |"
+            f" {by_worker or '-'} |"
         )
     return [*lines, ""]
 

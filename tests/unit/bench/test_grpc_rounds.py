@@ -41,8 +41,8 @@ def test_an_even_count_takes_the_upper_median_and_one_round_lists_none() -> None
 
 def test_the_report_lists_each_round() -> None:
     lines = rounds_lines(median_round([_pair(5000, 4500), _pair(4000, 2400)])["rounds"])
-    assert "| 1 | 5,000 | 4,500 | 0.900 | 200.0 / 222.2 |" in lines
-    assert "| 2 | 4,000 | 2,400 | 0.600 | 250.0 / 416.7 |" in lines
+    assert "| 1 | 5,000 | 4,500 | 0.900 | 200.0 / 222.2 | - |" in lines
+    assert "| 2 | 4,000 | 2,400 | 0.600 | 250.0 / 416.7 | - |" in lines
 
 
 def test_rounds_must_be_positive() -> None:
@@ -53,7 +53,12 @@ def test_rounds_must_be_positive() -> None:
 def test_each_rounds_context_switches_are_kept_when_measured() -> None:
     switched = _pair(5000, 4000)
     switched["jpki-va"]["server_switches_per_item"] = {"voluntary": 2.5, "involuntary": 0.1}
+    switched["jpki-va"]["server_major_faults_per_item"] = 0.0123
+    switched["jpki-va"]["server_cpu_seconds_by_process"] = [6.35, 0.03]
     figures = median_round([switched, _pair(5000, 4500), _pair(5000, 3000)])
+    assert "| 6.3 / 0.0 |" in "\n".join(rounds_lines(figures["rounds"]))
+    assert figures["rounds"][0]["jpki-va"]["server_major_faults_per_item"] == 0.0123
+    assert "server_major_faults_per_item" not in figures["rounds"][1]["jpki-va"]
     assert figures["rounds"][0]["jpki-va"]["server_switches_per_item"] == {
         "voluntary": 2.5,
         "involuntary": 0.1,
