@@ -220,6 +220,25 @@ def _responder_config(ds: DataSet, workers: int, signer: str | None) -> Responde
 #: What a responder answers a caller its index does not entitle (or know).
 _REFUSED = (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED)
 
+
+def _until_answered(
+    status: va_pb2_grpc.StatusServiceStub, deadline: float, *, refused_serves: bool
+) -> None:
+    """Ask a Check until it is answered (or, with `refused_serves`, refused for its
+    caller) or `deadline` (perf_counter) passes: then the last error is raised.
+    While the responder is not up, or its index does not know the caller, it errs."""
+    while True:
+        try:
+            status.Check(check_request(CertKind.CARD_SIGN, 1), timeout=2)
+            return
+        except grpc.RpcError as exc:
+            if refused_serves and exc.code() in _REFUSED:
+                return
+            if time.perf_counter() > deadline:
+                raise
+            time.sleep(0.05)
+
+
 PREPRODUCE_TIMEOUT = 4 * 3600.0  # a national index's first pass takes hours of one CPU
 
 
@@ -259,19 +278,9 @@ class RunningVa:
     def start(self) -> None:
         began = time.perf_counter()
         self.responder.start()
-        status = self.status_stub()
-        while True:
-            try:
-                status.Check(check_request(CertKind.CARD_SIGN, 1), timeout=2)
-                break
-            except grpc.RpcError as exc:
-                # A caller refused is a caller judged against a loaded index: serving.
-                # (The mTLS step registers its caller after the responder is up.)
-                if exc.code() in _REFUSED:
-                    break
-                if time.perf_counter() - began > 120:
-                    raise
-                time.sleep(0.01)
+        # A caller refused is a caller judged against a loaded index: serving. (The
+        # mTLS step registers its caller after the responder is up.)
+        _until_answered(self.status_stub(), began + 120, refused_serves=True)
         self.start_seconds = time.perf_counter() - began
         self._runner = threading.Thread(target=self.responder.run, args=(self._stop,), daemon=True)
         self._runner.start()
@@ -531,16 +540,7 @@ def _register_caller(va: RunningVa, caller: TlsIdentity, timeout: float = 120.0)
         ),
         timeout=30,
     )
-    status = va.status_stub()
-    began = time.perf_counter()
-    while True:
-        try:
-            status.Check(check_request(CertKind.CARD_SIGN, 1), timeout=2)
-            return
-        except grpc.RpcError as exc:
-            if exc.code() not in _REFUSED or time.perf_counter() - began > timeout:
-                raise
-            time.sleep(0.1)
+    _until_answered(va.status_stub(), time.perf_counter() + timeout, refused_serves=False)
 
 
 def tls_figures(
