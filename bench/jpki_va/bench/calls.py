@@ -31,8 +31,8 @@ from types import FrameType
 from typing import Any
 
 from jpki_va.bench.loadgen import Interface
-from jpki_va.bench.trivial import ServerTls, _worker
-from jpki_va.server.app.config import ResponderConfig
+from jpki_va.bench.trivial import _worker
+from jpki_va.server.app.config import ResponderConfig, TlsFiles
 from jpki_va.server.app.responder_app import worker_main
 
 #: Each interface's handler on each server: its count is the number of calls served.
@@ -157,7 +157,7 @@ def count_calls(
 
 
 def trivial_worker(
-    threads: int, check: bytes, ocsp_der: bytes, tls: ServerTls | None = None
+    threads: int, check: bytes, ocsp_der: bytes, tls: TlsFiles | None = None
 ) -> Worker:
     return lambda port, ready, stop: (_worker, (port, threads, check, ocsp_der, tls, ready, stop))
 

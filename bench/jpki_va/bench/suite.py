@@ -44,7 +44,7 @@ from jpki_va.bench.loadgen import (
 )
 from jpki_va.bench.mix import Mix
 from jpki_va.bench.tls_ca import TlsCa, TlsIdentity
-from jpki_va.bench.trivial import ServerTls, start_trivial
+from jpki_va.bench.trivial import start_trivial
 from jpki_va.core.clock import SystemClock
 from jpki_va.core.domain import CertKind, LossCause, Role, Status, serial_to_bytes
 from jpki_va.protos import signer_pb2, signer_pb2_grpc, va_pb2, va_pb2_grpc, verifiers_pb2
@@ -511,20 +511,16 @@ class BenchTls:
         ca = TlsCa(directory, "jpki-va bench TLS CA")
         return cls(ca, ca.issue("bench-server", server=True), ca.issue(BENCH_TLS_VERIFIER))
 
-    def server_tls(self) -> ServerTls:
-        return ServerTls(
-            self.server.cert.read_bytes(),
-            self.server.key.read_bytes(),
-            self.ca.cert_file.read_bytes(),
-        )
+    def server_tls(self) -> TlsFiles:
+        """What the responder and the trivial server listen with."""
+        return TlsFiles(self.server.cert, self.server.key, self.ca.cert_file)
 
     def client_tls(self) -> ClientTls:
         return ClientTls(self.ca.cert_file, self.caller.cert, self.caller.key)
 
     def responder(self) -> dict[str, Any]:
         """The ResponderConfig fields of a responder that speaks only mTLS."""
-        files = TlsFiles(self.server.cert, self.server.key, self.ca.cert_file)
-        return {"insecure_loopback": False, "loopback_verifier": None, "tls": files}
+        return {"insecure_loopback": False, "loopback_verifier": None, "tls": self.server_tls()}
 
 
 def _register_caller(va: RunningVa, caller: TlsIdentity, timeout: float = 120.0) -> None:

@@ -4,7 +4,7 @@ Same messages (the generated servicer base, so requests are parsed as jpki-va's
 are), the same gRPC server (threads, SO_REUSEPORT) and the same number of worker
 processes as the responder; no index, no interceptor, no domain. How fast
 jpki-va could possibly answer on this machine with this transport: in plaintext, or
-over the same mTLS as a responder with a client CA (`ServerTls`).
+over the same mTLS as a responder given the same `TlsFiles`.
 """
 
 from __future__ import annotations
@@ -21,16 +21,8 @@ from typing import Any
 import grpc
 
 from jpki_va.protos import va_pb2, va_pb2_grpc
+from jpki_va.server.app.config import TlsFiles
 from jpki_va.server.rpc.identity import server_credentials
-
-
-@dataclass(frozen=True)
-class ServerTls:
-    """What a TLS listener that demands a client certificate is given (PEM bytes)."""
-
-    cert_chain: bytes
-    key: bytes
-    client_ca: bytes
 
 
 class TrivialServicer(va_pb2_grpc.StatusServiceServicer):
@@ -62,7 +54,7 @@ def _worker(
     threads: int,
     check: bytes,
     ocsp_der: bytes,
-    tls: ServerTls | None,
+    tls: TlsFiles | None,
     ready: Any,
     stop: ProcessEvent,
 ) -> None:
@@ -76,7 +68,7 @@ def _worker(
     if tls is None:
         server.add_insecure_port(address)
     else:  # the responder's own credentials function: the same TLS, handshake and all
-        server.add_secure_port(address, server_credentials(tls.cert_chain, tls.key, tls.client_ca))
+        server.add_secure_port(address, server_credentials(*tls.read()))
     server.start()
     ready.put(port)
     stop.wait()
@@ -109,7 +101,7 @@ class TrivialServer:
 
 
 def start_trivial(
-    workers: int, threads: int, check: bytes, ocsp_der: bytes, tls: ServerTls | None = None
+    workers: int, threads: int, check: bytes, ocsp_der: bytes, tls: TlsFiles | None = None
 ) -> TrivialServer:
     """Start `workers` processes on one free loopback port; returns when all listen.
 
