@@ -140,10 +140,10 @@ def grpc_lines(grpc: dict[str, Any] | None) -> list[str]:
 
 
 def tls_lines(grpc_tls: dict[str, Any] | None) -> list[str]:
-    """The gRPC step over mTLS (suite.tls_figures), with what mTLS adds per item."""
+    """The gRPC step over mTLS (suite.tls_figures), and its calls step when it ran."""
     if not grpc_tls:
         return []
-    lines = [
+    return [
         "## gRPC over mTLS (the `tls` step)",
         "",
         "The same load with both servers speaking only mTLS: one throwaway server",
@@ -152,11 +152,8 @@ def tls_lines(grpc_tls: dict[str, Any] | None) -> list[str]:
         "the plaintext step above names it by a claimed id.",
         "",
         *grpc_lines(grpc_tls.get("grpc")),
+        *calls_lines(grpc_tls.get("calls"), heading="###"),
     ]
-    calls = calls_lines(grpc_tls.get("calls"))
-    if calls:  # its own heading, one level down
-        lines += ["#" + calls[0], *calls[1:]]
-    return lines
 
 
 def _load_row(name: str, fig: dict[str, Any], unit: str) -> str:
@@ -206,13 +203,15 @@ def ladder_lines(ladder: dict[str, list[dict[str, Any]]] | None) -> list[str]:
     return lines
 
 
-def calls_lines(calls: dict[str, dict[str, Any]] | None, shown: int = 10) -> list[str]:
+def calls_lines(
+    calls: dict[str, dict[str, Any]] | None, shown: int = 10, heading: str = "##"
+) -> list[str]:
     """Python calls per served call on each server (bench/calls.py), and the functions
-    whose counts differ most."""
+    whose counts differ most; `heading`, the section's level."""
     if not calls:
         return []
     lines = [
-        "## Where the time goes: Python calls per served call (bench/calls.py)",
+        f"{heading} Where the time goes: Python calls per served call (bench/calls.py)",
         "",
         "Counted in one worker of each server under the same load; exact, unlike the",
         "ratios. A served call costs about a microsecond of worker CPU per Python call.",
