@@ -143,7 +143,12 @@ class LadderServicer(va_pb2_grpc.StatusServiceServicer):
     def _admit_batch(self, context: grpc.ServicerContext, batch: va_pb2.CheckBatchRequest) -> None:
         """`_admit` for a stream batch read as the responder reads the usual one: its
         keys from its bytes (rpc/batch_wire.plain_keys), one entitlement per kind, one
-        read of its values (status_servicer.StatusServicer._plain_batch)."""
+        read of its values (status_servicer.StatusServicer._plain_batch).
+
+        The responder reads the keys from the wire bytes and never parses the usual
+        batch (batch_wire.batch_request). Every rung has the parsed batch, as the
+        trivial server does, so this rung serializes it again to read its keys: one
+        serialize per batch more than the responder (about 4 µs per 100 requests)."""
         if self._gate is None:
             return
         plain = plain_keys(batch.SerializeToString())

@@ -1,4 +1,5 @@
-"""CheckStream's batch response as wire bytes, written without a protobuf message.
+"""CheckStream's batch response as wire bytes, written without a protobuf message; and
+its usual batch request read from wire bytes without one (`batch_request`).
 
 A CheckStream batch answers thousands of statuses; filling a `CheckBatchResponse`
 field by field costs more Python per status than finding the status does. This
@@ -25,6 +26,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from jpki_va.core.domain import CertKind, Status
+from jpki_va.protos import va_pb2
 from jpki_va.server.responder.status import Brief, PackedBatch, label_code, packed_briefs
 
 _U64 = (1 << 64) - 1
@@ -332,3 +334,37 @@ def plain_keys(raw: bytes) -> tuple[list[bytes], list[int]] | None:
     if keys is None or None in keys:
         return None
     return keys, counts  # type: ignore[return-value]  # no None left
+
+
+@dataclass(frozen=True, slots=True)
+class PlainBatch:
+    """A CheckStream batch whose every request is plain, read from its wire bytes
+    (`plain_keys`) without a protobuf message."""
+
+    raw: bytes  # the batch as it came: parsed only if a refusal must be worded per item
+    keys: list[bytes]
+    per_kind: list[int]  # plain requests per kind value (index 0 unused)
+
+    def parsed(self) -> va_pb2.CheckBatchRequest:
+        return va_pb2.CheckBatchRequest.FromString(self.raw)
+
+
+class _BatchReader:
+    """CheckStream's request deserializer (`batch_request`), bound to an object that
+    names the message it reads, as a generated `Message.FromString` is: refusals of
+    undecodable bytes name it (rpc/request_decoding.py)."""
+
+    DESCRIPTOR = va_pb2.CheckBatchRequest.DESCRIPTOR
+
+    def read(self, raw: bytes) -> PlainBatch | va_pb2.CheckBatchRequest:
+        """The usual batch as its record keys, read from the bytes in compiled code;
+        any other parsed by protobuf (which raises on bytes that are no
+        CheckBatchRequest, as the generated deserializer does). The usual batch is
+        never parsed, nor serialized again to find its keys."""
+        plain = plain_keys(raw)
+        if plain is None:
+            return va_pb2.CheckBatchRequest.FromString(raw)
+        return PlainBatch(raw, *plain)
+
+
+batch_request = _BatchReader().read

@@ -41,7 +41,9 @@ def _decoder(deserializer: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
 
 
 def _type_name(deserializer: Callable[[bytes], Any]) -> str:
-    """`pkg.Message` for a generated `Message.FromString`, else a plain word."""
+    """`pkg.Message` for a generated `Message.FromString` (or a reader bound to an
+    object with the message's `DESCRIPTOR`, as `batch_wire.batch_request`), else a
+    plain word."""
     message = getattr(deserializer, "__self__", None)
     descriptor = getattr(message, "DESCRIPTOR", None)
     return str(getattr(descriptor, "full_name", "request"))

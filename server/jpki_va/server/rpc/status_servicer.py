@@ -39,11 +39,12 @@ from jpki_va.server.responder.status import (
 )
 from jpki_va.server.rpc.batch_wire import (
     ItemError,
+    PlainBatch,
     Slot,
+    batch_request,
     batch_response,
     check_response,
     packed_response,
-    plain_keys,
 )
 from jpki_va.server.rpc.pb import (
     answer_to_pb,
@@ -146,10 +147,13 @@ class StatusServicer(va_pb2_grpc.StatusServiceServicer):
 
     def CheckStream(  # type: ignore[override]  # bytes: see add_status_service
         self,
-        request_iterator: Iterator[va_pb2.CheckBatchRequest],
+        request_iterator: Iterator[PlainBatch | va_pb2.CheckBatchRequest],
         context: grpc.ServicerContext,
     ) -> Iterator[bytes]:
-        """Yields each batch's CheckBatchResponse serialized (jpki_va.server.rpc.batch_wire)."""
+        """Yields each batch's CheckBatchResponse serialized (jpki_va.server.rpc.batch_wire).
+
+        A batch comes as `batch_wire.batch_request` read it: the usual one as its
+        record keys (`PlainBatch`), any other as the parsed message."""
         caller = self._caller(context)
         self._gate.identify(caller)  # refused before the first batch is read
         limits = self._limits
@@ -162,32 +166,36 @@ class StatusServicer(va_pb2_grpc.StatusServiceServicer):
                     f"this stream has had its {limits.max_batches} batches; "
                     "open a new stream for more",
                 )
-            if not batch.requests:
+            size = len(batch.keys if isinstance(batch, PlainBatch) else batch.requests)
+            if not size:
                 raise BadRequest("empty batch")
-            if len(batch.requests) > limits.max_batch:
-                raise BadRequest(f"batch of {len(batch.requests)} exceeds {limits.max_batch}")
+            if size > limits.max_batch:
+                raise BadRequest(f"batch of {size} exceeds {limits.max_batch}")
             # A stream outlives registry changes: each batch goes to the verifier as
             # the registry has it now (one cheap check per batch).
             verifier = self._gate.identify(caller)
-            response = self._plain_batch(verifier, batch, context)
-            if response is None:
+            if isinstance(batch, PlainBatch):
+                response = self._plain_batch(verifier, batch, context)
+                if response is None:  # per-item refusals, or answers a layer must see
+                    response = self._batch(verifier, batch.parsed().requests, context)
+            else:
                 response = self._batch(verifier, batch.requests, context)
             if response is None:
                 return
             yield response
 
     def _plain_batch(
-        self, verifier: Verifier, batch: va_pb2.CheckBatchRequest, context: grpc.ServicerContext
+        self, verifier: Verifier, batch: PlainBatch, context: grpc.ServicerContext
     ) -> bytes | None:
         """The usual batch, every item a plain kind_serial of a kind the verifier may
         have, answered without Python per item: its keys read from its bytes, its
-        values encoded by compiled code (rpc/_batch_wire.pyx). None: not such a batch,
-        or the call ended; `_batch` then reads it (and answers nothing if ended)."""
+        values encoded by compiled code (rpc/_batch_wire.pyx). None: a kind the
+        verifier may not have, a layer that must see each answer, or the call ended;
+        `_batch` then reads the parsed batch (and answers nothing if ended)."""
         source = self._packed
-        plain = None if source is None else plain_keys(batch.SerializeToString())
-        if source is None or plain is None:
+        if source is None:
             return None
-        keys, per_kind = plain
+        keys, per_kind = batch.keys, batch.per_kind
         counts: Counter[Provision] = Counter()
         for kind in CertKind:
             if per_kind[kind]:
@@ -354,13 +362,12 @@ def add_status_service(servicer: StatusServicer, server: grpc.Server) -> None:
     """va_pb2_grpc.add_StatusServiceServicer_to_server, except that Check's answers and
     CheckStream's batches leave as the bytes the servicer wrote
     (jpki_va.server.rpc.batch_wire), not serialized again: their handlers have no
-    response serializer, so grpc sends what they return."""
+    response serializer, so grpc sends what they return. CheckStream's usual batch
+    arrives as its record keys, read from its bytes (`batch_wire.batch_request`)."""
     pb = va_pb2
     handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {
         "Check": grpc.unary_unary_rpc_method_handler(servicer.Check, pb.CheckRequest.FromString),
-        "CheckStream": grpc.stream_stream_rpc_method_handler(
-            servicer.CheckStream, pb.CheckBatchRequest.FromString
-        ),
+        "CheckStream": grpc.stream_stream_rpc_method_handler(servicer.CheckStream, batch_request),
         "Ocsp": grpc.unary_unary_rpc_method_handler(
             servicer.Ocsp, pb.OcspRequest.FromString, pb.OcspResponse.SerializeToString
         ),

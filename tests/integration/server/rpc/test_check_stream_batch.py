@@ -259,6 +259,38 @@ def _cert_id(issued: Issued, issuer_name_hash: bytes) -> va_pb2.CertRef:
     )
 
 
+def test_a_batch_of_plain_items_read_from_its_bytes_falls_back_item_by_item(pki: Pki) -> None:
+    """A batch whose every item is plain arrives as its keys, unparsed. After the
+    compromise above it is parsed again where Python must word each item: a kind the
+    verifier may not have (refused per item), and a compromise every answer must see."""
+    auth = pki.issue(CertKind.CARD_AUTH, resident_code="82000000011")
+    pki.publish_and_wait()
+    card = _ref(va_pb2.CERT_KIND_CARD_SIGN, (10**15).to_bytes(8, "big"))  # none issued
+    refs = [card, _of(auth), card, _of(auth)]
+    batch = va_pb2.CheckBatchRequest(requests=[va_pb2.CheckRequest(cert=ref) for ref in refs])
+    for metadata in ((), (("x-jpki-verifier", AUTH_ONLY),)):
+        (reply,) = pki.status_stub.CheckStream(iter([batch]), timeout=30, metadata=metadata)
+        got = []
+        for result in reply.results:
+            if result.WhichOneof("result") == "status":
+                result.status.ClearField("as_of")  # each call's own "now"
+            got.append(_streamed(result))
+        expected = []
+        for request in batch.requests:
+            answer = _unary(pki, request, metadata)
+            if answer.startswith("status"):
+                unary = pki.status_stub.Check(request, timeout=10, metadata=metadata).status
+                unary.ClearField("as_of")
+                answer = f"status {unary}"
+            expected.append(answer)
+        assert got == expected
+        assert "CERT_STATUS_GOOD" in got[1] and got[1] == got[3]
+        if metadata:
+            assert "PERMISSION_DENIED" in got[0] and got[0] == got[2]
+        else:
+            assert got[0].startswith("status") and got[0] == got[2]
+
+
 def test_a_batch_without_as_of_is_answered_at_one_instant(pki: Pki) -> None:
     auth = pki.issue(CertKind.CARD_AUTH)
     pki.publish_and_wait()

@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pytest
+from google.protobuf.message import DecodeError
 
 from jpki_va.core.domain import CertKind, CrlReason, LossCause, Status, record_key
 from jpki_va.protos import va_pb2
@@ -27,7 +28,9 @@ from jpki_va.server.responder.status import (
 from jpki_va.server.rpc import _batch_wire, batch_wire
 from jpki_va.server.rpc.batch_wire import (
     ItemError,
+    PlainBatch,
     Slot,
+    batch_request,
     batch_response,
     check_response,
     compiled_packed_response,
@@ -386,6 +389,35 @@ def test_plain_keys_read_from_bytes_are_the_parsed_requests_own() -> None:
         else:
             assert whole == (expected, counts)
     assert taken > 1000
+
+
+def test_batch_request_reads_the_usual_batch_as_keys_and_parses_any_other() -> None:
+    """CheckStream's deserializer: a batch of plain requests arrives as its keys and
+    counts (the bytes kept, and parsing them gives the message); any other batch is
+    protobuf's parse, and bytes that are no CheckBatchRequest raise as its parse does."""
+    rng = random.Random(12)
+    plain_seen = parsed_seen = 0
+    for _ in range(300):
+        requests = [_request(rng) for _ in range(rng.randrange(0, 6))]
+        raw = va_pb2.CheckBatchRequest(requests=requests).SerializeToString()
+        read = batch_request(raw)
+        message = va_pb2.CheckBatchRequest.FromString(raw)
+        if isinstance(read, PlainBatch):
+            plain_seen += 1
+            assert (read.keys, read.per_kind) == plain_keys(raw)
+            assert read.keys == [_plain_reference(request) for request in requests]
+            assert read.raw == raw and read.parsed() == message
+        else:
+            parsed_seen += 1
+            assert read == message
+            assert any(_plain_reference(request) is None for request in requests)
+    assert plain_seen > 20 and parsed_seen > 20
+    assert batch_request(b"") == PlainBatch(b"", [], [0] * 5)  # empty: the servicer refuses it
+    truncated = b"\x0a\x05ab"  # a request that claims 5 bytes and has 2
+    with pytest.raises(DecodeError):
+        va_pb2.CheckBatchRequest.FromString(truncated)  # the reference raises ...
+    with pytest.raises(DecodeError):
+        batch_request(truncated)  # ... and so does the reader
 
 
 def test_plain_keys_leave_every_other_encoding_to_protobuf() -> None:
