@@ -256,6 +256,34 @@ def miss_lines(miss: dict[str, Any] | None) -> list[str]:
     ]
 
 
+def lookup_lines(lookup: dict[str, Any] | None) -> list[str]:
+    """A stream status's own work in one process (bench/lookup.py)."""
+    if not lookup:
+        return []
+
+    def part(key: str) -> str:
+        return f"{_fmt(lookup[key], 2)} µs (median {_fmt(lookup[key + '_median'], 2)})"
+
+    waiting = lookup["cpu_us_per_key_random"] - lookup["cpu_us_per_key_hot"]
+    return [
+        "## A stream status's own work in one process (bench/lookup.py)",
+        "",
+        "What a CheckStream status costs the responder beyond the transport, part by part,",
+        f"without one: {_fmt(lookup['keys'])} record keys drawn at random from the index's"
+        f" {_fmt(lookup['records'])},",
+        f"in batches of {lookup['batch']}; CPU per key or status, the least of"
+        f" {lookup['passes']} passes.",
+        "",
+        f"- index read, keys drawn at random: **{part('cpu_us_per_key_random')}**",
+        f"- index read, the same {lookup['batch']} keys again and again:"
+        f" {part('cpu_us_per_key_hot')}; the difference, {_fmt(waiting, 2)} µs a key, is"
+        " waiting for memory",
+        f"- encoding an answer (compiled): {part('cpu_us_per_status_encode')}",
+        f"- reading the usual request from its bytes: {part('cpu_us_per_request_read')}",
+        "",
+    ]
+
+
 def render(  # noqa: PLR0912, PLR0915 (a document template, section by section)
     results: dict[str, Any], chart: str | None, commands: list[str]
 ) -> str:
@@ -323,6 +351,7 @@ def render(  # noqa: PLR0912, PLR0915 (a document template, section by section)
     lines += ladder_lines(results.get("ladder"))
     lines += calls_lines(results.get("calls"))
     lines += miss_lines(results.get("ocsp_miss"))
+    lines += lookup_lines(results.get("status_lookup"))
     store = results.get("store")
     if store:
         raw = store["raw_lmdb_get"]

@@ -28,7 +28,7 @@ from typing import Any
 import grpc
 from cryptography import x509
 
-from jpki_va.bench import calls, ceilings, ladder, miss, peers
+from jpki_va.bench import calls, ceilings, ladder, lookup, miss, peers
 from jpki_va.bench.datagen import BENCH_VERIFIER
 from jpki_va.bench.dataset import DataSet, Pool
 from jpki_va.bench.fleet_step import SuiteParts, fleet_figures
@@ -63,10 +63,11 @@ log = logging.getLogger(__name__)
 FORMAT = "jpki-va-bench-results/1"
 
 
-#: Every step `bench all --steps` knows; `ladder`, `calls`, `miss` and `tls` are not in
-#: the default run (they are for finding where a path's time goes).
-STEPS = ("ingest", "grpc", "store", "http", "freshness", "fleet", "ladder", "calls", "miss", "tls")
-DEFAULT_STEPS = tuple(step for step in STEPS if step not in ("ladder", "calls", "miss", "tls"))
+#: The steps for finding where a path's time goes: not in the default run.
+_FINDING_STEPS = ("ladder", "calls", "miss", "lookup", "tls")
+#: Every step `bench all --steps` knows.
+STEPS = ("ingest", "grpc", "store", "http", "freshness", "fleet", *_FINDING_STEPS)
+DEFAULT_STEPS = tuple(step for step in STEPS if step not in _FINDING_STEPS)
 
 #: The verifier the mTLS step's client certificate is registered as, every role.
 BENCH_TLS_VERIFIER = "bench-tls-caller"
@@ -948,7 +949,9 @@ def run_suite(
         say("store ceiling")
         results["store"] = store_figures(ds, settings)
     scratch = copy_index(ds) if "freshness" in settings.steps else None
-    if {"grpc", "http", "freshness", "fleet", "ladder", "calls", "miss"} & set(settings.steps):
+    if {"grpc", "http", "freshness", "fleet", "ladder", "calls", "miss", "lookup"} & set(
+        settings.steps
+    ):
         results.update(_va_steps(ds, settings, say))
     if "tls" in settings.steps:
         results["grpc_tls"] = tls_figures(ds, settings, say)
@@ -990,6 +993,10 @@ def _va_steps(ds: DataSet, settings: SuiteSettings, say: Callable[[str], None]) 
             config = _responder_config(ds, settings.workers, None)
             requests = miss.peer_requests(ds.peers_dir / "requests.hex")
             results["ocsp_miss"] = miss.miss_figures(config, requests, BENCH_VERIFIER)
+        if "lookup" in settings.steps:
+            say("a stream status's own work, in process")
+            index_root = _responder_config(ds, settings.workers, None).index_dir
+            results["status_lookup"] = lookup.lookup_figures(index_root)
         if "freshness" in settings.steps:
             results["freshness"] = freshness(ds, va, settings, say)
         if "fleet" in settings.steps:

@@ -16,9 +16,11 @@ import pytest
 from jpki_va.bench import cli as bench_cli
 from jpki_va.bench.dataset import DataSet
 from jpki_va.bench.httpload import HttpSpec
+from jpki_va.bench.lookup import sample_keys
 from jpki_va.bench.report import write_report
 from jpki_va.bench.suite import SuiteSettings, ingest, run_suite
 from jpki_va.server.cmd.main import main as jpki_main
+from jpki_va.server.responder.status import IndexHolder
 
 pytestmark = pytest.mark.slow
 
@@ -100,11 +102,18 @@ def test_suite_smoke(small_dataset: DataSet, tmp_path: Path) -> None:
             batch=10,
             freshness_samples=1,
             delta_losses=2,
-            steps=("ingest", "freshness"),
+            steps=("ingest", "freshness", "lookup"),
         ),
     )
     assert second["ingest"]["deltas_after"] >= 1
     assert second["freshness"]["delta_apply"]["deltas"]
+    # Fewer certificates than a batch's 100 would be one batch of all of them.
+    looked = second["status_lookup"]
+    records = small_dataset.info()["certificate_total"]
+    assert looked["records"] == records and looked["batch"] == min(100, records)
+    assert looked["keys"] == records // looked["batch"] * looked["batch"]
+    assert all(looked[key] > 0 for key in looked if key.startswith("cpu_us"))
+    _drawn_keys_are_distinct_and_held(small_dataset, records)
 
     results_file = tmp_path / "results.json"
     results_file.write_text(json.dumps(results))
@@ -112,6 +121,22 @@ def test_suite_smoke(small_dataset: DataSet, tmp_path: Path) -> None:
     text = report.read_text()
     assert "Ratio to the ceiling" in text and "## Targets" in text
     assert (tmp_path / "benchmarks.png").stat().st_size > 0
+
+
+def _drawn_keys_are_distinct_and_held(ds: DataSet, records: int) -> None:
+    """The lookup step's sample: distinct keys the index holds, every one when asked
+    for more than it has."""
+    holder = IndexHolder(ds.responder_dir / "index")
+    holder.refresh()
+    try:
+        index = holder.get()
+        some, seen = sample_keys(index, 50)
+        assert seen == records and len(some) == len(set(some)) == 50
+        assert None not in index.get_values(some)[0]
+        every, _ = sample_keys(index, records + 10)
+        assert sorted(every) == index.keys_after(b"", records + 10)
+    finally:
+        holder.close()
 
 
 def _run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:

@@ -1,0 +1,137 @@
+"""CPU per status read, in one process: what a CheckStream status costs the responder
+beyond the transport, part by part, on the replica's own index.
+
+A served stream status costs what the trivial stream's does plus the responder's
+own work: reading the request's keys from its bytes, one index read per key, and
+encoding each answer. Here each part runs alone, without a transport, on keys drawn
+at random from the whole status table, read in batches as a stream's are; and the
+same 100 keys read again and again, whose pages and cache lines then stay in the
+CPU's caches: the difference between the two reads is waiting for memory. Each
+figure is the process CPU per key or status, the least of the passes (what the code
+costs when nothing else runs) and their median.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import random
+import time
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from jpki_va.core.clock import SystemClock
+from jpki_va.core.domain import micros
+from jpki_va.protos import va_pb2
+from jpki_va.server.responder.index_reader import Index
+from jpki_va.server.responder.status import IndexHolder, PackedBatch
+from jpki_va.server.rpc.batch_wire import PlainBatch, batch_request, packed_response
+
+PASSES = 5
+KEYS = 50_000
+BATCH = 100  # the gRPC step's stream batch
+_CHUNK = 100_000  # record keys walked at a time
+
+
+def lookup_figures(index_root: Path, keys: int = KEYS, passes: int = PASSES) -> dict[str, Any]:
+    """CPU µs per status of each part, over about `keys` record keys of the index under
+    `index_root`, `passes` times: in a process of its own, as LMDB opens an environment
+    once per process (the bench's own may have this index open)."""
+    spawn = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=1, mp_context=spawn) as process:
+        return process.submit(_measure, index_root, keys, passes).result()
+
+
+def sample_keys(index: Index, wanted: int, seed: int = 1) -> tuple[list[bytes], int]:
+    """(`wanted` record keys drawn at random from the whole status table, in random
+    order; the table's size): one walk, a uniform sample kept as it goes."""
+    rng = random.Random(seed)
+    kept: list[bytes] = []
+    seen = 0
+    after = b""
+    while chunk := index.keys_after(after, _CHUNK):
+        for key in chunk:
+            if seen < wanted:
+                kept.append(key)
+            else:
+                slot = rng.randrange(seen + 1)
+                if slot < wanted:
+                    kept[slot] = key
+            seen += 1
+        after = chunk[-1]
+    rng.shuffle(kept)
+    return kept, seen
+
+
+def _per_item(work: Callable[[], object], items: int, passes: int) -> tuple[float, float]:
+    """(least, median) process CPU µs per item of `work()` over `passes` passes."""
+    per_item = []
+    for _ in range(passes):
+        started = time.process_time()
+        work()
+        per_item.append((time.process_time() - started) / items * 1e6)
+    per_item.sort()
+    return round(per_item[0], 3), round(per_item[len(per_item) // 2], 3)
+
+
+def _request_bytes(keys: list[bytes]) -> bytes:
+    """A CheckBatchRequest of plain items naming `keys`, as a verifier's client writes it."""
+    requests = [
+        va_pb2.CheckRequest(
+            cert=va_pb2.CertRef(
+                kind_serial=va_pb2.KindSerial(kind=key[0], serial=key[1:].lstrip(b"\0"))  # type: ignore[arg-type]
+            )
+        )
+        for key in keys
+    ]
+    return va_pb2.CheckBatchRequest(requests=requests).SerializeToString()
+
+
+def _measure(index_root: Path, wanted: int, passes: int) -> dict[str, Any]:
+    holder = IndexHolder(index_root)
+    holder.refresh()
+    try:
+        index = holder.get()
+        keys, records = sample_keys(index, wanted)
+        if not keys:
+            raise ValueError("the index holds no certificate to read")
+        size = min(BATCH, len(keys))  # a small index: one batch of all it holds
+        batches = [keys[at : at + size] for at in range(0, len(keys) - size + 1, size)]
+        statuses = len(batches) * size
+        hot = [batches[0]] * len(batches)
+        now = micros(SystemClock().now())
+
+        def read(which: list[list[bytes]]) -> Callable[[], object]:
+            return lambda: [index.get_values(batch) for batch in which]
+
+        for batch in batches:  # every page in the page cache before any pass
+            index.get_values(batch)
+        random_read = _per_item(read(batches), statuses, passes)
+        hot_read = _per_item(read(hot), statuses, passes)
+        packed = []
+        for batch in batches:
+            values, ids, sequence, _ = index.get_values(batch)
+            packed.append(PackedBatch(batch, values, ids, sequence, now, False))
+        encode = _per_item(lambda: [packed_response(None, p) for p in packed], statuses, passes)
+        raws = [_request_bytes(batch) for batch in batches]
+        read_back = batch_request(raws[0])
+        if not isinstance(read_back, PlainBatch) or read_back.keys != batches[0]:
+            raise RuntimeError("the usual batch request was not read as its keys")
+        request = _per_item(lambda: [batch_request(raw) for raw in raws], statuses, passes)
+    finally:
+        holder.close()
+    return {
+        "keys": statuses,
+        "records": records,
+        "batch": size,
+        "passes": passes,
+        "cpu_us_per_key_random": random_read[0],
+        "cpu_us_per_key_random_median": random_read[1],
+        "cpu_us_per_key_hot": hot_read[0],
+        "cpu_us_per_key_hot_median": hot_read[1],
+        "cpu_us_per_status_encode": encode[0],
+        "cpu_us_per_status_encode_median": encode[1],
+        "cpu_us_per_request_read": request[0],
+        "cpu_us_per_request_read_median": request[1],
+    }

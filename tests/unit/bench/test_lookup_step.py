@@ -1,0 +1,32 @@
+"""The lines BENCHMARKS.md gets from the in-process status read step (bench/lookup.py);
+the step itself runs on a real index in the bench smoke test."""
+
+from __future__ import annotations
+
+from jpki_va.bench.report import lookup_lines
+
+
+def test_the_report_states_each_part_and_what_of_a_read_is_waiting_for_memory() -> None:
+    figures = {
+        "keys": 50_000,
+        "records": 2_499_768,
+        "batch": 100,
+        "passes": 5,
+        "cpu_us_per_key_random": 1.725,
+        "cpu_us_per_key_random_median": 1.746,
+        "cpu_us_per_key_hot": 0.291,
+        "cpu_us_per_key_hot_median": 0.292,
+        "cpu_us_per_status_encode": 0.559,
+        "cpu_us_per_status_encode_median": 0.561,
+        "cpu_us_per_request_read": 0.054,
+        "cpu_us_per_request_read_median": 0.065,
+    }
+    text = "\n".join(lookup_lines(figures))
+    assert "50,000 record keys drawn at random from the index's 2,499,768,\n" in text
+    assert "batches of 100" in text and "least of 5 passes" in text
+    assert "keys drawn at random: **1.73 µs (median 1.75)**" in text  # rounded
+    assert "the same 100 keys again and again: 0.29 µs (median 0.29)" in text
+    assert "the difference, 1.43 µs a key, is waiting for memory" in text
+    assert "encoding an answer (compiled): 0.56 µs" in text
+    assert "from its bytes: 0.05 µs (median 0.07)" in text
+    assert lookup_lines(None) == []  # a run without the step: no section
