@@ -265,6 +265,9 @@ def lookup_lines(lookup: dict[str, Any] | None) -> list[str]:
         return f"{_fmt(lookup[key], 2)} µs (median {_fmt(lookup[key + '_median'], 2)})"
 
     waiting = lookup["cpu_us_per_key_random"] - lookup["cpu_us_per_key_hot"]
+    compiled = lookup.get("compiled", True)
+    encoding = "compiled" if compiled else "pure Python: the compiled module is missing"
+    reading = "its keys from its bytes" if compiled else "parsed by protobuf"
     return [
         "## A stream status's own work in one process (bench/lookup.py)",
         "",
@@ -278,8 +281,8 @@ def lookup_lines(lookup: dict[str, Any] | None) -> list[str]:
         f"- index read, the same {lookup['batch']} keys again and again:"
         f" {part('cpu_us_per_key_hot')}; the difference, {_fmt(waiting, 2)} µs a key, is"
         " waiting for memory",
-        f"- encoding an answer (compiled): {part('cpu_us_per_status_encode')}",
-        f"- reading the usual request from its bytes: {part('cpu_us_per_request_read')}",
+        f"- encoding an answer ({encoding}): {part('cpu_us_per_status_encode')}",
+        f"- reading the usual request ({reading}): {part('cpu_us_per_request_read')}",
         "",
     ]
 

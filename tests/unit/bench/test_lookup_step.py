@@ -12,6 +12,7 @@ def test_the_report_states_each_part_and_what_of_a_read_is_waiting_for_memory() 
         "records": 2_499_768,
         "batch": 100,
         "passes": 5,
+        "compiled": True,
         "cpu_us_per_key_random": 1.725,
         "cpu_us_per_key_random_median": 1.746,
         "cpu_us_per_key_hot": 0.291,
@@ -28,5 +29,9 @@ def test_the_report_states_each_part_and_what_of_a_read_is_waiting_for_memory() 
     assert "the same 100 keys again and again: 0.29 µs (median 0.29)" in text
     assert "the difference, 1.43 µs a key, is waiting for memory" in text
     assert "encoding an answer (compiled): 0.56 µs" in text
-    assert "from its bytes: 0.05 µs (median 0.07)" in text
+    assert "usual request (its keys from its bytes): 0.05 µs (median 0.07)" in text
+    # An install without the compiled module: the figures say what it ran.
+    pure = "\n".join(lookup_lines({**figures, "compiled": False}))
+    assert "encoding an answer (pure Python: the compiled module is missing)" in pure
+    assert "usual request (parsed by protobuf): 0.05 µs" in pure
     assert lookup_lines(None) == []  # a run without the step: no section
