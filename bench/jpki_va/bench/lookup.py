@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import multiprocessing
 import random
-import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from jpki_va.bench.passes import cpu_per_item
 from jpki_va.core.clock import SystemClock
 from jpki_va.core.domain import micros
 from jpki_va.protos import va_pb2
@@ -64,17 +64,6 @@ def sample_keys(index: Index, wanted: int, seed: int = 1) -> tuple[list[bytes], 
     return kept, seen
 
 
-def _per_item(work: Callable[[], object], items: int, passes: int) -> tuple[float, float]:
-    """(least, median) process CPU µs per item of `work()` over `passes` passes."""
-    per_item = []
-    for _ in range(passes):
-        started = time.process_time()
-        work()
-        per_item.append((time.process_time() - started) / items * 1e6)
-    per_item.sort()
-    return round(per_item[0], 3), round(per_item[len(per_item) // 2], 3)
-
-
 def _request_bytes(keys: list[bytes]) -> bytes:
     """A CheckBatchRequest of plain items naming `keys`, as a verifier's client writes it."""
     requests = [
@@ -107,15 +96,15 @@ def _measure(index_root: Path, wanted: int, passes: int) -> dict[str, Any]:
 
         for batch in batches:  # every page in the page cache before any pass
             index.get_values(batch)
-        random_read = _per_item(read(batches), statuses, passes)
-        hot_read = _per_item(read(hot), statuses, passes)
+        random_read = cpu_per_item(read(batches), statuses, passes)
+        hot_read = cpu_per_item(read(hot), statuses, passes)
         packed = []
         for batch in batches:
             values, ids, sequence, _ = index.get_values(batch)
             packed.append(PackedBatch(batch, values, ids, sequence, now, False))
-        encode = _per_item(lambda: [packed_response(None, p) for p in packed], statuses, passes)
+        encode = cpu_per_item(lambda: [packed_response(None, p) for p in packed], statuses, passes)
         raws = [_request_bytes(batch) for batch in batches]
-        request = _per_item(lambda: [batch_request(raw) for raw in raws], statuses, passes)
+        request = cpu_per_item(lambda: [batch_request(raw) for raw in raws], statuses, passes)
     finally:
         holder.close()
     return {
@@ -126,12 +115,12 @@ def _measure(index_root: Path, wanted: int, passes: int) -> dict[str, Any]:
         # Without the compiled module the encoding is the pure-Python reference and the
         # request is parsed by protobuf: the figures say what this install runs.
         "compiled": COMPILED,
-        "cpu_us_per_key_random": random_read[0],
-        "cpu_us_per_key_random_median": random_read[1],
-        "cpu_us_per_key_hot": hot_read[0],
-        "cpu_us_per_key_hot_median": hot_read[1],
-        "cpu_us_per_status_encode": encode[0],
-        "cpu_us_per_status_encode_median": encode[1],
-        "cpu_us_per_request_read": request[0],
-        "cpu_us_per_request_read_median": request[1],
+        **_least_and_median("cpu_us_per_key_random", random_read),
+        **_least_and_median("cpu_us_per_key_hot", hot_read),
+        **_least_and_median("cpu_us_per_status_encode", encode),
+        **_least_and_median("cpu_us_per_request_read", request),
     }
+
+
+def _least_and_median(name: str, figures: tuple[float, float]) -> dict[str, float]:
+    return {name: round(figures[0], 3), f"{name}_median": round(figures[1], 3)}

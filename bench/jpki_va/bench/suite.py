@@ -310,16 +310,15 @@ class RunningVa:
     def target(self) -> str:
         return f"127.0.0.1:{self.responder.port}"
 
-    def warm(self) -> float:
+    def warm(self) -> None:
         """Read the files the responder's lookups map (the live index, the pre-produced
-        OCSP store) through once, so the page cache holds them; the seconds it took.
+        OCSP store) through once, so the page cache holds them.
 
         A replica's lookups keep its index in the page cache; this machine drops idle
         file pages within seconds (a third of a fresh index in 30 s), and a lookup
         that faults waits for the disk. Each jpki-va round starts warm, so its CPU per
         item is the serving's, not the disk's (`server_major_faults_per_item` shows
         what faulted all the same)."""
-        began = time.perf_counter()
         index = current_index(self.ds.responder_dir / "index")
         files = [self.ds.responder_dir / STORE_DIR / "data.mdb"]
         if index is not None:
@@ -330,7 +329,6 @@ class RunningVa:
                 with path.open("rb", buffering=0) as f:
                     while f.readinto(chunk):
                         pass
-        return time.perf_counter() - began
 
     def last_event(self) -> int:
         """The sequence of the registry's last loss event (the fleet step's stages)."""
@@ -988,15 +986,14 @@ def _va_steps(ds: DataSet, settings: SuiteSettings, say: Callable[[str], None]) 
             results["ladder"] = ladder_figures(ds, va, settings, say)
         if "calls" in settings.steps:
             results["calls"] = calls_figures(ds, va, settings, say)
+        config = _responder_config(ds, settings.workers, None)
         if "miss" in settings.steps:
             say("OCSP cache miss, in process")
-            config = _responder_config(ds, settings.workers, None)
             requests = miss.peer_requests(ds.peers_dir / "requests.hex")
             results["ocsp_miss"] = miss.miss_figures(config, requests, BENCH_VERIFIER)
         if "lookup" in settings.steps:
             say("a stream status's own work, in process")
-            index_root = _responder_config(ds, settings.workers, None).index_dir
-            results["status_lookup"] = lookup.lookup_figures(index_root)
+            results["status_lookup"] = lookup.lookup_figures(config.index_dir)
         if "freshness" in settings.steps:
             results["freshness"] = freshness(ds, va, settings, say)
         if "fleet" in settings.steps:
