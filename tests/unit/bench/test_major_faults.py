@@ -36,9 +36,9 @@ def test_a_mapped_file_the_page_cache_dropped_faults_from_disk(tmp_path: Path) -
         os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
         with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
             before = major_faults([os.getpid()])
-            touched = sum(mapped[offset] for offset in range(0, PAGES * page, page))
+            for offset in range(0, PAGES * page, page):
+                mapped[offset]  # the read is the point: it faults the page in
             after = major_faults([os.getpid()])
-    assert touched >= 0
     # Read-ahead may bring several pages in on one fault: at least one, at most each.
     assert 1 <= after - before <= PAGES
 
