@@ -1,11 +1,14 @@
-"""Builds the compiled twins of three hot paths (Cython, optional at install).
+"""Builds the compiled twins of four hot paths (Cython, optional at install).
 
 - `rpc/_batch_wire.pyx`: the CheckStream encoder (the reference: rpc/batch_wire.py);
 - `ledger/_counter_cells.pyx`: the provision ledger's counter cells, one atomic add per
   counted answer (the reference: ledger/counter_cells.py's PyCells);
 - `responder/_ocsp_miss.pyx`: an OCSP cache miss's byte work, the usual request read
   and a pre-produced response judged and framed (the references:
-  pki/ocsp_wire.usual_request and responder/preproduced.py_served).
+  pki/ocsp_wire.usual_request and responder/preproduced.py_served);
+- `responder/_lmdb_pages.pyx`: a batch of index lookups walked side by side over the
+  mapped LMDB file (the reference: LMDB's own `get`, which answers wherever it is
+  missing or declines; responder/lmdb_pages.py).
 
 Everything else about the distribution is in pyproject.toml. The extensions are
 optional: where no C compiler (or no Cython) is present, the install goes on with a
@@ -25,6 +28,7 @@ _EXTENSIONS = {
     "jpki_va.server.rpc._batch_wire": "server/jpki_va/server/rpc/_batch_wire.pyx",
     "jpki_va.server.ledger._counter_cells": "server/jpki_va/server/ledger/_counter_cells.pyx",
     "jpki_va.server.responder._ocsp_miss": "server/jpki_va/server/responder/_ocsp_miss.pyx",
+    "jpki_va.server.responder._lmdb_pages": "server/jpki_va/server/responder/_lmdb_pages.pyx",
 }
 
 

@@ -113,6 +113,7 @@ def venv(stages: dict[str, Stage], tmp_path_factory: pytest.TempPathFactory) -> 
                         "_batch_wire.c",
                         "_counter_cells.c",
                         "_ocsp_miss.c",
+                        "_lmdb_pages.c",
                         "*.so",
                     ),
                 )
@@ -173,7 +174,7 @@ def test_the_image_venv_starts_every_role(venv: Path, stages: dict[str, Stage]) 
         "python",
         "-c",
         "import jpki_va.server.rpc._batch_wire, jpki_va.server.ledger._counter_cells,"
-        " jpki_va.server.responder._ocsp_miss",
+        " jpki_va.server.responder._ocsp_miss, jpki_va.server.responder._lmdb_pages",
     )
     assert compiled.returncode == 0, compiled.stderr
 

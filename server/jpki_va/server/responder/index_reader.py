@@ -55,6 +55,7 @@ from jpki_va.server.responder.index_layout import (
     scope_of_key,
     unpack_scope,
 )
+from jpki_va.server.responder.lmdb_pages import PageReader
 from jpki_va.server.snapshot.data_files import (
     SigningRecord,
     parse_event_row,
@@ -187,6 +188,9 @@ class Index:
         # and 0.14 with this lock. A thread waiting here holds no GIL, and a batch's
         # keys are read in tens of microseconds.
         self._batch_lock = threading.Lock()
+        # A batch's status values walked side by side from the mapped file (None: LMDB's
+        # get serves alone); it reads the tree of the transaction it is given.
+        self._pages = PageReader.open(self._env, path, b"status")
         self._older: _Meta | None = None  # the last metadata loaded for an older view
         with self._env.begin() as txn:
             raw_meta = txn.get(b"manifest", db=self._meta_db)
@@ -405,10 +409,12 @@ class Index:
         """(packed value of each record key or None, issuer key ids by ordinal, sequence,
         whether an issuer compromise is announced), all from one read transaction: the
         values are not decoded here."""
-        # The status table as the transaction's own: each key read by `map`, in C.
         with self._batch_lock, self._env.begin(db=self._status) as txn:
             meta = self._fresh(txn)
-            values = list(map(txn.get, keys))
+            pages = self._pages
+            found = None if pages is None else pages.values(txn, list(keys))
+            # Else the status table as the transaction's own: each key read by `map`.
+            values = list(map(txn.get, keys)) if found is None else found
         return values, self.issuer_key_ids, meta.sequence, bool(meta.compromises)
 
     def keys_after(self, after: bytes, limit: int) -> list[bytes]:
@@ -495,4 +501,8 @@ class Index:
         return events, max(meta.event_sequence, last)
 
     def close(self) -> None:
+        with self._batch_lock:
+            if self._pages is not None:
+                self._pages.close()
+                self._pages = None
         self._env.close()
