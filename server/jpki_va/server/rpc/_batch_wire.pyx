@@ -122,13 +122,15 @@ cdef int _stamp(Buf* b, uint8_t tag, int64_t micros) except -1:
     cdef uint64_t value
     cdef int i
     if micro == 0 and _FIRST <= seconds < _LAST:
+        # C literals: Cython makes a Python int of any literal past a C int, and then
+        # the whole expression Python arithmetic (two objects per timestamp).
         spread = (
-            0x8080_8080
+            <int64_t>0x8080_8080
             | (seconds & 0x7F)
             | ((seconds << 1) & 0x7F00)
             | ((seconds << 2) & 0x7F_0000)
             | ((seconds << 3) & 0x7F00_0000)
-            | ((seconds << 4) & 0x7F_0000_0000)
+            | ((seconds << 4) & <int64_t>0x7F_0000_0000)
         )
         _reserve(b, 8)
         b.data[b.size] = tag
