@@ -35,6 +35,7 @@ from jpki_va.server.pki.cert_profile import ProfileSettings
 from jpki_va.server.pki.crl_profile import CrlEntry
 from jpki_va.server.pki.crl_stream import read_entries
 from jpki_va.server.responder import index_build as index_module
+from jpki_va.server.responder import lmdb_pages
 from jpki_va.server.responder.index_build import build_index, publish_index
 from jpki_va.server.responder.index_delta import DeltaNotApplicable, apply_delta
 from jpki_va.server.responder.index_layout import scope_key
@@ -63,7 +64,7 @@ from jpki_va.server.snapshot.manifest import (
     SIGNING_RECORDS,
     SnapshotRejected,
 )
-from jpki_va.server.snapshot.record_format import MAGIC, encode_file_record
+from jpki_va.server.snapshot.record_format import MAGIC, encode_file_record, unpack_fields
 from jpki_va.server.snapshot.verify import SnapshotVerifier, VerifiedSnapshot
 from jpki_va.server.snapshot.writer import SnapshotBuilder
 
@@ -232,6 +233,17 @@ def test_delta_applies_in_one_transaction_and_readers_see_it(
         assert not reader.consent(KIND, 10, "bank-a")
         assert reader.signing_record(KIND, 10) is None  # no consent left: it leaves
         assert [e.serial for e in reader.events_since(1)] == [12]
+        # A stream batch's values (the page walk, compiled here) as `get` reads them.
+        assert lmdb_pages.COMPILED
+        serials = [13, 12, 11, 10, 9]
+        values, _ids, sequence, _compromised = reader.get_values(
+            [record_key(KIND, serial) for serial in serials]
+        )
+        assert sequence == 2
+        assert [None if v is None else unpack_fields(v) for v in values] == reader.get_packed(
+            [(KIND, serial) for serial in serials]
+        )
+        assert [v is not None for v in values] == [False, True, True, True, False]
     finally:
         reader.close()
 
