@@ -6,7 +6,10 @@ own work: reading the request's keys from its bytes, one index read per key, and
 encoding each answer. Here each part runs alone, without a transport, on keys drawn
 at random from the whole status table, read in batches as a stream's are; and the
 same 100 keys read again and again, whose pages and cache lines then stay in the
-CPU's caches: the difference between the two reads is waiting for memory. Each
+CPU's caches: the difference between the two reads is waiting for memory. The same
+random batches are then read by LMDB's own `get`, one key after another in one read
+transaction a batch: the reference that answers wherever the responder's page walk
+(responder/lmdb_pages.py) declines, and the path without the compiled walk. Each
 figure is the process CPU per key or status, the least of the passes (what the code
 costs when nothing else runs) and their median.
 """
@@ -20,10 +23,13 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import lmdb
+
 from jpki_va.bench.passes import cpu_per_item
 from jpki_va.core.clock import SystemClock
 from jpki_va.core.domain import micros
 from jpki_va.protos import va_pb2
+from jpki_va.server.responder import lmdb_pages
 from jpki_va.server.responder.index_reader import Index
 from jpki_va.server.responder.status import IndexHolder, PackedBatch
 from jpki_va.server.rpc.batch_wire import COMPILED, batch_request, packed_response
@@ -82,6 +88,7 @@ def _measure(index_root: Path, wanted: int, passes: int) -> dict[str, Any]:
     holder.refresh()
     try:
         index = holder.get()
+        path = index.path
         keys, records = sample_keys(index, wanted)
         if not keys:
             raise ValueError("the index holds no certificate to read")
@@ -107,6 +114,8 @@ def _measure(index_root: Path, wanted: int, passes: int) -> dict[str, Any]:
         request = cpu_per_item(lambda: [batch_request(raw) for raw in raws], statuses, passes)
     finally:
         holder.close()
+    # After the index is closed: LMDB opens an environment once per process.
+    by_get = _lmdb_get(path, batches, statuses, passes)
     return {
         "keys": statuses,
         "records": records,
@@ -115,11 +124,33 @@ def _measure(index_root: Path, wanted: int, passes: int) -> dict[str, Any]:
         # Without the compiled module the encoding is the pure-Python reference and the
         # request is parsed by protobuf: the figures say what this install runs.
         "compiled": COMPILED,
+        # Whether the random and hot reads were the page walk, not LMDB's get.
+        "walked": lmdb_pages.COMPILED and lmdb_pages.layout_known(path),
         **_least_and_median("cpu_us_per_key_random", random_read),
         **_least_and_median("cpu_us_per_key_hot", hot_read),
+        **_least_and_median("cpu_us_per_key_lmdb_get", by_get),
         **_least_and_median("cpu_us_per_status_encode", encode),
         **_least_and_median("cpu_us_per_request_read", request),
     }
+
+
+def _lmdb_get(
+    path: Path, batches: list[list[bytes]], statuses: int, passes: int
+) -> tuple[float, float]:
+    """CPU per key of the random batches read by LMDB's `get`, one key after another."""
+    env = lmdb.open(str(path), readonly=True, lock=False, max_dbs=1)
+    try:
+        status = env.open_db(b"status", create=False)
+
+        def read() -> None:
+            for batch in batches:
+                with env.begin(db=status) as txn:
+                    list(map(txn.get, batch))
+
+        read()  # every page in the page cache before any pass
+        return cpu_per_item(read, statuses, passes)
+    finally:
+        env.close()
 
 
 def _least_and_median(name: str, figures: tuple[float, float]) -> dict[str, float]:

@@ -268,6 +268,19 @@ def lookup_lines(lookup: dict[str, Any] | None) -> list[str]:
     compiled = lookup.get("compiled", True)
     encoding = "compiled" if compiled else "pure Python: the compiled module is missing"
     reading = "its keys from its bytes" if compiled else "parsed by protobuf"
+    walk = {
+        True: "a batch's lookups walked side by side over the mapped file",
+        False: "LMDB's get: the compiled page walk is missing",
+        None: "LMDB's get",  # a run from before the page walk
+    }[lookup.get("walked")]
+    by_get = (
+        [
+            "- the same random keys read by LMDB's `get`, one after another (the reference):"
+            f" {part('cpu_us_per_key_lmdb_get')}"
+        ]
+        if "cpu_us_per_key_lmdb_get" in lookup
+        else []  # a run from before the page walk
+    )
     return [
         "## A stream status's own work in one process (bench/lookup.py)",
         "",
@@ -277,10 +290,11 @@ def lookup_lines(lookup: dict[str, Any] | None) -> list[str]:
         f"in batches of {lookup['batch']}; CPU per key or status, the least of"
         f" {lookup['passes']} passes.",
         "",
-        f"- index read, keys drawn at random: **{part('cpu_us_per_key_random')}**",
+        f"- index read, keys drawn at random ({walk}): **{part('cpu_us_per_key_random')}**",
         f"- index read, the same {lookup['batch']} keys again and again:"
         f" {part('cpu_us_per_key_hot')}; the difference, {_fmt(waiting, 2)} µs a key, is"
         " waiting for memory",
+        *by_get,
         f"- encoding an answer ({encoding}): {part('cpu_us_per_status_encode')}",
         f"- reading the usual request ({reading}): {part('cpu_us_per_request_read')}",
         "",

@@ -113,7 +113,7 @@ def test_suite_smoke(small_dataset: DataSet, tmp_path: Path) -> None:
     assert looked["records"] == records and looked["batch"] == min(100, records)
     assert looked["keys"] == records // looked["batch"] * looked["batch"]
     assert all(looked[key] > 0 for key in looked if key.startswith("cpu_us"))
-    assert looked["compiled"]  # the install builds the compiled modules
+    assert looked["compiled"] and looked["walked"]  # the install builds the compiled modules
     _drawn_keys_are_distinct_and_held(small_dataset, records)
 
     results_file = tmp_path / "results.json"
