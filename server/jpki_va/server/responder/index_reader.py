@@ -188,9 +188,6 @@ class Index:
         # and 0.14 with this lock. A thread waiting here holds no GIL, and a batch's
         # keys are read in tens of microseconds.
         self._batch_lock = threading.Lock()
-        # A batch's status values walked side by side from the mapped file (None: LMDB's
-        # get serves alone); it reads the tree of the transaction it is given.
-        self._pages = PageReader.open(self._env, path, b"status")
         self._older: _Meta | None = None  # the last metadata loaded for an older view
         with self._env.begin() as txn:
             raw_meta = txn.get(b"manifest", db=self._meta_db)
@@ -224,6 +221,9 @@ class Index:
                 entry = self.issuers.get(self.issuer_key_ids[raw[1]])
                 if entry is not None:
                     self._by_hash[bytes(lookup)] = entry
+        # A batch's status values walked side by side from the mapped file (None: LMDB's
+        # get serves alone); it reads the tree of the transaction it is given.
+        self._pages = PageReader.open(self._env, path, b"status")
 
     def _load_meta(self, txn: lmdb.Transaction, previous: _Meta | None = None) -> _Meta:
         version = bytes(txn.get(_VERSION, default=b"", db=self._meta_db))

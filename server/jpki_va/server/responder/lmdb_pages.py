@@ -73,7 +73,11 @@ class PageReader:
         self._psize = int(env.stat()["psize"])
         self._fd = os.open(path / _DATA_FILE, os.O_RDONLY | os.O_CLOEXEC)
         self._mapped: mmap.mmap | None = None
-        self._pages = _lmdb_pages.Pages(self._map(), self._psize)
+        try:
+            self._pages = _lmdb_pages.Pages(self._map(), self._psize)
+        except BaseException:
+            os.close(self._fd)
+            raise
         # (read transaction id, (root page, depth) or None): a read transaction's id
         # is the last write it sees, so every transaction of one id has one tree.
         self._seen: tuple[int, tuple[int, int] | None] = (-1, None)
