@@ -412,7 +412,9 @@ class Index:
         with self._batch_lock, self._env.begin(db=self._status) as txn:
             meta = self._fresh(txn)
             pages = self._pages
-            found = None if pages is None else pages.values(txn, list(keys))
+            # A lone key (unary Check, OCSP) has no other to overlap its waits with:
+            # LMDB's get reads it, with no Python call more.
+            found = None if pages is None or len(keys) < 2 else pages.values(txn, list(keys))
             # Else the status table as the transaction's own: each key read by `map`.
             values = list(map(txn.get, keys)) if found is None else found
         return values, self.issuer_key_ids, meta.sequence, bool(meta.compromises)
