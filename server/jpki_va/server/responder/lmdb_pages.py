@@ -4,7 +4,7 @@ this process, with the batch's lookups walked side by side (`_lmdb_pages.pyx`).
 Why: a CheckStream status is one index read of a key drawn from the whole status
 table, and LMDB's `get` waits on the tree's cache misses one after another. On the
 1 M-holder index a random key cost 1.68 µs of CPU, 1.4 of it waiting for memory (the
-bench's `lookup` step); walked side by side, a batch of 100 costs 0.60 µs a key.
+bench's `lookup` step); walked side by side, a batch of 100 cost 0.58-0.70.
 
 LMDB's own `get` is the reference, and it answers wherever this reader declines:
 without the compiled module, for a file that is not LMDB 0.9's layout on this
