@@ -403,9 +403,7 @@ class Index:
             raws = [get(record_key(kind, serial), db=status) for kind, serial in keys]
         return [None if raw is None else unpack_fields(raw) for raw in raws]
 
-    def get_values(
-        self, keys: Sequence[bytes]
-    ) -> tuple[list[bytes | None], list[bytes], int, bool]:
+    def get_values(self, keys: list[bytes]) -> tuple[list[bytes | None], list[bytes], int, bool]:
         """(packed value of each record key or None, issuer key ids by ordinal, sequence,
         whether an issuer compromise is announced), all from one read transaction: the
         values are not decoded here."""
@@ -414,10 +412,16 @@ class Index:
             pages = self._pages
             # A lone key (unary Check, OCSP) has no other to overlap its waits with:
             # LMDB's get reads it, with no Python call more.
-            found = None if pages is None or len(keys) < 2 else pages.values(txn, list(keys))
+            found = None if pages is None or len(keys) < 2 else pages.values(txn, keys)
             # Else the status table as the transaction's own: each key read by `map`.
             values = list(map(txn.get, keys)) if found is None else found
         return values, self.issuer_key_ids, meta.sequence, bool(meta.compromises)
+
+    @property
+    def pages_walked(self) -> bool:
+        """Whether a batch's status values are walked side by side over the mapped file
+        (lmdb_pages), not read by LMDB's get one key after another."""
+        return self._pages is not None
 
     def keys_after(self, after: bytes, limit: int) -> list[bytes]:
         """Up to `limit` record keys of the status database past `after`, in order
