@@ -105,8 +105,10 @@ cdef class Pages:
         cdef uint64_t number
         cdef object item
         cdef list out = [None] * n
-        if pages == 0 or depth < 1 or depth > _MAX_DEPTH or root >= pages:
-            return False if pages and root >= pages else None
+        if pages == 0 or depth < 1 or depth > _MAX_DEPTH:
+            return None
+        if root >= pages:
+            return False
         base = &self._mapped[0]
         for j in range(n):
             item = keys[j]
