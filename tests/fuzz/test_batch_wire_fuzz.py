@@ -20,7 +20,13 @@ from jpki_va.core.domain import CertKind, CrlReason, LossCause, Status, record_k
 from jpki_va.protos import va_pb2
 from jpki_va.server.responder.status import Brief, PackedRecord
 from jpki_va.server.rpc import _batch_wire, batch_wire
-from jpki_va.server.rpc.batch_wire import ItemError, PlainBatch, batch_request, py_batch_response
+from jpki_va.server.rpc.batch_wire import (
+    ItemError,
+    PlainBatch,
+    batch_request,
+    check_request,
+    py_batch_response,
+)
 from jpki_va.server.rpc.pb import fill_brief, plain_kind_serial
 from tests.fuzz.strategies import TEXT, integers
 
@@ -124,10 +130,8 @@ _batch_bytes = st.one_of(
 ).map(lambda requests: va_pb2.CheckBatchRequest(requests=requests).SerializeToString())
 
 
-@st.composite
-def _raw_batches(draw: st.DrawFn) -> bytes:
-    """A serialized batch, one with a byte changed or cut, or any bytes."""
-    raw = draw(_batch_bytes)
+def _mangled(draw: st.DrawFn, raw: bytes) -> bytes:
+    """`raw`, or it with a byte changed or cut, or any bytes."""
     how = draw(st.sampled_from(("as is", "changed", "cut", "any")))
     if how == "any":
         return draw(st.binary(max_size=120))
@@ -137,6 +141,38 @@ def _raw_batches(draw: st.DrawFn) -> bytes:
     if how == "cut":
         return raw[:at]
     return raw[:at] + bytes([draw(st.integers(0, 255))]) + raw[at + 1 :]
+
+
+@st.composite
+def _raw_batches(draw: st.DrawFn) -> bytes:
+    """A serialized batch, one with a byte changed or cut, or any bytes."""
+    return _mangled(draw, draw(_batch_bytes))
+
+
+@st.composite
+def _raw_requests(draw: st.DrawFn) -> bytes:
+    """A serialized CheckRequest, one with a byte changed or cut, or any bytes."""
+    return _mangled(draw, draw(st.one_of(_plain, _requests)).SerializeToString())
+
+
+@given(_raw_requests())
+@example(b"\x0a\x05ab")  # a field that claims 5 bytes and has 2
+@example(b"")
+def test_a_check_request_is_read_as_protobuf_parses_it(raw: bytes) -> None:
+    """Unary Check's deserializer: the usual request as the record key the parsed
+    request names, any other as protobuf's parse, and protobuf's refusal raised."""
+    try:
+        expected = va_pb2.CheckRequest.FromString(raw)
+    except DecodeError:
+        with pytest.raises(DecodeError):
+            check_request(raw)
+        return
+    read = check_request(raw)
+    if not isinstance(read, bytes):
+        assert read == expected
+        return
+    kind, serial = plain_kind_serial(expected)
+    assert serial and read == record_key(kind, serial)
 
 
 @given(_raw_batches())

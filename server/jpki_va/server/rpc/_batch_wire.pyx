@@ -13,6 +13,7 @@ the fuzz target compare the two on every case they draw). Two entries:
 - `plain_keys`: a serialized CheckBatchRequest's plain items (a kind_serial and
   nothing else) read straight from the bytes as record keys; the pure-Python twin is
   `pb.plain_kind_serial` on each parsed item, which also reads every other item.
+  `plain_key` reads one serialized CheckRequest so (unary Check's usual request).
 
 Anything outside 64-bit integers (times no index holds, huge sequence numbers) is
 handed to the Python code (`fallback` per item; a packed batch answers None), so the
@@ -501,23 +502,66 @@ cdef inline Py_ssize_t _length(const uint8_t* p, Py_ssize_t end, Py_ssize_t* at)
     return -1
 
 
+cdef inline uint8_t _plain_key(const uint8_t* p, Py_ssize_t size, uint8_t* key) noexcept:
+    """The kind (1 to 4) of the serialized CheckRequest p[0:size] if it is plain, its
+    record key written to `key` (21 octets); 0 when it is not plain or its serial is
+    zero. Only the form protobuf itself writes is read: exactly
+    `cert { kind_serial { kind serial } }`, fields in order, every length one octet."""
+    cdef Py_ssize_t serial_size, i
+    cdef bint zero = True
+    # CheckRequest { cert (1) = CertRef { kind_serial (1) = KindSerial { 1, 2 } } }
+    if not (
+        size >= 4
+        and p[0] == 0x0A
+        and p[1] == size - 2
+        and p[2] == 0x0A
+        and p[3] == size - 4
+        and size - 4 >= 4
+        and p[4] == 0x08
+        and 1 <= p[5] <= 4
+        and p[6] == 0x12
+        and p[7] == size - 8
+        and size - 8 <= 20
+    ):
+        return 0
+    serial_size = size - 8
+    for i in range(serial_size):
+        if p[8 + i]:
+            zero = False
+            break
+    if zero:
+        return 0
+    key[0] = p[5]
+    for i in range(20 - serial_size):
+        key[1 + i] = 0
+    memcpy(key + 21 - serial_size, p + 8, serial_size)
+    return p[5]
+
+
+def plain_key(bytes raw):
+    """The record key of a serialized CheckRequest that is plain (as `plain_keys` reads
+    each item), or None for any other request."""
+    cdef uint8_t key[21]
+    if not _plain_key(<const uint8_t*>PyBytes_AS_STRING(raw), PyBytes_GET_SIZE(raw), key):
+        return None
+    return PyBytes_FromStringAndSize(<char*>key, 21)
+
+
 def plain_keys(bytes raw, list kind_counts):
     """The record key of each request of a serialized CheckBatchRequest, or None for a
     request that is not plain (then the parsed message answers for it).
 
     Plain, as `pb.plain_kind_serial` has it: a kind_serial of a known kind (1 to 4) and
-    a nonzero serial of at most 20 octets, no `as_of`. Only the form protobuf itself
-    writes is read here: exactly `cert { kind_serial { kind serial } }`, fields in
-    order; any other encoding of the same request is None, never a different key.
+    a nonzero serial of at most 20 octets, no `as_of`, in the form `_plain_key` reads;
+    any other encoding of the same request is None, never a different key.
     `kind_counts[kind]` gains the number of plain requests of each kind.
     """
     cdef const uint8_t* p = <const uint8_t*>PyBytes_AS_STRING(raw)
     cdef Py_ssize_t end = PyBytes_GET_SIZE(raw)
-    cdef Py_ssize_t at = 0, item_end, size, cert, pair, serial_size, i
+    cdef Py_ssize_t at = 0, size, i
     cdef uint8_t kind
     cdef uint8_t key[21]
     cdef list keys = []
-    cdef bint zero
     cdef long counts[5]
     for i in range(5):
         counts[i] = 0
@@ -528,40 +572,13 @@ def plain_keys(bytes raw, list kind_counts):
         size = _length(p, end, &at)
         if size < 0:
             return None
-        item_end = at + size
-        # CheckRequest { cert (1) = CertRef { kind_serial (1) = KindSerial { 1, 2 } } }
-        if (
-            size >= 4
-            and p[at] == 0x0A
-            and p[at + 1] == size - 2
-            and p[at + 2] == 0x0A
-            and p[at + 3] == size - 4
-            and size - 4 >= 4
-            and p[at + 4] == 0x08
-            and 1 <= p[at + 5] <= 4
-            and p[at + 6] == 0x12
-            and p[at + 7] == size - 8
-            and size - 8 <= 20
-        ):
-            kind = p[at + 5]
-            serial_size = size - 8
-            zero = True
-            for i in range(serial_size):
-                if p[at + 8 + i]:
-                    zero = False
-                    break
-            if zero:
-                keys.append(None)
-            else:
-                key[0] = kind
-                for i in range(20 - serial_size):
-                    key[1 + i] = 0
-                memcpy(key + 21 - serial_size, p + at + 8, serial_size)
-                keys.append(PyBytes_FromStringAndSize(<char*>key, 21))
-                counts[kind] += 1
+        kind = _plain_key(p + at, size, key)
+        if kind:
+            keys.append(PyBytes_FromStringAndSize(<char*>key, 21))
+            counts[kind] += 1
         else:
             keys.append(None)
-        at = item_end
+        at += size
     for i in range(1, 5):
         kind_counts[i] += counts[i]
     return keys

@@ -368,3 +368,20 @@ class _BatchReader:
 
 
 batch_request = _BatchReader().read
+
+
+class _CheckReader:
+    """Unary Check's request deserializer (`check_request`), named as `_BatchReader` is."""
+
+    DESCRIPTOR = va_pb2.CheckRequest.DESCRIPTOR
+
+    def read(self, raw: bytes) -> bytes | va_pb2.CheckRequest:
+        """The usual request as its record key, read from the bytes in compiled code
+        (plain as `plain_keys` reads each item); any other parsed by protobuf, which
+        raises on bytes that are no CheckRequest. Without the compiled module every
+        request is parsed, and `pb.plain_kind_serial`, the reference, reads it."""
+        key = None if _batch_wire is None else _batch_wire.plain_key(raw)
+        return va_pb2.CheckRequest.FromString(raw) if key is None else key
+
+
+check_request = _CheckReader().read

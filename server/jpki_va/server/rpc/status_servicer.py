@@ -18,6 +18,7 @@ from jpki_va.core.domain import (
     Provision,
     Verifier,
     micros,
+    parse_record_key,
     record_key,
 )
 from jpki_va.protos import va_pb2, va_pb2_grpc
@@ -43,6 +44,7 @@ from jpki_va.server.rpc.batch_wire import (
     Slot,
     batch_request,
     batch_response,
+    check_request,
     check_response,
     packed_response,
 )
@@ -54,6 +56,9 @@ from jpki_va.server.rpc.pb import (
     time_from_pb,
     timestamp,
 )
+
+#: A record key's first octet is its kind's value (`record_key`).
+_KINDS = {kind.value: kind for kind in CertKind}
 
 
 @dataclass(frozen=True)
@@ -87,12 +92,17 @@ class StatusServicer(va_pb2_grpc.StatusServiceServicer):
         self._packed = source if isinstance(source, PackedSource) else None
 
     def _target(
-        self, request: va_pb2.CheckRequest, now: datetime | None = None
+        self, request: bytes | va_pb2.CheckRequest, now: datetime | None = None
     ) -> tuple[CertKind | None, int, datetime]:
         """(kind, serial, as_of) the request names; kind None: an issuer we do not serve.
 
-        `as_of` defaults to `now`, or the clock's time when `now` is None.
+        `request` may be the record key a usual request was read as
+        (`batch_wire.check_request`). `as_of` defaults to `now`, or the clock's time
+        when `now` is None.
         """
+        if isinstance(request, bytes):
+            kind, serial = parse_record_key(request)
+            return kind, serial, self._clock.now() if now is None else now
         if request.HasField("as_of"):
             as_of = time_from_pb(request.as_of)
         else:
@@ -113,21 +123,27 @@ class StatusServicer(va_pb2_grpc.StatusServiceServicer):
         raise BadRequest("no certificate given (kind_serial, certificate_der or cert_id)")
 
     def Check(  # type: ignore[override]  # bytes: see add_status_service
-        self, request: va_pb2.CheckRequest, context: grpc.ServicerContext
+        self, request: bytes | va_pb2.CheckRequest, context: grpc.ServicerContext
     ) -> bytes:
         """A serialized CheckResponse. The usual request (a plain kind and serial, for
-        now) is answered as a CheckStream item is: its index value read undecoded and
+        now) arrives as its record key, read from its bytes (`batch_wire.check_request`),
+        and is answered as a CheckStream item is: its index value read undecoded and
         written to the wire by compiled code, without a record, an Answer or a
         protobuf message; any other goes through `_target` and the status source."""
         gate = self._gate
         verifier = gate.identify(self._caller(context))
-        plain, serial = plain_kind_serial(request)
+        key: bytes | None
+        if isinstance(request, bytes):
+            key, plain = request, _KINDS[request[0]]
+        else:  # parsed: without the compiled reader, or not the usual request
+            plain, serial = plain_kind_serial(request)
+            key = record_key(plain, serial) if serial else None
         source = self._packed
-        if serial and source is not None:
+        if key is not None and source is not None:
             provision = status_provision(plain)
             gate.check(verifier, provision)
             now = self._clock.now()  # one reading: the answer's instant and the count's day
-            batch = source.packed([record_key(plain, serial)], micros(now))
+            batch = source.packed([key], micros(now))
             if batch is not None:  # None: a layer must see the answer (a compromise)
                 response, tally = check_response(batch)
                 batch.answered(tally)
@@ -363,10 +379,11 @@ def add_status_service(servicer: StatusServicer, server: grpc.Server) -> None:
     CheckStream's batches leave as the bytes the servicer wrote
     (jpki_va.server.rpc.batch_wire), not serialized again: their handlers have no
     response serializer, so grpc sends what they return. CheckStream's usual batch
-    arrives as its record keys, read from its bytes (`batch_wire.batch_request`)."""
+    arrives as its record keys, read from its bytes (`batch_wire.batch_request`), and
+    Check's usual request as its record key (`batch_wire.check_request`)."""
     pb = va_pb2
     handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {
-        "Check": grpc.unary_unary_rpc_method_handler(servicer.Check, pb.CheckRequest.FromString),
+        "Check": grpc.unary_unary_rpc_method_handler(servicer.Check, check_request),
         "CheckStream": grpc.stream_stream_rpc_method_handler(servicer.CheckStream, batch_request),
         "Ocsp": grpc.unary_unary_rpc_method_handler(
             servicer.Ocsp, pb.OcspRequest.FromString, pb.OcspResponse.SerializeToString

@@ -32,6 +32,7 @@ from jpki_va.server.rpc.batch_wire import (
     Slot,
     batch_request,
     batch_response,
+    check_request,
     check_response,
     compiled_packed_response,
     packed_response,
@@ -418,6 +419,36 @@ def test_batch_request_reads_the_usual_batch_as_keys_and_parses_any_other() -> N
         va_pb2.CheckBatchRequest.FromString(truncated)  # the reference raises ...
     with pytest.raises(DecodeError):
         batch_request(truncated)  # ... and so does the reader
+
+
+def test_check_request_reads_the_usual_request_as_its_key_and_parses_any_other() -> None:
+    """Unary Check's deserializer: a plain request arrives as its record key, read from
+    its bytes as a batch's items are; any other is protobuf's parse, and so is a plain
+    request protobuf would write otherwise; bytes that are no CheckRequest raise."""
+    rng = random.Random(13)
+    plain_seen = parsed_seen = 0
+    for _ in range(500):
+        request = _request(rng)
+        raw = request.SerializeToString()
+        read = check_request(raw)
+        expected = _plain_reference(request)
+        if expected is None:
+            parsed_seen += 1
+            assert read == request
+        else:
+            plain_seen += 1
+            assert read == expected == _batch_wire.plain_key(raw)
+    assert plain_seen > 100 and parsed_seen > 100
+    for odd in (
+        b"\x0a\x09\x0a\x07\x12\x03\x01\x02\x03\x08\x01",  # serial before kind
+        b"\x0a\x0b\x0a\x09\x08\x01\x12\x03\x01\x02\x03\x18\x01",  # an unknown field
+        b"\x0a\x0a\x0a\x08\x08\x81\x00\x12\x03\x01\x02\x03",  # kind as a long varint
+    ):
+        parsed = va_pb2.CheckRequest.FromString(odd)
+        assert check_request(odd) == parsed and _plain_reference(parsed) is not None
+    with pytest.raises(DecodeError):
+        check_request(b"\x0a\x05ab")  # a field that claims 5 bytes and has 2
+    assert check_request(b"") == va_pb2.CheckRequest()  # no certificate: `_target` refuses it
 
 
 def test_plain_keys_leave_every_other_encoding_to_protobuf() -> None:
