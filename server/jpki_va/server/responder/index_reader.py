@@ -224,6 +224,9 @@ class Index:
         # A batch's status values walked side by side from the mapped file (None: LMDB's
         # get serves alone); it reads the tree of the transaction it is given.
         self._pages = PageReader.open(self._env, path, b"status")
+        # The last write's id read from the file's meta pages (None: ask a read
+        # transaction): `refresh` needs no transaction while no delta has come.
+        self._last_txn = None if self._pages is None else self._pages.last_txn
 
     def _load_meta(self, txn: lmdb.Transaction, previous: _Meta | None = None) -> _Meta:
         version = bytes(txn.get(_VERSION, default=b"", db=self._meta_db))
@@ -367,12 +370,18 @@ class Index:
         """Reload the metadata if a delta changed it.
 
         Only the ingester writes to a published index, one transaction per delta, so
-        while a new read transaction's id (the last write it sees) is the one already
-        seen, nothing changed. Asked on every identification, so asked that way: py-lmdb
-        renews a spare read transaction in place without releasing the GIL, where
-        `Environment.info()` released it (a hand-off between grpc's threads on every
-        call under load) and built a dict.
+        while the last write committed is the one already seen, nothing changed. Asked
+        on every identification, so asked as cheaply as can be: read from the file's
+        meta pages where the page reader maps them (one compiled call, no read
+        transaction); else a new read transaction's id, the last write it sees (py-lmdb
+        renews a spare one in place without releasing the GIL, where
+        `Environment.info()` released it, a hand-off between grpc's threads on every
+        call under load, and built a dict). A write the meta pages show before a new
+        transaction does is asked of a transaction, which decides.
         """
+        last = self._last_txn
+        if last is not None and last() == self._seen_txn:
+            return
         with self._env.begin() as txn:
             seen = txn.id()
             if seen == self._seen_txn:

@@ -12,6 +12,10 @@ machine, for a database with its own order or duplicates, for an empty tree, and
 any page the walk does not recognise (`values` returns None). What it returns is
 what `get` returns in the same read transaction: it reads the tree that
 transaction's own snapshot roots, and LMDB reuses no page a live reader can reach.
+
+It also reads the id of the environment's last committed write from the file's meta
+pages (`last_txn`), so that the index can tell whether a delta has come without
+beginning a read transaction on every identification.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import mmap
 import os
 import struct
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import lmdb
@@ -73,11 +78,20 @@ class PageReader:
         self._psize = int(env.stat()["psize"])
         self._fd = os.open(path / _DATA_FILE, os.O_RDONLY | os.O_CLOEXEC)
         self._mapped: mmap.mmap | None = None
+        self._meta_mapped: mmap.mmap | None = None
         try:
             self._pages = _lmdb_pages.Pages(self._map(), self._psize)
+            # The two meta pages on a mapping of their own, which a grown file never
+            # replaces: `last_txn` stays one bound compiled method for the reader's life.
+            self._meta_mapped = mmap.mmap(self._fd, 2 * self._psize, prot=mmap.PROT_READ)
+            self._meta = _lmdb_pages.Pages(self._meta_mapped, self._psize)
         except BaseException:
-            os.close(self._fd)
+            os.close(self._fd)  # a mapping made goes with its Pages, collected
             raise
+        self.last_txn: Callable[[], int] = self._meta.last_txn
+        """The id of the environment's last committed write transaction, read from the
+        file's meta pages: what a new read transaction's `id()` would be, without one
+        (a reader slot taken and given back). -1 while the pages are not mapped."""
         # (read transaction id, (root page, depth) or None): a read transaction's id
         # is the last write it sees, so every transaction of one id has one tree.
         self._seen: tuple[int, tuple[int, int] | None] = (-1, None)
@@ -105,9 +119,11 @@ class PageReader:
 
     def close(self) -> None:
         self._pages.release()
-        if self._mapped is not None:
-            self._mapped.close()
-            self._mapped = None
+        self._meta.release()
+        for mapped in (self._mapped, self._meta_mapped):
+            if mapped is not None:
+                mapped.close()
+        self._mapped = self._meta_mapped = None
         os.close(self._fd)
 
     def _tree(self, txn: lmdb.Transaction) -> tuple[int, int] | None:

@@ -12,6 +12,8 @@ throws damaged pages at the walk.
 from __future__ import annotations
 
 import random
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -141,6 +143,38 @@ def test_each_transaction_reads_its_own_snapshot_and_the_file_as_it_grows(
             assert seen != _lmdb(before, db, everything)
         # The older snapshot again, after the newer one was read.
         assert reader.values(before, keys) == _lmdb(before, db, keys)
+    reader.close()
+
+
+def test_last_txn_is_the_last_write_committed_by_any_process(
+    env: lmdb.Environment, tmp_path: Path
+) -> None:
+    """What a new read transaction's id would be, read from the meta pages: after each
+    commit here, after one that grows the file past the walk's mapping, and after a
+    commit by another process (as the responder's ingester writes a delta)."""
+    db = env.open_db(NAME)
+    rng = random.Random(5)
+    _fill(env, db, _items(rng, 10))
+    reader = PageReader.open(env, tmp_path, NAME)
+    assert reader is not None
+    mapped = (tmp_path / "data.mdb").stat().st_size
+    seen = []
+    for count in (1, 20, 30_000, 1):
+        with env.begin() as txn:
+            assert reader.last_txn() == txn.id() == env.info()["last_txnid"]
+            seen.append(txn.id())
+        _fill(env, db, _items(rng, count))
+    assert (tmp_path / "data.mdb").stat().st_size > mapped
+    assert seen == sorted(set(seen))  # every commit moved it
+    writer = (
+        "import lmdb, sys\n"
+        "env = lmdb.open(sys.argv[1], max_dbs=4, map_size=1 << 30)\n"
+        "with env.begin(write=True, db=env.open_db(b'status')) as txn:\n"
+        "    txn.put(b'from another process', b'x')\n"
+    )
+    subprocess.run([sys.executable, "-c", writer, str(tmp_path)], check=True, timeout=60)
+    with env.begin() as txn:
+        assert reader.last_txn() == txn.id() == seen[-1] + 2
     reader.close()
 
 
