@@ -256,6 +256,45 @@ def miss_lines(miss: dict[str, Any] | None) -> list[str]:
     ]
 
 
+def profile_lines(profile: dict[str, Any] | None, shown: int = 5) -> list[str]:
+    """Worker CPU per call by library on both servers (bench/profile.py)."""
+    if not profile:
+        return []
+    lines = [
+        "## Where a served call's CPU goes, by library (bench/profile.py)",
+        "",
+        "Each server's worker CPU per call, as the load measured it, split by the shared",
+        "object perf's samples (cpu-clock) fell in; both servers under the same load.",
+        "",
+        "| call | library | trivial µs | jpki-va µs | jpki-va over trivial |",
+        "|---|---|---|---|---|",
+    ]
+    for interface, figures in profile.items():
+        theirs, mine = figures["trivial"]["by_library"], figures["jpki-va"]["by_library"]
+        total = (figures["trivial"]["cpu_us_per_item"], figures["jpki-va"]["cpu_us_per_item"])
+        lines.append(
+            f"| {interface} | all | {_fmt(total[0])} | {_fmt(total[1])}"
+            f" | {total[1] - total[0]:+.1f} |"
+        )
+        for name, over in figures["over_trivial"].items():
+            lines.append(
+                f"| | {name} | {_fmt(theirs.get(name, 0.0))} | {_fmt(mine.get(name, 0.0))}"
+                f" | {over:+.1f} |"
+            )
+    lines.append("")
+    for interface, figures in profile.items():
+        lines += [
+            f"Functions whose cost per {interface} call differs most (µs, trivial → jpki-va):"
+        ]
+        lines.append("")
+        lines += [
+            f"- {library} `{name}`: {_fmt(theirs, 2)} → {_fmt(mine, 2)}"
+            for library, name, theirs, mine in figures["functions"][:shown]
+        ]
+        lines.append("")
+    return lines
+
+
 def lookup_lines(lookup: dict[str, Any] | None) -> list[str]:
     """A stream status's own work in one process (bench/lookup.py)."""
     if not lookup:
@@ -367,6 +406,7 @@ def render(  # noqa: PLR0912, PLR0915 (a document template, section by section)
     lines += tls_lines(results.get("grpc_tls"))
     lines += ladder_lines(results.get("ladder"))
     lines += calls_lines(results.get("calls"))
+    lines += profile_lines(results.get("profile"))
     lines += miss_lines(results.get("ocsp_miss"))
     lines += lookup_lines(results.get("status_lookup"))
     store = results.get("store")

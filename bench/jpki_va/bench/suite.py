@@ -28,7 +28,7 @@ from typing import Any
 import grpc
 from cryptography import x509
 
-from jpki_va.bench import calls, ceilings, ladder, lookup, miss, peers
+from jpki_va.bench import calls, ceilings, ladder, lookup, miss, peers, profile
 from jpki_va.bench.datagen import BENCH_VERIFIER
 from jpki_va.bench.dataset import DataSet, Pool
 from jpki_va.bench.fleet_step import SuiteParts, fleet_figures
@@ -64,7 +64,7 @@ FORMAT = "jpki-va-bench-results/1"
 
 
 #: The steps for finding where a path's time goes: not in the default run.
-_FINDING_STEPS = ("ladder", "calls", "miss", "lookup", "tls")
+_FINDING_STEPS = ("ladder", "calls", "profile", "miss", "lookup", "tls")
 #: Every step `bench all --steps` knows.
 STEPS = ("ingest", "grpc", "store", "http", "freshness", "fleet", *_FINDING_STEPS)
 DEFAULT_STEPS = tuple(step for step in STEPS if step not in _FINDING_STEPS)
@@ -702,6 +702,46 @@ def calls_figures(
     return out
 
 
+def profile_figures(
+    ds: DataSet, va: RunningVa, settings: SuiteSettings, progress: Callable[[str], None]
+) -> dict[str, Any]:
+    """Worker CPU per call by library (bench/profile.py): each interface's load on the
+    trivial server, then on the responder, with perf sampling the server's workers."""
+    perf = profile.perf_command()
+    pool = ds.pool()
+    issuers = _issuers(ds)
+    check, ocsp_der = _canned(va, ds)
+    trivial = start_trivial(settings.workers, settings.grpc_threads, check, ocsp_der)
+    out: dict[str, Any] = {}
+    try:
+        with tempfile.TemporaryDirectory(prefix="bench-profile-") as scratch:
+            for interface in INTERFACES:
+                payloads = _step_payloads(interface, pool, issuers, settings)
+                sides: list[profile.Side] = []
+                for name, target, pids in (
+                    ("trivial", trivial.target, trivial.pids),
+                    ("jpki-va", va.target, va.responder.worker_pids),
+                ):
+                    progress(f"profile {interface} -> {name}")
+                    if name == "jpki-va":
+                        va.warm()
+                    spec = _spec(settings, target, interface)
+
+                    def load(
+                        spec: LoadSpec = spec,
+                        pids: list[int] = pids,
+                        payloads: list[bytes] = payloads,
+                    ) -> dict[str, Any]:
+                        return run_load(spec.target, spec, payloads, server_pids=pids).to_json()
+
+                    data = Path(scratch) / f"{interface}-{name}.data"
+                    sides.append(profile.side(*profile.sampled(perf, pids, data, load)))
+                out[interface] = profile.compare(sides[0], sides[1])
+    finally:
+        trivial.stop()
+    return out
+
+
 def _spec(settings: SuiteSettings, target: str, interface: Interface) -> LoadSpec:
     return LoadSpec(
         target=target,
@@ -917,6 +957,8 @@ def run_suite(
     ds: DataSet, settings: SuiteSettings, progress: Callable[[str], None] | None = None
 ) -> dict[str, Any]:
     say = progress or (lambda text: log.info("bench: %s", text))
+    if "profile" in settings.steps:
+        profile.perf_command()  # missing: said now, not after the steps before it
     info = ds.info()
     results: dict[str, Any] = {
         "format": FORMAT,
@@ -947,7 +989,7 @@ def run_suite(
         say("store ceiling")
         results["store"] = store_figures(ds, settings)
     scratch = copy_index(ds) if "freshness" in settings.steps else None
-    if {"grpc", "http", "freshness", "fleet", "ladder", "calls", "miss", "lookup"} & set(
+    if {"grpc", "http", "freshness", "fleet", "ladder", "calls", "profile", "miss", "lookup"} & set(
         settings.steps
     ):
         results.update(_va_steps(ds, settings, say))
@@ -986,6 +1028,8 @@ def _va_steps(ds: DataSet, settings: SuiteSettings, say: Callable[[str], None]) 
             results["ladder"] = ladder_figures(ds, va, settings, say)
         if "calls" in settings.steps:
             results["calls"] = calls_figures(ds, va, settings, say)
+        if "profile" in settings.steps:
+            results["profile"] = profile_figures(ds, va, settings, say)
         config = _responder_config(ds, settings.workers, None)
         if "miss" in settings.steps:
             say("OCSP cache miss, in process")
