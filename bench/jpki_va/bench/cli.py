@@ -251,7 +251,8 @@ def run_soak_step(args: argparse.Namespace) -> int:
     args.out.write_text(json.dumps(results, indent=1, ensure_ascii=False) + "\n")
     print(
         f"soak: {sum(results['answers'].values()):,} answers in {results['seconds']} s, "
-        f"{results['wrong_answers']} wrong, {results['errors_at_faults']} errors at the kill, "
+        f"{results['wrong_answers']} wrong, {results['late_answers']} late after"
+        f" {results['losses_recorded']} losses, {results['errors_at_faults']} errors at the kill, "
         f"{sum(results['unexpected_errors'].values())} unexpected errors; private memory "
         f"slope {results['private_memory_slope_mb_per_min']} MB/min; results: {args.out}"
     )

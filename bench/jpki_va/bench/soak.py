@@ -75,6 +75,11 @@ class SoakSettings:
         if min(self.loss_every, self.churn_every, self.bound, self.sample_every) <= 0:
             raise ValueError("intervals and the bound must be positive")
 
+    @property
+    def losses(self) -> int:
+        """The losses the soak records: one every `loss_every` seconds of its run."""
+        return int(self.duration // self.loss_every)
+
 
 @dataclass
 class Truth:
@@ -149,21 +154,50 @@ class Tally:
                     self.error_examples.append(f"{what}: {detail}"[:300])
 
 
-def _pool(ds: DataSet, va: RunningVa, rng: random.Random, bound: float) -> tuple[Truth, list[int]]:
-    """The statuses of a sample of the pool as they stand now, and the good CARD_AUTH
-    serials the soak's own losses are drawn from."""
+def _pool(
+    ds: DataSet,
+    va: RunningVa,
+    rng: random.Random,
+    bound: float,
+    needed: int,
+    good: int = 2000,
+) -> tuple[Truth, list[int]]:
+    """The statuses of a sample of the pool as they stand now (`good` of its good
+    certificates, 300 revoked and 300 unknown), and at least `needed` good CARD_AUTH
+    serials the soak's own losses are drawn from (ValueError when the data set has too
+    few left)."""
     pool = ds.pool()
     status = va.status_stub()
     sample = (
-        rng.sample(pool.good, min(2000, len(pool.good)))
+        rng.sample(pool.good, min(good, len(pool.good)))
         + rng.sample(pool.revoked, min(300, len(pool.revoked)))
         + rng.sample(pool.unknown, min(300, len(pool.unknown)))
     )
     base: dict[tuple[CertKind, int], Status] = {}
-    for kind, serial in sample:
+
+    def check(kind: CertKind, serial: int) -> Status:
         reply = status.Check(check_request(kind, serial), timeout=10)
-        base[(kind, serial)] = Status(reply.status.status)
+        return Status(reply.status.status)
+
+    for kind, serial in sample:
+        base[(kind, serial)] = check(kind, serial)
     spare = [s for (k, s), st in base.items() if k is CertKind.CARD_AUTH and st is Status.GOOD]
+    if len(spare) < needed:
+        # The sample is the same draw every run, so earlier soaks lost its own good
+        # CARD_AUTH certificates: the rest of the pool's, as they stand now.
+        rest = [s for k, s in pool.good if k is CertKind.CARD_AUTH and (k, s) not in base]
+        rng.shuffle(rest)
+        for serial in rest:
+            if len(spare) >= needed:
+                break
+            if check(CertKind.CARD_AUTH, serial) is Status.GOOD:
+                base[(CertKind.CARD_AUTH, serial)] = Status.GOOD
+                spare.append(serial)
+    if len(spare) < needed:
+        raise ValueError(
+            f"the data set has {len(spare)} good CARD_AUTH certificates left to lose and the"
+            f" soak records {needed} losses: rerun `jpki-va bench datagen --force`"
+        )
     return Truth(base, bound), spare
 
 
@@ -193,7 +227,7 @@ class _Soak:
         self.va = va
         self.settings = settings
         self.rng = random.Random(7)
-        self.truth, self.spare = _pool(ds, va, self.rng, settings.bound)
+        self.truth, self.spare = _pool(ds, va, self.rng, settings.bound, settings.losses)
         self.keys = list(self.truth.base)
         self.tally = Tally()
         self.stop = threading.Event()

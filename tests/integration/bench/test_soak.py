@@ -8,11 +8,15 @@ client opens a new stream within the responder's batches per stream.
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
 from jpki_va.bench.dataset import DataSet
 from jpki_va.bench.report import render_soak
-from jpki_va.bench.soak import SoakSettings, Tally, run_soak
+from jpki_va.bench.soak import SoakSettings, Tally, _pool, run_soak
+from jpki_va.bench.suite import RunningVa, check_request
+from jpki_va.core.domain import CertKind, Status
 
 pytestmark = pytest.mark.slow
 
@@ -65,3 +69,30 @@ def test_an_unexpected_error_keeps_its_message_and_a_fault_window_error_does_not
     assert tally.unexpected_errors == {"CheckStream INVALID_ARGUMENT": 1}
     assert tally.fault_errors == 1
     assert tally.error_examples == ["CheckStream INVALID_ARGUMENT: a record key is 21 bytes"]
+
+
+def test_the_soak_finds_the_good_certificates_it_will_lose(small_dataset: DataSet) -> None:
+    """The sample it judges is the same draw every run, so earlier soaks have lost its
+    own good CARD_AUTH certificates: the soak looks through the rest of the pool for as
+    many as it will record losses, each GOOD as the responder answers now, and says
+    when the data set has too few (a soak that recorded no loss judged no freshness)."""
+    va = RunningVa(small_dataset, 1)
+    try:
+        va.start()
+        # A sample of a fifth of the pool's good certificates, as 2,000 of a large one.
+        good = len(small_dataset.pool().good) // 5
+        _, sampled = _pool(small_dataset, va, random.Random(7), 10.0, 0, good)
+        needed = len(sampled) + 5
+        truth, spare = _pool(small_dataset, va, random.Random(7), 10.0, needed, good)
+        assert len(spare) >= needed and len(set(spare)) == len(spare)
+        assert set(sampled) <= set(spare)
+        status = va.status_stub()
+        for serial in spare:
+            assert truth.base[(CertKind.CARD_AUTH, serial)] is Status.GOOD
+            reply = status.Check(check_request(CertKind.CARD_AUTH, serial), timeout=10)
+            assert Status(reply.status.status) is Status.GOOD
+        too_many = len(small_dataset.pool().good) + 1
+        with pytest.raises(ValueError, match="bench datagen --force"):
+            _pool(small_dataset, va, random.Random(7), 10.0, too_many, good)
+    finally:
+        va.close()
