@@ -165,11 +165,12 @@ def compare(trivial: Side, jpki: Side, top: int = TOP) -> dict[str, Any]:
     def gap(key: tuple[str, str]) -> float:
         return abs(my_functions.get(key, 0.0) - their_functions.get(key, 0.0))
 
-    differs = sorted(set(my_functions) | set(their_functions), key=gap, reverse=True)[:top]
+    # Ties in name order: the same samples give the same report.
+    differs = sorted(sorted(set(my_functions) | set(their_functions)), key=gap, reverse=True)[:top]
     return {
         "trivial": theirs,
         "jpki-va": mine,
-        "over_trivial": dict(sorted(over.items(), key=lambda item: -item[1])),
+        "over_trivial": dict(sorted(over.items(), key=lambda item: (-item[1], item[0]))),
         "functions": [
             [
                 library(dso),
