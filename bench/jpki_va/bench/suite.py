@@ -731,8 +731,9 @@ def profile_figures(
                         spec: LoadSpec = spec,
                         pids: list[int] = pids,
                         payloads: list[bytes] = payloads,
+                        label: str = f"profile {name} {interface}",
                     ) -> dict[str, Any]:
-                        return run_load(spec.target, spec, payloads, server_pids=pids).to_json()
+                        return run_load(label, spec, payloads, server_pids=pids).to_json()
 
                     data = Path(scratch) / f"{interface}-{name}.data"
                     sides.append(profile.side(*profile.sampled(perf, pids, data, load)))
