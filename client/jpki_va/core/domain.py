@@ -235,14 +235,15 @@ def record_key(kind: CertKind, serial: int) -> bytes:
 
 
 def parse_record_key(key: bytes) -> tuple[CertKind, int]:
-    kind = _KINDS.get(key[0])
+    kind = KIND_BY_VALUE.get(key[0])
     if kind is None:
         kind = CertKind(key[0])  # raises, as it would for any value not a kind
     return kind, int.from_bytes(key[1:21], "big")
 
 
-# Read on every index lookup: a dict, where calling the enum is two Python calls.
-_KINDS = {kind.value: kind for kind in CertKind}
+#: Each CertKind by its value (a record key's first octet, the wire's enum number), for
+#: the hot paths: a dict lookup, where calling the enum is two Python calls.
+KIND_BY_VALUE: dict[int, CertKind] = {kind.value: kind for kind in CertKind}
 
 
 class Role(SluggedEnum):

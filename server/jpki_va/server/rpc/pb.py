@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from jpki_va.core.domain import (
+    KIND_BY_VALUE,
     CertKind,
     Status,
     serial_from_bytes,
@@ -99,9 +100,6 @@ def answer_to_pb(answer: Answer) -> va_pb2.CertificateStatus:
     return out
 
 
-_WIRE_KINDS = {int(kind): kind for kind in CertKind}
-
-
 def plain_kind_serial(request: va_pb2.CheckRequest) -> tuple[CertKind, int]:
     """(kind, serial) of the usual batch item, a well-formed kind_serial for now, read
     with as little Python as can be; serial 0 for any other item (then read by
@@ -110,7 +108,7 @@ def plain_kind_serial(request: va_pb2.CheckRequest) -> tuple[CertKind, int]:
     if ref.WhichOneof("ref") != "kind_serial" or request.HasField("as_of"):
         return CertKind.CARD_SIGN, 0
     pair = ref.kind_serial
-    kind = _WIRE_KINDS.get(pair.kind)
+    kind = KIND_BY_VALUE.get(pair.kind)
     raw = pair.serial
     if kind is None or len(raw) > 20:
         return CertKind.CARD_SIGN, 0

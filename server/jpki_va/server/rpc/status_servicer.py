@@ -14,6 +14,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 from jpki_va.core.clock import Clock
 from jpki_va.core.domain import (
+    KIND_BY_VALUE,
     CertKind,
     Provision,
     Verifier,
@@ -56,9 +57,6 @@ from jpki_va.server.rpc.pb import (
     time_from_pb,
     timestamp,
 )
-
-#: A record key's first octet is its kind's value (`record_key`).
-_KINDS = {kind.value: kind for kind in CertKind}
 
 
 @dataclass(frozen=True)
@@ -134,7 +132,7 @@ class StatusServicer(va_pb2_grpc.StatusServiceServicer):
         verifier = gate.identify(self._caller(context))
         key: bytes | None
         if isinstance(request, bytes):
-            key, plain = request, _KINDS[request[0]]
+            key, plain = request, KIND_BY_VALUE[request[0]]
         else:  # parsed: without the compiled reader, or not the usual request
             plain, serial = plain_kind_serial(request)
             key = record_key(plain, serial) if serial else None

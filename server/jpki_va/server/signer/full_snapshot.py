@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from jpki_va.core.domain import (
+    KIND_BY_VALUE,
     CertKind,
     CrlReason,
     Link,
@@ -48,7 +49,6 @@ from jpki_va.server.snapshot.data_files import (
 from jpki_va.server.snapshot.record_format import pack_file_record, partition_number
 
 _ENTRY = struct.Struct("<20sqBB")  # serial, loss time (µs), cause, reason
-_KINDS = {int(k): k for k in CertKind}
 
 
 def _seconds(micro: int) -> int:
@@ -153,7 +153,7 @@ class FullContent:
     def crl_entries(self) -> dict[Scope, Iterable[CrlEntry]]:
         """Per partition CRL, its entries in serial order (after `records()`)."""
         return {
-            (_KINDS[kind], kid, partition.decode()): _crl_entries(bucket)
+            (KIND_BY_VALUE[kind], kid, partition.decode()): _crl_entries(bucket)
             for (kind, kid, partition), bucket in self._entries.items()
         }
 
@@ -167,7 +167,7 @@ class FullContent:
     def link_rows(self) -> Iterator[bytes]:
         """Rows of every correspondence between retained records, and every renewal."""
         rows = ExternalSort(LINK_ROW_SIZE, run_rows=self._link_run_rows, directory=self._scratch)
-        issued_after, add, kinds = self._issued_after, rows.add, _KINDS
+        issued_after, add, kinds = self._issued_after, rows.add, KIND_BY_VALUE
         for heads in self._holder_link_heads():
             subjects = [
                 LinkSubject(kinds[kind], serial, nb, na, lost, card)
