@@ -10,8 +10,9 @@ cases). What repeats across statuses (a partition with its issuer, the batch's
 instant and index sequence) is encoded once and reused; a certificate's own times
 are not (a cache of them would mostly miss at national scale).
 
-Only `CheckBatchResponse` is written here; any change to its messages in va.proto
-must be mirrored here (the byte-for-byte test fails until it is).
+Only `CheckBatchResponse` is written here, with unary Check's `CheckResponse` (its
+one result's body) and `OcspResponse` (one bytes field); any change to their
+messages in va.proto must be mirrored here (the byte-for-byte tests fail until it is).
 
 This is the reference. `_batch_wire.pyx` is its compiled twin, built at install
 (setup.py) and used when it imports: `batch_response` and `packed_response` below are
@@ -21,9 +22,10 @@ byte, and one fails when the installed tree lacks the compiled module.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import lru_cache, partial
+from typing import Any
 
 from jpki_va.core.domain import CertKind, Status
 from jpki_va.protos import va_pb2
@@ -315,11 +317,31 @@ def check_response(batch: PackedBatch) -> tuple[bytes, dict[int, int]]:
     """
     if len(batch.keys) != 1:
         raise ValueError(f"a CheckResponse answers one key, not {len(batch.keys)}")
-    data, tally = packed_response(None, batch)
+    data: bytes | None = None
+    if _batch_wire is not None:  # `packed_response`, a frame less: on every unary Check
+        data, tally = compiled_packed_response(None, batch)
+    if data is None:
+        data, tally = py_packed_response(None, batch)
     start = 1  # past the `results` key
     while data[start] & 0x80:  # the result's length, a varint
         start += 1
     return data[start + 1 :], tally
+
+
+#: `OcspResponse.der`'s key (field 1, length-delimited): the message's one field.
+_OCSP_DER = b"\x0a"
+#: A response's length as a varint: a C call once known (responses come in few sizes).
+_der_length = lru_cache(maxsize=1024)(_varint)
+
+
+def ocsp_response(body: bytes, certs: bytes) -> bytes:
+    """A serialized OcspResponse whose `der` is `body + certs` (an OcspReply's two
+    parts), as `SerializeToString` writes it: the parts are copied once, where a
+    message copied the joined DER in and serialized it out again."""
+    size = len(body) + len(certs)
+    if not size:
+        return b""  # proto3 leaves an empty field out
+    return b"".join((_OCSP_DER, _der_length(size), body, certs))
 
 
 def plain_keys(raw: bytes) -> tuple[list[bytes], list[int]] | None:
@@ -382,6 +404,15 @@ class _CheckReader:
         request is parsed, and `pb.plain_kind_serial`, the reference, reads it."""
         key = None if _batch_wire is None else _batch_wire.plain_key(raw)
         return va_pb2.CheckRequest.FromString(raw) if key is None else key
+
+    def or_else(self, parse: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
+        """`read` that gives every request it does not read itself to `parse` (a
+        deserializer that never raises: rpc/request_decoding.py's), so that `parse`
+        need not wrap the usual request's read: that read is then one compiled call,
+        where `parse(read)` was two Python frames around it."""
+        if _batch_wire is None:
+            return parse
+        return partial(_batch_wire.plain_key_or, parse)
 
 
 check_request = _CheckReader().read

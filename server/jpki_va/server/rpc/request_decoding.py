@@ -37,7 +37,11 @@ def _decoder(deserializer: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
         except Exception as exc:  # whatever the parser raises for bytes it cannot read
             return Undecodable(type(exc).__name__)
 
-    return decode
+    # A reader bound to an object with `or_else` (batch_wire's for unary Check) reads
+    # its usual request without raising, and hands the rest to `decode`: the usual
+    # request then costs no frame of ours around the read.
+    or_else = getattr(getattr(deserializer, "__self__", None), "or_else", None)
+    return decode if or_else is None else or_else(decode)
 
 
 def _type_name(deserializer: Callable[[bytes], Any]) -> str:

@@ -47,6 +47,7 @@ from jpki_va.server.rpc.batch_wire import (
     batch_response,
     check_request,
     check_response,
+    ocsp_response,
     packed_response,
 )
 from jpki_va.server.rpc.pb import (
@@ -342,11 +343,12 @@ class StatusServicer(va_pb2_grpc.StatusServiceServicer):
             answers.append(brief_of(source.status(kind, serial, as_of)))
         return answers
 
-    def Ocsp(
+    def Ocsp(  # type: ignore[override]  # bytes: see add_status_service
         self, request: va_pb2.OcspRequest, context: grpc.ServicerContext
-    ) -> va_pb2.OcspResponse:
+    ) -> bytes:
+        """A serialized OcspResponse, written from the reply's parts (`batch_wire`)."""
         reply = self._ocsp.respond(self._caller(context), request.der)
-        return va_pb2.OcspResponse(der=reply.der)
+        return ocsp_response(reply.body, reply.certs)
 
     def ListIssuers(
         self, request: va_pb2.ListIssuersRequest, context: grpc.ServicerContext
@@ -373,8 +375,8 @@ class StatusServicer(va_pb2_grpc.StatusServiceServicer):
 
 
 def add_status_service(servicer: StatusServicer, server: grpc.Server) -> None:
-    """va_pb2_grpc.add_StatusServiceServicer_to_server, except that Check's answers and
-    CheckStream's batches leave as the bytes the servicer wrote
+    """va_pb2_grpc.add_StatusServiceServicer_to_server, except that the answers of
+    Check, CheckStream and Ocsp leave as the bytes the servicer wrote
     (jpki_va.server.rpc.batch_wire), not serialized again: their handlers have no
     response serializer, so grpc sends what they return. CheckStream's usual batch
     arrives as its record keys, read from its bytes (`batch_wire.batch_request`), and
@@ -383,9 +385,7 @@ def add_status_service(servicer: StatusServicer, server: grpc.Server) -> None:
     handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {
         "Check": grpc.unary_unary_rpc_method_handler(servicer.Check, check_request),
         "CheckStream": grpc.stream_stream_rpc_method_handler(servicer.CheckStream, batch_request),
-        "Ocsp": grpc.unary_unary_rpc_method_handler(
-            servicer.Ocsp, pb.OcspRequest.FromString, pb.OcspResponse.SerializeToString
-        ),
+        "Ocsp": grpc.unary_unary_rpc_method_handler(servicer.Ocsp, pb.OcspRequest.FromString),
         "ListIssuers": grpc.unary_unary_rpc_method_handler(
             servicer.ListIssuers,
             pb.ListIssuersRequest.FromString,

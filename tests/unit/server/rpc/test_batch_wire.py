@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -35,12 +36,14 @@ from jpki_va.server.rpc.batch_wire import (
     check_request,
     check_response,
     compiled_packed_response,
+    ocsp_response,
     packed_response,
     plain_keys,
     py_batch_response,
     py_packed_response,
 )
 from jpki_va.server.rpc.pb import fill_brief, plain_kind_serial
+from jpki_va.server.rpc.request_decoding import Undecodable, _decoder
 from jpki_va.server.snapshot.record_format import pack_value
 
 Encoder = Callable[[list[Brief | ItemError]], bytes]
@@ -472,3 +475,32 @@ def test_plain_keys_leave_every_other_encoding_to_protobuf() -> None:
         garbage = rng.randbytes(rng.randrange(0, 40))
         _batch_wire.plain_keys(plain + garbage, [0] * 5)
         _batch_wire.plain_keys(b"\x0a" + garbage, [0] * 5)
+
+
+def test_check_requests_decoder_reads_the_usual_request_in_one_compiled_call() -> None:
+    """What the server runs as Check's deserializer: request_decoding's decoder, which
+    never raises, handed to the reader (`or_else`). The usual request is then one
+    compiled call, with no frame of ours around it; every request reads as
+    `check_request` reads it, and bytes that are no CheckRequest are `Undecodable`."""
+    decode = _decoder(check_request)
+    assert isinstance(decode, partial) and decode.func is _batch_wire.plain_key_or
+    rng = random.Random(17)
+    for _ in range(500):
+        raw = _request(rng).SerializeToString()
+        assert decode(raw) == check_request(raw)
+    assert decode(b"\x0a\x05ab") == Undecodable("DecodeError")
+    assert decode(b"") == va_pb2.CheckRequest()
+
+
+def test_ocsp_response_is_protobufs_own_encoding() -> None:
+    """gRPC Ocsp's answer, written from a reply's two parts, is byte for byte what
+    `OcspResponse(der=body + certs).SerializeToString()` writes, at every length a
+    varint changes size and at random ones (an empty DER included: field left out)."""
+    rng = random.Random(19)
+    sizes = [0, 1, 127, 128, 129, 16_383, 16_384, 16_385, 2_097_152]
+    sizes += [rng.randrange(0, 4_000) for _ in range(300)]
+    for size in sizes:
+        der = rng.randbytes(size)
+        cut = rng.randrange(0, size + 1)
+        expected = va_pb2.OcspResponse(der=der).SerializeToString()
+        assert ocsp_response(der[:cut], der[cut:]) == expected, size
