@@ -45,6 +45,9 @@ from jpki_va.server.responder.status import (
     code_labels,
 )
 
+#: A metric with its label values: what a pending count or time is kept under.
+Key = tuple[Any, tuple[str, ...]]
+
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0)
 INGEST_BUCKETS = (0.1, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0, 1200.0)
@@ -176,13 +179,13 @@ class WorkerMetrics:
         return route
 
     def took(self, route: str, seconds: float) -> None:
-        self._observe((self._http_latency, (route,)), seconds)
+        self.observe((self._http_latency, (route,)), seconds)
 
-    def _observe(
+    def observe(
         self,
-        key: tuple[Any, tuple[str, ...]],
+        key: Key,
         seconds: float,
-        count: tuple[Any, tuple[str, ...]] | None = None,
+        count: Key | None = None,
     ) -> None:
         """A histogram observation kept as a bucket count until the next flush; and one
         more of the counter `count` (metric, labels), under the same lock."""
@@ -223,9 +226,13 @@ class WorkerMetrics:
     def grpc_call(self, method: str, outcome: str, seconds: float) -> None:
         # Both kept until the next flush: observed at once, the latency cost a unary
         # Check ~2.7 us of its ~14 us of Python (locks and mmap writes per bucket).
-        self._observe(
-            (self._latency, (method, outcome)), seconds, (self._requests, ("grpc", method, outcome))
-        )
+        latency, count = self.grpc_keys(method, outcome)
+        self.observe(latency, seconds, count)
+
+    def grpc_keys(self, method: str, outcome: str) -> tuple[Key, Key]:
+        """(latency, count) keys of a gRPC call's `observe`: made once per method by
+        the interceptor for its usual outcome, so such a call runs `observe` alone."""
+        return (self._latency, (method, outcome)), (self._requests, ("grpc", method, outcome))
 
 
 class ProducerMetrics:
