@@ -41,8 +41,8 @@ HANDLERS: dict[Interface, tuple[str, str]] = {
     "ocsp": ("TrivialServicer.Ocsp", "StatusServicer.Ocsp"),
 }
 #: A function the responder runs once per request of a kind, per interface: a request
-#: that the per-worker OCSP cache did not answer is answered by `OcspResponder._answer`.
-SHARES: dict[Interface, dict[str, str]] = {"ocsp": {"misses": "ocsp.py:OcspResponder._answer"}}
+#: that the per-worker OCSP cache did not answer is answered by `OcspResponder.answer`.
+SHARES: dict[Interface, dict[str, str]] = {"ocsp": {"misses": "ocsp.py:OcspResponder.answer"}}
 #: Functions listed per interface, those whose count per call differs most.
 TOP = 25
 #: A worker to count: (port, ready queue, stop event) -> its process target and args.

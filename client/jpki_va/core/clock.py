@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta, timezone
+from functools import partial
 from typing import Protocol
 
 #: Japan time: the law's days, deadlines and fiscal years are counted in it.
@@ -14,8 +15,9 @@ class Clock(Protocol):
 
 
 class SystemClock:
-    def now(self) -> datetime:
-        return datetime.now(UTC)
+    #: `datetime.now(UTC)` itself as the method: read on every answer, and a C call,
+    #: where a method around it was a Python frame (each about a microsecond served).
+    now = staticmethod(partial(datetime.now, UTC))
 
 
 class FixedClock:

@@ -227,12 +227,6 @@ class PortClaim:
         self._lock.close()
 
 
-def _index_generation(holder: IndexHolder) -> tuple[int, int]:
-    """What cached OCSP answers depend on: the full snapshot the live index was built
-    from and the sequence it reflects now."""
-    return holder.get().generation()  # a delta changes the live index in place
-
-
 def ocsp_responder(
     config: ResponderConfig,
     source: StatusSource,
@@ -245,7 +239,7 @@ def ocsp_responder(
     """The worker's OCSP responder and its signed-response cache (also what the
     bench's in-process miss step measures, wired the same)."""
     cache = ResponseCache(
-        functools.partial(_index_generation, holder),
+        holder.generation,
         max_bytes=config.ocsp_cache_mb * 1024 * 1024,
         refresh_margin=config.ocsp_cache_margin,
     )

@@ -16,7 +16,7 @@ check, not an entitlement.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from jpki_va.core.domain import CertKind, Provision, Role, Verifier
 
@@ -57,15 +57,14 @@ def check_entitled(verifier: Verifier, provision: Provision) -> None:
     )
 
 
-def status_provision(kind: CertKind) -> Provision:
-    return _STATUS_PROVISIONS[kind]
-
-
-# Looked up on every status answer: a dict rather than `is_signing` each time.
 _STATUS_PROVISIONS = {
     kind: Provision.SIGNING_STATUS if kind.is_signing else Provision.AUTH_STATUS
     for kind in CertKind
 }
+
+#: The provision a status answer about a certificate of a kind is. Asked on every
+#: status answer: the table's own lookup, a C call, not a function around it.
+status_provision: Callable[[CertKind], Provision] = _STATUS_PROVISIONS.__getitem__
 
 
 def crl_provision(kind: CertKind) -> Provision:

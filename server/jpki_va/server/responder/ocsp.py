@@ -293,31 +293,26 @@ class OcspResponder:
         `issuers(request)` returned (each CertID is then not resolved again); `data`,
         the bytes it was read from, which key the cache (without them nothing is kept)
         and which `cached` was asked for first and did not find."""
-        try:
-            return self._answer(request, issuers, data)
-        except _Unsuccessful as exc:
-            return _error(exc.status)
-
-    def _answer(
-        self, request: ocsp_wire.OcspRequest, issuers: tuple[IssuerEntry, ...], data: bytes
-    ) -> OcspReply:
         cache = self._cache if request.nonce is None and data else None
         now = self._clock.now()
         generation = NO_GENERATION
-        if cache is not None:
-            # `cached(data)` missed just before: not asked again. The generation is read
-            # before the statuses are, so `put` can tell whether a new full index or
-            # signer came meanwhile.
-            try:
-                generation = cache.generation()
-            except NotReady:
-                raise _Unsuccessful(ResponseStatus.TRY_LATER) from None
-            self._observer.cache("miss")
-        elif request.nonce is not None:
-            self._observer.cache("nonce")
-        # One issuer answers for all of a request's CertIDs (`_issuer`).
-        issuer = self._issuer(request, issuers)
-        reply = self._fresh(request, issuer, now)
+        try:
+            if cache is not None:
+                # `cached(data)` missed just before: not asked again. The generation is
+                # read before the statuses are, so `put` can tell whether a new full
+                # index or signer came meanwhile.
+                try:
+                    generation = cache.generation()
+                except NotReady:
+                    raise _Unsuccessful(ResponseStatus.TRY_LATER) from None
+                self._observer.cache("miss")
+            elif request.nonce is not None:
+                self._observer.cache("nonce")
+            # One issuer answers for all of a request's CertIDs (`_issuer`).
+            issuer = self._issuer(request, issuers)
+            reply = self._fresh(request, issuer, now)
+        except _Unsuccessful as exc:
+            return _error(exc.status)
         self._observer.answers(reply.answers)
         if cache is not None and reply.cacheable:
             cache.put(data, reply, generation, (issuer,) * len(request.cert_ids))

@@ -22,8 +22,9 @@ class GatedOcsp:
     ) -> None:
         self._ocsp = ocsp
         self._gate = gate
-        # Where what was answered is recorded: the gate's ledger, or a batch of it.
-        self._provided = provided or gate.provided
+        # Where what was answered is recorded: a batch of the gate's ledger (HTTP's),
+        # or None: the gate's ledger itself.
+        self._provided = provided
 
     def respond(self, caller: Caller, der: bytes) -> OcspReply:
         """Raises NoIdentity, UnknownVerifier or NotEntitled before anything is answered."""
@@ -48,6 +49,11 @@ class GatedOcsp:
         else:
             assert request is not None
             reply = self._ocsp.answer(request, issuers, der)
-        if counts and reply.successful:
-            self._provided(verifier, counts)
+        if counts and reply.answers:  # `reply.successful`, a frame less
+            if self._provided is not None:
+                self._provided(verifier, counts)
+            elif len(issuers) == 1:  # the usual request: the gate's one-answer call
+                self._gate.provided_one(verifier, provision)
+            else:
+                self._gate.provided(verifier, counts)
         return reply

@@ -167,6 +167,9 @@ class ResponseCache:
 
     def _read_generation(self) -> Generation:
         full, sequence = self._index()
+        current = self._current
+        if full == current.full and sequence == current.sequence and self._epoch == current.epoch:
+            return current  # the usual case: no tuple made (a NamedTuple's is a Python call)
         generation = Generation(full, sequence, self._epoch)
         if generation != self._current:
             with self._lock:

@@ -264,6 +264,15 @@ class IndexHolder:
             raise NotReady("no index loaded yet")
         return index.verifiers
 
+    def generation(self) -> tuple[int, int]:
+        """What cached OCSP answers depend on: the full snapshot the index read now was
+        built from, and the sequence it reflects now (`get().generation()`, one call
+        fewer; a delta changes the live index in place)."""
+        index = self._index
+        if index is None:
+            raise NotReady("no index loaded yet")
+        return index.generation()
+
     @property
     def loaded(self) -> bool:
         return self._index is not None
