@@ -84,7 +84,7 @@ def _counting(
     target(*args)
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
@@ -129,7 +129,7 @@ def count_calls(
     """Counts of one worker (`worker(port, ready, stop)` gives its target and args)
     while `run(target, interface)` loads it; `seconds` counted, from a second in."""
     ctx = multiprocessing.get_context("spawn")
-    port = _free_port()
+    port = free_port()
     ready, start, stop = ctx.Queue(), ctx.Event(), ctx.Event()
     target, args = worker(port, ready, stop)
     out = scratch / f"{name}-{interface}.json"

@@ -313,11 +313,12 @@ def _add_suite_options(p: argparse.ArgumentParser) -> None:
         "--steps",
         default="ingest,store,grpc,http,freshness,fleet",
         help="comma-separated subset of ingest,store,grpc,http,freshness,fleet,ladder,calls,"
-        "profile,miss,lookup,tls (ladder: each layer's cost, rung by rung; calls: Python calls"
-        " per served call; profile: worker CPU per served call by library, sampled by perf;"
-        " miss: CPU per OCSP cache miss, in process; lookup: a stream status's index read,"
-        " encoding and request reading, in process; tls: the gRPC step over mTLS; none of"
-        " the six in the default run)",
+        "profile,instructions,miss,lookup,tls (ladder: each layer's cost, rung by rung; calls:"
+        " Python calls per served call; profile: worker CPU per served call by library,"
+        " sampled by perf; instructions: instructions per served call, each worker under"
+        " callgrind; miss: CPU per OCSP cache miss, in process; lookup: a stream status's"
+        " index read, encoding and request reading, in process; tls: the gRPC step over"
+        " mTLS; none of the seven in the default run)",
     )
     p.add_argument(
         "--ladder-duration", type=_positive_float, default=3.0, help="seconds per ladder rung"

@@ -295,6 +295,44 @@ def profile_lines(profile: dict[str, Any] | None, shown: int = 5) -> list[str]:
     return lines
 
 
+def instructions_lines(figures: dict[str, Any] | None, shown: int = 5) -> list[str]:
+    """Instructions per served call on both servers (bench/instructions.py)."""
+    if not figures:
+        return []
+    lines = [
+        "## Instructions per served call (bench/instructions.py)",
+        "",
+        "Each server's worker under callgrind while a light load runs on it: the",
+        "instructions it executed per call served, by library. A count, not a time: it",
+        "does not move with the machine's load, and it leaves out the kernel's work and",
+        "waits on memory, so its ratio is below the CPU ratio of the gRPC step.",
+        "",
+        "| call | library | trivial | jpki-va | jpki-va over trivial |",
+        "|---|---|---|---|---|",
+    ]
+    for interface, compared in figures.items():
+        theirs, mine = compared["trivial"], compared["jpki-va"]
+        total = theirs["instructions_per_call"], mine["instructions_per_call"]
+        lines.append(
+            f"| {interface} | all (ratio {_fmt(compared['ratio_to_trivial'], 3)}) | {total[0]:,}"
+            f" | {total[1]:,} | {total[1] - total[0]:+,} |"
+        )
+        for name, over in compared["over_trivial"].items():
+            lines.append(
+                f"| | {name} | {theirs['by_library'].get(name, 0):,}"
+                f" | {mine['by_library'].get(name, 0):,} | {over:+,} |"
+            )
+    lines.append("")
+    for interface, compared in figures.items():
+        lines += [f"Functions whose instructions per {interface} call differ most:", ""]
+        lines += [
+            f"- {library} `{name}`: {theirs:,} → {mine:,}"
+            for library, name, theirs, mine in compared["functions"][:shown]
+        ]
+        lines.append("")
+    return lines
+
+
 def lookup_lines(lookup: dict[str, Any] | None) -> list[str]:
     """A stream status's own work in one process (bench/lookup.py)."""
     if not lookup:
@@ -407,6 +445,7 @@ def render(  # noqa: PLR0912, PLR0915 (a document template, section by section)
     lines += ladder_lines(results.get("ladder"))
     lines += calls_lines(results.get("calls"))
     lines += profile_lines(results.get("profile"))
+    lines += instructions_lines(results.get("instructions"))
     lines += miss_lines(results.get("ocsp_miss"))
     lines += lookup_lines(results.get("status_lookup"))
     store = results.get("store")

@@ -28,7 +28,7 @@ from typing import Any
 import grpc
 from cryptography import x509
 
-from jpki_va.bench import calls, ceilings, ladder, lookup, miss, peers, profile
+from jpki_va.bench import calls, ceilings, instructions, ladder, lookup, miss, peers, profile
 from jpki_va.bench.datagen import BENCH_VERIFIER
 from jpki_va.bench.dataset import DataSet, Pool
 from jpki_va.bench.fleet_step import SuiteParts, fleet_figures
@@ -64,7 +64,7 @@ FORMAT = "jpki-va-bench-results/1"
 
 
 #: The steps for finding where a path's time goes: not in the default run.
-_FINDING_STEPS = ("ladder", "calls", "profile", "miss", "lookup", "tls")
+_FINDING_STEPS = ("ladder", "calls", "profile", "instructions", "miss", "lookup", "tls")
 #: Every step `bench all --steps` knows.
 STEPS = ("ingest", "grpc", "store", "http", "freshness", "fleet", *_FINDING_STEPS)
 DEFAULT_STEPS = tuple(step for step in STEPS if step not in _FINDING_STEPS)
@@ -95,6 +95,9 @@ class SuiteSettings:
     steps: tuple[str, ...] = DEFAULT_STEPS
     ladder_duration: float = 3.0  # seconds per rung and interface (bench/ladder.py)
     calls_seconds: float = 2.0  # seconds of calls counted per server and interface
+    # Seconds of load on each worker under callgrind (bench/instructions.py): at a
+    # few hundred calls a second there, some thousands of calls.
+    instructions_seconds: float = 20.0
     freshness_timeout: float = 900.0
     # The fleet step (fleet_step.py): replicas behind Envoy, losses timed on each,
     # seconds of load around the SIGKILL of one replica.
@@ -702,6 +705,46 @@ def calls_figures(
     return out
 
 
+def instructions_figures(
+    ds: DataSet, va: RunningVa, settings: SuiteSettings, progress: Callable[[str], None]
+) -> dict[str, Any]:
+    """Instructions per served unary call (bench/instructions.py): one fresh worker of
+    the trivial server and one of the responder, as the calls step has them, each
+    under callgrind while a light load (one client process, four calls in flight,
+    so that few calls are in flight when the count ends) runs on it."""
+    check, ocsp_der = _canned(va, ds)
+    config = replace(
+        _responder_config(ds, settings.workers, None), grpc_threads=settings.grpc_threads
+    )
+    workers = {
+        "trivial": calls.trivial_worker(settings.grpc_threads, check, ocsp_der),
+        "jpki-va": calls.responder_worker(config, settings.workers),
+    }
+    light = replace(
+        settings, duration=settings.instructions_seconds, processes=1, concurrency=4, rate=None
+    )
+    out: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="bench-instructions-") as scratch:
+        for interface in instructions.interfaces():
+            payloads = _step_payloads(interface, ds.pool(), _issuers(ds), settings)
+
+            def load(
+                target: str, interface: Interface = interface, payloads: list[bytes] = payloads
+            ) -> int:
+                # No warm-up window: every call served while counting is counted.
+                spec = replace(_spec(light, target, interface), warmup=0.0)
+                return run_load(f"instructions {interface}", spec, payloads).calls
+
+            sides = []
+            for name, worker in workers.items():
+                progress(f"instructions {interface} -> {name}")
+                sides.append(
+                    instructions.side(*instructions.count_instructions(load, worker, Path(scratch)))
+                )
+            out[interface] = instructions.compare(sides[0], sides[1])
+    return out
+
+
 def profile_figures(
     ds: DataSet, va: RunningVa, settings: SuiteSettings, progress: Callable[[str], None]
 ) -> dict[str, Any]:
@@ -960,6 +1003,8 @@ def run_suite(
     say = progress or (lambda text: log.info("bench: %s", text))
     if "profile" in settings.steps:
         profile.perf_command()  # missing: said now, not after the steps before it
+    if "instructions" in settings.steps:
+        instructions.valgrind_command()
     info = ds.info()
     results: dict[str, Any] = {
         "format": FORMAT,
@@ -990,9 +1035,8 @@ def run_suite(
         say("store ceiling")
         results["store"] = store_figures(ds, settings)
     scratch = copy_index(ds) if "freshness" in settings.steps else None
-    if {"grpc", "http", "freshness", "fleet", "ladder", "calls", "profile", "miss", "lookup"} & set(
-        settings.steps
-    ):
+    needs_va = {"grpc", "http", "freshness", "fleet", "ladder", "calls", "profile", "instructions"}
+    if (needs_va | {"miss", "lookup"}) & set(settings.steps):
         results.update(_va_steps(ds, settings, say))
     if "tls" in settings.steps:
         results["grpc_tls"] = tls_figures(ds, settings, say)
@@ -1031,6 +1075,8 @@ def _va_steps(ds: DataSet, settings: SuiteSettings, say: Callable[[str], None]) 
             results["calls"] = calls_figures(ds, va, settings, say)
         if "profile" in settings.steps:
             results["profile"] = profile_figures(ds, va, settings, say)
+        if "instructions" in settings.steps:
+            results["instructions"] = instructions_figures(ds, va, settings, say)
         config = _responder_config(ds, settings.workers, None)
         if "miss" in settings.steps:
             say("OCSP cache miss, in process")

@@ -1,0 +1,59 @@
+"""The bench's `instructions` step on a real signer, responder and trivial server: each
+server's worker under callgrind, its instructions per served call split by library.
+Figures are never asserted; that both workers were counted under load, that the split
+adds up, and the report's section, are."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from jpki_va.bench.dataset import DataSet
+from jpki_va.bench.report import write_report
+from jpki_va.bench.suite import SuiteSettings, run_suite
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        shutil.which("valgrind") is None,
+        reason="valgrind is not installed (./tasks test installs it)",
+    ),
+]
+
+
+def test_each_server_s_instructions_per_call_are_counted_and_split(
+    small_dataset: DataSet, tmp_path: Path
+) -> None:
+    settings = SuiteSettings(
+        workers=1,
+        grpc_threads=4,
+        duration=1.5,
+        processes=1,
+        concurrency=4,
+        channels=1,
+        batch=20,
+        instructions_seconds=3.0,
+        steps=("instructions",),
+    )
+    results = run_suite(small_dataset, settings, lambda text: None)
+    figures = results["instructions"]
+    assert set(figures) == {"check", "ocsp"}
+    for interface, compared in figures.items():
+        for server in ("trivial", "jpki-va"):
+            side = compared[server]
+            assert side["calls"] > 20 and side["instructions_per_call"] > 0, (interface, side)
+            # The split is of the instructions per call: its parts add up to it.
+            assert sum(side["by_library"].values()) == pytest.approx(
+                side["instructions_per_call"], abs=len(side["by_library"])
+            )
+            assert side["by_library"]["python"] > 0  # both servers run grpc's Python
+        assert compared["ratio_to_trivial"] > 0
+        assert compared["functions"] and set(compared["over_trivial"]) >= {"python", "grpc"}
+    results_file = tmp_path / "results.json"
+    results_file.write_text(json.dumps(results))
+    text = write_report(results_file, tmp_path / "BENCHMARKS.md").read_text()
+    assert "## Instructions per served call (bench/instructions.py)" in text
+    assert "| check | all (ratio " in text
