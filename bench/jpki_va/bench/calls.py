@@ -25,6 +25,7 @@ import threading
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import replace
+from multiprocessing.process import BaseProcess
 from multiprocessing.synchronize import Event as ProcessEvent
 from pathlib import Path
 from types import FrameType
@@ -148,12 +149,18 @@ def count_calls(
         counts: dict[str, int] = json.loads(out.read_text())
         return counts
     finally:
-        stop.set()  # the trivial worker's way to stop; the responder's is SIGTERM
-        proc.terminate()
-        proc.join(10)
-        if proc.is_alive():
-            proc.kill()
-            proc.join(5)
+        stop_worker(proc, stop)
+
+
+def stop_worker(proc: BaseProcess, stop: ProcessEvent, grace: float = 10.0) -> None:
+    """Stop a counted worker: `stop` is the trivial worker's way, SIGTERM the
+    responder's; killed when it has not ended in `grace` seconds."""
+    stop.set()
+    proc.terminate()
+    proc.join(grace)
+    if proc.is_alive():
+        proc.kill()
+        proc.join(5)
 
 
 def trivial_worker(

@@ -217,12 +217,7 @@ def count_instructions(
         _control("-d", str(pid))
         return self_costs(_dumped(dumps, pid)), served
     finally:
-        stop.set()  # the trivial worker's way to stop; the responder's is SIGTERM
-        proc.terminate()
-        proc.join(60)
-        if proc.is_alive():
-            proc.kill()
-            proc.join(5)
+        calls.stop_worker(proc, stop, grace=60.0)  # under valgrind it ends slower
 
 
 def interfaces() -> tuple[Interface, ...]:

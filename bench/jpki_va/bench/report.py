@@ -7,6 +7,7 @@ target of the issue with whether it was met and by how much it was missed.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -256,11 +257,49 @@ def miss_lines(miss: dict[str, Any] | None) -> list[str]:
     ]
 
 
+def _comparison_lines(
+    figures: dict[str, Any],
+    total: str,
+    show: Callable[[float], str],
+    gap: Callable[[float], str],
+    functions: tuple[str, Callable[[float], str]],
+    shown: int,
+    ratio: bool = False,
+) -> list[str]:
+    """The rows by library and the functions that differ most of `profile.compare`'s
+    comparisons (one per interface): `total`, each side's figure per call; `show` and
+    `gap`, how a figure and a difference are written; `functions`, the heading (with
+    `{interface}`) and how a function's figure is written."""
+    lines = []
+    for interface, compared in figures.items():
+        theirs, mine = compared["trivial"], compared["jpki-va"]
+        label = f"all (ratio {_fmt(compared['ratio_to_trivial'], 3)})" if ratio else "all"
+        lines.append(
+            f"| {interface} | {label} | {show(theirs[total])} | {show(mine[total])}"
+            f" | {gap(mine[total] - theirs[total])} |"
+        )
+        for name, over in compared["over_trivial"].items():
+            lines.append(
+                f"| | {name} | {show(theirs['by_library'].get(name, 0.0))}"
+                f" | {show(mine['by_library'].get(name, 0.0))} | {gap(over)} |"
+            )
+    lines.append("")
+    heading, write = functions
+    for interface, compared in figures.items():
+        lines += [heading.format(interface=interface), ""]
+        lines += [
+            f"- {library} `{name}`: {write(theirs)} → {write(mine)}"
+            for library, name, theirs, mine in compared["functions"][:shown]
+        ]
+        lines.append("")
+    return lines
+
+
 def profile_lines(profile: dict[str, Any] | None, shown: int = 5) -> list[str]:
     """Worker CPU per call by library on both servers (bench/profile.py)."""
     if not profile:
         return []
-    lines = [
+    return [
         "## Where a served call's CPU goes, by library (bench/profile.py)",
         "",
         "Each server's worker CPU per call, as the load measured it, split by the shared",
@@ -268,38 +307,25 @@ def profile_lines(profile: dict[str, Any] | None, shown: int = 5) -> list[str]:
         "",
         "| call | library | trivial µs | jpki-va µs | jpki-va over trivial |",
         "|---|---|---|---|---|",
+        *_comparison_lines(
+            profile,
+            "cpu_us_per_item",
+            _fmt,
+            lambda value: f"{value:+.1f}",
+            (
+                "Functions whose cost per {interface} call differs most (µs, trivial → jpki-va):",
+                lambda value: _fmt(value, 2),
+            ),
+            shown,
+        ),
     ]
-    for interface, figures in profile.items():
-        theirs, mine = figures["trivial"]["by_library"], figures["jpki-va"]["by_library"]
-        total = (figures["trivial"]["cpu_us_per_item"], figures["jpki-va"]["cpu_us_per_item"])
-        lines.append(
-            f"| {interface} | all | {_fmt(total[0])} | {_fmt(total[1])}"
-            f" | {total[1] - total[0]:+.1f} |"
-        )
-        for name, over in figures["over_trivial"].items():
-            lines.append(
-                f"| | {name} | {_fmt(theirs.get(name, 0.0))} | {_fmt(mine.get(name, 0.0))}"
-                f" | {over:+.1f} |"
-            )
-    lines.append("")
-    for interface, figures in profile.items():
-        lines += [
-            f"Functions whose cost per {interface} call differs most (µs, trivial → jpki-va):"
-        ]
-        lines.append("")
-        lines += [
-            f"- {library} `{name}`: {_fmt(theirs, 2)} → {_fmt(mine, 2)}"
-            for library, name, theirs, mine in figures["functions"][:shown]
-        ]
-        lines.append("")
-    return lines
 
 
 def instructions_lines(figures: dict[str, Any] | None, shown: int = 5) -> list[str]:
     """Instructions per served call on both servers (bench/instructions.py)."""
     if not figures:
         return []
-    lines = [
+    return [
         "## Instructions per served call (bench/instructions.py)",
         "",
         "Each server's worker under callgrind while a light load runs on it: the",
@@ -309,28 +335,16 @@ def instructions_lines(figures: dict[str, Any] | None, shown: int = 5) -> list[s
         "",
         "| call | library | trivial | jpki-va | jpki-va over trivial |",
         "|---|---|---|---|---|",
+        *_comparison_lines(
+            figures,
+            "instructions_per_call",
+            lambda value: f"{round(value):,}",
+            lambda value: f"{round(value):+,}",
+            ("Functions whose instructions per {interface} call differ most:", "{:,}".format),
+            shown,
+            ratio=True,
+        ),
     ]
-    for interface, compared in figures.items():
-        theirs, mine = compared["trivial"], compared["jpki-va"]
-        total = theirs["instructions_per_call"], mine["instructions_per_call"]
-        lines.append(
-            f"| {interface} | all (ratio {_fmt(compared['ratio_to_trivial'], 3)}) | {total[0]:,}"
-            f" | {total[1]:,} | {total[1] - total[0]:+,} |"
-        )
-        for name, over in compared["over_trivial"].items():
-            lines.append(
-                f"| | {name} | {theirs['by_library'].get(name, 0):,}"
-                f" | {mine['by_library'].get(name, 0):,} | {over:+,} |"
-            )
-    lines.append("")
-    for interface, compared in figures.items():
-        lines += [f"Functions whose instructions per {interface} call differ most:", ""]
-        lines += [
-            f"- {library} `{name}`: {theirs:,} → {mine:,}"
-            for library, name, theirs, mine in compared["functions"][:shown]
-        ]
-        lines.append("")
-    return lines
 
 
 def lookup_lines(lookup: dict[str, Any] | None) -> list[str]:
