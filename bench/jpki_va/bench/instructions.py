@@ -23,13 +23,16 @@ valgrind must be installed (Debian's `valgrind`, which `./tasks bench` installs)
 from __future__ import annotations
 
 import multiprocessing
+import queue
 import re
 import shutil
 import subprocess
 import sys
+import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any
 
@@ -209,7 +212,7 @@ def count_instructions(
         proc = ctx.Process(target=target, args=args, name="bench-instructions")
         proc.start()
     try:
-        ready.get(timeout=START_SECONDS)
+        _await_ready(ready, proc)
         pid = proc.pid
         assert pid is not None  # started above
         _control("-i", "on", str(pid))
@@ -218,6 +221,25 @@ def count_instructions(
         return self_costs(_dumped(dumps, pid)), served
     finally:
         calls.stop_worker(proc, stop, grace=60.0)  # under valgrind it ends slower
+
+
+def _await_ready(ready: Any, proc: BaseProcess) -> None:
+    """Return once the worker says it serves; InstructionsError, in one line, when it
+    exits first or does not start in `START_SECONDS`."""
+    deadline = time.monotonic() + START_SECONDS
+    while True:
+        try:
+            ready.get(timeout=1.0)
+            return
+        except queue.Empty:
+            if not proc.is_alive():
+                raise InstructionsError(
+                    f"the worker exited under valgrind before serving (exit code {proc.exitcode})"
+                ) from None
+            if time.monotonic() > deadline:
+                raise InstructionsError(
+                    f"the worker did not start under valgrind in {START_SECONDS:.0f} s"
+                ) from None
 
 
 def interfaces() -> tuple[Interface, ...]:

@@ -117,3 +117,19 @@ def test_a_machine_without_valgrind_is_told_how_to_get_it(
     monkeypatch.setenv("PATH", str(tmp_path))
     with pytest.raises(instructions.InstructionsError, match=r"apt install valgrind"):
         instructions.valgrind_command()
+
+
+@needs_valgrind
+def test_a_worker_that_exits_under_valgrind_is_one_line_not_a_wait(tmp_path: Path) -> None:
+    """A worker that ends before it serves (here: it exits with code 3 at once, under
+    valgrind) is reported as soon as it has ended, with its exit code; the load is
+    never started."""
+
+    def load(target: str) -> int:
+        raise AssertionError("no load without a serving worker")
+
+    def worker(port: int, ready: object, stop: object) -> tuple[object, tuple[object, ...]]:
+        return sys.exit, (3,)
+
+    with pytest.raises(instructions.InstructionsError, match=r"before serving \(exit code 3\)"):
+        instructions.count_instructions(load, worker, tmp_path)  # type: ignore[arg-type]
