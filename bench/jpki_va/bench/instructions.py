@@ -37,7 +37,6 @@ from pathlib import Path
 from typing import Any
 
 from jpki_va.bench import calls, profile
-from jpki_va.bench.loadgen import Interface
 
 #: The most a worker's LMDB environment maps under valgrind: its ledger, index and
 #: pre-produced store together stay well inside valgrind's address space.
@@ -240,8 +239,3 @@ def _await_ready(ready: Any, proc: BaseProcess) -> None:
                 raise InstructionsError(
                     f"the worker did not start under valgrind in {START_SECONDS:.0f} s"
                 ) from None
-
-
-def interfaces() -> tuple[Interface, ...]:
-    """The unary interfaces counted: those the calls step counts."""
-    return tuple(calls.HANDLERS)

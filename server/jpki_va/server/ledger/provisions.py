@@ -257,12 +257,10 @@ class Ledger:
         """`record(verifier_id, {provision: 1}, when)`: a unary call's one answer, with
         no mapping to walk (the hot path of unary Check)."""
         tally = self._tally
-        known = self._day  # `_local_day`'s usual case inline: a frame less per call
-        day = known[2] if known is not None and known[0] <= when < known[1] else None
         slot = (
             None
             if tally is None
-            else tally.slots.get((day or self._local_day(when), provision, verifier_id))
+            else tally.slots.get((self._local_day(when), provision, verifier_id))
         )
         if tally is None or slot is None:  # no cells, or a key without its cell yet:
             self.record(verifier_id, {provision: 1}, when)  # `record` gives it

@@ -311,9 +311,7 @@ class Index:
     def generation(self) -> tuple[int, int]:
         """(full_sequence, sequence) as of now, caught up with the deltas applied: what
         cached OCSP answers depend on, read in one call (a miss reads it once)."""
-        last = self._last_txn  # `refresh`'s usual case inline, as in `verifiers`
-        if last is None or last() != self._seen_txn:
-            self.refresh()
+        self.refresh()
         meta = self._meta
         return meta.full_sequence, meta.sequence
 
@@ -339,13 +337,9 @@ class Index:
         """The verifier registry as of the latest delta applied (a delta replaces it whole).
 
         Refreshed on every read: who may have what must not wait for some lookup to
-        notice a delta (a removed verifier would keep its answers meanwhile). The
-        usual case of `refresh` (no write since the last seen) is tested inline: this
-        runs on every call, and a frame costs more than the test.
+        notice a delta (a removed verifier would keep its answers meanwhile).
         """
-        last = self._last_txn
-        if last is None or last() != self._seen_txn:
-            self.refresh()
+        self.refresh()
         return self._meta.verifiers
 
     @property

@@ -49,7 +49,7 @@ class GatedOcsp:
         else:
             assert request is not None
             reply = self._ocsp.answer(request, issuers, der)
-        if counts and reply.answers:  # `reply.successful`, a frame less
+        if counts and reply.successful:
             if self._provided is not None:
                 self._provided(verifier, counts)
             elif len(issuers) == 1:  # the usual request: the gate's one-answer call

@@ -317,11 +317,7 @@ def check_response(batch: PackedBatch) -> tuple[bytes, dict[int, int]]:
     """
     if len(batch.keys) != 1:
         raise ValueError(f"a CheckResponse answers one key, not {len(batch.keys)}")
-    data: bytes | None = None
-    if _batch_wire is not None:  # `packed_response`, a frame less: on every unary Check
-        data, tally = compiled_packed_response(None, batch)
-    if data is None:
-        data, tally = py_packed_response(None, batch)
+    data, tally = packed_response(None, batch)
     start = 1  # past the `results` key
     while data[start] & 0x80:  # the result's length, a varint
         start += 1

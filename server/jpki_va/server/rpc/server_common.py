@@ -68,8 +68,7 @@ def _set_trailer(context: grpc.ServicerContext, trailer: tuple[tuple[str, str], 
     """`context.set_trailing_metadata(trailer)`, on grpc's context without its lock.
 
     The lock orders the store with readers of the state on other threads, which read
-    the old tuple or the new one either way: a reference store is atomic under the GIL.
-    (The unary wrapper below makes the same test inline: a frame less per call.)"""
+    the old tuple or the new one either way: a reference store is atomic under the GIL."""
     if type(context) is GRPC_CONTEXT:
         context._state.trailing_metadata = trailer  # type: ignore[attr-defined]
     else:
@@ -125,11 +124,8 @@ class ErrorMappingInterceptor(WrappingInterceptor):
             trailer = self._trailer
 
             def unary_unary(request: Any, context: grpc.ServicerContext) -> Any:
-                if trailer:  # `_set_trailer`, inline
-                    if type(context) is GRPC_CONTEXT:
-                        context._state.trailing_metadata = trailer  # type: ignore[attr-defined]
-                    else:
-                        context.set_trailing_metadata(trailer)
+                if trailer:
+                    _set_trailer(context, trailer)
                 try:
                     return inner_uu(request, context)
                 except Exception as exc:
