@@ -12,7 +12,7 @@ keeps nothing, so every request misses. Each pass asks the peers' requests
 per request, the least of the passes (what the code costs when nothing else runs)
 and their median.
 
-`answered` counts how each request was answered (`OcspObserver.preproduced`), so a
+`answered` counts how each request was answered (`OcspObserver.ocsp_answered`), so a
 figure is known to be the served path's.
 """
 
@@ -54,9 +54,12 @@ class _Counted(WorkerMetrics):
         super().__init__()
         self.served: Counter[str] = Counter()
 
-    def preproduced(self, result: str) -> None:
-        super().preproduced(result)
-        self.served[result] += 1
+    def ocsp_answered(
+        self, cache: str | None, preproduced: str | None, answers: tuple[tuple[str, str], ...]
+    ) -> None:
+        super().ocsp_answered(cache, preproduced, answers)
+        if preproduced is not None:
+            self.served[preproduced] += 1
 
 
 def miss_figures(

@@ -199,17 +199,25 @@ class WorkerMetrics:
             held[0][bucket] += 1
             held[1][0] += seconds
 
-    # OcspObserver
-    def cache(self, result: str) -> None:
-        self._count(self._cache, (result,))
-
-    def preproduced(self, result: str) -> None:
-        self._count(self._preproduced, (result,))
-
     def answers(self, answers: tuple[tuple[str, str], ...]) -> None:
-        # One lock for the batch; no Counter (it costs more than one HTTP answer's rest).
+        """Answers given, by (status, cause)."""
+        self.ocsp_answered(None, None, answers)
+
+    # OcspObserver
+    def ocsp_answered(
+        self, cache: str | None, preproduced: str | None, answers: tuple[tuple[str, str], ...]
+    ) -> None:
+        # One call and one lock per OCSP request; no Counter (it costs more than one
+        # HTTP answer's rest).
         pending, metric = self._pending, self._answers
+        key: tuple[Any, tuple[str, ...]]
         with self._lock:
+            if cache is not None:
+                key = (self._cache, (cache,))
+                pending[key] = pending.get(key, 0) + 1
+            if preproduced is not None:
+                key = (self._preproduced, (preproduced,))
+                pending[key] = pending.get(key, 0) + 1
             for labels in answers:
                 key = (metric, labels)
                 pending[key] = pending.get(key, 0) + 1

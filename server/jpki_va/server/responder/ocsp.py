@@ -10,7 +10,6 @@ asked (responder/preproduced.py). A request with a nonce is always signed fresh.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -63,6 +62,11 @@ _RSA_SHA256 = der.sequence(bytes.fromhex("06092a864886f70d01010b"), der.tlv(der.
 #: A signer certificate with less life left than this is "about to expire": not used.
 MIN_SIGNER_REMAINING = timedelta(minutes=1)
 
+#: A response's ETag: the last 16 bytes of its signature, in hex. The signature differs
+#: whenever the signed bytes do, and its tail is as unpredictable as a hash of it
+#: would be (ECDSA's s, an RSA signature's low bytes): no hash per signed answer.
+_ETAG = slice(-16, None)
+
 
 class _Unsuccessful(Exception):
     def __init__(self, status: ResponseStatus) -> None:
@@ -90,22 +94,22 @@ class OcspLimits:
 class OcspObserver(Protocol):
     """What the responder reports for metrics (the composition root wires it)."""
 
-    def cache(self, result: str) -> None: ...  # "hit", "miss" or "nonce"
+    def ocsp_answered(
+        self, cache: str | None, preproduced: str | None, answers: tuple[tuple[str, str], ...]
+    ) -> None:
+        """One call per request answered, so the metrics take their lock once.
 
-    # "served", "stale" (signed live: not right now) or "missing" (signed live)
-    def preproduced(self, result: str) -> None: ...
-
-    def answers(self, answers: tuple[tuple[str, str], ...]) -> None: ...
+        `cache`: "hit", "miss" or "nonce" (None: no cache was asked); `preproduced`:
+        "served", "stale" (signed live: not right now) or "missing" (signed live),
+        None when the store was not asked; `answers`: (status, cause) per CertID
+        answered, empty for an error status."""
+        ...
 
 
 class _Quiet:
-    def cache(self, result: str) -> None:
-        pass
-
-    def preproduced(self, result: str) -> None:
-        pass
-
-    def answers(self, answers: tuple[tuple[str, str], ...]) -> None:
+    def ocsp_answered(
+        self, cache: str | None, preproduced: str | None, answers: tuple[tuple[str, str], ...]
+    ) -> None:
         pass
 
 
@@ -261,8 +265,7 @@ class OcspResponder:
 
     def reuse(self, kept: Kept) -> OcspReply:
         """The reply of what `cached` found, counted as a hit."""
-        self._observer.cache("hit")
-        self._observer.answers(kept.reply.answers)
+        self._observer.ocsp_answered("hit", None, kept.reply.answers)
         return kept.reply
 
     def issuers(self, request: ocsp_wire.OcspRequest) -> tuple[IssuerEntry, ...]:
@@ -296,6 +299,7 @@ class OcspResponder:
         cache = self._cache if request.nonce is None and data else None
         now = self._clock.now()
         generation = NO_GENERATION
+        result = None  # what the cache metric counts
         try:
             if cache is not None:
                 # `cached(data)` missed just before: not asked again. The generation is
@@ -305,15 +309,16 @@ class OcspResponder:
                     generation = cache.generation()
                 except NotReady:
                     raise _Unsuccessful(ResponseStatus.TRY_LATER) from None
-                self._observer.cache("miss")
+                result = "miss"
             elif request.nonce is not None:
-                self._observer.cache("nonce")
+                result = "nonce"
             # One issuer answers for all of a request's CertIDs (`_issuer`).
             issuer = self._issuer(request, issuers)
-            reply = self._fresh(request, issuer, now)
+            reply, produced = self._fresh(request, issuer, now)
         except _Unsuccessful as exc:
+            self._observer.ocsp_answered(result, None, ())
             return _error(exc.status)
-        self._observer.answers(reply.answers)
+        self._observer.ocsp_answered(result, produced, reply.answers)
         if cache is not None and reply.cacheable:
             cache.put(data, reply, generation, (issuer,) * len(request.cert_ids))
         return reply
@@ -408,13 +413,16 @@ class OcspResponder:
 
     def _fresh(
         self, request: ocsp_wire.OcspRequest, issuer: IssuerEntry, now: datetime
-    ) -> OcspReply:
+    ) -> tuple[OcspReply, str | None]:
         """The response to a request the per-worker cache did not answer: pre-produced
-        when the store has a right one, otherwise signed now (and written through)."""
+        when the store has a right one, otherwise signed now (and written through);
+        and what the store was found to hold ("served", "stale", "missing"; None: not
+        asked), for the metrics."""
         prepared, delegated = self._delegated(issuer, now)
         store = self._store
         key = b""
         answers = None
+        produced = None
         if (
             store is not None
             and request.nonce is None
@@ -424,14 +432,27 @@ class OcspResponder:
             cert_id = request.cert_ids[0]
             key = record_key(issuer.kind, cert_id.serial)
             raw = store.raw(key)
+            produced = "missing"
             if raw is not None:
                 parts, answers = self._preproduced(
                     raw, key, request, issuer, prepared, delegated, now
                 )
                 if parts is not None:
-                    self._observer.preproduced("served")
-                    return _reply_of(parts, delegated)
-            self._observer.preproduced("missing" if raw is None else "stale")
+                    # `served`'s parts: (body, thisUpdate µs, nextUpdate µs, signature,
+                    # basis, label code); the body as below, without the certs field.
+                    served_body, since, until, sealed, basis, code = parts
+                    served_reply = OcspReply(
+                        served_body,
+                        cacheable=True,
+                        this_update=since / 1_000_000,
+                        next_update=until / 1_000_000,
+                        etag=sealed[_ETAG].hex(),
+                        answers=(code_labels(code),),
+                        basis=(basis,),
+                        certs=delegated.certs,
+                    )
+                    return served_reply, "served"
+                produced = "stale"
         if answers is None:
             answers = self._answers(request, issuer, now)
         tbs, signature, this_update, next_update = self._signed(
@@ -440,25 +461,25 @@ class OcspResponder:
         body = prepared.writer.body(tbs, signature, len(delegated.certs))
         labels = tuple([a.labels for a in answers])
         if request.nonce is not None:
-            return OcspReply(body + delegated.certs, answers=labels)
+            return OcspReply(body + delegated.certs, answers=labels), produced
         if key:
             entry = _entry(
                 tbs, signature, request.cert_ids[0].der, answers[0], this_update, next_update
             )
             self._written.append((key, entry.encode()))
-        return OcspReply(
+        reply = OcspReply(
             # Without the certs field that ends it: kept in the cache, the delegated
             # certificate would be repeated in every entry (≈ 720 of ≈ 1,050 bytes).
             body,
             cacheable=True,
             this_update=this_update.timestamp(),
             next_update=next_update.timestamp(),
-            # The signature differs whenever the signed bytes do: a short thing to hash.
-            etag=_etag(signature),
+            etag=signature[_ETAG].hex(),
             answers=labels,
             basis=_basis(answers),
             certs=delegated.certs,
         )
+        return reply, produced
 
     def _preproduced(
         self,
@@ -577,10 +598,6 @@ class OcspResponder:
         return tbs, prepared.sign(tbs), this_update, next_update
 
 
-def _etag(signature: bytes) -> str:
-    return hashlib.sha256(signature).hexdigest()[:32]
-
-
 def _entry(
     tbs: bytes,
     signature: bytes,
@@ -596,20 +613,4 @@ def _entry(
         tbs.index(cert_id),
         tbs,
         signature,
-    )
-
-
-def _reply_of(parts: Served, delegated: _Delegated) -> OcspReply:
-    """The response a pre-produced entry makes (`served`'s parts), with the delegated
-    certificate spliced in."""
-    body, this_update, next_update, signature, basis, code = parts
-    return OcspReply(
-        body,  # as `_fresh` keeps it: without the certs field
-        cacheable=True,
-        this_update=this_update / 1_000_000,
-        next_update=next_update / 1_000_000,
-        etag=_etag(signature),
-        answers=(code_labels(code),),
-        basis=(basis,),
-        certs=delegated.certs,
     )

@@ -232,6 +232,11 @@ def test_get_has_rfc5019_cache_headers_and_304(pki: Pki, world: dict[str, Issued
         assert f"< {name}: " in headers
     etag = re.search(r'< ETag: ("[0-9a-f]+")', headers)
     assert etag is not None
+    # The ETag names the signed bytes by their signature's tail: a new signature (new
+    # statuses, times or signer) is a new ETag.
+    status, _, body = fetch(url)
+    assert status == 200
+    assert etag.group(1) == f'"{ocsp.load_der_ocsp_response(body).signature[-16:].hex()}"'
     again = curl("-H", f"If-None-Match: {etag.group(1)}", url)
     assert "< HTTP/1.1 304 Not Modified" in again
     assert f"< ETag: {etag.group(1)}" in again
@@ -268,6 +273,7 @@ def test_cache_serves_the_same_bytes_while_the_status_holds(
 ) -> None:
     der = request_der(world["sign"])
     hits = metric(pki, "jpki_va_ocsp_cache_total", result="hit")
+    nonces = metric(pki, "jpki_va_ocsp_cache_total", result="nonce")
     _, _, first = post(pki, der)
     _, _, second = post(pki, der)
     via_grpc = pki.status_stub.Ocsp(va_pb2.OcspRequest(der=der), timeout=10).der
@@ -291,6 +297,9 @@ def test_cache_serves_the_same_bytes_while_the_status_holds(
     assert metric(pki, "jpki_va_ocsp_cache_entries") >= 1
     with_nonce = [post(pki, request_der(world["sign"], nonce=bytes([i]) * 8))[2] for i in (1, 2)]
     assert with_nonce[0] != with_nonce[1]
+    wait_for(
+        lambda: metric(pki, "jpki_va_ocsp_cache_total", result="nonce") >= nonces + 2, "nonces"
+    )
     pki.publish_and_wait()
     # A new full index drops the workers' caches; the status held, so the answer may be
     # the replica's pre-produced one (responder/preproduced.py) or a new signature.
