@@ -300,6 +300,8 @@ def test_cache_serves_the_same_bytes_while_the_status_holds(
     wait_for(
         lambda: metric(pki, "jpki_va_ocsp_cache_total", result="nonce") >= nonces + 2, "nonces"
     )
+    misses = metric(pki, "jpki_va_ocsp_cache_total", result="miss")
+    asked = metric(pki, "jpki_va_ocsp_preproduced_total")  # served, stale or missing
     pki.publish_and_wait()
     # A new full index drops the workers' caches; the status held, so the answer may be
     # the replica's pre-produced one (responder/preproduced.py) or a new signature.
@@ -307,6 +309,14 @@ def test_cache_serves_the_same_bytes_while_the_status_holds(
     old, new = ocsp.load_der_ocsp_response(first), ocsp.load_der_ocsp_response(after)
     assert new.produced_at_utc >= old.produced_at_utc
     assert new.certificate_status is old.certificate_status is ocsp.OCSPCertStatus.GOOD
+    # That miss is counted, and so is what the pre-produced store held for it.
+    wait_for(
+        lambda: (
+            metric(pki, "jpki_va_ocsp_cache_total", result="miss") >= misses + 1
+            and metric(pki, "jpki_va_ocsp_preproduced_total") >= asked + 1
+        ),
+        "the miss and the store's answer counted",
+    )
 
 
 def test_crl_over_http(pki: Pki, world: dict[str, Issued], tmp_path: Path) -> None:
