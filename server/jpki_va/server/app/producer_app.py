@@ -19,6 +19,7 @@ from jpki_va.core.clock import SystemClock
 from jpki_va.server.app.config import ResponderConfig
 from jpki_va.server.app.lifeline import ParentGone, tie_to_parent
 from jpki_va.server.app.logs import configure
+from jpki_va.server.app.signals import stop_on_signals
 from jpki_va.server.responder.metrics import ProducerMetrics
 from jpki_va.server.responder.ocsp import OcspResponder
 from jpki_va.server.responder.ocsp_keys import OcspKeyStore
@@ -41,7 +42,7 @@ def producer_main(config: ResponderConfig) -> None:
     stop = threading.Event()
     os.umask(0o077)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    stop_on_signals(stop, (signal.SIGTERM,))
     configure("responder-producer")
     try:
         tie_to_parent(stop.set, deadline=config.grace_seconds)

@@ -302,7 +302,7 @@ def worker_main(  # noqa: PLR0915 (a composition root: the wiring reads best in 
     # makes nothing another user should open.
     os.umask(0o077)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    stop_on_signals(stop, (signal.SIGTERM,))
     configure("responder-worker")  # the supervisor's format, from the environment
     try:
         # Dies with the supervisor: nobody else keeps its index fresh (issue 15, item 2).
