@@ -49,6 +49,7 @@ from jpki_va.core.domain import CertKind, Provision, micros, parse_record_key, r
 from jpki_va.protos import va_pb2, va_pb2_grpc
 from jpki_va.server.access.gate import Gate
 from jpki_va.server.app.responder_app import STATUS_ERRORS
+from jpki_va.server.app.signals import stop_on_signals
 from jpki_va.server.law.entitlements import status_provision
 from jpki_va.server.ledger.provisions import open_shard
 from jpki_va.server.responder.metrics import WorkerMetrics
@@ -250,7 +251,7 @@ def _worker(
     stop: ProcessEvent,
 ) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    stop_on_signals(stop, (signal.SIGTERM,))  # set by a thread: no lock in the handler
     layers = _Layers.of(rung)
     holder = IndexHolder(Path(spec.index_root))
     holder.refresh()

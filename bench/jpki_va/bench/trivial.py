@@ -22,6 +22,7 @@ import grpc
 
 from jpki_va.protos import va_pb2, va_pb2_grpc
 from jpki_va.server.app.config import TlsFiles
+from jpki_va.server.app.signals import stop_on_signals
 from jpki_va.server.rpc.identity import server_credentials
 
 
@@ -59,7 +60,7 @@ def _worker(
     stop: ProcessEvent,
 ) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    stop_on_signals(stop, (signal.SIGTERM,))  # set by a thread: no lock in the handler
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=threads), options=[("grpc.so_reuseport", 1)]
     )

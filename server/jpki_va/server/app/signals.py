@@ -19,6 +19,13 @@ import os
 import signal
 import threading
 from collections.abc import Iterable
+from typing import Protocol
+
+
+class Settable(Protocol):
+    """A stop flag: a threading or multiprocessing Event."""
+
+    def set(self) -> None: ...
 
 
 class _Relay:
@@ -26,7 +33,7 @@ class _Relay:
     the last `stop_on_signals` named (as a new handler replaces the last one)."""
 
     def __init__(self) -> None:
-        self.target: threading.Event | None = None
+        self.target: Settable | None = None
         self._read_end, self._write_end = os.pipe()
         os.set_blocking(self._write_end, False)  # a storm of signals never blocks
         threading.Thread(target=self._run, name="stop-on-signal", daemon=True).start()
@@ -52,7 +59,7 @@ def _relay() -> _Relay:
 
 
 def stop_on_signals(
-    stop: threading.Event, signums: Iterable[int] = (signal.SIGTERM, signal.SIGINT)
+    stop: Settable, signums: Iterable[int] = (signal.SIGTERM, signal.SIGINT)
 ) -> None:
     """`signums` (SIGTERM and SIGINT unless told) set ``stop``, through the relay's
     thread: the handler only writes to a pipe. Only the main thread may install
