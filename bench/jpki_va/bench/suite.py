@@ -68,6 +68,21 @@ _FINDING_STEPS = ("ladder", "calls", "profile", "instructions", "miss", "lookup"
 #: Every step `bench all --steps` knows.
 STEPS = ("ingest", "grpc", "store", "http", "freshness", "fleet", *_FINDING_STEPS)
 DEFAULT_STEPS = tuple(step for step in STEPS if step not in _FINDING_STEPS)
+#: The steps that run against a running signer and responder (`_va_steps`).
+_VA_STEPS = frozenset(
+    {
+        "grpc",
+        "http",
+        "freshness",
+        "fleet",
+        "ladder",
+        "calls",
+        "profile",
+        "instructions",
+        "miss",
+        "lookup",
+    }
+)
 
 #: The verifier the mTLS step's client certificate is registered as, every role.
 BENCH_TLS_VERIFIER = "bench-tls-caller"
@@ -1035,8 +1050,7 @@ def run_suite(
         say("store ceiling")
         results["store"] = store_figures(ds, settings)
     scratch = copy_index(ds) if "freshness" in settings.steps else None
-    needs_va = {"grpc", "http", "freshness", "fleet", "ladder", "calls", "profile", "instructions"}
-    if (needs_va | {"miss", "lookup"}) & set(settings.steps):
+    if _VA_STEPS & set(settings.steps):
         results.update(_va_steps(ds, settings, say))
     if "tls" in settings.steps:
         results["grpc_tls"] = tls_figures(ds, settings, say)
