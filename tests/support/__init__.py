@@ -9,7 +9,6 @@ from __future__ import annotations
 import itertools
 import re
 import select
-import socket
 import subprocess
 import sys
 import threading
@@ -44,6 +43,8 @@ from jpki_va.server.registry.transactions import Registry
 from jpki_va.server.responder.index_reader import Index, current_index
 from jpki_va.server.signer.authority import AuthoritySettings
 from jpki_va.server.signer.ceremony import bootstrap
+from tests.support.ports import free_port as free_port
+from tests.support.ports import free_port_pair as free_port_pair
 
 T = TypeVar("T")
 
@@ -108,28 +109,6 @@ def bootstrapped_registry(
         AuthoritySettings(label_prefix=f"{label}-{uuid.uuid4().hex[:8]}"),
     )
     return registry
-
-
-def free_port() -> int:
-    """A loopback TCP port free at the time of asking."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def free_port_pair() -> int:
-    """A loopback port P with P+1 also free (the demo's responder and signer)."""
-    for _ in range(50):
-        port = free_port()
-        if port >= 65000:
-            continue
-        try:
-            with socket.socket() as s:
-                s.bind(("127.0.0.1", port + 1))
-        except OSError:
-            continue
-        return port
-    raise RuntimeError("no free port pair")
 
 
 def throwaway_certificate(name: str) -> x509.Certificate:

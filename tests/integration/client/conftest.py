@@ -7,7 +7,6 @@ end elsewhere.
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -28,6 +27,7 @@ from google.protobuf import timestamp_pb2
 from jpki_va.client import CertKind, VaClient
 from jpki_va.core.domain import serial_to_bytes
 from jpki_va.protos import va_pb2, va_pb2_grpc
+from tests.support.ports import free_port
 
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
 ISSUER_DN = x509.Name(
@@ -320,8 +320,5 @@ def va(served: Served) -> Iterator[VaClient]:
 
 @pytest.fixture
 def unused_port() -> int:
-    """A loopback port nobody listens on (bound and released, so nothing else got it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
+    """A loopback port nobody listens on (free, and this worker's own)."""
+    return free_port()

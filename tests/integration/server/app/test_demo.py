@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import urllib.request
 from collections.abc import Iterator
@@ -18,25 +17,8 @@ from typing import Any
 import pytest
 
 from jpki_va.core.domain import CrlReason
-from tests.support import JPKI_VA, REPO, free_port, openssl, wait_for
+from tests.support import JPKI_VA, REPO, free_port, free_port_pair, openssl, wait_for
 from tests.support.processes import alive, children_of
-
-
-def _free_port_pair() -> int:
-    """A port P with P+1 also free (the demo's responder and signer)."""
-    for _ in range(50):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = int(s.getsockname()[1])
-        if port >= 65000:
-            continue
-        try:
-            with socket.socket() as s2:
-                s2.bind(("127.0.0.1", port + 1))
-        except OSError:
-            continue
-        return port
-    raise RuntimeError("no free port pair")
 
 
 def jpki_va(*args: str, cwd: Path, check: bool = False) -> subprocess.CompletedProcess[str]:
@@ -83,7 +65,7 @@ def _stop(proc: subprocess.Popen[str], signum: signal.Signals = signal.SIGINT) -
 def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, dict[str, Any]]]:
     base = tmp_path_factory.mktemp("demo")
     directory = base / "jpki-va-demo"
-    proc = _start_demo(directory, _free_port_pair(), free_port(), "--metrics-port", "0")
+    proc = _start_demo(directory, free_port_pair(), free_port(), "--metrics-port", "0")
     try:
         wait_for(
             lambda: (directory / "demo.json").exists() or proc.poll() is not None,
@@ -236,7 +218,7 @@ def test_demo_runs_again_on_the_same_directory(tmp_path: Path) -> None:
     directory = tmp_path / "again"
     state = directory / "demo.json"
     http_port = free_port()
-    proc = _start_demo(directory, _free_port_pair(), http_port)
+    proc = _start_demo(directory, free_port_pair(), http_port)
     try:
         _wait_serving(proc, directory)
     finally:
@@ -244,7 +226,7 @@ def test_demo_runs_again_on_the_same_directory(tmp_path: Path) -> None:
     first = state.read_text()
 
     other = next(p for p in iter(free_port, None) if p != http_port)
-    refused = _start_demo(directory, _free_port_pair(), other)
+    refused = _start_demo(directory, free_port_pair(), other)
     try:
         _wait_serving(refused, directory, exited=True)
     finally:
@@ -259,7 +241,7 @@ def test_demo_runs_again_on_the_same_directory(tmp_path: Path) -> None:
     assert "--reset" in lines[0]
     assert state.read_text() == first
 
-    proc = _start_demo(directory, _free_port_pair(), None)
+    proc = _start_demo(directory, free_port_pair(), None)
     try:
         _wait_serving(proc, directory)
         again = json.loads(state.read_text())

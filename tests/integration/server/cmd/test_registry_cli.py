@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -13,7 +12,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from jpki_va.core.domain import CertKind, serial_hex
 from jpki_va.server.cmd.main import main
-from tests.support import Issued, Pki, openssl, register_verifier
+from tests.support import Issued, Pki, free_port, openssl, register_verifier
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
@@ -258,9 +257,7 @@ def test_plaintext_needs_loopback_and_an_unreachable_signer_exits_4(
         capsys, "registry", "publish", "--signer", "192.0.2.1:50052", "--insecure-loopback"
     )
     assert code == 2 and "loopback" in err
-    with socket.socket() as s:  # a port nobody listens on
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()  # nobody listens on it
     code, _, err = run(
         capsys,
         "registry", "publish", "--signer", f"127.0.0.1:{port}", "--insecure-loopback",
