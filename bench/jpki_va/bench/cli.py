@@ -313,12 +313,13 @@ def _add_suite_options(p: argparse.ArgumentParser) -> None:
         "--steps",
         default="ingest,store,grpc,http,freshness,fleet",
         help="comma-separated subset of ingest,store,grpc,http,freshness,fleet,ladder,calls,"
-        "profile,instructions,miss,lookup,tls (ladder: each layer's cost, rung by rung; calls:"
-        " Python calls per served call; profile: worker CPU per served call by library,"
-        " sampled by perf; instructions: instructions per served call, each worker under"
-        " callgrind; miss: CPU per OCSP cache miss, in process; lookup: a stream status's"
-        " index read, encoding and request reading, in process; tls: the gRPC step over"
-        " mTLS; none of the seven in the default run)",
+        "profile,instructions,instruction-ladder,miss,lookup,tls (ladder: each layer's cost,"
+        " rung by rung; calls: Python calls per served call; profile: worker CPU per served"
+        " call by library, sampled by perf; instructions: instructions per served call, each"
+        " worker under callgrind; instruction-ladder: the ladder's rungs counted as the"
+        " instructions step counts; miss: CPU per OCSP cache miss, in process; lookup: a"
+        " stream status's index read, encoding and request reading, in process; tls: the"
+        " gRPC step over mTLS; none of the eight in the default run)",
     )
     p.add_argument(
         "--ladder-duration", type=_positive_float, default=3.0, help="seconds per ladder rung"

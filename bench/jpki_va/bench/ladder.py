@@ -16,7 +16,8 @@ on the same gRPC server, the same worker count and the same client:
                            responder reads the usual batch)
     ledger               + the provision counted in the ledger (its counter cell, 第41条)
     lookup               + the status looked up in the index (answer still canned; a
-                           stream batch reads its index values, as the responder does)
+                           unary Check and a stream batch read their index values
+                           undecoded, as the responder does)
     jpki-va              the real responder: the lookup's answer encoded (a stream
                            batch's values decoded and encoded by compiled code) (measured
                            by the caller, suite.py, on the running responder)
@@ -43,6 +44,7 @@ from typing import Any
 
 import grpc
 
+from jpki_va.bench.calls import Worker
 from jpki_va.bench.trivial import TrivialServer
 from jpki_va.core.clock import SystemClock
 from jpki_va.core.domain import CertKind, Provision, micros, parse_record_key, record_key
@@ -181,7 +183,10 @@ class LadderServicer(va_pb2_grpc.StatusServiceServicer):
         provision = status_provision(kind)
         gate.check(verifier, provision)
         if self._source is not None:
-            self._source.status(kind, serial, self._clock.now())
+            now = self._clock.now()
+            # As the responder reads the usual request: its index value, undecoded.
+            if self._source.packed([record_key(kind, serial)], micros(now)) is None:
+                self._source.status(kind, serial, now)  # a compromise announced
         if self._layers.ledger:
             gate.provided_one(verifier, provision)
         return self._check
@@ -196,8 +201,8 @@ class LadderServicer(va_pb2_grpc.StatusServiceServicer):
     def Ocsp(self, request: va_pb2.OcspRequest, context: grpc.ServicerContext) -> Any:
         if self._gate is not None:
             verifier = self._gate.identify(self._caller(context))
-            if self._layers.ledger:
-                self._gate.provided(verifier, Counter({Provision.SIGNING_STATUS: 1}))
+            if self._layers.ledger:  # as the responder counts a one-CertID request
+                self._gate.provided_one(verifier, Provision.SIGNING_STATUS)
         return self._ocsp
 
     def ListIssuers(
@@ -278,6 +283,17 @@ def _worker(
         server.stop(1).wait()
         ledger.close()
     holder.close()
+
+
+def rung_worker(rung: str, spec: RungSpec, check: bytes, ocsp_der: bytes) -> Worker:
+    """One worker of `rung`, as the calls and instructions steps start one (ledger
+    shard 0 in a directory of its own)."""
+    if rung not in RUNGS:
+        raise ValueError(f"unknown rung {rung!r}; the rungs are {', '.join(RUNGS)}")
+    return lambda port, ready, stop: (
+        _worker,
+        (rung, 0, port, spec, check, ocsp_der, ready, stop),
+    )
 
 
 def start_rung(

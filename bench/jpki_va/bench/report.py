@@ -204,6 +204,40 @@ def ladder_lines(ladder: dict[str, list[dict[str, Any]]] | None) -> list[str]:
     return lines
 
 
+def instruction_ladder_lines(ladder: dict[str, list[dict[str, Any]]] | None) -> list[str]:
+    """Each unary interface's instructions per call, rung by rung (the instruction-ladder
+    step), with what each rung adds over the one below."""
+    if not ladder:
+        return []
+    lines = [
+        "## Where the instructions go: the cost ladder counted (bench/ladder.py)",
+        "",
+        "The ladder's rungs, one worker each under callgrind with the instructions step's",
+        "load; the last rung is the responder itself. A count, not a time: it does not move",
+        "with the machine's speed. It moves by a few thousand instructions with the calls",
+        "counted, over which the work of a worker's background threads is spread.",
+        "",
+    ]
+    for interface, rows in ladder.items():
+        lines += [
+            f"### {interface}",
+            "",
+            "| rung | instructions per call | added | ratio to trivial | calls counted |",
+            "|---|---|---|---|---|",
+        ]
+        previous = None
+        for row in rows:
+            count = row["instructions_per_call"]
+            added = "" if previous is None else f"{count - previous:+,}"
+            lines.append(
+                f"| {row['rung']} | {count:,} | {added} | {_fmt(row['ratio_to_trivial'], 3)}"
+                f" | {row['calls']:,} |"
+            )
+            previous = count
+        lines.append("")
+    return lines
+
+
 def calls_lines(
     calls: dict[str, dict[str, Any]] | None, shown: int = 10, heading: str = "##"
 ) -> list[str]:
@@ -460,6 +494,7 @@ def render(  # noqa: PLR0912, PLR0915 (a document template, section by section)
     lines += calls_lines(results.get("calls"))
     lines += profile_lines(results.get("profile"))
     lines += instructions_lines(results.get("instructions"))
+    lines += instruction_ladder_lines(results.get("instruction_ladder"))
     lines += miss_lines(results.get("ocsp_miss"))
     lines += lookup_lines(results.get("status_lookup"))
     store = results.get("store")

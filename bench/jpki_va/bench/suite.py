@@ -64,7 +64,16 @@ FORMAT = "jpki-va-bench-results/1"
 
 
 #: The steps for finding where a path's time goes: not in the default run.
-_FINDING_STEPS = ("ladder", "calls", "profile", "instructions", "miss", "lookup", "tls")
+_FINDING_STEPS = (
+    "ladder",
+    "calls",
+    "profile",
+    "instructions",
+    "instruction-ladder",
+    "miss",
+    "lookup",
+    "tls",
+)
 #: Every step `bench all --steps` knows.
 STEPS = ("ingest", "grpc", "store", "http", "freshness", "fleet", *_FINDING_STEPS)
 DEFAULT_STEPS = tuple(step for step in STEPS if step not in _FINDING_STEPS)
@@ -79,6 +88,7 @@ _VA_STEPS = frozenset(
         "calls",
         "profile",
         "instructions",
+        "instruction-ladder",
         "miss",
         "lookup",
     }
@@ -113,6 +123,9 @@ class SuiteSettings:
     # Seconds of load on each worker under callgrind (bench/instructions.py): at a
     # few hundred calls a second there, some thousands of calls.
     instructions_seconds: float = 20.0
+    # The instruction ladder's rungs, lowest first: the trivial rung, others of
+    # bench/ladder.py's and the responder ("jpki-va").
+    instruction_rungs: tuple[str, ...] = (*ladder.RUNGS, ladder.TOP)
     freshness_timeout: float = 900.0
     # The fleet step (fleet_step.py): replicas behind Envoy, losses timed on each,
     # seconds of load around the SIGKILL of one replica.
@@ -131,6 +144,12 @@ class SuiteSettings:
             raise ValueError("workers must be >= 1; samples and losses >= 0")
         if self.grpc_rounds < 1:
             raise ValueError("gRPC rounds must be >= 1")
+        rungs = self.instruction_rungs
+        if not rungs or rungs[0] != "trivial" or set(rungs) - {*ladder.RUNGS, ladder.TOP}:
+            raise ValueError(
+                f"the instruction ladder's rungs start with trivial and are among "
+                f"{', '.join((*ladder.RUNGS, ladder.TOP))}"
+            )
         if self.fleet_replicas < 2 or self.fleet_samples < 1 or self.failover_seconds < 3:
             raise ValueError("a fleet of >= 2 replicas, >= 1 sample, >= 3 s of failover load")
 
@@ -728,28 +747,14 @@ def instructions_figures(
     under callgrind while a light load (one client process, four calls in flight,
     so that few calls are in flight when the count ends) runs on it."""
     check, ocsp_der = _canned(va, ds)
-    config = replace(
-        _responder_config(ds, settings.workers, None), grpc_threads=settings.grpc_threads
-    )
     workers = {
         "trivial": calls.trivial_worker(settings.grpc_threads, check, ocsp_der),
-        "jpki-va": calls.responder_worker(config, settings.workers),
+        "jpki-va": _counted_responder(ds, settings),
     }
-    light = replace(
-        settings, duration=settings.instructions_seconds, processes=1, concurrency=4, rate=None
-    )
     out: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="bench-instructions-") as scratch:
         for interface in calls.HANDLERS:  # the unary interfaces, as the calls step has them
-            payloads = _step_payloads(interface, ds.pool(), _issuers(ds), settings)
-
-            def load(
-                target: str, interface: Interface = interface, payloads: list[bytes] = payloads
-            ) -> int:
-                # No warm-up window: every call served while counting is counted.
-                spec = replace(_spec(light, target, interface), warmup=0.0)
-                return run_load(f"instructions {interface}", spec, payloads).calls
-
+            load = _instructions_load(ds, settings, interface)
             sides = []
             for name, worker in workers.items():
                 progress(f"instructions {interface} -> {name}")
@@ -758,6 +763,67 @@ def instructions_figures(
                 )
             out[interface] = instructions.compare(sides[0], sides[1])
     return out
+
+
+def instruction_ladder_figures(
+    ds: DataSet, va: RunningVa, settings: SuiteSettings, progress: Callable[[str], None]
+) -> dict[str, list[dict[str, Any]]]:
+    """The cost ladder (bench/ladder.py) in instructions per served unary call: one
+    worker of each rung in `settings.instruction_rungs`, then of the responder, each
+    under callgrind with the instructions step's load. The ladder's CPU figures move
+    with the machine by more than most layers cost; a layer's count moves by a few
+    thousand instructions, so this is the breakdown to tell one layer's cost by."""
+    check, ocsp_der = _canned(va, ds)
+    spec = ladder.RungSpec(str(ds.responder_dir / "index"), BENCH_VERIFIER, settings.grpc_threads)
+    workers = {
+        name: ladder.rung_worker(name, spec, check, ocsp_der)
+        for name in settings.instruction_rungs
+        if name != ladder.TOP
+    }
+    if ladder.TOP in settings.instruction_rungs:
+        workers[ladder.TOP] = _counted_responder(ds, settings)
+    out: dict[str, list[dict[str, Any]]] = {}
+    with tempfile.TemporaryDirectory(prefix="bench-instruction-ladder-") as scratch:
+        for interface in calls.HANDLERS:
+            load = _instructions_load(ds, settings, interface)
+            rows: list[dict[str, Any]] = []
+            for name, worker in workers.items():
+                progress(f"instruction ladder {interface} -> {name}")
+                figures, _ = instructions.side(
+                    *instructions.count_instructions(load, worker, Path(scratch))
+                )
+                rows.append({"rung": name, **figures})
+            base = rows[0]["instructions_per_call"]
+            for row in rows:
+                row["ratio_to_trivial"] = round(base / row["instructions_per_call"], 3)
+            out[interface] = rows
+    return out
+
+
+def _counted_responder(ds: DataSet, settings: SuiteSettings) -> calls.Worker:
+    """The responder's own worker, as the calls and instructions steps count it."""
+    config = replace(
+        _responder_config(ds, settings.workers, None), grpc_threads=settings.grpc_threads
+    )
+    return calls.responder_worker(config, settings.workers)
+
+
+def _instructions_load(
+    ds: DataSet, settings: SuiteSettings, interface: Interface
+) -> Callable[[str], int]:
+    """The instructions step's load on one interface: one client process, four calls in
+    flight, no warm-up window (every call served while counting is counted); returns
+    the calls completed."""
+    payloads = _step_payloads(interface, ds.pool(), _issuers(ds), settings)
+    light = replace(
+        settings, duration=settings.instructions_seconds, processes=1, concurrency=4, rate=None
+    )
+
+    def load(target: str) -> int:
+        spec = replace(_spec(light, target, interface), warmup=0.0)
+        return run_load(f"instructions {interface}", spec, payloads).calls
+
+    return load
 
 
 def profile_figures(
@@ -1018,7 +1084,7 @@ def run_suite(
     say = progress or (lambda text: log.info("bench: %s", text))
     if "profile" in settings.steps:
         profile.perf_command()  # missing: said now, not after the steps before it
-    if "instructions" in settings.steps:
+    if {"instructions", "instruction-ladder"} & set(settings.steps):
         instructions.valgrind_command()
     info = ds.info()
     results: dict[str, Any] = {
@@ -1091,6 +1157,8 @@ def _va_steps(ds: DataSet, settings: SuiteSettings, say: Callable[[str], None]) 
             results["profile"] = profile_figures(ds, va, settings, say)
         if "instructions" in settings.steps:
             results["instructions"] = instructions_figures(ds, va, settings, say)
+        if "instruction-ladder" in settings.steps:
+            results["instruction_ladder"] = instruction_ladder_figures(ds, va, settings, say)
         config = _responder_config(ds, settings.workers, None)
         if "miss" in settings.steps:
             say("OCSP cache miss, in process")

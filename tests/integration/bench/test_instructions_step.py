@@ -1,7 +1,8 @@
-"""The bench's `instructions` step on a real signer, responder and trivial server: each
-server's worker under callgrind, its instructions per served call split by library.
-Figures are never asserted; that both workers were counted under load, that the split
-adds up, and the report's section, are."""
+"""The bench's `instructions` and `instruction-ladder` steps on a real signer, responder
+and trivial server: each server's worker under callgrind, its instructions per served
+call split by library. Figures are never asserted; that each worker was counted under
+load, that the split adds up, that a layer adds instructions, and the report's
+sections, are."""
 
 from __future__ import annotations
 
@@ -57,3 +58,38 @@ def test_each_server_s_instructions_per_call_are_counted_and_split(
     text = write_report(results_file, tmp_path / "BENCHMARKS.md").read_text()
     assert "## Instructions per served call (bench/instructions.py)" in text
     assert "| check | all (ratio " in text
+
+
+def test_the_counted_ladder_gives_each_rungs_instructions(
+    small_dataset: DataSet, tmp_path: Path
+) -> None:
+    settings = SuiteSettings(
+        workers=1,
+        grpc_threads=4,
+        duration=1.5,
+        processes=1,
+        concurrency=4,
+        channels=1,
+        batch=20,
+        instructions_seconds=3.0,
+        steps=("instruction-ladder",),
+        instruction_rungs=("trivial", "identity+gate"),
+    )
+    results = run_suite(small_dataset, settings, lambda text: None)
+    figures = results["instruction_ladder"]
+    assert set(figures) == {"check", "ocsp"}
+    for interface, rows in figures.items():
+        assert [row["rung"] for row in rows] == ["trivial", "identity+gate"]
+        trivial, gated = rows
+        for row in rows:
+            assert row["calls"] > 20 and row["by_library"]["python"] > 0, (interface, row)
+        # The interceptors, the caller's identity and the entitlement gate run Python of
+        # their own on every call: that rung executes 3-6 % more per call than a canned
+        # answer (two workers of one rung differ by well under 1 %).
+        assert gated["instructions_per_call"] > 1.01 * trivial["instructions_per_call"], rows
+        assert trivial["ratio_to_trivial"] == 1.0 and 0 < gated["ratio_to_trivial"] < 1
+    results_file = tmp_path / "results.json"
+    results_file.write_text(json.dumps(results))
+    text = write_report(results_file, tmp_path / "BENCHMARKS.md").read_text()
+    assert "## Where the instructions go: the cost ladder counted (bench/ladder.py)" in text
+    assert "| identity+gate | " in text
