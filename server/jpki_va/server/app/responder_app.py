@@ -618,6 +618,7 @@ class Responder:
             lambda: (bool(self._in_rotation.value), self._ingester.newest)
         )
         self._observed = False  # the collector has the live index's state
+        self._marker = b""  # the store's pointer, read before the start's scan
         self._renewal: RenewalNeeds | None = None  # and this is its renewal's part
         self._metrics_server: MetricsServer | None = None
         self._ready = self._ctx.Queue()
@@ -762,6 +763,9 @@ class Responder:
         if live is not None and upgrade_index(live):  # before any worker opens it
             log.info("upgraded index %s to the current layout", live.name)
         prepare_multiprocess_dir(self.config.metrics_dir)
+        # The pointer before the first scan, not when `run` begins: a snapshot committed
+        # while the workers start then moves it, and is scanned for at once.
+        self._marker = self._notice.marker()
         self._housekeeping()
         self._workers = [self._spawn(slot) for slot in range(self.config.workers)]
         for _ in self._workers:
@@ -787,7 +791,7 @@ class Responder:
 
     def run(self, stop: threading.Event) -> None:
         """Scan the store when its pointer moves, and every poll interval anyway."""
-        marker = self._notice.marker()
+        marker = self._marker
         next_scan = time.monotonic() + self.config.poll_interval
         tick = min(self.config.notice_interval, self.config.poll_interval)
         while not stop.wait(tick):
