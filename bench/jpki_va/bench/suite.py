@@ -77,22 +77,10 @@ _FINDING_STEPS = (
 #: Every step `bench all --steps` knows.
 STEPS = ("ingest", "grpc", "store", "http", "freshness", "fleet", *_FINDING_STEPS)
 DEFAULT_STEPS = tuple(step for step in STEPS if step not in _FINDING_STEPS)
-#: The steps that run against a running signer and responder (`_va_steps`).
-_VA_STEPS = frozenset(
-    {
-        "grpc",
-        "http",
-        "freshness",
-        "fleet",
-        "ladder",
-        "calls",
-        "profile",
-        "instructions",
-        "instruction-ladder",
-        "miss",
-        "lookup",
-    }
-)
+#: The steps that run against a running signer and responder (`_va_steps`): all but
+#: the ingest and the store, which time the index build and the store themselves, and
+#: the mTLS step, which starts a signer and responder of its own.
+_VA_STEPS = frozenset(STEPS) - {"ingest", "store", "tls"}
 
 #: The verifier the mTLS step's client certificate is registered as, every role.
 BENCH_TLS_VERIFIER = "bench-tls-caller"

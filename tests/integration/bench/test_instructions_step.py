@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -25,20 +26,26 @@ pytestmark = [
 ]
 
 
+#: A light load on one worker of each server: a few hundred calls counted.
+SMALL = SuiteSettings(
+    workers=1,
+    grpc_threads=4,
+    duration=1.5,
+    processes=1,
+    concurrency=4,
+    channels=1,
+    batch=20,
+    instructions_seconds=3.0,
+)
+#: Two rungs of the instruction ladder: a canned answer, and one behind the layers up
+#: to the caller's identity and the entitlement gate.
+RUNGS = ("trivial", "identity+gate")
+
+
 def test_each_server_s_instructions_per_call_are_counted_and_split(
     small_dataset: DataSet, tmp_path: Path
 ) -> None:
-    settings = SuiteSettings(
-        workers=1,
-        grpc_threads=4,
-        duration=1.5,
-        processes=1,
-        concurrency=4,
-        channels=1,
-        batch=20,
-        instructions_seconds=3.0,
-        steps=("instructions",),
-    )
+    settings = replace(SMALL, steps=("instructions",))
     results = run_suite(small_dataset, settings, lambda text: None)
     figures = results["instructions"]
     assert set(figures) == {"check", "ocsp"}
@@ -63,23 +70,12 @@ def test_each_server_s_instructions_per_call_are_counted_and_split(
 def test_the_counted_ladder_gives_each_rungs_instructions(
     small_dataset: DataSet, tmp_path: Path
 ) -> None:
-    settings = SuiteSettings(
-        workers=1,
-        grpc_threads=4,
-        duration=1.5,
-        processes=1,
-        concurrency=4,
-        channels=1,
-        batch=20,
-        instructions_seconds=3.0,
-        steps=("instruction-ladder",),
-        instruction_rungs=("trivial", "identity+gate"),
-    )
+    settings = replace(SMALL, steps=("instruction-ladder",), instruction_rungs=RUNGS)
     results = run_suite(small_dataset, settings, lambda text: None)
     figures = results["instruction_ladder"]
     assert set(figures) == {"check", "ocsp"}
     for interface, rows in figures.items():
-        assert [row["rung"] for row in rows] == ["trivial", "identity+gate"]
+        assert tuple(row["rung"] for row in rows) == RUNGS
         trivial, gated = rows
         for row in rows:
             assert row["calls"] > 20 and row["by_library"]["python"] > 0, (interface, row)
