@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-import os
+import multiprocessing
 import threading
+from multiprocessing.synchronize import Event
 
 from jpki_va.bench.loadgen import context_switches
 
 
-def test_a_thread_that_waits_is_counted_among_its_process_switches() -> None:
-    waited, done = threading.Event(), threading.Event()
+def _waiter(ready: Event, go: Event, waited: Event, done: Event) -> None:
+    """A process whose only other thread, once `go` is set, waits twenty times."""
 
     def wait_twenty_times_then_stay() -> None:
         pause = threading.Event()
@@ -18,15 +19,29 @@ def test_a_thread_that_waits_is_counted_among_its_process_switches() -> None:
         waited.set()
         done.wait()  # alive while counted: a thread's count goes with it when it ends
 
-    before = context_switches([os.getpid()])
+    ready.set()  # started: from here its main thread only waits for `go`
+    go.wait(30)
     thread = threading.Thread(target=wait_twenty_times_then_stay)
     thread.start()
+    thread.join()
+
+
+def test_a_thread_that_waits_is_counted_among_its_process_switches() -> None:
+    # In a process of its own: in the test's process another thread (of an earlier
+    # test, or of a pytest worker) may end inside the window and take its count along.
+    ctx = multiprocessing.get_context("spawn")
+    ready, go, waited, done = ctx.Event(), ctx.Event(), ctx.Event(), ctx.Event()
+    child = ctx.Process(target=_waiter, args=(ready, go, waited, done))
+    child.start()
     try:
-        assert waited.wait(10)
-        after = context_switches([os.getpid()])
+        assert child.pid is not None and ready.wait(30)
+        before = context_switches([child.pid])
+        go.set()
+        assert waited.wait(30)
+        after = context_switches([child.pid])
     finally:
         done.set()
-        thread.join()
+        child.join(30)
     assert after[0] - before[0] >= 20
     assert after[1] >= before[1]
 
