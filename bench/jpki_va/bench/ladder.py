@@ -32,7 +32,6 @@ from __future__ import annotations
 import functools
 import multiprocessing
 import signal
-import socket
 import tempfile
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -44,7 +43,7 @@ from typing import Any
 
 import grpc
 
-from jpki_va.bench.calls import Worker
+from jpki_va.bench.calls import Worker, free_port
 from jpki_va.bench.trivial import TrivialServer
 from jpki_va.core.clock import SystemClock
 from jpki_va.core.domain import CertKind, Provision, micros, parse_record_key, record_key
@@ -285,11 +284,15 @@ def _worker(
     holder.close()
 
 
+def _known(rung: str) -> None:
+    if rung not in RUNGS:
+        raise ValueError(f"unknown rung {rung!r}; the rungs are {', '.join(RUNGS)}")
+
+
 def rung_worker(rung: str, spec: RungSpec, check: bytes, ocsp_der: bytes) -> Worker:
     """One worker of `rung`, as the calls and instructions steps start one (ledger
     shard 0 in a directory of its own)."""
-    if rung not in RUNGS:
-        raise ValueError(f"unknown rung {rung!r}; the rungs are {', '.join(RUNGS)}")
+    _known(rung)
     return lambda port, ready, stop: (
         _worker,
         (rung, 0, port, spec, check, ocsp_der, ready, stop),
@@ -300,11 +303,8 @@ def start_rung(
     rung: str, workers: int, spec: RungSpec, check: bytes, ocsp_der: bytes
 ) -> TrivialServer:
     """Start `workers` processes of one rung on a free loopback port; returns when all listen."""
-    if rung not in RUNGS:
-        raise ValueError(f"unknown rung {rung!r}; the rungs are {', '.join(RUNGS)}")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = int(s.getsockname()[1])
+    _known(rung)
+    port = free_port()
     ctx = multiprocessing.get_context("spawn")
     ready = ctx.Queue()
     stop = ctx.Event()
