@@ -2,13 +2,15 @@
 """The compiled twin of batch_wire.py: CheckStream answers as wire bytes, in C.
 
 Same bytes as the pure-Python module (tests/unit/server/rpc/test_batch_wire.py and
-the fuzz target compare the two on every case they draw). Two entries:
+the fuzz target compare the two on every case they draw). Its entries:
 
 - `results_bytes`: a list of Briefs and ItemErrors, as `batch_response` takes it.
 - `packed_bytes`: a batch straight from the index's packed values (PackedBatch),
   decoded, given its status by the rule of `jpki_va.core.domain.status_rule` and
   encoded without a Python object per status; the pure-Python twin is
   `batch_wire.packed_response`.
+- `check_bytes`: one key's value so, as unary Check's CheckResponse; the pure-Python
+  twin is `batch_wire.py_check_response`.
 
 - `plain_keys`: a serialized CheckBatchRequest's plain items (a kind_serial and
   nothing else) read straight from the bytes as record keys; the pure-Python twin is
@@ -48,6 +50,7 @@ cdef struct Buf:
     uint8_t* data
     Py_ssize_t size
     Py_ssize_t cap
+    bint owned  # data is the heap's (`_release` frees it), else the caller's stack
 
 
 cdef int _reserve(Buf* b, Py_ssize_t more) except -1:
@@ -58,12 +61,20 @@ cdef int _reserve(Buf* b, Py_ssize_t more) except -1:
     cap = b.cap * 2 if b.cap else 4096
     while cap < b.size + more:
         cap *= 2
-    grown = <uint8_t*>realloc(b.data, cap)
+    grown = <uint8_t*>realloc(b.data if b.owned else NULL, cap)
     if grown == NULL:
         raise MemoryError()
+    if not b.owned and b.size:  # outgrew the stack it started on
+        memcpy(grown, b.data, b.size)
     b.data = grown
     b.cap = cap
+    b.owned = True
     return 0
+
+
+cdef inline void _release(Buf* b) noexcept:
+    if b.owned:
+        free(b.data)
 
 
 cdef inline int _byte(Buf* b, uint8_t value) except -1:
@@ -187,7 +198,7 @@ cdef int _revocation(Buf* b, int64_t lost_at, uint64_t cause, uint64_t reason) e
             _varint(&body, reason)
         _delimited_from(b, 0x32, &body)
     finally:
-        free(body.data)
+        _release(&body)
     return 0
 
 
@@ -328,6 +339,18 @@ cdef inline Buf _empty() noexcept:
     b.data = NULL
     b.size = 0
     b.cap = 0
+    b.owned = False
+    return b
+
+
+cdef inline Buf _on_stack(uint8_t* data, Py_ssize_t cap) noexcept:
+    """A buffer that starts in the caller's `data` (moved to the heap should it grow):
+    a batch of one needs no allocation."""
+    cdef Buf b
+    b.data = data
+    b.size = 0
+    b.cap = cap
+    b.owned = False
     return b
 
 
@@ -344,8 +367,8 @@ def results_bytes(list results, object item_error_type, object fallback):
             _item(&out, &scratch, <object>PyList_GET_ITEM(results, i), item_error_type, fallback)
         return PyBytes_FromStringAndSize(<char*>out.data, out.size)
     finally:
-        free(out.data)
-        free(scratch.data)
+        _release(&out)
+        _release(&scratch)
 
 
 # Packed index values -----------------------------------------------------------------
@@ -380,6 +403,81 @@ cdef inline void _count(long* counts, uint8_t* hit, int* seen, int* nseen, int l
     counts[label] += 1
 
 
+cdef int _packed_status(Buf* status, object key, object value, list key_ids, int64_t when,
+                        Buf* tail) except -2:
+    """One key's CertificateStatus from its packed index value (None: unknown) written
+    to `status`, `tail` (`_tail`) last; its label code (`status * 256 + cause`, cause 0
+    unless revoked), or -1 when the value is beyond what this code encodes exactly."""
+    cdef const uint8_t* v
+    cdef const uint8_t* k
+    cdef int64_t not_before, not_after, revoked_at, lost_at
+    cdef unsigned int partition
+    cdef unsigned int ordinal
+    cdef uint8_t cause, reason
+    cdef int code, label
+    cdef char digits[16]
+    cdef int ndigits
+    cdef Py_ssize_t size
+    cdef bytes key_id
+    if not PyBytes_CheckExact(key) or PyBytes_GET_SIZE(key) != _KEY_SIZE:
+        raise ValueError("a record key is 21 bytes")
+    k = <const uint8_t*>PyBytes_AS_STRING(key)
+    _byte(status, 0x08)
+    _varint(status, k[0])
+    _serial(status, k + 1, _KEY_SIZE - 1)
+    if value is None:
+        _byte(status, 0x18)
+        _byte(status, _UNKNOWN)
+        label = _UNKNOWN * 256
+    else:
+        if not PyBytes_CheckExact(value) or PyBytes_GET_SIZE(value) != _VALUE_SIZE:
+            return -1  # the Python twin raises struct.error for it
+        v = <const uint8_t*>PyBytes_AS_STRING(value)
+        not_before = _le64(v)
+        not_after = _le64(v + 8)
+        partition = v[16] | (v[17] << 8) | (v[18] << 16) | (<unsigned int>v[19] << 24)
+        ordinal = v[20] | (v[21] << 8)
+        revoked_at = _le64(v + 22)
+        cause = v[30]
+        reason = v[31]
+        if (
+            not -_SAFE_SECONDS < not_before < _SAFE_SECONDS
+            or not -_SAFE_SECONDS < not_after < _SAFE_SECONDS
+            or (cause and not -_SAFE_SECONDS < revoked_at < _SAFE_SECONDS)
+        ):
+            return -1
+        if ordinal >= PyList_GET_SIZE(key_ids):
+            raise IndexError("list index out of range")
+        lost_at = revoked_at * _MILLION
+        code = _status_rule(when, not_before * _MILLION, not_after * _MILLION, cause != 0, lost_at)
+        _byte(status, 0x18)
+        _byte(status, <uint8_t>code)
+        _stamp(status, 0x22, not_before * _MILLION)
+        _stamp(status, 0x2A, not_after * _MILLION)
+        label = code * 256
+        if code == _REVOKED and cause:
+            _revocation(status, lost_at, cause, reason)
+            label += cause
+        # partition_text: at least six digits, zero-padded
+        ndigits = 0
+        while partition or ndigits < 6:
+            digits[15 - ndigits] = <char>(48 + partition % 10)
+            partition //= 10
+            ndigits += 1
+        _delimited(status, 0x3A, <const uint8_t*>digits + 16 - ndigits, ndigits)
+        key_id = <bytes>PyList_GET_ITEM(key_ids, ordinal)
+        size = PyBytes_GET_SIZE(key_id)
+        if size:
+            _delimited(status, 0x42, <const uint8_t*>PyBytes_AS_STRING(key_id), size)
+    _raw(status, tail.data, tail.size)
+    return label
+
+
+# A status is about 120 octets, and its tail 20: a batch of one is written on the stack.
+cdef enum:
+    _STACK = 512
+
+
 def packed_bytes(object slots, list keys, list values, list key_ids, int64_t when,
                  object sequence, object item_error_type, object fallback, dict tally):
     """batch_wire.packed_response in C; None when a value is beyond what this code
@@ -390,22 +488,16 @@ def packed_bytes(object slots, list keys, list values, list key_ids, int64_t whe
     `results_bytes` would). `tally` gains, per answer from a value, the count of its
     label code (`status * 256 + cause`, cause 0 unless revoked).
     """
-    cdef Buf out = _empty()
-    cdef Buf scratch = _empty()
-    cdef Buf tail = _empty()
-    cdef Py_ssize_t i, n, position, size, id_count = PyList_GET_SIZE(key_ids)
-    cdef object slot, value, key
-    cdef const uint8_t* v
-    cdef const uint8_t* k
-    cdef int64_t not_before, not_after, revoked_at, lost_at
+    cdef uint8_t out_start[_STACK]
+    cdef uint8_t scratch_start[_STACK]
+    cdef uint8_t tail_start[_STACK]
+    cdef Buf out = _on_stack(out_start, _STACK)
+    cdef Buf scratch = _on_stack(scratch_start, _STACK)
+    cdef Buf tail = _on_stack(tail_start, _STACK)
+    cdef Py_ssize_t i, n, position
+    cdef object slot
     cdef uint64_t seq
-    cdef unsigned int partition
-    cdef unsigned int ordinal
-    cdef uint8_t cause, reason
-    cdef int code, label
-    cdef char digits[16]
-    cdef int ndigits
-    cdef bytes key_id
+    cdef int label
     # The tally by label code: `counts` holds a code's count once `hit` marks it, and
     # `seen` lists the codes hit, in order. Only `hit` (1.5 kB) is cleared, and only
     # `seen` is read back: clearing and scanning every code (12 kB, 1,536 of them) was
@@ -433,72 +525,58 @@ def packed_bytes(object slots, list keys, list values, list key_ids, int64_t whe
                 position = slot
                 if not 0 <= position < PyList_GET_SIZE(keys):
                     raise IndexError("list index out of range")
-            key = <object>PyList_GET_ITEM(keys, position)
-            value = <object>PyList_GET_ITEM(values, position)
-            if not PyBytes_CheckExact(key) or PyBytes_GET_SIZE(key) != _KEY_SIZE:
-                raise ValueError("a record key is 21 bytes")
-            k = <const uint8_t*>PyBytes_AS_STRING(key)
             scratch.size = 0
-            _byte(&scratch, 0x08)
-            _varint(&scratch, k[0])
-            _serial(&scratch, k + 1, _KEY_SIZE - 1)
-            if value is None:
-                _byte(&scratch, 0x18)
-                _byte(&scratch, _UNKNOWN)
-                _count(counts, hit, seen, &nseen, _UNKNOWN * 256)
-            else:
-                if not PyBytes_CheckExact(value) or PyBytes_GET_SIZE(value) != _VALUE_SIZE:
-                    return None  # the Python twin raises struct.error for it
-                v = <const uint8_t*>PyBytes_AS_STRING(value)
-                not_before = _le64(v)
-                not_after = _le64(v + 8)
-                partition = v[16] | (v[17] << 8) | (v[18] << 16) | (<unsigned int>v[19] << 24)
-                ordinal = v[20] | (v[21] << 8)
-                revoked_at = _le64(v + 22)
-                cause = v[30]
-                reason = v[31]
-                if (
-                    not -_SAFE_SECONDS < not_before < _SAFE_SECONDS
-                    or not -_SAFE_SECONDS < not_after < _SAFE_SECONDS
-                    or (cause and not -_SAFE_SECONDS < revoked_at < _SAFE_SECONDS)
-                ):
-                    return None
-                if ordinal >= id_count:
-                    raise IndexError("list index out of range")
-                lost_at = revoked_at * _MILLION
-                code = _status_rule(
-                    when, not_before * _MILLION, not_after * _MILLION, cause != 0, lost_at
-                )
-                _byte(&scratch, 0x18)
-                _byte(&scratch, <uint8_t>code)
-                _stamp(&scratch, 0x22, not_before * _MILLION)
-                _stamp(&scratch, 0x2A, not_after * _MILLION)
-                label = code * 256
-                if code == _REVOKED and cause:
-                    _revocation(&scratch, lost_at, cause, reason)
-                    label += cause
-                _count(counts, hit, seen, &nseen, label)
-                # partition_text: at least six digits, zero-padded
-                ndigits = 0
-                while partition or ndigits < 6:
-                    digits[15 - ndigits] = <char>(48 + partition % 10)
-                    partition //= 10
-                    ndigits += 1
-                _delimited(&scratch, 0x3A, <const uint8_t*>digits + 16 - ndigits, ndigits)
-                key_id = <bytes>PyList_GET_ITEM(key_ids, ordinal)
-                size = PyBytes_GET_SIZE(key_id)
-                if size:
-                    _delimited(&scratch, 0x42, <const uint8_t*>PyBytes_AS_STRING(key_id), size)
-            _raw(&scratch, tail.data, tail.size)
+            label = _packed_status(
+                &scratch,
+                <object>PyList_GET_ITEM(keys, position),
+                <object>PyList_GET_ITEM(values, position),
+                key_ids,
+                when,
+                &tail,
+            )
+            if label < 0:
+                return None
+            _count(counts, hit, seen, &nseen, label)
             _result(&out, &scratch)
         for i in range(nseen):
             label = seen[i]
             tally[label] = tally.get(label, 0) + counts[label]
         return PyBytes_FromStringAndSize(<char*>out.data, out.size)
     finally:
-        free(out.data)
-        free(scratch.data)
-        free(tail.data)
+        _release(&out)
+        _release(&scratch)
+        _release(&tail)
+
+
+def check_bytes(object key, object value, list key_ids, int64_t when, object sequence):
+    """batch_wire.check_response in C, for one key and its packed value (None:
+    unknown): (a serialized CheckResponse, the answer's label code), or None when the
+    value is beyond what this code encodes exactly (then the Python twin answers).
+
+    The CertificateStatus is `packed_bytes`' one result; written under
+    CheckResponse.status (field 1) rather than CheckResult.status in a `results`
+    entry, with no allocation but the answer's bytes."""
+    cdef uint8_t out_start[_STACK]
+    cdef uint8_t status_start[_STACK]
+    cdef uint8_t tail_start[_STACK]
+    cdef Buf out = _on_stack(out_start, _STACK)
+    cdef Buf status = _on_stack(status_start, _STACK)
+    cdef Buf tail = _on_stack(tail_start, _STACK)
+    cdef uint64_t seq
+    cdef int label
+    if not _uint64(sequence, &seq):
+        return None
+    try:
+        _tail(&tail, when, seq)
+        label = _packed_status(&status, key, value, key_ids, when, &tail)
+        if label < 0:
+            return None
+        _delimited_from(&out, 0x0A, &status)
+        return PyBytes_FromStringAndSize(<char*>out.data, out.size), label
+    finally:
+        _release(&out)
+        _release(&status)
+        _release(&tail)
 
 
 # Requests -----------------------------------------------------------------------------

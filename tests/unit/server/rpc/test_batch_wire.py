@@ -40,6 +40,7 @@ from jpki_va.server.rpc.batch_wire import (
     packed_response,
     plain_keys,
     py_batch_response,
+    py_check_response,
     py_packed_response,
 )
 from jpki_va.server.rpc.pb import fill_brief, plain_kind_serial
@@ -316,18 +317,45 @@ def test_a_packed_slot_or_value_out_of_range_is_an_error_not_a_crash() -> None:
 
 def test_a_one_key_batch_is_unary_checks_response() -> None:
     """`check_response`: protobuf's CheckResponse of the key's brief, byte for byte,
-    whatever the length of the status (one- and two-byte length varints)."""
+    whatever the length of the status (one- and two-byte length varints); its compiled
+    twin (`check_bytes`, called directly) the reference's bytes and label code, a
+    status longer than its stack start included (a 1,000-octet issuer key id)."""
     rng = random.Random(10)
-    for _ in range(300):
+    ids = [*_IDS, b"\x02" * 1000]
+    declined = 0
+    for _ in range(400):
         batch = _batch(rng, 1)
+        batch.issuer_key_ids = ids
+        if batch.values[0] is not None and rng.random() < 0.2:
+            batch.values[0] = pack_value(1, 2**40, 7, len(ids) - 1)
         brief = packed_briefs(batch)[0]
         expected = va_pb2.CheckResponse()
         fill_brief(expected.status, brief)
-        response, tally = check_response(batch)
-        assert response == expected.SerializeToString()
+        reference, tally = py_check_response(batch)
+        assert reference == expected.SerializeToString()
         assert tally_labels(tally) == {brief.labels: 1}
-    with pytest.raises(ValueError, match="one key, not 2"):
-        check_response(_batch(rng, 2))
+        assert check_response(batch) == (reference, tally)
+        compiled = _batch_wire.check_bytes(
+            batch.keys[0], batch.values[0], ids, batch.when, batch.sequence
+        )
+        if compiled is None:  # a time beyond 64-bit microseconds: left to the reference
+            declined += 1
+        else:
+            assert compiled == (reference, *tally)
+    assert 0 < declined < 100  # both branches ran
+    for check in (check_response, py_check_response):
+        with pytest.raises(ValueError, match="one key, not 2"):
+            check(_batch(rng, 2))
+
+
+def test_a_one_key_value_out_of_range_is_an_error_not_a_crash() -> None:
+    key = record_key(CertKind.CARD_SIGN, 1)
+    with pytest.raises(IndexError):
+        _batch_wire.check_bytes(key, pack_value(1, 2, 3, len(_IDS)), _IDS, 0, 1)
+    with pytest.raises(ValueError, match="21 bytes"):
+        _batch_wire.check_bytes(key[:20], None, _IDS, 0, 1)
+    assert _batch_wire.check_bytes(key, b"short", _IDS, 0, 1) is None  # the reference's
+    assert _batch_wire.check_bytes(key, None, _IDS, 0, 2**64) is None  # beyond a varint
 
 
 def test_the_installed_tree_uses_the_compiled_encoder() -> None:
