@@ -416,12 +416,18 @@ class Index:
         """(packed value of each record key or None, issuer key ids by ordinal, sequence,
         whether an issuer compromise is announced), all from one read transaction: the
         values are not decoded here."""
+        if len(keys) == 1:
+            # A lone key (unary Check, OCSP) has no other to overlap its waits with:
+            # LMDB's get reads it, and it needs no turn at the batches' lock (one
+            # GIL release, as any batch's key has).
+            with self._env.begin(db=self._status) as txn:
+                meta = self._fresh(txn)
+                values = [txn.get(keys[0])]
+            return values, self.issuer_key_ids, meta.sequence, bool(meta.compromises)
         with self._batch_lock, self._env.begin(db=self._status) as txn:
             meta = self._fresh(txn)
             pages = self._pages
-            # A lone key (unary Check, OCSP) has no other to overlap its waits with:
-            # LMDB's get reads it, with no Python call more.
-            found = None if pages is None or len(keys) < 2 else pages.values(txn, keys)
+            found = None if pages is None or not keys else pages.values(txn, keys)
             # Else the status table as the transaction's own: each key read by `map`.
             values = list(map(txn.get, keys)) if found is None else found
         return values, self.issuer_key_ids, meta.sequence, bool(meta.compromises)
