@@ -61,7 +61,7 @@ from jpki_va.server.responder.status import (
 )
 from jpki_va.server.rpc import server_common
 from jpki_va.server.rpc.batch_wire import plain_keys
-from jpki_va.server.rpc.identity import caller_of, stream_owner
+from jpki_va.server.rpc.identity import caller_function, stream_owner
 from jpki_va.server.rpc.metrics_interceptor import MetricsInterceptor
 from jpki_va.server.rpc.pb import plain_kind_serial
 from jpki_va.server.rpc.stream_budget import StreamBudget, StreamLimiter
@@ -264,9 +264,7 @@ def _worker(
         gate = (
             Gate(lambda: holder.get().verifiers, ledger, SystemClock()) if layers.identity else None
         )
-        caller = functools.partial(
-            caller_of, insecure_loopback=True, default_verifier=spec.verifier
-        )
+        caller = caller_function(insecure_loopback=True, default_verifier=spec.verifier)
         # The responder's own source (app/responder_app.py), without its metrics.
         source = (
             IssuerCompromiseSource(IndexStatusSource(holder), holder) if layers.lookup else None

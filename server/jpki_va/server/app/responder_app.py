@@ -113,7 +113,7 @@ from jpki_va.server.responder.status import (
 from jpki_va.server.responder.token_check import TokenChecker
 from jpki_va.server.rpc import server_common
 from jpki_va.server.rpc.crl_servicer import CrlServicer
-from jpki_va.server.rpc.identity import caller_of, server_credentials, stream_owner
+from jpki_va.server.rpc.identity import caller_function, server_credentials, stream_owner
 from jpki_va.server.rpc.mapping_servicer import MappingServicer
 from jpki_va.server.rpc.metrics_interceptor import MetricsInterceptor
 from jpki_va.server.rpc.signing_record_servicer import RecordServicer
@@ -340,8 +340,7 @@ def worker_main(  # noqa: PLR0915 (a composition root: the wiring reads best in 
         if config.trusted_proxy_certs
         else None
     )
-    caller = functools.partial(
-        caller_of,
+    caller = caller_function(
         insecure_loopback=config.insecure_loopback,
         default_verifier=config.loopback_verifier,
         proxies=proxies,

@@ -34,7 +34,7 @@ from jpki_va.server.pki.cert_profile import ProfileSettings
 from jpki_va.server.registry.transactions import Registry, RegistryError
 from jpki_va.server.responder.status import BadRequest
 from jpki_va.server.rpc import server_common
-from jpki_va.server.rpc.identity import caller_of, fingerprint, server_credentials
+from jpki_va.server.rpc.identity import caller_function, fingerprint, server_credentials
 from jpki_va.server.rpc.signer_servicer import SignerServicer
 from jpki_va.server.signer.authority import Authority, AuthorityError
 from jpki_va.server.signer.ceremony import bootstrap
@@ -321,7 +321,7 @@ def start_signer(config: SignerConfig, clock: Clock | None = None) -> SignerApp:
         status, watch = _publish_status(publisher, clock, metrics)
         signer = Signer(registry, authority, publisher, clock, settings, queue, status)
         verifiers = VerifierRegistry(registry, authority, ledger, clock)
-        caller = functools.partial(caller_of, insecure_loopback=config.insecure_loopback)
+        caller = caller_function(insecure_loopback=config.insecure_loopback)
         signer_pb2_grpc.add_SignerServiceServicer_to_server(
             SignerServicer(signer, verifiers, operators, caller), server
         )
