@@ -127,11 +127,18 @@ class WorkerMetrics:
         # multiprocess files (a lock, a getpid and an mmap write per increment)
         # every few hundred milliseconds, off the request path.
         self._pending: dict[tuple[Any, tuple[str, ...]], int] = {}
+        # Answers of packed batches by label code (status.label_code), their labels
+        # looked up at flush: an int key hashes in a step, a (metric, labels) tuple
+        # is hashed afresh, all three levels, on every add.
+        self._tallied: dict[int, int] = {}
         self._lock = threading.Lock()
         self._children: dict[tuple[Any, tuple[str, ...]], Any] = {}
         # Latencies (gRPC per method and outcome, HTTP per route) as bucket counts
-        # and a sum per histogram child, written at flush.
-        self._times: dict[tuple[Any, tuple[str, ...]], tuple[list[int], list[float]]] = {}
+        # and [sum, observations] per histogram child, written and zeroed at flush;
+        # kept for the worker's life, so `observer` can bind one child's lists once.
+        self._times: dict[Key, tuple[list[int], list[float]]] = {}
+        # Latency key -> the counter key its observations also count (`observer`).
+        self._counted: dict[Key, Key] = {}
         self._http_route = "other"  # the route of the HTTP request answered last
 
     def _count(self, metric: Any, labels: tuple[str, ...]) -> None:
@@ -147,16 +154,27 @@ class WorkerMetrics:
 
     def flush(self) -> None:
         """Publish the counts gathered since the last flush."""
+        times: list[tuple[Key, list[int], float]] = []
         with self._lock:
             pending, self._pending = self._pending, {}
-            times, self._times = self._times, {}
+            tallied, self._tallied = self._tallied, {}
+            for key, (counts, totals) in self._times.items():
+                if totals[1]:
+                    times.append((key, counts.copy(), totals[0]))
+                    counted = self._counted.get(key)
+                    if counted is not None:
+                        pending[counted] = pending.get(counted, 0) + int(totals[1])
+                    counts[:] = [0] * len(counts)
+                    totals[:] = [0.0, 0.0]
         for (metric, labels), amount in pending.items():
             self._child(metric, labels).inc(amount)
-        for (metric, labels), (counts, total) in times.items():
+        for code, amount in tallied.items():
+            self._child(self._answers, code_labels(code)).inc(amount)
+        for (metric, labels), counts, total in times:
             child = self._child(metric, labels)
             # What Histogram.observe does, once per bucket rather than once per request
             # (each is a lock and an mmap write in multiprocess mode).
-            child._sum.inc(total[0])
+            child._sum.inc(total)
             for bucket, count in zip(child._buckets, counts, strict=True):
                 if count:
                     bucket.inc(count)
@@ -188,16 +206,42 @@ class WorkerMetrics:
         count: Key | None = None,
     ) -> None:
         """A histogram observation kept as a bucket count until the next flush; and one
-        more of the counter `count` (metric, labels), under the same lock."""
+        more of the counter `count` (metric, labels), which counts each observation of
+        `key` at flush (one counter per latency key)."""
         bucket = bisect.bisect_left(LATENCY_BUCKETS, seconds)
         with self._lock:
             if count is not None:
-                self._pending[count] = self._pending.get(count, 0) + 1
-            held = self._times.get(key)
-            if held is None:
-                held = self._times[key] = ([0] * (len(LATENCY_BUCKETS) + 1), [0.0])
-            held[0][bucket] += 1
-            held[1][0] += seconds
+                self._counted[key] = count
+            counts, totals = self._held(key)
+            counts[bucket] += 1
+            totals[0] += seconds
+            totals[1] += 1
+
+    def observer(self, key: Key, count: Key) -> Callable[[float], None]:
+        """`observe(key, ·, count)` with the histogram child's lists bound once: what
+        the gRPC interceptor runs on every call of the usual outcome. `observe` looked
+        up two keys (tuples of tuples, hashed afresh) per call: most of its cost, and
+        most of what the interceptors add to a unary call, counted in instructions."""
+        with self._lock:
+            counts, totals = self._held(key)
+            self._counted[key] = count
+        lock, bisect_left = self._lock, bisect.bisect_left
+
+        def observed(seconds: float) -> None:
+            bucket = bisect_left(LATENCY_BUCKETS, seconds)
+            with lock:
+                counts[bucket] += 1
+                totals[0] += seconds
+                totals[1] += 1  # counted under `count` at flush
+
+        return observed
+
+    def _held(self, key: Key) -> tuple[list[int], list[float]]:
+        """The bucket counts and [sum, observations] of `key` (under the lock)."""
+        held = self._times.get(key)
+        if held is None:
+            held = self._times[key] = ([0] * (len(LATENCY_BUCKETS) + 1), [0.0, 0.0])
+        return held
 
     def answers(self, answers: tuple[tuple[str, str], ...]) -> None:
         """Answers given, by (status, cause)."""
@@ -224,12 +268,11 @@ class WorkerMetrics:
 
     def tally(self, tally: Mapping[int, int]) -> None:
         """`answers`, already counted: a packed batch's tally (label code -> how many,
-        status.tally_labels), its labels looked up once per code."""
-        pending, metric = self._pending, self._answers
+        status.tally_labels), its labels looked up at flush."""
+        tallied = self._tallied
         with self._lock:
             for code, n in tally.items():
-                key = (metric, code_labels(code))
-                pending[key] = pending.get(key, 0) + n
+                tallied[code] = tallied.get(code, 0) + n
 
     def grpc_call(self, method: str, outcome: str, seconds: float) -> None:
         # Both kept until the next flush: observed at once, the latency cost a unary
@@ -239,7 +282,7 @@ class WorkerMetrics:
 
     def grpc_keys(self, method: str, outcome: str) -> tuple[Key, Key]:
         """(latency, count) keys of a gRPC call's `observe`: made once per method by
-        the interceptor for its usual outcome, so such a call runs `observe` alone."""
+        the interceptor for its usual outcome, whose `observer` it binds."""
         return (self._latency, (method, outcome)), (self._requests, ("grpc", method, outcome))
 
 
