@@ -128,8 +128,8 @@ class WorkerMetrics:
         # every few hundred milliseconds, off the request path.
         self._pending: dict[tuple[Any, tuple[str, ...]], int] = {}
         # Answers of packed batches by label code (status.label_code), their labels
-        # looked up at flush: an int key hashes in a step, a (metric, labels) tuple
-        # is hashed afresh, all three levels, on every add.
+        # looked up at flush: an int key hashes in a step, where a (metric, labels)
+        # tuple is hashed afresh, with its inner tuple, on every add.
         self._tallied: dict[int, int] = {}
         self._lock = threading.Lock()
         self._children: dict[tuple[Any, tuple[str, ...]], Any] = {}
@@ -219,9 +219,8 @@ class WorkerMetrics:
 
     def observer(self, key: Key, count: Key) -> Callable[[float], None]:
         """`observe(key, ·, count)` with the histogram child's lists bound once: what
-        the gRPC interceptor runs on every call of the usual outcome. `observe` looked
-        up two keys (tuples of tuples, hashed afresh) per call: most of its cost, and
-        most of what the interceptors add to a unary call, counted in instructions."""
+        the gRPC interceptor runs on every call of the usual outcome, which then looks
+        up no key (`observe` looks up two per call, tuples of tuples hashed afresh)."""
         with self._lock:
             counts, totals = self._held(key)
             self._counted[key] = count

@@ -24,8 +24,8 @@ class MetricsInterceptor(WrappingInterceptor):
         record = self._metrics.grpc_call
         if handler.unary_unary is not None:
             inner_uu = handler.unary_unary
-            # The usual outcome's observer bound here, so that such a call runs it
-            # alone, with no key to look up (`grpc_call` made two calls and two).
+            # The usual outcome's observer bound here: such a call runs it alone and
+            # looks up no key (`grpc_call` is a call more and two key lookups).
             observe_ok = self._metrics.observer(*self._metrics.grpc_keys(method, "OK"))
 
             def unary_unary(request: Any, context: grpc.ServicerContext) -> Any:
