@@ -53,7 +53,9 @@ def test_grpc_and_calls_over_mtls(
         # Each served call read its caller's certificate, once, and decoded no name of
         # the connection's properties (grpc's public way would decode each).
         assert counted["identity.py:_peer_pem"] == pytest.approx(1.0, abs=0.05)
-        assert counted["identity.py:tls_caller"] == pytest.approx(1.0, abs=0.05)
+        assert counted["identity.py:caller_function.<locals>.tls_caller"] == pytest.approx(
+            1.0, abs=0.05
+        )
         assert counted.get("_common.py:decode", 0.0) <= 0.0
 
     results = tmp_path / "results.json"
