@@ -137,8 +137,6 @@ class WorkerMetrics:
         # and [sum, observations] per histogram child, written and zeroed at flush;
         # kept for the worker's life, so `observer` can bind one child's lists once.
         self._times: dict[Key, tuple[list[int], list[float]]] = {}
-        # Latency key -> the counter key its observations also count (`observer`).
-        self._counted: dict[Key, Key] = {}
         self._http_route = "other"  # the route of the HTTP request answered last
 
     def _count(self, metric: Any, labels: tuple[str, ...]) -> None:
@@ -161,9 +159,9 @@ class WorkerMetrics:
             for key, (counts, totals) in self._times.items():
                 if totals[1]:
                     times.append((key, counts.copy(), totals[0]))
-                    counted = self._counted.get(key)
-                    if counted is not None:
-                        pending[counted] = pending.get(counted, 0) + int(totals[1])
+                    if key[0] is self._latency:  # a gRPC call is counted as it is timed
+                        requests = (self._requests, ("grpc", *key[1]))
+                        pending[requests] = pending.get(requests, 0) + int(totals[1])
                     counts[:] = [0] * len(counts)
                     totals[:] = [0.0, 0.0]
         for (metric, labels), amount in pending.items():
@@ -199,31 +197,22 @@ class WorkerMetrics:
     def took(self, route: str, seconds: float) -> None:
         self.observe((self._http_latency, (route,)), seconds)
 
-    def observe(
-        self,
-        key: Key,
-        seconds: float,
-        count: Key | None = None,
-    ) -> None:
-        """A histogram observation kept as a bucket count until the next flush; and one
-        more of the counter `count` (metric, labels), which counts each observation of
-        `key` at flush (one counter per latency key)."""
+    def observe(self, key: Key, seconds: float) -> None:
+        """A histogram observation kept as a bucket count until the next flush (a gRPC
+        call's is also its count in `jpki_va_requests`, added at flush)."""
         bucket = bisect.bisect_left(LATENCY_BUCKETS, seconds)
         with self._lock:
-            if count is not None:
-                self._counted[key] = count
             counts, totals = self._held(key)
             counts[bucket] += 1
             totals[0] += seconds
             totals[1] += 1
 
-    def observer(self, key: Key, count: Key) -> Callable[[float], None]:
-        """`observe(key, ·, count)` with the histogram child's lists bound once: what
-        the gRPC interceptor runs on every call of the usual outcome, which then looks
-        up no key (`observe` looks up two per call, tuples of tuples hashed afresh)."""
+    def observer(self, key: Key) -> Callable[[float], None]:
+        """`observe(key, ·)` with the histogram child's lists bound once: what the gRPC
+        interceptor runs on every call of the usual outcome, which then looks up no key
+        (`observe` looks one up per call, a tuple of tuples hashed afresh)."""
         with self._lock:
             counts, totals = self._held(key)
-            self._counted[key] = count
         lock, bisect_left = self._lock, bisect.bisect_left
 
         def observed(seconds: float) -> None:
@@ -231,7 +220,7 @@ class WorkerMetrics:
             with lock:
                 counts[bucket] += 1
                 totals[0] += seconds
-                totals[1] += 1  # counted under `count` at flush
+                totals[1] += 1
 
         return observed
 
@@ -274,15 +263,14 @@ class WorkerMetrics:
                 tallied[code] = tallied.get(code, 0) + n
 
     def grpc_call(self, method: str, outcome: str, seconds: float) -> None:
-        # Both kept until the next flush: observed at once, the latency cost a unary
-        # Check ~2.7 us of its ~14 us of Python (locks and mmap writes per bucket).
-        latency, count = self.grpc_keys(method, outcome)
-        self.observe(latency, seconds, count)
+        # Kept until the next flush: observed at once, the latency cost a unary Check
+        # ~2.7 us of its ~14 us of Python (locks and mmap writes per bucket).
+        self.observe(self.grpc_key(method, outcome), seconds)
 
-    def grpc_keys(self, method: str, outcome: str) -> tuple[Key, Key]:
-        """(latency, count) keys of a gRPC call's `observe`: made once per method by
-        the interceptor for its usual outcome, whose `observer` it binds."""
-        return (self._latency, (method, outcome)), (self._requests, ("grpc", method, outcome))
+    def grpc_key(self, method: str, outcome: str) -> Key:
+        """The latency key of a gRPC call's `observe`: made once per method by the
+        interceptor for its usual outcome, whose `observer` it binds."""
+        return (self._latency, (method, outcome))
 
 
 class ProducerMetrics:

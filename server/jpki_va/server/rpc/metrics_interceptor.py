@@ -25,8 +25,8 @@ class MetricsInterceptor(WrappingInterceptor):
         if handler.unary_unary is not None:
             inner_uu = handler.unary_unary
             # The usual outcome's observer bound here: such a call runs it alone and
-            # looks up no key (`grpc_call` is a call more and two key lookups).
-            observe_ok = self._metrics.observer(*self._metrics.grpc_keys(method, "OK"))
+            # looks up no key (`grpc_call` is a call more and a key lookup).
+            observe_ok = self._metrics.observer(self._metrics.grpc_key(method, "OK"))
 
             def unary_unary(request: Any, context: grpc.ServicerContext) -> Any:
                 start = time.perf_counter()

@@ -52,7 +52,7 @@ def test_a_bound_observer_and_observe_count_each_call_once_at_flush() -> None:
     other (or a stream's) keep one histogram child and one request count per method
     and outcome: every call counted once, in its bucket, across flushes."""
     metrics = WorkerMetrics()
-    observed = metrics.observer(*metrics.grpc_keys("Check", "OK"))
+    observed = metrics.observer(metrics.grpc_key("Check", "OK"))
     observed(0.0002)  # the first bucket (0.5 ms)
     observed(0.003)  # the fourth (5 ms)
     metrics.grpc_call("Check", "OK", 0.0002)  # a handler that set OK itself
